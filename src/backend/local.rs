@@ -1,0 +1,355 @@
+//! The local backend: vault, enrollment service, hub registry and fleet on the embedded store.
+
+use super::registration::{self, Decision};
+use super::types::*;
+use super::*;
+use crate::store::{Store, queries as q};
+
+/// All services on one store file.
+pub struct LocalBackend {
+    store: Store,
+}
+
+impl LocalBackend {
+    /// Wraps an open store.
+    pub fn new(store: Store) -> LocalBackend {
+        LocalBackend { store }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn with_path(&self, e: crate::store::StoreError) -> BackendError {
+        use crate::store::StoreError;
+        match e {
+            StoreError::Sqlite { path, source } if path.as_os_str().is_empty() => {
+                BackendError::Store(self.store.err(source))
+            }
+            other => BackendError::Store(other),
+        }
+    }
+}
+
+macro_rules! read {
+    ($self:ident, $e:expr) => {
+        $e.map_err(|e| $self.with_path(e))
+    };
+}
+
+impl Vault for LocalBackend {
+    fn current(&self, name: &str) -> Result<Option<VaultVersion>> {
+        read!(self, q::vault_current(self.store.conn(), name))
+    }
+
+    fn versions(&self, name: &str) -> Result<Vec<VaultVersion>> {
+        read!(self, q::vault_versions(self.store.conn(), name))
+    }
+
+    fn version(&self, name: &str, version: &str) -> Result<Option<VaultVersion>> {
+        read!(self, q::vault_version(self.store.conn(), name, version))
+    }
+
+    fn create_versions(
+        &mut self,
+        batch: &[NewVersion<'_>],
+        now: OffsetDateTime,
+    ) -> Result<Vec<String>> {
+        let out = self.store.write(|tx, key| {
+            batch
+                .iter()
+                .map(|new| q::vault_insert(tx, key, now, new))
+                .collect::<std::result::Result<Vec<_>, _>>()
+        });
+        out.map_err(|e| self.with_path(e))
+    }
+
+    fn private_key(&self, version: &VaultVersion) -> Result<PrivateKey> {
+        let der = read!(
+            self,
+            q::vault_private_key(
+                self.store.conn(),
+                self.store.key(),
+                &version.name,
+                &version.version
+            )
+        )?;
+        let (key, _) = PrivateKey::from_der_any(&der)?;
+        Ok(key)
+    }
+}
+
+impl EnrollmentService for LocalBackend {
+    fn ca(&self, name: &str) -> Result<Option<ServiceCa>> {
+        read!(self, q::ca_get(self.store.conn(), name))
+    }
+
+    fn cas(&self) -> Result<Vec<ServiceCa>> {
+        read!(self, q::ca_list(self.store.conn()))
+    }
+
+    fn upload_ca(&mut self, name: &str, cert_der: &[u8], now: OffsetDateTime) -> Result<()> {
+        crate::pki::CertInfo::from_der(cert_der)?;
+        let out = self.store.write(|tx, _| q::ca_put(tx, name, cert_der, now));
+        out.map_err(|e| self.with_path(e))
+    }
+
+    fn verification_code(&mut self, name: &str, now: OffsetDateTime) -> Result<String> {
+        if self.ca(name)?.is_none() {
+            return Err(BackendError::NotFound(format!("CA certificate `{name}`")));
+        }
+        let mut bytes = [0u8; 16];
+        crate::pki::random_bytes(&mut bytes)?;
+        let nonce = crate::pki::hex_upper(&bytes);
+        let out = self
+            .store
+            .write(|tx, _| q::ca_set_nonce(tx, name, &nonce, now));
+        out.map_err(|e| self.with_path(e))?;
+        Ok(nonce)
+    }
+
+    fn verify_ca(
+        &mut self,
+        name: &str,
+        verification_cert_der: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        let ca = self
+            .ca(name)?
+            .ok_or_else(|| BackendError::NotFound(format!("CA certificate `{name}`")))?;
+        let nonce = read!(self, q::ca_nonce(self.store.conn(), name))?.ok_or_else(|| {
+            BackendError::Refused(format!(
+                "no verification code was issued for CA certificate `{name}`"
+            ))
+        })?;
+        let cn = crate::pki::inspect::common_name(verification_cert_der)?;
+        if cn.as_deref() != Some(nonce.as_str()) {
+            return Err(BackendError::Refused(format!(
+                "verification certificate CN {cn:?} is not the verification code issued for `{name}`"
+            )));
+        }
+        verify_signed_by(verification_cert_der, &ca.cert_der).map_err(|e| {
+            BackendError::Refused(format!(
+                "verification certificate for `{name}` is not signed by that CA's key: {e}"
+            ))
+        })?;
+        let out = self.store.write(|tx, _| q::ca_set_verified(tx, name, now));
+        out.map_err(|e| self.with_path(e))
+    }
+
+    fn group(&self, name: &str) -> Result<Option<EnrollmentGroup>> {
+        read!(self, q::group_get(self.store.conn(), name))
+    }
+
+    fn groups(&self) -> Result<Vec<EnrollmentGroup>> {
+        read!(self, q::group_list(self.store.conn()))
+    }
+
+    fn put_group(&mut self, group: &EnrollmentGroup, now: OffsetDateTime) -> Result<()> {
+        for slot in [&group.primary, &group.secondary].into_iter().flatten() {
+            if let Some(reference) = &slot.ca_reference {
+                match self.ca(reference)? {
+                    Some(ca) if ca.verified => {}
+                    Some(_) => {
+                        return Err(BackendError::Refused(format!(
+                            "group `{}` refers to CA certificate `{reference}`, which is not verified",
+                            group.name
+                        )));
+                    }
+                    None => {
+                        return Err(BackendError::NotFound(format!(
+                            "CA certificate `{reference}`"
+                        )));
+                    }
+                }
+            }
+        }
+        let out = self.store.write(|tx, _| q::group_put(tx, group, now));
+        out.map_err(|e| self.with_path(e))
+    }
+
+    fn individual(&self, registration_id: &str) -> Result<Option<IndividualEnrollment>> {
+        read!(self, q::individual_get(self.store.conn(), registration_id))
+    }
+
+    fn individuals(&self) -> Result<Vec<IndividualEnrollment>> {
+        read!(self, q::individual_list(self.store.conn()))
+    }
+
+    fn put_individuals(
+        &mut self,
+        batch: &[IndividualEnrollment],
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        let out = self
+            .store
+            .write(|tx, _| batch.iter().try_for_each(|e| q::individual_put(tx, e, now)));
+        out.map_err(|e| self.with_path(e))
+    }
+
+    fn register(
+        &mut self,
+        batch: &[RegistrationRequest],
+        now: OffsetDateTime,
+    ) -> Result<Vec<RegistrationState>> {
+        use rayon::prelude::*;
+        let groups = self.groups()?;
+        // Gather what the service knows (cheap reads), decide in parallel (the signature
+        // checks are the expensive part), then record every outcome in one transaction.
+        let conn = self.store.conn();
+        let mut known = Vec::with_capacity(batch.len());
+        for req in batch {
+            let leaf_tp = req
+                .chain
+                .first()
+                .map(|c| crate::pki::sha1_thumbprint(c))
+                .unwrap_or_default();
+            let disabled = read!(self, q::disabled_enrollments_with(conn, &leaf_tp))?;
+            let individual = read!(self, q::individual_get(conn, &req.registration_id))?;
+            known.push((leaf_tp, disabled, individual));
+        }
+        let decisions: Vec<Decision> = batch
+            .par_iter()
+            .zip(known.par_iter())
+            .map(|(req, (_, disabled, individual))| {
+                registration::decide(
+                    req,
+                    &registration::Context {
+                        disabled_holding_leaf: disabled,
+                        individual: individual.as_ref(),
+                        groups: &groups,
+                        now,
+                    },
+                )
+            })
+            .collect();
+        let out = self.store.write(|tx, _| {
+            batch
+                .iter()
+                .zip(known.iter())
+                .zip(decisions)
+                .map(|((req, (leaf_tp, _, _)), decision)| apply(tx, req, leaf_tp, decision, now))
+                .collect::<std::result::Result<Vec<_>, _>>()
+        });
+        out.map_err(|e| self.with_path(e))
+    }
+
+    fn registration(&self, registration_id: &str) -> Result<Option<RegistrationState>> {
+        read!(
+            self,
+            q::registration_get(self.store.conn(), registration_id)
+        )
+    }
+}
+
+/// Records the decision and carries out the hub assignment the reprovision policy asks for.
+fn apply(
+    tx: &rusqlite::Connection,
+    req: &RegistrationRequest,
+    leaf_tp: &str,
+    decision: Decision,
+    now: OffsetDateTime,
+) -> std::result::Result<RegistrationState, crate::store::StoreError> {
+    let (kind, name, hub, reprovision) = match decision {
+        Decision::Rejected(reason) => {
+            let state = RegistrationState {
+                registration_id: req.registration_id.clone(),
+                status: "failed".into(),
+                substatus: None,
+                hub: None,
+                error: Some(reason),
+            };
+            // A failed attempt does not erase where the device was assigned before.
+            if q::registration_get(tx, &req.registration_id)?.is_none() {
+                q::registration_put(tx, &state, None, None, leaf_tp, now)?;
+            }
+            return Ok(state);
+        }
+        Decision::Individual {
+            name,
+            hub,
+            reprovision,
+        } => ("individual", name, hub, reprovision),
+        Decision::Group {
+            name,
+            hub,
+            reprovision,
+        } => ("group", name, hub, reprovision),
+    };
+    let previous =
+        q::registration_get(tx, &req.registration_id)?.filter(|p| p.status == "assigned");
+    let existing = q::hub_get(tx, &hub, &req.registration_id)?;
+    let substatus = match (&previous, reprovision.as_str()) {
+        (None, _) => "initialAssignment",
+        (Some(_), "reset") => "deviceDataReset",
+        (Some(_), "never") => "reprovisionedToInitialAssignment",
+        (Some(_), _) => "deviceDataMigrated",
+    };
+    let update_hub = previous.is_none() || existing.is_none() || reprovision != "never";
+    if update_hub {
+        let identity = HubIdentity {
+            hub: hub.clone(),
+            device_id: req.registration_id.clone(),
+            status: existing
+                .as_ref()
+                .map(|e| e.status)
+                .unwrap_or(Status::Enabled),
+            auth_type: "selfSigned".into(),
+            primary_thumbprint: Some(leaf_tp.to_string()),
+            secondary_thumbprint: None,
+        };
+        q::hub_put(tx, &identity, reprovision == "reset", now)?;
+    }
+    let state = RegistrationState {
+        registration_id: req.registration_id.clone(),
+        status: "assigned".into(),
+        substatus: Some(substatus.into()),
+        hub: Some(hub),
+        error: None,
+    };
+    q::registration_put(tx, &state, Some(kind), Some(&name), leaf_tp, now)?;
+    Ok(state)
+}
+
+/// Checks that `cert_der` carries a valid signature by the key of `issuer_der`.
+fn verify_signed_by(cert_der: &[u8], issuer_der: &[u8]) -> std::result::Result<(), String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| e.to_string())?;
+    let (_, issuer) = x509_parser::parse_x509_certificate(issuer_der).map_err(|e| e.to_string())?;
+    cert.verify_signature(Some(issuer.public_key()))
+        .map_err(|e| e.to_string())
+}
+
+impl HubRegistry for LocalBackend {
+    fn identity(&self, hub: &str, device_id: &str) -> Result<Option<HubIdentity>> {
+        read!(self, q::hub_get(self.store.conn(), hub, device_id))
+    }
+}
+
+impl Fleet for LocalBackend {
+    fn device(&self, id: &str) -> Result<Option<DeviceRecord>> {
+        read!(self, q::device_get(self.store.conn(), id))
+    }
+
+    fn devices_page(
+        &self,
+        group: Option<&str>,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>> {
+        read!(self, q::device_page(self.store.conn(), group, after, limit))
+    }
+
+    fn install(&mut self, batch: &[DeviceRecord]) -> Result<()> {
+        let out = self
+            .store
+            .write(|tx, _| batch.iter().try_for_each(|d| q::device_put(tx, d)));
+        out.map_err(|e| self.with_path(e))
+    }
+}
+
+impl Backend for LocalBackend {
+    fn describe(&self) -> String {
+        format!("local store {}", self.store.path().display())
+    }
+}

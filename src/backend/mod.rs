@@ -1,0 +1,126 @@
+//! The services certroll keeps consistent, behind traits: the vault, the enrollment service and
+//! the hub registry, plus the fleet (what each device holds).
+//!
+//! `local` implements all four on the embedded store. Remote backends (Azure REST, OpenBao)
+//! implement the same traits; the methods take batches so a remote backend can pipeline and the
+//! local one can commit many rows per transaction.
+
+pub mod local;
+pub mod registration;
+pub mod types;
+
+use crate::pki::PrivateKey;
+use time::OffsetDateTime;
+use types::*;
+
+/// Errors any backend can return.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The embedded store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// A stored certificate or key is unusable.
+    #[error(transparent)]
+    Pki(#[from] crate::pki::Error),
+    /// The thing asked for does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The service refused the request.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Result of backend calls.
+pub type Result<T> = std::result::Result<T, BackendError>;
+
+/// The certificate vault (Key Vault certificates).
+pub trait Vault {
+    /// The newest version of a certificate, if the name exists.
+    fn current(&self, name: &str) -> Result<Option<VaultVersion>>;
+    /// All versions of a certificate, oldest first.
+    fn versions(&self, name: &str) -> Result<Vec<VaultVersion>>;
+    /// One version.
+    fn version(&self, name: &str, version: &str) -> Result<Option<VaultVersion>>;
+    /// Stores new versions in one batch; returns their version ids in order.
+    fn create_versions(
+        &mut self,
+        batch: &[NewVersion<'_>],
+        now: OffsetDateTime,
+    ) -> Result<Vec<String>>;
+    /// The private key of a version, for signing inside certroll (CA keys) or for export. The
+    /// caller enforces exportability for anything that leaves the process.
+    fn private_key(&self, version: &VaultVersion) -> Result<PrivateKey>;
+}
+
+/// The enrollment service (Device Provisioning Service).
+pub trait EnrollmentService {
+    /// A CA certificate held by the service.
+    fn ca(&self, name: &str) -> Result<Option<ServiceCa>>;
+    /// All CA certificates held by the service.
+    fn cas(&self) -> Result<Vec<ServiceCa>>;
+    /// Uploads a CA certificate (unverified until proof of possession).
+    fn upload_ca(&mut self, name: &str, cert_der: &[u8], now: OffsetDateTime) -> Result<()>;
+    /// Hands out a proof-of-possession nonce for a CA.
+    fn verification_code(&mut self, name: &str, now: OffsetDateTime) -> Result<String>;
+    /// Checks a verification certificate (CN = nonce, signed by the CA key) and marks the CA verified.
+    fn verify_ca(
+        &mut self,
+        name: &str,
+        verification_cert_der: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<()>;
+    /// One enrollment group.
+    fn group(&self, name: &str) -> Result<Option<EnrollmentGroup>>;
+    /// All enrollment groups.
+    fn groups(&self) -> Result<Vec<EnrollmentGroup>>;
+    /// Creates or replaces an enrollment group.
+    fn put_group(&mut self, group: &EnrollmentGroup, now: OffsetDateTime) -> Result<()>;
+    /// One individual enrollment.
+    fn individual(&self, registration_id: &str) -> Result<Option<IndividualEnrollment>>;
+    /// All individual enrollments.
+    fn individuals(&self) -> Result<Vec<IndividualEnrollment>>;
+    /// Creates or replaces individual enrollments in one batch.
+    fn put_individuals(
+        &mut self,
+        batch: &[IndividualEnrollment],
+        now: OffsetDateTime,
+    ) -> Result<()>;
+    /// Devices present their certificates; the service decides, records the registration state
+    /// and assigns each accepted device to its hub (creating or updating the hub identity).
+    fn register(
+        &mut self,
+        batch: &[RegistrationRequest],
+        now: OffsetDateTime,
+    ) -> Result<Vec<RegistrationState>>;
+    /// The registration state of a device.
+    fn registration(&self, registration_id: &str) -> Result<Option<RegistrationState>>;
+}
+
+/// The hub registry (IoT Hub device identities).
+pub trait HubRegistry {
+    /// A device identity.
+    fn identity(&self, hub: &str, device_id: &str) -> Result<Option<HubIdentity>>;
+}
+
+/// What each device holds. For the local backend the devices are simulated in the store; for a
+/// real fleet this is the record of what certroll delivered.
+pub trait Fleet {
+    /// One device.
+    fn device(&self, id: &str) -> Result<Option<DeviceRecord>>;
+    /// Devices in id order after `after`, optionally of one group.
+    fn devices_page(
+        &self,
+        group: Option<&str>,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>>;
+    /// Records devices and the versions installed on them, in one batch.
+    fn install(&mut self, batch: &[DeviceRecord]) -> Result<()>;
+}
+
+/// Everything a verb works against.
+pub trait Backend: Vault + EnrollmentService + HubRegistry + Fleet {
+    /// A short name for messages (`local /path/state.db`).
+    fn describe(&self) -> String;
+}

@@ -1,0 +1,192 @@
+//! The records the three services hold, as every backend speaks them.
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+/// `enabled` / `disabled`, as DPS and IoT Hub spell a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Accepted.
+    Enabled,
+    /// Refused.
+    Disabled,
+}
+
+impl Status {
+    /// The wire spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Status::Enabled => "enabled",
+            Status::Disabled => "disabled",
+        }
+    }
+
+    /// Parses the wire spelling.
+    pub fn parse(s: &str) -> Status {
+        if s.eq_ignore_ascii_case("enabled") {
+            Status::Enabled
+        } else {
+            Status::Disabled
+        }
+    }
+}
+
+/// One version of a vault certificate, without its key.
+#[derive(Debug, Clone)]
+pub struct VaultVersion {
+    /// Certificate name.
+    pub name: String,
+    /// Version id (32 lowercase hex characters, as Key Vault writes them).
+    pub version: String,
+    /// The certificate (DER).
+    pub cert_der: Vec<u8>,
+    /// Key type as Key Vault names it (`EC`, `RSA-HSM`, ...).
+    pub kty: String,
+    /// Whether the key may be exported.
+    pub exportable: bool,
+    /// Version attribute `enabled`.
+    pub enabled: bool,
+    /// notBefore.
+    pub nbf: OffsetDateTime,
+    /// notAfter.
+    pub exp: OffsetDateTime,
+    /// When the version was created.
+    pub created: OffsetDateTime,
+    /// The vault certificate name and version that signed it (None for roots and imports).
+    pub issuer: Option<(String, String)>,
+}
+
+/// A new vault version to store, with its key.
+pub struct NewVersion<'a> {
+    /// Certificate name.
+    pub name: &'a str,
+    /// The policy, as JSON, recorded with the certificate when the name is new.
+    pub policy_json: &'a str,
+    /// The certificate (DER).
+    pub cert_der: &'a [u8],
+    /// The private key (PKCS#8 DER).
+    pub key_pkcs8: &'a [u8],
+    /// Key type name.
+    pub kty: &'a str,
+    /// Whether the key may be exported.
+    pub exportable: bool,
+    /// The vault certificate name and version that signed it.
+    pub issuer: Option<(&'a str, &'a str)>,
+}
+
+/// A CA certificate held by the enrollment service (DPS "certificates").
+#[derive(Debug, Clone)]
+pub struct ServiceCa {
+    /// Its name in the service.
+    pub name: String,
+    /// The certificate (DER).
+    pub cert_der: Vec<u8>,
+    /// SHA-1 thumbprint.
+    pub thumbprint: String,
+    /// Whether proof of possession succeeded.
+    pub verified: bool,
+}
+
+/// One attestation slot: a certificate, optionally as a reference to a service CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// The certificate (DER).
+    pub cert_der: Vec<u8>,
+    /// For a group pointing at a verified service CA: that CA's name.
+    pub ca_reference: Option<String>,
+}
+
+/// An enrollment group.
+#[derive(Debug, Clone)]
+pub struct EnrollmentGroup {
+    /// Group id.
+    pub name: String,
+    /// Primary signing certificate.
+    pub primary: Option<Slot>,
+    /// Secondary signing certificate.
+    pub secondary: Option<Slot>,
+    /// Enabled or disabled.
+    pub status: Status,
+    /// migrate / reset / never.
+    pub reprovision: String,
+    /// Hub devices are assigned to.
+    pub hub: String,
+}
+
+/// An individual enrollment.
+#[derive(Debug, Clone)]
+pub struct IndividualEnrollment {
+    /// Registration id.
+    pub registration_id: String,
+    /// Primary client certificate.
+    pub primary: Option<Vec<u8>>,
+    /// Secondary client certificate.
+    pub secondary: Option<Vec<u8>>,
+    /// Enabled or disabled.
+    pub status: Status,
+    /// migrate / reset / never.
+    pub reprovision: String,
+    /// Hub the device is assigned to.
+    pub hub: String,
+}
+
+/// What the enrollment service recorded for a device's last registration.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegistrationState {
+    /// Registration id.
+    #[serde(skip)]
+    pub registration_id: String,
+    /// `assigned` or `failed`.
+    pub status: String,
+    /// initialAssignment, deviceDataMigrated, deviceDataReset, reprovisionedToInitialAssignment.
+    pub substatus: Option<String>,
+    /// Hub assigned to.
+    pub hub: Option<String>,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A device identity in the hub registry.
+#[derive(Debug, Clone, Serialize)]
+pub struct HubIdentity {
+    /// Hub name.
+    #[serde(skip)]
+    pub hub: String,
+    /// Device id.
+    #[serde(skip)]
+    pub device_id: String,
+    /// Enabled or disabled.
+    pub status: Status,
+    /// `selfSigned` (thumbprints) or `certificateAuthority`.
+    pub auth_type: String,
+    /// Primary thumbprint.
+    pub primary_thumbprint: Option<String>,
+    /// Secondary thumbprint.
+    pub secondary_thumbprint: Option<String>,
+}
+
+/// A device and the certificate installed on it.
+#[derive(Debug, Clone)]
+pub struct DeviceRecord {
+    /// Device id (= registration id = CN).
+    pub id: String,
+    /// The group it belongs to, if any.
+    pub group: Option<String>,
+    /// The individual enrollment it belongs to, if any.
+    pub enrollment: Option<String>,
+    /// The vault certificate name of its leaf.
+    pub cert_name: String,
+    /// The vault version installed on the device, if any.
+    pub installed_version: Option<String>,
+}
+
+/// A device presenting its certificate to the enrollment service.
+#[derive(Debug, Clone)]
+pub struct RegistrationRequest {
+    /// Registration id.
+    pub registration_id: String,
+    /// The presented chain, leaf first.
+    pub chain: Vec<Vec<u8>>,
+}

@@ -1,0 +1,71 @@
+//! `export`.
+
+use super::{Global, parse_target};
+use crate::error::input;
+use crate::ops::{ExportFormat, ExportOptions, Target};
+use clap::Args;
+use std::path::PathBuf;
+
+/// Arguments of `export`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  certroll export ca:root --format pem --out root.pem\n  certroll export device:sensor-0001 --format pem --with-key --out sensor.pem\n  PFX_PASSWORD=... certroll export device:gateway-01 --format pfx --password-env PFX_PASSWORD --out gw.pfx"
+)]
+pub struct ExportArgs {
+    /// What to export: ca:NAME, device:ID or enrollment:NAME.
+    #[arg(value_parser = parse_target)]
+    target: Target,
+    /// pem: certificate and chain (up to, not including, the root); pfx: key and full chain.
+    #[arg(long, value_enum, default_value_t = ExportFormat::Pem)]
+    format: ExportFormat,
+    /// The file to write (created 0600 when it holds a key).
+    #[arg(long)]
+    out: PathBuf,
+    /// Add the private key to a PEM export (refused for non-exportable keys).
+    #[arg(long)]
+    with_key: bool,
+    /// The environment variable holding the PFX password.
+    #[arg(long, value_name = "VAR")]
+    password_env: Option<String>,
+}
+
+pub fn exec(g: &Global, args: ExportArgs) -> anyhow::Result<u8> {
+    let plan = g.load_plan()?;
+    let password = match &args.password_env {
+        Some(var) => Some(zeroize::Zeroizing::new(std::env::var(var).map_err(
+            |_| input(format!("--password-env {var}: the variable is not set")),
+        )?)),
+        None => None,
+    };
+    if args.format == ExportFormat::Pfx && password.is_none() {
+        return Err(input("a pfx export needs a password: --password-env VAR"));
+    }
+    let opts = ExportOptions {
+        target: args.target,
+        format: args.format,
+        out: args.out,
+        with_key: args.with_key,
+        password,
+        backend: g.backend(),
+    };
+    let report = crate::ops::export(&plan, &opts, g.clock().now())?;
+    let mut p = g.printer();
+    if g.output == crate::output::Format::Json {
+        p.json(&report)?;
+    } else {
+        p.line(format!(
+            "Wrote {} ({}, version {}, {} certificate(s){}) to {}",
+            report.target,
+            report.format,
+            report.version,
+            report.certificates,
+            if report.includes_key {
+                ", with private key"
+            } else {
+                ""
+            },
+            report.out.display()
+        ))?;
+    }
+    Ok(0)
+}

@@ -1,0 +1,62 @@
+//! `issue`.
+
+use super::{Global, parse_target};
+use crate::ops::{IssueOptions, Target};
+use clap::Args;
+use std::io::IsTerminal;
+
+/// Arguments of `issue`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  certroll issue --dry-run\n  certroll issue group:sensors\n  certroll issue device:gateway-01 -o json"
+)]
+pub struct IssueArgs {
+    /// What to issue: ca:NAME, group:NAME, enrollment:NAME, device:ID (default: everything).
+    #[arg(value_parser = parse_target)]
+    targets: Vec<Target>,
+    /// Print the steps; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// An indicatif bar on stderr.
+struct Bar(indicatif::ProgressBar);
+
+impl crate::ops::issue::Progress for Bar {
+    fn start(&self, total: u64) {
+        self.0.set_length(total);
+    }
+    fn advance(&self, n: u64) {
+        self.0.inc(n);
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+pub fn exec(g: &Global, args: IssueArgs) -> anyhow::Result<u8> {
+    let plan = g.load_plan()?;
+    let opts = IssueOptions {
+        targets: args.targets,
+        dry_run: args.dry_run,
+        backend: g.backend(),
+    };
+    let show_bar =
+        !g.quiet && g.output == crate::output::Format::Human && std::io::stderr().is_terminal();
+    let bar = if show_bar {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} devices {pos}/{len} [{bar:40}] {per_sec} eta {eta}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let report = crate::ops::issue(&plan, &opts, g.clock().now(), &Bar(bar))?;
+    g.printer().issue_report(&report)?;
+    Ok(if report.rejected.is_empty() { 0 } else { 1 })
+}

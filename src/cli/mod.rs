@@ -1,0 +1,177 @@
+//! The command line: clap definitions, one thin `exec` per verb, and the mapping of errors to
+//! exit codes. Nothing here decides PKI or state; it parses, calls `ops`, and prints.
+
+mod completions;
+mod export;
+mod issue;
+mod plan;
+mod status;
+
+use crate::clock::{Clock, FixedClock, SystemClock};
+use crate::error::{classify, exit_code};
+use crate::ops::{BackendSettings, Target};
+use crate::output::{Format, Printer};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  done, or nothing to do
+  1  failed part-way; running the same command again resumes
+  2  bad input (plan, flags, files); nothing was changed";
+
+/// certroll rotates X.509 certificates for IoT fleets and certificate vaults.
+#[derive(Debug, Parser)]
+#[command(name = "certroll", version, about, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every verb takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The plan file.
+    #[arg(
+        long,
+        global = true,
+        env = "CERTROLL_PLAN",
+        default_value = "certroll.toml"
+    )]
+    pub plan: PathBuf,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Format::Human)]
+    pub output: Format,
+    /// Print only errors (and no progress bar).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More log output on stderr (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Decide everything as if it were this RFC 3339 time (for tests and rehearsals).
+    #[arg(long, global = true, env = "CERTROLL_NOW", hide_short_help = true, value_parser = parse_now)]
+    pub now: Option<time::OffsetDateTime>,
+    /// The store key file (default: the store path with `.key` appended).
+    #[arg(long, global = true, env = "CERTROLL_KEY_FILE", hide_short_help = true)]
+    pub key_file: Option<PathBuf>,
+    /// Seconds to wait for another certroll writing to the same store.
+    #[arg(long, global = true, default_value_t = 30, hide_short_help = true)]
+    pub lock_timeout: u64,
+}
+
+fn parse_now(text: &str) -> Result<time::OffsetDateTime, String> {
+    crate::clock::parse_rfc3339(text)
+}
+
+fn parse_target(text: &str) -> Result<Target, String> {
+    Target::parse(text)
+}
+
+impl Global {
+    fn clock(&self) -> Box<dyn Clock> {
+        match self.now {
+            Some(t) => Box::new(FixedClock(t)),
+            None => Box::new(SystemClock),
+        }
+    }
+
+    fn backend(&self) -> BackendSettings {
+        BackendSettings {
+            key_file: self.key_file.clone(),
+            lock_timeout: Some(std::time::Duration::from_secs(self.lock_timeout)),
+        }
+    }
+
+    fn printer(&self) -> Printer<std::io::StdoutLock<'static>> {
+        Printer::new(std::io::stdout().lock(), self.output, self.quiet)
+    }
+
+    fn load_plan(&self) -> anyhow::Result<crate::plan::Plan> {
+        Ok(crate::plan::load(&self.plan)?)
+    }
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a commented starter plan.
+    Init(plan::InitArgs),
+    /// Check a plan; touches nothing.
+    Validate(plan::ValidateArgs),
+    /// Create whatever the plan declares and the state lacks.
+    Issue(issue::IssueArgs),
+    /// Show CAs, enrollments, slots, devices and hub identities.
+    Status(status::StatusArgs),
+    /// Write a certificate with its chain (and key, if exportable) as PEM or PFX.
+    Export(export::ExportArgs),
+    /// Print shell completions.
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff).
+    Man,
+}
+
+/// Parses the command line, runs the verb, and returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // clap's usage errors are input errors; --help and --version are not errors.
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    init_tracing(cli.global.verbose);
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit_code(classify(&err)))
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CERTROLL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("certroll={level}")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs a parsed command; returns the exit code on success.
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Init(args) => plan::init(g, args),
+        Command::Validate(args) => plan::validate(g, args),
+        Command::Issue(args) => issue::exec(g, args),
+        Command::Status(args) => status::exec(g, args),
+        Command::Export(args) => export::exec(g, args),
+        Command::Completions(args) => completions::exec(args),
+        Command::Man => completions::man(),
+    }
+}
+
+/// The clap command, for completions and the man page.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}

@@ -1,0 +1,52 @@
+//! Exit codes, and the one place where an error's cause decides the code.
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | done, or nothing to do |
+//! | 1 | failed part-way; a rerun resumes |
+//! | 2 | bad input (plan, flags, files); nothing changed |
+//!
+//! `check` has its own monitoring codes (0 OK, 1 warning, 2 critical, 3 unknown).
+
+/// The kind of failure, which decides the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Bad input: exit 2, nothing was changed.
+    Input,
+    /// Failed part-way: exit 1, a rerun resumes.
+    Runtime,
+}
+
+/// An input error: the user must fix a file, flag or value. Wrap any error with
+/// [`input`] to make the CLI exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InputError(pub String);
+
+/// Makes an input error from a message.
+pub fn input(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(InputError(message.into()))
+}
+
+/// Decides the exit code from the error chain.
+pub fn classify(err: &anyhow::Error) -> Failure {
+    for cause in err.chain() {
+        if cause.is::<InputError>() || cause.is::<crate::plan::PlanError>() {
+            return Failure::Input;
+        }
+        if let Some(crate::store::StoreError::Missing(_)) =
+            cause.downcast_ref::<crate::store::StoreError>()
+        {
+            return Failure::Input;
+        }
+    }
+    Failure::Runtime
+}
+
+/// The process exit code for a failure.
+pub fn exit_code(failure: Failure) -> u8 {
+    match failure {
+        Failure::Input => 2,
+        Failure::Runtime => 1,
+    }
+}

@@ -1,0 +1,26 @@
+//! certroll rotates X.509 certificates for IoT fleets and certificate vaults.
+//!
+//! The crate is layered; each layer calls only the layers below it:
+//!
+//! - [`cli`]: clap definitions and one thin `exec` per verb; maps errors to exit codes.
+//! - [`ops`]: one module per verb (`ops::issue`, `ops::status`, `ops::export`, ...). Ops take a
+//!   validated plan, a backend and the time, and return report structs; they never print.
+//! - [`output`]: renders reports as human text or one JSON document.
+//! - [`plan`]: the TOML plan: parsing, validation with file:line:column errors.
+//! - [`backend`]: the vault, enrollment service, hub registry and fleet behind traits;
+//!   [`backend::local`] implements them on [`store`].
+//! - [`store`]: the embedded SQLite store, its schema and migrations, key sealing.
+//! - [`pki`]: keys, certificates, thumbprints, PEM and PKCS#12. Pure; never reads the clock.
+//! - [`clock`]: the injectable clock (`--now`).
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod cli;
+pub mod clock;
+pub mod error;
+pub mod fsutil;
+pub mod ops;
+pub mod output;
+pub mod pki;
+pub mod plan;
+pub mod store;

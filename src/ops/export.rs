@@ -1,0 +1,154 @@
+//! `export`: writes a certificate with its chain (and, when allowed, its key) as PEM or PFX.
+//!
+//! Refuses, with an input error, a disabled version, a version outside its validity window at
+//! `now`, and any key the policy marks non-exportable (HSM keys never are).
+
+use super::{
+    Access, BackendSettings, Target, ca_cert_name, chain_above, device_cert_name, open_backend,
+};
+use crate::backend::Vault as _;
+use crate::error::input;
+use crate::plan::Plan;
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+use std::path::PathBuf;
+use time::OffsetDateTime;
+
+/// Output format of `export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// The certificate, then its chain up to (not including) the root; with `--with-key`, the key.
+    Pem,
+    /// PKCS#12 with key and chain (AES-256, HMAC-SHA256).
+    Pfx,
+}
+
+/// Options of `export`.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// What to export: `ca:NAME`, `device:ID` or `enrollment:NAME`.
+    pub target: Target,
+    /// PEM or PFX.
+    pub format: ExportFormat,
+    /// Where to write.
+    pub out: PathBuf,
+    /// Add the private key to a PEM export.
+    pub with_key: bool,
+    /// The PFX password (already read from the environment variable).
+    pub password: Option<zeroize::Zeroizing<String>>,
+    /// How to open the backend.
+    pub backend: BackendSettings,
+}
+
+/// What `export` wrote.
+#[derive(Debug, Serialize)]
+pub struct ExportReport {
+    /// The target.
+    pub target: String,
+    /// The vault certificate and version exported.
+    pub certificate: String,
+    /// The version.
+    pub version: String,
+    /// The file written.
+    pub out: PathBuf,
+    /// pem or pfx.
+    pub format: &'static str,
+    /// Whether the private key is in the file.
+    pub includes_key: bool,
+    /// How many certificates the file holds.
+    pub certificates: usize,
+}
+
+/// Runs `export`.
+pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<ExportReport> {
+    opts.target.check(plan)?;
+    let name = match &opts.target {
+        Target::Ca(n) => ca_cert_name(n),
+        Target::Device(id) | Target::Enrollment(id) => device_cert_name(id),
+        Target::Group(g) => {
+            return Err(input(format!(
+                "export takes ca:NAME, device:ID or enrollment:NAME; for group `{g}` export its signing CA (ca:{})",
+                plan.groups[g].signing_ca
+            )));
+        }
+    };
+    let backend = open_backend(plan, Access::Read, &opts.backend)?;
+    let version = backend.current(&name)?.ok_or_else(|| {
+        input(format!(
+            "{} has not been issued yet (run `certroll issue {}`)",
+            opts.target, opts.target
+        ))
+    })?;
+    if !version.enabled {
+        return Err(input(format!(
+            "{} version {} is disabled and cannot be exported",
+            opts.target, version.version
+        )));
+    }
+    if now < version.nbf || now > version.exp {
+        return Err(input(format!(
+            "{} version {} is valid only from {} to {}; it cannot be exported at {}",
+            opts.target,
+            version.version,
+            crate::clock::rfc3339(version.nbf),
+            crate::clock::rfc3339(version.exp),
+            crate::clock::rfc3339(now)
+        )));
+    }
+    let wants_key = opts.with_key || opts.format == ExportFormat::Pfx;
+    if wants_key && !version.exportable {
+        return Err(input(format!(
+            "the private key of {} ({}) is not exportable under its policy",
+            opts.target, version.kty
+        )));
+    }
+    let mut chain = vec![version.cert_der.clone()];
+    let above = chain_above(&backend, &version)?;
+    let root_excluded = above.len().saturating_sub(1);
+    chain.extend(above.into_iter().take(root_excluded));
+
+    let bytes: zeroize::Zeroizing<Vec<u8>> = match opts.format {
+        ExportFormat::Pem => {
+            let mut text = zeroize::Zeroizing::new(String::new());
+            for der in &chain {
+                text.push_str(&crate::pki::pem::cert_to_pem(der));
+            }
+            if opts.with_key {
+                let key = backend.private_key(&version)?;
+                text.push_str(&crate::pki::pem::key_to_pem(key.pkcs8_der()));
+            }
+            zeroize::Zeroizing::new(text.as_bytes().to_vec())
+        }
+        ExportFormat::Pfx => {
+            let password = opts
+                .password
+                .as_ref()
+                .ok_or_else(|| input("a pfx export needs a password: --password-env VAR"))?;
+            let key = backend.private_key(&version)?;
+            // Carry the whole chain, root included, so the PFX is self-contained.
+            let mut full = vec![version.cert_der.clone()];
+            full.extend(chain_above(&backend, &version)?);
+            chain = full;
+            zeroize::Zeroizing::new(crate::pki::pkcs12::write_pfx(
+                &name,
+                key.pkcs8_der(),
+                &chain,
+                password,
+            )?)
+        }
+    };
+    crate::fsutil::write_atomic(&opts.out, &bytes, wants_key)
+        .with_context(|| format!("writing {}", opts.out.display()))?;
+    Ok(ExportReport {
+        target: opts.target.to_string(),
+        certificate: name,
+        version: version.version.clone(),
+        out: opts.out.clone(),
+        format: match opts.format {
+            ExportFormat::Pem => "pem",
+            ExportFormat::Pfx => "pfx",
+        },
+        includes_key: wants_key,
+        certificates: chain.len(),
+    })
+}

@@ -1,0 +1,822 @@
+//! `issue`: creates whatever the plan declares and the state lacks, in dependency order: CA
+//! chains in the vault, root CAs uploaded to the enrollment service and verified by proof of
+//! possession, enrollment groups, device certificates installed on devices, individual
+//! enrollments, and finally each device's registration (which creates its hub identity).
+//!
+//! Every step first checks the state, so a rerun (or a run after a crash) does only what is
+//! left. Devices are handled in chunks: keys and signatures in parallel, store writes batched.
+
+use super::{
+    Access, BackendSettings, LoadedIssuer, Target, ca_cert_name, device_cert_name, device_owner,
+    effective_key_usage, exportable, load_issuer, open_backend, policy_json,
+};
+use crate::backend::Backend;
+use crate::backend::types::*;
+use crate::pki::PrivateKey;
+use crate::pki::cert::{CertProfile, sign_leaf, sign_public_key, sign_self};
+use crate::pki::spec::Subject;
+use crate::plan::{CaSpec, EnrollmentSpec, GroupSpec, Plan, Policy};
+use anyhow::{Context as _, Result, bail};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::collections::BTreeSet;
+use time::{Duration, OffsetDateTime};
+
+/// Devices per batch: large enough to amortise a transaction, small enough to stream.
+const CHUNK: usize = 2048;
+
+/// Options of `issue`.
+#[derive(Debug, Clone, Default)]
+pub struct IssueOptions {
+    /// Only these targets (and what they depend on); empty = everything.
+    pub targets: Vec<Target>,
+    /// Print the steps, change nothing.
+    pub dry_run: bool,
+    /// How to open the backend.
+    pub backend: BackendSettings,
+}
+
+/// One step `issue` took (or, in a dry run, would take).
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    /// What kind of step: create-ca, upload-ca, verify-ca, create-group, issue-device-certs,
+    /// create-enrollments, register-devices.
+    pub action: &'static str,
+    /// What it acts on (`ca:root`, `group:sensors`, ...).
+    pub target: String,
+    /// How many objects (devices for the device steps, 1 otherwise).
+    pub count: u64,
+    /// A human description.
+    pub detail: String,
+}
+
+/// A device the enrollment service refused.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejection {
+    /// Device id.
+    pub device: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// What `issue` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct IssueReport {
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// The steps, in order.
+    pub steps: Vec<Step>,
+    /// Devices whose registration was refused (none in a healthy plan).
+    pub rejected: Vec<Rejection>,
+}
+
+impl IssueReport {
+    /// Whether there was nothing to do.
+    pub fn nothing_to_do(&self) -> bool {
+        self.steps.is_empty()
+    }
+}
+
+/// Progress of the device loop, for a progress bar.
+pub trait Progress {
+    /// Called once with the number of devices to look at.
+    fn start(&self, total: u64);
+    /// Called as devices are done.
+    fn advance(&self, n: u64);
+    /// Called at the end.
+    fn finish(&self);
+}
+
+/// No progress display.
+pub struct NoProgress;
+impl Progress for NoProgress {
+    fn start(&self, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn finish(&self) {}
+}
+
+/// What the selection of targets includes.
+struct Selection {
+    cas: BTreeSet<String>,
+    groups: BTreeSet<String>,
+    enrollments: BTreeSet<String>,
+    /// `Some` = only these devices of the selected groups.
+    devices: Option<BTreeSet<String>>,
+}
+
+fn select(plan: &Plan, targets: &[Target]) -> Result<Selection> {
+    if targets.is_empty() {
+        return Ok(Selection {
+            cas: plan.cas.iter().map(|c| c.name.clone()).collect(),
+            groups: plan.groups.keys().cloned().collect(),
+            enrollments: plan.enrollments.keys().cloned().collect(),
+            devices: None,
+        });
+    }
+    let mut sel = Selection {
+        cas: BTreeSet::new(),
+        groups: BTreeSet::new(),
+        enrollments: BTreeSet::new(),
+        devices: None,
+    };
+    let mut whole_groups = BTreeSet::new();
+    let mut some_devices = BTreeSet::new();
+    for target in targets {
+        target.check(plan)?;
+        match target {
+            Target::Ca(name) => add_ca_chain(plan, name, &mut sel.cas),
+            Target::Group(name) => {
+                add_ca_chain(plan, &plan.groups[name].signing_ca, &mut sel.cas);
+                sel.groups.insert(name.clone());
+                whole_groups.insert(name.clone());
+            }
+            Target::Enrollment(name) => {
+                add_ca_chain(plan, &plan.enrollments[name].issuer, &mut sel.cas);
+                sel.enrollments.insert(name.clone());
+            }
+            Target::Device(id) => match device_owner(plan, id) {
+                Some(super::DeviceOwner::Enrollment(e)) => {
+                    add_ca_chain(plan, &e.issuer, &mut sel.cas);
+                    sel.enrollments.insert(e.name.clone());
+                }
+                Some(super::DeviceOwner::Group(g)) => {
+                    add_ca_chain(plan, &g.signing_ca, &mut sel.cas);
+                    sel.groups.insert(g.name.clone());
+                    some_devices.insert(id.clone());
+                }
+                None => unreachable!("checked above"),
+            },
+        }
+    }
+    if !some_devices.is_empty() {
+        // Whole groups named as targets include all their devices; add those ids lazily by
+        // treating a device filter as "these ids, plus every id of a whole group".
+        if whole_groups.is_empty() {
+            sel.devices = Some(some_devices);
+        } else {
+            for g in &whole_groups {
+                some_devices.extend(plan.groups[g].device_ids());
+            }
+            sel.devices = Some(some_devices);
+        }
+    }
+    Ok(sel)
+}
+
+fn add_ca_chain(plan: &Plan, name: &str, out: &mut BTreeSet<String>) {
+    let mut next = Some(name.to_string());
+    while let Some(n) = next {
+        next = plan
+            .cas
+            .iter()
+            .find(|c| c.name == n)
+            .and_then(|c| c.issuer.clone());
+        out.insert(n);
+    }
+}
+
+/// Runs `issue`.
+pub fn issue(
+    plan: &Plan,
+    opts: &IssueOptions,
+    now: OffsetDateTime,
+    progress: &dyn Progress,
+) -> Result<IssueReport> {
+    let sel = select(plan, &opts.targets)?;
+    let access = if opts.dry_run {
+        Access::Preview
+    } else {
+        Access::Write
+    };
+    let mut backend = open_backend(plan, access, &opts.backend)?;
+    let mut report = IssueReport {
+        dry_run: opts.dry_run,
+        steps: Vec::new(),
+        rejected: Vec::new(),
+    };
+
+    for ca in plan.cas.iter().filter(|c| sel.cas.contains(&c.name)) {
+        issue_ca(plan, ca, &mut backend, now, opts.dry_run, &mut report)
+            .with_context(|| format!("issuing CA `{}`", ca.name))?;
+    }
+    for group in plan
+        .groups
+        .values()
+        .filter(|g| sel.groups.contains(&g.name))
+    {
+        create_group(plan, group, &mut backend, now, opts.dry_run, &mut report)
+            .with_context(|| format!("creating enrollment group `{}`", group.name))?;
+    }
+
+    let total: u64 = plan
+        .groups
+        .values()
+        .filter(|g| sel.groups.contains(&g.name))
+        .map(|g| match &sel.devices {
+            Some(ids) => g.device_ids().filter(|id| ids.contains(id)).count() as u64,
+            None => g.device_count(),
+        })
+        .sum::<u64>()
+        + sel.enrollments.len() as u64;
+    progress.start(total);
+    for group in plan
+        .groups
+        .values()
+        .filter(|g| sel.groups.contains(&g.name))
+    {
+        let ids = group
+            .device_ids()
+            .filter(|id| sel.devices.as_ref().is_none_or(|s| s.contains(id)));
+        let unit = Unit::Group(group);
+        issue_devices(
+            plan,
+            &unit,
+            ids,
+            &mut backend,
+            now,
+            opts.dry_run,
+            &mut report,
+            progress,
+        )
+        .with_context(|| format!("issuing the devices of group `{}`", group.name))?;
+    }
+    let enrollments: Vec<&EnrollmentSpec> = plan
+        .enrollments
+        .values()
+        .filter(|e| sel.enrollments.contains(&e.name))
+        .collect();
+    for e in enrollments {
+        let unit = Unit::Enrollment(e);
+        issue_devices(
+            plan,
+            &unit,
+            std::iter::once(e.name.clone()),
+            &mut backend,
+            now,
+            opts.dry_run,
+            &mut report,
+            progress,
+        )
+        .with_context(|| format!("issuing individual enrollment `{}`", e.name))?;
+    }
+    progress.finish();
+    Ok(report)
+}
+
+fn validity(
+    policy: &Policy,
+    now: OffsetDateTime,
+    cap: Option<OffsetDateTime>,
+) -> (OffsetDateTime, OffsetDateTime) {
+    let not_before = now;
+    let mut not_after = now + Duration::days(policy.validity_days as i64);
+    if let Some(cap) = cap {
+        not_after = not_after.min(cap);
+    }
+    (not_before, not_after)
+}
+
+fn issue_ca(
+    plan: &Plan,
+    ca: &CaSpec,
+    backend: &mut dyn Backend,
+    now: OffsetDateTime,
+    dry_run: bool,
+    report: &mut IssueReport,
+) -> Result<()> {
+    let policy = &plan.policies[&ca.policy];
+    let cert_name = ca_cert_name(&ca.name);
+    let target = format!("ca:{}", ca.name);
+    let mut current = backend.current(&cert_name)?;
+    if current.is_none() {
+        let detail = format!(
+            "create CA `{}` ({}, {} key, {} days{})",
+            ca.subject,
+            match &ca.issuer {
+                Some(i) => format!("issued by `{i}`"),
+                None => "self-signed root".into(),
+            },
+            policy.key,
+            policy.validity_days,
+            match ca.path_len {
+                Some(n) => format!(", path length {n}"),
+                None => String::new(),
+            }
+        );
+        report.steps.push(Step {
+            action: "create-ca",
+            target: target.clone(),
+            count: 1,
+            detail,
+        });
+        if dry_run {
+            if ca.issuer.is_none() {
+                report.steps.push(Step {
+                    action: "upload-ca",
+                    target: target.clone(),
+                    count: 1,
+                    detail: format!("upload CA `{}` to the enrollment service", ca.name),
+                });
+                report.steps.push(Step {
+                    action: "verify-ca",
+                    target: target.clone(),
+                    count: 1,
+                    detail: format!("prove possession of the key of CA `{}`", ca.name),
+                });
+            }
+            return Ok(());
+        }
+        let key = PrivateKey::generate(&policy.key)?;
+        let issuer = match &ca.issuer {
+            Some(i) => Some(load_issuer(backend, i)?),
+            None => None,
+        };
+        if let Some(iss) = &issuer
+            && iss.not_after <= now
+        {
+            bail!(
+                "issuing CA `{}` expired at {}",
+                ca.issuer.as_deref().unwrap_or(""),
+                crate::clock::rfc3339(iss.not_after)
+            );
+        }
+        let (not_before, not_after) = validity(policy, now, issuer.as_ref().map(|i| i.not_after));
+        let profile = CertProfile {
+            subject: ca.subject.clone(),
+            dns_names: policy.dns_names.clone(),
+            key_usage: effective_key_usage(policy, true),
+            extended_key_usage: policy.extended_key_usage.clone(),
+            not_before,
+            not_after,
+            ca: Some(ca.path_len),
+        };
+        let der = match &issuer {
+            Some(iss) => sign_leaf(&profile, &key, &iss.key)?,
+            None => sign_self(&profile, &key)?,
+        };
+        let policy_doc = policy_json(policy, &ca.subject.to_string(), ca.issuer.as_deref());
+        backend.create_versions(
+            &[NewVersion {
+                name: &cert_name,
+                policy_json: &policy_doc,
+                cert_der: &der,
+                key_pkcs8: key.pkcs8_der(),
+                kty: policy.key.kty(),
+                exportable: exportable(policy),
+                issuer: issuer
+                    .as_ref()
+                    .map(|i| (i.cert_name.as_str(), i.version.as_str())),
+            }],
+            now,
+        )?;
+        current = backend.current(&cert_name)?;
+    }
+    let current = current.context("the vault lost the CA version it just stored")?;
+
+    // Roots go to the enrollment service's CA certificates and are verified there.
+    if ca.issuer.is_none() {
+        let thumbprint = crate::pki::sha1_thumbprint(&current.cert_der);
+        let in_service = backend.ca(&ca.name)?;
+        if in_service
+            .as_ref()
+            .is_none_or(|c| c.thumbprint != thumbprint)
+        {
+            report.steps.push(Step {
+                action: "upload-ca",
+                target: target.clone(),
+                count: 1,
+                detail: format!(
+                    "upload CA `{}` ({thumbprint}) to the enrollment service",
+                    ca.name
+                ),
+            });
+            if !dry_run {
+                backend.upload_ca(&ca.name, &current.cert_der, now)?;
+            }
+        }
+        if in_service
+            .as_ref()
+            .is_none_or(|c| !c.verified || c.thumbprint != thumbprint)
+        {
+            report.steps.push(Step {
+                action: "verify-ca",
+                target,
+                count: 1,
+                detail: format!("prove possession of the key of CA `{}`", ca.name),
+            });
+            if !dry_run {
+                prove_possession(backend, &ca.name, &current, now)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Proof of possession: the service hands out a nonce, we sign a certificate whose CN is that
+/// nonce with the CA key, and the service checks it.
+fn prove_possession(
+    backend: &mut dyn Backend,
+    name: &str,
+    ca: &VaultVersion,
+    now: OffsetDateTime,
+) -> Result<()> {
+    let nonce = backend.verification_code(name, now)?;
+    let ca_key = backend.private_key(ca)?;
+    let issuer = crate::pki::cert::IssuerKey::new(ca.cert_der.clone(), ca_key)?;
+    let holder = PrivateKey::generate(&crate::pki::spec::KeySpec::Ec {
+        curve: crate::pki::spec::Curve::P256,
+        hsm: false,
+    })?;
+    let profile = CertProfile {
+        subject: Subject::common_name(&nonce),
+        dns_names: vec![],
+        key_usage: vec![crate::pki::spec::KeyUsage::DigitalSignature],
+        extended_key_usage: vec![],
+        not_before: now,
+        not_after: (now + Duration::days(1)).min(ca.exp),
+        ca: None,
+    };
+    let der = sign_public_key(&profile, holder.pair(), &issuer)?;
+    backend.verify_ca(name, &der, now)?;
+    Ok(())
+}
+
+fn create_group(
+    plan: &Plan,
+    group: &GroupSpec,
+    backend: &mut dyn Backend,
+    now: OffsetDateTime,
+    dry_run: bool,
+    report: &mut IssueReport,
+) -> Result<()> {
+    if backend.group(&group.name)?.is_some() {
+        return Ok(());
+    }
+    let signing = plan
+        .cas
+        .iter()
+        .find(|c| c.name == group.signing_ca)
+        .context("signing CA not in plan")?;
+    report.steps.push(Step {
+        action: "create-group",
+        target: format!("group:{}", group.name),
+        count: 1,
+        detail: format!(
+            "create enrollment group `{}` with CA `{}` in the primary slot, assigning to hub `{}` (reprovision: {})",
+            group.name,
+            group.signing_ca,
+            group.hub,
+            group.reprovision.as_str()
+        ),
+    });
+    if dry_run {
+        return Ok(());
+    }
+    let ca_cert = backend
+        .current(&ca_cert_name(&group.signing_ca))?
+        .context("signing CA missing from the vault")?;
+    let slot = Slot {
+        cert_der: ca_cert.cert_der,
+        // A root is referenced as a verified service CA; an intermediate is uploaded to the group.
+        ca_reference: signing.issuer.is_none().then(|| group.signing_ca.clone()),
+    };
+    backend.put_group(
+        &EnrollmentGroup {
+            name: group.name.clone(),
+            primary: Some(slot),
+            secondary: None,
+            status: Status::Enabled,
+            reprovision: group.reprovision.as_str().into(),
+            hub: group.hub.clone(),
+        },
+        now,
+    )?;
+    Ok(())
+}
+
+/// Where a batch of devices comes from.
+enum Unit<'p> {
+    Group(&'p GroupSpec),
+    Enrollment(&'p EnrollmentSpec),
+}
+
+impl Unit<'_> {
+    fn target(&self) -> String {
+        match self {
+            Unit::Group(g) => format!("group:{}", g.name),
+            Unit::Enrollment(e) => format!("enrollment:{}", e.name),
+        }
+    }
+    fn issuer(&self) -> &str {
+        match self {
+            Unit::Group(g) => &g.signing_ca,
+            Unit::Enrollment(e) => &e.issuer,
+        }
+    }
+    fn policy<'a>(&self, plan: &'a Plan) -> &'a Policy {
+        match self {
+            Unit::Group(g) => &plan.policies[&g.device_policy],
+            Unit::Enrollment(e) => &plan.policies[&e.policy],
+        }
+    }
+}
+
+/// What one device still needs.
+struct Need {
+    id: String,
+    cert: Option<VaultVersion>,
+    install: bool,
+    enroll: bool,
+    register: bool,
+}
+
+/// Running totals of the device steps of one unit, turned into report steps at the end.
+#[derive(Default)]
+struct Tally {
+    certs: Vec<String>,
+    certs_n: u64,
+    installs: u64,
+    enrollments: u64,
+    registrations: u64,
+}
+
+impl Tally {
+    fn note_cert(&mut self, id: &str) {
+        self.certs_n += 1;
+        if self.certs.len() < 3 {
+            self.certs.push(id.to_string());
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn issue_devices(
+    plan: &Plan,
+    unit: &Unit<'_>,
+    ids: impl Iterator<Item = String>,
+    backend: &mut dyn Backend,
+    now: OffsetDateTime,
+    dry_run: bool,
+    report: &mut IssueReport,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let policy = unit.policy(plan);
+    let mut issuer: Option<LoadedIssuer> = None;
+    let mut tally = Tally::default();
+    let mut ids = ids.peekable();
+    while ids.peek().is_some() {
+        let chunk: Vec<String> = ids.by_ref().take(CHUNK).collect();
+        let needs = assess(backend, unit, &chunk)?;
+        for n in &needs {
+            if n.cert.is_none() {
+                tally.note_cert(&n.id);
+            }
+            tally.installs += n.install as u64;
+            tally.enrollments += n.enroll as u64;
+            tally.registrations += n.register as u64;
+        }
+        if !dry_run
+            && needs
+                .iter()
+                .any(|n| n.cert.is_none() || n.install || n.enroll || n.register)
+        {
+            if issuer.is_none() {
+                let loaded = load_issuer(backend, unit.issuer())?;
+                if loaded.not_after <= now {
+                    bail!(
+                        "CA `{}` expired at {}; roll it before issuing",
+                        unit.issuer(),
+                        crate::clock::rfc3339(loaded.not_after)
+                    );
+                }
+                issuer = Some(loaded);
+            }
+            let rejected = apply_chunk(
+                unit,
+                policy,
+                issuer.as_ref().expect("loaded above"),
+                needs,
+                backend,
+                now,
+            )?;
+            report.rejected.extend(rejected);
+        }
+        progress.advance(chunk.len() as u64);
+    }
+    let target = unit.target();
+    if tally.certs_n > 0 {
+        let more = if tally.certs_n > tally.certs.len() as u64 {
+            ", ..."
+        } else {
+            ""
+        };
+        report.steps.push(Step {
+            action: "issue-device-certs",
+            target: target.clone(),
+            count: tally.certs_n,
+            detail: format!(
+                "issue {} device certificate(s) from policy `{}` ({} key) signed by CA `{}`: {}{more}",
+                tally.certs_n,
+                policy.name,
+                policy.key,
+                unit.issuer(),
+                tally.certs.join(", ")
+            ),
+        });
+    }
+    if tally.installs > 0 {
+        report.steps.push(Step {
+            action: "install-device-certs",
+            target: target.clone(),
+            count: tally.installs,
+            detail: format!(
+                "install the new certificate on {} device(s)",
+                tally.installs
+            ),
+        });
+    }
+    if tally.enrollments > 0 {
+        report.steps.push(Step {
+            action: "create-enrollments",
+            target: target.clone(),
+            count: tally.enrollments,
+            detail: format!("create {} individual enrollment(s) with the device certificate in the primary slot", tally.enrollments),
+        });
+    }
+    if tally.registrations > 0 {
+        let hub = match unit {
+            Unit::Group(g) => &g.hub,
+            Unit::Enrollment(e) => &e.hub,
+        };
+        report.steps.push(Step {
+            action: "register-devices",
+            target,
+            count: tally.registrations,
+            detail: format!(
+                "provision {} device(s) through the enrollment service onto hub `{hub}`",
+                tally.registrations
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn assess(backend: &dyn Backend, unit: &Unit<'_>, chunk: &[String]) -> Result<Vec<Need>> {
+    let mut needs = Vec::with_capacity(chunk.len());
+    for id in chunk {
+        let cert = backend.current(&device_cert_name(id))?;
+        let device = backend.device(id)?;
+        let install = match (&cert, &device) {
+            (Some(c), Some(d)) => d.installed_version.as_deref() != Some(c.version.as_str()),
+            _ => true,
+        };
+        let enroll = matches!(unit, Unit::Enrollment(_)) && backend.individual(id)?.is_none();
+        let register = match backend.registration(id)? {
+            Some(r) if r.status == "assigned" => match r.hub.as_deref() {
+                Some(hub) => backend.identity(hub, id)?.is_none(),
+                None => true,
+            },
+            _ => true,
+        };
+        needs.push(Need {
+            id: id.clone(),
+            cert,
+            install,
+            enroll,
+            register: register || install || enroll,
+        });
+    }
+    Ok(needs)
+}
+
+fn apply_chunk(
+    unit: &Unit<'_>,
+    policy: &Policy,
+    issuer: &LoadedIssuer,
+    needs: Vec<Need>,
+    backend: &mut dyn Backend,
+    now: OffsetDateTime,
+) -> Result<Vec<Rejection>> {
+    // Keys and signatures: the expensive part, on every core.
+    let (not_before, not_after) = validity(policy, now, Some(issuer.not_after));
+    let key_usage = effective_key_usage(policy, false);
+    let fresh: Vec<(usize, PrivateKey, Vec<u8>)> = needs
+        .par_iter()
+        .enumerate()
+        .filter(|(_, n)| n.cert.is_none())
+        .map(|(i, n)| {
+            let key = PrivateKey::generate(&policy.key)?;
+            let profile = CertProfile {
+                subject: Subject::common_name(&n.id),
+                dns_names: policy.dns_names.clone(),
+                key_usage: key_usage.clone(),
+                extended_key_usage: policy.extended_key_usage.clone(),
+                not_before,
+                not_after,
+                ca: None,
+            };
+            let der = sign_leaf(&profile, &key, &issuer.key)?;
+            Ok((i, key, der))
+        })
+        .collect::<Result<_, crate::pki::Error>>()?;
+
+    let names: Vec<String> = fresh
+        .iter()
+        .map(|(i, _, _)| device_cert_name(&needs[*i].id))
+        .collect();
+    let policy_doc = policy_json(policy, "CN=<device id>", Some(unit.issuer()));
+    let batch: Vec<NewVersion<'_>> = fresh
+        .iter()
+        .zip(&names)
+        .map(|((_, key, der), name)| NewVersion {
+            name,
+            policy_json: &policy_doc,
+            cert_der: der,
+            key_pkcs8: key.pkcs8_der(),
+            kty: policy.key.kty(),
+            exportable: exportable(policy),
+            issuer: Some((issuer.cert_name.as_str(), issuer.version.as_str())),
+        })
+        .collect();
+    let versions = backend.create_versions(&batch, now)?;
+    drop(batch);
+
+    // The certificate each device ends up with: the fresh one or the one the vault had.
+    let mut certs: Vec<Option<(String, Vec<u8>)>> = needs
+        .iter()
+        .map(|n| {
+            n.cert
+                .as_ref()
+                .map(|c| (c.version.clone(), c.cert_der.clone()))
+        })
+        .collect();
+    for ((i, _, der), version) in fresh.into_iter().zip(versions) {
+        certs[i] = Some((version, der));
+    }
+
+    let (group, enrollment) = match unit {
+        Unit::Group(g) => (Some(g.name.clone()), None),
+        Unit::Enrollment(e) => (None, Some(e.name.clone())),
+    };
+    let installs: Vec<DeviceRecord> = needs
+        .iter()
+        .zip(&certs)
+        .filter(|(n, _)| n.install)
+        .map(|(n, c)| DeviceRecord {
+            id: n.id.clone(),
+            group: group.clone(),
+            enrollment: enrollment.clone(),
+            cert_name: device_cert_name(&n.id),
+            installed_version: c.as_ref().map(|(v, _)| v.clone()),
+        })
+        .collect();
+    if !installs.is_empty() {
+        backend.install(&installs)?;
+    }
+
+    if let Unit::Enrollment(e) = unit {
+        let new: Vec<IndividualEnrollment> = needs
+            .iter()
+            .zip(&certs)
+            .filter(|(n, _)| n.enroll)
+            .map(|(n, c)| IndividualEnrollment {
+                registration_id: n.id.clone(),
+                primary: c.as_ref().map(|(_, der)| der.clone()),
+                secondary: None,
+                status: Status::Enabled,
+                reprovision: e.reprovision.as_str().into(),
+                hub: e.hub.clone(),
+            })
+            .collect();
+        if !new.is_empty() {
+            backend.put_individuals(&new, now)?;
+        }
+    }
+
+    let requests: Vec<RegistrationRequest> = needs
+        .iter()
+        .zip(&certs)
+        .filter(|(n, _)| n.register)
+        .filter_map(|(n, c)| {
+            let (_, der) = c.as_ref()?;
+            let mut chain = vec![der.clone()];
+            chain.extend(issuer.chain.iter().cloned());
+            Some(RegistrationRequest {
+                registration_id: n.id.clone(),
+                chain,
+            })
+        })
+        .collect();
+    let mut rejected = Vec::new();
+    if !requests.is_empty() {
+        for (req, state) in requests.iter().zip(backend.register(&requests, now)?) {
+            if state.status != "assigned" {
+                rejected.push(Rejection {
+                    device: req.registration_id.clone(),
+                    reason: state.error.unwrap_or_else(|| "refused".into()),
+                });
+            }
+        }
+    }
+    Ok(rejected)
+}

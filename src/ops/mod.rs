@@ -1,0 +1,312 @@
+//! One module per verb. An op takes the validated plan, a backend and the time, and returns a
+//! report; it never prints and never reads the clock itself.
+
+pub mod export;
+pub mod init;
+pub mod issue;
+pub mod status;
+
+use crate::backend::local::LocalBackend;
+use crate::backend::{Backend, BackendError};
+use crate::error::input;
+use crate::pki::cert::IssuerKey;
+use crate::pki::spec::{KeySpec, KeyUsage};
+use crate::plan::{BackendConfig, Plan, Policy};
+use crate::store::{OpenOptions, Store};
+use anyhow::{Context as _, Result};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use export::{ExportFormat, ExportOptions, export};
+pub use issue::{IssueOptions, IssueReport, issue};
+
+/// What a verb acts on: `ca:NAME`, `group:NAME`, `enrollment:NAME` or `device:ID`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// A certificate authority of the plan.
+    Ca(String),
+    /// An enrollment group.
+    Group(String),
+    /// An individual enrollment.
+    Enrollment(String),
+    /// One device.
+    Device(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Ca(n) => write!(f, "ca:{n}"),
+            Target::Group(n) => write!(f, "group:{n}"),
+            Target::Enrollment(n) => write!(f, "enrollment:{n}"),
+            Target::Device(n) => write!(f, "device:{n}"),
+        }
+    }
+}
+
+impl Target {
+    /// Parses `kind:name`.
+    pub fn parse(text: &str) -> std::result::Result<Target, String> {
+        let (kind, name) = text.split_once(':').ok_or_else(|| {
+            format!("target `{text}` must be ca:NAME, group:NAME, enrollment:NAME or device:ID")
+        })?;
+        if name.is_empty() {
+            return Err(format!("target `{text}` has an empty name"));
+        }
+        Ok(match kind {
+            "ca" => Target::Ca(name.into()),
+            "group" => Target::Group(name.into()),
+            "enrollment" => Target::Enrollment(name.into()),
+            "device" => Target::Device(name.into()),
+            other => {
+                return Err(format!(
+                    "target kind `{other}` in `{text}` is not one of ca, group, enrollment, device"
+                ));
+            }
+        })
+    }
+
+    /// Checks that the target names something the plan declares.
+    pub fn check(&self, plan: &Plan) -> Result<()> {
+        let known = match self {
+            Target::Ca(n) => plan.cas.iter().any(|c| &c.name == n),
+            Target::Group(n) => plan.groups.contains_key(n),
+            Target::Enrollment(n) => plan.enrollments.contains_key(n),
+            Target::Device(id) => device_owner(plan, id).is_some(),
+        };
+        if known {
+            Ok(())
+        } else {
+            Err(input(format!(
+                "{}: target `{self}` is not declared in the plan",
+                plan.path.display()
+            )))
+        }
+    }
+}
+
+/// Which group or enrollment declares a device id.
+pub fn device_owner<'p>(plan: &'p Plan, id: &str) -> Option<DeviceOwner<'p>> {
+    if let Some(e) = plan.enrollments.get(id) {
+        return Some(DeviceOwner::Enrollment(e));
+    }
+    plan.groups
+        .values()
+        .find(|g| group_has_device(g, id))
+        .map(DeviceOwner::Group)
+}
+
+pub(crate) fn group_has_device(group: &crate::plan::GroupSpec, id: &str) -> bool {
+    match &group.devices {
+        crate::plan::DeviceSource::Generated { prefix, count } => {
+            let width = count.to_string().len();
+            id.strip_prefix(prefix.as_str())
+                .filter(|digits| {
+                    digits.len() == width && digits.bytes().all(|b| b.is_ascii_digit())
+                })
+                .and_then(|digits| digits.parse::<u64>().ok())
+                .is_some_and(|n| n >= 1 && n <= *count)
+        }
+        crate::plan::DeviceSource::File { ids, .. } => ids.iter().any(|i| i == id),
+    }
+}
+
+/// The declaration a device comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum DeviceOwner<'p> {
+    /// A member of an enrollment group.
+    Group(&'p crate::plan::GroupSpec),
+    /// An individual enrollment.
+    Enrollment(&'p crate::plan::EnrollmentSpec),
+}
+
+/// The vault certificate name of a CA.
+pub fn ca_cert_name(ca: &str) -> String {
+    format!("ca-{ca}")
+}
+
+/// The vault certificate name of a device's leaf.
+pub fn device_cert_name(device_id: &str) -> String {
+    format!("dev-{device_id}")
+}
+
+/// How a verb opens the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read only; the store must exist.
+    Read,
+    /// Create if missing, take the writer lock.
+    Write,
+    /// A dry run: read the store if it exists, else an empty in-memory one.
+    Preview,
+}
+
+/// Settings from the command line that decide how the backend is opened.
+#[derive(Debug, Clone, Default)]
+pub struct BackendSettings {
+    /// Overrides the plan's store key file.
+    pub key_file: Option<PathBuf>,
+    /// How long to wait for another writer.
+    pub lock_timeout: Option<Duration>,
+}
+
+/// Opens the plan's backend.
+pub fn open_backend(
+    plan: &Plan,
+    access: Access,
+    settings: &BackendSettings,
+) -> Result<LocalBackend> {
+    let BackendConfig::Local { path, key_file } = &plan.backend;
+    if access == Access::Preview && !path.exists() {
+        return Ok(LocalBackend::new(Store::open_empty()?));
+    }
+    let opts = OpenOptions {
+        path: path.clone(),
+        key_file: settings.key_file.clone().or_else(|| key_file.clone()),
+        create: access == Access::Write,
+        write: access == Access::Write,
+        lock_timeout: settings.lock_timeout.unwrap_or(Duration::from_secs(30)),
+    };
+    let store = Store::open(&opts)
+        .with_context(|| format!("opening the store of {}", plan.path.display()))?;
+    Ok(LocalBackend::new(store))
+}
+
+/// A CA ready to sign, with the chain that goes with what it signs.
+pub struct LoadedIssuer {
+    /// The vault certificate name of the CA.
+    pub cert_name: String,
+    /// The CA version.
+    pub version: String,
+    /// The signing key and certificate.
+    pub key: IssuerKey,
+    /// Certificates to present after a leaf: this CA and its issuers, excluding the root.
+    pub chain: Vec<Vec<u8>>,
+    /// The CA's notAfter (leaves are clamped to it).
+    pub not_after: time::OffsetDateTime,
+}
+
+/// Loads the current version of a CA with its key, for signing.
+pub fn load_issuer(backend: &dyn Backend, ca: &str) -> Result<LoadedIssuer> {
+    let cert_name = ca_cert_name(ca);
+    let current = backend.current(&cert_name)?.ok_or_else(|| {
+        BackendError::NotFound(format!(
+            "CA `{ca}` in the vault (run `certroll issue ca:{ca}`)"
+        ))
+    })?;
+    let key = backend.private_key(&current)?;
+    let chain = chain_above(backend, &current)?;
+    let mut full = vec![current.cert_der.clone()];
+    full.extend(chain);
+    // Drop the self-signed root: devices present their chain up to, not including, the root.
+    if full.len() > 1 || current.issuer.is_some() {
+        full.pop();
+    } else {
+        full.clear();
+    }
+    Ok(LoadedIssuer {
+        cert_name,
+        version: current.version.clone(),
+        key: IssuerKey::new(current.cert_der.clone(), key)?,
+        chain: full,
+        not_after: current.exp,
+    })
+}
+
+/// The certificates above a version, following the issuer links: its issuer first, the root last.
+pub fn chain_above(
+    backend: &dyn Backend,
+    version: &crate::backend::types::VaultVersion,
+) -> Result<Vec<Vec<u8>>> {
+    let mut chain = Vec::new();
+    let mut next = version.issuer.clone();
+    while let Some((name, ver)) = next {
+        if chain.len() > 16 {
+            anyhow::bail!(
+                "issuer chain of `{}` is longer than 16 certificates",
+                version.name
+            );
+        }
+        let v = backend
+            .version(&name, &ver)?
+            .ok_or_else(|| BackendError::NotFound(format!("issuer version {name}/{ver}")))?;
+        chain.push(v.cert_der.clone());
+        next = v.issuer.clone();
+    }
+    Ok(chain)
+}
+
+/// The key usage a policy puts into certificates, with Key Vault's default.
+pub fn effective_key_usage(policy: &Policy, is_ca: bool) -> Vec<KeyUsage> {
+    let mut usage = if policy.key_usage.is_empty() {
+        if is_ca {
+            vec![
+                KeyUsage::DigitalSignature,
+                KeyUsage::KeyCertSign,
+                KeyUsage::CrlSign,
+            ]
+        } else {
+            vec![KeyUsage::DigitalSignature, KeyUsage::KeyEncipherment]
+        }
+    } else {
+        policy.key_usage.clone()
+    };
+    if is_ca {
+        for needed in [KeyUsage::KeyCertSign, KeyUsage::CrlSign] {
+            if !usage.contains(&needed) {
+                usage.push(needed);
+            }
+        }
+    }
+    usage.sort();
+    usage.dedup();
+    usage
+}
+
+/// Whether a policy's keys may leave the vault.
+pub fn exportable(policy: &Policy) -> bool {
+    policy.exportable && !policy.key.is_hsm()
+}
+
+/// The policy as the vault records it (Key Vault's certificate policy shape, trimmed).
+pub fn policy_json(policy: &Policy, subject: &str, issuer: Option<&str>) -> String {
+    use crate::plan::{ActionKind, ContentType, Trigger};
+    let key_props = match policy.key {
+        KeySpec::Rsa { bits, .. } => serde_json::json!({
+            "kty": policy.key.kty(), "key_size": bits, "exportable": exportable(policy), "reuse_key": policy.reuse_key }),
+        KeySpec::Ec { curve, .. } => serde_json::json!({
+            "kty": policy.key.kty(), "crv": curve.to_string(), "exportable": exportable(policy), "reuse_key": policy.reuse_key }),
+    };
+    let actions: Vec<_> = policy
+        .lifetime_actions
+        .iter()
+        .map(|a| {
+            let trigger = match a.trigger {
+                Trigger::DaysBeforeExpiry(d) => serde_json::json!({ "days_before_expiry": d }),
+                Trigger::LifetimePercentage(p) => serde_json::json!({ "lifetime_percentage": p }),
+            };
+            let action = match a.action {
+                ActionKind::AutoRenew => "AutoRenew",
+                ActionKind::EmailContacts => "EmailContacts",
+            };
+            serde_json::json!({ "trigger": trigger, "action": { "action_type": action } })
+        })
+        .collect();
+    serde_json::json!({
+        "name": policy.name,
+        "key_props": key_props,
+        "secret_props": { "contentType": match policy.content_type {
+            ContentType::Pem => "application/x-pem-file", ContentType::Pfx => "application/x-pkcs12" } },
+        "x509_props": {
+            "subject": subject,
+            "sans": { "dns_names": policy.dns_names },
+            "key_usage": policy.key_usage.iter().map(|u| u.name()).collect::<Vec<_>>(),
+            "ekus": policy.extended_key_usage.iter().map(|e| e.oid()).collect::<Vec<_>>(),
+            "validity_months": null,
+            "validity_days": policy.validity_days,
+        },
+        "issuer": { "name": issuer.unwrap_or("Self") },
+        "lifetime_actions": actions,
+    })
+    .to_string()
+}

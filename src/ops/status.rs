@@ -1,0 +1,264 @@
+//! `status`: what the state holds for the plan's CAs, groups, enrollments and devices.
+//!
+//! The JSON shape is a contract for scripts; later verbs only add fields:
+//! `{"cas":[...], "groups":[...], "enrollments":[...], "devices":[...]}`.
+//! Devices are produced page by page so a fleet of any size streams out.
+
+use super::{Access, BackendSettings, Target, ca_cert_name, device_cert_name, open_backend};
+use crate::backend::Backend;
+use crate::backend::types::*;
+use crate::pki::CertInfo;
+use crate::plan::Plan;
+use anyhow::Result;
+use serde::Serialize;
+use std::collections::BTreeSet;
+
+/// A CA in the status report.
+#[derive(Debug, Serialize)]
+pub struct CaStatus {
+    /// The plan name.
+    pub name: String,
+    /// The issuing CA, or null for a root.
+    pub issuer: Option<String>,
+    /// Whether the enrollment service holds it verified (roots only; null for intermediates).
+    pub verified: Option<bool>,
+    /// The current certificate, or null if not issued.
+    pub cert: Option<CertInfo>,
+}
+
+/// An enrollment group in the status report.
+#[derive(Debug, Serialize)]
+pub struct GroupStatus {
+    /// Group name.
+    pub name: String,
+    /// enabled / disabled, or null when the group does not exist in the service yet.
+    pub status: Option<Status>,
+    /// Hub.
+    pub hub: Option<String>,
+    /// Primary signing certificate.
+    pub primary: Option<CertInfo>,
+    /// Secondary signing certificate.
+    pub secondary: Option<CertInfo>,
+    /// Devices the plan declares.
+    pub device_count: u64,
+}
+
+/// An individual enrollment in the status report.
+#[derive(Debug, Serialize)]
+pub struct EnrollmentStatus {
+    /// Registration id.
+    pub name: String,
+    /// enabled / disabled, or null when it does not exist yet.
+    pub status: Option<Status>,
+    /// Hub.
+    pub hub: Option<String>,
+    /// Primary client certificate.
+    pub primary: Option<CertInfo>,
+    /// Secondary client certificate.
+    pub secondary: Option<CertInfo>,
+}
+
+/// A device in the status report.
+#[derive(Debug, Serialize)]
+pub struct DeviceStatus {
+    /// Device id.
+    pub id: String,
+    /// Its group, if any.
+    pub group: Option<String>,
+    /// Its individual enrollment, if any.
+    pub enrollment: Option<String>,
+    /// The certificate installed on it.
+    pub installed: Option<CertInfo>,
+    /// Its last registration.
+    pub registration: Option<RegistrationState>,
+    /// Its hub identity.
+    pub hub_identity: Option<HubIdentity>,
+}
+
+/// Everything but the devices (which stream).
+#[derive(Debug, Serialize)]
+pub struct StatusHead {
+    /// CAs in dependency order.
+    pub cas: Vec<CaStatus>,
+    /// Groups.
+    pub groups: Vec<GroupStatus>,
+    /// Individual enrollments.
+    pub enrollments: Vec<EnrollmentStatus>,
+}
+
+fn info(der: Option<&[u8]>) -> Result<Option<CertInfo>> {
+    Ok(match der {
+        Some(d) => Some(CertInfo::from_der(d)?),
+        None => None,
+    })
+}
+
+/// An open status query.
+pub struct StatusQuery<'p> {
+    plan: &'p Plan,
+    backend: Box<dyn Backend>,
+    targets: Vec<Target>,
+}
+
+/// Opens the state for `status`. A missing store is reported as "nothing issued yet".
+pub fn status<'p>(
+    plan: &'p Plan,
+    targets: Vec<Target>,
+    settings: &BackendSettings,
+) -> Result<StatusQuery<'p>> {
+    for t in &targets {
+        t.check(plan)?;
+    }
+    let backend = open_backend(plan, Access::Preview, settings)?;
+    Ok(StatusQuery {
+        plan,
+        backend: Box::new(backend),
+        targets,
+    })
+}
+
+impl StatusQuery<'_> {
+    fn wants(&self, kind: &str, name: &str) -> bool {
+        self.targets.is_empty()
+            || self.targets.iter().any(|t| match (t, kind) {
+                (Target::Ca(n), "ca")
+                | (Target::Group(n), "group")
+                | (Target::Enrollment(n), "enrollment") => n == name,
+                _ => false,
+            })
+    }
+
+    /// CAs, groups and enrollments.
+    pub fn head(&self) -> Result<StatusHead> {
+        let b = &*self.backend;
+        let mut cas = Vec::new();
+        for ca in self.plan.cas.iter().filter(|c| self.wants("ca", &c.name)) {
+            let current = b.current(&ca_cert_name(&ca.name))?;
+            let verified = match &ca.issuer {
+                None => Some(b.ca(&ca.name)?.is_some_and(|c| {
+                    c.verified
+                        && current.as_ref().is_some_and(|v| {
+                            crate::pki::sha1_thumbprint(&v.cert_der) == c.thumbprint
+                        })
+                })),
+                Some(_) => None,
+            };
+            cas.push(CaStatus {
+                name: ca.name.clone(),
+                issuer: ca.issuer.clone(),
+                verified,
+                cert: info(current.as_ref().map(|c| c.cert_der.as_slice()))?,
+            });
+        }
+        let mut groups = Vec::new();
+        for g in self
+            .plan
+            .groups
+            .values()
+            .filter(|g| self.wants("group", &g.name))
+        {
+            let state = b.group(&g.name)?;
+            groups.push(GroupStatus {
+                name: g.name.clone(),
+                status: state.as_ref().map(|s| s.status),
+                hub: state.as_ref().map(|s| s.hub.clone()),
+                primary: info(
+                    state
+                        .as_ref()
+                        .and_then(|s| s.primary.as_ref())
+                        .map(|s| s.cert_der.as_slice()),
+                )?,
+                secondary: info(
+                    state
+                        .as_ref()
+                        .and_then(|s| s.secondary.as_ref())
+                        .map(|s| s.cert_der.as_slice()),
+                )?,
+                device_count: g.device_count(),
+            });
+        }
+        let mut enrollments = Vec::new();
+        for e in self
+            .plan
+            .enrollments
+            .values()
+            .filter(|e| self.wants("enrollment", &e.name))
+        {
+            let state = b.individual(&e.name)?;
+            enrollments.push(EnrollmentStatus {
+                name: e.name.clone(),
+                status: state.as_ref().map(|s| s.status),
+                hub: state.as_ref().map(|s| s.hub.clone()),
+                primary: info(state.as_ref().and_then(|s| s.primary.as_deref()))?,
+                secondary: info(state.as_ref().and_then(|s| s.secondary.as_deref()))?,
+            });
+        }
+        Ok(StatusHead {
+            cas,
+            groups,
+            enrollments,
+        })
+    }
+
+    /// The devices the targets select, in plan order, handed to `each` one at a time.
+    pub fn devices(&self, mut each: impl FnMut(DeviceStatus) -> Result<()>) -> Result<()> {
+        let explicit: BTreeSet<&str> = self
+            .targets
+            .iter()
+            .filter_map(|t| {
+                if let Target::Device(id) = t {
+                    Some(id.as_str())
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for g in self.plan.groups.values() {
+            if self.targets.is_empty() || self.targets.contains(&Target::Group(g.name.clone())) {
+                for id in g.device_ids() {
+                    each(self.device(&id, Some(&g.name), None)?)?;
+                }
+            } else {
+                for id in explicit.iter().filter(|id| super::group_has_device(g, id)) {
+                    each(self.device(id, Some(&g.name), None)?)?;
+                }
+            }
+        }
+        for e in self.plan.enrollments.values() {
+            let wanted = self.targets.is_empty()
+                || self.targets.contains(&Target::Enrollment(e.name.clone()))
+                || explicit.contains(e.name.as_str());
+            if wanted {
+                each(self.device(&e.name, None, Some(&e.name))?)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn device(
+        &self,
+        id: &str,
+        group: Option<&str>,
+        enrollment: Option<&str>,
+    ) -> Result<DeviceStatus> {
+        let b = &*self.backend;
+        let record = b.device(id)?;
+        let installed = match record.as_ref().and_then(|r| r.installed_version.clone()) {
+            Some(v) => b.version(&device_cert_name(id), &v)?.map(|v| v.cert_der),
+            None => None,
+        };
+        let registration = b.registration(id)?;
+        let hub_identity = match registration.as_ref().and_then(|r| r.hub.clone()) {
+            Some(hub) => b.identity(&hub, id)?,
+            None => None,
+        };
+        Ok(DeviceStatus {
+            id: id.to_string(),
+            group: group.map(str::to_string),
+            enrollment: enrollment.map(str::to_string),
+            installed: info(installed.as_deref())?,
+            registration,
+            hub_identity,
+        })
+    }
+}

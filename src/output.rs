@@ -1,0 +1,217 @@
+//! Rendering reports: human text, or exactly one JSON document per command, to any writer.
+
+use crate::ops::issue::IssueReport;
+use crate::ops::status::{DeviceStatus, StatusHead};
+use crate::pki::CertInfo;
+use serde::Serialize;
+use std::io::Write;
+
+/// `-o human|json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// Readable text.
+    #[default]
+    Human,
+    /// One JSON document.
+    Json,
+}
+
+/// Writes reports.
+pub struct Printer<W: Write> {
+    out: W,
+    format: Format,
+    quiet: bool,
+}
+
+impl<W: Write> Printer<W> {
+    /// A printer on `out`.
+    pub fn new(out: W, format: Format, quiet: bool) -> Self {
+        Printer { out, format, quiet }
+    }
+
+    /// The output format.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Writes any serializable value as the command's JSON document.
+    pub fn json<T: Serialize>(&mut self, value: &T) -> std::io::Result<()> {
+        serde_json::to_writer_pretty(&mut self.out, value)?;
+        writeln!(self.out)
+    }
+
+    /// A line of human output (suppressed by `-q`).
+    pub fn line(&mut self, text: impl std::fmt::Display) -> std::io::Result<()> {
+        if self.format == Format::Human && !self.quiet {
+            writeln!(self.out, "{text}")?;
+        }
+        Ok(())
+    }
+
+    /// The report of `issue`.
+    pub fn issue_report(&mut self, report: &IssueReport) -> std::io::Result<()> {
+        if self.format == Format::Json {
+            return self.json(report);
+        }
+        if report.nothing_to_do() {
+            return self.line("Nothing to do: everything the plan declares already exists.");
+        }
+        let verb = if report.dry_run { "Would run" } else { "Done" };
+        self.line(format!("{verb} {} step(s):", report.steps.len()))?;
+        for (i, step) in report.steps.iter().enumerate() {
+            self.line(format!(
+                "{:>3}. [{}] {}: {}",
+                i + 1,
+                step.action,
+                step.target,
+                step.detail
+            ))?;
+        }
+        if report.dry_run {
+            self.line("Dry run: nothing was changed.")?;
+        }
+        if !report.rejected.is_empty() {
+            // Rejections matter even with -q.
+            writeln!(
+                self.out,
+                "{} device(s) were refused by the enrollment service:",
+                report.rejected.len()
+            )?;
+            for r in report.rejected.iter().take(20) {
+                writeln!(self.out, "  {}: {}", r.device, r.reason)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Streams the `status` report: the head, then each device.
+    pub fn status<F>(&mut self, head: &StatusHead, devices: F) -> anyhow::Result<()>
+    where
+        F: FnOnce(&mut dyn FnMut(DeviceStatus) -> anyhow::Result<()>) -> anyhow::Result<()>,
+    {
+        match self.format {
+            Format::Json => {
+                // One document, with the devices written as they are read.
+                let head_json = serde_json::to_value(head)?;
+                write!(
+                    self.out,
+                    "{{\n  \"cas\": {},\n  \"groups\": {},\n  \"enrollments\": {},\n  \"devices\": [",
+                    serde_json::to_string(&head_json["cas"])?,
+                    serde_json::to_string(&head_json["groups"])?,
+                    serde_json::to_string(&head_json["enrollments"])?
+                )?;
+                let mut first = true;
+                let out = &mut self.out;
+                devices(&mut |d| {
+                    write!(
+                        out,
+                        "{}\n    {}",
+                        if first { "" } else { "," },
+                        serde_json::to_string(&d)?
+                    )?;
+                    first = false;
+                    Ok(())
+                })?;
+                writeln!(self.out, "\n  ]\n}}")?;
+            }
+            Format::Human => {
+                let quiet = self.quiet;
+                let out = &mut self.out;
+                if quiet {
+                    return devices(&mut |_| Ok(()));
+                }
+                writeln!(out, "CAs")?;
+                for ca in &head.cas {
+                    let verified = match ca.verified {
+                        Some(true) => " verified",
+                        Some(false) => " NOT verified",
+                        None => "",
+                    };
+                    writeln!(
+                        out,
+                        "  {:<20} {}{}",
+                        ca.name,
+                        cert_line(ca.cert.as_ref()),
+                        verified
+                    )?;
+                }
+                if !head.groups.is_empty() {
+                    writeln!(out, "Enrollment groups")?;
+                }
+                for g in &head.groups {
+                    let status = g.status.map(|s| s.as_str()).unwrap_or("not created");
+                    writeln!(
+                        out,
+                        "  {:<20} {status}, hub {}, {} device(s)",
+                        g.name,
+                        g.hub.as_deref().unwrap_or("-"),
+                        g.device_count
+                    )?;
+                    writeln!(out, "    primary:   {}", cert_line(g.primary.as_ref()))?;
+                    writeln!(out, "    secondary: {}", cert_line(g.secondary.as_ref()))?;
+                }
+                if !head.enrollments.is_empty() {
+                    writeln!(out, "Individual enrollments")?;
+                }
+                for e in &head.enrollments {
+                    let status = e.status.map(|s| s.as_str()).unwrap_or("not created");
+                    writeln!(
+                        out,
+                        "  {:<20} {status}, hub {}",
+                        e.name,
+                        e.hub.as_deref().unwrap_or("-")
+                    )?;
+                    writeln!(out, "    primary:   {}", cert_line(e.primary.as_ref()))?;
+                    writeln!(out, "    secondary: {}", cert_line(e.secondary.as_ref()))?;
+                }
+                writeln!(out, "Devices")?;
+                writeln!(
+                    out,
+                    "  {:<24} {:<12} {:<10} {:<20} {:<41} NOT AFTER",
+                    "ID", "OWNER", "REG", "HUB", "THUMBPRINT"
+                )?;
+                devices(&mut |d| {
+                    let owner = d
+                        .group
+                        .as_deref()
+                        .or(d.enrollment.as_deref())
+                        .unwrap_or("-");
+                    let reg = d
+                        .registration
+                        .as_ref()
+                        .map(|r| r.status.as_str())
+                        .unwrap_or("-");
+                    let hub = d
+                        .registration
+                        .as_ref()
+                        .and_then(|r| r.hub.as_deref())
+                        .unwrap_or("-");
+                    let (tp, exp) = match &d.installed {
+                        Some(c) => (c.thumbprint.as_str(), crate::clock::rfc3339(c.not_after)),
+                        None => ("(no certificate)", String::new()),
+                    };
+                    writeln!(
+                        out,
+                        "  {:<24} {:<12} {:<10} {:<20} {:<41} {}",
+                        d.id, owner, reg, hub, tp, exp
+                    )?;
+                    Ok(())
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn cert_line(cert: Option<&CertInfo>) -> String {
+    match cert {
+        Some(c) => format!(
+            "{} (serial {}, {} .. {})",
+            c.thumbprint,
+            c.serial,
+            crate::clock::rfc3339(c.not_before),
+            crate::clock::rfc3339(c.not_after)
+        ),
+        None => "-".into(),
+    }
+}

@@ -1,0 +1,173 @@
+//! Building and signing certificates: self-signed roots, intermediates with a path length,
+//! and leaves with key usage, EKU and SANs.
+
+use super::Error;
+use super::keys::PrivateKey;
+use super::spec::{DnKind, ExtendedKeyUsage, KeyUsage, Subject};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+
+/// Everything about a certificate except its keys.
+#[derive(Debug, Clone)]
+pub struct CertProfile {
+    /// The subject.
+    pub subject: Subject,
+    /// DNS names or IP addresses for the subjectAltName.
+    pub dns_names: Vec<String>,
+    /// Key usage bits.
+    pub key_usage: Vec<KeyUsage>,
+    /// Extended key usages.
+    pub extended_key_usage: Vec<ExtendedKeyUsage>,
+    /// notBefore.
+    pub not_before: OffsetDateTime,
+    /// notAfter.
+    pub not_after: OffsetDateTime,
+    /// `Some(path_len)` for a CA (`path_len` None = unconstrained); `None` for a leaf.
+    pub ca: Option<Option<u8>>,
+}
+
+/// A CA certificate together with its key, ready to sign.
+pub struct IssuerKey {
+    cert_der: Vec<u8>,
+    issuer: rcgen::Issuer<'static, KeyPair>,
+}
+
+impl IssuerKey {
+    /// Pairs a CA certificate with its private key.
+    pub fn new(cert_der: Vec<u8>, key: PrivateKey) -> Result<IssuerKey, Error> {
+        let pair =
+            KeyPair::from_pkcs8_der_and_sign_algo(&key.pkcs8_der().into(), key.pair().algorithm())?;
+        if rcgen::PublicKeyData::subject_public_key_info(&pair) != spki_of(&cert_der)? {
+            return Err(Error::BadKey(
+                "the key does not belong to the CA certificate".into(),
+            ));
+        }
+        let issuer =
+            rcgen::Issuer::from_ca_cert_der(&CertificateDer::from(cert_der.as_slice()), pair)?;
+        Ok(IssuerKey { cert_der, issuer })
+    }
+
+    /// The CA certificate (DER).
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    /// The rcgen issuer, for CRLs and other signatures.
+    pub fn issuer(&self) -> &rcgen::Issuer<'static, KeyPair> {
+        &self.issuer
+    }
+}
+
+fn spki_of(cert_der: &[u8]) -> Result<Vec<u8>, Error> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| Error::BadCertificate(e.to_string()))?;
+    Ok(cert.tbs_certificate.subject_pki.raw.to_vec())
+}
+
+/// A random, positive, 128-bit serial number (RFC 5280 4.1.2.2 asks for at most 20 octets).
+pub fn random_serial() -> Result<SerialNumber, Error> {
+    let mut bytes = [0u8; 16];
+    super::random_bytes(&mut bytes)?;
+    // Keep it positive and exactly 16 octets long when DER-encoded.
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+fn params(profile: &CertProfile) -> Result<CertificateParams, Error> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    for attr in &profile.subject.0 {
+        let kind = match attr.kind {
+            DnKind::CN => DnType::CommonName,
+            DnKind::O => DnType::OrganizationName,
+            DnKind::OU => DnType::OrganizationalUnitName,
+            DnKind::C => DnType::CountryName,
+            DnKind::ST => DnType::StateOrProvinceName,
+            DnKind::L => DnType::LocalityName,
+        };
+        dn.push(kind, attr.value.as_str());
+    }
+    params.distinguished_name = dn;
+    params.subject_alt_names = profile
+        .dns_names
+        .iter()
+        .map(|name| match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => Ok(SanType::DnsName(name.clone().try_into()?)),
+        })
+        .collect::<Result<_, rcgen::Error>>()?;
+    params.key_usages = profile
+        .key_usage
+        .iter()
+        .map(|u| match u {
+            KeyUsage::DigitalSignature => KeyUsagePurpose::DigitalSignature,
+            KeyUsage::NonRepudiation => KeyUsagePurpose::ContentCommitment,
+            KeyUsage::KeyEncipherment => KeyUsagePurpose::KeyEncipherment,
+            KeyUsage::DataEncipherment => KeyUsagePurpose::DataEncipherment,
+            KeyUsage::KeyAgreement => KeyUsagePurpose::KeyAgreement,
+            KeyUsage::KeyCertSign => KeyUsagePurpose::KeyCertSign,
+            KeyUsage::CrlSign => KeyUsagePurpose::CrlSign,
+            KeyUsage::EncipherOnly => KeyUsagePurpose::EncipherOnly,
+            KeyUsage::DecipherOnly => KeyUsagePurpose::DecipherOnly,
+        })
+        .collect();
+    params.extended_key_usages = profile
+        .extended_key_usage
+        .iter()
+        .map(|e| match e {
+            ExtendedKeyUsage::ServerAuth => ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsage::ClientAuth => ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsage::CodeSigning => ExtendedKeyUsagePurpose::CodeSigning,
+            ExtendedKeyUsage::EmailProtection => ExtendedKeyUsagePurpose::EmailProtection,
+            ExtendedKeyUsage::TimeStamping => ExtendedKeyUsagePurpose::TimeStamping,
+            ExtendedKeyUsage::OcspSigning => ExtendedKeyUsagePurpose::OcspSigning,
+            ExtendedKeyUsage::Other(arcs) => ExtendedKeyUsagePurpose::Other(arcs.clone()),
+        })
+        .collect();
+    params.is_ca = match profile.ca {
+        None => IsCa::ExplicitNoCa,
+        Some(None) => IsCa::Ca(BasicConstraints::Unconstrained),
+        Some(Some(n)) => IsCa::Ca(BasicConstraints::Constrained(n)),
+    };
+    params.not_before = profile.not_before;
+    params.not_after = profile.not_after;
+    params.serial_number = Some(random_serial()?);
+    params.use_authority_key_identifier_extension = true;
+    Ok(params)
+}
+
+/// Signs a self-signed (root) certificate; returns its DER.
+pub fn sign_self(profile: &CertProfile, key: &PrivateKey) -> Result<Vec<u8>, Error> {
+    let mut params = params(profile)?;
+    // A self-signed certificate's AKI would only repeat its SKI.
+    params.use_authority_key_identifier_extension = false;
+    Ok(params.self_signed(key.pair())?.der().to_vec())
+}
+
+/// Signs a certificate for `subject_key` with the issuer's key; returns its DER.
+pub fn sign_leaf(
+    profile: &CertProfile,
+    subject_key: &PrivateKey,
+    issuer: &IssuerKey,
+) -> Result<Vec<u8>, Error> {
+    let params = params(profile)?;
+    Ok(params
+        .signed_by(subject_key.pair(), &issuer.issuer)?
+        .der()
+        .to_vec())
+}
+
+/// Signs a certificate for a public key only (the holder keeps the private key), e.g. a
+/// proof-of-possession verification certificate or a CSR's key.
+pub fn sign_public_key(
+    profile: &CertProfile,
+    public_key: &impl rcgen::PublicKeyData,
+    issuer: &IssuerKey,
+) -> Result<Vec<u8>, Error> {
+    let params = params(profile)?;
+    Ok(params.signed_by(public_key, &issuer.issuer)?.der().to_vec())
+}

@@ -1,0 +1,38 @@
+//! PEM in and out: parsing with rustls-pki-types' `PemObject`, writing with the `pem` crate.
+
+use super::Error;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// PEM text of one certificate.
+pub fn cert_to_pem(der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der))
+}
+
+/// PEM text of a PKCS#8 private key. The returned string holds the secret: zeroize it after use.
+pub fn key_to_pem(pkcs8_der: &[u8]) -> zeroize::Zeroizing<String> {
+    zeroize::Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8_der)))
+}
+
+/// All certificates in PEM text, in order. Fails when there are none or a block is malformed.
+pub fn certs_from_pem(text: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
+    let certs = CertificateDer::pem_slice_iter(text)
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::BadPem(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(Error::BadPem("no CERTIFICATE block found".into()));
+    }
+    Ok(certs)
+}
+
+/// The first private key in PEM text (PKCS#8, SEC1 or PKCS#1), as DER.
+pub fn key_from_pem(text: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
+    let key = PrivateKeyDer::from_pem_slice(text).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => {
+            Error::BadPem("no PRIVATE KEY block found".into())
+        }
+        other => Error::BadPem(other.to_string()),
+    })?;
+    Ok(zeroize::Zeroizing::new(key.secret_der().to_vec()))
+}

@@ -1,0 +1,381 @@
+//! Plain descriptions of keys and certificate contents, shared by the plan and the PKI core.
+//!
+//! These types carry no key material and do no cryptography; `pki::keys` and `pki::cert` turn
+//! them into keys and certificates.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Elliptic curves a key can be generated on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Curve {
+    /// NIST P-256 (secp256r1), signs with SHA-256.
+    #[serde(rename = "P-256")]
+    P256,
+    /// NIST P-384 (secp384r1), signs with SHA-384.
+    #[serde(rename = "P-384")]
+    P384,
+    /// NIST P-521 (secp521r1), signs with SHA-512.
+    #[serde(rename = "P-521")]
+    P521,
+}
+
+impl Curve {
+    /// Parses the Key Vault spelling (`P-256`, `P-384`, `P-521`).
+    pub fn parse(s: &str) -> Option<Curve> {
+        match s {
+            "P-256" => Some(Curve::P256),
+            "P-384" => Some(Curve::P384),
+            "P-521" => Some(Curve::P521),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Curve {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Curve::P256 => "P-256",
+            Curve::P384 => "P-384",
+            Curve::P521 => "P-521",
+        })
+    }
+}
+
+/// The key type and size of a policy, as Key Vault names them (`RSA`, `EC`, `RSA-HSM`, `EC-HSM`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kty")]
+pub enum KeySpec {
+    /// RSA with a modulus of 2048, 3072 or 4096 bits.
+    Rsa {
+        /// Modulus size in bits.
+        bits: u32,
+        /// An HSM key: never exportable.
+        hsm: bool,
+    },
+    /// ECDSA on a NIST curve.
+    Ec {
+        /// The curve.
+        curve: Curve,
+        /// An HSM key: never exportable.
+        hsm: bool,
+    },
+}
+
+/// RSA modulus sizes certroll generates.
+pub const RSA_SIZES: [u32; 3] = [2048, 3072, 4096];
+
+impl KeySpec {
+    /// Key Vault's `kty` name for this key.
+    pub fn kty(&self) -> &'static str {
+        match self {
+            KeySpec::Rsa { hsm: false, .. } => "RSA",
+            KeySpec::Rsa { hsm: true, .. } => "RSA-HSM",
+            KeySpec::Ec { hsm: false, .. } => "EC",
+            KeySpec::Ec { hsm: true, .. } => "EC-HSM",
+        }
+    }
+
+    /// Whether the key lives in an (emulated) HSM, which makes it non-exportable.
+    pub fn is_hsm(&self) -> bool {
+        matches!(
+            self,
+            KeySpec::Rsa { hsm: true, .. } | KeySpec::Ec { hsm: true, .. }
+        )
+    }
+}
+
+impl fmt::Display for KeySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySpec::Rsa { bits, .. } => write!(f, "{} {bits}", self.kty()),
+            KeySpec::Ec { curve, .. } => write!(f, "{} {curve}", self.kty()),
+        }
+    }
+}
+
+/// X.509 key usage bits (RFC 5280 section 4.2.1.3), spelled as Key Vault spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum KeyUsage {
+    /// digitalSignature
+    DigitalSignature,
+    /// nonRepudiation (contentCommitment)
+    NonRepudiation,
+    /// keyEncipherment
+    KeyEncipherment,
+    /// dataEncipherment
+    DataEncipherment,
+    /// keyAgreement
+    KeyAgreement,
+    /// keyCertSign
+    KeyCertSign,
+    /// cRLSign
+    #[serde(rename = "cRLSign")]
+    CrlSign,
+    /// encipherOnly
+    EncipherOnly,
+    /// decipherOnly
+    DecipherOnly,
+}
+
+impl KeyUsage {
+    /// All key usages, in RFC 5280 bit order.
+    pub const ALL: [KeyUsage; 9] = [
+        KeyUsage::DigitalSignature,
+        KeyUsage::NonRepudiation,
+        KeyUsage::KeyEncipherment,
+        KeyUsage::DataEncipherment,
+        KeyUsage::KeyAgreement,
+        KeyUsage::KeyCertSign,
+        KeyUsage::CrlSign,
+        KeyUsage::EncipherOnly,
+        KeyUsage::DecipherOnly,
+    ];
+
+    /// The Key Vault / RFC 5280 name of this usage.
+    pub fn name(&self) -> &'static str {
+        match self {
+            KeyUsage::DigitalSignature => "digitalSignature",
+            KeyUsage::NonRepudiation => "nonRepudiation",
+            KeyUsage::KeyEncipherment => "keyEncipherment",
+            KeyUsage::DataEncipherment => "dataEncipherment",
+            KeyUsage::KeyAgreement => "keyAgreement",
+            KeyUsage::KeyCertSign => "keyCertSign",
+            KeyUsage::CrlSign => "cRLSign",
+            KeyUsage::EncipherOnly => "encipherOnly",
+            KeyUsage::DecipherOnly => "decipherOnly",
+        }
+    }
+
+    /// Parses a name as written in a plan (`digitalSignature`, `cRLSign`, ...).
+    pub fn parse(s: &str) -> Option<KeyUsage> {
+        KeyUsage::ALL.into_iter().find(|u| u.name() == s)
+    }
+
+    /// The key operations this usage permits, by the Key Vault table.
+    pub fn key_operations(&self) -> &'static [&'static str] {
+        match self {
+            KeyUsage::DigitalSignature
+            | KeyUsage::NonRepudiation
+            | KeyUsage::KeyCertSign
+            | KeyUsage::CrlSign => &["sign", "verify"],
+            KeyUsage::KeyEncipherment => &["wrapKey", "unwrapKey"],
+            KeyUsage::DataEncipherment => &["encrypt", "decrypt"],
+            KeyUsage::EncipherOnly => &["encrypt"],
+            KeyUsage::DecipherOnly => &["decrypt"],
+            KeyUsage::KeyAgreement => &[],
+        }
+    }
+}
+
+/// Extended key usages a policy may ask for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ExtendedKeyUsage {
+    /// TLS server authentication, 1.3.6.1.5.5.7.3.1
+    ServerAuth,
+    /// TLS client authentication, 1.3.6.1.5.5.7.3.2
+    ClientAuth,
+    /// Code signing, 1.3.6.1.5.5.7.3.3
+    CodeSigning,
+    /// E-mail protection, 1.3.6.1.5.5.7.3.4
+    EmailProtection,
+    /// Time stamping, 1.3.6.1.5.5.7.3.8
+    TimeStamping,
+    /// OCSP signing, 1.3.6.1.5.5.7.3.9
+    OcspSigning,
+    /// Any other EKU, by dotted OID.
+    Other(Vec<u64>),
+}
+
+impl ExtendedKeyUsage {
+    /// Parses a plan value: a short name (`clientAuth`) or a dotted OID (`1.3.6.1.5.5.7.3.2`).
+    pub fn parse(s: &str) -> Option<ExtendedKeyUsage> {
+        Some(match s {
+            "serverAuth" | "1.3.6.1.5.5.7.3.1" => ExtendedKeyUsage::ServerAuth,
+            "clientAuth" | "1.3.6.1.5.5.7.3.2" => ExtendedKeyUsage::ClientAuth,
+            "codeSigning" | "1.3.6.1.5.5.7.3.3" => ExtendedKeyUsage::CodeSigning,
+            "emailProtection" | "1.3.6.1.5.5.7.3.4" => ExtendedKeyUsage::EmailProtection,
+            "timeStamping" | "1.3.6.1.5.5.7.3.8" => ExtendedKeyUsage::TimeStamping,
+            "OCSPSigning" | "ocspSigning" | "1.3.6.1.5.5.7.3.9" => ExtendedKeyUsage::OcspSigning,
+            other => {
+                let arcs: Option<Vec<u64>> = other.split('.').map(|a| a.parse().ok()).collect();
+                let arcs = arcs?;
+                if arcs.len() < 2 {
+                    return None;
+                }
+                ExtendedKeyUsage::Other(arcs)
+            }
+        })
+    }
+
+    /// The dotted OID of this usage.
+    pub fn oid(&self) -> String {
+        match self {
+            ExtendedKeyUsage::ServerAuth => "1.3.6.1.5.5.7.3.1".into(),
+            ExtendedKeyUsage::ClientAuth => "1.3.6.1.5.5.7.3.2".into(),
+            ExtendedKeyUsage::CodeSigning => "1.3.6.1.5.5.7.3.3".into(),
+            ExtendedKeyUsage::EmailProtection => "1.3.6.1.5.5.7.3.4".into(),
+            ExtendedKeyUsage::TimeStamping => "1.3.6.1.5.5.7.3.8".into(),
+            ExtendedKeyUsage::OcspSigning => "1.3.6.1.5.5.7.3.9".into(),
+            ExtendedKeyUsage::Other(arcs) => arcs
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join("."),
+        }
+    }
+}
+
+/// One RDN attribute of a subject, e.g. `CN=device-1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnAttribute {
+    /// The attribute's short name: CN, O, OU, C, ST, L.
+    pub kind: DnKind,
+    /// The value, unescaped.
+    pub value: String,
+}
+
+/// The subject attribute types certroll writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DnKind {
+    /// commonName
+    CN,
+    /// organizationName
+    O,
+    /// organizationalUnitName
+    OU,
+    /// countryName
+    C,
+    /// stateOrProvinceName
+    ST,
+    /// localityName
+    L,
+}
+
+/// A subject distinguished name parsed from `CN=x, O=y` text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subject(pub Vec<DnAttribute>);
+
+impl Subject {
+    /// A subject with only a common name.
+    pub fn common_name(cn: &str) -> Subject {
+        Subject(vec![DnAttribute {
+            kind: DnKind::CN,
+            value: cn.to_string(),
+        }])
+    }
+
+    /// Parses `CN=Example Root CA, O=Example`. Commas inside a value are escaped as `\,`.
+    pub fn parse(text: &str) -> Result<Subject, String> {
+        let mut attrs = Vec::new();
+        let mut parts = Vec::new();
+        let mut current = String::new();
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some(next) => current.push(next),
+                    None => return Err("ends with a lone backslash".into()),
+                },
+                ',' | ';' => parts.push(std::mem::take(&mut current)),
+                c => current.push(c),
+            }
+        }
+        parts.push(current);
+        for part in parts {
+            let part = part.trim();
+            if part.is_empty() {
+                return Err(format!("empty attribute in `{text}`"));
+            }
+            let Some((key, value)) = part.split_once('=') else {
+                return Err(format!("`{part}` is not of the form KEY=value"));
+            };
+            let kind = match key.trim().to_ascii_uppercase().as_str() {
+                "CN" => DnKind::CN,
+                "O" => DnKind::O,
+                "OU" => DnKind::OU,
+                "C" => DnKind::C,
+                "ST" | "S" => DnKind::ST,
+                "L" => DnKind::L,
+                other => {
+                    return Err(format!(
+                        "unknown attribute `{other}` (expected CN, O, OU, C, ST or L)"
+                    ));
+                }
+            };
+            let value = value.trim();
+            if value.is_empty() {
+                return Err(format!("`{}` has an empty value", key.trim()));
+            }
+            if kind == DnKind::C && value.len() != 2 {
+                return Err(format!("country `C={value}` must be a two-letter code"));
+            }
+            attrs.push(DnAttribute {
+                kind,
+                value: value.to_string(),
+            });
+        }
+        if !attrs.iter().any(|a| a.kind == DnKind::CN) {
+            return Err(format!("`{text}` has no CN"));
+        }
+        Ok(Subject(attrs))
+    }
+
+    /// The common name, if any.
+    pub fn cn(&self) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|a| a.kind == DnKind::CN)
+            .map(|a| a.value.as_str())
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, a) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{:?}={}", a.kind, a.value.replace(',', "\\,"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_parses_escaped_commas_and_round_trips() {
+        let s = Subject::parse(r"CN=Example\, Inc Root, O=Example, C=KR").unwrap();
+        assert_eq!(s.cn(), Some("Example, Inc Root"));
+        assert_eq!(s.0.len(), 3);
+        assert_eq!(Subject::parse(&s.to_string()).unwrap(), s);
+    }
+
+    #[test]
+    fn subject_rejects_what_openssl_would_not_want() {
+        assert!(Subject::parse("O=NoCommonName").is_err());
+        assert!(Subject::parse("CN=x, XX=y").unwrap_err().contains("XX"));
+        assert!(Subject::parse("CN=x,, O=y").is_err());
+        assert!(Subject::parse("CN=x, C=Korea").is_err());
+    }
+
+    #[test]
+    fn key_usage_maps_to_key_vault_operations() {
+        assert_eq!(
+            KeyUsage::KeyEncipherment.key_operations(),
+            ["wrapKey", "unwrapKey"]
+        );
+        assert_eq!(KeyUsage::CrlSign.key_operations(), ["sign", "verify"]);
+        assert_eq!(KeyUsage::parse("cRLSign"), Some(KeyUsage::CrlSign));
+        assert_eq!(
+            ExtendedKeyUsage::parse("1.3.6.1.5.5.7.3.2"),
+            Some(ExtendedKeyUsage::ClientAuth)
+        );
+        assert_eq!(ExtendedKeyUsage::parse("1.2.3").unwrap().oid(), "1.2.3");
+        assert!(ExtendedKeyUsage::parse("bogus").is_none());
+    }
+}

@@ -1,0 +1,222 @@
+//! The validated plan: what `plan::load` returns once every check has passed.
+//!
+//! Everything here is already checked (names, references, key sizes, path lengths, device ids),
+//! so the verbs never re-validate. Paths are absolute (resolved against the plan's folder).
+
+use crate::pki::spec::{ExtendedKeyUsage, KeySpec, KeyUsage, Subject};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A validated plan.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The plan file as given on the command line.
+    pub path: PathBuf,
+    /// Where state lives.
+    pub backend: BackendConfig,
+    /// Vault-wide contacts emailed on lifetime events.
+    pub contacts: Vec<String>,
+    /// Certificate policies by name.
+    pub policies: BTreeMap<String, Policy>,
+    /// Certificate authorities in dependency order: every CA comes after its issuer.
+    pub cas: Vec<CaSpec>,
+    /// Enrollment groups by name.
+    pub groups: BTreeMap<String, GroupSpec>,
+    /// Individual enrollments by name (the name is the registration id and device id).
+    pub enrollments: BTreeMap<String, EnrollmentSpec>,
+}
+
+/// Where the state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendConfig {
+    /// The embedded store: one SQLite file.
+    Local {
+        /// The store file (absolute).
+        path: PathBuf,
+        /// The file holding the store key, if the plan names one (absolute).
+        key_file: Option<PathBuf>,
+    },
+}
+
+/// How the secret of a vault certificate is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ContentType {
+    /// `application/x-pem-file`
+    #[default]
+    Pem,
+    /// `application/x-pkcs12`
+    Pfx,
+}
+
+/// What a lifetime action does when it fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionKind {
+    /// A new version is issued (Key Vault `AutoRenew`).
+    AutoRenew,
+    /// The vault's contacts are emailed (Key Vault `EmailContacts`).
+    EmailContacts,
+}
+
+/// When a lifetime action fires.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Trigger {
+    /// This many days before the certificate's notAfter (1..=validity).
+    DaysBeforeExpiry(u32),
+    /// When this share of the lifetime has passed (1..=99).
+    LifetimePercentage(u8),
+}
+
+/// One lifetime action of a policy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LifetimeAction {
+    /// When it fires.
+    pub trigger: Trigger,
+    /// What it does.
+    pub action: ActionKind,
+}
+
+/// A named certificate policy (Key Vault's certificate policy).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// The policy's name in the plan.
+    pub name: String,
+    /// Key type and size.
+    pub key: KeySpec,
+    /// Whether the private key may leave the vault. Always false for HSM keys.
+    pub exportable: bool,
+    /// Whether a renewal keeps the key.
+    pub reuse_key: bool,
+    /// Validity in days.
+    pub validity_days: u32,
+    /// Key usage bits; empty means the default (digitalSignature, keyEncipherment for leaves;
+    /// keyCertSign, cRLSign, digitalSignature for CAs).
+    pub key_usage: Vec<KeyUsage>,
+    /// Extended key usages.
+    pub extended_key_usage: Vec<ExtendedKeyUsage>,
+    /// DNS names (and IP addresses) to put in the subjectAltName.
+    pub dns_names: Vec<String>,
+    /// How the secret is encoded.
+    pub content_type: ContentType,
+    /// Lifetime actions, in plan order.
+    pub lifetime_actions: Vec<LifetimeAction>,
+}
+
+/// A certificate authority of the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaSpec {
+    /// The CA's name (also its vault certificate name).
+    pub name: String,
+    /// Subject of the CA certificate.
+    pub subject: Subject,
+    /// The issuing CA's name; `None` for a self-signed root.
+    pub issuer: Option<String>,
+    /// Basic constraints path length; `None` = unlimited.
+    pub path_len: Option<u8>,
+    /// The policy's name.
+    pub policy: String,
+}
+
+/// Which devices belong to a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceSource {
+    /// `prefix` followed by 1..=count, zero-padded to the width of count.
+    Generated {
+        /// The prefix, e.g. `sensor-`.
+        prefix: String,
+        /// How many devices.
+        count: u64,
+    },
+    /// One registration id per line of a file; blank lines and `#` comments skipped.
+    /// The ids are read (and checked) when the plan is loaded.
+    File {
+        /// The file (absolute).
+        path: PathBuf,
+        /// The ids, in file order.
+        ids: Vec<String>,
+    },
+}
+
+/// How the enrollment service treats a device that provisions again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReprovisionPolicy {
+    /// Re-assign and keep device data.
+    Migrate,
+    /// Re-assign and reset the device's twin to the initial state.
+    Reset,
+    /// Keep the hub assignment.
+    Never,
+}
+
+impl ReprovisionPolicy {
+    /// The plan spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ReprovisionPolicy::Migrate => "migrate",
+            ReprovisionPolicy::Reset => "reset",
+            ReprovisionPolicy::Never => "never",
+        }
+    }
+
+    /// Parses the plan spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "migrate" => Some(Self::Migrate),
+            "reset" => Some(Self::Reset),
+            "never" => Some(Self::Never),
+            _ => None,
+        }
+    }
+}
+
+/// An enrollment group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupSpec {
+    /// The group's name (its enrollment group id).
+    pub name: String,
+    /// The CA whose certificate goes into the group's primary slot and signs its devices.
+    pub signing_ca: String,
+    /// The IoT hub devices are assigned to.
+    pub hub: String,
+    /// Reprovision policy.
+    pub reprovision: ReprovisionPolicy,
+    /// The policy of the devices' leaf certificates.
+    pub device_policy: String,
+    /// Which devices belong to it.
+    pub devices: DeviceSource,
+}
+
+impl GroupSpec {
+    /// The group's device ids, in order (generated ones are zero-padded to the width of `count`).
+    pub fn device_ids(&self) -> Box<dyn Iterator<Item = String> + '_> {
+        match &self.devices {
+            DeviceSource::Generated { prefix, count } => {
+                let width = count.to_string().len();
+                Box::new((1..=*count).map(move |i| format!("{prefix}{i:0width$}")))
+            }
+            DeviceSource::File { ids, .. } => Box::new(ids.iter().cloned()),
+        }
+    }
+
+    /// How many devices the group declares.
+    pub fn device_count(&self) -> u64 {
+        match &self.devices {
+            DeviceSource::Generated { count, .. } => *count,
+            DeviceSource::File { ids, .. } => ids.len() as u64,
+        }
+    }
+}
+
+/// An individual enrollment (one device).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnrollmentSpec {
+    /// Registration id = device id = the leaf's CN.
+    pub name: String,
+    /// The CA that signs the device certificate.
+    pub issuer: String,
+    /// The policy of the device certificate.
+    pub policy: String,
+    /// The IoT hub the device is assigned to.
+    pub hub: String,
+    /// Reprovision policy.
+    pub reprovision: ReprovisionPolicy,
+}

@@ -1,0 +1,126 @@
+//! The plan as written: serde structs that mirror the TOML one to one.
+//!
+//! Only the shape is checked here (known keys, value types, required keys), by serde and `toml`,
+//! which report their errors with a span. Every value a later check may need to point at is a
+//! [`Spanned`]; `validate` turns a `RawPlan` into a [`super::Plan`].
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use toml::Spanned;
+
+/// A table of named sections (`[policies.NAME]`), keyed by the name with its span.
+pub(super) type Named<T> = BTreeMap<Spanned<String>, T>;
+
+/// The whole plan file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPlan {
+    /// Format version; optional here so that its absence gets a clear message.
+    pub(super) version: Option<Spanned<i64>>,
+    pub(super) backend: Option<RawBackend>,
+    pub(super) contacts: Option<RawContacts>,
+    #[serde(default)]
+    pub(super) policies: Named<RawPolicy>,
+    #[serde(default)]
+    pub(super) ca: Named<RawCa>,
+    #[serde(default)]
+    pub(super) groups: Named<RawGroup>,
+    #[serde(default)]
+    pub(super) enrollments: Named<RawEnrollment>,
+}
+
+/// `[backend]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackend {
+    pub(super) kind: Option<Spanned<String>>,
+    pub(super) path: Option<Spanned<String>>,
+    pub(super) key_file: Option<Spanned<String>>,
+}
+
+/// `[contacts]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawContacts {
+    #[serde(default)]
+    pub(super) emails: Vec<Spanned<String>>,
+}
+
+/// `[policies.NAME]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPolicy {
+    pub(super) key: Spanned<RawKey>,
+    pub(super) validity_days: Spanned<i64>,
+    #[serde(default)]
+    pub(super) key_usage: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) extended_key_usage: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) dns_names: Vec<Spanned<String>>,
+    pub(super) content_type: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) lifetime_actions: Vec<Spanned<RawLifetimeAction>>,
+}
+
+/// `key = { type = ..., size = ..., curve = ..., exportable = ..., reuse_key = ... }`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKey {
+    #[serde(rename = "type")]
+    pub(super) kty: Spanned<String>,
+    pub(super) size: Option<Spanned<i64>>,
+    pub(super) curve: Option<Spanned<String>>,
+    pub(super) exportable: Option<Spanned<bool>>,
+    pub(super) reuse_key: Option<bool>,
+}
+
+/// One entry of `lifetime_actions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLifetimeAction {
+    pub(super) days_before_expiry: Option<Spanned<i64>>,
+    pub(super) lifetime_percentage: Option<Spanned<i64>>,
+    pub(super) action: Spanned<String>,
+}
+
+/// `[ca.NAME]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCa {
+    pub(super) subject: Spanned<String>,
+    pub(super) issuer: Option<Spanned<String>>,
+    pub(super) path_len: Option<Spanned<i64>>,
+    pub(super) policy: Spanned<String>,
+}
+
+/// `[groups.NAME]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGroup {
+    pub(super) signing_ca: Spanned<String>,
+    pub(super) hub: Spanned<String>,
+    pub(super) reprovision: Option<Spanned<String>>,
+    pub(super) device_policy: Spanned<String>,
+    pub(super) devices: Spanned<RawDevices>,
+}
+
+/// `devices = { prefix = ..., count = ... }` or `devices = { file = ... }`; which keys go
+/// together is checked in `validate`, so the message can say what is expected.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDevices {
+    pub(super) prefix: Option<Spanned<String>>,
+    pub(super) count: Option<Spanned<i64>>,
+    pub(super) file: Option<Spanned<String>>,
+}
+
+/// `[enrollments.NAME]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEnrollment {
+    pub(super) issuer: Spanned<String>,
+    pub(super) policy: Spanned<String>,
+    pub(super) hub: Spanned<String>,
+    pub(super) reprovision: Option<Spanned<String>>,
+}

@@ -1,0 +1,321 @@
+//! The embedded store: one SQLite file holding the vault, the enrollment service, the hub
+//! registry and the devices, for the local backend (and, later, the emulator).
+//!
+//! Owns the schema and its migrations, the single-writer lock, and sealing of private keys.
+//! It knows nothing of plans or verbs: callers pass in the time and the rows.
+
+pub mod queries;
+pub mod seal;
+
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use seal::{SealError, StoreKey};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("store {path}: {source}")]
+    Sqlite {
+        /// The store file.
+        path: PathBuf,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+    /// The store file does not exist (and the command does not create one).
+    #[error("no store at {0} (run `certroll issue` first)")]
+    Missing(PathBuf),
+    /// Another certroll holds the store.
+    #[error(
+        "another certroll process is writing to {path}; gave up after {waited:?} (try again when it has finished)"
+    )]
+    Busy {
+        /// The store file.
+        path: PathBuf,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// The store was written by a newer certroll.
+    #[error(
+        "store {path} has schema version {found}; this certroll knows up to {known}: upgrade certroll"
+    )]
+    TooNew {
+        /// The store file.
+        path: PathBuf,
+        /// Version in the file.
+        found: i64,
+        /// Newest version this build knows.
+        known: i64,
+    },
+    /// The store key is missing or wrong.
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// The store key is needed but none is available.
+    #[error(
+        "store {store} exists but its key file {key} is missing (set --key-file or CERTROLL_STORE_KEY)"
+    )]
+    NoKey {
+        /// The store file.
+        store: PathBuf,
+        /// Where the key was looked for.
+        key: PathBuf,
+    },
+    /// A file next to the store could not be created.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// A stored record is inconsistent.
+    #[error("store {path}: {message}")]
+    Corrupt {
+        /// The store file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Schema migrations, in order. The store's `user_version` counts how many have run.
+const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// The store file.
+    pub path: PathBuf,
+    /// The store key file; default `<store>.key`.
+    pub key_file: Option<PathBuf>,
+    /// Create the store (and its key) when missing; for mutating commands.
+    pub create: bool,
+    /// Take the single-writer lock; for mutating commands.
+    pub write: bool,
+    /// How long to wait for another writer.
+    pub lock_timeout: Duration,
+}
+
+/// An open store.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    key: StoreKey,
+    _lock: Option<File>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.path.display())
+    }
+}
+
+fn default_key_file(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".key");
+    path.with_file_name(name)
+}
+
+impl Store {
+    /// Opens (and with `create`, creates) a store, migrating its schema.
+    pub fn open(opts: &OpenOptions) -> Result<Store, StoreError> {
+        let path = opts.path.clone();
+        let exists = path.exists();
+        if !exists && !opts.create {
+            return Err(StoreError::Missing(path));
+        }
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| StoreError::Io { path: p, source }
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+        }
+        let lock = if opts.write {
+            Some(acquire_lock(&path, opts.lock_timeout)?)
+        } else {
+            None
+        };
+
+        let key_file = opts
+            .key_file
+            .clone()
+            .unwrap_or_else(|| default_key_file(&path));
+        let key = match StoreKey::from_env()? {
+            Some(k) => k,
+            None => match StoreKey::from_file(&key_file, opts.create && !exists)? {
+                Some(k) => k,
+                None => {
+                    return Err(StoreError::NoKey {
+                        store: path,
+                        key: key_file,
+                    });
+                }
+            },
+        };
+
+        if !exists {
+            // Create the file 0600 before SQLite does, so it never exists with looser bits.
+            crate::fsutil::create_private(&path).map_err(io(&path))?;
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let sql = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| StoreError::Sqlite { path: p, source }
+        };
+        let conn = Connection::open_with_flags(&path, flags).map_err(sql(&path))?;
+        conn.busy_timeout(opts.lock_timeout).map_err(sql(&path))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+        )
+        .map_err(sql(&path))?;
+        let mut store = Store {
+            conn,
+            path,
+            key,
+            _lock: lock,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let sql = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(sql)?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::TooNew {
+                path: self.path.clone(),
+                found: version,
+                known,
+            });
+        }
+        for (i, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql)?;
+            tx.execute_batch(migration).map_err(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(sql)?;
+            tx.commit().map_err(sql)?;
+        }
+        Ok(())
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The key that seals private keys.
+    pub fn key(&self) -> &StoreKey {
+        &self.key
+    }
+
+    /// A read connection.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Runs `f` in one write transaction; commits if it returns Ok.
+    pub fn write<T, E: From<StoreError>>(
+        &mut self,
+        f: impl FnOnce(&Transaction<'_>, &StoreKey) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|source| StoreError::Sqlite {
+                path: path.clone(),
+                source,
+            })?;
+        let out = f(&tx, &self.key)?;
+        tx.commit()
+            .map_err(|source| StoreError::Sqlite { path, source })?;
+        Ok(out)
+    }
+
+    /// Wraps a SQLite error with this store's path.
+    pub fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+/// Takes the single-writer lock (`<store>.lock`), polling up to `timeout`.
+fn acquire_lock(path: &Path, timeout: Duration) -> Result<File, StoreError> {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".lock");
+    let lock_path = path.with_file_name(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| StoreError::Io {
+            path: lock_path.clone(),
+            source,
+        })?;
+    let start = Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < timeout => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Busy {
+                    path: path.to_path_buf(),
+                    waited: start.elapsed(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(StoreError::Io {
+                    path: lock_path,
+                    source,
+                });
+            }
+        }
+    }
+}
+
+impl Store {
+    /// An empty in-memory store with a throwaway key: what a dry run reads when no store exists yet.
+    pub fn open_empty() -> Result<Store, StoreError> {
+        let path = PathBuf::from(":memory:");
+        let conn = Connection::open_in_memory().map_err(|source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        })?;
+        let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+        crate::pki::random_bytes(bytes.as_mut()).map_err(|_| SealError::Seal)?;
+        let mut store = Store {
+            conn,
+            path,
+            key: StoreKey::from_raw(&bytes),
+            _lock: None,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+}

@@ -1,0 +1,549 @@
+//! Typed reads and writes of the store's tables. Writers take a transaction (or any connection
+//! inside one) so callers batch many rows per commit.
+
+use super::StoreError;
+use super::seal::StoreKey;
+use crate::backend::types::*;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+fn sql(source: rusqlite::Error) -> StoreError {
+    StoreError::Sqlite {
+        path: Default::default(),
+        source,
+    }
+}
+
+fn ts(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+}
+
+fn from_ts(secs: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// The identity a vault key is sealed under.
+fn key_identity(name: &str, version: &str) -> String {
+    format!("certroll/vault/{name}/{version}")
+}
+
+/// A fresh Key Vault-style version id: 32 lowercase hex characters.
+pub fn new_version_id() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    crate::pki::random_bytes(&mut bytes).map_err(|e| StoreError::Corrupt {
+        path: Default::default(),
+        message: e.to_string(),
+    })?;
+    Ok(crate::pki::hex_upper(&bytes).to_ascii_lowercase())
+}
+
+// ---------------------------------------------------------------- vault
+
+const VERSION_COLS: &str = "name, version, cert_der, kty, exportable, enabled, nbf, exp, created, issuer_name, issuer_version";
+
+fn version_row(r: &Row<'_>) -> rusqlite::Result<VaultVersion> {
+    Ok(VaultVersion {
+        name: r.get(0)?,
+        version: r.get(1)?,
+        cert_der: r.get(2)?,
+        kty: r.get(3)?,
+        exportable: r.get(4)?,
+        enabled: r.get(5)?,
+        nbf: from_ts(r.get(6)?),
+        exp: from_ts(r.get(7)?),
+        created: from_ts(r.get(8)?),
+        issuer: match (
+            r.get::<_, Option<String>>(9)?,
+            r.get::<_, Option<String>>(10)?,
+        ) {
+            (Some(name), Some(version)) => Some((name, version)),
+            _ => None,
+        },
+    })
+}
+
+/// The newest version of a vault certificate.
+pub fn vault_current(conn: &Connection, name: &str) -> Result<Option<VaultVersion>> {
+    conn.prepare_cached(&format!(
+        "SELECT {VERSION_COLS} FROM vault_versions WHERE name = ?1 ORDER BY seq DESC LIMIT 1"
+    ))
+    .and_then(|mut s| s.query_row([name], version_row).optional())
+    .map_err(sql)
+}
+
+/// One version of a vault certificate.
+pub fn vault_version(conn: &Connection, name: &str, version: &str) -> Result<Option<VaultVersion>> {
+    conn.prepare_cached(&format!(
+        "SELECT {VERSION_COLS} FROM vault_versions WHERE name = ?1 AND version = ?2"
+    ))
+    .and_then(|mut s| s.query_row([name, version], version_row).optional())
+    .map_err(sql)
+}
+
+/// All versions of a vault certificate, oldest first.
+pub fn vault_versions(conn: &Connection, name: &str) -> Result<Vec<VaultVersion>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {VERSION_COLS} FROM vault_versions WHERE name = ?1 ORDER BY seq"
+        ))
+        .map_err(sql)?;
+    let rows = stmt.query_map([name], version_row).map_err(sql)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+}
+
+/// Stores a new version (creating the certificate name if new); returns its version id.
+pub fn vault_insert(
+    conn: &Connection,
+    key: &StoreKey,
+    now: OffsetDateTime,
+    new: &NewVersion<'_>,
+) -> Result<String> {
+    let info = crate::pki::CertInfo::from_der(new.cert_der).map_err(|e| StoreError::Corrupt {
+        path: Default::default(),
+        message: format!("refusing to store `{}`: {e}", new.name),
+    })?;
+    let version = new_version_id()?;
+    let sealed = key.seal(&key_identity(new.name, &version), new.key_pkcs8)?;
+    conn.prepare_cached(
+        "INSERT INTO vault_certificates (name, policy, created, updated) VALUES (?1, ?2, ?3, ?3)
+         ON CONFLICT(name) DO UPDATE SET policy = excluded.policy, updated = excluded.updated",
+    )
+    .and_then(|mut s| s.execute(params![new.name, new.policy_json, ts(now)]))
+    .map_err(sql)?;
+    conn.prepare_cached(
+        "INSERT INTO vault_versions
+           (name, version, cert_der, key_sealed, kty, exportable, thumbprint, serial, enabled, nbf, exp, created, updated,
+            issuer_name, issuer_version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?9, ?10, ?11, ?11, ?12, ?13)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            new.name,
+            version,
+            new.cert_der,
+            sealed,
+            new.kty,
+            new.exportable,
+            info.thumbprint,
+            info.serial,
+            ts(info.not_before),
+            ts(info.not_after),
+            ts(now),
+            new.issuer.map(|i| i.0),
+            new.issuer.map(|i| i.1)
+        ])
+    })
+    .map_err(sql)?;
+    Ok(version)
+}
+
+/// The private key of a version (PKCS#8 DER). Callers enforce exportability.
+pub fn vault_private_key(
+    conn: &Connection,
+    key: &StoreKey,
+    name: &str,
+    version: &str,
+) -> Result<Zeroizing<Vec<u8>>> {
+    let sealed: Vec<u8> = conn
+        .prepare_cached("SELECT key_sealed FROM vault_versions WHERE name = ?1 AND version = ?2")
+        .and_then(|mut s| s.query_row([name, version], |r| r.get(0)))
+        .map_err(sql)?;
+    Ok(key.open(&key_identity(name, version), &sealed)?)
+}
+
+/// The policy JSON recorded for a certificate name.
+pub fn vault_policy(conn: &Connection, name: &str) -> Result<Option<String>> {
+    conn.prepare_cached("SELECT policy FROM vault_certificates WHERE name = ?1")
+        .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
+        .map_err(sql)
+}
+
+// ---------------------------------------------------------------- enrollment service: CAs
+
+fn ca_row(r: &Row<'_>) -> rusqlite::Result<ServiceCa> {
+    Ok(ServiceCa {
+        name: r.get(0)?,
+        cert_der: r.get(1)?,
+        thumbprint: r.get(2)?,
+        verified: r.get(3)?,
+    })
+}
+
+/// A CA certificate of the enrollment service.
+pub fn ca_get(conn: &Connection, name: &str) -> Result<Option<ServiceCa>> {
+    conn.prepare_cached(
+        "SELECT name, cert_der, thumbprint, verified FROM service_cas WHERE name = ?1",
+    )
+    .and_then(|mut s| s.query_row([name], ca_row).optional())
+    .map_err(sql)
+}
+
+/// All CA certificates of the enrollment service.
+pub fn ca_list(conn: &Connection) -> Result<Vec<ServiceCa>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT name, cert_der, thumbprint, verified FROM service_cas ORDER BY name",
+        )
+        .map_err(sql)?;
+    let rows = stmt.query_map([], ca_row).map_err(sql)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+}
+
+/// Uploads (or replaces) a CA certificate; a replaced certificate must be verified again.
+pub fn ca_put(conn: &Connection, name: &str, der: &[u8], now: OffsetDateTime) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO service_cas (name, cert_der, thumbprint, verified, created, updated)
+         VALUES (?1, ?2, ?3, 0, ?4, ?4)
+         ON CONFLICT(name) DO UPDATE SET cert_der = excluded.cert_der, thumbprint = excluded.thumbprint,
+           verified = 0, nonce = NULL, updated = excluded.updated",
+    )
+    .and_then(|mut s| s.execute(params![name, der, crate::pki::sha1_thumbprint(der), ts(now)]))
+    .map_err(sql)?;
+    Ok(())
+}
+
+/// Records the proof-of-possession nonce handed out for a CA.
+pub fn ca_set_nonce(conn: &Connection, name: &str, nonce: &str, now: OffsetDateTime) -> Result<()> {
+    conn.execute(
+        "UPDATE service_cas SET nonce = ?2, updated = ?3 WHERE name = ?1",
+        params![name, nonce, ts(now)],
+    )
+    .map_err(sql)?;
+    Ok(())
+}
+
+/// The nonce handed out for a CA, if any.
+pub fn ca_nonce(conn: &Connection, name: &str) -> Result<Option<String>> {
+    conn.query_row(
+        "SELECT nonce FROM service_cas WHERE name = ?1",
+        [name],
+        |r| r.get(0),
+    )
+    .optional()
+    .map(Option::flatten)
+    .map_err(sql)
+}
+
+/// Marks a CA verified and spends its nonce.
+pub fn ca_set_verified(conn: &Connection, name: &str, now: OffsetDateTime) -> Result<()> {
+    conn.execute(
+        "UPDATE service_cas SET verified = 1, nonce = NULL, updated = ?2 WHERE name = ?1",
+        params![name, ts(now)],
+    )
+    .map_err(sql)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- enrollment groups
+
+fn slot(der: Option<Vec<u8>>, reference: Option<String>) -> Option<Slot> {
+    der.map(|cert_der| Slot {
+        cert_der,
+        ca_reference: reference,
+    })
+}
+
+fn group_row(r: &Row<'_>) -> rusqlite::Result<EnrollmentGroup> {
+    Ok(EnrollmentGroup {
+        name: r.get(0)?,
+        primary: slot(r.get(1)?, r.get(2)?),
+        secondary: slot(r.get(3)?, r.get(4)?),
+        status: Status::parse(&r.get::<_, String>(5)?),
+        reprovision: r.get(6)?,
+        hub: r.get(7)?,
+    })
+}
+
+const GROUP_COLS: &str =
+    "name, primary_der, primary_ca_ref, secondary_der, secondary_ca_ref, status, reprovision, hub";
+
+/// One enrollment group.
+pub fn group_get(conn: &Connection, name: &str) -> Result<Option<EnrollmentGroup>> {
+    conn.prepare_cached(&format!(
+        "SELECT {GROUP_COLS} FROM enrollment_groups WHERE name = ?1"
+    ))
+    .and_then(|mut s| s.query_row([name], group_row).optional())
+    .map_err(sql)
+}
+
+/// All enrollment groups.
+pub fn group_list(conn: &Connection) -> Result<Vec<EnrollmentGroup>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {GROUP_COLS} FROM enrollment_groups ORDER BY name"
+        ))
+        .map_err(sql)?;
+    let rows = stmt.query_map([], group_row).map_err(sql)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+}
+
+/// Creates or replaces an enrollment group.
+pub fn group_put(conn: &Connection, g: &EnrollmentGroup, now: OffsetDateTime) -> Result<()> {
+    let (pd, pr) = g
+        .primary
+        .as_ref()
+        .map(|s| (Some(&s.cert_der), s.ca_reference.as_ref()))
+        .unwrap_or_default();
+    let (sd, sr) = g
+        .secondary
+        .as_ref()
+        .map(|s| (Some(&s.cert_der), s.ca_reference.as_ref()))
+        .unwrap_or_default();
+    conn.prepare_cached(
+        "INSERT INTO enrollment_groups
+           (name, primary_der, primary_ca_ref, secondary_der, secondary_ca_ref, status, reprovision, hub, created, updated)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
+         ON CONFLICT(name) DO UPDATE SET primary_der = excluded.primary_der, primary_ca_ref = excluded.primary_ca_ref,
+           secondary_der = excluded.secondary_der, secondary_ca_ref = excluded.secondary_ca_ref,
+           status = excluded.status, reprovision = excluded.reprovision, hub = excluded.hub, updated = excluded.updated",
+    )
+    .and_then(|mut s| {
+        s.execute(params![g.name, pd, pr, sd, sr, g.status.as_str(), g.reprovision, g.hub, ts(now)])
+    })
+    .map_err(sql)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- individual enrollments
+
+fn individual_row(r: &Row<'_>) -> rusqlite::Result<IndividualEnrollment> {
+    Ok(IndividualEnrollment {
+        registration_id: r.get(0)?,
+        primary: r.get(1)?,
+        secondary: r.get(2)?,
+        status: Status::parse(&r.get::<_, String>(3)?),
+        reprovision: r.get(4)?,
+        hub: r.get(5)?,
+    })
+}
+
+const INDIVIDUAL_COLS: &str =
+    "registration_id, primary_der, secondary_der, status, reprovision, hub";
+
+/// One individual enrollment.
+pub fn individual_get(conn: &Connection, id: &str) -> Result<Option<IndividualEnrollment>> {
+    conn.prepare_cached(&format!(
+        "SELECT {INDIVIDUAL_COLS} FROM individual_enrollments WHERE registration_id = ?1"
+    ))
+    .and_then(|mut s| s.query_row([id], individual_row).optional())
+    .map_err(sql)
+}
+
+/// All individual enrollments.
+pub fn individual_list(conn: &Connection) -> Result<Vec<IndividualEnrollment>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {INDIVIDUAL_COLS} FROM individual_enrollments ORDER BY registration_id"
+        ))
+        .map_err(sql)?;
+    let rows = stmt.query_map([], individual_row).map_err(sql)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+}
+
+/// Disabled individual enrollments holding a certificate with this thumbprint in either slot.
+pub fn disabled_enrollments_with(conn: &Connection, thumbprint: &str) -> Result<Vec<String>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT registration_id FROM individual_enrollments
+             WHERE status = 'disabled' AND (primary_thumbprint = ?1 OR secondary_thumbprint = ?1)",
+        )
+        .map_err(sql)?;
+    let rows = stmt.query_map([thumbprint], |r| r.get(0)).map_err(sql)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+}
+
+/// Creates or replaces an individual enrollment.
+pub fn individual_put(
+    conn: &Connection,
+    e: &IndividualEnrollment,
+    now: OffsetDateTime,
+) -> Result<()> {
+    let tp = |d: &Option<Vec<u8>>| d.as_deref().map(crate::pki::sha1_thumbprint);
+    conn.prepare_cached(
+        "INSERT INTO individual_enrollments
+           (registration_id, primary_der, primary_thumbprint, secondary_der, secondary_thumbprint, status, reprovision, hub, created, updated)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
+         ON CONFLICT(registration_id) DO UPDATE SET primary_der = excluded.primary_der,
+           primary_thumbprint = excluded.primary_thumbprint, secondary_der = excluded.secondary_der,
+           secondary_thumbprint = excluded.secondary_thumbprint, status = excluded.status,
+           reprovision = excluded.reprovision, hub = excluded.hub, updated = excluded.updated",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            e.registration_id,
+            e.primary,
+            tp(&e.primary),
+            e.secondary,
+            tp(&e.secondary),
+            e.status.as_str(),
+            e.reprovision,
+            e.hub,
+            ts(now)
+        ])
+    })
+    .map_err(sql)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- registrations
+
+/// The registration state of a device.
+pub fn registration_get(conn: &Connection, id: &str) -> Result<Option<RegistrationState>> {
+    conn.prepare_cached(
+        "SELECT registration_id, status, substatus, hub, error FROM registrations WHERE registration_id = ?1",
+    )
+    .and_then(|mut s| {
+        s.query_row([id], |r| {
+            Ok(RegistrationState {
+                registration_id: r.get(0)?,
+                status: r.get(1)?,
+                substatus: r.get(2)?,
+                hub: r.get(3)?,
+                error: r.get(4)?,
+            })
+        })
+        .optional()
+    })
+    .map_err(sql)
+}
+
+/// Records a registration outcome.
+#[allow(clippy::too_many_arguments)]
+pub fn registration_put(
+    conn: &Connection,
+    state: &RegistrationState,
+    enrollment_kind: Option<&str>,
+    enrollment_name: Option<&str>,
+    cert_thumbprint: &str,
+    now: OffsetDateTime,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO registrations
+           (registration_id, enrollment_kind, enrollment_name, status, substatus, hub, cert_thumbprint, error, updated)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            state.registration_id,
+            enrollment_kind,
+            enrollment_name,
+            state.status,
+            state.substatus,
+            state.hub,
+            cert_thumbprint,
+            state.error,
+            ts(now)
+        ])
+    })
+    .map_err(sql)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- hub registry
+
+fn hub_row(r: &Row<'_>) -> rusqlite::Result<HubIdentity> {
+    Ok(HubIdentity {
+        hub: r.get(0)?,
+        device_id: r.get(1)?,
+        auth_type: r.get(2)?,
+        primary_thumbprint: r.get(3)?,
+        secondary_thumbprint: r.get(4)?,
+        status: Status::parse(&r.get::<_, String>(5)?),
+    })
+}
+
+/// A device identity in a hub.
+pub fn hub_get(conn: &Connection, hub: &str, device_id: &str) -> Result<Option<HubIdentity>> {
+    conn.prepare_cached(
+        "SELECT hub, device_id, auth_type, primary_thumbprint, secondary_thumbprint, status
+         FROM hub_devices WHERE hub = ?1 AND device_id = ?2",
+    )
+    .and_then(|mut s| s.query_row([hub, device_id], hub_row).optional())
+    .map_err(sql)
+}
+
+/// Creates or updates a device identity; `reset_twin` puts the twin back to its initial state.
+pub fn hub_put(
+    conn: &Connection,
+    d: &HubIdentity,
+    reset_twin: bool,
+    now: OffsetDateTime,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO hub_devices (hub, device_id, auth_type, primary_thumbprint, secondary_thumbprint, status, created, updated)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+         ON CONFLICT(hub, device_id) DO UPDATE SET auth_type = excluded.auth_type,
+           primary_thumbprint = excluded.primary_thumbprint, secondary_thumbprint = excluded.secondary_thumbprint,
+           status = excluded.status, updated = excluded.updated,
+           twin = CASE WHEN ?8 THEN '{}' ELSE twin END",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            d.hub,
+            d.device_id,
+            d.auth_type,
+            d.primary_thumbprint,
+            d.secondary_thumbprint,
+            d.status.as_str(),
+            ts(now),
+            reset_twin
+        ])
+    })
+    .map_err(sql)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- devices
+
+fn device_row(r: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
+    Ok(DeviceRecord {
+        id: r.get(0)?,
+        group: r.get(1)?,
+        enrollment: r.get(2)?,
+        cert_name: r.get(3)?,
+        installed_version: r.get(4)?,
+    })
+}
+
+/// One device.
+pub fn device_get(conn: &Connection, id: &str) -> Result<Option<DeviceRecord>> {
+    conn.prepare_cached(
+        "SELECT id, group_name, enrollment, cert_name, installed_version FROM devices WHERE id = ?1",
+    )
+    .and_then(|mut s| s.query_row([id], device_row).optional())
+    .map_err(sql)
+}
+
+/// Devices in id order, optionally of one group, in pages (`after` = last id of the previous page).
+pub fn device_page(
+    conn: &Connection,
+    group: Option<&str>,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<DeviceRecord>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, group_name, enrollment, cert_name, installed_version FROM devices
+             WHERE (?1 IS NULL OR group_name = ?1) AND id > ?2 ORDER BY id LIMIT ?3",
+        )
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map(params![group, after, limit as i64], device_row)
+        .map_err(sql)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+}
+
+/// Creates or updates a device and the version installed on it.
+pub fn device_put(conn: &Connection, d: &DeviceRecord) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO devices (id, group_name, enrollment, cert_name, installed_version) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(id) DO UPDATE SET group_name = excluded.group_name, enrollment = excluded.enrollment,
+           cert_name = excluded.cert_name, installed_version = excluded.installed_version",
+    )
+    .and_then(|mut s| s.execute(params![d.id, d.group, d.enrollment, d.cert_name, d.installed_version]))
+    .map_err(sql)?;
+    Ok(())
+}
