@@ -352,4 +352,16 @@ impl Backend for LocalBackend {
     fn describe(&self) -> String {
         format!("local store {}", self.store.path().display())
     }
+
+    fn begin(&mut self) -> Result<()> {
+        self.store.begin_batch().map_err(BackendError::Store)
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        self.store.commit_batch().map_err(BackendError::Store)
+    }
+
+    fn rollback(&mut self) {
+        self.store.rollback_batch();
+    }
 }

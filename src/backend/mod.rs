@@ -120,7 +120,22 @@ pub trait Fleet {
 }
 
 /// Everything a verb works against.
-pub trait Backend: Vault + EnrollmentService + HubRegistry + Fleet {
+pub trait Backend: Vault + EnrollmentService + HubRegistry + Fleet + Send {
     /// A short name for messages (`local /path/state.db`).
     fn describe(&self) -> String;
+
+    /// Starts a unit of work: the calls until [`commit`](Self::commit) are applied together (one
+    /// transaction in the local store). Remote backends apply each call as it comes.
+    fn begin(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Applies the unit of work.
+    fn commit(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Abandons the unit of work (what a remote backend already applied stays applied; every
+    /// verb is written so that a rerun finishes it).
+    fn rollback(&mut self) {}
 }

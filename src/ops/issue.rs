@@ -12,9 +12,9 @@ use super::{
 };
 use crate::backend::Backend;
 use crate::backend::types::*;
-use crate::pki::PrivateKey;
 use crate::pki::cert::{CertProfile, sign_leaf, sign_public_key, sign_self};
 use crate::pki::spec::Subject;
+use crate::pki::{PrivateKey, SubjectKey};
 use crate::plan::{CaSpec, EnrollmentSpec, GroupSpec, Plan, Policy};
 use anyhow::{Context as _, Result, bail};
 use rayon::prelude::*;
@@ -566,40 +566,30 @@ fn issue_devices(
     let mut ids = ids.peekable();
     while ids.peek().is_some() {
         let chunk: Vec<String> = ids.by_ref().take(CHUNK).collect();
-        let needs = assess(backend, unit, &chunk)?;
-        for n in &needs {
-            if n.cert.is_none() {
-                tally.note_cert(&n.id);
-            }
-            tally.installs += n.install as u64;
-            tally.enrollments += n.enroll as u64;
-            tally.registrations += n.register as u64;
+        // One unit of work per chunk: a crash leaves each chunk wholly done or wholly not.
+        if !dry_run {
+            backend.begin()?;
         }
-        if !dry_run
-            && needs
-                .iter()
-                .any(|n| n.cert.is_none() || n.install || n.enroll || n.register)
-        {
-            if issuer.is_none() {
-                let loaded = load_issuer(backend, unit.issuer())?;
-                if loaded.not_after <= now {
-                    bail!(
-                        "CA `{}` expired at {}; roll it before issuing",
-                        unit.issuer(),
-                        crate::clock::rfc3339(loaded.not_after)
-                    );
+        let done = issue_chunk(
+            plan,
+            unit,
+            policy,
+            &chunk,
+            backend,
+            now,
+            dry_run,
+            &mut issuer,
+            &mut tally,
+            report,
+        );
+        if !dry_run {
+            match done {
+                Ok(()) => backend.commit()?,
+                Err(e) => {
+                    backend.rollback();
+                    return Err(e);
                 }
-                issuer = Some(loaded);
             }
-            let rejected = apply_chunk(
-                unit,
-                policy,
-                issuer.as_ref().expect("loaded above"),
-                needs,
-                backend,
-                now,
-            )?;
-            report.rejected.extend(rejected);
         }
         progress.advance(chunk.len() as u64);
     }
@@ -700,12 +690,12 @@ fn apply_chunk(
     // Keys and signatures: the expensive part, on every core.
     let (not_before, not_after) = validity(policy, now, Some(issuer.not_after));
     let key_usage = effective_key_usage(policy, false);
-    let fresh: Vec<(usize, PrivateKey, Vec<u8>)> = needs
+    let fresh: Vec<(usize, SubjectKey, Vec<u8>)> = needs
         .par_iter()
         .enumerate()
         .filter(|(_, n)| n.cert.is_none())
         .map(|(i, n)| {
-            let key = PrivateKey::generate(&policy.key)?;
+            let key = SubjectKey::generate(&policy.key)?;
             let profile = CertProfile {
                 subject: Subject::common_name(&n.id),
                 dns_names: policy.dns_names.clone(),
@@ -715,7 +705,7 @@ fn apply_chunk(
                 not_after,
                 ca: None,
             };
-            let der = sign_leaf(&profile, &key, &issuer.key)?;
+            let der = sign_public_key(&profile, key.public_key(), &issuer.key)?;
             Ok((i, key, der))
         })
         .collect::<Result<_, crate::pki::Error>>()?;
@@ -819,4 +809,55 @@ fn apply_chunk(
         }
     }
     Ok(rejected)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn issue_chunk(
+    _plan: &Plan,
+    unit: &Unit<'_>,
+    policy: &Policy,
+    chunk: &[String],
+    backend: &mut dyn Backend,
+    now: OffsetDateTime,
+    dry_run: bool,
+    issuer: &mut Option<LoadedIssuer>,
+    tally: &mut Tally,
+    report: &mut IssueReport,
+) -> Result<()> {
+    let needs = assess(backend, unit, chunk)?;
+    for n in &needs {
+        if n.cert.is_none() {
+            tally.note_cert(&n.id);
+        }
+        tally.installs += n.install as u64;
+        tally.enrollments += n.enroll as u64;
+        tally.registrations += n.register as u64;
+    }
+    if !dry_run
+        && needs
+            .iter()
+            .any(|n| n.cert.is_none() || n.install || n.enroll || n.register)
+    {
+        if issuer.is_none() {
+            let loaded = load_issuer(backend, unit.issuer())?;
+            if loaded.not_after <= now {
+                bail!(
+                    "CA `{}` expired at {}; roll it before issuing",
+                    unit.issuer(),
+                    crate::clock::rfc3339(loaded.not_after)
+                );
+            }
+            *issuer = Some(loaded);
+        }
+        let rejected = apply_chunk(
+            unit,
+            policy,
+            issuer.as_ref().expect("loaded above"),
+            needs,
+            backend,
+            now,
+        )?;
+        report.rejected.extend(rejected);
+    }
+    Ok(())
 }

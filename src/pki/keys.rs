@@ -127,6 +127,66 @@ impl PrivateKey {
     }
 }
 
+/// A freshly generated key for a certificate's subject: the PKCS#8 to store and the public key
+/// to certify. Cheaper than a [`PrivateKey`] because it is never loaded for signing.
+pub struct SubjectKey {
+    pkcs8: Zeroizing<Vec<u8>>,
+    spki: rcgen::SubjectPublicKeyInfo,
+}
+
+impl std::fmt::Debug for SubjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SubjectKey(<redacted>)")
+    }
+}
+
+impl SubjectKey {
+    /// Generates a key of type `spec`.
+    pub fn generate(spec: &KeySpec) -> Result<SubjectKey, Error> {
+        use aws_lc_rs::encoding::AsDer;
+        use aws_lc_rs::signature::{self as sig, KeyPair as _};
+        let fail = |what: &str| Error::BadKey(format!("{what} key generation failed"));
+        let (pkcs8, spki_der) = match spec {
+            KeySpec::Ec { curve, .. } => {
+                let alg = match curve {
+                    Curve::P256 => &sig::ECDSA_P256_SHA256_ASN1_SIGNING,
+                    Curve::P384 => &sig::ECDSA_P384_SHA384_ASN1_SIGNING,
+                    Curve::P521 => &sig::ECDSA_P521_SHA512_ASN1_SIGNING,
+                };
+                let pair = sig::EcdsaKeyPair::generate(alg).map_err(|_| fail("EC"))?;
+                let pkcs8 = pair.to_pkcs8v1().map_err(|_| fail("EC"))?.as_ref().to_vec();
+                let spki = pair
+                    .public_key()
+                    .as_der()
+                    .map_err(|_| fail("EC"))?
+                    .as_ref()
+                    .to_vec();
+                (pkcs8, spki)
+            }
+            KeySpec::Rsa { .. } => {
+                let key = PrivateKey::generate(spec)?;
+                let spki = key.public_key_der();
+                (key.pkcs8_der().to_vec(), spki)
+            }
+        };
+        let spki = rcgen::SubjectPublicKeyInfo::from_der(&spki_der)?;
+        Ok(SubjectKey {
+            pkcs8: Zeroizing::new(pkcs8),
+            spki,
+        })
+    }
+
+    /// The PKCS#8 DER bytes. Handle with care: this is the secret.
+    pub fn pkcs8_der(&self) -> &[u8] {
+        &self.pkcs8
+    }
+
+    /// The public key, for certifying.
+    pub fn public_key(&self) -> &rcgen::SubjectPublicKeyInfo {
+        &self.spki
+    }
+}
+
 /// Bits of an RSA modulus, from the PKCS#1 RSAPublicKey inside the SPKI's bit string.
 fn rsa_modulus_bits(rsa_public_key: &[u8]) -> Option<u32> {
     use x509_parser::der_parser::ber::parse_ber_sequence;
@@ -168,6 +228,27 @@ mod tests {
             let (detected, detected_spec) = PrivateKey::from_der_any(key.pkcs8_der()).unwrap();
             assert_eq!(detected_spec, spec);
             assert_eq!(detected.public_key_der(), key.public_key_der());
+        }
+    }
+
+    #[test]
+    fn subject_keys_load_back_as_the_same_key() {
+        for spec in [
+            KeySpec::Ec {
+                curve: Curve::P256,
+                hsm: false,
+            },
+            KeySpec::Ec {
+                curve: Curve::P521,
+                hsm: false,
+            },
+        ] {
+            let fresh = SubjectKey::generate(&spec).unwrap();
+            let loaded = PrivateKey::from_pkcs8(fresh.pkcs8_der(), &spec).unwrap();
+            assert_eq!(
+                loaded.public_key_der(),
+                rcgen::PublicKeyData::subject_public_key_info(fresh.public_key())
+            );
         }
     }
 

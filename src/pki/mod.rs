@@ -12,7 +12,7 @@ pub mod spec;
 
 pub use cert::{CertProfile, IssuerKey, sign_leaf, sign_self};
 pub use inspect::CertInfo;
-pub use keys::PrivateKey;
+pub use keys::{PrivateKey, SubjectKey};
 
 /// Errors of the PKI core.
 #[derive(Debug, thiserror::Error)]

@@ -1248,7 +1248,7 @@ impl Generated<'_> {
             extra.parse().ok()?
         };
         let base = extra.checked_mul(10u128.checked_pow(u32::try_from(long.width).ok()?)?)?;
-        (long.count >= 1 && base + 1 <= u128::from(short.count))
+        (long.count >= 1 && base < u128::from(short.count))
             .then(|| format!("{}{:0width$}", long.prefix, 1, width = long.width))
     }
 }

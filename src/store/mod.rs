@@ -7,7 +7,7 @@
 pub mod queries;
 pub mod seal;
 
-use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use seal::{SealError, StoreKey};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -171,6 +171,15 @@ impl Store {
         };
         let conn = Connection::open_with_flags(&path, flags).map_err(sql(&path))?;
         conn.busy_timeout(opts.lock_timeout).map_err(sql(&path))?;
+        // Every query is a cached statement; keep them all prepared.
+        conn.set_prepared_statement_cache_capacity(64);
+        // The bundled SQLite has STAT4, which re-prepares a statement whenever a parameter is
+        // bound anew; our queries have one obvious plan, so keep it (query planner stability).
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )
+        .map_err(sql(&path))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
         )
@@ -231,23 +240,52 @@ impl Store {
         &self.conn
     }
 
-    /// Runs `f` in one write transaction; commits if it returns Ok.
+    /// Runs `f` in one write transaction and commits if it returns Ok. Inside a batch
+    /// ([`begin_batch`](Self::begin_batch)) it runs in a savepoint of the batch's transaction.
     pub fn write<T, E: From<StoreError>>(
         &mut self,
-        f: impl FnOnce(&Transaction<'_>, &StoreKey) -> Result<T, E>,
+        f: impl FnOnce(&Connection, &StoreKey) -> Result<T, E>,
     ) -> Result<T, E> {
-        let path = self.path.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|source| StoreError::Sqlite {
-                path: path.clone(),
-                source,
-            })?;
-        let out = f(&tx, &self.key)?;
-        tx.commit()
-            .map_err(|source| StoreError::Sqlite { path, source })?;
-        Ok(out)
+        let (begin, commit, rollback) = if self.conn.is_autocommit() {
+            ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK")
+        } else {
+            (
+                "SAVEPOINT certroll_write",
+                "RELEASE certroll_write",
+                "ROLLBACK TO certroll_write; RELEASE certroll_write",
+            )
+        };
+        self.conn.execute_batch(begin).map_err(|e| self.err(e))?;
+        match f(&self.conn, &self.key) {
+            Ok(out) => {
+                self.conn.execute_batch(commit).map_err(|e| self.err(e))?;
+                Ok(out)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch(rollback);
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts a batch: every read and write until [`commit_batch`](Self::commit_batch) happens
+    /// in one transaction, so a chunk of devices is stored all at once or not at all.
+    pub fn begin_batch(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| self.err(e))
+    }
+
+    /// Commits the batch.
+    pub fn commit_batch(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("COMMIT").map_err(|e| self.err(e))
+    }
+
+    /// Abandons the batch.
+    pub fn rollback_batch(&mut self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
     }
 
     /// Wraps a SQLite error with this store's path.
