@@ -141,8 +141,5 @@ fn main() {
     let db = std::fs::metadata(dir.path().join("state.db"))
         .map(|m| m.len())
         .unwrap_or(0);
-    println!(
-        "  store size:                        {:>8.1} MB",
-        db as f64 / 1e6
-    );
+    println!("  store size:                        {:>8.1} MB", db as f64 / 1e6);
 }

@@ -34,9 +34,7 @@ pub fn classify(err: &anyhow::Error) -> Failure {
         if cause.is::<InputError>() || cause.is::<crate::plan::PlanError>() {
             return Failure::Input;
         }
-        if let Some(crate::store::StoreError::Missing(_)) =
-            cause.downcast_ref::<crate::store::StoreError>()
-        {
+        if let Some(crate::store::StoreError::Missing(_)) = cause.downcast_ref::<crate::store::StoreError>() {
             return Failure::Input;
         }
     }

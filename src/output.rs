@@ -171,16 +171,8 @@ impl<W: Write> Printer<W> {
                     "ID", "OWNER", "REG", "HUB", "THUMBPRINT"
                 )?;
                 devices(&mut |d| {
-                    let owner = d
-                        .group
-                        .as_deref()
-                        .or(d.enrollment.as_deref())
-                        .unwrap_or("-");
-                    let reg = d
-                        .registration
-                        .as_ref()
-                        .map(|r| r.status.as_str())
-                        .unwrap_or("-");
+                    let owner = d.group.as_deref().or(d.enrollment.as_deref()).unwrap_or("-");
+                    let reg = d.registration.as_ref().map(|r| r.status.as_str()).unwrap_or("-");
                     let hub = d
                         .registration
                         .as_ref()

@@ -51,11 +51,7 @@ impl Vault for LocalBackend {
         read!(self, q::vault_version(self.store.conn(), name, version))
     }
 
-    fn create_versions(
-        &mut self,
-        batch: &[NewVersion<'_>],
-        now: OffsetDateTime,
-    ) -> Result<Vec<String>> {
+    fn create_versions(&mut self, batch: &[NewVersion<'_>], now: OffsetDateTime) -> Result<Vec<String>> {
         let out = self.store.write(|tx, key| {
             batch
                 .iter()
@@ -102,19 +98,12 @@ impl EnrollmentService for LocalBackend {
         let mut bytes = [0u8; 16];
         crate::pki::random_bytes(&mut bytes)?;
         let nonce = crate::pki::hex_upper(&bytes);
-        let out = self
-            .store
-            .write(|tx, _| q::ca_set_nonce(tx, name, &nonce, now));
+        let out = self.store.write(|tx, _| q::ca_set_nonce(tx, name, &nonce, now));
         out.map_err(|e| self.with_path(e))?;
         Ok(nonce)
     }
 
-    fn verify_ca(
-        &mut self,
-        name: &str,
-        verification_cert_der: &[u8],
-        now: OffsetDateTime,
-    ) -> Result<()> {
+    fn verify_ca(&mut self, name: &str, verification_cert_der: &[u8], now: OffsetDateTime) -> Result<()> {
         let ca = self
             .ca(name)?
             .ok_or_else(|| BackendError::NotFound(format!("CA certificate `{name}`")))?;
@@ -158,9 +147,7 @@ impl EnrollmentService for LocalBackend {
                         )));
                     }
                     None => {
-                        return Err(BackendError::NotFound(format!(
-                            "CA certificate `{reference}`"
-                        )));
+                        return Err(BackendError::NotFound(format!("CA certificate `{reference}`")));
                     }
                 }
             }
@@ -177,11 +164,7 @@ impl EnrollmentService for LocalBackend {
         read!(self, q::individual_list(self.store.conn()))
     }
 
-    fn put_individuals(
-        &mut self,
-        batch: &[IndividualEnrollment],
-        now: OffsetDateTime,
-    ) -> Result<()> {
+    fn put_individuals(&mut self, batch: &[IndividualEnrollment], now: OffsetDateTime) -> Result<()> {
         let out = self
             .store
             .write(|tx, _| batch.iter().try_for_each(|e| q::individual_put(tx, e, now)));
@@ -236,10 +219,7 @@ impl EnrollmentService for LocalBackend {
     }
 
     fn registration(&self, registration_id: &str) -> Result<Option<RegistrationState>> {
-        read!(
-            self,
-            q::registration_get(self.store.conn(), registration_id)
-        )
+        read!(self, q::registration_get(self.store.conn(), registration_id))
     }
 }
 
@@ -277,8 +257,7 @@ fn apply(
             reprovision,
         } => ("group", name, hub, reprovision),
     };
-    let previous =
-        q::registration_get(tx, &req.registration_id)?.filter(|p| p.status == "assigned");
+    let previous = q::registration_get(tx, &req.registration_id)?.filter(|p| p.status == "assigned");
     let existing = q::hub_get(tx, &hub, &req.registration_id)?;
     let substatus = match (&previous, reprovision.as_str()) {
         (None, _) => "initialAssignment",
@@ -291,10 +270,7 @@ fn apply(
         let identity = HubIdentity {
             hub: hub.clone(),
             device_id: req.registration_id.clone(),
-            status: existing
-                .as_ref()
-                .map(|e| e.status)
-                .unwrap_or(Status::Enabled),
+            status: existing.as_ref().map(|e| e.status).unwrap_or(Status::Enabled),
             auth_type: "selfSigned".into(),
             primary_thumbprint: Some(leaf_tp.to_string()),
             secondary_thumbprint: None,
@@ -331,12 +307,7 @@ impl Fleet for LocalBackend {
         read!(self, q::device_get(self.store.conn(), id))
     }
 
-    fn devices_page(
-        &self,
-        group: Option<&str>,
-        after: &str,
-        limit: usize,
-    ) -> Result<Vec<DeviceRecord>> {
+    fn devices_page(&self, group: Option<&str>, after: &str, limit: usize) -> Result<Vec<DeviceRecord>> {
         read!(self, q::device_page(self.store.conn(), group, after, limit))
     }
 

@@ -43,11 +43,7 @@ pub trait Vault {
     /// One version.
     fn version(&self, name: &str, version: &str) -> Result<Option<VaultVersion>>;
     /// Stores new versions in one batch; returns their version ids in order.
-    fn create_versions(
-        &mut self,
-        batch: &[NewVersion<'_>],
-        now: OffsetDateTime,
-    ) -> Result<Vec<String>>;
+    fn create_versions(&mut self, batch: &[NewVersion<'_>], now: OffsetDateTime) -> Result<Vec<String>>;
     /// The private key of a version, for signing inside certroll (CA keys) or for export. The
     /// caller enforces exportability for anything that leaves the process.
     fn private_key(&self, version: &VaultVersion) -> Result<PrivateKey>;
@@ -64,12 +60,7 @@ pub trait EnrollmentService {
     /// Hands out a proof-of-possession nonce for a CA.
     fn verification_code(&mut self, name: &str, now: OffsetDateTime) -> Result<String>;
     /// Checks a verification certificate (CN = nonce, signed by the CA key) and marks the CA verified.
-    fn verify_ca(
-        &mut self,
-        name: &str,
-        verification_cert_der: &[u8],
-        now: OffsetDateTime,
-    ) -> Result<()>;
+    fn verify_ca(&mut self, name: &str, verification_cert_der: &[u8], now: OffsetDateTime) -> Result<()>;
     /// One enrollment group.
     fn group(&self, name: &str) -> Result<Option<EnrollmentGroup>>;
     /// All enrollment groups.
@@ -81,11 +72,7 @@ pub trait EnrollmentService {
     /// All individual enrollments.
     fn individuals(&self) -> Result<Vec<IndividualEnrollment>>;
     /// Creates or replaces individual enrollments in one batch.
-    fn put_individuals(
-        &mut self,
-        batch: &[IndividualEnrollment],
-        now: OffsetDateTime,
-    ) -> Result<()>;
+    fn put_individuals(&mut self, batch: &[IndividualEnrollment], now: OffsetDateTime) -> Result<()>;
     /// Devices present their certificates; the service decides, records the registration state
     /// and assigns each accepted device to its hub (creating or updating the hub identity).
     fn register(
@@ -109,12 +96,7 @@ pub trait Fleet {
     /// One device.
     fn device(&self, id: &str) -> Result<Option<DeviceRecord>>;
     /// Devices in id order after `after`, optionally of one group.
-    fn devices_page(
-        &self,
-        group: Option<&str>,
-        after: &str,
-        limit: usize,
-    ) -> Result<Vec<DeviceRecord>>;
+    fn devices_page(&self, group: Option<&str>, after: &str, limit: usize) -> Result<Vec<DeviceRecord>>;
     /// Records devices and the versions installed on them, in one batch.
     fn install(&mut self, batch: &[DeviceRecord]) -> Result<()>;
 }

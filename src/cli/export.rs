@@ -32,9 +32,11 @@ pub struct ExportArgs {
 pub fn exec(g: &Global, args: ExportArgs) -> anyhow::Result<u8> {
     let plan = g.load_plan()?;
     let password = match &args.password_env {
-        Some(var) => Some(zeroize::Zeroizing::new(std::env::var(var).map_err(
-            |_| input(format!("--password-env {var}: the variable is not set")),
-        )?)),
+        Some(var) => {
+            Some(zeroize::Zeroizing::new(std::env::var(var).map_err(|_| {
+                input(format!("--password-env {var}: the variable is not set"))
+            })?))
+        }
         None => None,
     };
     if args.format == ExportFormat::Pfx && password.is_none() {

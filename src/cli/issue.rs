@@ -41,8 +41,7 @@ pub fn exec(g: &Global, args: IssueArgs) -> anyhow::Result<u8> {
         dry_run: args.dry_run,
         backend: g.backend(),
     };
-    let show_bar =
-        !g.quiet && g.output == crate::output::Format::Human && std::io::stderr().is_terminal();
+    let show_bar = !g.quiet && g.output == crate::output::Format::Human && std::io::stderr().is_terminal();
     let bar = if show_bar {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(

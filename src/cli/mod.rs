@@ -35,12 +35,7 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Global {
     /// The plan file.
-    #[arg(
-        long,
-        global = true,
-        env = "CERTROLL_PLAN",
-        default_value = "certroll.toml"
-    )]
+    #[arg(long, global = true, env = "CERTROLL_PLAN", default_value = "certroll.toml")]
     pub plan: PathBuf,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Format::Human)]

@@ -44,8 +44,7 @@ struct Summary {
 
 pub fn validate(g: &Global, _args: ValidateArgs) -> anyhow::Result<u8> {
     let plan = g.load_plan()?;
-    let devices =
-        plan.groups.values().map(|g| g.device_count()).sum::<u64>() + plan.enrollments.len() as u64;
+    let devices = plan.groups.values().map(|g| g.device_count()).sum::<u64>() + plan.enrollments.len() as u64;
     let summary = Summary {
         plan: plan.path.display().to_string(),
         valid: true,
@@ -61,12 +60,7 @@ pub fn validate(g: &Global, _args: ValidateArgs) -> anyhow::Result<u8> {
     } else {
         p.line(format!(
             "{} is valid: {} policies, {} CAs, {} groups, {} individual enrollments, {} devices.",
-            summary.plan,
-            summary.policies,
-            summary.cas,
-            summary.groups,
-            summary.enrollments,
-            summary.devices
+            summary.plan, summary.policies, summary.cas, summary.groups, summary.enrollments, summary.devices
         ))?;
     }
     Ok(0)

@@ -3,9 +3,7 @@
 //! Refuses, with an input error, a disabled version, a version outside its validity window at
 //! `now`, and any key the policy marks non-exportable (HSM keys never are).
 
-use super::{
-    Access, BackendSettings, Target, ca_cert_name, chain_above, device_cert_name, open_backend,
-};
+use super::{Access, BackendSettings, Target, ca_cert_name, chain_above, device_cert_name, open_backend};
 use crate::backend::Vault as _;
 use crate::error::input;
 use crate::plan::Plan;

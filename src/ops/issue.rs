@@ -199,11 +199,7 @@ pub fn issue(
         issue_ca(plan, ca, &mut backend, now, opts.dry_run, &mut report)
             .with_context(|| format!("issuing CA `{}`", ca.name))?;
     }
-    for group in plan
-        .groups
-        .values()
-        .filter(|g| sel.groups.contains(&g.name))
-    {
+    for group in plan.groups.values().filter(|g| sel.groups.contains(&g.name)) {
         create_group(plan, group, &mut backend, now, opts.dry_run, &mut report)
             .with_context(|| format!("creating enrollment group `{}`", group.name))?;
     }
@@ -219,11 +215,7 @@ pub fn issue(
         .sum::<u64>()
         + sel.enrollments.len() as u64;
     progress.start(total);
-    for group in plan
-        .groups
-        .values()
-        .filter(|g| sel.groups.contains(&g.name))
-    {
+    for group in plan.groups.values().filter(|g| sel.groups.contains(&g.name)) {
         let ids = group
             .device_ids()
             .filter(|id| sel.devices.as_ref().is_none_or(|s| s.contains(id)));
@@ -377,18 +369,12 @@ fn issue_ca(
     if ca.issuer.is_none() {
         let thumbprint = crate::pki::sha1_thumbprint(&current.cert_der);
         let in_service = backend.ca(&ca.name)?;
-        if in_service
-            .as_ref()
-            .is_none_or(|c| c.thumbprint != thumbprint)
-        {
+        if in_service.as_ref().is_none_or(|c| c.thumbprint != thumbprint) {
             report.steps.push(Step {
                 action: "upload-ca",
                 target: target.clone(),
                 count: 1,
-                detail: format!(
-                    "upload CA `{}` ({thumbprint}) to the enrollment service",
-                    ca.name
-                ),
+                detail: format!("upload CA `{}` ({thumbprint}) to the enrollment service", ca.name),
             });
             if !dry_run {
                 backend.upload_ca(&ca.name, &current.cert_der, now)?;
@@ -619,10 +605,7 @@ fn issue_devices(
             action: "install-device-certs",
             target: target.clone(),
             count: tally.installs,
-            detail: format!(
-                "install the new certificate on {} device(s)",
-                tally.installs
-            ),
+            detail: format!("install the new certificate on {} device(s)", tally.installs),
         });
     }
     if tally.enrollments > 0 {
@@ -630,7 +613,10 @@ fn issue_devices(
             action: "create-enrollments",
             target: target.clone(),
             count: tally.enrollments,
-            detail: format!("create {} individual enrollment(s) with the device certificate in the primary slot", tally.enrollments),
+            detail: format!(
+                "create {} individual enrollment(s) with the device certificate in the primary slot",
+                tally.enrollments
+            ),
         });
     }
     if tally.registrations > 0 {
@@ -734,11 +720,7 @@ fn apply_chunk(
     // The certificate each device ends up with: the fresh one or the one the vault had.
     let mut certs: Vec<Option<(String, Vec<u8>)>> = needs
         .iter()
-        .map(|n| {
-            n.cert
-                .as_ref()
-                .map(|c| (c.version.clone(), c.cert_der.clone()))
-        })
+        .map(|n| n.cert.as_ref().map(|c| (c.version.clone(), c.cert_der.clone())))
         .collect();
     for ((i, _, der), version) in fresh.into_iter().zip(versions) {
         certs[i] = Some((version, der));

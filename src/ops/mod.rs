@@ -101,9 +101,7 @@ pub(crate) fn group_has_device(group: &crate::plan::GroupSpec, id: &str) -> bool
         crate::plan::DeviceSource::Generated { prefix, count } => {
             let width = count.to_string().len();
             id.strip_prefix(prefix.as_str())
-                .filter(|digits| {
-                    digits.len() == width && digits.bytes().all(|b| b.is_ascii_digit())
-                })
+                .filter(|digits| digits.len() == width && digits.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|digits| digits.parse::<u64>().ok())
                 .is_some_and(|n| n >= 1 && n <= *count)
         }
@@ -151,11 +149,7 @@ pub struct BackendSettings {
 }
 
 /// Opens the plan's backend.
-pub fn open_backend(
-    plan: &Plan,
-    access: Access,
-    settings: &BackendSettings,
-) -> Result<LocalBackend> {
+pub fn open_backend(plan: &Plan, access: Access, settings: &BackendSettings) -> Result<LocalBackend> {
     let BackendConfig::Local { path, key_file } = &plan.backend;
     if access == Access::Preview && !path.exists() {
         return Ok(LocalBackend::new(Store::open_empty()?));
@@ -167,8 +161,8 @@ pub fn open_backend(
         write: access == Access::Write,
         lock_timeout: settings.lock_timeout.unwrap_or(Duration::from_secs(30)),
     };
-    let store = Store::open(&opts)
-        .with_context(|| format!("opening the store of {}", plan.path.display()))?;
+    let store =
+        Store::open(&opts).with_context(|| format!("opening the store of {}", plan.path.display()))?;
     Ok(LocalBackend::new(store))
 }
 
@@ -190,9 +184,7 @@ pub struct LoadedIssuer {
 pub fn load_issuer(backend: &dyn Backend, ca: &str) -> Result<LoadedIssuer> {
     let cert_name = ca_cert_name(ca);
     let current = backend.current(&cert_name)?.ok_or_else(|| {
-        BackendError::NotFound(format!(
-            "CA `{ca}` in the vault (run `certroll issue ca:{ca}`)"
-        ))
+        BackendError::NotFound(format!("CA `{ca}` in the vault (run `certroll issue ca:{ca}`)"))
     })?;
     let key = backend.private_key(&current)?;
     let chain = chain_above(backend, &current)?;

@@ -137,9 +137,9 @@ impl StatusQuery<'_> {
             let verified = match &ca.issuer {
                 None => Some(b.ca(&ca.name)?.is_some_and(|c| {
                     c.verified
-                        && current.as_ref().is_some_and(|v| {
-                            crate::pki::sha1_thumbprint(&v.cert_der) == c.thumbprint
-                        })
+                        && current
+                            .as_ref()
+                            .is_some_and(|v| crate::pki::sha1_thumbprint(&v.cert_der) == c.thumbprint)
                 })),
                 Some(_) => None,
             };
@@ -151,12 +151,7 @@ impl StatusQuery<'_> {
             });
         }
         let mut groups = Vec::new();
-        for g in self
-            .plan
-            .groups
-            .values()
-            .filter(|g| self.wants("group", &g.name))
-        {
+        for g in self.plan.groups.values().filter(|g| self.wants("group", &g.name)) {
             let state = b.group(&g.name)?;
             groups.push(GroupStatus {
                 name: g.name.clone(),
@@ -235,12 +230,7 @@ impl StatusQuery<'_> {
         Ok(())
     }
 
-    fn device(
-        &self,
-        id: &str,
-        group: Option<&str>,
-        enrollment: Option<&str>,
-    ) -> Result<DeviceStatus> {
+    fn device(&self, id: &str, group: Option<&str>, enrollment: Option<&str>) -> Result<DeviceStatus> {
         let b = &*self.backend;
         let record = b.device(id)?;
         let installed = match record.as_ref().and_then(|r| r.installed_version.clone()) {

@@ -5,8 +5,8 @@ use super::Error;
 use super::keys::PrivateKey;
 use super::spec::{DnKind, ExtendedKeyUsage, KeyUsage, Subject};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -39,15 +39,13 @@ pub struct IssuerKey {
 impl IssuerKey {
     /// Pairs a CA certificate with its private key.
     pub fn new(cert_der: Vec<u8>, key: PrivateKey) -> Result<IssuerKey, Error> {
-        let pair =
-            KeyPair::from_pkcs8_der_and_sign_algo(&key.pkcs8_der().into(), key.pair().algorithm())?;
+        let pair = KeyPair::from_pkcs8_der_and_sign_algo(&key.pkcs8_der().into(), key.pair().algorithm())?;
         if rcgen::PublicKeyData::subject_public_key_info(&pair) != spki_of(&cert_der)? {
             return Err(Error::BadKey(
                 "the key does not belong to the CA certificate".into(),
             ));
         }
-        let issuer =
-            rcgen::Issuer::from_ca_cert_der(&CertificateDer::from(cert_der.as_slice()), pair)?;
+        let issuer = rcgen::Issuer::from_ca_cert_der(&CertificateDer::from(cert_der.as_slice()), pair)?;
         Ok(IssuerKey { cert_der, issuer })
     }
 
@@ -63,8 +61,8 @@ impl IssuerKey {
 }
 
 fn spki_of(cert_der: &[u8]) -> Result<Vec<u8>, Error> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
-        .map_err(|e| Error::BadCertificate(e.to_string()))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(cert_der).map_err(|e| Error::BadCertificate(e.to_string()))?;
     Ok(cert.tbs_certificate.subject_pki.raw.to_vec())
 }
 

@@ -28,8 +28,8 @@ pub struct CertInfo {
 impl CertInfo {
     /// Parses a DER certificate.
     pub fn from_der(der: &[u8]) -> Result<CertInfo, Error> {
-        let (rest, cert) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| Error::BadCertificate(e.to_string()))?;
+        let (rest, cert) =
+            x509_parser::parse_x509_certificate(der).map_err(|e| Error::BadCertificate(e.to_string()))?;
         if !rest.is_empty() {
             return Err(Error::BadCertificate(
                 "trailing bytes after the certificate".into(),
@@ -54,8 +54,8 @@ impl CertInfo {
 
 /// The common name of a DER certificate's subject.
 pub fn common_name(der: &[u8]) -> Result<Option<String>, Error> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| Error::BadCertificate(e.to_string()))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| Error::BadCertificate(e.to_string()))?;
     Ok(cert
         .subject()
         .iter_common_name()

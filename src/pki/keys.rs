@@ -100,9 +100,7 @@ impl PrivateKey {
                 hsm: false,
             });
         }
-        if alg == &rcgen::PKCS_RSA_SHA256
-            || alg == &rcgen::PKCS_RSA_SHA384
-            || alg == &rcgen::PKCS_RSA_SHA512
+        if alg == &rcgen::PKCS_RSA_SHA256 || alg == &rcgen::PKCS_RSA_SHA384 || alg == &rcgen::PKCS_RSA_SHA512
         {
             let bits = rsa_modulus_bits(self.pair.der_bytes())
                 .ok_or_else(|| Error::BadKey("cannot read the RSA modulus".into()))?;

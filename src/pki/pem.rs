@@ -29,9 +29,7 @@ pub fn certs_from_pem(text: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
 /// The first private key in PEM text (PKCS#8, SEC1 or PKCS#1), as DER.
 pub fn key_from_pem(text: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
     let key = PrivateKeyDer::from_pem_slice(text).map_err(|e| match e {
-        rustls_pki_types::pem::Error::NoItemsFound => {
-            Error::BadPem("no PRIVATE KEY block found".into())
-        }
+        rustls_pki_types::pem::Error::NoItemsFound => Error::BadPem("no PRIVATE KEY block found".into()),
         other => Error::BadPem(other.to_string()),
     })?;
     Ok(zeroize::Zeroizing::new(key.secret_der().to_vec()))

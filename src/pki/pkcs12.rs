@@ -18,17 +18,12 @@ pub fn write_pfx(
     let leaf = chain_der
         .first()
         .ok_or_else(|| Error::Pkcs12("empty chain".into()))?;
-    let local_key_id =
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, leaf);
+    let local_key_id = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, leaf);
     let key = PrivateKey::from_der(pkcs8_der).map_err(|e| Error::Pkcs12(e.to_string()))?;
     let mut store = KeyStore::new();
     store.add_entry(
         alias,
-        KeyStoreEntry::PrivateKeyChain(PrivateKeyChain::new(
-            local_key_id.as_ref().to_vec(),
-            key,
-            certs,
-        )),
+        KeyStoreEntry::PrivateKeyChain(PrivateKeyChain::new(local_key_id.as_ref().to_vec(), key, certs)),
     );
     store
         .writer(password)
@@ -39,10 +34,7 @@ pub fn write_pfx(
 }
 
 /// Reads a PFX: the private key (PKCS#8 DER) and the chain, leaf first.
-pub fn read_pfx(
-    data: &[u8],
-    password: &str,
-) -> Result<(zeroize::Zeroizing<Vec<u8>>, Vec<Vec<u8>>), Error> {
+pub fn read_pfx(data: &[u8], password: &str) -> Result<(zeroize::Zeroizing<Vec<u8>>, Vec<Vec<u8>>), Error> {
     let store = KeyStore::from_pkcs12(data, password, p12_keystore::Pkcs12ImportPolicy::Relaxed)
         .map_err(|e| Error::Pkcs12(e.to_string()))?;
     let (_, chain) = store

@@ -218,11 +218,7 @@ impl ExtendedKeyUsage {
             ExtendedKeyUsage::EmailProtection => "1.3.6.1.5.5.7.3.4".into(),
             ExtendedKeyUsage::TimeStamping => "1.3.6.1.5.5.7.3.8".into(),
             ExtendedKeyUsage::OcspSigning => "1.3.6.1.5.5.7.3.9".into(),
-            ExtendedKeyUsage::Other(arcs) => arcs
-                .iter()
-                .map(|a| a.to_string())
-                .collect::<Vec<_>>()
-                .join("."),
+            ExtendedKeyUsage::Other(arcs) => arcs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join("."),
         }
     }
 }

@@ -71,12 +71,7 @@ impl fmt::Display for PlanError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.line, self.column) {
             (Some(line), Some(column)) => {
-                write!(
-                    f,
-                    "{}:{line}:{column}: {}",
-                    self.path.display(),
-                    self.message
-                )
+                write!(f, "{}:{line}:{column}: {}", self.path.display(), self.message)
             }
             (Some(line), None) => write!(f, "{}:{line}: {}", self.path.display(), self.message),
             _ => write!(f, "{}: {}", self.path.display(), self.message),

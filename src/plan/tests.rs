@@ -100,11 +100,7 @@ fn with_base(rest: &str) -> String {
 /// Asserts the error's line, column and that its message contains `needle`.
 #[track_caller]
 fn assert_at(e: &PlanError, line: usize, column: usize, needle: &str) {
-    assert_eq!(
-        (e.line, e.column),
-        (Some(line), Some(column)),
-        "location of: {e}"
-    );
+    assert_eq!((e.line, e.column), (Some(line), Some(column)), "location of: {e}");
     assert!(
         e.message.contains(needle),
         "message `{}` should contain `{needle}`",
@@ -238,10 +234,7 @@ fn sketch_parses_with_a_device_file() {
             ids: vec!["sensor-a1".into(), "sensor-a2".into()]
         }
     );
-    assert_eq!(
-        group.device_ids().collect::<Vec<_>>(),
-        ["sensor-a1", "sensor-a2"]
-    );
+    assert_eq!(group.device_ids().collect::<Vec<_>>(), ["sensor-a1", "sensor-a2"]);
     assert_eq!(group.device_count(), 2);
 }
 
@@ -420,20 +413,14 @@ fn toml_syntax_error_is_located() {
     let e = err("version = 1\n\n[ca.root\nsubject = \"CN=x\"\n");
     assert_eq!(e.line, Some(3));
     assert!(e.message.contains("unclosed table"), "{e}");
-    assert!(
-        e.to_string().starts_with("/srv/pki/certroll.toml:3:"),
-        "{e}"
-    );
+    assert!(e.to_string().starts_with("/srv/pki/certroll.toml:3:"), "{e}");
 }
 
 #[test]
 fn unknown_key_is_located_at_the_key() {
-    let e = err(&with_base(
-        "[groups.g]\nsigning_ca = \"root\"\nhubb = \"h\"\n",
-    ));
+    let e = err(&with_base("[groups.g]\nsigning_ca = \"root\"\nhubb = \"h\"\n"));
     assert_at(&e, 21, 1, "unknown field `hubb`");
-    let e =
-        err("version = 1\n[policies.p]\nkey = { type = \"EC\", bits = 256 }\nvalidity_days = 1\n");
+    let e = err("version = 1\n[policies.p]\nkey = { type = \"EC\", bits = 256 }\nvalidity_days = 1\n");
     assert_at(&e, 3, 22, "unknown field `bits`");
     let e = err("version = 1\nfleet = 3\n");
     assert_at(&e, 2, 1, "unknown field `fleet`");
@@ -443,9 +430,8 @@ fn unknown_key_is_located_at_the_key() {
 fn wrong_type_is_located_at_the_value() {
     let e = err("version = 1\n[policies.p]\nkey = { type = \"EC\" }\nvalidity_days = \"365\"\n");
     assert_at(&e, 4, 17, "invalid type: string \"365\"");
-    let e = err(
-        "version = 1\n[policies.p]\nkey = { type = \"EC\", exportable = \"yes\" }\nvalidity_days = 3\n",
-    );
+    let e =
+        err("version = 1\n[policies.p]\nkey = { type = \"EC\", exportable = \"yes\" }\nvalidity_days = 3\n");
     assert_at(&e, 3, 35, "invalid type");
 }
 
@@ -505,12 +491,7 @@ fn contacts_must_be_email_addresses() {
         let e = err(&format!(
             "version = 1\n[contacts]\nemails = [\"ok@example.com\", \"{bad}\"]\n"
         ));
-        assert_at(
-            &e,
-            3,
-            29,
-            &format!("contact `{bad}` is not an e-mail address"),
-        );
+        assert_at(&e, 3, 29, &format!("contact `{bad}` is not an e-mail address"));
     }
 }
 
@@ -606,9 +587,7 @@ fn validity_days_range() {
             &format!("validity_days = {bad} is out of range (1 to 36500)"),
         );
     }
-    ok(&policy_plan(
-        "key = { type = \"EC\" }\nvalidity_days = 36500",
-    ));
+    ok(&policy_plan("key = { type = \"EC\" }\nvalidity_days = 36500"));
 }
 
 #[test]
@@ -617,10 +596,7 @@ fn key_usages_and_ekus_are_checked() {
         "key = { type = \"EC\" }\nvalidity_days = 30\nkey_usage = [\"digitalSignature\", \"keyAgreement\"]\nextended_key_usage = [\"serverAuth\", \"1.2.3.4\"]\ndns_names = [\"device.example.com\", \"10.0.0.1\"]\ncontent_type = \"pfx\"",
     ));
     let p = &plan.policies["p"];
-    assert_eq!(
-        p.key_usage,
-        [KeyUsage::DigitalSignature, KeyUsage::KeyAgreement]
-    );
+    assert_eq!(p.key_usage, [KeyUsage::DigitalSignature, KeyUsage::KeyAgreement]);
     assert_eq!(
         p.extended_key_usage,
         [
@@ -647,12 +623,7 @@ fn key_usages_and_ekus_are_checked() {
     let e = err(&policy_plan(
         "key = { type = \"EC\" }\nvalidity_days = 30\ncontent_type = \"der\"",
     ));
-    assert_at(
-        &e,
-        5,
-        16,
-        "unknown content_type `der` (expected pem or pfx)",
-    );
+    assert_at(&e, 5, 16, "unknown content_type `der` (expected pem or pfx)");
     let e = err(&policy_plan(
         "key = { type = \"EC\" }\nvalidity_days = 30\ndns_names = [\"a b\"]",
     ));
@@ -670,36 +641,23 @@ fn lifetime_actions_are_checked() {
         "{ days_before_expiry = 89, action = \"auto-renew\" }, { lifetime_percentage = 99, action = \"email-contacts\" }",
     ));
 
-    let e = err(&body(
-        "  { days_before_expiry = 90, action = \"auto-renew\" },",
-    ));
+    let e = err(&body("  { days_before_expiry = 90, action = \"auto-renew\" },"));
     assert_at(&e, 6, 26, "");
     assert_eq!(
         e.message,
         "days_before_expiry = 90 must be at least 1 and less than validity_days (90)"
     );
-    let e = err(&body(
-        "  { days_before_expiry = 0, action = \"auto-renew\" },",
-    ));
+    let e = err(&body("  { days_before_expiry = 0, action = \"auto-renew\" },"));
     assert_at(&e, 6, 26, "days_before_expiry = 0 must be at least 1");
-    let e = err(&body(
-        "  { lifetime_percentage = 100, action = \"auto-renew\" },",
-    ));
-    assert_at(
-        &e,
-        6,
-        27,
-        "lifetime_percentage = 100 is out of range (1 to 99)",
-    );
+    let e = err(&body("  { lifetime_percentage = 100, action = \"auto-renew\" },"));
+    assert_at(&e, 6, 27, "lifetime_percentage = 100 is out of range (1 to 99)");
     let e = err(&body(
         "  { days_before_expiry = 5, lifetime_percentage = 50, action = \"auto-renew\" },",
     ));
     assert_at(&e, 6, 51, "not both");
     let e = err(&body("  { action = \"auto-renew\" },"));
     assert_at(&e, 6, 3, "a lifetime action needs a trigger");
-    let e = err(&body(
-        "  { days_before_expiry = 5, action = \"AutoRenew\" },",
-    ));
+    let e = err(&body("  { days_before_expiry = 5, action = \"AutoRenew\" },"));
     assert_at(
         &e,
         6,
@@ -712,9 +670,7 @@ fn lifetime_actions_are_checked() {
 
 #[test]
 fn names_follow_the_key_vault_rule() {
-    let e = err(
-        "version = 1\n[policies.\"device policy\"]\nkey = { type = \"EC\" }\nvalidity_days = 3\n",
-    );
+    let e = err("version = 1\n[policies.\"device policy\"]\nkey = { type = \"EC\" }\nvalidity_days = 3\n");
     assert_at(
         &e,
         2,
@@ -746,18 +702,12 @@ fn names_follow_the_key_vault_rule() {
 fn references_must_be_defined() {
     let e = err(&format!("{BASE}policy = \"devic\"\n"));
     assert_at(&e, 17, 10, "");
-    assert_eq!(
-        e.message,
-        "policy `devic` is not defined (defined: ca, device)"
-    );
+    assert_eq!(e.message, "policy `devic` is not defined (defined: ca, device)");
     let e = err(&with_base(
         "[groups.g]\nsigning_ca = \"fctory\"\nhub = \"h\"\ndevice_policy = \"device\"\ndevices = { prefix = \"s\", count = 1 }\n",
     ));
     assert_at(&e, 20, 14, "");
-    assert_eq!(
-        e.message,
-        "CA `fctory` is not defined (defined: factory, root)"
-    );
+    assert_eq!(e.message, "CA `fctory` is not defined (defined: factory, root)");
     let e = err(&with_base(
         "[enrollments.gw]\nissuer = \"factory\"\npolicy = \"gateway\"\nhub = \"h\"\n",
     ));
@@ -806,12 +756,7 @@ fn ca_subject_errors_are_located_at_the_subject() {
     let e = err(
         "version = 1\n[policies.ca]\nkey = { type = \"EC\" }\nvalidity_days = 3\n[ca.root]\nsubject = \"O=Example\"\npolicy = \"ca\"\n",
     );
-    assert_at(
-        &e,
-        6,
-        11,
-        "invalid subject `O=Example`: `O=Example` has no CN",
-    );
+    assert_at(&e, 6, 11, "invalid subject `O=Example`: `O=Example` has no CN");
 }
 
 #[test]
@@ -819,12 +764,7 @@ fn ca_issuer_and_path_len_values() {
     let e = err(&format!("{BASE}issuer = \"factory\"\npolicy = \"ca\"\n"));
     assert_at(&e, 17, 10, "CA `factory` names itself as issuer");
     let e = err(&format!("{BASE}issuer = \"rot\"\npolicy = \"ca\"\n"));
-    assert_at(
-        &e,
-        17,
-        10,
-        "CA `rot` is not defined (defined: factory, root)",
-    );
+    assert_at(&e, 17, 10, "CA `rot` is not defined (defined: factory, root)");
     let e = err(&format!(
         "{BASE}issuer = \"root\"\npath_len = 256\npolicy = \"ca\"\n"
     ));
@@ -931,13 +871,9 @@ fn group_fields_are_checked() {
 fn generated_devices_are_checked() {
     let e = err(&group_plan("devices = { prefix = \"s\", count = 0 }"));
     assert_at(&e, 24, 35, "count = 0 is out of range (1 to 10000000)");
-    let e = err(&group_plan(
-        "devices = { prefix = \"s\", count = 10000001 }",
-    ));
+    let e = err(&group_plan("devices = { prefix = \"s\", count = 10000001 }"));
     assert_at(&e, 24, 35, "count = 10000001 is out of range");
-    ok(&group_plan(
-        "devices = { prefix = \"s\", count = 10000000 }",
-    ));
+    ok(&group_plan("devices = { prefix = \"s\", count = 10000000 }"));
     let e = err(&group_plan("devices = { prefix = \"sensor_\", count = 3 }"));
     assert_at(&e, 24, 22, "device id prefix `sensor_` is not valid");
     let e = err(&group_plan(&format!(
@@ -950,19 +886,12 @@ fn generated_devices_are_checked() {
     let e = err(&group_plan(
         "devices = { prefix = \"s\", count = 3, file = \"x.txt\" }",
     ));
-    assert_at(
-        &e,
-        24,
-        11,
-        "either `prefix` and `count` or `file`, not both",
-    );
+    assert_at(&e, 24, 11, "either `prefix` and `count` or `file`, not both");
     let e = err(&group_plan("devices = { prefix = \"s\" }"));
     assert_at(&e, 24, 11, "`devices` has `prefix` but no `count`");
     let e = err(&group_plan("devices = { count = 3 }"));
     assert_at(&e, 24, 11, "`devices` has `count` but no `prefix`");
-    let e = err(&group_plan(
-        "devices = { prefix = \"s\", count = 3, size = 1 }",
-    ));
+    let e = err(&group_plan("devices = { prefix = \"s\", count = 3, size = 1 }"));
     assert_at(&e, 24, 38, "unknown field `size`");
 }
 
@@ -1030,10 +959,7 @@ fn enrollment_fields_are_checked() {
         "[enrollments.gw-1]\nissuer = \"factory\"\npolicy = \"device\"\nhub = \"h.example.net\"\nreprovision = \"never\"\n",
     );
     let plan = ok(&text);
-    assert_eq!(
-        plan.enrollments["gw-1"].reprovision,
-        ReprovisionPolicy::Never
-    );
+    assert_eq!(plan.enrollments["gw-1"].reprovision, ReprovisionPolicy::Never);
     let e = err(&text.replace("issuer = \"factory\"", "issuer = \"intermediate\""));
     assert_at(&e, 20, 10, "CA `intermediate` is not defined");
     let e = err(&text.replace("\"never\"", "\"always\""));
@@ -1069,10 +995,7 @@ fn duplicate_ids_across_generated_groups() {
         &[],
     ));
     assert_at(&e, 28, 11, "");
-    assert_eq!(
-        e.message,
-        "device id `s01` appears in group `a` and in group `b`"
-    );
+    assert_eq!(e.message, "device id `s01` appears in group `a` and in group `b`");
     // Same prefix, different widths: s1..s9 and s01..s99 never collide.
     ok(&fleet(
         &[
@@ -1104,10 +1027,7 @@ fn duplicate_ids_across_generated_groups() {
         ],
         &[],
     ));
-    assert_eq!(
-        e.message,
-        "device id `x11` appears in group `a` and in group `c`"
-    );
+    assert_eq!(e.message, "device id `x11` appears in group `a` and in group `c`");
 }
 
 #[test]
@@ -1258,17 +1178,12 @@ fn fixtures_load_or_fail_as_their_first_line_says() {
             .unwrap_or_else(|| panic!("{name}: first line must be `# error: LINE:COL: message`"));
         let e = load(&path).expect_err(&name);
         let shown = e.to_string();
-        let after_path = shown
-            .split_once(".toml:")
-            .or_else(|| shown.split_once(".txt:"));
+        let after_path = shown.split_once(".toml:").or_else(|| shown.split_once(".txt:"));
         let got = after_path.map_or(shown.as_str(), |(_, rest)| rest);
         assert!(
             got.starts_with(expected),
             "{name}: got `{shown}`, expected `{expected}`"
         );
     }
-    assert!(
-        broken >= 5,
-        "expected the broken-*.toml fixtures, found {broken}"
-    );
+    assert!(broken >= 5, "expected the broken-*.toml fixtures, found {broken}");
 }

@@ -8,8 +8,8 @@
 
 use super::raw::{Named, RawBackend, RawCa, RawDevices, RawEnrollment, RawKey, RawPlan, RawPolicy};
 use super::{
-    ActionKind, BackendConfig, CaSpec, ContentType, DeviceSource, EnrollmentSpec, GroupSpec,
-    LifetimeAction, Plan, PlanError, Policy, ReprovisionPolicy, Trigger, line_column,
+    ActionKind, BackendConfig, CaSpec, ContentType, DeviceSource, EnrollmentSpec, GroupSpec, LifetimeAction,
+    Plan, PlanError, Policy, ReprovisionPolicy, Trigger, line_column,
 };
 use crate::pki::spec::{Curve, ExtendedKeyUsage, KeySpec, KeyUsage, RSA_SIZES, Subject};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -63,10 +63,7 @@ pub(super) fn validate(path: &Path, text: &str, raw: RawPlan) -> Result<Plan, Pl
     let base = std::path::absolute(folder).map_err(|e| {
         PlanError::whole_file(
             path,
-            format!(
-                "cannot resolve the plan's folder `{}`: {e}",
-                folder.display()
-            ),
+            format!("cannot resolve the plan's folder `{}`: {e}", folder.display()),
         )
     })?;
 
@@ -247,11 +244,7 @@ impl<'a> Validator<'a> {
         let mut policies = BTreeMap::new();
         for (name, policy) in in_file_order(&raw.policies) {
             self.check_name("policy", name);
-            let kus: Vec<&str> = policy
-                .key_usage
-                .iter()
-                .map(|u| u.get_ref().as_str())
-                .collect();
+            let kus: Vec<&str> = policy.key_usage.iter().map(|u| u.get_ref().as_str()).collect();
             usage.insert(
                 name.get_ref().as_str(),
                 UsageFacts {
@@ -327,10 +320,7 @@ impl<'a> Validator<'a> {
     /// A file named in `[backend]`, resolved against the plan's folder.
     fn store_file(&mut self, what: &str, value: &Spanned<String>) -> PathBuf {
         if value.get_ref().trim().is_empty() {
-            self.error(
-                value.span(),
-                format!("backend `{what}` is empty; name a file"),
-            );
+            self.error(value.span(), format!("backend `{what}` is empty; name a file"));
         }
         self.resolve(value.get_ref())
     }
@@ -346,17 +336,10 @@ impl<'a> Validator<'a> {
                 !local.is_empty() && !domain.is_empty() && !domain.contains('@')
             }) && !s.chars().any(char::is_whitespace);
             if !ok {
-                self.error(
-                    email.span(),
-                    format!("contact `{s}` is not an e-mail address"),
-                );
+                self.error(email.span(), format!("contact `{s}` is not an e-mail address"));
             }
         }
-        contacts
-            .emails
-            .iter()
-            .map(|e| e.get_ref().clone())
-            .collect()
+        contacts.emails.iter().map(|e| e.get_ref().clone()).collect()
     }
 
     /// `[policies.NAME]`; `None` if it has an error.
@@ -370,9 +353,7 @@ impl<'a> Validator<'a> {
             _ => {
                 self.error(
                     raw.validity_days.span(),
-                    format!(
-                        "validity_days = {validity} is out of range (1 to {MAX_VALIDITY_DAYS})"
-                    ),
+                    format!("validity_days = {validity} is out of range (1 to {MAX_VALIDITY_DAYS})"),
                 );
                 None
             }
@@ -461,10 +442,7 @@ impl<'a> Validator<'a> {
                             Some(v) => format!("at least 1 and less than validity_days ({v})"),
                             None => "at least 1".to_string(),
                         };
-                        self.error(
-                            days.span(),
-                            format!("days_before_expiry = {d} must be {why}"),
-                        );
+                        self.error(days.span(), format!("days_before_expiry = {d} must be {why}"));
                         None
                     }
                 }
@@ -534,9 +512,7 @@ impl<'a> Validator<'a> {
             if let Some(curve) = &key.curve {
                 self.error(
                     curve.span(),
-                    format!(
-                        "`curve` is for EC keys; an {kty} key takes `size` (2048, 3072 or 4096)"
-                    ),
+                    format!("`curve` is for EC keys; an {kty} key takes `size` (2048, 3072 or 4096)"),
                 );
             }
             match &key.size {
@@ -563,9 +539,7 @@ impl<'a> Validator<'a> {
             if let Some(size) = &key.size {
                 self.error(
                     size.span(),
-                    format!(
-                        "`size` is for RSA keys; an {kty} key takes `curve` (P-256, P-384 or P-521)"
-                    ),
+                    format!("`size` is for RSA keys; an {kty} key takes `curve` (P-256, P-384 or P-521)"),
                 );
             }
             match &key.curve {
@@ -715,16 +689,9 @@ impl<'a> Validator<'a> {
         // Kahn's algorithm, always taking the smallest ready name: issuers first, ties by name.
         let mut children: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for (child, issuer) in &links {
-            children
-                .entry(issuer.get_ref().as_str())
-                .or_default()
-                .push(child);
+            children.entry(issuer.get_ref().as_str()).or_default().push(child);
         }
-        let mut ready: BTreeSet<&str> = specs
-            .keys()
-            .copied()
-            .filter(|n| !links.contains_key(n))
-            .collect();
+        let mut ready: BTreeSet<&str> = specs.keys().copied().filter(|n| !links.contains_key(n)).collect();
         let mut ordered = Vec::with_capacity(specs.len());
         while let Some(next) = ready.pop_first() {
             ready.extend(children.get(next).into_iter().flatten().copied());
@@ -869,11 +836,7 @@ impl<'a> Validator<'a> {
     }
 
     /// A group's `devices`: generated ids, or ids read from a file (with their line numbers).
-    fn devices(
-        &mut self,
-        group: &str,
-        devices: &Spanned<RawDevices>,
-    ) -> Option<(DeviceSource, Vec<usize>)> {
+    fn devices(&mut self, group: &str, devices: &Spanned<RawDevices>) -> Option<(DeviceSource, Vec<usize>)> {
         let d = devices.get_ref();
         match (&d.prefix, &d.count, &d.file) {
             (Some(prefix), Some(count), None) => {
@@ -889,9 +852,7 @@ impl<'a> Validator<'a> {
                 if !p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
                     self.error(
                         prefix.span(),
-                        format!(
-                            "device id prefix `{p}` is not valid: use only letters, digits and `-`"
-                        ),
+                        format!("device id prefix `{p}` is not valid: use only letters, digits and `-`"),
                     );
                 } else if p.len() + c.to_string().len() > MAX_DEVICE_ID_LEN {
                     self.error(
@@ -942,11 +903,7 @@ impl<'a> Validator<'a> {
     }
 
     /// Reads a device list: one id per line; blank lines and `#` comments are skipped.
-    fn device_list(
-        &mut self,
-        group: &str,
-        file: &Spanned<String>,
-    ) -> Option<(DeviceSource, Vec<usize>)> {
+    fn device_list(&mut self, group: &str, file: &Spanned<String>) -> Option<(DeviceSource, Vec<usize>)> {
         let path = self.resolve(file.get_ref());
         let shown = self.shown_base.join(file.get_ref());
         let text = match std::fs::read_to_string(&path) {
@@ -1108,20 +1065,13 @@ impl<'a> Validator<'a> {
                 } => {
                     for (id, &line) in ids.iter().zip(lines.iter()) {
                         let here = Place::Listed { group, file, line };
-                        let clash = seen.get(id.as_str()).copied().or_else(|| {
-                            generated
-                                .iter()
-                                .find(|(g, _)| g.contains(id))
-                                .map(|(_, p)| *p)
-                        });
+                        let clash = seen
+                            .get(id.as_str())
+                            .copied()
+                            .or_else(|| generated.iter().find(|(g, _)| g.contains(id)).map(|(_, p)| *p));
                         if let Some(place) = clash {
                             let shown = self.shown_base.join(file);
-                            self.error_in_list(
-                                span.start,
-                                &shown,
-                                line,
-                                duplicate(id, place, here),
-                            );
+                            self.error_in_list(span.start, &shown, line, duplicate(id, place, here));
                             return;
                         }
                         seen.insert(id, here);
@@ -1130,12 +1080,10 @@ impl<'a> Validator<'a> {
                 }
                 Source::Enrollment { name, at } => {
                     let here = Place::Enrollment(name);
-                    let clash = seen.get(*name).copied().or_else(|| {
-                        generated
-                            .iter()
-                            .find(|(g, _)| g.contains(name))
-                            .map(|(_, p)| *p)
-                    });
+                    let clash = seen
+                        .get(*name)
+                        .copied()
+                        .or_else(|| generated.iter().find(|(g, _)| g.contains(name)).map(|(_, p)| *p));
                     if let Some(place) = clash {
                         let span = *at..*at;
                         self.error(span, duplicate(name, place, here));
@@ -1217,9 +1165,7 @@ impl Generated<'_> {
         id.strip_prefix(self.prefix).is_some_and(|digits| {
             digits.len() == self.width
                 && digits.bytes().all(|b| b.is_ascii_digit())
-                && digits
-                    .parse::<u64>()
-                    .is_ok_and(|n| (1..=self.count).contains(&n))
+                && digits.parse::<u64>().is_ok_and(|n| (1..=self.count).contains(&n))
         })
     }
 
@@ -1242,11 +1188,7 @@ impl Generated<'_> {
         if !extra.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
-        let extra: u128 = if extra.is_empty() {
-            0
-        } else {
-            extra.parse().ok()?
-        };
+        let extra: u128 = if extra.is_empty() { 0 } else { extra.parse().ok()? };
         let base = extra.checked_mul(10u128.checked_pow(u32::try_from(long.width).ok()?)?)?;
         (long.count >= 1 && base < u128::from(short.count))
             .then(|| format!("{}{:0width$}", long.prefix, 1, width = long.width))

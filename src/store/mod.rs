@@ -39,9 +39,7 @@ pub enum StoreError {
         waited: Duration,
     },
     /// The store was written by a newer certroll.
-    #[error(
-        "store {path} has schema version {found}; this certroll knows up to {known}: upgrade certroll"
-    )]
+    #[error("store {path} has schema version {found}; this certroll knows up to {known}: upgrade certroll")]
     TooNew {
         /// The store file.
         path: PathBuf,
@@ -54,9 +52,7 @@ pub enum StoreError {
     #[error(transparent)]
     Seal(#[from] SealError),
     /// The store key is needed but none is available.
-    #[error(
-        "store {store} exists but its key file {key} is missing (set --key-file or CERTROLL_STORE_KEY)"
-    )]
+    #[error("store {store} exists but its key file {key} is missing (set --key-file or CERTROLL_STORE_KEY)")]
     NoKey {
         /// The store file.
         store: PathBuf,
@@ -114,10 +110,7 @@ impl std::fmt::Debug for Store {
 }
 
 fn default_key_file(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".key");
     path.with_file_name(name)
 }
@@ -143,10 +136,7 @@ impl Store {
             None
         };
 
-        let key_file = opts
-            .key_file
-            .clone()
-            .unwrap_or_else(|| default_key_file(&path));
+        let key_file = opts.key_file.clone().unwrap_or_else(|| default_key_file(&path));
         let key = match StoreKey::from_env()? {
             Some(k) => k,
             None => match StoreKey::from_file(&key_file, opts.create && !exists)? {
@@ -175,11 +165,8 @@ impl Store {
         conn.set_prepared_statement_cache_capacity(64);
         // The bundled SQLite has STAT4, which re-prepares a statement whenever a parameter is
         // bound anew; our queries have one obvious plan, so keep it (query planner stability).
-        conn.set_db_config(
-            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
-            true,
-        )
-        .map_err(sql(&path))?;
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+            .map_err(sql(&path))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
         )
@@ -299,10 +286,7 @@ impl Store {
 
 /// Takes the single-writer lock (`<store>.lock`), polling up to `timeout`.
 fn acquire_lock(path: &Path, timeout: Duration) -> Result<File, StoreError> {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".lock");
     let lock_path = path.with_file_name(name);
     let file = std::fs::OpenOptions::new()

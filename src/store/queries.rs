@@ -42,7 +42,8 @@ pub fn new_version_id() -> Result<String> {
 
 // ---------------------------------------------------------------- vault
 
-const VERSION_COLS: &str = "name, version, cert_der, kty, exportable, enabled, nbf, exp, created, issuer_name, issuer_version";
+const VERSION_COLS: &str =
+    "name, version, cert_der, kty, exportable, enabled, nbf, exp, created, issuer_name, issuer_version";
 
 fn version_row(r: &Row<'_>) -> rusqlite::Result<VaultVersion> {
     Ok(VaultVersion {
@@ -55,10 +56,7 @@ fn version_row(r: &Row<'_>) -> rusqlite::Result<VaultVersion> {
         nbf: from_ts(r.get(6)?),
         exp: from_ts(r.get(7)?),
         created: from_ts(r.get(8)?),
-        issuer: match (
-            r.get::<_, Option<String>>(9)?,
-            r.get::<_, Option<String>>(10)?,
-        ) {
+        issuer: match (r.get::<_, Option<String>>(9)?, r.get::<_, Option<String>>(10)?) {
             (Some(name), Some(version)) => Some((name, version)),
             _ => None,
         },
@@ -174,19 +172,15 @@ fn ca_row(r: &Row<'_>) -> rusqlite::Result<ServiceCa> {
 
 /// A CA certificate of the enrollment service.
 pub fn ca_get(conn: &Connection, name: &str) -> Result<Option<ServiceCa>> {
-    conn.prepare_cached(
-        "SELECT name, cert_der, thumbprint, verified FROM service_cas WHERE name = ?1",
-    )
-    .and_then(|mut s| s.query_row([name], ca_row).optional())
-    .map_err(sql)
+    conn.prepare_cached("SELECT name, cert_der, thumbprint, verified FROM service_cas WHERE name = ?1")
+        .and_then(|mut s| s.query_row([name], ca_row).optional())
+        .map_err(sql)
 }
 
 /// All CA certificates of the enrollment service.
 pub fn ca_list(conn: &Connection) -> Result<Vec<ServiceCa>> {
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT name, cert_der, thumbprint, verified FROM service_cas ORDER BY name",
-        )
+        .prepare_cached("SELECT name, cert_der, thumbprint, verified FROM service_cas ORDER BY name")
         .map_err(sql)?;
     let rows = stmt.query_map([], ca_row).map_err(sql)?;
     rows.collect::<rusqlite::Result<_>>().map_err(sql)
@@ -217,11 +211,9 @@ pub fn ca_set_nonce(conn: &Connection, name: &str, nonce: &str, now: OffsetDateT
 
 /// The nonce handed out for a CA, if any.
 pub fn ca_nonce(conn: &Connection, name: &str) -> Result<Option<String>> {
-    conn.query_row(
-        "SELECT nonce FROM service_cas WHERE name = ?1",
-        [name],
-        |r| r.get(0),
-    )
+    conn.query_row("SELECT nonce FROM service_cas WHERE name = ?1", [name], |r| {
+        r.get(0)
+    })
     .optional()
     .map(Option::flatten)
     .map_err(sql)
@@ -320,8 +312,7 @@ fn individual_row(r: &Row<'_>) -> rusqlite::Result<IndividualEnrollment> {
     })
 }
 
-const INDIVIDUAL_COLS: &str =
-    "registration_id, primary_der, secondary_der, status, reprovision, hub";
+const INDIVIDUAL_COLS: &str = "registration_id, primary_der, secondary_der, status, reprovision, hub";
 
 /// One individual enrollment.
 pub fn individual_get(conn: &Connection, id: &str) -> Result<Option<IndividualEnrollment>> {
@@ -356,11 +347,7 @@ pub fn disabled_enrollments_with(conn: &Connection, thumbprint: &str) -> Result<
 }
 
 /// Creates or replaces an individual enrollment.
-pub fn individual_put(
-    conn: &Connection,
-    e: &IndividualEnrollment,
-    now: OffsetDateTime,
-) -> Result<()> {
+pub fn individual_put(conn: &Connection, e: &IndividualEnrollment, now: OffsetDateTime) -> Result<()> {
     let tp = |d: &Option<Vec<u8>>| d.as_deref().map(crate::pki::sha1_thumbprint);
     conn.prepare_cached(
         "INSERT INTO individual_enrollments
@@ -466,12 +453,7 @@ pub fn hub_get(conn: &Connection, hub: &str, device_id: &str) -> Result<Option<H
 }
 
 /// Creates or updates a device identity; `reset_twin` puts the twin back to its initial state.
-pub fn hub_put(
-    conn: &Connection,
-    d: &HubIdentity,
-    reset_twin: bool,
-    now: OffsetDateTime,
-) -> Result<()> {
+pub fn hub_put(conn: &Connection, d: &HubIdentity, reset_twin: bool, now: OffsetDateTime) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO hub_devices (hub, device_id, auth_type, primary_thumbprint, secondary_thumbprint, status, created, updated)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)

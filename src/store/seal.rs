@@ -88,8 +88,7 @@ impl StoreKey {
         match std::fs::read_to_string(path) {
             Ok(text) => {
                 let text = Zeroizing::new(text);
-                let bytes =
-                    parse_hex_key(&text).ok_or_else(|| SealError::BadKeyFile(path.into()))?;
+                let bytes = parse_hex_key(&text).ok_or_else(|| SealError::BadKeyFile(path.into()))?;
                 Ok(Some(StoreKey::from_bytes(&bytes)))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
@@ -133,8 +132,7 @@ impl StoreKey {
             return Err(SealError::Open(identity.into()));
         }
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce)
-            .map_err(|_| SealError::Open(identity.into()))?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError::Open(identity.into()))?;
         let mut buf = Zeroizing::new(ciphertext.to_vec());
         let plain_len = self
             .key
