@@ -526,7 +526,24 @@ struct Tally {
     registrations: u64,
 }
 
+impl Need {
+    fn any(&self) -> bool {
+        self.cert.is_none() || self.install || self.enroll || self.register
+    }
+}
+
 impl Tally {
+    fn add(&mut self, needs: &[Need]) {
+        for n in needs {
+            if n.cert.is_none() {
+                self.note_cert(&n.id);
+            }
+            self.installs += n.install as u64;
+            self.enrollments += n.enroll as u64;
+            self.registrations += n.register as u64;
+        }
+    }
+
     fn note_cert(&mut self, id: &str) {
         self.certs_n += 1;
         if self.certs.len() < 3 {
@@ -550,34 +567,59 @@ fn issue_devices(
     let mut issuer: Option<LoadedIssuer> = None;
     let mut tally = Tally::default();
     let mut ids = ids.peekable();
-    while ids.peek().is_some() {
+    // A pipeline: while chunk k is written to the backend (sequential), the keys and
+    // certificates of chunk k+1 are made on the other cores.
+    let mut pending: Option<(Vec<Need>, Fresh)> = None;
+    loop {
         let chunk: Vec<String> = ids.by_ref().take(CHUNK).collect();
-        // One unit of work per chunk: a crash leaves each chunk wholly done or wholly not.
-        if !dry_run {
-            backend.begin()?;
-        }
-        let done = issue_chunk(
-            plan,
-            unit,
-            policy,
-            &chunk,
-            backend,
-            now,
-            dry_run,
-            &mut issuer,
-            &mut tally,
-            report,
-        );
-        if !dry_run {
-            match done {
-                Ok(()) => backend.commit()?,
-                Err(e) => {
-                    backend.rollback();
-                    return Err(e);
-                }
+        let needs = if chunk.is_empty() {
+            Vec::new()
+        } else {
+            assess(backend, unit, &chunk)?
+        };
+        tally.add(&needs);
+        let work = !dry_run && needs.iter().any(Need::any);
+        if work && issuer.is_none() {
+            let loaded = load_issuer(backend, unit.issuer())?;
+            if loaded.not_after <= now {
+                bail!(
+                    "CA `{}` expired at {}; roll it before issuing",
+                    unit.issuer(),
+                    crate::clock::rfc3339(loaded.not_after)
+                );
             }
+            issuer = Some(loaded);
         }
-        progress.advance(chunk.len() as u64);
+        let next = |needs: Vec<Need>| -> Result<Option<(Vec<Need>, Fresh)>> {
+            if !work {
+                return Ok(None);
+            }
+            let fresh = generate(policy, issuer.as_ref().expect("loaded above"), &needs, now)?;
+            Ok(Some((needs, fresh)))
+        };
+        let (stored, generated) = match pending.take() {
+            Some((done_needs, fresh)) => {
+                let iss = issuer.as_ref().expect("loaded for the pending chunk");
+                let n = done_needs.len() as u64;
+                let (stored, generated) = rayon::join(
+                    || store_in_one_unit(unit, policy, iss, done_needs, fresh, &mut *backend, now),
+                    || next(needs),
+                );
+                progress.advance(n);
+                (Some(stored?), generated?)
+            }
+            None => (None, next(needs)?),
+        };
+        if let Some(rejected) = stored {
+            report.rejected.extend(rejected);
+        }
+        if !work {
+            progress.advance(chunk.len() as u64);
+        }
+        pending = generated;
+        if chunk.is_empty() && pending.is_none() {
+            break;
+        }
     }
     let target = unit.target();
     if tally.certs_n > 0 {
@@ -665,18 +707,14 @@ fn assess(backend: &dyn Backend, unit: &Unit<'_>, chunk: &[String]) -> Result<Ve
     Ok(needs)
 }
 
-fn apply_chunk(
-    unit: &Unit<'_>,
-    policy: &Policy,
-    issuer: &LoadedIssuer,
-    needs: Vec<Need>,
-    backend: &mut dyn Backend,
-    now: OffsetDateTime,
-) -> Result<Vec<Rejection>> {
-    // Keys and signatures: the expensive part, on every core.
+/// New keys and certificates for the devices that lack one: `(index in needs, key, cert DER)`.
+type Fresh = Vec<(usize, SubjectKey, Vec<u8>)>;
+
+/// Keys and signatures: the expensive part, on every core. Touches no backend.
+fn generate(policy: &Policy, issuer: &LoadedIssuer, needs: &[Need], now: OffsetDateTime) -> Result<Fresh> {
     let (not_before, not_after) = validity(policy, now, Some(issuer.not_after));
     let key_usage = effective_key_usage(policy, false);
-    let fresh: Vec<(usize, SubjectKey, Vec<u8>)> = needs
+    let fresh: Fresh = needs
         .par_iter()
         .enumerate()
         .filter(|(_, n)| n.cert.is_none())
@@ -695,7 +733,42 @@ fn apply_chunk(
             Ok((i, key, der))
         })
         .collect::<Result<_, crate::pki::Error>>()?;
+    Ok(fresh)
+}
 
+/// Stores one chunk as one unit of work: a crash leaves it wholly done or wholly not.
+fn store_in_one_unit(
+    unit: &Unit<'_>,
+    policy: &Policy,
+    issuer: &LoadedIssuer,
+    needs: Vec<Need>,
+    fresh: Fresh,
+    backend: &mut dyn Backend,
+    now: OffsetDateTime,
+) -> Result<Vec<Rejection>> {
+    backend.begin()?;
+    match store_chunk(unit, policy, issuer, needs, fresh, backend, now) {
+        Ok(rejected) => {
+            backend.commit()?;
+            Ok(rejected)
+        }
+        Err(e) => {
+            backend.rollback();
+            Err(e)
+        }
+    }
+}
+
+/// Writes a chunk: vault versions, installs, enrollments, then the registrations.
+fn store_chunk(
+    unit: &Unit<'_>,
+    policy: &Policy,
+    issuer: &LoadedIssuer,
+    needs: Vec<Need>,
+    fresh: Fresh,
+    backend: &mut dyn Backend,
+    now: OffsetDateTime,
+) -> Result<Vec<Rejection>> {
     let names: Vec<String> = fresh
         .iter()
         .map(|(i, _, _)| device_cert_name(&needs[*i].id))
@@ -791,55 +864,4 @@ fn apply_chunk(
         }
     }
     Ok(rejected)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn issue_chunk(
-    _plan: &Plan,
-    unit: &Unit<'_>,
-    policy: &Policy,
-    chunk: &[String],
-    backend: &mut dyn Backend,
-    now: OffsetDateTime,
-    dry_run: bool,
-    issuer: &mut Option<LoadedIssuer>,
-    tally: &mut Tally,
-    report: &mut IssueReport,
-) -> Result<()> {
-    let needs = assess(backend, unit, chunk)?;
-    for n in &needs {
-        if n.cert.is_none() {
-            tally.note_cert(&n.id);
-        }
-        tally.installs += n.install as u64;
-        tally.enrollments += n.enroll as u64;
-        tally.registrations += n.register as u64;
-    }
-    if !dry_run
-        && needs
-            .iter()
-            .any(|n| n.cert.is_none() || n.install || n.enroll || n.register)
-    {
-        if issuer.is_none() {
-            let loaded = load_issuer(backend, unit.issuer())?;
-            if loaded.not_after <= now {
-                bail!(
-                    "CA `{}` expired at {}; roll it before issuing",
-                    unit.issuer(),
-                    crate::clock::rfc3339(loaded.not_after)
-                );
-            }
-            *issuer = Some(loaded);
-        }
-        let rejected = apply_chunk(
-            unit,
-            policy,
-            issuer.as_ref().expect("loaded above"),
-            needs,
-            backend,
-            now,
-        )?;
-        report.rejected.extend(rejected);
-    }
-    Ok(())
 }
