@@ -52,7 +52,7 @@ fn bare_loop(n: usize, validate: bool) -> Duration {
                 ));
                 ee.verify_for_usage(
                     webpki::ALL_VERIFICATION_ALGS,
-                    &[anchor.clone()],
+                    std::slice::from_ref(&anchor),
                     &[],
                     time,
                     webpki::KeyUsage::client_auth(),

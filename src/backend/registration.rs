@@ -138,3 +138,187 @@ pub fn decide(req: &RegistrationRequest, ctx: &Context<'_>) -> Decision {
     }
     Decision::Rejected("no enrollment accepts this certificate".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::cert::{CertProfile, IssuerKey, sign_public_key, sign_self};
+    use crate::pki::spec::{Curve, ExtendedKeyUsage, KeySpec, Subject};
+    use crate::pki::{PrivateKey, SubjectKey};
+    use time::Duration;
+
+    const P256: KeySpec = KeySpec::Ec {
+        curve: Curve::P256,
+        hsm: false,
+    };
+
+    fn profile(cn: &str, ca: bool, now: OffsetDateTime) -> CertProfile {
+        CertProfile {
+            subject: Subject::common_name(cn),
+            dns_names: vec![],
+            key_usage: vec![],
+            extended_key_usage: if ca {
+                vec![]
+            } else {
+                vec![ExtendedKeyUsage::ClientAuth]
+            },
+            not_before: now - Duration::days(1),
+            not_after: now + Duration::days(30),
+            ca: ca.then_some(None),
+        }
+    }
+
+    fn ca(cn: &str, now: OffsetDateTime) -> IssuerKey {
+        let key = PrivateKey::generate(&P256).unwrap();
+        let der = sign_self(&profile(cn, true, now), &key).unwrap();
+        IssuerKey::new(der, key).unwrap()
+    }
+
+    fn leaf(cn: &str, issuer: &IssuerKey, now: OffsetDateTime) -> Vec<u8> {
+        let key = SubjectKey::generate(&P256).unwrap();
+        sign_public_key(&profile(cn, false, now), key.public_key(), issuer).unwrap()
+    }
+
+    fn group(name: &str, ca: &IssuerKey) -> EnrollmentGroup {
+        EnrollmentGroup {
+            name: name.into(),
+            primary: Some(Slot {
+                cert_der: ca.cert_der().to_vec(),
+                ca_reference: None,
+            }),
+            secondary: None,
+            status: Status::Enabled,
+            reprovision: "migrate".into(),
+            hub: format!("{name}-hub"),
+        }
+    }
+
+    fn request(id: &str, chain: Vec<Vec<u8>>) -> RegistrationRequest {
+        RegistrationRequest {
+            registration_id: id.into(),
+            chain,
+        }
+    }
+
+    #[test]
+    fn a_group_accepts_only_certificates_that_chain_to_its_slots() {
+        let now = OffsetDateTime::now_utc();
+        let (a, b) = (ca("A", now), ca("B", now));
+        let groups = [group("ga", &a), group("gb", &b)];
+        let ctx = Context {
+            disabled_holding_leaf: &[],
+            individual: None,
+            groups: &groups,
+            now,
+        };
+        let from_b = request("dev-1", vec![leaf("dev-1", &b, now)]);
+        assert!(matches!(decide(&from_b, &ctx), Decision::Group { name, .. } if name == "gb"));
+
+        let stranger = ca("Stranger", now);
+        let unknown = request("dev-2", vec![leaf("dev-2", &stranger, now)]);
+        assert_eq!(
+            decide(&unknown, &ctx),
+            Decision::Rejected("no enrollment accepts this certificate".into())
+        );
+    }
+
+    #[test]
+    fn expiry_and_disabled_groups_and_cn_mismatch_reject() {
+        let now = OffsetDateTime::now_utc();
+        let a = ca("A", now);
+        let mut groups = [group("ga", &a)];
+        let req = request("dev-1", vec![leaf("dev-1", &a, now)]);
+        let later = now + Duration::days(60);
+        let ctx = Context {
+            disabled_holding_leaf: &[],
+            individual: None,
+            groups: &groups,
+            now: later,
+        };
+        assert!(
+            matches!(decide(&req, &ctx), Decision::Rejected(_)),
+            "expired leaf must be refused"
+        );
+
+        let wrong_cn = request("dev-2", vec![leaf("dev-1", &a, now)]);
+        let ctx = Context {
+            disabled_holding_leaf: &[],
+            individual: None,
+            groups: &groups,
+            now,
+        };
+        assert!(matches!(decide(&wrong_cn, &ctx), Decision::Rejected(r) if r.contains("does not match")));
+
+        groups[0].status = Status::Disabled;
+        let ctx = Context {
+            disabled_holding_leaf: &[],
+            individual: None,
+            groups: &groups,
+            now,
+        };
+        assert!(matches!(decide(&req, &ctx), Decision::Rejected(_)));
+    }
+
+    #[test]
+    fn a_disabled_enrollment_wins_over_a_group_that_would_accept() {
+        let now = OffsetDateTime::now_utc();
+        let a = ca("A", now);
+        let groups = [group("ga", &a)];
+        let req = request("dev-1", vec![leaf("dev-1", &a, now)]);
+        let disabled = ["dev-1".to_string()];
+        let ctx = Context {
+            disabled_holding_leaf: &disabled,
+            individual: None,
+            groups: &groups,
+            now,
+        };
+        assert!(matches!(decide(&req, &ctx), Decision::Rejected(r) if r.contains("disallowed")));
+    }
+
+    #[test]
+    fn an_individual_enrollment_accepts_either_slot_and_nothing_else() {
+        let now = OffsetDateTime::now_utc();
+        let a = ca("A", now);
+        let (old, new, other) = (leaf("gw", &a, now), leaf("gw", &a, now), leaf("gw", &a, now));
+        let mut ind = IndividualEnrollment {
+            registration_id: "gw".into(),
+            primary: Some(old.clone()),
+            secondary: Some(new.clone()),
+            status: Status::Enabled,
+            reprovision: "reset".into(),
+            hub: "hub".into(),
+        };
+        // A group that would accept `other` must not matter: the individual enrollment decides.
+        let groups = [group("ga", &a)];
+        for cert in [&old, &new] {
+            let ctx = Context {
+                disabled_holding_leaf: &[],
+                individual: Some(&ind),
+                groups: &groups,
+                now,
+            };
+            let d = decide(&request("gw", vec![cert.clone()]), &ctx);
+            assert!(matches!(d, Decision::Individual { ref reprovision, .. } if reprovision == "reset"));
+        }
+        let ctx = Context {
+            disabled_holding_leaf: &[],
+            individual: Some(&ind),
+            groups: &groups,
+            now,
+        };
+        assert!(matches!(
+            decide(&request("gw", vec![other]), &ctx),
+            Decision::Rejected(_)
+        ));
+        ind.status = Status::Disabled;
+        let ctx = Context {
+            disabled_holding_leaf: &[],
+            individual: Some(&ind),
+            groups: &groups,
+            now,
+        };
+        assert!(
+            matches!(decide(&request("gw", vec![old]), &ctx), Decision::Rejected(r) if r.contains("disabled"))
+        );
+    }
+}

@@ -33,8 +33,16 @@ pub fn write_pfx(
         .map_err(|e| Error::Pkcs12(e.to_string()))
 }
 
-/// Reads a PFX: the private key (PKCS#8 DER) and the chain, leaf first.
-pub fn read_pfx(data: &[u8], password: &str) -> Result<(zeroize::Zeroizing<Vec<u8>>, Vec<Vec<u8>>), Error> {
+/// What a PFX holds: the private key (PKCS#8 DER) and the chain, leaf first.
+pub struct PfxContents {
+    /// The private key, PKCS#8 DER.
+    pub key: zeroize::Zeroizing<Vec<u8>>,
+    /// The certificates, leaf first.
+    pub chain: Vec<Vec<u8>>,
+}
+
+/// Reads a PFX.
+pub fn read_pfx(data: &[u8], password: &str) -> Result<PfxContents, Error> {
     let store = KeyStore::from_pkcs12(data, password, p12_keystore::Pkcs12ImportPolicy::Relaxed)
         .map_err(|e| Error::Pkcs12(e.to_string()))?;
     let (_, chain) = store
@@ -42,5 +50,36 @@ pub fn read_pfx(data: &[u8], password: &str) -> Result<(zeroize::Zeroizing<Vec<u
         .ok_or_else(|| Error::Pkcs12("the file holds no private key with a certificate".into()))?;
     let key = zeroize::Zeroizing::new(chain.key().as_der().to_vec());
     let certs = chain.certs().iter().map(|c| c.as_der().to_vec()).collect();
-    Ok((key, certs))
+    Ok(PfxContents { key, chain: certs })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::spec::{Curve, KeySpec, Subject};
+
+    #[test]
+    fn pfx_round_trips_key_and_chain() {
+        let key = crate::pki::PrivateKey::generate(&KeySpec::Ec {
+            curve: Curve::P256,
+            hsm: false,
+        })
+        .unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let profile = crate::pki::CertProfile {
+            subject: Subject::common_name("pfx-test"),
+            dns_names: vec![],
+            key_usage: vec![],
+            extended_key_usage: vec![],
+            not_before: now,
+            not_after: now + time::Duration::days(1),
+            ca: None,
+        };
+        let der = crate::pki::sign_self(&profile, &key).unwrap();
+        let pfx = write_pfx("pfx-test", key.pkcs8_der(), std::slice::from_ref(&der), "pw").unwrap();
+        let back = read_pfx(&pfx, "pw").unwrap();
+        assert_eq!(back.chain, vec![der]);
+        assert_eq!(back.key.as_slice(), key.pkcs8_der());
+        assert!(read_pfx(&pfx, "wrong").is_err());
+    }
 }

@@ -341,3 +341,69 @@ impl Store {
         Ok(store)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(dir: &Path, write: bool) -> OpenOptions {
+        OpenOptions {
+            path: dir.join("state.db"),
+            key_file: None,
+            create: write,
+            write,
+            lock_timeout: Duration::from_millis(0),
+        }
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_with_a_clear_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(&opts(dir.path(), true)).unwrap();
+        let err = Store::open(&opts(dir.path(), true)).unwrap_err();
+        assert!(matches!(err, StoreError::Busy { .. }), "{err}");
+        assert!(err.to_string().contains("another certroll process"));
+        // Readers are not blocked by the writer lock.
+        Store::open(&opts(dir.path(), false)).unwrap();
+    }
+
+    #[test]
+    fn reading_a_missing_store_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Store::open(&opts(dir.path(), false)).unwrap_err();
+        assert!(matches!(err, StoreError::Missing(_)));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_store_from_a_newer_certroll_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(&opts(dir.path(), true)).unwrap();
+            store.conn().pragma_update(None, "user_version", 99).unwrap();
+        }
+        let err = Store::open(&opts(dir.path(), false)).unwrap_err();
+        assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+    }
+
+    #[test]
+    fn store_and_key_are_private_and_the_key_is_needed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(&opts(dir.path(), true)).unwrap());
+        for f in ["state.db", "state.db.key"] {
+            let mode = std::fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode, 0o600, "{f}");
+        }
+        std::fs::remove_file(dir.path().join("state.db.key")).unwrap();
+        let err = Store::open(&opts(dir.path(), false)).unwrap_err();
+        assert!(matches!(err, StoreError::NoKey { .. }), "{err}");
+        // A writer must not silently make a new key for an existing store either.
+        let err = Store::open(&opts(dir.path(), true)).unwrap_err();
+        assert!(matches!(err, StoreError::NoKey { .. }), "{err}");
+    }
+}
