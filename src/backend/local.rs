@@ -38,7 +38,19 @@ macro_rules! read {
     };
 }
 
+/// Puts rows found by key back into the order the keys were asked in.
+fn in_order<T>(keys: &[String], rows: Vec<T>, key: impl Fn(&T) -> &str) -> Vec<Option<T>> {
+    let mut by_key: std::collections::HashMap<String, T> =
+        rows.into_iter().map(|r| (key(&r).to_string(), r)).collect();
+    keys.iter().map(|k| by_key.remove(k)).collect()
+}
+
 impl Vault for LocalBackend {
+    fn current_many(&self, names: &[String]) -> Result<Vec<Option<VaultVersion>>> {
+        let rows = read!(self, q::vault_current_many(self.store.conn(), names))?;
+        Ok(in_order(names, rows, |v| &v.name))
+    }
+
     fn current(&self, name: &str) -> Result<Option<VaultVersion>> {
         read!(self, q::vault_current(self.store.conn(), name))
     }
@@ -77,6 +89,16 @@ impl Vault for LocalBackend {
 }
 
 impl EnrollmentService for LocalBackend {
+    fn individual_many(&self, ids: &[String]) -> Result<Vec<Option<IndividualEnrollment>>> {
+        let rows = read!(self, q::individual_get_many(self.store.conn(), ids))?;
+        Ok(in_order(ids, rows, |e| &e.registration_id))
+    }
+
+    fn registration_many(&self, ids: &[String]) -> Result<Vec<Option<RegistrationState>>> {
+        let rows = read!(self, q::registration_get_many(self.store.conn(), ids))?;
+        Ok(in_order(ids, rows, |r| &r.registration_id))
+    }
+
     fn ca(&self, name: &str) -> Result<Option<ServiceCa>> {
         read!(self, q::ca_get(self.store.conn(), name))
     }
@@ -181,17 +203,34 @@ impl EnrollmentService for LocalBackend {
         // Gather what the service knows (cheap reads), decide in parallel (the signature
         // checks are the expensive part), then record every outcome in one transaction.
         let conn = self.store.conn();
+        let ids: Vec<String> = batch.iter().map(|r| r.registration_id.clone()).collect();
+        let individuals = self.individual_many(&ids)?;
+        let any_disabled = read!(self, q::any_disabled_enrollment(conn))?;
         let mut known = Vec::with_capacity(batch.len());
-        for req in batch {
+        for (req, individual) in batch.iter().zip(individuals) {
             let leaf_tp = req
                 .chain
                 .first()
                 .map(|c| crate::pki::sha1_thumbprint(c))
                 .unwrap_or_default();
-            let disabled = read!(self, q::disabled_enrollments_with(conn, &leaf_tp))?;
-            let individual = read!(self, q::individual_get(conn, &req.registration_id))?;
+            let disabled = if any_disabled {
+                read!(self, q::disabled_enrollments_with(conn, &leaf_tp))?
+            } else {
+                Vec::new()
+            };
             known.push((leaf_tp, disabled, individual));
         }
+        let mut previous: std::collections::HashMap<String, RegistrationState> = self
+            .registration_many(&ids)?
+            .into_iter()
+            .flatten()
+            .map(|r| (r.registration_id.clone(), r))
+            .collect();
+        let mut identities: std::collections::HashMap<(String, String), HubIdentity> =
+            read!(self, q::hub_get_many(conn, &ids))?
+                .into_iter()
+                .map(|h| ((h.hub.clone(), h.device_id.clone()), h))
+                .collect();
         let decisions: Vec<Decision> = batch
             .par_iter()
             .zip(known.par_iter())
@@ -212,7 +251,9 @@ impl EnrollmentService for LocalBackend {
                 .iter()
                 .zip(known.iter())
                 .zip(decisions)
-                .map(|((req, (leaf_tp, _, _)), decision)| apply(tx, req, leaf_tp, decision, now))
+                .map(|((req, (leaf_tp, _, _)), decision)| {
+                    apply(tx, req, leaf_tp, decision, now, &mut previous, &mut identities)
+                })
                 .collect::<std::result::Result<Vec<_>, _>>()
         });
         out.map_err(|e| self.with_path(e))
@@ -230,6 +271,8 @@ fn apply(
     leaf_tp: &str,
     decision: Decision,
     now: OffsetDateTime,
+    previous: &mut std::collections::HashMap<String, RegistrationState>,
+    identities: &mut std::collections::HashMap<(String, String), HubIdentity>,
 ) -> std::result::Result<RegistrationState, crate::store::StoreError> {
     let (kind, name, hub, reprovision) = match decision {
         Decision::Rejected(reason) => {
@@ -241,8 +284,9 @@ fn apply(
                 error: Some(reason),
             };
             // A failed attempt does not erase where the device was assigned before.
-            if q::registration_get(tx, &req.registration_id)?.is_none() {
+            if !previous.contains_key(&req.registration_id) {
                 q::registration_put(tx, &state, None, None, leaf_tp, now)?;
+                previous.insert(req.registration_id.clone(), state.clone());
             }
             return Ok(state);
         }
@@ -257,15 +301,19 @@ fn apply(
             reprovision,
         } => ("group", name, hub, reprovision),
     };
-    let previous = q::registration_get(tx, &req.registration_id)?.filter(|p| p.status == "assigned");
-    let existing = q::hub_get(tx, &hub, &req.registration_id)?;
-    let substatus = match (&previous, reprovision.as_str()) {
-        (None, _) => "initialAssignment",
-        (Some(_), "reset") => "deviceDataReset",
-        (Some(_), "never") => "reprovisionedToInitialAssignment",
-        (Some(_), _) => "deviceDataMigrated",
+    let assigned_before = previous
+        .get(&req.registration_id)
+        .is_some_and(|p| p.status == "assigned");
+    let existing = identities
+        .get(&(hub.clone(), req.registration_id.clone()))
+        .cloned();
+    let substatus = match (assigned_before, reprovision.as_str()) {
+        (false, _) => "initialAssignment",
+        (true, "reset") => "deviceDataReset",
+        (true, "never") => "reprovisionedToInitialAssignment",
+        (true, _) => "deviceDataMigrated",
     };
-    let update_hub = previous.is_none() || existing.is_none() || reprovision != "never";
+    let update_hub = !assigned_before || existing.is_none() || reprovision != "never";
     if update_hub {
         let identity = HubIdentity {
             hub: hub.clone(),
@@ -276,6 +324,7 @@ fn apply(
             secondary_thumbprint: None,
         };
         q::hub_put(tx, &identity, reprovision == "reset", now)?;
+        identities.insert((hub.clone(), req.registration_id.clone()), identity);
     }
     let state = RegistrationState {
         registration_id: req.registration_id.clone(),
@@ -285,6 +334,7 @@ fn apply(
         error: None,
     };
     q::registration_put(tx, &state, Some(kind), Some(&name), leaf_tp, now)?;
+    previous.insert(req.registration_id.clone(), state.clone());
     Ok(state)
 }
 
@@ -297,12 +347,27 @@ fn verify_signed_by(cert_der: &[u8], issuer_der: &[u8]) -> std::result::Result<(
 }
 
 impl HubRegistry for LocalBackend {
+    fn identity_many(&self, wanted: &[(String, String)]) -> Result<Vec<Option<HubIdentity>>> {
+        let ids: Vec<String> = wanted.iter().map(|(_, id)| id.clone()).collect();
+        let rows = read!(self, q::hub_get_many(self.store.conn(), &ids))?;
+        let mut by_key: std::collections::HashMap<(String, String), HubIdentity> = rows
+            .into_iter()
+            .map(|h| ((h.hub.clone(), h.device_id.clone()), h))
+            .collect();
+        Ok(wanted.iter().map(|k| by_key.remove(k)).collect())
+    }
+
     fn identity(&self, hub: &str, device_id: &str) -> Result<Option<HubIdentity>> {
         read!(self, q::hub_get(self.store.conn(), hub, device_id))
     }
 }
 
 impl Fleet for LocalBackend {
+    fn device_many(&self, ids: &[String]) -> Result<Vec<Option<DeviceRecord>>> {
+        let rows = read!(self, q::device_get_many(self.store.conn(), ids))?;
+        Ok(in_order(ids, rows, |d| &d.id))
+    }
+
     fn device(&self, id: &str) -> Result<Option<DeviceRecord>> {
         read!(self, q::device_get(self.store.conn(), id))
     }

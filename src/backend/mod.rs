@@ -38,6 +38,10 @@ pub type Result<T> = std::result::Result<T, BackendError>;
 pub trait Vault {
     /// The newest version of a certificate, if the name exists.
     fn current(&self, name: &str) -> Result<Option<VaultVersion>>;
+    /// The newest versions of several certificates, in the order asked (None where absent).
+    fn current_many(&self, names: &[String]) -> Result<Vec<Option<VaultVersion>>> {
+        names.iter().map(|n| self.current(n)).collect()
+    }
     /// All versions of a certificate, oldest first.
     fn versions(&self, name: &str) -> Result<Vec<VaultVersion>>;
     /// One version.
@@ -69,6 +73,10 @@ pub trait EnrollmentService {
     fn put_group(&mut self, group: &EnrollmentGroup, now: OffsetDateTime) -> Result<()>;
     /// One individual enrollment.
     fn individual(&self, registration_id: &str) -> Result<Option<IndividualEnrollment>>;
+    /// Several individual enrollments, in the order asked (None where absent).
+    fn individual_many(&self, ids: &[String]) -> Result<Vec<Option<IndividualEnrollment>>> {
+        ids.iter().map(|id| self.individual(id)).collect()
+    }
     /// All individual enrollments.
     fn individuals(&self) -> Result<Vec<IndividualEnrollment>>;
     /// Creates or replaces individual enrollments in one batch.
@@ -82,12 +90,20 @@ pub trait EnrollmentService {
     ) -> Result<Vec<RegistrationState>>;
     /// The registration state of a device.
     fn registration(&self, registration_id: &str) -> Result<Option<RegistrationState>>;
+    /// The registration states of several devices, in the order asked (None where absent).
+    fn registration_many(&self, ids: &[String]) -> Result<Vec<Option<RegistrationState>>> {
+        ids.iter().map(|id| self.registration(id)).collect()
+    }
 }
 
 /// The hub registry (IoT Hub device identities).
 pub trait HubRegistry {
     /// A device identity.
     fn identity(&self, hub: &str, device_id: &str) -> Result<Option<HubIdentity>>;
+    /// The identities of several devices, each in the hub given with it (None where absent).
+    fn identity_many(&self, wanted: &[(String, String)]) -> Result<Vec<Option<HubIdentity>>> {
+        wanted.iter().map(|(hub, id)| self.identity(hub, id)).collect()
+    }
 }
 
 /// What each device holds. For the local backend the devices are simulated in the store; for a
@@ -95,6 +111,10 @@ pub trait HubRegistry {
 pub trait Fleet {
     /// One device.
     fn device(&self, id: &str) -> Result<Option<DeviceRecord>>;
+    /// Several devices, in the order asked (None where absent).
+    fn device_many(&self, ids: &[String]) -> Result<Vec<Option<DeviceRecord>>> {
+        ids.iter().map(|id| self.device(id)).collect()
+    }
     /// Devices in id order after `after`, optionally of one group.
     fn devices_page(&self, group: Option<&str>, after: &str, limit: usize) -> Result<Vec<DeviceRecord>>;
     /// Records devices and the versions installed on them, in one batch.

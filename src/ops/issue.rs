@@ -680,28 +680,51 @@ fn issue_devices(
 }
 
 fn assess(backend: &dyn Backend, unit: &Unit<'_>, chunk: &[String]) -> Result<Vec<Need>> {
+    let names: Vec<String> = chunk.iter().map(|id| device_cert_name(id)).collect();
+    let certs = backend.current_many(&names)?;
+    let devices = backend.device_many(chunk)?;
+    let registrations = backend.registration_many(chunk)?;
+    let individuals = match unit {
+        Unit::Enrollment(_) => backend.individual_many(chunk)?,
+        Unit::Group(_) => vec![None; chunk.len()],
+    };
+    // Where a device is assigned, its hub identity must exist too.
+    let assigned: Vec<(String, String)> = chunk
+        .iter()
+        .zip(&registrations)
+        .filter_map(|(id, r)| match r {
+            Some(r) if r.status == "assigned" => r.hub.clone().map(|hub| (hub, id.clone())),
+            _ => None,
+        })
+        .collect();
+    let identities: BTreeSet<(String, String)> = assigned
+        .iter()
+        .cloned()
+        .zip(backend.identity_many(&assigned)?)
+        .filter_map(|(key, identity)| identity.map(|_| key))
+        .collect();
     let mut needs = Vec::with_capacity(chunk.len());
-    for id in chunk {
-        let cert = backend.current(&device_cert_name(id))?;
-        let device = backend.device(id)?;
+    for ((((id, cert), device), registration), individual) in chunk
+        .iter()
+        .zip(certs)
+        .zip(devices)
+        .zip(registrations)
+        .zip(individuals)
+    {
         let install = match (&cert, &device) {
             (Some(c), Some(d)) => d.installed_version.as_deref() != Some(c.version.as_str()),
             _ => true,
         };
-        let enroll = matches!(unit, Unit::Enrollment(_)) && backend.individual(id)?.is_none();
-        let register = match backend.registration(id)? {
-            Some(r) if r.status == "assigned" => match r.hub.as_deref() {
-                Some(hub) => backend.identity(hub, id)?.is_none(),
-                None => true,
-            },
-            _ => true,
-        };
+        let enroll = matches!(unit, Unit::Enrollment(_)) && individual.is_none();
+        let registered = registration.is_some_and(|r| {
+            r.status == "assigned" && r.hub.is_some_and(|hub| identities.contains(&(hub, id.clone())))
+        });
         needs.push(Need {
             id: id.clone(),
             cert,
             install,
             enroll,
-            register: register || install || enroll,
+            register: !registered || install || enroll,
         });
     }
     Ok(needs)

@@ -92,6 +92,23 @@ pub fn vault_versions(conn: &Connection, name: &str) -> Result<Vec<VaultVersion>
     rows.collect::<rusqlite::Result<_>>().map_err(sql)
 }
 
+/// The newest version of each of several certificates (absent names are left out).
+pub fn vault_current_many(conn: &Connection, names: &[String]) -> Result<Vec<VaultVersion>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {VERSION_COLS} FROM vault_versions WHERE seq IN
+               (SELECT MAX(seq) FROM vault_versions WHERE name IN (SELECT value FROM json_each(?1)) GROUP BY name)"
+        ))
+        .map_err(sql)?;
+    let rows = stmt.query_map([json_list(names)], version_row).map_err(sql)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+}
+
+/// A JSON array of strings, for `json_each` look-ups of many keys in one statement.
+fn json_list(items: &[String]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
+}
+
 /// Stores a new version (creating the certificate name if new); returns its version id.
 pub fn vault_insert(
     conn: &Connection,
@@ -105,11 +122,15 @@ pub fn vault_insert(
     })?;
     let version = new_version_id()?;
     let sealed = key.seal(&key_identity(new.name, &version), new.key_pkcs8)?;
+    let policy_hash = crate::pki::sha256_thumbprint(new.policy_json.as_bytes());
+    conn.prepare_cached("INSERT OR IGNORE INTO vault_policies (hash, json) VALUES (?1, ?2)")
+        .and_then(|mut s| s.execute(params![policy_hash, new.policy_json]))
+        .map_err(sql)?;
     conn.prepare_cached(
         "INSERT INTO vault_certificates (name, policy, created, updated) VALUES (?1, ?2, ?3, ?3)
          ON CONFLICT(name) DO UPDATE SET policy = excluded.policy, updated = excluded.updated",
     )
-    .and_then(|mut s| s.execute(params![new.name, new.policy_json, ts(now)]))
+    .and_then(|mut s| s.execute(params![new.name, policy_hash, ts(now)]))
     .map_err(sql)?;
     conn.prepare_cached(
         "INSERT INTO vault_versions
@@ -154,7 +175,9 @@ pub fn vault_private_key(
 
 /// The policy JSON recorded for a certificate name.
 pub fn vault_policy(conn: &Connection, name: &str) -> Result<Option<String>> {
-    conn.prepare_cached("SELECT policy FROM vault_certificates WHERE name = ?1")
+    conn.prepare_cached(
+        "SELECT p.json FROM vault_certificates c JOIN vault_policies p ON p.hash = c.policy WHERE c.name = ?1",
+    )
         .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
         .map_err(sql)
 }
@@ -334,6 +357,26 @@ pub fn individual_list(conn: &Connection) -> Result<Vec<IndividualEnrollment>> {
     rows.collect::<rusqlite::Result<_>>().map_err(sql)
 }
 
+/// Several individual enrollments (absent ids are left out).
+pub fn individual_get_many(conn: &Connection, ids: &[String]) -> Result<Vec<IndividualEnrollment>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {INDIVIDUAL_COLS} FROM individual_enrollments
+             WHERE registration_id IN (SELECT value FROM json_each(?1))"
+        ))
+        .map_err(sql)?;
+    let rows = stmt.query_map([json_list(ids)], individual_row).map_err(sql)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+}
+
+/// Whether any individual enrollment is disabled (most stores have none, which spares a
+/// look-up per registration).
+pub fn any_disabled_enrollment(conn: &Connection) -> Result<bool> {
+    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM individual_enrollments WHERE status = 'disabled')")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(sql)
+}
+
 /// Disabled individual enrollments holding a certificate with this thumbprint in either slot.
 pub fn disabled_enrollments_with(conn: &Connection, thumbprint: &str) -> Result<Vec<String>> {
     let mut stmt = conn
@@ -397,6 +440,28 @@ pub fn registration_get(conn: &Connection, id: &str) -> Result<Option<Registrati
     .map_err(sql)
 }
 
+/// The registration states of several devices (absent ids are left out).
+pub fn registration_get_many(conn: &Connection, ids: &[String]) -> Result<Vec<RegistrationState>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT registration_id, status, substatus, hub, error FROM registrations
+             WHERE registration_id IN (SELECT value FROM json_each(?1))",
+        )
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map([json_list(ids)], |r| {
+            Ok(RegistrationState {
+                registration_id: r.get(0)?,
+                status: r.get(1)?,
+                substatus: r.get(2)?,
+                hub: r.get(3)?,
+                error: r.get(4)?,
+            })
+        })
+        .map_err(sql)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+}
+
 /// Records a registration outcome.
 #[allow(clippy::too_many_arguments)]
 pub fn registration_put(
@@ -452,6 +517,18 @@ pub fn hub_get(conn: &Connection, hub: &str, device_id: &str) -> Result<Option<H
     .map_err(sql)
 }
 
+/// The identities of several devices, in any hub (absent ids are left out).
+pub fn hub_get_many(conn: &Connection, device_ids: &[String]) -> Result<Vec<HubIdentity>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT hub, device_id, auth_type, primary_thumbprint, secondary_thumbprint, status
+             FROM hub_devices WHERE device_id IN (SELECT value FROM json_each(?1))",
+        )
+        .map_err(sql)?;
+    let rows = stmt.query_map([json_list(device_ids)], hub_row).map_err(sql)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+}
+
 /// Creates or updates a device identity; `reset_twin` puts the twin back to its initial state.
 pub fn hub_put(conn: &Connection, d: &HubIdentity, reset_twin: bool, now: OffsetDateTime) -> Result<()> {
     conn.prepare_cached(
@@ -497,6 +574,18 @@ pub fn device_get(conn: &Connection, id: &str) -> Result<Option<DeviceRecord>> {
     )
     .and_then(|mut s| s.query_row([id], device_row).optional())
     .map_err(sql)
+}
+
+/// Several devices (absent ids are left out).
+pub fn device_get_many(conn: &Connection, ids: &[String]) -> Result<Vec<DeviceRecord>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, group_name, enrollment, cert_name, installed_version FROM devices
+             WHERE id IN (SELECT value FROM json_each(?1))",
+        )
+        .map_err(sql)?;
+    let rows = stmt.query_map([json_list(ids)], device_row).map_err(sql)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(sql)
 }
 
 /// Devices in id order, optionally of one group, in pages (`after` = last id of the previous page).

@@ -1,8 +1,14 @@
 -- certroll store, schema version 1. Times are Unix seconds (UTC).
 
+-- Policies are stored once per distinct content: a fleet shares a handful of them.
+CREATE TABLE vault_policies (
+    hash        TEXT PRIMARY KEY,         -- SHA-256 of the JSON
+    json        TEXT NOT NULL
+);
+
 CREATE TABLE vault_certificates (
     name        TEXT PRIMARY KEY,
-    policy      TEXT NOT NULL,            -- JSON snapshot of the plan policy
+    policy      TEXT NOT NULL REFERENCES vault_policies(hash),
     tags        TEXT NOT NULL DEFAULT '{}',
     created     INTEGER NOT NULL,
     updated     INTEGER NOT NULL
@@ -90,7 +96,7 @@ CREATE TABLE hub_devices (
     twin                TEXT NOT NULL DEFAULT '{}',
     created             INTEGER NOT NULL,
     updated             INTEGER NOT NULL,
-    PRIMARY KEY (hub, device_id)
+    PRIMARY KEY (device_id, hub)            -- device first: look-ups by device across hubs
 );
 
 CREATE TABLE devices (
