@@ -119,8 +119,7 @@ impl Store {
     /// Opens (and with `create`, creates) a store, migrating its schema.
     pub fn open(opts: &OpenOptions) -> Result<Store, StoreError> {
         let path = opts.path.clone();
-        let exists = path.exists();
-        if !exists && !opts.create {
+        if !opts.create && !path.exists() {
             return Err(StoreError::Missing(path));
         }
         let io = |p: &Path| {
@@ -135,6 +134,8 @@ impl Store {
         } else {
             None
         };
+        // Only now, holding the lock, is it settled whether this process creates the store.
+        let exists = path.exists();
 
         let key_file = opts.key_file.clone().unwrap_or_else(|| default_key_file(&path));
         let key = match StoreKey::from_env()? {

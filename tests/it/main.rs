@@ -1,1 +1,16 @@
+//! certroll's integration tests: the real binary, real files, and the real `openssl` CLI as an
+//! independent checker of every certificate and PKCS#12 file certroll writes.
+
+// Shared helpers: a temp dir with a pinned clock, running certroll and openssl.
 mod util;
+
+// The plan: broken plans are refused with a location and touch nothing.
+mod plan;
+// `issue`, `status`, idempotency, dry runs, targets.
+mod issue;
+// `export`: chains, keys, PFX, refusals.
+mod export;
+// Store sealing, key files, permissions, concurrent writers.
+mod store;
+// `completions`, `man`, `init`.
+mod docs;

@@ -1,1 +1,193 @@
+//! Test helpers: a temporary work dir, certroll with a clean environment, and openssl.
 #![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The instant every test runs at unless it says otherwise.
+pub const NOW: &str = "2026-11-23T00:00:00Z";
+
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+}
+
+/// What a command printed and how it exited.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+    pub fn code(self, code: i32) -> Run {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+fn run_output(out: Output) -> Run {
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+impl TestEnv {
+    pub fn new() -> TestEnv {
+        TestEnv {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// The quickstart example, copied in as `plan.toml`.
+    pub fn quickstart(&self) -> PathBuf {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/quickstart.toml"))
+            .unwrap();
+        self.write("plan.toml", &text)
+    }
+
+    /// certroll with no CERTROLL_* from the caller's environment, in the temp dir, at [`NOW`].
+    pub fn cmd(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_certroll"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CERTROLL_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.current_dir(self.dir.path()).env("CERTROLL_NOW", NOW);
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        run_output(self.cmd().args(args).output().unwrap())
+    }
+
+    pub fn store_dir(&self) -> PathBuf {
+        self.path(".certroll")
+    }
+
+    pub fn openssl(&self, args: &[&str]) -> Run {
+        openssl_in(self.dir.path(), args)
+    }
+}
+
+/// Runs the real openssl CLI; fails the test if it is not installed.
+pub fn openssl_in(dir: &Path, args: &[&str]) -> Run {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl CLI must be installed (the tests use it as an independent checker)");
+    run_output(out)
+}
+
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// A plan with RSA-3072 and EC P-384 roots, EC P-256 intermediates, RSA-2048 and EC leaves.
+pub fn mixed_plan(group_a: u32, group_b: u32) -> String {
+    format!(
+        r#"version = 1
+
+[policies.rsa-root]
+key = {{ type = "RSA", size = 3072, exportable = false }}
+validity_days = 3650
+
+[policies.ec-root]
+key = {{ type = "EC", curve = "P-384", exportable = false }}
+validity_days = 3650
+
+[policies.ec-int]
+key = {{ type = "EC", curve = "P-256", exportable = false }}
+validity_days = 1825
+
+[policies.rsa-leaf]
+key = {{ type = "RSA", size = 2048 }}
+validity_days = 365
+key_usage = ["digitalSignature", "keyEncipherment"]
+extended_key_usage = ["clientAuth"]
+
+[policies.ec-leaf]
+key = {{ type = "EC", curve = "P-256" }}
+validity_days = 90
+key_usage = ["digitalSignature"]
+extended_key_usage = ["clientAuth"]
+
+[policies.hsm-leaf]
+key = {{ type = "EC-HSM", curve = "P-256" }}
+validity_days = 90
+extended_key_usage = ["clientAuth"]
+
+[ca.rsa-root]
+subject = "CN=RSA Root, O=Test"
+policy = "rsa-root"
+
+[ca.ec-root]
+subject = "CN=EC Root, O=Test"
+policy = "ec-root"
+
+[ca.line-a]
+subject = "CN=Line A CA, O=Test"
+issuer = "rsa-root"
+path_len = 0
+policy = "ec-int"
+
+[ca.line-b]
+subject = "CN=Line B CA, O=Test"
+issuer = "ec-root"
+path_len = 0
+policy = "ec-int"
+
+[groups.meters]
+signing_ca = "line-a"
+hub = "hub-a"
+reprovision = "reset"
+device_policy = "ec-leaf"
+devices = {{ prefix = "meter-", count = {group_a} }}
+
+[groups.pumps]
+signing_ca = "ec-root"
+hub = "hub-b"
+device_policy = "ec-leaf"
+devices = {{ prefix = "pump-", count = {group_b} }}
+
+[enrollments.gw-rsa]
+issuer = "line-b"
+policy = "rsa-leaf"
+hub = "hub-a"
+
+[enrollments.gw-hsm]
+issuer = "line-a"
+policy = "hsm-leaf"
+hub = "hub-b"
+"#
+    )
+}

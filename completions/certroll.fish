@@ -1,0 +1,122 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_certroll_global_optspecs
+    string join \n plan= o/output= q/quiet v/verbose now= key-file= lock-timeout= h/help V/version
+end
+
+function __fish_certroll_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_certroll_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_certroll_using_subcommand
+    set -l cmd (__fish_certroll_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c certroll -n "__fish_certroll_needs_command" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_needs_command" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+json\t'One JSON document'"
+complete -c certroll -n "__fish_certroll_needs_command" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_needs_command" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_needs_command" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_needs_command" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_needs_command" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_needs_command" -s V -l version -d 'Print version'
+complete -c certroll -n "__fish_certroll_needs_command" -f -a "init" -d 'Write a commented starter plan'
+complete -c certroll -n "__fish_certroll_needs_command" -f -a "validate" -d 'Check a plan; touches nothing'
+complete -c certroll -n "__fish_certroll_needs_command" -f -a "issue" -d 'Create whatever the plan declares and the state lacks'
+complete -c certroll -n "__fish_certroll_needs_command" -f -a "status" -d 'Show CAs, enrollments, slots, devices and hub identities'
+complete -c certroll -n "__fish_certroll_needs_command" -f -a "export" -d 'Write a certificate with its chain (and key, if exportable) as PEM or PFX'
+complete -c certroll -n "__fish_certroll_needs_command" -f -a "completions" -d 'Print shell completions'
+complete -c certroll -n "__fish_certroll_needs_command" -f -a "man" -d 'Print the man page (roff)'
+complete -c certroll -n "__fish_certroll_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c certroll -n "__fish_certroll_using_subcommand init" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand init" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+json\t'One JSON document'"
+complete -c certroll -n "__fish_certroll_using_subcommand init" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand init" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand init" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand init" -l force -d 'Overwrite an existing plan file'
+complete -c certroll -n "__fish_certroll_using_subcommand init" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_using_subcommand init" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_using_subcommand init" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand validate" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand validate" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+json\t'One JSON document'"
+complete -c certroll -n "__fish_certroll_using_subcommand validate" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand validate" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand validate" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand validate" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_using_subcommand validate" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_using_subcommand validate" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand issue" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand issue" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+json\t'One JSON document'"
+complete -c certroll -n "__fish_certroll_using_subcommand issue" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand issue" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand issue" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand issue" -l dry-run -d 'Print the steps; change nothing'
+complete -c certroll -n "__fish_certroll_using_subcommand issue" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_using_subcommand issue" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_using_subcommand issue" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand status" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand status" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+json\t'One JSON document'"
+complete -c certroll -n "__fish_certroll_using_subcommand status" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand status" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand status" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand status" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_using_subcommand status" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand export" -l format -d 'pem: certificate and chain (up to, not including, the root); pfx: key and full chain' -r -f -a "pem\t'The certificate, then its chain up to (not including) the root; with `--with-key`, the key'
+pfx\t'PKCS#12 with key and chain (AES-256, HMAC-SHA256)'"
+complete -c certroll -n "__fish_certroll_using_subcommand export" -l out -d 'The file to write (created 0600 when it holds a key)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand export" -l password-env -d 'The environment variable holding the PFX password' -r
+complete -c certroll -n "__fish_certroll_using_subcommand export" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand export" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+json\t'One JSON document'"
+complete -c certroll -n "__fish_certroll_using_subcommand export" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand export" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand export" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand export" -l with-key -d 'Add the private key to a PEM export (refused for non-exportable keys)'
+complete -c certroll -n "__fish_certroll_using_subcommand export" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_using_subcommand export" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_using_subcommand export" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand completions" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand completions" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+json\t'One JSON document'"
+complete -c certroll -n "__fish_certroll_using_subcommand completions" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand completions" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand completions" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand completions" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_using_subcommand completions" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand man" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand man" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+json\t'One JSON document'"
+complete -c certroll -n "__fish_certroll_using_subcommand man" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand man" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand man" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand man" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_using_subcommand man" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue status export completions man help" -f -a "init" -d 'Write a commented starter plan'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue status export completions man help" -f -a "validate" -d 'Check a plan; touches nothing'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue status export completions man help" -f -a "issue" -d 'Create whatever the plan declares and the state lacks'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue status export completions man help" -f -a "status" -d 'Show CAs, enrollments, slots, devices and hub identities'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue status export completions man help" -f -a "export" -d 'Write a certificate with its chain (and key, if exportable) as PEM or PFX'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue status export completions man help" -f -a "completions" -d 'Print shell completions'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue status export completions man help" -f -a "man" -d 'Print the man page (roff)'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue status export completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

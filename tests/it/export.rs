@@ -1,0 +1,184 @@
+//! `export`: PEM and PFX that openssl reads, keys only where the policy allows.
+
+use crate::util::*;
+
+fn issued_mixed() -> TestEnv {
+    let env = TestEnv::new();
+    env.write("plan.toml", &mixed_plan(3, 3));
+    env.run(&["--plan", "plan.toml", "issue"]).ok();
+    env
+}
+
+#[test]
+fn pfx_is_read_by_openssl_3_without_legacy_and_holds_the_matching_key() {
+    let env = issued_mixed();
+    env.run(&[
+        "--plan",
+        "plan.toml",
+        "export",
+        "device:gw-rsa",
+        "--format",
+        "pfx",
+        "--password-env",
+        "PW",
+        "--out",
+        "gw.pfx",
+    ])
+    .code(2); // PW is not set
+    assert!(!env.path("gw.pfx").exists());
+
+    let out = env
+        .cmd()
+        .args([
+            "--plan",
+            "plan.toml",
+            "export",
+            "device:gw-rsa",
+            "--format",
+            "pfx",
+            "--password-env",
+            "PW",
+            "--out",
+            "gw.pfx",
+        ])
+        .env("PW", "s3cret pass")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(mode(&env.path("gw.pfx")), 0o600);
+
+    let info = std::process::Command::new("openssl")
+        .args(["pkcs12", "-in", "gw.pfx", "-passin", "env:PW", "-info", "-noout"])
+        .env("PW", "s3cret pass")
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&info.stderr).into_owned() + &String::from_utf8_lossy(&info.stdout);
+    assert!(info.status.success(), "{text}");
+    assert!(text.contains("PBES2") && text.contains("AES-256"), "{text}");
+
+    let dump = |what: &[&str], file: &str| {
+        let out = std::process::Command::new("openssl")
+            .args([
+                "pkcs12", "-in", "gw.pfx", "-passin", "env:PW", "-passout", "pass:x", "-out", file,
+            ])
+            .args(what)
+            .env("PW", "s3cret pass")
+            .current_dir(env.dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    dump(&["-nocerts", "-nodes"], "key.pem");
+    dump(&["-nokeys", "-clcerts"], "leaf.pem");
+    let from_key = env.openssl(&["pkey", "-in", "key.pem", "-pubout"]).ok().stdout;
+    let from_cert = env
+        .openssl(&["x509", "-in", "leaf.pem", "-noout", "-pubkey"])
+        .ok()
+        .stdout;
+    assert_eq!(from_key, from_cert, "the PFX key belongs to its certificate");
+}
+
+#[test]
+fn pem_with_key_is_private_and_matches_the_certificate() {
+    let env = issued_mixed();
+    env.run(&[
+        "--plan",
+        "plan.toml",
+        "export",
+        "device:meter-2",
+        "--with-key",
+        "--out",
+        "m.pem",
+    ])
+    .ok();
+    assert_eq!(mode(&env.path("m.pem")), 0o600);
+    let text = std::fs::read_to_string(env.path("m.pem")).unwrap();
+    assert_eq!(text.matches("BEGIN PRIVATE KEY").count(), 1);
+    let from_key = env.openssl(&["pkey", "-in", "m.pem", "-pubout"]).ok().stdout;
+    let from_cert = env
+        .openssl(&["x509", "-in", "m.pem", "-noout", "-pubkey"])
+        .ok()
+        .stdout;
+    assert_eq!(from_key, from_cert);
+
+    env.run(&[
+        "--plan",
+        "plan.toml",
+        "export",
+        "device:meter-2",
+        "--out",
+        "public.pem",
+    ])
+    .ok();
+    assert!(
+        !std::fs::read_to_string(env.path("public.pem"))
+            .unwrap()
+            .contains("PRIVATE KEY")
+    );
+}
+
+#[test]
+fn keys_the_policy_keeps_are_refused_and_nothing_is_written() {
+    let env = issued_mixed();
+    let refused: &[&[&str]] = &[
+        &["export", "ca:rsa-root", "--with-key", "--out", "x.pem"],
+        &["export", "device:gw-hsm", "--with-key", "--out", "x.pem"],
+        &["export", "group:meters", "--out", "x.pem"],
+        &["export", "device:nope", "--out", "x.pem"],
+    ];
+    for args in refused {
+        let mut full = vec!["--plan", "plan.toml"];
+        full.extend_from_slice(args);
+        let run = env.run(&full).code(2);
+        assert!(run.stderr.starts_with("error: "), "{}", run.stderr);
+        assert!(!env.path("x.pem").exists(), "{args:?} wrote a file");
+    }
+    let hsm = env
+        .cmd()
+        .args([
+            "--plan",
+            "plan.toml",
+            "export",
+            "device:gw-hsm",
+            "--format",
+            "pfx",
+            "--password-env",
+            "PW",
+            "--out",
+            "x.pfx",
+        ])
+        .env("PW", "pw")
+        .output()
+        .unwrap();
+    assert_eq!(hsm.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&hsm.stderr).contains("not exportable"));
+    assert!(!env.path("x.pfx").exists());
+}
+
+#[test]
+fn an_expired_certificate_is_not_exported() {
+    let env = issued_mixed();
+    let run = env.run(&[
+        "--plan",
+        "plan.toml",
+        "--now",
+        "2027-06-01T00:00:00Z",
+        "export",
+        "device:pump-1",
+        "--out",
+        "p.pem",
+    ]);
+    let run = run.code(2);
+    assert!(run.stderr.contains("valid only"), "{}", run.stderr);
+    assert!(!env.path("p.pem").exists());
+}
+
+#[test]
+fn nothing_issued_yet_is_an_input_error() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.run(&["--plan", "plan.toml", "export", "ca:root", "--out", "r.pem"])
+        .code(2);
+    assert!(!env.store_dir().join("state.db").exists());
+}

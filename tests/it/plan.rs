@@ -1,0 +1,142 @@
+//! Broken plans: exit 2, a `file:line:column` message, and no store created.
+
+use crate::util::*;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/plans");
+
+#[test]
+fn every_broken_fixture_is_refused_with_its_location_and_touches_nothing() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(FIXTURES).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !(name.starts_with("broken-") && name.ends_with(".toml")) {
+            continue;
+        }
+        seen += 1;
+        // Work on a copy so the store would land in the temp dir if anything were written.
+        let env = TestEnv::new();
+        let text = std::fs::read_to_string(&path).unwrap();
+        env.write(&name, &text);
+        for aux in ["broken-ids.txt", "cameras.txt"] {
+            let _ = std::fs::copy(format!("{FIXTURES}/{aux}"), env.path(aux));
+        }
+        // The first line says `# error: LINE:COL: message`.
+        let expected = text
+            .lines()
+            .next()
+            .unwrap()
+            .trim_start_matches("# error: ")
+            .to_string();
+        let location: String = expected.split(": ").next().unwrap().to_string();
+        for verb in [
+            &["validate"][..],
+            &["issue"],
+            &["issue", "--dry-run"],
+            &["status"],
+        ] {
+            let mut args = vec!["--plan", name.as_str()];
+            args.extend_from_slice(verb);
+            let run = env.run(&args).code(2);
+            assert!(
+                run.stderr.contains(&format!(":{location}: ")),
+                "{name} {verb:?}: wanted {location} in {}",
+                run.stderr
+            );
+            assert!(run.stdout.is_empty(), "{name}: {}", run.stdout);
+        }
+        assert!(
+            !env.store_dir().exists(),
+            "{name}: a broken plan must not create the store"
+        );
+    }
+    assert!(seen >= 10, "only {seen} broken fixtures found");
+}
+
+const GOOD_HEAD: &str = r#"version = 1
+[policies.device]
+key = { type = "EC", curve = "P-256" }
+validity_days = 365
+[policies.ca]
+key = { type = "EC", curve = "P-256" }
+validity_days = 3650
+[ca.root]
+subject = "CN=Root"
+policy = "ca"
+"#;
+
+#[test]
+fn inline_broken_plans_name_the_line_that_is_wrong() {
+    // (what is appended to a valid head, the line the error must point at, a word of the message)
+    let cases: &[(&str, usize, &str)] = &[
+        (
+            "[groups.g]\nsigning_ca = \"nope\"\nhub = \"h\"\ndevice_policy = \"device\"\ndevices = { prefix = \"d-\", count = 2 }\n",
+            12,
+            "nope",
+        ),
+        (
+            "[groups.g]\nsigning_ca = \"root\"\nhub = \"h\"\ndevice_policy = \"dev\"\ndevices = { prefix = \"d-\", count = 2 }\n",
+            14,
+            "dev",
+        ),
+        (
+            "[enrollments.gw]\nissuer = \"root\"\npolicy = \"device\"\nhub = \"h\"\ncolour = \"red\"\n",
+            15,
+            "colour",
+        ),
+        (
+            "[enrollments.gw]\nissuer = \"root\"\npolicy = \"device\"\nhub = 7\n",
+            14,
+            "string",
+        ),
+        (
+            "[ca.sub]\nsubject = \"CN=Sub\"\nissuer = \"root\"\npolicy = \"ca\"\npath_len = 0\n[ca.subsub]\nsubject = \"CN=SubSub\"\nissuer = \"sub\"\npolicy = \"ca\"\n",
+            18,
+            "path_len",
+        ),
+        (
+            "[policies.weak]\nkey = { type = \"RSA\", size = 1024 }\nvalidity_days = 30\n",
+            12,
+            "1024",
+        ),
+        (
+            "[enrollments.bad_name]\nissuer = \"root\"\npolicy = \"device\"\nhub = \"h\"\n",
+            11,
+            "bad_name",
+        ),
+        (
+            "[groups.g]\nsigning_ca = \"root\"\nhub = \"h\"\ndevice_policy = \"device\"\ndevices = { prefix = \"gw-\", count = 3 }\n[enrollments.gw-2]\nissuer = \"root\"\npolicy = \"device\"\nhub = \"h\"\n",
+            16,
+            "gw-2",
+        ),
+        ("[groups.g\n", 11, ""),
+    ];
+    for (tail, line, word) in cases {
+        let env = TestEnv::new();
+        env.write("plan.toml", &format!("{GOOD_HEAD}{tail}"));
+        let run = env.run(&["--plan", "plan.toml", "issue"]).code(2);
+        assert!(
+            run.stderr.contains(&format!("plan.toml:{line}:")),
+            "wanted line {line} for:\n{tail}\ngot: {}",
+            run.stderr
+        );
+        assert!(run.stderr.contains(word), "wanted `{word}` in {}", run.stderr);
+        assert!(!env.store_dir().exists());
+    }
+}
+
+#[test]
+fn a_good_plan_validates_and_a_missing_one_is_an_input_error() {
+    let env = TestEnv::new();
+    env.write("plan.toml", GOOD_HEAD);
+    let ok = env
+        .run(&["--plan", "plan.toml", "validate", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(ok["valid"], true);
+    assert_eq!(ok["cas"], 1);
+    let missing = env.run(&["--plan", "nope.toml", "validate"]).code(2);
+    assert!(missing.stderr.contains("nope.toml"), "{}", missing.stderr);
+    env.run(&["--plan", "plan.toml", "issue", "--bogus-flag"]).code(2);
+    assert!(!env.store_dir().exists());
+}

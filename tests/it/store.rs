@@ -1,0 +1,160 @@
+//! The store: sealed keys, private files, the store key, one writer at a time.
+
+use crate::util::*;
+
+#[test]
+fn files_are_private_and_no_key_material_leaks() {
+    let env = TestEnv::new();
+    env.quickstart();
+    let mut printed = String::new();
+    for args in [
+        &["--plan", "plan.toml", "issue", "-o", "json"][..],
+        &["--plan", "plan.toml", "status"],
+        &["--plan", "plan.toml", "status", "-o", "json"],
+        &[
+            "--plan",
+            "plan.toml",
+            "-v",
+            "export",
+            "device:sensor-01",
+            "--out",
+            "s.pem",
+        ],
+    ] {
+        let run = env.run(args).ok();
+        printed.push_str(&run.stdout);
+        printed.push_str(&run.stderr);
+    }
+    assert!(!printed.contains("PRIVATE KEY"));
+    for f in ["state.db", "state.db.key"] {
+        assert_eq!(mode(&env.store_dir().join(f)), 0o600, "{f}");
+    }
+
+    // The key bytes themselves are in neither the output nor the store file.
+    env.run(&[
+        "--plan",
+        "plan.toml",
+        "export",
+        "device:sensor-01",
+        "--with-key",
+        "--out",
+        "k.pem",
+    ])
+    .ok();
+    env.openssl(&["pkey", "-in", "k.pem", "-outform", "DER", "-out", "k.der"])
+        .ok();
+    let der = std::fs::read(env.path("k.der")).unwrap();
+    assert!(der.len() > 60);
+    let key_hex: String = der.iter().map(|b| format!("{b:02X}")).collect();
+    assert!(!printed.to_uppercase().contains(&key_hex[key_hex.len() - 64..]));
+    for f in ["state.db", "state.db-wal"] {
+        if let Ok(bytes) = std::fs::read(env.store_dir().join(f)) {
+            // The private scalar sits inside the PKCS#8; any 32-byte window of it must be absent.
+            let secret = &der[der.len() - 100..der.len() - 68];
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret),
+                "{f} holds key bytes in clear"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_store_needs_its_key_and_accepts_one_from_the_environment() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.run(&["--plan", "plan.toml", "issue"]).ok();
+    std::fs::rename(env.store_dir().join("state.db.key"), env.path("moved.key")).unwrap();
+    let run = env.run(&["--plan", "plan.toml", "status"]);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("state.db.key"), "{}", run.stderr);
+    env.run(&["--plan", "plan.toml", "--key-file", "moved.key", "status"])
+        .ok();
+
+    let fresh = TestEnv::new();
+    fresh.quickstart();
+    let key = "A".repeat(64);
+    let out = fresh
+        .cmd()
+        .args(["--plan", "plan.toml", "issue", "ca:root"])
+        .env("CERTROLL_STORE_KEY", &key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !fresh.store_dir().join("state.db.key").exists(),
+        "the env key is used, no key file made"
+    );
+    let with_wrong = fresh
+        .cmd()
+        .args(["--plan", "plan.toml", "export", "ca:root", "--out", "r.pem"])
+        .env("CERTROLL_STORE_KEY", "B".repeat(64))
+        .output()
+        .unwrap();
+    // Exporting a certificate needs no key; issuing a device needs the CA key, which must not open.
+    assert!(with_wrong.status.success());
+    let sign = fresh
+        .cmd()
+        .args(["--plan", "plan.toml", "issue"])
+        .env("CERTROLL_STORE_KEY", "B".repeat(64))
+        .output()
+        .unwrap();
+    assert_eq!(sign.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&sign.stderr).contains("does not open"));
+}
+
+#[test]
+fn two_writers_at_once_leave_each_device_exactly_once() {
+    let env = TestEnv::new();
+    env.write("plan.toml", &mixed_plan(300, 200));
+    let spawn = || {
+        env.cmd()
+            .args(["--plan", "plan.toml", "-q", "issue"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || stderr.contains("another certroll"),
+            "{stderr}"
+        );
+    }
+    let s = env
+        .run(&["--plan", "plan.toml", "status", "-o", "json"])
+        .ok()
+        .json();
+    let devices = s["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 502);
+    assert!(devices.iter().all(|d| d["registration"]["status"] == "assigned"));
+    let again = env
+        .run(&["--plan", "plan.toml", "issue", "-o", "json"])
+        .ok()
+        .json();
+    assert!(again["steps"].as_array().unwrap().is_empty(), "{again}");
+}
+
+#[test]
+fn a_busy_store_is_reported_after_the_lock_timeout() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.run(&["--plan", "plan.toml", "issue"]).ok();
+    // Hold the writer lock the way a running certroll does.
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(env.store_dir().join("state.db.lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    let run = env
+        .run(&["--plan", "plan.toml", "--lock-timeout", "0", "issue"])
+        .code(1);
+    assert!(run.stderr.contains("another certroll"), "{}", run.stderr);
+    // Readers are not blocked.
+    env.run(&["--plan", "plan.toml", "status"]).ok();
+    drop(lock);
+    env.run(&["--plan", "plan.toml", "--lock-timeout", "0", "issue"])
+        .ok();
+}
