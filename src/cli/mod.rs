@@ -1,6 +1,7 @@
 //! The command line: clap definitions, one thin `exec` per verb, and the mapping of errors to
 //! exit codes. Nothing here decides PKI or state; it parses, calls `ops`, and prints.
 
+mod check;
 mod completions;
 mod export;
 mod issue;
@@ -102,6 +103,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Write a certificate with its chain (and key, if exportable) as PEM or PFX.
     Export(export::ExportArgs),
+    /// For cron and monitoring: what is expired, what has an action due, what is next (exit 0/1/2/3).
+    Check(check::CheckArgs),
     /// Print shell completions.
     Completions(completions::CompletionsArgs),
     /// Print the man page (roff).
@@ -161,6 +164,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Issue(args) => issue::exec(g, args),
         Command::Status(args) => status::exec(g, args),
         Command::Export(args) => export::exec(g, args),
+        Command::Check(args) => check::exec(g, args),
         Command::Completions(args) => completions::exec(args),
         Command::Man => completions::man(),
     }

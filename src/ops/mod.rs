@@ -1,9 +1,11 @@
 //! One module per verb. An op takes the validated plan, a backend and the time, and returns a
 //! report; it never prints and never reads the clock itself.
 
+pub mod check;
 pub mod export;
 pub mod init;
 pub mod issue;
+pub mod lifetime;
 pub mod status;
 
 use crate::backend::local::LocalBackend;

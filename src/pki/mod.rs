@@ -1,6 +1,6 @@
 //! The PKI core: keys, certificates, thumbprints, PEM and PKCS#12.
 //!
-//! Pure functions over bytes. `pki` never reads the clock (validity is passed in), never touches
+//! Pure functions over bytes and times. `pki` never reads the clock (validity is passed in), never touches
 //! the store or the network, and never logs key material.
 
 pub mod cert;

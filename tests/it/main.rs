@@ -12,5 +12,7 @@ mod issue;
 mod export;
 // Store sealing, key files, permissions, concurrent writers.
 mod store;
+// `check`: monitoring codes over a certificate's life.
+mod check;
 // `completions`, `man`, `init`.
 mod docs;

@@ -1,0 +1,93 @@
+//! `check`.
+
+use super::{Global, parse_target};
+use crate::ops::Target;
+use crate::ops::check::{CheckOptions, CheckReport, Level};
+use clap::Args;
+
+const CHECK_CODES: &str = "\
+Exit codes (monitoring plugin convention):
+  0  OK
+  1  warning: a lifetime action is due, or expiry is within --warn-within
+  2  critical: expired, not yet valid, disabled, missing, or within --critical-within
+  3  unknown: the plan or the state cannot be read
+
+Examples:
+  certroll check -q || page-oncall          # cron: exit code only
+  certroll check --warn-within 30 --critical-within 7 -o json";
+
+/// Arguments of `check`.
+#[derive(Debug, Args)]
+#[command(after_help = CHECK_CODES)]
+pub struct CheckArgs {
+    /// What to check: ca:NAME, group:NAME, enrollment:NAME, device:ID (default: everything).
+    #[arg(value_parser = parse_target)]
+    targets: Vec<Target>,
+    /// Warn about certificates expiring within this many days (0 = only lifetime actions warn).
+    #[arg(long, value_name = "DAYS", default_value_t = 0)]
+    warn_within: u32,
+    /// Critical for certificates expiring within this many days (0 = only expired ones).
+    #[arg(long, value_name = "DAYS", default_value_t = 0)]
+    critical_within: u32,
+}
+
+/// Problems listed in human output before "and N more".
+const SHOWN: usize = 50;
+
+pub fn exec(g: &Global, args: CheckArgs) -> anyhow::Result<u8> {
+    let run = || -> anyhow::Result<CheckReport> {
+        let plan = g.load_plan()?;
+        let opts = CheckOptions {
+            targets: args.targets,
+            warn_within_days: args.warn_within,
+            critical_within_days: args.critical_within,
+            backend: g.backend(),
+        };
+        crate::ops::check::check(&plan, &opts, g.clock().now())
+    };
+    let report = match run() {
+        Ok(r) => r,
+        Err(e) => {
+            // Monitoring reads "cannot tell" as UNKNOWN, whatever the cause.
+            eprintln!("UNKNOWN: {e:#}");
+            return Ok(3);
+        }
+    };
+    let mut p = g.printer();
+    if g.output == crate::output::Format::Json {
+        p.json(&report)?;
+        return Ok(report.status.exit_code());
+    }
+    let label = match report.status {
+        Level::Ok => "OK",
+        Level::Warning => "WARNING",
+        Level::Critical => "CRITICAL",
+    };
+    p.line(format!(
+        "{label}: {} critical, {} warning, {} ok",
+        report.counts.critical, report.counts.warning, report.counts.ok
+    ))?;
+    for problem in report.problems.iter().take(SHOWN) {
+        let level = match problem.level {
+            Level::Critical => "critical",
+            _ => "warning",
+        };
+        p.line(format!("  {level:<8} {:<30} {}", problem.target, problem.reason))?;
+    }
+    if report.problems.len() > SHOWN {
+        p.line(format!(
+            "  ... and {} more (-o json lists all)",
+            report.problems.len() - SHOWN
+        ))?;
+    }
+    if let Some(next) = &report.next_due {
+        p.line(format!(
+            "Next due: {} {} at {} ({})",
+            next.target,
+            next.action.action,
+            crate::clock::rfc3339(next.action.at),
+            next.action.trigger
+        ))?;
+    }
+    Ok(report.status.exit_code())
+}

@@ -1,0 +1,292 @@
+//! `check`: for cron and monitoring. Reads everything, changes nothing, and says what is expired
+//! or missing (critical), what has a lifetime action due or expires within the warning window
+//! (warning), and when the next action falls due.
+
+use super::lifetime::{self, Scheduled};
+use super::{Access, BackendSettings, Target, ca_cert_name, device_cert_name, open_backend};
+use crate::backend::types::VaultVersion;
+use crate::backend::{Backend, Vault as _};
+use crate::plan::{ActionKind, Plan, Policy, Trigger};
+use anyhow::Result;
+use serde::Serialize;
+use time::{Duration, OffsetDateTime};
+
+/// Options of `check`.
+#[derive(Debug, Clone, Default)]
+pub struct CheckOptions {
+    /// Only these targets; empty = everything.
+    pub targets: Vec<Target>,
+    /// Warn about certificates that expire within this many days, even with no action due.
+    pub warn_within_days: u32,
+    /// Treat certificates that expire within this many days as critical.
+    pub critical_within_days: u32,
+    /// How to open the backend.
+    pub backend: BackendSettings,
+}
+
+/// The monitoring level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Nothing to do.
+    Ok,
+    /// An action is due, or expiry is near.
+    Warning,
+    /// Expired, missing, or inside the critical window.
+    Critical,
+}
+
+impl Level {
+    /// The monitoring exit code (0 OK, 1 warning, 2 critical).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Level::Ok => 0,
+            Level::Warning => 1,
+            Level::Critical => 2,
+        }
+    }
+}
+
+/// A lifetime action placed in time, as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionReport {
+    /// `auto-renew` or `email-contacts`.
+    pub action: &'static str,
+    /// `days_before_expiry = N` or `lifetime_percentage = N`.
+    pub trigger: String,
+    /// When it fires (or fired).
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+impl From<Scheduled> for ActionReport {
+    fn from(s: Scheduled) -> Self {
+        ActionReport {
+            action: match s.action {
+                ActionKind::AutoRenew => "auto-renew",
+                ActionKind::EmailContacts => "email-contacts",
+            },
+            trigger: match s.trigger {
+                Trigger::DaysBeforeExpiry(d) => format!("days_before_expiry = {d}"),
+                Trigger::LifetimePercentage(p) => format!("lifetime_percentage = {p}"),
+            },
+            at: s.at,
+        }
+    }
+}
+
+/// Something that is not OK.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// `ca:NAME` or `device:ID`.
+    pub target: String,
+    /// warning or critical.
+    pub level: Level,
+    /// What is wrong, in words.
+    pub reason: String,
+    /// The certificate's notAfter, if there is one.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub not_after: Option<OffsetDateTime>,
+    /// Lifetime actions that have fired.
+    pub actions_due: Vec<ActionReport>,
+}
+
+/// The next action to fall due anywhere.
+#[derive(Debug, Clone, Serialize)]
+pub struct NextDue {
+    /// Where.
+    pub target: String,
+    /// What and when.
+    #[serde(flatten)]
+    pub action: ActionReport,
+}
+
+/// Counts by level.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counts {
+    /// Certificates with nothing to do.
+    pub ok: u64,
+    /// Certificates with a warning.
+    pub warning: u64,
+    /// Certificates (or devices) in a critical state.
+    pub critical: u64,
+}
+
+/// What `check` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    /// The overall level.
+    pub status: Level,
+    /// The instant checked at.
+    #[serde(with = "time::serde::rfc3339")]
+    pub now: OffsetDateTime,
+    /// Counts by level.
+    pub counts: Counts,
+    /// Every certificate that is not OK, CAs first, then devices in plan order.
+    pub problems: Vec<Problem>,
+    /// The next lifetime action to fire, if any.
+    pub next_due: Option<NextDue>,
+}
+
+struct Checker<'a> {
+    opts: &'a CheckOptions,
+    now: OffsetDateTime,
+    report: CheckReport,
+}
+
+impl Checker<'_> {
+    fn look(&mut self, target: String, policy: &Policy, cert: Option<&VaultVersion>) {
+        let Some(cert) = cert else {
+            self.add(Problem {
+                target,
+                level: Level::Critical,
+                reason: "no certificate".into(),
+                not_after: None,
+                actions_due: vec![],
+            });
+            return;
+        };
+        let (nbf, exp, now) = (cert.nbf, cert.exp, self.now);
+        let due: Vec<ActionReport> = lifetime::due(&policy.lifetime_actions, nbf, exp, now)
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        if let Some(next) = lifetime::next(&policy.lifetime_actions, nbf, exp, now)
+            && self
+                .report
+                .next_due
+                .as_ref()
+                .is_none_or(|n| next.at < n.action.at)
+        {
+            self.report.next_due = Some(NextDue {
+                target: target.clone(),
+                action: next.into(),
+            });
+        }
+        let critical_at = exp - Duration::days(self.opts.critical_within_days as i64);
+        let warn_at = exp - Duration::days(self.opts.warn_within_days as i64);
+        let (level, reason) = if now > exp {
+            (
+                Level::Critical,
+                format!("expired at {}", crate::clock::rfc3339(exp)),
+            )
+        } else if now < nbf {
+            (
+                Level::Critical,
+                format!("not valid before {}", crate::clock::rfc3339(nbf)),
+            )
+        } else if !cert.enabled {
+            (Level::Critical, "the certificate version is disabled".into())
+        } else if self.opts.critical_within_days > 0 && now >= critical_at {
+            (
+                Level::Critical,
+                format!("expires at {}", crate::clock::rfc3339(exp)),
+            )
+        } else if !due.is_empty() {
+            let names: Vec<&str> = due.iter().map(|a| a.action).collect();
+            (Level::Warning, format!("{} due", names.join(", ")))
+        } else if self.opts.warn_within_days > 0 && now >= warn_at {
+            (
+                Level::Warning,
+                format!("expires at {}", crate::clock::rfc3339(exp)),
+            )
+        } else {
+            self.report.counts.ok += 1;
+            return;
+        };
+        self.add(Problem {
+            target,
+            level,
+            reason,
+            not_after: Some(exp),
+            actions_due: due,
+        });
+    }
+
+    fn add(&mut self, p: Problem) {
+        match p.level {
+            Level::Critical => self.report.counts.critical += 1,
+            Level::Warning => self.report.counts.warning += 1,
+            Level::Ok => self.report.counts.ok += 1,
+        }
+        self.report.status = self.report.status.max(p.level);
+        self.report.problems.push(p);
+    }
+}
+
+/// Devices looked up per round trip.
+const PAGE: usize = 2048;
+
+/// Runs `check`.
+pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<CheckReport> {
+    for t in &opts.targets {
+        t.check(plan)?;
+    }
+    let backend = open_backend(plan, Access::Preview, &opts.backend)?;
+    let wants = |t: Target| opts.targets.is_empty() || opts.targets.contains(&t);
+    let mut c = Checker {
+        opts,
+        now,
+        report: CheckReport {
+            status: Level::Ok,
+            now,
+            counts: Counts::default(),
+            problems: vec![],
+            next_due: None,
+        },
+    };
+    for ca in &plan.cas {
+        if wants(Target::Ca(ca.name.clone())) {
+            let cert = backend.current(&ca_cert_name(&ca.name))?;
+            c.look(
+                format!("ca:{}", ca.name),
+                &plan.policies[&ca.policy],
+                cert.as_ref(),
+            );
+        }
+    }
+    for g in plan.groups.values() {
+        let whole = wants(Target::Group(g.name.clone()));
+        let ids = g
+            .device_ids()
+            .filter(|id| whole || opts.targets.contains(&Target::Device(id.clone())));
+        check_devices(&backend, &mut c, ids, &plan.policies[&g.device_policy])?;
+    }
+    for e in plan.enrollments.values() {
+        if wants(Target::Enrollment(e.name.clone())) || opts.targets.contains(&Target::Device(e.name.clone()))
+        {
+            check_devices(
+                &backend,
+                &mut c,
+                std::iter::once(e.name.clone()),
+                &plan.policies[&e.policy],
+            )?;
+        }
+    }
+    Ok(c.report)
+}
+
+fn check_devices(
+    backend: &dyn Backend,
+    c: &mut Checker<'_>,
+    ids: impl Iterator<Item = String>,
+    policy: &Policy,
+) -> Result<()> {
+    let mut ids = ids.peekable();
+    while ids.peek().is_some() {
+        let page: Vec<String> = ids.by_ref().take(PAGE).collect();
+        let names: Vec<String> = page.iter().map(|id| device_cert_name(id)).collect();
+        let currents = backend.current_many(&names)?;
+        let devices = backend.device_many(&page)?;
+        for ((id, current), device) in page.iter().zip(currents).zip(devices) {
+            // What counts is the certificate the device holds, not the newest in the vault.
+            let installed = match (device.and_then(|d| d.installed_version), current) {
+                (Some(v), Some(cur)) if cur.version == v => Some(cur),
+                (Some(v), _) => backend.version(&device_cert_name(id), &v)?,
+                (None, _) => None,
+            };
+            c.look(format!("device:{id}"), policy, installed.as_ref());
+        }
+    }
+    Ok(())
+}
