@@ -158,3 +158,49 @@ fn a_busy_store_is_reported_after_the_lock_timeout() {
     env.run(&["--plan", "plan.toml", "--lock-timeout", "0", "issue"])
         .ok();
 }
+
+#[test]
+fn a_run_killed_part_way_is_finished_by_running_it_again() {
+    let env = TestEnv::new();
+    env.write("plan.toml", &mixed_plan(4000, 10));
+    // Kill at a few different points; each rerun goes on from where the last one stopped.
+    for delay_ms in [150, 400, 900] {
+        let mut child = env
+            .cmd()
+            .args(["--plan", "plan.toml", "-q", "issue"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL: no chance to clean up
+        let _ = child.wait();
+    }
+    env.run(&["--plan", "plan.toml", "issue"]).ok();
+    let s = env
+        .run(&["--plan", "plan.toml", "status", "-o", "json"])
+        .ok()
+        .json();
+    let devices = s["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 4012);
+    assert!(devices.iter().all(|d| d["registration"]["status"] == "assigned"
+        && d["hub_identity"]["primary_thumbprint"] == d["installed"]["thumbprint"]));
+
+    // No certificate was issued twice, and every CA exists once in the enrollment service.
+    let db = rusqlite::Connection::open(env.store_dir().join("state.db")).unwrap();
+    let twice: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM (SELECT name FROM vault_versions GROUP BY name HAVING COUNT(*) > 1)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(twice, 0);
+    let versions: i64 = db
+        .query_row("SELECT COUNT(*) FROM vault_versions", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(versions, 4012 + 4, "one version per device and per CA");
+    let again = env
+        .run(&["--plan", "plan.toml", "issue", "-o", "json"])
+        .ok()
+        .json();
+    assert!(again["steps"].as_array().unwrap().is_empty());
+}
