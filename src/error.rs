@@ -34,7 +34,19 @@ pub fn classify(err: &anyhow::Error) -> Failure {
         if cause.is::<InputError>() || cause.is::<crate::plan::PlanError>() {
             return Failure::Input;
         }
-        if let Some(crate::store::StoreError::Missing(_)) = cause.downcast_ref::<crate::store::StoreError>() {
+        // A missing store, a missing or malformed key file, a store from a newer certroll:
+        // the operator must fix a file or a flag; nothing was changed.
+        use crate::store::{StoreError, seal::SealError};
+        if let Some(
+            StoreError::Missing(_)
+            | StoreError::NoKey { .. }
+            | StoreError::TooNew { .. }
+            | StoreError::Seal(SealError::BadKeyFile(_) | SealError::BadKeyEnv),
+        ) = cause.downcast_ref::<StoreError>()
+        {
+            return Failure::Input;
+        }
+        if let Some(SealError::BadKeyFile(_) | SealError::BadKeyEnv) = cause.downcast_ref::<SealError>() {
             return Failure::Input;
         }
     }

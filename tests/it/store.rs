@@ -65,8 +65,7 @@ fn the_store_needs_its_key_and_accepts_one_from_the_environment() {
     env.quickstart();
     env.run(&["--plan", "plan.toml", "issue"]).ok();
     std::fs::rename(env.store_dir().join("state.db.key"), env.path("moved.key")).unwrap();
-    let run = env.run(&["--plan", "plan.toml", "status"]);
-    assert_ne!(run.code, 0);
+    let run = env.run(&["--plan", "plan.toml", "status"]).code(2);
     assert!(run.stderr.contains("state.db.key"), "{}", run.stderr);
     env.run(&["--plan", "plan.toml", "--key-file", "moved.key", "status"])
         .ok();
