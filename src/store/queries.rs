@@ -17,6 +17,18 @@ fn sql(source: rusqlite::Error) -> StoreError {
     }
 }
 
+/// Runs a query and collects every row.
+fn all<T, P: rusqlite::Params>(
+    conn: &Connection,
+    query: &str,
+    params: P,
+    row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>> {
+    let mut stmt = conn.prepare_cached(query).map_err(sql)?;
+    let rows = stmt.query_map(params, row).map_err(sql)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+}
+
 fn ts(t: OffsetDateTime) -> i64 {
     t.unix_timestamp()
 }
@@ -83,25 +95,20 @@ pub fn vault_version(conn: &Connection, name: &str, version: &str) -> Result<Opt
 
 /// All versions of a vault certificate, oldest first.
 pub fn vault_versions(conn: &Connection, name: &str) -> Result<Vec<VaultVersion>> {
-    let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT {VERSION_COLS} FROM vault_versions WHERE name = ?1 ORDER BY seq"
-        ))
-        .map_err(sql)?;
-    let rows = stmt.query_map([name], version_row).map_err(sql)?;
-    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+    all(
+        conn,
+        &format!("SELECT {VERSION_COLS} FROM vault_versions WHERE name = ?1 ORDER BY seq"),
+        [name],
+        version_row,
+    )
 }
 
 /// The newest version of each of several certificates (absent names are left out).
 pub fn vault_current_many(conn: &Connection, names: &[String]) -> Result<Vec<VaultVersion>> {
-    let mut stmt = conn
-        .prepare_cached(&format!(
+    all(conn, &format!(
             "SELECT {VERSION_COLS} FROM vault_versions WHERE seq IN
                (SELECT MAX(seq) FROM vault_versions WHERE name IN (SELECT value FROM json_each(?1)) GROUP BY name)"
-        ))
-        .map_err(sql)?;
-    let rows = stmt.query_map([json_list(names)], version_row).map_err(sql)?;
-    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+        ), [json_list(names)], version_row)
 }
 
 /// A JSON array of strings, for `json_each` look-ups of many keys in one statement.
@@ -202,11 +209,12 @@ pub fn ca_get(conn: &Connection, name: &str) -> Result<Option<ServiceCa>> {
 
 /// All CA certificates of the enrollment service.
 pub fn ca_list(conn: &Connection) -> Result<Vec<ServiceCa>> {
-    let mut stmt = conn
-        .prepare_cached("SELECT name, cert_der, thumbprint, verified FROM service_cas ORDER BY name")
-        .map_err(sql)?;
-    let rows = stmt.query_map([], ca_row).map_err(sql)?;
-    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+    all(
+        conn,
+        "SELECT name, cert_der, thumbprint, verified FROM service_cas ORDER BY name",
+        [],
+        ca_row,
+    )
 }
 
 /// Uploads (or replaces) a CA certificate; a replaced certificate must be verified again.
@@ -286,13 +294,12 @@ pub fn group_get(conn: &Connection, name: &str) -> Result<Option<EnrollmentGroup
 
 /// All enrollment groups.
 pub fn group_list(conn: &Connection) -> Result<Vec<EnrollmentGroup>> {
-    let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT {GROUP_COLS} FROM enrollment_groups ORDER BY name"
-        ))
-        .map_err(sql)?;
-    let rows = stmt.query_map([], group_row).map_err(sql)?;
-    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+    all(
+        conn,
+        &format!("SELECT {GROUP_COLS} FROM enrollment_groups ORDER BY name"),
+        [],
+        group_row,
+    )
 }
 
 /// Creates or replaces an enrollment group.
@@ -348,25 +355,25 @@ pub fn individual_get(conn: &Connection, id: &str) -> Result<Option<IndividualEn
 
 /// All individual enrollments.
 pub fn individual_list(conn: &Connection) -> Result<Vec<IndividualEnrollment>> {
-    let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT {INDIVIDUAL_COLS} FROM individual_enrollments ORDER BY registration_id"
-        ))
-        .map_err(sql)?;
-    let rows = stmt.query_map([], individual_row).map_err(sql)?;
-    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+    all(
+        conn,
+        &format!("SELECT {INDIVIDUAL_COLS} FROM individual_enrollments ORDER BY registration_id"),
+        [],
+        individual_row,
+    )
 }
 
 /// Several individual enrollments (absent ids are left out).
 pub fn individual_get_many(conn: &Connection, ids: &[String]) -> Result<Vec<IndividualEnrollment>> {
-    let mut stmt = conn
-        .prepare_cached(&format!(
+    all(
+        conn,
+        &format!(
             "SELECT {INDIVIDUAL_COLS} FROM individual_enrollments
              WHERE registration_id IN (SELECT value FROM json_each(?1))"
-        ))
-        .map_err(sql)?;
-    let rows = stmt.query_map([json_list(ids)], individual_row).map_err(sql)?;
-    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+        ),
+        [json_list(ids)],
+        individual_row,
+    )
 }
 
 /// Whether any individual enrollment is disabled (most stores have none, which spares a
@@ -379,14 +386,13 @@ pub fn any_disabled_enrollment(conn: &Connection) -> Result<bool> {
 
 /// Disabled individual enrollments holding a certificate with this thumbprint in either slot.
 pub fn disabled_enrollments_with(conn: &Connection, thumbprint: &str) -> Result<Vec<String>> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT registration_id FROM individual_enrollments
+    all(
+        conn,
+        "SELECT registration_id FROM individual_enrollments
              WHERE status = 'disabled' AND (primary_thumbprint = ?1 OR secondary_thumbprint = ?1)",
-        )
-        .map_err(sql)?;
-    let rows = stmt.query_map([thumbprint], |r| r.get(0)).map_err(sql)?;
-    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+        [thumbprint],
+        |r| r.get(0),
+    )
 }
 
 /// Creates or replaces an individual enrollment.
@@ -425,41 +431,29 @@ pub fn registration_get(conn: &Connection, id: &str) -> Result<Option<Registrati
     conn.prepare_cached(
         "SELECT registration_id, status, substatus, hub, error FROM registrations WHERE registration_id = ?1",
     )
-    .and_then(|mut s| {
-        s.query_row([id], |r| {
-            Ok(RegistrationState {
-                registration_id: r.get(0)?,
-                status: r.get(1)?,
-                substatus: r.get(2)?,
-                hub: r.get(3)?,
-                error: r.get(4)?,
-            })
-        })
-        .optional()
-    })
+    .and_then(|mut s| s.query_row([id], registration_row).optional())
     .map_err(sql)
 }
 
 /// The registration states of several devices (absent ids are left out).
 pub fn registration_get_many(conn: &Connection, ids: &[String]) -> Result<Vec<RegistrationState>> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT registration_id, status, substatus, hub, error FROM registrations
-             WHERE registration_id IN (SELECT value FROM json_each(?1))",
-        )
-        .map_err(sql)?;
-    let rows = stmt
-        .query_map([json_list(ids)], |r| {
-            Ok(RegistrationState {
-                registration_id: r.get(0)?,
-                status: r.get(1)?,
-                substatus: r.get(2)?,
-                hub: r.get(3)?,
-                error: r.get(4)?,
-            })
-        })
-        .map_err(sql)?;
-    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+    all(
+        conn,
+        "SELECT registration_id, status, substatus, hub, error FROM registrations
+         WHERE registration_id IN (SELECT value FROM json_each(?1))",
+        [json_list(ids)],
+        registration_row,
+    )
+}
+
+fn registration_row(r: &Row<'_>) -> rusqlite::Result<RegistrationState> {
+    Ok(RegistrationState {
+        registration_id: r.get(0)?,
+        status: r.get(1)?,
+        substatus: r.get(2)?,
+        hub: r.get(3)?,
+        error: r.get(4)?,
+    })
 }
 
 /// Records a registration outcome.
@@ -519,14 +513,13 @@ pub fn hub_get(conn: &Connection, hub: &str, device_id: &str) -> Result<Option<H
 
 /// The identities of several devices, in any hub (absent ids are left out).
 pub fn hub_get_many(conn: &Connection, device_ids: &[String]) -> Result<Vec<HubIdentity>> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT hub, device_id, auth_type, primary_thumbprint, secondary_thumbprint, status
+    all(
+        conn,
+        "SELECT hub, device_id, auth_type, primary_thumbprint, secondary_thumbprint, status
              FROM hub_devices WHERE device_id IN (SELECT value FROM json_each(?1))",
-        )
-        .map_err(sql)?;
-    let rows = stmt.query_map([json_list(device_ids)], hub_row).map_err(sql)?;
-    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+        [json_list(device_ids)],
+        hub_row,
+    )
 }
 
 /// Creates or updates a device identity; `reset_twin` puts the twin back to its initial state.
@@ -578,14 +571,13 @@ pub fn device_get(conn: &Connection, id: &str) -> Result<Option<DeviceRecord>> {
 
 /// Several devices (absent ids are left out).
 pub fn device_get_many(conn: &Connection, ids: &[String]) -> Result<Vec<DeviceRecord>> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT id, group_name, enrollment, cert_name, installed_version FROM devices
+    all(
+        conn,
+        "SELECT id, group_name, enrollment, cert_name, installed_version FROM devices
              WHERE id IN (SELECT value FROM json_each(?1))",
-        )
-        .map_err(sql)?;
-    let rows = stmt.query_map([json_list(ids)], device_row).map_err(sql)?;
-    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+        [json_list(ids)],
+        device_row,
+    )
 }
 
 /// Devices in id order, optionally of one group, in pages (`after` = last id of the previous page).
@@ -595,16 +587,13 @@ pub fn device_page(
     after: &str,
     limit: usize,
 ) -> Result<Vec<DeviceRecord>> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT id, group_name, enrollment, cert_name, installed_version FROM devices
+    all(
+        conn,
+        "SELECT id, group_name, enrollment, cert_name, installed_version FROM devices
              WHERE (?1 IS NULL OR group_name = ?1) AND id > ?2 ORDER BY id LIMIT ?3",
-        )
-        .map_err(sql)?;
-    let rows = stmt
-        .query_map(params![group, after, limit as i64], device_row)
-        .map_err(sql)?;
-    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+        params![group, after, limit as i64],
+        device_row,
+    )
 }
 
 /// Creates or updates a device and the version installed on it.
