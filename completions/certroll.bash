@@ -37,6 +37,12 @@ _certroll() {
             certroll,man)
                 cmd="certroll__subcmd__man"
                 ;;
+            certroll,roll-primary)
+                cmd="certroll__subcmd__roll__subcmd__primary"
+                ;;
+            certroll,roll-secondary)
+                cmd="certroll__subcmd__roll__subcmd__secondary"
+                ;;
             certroll,status)
                 cmd="certroll__subcmd__status"
                 ;;
@@ -64,6 +70,12 @@ _certroll() {
             certroll__subcmd__help,man)
                 cmd="certroll__subcmd__help__subcmd__man"
                 ;;
+            certroll__subcmd__help,roll-primary)
+                cmd="certroll__subcmd__help__subcmd__roll__subcmd__primary"
+                ;;
+            certroll__subcmd__help,roll-secondary)
+                cmd="certroll__subcmd__help__subcmd__roll__subcmd__secondary"
+                ;;
             certroll__subcmd__help,status)
                 cmd="certroll__subcmd__help__subcmd__status"
                 ;;
@@ -77,7 +89,7 @@ _certroll() {
 
     case "${cmd}" in
         certroll)
-            opts="-o -q -v -h -V --plan --output --quiet --verbose --now --key-file --lock-timeout --help --version init validate issue status export check completions man help"
+            opts="-o -q -v -h -V --plan --output --quiet --verbose --now --key-file --lock-timeout --help --version init validate issue roll-secondary roll-primary status export check completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -249,7 +261,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__help)
-            opts="init validate issue status export check completions man help"
+            opts="init validate issue roll-secondary roll-primary status export check completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -347,6 +359,34 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__help__subcmd__man)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        certroll__subcmd__help__subcmd__roll__subcmd__primary)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        certroll__subcmd__help__subcmd__roll__subcmd__secondary)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -466,6 +506,82 @@ _certroll() {
             ;;
         certroll__subcmd__man)
             opts="-o -q -v -h --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --plan)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
+                    return 0
+                    ;;
+                --now)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        certroll__subcmd__roll__subcmd__primary)
+            opts="-o -q -v -h --due --dry-run --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --plan)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
+                    return 0
+                    ;;
+                --now)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        certroll__subcmd__roll__subcmd__secondary)
+            opts="-o -q -v -h --due --dry-run --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -347,6 +347,17 @@ fn verify_signed_by(cert_der: &[u8], issuer_der: &[u8]) -> std::result::Result<(
 }
 
 impl HubRegistry for LocalBackend {
+    fn update_identity(&mut self, identity: &HubIdentity, now: OffsetDateTime) -> Result<()> {
+        if self.identity(&identity.hub, &identity.device_id)?.is_none() {
+            return Err(BackendError::NotFound(format!(
+                "device `{}` in hub `{}`",
+                identity.device_id, identity.hub
+            )));
+        }
+        let out = self.store.write(|tx, _| q::hub_put(tx, identity, false, now));
+        out.map_err(|e| self.with_path(e))
+    }
+
     fn identity_many(&self, wanted: &[(String, String)]) -> Result<Vec<Option<HubIdentity>>> {
         let ids: Vec<String> = wanted.iter().map(|(_, id)| id.clone()).collect();
         let rows = read!(self, q::hub_get_many(self.store.conn(), &ids))?;

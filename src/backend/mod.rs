@@ -104,6 +104,43 @@ pub trait HubRegistry {
     fn identity_many(&self, wanted: &[(String, String)]) -> Result<Vec<Option<HubIdentity>>> {
         wanted.iter().map(|(hub, id)| self.identity(hub, id)).collect()
     }
+    /// Updates a device identity's thumbprints or status (the identity must exist).
+    fn update_identity(&mut self, identity: &HubIdentity, now: OffsetDateTime) -> Result<()>;
+    /// Whether the hub lets a device in with this certificate: the identity exists, is enabled,
+    /// and one of its thumbprints is the certificate's; and the certificate is valid at `now`.
+    /// `Err(reason)` is the hub's `unauthorized`.
+    fn authenticate(
+        &self,
+        hub: &str,
+        device_id: &str,
+        cert_der: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<std::result::Result<(), String>> {
+        let Some(identity) = self.identity(hub, device_id)? else {
+            return Ok(Err(format!(
+                "device `{device_id}` has no identity in hub `{hub}`"
+            )));
+        };
+        if identity.status != Status::Enabled {
+            return Ok(Err(format!("device `{device_id}` is disabled in hub `{hub}`")));
+        }
+        let info = crate::pki::CertInfo::from_der(cert_der)?;
+        if !info.valid_at(now) {
+            return Ok(Err("the certificate is outside its validity period".into()));
+        }
+        let known = [&identity.primary_thumbprint, &identity.secondary_thumbprint]
+            .into_iter()
+            .flatten()
+            .any(|tp| *tp == info.thumbprint);
+        Ok(if known {
+            Ok(())
+        } else {
+            Err(format!(
+                "thumbprint {} is not registered for `{device_id}`",
+                info.thumbprint
+            ))
+        })
+    }
 }
 
 /// What each device holds. For the local backend the devices are simulated in the store; for a

@@ -6,6 +6,7 @@ mod completions;
 mod export;
 mod issue;
 mod plan;
+mod roll;
 mod status;
 
 use crate::clock::{Clock, FixedClock, SystemClock};
@@ -99,6 +100,10 @@ pub enum Command {
     Validate(plan::ValidateArgs),
     /// Create whatever the plan declares and the state lacks.
     Issue(issue::IssueArgs),
+    /// Expiry roll: a new certificate into the secondary slot; the primary keeps working.
+    RollSecondary(roll::RollArgs),
+    /// Expiry roll: a new certificate into the primary slot; the secondary keeps working.
+    RollPrimary(roll::RollArgs),
     /// Show CAs, enrollments, slots, devices and hub identities.
     Status(status::StatusArgs),
     /// Write a certificate with its chain (and key, if exportable) as PEM or PFX.
@@ -162,6 +167,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Init(args) => plan::init(g, args),
         Command::Validate(args) => plan::validate(g, args),
         Command::Issue(args) => issue::exec(g, args),
+        Command::RollSecondary(args) => roll::exec(g, args, crate::ops::roll::SlotName::Secondary),
+        Command::RollPrimary(args) => roll::exec(g, args, crate::ops::roll::SlotName::Primary),
         Command::Status(args) => status::exec(g, args),
         Command::Export(args) => export::exec(g, args),
         Command::Check(args) => check::exec(g, args),

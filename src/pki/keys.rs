@@ -174,6 +174,15 @@ impl SubjectKey {
         })
     }
 
+    /// Keeps an existing key (a renewal with `reuse_key`).
+    pub fn reuse(key: &PrivateKey) -> Result<SubjectKey, Error> {
+        let spki = rcgen::SubjectPublicKeyInfo::from_der(&key.public_key_der())?;
+        Ok(SubjectKey {
+            pkcs8: Zeroizing::new(key.pkcs8_der().to_vec()),
+            spki,
+        })
+    }
+
     /// The PKCS#8 DER bytes. Handle with care: this is the secret.
     pub fn pkcs8_der(&self) -> &[u8] {
         &self.pkcs8

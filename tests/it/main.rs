@@ -12,6 +12,8 @@ mod issue;
 mod export;
 // Store sealing, key files, permissions, concurrent writers.
 mod store;
+// Expiry rolls: slots, zero downtime, `--due`.
+mod roll;
 // `check`: monitoring codes over a certificate's life.
 mod check;
 // `completions`, `man`, `init`.

@@ -1,0 +1,330 @@
+//! Expiry rolls: the new certificate goes into the named slot, the other keeps working, expired
+//! certificates leave, reruns do nothing, and `--due` picks the slot with the older certificate.
+
+use crate::util::*;
+use certroll::backend::local::LocalBackend;
+use certroll::backend::{EnrollmentService as _, HubRegistry as _};
+use certroll::store::{OpenOptions, Store};
+
+fn at(days: i64) -> String {
+    let t = certroll::clock::parse_rfc3339(NOW).unwrap() + time::Duration::days(days);
+    certroll::clock::rfc3339(t)
+}
+
+fn backend(env: &TestEnv) -> LocalBackend {
+    LocalBackend::new(
+        Store::open(&OpenOptions {
+            path: env.store_dir().join("state.db"),
+            key_file: None,
+            create: false,
+            write: false,
+            lock_timeout: std::time::Duration::from_secs(5),
+        })
+        .unwrap(),
+    )
+}
+
+fn pem_der(env: &TestEnv, now: &str, device: &str) -> Vec<u8> {
+    let file = format!("{device}-{}.pem", now.replace(':', ""));
+    env.run(&[
+        "--plan",
+        "plan.toml",
+        "--now",
+        now,
+        "export",
+        &format!("device:{device}"),
+        "--out",
+        &file,
+    ])
+    .ok();
+    certroll::pki::pem::certs_from_pem(&std::fs::read(env.path(&file)).unwrap())
+        .unwrap()
+        .remove(0)
+}
+
+/// Whether the enrollment service would accept and the hub would let in this certificate.
+fn works(env: &TestEnv, device: &str, cert: &[u8], now: &str) -> bool {
+    let b = backend(env);
+    let now = certroll::clock::parse_rfc3339(now).unwrap();
+    let individual = b.individual(device).unwrap();
+    let groups = b.groups().unwrap();
+    let req = certroll::backend::types::RegistrationRequest {
+        registration_id: device.into(),
+        chain: vec![cert.to_vec()],
+    };
+    let ctx = certroll::backend::registration::Context {
+        disabled_holding_leaf: &[],
+        individual: individual.as_ref(),
+        groups: &groups,
+        now,
+    };
+    let service = !matches!(
+        certroll::backend::registration::decide(&req, &ctx),
+        certroll::backend::registration::Decision::Rejected(_)
+    );
+    let hub = b.authenticate("example-hub", device, cert, now).unwrap().is_ok();
+    service && hub
+}
+
+#[test]
+fn an_expiry_roll_keeps_both_certificates_working_and_alternates_slots() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.run(&["--plan", "plan.toml", "issue"]).ok();
+    let t300 = at(300);
+    let old_gw = pem_der(&env, &t300, "gateway-01");
+    let old_s1 = pem_der(&env, &t300, "sensor-01");
+
+    let dry = env
+        .run(&[
+            "--plan",
+            "plan.toml",
+            "--now",
+            &t300,
+            "roll-secondary",
+            "device:gateway-01",
+            "--dry-run",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(dry["devices"][0]["outcome"], "would-roll");
+    assert_eq!(
+        pem_der(&env, &t300, "gateway-01"),
+        old_gw,
+        "a dry run changes nothing"
+    );
+
+    let r = env
+        .run(&[
+            "--plan",
+            "plan.toml",
+            "--now",
+            &t300,
+            "roll-secondary",
+            "device:gateway-01",
+            "device:sensor-01",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert!(
+        r["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["outcome"] == "rolled" && d["slot"] == "secondary"),
+        "{r}"
+    );
+    let new_gw = pem_der(&env, &t300, "gateway-01");
+    let new_s1 = pem_der(&env, &t300, "sensor-01");
+    assert_ne!(new_gw, old_gw);
+
+    // Zero downtime: the old and the new certificate both work, for the enrollment service and the hub.
+    for (device, old, new) in [("gateway-01", &old_gw, &new_gw), ("sensor-01", &old_s1, &new_s1)] {
+        assert!(works(&env, device, old, &t300), "{device}: old certificate");
+        assert!(works(&env, device, new, &t300), "{device}: new certificate");
+    }
+    let s = env
+        .run(&[
+            "--plan",
+            "plan.toml",
+            "status",
+            "-o",
+            "json",
+            "enrollment:gateway-01",
+        ])
+        .ok()
+        .json();
+    let e = &s["enrollments"][0];
+    assert_eq!(
+        e["secondary"]["thumbprint"],
+        s["devices"][0]["installed"]["thumbprint"]
+    );
+    assert_ne!(e["primary"]["thumbprint"], e["secondary"]["thumbprint"]);
+    assert_eq!(
+        s["devices"][0]["hub_identity"]["secondary_thumbprint"],
+        e["secondary"]["thumbprint"]
+    );
+
+    // Running the same roll again changes nothing.
+    let again = env
+        .run(&[
+            "--plan",
+            "plan.toml",
+            "--now",
+            &t300,
+            "roll-secondary",
+            "device:gateway-01",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(again["devices"][0]["outcome"], "already-rolled");
+    assert_eq!(pem_der(&env, &t300, "gateway-01"), new_gw);
+
+    // Once the old certificate has expired it no longer works; the next roll takes its slot.
+    let t400 = at(400);
+    assert!(!works(&env, "gateway-01", &old_gw, &t400));
+    assert!(works(&env, "gateway-01", &new_gw, &t400));
+    let r = env
+        .run(&[
+            "--plan",
+            "plan.toml",
+            "--now",
+            &t400,
+            "roll-primary",
+            "enrollment:gateway-01",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(r["devices"][0]["slot"], "primary");
+    let third = pem_der(&env, &t400, "gateway-01");
+    assert!(works(&env, "gateway-01", &third, &t400) && works(&env, "gateway-01", &new_gw, &t400));
+}
+
+#[test]
+fn due_rolls_only_what_auto_renew_says_into_the_older_slot_and_prunes_expired() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.run(&["--plan", "plan.toml", "issue"]).ok();
+    // auto-renew fires 30 days before expiry: day 335 for certificates issued on day 0.
+    let r = env
+        .run(&[
+            "--plan",
+            "plan.toml",
+            "--now",
+            &at(300),
+            "roll-secondary",
+            "--due",
+            "device:gateway-01",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(r["devices"][0]["outcome"], "not-due");
+
+    let r = env
+        .run(&[
+            "--plan",
+            "plan.toml",
+            "--now",
+            &at(340),
+            "roll-secondary",
+            "--due",
+            "device:gateway-01",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(
+        (&r["devices"][0]["outcome"], &r["devices"][0]["slot"]),
+        (&"rolled".into(), &"secondary".into())
+    );
+    let r = env
+        .run(&[
+            "--plan",
+            "plan.toml",
+            "--now",
+            &at(341),
+            "roll-secondary",
+            "--due",
+            "device:gateway-01",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(
+        r["devices"][0]["outcome"], "not-due",
+        "the new certificate is not due"
+    );
+
+    // A year on, the same cron line puts the next certificate into the primary slot (it held
+    // the older, now expired, certificate); the secondary keeps working.
+    let t680 = at(680);
+    let second = pem_der(&env, &t680, "gateway-01");
+    let r = env
+        .run(&[
+            "--plan",
+            "plan.toml",
+            "--now",
+            &t680,
+            "roll-secondary",
+            "--due",
+            "device:gateway-01",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(r["devices"][0]["slot"], "primary", "{r}");
+    let third = pem_der(&env, &t680, "gateway-01");
+    assert!(works(&env, "gateway-01", &second, &t680) && works(&env, "gateway-01", &third, &t680));
+
+    // On day 720 the secondary (issued on day 340) has expired; the next roll removes it.
+    let t720 = at(720);
+    let r = env
+        .run(&[
+            "--plan",
+            "plan.toml",
+            "--now",
+            &t720,
+            "roll-primary",
+            "device:gateway-01",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(r["devices"][0]["outcome"], "pruned", "{r}");
+    let s = env
+        .run(&[
+            "--plan",
+            "plan.toml",
+            "status",
+            "-o",
+            "json",
+            "enrollment:gateway-01",
+        ])
+        .ok()
+        .json();
+    // The primary already holds the newest certificate, so this rerun only removes the expired
+    // secondary, from the enrollment and from the hub.
+    assert!(s["enrollments"][0]["secondary"].is_null(), "{s}");
+    assert!(s["devices"][0]["hub_identity"]["secondary_thumbprint"].is_null());
+    assert!(works(&env, "gateway-01", &third, &t720));
+    let r = env
+        .run(&[
+            "--plan",
+            "plan.toml",
+            "--now",
+            &t720,
+            "roll-primary",
+            "device:gateway-01",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(r["devices"][0]["outcome"], "already-rolled");
+}
+
+#[test]
+fn rolls_refuse_what_they_cannot_do() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.run(&["--plan", "plan.toml", "roll-secondary", "device:gateway-01"])
+        .code(2);
+    env.run(&["--plan", "plan.toml", "issue"]).ok();
+    env.run(&["--plan", "plan.toml", "roll-secondary", "group:sensors"])
+        .code(2);
+    env.run(&["--plan", "plan.toml", "roll-secondary"]).code(2);
+}
