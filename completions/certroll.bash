@@ -37,6 +37,9 @@ _certroll() {
             certroll,man)
                 cmd="certroll__subcmd__man"
                 ;;
+            certroll,reprovision)
+                cmd="certroll__subcmd__reprovision"
+                ;;
             certroll,roll-primary)
                 cmd="certroll__subcmd__roll__subcmd__primary"
                 ;;
@@ -70,6 +73,9 @@ _certroll() {
             certroll__subcmd__help,man)
                 cmd="certroll__subcmd__help__subcmd__man"
                 ;;
+            certroll__subcmd__help,reprovision)
+                cmd="certroll__subcmd__help__subcmd__reprovision"
+                ;;
             certroll__subcmd__help,roll-primary)
                 cmd="certroll__subcmd__help__subcmd__roll__subcmd__primary"
                 ;;
@@ -89,7 +95,7 @@ _certroll() {
 
     case "${cmd}" in
         certroll)
-            opts="-o -q -v -h -V --plan --output --quiet --verbose --now --key-file --lock-timeout --help --version init validate issue roll-secondary roll-primary status export check completions man help"
+            opts="-o -q -v -h -V --plan --output --quiet --verbose --now --key-file --lock-timeout --help --version init validate issue roll-secondary roll-primary reprovision status export check completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -261,7 +267,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__help)
-            opts="init validate issue roll-secondary roll-primary status export check completions man help"
+            opts="init validate issue roll-secondary roll-primary reprovision status export check completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -359,6 +365,20 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__help__subcmd__man)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        certroll__subcmd__help__subcmd__reprovision)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -506,6 +526,44 @@ _certroll() {
             ;;
         certroll__subcmd__man)
             opts="-o -q -v -h --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --plan)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
+                    return 0
+                    ;;
+                --now)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        certroll__subcmd__reprovision)
+            opts="-o -q -v -h --dry-run --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

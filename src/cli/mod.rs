@@ -6,6 +6,7 @@ mod completions;
 mod export;
 mod issue;
 mod plan;
+mod reprovision;
 mod roll;
 mod status;
 
@@ -104,6 +105,8 @@ pub enum Command {
     RollSecondary(roll::RollArgs),
     /// Expiry roll: a new certificate into the primary slot; the secondary keeps working.
     RollPrimary(roll::RollArgs),
+    /// Make devices register again so the hub picks up the certificates they hold.
+    Reprovision(reprovision::ReprovisionArgs),
     /// Show CAs, enrollments, slots, devices and hub identities.
     Status(status::StatusArgs),
     /// Write a certificate with its chain (and key, if exportable) as PEM or PFX.
@@ -169,6 +172,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Issue(args) => issue::exec(g, args),
         Command::RollSecondary(args) => roll::exec(g, args, crate::ops::roll::SlotName::Secondary),
         Command::RollPrimary(args) => roll::exec(g, args, crate::ops::roll::SlotName::Primary),
+        Command::Reprovision(args) => reprovision::exec(g, args),
         Command::Status(args) => status::exec(g, args),
         Command::Export(args) => export::exec(g, args),
         Command::Check(args) => check::exec(g, args),

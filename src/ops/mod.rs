@@ -6,6 +6,7 @@ pub mod export;
 pub mod init;
 pub mod issue;
 pub mod lifetime;
+pub mod reprovision;
 pub mod roll;
 pub mod status;
 

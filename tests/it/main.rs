@@ -12,6 +12,8 @@ mod issue;
 mod export;
 // Store sealing, key files, permissions, concurrent writers.
 mod store;
+// `reprovision`: the registration flow under each reprovision policy.
+mod reprovision;
 // Expiry rolls: slots, zero downtime, `--due`.
 mod roll;
 // `check`: monitoring codes over a certificate's life.

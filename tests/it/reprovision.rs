@@ -1,0 +1,147 @@
+//! `reprovision`: the registration flow with each reprovision policy.
+
+use crate::util::*;
+
+fn device(env: &TestEnv, id: &str) -> serde_json::Value {
+    let s = env
+        .run(&[
+            "--plan",
+            "plan.toml",
+            "status",
+            "-o",
+            "json",
+            &format!("device:{id}"),
+        ])
+        .ok()
+        .json();
+    s["devices"][0].clone()
+}
+
+fn quickstart_with(env: &TestEnv, sensors_policy: &str) {
+    env.quickstart();
+    let text = std::fs::read_to_string(env.path("plan.toml")).unwrap();
+    env.write(
+        "plan.toml",
+        &text.replace(
+            "reprovision = \"migrate\"",
+            &format!("reprovision = \"{sensors_policy}\""),
+        ),
+    );
+    env.run(&["--plan", "plan.toml", "issue"]).ok();
+}
+
+#[test]
+fn migrate_and_reset_put_only_the_presented_certificate_into_the_hub() {
+    for (policy, substatus) in [("migrate", "deviceDataMigrated"), ("reset", "deviceDataReset")] {
+        let env = TestEnv::new();
+        quickstart_with(&env, policy);
+        let t = "2027-10-01T00:00:00Z";
+        env.run(&[
+            "--plan",
+            "plan.toml",
+            "--now",
+            t,
+            "roll-secondary",
+            "device:sensor-02",
+        ])
+        .ok();
+        let before = device(&env, "sensor-02");
+        assert!(
+            before["hub_identity"]["primary_thumbprint"] != before["hub_identity"]["secondary_thumbprint"]
+        );
+
+        let r = env
+            .run(&[
+                "--plan",
+                "plan.toml",
+                "--now",
+                t,
+                "reprovision",
+                "device:sensor-02",
+                "-o",
+                "json",
+            ])
+            .ok()
+            .json();
+        assert_eq!(r["assigned"], 1, "{r}");
+        let after = device(&env, "sensor-02");
+        assert_eq!(after["registration"]["substatus"], substatus);
+        assert_eq!(
+            after["hub_identity"]["primary_thumbprint"],
+            after["installed"]["thumbprint"]
+        );
+        assert!(
+            after["hub_identity"]["secondary_thumbprint"].is_null(),
+            "{policy}: the old thumbprint is gone"
+        );
+        // Another device of the group is untouched.
+        assert_eq!(
+            device(&env, "sensor-03")["registration"]["substatus"],
+            "initialAssignment"
+        );
+    }
+}
+
+#[test]
+fn never_records_the_registration_and_leaves_the_hub_alone() {
+    let env = TestEnv::new();
+    quickstart_with(&env, "never");
+    let t = "2027-10-01T00:00:00Z";
+    env.run(&[
+        "--plan",
+        "plan.toml",
+        "--now",
+        t,
+        "roll-secondary",
+        "device:sensor-02",
+    ])
+    .ok();
+    let before = device(&env, "sensor-02")["hub_identity"].clone();
+    let r = env
+        .run(&[
+            "--plan",
+            "plan.toml",
+            "--now",
+            t,
+            "reprovision",
+            "group:sensors",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(r["assigned"], 50);
+    let after = device(&env, "sensor-02");
+    assert_eq!(
+        after["registration"]["substatus"],
+        "reprovisionedToInitialAssignment"
+    );
+    assert_eq!(after["hub_identity"], before);
+}
+
+#[test]
+fn an_expired_certificate_is_rejected_with_the_reason_and_exit_1() {
+    let env = TestEnv::new();
+    quickstart_with(&env, "migrate");
+    let dry = env
+        .run(&["--plan", "plan.toml", "reprovision", "--dry-run", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(dry["devices"].as_array().unwrap().len(), 51);
+    let r = env.run(&[
+        "--plan",
+        "plan.toml",
+        "--now",
+        "2028-01-01T00:00:00Z",
+        "reprovision",
+        "device:gateway-01",
+        "device:sensor-01",
+    ]);
+    let r = r.code(1);
+    assert!(r.stdout.contains("0 assigned, 2 rejected"), "{}", r.stdout);
+    assert!(r.stdout.contains("validity"), "{}", r.stdout);
+    // A rejected attempt does not take away where the device was assigned.
+    assert_eq!(device(&env, "gateway-01")["registration"]["status"], "assigned");
+    env.run(&["--plan", "plan.toml", "reprovision", "ca:root"])
+        .code(2);
+}
