@@ -40,6 +40,9 @@ _certroll() {
             certroll,reprovision)
                 cmd="certroll__subcmd__reprovision"
                 ;;
+            certroll,revoke)
+                cmd="certroll__subcmd__revoke"
+                ;;
             certroll,roll-primary)
                 cmd="certroll__subcmd__roll__subcmd__primary"
                 ;;
@@ -76,6 +79,9 @@ _certroll() {
             certroll__subcmd__help,reprovision)
                 cmd="certroll__subcmd__help__subcmd__reprovision"
                 ;;
+            certroll__subcmd__help,revoke)
+                cmd="certroll__subcmd__help__subcmd__revoke"
+                ;;
             certroll__subcmd__help,roll-primary)
                 cmd="certroll__subcmd__help__subcmd__roll__subcmd__primary"
                 ;;
@@ -95,7 +101,7 @@ _certroll() {
 
     case "${cmd}" in
         certroll)
-            opts="-o -q -v -h -V --plan --output --quiet --verbose --now --key-file --lock-timeout --help --version init validate issue roll-secondary roll-primary reprovision status export check completions man help"
+            opts="-o -q -v -h -V --plan --output --quiet --verbose --now --key-file --lock-timeout --help --version init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -217,7 +223,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__export)
-            opts="-o -q -v -h --format --out --with-key --password-env --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --format --out --with-key --crl --password-env --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -267,7 +273,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__help)
-            opts="init validate issue roll-secondary roll-primary reprovision status export check completions man help"
+            opts="init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -379,6 +385,20 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__help__subcmd__reprovision)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        certroll__subcmd__help__subcmd__revoke)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -569,6 +589,52 @@ _certroll() {
                 return 0
             fi
             case "${prev}" in
+                --plan)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
+                    return 0
+                    ;;
+                --now)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        certroll__subcmd__revoke)
+            opts="-o -q -v -h --reason --hub-identity --yes --dry-run --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --reason)
+                    COMPREPLY=($(compgen -W "key-compromise ca-compromise affiliation-changed superseded cessation-of-operation unspecified" -- "${cur}"))
+                    return 0
+                    ;;
+                --hub-identity)
+                    COMPREPLY=($(compgen -W "disable delete keep" -- "${cur}"))
+                    return 0
+                    ;;
                 --plan)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -39,6 +39,7 @@ complete -c certroll -n "__fish_certroll_needs_command" -f -a "validate" -d 'Che
 complete -c certroll -n "__fish_certroll_needs_command" -f -a "issue" -d 'Create whatever the plan declares and the state lacks'
 complete -c certroll -n "__fish_certroll_needs_command" -f -a "roll-secondary" -d 'Expiry roll: a new certificate into the secondary slot; the primary keeps working'
 complete -c certroll -n "__fish_certroll_needs_command" -f -a "roll-primary" -d 'Expiry roll: a new certificate into the primary slot; the secondary keeps working'
+complete -c certroll -n "__fish_certroll_needs_command" -f -a "revoke" -d 'Disallow devices, enrollments or groups; put revoked serials on their CA\'s CRL'
 complete -c certroll -n "__fish_certroll_needs_command" -f -a "reprovision" -d 'Make devices register again so the hub picks up the certificates they hold'
 complete -c certroll -n "__fish_certroll_needs_command" -f -a "status" -d 'Show CAs, enrollments, slots, devices and hub identities'
 complete -c certroll -n "__fish_certroll_needs_command" -f -a "export" -d 'Write a certificate with its chain (and key, if exportable) as PEM or PFX'
@@ -97,6 +98,26 @@ complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -l dry-r
 complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l reason -d 'The RFC 5280 reason' -r -f -a "key-compromise\t'keyCompromise (1)'
+ca-compromise\t'cACompromise (2)'
+affiliation-changed\t'affiliationChanged (3)'
+superseded\t'superseded (4)'
+cessation-of-operation\t'cessationOfOperation (5)'
+unspecified\t'unspecified (0)'"
+complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l hub-identity -d 'What happens to the hub identity of a revoked device' -r -f -a "disable\t'Disable it: the device cannot connect'
+delete\t'Delete it'
+keep\t'Leave it as it is'"
+complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand revoke" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+json\t'One JSON document'"
+complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l yes -d 'Do not ask for confirmation'
+complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l dry-run -d 'Print the steps; change nothing'
+complete -c certroll -n "__fish_certroll_using_subcommand revoke" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_using_subcommand revoke" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_using_subcommand revoke" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -l plan -d 'The plan file' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
 json\t'One JSON document'"
@@ -127,6 +148,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand export" -l now -d 'Dec
 complete -c certroll -n "__fish_certroll_using_subcommand export" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand export" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
 complete -c certroll -n "__fish_certroll_using_subcommand export" -l with-key -d 'Add the private key to a PEM export (refused for non-exportable keys)'
+complete -c certroll -n "__fish_certroll_using_subcommand export" -l crl -d 'Write the CRL of a CA (ca:NAME) instead of its certificate'
 complete -c certroll -n "__fish_certroll_using_subcommand export" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand export" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand export" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -159,15 +181,16 @@ complete -c certroll -n "__fish_certroll_using_subcommand man" -l lock-timeout -
 complete -c certroll -n "__fish_certroll_using_subcommand man" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand man" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary reprovision status export check completions man help" -f -a "init" -d 'Write a commented starter plan'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary reprovision status export check completions man help" -f -a "validate" -d 'Check a plan; touches nothing'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary reprovision status export check completions man help" -f -a "issue" -d 'Create whatever the plan declares and the state lacks'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary reprovision status export check completions man help" -f -a "roll-secondary" -d 'Expiry roll: a new certificate into the secondary slot; the primary keeps working'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary reprovision status export check completions man help" -f -a "roll-primary" -d 'Expiry roll: a new certificate into the primary slot; the secondary keeps working'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary reprovision status export check completions man help" -f -a "reprovision" -d 'Make devices register again so the hub picks up the certificates they hold'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary reprovision status export check completions man help" -f -a "status" -d 'Show CAs, enrollments, slots, devices and hub identities'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary reprovision status export check completions man help" -f -a "export" -d 'Write a certificate with its chain (and key, if exportable) as PEM or PFX'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary reprovision status export check completions man help" -f -a "check" -d 'For cron and monitoring: what is expired, what has an action due, what is next (exit 0/1/2/3)'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary reprovision status export check completions man help" -f -a "completions" -d 'Print shell completions'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary reprovision status export check completions man help" -f -a "man" -d 'Print the man page (roff)'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary reprovision status export check completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help" -f -a "init" -d 'Write a commented starter plan'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help" -f -a "validate" -d 'Check a plan; touches nothing'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help" -f -a "issue" -d 'Create whatever the plan declares and the state lacks'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help" -f -a "roll-secondary" -d 'Expiry roll: a new certificate into the secondary slot; the primary keeps working'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help" -f -a "roll-primary" -d 'Expiry roll: a new certificate into the primary slot; the secondary keeps working'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help" -f -a "revoke" -d 'Disallow devices, enrollments or groups; put revoked serials on their CA\'s CRL'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help" -f -a "reprovision" -d 'Make devices register again so the hub picks up the certificates they hold'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help" -f -a "status" -d 'Show CAs, enrollments, slots, devices and hub identities'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help" -f -a "export" -d 'Write a certificate with its chain (and key, if exportable) as PEM or PFX'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help" -f -a "check" -d 'For cron and monitoring: what is expired, what has an action due, what is next (exit 0/1/2/3)'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help" -f -a "completions" -d 'Print shell completions'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help" -f -a "man" -d 'Print the man page (roff)'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

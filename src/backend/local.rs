@@ -73,6 +73,24 @@ impl Vault for LocalBackend {
         out.map_err(|e| self.with_path(e))
     }
 
+    fn set_enabled(&mut self, version: &VaultVersion, enabled: bool, now: OffsetDateTime) -> Result<()> {
+        let out = self
+            .store
+            .write(|tx, _| q::vault_set_enabled(tx, &version.name, &version.version, enabled, now));
+        out.map_err(|e| self.with_path(e))
+    }
+
+    fn revoke(&mut self, issuer: &str, serial: &str, reason: &str, now: OffsetDateTime) -> Result<bool> {
+        let out = self
+            .store
+            .write(|tx, _| q::crl_add(tx, issuer, serial, reason, now));
+        out.map_err(|e| self.with_path(e))
+    }
+
+    fn revocations(&self, issuer: &str) -> Result<(u64, Vec<Revocation>)> {
+        read!(self, q::crl_get(self.store.conn(), issuer))
+    }
+
     fn private_key(&self, version: &VaultVersion) -> Result<PrivateKey> {
         let der = read!(
             self,
@@ -347,6 +365,11 @@ fn verify_signed_by(cert_der: &[u8], issuer_der: &[u8]) -> std::result::Result<(
 }
 
 impl HubRegistry for LocalBackend {
+    fn delete_identity(&mut self, hub: &str, device_id: &str) -> Result<()> {
+        let out = self.store.write(|tx, _| q::hub_delete(tx, hub, device_id));
+        out.map_err(|e| self.with_path(e))
+    }
+
     fn update_identity(&mut self, identity: &HubIdentity, now: OffsetDateTime) -> Result<()> {
         if self.identity(&identity.hub, &identity.device_id)?.is_none() {
             return Err(BackendError::NotFound(format!(

@@ -51,6 +51,13 @@ pub trait Vault {
     /// The private key of a version, for signing inside certroll (CA keys) or for export. The
     /// caller enforces exportability for anything that leaves the process.
     fn private_key(&self, version: &VaultVersion) -> Result<PrivateKey>;
+    /// Enables or disables a version (a disabled version is not exported and does not sign).
+    fn set_enabled(&mut self, version: &VaultVersion, enabled: bool, now: OffsetDateTime) -> Result<()>;
+    /// Puts a certificate signed by the CA `issuer` (its vault name) on that CA's revocation
+    /// list; returns false if it was already there. Each addition raises the CRL number.
+    fn revoke(&mut self, issuer: &str, serial: &str, reason: &str, now: OffsetDateTime) -> Result<bool>;
+    /// A CA's CRL number and revoked certificates.
+    fn revocations(&self, issuer: &str) -> Result<(u64, Vec<Revocation>)>;
 }
 
 /// The enrollment service (Device Provisioning Service).
@@ -104,6 +111,8 @@ pub trait HubRegistry {
     fn identity_many(&self, wanted: &[(String, String)]) -> Result<Vec<Option<HubIdentity>>> {
         wanted.iter().map(|(hub, id)| self.identity(hub, id)).collect()
     }
+    /// Removes a device identity.
+    fn delete_identity(&mut self, hub: &str, device_id: &str) -> Result<()>;
     /// Updates a device identity's thumbprints or status (the identity must exist).
     fn update_identity(&mut self, identity: &HubIdentity, now: OffsetDateTime) -> Result<()>;
     /// Whether the hub lets a device in with this certificate: the identity exists, is enabled,

@@ -190,3 +190,14 @@ pub struct RegistrationRequest {
     /// The presented chain, leaf first.
     pub chain: Vec<Vec<u8>>,
 }
+
+/// One certificate on a CA's revocation list.
+#[derive(Debug, Clone)]
+pub struct Revocation {
+    /// Serial, uppercase hex.
+    pub serial: String,
+    /// RFC 5280 reason name (key-compromise, superseded, ...).
+    pub reason: String,
+    /// When it was revoked.
+    pub revoked_at: OffsetDateTime,
+}

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 /// Arguments of `export`.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  certroll export ca:root --format pem --out root.pem\n  certroll export device:sensor-0001 --format pem --with-key --out sensor.pem\n  PFX_PASSWORD=... certroll export device:gateway-01 --format pfx --password-env PFX_PASSWORD --out gw.pfx"
+    after_help = "Examples:\n  certroll export ca:root --format pem --out root.pem\n  certroll export ca:factory --crl --out factory.crl.pem\n  certroll export device:sensor-0001 --format pem --with-key --out sensor.pem\n  PFX_PASSWORD=... certroll export device:gateway-01 --format pfx --password-env PFX_PASSWORD --out gw.pfx"
 )]
 pub struct ExportArgs {
     /// What to export: ca:NAME, device:ID or enrollment:NAME.
@@ -24,6 +24,9 @@ pub struct ExportArgs {
     /// Add the private key to a PEM export (refused for non-exportable keys).
     #[arg(long)]
     with_key: bool,
+    /// Write the CRL of a CA (ca:NAME) instead of its certificate.
+    #[arg(long)]
+    crl: bool,
     /// The environment variable holding the PFX password.
     #[arg(long, value_name = "VAR")]
     password_env: Option<String>,
@@ -47,6 +50,7 @@ pub fn exec(g: &Global, args: ExportArgs) -> anyhow::Result<u8> {
         format: args.format,
         out: args.out,
         with_key: args.with_key,
+        crl: args.crl,
         password,
         backend: g.backend(),
     };
@@ -54,6 +58,13 @@ pub fn exec(g: &Global, args: ExportArgs) -> anyhow::Result<u8> {
     let mut p = g.printer();
     if g.output == crate::output::Format::Json {
         p.json(&report)?;
+    } else if report.format == "crl" {
+        p.line(format!(
+            "Wrote the {} of {} to {}",
+            report.certificate,
+            report.target,
+            report.out.display()
+        ))?;
     } else {
         p.line(format!(
             "Wrote {} ({}, version {}, {} certificate(s){}) to {}",

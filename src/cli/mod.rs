@@ -7,6 +7,7 @@ mod export;
 mod issue;
 mod plan;
 mod reprovision;
+mod revoke;
 mod roll;
 mod status;
 
@@ -105,6 +106,8 @@ pub enum Command {
     RollSecondary(roll::RollArgs),
     /// Expiry roll: a new certificate into the primary slot; the secondary keeps working.
     RollPrimary(roll::RollArgs),
+    /// Disallow devices, enrollments or groups; put revoked serials on their CA's CRL.
+    Revoke(revoke::RevokeArgs),
     /// Make devices register again so the hub picks up the certificates they hold.
     Reprovision(reprovision::ReprovisionArgs),
     /// Show CAs, enrollments, slots, devices and hub identities.
@@ -173,6 +176,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::RollSecondary(args) => roll::exec(g, args, crate::ops::roll::SlotName::Secondary),
         Command::RollPrimary(args) => roll::exec(g, args, crate::ops::roll::SlotName::Primary),
         Command::Reprovision(args) => reprovision::exec(g, args),
+        Command::Revoke(args) => revoke::exec(g, args),
         Command::Status(args) => status::exec(g, args),
         Command::Export(args) => export::exec(g, args),
         Command::Check(args) => check::exec(g, args),

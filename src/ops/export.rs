@@ -32,6 +32,8 @@ pub struct ExportOptions {
     pub out: PathBuf,
     /// Add the private key to a PEM export.
     pub with_key: bool,
+    /// Export the CA's CRL instead of its certificate (PEM).
+    pub crl: bool,
     /// The PFX password (already read from the environment variable).
     pub password: Option<zeroize::Zeroizing<String>>,
     /// How to open the backend.
@@ -71,6 +73,37 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
         }
     };
     let backend = open_backend(plan, Access::Read, &opts.backend)?;
+    if opts.crl {
+        let Target::Ca(ca) = &opts.target else {
+            return Err(input(format!(
+                "--crl exports the CRL of a CA: ca:NAME, not {}",
+                opts.target
+            )));
+        };
+        if opts.format != ExportFormat::Pem || opts.with_key {
+            return Err(input(
+                "--crl writes PEM; it takes neither --format pfx nor --with-key",
+            ));
+        }
+        let der = super::revoke::crl_der(&backend, ca, now)?;
+        let text = pem::encode(&pem::Pem::new("X509 CRL", der));
+        crate::fsutil::write_atomic(&opts.out, text.as_bytes(), false)
+            .with_context(|| format!("writing {}", opts.out.display()))?;
+        let (number, entries) = backend.revocations(&ca_cert_name(ca))?;
+        return Ok(ExportReport {
+            target: opts.target.to_string(),
+            certificate: format!(
+                "CRL number {} with {} revoked certificate(s)",
+                number + 1,
+                entries.len()
+            ),
+            version: String::new(),
+            out: opts.out.clone(),
+            format: "crl",
+            includes_key: false,
+            certificates: 0,
+        });
+    }
     let version = backend.current(&name)?.ok_or_else(|| {
         input(format!(
             "{} has not been issued yet (run `certroll issue {}`)",

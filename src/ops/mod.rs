@@ -7,6 +7,7 @@ pub mod init;
 pub mod issue;
 pub mod lifetime;
 pub mod reprovision;
+pub mod revoke;
 pub mod roll;
 pub mod status;
 

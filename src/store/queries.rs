@@ -607,3 +607,83 @@ pub fn device_put(conn: &Connection, d: &DeviceRecord) -> Result<()> {
     .map_err(sql)?;
     Ok(())
 }
+
+// ---------------------------------------------------------------- vault attributes, hub, CRL
+
+/// Enables or disables a vault version.
+pub fn vault_set_enabled(
+    conn: &Connection,
+    name: &str,
+    version: &str,
+    enabled: bool,
+    now: OffsetDateTime,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE vault_versions SET enabled = ?3, updated = ?4 WHERE name = ?1 AND version = ?2",
+        params![name, version, enabled, ts(now)],
+    )
+    .map_err(sql)?;
+    Ok(())
+}
+
+/// Removes a device identity from a hub.
+pub fn hub_delete(conn: &Connection, hub: &str, device_id: &str) -> Result<()> {
+    conn.execute(
+        "DELETE FROM hub_devices WHERE hub = ?1 AND device_id = ?2",
+        [hub, device_id],
+    )
+    .map_err(sql)?;
+    Ok(())
+}
+
+/// Adds a serial to an issuer's CRL and bumps the CRL number; false if it was already there.
+pub fn crl_add(
+    conn: &Connection,
+    issuer: &str,
+    serial: &str,
+    reason: &str,
+    now: OffsetDateTime,
+) -> Result<bool> {
+    let added = conn
+        .execute(
+            "INSERT OR IGNORE INTO crl_entries (issuer_name, serial, reason, revoked_at) VALUES (?1, ?2, ?3, ?4)",
+            params![issuer, serial, reason, ts(now)],
+        )
+        .map_err(sql)?
+        > 0;
+    if added {
+        conn.execute(
+            "INSERT INTO crl_numbers (issuer_name, number) VALUES (?1, 1)
+             ON CONFLICT(issuer_name) DO UPDATE SET number = number + 1",
+            [issuer],
+        )
+        .map_err(sql)?;
+    }
+    Ok(added)
+}
+
+/// An issuer's revoked certificates and current CRL number (0 = nothing revoked yet).
+pub fn crl_get(conn: &Connection, issuer: &str) -> Result<(u64, Vec<Revocation>)> {
+    let number: i64 = conn
+        .query_row(
+            "SELECT number FROM crl_numbers WHERE issuer_name = ?1",
+            [issuer],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(sql)?
+        .unwrap_or(0);
+    let entries = all(
+        conn,
+        "SELECT serial, reason, revoked_at FROM crl_entries WHERE issuer_name = ?1 ORDER BY revoked_at, serial",
+        [issuer],
+        |r| {
+            Ok(Revocation {
+                serial: r.get(0)?,
+                reason: r.get(1)?,
+                revoked_at: from_ts(r.get(2)?),
+            })
+        },
+    )?;
+    Ok((number as u64, entries))
+}

@@ -107,3 +107,17 @@ CREATE TABLE devices (
     installed_version   TEXT
 );
 CREATE INDEX devices_by_group ON devices(group_name, id);
+
+-- Revocation: what each CA has revoked, and the number of its latest CRL.
+CREATE TABLE crl_entries (
+    issuer_name TEXT NOT NULL,            -- the vault name of the issuing CA
+    serial      TEXT NOT NULL,            -- uppercase hex
+    reason      TEXT NOT NULL,
+    revoked_at  INTEGER NOT NULL,
+    PRIMARY KEY (issuer_name, serial)
+);
+
+CREATE TABLE crl_numbers (
+    issuer_name TEXT PRIMARY KEY,
+    number      INTEGER NOT NULL
+);

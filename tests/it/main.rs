@@ -12,6 +12,8 @@ mod issue;
 mod export;
 // Store sealing, key files, permissions, concurrent writers.
 mod store;
+// `revoke`: disabled enrollments, hub identities and CRLs.
+mod revoke;
 // `reprovision`: the registration flow under each reprovision policy.
 mod reprovision;
 // Expiry rolls: slots, zero downtime, `--due`.

@@ -1,0 +1,346 @@
+//! `revoke`: disallow (PRODUCT.md flow 6). For a device with an individual enrollment, the
+//! enrollment is disabled; for a device of a group, a *disabled individual enrollment* holding its
+//! certificate is added (a certificate in a disabled enrollment fails every registration, even
+//! where a group would accept it); `group:NAME` disables the group. The device's vault version
+//! is disabled, its serial goes onto the issuing CA's CRL, and the hub identity is disabled (or
+//! deleted, or kept, as asked). Reruns find everything done and change nothing.
+
+use super::{Access, BackendSettings, Target, device_cert_name, device_owner, open_backend};
+use crate::backend::Backend;
+use crate::backend::types::*;
+use crate::error::input;
+use crate::pki::CertInfo;
+use crate::plan::Plan;
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+/// RFC 5280 revocation reasons certroll records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// keyCompromise (1)
+    KeyCompromise,
+    /// cACompromise (2)
+    CaCompromise,
+    /// affiliationChanged (3)
+    AffiliationChanged,
+    /// superseded (4)
+    Superseded,
+    /// cessationOfOperation (5)
+    CessationOfOperation,
+    /// unspecified (0)
+    Unspecified,
+}
+
+impl Reason {
+    /// The kebab-case name stored and printed.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::KeyCompromise => "key-compromise",
+            Reason::CaCompromise => "ca-compromise",
+            Reason::AffiliationChanged => "affiliation-changed",
+            Reason::Superseded => "superseded",
+            Reason::CessationOfOperation => "cessation-of-operation",
+            Reason::Unspecified => "unspecified",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Reason> {
+        use clap::ValueEnum;
+        Reason::value_variants().iter().copied().find(|r| r.name() == s)
+    }
+
+    /// The rcgen CRL reason code.
+    pub fn crl_reason(self) -> rcgen::RevocationReason {
+        match self {
+            Reason::KeyCompromise => rcgen::RevocationReason::KeyCompromise,
+            Reason::CaCompromise => rcgen::RevocationReason::CaCompromise,
+            Reason::AffiliationChanged => rcgen::RevocationReason::AffiliationChanged,
+            Reason::Superseded => rcgen::RevocationReason::Superseded,
+            Reason::CessationOfOperation => rcgen::RevocationReason::CessationOfOperation,
+            Reason::Unspecified => rcgen::RevocationReason::Unspecified,
+        }
+    }
+}
+
+/// What happens to the hub identity of a revoked device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HubAction {
+    /// Disable it: the device cannot connect.
+    Disable,
+    /// Delete it.
+    Delete,
+    /// Leave it as it is.
+    Keep,
+}
+
+/// Options of `revoke`.
+#[derive(Debug, Clone)]
+pub struct RevokeOptions {
+    /// device:ID, enrollment:NAME or group:NAME.
+    pub targets: Vec<Target>,
+    /// Why.
+    pub reason: Reason,
+    /// What happens to hub identities.
+    pub hub: HubAction,
+    /// Print the steps, change nothing.
+    pub dry_run: bool,
+    /// How to open the backend.
+    pub backend: BackendSettings,
+}
+
+/// One target's steps.
+#[derive(Debug, Clone, Serialize)]
+pub struct Revoked {
+    /// The target.
+    pub target: String,
+    /// The steps taken (or, in a dry run, to take); empty when it was already revoked.
+    pub steps: Vec<String>,
+    /// Devices that can no longer connect or register afterwards.
+    pub devices_cut_off: u64,
+}
+
+/// What `revoke` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RevokeReport {
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// The reason.
+    pub reason: Reason,
+    /// Per target.
+    pub targets: Vec<Revoked>,
+}
+
+/// Runs `revoke`.
+pub fn revoke(plan: &Plan, opts: &RevokeOptions, now: OffsetDateTime) -> Result<RevokeReport> {
+    if opts.targets.is_empty() {
+        return Err(input(
+            "name what to revoke: device:ID, enrollment:NAME or group:NAME",
+        ));
+    }
+    for t in &opts.targets {
+        t.check(plan)?;
+        if let Target::Ca(_) = t {
+            return Err(input(format!(
+                "{t}: revoke takes device:ID, enrollment:NAME or group:NAME in this version"
+            )));
+        }
+    }
+    let access = if opts.dry_run {
+        Access::Preview
+    } else {
+        Access::Write
+    };
+    let mut backend = open_backend(plan, access, &opts.backend)?;
+    let mut report = RevokeReport {
+        dry_run: opts.dry_run,
+        reason: opts.reason,
+        targets: Vec::new(),
+    };
+    for t in &opts.targets {
+        backend.begin()?;
+        let done = match t {
+            Target::Group(name) => revoke_group(plan, name, opts, &mut backend, now),
+            Target::Device(id) | Target::Enrollment(id) => revoke_device(plan, id, opts, &mut backend, now),
+            Target::Ca(_) => unreachable!("refused above"),
+        };
+        match done {
+            Ok(steps) => {
+                backend.commit()?;
+                report.targets.push(steps);
+            }
+            Err(e) => {
+                backend.rollback();
+                return Err(e.context(format!("revoking {t}")));
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn revoke_group(
+    plan: &Plan,
+    name: &str,
+    opts: &RevokeOptions,
+    backend: &mut dyn Backend,
+    now: OffsetDateTime,
+) -> Result<Revoked> {
+    let target = format!("group:{name}");
+    let mut group = backend.group(name)?.ok_or_else(|| {
+        input(format!(
+            "{target} has not been issued yet (run `certroll issue {target}`)"
+        ))
+    })?;
+    if group.status == Status::Disabled {
+        return Ok(Revoked {
+            target,
+            steps: vec![],
+            devices_cut_off: 0,
+        });
+    }
+    let count = plan.groups[name].device_count();
+    let steps = vec![format!(
+        "disable enrollment group `{name}`: its {count} device(s) can no longer register"
+    )];
+    if !opts.dry_run {
+        group.status = Status::Disabled;
+        backend.put_group(&group, now)?;
+    }
+    Ok(Revoked {
+        target,
+        steps,
+        devices_cut_off: count,
+    })
+}
+
+fn revoke_device(
+    plan: &Plan,
+    id: &str,
+    opts: &RevokeOptions,
+    backend: &mut dyn Backend,
+    now: OffsetDateTime,
+) -> Result<Revoked> {
+    let target = format!("device:{id}");
+    let not_issued = || input(format!("{target} has not been issued yet"));
+    let owner = device_owner(plan, id).expect("checked by the caller");
+    let name = device_cert_name(id);
+    let record = backend.device(id)?.ok_or_else(not_issued)?;
+    let version_id = record.installed_version.clone().ok_or_else(not_issued)?;
+    let version = backend.version(&name, &version_id)?.ok_or_else(not_issued)?;
+    let info = CertInfo::from_der(&version.cert_der)?;
+    let mut steps = Vec::new();
+
+    // The enrollment service: disabled enrollments reject before anything else accepts.
+    let existing = backend.individual(id)?;
+    let disabled = match (&owner, existing) {
+        (_, Some(e)) if e.status == Status::Disabled => None,
+        (super::DeviceOwner::Enrollment(_), Some(mut e)) => {
+            steps.push(format!("disable individual enrollment `{id}`"));
+            e.status = Status::Disabled;
+            Some(e)
+        }
+        (_, existing) => {
+            steps.push(format!(
+                "add a disabled individual enrollment `{id}` holding certificate {}",
+                info.thumbprint
+            ));
+            let hub = existing
+                .as_ref()
+                .map(|e| e.hub.clone())
+                .unwrap_or_else(|| match owner {
+                    super::DeviceOwner::Group(g) => g.hub.clone(),
+                    super::DeviceOwner::Enrollment(e) => e.hub.clone(),
+                });
+            Some(IndividualEnrollment {
+                registration_id: id.to_string(),
+                primary: Some(version.cert_der.clone()),
+                secondary: None,
+                status: Status::Disabled,
+                reprovision: "never".into(),
+                hub,
+            })
+        }
+    };
+    if version.enabled {
+        steps.push(format!("disable vault version {name}/{}", version.version));
+    }
+    let issuer = version
+        .issuer
+        .clone()
+        .context("the device certificate has no recorded issuer")?;
+    let (_, listed) = backend.revocations(&issuer.0)?;
+    let on_crl = listed.iter().any(|r| r.serial == info.serial);
+    if !on_crl {
+        steps.push(format!(
+            "add serial {} to the CRL of `{}` ({})",
+            info.serial,
+            issuer.0,
+            opts.reason.name()
+        ));
+    }
+    let hub_identity = match backend.registration(id)?.and_then(|r| r.hub) {
+        Some(hub) => backend.identity(&hub, id)?,
+        None => None,
+    };
+    let hub_step = match (&hub_identity, opts.hub) {
+        (Some(h), HubAction::Disable) if h.status == Status::Enabled => {
+            Some(format!("disable device `{id}` in hub `{}`", h.hub))
+        }
+        (Some(h), HubAction::Delete) => Some(format!("delete device `{id}` from hub `{}`", h.hub)),
+        _ => None,
+    };
+    steps.extend(hub_step.clone());
+    if steps.is_empty() {
+        return Ok(Revoked {
+            target,
+            steps,
+            devices_cut_off: 0,
+        });
+    }
+    if opts.dry_run {
+        return Ok(Revoked {
+            target,
+            steps,
+            devices_cut_off: 1,
+        });
+    }
+    if let Some(e) = disabled {
+        backend.put_individuals(&[e], now)?;
+    }
+    if version.enabled {
+        backend.set_enabled(&version, false, now)?;
+    }
+    if !on_crl {
+        backend.revoke(&issuer.0, &info.serial, opts.reason.name(), now)?;
+    }
+    if let (Some(mut h), Some(_)) = (hub_identity, hub_step) {
+        match opts.hub {
+            HubAction::Disable => {
+                h.status = Status::Disabled;
+                backend.update_identity(&h, now)?;
+            }
+            HubAction::Delete => backend.delete_identity(&h.hub, id)?,
+            HubAction::Keep => {}
+        }
+    }
+    Ok(Revoked {
+        target,
+        steps,
+        devices_cut_off: 1,
+    })
+}
+
+/// The CRL of a CA, signed by its current key: DER.
+pub fn crl_der(backend: &dyn Backend, ca: &str, now: OffsetDateTime) -> Result<Vec<u8>> {
+    let issuer = super::load_issuer(backend, ca)?;
+    let (number, entries) = backend.revocations(&issuer.cert_name)?;
+    let revoked_certs = entries
+        .iter()
+        .map(|e| {
+            let serial = (0..e.serial.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&e.serial[i..i + 2], 16))
+                .collect::<std::result::Result<Vec<u8>, _>>()
+                .context("a stored serial is not hex")?;
+            Ok(rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(&serial),
+                revocation_time: e.revoked_at,
+                reason_code: Reason::parse(&e.reason).map(Reason::crl_reason),
+                invalidity_date: None,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: now,
+        next_update: now + time::Duration::days(7),
+        // Numbered by changes: 1 before any revocation, one more with each.
+        crl_number: rcgen::SerialNumber::from(number + 1),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    Ok(params.signed_by(issuer.key.issuer())?.der().to_vec())
+}

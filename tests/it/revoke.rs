@@ -1,0 +1,247 @@
+//! `revoke`: disallowed certificates fail registration and the hub, and land on the CRL that
+//! `openssl verify -crl_check` honours.
+
+use crate::util::*;
+
+fn crl_number(env: &TestEnv) -> String {
+    env.run(&[
+        "--plan",
+        "plan.toml",
+        "export",
+        "ca:factory",
+        "--crl",
+        "--out",
+        "f.crl",
+    ])
+    .ok();
+    let text = env
+        .openssl(&["crl", "-in", "f.crl", "-noout", "-text"])
+        .ok()
+        .stdout;
+    let at = text.find("CRL Number:").expect("CRL number");
+    text[at..].lines().nth(1).unwrap().trim().to_string()
+}
+
+fn verify_with_crl(env: &TestEnv, device: &str) -> bool {
+    env.openssl(&[
+        "verify",
+        "-crl_check",
+        "-CAfile",
+        "root.pem",
+        "-untrusted",
+        &format!("{device}.pem"),
+        "-CRLfile",
+        "f.crl",
+        &format!("{device}.pem"),
+    ])
+    .code
+        == 0
+}
+
+#[test]
+fn revoking_a_group_device_disallows_it_everywhere_and_only_it() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.run(&["--plan", "plan.toml", "issue"]).ok();
+    env.run(&["--plan", "plan.toml", "export", "ca:root", "--out", "root.pem"])
+        .ok();
+    for d in ["sensor-05", "sensor-06"] {
+        env.run(&[
+            "--plan",
+            "plan.toml",
+            "export",
+            &format!("device:{d}"),
+            "--out",
+            &format!("{d}.pem"),
+        ])
+        .ok();
+    }
+    assert_eq!(crl_number(&env), "1");
+
+    // Not on a terminal and no --yes: refused, nothing changed.
+    let r = env
+        .run(&[
+            "--plan",
+            "plan.toml",
+            "revoke",
+            "device:sensor-05",
+            "--reason",
+            "key-compromise",
+        ])
+        .code(2);
+    assert!(r.stderr.contains("--yes"), "{}", r.stderr);
+    let dry = env
+        .run(&[
+            "--plan",
+            "plan.toml",
+            "revoke",
+            "device:sensor-05",
+            "--reason",
+            "key-compromise",
+            "--dry-run",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(dry["targets"][0]["devices_cut_off"], 1);
+    assert_eq!(
+        crl_number(&env),
+        "1",
+        "neither a refusal nor a dry run changes the CRL"
+    );
+
+    let r = env
+        .run(&[
+            "--plan",
+            "plan.toml",
+            "revoke",
+            "device:sensor-05",
+            "--reason",
+            "key-compromise",
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(r["targets"][0]["steps"].as_array().unwrap().len(), 4, "{r}");
+    assert_eq!(crl_number(&env), "2");
+    assert!(
+        !verify_with_crl(&env, "sensor-05"),
+        "openssl must see the revocation"
+    );
+    assert!(verify_with_crl(&env, "sensor-06"));
+
+    // The enrollment service rejects it although the group would accept its chain; the hub too.
+    let rp = env
+        .run(&[
+            "--plan",
+            "plan.toml",
+            "reprovision",
+            "device:sensor-05",
+            "device:sensor-06",
+            "-o",
+            "json",
+        ])
+        .code(1)
+        .json();
+    assert_eq!(rp["devices"][0]["status"], "failed");
+    assert!(
+        rp["devices"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("disabled enrollment")
+    );
+    assert_eq!(rp["devices"][1]["status"], "assigned");
+    let s = env
+        .run(&["--plan", "plan.toml", "status", "-o", "json", "device:sensor-05"])
+        .ok()
+        .json();
+    assert_eq!(s["devices"][0]["hub_identity"]["status"], "disabled");
+    // The disabled version is not exported any more.
+    env.run(&[
+        "--plan",
+        "plan.toml",
+        "export",
+        "device:sensor-05",
+        "--out",
+        "again.pem",
+    ])
+    .code(2);
+
+    // A rerun changes nothing; another revocation raises the CRL number.
+    let again = env
+        .run(&[
+            "--plan",
+            "plan.toml",
+            "revoke",
+            "device:sensor-05",
+            "--reason",
+            "key-compromise",
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert!(again["targets"][0]["steps"].as_array().unwrap().is_empty());
+    assert_eq!(crl_number(&env), "2");
+    env.run(&[
+        "--plan",
+        "plan.toml",
+        "revoke",
+        "device:sensor-06",
+        "--reason",
+        "superseded",
+        "--yes",
+        "--hub-identity",
+        "delete",
+    ])
+    .ok();
+    assert_eq!(crl_number(&env), "3");
+    assert!(!verify_with_crl(&env, "sensor-06"));
+    let s = env
+        .run(&["--plan", "plan.toml", "status", "-o", "json", "device:sensor-06"])
+        .ok()
+        .json();
+    assert!(s["devices"][0]["hub_identity"].is_null());
+}
+
+#[test]
+fn revoking_an_individual_enrollment_disables_it() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.run(&["--plan", "plan.toml", "issue"]).ok();
+    env.run(&[
+        "--plan",
+        "plan.toml",
+        "revoke",
+        "enrollment:gateway-01",
+        "--reason",
+        "cessation-of-operation",
+        "--yes",
+    ])
+    .ok();
+    let s = env
+        .run(&[
+            "--plan",
+            "plan.toml",
+            "status",
+            "-o",
+            "json",
+            "enrollment:gateway-01",
+        ])
+        .ok()
+        .json();
+    assert_eq!(s["enrollments"][0]["status"], "disabled");
+    env.run(&["--plan", "plan.toml", "reprovision", "device:gateway-01"])
+        .code(1);
+    env.run(&[
+        "--plan",
+        "plan.toml",
+        "revoke",
+        "group:sensors",
+        "--reason",
+        "unspecified",
+        "--yes",
+    ])
+    .ok();
+    let s = env
+        .run(&["--plan", "plan.toml", "status", "-o", "json", "group:sensors"])
+        .ok()
+        .json();
+    assert_eq!(s["groups"][0]["status"], "disabled");
+    env.run(&["--plan", "plan.toml", "reprovision", "device:sensor-01"])
+        .code(1);
+    env.run(&[
+        "--plan",
+        "plan.toml",
+        "revoke",
+        "device:sensor-01",
+        "--reason",
+        "bogus",
+        "--yes",
+    ])
+    .code(2);
+}
