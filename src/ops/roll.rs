@@ -320,47 +320,8 @@ fn roll_device(
         });
     }
 
-    // The new version.
-    let issuer = load_issuer(backend, issuer_ca)?;
-    if issuer.not_after <= now {
-        anyhow::bail!(
-            "CA `{issuer_ca}` expired at {}; roll the CA first",
-            crate::clock::rfc3339(issuer.not_after)
-        );
-    }
-    let key = if policy.reuse_key {
-        SubjectKey::reuse(&backend.private_key(&newest)?)?
-    } else {
-        SubjectKey::generate(&policy.key)?
-    };
-    let not_after = (now + Duration::days(policy.validity_days as i64)).min(issuer.not_after);
-    let profile = CertProfile {
-        subject: Subject::common_name(id),
-        dns_names: policy.dns_names.clone(),
-        key_usage: effective_key_usage(policy, false),
-        extended_key_usage: policy.extended_key_usage.clone(),
-        not_before: now,
-        not_after,
-        ca: None,
-    };
-    let der = sign_public_key(&profile, key.public_key(), &issuer.key)?;
-    let policy_doc = policy_json(policy, "CN=<device id>", Some(issuer_ca));
-    let version = backend
-        .create_versions(
-            &[NewVersion {
-                name: &name,
-                policy_json: &policy_doc,
-                cert_der: &der,
-                key_pkcs8: key.pkcs8_der(),
-                kty: policy.key.kty(),
-                exportable: exportable(policy),
-                issuer: Some((issuer.cert_name.as_str(), issuer.version.as_str())),
-            }],
-            now,
-        )?
-        .pop()
-        .context("the vault stored no version")?;
-    let new_tp = CertInfo::from_der(&der)?.thumbprint;
+    let reuse = if policy.reuse_key { Some(&newest) } else { None };
+    let (version, der, new_tp) = issue_leaf(backend, policy, issuer_ca, id, reuse, now)?;
 
     if let Some(mut ind) = individual {
         let (named, other_slot) = match slot {
@@ -396,4 +357,57 @@ fn roll_device(
         new_thumbprint: Some(new_tp),
         pruned_thumbprint: pruned,
     })
+}
+
+/// Issues a new vault version of a device's certificate, signed by the CA's current version;
+/// with `reuse`, the key of that version is kept. Returns the version id, the DER and the
+/// thumbprint.
+pub(super) fn issue_leaf(
+    backend: &mut dyn Backend,
+    policy: &Policy,
+    issuer_ca: &str,
+    id: &str,
+    reuse: Option<&VaultVersion>,
+    now: OffsetDateTime,
+) -> Result<(String, Vec<u8>, String)> {
+    let issuer = load_issuer(backend, issuer_ca)?;
+    if issuer.not_after <= now {
+        anyhow::bail!(
+            "CA `{issuer_ca}` expired at {}; roll the CA first",
+            crate::clock::rfc3339(issuer.not_after)
+        );
+    }
+    let key = match reuse {
+        Some(v) => SubjectKey::reuse(&backend.private_key(v)?)?,
+        None => SubjectKey::generate(&policy.key)?,
+    };
+    let profile = CertProfile {
+        subject: Subject::common_name(id),
+        dns_names: policy.dns_names.clone(),
+        key_usage: effective_key_usage(policy, false),
+        extended_key_usage: policy.extended_key_usage.clone(),
+        not_before: now,
+        not_after: (now + Duration::days(policy.validity_days as i64)).min(issuer.not_after),
+        ca: None,
+    };
+    let der = sign_public_key(&profile, key.public_key(), &issuer.key)?;
+    let name = device_cert_name(id);
+    let policy_doc = policy_json(policy, "CN=<device id>", Some(issuer_ca));
+    let version = backend
+        .create_versions(
+            &[NewVersion {
+                name: &name,
+                policy_json: &policy_doc,
+                cert_der: &der,
+                key_pkcs8: key.pkcs8_der(),
+                kty: policy.key.kty(),
+                exportable: exportable(policy),
+                issuer: Some((issuer.cert_name.as_str(), issuer.version.as_str())),
+            }],
+            now,
+        )?
+        .pop()
+        .context("the vault stored no version")?;
+    let thumbprint = CertInfo::from_der(&der)?.thumbprint;
+    Ok((version, der, thumbprint))
 }
