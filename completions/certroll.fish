@@ -43,6 +43,7 @@ complete -c certroll -n "__fish_certroll_needs_command" -f -a "revoke" -d 'Disal
 complete -c certroll -n "__fish_certroll_needs_command" -f -a "reprovision" -d 'Make devices register again so the hub picks up the certificates they hold'
 complete -c certroll -n "__fish_certroll_needs_command" -f -a "status" -d 'Show CAs, enrollments, slots, devices and hub identities'
 complete -c certroll -n "__fish_certroll_needs_command" -f -a "export" -d 'Write a certificate with its chain (and key, if exportable) as PEM or PFX'
+complete -c certroll -n "__fish_certroll_needs_command" -f -a "vault" -d 'The vault: list certificates, show versions, policy and key operations, enable/disable'
 complete -c certroll -n "__fish_certroll_needs_command" -f -a "check" -d 'For cron and monitoring: what is expired, what has an action due, what is next (exit 0/1/2/3)'
 complete -c certroll -n "__fish_certroll_needs_command" -f -a "completions" -d 'Print shell completions'
 complete -c certroll -n "__fish_certroll_needs_command" -f -a "man" -d 'Print the man page (roff)'
@@ -152,6 +153,53 @@ complete -c certroll -n "__fish_certroll_using_subcommand export" -l crl -d 'Wri
 complete -c certroll -n "__fish_certroll_using_subcommand export" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand export" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand export" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update help" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update help" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+json\t'One JSON document'"
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update help" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update help" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update help" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update help" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update help" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update help" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update help" -f -a "list" -d 'Every certificate with its current version'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update help" -f -a "show" -d 'A certificate: versions (oldest first) with attributes, policy, key operations'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update help" -f -a "update" -d 'Enable or disable a version (default: the current one)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+json\t'One JSON document'"
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from show" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from show" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+json\t'One JSON document'"
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from show" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from show" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from show" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from show" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from show" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -l version -d 'The version (default: the current one)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+json\t'One JSON document'"
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -l enable -d 'Enable the version'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -l disable -d 'Disable the version: it is then neither exported nor used to sign'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from help" -f -a "list" -d 'Every certificate with its current version'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from help" -f -a "show" -d 'A certificate: versions (oldest first) with attributes, policy, key operations'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from help" -f -a "update" -d 'Enable or disable a version (default: the current one)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c certroll -n "__fish_certroll_using_subcommand check" -l warn-within -d 'Warn about certificates expiring within this many days (0 = only lifetime actions warn)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand check" -l critical-within -d 'Critical for certificates expiring within this many days (0 = only expired ones)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand check" -l plan -d 'The plan file' -r -F
@@ -181,16 +229,20 @@ complete -c certroll -n "__fish_certroll_using_subcommand man" -l lock-timeout -
 complete -c certroll -n "__fish_certroll_using_subcommand man" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand man" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help" -f -a "init" -d 'Write a commented starter plan'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help" -f -a "validate" -d 'Check a plan; touches nothing'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help" -f -a "issue" -d 'Create whatever the plan declares and the state lacks'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help" -f -a "roll-secondary" -d 'Expiry roll: a new certificate into the secondary slot; the primary keeps working'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help" -f -a "roll-primary" -d 'Expiry roll: a new certificate into the primary slot; the secondary keeps working'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help" -f -a "revoke" -d 'Disallow devices, enrollments or groups; put revoked serials on their CA\'s CRL'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help" -f -a "reprovision" -d 'Make devices register again so the hub picks up the certificates they hold'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help" -f -a "status" -d 'Show CAs, enrollments, slots, devices and hub identities'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help" -f -a "export" -d 'Write a certificate with its chain (and key, if exportable) as PEM or PFX'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help" -f -a "check" -d 'For cron and monitoring: what is expired, what has an action due, what is next (exit 0/1/2/3)'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help" -f -a "completions" -d 'Print shell completions'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help" -f -a "man" -d 'Print the man page (roff)'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export check completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault check completions man help" -f -a "init" -d 'Write a commented starter plan'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault check completions man help" -f -a "validate" -d 'Check a plan; touches nothing'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault check completions man help" -f -a "issue" -d 'Create whatever the plan declares and the state lacks'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault check completions man help" -f -a "roll-secondary" -d 'Expiry roll: a new certificate into the secondary slot; the primary keeps working'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault check completions man help" -f -a "roll-primary" -d 'Expiry roll: a new certificate into the primary slot; the secondary keeps working'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault check completions man help" -f -a "revoke" -d 'Disallow devices, enrollments or groups; put revoked serials on their CA\'s CRL'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault check completions man help" -f -a "reprovision" -d 'Make devices register again so the hub picks up the certificates they hold'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault check completions man help" -f -a "status" -d 'Show CAs, enrollments, slots, devices and hub identities'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault check completions man help" -f -a "export" -d 'Write a certificate with its chain (and key, if exportable) as PEM or PFX'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault check completions man help" -f -a "vault" -d 'The vault: list certificates, show versions, policy and key operations, enable/disable'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault check completions man help" -f -a "check" -d 'For cron and monitoring: what is expired, what has an action due, what is next (exit 0/1/2/3)'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault check completions man help" -f -a "completions" -d 'Print shell completions'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault check completions man help" -f -a "man" -d 'Print the man page (roff)'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault check completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and __fish_seen_subcommand_from vault" -f -a "list" -d 'Every certificate with its current version'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and __fish_seen_subcommand_from vault" -f -a "show" -d 'A certificate: versions (oldest first) with attributes, policy, key operations'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and __fish_seen_subcommand_from vault" -f -a "update" -d 'Enable or disable a version (default: the current one)'

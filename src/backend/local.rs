@@ -73,6 +73,23 @@ impl Vault for LocalBackend {
         out.map_err(|e| self.with_path(e))
     }
 
+    fn names_page(&self, after: &str, limit: usize) -> Result<Vec<String>> {
+        read!(self, q::vault_names_page(self.store.conn(), after, limit))
+    }
+
+    fn policy(&self, name: &str) -> Result<Option<serde_json::Value>> {
+        let text = read!(self, q::vault_policy(self.store.conn(), name))?;
+        text.map(|t| {
+            serde_json::from_str(&t).map_err(|e| {
+                BackendError::Store(crate::store::StoreError::Corrupt {
+                    path: self.store.path().to_path_buf(),
+                    message: format!("policy of `{name}`: {e}"),
+                })
+            })
+        })
+        .transpose()
+    }
+
     fn set_enabled(&mut self, version: &VaultVersion, enabled: bool, now: OffsetDateTime) -> Result<()> {
         let out = self
             .store

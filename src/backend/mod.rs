@@ -51,6 +51,10 @@ pub trait Vault {
     /// The private key of a version, for signing inside certroll (CA keys) or for export. The
     /// caller enforces exportability for anything that leaves the process.
     fn private_key(&self, version: &VaultVersion) -> Result<PrivateKey>;
+    /// Certificate names in order after `after` (a page of at most `limit`).
+    fn names_page(&self, after: &str, limit: usize) -> Result<Vec<String>>;
+    /// The policy recorded for a certificate name, as Key Vault-shaped JSON.
+    fn policy(&self, name: &str) -> Result<Option<serde_json::Value>>;
     /// Enables or disables a version (a disabled version is not exported and does not sign).
     fn set_enabled(&mut self, version: &VaultVersion, enabled: bool, now: OffsetDateTime) -> Result<()>;
     /// Puts a certificate signed by the CA `issuer` (its vault name) on that CA's revocation

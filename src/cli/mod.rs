@@ -10,6 +10,7 @@ mod reprovision;
 mod revoke;
 mod roll;
 mod status;
+mod vault;
 
 use crate::clock::{Clock, FixedClock, SystemClock};
 use crate::error::{classify, exit_code};
@@ -114,6 +115,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Write a certificate with its chain (and key, if exportable) as PEM or PFX.
     Export(export::ExportArgs),
+    /// The vault: list certificates, show versions, policy and key operations, enable/disable.
+    Vault(vault::VaultArgs),
     /// For cron and monitoring: what is expired, what has an action due, what is next (exit 0/1/2/3).
     Check(check::CheckArgs),
     /// Print shell completions.
@@ -180,6 +183,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Status(args) => status::exec(g, args),
         Command::Export(args) => export::exec(g, args),
         Command::Check(args) => check::exec(g, args),
+        Command::Vault(args) => vault::exec(g, args),
         Command::Completions(args) => completions::exec(args),
         Command::Man => completions::man(),
     }

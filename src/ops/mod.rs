@@ -10,6 +10,7 @@ pub mod reprovision;
 pub mod revoke;
 pub mod roll;
 pub mod status;
+pub mod vault;
 
 use crate::backend::local::LocalBackend;
 use crate::backend::{Backend, BackendError};
@@ -191,6 +192,13 @@ pub fn load_issuer(backend: &dyn Backend, ca: &str) -> Result<LoadedIssuer> {
     let current = backend.current(&cert_name)?.ok_or_else(|| {
         BackendError::NotFound(format!("CA `{ca}` in the vault (run `certroll issue ca:{ca}`)"))
     })?;
+    if !current.enabled {
+        // Not an input error: earlier steps of the run may have been done; a rerun resumes.
+        anyhow::bail!(
+            "CA `{ca}` version {} is disabled in the vault and cannot sign (`certroll vault update ca:{ca} --enable`)",
+            current.version
+        );
+    }
     let key = backend.private_key(&current)?;
     let chain = chain_above(backend, &current)?;
     let mut full = vec![current.cert_der.clone()];

@@ -687,3 +687,13 @@ pub fn crl_get(conn: &Connection, issuer: &str) -> Result<(u64, Vec<Revocation>)
     )?;
     Ok((number as u64, entries))
 }
+
+/// Vault certificate names in order, after `after`, at most `limit`.
+pub fn vault_names_page(conn: &Connection, after: &str, limit: usize) -> Result<Vec<String>> {
+    all(
+        conn,
+        "SELECT name FROM vault_certificates WHERE name > ?1 ORDER BY name LIMIT ?2",
+        params![after, limit as i64],
+        |r| r.get(0),
+    )
+}

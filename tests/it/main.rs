@@ -18,6 +18,8 @@ mod revoke;
 mod reprovision;
 // Expiry rolls: slots, zero downtime, `--due`.
 mod roll;
+// `vault`: versions, policies, attributes.
+mod vault;
 // `check`: monitoring codes over a certificate's life.
 mod check;
 // `completions`, `man`, `init`.
