@@ -18,9 +18,11 @@ a cron job runs `certroll roll-secondary --due` and never needs to know which sl
 Examples:
   certroll roll-secondary device:gateway-01 --dry-run
   certroll roll-secondary enrollment:gateway-01
+  certroll roll-secondary group:sensors
   certroll roll-secondary --due device:sensor-0001 device:sensor-0002 -o json")]
 pub struct RollArgs {
-    /// What to roll: device:ID or enrollment:NAME.
+    /// What to roll: device:ID, enrollment:NAME, or group:NAME (its signing intermediate, then
+    /// every device of the group under the new CA).
     #[arg(value_parser = parse_target, required = true)]
     targets: Vec<Target>,
     /// Only what an auto-renew lifetime action says is due, into the slot with the older cert.
@@ -45,6 +47,33 @@ pub fn exec(g: &Global, args: RollArgs, slot: SlotName) -> anyhow::Result<u8> {
     if g.output == crate::output::Format::Json {
         p.json(&report)?;
         return Ok(0);
+    }
+    for gr in &report.groups {
+        let slot = if gr.slot == SlotName::Primary {
+            "primary"
+        } else {
+            "secondary"
+        };
+        match gr.outcome {
+            "already-rolled" => p.line(format!(
+                "{}: the {slot} slot already holds the newest CA certificate",
+                gr.target
+            ))?,
+            outcome => {
+                p.line(format!(
+                    "{}: CA {} into the {slot} slot",
+                    gr.target,
+                    if outcome == "rolled" {
+                        "rolled"
+                    } else {
+                        "would roll"
+                    }
+                ))?;
+                for (i, step) in gr.steps.iter().enumerate() {
+                    p.line(format!("  {}. {step}", i + 1))?;
+                }
+            }
+        }
     }
     for d in &report.devices {
         let slot = if d.slot == SlotName::Primary {

@@ -83,26 +83,65 @@ pub struct DeviceRoll {
 pub struct RollReport {
     /// Whether this was a dry run.
     pub dry_run: bool,
+    /// One entry per targeted group (its signing CA).
+    pub groups: Vec<GroupRoll>,
     /// One entry per targeted device.
     pub devices: Vec<DeviceRoll>,
+}
+
+/// What happened to a group's signing CA.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupRoll {
+    /// `group:NAME`.
+    pub target: String,
+    /// `rolled`, `would-roll` or `already-rolled`.
+    pub outcome: &'static str,
+    /// The slot the new CA certificate went into.
+    pub slot: SlotName,
+    /// The steps.
+    pub steps: Vec<String>,
 }
 
 /// Runs a roll.
 pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<RollReport> {
     let mut ids = Vec::new();
+    let mut groups = Vec::new();
     for t in &opts.targets {
         t.check(plan)?;
         match t {
             Target::Device(id) | Target::Enrollment(id) => ids.push(id.clone()),
+            Target::Group(name) => {
+                let g = &plan.groups[name];
+                let ca = plan
+                    .cas
+                    .iter()
+                    .find(|c| c.name == g.signing_ca)
+                    .expect("validated plan");
+                if ca.issuer.is_none() {
+                    return Err(input(format!(
+                        "group:{name} is signed by root CA `{}` directly; a root is rolled as ca:{}",
+                        ca.name, ca.name
+                    )));
+                }
+                if opts.due {
+                    return Err(input(
+                        "--due rolls devices; name device:ID or enrollment:NAME targets",
+                    ));
+                }
+                groups.push(name.clone());
+                ids.extend(g.device_ids());
+            }
             other => {
                 return Err(input(format!(
-                    "{other}: expiry rolls take device:ID or enrollment:NAME targets in this version"
+                    "{other}: expiry rolls take device:ID, enrollment:NAME or group:NAME targets in this version"
                 )));
             }
         }
     }
     if ids.is_empty() {
-        return Err(input("name what to roll: device:ID or enrollment:NAME"));
+        return Err(input(
+            "name what to roll: device:ID, enrollment:NAME or group:NAME",
+        ));
     }
     let access = if opts.dry_run {
         Access::Preview
@@ -112,8 +151,22 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     let mut backend = open_backend(plan, access, &opts.backend)?;
     let mut report = RollReport {
         dry_run: opts.dry_run,
+        groups: Vec::new(),
         devices: Vec::new(),
     };
+    for name in &groups {
+        backend.begin()?;
+        match roll_group_ca(plan, &plan.groups[name], opts, &mut backend, now) {
+            Ok(r) => {
+                backend.commit()?;
+                report.groups.push(r);
+            }
+            Err(e) => {
+                backend.rollback();
+                return Err(e.context(format!("rolling the CA of group:{name}")));
+            }
+        }
+    }
     for id in ids {
         let owner = device_owner(plan, &id).expect("checked above");
         backend.begin()?;
@@ -410,4 +463,135 @@ pub(super) fn issue_leaf(
         .context("the vault stored no version")?;
     let thumbprint = CertInfo::from_der(&der)?.thumbprint;
     Ok((version, der, thumbprint))
+}
+
+/// Renews a group's signing intermediate into the named slot of the group: a new CA version
+/// (new key) signed by its issuer's current version. The other slot keeps the old CA, so devices
+/// that still hold leaves under it keep registering; an expired CA there leaves.
+fn roll_group_ca(
+    plan: &Plan,
+    group: &crate::plan::GroupSpec,
+    opts: &RollOptions,
+    backend: &mut dyn Backend,
+    now: OffsetDateTime,
+) -> Result<GroupRoll> {
+    let target = format!("group:{}", group.name);
+    let ca = plan
+        .cas
+        .iter()
+        .find(|c| c.name == group.signing_ca)
+        .expect("validated plan");
+    let ca_name = super::ca_cert_name(&ca.name);
+    let mut state = backend.group(&group.name)?.ok_or_else(|| {
+        input(format!(
+            "{target} has not been issued yet (run `certroll issue {target}`)"
+        ))
+    })?;
+    let current = backend
+        .current(&ca_name)?
+        .context("the group's CA is missing from the vault")?;
+    let slot = opts.slot;
+    let (named, other) = match slot {
+        SlotName::Primary => (&state.primary, &state.secondary),
+        SlotName::Secondary => (&state.secondary, &state.primary),
+    };
+    let other_expired = other
+        .as_ref()
+        .is_some_and(|o| CertInfo::from_der(&o.cert_der).is_ok_and(|i| i.not_after < now));
+    let word = if slot == SlotName::Primary {
+        "primary"
+    } else {
+        "secondary"
+    };
+    // Resume: the newest CA version is already in the named slot (the devices may still need
+    // their leaves, which the device rolls that follow take care of).
+    let newest_in_slot = named.as_ref().is_some_and(|n| n.cert_der == current.cert_der)
+        && other.as_ref().is_some_and(|o| o.cert_der != current.cert_der);
+    if newest_in_slot && !other_expired {
+        return Ok(GroupRoll {
+            target,
+            outcome: "already-rolled",
+            slot,
+            steps: vec![],
+        });
+    }
+    let mut steps = Vec::new();
+    if !newest_in_slot {
+        steps.push(format!(
+            "renew CA `{}` (new key) signed by `{}`",
+            ca.name,
+            ca.issuer.as_deref().unwrap_or("")
+        ));
+        steps.push(format!("put it into the {word} slot of group `{}`", group.name));
+    }
+    if other_expired {
+        steps.push(format!(
+            "remove the expired CA certificate from the other slot of group `{}`",
+            group.name
+        ));
+    }
+    if opts.dry_run {
+        return Ok(GroupRoll {
+            target,
+            outcome: "would-roll",
+            slot,
+            steps,
+        });
+    }
+    let cert_der = if newest_in_slot {
+        current.cert_der.clone()
+    } else {
+        let policy = &plan.policies[&ca.policy];
+        let issuer = load_issuer(backend, ca.issuer.as_deref().expect("an intermediate"))?;
+        let key = crate::pki::PrivateKey::generate(&policy.key)?;
+        let profile = CertProfile {
+            subject: ca.subject.clone(),
+            dns_names: policy.dns_names.clone(),
+            key_usage: effective_key_usage(policy, true),
+            extended_key_usage: policy.extended_key_usage.clone(),
+            not_before: now,
+            not_after: (now + Duration::days(policy.validity_days as i64)).min(issuer.not_after),
+            ca: Some(ca.path_len),
+        };
+        let der = crate::pki::sign_leaf(&profile, &key, &issuer.key)?;
+        let policy_doc = policy_json(policy, &ca.subject.to_string(), ca.issuer.as_deref());
+        backend.create_versions(
+            &[NewVersion {
+                name: &ca_name,
+                policy_json: &policy_doc,
+                cert_der: &der,
+                key_pkcs8: key.pkcs8_der(),
+                kty: policy.key.kty(),
+                exportable: exportable(policy),
+                issuer: Some((issuer.cert_name.as_str(), issuer.version.as_str())),
+            }],
+            now,
+        )?;
+        der
+    };
+    let new_slot = Some(Slot {
+        cert_der,
+        ca_reference: None,
+    });
+    match slot {
+        SlotName::Primary => {
+            state.primary = new_slot;
+            if other_expired {
+                state.secondary = None;
+            }
+        }
+        SlotName::Secondary => {
+            state.secondary = new_slot;
+            if other_expired {
+                state.primary = None;
+            }
+        }
+    }
+    backend.put_group(&state, now)?;
+    Ok(GroupRoll {
+        target,
+        outcome: "rolled",
+        slot,
+        steps,
+    })
 }

@@ -324,7 +324,103 @@ fn rolls_refuse_what_they_cannot_do() {
     env.run(&["--plan", "plan.toml", "roll-secondary", "device:gateway-01"])
         .code(2);
     env.run(&["--plan", "plan.toml", "issue"]).ok();
-    env.run(&["--plan", "plan.toml", "roll-secondary", "group:sensors"])
+    env.run(&["--plan", "plan.toml", "roll-secondary", "ca:root"])
         .code(2);
     env.run(&["--plan", "plan.toml", "roll-secondary"]).code(2);
+    env.run(&["--plan", "plan.toml", "roll-secondary", "--due", "group:sensors"])
+        .code(2);
+}
+
+#[test]
+fn a_group_roll_renews_the_intermediate_and_every_leaf_with_zero_downtime() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.run(&["--plan", "plan.toml", "issue"]).ok();
+    let t = at(200);
+    let old = pem_der(&env, &t, "sensor-09");
+    let r = env
+        .run(&[
+            "--plan",
+            "plan.toml",
+            "--now",
+            &t,
+            "roll-secondary",
+            "group:sensors",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(r["groups"][0]["outcome"], "rolled");
+    assert_eq!(r["devices"].as_array().unwrap().len(), 50);
+    let new = pem_der(&env, &t, "sensor-09");
+    assert_ne!(old, new);
+    // The old leaf chains to the old CA (primary slot), the new one to the new CA (secondary).
+    assert!(works(&env, "sensor-09", &old, &t) && works(&env, "sensor-09", &new, &t));
+    let s = env
+        .run(&["--plan", "plan.toml", "status", "-o", "json", "group:sensors"])
+        .ok()
+        .json();
+    let g = &s["groups"][0];
+    assert_ne!(g["primary"]["thumbprint"], g["secondary"]["thumbprint"]);
+    assert_eq!(s["devices"][8]["installed"]["issuer"], g["secondary"]["subject"]);
+
+    // openssl agrees: the new leaf and its new intermediate chain to the unchanged root.
+    env.run(&[
+        "--plan",
+        "plan.toml",
+        "--now",
+        &t,
+        "export",
+        "ca:root",
+        "--out",
+        "root.pem",
+    ])
+    .ok();
+    env.run(&[
+        "--plan",
+        "plan.toml",
+        "--now",
+        &t,
+        "export",
+        "device:sensor-09",
+        "--out",
+        "s9.pem",
+    ])
+    .ok();
+    let when = (certroll::clock::parse_rfc3339(&t).unwrap().unix_timestamp() + 86_400).to_string();
+    let v = env.openssl(&[
+        "verify",
+        "-attime",
+        &when,
+        "-CAfile",
+        "root.pem",
+        "-untrusted",
+        "s9.pem",
+        "s9.pem",
+    ]);
+    assert_eq!(v.code, 0, "{} {}", v.stdout, v.stderr);
+
+    // A rerun does nothing; a group signed by a root directly is rolled as a CA, not here.
+    let again = env
+        .run(&[
+            "--plan",
+            "plan.toml",
+            "--now",
+            &t,
+            "roll-secondary",
+            "group:sensors",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(again["groups"][0]["outcome"], "already-rolled");
+    assert!(
+        again["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["outcome"] == "already-rolled")
+    );
 }
