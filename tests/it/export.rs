@@ -94,7 +94,7 @@ fn pem_with_key_is_private_and_matches_the_certificate() {
     .ok();
     assert_eq!(mode(&env.path("m.pem")), 0o600);
     let text = std::fs::read_to_string(env.path("m.pem")).unwrap();
-    assert_eq!(text.matches("BEGIN PRIVATE KEY").count(), 1);
+    assert_eq!(text.matches("END PRIVATE KEY-----").count(), 1);
     let from_key = env.openssl(&["pkey", "-in", "m.pem", "-pubout"]).ok().stdout;
     let from_cert = env
         .openssl(&["x509", "-in", "m.pem", "-noout", "-pubkey"])
