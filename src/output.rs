@@ -6,6 +6,9 @@ use crate::pki::CertInfo;
 use serde::Serialize;
 use std::io::Write;
 
+/// Devices a human `status` lists before summarising the rest.
+const HUMAN_DEVICE_ROWS: usize = 200;
+
 /// `-o human|json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Format {
@@ -170,7 +173,14 @@ impl<W: Write> Printer<W> {
                     "  {:<24} {:<12} {:<10} {:<20} {:<41} NOT AFTER",
                     "ID", "OWNER", "REG", "HUB", "THUMBPRINT"
                 )?;
+                let mut shown = 0usize;
+                let mut more = 0u64;
                 devices(&mut |d| {
+                    if shown == HUMAN_DEVICE_ROWS {
+                        more += 1;
+                        return Ok(());
+                    }
+                    shown += 1;
                     let owner = d.group.as_deref().or(d.enrollment.as_deref()).unwrap_or("-");
                     let reg = d.registration.as_ref().map(|r| r.status.as_str()).unwrap_or("-");
                     let hub = d
@@ -189,6 +199,12 @@ impl<W: Write> Printer<W> {
                     )?;
                     Ok(())
                 })?;
+                if more > 0 {
+                    writeln!(
+                        out,
+                        "  ... and {more} more device(s): -o json lists all, device:ID shows one"
+                    )?;
+                }
             }
         }
         Ok(())
