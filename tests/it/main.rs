@@ -24,3 +24,7 @@ mod vault;
 mod check;
 // `completions`, `man`, `init`.
 mod docs;
+// Beyond the happy path: status fields against openssl, profiles, broken plans per verb.
+mod contract;
+// Private keys: not printed, not in clear in the store, the store key never silently replaced.
+mod secrets;

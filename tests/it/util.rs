@@ -92,8 +92,15 @@ impl TestEnv {
         self.path(".certroll")
     }
 
+    /// openssl in the temp dir. `verify` checks at the pinned clock ([`NOW`] + 1 hour), unless
+    /// the test gives its own `-attime`: certificates are issued at NOW, and the real date moves on.
     pub fn openssl(&self, args: &[&str]) -> Run {
-        openssl_in(self.dir.path(), args)
+        let at = (certroll::clock::parse_rfc3339(NOW).unwrap().unix_timestamp() + 3600).to_string();
+        let mut full: Vec<&str> = args.to_vec();
+        if args.first() == Some(&"verify") && !args.contains(&"-attime") {
+            full.splice(1..1, ["-attime", at.as_str()]);
+        }
+        openssl_in(self.dir.path(), &full)
     }
 }
 
