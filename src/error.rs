@@ -41,6 +41,7 @@ pub fn classify(err: &anyhow::Error) -> Failure {
             StoreError::Missing(_)
             | StoreError::NoKey { .. }
             | StoreError::TooNew { .. }
+            | StoreError::WrongKey(_)
             | StoreError::Seal(SealError::BadKeyFile(_) | SealError::BadKeyEnv),
         ) = cause.downcast_ref::<StoreError>()
         {

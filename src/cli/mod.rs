@@ -131,8 +131,14 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            // clap's usage errors are input errors; --help and --version are not errors.
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            // clap's usage errors are input errors; --help and --version are not errors. For
+            // `check`, monitoring reads anything it cannot tell as UNKNOWN (3), not CRITICAL (2).
+            let code = match (e.use_stderr(), std::env::args().any(|a| a == "check")) {
+                (false, _) => 0,
+                (true, true) => 3,
+                (true, false) => 2,
+            };
+            return ExitCode::from(code);
         }
     };
     init_tracing(cli.global.verbose);

@@ -684,10 +684,8 @@ fn assess(backend: &dyn Backend, unit: &Unit<'_>, chunk: &[String]) -> Result<Ve
     let certs = backend.current_many(&names)?;
     let devices = backend.device_many(chunk)?;
     let registrations = backend.registration_many(chunk)?;
-    let individuals = match unit {
-        Unit::Enrollment(_) => backend.individual_many(chunk)?,
-        Unit::Group(_) => vec![None; chunk.len()],
-    };
+    // Also for group devices: a disabled individual enrollment is how one of them is revoked.
+    let individuals = backend.individual_many(chunk)?;
     // Where a device is assigned, its hub identity must exist too.
     let assigned: Vec<(String, String)> = chunk
         .iter()
@@ -716,6 +714,17 @@ fn assess(backend: &dyn Backend, unit: &Unit<'_>, chunk: &[String]) -> Result<Ve
             _ => true,
         };
         let enroll = matches!(unit, Unit::Enrollment(_)) && individual.is_none();
+        // A revoked device is left alone: registering it would only be refused again.
+        if individual.as_ref().is_some_and(|e| e.status == Status::Disabled) {
+            needs.push(Need {
+                id: id.clone(),
+                cert,
+                install: false,
+                enroll: false,
+                register: false,
+            });
+            continue;
+        }
         let registered = registration.is_some_and(|r| {
             r.status == "assigned" && r.hub.is_some_and(|hub| identities.contains(&(hub, id.clone())))
         });

@@ -284,8 +284,12 @@ fn roll_device(
 
     let newest_tp = thumbprint(&newest.cert_der);
     let in_slot = slot_thumbprint(slot);
-    let already =
-        !opts.due && in_slot.as_deref() == Some(newest_tp.as_str()) && installed.version == newest.version;
+    // Rolled already: the named slot holds the newest version, which is installed and came from
+    // a roll (a lone first version is what `issue` made; rolling it is what was asked).
+    let already = !opts.due
+        && versions.len() > 1
+        && in_slot.as_deref() == Some(newest_tp.as_str())
+        && installed.version == newest.version;
 
     // An expired certificate in the other slot leaves with this roll (or with a rerun).
     let other = slot.other();
@@ -505,8 +509,10 @@ fn roll_group_ca(
     };
     // Resume: the newest CA version is already in the named slot (the devices may still need
     // their leaves, which the device rolls that follow take care of).
-    let newest_in_slot = named.as_ref().is_some_and(|n| n.cert_der == current.cert_der)
-        && other.as_ref().is_some_and(|o| o.cert_der != current.cert_der);
+    // Rolled already: the named slot holds the newest CA version, and that version came from a
+    // roll (the first version is what `issue` made, which a roll must replace).
+    let rolled_versions = backend.versions(&ca_name)?.len() > 1;
+    let newest_in_slot = rolled_versions && named.as_ref().is_some_and(|n| n.cert_der == current.cert_der);
     if newest_in_slot && !other_expired {
         return Ok(GroupRoll {
             target,

@@ -67,6 +67,9 @@ pub enum StoreError {
         /// What failed.
         source: std::io::Error,
     },
+    /// The store key opens nothing in this store.
+    #[error("the store key does not belong to {0} (wrong --key-file or CERTROLL_STORE_KEY?)")]
+    WrongKey(PathBuf),
     /// A stored record is inconsistent.
     #[error("store {path}: {message}")]
     Corrupt {
@@ -179,6 +182,7 @@ impl Store {
             _lock: lock,
         };
         store.migrate()?;
+        store.check_key(opts.write)?;
         Ok(store)
     }
 
@@ -211,6 +215,43 @@ impl Store {
             tx.commit().map_err(sql)?;
         }
         Ok(())
+    }
+
+    /// Proves the store key is this store's: opens the check value, or seals one into a store
+    /// that has none yet (only a writer does).
+    fn check_key(&mut self, write: bool) -> Result<(), StoreError> {
+        const IDENTITY: &str = "certroll/store-check";
+        let sealed: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT value FROM store_meta WHERE key = 'key_check'", [], |r| {
+                r.get(0)
+            })
+            .map(Some)
+            .or_else(|e| {
+                if e == rusqlite::Error::QueryReturnedNoRows {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| self.err(e))?;
+        match sealed {
+            Some(sealed) => match self.key.open(IDENTITY, &sealed) {
+                Ok(_) => Ok(()),
+                Err(_) => Err(StoreError::WrongKey(self.path.clone())),
+            },
+            None if write => {
+                let sealed = self.key.seal(IDENTITY, b"certroll store")?;
+                self.conn
+                    .execute(
+                        "INSERT INTO store_meta (key, value) VALUES ('key_check', ?1)",
+                        [sealed],
+                    )
+                    .map_err(|e| self.err(e))?;
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     /// The store file.
@@ -339,6 +380,7 @@ impl Store {
             _lock: None,
         };
         store.migrate()?;
+        store.check_key(true)?;
         Ok(store)
     }
 }

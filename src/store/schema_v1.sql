@@ -121,3 +121,10 @@ CREATE TABLE crl_numbers (
     issuer_name TEXT PRIMARY KEY,
     number      INTEGER NOT NULL
 );
+
+-- A value sealed under the store key when the store was made: opening with any other key fails
+-- at once instead of sealing new keys under the wrong one.
+CREATE TABLE store_meta (
+    key         TEXT PRIMARY KEY,
+    value       BLOB NOT NULL
+);

@@ -71,6 +71,12 @@ fn check_reports_unknown_when_it_cannot_read() {
     env.quickstart();
     env.run(&["--plan", "plan.toml", "issue"]).ok();
     assert_eq!(env.run(&["--plan", "missing.toml", "check"]).code, 3);
+    assert_eq!(
+        env.run(&["--plan", "plan.toml", "check", "--warn-within", "soon"])
+            .code,
+        3,
+        "a usage error is UNKNOWN"
+    );
     std::fs::remove_file(env.store_dir().join("state.db.key")).unwrap();
     let run = env.run(&["--plan", "plan.toml", "check"]);
     assert_eq!(run.code, 3);

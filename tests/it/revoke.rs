@@ -245,3 +245,39 @@ fn revoking_an_individual_enrollment_disables_it() {
     ])
     .code(2);
 }
+
+#[test]
+fn issue_leaves_revoked_devices_alone() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.run(&["--plan", "plan.toml", "issue"]).ok();
+    env.run(&[
+        "--plan",
+        "plan.toml",
+        "revoke",
+        "device:sensor-04",
+        "--reason",
+        "key-compromise",
+        "--hub-identity",
+        "delete",
+        "--yes",
+    ])
+    .ok();
+    env.run(&[
+        "--plan",
+        "plan.toml",
+        "revoke",
+        "enrollment:gateway-01",
+        "--reason",
+        "superseded",
+        "--hub-identity",
+        "delete",
+        "--yes",
+    ])
+    .ok();
+    let again = env
+        .run(&["--plan", "plan.toml", "issue", "-o", "json"])
+        .ok()
+        .json();
+    assert!(again["steps"].as_array().unwrap().is_empty(), "{again}");
+}

@@ -424,3 +424,68 @@ fn a_group_roll_renews_the_intermediate_and_every_leaf_with_zero_downtime() {
             .all(|d| d["outcome"] == "already-rolled")
     );
 }
+
+#[test]
+fn rolling_the_primary_right_after_issue_rolls_and_a_rerun_does_not() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.run(&["--plan", "plan.toml", "issue"]).ok();
+    let t = at(100);
+    for target in ["group:sensors", "device:gateway-01"] {
+        let first = env
+            .run(&[
+                "--plan",
+                "plan.toml",
+                "--now",
+                &t,
+                "roll-primary",
+                target,
+                "-o",
+                "json",
+            ])
+            .ok()
+            .json();
+        let again = env
+            .run(&[
+                "--plan",
+                "plan.toml",
+                "--now",
+                &t,
+                "roll-primary",
+                target,
+                "-o",
+                "json",
+            ])
+            .ok()
+            .json();
+        if target.starts_with("group") {
+            assert_eq!(first["groups"][0]["outcome"], "rolled");
+            assert_eq!(again["groups"][0]["outcome"], "already-rolled", "{again}");
+        } else {
+            assert_eq!(first["devices"][0]["outcome"], "rolled");
+        }
+        assert!(
+            again["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d["outcome"] == "already-rolled"),
+            "{again}"
+        );
+    }
+    // Every device still registers: its leaf chains to a CA that is in a group slot.
+    let r = env
+        .run(&["--plan", "plan.toml", "--now", &t, "reprovision", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(r["assigned"], 51, "{r}");
+    let v = env
+        .run(&["--plan", "plan.toml", "vault", "show", "ca:factory", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(
+        v["versions"].as_array().unwrap().len(),
+        2,
+        "the rerun renewed nothing"
+    );
+}

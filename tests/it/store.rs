@@ -84,22 +84,25 @@ fn the_store_needs_its_key_and_accepts_one_from_the_environment() {
         !fresh.store_dir().join("state.db.key").exists(),
         "the env key is used, no key file made"
     );
-    let with_wrong = fresh
-        .cmd()
-        .args(["--plan", "plan.toml", "export", "ca:root", "--out", "r.pem"])
-        .env("CERTROLL_STORE_KEY", "B".repeat(64))
-        .output()
-        .unwrap();
-    // Exporting a certificate needs no key; issuing a device needs the CA key, which must not open.
-    assert!(with_wrong.status.success());
-    let sign = fresh
-        .cmd()
-        .args(["--plan", "plan.toml", "issue"])
-        .env("CERTROLL_STORE_KEY", "B".repeat(64))
-        .output()
-        .unwrap();
-    assert_eq!(sign.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&sign.stderr).contains("does not open"));
+    // Any other key is refused at once, before anything is read or sealed under it.
+    for args in [
+        &["--plan", "plan.toml", "export", "ca:root", "--out", "r.pem"][..],
+        &["--plan", "plan.toml", "issue"],
+    ] {
+        let out = fresh
+            .cmd()
+            .args(args)
+            .env("CERTROLL_STORE_KEY", "B".repeat(64))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("does not belong"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(!fresh.path("r.pem").exists());
 }
 
 #[test]
