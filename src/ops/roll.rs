@@ -14,8 +14,8 @@ use super::{
     Access, BackendSettings, DeviceOwner, Target, device_cert_name, device_owner, effective_key_usage,
     exportable, load_issuer, open_backend, policy_json,
 };
-use crate::backend::Backend;
 use crate::backend::types::*;
+use crate::backend::{Backend, Fleet as _};
 use crate::error::input;
 use crate::pki::cert::{CertProfile, sign_public_key};
 use crate::pki::spec::Subject;
@@ -154,6 +154,14 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         groups: Vec::new(),
         devices: Vec::new(),
     };
+    // Refuse before the first write, so exit 2 still means nothing changed.
+    for id in &ids {
+        if backend.device(id)?.and_then(|d| d.installed_version).is_none() {
+            return Err(input(format!(
+                "device:{id} has not been issued yet (run `certroll issue device:{id}`)"
+            )));
+        }
+    }
     for name in &groups {
         backend.begin()?;
         match roll_group_ca(plan, &plan.groups[name], opts, &mut backend, now) {
