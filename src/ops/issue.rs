@@ -12,7 +12,7 @@ use super::{
 };
 use crate::backend::Backend;
 use crate::backend::types::*;
-use crate::pki::cert::{CertProfile, sign_leaf, sign_public_key, sign_self};
+use crate::pki::cert::{CertProfile, sign_public_key};
 use crate::pki::spec::Subject;
 use crate::pki::{PrivateKey, SubjectKey};
 use crate::plan::{CaSpec, EnrollmentSpec, GroupSpec, Plan, Policy};
@@ -318,49 +318,7 @@ fn issue_ca(
             }
             return Ok(());
         }
-        let key = PrivateKey::generate(&policy.key)?;
-        let issuer = match &ca.issuer {
-            Some(i) => Some(load_issuer(backend, i)?),
-            None => None,
-        };
-        if let Some(iss) = &issuer
-            && iss.not_after <= now
-        {
-            bail!(
-                "issuing CA `{}` expired at {}",
-                ca.issuer.as_deref().unwrap_or(""),
-                crate::clock::rfc3339(iss.not_after)
-            );
-        }
-        let (not_before, not_after) = validity(policy, now, issuer.as_ref().map(|i| i.not_after));
-        let profile = CertProfile {
-            subject: ca.subject.clone(),
-            dns_names: policy.dns_names.clone(),
-            key_usage: effective_key_usage(policy, true),
-            extended_key_usage: policy.extended_key_usage.clone(),
-            not_before,
-            not_after,
-            ca: Some(ca.path_len),
-        };
-        let der = match &issuer {
-            Some(iss) => sign_leaf(&profile, &key, &iss.key)?,
-            None => sign_self(&profile, &key)?,
-        };
-        let policy_doc = policy_json(policy, &ca.subject.to_string(), ca.issuer.as_deref());
-        backend.create_versions(
-            &[NewVersion {
-                name: &cert_name,
-                policy_json: &policy_doc,
-                cert_der: &der,
-                key_pkcs8: key.pkcs8_der(),
-                kty: policy.key.kty(),
-                exportable: exportable(policy),
-                issuer: issuer
-                    .as_ref()
-                    .map(|i| (i.cert_name.as_str(), i.version.as_str())),
-            }],
-            now,
-        )?;
+        super::new_ca_version(plan, ca, backend, now)?;
         current = backend.current(&cert_name)?;
     }
     let current = current.context("the vault lost the CA version it just stored")?;

@@ -315,3 +315,63 @@ pub fn policy_json(policy: &Policy, subject: &str, issuer: Option<&str>) -> Stri
     })
     .to_string()
 }
+
+/// Makes a new version of a plan CA in the vault (a new key; self-signed for a root, else signed
+/// by its issuer's current version, clamped to the issuer's notAfter). Returns the DER.
+pub fn new_ca_version(
+    plan: &Plan,
+    ca: &crate::plan::CaSpec,
+    backend: &mut dyn Backend,
+    now: time::OffsetDateTime,
+) -> Result<Vec<u8>> {
+    use crate::backend::types::NewVersion;
+    use crate::pki::cert::{CertProfile, sign_leaf, sign_self};
+    let policy = &plan.policies[&ca.policy];
+    let issuer = match &ca.issuer {
+        Some(i) => Some(load_issuer(backend, i)?),
+        None => None,
+    };
+    if let Some(iss) = &issuer
+        && iss.not_after <= now
+    {
+        anyhow::bail!(
+            "issuing CA `{}` expired at {}",
+            ca.issuer.as_deref().unwrap_or(""),
+            crate::clock::rfc3339(iss.not_after)
+        );
+    }
+    let key = crate::pki::PrivateKey::generate(&policy.key)?;
+    let mut not_after = now + time::Duration::days(policy.validity_days as i64);
+    if let Some(iss) = &issuer {
+        not_after = not_after.min(iss.not_after);
+    }
+    let profile = CertProfile {
+        subject: ca.subject.clone(),
+        dns_names: policy.dns_names.clone(),
+        key_usage: effective_key_usage(policy, true),
+        extended_key_usage: policy.extended_key_usage.clone(),
+        not_before: now,
+        not_after,
+        ca: Some(ca.path_len),
+    };
+    let der = match &issuer {
+        Some(iss) => sign_leaf(&profile, &key, &iss.key)?,
+        None => sign_self(&profile, &key)?,
+    };
+    let policy_doc = policy_json(policy, &ca.subject.to_string(), ca.issuer.as_deref());
+    backend.create_versions(
+        &[NewVersion {
+            name: &ca_cert_name(&ca.name),
+            policy_json: &policy_doc,
+            cert_der: &der,
+            key_pkcs8: key.pkcs8_der(),
+            kty: policy.key.kty(),
+            exportable: exportable(policy),
+            issuer: issuer
+                .as_ref()
+                .map(|i| (i.cert_name.as_str(), i.version.as_str())),
+        }],
+        now,
+    )?;
+    Ok(der)
+}

@@ -555,33 +555,7 @@ fn roll_group_ca(
     let cert_der = if newest_in_slot {
         current.cert_der.clone()
     } else {
-        let policy = &plan.policies[&ca.policy];
-        let issuer = load_issuer(backend, ca.issuer.as_deref().expect("an intermediate"))?;
-        let key = crate::pki::PrivateKey::generate(&policy.key)?;
-        let profile = CertProfile {
-            subject: ca.subject.clone(),
-            dns_names: policy.dns_names.clone(),
-            key_usage: effective_key_usage(policy, true),
-            extended_key_usage: policy.extended_key_usage.clone(),
-            not_before: now,
-            not_after: (now + Duration::days(policy.validity_days as i64)).min(issuer.not_after),
-            ca: Some(ca.path_len),
-        };
-        let der = crate::pki::sign_leaf(&profile, &key, &issuer.key)?;
-        let policy_doc = policy_json(policy, &ca.subject.to_string(), ca.issuer.as_deref());
-        backend.create_versions(
-            &[NewVersion {
-                name: &ca_name,
-                policy_json: &policy_doc,
-                cert_der: &der,
-                key_pkcs8: key.pkcs8_der(),
-                kty: policy.key.kty(),
-                exportable: exportable(policy),
-                issuer: Some((issuer.cert_name.as_str(), issuer.version.as_str())),
-            }],
-            now,
-        )?;
-        der
+        super::new_ca_version(plan, ca, backend, now)?
     };
     let new_slot = Some(Slot {
         cert_der,
