@@ -171,6 +171,25 @@ pub trait Fleet {
     fn install(&mut self, batch: &[DeviceRecord]) -> Result<()>;
 }
 
+/// Runs `f` as one unit of work on `backend`: committed if it succeeds, abandoned if it fails,
+/// so a crash or an error leaves the unit wholly done or wholly not.
+pub fn in_one_unit<T, E: From<BackendError>>(
+    backend: &mut dyn Backend,
+    f: impl FnOnce(&mut dyn Backend) -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
+    backend.begin()?;
+    match f(backend) {
+        Ok(out) => {
+            backend.commit()?;
+            Ok(out)
+        }
+        Err(e) => {
+            backend.rollback();
+            Err(e)
+        }
+    }
+}
+
 /// Everything a verb works against.
 pub trait Backend: Vault + EnrollmentService + HubRegistry + Fleet + Send {
     /// A short name for messages (`local /path/state.db`).

@@ -3,7 +3,7 @@
 //! (warning), and when the next action falls due.
 
 use super::lifetime::{self, Scheduled};
-use super::{Access, BackendSettings, Target, ca_cert_name, device_cert_name, open_backend};
+use super::{Access, BackendSettings, Target, ca_cert_name, open_backend};
 use crate::backend::types::VaultVersion;
 use crate::backend::{Backend, Vault as _};
 use crate::plan::{ActionKind, Plan, Policy, Trigger};
@@ -275,16 +275,7 @@ fn check_devices(
     let mut ids = ids.peekable();
     while ids.peek().is_some() {
         let page: Vec<String> = ids.by_ref().take(PAGE).collect();
-        let names: Vec<String> = page.iter().map(|id| device_cert_name(id)).collect();
-        let currents = backend.current_many(&names)?;
-        let devices = backend.device_many(&page)?;
-        for ((id, current), device) in page.iter().zip(currents).zip(devices) {
-            // What counts is the certificate the device holds, not the newest in the vault.
-            let installed = match (device.and_then(|d| d.installed_version), current) {
-                (Some(v), Some(cur)) if cur.version == v => Some(cur),
-                (Some(v), _) => backend.version(&device_cert_name(id), &v)?,
-                (None, _) => None,
-            };
+        for (id, installed) in page.iter().zip(super::installed_many(backend, &page)?) {
             c.look(format!("device:{id}"), policy, installed.as_ref());
         }
     }

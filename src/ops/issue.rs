@@ -736,17 +736,9 @@ fn store_in_one_unit(
     backend: &mut dyn Backend,
     now: OffsetDateTime,
 ) -> Result<Vec<Rejection>> {
-    backend.begin()?;
-    match store_chunk(unit, policy, issuer, needs, fresh, backend, now) {
-        Ok(rejected) => {
-            backend.commit()?;
-            Ok(rejected)
-        }
-        Err(e) => {
-            backend.rollback();
-            Err(e)
-        }
-    }
+    crate::backend::in_one_unit(backend, |b| {
+        store_chunk(unit, policy, issuer, needs, fresh, b, now)
+    })
 }
 
 /// Writes a chunk: vault versions, installs, enrollments, then the registrations.

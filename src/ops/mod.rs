@@ -375,3 +375,23 @@ pub fn new_ca_version(
     )?;
     Ok(der)
 }
+
+/// The vault versions installed on several devices, in the order asked (None where a device
+/// holds nothing). What counts is what the device holds, not the newest version in the vault.
+pub fn installed_many(
+    backend: &dyn Backend,
+    ids: &[String],
+) -> Result<Vec<Option<crate::backend::types::VaultVersion>>> {
+    let names: Vec<String> = ids.iter().map(|id| device_cert_name(id)).collect();
+    let currents = backend.current_many(&names)?;
+    let devices = backend.device_many(ids)?;
+    let mut out = Vec::with_capacity(ids.len());
+    for ((name, current), device) in names.iter().zip(currents).zip(devices) {
+        out.push(match (device.and_then(|d| d.installed_version), current) {
+            (Some(v), Some(cur)) if cur.version == v => Some(cur),
+            (Some(v), _) => backend.version(name, &v)?,
+            (None, _) => None,
+        });
+    }
+    Ok(out)
+}

@@ -4,9 +4,8 @@
 //! policy to the hub identity (migrate and reset swap the hub's thumbprints to the presented
 //! certificate; never records the registration and leaves the hub alone).
 
-use super::{Access, BackendSettings, Target, chain_above, device_cert_name, open_backend};
+use super::{Access, BackendSettings, Target, chain_above, open_backend};
 use crate::backend::types::{RegistrationRequest, RegistrationState};
-use crate::backend::{Backend, EnrollmentService as _, Fleet as _, Vault as _};
 use crate::error::input;
 use crate::plan::Plan;
 use anyhow::Result;
@@ -115,17 +114,9 @@ pub fn reprovision(plan: &Plan, opts: &ReprovisionOptions, now: OffsetDateTime) 
     // Issuer chains are shared by many devices: look each up once.
     let mut chains: HashMap<(String, String), Vec<Vec<u8>>> = HashMap::new();
     for chunk in ids.chunks(CHUNK) {
-        let names: Vec<String> = chunk.iter().map(|id| device_cert_name(id)).collect();
-        let devices = backend.device_many(chunk)?;
-        let currents = backend.current_many(&names)?;
         let mut requests = Vec::new();
         let mut skipped: HashMap<String, String> = HashMap::new();
-        for ((id, device), current) in chunk.iter().zip(devices).zip(currents) {
-            let installed = match (device.and_then(|d| d.installed_version), current) {
-                (Some(v), Some(cur)) if cur.version == v => Some(cur),
-                (Some(v), _) => backend.version(&device_cert_name(id), &v)?,
-                _ => None,
-            };
+        for (id, installed) in chunk.iter().zip(super::installed_many(&backend, chunk)?) {
             let Some(installed) = installed else {
                 skipped.insert(
                     id.clone(),
@@ -155,20 +146,10 @@ pub fn reprovision(plan: &Plan, opts: &ReprovisionOptions, now: OffsetDateTime) 
         let states: HashMap<String, RegistrationState> = if opts.dry_run || requests.is_empty() {
             HashMap::new()
         } else {
-            backend.begin()?;
-            match backend.register(&requests, now) {
-                Ok(states) => {
-                    backend.commit()?;
-                    states
-                        .into_iter()
-                        .map(|s| (s.registration_id.clone(), s))
-                        .collect()
-                }
-                Err(e) => {
-                    backend.rollback();
-                    return Err(e.into());
-                }
-            }
+            crate::backend::in_one_unit(&mut backend, |b| b.register(&requests, now))?
+                .into_iter()
+                .map(|s| (s.registration_id.clone(), s))
+                .collect()
         };
         for id in chunk {
             let outcome = match (states.get(id), skipped.get(id)) {

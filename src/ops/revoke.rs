@@ -141,22 +141,13 @@ pub fn revoke(plan: &Plan, opts: &RevokeOptions, now: OffsetDateTime) -> Result<
         targets: Vec::new(),
     };
     for t in &opts.targets {
-        backend.begin()?;
-        let done = match t {
-            Target::Group(name) => revoke_group(plan, name, opts, &mut backend, now),
-            Target::Device(id) | Target::Enrollment(id) => revoke_device(plan, id, opts, &mut backend, now),
+        let steps = crate::backend::in_one_unit(&mut backend, |b| match t {
+            Target::Group(name) => revoke_group(plan, name, opts, b, now),
+            Target::Device(id) | Target::Enrollment(id) => revoke_device(plan, id, opts, b, now),
             Target::Ca(_) => unreachable!("refused above"),
-        };
-        match done {
-            Ok(steps) => {
-                backend.commit()?;
-                report.targets.push(steps);
-            }
-            Err(e) => {
-                backend.rollback();
-                return Err(e.context(format!("revoking {t}")));
-            }
-        }
+        })
+        .with_context(|| format!("revoking {t}"))?;
+        report.targets.push(steps);
     }
     Ok(report)
 }

@@ -163,31 +163,17 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         }
     }
     for name in &groups {
-        backend.begin()?;
-        match roll_group_ca(plan, &plan.groups[name], opts, &mut backend, now) {
-            Ok(r) => {
-                backend.commit()?;
-                report.groups.push(r);
-            }
-            Err(e) => {
-                backend.rollback();
-                return Err(e.context(format!("rolling the CA of group:{name}")));
-            }
-        }
+        let r = crate::backend::in_one_unit(&mut backend, |b| {
+            roll_group_ca(plan, &plan.groups[name], opts, b, now)
+        })
+        .with_context(|| format!("rolling the CA of group:{name}"))?;
+        report.groups.push(r);
     }
     for id in ids {
         let owner = device_owner(plan, &id).expect("checked above");
-        backend.begin()?;
-        match roll_device(plan, owner, &id, opts, &mut backend, now) {
-            Ok(r) => {
-                backend.commit()?;
-                report.devices.push(r);
-            }
-            Err(e) => {
-                backend.rollback();
-                return Err(e.context(format!("rolling device:{id}")));
-            }
-        }
+        let r = crate::backend::in_one_unit(&mut backend, |b| roll_device(plan, owner, &id, opts, b, now))
+            .with_context(|| format!("rolling device:{id}"))?;
+        report.devices.push(r);
     }
     Ok(report)
 }
