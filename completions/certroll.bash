@@ -762,12 +762,16 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__roll__subcmd__primary)
-            opts="-o -q -v -h --due --dry-run --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-y -o -q -v -h --due --breach --both --remove-hub-identity --incident --dry-run --yes --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --incident)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --plan)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -800,12 +804,16 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__roll__subcmd__secondary)
-            opts="-o -q -v -h --due --dry-run --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-y -o -q -v -h --due --breach --both --remove-hub-identity --incident --dry-run --yes --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --incident)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --plan)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -77,6 +77,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand issue" -l dry-run -d '
 complete -c certroll -n "__fish_certroll_using_subcommand issue" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand issue" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand issue" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -l incident -d 'With --breach: a label for the incident (a rerun with the same label does nothing)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -l plan -d 'The plan file' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
 json\t'One JSON document'"
@@ -84,10 +85,15 @@ complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -l now
 complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
 complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -l due -d 'Only what an auto-renew lifetime action says is due, into the slot with the older cert'
-complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -l dry-run -d 'Print the steps; change nothing'
+complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -l breach -d 'The named slot\'s certificate (or CA) is compromised: remove it at once, revoke it, replace it'
+complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -l both -d 'With --breach: both slots are compromised'
+complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -l remove-hub-identity -d 'With --breach: delete the devices\' hub identities (they provision afresh) instead of re-provisioning them in place'
+complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -l dry-run -d 'Print the steps and the devices each cuts off; change nothing'
+complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -s y -l yes -d 'Do not ask for confirmation of a breach roll'
 complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -l incident -d 'With --breach: a label for the incident (a rerun with the same label does nothing)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -l plan -d 'The plan file' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
 json\t'One JSON document'"
@@ -95,7 +101,11 @@ complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -l now -
 complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
 complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -l due -d 'Only what an auto-renew lifetime action says is due, into the slot with the older cert'
-complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -l dry-run -d 'Print the steps; change nothing'
+complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -l breach -d 'The named slot\'s certificate (or CA) is compromised: remove it at once, revoke it, replace it'
+complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -l both -d 'With --breach: both slots are compromised'
+complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -l remove-hub-identity -d 'With --breach: delete the devices\' hub identities (they provision afresh) instead of re-provisioning them in place'
+complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -l dry-run -d 'Print the steps and the devices each cuts off; change nothing'
+complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -s y -l yes -d 'Do not ask for confirmation of a breach roll'
 complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -s h -l help -d 'Print help (see more with \'--help\')'

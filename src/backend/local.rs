@@ -55,6 +55,19 @@ impl Vault for LocalBackend {
         read!(self, q::vault_current(self.store.conn(), name))
     }
 
+    fn versions_many(&self, names: &[String]) -> Result<Vec<Vec<VaultVersion>>> {
+        let rows = read!(self, q::vault_versions_many(self.store.conn(), names))?;
+        let mut by_name: std::collections::HashMap<String, Vec<VaultVersion>> =
+            std::collections::HashMap::new();
+        for v in rows {
+            by_name.entry(v.name.clone()).or_default().push(v);
+        }
+        Ok(names
+            .iter()
+            .map(|n| by_name.remove(n).unwrap_or_default())
+            .collect())
+    }
+
     fn versions(&self, name: &str) -> Result<Vec<VaultVersion>> {
         read!(self, q::vault_versions(self.store.conn(), name))
     }
@@ -148,6 +161,11 @@ impl EnrollmentService for LocalBackend {
         out.map_err(|e| self.with_path(e))
     }
 
+    fn delete_ca(&mut self, name: &str) -> Result<()> {
+        let out = self.store.write(|tx, _| q::ca_delete(tx, name));
+        out.map_err(|e| self.with_path(e))
+    }
+
     fn verification_code(&mut self, name: &str, now: OffsetDateTime) -> Result<String> {
         if self.ca(name)?.is_none() {
             return Err(BackendError::NotFound(format!("CA certificate `{name}`")));
@@ -234,7 +252,7 @@ impl EnrollmentService for LocalBackend {
         now: OffsetDateTime,
     ) -> Result<Vec<RegistrationState>> {
         use rayon::prelude::*;
-        let groups = self.groups()?;
+        let groups = registration::usable_groups(self.groups()?, &self.cas()?);
         // Gather what the service knows (cheap reads), decide in parallel (the signature
         // checks are the expensive part), then record every outcome in one transaction.
         let conn = self.store.conn();
@@ -398,6 +416,13 @@ impl HubRegistry for LocalBackend {
         out.map_err(|e| self.with_path(e))
     }
 
+    fn update_identities(&mut self, batch: &[HubIdentity], now: OffsetDateTime) -> Result<()> {
+        let out = self
+            .store
+            .write(|tx, _| batch.iter().try_for_each(|h| q::hub_put(tx, h, false, now)));
+        out.map_err(|e| self.with_path(e))
+    }
+
     fn identity_many(&self, wanted: &[(String, String)]) -> Result<Vec<Option<HubIdentity>>> {
         let ids: Vec<String> = wanted.iter().map(|(_, id)| id.clone()).collect();
         let rows = read!(self, q::hub_get_many(self.store.conn(), &ids))?;
@@ -432,6 +457,60 @@ impl Fleet for LocalBackend {
             .store
             .write(|tx, _| batch.iter().try_for_each(|d| q::device_put(tx, d)));
         out.map_err(|e| self.with_path(e))
+    }
+
+    fn devices_under(&self, issuers: &[(String, String)], limit: usize) -> Result<(u64, Vec<String>)> {
+        read!(self, q::devices_under(self.store.conn(), issuers, limit))
+    }
+}
+
+impl Journal for LocalBackend {
+    fn open_run(&self, command: &str) -> Result<Option<JournalRun>> {
+        read!(
+            self,
+            crate::store::queries_journal::last_run(self.store.conn(), command, false)
+        )
+    }
+
+    fn finished_run(&self, command: &str) -> Result<Option<JournalRun>> {
+        read!(
+            self,
+            crate::store::queries_journal::last_run(self.store.conn(), command, true)
+        )
+    }
+
+    fn start_run(&mut self, command: &str, steps: &[JournalStep], now: OffsetDateTime) -> Result<i64> {
+        let out = self
+            .store
+            .write(|tx, _| crate::store::queries_journal::start(tx, command, steps, now));
+        out.map_err(|e| self.with_path(e))
+    }
+
+    fn step_done(
+        &mut self,
+        run: i64,
+        seq: u32,
+        result: &serde_json::Value,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        let out = self
+            .store
+            .write(|tx, _| crate::store::queries_journal::step_done(tx, run, seq, result, now));
+        out.map_err(|e| self.with_path(e))
+    }
+
+    fn finish_run(&mut self, run: i64, now: OffsetDateTime) -> Result<()> {
+        let out = self
+            .store
+            .write(|tx, _| crate::store::queries_journal::finish(tx, run, now));
+        out.map_err(|e| self.with_path(e))
+    }
+
+    fn last_done_step(&self, target: &str, kind: &str) -> Result<Option<JournalStep>> {
+        read!(
+            self,
+            crate::store::queries_journal::last_done_step(self.store.conn(), target, kind)
+        )
     }
 }
 

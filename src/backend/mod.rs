@@ -44,6 +44,10 @@ pub trait Vault {
     }
     /// All versions of a certificate, oldest first.
     fn versions(&self, name: &str) -> Result<Vec<VaultVersion>>;
+    /// All versions of several certificates, oldest first, in the order asked.
+    fn versions_many(&self, names: &[String]) -> Result<Vec<Vec<VaultVersion>>> {
+        names.iter().map(|n| self.versions(n)).collect()
+    }
     /// One version.
     fn version(&self, name: &str, version: &str) -> Result<Option<VaultVersion>>;
     /// Stores new versions in one batch; returns their version ids in order.
@@ -72,6 +76,9 @@ pub trait EnrollmentService {
     fn cas(&self) -> Result<Vec<ServiceCa>>;
     /// Uploads a CA certificate (unverified until proof of possession).
     fn upload_ca(&mut self, name: &str, cert_der: &[u8], now: OffsetDateTime) -> Result<()>;
+    /// Removes a CA certificate from the service (groups referring to it no longer accept what
+    /// chains to it).
+    fn delete_ca(&mut self, name: &str) -> Result<()>;
     /// Hands out a proof-of-possession nonce for a CA.
     fn verification_code(&mut self, name: &str, now: OffsetDateTime) -> Result<String>;
     /// Checks a verification certificate (CN = nonce, signed by the CA key) and marks the CA verified.
@@ -119,6 +126,10 @@ pub trait HubRegistry {
     fn delete_identity(&mut self, hub: &str, device_id: &str) -> Result<()>;
     /// Updates a device identity's thumbprints or status (the identity must exist).
     fn update_identity(&mut self, identity: &HubIdentity, now: OffsetDateTime) -> Result<()>;
+    /// Updates several identities in one batch.
+    fn update_identities(&mut self, batch: &[HubIdentity], now: OffsetDateTime) -> Result<()> {
+        batch.iter().try_for_each(|i| self.update_identity(i, now))
+    }
     /// Whether the hub lets a device in with this certificate: the identity exists, is enabled,
     /// and one of its thumbprints is the certificate's; and the certificate is valid at `now`.
     /// `Err(reason)` is the hub's `unauthorized`.
@@ -169,6 +180,32 @@ pub trait Fleet {
     fn devices_page(&self, group: Option<&str>, after: &str, limit: usize) -> Result<Vec<DeviceRecord>>;
     /// Records devices and the versions installed on them, in one batch.
     fn install(&mut self, batch: &[DeviceRecord]) -> Result<()>;
+    /// The devices holding a certificate signed by any of these CA versions (`(vault name,
+    /// version)` pairs): how many, and the first `limit` ids in id order.
+    fn devices_under(&self, issuers: &[(String, String)], limit: usize) -> Result<(u64, Vec<String>)>;
+}
+
+/// The journal of mutating runs: steps are recorded before they are carried out, and each is
+/// marked done in the same unit of work as its changes.
+pub trait Journal {
+    /// The newest run of `command` that is still open (killed or failed part-way).
+    fn open_run(&self, command: &str) -> Result<Option<JournalRun>>;
+    /// The newest finished run of `command`.
+    fn finished_run(&self, command: &str) -> Result<Option<JournalRun>>;
+    /// Records a run and its planned steps; returns the run's number.
+    fn start_run(&mut self, command: &str, steps: &[JournalStep], now: OffsetDateTime) -> Result<i64>;
+    /// Marks a step done (call inside the step's unit of work).
+    fn step_done(
+        &mut self,
+        run: i64,
+        seq: u32,
+        result: &serde_json::Value,
+        now: OffsetDateTime,
+    ) -> Result<()>;
+    /// Closes a run.
+    fn finish_run(&mut self, run: i64, now: OffsetDateTime) -> Result<()>;
+    /// The newest done step of `kind` for `target` in a finished run.
+    fn last_done_step(&self, target: &str, kind: &str) -> Result<Option<JournalStep>>;
 }
 
 /// Runs `f` as one unit of work on `backend`: committed if it succeeds, abandoned if it fails,
@@ -191,7 +228,7 @@ pub fn in_one_unit<T, E: From<BackendError>>(
 }
 
 /// Everything a verb works against.
-pub trait Backend: Vault + EnrollmentService + HubRegistry + Fleet + Send {
+pub trait Backend: Vault + EnrollmentService + HubRegistry + Fleet + Journal + Send {
     /// A short name for messages (`local /path/state.db`).
     fn describe(&self) -> String;
 

@@ -2,7 +2,7 @@
 //! disabled enrollments reject first, then the device's individual enrollment's two slots, then
 //! the groups whose signing certificate the presented chain validates to.
 
-use super::types::{EnrollmentGroup, IndividualEnrollment, RegistrationRequest, Slot, Status};
+use super::types::{EnrollmentGroup, IndividualEnrollment, RegistrationRequest, ServiceCa, Slot, Status};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -75,6 +75,28 @@ pub fn chains_to(chain: &[Vec<u8>], anchor_der: &[u8], now: OffsetDateTime) -> R
 fn slot_accepts(slot: &Option<Slot>, chain: &[Vec<u8>], now: OffsetDateTime) -> bool {
     slot.as_ref()
         .is_some_and(|s| chains_to(chain, &s.cert_der, now).is_ok())
+}
+
+/// The groups as registration sees them: a slot that refers to a service CA accepts only while
+/// that CA is in the service, verified, and the same certificate.
+pub fn usable_groups(mut groups: Vec<EnrollmentGroup>, cas: &[ServiceCa]) -> Vec<EnrollmentGroup> {
+    for g in &mut groups {
+        for slot in [&mut g.primary, &mut g.secondary] {
+            let dangling = slot.as_ref().is_some_and(|s| {
+                s.ca_reference.as_ref().is_some_and(|name| {
+                    !cas.iter().any(|c| {
+                        &c.name == name
+                            && c.verified
+                            && c.thumbprint == crate::pki::sha1_thumbprint(&s.cert_der)
+                    })
+                })
+            });
+            if dangling {
+                *slot = None;
+            }
+        }
+    }
+    groups
 }
 
 /// Decides one registration.

@@ -201,3 +201,37 @@ pub struct Revocation {
     /// When it was revoked.
     pub revoked_at: OffsetDateTime,
 }
+
+/// One step of a journaled run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JournalStep {
+    /// Position in the run, from 1.
+    pub seq: u32,
+    /// What the step acts on (`group:sensors`, `device:gw-01`).
+    pub target: String,
+    /// What kind of step (`renew-ca`, `group-slot`, `devices`, ...).
+    pub kind: String,
+    /// The step in words, as a dry run prints it.
+    pub description: String,
+    /// What was decided when the step was planned (JSON).
+    pub detail: serde_json::Value,
+    /// What the step did, once done (JSON).
+    pub result: Option<serde_json::Value>,
+}
+
+/// A journaled run of a mutating command.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JournalRun {
+    /// The run's number.
+    pub id: i64,
+    /// The command, canonical.
+    pub command: String,
+    /// When it started.
+    #[serde(with = "time::serde::rfc3339")]
+    pub started: OffsetDateTime,
+    /// When it finished (None while open).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished: Option<OffsetDateTime>,
+    /// Its steps, in order.
+    pub steps: Vec<JournalStep>,
+}

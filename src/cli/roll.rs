@@ -1,113 +1,201 @@
 //! `roll-secondary` and `roll-primary`.
 
 use super::{Global, parse_target};
+use crate::error::input;
 use crate::ops::Target;
-use crate::ops::roll::{RollOptions, SlotName};
+use crate::ops::roll::{Breach, RollOptions, RollReport, SlotName};
 use clap::Args;
+use std::io::IsTerminal as _;
 
 /// Arguments of `roll-secondary` / `roll-primary`.
 #[derive(Debug, Args)]
 #[command(after_help = "\
-The other slot keeps working (zero downtime); a certificate in it that has expired is removed.
-Running the same roll again does nothing.
+Expiry rolls: the other slot keeps working (zero downtime); a certificate in it that has
+expired is removed. Running the same roll again does nothing.
 
 With --due, only devices whose auto-renew lifetime action has fired are rolled, and the new
 certificate goes into the slot that holds the older certificate, whichever verb is used:
 a cron job runs `certroll roll-secondary --due` and never needs to know which slot is free.
 
+Breach rolls (--breach): the compromised certificate is deleted at once (the enrollment's
+slot, the group's slot, or the enrollment service's CA certificates), revoked, and replaced by
+a new one with a new key; the devices are re-provisioned so the hub holds only the new
+thumbprints (or, with --remove-hub-identity, their hub identities are deleted first).
+Destructive: asks on a terminal, needs --yes otherwise. A rerun does nothing: the journal
+remembers the replacement. To declare a replacement compromised as well, give a new --incident.
+
+A run killed part-way is finished by running the same command again.
+
 Examples:
   certroll roll-secondary device:gateway-01 --dry-run
-  certroll roll-secondary enrollment:gateway-01
   certroll roll-secondary group:sensors
-  certroll roll-secondary --due device:sensor-0001 device:sensor-0002 -o json")]
+  certroll roll-secondary ca:root
+  certroll roll-secondary --due device:sensor-0001 device:sensor-0002 -o json
+  certroll roll-primary --breach device:sensor-0042 --yes
+  certroll roll-primary --breach --both group:sensors --incident INC-4711 --yes
+  certroll roll-primary --breach ca:root --dry-run")]
 pub struct RollArgs {
-    /// What to roll: device:ID, enrollment:NAME, or group:NAME (its signing intermediate, then
-    /// every device of the group under the new CA).
+    /// What to roll: device:ID, enrollment:NAME, group:NAME (its signing intermediate, then
+    /// every device of the group under the new CA), or ca:NAME (the CA, every CA below it, the
+    /// groups' slots and every device below).
     #[arg(value_parser = parse_target, required = true)]
     targets: Vec<Target>,
     /// Only what an auto-renew lifetime action says is due, into the slot with the older cert.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "breach")]
     due: bool,
-    /// Print the steps; change nothing.
+    /// The named slot's certificate (or CA) is compromised: remove it at once, revoke it,
+    /// replace it.
+    #[arg(long)]
+    breach: bool,
+    /// With --breach: both slots are compromised.
+    #[arg(long, requires = "breach")]
+    both: bool,
+    /// With --breach: delete the devices' hub identities (they provision afresh) instead of
+    /// re-provisioning them in place.
+    #[arg(long, requires = "breach")]
+    remove_hub_identity: bool,
+    /// With --breach: a label for the incident (a rerun with the same label does nothing).
+    #[arg(long, requires = "breach", value_name = "LABEL")]
+    incident: Option<String>,
+    /// Print the steps and the devices each cuts off; change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Do not ask for confirmation of a breach roll.
+    #[arg(long, short = 'y')]
+    yes: bool,
 }
 
 pub fn exec(g: &Global, args: RollArgs, slot: SlotName) -> anyhow::Result<u8> {
     let plan = g.load_plan()?;
-    let opts = RollOptions {
+    let mut opts = RollOptions {
         targets: args.targets,
         slot,
         due: args.due,
+        breach: args.breach.then_some(Breach {
+            both: args.both,
+            remove_hub_identity: args.remove_hub_identity,
+            incident: args.incident,
+        }),
         dry_run: args.dry_run,
         backend: g.backend(),
     };
-    let report = crate::ops::roll::roll(&plan, &opts, g.clock().now())?;
+    let now = g.clock().now();
     let mut p = g.printer();
+    if opts.breach.is_some() && !opts.dry_run && !args.yes {
+        // The confirmation shows exactly what will happen.
+        if !std::io::stdin().is_terminal() {
+            return Err(input(
+                "a breach roll is destructive: pass --yes (or run it on a terminal to confirm)",
+            ));
+        }
+        opts.dry_run = true;
+        let preview = crate::ops::roll::roll(&plan, &opts, now)?;
+        print_human(&mut p, &preview)?;
+        eprint!("Carry out this breach roll? [y/N] ");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            return Err(input("not confirmed; nothing was changed"));
+        }
+        opts.dry_run = false;
+    }
+    let report = crate::ops::roll::roll(&plan, &opts, now)?;
     if g.output == crate::output::Format::Json {
         p.json(&report)?;
         return Ok(0);
     }
-    for gr in &report.groups {
-        let slot = if gr.slot == SlotName::Primary {
-            "primary"
-        } else {
-            "secondary"
+    print_human(&mut p, &report)?;
+    Ok(0)
+}
+
+/// How many devices are listed one by one before the output summarises.
+const DEVICES_LISTED: usize = 20;
+
+fn print_human<W: std::io::Write>(
+    p: &mut crate::output::Printer<W>,
+    report: &RollReport,
+) -> anyhow::Result<()> {
+    if report.resumed {
+        p.line(format!(
+            "Resuming run {} (killed or failed part-way).",
+            report.run.unwrap_or_default()
+        ))?;
+    }
+    for s in &report.steps {
+        let state = match s.state {
+            "planned" => "would",
+            "done-before" => "done before",
+            _ => "done",
         };
-        match gr.outcome {
-            "already-rolled" => p.line(format!(
-                "{}: the {slot} slot already holds the newest CA certificate",
-                gr.target
-            ))?,
-            outcome => {
-                p.line(format!(
-                    "{}: CA {} into the {slot} slot",
-                    gr.target,
-                    if outcome == "rolled" {
-                        "rolled"
-                    } else {
-                        "would roll"
-                    }
-                ))?;
-                for (i, step) in gr.steps.iter().enumerate() {
-                    p.line(format!("  {}. {step}", i + 1))?;
-                }
-            }
+        p.line(format!("{:>3}. [{state}] {}: {}", s.seq, s.target, s.description))?;
+        if s.devices_cut_off.count > 0 {
+            let more = if s.devices_cut_off.count > s.devices_cut_off.first.len() as u64 {
+                ", ..."
+            } else {
+                ""
+            };
+            p.line(format!(
+                "     {} device(s) cannot connect with the certificate they hold now: {}{more}",
+                s.devices_cut_off.count,
+                s.devices_cut_off.first.join(", ")
+            ))?;
         }
     }
-    for d in &report.devices {
-        let slot = if d.slot == SlotName::Primary {
-            "primary"
-        } else {
-            "secondary"
-        };
-        match d.outcome {
-            "already-rolled" => p.line(format!(
-                "{}: the {slot} slot already holds the newest certificate; nothing to do",
-                d.target
-            ))?,
-            "not-due" => p.line(format!(
-                "{}: no auto-renew action is due; nothing to do",
-                d.target
-            ))?,
-            outcome => {
-                p.line(format!(
-                    "{}: {} into the {slot} slot",
+    for gr in &report.groups {
+        if gr.outcome.starts_with("already") {
+            p.line(format!(
+                "{}: the {} slot already holds the CA certificate of an earlier run; nothing to do",
+                gr.target,
+                gr.slot.word()
+            ))?;
+        }
+    }
+    if report.devices.len() <= DEVICES_LISTED {
+        for d in &report.devices {
+            match d.outcome {
+                "already-rolled" => p.line(format!(
+                    "{}: the {} slot already holds the newest certificate; nothing to do",
                     d.target,
-                    if outcome == "rolled" {
-                        "rolled"
-                    } else {
-                        "would roll"
+                    d.slot.word()
+                ))?,
+                "already-replaced" => p.line(format!(
+                    "{}: already replaced by an earlier breach roll; nothing to do (give a new --incident to replace the replacement)",
+                    d.target
+                ))?,
+                "not-due" => p.line(format!("{}: no auto-renew action is due; nothing to do", d.target))?,
+                outcome => {
+                    let verb = match outcome {
+                        "rolled" => "rolled",
+                        "pruned" => "pruned",
+                        "replaced" => "replaced",
+                        "would-replace" => "would replace",
+                        "would-prune" => "would prune",
+                        _ => "would roll",
+                    };
+                    p.line(format!("{}: {verb} into the {} slot", d.target, d.slot.word()))?;
+                    for (i, step) in d.steps.iter().enumerate() {
+                        p.line(format!("  {}. {step}", i + 1))?;
                     }
-                ))?;
-                for (i, step) in d.steps.iter().enumerate() {
-                    p.line(format!("  {}. {step}", i + 1))?;
                 }
             }
         }
+    } else {
+        let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+        for d in &report.devices {
+            *counts.entry(d.outcome).or_default() += 1;
+        }
+        let summary: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        p.line(format!(
+            "{} devices: {}",
+            report.devices.len(),
+            summary.join(", ")
+        ))?;
     }
     if report.dry_run {
-        p.line("Dry run: nothing was changed.")?;
+        p.line(format!(
+            "Dry run: nothing was changed. {} device(s) would be unable to connect until they receive their new certificate.",
+            report.devices_cut_off.count
+        ))?;
     }
-    Ok(0)
+    Ok(())
 }

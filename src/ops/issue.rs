@@ -326,7 +326,8 @@ fn issue_ca(
     // Roots go to the enrollment service's CA certificates and are verified there.
     if ca.issuer.is_none() {
         let thumbprint = crate::pki::sha1_thumbprint(&current.cert_der);
-        let in_service = backend.ca(&ca.name)?;
+        let service_name = super::service_ca_name(&ca.name, backend.versions(&cert_name)?.len());
+        let in_service = backend.ca(&service_name)?;
         if in_service.as_ref().is_none_or(|c| c.thumbprint != thumbprint) {
             report.steps.push(Step {
                 action: "upload-ca",
@@ -335,7 +336,7 @@ fn issue_ca(
                 detail: format!("upload CA `{}` ({thumbprint}) to the enrollment service", ca.name),
             });
             if !dry_run {
-                backend.upload_ca(&ca.name, &current.cert_der, now)?;
+                backend.upload_ca(&service_name, &current.cert_der, now)?;
             }
         }
         if in_service
@@ -349,7 +350,7 @@ fn issue_ca(
                 detail: format!("prove possession of the key of CA `{}`", ca.name),
             });
             if !dry_run {
-                prove_possession(backend, &ca.name, &current, now)?;
+                prove_possession(backend, &service_name, &current, now)?;
             }
         }
     }
@@ -358,7 +359,7 @@ fn issue_ca(
 
 /// Proof of possession: the service hands out a nonce, we sign a certificate whose CN is that
 /// nonce with the CA key, and the service checks it.
-fn prove_possession(
+pub(crate) fn prove_possession(
     backend: &mut dyn Backend,
     name: &str,
     ca: &VaultVersion,
@@ -416,13 +417,17 @@ fn create_group(
     if dry_run {
         return Ok(());
     }
+    let ca_versions = backend.versions(&ca_cert_name(&group.signing_ca))?.len();
     let ca_cert = backend
         .current(&ca_cert_name(&group.signing_ca))?
         .context("signing CA missing from the vault")?;
     let slot = Slot {
         cert_der: ca_cert.cert_der,
         // A root is referenced as a verified service CA; an intermediate is uploaded to the group.
-        ca_reference: signing.issuer.is_none().then(|| group.signing_ca.clone()),
+        ca_reference: signing
+            .issuer
+            .is_none()
+            .then(|| super::service_ca_name(&group.signing_ca, ca_versions)),
     };
     backend.put_group(
         &EnrollmentGroup {

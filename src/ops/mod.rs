@@ -5,6 +5,7 @@ pub mod check;
 pub mod export;
 pub mod init;
 pub mod issue;
+pub mod journal;
 pub mod lifetime;
 pub mod reprovision;
 pub mod revoke;
@@ -127,6 +128,17 @@ pub enum DeviceOwner<'p> {
 /// The vault certificate name of a CA.
 pub fn ca_cert_name(ca: &str) -> String {
     format!("ca-{ca}")
+}
+
+/// The name under which the enrollment service holds version `index` (from 1) of a root CA: the
+/// first under the CA's own name, later ones with `-vN`, so a rolled root sits next to the old
+/// one until that expires.
+pub fn service_ca_name(ca: &str, index: usize) -> String {
+    if index <= 1 {
+        ca.to_string()
+    } else {
+        format!("{ca}-v{index}")
+    }
 }
 
 /// The vault certificate name of a device's leaf.

@@ -697,3 +697,47 @@ pub fn vault_names_page(conn: &Connection, after: &str, limit: usize) -> Result<
         |r| r.get(0),
     )
 }
+
+/// Every version of several certificates, oldest first within a name.
+pub fn vault_versions_many(conn: &Connection, names: &[String]) -> Result<Vec<VaultVersion>> {
+    all(
+        conn,
+        &format!(
+            "SELECT {VERSION_COLS} FROM vault_versions WHERE name IN (SELECT value FROM json_each(?1)) ORDER BY name, seq"
+        ),
+        [json_list(names)],
+        version_row,
+    )
+}
+
+/// Removes a CA certificate from the enrollment service.
+pub fn ca_delete(conn: &Connection, name: &str) -> Result<()> {
+    conn.execute("DELETE FROM service_cas WHERE name = ?1", [name])
+        .map_err(sql)?;
+    Ok(())
+}
+
+/// The devices whose installed certificate was signed by any of these CA versions
+/// (`[name, version]` pairs): how many, and the first `limit` ids.
+pub fn devices_under(
+    conn: &Connection,
+    issuers: &[(String, String)],
+    limit: usize,
+) -> Result<(u64, Vec<String>)> {
+    let pairs = serde_json::to_string(issuers).unwrap_or_else(|_| "[]".into());
+    let query =
+        "FROM devices d JOIN vault_versions v ON v.name = d.cert_name AND v.version = d.installed_version
+         WHERE EXISTS (SELECT 1 FROM json_each(?1) j
+                       WHERE json_extract(j.value, '$[0]') = v.issuer_name
+                         AND json_extract(j.value, '$[1]') = v.issuer_version)";
+    let count: i64 = conn
+        .query_row(&format!("SELECT COUNT(*) {query}"), [&pairs], |r| r.get(0))
+        .map_err(sql)?;
+    let first = all(
+        conn,
+        &format!("SELECT d.id {query} ORDER BY d.id LIMIT ?2"),
+        params![pairs, limit as i64],
+        |r| r.get(0),
+    )?;
+    Ok((count as u64, first))
+}

@@ -47,7 +47,7 @@ fn works(env: &TestEnv, device: &str, cert: &[u8], now: &str) -> bool {
     let b = backend(env);
     let now = certroll::clock::parse_rfc3339(now).unwrap();
     let individual = b.individual(device).unwrap();
-    let groups = b.groups().unwrap();
+    let groups = certroll::backend::registration::usable_groups(b.groups().unwrap(), &b.cas().unwrap());
     let req = certroll::backend::types::RegistrationRequest {
         registration_id: device.into(),
         chain: vec![cert.to_vec()],
@@ -324,8 +324,16 @@ fn rolls_refuse_what_they_cannot_do() {
     env.run(&["--plan", "plan.toml", "roll-secondary", "device:gateway-01"])
         .code(2);
     env.run(&["--plan", "plan.toml", "issue"]).ok();
-    env.run(&["--plan", "plan.toml", "roll-secondary", "ca:root"])
+    env.run(&["--plan", "plan.toml", "roll-secondary", "--due", "ca:root"])
         .code(2);
+    env.run(&[
+        "--plan",
+        "plan.toml",
+        "roll-primary",
+        "--breach",
+        "device:gateway-01",
+    ])
+    .code(2); // destructive without --yes and no terminal
     env.run(&["--plan", "plan.toml", "roll-secondary"]).code(2);
     env.run(&["--plan", "plan.toml", "roll-secondary", "--due", "group:sensors"])
         .code(2);

@@ -1,0 +1,206 @@
+//! The journal as the verbs use it: a mutating run records its planned steps in the store before
+//! it carries out any of them, carries out each step as one unit of work that also marks the step
+//! done, and closes the run at the end. Running the same command again while a run of it is open
+//! (killed, or stopped by an error) resumes that run at its first step not done.
+//!
+//! For tests only, `CERTROLL_FAULT_AFTER_STEPS=N` aborts the process (like `kill -9`) right after
+//! the N-th step of a run has been committed, so resume can be tested at every point.
+
+use crate::backend::types::JournalStep;
+use crate::backend::{Backend, in_one_unit};
+use anyhow::Result;
+use serde::Serialize;
+use std::sync::atomic::{AtomicU32, Ordering};
+use time::OffsetDateTime;
+
+/// The environment variable of the fault-injection switch (tests only).
+pub const FAULT_ENV: &str = "CERTROLL_FAULT_AFTER_STEPS";
+
+/// Devices that cannot connect with the certificate they hold now once a step is done (until
+/// they receive their new certificate).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct CutOff {
+    /// How many.
+    pub count: u64,
+    /// The first few, in id order.
+    pub first: Vec<String>,
+}
+
+/// How many device ids a blast-radius report names.
+pub const CUT_OFF_SHOWN: usize = 5;
+
+impl CutOff {
+    /// Nobody.
+    pub fn none() -> CutOff {
+        CutOff::default()
+    }
+
+    /// These devices (all of them counted, the first few named).
+    pub fn of(ids: impl IntoIterator<Item = String>) -> CutOff {
+        let mut all: Vec<String> = ids.into_iter().collect();
+        all.sort();
+        all.dedup();
+        let count = all.len() as u64;
+        all.truncate(CUT_OFF_SHOWN);
+        CutOff { count, first: all }
+    }
+}
+
+/// A step before it is recorded.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// What it acts on.
+    pub target: String,
+    /// Its kind (the verb module knows how to carry it out).
+    pub kind: &'static str,
+    /// In words.
+    pub description: String,
+    /// What was decided (JSON), read back when the step is carried out or resumed.
+    pub detail: serde_json::Value,
+    /// Its blast radius.
+    pub cut_off: CutOff,
+}
+
+/// A step as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    /// Position in the run, from 1.
+    pub seq: u32,
+    /// What it acts on.
+    pub target: String,
+    /// Its kind.
+    pub kind: String,
+    /// In words.
+    pub description: String,
+    /// `planned` (dry run), `done`, or `done-before` (by the run this one resumed).
+    pub state: &'static str,
+    /// Devices that cannot connect with the certificate they hold now once this step is done.
+    pub devices_cut_off: CutOff,
+}
+
+/// An open run.
+pub struct Run {
+    /// The run's number in the journal (None for a dry run).
+    pub id: Option<i64>,
+    /// Whether this run resumes one that was killed or failed.
+    pub resumed: bool,
+    /// The steps, with `result` set on the ones already done.
+    pub steps: Vec<JournalStep>,
+}
+
+/// Records the planned steps (or finds the open run of the same command and resumes it).
+/// A dry run records nothing.
+pub fn begin(
+    backend: &mut dyn Backend,
+    command: &str,
+    planned: &[Planned],
+    dry_run: bool,
+    now: OffsetDateTime,
+) -> Result<Run> {
+    let steps: Vec<JournalStep> = planned
+        .iter()
+        .enumerate()
+        .map(|(i, p)| JournalStep {
+            seq: i as u32 + 1,
+            target: p.target.clone(),
+            kind: p.kind.to_string(),
+            description: p.description.clone(),
+            detail: p.detail.clone(),
+            result: None,
+        })
+        .collect();
+    if dry_run {
+        return Ok(Run {
+            id: None,
+            resumed: false,
+            steps,
+        });
+    }
+    if let Some(open) = backend.open_run(command)? {
+        return Ok(Run {
+            id: Some(open.id),
+            resumed: true,
+            steps: open.steps,
+        });
+    }
+    let id = in_one_unit(backend, |b| b.start_run(command, &steps, now))?;
+    Ok(Run {
+        id: Some(id),
+        resumed: false,
+        steps,
+    })
+}
+
+impl Run {
+    /// Carries out one step as a unit of work that also marks it done; then the fault switch.
+    pub fn step<T>(
+        &self,
+        backend: &mut dyn Backend,
+        seq: u32,
+        now: OffsetDateTime,
+        f: impl FnOnce(&mut dyn Backend) -> Result<(T, serde_json::Value)>,
+    ) -> Result<T> {
+        let out = in_one_unit(backend, |b| {
+            let (out, result) = f(b)?;
+            if let Some(id) = self.id {
+                b.step_done(id, seq, &result, now)?;
+            }
+            anyhow::Ok(out)
+        })?;
+        if self.id.is_some() {
+            fault_point();
+        }
+        Ok(out)
+    }
+
+    /// Closes the run.
+    pub fn finish(&self, backend: &mut dyn Backend, now: OffsetDateTime) -> Result<()> {
+        if let Some(id) = self.id {
+            in_one_unit(backend, |b| b.finish_run(id, now))?;
+        }
+        Ok(())
+    }
+
+    /// Whether step `seq` was done by an earlier attempt of this run.
+    pub fn done_before(&self, seq: u32) -> bool {
+        self.steps.iter().any(|s| s.seq == seq && s.result.is_some())
+    }
+}
+
+static STEPS_DONE: AtomicU32 = AtomicU32::new(0);
+
+/// Aborts the process after the configured number of committed steps (tests only).
+fn fault_point() {
+    let done = STEPS_DONE.fetch_add(1, Ordering::SeqCst) + 1;
+    if let Some(limit) = std::env::var(FAULT_ENV).ok().and_then(|v| v.parse::<u32>().ok())
+        && done == limit
+    {
+        eprintln!("certroll: {FAULT_ENV}={limit}: aborting after step {done} (fault injection)");
+        std::process::abort();
+    }
+}
+
+/// The reports of the steps.
+pub fn reports(run: &Run, planned: &[Planned], dry_run: bool) -> Vec<StepReport> {
+    run.steps
+        .iter()
+        .map(|s| StepReport {
+            seq: s.seq,
+            target: s.target.clone(),
+            kind: s.kind.clone(),
+            description: s.description.clone(),
+            state: if dry_run {
+                "planned"
+            } else if run.resumed && s.result.is_some() {
+                "done-before"
+            } else {
+                "done"
+            },
+            devices_cut_off: planned
+                .iter()
+                .find(|p| p.target == s.target && p.kind == s.kind && p.description == s.description)
+                .map(|p| p.cut_off.clone())
+                .unwrap_or_default(),
+        })
+        .collect()
+}

@@ -1,0 +1,247 @@
+//! The CA side of rolls: renewing a CA (a root is uploaded to the enrollment service and proven),
+//! putting the new CA certificate into groups' slots, and, in a breach, taking the compromised CA
+//! out of every group and the service, revoking it, and disabling what it signed below it.
+
+use super::SlotName;
+use crate::backend::Backend;
+use crate::backend::types::*;
+use crate::ops::{ca_cert_name, service_ca_name};
+use crate::plan::{CaSpec, GroupSpec, Plan};
+use anyhow::{Context as _, Result};
+use time::OffsetDateTime;
+
+/// Which CAs, groups and devices a CA-level roll covers.
+pub(super) struct Scope<'p> {
+    /// The CAs to renew, parents first.
+    pub cas: Vec<&'p CaSpec>,
+    /// The groups whose slot gets the new CA.
+    pub groups: Vec<&'p GroupSpec>,
+    /// Every device below (group members and individual enrollments).
+    pub device_ids: Vec<String>,
+}
+
+/// The scope of `ca:NAME`: the CA, every CA below it, the groups they sign for and every device
+/// below.
+pub(super) fn ca_scope<'p>(plan: &'p Plan, top: &str) -> Scope<'p> {
+    let mut names = vec![top.to_string()];
+    let mut i = 0;
+    while i < names.len() {
+        for c in &plan.cas {
+            if c.issuer.as_deref() == Some(names[i].as_str()) && !names.contains(&c.name) {
+                names.push(c.name.clone());
+            }
+        }
+        i += 1;
+    }
+    let cas: Vec<&CaSpec> = names
+        .iter()
+        .filter_map(|n| plan.cas.iter().find(|c| &c.name == n))
+        .collect();
+    let groups: Vec<&GroupSpec> = plan
+        .groups
+        .values()
+        .filter(|g| names.contains(&g.signing_ca))
+        .collect();
+    let mut device_ids: Vec<String> = groups.iter().flat_map(|g| g.device_ids()).collect();
+    device_ids.extend(
+        plan.enrollments
+            .values()
+            .filter(|e| names.contains(&e.issuer))
+            .map(|e| e.name.clone()),
+    );
+    Scope {
+        cas,
+        groups,
+        device_ids,
+    }
+}
+
+/// The scope of `group:NAME`: its signing CA, the group and its devices.
+pub(super) fn group_scope<'p>(plan: &'p Plan, group: &'p GroupSpec) -> Scope<'p> {
+    let ca = plan
+        .cas
+        .iter()
+        .find(|c| c.name == group.signing_ca)
+        .expect("validated plan");
+    Scope {
+        cas: vec![ca],
+        groups: vec![group],
+        device_ids: group.device_ids().collect(),
+    }
+}
+
+/// Renews a CA: a new version with a new key, signed by its issuer's current version; a root is
+/// uploaded to the enrollment service under a name of its own (so the old root stays usable)
+/// and proven. Returns the new version.
+pub(super) fn renew(
+    plan: &Plan,
+    ca: &CaSpec,
+    backend: &mut dyn Backend,
+    now: OffsetDateTime,
+) -> Result<VaultVersion> {
+    crate::ops::new_ca_version(plan, ca, backend, now)?;
+    let name = ca_cert_name(&ca.name);
+    let versions = backend.versions(&name)?;
+    let current = versions
+        .last()
+        .cloned()
+        .context("the vault lost the CA version it just stored")?;
+    if ca.issuer.is_none() {
+        let service = service_ca_name(&ca.name, versions.len());
+        backend.upload_ca(&service, &current.cert_der, now)?;
+        crate::ops::issue::prove_possession(backend, &service, &current, now)?;
+    }
+    Ok(current)
+}
+
+/// The slot a group's CA certificate goes into: an intermediate is uploaded to the group, a root
+/// is referred to by its service name.
+pub(super) fn slot_for(backend: &dyn Backend, ca: &CaSpec) -> Result<Slot> {
+    let name = ca_cert_name(&ca.name);
+    let versions = backend.versions(&name)?;
+    let current = versions.last().context("the CA is missing from the vault")?;
+    Ok(Slot {
+        cert_der: current.cert_der.clone(),
+        ca_reference: ca
+            .issuer
+            .is_none()
+            .then(|| service_ca_name(&ca.name, versions.len())),
+    })
+}
+
+/// Puts the group's signing CA's current certificate into the named slot; `clear_other` empties
+/// the other slot, and an expired certificate there leaves anyway.
+pub(super) fn place(
+    plan: &Plan,
+    group: &GroupSpec,
+    slot: SlotName,
+    clear_other: bool,
+    backend: &mut dyn Backend,
+    now: OffsetDateTime,
+) -> Result<()> {
+    let ca = plan
+        .cas
+        .iter()
+        .find(|c| c.name == group.signing_ca)
+        .expect("validated plan");
+    let mut state = backend
+        .group(&group.name)?
+        .with_context(|| format!("group `{}` is missing from the enrollment service", group.name))?;
+    let new = slot_for(backend, ca)?;
+    let (named, other) = match slot {
+        SlotName::Primary => (&mut state.primary, &mut state.secondary),
+        SlotName::Secondary => (&mut state.secondary, &mut state.primary),
+    };
+    *named = Some(new);
+    let expired = other
+        .as_ref()
+        .is_some_and(|o| crate::pki::CertInfo::from_der(&o.cert_der).is_ok_and(|i| i.not_after < now));
+    if clear_other || expired {
+        *other = None;
+    }
+    backend.put_group(&state, now)?;
+    Ok(())
+}
+
+/// Whether a group's other slot holds an expired CA certificate.
+pub(super) fn other_expired(
+    backend: &dyn Backend,
+    group: &str,
+    slot: SlotName,
+    now: OffsetDateTime,
+) -> Result<bool> {
+    let Some(state) = backend.group(group)? else {
+        return Ok(false);
+    };
+    let other = match slot {
+        SlotName::Primary => &state.secondary,
+        SlotName::Secondary => &state.primary,
+    };
+    Ok(other
+        .as_ref()
+        .is_some_and(|o| crate::pki::CertInfo::from_der(&o.cert_der).is_ok_and(|i| i.not_after < now)))
+}
+
+/// The CA versions a breach taints: the compromised ones and every version of a CA in scope
+/// that they signed, directly or below.
+pub(super) fn tainted(
+    backend: &dyn Backend,
+    scope: &Scope<'_>,
+    compromised: &[(String, String)],
+) -> Result<Vec<(String, String)>> {
+    let mut tainted: Vec<(String, String)> = compromised.to_vec();
+    for ca in &scope.cas {
+        for v in backend.versions(&ca_cert_name(&ca.name))? {
+            if v.issuer.as_ref().is_some_and(|i| tainted.contains(i)) {
+                tainted.push((v.name.clone(), v.version.clone()));
+            }
+        }
+    }
+    Ok(tainted)
+}
+
+/// Takes tainted CA certificates out of every group in scope and out of the service.
+pub(super) fn remove_tainted(
+    groups: &[String],
+    tainted: &[(String, String)],
+    backend: &mut dyn Backend,
+    now: OffsetDateTime,
+) -> Result<serde_json::Value> {
+    let mut tainted_der = Vec::new();
+    for (name, version) in tainted {
+        if let Some(v) = backend.version(name, version)? {
+            tainted_der.push(v.cert_der);
+        }
+    }
+    let mut removed = Vec::new();
+    for group in groups {
+        let Some(mut state) = backend.group(group)? else {
+            continue;
+        };
+        let mut changed = false;
+        for slot in [&mut state.primary, &mut state.secondary] {
+            if slot.as_ref().is_some_and(|s| tainted_der.contains(&s.cert_der)) {
+                removed.push(format!("group:{group}"));
+                *slot = None;
+                changed = true;
+            }
+        }
+        if changed {
+            backend.put_group(&state, now)?;
+        }
+    }
+    for ca in backend.cas()? {
+        if tainted_der.contains(&ca.cert_der) {
+            backend.delete_ca(&ca.name)?;
+            removed.push(format!("service-ca:{}", ca.name));
+        }
+    }
+    Ok(serde_json::json!({ "removed": removed }))
+}
+
+/// Revokes the compromised CA versions on their issuers' CRLs (`ca-compromise`) and disables
+/// every tainted version in the vault.
+pub(super) fn revoke_tainted(
+    compromised: &[(String, String)],
+    tainted: &[(String, String)],
+    backend: &mut dyn Backend,
+    now: OffsetDateTime,
+) -> Result<serde_json::Value> {
+    let mut revoked = Vec::new();
+    for (name, version) in tainted {
+        let Some(v) = backend.version(name, version)? else {
+            continue;
+        };
+        if v.enabled {
+            backend.set_enabled(&v, false, now)?;
+        }
+        if compromised.contains(&(name.clone(), version.clone()))
+            && let Some((issuer, _)) = &v.issuer
+        {
+            let serial = crate::pki::CertInfo::from_der(&v.cert_der)?.serial;
+            backend.revoke(issuer, &serial, "ca-compromise", now)?;
+            revoked.push(serial);
+        }
+    }
+    Ok(serde_json::json!({ "revoked": revoked }))
+}

@@ -1,0 +1,628 @@
+//! Rolling device certificates, a chunk at a time: read what the services hold for the chunk in
+//! a few batched look-ups, decide per device, make the keys and certificates on every core, and
+//! write the chunk as one unit of work. While one chunk is written the next one's keys are made.
+
+use super::{Breach, DeviceRoll, SlotName};
+use crate::backend::Backend;
+use crate::backend::types::*;
+use crate::ops::lifetime::fires_at;
+use crate::ops::{
+    DeviceOwner, LoadedIssuer, device_cert_name, device_owner, effective_key_usage, exportable, load_issuer,
+    policy_json,
+};
+use crate::pki::cert::{CertProfile, sign_public_key};
+use crate::pki::spec::Subject;
+use crate::pki::{PrivateKey, SubjectKey, sha1_thumbprint};
+use crate::plan::{ActionKind, Plan, Policy};
+use anyhow::{Context as _, Result};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use time::{Duration, OffsetDateTime};
+
+/// How a chunk of devices is rolled.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Mode<'a> {
+    /// An expiry roll into `slot` (with `due`: only what auto-renew says, into the older slot).
+    Expiry {
+        /// The named slot.
+        slot: SlotName,
+        /// Only devices whose auto-renew action has fired.
+        due: bool,
+    },
+    /// The device's own key is compromised: its certificate is refused everywhere at once and a
+    /// new one (always a new key) replaces it.
+    Breach {
+        /// The named slot.
+        slot: SlotName,
+        /// The options of the breach.
+        breach: &'a Breach,
+    },
+    /// A CA above the device is compromised: the device gets a new certificate under the new
+    /// CA and its enrollment and hub identity hold only that one.
+    Replace {
+        /// The named slot.
+        slot: SlotName,
+    },
+}
+
+impl Mode<'_> {
+    fn slot(&self) -> SlotName {
+        match *self {
+            Mode::Expiry { slot, .. } | Mode::Breach { slot, .. } | Mode::Replace { slot } => slot,
+        }
+    }
+}
+
+/// What one device needs, decided from what the services hold.
+struct Work<'p> {
+    id: String,
+    policy: &'p Policy,
+    issuer_ca: &'p str,
+    slot: SlotName,
+    reuse: Option<PrivateKey>,
+    record: DeviceRecord,
+    /// The enrollment to write (with the new certificate put into `slot` when it is known).
+    individual: Option<IndividualEnrollment>,
+    /// The identity to update (the new thumbprint goes into `slot`).
+    identity: Option<HubIdentity>,
+    /// Clear the other slot (an expired certificate there, or a breach).
+    clear_other: bool,
+    /// Versions whose keys are compromised: disabled and put on their issuer's CRL.
+    compromised: Vec<VaultVersion>,
+    /// Re-provision through the enrollment service, so the hub holds only the new thumbprint.
+    reprovision: bool,
+    /// Delete the hub identity first (`--remove-hub-identity`).
+    remove_identity: bool,
+    /// Only prune the other slot; no new certificate.
+    prune_only: bool,
+    report: usize,
+}
+
+/// A decided chunk: the per-device reports and the work to do.
+pub(super) struct Assessed<'p> {
+    pub reports: Vec<DeviceRoll>,
+    work: Vec<Work<'p>>,
+}
+
+impl Assessed<'_> {
+    /// Whether anything is to be written.
+    pub fn any(&self) -> bool {
+        !self.work.is_empty()
+    }
+}
+
+/// The policy and issuing CA of a device.
+fn owner_of<'p>(
+    plan: &'p Plan,
+    id: &str,
+) -> Result<(&'p Policy, &'p str, Option<&'p crate::plan::GroupSpec>)> {
+    Ok(match device_owner(plan, id).context("device not in the plan")? {
+        DeviceOwner::Group(g) => (&plan.policies[&g.device_policy], g.signing_ca.as_str(), Some(g)),
+        DeviceOwner::Enrollment(e) => (&plan.policies[&e.policy], e.issuer.as_str(), None),
+    })
+}
+
+fn word(slot: SlotName) -> &'static str {
+    slot.word()
+}
+
+/// Reads what the services hold for a chunk and decides what each device needs.
+pub(super) fn assess<'p>(
+    plan: &'p Plan,
+    backend: &dyn Backend,
+    ids: &[String],
+    mode: Mode<'_>,
+    dry_run: bool,
+    now: OffsetDateTime,
+) -> Result<Assessed<'p>> {
+    let names: Vec<String> = ids.iter().map(|id| device_cert_name(id)).collect();
+    let versions = backend.versions_many(&names)?;
+    let records = backend.device_many(ids)?;
+    let individuals = backend.individual_many(ids)?;
+    let registrations = backend.registration_many(ids)?;
+    let wanted: Vec<(String, String)> = ids
+        .iter()
+        .zip(&registrations)
+        .filter_map(|(id, r)| {
+            r.as_ref()
+                .filter(|r| r.status == "assigned")
+                .and_then(|r| r.hub.clone())
+                .map(|hub| (hub, id.clone()))
+        })
+        .collect();
+    let mut identities: HashMap<String, HubIdentity> = backend
+        .identity_many(&wanted)?
+        .into_iter()
+        .flatten()
+        .map(|h| (h.device_id.clone(), h))
+        .collect();
+
+    let mut out = Assessed {
+        reports: Vec::with_capacity(ids.len()),
+        work: Vec::new(),
+    };
+    for (((id, versions), record), individual) in ids.iter().zip(versions).zip(records).zip(individuals) {
+        let (policy, issuer_ca, group) = owner_of(plan, id)?;
+        let not_issued = || crate::error::input(format!("device:{id} has not been issued yet"));
+        let record = record.ok_or_else(not_issued)?;
+        let installed_id = record.installed_version.clone().ok_or_else(not_issued)?;
+        let installed = versions
+            .iter()
+            .find(|v| v.version == installed_id)
+            .cloned()
+            .ok_or_else(not_issued)?;
+        let newest = versions.last().cloned().ok_or_else(not_issued)?;
+        let identity = identities.remove(id);
+        // A disabled enrollment is a revoked device: rolls leave it alone.
+        let individual = individual.filter(|e| e.status == Status::Enabled);
+        let target = format!("device:{id}");
+        let by_tp = |tp: &str| versions.iter().position(|v| sha1_thumbprint(&v.cert_der) == tp);
+        let slot_tp = |slot: SlotName| -> Option<String> {
+            match (&individual, &identity) {
+                (Some(ind), _) => match slot {
+                    SlotName::Primary => ind.primary.as_deref().map(sha1_thumbprint),
+                    SlotName::Secondary => ind.secondary.as_deref().map(sha1_thumbprint),
+                },
+                (None, Some(h)) => match slot {
+                    SlotName::Primary => h.primary_thumbprint.clone(),
+                    SlotName::Secondary => h.secondary_thumbprint.clone(),
+                },
+                (None, None) => None,
+            }
+        };
+        let mut report = DeviceRoll {
+            target: target.clone(),
+            outcome: "rolled",
+            slot: mode.slot(),
+            steps: Vec::new(),
+            new_thumbprint: None,
+            pruned_thumbprint: None,
+            compromised: Vec::new(),
+        };
+        let mut work = Work {
+            id: id.clone(),
+            policy,
+            issuer_ca,
+            slot: mode.slot(),
+            reuse: None,
+            record,
+            individual: individual.clone(),
+            identity: identity.clone(),
+            clear_other: false,
+            compromised: Vec::new(),
+            reprovision: false,
+            remove_identity: false,
+            prune_only: false,
+            report: 0,
+        };
+        match mode {
+            Mode::Expiry { slot, due } => {
+                let mut slot = slot;
+                if due {
+                    let fired = policy
+                        .lifetime_actions
+                        .iter()
+                        .filter(|a| a.action == ActionKind::AutoRenew)
+                        .any(|a| fires_at(a.trigger, installed.nbf, installed.exp) <= now);
+                    if !fired {
+                        report.outcome = "not-due";
+                        out.reports.push(report);
+                        continue;
+                    }
+                    // The slot with the older certificate; an empty slot, or one holding a
+                    // certificate the vault does not know, counts as oldest.
+                    let age = |s| slot_tp(s).and_then(|tp| by_tp(&tp)).map_or(-1, |i| i as i64);
+                    slot = if age(SlotName::Secondary) < age(SlotName::Primary) {
+                        SlotName::Secondary
+                    } else {
+                        SlotName::Primary
+                    };
+                    report.slot = slot;
+                    work.slot = slot;
+                }
+                let newest_tp = sha1_thumbprint(&newest.cert_der);
+                // Rolled already: the named slot holds the newest version, which is installed
+                // and came from a roll (a lone first version is what `issue` made).
+                let already = !due
+                    && versions.len() > 1
+                    && slot_tp(slot).as_deref() == Some(newest_tp.as_str())
+                    && installed.version == newest.version;
+                let pruned =
+                    slot_tp(slot.other()).filter(|tp| by_tp(tp).is_some_and(|i| versions[i].exp < now));
+                if already && pruned.is_none() {
+                    report.outcome = "already-rolled";
+                    out.reports.push(report);
+                    continue;
+                }
+                if !already {
+                    report.steps.push(format!(
+                        "issue a new certificate for `{id}` from policy `{}` ({}) signed by CA `{issuer_ca}`",
+                        policy.name,
+                        if policy.reuse_key { "same key" } else { "new key" }
+                    ));
+                    if individual.is_some() {
+                        report.steps.push(format!(
+                            "put it into the {} slot of individual enrollment `{id}`",
+                            word(slot)
+                        ));
+                    }
+                }
+                if let Some(tp) = &pruned {
+                    report.steps.push(format!(
+                        "remove the expired certificate {tp} from the {} slot",
+                        word(slot.other())
+                    ));
+                }
+                if !already {
+                    if let Some(h) = &identity {
+                        report.steps.push(format!(
+                            "set the {} thumbprint of `{id}` in hub `{}`",
+                            word(slot),
+                            h.hub
+                        ));
+                    }
+                    report
+                        .steps
+                        .push(format!("install the new certificate on device `{id}`"));
+                }
+                report.pruned_thumbprint = pruned.clone();
+                work.clear_other = pruned.is_some();
+                work.prune_only = already;
+                if already {
+                    report.outcome = "pruned";
+                }
+                if policy.reuse_key && !already && !dry_run {
+                    work.reuse = Some(backend.private_key(&newest)?);
+                }
+            }
+            Mode::Breach { slot, breach } => {
+                // Already replaced by an earlier breach of this device (and, with --incident, of
+                // the same incident): a rerun does nothing.
+                let installed_tp = sha1_thumbprint(&installed.cert_der);
+                if let Some(step) = backend.last_done_step(&target, "breach-device")? {
+                    let result = step.result.unwrap_or_default();
+                    let same_incident = breach.incident.is_none()
+                        || result["incident"].as_str() == breach.incident.as_deref();
+                    if result["replacement"].as_str() == Some(installed_tp.as_str()) && same_incident {
+                        report.outcome = "already-replaced";
+                        out.reports.push(report);
+                        continue;
+                    }
+                }
+                // The compromised certificates: the one in the named slot (for a device of a
+                // group, the one it holds), and with --both the other slot's too.
+                let mut tps: Vec<String> = Vec::new();
+                match &individual {
+                    Some(_) => tps.extend(slot_tp(slot)),
+                    None => tps.push(installed_tp.clone()),
+                }
+                if breach.both {
+                    tps.extend(slot_tp(slot.other()));
+                }
+                tps.sort();
+                tps.dedup();
+                let compromised: Vec<VaultVersion> = tps
+                    .iter()
+                    .filter_map(|tp| by_tp(tp).map(|i| versions[i].clone()))
+                    .collect();
+                report.compromised = tps.clone();
+                match &individual {
+                    Some(_) => {
+                        for tp in &tps {
+                            report.steps.push(format!(
+                                "delete the compromised certificate {tp} from individual enrollment `{id}`"
+                            ));
+                        }
+                    }
+                    None => {
+                        let g = group.context("a device without an individual enrollment is in a group")?;
+                        report.steps.push(format!(
+                            "create individual enrollment `{id}` (taking precedence over group `{}`) holding only the new certificate, so the compromised {} is refused",
+                            g.name,
+                            tps.join(", ")
+                        ));
+                        work.individual = Some(IndividualEnrollment {
+                            registration_id: id.clone(),
+                            primary: None,
+                            secondary: None,
+                            status: Status::Enabled,
+                            reprovision: g.reprovision.as_str().into(),
+                            hub: g.hub.clone(),
+                        });
+                    }
+                }
+                for v in &compromised {
+                    report.steps.push(format!(
+                        "disable vault version {}/{} and add its serial to the CRL of `{}` (key-compromise)",
+                        v.name,
+                        v.version,
+                        v.issuer.as_ref().map(|i| i.0.as_str()).unwrap_or("?")
+                    ));
+                }
+                report.steps.push(format!(
+                    "issue a new certificate for `{id}` (new key) signed by CA `{issuer_ca}` into the {} slot",
+                    word(slot)
+                ));
+                if let Some(h) = &identity
+                    && breach.remove_hub_identity
+                {
+                    report
+                        .steps
+                        .push(format!("delete device `{id}` from hub `{}`", h.hub));
+                }
+                report.steps.push(format!(
+                    "install the new certificate on device `{id}` and re-provision it, so the hub holds only the new thumbprint"
+                ));
+                report.outcome = "replaced";
+                work.clear_other = breach.both;
+                work.compromised = compromised;
+                work.reprovision = true;
+                work.remove_identity = breach.remove_hub_identity && identity.is_some();
+                if let Some(ind) = work.individual.as_mut() {
+                    for s in [SlotName::Primary, SlotName::Secondary] {
+                        let held = match s {
+                            SlotName::Primary => &mut ind.primary,
+                            SlotName::Secondary => &mut ind.secondary,
+                        };
+                        if held.as_deref().is_some_and(|d| tps.contains(&sha1_thumbprint(d))) {
+                            *held = None;
+                        }
+                    }
+                }
+            }
+            Mode::Replace { slot } => {
+                report.steps.push(format!(
+                    "issue a new certificate for `{id}` (new key) signed by the new CA `{issuer_ca}`; its enrollment and hub identity keep only it"
+                ));
+                report.outcome = "replaced";
+                work.clear_other = true;
+                work.reprovision = true;
+                work.slot = slot;
+            }
+        }
+        if dry_run {
+            report.outcome = match report.outcome {
+                "rolled" => "would-roll",
+                "replaced" => "would-replace",
+                "pruned" => "would-prune",
+                other => other,
+            };
+            out.reports.push(report);
+            continue;
+        }
+        work.report = out.reports.len();
+        out.reports.push(report);
+        out.work.push(work);
+    }
+    Ok(out)
+}
+
+/// New keys and certificates: `(index in work, key, cert DER)`.
+pub(super) type Fresh = Vec<(usize, SubjectKey, Vec<u8>)>;
+
+/// The issuers a chunk needs, loaded once per run.
+#[derive(Default)]
+pub(super) struct Issuers(HashMap<String, LoadedIssuer>);
+
+impl Issuers {
+    /// Loads the issuers of a chunk's work that are not loaded yet (after a CA roll, call
+    /// [`Issuers::forget`] so the new CA version is used).
+    pub fn load(
+        &mut self,
+        backend: &dyn Backend,
+        assessed: &Assessed<'_>,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        for w in assessed.work.iter().filter(|w| !w.prune_only) {
+            if !self.0.contains_key(w.issuer_ca) {
+                let issuer = load_issuer(backend, w.issuer_ca)?;
+                if issuer.not_after <= now {
+                    anyhow::bail!(
+                        "CA `{}` expired at {}; roll the CA first",
+                        w.issuer_ca,
+                        crate::clock::rfc3339(issuer.not_after)
+                    );
+                }
+                self.0.insert(w.issuer_ca.to_string(), issuer);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops every loaded issuer.
+    pub fn forget(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// Keys and signatures, on every core; touches no backend.
+pub(super) fn generate(assessed: &Assessed<'_>, issuers: &Issuers, now: OffsetDateTime) -> Result<Fresh> {
+    assessed
+        .work
+        .par_iter()
+        .enumerate()
+        .filter(|(_, w)| !w.prune_only)
+        .map(|(i, w)| {
+            let issuer = &issuers.0[w.issuer_ca];
+            let key = match &w.reuse {
+                Some(k) => SubjectKey::reuse(k)?,
+                None => SubjectKey::generate(&w.policy.key)?,
+            };
+            let profile = CertProfile {
+                subject: Subject::common_name(&w.id),
+                dns_names: w.policy.dns_names.clone(),
+                key_usage: effective_key_usage(w.policy, false),
+                extended_key_usage: w.policy.extended_key_usage.clone(),
+                not_before: now,
+                not_after: (now + Duration::days(w.policy.validity_days as i64)).min(issuer.not_after),
+                ca: None,
+            };
+            let der = sign_public_key(&profile, key.public_key(), &issuer.key)?;
+            Ok((i, key, der))
+        })
+        .collect::<Result<_, crate::pki::Error>>()
+        .map_err(Into::into)
+}
+
+fn slot_mut<'a, T>(primary: &'a mut T, secondary: &'a mut T, slot: SlotName) -> (&'a mut T, &'a mut T) {
+    match slot {
+        SlotName::Primary => (primary, secondary),
+        SlotName::Secondary => (secondary, primary),
+    }
+}
+
+/// Writes a chunk (call inside one unit of work). Returns the result recorded in the journal.
+pub(super) fn store(
+    assessed: &mut Assessed<'_>,
+    fresh: Fresh,
+    issuers: &Issuers,
+    backend: &mut dyn Backend,
+    mode: Mode<'_>,
+    now: OffsetDateTime,
+) -> Result<serde_json::Value> {
+    let names: Vec<String> = fresh
+        .iter()
+        .map(|(i, _, _)| device_cert_name(&assessed.work[*i].id))
+        .collect();
+    let docs: Vec<String> = fresh
+        .iter()
+        .map(|(i, _, _)| {
+            let w = &assessed.work[*i];
+            policy_json(w.policy, "CN=<device id>", Some(w.issuer_ca))
+        })
+        .collect();
+    let batch: Vec<NewVersion<'_>> = fresh
+        .iter()
+        .zip(&names)
+        .zip(&docs)
+        .map(|(((i, key, der), name), doc)| {
+            let w = &assessed.work[*i];
+            let issuer = &issuers.0[w.issuer_ca];
+            NewVersion {
+                name,
+                policy_json: doc,
+                cert_der: der,
+                key_pkcs8: key.pkcs8_der(),
+                kty: w.policy.key.kty(),
+                exportable: exportable(w.policy),
+                issuer: Some((issuer.cert_name.as_str(), issuer.version.as_str())),
+            }
+        })
+        .collect();
+    let created = backend.create_versions(&batch, now)?;
+    drop(batch);
+    let mut new_cert: Vec<Option<(String, Vec<u8>, String)>> = vec![None; assessed.work.len()];
+    for ((i, _, der), version) in fresh.into_iter().zip(created) {
+        let tp = sha1_thumbprint(&der);
+        new_cert[i] = Some((version, der, tp));
+    }
+
+    let mut individuals = Vec::new();
+    let mut identities = Vec::new();
+    let mut installs = Vec::new();
+    let mut requests = Vec::new();
+    let mut replaced = serde_json::Map::new();
+    for (w, new) in assessed.work.iter_mut().zip(&new_cert) {
+        let report = &mut assessed.reports[w.report];
+        if let Some(mut ind) = w.individual.take() {
+            let (named, other) = slot_mut(&mut ind.primary, &mut ind.secondary, w.slot);
+            if let Some((_, der, _)) = new {
+                *named = Some(der.clone());
+            }
+            if w.clear_other {
+                *other = None;
+            }
+            individuals.push(ind);
+        }
+        if let Some(mut h) = w.identity.take() {
+            if w.remove_identity {
+                backend.delete_identity(&h.hub, &w.id)?;
+            } else {
+                let (named, other) = slot_mut(&mut h.primary_thumbprint, &mut h.secondary_thumbprint, w.slot);
+                if let Some((_, _, tp)) = new {
+                    *named = Some(tp.clone());
+                }
+                if w.clear_other {
+                    *other = None;
+                }
+                identities.push(h);
+            }
+        }
+        for v in &w.compromised {
+            if v.enabled {
+                backend.set_enabled(v, false, now)?;
+            }
+            if let Some((issuer, _)) = &v.issuer {
+                let serial = crate::pki::CertInfo::from_der(&v.cert_der)?.serial;
+                backend.revoke(issuer, &serial, "key-compromise", now)?;
+            }
+        }
+        if let Some((version, der, tp)) = new {
+            installs.push(DeviceRecord {
+                installed_version: Some(version.clone()),
+                ..w.record.clone()
+            });
+            report.new_thumbprint = Some(tp.clone());
+            if w.reprovision {
+                let mut chain = vec![der.clone()];
+                chain.extend(issuers.0[w.issuer_ca].chain.iter().cloned());
+                requests.push(RegistrationRequest {
+                    registration_id: w.id.clone(),
+                    chain,
+                });
+            }
+            replaced.insert(w.id.clone(), serde_json::Value::String(tp.clone()));
+        }
+    }
+    if !individuals.is_empty() {
+        backend.put_individuals(&individuals, now)?;
+    }
+    if !identities.is_empty() {
+        backend.update_identities(&identities, now)?;
+    }
+    if !installs.is_empty() {
+        backend.install(&installs)?;
+    }
+    if !requests.is_empty() {
+        let states = backend.register(&requests, now)?;
+        // Re-provisioning leaves the hub alone under the `never` policy; a compromised
+        // thumbprint must go all the same.
+        let mut only_new = Vec::new();
+        for (req, state) in requests.iter().zip(&states) {
+            let tp = sha1_thumbprint(&req.chain[0]);
+            if state.status != "assigned" {
+                anyhow::bail!(
+                    "device:{} was refused by the enrollment service with its new certificate: {}",
+                    req.registration_id,
+                    state.error.as_deref().unwrap_or("refused")
+                );
+            }
+            if let Some(hub) = &state.hub
+                && let Some(mut h) = backend.identity(hub, &req.registration_id)?
+                && (h.primary_thumbprint.as_deref() != Some(tp.as_str()) || h.secondary_thumbprint.is_some())
+            {
+                h.primary_thumbprint = Some(tp);
+                h.secondary_thumbprint = None;
+                only_new.push(h);
+            }
+        }
+        if !only_new.is_empty() {
+            backend.update_identities(&only_new, now)?;
+        }
+    }
+    let mut result = serde_json::json!({ "replaced": replaced });
+    if let Mode::Breach { breach, .. } = mode {
+        // One device per breach step: what the rerun check reads back.
+        if let Some((_, tp)) = replaced.iter().next() {
+            result["replacement"] = tp.clone();
+        }
+        result["incident"] = serde_json::json!(breach.incident);
+    }
+    for w in &assessed.work {
+        let report = &mut assessed.reports[w.report];
+        if report.outcome == "rolled" && w.prune_only {
+            report.outcome = "pruned";
+        }
+    }
+    Ok(result)
+}

@@ -1,0 +1,771 @@
+//! `roll-secondary` / `roll-primary`: expiry rolls with zero downtime (PRODUCT.md flow 1) and,
+//! with `--breach`, breach rolls (flows 2-4).
+//!
+//! A roll is planned as journaled steps (see [`crate::ops::journal`]): renewing CAs (a root is
+//! uploaded to the enrollment service and proven), putting the new CA certificate into groups'
+//! slots, and rolling devices a chunk at a time. An expiry roll leaves the other slot alone, so
+//! devices keep working with either certificate; an expired certificate there leaves with the
+//! roll. A rerun finds the newest certificates already in place and does nothing.
+//!
+//! With `--due`, only devices whose `auto-renew` action has fired are rolled, and the new
+//! certificate goes into whichever slot holds the older certificate (or is empty), so a cron job
+//! can run `certroll roll-secondary --due` every night without knowing which slot is free.
+//!
+//! A breach roll takes the compromised certificate out at once (the enrollment's slot, the
+//! group's slot, the service's CA certificates), revokes it, issues replacements with new keys
+//! and re-provisions the devices so the hub holds only the new thumbprints. Its rerun is a no-op:
+//! the journal remembers which certificate replaced the compromised one.
+
+mod cas;
+mod devices;
+
+use super::journal::{self, CutOff, Planned, StepReport};
+use super::{Access, BackendSettings, Target, open_backend};
+use crate::backend::Backend;
+use crate::error::input;
+use crate::plan::Plan;
+use anyhow::{Context as _, Result};
+use devices::{Assessed, Issuers, Mode};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+/// How many devices one journaled step rolls (one unit of work).
+const CHUNK: usize = 2048;
+
+/// Which attestation slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotName {
+    /// The primary slot.
+    Primary,
+    /// The secondary slot.
+    Secondary,
+}
+
+impl SlotName {
+    fn other(self) -> SlotName {
+        match self {
+            SlotName::Primary => SlotName::Secondary,
+            SlotName::Secondary => SlotName::Primary,
+        }
+    }
+
+    /// `primary` or `secondary`.
+    pub fn word(self) -> &'static str {
+        match self {
+            SlotName::Primary => "primary",
+            SlotName::Secondary => "secondary",
+        }
+    }
+
+    fn parse(s: &str) -> SlotName {
+        if s == "secondary" {
+            SlotName::Secondary
+        } else {
+            SlotName::Primary
+        }
+    }
+}
+
+/// The options of a breach roll.
+#[derive(Debug, Clone, Default)]
+pub struct Breach {
+    /// Both slots are compromised.
+    pub both: bool,
+    /// Delete the hub identity (the device provisions afresh) instead of re-provisioning it.
+    pub remove_hub_identity: bool,
+    /// A label for the incident: a rerun with the same label does nothing, a new label treats
+    /// the replacement of an earlier breach as compromised too.
+    pub incident: Option<String>,
+}
+
+/// Options of a roll.
+#[derive(Debug, Clone)]
+pub struct RollOptions {
+    /// `ca:NAME`, `group:NAME`, `device:ID` or `enrollment:NAME` targets.
+    pub targets: Vec<Target>,
+    /// The slot named by the verb.
+    pub slot: SlotName,
+    /// Only what an `auto-renew` lifetime action says is due; the slot holding the older
+    /// certificate is used.
+    pub due: bool,
+    /// A breach roll.
+    pub breach: Option<Breach>,
+    /// Print the steps, change nothing.
+    pub dry_run: bool,
+    /// How to open the backend.
+    pub backend: BackendSettings,
+}
+
+/// What happened to one device.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceRoll {
+    /// `device:ID`.
+    pub target: String,
+    /// `rolled`, `would-roll`, `already-rolled`, `pruned` (only an expired certificate left the
+    /// other slot), `not-due`, `replaced`, `would-replace` or `already-replaced`.
+    pub outcome: &'static str,
+    /// The slot the new certificate went into.
+    pub slot: SlotName,
+    /// The steps, in order.
+    pub steps: Vec<String>,
+    /// The new certificate's SHA-1 thumbprint (after a real roll).
+    pub new_thumbprint: Option<String>,
+    /// The thumbprint removed from the other slot because its certificate expired.
+    pub pruned_thumbprint: Option<String>,
+    /// In a breach: the thumbprints of the compromised certificates.
+    pub compromised: Vec<String>,
+}
+
+/// What happened to a group's slot.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupRoll {
+    /// `group:NAME`.
+    pub target: String,
+    /// `rolled`, `would-roll`, `already-rolled`, `replaced`, `would-replace` or
+    /// `already-replaced`.
+    pub outcome: &'static str,
+    /// The slot the new CA certificate went into.
+    pub slot: SlotName,
+    /// The steps.
+    pub steps: Vec<String>,
+}
+
+/// What a roll did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollReport {
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// The journal's number of this run (None for a dry run or when nothing was to be done).
+    pub run: Option<i64>,
+    /// Whether this run finished one that had been killed or had failed.
+    pub resumed: bool,
+    /// The steps in order, each with the devices it cuts off.
+    pub steps: Vec<StepReport>,
+    /// Devices that cannot connect with the certificate they hold now once the run is done,
+    /// until they receive their new one.
+    pub devices_cut_off: CutOff,
+    /// One entry per group whose slot the roll changes.
+    pub groups: Vec<GroupRoll>,
+    /// One entry per device rolled.
+    pub devices: Vec<DeviceRoll>,
+}
+
+/// The canonical text of a roll command: the journal's key for resuming it.
+fn command_key(opts: &RollOptions, targets: &[Target]) -> String {
+    let mut key = format!("roll-{}", opts.slot.word());
+    if opts.due {
+        key.push_str(" --due");
+    }
+    if let Some(b) = &opts.breach {
+        key.push_str(" --breach");
+        if b.both {
+            key.push_str(" --both");
+        }
+        if b.remove_hub_identity {
+            key.push_str(" --remove-hub-identity");
+        }
+        if let Some(i) = &b.incident {
+            key.push_str(&format!(" --incident {i}"));
+        }
+    }
+    for t in targets {
+        key.push_str(&format!(" {t}"));
+    }
+    key
+}
+
+/// A CA-level target and what it covers.
+struct ScopeTarget<'p> {
+    target: Target,
+    scope: cas::Scope<'p>,
+}
+
+/// Runs a roll.
+pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<RollReport> {
+    let mut targets: Vec<Target> = Vec::new();
+    for t in &opts.targets {
+        if !targets.contains(t) {
+            targets.push(t.clone());
+        }
+    }
+    if targets.is_empty() {
+        return Err(input(
+            "name what to roll: ca:NAME, group:NAME, device:ID or enrollment:NAME",
+        ));
+    }
+    let mut device_ids: Vec<String> = Vec::new();
+    let mut scopes: Vec<ScopeTarget<'_>> = Vec::new();
+    for t in &targets {
+        t.check(plan)?;
+        match t {
+            Target::Device(id) | Target::Enrollment(id) => device_ids.push(id.clone()),
+            Target::Group(name) => {
+                let g = &plan.groups[name];
+                let ca = plan
+                    .cas
+                    .iter()
+                    .find(|c| c.name == g.signing_ca)
+                    .expect("validated plan");
+                if ca.issuer.is_none() {
+                    return Err(input(format!(
+                        "group:{name} is signed by root CA `{}` directly; a root is rolled as ca:{}",
+                        ca.name, ca.name
+                    )));
+                }
+                scopes.push(ScopeTarget {
+                    target: t.clone(),
+                    scope: cas::group_scope(plan, g),
+                });
+            }
+            Target::Ca(name) => scopes.push(ScopeTarget {
+                target: t.clone(),
+                scope: cas::ca_scope(plan, name),
+            }),
+        }
+    }
+    if opts.due && !scopes.is_empty() {
+        return Err(input(
+            "--due rolls devices; name device:ID or enrollment:NAME targets",
+        ));
+    }
+    let access = if opts.dry_run {
+        Access::Preview
+    } else {
+        Access::Write
+    };
+    let mut backend = open_backend(plan, access, &opts.backend)?;
+    refuse_unissued(&backend, &device_ids, &scopes)?;
+
+    let command = command_key(opts, &targets);
+    let mut report = RollReport {
+        dry_run: opts.dry_run,
+        run: None,
+        resumed: false,
+        steps: Vec::new(),
+        devices_cut_off: CutOff::none(),
+        groups: Vec::new(),
+        devices: Vec::new(),
+    };
+    let mut planned = Vec::new();
+    let already = already_done(&backend, &command)?;
+    for st in &scopes {
+        plan_scope(plan, &backend, opts, st, already, now, &mut planned, &mut report)?;
+    }
+    plan_devices(opts, &device_ids, &mut planned);
+
+    let run = journal::begin(&mut backend, &command, &planned, opts.dry_run, now)?;
+    report.run = run.id;
+    report.resumed = run.resumed;
+    execute(plan, opts, &run, &mut backend, now, &mut report)?;
+    run.finish(&mut backend, now)?;
+    report.steps = journal::reports(&run, &planned, opts.dry_run);
+    let cut: Vec<&CutOff> = planned.iter().map(|p| &p.cut_off).collect();
+    report.devices_cut_off = CutOff {
+        count: cut.iter().map(|c| c.count).sum(),
+        first: cut
+            .iter()
+            .flat_map(|c| c.first.iter().cloned())
+            .take(journal::CUT_OFF_SHOWN)
+            .collect(),
+    };
+    for g in &mut report.groups {
+        if !opts.dry_run && g.outcome.starts_with("would-") {
+            g.outcome = if opts.breach.is_some() {
+                "replaced"
+            } else {
+                "rolled"
+            };
+        }
+    }
+    Ok(report)
+}
+
+/// Refuses, before any write, a target that was never issued.
+fn refuse_unissued(backend: &dyn Backend, device_ids: &[String], scopes: &[ScopeTarget<'_>]) -> Result<()> {
+    for st in scopes {
+        for g in &st.scope.groups {
+            if backend.group(&g.name)?.is_none() {
+                return Err(input(format!(
+                    "group:{} has not been issued yet (run `certroll issue group:{}`)",
+                    g.name, g.name
+                )));
+            }
+        }
+    }
+    let all = device_ids
+        .iter()
+        .chain(scopes.iter().flat_map(|s| s.scope.device_ids.iter()));
+    let mut chunk = Vec::with_capacity(CHUNK);
+    let check = |chunk: &mut Vec<String>| -> Result<()> {
+        for (id, d) in chunk.iter().zip(backend.device_many(chunk)?) {
+            if d.and_then(|d| d.installed_version).is_none() {
+                return Err(input(format!(
+                    "device:{id} has not been issued yet (run `certroll issue device:{id}`)"
+                )));
+            }
+        }
+        chunk.clear();
+        Ok(())
+    };
+    for id in all {
+        chunk.push(id.clone());
+        if chunk.len() == CHUNK {
+            check(&mut chunk)?;
+        }
+    }
+    check(&mut chunk)
+}
+
+/// Whether the newest finished run of this command left the newest CA versions in place: then
+/// its CA steps are done and a rerun repeats none of them.
+fn already_done(backend: &dyn Backend, command: &str) -> Result<bool> {
+    let Some(run) = backend.finished_run(command)? else {
+        return Ok(false);
+    };
+    let renewed: Vec<_> = run.steps.iter().filter(|s| s.kind == "renew-ca").collect();
+    if renewed.is_empty() {
+        return Ok(false);
+    }
+    for s in renewed {
+        let name = super::ca_cert_name(s.detail["ca"].as_str().unwrap_or_default());
+        let version = s
+            .result
+            .as_ref()
+            .and_then(|r| r["version"].as_str().map(String::from));
+        if backend.current(&name)?.map(|v| v.version) != version {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn chunk_steps(
+    kind: &'static str,
+    scope: &str,
+    slot: SlotName,
+    ids: &[String],
+    what: &str,
+    planned: &mut Vec<Planned>,
+) {
+    for chunk in ids.chunks(CHUNK) {
+        let range = if chunk.len() == 1 {
+            chunk[0].clone()
+        } else {
+            format!("{} .. {}", chunk[0], chunk[chunk.len() - 1])
+        };
+        planned.push(Planned {
+            target: scope.to_string(),
+            kind,
+            description: format!(
+                "{what} {} device(s) ({range}) into the {} slot",
+                chunk.len(),
+                slot.word()
+            ),
+            detail: serde_json::json!({ "ids": chunk, "slot": slot.word() }),
+            cut_off: CutOff::none(),
+        });
+    }
+}
+
+/// The steps of explicit device targets.
+fn plan_devices(opts: &RollOptions, ids: &[String], planned: &mut Vec<Planned>) {
+    match &opts.breach {
+        None => chunk_steps("roll-devices", "devices", opts.slot, ids, "roll", planned),
+        Some(_) => {
+            for id in ids {
+                planned.push(Planned {
+                    target: format!("device:{id}"),
+                    kind: "breach-device",
+                    description: format!(
+                        "replace the compromised certificate of `{id}` (new key) in the {} slot; refuse the old one everywhere",
+                        opts.slot.word()
+                    ),
+                    detail: serde_json::json!({ "ids": [id], "slot": opts.slot.word() }),
+                    cut_off: CutOff::of([id.clone()]),
+                });
+            }
+        }
+    }
+}
+
+/// The steps of a `ca:` or `group:` target.
+#[allow(clippy::too_many_arguments)]
+fn plan_scope(
+    plan: &Plan,
+    backend: &dyn Backend,
+    opts: &RollOptions,
+    st: &ScopeTarget<'_>,
+    already: bool,
+    now: OffsetDateTime,
+    planned: &mut Vec<Planned>,
+    report: &mut RollReport,
+) -> Result<()> {
+    let target = st.target.to_string();
+    let scope = &st.scope;
+    let slot = opts.slot;
+    let group_names: Vec<String> = scope.groups.iter().map(|g| g.name.clone()).collect();
+    if let Some(breach) = &opts.breach {
+        if already {
+            for g in &scope.groups {
+                report.groups.push(GroupRoll {
+                    target: format!("group:{}", g.name),
+                    outcome: "already-replaced",
+                    slot,
+                    steps: vec![],
+                });
+            }
+            return Ok(());
+        }
+        let compromised = compromised_cas(plan, backend, st, slot, breach.both)?;
+        let tainted = cas::tainted(backend, scope, &compromised)?;
+        let names: Vec<String> = compromised.iter().map(|(n, v)| format!("{n}/{v}")).collect();
+        let (count, first) = backend.devices_under(&tainted, journal::CUT_OFF_SHOWN)?;
+        let detail =
+            serde_json::json!({ "groups": group_names, "compromised": compromised, "tainted": tainted });
+        planned.push(Planned {
+            target: target.clone(),
+            kind: "remove-compromised",
+            description: format!(
+                "delete the compromised CA certificate(s) {} (and what they signed) from the groups' slots and the enrollment service's CA certificates",
+                names.join(", ")
+            ),
+            detail: detail.clone(),
+            cut_off: CutOff { count, first },
+        });
+        planned.push(Planned {
+            target: target.clone(),
+            kind: "revoke-ca",
+            description: format!(
+                "add the compromised CA certificate(s) to their issuer's CRL (ca-compromise) and disable them and what they signed in the vault ({} version(s))",
+                tainted.len()
+            ),
+            detail,
+            cut_off: CutOff::none(),
+        });
+    } else if already {
+        for g in &scope.groups {
+            report.groups.push(GroupRoll {
+                target: format!("group:{}", g.name),
+                outcome: "already-rolled",
+                slot,
+                steps: vec![],
+            });
+        }
+        chunk_steps("roll-devices", &target, slot, &scope.device_ids, "roll", planned);
+        return Ok(());
+    }
+    for ca in &scope.cas {
+        let description = match &ca.issuer {
+            Some(i) => format!("renew CA `{}` (new key) signed by `{i}`", ca.name),
+            None => format!(
+                "renew root CA `{}` (new key, self-signed), upload it to the enrollment service and prove possession",
+                ca.name
+            ),
+        };
+        planned.push(Planned {
+            target: format!("ca:{}", ca.name),
+            kind: "renew-ca",
+            description,
+            detail: serde_json::json!({ "ca": ca.name }),
+            cut_off: CutOff::none(),
+        });
+    }
+    for g in &scope.groups {
+        let clear_other = opts.breach.is_some();
+        let expired = cas::other_expired(backend, &g.name, slot, now)?;
+        let mut steps = vec![format!(
+            "put the new certificate of CA `{}` into the {} slot of group `{}`",
+            g.signing_ca,
+            slot.word(),
+            g.name
+        )];
+        if clear_other {
+            steps.push(format!(
+                "leave the {} slot of group `{}` empty",
+                slot.other().word(),
+                g.name
+            ));
+        } else if expired {
+            steps.push(format!(
+                "remove the expired CA certificate from the {} slot",
+                slot.other().word()
+            ));
+        }
+        planned.push(Planned {
+            target: format!("group:{}", g.name),
+            kind: "group-slot",
+            description: steps.join("; "),
+            detail: serde_json::json!({ "group": g.name, "slot": slot.word(), "clear_other": clear_other }),
+            cut_off: CutOff::none(),
+        });
+        report.groups.push(GroupRoll {
+            target: format!("group:{}", g.name),
+            outcome: if opts.breach.is_some() {
+                "would-replace"
+            } else {
+                "would-roll"
+            },
+            slot,
+            steps,
+        });
+    }
+    if opts.breach.is_some() {
+        chunk_steps(
+            "replace-devices",
+            &target,
+            slot,
+            &scope.device_ids,
+            "re-issue (new keys) and re-provision",
+            planned,
+        );
+    } else {
+        chunk_steps("roll-devices", &target, slot, &scope.device_ids, "roll", planned);
+    }
+    Ok(())
+}
+
+/// The compromised CA versions of a breach target: for `group:` the CA certificate in the named
+/// slot (both slots with `--both`); for `ca:` the CA's current version (every version with
+/// `--both`).
+fn compromised_cas(
+    plan: &Plan,
+    backend: &dyn Backend,
+    st: &ScopeTarget<'_>,
+    slot: SlotName,
+    both: bool,
+) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    match &st.target {
+        Target::Group(name) => {
+            let g = &plan.groups[name];
+            let state = backend
+                .group(name)?
+                .context("group missing from the enrollment service")?;
+            let versions = backend.versions(&super::ca_cert_name(&g.signing_ca))?;
+            let (named, other) = match slot {
+                SlotName::Primary => (&state.primary, &state.secondary),
+                SlotName::Secondary => (&state.secondary, &state.primary),
+            };
+            let mut slots = vec![named];
+            if both {
+                slots.push(other);
+            }
+            for s in slots.into_iter().flatten() {
+                if let Some(v) = versions.iter().find(|v| v.cert_der == s.cert_der) {
+                    out.push((v.name.clone(), v.version.clone()));
+                }
+            }
+            if out.is_empty() {
+                return Err(input(format!(
+                    "group:{name}: the {} slot holds no certificate of CA `{}`; nothing to declare compromised",
+                    slot.word(),
+                    g.signing_ca
+                )));
+            }
+        }
+        Target::Ca(name) => {
+            let versions = backend.versions(&super::ca_cert_name(name))?;
+            let current = versions.last().with_context(|| {
+                format!("CA `{name}` is not in the vault (run `certroll issue ca:{name}`)")
+            })?;
+            if both {
+                out.extend(versions.iter().map(|v| (v.name.clone(), v.version.clone())));
+            } else {
+                out.push((current.name.clone(), current.version.clone()));
+            }
+        }
+        _ => unreachable!("scopes are ca: and group: targets"),
+    }
+    Ok(out)
+}
+
+fn pairs(v: &serde_json::Value) -> Vec<(String, String)> {
+    serde_json::from_value(v.clone()).unwrap_or_default()
+}
+
+/// Carries out the run's steps that are not done yet, in order.
+fn execute(
+    plan: &Plan,
+    opts: &RollOptions,
+    run: &journal::Run,
+    backend: &mut dyn Backend,
+    now: OffsetDateTime,
+    report: &mut RollReport,
+) -> Result<()> {
+    let mut issuers = Issuers::default();
+    let steps = run.steps.clone();
+    let mut i = 0;
+    while i < steps.len() {
+        let step = &steps[i];
+        if is_device_step(&step.kind) {
+            // Consecutive device steps run as one pipeline.
+            let mut j = i;
+            while j < steps.len() && is_device_step(&steps[j].kind) {
+                j += 1;
+            }
+            roll_device_steps(plan, opts, run, &steps[i..j], backend, &mut issuers, now, report)?;
+            i = j;
+            continue;
+        }
+        i += 1;
+        if opts.dry_run || run.done_before(step.seq) {
+            continue;
+        }
+        let context = format!("step {} ({}) of {}", step.seq, step.kind, step.target);
+        match step.kind.as_str() {
+            "renew-ca" => {
+                let name = step.detail["ca"].as_str().unwrap_or_default();
+                let ca = plan
+                    .cas
+                    .iter()
+                    .find(|c| c.name == name)
+                    .with_context(|| format!("the plan no longer declares CA `{name}`"))?;
+                run.step(backend, step.seq, now, |b| {
+                    let v = cas::renew(plan, ca, b, now)?;
+                    Ok(((), serde_json::json!({ "version": v.version })))
+                })
+                .context(context)?;
+                issuers.forget();
+            }
+            "group-slot" => {
+                let name = step.detail["group"].as_str().unwrap_or_default();
+                let g = plan
+                    .groups
+                    .get(name)
+                    .with_context(|| format!("the plan no longer declares group `{name}`"))?;
+                let slot = SlotName::parse(step.detail["slot"].as_str().unwrap_or_default());
+                let clear = step.detail["clear_other"].as_bool().unwrap_or(false);
+                run.step(backend, step.seq, now, |b| {
+                    cas::place(plan, g, slot, clear, b, now)?;
+                    Ok(((), serde_json::json!({})))
+                })
+                .context(context)?;
+            }
+            "remove-compromised" => {
+                let groups: Vec<String> =
+                    serde_json::from_value(step.detail["groups"].clone()).unwrap_or_default();
+                let tainted = pairs(&step.detail["tainted"]);
+                run.step(backend, step.seq, now, |b| {
+                    Ok(((), cas::remove_tainted(&groups, &tainted, b, now)?))
+                })
+                .context(context)?;
+            }
+            "revoke-ca" => {
+                let compromised = pairs(&step.detail["compromised"]);
+                let tainted = pairs(&step.detail["tainted"]);
+                run.step(backend, step.seq, now, |b| {
+                    Ok(((), cas::revoke_tainted(&compromised, &tainted, b, now)?))
+                })
+                .context(context)?;
+            }
+            other => anyhow::bail!("the journal holds a step of unknown kind `{other}`"),
+        }
+    }
+    Ok(())
+}
+
+/// A chunk as decided, and with its keys and certificates made.
+type Decided<'a, 'p> = (u32, Mode<'a>, Assessed<'p>);
+type Made<'a, 'p> = (u32, Mode<'a>, Assessed<'p>, devices::Fresh);
+
+/// Makes the keys and certificates of a decided chunk (on every core; no backend).
+fn make<'a, 'p>(
+    chunk: Option<Decided<'a, 'p>>,
+    issuers: &Issuers,
+    now: OffsetDateTime,
+) -> Result<Option<Made<'a, 'p>>> {
+    Ok(match chunk {
+        Some((seq, mode, assessed)) => {
+            let fresh = if assessed.any() {
+                devices::generate(&assessed, issuers, now)?
+            } else {
+                Vec::new()
+            };
+            Some((seq, mode, assessed, fresh))
+        }
+        None => None,
+    })
+}
+
+fn is_device_step(kind: &str) -> bool {
+    matches!(kind, "roll-devices" | "replace-devices" | "breach-device")
+}
+
+/// Device steps as a pipeline: while step k is written, step k+1's keys are made.
+#[allow(clippy::too_many_arguments)]
+fn roll_device_steps(
+    plan: &Plan,
+    opts: &RollOptions,
+    run: &journal::Run,
+    steps: &[crate::backend::types::JournalStep],
+    backend: &mut dyn Backend,
+    issuers: &mut Issuers,
+    now: OffsetDateTime,
+    report: &mut RollReport,
+) -> Result<()> {
+    let default_breach = Breach::default();
+    let mode_of = |step: &crate::backend::types::JournalStep| {
+        let slot = SlotName::parse(step.detail["slot"].as_str().unwrap_or_default());
+        match step.kind.as_str() {
+            "replace-devices" => Mode::Replace { slot },
+            "breach-device" => Mode::Breach {
+                slot,
+                breach: opts.breach.as_ref().unwrap_or(&default_breach),
+            },
+            _ => Mode::Expiry { slot, due: opts.due },
+        }
+    };
+    let mut pending: Option<Made<'_, '_>> = None;
+    let todo: Vec<_> = steps
+        .iter()
+        .filter(|s| opts.dry_run || !run.done_before(s.seq))
+        .collect();
+    let mut next = todo.into_iter();
+    loop {
+        let step = next.next();
+        let next_chunk = match step {
+            Some(s) => {
+                let ids: Vec<String> = serde_json::from_value(s.detail["ids"].clone()).unwrap_or_default();
+                let mode = mode_of(s);
+                let assessed = devices::assess(plan, backend, &ids, mode, opts.dry_run, now)
+                    .with_context(|| format!("step {} ({}) of {}", s.seq, s.kind, s.target))?;
+                if assessed.any() {
+                    issuers.load(backend, &assessed, now)?;
+                }
+                Some((s.seq, mode, assessed))
+            }
+            None => None,
+        };
+        let issuers_ref = &*issuers;
+        let (stored, generated) = match pending.take() {
+            Some((seq, mode, mut assessed, fresh)) => {
+                let b = &mut *backend;
+                let (stored, generated) = rayon::join(
+                    move || {
+                        if opts.dry_run {
+                            return Ok(assessed);
+                        }
+                        run.step(b, seq, now, |b| {
+                            let result = devices::store(&mut assessed, fresh, issuers_ref, b, mode, now)?;
+                            Ok(((), result))
+                        })
+                        .with_context(|| format!("step {seq} of the run"))?;
+                        anyhow::Ok(assessed)
+                    },
+                    || make(next_chunk, issuers_ref, now),
+                );
+                (Some(stored?), generated?)
+            }
+            None => (None, make(next_chunk, issuers_ref, now)?),
+        };
+        if let Some(done) = stored {
+            report.devices.extend(done.reports);
+        }
+        pending = generated;
+        if step.is_none() && pending.is_none() {
+            break;
+        }
+    }
+    Ok(())
+}

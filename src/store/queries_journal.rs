@@ -1,0 +1,141 @@
+//! Reads and writes of the journal: runs of mutating commands and their steps.
+
+use super::StoreError;
+use crate::backend::types::{JournalRun, JournalStep};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use time::OffsetDateTime;
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+fn sql(source: rusqlite::Error) -> StoreError {
+    StoreError::Sqlite {
+        path: Default::default(),
+        source,
+    }
+}
+
+fn from_ts(secs: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or(serde_json::Value::Null)
+}
+
+fn step_row(r: &Row<'_>) -> rusqlite::Result<JournalStep> {
+    Ok(JournalStep {
+        seq: r.get(0)?,
+        target: r.get(1)?,
+        kind: r.get(2)?,
+        description: r.get(3)?,
+        detail: json(&r.get::<_, String>(4)?),
+        result: r.get::<_, Option<String>>(5)?.as_deref().map(json),
+    })
+}
+
+fn steps_of(conn: &Connection, run: i64) -> Result<Vec<JournalStep>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, target, kind, description, detail, result FROM journal_steps
+             WHERE run_id = ?1 ORDER BY seq",
+        )
+        .map_err(sql)?;
+    let rows = stmt.query_map([run], step_row).map_err(sql)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+}
+
+fn run_with_steps(
+    conn: &Connection,
+    row: Option<(i64, String, i64, Option<i64>)>,
+) -> Result<Option<JournalRun>> {
+    let Some((id, command, started, finished)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(JournalRun {
+        id,
+        command,
+        started: from_ts(started),
+        finished: finished.map(from_ts),
+        steps: steps_of(conn, id)?,
+    }))
+}
+
+/// The newest run of a command: open (`finished` = false) or finished.
+pub fn last_run(conn: &Connection, command: &str, finished: bool) -> Result<Option<JournalRun>> {
+    let row = conn
+        .prepare_cached(
+            "SELECT id, command, started, finished FROM journal_runs
+             WHERE command = ?1 AND (finished IS NOT NULL) = ?2 ORDER BY id DESC LIMIT 1",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![command, finished], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()
+        })
+        .map_err(sql)?;
+    run_with_steps(conn, row)
+}
+
+/// Records a run and its planned steps; returns the run's number.
+pub fn start(conn: &Connection, command: &str, steps: &[JournalStep], now: OffsetDateTime) -> Result<i64> {
+    conn.execute(
+        "INSERT INTO journal_runs (command, started) VALUES (?1, ?2)",
+        params![command, now.unix_timestamp()],
+    )
+    .map_err(sql)?;
+    let run = conn.last_insert_rowid();
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO journal_steps (run_id, seq, target, kind, description, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .map_err(sql)?;
+    for s in steps {
+        stmt.execute(params![
+            run,
+            s.seq,
+            s.target,
+            s.kind,
+            s.description,
+            s.detail.to_string()
+        ])
+        .map_err(sql)?;
+    }
+    Ok(run)
+}
+
+/// Marks a step done with what it did.
+pub fn step_done(
+    conn: &Connection,
+    run: i64,
+    seq: u32,
+    result: &serde_json::Value,
+    now: OffsetDateTime,
+) -> Result<()> {
+    conn.prepare_cached("UPDATE journal_steps SET result = ?3, done = ?4 WHERE run_id = ?1 AND seq = ?2")
+        .and_then(|mut s| s.execute(params![run, seq, result.to_string(), now.unix_timestamp()]))
+        .map_err(sql)?;
+    Ok(())
+}
+
+/// Closes a run.
+pub fn finish(conn: &Connection, run: i64, now: OffsetDateTime) -> Result<()> {
+    conn.execute(
+        "UPDATE journal_runs SET finished = ?2 WHERE id = ?1",
+        params![run, now.unix_timestamp()],
+    )
+    .map_err(sql)?;
+    Ok(())
+}
+
+/// The newest done step of a kind for a target, in a finished run.
+pub fn last_done_step(conn: &Connection, target: &str, kind: &str) -> Result<Option<JournalStep>> {
+    conn.prepare_cached(
+        "SELECT s.seq, s.target, s.kind, s.description, s.detail, s.result FROM journal_steps s
+         JOIN journal_runs r ON r.id = s.run_id
+         WHERE s.target = ?1 AND s.kind = ?2 AND s.done IS NOT NULL AND r.finished IS NOT NULL
+         ORDER BY s.run_id DESC LIMIT 1",
+    )
+    .and_then(|mut s| s.query_row([target, kind], step_row).optional())
+    .map_err(sql)
+}
