@@ -459,8 +459,13 @@ impl Fleet for LocalBackend {
         out.map_err(|e| self.with_path(e))
     }
 
-    fn devices_under(&self, issuers: &[(String, String)], limit: usize) -> Result<(u64, Vec<String>)> {
-        read!(self, q::devices_under(self.store.conn(), issuers, limit))
+    fn devices_under(
+        &self,
+        issuers: &[(String, String)],
+        groups: Option<&[String]>,
+        limit: usize,
+    ) -> Result<(u64, Vec<String>)> {
+        read!(self, q::devices_under(self.store.conn(), issuers, groups, limit))
     }
 }
 

@@ -182,7 +182,12 @@ pub trait Fleet {
     fn install(&mut self, batch: &[DeviceRecord]) -> Result<()>;
     /// The devices holding a certificate signed by any of these CA versions (`(vault name,
     /// version)` pairs): how many, and the first `limit` ids in id order.
-    fn devices_under(&self, issuers: &[(String, String)], limit: usize) -> Result<(u64, Vec<String>)>;
+    fn devices_under(
+        &self,
+        issuers: &[(String, String)],
+        groups: Option<&[String]>,
+        limit: usize,
+    ) -> Result<(u64, Vec<String>)>;
 }
 
 /// The journal of mutating runs: steps are recorded before they are carried out, and each is

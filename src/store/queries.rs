@@ -718,25 +718,30 @@ pub fn ca_delete(conn: &Connection, name: &str) -> Result<()> {
 }
 
 /// The devices whose installed certificate was signed by any of these CA versions
-/// (`[name, version]` pairs): how many, and the first `limit` ids.
+/// (`[name, version]` pairs), only of these groups if given: how many, and the first `limit` ids.
 pub fn devices_under(
     conn: &Connection,
     issuers: &[(String, String)],
+    groups: Option<&[String]>,
     limit: usize,
 ) -> Result<(u64, Vec<String>)> {
     let pairs = serde_json::to_string(issuers).unwrap_or_else(|_| "[]".into());
+    let groups = groups.map(json_list);
     let query =
         "FROM devices d JOIN vault_versions v ON v.name = d.cert_name AND v.version = d.installed_version
          WHERE EXISTS (SELECT 1 FROM json_each(?1) j
                        WHERE json_extract(j.value, '$[0]') = v.issuer_name
-                         AND json_extract(j.value, '$[1]') = v.issuer_version)";
+                         AND json_extract(j.value, '$[1]') = v.issuer_version)
+           AND (?2 IS NULL OR d.group_name IN (SELECT value FROM json_each(?2)))";
     let count: i64 = conn
-        .query_row(&format!("SELECT COUNT(*) {query}"), [&pairs], |r| r.get(0))
+        .query_row(&format!("SELECT COUNT(*) {query}"), params![pairs, groups], |r| {
+            r.get(0)
+        })
         .map_err(sql)?;
     let first = all(
         conn,
-        &format!("SELECT d.id {query} ORDER BY d.id LIMIT ?2"),
-        params![pairs, limit as i64],
+        &format!("SELECT d.id {query} ORDER BY d.id LIMIT ?3"),
+        params![pairs, groups, limit as i64],
         |r| r.get(0),
     )?;
     Ok((count as u64, first))

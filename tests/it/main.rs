@@ -17,6 +17,7 @@ mod revoke;
 // `reprovision`: the registration flow under each reprovision policy.
 mod reprovision;
 // Expiry rolls: slots, zero downtime, `--due`.
+mod breach;
 mod roll;
 // `vault`: versions, policies, attributes.
 mod vault;

@@ -6,12 +6,12 @@ use certroll::backend::local::LocalBackend;
 use certroll::backend::{EnrollmentService as _, HubRegistry as _};
 use certroll::store::{OpenOptions, Store};
 
-fn at(days: i64) -> String {
+pub fn at(days: i64) -> String {
     let t = certroll::clock::parse_rfc3339(NOW).unwrap() + time::Duration::days(days);
     certroll::clock::rfc3339(t)
 }
 
-fn backend(env: &TestEnv) -> LocalBackend {
+pub fn backend(env: &TestEnv) -> LocalBackend {
     LocalBackend::new(
         Store::open(&OpenOptions {
             path: env.store_dir().join("state.db"),
@@ -24,7 +24,7 @@ fn backend(env: &TestEnv) -> LocalBackend {
     )
 }
 
-fn pem_der(env: &TestEnv, now: &str, device: &str) -> Vec<u8> {
+pub fn pem_der(env: &TestEnv, now: &str, device: &str) -> Vec<u8> {
     let file = format!("{device}-{}.pem", now.replace(':', ""));
     env.run(&[
         "--plan",
@@ -43,7 +43,7 @@ fn pem_der(env: &TestEnv, now: &str, device: &str) -> Vec<u8> {
 }
 
 /// Whether the enrollment service would accept and the hub would let in this certificate.
-fn works(env: &TestEnv, device: &str, cert: &[u8], now: &str) -> bool {
+pub fn works(env: &TestEnv, device: &str, cert: &[u8], now: &str) -> bool {
     let b = backend(env);
     let now = certroll::clock::parse_rfc3339(now).unwrap();
     let individual = b.individual(device).unwrap();

@@ -420,7 +420,9 @@ fn plan_scope(
         let compromised = compromised_cas(plan, backend, st, slot, breach.both)?;
         let tainted = cas::tainted(backend, scope, &compromised)?;
         let names: Vec<String> = compromised.iter().map(|(n, v)| format!("{n}/{v}")).collect();
-        let (count, first) = backend.devices_under(&tainted, journal::CUT_OFF_SHOWN)?;
+        // A group's breach cuts off that group's devices; a CA's, every device below it.
+        let only = matches!(st.target, Target::Group(_)).then_some(group_names.as_slice());
+        let (count, first) = backend.devices_under(&tainted, only, journal::CUT_OFF_SHOWN)?;
         let detail =
             serde_json::json!({ "groups": group_names, "compromised": compromised, "tainted": tainted });
         planned.push(Planned {

@@ -1,0 +1,479 @@
+//! Breach rolls and CA rolls: the compromised certificate is refused by the enrollment service
+//! and the hub for every device it was on, others are unaffected, reruns change nothing, dry runs
+//! name the devices cut off, and a run killed at any step is finished by running it again.
+
+use crate::roll::{at, backend, pem_der, works};
+use crate::util::*;
+use certroll::backend::{EnrollmentService as _, Vault as _};
+
+const PLAN: [&str; 2] = ["--plan", "plan.toml"];
+
+fn run(env: &TestEnv, args: &[&str]) -> Run {
+    let mut full: Vec<&str> = PLAN.to_vec();
+    full.extend_from_slice(args);
+    env.run(&full)
+}
+
+fn sensors() -> Vec<String> {
+    (1..=50).map(|i| format!("sensor-{i:02}")).collect()
+}
+
+/// Writes a DER certificate as PEM with the real openssl, for openssl to check.
+fn write_pem(env: &TestEnv, der: &[u8], name: &str) {
+    std::fs::write(env.path(&format!("{name}.der")), der).unwrap();
+    env.openssl(&[
+        "x509",
+        "-inform",
+        "DER",
+        "-in",
+        &format!("{name}.der"),
+        "-out",
+        &format!("{name}.pem"),
+    ])
+    .ok();
+}
+
+fn versions(env: &TestEnv, name: &str) -> usize {
+    backend(env).versions(name).unwrap().len()
+}
+
+#[test]
+fn a_device_breach_refuses_the_compromised_certificate_everywhere_and_a_rerun_does_nothing() {
+    let env = TestEnv::new();
+    env.quickstart();
+    run(&env, &["issue"]).ok();
+    let old = pem_der(&env, NOW, "gateway-01");
+    let neighbour = pem_der(&env, NOW, "sensor-01");
+    assert!(works(&env, "gateway-01", &old, NOW));
+
+    // The dry run names the device it cuts off, and changes nothing.
+    let dry = run(
+        &env,
+        &[
+            "roll-primary",
+            "--breach",
+            "device:gateway-01",
+            "--dry-run",
+            "-o",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(dry["devices_cut_off"]["count"], 1, "{dry}");
+    assert_eq!(dry["steps"][0]["devices_cut_off"]["first"][0], "gateway-01");
+    assert_eq!(dry["devices"][0]["outcome"], "would-replace");
+    assert!(works(&env, "gateway-01", &old, NOW));
+    assert_eq!(versions(&env, "dev-gateway-01"), 1);
+
+    let r = run(
+        &env,
+        &[
+            "roll-primary",
+            "--breach",
+            "device:gateway-01",
+            "--yes",
+            "-o",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(r["devices"][0]["outcome"], "replaced", "{r}");
+    let new = pem_der(&env, NOW, "gateway-01");
+    assert_ne!(new, old);
+    assert_eq!(
+        r["devices"][0]["compromised"][0].as_str().unwrap(),
+        certroll::pki::sha1_thumbprint(&old)
+    );
+    assert!(
+        !works(&env, "gateway-01", &old, NOW),
+        "the compromised cert is refused"
+    );
+    assert!(works(&env, "gateway-01", &new, NOW), "the replacement works");
+    assert!(
+        works(&env, "sensor-01", &neighbour, NOW),
+        "other devices are unaffected"
+    );
+
+    // The compromised version is disabled and on the CA's CRL, as openssl sees it.
+    let b = backend(&env);
+    let v = b.versions("dev-gateway-01").unwrap();
+    assert!(!v[0].enabled && v[1].enabled);
+    drop(b);
+    run(&env, &["export", "ca:root", "--out", "root.pem"]).ok();
+    run(&env, &["export", "ca:factory", "--crl", "--out", "f.crl"]).ok();
+    write_pem(&env, &old, "old");
+    let factory = certroll::pki::pem::certs_from_pem(
+        &std::fs::read(env.path("gateway-01-2026-11-23T000000Z.pem")).unwrap(),
+    )
+    .unwrap();
+    write_pem(&env, &factory[1], "factory");
+    let check = env.openssl(&[
+        "verify",
+        "-crl_check",
+        "-CAfile",
+        "root.pem",
+        "-untrusted",
+        "factory.pem",
+        "-CRLfile",
+        "f.crl",
+        "old.pem",
+    ]);
+    assert_ne!(
+        check.code, 0,
+        "openssl must refuse the compromised cert: {}",
+        check.stdout
+    );
+    assert!(
+        check.stdout.contains("revoked") || check.stderr.contains("revoked"),
+        "{}{}",
+        check.stdout,
+        check.stderr
+    );
+
+    // A rerun changes nothing.
+    let again = run(
+        &env,
+        &[
+            "roll-primary",
+            "--breach",
+            "device:gateway-01",
+            "--yes",
+            "-o",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(again["devices"][0]["outcome"], "already-replaced", "{again}");
+    assert_eq!(versions(&env, "dev-gateway-01"), 2);
+    assert!(works(&env, "gateway-01", &new, NOW));
+
+    // A new incident replaces the replacement.
+    let next = run(
+        &env,
+        &[
+            "roll-primary",
+            "--breach",
+            "--incident",
+            "INC-2",
+            "device:gateway-01",
+            "--yes",
+            "-o",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(next["devices"][0]["outcome"], "replaced", "{next}");
+    assert_eq!(versions(&env, "dev-gateway-01"), 3);
+    assert!(!works(&env, "gateway-01", &new, NOW));
+}
+
+#[test]
+fn a_group_device_breach_refuses_its_old_certificate_though_it_chains_to_the_group() {
+    let env = TestEnv::new();
+    env.quickstart();
+    run(&env, &["issue"]).ok();
+    let old = pem_der(&env, NOW, "sensor-07");
+    let other = pem_der(&env, NOW, "sensor-08");
+    run(
+        &env,
+        &[
+            "roll-primary",
+            "--breach",
+            "device:sensor-07",
+            "--remove-hub-identity",
+            "--yes",
+        ],
+    )
+    .ok();
+    let new = pem_der(&env, NOW, "sensor-07");
+    assert!(!works(&env, "sensor-07", &old, NOW));
+    assert!(works(&env, "sensor-07", &new, NOW));
+    assert!(works(&env, "sensor-08", &other, NOW));
+    // Its later expiry rolls keep working: the enrollment that shields it takes the new cert.
+    let t = at(340);
+    run(&env, &["--now", &t, "roll-secondary", "device:sensor-07"]).ok();
+    let rolled = pem_der(&env, &t, "sensor-07");
+    assert!(works(&env, "sensor-07", &rolled, &t));
+    assert!(
+        works(&env, "sensor-07", &new, &t),
+        "zero downtime after the breach too"
+    );
+}
+
+#[test]
+fn an_intermediate_breach_reissues_the_group_and_revokes_the_ca() {
+    let env = TestEnv::new();
+    env.quickstart();
+    run(&env, &["issue"]).ok();
+    let old: Vec<Vec<u8>> = sensors().iter().map(|d| pem_der(&env, NOW, d)).collect();
+    let gateway = pem_der(&env, NOW, "gateway-01");
+    // The chain the devices present now: leaf, then the factory CA about to be compromised.
+    let old_factory = certroll::pki::pem::certs_from_pem(
+        &std::fs::read(env.path("sensor-01-2026-11-23T000000Z.pem")).unwrap(),
+    )
+    .unwrap()
+    .remove(1);
+
+    let dry = run(
+        &env,
+        &[
+            "roll-primary",
+            "--breach",
+            "group:sensors",
+            "--dry-run",
+            "-o",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(dry["steps"][0]["kind"], "remove-compromised", "{dry}");
+    assert_eq!(dry["steps"][0]["devices_cut_off"]["count"], 50);
+    assert_eq!(
+        dry["steps"][0]["devices_cut_off"]["first"],
+        serde_json::json!(["sensor-01", "sensor-02", "sensor-03", "sensor-04", "sensor-05"])
+    );
+    assert_eq!(versions(&env, "ca-factory"), 1, "a dry run changes nothing");
+
+    run(&env, &["roll-primary", "--breach", "group:sensors", "--yes"]).ok();
+    for (id, old) in sensors().iter().zip(&old) {
+        assert!(
+            !works(&env, id, old, NOW),
+            "{id}: the leaf under the compromised CA is refused"
+        );
+        let new = pem_der(&env, NOW, id);
+        assert!(works(&env, id, &new, NOW), "{id}: the new leaf works");
+    }
+    assert!(
+        works(&env, "gateway-01", &gateway, NOW),
+        "the gateway's own enrollment is unaffected"
+    );
+    let g = backend(&env).group("sensors").unwrap().unwrap();
+    assert!(g.secondary.is_none());
+
+    // The compromised intermediate is on the root's CRL.
+    run(&env, &["export", "ca:root", "--out", "root.pem"]).ok();
+    run(&env, &["export", "ca:root", "--crl", "--out", "r.crl"]).ok();
+    write_pem(&env, &old_factory, "old-factory");
+    let check = env.openssl(&[
+        "verify",
+        "-crl_check",
+        "-CAfile",
+        "root.pem",
+        "-CRLfile",
+        "r.crl",
+        "old-factory.pem",
+    ]);
+    assert_ne!(check.code, 0, "{}", check.stdout);
+
+    let again = run(
+        &env,
+        &["roll-primary", "--breach", "group:sensors", "--yes", "-o", "json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(again["groups"][0]["outcome"], "already-replaced", "{again}");
+    assert_eq!(versions(&env, "ca-factory"), 2);
+    assert_eq!(versions(&env, "dev-sensor-01"), 2);
+}
+
+/// Every device of the quickstart, the certificate it holds now, and whether it works.
+fn all_devices() -> Vec<String> {
+    let mut all = sensors();
+    all.push("gateway-01".into());
+    all
+}
+
+#[test]
+fn a_root_expiry_roll_puts_a_proven_new_root_beside_the_old_with_zero_downtime() {
+    let env = TestEnv::new();
+    env.quickstart();
+    run(&env, &["issue"]).ok();
+    let old: Vec<Vec<u8>> = all_devices().iter().map(|d| pem_der(&env, NOW, d)).collect();
+    let r = run(&env, &["roll-secondary", "ca:root", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(r["groups"][0]["outcome"], "rolled", "{r}");
+    let b = backend(&env);
+    let cas = b.cas().unwrap();
+    assert_eq!(
+        cas.iter()
+            .map(|c| (c.name.as_str(), c.verified))
+            .collect::<Vec<_>>(),
+        [("root", true), ("root-v2", true)]
+    );
+    drop(b);
+    for (id, old) in all_devices().iter().zip(&old) {
+        let new = pem_der(&env, NOW, id);
+        assert!(
+            works(&env, id, old, NOW),
+            "{id}: the old certificate keeps working"
+        );
+        assert!(works(&env, id, &new, NOW), "{id}: the new certificate works");
+    }
+    // The new chain verifies against the new root with openssl.
+    run(&env, &["export", "ca:root", "--out", "root2.pem"]).ok();
+    let check = env.openssl(&[
+        "verify",
+        "-CAfile",
+        "root2.pem",
+        "-untrusted",
+        "sensor-09-2026-11-23T000000Z.pem",
+        "sensor-09-2026-11-23T000000Z.pem",
+    ]);
+    assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
+
+    let again = run(&env, &["roll-secondary", "ca:root", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(again["groups"][0]["outcome"], "already-rolled", "{again}");
+    assert!(
+        again["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["outcome"] == "already-rolled"),
+        "{again}"
+    );
+    assert_eq!(versions(&env, "ca-root"), 2);
+    assert_eq!(versions(&env, "dev-sensor-01"), 2);
+}
+
+#[test]
+fn a_root_breach_removes_the_root_from_the_service_and_reissues_everything_below() {
+    let env = TestEnv::new();
+    env.quickstart();
+    run(&env, &["issue"]).ok();
+    let old: Vec<Vec<u8>> = all_devices().iter().map(|d| pem_der(&env, NOW, d)).collect();
+    let dry = run(
+        &env,
+        &["roll-primary", "--breach", "ca:root", "--dry-run", "-o", "json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(dry["steps"][0]["devices_cut_off"]["count"], 51, "{dry}");
+    run(&env, &["roll-primary", "--breach", "ca:root", "--yes"]).ok();
+    let cas = backend(&env).cas().unwrap();
+    assert_eq!(
+        cas.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        ["root-v2"]
+    );
+    for (id, old) in all_devices().iter().zip(&old) {
+        assert!(!works(&env, id, old, NOW), "{id}: the old chain is refused");
+        let new = pem_der(&env, NOW, id);
+        assert!(works(&env, id, &new, NOW), "{id}: the new chain works");
+    }
+}
+
+/// Runs a command with the fault switch; it must die, not finish.
+fn killed_after(env: &TestEnv, steps: u32, args: &[&str]) {
+    let mut full: Vec<&str> = PLAN.to_vec();
+    full.extend_from_slice(args);
+    let out = env
+        .cmd()
+        .args(&full)
+        .env("CERTROLL_FAULT_AFTER_STEPS", steps.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the fault switch must abort the run after step {steps}"
+    );
+}
+
+#[test]
+fn a_roll_killed_after_any_step_is_finished_by_the_same_command_without_duplicates() {
+    for (args, steps) in [
+        (&["roll-secondary", "ca:root"][..], 4),
+        (&["roll-primary", "--breach", "ca:root", "--yes"][..], 6),
+        (
+            &[
+                "roll-primary",
+                "--breach",
+                "device:gateway-01",
+                "device:sensor-03",
+                "device:sensor-04",
+                "--yes",
+            ][..],
+            3,
+        ),
+    ] {
+        for kill_at in 1..=steps {
+            let env = TestEnv::new();
+            env.quickstart();
+            run(&env, &["issue"]).ok();
+            killed_after(&env, kill_at, args);
+            let mut json_args = args.to_vec();
+            json_args.extend(["-o", "json"]);
+            let r = run(&env, &json_args).ok().json();
+            assert_eq!(r["resumed"], true, "{args:?} killed after {kill_at}: {r}");
+            let b = backend(&env);
+            let breach_devices = ["gateway-01", "sensor-03", "sensor-04"];
+            for id in all_devices() {
+                let expected = if args[0] == "roll-secondary"
+                    || args.contains(&"ca:root")
+                    || breach_devices.contains(&id.as_str())
+                {
+                    2
+                } else {
+                    1
+                };
+                assert_eq!(
+                    b.versions(&format!("dev-{id}")).unwrap().len(),
+                    expected,
+                    "{args:?} killed after {kill_at}: {id} has a duplicate or missing certificate"
+                );
+            }
+            if args.contains(&"ca:root") {
+                assert_eq!(
+                    b.versions("ca-root").unwrap().len(),
+                    2,
+                    "{args:?} killed after {kill_at}"
+                );
+                assert_eq!(
+                    b.versions("ca-factory").unwrap().len(),
+                    2,
+                    "{args:?} killed after {kill_at}"
+                );
+            }
+            let (_, factory_crl) = b.revocations("ca-factory").unwrap();
+            let (_, root_crl) = b.revocations("ca-root").unwrap();
+            let expected_crl = if args.contains(&"device:gateway-01") {
+                (3, 0)
+            } else if args.contains(&"--breach") {
+                // A root cannot be on a CRL; what it signed is disabled in the vault instead.
+                (0, 0)
+            } else {
+                (0, 0)
+            };
+            assert_eq!(
+                (factory_crl.len(), root_crl.len()),
+                expected_crl,
+                "{args:?} killed after {kill_at}"
+            );
+            drop(b);
+            for id in all_devices() {
+                let cert = pem_der(&env, NOW, &id);
+                assert!(
+                    works(&env, &id, &cert, NOW),
+                    "{args:?} killed after {kill_at}: {id}"
+                );
+            }
+            // And once finished, the same command changes nothing.
+            let again = run(&env, &json_args).ok().json();
+            assert_eq!(again["resumed"], false);
+            assert!(
+                again["devices"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|d| d["outcome"].as_str().unwrap().starts_with("already")),
+                "{again}"
+            );
+        }
+    }
+}
