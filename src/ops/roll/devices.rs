@@ -484,19 +484,19 @@ pub(super) fn store(
         .iter()
         .map(|(i, _, _)| device_cert_name(&assessed.work[*i].id))
         .collect();
-    let docs: Vec<String> = fresh
-        .iter()
-        .map(|(i, _, _)| {
-            let w = &assessed.work[*i];
-            policy_json(w.policy, "CN=<device id>", Some(w.issuer_ca))
-        })
-        .collect();
+    // One policy document per (policy, issuer): a chunk shares a handful.
+    let mut docs: HashMap<(&str, &str), String> = HashMap::new();
+    for (i, _, _) in &fresh {
+        let w = &assessed.work[*i];
+        docs.entry((w.policy.name.as_str(), w.issuer_ca))
+            .or_insert_with(|| policy_json(w.policy, "CN=<device id>", Some(w.issuer_ca)));
+    }
     let batch: Vec<NewVersion<'_>> = fresh
         .iter()
         .zip(&names)
-        .zip(&docs)
-        .map(|(((i, key, der), name), doc)| {
+        .map(|((i, key, der), name)| {
             let w = &assessed.work[*i];
+            let doc = &docs[&(w.policy.name.as_str(), w.issuer_ca)];
             let issuer = &issuers.0[w.issuer_ca];
             NewVersion {
                 name,
