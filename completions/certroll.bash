@@ -678,7 +678,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__reprovision)
-            opts="-o -q -v -h --dry-run --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --dry-run --force --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -135,7 +135,8 @@ json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
-complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -l dry-run -d 'List the devices that would register; change nothing'
+complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -l dry-run -d 'Say which devices would be assigned and which refused; change nothing'
+complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -l force -d 'Register devices again even when already assigned with the certificate they hold'
 complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -s h -l help -d 'Print help (see more with \'--help\')'

@@ -38,6 +38,56 @@ macro_rules! read {
     };
 }
 
+impl LocalBackend {
+    /// Gathers what the service knows about a batch (cheap reads) and decides every
+    /// registration in parallel (the signature checks are the expensive part). Returns the leaf
+    /// thumbprints and the decisions, in order.
+    fn decide_batch(
+        &self,
+        batch: &[RegistrationRequest],
+        now: OffsetDateTime,
+    ) -> Result<(Vec<String>, Vec<Decision>)> {
+        use rayon::prelude::*;
+        let groups = registration::usable_groups(self.groups()?, &self.cas()?);
+        let conn = self.store.conn();
+        let ids: Vec<String> = batch.iter().map(|r| r.registration_id.clone()).collect();
+        let individuals = self.individual_many(&ids)?;
+        let any_disabled = read!(self, q::any_disabled_enrollment(conn))?;
+        let mut known = Vec::with_capacity(batch.len());
+        let mut thumbprints = Vec::with_capacity(batch.len());
+        for (req, individual) in batch.iter().zip(individuals) {
+            let leaf_tp = req
+                .chain
+                .first()
+                .map(|c| crate::pki::sha1_thumbprint(c))
+                .unwrap_or_default();
+            let disabled = if any_disabled {
+                read!(self, q::disabled_enrollments_with(conn, &leaf_tp))?
+            } else {
+                Vec::new()
+            };
+            thumbprints.push(leaf_tp);
+            known.push((disabled, individual));
+        }
+        let decisions = batch
+            .par_iter()
+            .zip(known.par_iter())
+            .map(|(req, (disabled, individual))| {
+                registration::decide(
+                    req,
+                    &registration::Context {
+                        disabled_holding_leaf: disabled,
+                        individual: individual.as_ref(),
+                        groups: &groups,
+                        now,
+                    },
+                )
+            })
+            .collect();
+        Ok((thumbprints, decisions))
+    }
+}
+
 /// Puts rows found by key back into the order the keys were asked in.
 fn in_order<T>(keys: &[String], rows: Vec<T>, key: impl Fn(&T) -> &str) -> Vec<Option<T>> {
     let mut by_key: std::collections::HashMap<String, T> =
@@ -251,28 +301,9 @@ impl EnrollmentService for LocalBackend {
         batch: &[RegistrationRequest],
         now: OffsetDateTime,
     ) -> Result<Vec<RegistrationState>> {
-        use rayon::prelude::*;
-        let groups = registration::usable_groups(self.groups()?, &self.cas()?);
-        // Gather what the service knows (cheap reads), decide in parallel (the signature
-        // checks are the expensive part), then record every outcome in one transaction.
+        let (thumbprints, decisions) = self.decide_batch(batch, now)?;
         let conn = self.store.conn();
         let ids: Vec<String> = batch.iter().map(|r| r.registration_id.clone()).collect();
-        let individuals = self.individual_many(&ids)?;
-        let any_disabled = read!(self, q::any_disabled_enrollment(conn))?;
-        let mut known = Vec::with_capacity(batch.len());
-        for (req, individual) in batch.iter().zip(individuals) {
-            let leaf_tp = req
-                .chain
-                .first()
-                .map(|c| crate::pki::sha1_thumbprint(c))
-                .unwrap_or_default();
-            let disabled = if any_disabled {
-                read!(self, q::disabled_enrollments_with(conn, &leaf_tp))?
-            } else {
-                Vec::new()
-            };
-            known.push((leaf_tp, disabled, individual));
-        }
         let mut previous: std::collections::HashMap<String, RegistrationState> = self
             .registration_many(&ids)?
             .into_iter()
@@ -284,32 +315,32 @@ impl EnrollmentService for LocalBackend {
                 .into_iter()
                 .map(|h| ((h.hub.clone(), h.device_id.clone()), h))
                 .collect();
-        let decisions: Vec<Decision> = batch
-            .par_iter()
-            .zip(known.par_iter())
-            .map(|(req, (_, disabled, individual))| {
-                registration::decide(
-                    req,
-                    &registration::Context {
-                        disabled_holding_leaf: disabled,
-                        individual: individual.as_ref(),
-                        groups: &groups,
-                        now,
-                    },
-                )
-            })
-            .collect();
         let out = self.store.write(|tx, _| {
             batch
                 .iter()
-                .zip(known.iter())
+                .zip(thumbprints.iter())
                 .zip(decisions)
-                .map(|((req, (leaf_tp, _, _)), decision)| {
+                .map(|((req, leaf_tp), decision)| {
                     apply(tx, req, leaf_tp, decision, now, &mut previous, &mut identities)
                 })
                 .collect::<std::result::Result<Vec<_>, _>>()
         });
         out.map_err(|e| self.with_path(e))
+    }
+
+    fn preview_register(
+        &self,
+        batch: &[RegistrationRequest],
+        now: OffsetDateTime,
+    ) -> Result<Vec<std::result::Result<String, String>>> {
+        let (_, decisions) = self.decide_batch(batch, now)?;
+        Ok(decisions
+            .into_iter()
+            .map(|d| match d {
+                Decision::Rejected(reason) => Err(reason),
+                Decision::Individual { hub, .. } | Decision::Group { hub, .. } => Ok(hub),
+            })
+            .collect())
     }
 
     fn registration(&self, registration_id: &str) -> Result<Option<RegistrationState>> {
@@ -334,6 +365,7 @@ fn apply(
                 status: "failed".into(),
                 substatus: None,
                 hub: None,
+                cert_thumbprint: Some(leaf_tp.to_string()),
                 error: Some(reason),
             };
             // A failed attempt does not erase where the device was assigned before.
@@ -384,6 +416,7 @@ fn apply(
         status: "assigned".into(),
         substatus: Some(substatus.into()),
         hub: Some(hub),
+        cert_thumbprint: Some(leaf_tp.to_string()),
         error: None,
     };
     q::registration_put(tx, &state, Some(kind), Some(&name), leaf_tp, now)?;

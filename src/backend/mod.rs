@@ -106,6 +106,13 @@ pub trait EnrollmentService {
         batch: &[RegistrationRequest],
         now: OffsetDateTime,
     ) -> Result<Vec<RegistrationState>>;
+    /// What `register` would decide for each request, without recording anything: the hub it
+    /// would assign to, or why it would refuse.
+    fn preview_register(
+        &self,
+        batch: &[RegistrationRequest],
+        now: OffsetDateTime,
+    ) -> Result<Vec<std::result::Result<String, String>>>;
     /// The registration state of a device.
     fn registration(&self, registration_id: &str) -> Result<Option<RegistrationState>>;
     /// The registration states of several devices, in the order asked (None where absent).

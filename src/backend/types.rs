@@ -143,6 +143,9 @@ pub struct RegistrationState {
     pub substatus: Option<String>,
     /// Hub assigned to.
     pub hub: Option<String>,
+    /// The thumbprint of the certificate the device registered with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_thumbprint: Option<String>,
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

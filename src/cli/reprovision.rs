@@ -14,6 +14,11 @@ the groups whose signing certificate it chains to (path validation at --now). Th
 reprovision policy decides the hub identity: migrate and reset set the hub's thumbprints to the
 presented certificate only (reset also resets the twin); never leaves the hub alone.
 
+A device the service already has assigned with the certificate it holds is left alone
+(`unchanged`), so a rerun changes nothing; --force registers it again all the same.
+--dry-run asks the service what it would decide, and lists the devices it would refuse.
+A run killed part-way is finished by running the same command again.
+
 Exit code 1 when any device was rejected.
 
 Examples:
@@ -23,9 +28,12 @@ pub struct ReprovisionArgs {
     /// Which devices: device:ID, enrollment:NAME, group:NAME (default: every device).
     #[arg(value_parser = parse_target)]
     targets: Vec<Target>,
-    /// List the devices that would register; change nothing.
+    /// Say which devices would be assigned and which refused; change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Register devices again even when already assigned with the certificate they hold.
+    #[arg(long)]
+    force: bool,
 }
 
 /// Rejections listed in human output.
@@ -36,26 +44,34 @@ pub fn exec(g: &Global, args: ReprovisionArgs) -> anyhow::Result<u8> {
     let opts = ReprovisionOptions {
         targets: args.targets,
         dry_run: args.dry_run,
+        force: args.force,
         backend: g.backend(),
     };
     let report = crate::ops::reprovision::reprovision(&plan, &opts, g.clock().now())?;
     let mut p = g.printer();
     if g.output == crate::output::Format::Json {
         p.json(&report)?;
-    } else if report.dry_run {
-        p.line(format!(
-            "Would register {} device(s) again. Dry run: nothing was changed.",
-            report.devices.len()
-        ))?;
     } else {
         p.line(format!(
-            "{} assigned, {} rejected",
-            report.assigned, report.rejected
+            "{} {}, {} unchanged, {} {}",
+            report.assigned,
+            if report.dry_run {
+                "would be assigned"
+            } else {
+                "assigned"
+            },
+            report.unchanged,
+            report.rejected,
+            if report.dry_run {
+                "would be rejected"
+            } else {
+                "rejected"
+            },
         ))?;
         for d in report
             .devices
             .iter()
-            .filter(|d| d.status != "assigned")
+            .filter(|d| !matches!(d.status.as_str(), "assigned" | "would-assign" | "unchanged"))
             .take(SHOWN)
         {
             p.line(format!(
@@ -64,6 +80,9 @@ pub fn exec(g: &Global, args: ReprovisionArgs) -> anyhow::Result<u8> {
                 d.error.as_deref().unwrap_or("rejected")
             ))?;
         }
+    }
+    if report.dry_run {
+        p.line("Dry run: nothing was changed.")?;
     }
     Ok(if report.rejected > 0 && !report.dry_run {
         1

@@ -14,14 +14,18 @@ A device of an individual enrollment: the enrollment is disabled. A device of a 
 individual enrollment holding its certificate is added, which rejects that certificate even
 where the group would accept it. group:NAME disables the group. The device's vault version is
 disabled and its serial goes onto the issuing CA's CRL (`certroll export ca:NAME --crl`).
+ca:NAME deletes a CA: it leaves the enrollment service's CA certificates and every group's
+slots, and every version is disabled and put on its issuer's CRL.
 
-Destructive: asks on a terminal, needs --yes otherwise.
+--dry-run prints the steps and the devices each target cuts off. Destructive: asks on a
+terminal, needs --yes otherwise. A run killed part-way is finished by running it again.
 
 Examples:
   certroll revoke device:sensor-0042 --reason key-compromise --dry-run
-  certroll revoke device:sensor-0042 --reason key-compromise --yes")]
+  certroll revoke device:sensor-0042 --reason key-compromise --yes
+  certroll revoke ca:factory --reason ca-compromise --dry-run")]
 pub struct RevokeArgs {
-    /// What to revoke: device:ID, enrollment:NAME, group:NAME.
+    /// What to revoke: device:ID, enrollment:NAME, group:NAME, ca:NAME.
     #[arg(value_parser = parse_target, required = true)]
     targets: Vec<Target>,
     /// The RFC 5280 reason.
@@ -90,7 +94,7 @@ pub fn exec(g: &Global, args: RevokeArgs) -> anyhow::Result<u8> {
             continue;
         }
         p.line(format!(
-            "{}: {} ({} device(s) cut off)",
+            "{}: {} (cuts off {})",
             t.target,
             if report.dry_run { "would revoke" } else { "revoked" },
             t.devices_cut_off

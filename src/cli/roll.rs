@@ -129,15 +129,9 @@ fn print_human<W: std::io::Write>(
         };
         p.line(format!("{:>3}. [{state}] {}: {}", s.seq, s.target, s.description))?;
         if s.devices_cut_off.count > 0 {
-            let more = if s.devices_cut_off.count > s.devices_cut_off.first.len() as u64 {
-                ", ..."
-            } else {
-                ""
-            };
             p.line(format!(
-                "     {} device(s) cannot connect with the certificate they hold now: {}{more}",
-                s.devices_cut_off.count,
-                s.devices_cut_off.first.join(", ")
+                "     cannot connect with the certificate they hold now: {}",
+                s.devices_cut_off
             ))?;
         }
     }

@@ -46,6 +46,21 @@ impl CutOff {
     }
 }
 
+impl std::fmt::Display for CutOff {
+    /// `3 device(s): a, b, c` (the first few named, `...` when there are more).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.count == 0 {
+            return write!(f, "no devices");
+        }
+        let more = if self.count > self.first.len() as u64 {
+            ", ..."
+        } else {
+            ""
+        };
+        write!(f, "{} device(s): {}{more}", self.count, self.first.join(", "))
+    }
+}
+
 /// A step before it is recorded.
 #[derive(Debug, Clone)]
 pub struct Planned {

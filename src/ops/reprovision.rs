@@ -4,8 +4,9 @@
 //! policy to the hub identity (migrate and reset swap the hub's thumbprints to the presented
 //! certificate; never records the registration and leaves the hub alone).
 
+use super::journal::{self, CutOff, Planned, StepReport};
 use super::{Access, BackendSettings, Target, chain_above, open_backend};
-use crate::backend::types::{RegistrationRequest, RegistrationState};
+use crate::backend::types::RegistrationRequest;
 use crate::error::input;
 use crate::plan::Plan;
 use anyhow::Result;
@@ -21,8 +22,11 @@ const CHUNK: usize = 2048;
 pub struct ReprovisionOptions {
     /// device:ID, enrollment:NAME or group:NAME; empty = every device.
     pub targets: Vec<Target>,
-    /// Say which devices would register, change nothing.
+    /// Say which devices would be assigned and which refused; change nothing.
     pub dry_run: bool,
+    /// Register devices again even where the service already has them assigned with the
+    /// certificate they hold (under `reset` this resets their twins again).
+    pub force: bool,
     /// How to open the backend.
     pub backend: BackendSettings,
 }
@@ -32,13 +36,14 @@ pub struct ReprovisionOptions {
 pub struct DeviceOutcome {
     /// Device id.
     pub device: String,
-    /// assigned, failed, or (dry run / nothing installed) skipped.
+    /// `assigned`, `failed`, `unchanged` (already assigned with the certificate it holds),
+    /// `would-assign`, `would-fail`, or `skipped` (nothing installed).
     pub status: String,
     /// initialAssignment, deviceDataMigrated, deviceDataReset, reprovisionedToInitialAssignment.
     pub substatus: Option<String>,
-    /// The hub it was assigned to.
+    /// The hub it was (or would be) assigned to.
     pub hub: Option<String>,
-    /// Why it was rejected or skipped.
+    /// Why it was (or would be) rejected or skipped.
     pub error: Option<String>,
 }
 
@@ -47,10 +52,20 @@ pub struct DeviceOutcome {
 pub struct ReprovisionReport {
     /// Whether this was a dry run.
     pub dry_run: bool,
-    /// Devices assigned.
+    /// The journal's number of this run (None for a dry run).
+    pub run: Option<i64>,
+    /// Whether this run finished one that had been killed or had failed.
+    pub resumed: bool,
+    /// The steps (a chunk of devices each).
+    pub steps: Vec<StepReport>,
+    /// Devices assigned (or, in a dry run, that would be).
     pub assigned: u64,
+    /// Devices already assigned with the certificate they hold, left alone.
+    pub unchanged: u64,
     /// Devices rejected (or with no certificate installed).
     pub rejected: u64,
+    /// Devices that cannot connect once the run is done: the ones rejected.
+    pub devices_cut_off: CutOff,
     /// Every device, in plan order.
     pub devices: Vec<DeviceOutcome>,
 }
@@ -88,6 +103,18 @@ fn selected(plan: &Plan, targets: &[Target]) -> Vec<String> {
     out
 }
 
+/// The canonical text of the command: the journal's key for resuming it.
+fn command_key(opts: &ReprovisionOptions) -> String {
+    let mut key = String::from("reprovision");
+    if opts.force {
+        key.push_str(" --force");
+    }
+    for t in &opts.targets {
+        key.push_str(&format!(" {t}"));
+    }
+    key
+}
+
 /// Runs `reprovision`.
 pub fn reprovision(plan: &Plan, opts: &ReprovisionOptions, now: OffsetDateTime) -> Result<ReprovisionReport> {
     for t in &opts.targets {
@@ -104,77 +131,191 @@ pub fn reprovision(plan: &Plan, opts: &ReprovisionOptions, now: OffsetDateTime) 
         Access::Write
     };
     let mut backend = open_backend(plan, access, &opts.backend)?;
+    let ids = selected(plan, &opts.targets);
+    let planned: Vec<Planned> = ids
+        .chunks(CHUNK)
+        .map(|chunk| Planned {
+            target: "devices".into(),
+            kind: "reprovision",
+            description: format!(
+                "register {} device(s) ({} .. {}) again with the certificate each holds",
+                chunk.len(),
+                chunk[0],
+                chunk[chunk.len() - 1]
+            ),
+            detail: serde_json::json!({ "ids": chunk }),
+            cut_off: CutOff::none(),
+        })
+        .collect();
+    let run = journal::begin(&mut backend, &command_key(opts), &planned, opts.dry_run, now)?;
     let mut report = ReprovisionReport {
         dry_run: opts.dry_run,
+        run: run.id,
+        resumed: run.resumed,
+        steps: Vec::new(),
         assigned: 0,
+        unchanged: 0,
         rejected: 0,
+        devices_cut_off: CutOff::none(),
         devices: Vec::new(),
     };
-    let ids = selected(plan, &opts.targets);
     // Issuer chains are shared by many devices: look each up once.
     let mut chains: HashMap<(String, String), Vec<Vec<u8>>> = HashMap::new();
-    for chunk in ids.chunks(CHUNK) {
-        let mut requests = Vec::new();
-        let mut skipped: HashMap<String, String> = HashMap::new();
-        for (id, installed) in chunk.iter().zip(super::installed_many(&backend, chunk)?) {
-            let Some(installed) = installed else {
-                skipped.insert(
-                    id.clone(),
-                    "no certificate is installed on the device (run `certroll issue`)".into(),
-                );
-                continue;
-            };
-            let above = match &installed.issuer {
-                Some(key) => match chains.get(key) {
-                    Some(c) => c.clone(),
-                    None => {
-                        let mut c = chain_above(&backend, &installed)?;
-                        c.pop(); // the root is not presented
-                        chains.insert(key.clone(), c.clone());
-                        c
-                    }
-                },
-                None => Vec::new(),
-            };
-            let mut chain = vec![installed.cert_der];
-            chain.extend(above);
-            requests.push(RegistrationRequest {
-                registration_id: id.clone(),
-                chain,
-            });
+    let mut cut_off = Vec::new();
+    let mut cut_per_step = Vec::new();
+    for step in run.steps.clone() {
+        let chunk: Vec<String> = serde_json::from_value(step.detail["ids"].clone()).unwrap_or_default();
+        if run.done_before(step.seq) {
+            cut_per_step.push(CutOff::none());
+            continue;
         }
-        let states: HashMap<String, RegistrationState> = if opts.dry_run || requests.is_empty() {
-            HashMap::new()
-        } else {
-            crate::backend::in_one_unit(&mut backend, |b| b.register(&requests, now))?
-                .into_iter()
-                .map(|s| (s.registration_id.clone(), s))
-                .collect()
-        };
-        for id in chunk {
-            let outcome = match (states.get(id), skipped.get(id)) {
-                (Some(s), _) => DeviceOutcome {
-                    device: id.clone(),
-                    status: s.status.clone(),
-                    substatus: s.substatus.clone(),
-                    hub: s.hub.clone(),
-                    error: s.error.clone(),
-                },
-                (None, reason) => DeviceOutcome {
-                    device: id.clone(),
-                    status: "skipped".into(),
-                    substatus: None,
-                    hub: None,
-                    error: reason.cloned().or_else(|| Some("dry run: would register".into())),
-                },
-            };
+        let outcomes = run.step(&mut backend, step.seq, now, |b| {
+            let outcomes = register_chunk(b, &chunk, opts, &mut chains, now)?;
+            Ok((outcomes, serde_json::json!({})))
+        })?;
+        let step_cut: Vec<String> = outcomes
+            .iter()
+            .filter(|o| matches!(o.status.as_str(), "failed" | "would-fail" | "skipped"))
+            .map(|o| o.device.clone())
+            .collect();
+        cut_off.extend(step_cut.iter().cloned());
+        cut_per_step.push(CutOff::of(step_cut));
+        for outcome in outcomes {
             match outcome.status.as_str() {
-                "assigned" => report.assigned += 1,
-                "skipped" if opts.dry_run && !skipped.contains_key(id) => {}
+                "assigned" | "would-assign" => report.assigned += 1,
+                "unchanged" => report.unchanged += 1,
                 _ => report.rejected += 1,
             }
             report.devices.push(outcome);
         }
     }
+    run.finish(&mut backend, now)?;
+    let planned: Vec<Planned> = planned
+        .into_iter()
+        .zip(cut_per_step)
+        .map(|(p, cut_off)| Planned { cut_off, ..p })
+        .collect();
+    report.steps = journal::reports(&run, &planned, opts.dry_run);
+    report.devices_cut_off = CutOff::of(cut_off);
     Ok(report)
+}
+
+/// Registers one chunk of devices (or, in a dry run, asks what the service would decide).
+fn register_chunk(
+    backend: &mut dyn crate::backend::Backend,
+    chunk: &[String],
+    opts: &ReprovisionOptions,
+    chains: &mut HashMap<(String, String), Vec<Vec<u8>>>,
+    now: OffsetDateTime,
+) -> Result<Vec<DeviceOutcome>> {
+    let mut requests = Vec::new();
+    let mut outcomes: HashMap<String, DeviceOutcome> = HashMap::new();
+    let registrations = backend.registration_many(chunk)?;
+    for (id, installed) in chunk.iter().zip(super::installed_many(backend, chunk)?) {
+        let Some(installed) = installed else {
+            outcomes.insert(
+                id.clone(),
+                DeviceOutcome {
+                    device: id.clone(),
+                    status: "skipped".into(),
+                    substatus: None,
+                    hub: None,
+                    error: Some("no certificate is installed on the device (run `certroll issue`)".into()),
+                },
+            );
+            continue;
+        };
+        let above = match &installed.issuer {
+            Some(key) => match chains.get(key) {
+                Some(c) => c.clone(),
+                None => {
+                    let mut c = chain_above(backend, &installed)?;
+                    c.pop(); // the root is not presented
+                    chains.insert(key.clone(), c.clone());
+                    c
+                }
+            },
+            None => Vec::new(),
+        };
+        let mut chain = vec![installed.cert_der];
+        chain.extend(above);
+        requests.push(RegistrationRequest {
+            registration_id: id.clone(),
+            chain,
+        });
+    }
+    // Already assigned with the certificate it holds, the service would assign it there again
+    // and the hub lets it in: nothing to do.
+    if !opts.force && !requests.is_empty() {
+        let decisions = backend.preview_register(&requests, now)?;
+        let previous: HashMap<String, crate::backend::types::RegistrationState> = registrations
+            .into_iter()
+            .flatten()
+            .map(|r| (r.registration_id.clone(), r))
+            .collect();
+        let mut still = Vec::new();
+        for (req, decision) in requests.into_iter().zip(decisions) {
+            let id = &req.registration_id;
+            let unchanged = match (previous.get(id), &decision) {
+                (Some(prev), Ok(hub)) => {
+                    prev.status == "assigned"
+                        && prev.hub.as_ref() == Some(hub)
+                        && prev.cert_thumbprint.as_deref()
+                            == Some(crate::pki::sha1_thumbprint(&req.chain[0]).as_str())
+                        && backend.authenticate(hub, id, &req.chain[0], now)?.is_ok()
+                }
+                _ => false,
+            };
+            if unchanged {
+                let prev = &previous[id];
+                outcomes.insert(
+                    id.clone(),
+                    DeviceOutcome {
+                        device: id.clone(),
+                        status: "unchanged".into(),
+                        substatus: prev.substatus.clone(),
+                        hub: prev.hub.clone(),
+                        error: None,
+                    },
+                );
+            } else {
+                still.push(req);
+            }
+        }
+        requests = still;
+    }
+    if !requests.is_empty() {
+        if opts.dry_run {
+            for (req, decision) in requests.iter().zip(backend.preview_register(&requests, now)?) {
+                let (status, hub, error) = match decision {
+                    Ok(hub) => ("would-assign", Some(hub), None),
+                    Err(reason) => ("would-fail", None, Some(reason)),
+                };
+                outcomes.insert(
+                    req.registration_id.clone(),
+                    DeviceOutcome {
+                        device: req.registration_id.clone(),
+                        status: status.into(),
+                        substatus: None,
+                        hub,
+                        error,
+                    },
+                );
+            }
+        } else {
+            for s in backend.register(&requests, now)? {
+                outcomes.insert(
+                    s.registration_id.clone(),
+                    DeviceOutcome {
+                        device: s.registration_id.clone(),
+                        status: s.status.clone(),
+                        substatus: s.substatus.clone(),
+                        hub: s.hub.clone(),
+                        error: s.error.clone(),
+                    },
+                );
+            }
+        }
+    }
+    Ok(chunk.iter().filter_map(|id| outcomes.remove(id)).collect())
 }

@@ -3,9 +3,12 @@
 //! certificate is added (a certificate in a disabled enrollment fails every registration, even
 //! where a group would accept it); `group:NAME` disables the group. The device's vault version
 //! is disabled, its serial goes onto the issuing CA's CRL, and the hub identity is disabled (or
-//! deleted, or kept, as asked). Reruns find everything done and change nothing.
+//! deleted, or kept, as asked). `ca:NAME` deletes a CA: out of the enrollment service and out of
+//! every group's slot, every version disabled and put on its issuer's CRL. Every target is one
+//! journaled step; reruns find everything done and change nothing.
 
-use super::{Access, BackendSettings, Target, device_cert_name, device_owner, open_backend};
+use super::journal::{self, CutOff, Planned, StepReport};
+use super::{Access, BackendSettings, Target, ca_cert_name, device_cert_name, device_owner, open_backend};
 use crate::backend::Backend;
 use crate::backend::types::*;
 use crate::error::input;
@@ -100,7 +103,7 @@ pub struct Revoked {
     /// The steps taken (or, in a dry run, to take); empty when it was already revoked.
     pub steps: Vec<String>,
     /// Devices that can no longer connect or register afterwards.
-    pub devices_cut_off: u64,
+    pub devices_cut_off: CutOff,
 }
 
 /// What `revoke` did.
@@ -110,24 +113,56 @@ pub struct RevokeReport {
     pub dry_run: bool,
     /// The reason.
     pub reason: Reason,
+    /// The journal's number of this run (None for a dry run).
+    pub run: Option<i64>,
+    /// Whether this run finished one that had been killed or had failed.
+    pub resumed: bool,
+    /// The steps (one per target).
+    pub steps: Vec<StepReport>,
     /// Per target.
     pub targets: Vec<Revoked>,
+}
+
+/// The canonical text of the command: the journal's key for resuming it.
+fn command_key(opts: &RevokeOptions) -> String {
+    let mut key = format!(
+        "revoke --reason {} --hub-identity {}",
+        opts.reason.name(),
+        match opts.hub {
+            HubAction::Disable => "disable",
+            HubAction::Delete => "delete",
+            HubAction::Keep => "keep",
+        }
+    );
+    for t in &opts.targets {
+        key.push_str(&format!(" {t}"));
+    }
+    key
+}
+
+fn revoke_target(
+    plan: &Plan,
+    t: &Target,
+    opts: &RevokeOptions,
+    backend: &mut dyn Backend,
+    now: OffsetDateTime,
+) -> Result<Revoked> {
+    match t {
+        Target::Group(name) => revoke_group(plan, name, opts, backend, now),
+        Target::Device(id) | Target::Enrollment(id) => revoke_device(plan, id, opts, backend, now),
+        Target::Ca(name) => revoke_ca(name, opts, backend, now),
+    }
 }
 
 /// Runs `revoke`.
 pub fn revoke(plan: &Plan, opts: &RevokeOptions, now: OffsetDateTime) -> Result<RevokeReport> {
     if opts.targets.is_empty() {
         return Err(input(
-            "name what to revoke: device:ID, enrollment:NAME or group:NAME",
+            "name what to revoke: device:ID, enrollment:NAME, group:NAME or ca:NAME",
         ));
     }
     for t in &opts.targets {
         t.check(plan)?;
-        if let Target::Ca(_) = t {
-            return Err(input(format!(
-                "{t}: revoke takes device:ID, enrollment:NAME or group:NAME in this version"
-            )));
-        }
     }
     let access = if opts.dry_run {
         Access::Preview
@@ -135,21 +170,156 @@ pub fn revoke(plan: &Plan, opts: &RevokeOptions, now: OffsetDateTime) -> Result<
         Access::Write
     };
     let mut backend = open_backend(plan, access, &opts.backend)?;
+    // The preview is the plan: what each target needs, and whom it cuts off.
+    let preview_opts = RevokeOptions {
+        dry_run: true,
+        ..opts.clone()
+    };
+    let mut previews = Vec::new();
+    for t in &opts.targets {
+        previews.push(
+            revoke_target(plan, t, &preview_opts, &mut backend, now)
+                .with_context(|| format!("revoking {t}"))?,
+        );
+    }
+    let planned: Vec<Planned> = previews
+        .iter()
+        .map(|p| Planned {
+            target: p.target.clone(),
+            kind: "revoke",
+            description: if p.steps.is_empty() {
+                "already revoked; nothing to do".into()
+            } else {
+                p.steps.join("; ")
+            },
+            detail: serde_json::json!({}),
+            cut_off: p.devices_cut_off.clone(),
+        })
+        .collect();
+    let run = journal::begin(&mut backend, &command_key(opts), &planned, opts.dry_run, now)?;
     let mut report = RevokeReport {
         dry_run: opts.dry_run,
         reason: opts.reason,
+        run: run.id,
+        resumed: run.resumed,
+        steps: journal::reports(&run, &planned, opts.dry_run),
         targets: Vec::new(),
     };
-    for t in &opts.targets {
-        let steps = crate::backend::in_one_unit(&mut backend, |b| match t {
-            Target::Group(name) => revoke_group(plan, name, opts, b, now),
-            Target::Device(id) | Target::Enrollment(id) => revoke_device(plan, id, opts, b, now),
-            Target::Ca(_) => unreachable!("refused above"),
-        })
-        .with_context(|| format!("revoking {t}"))?;
-        report.targets.push(steps);
+    for ((step, t), preview) in run.steps.clone().iter().zip(&opts.targets).zip(previews) {
+        if opts.dry_run {
+            report.targets.push(preview);
+            continue;
+        }
+        if run.done_before(step.seq) {
+            report.targets.push(Revoked {
+                target: t.to_string(),
+                steps: vec![],
+                devices_cut_off: CutOff::none(),
+            });
+            continue;
+        }
+        let done = run
+            .step(&mut backend, step.seq, now, |b| {
+                Ok((revoke_target(plan, t, opts, b, now)?, serde_json::json!({})))
+            })
+            .with_context(|| format!("revoking {t}"))?;
+        report.targets.push(done);
     }
+    run.finish(&mut backend, now)?;
     Ok(report)
+}
+
+/// Deletes a CA: out of the service's CA certificates and every group's slots; every version
+/// disabled and on its issuer's CRL.
+fn revoke_ca(
+    name: &str,
+    opts: &RevokeOptions,
+    backend: &mut dyn Backend,
+    now: OffsetDateTime,
+) -> Result<Revoked> {
+    let target = format!("ca:{name}");
+    let versions = backend.versions(&ca_cert_name(name))?;
+    if versions.is_empty() {
+        return Err(input(format!("{target} has not been issued yet")));
+    }
+    let ders: Vec<&Vec<u8>> = versions.iter().map(|v| &v.cert_der).collect();
+    let mut steps = Vec::new();
+    let service: Vec<ServiceCa> = backend
+        .cas()?
+        .into_iter()
+        .filter(|c| ders.contains(&&c.cert_der))
+        .collect();
+    for c in &service {
+        steps.push(format!(
+            "delete CA certificate `{}` from the enrollment service",
+            c.name
+        ));
+    }
+    let mut groups = Vec::new();
+    for mut g in backend.groups()? {
+        let mut changed = false;
+        for slot in [&mut g.primary, &mut g.secondary] {
+            if slot.as_ref().is_some_and(|s| ders.contains(&&s.cert_der)) {
+                *slot = None;
+                changed = true;
+            }
+        }
+        if changed {
+            steps.push(format!("remove CA `{name}` from the slots of group `{}`", g.name));
+            groups.push(g);
+        }
+    }
+    let mut crl = Vec::new();
+    for v in &versions {
+        if v.enabled {
+            steps.push(format!("disable vault version {}/{}", v.name, v.version));
+        }
+        if let Some((issuer, _)) = &v.issuer {
+            let serial = CertInfo::from_der(&v.cert_der)?.serial;
+            let (_, listed) = backend.revocations(issuer)?;
+            if !listed.iter().any(|r| r.serial == serial) {
+                steps.push(format!(
+                    "add serial {serial} to the CRL of `{issuer}` ({})",
+                    opts.reason.name()
+                ));
+                crl.push((issuer.clone(), serial));
+            }
+        }
+    }
+    let pairs: Vec<(String, String)> = versions
+        .iter()
+        .map(|v| (v.name.clone(), v.version.clone()))
+        .collect();
+    let (count, first) = backend.devices_under(&pairs, None, journal::CUT_OFF_SHOWN)?;
+    let cut_off = if steps.is_empty() {
+        CutOff::none()
+    } else {
+        CutOff { count, first }
+    };
+    if opts.dry_run || steps.is_empty() {
+        return Ok(Revoked {
+            target,
+            steps,
+            devices_cut_off: cut_off,
+        });
+    }
+    for c in &service {
+        backend.delete_ca(&c.name)?;
+    }
+    for g in &groups {
+        backend.put_group(g, now)?;
+    }
+    for v in versions.iter().filter(|v| v.enabled) {
+        backend.set_enabled(v, false, now)?;
+    }
+    for (issuer, serial) in &crl {
+        backend.revoke(issuer, serial, opts.reason.name(), now)?;
+    }
+    Ok(Revoked {
+        target,
+        steps,
+        devices_cut_off: cut_off,
+    })
 }
 
 fn revoke_group(
@@ -169,10 +339,17 @@ fn revoke_group(
         return Ok(Revoked {
             target,
             steps: vec![],
-            devices_cut_off: 0,
+            devices_cut_off: CutOff::none(),
         });
     }
     let count = plan.groups[name].device_count();
+    let cut_off = CutOff {
+        count,
+        first: plan.groups[name]
+            .device_ids()
+            .take(journal::CUT_OFF_SHOWN)
+            .collect(),
+    };
     let steps = vec![format!(
         "disable enrollment group `{name}`: its {count} device(s) can no longer register"
     )];
@@ -183,7 +360,7 @@ fn revoke_group(
     Ok(Revoked {
         target,
         steps,
-        devices_cut_off: count,
+        devices_cut_off: cut_off,
     })
 }
 
@@ -235,22 +412,31 @@ fn revoke_device(
             })
         }
     };
-    if version.enabled {
-        steps.push(format!("disable vault version {name}/{}", version.version));
-    }
-    let issuer = version
-        .issuer
-        .clone()
-        .context("the device certificate has no recorded issuer")?;
-    let (_, listed) = backend.revocations(&issuer.0)?;
-    let on_crl = listed.iter().any(|r| r.serial == info.serial);
-    if !on_crl {
-        steps.push(format!(
-            "add serial {} to the CRL of `{}` ({})",
-            info.serial,
-            issuer.0,
-            opts.reason.name()
-        ));
+    // Every version still valid goes, not only the installed one: after a roll the other slot's
+    // certificate would otherwise still open doors.
+    let mut to_disable = Vec::new();
+    let mut to_list = Vec::new();
+    for v in backend.versions(&name)? {
+        if v.version != version.version && v.exp <= now {
+            continue;
+        }
+        if v.enabled {
+            steps.push(format!("disable vault version {name}/{}", v.version));
+            to_disable.push(v.clone());
+        }
+        let (issuer, _) = v
+            .issuer
+            .clone()
+            .context("the device certificate has no recorded issuer")?;
+        let serial = CertInfo::from_der(&v.cert_der)?.serial;
+        let (_, listed) = backend.revocations(&issuer)?;
+        if !listed.iter().any(|r| r.serial == serial) {
+            steps.push(format!(
+                "add serial {serial} to the CRL of `{issuer}` ({})",
+                opts.reason.name()
+            ));
+            to_list.push((issuer, serial));
+        }
     }
     let hub_identity = match backend.registration(id)?.and_then(|r| r.hub) {
         Some(hub) => backend.identity(&hub, id)?,
@@ -268,24 +454,24 @@ fn revoke_device(
         return Ok(Revoked {
             target,
             steps,
-            devices_cut_off: 0,
+            devices_cut_off: CutOff::none(),
         });
     }
     if opts.dry_run {
         return Ok(Revoked {
             target,
             steps,
-            devices_cut_off: 1,
+            devices_cut_off: CutOff::of([id.to_string()]),
         });
     }
     if let Some(e) = disabled {
         backend.put_individuals(&[e], now)?;
     }
-    if version.enabled {
-        backend.set_enabled(&version, false, now)?;
+    for v in &to_disable {
+        backend.set_enabled(v, false, now)?;
     }
-    if !on_crl {
-        backend.revoke(&issuer.0, &info.serial, opts.reason.name(), now)?;
+    for (issuer, serial) in &to_list {
+        backend.revoke(issuer, serial, opts.reason.name(), now)?;
     }
     if let (Some(mut h), Some(_)) = (hub_identity, hub_step) {
         match opts.hub {
@@ -300,7 +486,7 @@ fn revoke_device(
     Ok(Revoked {
         target,
         steps,
-        devices_cut_off: 1,
+        devices_cut_off: CutOff::of([id.to_string()]),
     })
 }
 

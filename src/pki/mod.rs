@@ -40,10 +40,12 @@ pub enum Error {
 
 /// Uppercase hex, as Azure writes thumbprints.
 pub fn hex_upper(bytes: &[u8]) -> String {
-    use std::fmt::Write;
+    // A table, not `write!`: thumbprints are computed for every certificate of a fleet.
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        let _ = write!(s, "{b:02X}");
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 0x0f) as usize] as char);
     }
     s
 }

@@ -429,7 +429,7 @@ pub fn individual_put(conn: &Connection, e: &IndividualEnrollment, now: OffsetDa
 /// The registration state of a device.
 pub fn registration_get(conn: &Connection, id: &str) -> Result<Option<RegistrationState>> {
     conn.prepare_cached(
-        "SELECT registration_id, status, substatus, hub, error FROM registrations WHERE registration_id = ?1",
+        "SELECT registration_id, status, substatus, hub, error, cert_thumbprint FROM registrations WHERE registration_id = ?1",
     )
     .and_then(|mut s| s.query_row([id], registration_row).optional())
     .map_err(sql)
@@ -439,7 +439,7 @@ pub fn registration_get(conn: &Connection, id: &str) -> Result<Option<Registrati
 pub fn registration_get_many(conn: &Connection, ids: &[String]) -> Result<Vec<RegistrationState>> {
     all(
         conn,
-        "SELECT registration_id, status, substatus, hub, error FROM registrations
+        "SELECT registration_id, status, substatus, hub, error, cert_thumbprint FROM registrations
          WHERE registration_id IN (SELECT value FROM json_each(?1))",
         [json_list(ids)],
         registration_row,
@@ -453,6 +453,7 @@ fn registration_row(r: &Row<'_>) -> rusqlite::Result<RegistrationState> {
         substatus: r.get(2)?,
         hub: r.get(3)?,
         error: r.get(4)?,
+        cert_thumbprint: r.get(5)?,
     })
 }
 

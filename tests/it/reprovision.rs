@@ -110,7 +110,41 @@ fn never_records_the_registration_and_leaves_the_hub_alone() {
         ])
         .ok()
         .json();
-    assert_eq!(r["assigned"], 50);
+    // Only the device whose certificate changed registers again; the others are unchanged.
+    assert_eq!(
+        (r["assigned"].as_u64(), r["unchanged"].as_u64()),
+        (Some(1), Some(49)),
+        "{r}"
+    );
+    let forced = env
+        .run(&[
+            "--plan",
+            "plan.toml",
+            "--now",
+            t,
+            "reprovision",
+            "--force",
+            "group:sensors",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(forced["assigned"], 50, "--force registers every device again");
+    let again = env
+        .run(&[
+            "--plan",
+            "plan.toml",
+            "--now",
+            t,
+            "reprovision",
+            "group:sensors",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(again["unchanged"], 50, "a rerun changes nothing: {again}");
     let after = device(&env, "sensor-02");
     assert_eq!(
         after["registration"]["substatus"],
@@ -128,6 +162,22 @@ fn an_expired_certificate_is_rejected_with_the_reason_and_exit_1() {
         .ok()
         .json();
     assert_eq!(dry["devices"].as_array().unwrap().len(), 51);
+    // A year and more on, the dry run names every device the service would refuse.
+    let late = env
+        .run(&[
+            "--plan",
+            "plan.toml",
+            "--now",
+            "2028-01-01T00:00:00Z",
+            "reprovision",
+            "--dry-run",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(late["devices_cut_off"]["count"], 51, "{late}");
+    assert_eq!(late["devices"][0]["status"], "would-fail");
     let r = env.run(&[
         "--plan",
         "plan.toml",
@@ -138,7 +188,11 @@ fn an_expired_certificate_is_rejected_with_the_reason_and_exit_1() {
         "device:sensor-01",
     ]);
     let r = r.code(1);
-    assert!(r.stdout.contains("0 assigned, 2 rejected"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("0 assigned, 0 unchanged, 2 rejected"),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains("validity"), "{}", r.stdout);
     // A rejected attempt does not take away where the device was assigned.
     assert_eq!(device(&env, "gateway-01")["registration"]["status"], "assigned");

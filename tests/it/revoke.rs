@@ -84,7 +84,11 @@ fn revoking_a_group_device_disallows_it_everywhere_and_only_it() {
         ])
         .ok()
         .json();
-    assert_eq!(dry["targets"][0]["devices_cut_off"], 1);
+    assert_eq!(
+        dry["targets"][0]["devices_cut_off"],
+        serde_json::json!({ "count": 1, "first": ["sensor-05"] })
+    );
+    assert_eq!(dry["steps"][0]["devices_cut_off"]["count"], 1);
     assert_eq!(
         crl_number(&env),
         "1",
@@ -133,7 +137,8 @@ fn revoking_a_group_device_disallows_it_everywhere_and_only_it() {
             .unwrap()
             .contains("disabled enrollment")
     );
-    assert_eq!(rp["devices"][1]["status"], "assigned");
+    // Its neighbour is still assigned with the certificate it holds: nothing changes for it.
+    assert_eq!(rp["devices"][1]["status"], "unchanged");
     let s = env
         .run(&["--plan", "plan.toml", "status", "-o", "json", "device:sensor-05"])
         .ok()
@@ -280,4 +285,138 @@ fn issue_leaves_revoked_devices_alone() {
         .ok()
         .json();
     assert!(again["steps"].as_array().unwrap().is_empty(), "{again}");
+}
+
+#[test]
+fn revoking_a_ca_takes_it_out_of_every_group_and_onto_its_issuers_crl() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.run(&["--plan", "plan.toml", "issue"]).ok();
+    let args = [
+        "--plan",
+        "plan.toml",
+        "revoke",
+        "ca:factory",
+        "--reason",
+        "ca-compromise",
+    ];
+    let dry = env
+        .run(&[&args[..], &["--dry-run", "-o", "json"]].concat())
+        .ok()
+        .json();
+    // Every device below the factory CA: the 50 sensors and the gateway.
+    assert_eq!(dry["steps"][0]["devices_cut_off"]["count"], 51, "{dry}");
+    let r = env
+        .run(&[&args[..], &["--yes", "-o", "json"]].concat())
+        .ok()
+        .json();
+    assert!(!r["targets"][0]["steps"].as_array().unwrap().is_empty(), "{r}");
+    let s = env
+        .run(&["--plan", "plan.toml", "status", "-o", "json", "group:sensors"])
+        .ok()
+        .json();
+    assert!(s["groups"][0]["primary"].is_null(), "{s}");
+    let rp = env
+        .run(&[
+            "--plan",
+            "plan.toml",
+            "reprovision",
+            "device:sensor-01",
+            "-o",
+            "json",
+        ])
+        .code(1)
+        .json();
+    assert_eq!(rp["devices"][0]["status"], "failed", "{rp}");
+    // The root's CRL lists the factory CA; openssl refuses it.
+    env.run(&["--plan", "plan.toml", "export", "ca:root", "--out", "root.pem"])
+        .ok();
+    env.run(&[
+        "--plan",
+        "plan.toml",
+        "export",
+        "ca:root",
+        "--crl",
+        "--out",
+        "r.crl",
+    ])
+    .ok();
+    env.run(&[
+        "--plan",
+        "plan.toml",
+        "export",
+        "device:sensor-01",
+        "--out",
+        "s.pem",
+    ])
+    .ok();
+    let chain = certroll::pki::pem::certs_from_pem(&std::fs::read(env.path("s.pem")).unwrap()).unwrap();
+    std::fs::write(env.path("factory.der"), &chain[1]).unwrap();
+    env.openssl(&[
+        "x509",
+        "-inform",
+        "DER",
+        "-in",
+        "factory.der",
+        "-out",
+        "factory.pem",
+    ])
+    .ok();
+    let check = env.openssl(&[
+        "verify",
+        "-crl_check",
+        "-CAfile",
+        "root.pem",
+        "-CRLfile",
+        "r.crl",
+        "factory.pem",
+    ]);
+    assert_ne!(check.code, 0, "{}", check.stdout);
+    assert!(format!("{}{}", check.stdout, check.stderr).contains("revoked"));
+    let again = env
+        .run(&[&args[..], &["--yes", "-o", "json"]].concat())
+        .ok()
+        .json();
+    assert!(
+        again["targets"][0]["steps"].as_array().unwrap().is_empty(),
+        "{again}"
+    );
+}
+
+#[test]
+fn a_revoke_killed_part_way_is_finished_by_running_it_again() {
+    for kill_at in 1..=2 {
+        let env = TestEnv::new();
+        env.quickstart();
+        env.run(&["--plan", "plan.toml", "issue"]).ok();
+        let args = [
+            "--plan",
+            "plan.toml",
+            "revoke",
+            "device:sensor-01",
+            "device:sensor-02",
+            "device:gateway-01",
+            "--reason",
+            "key-compromise",
+            "--yes",
+        ];
+        let out = env
+            .cmd()
+            .args(args)
+            .env("CERTROLL_FAULT_AFTER_STEPS", kill_at.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "the fault switch must abort after step {kill_at}"
+        );
+        let r = env.run(&[&args[..], &["-o", "json"]].concat()).ok().json();
+        assert_eq!(r["resumed"], true, "{r}");
+        assert_eq!(r["steps"][kill_at - 1]["state"], "done-before", "{r}");
+        assert_eq!(
+            crl_number(&env),
+            "4",
+            "three serials listed once each (killed after {kill_at})"
+        );
+    }
 }

@@ -156,7 +156,8 @@ pub(super) fn assess<'p>(
         // A disabled enrollment is a revoked device: rolls leave it alone.
         let individual = individual.filter(|e| e.status == Status::Enabled);
         let target = format!("device:{id}");
-        let by_tp = |tp: &str| versions.iter().position(|v| sha1_thumbprint(&v.cert_der) == tp);
+        let thumbprints: Vec<String> = versions.iter().map(|v| sha1_thumbprint(&v.cert_der)).collect();
+        let by_tp = |tp: &str| thumbprints.iter().position(|t| t == tp);
         let slot_tp = |slot: SlotName| -> Option<String> {
             match (&individual, &identity) {
                 (Some(ind), _) => match slot {
@@ -220,7 +221,7 @@ pub(super) fn assess<'p>(
                     report.slot = slot;
                     work.slot = slot;
                 }
-                let newest_tp = sha1_thumbprint(&newest.cert_der);
+                let newest_tp = thumbprints.last().cloned().unwrap_or_default();
                 // Rolled already: the named slot holds the newest version, which is installed
                 // and came from a roll (a lone first version is what `issue` made).
                 let already = !due
