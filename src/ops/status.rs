@@ -24,6 +24,20 @@ pub struct CaStatus {
     pub verified: Option<bool>,
     /// The current certificate, or null if not issued.
     pub cert: Option<CertInfo>,
+    /// The enrollment service's CA certificates holding a version of this CA (after a root
+    /// roll, the old and the new root side by side).
+    pub in_service: Vec<ServiceCaStatus>,
+}
+
+/// A CA certificate held by the enrollment service.
+#[derive(Debug, Serialize)]
+pub struct ServiceCaStatus {
+    /// Its name in the service.
+    pub name: String,
+    /// Proven by proof of possession.
+    pub verified: bool,
+    /// SHA-1 thumbprint.
+    pub thumbprint: String,
 }
 
 /// An enrollment group in the status report.
@@ -132,14 +146,27 @@ impl StatusQuery<'_> {
     pub fn head(&self) -> Result<StatusHead> {
         let b = &*self.backend;
         let mut cas = Vec::new();
+        let service = b.cas()?;
         for ca in self.plan.cas.iter().filter(|c| self.wants("ca", &c.name)) {
             let current = b.current(&ca_cert_name(&ca.name))?;
+            let ders: Vec<Vec<u8>> = b
+                .versions(&ca_cert_name(&ca.name))?
+                .into_iter()
+                .map(|v| v.cert_der)
+                .collect();
+            let in_service: Vec<ServiceCaStatus> = service
+                .iter()
+                .filter(|c| ders.contains(&c.cert_der))
+                .map(|c| ServiceCaStatus {
+                    name: c.name.clone(),
+                    verified: c.verified,
+                    thumbprint: c.thumbprint.clone(),
+                })
+                .collect();
             let verified = match &ca.issuer {
-                None => Some(b.ca(&ca.name)?.is_some_and(|c| {
-                    c.verified
-                        && current
-                            .as_ref()
-                            .is_some_and(|v| crate::pki::sha1_thumbprint(&v.cert_der) == c.thumbprint)
+                None => Some(current.as_ref().is_some_and(|v| {
+                    let tp = crate::pki::sha1_thumbprint(&v.cert_der);
+                    in_service.iter().any(|c| c.verified && c.thumbprint == tp)
                 })),
                 Some(_) => None,
             };
@@ -148,6 +175,7 @@ impl StatusQuery<'_> {
                 issuer: ca.issuer.clone(),
                 verified,
                 cert: info(current.as_ref().map(|c| c.cert_der.as_slice()))?,
+                in_service,
             });
         }
         let mut groups = Vec::new();

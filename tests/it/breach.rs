@@ -315,6 +315,9 @@ fn a_root_expiry_roll_puts_a_proven_new_root_beside_the_old_with_zero_downtime()
         );
         assert!(works(&env, id, &new, NOW), "{id}: the new certificate works");
     }
+    let s = run(&env, &["status", "-o", "json", "ca:root"]).ok().json();
+    assert_eq!(s["cas"][0]["verified"], true, "{s}");
+    assert_eq!(s["cas"][0]["in_service"].as_array().unwrap().len(), 2, "{s}");
     // The new chain verifies against the new root with openssl.
     run(&env, &["export", "ca:root", "--out", "root2.pem"]).ok();
     let check = env.openssl(&[
