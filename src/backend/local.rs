@@ -160,15 +160,26 @@ impl Vault for LocalBackend {
         out.map_err(|e| self.with_path(e))
     }
 
-    fn revoke(&mut self, issuer: &str, serial: &str, reason: &str, now: OffsetDateTime) -> Result<bool> {
+    fn revoke(
+        &mut self,
+        issuer: (&str, &str),
+        serial: &str,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool> {
         let out = self
             .store
-            .write(|tx, _| q::crl_add(tx, issuer, serial, reason, now));
+            .write(|tx, _| q::crl_add(tx, issuer.0, issuer.1, serial, reason, now));
         out.map_err(|e| self.with_path(e))
     }
 
-    fn revocations(&self, issuer: &str) -> Result<(u64, Vec<Revocation>)> {
-        read!(self, q::crl_get(self.store.conn(), issuer))
+    fn revocations(&self, issuer: &str, version: &str) -> Result<(u64, Vec<Revocation>)> {
+        read!(self, q::crl_get(self.store.conn(), issuer, version))
+    }
+
+    fn next_crl_number(&mut self, issuer: &str) -> Result<u64> {
+        let out = self.store.write(|tx, _| q::crl_next_number(tx, issuer));
+        out.map_err(|e| self.with_path(e))
     }
 
     fn private_key(&self, version: &VaultVersion) -> Result<PrivateKey> {

@@ -61,11 +61,19 @@ pub trait Vault {
     fn policy(&self, name: &str) -> Result<Option<serde_json::Value>>;
     /// Enables or disables a version (a disabled version is not exported and does not sign).
     fn set_enabled(&mut self, version: &VaultVersion, enabled: bool, now: OffsetDateTime) -> Result<()>;
-    /// Puts a certificate signed by the CA `issuer` (its vault name) on that CA's revocation
-    /// list; returns false if it was already there. Each addition raises the CRL number.
-    fn revoke(&mut self, issuer: &str, serial: &str, reason: &str, now: OffsetDateTime) -> Result<bool>;
-    /// A CA's CRL number and revoked certificates.
-    fn revocations(&self, issuer: &str) -> Result<(u64, Vec<Revocation>)>;
+    /// Puts a certificate on the CRL of the CA version that signed it (`issuer` = its vault
+    /// name and version); returns false if it was already there.
+    fn revoke(
+        &mut self,
+        issuer: (&str, &str),
+        serial: &str,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool>;
+    /// The number of a CA's last CRL, and what one of its versions has revoked.
+    fn revocations(&self, issuer: &str, version: &str) -> Result<(u64, Vec<Revocation>)>;
+    /// Takes the next CRL number of a CA (each CRL issued gets its own).
+    fn next_crl_number(&mut self, issuer: &str) -> Result<u64>;
 }
 
 /// The enrollment service (Device Provisioning Service).

@@ -74,7 +74,7 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
     };
     let backend = open_backend(plan, Access::Read, &opts.backend)?;
     if opts.crl {
-        let Target::Ca(ca) = &opts.target else {
+        let Target::Ca(_) = &opts.target else {
             return Err(input(format!(
                 "--crl exports the CRL of a CA: ca:NAME, not {}",
                 opts.target
@@ -85,17 +85,44 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
                 "--crl writes PEM; it takes neither --format pfx nor --with-key",
             ));
         }
-        let der = super::revoke::crl_der(&backend, ca, now)?;
-        let text = pem::encode(&pem::Pem::new("X509 CRL", der));
+        // One CRL per CA version still in use, newest first: each lists what that version
+        // signed and is signed by its key, so `openssl verify -crl_check` finds the right one
+        // for old and new leaves alike.
+        drop(backend);
+        let mut backend = open_backend(plan, Access::Write, &opts.backend)?;
+        let versions = backend.versions(&name)?;
+        let usable: Vec<_> = versions
+            .iter()
+            .rev()
+            .filter(|v| v.enabled && v.exp > now)
+            .cloned()
+            .collect();
+        if usable.is_empty() {
+            return Err(input(format!(
+                "{}: no enabled, unexpired version left to sign a CRL",
+                opts.target
+            )));
+        }
+        let mut text = String::new();
+        let mut numbers = Vec::new();
+        let mut revoked = 0;
+        crate::backend::in_one_unit(&mut backend, |b| {
+            for v in &usable {
+                let crl = super::revoke::crl_der(b, v, now)?;
+                text.push_str(&pem::encode(&pem::Pem::new("X509 CRL", crl.der)));
+                numbers.push(crl.number.to_string());
+                revoked += crl.revoked;
+            }
+            anyhow::Ok(())
+        })?;
         crate::fsutil::write_atomic(&opts.out, text.as_bytes(), false)
             .with_context(|| format!("writing {}", opts.out.display()))?;
-        let (number, entries) = backend.revocations(&ca_cert_name(ca))?;
         return Ok(ExportReport {
             target: opts.target.to_string(),
             certificate: format!(
-                "CRL number {} with {} revoked certificate(s)",
-                number + 1,
-                entries.len()
+                "{} CRL(s), number {}, with {revoked} revoked certificate(s)",
+                usable.len(),
+                numbers.join(", ")
             ),
             version: String::new(),
             out: opts.out.clone(),

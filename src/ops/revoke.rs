@@ -274,15 +274,15 @@ fn revoke_ca(
         if v.enabled {
             steps.push(format!("disable vault version {}/{}", v.name, v.version));
         }
-        if let Some((issuer, _)) = &v.issuer {
+        if let Some((issuer, issuer_version)) = &v.issuer {
             let serial = CertInfo::from_der(&v.cert_der)?.serial;
-            let (_, listed) = backend.revocations(issuer)?;
+            let (_, listed) = backend.revocations(issuer, issuer_version)?;
             if !listed.iter().any(|r| r.serial == serial) {
                 steps.push(format!(
                     "add serial {serial} to the CRL of `{issuer}` ({})",
                     opts.reason.name()
                 ));
-                crl.push((issuer.clone(), serial));
+                crl.push((issuer.clone(), issuer_version.clone(), serial));
             }
         }
     }
@@ -312,8 +312,8 @@ fn revoke_ca(
     for v in versions.iter().filter(|v| v.enabled) {
         backend.set_enabled(v, false, now)?;
     }
-    for (issuer, serial) in &crl {
-        backend.revoke(issuer, serial, opts.reason.name(), now)?;
+    for (issuer, issuer_version, serial) in &crl {
+        backend.revoke((issuer, issuer_version), serial, opts.reason.name(), now)?;
     }
     Ok(Revoked {
         target,
@@ -424,18 +424,18 @@ fn revoke_device(
             steps.push(format!("disable vault version {name}/{}", v.version));
             to_disable.push(v.clone());
         }
-        let (issuer, _) = v
+        let (issuer, issuer_version) = v
             .issuer
             .clone()
             .context("the device certificate has no recorded issuer")?;
         let serial = CertInfo::from_der(&v.cert_der)?.serial;
-        let (_, listed) = backend.revocations(&issuer)?;
+        let (_, listed) = backend.revocations(&issuer, &issuer_version)?;
         if !listed.iter().any(|r| r.serial == serial) {
             steps.push(format!(
                 "add serial {serial} to the CRL of `{issuer}` ({})",
                 opts.reason.name()
             ));
-            to_list.push((issuer, serial));
+            to_list.push((issuer, issuer_version, serial));
         }
     }
     let hub_identity = match backend.registration(id)?.and_then(|r| r.hub) {
@@ -470,8 +470,8 @@ fn revoke_device(
     for v in &to_disable {
         backend.set_enabled(v, false, now)?;
     }
-    for (issuer, serial) in &to_list {
-        backend.revoke(issuer, serial, opts.reason.name(), now)?;
+    for (issuer, issuer_version, serial) in &to_list {
+        backend.revoke((issuer, issuer_version), serial, opts.reason.name(), now)?;
     }
     if let (Some(mut h), Some(_)) = (hub_identity, hub_step) {
         match opts.hub {
@@ -490,10 +490,29 @@ fn revoke_device(
     })
 }
 
-/// The CRL of a CA, signed by its current key: DER.
-pub fn crl_der(backend: &dyn Backend, ca: &str, now: OffsetDateTime) -> Result<Vec<u8>> {
-    let issuer = super::load_issuer(backend, ca)?;
-    let (number, entries) = backend.revocations(&issuer.cert_name)?;
+/// A CRL of one CA version, signed by that version's key, with the next CRL number of the CA.
+pub struct Crl {
+    /// DER.
+    pub der: Vec<u8>,
+    /// Its CRL number.
+    pub number: u64,
+    /// How many certificates it lists.
+    pub revoked: usize,
+}
+
+/// Issues the CRL of one CA version (which must be enabled: a disabled, compromised CA key
+/// signs nothing).
+pub fn crl_der(backend: &mut dyn Backend, version: &VaultVersion, now: OffsetDateTime) -> Result<Crl> {
+    if !version.enabled {
+        anyhow::bail!(
+            "CA version {}/{} is disabled and signs no CRL",
+            version.name,
+            version.version
+        );
+    }
+    let key = crate::pki::cert::IssuerKey::new(version.cert_der.clone(), backend.private_key(version)?)?;
+    let (_, entries) = backend.revocations(&version.name, &version.version)?;
+    let number = backend.next_crl_number(&version.name)?;
     let revoked_certs = entries
         .iter()
         .map(|e| {
@@ -513,11 +532,15 @@ pub fn crl_der(backend: &dyn Backend, ca: &str, now: OffsetDateTime) -> Result<V
     let params = rcgen::CertificateRevocationListParams {
         this_update: now,
         next_update: now + time::Duration::days(7),
-        // Numbered by changes: 1 before any revocation, one more with each.
-        crl_number: rcgen::SerialNumber::from(number + 1),
+        // Each CRL issued takes the next number of its CA (RFC 5280 5.2.3).
+        crl_number: rcgen::SerialNumber::from(number),
         issuing_distribution_point: None,
         revoked_certs,
         key_identifier_method: rcgen::KeyIdMethod::Sha256,
     };
-    Ok(params.signed_by(issuer.key.issuer())?.der().to_vec())
+    Ok(Crl {
+        der: params.signed_by(key.issuer())?.der().to_vec(),
+        number,
+        revoked: entries.len(),
+    })
 }

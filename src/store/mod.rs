@@ -85,6 +85,7 @@ pub enum StoreError {
 const MIGRATIONS: &[&str] = &[
     include_str!("schema_v1.sql"),
     include_str!("schema_v4_journal.sql"),
+    include_str!("schema_v5_crl.sql"),
 ];
 
 /// How to open a store.

@@ -637,34 +637,29 @@ pub fn hub_delete(conn: &Connection, hub: &str, device_id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Adds a serial to an issuer's CRL and bumps the CRL number; false if it was already there.
+/// Lists a serial on the CRL of the CA version that signed it; false if it was already there.
 pub fn crl_add(
     conn: &Connection,
     issuer: &str,
+    issuer_version: &str,
     serial: &str,
     reason: &str,
     now: OffsetDateTime,
 ) -> Result<bool> {
     let added = conn
-        .execute(
-            "INSERT OR IGNORE INTO crl_entries (issuer_name, serial, reason, revoked_at) VALUES (?1, ?2, ?3, ?4)",
-            params![issuer, serial, reason, ts(now)],
+        .prepare_cached(
+            "INSERT OR IGNORE INTO crl_entries (issuer_name, issuer_version, serial, reason, revoked_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
         )
+        .and_then(|mut s| s.execute(params![issuer, issuer_version, serial, reason, ts(now)]))
         .map_err(sql)?
         > 0;
-    if added {
-        conn.execute(
-            "INSERT INTO crl_numbers (issuer_name, number) VALUES (?1, 1)
-             ON CONFLICT(issuer_name) DO UPDATE SET number = number + 1",
-            [issuer],
-        )
-        .map_err(sql)?;
-    }
     Ok(added)
 }
 
-/// An issuer's revoked certificates and current CRL number (0 = nothing revoked yet).
-pub fn crl_get(conn: &Connection, issuer: &str) -> Result<(u64, Vec<Revocation>)> {
+/// The number of an issuer's last CRL (0 = none issued yet) and the certificates revoked by
+/// one of its versions.
+pub fn crl_get(conn: &Connection, issuer: &str, version: &str) -> Result<(u64, Vec<Revocation>)> {
     let number: i64 = conn
         .query_row(
             "SELECT number FROM crl_numbers WHERE issuer_name = ?1",
@@ -676,8 +671,10 @@ pub fn crl_get(conn: &Connection, issuer: &str) -> Result<(u64, Vec<Revocation>)
         .unwrap_or(0);
     let entries = all(
         conn,
-        "SELECT serial, reason, revoked_at FROM crl_entries WHERE issuer_name = ?1 ORDER BY revoked_at, serial",
-        [issuer],
+        "SELECT serial, reason, revoked_at FROM crl_entries
+         WHERE issuer_name = ?1 AND (issuer_version = ?2 OR issuer_version IS NULL)
+         ORDER BY revoked_at, serial",
+        [issuer, version],
         |r| {
             Ok(Revocation {
                 serial: r.get(0)?,
@@ -687,6 +684,18 @@ pub fn crl_get(conn: &Connection, issuer: &str) -> Result<(u64, Vec<Revocation>)
         },
     )?;
     Ok((number as u64, entries))
+}
+
+/// Takes the next CRL number of an issuer.
+pub fn crl_next_number(conn: &Connection, issuer: &str) -> Result<u64> {
+    conn.query_row(
+        "INSERT INTO crl_numbers (issuer_name, number) VALUES (?1, 1)
+         ON CONFLICT(issuer_name) DO UPDATE SET number = number + 1 RETURNING number",
+        [issuer],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n as u64)
+    .map_err(sql)
 }
 
 /// Vault certificate names in order, after `after`, at most `limit`.

@@ -3,7 +3,8 @@
 
 use crate::util::*;
 
-fn crl_number(env: &TestEnv) -> String {
+/// Exports the factory CA's CRL; returns its number and how many certificates it lists.
+fn crl(env: &TestEnv) -> (u64, usize) {
     env.run(&[
         "--plan",
         "plan.toml",
@@ -19,7 +20,8 @@ fn crl_number(env: &TestEnv) -> String {
         .ok()
         .stdout;
     let at = text.find("CRL Number:").expect("CRL number");
-    text[at..].lines().nth(1).unwrap().trim().to_string()
+    let number = text[at..].lines().nth(1).unwrap().trim().parse().unwrap();
+    (number, text.matches("Serial Number:").count())
 }
 
 fn verify_with_crl(env: &TestEnv, device: &str) -> bool {
@@ -56,7 +58,7 @@ fn revoking_a_group_device_disallows_it_everywhere_and_only_it() {
         ])
         .ok();
     }
-    assert_eq!(crl_number(&env), "1");
+    assert_eq!(crl(&env), (1, 0));
 
     // Not on a terminal and no --yes: refused, nothing changed.
     let r = env
@@ -90,9 +92,9 @@ fn revoking_a_group_device_disallows_it_everywhere_and_only_it() {
     );
     assert_eq!(dry["steps"][0]["devices_cut_off"]["count"], 1);
     assert_eq!(
-        crl_number(&env),
-        "1",
-        "neither a refusal nor a dry run changes the CRL"
+        crl(&env),
+        (2, 0),
+        "neither a refusal nor a dry run lists anything; each CRL issued has its own number"
     );
 
     let r = env
@@ -110,7 +112,7 @@ fn revoking_a_group_device_disallows_it_everywhere_and_only_it() {
         .ok()
         .json();
     assert_eq!(r["targets"][0]["steps"].as_array().unwrap().len(), 4, "{r}");
-    assert_eq!(crl_number(&env), "2");
+    assert_eq!(crl(&env), (3, 1));
     assert!(
         !verify_with_crl(&env, "sensor-05"),
         "openssl must see the revocation"
@@ -171,7 +173,7 @@ fn revoking_a_group_device_disallows_it_everywhere_and_only_it() {
         .ok()
         .json();
     assert!(again["targets"][0]["steps"].as_array().unwrap().is_empty());
-    assert_eq!(crl_number(&env), "2");
+    assert_eq!(crl(&env).1, 1, "a rerun lists nothing twice");
     env.run(&[
         "--plan",
         "plan.toml",
@@ -184,7 +186,7 @@ fn revoking_a_group_device_disallows_it_everywhere_and_only_it() {
         "delete",
     ])
     .ok();
-    assert_eq!(crl_number(&env), "3");
+    assert_eq!(crl(&env).1, 2);
     assert!(!verify_with_crl(&env, "sensor-06"));
     let s = env
         .run(&["--plan", "plan.toml", "status", "-o", "json", "device:sensor-06"])
@@ -414,9 +416,84 @@ fn a_revoke_killed_part_way_is_finished_by_running_it_again() {
         assert_eq!(r["resumed"], true, "{r}");
         assert_eq!(r["steps"][kill_at - 1]["state"], "done-before", "{r}");
         assert_eq!(
-            crl_number(&env),
-            "4",
-            "three serials listed once each (killed after {kill_at})"
+            crl(&env).1,
+            3,
+            "the three serials (all signed by the factory CA) listed once each (killed after {kill_at})"
         );
+    }
+}
+
+#[test]
+fn after_a_ca_roll_each_ca_version_has_its_own_crl_that_openssl_honours() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.run(&["--plan", "plan.toml", "issue"]).ok();
+    // sensor-01 keeps its leaf under the first factory CA; the group roll gives sensor-02 a leaf
+    // under the second.
+    env.run(&[
+        "--plan",
+        "plan.toml",
+        "export",
+        "device:sensor-01",
+        "--out",
+        "sensor-01.pem",
+    ])
+    .ok();
+    env.run(&["--plan", "plan.toml", "roll-secondary", "group:sensors"])
+        .ok();
+    env.run(&[
+        "--plan",
+        "plan.toml",
+        "export",
+        "device:sensor-02",
+        "--out",
+        "sensor-02.pem",
+    ])
+    .ok();
+    env.run(&["--plan", "plan.toml", "export", "ca:root", "--out", "root.pem"])
+        .ok();
+    for d in ["sensor-01", "sensor-02"] {
+        env.run(&[
+            "--plan",
+            "plan.toml",
+            "revoke",
+            &format!("device:{d}"),
+            "--reason",
+            "key-compromise",
+            "--yes",
+        ])
+        .ok();
+    }
+    env.run(&[
+        "--plan",
+        "plan.toml",
+        "export",
+        "ca:factory",
+        "--crl",
+        "--out",
+        "f.crl",
+    ])
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(env.path("f.crl"))
+            .unwrap()
+            .matches("BEGIN X509 CRL")
+            .count(),
+        2
+    );
+    for d in ["sensor-01", "sensor-02"] {
+        let check = env.openssl(&[
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            &format!("{d}.pem"),
+            "-CRLfile",
+            "f.crl",
+            &format!("{d}.pem"),
+        ]);
+        let said = format!("{}{}", check.stdout, check.stderr);
+        assert!(check.code != 0 && said.contains("revoked"), "{d}: {said}");
     }
 }

@@ -236,10 +236,10 @@ pub(super) fn revoke_tainted(
             backend.set_enabled(&v, false, now)?;
         }
         if compromised.contains(&(name.clone(), version.clone()))
-            && let Some((issuer, _)) = &v.issuer
+            && let Some((issuer, issuer_version)) = &v.issuer
         {
             let serial = crate::pki::CertInfo::from_der(&v.cert_der)?.serial;
-            backend.revoke(issuer, &serial, "ca-compromise", now)?;
+            backend.revoke((issuer, issuer_version), &serial, "ca-compromise", now)?;
             revoked.push(serial);
         }
     }

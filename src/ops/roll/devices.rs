@@ -553,9 +553,9 @@ pub(super) fn store(
             if v.enabled {
                 backend.set_enabled(v, false, now)?;
             }
-            if let Some((issuer, _)) = &v.issuer {
+            if let Some((issuer, issuer_version)) = &v.issuer {
                 let serial = crate::pki::CertInfo::from_der(&v.cert_der)?.serial;
-                backend.revoke(issuer, &serial, "key-compromise", now)?;
+                backend.revoke((issuer, issuer_version), &serial, "key-compromise", now)?;
             }
         }
         if let Some((version, der, tp)) = new {
