@@ -401,36 +401,45 @@ pub(super) fn assess<'p>(
 /// New keys and certificates: `(index in work, key, cert DER)`.
 pub(super) type Fresh = Vec<(usize, SubjectKey, Vec<u8>)>;
 
-/// The issuers a chunk needs, loaded once per run.
+/// The issuing CA of a device.
+pub(super) fn issuer_of<'p>(plan: &'p Plan, id: &str) -> Result<&'p str> {
+    Ok(owner_of(plan, id)?.1)
+}
+
+/// The issuers device steps sign with, loaded once (a CA that cannot sign is remembered with
+/// the reason, which only matters if a device actually needs a new certificate from it).
 #[derive(Default)]
-pub(super) struct Issuers(HashMap<String, LoadedIssuer>);
+pub(super) struct Issuers(HashMap<String, std::result::Result<LoadedIssuer, String>>);
 
 impl Issuers {
-    /// Loads the issuers of a chunk's work that are not loaded yet (after a CA roll, call
-    /// [`Issuers::forget`] so the new CA version is used).
-    pub fn load(
-        &mut self,
-        backend: &dyn Backend,
-        assessed: &Assessed<'_>,
-        now: OffsetDateTime,
-    ) -> Result<()> {
-        for w in assessed.work.iter().filter(|w| !w.prune_only) {
-            if !self.0.contains_key(w.issuer_ca) {
-                let issuer = load_issuer(backend, w.issuer_ca)?;
-                if issuer.not_after <= now {
-                    anyhow::bail!(
-                        "CA `{}` expired at {}; roll the CA first",
-                        w.issuer_ca,
-                        crate::clock::rfc3339(issuer.not_after)
-                    );
-                }
-                self.0.insert(w.issuer_ca.to_string(), issuer);
-            }
+    /// Loads these CAs' current versions.
+    pub fn load_all(&mut self, backend: &dyn Backend, cas: &[&str], now: OffsetDateTime) {
+        for ca in cas {
+            let loaded = load_issuer(backend, ca)
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|issuer| {
+                    if issuer.not_after <= now {
+                        Err(format!(
+                            "CA `{ca}` expired at {}; roll the CA first",
+                            crate::clock::rfc3339(issuer.not_after)
+                        ))
+                    } else {
+                        Ok(issuer)
+                    }
+                });
+            self.0.insert(ca.to_string(), loaded);
         }
-        Ok(())
     }
 
-    /// Drops every loaded issuer.
+    fn get(&self, ca: &str) -> Result<&LoadedIssuer> {
+        match self.0.get(ca) {
+            Some(Ok(issuer)) => Ok(issuer),
+            Some(Err(reason)) => Err(anyhow::anyhow!("{reason}")),
+            None => Err(anyhow::anyhow!("CA `{ca}` was not loaded")),
+        }
+    }
+
+    /// Drops every loaded issuer (after a CA roll, so the new version is used).
     pub fn forget(&mut self) {
         self.0.clear();
     }
@@ -444,7 +453,7 @@ pub(super) fn generate(assessed: &Assessed<'_>, issuers: &Issuers, now: OffsetDa
         .enumerate()
         .filter(|(_, w)| !w.prune_only)
         .map(|(i, w)| {
-            let issuer = &issuers.0[w.issuer_ca];
+            let issuer = issuers.get(w.issuer_ca)?;
             let key = match &w.reuse {
                 Some(k) => SubjectKey::reuse(k)?,
                 None => SubjectKey::generate(&w.policy.key)?,
@@ -461,8 +470,7 @@ pub(super) fn generate(assessed: &Assessed<'_>, issuers: &Issuers, now: OffsetDa
             let der = sign_public_key(&profile, key.public_key(), &issuer.key)?;
             Ok((i, key, der))
         })
-        .collect::<Result<_, crate::pki::Error>>()
-        .map_err(Into::into)
+        .collect()
 }
 
 fn slot_mut<'a, T>(primary: &'a mut T, secondary: &'a mut T, slot: SlotName) -> (&'a mut T, &'a mut T) {
@@ -498,7 +506,7 @@ pub(super) fn store(
         .map(|((i, key, der), name)| {
             let w = &assessed.work[*i];
             let doc = &docs[&(w.policy.name.as_str(), w.issuer_ca)];
-            let issuer = &issuers.0[w.issuer_ca];
+            let issuer = issuers.get(w.issuer_ca).expect("the chunk was generated with it");
             NewVersion {
                 name,
                 policy_json: doc,
@@ -566,13 +574,16 @@ pub(super) fn store(
             report.new_thumbprint = Some(tp.clone());
             if w.reprovision {
                 let mut chain = vec![der.clone()];
-                chain.extend(issuers.0[w.issuer_ca].chain.iter().cloned());
+                chain.extend(issuers.get(w.issuer_ca)?.chain.iter().cloned());
                 requests.push(RegistrationRequest {
                     registration_id: w.id.clone(),
                     chain,
                 });
             }
-            replaced.insert(w.id.clone(), serde_json::Value::String(tp.clone()));
+            // Breach steps record each replacement: what their rerun checks read back.
+            if !matches!(mode, Mode::Expiry { .. }) {
+                replaced.insert(w.id.clone(), serde_json::Value::String(tp.clone()));
+            }
         }
     }
     if !individuals.is_empty() {

@@ -694,7 +694,9 @@ fn is_device_step(kind: &str) -> bool {
     matches!(kind, "roll-devices" | "replace-devices" | "breach-device")
 }
 
-/// Device steps as a pipeline: while step k is written, step k+1's keys are made.
+/// Device steps as a pipeline on two lanes: the backend lane writes chunk k and then reads and
+/// decides chunk k+2, while the crypto lane makes the keys and certificates of chunk k+1 on the
+/// other cores.
 #[allow(clippy::too_many_arguments)]
 fn roll_device_steps(
     plan: &Plan,
@@ -718,56 +720,70 @@ fn roll_device_steps(
             _ => Mode::Expiry { slot, due: opts.due },
         }
     };
-    let mut pending: Option<Made<'_, '_>> = None;
     let todo: Vec<_> = steps
         .iter()
         .filter(|s| opts.dry_run || !run.done_before(s.seq))
         .collect();
-    let mut next = todo.into_iter();
-    loop {
-        let step = next.next();
-        let next_chunk = match step {
-            Some(s) => {
-                let ids: Vec<String> = serde_json::from_value(s.detail["ids"].clone()).unwrap_or_default();
-                let mode = mode_of(s);
-                let assessed = devices::assess(plan, backend, &ids, mode, opts.dry_run, now)
-                    .with_context(|| format!("step {} ({}) of {}", s.seq, s.kind, s.target))?;
-                if assessed.any() {
-                    issuers.load(backend, &assessed, now)?;
+    // The CAs these steps sign with are loaded once, before the lanes start.
+    if !opts.dry_run {
+        let mut needed: Vec<&str> = Vec::new();
+        for s in &todo {
+            for id in s.detail["ids"].as_array().into_iter().flatten() {
+                let issuer = devices::issuer_of(plan, id.as_str().unwrap_or_default())?;
+                if !needed.contains(&issuer) {
+                    needed.push(issuer);
                 }
-                Some((s.seq, mode, assessed))
             }
-            None => None,
+        }
+        issuers.load_all(&*backend, &needed, now);
+    }
+    let decide = |backend: &dyn Backend,
+                  step: Option<&&crate::backend::types::JournalStep>|
+     -> Result<Option<Decided<'_, '_>>> {
+        let Some(s) = step else {
+            return Ok(None);
         };
-        let issuers_ref = &*issuers;
-        let (stored, generated) = match pending.take() {
-            Some((seq, mode, mut assessed, fresh)) => {
-                let b = &mut *backend;
-                let (stored, generated) = rayon::join(
-                    move || {
-                        if opts.dry_run {
-                            return Ok(assessed);
+        let ids: Vec<String> = serde_json::from_value(s.detail["ids"].clone()).unwrap_or_default();
+        let mode = mode_of(s);
+        let assessed = devices::assess(plan, backend, &ids, mode, opts.dry_run, now)
+            .with_context(|| format!("step {} ({}) of {}", s.seq, s.kind, s.target))?;
+        Ok(Some((s.seq, mode, assessed)))
+    };
+    let issuers = &*issuers;
+    let mut next = todo.iter();
+    let mut decided = decide(&*backend, next.next())?;
+    let mut made: Option<Made<'_, '_>> = None;
+    loop {
+        if decided.is_none() && made.is_none() {
+            break;
+        }
+        let upcoming = next.next();
+        let b = &mut *backend;
+        let (lane, crypto) = rayon::join(
+            move || -> Result<_> {
+                let stored = match made {
+                    Some((seq, mode, mut assessed, fresh)) => {
+                        if !opts.dry_run {
+                            run.step(b, seq, now, |b| {
+                                let result = devices::store(&mut assessed, fresh, issuers, b, mode, now)?;
+                                Ok(((), result))
+                            })
+                            .with_context(|| format!("step {seq} of the run"))?;
                         }
-                        run.step(b, seq, now, |b| {
-                            let result = devices::store(&mut assessed, fresh, issuers_ref, b, mode, now)?;
-                            Ok(((), result))
-                        })
-                        .with_context(|| format!("step {seq} of the run"))?;
-                        anyhow::Ok(assessed)
-                    },
-                    || make(next_chunk, issuers_ref, now),
-                );
-                (Some(stored?), generated?)
-            }
-            None => (None, make(next_chunk, issuers_ref, now)?),
-        };
+                        Some(assessed)
+                    }
+                    None => None,
+                };
+                Ok((stored, decide(&*b, upcoming)?))
+            },
+            || make(decided, issuers, now),
+        );
+        let (stored, following) = lane?;
         if let Some(done) = stored {
             report.devices.extend(done.reports);
         }
-        pending = generated;
-        if step.is_none() && pending.is_none() {
-            break;
-        }
+        made = crypto?;
+        decided = following;
     }
     Ok(())
 }
