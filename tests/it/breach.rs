@@ -9,28 +9,11 @@ use certroll::backend::{EnrollmentService as _, Vault as _};
 const PLAN: [&str; 2] = ["--plan", "plan.toml"];
 
 fn run(env: &TestEnv, args: &[&str]) -> Run {
-    let mut full: Vec<&str> = PLAN.to_vec();
-    full.extend_from_slice(args);
-    env.run(&full)
+    env.plan_run(args)
 }
 
 fn sensors() -> Vec<String> {
     (1..=50).map(|i| format!("sensor-{i:02}")).collect()
-}
-
-/// Writes a DER certificate as PEM with the real openssl, for openssl to check.
-fn write_pem(env: &TestEnv, der: &[u8], name: &str) {
-    std::fs::write(env.path(&format!("{name}.der")), der).unwrap();
-    env.openssl(&[
-        "x509",
-        "-inform",
-        "DER",
-        "-in",
-        &format!("{name}.der"),
-        "-out",
-        &format!("{name}.pem"),
-    ])
-    .ok();
 }
 
 fn versions(env: &TestEnv, name: &str) -> usize {
@@ -103,12 +86,12 @@ fn a_device_breach_refuses_the_compromised_certificate_everywhere_and_a_rerun_do
     drop(b);
     run(&env, &["export", "ca:root", "--out", "root.pem"]).ok();
     run(&env, &["export", "ca:factory", "--crl", "--out", "f.crl"]).ok();
-    write_pem(&env, &old, "old");
+    env.write_pem(&old, "old");
     let factory = certroll::pki::pem::certs_from_pem(
         &std::fs::read(env.path("gateway-01-2026-11-23T000000Z.pem")).unwrap(),
     )
     .unwrap();
-    write_pem(&env, &factory[1], "factory");
+    env.write_pem(&factory[1], "factory");
     let check = env.openssl(&[
         "verify",
         "-crl_check",
@@ -258,7 +241,7 @@ fn an_intermediate_breach_reissues_the_group_and_revokes_the_ca() {
     // The compromised intermediate is on the root's CRL.
     run(&env, &["export", "ca:root", "--out", "root.pem"]).ok();
     run(&env, &["export", "ca:root", "--crl", "--out", "r.crl"]).ok();
-    write_pem(&env, &old_factory, "old-factory");
+    env.write_pem(&old_factory, "old-factory");
     let check = env.openssl(&[
         "verify",
         "-crl_check",

@@ -353,17 +353,7 @@ fn revoking_a_ca_takes_it_out_of_every_group_and_onto_its_issuers_crl() {
     ])
     .ok();
     let chain = certroll::pki::pem::certs_from_pem(&std::fs::read(env.path("s.pem")).unwrap()).unwrap();
-    std::fs::write(env.path("factory.der"), &chain[1]).unwrap();
-    env.openssl(&[
-        "x509",
-        "-inform",
-        "DER",
-        "-in",
-        "factory.der",
-        "-out",
-        "factory.pem",
-    ])
-    .ok();
+    env.write_pem(&chain[1], "factory");
     let check = env.openssl(&[
         "verify",
         "-crl_check",

@@ -88,6 +88,26 @@ impl TestEnv {
         run_output(self.cmd().args(args).output().unwrap())
     }
 
+    /// certroll with `--plan plan.toml` and these arguments.
+    pub fn plan_run(&self, args: &[&str]) -> Run {
+        self.run(&[&["--plan", "plan.toml"][..], args].concat())
+    }
+
+    /// Writes a DER certificate as `NAME.pem`, converted by the real openssl.
+    pub fn write_pem(&self, der: &[u8], name: &str) {
+        std::fs::write(self.path(&format!("{name}.der")), der).unwrap();
+        self.openssl(&[
+            "x509",
+            "-inform",
+            "DER",
+            "-in",
+            &format!("{name}.der"),
+            "-out",
+            &format!("{name}.pem"),
+        ])
+        .ok();
+    }
+
     pub fn store_dir(&self) -> PathBuf {
         self.path(".certroll")
     }
