@@ -371,6 +371,22 @@ fn chunk_steps(
 /// The steps of explicit device targets.
 fn plan_devices(opts: &RollOptions, ids: &[String], planned: &mut Vec<Planned>) {
     match &opts.breach {
+        None if opts.due => {
+            for chunk in ids.chunks(CHUNK) {
+                planned.push(Planned {
+                    target: "devices".into(),
+                    kind: "roll-devices",
+                    description: format!(
+                        "roll those of {} device(s) ({} .. {}) whose auto-renew action is due, each into the slot holding its older certificate",
+                        chunk.len(),
+                        chunk[0],
+                        chunk[chunk.len() - 1]
+                    ),
+                    detail: serde_json::json!({ "ids": chunk, "slot": opts.slot.word() }),
+                    cut_off: CutOff::none(),
+                });
+            }
+        }
         None => chunk_steps("roll-devices", "devices", opts.slot, ids, "roll", planned),
         Some(_) => {
             for id in ids {
