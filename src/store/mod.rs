@@ -186,9 +186,25 @@ impl Store {
             key,
             _lock: lock,
         };
-        store.migrate()?;
+        if store._lock.is_none() && store.needs_migration()? {
+            // A reader upgrades the schema only holding the writer lock, so it never races a
+            // writer; the data is not touched.
+            let lock = acquire_lock(&store.path, opts.lock_timeout)?;
+            store.migrate()?;
+            drop(lock);
+        } else {
+            store.migrate()?;
+        }
         store.check_key(opts.write)?;
         Ok(store)
+    }
+
+    fn needs_migration(&self) -> Result<bool, StoreError> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        Ok(version < MIGRATIONS.len() as i64)
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {

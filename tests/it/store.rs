@@ -206,3 +206,34 @@ fn a_run_killed_part_way_is_finished_by_running_it_again() {
         .json();
     assert!(again["steps"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn a_store_of_the_first_release_is_upgraded_by_any_verb_and_keeps_its_data() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.plan_run(&["issue"]).ok();
+    let before = env.plan_run(&["status", "-o", "json"]).ok().stdout;
+    // Take the store back to schema 1, as the first release wrote it.
+    let db = env.store_dir().join("state.db");
+    let out = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg(
+            "DROP TABLE journal_steps; DROP TABLE journal_runs; \
+             ALTER TABLE crl_entries DROP COLUMN issuer_version; PRAGMA user_version = 1;",
+        )
+        .output()
+        .expect("the sqlite3 CLI");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A read-only verb upgrades it (under the writer lock) and reads the same fleet.
+    env.plan_run(&["check"]).ok();
+    assert_eq!(env.plan_run(&["status", "-o", "json"]).ok().stdout, before);
+    let version = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg("PRAGMA user_version;")
+        .output()
+        .unwrap();
+    let version: i64 = String::from_utf8_lossy(&version.stdout).trim().parse().unwrap();
+    assert!(version >= 3, "schema upgraded to {version}");
+    env.plan_run(&["revoke", "device:sensor-01", "--reason", "superseded", "--yes"])
+        .ok();
+}
