@@ -5,6 +5,7 @@
 //! It knows nothing of plans or verbs: callers pass in the time and the rows.
 
 pub mod queries;
+pub mod queries_vault;
 pub mod seal;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
@@ -81,7 +82,7 @@ pub enum StoreError {
 }
 
 /// Schema migrations, in order. The store's `user_version` counts how many have run.
-const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql"), include_str!("schema_v2_vault.sql")];
 
 /// How to open a store.
 #[derive(Debug, Clone)]
