@@ -220,6 +220,10 @@ impl Vault for LocalBackend {
         read!(self, qv::pending_get(self.store.conn(), name))
     }
 
+    fn pending_all(&self) -> Result<Vec<PendingCertificate>> {
+        read!(self, qv::pending_all(self.store.conn()))
+    }
+
     fn put_pending(&mut self, pending: &PendingCertificate, key_pkcs8: &[u8]) -> Result<()> {
         let out = self
             .store

@@ -106,6 +106,8 @@ pub trait Vault {
     fn issuer_users(&self, issuer: &str) -> Result<Vec<String>>;
     /// The request of a name waiting for an outside CA.
     fn pending(&self, name: &str) -> Result<Option<PendingCertificate>>;
+    /// Every request waiting for an outside CA, in name order.
+    fn pending_all(&self) -> Result<Vec<PendingCertificate>>;
     /// Records a request with its key.
     fn put_pending(&mut self, pending: &PendingCertificate, key_pkcs8: &[u8]) -> Result<()>;
     /// The key of a request, for merging. Never leaves the process.

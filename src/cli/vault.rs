@@ -55,7 +55,7 @@ enum KeyType {
 /// The vault operations.
 #[derive(Debug, Subcommand)]
 enum VaultCommand {
-    /// Every certificate with its current version and tags.
+    /// Every certificate with its current version and tags, then the requests waiting for a merge.
     List,
     /// A certificate: versions (oldest first) with attributes and tags, policy, key operations,
     /// and a request waiting for a merge.
@@ -407,8 +407,18 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
                 }
                 Ok(())
             })?;
+            let pending = ops::pending_list(&plan, &settings)?;
             if json {
-                p.json(&serde_json::json!({ "certificates": entries }))?;
+                p.json(&serde_json::json!({ "certificates": entries, "pending": pending }))?;
+            } else {
+                for r in &pending {
+                    p.line(format!(
+                        "{:<40} pending: waiting for `vault merge` (issuer {}, since {})",
+                        r.name,
+                        r.issuer,
+                        crate::clock::rfc3339(r.created)
+                    ))?;
+                }
             }
         }
         VaultCommand::Show { name } => {

@@ -489,26 +489,41 @@ fn pending_identity(name: &str, request_id: &str) -> String {
     format!("certroll/vault-pending/{name}/{request_id}")
 }
 
+const PENDING_COLS: &str = "name, request_id, csr_der, kty, exportable, policy_json, issuer, created";
+
+fn pending_row(r: &Row<'_>) -> rusqlite::Result<PendingCertificate> {
+    Ok(PendingCertificate {
+        name: r.get(0)?,
+        request_id: r.get(1)?,
+        csr_der: r.get(2)?,
+        kty: r.get(3)?,
+        exportable: r.get(4)?,
+        policy_json: r.get(5)?,
+        issuer: r.get(6)?,
+        created: from_ts(r.get(7)?),
+    })
+}
+
 /// The pending request of a certificate name.
 pub fn pending_get(conn: &Connection, name: &str) -> Result<Option<PendingCertificate>> {
     conn.query_row(
-        "SELECT name, request_id, csr_der, kty, exportable, policy_json, issuer, created FROM vault_pending WHERE name = ?1",
+        &format!("SELECT {PENDING_COLS} FROM vault_pending WHERE name = ?1"),
         [name],
-        |r| {
-            Ok(PendingCertificate {
-                name: r.get(0)?,
-                request_id: r.get(1)?,
-                csr_der: r.get(2)?,
-                kty: r.get(3)?,
-                exportable: r.get(4)?,
-                policy_json: r.get(5)?,
-                issuer: r.get(6)?,
-                created: from_ts(r.get(7)?),
-            })
-        },
+        pending_row,
     )
     .optional()
     .map_err(sql)
+}
+
+/// Every pending request, in name order.
+pub fn pending_all(conn: &Connection) -> Result<Vec<PendingCertificate>> {
+    let mut stmt = conn
+        .prepare(&format!("SELECT {PENDING_COLS} FROM vault_pending ORDER BY name"))
+        .map_err(sql)?;
+    stmt.query_map([], pending_row)
+        .map_err(sql)?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(sql)
 }
 
 /// Records a pending request with its key (sealed under the store key).
@@ -556,4 +571,93 @@ pub fn pending_delete(conn: &Connection, name: &str) -> Result<bool> {
         .execute("DELETE FROM vault_pending WHERE name = ?1", [name])
         .map_err(sql)?
         > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::spec::{Curve, KeySpec, Subject};
+    use crate::store::{Store, queries as q};
+
+    fn cert(now: OffsetDateTime) -> (Vec<u8>, crate::pki::PrivateKey) {
+        let key = crate::pki::PrivateKey::generate(&KeySpec::Ec {
+            curve: Curve::P256,
+            hsm: false,
+        })
+        .unwrap();
+        let profile = crate::pki::CertProfile {
+            subject: Subject::common_name("t"),
+            dns_names: vec![],
+            key_usage: vec![],
+            extended_key_usage: vec![],
+            not_before: now,
+            not_after: now + time::Duration::days(1),
+            ca: None,
+        };
+        (crate::pki::sign_self(&profile, &key).unwrap(), key)
+    }
+
+    fn insert(store: &mut Store, name: &str, now: OffsetDateTime) -> Result<String> {
+        let (der, key) = cert(now);
+        store.write(|tx, k| {
+            q::vault_insert(
+                tx,
+                k,
+                now,
+                &NewVersion {
+                    name,
+                    policy_json: "{}",
+                    cert_der: &der,
+                    key_pkcs8: key.pkcs8_der(),
+                    kty: "EC",
+                    exportable: true,
+                    issuer: None,
+                },
+            )
+        })
+    }
+
+    #[test]
+    fn a_deleted_name_stays_taken_until_recovered_or_purged_and_recovers_exactly() {
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let mut store = Store::open_empty().unwrap();
+        let v1 = insert(&mut store, "a", now).unwrap();
+        let v2 = insert(&mut store, "a", now).unwrap();
+        insert(&mut store, "b", now).unwrap();
+        let before = q::vault_versions(store.conn(), "a").unwrap();
+        let key_before = q::vault_private_key(store.conn(), store.key(), "a", &v1).unwrap();
+
+        assert!(store.write(|tx, _| delete(tx, "a", now, now)).unwrap());
+        assert!(q::vault_versions(store.conn(), "a").unwrap().is_empty());
+        assert_eq!(q::vault_names_page(store.conn(), "", 10).unwrap(), ["b"]);
+        // Not even another writer (issue, roll) can take the name meanwhile.
+        let err = insert(&mut store, "a", now).unwrap_err();
+        assert!(err.to_string().contains("deleted"), "{err}");
+        // Another certificate takes new rows; recovery still keeps a's order.
+        insert(&mut store, "b", now).unwrap();
+
+        assert!(store.write(|tx, _| recover(tx, "a")).unwrap());
+        let after = q::vault_versions(store.conn(), "a").unwrap();
+        assert_eq!(
+            after
+                .iter()
+                .map(|v| (&v.version, &v.cert_der))
+                .collect::<Vec<_>>(),
+            before
+                .iter()
+                .map(|v| (&v.version, &v.cert_der))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(q::vault_current(store.conn(), "a").unwrap().unwrap().version, v2);
+        assert_eq!(
+            q::vault_private_key(store.conn(), store.key(), "a", &v1).unwrap(),
+            key_before
+        );
+        assert!(deleted(store.conn(), None).unwrap().is_empty());
+
+        assert!(store.write(|tx, _| delete(tx, "a", now, now)).unwrap());
+        assert!(store.write(|tx, _| purge(tx, "a")).unwrap());
+        assert!(!store.write(|tx, _| recover(tx, "a")).unwrap());
+        insert(&mut store, "a", now).unwrap();
+    }
 }

@@ -41,7 +41,7 @@ CREATE TRIGGER vault_deleted_name_is_taken
 BEFORE INSERT ON vault_certificates
 WHEN EXISTS (SELECT 1 FROM vault_deleted_certificates WHERE name = NEW.name AND recovering = 0)
 BEGIN
-    SELECT RAISE(ABORT, 'the vault certificate name is deleted; recover or purge it first');
+    SELECT RAISE(ABORT, 'a vault certificate this needs is deleted (certroll vault list-deleted): recover or purge it first');
 END;
 
 -- Vault-wide settings: `contacts` (a JSON array of e-mail addresses) once they are set.

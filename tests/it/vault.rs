@@ -300,6 +300,12 @@ fn deleting_what_a_device_holds_or_what_signed_others_needs_force() {
         "s.pem",
     ])
     .ok();
+    // `vault export` writes what `export` writes: leaf and chain up to, not including, the root.
+    vault(&env, &["export", "device:sensor-01", "--out", "v.pem"]).ok();
+    assert_eq!(
+        std::fs::read(env.path("v.pem")).unwrap(),
+        std::fs::read(env.path("s.pem")).unwrap()
+    );
     env.run(&["--plan", "plan.toml", "issue"]).ok();
 }
 
@@ -720,7 +726,17 @@ fn backup_purge_restore_brings_back_every_version_byte_for_byte() {
         &["restore", "--in", "altered.bak", "--password-env", "PW"],
     )
     .code(2);
+    let renamed = file.replacen("\"name\": \"b1\"", "\"name\": \"b2\"", 1);
+    assert_ne!(renamed, file);
+    env.write("renamed.bak", &renamed);
+    vault_env(
+        &env,
+        ("PW", "correct horse"),
+        &["restore", "--in", "renamed.bak", "--password-env", "PW"],
+    )
+    .code(2);
     vault(&env, &["show", "b1"]).code(2);
+    vault(&env, &["show", "b2"]).code(2);
 
     vault_env(
         &env,
@@ -861,6 +877,9 @@ fn a_csr_signed_by_an_outside_ca_is_merged() {
     assert_eq!(show["versions"], serde_json::json!([]));
     assert_eq!(show["pending"]["issuer"], "Unknown");
     vault(&env, &["export", "m1", "--out", "m1.pem"]).code(2);
+    let list = vault(&env, &["list", "-o", "json"]).ok().json();
+    assert_eq!(list["certificates"], serde_json::json!([]));
+    assert_eq!(list["pending"][0]["name"], "m1");
     vault(
         &env,
         &["create", "m1", "--subject", "CN=m1", "--issuer", "Unknown"],
@@ -921,6 +940,9 @@ fn a_csr_signed_by_an_outside_ca_is_merged() {
     let show = vault(&env, &["show", "m1", "-o", "json"]).ok().json();
     assert_eq!(show["versions"][0]["version"], r["version"]);
     assert!(show["pending"].is_null());
+    let list = vault(&env, &["list", "-o", "json"]).ok().json();
+    assert_eq!(list["certificates"][0]["name"], "m1");
+    assert_eq!(list["pending"], serde_json::json!([]));
     assert_eq!(show["policy"]["issuer"]["name"], "Unknown");
     vault_live(&env, &["export", "m1", "--out", "m1-out.pem"]).ok();
     assert_eq!(der_of(&env, "m1-out.pem"), der_of(&env, "m1-signed.pem"));

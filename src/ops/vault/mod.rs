@@ -287,6 +287,35 @@ pub fn check_tag(key: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// A request waiting for an outside CA, as `vault list` shows it.
+#[derive(Debug, Serialize)]
+pub struct PendingEntry {
+    /// The certificate name.
+    pub name: String,
+    /// The request id.
+    pub request_id: String,
+    /// The issuer the policy names.
+    pub issuer: String,
+    /// When it was requested.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
+}
+
+/// The requests waiting for an outside CA (`vault merge`), in name order.
+pub fn pending_list(plan: &Plan, settings: &BackendSettings) -> Result<Vec<PendingEntry>> {
+    let backend = open_backend(plan, Access::Preview, settings)?;
+    Ok(backend
+        .pending_all()?
+        .into_iter()
+        .map(|p| PendingEntry {
+            name: p.name,
+            request_id: p.request_id,
+            issuer: p.issuer,
+            created: p.created,
+        })
+        .collect())
+}
+
 /// `vault update`: enables or disables a version (default: the current one) and sets or removes
 /// tags: on the certificate, or on the version when one is named.
 pub fn update(

@@ -297,6 +297,30 @@ pub fn import(
     })
 }
 
+/// The certificates above a version that the vault holds: its issuer first. Unlike
+/// [`crate::ops::chain_above`] it stops where an issuer is not in this vault (a certificate
+/// restored from another store, or whose CA was deleted with `--force`).
+fn chain_in_vault(
+    backend: &crate::backend::local::LocalBackend,
+    version: &crate::backend::types::VaultVersion,
+) -> Result<Vec<Vec<u8>>> {
+    let mut chain = Vec::new();
+    let mut next = version.issuer.clone();
+    while let Some((name, ver)) = next {
+        if chain.len() > 16 {
+            break;
+        }
+        match backend.version(&name, &ver)? {
+            Some(v) => {
+                chain.push(v.cert_der.clone());
+                next = v.issuer.clone();
+            }
+            None => break,
+        }
+    }
+    Ok(chain)
+}
+
 /// Options of `vault export`.
 #[derive(Debug, Clone)]
 pub struct VaultExportOptions {
@@ -360,11 +384,16 @@ pub fn export(
             version.kty
         )));
     }
-    let above = crate::ops::chain_above(&backend, &version)?;
+    let above = chain_in_vault(&backend, &version)?;
     let mut chain = vec![version.cert_der.clone()];
     let bytes: Zeroizing<Vec<u8>> = match opts.format {
         ExportFormat::Pem => {
-            let keep = above.len().saturating_sub(1);
+            // Up to, not including, the root.
+            let root = match above.last() {
+                Some(last) => is_self_signed(last)?,
+                None => false,
+            };
+            let keep = above.len() - usize::from(root);
             chain.extend(above.into_iter().take(keep));
             let mut text = Zeroizing::new(String::new());
             for der in &chain {
