@@ -316,8 +316,8 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 RSA-HSM\t'RSA in the (emulated) HSM: never exportable'
 EC\t'ECDSA (--curve)'
 EC-HSM\t'ECDSA in the (emulated) HSM: never exportable'"
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l key-size -d 'RSA modulus size: 2048, 3072 or 4096' -r
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l curve -d 'EC curve: P-256, P-384 or P-521' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l key-size -d 'RSA modulus size: 2048 (default), 3072 or 4096. Only for RSA key types' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l curve -d 'EC curve: P-256 (default), P-384 or P-521. Only for EC key types' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l dns -d 'A DNS name or IP address for the subjectAltName (repeatable)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l key-usage -d 'Key usage (repeatable; default digitalSignature + keyEncipherment)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l eku -d 'Extended key usage, a name or dotted OID (repeatable)' -r

@@ -211,12 +211,12 @@ Examples:
         /// Key type.
         #[arg(long, value_enum, default_value_t = KeyType::Rsa)]
         key_type: KeyType,
-        /// RSA modulus size: 2048, 3072 or 4096.
-        #[arg(long, default_value_t = 2048)]
-        key_size: u32,
-        /// EC curve: P-256, P-384 or P-521.
-        #[arg(long, default_value = "P-256", value_parser = parse_curve)]
-        curve: Curve,
+        /// RSA modulus size: 2048 (default), 3072 or 4096. Only for RSA key types.
+        #[arg(long)]
+        key_size: Option<u32>,
+        /// EC curve: P-256 (default), P-384 or P-521. Only for EC key types.
+        #[arg(long, value_parser = parse_curve)]
+        curve: Option<Curve>,
         /// A DNS name or IP address for the subjectAltName (repeatable).
         #[arg(long = "dns", value_name = "NAME")]
         dns_names: Vec<String>,
@@ -735,9 +735,30 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
             not_exportable,
         } => {
             let hsm = matches!(key_type, KeyType::RsaHsm | KeyType::EcHsm);
-            let key = match key_type {
-                KeyType::Rsa | KeyType::RsaHsm => KeySpec::Rsa { bits: key_size, hsm },
-                KeyType::Ec | KeyType::EcHsm => KeySpec::Ec { curve, hsm },
+            let key = match (key_type, key_size, curve) {
+                (KeyType::Rsa | KeyType::RsaHsm, bits, None) => KeySpec::Rsa {
+                    bits: bits.unwrap_or(2048),
+                    hsm,
+                },
+                (KeyType::Ec | KeyType::EcHsm, None, curve) => KeySpec::Ec {
+                    curve: curve.unwrap_or(Curve::P256),
+                    hsm,
+                },
+                (_, Some(bits), Some(curve)) => {
+                    return Err(input(format!(
+                        "--key-size {bits} and --curve {curve}: give the one that fits --key-type"
+                    )));
+                }
+                (_, Some(bits), None) => {
+                    return Err(input(format!(
+                        "--key-size {bits} is for RSA key types; an EC key takes --curve"
+                    )));
+                }
+                (_, None, Some(curve)) => {
+                    return Err(input(format!(
+                        "--curve {curve} is for EC key types; an RSA key takes --key-size"
+                    )));
+                }
             };
             let opts = pending::CreateOptions {
                 subject,

@@ -692,6 +692,24 @@ fn backup_purge_restore_brings_back_every_version_byte_for_byte() {
     assert_eq!(mode(&env.path("b1.bak")), 0o600);
     let file = std::fs::read_to_string(env.path("b1.bak")).unwrap();
     assert!(!file.contains("PRIVATE") && file.contains("PBKDF2-HMAC-SHA256"));
+    // The keys are inside the encryption: not even their hex shows.
+    env.openssl(&[
+        "pkey",
+        "-in",
+        &format!("before-{v3}.pem"),
+        "-outform",
+        "DER",
+        "-out",
+        "k3.der",
+    ])
+    .ok();
+    let key_hex: String = std::fs::read(env.path("k3.der"))
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    // Bytes 36..68 of a P-256 PKCS#8 key are the private scalar.
+    assert!(!file.to_uppercase().contains(&key_hex[72..136]));
 
     // A name that exists (live or deleted) is never overwritten.
     let r = vault_env(
@@ -849,6 +867,23 @@ fn a_csr_signed_by_an_outside_ca_is_merged() {
     )
     .code(2);
     assert!(r.stderr.contains("nosuch"), "{}", r.stderr);
+    for (bad, named) in [
+        (&["--subject", "CN=m1", "--curve", "P-384"][..], "P-384"),
+        (&["--subject", "CN=m1", "--key-size", "1024"][..], "1024"),
+        (
+            &["--subject", "CN=m1", "--key-type", "EC", "--key-size", "3072"][..],
+            "3072",
+        ),
+        (&["--subject", "XX=m1"][..], "XX=m1"),
+        (&["--subject", "CN=m1", "--validity-days", "0"][..], "0"),
+        (&["--subject", "CN=m1", "--eku", "nonsense"][..], "nonsense"),
+    ] {
+        let mut args = vec!["create", "m1"];
+        args.extend_from_slice(bad);
+        let r = vault(&env, &args).code(2);
+        assert!(r.stderr.contains(named), "{bad:?}: {}", r.stderr);
+    }
+    vault(&env, &["show", "m1"]).code(2);
     let r = vault(
         &env,
         &[
