@@ -358,7 +358,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -l file -d 'The signed certificate: PEM (leaf first) or DER' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -l file -d 'The signed certificate: PEM (leaf first; any further certificates are kept as its chain) or DER' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -l plan -d 'The plan file' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
 json\t'One JSON document'"

@@ -241,6 +241,15 @@ impl Vault for LocalBackend {
         let out = self.store.write(|tx, _| qv::pending_delete(tx, name));
         out.map_err(|e| self.with_path(e))
     }
+
+    fn stored_chain(&self, name: &str, version: &str) -> Result<Vec<Vec<u8>>> {
+        read!(self, qv::chain_get(self.store.conn(), name, version))
+    }
+
+    fn set_stored_chain(&mut self, name: &str, version: &str, chain: &[Vec<u8>]) -> Result<()> {
+        let out = self.store.write(|tx, _| qv::chain_set(tx, name, version, chain));
+        out.map_err(|e| self.with_path(e))
+    }
 }
 
 impl EnrollmentService for LocalBackend {

@@ -114,6 +114,10 @@ pub trait Vault {
     fn pending_key(&self, name: &str) -> Result<PrivateKey>;
     /// Removes a request (false if there was none).
     fn delete_pending(&mut self, name: &str) -> Result<bool>;
+    /// The chain stored with a version (imports and merges; issuer first, may be empty).
+    fn stored_chain(&self, name: &str, version: &str) -> Result<Vec<Vec<u8>>>;
+    /// Stores the chain that came with a version.
+    fn set_stored_chain(&mut self, name: &str, version: &str, chain: &[Vec<u8>]) -> Result<()>;
 }
 
 /// The enrollment service (Device Provisioning Service).

@@ -250,6 +250,8 @@ pub struct VersionBackup {
     pub updated: OffsetDateTime,
     /// Its tags.
     pub tags: Tags,
+    /// The chain stored with it (imports and merges), issuer first.
+    pub chain: Vec<Vec<u8>>,
 }
 
 /// A certificate with all its versions, policy and tags, as `vault backup` carries it.

@@ -174,8 +174,8 @@ Examples:
     /// Import a certificate with its private key from PEM or PKCS#12.
     #[command(after_help = "\
 PEM: the certificate (and chain) with a PKCS#8, SEC1 or PKCS#1 key. Anything else is read as
-PKCS#12 and needs --password-env. The key must belong to a certificate in the file; only that
-certificate is stored. A new name gets a policy read from the certificate (issuer Self when it is
+PKCS#12 and needs --password-env. The key must belong to a certificate in the file; the other
+certificates are kept as its chain (vault export writes them). A new name gets a policy read from the certificate (issuer Self when it is
 self-signed, Unknown otherwise); an existing name gets a new version and keeps its policy.
 
 Examples:
@@ -277,7 +277,7 @@ Examples:
     Merge {
         /// The certificate name.
         name: String,
-        /// The signed certificate: PEM (leaf first) or DER.
+        /// The signed certificate: PEM (leaf first; any further certificates are kept as its chain) or DER.
         #[arg(long)]
         file: PathBuf,
     },

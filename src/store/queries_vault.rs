@@ -83,7 +83,7 @@ pub fn tags_set(
 // ---------------------------------------------------------------- soft delete
 
 const VERSION_COLS: &str = "name, version, cert_der, key_sealed, kty, exportable, thumbprint, serial, enabled, nbf, \
-     exp, created, updated, tags, issuer_name, issuer_version";
+     exp, created, updated, tags, issuer_name, issuer_version, chain_der";
 
 /// What relies on a live certificate: devices holding one of its versions, and other
 /// certificates with versions it signed.
@@ -260,7 +260,7 @@ pub fn backup(conn: &Connection, key: &StoreKey, name: &str) -> Result<Option<Ce
     let mut stmt = conn
         .prepare(
             "SELECT name, version, cert_der, kty, exportable, enabled, nbf, exp, created, issuer_name, issuer_version,
-                    key_sealed, updated, tags
+                    key_sealed, updated, tags, chain_der
              FROM vault_versions WHERE name = ?1 ORDER BY seq",
         )
         .map_err(sql)?;
@@ -271,6 +271,7 @@ pub fn backup(conn: &Connection, key: &StoreKey, name: &str) -> Result<Option<Ce
                 r.get::<_, Vec<u8>>(11)?,
                 r.get::<_, i64>(12)?,
                 r.get::<_, String>(13)?,
+                r.get::<_, Option<Vec<u8>>>(14)?,
             ))
         })
         .map_err(sql)?
@@ -278,7 +279,7 @@ pub fn backup(conn: &Connection, key: &StoreKey, name: &str) -> Result<Option<Ce
         .map_err(sql)?;
     let versions = rows
         .into_iter()
-        .map(|(version, sealed, updated, tags)| {
+        .map(|(version, sealed, updated, tags, chain)| {
             let key = if version.exportable {
                 BackupKey::Plain(key.open(&key_identity(name, &version.version), &sealed)?)
             } else {
@@ -289,6 +290,7 @@ pub fn backup(conn: &Connection, key: &StoreKey, name: &str) -> Result<Option<Ce
                 key,
                 updated: from_ts(updated),
                 tags: tags_from(&tags)?,
+                chain: split_chain(chain.as_deref())?,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -365,8 +367,8 @@ pub fn restore(conn: &Connection, key: &StoreKey, b: &CertificateBackup) -> Resu
         conn.execute(
             "INSERT INTO vault_versions
                (name, version, cert_der, key_sealed, kty, exportable, thumbprint, serial, enabled, nbf, exp,
-                created, updated, tags, issuer_name, issuer_version)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                created, updated, tags, issuer_name, issuer_version, chain_der)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             params![
                 b.name,
                 version.version,
@@ -384,10 +386,52 @@ pub fn restore(conn: &Connection, key: &StoreKey, b: &CertificateBackup) -> Resu
                 tags_text(&v.tags),
                 version.issuer.as_ref().map(|i| i.0.as_str()),
                 version.issuer.as_ref().map(|i| i.1.as_str()),
+                join_chain(&v.chain),
             ],
         )
         .map_err(sql)?;
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- chains
+
+fn join_chain(chain: &[Vec<u8>]) -> Option<Vec<u8>> {
+    (!chain.is_empty()).then(|| chain.concat())
+}
+
+fn split_chain(joined: Option<&[u8]>) -> Result<Vec<Vec<u8>>> {
+    let mut rest = joined.unwrap_or_default();
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let (after, _) =
+            x509_parser::parse_x509_certificate(rest).map_err(|e| corrupt(format!("stored chain: {e}")))?;
+        out.push(rest[..rest.len() - after.len()].to_vec());
+        rest = after;
+    }
+    Ok(out)
+}
+
+/// The chain stored with a version (issuer first; empty when none was stored).
+pub fn chain_get(conn: &Connection, name: &str, version: &str) -> Result<Vec<Vec<u8>>> {
+    let joined: Option<Option<Vec<u8>>> = conn
+        .query_row(
+            "SELECT chain_der FROM vault_versions WHERE name = ?1 AND version = ?2",
+            [name, version],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(sql)?;
+    split_chain(joined.flatten().as_deref())
+}
+
+/// Stores the chain that came with a version.
+pub fn chain_set(conn: &Connection, name: &str, version: &str, chain: &[Vec<u8>]) -> Result<()> {
+    conn.execute(
+        "UPDATE vault_versions SET chain_der = ?3 WHERE name = ?1 AND version = ?2",
+        params![name, version, join_chain(chain)],
+    )
+    .map_err(sql)?;
     Ok(())
 }
 
@@ -626,6 +670,8 @@ mod tests {
         insert(&mut store, "b", now).unwrap();
         let before = q::vault_versions(store.conn(), "a").unwrap();
         let key_before = q::vault_private_key(store.conn(), store.key(), "a", &v1).unwrap();
+        let chain = vec![cert(now).0, cert(now).0];
+        store.write(|tx, _| chain_set(tx, "a", &v1, &chain)).unwrap();
 
         assert!(store.write(|tx, _| delete(tx, "a", now, now)).unwrap());
         assert!(q::vault_versions(store.conn(), "a").unwrap().is_empty());
@@ -654,6 +700,8 @@ mod tests {
             key_before
         );
         assert!(deleted(store.conn(), None).unwrap().is_empty());
+        assert_eq!(chain_get(store.conn(), "a", &v1).unwrap(), chain);
+        assert!(chain_get(store.conn(), "a", &v2).unwrap().is_empty());
 
         assert!(store.write(|tx, _| delete(tx, "a", now, now)).unwrap());
         assert!(store.write(|tx, _| purge(tx, "a")).unwrap());

@@ -1,6 +1,10 @@
 -- certroll store, schema version 2: the vault's administration (issue 4). Times are Unix seconds.
 -- Only vault tables; depends on nothing but schema version 1.
 
+-- The chain that came with an imported or merged certificate (DER certificates, one after the
+-- other, issuer first), for versions whose issuer is not a vault certificate.
+ALTER TABLE vault_versions ADD COLUMN chain_der BLOB;
+
 -- Soft delete: `vault delete` moves a certificate's rows here, `vault recover` moves them back,
 -- `vault purge` removes them. Rows keep their names and version ids, so sealed keys still open.
 CREATE TABLE vault_deleted_certificates (
@@ -32,6 +36,7 @@ CREATE TABLE vault_deleted_versions (
     tags            TEXT NOT NULL DEFAULT '{}',
     issuer_name     TEXT,
     issuer_version  TEXT,
+    chain_der       BLOB,
     UNIQUE (name, version)
 );
 

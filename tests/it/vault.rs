@@ -567,6 +567,77 @@ fn import_pfx_from_openssl_and_an_hsm_key_never_leaves() {
     vault_live(&env, &["export", "gw", "--with-key", "--out", "gw.pem"]).ok();
     assert_eq!(der_of(&env, "gw.pem"), der_of(&env, "leaf.pem"));
     assert_eq!(pubkey_of(&env, "gw.pem"), pubkey_of(&env, "leaf.key"));
+    // The CA that came in the file is kept as the chain: PEM stops before the root, PFX has it,
+    // and so does a restored backup.
+    let certs_in = |file: &str| {
+        std::fs::read_to_string(env.path(file))
+            .unwrap()
+            .matches("BEGIN CERTIFICATE")
+            .count()
+    };
+    assert_eq!(certs_in("gw.pem"), 1);
+    let pfx_certs = |env: &TestEnv, file: &str| {
+        env.openssl(&["pkcs12", "-in", file, "-nokeys", "-passin", "pass:x"])
+            .ok()
+            .stdout
+            .matches("BEGIN CERTIFICATE")
+            .count()
+    };
+    vault_env(
+        &env,
+        ("PW", "x"),
+        &[
+            "export",
+            "gw",
+            "--format",
+            "pfx",
+            "--password-env",
+            "PW",
+            "--out",
+            "gw.pfx",
+        ],
+    )
+    .ok();
+    assert_eq!(pfx_certs(&env, "gw.pfx"), 2);
+    vault_env(
+        &env,
+        ("PW", "pw"),
+        &["backup", "gw", "--out", "gw.bak", "--password-env", "PW"],
+    )
+    .ok();
+    vault(&env, &["delete", "gw"]).ok();
+    vault(&env, &["purge", "gw", "--yes"]).ok();
+    vault_env(
+        &env,
+        ("PW", "pw"),
+        &["restore", "--in", "gw.bak", "--password-env", "PW"],
+    )
+    .ok();
+    vault_env(
+        &env,
+        ("PW", "x"),
+        &[
+            "export",
+            "gw",
+            "--format",
+            "pfx",
+            "--password-env",
+            "PW",
+            "--out",
+            "gw2.pfx",
+        ],
+    )
+    .ok();
+    assert_eq!(pfx_certs(&env, "gw2.pfx"), 2);
+    env.openssl(&[
+        "verify",
+        "-attime",
+        &time::OffsetDateTime::now_utc().unix_timestamp().to_string(),
+        "-CAfile",
+        "ca.pem",
+        "gw.pem",
+    ])
+    .ok();
 
     // --hsm: never exportable, by any path.
     let r = vault_env(
@@ -969,7 +1040,16 @@ fn a_csr_signed_by_an_outside_ca_is_merged() {
     assert!(r.stderr.contains("not for the key"), "{}", r.stderr);
     assert!(vault(&env, &["show", "m1", "-o", "json"]).ok().json()["pending"].is_object());
 
-    let r = vault_live(&env, &["merge", "m1", "--file", "m1-signed.pem", "-o", "json"])
+    // The signed certificate with its CA after it: the CA is kept as the chain.
+    env.write(
+        "m1-with-ca.pem",
+        &[
+            std::fs::read_to_string(env.path("m1-signed.pem")).unwrap(),
+            std::fs::read_to_string(env.path("ca.pem")).unwrap(),
+        ]
+        .concat(),
+    );
+    let r = vault_live(&env, &["merge", "m1", "--file", "m1-with-ca.pem", "-o", "json"])
         .ok()
         .json();
     let show = vault(&env, &["show", "m1", "-o", "json"]).ok().json();
@@ -992,6 +1072,27 @@ fn a_csr_signed_by_an_outside_ca_is_merged() {
     .ok();
     vault(&env, &["csr", "m1", "--out", "again.csr"]).code(2);
     vault(&env, &["merge", "m1", "--file", "m1-signed.pem"]).code(2);
+    vault_env(
+        &env,
+        ("PW", "x"),
+        &[
+            "export",
+            "m1",
+            "--format",
+            "pfx",
+            "--password-env",
+            "PW",
+            "--out",
+            "m1.pfx",
+        ],
+    )
+    .ok();
+    let certs = env
+        .openssl(&["pkcs12", "-in", "m1.pfx", "-nokeys", "-passin", "pass:x"])
+        .ok()
+        .stdout;
+    assert_eq!(certs.matches("BEGIN CERTIFICATE").count(), 2);
+    assert!(certs.contains("subject=CN = Outside CA"));
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! `vault backup` / `vault restore`: one file that carries a certificate with all its versions
-//! (certificates, keys, attributes, tags), its policy and its tags, and restores it byte for byte
+//! (certificates, keys, attributes, tags, stored chains), its policy and its tags, and restores it byte for byte
 //! (same version ids) into this or another store.
 //!
 //! The file is JSON: a clear header (format, name, KDF parameters) and the contents encrypted
@@ -84,6 +84,8 @@ struct VersionDoc {
     updated: i64,
     tags: Tags,
     issuer: Option<(String, String)>,
+    #[serde(default)]
+    chain: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -191,6 +193,7 @@ pub fn backup(
                 updated: v.updated.unix_timestamp(),
                 tags: v.tags.clone(),
                 issuer: v.version.issuer.clone(),
+                chain: v.chain.iter().map(|c| crate::pki::hex_upper(c)).collect(),
             })
             .collect(),
     };
@@ -323,6 +326,11 @@ pub fn restore(plan: &Plan, file: &Path, password: &str, settings: &BackendSetti
             key,
             updated: ts(v.updated, file)?,
             tags: v.tags.clone(),
+            chain: v
+                .chain
+                .iter()
+                .map(|c| hex_decode(c).ok_or_else(|| not_a_backup(file, "bad chain")))
+                .collect::<Result<_>>()?,
         });
     }
     let backup = CertificateBackup {

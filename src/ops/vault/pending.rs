@@ -246,7 +246,8 @@ pub struct MergeReport {
 }
 
 /// `vault merge`: the signed certificate (PEM, leaf first, or DER) becomes a version with the
-/// pending key, after checking that it certifies that key.
+/// pending key, after checking that it certifies that key. Further certificates in a PEM file
+/// are kept as its chain.
 pub fn merge(
     plan: &Plan,
     name: &str,
@@ -257,13 +258,16 @@ pub fn merge(
     let name = super::resolve_name(name)?;
     let shown = file.display();
     let bytes = std::fs::read(file).map_err(|e| input(format!("cannot read {shown}: {e}")))?;
-    let leaf = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
-        crate::pki::pem::certs_from_pem(&bytes)
-            .map_err(|e| input(format!("{shown}: {e}")))?
-            .remove(0)
+    let mut certs = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+        crate::pki::pem::certs_from_pem(&bytes).map_err(|e| input(format!("{shown}: {e}")))?
     } else {
-        bytes
+        vec![bytes]
     };
+    // Leaf first, then its chain (kept with the version).
+    let leaf = certs.remove(0);
+    for c in &certs {
+        crate::pki::CertInfo::from_der(c).map_err(|e| input(format!("{shown}: {e}")))?;
+    }
     let cert = crate::pki::CertInfo::from_der(&leaf).map_err(|e| input(format!("{shown}: {e}")))?;
     let mut backend = open_backend(plan, Access::Write, settings)?;
     let pending = backend
@@ -289,8 +293,12 @@ pub fn merge(
             }],
             now,
         )?;
+        let v = v.into_iter().next().unwrap_or_default();
+        if !certs.is_empty() {
+            b.set_stored_chain(&name, &v, &certs)?;
+        }
         b.delete_pending(&name)?;
-        Ok(v.into_iter().next().unwrap_or_default())
+        Ok(v)
     })?;
     Ok(MergeReport { name, version, cert })
 }

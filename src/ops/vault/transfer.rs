@@ -6,8 +6,8 @@
 //! certificate and `Unknown` otherwise, an `EmailContacts` action at 80 % of the lifetime,
 //! exportable unless `--hsm`. An existing name gets a new version and keeps its policy; a
 //! version imported into a name whose policy is non-exportable is non-exportable too. The
-//! vault keeps the certificate the key belongs to; other certificates in the file (its chain)
-//! are not stored.
+//! other certificates in the file are kept with the version as its chain (Key Vault's x5c), and
+//! `vault export` writes them after it.
 
 use super::{not_live, spki_of};
 use crate::backend::Vault as _;
@@ -48,7 +48,7 @@ pub struct ImportReport {
     pub exportable: bool,
     /// The certificate.
     pub cert: crate::pki::CertInfo,
-    /// Certificates in the file other than the imported one (not stored).
+    /// Certificates in the file other than the imported one: kept as its chain.
     pub other_certificates: usize,
 }
 
@@ -274,18 +274,34 @@ pub fn import(
     if hsm {
         spec = with_hsm(spec);
     }
-    let version = backend.create_versions(
-        &[NewVersion {
-            name,
-            policy_json: &policy_doc,
-            cert_der,
-            key_pkcs8: key.pkcs8_der(),
-            kty: spec.kty(),
-            exportable,
-            issuer: None,
-        }],
-        now,
-    )?;
+    // The other certificates of the file are the leaf's chain, kept with the version.
+    let chain: Vec<Vec<u8>> = material
+        .certs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leaf)
+        .map(|(_, c)| c.clone())
+        .collect();
+    let version = crate::backend::in_one_unit(&mut backend, |b| -> Result<Vec<String>> {
+        let version = b.create_versions(
+            &[NewVersion {
+                name,
+                policy_json: &policy_doc,
+                cert_der,
+                key_pkcs8: key.pkcs8_der(),
+                kty: spec.kty(),
+                exportable,
+                issuer: None,
+            }],
+            now,
+        )?;
+        if let Some(v) = version.first()
+            && !chain.is_empty()
+        {
+            b.set_stored_chain(name, v, &chain)?;
+        }
+        Ok(version)
+    })?;
     Ok(ImportReport {
         name: name.to_string(),
         version: version.into_iter().next().unwrap_or_default(),
@@ -384,7 +400,10 @@ pub fn export(
             version.kty
         )));
     }
-    let above = chain_in_vault(&backend, &version)?;
+    let above = match version.issuer {
+        Some(_) => chain_in_vault(&backend, &version)?,
+        None => backend.stored_chain(&name, &version.version)?,
+    };
     let mut chain = vec![version.cert_der.clone()];
     let bytes: Zeroizing<Vec<u8>> = match opts.format {
         ExportFormat::Pem => {
