@@ -1829,7 +1829,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault__subcmd__delete)
-            opts="-o -q -v -h --recovery-days --force --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --recovery-days --force --dry-run --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2721,7 +2721,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault__subcmd__purge)
-            opts="-o -q -v -h --yes --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --yes --dry-run --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

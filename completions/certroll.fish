@@ -219,6 +219,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -l force -d 'Delete even what devices hold or what signed other certificates'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -l dry-run -d 'Check and print what would be deleted; change nothing'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -247,6 +248,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -l yes -d 'Do not ask for confirmation'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -l dry-run -d 'Print what would be purged; change nothing'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -s h -l help -d 'Print help (see more with \'--help\')'

@@ -102,6 +102,7 @@ one of its versions or it signed another certificate's version, unless --force. 
 for `vault merge` is cancelled (its key is discarded).
 
 Examples:
+  certroll vault delete web-1 --dry-run
   certroll vault delete web-1
   certroll vault delete dev-sensor-01 --force --recovery-days 7")]
     Delete {
@@ -113,6 +114,9 @@ Examples:
         /// Delete even what devices hold or what signed other certificates.
         #[arg(long)]
         force: bool,
+        /// Check and print what would be deleted; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Deleted certificates, with their deletion and scheduled purge dates.
     ListDeleted,
@@ -123,7 +127,7 @@ Examples:
     },
     /// Remove a deleted certificate for good (asks on a terminal, needs --yes otherwise).
     #[command(
-        after_help = "Only a deleted certificate can be purged.\n\nExamples:\n  certroll vault purge web-1 --yes"
+        after_help = "Only a deleted certificate can be purged.\n\nExamples:\n  certroll vault purge web-1 --dry-run\n  certroll vault purge web-1 --yes"
     )]
     Purge {
         /// The deleted certificate's name.
@@ -131,6 +135,9 @@ Examples:
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
+        /// Print what would be purged; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Write a certificate with all its versions, keys, policy and tags to one encrypted file (0600).
     #[command(after_help = "\
@@ -507,28 +514,41 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
             name,
             recovery_days,
             force,
+            dry_run,
         } => {
             let r = lifecycle::delete(
                 &plan,
                 &name,
-                &lifecycle::DeleteOptions { recovery_days, force },
+                &lifecycle::DeleteOptions {
+                    recovery_days,
+                    force,
+                    dry_run,
+                },
                 &settings,
                 now,
             )?;
             if json {
                 p.json(&r)?;
             } else {
+                let (cancelled, deleted) = if r.dry_run {
+                    ("Would cancel", "Would delete")
+                } else {
+                    ("Cancelled", "Deleted")
+                };
                 if r.cancelled_request {
-                    p.line("Cancelled the request waiting for a merge.")?;
+                    p.line(format!("{cancelled} the request waiting for a merge."))?;
                 }
                 if let Some(d) = &r.deleted {
                     p.line(format!(
-                        "Deleted {} ({} version(s)); recoverable until {} (`certroll vault recover {}`)",
+                        "{deleted} {} ({} version(s)); recoverable until {} (`certroll vault recover {}`)",
                         d.name,
                         d.versions.len(),
                         crate::clock::rfc3339(d.scheduled_purge_date),
                         d.name
                     ))?;
+                }
+                if r.dry_run {
+                    p.line("Dry run: nothing was changed.")?;
                 }
             }
         }
@@ -552,9 +572,21 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
                 p.line(format!("Recovered {} ({} version(s))", d.name, d.versions.len()))?;
             }
         }
-        VaultCommand::Purge { name, yes } => {
+        VaultCommand::Purge { name, yes, dry_run } => {
             // Name what would go first: a name that is not deleted fails before any question.
             let d = lifecycle::deleted_one(&plan, &name, &settings, now)?;
+            if dry_run {
+                if json {
+                    p.json(&serde_json::json!({ "purged": d, "dry_run": true }))?;
+                } else {
+                    p.line(format!(
+                        "Would purge {} ({} version(s)) for good.\nDry run: nothing was changed.",
+                        d.name,
+                        d.versions.len()
+                    ))?;
+                }
+                return Ok(0);
+            }
             if !yes {
                 if !std::io::stdin().is_terminal() {
                     return Err(input(
@@ -577,7 +609,7 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
             }
             let d = lifecycle::purge(&plan, &name, &settings, now)?;
             if json {
-                p.json(&serde_json::json!({ "purged": d }))?;
+                p.json(&serde_json::json!({ "purged": d, "dry_run": false }))?;
             } else {
                 p.line(format!("Purged {} ({} version(s))", d.name, d.versions.len()))?;
             }

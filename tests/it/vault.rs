@@ -217,6 +217,12 @@ fn soft_delete_list_deleted_recover_and_purge() {
     let before = vault(&env, &["show", "c1", "-o", "json"]).ok().json();
 
     vault(&env, &["delete", "c1", "--recovery-days", "3"]).code(2);
+    let d = vault(&env, &["delete", "c1", "--dry-run", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(d["dry_run"], true);
+    assert_eq!(d["deleted"]["scheduled_purge_date"], "2027-02-21T00:00:00Z");
+    assert_eq!(vault(&env, &["show", "c1", "-o", "json"]).ok().json(), before);
     let d = vault(&env, &["delete", "c1", "-o", "json"]).ok().json();
     assert_eq!(d["deleted"]["deleted_date"], NOW);
     assert_eq!(d["deleted"]["scheduled_purge_date"], "2027-02-21T00:00:00Z"); // + 90 days
@@ -248,6 +254,11 @@ fn soft_delete_list_deleted_recover_and_purge() {
         .ok()
         .json();
     assert_eq!(d["deleted"]["scheduled_purge_date"], "2026-11-30T00:00:00Z");
+    let r = vault(&env, &["purge", "c1", "--dry-run", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(r["dry_run"], true);
+    assert_eq!(r["purged"]["name"], "c1");
     let r = vault(&env, &["purge", "c1"]).code(2); // no terminal, no --yes
     assert!(r.stderr.contains("--yes"), "{}", r.stderr);
     assert_eq!(

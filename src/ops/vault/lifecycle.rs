@@ -26,6 +26,8 @@ pub struct DeleteOptions {
     pub recovery_days: u32,
     /// Delete even what devices hold or what signed other certificates.
     pub force: bool,
+    /// Check and report; change nothing.
+    pub dry_run: bool,
 }
 
 impl Default for DeleteOptions {
@@ -33,6 +35,7 @@ impl Default for DeleteOptions {
         DeleteOptions {
             recovery_days: DEFAULT_RECOVERY_DAYS,
             force: false,
+            dry_run: false,
         }
     }
 }
@@ -63,6 +66,8 @@ pub struct DeleteReport {
     pub deleted: Option<DeletedView>,
     /// Whether a request waiting for an outside CA was cancelled (its key is gone).
     pub cancelled_request: bool,
+    /// Whether this was a dry run (nothing was changed).
+    pub dry_run: bool,
 }
 
 fn view(d: crate::backend::types::DeletedCertificate, now: OffsetDateTime) -> DeletedView {
@@ -100,7 +105,8 @@ pub fn delete(
             opts.recovery_days
         )));
     }
-    let mut backend = open_backend(plan, Access::Write, settings)?;
+    let access = if opts.dry_run { Access::Read } else { Access::Write };
+    let mut backend = open_backend(plan, access, settings)?;
     let live = backend.current(&name)?.is_some();
     let pending = backend.pending(&name)?.is_some();
     if !live && !pending {
@@ -124,6 +130,25 @@ pub fn delete(
         }
     }
     let purge_at = now + time::Duration::days(opts.recovery_days as i64);
+    if opts.dry_run {
+        let deleted = if live {
+            Some(DeletedView {
+                name: name.clone(),
+                deleted_date: now,
+                scheduled_purge_date: purge_at,
+                purge_due: false,
+                versions: backend.versions(&name)?.into_iter().map(|v| v.version).collect(),
+                tags: backend.tags(&name, None)?.unwrap_or_default(),
+            })
+        } else {
+            None
+        };
+        return Ok(DeleteReport {
+            deleted,
+            cancelled_request: pending,
+            dry_run: true,
+        });
+    }
     crate::backend::in_one_unit(&mut backend, |b| -> Result<()> {
         if pending {
             b.delete_pending(&name)?;
@@ -141,6 +166,7 @@ pub fn delete(
     Ok(DeleteReport {
         deleted,
         cancelled_request: pending,
+        dry_run: false,
     })
 }
 
