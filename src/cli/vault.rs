@@ -56,9 +56,13 @@ enum KeyType {
 #[derive(Debug, Subcommand)]
 enum VaultCommand {
     /// Every certificate with its current version and tags, then the requests waiting for a merge.
+    #[command(after_help = "Examples:\n  certroll vault list\n  certroll vault list -o json")]
     List,
     /// A certificate: versions (oldest first) with attributes and tags, policy, key operations,
     /// and a request waiting for a merge.
+    #[command(
+        after_help = "Examples:\n  certroll vault show ca:root\n  certroll vault show dev-sensor-01 -o json"
+    )]
     Show {
         /// A vault name or ca:NAME / device:ID / enrollment:NAME.
         name: String,
@@ -119,8 +123,10 @@ Examples:
         dry_run: bool,
     },
     /// Deleted certificates, with their deletion and scheduled purge dates.
+    #[command(after_help = "Examples:\n  certroll vault list-deleted -o json")]
     ListDeleted,
     /// Bring a deleted certificate back, exactly as it was.
+    #[command(after_help = "Examples:\n  certroll vault list-deleted\n  certroll vault recover web-1")]
     Recover {
         /// The deleted certificate's name.
         name: String,
@@ -273,6 +279,9 @@ Examples:
         password_env: Option<String>,
     },
     /// Write the CSR of a request waiting for an outside CA (PEM).
+    #[command(
+        after_help = "Examples:\n  certroll vault csr web-2 --out web-2.csr\n  openssl req -in web-2.csr -verify -noout -text"
+    )]
     Csr {
         /// The certificate name.
         name: String,
@@ -281,6 +290,7 @@ Examples:
         out: PathBuf,
     },
     /// Make the signed certificate of a waiting request a version (its public key must match).
+    #[command(after_help = "Examples:\n  certroll vault merge web-2 --file web-2-and-chain.pem -o json")]
     Merge {
         /// The certificate name.
         name: String,
