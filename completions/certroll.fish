@@ -43,7 +43,7 @@ complete -c certroll -n "__fish_certroll_needs_command" -f -a "revoke" -d 'Disal
 complete -c certroll -n "__fish_certroll_needs_command" -f -a "reprovision" -d 'Make devices register again so the hub picks up the certificates they hold'
 complete -c certroll -n "__fish_certroll_needs_command" -f -a "status" -d 'Show CAs, enrollments, slots, devices and hub identities'
 complete -c certroll -n "__fish_certroll_needs_command" -f -a "export" -d 'Write a certificate with its chain (and key, if exportable) as PEM or PFX'
-complete -c certroll -n "__fish_certroll_needs_command" -f -a "vault" -d 'The vault: list certificates, show versions, policy and key operations, enable/disable'
+complete -c certroll -n "__fish_certroll_needs_command" -f -a "vault" -d 'The vault: certificates, versions, tags, soft delete, backup/restore, import, CSR/merge, contacts, issuers'
 complete -c certroll -n "__fish_certroll_needs_command" -f -a "check" -d 'For cron and monitoring: what is expired, what has an action due, what is next (exit 0/1/2/3)'
 complete -c certroll -n "__fish_certroll_needs_command" -f -a "completions" -d 'Print shell completions'
 complete -c certroll -n "__fish_certroll_needs_command" -f -a "man" -d 'Print the man page (roff)'
@@ -164,19 +164,32 @@ complete -c certroll -n "__fish_certroll_using_subcommand export" -l crl -d 'Wri
 complete -c certroll -n "__fish_certroll_using_subcommand export" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand export" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand export" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update help" -l plan -d 'The plan file' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update help" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
 json\t'One JSON document'"
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update help" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update help" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update help" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update help" -s q -l quiet -d 'Print only errors (and no progress bar)'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update help" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update help" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update help" -f -a "list" -d 'Every certificate with its current version'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update help" -f -a "show" -d 'A certificate: versions (oldest first) with attributes, policy, key operations'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update help" -f -a "update" -d 'Enable or disable a version (default: the current one)'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -f -a "list" -d 'Every certificate with its current version and tags, then the requests waiting for a merge'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -f -a "show" -d 'A certificate: versions (oldest first) with attributes and tags, policy, key operations, and a request waiting for a merge'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -f -a "update" -d 'Enable or disable a version; set or remove tags'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -f -a "delete" -d 'Soft-delete a certificate with all its versions, policy and tags (recoverable until purged)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -f -a "list-deleted" -d 'Deleted certificates, with their deletion and scheduled purge dates'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -f -a "recover" -d 'Bring a deleted certificate back, exactly as it was'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -f -a "purge" -d 'Remove a deleted certificate for good (asks on a terminal, needs --yes otherwise)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -f -a "backup" -d 'Write a certificate with all its versions, keys, policy and tags to one encrypted file (0600)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -f -a "restore" -d 'Restore a backup: every version byte for byte, under its name, which must be free'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -f -a "contacts" -d 'The vault\'s contacts (e-mailed by EmailContacts lifetime actions)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -f -a "issuers" -d 'Issuer objects a policy can name besides Self and Unknown'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -f -a "import" -d 'Import a certificate with its private key from PEM or PKCS#12'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -f -a "create" -d 'Create a certificate: self-signed at once (--issuer Self), or a key and CSR that wait for an outside CA (--issuer Unknown or a set issuer) and `vault merge`'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -f -a "export" -d 'Write one version of any vault certificate as PEM (optionally with its key) or PFX'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -f -a "csr" -d 'Write the CSR of a request waiting for an outside CA (PEM)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -f -a "merge" -d 'Make the signed certificate of a waiting request a version (its public key must match)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list" -l plan -d 'The plan file' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
 json\t'One JSON document'"
@@ -196,6 +209,8 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from show" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -l version -d 'The version (default: the current one)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -l tag -d 'Set a tag (repeatable; at most 15 tags)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -l untag -d 'Remove a tag (repeatable)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -l plan -d 'The plan file' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
 json\t'One JSON document'"
@@ -207,9 +222,181 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from help" -f -a "list" -d 'Every certificate with its current version'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from help" -f -a "show" -d 'A certificate: versions (oldest first) with attributes, policy, key operations'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from help" -f -a "update" -d 'Enable or disable a version (default: the current one)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -l recovery-days -d 'Days it stays recoverable (7 to 90)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+json\t'One JSON document'"
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -l force -d 'Delete even what devices hold or what signed other certificates'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -l dry-run -d 'Check and print what would be deleted; change nothing'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list-deleted" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list-deleted" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+json\t'One JSON document'"
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list-deleted" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list-deleted" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list-deleted" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list-deleted" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list-deleted" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list-deleted" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from recover" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from recover" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+json\t'One JSON document'"
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from recover" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from recover" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from recover" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from recover" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from recover" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from recover" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+json\t'One JSON document'"
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -l yes -d 'Do not ask for confirmation'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -l dry-run -d 'Print what would be purged; change nothing'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from backup" -l out -d 'The backup file to write' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from backup" -l password-env -d 'The environment variable holding the backup password' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from backup" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from backup" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+json\t'One JSON document'"
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from backup" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from backup" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from backup" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from backup" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from backup" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from backup" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from restore" -l in -d 'The backup file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from restore" -l password-env -d 'The environment variable holding the backup password' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from restore" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from restore" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+json\t'One JSON document'"
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from restore" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from restore" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from restore" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from restore" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from restore" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from restore" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+json\t'One JSON document'"
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -f -a "get" -d 'The contacts, and whether they come from the store or the plan'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -f -a "set" -d 'Replace the contacts'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -f -a "delete" -d 'Remove the stored contacts (the plan\'s apply again)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+json\t'One JSON document'"
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -f -a "set" -d 'Create or replace an issuer'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -f -a "get" -d 'One issuer'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -f -a "list" -d 'Every issuer'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -f -a "delete" -d 'Delete an issuer (refused while a policy names it)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from import" -l file -d 'The PEM or PKCS#12 file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from import" -l password-env -d 'The environment variable holding the PKCS#12 password' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from import" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from import" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+json\t'One JSON document'"
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from import" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from import" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from import" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from import" -l hsm -d 'Keep the key as an HSM key: never exportable, by any path'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from import" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from import" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from import" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l subject -d 'The subject, e.g. "CN=web-2, O=Example"' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l key-type -d 'Key type' -r -f -a "RSA\t'RSA (--key-size)'
+RSA-HSM\t'RSA in the (emulated) HSM: never exportable'
+EC\t'ECDSA (--curve)'
+EC-HSM\t'ECDSA in the (emulated) HSM: never exportable'"
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l key-size -d 'RSA modulus size: 2048 (default), 3072 or 4096. Only for RSA key types' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l curve -d 'EC curve: P-256 (default), P-384 or P-521. Only for EC key types' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l dns -d 'A DNS name or IP address for the subjectAltName (repeatable)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l key-usage -d 'Key usage (repeatable; default digitalSignature + keyEncipherment)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l eku -d 'Extended key usage, a name or dotted OID (repeatable)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l validity-days -d 'Validity in days' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l issuer -d 'Self, Unknown, or a set issuer\'s name' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+json\t'One JSON document'"
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l not-exportable -d 'Keep the key in the vault for good (also implied by an -HSM key type)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -l version -d 'The version (default: the current one)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -l format -d 'pem or pfx' -r -f -a "pem\t'The certificate, then its chain up to (not including) the root; with `--with-key`, the key'
+pfx\t'PKCS#12 with key and chain (AES-256, HMAC-SHA256)'"
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -l out -d 'The file to write (created 0600 when it holds a key)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -l password-env -d 'The environment variable holding the PFX password' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+json\t'One JSON document'"
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -l with-key -d 'Add the private key to a PEM export'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -l out -d 'The file to write' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+json\t'One JSON document'"
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -l file -d 'The signed certificate: PEM (leaf first; any further certificates are kept as its chain) or DER' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -l plan -d 'The plan file' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
+json\t'One JSON document'"
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -s q -l quiet -d 'Print only errors (and no progress bar)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from help" -f -a "list" -d 'Every certificate with its current version and tags, then the requests waiting for a merge'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from help" -f -a "show" -d 'A certificate: versions (oldest first) with attributes and tags, policy, key operations, and a request waiting for a merge'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from help" -f -a "update" -d 'Enable or disable a version; set or remove tags'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Soft-delete a certificate with all its versions, policy and tags (recoverable until purged)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from help" -f -a "list-deleted" -d 'Deleted certificates, with their deletion and scheduled purge dates'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from help" -f -a "recover" -d 'Bring a deleted certificate back, exactly as it was'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from help" -f -a "purge" -d 'Remove a deleted certificate for good (asks on a terminal, needs --yes otherwise)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from help" -f -a "backup" -d 'Write a certificate with all its versions, keys, policy and tags to one encrypted file (0600)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from help" -f -a "restore" -d 'Restore a backup: every version byte for byte, under its name, which must be free'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from help" -f -a "contacts" -d 'The vault\'s contacts (e-mailed by EmailContacts lifetime actions)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from help" -f -a "issuers" -d 'Issuer objects a policy can name besides Self and Unknown'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from help" -f -a "import" -d 'Import a certificate with its private key from PEM or PKCS#12'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from help" -f -a "create" -d 'Create a certificate: self-signed at once (--issuer Self), or a key and CSR that wait for an outside CA (--issuer Unknown or a set issuer) and `vault merge`'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from help" -f -a "export" -d 'Write one version of any vault certificate as PEM (optionally with its key) or PFX'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from help" -f -a "csr" -d 'Write the CSR of a request waiting for an outside CA (PEM)'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from help" -f -a "merge" -d 'Make the signed certificate of a waiting request a version (its public key must match)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c certroll -n "__fish_certroll_using_subcommand check" -l warn-within -d 'Warn about certificates expiring within this many days (0 = only lifetime actions warn)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand check" -l critical-within -d 'Critical for certificates expiring within this many days (0 = only expired ones)' -r
@@ -249,11 +436,24 @@ complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_s
 complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault check completions man help" -f -a "reprovision" -d 'Make devices register again so the hub picks up the certificates they hold'
 complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault check completions man help" -f -a "status" -d 'Show CAs, enrollments, slots, devices and hub identities'
 complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault check completions man help" -f -a "export" -d 'Write a certificate with its chain (and key, if exportable) as PEM or PFX'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault check completions man help" -f -a "vault" -d 'The vault: list certificates, show versions, policy and key operations, enable/disable'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault check completions man help" -f -a "vault" -d 'The vault: certificates, versions, tags, soft delete, backup/restore, import, CSR/merge, contacts, issuers'
 complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault check completions man help" -f -a "check" -d 'For cron and monitoring: what is expired, what has an action due, what is next (exit 0/1/2/3)'
 complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault check completions man help" -f -a "completions" -d 'Print shell completions'
 complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault check completions man help" -f -a "man" -d 'Print the man page (roff)'
 complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault check completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and __fish_seen_subcommand_from vault" -f -a "list" -d 'Every certificate with its current version'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and __fish_seen_subcommand_from vault" -f -a "show" -d 'A certificate: versions (oldest first) with attributes, policy, key operations'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and __fish_seen_subcommand_from vault" -f -a "update" -d 'Enable or disable a version (default: the current one)'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and __fish_seen_subcommand_from vault" -f -a "list" -d 'Every certificate with its current version and tags, then the requests waiting for a merge'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and __fish_seen_subcommand_from vault" -f -a "show" -d 'A certificate: versions (oldest first) with attributes and tags, policy, key operations, and a request waiting for a merge'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and __fish_seen_subcommand_from vault" -f -a "update" -d 'Enable or disable a version; set or remove tags'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and __fish_seen_subcommand_from vault" -f -a "delete" -d 'Soft-delete a certificate with all its versions, policy and tags (recoverable until purged)'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and __fish_seen_subcommand_from vault" -f -a "list-deleted" -d 'Deleted certificates, with their deletion and scheduled purge dates'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and __fish_seen_subcommand_from vault" -f -a "recover" -d 'Bring a deleted certificate back, exactly as it was'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and __fish_seen_subcommand_from vault" -f -a "purge" -d 'Remove a deleted certificate for good (asks on a terminal, needs --yes otherwise)'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and __fish_seen_subcommand_from vault" -f -a "backup" -d 'Write a certificate with all its versions, keys, policy and tags to one encrypted file (0600)'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and __fish_seen_subcommand_from vault" -f -a "restore" -d 'Restore a backup: every version byte for byte, under its name, which must be free'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and __fish_seen_subcommand_from vault" -f -a "contacts" -d 'The vault\'s contacts (e-mailed by EmailContacts lifetime actions)'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and __fish_seen_subcommand_from vault" -f -a "issuers" -d 'Issuer objects a policy can name besides Self and Unknown'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and __fish_seen_subcommand_from vault" -f -a "import" -d 'Import a certificate with its private key from PEM or PKCS#12'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and __fish_seen_subcommand_from vault" -f -a "create" -d 'Create a certificate: self-signed at once (--issuer Self), or a key and CSR that wait for an outside CA (--issuer Unknown or a set issuer) and `vault merge`'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and __fish_seen_subcommand_from vault" -f -a "export" -d 'Write one version of any vault certificate as PEM (optionally with its key) or PFX'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and __fish_seen_subcommand_from vault" -f -a "csr" -d 'Write the CSR of a request waiting for an outside CA (PEM)'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and __fish_seen_subcommand_from vault" -f -a "merge" -d 'Make the signed certificate of a waiting request a version (its public key must match)'

@@ -3,7 +3,7 @@
 use super::registration::{self, Decision};
 use super::types::*;
 use super::*;
-use crate::store::{Store, queries as q};
+use crate::store::{Store, queries as q, queries_vault as qv};
 
 /// All services on one store file.
 pub struct LocalBackend {
@@ -194,6 +194,135 @@ impl Vault for LocalBackend {
         )?;
         let (key, _) = PrivateKey::from_der_any(&der)?;
         Ok(key)
+    }
+
+    // -------- vault administration (issue 4)
+
+    fn tags(&self, name: &str, version: Option<&str>) -> Result<Option<Tags>> {
+        read!(self, qv::tags_get(self.store.conn(), name, version))
+    }
+
+    fn set_tags(
+        &mut self,
+        name: &str,
+        version: Option<&str>,
+        tags: &Tags,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        let out = self
+            .store
+            .write(|tx, _| qv::tags_set(tx, name, version, tags, now));
+        out.map_err(|e| self.with_path(e))
+    }
+
+    fn name_state(&self, name: &str) -> Result<Option<&'static str>> {
+        read!(self, qv::name_in_use(self.store.conn(), name))
+    }
+
+    fn certificate_users(&self, name: &str) -> Result<CertificateUsers> {
+        read!(self, qv::users(self.store.conn(), name))
+    }
+
+    fn delete_certificate(
+        &mut self,
+        name: &str,
+        now: OffsetDateTime,
+        purge_at: OffsetDateTime,
+    ) -> Result<bool> {
+        let out = self.store.write(|tx, _| qv::delete(tx, name, now, purge_at));
+        out.map_err(|e| self.with_path(e))
+    }
+
+    fn deleted_certificates(&self, name: Option<&str>) -> Result<Vec<DeletedCertificate>> {
+        read!(self, qv::deleted(self.store.conn(), name))
+    }
+
+    fn recover_certificate(&mut self, name: &str) -> Result<bool> {
+        let out = self.store.write(|tx, _| qv::recover(tx, name));
+        out.map_err(|e| self.with_path(e))
+    }
+
+    fn purge_certificate(&mut self, name: &str) -> Result<bool> {
+        let out = self.store.write(|tx, _| qv::purge(tx, name));
+        out.map_err(|e| self.with_path(e))
+    }
+
+    fn backup_certificate(&self, name: &str) -> Result<Option<CertificateBackup>> {
+        read!(self, qv::backup(self.store.conn(), self.store.key(), name))
+    }
+
+    fn restore_certificate(&mut self, backup: &CertificateBackup) -> Result<()> {
+        let out = self.store.write(|tx, key| qv::restore(tx, key, backup));
+        out.map_err(|e| match e {
+            crate::store::StoreError::Seal(crate::store::seal::SealError::Open(_)) => BackendError::Refused(format!(
+                "`{}` has a non-exportable key sealed under another store key: it can be restored only into a \
+                 store that uses the same store key as the one it was backed up from",
+                backup.name
+            )),
+            other => self.with_path(other),
+        })
+    }
+
+    fn contacts(&self) -> Result<Option<Vec<String>>> {
+        read!(self, qv::contacts_get(self.store.conn()))
+    }
+
+    fn set_contacts(&mut self, emails: Option<&[String]>) -> Result<()> {
+        let out = self.store.write(|tx, _| qv::contacts_set(tx, emails));
+        out.map_err(|e| self.with_path(e))
+    }
+
+    fn issuers(&self) -> Result<Vec<IssuerConfig>> {
+        read!(self, qv::issuers(self.store.conn()))
+    }
+
+    fn put_issuer(&mut self, issuer: &IssuerConfig, now: OffsetDateTime) -> Result<()> {
+        let out = self.store.write(|tx, _| qv::issuer_put(tx, issuer, now));
+        out.map_err(|e| self.with_path(e))
+    }
+
+    fn delete_issuer(&mut self, name: &str) -> Result<bool> {
+        let out = self.store.write(|tx, _| qv::issuer_delete(tx, name));
+        out.map_err(|e| self.with_path(e))
+    }
+
+    fn issuer_users(&self, issuer: &str) -> Result<Vec<String>> {
+        read!(self, qv::issuer_users(self.store.conn(), issuer))
+    }
+
+    fn pending(&self, name: &str) -> Result<Option<PendingCertificate>> {
+        read!(self, qv::pending_get(self.store.conn(), name))
+    }
+
+    fn pending_all(&self) -> Result<Vec<PendingCertificate>> {
+        read!(self, qv::pending_all(self.store.conn()))
+    }
+
+    fn put_pending(&mut self, pending: &PendingCertificate, key_pkcs8: &[u8]) -> Result<()> {
+        let out = self
+            .store
+            .write(|tx, key| qv::pending_put(tx, key, pending, key_pkcs8));
+        out.map_err(|e| self.with_path(e))
+    }
+
+    fn pending_key(&self, name: &str) -> Result<PrivateKey> {
+        let der = read!(self, qv::pending_key(self.store.conn(), self.store.key(), name))?;
+        let (key, _) = PrivateKey::from_der_any(&der)?;
+        Ok(key)
+    }
+
+    fn delete_pending(&mut self, name: &str) -> Result<bool> {
+        let out = self.store.write(|tx, _| qv::pending_delete(tx, name));
+        out.map_err(|e| self.with_path(e))
+    }
+
+    fn stored_chain(&self, name: &str, version: &str) -> Result<Vec<Vec<u8>>> {
+        read!(self, qv::chain_get(self.store.conn(), name, version))
+    }
+
+    fn set_stored_chain(&mut self, name: &str, version: &str, chain: &[Vec<u8>]) -> Result<()> {
+        let out = self.store.write(|tx, _| qv::chain_set(tx, name, version, chain));
+        out.map_err(|e| self.with_path(e))
     }
 }
 

@@ -74,6 +74,62 @@ pub trait Vault {
     fn revocations(&self, issuer: &str, version: &str) -> Result<(u64, Vec<Revocation>)>;
     /// Takes the next CRL number of a CA (each CRL issued gets its own).
     fn next_crl_number(&mut self, issuer: &str) -> Result<u64>;
+
+    // -------- vault administration (issue 4): tags, soft delete, backup, contacts, issuers,
+    // requests for outside CAs. Deleted certificates are invisible to every method above.
+
+    /// Tags of a live certificate (`version` None) or of one version; None if it does not exist.
+    fn tags(&self, name: &str, version: Option<&str>) -> Result<Option<Tags>>;
+    /// Replaces those tags.
+    fn set_tags(&mut self, name: &str, version: Option<&str>, tags: &Tags, now: OffsetDateTime)
+    -> Result<()>;
+    /// Whether a name is `live`, `deleted` or `pending` (None: free).
+    fn name_state(&self, name: &str) -> Result<Option<&'static str>>;
+    /// Devices holding a certificate's versions, and certificates it signed.
+    fn certificate_users(&self, name: &str) -> Result<CertificateUsers>;
+    /// Soft-deletes a live certificate with all its versions (false if it is not live).
+    fn delete_certificate(
+        &mut self,
+        name: &str,
+        now: OffsetDateTime,
+        purge_at: OffsetDateTime,
+    ) -> Result<bool>;
+    /// Deleted certificates in name order, or only `name`.
+    fn deleted_certificates(&self, name: Option<&str>) -> Result<Vec<DeletedCertificate>>;
+    /// Brings a deleted certificate back as it was (false if it is not deleted).
+    fn recover_certificate(&mut self, name: &str) -> Result<bool>;
+    /// Removes a deleted certificate for good (false if it is not deleted).
+    fn purge_certificate(&mut self, name: &str) -> Result<bool>;
+    /// Everything about a live certificate, for `vault backup` (None if it is not live).
+    fn backup_certificate(&self, name: &str) -> Result<Option<CertificateBackup>>;
+    /// Restores a backup under its name, which must be free; a sealed key must belong to this store.
+    fn restore_certificate(&mut self, backup: &CertificateBackup) -> Result<()>;
+    /// The vault's contacts, if they were ever set.
+    fn contacts(&self) -> Result<Option<Vec<String>>>;
+    /// Sets the contacts, or (None) removes them.
+    fn set_contacts(&mut self, emails: Option<&[String]>) -> Result<()>;
+    /// Every issuer object, in name order.
+    fn issuers(&self) -> Result<Vec<IssuerConfig>>;
+    /// Creates or replaces an issuer object.
+    fn put_issuer(&mut self, issuer: &IssuerConfig, now: OffsetDateTime) -> Result<()>;
+    /// Removes an issuer object (false if there was none).
+    fn delete_issuer(&mut self, name: &str) -> Result<bool>;
+    /// Certificates (live, deleted or pending) whose policy names an issuer.
+    fn issuer_users(&self, issuer: &str) -> Result<Vec<String>>;
+    /// The request of a name waiting for an outside CA.
+    fn pending(&self, name: &str) -> Result<Option<PendingCertificate>>;
+    /// Every request waiting for an outside CA, in name order.
+    fn pending_all(&self) -> Result<Vec<PendingCertificate>>;
+    /// Records a request with its key.
+    fn put_pending(&mut self, pending: &PendingCertificate, key_pkcs8: &[u8]) -> Result<()>;
+    /// The key of a request, for merging. Never leaves the process.
+    fn pending_key(&self, name: &str) -> Result<PrivateKey>;
+    /// Removes a request (false if there was none).
+    fn delete_pending(&mut self, name: &str) -> Result<bool>;
+    /// The chain stored with a version (imports and merges; issuer first, may be empty).
+    fn stored_chain(&self, name: &str, version: &str) -> Result<Vec<Vec<u8>>>;
+    /// Stores the chain that came with a version.
+    fn set_stored_chain(&mut self, name: &str, version: &str, chain: &[Vec<u8>]) -> Result<()>;
 }
 
 /// The enrollment service (Device Provisioning Service).

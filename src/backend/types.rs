@@ -238,3 +238,111 @@ pub struct JournalRun {
     /// Its steps, in order.
     pub steps: Vec<JournalStep>,
 }
+
+// ---------------------------------------------------------------- vault administration
+
+/// Tags of a certificate or of a version: names to values, in name order.
+pub type Tags = std::collections::BTreeMap<String, String>;
+
+/// A soft-deleted certificate (Key Vault's `DeletedCertificateItem`).
+#[derive(Debug, Clone)]
+pub struct DeletedCertificate {
+    /// The name.
+    pub name: String,
+    /// When it was deleted.
+    pub deleted: OffsetDateTime,
+    /// When it may be purged for good (deleted + recovery days).
+    pub scheduled_purge: OffsetDateTime,
+    /// Its tags.
+    pub tags: Tags,
+    /// Its versions, oldest first.
+    pub versions: Vec<VaultVersion>,
+}
+
+/// What else in the store relies on a certificate: checked before it is deleted.
+#[derive(Debug, Clone, Default)]
+pub struct CertificateUsers {
+    /// Devices that hold one of its versions.
+    pub devices: Vec<String>,
+    /// Other certificates with a version signed by one of its versions.
+    pub signed: Vec<String>,
+}
+
+/// The private key of a version in a backup.
+pub enum BackupKey {
+    /// An exportable key, in clear (PKCS#8 DER); the backup file encrypts it.
+    Plain(zeroize::Zeroizing<Vec<u8>>),
+    /// A non-exportable key, still sealed under the store key: it opens only in a store with
+    /// the same store key, and never in clear outside the store.
+    Sealed(Vec<u8>),
+}
+
+/// One version in a backup: everything the store holds about it.
+pub struct VersionBackup {
+    /// The version, without its key.
+    pub version: VaultVersion,
+    /// The key.
+    pub key: BackupKey,
+    /// When its attributes last changed.
+    pub updated: OffsetDateTime,
+    /// Its tags.
+    pub tags: Tags,
+    /// The chain stored with it (imports and merges), issuer first.
+    pub chain: Vec<Vec<u8>>,
+}
+
+/// A certificate with all its versions, policy and tags, as `vault backup` carries it.
+pub struct CertificateBackup {
+    /// The name.
+    pub name: String,
+    /// The policy JSON, as stored.
+    pub policy_json: String,
+    /// The certificate's tags.
+    pub tags: Tags,
+    /// When the name was created.
+    pub created: OffsetDateTime,
+    /// When it last changed.
+    pub updated: OffsetDateTime,
+    /// The versions, oldest first.
+    pub versions: Vec<VersionBackup>,
+}
+
+/// An issuer object (Key Vault's `IssuerBundle`, without credentials' password).
+#[derive(Debug, Clone, Serialize)]
+pub struct IssuerConfig {
+    /// The issuer's name, which policies refer to.
+    pub name: String,
+    /// The provider (`DigiCert`, `GlobalSign`, `OneCertV2-PublicCA`, ...).
+    pub provider: String,
+    /// The account at the provider.
+    pub account_id: Option<String>,
+    /// Whether it is enabled.
+    pub enabled: bool,
+    /// When it was set first.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
+    /// When it was set last.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated: OffsetDateTime,
+}
+
+/// A certificate request waiting for an outside CA to sign it.
+#[derive(Debug, Clone)]
+pub struct PendingCertificate {
+    /// The certificate name.
+    pub name: String,
+    /// The request id.
+    pub request_id: String,
+    /// The CSR (PKCS#10 DER).
+    pub csr_der: Vec<u8>,
+    /// Key type name.
+    pub kty: String,
+    /// Whether the key may be exported once merged.
+    pub exportable: bool,
+    /// The policy the merged version records.
+    pub policy_json: String,
+    /// The issuer named in the policy (`Unknown` or an issuer object).
+    pub issuer: String,
+    /// When it was requested.
+    pub created: OffsetDateTime,
+}

@@ -115,7 +115,7 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Write a certificate with its chain (and key, if exportable) as PEM or PFX.
     Export(export::ExportArgs),
-    /// The vault: list certificates, show versions, policy and key operations, enable/disable.
+    /// The vault: certificates, versions, tags, soft delete, backup/restore, import, CSR/merge, contacts, issuers.
     Vault(vault::VaultArgs),
     /// For cron and monitoring: what is expired, what has an action due, what is next (exit 0/1/2/3).
     Check(check::CheckArgs),

@@ -169,3 +169,13 @@ pub fn sign_public_key(
     let params = params(profile)?;
     Ok(params.signed_by(public_key, &issuer.issuer)?.der().to_vec())
 }
+
+/// A PKCS#10 certificate request (DER) for `key` with the profile's subject, SANs, key usage
+/// and EKUs (validity and CA-ness are the signing CA's to decide).
+pub fn csr_der(profile: &CertProfile, key: &PrivateKey) -> Result<Vec<u8>, Error> {
+    let mut params = params(profile)?;
+    // The CA picks the serial and writes the authority key identifier.
+    params.serial_number = None;
+    params.use_authority_key_identifier_extension = false;
+    Ok(params.serialize_request(key.pair())?.der().to_vec())
+}

@@ -194,6 +194,41 @@ impl SubjectKey {
     }
 }
 
+/// Converts a PKCS#8, SEC1 (EC) or PKCS#1 (RSA) private key to PKCS#8 DER, as the store keeps
+/// every key.
+pub fn to_pkcs8(key: &rustls_pki_types::PrivateKeyDer<'_>) -> Result<Zeroizing<Vec<u8>>, Error> {
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::signature as sig;
+    use rustls_pki_types::PrivateKeyDer;
+    match key {
+        PrivateKeyDer::Pkcs8(k) => Ok(Zeroizing::new(k.secret_pkcs8_der().to_vec())),
+        PrivateKeyDer::Sec1(k) => {
+            for alg in [
+                &sig::ECDSA_P256_SHA256_ASN1_SIGNING,
+                &sig::ECDSA_P384_SHA384_ASN1_SIGNING,
+                &sig::ECDSA_P521_SHA512_ASN1_SIGNING,
+            ] {
+                if let Ok(pair) = sig::EcdsaKeyPair::from_private_key_der(alg, k.secret_sec1_der()) {
+                    let doc = pair
+                        .to_pkcs8v1()
+                        .map_err(|_| Error::BadKey("cannot convert the EC key to PKCS#8".into()))?;
+                    return Ok(Zeroizing::new(doc.as_ref().to_vec()));
+                }
+            }
+            Err(Error::BadKey("the EC key is not on P-256, P-384 or P-521".into()))
+        }
+        PrivateKeyDer::Pkcs1(k) => {
+            let pair = sig::RsaKeyPair::from_der(k.secret_pkcs1_der())
+                .map_err(|e| Error::BadKey(format!("RSA key: {e}")))?;
+            let doc: aws_lc_rs::encoding::Pkcs8V1Der<'static> = pair
+                .as_der()
+                .map_err(|_| Error::BadKey("cannot convert the RSA key to PKCS#8".into()))?;
+            Ok(Zeroizing::new(doc.as_ref().to_vec()))
+        }
+        _ => Err(Error::BadKey("unsupported private key format".into())),
+    }
+}
+
 /// Bits of an RSA modulus, from the PKCS#1 RSAPublicKey inside the SPKI's bit string.
 fn rsa_modulus_bits(rsa_public_key: &[u8]) -> Option<u32> {
     use x509_parser::der_parser::ber::parse_ber_sequence;

@@ -6,6 +6,7 @@
 
 pub mod queries;
 pub mod queries_journal;
+pub mod queries_vault;
 pub mod seal;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
@@ -84,6 +85,7 @@ pub enum StoreError {
 /// Schema migrations, in order. The store's `user_version` counts how many have run.
 const MIGRATIONS: &[&str] = &[
     include_str!("schema_v1.sql"),
+    include_str!("schema_v2_vault.sql"),
     include_str!("schema_v4_journal.sql"),
     include_str!("schema_v5_crl.sql"),
 ];

@@ -38,7 +38,7 @@ fn from_ts(secs: i64) -> OffsetDateTime {
 }
 
 /// The identity a vault key is sealed under.
-fn key_identity(name: &str, version: &str) -> String {
+pub(super) fn key_identity(name: &str, version: &str) -> String {
     format!("certroll/vault/{name}/{version}")
 }
 

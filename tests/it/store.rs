@@ -213,27 +213,36 @@ fn a_store_of_the_first_release_is_upgraded_by_any_verb_and_keeps_its_data() {
     env.quickstart();
     env.plan_run(&["issue"]).ok();
     let before = env.plan_run(&["status", "-o", "json"]).ok().stdout;
-    // Take the store back to schema 1, as the first release wrote it.
+    // Take the store back to schema 1, as the first release wrote it: every table and trigger
+    // a later migration added goes, and the columns later migrations added.
     let db = env.store_dir().join("state.db");
-    let out = std::process::Command::new("sqlite3")
-        .arg(&db)
-        .arg(
-            "DROP TABLE journal_steps; DROP TABLE journal_runs; \
-             ALTER TABLE crl_entries DROP COLUMN issuer_version; PRAGMA user_version = 1;",
-        )
-        .output()
-        .expect("the sqlite3 CLI");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sqlite = |sql: &str| {
+        let out = std::process::Command::new("sqlite3")
+            .arg(&db)
+            .arg(sql)
+            .output()
+            .expect("the sqlite3 CLI");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let v1 = include_str!("../../src/store/schema_v1.sql");
+    let mut rewind = String::new();
+    for line in sqlite("SELECT type, name FROM sqlite_master WHERE type IN ('table', 'trigger')").lines() {
+        let (kind, name) = line.split_once('|').unwrap();
+        if !v1.contains(&format!("CREATE TABLE {name} ")) {
+            rewind.push_str(&format!("DROP {} IF EXISTS {name};\n", kind.to_uppercase()));
+        }
+    }
+    rewind.push_str(
+        "ALTER TABLE crl_entries DROP COLUMN issuer_version; ALTER TABLE vault_versions DROP COLUMN chain_der;
+         PRAGMA user_version = 1;",
+    );
+    sqlite(&rewind);
     // A read-only verb upgrades it (under the writer lock) and reads the same fleet.
     env.plan_run(&["check"]).ok();
     assert_eq!(env.plan_run(&["status", "-o", "json"]).ok().stdout, before);
-    let version = std::process::Command::new("sqlite3")
-        .arg(&db)
-        .arg("PRAGMA user_version;")
-        .output()
-        .unwrap();
-    let version: i64 = String::from_utf8_lossy(&version.stdout).trim().parse().unwrap();
-    assert!(version >= 3, "schema upgraded to {version}");
+    let version: i64 = sqlite("PRAGMA user_version;").trim().parse().unwrap();
+    assert!(version >= 4, "schema upgraded to {version}");
     env.plan_run(&["revoke", "device:sensor-01", "--reason", "superseded", "--yes"])
         .ok();
 }

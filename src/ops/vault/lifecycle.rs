@@ -1,0 +1,239 @@
+//! Soft delete, as Key Vault does it: `vault delete` moves a certificate with all its versions,
+//! policy and tags to the deleted certificates, where nothing sees it (list, show, export,
+//! signing, rolls) until `vault recover` brings it back exactly as it was or `vault purge`
+//! removes it for good. The name stays taken meanwhile.
+//!
+//! Deleting a certificate that something still relies on (a device holds one of its versions,
+//! or it signed another certificate's version) is refused unless forced.
+
+use super::{not_live, resolve_name};
+use crate::backend::Vault as _;
+use crate::backend::types::Tags;
+use crate::error::input;
+use crate::ops::{Access, BackendSettings, open_backend};
+use crate::plan::Plan;
+use anyhow::Result;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+/// Key Vault's default (and largest) recovery period.
+pub const DEFAULT_RECOVERY_DAYS: u32 = 90;
+
+/// Options of `vault delete`.
+#[derive(Debug, Clone)]
+pub struct DeleteOptions {
+    /// Days the certificate can be recovered (7 to 90, as in Key Vault).
+    pub recovery_days: u32,
+    /// Delete even what devices hold or what signed other certificates.
+    pub force: bool,
+    /// Check and report; change nothing.
+    pub dry_run: bool,
+}
+
+impl Default for DeleteOptions {
+    fn default() -> Self {
+        DeleteOptions {
+            recovery_days: DEFAULT_RECOVERY_DAYS,
+            force: false,
+            dry_run: false,
+        }
+    }
+}
+
+/// A deleted certificate, as `vault delete` and `vault list-deleted` show it.
+#[derive(Debug, Serialize)]
+pub struct DeletedView {
+    /// The name.
+    pub name: String,
+    /// When it was deleted.
+    #[serde(with = "time::serde::rfc3339")]
+    pub deleted_date: OffsetDateTime,
+    /// When it may be purged: deleted + the recovery days.
+    #[serde(with = "time::serde::rfc3339")]
+    pub scheduled_purge_date: OffsetDateTime,
+    /// Whether the scheduled purge date has passed (certroll purges only when told to).
+    pub purge_due: bool,
+    /// Its versions, oldest first.
+    pub versions: Vec<String>,
+    /// Its tags.
+    pub tags: Tags,
+}
+
+/// What `vault delete` did.
+#[derive(Debug, Serialize)]
+pub struct DeleteReport {
+    /// The deleted certificate (None when the name only had a request, which was cancelled).
+    pub deleted: Option<DeletedView>,
+    /// Whether a request waiting for an outside CA was cancelled (its key is gone).
+    pub cancelled_request: bool,
+    /// Whether this was a dry run (nothing was changed).
+    pub dry_run: bool,
+}
+
+fn view(d: crate::backend::types::DeletedCertificate, now: OffsetDateTime) -> DeletedView {
+    DeletedView {
+        purge_due: d.scheduled_purge <= now,
+        name: d.name,
+        deleted_date: d.deleted,
+        scheduled_purge_date: d.scheduled_purge,
+        versions: d.versions.into_iter().map(|v| v.version).collect(),
+        tags: d.tags,
+    }
+}
+
+fn list_names(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if names.len() > SHOWN {
+        text.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    text
+}
+
+/// `vault delete`.
+pub fn delete(
+    plan: &Plan,
+    name: &str,
+    opts: &DeleteOptions,
+    settings: &BackendSettings,
+    now: OffsetDateTime,
+) -> Result<DeleteReport> {
+    let name = resolve_name(name)?;
+    if !(7..=90).contains(&opts.recovery_days) {
+        return Err(input(format!(
+            "--recovery-days {} is out of range: Key Vault keeps deleted certificates 7 to 90 days",
+            opts.recovery_days
+        )));
+    }
+    let access = if opts.dry_run { Access::Read } else { Access::Write };
+    let mut backend = open_backend(plan, access, settings)?;
+    let live = backend.current(&name)?.is_some();
+    let pending = backend.pending(&name)?.is_some();
+    if !live && !pending {
+        return Err(not_live(&backend, &name));
+    }
+    if live && !opts.force {
+        let users = backend.certificate_users(&name)?;
+        if !users.devices.is_empty() {
+            return Err(input(format!(
+                "`{name}` is held by device(s) {}; deleting it would leave them with a certificate the vault \
+                 no longer has (--force deletes it anyway)",
+                list_names(&users.devices)
+            )));
+        }
+        if !users.signed.is_empty() {
+            return Err(input(format!(
+                "`{name}` signed versions of {}; their chains cannot be built while it is deleted \
+                 (--force deletes it anyway)",
+                list_names(&users.signed)
+            )));
+        }
+    }
+    let purge_at = now + time::Duration::days(opts.recovery_days as i64);
+    if opts.dry_run {
+        let deleted = if live {
+            Some(DeletedView {
+                name: name.clone(),
+                deleted_date: now,
+                scheduled_purge_date: purge_at,
+                purge_due: false,
+                versions: backend.versions(&name)?.into_iter().map(|v| v.version).collect(),
+                tags: backend.tags(&name, None)?.unwrap_or_default(),
+            })
+        } else {
+            None
+        };
+        return Ok(DeleteReport {
+            deleted,
+            cancelled_request: pending,
+            dry_run: true,
+        });
+    }
+    crate::backend::in_one_unit(&mut backend, |b| -> Result<()> {
+        if pending {
+            b.delete_pending(&name)?;
+        }
+        if live {
+            b.delete_certificate(&name, now, purge_at)?;
+        }
+        Ok(())
+    })?;
+    let deleted = backend
+        .deleted_certificates(Some(&name))?
+        .into_iter()
+        .next()
+        .map(|d| view(d, now));
+    Ok(DeleteReport {
+        deleted,
+        cancelled_request: pending,
+        dry_run: false,
+    })
+}
+
+/// `vault list-deleted`: every deleted certificate, in name order.
+pub fn list_deleted(
+    plan: &Plan,
+    settings: &BackendSettings,
+    now: OffsetDateTime,
+) -> Result<Vec<DeletedView>> {
+    let backend = open_backend(plan, Access::Preview, settings)?;
+    Ok(backend
+        .deleted_certificates(None)?
+        .into_iter()
+        .map(|d| view(d, now))
+        .collect())
+}
+
+/// The deleted certificate `name`, or an input error saying why it is not there.
+pub fn deleted_one(
+    plan: &Plan,
+    name: &str,
+    settings: &BackendSettings,
+    now: OffsetDateTime,
+) -> Result<DeletedView> {
+    let name = resolve_name(name)?;
+    let backend = open_backend(plan, Access::Read, settings)?;
+    find_deleted(&backend, &name, now)
+}
+
+fn find_deleted(
+    backend: &crate::backend::local::LocalBackend,
+    name: &str,
+    now: OffsetDateTime,
+) -> Result<DeletedView> {
+    match backend.deleted_certificates(Some(name))?.into_iter().next() {
+        Some(d) => Ok(view(d, now)),
+        None if backend.current(name)?.is_some() => Err(input(format!(
+            "`{name}` is not deleted (`certroll vault delete {name}` deletes it)"
+        ))),
+        None => Err(input(format!("the vault has no deleted certificate `{name}`"))),
+    }
+}
+
+/// `vault recover`: brings a deleted certificate back with all its versions, policy and tags.
+pub fn recover(
+    plan: &Plan,
+    name: &str,
+    settings: &BackendSettings,
+    now: OffsetDateTime,
+) -> Result<DeletedView> {
+    let name = resolve_name(name)?;
+    let mut backend = open_backend(plan, Access::Write, settings)?;
+    let found = find_deleted(&backend, &name, now)?;
+    backend.recover_certificate(&name)?;
+    Ok(found)
+}
+
+/// `vault purge`: removes a deleted certificate for good. Only a deleted one can be purged.
+pub fn purge(
+    plan: &Plan,
+    name: &str,
+    settings: &BackendSettings,
+    now: OffsetDateTime,
+) -> Result<DeletedView> {
+    let name = resolve_name(name)?;
+    let mut backend = open_backend(plan, Access::Write, settings)?;
+    let found = find_deleted(&backend, &name, now)?;
+    backend.purge_certificate(&name)?;
+    Ok(found)
+}

@@ -1,0 +1,383 @@
+//! `vault`: the vault's certificates as Key Vault shows them: names, versions with their
+//! attributes and tags, the policy, the key operations its key usage allows; enabling,
+//! disabling and tagging. The submodules hold the rest of Key Vault's certificate operations.
+//!
+//! Like every op, these take the time as an argument and never read the clock.
+
+pub mod backup;
+pub mod lifecycle;
+pub mod pending;
+pub mod settings;
+pub mod transfer;
+
+use super::{Access, BackendSettings, Target, ca_cert_name, device_cert_name, open_backend};
+use crate::backend::Vault as _;
+use crate::backend::types::{PendingCertificate, Tags};
+use crate::error::input;
+use crate::pki::CertInfo;
+use crate::pki::spec::KeyUsage;
+use crate::plan::Plan;
+use anyhow::Result;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+/// A vault certificate name from `ca:NAME`, `device:ID`, `enrollment:NAME`, or the name itself.
+pub fn resolve_name(text: &str) -> Result<String> {
+    if !text.contains(':') {
+        return Ok(text.to_string());
+    }
+    match Target::parse(text).map_err(input)? {
+        Target::Ca(n) => Ok(ca_cert_name(&n)),
+        Target::Device(id) | Target::Enrollment(id) => Ok(device_cert_name(&id)),
+        Target::Group(g) => Err(input(format!(
+            "group:{g} has no vault certificate of its own; use its CA"
+        ))),
+    }
+}
+
+/// Checks a name for a new certificate or issuer by Key Vault's rule: 1 to 127 ASCII letters,
+/// digits and `-`.
+pub fn check_new_name(what: &str, name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 127 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(input(format!(
+            "{what} name `{name}` is not valid: use 1 to 127 letters, digits and `-`"
+        )));
+    }
+    Ok(())
+}
+
+/// The input error for a name that has no live certificate, saying whether it is deleted or
+/// still waiting for a merge.
+pub(crate) fn not_live(backend: &dyn crate::backend::Backend, name: &str) -> anyhow::Error {
+    match backend.name_state(name) {
+        Ok(Some("deleted")) => input(format!(
+            "the vault certificate `{name}` is deleted (`certroll vault recover {name}` brings it back)"
+        )),
+        Ok(Some("pending")) => input(format!(
+            "the vault certificate `{name}` has no version yet: its request waits for \
+             `certroll vault merge {name} --file SIGNED.pem`"
+        )),
+        _ => input(format!("the vault has no certificate `{name}`")),
+    }
+}
+
+/// The SubjectPublicKeyInfo (DER) a certificate certifies.
+pub(crate) fn spki_of(cert_der: &[u8]) -> Result<Vec<u8>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)?;
+    Ok(cert.tbs_certificate.subject_pki.raw.to_vec())
+}
+
+/// One version, as `vault show` lists it.
+#[derive(Debug, Serialize)]
+pub struct VersionView {
+    /// Version id.
+    pub version: String,
+    /// Attributes.
+    pub enabled: bool,
+    /// notBefore.
+    #[serde(with = "time::serde::rfc3339")]
+    pub nbf: OffsetDateTime,
+    /// notAfter.
+    #[serde(with = "time::serde::rfc3339")]
+    pub exp: OffsetDateTime,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
+    /// Key type.
+    pub kty: String,
+    /// Whether the key may be exported.
+    pub exportable: bool,
+    /// The certificate.
+    pub cert: CertInfo,
+    /// The version's own tags.
+    pub tags: Tags,
+}
+
+/// A request waiting for an outside CA, as `vault show` lists it.
+#[derive(Debug, Serialize)]
+pub struct PendingView {
+    /// The request id.
+    pub request_id: String,
+    /// The issuer named in the policy.
+    pub issuer: String,
+    /// When it was requested.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
+    /// The CSR, PEM.
+    pub csr: String,
+}
+
+impl From<&PendingCertificate> for PendingView {
+    fn from(p: &PendingCertificate) -> Self {
+        PendingView {
+            request_id: p.request_id.clone(),
+            issuer: p.issuer.clone(),
+            created: p.created,
+            csr: pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", p.csr_der.clone())),
+        }
+    }
+}
+
+/// A certificate with all its versions, oldest first.
+#[derive(Debug, Serialize)]
+pub struct CertificateView {
+    /// The name.
+    pub name: String,
+    /// The policy (Key Vault's shape).
+    pub policy: Option<serde_json::Value>,
+    /// The key operations the policy's key usage allows.
+    pub key_operations: Vec<&'static str>,
+    /// Versions, oldest first.
+    pub versions: Vec<VersionView>,
+    /// The certificate's tags.
+    pub tags: Tags,
+    /// A request waiting for an outside CA (`vault create`, `vault merge`), if any.
+    pub pending: Option<PendingView>,
+}
+
+/// Key operations for the key usage names of a policy (Key Vault's table; the default key usage
+/// is digitalSignature + keyEncipherment).
+pub fn key_operations(usage: &[String]) -> Vec<&'static str> {
+    let usages: Vec<KeyUsage> = if usage.is_empty() {
+        vec![KeyUsage::DigitalSignature, KeyUsage::KeyEncipherment]
+    } else {
+        usage.iter().filter_map(|u| KeyUsage::parse(u)).collect()
+    };
+    let mut ops: Vec<&'static str> = Vec::new();
+    for u in usages {
+        for op in u.key_operations() {
+            if !ops.contains(op) {
+                ops.push(op);
+            }
+        }
+    }
+    ops
+}
+
+/// `vault show`.
+pub fn show(plan: &Plan, name: &str, settings: &BackendSettings) -> Result<CertificateView> {
+    let name = resolve_name(name)?;
+    let backend = open_backend(plan, Access::Read, settings)?;
+    let versions = backend.versions(&name)?;
+    let pending = backend.pending(&name)?;
+    if versions.is_empty() && pending.is_none() {
+        return Err(not_live(&backend, &name));
+    }
+    let policy = match (backend.policy(&name)?, &pending) {
+        (Some(p), _) => Some(p),
+        (None, Some(p)) => Some(serde_json::from_str(&p.policy_json)?),
+        (None, None) => None,
+    };
+    let usage: Vec<String> = policy
+        .as_ref()
+        .and_then(|p| p["x509_props"]["key_usage"].as_array())
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    let versions = versions
+        .into_iter()
+        .map(|v| {
+            Ok(VersionView {
+                cert: CertInfo::from_der(&v.cert_der)?,
+                tags: backend.tags(&name, Some(&v.version))?.unwrap_or_default(),
+                version: v.version,
+                enabled: v.enabled,
+                nbf: v.nbf,
+                exp: v.exp,
+                created: v.created,
+                kty: v.kty,
+                exportable: v.exportable,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(CertificateView {
+        tags: backend.tags(&name, None)?.unwrap_or_default(),
+        pending: pending.as_ref().map(PendingView::from),
+        name,
+        policy,
+        key_operations: key_operations(&usage),
+        versions,
+    })
+}
+
+/// One line of `vault list`.
+#[derive(Debug, Serialize)]
+pub struct ListEntry {
+    /// The name.
+    pub name: String,
+    /// The current version.
+    pub current: String,
+    /// Its `enabled` attribute.
+    pub enabled: bool,
+    /// Its notAfter.
+    #[serde(with = "time::serde::rfc3339")]
+    pub exp: OffsetDateTime,
+    /// The certificate's tags.
+    pub tags: Tags,
+}
+
+/// `vault list`: every certificate, in name order, handed to `each`.
+pub fn list(
+    plan: &Plan,
+    settings: &BackendSettings,
+    mut each: impl FnMut(ListEntry) -> Result<()>,
+) -> Result<()> {
+    let backend = open_backend(plan, Access::Preview, settings)?;
+    let mut after = String::new();
+    loop {
+        let names = backend.names_page(&after, 1000)?;
+        let Some(last) = names.last().cloned() else {
+            return Ok(());
+        };
+        for (name, current) in names.iter().zip(backend.current_many(&names)?) {
+            if let Some(v) = current {
+                each(ListEntry {
+                    tags: backend.tags(name, None)?.unwrap_or_default(),
+                    name: name.clone(),
+                    current: v.version,
+                    enabled: v.enabled,
+                    exp: v.exp,
+                })?;
+            }
+        }
+        after = last;
+    }
+}
+
+/// What `vault update` changes.
+#[derive(Debug, Clone, Default)]
+pub struct UpdateOptions {
+    /// The version (default: the current one). Tags then go on this version.
+    pub version: Option<String>,
+    /// Enable (true) or disable (false) the version.
+    pub enabled: Option<bool>,
+    /// Tags to set (name, value).
+    pub tag: Vec<(String, String)>,
+    /// Tag names to remove.
+    pub untag: Vec<String>,
+}
+
+/// What `vault update` did.
+#[derive(Debug, Serialize)]
+pub struct UpdateReport {
+    /// The certificate.
+    pub name: String,
+    /// The version whose attributes were read or changed.
+    pub version: String,
+    /// Its `enabled` attribute now.
+    pub enabled: bool,
+    /// `certificate` or `version`: where the tags below live.
+    pub tags_on: &'static str,
+    /// The tags there now.
+    pub tags: Tags,
+}
+
+/// Most tags a certificate or a version may have (Key Vault's limit).
+pub const MAX_TAGS: usize = 15;
+
+/// Checks one tag: a name of 1 to 256 characters, a value of at most 256.
+pub fn check_tag(key: &str, value: &str) -> Result<()> {
+    if key.is_empty() || key.chars().count() > 256 {
+        return Err(input(format!("tag name `{key}` must have 1 to 256 characters")));
+    }
+    if value.chars().count() > 256 {
+        return Err(input(format!(
+            "the value of tag `{key}` is longer than 256 characters"
+        )));
+    }
+    Ok(())
+}
+
+/// A request waiting for an outside CA, as `vault list` shows it.
+#[derive(Debug, Serialize)]
+pub struct PendingEntry {
+    /// The certificate name.
+    pub name: String,
+    /// The request id.
+    pub request_id: String,
+    /// The issuer the policy names.
+    pub issuer: String,
+    /// When it was requested.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
+}
+
+/// The requests waiting for an outside CA (`vault merge`), in name order.
+pub fn pending_list(plan: &Plan, settings: &BackendSettings) -> Result<Vec<PendingEntry>> {
+    let backend = open_backend(plan, Access::Preview, settings)?;
+    Ok(backend
+        .pending_all()?
+        .into_iter()
+        .map(|p| PendingEntry {
+            name: p.name,
+            request_id: p.request_id,
+            issuer: p.issuer,
+            created: p.created,
+        })
+        .collect())
+}
+
+/// `vault update`: enables or disables a version (default: the current one) and sets or removes
+/// tags: on the certificate, or on the version when one is named.
+pub fn update(
+    plan: &Plan,
+    name: &str,
+    opts: &UpdateOptions,
+    settings: &BackendSettings,
+    now: OffsetDateTime,
+) -> Result<UpdateReport> {
+    let name = resolve_name(name)?;
+    for (k, v) in &opts.tag {
+        check_tag(k, v)?;
+    }
+    let mut backend = open_backend(plan, Access::Write, settings)?;
+    let v = match &opts.version {
+        Some(ver) => backend.version(&name, ver)?,
+        None => backend.current(&name)?,
+    };
+    let v = match (v, &opts.version) {
+        (Some(v), _) => v,
+        (None, Some(ver)) if backend.current(&name)?.is_some() => {
+            return Err(input(format!(
+                "the vault certificate `{name}` has no version {ver}"
+            )));
+        }
+        (None, _) => return Err(not_live(&backend, &name)),
+    };
+    let tag_version = opts.version.as_ref().map(|_| v.version.as_str());
+    let mut tags = backend.tags(&name, tag_version)?.unwrap_or_default();
+    let before = tags.clone();
+    for k in &opts.untag {
+        tags.remove(k);
+    }
+    for (k, val) in &opts.tag {
+        tags.insert(k.clone(), val.clone());
+    }
+    if tags.len() > MAX_TAGS {
+        return Err(input(format!(
+            "`{name}` would have {} tags; at most {MAX_TAGS} are allowed",
+            tags.len()
+        )));
+    }
+    let enabled = opts.enabled.unwrap_or(v.enabled);
+    crate::backend::in_one_unit(&mut backend, |b| -> Result<()> {
+        if enabled != v.enabled {
+            b.set_enabled(&v, enabled, now)?;
+        }
+        if tags != before {
+            b.set_tags(&name, tag_version, &tags, now)?;
+        }
+        Ok(())
+    })?;
+    let tags_on = if tag_version.is_some() {
+        "version"
+    } else {
+        "certificate"
+    };
+    Ok(UpdateReport {
+        name,
+        version: v.version,
+        enabled,
+        tags_on,
+        tags,
+    })
+}

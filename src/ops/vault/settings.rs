@@ -1,0 +1,197 @@
+//! The vault-wide settings: contacts and issuer objects.
+//!
+//! Contacts: once `vault contacts set` has stored a list, that list is the vault's contacts.
+//! While none is stored (never set, or removed by `vault contacts delete`), the plan's
+//! `[contacts] emails` are. Issuers: named issuer configurations a policy can refer to, besides
+//! the built-in `Self` and `Unknown`; one that a certificate's policy names cannot be deleted.
+
+use crate::backend::Vault as _;
+use crate::backend::types::IssuerConfig;
+use crate::error::input;
+use crate::ops::{Access, BackendSettings, open_backend};
+use crate::plan::Plan;
+use anyhow::Result;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+/// The vault's contacts and where they come from.
+#[derive(Debug, Serialize)]
+pub struct ContactsView {
+    /// The addresses lifetime actions e-mail.
+    pub contacts: Vec<String>,
+    /// `store` (set with `vault contacts set`), `plan` (the plan's `[contacts] emails`, while
+    /// none are set) or `none`.
+    pub source: &'static str,
+    /// What `vault contacts delete` removed from the store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removed: Option<Vec<String>>,
+}
+
+fn effective(plan: &Plan, stored: Option<Vec<String>>) -> ContactsView {
+    match stored {
+        Some(list) => ContactsView {
+            contacts: list,
+            source: "store",
+            removed: None,
+        },
+        None if !plan.contacts.is_empty() => ContactsView {
+            contacts: plan.contacts.clone(),
+            source: "plan",
+            removed: None,
+        },
+        None => ContactsView {
+            contacts: Vec::new(),
+            source: "none",
+            removed: None,
+        },
+    }
+}
+
+/// Whether `text` is an e-mail address by the plan's rule: one `@` with text on both sides, no
+/// spaces.
+pub fn is_email(text: &str) -> bool {
+    text.split_once('@')
+        .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty() && !domain.contains('@'))
+        && !text.chars().any(char::is_whitespace)
+}
+
+/// `vault contacts get`.
+pub fn contacts_get(plan: &Plan, settings: &BackendSettings) -> Result<ContactsView> {
+    let backend = open_backend(plan, Access::Preview, settings)?;
+    Ok(effective(plan, backend.contacts()?))
+}
+
+/// `vault contacts set`: replaces the stored contacts (duplicates are dropped, order kept).
+pub fn contacts_set(plan: &Plan, emails: &[String], settings: &BackendSettings) -> Result<ContactsView> {
+    if emails.is_empty() {
+        return Err(input("vault contacts set needs at least one e-mail address"));
+    }
+    let mut list: Vec<String> = Vec::new();
+    for e in emails {
+        if !is_email(e) {
+            return Err(input(format!("contact `{e}` is not an e-mail address")));
+        }
+        if !list.contains(e) {
+            list.push(e.clone());
+        }
+    }
+    let mut backend = open_backend(plan, Access::Write, settings)?;
+    backend.set_contacts(Some(&list))?;
+    Ok(effective(plan, Some(list)))
+}
+
+/// `vault contacts delete`: removes the stored contacts (the plan's then apply again).
+pub fn contacts_delete(plan: &Plan, settings: &BackendSettings) -> Result<ContactsView> {
+    let mut backend = open_backend(plan, Access::Write, settings)?;
+    let removed = backend.contacts()?.unwrap_or_default();
+    backend.set_contacts(None)?;
+    let mut view = effective(plan, None);
+    view.removed = Some(removed);
+    Ok(view)
+}
+
+/// The names a policy may use without an issuer object.
+pub const BUILT_IN_ISSUERS: [&str; 2] = ["Self", "Unknown"];
+
+/// `vault issuers set`: creates or replaces an issuer object.
+pub fn issuer_set(
+    plan: &Plan,
+    name: &str,
+    provider: &str,
+    account_id: Option<&str>,
+    settings: &BackendSettings,
+    now: OffsetDateTime,
+) -> Result<IssuerConfig> {
+    super::check_new_name("issuer", name)?;
+    if BUILT_IN_ISSUERS.iter().any(|b| b.eq_ignore_ascii_case(name)) {
+        return Err(input(format!(
+            "issuer name `{name}` is reserved: `Self` and `Unknown` are built in"
+        )));
+    }
+    if provider.is_empty()
+        || provider.len() > 128
+        || provider.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(input(format!(
+            "--provider `{provider}` is not valid: 1 to 128 characters without spaces (e.g. DigiCert, GlobalSign)"
+        )));
+    }
+    if let Some(a) = account_id
+        && (a.is_empty() || a.chars().any(char::is_control))
+    {
+        return Err(input(format!("--account-id `{a}` is not valid")));
+    }
+    let mut backend = open_backend(plan, Access::Write, settings)?;
+    backend.put_issuer(
+        &IssuerConfig {
+            name: name.to_string(),
+            provider: provider.to_string(),
+            account_id: account_id.map(str::to_string),
+            enabled: true,
+            created: now,
+            updated: now,
+        },
+        now,
+    )?;
+    find(&backend.issuers()?, name)
+}
+
+fn find(issuers: &[IssuerConfig], name: &str) -> Result<IssuerConfig> {
+    issuers.iter().find(|i| i.name == name).cloned().ok_or_else(|| {
+        input(format!(
+            "the vault has no issuer `{name}` (`certroll vault issuers list`)"
+        ))
+    })
+}
+
+/// `vault issuers get`.
+pub fn issuer_get(plan: &Plan, name: &str, settings: &BackendSettings) -> Result<IssuerConfig> {
+    let backend = open_backend(plan, Access::Preview, settings)?;
+    find(&backend.issuers()?, name)
+}
+
+/// `vault issuers list`.
+pub fn issuer_list(plan: &Plan, settings: &BackendSettings) -> Result<Vec<IssuerConfig>> {
+    let backend = open_backend(plan, Access::Preview, settings)?;
+    Ok(backend.issuers()?)
+}
+
+/// `vault issuers delete`: refused while a certificate's policy (live, deleted or pending)
+/// names the issuer.
+pub fn issuer_delete(plan: &Plan, name: &str, settings: &BackendSettings) -> Result<IssuerConfig> {
+    let mut backend = open_backend(plan, Access::Write, settings)?;
+    let found = find(&backend.issuers()?, name)?;
+    let users = backend.issuer_users(name)?;
+    if !users.is_empty() {
+        return Err(input(format!(
+            "issuer `{name}` is named by the policy of {}; it cannot be deleted while they use it",
+            users.join(", ")
+        )));
+    }
+    backend.delete_issuer(name)?;
+    Ok(found)
+}
+
+/// Checks the issuer a new policy names: `Self`, `Unknown` or a set issuer object. Returns its
+/// canonical spelling.
+pub fn check_policy_issuer(backend: &dyn crate::backend::Backend, name: &str) -> Result<String> {
+    if let Some(b) = BUILT_IN_ISSUERS.iter().find(|b| b.eq_ignore_ascii_case(name)) {
+        return Ok(b.to_string());
+    }
+    let issuers = backend.issuers()?;
+    if issuers.iter().any(|i| i.name == name) {
+        return Ok(name.to_string());
+    }
+    Err(input(format!(
+        "issuer `{name}` is not `Self`, `Unknown` or a set issuer (set: {})",
+        if issuers.is_empty() {
+            "none".to_string()
+        } else {
+            issuers
+                .iter()
+                .map(|i| i.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    )))
+}

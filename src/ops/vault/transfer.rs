@@ -1,0 +1,456 @@
+//! `vault import`: an existing certificate with its private key, from PEM (certificate chain +
+//! PKCS#8, SEC1 or PKCS#1 key) or PKCS#12, becomes a vault version.
+//!
+//! A new name gets a policy read from the certificate, as Key Vault makes one: subject, SANs,
+//! key type and size or curve, key usage, EKUs, validity, issuer `Self` for a self-signed
+//! certificate and `Unknown` otherwise, an `EmailContacts` action at 80 % of the lifetime,
+//! exportable unless `--hsm`. An existing name gets a new version and keeps its policy; a
+//! version imported into a name whose policy is non-exportable is non-exportable too. The
+//! other certificates in the file are kept with the version as its chain (Key Vault's x5c), and
+//! `vault export` writes them after it.
+
+use super::{not_live, spki_of};
+use crate::backend::Vault as _;
+use crate::backend::types::NewVersion;
+use crate::error::input;
+use crate::ops::{Access, BackendSettings, open_backend, policy_json};
+use crate::pki::spec::{ExtendedKeyUsage, KeySpec, KeyUsage};
+use crate::plan::{ActionKind, ContentType, LifetimeAction, Plan, Policy, Trigger};
+use anyhow::Result;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+/// Options of `vault import`.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    /// The PEM or PKCS#12 file.
+    pub file: PathBuf,
+    /// The PKCS#12 password.
+    pub password: Option<Zeroizing<String>>,
+    /// Keep the key as an HSM key: never exportable by any path.
+    pub hsm: bool,
+}
+
+/// What `vault import` did.
+#[derive(Debug, Serialize)]
+pub struct ImportReport {
+    /// The certificate name.
+    pub name: String,
+    /// The new version.
+    pub version: String,
+    /// Whether the name was new (and got a policy read from the certificate).
+    pub new_certificate: bool,
+    /// Key type.
+    pub kty: String,
+    /// Whether the key may be exported.
+    pub exportable: bool,
+    /// The certificate.
+    pub cert: crate::pki::CertInfo,
+    /// Certificates in the file other than the imported one: kept as its chain.
+    pub other_certificates: usize,
+}
+
+/// What an import file holds.
+struct Material {
+    certs: Vec<Vec<u8>>,
+    key_pkcs8: Zeroizing<Vec<u8>>,
+    content_type: ContentType,
+}
+
+fn read_material(file: &Path, password: Option<&str>) -> Result<Material> {
+    let bytes = Zeroizing::new(
+        std::fs::read(file).map_err(|e| input(format!("cannot read {}: {e}", file.display())))?,
+    );
+    let shown = file.display();
+    if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+        let certs = crate::pki::pem::certs_from_pem(&bytes).map_err(|e| input(format!("{shown}: {e}")))?;
+        if bytes.windows(21).any(|w| w == b"ENCRYPTED PRIVATE KEY") {
+            return Err(input(format!(
+                "{shown}: the private key is encrypted; import it as PKCS#12 with --password-env, \
+                 or decrypt it first (openssl pkey)"
+            )));
+        }
+        use rustls_pki_types::pem::PemObject;
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+            rustls_pki_types::pem::Error::NoItemsFound => input(format!(
+                "{shown} holds no private key (PKCS#8, SEC1 or PKCS#1 PEM block)"
+            )),
+            other => input(format!("{shown}: {other}")),
+        })?;
+        let key_pkcs8 = crate::pki::keys::to_pkcs8(&key).map_err(|e| input(format!("{shown}: {e}")))?;
+        return Ok(Material {
+            certs,
+            key_pkcs8,
+            content_type: ContentType::Pem,
+        });
+    }
+    let password = password.ok_or_else(|| {
+        input(format!(
+            "{shown} is not PEM, so it is read as PKCS#12, which needs --password-env VAR"
+        ))
+    })?;
+    let pfx = crate::pki::pkcs12::read_pfx(&bytes, password).map_err(|e| {
+        input(format!(
+            "cannot read {shown} as PKCS#12 (wrong password, or not a PFX file): {e}"
+        ))
+    })?;
+    Ok(Material {
+        certs: pfx.chain,
+        key_pkcs8: pfx.key,
+        content_type: ContentType::Pfx,
+    })
+}
+
+/// Whether a certificate is self-signed: issuer = subject, and its own key verifies it.
+pub fn is_self_signed(der: &[u8]) -> Result<bool> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)?;
+    Ok(cert.subject().as_raw() == cert.issuer().as_raw() && cert.verify_signature(None).is_ok())
+}
+
+/// The policy Key Vault makes for an imported certificate: everything read from it.
+pub fn policy_from_certificate(
+    name: &str,
+    der: &[u8],
+    key: KeySpec,
+    exportable: bool,
+    content_type: ContentType,
+) -> Result<String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)?;
+    let mut dns_names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::DNSName(d) => dns_names.push(d.to_string()),
+                GeneralName::IPAddress(b) => {
+                    if let Ok(v4) = <[u8; 4]>::try_from(*b) {
+                        dns_names.push(std::net::Ipv4Addr::from(v4).to_string());
+                    } else if let Ok(v6) = <[u8; 16]>::try_from(*b) {
+                        dns_names.push(std::net::Ipv6Addr::from(v6).to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut key_usage = Vec::new();
+    if let Ok(Some(ku)) = cert.key_usage() {
+        let ku = ku.value;
+        for (set, usage) in [
+            (ku.digital_signature(), KeyUsage::DigitalSignature),
+            (ku.non_repudiation(), KeyUsage::NonRepudiation),
+            (ku.key_encipherment(), KeyUsage::KeyEncipherment),
+            (ku.data_encipherment(), KeyUsage::DataEncipherment),
+            (ku.key_agreement(), KeyUsage::KeyAgreement),
+            (ku.key_cert_sign(), KeyUsage::KeyCertSign),
+            (ku.crl_sign(), KeyUsage::CrlSign),
+            (ku.encipher_only(), KeyUsage::EncipherOnly),
+            (ku.decipher_only(), KeyUsage::DecipherOnly),
+        ] {
+            if set {
+                key_usage.push(usage);
+            }
+        }
+    }
+    let mut ekus = Vec::new();
+    if let Ok(Some(eku)) = cert.extended_key_usage() {
+        let e = eku.value;
+        for (set, usage) in [
+            (e.server_auth, ExtendedKeyUsage::ServerAuth),
+            (e.client_auth, ExtendedKeyUsage::ClientAuth),
+            (e.code_signing, ExtendedKeyUsage::CodeSigning),
+            (e.email_protection, ExtendedKeyUsage::EmailProtection),
+            (e.time_stamping, ExtendedKeyUsage::TimeStamping),
+            (e.ocsp_signing, ExtendedKeyUsage::OcspSigning),
+        ] {
+            if set {
+                ekus.push(usage);
+            }
+        }
+        ekus.extend(
+            e.other
+                .iter()
+                .filter_map(|oid| ExtendedKeyUsage::parse(&oid.to_id_string())),
+        );
+    }
+    let validity = cert.validity();
+    let secs = (validity.not_after.to_datetime() - validity.not_before.to_datetime()).whole_seconds();
+    let validity_days = ((secs + 43_200) / 86_400).clamp(1, u32::MAX as i64) as u32;
+    let self_signed = is_self_signed(der)?;
+    let policy = Policy {
+        name: name.to_string(),
+        key,
+        exportable,
+        reuse_key: false,
+        validity_days,
+        key_usage,
+        extended_key_usage: ekus,
+        dns_names,
+        content_type,
+        lifetime_actions: vec![LifetimeAction {
+            trigger: Trigger::LifetimePercentage(80),
+            action: ActionKind::EmailContacts,
+        }],
+    };
+    Ok(policy_json(
+        &policy,
+        &cert.subject().to_string(),
+        Some(if self_signed { "Self" } else { "Unknown" }),
+    ))
+}
+
+/// Makes a key type an HSM one.
+pub fn with_hsm(spec: KeySpec) -> KeySpec {
+    match spec {
+        KeySpec::Rsa { bits, .. } => KeySpec::Rsa { bits, hsm: true },
+        KeySpec::Ec { curve, .. } => KeySpec::Ec { curve, hsm: true },
+    }
+}
+
+/// `vault import`.
+pub fn import(
+    plan: &Plan,
+    name: &str,
+    opts: &ImportOptions,
+    settings: &BackendSettings,
+    now: OffsetDateTime,
+) -> Result<ImportReport> {
+    super::check_new_name("certificate", name)?;
+    let material = read_material(&opts.file, opts.password.as_deref().map(|p| p.as_str()))?;
+    let shown = opts.file.display();
+    let (key, mut spec) = crate::pki::PrivateKey::from_der_any(&material.key_pkcs8)
+        .map_err(|e| input(format!("{shown}: {e}")))?;
+    let public = key.public_key_der();
+    let mut leaf = None;
+    for (i, der) in material.certs.iter().enumerate() {
+        if spki_of(der).map_err(|e| input(format!("{shown}: {e}")))? == public {
+            leaf = Some(i);
+            break;
+        }
+    }
+    let Some(leaf) = leaf else {
+        return Err(input(format!(
+            "{shown}: the private key does not belong to {} in the file",
+            if material.certs.len() == 1 {
+                "the certificate"
+            } else {
+                "any certificate"
+            }
+        )));
+    };
+    let cert_der = &material.certs[leaf];
+    let cert = crate::pki::CertInfo::from_der(cert_der).map_err(|e| input(format!("{shown}: {e}")))?;
+
+    let mut backend = open_backend(plan, Access::Write, settings)?;
+    let existing = match backend.name_state(name)? {
+        Some("live") => backend.policy(name)?,
+        Some("deleted") | Some("pending") => return Err(not_live(&backend, name)),
+        _ => None,
+    };
+    let mut exportable = !opts.hsm;
+    let mut hsm = opts.hsm;
+    let policy_doc = match &existing {
+        Some(policy) => {
+            let key_props = &policy["key_props"];
+            if key_props["exportable"] == serde_json::Value::Bool(false) {
+                exportable = false;
+            }
+            if key_props["kty"].as_str().is_some_and(|k| k.ends_with("-HSM")) {
+                hsm = true;
+                exportable = false;
+            }
+            policy.to_string()
+        }
+        None => policy_from_certificate(
+            name,
+            cert_der,
+            if hsm { with_hsm(spec) } else { spec },
+            exportable,
+            material.content_type,
+        )?,
+    };
+    if hsm {
+        spec = with_hsm(spec);
+    }
+    // The other certificates of the file are the leaf's chain, kept with the version.
+    let chain: Vec<Vec<u8>> = material
+        .certs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leaf)
+        .map(|(_, c)| c.clone())
+        .collect();
+    let version = crate::backend::in_one_unit(&mut backend, |b| -> Result<Vec<String>> {
+        let version = b.create_versions(
+            &[NewVersion {
+                name,
+                policy_json: &policy_doc,
+                cert_der,
+                key_pkcs8: key.pkcs8_der(),
+                kty: spec.kty(),
+                exportable,
+                issuer: None,
+            }],
+            now,
+        )?;
+        if let Some(v) = version.first()
+            && !chain.is_empty()
+        {
+            b.set_stored_chain(name, v, &chain)?;
+        }
+        Ok(version)
+    })?;
+    Ok(ImportReport {
+        name: name.to_string(),
+        version: version.into_iter().next().unwrap_or_default(),
+        new_certificate: existing.is_none(),
+        kty: spec.kty().to_string(),
+        exportable,
+        cert,
+        other_certificates: material.certs.len() - 1,
+    })
+}
+
+/// The certificates above a version that the vault holds: its issuer first. Unlike
+/// [`crate::ops::chain_above`] it stops where an issuer is not in this vault (a certificate
+/// restored from another store, or whose CA was deleted with `--force`).
+fn chain_in_vault(
+    backend: &crate::backend::local::LocalBackend,
+    version: &crate::backend::types::VaultVersion,
+) -> Result<Vec<Vec<u8>>> {
+    let mut chain = Vec::new();
+    let mut next = version.issuer.clone();
+    while let Some((name, ver)) = next {
+        if chain.len() > 16 {
+            break;
+        }
+        match backend.version(&name, &ver)? {
+            Some(v) => {
+                chain.push(v.cert_der.clone());
+                next = v.issuer.clone();
+            }
+            None => break,
+        }
+    }
+    Ok(chain)
+}
+
+/// Options of `vault export`.
+#[derive(Debug, Clone)]
+pub struct VaultExportOptions {
+    /// The version (default: the current one).
+    pub version: Option<String>,
+    /// PEM or PFX.
+    pub format: crate::ops::ExportFormat,
+    /// Where to write.
+    pub out: PathBuf,
+    /// Add the private key to a PEM export.
+    pub with_key: bool,
+    /// The PFX password.
+    pub password: Option<Zeroizing<String>>,
+}
+
+/// `vault export`: one version of any vault certificate (imported, created, merged, restored,
+/// or the plan's), by the same rules as `export`: a disabled version, a version outside its
+/// validity at `now`, and the key of a non-exportable version are refused.
+pub fn export(
+    plan: &Plan,
+    name: &str,
+    opts: &VaultExportOptions,
+    settings: &BackendSettings,
+    now: OffsetDateTime,
+) -> Result<crate::ops::export::ExportReport> {
+    use crate::ops::ExportFormat;
+    let name = super::resolve_name(name)?;
+    let backend = open_backend(plan, Access::Read, settings)?;
+    let version = match &opts.version {
+        Some(v) => backend.version(&name, v)?,
+        None => backend.current(&name)?,
+    };
+    let version = match (version, &opts.version) {
+        (Some(v), _) => v,
+        (None, Some(v)) if backend.current(&name)?.is_some() => {
+            return Err(input(format!(
+                "the vault certificate `{name}` has no version {v}"
+            )));
+        }
+        (None, _) => return Err(not_live(&backend, &name)),
+    };
+    if !version.enabled {
+        return Err(input(format!(
+            "`{name}` version {} is disabled and cannot be exported",
+            version.version
+        )));
+    }
+    if now < version.nbf || now > version.exp {
+        return Err(input(format!(
+            "`{name}` version {} is valid only from {} to {}; it cannot be exported at {}",
+            version.version,
+            crate::clock::rfc3339(version.nbf),
+            crate::clock::rfc3339(version.exp),
+            crate::clock::rfc3339(now)
+        )));
+    }
+    let wants_key = opts.with_key || opts.format == ExportFormat::Pfx;
+    if wants_key && !version.exportable {
+        return Err(input(format!(
+            "the private key of `{name}` ({}) is not exportable under its policy",
+            version.kty
+        )));
+    }
+    let above = match version.issuer {
+        Some(_) => chain_in_vault(&backend, &version)?,
+        None => backend.stored_chain(&name, &version.version)?,
+    };
+    let mut chain = vec![version.cert_der.clone()];
+    let bytes: Zeroizing<Vec<u8>> = match opts.format {
+        ExportFormat::Pem => {
+            // Up to, not including, the root.
+            let root = match above.last() {
+                Some(last) => is_self_signed(last)?,
+                None => false,
+            };
+            let keep = above.len() - usize::from(root);
+            chain.extend(above.into_iter().take(keep));
+            let mut text = Zeroizing::new(String::new());
+            for der in &chain {
+                text.push_str(&crate::pki::pem::cert_to_pem(der));
+            }
+            if opts.with_key {
+                let key = backend.private_key(&version)?;
+                text.push_str(&crate::pki::pem::key_to_pem(key.pkcs8_der()));
+            }
+            Zeroizing::new(text.as_bytes().to_vec())
+        }
+        ExportFormat::Pfx => {
+            let password = opts
+                .password
+                .as_ref()
+                .ok_or_else(|| input("a pfx export needs a password: --password-env VAR"))?;
+            let key = backend.private_key(&version)?;
+            chain.extend(above);
+            Zeroizing::new(crate::pki::pkcs12::write_pfx(
+                &name,
+                key.pkcs8_der(),
+                &chain,
+                password,
+            )?)
+        }
+    };
+    crate::fsutil::write_atomic(&opts.out, &bytes, wants_key)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", opts.out.display()))?;
+    Ok(crate::ops::export::ExportReport {
+        target: name.clone(),
+        certificate: name,
+        version: version.version,
+        out: opts.out.clone(),
+        format: match opts.format {
+            ExportFormat::Pem => "pem",
+            ExportFormat::Pfx => "pfx",
+        },
+        includes_key: wants_key,
+        certificates: chain.len(),
+    })
+}
