@@ -179,7 +179,10 @@ impl Store {
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
             .map_err(sql(&path))?;
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+            // A 64 MiB page cache keeps a chunk's B-tree pages in memory across statements;
+            // temporary structures stay in memory too.
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
+             PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;",
         )
         .map_err(sql(&path))?;
         let mut store = Store {
@@ -293,20 +296,17 @@ impl Store {
     }
 
     /// Runs `f` in one write transaction and commits if it returns Ok. Inside a batch
-    /// ([`begin_batch`](Self::begin_batch)) it runs in a savepoint of the batch's transaction.
+    /// ([`begin_batch`](Self::begin_batch)) it runs as part of the batch, which is committed or abandoned whole.
     pub fn write<T, E: From<StoreError>>(
         &mut self,
         f: impl FnOnce(&Connection, &StoreKey) -> Result<T, E>,
     ) -> Result<T, E> {
-        let (begin, commit, rollback) = if self.conn.is_autocommit() {
-            ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK")
-        } else {
-            (
-                "SAVEPOINT certroll_write",
-                "RELEASE certroll_write",
-                "ROLLBACK TO certroll_write; RELEASE certroll_write",
-            )
-        };
+        if !self.conn.is_autocommit() {
+            // Inside a batch: an error abandons the whole batch (`rollback_batch`), so a
+            // savepoint per call would only copy pages into a sub-journal for nothing.
+            return f(&self.conn, &self.key);
+        }
+        let (begin, commit, rollback) = ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK");
         self.conn.execute_batch(begin).map_err(|e| self.err(e))?;
         match f(&self.conn, &self.key) {
             Ok(out) => {
