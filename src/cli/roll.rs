@@ -15,7 +15,8 @@ expired is removed. Running the same roll again does nothing.
 
 With --due, only devices whose auto-renew lifetime action has fired are rolled, and the new
 certificate goes into the slot that holds the older certificate, whichever verb is used:
-a cron job runs `certroll roll-secondary --due` and never needs to know which slot is free.
+a cron job runs `certroll roll-secondary --due` (every device of the plan, or those of the named
+devices, groups and CAs) and never needs to know which slot is free.
 
 Breach rolls (--breach): the compromised certificate is deleted at once (the enrollment's
 slot, the group's slot, or the enrollment service's CA certificates), revoked, and replaced by
@@ -38,7 +39,8 @@ pub struct RollArgs {
     /// What to roll: device:ID, enrollment:NAME, group:NAME (its signing intermediate, then
     /// every device of the group under the new CA), or ca:NAME (the CA, every CA below it, the
     /// groups' slots and every device below).
-    #[arg(value_parser = parse_target, required = true)]
+    /// With --due, no target means every device of the plan.
+    #[arg(value_parser = parse_target, required_unless_present = "due")]
     targets: Vec<Target>,
     /// Only what an auto-renew lifetime action says is due, into the slot with the older cert.
     #[arg(long, conflicts_with = "breach")]

@@ -373,22 +373,58 @@ fn killed_after(env: &TestEnv, steps: u32, args: &[&str]) {
 
 #[test]
 fn a_roll_killed_after_any_step_is_finished_by_the_same_command_without_duplicates() {
-    for (args, steps) in [
-        (&["roll-secondary", "ca:root"][..], 4),
-        (&["roll-primary", "--breach", "ca:root", "--yes"][..], 6),
-        (
-            &[
+    /// A command, its number of steps, which devices it gives a new certificate, how many
+    /// versions the root and factory CAs end with, and the CRL entries of the first factory and
+    /// root versions.
+    struct Case {
+        args: &'static [&'static str],
+        steps: u32,
+        rolled: fn(&str) -> bool,
+        ca_versions: (usize, usize),
+        crl: (usize, usize),
+    }
+    let cases = [
+        Case {
+            args: &["roll-secondary", "ca:root"],
+            steps: 4,
+            rolled: |_| true,
+            ca_versions: (2, 2),
+            crl: (0, 0),
+        },
+        Case {
+            // A root cannot be on a CRL; what it signed is disabled in the vault instead.
+            args: &["roll-primary", "--breach", "ca:root", "--yes"],
+            steps: 6,
+            rolled: |_| true,
+            ca_versions: (2, 2),
+            crl: (0, 0),
+        },
+        Case {
+            // The intermediate goes on the root's CRL; the gateway's own enrollment is not touched.
+            args: &["roll-primary", "--breach", "group:sensors", "--yes"],
+            steps: 5,
+            rolled: |id| id != "gateway-01",
+            ca_versions: (1, 2),
+            crl: (0, 1),
+        },
+        Case {
+            args: &[
                 "roll-primary",
                 "--breach",
                 "device:gateway-01",
                 "device:sensor-03",
                 "device:sensor-04",
                 "--yes",
-            ][..],
-            3,
-        ),
-    ] {
-        for kill_at in 1..=steps {
+            ],
+            steps: 3,
+            rolled: |id| ["gateway-01", "sensor-03", "sensor-04"].contains(&id),
+            ca_versions: (1, 1),
+            crl: (3, 0),
+        },
+    ];
+    for case in cases {
+        let args = case.args;
+        for kill_at in 1..=case.steps {
             let env = TestEnv::new();
             env.quickstart();
             run(&env, &["issue"]).ok();
@@ -398,48 +434,28 @@ fn a_roll_killed_after_any_step_is_finished_by_the_same_command_without_duplicat
             let r = run(&env, &json_args).ok().json();
             assert_eq!(r["resumed"], true, "{args:?} killed after {kill_at}: {r}");
             let b = backend(&env);
-            let breach_devices = ["gateway-01", "sensor-03", "sensor-04"];
             for id in all_devices() {
-                let expected = if args[0] == "roll-secondary"
-                    || args.contains(&"ca:root")
-                    || breach_devices.contains(&id.as_str())
-                {
-                    2
-                } else {
-                    1
-                };
+                let expected = if (case.rolled)(&id) { 2 } else { 1 };
                 assert_eq!(
                     b.versions(&format!("dev-{id}")).unwrap().len(),
                     expected,
                     "{args:?} killed after {kill_at}: {id} has a duplicate or missing certificate"
                 );
             }
-            if args.contains(&"ca:root") {
-                assert_eq!(
+            assert_eq!(
+                (
                     b.versions("ca-root").unwrap().len(),
-                    2,
-                    "{args:?} killed after {kill_at}"
-                );
-                assert_eq!(
-                    b.versions("ca-factory").unwrap().len(),
-                    2,
-                    "{args:?} killed after {kill_at}"
-                );
-            }
+                    b.versions("ca-factory").unwrap().len()
+                ),
+                case.ca_versions,
+                "{args:?} killed after {kill_at}"
+            );
             let first = |name: &str| b.versions(name).unwrap()[0].version.clone();
             let (_, factory_crl) = b.revocations("ca-factory", &first("ca-factory")).unwrap();
             let (_, root_crl) = b.revocations("ca-root", &first("ca-root")).unwrap();
-            let expected_crl = if args.contains(&"device:gateway-01") {
-                (3, 0)
-            } else if args.contains(&"--breach") {
-                // A root cannot be on a CRL; what it signed is disabled in the vault instead.
-                (0, 0)
-            } else {
-                (0, 0)
-            };
             assert_eq!(
                 (factory_crl.len(), root_crl.len()),
-                expected_crl,
+                case.crl,
                 "{args:?} killed after {kill_at}"
             );
             drop(b);
@@ -462,5 +478,77 @@ fn a_roll_killed_after_any_step_is_finished_by_the_same_command_without_duplicat
                 "{again}"
             );
         }
+    }
+}
+
+#[test]
+fn rolls_leave_revoked_devices_revoked() {
+    let env = TestEnv::new();
+    env.quickstart();
+    run(&env, &["issue"]).ok();
+    run(
+        &env,
+        &[
+            "revoke",
+            "device:sensor-05",
+            "--reason",
+            "key-compromise",
+            "--yes",
+        ],
+    )
+    .ok();
+    let r = run(&env, &["roll-secondary", "group:sensors", "-o", "json"])
+        .ok()
+        .json();
+    let d = r["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["target"] == "device:sensor-05")
+        .unwrap();
+    assert_eq!(d["outcome"], "revoked", "{r}");
+    assert_eq!(versions(&env, "dev-sensor-05"), 1);
+    let r = run(
+        &env,
+        &[
+            "roll-primary",
+            "--breach",
+            "device:sensor-05",
+            "--yes",
+            "-o",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(r["devices"][0]["outcome"], "revoked", "{r}");
+    let ind = backend(&env).individual("sensor-05").unwrap().unwrap();
+    assert_eq!(
+        ind.status,
+        certroll::backend::types::Status::Disabled,
+        "still disallowed"
+    );
+    // A breach of the whole group finishes around it.
+    run(&env, &["roll-primary", "--breach", "group:sensors", "--yes"]).ok();
+    assert_eq!(versions(&env, "dev-sensor-05"), 1);
+}
+
+#[test]
+fn a_roll_into_the_slot_holding_the_only_certificate_keeps_that_certificate_working() {
+    let env = TestEnv::new();
+    env.quickstart();
+    run(&env, &["issue"]).ok();
+    let old: Vec<Vec<u8>> = all_devices().iter().map(|d| pem_der(&env, NOW, d)).collect();
+    // Right after issue the primary slots hold everything and the secondary slots are empty.
+    run(&env, &["roll-primary", "group:sensors"]).ok();
+    run(&env, &["roll-primary", "device:gateway-01"]).ok();
+    for (id, old) in all_devices().iter().zip(&old) {
+        let new = pem_der(&env, NOW, id);
+        assert_ne!(&new, old);
+        assert!(
+            works(&env, id, old, NOW),
+            "{id}: the certificate it held keeps working"
+        );
+        assert!(works(&env, id, &new, NOW), "{id}: the new one works");
     }
 }

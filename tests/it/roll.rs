@@ -324,8 +324,7 @@ fn rolls_refuse_what_they_cannot_do() {
     env.run(&["--plan", "plan.toml", "roll-secondary", "device:gateway-01"])
         .code(2);
     env.run(&["--plan", "plan.toml", "issue"]).ok();
-    env.run(&["--plan", "plan.toml", "roll-secondary", "--due", "ca:root"])
-        .code(2);
+    env.run(&["--plan", "plan.toml", "roll-secondary"]).code(2);
     env.run(&[
         "--plan",
         "plan.toml",
@@ -334,9 +333,28 @@ fn rolls_refuse_what_they_cannot_do() {
         "device:gateway-01",
     ])
     .code(2); // destructive without --yes and no terminal
-    env.run(&["--plan", "plan.toml", "roll-secondary"]).code(2);
-    env.run(&["--plan", "plan.toml", "roll-secondary", "--due", "group:sensors"])
-        .code(2);
+    // Two targets that renew the same CA.
+    env.run(&[
+        "--plan",
+        "plan.toml",
+        "roll-secondary",
+        "ca:factory",
+        "group:sensors",
+    ])
+    .code(2);
+    // --due with no target is every device; nothing is due on the day of issue.
+    let r = env
+        .run(&["--plan", "plan.toml", "roll-secondary", "--due", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(r["devices"].as_array().unwrap().len(), 51, "{r}");
+    assert!(
+        r["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["outcome"] == "not-due")
+    );
 }
 
 #[test]

@@ -132,13 +132,18 @@ pub(super) fn place(
         SlotName::Primary => (&mut state.primary, &mut state.secondary),
         SlotName::Secondary => (&mut state.secondary, &mut state.primary),
     };
-    *named = Some(new);
-    let expired = other
-        .as_ref()
-        .is_some_and(|o| crate::pki::CertInfo::from_der(&o.cert_der).is_ok_and(|i| i.not_after < now));
-    if clear_other || expired {
+    let valid = |slot: &Option<Slot>| {
+        slot.as_ref()
+            .is_some_and(|o| crate::pki::CertInfo::from_der(&o.cert_der).is_ok_and(|i| i.not_after > now))
+    };
+    if clear_other {
         *other = None;
+    } else if !valid(other) {
+        // Zero downtime: devices still hold leaves under the CA the named slot held, so it
+        // moves to the other slot (an expired one there leaves).
+        *other = if valid(named) { named.take() } else { None };
     }
+    *named = Some(new);
     backend.put_group(&state, now)?;
     Ok(())
 }

@@ -67,6 +67,12 @@ struct Work<'p> {
     identity: Option<HubIdentity>,
     /// Clear the other slot (an expired certificate there, or a breach).
     clear_other: bool,
+    /// What the enrollment's other slot is to hold instead (an expiry roll keeps a valid
+    /// certificate there: the one it holds, or else the one the named slot held).
+    other_individual: Option<Option<Vec<u8>>>,
+    /// What the hub identity's other thumbprint is to be (an expiry roll: the certificate the
+    /// device holds now, while it is valid).
+    other_hub: Option<Option<String>>,
     /// Versions whose keys are compromised: disabled and put on their issuer's CRL.
     compromised: Vec<VaultVersion>,
     /// Re-provision through the enrollment service, so the hub holds only the new thumbprint.
@@ -153,9 +159,20 @@ pub(super) fn assess<'p>(
             .ok_or_else(not_issued)?;
         let newest = versions.last().cloned().ok_or_else(not_issued)?;
         let identity = identities.remove(id);
-        // A disabled enrollment is a revoked device: rolls leave it alone.
-        let individual = individual.filter(|e| e.status == Status::Enabled);
         let target = format!("device:{id}");
+        // A disabled individual enrollment is a revoked device: no roll issues it anything.
+        if individual.as_ref().is_some_and(|e| e.status == Status::Disabled) {
+            out.reports.push(DeviceRoll {
+                target,
+                outcome: "revoked",
+                slot: mode.slot(),
+                steps: vec![],
+                new_thumbprint: None,
+                pruned_thumbprint: None,
+                compromised: vec![],
+            });
+            continue;
+        }
         let thumbprints: Vec<String> = versions.iter().map(|v| sha1_thumbprint(&v.cert_der)).collect();
         let by_tp = |tp: &str| thumbprints.iter().position(|t| t == tp);
         let slot_tp = |slot: SlotName| -> Option<String> {
@@ -190,6 +207,8 @@ pub(super) fn assess<'p>(
             individual: individual.clone(),
             identity: identity.clone(),
             clear_other: false,
+            other_individual: None,
+            other_hub: None,
             compromised: Vec::new(),
             reprovision: false,
             remove_identity: false,
@@ -266,6 +285,32 @@ pub(super) fn assess<'p>(
                         .steps
                         .push(format!("install the new certificate on device `{id}`"));
                 }
+                // Zero downtime: the other slot keeps a valid certificate. If it has none, the
+                // certificate the named slot held moves there (the device may still hold it).
+                let valid = |tp: &str| by_tp(tp).is_some_and(|i| versions[i].exp > now);
+                if !already && let Some(ind) = &individual {
+                    let (named_der, other_der) = match slot {
+                        SlotName::Primary => (&ind.primary, &ind.secondary),
+                        SlotName::Secondary => (&ind.secondary, &ind.primary),
+                    };
+                    let other_ok = other_der.as_deref().is_some_and(|d| valid(&sha1_thumbprint(d)));
+                    let named_ok = named_der.as_deref().is_some_and(|d| valid(&sha1_thumbprint(d)));
+                    if !other_ok && named_ok {
+                        report.steps.insert(
+                            1,
+                            format!(
+                                "move the certificate in the {} slot to the {} slot, so it keeps working",
+                                word(slot),
+                                word(slot.other())
+                            ),
+                        );
+                        work.other_individual = Some(named_der.clone());
+                    }
+                }
+                if !already {
+                    let installed_tp = sha1_thumbprint(&installed.cert_der);
+                    work.other_hub = Some(valid(&installed_tp).then_some(installed_tp));
+                }
                 report.pruned_thumbprint = pruned.clone();
                 work.clear_other = pruned.is_some();
                 work.prune_only = already;
@@ -294,7 +339,12 @@ pub(super) fn assess<'p>(
                 // group, the one it holds), and with --both the other slot's too.
                 let mut tps: Vec<String> = Vec::new();
                 match &individual {
-                    Some(_) => tps.extend(slot_tp(slot)),
+                    // The certificate in the named slot, and always the one the device holds:
+                    // its key is the one that leaked.
+                    Some(_) => {
+                        tps.extend(slot_tp(slot));
+                        tps.push(installed_tp.clone());
+                    }
                     None => tps.push(installed_tp.clone()),
                 }
                 if breach.both {
@@ -541,6 +591,9 @@ pub(super) fn store(
             if w.clear_other {
                 *other = None;
             }
+            if let Some(keep) = w.other_individual.take() {
+                *other = keep;
+            }
             individuals.push(ind);
         }
         if let Some(mut h) = w.identity.take() {
@@ -553,6 +606,9 @@ pub(super) fn store(
                 }
                 if w.clear_other {
                     *other = None;
+                }
+                if let Some(keep) = w.other_hub.take() {
+                    *other = keep;
                 }
                 identities.push(h);
             }

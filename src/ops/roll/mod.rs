@@ -21,7 +21,7 @@ mod devices;
 
 use super::journal::{self, CutOff, Planned, StepReport};
 use super::{Access, BackendSettings, Target, open_backend};
-use crate::backend::Backend;
+use crate::backend::{Backend, Journal as _};
 use crate::error::input;
 use crate::plan::Plan;
 use anyhow::{Context as _, Result};
@@ -189,46 +189,19 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
             targets.push(t.clone());
         }
     }
-    if targets.is_empty() {
+    if targets.is_empty() && !opts.due {
         return Err(input(
-            "name what to roll: ca:NAME, group:NAME, device:ID or enrollment:NAME",
+            "name what to roll: ca:NAME, group:NAME, device:ID or enrollment:NAME (or every device with --due)",
         ));
     }
-    let mut device_ids: Vec<String> = Vec::new();
-    let mut scopes: Vec<ScopeTarget<'_>> = Vec::new();
     for t in &targets {
         t.check(plan)?;
-        match t {
-            Target::Device(id) | Target::Enrollment(id) => device_ids.push(id.clone()),
-            Target::Group(name) => {
-                let g = &plan.groups[name];
-                let ca = plan
-                    .cas
-                    .iter()
-                    .find(|c| c.name == g.signing_ca)
-                    .expect("validated plan");
-                if ca.issuer.is_none() {
-                    return Err(input(format!(
-                        "group:{name} is signed by root CA `{}` directly; a root is rolled as ca:{}",
-                        ca.name, ca.name
-                    )));
-                }
-                scopes.push(ScopeTarget {
-                    target: t.clone(),
-                    scope: cas::group_scope(plan, g),
-                });
-            }
-            Target::Ca(name) => scopes.push(ScopeTarget {
-                target: t.clone(),
-                scope: cas::ca_scope(plan, name),
-            }),
-        }
     }
-    if opts.due && !scopes.is_empty() {
-        return Err(input(
-            "--due rolls devices; name device:ID or enrollment:NAME targets",
-        ));
-    }
+    let (device_ids, scopes) = if opts.due {
+        (due_devices(plan, &targets), Vec::new())
+    } else {
+        expand(plan, opts, &targets)?
+    };
     let access = if opts.dry_run {
         Access::Preview
     } else {
@@ -248,15 +221,30 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         devices: Vec::new(),
     };
     let mut planned = Vec::new();
-    let already = already_done(&backend, &command)?;
-    for st in &scopes {
-        plan_scope(plan, &backend, opts, st, already, now, &mut planned, &mut report)?;
+    // A run of this command that was killed or failed is resumed from its journal as recorded;
+    // planning again from the half-changed state would decide differently.
+    let resuming = !opts.dry_run && backend.open_run(&command)?.is_some();
+    if !resuming {
+        let already = already_done(&backend, &command)?;
+        for st in &scopes {
+            plan_scope(plan, &backend, opts, st, already, now, &mut planned, &mut report)?;
+        }
+        plan_devices(opts, &device_ids, &mut planned);
     }
-    plan_devices(opts, &device_ids, &mut planned);
 
     let run = journal::begin(&mut backend, &command, &planned, opts.dry_run, now)?;
     report.run = run.id;
     report.resumed = run.resumed;
+    if resuming {
+        for step in run.steps.iter().filter(|s| s.kind == "group-slot") {
+            report.groups.push(GroupRoll {
+                target: step.target.clone(),
+                outcome: "would-roll",
+                slot: SlotName::parse(step.detail["slot"].as_str().unwrap_or_default()),
+                steps: vec![step.description.clone()],
+            });
+        }
+    }
     execute(plan, opts, &run, &mut backend, now, &mut report)?;
     run.finish(&mut backend, now)?;
     report.steps = journal::reports(&run, &planned, opts.dry_run);
@@ -279,6 +267,112 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         }
     }
     Ok(report)
+}
+
+/// With `--due`: every device the targets cover (every device of the plan when none is named);
+/// no CA is renewed.
+fn due_devices(plan: &Plan, targets: &[Target]) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut add = |id: String| {
+        if seen.insert(id.clone()) {
+            ids.push(id);
+        }
+    };
+    if targets.is_empty() {
+        plan.groups
+            .values()
+            .flat_map(|g| g.device_ids())
+            .for_each(&mut add);
+        plan.enrollments.keys().cloned().for_each(&mut add);
+    }
+    for t in targets {
+        match t {
+            Target::Device(id) | Target::Enrollment(id) => add(id.clone()),
+            Target::Group(name) => plan.groups[name].device_ids().for_each(&mut add),
+            Target::Ca(name) => cas::ca_scope(plan, name)
+                .device_ids
+                .into_iter()
+                .for_each(&mut add),
+        }
+    }
+    ids
+}
+
+/// Splits the targets into device ids and CA-level scopes. Scopes must not overlap (a CA would
+/// be renewed twice); a device a scope already covers is rolled once, with the scope.
+fn expand<'p>(
+    plan: &'p Plan,
+    opts: &RollOptions,
+    targets: &[Target],
+) -> Result<(Vec<String>, Vec<ScopeTarget<'p>>)> {
+    let mut scopes: Vec<ScopeTarget<'_>> = Vec::new();
+    for t in targets {
+        let scope = match t {
+            Target::Group(name) => {
+                let g = &plan.groups[name];
+                let ca = plan
+                    .cas
+                    .iter()
+                    .find(|c| c.name == g.signing_ca)
+                    .expect("validated plan");
+                if ca.issuer.is_none() {
+                    return Err(input(format!(
+                        "group:{name} is signed by root CA `{}` directly; a root is rolled as ca:{}",
+                        ca.name, ca.name
+                    )));
+                }
+                if opts.breach.is_some() {
+                    let others: Vec<String> = plan
+                        .groups
+                        .values()
+                        .filter(|o| o.name != g.name && o.signing_ca == g.signing_ca)
+                        .map(|o| format!("group:{}", o.name))
+                        .collect();
+                    if !others.is_empty() {
+                        return Err(input(format!(
+                            "group:{name}: its CA `{}` also signs for {}; a compromised CA is replaced everywhere with `roll-primary --breach ca:{}`",
+                            g.signing_ca,
+                            others.join(", "),
+                            g.signing_ca
+                        )));
+                    }
+                }
+                cas::group_scope(plan, g)
+            }
+            Target::Ca(name) => cas::ca_scope(plan, name),
+            _ => continue,
+        };
+        if let Some(other) = scopes.iter().find(|o| {
+            o.scope
+                .cas
+                .iter()
+                .any(|c| scope.cas.iter().any(|d| d.name == c.name))
+        }) {
+            return Err(input(format!(
+                "{t} and {} overlap (both renew CA `{}`); name one of them",
+                other.target, scope.cas[0].name
+            )));
+        }
+        scopes.push(ScopeTarget {
+            target: t.clone(),
+            scope,
+        });
+    }
+    let covered: std::collections::HashSet<&str> = scopes
+        .iter()
+        .flat_map(|s| s.scope.device_ids.iter().map(String::as_str))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let device_ids = targets
+        .iter()
+        .filter_map(|t| match t {
+            Target::Device(id) | Target::Enrollment(id) => Some(id.clone()),
+            _ => None,
+        })
+        .filter(|id| !covered.contains(id.as_str()) && seen.insert(id.clone()))
+        .collect();
+    Ok((device_ids, scopes))
 }
 
 /// Refuses, before any write, a target that was never issued.
@@ -504,11 +598,26 @@ fn plan_scope(
                 slot.other().word(),
                 g.name
             ));
-        } else if expired {
-            steps.push(format!(
-                "remove the expired CA certificate from the {} slot",
-                slot.other().word()
-            ));
+        } else {
+            let other_empty = backend
+                .group(&g.name)?
+                .map(|state| match slot {
+                    SlotName::Primary => state.secondary.is_none(),
+                    SlotName::Secondary => state.primary.is_none(),
+                })
+                .unwrap_or(true);
+            if expired || other_empty {
+                steps.push(format!(
+                    "{}move the CA certificate the {} slot held to the {} slot, so devices not yet rolled keep working",
+                    if expired {
+                        "remove the expired CA certificate from the other slot; "
+                    } else {
+                        ""
+                    },
+                    slot.word(),
+                    slot.other().word()
+                ));
+            }
         }
         planned.push(Planned {
             target: format!("group:{}", g.name),
