@@ -5,6 +5,7 @@
 //! It knows nothing of plans or verbs: callers pass in the time and the rows.
 
 pub mod queries;
+pub mod queries_notify;
 pub mod seal;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
@@ -81,7 +82,10 @@ pub enum StoreError {
 }
 
 /// Schema migrations, in order. The store's `user_version` counts how many have run.
-const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema_v1.sql"),
+    include_str!("schema_v3_notify.sql"),
+];
 
 /// How to open a store.
 #[derive(Debug, Clone)]

@@ -1,0 +1,134 @@
+//! Finding events in the store and queueing them, exactly once each.
+//!
+//! Two kinds of event:
+//!
+//! - `email-contacts`: the current version of a vault certificate has an `EmailContacts`
+//!   lifetime action in its (vault) policy whose trigger time ([`crate::ops::lifetime::fires_at`])
+//!   is at or before `now`. Keyed by (certificate, version, trigger), so it is queued once ever,
+//!   however often the scan runs. A disabled current version is skipped.
+//! - `renewed`: a version created after the renewal watermark for a certificate that already had
+//!   a version (a roll, an auto-renew). The watermark moves in the same transaction as the
+//!   queueing, so a crash between a roll and the scan loses nothing: the next scan finds it.
+
+use crate::plan::Trigger;
+use crate::store::StoreError;
+use crate::store::queries_notify::{self as q, NewEvent};
+use rusqlite::Connection;
+use std::collections::HashMap;
+use time::OffsetDateTime;
+
+/// `kind` of an email-contacts event.
+pub const EMAIL_CONTACTS: &str = "email-contacts";
+/// `kind` of a renewal event.
+pub const RENEWED: &str = "renewed";
+
+/// The trigger as stored and shown (`lifetime_percentage = 80`), like `check` shows it.
+pub fn trigger_text(t: Trigger) -> String {
+    match t {
+        Trigger::DaysBeforeExpiry(d) => format!("days_before_expiry = {d}"),
+        Trigger::LifetimePercentage(p) => format!("lifetime_percentage = {p}"),
+    }
+}
+
+/// The `EmailContacts` triggers of a vault policy (Key Vault-shaped JSON, as
+/// [`crate::ops::policy_json`] writes it). Anything unreadable contributes nothing.
+pub fn email_triggers(policy_json: &str) -> Vec<Trigger> {
+    let Ok(doc) = serde_json::from_str::<serde_json::Value>(policy_json) else {
+        return Vec::new();
+    };
+    let Some(actions) = doc["lifetime_actions"].as_array() else {
+        return Vec::new();
+    };
+    actions
+        .iter()
+        .filter(|a| a["action"]["action_type"].as_str() == Some("EmailContacts"))
+        .filter_map(|a| {
+            let t = &a["trigger"];
+            if let Some(d) = t["days_before_expiry"].as_u64() {
+                u32::try_from(d).ok().map(Trigger::DaysBeforeExpiry)
+            } else if let Some(p) = t["lifetime_percentage"].as_u64() {
+                u8::try_from(p).ok().map(Trigger::LifetimePercentage)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// Queues every event that has happened by `now` and was never queued; returns how many were
+/// new. Run it inside one transaction.
+pub fn scan(conn: &Connection, now: OffsetDateTime) -> Result<u64, StoreError> {
+    let mut queued = 0u64;
+
+    let triggers: HashMap<String, Vec<Trigger>> = q::policies(conn)?
+        .into_iter()
+        .filter_map(|(hash, json)| {
+            let t = email_triggers(&json);
+            (!t.is_empty()).then_some((hash, t))
+        })
+        .collect();
+    if !triggers.is_empty() {
+        let mut fired = Vec::new();
+        q::for_each_current(conn, |v| {
+            if let Some(ts) = triggers.get(&v.policy).filter(|_| v.enabled) {
+                for &t in ts {
+                    let at = crate::ops::lifetime::fires_at(t, v.nbf, v.exp);
+                    if at <= now {
+                        fired.push((v.name.clone(), v.version.clone(), trigger_text(t), at, v.exp));
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        for (name, version, trigger, at, exp) in &fired {
+            let new = NewEvent {
+                kind: EMAIL_CONTACTS,
+                name,
+                version,
+                trigger,
+                at: *at,
+                not_after: *exp,
+                previous: None,
+            };
+            queued += u64::from(q::queue(conn, &new, now)?);
+        }
+    }
+
+    let mark = q::renewal_watermark(conn)?;
+    let (renewals, seen) = q::renewals_after(conn, mark)?;
+    for r in &renewals {
+        let new = NewEvent {
+            kind: RENEWED,
+            name: &r.name,
+            version: &r.version,
+            trigger: "",
+            at: r.created,
+            not_after: r.exp,
+            previous: Some(&r.previous),
+        };
+        queued += u64::from(q::queue(conn, &new, now)?);
+    }
+    if seen != mark {
+        q::set_renewal_watermark(conn, seen)?;
+    }
+    Ok(queued)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_triggers_are_read_from_the_vault_policy() {
+        let json = r#"{"lifetime_actions":[
+            {"trigger":{"days_before_expiry":30},"action":{"action_type":"AutoRenew"}},
+            {"trigger":{"lifetime_percentage":80},"action":{"action_type":"EmailContacts"}},
+            {"trigger":{"days_before_expiry":7},"action":{"action_type":"EmailContacts"}}]}"#;
+        assert_eq!(
+            email_triggers(json),
+            [Trigger::LifetimePercentage(80), Trigger::DaysBeforeExpiry(7)]
+        );
+        assert!(email_triggers("not json").is_empty());
+        assert!(email_triggers("{}").is_empty());
+    }
+}

@@ -1,0 +1,257 @@
+//! Mail to the contacts over SMTP (lettre, rustls): the settings from the plan's `[mail]` and the
+//! `CERTROLL_SMTP_*` environment, the summary message, and sending it.
+
+use super::EventReport;
+use crate::error::input;
+use crate::plan::{MailConfig, Plan, SmtpTls, is_loopback_host};
+use lettre::message::header::{ContentTransferEncoding, ContentType};
+use lettre::message::{Body, Mailbox};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{Message, SmtpTransport, Transport};
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// How long one SMTP conversation may take (connect, each command).
+pub const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Events listed in one mail; the rest are counted.
+const LISTED: usize = 200;
+
+/// Resolved mail settings: the plan's `[mail]` with the environment's overrides applied.
+pub struct MailSettings {
+    /// SMTP host.
+    pub host: String,
+    /// SMTP port.
+    pub port: u16,
+    /// TLS mode.
+    pub tls: SmtpTls,
+    /// Login, if any.
+    pub username: Option<String>,
+    password: Option<Zeroizing<String>>,
+    /// Sender.
+    pub from: Mailbox,
+    /// Recipients: the plan's contacts.
+    pub contacts: Vec<String>,
+}
+
+impl std::fmt::Debug for MailSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MailSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("from", &self.from.to_string())
+            .finish()
+    }
+}
+
+impl MailSettings {
+    /// `host:port (tls mode)`, for messages.
+    pub fn describe(&self) -> String {
+        format!("{}:{} ({})", self.host, self.port, self.tls.as_str())
+    }
+
+    /// Resolves the settings from the plan and `env` (a look-up of environment variables).
+    /// `Ok(None)` when the plan has no `[mail]`. Bad values are input errors (exit 2).
+    pub fn resolve(
+        plan: &Plan,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Option<MailSettings>> {
+        let Some(cfg) = &plan.mail else {
+            return Ok(None);
+        };
+        let MailConfig {
+            smtp_host,
+            smtp_port,
+            tls,
+            allow_plaintext,
+            username,
+            password_env,
+            from,
+        } = cfg;
+        let env_nonempty = |k: &str| env(k).filter(|v| !v.is_empty());
+        let host = env_nonempty("CERTROLL_SMTP_HOST")
+            .or_else(|| smtp_host.clone())
+            .ok_or_else(|| input("mail: no SMTP host: set smtp_host in [mail] or CERTROLL_SMTP_HOST"))?;
+        if host
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+        {
+            return Err(input(format!(
+                "mail: SMTP host `{host}` is not a host name or address"
+            )));
+        }
+        let tls = match env_nonempty("CERTROLL_SMTP_TLS") {
+            Some(t) => SmtpTls::parse(&t).ok_or_else(|| {
+                input(format!(
+                    "CERTROLL_SMTP_TLS=`{t}` is not a tls mode (expected starttls, tls or none)"
+                ))
+            })?,
+            None => tls.unwrap_or(SmtpTls::StartTls),
+        };
+        if tls == SmtpTls::None && !allow_plaintext && !is_loopback_host(&host) {
+            return Err(input(format!(
+                "mail: tls = \"none\" would send mail (and any password) in clear to `{host}`; \
+                 use starttls or tls, or set allow_plaintext = true in [mail]"
+            )));
+        }
+        let port = match env_nonempty("CERTROLL_SMTP_PORT") {
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| input(format!("CERTROLL_SMTP_PORT=`{p}` is not a port (1 to 65535)")))?,
+            None => smtp_port.unwrap_or(tls.default_port()),
+        };
+        let from_text = env_nonempty("CERTROLL_SMTP_FROM")
+            .or_else(|| from.clone())
+            .ok_or_else(|| input("mail: no sender: set from in [mail] or CERTROLL_SMTP_FROM"))?;
+        let from = from_text.parse::<Mailbox>().map_err(|e| {
+            input(format!(
+                "mail: sender `{from_text}` is not an e-mail address: {e}"
+            ))
+        })?;
+        let username = env_nonempty("CERTROLL_SMTP_USERNAME").or_else(|| username.clone());
+        let password = match env_nonempty("CERTROLL_SMTP_PASSWORD") {
+            Some(p) => Some(Zeroizing::new(p)),
+            None => match password_env {
+                Some(var) => Some(Zeroizing::new(env_nonempty(var).ok_or_else(|| {
+                    input(format!(
+                        "mail: password_env names `{var}`, but that environment variable is not set"
+                    ))
+                })?)),
+                None => None,
+            },
+        };
+        if username.is_some() != password.is_some() {
+            return Err(input(if username.is_some() {
+                "mail: a username is set but no password (set password_env in [mail], or CERTROLL_SMTP_PASSWORD)"
+            } else {
+                "mail: a password is set but no username (set username in [mail], or CERTROLL_SMTP_USERNAME)"
+            }));
+        }
+        Ok(Some(MailSettings {
+            host,
+            port,
+            tls,
+            username,
+            password,
+            from,
+            contacts: plan.contacts.clone(),
+        }))
+    }
+
+    fn transport(&self) -> Result<SmtpTransport, lettre::transport::smtp::Error> {
+        let builder = match self.tls {
+            SmtpTls::StartTls => SmtpTransport::starttls_relay(&self.host)?,
+            SmtpTls::Tls => SmtpTransport::relay(&self.host)?,
+            SmtpTls::None => SmtpTransport::builder_dangerous(&self.host),
+        };
+        let mut builder = builder.port(self.port).timeout(Some(SMTP_TIMEOUT));
+        if let (Some(user), Some(pass)) = (&self.username, &self.password) {
+            builder = builder.credentials(Credentials::new(user.clone(), pass.to_string()));
+        }
+        Ok(builder.build())
+    }
+
+    /// Sends one message to `to`. The error names the server and what went wrong, never the
+    /// password.
+    pub fn send(&self, to: &str, subject: &str, body: String) -> Result<(), String> {
+        let result = (|| -> Result<(), String> {
+            let to: Mailbox = to
+                .parse()
+                .map_err(|e| format!("contact `{to}` is not an e-mail address: {e}"))?;
+            let message = Message::builder()
+                .from(self.from.clone())
+                .to(to)
+                .subject(subject)
+                .header(ContentType::TEXT_PLAIN)
+                // Plain 7-bit text when it is (readable as is), else what lettre chooses.
+                .body(
+                    Body::new_with_encoding(body, ContentTransferEncoding::SevenBit)
+                        .unwrap_or_else(Body::new),
+                )
+                .map_err(|e| format!("cannot build the message: {e}"))?;
+            let transport = self.transport().map_err(|e| e.to_string())?;
+            transport.send(&message).map(|_| ()).map_err(|e| e.to_string())
+        })();
+        result.map_err(|e| {
+            let e = match &self.password {
+                Some(p) if !p.is_empty() => e.replace(p.as_str(), "<redacted>"),
+                _ => e,
+            };
+            format!("SMTP {}: {e}", self.describe())
+        })
+    }
+}
+
+/// The subject of the summary mail: `certroll: 3 certificates need attention`.
+pub fn subject(events: &[&EventReport]) -> String {
+    let attention = events
+        .iter()
+        .filter(|e| e.kind == super::events::EMAIL_CONTACTS)
+        .count();
+    let renewed = events.len() - attention;
+    let certs = |n: usize| {
+        if n == 1 {
+            "1 certificate".to_string()
+        } else {
+            format!("{n} certificates")
+        }
+    };
+    match (attention, renewed) {
+        (a, 0) => format!(
+            "certroll: {} need{} attention",
+            certs(a),
+            if a == 1 { "s" } else { "" }
+        ),
+        (0, r) => format!("certroll: {} renewed", certs(r)),
+        (a, r) => format!(
+            "certroll: {} need{} attention, {r} renewed",
+            certs(a),
+            if a == 1 { "s" } else { "" }
+        ),
+    }
+}
+
+/// The plain-text body: every event with its certificate, version, what happened and expiry.
+pub fn body(plan: &Plan, events: &[&EventReport]) -> String {
+    use crate::clock::rfc3339;
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    // Short lines, so the body goes as plain 7-bit text that any mail reader shows as is.
+    let _ = writeln!(out, "certroll has {} notice(s) for the plan", events.len());
+    let _ = writeln!(out, "{}\n", plan.path.display());
+    for (i, e) in events.iter().enumerate() {
+        if i == LISTED {
+            let _ = writeln!(out, "... and {} more.\n", events.len() - LISTED);
+            break;
+        }
+        let _ = writeln!(out, "{}", e.target.as_deref().unwrap_or(&e.certificate));
+        let _ = writeln!(out, "  vault certificate {}", e.certificate);
+        let _ = writeln!(out, "  version {}", e.version);
+        if e.kind == super::events::EMAIL_CONTACTS {
+            let _ = writeln!(out, "  needs attention: email-contacts fired");
+            let _ = writeln!(
+                out,
+                "  ({}) at {}",
+                e.trigger.as_deref().unwrap_or(""),
+                rfc3339(e.at)
+            );
+        } else {
+            let _ = writeln!(out, "  renewed at {}", rfc3339(e.at));
+            let _ = writeln!(
+                out,
+                "  previous version {}",
+                e.previous_version.as_deref().unwrap_or("-")
+            );
+        }
+        let _ = writeln!(out, "  expires {}\n", rfc3339(e.not_after));
+    }
+    let _ = writeln!(
+        out,
+        "-- \nSent by certroll once per notice. `certroll check` shows what is due now."
+    );
+    out
+}
