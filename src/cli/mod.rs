@@ -209,7 +209,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             | Command::Revoke(_)
     );
     let after = if mutating && !cli.dry_run {
-        notify::AfterVerb::prepare(g)?
+        notify::AfterVerb::prepare(g)
     } else {
         None
     };

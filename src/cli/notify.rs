@@ -101,22 +101,36 @@ fn print_human(
     Ok(())
 }
 
-/// The notify step after a mutating verb: resolved before the verb runs (bad mail settings are
-/// input errors, and nothing has been changed yet), run once after it succeeded.
+/// The notify step after a mutating verb, run once after the verb succeeded. Mail settings that
+/// do not resolve (a password variable that is not set, a bad `CERTROLL_SMTP_*`) never stop the
+/// verb: the work is done, the events are queued and stay owed to the contacts, and the run says
+/// why and exits 1, like any other failed delivery.
 pub struct AfterVerb {
     plan: crate::plan::Plan,
     channels: Channels,
+    mail_error: Option<String>,
 }
 
 impl AfterVerb {
-    /// Resolves the channels for the plan the verb will use. A plan that does not load is left
-    /// to the verb, which reports it.
-    pub fn prepare(g: &Global) -> anyhow::Result<Option<AfterVerb>> {
-        let Ok(plan) = g.load_plan() else {
-            return Ok(None);
+    /// Loads the plan the verb will use. A plan that does not load is left to the verb, which
+    /// reports it.
+    pub fn prepare(g: &Global) -> Option<AfterVerb> {
+        let plan = g.load_plan().ok()?;
+        let (channels, mail_error) = match Channels::from_env(&plan) {
+            Ok(channels) => (channels, None),
+            Err(e) => {
+                let channels = Channels {
+                    mail: None,
+                    ..Channels::without_mail(&plan)
+                };
+                (channels, Some(format!("{e:#}")))
+            }
         };
-        let channels = Channels::from_env(&plan)?;
-        Ok(Some(AfterVerb { plan, channels }))
+        Some(AfterVerb {
+            plan,
+            channels,
+            mail_error,
+        })
     }
 
     /// Scans, queues and delivers; returns 1 if a delivery failed. Human output only: a JSON
@@ -127,6 +141,16 @@ impl AfterVerb {
             print_human(&mut g.printer(), &report, false)?;
         }
         report_failures(&report);
+        if let Some(e) = &self.mail_error {
+            eprintln!("error: mail not sent: {e}");
+            if report.owed_mail > 0 {
+                eprintln!(
+                    "{} notice(s) stay owed to the contacts; the next certroll run sends them.",
+                    report.owed_mail
+                );
+            }
+            return Ok(1);
+        }
         Ok(if report.failed() { 1 } else { 0 })
     }
 }

@@ -162,8 +162,17 @@ impl MailSettings {
             let to: Mailbox = to
                 .parse()
                 .map_err(|e| format!("contact `{to}` is not an e-mail address: {e}"))?;
+            let mut id = [0u8; 16];
+            crate::pki::random_bytes(&mut id).map_err(|e| e.to_string())?;
+            let message_id = format!(
+                "<{}@{}>",
+                crate::pki::hex_upper(&id).to_ascii_lowercase(),
+                self.from.email.domain()
+            );
             let message = Message::builder()
                 .from(self.from.clone())
+                .message_id(Some(message_id))
+                .user_agent(concat!("certroll/", env!("CARGO_PKG_VERSION")).to_string())
                 .to(to)
                 .subject(subject)
                 .header(ContentType::TEXT_PLAIN)

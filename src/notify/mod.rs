@@ -46,18 +46,30 @@ pub struct Channels {
 impl Channels {
     /// The channels of `plan`, with the `CERTROLL_SMTP_*` overrides read through `env`.
     pub fn resolve(plan: &Plan, env: &dyn Fn(&str) -> Option<String>) -> Result<Channels> {
-        let mut secret_vars = vec![
+        Ok(Channels {
+            mail: MailSettings::resolve(plan, env)?,
+            ..Channels::without_mail(plan)
+        })
+    }
+
+    /// The channels of `plan` with mail left out (its settings did not resolve).
+    pub fn without_mail(plan: &Plan) -> Channels {
+        Channels {
+            mail: None,
+            hook: plan.hooks.clone(),
+            secret_vars: Channels::secret_vars(plan),
+        }
+    }
+
+    fn secret_vars(plan: &Plan) -> Vec<String> {
+        let mut vars = vec![
             "CERTROLL_SMTP_PASSWORD".to_string(),
             "CERTROLL_STORE_KEY".to_string(),
         ];
         if let Some(var) = plan.mail.as_ref().and_then(|m| m.password_env.clone()) {
-            secret_vars.push(var);
+            vars.push(var);
         }
-        Ok(Channels {
-            mail: MailSettings::resolve(plan, env)?,
-            hook: plan.hooks.clone(),
-            secret_vars,
-        })
+        vars
     }
 
     /// The channels of `plan` from the process environment.

@@ -363,7 +363,8 @@ fn the_smtp_password_comes_from_the_environment_and_is_never_shown() {
         None,
         Some(&format!("certroll:{password}")),
     );
-    let login = "username = \"certroll\"\npassword_env = \"TEST_SMTP_PW\"\n";
+    let login = "username = \"certroll\"\npassword_env = \"TEST_SMTP_PW\"\n\
+                 [hooks]\ncommand = [\"/bin/sh\", \"-c\", \"env > hook-env.txt\"]\n";
     env.write("plan.toml", &plan(sink.port, login));
     let run_with = |pw: &str, now: &str, args: &[&str]| {
         let mut full = vec!["--plan", "plan.toml", "--now", now, "-vv"];
@@ -374,10 +375,17 @@ fn the_smtp_password_comes_from_the_environment_and_is_never_shown() {
             String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
         )
     };
-    // Without the variable, nothing runs: an input error before any change.
-    let run = at(&env, NOW, &["issue"]).code(2);
+    // Without the variable, `notify` refuses (bad input, nothing changed); a mutating verb does
+    // its work and says mail cannot be sent (exit 1).
+    let run = at(&env, NOW, &["notify"]).code(2);
     assert!(run.stderr.contains("TEST_SMTP_PW"), "{}", run.stderr);
-    assert!(!env.store_dir().exists());
+    let run = at(&env, NOW, &["issue"]).code(1);
+    assert!(
+        run.stderr.contains("mail not sent") && run.stderr.contains("TEST_SMTP_PW"),
+        "{}",
+        run.stderr
+    );
+    at(&env, NOW, &["status"]).ok();
 
     let (code, out) = run_with(password, NOW, &["issue"]);
     assert_eq!(code, 0, "{out}");
@@ -392,11 +400,20 @@ fn the_smtp_password_comes_from_the_environment_and_is_never_shown() {
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains(password), "{out}");
     assert_eq!(sink.messages().len(), 2);
-    // The hook never sees it either (checked in `hook.rs` by removing the variables).
+    for m in sink.messages() {
+        assert!(!m.contains(password), "{m}");
+    }
+    // The hook ran, without the password in its environment.
+    let hook_env = std::fs::read_to_string(env.path("hook-env.txt")).unwrap();
+    assert!(hook_env.contains("PATH="), "{hook_env}");
+    assert!(
+        !hook_env.contains(password) && !hook_env.contains("TEST_SMTP_PW"),
+        "{hook_env}"
+    );
 }
 
 #[test]
-fn bad_mail_settings_from_the_environment_change_nothing() {
+fn bad_mail_settings_stop_notify_but_never_the_work() {
     let env = TestEnv::new();
     env.write("plan.toml", &plan(2525, ""));
     for (var, value, word) in [
@@ -404,15 +421,52 @@ fn bad_mail_settings_from_the_environment_change_nothing() {
         ("CERTROLL_SMTP_PORT", "99999", "CERTROLL_SMTP_PORT"),
         ("CERTROLL_SMTP_HOST", "smtp.example.com", "in clear"),
     ] {
-        let out = env
-            .cmd()
-            .args(["--plan", "plan.toml", "issue"])
-            .env(var, value)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{var}: {stderr}");
+        let run = |args: &[&str]| {
+            let out = env
+                .cmd()
+                .args(["--plan", "plan.toml"])
+                .args(args)
+                .env(var, value)
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let (code, stderr) = run(&["notify"]);
+        assert_eq!(code, Some(2), "{var}: {stderr}");
         assert!(stderr.contains(word), "{var}: {stderr}");
-        assert!(!env.store_dir().exists(), "{var}: nothing may change");
+        assert!(!env.store_dir().exists(), "{var}: notify changed something");
     }
+    // An incident runbook is never blocked by mail: the revoke happens, mail is reported owed.
+    env.run(&["--plan", "plan.toml", "issue"]).ok();
+    let out = env
+        .cmd()
+        .args([
+            "--plan",
+            "plan.toml",
+            "revoke",
+            "device:sensor-1",
+            "--reason",
+            "key-compromise",
+            "--yes",
+        ])
+        .env("CERTROLL_SMTP_TLS", "sometimes")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("mail not sent") && stderr.contains("CERTROLL_SMTP_TLS"),
+        "{stderr}"
+    );
+    let status = env
+        .run(&["--plan", "plan.toml", "status", "-o", "json", "device:sensor-1"])
+        .ok()
+        .json();
+    assert_eq!(
+        status["devices"][0]["hub_identity"]["status"], "disabled",
+        "{status}"
+    );
 }
