@@ -117,6 +117,88 @@ pub fn scan(conn: &Connection, now: OffsetDateTime) -> Result<u64, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::types::NewVersion;
+    use crate::pki::spec::{Curve, KeySpec, Subject};
+    use crate::store::Store;
+    use time::macros::datetime;
+
+    const POLICY: &str = r#"{"lifetime_actions":[
+        {"trigger":{"lifetime_percentage":80},"action":{"action_type":"EmailContacts"}}]}"#;
+
+    /// Stores a new version of `name` valid for 100 days from `nbf`.
+    fn add_version(store: &mut Store, name: &str, nbf: OffsetDateTime) {
+        let spec = KeySpec::Ec {
+            curve: Curve::P256,
+            hsm: false,
+        };
+        let key = crate::pki::PrivateKey::generate(&spec).unwrap();
+        let profile = crate::pki::cert::CertProfile {
+            subject: Subject::parse("CN=t").unwrap(),
+            dns_names: vec![],
+            key_usage: vec![],
+            extended_key_usage: vec![],
+            not_before: nbf,
+            not_after: nbf + time::Duration::days(100),
+            ca: None,
+        };
+        let der = crate::pki::cert::sign_self(&profile, &key).unwrap();
+        let new = NewVersion {
+            name,
+            policy_json: POLICY,
+            cert_der: &der,
+            key_pkcs8: key.pkcs8_der(),
+            kty: "EC",
+            exportable: true,
+            issuer: None,
+        };
+        store
+            .write(|conn, k| crate::store::queries::vault_insert(conn, k, nbf, &new))
+            .unwrap();
+    }
+
+    fn scan_now(store: &mut Store, now: OffsetDateTime) -> u64 {
+        store.write(|conn, _| scan(conn, now)).unwrap()
+    }
+
+    #[test]
+    fn each_event_is_queued_once_and_renewals_are_found_whenever_the_scan_runs() {
+        let mut store = Store::open_empty().unwrap();
+        let t0 = datetime!(2026-01-01 0:00 UTC);
+        add_version(&mut store, "dev-a", t0);
+        add_version(&mut store, "dev-b", t0);
+        assert_eq!(scan_now(&mut store, t0), 0, "first versions are not renewals");
+        // 80% of 100 days = day 80.
+        assert_eq!(scan_now(&mut store, t0 + time::Duration::days(79)), 0);
+        assert_eq!(scan_now(&mut store, t0 + time::Duration::days(80)), 2);
+        assert_eq!(
+            scan_now(&mut store, t0 + time::Duration::days(90)),
+            0,
+            "never twice"
+        );
+
+        // Two renewals of `a` happen with no scan in between (as if certroll died after the
+        // roll): the next scan finds both, once.
+        let t1 = t0 + time::Duration::days(85);
+        add_version(&mut store, "dev-a", t1);
+        add_version(&mut store, "dev-a", t1 + time::Duration::days(1));
+        let now = t1 + time::Duration::days(2);
+        assert_eq!(scan_now(&mut store, now), 2);
+        assert_eq!(scan_now(&mut store, now), 0);
+        let owed = q::owed(store.conn(), q::Channel::Mail).unwrap();
+        let kinds: Vec<(&str, &str)> = owed.iter().map(|e| (e.kind.as_str(), e.name.as_str())).collect();
+        assert_eq!(
+            kinds,
+            [
+                (EMAIL_CONTACTS, "dev-a"),
+                (EMAIL_CONTACTS, "dev-b"),
+                (RENEWED, "dev-a"),
+                (RENEWED, "dev-a")
+            ]
+        );
+        assert_eq!(owed[3].previous.as_deref(), Some(owed[2].version.as_str()));
+        // The newest version of `a` fires again at its own 80%: a new event for a new version.
+        assert_eq!(scan_now(&mut store, now + time::Duration::days(80)), 1);
+    }
 
     #[test]
     fn email_triggers_are_read_from_the_vault_policy() {
