@@ -157,7 +157,8 @@ impl MailSettings {
 
     /// Sends one message to `to`. The error names the server and what went wrong, never the
     /// password.
-    pub fn send(&self, to: &str, subject: &str, body: String) -> Result<(), String> {
+    pub fn send(&self, to: &str, subject: &str, body: String) -> Result<(), SendError> {
+        let mut unreachable = false;
         let result = (|| -> Result<(), String> {
             let to: Mailbox = to
                 .parse()
@@ -183,16 +184,33 @@ impl MailSettings {
                 )
                 .map_err(|e| format!("cannot build the message: {e}"))?;
             let transport = self.transport().map_err(|e| e.to_string())?;
-            transport.send(&message).map(|_| ()).map_err(|e| e.to_string())
+            transport.send(&message).map(|_| ()).map_err(|e| {
+                // No SMTP reply at all (refused, timed out, TLS failed): the server is out of
+                // reach, for every contact.
+                unreachable = !e.is_transient() && !e.is_permanent();
+                e.to_string()
+            })
         })();
         result.map_err(|e| {
             let e = match &self.password {
                 Some(p) if !p.is_empty() => e.replace(p.as_str(), "<redacted>"),
                 _ => e,
             };
-            format!("SMTP {}: {e}", self.describe())
+            SendError {
+                message: format!("SMTP {}: {e}", self.describe()),
+                unreachable,
+            }
         })
     }
+}
+
+/// Why a mail was not sent.
+#[derive(Debug)]
+pub struct SendError {
+    /// What happened, naming the server (never the password).
+    pub message: String,
+    /// The server could not be reached or talked to at all, so the other contacts are not tried.
+    pub unreachable: bool,
 }
 
 /// The subject of the summary mail: `certroll: 3 certificates need attention`.

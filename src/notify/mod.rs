@@ -273,6 +273,7 @@ pub fn notify(
     {
         let partly: HashSet<(i64, &str)> = partly.iter().map(|(id, c)| (*id, c.as_str())).collect();
         let mut all_sent = true;
+        let mut unreachable: Option<String> = None;
         for contact in &mail.contacts {
             let todo: Vec<&EventReport> = owed_mail
                 .iter()
@@ -289,7 +290,10 @@ pub fn notify(
                 outcome: "would-send",
                 error: None,
             };
-            if !dry_run {
+            if let Some(why) = &unreachable {
+                delivery.outcome = "failed";
+                delivery.error = Some(format!("not tried: {why}"));
+            } else if !dry_run {
                 match mail.send(contact, &mail::subject(&todo), mail::body(plan, &todo)) {
                     Ok(()) => {
                         delivery.outcome = "sent";
@@ -299,7 +303,10 @@ pub fn notify(
                     Err(e) => {
                         all_sent = false;
                         delivery.outcome = "failed";
-                        delivery.error = Some(e);
+                        if e.unreachable {
+                            unreachable = Some(format!("{} could not be reached", mail.describe()));
+                        }
+                        delivery.error = Some(e.message);
                     }
                 }
             }

@@ -39,6 +39,10 @@ struct Sink {
 
 impl Sink {
     fn start(python: &Path, dir: &Path, port: Option<u16>, auth: Option<&str>) -> Sink {
+        Sink::start_with(python, dir, port, auth, &[])
+    }
+
+    fn start_with(python: &Path, dir: &Path, port: Option<u16>, auth: Option<&str>, reject: &[&str]) -> Sink {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_sink.py");
         let mut cmd = Command::new(python);
         cmd.arg(script).arg(dir);
@@ -47,6 +51,9 @@ impl Sink {
         }
         if let Some(auth) = auth {
             cmd.args(["--auth", auth]);
+        }
+        for address in reject {
+            cmd.args(["--reject", address]);
         }
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -296,6 +303,46 @@ fn undelivered_mail_stays_owed_and_the_next_run_sends_it() {
     let mail = sink.messages();
     assert_eq!(mail.len(), 4);
     assert!(mail[3].contains("device:sensor-1"), "{}", mail[3]);
+}
+
+#[test]
+fn a_contact_whose_mail_failed_is_mailed_again_and_only_that_contact() {
+    let Some(py) = python() else { return };
+    let env = TestEnv::new();
+    let inbox = env.path("inbox");
+    let sink = Sink::start_with(&py, &inbox, None, None, &["fleet@example.com"]);
+    let port = sink.port;
+    env.write("plan.toml", &plan(port, ""));
+    at(&env, NOW, &["issue"]).ok();
+
+    let run = at(&env, FIRED, &["notify", "-o", "json"]).code(1);
+    let report = run.json();
+    let outcomes: Vec<(&str, &str)> = report["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["to"].as_str().unwrap(), d["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("pki-oncall@example.com", "sent"),
+            ("fleet@example.com", "failed")
+        ]
+    );
+    assert!(run.stderr.contains("550"), "{}", run.stderr);
+    assert_eq!(report["owed_mail"], 3);
+    assert_eq!(sink.messages().len(), 1);
+    drop(sink);
+
+    let sink = Sink::start(&py, &inbox, Some(port), None);
+    at(&env, FIRED, &["notify"]).ok();
+    let mail = sink.messages();
+    assert_eq!(mail.len(), 2, "one more mail");
+    assert_eq!(header(&mail[1], "X-Envelope-To"), ["fleet@example.com"]);
+    assert!(mail[1].contains("3 certificates need attention"), "{}", mail[1]);
+    at(&env, FIRED, &["notify"]).ok();
+    assert_eq!(sink.messages().len(), 2);
 }
 
 #[test]

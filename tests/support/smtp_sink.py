@@ -1,13 +1,14 @@
 """A real SMTP server for certroll's tests (aiosmtpd), on loopback only.
 
-    python smtp_sink.py DIR [--port N] [--auth USER:PASSWORD]
+    python smtp_sink.py DIR [--port N] [--auth USER:PASSWORD] [--reject ADDRESS]...
 
 Listens on 127.0.0.1 (port N, or a free one), prints `PORT <n>` on stdout once it accepts
 connections, and writes every message it receives to DIR as NNNN.eml: `X-Envelope-From:` and one
 `X-Envelope-To:` per recipient, then the message as received. Each file appears whole (written
 under a temporary name, then renamed). With --auth, clients must log in with USER and PASSWORD
 (AUTH PLAIN/LOGIN, allowed without TLS because this is loopback). The server exits when its stdin
-is closed, so a test that dies takes its server with it.
+is closed, so a test that dies takes its server with it. Each --reject ADDRESS is refused at
+RCPT TO with `550 no such user`.
 """
 
 import argparse
@@ -23,9 +24,18 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 
 class Sink:
-    def __init__(self, directory):
+    def __init__(self, directory, reject):
         self.directory = directory
-        self.counter = itertools.count(1)
+        self.reject = set(reject)
+        # A sink restarted on the same directory numbers on after what is there.
+        existing = [f for f in os.listdir(directory) if f.endswith(".eml")]
+        self.counter = itertools.count(len(existing) + 1)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.reject:
+            return "550 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
         n = next(self.counter)
@@ -59,13 +69,14 @@ async def main():
     parser.add_argument("directory")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--auth")
+    parser.add_argument("--reject", action="append", default=[])
     args = parser.parse_args()
     os.makedirs(args.directory, exist_ok=True)
     # AUTH without TLS is deliberate here (loopback); keep the test output quiet about it.
     warnings.simplefilter("ignore")
     logging.getLogger("mail.log").setLevel(logging.ERROR)
 
-    handler = Sink(args.directory)
+    handler = Sink(args.directory, args.reject)
     kwargs = {"hostname": "sink.test"}
     if args.auth:
         user, password = args.auth.split(":", 1)
