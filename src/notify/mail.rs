@@ -7,6 +7,7 @@ use crate::plan::{MailConfig, Plan, SmtpTls, is_loopback_host};
 use lettre::message::header::{ContentTransferEncoding, ContentType};
 use lettre::message::{Body, Mailbox};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{Message, SmtpTransport, Transport};
 use std::time::Duration;
 use zeroize::Zeroizing;
@@ -31,6 +32,8 @@ pub struct MailSettings {
     pub from: Mailbox,
     /// Recipients: the plan's contacts.
     pub contacts: Vec<String>,
+    /// Extra trusted CA certificates (PEM) for the server, from `ca_file`.
+    ca_pem: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for MailSettings {
@@ -69,6 +72,7 @@ impl MailSettings {
             username,
             password_env,
             from,
+            ca_file,
         } = cfg;
         let env_nonempty = |k: &str| env(k).filter(|v| !v.is_empty());
         let host = env_nonempty("CERTROLL_SMTP_HOST")
@@ -131,7 +135,22 @@ impl MailSettings {
                 "mail: a password is set but no username (set username in [mail], or CERTROLL_SMTP_USERNAME)"
             }));
         }
+        let ca_pem = match ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| input(format!("mail: cannot read ca_file {}: {e}", path.display())))?;
+                Certificate::from_pem(&pem).map_err(|e| {
+                    input(format!(
+                        "mail: ca_file {} holds no usable PEM certificate: {e}",
+                        path.display()
+                    ))
+                })?;
+                Some(pem)
+            }
+            None => None,
+        };
         Ok(Some(MailSettings {
+            ca_pem,
             host,
             port,
             tls,
@@ -143,12 +162,28 @@ impl MailSettings {
     }
 
     fn transport(&self) -> Result<SmtpTransport, lettre::transport::smtp::Error> {
-        let builder = match self.tls {
-            SmtpTls::StartTls => SmtpTransport::starttls_relay(&self.host)?,
-            SmtpTls::Tls => SmtpTransport::relay(&self.host)?,
-            SmtpTls::None => SmtpTransport::builder_dangerous(&self.host),
+        let tls = match self.tls {
+            SmtpTls::None => None,
+            mode => {
+                // The system's trusted roots, plus those of ca_file.
+                let mut params = TlsParameters::builder(self.host.clone());
+                if let Some(pem) = &self.ca_pem {
+                    params = params.add_root_certificate(Certificate::from_pem(pem)?);
+                }
+                let params = params.build_rustls()?;
+                Some(if mode == SmtpTls::Tls {
+                    Tls::Wrapper(params)
+                } else {
+                    Tls::Required(params)
+                })
+            }
         };
-        let mut builder = builder.port(self.port).timeout(Some(SMTP_TIMEOUT));
+        let mut builder = SmtpTransport::builder_dangerous(&self.host)
+            .port(self.port)
+            .timeout(Some(SMTP_TIMEOUT));
+        if let Some(tls) = tls {
+            builder = builder.tls(tls);
+        }
         if let (Some(user), Some(pass)) = (&self.username, &self.password) {
             builder = builder.credentials(Credentials::new(user.clone(), pass.to_string()));
         }

@@ -304,7 +304,10 @@ pub fn notify(
                         all_sent = false;
                         delivery.outcome = "failed";
                         if e.unreachable {
-                            unreachable = Some(format!("{} could not be reached", mail.describe()));
+                            unreachable = Some(format!(
+                                "the connection to {} failed for the previous contact",
+                                mail.describe()
+                            ));
                         }
                         delivery.error = Some(e.message);
                     }

@@ -88,6 +88,8 @@ pub struct MailConfig {
     pub password_env: Option<String>,
     /// The sender address (`certroll@example.com` or `certroll <certroll@example.com>`).
     pub from: Option<String>,
+    /// PEM file of CA certificates trusted for the SMTP server besides the system's (absolute).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// `[hooks]`.

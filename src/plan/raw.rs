@@ -138,6 +138,7 @@ pub(super) struct RawMail {
     pub(super) username: Option<Spanned<String>>,
     pub(super) password_env: Option<Spanned<String>>,
     pub(super) from: Option<Spanned<String>>,
+    pub(super) ca_file: Option<Spanned<String>>,
 }
 
 /// `[hooks]`: a command run with the events as JSON on stdin.

@@ -100,6 +100,14 @@ impl Validator<'_> {
             }
             out.from = Some(f.clone());
         }
+        if let Some(ca) = &m.ca_file {
+            if ca.get_ref().trim().is_empty() {
+                self.error(ca.span(), "ca_file is empty; name a PEM file of CA certificates");
+            } else if out.tls == Some(SmtpTls::None) {
+                self.error(ca.span(), "ca_file is for TLS, but tls = \"none\"");
+            }
+            out.ca_file = Some(self.resolve(ca.get_ref()));
+        }
         let no_contacts = raw.contacts.as_ref().is_none_or(|c| c.emails.is_empty());
         if no_contacts {
             self.error(

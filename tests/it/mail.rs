@@ -43,6 +43,20 @@ impl Sink {
     }
 
     fn start_with(python: &Path, dir: &Path, port: Option<u16>, auth: Option<&str>, reject: &[&str]) -> Sink {
+        let extra: Vec<String> = reject
+            .iter()
+            .flat_map(|a| ["--reject".to_string(), a.to_string()])
+            .collect();
+        Sink::start_args(python, dir, port, auth, &extra)
+    }
+
+    fn start_args(
+        python: &Path,
+        dir: &Path,
+        port: Option<u16>,
+        auth: Option<&str>,
+        extra: &[String],
+    ) -> Sink {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_sink.py");
         let mut cmd = Command::new(python);
         cmd.arg(script).arg(dir);
@@ -52,9 +66,7 @@ impl Sink {
         if let Some(auth) = auth {
             cmd.args(["--auth", auth]);
         }
-        for address in reject {
-            cmd.args(["--reject", address]);
-        }
+        cmd.args(extra);
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -343,6 +355,129 @@ fn a_contact_whose_mail_failed_is_mailed_again_and_only_that_contact() {
     assert!(mail[1].contains("3 certificates need attention"), "{}", mail[1]);
     at(&env, FIRED, &["notify"]).ok();
     assert_eq!(sink.messages().len(), 2);
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it, made with the openssl CLI in `dir`.
+fn smtp_server_certificate(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = openssl_in(dir, args);
+        assert_eq!(out.code, 0, "openssl {args:?}: {}", out.stderr);
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-keyout",
+        "smtp-ca.key",
+        "-out",
+        "smtp-ca.pem",
+        "-days",
+        "30",
+    ];
+    ca.extend(ec);
+    ca.extend([
+        "-subj",
+        "/CN=SMTP Test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+    ]);
+    ca.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+    run(&ca);
+    let mut csr = vec![
+        "req",
+        "-keyout",
+        "smtp.key",
+        "-out",
+        "smtp.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ];
+    csr.extend(ec);
+    run(&csr);
+    std::fs::write(
+        dir.join("smtp.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "smtp.csr",
+        "-CA",
+        "smtp-ca.pem",
+        "-CAkey",
+        "smtp-ca.key",
+        "-CAcreateserial",
+        "-out",
+        "smtp.pem",
+        "-days",
+        "7",
+        "-extfile",
+        "smtp.ext",
+    ]);
+}
+
+#[test]
+fn starttls_and_tls_verify_the_server_against_the_system_roots_and_ca_file() {
+    let Some(py) = python() else { return };
+    for mode in ["starttls", "tls"] {
+        let env = TestEnv::new();
+        smtp_server_certificate(env.dir.path());
+        let inbox = env.path("inbox");
+        let tls_args: Vec<String> = ["--tls", mode, "--cert", "smtp.pem", "--key", "smtp.key"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        let tls_args: Vec<String> = tls_args
+            .into_iter()
+            .map(|a| {
+                if a.starts_with("smtp.") {
+                    env.path(&a).display().to_string()
+                } else {
+                    a
+                }
+            })
+            .collect();
+        let sink = Sink::start_args(&py, &inbox, None, None, &tls_args);
+        let with = |tls: &str| plan(sink.port, "").replace("tls = \"none\"", tls);
+        env.write("plan.toml", &with(&format!("tls = \"{mode}\"")));
+        at(&env, NOW, &["issue"]).ok();
+
+        // Signed by a CA the system does not trust: refused, nothing delivered, owed.
+        let run = at(&env, FIRED, &["notify"]).code(1);
+        assert!(
+            run.stderr.to_lowercase().contains("certificate"),
+            "{mode}: {}",
+            run.stderr
+        );
+        assert!(sink.messages().is_empty(), "{mode}");
+
+        env.write(
+            "plan.toml",
+            &with(&format!("tls = \"{mode}\"\nca_file = \"smtp-ca.pem\"")),
+        );
+        at(&env, FIRED, &["notify"]).ok();
+        let mail = sink.messages();
+        assert_eq!(mail.len(), 2, "{mode}");
+        assert!(
+            mail[0].contains("3 certificates need attention"),
+            "{mode}: {}",
+            mail[0]
+        );
+    }
+
+    // STARTTLS is required: a server that does not offer it gets nothing.
+    let env = TestEnv::new();
+    let sink = Sink::start(&py, &env.path("inbox"), None, None);
+    env.write(
+        "plan.toml",
+        &plan(sink.port, "").replace("tls = \"none\"", "tls = \"starttls\""),
+    );
+    at(&env, NOW, &["issue"]).ok();
+    let run = at(&env, FIRED, &["notify"]).code(1);
+    assert!(run.stderr.contains("(starttls)"), "{}", run.stderr);
+    assert!(sink.messages().is_empty());
 }
 
 #[test]

@@ -1,6 +1,7 @@
 """A real SMTP server for certroll's tests (aiosmtpd), on loopback only.
 
     python smtp_sink.py DIR [--port N] [--auth USER:PASSWORD] [--reject ADDRESS]...
+                            [--tls starttls|tls --cert PEM --key PEM]
 
 Listens on 127.0.0.1 (port N, or a free one), prints `PORT <n>` on stdout once it accepts
 connections, and writes every message it receives to DIR as NNNN.eml: `X-Envelope-From:` and one
@@ -8,7 +9,8 @@ connections, and writes every message it receives to DIR as NNNN.eml: `X-Envelop
 under a temporary name, then renamed). With --auth, clients must log in with USER and PASSWORD
 (AUTH PLAIN/LOGIN, allowed without TLS because this is loopback). The server exits when its stdin
 is closed, so a test that dies takes its server with it. Each --reject ADDRESS is refused at
-RCPT TO with `550 no such user`.
+RCPT TO with `550 no such user`. --tls starttls offers STARTTLS and requires it before MAIL;
+--tls tls speaks TLS from the first byte; both with the certificate and key given.
 """
 
 import argparse
@@ -16,6 +18,7 @@ import asyncio
 import itertools
 import logging
 import os
+import ssl
 import sys
 import threading
 import warnings
@@ -70,6 +73,9 @@ async def main():
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--auth")
     parser.add_argument("--reject", action="append", default=[])
+    parser.add_argument("--tls", choices=["starttls", "tls"])
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
     args = parser.parse_args()
     os.makedirs(args.directory, exist_ok=True)
     # AUTH without TLS is deliberate here (loopback); keep the test output quiet about it.
@@ -85,9 +91,21 @@ async def main():
             auth_required=True,
             auth_require_tls=False,
         )
+    server_ssl = None
+    if args.tls:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.cert, args.key)
+        if args.tls == "starttls":
+            kwargs.update(tls_context=context, require_starttls=True)
+        else:
+            server_ssl = context
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: SMTP(handler, **kwargs), host="127.0.0.1", port=args.port, reuse_address=True
+        lambda: SMTP(handler, **kwargs),
+        host="127.0.0.1",
+        port=args.port,
+        reuse_address=True,
+        ssl=server_ssl,
     )
     port = server.sockets[0].getsockname()[1]
     print(f"PORT {port}", flush=True)
