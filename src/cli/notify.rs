@@ -52,6 +52,9 @@ fn report_failures(report: &NotifyReport) {
     }
 }
 
+/// Notices listed by a human dry run before "and N more".
+const SHOWN: usize = 50;
+
 fn print_human(
     p: &mut crate::output::Printer<std::io::StdoutLock<'static>>,
     r: &NotifyReport,
@@ -62,7 +65,7 @@ fn print_human(
         p.line(format!("{verb} {} new notice(s).", r.queued))?;
     }
     if verbose && r.dry_run {
-        for e in &r.events {
+        for e in r.events.iter().take(SHOWN) {
             let what = e.target.as_deref().unwrap_or(&e.certificate);
             let detail = match &e.trigger {
                 Some(t) => format!("email-contacts ({t}) fired {}", crate::clock::rfc3339(e.at)),
@@ -71,6 +74,12 @@ fn print_human(
             p.line(format!(
                 "  {what:<30} {detail}; expires {}",
                 crate::clock::rfc3339(e.not_after)
+            ))?;
+        }
+        if r.events.len() > SHOWN {
+            p.line(format!(
+                "  ... and {} more (-o json lists all)",
+                r.events.len() - SHOWN
             ))?;
         }
     }
