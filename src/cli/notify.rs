@@ -96,12 +96,12 @@ fn print_human(
     }
     if !r.mail_configured && !r.hook_configured {
         if verbose {
-            p.line(format!(
-                "{} notice(s) owed; no [mail] or [hooks] is configured, so nothing was sent.",
-                r.events.len()
-            ))?;
+            p.line(
+                "No [mail] or [hooks] is configured: notices are recorded, none is sent \
+                 (configuring one later does not send these).",
+            )?;
         }
-    } else if verbose && r.deliveries.is_empty() {
+    } else if verbose && r.deliveries.is_empty() && r.owed_mail == 0 {
         p.line("Nothing to send.")?;
     }
     if r.dry_run && verbose {

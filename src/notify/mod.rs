@@ -9,9 +9,11 @@
 //! mutating verb) sends them.
 //!
 //! Per run, each contact gets one mail summarising every event owed to the mail channel, and the
-//! hook gets one JSON document with every event owed to it. When a channel is not configured its
-//! events stay owed, so configuring it later sends the backlog. If one contact's mail fails, the
-//! contacts that got it are recorded and only the others are mailed again.
+//! hook gets one JSON document with every event owed to it. If one contact's mail fails, the
+//! contacts that got it are recorded and only the others are mailed again. A channel the plan
+//! does not configure (no `[mail]`, no `[hooks]`) settles its events unsent: they are recorded,
+//! and configuring the channel later does not replay them. Mail that is configured but whose
+//! settings do not resolve (a password variable missing) keeps its events owed.
 //!
 //! Delivery is at least once: a certroll killed after the server accepted a mail and before the
 //! store recorded it mails that contact again. The store's writer lock is held for the whole
@@ -35,8 +37,11 @@ use time::OffsetDateTime;
 /// Where notices go: resolved before any work is done, so a bad setting is an input error.
 #[derive(Debug, Default)]
 pub struct Channels {
-    /// Mail, when the plan has `[mail]`.
+    /// Mail, when the plan has `[mail]` and its settings resolved.
     pub mail: Option<MailSettings>,
+    /// Whether the plan has `[mail]` (even if its settings did not resolve this time: then the
+    /// notices stay owed).
+    pub mail_planned: bool,
     /// The hook, when the plan has `[hooks]`.
     pub hook: Option<HookConfig>,
     /// Environment variables the hook must not see (passwords, the store key).
@@ -56,6 +61,7 @@ impl Channels {
     pub fn without_mail(plan: &Plan) -> Channels {
         Channels {
             mail: None,
+            mail_planned: plan.mail.is_some(),
             hook: plan.hooks.clone(),
             secret_vars: Channels::secret_vars(plan),
         }
@@ -230,6 +236,12 @@ pub fn notify(
     store.begin_batch()?;
     let scanned = (|| {
         let queued = events::scan(store.conn(), now)?;
+        if !channels.mail_planned {
+            q::skip_owed(store.conn(), Channel::Mail, now)?;
+        }
+        if channels.hook.is_none() {
+            q::skip_owed(store.conn(), Channel::Hook, now)?;
+        }
         let mail = q::owed(store.conn(), Channel::Mail)?;
         let hook = q::owed(store.conn(), Channel::Hook)?;
         let partly = q::partly_mailed(store.conn())?;
@@ -248,15 +260,7 @@ pub fn notify(
         store.commit_batch()?;
     }
     report.queued = queued;
-    let mut ids: Vec<i64> = owed_mail
-        .iter()
-        .filter(|_| channels.mail.is_some())
-        .chain(owed_hook.iter().filter(|_| channels.hook.is_some()))
-        .map(|e| e.id)
-        .collect();
-    if channels.mail.is_none() && channels.hook.is_none() {
-        ids = owed_mail.iter().chain(owed_hook.iter()).map(|e| e.id).collect();
-    }
+    let mut ids: Vec<i64> = owed_mail.iter().chain(owed_hook.iter()).map(|e| e.id).collect();
     ids.sort_unstable();
     ids.dedup();
     let all: std::collections::BTreeMap<i64, EventReport> = owed_mail

@@ -292,3 +292,15 @@ pub fn mark_delivered(
     }
     Ok(())
 }
+
+/// Settles, unsent, every event owed on `channel`: the plan does not configure it, and notices
+/// recorded meanwhile are not sent when it is configured later.
+pub fn skip_owed(conn: &Connection, channel: Channel, now: OffsetDateTime) -> Result<u64> {
+    let update = match channel {
+        Channel::Mail => "UPDATE notify_events SET mailed_at = ?1, mail_skipped = 1 WHERE mailed_at IS NULL",
+        Channel::Hook => "UPDATE notify_events SET hooked_at = ?1, hook_skipped = 1 WHERE hooked_at IS NULL",
+    };
+    conn.execute(update, [now.unix_timestamp()])
+        .map(|n| n as u64)
+        .map_err(sql)
+}

@@ -14,8 +14,10 @@ CREATE TABLE notify_events (
     not_after   INTEGER NOT NULL,
     previous    TEXT,                     -- renewals: the version before
     queued_at   INTEGER NOT NULL,
-    mailed_at   INTEGER,                  -- NULL: owed to the contacts
-    hooked_at   INTEGER,                  -- NULL: owed to the hook
+    mailed_at   INTEGER,                  -- NULL: owed to the contacts; else when settled
+    hooked_at   INTEGER,                  -- NULL: owed to the hook; else when settled
+    mail_skipped INTEGER NOT NULL DEFAULT 0, -- 1: settled unsent, the plan had no [mail]
+    hook_skipped INTEGER NOT NULL DEFAULT 0, -- 1: settled unsent, the plan had no [hooks]
     UNIQUE (kind, name, version, trigger)
 );
 CREATE INDEX notify_owed_mail ON notify_events(id) WHERE mailed_at IS NULL;

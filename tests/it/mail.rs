@@ -481,6 +481,45 @@ fn starttls_and_tls_verify_the_server_against_the_system_roots_and_ca_file() {
 }
 
 #[test]
+fn notices_recorded_before_mail_was_configured_are_not_sent_later() {
+    let Some(py) = python() else { return };
+    let env = TestEnv::new();
+    let sink = Sink::start(&py, &env.path("inbox"), None, None);
+    let with_mail = plan(sink.port, "");
+    let start = with_mail.find("[mail]").unwrap();
+    let end = with_mail.find("[policies.device]").unwrap();
+    let without_mail = format!("{}{}", &with_mail[..start], &with_mail[end..]);
+    env.write("plan.toml", &without_mail);
+    at(&env, NOW, &["issue"]).ok();
+    let run = at(&env, FIRED, &["notify", "-o", "json"]).ok().json();
+    assert_eq!(
+        (run["queued"].as_u64(), run["mail_configured"].as_bool()),
+        (Some(3), Some(false)),
+        "{run}"
+    );
+    assert_eq!(run["deliveries"], serde_json::json!([]));
+
+    env.write("plan.toml", &with_mail);
+    let run = at(&env, FIRED, &["notify", "-o", "json"]).ok().json();
+    assert_eq!(
+        (run["queued"].as_u64(), run["owed_mail"].as_u64()),
+        (Some(0), Some(0)),
+        "{run}"
+    );
+    assert!(sink.messages().is_empty(), "no backlog");
+    // What happens from now on is mailed.
+    at(
+        &env,
+        "2027-09-21T00:00:00Z",
+        &["roll-secondary", "device:gateway-01"],
+    )
+    .ok();
+    let mail = sink.messages();
+    assert_eq!(mail.len(), 2);
+    assert_eq!(header(&mail[0], "Subject"), ["certroll: 1 certificate renewed"]);
+}
+
+#[test]
 fn the_hook_reads_the_events_as_json_and_a_failing_hook_keeps_them_owed() {
     let Some(py) = python() else { return };
     let env = TestEnv::new();
