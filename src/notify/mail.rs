@@ -317,3 +317,111 @@ pub fn body(plan: &Plan, events: &[&EventReport]) -> String {
     );
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    fn plan(mail: &str) -> Plan {
+        let text = format!("version = 1\n[contacts]\nemails = [\"pki@example.com\"]\n[mail]\n{mail}");
+        crate::plan::parse(Path::new("/p/certroll.toml"), &text).unwrap()
+    }
+
+    fn resolve(mail: &str, env: &[(&str, &str)]) -> anyhow::Result<Option<MailSettings>> {
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        MailSettings::resolve(&plan(mail), &|k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn the_environment_overrides_the_plan_and_ports_follow_the_tls_mode() {
+        let m = resolve(
+            "smtp_host = \"smtp.example.com\"\nfrom = \"c@example.com\"\n",
+            &[],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (m.host.as_str(), m.port, m.tls),
+            ("smtp.example.com", 587, SmtpTls::StartTls)
+        );
+        let m = resolve(
+            "smtp_host = \"smtp.example.com\"\nfrom = \"c@example.com\"\n",
+            &[
+                ("CERTROLL_SMTP_TLS", "tls"),
+                ("CERTROLL_SMTP_HOST", "relay.example.net"),
+            ],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (m.host.as_str(), m.port, m.tls),
+            ("relay.example.net", 465, SmtpTls::Tls)
+        );
+        let m = resolve(
+            "",
+            &[
+                ("CERTROLL_SMTP_HOST", "h.example"),
+                ("CERTROLL_SMTP_FROM", "x@example.com"),
+                ("CERTROLL_SMTP_PORT", "2525"),
+            ],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (m.port, m.from.email.to_string()),
+            (2525, "x@example.com".to_string())
+        );
+        let no_mail = crate::plan::parse(Path::new("p.toml"), "version = 1\n").unwrap();
+        assert!(
+            MailSettings::resolve(&no_mail, &|_| Some("x".into()))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn the_password_comes_from_the_named_variable_and_is_never_shown() {
+        let cfg =
+            "smtp_host = \"h.example\"\nfrom = \"c@example.com\"\nusername = \"u\"\npassword_env = \"PW\"\n";
+        let m = resolve(cfg, &[("PW", "s3cret-value")]).unwrap().unwrap();
+        assert!(!format!("{m:?}").contains("s3cret-value"));
+        let e = resolve(cfg, &[]).unwrap_err().to_string();
+        assert!(e.contains("PW") && e.contains("not set"), "{e}");
+        let e = resolve(
+            "smtp_host = \"h.example\"\nfrom = \"c@example.com\"\nusername = \"u\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("no password"), "{e}");
+        let e = resolve("from = \"c@example.com\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("CERTROLL_SMTP_HOST"), "{e}");
+    }
+
+    #[test]
+    fn the_subject_counts_what_happened() {
+        let event = |kind: &str| EventReport {
+            id: 1,
+            kind: kind.into(),
+            certificate: "dev-a".into(),
+            target: Some("device:a".into()),
+            version: "v".into(),
+            trigger: None,
+            at: time::OffsetDateTime::UNIX_EPOCH,
+            not_after: time::OffsetDateTime::UNIX_EPOCH,
+            previous_version: None,
+        };
+        let (a, r) = (event("email-contacts"), event("renewed"));
+        assert_eq!(subject(&[&a]), "certroll: 1 certificate needs attention");
+        assert_eq!(subject(&[&a, &a, &a]), "certroll: 3 certificates need attention");
+        assert_eq!(subject(&[&r, &r]), "certroll: 2 certificates renewed");
+        assert_eq!(
+            subject(&[&a, &r]),
+            "certroll: 1 certificate needs attention, 1 renewed"
+        );
+    }
+}

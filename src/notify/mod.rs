@@ -260,15 +260,13 @@ pub fn notify(
         store.commit_batch()?;
     }
     report.queued = queued;
-    let mut ids: Vec<i64> = owed_mail.iter().chain(owed_hook.iter()).map(|e| e.id).collect();
-    ids.sort_unstable();
-    ids.dedup();
+    // Every event owed on some channel, once, oldest first.
     let all: std::collections::BTreeMap<i64, EventReport> = owed_mail
         .iter()
         .chain(owed_hook.iter())
         .map(|e| (e.id, EventReport::from(e)))
         .collect();
-    report.events = ids.iter().filter_map(|id| all.get(id).cloned()).collect();
+    report.events = all.values().cloned().collect();
     report.owed_mail = owed_mail.len() as u64;
     report.owed_hook = owed_hook.len() as u64;
 
