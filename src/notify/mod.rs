@@ -336,12 +336,13 @@ pub fn notify(
             error: None,
         };
         if !dry_run {
-            let input = serde_json::to_vec_pretty(&HookInput {
+            let mut input = serde_json::to_vec(&HookInput {
                 source: "certroll",
                 plan: plan.path.display().to_string(),
                 now,
                 events: &todo,
             })?;
+            input.push(b'\n');
             match hook::run(hook_cfg, input, &channels.secret_vars) {
                 Ok(()) => {
                     delivery.outcome = "sent";
