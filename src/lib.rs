@@ -12,6 +12,8 @@
 //! - [`store`]: the embedded SQLite store, its schema and migrations, key sealing.
 //! - [`pki`]: keys, certificates, thumbprints, PEM and PKCS#12. Pure; never reads the clock.
 //! - [`clock`]: the injectable clock (`--now`).
+//! - [`notify`]: notices of fired `email-contacts` actions and renewals, queued in the store and
+//!   delivered by mail (SMTP) and a hook command; run by `notify` and after every mutating verb.
 #![warn(missing_docs)]
 
 pub mod backend;
@@ -19,6 +21,7 @@ pub mod cli;
 pub mod clock;
 pub mod error;
 pub mod fsutil;
+pub mod notify;
 pub mod ops;
 pub mod output;
 pub mod pki;

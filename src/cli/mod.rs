@@ -5,6 +5,7 @@ mod check;
 mod completions;
 mod export;
 mod issue;
+mod notify;
 mod plan;
 mod reprovision;
 mod revoke;
@@ -34,6 +35,24 @@ pub struct Cli {
     global: Global,
     #[command(subcommand)]
     command: Command,
+    /// Whether the verb was given `--dry-run` (read from the parsed arguments by [`Cli::parse_args`]):
+    /// a dry run is not followed by the notify step.
+    #[arg(skip)]
+    dry_run: bool,
+}
+
+impl Cli {
+    /// Parses the process's arguments.
+    pub fn parse_args() -> Result<Cli, clap::Error> {
+        use clap::FromArgMatches as _;
+        let matches = command().try_get_matches()?;
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        cli.dry_run = matches
+            .subcommand()
+            .and_then(|(_, sub)| sub.try_get_one::<bool>("dry_run").ok().flatten().copied())
+            .unwrap_or(false);
+        Ok(cli)
+    }
 }
 
 /// Options every verb takes.
@@ -119,6 +138,8 @@ pub enum Command {
     Vault(vault::VaultArgs),
     /// For cron and monitoring: what is expired, what has an action due, what is next (exit 0/1/2/3).
     Check(check::CheckArgs),
+    /// Mail the contacts and run the hook about fired email-contacts actions and renewals.
+    Notify(notify::NotifyArgs),
     /// Print shell completions.
     Completions(completions::CompletionsArgs),
     /// Print the man page (roff).
@@ -127,7 +148,7 @@ pub enum Command {
 
 /// Parses the command line, runs the verb, and returns the exit code.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_args() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -178,7 +199,21 @@ fn init_tracing(verbose: u8) {
 /// Runs a parsed command; returns the exit code on success.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     let g = &cli.global;
-    match cli.command {
+    // Every verb that changes state is followed, once it has succeeded, by the notify step.
+    let mutating = matches!(
+        cli.command,
+        Command::Issue(_)
+            | Command::RollSecondary(_)
+            | Command::RollPrimary(_)
+            | Command::Reprovision(_)
+            | Command::Revoke(_)
+    );
+    let after = if mutating && !cli.dry_run {
+        notify::AfterVerb::prepare(g)
+    } else {
+        None
+    };
+    let code = match cli.command {
         Command::Init(args) => plan::init(g, args),
         Command::Validate(args) => plan::validate(g, args),
         Command::Issue(args) => issue::exec(g, args),
@@ -189,9 +224,14 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Status(args) => status::exec(g, args),
         Command::Export(args) => export::exec(g, args),
         Command::Check(args) => check::exec(g, args),
+        Command::Notify(args) => notify::exec(g, args),
         Command::Vault(args) => vault::exec(g, args),
         Command::Completions(args) => completions::exec(args),
         Command::Man => completions::man(),
+    }?;
+    match after {
+        Some(after) => Ok(code.max(after.run(g)?)),
+        None => Ok(code),
     }
 }
 

@@ -24,6 +24,82 @@ pub struct Plan {
     pub groups: BTreeMap<String, GroupSpec>,
     /// Individual enrollments by name (the name is the registration id and device id).
     pub enrollments: BTreeMap<String, EnrollmentSpec>,
+    /// `[mail]`: how contacts are mailed; `None` when the plan has no `[mail]`.
+    pub mail: Option<MailConfig>,
+    /// `[hooks]`: the command run with each run's events; `None` when the plan has none.
+    pub hooks: Option<HookConfig>,
+}
+
+/// How the SMTP connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS, which is required (port 587).
+    StartTls,
+    /// TLS from the first byte ("SMTPS", port 465).
+    Tls,
+    /// No TLS at all: for a relay on loopback (or with `allow_plaintext = true`).
+    None,
+}
+
+impl SmtpTls {
+    /// The plan spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SmtpTls::StartTls => "starttls",
+            SmtpTls::Tls => "tls",
+            SmtpTls::None => "none",
+        }
+    }
+
+    /// Parses the plan spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "starttls" => Some(Self::StartTls),
+            "tls" => Some(Self::Tls),
+            "none" => Some(Self::None),
+            _ => None,
+        }
+    }
+
+    /// The port used when none is given: 465 for `tls`, else 587.
+    pub fn default_port(&self) -> u16 {
+        match self {
+            SmtpTls::Tls => 465,
+            _ => 587,
+        }
+    }
+}
+
+/// `[mail]` as the plan writes it. Every value may be overridden from the environment
+/// (`CERTROLL_SMTP_*`) when mail is sent, so values the plan leaves out are `None` here.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MailConfig {
+    /// The SMTP server's host name or address.
+    pub smtp_host: Option<String>,
+    /// The SMTP port; default by TLS mode.
+    pub smtp_port: Option<u16>,
+    /// How the connection is protected; default STARTTLS.
+    pub tls: Option<SmtpTls>,
+    /// Whether `tls = "none"` may be used with a host that is not loopback.
+    pub allow_plaintext: bool,
+    /// The SMTP user name, if the server wants a login.
+    pub username: Option<String>,
+    /// The name of the environment variable holding the SMTP password (never the password).
+    pub password_env: Option<String>,
+    /// The sender address (`certroll@example.com` or `certroll <certroll@example.com>`).
+    pub from: Option<String>,
+    /// PEM file of CA certificates trusted for the SMTP server besides the system's (absolute).
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// `[hooks]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookConfig {
+    /// The program and its arguments (no shell). A program named with a `/` is resolved against
+    /// the plan's folder; a bare name is looked up in `PATH`.
+    pub command: Vec<String>,
+    /// How long the command may run before it is killed and the delivery counts as failed.
+    pub timeout_secs: u32,
 }
 
 /// Where the state lives.
@@ -219,4 +295,12 @@ pub struct EnrollmentSpec {
     pub hub: String,
     /// Reprovision policy.
     pub reprovision: ReprovisionPolicy,
+}
+
+/// Whether an SMTP host is this machine: `localhost` or a loopback address (`127.0.0.0/8`,
+/// `::1`). Only such hosts may be sent mail without TLS unless the plan allows plaintext.
+pub fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }

@@ -27,6 +27,8 @@ pub(super) struct RawPlan {
     pub(super) groups: Named<RawGroup>,
     #[serde(default)]
     pub(super) enrollments: Named<RawEnrollment>,
+    pub(super) mail: Option<Spanned<RawMail>>,
+    pub(super) hooks: Option<Spanned<RawHooks>>,
 }
 
 /// `[backend]`
@@ -123,4 +125,26 @@ pub(super) struct RawEnrollment {
     pub(super) policy: Spanned<String>,
     pub(super) hub: Spanned<String>,
     pub(super) reprovision: Option<Spanned<String>>,
+}
+
+/// `[mail]`: the SMTP server that mails the contacts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMail {
+    pub(super) smtp_host: Option<Spanned<String>>,
+    pub(super) smtp_port: Option<Spanned<i64>>,
+    pub(super) tls: Option<Spanned<String>>,
+    pub(super) allow_plaintext: Option<bool>,
+    pub(super) username: Option<Spanned<String>>,
+    pub(super) password_env: Option<Spanned<String>>,
+    pub(super) from: Option<Spanned<String>>,
+    pub(super) ca_file: Option<Spanned<String>>,
+}
+
+/// `[hooks]`: a command run with the events as JSON on stdin.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHooks {
+    pub(super) command: Spanned<Vec<Spanned<String>>>,
+    pub(super) timeout_secs: Option<Spanned<i64>>,
 }

@@ -17,6 +17,10 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
+// `[mail]` and `[hooks]`.
+#[path = "validate_notify.rs"]
+mod notify;
+
 /// The plan format version this build reads.
 const VERSION: i64 = 1;
 /// Longest policy, CA, group or enrollment name (Key Vault's certificate name limit).
@@ -257,6 +261,7 @@ impl<'a> Validator<'a> {
             }
         }
 
+        let (mail, hooks) = (self.mail(raw), self.hooks(raw));
         let cas = self.cas(raw, &usage);
         let groups = self.groups(raw, &usage);
         let enrollments = self.enrollments(raw, &usage);
@@ -281,6 +286,8 @@ impl<'a> Validator<'a> {
                 .into_iter()
                 .map(|(name, (spec, _))| (name, spec))
                 .collect(),
+            mail,
+            hooks,
         })
     }
 

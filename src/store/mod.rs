@@ -6,6 +6,7 @@
 
 pub mod queries;
 pub mod queries_journal;
+pub mod queries_notify;
 pub mod queries_vault;
 pub mod seal;
 
@@ -86,6 +87,7 @@ pub enum StoreError {
 const MIGRATIONS: &[&str] = &[
     include_str!("schema_v1.sql"),
     include_str!("schema_v2_vault.sql"),
+    include_str!("schema_v3_notify.sql"),
     include_str!("schema_v4_journal.sql"),
     include_str!("schema_v5_crl.sql"),
 ];

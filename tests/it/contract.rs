@@ -654,6 +654,8 @@ fn every_verb_refuses_a_broken_plan_at_its_exact_location_and_writes_nothing() {
             &["issue", "--dry-run"],
             &["status", "-o", "json"],
             &["export", "ca:root", "--out", "r.pem"],
+            &["notify"],
+            &["notify", "--dry-run", "-o", "json"],
         ];
         for verb in verbs {
             let mut args = vec!["--plan", "plan.toml"];

@@ -23,6 +23,8 @@ mod roll;
 mod vault;
 // `check`: monitoring codes over a certificate's life.
 mod check;
+// Mail to contacts and hooks, against a real SMTP server on loopback.
+mod mail;
 // `completions`, `man`, `init`.
 mod docs;
 // Beyond the happy path: status fields against openssl, profiles, broken plans per verb.

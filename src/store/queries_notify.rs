@@ -1,0 +1,306 @@
+//! The outbox of notices (`notify_events`): what is queued, what is owed to the contacts and to
+//! the hook, and the renewal watermark. See `schema_v3_notify.sql`.
+
+use super::StoreError;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use time::OffsetDateTime;
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+fn sql(source: rusqlite::Error) -> StoreError {
+    StoreError::Sqlite {
+        path: Default::default(),
+        source,
+    }
+}
+
+fn from_ts(secs: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// The newest version of a vault certificate, with what decides its lifetime actions.
+#[derive(Debug, Clone)]
+pub struct CurrentVersion {
+    /// Certificate name.
+    pub name: String,
+    /// Version id.
+    pub version: String,
+    /// Version attribute `enabled`.
+    pub enabled: bool,
+    /// notBefore.
+    pub nbf: OffsetDateTime,
+    /// notAfter.
+    pub exp: OffsetDateTime,
+    /// The hash of the certificate's policy (a key of [`policies`]).
+    pub policy: String,
+}
+
+/// Calls `f` with the newest version of every vault certificate, in name order.
+pub fn for_each_current(conn: &Connection, mut f: impl FnMut(CurrentVersion) -> Result<()>) -> Result<()> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT v.name, v.version, v.enabled, v.nbf, v.exp, c.policy
+             FROM vault_versions v JOIN vault_certificates c ON c.name = v.name
+             WHERE v.seq IN (SELECT MAX(seq) FROM vault_versions GROUP BY name)
+             ORDER BY v.name",
+        )
+        .map_err(sql)?;
+    let mut rows = stmt.query([]).map_err(sql)?;
+    while let Some(r) = rows.next().map_err(sql)? {
+        f(CurrentVersion {
+            name: r.get(0).map_err(sql)?,
+            version: r.get(1).map_err(sql)?,
+            enabled: r.get(2).map_err(sql)?,
+            nbf: from_ts(r.get(3).map_err(sql)?),
+            exp: from_ts(r.get(4).map_err(sql)?),
+            policy: r.get(5).map_err(sql)?,
+        })?;
+    }
+    Ok(())
+}
+
+/// Every stored policy: (hash, JSON).
+pub fn policies(conn: &Connection) -> Result<Vec<(String, String)>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT hash, json FROM vault_policies")
+        .map_err(sql)?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(sql)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+}
+
+/// A version that renewed a certificate: it has a version before it.
+#[derive(Debug, Clone)]
+pub struct Renewal {
+    /// Certificate name.
+    pub name: String,
+    /// The new version.
+    pub version: String,
+    /// The version before it.
+    pub previous: String,
+    /// When the new version was created.
+    pub created: OffsetDateTime,
+    /// Its notAfter.
+    pub exp: OffsetDateTime,
+}
+
+/// The renewals among the versions created after `seq` (oldest first), and the highest seq seen.
+pub fn renewals_after(conn: &Connection, seq: i64) -> Result<(Vec<Renewal>, i64)> {
+    let max: i64 = conn
+        .query_row("SELECT COALESCE(MAX(seq), 0) FROM vault_versions", [], |r| {
+            r.get(0)
+        })
+        .map_err(sql)?;
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT v.name, v.version, v.created, v.exp,
+                    (SELECT p.version FROM vault_versions p
+                      WHERE p.name = v.name AND p.seq < v.seq ORDER BY p.seq DESC LIMIT 1)
+             FROM vault_versions v WHERE v.seq > ?1 AND v.seq <= ?2 ORDER BY v.seq",
+        )
+        .map_err(sql)?;
+    let mut rows = stmt.query(params![seq, max]).map_err(sql)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(sql)? {
+        let previous: Option<String> = r.get(4).map_err(sql)?;
+        if let Some(previous) = previous {
+            out.push(Renewal {
+                name: r.get(0).map_err(sql)?,
+                version: r.get(1).map_err(sql)?,
+                previous,
+                created: from_ts(r.get(2).map_err(sql)?),
+                exp: from_ts(r.get(3).map_err(sql)?),
+            });
+        }
+    }
+    Ok((out, max.max(seq)))
+}
+
+/// The renewal watermark: the highest `vault_versions.seq` already looked at.
+pub fn renewal_watermark(conn: &Connection) -> Result<i64> {
+    conn.query_row(
+        "SELECT value FROM notify_state WHERE key = 'renewal_seq'",
+        [],
+        |r| r.get(0),
+    )
+    .optional()
+    .map(|v| v.unwrap_or(0))
+    .map_err(sql)
+}
+
+/// Moves the renewal watermark.
+pub fn set_renewal_watermark(conn: &Connection, seq: i64) -> Result<()> {
+    conn.execute(
+        "INSERT INTO notify_state (key, value) VALUES ('renewal_seq', ?1)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [seq],
+    )
+    .map(|_| ())
+    .map_err(sql)
+}
+
+/// An event to queue.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    /// `email-contacts` or `renewed`.
+    pub kind: &'a str,
+    /// Certificate name.
+    pub name: &'a str,
+    /// Version.
+    pub version: &'a str,
+    /// The trigger (`lifetime_percentage=80`), or empty for a renewal.
+    pub trigger: &'a str,
+    /// When the trigger fired, or when the version was created.
+    pub at: OffsetDateTime,
+    /// The version's notAfter.
+    pub not_after: OffsetDateTime,
+    /// For a renewal: the version before.
+    pub previous: Option<&'a str>,
+}
+
+/// Queues an event unless the same (kind, name, version, trigger) was ever queued; returns
+/// whether it is new.
+pub fn queue(conn: &Connection, e: &NewEvent<'_>, now: OffsetDateTime) -> Result<bool> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO notify_events
+           (kind, name, version, trigger, at, not_after, previous, queued_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            e.kind,
+            e.name,
+            e.version,
+            e.trigger,
+            e.at.unix_timestamp(),
+            e.not_after.unix_timestamp(),
+            e.previous,
+            now.unix_timestamp()
+        ])
+    })
+    .map(|n| n > 0)
+    .map_err(sql)
+}
+
+/// A queued event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Row id (queue order).
+    pub id: i64,
+    /// `email-contacts` or `renewed`.
+    pub kind: String,
+    /// Certificate name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// The trigger, or empty.
+    pub trigger: String,
+    /// When the trigger fired, or when the version was created.
+    pub at: OffsetDateTime,
+    /// The version's notAfter.
+    pub not_after: OffsetDateTime,
+    /// For a renewal: the version before.
+    pub previous: Option<String>,
+    /// When it was queued.
+    pub queued_at: OffsetDateTime,
+}
+
+fn event_row(r: &Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        name: r.get(2)?,
+        version: r.get(3)?,
+        trigger: r.get(4)?,
+        at: from_ts(r.get(5)?),
+        not_after: from_ts(r.get(6)?),
+        previous: r.get(7)?,
+        queued_at: from_ts(r.get(8)?),
+    })
+}
+
+/// Which channel an event is owed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// The contacts, by mail.
+    Mail,
+    /// The hook command.
+    Hook,
+}
+
+/// The events not yet delivered on `channel`, oldest first.
+pub fn owed(conn: &Connection, channel: Channel) -> Result<Vec<StoredEvent>> {
+    let query = match channel {
+        Channel::Mail => {
+            "SELECT id, kind, name, version, trigger, at, not_after, previous, queued_at
+             FROM notify_events WHERE mailed_at IS NULL ORDER BY id"
+        }
+        Channel::Hook => {
+            "SELECT id, kind, name, version, trigger, at, not_after, previous, queued_at
+             FROM notify_events WHERE hooked_at IS NULL ORDER BY id"
+        }
+    };
+    let mut stmt = conn.prepare_cached(query).map_err(sql)?;
+    let rows = stmt.query_map([], event_row).map_err(sql)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+}
+
+/// The (event, contact) pairs already mailed for events whose mail is not complete.
+pub fn partly_mailed(conn: &Connection) -> Result<Vec<(i64, String)>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT event, contact FROM notify_mailed_to")
+        .map_err(sql)?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(sql)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+}
+
+/// Records that `contact` was mailed `events`.
+pub fn record_mailed_to(conn: &Connection, events: &[i64], contact: &str, now: OffsetDateTime) -> Result<()> {
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO notify_mailed_to (event, contact, sent_at) VALUES (?1, ?2, ?3)",
+        )
+        .map_err(sql)?;
+    for id in events {
+        stmt.execute(params![id, contact, now.unix_timestamp()])
+            .map_err(sql)?;
+    }
+    Ok(())
+}
+
+/// Marks `events` delivered on `channel`.
+pub fn mark_delivered(
+    conn: &Connection,
+    channel: Channel,
+    events: &[i64],
+    now: OffsetDateTime,
+) -> Result<()> {
+    let update = match channel {
+        Channel::Mail => "UPDATE notify_events SET mailed_at = ?2 WHERE id = ?1 AND mailed_at IS NULL",
+        Channel::Hook => "UPDATE notify_events SET hooked_at = ?2 WHERE id = ?1 AND hooked_at IS NULL",
+    };
+    let mut stmt = conn.prepare_cached(update).map_err(sql)?;
+    for id in events {
+        stmt.execute(params![id, now.unix_timestamp()]).map_err(sql)?;
+    }
+    if channel == Channel::Mail {
+        let mut del = conn
+            .prepare_cached("DELETE FROM notify_mailed_to WHERE event = ?1")
+            .map_err(sql)?;
+        for id in events {
+            del.execute([id]).map_err(sql)?;
+        }
+    }
+    Ok(())
+}
+
+/// Settles, unsent, every event owed on `channel`: the plan does not configure it, and notices
+/// recorded meanwhile are not sent when it is configured later.
+pub fn skip_owed(conn: &Connection, channel: Channel, now: OffsetDateTime) -> Result<u64> {
+    let update = match channel {
+        Channel::Mail => "UPDATE notify_events SET mailed_at = ?1, mail_skipped = 1 WHERE mailed_at IS NULL",
+        Channel::Hook => "UPDATE notify_events SET hooked_at = ?1, hook_skipped = 1 WHERE hooked_at IS NULL",
+    };
+    conn.execute(update, [now.unix_timestamp()])
+        .map(|n| n as u64)
+        .map_err(sql)
+}
