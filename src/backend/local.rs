@@ -472,13 +472,15 @@ impl EnrollmentService for LocalBackend {
         &self,
         batch: &[RegistrationRequest],
         now: OffsetDateTime,
-    ) -> Result<Vec<std::result::Result<String, String>>> {
+    ) -> Result<Vec<std::result::Result<Assignment, String>>> {
         let (_, decisions) = self.decide_batch(batch, now)?;
         Ok(decisions
             .into_iter()
             .map(|d| match d {
                 Decision::Rejected(reason) => Err(reason),
-                Decision::Individual { hub, .. } | Decision::Group { hub, .. } => Ok(hub),
+                Decision::Individual { hub, reprovision, .. } | Decision::Group { hub, reprovision, .. } => {
+                    Ok(Assignment { hub, reprovision })
+                }
             })
             .collect())
     }

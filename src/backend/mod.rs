@@ -176,7 +176,7 @@ pub trait EnrollmentService {
         &self,
         batch: &[RegistrationRequest],
         now: OffsetDateTime,
-    ) -> Result<Vec<std::result::Result<String, String>>>;
+    ) -> Result<Vec<std::result::Result<Assignment, String>>>;
     /// The registration state of a device.
     fn registration(&self, registration_id: &str) -> Result<Option<RegistrationState>>;
     /// The registration states of several devices, in the order asked (None where absent).

@@ -205,6 +205,15 @@ pub struct Revocation {
     pub revoked_at: OffsetDateTime,
 }
 
+/// Where the enrollment service would assign a device, and under which reprovision policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    /// The hub.
+    pub hub: String,
+    /// migrate, reset or never.
+    pub reprovision: String,
+}
+
 /// One step of a journaled run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JournalStep {

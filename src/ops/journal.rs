@@ -155,16 +155,16 @@ impl Run {
         now: OffsetDateTime,
         f: impl FnOnce(&mut dyn Backend) -> Result<(T, serde_json::Value)>,
     ) -> Result<T> {
+        let Some(id) = self.id else {
+            // A dry run: no transaction, so it never takes the store's write lock.
+            return Ok(f(backend)?.0);
+        };
         let out = in_one_unit(backend, |b| {
             let (out, result) = f(b)?;
-            if let Some(id) = self.id {
-                b.step_done(id, seq, &result, now)?;
-            }
+            b.step_done(id, seq, &result, now)?;
             anyhow::Ok(out)
         })?;
-        if self.id.is_some() {
-            fault_point();
-        }
+        fault_point();
         Ok(out)
     }
 
@@ -178,7 +178,10 @@ impl Run {
 
     /// Whether step `seq` was done by an earlier attempt of this run.
     pub fn done_before(&self, seq: u32) -> bool {
-        self.steps.iter().any(|s| s.seq == seq && s.result.is_some())
+        // Steps are numbered from 1 in order.
+        self.steps
+            .get((seq as usize).wrapping_sub(1))
+            .is_some_and(|s| s.seq == seq && s.result.is_some())
     }
 }
 
@@ -211,9 +214,11 @@ pub fn reports(run: &Run, planned: &[Planned], dry_run: bool) -> Vec<StepReport>
             } else {
                 "done"
             },
+            // A fresh run's steps are the planned ones, in order; a resumed run was not planned
+            // again, so its blast radius is not known.
             devices_cut_off: planned
-                .iter()
-                .find(|p| p.target == s.target && p.kind == s.kind && p.description == s.description)
+                .get(s.seq as usize - 1)
+                .filter(|p| p.target == s.target && p.kind == s.kind)
                 .map(|p| p.cut_off.clone())
                 .unwrap_or_default(),
         })

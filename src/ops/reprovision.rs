@@ -257,12 +257,15 @@ fn register_chunk(
         for (req, decision) in requests.into_iter().zip(decisions) {
             let id = &req.registration_id;
             let unchanged = match (previous.get(id), &decision) {
-                (Some(prev), Ok(hub)) => {
+                (Some(prev), Ok(to)) => {
+                    // Under `never` the hub keeps what it had; assigned with this certificate
+                    // is all there is to it.
                     prev.status == "assigned"
-                        && prev.hub.as_ref() == Some(hub)
+                        && prev.hub.as_ref() == Some(&to.hub)
                         && prev.cert_thumbprint.as_deref()
                             == Some(crate::pki::sha1_thumbprint(&req.chain[0]).as_str())
-                        && backend.authenticate(hub, id, &req.chain[0], now)?.is_ok()
+                        && (to.reprovision == "never"
+                            || backend.authenticate(&to.hub, id, &req.chain[0], now)?.is_ok())
                 }
                 _ => false,
             };
@@ -288,7 +291,7 @@ fn register_chunk(
         if opts.dry_run {
             for (req, decision) in requests.iter().zip(backend.preview_register(&requests, now)?) {
                 let (status, hub, error) = match decision {
-                    Ok(hub) => ("would-assign", Some(hub), None),
+                    Ok(to) => ("would-assign", Some(to.hub), None),
                     Err(reason) => ("would-fail", None, Some(reason)),
                 };
                 outcomes.insert(

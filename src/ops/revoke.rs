@@ -150,7 +150,7 @@ fn revoke_target(
     match t {
         Target::Group(name) => revoke_group(plan, name, opts, backend, now),
         Target::Device(id) | Target::Enrollment(id) => revoke_device(plan, id, opts, backend, now),
-        Target::Ca(name) => revoke_ca(name, opts, backend, now),
+        Target::Ca(name) => revoke_ca(plan, name, opts, backend, now),
     }
 }
 
@@ -232,6 +232,7 @@ pub fn revoke(plan: &Plan, opts: &RevokeOptions, now: OffsetDateTime) -> Result<
 /// Deletes a CA: out of the service's CA certificates and every group's slots; every version
 /// disabled and on its issuer's CRL.
 fn revoke_ca(
+    plan: &Plan,
     name: &str,
     opts: &RevokeOptions,
     backend: &mut dyn Backend,
@@ -242,7 +243,32 @@ fn revoke_ca(
     if versions.is_empty() {
         return Err(input(format!("{target} has not been issued yet")));
     }
-    let ders: Vec<&Vec<u8>> = versions.iter().map(|v| &v.cert_der).collect();
+    // What the CA signed below it goes too: a CA certificate chaining to a revoked one opens
+    // no door (parents first, so one pass finds every level).
+    let mut tainted: Vec<VaultVersion> = versions.clone();
+    let mut below = vec![name.to_string()];
+    let mut i = 0;
+    while i < below.len() {
+        let parent = below[i].clone();
+        for c in plan
+            .cas
+            .iter()
+            .filter(|c| c.issuer.as_deref() == Some(parent.as_str()))
+        {
+            below.push(c.name.clone());
+            for v in backend.versions(&ca_cert_name(&c.name))? {
+                let signed_by_tainted = v
+                    .issuer
+                    .as_ref()
+                    .is_some_and(|(n, ver)| tainted.iter().any(|t| &t.name == n && &t.version == ver));
+                if signed_by_tainted {
+                    tainted.push(v);
+                }
+            }
+        }
+        i += 1;
+    }
+    let ders: Vec<&Vec<u8>> = tainted.iter().map(|v| &v.cert_der).collect();
     let mut steps = Vec::new();
     let service: Vec<ServiceCa> = backend
         .cas()?
@@ -265,15 +291,20 @@ fn revoke_ca(
             }
         }
         if changed {
-            steps.push(format!("remove CA `{name}` from the slots of group `{}`", g.name));
+            steps.push(format!(
+                "remove CA `{name}` (or a CA it signed) from the slots of group `{}`",
+                g.name
+            ));
             groups.push(g);
         }
     }
     let mut crl = Vec::new();
-    for v in &versions {
+    for v in &tainted {
         if v.enabled {
             steps.push(format!("disable vault version {}/{}", v.name, v.version));
         }
+    }
+    for v in &versions {
         if let Some((issuer, issuer_version)) = &v.issuer {
             let serial = CertInfo::from_der(&v.cert_der)?.serial;
             let (_, listed) = backend.revocations(issuer, issuer_version)?;
@@ -286,7 +317,7 @@ fn revoke_ca(
             }
         }
     }
-    let pairs: Vec<(String, String)> = versions
+    let pairs: Vec<(String, String)> = tainted
         .iter()
         .map(|v| (v.name.clone(), v.version.clone()))
         .collect();
@@ -309,7 +340,7 @@ fn revoke_ca(
     for g in &groups {
         backend.put_group(g, now)?;
     }
-    for v in versions.iter().filter(|v| v.enabled) {
+    for v in tainted.iter().filter(|v| v.enabled) {
         backend.set_enabled(v, false, now)?;
     }
     for (issuer, issuer_version, serial) in &crl {

@@ -487,3 +487,36 @@ fn after_a_ca_roll_each_ca_version_has_its_own_crl_that_openssl_honours() {
         assert!(check.code != 0 && said.contains("revoked"), "{d}: {said}");
     }
 }
+
+#[test]
+fn revoking_a_root_takes_what_it_signed_out_of_every_group() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.plan_run(&["issue"]).ok();
+    let args = ["revoke", "ca:root", "--reason", "ca-compromise"];
+    let dry = env
+        .plan_run(&[&args[..], &["--dry-run", "-o", "json"]].concat())
+        .ok()
+        .json();
+    assert_eq!(dry["steps"][0]["devices_cut_off"]["count"], 51, "{dry}");
+    env.plan_run(&[&args[..], &["--yes"]].concat()).ok();
+    let s = env.plan_run(&["status", "-o", "json"]).ok().json();
+    assert!(
+        s["groups"][0]["primary"].is_null(),
+        "the factory CA left the group: {s}"
+    );
+    assert!(s["cas"][0]["in_service"].as_array().unwrap().is_empty(), "{s}");
+    let v = env
+        .plan_run(&["vault", "show", "ca:factory", "-o", "json"])
+        .ok()
+        .json();
+    assert!(
+        v.to_string().contains("\"enabled\":false"),
+        "the factory CA is disabled: {v}"
+    );
+    let rp = env.plan_run(&["reprovision", "-o", "json"]).code(1).json();
+    assert_eq!(
+        rp["rejected"], 50,
+        "every sensor is refused; the gateway's enrollment holds its own cert: {rp}"
+    );
+}

@@ -224,6 +224,25 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     // A run of this command that was killed or failed is resumed from its journal as recorded;
     // planning again from the half-changed state would decide differently.
     let resuming = !opts.dry_run && backend.open_run(&command)?.is_some();
+    if !resuming && !opts.dry_run && scopes.is_empty() {
+        // Device rolls sign with the CAs as they are: one that cannot sign is reported now,
+        // before a run is recorded that could never finish.
+        let mut checked: Vec<&str> = Vec::new();
+        for id in &device_ids {
+            let ca = devices::issuer_of(plan, id)?;
+            if checked.contains(&ca) {
+                continue;
+            }
+            checked.push(ca);
+            let issuer = super::load_issuer(&backend, ca)?;
+            if issuer.not_after <= now {
+                anyhow::bail!(
+                    "CA `{ca}` expired at {}; roll it first (`certroll roll-secondary ca:{ca}`)",
+                    crate::clock::rfc3339(issuer.not_after)
+                );
+            }
+        }
+    }
     if !resuming {
         let already = already_done(&backend, &command)?;
         for st in &scopes {
