@@ -177,6 +177,13 @@ impl Vault for LocalBackend {
         read!(self, q::crl_get(self.store.conn(), issuer, version))
     }
 
+    fn is_revoked(&self, issuer: (&str, &str), serial: &str) -> Result<bool> {
+        read!(
+            self,
+            q::crl_contains(self.store.conn(), issuer.0, issuer.1, serial)
+        )
+    }
+
     fn next_crl_number(&mut self, issuer: &str) -> Result<u64> {
         let out = self.store.write(|tx, _| q::crl_next_number(tx, issuer));
         out.map_err(|e| self.with_path(e))

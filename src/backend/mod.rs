@@ -72,6 +72,14 @@ pub trait Vault {
     ) -> Result<bool>;
     /// The number of a CA's last CRL, and what one of its versions has revoked.
     fn revocations(&self, issuer: &str, version: &str) -> Result<(u64, Vec<Revocation>)>;
+    /// Whether a serial is on the CRL of a CA version.
+    fn is_revoked(&self, issuer: (&str, &str), serial: &str) -> Result<bool> {
+        Ok(self
+            .revocations(issuer.0, issuer.1)?
+            .1
+            .iter()
+            .any(|r| r.serial == serial))
+    }
     /// Takes the next CRL number of a CA (each CRL issued gets its own).
     fn next_crl_number(&mut self, issuer: &str) -> Result<u64>;
 

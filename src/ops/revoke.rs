@@ -307,8 +307,7 @@ fn revoke_ca(
     for v in &versions {
         if let Some((issuer, issuer_version)) = &v.issuer {
             let serial = CertInfo::from_der(&v.cert_der)?.serial;
-            let (_, listed) = backend.revocations(issuer, issuer_version)?;
-            if !listed.iter().any(|r| r.serial == serial) {
+            if !backend.is_revoked((issuer, issuer_version), &serial)? {
                 steps.push(format!(
                     "add serial {serial} to the CRL of `{issuer}` ({})",
                     opts.reason.name()
@@ -460,8 +459,7 @@ fn revoke_device(
             .clone()
             .context("the device certificate has no recorded issuer")?;
         let serial = CertInfo::from_der(&v.cert_der)?.serial;
-        let (_, listed) = backend.revocations(&issuer, &issuer_version)?;
-        if !listed.iter().any(|r| r.serial == serial) {
+        if !backend.is_revoked((&issuer, &issuer_version), &serial)? {
             steps.push(format!(
                 "add serial {serial} to the CRL of `{issuer}` ({})",
                 opts.reason.name()

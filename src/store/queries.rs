@@ -686,6 +686,16 @@ pub fn crl_get(conn: &Connection, issuer: &str, version: &str) -> Result<(u64, V
     Ok((number as u64, entries))
 }
 
+/// Whether a serial is listed for a CA version (or, from before versions were kept, for the CA).
+pub fn crl_contains(conn: &Connection, issuer: &str, version: &str, serial: &str) -> Result<bool> {
+    conn.prepare_cached(
+        "SELECT 1 FROM crl_entries WHERE issuer_name = ?1 AND serial = ?3
+           AND (issuer_version = ?2 OR issuer_version IS NULL)",
+    )
+    .and_then(|mut s| s.exists([issuer, version, serial]))
+    .map_err(sql)
+}
+
 /// Takes the next CRL number of an issuer.
 pub fn crl_next_number(conn: &Connection, issuer: &str) -> Result<u64> {
     conn.query_row(
