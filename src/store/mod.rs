@@ -181,10 +181,10 @@ impl Store {
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
             .map_err(sql(&path))?;
         conn.execute_batch(
-            // A 64 MiB page cache keeps a chunk's B-tree pages in memory across statements;
+            // A 16 MiB page cache keeps a chunk's B-tree pages in memory across statements;
             // temporary structures stay in memory too.
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
-             PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;",
+             PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY;",
         )
         .map_err(sql(&path))?;
         let mut store = Store {

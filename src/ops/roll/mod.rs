@@ -29,6 +29,9 @@ use devices::{Assessed, Issuers, Mode};
 use serde::Serialize;
 use time::OffsetDateTime;
 
+/// Up to how many devices a run lists each device's steps.
+pub const DEVICE_STEPS_LISTED: usize = 1000;
+
 /// How many devices one journaled step rolls (one unit of work).
 const CHUNK: usize = 2048;
 
@@ -107,7 +110,8 @@ pub struct DeviceRoll {
     pub outcome: &'static str,
     /// The slot the new certificate went into.
     pub slot: SlotName,
-    /// The steps, in order.
+    /// The steps, in order (listed when the run covers at most 1,000 devices; the run's own
+    /// steps describe the rest).
     pub steps: Vec<String>,
     /// The new certificate's SHA-1 thumbprint (after a real roll).
     pub new_thumbprint: Option<String>,
@@ -740,7 +744,7 @@ fn execute(
     report: &mut RollReport,
 ) -> Result<()> {
     let mut issuers = Issuers::default();
-    let steps = run.steps.clone();
+    let steps = &run.steps;
     let mut i = 0;
     while i < steps.len() {
         let step = &steps[i];
@@ -868,6 +872,12 @@ fn roll_device_steps(
         .iter()
         .filter(|s| opts.dry_run || !run.done_before(s.seq))
         .collect();
+    let total_devices: usize = run
+        .steps
+        .iter()
+        .filter(|s| is_device_step(&s.kind))
+        .map(|s| s.detail["ids"].as_array().map_or(0, Vec::len))
+        .sum();
     // The CAs these steps sign with are loaded once, before the lanes start.
     if !opts.dry_run {
         let mut needed: Vec<&str> = Vec::new();
@@ -924,7 +934,15 @@ fn roll_device_steps(
         );
         let (stored, following) = lane?;
         if let Some(done) = stored {
-            report.devices.extend(done.reports);
+            // A large run's devices all share the steps of their chunk: listing them per device
+            // would hold (and print) hundreds of megabytes.
+            let keep_steps = total_devices <= DEVICE_STEPS_LISTED;
+            report.devices.extend(done.reports.into_iter().map(|mut d| {
+                if !keep_steps {
+                    d.steps = Vec::new();
+                }
+                d
+            }));
         }
         made = crypto?;
         decided = following;
