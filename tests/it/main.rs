@@ -19,6 +19,8 @@ mod reprovision;
 // Expiry rolls: slots, zero downtime, `--due`.
 mod breach;
 mod roll;
+// Vault renewal: `reuse_key` keeps the public key, compared with openssl.
+mod renewal;
 // `vault`: versions, policies, attributes.
 mod vault;
 // `check`: monitoring codes over a certificate's life.
