@@ -118,6 +118,19 @@ impl Vault for LocalBackend {
             .collect())
     }
 
+    fn briefs_many(&self, names: &[String]) -> Result<Vec<Vec<VersionBrief>>> {
+        let rows = read!(self, q::vault_briefs_many(self.store.conn(), names))?;
+        let mut by_name: std::collections::HashMap<String, Vec<VersionBrief>> =
+            std::collections::HashMap::new();
+        for v in rows {
+            by_name.entry(v.name.clone()).or_default().push(v);
+        }
+        Ok(names
+            .iter()
+            .map(|n| by_name.remove(n).unwrap_or_default())
+            .collect())
+    }
+
     fn versions(&self, name: &str) -> Result<Vec<VaultVersion>> {
         read!(self, q::vault_versions(self.store.conn(), name))
     }
@@ -128,9 +141,21 @@ impl Vault for LocalBackend {
 
     fn create_versions(&mut self, batch: &[NewVersion<'_>], now: OffsetDateTime) -> Result<Vec<String>> {
         let out = self.store.write(|tx, key| {
+            // A fleet shares a handful of policies: store and hash each once per batch.
+            let mut hashes: std::collections::HashMap<&str, String> = std::collections::HashMap::new();
             batch
                 .iter()
-                .map(|new| q::vault_insert(tx, key, now, new))
+                .map(|new| {
+                    let hash = match hashes.get(new.policy_json) {
+                        Some(h) => h.clone(),
+                        None => {
+                            let h = q::policy_put(tx, new.policy_json)?;
+                            hashes.insert(new.policy_json, h.clone());
+                            h
+                        }
+                    };
+                    q::vault_insert_with_policy(tx, key, now, new, &hash)
+                })
                 .collect::<std::result::Result<Vec<_>, _>>()
         });
         out.map_err(|e| self.with_path(e))

@@ -44,6 +44,28 @@ pub trait Vault {
     }
     /// All versions of a certificate, oldest first.
     fn versions(&self, name: &str) -> Result<Vec<VaultVersion>>;
+    /// The versions of several certificates without certificates and keys, oldest first, in
+    /// the order asked.
+    fn briefs_many(&self, names: &[String]) -> Result<Vec<Vec<VersionBrief>>> {
+        let mut out = Vec::with_capacity(names.len());
+        for versions in self.versions_many(names)? {
+            let mut briefs = Vec::with_capacity(versions.len());
+            for v in versions {
+                let info = crate::pki::CertInfo::from_der(&v.cert_der)?;
+                briefs.push(VersionBrief {
+                    name: v.name,
+                    version: v.version,
+                    thumbprint: info.thumbprint,
+                    serial: info.serial,
+                    enabled: v.enabled,
+                    nbf: v.nbf,
+                    exp: v.exp,
+                });
+            }
+            out.push(briefs);
+        }
+        Ok(out)
+    }
     /// All versions of several certificates, oldest first, in the order asked.
     fn versions_many(&self, names: &[String]) -> Result<Vec<Vec<VaultVersion>>> {
         names.iter().map(|n| self.versions(n)).collect()

@@ -205,6 +205,26 @@ pub struct Revocation {
     pub revoked_at: OffsetDateTime,
 }
 
+/// A version without its certificate and key: what a roll decides from, cheap to read for a
+/// whole fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionBrief {
+    /// Certificate name.
+    pub name: String,
+    /// Version id.
+    pub version: String,
+    /// SHA-1 thumbprint (uppercase hex).
+    pub thumbprint: String,
+    /// Serial number (uppercase hex).
+    pub serial: String,
+    /// Usable.
+    pub enabled: bool,
+    /// notBefore.
+    pub nbf: OffsetDateTime,
+    /// notAfter.
+    pub exp: OffsetDateTime,
+}
+
 /// Where the enrollment service would assign a device, and under which reprovision policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {

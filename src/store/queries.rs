@@ -123,16 +123,34 @@ pub fn vault_insert(
     now: OffsetDateTime,
     new: &NewVersion<'_>,
 ) -> Result<String> {
+    let policy_hash = policy_put(conn, new.policy_json)?;
+    vault_insert_with_policy(conn, key, now, new, &policy_hash)
+}
+
+/// Stores a policy document once; returns its hash.
+pub fn policy_put(conn: &Connection, json: &str) -> Result<String> {
+    let policy_hash = crate::pki::sha256_thumbprint(json.as_bytes());
+    conn.prepare_cached("INSERT OR IGNORE INTO vault_policies (hash, json) VALUES (?1, ?2)")
+        .and_then(|mut s| s.execute(params![policy_hash, json]))
+        .map_err(sql)?;
+    Ok(policy_hash)
+}
+
+/// [`vault_insert`] for a policy already stored with [`policy_put`] (a batch stores each
+/// distinct policy once).
+pub fn vault_insert_with_policy(
+    conn: &Connection,
+    key: &StoreKey,
+    now: OffsetDateTime,
+    new: &NewVersion<'_>,
+    policy_hash: &str,
+) -> Result<String> {
     let info = crate::pki::CertInfo::from_der(new.cert_der).map_err(|e| StoreError::Corrupt {
         path: Default::default(),
         message: format!("refusing to store `{}`: {e}", new.name),
     })?;
     let version = new_version_id()?;
     let sealed = key.seal(&key_identity(new.name, &version), new.key_pkcs8)?;
-    let policy_hash = crate::pki::sha256_thumbprint(new.policy_json.as_bytes());
-    conn.prepare_cached("INSERT OR IGNORE INTO vault_policies (hash, json) VALUES (?1, ?2)")
-        .and_then(|mut s| s.execute(params![policy_hash, new.policy_json]))
-        .map_err(sql)?;
     conn.prepare_cached(
         "INSERT INTO vault_certificates (name, policy, created, updated) VALUES (?1, ?2, ?3, ?3)
          ON CONFLICT(name) DO UPDATE SET policy = excluded.policy, updated = excluded.updated",
@@ -727,6 +745,28 @@ pub fn vault_versions_many(conn: &Connection, names: &[String]) -> Result<Vec<Va
         ),
         [json_list(names)],
         version_row,
+    )
+}
+
+/// Every version of several certificates, without certificates and keys, oldest first within a
+/// name.
+pub fn vault_briefs_many(conn: &Connection, names: &[String]) -> Result<Vec<VersionBrief>> {
+    all(
+        conn,
+        "SELECT name, version, thumbprint, serial, enabled, nbf, exp FROM vault_versions
+         WHERE name IN (SELECT value FROM json_each(?1)) ORDER BY name, seq",
+        [json_list(names)],
+        |r| {
+            Ok(VersionBrief {
+                name: r.get(0)?,
+                version: r.get(1)?,
+                thumbprint: r.get(2)?,
+                serial: r.get(3)?,
+                enabled: r.get(4)?,
+                nbf: from_ts(r.get(5)?),
+                exp: from_ts(r.get(6)?),
+            })
+        },
     )
 }
 

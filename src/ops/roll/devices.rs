@@ -122,7 +122,7 @@ pub(super) fn assess<'p>(
     now: OffsetDateTime,
 ) -> Result<Assessed<'p>> {
     let names: Vec<String> = ids.iter().map(|id| device_cert_name(id)).collect();
-    let versions = backend.versions_many(&names)?;
+    let versions = backend.briefs_many(&names)?;
     let records = backend.device_many(ids)?;
     let individuals = backend.individual_many(ids)?;
     let registrations = backend.registration_many(ids)?;
@@ -173,7 +173,7 @@ pub(super) fn assess<'p>(
             });
             continue;
         }
-        let thumbprints: Vec<String> = versions.iter().map(|v| sha1_thumbprint(&v.cert_der)).collect();
+        let thumbprints: Vec<String> = versions.iter().map(|v| v.thumbprint.clone()).collect();
         let by_tp = |tp: &str| thumbprints.iter().position(|t| t == tp);
         let slot_tp = |slot: SlotName| -> Option<String> {
             match (&individual, &identity) {
@@ -308,7 +308,7 @@ pub(super) fn assess<'p>(
                     }
                 }
                 if !already {
-                    let installed_tp = sha1_thumbprint(&installed.cert_der);
+                    let installed_tp = installed.thumbprint.clone();
                     work.other_hub = Some(valid(&installed_tp).then_some(installed_tp));
                 }
                 report.pruned_thumbprint = pruned.clone();
@@ -318,13 +318,16 @@ pub(super) fn assess<'p>(
                     report.outcome = "pruned";
                 }
                 if policy.reuse_key && !already && !dry_run {
-                    work.reuse = Some(backend.private_key(&newest)?);
+                    let full = backend
+                        .version(&newest.name, &newest.version)?
+                        .context("the vault lost the version it just listed")?;
+                    work.reuse = Some(backend.private_key(&full)?);
                 }
             }
             Mode::Breach { slot, breach } => {
                 // Already replaced by an earlier breach of this device (and, with --incident, of
                 // the same incident): a rerun does nothing.
-                let installed_tp = sha1_thumbprint(&installed.cert_der);
+                let installed_tp = installed.thumbprint.clone();
                 if let Some(step) = backend.last_done_step(&target, "breach-device")? {
                     let result = step.result.unwrap_or_default();
                     let same_incident = breach.incident.is_none()
@@ -354,7 +357,14 @@ pub(super) fn assess<'p>(
                 tps.dedup();
                 let compromised: Vec<VaultVersion> = tps
                     .iter()
-                    .filter_map(|tp| by_tp(tp).map(|i| versions[i].clone()))
+                    .filter_map(|tp| by_tp(tp).map(|i| &versions[i]))
+                    .map(|b| {
+                        backend
+                            .version(&b.name, &b.version)?
+                            .context("the vault lost the version it just listed")
+                    })
+                    .collect::<Result<Vec<_>>>()?
+                    .into_iter()
                     .collect();
                 report.compromised = tps.clone();
                 match &individual {
