@@ -284,7 +284,32 @@ impl Vault for LocalBackend {
     }
 
     fn restore_certificate(&mut self, backup: &CertificateBackup) -> Result<()> {
-        let out = self.store.write(|tx, key| qv::restore(tx, key, backup));
+        let out = self.store.write(|tx, key| {
+            // Restored versions are not renewals: when nothing newer was waiting for the renewal
+            // scan, the watermark moves past them.
+            let before: i64 = tx
+                .query_row("SELECT coalesce(max(seq), 0) FROM vault_versions", [], |r| {
+                    r.get(0)
+                })
+                .map_err(|e| crate::store::StoreError::Sqlite {
+                    path: Default::default(),
+                    source: e,
+                })?;
+            qv::restore(tx, key, backup)?;
+            let mark = crate::store::queries_notify::renewal_watermark(tx)?;
+            if mark >= before {
+                let after: i64 = tx
+                    .query_row("SELECT coalesce(max(seq), 0) FROM vault_versions", [], |r| {
+                        r.get(0)
+                    })
+                    .map_err(|e| crate::store::StoreError::Sqlite {
+                        path: Default::default(),
+                        source: e,
+                    })?;
+                crate::store::queries_notify::set_renewal_watermark(tx, after)?;
+            }
+            Ok(())
+        });
         out.map_err(|e| match e {
             crate::store::StoreError::Seal(crate::store::seal::SealError::Open(_)) => BackendError::Refused(format!(
                 "`{}` has a non-exportable key sealed under another store key: it can be restored only into a \

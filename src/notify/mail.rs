@@ -30,7 +30,7 @@ pub struct MailSettings {
     password: Option<Zeroizing<String>>,
     /// Sender.
     pub from: Mailbox,
-    /// Recipients: the plan's contacts.
+    /// Recipients: the plan's contacts (the vault's, once `vault contacts set`, take their place).
     pub contacts: Vec<String>,
     /// Extra trusted CA certificates (PEM) for the server, from `ca_file`.
     ca_pem: Option<Vec<u8>>,

@@ -232,6 +232,9 @@ pub fn notify(
         other => other,
     };
 
+    // The vault's contacts once they are set (`vault contacts set`), else the plan's.
+    let stored_contacts =
+        crate::store::queries_vault::contacts_get(store.conn()).map_err(|e| err(&store, e))?;
     // Queue, then read what is owed, in one transaction (rolled back on a dry run).
     store.begin_batch()?;
     let scanned = (|| {
@@ -276,7 +279,8 @@ pub fn notify(
         let partly: HashSet<(i64, &str)> = partly.iter().map(|(id, c)| (*id, c.as_str())).collect();
         let mut all_sent = true;
         let mut unreachable: Option<String> = None;
-        for contact in &mail.contacts {
+        let contacts = stored_contacts.as_ref().unwrap_or(&mail.contacts);
+        for contact in contacts {
             let todo: Vec<&EventReport> = owed_mail
                 .iter()
                 .filter(|e| !partly.contains(&(e.id, contact.as_str())))

@@ -154,7 +154,8 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
         )));
     }
     let wants_key = opts.with_key || opts.format == ExportFormat::Pfx;
-    if wants_key && !version.exportable {
+    // An HSM key never leaves, whatever its flag says.
+    if wants_key && (!version.exportable || version.kty.ends_with("-HSM")) {
         return Err(input(format!(
             "the private key of {} ({}) is not exportable under its policy",
             opts.target, version.kty

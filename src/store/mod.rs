@@ -90,6 +90,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v3_notify.sql"),
     include_str!("schema_v4_journal.sql"),
     include_str!("schema_v5_crl.sql"),
+    include_str!("schema_v6_seq.sql"),
 ];
 
 /// How to open a store.

@@ -148,11 +148,12 @@ pub fn recover(conn: &Connection, name: &str) -> Result<bool> {
         [name],
     )
     .map_err(sql)?;
-    // New sequence numbers (another certificate may have taken the old ones), in the old order.
+    // The old sequence numbers: they are never handed out again (AUTOINCREMENT), so the
+    // versions come back exactly where they were, and are not news to the renewal watermark.
     conn.execute(
         &format!(
-            "INSERT INTO vault_versions ({VERSION_COLS})
-             SELECT {VERSION_COLS} FROM vault_deleted_versions WHERE name = ?1 ORDER BY seq"
+            "INSERT INTO vault_versions (seq, {VERSION_COLS})
+             SELECT seq, {VERSION_COLS} FROM vault_deleted_versions WHERE name = ?1 ORDER BY seq"
         ),
         [name],
     )

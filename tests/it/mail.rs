@@ -691,3 +691,26 @@ fn bad_mail_settings_stop_notify_but_never_the_work() {
         "{status}"
     );
 }
+
+#[test]
+fn contacts_set_in_the_vault_take_the_place_of_the_plans() {
+    let Some(py) = python() else { return };
+    let env = TestEnv::new();
+    let sink = Sink::start(&py, &env.path("inbox"), None, None);
+    env.write("plan.toml", &plan(sink.port, ""));
+    at(&env, NOW, &["issue"]).ok();
+    at(
+        &env,
+        NOW,
+        &["vault", "contacts", "set", "night-shift@example.com"],
+    )
+    .ok();
+    at(&env, FIRED, &["notify"]).ok();
+    let mail = sink.messages();
+    let to: Vec<&str> = mail.iter().flat_map(|m| header(m, "X-Envelope-To")).collect();
+    assert_eq!(
+        to,
+        ["night-shift@example.com"],
+        "the vault's contacts, not the plan's"
+    );
+}

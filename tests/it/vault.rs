@@ -1194,3 +1194,19 @@ fn contacts_and_issuers() {
     vault(&env, &["issuers", "get", "gs"]).code(2);
     vault(&env, &["issuers", "delete", "gs"]).code(2);
 }
+
+#[test]
+fn deleting_one_certificate_after_another_never_reuses_a_version_number() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.plan_run(&["issue", "ca:root"]).ok();
+    // The newest versions leave vault_versions on delete; their numbers must not come back.
+    create_self(&env, "a1");
+    vault(&env, &["delete", "a1"]).ok();
+    create_self(&env, "b1");
+    vault(&env, &["delete", "b1"]).ok();
+    vault(&env, &["recover", "a1"]).ok();
+    vault(&env, &["recover", "b1"]).ok();
+    let list = vault(&env, &["list", "-o", "json"]).ok().stdout;
+    assert!(list.contains("a1") && list.contains("b1"), "{list}");
+}

@@ -316,7 +316,9 @@ pub fn restore(plan: &Plan, file: &Path, password: &str, settings: &BackendSetti
                 version: v.version.clone(),
                 cert_der,
                 kty: v.kty.clone(),
-                exportable: v.exportable,
+                // The file cannot make a key exportable: a key backed up sealed (non-exportable)
+                // or of an HSM type stays non-exportable whatever the file says.
+                exportable: v.exportable && matches!(v.key, KeyDoc::Pkcs8(_)) && !v.kty.ends_with("-HSM"),
                 enabled: v.enabled,
                 nbf: ts(v.nbf, file)?,
                 exp: ts(v.exp, file)?,
