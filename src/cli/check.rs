@@ -64,8 +64,15 @@ pub fn exec(g: &Global, args: CheckArgs) -> anyhow::Result<u8> {
         Level::Critical => "CRITICAL",
     };
     p.line(format!(
-        "{label}: {} critical, {} warning, {} ok",
-        report.counts.critical, report.counts.warning, report.counts.ok
+        "{label}: {} critical, {} warning, {} ok{}",
+        report.counts.critical,
+        report.counts.warning,
+        report.counts.ok,
+        if report.counts.revoked > 0 {
+            format!(", {} revoked", report.counts.revoked)
+        } else {
+            String::new()
+        }
     ))?;
     for problem in report.problems.iter().take(SHOWN) {
         let level = match problem.level {

@@ -110,6 +110,8 @@ pub struct Counts {
     pub warning: u64,
     /// Certificates (or devices) in a critical state.
     pub critical: u64,
+    /// Devices revoked on purpose (a disabled individual enrollment): not a problem.
+    pub revoked: u64,
 }
 
 /// What `check` found.
@@ -275,7 +277,17 @@ fn check_devices(
     let mut ids = ids.peekable();
     while ids.peek().is_some() {
         let page: Vec<String> = ids.by_ref().take(PAGE).collect();
-        for (id, installed) in page.iter().zip(super::installed_many(backend, &page)?) {
+        let enrollments = backend.individual_many(&page)?;
+        for ((id, installed), enrollment) in page
+            .iter()
+            .zip(super::installed_many(backend, &page)?)
+            .zip(enrollments)
+        {
+            // A revoked device is disallowed on purpose; monitoring must not page for it forever.
+            if enrollment.is_some_and(|e| e.status == crate::backend::types::Status::Disabled) {
+                c.report.counts.revoked += 1;
+                continue;
+            }
             c.look(format!("device:{id}"), policy, installed.as_ref());
         }
     }

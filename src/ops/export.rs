@@ -120,7 +120,7 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
         return Ok(ExportReport {
             target: opts.target.to_string(),
             certificate: format!(
-                "{} CRL(s), number {}, with {revoked} revoked certificate(s)",
+                "CRL(s) of {} CA version(s) (CRL number {}) listing {revoked} revoked certificate(s)",
                 usable.len(),
                 numbers.join(", ")
             ),

@@ -82,3 +82,21 @@ fn check_reports_unknown_when_it_cannot_read() {
     assert_eq!(run.code, 3);
     assert!(run.stderr.starts_with("UNKNOWN"), "{}", run.stderr);
 }
+
+#[test]
+fn a_revoked_device_is_counted_not_paged_for() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.plan_run(&["issue"]).ok();
+    env.plan_run(&[
+        "revoke",
+        "device:sensor-09",
+        "--reason",
+        "key-compromise",
+        "--yes",
+    ])
+    .ok();
+    let r = env.plan_run(&["check", "-o", "json"]).ok().json();
+    assert_eq!(r["counts"]["revoked"], 1, "{r}");
+    assert_eq!(r["counts"]["critical"], 0, "{r}");
+}
