@@ -122,16 +122,10 @@ pub fn policy_from_certificate(
     let mut dns_names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for n in &san.value.general_names {
-            match n {
-                GeneralName::DNSName(d) => dns_names.push(d.to_string()),
-                GeneralName::IPAddress(b) => {
-                    if let Ok(v4) = <[u8; 4]>::try_from(*b) {
-                        dns_names.push(std::net::Ipv4Addr::from(v4).to_string());
-                    } else if let Ok(v6) = <[u8; 16]>::try_from(*b) {
-                        dns_names.push(std::net::Ipv6Addr::from(v6).to_string());
-                    }
-                }
-                _ => {}
+            // A Key Vault policy has DNS names (and e-mails, UPNs), no IP addresses: an IP SAN
+            // written as a DNS name would come back wrong in a renewal, so it is not carried over.
+            if let GeneralName::DNSName(d) = n {
+                dns_names.push(d.to_string());
             }
         }
     }
