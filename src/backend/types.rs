@@ -73,6 +73,9 @@ pub struct NewVersion<'a> {
     pub exportable: bool,
     /// The vault certificate name and version that signed it.
     pub issuer: Option<(&'a str, &'a str)>,
+    /// The certificate's thumbprint, serial and validity when the caller has them already (made
+    /// on the cores that signed it); otherwise the store parses the DER.
+    pub facts: Option<&'a crate::pki::CertFacts>,
 }
 
 /// A CA certificate held by the enrollment service (DPS "certificates").

@@ -150,6 +150,7 @@ mod tests {
             kty: "EC",
             exportable: true,
             issuer: None,
+            facts: None,
         };
         store
             .write(|conn, k| crate::store::queries::vault_insert(conn, k, nbf, &new))

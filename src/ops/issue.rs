@@ -703,7 +703,7 @@ fn assess(backend: &dyn Backend, unit: &Unit<'_>, chunk: &[String]) -> Result<Ve
 }
 
 /// New keys and certificates for the devices that lack one: `(index in needs, key, cert DER)`.
-type Fresh = Vec<(usize, SubjectKey, Vec<u8>)>;
+type Fresh = Vec<(usize, SubjectKey, Vec<u8>, crate::pki::CertFacts)>;
 
 /// Keys and signatures: the expensive part, on every core. Touches no backend.
 fn generate(policy: &Policy, issuer: &LoadedIssuer, needs: &[Need], now: OffsetDateTime) -> Result<Fresh> {
@@ -725,7 +725,9 @@ fn generate(policy: &Policy, issuer: &LoadedIssuer, needs: &[Need], now: OffsetD
                 ca: None,
             };
             let der = sign_public_key(&profile, key.public_key(), &issuer.key)?;
-            Ok((i, key, der))
+            // What the vault indexes it by, worked out here on the signing cores.
+            let facts = crate::pki::CertFacts::from_der(&der)?;
+            Ok((i, key, der, facts))
         })
         .collect::<Result<_, crate::pki::Error>>()?;
     Ok(fresh)
@@ -758,13 +760,13 @@ fn store_chunk(
 ) -> Result<Vec<Rejection>> {
     let names: Vec<String> = fresh
         .iter()
-        .map(|(i, _, _)| device_cert_name(&needs[*i].id))
+        .map(|(i, _, _, _)| device_cert_name(&needs[*i].id))
         .collect();
     let policy_doc = policy_json(policy, "CN=<device id>", Some(unit.issuer()));
     let batch: Vec<NewVersion<'_>> = fresh
         .iter()
         .zip(&names)
-        .map(|((_, key, der), name)| NewVersion {
+        .map(|((_, key, der, facts), name)| NewVersion {
             name,
             policy_json: &policy_doc,
             cert_der: der,
@@ -772,6 +774,7 @@ fn store_chunk(
             kty: policy.key.kty(),
             exportable: exportable(policy),
             issuer: Some((issuer.cert_name.as_str(), issuer.version.as_str())),
+            facts: Some(facts),
         })
         .collect();
     let versions = backend.create_versions(&batch, now)?;
@@ -782,7 +785,7 @@ fn store_chunk(
         .iter()
         .map(|n| n.cert.as_ref().map(|c| (c.version.clone(), c.cert_der.clone())))
         .collect();
-    for ((i, _, der), version) in fresh.into_iter().zip(versions) {
+    for ((i, _, der, _), version) in fresh.into_iter().zip(versions) {
         certs[i] = Some((version, der));
     }
 

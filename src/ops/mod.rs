@@ -382,6 +382,7 @@ pub fn new_ca_version(
             issuer: issuer
                 .as_ref()
                 .map(|i| (i.cert_name.as_str(), i.version.as_str())),
+            facts: None,
         }],
         now,
     )?;

@@ -11,7 +11,7 @@ pub mod pkcs12;
 pub mod spec;
 
 pub use cert::{CertProfile, IssuerKey, sign_leaf, sign_self};
-pub use inspect::CertInfo;
+pub use inspect::{CertFacts, CertInfo};
 pub use keys::{PrivateKey, SubjectKey};
 
 /// Errors of the PKI core.

@@ -145,10 +145,17 @@ pub fn vault_insert_with_policy(
     new: &NewVersion<'_>,
     policy_hash: &str,
 ) -> Result<String> {
-    let info = crate::pki::CertInfo::from_der(new.cert_der).map_err(|e| StoreError::Corrupt {
-        path: Default::default(),
-        message: format!("refusing to store `{}`: {e}", new.name),
-    })?;
+    let parsed;
+    let info = match new.facts {
+        Some(facts) => facts,
+        None => {
+            parsed = crate::pki::CertFacts::from_der(new.cert_der).map_err(|e| StoreError::Corrupt {
+                path: Default::default(),
+                message: format!("refusing to store `{}`: {e}", new.name),
+            })?;
+            &parsed
+        }
+    };
     let version = new_version_id()?;
     let sealed = key.seal(&key_identity(new.name, &version), new.key_pkcs8)?;
     conn.prepare_cached(

@@ -657,6 +657,7 @@ mod tests {
                     kty: "EC",
                     exportable: true,
                     issuer: None,
+                    facts: None,
                 },
             )
         })

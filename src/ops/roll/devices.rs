@@ -459,7 +459,7 @@ pub(super) fn assess<'p>(
 }
 
 /// New keys and certificates: `(index in work, key, cert DER)`.
-pub(super) type Fresh = Vec<(usize, SubjectKey, Vec<u8>)>;
+pub(super) type Fresh = Vec<(usize, SubjectKey, Vec<u8>, crate::pki::CertFacts)>;
 
 /// The issuing CA of a device.
 pub(super) fn issuer_of<'p>(plan: &'p Plan, id: &str) -> Result<&'p str> {
@@ -528,7 +528,9 @@ pub(super) fn generate(assessed: &Assessed<'_>, issuers: &Issuers, now: OffsetDa
                 ca: None,
             };
             let der = sign_public_key(&profile, key.public_key(), &issuer.key)?;
-            Ok((i, key, der))
+            // What the vault indexes it by, worked out here on the signing cores.
+            let facts = crate::pki::CertFacts::from_der(&der)?;
+            Ok((i, key, der, facts))
         })
         .collect()
 }
@@ -551,11 +553,11 @@ pub(super) fn store(
 ) -> Result<serde_json::Value> {
     let names: Vec<String> = fresh
         .iter()
-        .map(|(i, _, _)| device_cert_name(&assessed.work[*i].id))
+        .map(|(i, _, _, _)| device_cert_name(&assessed.work[*i].id))
         .collect();
     // One policy document per (policy, issuer): a chunk shares a handful.
     let mut docs: HashMap<(&str, &str), String> = HashMap::new();
-    for (i, _, _) in &fresh {
+    for (i, _, _, _) in &fresh {
         let w = &assessed.work[*i];
         docs.entry((w.policy.name.as_str(), w.issuer_ca))
             .or_insert_with(|| policy_json(w.policy, "CN=<device id>", Some(w.issuer_ca)));
@@ -563,7 +565,7 @@ pub(super) fn store(
     let batch: Vec<NewVersion<'_>> = fresh
         .iter()
         .zip(&names)
-        .map(|((i, key, der), name)| {
+        .map(|((i, key, der, facts), name)| {
             let w = &assessed.work[*i];
             let doc = &docs[&(w.policy.name.as_str(), w.issuer_ca)];
             let issuer = issuers.get(w.issuer_ca).expect("the chunk was generated with it");
@@ -575,15 +577,15 @@ pub(super) fn store(
                 kty: w.policy.key.kty(),
                 exportable: exportable(w.policy),
                 issuer: Some((issuer.cert_name.as_str(), issuer.version.as_str())),
+                facts: Some(facts),
             }
         })
         .collect();
     let created = backend.create_versions(&batch, now)?;
     drop(batch);
     let mut new_cert: Vec<Option<(String, Vec<u8>, String)>> = vec![None; assessed.work.len()];
-    for ((i, _, der), version) in fresh.into_iter().zip(created) {
-        let tp = sha1_thumbprint(&der);
-        new_cert[i] = Some((version, der, tp));
+    for ((i, _, der, facts), version) in fresh.into_iter().zip(created) {
+        new_cert[i] = Some((version, der, facts.thumbprint));
     }
 
     let mut individuals = Vec::new();

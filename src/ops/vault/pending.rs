@@ -161,6 +161,7 @@ pub fn create(
                 kty: opts.key.kty(),
                 exportable: crate::ops::exportable(&policy),
                 issuer: None,
+                facts: None,
             }],
             now,
         )?;
@@ -290,6 +291,7 @@ pub fn merge(
                 kty: &pending.kty,
                 exportable: pending.exportable,
                 issuer: None,
+                facts: None,
             }],
             now,
         )?;

@@ -286,6 +286,7 @@ pub fn import(
                 kty: spec.kty(),
                 exportable,
                 issuer: None,
+                facts: None,
             }],
             now,
         )?;
