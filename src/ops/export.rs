@@ -89,7 +89,7 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
         // signed and is signed by its key, so `openssl verify -crl_check` finds the right one
         // for old and new leaves alike.
         drop(backend);
-        let mut backend = open_backend(plan, Access::Write, &opts.backend)?;
+        let mut backend = open_backend(plan, Access::Modify, &opts.backend)?;
         let versions = backend.versions(&name)?;
         let usable: Vec<_> = versions
             .iter()

@@ -153,6 +153,8 @@ pub enum Access {
     Read,
     /// Create if missing, take the writer lock.
     Write,
+    /// Take the writer lock; the store must exist (a verb that changes what `issue` made).
+    Modify,
     /// A dry run: read the store if it exists, else an empty in-memory one.
     Preview,
 }
@@ -176,7 +178,7 @@ pub fn open_backend(plan: &Plan, access: Access, settings: &BackendSettings) -> 
         path: path.clone(),
         key_file: settings.key_file.clone().or_else(|| key_file.clone()),
         create: access == Access::Write,
-        write: access == Access::Write,
+        write: matches!(access, Access::Write | Access::Modify),
         lock_timeout: settings.lock_timeout.unwrap_or(Duration::from_secs(30)),
     };
     let store =

@@ -128,7 +128,7 @@ pub fn reprovision(plan: &Plan, opts: &ReprovisionOptions, now: OffsetDateTime) 
     let access = if opts.dry_run {
         Access::Preview
     } else {
-        Access::Write
+        Access::Modify
     };
     let mut backend = open_backend(plan, access, &opts.backend)?;
     let ids = selected(plan, &opts.targets);

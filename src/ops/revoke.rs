@@ -167,7 +167,7 @@ pub fn revoke(plan: &Plan, opts: &RevokeOptions, now: OffsetDateTime) -> Result<
     let access = if opts.dry_run {
         Access::Preview
     } else {
-        Access::Write
+        Access::Modify
     };
     let mut backend = open_backend(plan, access, &opts.backend)?;
     // The preview is the plan: what each target needs, and whom it cuts off.

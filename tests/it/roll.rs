@@ -323,6 +323,15 @@ fn rolls_refuse_what_they_cannot_do() {
     env.quickstart();
     env.run(&["--plan", "plan.toml", "roll-secondary", "device:gateway-01"])
         .code(2);
+    env.plan_run(&["roll-primary", "--breach", "--yes", "group:sensors"])
+        .code(2);
+    env.plan_run(&["revoke", "device:sensor-01", "--reason", "superseded", "--yes"])
+        .code(2);
+    env.plan_run(&["reprovision"]).code(2);
+    assert!(
+        !env.store_dir().exists(),
+        "a verb refused before issue leaves no store behind"
+    );
     env.run(&["--plan", "plan.toml", "issue"]).ok();
     env.run(&["--plan", "plan.toml", "roll-secondary"]).code(2);
     env.run(&[

@@ -209,7 +209,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     let access = if opts.dry_run {
         Access::Preview
     } else {
-        Access::Write
+        Access::Modify
     };
     let mut backend = open_backend(plan, access, &opts.backend)?;
     refuse_unissued(&backend, &device_ids, &scopes)?;
