@@ -88,6 +88,17 @@ impl LocalBackend {
     }
 }
 
+/// Groups rows by key (keeping their order within a key), in the order the keys were asked in.
+fn grouped<T>(keys: &[String], rows: Vec<T>, key: impl Fn(&T) -> &str) -> Vec<Vec<T>> {
+    let mut by_key: std::collections::HashMap<String, Vec<T>> = std::collections::HashMap::new();
+    for r in rows {
+        by_key.entry(key(&r).to_string()).or_default().push(r);
+    }
+    keys.iter()
+        .map(|k| by_key.remove(k).unwrap_or_default())
+        .collect()
+}
+
 /// Puts rows found by key back into the order the keys were asked in.
 fn in_order<T>(keys: &[String], rows: Vec<T>, key: impl Fn(&T) -> &str) -> Vec<Option<T>> {
     let mut by_key: std::collections::HashMap<String, T> =
@@ -107,28 +118,12 @@ impl Vault for LocalBackend {
 
     fn versions_many(&self, names: &[String]) -> Result<Vec<Vec<VaultVersion>>> {
         let rows = read!(self, q::vault_versions_many(self.store.conn(), names))?;
-        let mut by_name: std::collections::HashMap<String, Vec<VaultVersion>> =
-            std::collections::HashMap::new();
-        for v in rows {
-            by_name.entry(v.name.clone()).or_default().push(v);
-        }
-        Ok(names
-            .iter()
-            .map(|n| by_name.remove(n).unwrap_or_default())
-            .collect())
+        Ok(grouped(names, rows, |v| &v.name))
     }
 
     fn briefs_many(&self, names: &[String]) -> Result<Vec<Vec<VersionBrief>>> {
         let rows = read!(self, q::vault_briefs_many(self.store.conn(), names))?;
-        let mut by_name: std::collections::HashMap<String, Vec<VersionBrief>> =
-            std::collections::HashMap::new();
-        for v in rows {
-            by_name.entry(v.name.clone()).or_default().push(v);
-        }
-        Ok(names
-            .iter()
-            .map(|n| by_name.remove(n).unwrap_or_default())
-            .collect())
+        Ok(grouped(names, rows, |v| &v.name))
     }
 
     fn versions(&self, name: &str) -> Result<Vec<VaultVersion>> {

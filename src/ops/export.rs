@@ -5,6 +5,7 @@
 
 use super::{Access, BackendSettings, Target, ca_cert_name, chain_above, device_cert_name, open_backend};
 use crate::backend::Vault as _;
+use crate::backend::types::VaultVersion;
 use crate::error::input;
 use crate::plan::Plan;
 use anyhow::{Context as _, Result};
@@ -57,6 +58,34 @@ pub struct ExportReport {
     pub includes_key: bool,
     /// How many certificates the file holds.
     pub certificates: usize,
+}
+
+/// Refuses (exit 2) a version that may not leave the vault: disabled, outside its validity at
+/// `now`, or, when its key is wanted, a key its policy keeps in (an HSM key never leaves,
+/// whatever its flag says). `what` names it in the message.
+pub fn may_export(what: &str, version: &VaultVersion, wants_key: bool, now: OffsetDateTime) -> Result<()> {
+    if !version.enabled {
+        return Err(input(format!(
+            "{what} version {} is disabled and cannot be exported",
+            version.version
+        )));
+    }
+    if now < version.nbf || now > version.exp {
+        return Err(input(format!(
+            "{what} version {} is valid only from {} to {}; it cannot be exported at {}",
+            version.version,
+            crate::clock::rfc3339(version.nbf),
+            crate::clock::rfc3339(version.exp),
+            crate::clock::rfc3339(now)
+        )));
+    }
+    if wants_key && (!version.exportable || version.kty.ends_with("-HSM")) {
+        return Err(input(format!(
+            "the private key of {what} ({}) is not exportable under its policy",
+            version.kty
+        )));
+    }
+    Ok(())
 }
 
 /// Runs `export`.
@@ -137,30 +166,8 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
             opts.target, opts.target
         ))
     })?;
-    if !version.enabled {
-        return Err(input(format!(
-            "{} version {} is disabled and cannot be exported",
-            opts.target, version.version
-        )));
-    }
-    if now < version.nbf || now > version.exp {
-        return Err(input(format!(
-            "{} version {} is valid only from {} to {}; it cannot be exported at {}",
-            opts.target,
-            version.version,
-            crate::clock::rfc3339(version.nbf),
-            crate::clock::rfc3339(version.exp),
-            crate::clock::rfc3339(now)
-        )));
-    }
     let wants_key = opts.with_key || opts.format == ExportFormat::Pfx;
-    // An HSM key never leaves, whatever its flag says.
-    if wants_key && (!version.exportable || version.kty.ends_with("-HSM")) {
-        return Err(input(format!(
-            "the private key of {} ({}) is not exportable under its policy",
-            opts.target, version.kty
-        )));
-    }
+    may_export(&opts.target.to_string(), &version, wants_key, now)?;
     let mut chain = vec![version.cert_der.clone()];
     let above = chain_above(&backend, &version)?;
     let root_excluded = above.len().saturating_sub(1);

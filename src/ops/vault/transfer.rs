@@ -373,29 +373,8 @@ pub fn export(
         }
         (None, _) => return Err(not_live(&backend, &name)),
     };
-    if !version.enabled {
-        return Err(input(format!(
-            "`{name}` version {} is disabled and cannot be exported",
-            version.version
-        )));
-    }
-    if now < version.nbf || now > version.exp {
-        return Err(input(format!(
-            "`{name}` version {} is valid only from {} to {}; it cannot be exported at {}",
-            version.version,
-            crate::clock::rfc3339(version.nbf),
-            crate::clock::rfc3339(version.exp),
-            crate::clock::rfc3339(now)
-        )));
-    }
     let wants_key = opts.with_key || opts.format == ExportFormat::Pfx;
-    // An HSM key never leaves, whatever its flag says.
-    if wants_key && (!version.exportable || version.kty.ends_with("-HSM")) {
-        return Err(input(format!(
-            "the private key of `{name}` ({}) is not exportable under its policy",
-            version.kty
-        )));
-    }
+    crate::ops::export::may_export(&format!("`{name}`"), &version, wants_key, now)?;
     let above = match version.issuer {
         Some(_) => chain_in_vault(&backend, &version)?,
         None => backend.stored_chain(&name, &version.version)?,
