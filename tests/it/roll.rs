@@ -524,3 +524,62 @@ fn rolling_the_primary_right_after_issue_rolls_and_a_rerun_does_not() {
         "the rerun renewed nothing"
     );
 }
+
+#[test]
+fn yearly_due_rolls_alternate_slots_and_expired_certificates_leave() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.plan_run(&["issue"]).ok();
+    let mut held = pem_der(&env, NOW, "gateway-01");
+    let mut expected_slot = "secondary";
+    for day in [
+        "2027-10-25",
+        "2028-10-01",
+        "2029-09-10",
+        "2030-08-20",
+        "2031-07-30",
+    ] {
+        let now = format!("{day}T00:00:00Z");
+        let r = env
+            .plan_run(&[
+                "--now",
+                &now,
+                "roll-secondary",
+                "--due",
+                "device:gateway-01",
+                "-o",
+                "json",
+            ])
+            .ok()
+            .json();
+        assert_eq!(r["devices"][0]["outcome"], "rolled", "{day}: {r}");
+        assert_eq!(r["devices"][0]["slot"], expected_slot, "{day}: slots alternate");
+        let new = pem_der(&env, &now, "gateway-01");
+        assert!(
+            works(&env, "gateway-01", &held, &now),
+            "{day}: the certificate it held still works"
+        );
+        assert!(works(&env, "gateway-01", &new, &now), "{day}: the new one works");
+        // Both slots hold valid certificates: the one before last has left.
+        let s = env
+            .plan_run(&["--now", &now, "status", "-o", "json", "enrollment:gateway-01"])
+            .ok()
+            .json();
+        let e = &s["enrollments"][0];
+        for slot in ["primary", "secondary"] {
+            let not_after = e[slot]["not_after"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{day}: {slot} empty: {s}"));
+            assert!(
+                not_after > now.as_str(),
+                "{day}: an expired certificate stayed in the {slot} slot"
+            );
+        }
+        held = new;
+        expected_slot = if expected_slot == "secondary" {
+            "primary"
+        } else {
+            "secondary"
+        };
+    }
+}
