@@ -10,7 +10,8 @@ use zeroize::Zeroizing;
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-fn sql(source: rusqlite::Error) -> StoreError {
+/// A SQLite error as a store error (the store adds its path).
+pub(super) fn sql(source: rusqlite::Error) -> StoreError {
     StoreError::Sqlite {
         path: Default::default(),
         source,
@@ -29,11 +30,13 @@ fn all<T, P: rusqlite::Params>(
     rows.collect::<rusqlite::Result<_>>().map_err(sql)
 }
 
-fn ts(t: OffsetDateTime) -> i64 {
+/// A time as stored: Unix seconds.
+pub(super) fn ts(t: OffsetDateTime) -> i64 {
     t.unix_timestamp()
 }
 
-fn from_ts(secs: i64) -> OffsetDateTime {
+/// A stored time.
+pub(super) fn from_ts(secs: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
@@ -57,7 +60,8 @@ pub fn new_version_id() -> Result<String> {
 const VERSION_COLS: &str =
     "name, version, cert_der, kty, exportable, enabled, nbf, exp, created, issuer_name, issuer_version";
 
-fn version_row(r: &Row<'_>) -> rusqlite::Result<VaultVersion> {
+/// A version read with the columns of [`VERSION_COLS`], in that order.
+pub(super) fn version_row(r: &Row<'_>) -> rusqlite::Result<VaultVersion> {
     Ok(VaultVersion {
         name: r.get(0)?,
         version: r.get(1)?,

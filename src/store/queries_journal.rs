@@ -1,22 +1,12 @@
 //! Reads and writes of the journal: runs of mutating commands and their steps.
 
 use super::StoreError;
+use super::queries::{from_ts, sql};
 use crate::backend::types::{JournalRun, JournalStep};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use time::OffsetDateTime;
 
 type Result<T> = std::result::Result<T, StoreError>;
-
-fn sql(source: rusqlite::Error) -> StoreError {
-    StoreError::Sqlite {
-        path: Default::default(),
-        source,
-    }
-}
-
-fn from_ts(secs: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
 
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or(serde_json::Value::Null)

@@ -2,21 +2,11 @@
 //! the hook, and the renewal watermark. See `schema_v3_notify.sql`.
 
 use super::StoreError;
+use super::queries::{from_ts, sql};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use time::OffsetDateTime;
 
 type Result<T> = std::result::Result<T, StoreError>;
-
-fn sql(source: rusqlite::Error) -> StoreError {
-    StoreError::Sqlite {
-        path: Default::default(),
-        source,
-    }
-}
-
-fn from_ts(secs: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
 
 /// The newest version of a vault certificate, with what decides its lifetime actions.
 #[derive(Debug, Clone)]

@@ -4,6 +4,7 @@
 
 use super::StoreError;
 use super::queries::key_identity;
+use super::queries::{from_ts, sql, ts, version_row};
 use super::seal::StoreKey;
 use crate::backend::types::*;
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -11,26 +12,11 @@ use time::OffsetDateTime;
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-fn sql(source: rusqlite::Error) -> StoreError {
-    StoreError::Sqlite {
-        path: Default::default(),
-        source,
-    }
-}
-
 fn corrupt(message: String) -> StoreError {
     StoreError::Corrupt {
         path: Default::default(),
         message,
     }
-}
-
-fn ts(t: OffsetDateTime) -> i64 {
-    t.unix_timestamp()
-}
-
-fn from_ts(secs: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 fn tags_from(text: &str) -> Result<Tags> {
@@ -171,24 +157,6 @@ pub fn purge(conn: &Connection, name: &str) -> Result<bool> {
     Ok(n > 0)
 }
 
-fn deleted_version_row(r: &Row<'_>) -> rusqlite::Result<VaultVersion> {
-    Ok(VaultVersion {
-        name: r.get(0)?,
-        version: r.get(1)?,
-        cert_der: r.get(2)?,
-        kty: r.get(3)?,
-        exportable: r.get(4)?,
-        enabled: r.get(5)?,
-        nbf: from_ts(r.get(6)?),
-        exp: from_ts(r.get(7)?),
-        created: from_ts(r.get(8)?),
-        issuer: match (r.get::<_, Option<String>>(9)?, r.get::<_, Option<String>>(10)?) {
-            (Some(name), Some(version)) => Some((name, version)),
-            _ => None,
-        },
-    })
-}
-
 /// Deleted certificates in name order (one, when `only` names it).
 pub fn deleted(conn: &Connection, only: Option<&str>) -> Result<Vec<DeletedCertificate>> {
     let mut stmt = conn
@@ -219,7 +187,7 @@ pub fn deleted(conn: &Connection, only: Option<&str>) -> Result<Vec<DeletedCerti
         .into_iter()
         .map(|(name, deleted, purge, tags)| {
             let vs = versions
-                .query_map([&name], deleted_version_row)
+                .query_map([&name], version_row)
                 .map_err(sql)?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(sql)?;
@@ -268,7 +236,7 @@ pub fn backup(conn: &Connection, key: &StoreKey, name: &str) -> Result<Option<Ce
     let rows = stmt
         .query_map([name], |r| {
             Ok((
-                deleted_version_row(r)?,
+                version_row(r)?,
                 r.get::<_, Vec<u8>>(11)?,
                 r.get::<_, i64>(12)?,
                 r.get::<_, String>(13)?,
