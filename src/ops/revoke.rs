@@ -244,29 +244,18 @@ fn revoke_ca(
         return Err(input(format!("{target} has not been issued yet")));
     }
     // What the CA signed below it goes too: a CA certificate chaining to a revoked one opens
-    // no door (parents first, so one pass finds every level).
+    // no door. The same walk a CA breach takes.
+    let own: Vec<(String, String)> = versions
+        .iter()
+        .map(|v| (v.name.clone(), v.version.clone()))
+        .collect();
+    let scope = super::roll::ca_scope(plan, name);
     let mut tainted: Vec<VaultVersion> = versions.clone();
-    let mut below = vec![name.to_string()];
-    let mut i = 0;
-    while i < below.len() {
-        let parent = below[i].clone();
-        for c in plan
-            .cas
-            .iter()
-            .filter(|c| c.issuer.as_deref() == Some(parent.as_str()))
-        {
-            below.push(c.name.clone());
-            for v in backend.versions(&ca_cert_name(&c.name))? {
-                let signed_by_tainted = v
-                    .issuer
-                    .as_ref()
-                    .is_some_and(|(n, ver)| tainted.iter().any(|t| &t.name == n && &t.version == ver));
-                if signed_by_tainted {
-                    tainted.push(v);
-                }
-            }
-        }
-        i += 1;
+    for (n, v) in super::roll::tainted(backend, &scope, &own)?
+        .iter()
+        .skip(own.len())
+    {
+        tainted.extend(backend.version(n, v)?);
     }
     let ders: Vec<&Vec<u8>> = tainted.iter().map(|v| &v.cert_der).collect();
     let mut steps = Vec::new();

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result};
 use time::OffsetDateTime;
 
 /// Which CAs, groups and devices a CA-level roll covers.
-pub(super) struct Scope<'p> {
+pub(crate) struct Scope<'p> {
     /// The CAs to renew, parents first.
     pub cas: Vec<&'p CaSpec>,
     /// The groups whose slot gets the new CA.
@@ -22,7 +22,7 @@ pub(super) struct Scope<'p> {
 
 /// The scope of `ca:NAME`: the CA, every CA below it, the groups they sign for and every device
 /// below.
-pub(super) fn ca_scope<'p>(plan: &'p Plan, top: &str) -> Scope<'p> {
+pub(crate) fn ca_scope<'p>(plan: &'p Plan, top: &str) -> Scope<'p> {
     let mut names = vec![top.to_string()];
     let mut i = 0;
     while i < names.len() {
@@ -169,7 +169,7 @@ pub(super) fn other_expired(
 
 /// The CA versions a breach taints: the compromised ones and every version of a CA in scope
 /// that they signed, directly or below.
-pub(super) fn tainted(
+pub(crate) fn tainted(
     backend: &dyn Backend,
     scope: &Scope<'_>,
     compromised: &[(String, String)],

@@ -17,6 +17,8 @@
 //! the journal remembers which certificate replaced the compromised one.
 
 mod cas;
+
+pub(crate) use cas::{ca_scope, tainted};
 mod devices;
 
 use super::journal::{self, CutOff, Planned, StepReport};
