@@ -9,10 +9,11 @@
 //! - `renewed`: a version created after the renewal watermark for a certificate that already had
 //!   a version (a roll, an auto-renew). The watermark moves in the same transaction as the
 //!   queueing, so a crash between a roll and the scan loses nothing: the next scan finds it.
+//!   With neither mail nor a hook configured, renewals are passed over unrecorded.
 
 use crate::plan::Trigger;
 use crate::store::StoreError;
-use crate::store::queries_notify::{self as q, NewEvent};
+use crate::store::queries_notify::{self as q, NewEvent, Unsent};
 use rusqlite::Connection;
 use std::collections::HashMap;
 use time::OffsetDateTime;
@@ -55,9 +56,9 @@ pub fn email_triggers(policy_json: &str) -> Vec<Trigger> {
         .collect()
 }
 
-/// Queues every event that has happened by `now` and was never queued; returns how many were
-/// new. Run it inside one transaction.
-pub fn scan(conn: &Connection, now: OffsetDateTime) -> Result<u64, StoreError> {
+/// Queues every event that has happened by `now` and was never queued (settled at once on the
+/// `unsent` channels); returns how many were new. Run it inside one transaction.
+pub fn scan(conn: &Connection, now: OffsetDateTime, unsent: Unsent) -> Result<u64, StoreError> {
     let mut queued = 0u64;
 
     let triggers: HashMap<String, Vec<Trigger>> = q::policies(conn)?
@@ -90,23 +91,17 @@ pub fn scan(conn: &Connection, now: OffsetDateTime) -> Result<u64, StoreError> {
                 not_after: *exp,
                 previous: None,
             };
-            queued += u64::from(q::queue(conn, &new, now)?);
+            queued += u64::from(q::queue(conn, &new, now, unsent)?);
         }
     }
 
     let mark = q::renewal_watermark(conn)?;
-    let (renewals, seen) = q::renewals_after(conn, mark)?;
-    for r in &renewals {
-        let new = NewEvent {
-            kind: RENEWED,
-            name: &r.name,
-            version: &r.version,
-            trigger: "",
-            at: r.created,
-            not_after: r.exp,
-            previous: Some(&r.previous),
-        };
-        queued += u64::from(q::queue(conn, &new, now)?);
+    let seen = q::max_version_seq(conn)?.max(mark);
+    // With neither channel configured nothing would ever send a renewal notice, and configuring
+    // one later must not replay them: the watermark moves past them unrecorded (a roll of a
+    // large fleet would otherwise write a settled row per device).
+    if !(unsent.mail && unsent.hook) {
+        queued += q::queue_renewals(conn, mark, seen, now, unsent)?;
     }
     if seen != mark {
         q::set_renewal_watermark(conn, seen)?;
@@ -158,7 +153,7 @@ mod tests {
     }
 
     fn scan_now(store: &mut Store, now: OffsetDateTime) -> u64 {
-        store.write(|conn, _| scan(conn, now)).unwrap()
+        store.write(|conn, _| scan(conn, now, Unsent::default())).unwrap()
     }
 
     #[test]
@@ -199,6 +194,34 @@ mod tests {
         assert_eq!(owed[3].previous.as_deref(), Some(owed[2].version.as_str()));
         // The newest version of `a` fires again at its own 80%: a new event for a new version.
         assert_eq!(scan_now(&mut store, now + time::Duration::days(80)), 1);
+    }
+
+    #[test]
+    fn events_are_settled_at_once_on_channels_the_plan_lacks() {
+        let mut store = Store::open_empty().unwrap();
+        let t0 = datetime!(2026-01-01 0:00 UTC);
+        add_version(&mut store, "dev-a", t0);
+        add_version(&mut store, "dev-a", t0 + time::Duration::days(1));
+        let only_hook = Unsent {
+            mail: true,
+            hook: false,
+        };
+        let now = t0 + time::Duration::days(2);
+        assert_eq!(store.write(|c, _| scan(c, now, only_hook)).unwrap(), 1);
+        assert!(q::owed(store.conn(), q::Channel::Mail).unwrap().is_empty());
+        let hook = q::owed(store.conn(), q::Channel::Hook).unwrap();
+        assert_eq!((hook.len(), hook[0].kind.as_str()), (1, RENEWED));
+
+        // Neither channel: the renewal is passed over, and a channel configured later does not
+        // get it either.
+        add_version(&mut store, "dev-a", now);
+        let neither = Unsent {
+            mail: true,
+            hook: true,
+        };
+        assert_eq!(store.write(|c, _| scan(c, now, neither)).unwrap(), 0);
+        assert_eq!(scan_now(&mut store, now), 0);
+        assert_eq!(q::owed(store.conn(), q::Channel::Hook).unwrap().len(), 1);
     }
 
     #[test]

@@ -153,7 +153,8 @@ pub struct NotifyReport {
     /// The instant the triggers were judged at.
     #[serde(with = "time::serde::rfc3339")]
     pub now: OffsetDateTime,
-    /// Events this run found and queued (on a dry run: would queue).
+    /// Events this run found and queued (on a dry run: would queue). With neither `[mail]` nor
+    /// `[hooks]`, renewals are not queued.
     pub queued: u64,
     /// Every event that was owed to a channel at delivery time, oldest first.
     pub events: Vec<EventReport>,
@@ -238,7 +239,11 @@ pub fn notify(
     // Queue, then read what is owed, in one transaction (rolled back on a dry run).
     store.begin_batch()?;
     let scanned = (|| {
-        let queued = events::scan(store.conn(), now)?;
+        let unsent = q::Unsent {
+            mail: !channels.mail_planned,
+            hook: channels.hook.is_none(),
+        };
+        let queued = events::scan(store.conn(), now, unsent)?;
         if !channels.mail_planned {
             q::skip_owed(store.conn(), Channel::Mail, now)?;
         }

@@ -58,51 +58,59 @@ pub fn policies(conn: &Connection) -> Result<Vec<(String, String)>> {
     rows.collect::<rusqlite::Result<_>>().map_err(sql)
 }
 
-/// A version that renewed a certificate: it has a version before it.
-#[derive(Debug, Clone)]
-pub struct Renewal {
-    /// Certificate name.
-    pub name: String,
-    /// The new version.
-    pub version: String,
-    /// The version before it.
-    pub previous: String,
-    /// When the new version was created.
-    pub created: OffsetDateTime,
-    /// Its notAfter.
-    pub exp: OffsetDateTime,
+/// Channels on which a newly queued event is settled at once, unsent, because the plan does not
+/// configure them (see [`skip_owed`]). Settling on insert spares a second pass over a large queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unsent {
+    /// No `[mail]`.
+    pub mail: bool,
+    /// No `[hooks]`.
+    pub hook: bool,
 }
 
-/// The renewals among the versions created after `seq` (oldest first), and the highest seq seen.
-pub fn renewals_after(conn: &Connection, seq: i64) -> Result<(Vec<Renewal>, i64)> {
-    let max: i64 = conn
-        .query_row("SELECT COALESCE(MAX(seq), 0) FROM vault_versions", [], |r| {
-            r.get(0)
-        })
-        .map_err(sql)?;
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT v.name, v.version, v.created, v.exp,
-                    (SELECT p.version FROM vault_versions p
-                      WHERE p.name = v.name AND p.seq < v.seq ORDER BY p.seq DESC LIMIT 1)
-             FROM vault_versions v WHERE v.seq > ?1 AND v.seq <= ?2 ORDER BY v.seq",
-        )
-        .map_err(sql)?;
-    let mut rows = stmt.query(params![seq, max]).map_err(sql)?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next().map_err(sql)? {
-        let previous: Option<String> = r.get(4).map_err(sql)?;
-        if let Some(previous) = previous {
-            out.push(Renewal {
-                name: r.get(0).map_err(sql)?,
-                version: r.get(1).map_err(sql)?,
-                previous,
-                created: from_ts(r.get(2).map_err(sql)?),
-                exp: from_ts(r.get(3).map_err(sql)?),
-            });
-        }
-    }
-    Ok((out, max.max(seq)))
+/// The highest `vault_versions.seq` handed out so far (0 for an empty vault).
+pub fn max_version_seq(conn: &Connection) -> Result<i64> {
+    conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM vault_versions", [], |r| {
+        r.get(0)
+    })
+    .map_err(sql)
+}
+
+/// Queues a `renewed` event for every version with `after < seq <= upto` that has a version
+/// before it, in creation order, unless it was ever queued. One statement, however many versions
+/// a roll made. Returns how many were queued.
+pub fn queue_renewals(
+    conn: &Connection,
+    after: i64,
+    upto: i64,
+    now: OffsetDateTime,
+    unsent: Unsent,
+) -> Result<u64> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO notify_events
+           (kind, name, version, trigger, at, not_after, previous, queued_at,
+            mailed_at, hooked_at, mail_skipped, hook_skipped)
+         SELECT 'renewed', name, version, '', created, exp, previous, ?3,
+                CASE WHEN ?4 THEN ?3 END, CASE WHEN ?5 THEN ?3 END, ?4, ?5
+         FROM (SELECT v.seq, v.name, v.version, v.created, v.exp,
+                      (SELECT p.version FROM vault_versions p
+                        WHERE p.name = v.name AND p.seq < v.seq
+                        ORDER BY p.seq DESC LIMIT 1) AS previous
+               FROM vault_versions v WHERE v.seq > ?1 AND v.seq <= ?2)
+         WHERE previous IS NOT NULL
+         ORDER BY seq",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            after,
+            upto,
+            now.unix_timestamp(),
+            unsent.mail,
+            unsent.hook
+        ])
+    })
+    .map(|n| n as u64)
+    .map_err(sql)
 }
 
 /// The renewal watermark: the highest `vault_versions.seq` already looked at.
@@ -149,11 +157,12 @@ pub struct NewEvent<'a> {
 
 /// Queues an event unless the same (kind, name, version, trigger) was ever queued; returns
 /// whether it is new.
-pub fn queue(conn: &Connection, e: &NewEvent<'_>, now: OffsetDateTime) -> Result<bool> {
+pub fn queue(conn: &Connection, e: &NewEvent<'_>, now: OffsetDateTime, unsent: Unsent) -> Result<bool> {
     conn.prepare_cached(
         "INSERT OR IGNORE INTO notify_events
-           (kind, name, version, trigger, at, not_after, previous, queued_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+           (kind, name, version, trigger, at, not_after, previous, queued_at,
+            mailed_at, hooked_at, mail_skipped, hook_skipped)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, CASE WHEN ?9 THEN ?8 END, CASE WHEN ?10 THEN ?8 END, ?9, ?10)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -164,7 +173,9 @@ pub fn queue(conn: &Connection, e: &NewEvent<'_>, now: OffsetDateTime) -> Result
             e.at.unix_timestamp(),
             e.not_after.unix_timestamp(),
             e.previous,
-            now.unix_timestamp()
+            now.unix_timestamp(),
+            unsent.mail,
+            unsent.hook
         ])
     })
     .map(|n| n > 0)
