@@ -8,6 +8,10 @@
 //! Goals: issue (issue #2) ratio <= 1.5 and peak RSS < 300 MB; rolling every device of the group
 //! (`roll-secondary group:fleet`, issue #3) within 1.5x of the bare loop for the same leaves.
 
+// The same allocator as the certroll binary, so the bare loop is not handicapped by malloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use rayon::prelude::*;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
