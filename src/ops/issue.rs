@@ -12,7 +12,7 @@ use super::{
 };
 use crate::backend::Backend;
 use crate::backend::types::*;
-use crate::pki::cert::{CertProfile, sign_public_key};
+use crate::pki::cert::{CertProfile, sign_public_key, sign_public_key_with_facts};
 use crate::pki::spec::Subject;
 use crate::pki::{PrivateKey, SubjectKey};
 use crate::plan::{CaSpec, EnrollmentSpec, GroupSpec, Plan, Policy};
@@ -724,9 +724,8 @@ fn generate(policy: &Policy, issuer: &LoadedIssuer, needs: &[Need], now: OffsetD
                 not_after,
                 ca: None,
             };
-            let der = sign_public_key(&profile, key.public_key(), &issuer.key)?;
-            // What the vault indexes it by, worked out here on the signing cores.
-            let facts = crate::pki::CertFacts::from_der(&der)?;
+            // What the vault indexes it by comes with it, worked out on the signing cores.
+            let (der, facts) = sign_public_key_with_facts(&profile, key.public_key(), &issuer.key)?;
             Ok((i, key, der, facts))
         })
         .collect::<Result<_, crate::pki::Error>>()?;

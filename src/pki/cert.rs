@@ -2,6 +2,7 @@
 //! and leaves with key usage, EKU and SANs.
 
 use super::Error;
+use super::inspect::CertFacts;
 use super::keys::PrivateKey;
 use super::spec::{DnKind, ExtendedKeyUsage, KeyUsage, Subject};
 use rcgen::{
@@ -170,6 +171,34 @@ pub fn sign_public_key(
     Ok(params.signed_by(public_key, &issuer.issuer)?.der().to_vec())
 }
 
+/// [`sign_public_key`], with the certificate's [`CertFacts`] known from what was signed rather
+/// than parsed back: a fleet signs hundreds of thousands of them.
+pub fn sign_public_key_with_facts(
+    profile: &CertProfile,
+    public_key: &impl rcgen::PublicKeyData,
+    issuer: &IssuerKey,
+) -> Result<(Vec<u8>, CertFacts), Error> {
+    let params = params(profile)?;
+    // `random_serial` makes serials whose DER content is exactly their bytes.
+    let serial = params
+        .serial_number
+        .as_ref()
+        .map(|s| super::hex_upper(&s.to_bytes()))
+        .unwrap_or_default();
+    let der = params.signed_by(public_key, &issuer.issuer)?.der().to_vec();
+    // Certificates carry whole seconds in UTC.
+    let second = |t: OffsetDateTime| {
+        t.to_offset(time::UtcOffset::UTC) - time::Duration::nanoseconds(i64::from(t.nanosecond()))
+    };
+    let facts = CertFacts {
+        thumbprint: super::sha1_thumbprint(&der),
+        serial,
+        not_before: second(profile.not_before),
+        not_after: second(profile.not_after),
+    };
+    Ok((der, facts))
+}
+
 /// A PKCS#10 certificate request (DER) for `key` with the profile's subject, SANs, key usage
 /// and EKUs (validity and CA-ness are the signing CA's to decide).
 pub fn csr_der(profile: &CertProfile, key: &PrivateKey) -> Result<Vec<u8>, Error> {
@@ -178,4 +207,54 @@ pub fn csr_der(profile: &CertProfile, key: &PrivateKey) -> Result<Vec<u8>, Error
     params.serial_number = None;
     params.use_authority_key_identifier_extension = false;
     Ok(params.serialize_request(key.pair())?.der().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::SubjectKey;
+    use crate::pki::spec::{Curve, KeySpec};
+    use time::macros::datetime;
+
+    const P256: KeySpec = KeySpec::Ec {
+        curve: Curve::P256,
+        hsm: false,
+    };
+
+    fn profile(not_before: OffsetDateTime, not_after: OffsetDateTime, ca: bool) -> CertProfile {
+        CertProfile {
+            subject: Subject::common_name("facts"),
+            dns_names: vec![],
+            key_usage: vec![],
+            extended_key_usage: vec![],
+            not_before,
+            not_after,
+            ca: ca.then_some(None),
+        }
+    }
+
+    #[test]
+    fn facts_known_at_signing_are_the_facts_parsed_from_the_certificate() {
+        let now = datetime!(2026-11-23 17:45:12.987654321 +02:00);
+        let key = PrivateKey::generate(&P256).unwrap();
+        let ca_der = sign_self(&profile(now, now + time::Duration::days(3650), true), &key).unwrap();
+        let issuer = IssuerKey::new(ca_der, key).unwrap();
+        // UTCTime and (from 2050) GeneralizedTime, fractional seconds, an offset, and many
+        // random serials.
+        let windows = [
+            (now, now + time::Duration::days(365)),
+            (now, datetime!(2051-01-01 00:00:00.5 UTC)),
+            (
+                datetime!(2049-12-31 23:59:59.999 UTC),
+                datetime!(2050-01-01 00:00:00 UTC),
+            ),
+        ];
+        for (i, (nbf, exp)) in windows.iter().cycle().take(60).enumerate() {
+            let subject = SubjectKey::generate(&P256).unwrap();
+            let (der, facts) =
+                sign_public_key_with_facts(&profile(*nbf, *exp, false), subject.public_key(), &issuer)
+                    .unwrap();
+            assert_eq!(facts, CertFacts::from_der(&der).unwrap(), "certificate {i}");
+        }
+    }
 }

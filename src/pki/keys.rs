@@ -129,7 +129,24 @@ impl PrivateKey {
 /// to certify. Cheaper than a [`PrivateKey`] because it is never loaded for signing.
 pub struct SubjectKey {
     pkcs8: Zeroizing<Vec<u8>>,
-    spki: rcgen::SubjectPublicKeyInfo,
+    public: SubjectPublicKey,
+}
+
+/// A public key as a certificate carries it: the raw key bytes and the algorithm. For EC keys
+/// these are the point the key pair already holds, so nothing is encoded and parsed back.
+pub struct SubjectPublicKey {
+    bytes: Vec<u8>,
+    algorithm: &'static SignatureAlgorithm,
+}
+
+impl PublicKeyData for SubjectPublicKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        self.algorithm
+    }
 }
 
 impl std::fmt::Debug for SubjectKey {
@@ -141,37 +158,37 @@ impl std::fmt::Debug for SubjectKey {
 impl SubjectKey {
     /// Generates a key of type `spec`.
     pub fn generate(spec: &KeySpec) -> Result<SubjectKey, Error> {
-        use aws_lc_rs::encoding::AsDer;
         use aws_lc_rs::signature::{self as sig, KeyPair as _};
         let fail = |what: &str| Error::BadKey(format!("{what} key generation failed"));
-        let (pkcs8, spki_der) = match spec {
+        match spec {
             KeySpec::Ec { curve, .. } => {
-                let alg = match curve {
-                    Curve::P256 => &sig::ECDSA_P256_SHA256_ASN1_SIGNING,
-                    Curve::P384 => &sig::ECDSA_P384_SHA384_ASN1_SIGNING,
-                    Curve::P521 => &sig::ECDSA_P521_SHA512_ASN1_SIGNING,
+                let (alg, algorithm) = match curve {
+                    Curve::P256 => (
+                        &sig::ECDSA_P256_SHA256_ASN1_SIGNING,
+                        &rcgen::PKCS_ECDSA_P256_SHA256,
+                    ),
+                    Curve::P384 => (
+                        &sig::ECDSA_P384_SHA384_ASN1_SIGNING,
+                        &rcgen::PKCS_ECDSA_P384_SHA384,
+                    ),
+                    Curve::P521 => (
+                        &sig::ECDSA_P521_SHA512_ASN1_SIGNING,
+                        &rcgen::PKCS_ECDSA_P521_SHA512,
+                    ),
                 };
                 let pair = sig::EcdsaKeyPair::generate(alg).map_err(|_| fail("EC"))?;
                 let pkcs8 = pair.to_pkcs8v1().map_err(|_| fail("EC"))?.as_ref().to_vec();
-                let spki = pair
-                    .public_key()
-                    .as_der()
-                    .map_err(|_| fail("EC"))?
-                    .as_ref()
-                    .to_vec();
-                (pkcs8, spki)
+                Ok(SubjectKey {
+                    pkcs8: Zeroizing::new(pkcs8),
+                    // The uncompressed point: the subjectPublicKey of an EC SPKI.
+                    public: SubjectPublicKey {
+                        bytes: pair.public_key().as_ref().to_vec(),
+                        algorithm,
+                    },
+                })
             }
-            KeySpec::Rsa { .. } => {
-                let key = PrivateKey::generate(spec)?;
-                let spki = key.public_key_der();
-                (key.pkcs8_der().to_vec(), spki)
-            }
-        };
-        let spki = rcgen::SubjectPublicKeyInfo::from_der(&spki_der)?;
-        Ok(SubjectKey {
-            pkcs8: Zeroizing::new(pkcs8),
-            spki,
-        })
+            KeySpec::Rsa { .. } => SubjectKey::reuse(&PrivateKey::generate(spec)?),
+        }
     }
 
     /// Keeps an existing key (a renewal with `reuse_key`).
@@ -179,7 +196,10 @@ impl SubjectKey {
         let spki = rcgen::SubjectPublicKeyInfo::from_der(&key.public_key_der())?;
         Ok(SubjectKey {
             pkcs8: Zeroizing::new(key.pkcs8_der().to_vec()),
-            spki,
+            public: SubjectPublicKey {
+                bytes: spki.der_bytes().to_vec(),
+                algorithm: spki.algorithm(),
+            },
         })
     }
 
@@ -189,8 +209,8 @@ impl SubjectKey {
     }
 
     /// The public key, for certifying.
-    pub fn public_key(&self) -> &rcgen::SubjectPublicKeyInfo {
-        &self.spki
+    pub fn public_key(&self) -> &SubjectPublicKey {
+        &self.public
     }
 }
 
@@ -281,7 +301,15 @@ mod tests {
                 hsm: false,
             },
             KeySpec::Ec {
+                curve: Curve::P384,
+                hsm: false,
+            },
+            KeySpec::Ec {
                 curve: Curve::P521,
+                hsm: false,
+            },
+            KeySpec::Rsa {
+                bits: 2048,
                 hsm: false,
             },
         ] {

@@ -10,7 +10,7 @@ use crate::ops::{
     DeviceOwner, LoadedIssuer, device_cert_name, device_owner, effective_key_usage, exportable, load_issuer,
     policy_json,
 };
-use crate::pki::cert::{CertProfile, sign_public_key};
+use crate::pki::cert::{CertProfile, sign_public_key_with_facts};
 use crate::pki::spec::Subject;
 use crate::pki::{PrivateKey, SubjectKey, sha1_thumbprint};
 use crate::plan::{ActionKind, Plan, Policy};
@@ -527,9 +527,8 @@ pub(super) fn generate(assessed: &Assessed<'_>, issuers: &Issuers, now: OffsetDa
                 not_after: (now + Duration::days(w.policy.validity_days as i64)).min(issuer.not_after),
                 ca: None,
             };
-            let der = sign_public_key(&profile, key.public_key(), &issuer.key)?;
-            // What the vault indexes it by, worked out here on the signing cores.
-            let facts = crate::pki::CertFacts::from_der(&der)?;
+            // What the vault indexes it by comes with it, worked out on the signing cores.
+            let (der, facts) = sign_public_key_with_facts(&profile, key.public_key(), &issuer.key)?;
             Ok((i, key, der, facts))
         })
         .collect()
