@@ -162,9 +162,11 @@ pub fn vault_insert_with_policy(
     };
     let version = new_version_id()?;
     let sealed = key.seal(&key_identity(new.name, &version), new.key_pkcs8)?;
+    // The certificate row changes only with its policy: a roll of a fleet leaves it alone.
     conn.prepare_cached(
         "INSERT INTO vault_certificates (name, policy, created, updated) VALUES (?1, ?2, ?3, ?3)
-         ON CONFLICT(name) DO UPDATE SET policy = excluded.policy, updated = excluded.updated",
+         ON CONFLICT(name) DO UPDATE SET policy = excluded.policy, updated = excluded.updated
+         WHERE policy IS NOT excluded.policy",
     )
     .and_then(|mut s| s.execute(params![new.name, policy_hash, ts(now)]))
     .map_err(sql)?;
