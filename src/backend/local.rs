@@ -88,28 +88,9 @@ impl LocalBackend {
     }
 }
 
-/// Groups rows by key (keeping their order within a key), in the order the keys were asked in.
-fn grouped<T>(keys: &[String], rows: Vec<T>, key: impl Fn(&T) -> &str) -> Vec<Vec<T>> {
-    let mut by_key: std::collections::HashMap<String, Vec<T>> = std::collections::HashMap::new();
-    for r in rows {
-        by_key.entry(key(&r).to_string()).or_default().push(r);
-    }
-    keys.iter()
-        .map(|k| by_key.remove(k).unwrap_or_default())
-        .collect()
-}
-
-/// Puts rows found by key back into the order the keys were asked in.
-fn in_order<T>(keys: &[String], rows: Vec<T>, key: impl Fn(&T) -> &str) -> Vec<Option<T>> {
-    let mut by_key: std::collections::HashMap<String, T> =
-        rows.into_iter().map(|r| (key(&r).to_string(), r)).collect();
-    keys.iter().map(|k| by_key.remove(k)).collect()
-}
-
 impl Vault for LocalBackend {
     fn current_many(&self, names: &[String]) -> Result<Vec<Option<VaultVersion>>> {
-        let rows = read!(self, q::vault_current_many(self.store.conn(), names))?;
-        Ok(in_order(names, rows, |v| &v.name))
+        read!(self, q::vault_current_many(self.store.conn(), names))
     }
 
     fn current(&self, name: &str) -> Result<Option<VaultVersion>> {
@@ -117,13 +98,11 @@ impl Vault for LocalBackend {
     }
 
     fn versions_many(&self, names: &[String]) -> Result<Vec<Vec<VaultVersion>>> {
-        let rows = read!(self, q::vault_versions_many(self.store.conn(), names))?;
-        Ok(grouped(names, rows, |v| &v.name))
+        read!(self, q::vault_versions_many(self.store.conn(), names))
     }
 
     fn briefs_many(&self, names: &[String]) -> Result<Vec<Vec<VersionBrief>>> {
-        let rows = read!(self, q::vault_briefs_many(self.store.conn(), names))?;
-        Ok(grouped(names, rows, |v| &v.name))
+        read!(self, q::vault_briefs_many(self.store.conn(), names))
     }
 
     fn versions(&self, name: &str) -> Result<Vec<VaultVersion>> {
@@ -380,13 +359,11 @@ impl Vault for LocalBackend {
 
 impl EnrollmentService for LocalBackend {
     fn individual_many(&self, ids: &[String]) -> Result<Vec<Option<IndividualEnrollment>>> {
-        let rows = read!(self, q::individual_get_many(self.store.conn(), ids))?;
-        Ok(in_order(ids, rows, |e| &e.registration_id))
+        read!(self, q::individual_get_many(self.store.conn(), ids))
     }
 
     fn registration_many(&self, ids: &[String]) -> Result<Vec<Option<RegistrationState>>> {
-        let rows = read!(self, q::registration_get_many(self.store.conn(), ids))?;
-        Ok(in_order(ids, rows, |r| &r.registration_id))
+        read!(self, q::registration_get_many(self.store.conn(), ids))
     }
 
     fn ca(&self, name: &str) -> Result<Option<ServiceCa>> {
@@ -651,13 +628,7 @@ impl HubRegistry for LocalBackend {
     }
 
     fn identity_many(&self, wanted: &[(String, String)]) -> Result<Vec<Option<HubIdentity>>> {
-        let ids: Vec<String> = wanted.iter().map(|(_, id)| id.clone()).collect();
-        let rows = read!(self, q::hub_get_many(self.store.conn(), &ids))?;
-        let mut by_key: std::collections::HashMap<(String, String), HubIdentity> = rows
-            .into_iter()
-            .map(|h| ((h.hub.clone(), h.device_id.clone()), h))
-            .collect();
-        Ok(wanted.iter().map(|k| by_key.remove(k)).collect())
+        read!(self, q::hub_get_pairs(self.store.conn(), wanted))
     }
 
     fn identity(&self, hub: &str, device_id: &str) -> Result<Option<HubIdentity>> {
@@ -667,8 +638,11 @@ impl HubRegistry for LocalBackend {
 
 impl Fleet for LocalBackend {
     fn device_many(&self, ids: &[String]) -> Result<Vec<Option<DeviceRecord>>> {
-        let rows = read!(self, q::device_get_many(self.store.conn(), ids))?;
-        Ok(in_order(ids, rows, |d| &d.id))
+        read!(self, q::device_get_many(self.store.conn(), ids))
+    }
+
+    fn first_unissued(&self, ids: &[String]) -> Result<Option<String>> {
+        read!(self, q::device_first_unissued(self.store.conn(), ids))
     }
 
     fn device(&self, id: &str) -> Result<Option<DeviceRecord>> {

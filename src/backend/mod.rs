@@ -277,6 +277,14 @@ pub trait Fleet {
     fn device_many(&self, ids: &[String]) -> Result<Vec<Option<DeviceRecord>>> {
         ids.iter().map(|id| self.device(id)).collect()
     }
+    /// The first of these devices that has no certificate installed (never issued), if any.
+    fn first_unissued(&self, ids: &[String]) -> Result<Option<String>> {
+        Ok(ids
+            .iter()
+            .zip(self.device_many(ids)?)
+            .find(|(_, d)| d.as_ref().and_then(|d| d.installed_version.as_ref()).is_none())
+            .map(|(id, _)| id.clone()))
+    }
     /// Devices in id order after `after`, optionally of one group.
     fn devices_page(&self, group: Option<&str>, after: &str, limit: usize) -> Result<Vec<DeviceRecord>>;
     /// Records devices and the versions installed on them, in one batch.

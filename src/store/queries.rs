@@ -108,16 +108,72 @@ pub fn vault_versions(conn: &Connection, name: &str) -> Result<Vec<VaultVersion>
 }
 
 /// The newest version of each of several certificates (absent names are left out).
-pub fn vault_current_many(conn: &Connection, names: &[String]) -> Result<Vec<VaultVersion>> {
-    all(conn, &format!(
-            "SELECT {VERSION_COLS} FROM vault_versions WHERE seq IN
-               (SELECT MAX(seq) FROM vault_versions WHERE name IN (SELECT value FROM json_each(?1)) GROUP BY name)"
-        ), [json_list(names)], version_row)
+pub fn vault_current_many(conn: &Connection, names: &[String]) -> Result<Vec<Option<VaultVersion>>> {
+    one_at_positions(
+        conn,
+        &format!(
+            "SELECT {}, j.key FROM json_each(?1) j JOIN vault_versions v
+               ON v.seq = (SELECT MAX(seq) FROM vault_versions WHERE name = j.value)",
+            qualified("v", VERSION_COLS)
+        ),
+        json_list(names),
+        names.len(),
+        version_row,
+    )
 }
 
 /// A JSON array of strings, for `json_each` look-ups of many keys in one statement.
 fn json_list(items: &[String]) -> String {
     serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
+}
+
+/// `cols` (`a, b, c`) qualified with a table alias (`t.a, t.b, t.c`): look-ups driven by
+/// `json_each` join a table whose column names (`id`, `key`, `value`) may clash with its own.
+fn qualified(alias: &str, cols: &str) -> String {
+    cols.split(", ")
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Runs a look-up of every item of a list at once: `query` walks the JSON array bound as ?1 with
+/// `json_each(?1) j` and ends its columns with `j.key`, the item's position. Each row found
+/// lands at its item's position (`len` items), so the caller's order comes back without a hash
+/// map; `row` reads the columns before the key. Several rows for one item are kept in the order
+/// the query yields them.
+fn at_positions<T>(
+    conn: &Connection,
+    query: &str,
+    list: String,
+    len: usize,
+    mut row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<Vec<T>>> {
+    let mut stmt = conn.prepare_cached(query).map_err(sql)?;
+    let key = stmt.column_count() - 1;
+    let mut out: Vec<Vec<T>> = (0..len).map(|_| Vec::new()).collect();
+    let mut rows = stmt.query([list]).map_err(sql)?;
+    while let Some(r) = rows.next().map_err(sql)? {
+        let at = usize::try_from(r.get::<_, i64>(key).map_err(sql)?).unwrap_or(usize::MAX);
+        let item = row(r).map_err(sql)?;
+        if let Some(slot) = out.get_mut(at) {
+            slot.push(item);
+        }
+    }
+    Ok(out)
+}
+
+/// [`at_positions`] for look-ups that find at most one row per item.
+fn one_at_positions<T>(
+    conn: &Connection,
+    query: &str,
+    list: String,
+    len: usize,
+    row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<Option<T>>> {
+    Ok(at_positions(conn, query, list, len, row)?
+        .into_iter()
+        .map(|mut found| found.pop())
+        .collect())
 }
 
 /// Stores a new version (creating the certificate name if new); returns its version id.
@@ -395,14 +451,16 @@ pub fn individual_list(conn: &Connection) -> Result<Vec<IndividualEnrollment>> {
 }
 
 /// Several individual enrollments (absent ids are left out).
-pub fn individual_get_many(conn: &Connection, ids: &[String]) -> Result<Vec<IndividualEnrollment>> {
-    all(
+pub fn individual_get_many(conn: &Connection, ids: &[String]) -> Result<Vec<Option<IndividualEnrollment>>> {
+    one_at_positions(
         conn,
         &format!(
-            "SELECT {INDIVIDUAL_COLS} FROM individual_enrollments
-             WHERE registration_id IN (SELECT value FROM json_each(?1))"
+            "SELECT {}, j.key FROM json_each(?1) j
+             JOIN individual_enrollments e ON e.registration_id = j.value",
+            qualified("e", INDIVIDUAL_COLS)
         ),
-        [json_list(ids)],
+        json_list(ids),
+        ids.len(),
         individual_row,
     )
 }
@@ -467,12 +525,13 @@ pub fn registration_get(conn: &Connection, id: &str) -> Result<Option<Registrati
 }
 
 /// The registration states of several devices (absent ids are left out).
-pub fn registration_get_many(conn: &Connection, ids: &[String]) -> Result<Vec<RegistrationState>> {
-    all(
+pub fn registration_get_many(conn: &Connection, ids: &[String]) -> Result<Vec<Option<RegistrationState>>> {
+    one_at_positions(
         conn,
-        "SELECT registration_id, status, substatus, hub, error, cert_thumbprint FROM registrations
-         WHERE registration_id IN (SELECT value FROM json_each(?1))",
-        [json_list(ids)],
+        "SELECT r.registration_id, r.status, r.substatus, r.hub, r.error, r.cert_thumbprint, j.key
+         FROM json_each(?1) j JOIN registrations r ON r.registration_id = j.value",
+        json_list(ids),
+        ids.len(),
         registration_row,
     )
 }
@@ -554,29 +613,60 @@ pub fn hub_get_many(conn: &Connection, device_ids: &[String]) -> Result<Vec<HubI
     )
 }
 
+/// The identities of several devices, each in the hub given with it (`(hub, device id)`), in
+/// the order asked.
+pub fn hub_get_pairs(conn: &Connection, wanted: &[(String, String)]) -> Result<Vec<Option<HubIdentity>>> {
+    one_at_positions(
+        conn,
+        "SELECT h.hub, h.device_id, h.auth_type, h.primary_thumbprint, h.secondary_thumbprint, h.status, j.key
+         FROM json_each(?1) j JOIN hub_devices h ON h.device_id = j.value ->> 1 AND h.hub = j.value ->> 0",
+        serde_json::to_string(wanted).unwrap_or_else(|_| "[]".into()),
+        wanted.len(),
+        hub_row,
+    )
+}
+
 /// Creates or updates a device identity; `reset_twin` puts the twin back to its initial state.
 pub fn hub_put(conn: &Connection, d: &HubIdentity, reset_twin: bool, now: OffsetDateTime) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO hub_devices (hub, device_id, auth_type, primary_thumbprint, secondary_thumbprint, status, created, updated)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
-         ON CONFLICT(hub, device_id) DO UPDATE SET auth_type = excluded.auth_type,
-           primary_thumbprint = excluded.primary_thumbprint, secondary_thumbprint = excluded.secondary_thumbprint,
-           status = excluded.status, updated = excluded.updated,
-           twin = CASE WHEN ?8 THEN '{}' ELSE twin END",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            d.hub,
-            d.device_id,
-            d.auth_type,
-            d.primary_thumbprint,
-            d.secondary_thumbprint,
-            d.status.as_str(),
-            ts(now),
-            reset_twin
-        ])
-    })
-    .map_err(sql)?;
+    // An identity that exists (every one a roll touches) is updated in place: one look-up
+    // instead of an insert attempt that conflicts and then updates.
+    let updated = conn
+        .prepare_cached(
+            "UPDATE hub_devices SET auth_type = ?3, primary_thumbprint = ?4, secondary_thumbprint = ?5,
+               status = ?6, updated = ?7, twin = CASE WHEN ?8 THEN '{}' ELSE twin END
+             WHERE device_id = ?2 AND hub = ?1",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                d.hub,
+                d.device_id,
+                d.auth_type,
+                d.primary_thumbprint,
+                d.secondary_thumbprint,
+                d.status.as_str(),
+                ts(now),
+                reset_twin
+            ])
+        })
+        .map_err(sql)?;
+    if updated == 0 {
+        conn.prepare_cached(
+            "INSERT INTO hub_devices (hub, device_id, auth_type, primary_thumbprint, secondary_thumbprint, status, created, updated)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                d.hub,
+                d.device_id,
+                d.auth_type,
+                d.primary_thumbprint,
+                d.secondary_thumbprint,
+                d.status.as_str(),
+                ts(now)
+            ])
+        })
+        .map_err(sql)?;
+    }
     Ok(())
 }
 
@@ -602,14 +692,25 @@ pub fn device_get(conn: &Connection, id: &str) -> Result<Option<DeviceRecord>> {
 }
 
 /// Several devices (absent ids are left out).
-pub fn device_get_many(conn: &Connection, ids: &[String]) -> Result<Vec<DeviceRecord>> {
-    all(
+pub fn device_get_many(conn: &Connection, ids: &[String]) -> Result<Vec<Option<DeviceRecord>>> {
+    one_at_positions(
         conn,
-        "SELECT id, group_name, enrollment, cert_name, installed_version FROM devices
-             WHERE id IN (SELECT value FROM json_each(?1))",
-        [json_list(ids)],
+        "SELECT d.id, d.group_name, d.enrollment, d.cert_name, d.installed_version, j.key
+         FROM json_each(?1) j JOIN devices d ON d.id = j.value",
+        json_list(ids),
+        ids.len(),
         device_row,
     )
+}
+
+/// The first of these devices (in the order given) with no installed version, if any.
+pub fn device_first_unissued(conn: &Connection, ids: &[String]) -> Result<Option<String>> {
+    conn.prepare_cached(
+        "SELECT j.value FROM json_each(?1) j LEFT JOIN devices d ON d.id = j.value
+         WHERE d.installed_version IS NULL ORDER BY j.key LIMIT 1",
+    )
+    .and_then(|mut s| s.query_row([json_list(ids)], |r| r.get(0)).optional())
+    .map_err(sql)
 }
 
 /// Devices in id order, optionally of one group, in pages (`after` = last id of the previous page).
@@ -630,13 +731,31 @@ pub fn device_page(
 
 /// Creates or updates a device and the version installed on it.
 pub fn device_put(conn: &Connection, d: &DeviceRecord) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO devices (id, group_name, enrollment, cert_name, installed_version) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT(id) DO UPDATE SET group_name = excluded.group_name, enrollment = excluded.enrollment,
-           cert_name = excluded.cert_name, installed_version = excluded.installed_version",
-    )
-    .and_then(|mut s| s.execute(params![d.id, d.group, d.enrollment, d.cert_name, d.installed_version]))
-    .map_err(sql)?;
+    // A roll changes only the installed version: set it in place, leaving the group index alone.
+    let updated = conn
+        .prepare_cached(
+            "UPDATE devices SET installed_version = ?5
+             WHERE id = ?1 AND group_name IS ?2 AND enrollment IS ?3 AND cert_name = ?4",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                d.id,
+                d.group,
+                d.enrollment,
+                d.cert_name,
+                d.installed_version
+            ])
+        })
+        .map_err(sql)?;
+    if updated == 0 {
+        conn.prepare_cached(
+            "INSERT INTO devices (id, group_name, enrollment, cert_name, installed_version) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(id) DO UPDATE SET group_name = excluded.group_name, enrollment = excluded.enrollment,
+               cert_name = excluded.cert_name, installed_version = excluded.installed_version",
+        )
+        .and_then(|mut s| s.execute(params![d.id, d.group, d.enrollment, d.cert_name, d.installed_version]))
+        .map_err(sql)?;
+    }
     Ok(())
 }
 
@@ -750,37 +869,62 @@ pub fn vault_names_page(conn: &Connection, after: &str, limit: usize) -> Result<
 }
 
 /// Every version of several certificates, oldest first within a name.
-pub fn vault_versions_many(conn: &Connection, names: &[String]) -> Result<Vec<VaultVersion>> {
-    all(
+pub fn vault_versions_many(conn: &Connection, names: &[String]) -> Result<Vec<Vec<VaultVersion>>> {
+    let found = at_positions(
         conn,
         &format!(
-            "SELECT {VERSION_COLS} FROM vault_versions WHERE name IN (SELECT value FROM json_each(?1)) ORDER BY name, seq"
+            "SELECT {}, v.seq, j.key FROM json_each(?1) j JOIN vault_versions v ON v.name = j.value",
+            qualified("v", VERSION_COLS)
         ),
-        [json_list(names)],
-        version_row,
-    )
+        json_list(names),
+        names.len(),
+        |r| {
+            Ok((
+                r.get::<_, i64>(VERSION_COLS.split(", ").count())?,
+                version_row(r)?,
+            ))
+        },
+    )?;
+    Ok(oldest_first(found))
+}
+
+/// Each name's versions in creation order (a name has a handful: sorting them here spares the
+/// statement a sort of the whole batch).
+fn oldest_first<T>(found: Vec<Vec<(i64, T)>>) -> Vec<Vec<T>> {
+    found
+        .into_iter()
+        .map(|mut versions| {
+            versions.sort_by_key(|(seq, _)| *seq);
+            versions.into_iter().map(|(_, v)| v).collect()
+        })
+        .collect()
 }
 
 /// Every version of several certificates, without certificates and keys, oldest first within a
-/// name.
-pub fn vault_briefs_many(conn: &Connection, names: &[String]) -> Result<Vec<VersionBrief>> {
-    all(
+/// name, in the order asked.
+pub fn vault_briefs_many(conn: &Connection, names: &[String]) -> Result<Vec<Vec<VersionBrief>>> {
+    let found = at_positions(
         conn,
-        "SELECT name, version, thumbprint, serial, enabled, nbf, exp FROM vault_versions
-         WHERE name IN (SELECT value FROM json_each(?1)) ORDER BY name, seq",
-        [json_list(names)],
+        "SELECT v.name, v.version, v.thumbprint, v.serial, v.enabled, v.nbf, v.exp, v.seq, j.key
+         FROM json_each(?1) j JOIN vault_versions v ON v.name = j.value",
+        json_list(names),
+        names.len(),
         |r| {
-            Ok(VersionBrief {
-                name: r.get(0)?,
-                version: r.get(1)?,
-                thumbprint: r.get(2)?,
-                serial: r.get(3)?,
-                enabled: r.get(4)?,
-                nbf: from_ts(r.get(5)?),
-                exp: from_ts(r.get(6)?),
-            })
+            Ok((
+                r.get::<_, i64>(7)?,
+                VersionBrief {
+                    name: r.get(0)?,
+                    version: r.get(1)?,
+                    thumbprint: r.get(2)?,
+                    serial: r.get(3)?,
+                    enabled: r.get(4)?,
+                    nbf: from_ts(r.get(5)?),
+                    exp: from_ts(r.get(6)?),
+                },
+            ))
         },
-    )
+    )?;
+    Ok(oldest_first(found))
 }
 
 /// Removes a CA certificate from the enrollment service.

@@ -112,13 +112,25 @@ fn word(slot: SlotName) -> &'static str {
     slot.word()
 }
 
-/// Reads what the services hold for a chunk and decides what each device needs.
+/// Adds a step's description to a device's report when the run lists them (a large run's
+/// devices share their chunk's steps: describing each would cost more than deciding).
+macro_rules! say {
+    ($describe:expr, $steps:expr, $($arg:tt)*) => {
+        if $describe {
+            $steps.push(format!($($arg)*));
+        }
+    };
+}
+
+/// Reads what the services hold for a chunk and decides what each device needs; with
+/// `describe`, each device's report lists its steps.
 pub(super) fn assess<'p>(
     plan: &'p Plan,
     backend: &dyn Backend,
     ids: &[String],
     mode: Mode<'_>,
     dry_run: bool,
+    describe: bool,
     now: OffsetDateTime,
 ) -> Result<Assessed<'p>> {
     let names: Vec<String> = ids.iter().map(|id| device_cert_name(id)).collect();
@@ -126,28 +138,34 @@ pub(super) fn assess<'p>(
     let records = backend.device_many(ids)?;
     let individuals = backend.individual_many(ids)?;
     let registrations = backend.registration_many(ids)?;
-    let wanted: Vec<(String, String)> = ids
+    // Each assigned device's identity in the hub it was assigned to, at the device's position.
+    let (at, wanted): (Vec<usize>, Vec<(String, String)>) = ids
         .iter()
         .zip(&registrations)
-        .filter_map(|(id, r)| {
+        .enumerate()
+        .filter_map(|(i, (id, r))| {
             r.as_ref()
                 .filter(|r| r.status == "assigned")
                 .and_then(|r| r.hub.clone())
-                .map(|hub| (hub, id.clone()))
+                .map(|hub| (i, (hub, id.clone())))
         })
-        .collect();
-    let mut identities: HashMap<String, HubIdentity> = backend
-        .identity_many(&wanted)?
-        .into_iter()
-        .flatten()
-        .map(|h| (h.device_id.clone(), h))
-        .collect();
+        .unzip();
+    let mut identities: Vec<Option<HubIdentity>> = vec![None; ids.len()];
+    for (i, identity) in at.into_iter().zip(backend.identity_many(&wanted)?) {
+        identities[i] = identity;
+    }
 
     let mut out = Assessed {
         reports: Vec::with_capacity(ids.len()),
         work: Vec::new(),
     };
-    for (((id, versions), record), individual) in ids.iter().zip(versions).zip(records).zip(individuals) {
+    for ((((id, versions), record), individual), identity) in ids
+        .iter()
+        .zip(versions)
+        .zip(records)
+        .zip(individuals)
+        .zip(identities)
+    {
         let (policy, issuer_ca, group) = owner_of(plan, id)?;
         let not_issued = || crate::error::input(format!("device:{id} has not been issued yet"));
         let record = record.ok_or_else(not_issued)?;
@@ -158,7 +176,6 @@ pub(super) fn assess<'p>(
             .cloned()
             .ok_or_else(not_issued)?;
         let newest = versions.last().cloned().ok_or_else(not_issued)?;
-        let identity = identities.remove(id);
         let target = format!("device:{id}");
         // A disabled individual enrollment is a revoked device: no roll issues it anything.
         if individual.as_ref().is_some_and(|e| e.status == Status::Disabled) {
@@ -255,31 +272,39 @@ pub(super) fn assess<'p>(
                     continue;
                 }
                 if !already {
-                    report.steps.push(format!(
+                    say!(
+                        describe,
+                        report.steps,
                         "issue a new certificate for `{id}` from policy `{}` ({}) signed by CA `{issuer_ca}`",
                         policy.name,
                         if policy.reuse_key { "same key" } else { "new key" }
-                    ));
+                    );
                     if individual.is_some() {
-                        report.steps.push(format!(
+                        say!(
+                            describe,
+                            report.steps,
                             "put it into the {} slot of individual enrollment `{id}`",
                             word(slot)
-                        ));
+                        );
                     }
                 }
                 if let Some(tp) = &pruned {
-                    report.steps.push(format!(
+                    say!(
+                        describe,
+                        report.steps,
                         "remove the expired certificate {tp} from the {} slot",
                         word(slot.other())
-                    ));
+                    );
                 }
                 if !already {
                     if let Some(h) = &identity {
-                        report.steps.push(format!(
+                        say!(
+                            describe,
+                            report.steps,
                             "set the {} thumbprint of `{id}` in hub `{}`",
                             word(slot),
                             h.hub
-                        ));
+                        );
                     }
                     report
                         .steps
@@ -296,14 +321,16 @@ pub(super) fn assess<'p>(
                     let other_ok = other_der.as_deref().is_some_and(|d| valid(&sha1_thumbprint(d)));
                     let named_ok = named_der.as_deref().is_some_and(|d| valid(&sha1_thumbprint(d)));
                     if !other_ok && named_ok {
-                        report.steps.insert(
-                            1,
-                            format!(
-                                "move the certificate in the {} slot to the {} slot, so it keeps working",
-                                word(slot),
-                                word(slot.other())
-                            ),
-                        );
+                        if describe {
+                            report.steps.insert(
+                                1,
+                                format!(
+                                    "move the certificate in the {} slot to the {} slot, so it keeps working",
+                                    word(slot),
+                                    word(slot.other())
+                                ),
+                            );
+                        }
                         work.other_individual = Some(named_der.clone());
                     }
                 }
@@ -370,18 +397,22 @@ pub(super) fn assess<'p>(
                 match &individual {
                     Some(_) => {
                         for tp in &tps {
-                            report.steps.push(format!(
+                            say!(
+                                describe,
+                                report.steps,
                                 "delete the compromised certificate {tp} from individual enrollment `{id}`"
-                            ));
+                            );
                         }
                     }
                     None => {
                         let g = group.context("a device without an individual enrollment is in a group")?;
-                        report.steps.push(format!(
+                        say!(
+                            describe,
+                            report.steps,
                             "create individual enrollment `{id}` (taking precedence over group `{}`) holding only the new certificate, so the compromised {} is refused",
                             g.name,
                             tps.join(", ")
-                        ));
+                        );
                         work.individual = Some(IndividualEnrollment {
                             registration_id: id.clone(),
                             primary: None,
@@ -393,17 +424,21 @@ pub(super) fn assess<'p>(
                     }
                 }
                 for v in &compromised {
-                    report.steps.push(format!(
+                    say!(
+                        describe,
+                        report.steps,
                         "disable vault version {}/{} and add its serial to the CRL of `{}` (key-compromise)",
                         v.name,
                         v.version,
                         v.issuer.as_ref().map(|i| i.0.as_str()).unwrap_or("?")
-                    ));
+                    );
                 }
-                report.steps.push(format!(
+                say!(
+                    describe,
+                    report.steps,
                     "issue a new certificate for `{id}` (new key) signed by CA `{issuer_ca}` into the {} slot",
                     word(slot)
-                ));
+                );
                 if let Some(h) = &identity
                     && breach.remove_hub_identity
                 {
@@ -411,9 +446,11 @@ pub(super) fn assess<'p>(
                         .steps
                         .push(format!("delete device `{id}` from hub `{}`", h.hub));
                 }
-                report.steps.push(format!(
+                say!(
+                    describe,
+                    report.steps,
                     "install the new certificate on device `{id}` and re-provision it, so the hub holds only the new thumbprint"
-                ));
+                );
                 report.outcome = "replaced";
                 work.clear_other = breach.both;
                 work.compromised = compromised;
@@ -432,9 +469,11 @@ pub(super) fn assess<'p>(
                 }
             }
             Mode::Replace { slot } => {
-                report.steps.push(format!(
+                say!(
+                    describe,
+                    report.steps,
                     "issue a new certificate for `{id}` (new key) signed by the new CA `{issuer_ca}`; its enrollment and hub identity keep only it"
-                ));
+                );
                 report.outcome = "replaced";
                 work.clear_other = true;
                 work.reprovision = true;

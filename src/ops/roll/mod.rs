@@ -417,12 +417,10 @@ fn refuse_unissued(backend: &dyn Backend, device_ids: &[String], scopes: &[Scope
         .chain(scopes.iter().flat_map(|s| s.scope.device_ids.iter()));
     let mut chunk = Vec::with_capacity(CHUNK);
     let check = |chunk: &mut Vec<String>| -> Result<()> {
-        for (id, d) in chunk.iter().zip(backend.device_many(chunk)?) {
-            if d.and_then(|d| d.installed_version).is_none() {
-                return Err(input(format!(
-                    "device:{id} has not been issued yet (run `certroll issue device:{id}`)"
-                )));
-            }
+        if let Some(id) = backend.first_unissued(chunk)? {
+            return Err(input(format!(
+                "device:{id} has not been issued yet (run `certroll issue device:{id}`)"
+            )));
         }
         chunk.clear();
         Ok(())
@@ -893,6 +891,9 @@ fn roll_device_steps(
         }
         issuers.load_all(&*backend, &needed, now);
     }
+    // A large run's devices all share the steps of their chunk: listing them per device would
+    // hold (and print) hundreds of megabytes.
+    let describe = total_devices <= DEVICE_STEPS_LISTED;
     let decide = |backend: &dyn Backend,
                   step: Option<&&crate::backend::types::JournalStep>|
      -> Result<Option<Decided<'_, '_>>> {
@@ -901,7 +902,7 @@ fn roll_device_steps(
         };
         let ids: Vec<String> = serde_json::from_value(s.detail["ids"].clone()).unwrap_or_default();
         let mode = mode_of(s);
-        let assessed = devices::assess(plan, backend, &ids, mode, opts.dry_run, now)
+        let assessed = devices::assess(plan, backend, &ids, mode, opts.dry_run, describe, now)
             .with_context(|| format!("step {} ({}) of {}", s.seq, s.kind, s.target))?;
         Ok(Some((s.seq, mode, assessed)))
     };
@@ -936,15 +937,7 @@ fn roll_device_steps(
         );
         let (stored, following) = lane?;
         if let Some(done) = stored {
-            // A large run's devices all share the steps of their chunk: listing them per device
-            // would hold (and print) hundreds of megabytes.
-            let keep_steps = total_devices <= DEVICE_STEPS_LISTED;
-            report.devices.extend(done.reports.into_iter().map(|mut d| {
-                if !keep_steps {
-                    d.steps = Vec::new();
-                }
-                d
-            }));
+            report.devices.extend(done.reports);
         }
         made = crypto?;
         decided = following;
