@@ -725,6 +725,10 @@ impl Backend for LocalBackend {
         format!("local store {}", self.store.path().display())
     }
 
+    fn assigned_identities(&self, ids: &[String]) -> Result<Vec<Option<HubIdentity>>> {
+        read!(self, q::hub_get_assigned(self.store.conn(), ids))
+    }
+
     fn begin(&mut self) -> Result<()> {
         self.store.begin_batch().map_err(BackendError::Store)
     }
@@ -735,5 +739,217 @@ impl Backend for LocalBackend {
 
     fn rollback(&mut self) {
         self.store.rollback_batch();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The batched look-ups the rolls use must agree, item for item and in the order asked, with
+    //! the one-at-a-time look-ups every backend has (the trait's default batches are built from
+    //! those): missing items, duplicates and order included.
+    use super::*;
+    use crate::pki::spec::{Curve, KeySpec, Subject};
+    use time::macros::datetime;
+
+    const NOW: OffsetDateTime = datetime!(2026-11-23 0:00 UTC);
+
+    fn cert() -> (Vec<u8>, crate::pki::PrivateKey) {
+        let key = crate::pki::PrivateKey::generate(&KeySpec::Ec {
+            curve: Curve::P256,
+            hsm: false,
+        })
+        .unwrap();
+        let profile = crate::pki::CertProfile {
+            subject: Subject::common_name("d"),
+            dns_names: vec![],
+            key_usage: vec![],
+            extended_key_usage: vec![],
+            not_before: NOW,
+            not_after: NOW + time::Duration::days(30),
+            ca: None,
+        };
+        (crate::pki::sign_self(&profile, &key).unwrap(), key)
+    }
+
+    fn add_version(b: &mut LocalBackend, name: &str) {
+        let (der, key) = cert();
+        let new = NewVersion {
+            name,
+            policy_json: "{}",
+            cert_der: &der,
+            key_pkcs8: key.pkcs8_der(),
+            kty: "EC",
+            exportable: true,
+            issuer: None,
+            facts: None,
+        };
+        b.create_versions(&[new], NOW).unwrap();
+    }
+
+    fn identity(hub: &str, id: &str, tp: &str) -> HubIdentity {
+        HubIdentity {
+            hub: hub.into(),
+            device_id: id.into(),
+            status: Status::Enabled,
+            auth_type: "selfSigned".into(),
+            primary_thumbprint: Some(tp.into()),
+            secondary_thumbprint: None,
+        }
+    }
+
+    fn registration(b: &mut LocalBackend, id: &str, status: &str, hub: Option<&str>) {
+        let state = RegistrationState {
+            registration_id: id.into(),
+            status: status.into(),
+            substatus: None,
+            hub: hub.map(String::from),
+            cert_thumbprint: None,
+            error: None,
+        };
+        b.store
+            .write(|c, _| q::registration_put(c, &state, Some("group"), Some("g"), "AA", NOW))
+            .unwrap();
+    }
+
+    fn dbg<T: std::fmt::Debug>(v: &T) -> String {
+        format!("{v:?}")
+    }
+
+    #[test]
+    fn batched_look_ups_agree_with_single_ones_in_the_order_asked() {
+        let mut b = LocalBackend::new(Store::open_empty().unwrap());
+        // d0 rolled once (two versions), d2 and d4 issued, d1 known but never issued, d3 unknown.
+        add_version(&mut b, "dev-d0");
+        add_version(&mut b, "dev-d0");
+        add_version(&mut b, "dev-d2");
+        add_version(&mut b, "dev-d4");
+        let record = |id: &str, installed: bool| DeviceRecord {
+            id: id.into(),
+            group: Some("g".into()),
+            enrollment: None,
+            cert_name: format!("dev-{id}"),
+            installed_version: installed.then(|| "v".to_string()),
+        };
+        b.install(&[
+            record("d0", true),
+            record("d1", false),
+            record("d2", true),
+            record("d4", true),
+        ])
+        .unwrap();
+        b.put_individuals(
+            &[IndividualEnrollment {
+                registration_id: "d2".into(),
+                primary: None,
+                secondary: None,
+                status: Status::Disabled,
+                reprovision: "migrate".into(),
+                hub: "hub-b".into(),
+            }],
+            NOW,
+        )
+        .unwrap();
+        registration(&mut b, "d0", "assigned", Some("hub-a"));
+        registration(&mut b, "d2", "assigned", Some("hub-b"));
+        registration(&mut b, "d4", "failed", Some("hub-a"));
+        b.update_identities(
+            &[
+                identity("hub-a", "d0", "A0"),
+                identity("hub-b", "d0", "B0"),
+                identity("hub-b", "d2", "B2"),
+                identity("hub-a", "d4", "A4"),
+            ],
+            NOW,
+        )
+        .unwrap();
+
+        let ids: Vec<String> = ["d4", "d3", "d0", "d2", "d1", "d0"].map(String::from).to_vec();
+        let one_by_one = |f: &dyn Fn(&str) -> String| ids.iter().map(|id| f(id)).collect::<Vec<_>>();
+
+        assert_eq!(
+            b.device_many(&ids).unwrap().iter().map(dbg).collect::<Vec<_>>(),
+            one_by_one(&|id| dbg(&b.device(id).unwrap()))
+        );
+        assert_eq!(
+            b.individual_many(&ids)
+                .unwrap()
+                .iter()
+                .map(dbg)
+                .collect::<Vec<_>>(),
+            one_by_one(&|id| dbg(&b.individual(id).unwrap()))
+        );
+        assert_eq!(
+            b.registration_many(&ids)
+                .unwrap()
+                .iter()
+                .map(dbg)
+                .collect::<Vec<_>>(),
+            one_by_one(&|id| dbg(&b.registration(id).unwrap()))
+        );
+        let pairs: Vec<(String, String)> = ["hub-b", "hub-a", "hub-a", "hub-b", "hub-a", "hub-a"]
+            .iter()
+            .zip(&ids)
+            .map(|(h, id)| (h.to_string(), id.clone()))
+            .collect();
+        assert_eq!(
+            b.identity_many(&pairs)
+                .unwrap()
+                .iter()
+                .map(dbg)
+                .collect::<Vec<_>>(),
+            pairs
+                .iter()
+                .map(|(h, id)| dbg(&b.identity(h, id).unwrap()))
+                .collect::<Vec<_>>()
+        );
+        // The identity in the hub the registration assigned: d0 in hub-a (not hub-b), d2 in
+        // hub-b; d4's registration failed, d1 and d3 have none.
+        let assigned: Vec<Option<String>> = b
+            .assigned_identities(&ids)
+            .unwrap()
+            .into_iter()
+            .map(|h| h.and_then(|h| h.primary_thumbprint))
+            .collect();
+        let expected = [None, None, Some("A0"), Some("B2"), None, Some("A0")];
+        assert_eq!(assigned, expected.map(|t| t.map(String::from)));
+
+        let names: Vec<String> = ids.iter().map(|id| format!("dev-{id}")).collect();
+        let briefs = b.briefs_many(&names).unwrap();
+        let versions = b.versions_many(&names).unwrap();
+        for ((name, brief), full) in names.iter().zip(&briefs).zip(&versions) {
+            let single: Vec<String> = b.versions(name).unwrap().into_iter().map(|v| v.version).collect();
+            assert_eq!(
+                brief.iter().map(|v| v.version.clone()).collect::<Vec<_>>(),
+                single,
+                "{name}"
+            );
+            assert_eq!(
+                full.iter().map(|v| v.version.clone()).collect::<Vec<_>>(),
+                single,
+                "{name}"
+            );
+        }
+        assert_eq!(briefs[2].len(), 2, "d0 has two versions, oldest first");
+        assert_eq!(
+            b.current_many(&names)
+                .unwrap()
+                .iter()
+                .map(|v| v.as_ref().map(|v| v.version.clone()))
+                .collect::<Vec<_>>(),
+            names
+                .iter()
+                .map(|n| b.current(n).unwrap().map(|v| v.version))
+                .collect::<Vec<_>>()
+        );
+
+        assert_eq!(b.first_unissued(&ids).unwrap().as_deref(), Some("d3"));
+        let issued: Vec<String> = ["d0", "d2", "d4"].map(String::from).to_vec();
+        assert_eq!(b.first_unissued(&issued).unwrap(), None);
+        assert_eq!(
+            b.first_unissued(&["d0".to_string(), "d1".to_string()])
+                .unwrap()
+                .as_deref(),
+            Some("d1")
+        );
     }
 }

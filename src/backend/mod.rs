@@ -360,4 +360,24 @@ pub trait Backend: Vault + EnrollmentService + HubRegistry + Fleet + Journal + S
     /// Abandons the unit of work (what a remote backend already applied stays applied; every
     /// verb is written so that a rerun finishes it).
     fn rollback(&mut self) {}
+
+    /// The hub identity of each device in the hub its registration assigned it to, in the order
+    /// asked (None for a device not assigned, or without an identity there).
+    fn assigned_identities(&self, ids: &[String]) -> Result<Vec<Option<HubIdentity>>> {
+        let (at, wanted): (Vec<usize>, Vec<(String, String)>) = ids
+            .iter()
+            .zip(self.registration_many(ids)?)
+            .enumerate()
+            .filter_map(|(i, (id, r))| {
+                r.filter(|r| r.status == "assigned")
+                    .and_then(|r| r.hub)
+                    .map(|hub| (i, (hub, id.clone())))
+            })
+            .unzip();
+        let mut out: Vec<Option<HubIdentity>> = vec![None; ids.len()];
+        for (i, identity) in at.into_iter().zip(self.identity_many(&wanted)?) {
+            out[i] = identity;
+        }
+        Ok(out)
+    }
 }

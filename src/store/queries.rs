@@ -626,6 +626,20 @@ pub fn hub_get_pairs(conn: &Connection, wanted: &[(String, String)]) -> Result<V
     )
 }
 
+/// The identity of each device in the hub its registration assigned it to, in the order asked.
+pub fn hub_get_assigned(conn: &Connection, ids: &[String]) -> Result<Vec<Option<HubIdentity>>> {
+    one_at_positions(
+        conn,
+        "SELECT h.hub, h.device_id, h.auth_type, h.primary_thumbprint, h.secondary_thumbprint, h.status, j.key
+         FROM json_each(?1) j
+         JOIN registrations r ON r.registration_id = j.value AND r.status = 'assigned'
+         JOIN hub_devices h ON h.device_id = j.value AND h.hub = r.hub",
+        json_list(ids),
+        ids.len(),
+        hub_row,
+    )
+}
+
 /// Creates or updates a device identity; `reset_twin` puts the twin back to its initial state.
 pub fn hub_put(conn: &Connection, d: &HubIdentity, reset_twin: bool, now: OffsetDateTime) -> Result<()> {
     // An identity that exists (every one a roll touches) is updated in place: one look-up

@@ -137,23 +137,7 @@ pub(super) fn assess<'p>(
     let versions = backend.briefs_many(&names)?;
     let records = backend.device_many(ids)?;
     let individuals = backend.individual_many(ids)?;
-    let registrations = backend.registration_many(ids)?;
-    // Each assigned device's identity in the hub it was assigned to, at the device's position.
-    let (at, wanted): (Vec<usize>, Vec<(String, String)>) = ids
-        .iter()
-        .zip(&registrations)
-        .enumerate()
-        .filter_map(|(i, (id, r))| {
-            r.as_ref()
-                .filter(|r| r.status == "assigned")
-                .and_then(|r| r.hub.clone())
-                .map(|hub| (i, (hub, id.clone())))
-        })
-        .unzip();
-    let mut identities: Vec<Option<HubIdentity>> = vec![None; ids.len()];
-    for (i, identity) in at.into_iter().zip(backend.identity_many(&wanted)?) {
-        identities[i] = identity;
-    }
+    let identities = backend.assigned_identities(ids)?;
 
     let mut out = Assessed {
         reports: Vec::with_capacity(ids.len()),
