@@ -185,7 +185,7 @@ impl<W: Write> Printer<W> {
                 )?;
                 let mut first = true;
                 let out = &mut self.out;
-                devices(&mut |d| {
+                let streamed = devices(&mut |d| {
                     write!(
                         out,
                         "{}\n    {}",
@@ -194,7 +194,18 @@ impl<W: Write> Printer<W> {
                     )?;
                     first = false;
                     Ok(())
-                })?;
+                });
+                if let Err(err) = streamed {
+                    // The head and some devices are already out, so no separate error document
+                    // can follow: close this one with the error in it rather than leave it cut
+                    // off. If writing to stdout is what failed, this fails too, and is ignored.
+                    let _ = write!(
+                        self.out,
+                        "\n  ],\n  \"error\": {}\n}}\n",
+                        serde_json::to_string(&ErrorBody::from_error(&err))?
+                    );
+                    return Err(err);
+                }
                 writeln!(self.out, "\n  ]\n}}")?;
             }
             Format::Human => {

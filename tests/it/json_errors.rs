@@ -170,6 +170,41 @@ fn success_and_a_report_that_exits_1_each_print_exactly_their_own_document() {
 }
 
 #[test]
+fn a_status_that_fails_while_streaming_devices_closes_its_one_document_with_the_error() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.plan_run(&["issue"]).ok();
+    // A certificate that no longer parses, in the middle of the device list.
+    let db = env.store_dir().join("state.db");
+    let out = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg("UPDATE vault_versions SET cert_der = x'3000' WHERE name = 'dev-sensor-20'")
+        .output()
+        .expect("the sqlite3 CLI must be installed");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let run = env.plan_run(&["status", "-o", "json"]).code(1);
+    let doc = run.json();
+    let listed: Vec<&str> = doc["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed.len(), 19, "the devices before the broken one: {listed:?}");
+    assert_eq!(listed.last(), Some(&"sensor-19"));
+    assert_eq!(doc["error"]["kind"], "failed", "{}", doc["error"]);
+    assert_eq!(doc["error"]["exit_code"], 1);
+    let message = doc["error"]["message"].as_str().unwrap();
+    assert!(message.contains("X.509"), "{message}");
+    assert!(
+        run.stderr.contains(&format!("error: {message}")),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn an_import_error_document_holds_no_key_material() {
     let env = TestEnv::new();
     env.write("plan.toml", "version = 1\n");
