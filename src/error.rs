@@ -17,6 +17,16 @@ pub enum Failure {
     Runtime,
 }
 
+impl Failure {
+    /// The `kind` of a JSON error document. Scripts match on these names, so they never change.
+    pub fn name(self) -> &'static str {
+        match self {
+            Failure::Input => "input",
+            Failure::Runtime => "failed",
+        }
+    }
+}
+
 /// An input error: the user must fix a file, flag or value. Wrap any error with
 /// [`input`] to make the CLI exit 2.
 #[derive(Debug, thiserror::Error)]

@@ -1,10 +1,16 @@
 //! Rendering reports: human text, or exactly one JSON document per command, to any writer.
+//!
+//! With `-o json` a failed command prints an error document instead of its report:
+//! `{"error": {"message", "kind", "exit_code"}}`. Stdout is written only through [`Stdout`], which
+//! remembers whether anything went out, so an error that comes after the command's own document
+//! (or part of it) never adds a second one.
 
 use crate::ops::issue::IssueReport;
 use crate::ops::status::{DeviceStatus, StatusHead};
 use crate::pki::CertInfo;
 use serde::Serialize;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Devices a human `status` lists before summarising the rest.
 const HUMAN_DEVICE_ROWS: usize = 200;
@@ -17,6 +23,80 @@ pub enum Format {
     Human,
     /// One JSON document.
     Json,
+}
+
+/// Set once any byte reached stdout. Process-wide because stdout is: every verb, the notify step
+/// after it and the error path in `cli::main` must agree on whether a document is already out.
+static STDOUT_WRITTEN: AtomicBool = AtomicBool::new(false);
+
+/// The process's stdout, remembering that it was written to (see [`stdout_written`]).
+pub struct Stdout(std::io::StdoutLock<'static>);
+
+/// Locks stdout for a command's output.
+pub fn stdout() -> Stdout {
+    Stdout(std::io::stdout().lock())
+}
+
+/// Whether this process has written anything to stdout through [`Stdout`].
+pub fn stdout_written() -> bool {
+    STDOUT_WRITTEN.load(Ordering::SeqCst)
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.0.write(buf)?;
+        if n > 0 {
+            STDOUT_WRITTEN.store(true, Ordering::SeqCst);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// The body of a JSON error document: `{"error": ErrorBody}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorBody {
+    /// The whole error chain as text, as stderr shows it after `error: ` (clap's usage
+    /// messages span several lines).
+    pub message: String,
+    /// Why it failed: `usage` (the command line was refused), `input` (a plan, flag, file or
+    /// value to fix; nothing was changed) or `failed` (failed part-way; a rerun resumes).
+    pub kind: &'static str,
+    /// The code the process exits with (for `check`, 3: unknown).
+    pub exit_code: u8,
+}
+
+impl ErrorBody {
+    /// The body for an error a verb returned, with the exit code `cli::main` gives it.
+    pub fn from_error(err: &anyhow::Error) -> ErrorBody {
+        let failure = crate::error::classify(err);
+        ErrorBody {
+            message: format!("{err:#}"),
+            kind: failure.name(),
+            exit_code: crate::error::exit_code(failure),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorDocument<'a> {
+    error: &'a ErrorBody,
+}
+
+/// Prints the error document on stdout, unless stdout already holds the command's own document
+/// (or part of it): a script must never find two. Returns whether it printed.
+pub fn print_error_document(body: &ErrorBody) -> std::io::Result<bool> {
+    if stdout_written() {
+        return Ok(false);
+    }
+    let mut out = stdout();
+    serde_json::to_writer_pretty(&mut out, &ErrorDocument { error: body })?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(true)
 }
 
 /// Writes reports.
@@ -105,7 +185,7 @@ impl<W: Write> Printer<W> {
                 )?;
                 let mut first = true;
                 let out = &mut self.out;
-                devices(&mut |d| {
+                let streamed = devices(&mut |d| {
                     write!(
                         out,
                         "{}\n    {}",
@@ -114,7 +194,18 @@ impl<W: Write> Printer<W> {
                     )?;
                     first = false;
                     Ok(())
-                })?;
+                });
+                if let Err(err) = streamed {
+                    // The head and some devices are already out, so no separate error document
+                    // can follow: close this one with the error in it rather than leave it cut
+                    // off. If writing to stdout is what failed, this fails too, and is ignored.
+                    let _ = write!(
+                        self.out,
+                        "\n  ],\n  \"error\": {}\n}}\n",
+                        serde_json::to_string(&ErrorBody::from_error(&err))?
+                    );
+                    return Err(err);
+                }
                 writeln!(self.out, "\n  ]\n}}")?;
             }
             Format::Human => {

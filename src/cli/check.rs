@@ -31,6 +31,9 @@ pub struct CheckArgs {
     critical_within: u32,
 }
 
+/// check's exit code when the plan or the state cannot be read.
+const UNKNOWN: u8 = 3;
+
 /// Problems listed in human output before "and N more".
 const SHOWN: usize = 50;
 
@@ -50,7 +53,14 @@ pub fn exec(g: &Global, args: CheckArgs) -> anyhow::Result<u8> {
         Err(e) => {
             // Monitoring reads "cannot tell" as UNKNOWN, whatever the cause.
             eprintln!("UNKNOWN: {e:#}");
-            return Ok(3);
+            if g.output == crate::output::Format::Json {
+                // `kind` still says why (input or failed); the exit code is check's own.
+                crate::output::print_error_document(&crate::output::ErrorBody {
+                    exit_code: UNKNOWN,
+                    ..crate::output::ErrorBody::from_error(&e)
+                })?;
+            }
+            return Ok(UNKNOWN);
         }
     };
     let mut p = g.printer();

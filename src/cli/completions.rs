@@ -12,11 +12,11 @@ pub struct CompletionsArgs {
 
 pub fn exec(args: CompletionsArgs) -> anyhow::Result<u8> {
     let mut cmd = super::command();
-    clap_complete::generate(args.shell, &mut cmd, "certroll", &mut std::io::stdout());
+    clap_complete::generate(args.shell, &mut cmd, "certroll", &mut crate::output::stdout());
     Ok(0)
 }
 
 pub fn man() -> anyhow::Result<u8> {
-    clap_mangen::Man::new(super::command()).render(&mut std::io::stdout())?;
+    clap_mangen::Man::new(super::command()).render(&mut crate::output::stdout())?;
     Ok(0)
 }

@@ -14,7 +14,6 @@ mod status;
 mod vault;
 
 use crate::clock::{Clock, FixedClock, SystemClock};
-use crate::error::{classify, exit_code};
 use crate::ops::{BackendSettings, Target};
 use crate::output::{Format, Printer};
 use clap::{Args, Parser, Subcommand};
@@ -104,8 +103,8 @@ impl Global {
         }
     }
 
-    fn printer(&self) -> Printer<std::io::StdoutLock<'static>> {
-        Printer::new(std::io::stdout().lock(), self.output, self.quiet)
+    fn printer(&self) -> Printer<crate::output::Stdout> {
+        Printer::new(crate::output::stdout(), self.output, self.quiet)
     }
 
     fn load_plan(&self) -> anyhow::Result<crate::plan::Plan> {
@@ -147,6 +146,9 @@ pub enum Command {
 }
 
 /// Parses the command line, runs the verb, and returns the exit code.
+///
+/// With `-o json`, a failure also prints a JSON error document on stdout (see
+/// [`crate::output::print_error_document`]); the text on stderr stays as it is.
 pub fn main() -> ExitCode {
     let cli = match Cli::parse_args() {
         Ok(cli) => cli,
@@ -159,10 +161,18 @@ pub fn main() -> ExitCode {
                 (true, true) => 3,
                 (true, false) => 2,
             };
+            if code != 0 && json_requested() {
+                let _ = crate::output::print_error_document(&crate::output::ErrorBody {
+                    message: usage_message(&e),
+                    kind: "usage",
+                    exit_code: code,
+                });
+            }
             return ExitCode::from(code);
         }
     };
     init_tracing(cli.global.verbose);
+    let json = cli.global.output == Format::Json;
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
@@ -170,9 +180,69 @@ pub fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("error: {err:#}");
-            ExitCode::from(exit_code(classify(&err)))
+            let body = crate::output::ErrorBody::from_error(&err);
+            if json {
+                let _ = crate::output::print_error_document(&body);
+            }
+            ExitCode::from(body.exit_code)
         }
     }
+}
+
+/// Whether a command line that clap refused asked for `-o json`. clap stops at the first bad
+/// argument, so an `-o json` after it never reaches its matches; the raw arguments are read
+/// instead (see [`output_in_args`]).
+fn json_requested() -> bool {
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    output_in_args(&args) == Some("json")
+}
+
+/// The value of the last `-o`/`--output` on a command line, in any spelling clap accepts:
+/// `-o json`, `-ojson`, `-o=json`, `--output json`, `--output=json`, and `-o` at the end of a
+/// cluster of the flag-only short options (`-qo json`). Nothing after `--` counts.
+fn output_in_args(args: &[String]) -> Option<&str> {
+    let mut found = None;
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        if arg == "--" {
+            break;
+        }
+        let attached = if let Some(long) = arg.strip_prefix("--") {
+            match long.strip_prefix("output") {
+                Some("") => None,
+                Some(rest) => match rest.strip_prefix('=') {
+                    Some(value) => Some(value),
+                    None => continue,
+                },
+                None => continue,
+            }
+        } else if let Some(cluster) = arg.strip_prefix('-') {
+            // Only the flags that take no value may come before `o` in one cluster.
+            let flags = cluster.trim_start_matches(['q', 'v', 'y']);
+            match flags.strip_prefix('o') {
+                Some("") => None,
+                Some(rest) => Some(rest.strip_prefix('=').unwrap_or(rest)),
+                None => continue,
+            }
+        } else {
+            continue;
+        };
+        found = match attached {
+            Some(value) => Some(value),
+            None => iter.next().map(String::as_str),
+        };
+    }
+    found
+}
+
+/// clap's message without its `error: ` prefix, like the messages of other errors.
+fn usage_message(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let text = text.trim();
+    text.strip_prefix("error: ").unwrap_or(text).to_string()
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
@@ -238,4 +308,46 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
 /// The clap command, for completions and the man page.
 pub fn command() -> clap::Command {
     <Cli as clap::CommandFactory>::command()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::output_in_args;
+
+    fn output(line: &str) -> Option<String> {
+        let args: Vec<String> = line.split_whitespace().map(String::from).collect();
+        output_in_args(&args).map(String::from)
+    }
+
+    #[test]
+    fn every_spelling_of_the_output_option_is_found_even_after_a_bad_argument() {
+        for line in [
+            "status -o json",
+            "status --bogus -o json",
+            "-ojson status",
+            "-o=json status",
+            "--output json status",
+            "--output=json status",
+            "status -qvo json",
+            "status -qojson",
+            "-o human status -o json",
+        ] {
+            assert_eq!(output(line).as_deref(), Some("json"), "{line}");
+        }
+    }
+
+    #[test]
+    fn look_alikes_and_arguments_after_the_separator_are_not_the_output_option() {
+        for line in [
+            "status",
+            "status --outputs json",
+            "status -x json",
+            "status -- -o json",
+            "status -o",
+            "status -pojson",
+        ] {
+            assert_ne!(output(line).as_deref(), Some("json"), "{line}");
+        }
+        assert_eq!(output("status -o json -o human").as_deref(), Some("human"));
+    }
 }

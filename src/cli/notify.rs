@@ -56,7 +56,7 @@ fn report_failures(report: &NotifyReport) {
 const SHOWN: usize = 50;
 
 fn print_human(
-    p: &mut crate::output::Printer<std::io::StdoutLock<'static>>,
+    p: &mut crate::output::Printer<crate::output::Stdout>,
     r: &NotifyReport,
     verbose: bool,
 ) -> std::io::Result<()> {

@@ -382,10 +382,7 @@ fn tags_text(tags: &crate::backend::types::Tags) -> String {
         .join(", ")
 }
 
-fn deleted_line(
-    p: &mut Printer<std::io::StdoutLock<'static>>,
-    d: &lifecycle::DeletedView,
-) -> std::io::Result<()> {
+fn deleted_line(p: &mut Printer<crate::output::Stdout>, d: &lifecycle::DeletedView) -> std::io::Result<()> {
     p.line(format!(
         "{:<40} deleted {}  purge on {}{}  ({} version(s))",
         d.name,

@@ -679,12 +679,20 @@ fn every_verb_refuses_a_broken_plan_at_its_exact_location_and_writes_nothing() {
                 case.word,
                 run.stderr
             );
-            assert!(
-                run.stdout.is_empty(),
-                "{}: {verb:?} printed a report for a broken plan: {}",
-                case.what,
-                run.stdout
-            );
+            if verb.contains(&"json") {
+                // A script gets the error as the one document, never a report.
+                let doc = run.json();
+                assert_eq!(doc["error"]["exit_code"], 2, "{}: {verb:?}: {doc}", case.what);
+                let message = doc["error"]["message"].as_str().unwrap_or_default();
+                assert!(message.starts_with(&location), "{}: {verb:?}: {doc}", case.what);
+            } else {
+                assert!(
+                    run.stdout.is_empty(),
+                    "{}: {verb:?} printed a report for a broken plan: {}",
+                    case.what,
+                    run.stdout
+                );
+            }
             assert!(!run.stderr.contains("panicked"), "{}: {}", case.what, run.stderr);
         }
         assert!(
@@ -711,7 +719,15 @@ fn a_plan_that_cannot_be_read_is_named_and_touches_nothing() {
             "certroll.toml"
         };
         assert!(run.stderr.contains(name), "{args:?}: {}", run.stderr);
-        assert!(run.stdout.is_empty());
+        if args.contains(&"json") {
+            let message = run.json()["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            assert!(message.contains(name), "{args:?}: {}", run.stdout);
+        } else {
+            assert!(run.stdout.is_empty(), "{args:?}: {}", run.stdout);
+        }
     }
     std::fs::create_dir(env.path("a-dir.toml")).unwrap();
     env.run(&["--plan", "a-dir.toml", "validate"]).code(2);

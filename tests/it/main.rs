@@ -31,5 +31,7 @@ mod mail;
 mod docs;
 // Beyond the happy path: status fields against openssl, profiles, broken plans per verb.
 mod contract;
+// `-o json` failures: one error document, never a second document after a report.
+mod json_errors;
 // Private keys: not printed, not in clear in the store, the store key never silently replaced.
 mod secrets;
