@@ -35,3 +35,5 @@ mod contract;
 mod json_errors;
 // Private keys: not printed, not in clear in the store, the store key never silently replaced.
 mod secrets;
+// Issue 3 at fleet scale: yearly cron rounds, breaches, revokes, reprovision policies, kills.
+mod fleet;
