@@ -147,7 +147,27 @@ pub fn decide(req: &RegistrationRequest, ctx: &Context<'_>) -> Decision {
             ind.registration_id
         ));
     }
-    for group in ctx.groups.iter().filter(|g| g.status == Status::Enabled) {
+    // The most specific group wins, as in DPS: the group of the first CA in the presented chain
+    // above the leaf, then the next one up, to the root. A group whose certificate the device
+    // did not present (it sent its leaf alone) comes after those.
+    let enabled: Vec<&EnrollmentGroup> = ctx
+        .groups
+        .iter()
+        .filter(|g| g.status == Status::Enabled)
+        .collect();
+    let holds = |g: &EnrollmentGroup, der: &[u8]| {
+        [&g.primary, &g.secondary]
+            .into_iter()
+            .flatten()
+            .any(|s| s.cert_der == der)
+    };
+    let presented = req.chain[1..]
+        .iter()
+        .flat_map(|ca| enabled.iter().filter(move |g| holds(g, ca)));
+    let others = enabled
+        .iter()
+        .filter(|g| !req.chain[1..].iter().any(|ca| holds(g, ca)));
+    for group in presented.chain(others) {
         if slot_accepts(&group.primary, &req.chain, ctx.now)
             || slot_accepts(&group.secondary, &req.chain, ctx.now)
         {
@@ -241,6 +261,39 @@ mod tests {
         assert_eq!(
             decide(&unknown, &ctx),
             Decision::Rejected("no enrollment accepts this certificate".into())
+        );
+    }
+
+    #[test]
+    fn the_group_of_the_nearest_ca_in_the_chain_wins_over_one_further_up() {
+        let now = OffsetDateTime::now_utc();
+        let root = ca("Root", now);
+        let line_key = PrivateKey::generate(&P256).unwrap();
+        let line_der = crate::pki::sign_leaf(&profile("Line", true, now), &line_key, &root).unwrap();
+        let line = IssuerKey::new(line_der.clone(), line_key).unwrap();
+        // The root's group comes first in the list: order must not decide.
+        let groups = [group("by-root", &root), group("by-line", &line)];
+        let ctx = Context {
+            disabled_holding_leaf: &[],
+            individual: None,
+            groups: &groups,
+            now,
+        };
+        let name = |req: &RegistrationRequest| match decide(req, &ctx) {
+            Decision::Group { name, .. } => name,
+            other => panic!("{other:?}"),
+        };
+        let under_line = leaf("dev-1", &line, now);
+        let full = request(
+            "dev-1",
+            vec![under_line.clone(), line_der.clone(), root.cert_der().to_vec()],
+        );
+        assert_eq!(name(&full), "by-line");
+        assert_eq!(name(&request("dev-1", vec![under_line, line_der])), "by-line");
+        // A device the root signs directly belongs to the root's group.
+        assert_eq!(
+            name(&request("dev-2", vec![leaf("dev-2", &root, now)])),
+            "by-root"
         );
     }
 

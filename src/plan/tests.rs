@@ -973,15 +973,49 @@ fn enrollment_fields_are_checked() {
 /// `with_base` plus groups (name, devices) and enrollments, each group from line 19 on.
 fn fleet(groups: &[(&str, &str)], enrollments: &[&str]) -> String {
     let mut rest = String::new();
-    for (name, devices) in groups {
-        rest.push_str(&format!("[groups.{name}]\nsigning_ca = \"factory\"\nhub = \"h\"\ndevice_policy = \"device\"\ndevices = {devices}\n"));
+    // The first group signs with `factory`, each other group with a CA of its own (declared
+    // last, so the groups' lines stay where the tests expect them).
+    let ca = |i: usize, name: &str| {
+        if i == 0 {
+            "factory".to_string()
+        } else {
+            format!("ca-{name}")
+        }
+    };
+    for (i, (name, devices)) in groups.iter().enumerate() {
+        rest.push_str(&format!(
+            "[groups.{name}]\nsigning_ca = \"{}\"\nhub = \"h\"\ndevice_policy = \"device\"\ndevices = {devices}\n",
+            ca(i, name)
+        ));
     }
     for name in enrollments {
         rest.push_str(&format!(
             "[enrollments.{name}]\nissuer = \"factory\"\npolicy = \"device\"\nhub = \"h\"\n"
         ));
     }
+    for (i, (name, _)) in groups.iter().enumerate().skip(1) {
+        rest.push_str(&format!(
+            "[ca.{}]\nsubject = \"CN={name}\"\nissuer = \"root\"\npolicy = \"ca\"\n",
+            ca(i, name)
+        ));
+    }
     with_base(&rest)
+}
+
+#[test]
+fn two_groups_may_not_share_a_signing_ca() {
+    let text = with_base(
+        "[groups.m]\nsigning_ca = \"factory\"\nhub = \"hub-m\"\ndevice_policy = \"device\"\ndevices = { prefix = \"m-\", count = 2 }\n\
+         [groups.n]\nsigning_ca = \"factory\"\nhub = \"hub-n\"\ndevice_policy = \"device\"\ndevices = { prefix = \"n-\", count = 2 }\n",
+    );
+    let e = err(&text);
+    let line = text.lines().position(|l| l == "[groups.n]").unwrap() + 2;
+    assert_at(
+        &e,
+        line,
+        14,
+        "group `n` has signing_ca = \"factory\", which group `m` already has",
+    );
 }
 
 #[test]

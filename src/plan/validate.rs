@@ -814,10 +814,26 @@ impl<'a> Validator<'a> {
     ) -> Option<BTreeMap<String, (GroupSpec, Vec<usize>)>> {
         let before = self.errors.len();
         let mut groups = BTreeMap::new();
+        // The enrollment service holds a certificate in one enrollment entry only: a device whose
+        // chain leads to a CA two groups share could not be told which group it belongs to.
+        let mut signed_by: HashMap<&str, &str> = HashMap::new();
         for (name, group) in in_file_order(&raw.groups) {
             let n = name.get_ref();
             self.check_name("group", name);
             self.check_ref("CA", "CAs", &group.signing_ca, &raw.ca);
+            let ca = group.signing_ca.get_ref().as_str();
+            if let Some(first) = signed_by.insert(ca, n.as_str()) {
+                self.error(
+                    group.signing_ca.span(),
+                    format!(
+                        "group `{n}` has signing_ca = \"{ca}\", which group `{first}` already has: the \
+                         enrollment service keeps a CA certificate in one enrollment group only, so it \
+                         could not tell their devices apart; give each group a CA of its own (for \
+                         example an intermediate per group below `{ca}`)"
+                    ),
+                );
+                signed_by.insert(ca, first);
+            }
             self.check_hub(&group.hub);
             let reprovision = self.reprovision(group.reprovision.as_ref());
             if self.check_ref("policy", "policies", &group.device_policy, &raw.policies) {
