@@ -266,13 +266,26 @@ impl<W: Write> Printer<W> {
                 )?;
                 let mut shown = 0usize;
                 let mut more = 0u64;
+                let mut overridden = false;
                 devices(&mut |d| {
                     if shown == HUMAN_DEVICE_ROWS {
                         more += 1;
                         return Ok(());
                     }
                     shown += 1;
-                    let owner = d.group.as_deref().or(d.enrollment.as_deref()).unwrap_or("-");
+                    let mut owner = d
+                        .group
+                        .as_deref()
+                        .or(d.enrollment.as_deref())
+                        .unwrap_or("-")
+                        .to_string();
+                    if let Some(e) = &d.individual_enrollment {
+                        overridden = true;
+                        owner.push_str(match e.status {
+                            Some(crate::backend::types::Status::Disabled) => "!",
+                            _ => "*",
+                        });
+                    }
                     let reg = d.registration.as_ref().map(|r| r.status.as_str()).unwrap_or("-");
                     let hub = d
                         .registration
@@ -294,6 +307,13 @@ impl<W: Write> Printer<W> {
                     writeln!(
                         out,
                         "  ... and {more} more device(s): -o json lists all, device:ID shows one"
+                    )?;
+                }
+                if overridden {
+                    writeln!(
+                        out,
+                        "  * an individual enrollment (after a breach) takes precedence over the group\n  \
+                         ! a disabled individual enrollment (revoked) refuses the device"
                     )?;
                 }
             }

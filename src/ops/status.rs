@@ -87,6 +87,10 @@ pub struct DeviceStatus {
     pub registration: Option<RegistrationState>,
     /// Its hub identity.
     pub hub_identity: Option<HubIdentity>,
+    /// For a device of a group: the individual enrollment the enrollment service holds for it,
+    /// which takes precedence over the group. A breach creates one holding only the new
+    /// certificate; a revoke, a disabled one that refuses the device.
+    pub individual_enrollment: Option<EnrollmentStatus>,
 }
 
 /// Everything but the devices (which stream).
@@ -207,14 +211,7 @@ impl StatusQuery<'_> {
             .values()
             .filter(|e| self.wants("enrollment", &e.name))
         {
-            let state = b.individual(&e.name)?;
-            enrollments.push(EnrollmentStatus {
-                name: e.name.clone(),
-                status: state.as_ref().map(|s| s.status),
-                hub: state.as_ref().map(|s| s.hub.clone()),
-                primary: info(state.as_ref().and_then(|s| s.primary.as_deref()))?,
-                secondary: info(state.as_ref().and_then(|s| s.secondary.as_deref()))?,
-            });
+            enrollments.push(enrollment_status(&e.name, b.individual(&e.name)?.as_ref())?);
         }
         Ok(StatusHead {
             cas,
@@ -270,6 +267,13 @@ impl StatusQuery<'_> {
             Some(hub) => b.identity(&hub, id)?,
             None => None,
         };
+        let individual_enrollment = match group {
+            Some(_) => b
+                .individual(id)?
+                .map(|e| enrollment_status(id, Some(&e)))
+                .transpose()?,
+            None => None,
+        };
         Ok(DeviceStatus {
             id: id.to_string(),
             group: group.map(str::to_string),
@@ -277,6 +281,18 @@ impl StatusQuery<'_> {
             installed: info(installed.as_deref())?,
             registration,
             hub_identity,
+            individual_enrollment,
         })
     }
+}
+
+/// An individual enrollment as reported (`state` None: not created yet).
+fn enrollment_status(name: &str, state: Option<&IndividualEnrollment>) -> Result<EnrollmentStatus> {
+    Ok(EnrollmentStatus {
+        name: name.to_string(),
+        status: state.map(|s| s.status),
+        hub: state.map(|s| s.hub.clone()),
+        primary: info(state.and_then(|s| s.primary.as_deref()))?,
+        secondary: info(state.and_then(|s| s.secondary.as_deref()))?,
+    })
 }

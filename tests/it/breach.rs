@@ -176,6 +176,26 @@ fn a_group_device_breach_refuses_its_old_certificate_though_it_chains_to_the_gro
     assert!(!works(&env, "sensor-07", &old, NOW));
     assert!(works(&env, "sensor-07", &new, NOW));
     assert!(works(&env, "sensor-08", &other, NOW));
+    // `status` shows why: the individual enrollment that overrides the group, holding only the
+    // new certificate; a device left alone has none.
+    let s = run(
+        &env,
+        &["status", "-o", "json", "device:sensor-07", "device:sensor-08"],
+    )
+    .ok()
+    .json();
+    let [d7, d8] = [0, 1].map(|i| s["devices"][i].clone());
+    let shield = &d7["individual_enrollment"];
+    assert_eq!(shield["status"], "enabled", "{d7}");
+    assert_eq!(
+        shield["primary"]["thumbprint"], d7["installed"]["thumbprint"],
+        "{d7}"
+    );
+    assert_eq!(shield["secondary"], serde_json::Value::Null, "{d7}");
+    assert_eq!(d8["individual_enrollment"], serde_json::Value::Null, "{d8}");
+    let human = run(&env, &["status", "device:sensor-07"]).ok().stdout;
+    assert!(human.contains("sensors*"), "{human}");
+    assert!(human.contains("takes precedence over the group"), "{human}");
     // Its later expiry rolls keep working: the enrollment that shields it takes the new cert.
     let t = at(340);
     run(&env, &["--now", &t, "roll-secondary", "device:sensor-07"]).ok();

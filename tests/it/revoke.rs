@@ -146,6 +146,13 @@ fn revoking_a_group_device_disallows_it_everywhere_and_only_it() {
         .ok()
         .json();
     assert_eq!(s["devices"][0]["hub_identity"]["status"], "disabled");
+    // The disabled individual enrollment that refuses it, holding its certificate.
+    let disallowed = &s["devices"][0]["individual_enrollment"];
+    assert_eq!(disallowed["status"], "disabled", "{s}");
+    assert_eq!(
+        disallowed["primary"]["thumbprint"], s["devices"][0]["installed"]["thumbprint"],
+        "{s}"
+    );
     // The disabled version is not exported any more.
     env.run(&[
         "--plan",
