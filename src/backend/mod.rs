@@ -290,7 +290,8 @@ pub trait Fleet {
     /// Records devices and the versions installed on them, in one batch.
     fn install(&mut self, batch: &[DeviceRecord]) -> Result<()>;
     /// The devices holding a certificate signed by any of these CA versions (`(vault name,
-    /// version)` pairs): how many, and the first `limit` ids in id order.
+    /// version)` pairs), revoked devices left out: how many, and the first `limit` ids in id
+    /// order.
     fn devices_under(
         &self,
         issuers: &[(String, String)],

@@ -950,6 +950,7 @@ pub fn ca_delete(conn: &Connection, name: &str) -> Result<()> {
 
 /// The devices whose installed certificate was signed by any of these CA versions
 /// (`[name, version]` pairs), only of these groups if given: how many, and the first `limit` ids.
+/// Revoked devices (a disabled individual enrollment) are left out: they connect with nothing.
 pub fn devices_under(
     conn: &Connection,
     issuers: &[(String, String)],
@@ -963,7 +964,9 @@ pub fn devices_under(
          WHERE EXISTS (SELECT 1 FROM json_each(?1) j
                        WHERE json_extract(j.value, '$[0]') = v.issuer_name
                          AND json_extract(j.value, '$[1]') = v.issuer_version)
-           AND (?2 IS NULL OR d.group_name IN (SELECT value FROM json_each(?2)))";
+           AND (?2 IS NULL OR d.group_name IN (SELECT value FROM json_each(?2)))
+           AND NOT EXISTS (SELECT 1 FROM individual_enrollments e
+                           WHERE e.registration_id = d.id AND e.status = 'disabled')";
     let count: i64 = conn
         .query_row(&format!("SELECT COUNT(*) {query}"), params![pairs, groups], |r| {
             r.get(0)

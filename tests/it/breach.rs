@@ -208,6 +208,40 @@ fn a_group_device_breach_refuses_its_old_certificate_though_it_chains_to_the_gro
 }
 
 #[test]
+fn a_breach_blast_radius_leaves_out_devices_already_revoked() {
+    let env = TestEnv::new();
+    env.quickstart();
+    run(&env, &["issue"]).ok();
+    run(
+        &env,
+        &[
+            "revoke",
+            "device:sensor-01",
+            "--reason",
+            "key-compromise",
+            "--yes",
+        ],
+    )
+    .ok();
+    let dry = run(
+        &env,
+        &[
+            "roll-primary",
+            "--breach",
+            "group:sensors",
+            "--dry-run",
+            "-o",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    let cut = &dry["steps"][0]["devices_cut_off"];
+    assert_eq!(cut["count"], 49, "sensor-01 connects with nothing already: {dry}");
+    assert_eq!(cut["first"][0], "sensor-02", "{dry}");
+}
+
+#[test]
 fn an_intermediate_breach_reissues_the_group_and_revokes_the_ca() {
     let env = TestEnv::new();
     env.quickstart();
