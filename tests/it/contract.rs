@@ -548,7 +548,8 @@ fn broken_cases() -> Vec<Broken> {
             what: "device id in two groups",
             edit: (
                 "",
-                "\n[groups.h]\nsigning_ca = \"root\"\nhub = \"hub\"\ndevice_policy = \"dev\"\ndevices = { prefix = \"d-\", count = 5 }\n",
+                "\n[groups.h]\nsigning_ca = \"line-h\"\nhub = \"hub\"\ndevice_policy = \"dev\"\ndevices = { prefix = \"d-\", count = 5 }\n\
+                 \n[ca.line-h]\nsubject = \"CN=Line H\"\nissuer = \"root\"\npolicy = \"ca\"\n",
             ),
             files: &[],
             at: ("plan.toml", 25, Some(11)),
