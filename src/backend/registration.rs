@@ -39,9 +39,31 @@ pub struct Context<'a> {
     /// The device's own individual enrollment, if any.
     pub individual: Option<&'a IndividualEnrollment>,
     /// All groups.
-    pub groups: &'a [EnrollmentGroup],
+    pub groups: &'a [ServiceGroup],
     /// Now.
     pub now: OffsetDateTime,
+}
+
+/// An enrollment group as registration sees it, with the subject names of its slot certificates
+/// (read once per batch, to find the group nearest a device in its chain).
+#[derive(Debug, Clone)]
+pub struct ServiceGroup {
+    /// The group.
+    pub group: EnrollmentGroup,
+    /// The raw subject names of the certificates in its slots.
+    subjects: Vec<Vec<u8>>,
+}
+
+impl From<EnrollmentGroup> for ServiceGroup {
+    fn from(group: EnrollmentGroup) -> ServiceGroup {
+        let subjects = [&group.primary, &group.secondary]
+            .into_iter()
+            .flatten()
+            .filter_map(|s| crate::pki::inspect::chain_names(&s.cert_der).ok())
+            .map(|n| n.subject)
+            .collect();
+        ServiceGroup { group, subjects }
+    }
 }
 
 fn unix_time(t: OffsetDateTime) -> UnixTime {
@@ -72,6 +94,38 @@ pub fn chains_to(chain: &[Vec<u8>], anchor_der: &[u8], now: OffsetDateTime) -> R
     .map_err(|e| format!("{e:?}"))
 }
 
+/// The groups that could validate `chain`, nearest the leaf first: a group whose slot
+/// certificate's subject is the leaf's issuer, then the issuer of the next certificate up, and so
+/// on (plan order among equals). With one group there is nothing to order.
+fn nearest_first<'g>(
+    groups: &'g [ServiceGroup],
+    leaf: &crate::pki::inspect::ChainNames,
+    chain: &[Vec<u8>],
+) -> Vec<&'g ServiceGroup> {
+    if groups.len() < 2 {
+        return groups.iter().collect();
+    }
+    let mut path = vec![leaf.issuer.clone()];
+    path.extend(
+        chain[1..]
+            .iter()
+            .map_while(|ca| crate::pki::inspect::chain_names(ca).ok())
+            .map(|n| n.issuer),
+    );
+    let mut ranked: Vec<(usize, &ServiceGroup)> = groups
+        .iter()
+        .filter_map(|g| {
+            g.subjects
+                .iter()
+                .filter_map(|s| path.iter().position(|n| n == s))
+                .min()
+                .map(|rank| (rank, g))
+        })
+        .collect();
+    ranked.sort_by_key(|(rank, _)| *rank);
+    ranked.into_iter().map(|(_, g)| g).collect()
+}
+
 fn slot_accepts(slot: &Option<Slot>, chain: &[Vec<u8>], now: OffsetDateTime) -> bool {
     slot.as_ref()
         .is_some_and(|s| chains_to(chain, &s.cert_der, now).is_ok())
@@ -79,7 +133,14 @@ fn slot_accepts(slot: &Option<Slot>, chain: &[Vec<u8>], now: OffsetDateTime) -> 
 
 /// The groups as registration sees them: a slot that refers to a service CA accepts only while
 /// that CA is in the service, verified, and the same certificate.
-pub fn usable_groups(mut groups: Vec<EnrollmentGroup>, cas: &[ServiceCa]) -> Vec<EnrollmentGroup> {
+pub fn usable_groups(groups: Vec<EnrollmentGroup>, cas: &[ServiceCa]) -> Vec<ServiceGroup> {
+    without_dangling_slots(groups, cas)
+        .into_iter()
+        .map(ServiceGroup::from)
+        .collect()
+}
+
+fn without_dangling_slots(mut groups: Vec<EnrollmentGroup>, cas: &[ServiceCa]) -> Vec<EnrollmentGroup> {
     for g in &mut groups {
         for slot in [&mut g.primary, &mut g.secondary] {
             let dangling = slot.as_ref().is_some_and(|s| {
@@ -104,15 +165,15 @@ pub fn decide(req: &RegistrationRequest, ctx: &Context<'_>) -> Decision {
     let Some(leaf) = req.chain.first() else {
         return Decision::Rejected("no certificate presented".into());
     };
-    match crate::pki::inspect::common_name(leaf) {
-        Ok(Some(cn)) if cn == req.registration_id => {}
-        Ok(cn) => {
-            return Decision::Rejected(format!(
-                "certificate CN {cn:?} does not match registration id `{}`",
-                req.registration_id
-            ));
-        }
+    let leaf_names = match crate::pki::inspect::chain_names(leaf) {
+        Ok(names) => names,
         Err(e) => return Decision::Rejected(e.to_string()),
+    };
+    if leaf_names.common_name.as_deref() != Some(req.registration_id.as_str()) {
+        return Decision::Rejected(format!(
+            "certificate CN {:?} does not match registration id `{}`",
+            leaf_names.common_name, req.registration_id
+        ));
     }
     if let Some(name) = ctx.disabled_holding_leaf.first() {
         return Decision::Rejected(format!(
@@ -147,34 +208,22 @@ pub fn decide(req: &RegistrationRequest, ctx: &Context<'_>) -> Decision {
             ind.registration_id
         ));
     }
-    // The most specific group wins, as in DPS: the group of the first CA in the presented chain
-    // above the leaf, then the next one up, to the root. A group whose certificate the device
-    // did not present (it sent its leaf alone) comes after those.
-    let enabled: Vec<&EnrollmentGroup> = ctx
-        .groups
-        .iter()
-        .filter(|g| g.status == Status::Enabled)
-        .collect();
-    let holds = |g: &EnrollmentGroup, der: &[u8]| {
-        [&g.primary, &g.secondary]
-            .into_iter()
-            .flatten()
-            .any(|s| s.cert_der == der)
-    };
-    let presented = req.chain[1..]
-        .iter()
-        .flat_map(|ca| enabled.iter().filter(move |g| holds(g, ca)));
-    let others = enabled
-        .iter()
-        .filter(|g| !req.chain[1..].iter().any(|ca| holds(g, ca)));
-    for group in presented.chain(others) {
-        if slot_accepts(&group.primary, &req.chain, ctx.now)
-            || slot_accepts(&group.secondary, &req.chain, ctx.now)
+    // The most specific group applies, as in DPS: the group of the leaf's issuer, else of the CA
+    // above it, up to the root; a disabled one refuses the device. Groups are placed by name along
+    // the issuer path (a renewed CA with the same name and key still validates), and a group whose
+    // slot does not validate the chain is passed over.
+    for group in nearest_first(ctx.groups, &leaf_names, &req.chain) {
+        if slot_accepts(&group.group.primary, &req.chain, ctx.now)
+            || slot_accepts(&group.group.secondary, &req.chain, ctx.now)
         {
+            let g = &group.group;
+            if g.status != Status::Enabled {
+                return Decision::Rejected(format!("enrollment group `{}` is disabled", g.name));
+            }
             return Decision::Group {
-                name: group.name.clone(),
-                hub: group.hub.clone(),
-                reprovision: group.reprovision.clone(),
+                name: g.name.clone(),
+                hub: g.hub.clone(),
+                reprovision: g.reprovision.clone(),
             };
         }
     }
@@ -221,8 +270,8 @@ mod tests {
         sign_public_key(&profile(cn, false, now), key.public_key(), issuer).unwrap()
     }
 
-    fn group(name: &str, ca: &IssuerKey) -> EnrollmentGroup {
-        EnrollmentGroup {
+    fn group(name: &str, ca: &IssuerKey) -> ServiceGroup {
+        ServiceGroup::from(EnrollmentGroup {
             name: name.into(),
             primary: Some(Slot {
                 cert_der: ca.cert_der().to_vec(),
@@ -232,7 +281,22 @@ mod tests {
             status: Status::Enabled,
             reprovision: "migrate".into(),
             hub: format!("{name}-hub"),
-        }
+        })
+    }
+
+    /// A group whose primary slot holds this CA certificate.
+    fn slot_of(name: &str, cert_der: Vec<u8>) -> ServiceGroup {
+        ServiceGroup::from(EnrollmentGroup {
+            name: name.into(),
+            primary: Some(Slot {
+                cert_der,
+                ca_reference: None,
+            }),
+            secondary: None,
+            status: Status::Enabled,
+            reprovision: "migrate".into(),
+            hub: format!("{name}-hub"),
+        })
     }
 
     fn request(id: &str, chain: Vec<Vec<u8>>) -> RegistrationRequest {
@@ -269,6 +333,7 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let root = ca("Root", now);
         let line_key = PrivateKey::generate(&P256).unwrap();
+        let line_key_again = PrivateKey::from_pkcs8(line_key.pkcs8_der(), &P256).unwrap();
         let line_der = crate::pki::sign_leaf(&profile("Line", true, now), &line_key, &root).unwrap();
         let line = IssuerKey::new(line_der.clone(), line_key).unwrap();
         // The root's group comes first in the list: order must not decide.
@@ -289,11 +354,56 @@ mod tests {
             vec![under_line.clone(), line_der.clone(), root.cert_der().to_vec()],
         );
         assert_eq!(name(&full), "by-line");
-        assert_eq!(name(&request("dev-1", vec![under_line, line_der])), "by-line");
+        assert_eq!(
+            name(&request("dev-1", vec![under_line, line_der.clone()])),
+            "by-line"
+        );
         // A device the root signs directly belongs to the root's group.
         assert_eq!(
             name(&request("dev-2", vec![leaf("dev-2", &root, now)])),
             "by-root"
+        );
+
+        // The line's group slot holds a renewed Line certificate (same name and key, new serial):
+        // devices still presenting the old one with the root belong to it all the same.
+        let renewed = crate::pki::sign_leaf(&profile("Line", true, now), &line_key_again, &root).unwrap();
+        assert_ne!(renewed, line_der);
+        let groups = [group("by-root", &root), slot_of("by-line", renewed)];
+        let ctx = Context {
+            disabled_holding_leaf: &[],
+            individual: None,
+            groups: &groups,
+            now,
+        };
+        let chain = vec![
+            leaf("dev-3", &line, now),
+            line_der.clone(),
+            root.cert_der().to_vec(),
+        ];
+        assert!(
+            matches!(decide(&request("dev-3", chain), &ctx), Decision::Group { name, .. } if name == "by-line")
+        );
+    }
+
+    #[test]
+    fn a_disabled_nearest_group_refuses_its_devices_though_a_group_further_up_would_accept() {
+        let now = OffsetDateTime::now_utc();
+        let root = ca("Root", now);
+        let line_key = PrivateKey::generate(&P256).unwrap();
+        let line_der = crate::pki::sign_leaf(&profile("Line", true, now), &line_key, &root).unwrap();
+        let line = IssuerKey::new(line_der.clone(), line_key).unwrap();
+        let mut groups = [group("by-root", &root), group("by-line", &line)];
+        groups[1].group.status = Status::Disabled;
+        let ctx = Context {
+            disabled_holding_leaf: &[],
+            individual: None,
+            groups: &groups,
+            now,
+        };
+        let chain = vec![leaf("dev-1", &line, now), line_der];
+        assert_eq!(
+            decide(&request("dev-1", chain), &ctx),
+            Decision::Rejected("enrollment group `by-line` is disabled".into())
         );
     }
 
@@ -324,7 +434,7 @@ mod tests {
         };
         assert!(matches!(decide(&wrong_cn, &ctx), Decision::Rejected(r) if r.contains("does not match")));
 
-        groups[0].status = Status::Disabled;
+        groups[0].group.status = Status::Disabled;
         let ctx = Context {
             disabled_holding_leaf: &[],
             individual: None,

@@ -85,6 +85,34 @@ impl CertFacts {
     }
 }
 
+/// What places a certificate in a chain: its subject and issuer names (raw DER, compared byte
+/// for byte as path building does) and its subject's common name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainNames {
+    /// The subject name, DER.
+    pub subject: Vec<u8>,
+    /// The issuer name, DER.
+    pub issuer: Vec<u8>,
+    /// The subject's first common name.
+    pub common_name: Option<String>,
+}
+
+/// Reads a DER certificate's [`ChainNames`].
+pub fn chain_names(der: &[u8]) -> Result<ChainNames, Error> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| Error::BadCertificate(e.to_string()))?;
+    Ok(ChainNames {
+        subject: cert.subject().as_raw().to_vec(),
+        issuer: cert.issuer().as_raw().to_vec(),
+        common_name: cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_string),
+    })
+}
+
 /// The common name of a DER certificate's subject.
 pub fn common_name(der: &[u8]) -> Result<Option<String>, Error> {
     let (_, cert) =
