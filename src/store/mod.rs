@@ -181,10 +181,15 @@ impl Store {
         // bound anew; our queries have one obvious plan, so keep it (query planner stability).
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
             .map_err(sql(&path))?;
-        if !exists {
-            // Rows are mostly certificate and key blobs of about a kilobyte: 16 KiB pages halve
-            // the pages (and WAL frames) a batch of them writes. It only takes on a new file;
-            // older stores keep their page size.
+        // Rows are mostly certificate and key blobs of about a kilobyte: 16 KiB pages halve the
+        // pages (and WAL frames) a batch of them writes. The size takes only while the file is
+        // still empty (also one left empty by a crash, or opened by a reader meanwhile); older
+        // stores keep theirs.
+        let empty = conn
+            .query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
+            .map_err(sql(&path))?
+            == 0;
+        if empty {
             conn.execute_batch("PRAGMA page_size = 16384;")
                 .map_err(sql(&path))?;
         }
@@ -453,6 +458,15 @@ mod tests {
                 .unwrap()
         };
         let store = Store::open(&opts(dir.path(), true)).unwrap();
+        assert_eq!(page_size(&store), 16384);
+        drop(store);
+        // A file a crash left empty gets them too.
+        let crashed = tempfile::tempdir().unwrap();
+        let store = Store::open(&opts(crashed.path(), true)).unwrap();
+        drop(store);
+        std::fs::write(crashed.path().join("state.db"), b"").unwrap();
+        let _ = std::fs::remove_file(crashed.path().join("state.db-wal"));
+        let store = Store::open(&opts(crashed.path(), true)).unwrap();
         assert_eq!(page_size(&store), 16384);
         drop(store);
         let store = Store::open(&opts(dir.path(), false)).unwrap();

@@ -642,6 +642,16 @@ pub fn hub_get_assigned(conn: &Connection, ids: &[String]) -> Result<Vec<Option<
 
 /// Creates or updates a device identity; `reset_twin` puts the twin back to its initial state.
 pub fn hub_put(conn: &Connection, d: &HubIdentity, reset_twin: bool, now: OffsetDateTime) -> Result<()> {
+    let p = params![
+        d.hub,
+        d.device_id,
+        d.auth_type,
+        d.primary_thumbprint,
+        d.secondary_thumbprint,
+        d.status.as_str(),
+        ts(now),
+        reset_twin
+    ];
     // An identity that exists (every one a roll touches) is updated in place: one look-up
     // instead of an insert attempt that conflicts and then updates.
     let updated = conn
@@ -650,35 +660,15 @@ pub fn hub_put(conn: &Connection, d: &HubIdentity, reset_twin: bool, now: Offset
                status = ?6, updated = ?7, twin = CASE WHEN ?8 THEN '{}' ELSE twin END
              WHERE device_id = ?2 AND hub = ?1",
         )
-        .and_then(|mut s| {
-            s.execute(params![
-                d.hub,
-                d.device_id,
-                d.auth_type,
-                d.primary_thumbprint,
-                d.secondary_thumbprint,
-                d.status.as_str(),
-                ts(now),
-                reset_twin
-            ])
-        })
+        .and_then(|mut s| s.execute(p))
         .map_err(sql)?;
     if updated == 0 {
+        // A new identity starts with the initial twin whatever `reset_twin` says.
         conn.prepare_cached(
             "INSERT INTO hub_devices (hub, device_id, auth_type, primary_thumbprint, secondary_thumbprint, status, created, updated)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
         )
-        .and_then(|mut s| {
-            s.execute(params![
-                d.hub,
-                d.device_id,
-                d.auth_type,
-                d.primary_thumbprint,
-                d.secondary_thumbprint,
-                d.status.as_str(),
-                ts(now)
-            ])
-        })
+        .and_then(|mut s| s.execute(&p[..7]))
         .map_err(sql)?;
     }
     Ok(())

@@ -1439,3 +1439,43 @@ fn fleet_a_root_group_beside_an_intermediate_group_assigns_each_device_by_its_ow
         );
     }
 }
+
+/// A run of more than 1,000 devices reports each device's outcome without its steps (the run's
+/// steps describe them); a smaller one lists every device's steps.
+#[test]
+fn a_large_roll_lists_outcomes_without_per_device_steps() {
+    let groups = [
+        Group {
+            name: "big",
+            ca: "line-a",
+            reprovision: "migrate",
+            prefix: "b-",
+            count: 1001,
+        },
+        Group {
+            name: "small",
+            ca: "line-b",
+            reprovision: "migrate",
+            prefix: "s-",
+            count: 3,
+        },
+    ];
+    let env = fleet(&groups, &[]);
+    let big = json(&env, NOW, &["roll-secondary", "group:big"]).ok().json();
+    let devices = big["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 1001);
+    for d in devices {
+        assert_eq!(d["outcome"], "rolled", "{d}");
+        assert_eq!(d["steps"], serde_json::json!([]), "{d}");
+    }
+    let small = json(&env, NOW, &["roll-secondary", "group:small"]).ok().json();
+    for d in small["devices"].as_array().unwrap() {
+        let steps = d["steps"].as_array().unwrap();
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.as_str().unwrap().starts_with("install the new certificate")),
+            "{d}"
+        );
+    }
+}

@@ -290,9 +290,11 @@ pub(super) fn assess<'p>(
                             h.hub
                         );
                     }
-                    report
-                        .steps
-                        .push(format!("install the new certificate on device `{id}`"));
+                    say!(
+                        describe,
+                        report.steps,
+                        "install the new certificate on device `{id}`"
+                    );
                 }
                 // Zero downtime: the other slot keeps a valid certificate. If it has none, the
                 // certificate the named slot held moves there (the device may still hold it).
@@ -426,9 +428,12 @@ pub(super) fn assess<'p>(
                 if let Some(h) = &identity
                     && breach.remove_hub_identity
                 {
-                    report
-                        .steps
-                        .push(format!("delete device `{id}` from hub `{}`", h.hub));
+                    say!(
+                        describe,
+                        report.steps,
+                        "delete device `{id}` from hub `{}`",
+                        h.hub
+                    );
                 }
                 say!(
                     describe,
