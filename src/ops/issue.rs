@@ -646,30 +646,16 @@ fn assess(backend: &dyn Backend, unit: &Unit<'_>, chunk: &[String]) -> Result<Ve
     let names: Vec<String> = chunk.iter().map(|id| device_cert_name(id)).collect();
     let certs = backend.current_many(&names)?;
     let devices = backend.device_many(chunk)?;
-    let registrations = backend.registration_many(chunk)?;
     // Also for group devices: a disabled individual enrollment is how one of them is revoked.
     let individuals = backend.individual_many(chunk)?;
-    // Where a device is assigned, its hub identity must exist too.
-    let assigned: Vec<(String, String)> = chunk
-        .iter()
-        .zip(&registrations)
-        .filter_map(|(id, r)| match r {
-            Some(r) if r.status == "assigned" => r.hub.clone().map(|hub| (hub, id.clone())),
-            _ => None,
-        })
-        .collect();
-    let identities: BTreeSet<(String, String)> = assigned
-        .iter()
-        .cloned()
-        .zip(backend.identity_many(&assigned)?)
-        .filter_map(|(key, identity)| identity.map(|_| key))
-        .collect();
+    // Registered: assigned, and its identity exists in the hub it was assigned to.
+    let identities = backend.assigned_identities(chunk)?;
     let mut needs = Vec::with_capacity(chunk.len());
-    for ((((id, cert), device), registration), individual) in chunk
+    for ((((id, cert), device), identity), individual) in chunk
         .iter()
         .zip(certs)
         .zip(devices)
-        .zip(registrations)
+        .zip(identities)
         .zip(individuals)
     {
         let install = match (&cert, &device) {
@@ -688,9 +674,7 @@ fn assess(backend: &dyn Backend, unit: &Unit<'_>, chunk: &[String]) -> Result<Ve
             });
             continue;
         }
-        let registered = registration.is_some_and(|r| {
-            r.status == "assigned" && r.hub.is_some_and(|hub| identities.contains(&(hub, id.clone())))
-        });
+        let registered = identity.is_some();
         needs.push(Need {
             id: id.clone(),
             cert,
