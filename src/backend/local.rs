@@ -748,42 +748,12 @@ mod tests {
     //! the one-at-a-time look-ups every backend has (the trait's default batches are built from
     //! those): missing items, duplicates and order included.
     use super::*;
-    use crate::pki::spec::{Curve, KeySpec, Subject};
     use time::macros::datetime;
 
     const NOW: OffsetDateTime = datetime!(2026-11-23 0:00 UTC);
 
-    fn cert() -> (Vec<u8>, crate::pki::PrivateKey) {
-        let key = crate::pki::PrivateKey::generate(&KeySpec::Ec {
-            curve: Curve::P256,
-            hsm: false,
-        })
-        .unwrap();
-        let profile = crate::pki::CertProfile {
-            subject: Subject::common_name("d"),
-            dns_names: vec![],
-            key_usage: vec![],
-            extended_key_usage: vec![],
-            not_before: NOW,
-            not_after: NOW + time::Duration::days(30),
-            ca: None,
-        };
-        (crate::pki::sign_self(&profile, &key).unwrap(), key)
-    }
-
     fn add_version(b: &mut LocalBackend, name: &str) {
-        let (der, key) = cert();
-        let new = NewVersion {
-            name,
-            policy_json: "{}",
-            cert_der: &der,
-            key_pkcs8: key.pkcs8_der(),
-            kty: "EC",
-            exportable: true,
-            issuer: None,
-            facts: None,
-        };
-        b.create_versions(&[new], NOW).unwrap();
+        crate::store::test_support::insert_version(&mut b.store, name, "{}", NOW, 30).unwrap();
     }
 
     fn identity(hub: &str, id: &str, tp: &str) -> HubIdentity {

@@ -112,8 +112,6 @@ pub fn scan(conn: &Connection, now: OffsetDateTime, unsent: Unsent) -> Result<u6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::types::NewVersion;
-    use crate::pki::spec::{Curve, KeySpec, Subject};
     use crate::store::Store;
     use time::macros::datetime;
 
@@ -122,34 +120,7 @@ mod tests {
 
     /// Stores a new version of `name` valid for 100 days from `nbf`.
     fn add_version(store: &mut Store, name: &str, nbf: OffsetDateTime) {
-        let spec = KeySpec::Ec {
-            curve: Curve::P256,
-            hsm: false,
-        };
-        let key = crate::pki::PrivateKey::generate(&spec).unwrap();
-        let profile = crate::pki::cert::CertProfile {
-            subject: Subject::parse("CN=t").unwrap(),
-            dns_names: vec![],
-            key_usage: vec![],
-            extended_key_usage: vec![],
-            not_before: nbf,
-            not_after: nbf + time::Duration::days(100),
-            ca: None,
-        };
-        let der = crate::pki::cert::sign_self(&profile, &key).unwrap();
-        let new = NewVersion {
-            name,
-            policy_json: POLICY,
-            cert_der: &der,
-            key_pkcs8: key.pkcs8_der(),
-            kty: "EC",
-            exportable: true,
-            issuer: None,
-            facts: None,
-        };
-        store
-            .write(|conn, k| crate::store::queries::vault_insert(conn, k, nbf, &new))
-            .unwrap();
+        crate::store::test_support::insert_version(store, name, POLICY, nbf, 100).unwrap();
     }
 
     fn scan_now(store: &mut Store, now: OffsetDateTime) -> u64 {

@@ -9,6 +9,8 @@ pub mod queries_journal;
 pub mod queries_notify;
 pub mod queries_vault;
 pub mod seal;
+#[cfg(test)]
+pub(crate) mod test_support;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use seal::{SealError, StoreKey};

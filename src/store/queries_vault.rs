@@ -589,46 +589,10 @@ pub fn pending_delete(conn: &Connection, name: &str) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pki::spec::{Curve, KeySpec, Subject};
     use crate::store::{Store, queries as q};
 
-    fn cert(now: OffsetDateTime) -> (Vec<u8>, crate::pki::PrivateKey) {
-        let key = crate::pki::PrivateKey::generate(&KeySpec::Ec {
-            curve: Curve::P256,
-            hsm: false,
-        })
-        .unwrap();
-        let profile = crate::pki::CertProfile {
-            subject: Subject::common_name("t"),
-            dns_names: vec![],
-            key_usage: vec![],
-            extended_key_usage: vec![],
-            not_before: now,
-            not_after: now + time::Duration::days(1),
-            ca: None,
-        };
-        (crate::pki::sign_self(&profile, &key).unwrap(), key)
-    }
-
     fn insert(store: &mut Store, name: &str, now: OffsetDateTime) -> Result<String> {
-        let (der, key) = cert(now);
-        store.write(|tx, k| {
-            q::vault_insert(
-                tx,
-                k,
-                now,
-                &NewVersion {
-                    name,
-                    policy_json: "{}",
-                    cert_der: &der,
-                    key_pkcs8: key.pkcs8_der(),
-                    kty: "EC",
-                    exportable: true,
-                    issuer: None,
-                    facts: None,
-                },
-            )
-        })
+        crate::store::test_support::insert_version(store, name, "{}", now, 1)
     }
 
     #[test]
@@ -640,7 +604,8 @@ mod tests {
         insert(&mut store, "b", now).unwrap();
         let before = q::vault_versions(store.conn(), "a").unwrap();
         let key_before = q::vault_private_key(store.conn(), store.key(), "a", &v1).unwrap();
-        let chain = vec![cert(now).0, cert(now).0];
+        let self_signed = || crate::store::test_support::self_signed(now, 1).0;
+        let chain = vec![self_signed(), self_signed()];
         store.write(|tx, _| chain_set(tx, "a", &v1, &chain)).unwrap();
 
         assert!(store.write(|tx, _| delete(tx, "a", now, now)).unwrap());
