@@ -49,6 +49,11 @@ pub fn classify(err: &anyhow::Error) -> Failure {
         use crate::store::{StoreError, seal::SealError};
         if let Some(
             StoreError::Missing(_)
+            | StoreError::NotAFile(_)
+            | StoreError::Empty { .. }
+            | StoreError::EmptyKey { .. }
+            | StoreError::Damaged { .. }
+            | StoreError::Seal(SealError::NotAKeyFile { .. })
             | StoreError::NoKey { .. }
             | StoreError::TooNew { .. }
             | StoreError::WrongKey(_)
@@ -57,7 +62,18 @@ pub fn classify(err: &anyhow::Error) -> Failure {
         {
             return Failure::Input;
         }
-        if let Some(SealError::BadKeyFile(_) | SealError::BadKeyEnv) = cause.downcast_ref::<SealError>() {
+        // A damaged store file (truncated, garbled): no rerun can help; the operator restores it.
+        if let Some(StoreError::Sqlite { source, .. }) = cause.downcast_ref::<StoreError>()
+            && matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+            )
+        {
+            return Failure::Input;
+        }
+        if let Some(SealError::BadKeyFile(_) | SealError::BadKeyEnv | SealError::NotAKeyFile { .. }) =
+            cause.downcast_ref::<SealError>()
+        {
             return Failure::Input;
         }
     }
@@ -69,5 +85,30 @@ pub fn exit_code(failure: Failure) -> u8 {
     match failure {
         Failure::Input => 2,
         Failure::Runtime => 1,
+    }
+}
+
+/// A value quoted in a message, cut to a short prefix with control characters escaped: a
+/// 50 MB "device id" or a pasted key never reaches the terminal or a log whole.
+pub fn snippet(value: &str) -> String {
+    const KEEP: usize = 40;
+    let mut out: String = value.chars().take(KEEP).flat_map(char::escape_debug).collect();
+    let total = value.chars().count();
+    if total > KEEP {
+        out.push_str(&format!("... ({total} characters)"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn snippets_are_short_and_escaped() {
+        assert_eq!(super::snippet("sensor-01"), "sensor-01");
+        assert_eq!(super::snippet("a\nb\0"), "a\\nb\\0");
+        let long = "x".repeat(50_000_000);
+        let s = super::snippet(&long);
+        assert!(s.len() < 80, "{s}");
+        assert!(s.ends_with("(50000000 characters)"), "{s}");
     }
 }

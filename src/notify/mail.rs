@@ -137,7 +137,7 @@ impl MailSettings {
         }
         let ca_pem = match ca_file {
             Some(path) => {
-                let pem = std::fs::read(path)
+                let pem = crate::fsutil::read_bounded(path, crate::fsutil::MAX_INPUT_FILE)
                     .map_err(|e| input(format!("mail: cannot read ca_file {}: {e}", path.display())))?;
                 Certificate::from_pem(&pem).map_err(|e| {
                     input(format!(

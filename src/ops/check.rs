@@ -9,7 +9,7 @@ use crate::backend::{Backend, Vault as _};
 use crate::plan::{ActionKind, Plan, Policy, Trigger};
 use anyhow::Result;
 use serde::Serialize;
-use time::{Duration, OffsetDateTime};
+use time::OffsetDateTime;
 
 /// Options of `check`.
 #[derive(Debug, Clone, Default)]
@@ -165,8 +165,8 @@ impl Checker<'_> {
                 action: next.into(),
             });
         }
-        let critical_at = exp - Duration::days(self.opts.critical_within_days as i64);
-        let warn_at = exp - Duration::days(self.opts.warn_within_days as i64);
+        let critical_at = crate::clock::add_days(exp, -(self.opts.critical_within_days as i64));
+        let warn_at = crate::clock::add_days(exp, -(self.opts.warn_within_days as i64));
         let (level, reason) = if now > exp {
             (
                 Level::Critical,

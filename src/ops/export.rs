@@ -8,7 +8,7 @@ use crate::backend::Vault as _;
 use crate::backend::types::VaultVersion;
 use crate::error::input;
 use crate::plan::Plan;
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use serde::Serialize;
 use std::path::PathBuf;
 use time::OffsetDateTime;
@@ -91,6 +91,9 @@ pub fn may_export(what: &str, version: &VaultVersion, wants_key: bool, now: Offs
 /// Runs `export`.
 pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<ExportReport> {
     opts.target.check(plan)?;
+    // Before anything is read or numbered: an output may never land on the state.
+    let protected = super::outfile::Protected::of(plan, &opts.backend);
+    protected.check(&opts.out)?;
     let name = match &opts.target {
         Target::Ca(n) => ca_cert_name(n),
         Target::Device(id) | Target::Enrollment(id) => device_cert_name(id),
@@ -144,8 +147,7 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
             }
             anyhow::Ok(())
         })?;
-        crate::fsutil::write_atomic(&opts.out, text.as_bytes(), false)
-            .with_context(|| format!("writing {}", opts.out.display()))?;
+        protected.write(&opts.out, text.as_bytes(), false)?;
         return Ok(ExportReport {
             target: opts.target.to_string(),
             certificate: format!(
@@ -203,8 +205,7 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
             )?)
         }
     };
-    crate::fsutil::write_atomic(&opts.out, &bytes, wants_key)
-        .with_context(|| format!("writing {}", opts.out.display()))?;
+    protected.write(&opts.out, &bytes, wants_key)?;
     Ok(ExportReport {
         target: opts.target.to_string(),
         certificate: name,

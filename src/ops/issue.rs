@@ -20,7 +20,7 @@ use anyhow::{Context as _, Result, bail};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::BTreeSet;
-use time::{Duration, OffsetDateTime};
+use time::OffsetDateTime;
 
 /// Devices per batch: large enough to amortise a transaction, small enough to stream.
 const CHUNK: usize = 2048;
@@ -261,7 +261,7 @@ fn validity(
     cap: Option<OffsetDateTime>,
 ) -> (OffsetDateTime, OffsetDateTime) {
     let not_before = now;
-    let mut not_after = now + Duration::days(policy.validity_days as i64);
+    let mut not_after = crate::clock::add_days(now, policy.validity_days as i64);
     if let Some(cap) = cap {
         not_after = not_after.min(cap);
     }
@@ -378,7 +378,7 @@ pub(crate) fn prove_possession(
         key_usage: vec![crate::pki::spec::KeyUsage::DigitalSignature],
         extended_key_usage: vec![],
         not_before: now,
-        not_after: (now + Duration::days(1)).min(ca.exp),
+        not_after: crate::clock::add_days(now, 1).min(ca.exp),
         ca: None,
     };
     let der = sign_public_key(&profile, holder.pair(), &issuer)?;

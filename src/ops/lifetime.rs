@@ -21,10 +21,13 @@ pub struct Scheduled {
 /// When `trigger` fires for a certificate valid from `not_before` to `not_after`.
 pub fn fires_at(trigger: Trigger, not_before: OffsetDateTime, not_after: OffsetDateTime) -> OffsetDateTime {
     match trigger {
-        Trigger::DaysBeforeExpiry(days) => not_after - Duration::days(days as i64),
+        Trigger::DaysBeforeExpiry(days) => crate::clock::add_days(not_after, -(days as i64)),
         Trigger::LifetimePercentage(pct) => {
             let lifetime = (not_after - not_before).whole_seconds();
-            not_before + Duration::seconds(lifetime * pct as i64 / 100)
+            crate::clock::add(
+                not_before,
+                Duration::seconds(lifetime.saturating_mul(pct as i64) / 100),
+            )
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod init;
 pub mod issue;
 pub mod journal;
 pub mod lifetime;
+pub mod outfile;
 pub mod reprovision;
 pub mod revoke;
 pub mod roll;
@@ -54,11 +55,12 @@ impl std::fmt::Display for Target {
 impl Target {
     /// Parses `kind:name`.
     pub fn parse(text: &str) -> std::result::Result<Target, String> {
+        let shown = crate::error::snippet(text);
         let (kind, name) = text.split_once(':').ok_or_else(|| {
-            format!("target `{text}` must be ca:NAME, group:NAME, enrollment:NAME or device:ID")
+            format!("target `{shown}` must be ca:NAME, group:NAME, enrollment:NAME or device:ID")
         })?;
         if name.is_empty() {
-            return Err(format!("target `{text}` has an empty name"));
+            return Err(format!("target `{shown}` has an empty name"));
         }
         Ok(match kind {
             "ca" => Target::Ca(name.into()),
@@ -67,7 +69,8 @@ impl Target {
             "device" => Target::Device(name.into()),
             other => {
                 return Err(format!(
-                    "target kind `{other}` in `{text}` is not one of ca, group, enrollment, device"
+                    "target kind `{}` in `{shown}` is not one of ca, group, enrollment, device",
+                    crate::error::snippet(other)
                 ));
             }
         })
@@ -85,8 +88,9 @@ impl Target {
             Ok(())
         } else {
             Err(input(format!(
-                "{}: target `{self}` is not declared in the plan",
-                plan.path.display()
+                "{}: target `{}` is not declared in the plan",
+                plan.path.display(),
+                crate::error::snippet(&self.to_string())
             )))
         }
     }
@@ -355,7 +359,7 @@ pub fn new_ca_version(
         );
     }
     let key = crate::pki::PrivateKey::generate(&policy.key)?;
-    let mut not_after = now + time::Duration::days(policy.validity_days as i64);
+    let mut not_after = crate::clock::add_days(now, policy.validity_days as i64);
     if let Some(iss) = &issuer {
         not_after = not_after.min(iss.not_after);
     }

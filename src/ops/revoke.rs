@@ -549,7 +549,7 @@ pub fn crl_der(backend: &mut dyn Backend, version: &VaultVersion, now: OffsetDat
         .collect::<Result<Vec<_>>>()?;
     let params = rcgen::CertificateRevocationListParams {
         this_update: now,
-        next_update: now + time::Duration::days(7),
+        next_update: crate::clock::add_days(now, 7),
         // Each CRL issued takes the next number of its CA (RFC 5280 5.2.3).
         crl_number: rcgen::SerialNumber::from(number),
         issuing_distribution_point: None,

@@ -264,6 +264,22 @@ impl Subject {
 
     /// Parses `CN=Example Root CA, O=Example`. Commas inside a value are escaped as `\,`.
     pub fn parse(text: &str) -> Result<Subject, String> {
+        // RFC 5280 Appendix A upper bounds: 64 characters for CN, O, OU, L, ST; a whole DN of a
+        // few hundred characters at most.
+        const MAX_DN: usize = 1024;
+        const MAX_VALUE: usize = 64;
+        if text.chars().count() > MAX_DN {
+            return Err(format!(
+                "is {} characters long; a subject may have at most {MAX_DN}",
+                text.chars().count()
+            ));
+        }
+        if let Some(c) = text.chars().find(|c| c.is_control()) {
+            return Err(format!(
+                "contains the control character {:?}; subjects may not hold control characters",
+                c
+            ));
+        }
         let mut attrs = Vec::new();
         let mut parts = Vec::new();
         let mut current = String::new();
@@ -303,6 +319,13 @@ impl Subject {
             let value = value.trim();
             if value.is_empty() {
                 return Err(format!("`{}` has an empty value", key.trim()));
+            }
+            if value.chars().count() > MAX_VALUE {
+                return Err(format!(
+                    "`{}` is {} characters long; RFC 5280 allows at most {MAX_VALUE}",
+                    key.trim(),
+                    value.chars().count()
+                ));
             }
             if kind == DnKind::C && value.len() != 2 {
                 return Err(format!("country `C={value}` must be a two-letter code"));
@@ -345,6 +368,26 @@ mod tests {
 
     #[test]
     fn subject_parses_escaped_commas_and_round_trips() {
+        assert!(
+            Subject::parse("CN=a\0b")
+                .unwrap_err()
+                .contains("control character")
+        );
+        assert!(
+            Subject::parse("CN=a\nb")
+                .unwrap_err()
+                .contains("control character")
+        );
+        assert!(
+            Subject::parse(&format!("CN={}", "x".repeat(65)))
+                .unwrap_err()
+                .contains("at most 64")
+        );
+        assert!(
+            Subject::parse(&format!("CN={}", "x".repeat(5000)))
+                .unwrap_err()
+                .contains("at most 1024")
+        );
         let s = Subject::parse(r"CN=Example\, Inc Root, O=Example, C=KR").unwrap();
         assert_eq!(s.cn(), Some("Example, Inc Root"));
         assert_eq!(s.0.len(), 3);

@@ -28,13 +28,40 @@ use std::path::{Path, PathBuf};
 /// Relative paths in the plan are resolved against the plan file's folder. Nothing but the plan
 /// and its device lists is read; nothing is written.
 pub fn load(path: &Path) -> Result<Plan, PlanError> {
-    let text = std::fs::read_to_string(path).map_err(|e| PlanError {
+    let bytes = crate::fsutil::read_bounded(path, MAX_PLAN_BYTES).map_err(|e| PlanError {
         path: path.to_path_buf(),
         line: None,
         column: None,
         message: format!("cannot read the plan: {e}"),
     })?;
+    let text = utf8(path, bytes)?;
     parse(path, &text)
+}
+
+/// The largest plan file read (a plan is a few kilobytes; device lists are separate files).
+pub const MAX_PLAN_BYTES: u64 = 16 << 20;
+
+/// The largest device list read (about 10 million ids).
+pub const MAX_DEVICE_LIST_BYTES: u64 = 512 << 20;
+
+/// Decodes a file read as bytes, naming the line and column of the first byte that is not UTF-8.
+pub(crate) fn utf8(path: &Path, bytes: Vec<u8>) -> Result<String, PlanError> {
+    String::from_utf8(bytes).map_err(|e| {
+        let bad = e.utf8_error().valid_up_to();
+        let before = &e.as_bytes()[..bad];
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+        let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+        PlanError {
+            path: path.to_path_buf(),
+            line: Some(line),
+            column: Some(column),
+            message: format!(
+                "byte 0x{:02X} is not UTF-8 (the file must be UTF-8 text)",
+                e.as_bytes()[bad]
+            ),
+        }
+    })
 }
 
 /// Parses and validates plan `text` as if it had been read from `path`.

@@ -929,7 +929,10 @@ impl<'a> Validator<'a> {
     fn device_list(&mut self, group: &str, file: &Spanned<String>) -> Option<(DeviceSource, Vec<usize>)> {
         let path = self.resolve(file.get_ref());
         let shown = self.shown_base.join(file.get_ref());
-        let text = match std::fs::read_to_string(&path) {
+        let text = match crate::fsutil::read_bounded(&path, super::MAX_DEVICE_LIST_BYTES)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| super::utf8(&shown, bytes).map_err(|e| e.to_string()))
+        {
             Ok(text) => text,
             Err(e) => {
                 self.error(
@@ -953,8 +956,9 @@ impl<'a> Validator<'a> {
                     &shown,
                     i + 1,
                     format!(
-                        "invalid device id `{id}` in group `{group}`: use 1 to \
-                         {MAX_DEVICE_ID_LEN} letters, digits and `-`"
+                        "invalid device id `{}` in group `{group}`: use 1 to \
+                         {MAX_DEVICE_ID_LEN} letters, digits and `-`",
+                        crate::error::snippet(id)
                     ),
                 );
                 continue;

@@ -15,6 +15,7 @@ pub(crate) mod test_support;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use seal::{SealError, StoreKey};
 use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -75,6 +76,42 @@ pub enum StoreError {
     /// The store key opens nothing in this store.
     #[error("the store key does not belong to {0} (wrong --key-file or CERTROLL_STORE_KEY?)")]
     WrongKey(PathBuf),
+    /// The store path is a directory, device or other non-file.
+    #[error("store {0} is not a regular file (check `path` in the plan's [backend])")]
+    NotAFile(PathBuf),
+    /// The store file is empty: truncated, or made by hand. certroll never builds a new fleet
+    /// into it.
+    #[error(
+        "store {store} is empty (0 bytes). If it held a fleet, restore it from a backup; if it is a store that was \
+         never used, remove it and its key file {key} and run `certroll issue` again"
+    )]
+    Empty {
+        /// The store file.
+        store: PathBuf,
+        /// Its key file.
+        key: PathBuf,
+    },
+    /// The key file is empty although the store has sealed keys with the key it held.
+    #[error(
+        "the store key file {key} is empty, but {store} holds {sealed} private key(s) sealed with the lost key: \
+         restore the key file from a backup (or set CERTROLL_STORE_KEY); certroll will not replace it"
+    )]
+    EmptyKey {
+        /// The store file.
+        store: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// How many sealed keys the store holds.
+        sealed: u64,
+    },
+    /// The store file is not a SQLite database, or SQLite found it damaged.
+    #[error("store {path} is damaged or not a certroll store ({message}); restore it from a backup")]
+    Damaged {
+        /// The store file.
+        path: PathBuf,
+        /// What SQLite said.
+        message: String,
+    },
     /// A stored record is inconsistent.
     #[error("store {path}: {message}")]
     Corrupt {
@@ -112,10 +149,15 @@ pub struct OpenOptions {
 
 /// An open store.
 pub struct Store {
+    // Declared before `lock` so it is dropped first: closing the lock's descriptor while SQLite
+    // still has the file open would drop SQLite's own POSIX locks on it.
     conn: Connection,
     path: PathBuf,
     key: StoreKey,
-    _lock: Option<File>,
+    /// A descriptor on the store file itself, kept for the store's life; the single-writer lock
+    /// is an OS lock (flock) on it, so no file that can be deleted decides who writes.
+    lock: Option<File>,
+    locked: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -130,32 +172,74 @@ fn default_key_file(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+fn io_err(p: &Path) -> impl FnOnce(std::io::Error) -> StoreError + use<> {
+    let p = p.to_path_buf();
+    move |source| StoreError::Io { path: p, source }
+}
+
+fn sql_err(p: &Path) -> impl FnOnce(rusqlite::Error) -> StoreError + use<> {
+    let p = p.to_path_buf();
+    move |source| StoreError::Sqlite { path: p, source }
+}
+
+/// Whether a key file exists and holds nothing but whitespace.
+fn key_file_is_empty(key_file: &Path) -> bool {
+    std::fs::metadata(key_file).is_ok_and(|m| m.is_file() && m.len() <= 2)
+        && std::fs::read(key_file).is_ok_and(|b| b.iter().all(u8::is_ascii_whitespace))
+}
+
+/// Whether a store's write-ahead log holds data (a store file of 0 bytes with a WAL is a new
+/// store whose first transactions were not yet checkpointed, not an empty one).
+fn wal_has_data(path: &Path) -> bool {
+    let mut wal = path.as_os_str().to_os_string();
+    wal.push("-wal");
+    std::fs::metadata(wal).is_ok_and(|m| m.len() > 0)
+}
+
 impl Store {
     /// Opens (and with `create`, creates) a store, migrating its schema.
+    ///
+    /// A new store is built under a temporary name and linked into place whole, after its key
+    /// file was written crash-atomically, so a kill at any point leaves either no store or a
+    /// complete empty one. A store path that is not a regular file, an empty (0-byte) store, and
+    /// a key file that is empty while the store holds sealed keys are refused as bad input.
     pub fn open(opts: &OpenOptions) -> Result<Store, StoreError> {
         let path = opts.path.clone();
-        if !opts.create && !path.exists() {
-            return Err(StoreError::Missing(path));
+        match std::fs::metadata(&path) {
+            Ok(meta) if !meta.is_file() => {
+                return Err(StoreError::NotAFile(path));
+            }
+            Ok(meta) if meta.len() == 0 && !wal_has_data(&path) => {
+                return Err(StoreError::Empty {
+                    key: opts.key_file.clone().unwrap_or_else(|| default_key_file(&path)),
+                    store: path,
+                });
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !opts.create {
+                    return Err(StoreError::Missing(path));
+                }
+            }
+            Err(e) => return Err(io_err(&path)(e)),
         }
-        let io = |p: &Path| {
-            let p = p.to_path_buf();
-            move |source| StoreError::Io { path: p, source }
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io(dir))?;
-        }
-        let lock = if opts.write {
-            Some(acquire_lock(&path, opts.lock_timeout)?)
-        } else {
-            None
-        };
-        // Only now, holding the lock, is it settled whether this process creates the store.
-        let exists = path.exists();
-
         let key_file = opts.key_file.clone().unwrap_or_else(|| default_key_file(&path));
+        if !path.exists() {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+            }
+            let key = Self::key_for_new_store(&path, &key_file)?;
+            Self::create_file(&path, key)?;
+        }
+
+        let lock = File::options()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(io_err(&path))?;
         let key = match StoreKey::from_env()? {
             Some(k) => k,
-            None => match StoreKey::from_file(&key_file, opts.create && !exists)? {
+            None => match Self::read_key_file(&path, &key_file, opts.write)? {
                 Some(k) => k,
                 None => {
                     return Err(StoreError::NoKey {
@@ -165,55 +249,25 @@ impl Store {
                 }
             },
         };
-
-        if !exists {
-            // Create the file 0600 before SQLite does, so it never exists with looser bits.
-            crate::fsutil::create_private(&path).map_err(io(&path))?;
-        }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let sql = |p: &Path| {
-            let p = p.to_path_buf();
-            move |source| StoreError::Sqlite { path: p, source }
-        };
-        let conn = Connection::open_with_flags(&path, flags).map_err(sql(&path))?;
-        conn.busy_timeout(opts.lock_timeout).map_err(sql(&path))?;
-        // Every query is a cached statement; keep them all prepared.
-        conn.set_prepared_statement_cache_capacity(64);
-        // The bundled SQLite has STAT4, which re-prepares a statement whenever a parameter is
-        // bound anew; our queries have one obvious plan, so keep it (query planner stability).
-        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
-            .map_err(sql(&path))?;
-        // Rows are mostly certificate and key blobs of about a kilobyte: 16 KiB pages halve the
-        // pages (and WAL frames) a batch of them writes. The size takes only while the file is
-        // still empty (also one left empty by a crash, or opened by a reader meanwhile); older
-        // stores keep theirs.
-        let empty = conn
-            .query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
-            .map_err(sql(&path))?
-            == 0;
-        if empty {
-            conn.execute_batch("PRAGMA page_size = 16384;")
-                .map_err(sql(&path))?;
-        }
-        conn.execute_batch(
-            // A 16 MiB page cache keeps a chunk's B-tree pages in memory across statements;
-            // temporary structures stay in memory too.
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
-             PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY;",
-        )
-        .map_err(sql(&path))?;
+        let conn = Connection::open_with_flags(&path, flags).map_err(sql_err(&path))?;
         let mut store = Store {
             conn,
             path,
             key,
-            _lock: lock,
+            lock: Some(lock),
+            locked: false,
         };
-        if store._lock.is_none() && store.needs_migration()? {
+        if opts.write {
+            store.lock_writer(opts.lock_timeout)?;
+        }
+        store.configure(opts.lock_timeout)?;
+        if !store.locked && store.needs_migration()? {
             // A reader upgrades the schema only holding the writer lock, so it never races a
             // writer; the data is not touched.
-            let lock = acquire_lock(&store.path, opts.lock_timeout)?;
+            store.lock_writer(opts.lock_timeout)?;
             store.migrate()?;
-            drop(lock);
+            store.unlock_writer();
         } else {
             store.migrate()?;
         }
@@ -221,11 +275,230 @@ impl Store {
         Ok(store)
     }
 
+    /// Connection settings every open applies (none of them writes to the file).
+    fn configure(&mut self, busy: Duration) -> Result<(), StoreError> {
+        let sql = sql_err(&self.path);
+        self.conn.busy_timeout(busy).map_err(sql)?;
+        // Every query is a cached statement; keep them all prepared.
+        self.conn.set_prepared_statement_cache_capacity(64);
+        // The bundled SQLite has STAT4, which re-prepares a statement whenever a parameter is
+        // bound anew; our queries have one obvious plan, so keep it (query planner stability).
+        self.conn
+            .set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+            .map_err(sql_err(&self.path))?;
+        self.conn
+            .execute_batch(
+                // A 16 MiB page cache keeps a chunk's B-tree pages in memory across statements;
+                // temporary structures stay in memory too. journal_mode is WAL from creation
+                // (it is kept in the file); older stores are switched here.
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
+                 PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY;",
+            )
+            .map_err(|source| self.classify_sqlite(source))
+    }
+
+    /// The store key for a store about to be created: the environment's, or the key file's, or
+    /// (when the key file is absent) a new one written crash-atomically. An empty key file, which
+    /// only an older certroll killed while creating its store could leave, is replaced.
+    fn key_for_new_store(path: &Path, key_file: &Path) -> Result<StoreKey, StoreError> {
+        if let Some(k) = StoreKey::from_env()? {
+            return Ok(k);
+        }
+        if key_file_is_empty(key_file) {
+            tracing::warn!(
+                "the key file {} is empty and there is no store {}: making a new key",
+                key_file.display(),
+                path.display()
+            );
+            std::fs::remove_file(key_file).map_err(io_err(key_file))?;
+        }
+        Ok(StoreKey::from_file(key_file, true)?.expect("created when absent"))
+    }
+
+    /// Reads the key file of an existing store. An empty key file (an older certroll killed
+    /// while creating the store) is replaced by a writer when the store holds no sealed key yet;
+    /// otherwise it is refused with what to do.
+    fn read_key_file(path: &Path, key_file: &Path, write: bool) -> Result<Option<StoreKey>, StoreError> {
+        if key_file_is_empty(key_file) {
+            let sealed = Self::sealed_key_count(path)?;
+            if sealed > 0 || !write {
+                return Err(StoreError::EmptyKey {
+                    store: path.to_path_buf(),
+                    key: key_file.to_path_buf(),
+                    sealed,
+                });
+            }
+            std::fs::remove_file(key_file).map_err(io_err(key_file))?;
+            let key = StoreKey::from_file(key_file, true)?.expect("created when absent");
+            // The check value was sealed under the lost key; the new key seals a new one.
+            let conn = Connection::open(path).map_err(sql_err(path))?;
+            conn.busy_timeout(Duration::from_secs(5)).map_err(sql_err(path))?;
+            conn.execute("DELETE FROM store_meta WHERE key = 'key_check'", [])
+                .map_err(sql_err(path))?;
+            return Ok(Some(key));
+        }
+        if let Ok(meta) = std::fs::metadata(key_file) {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    "the store key file {} is readable by others (mode {mode:04o}); `chmod 600 {}`",
+                    key_file.display(),
+                    key_file.display()
+                );
+            }
+        }
+        StoreKey::from_file(key_file, false).map_err(StoreError::from)
+    }
+
+    /// How many sealed private keys a store file holds (vault versions, deleted versions,
+    /// requests waiting for an outside CA), read without the store key.
+    fn sealed_key_count(path: &Path) -> Result<u64, StoreError> {
+        let conn =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sql_err(path))?;
+        let mut total = 0u64;
+        for table in ["vault_versions", "vault_deleted_versions", "vault_pending"] {
+            let exists: bool = conn
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+                    [table],
+                    |r| r.get(0),
+                )
+                .map_err(sql_err(path))?;
+            if exists {
+                let n: i64 = conn
+                    .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+                    .map_err(sql_err(path))?;
+                total += n as u64;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Builds a new, empty store (schema, page size, WAL mode, the key check) under a temporary
+    /// name and links it into place, so no one ever sees a half-made store. If another process
+    /// linked its store first, that one is kept.
+    fn create_file(path: &Path, key: StoreKey) -> Result<(), StoreError> {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.certroll-new-{}", std::process::id()));
+        for suffix in ["", "-journal", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", tmp.display()));
+        }
+        let built = (|| {
+            // Create the file 0600 before SQLite does, so it never exists with looser bits.
+            drop(crate::fsutil::create_private(&tmp).map_err(io_err(&tmp))?);
+            let conn = Connection::open(&tmp).map_err(sql_err(&tmp))?;
+            // Rows are mostly certificate and key blobs of about a kilobyte: 16 KiB pages halve
+            // the pages (and WAL frames) a batch of them writes.
+            conn.execute_batch("PRAGMA page_size = 16384; PRAGMA journal_mode = DELETE;")
+                .map_err(sql_err(&tmp))?;
+            let mut store = Store {
+                conn,
+                path: tmp.clone(),
+                key,
+                lock: None,
+                locked: true,
+            };
+            store.migrate()?;
+            store.check_key(true)?;
+            store
+                .conn
+                .execute_batch("PRAGMA journal_mode = WAL;")
+                .map_err(sql_err(&tmp))?;
+            let Store { conn, .. } = store;
+            conn.close().map_err(|(_, e)| sql_err(&tmp)(e))?;
+            File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(&tmp))?;
+            match std::fs::hard_link(&tmp, path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err(path)(e)),
+            }
+            crate::fsutil::sync_dir(dir).map_err(io_err(dir))
+        })();
+        for suffix in ["", "-journal", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", tmp.display()));
+        }
+        built
+    }
+
+    /// Takes the single-writer lock: an OS lock on the store file, polling up to `timeout`.
+    /// Serve takes it per request and releases it with [`unlock_writer`](Self::unlock_writer);
+    /// verbs hold it for their whole run.
+    pub fn lock_writer(&mut self, timeout: Duration) -> Result<(), StoreError> {
+        if self.locked {
+            return Ok(());
+        }
+        let Some(file) = &self.lock else {
+            return Ok(());
+        };
+        let start = Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => {
+                    self.locked = true;
+                    return Ok(());
+                }
+                Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < timeout => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(StoreError::Busy {
+                        path: self.path.clone(),
+                        waited: start.elapsed(),
+                    });
+                }
+                Err(std::fs::TryLockError::Error(source)) => {
+                    return Err(StoreError::Io {
+                        path: self.path.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Releases the writer lock (the descriptor stays open, so SQLite's locks are untouched).
+    pub fn unlock_writer(&mut self) {
+        if self.locked {
+            if let Some(file) = &self.lock {
+                let _ = file.unlock();
+            }
+            self.locked = false;
+        }
+    }
+
+    /// Whether this store holds the writer lock.
+    pub fn holds_writer_lock(&self) -> bool {
+        self.locked
+    }
+
+    /// A SQLite error on this store, with a file that is not a database, or is damaged, told
+    /// apart as [`StoreError::Damaged`].
+    fn classify_sqlite(&self, source: rusqlite::Error) -> StoreError {
+        use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+        match source.sqlite_error_code() {
+            Some(NotADatabase | DatabaseCorrupt) => StoreError::Damaged {
+                path: self.path.clone(),
+                message: source.to_string(),
+            },
+            _ => self.err(source),
+        }
+    }
+
     fn needs_migration(&self) -> Result<bool, StoreError> {
         let version: i64 = self
             .conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.classify_sqlite(e))?;
         Ok(version < MIGRATIONS.len() as i64)
     }
 
@@ -238,7 +511,7 @@ impl Store {
         let version: i64 = self
             .conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(sql)?;
+            .map_err(|e| self.classify_sqlite(e))?;
         let known = MIGRATIONS.len() as i64;
         if version > known {
             return Err(StoreError::TooNew {
@@ -366,43 +639,6 @@ impl Store {
     }
 }
 
-/// Takes the single-writer lock (`<store>.lock`), polling up to `timeout`.
-fn acquire_lock(path: &Path, timeout: Duration) -> Result<File, StoreError> {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".lock");
-    let lock_path = path.with_file_name(name);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|source| StoreError::Io {
-            path: lock_path.clone(),
-            source,
-        })?;
-    let start = Instant::now();
-    loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < timeout => {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(StoreError::Busy {
-                    path: path.to_path_buf(),
-                    waited: start.elapsed(),
-                });
-            }
-            Err(std::fs::TryLockError::Error(source)) => {
-                return Err(StoreError::Io {
-                    path: lock_path,
-                    source,
-                });
-            }
-        }
-    }
-}
-
 impl Store {
     /// An empty in-memory store with a throwaway key: what a dry run reads when no store exists yet.
     pub fn open_empty() -> Result<Store, StoreError> {
@@ -417,7 +653,8 @@ impl Store {
             conn,
             path,
             key: StoreKey::from_raw(&bytes),
-            _lock: None,
+            lock: None,
+            locked: true,
         };
         store.migrate()?;
         store.check_key(true)?;
@@ -462,15 +699,6 @@ mod tests {
         let store = Store::open(&opts(dir.path(), true)).unwrap();
         assert_eq!(page_size(&store), 16384);
         drop(store);
-        // A file a crash left empty gets them too.
-        let crashed = tempfile::tempdir().unwrap();
-        let store = Store::open(&opts(crashed.path(), true)).unwrap();
-        drop(store);
-        std::fs::write(crashed.path().join("state.db"), b"").unwrap();
-        let _ = std::fs::remove_file(crashed.path().join("state.db-wal"));
-        let store = Store::open(&opts(crashed.path(), true)).unwrap();
-        assert_eq!(page_size(&store), 16384);
-        drop(store);
         let store = Store::open(&opts(dir.path(), false)).unwrap();
         assert_eq!(page_size(&store), 16384);
         let journal: String = store
@@ -478,6 +706,93 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(journal, "wal");
+    }
+
+    #[test]
+    fn an_empty_store_file_is_refused_by_readers_and_writers_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(&opts(dir.path(), true)).unwrap());
+        let db = dir.path().join("state.db");
+        std::fs::write(&db, b"").unwrap();
+        let _ = std::fs::remove_file(dir.path().join("state.db-wal"));
+        for write in [false, true] {
+            let err = Store::open(&opts(dir.path(), write)).unwrap_err();
+            assert!(matches!(err, StoreError::Empty { .. }), "{err}");
+            assert!(err.to_string().contains("restore it from a backup"), "{err}");
+            assert_eq!(std::fs::metadata(&db).unwrap().len(), 0);
+        }
+    }
+
+    #[test]
+    fn an_empty_key_file_is_replaced_only_while_the_store_seals_no_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("state.db.key");
+        // What an older certroll killed at its first write left: an empty key file, no store.
+        std::fs::write(&key, b"").unwrap();
+        drop(Store::open(&opts(dir.path(), true)).unwrap());
+        assert_eq!(std::fs::read_to_string(&key).unwrap().trim().len(), 64);
+        // A store without sealed keys beside an emptied key file: a writer makes a new key.
+        std::fs::write(&key, b"").unwrap();
+        drop(Store::open(&opts(dir.path(), true)).unwrap());
+        assert_eq!(std::fs::read_to_string(&key).unwrap().trim().len(), 64);
+        Store::open(&opts(dir.path(), false)).unwrap();
+        // Once a key is sealed, an empty key file is a loud error that changes nothing.
+        let store = Store::open(&opts(dir.path(), true)).unwrap();
+        store
+            .conn()
+            .execute(
+                "INSERT INTO vault_pending (name, request_id, key_sealed, kty, exportable, csr_der,
+                 policy_json, issuer, created) VALUES ('x', 'r', x'00', 'EC', 1, x'00', '{}', 'Unknown', 0)",
+                [],
+            )
+            .unwrap();
+        drop(store);
+        std::fs::write(&key, b"\n").unwrap();
+        for write in [false, true] {
+            let err = Store::open(&opts(dir.path(), write)).unwrap_err();
+            assert!(matches!(err, StoreError::EmptyKey { sealed: 1, .. }), "{err}");
+            assert_eq!(std::fs::read(&key).unwrap(), b"\n");
+        }
+    }
+
+    #[test]
+    fn the_writer_lock_is_on_the_store_itself_and_survives_deleted_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = Store::open(&opts(dir.path(), true)).unwrap();
+        // No lock file decides anything: removing every file beside the store lets nobody in.
+        let _ = std::fs::remove_file(dir.path().join("state.db.lock"));
+        let err = Store::open(&opts(dir.path(), true)).unwrap_err();
+        assert!(matches!(err, StoreError::Busy { .. }), "{err}");
+        // Released and taken again on the same descriptor (what serve does per request).
+        first.unlock_writer();
+        let mut second = Store::open(&opts(dir.path(), true)).unwrap();
+        assert!(first.lock_writer(Duration::from_millis(0)).is_err());
+        second.unlock_writer();
+        first.lock_writer(Duration::from_millis(0)).unwrap();
+        // Reads keep working on both connections throughout.
+        let n: i64 = second
+            .conn()
+            .query_row("SELECT count(*) FROM store_meta", [], |r| r.get(0))
+            .unwrap();
+        assert!(n >= 1);
+    }
+
+    #[test]
+    fn paths_that_are_not_stores_are_input_errors_and_create_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("state.db")).unwrap();
+        for write in [false, true] {
+            let err = Store::open(&opts(dir.path(), write)).unwrap_err();
+            assert!(matches!(err, StoreError::NotAFile(_)), "{err}");
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        let garbled = tempfile::tempdir().unwrap();
+        drop(Store::open(&opts(garbled.path(), true)).unwrap());
+        std::fs::write(garbled.path().join("state.db"), vec![0x5a; 40000]).unwrap();
+        let _ = std::fs::remove_file(garbled.path().join("state.db-wal"));
+        let _ = std::fs::remove_file(garbled.path().join("state.db-shm"));
+        let err = Store::open(&opts(garbled.path(), false)).unwrap_err();
+        assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! associated data, so a sealed key copied onto another record does not open.
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
@@ -14,6 +13,14 @@ pub enum SealError {
     /// The key file exists but is not 64 hex characters.
     #[error("store key in {0} is not 64 hexadecimal characters")]
     BadKeyFile(PathBuf),
+    /// The key file is a directory, device, FIFO or too large.
+    #[error("store key file {path}: {why}")]
+    NotAKeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// What it is instead.
+        why: String,
+    },
     /// The key from the environment is not 64 hex characters.
     #[error("CERTROLL_STORE_KEY is not 64 hexadecimal characters")]
     BadKeyEnv,
@@ -56,6 +63,10 @@ fn parse_hex_key(text: &str) -> Option<Zeroizing<[u8; 32]>> {
     Some(out)
 }
 
+/// The most a store key file may hold (64 hex digits and a newline, with room for spaces): a
+/// device or huge file given as the key file is refused at once.
+const KEY_FILE_LIMIT: u64 = 4096;
+
 impl StoreKey {
     pub(crate) fn from_raw(bytes: &[u8; 32]) -> StoreKey {
         Self::from_bytes(bytes)
@@ -85,21 +96,32 @@ impl StoreKey {
             path: path.to_path_buf(),
             source,
         };
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let text = Zeroizing::new(text);
-                let bytes = parse_hex_key(&text).ok_or_else(|| SealError::BadKeyFile(path.into()))?;
+        match crate::fsutil::read_bounded(path, KEY_FILE_LIMIT) {
+            Ok(raw) => {
+                let raw = Zeroizing::new(raw);
+                let bytes = std::str::from_utf8(&raw)
+                    .ok()
+                    .and_then(parse_hex_key)
+                    .ok_or_else(|| SealError::BadKeyFile(path.into()))?;
                 Ok(Some(StoreKey::from_bytes(&bytes)))
             }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Err(SealError::NotAKeyFile {
+                path: path.into(),
+                why: e.to_string(),
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                 let mut bytes = Zeroizing::new([0u8; 32]);
                 crate::pki::random_bytes(bytes.as_mut()).map_err(|_| SealError::Seal)?;
-                let hex = Zeroizing::new(crate::pki::hex_upper(bytes.as_ref()));
-                let mut file = crate::fsutil::create_private(path).map_err(io)?;
-                file.write_all(hex.as_bytes()).map_err(io)?;
-                file.write_all(b"\n").map_err(io)?;
-                file.sync_all().map_err(io)?;
-                Ok(Some(StoreKey::from_bytes(&bytes)))
+                let mut text = Zeroizing::new(crate::pki::hex_upper(bytes.as_ref()));
+                text.push('\n');
+                // Written whole under a temporary name and linked into place: a kill leaves no
+                // key file or a complete one, never an empty one.
+                match crate::fsutil::create_atomic(path, text.as_bytes(), true) {
+                    Ok(()) => Ok(Some(StoreKey::from_bytes(&bytes))),
+                    // Another certroll creating the same store linked its key first: use that.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::from_file(path, false),
+                    Err(e) => Err(io(e)),
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(e)),

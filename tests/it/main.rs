@@ -37,3 +37,5 @@ mod json_errors;
 mod secrets;
 // Issue 3 at fleet scale: yearly cron rounds, breaches, revokes, reprovision policies, kills.
 mod fleet;
+// Hostile input: output paths aimed at the state, FIFOs, devices, broken stores, far dates.
+mod hostile;

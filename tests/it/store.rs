@@ -144,12 +144,11 @@ fn a_busy_store_is_reported_after_the_lock_timeout() {
     let env = TestEnv::new();
     env.quickstart();
     env.run(&["--plan", "plan.toml", "issue"]).ok();
-    // Hold the writer lock the way a running certroll does.
-    let lock = std::fs::OpenOptions::new()
-        .write(true)
-        .open(env.store_dir().join("state.db.lock"))
-        .unwrap();
+    // Hold the writer lock the way a running certroll does: an OS lock on the store file itself.
+    let lock = std::fs::File::open(env.store_dir().join("state.db")).unwrap();
     lock.lock().unwrap();
+    // No file beside the store decides who writes: deleting them lets nobody in (issue 9.3).
+    let _ = std::fs::remove_file(env.store_dir().join("state.db.lock"));
     let run = env
         .run(&["--plan", "plan.toml", "--lock-timeout", "0", "issue"])
         .code(1);

@@ -17,7 +17,7 @@ use crate::plan::{ActionKind, Plan, Policy};
 use anyhow::{Context as _, Result};
 use rayon::prelude::*;
 use std::collections::HashMap;
-use time::{Duration, OffsetDateTime};
+use time::OffsetDateTime;
 
 /// How a chunk of devices is rolled.
 #[derive(Debug, Clone, Copy)]
@@ -552,7 +552,7 @@ pub(super) fn generate(assessed: &Assessed<'_>, issuers: &Issuers, now: OffsetDa
                 key_usage: effective_key_usage(w.policy, false),
                 extended_key_usage: w.policy.extended_key_usage.clone(),
                 not_before: now,
-                not_after: (now + Duration::days(w.policy.validity_days as i64)).min(issuer.not_after),
+                not_after: crate::clock::add_days(now, w.policy.validity_days as i64).min(issuer.not_after),
                 ca: None,
             };
             // What the vault indexes it by comes with it, worked out on the signing cores.

@@ -160,6 +160,8 @@ pub fn backup(
 ) -> Result<BackupReport> {
     let name = resolve_name(name)?;
     check_password(password)?;
+    let protected = crate::ops::outfile::Protected::of(plan, settings);
+    protected.check(out)?;
     let backend = open_backend(plan, Access::Read, settings)?;
     let b = backend
         .backup_certificate(&name)?
@@ -225,7 +227,7 @@ pub fn backup(
         ciphertext: crate::pki::hex_upper(&plain),
     };
     let text = serde_json::to_vec_pretty(&envelope)?;
-    crate::fsutil::write_atomic(out, &text, true).with_context(|| format!("writing {}", out.display()))?;
+    protected.write(out, &text, true)?;
     Ok(BackupReport {
         name,
         file: out.to_path_buf(),
@@ -243,7 +245,8 @@ fn not_a_backup(file: &Path, why: &str) -> anyhow::Error {
 
 /// Reads and decrypts a backup file.
 fn open_file(file: &Path, password: &str) -> Result<CertificateDoc> {
-    let text = std::fs::read(file).map_err(|e| input(format!("cannot read {}: {e}", file.display())))?;
+    let text = crate::fsutil::read_bounded(file, crate::fsutil::MAX_INPUT_FILE)
+        .map_err(|e| input(format!("cannot read {}: {e}", file.display())))?;
     let env: Envelope = serde_json::from_slice(&text).map_err(|e| not_a_backup(file, &e.to_string()))?;
     if env.format != FORMAT || env.version != 1 {
         return Err(not_a_backup(

@@ -129,7 +129,7 @@ pub fn delete(
             )));
         }
     }
-    let purge_at = now + time::Duration::days(opts.recovery_days as i64);
+    let purge_at = crate::clock::add_days(now, opts.recovery_days as i64);
     if opts.dry_run {
         let deleted = if live {
             Some(DeletedView {

@@ -15,7 +15,7 @@ use crate::ops::{Access, BackendSettings, effective_key_usage, open_backend, pol
 use crate::pki::spec::{ExtendedKeyUsage, KeySpec, KeyUsage, RSA_SIZES, Subject};
 use crate::pki::{CertProfile, PrivateKey};
 use crate::plan::{ActionKind, ContentType, LifetimeAction, Plan, Policy, Trigger};
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
@@ -146,7 +146,7 @@ pub fn create(
         key_usage: effective_key_usage(&policy, false),
         extended_key_usage: policy.extended_key_usage.clone(),
         not_before: now,
-        not_after: now + time::Duration::days(opts.validity_days as i64),
+        not_after: crate::clock::add_days(now, opts.validity_days as i64),
         ca: None,
     };
     let key = PrivateKey::generate(&opts.key)?;
@@ -222,12 +222,13 @@ pub struct CsrReport {
 /// `vault csr`: writes the pending request's CSR as PEM.
 pub fn csr(plan: &Plan, name: &str, out: &Path, settings: &BackendSettings) -> Result<CsrReport> {
     let name = super::resolve_name(name)?;
+    let protected = crate::ops::outfile::Protected::of(plan, settings);
+    protected.check(out)?;
     let backend = open_backend(plan, Access::Read, settings)?;
     let pending = backend
         .pending(&name)?
         .ok_or_else(|| no_request(&backend, &name))?;
-    crate::fsutil::write_atomic(out, csr_pem(&pending.csr_der).as_bytes(), false)
-        .with_context(|| format!("writing {}", out.display()))?;
+    protected.write(out, csr_pem(&pending.csr_der).as_bytes(), false)?;
     Ok(CsrReport {
         name,
         request_id: pending.request_id,
@@ -258,7 +259,8 @@ pub fn merge(
 ) -> Result<MergeReport> {
     let name = super::resolve_name(name)?;
     let shown = file.display();
-    let bytes = std::fs::read(file).map_err(|e| input(format!("cannot read {shown}: {e}")))?;
+    let bytes = crate::fsutil::read_bounded(file, crate::fsutil::MAX_INPUT_FILE)
+        .map_err(|e| input(format!("cannot read {shown}: {e}")))?;
     let mut certs = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
         crate::pki::pem::certs_from_pem(&bytes).map_err(|e| input(format!("{shown}: {e}")))?
     } else {

@@ -61,7 +61,8 @@ struct Material {
 
 fn read_material(file: &Path, password: Option<&str>) -> Result<Material> {
     let bytes = Zeroizing::new(
-        std::fs::read(file).map_err(|e| input(format!("cannot read {}: {e}", file.display())))?,
+        crate::fsutil::read_bounded(file, crate::fsutil::MAX_INPUT_FILE)
+            .map_err(|e| input(format!("cannot read {}: {e}", file.display())))?,
     );
     let shown = file.display();
     if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
@@ -359,6 +360,8 @@ pub fn export(
 ) -> Result<crate::ops::export::ExportReport> {
     use crate::ops::ExportFormat;
     let name = super::resolve_name(name)?;
+    let protected = crate::ops::outfile::Protected::of(plan, settings);
+    protected.check(&opts.out)?;
     let backend = open_backend(plan, Access::Read, settings)?;
     let version = match &opts.version {
         Some(v) => backend.version(&name, v)?,
@@ -414,8 +417,7 @@ pub fn export(
             )?)
         }
     };
-    crate::fsutil::write_atomic(&opts.out, &bytes, wants_key)
-        .map_err(|e| anyhow::anyhow!("writing {}: {e}", opts.out.display()))?;
+    protected.write(&opts.out, &bytes, wants_key)?;
     Ok(crate::ops::export::ExportReport {
         target: name.clone(),
         certificate: name,
