@@ -11,6 +11,7 @@ mod reprovision;
 mod revoke;
 mod roll;
 mod status;
+mod store;
 mod vault;
 
 use crate::clock::{Clock, FixedClock, SystemClock};
@@ -135,6 +136,8 @@ pub enum Command {
     Export(export::ExportArgs),
     /// The vault: certificates, versions, tags, soft delete, backup/restore, import, CSR/merge, contacts, issuers.
     Vault(vault::VaultArgs),
+    /// The local store itself: `rekey` re-seals every private key under a new store key.
+    Store(store::StoreArgs),
     /// For cron and monitoring: what is expired, what has an action due, what is next (exit 0/1/2/3).
     Check(check::CheckArgs),
     /// Mail the contacts and run the hook about fired email-contacts actions and renewals.
@@ -296,6 +299,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Check(args) => check::exec(g, args),
         Command::Notify(args) => notify::exec(g, args),
         Command::Vault(args) => vault::exec(g, args),
+        Command::Store(args) => store::exec(g, args),
         Command::Completions(args) => completions::exec(args),
         Command::Man => completions::man(),
     }?;

@@ -8,6 +8,7 @@ pub mod issue;
 pub mod journal;
 pub mod lifetime;
 pub mod outfile;
+pub mod rekey;
 pub mod reprovision;
 pub mod revoke;
 pub mod roll;
@@ -172,22 +173,31 @@ pub struct BackendSettings {
     pub lock_timeout: Option<Duration>,
 }
 
-/// Opens the plan's backend.
-pub fn open_backend(plan: &Plan, access: Access, settings: &BackendSettings) -> Result<LocalBackend> {
+/// How the plan's store is opened for `access`.
+pub fn store_options(plan: &Plan, access: Access, settings: &BackendSettings) -> OpenOptions {
     let BackendConfig::Local { path, key_file } = &plan.backend;
-    if access == Access::Preview && !path.exists() {
-        return Ok(LocalBackend::new(Store::open_empty()?));
-    }
-    let opts = OpenOptions {
+    OpenOptions {
         path: path.clone(),
         key_file: settings.key_file.clone().or_else(|| key_file.clone()),
         create: access == Access::Write,
         write: matches!(access, Access::Write | Access::Modify),
         lock_timeout: settings.lock_timeout.unwrap_or(Duration::from_secs(30)),
-    };
-    let store =
-        Store::open(&opts).with_context(|| format!("opening the store of {}", plan.path.display()))?;
-    Ok(LocalBackend::new(store))
+    }
+}
+
+/// Opens the plan's store.
+pub fn open_store(plan: &Plan, access: Access, settings: &BackendSettings) -> Result<Store> {
+    let BackendConfig::Local { path, .. } = &plan.backend;
+    if access == Access::Preview && !path.exists() {
+        return Ok(Store::open_empty()?);
+    }
+    let opts = store_options(plan, access, settings);
+    Store::open(&opts).with_context(|| format!("opening the store of {}", plan.path.display()))
+}
+
+/// Opens the plan's backend.
+pub fn open_backend(plan: &Plan, access: Access, settings: &BackendSettings) -> Result<LocalBackend> {
+    Ok(LocalBackend::new(open_store(plan, access, settings)?))
 }
 
 /// A CA ready to sign, with the chain that goes with what it signs.

@@ -8,6 +8,7 @@ pub mod queries;
 pub mod queries_journal;
 pub mod queries_notify;
 pub mod queries_vault;
+pub mod rekey;
 pub mod seal;
 #[cfg(test)]
 pub(crate) mod test_support;
@@ -121,6 +122,11 @@ pub enum StoreError {
         message: String,
     },
 }
+
+/// The identity and plaintext of the check value sealed into every store, which proves a key is
+/// the store's.
+const KEY_CHECK_IDENTITY: &str = "certroll/store-check";
+const KEY_CHECK_VALUE: &[u8] = b"certroll store";
 
 /// Schema migrations, in order. The store's `user_version` counts how many have run.
 const MIGRATIONS: &[&str] = &[
@@ -237,7 +243,9 @@ impl Store {
             .custom_flags(libc::O_NONBLOCK)
             .open(&path)
             .map_err(io_err(&path))?;
-        let key = match StoreKey::from_env()? {
+        let env_key = StoreKey::from_env()?;
+        let from_env = env_key.is_some();
+        let key = match env_key {
             Some(k) => k,
             None => match Self::read_key_file(&path, &key_file, opts.write)? {
                 Some(k) => k,
@@ -271,8 +279,40 @@ impl Store {
         } else {
             store.migrate()?;
         }
-        store.check_key(opts.write)?;
+        match store.check_key(opts.write) {
+            Err(StoreError::WrongKey(_)) if !from_env => store.finish_rekey(&key_file)?,
+            other => other?,
+        }
+        if !from_env && store.locked {
+            // A rekey cut off before its transaction left a key that sealed nothing: drop it.
+            let _ = std::fs::remove_file(rekey::pending_key_file(&key_file));
+        }
         Ok(store)
+    }
+
+    /// The key file does not open this store: if a rekey was cut off after re-sealing the store
+    /// but before renaming its new key into place, the new key waits beside the key file; use it,
+    /// and (a writer) finish the rename.
+    fn finish_rekey(&mut self, key_file: &Path) -> Result<(), StoreError> {
+        let pending = rekey::pending_key_file(key_file);
+        let Ok(Some(new)) = StoreKey::from_file(&pending, false) else {
+            return Err(StoreError::WrongKey(self.path.clone()));
+        };
+        let old = std::mem::replace(&mut self.key, new);
+        if self.check_key(false).is_err() {
+            self.key = old;
+            return Err(StoreError::WrongKey(self.path.clone()));
+        }
+        if self.locked {
+            tracing::warn!(
+                "finishing a rekey that was cut off: {} becomes the store key",
+                pending.display()
+            );
+            std::fs::rename(&pending, key_file).map_err(io_err(key_file))?;
+            let dir = key_file.parent().unwrap_or(Path::new("."));
+            crate::fsutil::sync_dir(dir).map_err(io_err(dir))?;
+        }
+        Ok(())
     }
 
     /// Connection settings every open applies (none of them writes to the file).
@@ -536,7 +576,7 @@ impl Store {
     /// Proves the store key is this store's: opens the check value, or seals one into a store
     /// that has none yet (only a writer does).
     fn check_key(&mut self, write: bool) -> Result<(), StoreError> {
-        const IDENTITY: &str = "certroll/store-check";
+        const IDENTITY: &str = KEY_CHECK_IDENTITY;
         let sealed: Option<Vec<u8>> = self
             .conn
             .query_row("SELECT value FROM store_meta WHERE key = 'key_check'", [], |r| {
@@ -557,7 +597,7 @@ impl Store {
                 Err(_) => Err(StoreError::WrongKey(self.path.clone())),
             },
             None if write => {
-                let sealed = self.key.seal(IDENTITY, b"certroll store")?;
+                let sealed = self.key.seal(IDENTITY, KEY_CHECK_VALUE)?;
                 self.conn
                     .execute(
                         "INSERT INTO store_meta (key, value) VALUES ('key_check', ?1)",

@@ -498,7 +498,7 @@ pub fn issuer_users(conn: &Connection, issuer: &str) -> Result<Vec<String>> {
 
 // ---------------------------------------------------------------- pending requests
 
-fn pending_identity(name: &str, request_id: &str) -> String {
+pub(super) fn pending_identity(name: &str, request_id: &str) -> String {
     format!("certroll/vault-pending/{name}/{request_id}")
 }
 

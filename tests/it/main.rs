@@ -39,3 +39,5 @@ mod secrets;
 mod fleet;
 // Hostile input: output paths aimed at the state, FIFOs, devices, broken stores, far dates.
 mod hostile;
+// The crash harness: kills at chosen system calls during every mutating verb, then reruns.
+mod crash;
