@@ -71,9 +71,33 @@ pub(crate) fn utf8(path: &Path, bytes: Vec<u8>) -> Result<String, PlanError> {
 pub fn parse(path: &Path, text: &str) -> Result<Plan, PlanError> {
     let raw: raw::RawPlan = toml::from_str(text).map_err(|e| {
         let span = e.span();
-        PlanError::at_span(path, text, span, e.message().to_string())
+        let mut message = plain_types(e.message());
+        if message == "duplicate key"
+            && let Some(key) = span.clone().and_then(|r| text.get(r))
+        {
+            message = format!("duplicate key `{}`", crate::error::snippet(key.trim()));
+        }
+        PlanError::at_span(path, text, span, message)
     })?;
     validate::validate(path, text, raw)
+}
+
+/// serde's type names (`i64`, `u32`, `f64`) in a message, said as a plan's author would.
+fn plain_types(message: &str) -> String {
+    let mut out = message.to_string();
+    for (rust, plain) in [
+        ("expected i64", "expected an integer"),
+        ("expected u64", "expected a whole number of at least 0"),
+        ("expected u32", "expected a whole number of at least 0"),
+        ("expected u16", "expected a whole number of at least 0"),
+        ("expected u8", "expected a whole number of at least 0"),
+        ("expected i32", "expected an integer"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+    ] {
+        out = out.replace(rust, plain);
+    }
+    out
 }
 
 /// Why a plan was rejected: where (file, line, column) and what.

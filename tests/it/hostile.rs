@@ -444,3 +444,271 @@ fn a_plan_with_a_byte_that_is_not_utf8_names_its_line_and_column() {
     );
     assert!(run.stderr.contains("0xFF"), "{}", run.stderr);
 }
+
+/// The table: each case prepares a file (or nothing), runs a command on an issued fleet, and must
+/// exit 2 naming the problem and where, with the state unchanged.
+#[test]
+fn a_table_of_broken_files_flags_and_plans_changes_nothing() {
+    let env = issued();
+    env.plan_run(&["export", "ca:root", "--out", "root.pem"]).ok();
+    env.plan_run(&["export", "device:gateway-01", "--with-key", "--out", "gw.pem"])
+        .ok();
+    let gw = std::fs::read_to_string(env.path("gw.pem")).unwrap();
+    let root = std::fs::read_to_string(env.path("root.pem")).unwrap();
+    let key_only: String = gw[gw.find("-----BEGIN PRIVATE KEY-----").unwrap()..].to_string();
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "garbage.pem",
+            b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n".to_vec(),
+        ),
+        ("truncated.pem", gw.as_bytes()[..gw.len() / 2].to_vec()),
+        ("key-only.pem", key_only.clone().into_bytes()),
+        ("cert-only.pem", root.clone().into_bytes()),
+        ("mismatch.pem", format!("{root}{key_only}").into_bytes()),
+        (
+            "random.pfx",
+            (0..3000u32).map(|i| (i * 7919 % 251) as u8).collect(),
+        ),
+        ("empty.pfx", Vec::new()),
+        ("nul.pem", vec![0u8; 512]),
+        (
+            "backup.json",
+            br#"{"format": "certroll-vault-backup", "version": 1}"#.to_vec(),
+        ),
+        ("backup-bad.json", b"{ not json".to_vec()),
+        ("huge-line.pem", vec![b'A'; 2 << 20]),
+    ];
+    for (name, bytes) in &files {
+        std::fs::write(env.path(name), bytes).unwrap();
+    }
+    std::fs::write(env.path("PW"), "x").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["vault", "import", "imp1", "--file", "garbage.pem"],
+            "garbage.pem",
+        ),
+        (
+            vec!["vault", "import", "imp2", "--file", "truncated.pem"],
+            "truncated.pem",
+        ),
+        (
+            vec!["vault", "import", "imp3", "--file", "key-only.pem"],
+            "key-only.pem",
+        ),
+        (
+            vec!["vault", "import", "imp4", "--file", "cert-only.pem"],
+            "cert-only.pem",
+        ),
+        (
+            vec!["vault", "import", "imp5", "--file", "mismatch.pem"],
+            "mismatch.pem",
+        ),
+        (
+            vec![
+                "vault",
+                "import",
+                "imp6",
+                "--file",
+                "random.pfx",
+                "--password-env",
+                "PW",
+            ],
+            "random.pfx",
+        ),
+        (
+            vec![
+                "vault",
+                "import",
+                "imp7",
+                "--file",
+                "empty.pfx",
+                "--password-env",
+                "PW",
+            ],
+            "empty.pfx",
+        ),
+        (vec!["vault", "import", "imp8", "--file", "nul.pem"], "nul.pem"),
+        (
+            vec!["vault", "import", "imp9", "--file", "huge-line.pem"],
+            "huge-line.pem",
+        ),
+        (
+            vec!["vault", "import", "imp10", "--file", "no-such-file.pem"],
+            "no-such-file.pem",
+        ),
+        (
+            vec!["vault", "import", "bad name!", "--file", "gw.pem"],
+            "bad name!",
+        ),
+        (
+            vec!["vault", "restore", "--in", "backup.json", "--password-env", "PW"],
+            "backup.json",
+        ),
+        (
+            vec![
+                "vault",
+                "restore",
+                "--in",
+                "backup-bad.json",
+                "--password-env",
+                "PW",
+            ],
+            "backup-bad.json",
+        ),
+        (
+            vec!["vault", "restore", "--in", "gw.pem", "--password-env", "PW"],
+            "gw.pem",
+        ),
+        (
+            vec!["vault", "merge", "dev-sensor-01", "--file", "garbage.pem"],
+            "garbage.pem",
+        ),
+        (
+            vec!["vault", "update", "no-such-cert", "--disable"],
+            "no-such-cert",
+        ),
+        (vec!["vault", "show", "ca:nowhere"], "nowhere"),
+        (
+            vec!["export", "device:sensor-01", "--format", "pfx", "--out", "x.pfx"],
+            "--password-env",
+        ),
+        (
+            vec![
+                "export",
+                "device:sensor-01",
+                "--format",
+                "pfx",
+                "--password-env",
+                "UNSET_VAR",
+                "--out",
+                "x.pfx",
+            ],
+            "UNSET_VAR",
+        ),
+        (vec!["export", "group:sensors", "--out", "x.pem"], "group"),
+        (
+            vec!["export", "ca:root", "--with-key", "--out", "x.pem"],
+            "not exportable",
+        ),
+        (vec!["roll-secondary", "device:nobody"], "device:nobody"),
+        (vec!["roll-secondary", "bogus"], "bogus"),
+        (
+            vec!["revoke", "device:sensor-02", "--reason", "not-a-reason", "--yes"],
+            "not-a-reason",
+        ),
+        (vec!["--now", "yesterday", "status"], "yesterday"),
+        (vec!["--lock-timeout", "-5", "issue"], "-5"),
+        (vec!["--key-file", "missing.key", "status"], "missing.key"),
+        (vec!["--key-file", "gw.pem", "status"], "gw.pem"),
+        (vec!["status", "-o", "yaml"], "yaml"),
+        (vec!["vault", "delete", "ca-root", "--recovery-days", "3"], "3"),
+        (
+            vec!["vault", "create", "c1", "--subject", "O=NoCN", "--issuer", "Self"],
+            "CN",
+        ),
+        (
+            vec![
+                "vault",
+                "create",
+                "c2",
+                "--subject",
+                "CN=x",
+                "--key-type",
+                "RSA",
+                "--key-size",
+                "1024",
+                "--issuer",
+                "Self",
+            ],
+            "1024",
+        ),
+    ];
+    let total = cases.len();
+    for (args, needle) in cases {
+        let before = state(&env);
+        let out = env
+            .cmd()
+            .args(["--plan", "plan.toml"])
+            .args(&args)
+            .env("PW", "changeit")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}{stdout}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: stderr should name `{needle}`: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("PRIVATE KEY"), "{args:?} echoed a key: {stderr}");
+        assert_eq!(state(&env), before, "{args:?} changed the state");
+    }
+    assert!(total >= 30);
+}
+
+#[test]
+fn broken_plans_of_every_kind_are_located_and_create_nothing() {
+    let base =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/quickstart.toml")).unwrap();
+    let cases: Vec<(String, &str)> = vec![
+        (base.replace("count = 50", "count = -1"), "count"),
+        (base.replace("count = 50", "count = 1e9"), "expected an integer"),
+        (base.replace("count = 50", "count = 99999999999"), "count"),
+        (
+            base.replace("validity_days = 365\n", "validity_days = 0\n"),
+            "validity_days",
+        ),
+        (
+            base.replace("validity_days = 365\n", "validity_days = \"a year\"\n"),
+            "expected an integer",
+        ),
+        (
+            base.replace("CN=Quickstart Root CA", "CN=Quick\\u0000Root"),
+            "control character",
+        ),
+        (
+            base.replace("CN=Quickstart Root CA", "CN=Quick\\nRoot"),
+            "control character",
+        ),
+        (base.replace("version = 1", "version = 1\nversion = 1"), "version"),
+        (
+            format!("{base}\n[ca.root]\nsubject = \"CN=dup\"\npolicy = \"ca\"\n"),
+            "root",
+        ),
+        (
+            base.replace("prefix = \"sensor-\"", "prefix = \"sensor \""),
+            "sensor",
+        ),
+        (
+            format!(
+                "{base}\n[groups.other]\nsigning_ca = \"nowhere\"\nhub = \"h\"\ndevice_policy = \"device\"\ndevices = {{ prefix = \"o-\", count = 1 }}\n"
+            ),
+            "nowhere",
+        ),
+        (
+            "\u{feff}".to_string() + &base.replace("version = 1", "version = 2"),
+            "version",
+        ),
+    ];
+    for (i, (text, needle)) in cases.into_iter().enumerate() {
+        let env = TestEnv::new();
+        env.write("plan.toml", &text);
+        for verb in [&["validate"][..], &["issue"][..]] {
+            let run = env.plan_run(verb);
+            assert_eq!(run.code, 2, "case {i} {verb:?}: {}", run.stderr);
+            assert!(
+                run.stderr.contains("plan.toml:"),
+                "case {i}: no location: {}",
+                run.stderr
+            );
+            assert!(
+                run.stderr.contains(needle),
+                "case {i}: wanted `{needle}`: {}",
+                run.stderr
+            );
+            assert!(!run.stderr.contains("panicked"), "case {i}: {}", run.stderr);
+        }
+        assert!(!env.store_dir().exists(), "case {i} created a store");
+    }
+}
