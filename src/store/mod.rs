@@ -516,6 +516,17 @@ impl Store {
         }
     }
 
+    /// A second descriptor on the store file that takes the same writer lock (a flock on the
+    /// same open file), for a server that waits for the lock without holding the store: lock
+    /// and unlock it per write, and keep it open as long as the store is (closing a descriptor
+    /// on the store file while SQLite has it open would drop SQLite's own locks).
+    pub fn writer_lock_handle(&self) -> std::io::Result<File> {
+        match &self.lock {
+            Some(file) => file.try_clone(),
+            None => Err(std::io::Error::other("an in-memory store has no writer lock")),
+        }
+    }
+
     /// Whether this store holds the writer lock.
     pub fn holds_writer_lock(&self) -> bool {
         self.locked
