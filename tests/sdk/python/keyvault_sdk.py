@@ -241,6 +241,22 @@ try:
 except ResourceNotFoundError:
     check(True, "")
 
+# ---------------------------------------------------------------- backup and restore
+blob = client.backup_certificate("page-02")
+check(isinstance(blob, bytes) and len(blob) > 100, "backup blob")
+check(b"PRIVATE KEY" not in blob, "the blob holds no key in clear")
+original = client.get_certificate("page-02")
+client.begin_delete_certificate("page-02", _polling_interval=0.2).wait()
+try:
+    client.restore_certificate_backup(blob)
+    check(False, "restore over a deleted name is refused")
+except HttpResponseError as e:
+    check(e.status_code == 409, f"restore conflict → 409: {e.status_code}")
+client.purge_deleted_certificate("page-02")
+restored = client.restore_certificate_backup(blob)
+check(restored.name == "page-02" and restored.cer == original.cer, "restored as it was")
+check(restored.properties.version == original.properties.version, "same version id")
+
 # ---------------------------------------------------------------- contacts
 contacts = [CertificateContact(email="pki@example.com", name="PKI", phone="1"),
             CertificateContact(email="oncall@example.com")]
