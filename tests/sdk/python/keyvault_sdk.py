@@ -315,4 +315,19 @@ client.begin_create_certificate("cancel-2", ec_policy("CN=cancel-2", issuer_name
 cancelled = client.cancel_certificate_operation("cancel-2")
 check(cancelled.cancellation_requested is True, "cancel_certificate_operation")
 
+# ---------------------------------------------------------------- malformed requests
+bad = requests.post(f"{VAULT_URL}/certificates/bad/create?api-version=7.5", headers=HEADERS, data=b"{not json")
+check(bad.status_code == 400 and bad.json()["error"]["code"] == "BadParameter", f"bad JSON → 400: {bad.status_code}")
+bad = requests.post(f"{VAULT_URL}/certificates/bad/create?api-version=7.5", headers=HEADERS,
+                    json={"policy": {"key_props": {"kty": "DSA"}, "x509_props": {"subject": "CN=x"}}})
+check(bad.status_code == 400 and "DSA" in bad.json()["error"]["message"], "unknown kty → 400 naming it")
+bad = requests.post(f"{VAULT_URL}/certificates/bad/import?api-version=7.5", headers=HEADERS, json={"value": "%%%"})
+check(bad.status_code == 400, f"import of garbage → 400: {bad.status_code}")
+big = requests.put(f"{VAULT_URL}/certificates/contacts?api-version=7.5", headers=HEADERS, data=b"x" * (5 << 20))
+check(big.status_code == 413, f"a body over 4 MiB → 413: {big.status_code}")
+bad = requests.get(f"{VAULT_URL}/nothing/here?api-version=7.5", headers=HEADERS)
+check(bad.status_code == 400 and bad.json()["error"]["code"] == "BadParameter", "unknown operation → 400")
+check(requests.get(f"{VAULT_URL}/certificates/missing/?api-version=2099-01-01", headers=HEADERS).json()["error"]["code"]
+      == "CertificateNotFound", "any api-version; missing → CertificateNotFound")
+
 print(f"OK {checks} checks")
