@@ -1272,3 +1272,21 @@ fn serve_errors_name_the_value_and_never_echo_a_token() {
     let e = err("version = 1\n[serve]\nrate = 5\n");
     assert_eq!(e.line, Some(3), "unknown keys are refused: {e}");
 }
+
+#[test]
+fn serve_services_take_rates_and_faults_within_range() {
+    let plan = ok(
+        "version = 1\n[serve.services.keyvault]\nrate_per_second = 10\nerror_percent = 2.5\nerror_status = 500\n",
+    );
+    let kv = &plan.serve.services["keyvault"];
+    assert_eq!(
+        (kv.rate_per_second, kv.error_percent, kv.error_status),
+        (Some(10), 2.5, 500)
+    );
+    let e = err("version = 1\n[serve.services.vault]\nrate_per_second = 1\n");
+    assert_at(&e, 2, 17, "unknown service `vault`");
+    let e = err("version = 1\n[serve.services.keyvault]\nerror_percent = 101.0\n");
+    assert_at(&e, 3, 17, "error_percent = 101 is out of range");
+    let e = err("version = 1\n[serve.services.keyvault]\nerror_status = 502\n");
+    assert_at(&e, 3, 16, "must be 500 or 503");
+}

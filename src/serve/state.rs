@@ -35,6 +35,8 @@ pub struct AppState {
     pub sas_policies: std::collections::BTreeMap<String, Vec<SasPolicy>>,
     /// The hub names the plan assigns devices to.
     pub hubs: Vec<String>,
+    /// Throttling and injected faults (`[serve.services]`).
+    pub faults: super::faults::Faults,
     /// The password of Key Vault backup blobs: made once per store and kept sealed in it, so a
     /// blob restores into the store (the "security domain") it came from.
     backup_password: zeroize::Zeroizing<String>,
@@ -78,6 +80,7 @@ impl AppState {
             lock_path: path.with_file_name(name),
             lock_timeout,
             config: plan.serve.clone(),
+            faults: super::faults::Faults::new(&plan.serve),
             plan,
             principals,
             sas_policies,
