@@ -29,6 +29,7 @@ pub(super) struct RawPlan {
     pub(super) enrollments: Named<RawEnrollment>,
     pub(super) mail: Option<Spanned<RawMail>>,
     pub(super) hooks: Option<Spanned<RawHooks>>,
+    pub(super) serve: Option<Spanned<RawServe>>,
 }
 
 /// `[backend]`
@@ -147,4 +148,36 @@ pub(super) struct RawMail {
 pub(super) struct RawHooks {
     pub(super) command: Spanned<Vec<Spanned<String>>>,
     pub(super) timeout_secs: Option<Spanned<i64>>,
+}
+
+/// `[serve]`: what `certroll serve` emulates.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServe {
+    pub(super) vault: Option<Spanned<String>>,
+    pub(super) dps: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) principals: Named<Spanned<RawPrincipal>>,
+    #[serde(default)]
+    pub(super) services: Named<Spanned<RawServiceLimits>>,
+}
+
+/// `[serve.services.SERVICE]`: throttling and injected faults of one emulated service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServiceLimits {
+    pub(super) rate_per_second: Option<Spanned<i64>>,
+    pub(super) burst: Option<Spanned<i64>>,
+    pub(super) error_percent: Option<Spanned<f64>>,
+    pub(super) error_status: Option<Spanned<i64>>,
+    pub(super) drop_percent: Option<Spanned<f64>>,
+    pub(super) delay_ms: Option<Spanned<i64>>,
+}
+
+/// `[serve.principals.NAME]`: a bearer token and what it may do in the vault.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPrincipal {
+    pub(super) token_env: Spanned<String>,
+    pub(super) permissions: Spanned<Vec<Spanned<String>>>,
 }
