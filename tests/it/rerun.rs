@@ -1,0 +1,264 @@
+//! Reruns and sequences of different rolls (issue 9 items 4-5, issue 10 item 3): whether a roll is
+//! done comes from what the vault, the enrollments and the devices hold, so a third run, a run
+//! after `reprovision`, or a roll after a roll of another target never renews or re-issues what
+//! is already in place, and after every step every device holds a certificate its enrollment
+//! accepts and its hub admits.
+
+use crate::roll::{at, backend, works};
+use crate::util::*;
+use certroll::backend::Vault as _;
+
+fn run(env: &TestEnv, now: &str, args: &[&str]) -> Run {
+    env.plan_run(&[&["--now", now][..], args].concat())
+}
+
+fn json(env: &TestEnv, now: &str, args: &[&str]) -> serde_json::Value {
+    run(env, now, &[args, &["-o", "json"][..]].concat()).ok().json()
+}
+
+fn versions(env: &TestEnv, name: &str) -> usize {
+    backend(env).versions(name).unwrap().len()
+}
+
+/// The number of versions of every certificate of the quickstart: the CAs and all 51 devices.
+fn all_versions(env: &TestEnv) -> Vec<(String, usize)> {
+    let mut names = vec!["ca-root".to_string(), "ca-factory".to_string()];
+    names.extend(devices().iter().map(|d| format!("dev-{d}")));
+    let b = backend(env);
+    names
+        .into_iter()
+        .map(|n| {
+            let count = b.versions(&n).unwrap().len();
+            (n, count)
+        })
+        .collect()
+}
+
+fn devices() -> Vec<String> {
+    let mut all: Vec<String> = (1..=50).map(|i| format!("sensor-{i:02}")).collect();
+    all.push("gateway-01".into());
+    all
+}
+
+/// The certificate each device holds now (from `export`, as a user would get it).
+fn held(env: &TestEnv, now: &str, id: &str) -> Vec<u8> {
+    let file = format!("held-{id}.pem");
+    run(env, now, &["export", &format!("device:{id}"), "--out", &file]).ok();
+    certroll::pki::pem::certs_from_pem(&std::fs::read(env.path(&file)).unwrap())
+        .unwrap()
+        .remove(0)
+}
+
+/// Every device holds a certificate that its enrollment accepts and its hub admits: the
+/// enrollment service's own preview (`reprovision --dry-run --force`) refuses nobody, and each
+/// device's held certificate passes the registration decision and the hub's authentication.
+fn assert_fleet_connects(env: &TestEnv, now: &str, when: &str) {
+    let r = json(env, now, &["reprovision", "--dry-run", "--force"]);
+    assert_eq!(r["rejected"], 0, "{when}: refused devices: {r}");
+    assert_eq!(r["assigned"], 51, "{when}: {r}");
+    for id in devices() {
+        let cert = held(env, now, &id);
+        assert!(works(env, &id, &cert, now), "{when}: {id} is refused");
+    }
+}
+
+#[test]
+fn a_third_run_of_a_ca_roll_renews_nothing_and_cuts_nobody_off() {
+    // See issue 9 item 4: the third run renewed the CA again and put it into the slot while
+    // reporting the devices as already rolled.
+    for args in [
+        &["roll-secondary", "group:sensors"][..],
+        &["roll-primary", "group:sensors"],
+        &["roll-secondary", "ca:factory"],
+        &["roll-primary", "ca:root"],
+    ] {
+        let env = TestEnv::new();
+        env.quickstart();
+        run(&env, NOW, &["issue"]).ok();
+        let t = at(100);
+        json(&env, &t, args);
+        let after_first = all_versions(&env);
+        for rerun in 2..=4 {
+            let r = json(&env, &t, args);
+            assert!(
+                r["groups"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|g| g["outcome"] == "already-rolled"),
+                "{args:?} run {rerun}: {r}"
+            );
+            assert!(
+                r["devices"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|d| d["outcome"] == "already-rolled"),
+                "{args:?} run {rerun}: {r}"
+            );
+            assert_eq!(all_versions(&env), after_first, "{args:?} run {rerun}");
+        }
+        assert_fleet_connects(&env, &t, &format!("{args:?}"));
+    }
+}
+
+#[test]
+fn a_third_breach_without_a_new_incident_replaces_nothing() {
+    // See issue 9 item 4: a third `--breach` re-issued everything again.
+    for args in [
+        &["roll-primary", "--breach", "--yes", "device:gateway-01"][..],
+        &["roll-primary", "--breach", "--yes", "device:sensor-07"],
+        &["roll-primary", "--breach", "--yes", "enrollment:gateway-01"],
+        &["roll-primary", "--breach", "--yes", "group:sensors"],
+        &["roll-primary", "--breach", "--yes", "ca:factory"],
+        &["roll-primary", "--breach", "--yes", "ca:root"],
+    ] {
+        let env = TestEnv::new();
+        env.quickstart();
+        run(&env, NOW, &["issue"]).ok();
+        json(&env, NOW, args);
+        let after_first = all_versions(&env);
+        for rerun in 2..=3 {
+            let r = json(&env, NOW, args);
+            for d in r["devices"].as_array().unwrap() {
+                assert_eq!(d["outcome"], "already-replaced", "{args:?} run {rerun}: {r}");
+            }
+            for g in r["groups"].as_array().unwrap() {
+                assert_eq!(g["outcome"], "already-replaced", "{args:?} run {rerun}: {r}");
+            }
+            assert_eq!(all_versions(&env), after_first, "{args:?} run {rerun}");
+        }
+        assert_fleet_connects(&env, NOW, &format!("{args:?}"));
+        // A new incident label treats the replacement as compromised too.
+        let incident = [args, &["--incident", "INC-2"][..]].concat();
+        json(&env, NOW, &incident);
+        assert_ne!(all_versions(&env), after_first, "{args:?} with a new incident");
+        let settled = all_versions(&env);
+        json(&env, NOW, &incident);
+        json(&env, NOW, args);
+        assert_eq!(
+            all_versions(&env),
+            settled,
+            "{args:?}: reruns after the new incident"
+        );
+        assert_fleet_connects(&env, NOW, &format!("{args:?} --incident INC-2"));
+    }
+}
+
+#[test]
+fn a_roll_rerun_after_reprovision_does_nothing() {
+    // See issue 10 item 3: after `reprovision` the hub holds only the new thumbprint, and the
+    // same roll issued a third version (for a group, renewed the CA again).
+    let env = TestEnv::new();
+    env.quickstart();
+    run(&env, NOW, &["issue"]).ok();
+    let t = at(100);
+    for target in ["device:sensor-05", "device:gateway-01", "group:sensors"] {
+        json(&env, &t, &["roll-secondary", target]);
+        let r = json(&env, &t, &["roll-secondary", target]);
+        assert!(
+            r["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d["outcome"] == "already-rolled"),
+            "{target}: {r}"
+        );
+        let before = all_versions(&env);
+        let p = json(&env, &t, &["reprovision", target]);
+        assert_eq!(p["rejected"], 0, "{target}: {p}");
+        let r = json(&env, &t, &["roll-secondary", target]);
+        assert!(
+            r["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d["outcome"] == "already-rolled"),
+            "{target} after reprovision: {r}"
+        );
+        assert_eq!(all_versions(&env), before, "{target} after reprovision");
+        assert_fleet_connects(&env, &t, target);
+    }
+    assert_eq!(versions(&env, "ca-factory"), 2);
+}
+
+#[test]
+fn any_sequence_of_different_rolls_keeps_the_fleet_connected_and_reruns_change_nothing() {
+    // See issue 9 item 5: `roll-secondary ca:factory` then `roll-secondary group:sensors` left
+    // every sensor refused while the dry run announced nobody cut off.
+    let env = TestEnv::new();
+    env.quickstart();
+    run(&env, NOW, &["issue"]).ok();
+    let sequence: [(i64, &[&str]); 10] = [
+        (10, &["roll-secondary", "ca:factory"]),
+        (20, &["roll-secondary", "group:sensors"]),
+        (30, &["roll-secondary", "ca:root"]),
+        (40, &["roll-secondary", "group:sensors"]),
+        (50, &["roll-primary", "group:sensors"]),
+        (60, &["roll-secondary", "ca:root"]),
+        (70, &["roll-secondary", "device:sensor-03"]),
+        (80, &["roll-primary", "ca:factory"]),
+        (90, &["roll-secondary", "device:gateway-01"]),
+        (100, &["roll-primary", "ca:root"]),
+    ];
+    for (day, args) in sequence {
+        let t = at(day);
+        let step = format!("day {day}: {args:?}");
+        let dry = json(&env, &t, &[args, &["--dry-run"][..]].concat());
+        let before = all_versions(&env);
+        let done = json(&env, &t, args);
+        assert_eq!(
+            dry["devices_cut_off"], done["devices_cut_off"],
+            "{step}: the dry run's count is what the run does"
+        );
+        assert_eq!(
+            dry["devices"].as_array().unwrap().len(),
+            done["devices"].as_array().unwrap().len(),
+            "{step}"
+        );
+        for (d, r) in dry["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(done["devices"].as_array().unwrap())
+        {
+            let expected = match d["outcome"].as_str().unwrap() {
+                "would-roll" => "rolled",
+                "would-prune" => "pruned",
+                other => other,
+            };
+            assert_eq!(r["outcome"], expected, "{step}: {}", r["target"]);
+        }
+        let rolled = done["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["outcome"] == "rolled")
+            .count();
+        let grew: usize = all_versions(&env)
+            .iter()
+            .zip(&before)
+            .filter(|(now, then)| now.0.starts_with("dev-") && now.1 != then.1)
+            .count();
+        assert_eq!(
+            rolled, grew,
+            "{step}: devices reported rolled are the ones given a version"
+        );
+        assert_fleet_connects(&env, &t, &step);
+        let settled = all_versions(&env);
+        for rerun in 2..=3 {
+            let r = json(&env, &t, args);
+            assert!(
+                r["devices"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|d| d["outcome"] == "already-rolled"),
+                "{step} rerun {rerun}: {r}"
+            );
+            assert_eq!(r["devices_cut_off"]["count"], 0, "{step} rerun {rerun}");
+            assert_eq!(all_versions(&env), settled, "{step} rerun {rerun}");
+        }
+        assert_fleet_connects(&env, &t, &format!("{step} after its reruns"));
+    }
+}
