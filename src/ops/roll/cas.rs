@@ -182,15 +182,22 @@ pub(super) fn keep_other(
         SlotName::Secondary => (state.secondary, state.primary),
     };
     let versions = backend.versions(&ca_cert_name(&group.signing_ca))?;
-    // (thumbprint, from the named slot, notBefore, devices under it)
-    let mut candidates: Vec<(String, bool, OffsetDateTime, (u64, Vec<String>))> = Vec::new();
+    /// A valid CA certificate a slot holds now.
+    struct Candidate {
+        thumbprint: String,
+        from_named: bool,
+        not_before: OffsetDateTime,
+        devices: u64,
+        first: Vec<String>,
+    }
+    let mut candidates: Vec<Candidate> = Vec::new();
     for (held, from_named) in [(other, false), (named, true)] {
         let Some(held) = held else { continue };
         let info = crate::pki::CertInfo::from_der(&held.cert_der)?;
-        if info.not_after <= now || candidates.iter().any(|c| c.0 == info.thumbprint) {
+        if info.not_after <= now || candidates.iter().any(|c| c.thumbprint == info.thumbprint) {
             continue;
         }
-        let under = match versions.iter().find(|v| v.cert_der == held.cert_der) {
+        let (devices, first) = match versions.iter().find(|v| v.cert_der == held.cert_der) {
             Some(v) => backend.devices_under(
                 &[(v.name.clone(), v.version.clone())],
                 Some(std::slice::from_ref(&group.name)),
@@ -198,18 +205,24 @@ pub(super) fn keep_other(
             )?,
             None => (0, Vec::new()),
         };
-        candidates.push((info.thumbprint, from_named, info.not_before, under));
+        candidates.push(Candidate {
+            thumbprint: info.thumbprint,
+            from_named,
+            not_before: info.not_before,
+            devices,
+            first,
+        });
     }
-    candidates.sort_by(|a, b| (a.3.0, a.2).cmp(&(b.3.0, b.2)));
+    candidates.sort_by_key(|c| (c.devices, c.not_before));
     if let Some(kept) = candidates.pop() {
-        out.keep = Some(kept.0);
-        out.moves = kept.1;
+        out.keep = Some(kept.thumbprint);
+        out.moves = kept.from_named;
     }
     if let Some(left) = candidates.pop() {
-        out.leaves = Some(left.0);
+        out.leaves = Some(left.thumbprint);
         out.cut_off = crate::ops::journal::CutOff {
-            count: left.3.0,
-            first: left.3.1,
+            count: left.devices,
+            first: left.first,
         };
     }
     Ok(out)
