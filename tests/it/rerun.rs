@@ -262,3 +262,49 @@ fn any_sequence_of_different_rolls_keeps_the_fleet_connected_and_reruns_change_n
         assert_fleet_connects(&env, &t, &format!("{step} after its reruns"));
     }
 }
+
+#[test]
+fn a_roll_after_an_interrupted_roll_of_another_target_names_the_devices_it_cuts_off() {
+    // A CA roll killed after its CA steps leaves the group with two CA certificates and its
+    // devices under the old one; a device rolled then gets its certificate under the new one.
+    // A group roll into the slot of the old one now has two certificates to choose from for the
+    // other slot: it keeps the one most devices hold theirs under, and its dry run names the
+    // device left under the one that leaves, which the run then rolls.
+    let env = TestEnv::new();
+    env.quickstart();
+    run(&env, NOW, &["issue"]).ok();
+    let t = at(10);
+    let killed = env
+        .cmd()
+        .args(["--plan", "plan.toml", "--now", &t, "roll-secondary", "ca:factory"])
+        .env("CERTROLL_FAULT_AFTER_STEPS", "2")
+        .output()
+        .unwrap();
+    assert!(
+        !killed.status.success(),
+        "the fault switch aborts after the group's slot"
+    );
+    json(&env, &t, &["roll-secondary", "device:sensor-01"]);
+    assert_fleet_connects(&env, &t, "after the interrupted CA roll");
+
+    let args = ["roll-primary", "group:sensors"];
+    let dry = json(&env, &t, &[&args[..], &["--dry-run"]].concat());
+    assert_eq!(dry["devices_cut_off"]["count"], 1, "{dry}");
+    assert_eq!(
+        dry["devices_cut_off"]["first"],
+        serde_json::json!(["sensor-01"]),
+        "{dry}"
+    );
+    let done = json(&env, &t, &args);
+    assert_eq!(done["devices_cut_off"], dry["devices_cut_off"], "{done}");
+    assert_eq!(done["groups"][0]["outcome"], "rolled", "{done}");
+    assert_fleet_connects(&env, &t, "after the group roll");
+    let settled = all_versions(&env);
+    let again = json(&env, &t, &args);
+    assert_eq!(again["groups"][0]["outcome"], "already-rolled", "{again}");
+    assert_eq!(all_versions(&env), settled);
+
+    // The interrupted CA roll, run again, is resumed as recorded and leaves everyone connected.
+    json(&env, &t, &["roll-secondary", "ca:factory"]);
+    assert_fleet_connects(&env, &t, "after the resumed CA roll");
+}
