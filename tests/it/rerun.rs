@@ -308,3 +308,45 @@ fn a_roll_after_an_interrupted_roll_of_another_target_names_the_devices_it_cuts_
     json(&env, &t, &["roll-secondary", "ca:factory"]);
     assert_fleet_connects(&env, &t, "after the resumed CA roll");
 }
+
+#[test]
+fn a_device_roll_is_refused_while_its_group_does_not_hold_the_ca_it_would_sign_with() {
+    // A CA roll killed right after renewing the CA: the group still holds only the old CA
+    // certificate, so a device certificate signed by the new one would be refused. The device
+    // roll refuses up front and changes nothing; once the CA roll is finished it rolls.
+    let env = TestEnv::new();
+    env.quickstart();
+    run(&env, NOW, &["issue"]).ok();
+    let t = at(10);
+    let killed = env
+        .cmd()
+        .args(["--plan", "plan.toml", "--now", &t, "roll-secondary", "ca:factory"])
+        .env("CERTROLL_FAULT_AFTER_STEPS", "1")
+        .output()
+        .unwrap();
+    assert!(
+        !killed.status.success(),
+        "the fault switch aborts after the CA step"
+    );
+    let before = all_versions(&env);
+    for args in [
+        &["roll-secondary", "device:sensor-01"][..],
+        &["roll-secondary", "--due", "--now", "2027-11-01T00:00:00Z"],
+    ] {
+        let refused = run(&env, &t, args);
+        assert_ne!(refused.code, 0, "{args:?}: {}", refused.stdout);
+        assert!(
+            refused.stderr.contains("group `sensors`") && refused.stderr.contains("CA `factory`"),
+            "{args:?}: {}",
+            refused.stderr
+        );
+        assert_eq!(all_versions(&env), before, "{args:?} changed nothing");
+    }
+    // The gateway's own enrollment holds its certificates itself: it rolls.
+    json(&env, &t, &["roll-secondary", "device:gateway-01"]);
+    assert_fleet_connects(&env, &t, "after the gateway's roll");
+    json(&env, &t, &["roll-secondary", "ca:factory"]);
+    assert_fleet_connects(&env, &t, "after the resumed CA roll");
+    let r = json(&env, &t, &["roll-secondary", "device:sensor-01"]);
+    assert_eq!(r["devices"][0]["outcome"], "already-rolled", "{r}");
+}

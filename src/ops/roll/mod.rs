@@ -33,7 +33,7 @@ mod devices;
 
 use super::journal::{self, CutOff, Planned, StepReport};
 use super::{Access, BackendSettings, Target, open_backend};
-use crate::backend::{Backend, Journal as _};
+use crate::backend::{Backend, EnrollmentService as _, Journal as _, Vault as _};
 use crate::error::input;
 use crate::plan::Plan;
 use anyhow::{Context as _, Result};
@@ -244,7 +244,13 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         // Device rolls sign with the CAs as they are: one that cannot sign is reported now,
         // before a run is recorded that could never finish.
         let mut checked: Vec<&str> = Vec::new();
+        let mut groups: Vec<&str> = Vec::new();
         for id in &device_ids {
+            if let Some(super::DeviceOwner::Group(g)) = super::device_owner(plan, id)
+                && !groups.contains(&g.name.as_str())
+            {
+                groups.push(&g.name);
+            }
             let ca = devices::issuer_of(plan, id)?;
             if checked.contains(&ca) {
                 continue;
@@ -255,6 +261,27 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
                 anyhow::bail!(
                     "CA `{ca}` expired at {}; roll it first (`certroll roll-secondary ca:{ca}`)",
                     crate::clock::rfc3339(issuer.not_after)
+                );
+            }
+        }
+        // A group member's new certificate is signed by its CA's current version: a group that
+        // holds that version in neither slot (a CA roll stopped before it reached the group)
+        // would refuse it.
+        for name in groups {
+            let g = &plan.groups[name];
+            let current = backend.current(&super::ca_cert_name(&g.signing_ca))?;
+            let state = backend.group(name)?;
+            let accepts = match (&current, &state) {
+                (Some(c), Some(state)) => [&state.primary, &state.secondary]
+                    .into_iter()
+                    .flatten()
+                    .any(|s| s.cert_der == c.cert_der),
+                _ => false,
+            };
+            if !accepts {
+                anyhow::bail!(
+                    "group `{name}` holds the current version of its CA `{}` in neither slot, so it would refuse the new certificates; finish the CA roll first (rerun the interrupted `roll-*` command, or `certroll roll-secondary group:{name}`)",
+                    g.signing_ca
                 );
             }
         }
