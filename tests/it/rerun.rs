@@ -350,3 +350,30 @@ fn a_device_roll_is_refused_while_its_group_does_not_hold_the_ca_it_would_sign_w
     let r = json(&env, &t, &["roll-secondary", "device:sensor-01"]);
     assert_eq!(r["devices"][0]["outcome"], "already-rolled", "{r}");
 }
+
+#[test]
+fn a_group_device_rolled_and_reprovisioned_is_rolled_again_once_its_renewal_is_due() {
+    // A device of a group has no slot of its own: after `reprovision` the hub holds only its new
+    // thumbprint, and an explicit roll is done until the certificate's auto-renew action fires
+    // (30 days before expiry in the quickstart), then it rolls.
+    let env = TestEnv::new();
+    env.quickstart();
+    run(&env, NOW, &["issue"]).ok();
+    let t = at(100);
+    json(&env, &t, &["roll-secondary", "device:sensor-02"]);
+    json(&env, &t, &["reprovision", "device:sensor-02"]);
+    for day in [100, 300, 434] {
+        let r = json(&env, &at(day), &["roll-secondary", "device:sensor-02"]);
+        assert_eq!(r["devices"][0]["outcome"], "already-rolled", "day {day}: {r}");
+    }
+    assert_eq!(versions(&env, "dev-sensor-02"), 2);
+    let later = at(436);
+    let r = json(&env, &later, &["roll-secondary", "device:sensor-02"]);
+    assert_eq!(r["devices"][0]["outcome"], "rolled", "{r}");
+    assert_eq!(versions(&env, "dev-sensor-02"), 3);
+    let r = json(&env, &later, &["roll-secondary", "device:sensor-02"]);
+    assert_eq!(r["devices"][0]["outcome"], "already-rolled", "{r}");
+    // (The other sensors' certificates from `issue` have expired by now: only this one counts.)
+    let cert = held(&env, &later, "sensor-02");
+    assert!(works(&env, "sensor-02", &cert, &later));
+}

@@ -824,3 +824,98 @@ pub(super) fn store(
     }
     Ok(result)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::spec::{Curve, KeySpec};
+    use crate::plan::{ContentType, LifetimeAction, Trigger};
+    use time::macros::datetime;
+
+    const NOW: OffsetDateTime = datetime!(2026-11-23 0:00 UTC);
+
+    fn policy(actions: Vec<LifetimeAction>) -> Policy {
+        Policy {
+            name: "device".into(),
+            key: KeySpec::Ec {
+                curve: Curve::P256,
+                hsm: false,
+            },
+            exportable: true,
+            reuse_key: false,
+            validity_days: 365,
+            key_usage: vec![],
+            extended_key_usage: vec![],
+            dns_names: vec![],
+            content_type: ContentType::Pem,
+            lifetime_actions: actions,
+        }
+    }
+
+    fn cert(nbf: OffsetDateTime, exp: OffsetDateTime) -> VersionBrief {
+        VersionBrief {
+            name: "dev-a".into(),
+            version: "v".into(),
+            thumbprint: "T".into(),
+            serial: "01".into(),
+            enabled: true,
+            nbf,
+            exp,
+            issuer: Some(("ca-f".into(), "c1".into())),
+        }
+    }
+
+    fn ca(not_after: OffsetDateTime) -> CaTarget {
+        CaTarget {
+            cert_name: "ca-f".into(),
+            version: "c1".into(),
+            not_after,
+        }
+    }
+
+    #[test]
+    fn a_certificate_is_due_once_auto_renew_fires_unless_a_new_one_would_not_end_later() {
+        let renew = policy(vec![LifetimeAction {
+            trigger: Trigger::DaysBeforeExpiry(30),
+            action: ActionKind::AutoRenew,
+        }]);
+        let c = cert(NOW, NOW + Duration::days(365));
+        let far = ca(NOW + Duration::days(3650));
+        assert!(!renewal_due(&renew, &c, Some(&far), NOW + Duration::days(334)));
+        assert!(renewal_due(&renew, &c, Some(&far), NOW + Duration::days(335)));
+        // Capped by its CA's notAfter: a renewal would end no later, so a rerun must not loop.
+        let capped = cert(NOW, NOW + Duration::days(20));
+        let ending = ca(NOW + Duration::days(20));
+        assert!(!renewal_due(
+            &renew,
+            &capped,
+            Some(&ending),
+            NOW + Duration::days(1)
+        ));
+        // Only auto-renew renews; an email action never makes a roll due.
+        let mail = policy(vec![LifetimeAction {
+            trigger: Trigger::DaysBeforeExpiry(30),
+            action: ActionKind::EmailContacts,
+        }]);
+        assert!(!renewal_due(&mail, &c, Some(&far), NOW + Duration::days(360)));
+    }
+
+    #[test]
+    fn only_a_certificate_signed_by_the_targeted_ca_version_counts() {
+        let mut targets = CaTargets::default();
+        targets.0.insert("f".into(), Some(ca(NOW + Duration::days(3650))));
+        targets.0.insert("renewed".into(), None);
+        let c = cert(NOW, NOW + Duration::days(365));
+        assert!(targets.signed("f", &c));
+        let older = VersionBrief {
+            issuer: Some(("ca-f".into(), "c0".into())),
+            ..c.clone()
+        };
+        assert!(!targets.signed("f", &older));
+        assert!(
+            !targets.signed("renewed", &c),
+            "a CA the run renews has no version yet"
+        );
+        assert!(!targets.signed("unknown", &c));
+    }
+}
