@@ -377,3 +377,80 @@ fn a_group_device_rolled_and_reprovisioned_is_rolled_again_once_its_renewal_is_d
     let cert = held(&env, &later, "sensor-02");
     assert!(works(&env, "sensor-02", &cert, &later));
 }
+
+/// Every device of a plan: the enrollment service's preview refuses nobody, and `status` shows
+/// each device's hub identity enabled and holding the thumbprint of the certificate it holds.
+fn assert_plan_connects(env: &TestEnv, now: &str, devices: usize, when: &str) {
+    let r = json(env, now, &["reprovision", "--dry-run", "--force"]);
+    assert_eq!(r["rejected"], 0, "{when}: refused devices: {r}");
+    assert_eq!(r["assigned"], devices, "{when}: {r}");
+    let s = json(env, now, &["status"]);
+    let all = s["devices"].as_array().unwrap();
+    assert_eq!(all.len(), devices, "{when}");
+    for d in all {
+        let held = &d["installed"]["thumbprint"];
+        let hub = &d["hub_identity"];
+        assert_eq!(hub["status"], "enabled", "{when}: {d}");
+        assert!(
+            hub["primary_thumbprint"] == *held || hub["secondary_thumbprint"] == *held,
+            "{when}: the hub does not admit what {} holds: {d}",
+            d["id"]
+        );
+    }
+}
+
+#[test]
+fn reruns_and_interleaved_rolls_over_rsa_and_ec_roots_and_a_root_signed_group() {
+    // Two roots (RSA and EC), an intermediate under each, a group under an intermediate and a
+    // group signed by a root directly (its slot refers to the service's verified root), and
+    // individual enrollments under each intermediate.
+    let env = TestEnv::new();
+    env.write("plan.toml", &mixed_plan(4, 4));
+    run(&env, NOW, &["issue"]).ok();
+    let devices = 10;
+    assert_plan_connects(&env, NOW, devices, "after issue");
+    let names = |env: &TestEnv| -> Vec<(String, usize)> {
+        let b = backend(env);
+        let mut out = Vec::new();
+        for n in ["ca-rsa-root", "ca-ec-root", "ca-line-a", "ca-line-b"] {
+            out.push((n.to_string(), b.versions(n).unwrap().len()));
+        }
+        for i in 1..=4 {
+            for n in [format!("dev-meter-{i}"), format!("dev-pump-{i}")] {
+                let count = b.versions(&n).unwrap().len();
+                out.push((n, count));
+            }
+        }
+        for n in ["dev-gw-rsa", "dev-gw-hsm"] {
+            out.push((n.to_string(), b.versions(n).unwrap().len()));
+        }
+        out
+    };
+    for (day, args) in [
+        (10, &["roll-secondary", "ca:ec-root"][..]),
+        (20, &["roll-secondary", "group:meters"]),
+        (30, &["roll-secondary", "ca:rsa-root"]),
+        (40, &["roll-primary", "ca:ec-root"]),
+        (50, &["roll-primary", "group:meters"]),
+        (60, &["roll-secondary", "ca:line-b"]),
+    ] {
+        let t = at(day);
+        let step = format!("day {day}: {args:?}");
+        let dry = json(&env, &t, &[args, &["--dry-run"][..]].concat());
+        let done = json(&env, &t, args);
+        assert_eq!(dry["devices_cut_off"], done["devices_cut_off"], "{step}");
+        assert_plan_connects(&env, &t, devices, &step);
+        let settled = names(&env);
+        for rerun in 2..=3 {
+            let r = json(&env, &t, args);
+            for g in r["groups"].as_array().unwrap() {
+                assert_eq!(g["outcome"], "already-rolled", "{step} rerun {rerun}: {r}");
+            }
+            for d in r["devices"].as_array().unwrap() {
+                assert_eq!(d["outcome"], "already-rolled", "{step} rerun {rerun}: {r}");
+            }
+            assert_eq!(names(&env), settled, "{step} rerun {rerun}");
+        }
+        assert_plan_connects(&env, &t, devices, &format!("{step} after its reruns"));
+    }
+}
