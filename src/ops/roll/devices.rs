@@ -125,7 +125,8 @@ macro_rules! say {
     };
 }
 
-/// The CA version a roll signs its devices' certificates with: its version id and notAfter.
+/// The CA version a roll signs its devices' certificates with: its vault name, version id and
+/// notAfter.
 #[derive(Debug, Clone)]
 pub(super) struct CaTarget {
     cert_name: String,
@@ -414,9 +415,8 @@ pub(super) fn assess<'p>(
             }
             Mode::Breach { slot, breach } => {
                 // Already replaced by an earlier breach of this device (and, with --incident, of
-                // the same incident): a rerun does nothing.
-                // The journal's record of the replacement is what counts; the device still holds
-                // it, or a newer certificate made since.
+                // the same incident): a rerun does nothing. The journal's record of the
+                // replacement counts while the device holds it, or a newer certificate made since.
                 let installed_tp = installed.thumbprint.clone();
                 if let Some(step) = backend.last_done_step(&target, "breach-device")? {
                     let result = step.result.unwrap_or_default();
