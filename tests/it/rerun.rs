@@ -331,6 +331,7 @@ fn a_device_roll_is_refused_while_its_group_does_not_hold_the_ca_it_would_sign_w
     let before = all_versions(&env);
     for args in [
         &["roll-secondary", "device:sensor-01"][..],
+        &["roll-secondary", "device:sensor-01", "--dry-run"],
         &["roll-secondary", "--due", "--now", "2027-11-01T00:00:00Z"],
     ] {
         let refused = run(&env, &t, args);

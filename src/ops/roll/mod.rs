@@ -240,9 +240,9 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     // A run of this command that was killed or failed is resumed from its journal as recorded;
     // planning again from the half-changed state would decide differently.
     let resuming = !opts.dry_run && backend.open_run(&command)?.is_some();
-    if !resuming && !opts.dry_run && scopes.is_empty() {
+    if !resuming && scopes.is_empty() {
         // Device rolls sign with the CAs as they are: one that cannot sign is reported now,
-        // before a run is recorded that could never finish.
+        // before a run is recorded that could never finish (and by its dry run too).
         let mut checked: Vec<&str> = Vec::new();
         let mut groups: Vec<&str> = Vec::new();
         for id in &device_ids {
@@ -252,7 +252,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
                 groups.push(&g.name);
             }
             let ca = devices::issuer_of(plan, id)?;
-            if checked.contains(&ca) {
+            if opts.dry_run || checked.contains(&ca) {
                 continue;
             }
             checked.push(ca);
