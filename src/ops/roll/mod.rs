@@ -246,12 +246,15 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         let mut checked: Vec<&str> = Vec::new();
         let mut groups: Vec<&str> = Vec::new();
         for id in &device_ids {
-            if let Some(super::DeviceOwner::Group(g)) = super::device_owner(plan, id)
-                && !groups.contains(&g.name.as_str())
-            {
-                groups.push(&g.name);
-            }
-            let ca = devices::issuer_of(plan, id)?;
+            let ca = match super::device_owner(plan, id).context("device not in the plan")? {
+                super::DeviceOwner::Group(g) => {
+                    if !groups.contains(&g.name.as_str()) {
+                        groups.push(&g.name);
+                    }
+                    g.signing_ca.as_str()
+                }
+                super::DeviceOwner::Enrollment(e) => e.issuer.as_str(),
+            };
             if opts.dry_run || checked.contains(&ca) {
                 continue;
             }
