@@ -182,7 +182,8 @@ fn renewal_due(policy: &Policy, cert: &VersionBrief, ca: Option<&CaTarget>, now:
         .iter()
         .filter(|a| a.action == ActionKind::AutoRenew)
         .any(|a| fires_at(a.trigger, cert.nbf, cert.exp) <= now);
-    let mut would_end = now + Duration::days(policy.validity_days as i64);
+    // Far dates saturate: no input may panic.
+    let mut would_end = now.saturating_add(time::Duration::days(policy.validity_days as i64));
     if let Some(ca) = ca {
         would_end = would_end.min(ca.not_after);
     }
