@@ -831,6 +831,7 @@ mod tests {
     use super::*;
     use crate::pki::spec::{Curve, KeySpec};
     use crate::plan::{ContentType, LifetimeAction, Trigger};
+    use time::Duration;
     use time::macros::datetime;
 
     const NOW: OffsetDateTime = datetime!(2026-11-23 0:00 UTC);
