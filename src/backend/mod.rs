@@ -60,6 +60,7 @@ pub trait Vault {
                     enabled: v.enabled,
                     nbf: v.nbf,
                     exp: v.exp,
+                    issuer: v.issuer,
                 });
             }
             out.push(briefs);

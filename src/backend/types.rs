@@ -226,6 +226,9 @@ pub struct VersionBrief {
     pub nbf: OffsetDateTime,
     /// notAfter.
     pub exp: OffsetDateTime,
+    /// The vault certificate name and version that signed it (None for roots and imports): a
+    /// roll compares it with the CA version it targets.
+    pub issuer: Option<(String, String)>,
 }
 
 /// Where the enrollment service would assign a device, and under which reprovision policy.

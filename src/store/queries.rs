@@ -909,7 +909,8 @@ fn oldest_first<T>(found: Vec<Vec<(i64, T)>>) -> Vec<Vec<T>> {
 pub fn vault_briefs_many(conn: &Connection, names: &[String]) -> Result<Vec<Vec<VersionBrief>>> {
     let found = at_positions(
         conn,
-        "SELECT v.name, v.version, v.thumbprint, v.serial, v.enabled, v.nbf, v.exp, v.seq, j.key
+        "SELECT v.name, v.version, v.thumbprint, v.serial, v.enabled, v.nbf, v.exp, v.seq,
+                v.issuer_name, v.issuer_version, j.key
          FROM json_each(?1) j JOIN vault_versions v ON v.name = j.value",
         json_list(names),
         names.len(),
@@ -924,6 +925,10 @@ pub fn vault_briefs_many(conn: &Connection, names: &[String]) -> Result<Vec<Vec<
                     enabled: r.get(4)?,
                     nbf: from_ts(r.get(5)?),
                     exp: from_ts(r.get(6)?),
+                    issuer: match (r.get::<_, Option<String>>(8)?, r.get::<_, Option<String>>(9)?) {
+                        (Some(name), Some(version)) => Some((name, version)),
+                        _ => None,
+                    },
                 },
             ))
         },

@@ -19,6 +19,8 @@ mod reprovision;
 // Expiry rolls: slots, zero downtime, `--due`.
 mod breach;
 mod roll;
+// Reruns and sequences of different rolls: nothing is redone, nobody is cut off.
+mod rerun;
 // Vault renewal: `reuse_key` keeps the public key, compared with openssl.
 mod renewal;
 // `vault`: versions, policies, attributes.

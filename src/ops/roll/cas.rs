@@ -109,13 +109,134 @@ pub(super) fn slot_for(backend: &dyn Backend, ca: &CaSpec) -> Result<Slot> {
     })
 }
 
-/// Puts the group's signing CA's current certificate into the named slot; `clear_other` empties
-/// the other slot, and an expired certificate there leaves anyway.
+/// Whether an expiry roll of this scope into `slot` is in place, decided from what the vault and
+/// the groups hold (never from which run came last): every CA of the scope has been renewed since
+/// `issue` (it has more than one version) and its current version was signed by its issuer's
+/// current version, and every group of the scope holds its signing CA's current certificate in
+/// `slot`.
+pub(super) fn in_place(backend: &dyn Backend, scope: &Scope<'_>, slot: SlotName) -> Result<bool> {
+    for ca in &scope.cas {
+        let versions = backend.versions(&ca_cert_name(&ca.name))?;
+        let Some(current) = versions.last() else {
+            return Ok(false);
+        };
+        if versions.len() < 2 {
+            return Ok(false);
+        }
+        if let Some(issuer) = &ca.issuer {
+            let up = backend.current(&ca_cert_name(issuer))?;
+            if up.map(|u| (u.name, u.version)) != current.issuer {
+                return Ok(false);
+            }
+        }
+    }
+    for g in &scope.groups {
+        let current = backend.current(&ca_cert_name(&g.signing_ca))?;
+        let held = backend.group(&g.name)?.and_then(|state| match slot {
+            SlotName::Primary => state.primary,
+            SlotName::Secondary => state.secondary,
+        });
+        match (held, current) {
+            (Some(h), Some(c)) if h.cert_der == c.cert_der => {}
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+/// What a group's other slot keeps when an expiry roll puts a new CA certificate into `slot`.
+pub(super) struct KeepOther {
+    /// The SHA-1 thumbprint of the certificate the other slot keeps (None: it is left empty).
+    pub keep: Option<String>,
+    /// Where it comes from: the named slot (it moves) or the other slot (it stays).
+    pub moves: bool,
+    /// A valid certificate that leaves the group, if any.
+    pub leaves: Option<String>,
+    /// The group's devices holding a certificate under the one that leaves: cut off until they
+    /// get their new certificate.
+    pub cut_off: crate::ops::journal::CutOff,
+}
+
+/// Decides what the other slot keeps: of the valid CA certificates the two slots hold now, the one
+/// more of the group's devices hold their certificates under (the newer on a tie). Devices are
+/// rolled under the newest CA, but a roll after a roll of another target (a CA roll, then its
+/// group's) finds them under the certificate in the named slot: that one moves, so they keep
+/// working until they get their new certificate.
+pub(super) fn keep_other(
+    backend: &dyn Backend,
+    group: &GroupSpec,
+    slot: SlotName,
+    now: OffsetDateTime,
+) -> Result<KeepOther> {
+    let mut out = KeepOther {
+        keep: None,
+        moves: false,
+        leaves: None,
+        cut_off: crate::ops::journal::CutOff::none(),
+    };
+    let Some(state) = backend.group(&group.name)? else {
+        return Ok(out);
+    };
+    let (named, other) = match slot {
+        SlotName::Primary => (state.primary, state.secondary),
+        SlotName::Secondary => (state.secondary, state.primary),
+    };
+    let versions = backend.versions(&ca_cert_name(&group.signing_ca))?;
+    /// A valid CA certificate a slot holds now.
+    struct Candidate {
+        thumbprint: String,
+        from_named: bool,
+        not_before: OffsetDateTime,
+        devices: u64,
+        first: Vec<String>,
+    }
+    let mut candidates: Vec<Candidate> = Vec::new();
+    for (held, from_named) in [(other, false), (named, true)] {
+        let Some(held) = held else { continue };
+        let info = crate::pki::CertInfo::from_der(&held.cert_der)?;
+        if info.not_after <= now || candidates.iter().any(|c| c.thumbprint == info.thumbprint) {
+            continue;
+        }
+        let (devices, first) = match versions.iter().find(|v| v.cert_der == held.cert_der) {
+            Some(v) => backend.devices_under(
+                &[(v.name.clone(), v.version.clone())],
+                Some(std::slice::from_ref(&group.name)),
+                crate::ops::journal::CUT_OFF_SHOWN,
+            )?,
+            None => (0, Vec::new()),
+        };
+        candidates.push(Candidate {
+            thumbprint: info.thumbprint,
+            from_named,
+            not_before: info.not_before,
+            devices,
+            first,
+        });
+    }
+    candidates.sort_by_key(|c| (c.devices, c.not_before));
+    if let Some(kept) = candidates.pop() {
+        out.keep = Some(kept.thumbprint);
+        out.moves = kept.from_named;
+    }
+    if let Some(left) = candidates.pop() {
+        out.leaves = Some(left.thumbprint);
+        out.cut_off = crate::ops::journal::CutOff {
+            count: left.devices,
+            first: left.first,
+        };
+    }
+    Ok(out)
+}
+
+/// Puts the group's signing CA's current certificate into the named slot. `clear_other` empties
+/// the other slot; otherwise it holds the certificate `keep` names (its SHA-1 thumbprint, as
+/// [`keep_other`] decided when the run was planned; `None` in a run recorded before that).
 pub(super) fn place(
     plan: &Plan,
     group: &GroupSpec,
     slot: SlotName,
     clear_other: bool,
+    keep: Option<Option<&str>>,
     backend: &mut dyn Backend,
     now: OffsetDateTime,
 ) -> Result<()> {
@@ -138,6 +259,12 @@ pub(super) fn place(
     };
     if clear_other {
         *other = None;
+    } else if let Some(keep) = keep {
+        let held = [named.take(), other.take()];
+        *other = held
+            .into_iter()
+            .flatten()
+            .find(|s| Some(crate::pki::sha1_thumbprint(&s.cert_der).as_str()) == keep);
     } else if !valid(other) {
         // Zero downtime: devices still hold leaves under the CA the named slot held, so it
         // moves to the other slot (an expired one there leaves).

@@ -88,6 +88,9 @@ struct Work<'p> {
 pub(super) struct Assessed<'p> {
     pub reports: Vec<DeviceRoll>,
     work: Vec<Work<'p>>,
+    /// A breach step that finds its device already replaced records the replacement in force
+    /// again (with the incident it was made for), so a later rerun still finds it.
+    in_force: Option<serde_json::Value>,
 }
 
 impl Assessed<'_> {
@@ -122,11 +125,78 @@ macro_rules! say {
     };
 }
 
+/// The CA version a roll signs its devices' certificates with: its vault name, version id and
+/// notAfter.
+#[derive(Debug, Clone)]
+pub(super) struct CaTarget {
+    cert_name: String,
+    version: String,
+    not_after: OffsetDateTime,
+}
+
+/// The CA versions a roll's device steps target, by plan CA name. `None` for a CA the run renews
+/// before its device steps (in a dry run that version does not exist yet, so no device holds a
+/// certificate under it).
+#[derive(Debug, Clone, Default)]
+pub(super) struct CaTargets(HashMap<String, Option<CaTarget>>);
+
+impl CaTargets {
+    /// Reads the current versions of these CAs; those in `renewed` map to `None`.
+    pub fn load(backend: &dyn Backend, cas: &[&str], renewed: &[&str]) -> Result<CaTargets> {
+        let mut out = HashMap::new();
+        for ca in cas {
+            let target = if renewed.contains(ca) {
+                None
+            } else {
+                backend.current(&crate::ops::ca_cert_name(ca))?.map(|v| CaTarget {
+                    cert_name: v.name,
+                    version: v.version,
+                    not_after: v.exp,
+                })
+            };
+            out.insert(ca.to_string(), target);
+        }
+        Ok(CaTargets(out))
+    }
+
+    fn get(&self, ca: &str) -> Option<&CaTarget> {
+        self.0.get(ca).and_then(Option::as_ref)
+    }
+
+    /// Whether a device certificate was signed by the version of `ca` the roll targets.
+    fn signed(&self, ca: &str, cert: &VersionBrief) -> bool {
+        self.get(ca).is_some_and(|t| {
+            cert.issuer
+                .as_ref()
+                .is_some_and(|(name, version)| *name == t.cert_name && *version == t.version)
+        })
+    }
+}
+
+/// Whether a device's certificate is due for renewal: an `auto-renew` action has fired and a new
+/// certificate would end later (one capped by its CA's notAfter cannot, and renewing it again
+/// would loop).
+fn renewal_due(policy: &Policy, cert: &VersionBrief, ca: Option<&CaTarget>, now: OffsetDateTime) -> bool {
+    let fired = policy
+        .lifetime_actions
+        .iter()
+        .filter(|a| a.action == ActionKind::AutoRenew)
+        .any(|a| fires_at(a.trigger, cert.nbf, cert.exp) <= now);
+    // Far dates saturate: no input may panic.
+    let mut would_end = now.saturating_add(time::Duration::days(policy.validity_days as i64));
+    if let Some(ca) = ca {
+        would_end = would_end.min(ca.not_after);
+    }
+    fired && would_end > cert.exp
+}
+
 /// Reads what the services hold for a chunk and decides what each device needs; with
 /// `describe`, each device's report lists its steps.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn assess<'p>(
     plan: &'p Plan,
     backend: &dyn Backend,
+    cas: &CaTargets,
     ids: &[String],
     mode: Mode<'_>,
     dry_run: bool,
@@ -142,6 +212,7 @@ pub(super) fn assess<'p>(
     let mut out = Assessed {
         reports: Vec::with_capacity(ids.len()),
         work: Vec::new(),
+        in_force: None,
     };
     for ((((id, versions), record), individual), identity) in ids
         .iter()
@@ -242,12 +313,18 @@ pub(super) fn assess<'p>(
                     work.slot = slot;
                 }
                 let newest_tp = thumbprints.last().cloned().unwrap_or_default();
-                // Rolled already: the named slot holds the newest version, which is installed
-                // and came from a roll (a lone first version is what `issue` made).
+                // Rolled already, decided from what the device and its enrollment hold (never
+                // from which run came last, nor from the hub, whose thumbprints re-provisioning
+                // rewrites): the device holds the newest version, which came from a roll (a lone
+                // first version is what `issue` made), was signed by the CA version this roll
+                // targets, sits in the named slot of its individual enrollment (a group member
+                // has no slot of its own), and is not yet due for renewal.
                 let already = !due
                     && versions.len() > 1
-                    && slot_tp(slot).as_deref() == Some(newest_tp.as_str())
-                    && installed.version == newest.version;
+                    && installed.version == newest.version
+                    && cas.signed(issuer_ca, &newest)
+                    && (individual.is_none() || slot_tp(slot).as_deref() == Some(newest_tp.as_str()))
+                    && !renewal_due(policy, &newest, cas.get(issuer_ca), now);
                 let pruned =
                     slot_tp(slot.other()).filter(|tp| by_tp(tp).is_some_and(|i| versions[i].exp < now));
                 if already && pruned.is_none() {
@@ -339,14 +416,22 @@ pub(super) fn assess<'p>(
             }
             Mode::Breach { slot, breach } => {
                 // Already replaced by an earlier breach of this device (and, with --incident, of
-                // the same incident): a rerun does nothing.
+                // the same incident): a rerun does nothing. The journal's record of the
+                // replacement counts while the device holds it, or a newer certificate made since.
                 let installed_tp = installed.thumbprint.clone();
                 if let Some(step) = backend.last_done_step(&target, "breach-device")? {
                     let result = step.result.unwrap_or_default();
                     let same_incident = breach.incident.is_none()
                         || result["incident"].as_str() == breach.incident.as_deref();
-                    if result["replacement"].as_str() == Some(installed_tp.as_str()) && same_incident {
+                    let replacement = result["replacement"].as_str().and_then(by_tp);
+                    if same_incident
+                        && replacement.is_some_and(|r| by_tp(&installed_tp).is_some_and(|i| i >= r))
+                    {
                         report.outcome = "already-replaced";
+                        out.in_force = Some(serde_json::json!({
+                            "replacement": result["replacement"],
+                            "incident": result["incident"],
+                        }));
                         out.reports.push(report);
                         continue;
                     }
@@ -719,11 +804,18 @@ pub(super) fn store(
     }
     let mut result = serde_json::json!({ "replaced": replaced });
     if let Mode::Breach { breach, .. } = mode {
-        // One device per breach step: what the rerun check reads back.
+        // One device per breach step: what the rerun check reads back. A step that replaced
+        // nothing records the replacement in force, so a run with nothing to do never erases
+        // the record.
         if let Some((_, tp)) = replaced.iter().next() {
             result["replacement"] = tp.clone();
+            result["incident"] = serde_json::json!(breach.incident);
+        } else if let Some(in_force) = assessed.in_force.take() {
+            result["replacement"] = in_force["replacement"].clone();
+            result["incident"] = in_force["incident"].clone();
+        } else {
+            result["incident"] = serde_json::json!(breach.incident);
         }
-        result["incident"] = serde_json::json!(breach.incident);
     }
     for w in &assessed.work {
         let report = &mut assessed.reports[w.report];
@@ -732,4 +824,100 @@ pub(super) fn store(
         }
     }
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::spec::{Curve, KeySpec};
+    use crate::plan::{ContentType, LifetimeAction, Trigger};
+    use time::Duration;
+    use time::macros::datetime;
+
+    const NOW: OffsetDateTime = datetime!(2026-11-23 0:00 UTC);
+
+    fn policy(actions: Vec<LifetimeAction>) -> Policy {
+        Policy {
+            name: "device".into(),
+            key: KeySpec::Ec {
+                curve: Curve::P256,
+                hsm: false,
+            },
+            exportable: true,
+            reuse_key: false,
+            validity_days: 365,
+            key_usage: vec![],
+            extended_key_usage: vec![],
+            dns_names: vec![],
+            content_type: ContentType::Pem,
+            lifetime_actions: actions,
+        }
+    }
+
+    fn cert(nbf: OffsetDateTime, exp: OffsetDateTime) -> VersionBrief {
+        VersionBrief {
+            name: "dev-a".into(),
+            version: "v".into(),
+            thumbprint: "T".into(),
+            serial: "01".into(),
+            enabled: true,
+            nbf,
+            exp,
+            issuer: Some(("ca-f".into(), "c1".into())),
+        }
+    }
+
+    fn ca(not_after: OffsetDateTime) -> CaTarget {
+        CaTarget {
+            cert_name: "ca-f".into(),
+            version: "c1".into(),
+            not_after,
+        }
+    }
+
+    #[test]
+    fn a_certificate_is_due_once_auto_renew_fires_unless_a_new_one_would_not_end_later() {
+        let renew = policy(vec![LifetimeAction {
+            trigger: Trigger::DaysBeforeExpiry(30),
+            action: ActionKind::AutoRenew,
+        }]);
+        let c = cert(NOW, NOW + Duration::days(365));
+        let far = ca(NOW + Duration::days(3650));
+        assert!(!renewal_due(&renew, &c, Some(&far), NOW + Duration::days(334)));
+        assert!(renewal_due(&renew, &c, Some(&far), NOW + Duration::days(335)));
+        // Capped by its CA's notAfter: a renewal would end no later, so a rerun must not loop.
+        let capped = cert(NOW, NOW + Duration::days(20));
+        let ending = ca(NOW + Duration::days(20));
+        assert!(!renewal_due(
+            &renew,
+            &capped,
+            Some(&ending),
+            NOW + Duration::days(1)
+        ));
+        // Only auto-renew renews; an email action never makes a roll due.
+        let mail = policy(vec![LifetimeAction {
+            trigger: Trigger::DaysBeforeExpiry(30),
+            action: ActionKind::EmailContacts,
+        }]);
+        assert!(!renewal_due(&mail, &c, Some(&far), NOW + Duration::days(360)));
+    }
+
+    #[test]
+    fn only_a_certificate_signed_by_the_targeted_ca_version_counts() {
+        let mut targets = CaTargets::default();
+        targets.0.insert("f".into(), Some(ca(NOW + Duration::days(3650))));
+        targets.0.insert("renewed".into(), None);
+        let c = cert(NOW, NOW + Duration::days(365));
+        assert!(targets.signed("f", &c));
+        let older = VersionBrief {
+            issuer: Some(("ca-f".into(), "c0".into())),
+            ..c.clone()
+        };
+        assert!(!targets.signed("f", &older));
+        assert!(
+            !targets.signed("renewed", &c),
+            "a CA the run renews has no version yet"
+        );
+        assert!(!targets.signed("unknown", &c));
+    }
 }

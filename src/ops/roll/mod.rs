@@ -5,7 +5,15 @@
 //! uploaded to the enrollment service and proven), putting the new CA certificate into groups'
 //! slots, and rolling devices a chunk at a time. An expiry roll leaves the other slot alone, so
 //! devices keep working with either certificate; an expired certificate there leaves with the
-//! roll. A rerun finds the newest certificates already in place and does nothing.
+//! roll.
+//!
+//! Whether a roll is done is read from the state, never from which run came last, so any number
+//! of reruns and any order of different targets (a CA, then its group; a group, then the root)
+//! redo nothing: a CA-level roll is in place when every CA of its scope has been renewed, each
+//! signed by its issuer's current version, and every group holds its CA's current certificate in
+//! the named slot; a device is rolled when it holds its newest certificate, made by a roll under
+//! the CA version the roll targets, held by its individual enrollment in the named slot, and not
+//! yet due for renewal. The hub's thumbprints are not consulted: `reprovision` rewrites them.
 //!
 //! With `--due`, only devices whose `auto-renew` action has fired are rolled, and the new
 //! certificate goes into whichever slot holds the older certificate (or is empty), so a cron job
@@ -14,7 +22,9 @@
 //! A breach roll takes the compromised certificate out at once (the enrollment's slot, the
 //! group's slot, the service's CA certificates), revokes it, issues replacements with new keys
 //! and re-provisions the devices so the hub holds only the new thumbprints. Its rerun is a no-op:
-//! the journal remembers which certificate replaced the compromised one.
+//! the journal remembers which certificate replaced the compromised one (a rerun with nothing to
+//! do records it again, so the record outlives any number of reruns), and a breach is redone
+//! only for a new `--incident`.
 
 mod cas;
 
@@ -23,7 +33,7 @@ mod devices;
 
 use super::journal::{self, CutOff, Planned, StepReport};
 use super::{Access, BackendSettings, Target, open_backend};
-use crate::backend::{Backend, Journal as _};
+use crate::backend::{Backend, EnrollmentService as _, Journal as _, Vault as _};
 use crate::error::input;
 use crate::plan::Plan;
 use anyhow::{Context as _, Result};
@@ -230,13 +240,22 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     // A run of this command that was killed or failed is resumed from its journal as recorded;
     // planning again from the half-changed state would decide differently.
     let resuming = !opts.dry_run && backend.open_run(&command)?.is_some();
-    if !resuming && !opts.dry_run && scopes.is_empty() {
+    if !resuming && scopes.is_empty() {
         // Device rolls sign with the CAs as they are: one that cannot sign is reported now,
-        // before a run is recorded that could never finish.
+        // before a run is recorded that could never finish (and by its dry run too).
         let mut checked: Vec<&str> = Vec::new();
+        let mut groups: Vec<&str> = Vec::new();
         for id in &device_ids {
-            let ca = devices::issuer_of(plan, id)?;
-            if checked.contains(&ca) {
+            let ca = match super::device_owner(plan, id).context("device not in the plan")? {
+                super::DeviceOwner::Group(g) => {
+                    if !groups.contains(&g.name.as_str()) {
+                        groups.push(&g.name);
+                    }
+                    g.signing_ca.as_str()
+                }
+                super::DeviceOwner::Enrollment(e) => e.issuer.as_str(),
+            };
+            if opts.dry_run || checked.contains(&ca) {
                 continue;
             }
             checked.push(ca);
@@ -248,10 +267,34 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
                 );
             }
         }
+        // A group member's new certificate is signed by its CA's current version: a group that
+        // holds that version in neither slot (a CA roll stopped before it reached the group)
+        // would refuse it.
+        for name in groups {
+            let g = &plan.groups[name];
+            let current = backend.current(&super::ca_cert_name(&g.signing_ca))?;
+            let state = backend.group(name)?;
+            let accepts = match (&current, &state) {
+                (Some(c), Some(state)) => [&state.primary, &state.secondary]
+                    .into_iter()
+                    .flatten()
+                    .any(|s| s.cert_der == c.cert_der),
+                _ => false,
+            };
+            if !accepts {
+                anyhow::bail!(
+                    "group `{name}` holds the current version of its CA `{}` in neither slot, so it would refuse the new certificates; finish the CA roll first (rerun the interrupted `roll-*` command, or `certroll roll-secondary group:{name}`)",
+                    g.signing_ca
+                );
+            }
+        }
     }
     if !resuming {
-        let already = already_done(&backend, &command)?;
         for st in &scopes {
+            let already = match &opts.breach {
+                Some(breach) => breach_in_place(&backend, &st.target.to_string(), breach)?,
+                None => cas::in_place(&backend, &st.scope, opts.slot)?,
+            };
             plan_scope(plan, &backend, opts, st, already, now, &mut planned, &mut report)?;
         }
         plan_devices(opts, &device_ids, &mut planned);
@@ -434,23 +477,19 @@ fn refuse_unissued(backend: &dyn Backend, device_ids: &[String], scopes: &[Scope
     check(&mut chunk)
 }
 
-/// Whether the newest finished run of this command left the newest CA versions in place: then
-/// its CA steps are done and a rerun repeats none of them.
-fn already_done(backend: &dyn Backend, command: &str) -> Result<bool> {
-    let Some(run) = backend.finished_run(command)? else {
+/// Whether a breach of a `ca:` or `group:` target is in place, from the journal's record of the
+/// last one (a run with nothing to do records none, so it never erases that record): a breach of
+/// this target (of the same incident, when one is named) took out CA versions of which none is
+/// current any more.
+fn breach_in_place(backend: &dyn Backend, target: &str, breach: &Breach) -> Result<bool> {
+    let Some(step) = backend.last_done_step(target, "remove-compromised")? else {
         return Ok(false);
     };
-    let renewed: Vec<_> = run.steps.iter().filter(|s| s.kind == "renew-ca").collect();
-    if renewed.is_empty() {
+    if breach.incident.is_some() && step.detail["incident"].as_str() != breach.incident.as_deref() {
         return Ok(false);
     }
-    for s in renewed {
-        let name = super::ca_cert_name(s.detail["ca"].as_str().unwrap_or_default());
-        let version = s
-            .result
-            .as_ref()
-            .and_then(|r| r["version"].as_str().map(String::from));
-        if backend.current(&name)?.map(|v| v.version) != version {
+    for (name, version) in pairs(&step.detail["compromised"]) {
+        if backend.current(&name)?.is_some_and(|c| c.version == version) {
             return Ok(false);
         }
     }
@@ -556,8 +595,12 @@ fn plan_scope(
         // A group's breach cuts off that group's devices; a CA's, every device below it.
         let only = matches!(st.target, Target::Group(_)).then_some(group_names.as_slice());
         let (count, first) = backend.devices_under(&tainted, only, journal::CUT_OFF_SHOWN)?;
-        let detail =
-            serde_json::json!({ "groups": group_names, "compromised": compromised, "tainted": tainted });
+        let detail = serde_json::json!({
+            "groups": group_names,
+            "compromised": compromised,
+            "tainted": tainted,
+            "incident": breach.incident,
+        });
         planned.push(Planned {
             target: target.clone(),
             kind: "remove-compromised",
@@ -608,13 +651,15 @@ fn plan_scope(
     }
     for g in &scope.groups {
         let clear_other = opts.breach.is_some();
-        let expired = cas::other_expired(backend, &g.name, slot, now)?;
         let mut steps = vec![format!(
             "put the new certificate of CA `{}` into the {} slot of group `{}`",
             g.signing_ca,
             slot.word(),
             g.name
         )];
+        let mut detail =
+            serde_json::json!({ "group": g.name, "slot": slot.word(), "clear_other": clear_other });
+        let mut cut_off = CutOff::none();
         if clear_other {
             steps.push(format!(
                 "leave the {} slot of group `{}` empty",
@@ -622,32 +667,36 @@ fn plan_scope(
                 g.name
             ));
         } else {
-            let other_empty = backend
-                .group(&g.name)?
-                .map(|state| match slot {
-                    SlotName::Primary => state.secondary.is_none(),
-                    SlotName::Secondary => state.primary.is_none(),
-                })
-                .unwrap_or(true);
-            if expired || other_empty {
+            let expired = cas::other_expired(backend, &g.name, slot, now)?;
+            let decided = cas::keep_other(backend, g, slot, now)?;
+            if expired {
                 steps.push(format!(
-                    "{}move the CA certificate the {} slot held to the {} slot, so devices not yet rolled keep working",
-                    if expired {
-                        "remove the expired CA certificate from the other slot; "
-                    } else {
-                        ""
-                    },
+                    "remove the expired CA certificate from the {} slot",
+                    slot.other().word()
+                ));
+            }
+            if decided.moves {
+                steps.push(format!(
+                    "move the CA certificate the {} slot held to the {} slot, so devices not yet rolled keep working",
                     slot.word(),
                     slot.other().word()
                 ));
             }
+            if let Some(tp) = &decided.leaves {
+                steps.push(format!(
+                    "the CA certificate {tp} leaves group `{}` ({} of its devices hold certificates under it until they get their new one)",
+                    g.name, decided.cut_off.count
+                ));
+            }
+            detail["keep"] = serde_json::json!(decided.keep);
+            cut_off = decided.cut_off;
         }
         planned.push(Planned {
             target: format!("group:{}", g.name),
             kind: "group-slot",
             description: steps.join("; "),
-            detail: serde_json::json!({ "group": g.name, "slot": slot.word(), "clear_other": clear_other }),
-            cut_off: CutOff::none(),
+            detail,
+            cut_off,
         });
         report.groups.push(GroupRoll {
             target: format!("group:{}", g.name),
@@ -786,8 +835,9 @@ fn execute(
                     .with_context(|| format!("the plan no longer declares group `{name}`"))?;
                 let slot = SlotName::parse(step.detail["slot"].as_str().unwrap_or_default());
                 let clear = step.detail["clear_other"].as_bool().unwrap_or(false);
+                let keep = step.detail.get("keep").map(|k| k.as_str());
                 run.step(backend, step.seq, now, |b| {
-                    cas::place(plan, g, slot, clear, b, now)?;
+                    cas::place(plan, g, slot, clear, keep, b, now)?;
                     Ok(((), serde_json::json!({})))
                 })
                 .context(context)?;
@@ -879,18 +929,30 @@ fn roll_device_steps(
         .map(|s| s.detail["ids"].as_array().map_or(0, Vec::len))
         .sum();
     // The CAs these steps sign with are loaded once, before the lanes start.
-    if !opts.dry_run {
-        let mut needed: Vec<&str> = Vec::new();
-        for s in &todo {
-            for id in s.detail["ids"].as_array().into_iter().flatten() {
-                let issuer = devices::issuer_of(plan, id.as_str().unwrap_or_default())?;
-                if !needed.contains(&issuer) {
-                    needed.push(issuer);
-                }
+    let mut needed: Vec<&str> = Vec::new();
+    for s in &todo {
+        for id in s.detail["ids"].as_array().into_iter().flatten() {
+            let issuer = devices::issuer_of(plan, id.as_str().unwrap_or_default())?;
+            if !needed.contains(&issuer) {
+                needed.push(issuer);
             }
         }
+    }
+    if !opts.dry_run {
         issuers.load_all(&*backend, &needed, now);
     }
+    // The CA versions the devices are rolled under: a dry run's CA steps were not carried out,
+    // so a CA it would renew has no target version yet.
+    let renewed: Vec<&str> = if opts.dry_run {
+        run.steps
+            .iter()
+            .filter(|s| s.kind == "renew-ca")
+            .filter_map(|s| s.detail["ca"].as_str())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let cas = devices::CaTargets::load(&*backend, &needed, &renewed)?;
     // A large run's devices all share the steps of their chunk: listing them per device would
     // hold (and print) hundreds of megabytes.
     let describe = total_devices <= DEVICE_STEPS_LISTED;
@@ -902,7 +964,7 @@ fn roll_device_steps(
         };
         let ids: Vec<String> = serde_json::from_value(s.detail["ids"].clone()).unwrap_or_default();
         let mode = mode_of(s);
-        let assessed = devices::assess(plan, backend, &ids, mode, opts.dry_run, describe, now)
+        let assessed = devices::assess(plan, backend, &cas, &ids, mode, opts.dry_run, describe, now)
             .with_context(|| format!("step {} ({}) of {}", s.seq, s.kind, s.target))?;
         Ok(Some((s.seq, mode, assessed)))
     };
