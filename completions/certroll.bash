@@ -52,6 +52,9 @@ _certroll() {
             certroll,roll-secondary)
                 cmd="certroll__subcmd__roll__subcmd__secondary"
                 ;;
+            certroll,serve)
+                cmd="certroll__subcmd__serve"
+                ;;
             certroll,status)
                 cmd="certroll__subcmd__status"
                 ;;
@@ -96,6 +99,9 @@ _certroll() {
                 ;;
             certroll__subcmd__help,roll-secondary)
                 cmd="certroll__subcmd__help__subcmd__roll__subcmd__secondary"
+                ;;
+            certroll__subcmd__help,serve)
+                cmd="certroll__subcmd__help__subcmd__serve"
                 ;;
             certroll__subcmd__help,status)
                 cmd="certroll__subcmd__help__subcmd__status"
@@ -359,7 +365,7 @@ _certroll() {
 
     case "${cmd}" in
         certroll)
-            opts="-o -q -v -h -V --plan --output --quiet --verbose --now --key-file --lock-timeout --help --version init validate issue roll-secondary roll-primary revoke reprovision status export vault check notify completions man help"
+            opts="-o -q -v -h -V --plan --output --quiet --verbose --now --key-file --lock-timeout --help --version init validate issue roll-secondary roll-primary revoke reprovision status export vault check notify serve completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -531,7 +537,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__help)
-            opts="init validate issue roll-secondary roll-primary revoke reprovision status export vault check notify completions man help"
+            opts="init validate issue roll-secondary roll-primary revoke reprovision status export vault check notify serve completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -699,6 +705,20 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__help__subcmd__roll__subcmd__secondary)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        certroll__subcmd__help__subcmd__serve)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1362,6 +1382,52 @@ _certroll() {
             fi
             case "${prev}" in
                 --incident)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --plan)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
+                    return 0
+                    ;;
+                --now)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        certroll__subcmd__serve)
+            opts="-o -q -v -h --listen --ca-out --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-out)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

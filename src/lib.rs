@@ -12,6 +12,8 @@
 //! - [`store`]: the embedded SQLite store, its schema and migrations, key sealing.
 //! - [`pki`]: keys, certificates, thumbprints, PEM and PKCS#12. Pure; never reads the clock.
 //! - [`clock`]: the injectable clock (`--now`).
+//! - [`serve`]: `certroll serve`, the Azure emulator: HTTPS listeners routed by Host name to
+//!   one service per origin (Key Vault today), over the same `backend`/`ops` rules the CLI uses.
 //! - [`notify`]: notices of fired `email-contacts` actions and renewals, queued in the store and
 //!   delivered by mail (SMTP) and a hook command; run by `notify` and after every mutating verb.
 #![warn(missing_docs)]
@@ -26,4 +28,5 @@ pub mod ops;
 pub mod output;
 pub mod pki;
 pub mod plan;
+pub mod serve;
 pub mod store;

@@ -152,6 +152,10 @@ impl Vault for LocalBackend {
         .transpose()
     }
 
+    fn set_policy(&mut self, name: &str, policy_json: &str, now: OffsetDateTime) -> Result<bool> {
+        read!(self, qv::policy_set(self.store.conn(), name, policy_json, now))
+    }
+
     fn set_enabled(&mut self, version: &VaultVersion, enabled: bool, now: OffsetDateTime) -> Result<()> {
         let out = self
             .store
@@ -743,6 +747,10 @@ impl Backend for LocalBackend {
 
     fn assigned_identities(&self, ids: &[String]) -> Result<Vec<Option<HubIdentity>>> {
         read!(self, q::hub_get_assigned(self.store.conn(), ids))
+    }
+
+    fn in_unit(&self) -> bool {
+        !self.store.conn().is_autocommit()
     }
 
     fn begin(&mut self) -> Result<()> {

@@ -81,6 +81,8 @@ pub trait Vault {
     fn names_page(&self, after: &str, limit: usize) -> Result<Vec<String>>;
     /// The policy recorded for a certificate name, as Key Vault-shaped JSON.
     fn policy(&self, name: &str) -> Result<Option<serde_json::Value>>;
+    /// Replaces the policy of a live certificate (false if the name is not live).
+    fn set_policy(&mut self, name: &str, policy_json: &str, now: OffsetDateTime) -> Result<bool>;
     /// Enables or disables a version (a disabled version is not exported and does not sign).
     fn set_enabled(&mut self, version: &VaultVersion, enabled: bool, now: OffsetDateTime) -> Result<()>;
     /// Puts a certificate on the CRL of the CA version that signed it (`issuer` = its vault
@@ -331,6 +333,10 @@ pub fn in_one_unit<T, E: From<BackendError>>(
     backend: &mut dyn Backend,
     f: impl FnOnce(&mut dyn Backend) -> std::result::Result<T, E>,
 ) -> std::result::Result<T, E> {
+    if backend.in_unit() {
+        // Already inside a unit (a serve request's): the outer unit commits or abandons all.
+        return f(backend);
+    }
     backend.begin()?;
     match f(backend) {
         Ok(out) => {
@@ -353,6 +359,11 @@ pub trait Backend: Vault + EnrollmentService + HubRegistry + Fleet + Journal + S
     /// transaction in the local store). Remote backends apply each call as it comes.
     fn begin(&mut self) -> Result<()> {
         Ok(())
+    }
+
+    /// Whether a unit of work is open (units do not nest; [`in_one_unit`] joins an open one).
+    fn in_unit(&self) -> bool {
+        false
     }
 
     /// Applies the unit of work.

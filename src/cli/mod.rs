@@ -10,6 +10,7 @@ mod plan;
 mod reprovision;
 mod revoke;
 mod roll;
+mod serve;
 mod status;
 mod vault;
 
@@ -139,6 +140,8 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Mail the contacts and run the hook about fired email-contacts actions and renewals.
     Notify(notify::NotifyArgs),
+    /// Serve the plan's local store as Azure Key Vault over HTTPS (an emulator for SDKs and rehearsals).
+    Serve(serve::ServeArgs),
     /// Print shell completions.
     Completions(completions::CompletionsArgs),
     /// Print the man page (roff).
@@ -296,6 +299,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Check(args) => check::exec(g, args),
         Command::Notify(args) => notify::exec(g, args),
         Command::Vault(args) => vault::exec(g, args),
+        Command::Serve(args) => serve::exec(g, args),
         Command::Completions(args) => completions::exec(args),
         Command::Man => completions::man(),
     }?;

@@ -28,6 +28,136 @@ pub struct Plan {
     pub mail: Option<MailConfig>,
     /// `[hooks]`: the command run with each run's events; `None` when the plan has none.
     pub hooks: Option<HookConfig>,
+    /// `[serve]`: what `certroll serve` emulates; the defaults when the plan has no `[serve]`.
+    pub serve: ServeConfig,
+}
+
+/// `[serve]`: the names `certroll serve` answers to and the principals it admits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeConfig {
+    /// The Key Vault name: the vault answers at `https://{vault}.vault.azure.net`.
+    pub vault: String,
+    /// The Device Provisioning Service name: `https://{dps}.azure-devices-provisioning.net`.
+    pub dps: String,
+    /// Bearer-token principals by name. Empty when the plan names none: serve then admits one
+    /// principal `owner` with every permission (see [`ServeConfig::DEFAULT_TOKEN_ENV`]).
+    pub principals: BTreeMap<String, PrincipalSpec>,
+}
+
+impl ServeConfig {
+    /// The vault name when the plan names none.
+    pub const DEFAULT_VAULT: &'static str = "certroll";
+    /// The DPS name when the plan names none.
+    pub const DEFAULT_DPS: &'static str = "certroll-dps";
+    /// The variable holding the default principal's token when the plan names no principals.
+    pub const DEFAULT_TOKEN_ENV: &'static str = "CERTROLL_SERVE_TOKEN";
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            vault: Self::DEFAULT_VAULT.into(),
+            dps: Self::DEFAULT_DPS.into(),
+            principals: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[serve.principals.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrincipalSpec {
+    /// The environment variable holding the principal's bearer token (never the token itself).
+    pub token_env: String,
+    /// What the principal may do with the vault's certificates.
+    pub permissions: Vec<CertificatePermission>,
+}
+
+/// Key Vault's sixteen certificate permissions (access policy names, lower case as Azure spells
+/// them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CertificatePermission {
+    /// Read a certificate, its versions, policy, pending request, key and secret.
+    Get,
+    /// List certificates, versions and deleted certificates.
+    List,
+    /// Change attributes, tags and policy; cancel or delete a pending request.
+    Update,
+    /// Create certificates (and merge pending ones).
+    Create,
+    /// Import certificates.
+    Import,
+    /// Soft-delete certificates.
+    Delete,
+    /// Recover deleted certificates.
+    Recover,
+    /// Back certificates up.
+    Backup,
+    /// Restore backups.
+    Restore,
+    /// Read, set and delete the vault's contacts.
+    ManageContacts,
+    /// Manage issuers (implies the four issuer permissions below).
+    ManageIssuers,
+    /// Read an issuer.
+    GetIssuers,
+    /// List issuers.
+    ListIssuers,
+    /// Create or update issuers.
+    SetIssuers,
+    /// Delete issuers.
+    DeleteIssuers,
+    /// Purge deleted certificates.
+    Purge,
+}
+
+impl CertificatePermission {
+    /// All sixteen, in Key Vault's order.
+    pub const ALL: [CertificatePermission; 16] = [
+        Self::Get,
+        Self::List,
+        Self::Update,
+        Self::Create,
+        Self::Import,
+        Self::Delete,
+        Self::Recover,
+        Self::Backup,
+        Self::Restore,
+        Self::ManageContacts,
+        Self::ManageIssuers,
+        Self::GetIssuers,
+        Self::ListIssuers,
+        Self::SetIssuers,
+        Self::DeleteIssuers,
+        Self::Purge,
+    ];
+
+    /// Azure's name (`managecontacts`, `getissuers`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Get => "get",
+            Self::List => "list",
+            Self::Update => "update",
+            Self::Create => "create",
+            Self::Import => "import",
+            Self::Delete => "delete",
+            Self::Recover => "recover",
+            Self::Backup => "backup",
+            Self::Restore => "restore",
+            Self::ManageContacts => "managecontacts",
+            Self::ManageIssuers => "manageissuers",
+            Self::GetIssuers => "getissuers",
+            Self::ListIssuers => "listissuers",
+            Self::SetIssuers => "setissuers",
+            Self::DeleteIssuers => "deleteissuers",
+            Self::Purge => "purge",
+        }
+    }
+
+    /// Parses Azure's name, in any case.
+    pub fn parse(text: &str) -> Option<CertificatePermission> {
+        let lower = text.to_ascii_lowercase();
+        Self::ALL.into_iter().find(|p| p.name() == lower)
+    }
 }
 
 /// How the SMTP connection is protected.

@@ -29,6 +29,7 @@ pub(super) struct RawPlan {
     pub(super) enrollments: Named<RawEnrollment>,
     pub(super) mail: Option<Spanned<RawMail>>,
     pub(super) hooks: Option<Spanned<RawHooks>>,
+    pub(super) serve: Option<Spanned<RawServe>>,
 }
 
 /// `[backend]`
@@ -147,4 +148,22 @@ pub(super) struct RawMail {
 pub(super) struct RawHooks {
     pub(super) command: Spanned<Vec<Spanned<String>>>,
     pub(super) timeout_secs: Option<Spanned<i64>>,
+}
+
+/// `[serve]`: what `certroll serve` emulates.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServe {
+    pub(super) vault: Option<Spanned<String>>,
+    pub(super) dps: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) principals: Named<Spanned<RawPrincipal>>,
+}
+
+/// `[serve.principals.NAME]`: a bearer token and what it may do in the vault.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPrincipal {
+    pub(super) token_env: Spanned<String>,
+    pub(super) permissions: Spanned<Vec<Spanned<String>>>,
 }

@@ -20,6 +20,9 @@ use toml::Spanned;
 // `[mail]` and `[hooks]`.
 #[path = "validate_notify.rs"]
 mod notify;
+// `[serve]`.
+#[path = "validate_serve.rs"]
+mod serve;
 
 /// The plan format version this build reads.
 const VERSION: i64 = 1;
@@ -262,6 +265,7 @@ impl<'a> Validator<'a> {
         }
 
         let (mail, hooks) = (self.mail(raw), self.hooks(raw));
+        let serve = self.serve(raw);
         let cas = self.cas(raw, &usage);
         let groups = self.groups(raw, &usage);
         let enrollments = self.enrollments(raw, &usage);
@@ -288,6 +292,7 @@ impl<'a> Validator<'a> {
                 .collect(),
             mail,
             hooks,
+            serve,
         })
     }
 

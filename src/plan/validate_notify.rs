@@ -10,7 +10,7 @@ const MAX_HOOK_TIMEOUT: i64 = 3600;
 const DEFAULT_HOOK_TIMEOUT: u32 = 30;
 
 /// Whether `s` is a usable environment variable name.
-fn is_env_name(s: &str) -> bool {
+pub(super) fn is_env_name(s: &str) -> bool {
     let mut bytes = s.bytes();
     bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')

@@ -27,6 +27,19 @@ fn tags_text(tags: &Tags) -> String {
     serde_json::to_string(tags).unwrap_or_else(|_| "{}".into())
 }
 
+// ---------------------------------------------------------------- policy
+
+/// Replaces the policy of a live certificate (Key Vault's policy update); false if the name is
+/// not live. Its versions keep the policies they were made with.
+pub fn policy_set(conn: &Connection, name: &str, json: &str, now: OffsetDateTime) -> Result<bool> {
+    let hash = super::queries::policy_put(conn, json)?;
+    let changed = conn
+        .prepare_cached("UPDATE vault_certificates SET policy = ?2, updated = ?3 WHERE name = ?1")
+        .and_then(|mut s| s.execute(params![name, hash, ts(now)]))
+        .map_err(sql)?;
+    Ok(changed > 0)
+}
+
 // ---------------------------------------------------------------- tags
 
 /// The tags of a live certificate (`version` None) or of one of its versions; None if absent.

@@ -107,10 +107,27 @@ pub fn delete(
     }
     let access = if opts.dry_run { Access::Read } else { Access::Write };
     let mut backend = open_backend(plan, access, settings)?;
+    delete_in(&mut backend, &name, opts, now)
+}
+
+/// `vault delete` on an open backend.
+pub fn delete_in(
+    backend: &mut crate::backend::local::LocalBackend,
+    name: &str,
+    opts: &DeleteOptions,
+    now: OffsetDateTime,
+) -> Result<DeleteReport> {
+    let name = name.to_string();
+    if !(7..=90).contains(&opts.recovery_days) {
+        return Err(input(format!(
+            "--recovery-days {} is out of range: Key Vault keeps deleted certificates 7 to 90 days",
+            opts.recovery_days
+        )));
+    }
     let live = backend.current(&name)?.is_some();
     let pending = backend.pending(&name)?.is_some();
     if !live && !pending {
-        return Err(not_live(&backend, &name));
+        return Err(not_live(backend, &name));
     }
     if live && !opts.force {
         let users = backend.certificate_users(&name)?;
@@ -149,7 +166,7 @@ pub fn delete(
             dry_run: true,
         });
     }
-    crate::backend::in_one_unit(&mut backend, |b| -> Result<()> {
+    crate::backend::in_one_unit(backend, |b| -> Result<()> {
         if pending {
             b.delete_pending(&name)?;
         }
@@ -196,7 +213,8 @@ pub fn deleted_one(
     find_deleted(&backend, &name, now)
 }
 
-fn find_deleted(
+/// The deleted certificate `name` on an open backend, or an input error saying why it is not there.
+pub fn find_deleted(
     backend: &crate::backend::local::LocalBackend,
     name: &str,
     now: OffsetDateTime,
@@ -219,8 +237,17 @@ pub fn recover(
 ) -> Result<DeletedView> {
     let name = resolve_name(name)?;
     let mut backend = open_backend(plan, Access::Write, settings)?;
-    let found = find_deleted(&backend, &name, now)?;
-    backend.recover_certificate(&name)?;
+    recover_in(&mut backend, &name, now)
+}
+
+/// `vault recover` on an open backend.
+pub fn recover_in(
+    backend: &mut crate::backend::local::LocalBackend,
+    name: &str,
+    now: OffsetDateTime,
+) -> Result<DeletedView> {
+    let found = find_deleted(backend, name, now)?;
+    backend.recover_certificate(name)?;
     Ok(found)
 }
 
@@ -233,7 +260,16 @@ pub fn purge(
 ) -> Result<DeletedView> {
     let name = resolve_name(name)?;
     let mut backend = open_backend(plan, Access::Write, settings)?;
-    let found = find_deleted(&backend, &name, now)?;
-    backend.purge_certificate(&name)?;
+    purge_in(&mut backend, &name, now)
+}
+
+/// `vault purge` on an open backend.
+pub fn purge_in(
+    backend: &mut crate::backend::local::LocalBackend,
+    name: &str,
+    now: OffsetDateTime,
+) -> Result<DeletedView> {
+    let found = find_deleted(backend, name, now)?;
+    backend.purge_certificate(name)?;
     Ok(found)
 }

@@ -70,6 +70,17 @@ pub fn create(
     settings: &BackendSettings,
     now: OffsetDateTime,
 ) -> Result<CreateReport> {
+    // Bad input is refused before the store is opened (and perhaps created).
+    check_create(name, opts)?;
+    let mut backend = open_backend(plan, Access::Write, settings)?;
+    create_in(&mut backend, name, opts, now)
+}
+
+/// The checked parts of [`CreateOptions`].
+type CreateParts = (Subject, Vec<KeyUsage>, Vec<ExtendedKeyUsage>);
+
+/// Checks `vault create`'s input without touching the store.
+fn check_create(name: &str, opts: &CreateOptions) -> Result<CreateParts> {
     super::check_new_name("certificate", name)?;
     let subject =
         Subject::parse(&opts.subject).map_err(|e| input(format!("--subject `{}`: {e}", opts.subject)))?;
@@ -106,10 +117,20 @@ pub fn create(
                 .ok_or_else(|| input(format!("--eku `{e}` is not an EKU name or dotted OID")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut backend = open_backend(plan, Access::Write, settings)?;
-    let issuer = super::settings::check_policy_issuer(&backend, &opts.issuer)?;
+    Ok((subject, key_usage, ekus))
+}
+
+/// `vault create` on an open backend (serve's Key Vault create calls this in its request's unit).
+pub fn create_in(
+    backend: &mut crate::backend::local::LocalBackend,
+    name: &str,
+    opts: &CreateOptions,
+    now: OffsetDateTime,
+) -> Result<CreateReport> {
+    let (subject, key_usage, ekus) = check_create(name, opts)?;
+    let issuer = super::settings::check_policy_issuer(backend, &opts.issuer)?;
     match backend.name_state(name)? {
-        Some("deleted") => return Err(not_live(&backend, name)),
+        Some("deleted") => return Err(not_live(backend, name)),
         Some(_) if backend.pending(name)?.is_some() => {
             return Err(input(format!(
                 "`{name}` already has a request waiting for `certroll vault merge {name}` \
@@ -257,23 +278,45 @@ pub fn merge(
     now: OffsetDateTime,
 ) -> Result<MergeReport> {
     let name = super::resolve_name(name)?;
-    let shown = file.display();
+    let shown = file.display().to_string();
     let bytes = std::fs::read(file).map_err(|e| input(format!("cannot read {shown}: {e}")))?;
-    let mut certs = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+    let certs = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
         crate::pki::pem::certs_from_pem(&bytes).map_err(|e| input(format!("{shown}: {e}")))?
     } else {
         vec![bytes]
     };
+    if certs.is_empty() {
+        return Err(input(format!("{shown} holds no certificate")));
+    }
+    for c in &certs {
+        crate::pki::CertInfo::from_der(c).map_err(|e| input(format!("{shown}: {e}")))?;
+    }
+    let mut backend = open_backend(plan, Access::Write, settings)?;
+    merge_in(&mut backend, &name, certs, &shown, now)
+}
+
+/// `vault merge` on an open backend: `certs` are DER, leaf first (`shown` names where they came
+/// from in messages).
+pub fn merge_in(
+    backend: &mut crate::backend::local::LocalBackend,
+    name: &str,
+    mut certs: Vec<Vec<u8>>,
+    shown: &str,
+    now: OffsetDateTime,
+) -> Result<MergeReport> {
+    let name = name.to_string();
+    if certs.is_empty() {
+        return Err(input(format!("{shown} holds no certificate")));
+    }
     // Leaf first, then its chain (kept with the version).
     let leaf = certs.remove(0);
     for c in &certs {
         crate::pki::CertInfo::from_der(c).map_err(|e| input(format!("{shown}: {e}")))?;
     }
     let cert = crate::pki::CertInfo::from_der(&leaf).map_err(|e| input(format!("{shown}: {e}")))?;
-    let mut backend = open_backend(plan, Access::Write, settings)?;
     let pending = backend
         .pending(&name)?
-        .ok_or_else(|| no_request(&backend, &name))?;
+        .ok_or_else(|| no_request(backend, &name))?;
     let key = backend.pending_key(&name)?;
     if spki_of(&leaf)? != key.public_key_der() {
         return Err(input(format!(
@@ -281,7 +324,7 @@ pub fn merge(
             cert.subject
         )));
     }
-    let version = crate::backend::in_one_unit(&mut backend, |b| -> Result<String> {
+    let version = crate::backend::in_one_unit(backend, |b| -> Result<String> {
         let v = b.create_versions(
             &[NewVersion {
                 name: &name,

@@ -76,13 +76,44 @@ pub fn contacts_set(plan: &Plan, emails: &[String], settings: &BackendSettings) 
         }
     }
     let mut backend = open_backend(plan, Access::Write, settings)?;
+    contacts_set_in(&mut backend, plan, &list)
+}
+
+/// Stores checked contacts on an open backend.
+pub fn contacts_set_in(
+    backend: &mut crate::backend::local::LocalBackend,
+    plan: &Plan,
+    emails: &[String],
+) -> Result<ContactsView> {
+    if emails.is_empty() {
+        return Err(input("the contacts list is empty"));
+    }
+    let mut list: Vec<String> = Vec::new();
+    for e in emails {
+        if !is_email(e) {
+            return Err(input(format!("contact `{e}` is not an e-mail address")));
+        }
+        if !list.contains(e) {
+            list.push(e.clone());
+        }
+    }
     backend.set_contacts(Some(&list))?;
     Ok(effective(plan, Some(list)))
+}
+
+/// The vault's contacts on an open backend (the plan's while none are stored).
+pub fn contacts_get_in(backend: &crate::backend::local::LocalBackend, plan: &Plan) -> Result<ContactsView> {
+    Ok(effective(plan, backend.contacts()?))
 }
 
 /// `vault contacts delete`: removes the stored contacts (the plan's then apply again).
 pub fn contacts_delete(plan: &Plan, settings: &BackendSettings) -> Result<ContactsView> {
     let mut backend = open_backend(plan, Access::Write, settings)?;
+    contacts_delete_in(&mut backend, plan)
+}
+
+/// `vault contacts delete` on an open backend.
+pub fn contacts_delete_in(backend: &mut crate::backend::local::LocalBackend, plan: &Plan) -> Result<ContactsView> {
     let removed = backend.contacts()?.unwrap_or_default();
     backend.set_contacts(None)?;
     let mut view = effective(plan, None);
@@ -102,6 +133,41 @@ pub fn issuer_set(
     settings: &BackendSettings,
     now: OffsetDateTime,
 ) -> Result<IssuerConfig> {
+    check_issuer(name, provider, account_id)?;
+    let mut backend = open_backend(plan, Access::Write, settings)?;
+    issuer_set_in(&mut backend, name, provider, account_id, now)
+}
+
+/// `vault issuers set` on an open backend.
+pub fn issuer_set_in(
+    backend: &mut crate::backend::local::LocalBackend,
+    name: &str,
+    provider: &str,
+    account_id: Option<&str>,
+    now: OffsetDateTime,
+) -> Result<IssuerConfig> {
+    check_issuer(name, provider, account_id)?;
+    // Key Vault keeps an issuer's creation time across updates.
+    let created = backend
+        .issuers()?
+        .into_iter()
+        .find(|i| i.name == name)
+        .map_or(now, |i| i.created);
+    backend.put_issuer(
+        &IssuerConfig {
+            name: name.to_string(),
+            provider: provider.to_string(),
+            account_id: account_id.map(str::to_string),
+            enabled: true,
+            created,
+            updated: now,
+        },
+        now,
+    )?;
+    find(&backend.issuers()?, name)
+}
+
+fn check_issuer(name: &str, provider: &str, account_id: Option<&str>) -> Result<()> {
     super::check_new_name("issuer", name)?;
     if BUILT_IN_ISSUERS.iter().any(|b| b.eq_ignore_ascii_case(name)) {
         return Err(input(format!(
@@ -121,19 +187,7 @@ pub fn issuer_set(
     {
         return Err(input(format!("--account-id `{a}` is not valid")));
     }
-    let mut backend = open_backend(plan, Access::Write, settings)?;
-    backend.put_issuer(
-        &IssuerConfig {
-            name: name.to_string(),
-            provider: provider.to_string(),
-            account_id: account_id.map(str::to_string),
-            enabled: true,
-            created: now,
-            updated: now,
-        },
-        now,
-    )?;
-    find(&backend.issuers()?, name)
+    Ok(())
 }
 
 fn find(issuers: &[IssuerConfig], name: &str) -> Result<IssuerConfig> {
@@ -160,6 +214,16 @@ pub fn issuer_list(plan: &Plan, settings: &BackendSettings) -> Result<Vec<Issuer
 /// names the issuer.
 pub fn issuer_delete(plan: &Plan, name: &str, settings: &BackendSettings) -> Result<IssuerConfig> {
     let mut backend = open_backend(plan, Access::Write, settings)?;
+    issuer_delete_in(&mut backend, name)
+}
+
+/// An issuer object on an open backend.
+pub fn issuer_get_in(backend: &crate::backend::local::LocalBackend, name: &str) -> Result<IssuerConfig> {
+    find(&backend.issuers()?, name)
+}
+
+/// `vault issuers delete` on an open backend.
+pub fn issuer_delete_in(backend: &mut crate::backend::local::LocalBackend, name: &str) -> Result<IssuerConfig> {
     let found = find(&backend.issuers()?, name)?;
     let users = backend.issuer_users(name)?;
     if !users.is_empty() {

@@ -52,18 +52,26 @@ pub struct ImportReport {
     pub other_certificates: usize,
 }
 
-/// What an import file holds.
-struct Material {
-    certs: Vec<Vec<u8>>,
-    key_pkcs8: Zeroizing<Vec<u8>>,
-    content_type: ContentType,
+/// What an import file holds: certificates (DER, in file order), the private key (PKCS#8) and
+/// the file's form.
+pub struct Material {
+    /// The certificates.
+    pub certs: Vec<Vec<u8>>,
+    /// The private key, PKCS#8.
+    pub key_pkcs8: Zeroizing<Vec<u8>>,
+    /// PEM or PKCS#12.
+    pub content_type: ContentType,
 }
 
 fn read_material(file: &Path, password: Option<&str>) -> Result<Material> {
     let bytes = Zeroizing::new(
         std::fs::read(file).map_err(|e| input(format!("cannot read {}: {e}", file.display())))?,
     );
-    let shown = file.display();
+    material_from_bytes(&bytes, password, &file.display().to_string())
+}
+
+/// Reads import material from the bytes of a PEM or PKCS#12 file (`shown` names it in messages).
+pub fn material_from_bytes(bytes: &[u8], password: Option<&str>, shown: &str) -> Result<Material> {
     if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
         let certs = crate::pki::pem::certs_from_pem(&bytes).map_err(|e| input(format!("{shown}: {e}")))?;
         if bytes.windows(21).any(|w| w == b"ENCRYPTED PRIVATE KEY") {
@@ -213,7 +221,42 @@ pub fn import(
 ) -> Result<ImportReport> {
     super::check_new_name("certificate", name)?;
     let material = read_material(&opts.file, opts.password.as_deref().map(|p| p.as_str()))?;
-    let shown = opts.file.display();
+    let shown = opts.file.display().to_string();
+    // Refused before the store is opened: a key without its certificate.
+    find_leaf(&material, &shown)?;
+    let mut backend = open_backend(plan, Access::Write, settings)?;
+    import_in(&mut backend, name, &material, opts.hsm, &shown, now)
+}
+
+fn find_leaf(material: &Material, shown: &str) -> Result<usize> {
+    let (key, _) = crate::pki::PrivateKey::from_der_any(&material.key_pkcs8)
+        .map_err(|e| input(format!("{shown}: {e}")))?;
+    let public = key.public_key_der();
+    for (i, der) in material.certs.iter().enumerate() {
+        if spki_of(der).map_err(|e| input(format!("{shown}: {e}")))? == public {
+            return Ok(i);
+        }
+    }
+    Err(input(format!(
+        "{shown}: the private key does not belong to {} in the file",
+        if material.certs.len() == 1 {
+            "the certificate"
+        } else {
+            "any certificate"
+        }
+    )))
+}
+
+/// `vault import` on an open backend (`hsm`: keep the key non-exportable by any path).
+pub fn import_in(
+    backend: &mut crate::backend::local::LocalBackend,
+    name: &str,
+    material: &Material,
+    hsm: bool,
+    shown: &str,
+    now: OffsetDateTime,
+) -> Result<ImportReport> {
+    super::check_new_name("certificate", name)?;
     let (key, mut spec) = crate::pki::PrivateKey::from_der_any(&material.key_pkcs8)
         .map_err(|e| input(format!("{shown}: {e}")))?;
     let public = key.public_key_der();
@@ -237,14 +280,13 @@ pub fn import(
     let cert_der = &material.certs[leaf];
     let cert = crate::pki::CertInfo::from_der(cert_der).map_err(|e| input(format!("{shown}: {e}")))?;
 
-    let mut backend = open_backend(plan, Access::Write, settings)?;
     let existing = match backend.name_state(name)? {
         Some("live") => backend.policy(name)?,
-        Some("deleted") | Some("pending") => return Err(not_live(&backend, name)),
+        Some("deleted") | Some("pending") => return Err(not_live(backend, name)),
         _ => None,
     };
-    let mut exportable = !opts.hsm;
-    let mut hsm = opts.hsm;
+    let mut exportable = !hsm;
+    let mut hsm = hsm;
     let policy_doc = match &existing {
         Some(policy) => {
             let key_props = &policy["key_props"];
@@ -276,7 +318,7 @@ pub fn import(
         .filter(|(i, _)| *i != leaf)
         .map(|(_, c)| c.clone())
         .collect();
-    let version = crate::backend::in_one_unit(&mut backend, |b| -> Result<Vec<String>> {
+    let version = crate::backend::in_one_unit(backend, |b| -> Result<Vec<String>> {
         let version = b.create_versions(
             &[NewVersion {
                 name,

@@ -1,0 +1,97 @@
+//! `serve`: the Azure emulator over the plan's local store.
+
+use super::Global;
+use crate::output::Format;
+use crate::serve::{ServeOptions, StartInfo};
+use clap::Args;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+const SERVE_HELP: &str = "\
+Serves the plan's local store as Azure Key Vault (certificates, with the certificate-backed keys
+and secrets) over HTTPS, routed by the Host name: https://{vault}.vault.azure.net, vault name
+from the plan's [serve] section (default `certroll`). Point a client's DNS (curl --resolve,
+reqwest resolve, a hosts file) at the listen address, trust the CA written by --ca-out, and
+the SDK's production code path runs unchanged. Clients that can only use 127.0.0.1:PORT use
+the per-service listeners the start line prints.
+
+Bearer tokens: the plan's [serve.principals.NAME] (token_env, permissions); without any, one
+principal `owner` with every permission whose token is $CERTROLL_SERVE_TOKEN (or generated and
+printed in the start line).
+
+The start line (-o json: one JSON object on one line) gives vault_url, ca_file, listen, the
+per-service listeners and the generated token, if any. CLI verbs keep working on the same store
+while serve runs. SIGINT or SIGTERM stops it after the requests in flight.
+
+Examples:
+  certroll serve --ca-out emulator-ca.pem
+  CERTROLL_SERVE_TOKEN=dev certroll serve --listen 127.0.0.1:8443 -o json
+  curl --resolve certroll.vault.azure.net:8443:127.0.0.1 --cacert emulator-ca.pem \\
+       -H 'Authorization: Bearer dev' 'https://certroll.vault.azure.net:8443/certificates?api-version=7.5'
+
+Exit codes:
+  0  stopped by SIGINT or SIGTERM after finishing the requests in flight
+  1  failed while serving
+  2  bad input (plan, flags, an unset token variable, an address that cannot be bound)";
+
+/// Arguments of `serve`.
+#[derive(Debug, Args)]
+#[command(after_help = SERVE_HELP)]
+pub struct ServeArgs {
+    /// The address of the listener that routes by Host name.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// Write the emulator CA's certificate (PEM) to FILE, for clients to trust.
+    #[arg(long, value_name = "FILE")]
+    ca_out: Option<PathBuf>,
+}
+
+pub fn exec(g: &Global, args: ServeArgs) -> anyhow::Result<u8> {
+    let plan = g.load_plan()?;
+    let opts = ServeOptions {
+        plan,
+        listen: args.listen,
+        ca_out: args.ca_out,
+        settings: g.backend(),
+        clock: Arc::from(g.clock()),
+    };
+    let format = g.output;
+    let quiet = g.quiet;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("certroll-serve")
+        .build()?;
+    runtime.block_on(crate::serve::run(opts, |info| print_start(info, format, quiet)))?;
+    Ok(0)
+}
+
+/// The start line: one JSON object on one line, or a few human lines.
+fn print_start(info: &StartInfo, format: Format, quiet: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Json => writeln!(out, "{}", serde_json::to_string(info)?)?,
+        Format::Human if quiet => {}
+        Format::Human => {
+            writeln!(out, "certroll serve listening on {}", info.listen)?;
+            writeln!(out, "  vault_url: {}", info.vault_url)?;
+            for (service, url) in &info.listeners {
+                writeln!(out, "  {service} (127.0.0.1 only, no Host routing): {url}")?;
+            }
+            for (service, policies) in &info.connection_strings {
+                for (policy, cs) in policies {
+                    writeln!(out, "  {service} {policy}: {cs}")?;
+                }
+            }
+            if let Some(ca) = &info.ca_file {
+                writeln!(out, "  ca_file: {ca}")?;
+            }
+            if let Some(token) = &info.token {
+                writeln!(out, "  bearer token of `owner` (generated): {token}")?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! `[serve]`: the names `certroll serve` answers to and the bearer-token principals it admits.
+
+use super::super::raw::RawPlan;
+use super::super::{CertificatePermission, PrincipalSpec, ServeConfig};
+use super::Validator;
+use super::notify::is_env_name;
+use std::collections::BTreeMap;
+
+/// Whether `name` is a valid Key Vault name: 3 to 24 letters, digits and `-`, starting with a
+/// letter, ending with a letter or digit, no `--` (Azure's rule).
+fn is_vault_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    (3..=24).contains(&b.len())
+        && b[0].is_ascii_alphabetic()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+        && !name.contains("--")
+}
+
+/// Whether `name` is a valid DPS name: 3 to 64 letters, digits and `-`, not starting or ending
+/// with `-`.
+fn is_dps_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    (3..=64).contains(&b.len())
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+}
+
+impl Validator<'_> {
+    /// `[serve]`; the defaults when the plan has none.
+    pub(super) fn serve(&mut self, raw: &RawPlan) -> ServeConfig {
+        let mut out = ServeConfig::default();
+        let Some(spanned) = raw.serve.as_ref() else {
+            return out;
+        };
+        let s = spanned.get_ref();
+        if let Some(vault) = &s.vault {
+            let v = vault.get_ref();
+            if !is_vault_name(v) {
+                self.error(
+                    vault.span(),
+                    format!(
+                        "vault name `{v}` is not valid: use 3 to 24 letters, digits and `-`, \
+                         starting with a letter and ending with a letter or digit"
+                    ),
+                );
+            }
+            out.vault = v.to_ascii_lowercase();
+        }
+        if let Some(dps) = &s.dps {
+            let d = dps.get_ref();
+            if !is_dps_name(d) {
+                self.error(
+                    dps.span(),
+                    format!(
+                        "dps name `{d}` is not valid: use 3 to 64 letters, digits and `-`, not \
+                         starting or ending with `-`"
+                    ),
+                );
+            }
+            out.dps = d.to_ascii_lowercase();
+        }
+        let mut by_env: BTreeMap<String, String> = BTreeMap::new();
+        for (name, principal) in &s.principals {
+            let n = name.get_ref();
+            if n.is_empty()
+                || !n
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                self.error(
+                    name.span(),
+                    format!("principal name `{n}` is not valid: use letters, digits, `-` and `_`"),
+                );
+            }
+            let p = principal.get_ref();
+            let env = p.token_env.get_ref();
+            if !is_env_name(env) {
+                // Not echoed: a token put here by mistake must not be printed.
+                self.error(
+                    p.token_env.span(),
+                    "token_env must be the name of an environment variable (letters, digits and \
+                     `_`) that holds the principal's bearer token; never put the token itself in \
+                     the plan",
+                );
+            } else if let Some(other) = by_env.insert(env.clone(), n.clone()) {
+                self.error(
+                    p.token_env.span(),
+                    format!("principals `{other}` and `{n}` both take their token from `{env}`"),
+                );
+            }
+            let mut permissions = Vec::new();
+            for perm in p.permissions.get_ref() {
+                let text = perm.get_ref();
+                if text.eq_ignore_ascii_case("all") {
+                    permissions.extend(CertificatePermission::ALL);
+                } else if let Some(found) = CertificatePermission::parse(text) {
+                    permissions.push(found);
+                } else {
+                    let known: Vec<&str> = CertificatePermission::ALL.iter().map(|p| p.name()).collect();
+                    self.error(
+                        perm.span(),
+                        format!(
+                            "unknown certificate permission `{text}` (expected \"all\" or some of {})",
+                            known.join(", ")
+                        ),
+                    );
+                }
+            }
+            permissions.sort();
+            permissions.dedup();
+            out.principals.insert(
+                n.clone(),
+                PrincipalSpec {
+                    token_env: env.clone(),
+                    permissions,
+                },
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_dps_name, is_vault_name};
+
+    #[test]
+    fn vault_and_dps_names_follow_azure_rules() {
+        for ok in ["certroll", "my-vault-01", "abc"] {
+            assert!(is_vault_name(ok), "{ok}");
+        }
+        for bad in [
+            "ab",
+            "1vault",
+            "vault-",
+            "my--vault",
+            "a_b_c",
+            "abcdefghijklmnopqrstuvwxy",
+        ] {
+            assert!(!is_vault_name(bad), "{bad}");
+        }
+        assert!(is_dps_name("certroll-dps") && is_dps_name("9dps"));
+        assert!(!is_dps_name("-dps") && !is_dps_name("dp") && !is_dps_name("a.b.c"));
+    }
+}

@@ -1,0 +1,644 @@
+//! `certroll serve`: the plan's local store exposed through Azure's own wire APIs over HTTPS, so
+//! the official SDKs (and the coming azure backend) run their production code against it.
+//!
+//! This module owns the server: the listeners and TLS ([`tls`]), routing by the Host header to
+//! one service per origin (the Key Vault SDKs drop any path prefix when they poll, so every
+//! service sits at the root of its own host), bounded bodies and connections, the access log,
+//! graceful shutdown and the start line. The services' rules are the ones in `backend` and
+//! `ops`; handlers call them and never keep a second copy.
+
+pub mod auth;
+pub mod keyvault;
+pub mod state;
+pub mod tls;
+
+use crate::backend::local::LocalBackend;
+use crate::clock::Clock;
+use crate::error::input;
+use crate::ops::{Access, BackendSettings, open_backend};
+use crate::plan::{Plan, ServeConfig};
+use anyhow::{Context as _, Result};
+use auth::{Principal, SasPolicy};
+use axum::Router;
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use http::{HeaderValue, Request, StatusCode, header};
+use serde::Serialize;
+use state::AppState;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower::ServiceExt as _;
+
+/// Largest request body any route reads (4 MiB; a PFX or a bulk request fits many times over).
+pub const MAX_BODY: usize = 4 << 20;
+/// Most connections served at once; more wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// How long a client may take for its TLS handshake or its request headers.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for requests in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An error answer. Each service renders it in its own body shape (the router decides); the
+/// default ([`IntoResponse`]) is Key Vault's and ARM's `{"error":{"code","message"}}`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The service's error code (`CertificateNotFound`, `BadParameter`, ...).
+    pub code: String,
+    /// A message a user can act on. Never holds a secret.
+    pub message: String,
+    /// A `WWW-Authenticate` challenge to send (401 of Key Vault and ARM).
+    pub challenge: Option<String>,
+    /// Seconds for a `Retry-After` header (429, 503).
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with a status, code and message.
+    pub fn new(status: StatusCode, code: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code: code.into(),
+            message: message.into(),
+            challenge: None,
+            retry_after: None,
+        }
+    }
+
+    /// 400 `BadParameter`.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "BadParameter", message)
+    }
+
+    /// 404 with a service-specific code.
+    pub fn not_found(code: &str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// 409 `Conflict`.
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "Conflict", message)
+    }
+
+    /// 500 `InternalError`.
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
+    }
+
+    /// The headers that go with the error (challenge, Retry-After), for any body shape.
+    pub fn headers(&self) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        if let Some(c) = self
+            .challenge
+            .as_deref()
+            .and_then(|c| HeaderValue::from_str(c).ok())
+        {
+            headers.insert(header::WWW_AUTHENTICATE, c);
+        }
+        if let Some(s) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        headers
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, self.headers(), axum::Json(body)).into_response()
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    /// An input error is the client's (400); a missing thing is 404; anything else 500.
+    fn from(err: anyhow::Error) -> ApiError {
+        let message = format!("{err:#}");
+        if crate::error::classify(&err) == crate::error::Failure::Input {
+            return ApiError::bad_request(message);
+        }
+        if err
+            .chain()
+            .any(|c| matches!(c.downcast_ref(), Some(crate::backend::BackendError::NotFound(_))))
+        {
+            return ApiError::not_found("NotFound", message);
+        }
+        ApiError::internal(message)
+    }
+}
+
+impl From<crate::backend::BackendError> for ApiError {
+    fn from(err: crate::backend::BackendError) -> ApiError {
+        ApiError::from(anyhow::Error::new(err))
+    }
+}
+
+/// The service a request is for, decided by its Host header (or by the listener it came to).
+/// Handlers may read it as a request extension.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// `{vault}.vault.azure.net`.
+    KeyVault,
+    /// `{dps}.azure-devices-provisioning.net`: the DPS service API.
+    DpsService,
+    /// `global.azure-devices-provisioning.net`: the DPS device API.
+    DpsDevice,
+    /// `{hub}.azure-devices.net`, with the hub's name.
+    Hub(String),
+    /// `management.azure.com`.
+    Arm,
+}
+
+impl Origin {
+    /// The origin `host` (a Host header value, port allowed) names, if serve answers there.
+    pub fn of(host: &str, config: &ServeConfig, hubs: &[String]) -> Option<Origin> {
+        let name = auth::split_port(host).0.to_ascii_lowercase();
+        let name = name.trim_end_matches('.');
+        if let Some(vault) = name.strip_suffix(".vault.azure.net") {
+            return (vault == config.vault).then_some(Origin::KeyVault);
+        }
+        if name == "global.azure-devices-provisioning.net" {
+            return Some(Origin::DpsDevice);
+        }
+        if let Some(dps) = name.strip_suffix(".azure-devices-provisioning.net") {
+            return (dps == config.dps).then_some(Origin::DpsService);
+        }
+        if let Some(hub) = name.strip_suffix(".azure-devices.net") {
+            return hubs
+                .iter()
+                .find(|h| h.as_str() == hub)
+                .map(|h| Origin::Hub(h.clone()));
+        }
+        (name == "management.azure.com").then_some(Origin::Arm)
+    }
+}
+
+/// The per-service routers. A service not built is `None`: its hosts answer 404 and it gets
+/// no listener and no line in the start line.
+pub struct Routers {
+    /// Key Vault certificates data plane.
+    pub keyvault: Router,
+    /// DPS service API.
+    pub dps: Option<Router>,
+    /// DPS device API.
+    pub dps_device: Option<Router>,
+    /// IoT Hub (every hub of the plan; handlers read the hub from [`Origin::Hub`]).
+    pub hub: Option<Router>,
+    /// ARM (DPS CA certificates).
+    pub arm: Option<Router>,
+}
+
+impl Routers {
+    /// Every service's router over `state`, each with the body limit.
+    pub fn build(state: Arc<AppState>) -> Routers {
+        let limit = |r: Router| r.layer(axum::extract::DefaultBodyLimit::max(MAX_BODY));
+        Routers {
+            keyvault: limit(keyvault::router(state)),
+            dps: None,
+            dps_device: None,
+            hub: None,
+            arm: None,
+        }
+    }
+
+    fn for_origin(&self, origin: &Origin) -> Option<&Router> {
+        match origin {
+            Origin::KeyVault => Some(&self.keyvault),
+            Origin::DpsService => self.dps.as_ref(),
+            Origin::DpsDevice => self.dps_device.as_ref().or(self.dps.as_ref()),
+            Origin::Hub(_) => self.hub.as_ref(),
+            Origin::Arm => self.arm.as_ref(),
+        }
+    }
+}
+
+/// How to run the emulator.
+pub struct ServeOptions {
+    /// The validated plan (its `[serve]` section and its local store).
+    pub plan: Plan,
+    /// Where the Host-routed listener binds.
+    pub listen: SocketAddr,
+    /// Where to write the emulator CA's certificate (PEM), if anywhere.
+    pub ca_out: Option<PathBuf>,
+    /// How the store is opened (key file, lock timeout).
+    pub settings: BackendSettings,
+    /// The clock decisions are made with (`--now`).
+    pub clock: Arc<dyn Clock>,
+}
+
+/// What the start line tells clients: one JSON object with `-o json`.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct StartInfo {
+    /// `https://{vault}.vault.azure.net[:port]`.
+    pub vault_url: String,
+    /// The DPS service API's URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dps_url: Option<String>,
+    /// The DPS device API's URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dps_device_url: Option<String>,
+    /// The DPS ID scope.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_scope: Option<String>,
+    /// The first hub's URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hub_url: Option<String>,
+    /// ARM's URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arm_url: Option<String>,
+    /// Connection strings by service name, then SAS policy name (only of services served).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub connection_strings: BTreeMap<String, BTreeMap<String, String>>,
+    /// Where the CA certificate was written (`--ca-out`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// The Host-routed listener's address.
+    pub listen: String,
+    /// One loopback listener per service, for clients that can only use `127.0.0.1:PORT`
+    /// (no Host routing there): service name → `https://127.0.0.1:PORT`.
+    pub listeners: BTreeMap<String, String>,
+    /// The bearer token serve generated for the default principal `owner` (only when the plan
+    /// names no principals and `CERTROLL_SERVE_TOKEN` is unset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// Random bytes as base64 (keys and tokens).
+fn random_base64(len: usize) -> Result<String> {
+    let mut bytes = zeroize::Zeroizing::new(vec![0u8; len]);
+    crate::pki::random_bytes(&mut bytes)?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(&*bytes))
+}
+
+/// The SAS policies of every service host, made on the first start and kept sealed in the
+/// store. Call inside a unit of work holding the writer lock.
+fn load_or_create_sas(backend: &LocalBackend, plan: &Plan) -> Result<BTreeMap<String, Vec<SasPolicy>>> {
+    let mut hosts: Vec<(String, auth::PolicyRights)> = vec![(
+        format!("{}.azure-devices-provisioning.net", plan.serve.dps),
+        auth::default_dps_policies(),
+    )];
+    let mut hubs: Vec<&String> = plan
+        .groups
+        .values()
+        .map(|g| &g.hub)
+        .chain(plan.enrollments.values().map(|e| &e.hub))
+        .collect();
+    hubs.sort();
+    hubs.dedup();
+    for hub in hubs {
+        hosts.push((format!("{hub}.azure-devices.net"), auth::default_hub_policies()));
+    }
+    let mut out = BTreeMap::new();
+    for (host, policies) in hosts {
+        let mut list = Vec::new();
+        for (name, rights) in policies {
+            let meta = format!("serve/sas/{host}/{name}");
+            let identity = format!("certroll/{meta}");
+            let key = match tls::meta_get(backend, &meta)? {
+                Some(sealed) => String::from_utf8(backend.store().key().open(&identity, &sealed)?.to_vec())
+                    .context("a stored SAS key is not text")?,
+                None => {
+                    let key = random_base64(32)?;
+                    let sealed = backend.store().key().seal(&identity, key.as_bytes())?;
+                    tls::meta_put(backend, &meta, &sealed)?;
+                    key
+                }
+            };
+            list.push(SasPolicy::new(name, key, rights));
+        }
+        out.insert(host, list);
+    }
+    Ok(out)
+}
+
+/// The principals of `[serve.principals]`, tokens read from their variables; without any, one
+/// `owner` with every permission, its token from `CERTROLL_SERVE_TOKEN` or generated (returned
+/// so the start line can print it).
+fn principals(config: &ServeConfig) -> Result<(Vec<Principal>, Option<String>)> {
+    use crate::plan::CertificatePermission;
+    if config.principals.is_empty() {
+        let var = ServeConfig::DEFAULT_TOKEN_ENV;
+        return Ok(match std::env::var(var).ok().filter(|t| !t.is_empty()) {
+            Some(token) => (
+                vec![Principal::new(
+                    "owner",
+                    token,
+                    CertificatePermission::ALL.to_vec(),
+                )],
+                None,
+            ),
+            None => {
+                let token = random_base64(24)?.replace(['+', '/', '='], "");
+                let owner = Principal::new("owner", token.clone(), CertificatePermission::ALL.to_vec());
+                (vec![owner], Some(token))
+            }
+        });
+    }
+    let mut out: Vec<Principal> = Vec::new();
+    for (name, spec) in &config.principals {
+        let token = std::env::var(&spec.token_env)
+            .ok()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                input(format!(
+                    "principal `{name}`: environment variable {} (its token_env) is not set",
+                    spec.token_env
+                ))
+            })?;
+        if out.iter().any(|p| auth::same_token(p, &token)) {
+            return Err(input(format!(
+                "principal `{name}`: its token ({}) is the same as another principal's",
+                spec.token_env
+            )));
+        }
+        out.push(Principal::new(name.clone(), token, spec.permissions.clone()));
+    }
+    Ok((out, None))
+}
+
+/// The URL of a host as clients reach it through the Host-routed listener.
+fn url_of(host: &str, port: u16) -> String {
+    if port == 443 {
+        format!("https://{host}")
+    } else {
+        format!("https://{host}:{port}")
+    }
+}
+
+/// Runs the emulator until SIGINT or SIGTERM, then finishes the requests in flight. Calls
+/// `on_start` once every listener is bound.
+///
+/// Errors: the store cannot be opened; a principal's token variable is unset; an address cannot
+/// be bound; the CA file cannot be written.
+pub async fn run(opts: ServeOptions, on_start: impl FnOnce(&StartInfo) -> Result<()>) -> Result<()> {
+    let plan = Arc::new(opts.plan);
+    // TLS certificates follow the real clock: clients check them with theirs.
+    let real_now = time::OffsetDateTime::now_utc();
+    let (principals, generated_token) = principals(&plan.serve)?;
+    let (ca, sas) = {
+        use crate::backend::Backend as _;
+        let mut backend = open_backend(&plan, Access::Write, &opts.settings)?;
+        backend.begin()?;
+        let made = tls::load_or_create_ca(&backend, real_now)
+            .and_then(|ca| Ok((ca, load_or_create_sas(&backend, &plan)?)));
+        match made {
+            Ok(made) => {
+                backend.commit()?;
+                made
+            }
+            Err(e) => {
+                backend.rollback();
+                return Err(e);
+            }
+        }
+    };
+    let backend = open_backend(&plan, Access::Read, &opts.settings)?;
+    let lock_timeout = opts.settings.lock_timeout.unwrap_or(Duration::from_secs(30));
+    let state = Arc::new(AppState::new(
+        backend,
+        opts.clock.clone(),
+        plan.clone(),
+        lock_timeout,
+        principals,
+        sas,
+    ));
+    let tls_config = tls::server_config(&ca, &tls::server_names(), real_now)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
+    let routers = Arc::new(Routers::build(state.clone()));
+
+    let main = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| input(format!("--listen {}: cannot listen there: {e}", opts.listen)))?;
+    let port = main.local_addr()?.port();
+    let direct_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut direct: Vec<(Origin, &'static str, tokio::net::TcpListener)> = Vec::new();
+    for (origin, name) in [
+        (Origin::KeyVault, "keyvault"),
+        (Origin::DpsService, "dps"),
+        (Origin::DpsDevice, "dps_device"),
+        (Origin::Arm, "arm"),
+    ] {
+        if routers.for_origin(&origin).is_some()
+            && !(origin == Origin::DpsDevice && routers.dps_device.is_none())
+        {
+            direct.push((origin, name, tokio::net::TcpListener::bind(direct_addr).await?));
+        }
+    }
+
+    if let Some(path) = &opts.ca_out {
+        std::fs::write(path, ca.pem()).map_err(|e| {
+            input(format!(
+                "--ca-out {}: cannot write the CA certificate: {e}",
+                path.display()
+            ))
+        })?;
+    }
+    let mut info = StartInfo {
+        vault_url: url_of(&format!("{}.vault.azure.net", plan.serve.vault), port),
+        ca_file: opts.ca_out.as_ref().map(|p| p.display().to_string()),
+        listen: main.local_addr()?.to_string(),
+        token: generated_token,
+        ..StartInfo::default()
+    };
+    for (_, name, listener) in &direct {
+        info.listeners
+            .insert(name.to_string(), format!("https://{}", listener.local_addr()?));
+    }
+    for (host, policies) in &state.sas_policies {
+        let served = match Origin::of(host, &plan.serve, &state.hubs) {
+            Some(o) => routers.for_origin(&o).is_some(),
+            None => false,
+        };
+        if served {
+            let service = host.split('.').next().unwrap_or(host).to_string();
+            let host_port = if port == 443 {
+                host.clone()
+            } else {
+                format!("{host}:{port}")
+            };
+            info.connection_strings.insert(
+                service,
+                policies
+                    .iter()
+                    .map(|p| (p.name.clone(), p.connection_string(&host_port)))
+                    .collect(),
+            );
+        }
+    }
+    on_start(&info)?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut loops = tokio::task::JoinSet::new();
+    loops.spawn(accept_loop(
+        main,
+        acceptor.clone(),
+        None,
+        routers.clone(),
+        state.clone(),
+        stop_rx.clone(),
+        connections.clone(),
+    ));
+    for (origin, _, listener) in direct {
+        loops.spawn(accept_loop(
+            listener,
+            acceptor.clone(),
+            Some(origin),
+            routers.clone(),
+            state.clone(),
+            stop_rx.clone(),
+            connections.clone(),
+        ));
+    }
+    wait_for_signal().await?;
+    tracing::info!("shutting down: finishing the requests in flight");
+    let _ = stop_tx.send(true);
+    while loops.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Accepts connections until told to stop, then waits (up to [`DRAIN_TIMEOUT`]) for the
+/// requests in flight. `fixed` is the service of a per-service listener (no Host routing).
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    fixed: Option<Origin>,
+    routers: Arc<Routers>,
+    state: Arc<AppState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    connections: Arc<tokio::sync::Semaphore>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let permit = tokio::select! {
+            _ = stop.changed() => break,
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, routers, state, fixed) =
+            (acceptor.clone(), routers.clone(), state.clone(), fixed.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!("TLS handshake with {peer} failed: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let chain = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|certs| tls::ClientChain(certs.iter().map(|c| c.to_vec()).collect()));
+            let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let mut req = req.map(Body::new);
+                if let Some(chain) = &chain {
+                    req.extensions_mut().insert(chain.clone());
+                }
+                let (routers, state, fixed) = (routers.clone(), state.clone(), fixed.clone());
+                async move { Ok::<_, std::convert::Infallible>(dispatch(req, fixed, &routers, &state).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HANDSHAKE_TIMEOUT)
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(tls),
+                    hyper_util::service::TowerToHyperService::new(svc),
+                );
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!("connection from {peer}: {e}");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; closing them");
+    }
+}
+
+/// Sends a request to its service (by Host, unless the listener is a service's own) and logs it.
+async fn dispatch(
+    mut req: Request<Body>,
+    fixed: Option<Origin>,
+    routers: &Routers,
+    state: &AppState,
+) -> Response {
+    let start = Instant::now();
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let method = req.method().clone();
+    // The path only: a query string may carry a signature.
+    let path = req.uri().path().to_string();
+    let origin = fixed.or_else(|| Origin::of(&host, &state.config, &state.hubs));
+    let response = match origin.and_then(|o| routers.for_origin(&o).map(|r| (o, r))) {
+        Some((origin, router)) => {
+            req.extensions_mut().insert(origin);
+            match router.clone().oneshot(req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            }
+        }
+        None => ApiError::not_found(
+            "HostNotFound",
+            format!(
+                "no service answers at host `{host}`: this emulator serves {}.vault.azure.net",
+                state.config.vault
+            ),
+        )
+        .into_response(),
+    };
+    tracing::info!(
+        target: "certroll::serve::access",
+        "{method} {host}{path} {} {}ms",
+        response.status().as_u16(),
+        start.elapsed().as_millis()
+    );
+    response
+}

@@ -1,0 +1,181 @@
+//! `AppState`: what every handler shares: the store (behind one mutex, worked on in tokio's
+//! blocking pool), the clock, the plan's `[serve]` settings, the principals and SAS policies.
+//!
+//! It owns how a request touches the store: [`AppState::read`] sees committed state;
+//! [`AppState::write`] is one unit of work that takes the store's writer lock for this request
+//! only, so the CLI verbs keep working while serve runs and writes serialize with them.
+
+use super::ApiError;
+use super::auth::{Principal, SasPolicy};
+use crate::backend::Backend as _;
+use crate::backend::local::LocalBackend;
+use crate::clock::Clock;
+use crate::plan::{Plan, ServeConfig};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+
+/// What every handler shares.
+pub struct AppState {
+    backend: Arc<Mutex<LocalBackend>>,
+    clock: Arc<dyn Clock>,
+    /// The store's writer-lock file (`<store>.lock`), taken per write request.
+    lock_path: PathBuf,
+    /// How long a write waits for another writer (a CLI verb) before answering 503.
+    lock_timeout: Duration,
+    /// The validated plan.
+    pub plan: Arc<Plan>,
+    /// `[serve]`.
+    pub config: ServeConfig,
+    /// Bearer tokens and the principals they stand for (Key Vault, ARM).
+    pub principals: Vec<Principal>,
+    /// SAS policies by the canonical service host they sign for (`{dps}.azure-devices-provisioning.net`,
+    /// `{hub}.azure-devices.net`).
+    pub sas_policies: std::collections::BTreeMap<String, Vec<SasPolicy>>,
+    /// The hub names the plan assigns devices to.
+    pub hubs: Vec<String>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Tokens and keys stay out of debug output.
+        f.debug_struct("AppState")
+            .field("lock_path", &self.lock_path)
+            .field("config.vault", &self.config.vault)
+            .field("principals", &self.principals.len())
+            .finish()
+    }
+}
+
+impl AppState {
+    /// Wraps an open backend (opened without the writer lock).
+    pub fn new(
+        backend: LocalBackend,
+        clock: Arc<dyn Clock>,
+        plan: Arc<Plan>,
+        lock_timeout: Duration,
+        principals: Vec<Principal>,
+        sas_policies: std::collections::BTreeMap<String, Vec<SasPolicy>>,
+    ) -> AppState {
+        let path = backend.store().path().to_path_buf();
+        let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        name.push(".lock");
+        let mut hubs: Vec<String> = plan
+            .groups
+            .values()
+            .map(|g| g.hub.clone())
+            .chain(plan.enrollments.values().map(|e| e.hub.clone()))
+            .collect();
+        hubs.sort();
+        hubs.dedup();
+        AppState {
+            backend: Arc::new(Mutex::new(backend)),
+            clock,
+            lock_path: path.with_file_name(name),
+            lock_timeout,
+            config: plan.serve.clone(),
+            plan,
+            principals,
+            sas_policies,
+            hubs,
+        }
+    }
+
+    /// The time decisions are made at (the `--now` clock in tests).
+    pub fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+
+    /// Reads committed state.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&LocalBackend, OffsetDateTime) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let backend = self.backend.clone();
+        let now = self.clock.now();
+        tokio::task::spawn_blocking(move || {
+            let guard = lock_backend(&backend);
+            f(&guard, now)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("the request's worker failed: {e}")))?
+    }
+
+    /// One unit of work: takes the store's writer lock for this request only (so CLI verbs keep
+    /// working while serve runs; writes serialize), begin, commit on Ok, rollback on Err.
+    ///
+    /// Errors: 503 `ServiceUnavailable` with `Retry-After` when another writer holds the store
+    /// longer than the lock timeout.
+    pub async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut LocalBackend, OffsetDateTime) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let backend = self.backend.clone();
+        let now = self.clock.now();
+        let (lock_path, timeout) = (self.lock_path.clone(), self.lock_timeout);
+        tokio::task::spawn_blocking(move || {
+            // The file lock first: while a CLI verb holds the store, reads keep being served.
+            let _writer = take_writer_lock(&lock_path, timeout)?;
+            let mut guard = lock_backend(&backend);
+            guard.begin().map_err(|e| ApiError::internal(e.to_string()))?;
+            match f(&mut guard, now) {
+                Ok(out) => {
+                    guard.commit().map_err(|e| ApiError::internal(e.to_string()))?;
+                    Ok(out)
+                }
+                Err(e) => {
+                    guard.rollback();
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("the request's worker failed: {e}")))?
+    }
+}
+
+/// Locks the backend; a handler that panicked mid-transaction leaves its transaction open, so
+/// it is abandoned here before anyone else uses the connection.
+fn lock_backend(backend: &Mutex<LocalBackend>) -> std::sync::MutexGuard<'_, LocalBackend> {
+    match backend.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => {
+            let mut guard = poisoned.into_inner();
+            guard.rollback();
+            guard
+        }
+    }
+}
+
+/// Takes the store's single-writer lock file (the same one every mutating CLI verb takes),
+/// polling up to `timeout`. Released when the returned file is dropped.
+fn take_writer_lock(path: &std::path::Path, timeout: Duration) -> Result<std::fs::File, ApiError> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
+    let start = Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < timeout => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut e = ApiError::new(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    "another certroll process is writing to the store; try again shortly",
+                );
+                e.retry_after = Some(1);
+                return Err(e);
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(ApiError::internal(format!("{}: {e}", path.display())));
+            }
+        }
+    }
+}
