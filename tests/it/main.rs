@@ -37,3 +37,5 @@ mod json_errors;
 mod secrets;
 // Issue 3 at fleet scale: yearly cron rounds, breaches, revokes, reprovision policies, kills.
 mod fleet;
+// `certroll serve` as DPS and IoT Hub, driven by the official Azure IoT Node SDKs.
+mod serve_dps_hub;

@@ -51,8 +51,9 @@ function run(main) {
   redirectAzureHosts();
   main().then(
     (out) => {
-      process.stdout.write(JSON.stringify(out) + '\n');
-      process.exit(0);
+      // Writes to a pipe are asynchronous: exit once the line is out (the SDKs' keep-alive
+      // agents would keep the process alive otherwise).
+      process.stdout.write(JSON.stringify(out) + '\n', () => process.exit(0));
     },
     (err) => {
       process.stderr.write(`${err && err.stack ? err.stack : err}\n`);

@@ -3,7 +3,8 @@
 //
 // Environment, beyond common.js: DPS_CONNECTION_STRING; LEAF_PEM and LEAF2_PEM (two device
 // certificates, CN node-ind-1); CA_PEM (a CA certificate for a group); EXISTING_GROUP and
-// EXISTING_DEVICE (a group of the plan and one of its devices that `certroll issue` registered).
+// EXISTING_DEVICE (a group of the plan and one of its devices that `certroll issue` registered);
+// BULK_DIR holding node-bulk-1.pem to node-bulk-3.pem (certificates with those CNs).
 'use strict';
 
 const fs = require('fs');
@@ -14,7 +15,8 @@ async function drain(query) {
   const pages = [];
   const items = [];
   while (query.hasMoreResults) {
-    const page = await query.next();
+    // Query.next() without an argument starts over: the token has to be passed back.
+    const page = await query.next(query.continuationToken);
     pages.push(page.responseBody.length);
     items.push(...page.responseBody);
   }
@@ -92,15 +94,20 @@ run(async () => {
   // ---- bulk
   const bulkItem = (id) => ({
     registrationId: id,
-    attestation: { type: 'x509', x509: { clientCertificates: { primary: { certificate: leaf2 } } } },
+    attestation: { type: 'x509', x509: { clientCertificates: { primary: {
+      certificate: fs.readFileSync(`${env('BULK_DIR')}/${id}.pem`, 'utf8') } } } },
     provisioningStatus: 'disabled',
   });
-  const bulk = (await client.runBulkEnrollmentOperation({
+  // runBulkEnrollmentOperation 1.11 settles its promise only when given a callback.
+  const runBulk = (operation) => new Promise((resolve, reject) => {
+    client.runBulkEnrollmentOperation(operation, (err, result) => (err ? reject(err) : resolve(result)));
+  });
+  const bulk = await runBulk({
     mode: 'create', enrollments: [bulkItem('node-bulk-1'), bulkItem('node-bulk-2')],
-  })).responseBody;
-  const bulkAgain = (await client.runBulkEnrollmentOperation({
+  });
+  const bulkAgain = await runBulk({
     mode: 'create', enrollments: [bulkItem('node-bulk-2'), bulkItem('node-bulk-3')],
-  })).responseBody;
+  });
   out.bulk = { first: bulk, second: bulkAgain };
 
   // ---- queries, two to a page
