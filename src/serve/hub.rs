@@ -62,6 +62,8 @@ pub fn default_hub(state: &AppState) -> Option<String> {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/devices", get(get_devices).post(bulk_registry_operation))
+        // The Node registry lists with `/devices/` (an empty device id).
+        .route("/devices/", get(get_devices))
         .route(
             "/devices/{id}",
             get(get_identity)
@@ -491,18 +493,19 @@ async fn bulk_registry_operation(
                     ))
                 } else {
                     let exists = b.identity(&hub, &id).map_err(internal)?.is_some();
-                    match mode {
+                    // The SDKs differ in case (`deleteIfMatchETag`, `DeleteIfMatchETag`).
+                    match mode.to_ascii_lowercase().as_str() {
                         "create" => put_identity(b, &hub, &id, record, &None, now).map(|_| ()),
-                        "update" | "createOrUpdate" => {
+                        "update" | "createorupdate" => {
                             let wanted = if exists { Some(None) } else { None };
                             put_identity(b, &hub, &id, record, &wanted, now).map(|_| ())
                         }
-                        "updateIfMatchETag" => {
+                        "updateifmatchetag" => {
                             put_identity(b, &hub, &id, record, &Some(Some(etag.unwrap_or_default())), now)
                                 .map(|_| ())
                         }
                         "delete" => delete_identity_checked(b, &hub, &id, &None),
-                        "deleteIfMatchETag" => {
+                        "deleteifmatchetag" => {
                             delete_identity_checked(b, &hub, &id, &Some(Some(etag.unwrap_or_default())))
                         }
                         other => Err(bad_request(format!("importMode `{other}` is not served"))),

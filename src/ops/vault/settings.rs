@@ -113,7 +113,10 @@ pub fn contacts_delete(plan: &Plan, settings: &BackendSettings) -> Result<Contac
 }
 
 /// `vault contacts delete` on an open backend.
-pub fn contacts_delete_in(backend: &mut crate::backend::local::LocalBackend, plan: &Plan) -> Result<ContactsView> {
+pub fn contacts_delete_in(
+    backend: &mut crate::backend::local::LocalBackend,
+    plan: &Plan,
+) -> Result<ContactsView> {
     let removed = backend.contacts()?.unwrap_or_default();
     backend.set_contacts(None)?;
     let mut view = effective(plan, None);
@@ -223,7 +226,10 @@ pub fn issuer_get_in(backend: &crate::backend::local::LocalBackend, name: &str) 
 }
 
 /// `vault issuers delete` on an open backend.
-pub fn issuer_delete_in(backend: &mut crate::backend::local::LocalBackend, name: &str) -> Result<IssuerConfig> {
+pub fn issuer_delete_in(
+    backend: &mut crate::backend::local::LocalBackend,
+    name: &str,
+) -> Result<IssuerConfig> {
     let found = find(&backend.issuers()?, name)?;
     let users = backend.issuer_users(name)?;
     if !users.is_empty() {
