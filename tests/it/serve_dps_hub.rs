@@ -524,18 +524,19 @@ fn the_hub_sdk_manages_x509_identities_in_bulk_and_invokes_methods_on_simulated_
 /// Exports a device's chain (`NAME.pem`) and key (`NAME.key.pem`) as `certroll export` writes them.
 fn export_device(env: &TestEnv, id: &str, name: &str) -> (PathBuf, PathBuf) {
     let (cert, key) = (format!("{name}.pem"), format!("{name}.key.pem"));
+    // At the real time, which serve runs at (a certificate a roll made during the test starts
+    // now, after the tests' pinned clock).
+    let now = now_utc();
+    let device = format!("device:{id}");
     env.plan_run(&[
-        "export",
-        &format!("device:{id}"),
-        "--format",
-        "pem",
-        "--out",
-        &cert,
+        "--now", &now, "export", &device, "--format", "pem", "--out", &cert,
     ])
     .ok();
     env.plan_run(&[
+        "--now",
+        &now,
         "export",
-        &format!("device:{id}"),
+        &device,
         "--format",
         "pem",
         "--with-key",
@@ -622,11 +623,17 @@ fn rehearsal_a_breach_roll_while_serve_runs_locks_out_the_old_certificate_and_le
     breach.ok();
     let (new_cert, new_key) = export_device(&env, "sensor-2", "new");
 
-    // The old certificate: refused by DPS (the disabled enrollment that holds it) and by the hub.
+    // The old certificate: refused by DPS (the breach put the device under an individual
+    // enrollment holding only the new certificate) and by the hub.
     let old = device_run(&env, &serve, "sensor-2", &old_cert, &old_key);
-    assert_eq!(old["provisioning"]["status"], "disabled", "{old}");
-    assert_eq!(
-        old["provisioning"]["registrationState"]["errorCode"], 401003,
+    let refused = &old["provisioning"];
+    assert_eq!(refused["status"], "failed", "{old}");
+    assert_eq!(refused["registrationState"]["errorCode"], 401002, "{old}");
+    assert!(
+        refused["registrationState"]["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("neither slot"),
         "{old}"
     );
     assert_eq!(old["hub"]["sent"], false, "{old}");
