@@ -819,3 +819,196 @@ fn sas_tokens_are_checked_for_signature_expiry_resource_and_rights() {
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("registrationId is required"), "{body}");
 }
+
+/// One ARM request with curl and a bearer token: (HTTP status, body as JSON or Null).
+fn arm(
+    env: &TestEnv,
+    serve: &Serve,
+    method: &str,
+    path: &str,
+    if_match: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let port = serve.addr().rsplit(':').next().unwrap().to_string();
+    let token = serve.start["token"]
+        .as_str()
+        .expect("the generated token in the start line");
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-X",
+        method,
+        "--max-time",
+        "20",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+    ])
+    .arg("--resolve")
+    .arg(format!("management.azure.com:{port}:127.0.0.1"))
+    .arg("--cacert")
+    .arg(serve.ca_file(env))
+    .args(["-H", "Content-Type: application/json"])
+    .args(["-H", &format!("Authorization: Bearer {token}")]);
+    if let Some(tag) = if_match {
+        cmd.args(["-H", &format!("If-Match: {tag}")]);
+    }
+    if let Some(b) = body {
+        cmd.args(["--data", &b.to_string()]);
+    }
+    cmd.arg(format!(
+        "https://management.azure.com:{port}/subscriptions/sub-1/resourceGroups/rg-1/providers/Microsoft.Devices/provisioningServices/certroll-dps/certificates{path}?api-version=2022-02-05"
+    ));
+    let out = cmd.output().expect("curl must be installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[test]
+fn arm_ca_certificates_are_verified_by_proof_of_possession_with_etags() {
+    let env = TestEnv::new();
+    issued(&env);
+    openssl_cert(&env, "arm-ca", "ARM Test Root", true);
+    let pem = std::fs::read_to_string(env.path("arm-ca.pem")).unwrap();
+    let serve = Serve::start(&env);
+
+    let (code, up) = arm(
+        &env,
+        &serve,
+        "PUT",
+        "/arm-root",
+        None,
+        Some(serde_json::json!({"properties": {"certificate": pem}})),
+    );
+    assert_eq!(code, 200, "{up}");
+    assert_eq!(up["properties"]["isVerified"], false, "{up}");
+    assert_eq!(
+        up["properties"]["thumbprint"],
+        sha1_of(&env, &env.path("arm-ca.pem")),
+        "{up}"
+    );
+    assert_eq!(up["name"], "arm-root");
+    let etag = up["etag"].as_str().unwrap().to_string();
+
+    // Each step demands the current etag.
+    let (code, _) = arm(
+        &env,
+        &serve,
+        "POST",
+        "/arm-root/generateVerificationCode",
+        None,
+        None,
+    );
+    assert_eq!(code, 400, "If-Match is required");
+    let (code, _) = arm(
+        &env,
+        &serve,
+        "POST",
+        "/arm-root/generateVerificationCode",
+        Some("\"stale\""),
+        None,
+    );
+    assert_eq!(code, 412);
+    let (code, code_answer) = arm(
+        &env,
+        &serve,
+        "POST",
+        "/arm-root/generateVerificationCode",
+        Some(&etag),
+        None,
+    );
+    assert_eq!(code, 200, "{code_answer}");
+    let nonce = code_answer["properties"]["verificationCode"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let etag2 = code_answer["etag"].as_str().unwrap().to_string();
+    assert_ne!(etag2, etag, "the etag changes after each step");
+
+    // Proof of possession: a certificate with CN = the code, signed by the CA's key (openssl).
+    env.openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        &format!("/CN={nonce}"),
+        "-keyout",
+        "pop.key",
+        "-out",
+        "pop.csr",
+    ])
+    .ok();
+    env.openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "pop.csr",
+        "-CA",
+        "arm-ca.pem",
+        "-CAkey",
+        "arm-ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-out",
+        "pop.pem",
+    ])
+    .ok();
+    // Signed by another key: refused, still unverified.
+    openssl_cert(&env, "impostor", &nonce, false);
+    let impostor = std::fs::read_to_string(env.path("impostor.pem")).unwrap();
+    let (code, refused) = arm(
+        &env,
+        &serve,
+        "POST",
+        "/arm-root/verify",
+        Some(&etag2),
+        Some(serde_json::json!({"certificate": impostor})),
+    );
+    assert_eq!(code, 400, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not signed by"),
+        "{refused}"
+    );
+    let pop = std::fs::read_to_string(env.path("pop.pem")).unwrap();
+    let (code, verified) = arm(
+        &env,
+        &serve,
+        "POST",
+        "/arm-root/verify",
+        Some("*"),
+        Some(serde_json::json!({"certificate": pop})),
+    );
+    assert_eq!(code, 200, "{verified}");
+    assert_eq!(verified["properties"]["isVerified"], true, "{verified}");
+    let (code, list) = arm(&env, &serve, "GET", "", None, None);
+    assert_eq!(code, 200);
+    let names: Vec<&str> = list["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"arm-root"), "{list}");
+
+    // Delete: stale etag refused, the current one deletes.
+    let current = verified["etag"].as_str().unwrap().to_string();
+    let (code, _) = arm(&env, &serve, "DELETE", "/arm-root", Some(&etag), None);
+    assert_eq!(code, 412);
+    let (code, _) = arm(&env, &serve, "DELETE", "/arm-root", Some(&current), None);
+    assert_eq!(code, 200);
+    let (code, gone) = arm(&env, &serve, "GET", "/arm-root", None, None);
+    assert_eq!(code, 404, "{gone}");
+}
