@@ -325,6 +325,22 @@ fn load_or_create_sas(backend: &LocalBackend, plan: &Plan) -> Result<BTreeMap<St
     Ok(out)
 }
 
+/// The password of Key Vault backup blobs, made on the first start and kept sealed in the store.
+fn load_or_create_backup_password(backend: &LocalBackend) -> Result<zeroize::Zeroizing<String>> {
+    const META: &str = "serve/backup_password";
+    const IDENTITY: &str = "certroll/serve/backup_password";
+    if let Some(sealed) = tls::meta_get(backend, META)? {
+        let plain = backend.store().key().open(IDENTITY, &sealed)?;
+        return Ok(zeroize::Zeroizing::new(
+            String::from_utf8(plain.to_vec()).context("the stored backup password is not text")?,
+        ));
+    }
+    let password = zeroize::Zeroizing::new(random_base64(32)?);
+    let sealed = backend.store().key().seal(IDENTITY, password.as_bytes())?;
+    tls::meta_put(backend, META, &sealed)?;
+    Ok(password)
+}
+
 /// The principals of `[serve.principals]`, tokens read from their variables; without any, one
 /// `owner` with every permission, its token from `CERTROLL_SERVE_TOKEN` or generated (returned
 /// so the start line can print it).
@@ -389,12 +405,17 @@ pub async fn run(opts: ServeOptions, on_start: impl FnOnce(&StartInfo) -> Result
     // TLS certificates follow the real clock: clients check them with theirs.
     let real_now = time::OffsetDateTime::now_utc();
     let (principals, generated_token) = principals(&plan.serve)?;
-    let (ca, sas) = {
+    let (ca, sas, backup_password) = {
         use crate::backend::Backend as _;
         let mut backend = open_backend(&plan, Access::Write, &opts.settings)?;
         backend.begin()?;
-        let made = tls::load_or_create_ca(&backend, real_now)
-            .and_then(|ca| Ok((ca, load_or_create_sas(&backend, &plan)?)));
+        let made = tls::load_or_create_ca(&backend, real_now).and_then(|ca| {
+            Ok((
+                ca,
+                load_or_create_sas(&backend, &plan)?,
+                load_or_create_backup_password(&backend)?,
+            ))
+        });
         match made {
             Ok(made) => {
                 backend.commit()?;
@@ -408,14 +429,17 @@ pub async fn run(opts: ServeOptions, on_start: impl FnOnce(&StartInfo) -> Result
     };
     let backend = open_backend(&plan, Access::Read, &opts.settings)?;
     let lock_timeout = opts.settings.lock_timeout.unwrap_or(Duration::from_secs(30));
-    let state = Arc::new(AppState::new(
-        backend,
-        opts.clock.clone(),
-        plan.clone(),
-        lock_timeout,
-        principals,
-        sas,
-    ));
+    let state = Arc::new(
+        AppState::new(
+            backend,
+            opts.clock.clone(),
+            plan.clone(),
+            lock_timeout,
+            principals,
+            sas,
+        )
+        .with_backup_password(backup_password),
+    );
     let tls_config = tls::server_config(&ca, &tls::server_names(), real_now)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
     let routers = Arc::new(Routers::build(state.clone()));

@@ -35,6 +35,8 @@ mod contract;
 mod json_errors;
 // Private keys: not printed, not in clear in the store, the store key never silently replaced.
 mod secrets;
+// `certroll serve` as Key Vault, driven by the official Python SDK.
+mod serve_keyvault;
 // Issue 3 at fleet scale: yearly cron rounds, breaches, revokes, reprovision policies, kills.
 mod fleet;
 // `certroll serve` as DPS and IoT Hub, driven by the official Azure IoT Node SDKs.

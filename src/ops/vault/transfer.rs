@@ -73,7 +73,7 @@ fn read_material(file: &Path, password: Option<&str>) -> Result<Material> {
 /// Reads import material from the bytes of a PEM or PKCS#12 file (`shown` names it in messages).
 pub fn material_from_bytes(bytes: &[u8], password: Option<&str>, shown: &str) -> Result<Material> {
     if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
-        let certs = crate::pki::pem::certs_from_pem(&bytes).map_err(|e| input(format!("{shown}: {e}")))?;
+        let certs = crate::pki::pem::certs_from_pem(bytes).map_err(|e| input(format!("{shown}: {e}")))?;
         if bytes.windows(21).any(|w| w == b"ENCRYPTED PRIVATE KEY") {
             return Err(input(format!(
                 "{shown}: the private key is encrypted; import it as PKCS#12 with --password-env, \
@@ -81,7 +81,7 @@ pub fn material_from_bytes(bytes: &[u8], password: Option<&str>, shown: &str) ->
             )));
         }
         use rustls_pki_types::pem::PemObject;
-        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(bytes).map_err(|e| match e {
             rustls_pki_types::pem::Error::NoItemsFound => input(format!(
                 "{shown} holds no private key (PKCS#8, SEC1 or PKCS#1 PEM block)"
             )),
@@ -99,7 +99,7 @@ pub fn material_from_bytes(bytes: &[u8], password: Option<&str>, shown: &str) ->
             "{shown} is not PEM, so it is read as PKCS#12, which needs --password-env VAR"
         ))
     })?;
-    let pfx = crate::pki::pkcs12::read_pfx(&bytes, password).map_err(|e| {
+    let pfx = crate::pki::pkcs12::read_pfx(bytes, password).map_err(|e| {
         input(format!(
             "cannot read {shown} as PKCS#12 (wrong password, or not a PFX file): {e}"
         ))

@@ -1,0 +1,384 @@
+//! `certroll serve` as Key Vault, driven by the official Python SDK
+//! (`azure-keyvault-certificates` 4.12.0, pinned in tests/sdk/python/requirements.txt) over
+//! HTTPS to the production host name, plus the TLS chain checked with `openssl`, the CLI verbs
+//! working while serve runs, and SIGTERM finishing requests in flight.
+//!
+//! The Python comes from `CERTROLL_TEST_PYTHON` (set by `.ci/run`), else `target/ci-venv`; when
+//! that venv lacks the SDK the pinned requirements are installed into it on first use. A test
+//! that cannot get the SDK fails: it never passes without running.
+
+use crate::util::*;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn has_sdk(python: &Path) -> bool {
+    Command::new(python)
+        .args(["-c", "import azure.keyvault.certificates, requests"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A Python with the pinned SDK, installing it under target/ on first use.
+fn python() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            if let Some(p) = std::env::var_os("CERTROLL_TEST_PYTHON").map(PathBuf::from)
+                && has_sdk(&p)
+            {
+                return p;
+            }
+            let venv = repo().join("target/ci-venv");
+            let python = venv.join("bin/python");
+            if !python.exists() {
+                let made = Command::new("python3").args(["-m", "venv"]).arg(&venv).status();
+                assert!(
+                    made.is_ok_and(|s| s.success()),
+                    "cannot make {} (python3 -m venv): the Key Vault SDK tests need it",
+                    venv.display()
+                );
+            }
+            if !has_sdk(&python) {
+                let pip = Command::new(venv.join("bin/pip"))
+                    .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+                    .arg(repo().join("tests/sdk/python/requirements.txt"))
+                    .status();
+                assert!(
+                    pip.is_ok_and(|s| s.success()) && has_sdk(&python),
+                    "cannot install tests/sdk/python/requirements.txt into {}: the Key Vault SDK tests need it",
+                    venv.display()
+                );
+            }
+            python
+        })
+        .clone()
+}
+
+/// A running `certroll serve`; SIGTERM (then SIGKILL) on drop.
+struct Serve {
+    child: Child,
+    start: serde_json::Value,
+}
+
+impl Serve {
+    fn start(env: &TestEnv, vars: &[(&str, &str)]) -> Serve {
+        let mut cmd = env.cmd();
+        // The SDK clients and openssl live in real time (certificates openssl makes start now).
+        cmd.env_remove("CERTROLL_NOW");
+        cmd.args([
+            "--plan",
+            "plan.toml",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ca-out",
+            "ca.pem",
+            "-o",
+            "json",
+        ]);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let log = std::fs::File::create(env.path("serve.log")).unwrap();
+        let mut child = cmd.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+        match serde_json::from_str(&line) {
+            Ok(start) => Serve { child, start },
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "serve printed no JSON start line ({e}): {line:?}\nstderr: {}",
+                    std::fs::read_to_string(env.path("serve.log")).unwrap_or_default()
+                )
+            }
+        }
+    }
+
+    fn port(&self) -> u16 {
+        let listen = self.start["listen"].as_str().unwrap();
+        listen.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    fn vault_url(&self) -> String {
+        self.start["vault_url"].as_str().unwrap().to_string()
+    }
+
+    fn term(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+    }
+
+    /// SIGTERM, then the exit code (within 40 s).
+    fn stop(mut self) -> i32 {
+        self.term();
+        for _ in 0..400 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("serve did not exit within 40 s of SIGTERM");
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.term();
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a script of tests/sdk/python with the vault's environment; asserts it printed `OK`.
+fn run_script(env: &TestEnv, serve: &Serve, script: &str, vars: &[(&str, &str)]) -> String {
+    let work = env.path("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let mut cmd = Command::new(python());
+    cmd.arg(repo().join("tests/sdk/python").join(script))
+        .env("CERTROLL_VAULT_URL", serve.vault_url())
+        .env("REQUESTS_CA_BUNDLE", env.path("ca.pem"))
+        .env("CERTROLL_WORK", &work)
+        .current_dir(env.dir.path());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && stdout.contains("OK "),
+        "{script} failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn the_python_sdk_drives_every_certificate_operation() {
+    let env = TestEnv::new();
+    env.write("plan.toml", "version = 1\n");
+    let serve = Serve::start(&env, &[("CERTROLL_SERVE_TOKEN", "owner-token")]);
+    assert!(
+        serve.start.get("token").is_none(),
+        "a token from the environment is not printed"
+    );
+    let out = run_script(
+        &env,
+        &serve,
+        "keyvault_sdk.py",
+        &[("CERTROLL_TOKEN", "owner-token")],
+    );
+    eprintln!("{out}");
+    assert_eq!(serve.stop(), 0);
+}
+
+#[test]
+fn tokens_and_the_sixteen_permissions_are_enforced_on_every_route() {
+    use std::fmt::Write as _;
+    const PERMISSIONS: [&str; 16] = [
+        "get",
+        "list",
+        "update",
+        "create",
+        "import",
+        "delete",
+        "recover",
+        "backup",
+        "restore",
+        "managecontacts",
+        "manageissuers",
+        "getissuers",
+        "listissuers",
+        "setissuers",
+        "deleteissuers",
+        "purge",
+    ];
+    let env = TestEnv::new();
+    let mut plan = String::from(
+        "version = 1\n\n[serve.principals.owner]\ntoken_env = \"CERTROLL_OWNER_TOKEN\"\npermissions = [\"all\"]\n",
+    );
+    let mut vars: Vec<(String, String)> = vec![("CERTROLL_OWNER_TOKEN".into(), "tok-owner".into())];
+    for p in PERMISSIONS {
+        // Lacking `p` (and manageissuers, which would grant the issuer permissions back).
+        let kept: Vec<String> = PERMISSIONS
+            .iter()
+            .filter(|q| **q != p && **q != "manageissuers")
+            .map(|q| format!("\"{q}\""))
+            .collect();
+        let var = format!("TOKEN_NO_{}", p.to_uppercase());
+        write!(
+            plan,
+            "\n[serve.principals.no-{p}]\ntoken_env = \"{var}\"\npermissions = [{}]\n",
+            kept.join(", ")
+        )
+        .unwrap();
+        vars.push((var, format!("tok-no-{p}")));
+    }
+    plan.push_str("\n[serve.principals.issuers]\ntoken_env = \"TOKEN_ISSUERS_ONLY\"\npermissions = [\"manageissuers\"]\n");
+    vars.push(("TOKEN_ISSUERS_ONLY".into(), "tok-issuers".into()));
+    env.write("plan.toml", &plan);
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let serve = Serve::start(&env, &vars);
+    run_script(&env, &serve, "keyvault_auth.py", &vars);
+    assert_eq!(serve.stop(), 0);
+}
+
+#[test]
+fn a_principal_whose_token_variable_is_unset_is_refused_at_start() {
+    let env = TestEnv::new();
+    env.write(
+        "plan.toml",
+        "version = 1\n[serve.principals.ops]\ntoken_env = \"OPS_TOKEN\"\npermissions = [\"get\"]\n",
+    );
+    let run = env.plan_run(&["serve", "--listen", "127.0.0.1:0"]).code(2);
+    assert!(run.stderr.contains("OPS_TOKEN"), "{}", run.stderr);
+    let env = TestEnv::new();
+    env.write(
+        "plan.toml",
+        "version = 1\n[serve.principals.ops]\ntoken_env = \"OPS_TOKEN\"\npermissions = [\"get\", \"sign\"]\n",
+    );
+    let run = env.plan_run(&["validate"]).code(2);
+    assert!(
+        run.stderr.contains("plan.toml:4:") && run.stderr.contains("`sign`"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn the_served_chain_verifies_against_the_ca_file_with_openssl() {
+    let env = TestEnv::new();
+    env.write("plan.toml", "version = 1\n");
+    let serve = Serve::start(&env, &[("CERTROLL_SERVE_TOKEN", "t")]);
+    let port = serve.port().to_string();
+    assert_eq!(serve.start["ca_file"], "ca.pem");
+    for name in [
+        "certroll.vault.azure.net",
+        "my-dps.azure-devices-provisioning.net",
+        "management.azure.com",
+    ] {
+        let out = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &format!("127.0.0.1:{port}"),
+                "-servername",
+                name,
+            ])
+            .args([
+                "-CAfile",
+                "ca.pem",
+                "-verify_hostname",
+                name,
+                "-verify_return_error",
+                "-showcerts",
+            ])
+            .current_dir(env.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Verify return code: 0 (ok)"), "{name}: {text}");
+    }
+    // The leaf alone, verified by `openssl verify` against the CA file.
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-servername",
+            "certroll.vault.azure.net",
+        ])
+        .current_dir(env.dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let begin = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .expect("a served certificate");
+    let end = text.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----".len();
+    env.write("leaf.pem", &text[begin..end]);
+    // At the real time: the TLS certificates follow the real clock, not `--now`.
+    openssl_in(
+        env.dir.path(),
+        &["verify", "-CAfile", "ca.pem", "-purpose", "sslserver", "leaf.pem"],
+    )
+    .ok();
+    // The CA is kept in the store: a second start serves under the same CA.
+    let ca = std::fs::read_to_string(env.path("ca.pem")).unwrap();
+    assert_eq!(serve.stop(), 0);
+    let again = Serve::start(&env, &[("CERTROLL_SERVE_TOKEN", "t")]);
+    assert_eq!(std::fs::read_to_string(env.path("ca.pem")).unwrap(), ca);
+    drop(again);
+}
+
+#[test]
+fn cli_verbs_keep_working_while_serve_runs_and_sigterm_finishes_requests_in_flight() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.plan_run(&["issue", "ca:root"]).ok();
+    let serve = Serve::start(&env, &[("CERTROLL_SERVE_TOKEN", "tok")]);
+    env.plan_run(&["status"]).ok();
+    env.plan_run(&["vault", "update", "ca:root", "--tag", "rehearsal=yes"])
+        .ok();
+    // The CLI's write is visible to serve's next read.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--cacert",
+            "ca.pem",
+            "-H",
+            "Authorization: Bearer tok",
+            "--resolve",
+        ])
+        .arg(format!("certroll.vault.azure.net:{}:127.0.0.1", serve.port()))
+        .arg(format!(
+            "{}/certificates/ca-root/?api-version=7.5",
+            serve.vault_url()
+        ))
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(got["tags"]["rehearsal"], "yes", "{got}");
+
+    let mut inflight = Command::new(python())
+        .arg(repo().join("tests/sdk/python/keyvault_inflight.py"))
+        .env("CERTROLL_PORT", serve.port().to_string())
+        .env("CERTROLL_TOKEN", "tok")
+        .env("CERTROLL_CA", env.path("ca.pem"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(inflight.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "SENT");
+    serve.term();
+    let status = lines.next().unwrap().unwrap();
+    assert!(
+        status.starts_with("STATUS 200") && status.contains("inflight@example.com"),
+        "{status}"
+    );
+    inflight.wait().unwrap();
+    assert_eq!(serve.stop(), 0);
+}
