@@ -593,6 +593,13 @@ fn apply(
             secondary_thumbprint: None,
         };
         q::hub_put(tx, &identity, reprovision == "reset", now)?;
+        // DPS sets the twin to the enrollment's initialTwin when it assigns a device afresh or
+        // resets its data (one given through `certroll serve`'s DPS API).
+        if matches!(substatus, "initialAssignment" | "deviceDataReset")
+            && let Some(twin) = crate::store::queries_dps::initial_twin(tx, kind, &name)?
+        {
+            crate::store::queries_dps::set_twin(tx, &hub, &req.registration_id, &twin)?;
+        }
         identities.insert((hub.clone(), req.registration_id.clone()), identity);
     }
     let before = previous.get(&req.registration_id);

@@ -184,6 +184,28 @@ pub fn hub_devices_page(conn: &Connection, hub: &str, after: &str, limit: usize)
     )
 }
 
+/// The `initialTwin` an enrollment was given through the DPS API (JSON text), if any; `kind` is
+/// `group` or `individual`.
+pub fn initial_twin(conn: &Connection, kind: &str, name: &str) -> Result<Option<String>> {
+    let query = if kind == "group" {
+        "SELECT json_extract(dps_extra, '$.initialTwin') FROM enrollment_groups WHERE name = ?1"
+    } else {
+        "SELECT json_extract(dps_extra, '$.initialTwin') FROM individual_enrollments WHERE registration_id = ?1"
+    };
+    conn.prepare_cached(query)
+        .and_then(|mut s| s.query_row([name], |r| r.get::<_, Option<String>>(0)).optional())
+        .map(Option::flatten)
+        .map_err(sql)
+}
+
+/// Sets a device identity's twin (JSON text: `tags` and `properties.desired`).
+pub fn set_twin(conn: &Connection, hub: &str, device_id: &str, twin: &str) -> Result<()> {
+    conn.prepare_cached("UPDATE hub_devices SET twin = ?3 WHERE hub = ?1 AND device_id = ?2")
+        .and_then(|mut s| s.execute(params![hub, device_id, twin]))
+        .map_err(sql)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -698,6 +698,7 @@ fn curl(
     host: &str,
     path: &str,
     auth: Option<&str>,
+    body: Option<&str>,
 ) -> (u16, String) {
     let addr = serve.addr();
     let port = addr.rsplit(':').next().unwrap();
@@ -722,7 +723,7 @@ fn curl(
         cmd.args(["-H", &format!("Authorization: {a}")]);
     }
     if method == "PUT" || method == "POST" {
-        cmd.args(["--data", "{}"]);
+        cmd.args(["--data", body.unwrap_or("{}")]);
     }
     cmd.arg(format!("https://{host}:{port}{path}"));
     let out = cmd.output().expect("curl must be installed");
@@ -743,7 +744,7 @@ fn sas_tokens_are_checked_for_signature_expiry_resource_and_rights() {
     let get_enrollment = "/enrollments/gateway-01?api-version=2021-10-01";
 
     let good = sas_token(DPS_HOST, &dps_key, later, "provisioningserviceowner");
-    let (code, body) = curl(&env, &serve, "GET", DPS_HOST, get_enrollment, Some(&good));
+    let (code, body) = curl(&env, &serve, "GET", DPS_HOST, get_enrollment, Some(&good), None);
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"registrationId\":\"gateway-01\""), "{body}");
 
@@ -761,7 +762,7 @@ fn sas_tokens_are_checked_for_signature_expiry_resource_and_rights() {
         ("another resource", Some(elsewhere.as_str())),
         ("no token", None),
     ] {
-        let (code, body) = curl(&env, &serve, "GET", DPS_HOST, get_enrollment, token);
+        let (code, body) = curl(&env, &serve, "GET", DPS_HOST, get_enrollment, token, None);
         assert_eq!(code, 401, "{what}: {body}");
         assert!(!body.contains("gateway-01\","), "{what}: nothing leaks: {body}");
     }
@@ -775,6 +776,7 @@ fn sas_tokens_are_checked_for_signature_expiry_resource_and_rights() {
         HUB_HOST,
         "/devices/sensor-1?api-version=2021-04-12",
         Some(&read),
+        None,
     );
     assert_eq!(code, 200, "{body}");
     let (code, body) = curl(
@@ -784,6 +786,7 @@ fn sas_tokens_are_checked_for_signature_expiry_resource_and_rights() {
         HUB_HOST,
         "/devices/sensor-1?api-version=2021-04-12",
         Some(&read),
+        None,
     );
     assert_eq!(code, 401, "{body}");
     let service = sas_token(HUB_HOST, &hub_service_key, later, "service");
@@ -794,6 +797,7 @@ fn sas_tokens_are_checked_for_signature_expiry_resource_and_rights() {
         HUB_HOST,
         "/devices/sensor-1?api-version=2021-04-12",
         Some(&service),
+        None,
     );
     assert_eq!(code, 401, "{body}");
     // The device is still there.
@@ -804,6 +808,7 @@ fn sas_tokens_are_checked_for_signature_expiry_resource_and_rights() {
         HUB_HOST,
         "/devices/sensor-1?api-version=2021-04-12",
         Some(&read),
+        None,
     );
     assert_eq!(code, 200);
     // A malformed body is a 400 with a message, not a crash.
@@ -815,6 +820,7 @@ fn sas_tokens_are_checked_for_signature_expiry_resource_and_rights() {
         DPS_HOST,
         "/enrollments/x-1?api-version=2021-10-01",
         Some(&owner),
+        None,
     );
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("registrationId is required"), "{body}");
@@ -1011,4 +1017,108 @@ fn arm_ca_certificates_are_verified_by_proof_of_possession_with_etags() {
     assert_eq!(code, 200);
     let (code, gone) = arm(&env, &serve, "GET", "/arm-root", None, None);
     assert_eq!(code, 404, "{gone}");
+}
+
+#[test]
+fn the_initial_twin_of_an_enrollment_is_the_twin_of_a_freshly_assigned_device() {
+    let env = TestEnv::new();
+    issued(&env);
+    let (cert, key) = export_device(&env, "gateway-01", "gateway-01");
+    let serve = Serve::start(&env);
+    let later = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+    let dps = sas_token(
+        DPS_HOST,
+        &key_of(&serve.connection_string(DPS_HOST, "provisioningserviceowner")),
+        later,
+        "provisioningserviceowner",
+    );
+    let hub = sas_token(
+        HUB_HOST,
+        &key_of(&serve.connection_string(HUB_HOST, "iothubowner")),
+        later,
+        "iothubowner",
+    );
+    // The enrollment gets an initialTwin; its certificate stays (the client sends back the info
+    // a GET gave it, as DPS clients do).
+    let tp = sha1_of(&env, &cert);
+    let body = serde_json::json!({
+        "registrationId": "gateway-01",
+        "attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {"info": {"sha1Thumbprint": tp}}}}},
+        "iotHubs": [HUB_HOST],
+        "initialTwin": {"tags": {"site": "lab"}, "properties": {"desired": {"interval": 30}}},
+    })
+    .to_string();
+    let path = "/enrollments/gateway-01?api-version=2021-10-01";
+    let (code, answer) = curl(&env, &serve, "PUT", DPS_HOST, path, Some(&dps), Some(&body));
+    assert_eq!(code, 409, "without If-Match a PUT only creates: {answer}");
+    let (code, answer) = curl_if_match(&env, &serve, DPS_HOST, path, &dps, "*", &body);
+    assert_eq!(code, 200, "{answer}");
+    // Forget the registration: the next one is a first assignment, which applies the twin.
+    let (code, _) = curl(
+        &env,
+        &serve,
+        "DELETE",
+        DPS_HOST,
+        "/registrations/gateway-01?api-version=2021-10-01",
+        Some(&dps),
+        None,
+    );
+    assert_eq!(code, 204);
+    let out = device_run(&env, &serve, "gateway-01", &cert, &key);
+    assert_eq!(out["provisioning"]["substatus"], "initialAssignment", "{out}");
+    let (code, twin) = curl(
+        &env,
+        &serve,
+        "GET",
+        HUB_HOST,
+        "/twins/gateway-01?api-version=2021-04-12",
+        Some(&hub),
+        None,
+    );
+    assert_eq!(code, 200, "{twin}");
+    let twin: serde_json::Value = serde_json::from_str(&twin).unwrap();
+    assert_eq!(twin["tags"]["site"], "lab", "{twin}");
+    assert_eq!(twin["properties"]["desired"]["interval"], 30, "{twin}");
+}
+
+/// A PUT with an If-Match header, with curl.
+fn curl_if_match(
+    env: &TestEnv,
+    serve: &Serve,
+    host: &str,
+    path: &str,
+    auth: &str,
+    tag: &str,
+    body: &str,
+) -> (u16, String) {
+    let port = serve.addr().rsplit(':').next().unwrap().to_string();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-X",
+            "PUT",
+            "--max-time",
+            "20",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .arg("--resolve")
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .arg("--cacert")
+        .arg(serve.ca_file(env))
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            &format!("Authorization: {auth}"),
+        ])
+        .args(["-H", &format!("If-Match: {tag}"), "--data", body])
+        .arg(format!("https://{host}:{port}{path}"))
+        .output()
+        .expect("curl must be installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
 }
