@@ -510,7 +510,7 @@ impl EnrollmentService for LocalBackend {
         Ok(decisions
             .into_iter()
             .map(|d| match d {
-                Decision::Rejected(reason) => Err(reason),
+                Decision::Rejected(reason) | Decision::Disabled(reason) => Err(reason),
                 Decision::Individual { hub, reprovision, .. } | Decision::Group { hub, reprovision, .. } => {
                     Ok(Assignment { hub, reprovision })
                 }
@@ -534,20 +534,27 @@ fn apply(
     identities: &mut std::collections::HashMap<(String, String), HubIdentity>,
 ) -> std::result::Result<RegistrationState, crate::store::StoreError> {
     let (kind, name, hub, reprovision) = match decision {
-        Decision::Rejected(reason) => {
+        Decision::Rejected(ref reason) | Decision::Disabled(ref reason) => {
+            // A refused attempt is recorded as DPS records it (status, error code and message,
+            // time), while the hub of the last successful assignment stays (issue 10 item 2).
+            let status = decision.status();
+            let before = previous.get(&req.registration_id);
             let state = RegistrationState {
                 registration_id: req.registration_id.clone(),
-                status: "failed".into(),
+                status: status.into(),
                 substatus: None,
-                hub: None,
+                hub: before.and_then(|p| p.hub.clone()),
                 cert_thumbprint: Some(leaf_tp.to_string()),
-                error: Some(reason),
+                error: Some(reason.clone()),
+                error_code: registration::error_code(status),
+                enrollment_kind: before.and_then(|p| p.enrollment_kind.clone()),
+                enrollment_name: before.and_then(|p| p.enrollment_name.clone()),
+                created: before.and_then(|p| p.created).or(Some(now)),
+                updated: Some(now),
+                etag: None,
             };
-            // A failed attempt does not erase where the device was assigned before.
-            if !previous.contains_key(&req.registration_id) {
-                q::registration_put(tx, &state, None, None, leaf_tp, now)?;
-                previous.insert(req.registration_id.clone(), state.clone());
-            }
+            q::registration_put(tx, &state, None, None, leaf_tp, now)?;
+            previous.insert(req.registration_id.clone(), state.clone());
             return Ok(state);
         }
         Decision::Individual {
@@ -561,9 +568,11 @@ fn apply(
             reprovision,
         } => ("group", name, hub, reprovision),
     };
+    // Assigned before (even if a refused attempt came since): a reprovisioning, not a first
+    // assignment.
     let assigned_before = previous
         .get(&req.registration_id)
-        .is_some_and(|p| p.status == "assigned");
+        .is_some_and(|p| p.hub.is_some());
     let existing = identities
         .get(&(hub.clone(), req.registration_id.clone()))
         .cloned();
@@ -584,8 +593,16 @@ fn apply(
             secondary_thumbprint: None,
         };
         q::hub_put(tx, &identity, reprovision == "reset", now)?;
+        // DPS sets the twin to the enrollment's initialTwin when it assigns a device afresh or
+        // resets its data (one given through `certroll serve`'s DPS API).
+        if matches!(substatus, "initialAssignment" | "deviceDataReset")
+            && let Some(twin) = crate::store::queries_dps::initial_twin(tx, kind, &name)?
+        {
+            crate::store::queries_dps::set_twin(tx, &hub, &req.registration_id, &twin)?;
+        }
         identities.insert((hub.clone(), req.registration_id.clone()), identity);
     }
+    let before = previous.get(&req.registration_id);
     let state = RegistrationState {
         registration_id: req.registration_id.clone(),
         status: "assigned".into(),
@@ -593,6 +610,12 @@ fn apply(
         hub: Some(hub),
         cert_thumbprint: Some(leaf_tp.to_string()),
         error: None,
+        error_code: None,
+        enrollment_kind: Some(kind.into()),
+        enrollment_name: Some(name.clone()),
+        created: before.and_then(|p| p.created).or(Some(now)),
+        updated: Some(now),
+        etag: None,
     };
     q::registration_put(tx, &state, Some(kind), Some(&name), leaf_tp, now)?;
     previous.insert(req.registration_id.clone(), state.clone());
@@ -781,8 +804,7 @@ mod tests {
             status: status.into(),
             substatus: None,
             hub: hub.map(String::from),
-            cert_thumbprint: None,
-            error: None,
+            ..Default::default()
         };
         b.store
             .write(|c, _| q::registration_put(c, &state, Some("group"), Some("g"), "AA", NOW))
@@ -881,14 +903,15 @@ mod tests {
                 .collect::<Vec<_>>()
         );
         // The identity in the hub the registration assigned: d0 in hub-a (not hub-b), d2 in
-        // hub-b; d4's registration failed, d1 and d3 have none.
+        // hub-b; d4's last attempt failed but its last success put it in hub-a, where its
+        // identity still is; d1 and d3 have none.
         let assigned: Vec<Option<String>> = b
             .assigned_identities(&ids)
             .unwrap()
             .into_iter()
             .map(|h| h.and_then(|h| h.primary_thumbprint))
             .collect();
-        let expected = [None, None, Some("A0"), Some("B2"), None, Some("A0")];
+        let expected = [Some("A4"), None, Some("A0"), Some("B2"), None, Some("A0")];
         assert_eq!(assigned, expected.map(|t| t.map(String::from)));
 
         let names: Vec<String> = ids.iter().map(|id| format!("dev-{id}")).collect();

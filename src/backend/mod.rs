@@ -235,7 +235,8 @@ pub trait HubRegistry {
         batch.iter().try_for_each(|i| self.update_identity(i, now))
     }
     /// Whether the hub lets a device in with this certificate: the identity exists, is enabled,
-    /// and one of its thumbprints is the certificate's; and the certificate is valid at `now`.
+    /// and one of its thumbprints (SHA-1 or SHA-256) is the certificate's; and the certificate is
+    /// valid at `now`.
     /// `Err(reason)` is the hub's `unauthorized`.
     fn authenticate(
         &self,
@@ -259,7 +260,8 @@ pub trait HubRegistry {
         let known = [&identity.primary_thumbprint, &identity.secondary_thumbprint]
             .into_iter()
             .flatten()
-            .any(|tp| *tp == info.thumbprint);
+            // IoT Hub takes a SHA-1 or a SHA-256 thumbprint, without regard to case.
+            .any(|tp| tp.eq_ignore_ascii_case(&info.thumbprint) || tp.eq_ignore_ascii_case(&info.sha256));
         Ok(if known {
             Ok(())
         } else {
@@ -374,18 +376,15 @@ pub trait Backend: Vault + EnrollmentService + HubRegistry + Fleet + Journal + S
     /// verb is written so that a rerun finishes it).
     fn rollback(&mut self) {}
 
-    /// The hub identity of each device in the hub its registration assigned it to, in the order
-    /// asked (None for a device not assigned, or without an identity there).
+    /// The hub identity of each device in the hub its last successful registration assigned it
+    /// to (a later refused attempt keeps that hub), in the order asked (None for a device never
+    /// assigned, or without an identity there).
     fn assigned_identities(&self, ids: &[String]) -> Result<Vec<Option<HubIdentity>>> {
         let (at, wanted): (Vec<usize>, Vec<(String, String)>) = ids
             .iter()
             .zip(self.registration_many(ids)?)
             .enumerate()
-            .filter_map(|(i, (id, r))| {
-                r.filter(|r| r.status == "assigned")
-                    .and_then(|r| r.hub)
-                    .map(|hub| (i, (hub, id.clone())))
-            })
+            .filter_map(|(i, (id, r))| r.and_then(|r| r.hub).map(|hub| (i, (hub, id.clone()))))
             .unzip();
         let mut out: Vec<Option<HubIdentity>> = vec![None; ids.len()];
         for (i, identity) in at.into_iter().zip(self.identity_many(&wanted)?) {

@@ -28,8 +28,33 @@ pub enum Decision {
         /// migrate / reset / never.
         reprovision: String,
     },
-    /// Rejected, with the reason.
+    /// Rejected, with the reason: no enrollment accepts the certificate (DPS status `failed`).
     Rejected(String),
+    /// Refused by a disabled enrollment, with the reason (DPS status `disabled`).
+    Disabled(String),
+}
+
+impl Decision {
+    /// The registration status DPS records for this decision.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Decision::Individual { .. } | Decision::Group { .. } => "assigned",
+            Decision::Rejected(_) => "failed",
+            Decision::Disabled(_) => "disabled",
+        }
+    }
+}
+
+/// DPS's `errorCode` for a refused registration with this status (`failed` or `disabled`).
+/// DPS writes error codes as HTTP status x 1000 + a sub-code and publishes only the HTTP part;
+/// the sub-codes are certroll's: 401002 no enrollment accepts the certificate, 401003 an
+/// enrollment holding it is disabled.
+pub fn error_code(status: &str) -> Option<i64> {
+    match status {
+        "failed" => Some(401_002),
+        "disabled" => Some(401_003),
+        _ => None,
+    }
 }
 
 /// What the service knows when deciding one registration.
@@ -176,7 +201,7 @@ pub fn decide(req: &RegistrationRequest, ctx: &Context<'_>) -> Decision {
         ));
     }
     if let Some(name) = ctx.disabled_holding_leaf.first() {
-        return Decision::Rejected(format!(
+        return Decision::Disabled(format!(
             "certificate is disallowed by disabled enrollment `{name}`"
         ));
     }
@@ -186,7 +211,7 @@ pub fn decide(req: &RegistrationRequest, ctx: &Context<'_>) -> Decision {
             .flatten()
             .any(|der| der == leaf);
         if ind.status == Status::Disabled {
-            return Decision::Rejected(format!(
+            return Decision::Disabled(format!(
                 "individual enrollment `{}` is disabled",
                 ind.registration_id
             ));
@@ -218,7 +243,7 @@ pub fn decide(req: &RegistrationRequest, ctx: &Context<'_>) -> Decision {
         {
             let g = &group.group;
             if g.status != Status::Enabled {
-                return Decision::Rejected(format!("enrollment group `{}` is disabled", g.name));
+                return Decision::Disabled(format!("enrollment group `{}` is disabled", g.name));
             }
             return Decision::Group {
                 name: g.name.clone(),
@@ -403,7 +428,7 @@ mod tests {
         let chain = vec![leaf("dev-1", &line, now), line_der];
         assert_eq!(
             decide(&request("dev-1", chain), &ctx),
-            Decision::Rejected("enrollment group `by-line` is disabled".into())
+            Decision::Disabled("enrollment group `by-line` is disabled".into())
         );
     }
 
@@ -441,7 +466,7 @@ mod tests {
             groups: &groups,
             now,
         };
-        assert!(matches!(decide(&req, &ctx), Decision::Rejected(_)));
+        assert!(matches!(decide(&req, &ctx), Decision::Disabled(_)));
     }
 
     #[test]
@@ -457,7 +482,7 @@ mod tests {
             groups: &groups,
             now,
         };
-        assert!(matches!(decide(&req, &ctx), Decision::Rejected(r) if r.contains("disallowed")));
+        assert!(matches!(decide(&req, &ctx), Decision::Disabled(r) if r.contains("disallowed")));
     }
 
     #[test]
@@ -503,7 +528,7 @@ mod tests {
             now,
         };
         assert!(
-            matches!(decide(&request("gw", vec![old]), &ctx), Decision::Rejected(r) if r.contains("disabled"))
+            matches!(decide(&request("gw", vec![old]), &ctx), Decision::Disabled(r) if r.contains("disabled"))
         );
     }
 }

@@ -134,24 +134,51 @@ pub struct IndividualEnrollment {
     pub hub: String,
 }
 
-/// What the enrollment service recorded for a device's last registration.
-#[derive(Debug, Clone, Serialize)]
+/// What the enrollment service recorded for a device's last registration attempt (DPS's
+/// `DeviceRegistrationState`).
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct RegistrationState {
     /// Registration id.
     #[serde(skip)]
     pub registration_id: String,
-    /// `assigned` or `failed`.
+    /// The last attempt: `assigned`, `failed` (no enrollment accepts the certificate) or
+    /// `disabled` (an enrollment that holds it is disabled).
     pub status: String,
-    /// initialAssignment, deviceDataMigrated, deviceDataReset, reprovisionedToInitialAssignment.
+    /// initialAssignment, deviceDataMigrated, deviceDataReset, reprovisionedToInitialAssignment
+    /// (only with `assigned`).
     pub substatus: Option<String>,
-    /// Hub assigned to.
+    /// The hub of the last successful assignment; a later failed attempt leaves it in place (the
+    /// device's identity is still there), as DPS shows it.
     pub hub: Option<String>,
     /// The thumbprint of the certificate the device registered with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cert_thumbprint: Option<String>,
-    /// Why it failed.
+    /// Why the last attempt failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// DPS's error code of the last attempt (HTTP status x 1000 + sub-code; see
+    /// [`registration::error_code`](super::registration::error_code)).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<i64>,
+    /// `group` or `individual`: the kind of enrollment of the last successful assignment.
+    #[serde(skip)]
+    pub enrollment_kind: Option<String>,
+    /// The name of that enrollment (the enrollment group id for a group).
+    #[serde(skip)]
+    pub enrollment_name: Option<String>,
+    /// When the device first registered (None until stored).
+    #[serde(skip)]
+    pub created: Option<OffsetDateTime>,
+    /// When the last attempt was recorded (None until stored).
+    #[serde(
+        rename = "last_updated",
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub updated: Option<OffsetDateTime>,
+    /// Opaque etag, changed on every write (None until stored).
+    #[serde(skip)]
+    pub etag: Option<String>,
 }
 
 /// A device identity in the hub registry.

@@ -175,7 +175,12 @@ pub fn reprovision(plan: &Plan, opts: &ReprovisionOptions, now: OffsetDateTime) 
         })?;
         let step_cut: Vec<String> = outcomes
             .iter()
-            .filter(|o| matches!(o.status.as_str(), "failed" | "would-fail" | "skipped"))
+            .filter(|o| {
+                matches!(
+                    o.status.as_str(),
+                    "failed" | "disabled" | "would-fail" | "skipped"
+                )
+            })
             .map(|o| o.device.clone())
             .collect();
         cut_off.extend(step_cut.iter().cloned());

@@ -7,8 +7,12 @@
 //! graceful shutdown and the start line. The services' rules are the ones in `backend` and
 //! `ops`; handlers call them and never keep a second copy.
 
+pub mod arm;
 pub mod auth;
 pub mod faults;
+pub mod dps;
+pub mod dps_device;
+pub mod hub;
 pub mod keyvault;
 pub mod state;
 pub mod tls;
@@ -215,11 +219,11 @@ impl Routers {
     pub fn build(state: Arc<AppState>) -> Routers {
         let limit = |r: Router| r.layer(axum::extract::DefaultBodyLimit::max(MAX_BODY));
         Routers {
-            keyvault: limit(keyvault::router(state)),
-            dps: None,
-            dps_device: None,
-            hub: None,
-            arm: None,
+            keyvault: limit(keyvault::router(state.clone())),
+            dps: Some(limit(dps::router(state.clone()))),
+            dps_device: Some(limit(dps_device::router(state.clone()))),
+            hub: Some(limit(hub::router(state.clone()))),
+            arm: Some(limit(arm::router(state))),
         }
     }
 
@@ -486,6 +490,20 @@ pub async fn run(opts: ServeOptions, on_start: impl FnOnce(&StartInfo) -> Result
         token: generated_token,
         ..StartInfo::default()
     };
+    if routers.dps.is_some() {
+        info.dps_url = Some(url_of(
+            &format!("{}.azure-devices-provisioning.net", plan.serve.dps),
+            port,
+        ));
+        info.dps_device_url = Some(url_of("global.azure-devices-provisioning.net", port));
+        info.id_scope = Some(dps_device::id_scope(&plan.serve.dps));
+    }
+    if routers.hub.is_some() {
+        info.hub_url = state.hubs.first().map(|h| url_of(&hub::hub_host(h), port));
+    }
+    if routers.arm.is_some() {
+        info.arm_url = Some(url_of("management.azure.com", port));
+    }
     for (_, name, listener) in &direct {
         info.listeners
             .insert(name.to_string(), format!("https://{}", listener.local_addr()?));

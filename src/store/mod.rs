@@ -5,6 +5,7 @@
 //! It knows nothing of plans or verbs: callers pass in the time and the rows.
 
 pub mod queries;
+pub mod queries_dps;
 pub mod queries_journal;
 pub mod queries_notify;
 pub mod queries_vault;
@@ -136,6 +137,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v4_journal.sql"),
     include_str!("schema_v5_crl.sql"),
     include_str!("schema_v6_seq.sql"),
+    include_str!("schema_v7_dps_hub.sql"),
 ];
 
 /// How to open a store.

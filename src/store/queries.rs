@@ -19,7 +19,7 @@ pub(super) fn sql(source: rusqlite::Error) -> StoreError {
 }
 
 /// Runs a query and collects every row.
-fn all<T, P: rusqlite::Params>(
+pub(super) fn all<T, P: rusqlite::Params>(
     conn: &Connection,
     query: &str,
     params: P,
@@ -36,7 +36,7 @@ pub(super) fn ts(t: OffsetDateTime) -> i64 {
 }
 
 /// A stored time.
-pub(super) fn from_ts(secs: i64) -> OffsetDateTime {
+pub(crate) fn from_ts(secs: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
@@ -123,7 +123,7 @@ pub fn vault_current_many(conn: &Connection, names: &[String]) -> Result<Vec<Opt
 }
 
 /// A JSON array of strings, for `json_each` look-ups of many keys in one statement.
-fn json_list(items: &[String]) -> String {
+pub(super) fn json_list(items: &[String]) -> String {
     serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
 }
 
@@ -515,11 +515,15 @@ pub fn individual_put(conn: &Connection, e: &IndividualEnrollment, now: OffsetDa
 
 // ---------------------------------------------------------------- registrations
 
+/// The columns [`registration_row`] reads.
+pub(super) const REGISTRATION_COLS: &str = "registration_id, status, substatus, hub, error, cert_thumbprint, \
+     error_code, enrollment_kind, enrollment_name, created, updated, etag";
+
 /// The registration state of a device.
 pub fn registration_get(conn: &Connection, id: &str) -> Result<Option<RegistrationState>> {
-    conn.prepare_cached(
-        "SELECT registration_id, status, substatus, hub, error, cert_thumbprint FROM registrations WHERE registration_id = ?1",
-    )
+    conn.prepare_cached(&format!(
+        "SELECT {REGISTRATION_COLS} FROM registrations WHERE registration_id = ?1"
+    ))
     .and_then(|mut s| s.query_row([id], registration_row).optional())
     .map_err(sql)
 }
@@ -528,15 +532,18 @@ pub fn registration_get(conn: &Connection, id: &str) -> Result<Option<Registrati
 pub fn registration_get_many(conn: &Connection, ids: &[String]) -> Result<Vec<Option<RegistrationState>>> {
     one_at_positions(
         conn,
-        "SELECT r.registration_id, r.status, r.substatus, r.hub, r.error, r.cert_thumbprint, j.key
-         FROM json_each(?1) j JOIN registrations r ON r.registration_id = j.value",
+        &format!(
+            "SELECT {}, j.key FROM json_each(?1) j JOIN registrations r ON r.registration_id = j.value",
+            qualified("r", REGISTRATION_COLS)
+        ),
         json_list(ids),
         ids.len(),
         registration_row,
     )
 }
 
-fn registration_row(r: &Row<'_>) -> rusqlite::Result<RegistrationState> {
+/// Reads a row of [`REGISTRATION_COLS`].
+pub(super) fn registration_row(r: &Row<'_>) -> rusqlite::Result<RegistrationState> {
     Ok(RegistrationState {
         registration_id: r.get(0)?,
         status: r.get(1)?,
@@ -544,11 +551,17 @@ fn registration_row(r: &Row<'_>) -> rusqlite::Result<RegistrationState> {
         hub: r.get(3)?,
         error: r.get(4)?,
         cert_thumbprint: r.get(5)?,
+        error_code: r.get(6)?,
+        enrollment_kind: r.get(7)?,
+        enrollment_name: r.get(8)?,
+        created: r.get::<_, Option<i64>>(9)?.map(from_ts),
+        updated: Some(from_ts(r.get(10)?)),
+        etag: r.get(11)?,
     })
 }
 
-/// Records a registration outcome.
-#[allow(clippy::too_many_arguments)]
+/// Records a registration attempt. The enrollment is kept from the previous record when the
+/// attempt names none (a refused attempt leaves the last assignment visible); `created` is kept.
 pub fn registration_put(
     conn: &Connection,
     state: &RegistrationState,
@@ -558,9 +571,16 @@ pub fn registration_put(
     now: OffsetDateTime,
 ) -> Result<()> {
     conn.prepare_cached(
-        "INSERT OR REPLACE INTO registrations
-           (registration_id, enrollment_kind, enrollment_name, status, substatus, hub, cert_thumbprint, error, updated)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO registrations
+           (registration_id, enrollment_kind, enrollment_name, status, substatus, hub, cert_thumbprint, error,
+            error_code, updated, created)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)
+         ON CONFLICT(registration_id) DO UPDATE SET
+           enrollment_kind = coalesce(excluded.enrollment_kind, enrollment_kind),
+           enrollment_name = coalesce(excluded.enrollment_name, enrollment_name),
+           status = excluded.status, substatus = excluded.substatus, hub = excluded.hub,
+           cert_thumbprint = excluded.cert_thumbprint, error = excluded.error,
+           error_code = excluded.error_code, updated = excluded.updated",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -572,6 +592,7 @@ pub fn registration_put(
             state.hub,
             cert_thumbprint,
             state.error,
+            state.error_code,
             ts(now)
         ])
     })
@@ -626,13 +647,14 @@ pub fn hub_get_pairs(conn: &Connection, wanted: &[(String, String)]) -> Result<V
     )
 }
 
-/// The identity of each device in the hub its registration assigned it to, in the order asked.
+/// The identity of each device in the hub its last successful registration assigned it to (a
+/// later refused attempt keeps that hub), in the order asked.
 pub fn hub_get_assigned(conn: &Connection, ids: &[String]) -> Result<Vec<Option<HubIdentity>>> {
     one_at_positions(
         conn,
         "SELECT h.hub, h.device_id, h.auth_type, h.primary_thumbprint, h.secondary_thumbprint, h.status, j.key
          FROM json_each(?1) j
-         JOIN registrations r ON r.registration_id = j.value AND r.status = 'assigned'
+         JOIN registrations r ON r.registration_id = j.value
          JOIN hub_devices h ON h.device_id = j.value AND h.hub = r.hub",
         json_list(ids),
         ids.len(),

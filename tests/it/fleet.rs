@@ -1023,7 +1023,9 @@ fn fleet_revoking_single_devices_and_reprovisioning_under_each_policy() {
     }
     // A real registration of a revoked device fails with exit 1.
     let rp = json(&env, &now, &["reprovision", "device:m-100"]).code(1).json();
-    assert_eq!(rp["devices"][0]["status"], "failed", "{rp}");
+    assert_eq!(rp["devices"][0]["status"], "disabled", "{rp}");
+    // The refused attempt is recorded in m-100's registration state (issue 10 item 2).
+    let s1 = status(&env, &now);
     // Revoking again changes nothing and lists nothing twice.
     json(&env, &now, &[&revoke_m[..], &["--yes"]].concat()).ok();
     assert_eq!(status(&env, &now), s1, "a rerun changes nothing");

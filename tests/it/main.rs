@@ -45,3 +45,5 @@ mod fleet;
 mod hostile;
 // The crash harness: kills at chosen system calls during every mutating verb, then reruns.
 mod crash;
+// `certroll serve` as DPS and IoT Hub, driven by the official Azure IoT Node SDKs.
+mod serve_dps_hub;

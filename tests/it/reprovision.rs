@@ -194,8 +194,65 @@ fn an_expired_certificate_is_rejected_with_the_reason_and_exit_1() {
         r.stdout
     );
     assert!(r.stdout.contains("validity"), "{}", r.stdout);
-    // A rejected attempt does not take away where the device was assigned.
-    assert_eq!(device(&env, "gateway-01")["registration"]["status"], "assigned");
+    // A rejected attempt is recorded as DPS records it, and does not take away where the
+    // device was assigned (issue 10 item 2).
+    let reg = &device(&env, "gateway-01")["registration"];
+    assert_eq!(reg["status"], "failed", "{reg}");
+    assert_eq!(reg["error_code"], 401002, "{reg}");
+    assert!(reg["error"].as_str().unwrap().contains("validity"), "{reg}");
+    assert_eq!(reg["last_updated"], "2028-01-01T00:00:00Z", "{reg}");
+    assert_eq!(reg["hub"], "example-hub", "{reg}");
     env.run(&["--plan", "plan.toml", "reprovision", "ca:root"])
         .code(2);
+}
+
+// Issue 10 item 2: after `revoke device:X`, `reprovision device:X` is refused by the disabled
+// enrollment, and the registration state says so (status, error code and message, time) while
+// the hub of the last success stays visible as such.
+#[test]
+fn a_refused_reprovision_after_a_revoke_is_recorded_with_the_last_assignment_kept() {
+    let env = TestEnv::new();
+    quickstart_with(&env, "migrate");
+    let before = device(&env, "sensor-04");
+    assert_eq!(before["registration"]["status"], "assigned");
+    assert_eq!(before["registration"]["last_updated"], NOW);
+    assert!(before["registration"]["error_code"].is_null());
+    env.plan_run(&[
+        "revoke",
+        "device:sensor-04",
+        "--reason",
+        "key-compromise",
+        "--yes",
+    ])
+    .ok();
+    let later = "2026-11-24T00:00:00Z";
+    let r = env
+        .plan_run(&["--now", later, "reprovision", "device:sensor-04"])
+        .code(1);
+    assert!(r.stdout.contains("1 rejected"), "{}", r.stdout);
+
+    let after = device(&env, "sensor-04");
+    let reg = &after["registration"];
+    assert_eq!(reg["status"], "disabled", "{reg}");
+    assert_eq!(reg["error_code"], 401003, "{reg}");
+    assert!(
+        reg["error"]
+            .as_str()
+            .unwrap()
+            .contains("disabled enrollment `sensor-04`"),
+        "{reg}"
+    );
+    assert_eq!(reg["last_updated"], later, "{reg}");
+    assert!(reg["substatus"].is_null(), "{reg}");
+    assert_eq!(
+        reg["hub"], "example-hub",
+        "the last assignment stays visible: {reg}"
+    );
+
+    // A rerun is refused the same way and leaves the same record.
+    let again = env
+        .plan_run(&["--now", later, "reprovision", "device:sensor-04"])
+        .code(1);
+    assert!(again.stdout.contains("1 rejected"), "{}", again.stdout);
+    assert_eq!(device(&env, "sensor-04")["registration"], *reg);
 }

@@ -132,7 +132,8 @@ fn revoking_a_group_device_disallows_it_everywhere_and_only_it() {
         ])
         .code(1)
         .json();
-    assert_eq!(rp["devices"][0]["status"], "failed");
+    // DPS's status for a refusal by a disabled enrollment (issue 10 item 2).
+    assert_eq!(rp["devices"][0]["status"], "disabled");
     assert!(
         rp["devices"][0]["error"]
             .as_str()

@@ -234,6 +234,12 @@ fn a_store_of_the_first_release_is_upgraded_by_any_verb_and_keeps_its_data() {
     }
     rewind.push_str(
         "ALTER TABLE crl_entries DROP COLUMN issuer_version; ALTER TABLE vault_versions DROP COLUMN chain_der;
+         DROP INDEX IF EXISTS registrations_by_enrollment;
+         ALTER TABLE individual_enrollments DROP COLUMN etag; ALTER TABLE individual_enrollments DROP COLUMN dps_extra;
+         ALTER TABLE enrollment_groups DROP COLUMN etag; ALTER TABLE enrollment_groups DROP COLUMN dps_extra;
+         ALTER TABLE hub_devices DROP COLUMN etag; ALTER TABLE service_cas DROP COLUMN etag;
+         ALTER TABLE registrations DROP COLUMN etag; ALTER TABLE registrations DROP COLUMN created;
+         ALTER TABLE registrations DROP COLUMN error_code;
          PRAGMA user_version = 1;",
     );
     sqlite(&rewind);

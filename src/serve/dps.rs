@@ -1,0 +1,1301 @@
+//! The DPS service API of `certroll serve` (azure-wire.md section 2; swagger
+//! `stable/2021-10-01/service.json`): individual enrollments and enrollment groups with If-Match
+//! etags, bulk operations, paged queries and registration states, over the local store.
+//!
+//! Owns the wire shapes (`IndividualEnrollment`, `EnrollmentGroup`, `X509CertificateWithInfo`,
+//! `DeviceRegistrationState`, `ProvisioningServiceErrorDetails`) and their mapping to the
+//! backend's records. It decides nothing about registrations: the enrollment service's rules are
+//! the backend's (`EnrollmentService::put_group` refuses an unverified CA reference, the
+//! registration decision lives in `backend::registration`). Only X.509 attestation is served;
+//! TPM and symmetric-key enrollments are refused with 400.
+
+use super::ApiError;
+use super::state::AppState;
+use crate::backend::EnrollmentService;
+use crate::backend::local::LocalBackend;
+use crate::backend::types::{EnrollmentGroup, IndividualEnrollment, RegistrationState, Slot, Status};
+use crate::store::queries_dps::{self as qd, Meta};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+use time::OffsetDateTime;
+
+/// Most records one bulk operation may carry (DPS's limit).
+pub const BULK_LIMIT: usize = 10;
+/// Page size of a query when the client sends no `x-ms-max-item-count`.
+const DEFAULT_PAGE: usize = 100;
+/// Largest page a query returns whatever the client asks.
+const MAX_PAGE: usize = 1000;
+
+/// The DPS service routes (and, since the DPS host also takes the device API, the device
+/// registration routes of [`super::dps_device`]).
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        // The Node client posts bulk operations to `/enrollments/` (trailing slash).
+        .route("/enrollments", post(run_bulk_individual_operation))
+        .route("/enrollments/", post(run_bulk_individual_operation))
+        .route("/enrollments/query", post(query_individual_enrollments))
+        .route(
+            "/enrollments/{id}",
+            axum::routing::get(get_individual_enrollment)
+                .put(create_or_update_individual_enrollment)
+                .delete(delete_individual_enrollment),
+        )
+        .route(
+            "/enrollments/{id}/attestationmechanism",
+            post(get_individual_attestation_mechanism),
+        )
+        // The Node client writes `enrollmentGroups` for CRUD and `enrollmentgroups` for the
+        // attestation mechanism; DPS takes both.
+        .route("/enrollmentGroups", post(run_bulk_group_operation))
+        .route("/enrollmentgroups", post(run_bulk_group_operation))
+        .route("/enrollmentGroups/", post(run_bulk_group_operation))
+        .route("/enrollmentGroups/query", post(query_enrollment_groups))
+        .route("/enrollmentgroups/query", post(query_enrollment_groups))
+        .route(
+            "/enrollmentGroups/{id}",
+            axum::routing::get(get_enrollment_group)
+                .put(create_or_update_enrollment_group)
+                .delete(delete_enrollment_group),
+        )
+        .route(
+            "/enrollmentgroups/{id}",
+            axum::routing::get(get_enrollment_group)
+                .put(create_or_update_enrollment_group)
+                .delete(delete_enrollment_group),
+        )
+        .route(
+            "/enrollmentGroups/{id}/attestationmechanism",
+            post(get_group_attestation_mechanism),
+        )
+        .route(
+            "/enrollmentgroups/{id}/attestationmechanism",
+            post(get_group_attestation_mechanism),
+        )
+        .route(
+            "/registrations/{id}",
+            axum::routing::get(get_device_registration_state).delete(delete_device_registration_state),
+        )
+        .route(
+            "/registrations/{id}/query",
+            post(query_group_device_registration_states),
+        )
+        .with_state(state.clone())
+        .merge(super::dps_device::router(state))
+}
+
+// ---------------------------------------------------------------- errors
+
+/// An error as DPS renders it: `ProvisioningServiceErrorDetails` with the `x-ms-error-code`
+/// header. `code` of the inner [`ApiError`] is DPS's integer error code as text.
+pub struct DpsError(pub ApiError);
+
+impl From<ApiError> for DpsError {
+    fn from(e: ApiError) -> DpsError {
+        DpsError(e)
+    }
+}
+
+impl IntoResponse for DpsError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        // Errors from the shared layers (auth, the store lock) carry a name, not DPS's number.
+        let code: i64 = e.code.parse().unwrap_or(i64::from(e.status.as_u16()) * 1000);
+        let body = json!({
+            "errorCode": code,
+            "trackingId": tracking_id(),
+            "message": e.message,
+            "info": {},
+            "timestampUtc": wire_time(OffsetDateTime::now_utc()),
+        });
+        let mut response = (e.status, e.headers(), axum::Json(body)).into_response();
+        if let Ok(v) = HeaderValue::from_str(&code.to_string()) {
+            response.headers_mut().insert("x-ms-error-code", v);
+        }
+        response
+    }
+}
+
+/// A DPS error: `sub` is the sub-code appended to the HTTP status (DPS's convention is HTTP
+/// status x 1000 + sub-code; the sub-codes are certroll's).
+pub(crate) fn dps_error(status: StatusCode, sub: u16, message: impl Into<String>) -> ApiError {
+    ApiError::new(
+        status,
+        (u32::from(status.as_u16()) * 1000 + u32::from(sub)).to_string(),
+        message,
+    )
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    dps_error(StatusCode::BAD_REQUEST, 4, message)
+}
+
+fn backend_error(e: crate::backend::BackendError) -> ApiError {
+    use crate::backend::BackendError;
+    match e {
+        BackendError::NotFound(what) => bad_request(format!("{what} does not exist")),
+        BackendError::Refused(why) => bad_request(why),
+        BackendError::Pki(e) => bad_request(e.to_string()),
+        other => dps_error(StatusCode::INTERNAL_SERVER_ERROR, 1, other.to_string()),
+    }
+}
+
+fn store_error(e: crate::store::StoreError) -> ApiError {
+    dps_error(StatusCode::INTERNAL_SERVER_ERROR, 1, e.to_string())
+}
+
+fn tracking_id() -> String {
+    let mut bytes = [0u8; 16];
+    let _ = crate::pki::random_bytes(&mut bytes);
+    crate::pki::hex_upper(&bytes).to_ascii_lowercase()
+}
+
+/// ISO-8601 with milliseconds, as DPS writes its times.
+pub(crate) fn wire_time(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+// ---------------------------------------------------------------- etags
+
+/// An etag as sent on the wire: an HTTP entity-tag (quoted).
+pub(crate) fn wire_etag(etag: &str) -> String {
+    format!("\"{etag}\"")
+}
+
+/// What `If-Match` asks for: None (absent), `Some(None)` (`*` or `"*"`, any existing record), or
+/// `Some(Some(etag))` with the quotes stripped.
+pub(crate) fn if_match(headers: &HeaderMap) -> Result<Option<Option<String>>, ApiError> {
+    let Some(v) = headers.get("if-match") else {
+        return Ok(None);
+    };
+    let text = v
+        .to_str()
+        .map_err(|_| bad_request("the If-Match header is not text"))?
+        .trim();
+    let bare = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
+    Ok(Some(if bare == "*" { None } else { Some(bare.to_string()) }))
+}
+
+/// The etag rules of a PUT: without If-Match it only creates (409 on an existing record, as DPS
+/// answers); with one, the record must exist and match (412 otherwise; `*` matches any).
+fn check_put(what: &str, wanted: &Option<Option<String>>, current: Option<&Meta>) -> Result<(), ApiError> {
+    match (wanted, current) {
+        (None, None) => Ok(()),
+        (None, Some(_)) => Err(dps_error(
+            StatusCode::CONFLICT,
+            1,
+            format!("{what} already exists; send its etag in If-Match (or `*`) to update it"),
+        )),
+        (Some(_), None) => Err(dps_error(
+            StatusCode::PRECONDITION_FAILED,
+            2,
+            format!("{what} does not exist, so If-Match cannot match"),
+        )),
+        (Some(want), Some(meta)) => check_match(what, want, meta),
+    }
+}
+
+/// The etag rule of a DELETE: 404 if missing, 412 if If-Match is given and does not match.
+fn check_delete(what: &str, wanted: &Option<Option<String>>, current: Option<&Meta>) -> Result<(), ApiError> {
+    let Some(meta) = current else {
+        return Err(dps_error(StatusCode::NOT_FOUND, 1, format!("{what} not found")));
+    };
+    match wanted {
+        Some(want) => check_match(what, want, meta),
+        None => Ok(()),
+    }
+}
+
+fn check_match(what: &str, want: &Option<String>, meta: &Meta) -> Result<(), ApiError> {
+    match want {
+        Some(tag) if *tag != meta.etag => Err(dps_error(
+            StatusCode::PRECONDITION_FAILED,
+            2,
+            format!("the etag in If-Match is not the current etag of {what}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+// ---------------------------------------------------------------- requests
+
+/// Checks the request's SAS token against the DPS's policies (its canonical host).
+fn auth(state: &AppState, headers: &HeaderMap, right: super::auth::SasRight) -> Result<(), ApiError> {
+    let host = format!("{}.azure-devices-provisioning.net", state.config.dps);
+    super::auth::sas(state, headers, &host, right).map(|_| ())
+}
+
+fn json_body(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(bad_request("the request body must be a JSON object")),
+        Err(e) => Err(bad_request(format!("the request body is not valid JSON: {e}"))),
+    }
+}
+
+/// Reads a certificate as DPS takes it: PEM text, or base64 of the DER bytes.
+pub(crate) fn certificate_der(text: &str, field: &str) -> Result<Vec<u8>, ApiError> {
+    let der = if text.contains("-----BEGIN") {
+        crate::pki::pem::certs_from_pem(text.as_bytes())
+            .ok()
+            .and_then(|mut certs| (!certs.is_empty()).then(|| certs.remove(0)))
+    } else {
+        use base64::Engine as _;
+        let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+        base64::engine::general_purpose::STANDARD.decode(compact).ok()
+    };
+    let der =
+        der.ok_or_else(|| bad_request(format!("{field} is neither a PEM certificate nor base64 DER")))?;
+    crate::pki::CertInfo::from_der(&der)
+        .map_err(|e| bad_request(format!("{field} is not a readable X.509 certificate: {e}")))?;
+    Ok(der)
+}
+
+/// `X509CertificateInfo` of a certificate (every field DPS requires in responses).
+pub(crate) fn certificate_info(der: &[u8]) -> Value {
+    match crate::pki::CertInfo::from_der(der) {
+        Ok(info) => json!({
+            "subjectName": info.subject,
+            "sha1Thumbprint": info.thumbprint,
+            "sha256Thumbprint": info.sha256,
+            "issuerName": info.issuer,
+            "notBeforeUtc": wire_time(info.not_before),
+            "notAfterUtc": wire_time(info.not_after),
+            "serialNumber": info.serial,
+            "version": 3,
+        }),
+        Err(_) => Value::Null,
+    }
+}
+
+/// `reprovisionPolicy` of certroll's policy name.
+fn reprovision_policy(policy: &str) -> Value {
+    let (update, migrate) = match policy {
+        "reset" => (true, false),
+        "never" => (false, true),
+        _ => (true, true),
+    };
+    json!({"updateHubAssignment": update, "migrateDeviceData": migrate})
+}
+
+/// certroll's policy name of a `reprovisionPolicy` (absent: DPS's default, migrate).
+fn reprovision_of(body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    let Some(p) = body.get("reprovisionPolicy").filter(|p| !p.is_null()) else {
+        return Ok(None);
+    };
+    let flag = |name: &str| -> Result<bool, ApiError> {
+        match p.get(name) {
+            Some(Value::Bool(b)) => Ok(*b),
+            None | Some(Value::Null) => Ok(true),
+            Some(other) => Err(bad_request(format!(
+                "reprovisionPolicy.{name} must be true or false, not {other}"
+            ))),
+        }
+    };
+    Ok(Some(
+        match (flag("updateHubAssignment")?, flag("migrateDeviceData")?) {
+            (false, _) => "never",
+            (true, false) => "reset",
+            (true, true) => "migrate",
+        }
+        .into(),
+    ))
+}
+
+fn status_of(body: &Map<String, Value>) -> Result<Option<Status>, ApiError> {
+    match body.get("provisioningStatus") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("enabled") => Ok(Some(Status::Enabled)),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("disabled") => Ok(Some(Status::Disabled)),
+        Some(other) => Err(bad_request(format!(
+            "provisioningStatus must be `enabled` or `disabled`, not {other}"
+        ))),
+    }
+}
+
+/// The hub a record names (`iotHubs[0]` or the legacy `iotHubHostName`), as the store's hub
+/// name; None when it names none.
+fn hub_of(state: &AppState, body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    let host = match (body.get("iotHubs"), body.get("iotHubHostName")) {
+        (Some(Value::Array(hubs)), _) if !hubs.is_empty() => hubs[0].as_str().map(str::to_string),
+        (_, Some(Value::String(h))) => Some(h.clone()),
+        _ => None,
+    };
+    let Some(host) = host else { return Ok(None) };
+    super::hub::hub_name_of_host(state, &host)
+        .map(Some)
+        .ok_or_else(|| bad_request(format!("`{host}` is not an IoT hub linked to this DPS")))
+}
+
+/// The fields of a record that certroll keeps as sent and does not act on.
+fn extra_of(body: &Map<String, Value>) -> Option<String> {
+    const KEPT: [&str; 7] = [
+        "deviceId",
+        "initialTwin",
+        "capabilities",
+        "iotHubs",
+        "allocationPolicy",
+        "optionalDeviceInformation",
+        "customAllocationDefinition",
+    ];
+    let kept: Map<String, Value> = KEPT
+        .iter()
+        .filter_map(|k| {
+            body.get(*k)
+                .filter(|v| !v.is_null())
+                .map(|v| (k.to_string(), v.clone()))
+        })
+        .collect();
+    (!kept.is_empty()).then(|| Value::Object(kept).to_string())
+}
+
+/// One attestation slot from a request: a certificate, or (when the client sends back what a GET
+/// gave it, `info` without `certificate`) the slot it already holds with that thumbprint.
+fn slot_der(
+    x509: &Value,
+    kind: &str,
+    which: &str,
+    existing: Option<&Vec<u8>>,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    let Some(slot) = x509.get(kind).and_then(|s| s.get(which)).filter(|s| !s.is_null()) else {
+        return Ok(None);
+    };
+    let field = format!("attestation.x509.{kind}.{which}");
+    if let Some(text) = slot.get("certificate").and_then(Value::as_str) {
+        return certificate_der(text, &format!("{field}.certificate")).map(Some);
+    }
+    let thumbprint = slot
+        .get("info")
+        .and_then(|i| i.get("sha1Thumbprint"))
+        .and_then(Value::as_str);
+    match (thumbprint, existing) {
+        (Some(tp), Some(der)) if tp.eq_ignore_ascii_case(&crate::pki::sha1_thumbprint(der)) => {
+            Ok(Some(der.clone()))
+        }
+        _ => Err(bad_request(format!("{field} has no certificate"))),
+    }
+}
+
+fn x509_of(body: &Map<String, Value>) -> Result<&Value, ApiError> {
+    let attestation = body
+        .get("attestation")
+        .filter(|a| !a.is_null())
+        .ok_or_else(|| bad_request("attestation is required"))?;
+    match attestation.get("type").and_then(Value::as_str) {
+        Some(t) if t.eq_ignore_ascii_case("x509") => {}
+        Some(other) => {
+            return Err(bad_request(format!(
+                "attestation type `{other}` is not served by certroll: only `x509`"
+            )));
+        }
+        None => return Err(bad_request("attestation.type is required")),
+    }
+    attestation
+        .get("x509")
+        .filter(|x| x.is_object())
+        .ok_or_else(|| bad_request("attestation.x509 is required for X.509 attestation"))
+}
+
+/// The id in a body must be the id in the path (compared as DPS does, without regard to case).
+fn check_id(body: &Map<String, Value>, field: &str, id: &str) -> Result<(), ApiError> {
+    match body.get(field).and_then(Value::as_str) {
+        Some(given) if given.eq_ignore_ascii_case(id) => Ok(()),
+        Some(given) => Err(bad_request(format!(
+            "{field} `{given}` in the body is not `{id}` of the path"
+        ))),
+        None => Err(bad_request(format!("{field} is required"))),
+    }
+}
+
+/// Registration ids and group ids: alphanumerics and `- . _ :`, at most 128 characters, no
+/// special character at either end.
+fn check_id_syntax(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':'))
+        && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && id.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(bad_request(format!(
+            "`{id}` is not a valid id: up to 128 letters, digits and - . _ :, starting and ending with a letter or digit"
+        )))
+    }
+}
+
+// ---------------------------------------------------------------- rendering
+
+fn merge_extra(out: &mut Map<String, Value>, meta: &Meta) {
+    if let Some(Value::Object(extra)) = &meta.extra {
+        for (k, v) in extra {
+            out.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+}
+
+fn slot_json(der: Option<&[u8]>) -> Value {
+    match der {
+        Some(der) => json!({"info": certificate_info(der)}),
+        None => Value::Null,
+    }
+}
+
+/// An `IndividualEnrollment` as DPS answers it (the certificates' info, never the certificates).
+fn individual_json(e: &IndividualEnrollment, meta: &Meta, registration: Option<&RegistrationState>) -> Value {
+    let mut out = Map::new();
+    out.insert("registrationId".into(), json!(e.registration_id));
+    out.insert(
+        "attestation".into(),
+        json!({
+            "type": "x509",
+            "x509": {
+                "clientCertificates": {
+                    "primary": slot_json(e.primary.as_deref()),
+                    "secondary": slot_json(e.secondary.as_deref()),
+                },
+                "signingCertificates": null,
+                "caReferences": null,
+            },
+            "tpm": null,
+            "symmetricKey": null,
+        }),
+    );
+    out.insert("provisioningStatus".into(), json!(e.status.as_str()));
+    out.insert("reprovisionPolicy".into(), reprovision_policy(&e.reprovision));
+    out.insert("iotHubHostName".into(), json!(super::hub::hub_host(&e.hub)));
+    out.insert("etag".into(), json!(wire_etag(&meta.etag)));
+    out.insert("createdDateTimeUtc".into(), json!(wire_time(meta.created)));
+    out.insert("lastUpdatedDateTimeUtc".into(), json!(wire_time(meta.updated)));
+    if let Some(r) = registration {
+        out.insert("registrationState".into(), registration_json(r));
+    }
+    merge_extra(&mut out, meta);
+    out.entry("deviceId").or_insert_with(|| json!(e.registration_id));
+    out.entry("iotHubs")
+        .or_insert_with(|| json!([super::hub::hub_host(&e.hub)]));
+    out.entry("capabilities")
+        .or_insert_with(|| json!({"iotEdge": false}));
+    Value::Object(out)
+}
+
+/// An `EnrollmentGroup` as DPS answers it.
+fn group_json(g: &EnrollmentGroup, meta: &Meta) -> Value {
+    let references = [&g.primary, &g.secondary]
+        .iter()
+        .any(|s| s.as_ref().is_some_and(|s| s.ca_reference.is_some()));
+    let x509 = if references {
+        let name = |s: &Option<Slot>| s.as_ref().and_then(|s| s.ca_reference.clone());
+        json!({
+            "clientCertificates": null,
+            "signingCertificates": null,
+            "caReferences": {"primary": name(&g.primary), "secondary": name(&g.secondary)},
+        })
+    } else {
+        let der = |s: &Option<Slot>| s.as_ref().map(|s| s.cert_der.clone());
+        json!({
+            "clientCertificates": null,
+            "signingCertificates": {
+                "primary": slot_json(der(&g.primary).as_deref()),
+                "secondary": slot_json(der(&g.secondary).as_deref()),
+            },
+            "caReferences": null,
+        })
+    };
+    let mut out = Map::new();
+    out.insert("enrollmentGroupId".into(), json!(g.name));
+    out.insert(
+        "attestation".into(),
+        json!({"type": "x509", "x509": x509, "tpm": null, "symmetricKey": null}),
+    );
+    out.insert("provisioningStatus".into(), json!(g.status.as_str()));
+    out.insert("reprovisionPolicy".into(), reprovision_policy(&g.reprovision));
+    out.insert("iotHubHostName".into(), json!(super::hub::hub_host(&g.hub)));
+    out.insert("etag".into(), json!(wire_etag(&meta.etag)));
+    out.insert("createdDateTimeUtc".into(), json!(wire_time(meta.created)));
+    out.insert("lastUpdatedDateTimeUtc".into(), json!(wire_time(meta.updated)));
+    merge_extra(&mut out, meta);
+    out.remove("deviceId");
+    out.entry("iotHubs")
+        .or_insert_with(|| json!([super::hub::hub_host(&g.hub)]));
+    out.entry("capabilities")
+        .or_insert_with(|| json!({"iotEdge": false}));
+    Value::Object(out)
+}
+
+/// A `DeviceRegistrationState` (service view). `assignedHub` is the hub of the last successful
+/// assignment, still shown after a refused attempt, as DPS shows it.
+pub(crate) fn registration_json(r: &RegistrationState) -> Value {
+    let mut out = Map::new();
+    out.insert("registrationId".into(), json!(r.registration_id));
+    if let Some(created) = r.created {
+        out.insert("createdDateTimeUtc".into(), json!(wire_time(created)));
+    }
+    if let Some(hub) = &r.hub {
+        out.insert("assignedHub".into(), json!(super::hub::hub_host(hub)));
+        out.insert("deviceId".into(), json!(r.registration_id));
+    }
+    out.insert("status".into(), json!(r.status));
+    if let Some(s) = &r.substatus {
+        out.insert("substatus".into(), json!(s));
+    }
+    if let Some(code) = r.error_code {
+        out.insert("errorCode".into(), json!(code));
+    }
+    if let Some(message) = &r.error {
+        out.insert("errorMessage".into(), json!(message));
+    }
+    if let Some(updated) = r.updated {
+        out.insert("lastUpdatedDateTimeUtc".into(), json!(wire_time(updated)));
+    }
+    if let Some(etag) = &r.etag {
+        out.insert("etag".into(), json!(wire_etag(etag)));
+    }
+    Value::Object(out)
+}
+
+fn with_etag(body: Value) -> Response {
+    let etag = body.get("etag").and_then(Value::as_str).map(str::to_string);
+    let mut response = (StatusCode::OK, axum::Json(body)).into_response();
+    if let Some(v) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
+        response.headers_mut().insert("etag", v);
+    }
+    response
+}
+
+// ---------------------------------------------------------------- individual enrollments
+
+fn read_individual(b: &LocalBackend, id: &str) -> Result<Option<Value>, ApiError> {
+    let Some(e) = b.individual(id).map_err(backend_error)? else {
+        return Ok(None);
+    };
+    let meta = qd::individual_meta(b.store().conn(), id)
+        .map_err(store_error)?
+        .ok_or_else(|| dps_error(StatusCode::NOT_FOUND, 1, format!("enrollment `{id}` not found")))?;
+    let registration = b.registration(id).map_err(backend_error)?;
+    Ok(Some(individual_json(&e, &meta, registration.as_ref())))
+}
+
+/// What one PUT of an individual enrollment writes, checked against the record it replaces.
+fn individual_from(
+    state: &AppState,
+    id: &str,
+    body: &Map<String, Value>,
+    existing: Option<&IndividualEnrollment>,
+) -> Result<IndividualEnrollment, ApiError> {
+    check_id_syntax(id)?;
+    check_id(body, "registrationId", id)?;
+    let x509 = x509_of(body)?;
+    if x509.get("signingCertificates").is_some_and(|v| !v.is_null())
+        || x509.get("caReferences").is_some_and(|v| !v.is_null())
+    {
+        return Err(bad_request(
+            "an individual enrollment takes attestation.x509.clientCertificates, not signing certificates or CA references",
+        ));
+    }
+    let primary = slot_der(
+        x509,
+        "clientCertificates",
+        "primary",
+        existing.and_then(|e| e.primary.as_ref()),
+    )?;
+    let secondary = slot_der(
+        x509,
+        "clientCertificates",
+        "secondary",
+        existing.and_then(|e| e.secondary.as_ref()),
+    )?;
+    if primary.is_none() {
+        return Err(bad_request(
+            "attestation.x509.clientCertificates.primary is required",
+        ));
+    }
+    for der in [&primary, &secondary].into_iter().flatten() {
+        // The service admits a device only when its certificate's CN is its registration id; a
+        // slot holding another CN could never be used.
+        let cn = crate::pki::inspect::common_name(der).ok().flatten();
+        if let Some(cn) = cn.filter(|cn| !cn.eq_ignore_ascii_case(id)) {
+            return Err(bad_request(format!(
+                "the certificate's CN `{cn}` is not the registration id `{id}`"
+            )));
+        }
+    }
+    let hub = match hub_of(state, body)? {
+        Some(h) => h,
+        None => match existing {
+            Some(e) => e.hub.clone(),
+            None => super::hub::default_hub(state)
+                .ok_or_else(|| bad_request("iotHubs is required: this DPS links no hub by default"))?,
+        },
+    };
+    Ok(IndividualEnrollment {
+        registration_id: id.to_string(),
+        primary,
+        secondary,
+        status: status_of(body)?.unwrap_or(Status::Enabled),
+        reprovision: reprovision_of(body)?.unwrap_or_else(|| "migrate".into()),
+        hub,
+    })
+}
+
+/// Writes one individual enrollment under the PUT etag rules; returns it as DPS answers.
+fn put_individual(
+    state: &AppState,
+    b: &mut LocalBackend,
+    id: &str,
+    body: &Map<String, Value>,
+    wanted: &Option<Option<String>>,
+    now: OffsetDateTime,
+) -> Result<Value, ApiError> {
+    let what = format!("enrollment `{id}`");
+    let existing = b.individual(id).map_err(backend_error)?;
+    let meta = qd::individual_meta(b.store().conn(), id).map_err(store_error)?;
+    check_put(&what, wanted, meta.as_ref())?;
+    let record = individual_from(state, id, body, existing.as_ref())?;
+    b.put_individuals(std::slice::from_ref(&record), now)
+        .map_err(backend_error)?;
+    qd::set_individual_extra(b.store().conn(), id, extra_of(body).as_deref()).map_err(store_error)?;
+    read_individual(b, id)?
+        .ok_or_else(|| dps_error(StatusCode::INTERNAL_SERVER_ERROR, 1, "enrollment vanished"))
+}
+
+fn delete_individual(
+    b: &mut LocalBackend,
+    id: &str,
+    wanted: &Option<Option<String>>,
+) -> Result<(), ApiError> {
+    let meta = qd::individual_meta(b.store().conn(), id).map_err(store_error)?;
+    check_delete(&format!("enrollment `{id}`"), wanted, meta.as_ref())?;
+    qd::individual_delete(b.store().conn(), id).map_err(store_error)?;
+    Ok(())
+}
+
+/// `GET /enrollments/{id}`: the enrollment, 404 if none.
+async fn get_individual_enrollment(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, DpsError> {
+    auth(&state, &headers, super::auth::SasRight::EnrollmentRead)?;
+    let found = state
+        .read(move |b, _| read_individual(b, &id)?.ok_or_else(|| not_found("enrollment", &id)))
+        .await?;
+    Ok(with_etag(found))
+}
+
+fn not_found(what: &str, id: &str) -> ApiError {
+    dps_error(StatusCode::NOT_FOUND, 1, format!("{what} `{id}` not found"))
+}
+
+/// `PUT /enrollments/{id}`: creates (no If-Match; 409 if it exists) or updates (If-Match with
+/// its etag or `*`; 412 otherwise). 200 with the enrollment.
+async fn create_or_update_individual_enrollment(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, DpsError> {
+    auth(&state, &headers, super::auth::SasRight::EnrollmentWrite)?;
+    let wanted = if_match(&headers)?;
+    let body = json_body(&body)?;
+    let st = state.clone();
+    let out = state
+        .write(move |b, now| put_individual(&st, b, &id, &body, &wanted, now))
+        .await?;
+    Ok(with_etag(out))
+}
+
+/// `DELETE /enrollments/{id}`: 204; 404 if none; 412 on a stale If-Match. The registration
+/// state and the hub identity stay, as in DPS.
+async fn delete_individual_enrollment(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, DpsError> {
+    auth(&state, &headers, super::auth::SasRight::EnrollmentWrite)?;
+    let wanted = if_match(&headers)?;
+    state
+        .write(move |b, _| delete_individual(b, &id, &wanted))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /enrollments/{id}/attestationmechanism`: the attestation of the enrollment.
+async fn get_individual_attestation_mechanism(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<axum::Json<Value>, DpsError> {
+    auth(&state, &headers, super::auth::SasRight::EnrollmentRead)?;
+    let found = state
+        .read(move |b, _| read_individual(b, &id)?.ok_or_else(|| not_found("enrollment", &id)))
+        .await?;
+    Ok(axum::Json(found["attestation"].clone()))
+}
+
+// ---------------------------------------------------------------- enrollment groups
+
+fn read_group(b: &LocalBackend, id: &str) -> Result<Option<Value>, ApiError> {
+    let Some(g) = b.group(id).map_err(backend_error)? else {
+        return Ok(None);
+    };
+    let meta = qd::group_meta(b.store().conn(), id)
+        .map_err(store_error)?
+        .ok_or_else(|| not_found("enrollment group", id))?;
+    Ok(Some(group_json(&g, &meta)))
+}
+
+fn group_from(
+    state: &AppState,
+    b: &LocalBackend,
+    id: &str,
+    body: &Map<String, Value>,
+    existing: Option<&EnrollmentGroup>,
+) -> Result<EnrollmentGroup, ApiError> {
+    check_id_syntax(id)?;
+    check_id(body, "enrollmentGroupId", id)?;
+    let x509 = x509_of(body)?;
+    if x509.get("clientCertificates").is_some_and(|v| !v.is_null()) {
+        return Err(bad_request(
+            "an enrollment group takes attestation.x509.signingCertificates or caReferences, not client certificates",
+        ));
+    }
+    let old = |s: &Option<Slot>| {
+        s.as_ref()
+            .filter(|s| s.ca_reference.is_none())
+            .map(|s| s.cert_der.clone())
+    };
+    let (primary, secondary) = match x509.get("caReferences").filter(|v| !v.is_null()) {
+        Some(refs) => {
+            let slot = |which: &str| -> Result<Option<Slot>, ApiError> {
+                let Some(name) = refs.get(which).and_then(Value::as_str) else {
+                    return Ok(None);
+                };
+                let ca = b.ca(name).map_err(backend_error)?.ok_or_else(|| {
+                    bad_request(format!(
+                        "caReferences.{which}: no CA certificate `{name}` in this DPS"
+                    ))
+                })?;
+                Ok(Some(Slot {
+                    cert_der: ca.cert_der,
+                    ca_reference: Some(name.to_string()),
+                }))
+            };
+            (slot("primary")?, slot("secondary")?)
+        }
+        None => {
+            let primary = slot_der(
+                x509,
+                "signingCertificates",
+                "primary",
+                existing.and_then(|g| old(&g.primary)).as_ref(),
+            )?;
+            let secondary = slot_der(
+                x509,
+                "signingCertificates",
+                "secondary",
+                existing.and_then(|g| old(&g.secondary)).as_ref(),
+            )?;
+            let plain = |der: Option<Vec<u8>>| {
+                der.map(|cert_der| Slot {
+                    cert_der,
+                    ca_reference: None,
+                })
+            };
+            (plain(primary), plain(secondary))
+        }
+    };
+    if primary.is_none() {
+        return Err(bad_request(
+            "attestation.x509.signingCertificates.primary (or caReferences.primary) is required",
+        ));
+    }
+    let hub = match hub_of(state, body)? {
+        Some(h) => h,
+        None => match existing {
+            Some(g) => g.hub.clone(),
+            None => super::hub::default_hub(state)
+                .ok_or_else(|| bad_request("iotHubs is required: this DPS links no hub by default"))?,
+        },
+    };
+    Ok(EnrollmentGroup {
+        name: id.to_string(),
+        primary,
+        secondary,
+        status: status_of(body)?.unwrap_or(Status::Enabled),
+        reprovision: reprovision_of(body)?.unwrap_or_else(|| "migrate".into()),
+        hub,
+    })
+}
+
+fn put_group(
+    state: &AppState,
+    b: &mut LocalBackend,
+    id: &str,
+    body: &Map<String, Value>,
+    wanted: &Option<Option<String>>,
+    now: OffsetDateTime,
+) -> Result<Value, ApiError> {
+    let what = format!("enrollment group `{id}`");
+    let existing = b.group(id).map_err(backend_error)?;
+    let meta = qd::group_meta(b.store().conn(), id).map_err(store_error)?;
+    check_put(&what, wanted, meta.as_ref())?;
+    let record = group_from(state, b, id, body, existing.as_ref())?;
+    b.put_group(&record, now).map_err(backend_error)?;
+    qd::set_group_extra(b.store().conn(), id, extra_of(body).as_deref()).map_err(store_error)?;
+    read_group(b, id)?.ok_or_else(|| dps_error(StatusCode::INTERNAL_SERVER_ERROR, 1, "group vanished"))
+}
+
+fn delete_group(b: &mut LocalBackend, id: &str, wanted: &Option<Option<String>>) -> Result<(), ApiError> {
+    let meta = qd::group_meta(b.store().conn(), id).map_err(store_error)?;
+    check_delete(&format!("enrollment group `{id}`"), wanted, meta.as_ref())?;
+    qd::group_delete(b.store().conn(), id).map_err(store_error)?;
+    Ok(())
+}
+
+/// `GET /enrollmentGroups/{id}`.
+async fn get_enrollment_group(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, DpsError> {
+    auth(&state, &headers, super::auth::SasRight::EnrollmentRead)?;
+    let found = state
+        .read(move |b, _| read_group(b, &id)?.ok_or_else(|| not_found("enrollment group", &id)))
+        .await?;
+    Ok(with_etag(found))
+}
+
+/// `PUT /enrollmentGroups/{id}`: the same etag rules as individual enrollments; a CA reference
+/// must name a verified CA certificate of this DPS.
+async fn create_or_update_enrollment_group(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, DpsError> {
+    auth(&state, &headers, super::auth::SasRight::EnrollmentWrite)?;
+    let wanted = if_match(&headers)?;
+    let body = json_body(&body)?;
+    let st = state.clone();
+    let out = state
+        .write(move |b, now| put_group(&st, b, &id, &body, &wanted, now))
+        .await?;
+    Ok(with_etag(out))
+}
+
+/// `DELETE /enrollmentGroups/{id}`: 204; 404 if none; 412 on a stale If-Match.
+async fn delete_enrollment_group(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, DpsError> {
+    auth(&state, &headers, super::auth::SasRight::EnrollmentWrite)?;
+    let wanted = if_match(&headers)?;
+    state.write(move |b, _| delete_group(b, &id, &wanted)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /enrollmentGroups/{id}/attestationmechanism`.
+async fn get_group_attestation_mechanism(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<axum::Json<Value>, DpsError> {
+    auth(&state, &headers, super::auth::SasRight::EnrollmentRead)?;
+    let found = state
+        .read(move |b, _| read_group(b, &id)?.ok_or_else(|| not_found("enrollment group", &id)))
+        .await?;
+    Ok(axum::Json(found["attestation"].clone()))
+}
+
+// ---------------------------------------------------------------- bulk
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Individual,
+    Group,
+}
+
+impl Kind {
+    fn id_field(self) -> &'static str {
+        match self {
+            Kind::Individual => "registrationId",
+            Kind::Group => "enrollmentGroupId",
+        }
+    }
+    fn list_field(self) -> &'static str {
+        match self {
+            Kind::Individual => "enrollments",
+            Kind::Group => "enrollmentGroups",
+        }
+    }
+}
+
+/// Runs a `BulkEnrollmentOperation`: each record on its own (one failing does not stop the
+/// others), all in one unit of work; 200 with `BulkEnrollmentOperationResult`.
+fn run_bulk(
+    state: &AppState,
+    b: &mut LocalBackend,
+    kind: Kind,
+    body: &Map<String, Value>,
+    now: OffsetDateTime,
+) -> Result<Value, ApiError> {
+    let mode = body
+        .get("mode")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad_request("mode is required (create, update, updateIfMatchETag or delete)"))?;
+    let items = body
+        .get(kind.list_field())
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad_request(format!("{} is required (an array)", kind.list_field())))?;
+    if items.len() > BULK_LIMIT {
+        return Err(bad_request(format!(
+            "a bulk operation takes at most {BULK_LIMIT} records; this one has {}",
+            items.len()
+        )));
+    }
+    let mut errors = Vec::new();
+    for item in items {
+        let Some(record) = item.as_object() else {
+            return Err(bad_request(format!(
+                "each of {} must be an object",
+                kind.list_field()
+            )));
+        };
+        let id = record
+            .get(kind.id_field())
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad_request(format!("each record needs {}", kind.id_field())))?
+            .to_string();
+        let etag = record
+            .get("etag")
+            .and_then(Value::as_str)
+            .map(|e| e.trim_matches('"').to_string());
+        let wanted = match mode {
+            "create" => None,
+            "update" => Some(None),
+            "updateIfMatchETag" => Some(Some(etag.clone().unwrap_or_default())),
+            "delete" => etag.clone().map(Some),
+            other => {
+                return Err(bad_request(format!(
+                    "mode `{other}` is not one of create, update, updateIfMatchETag, delete"
+                )));
+            }
+        };
+        // `update` creates a missing record too (an upsert), as DPS's bulk update does.
+        let exists = match kind {
+            Kind::Individual => qd::individual_meta(b.store().conn(), &id),
+            Kind::Group => qd::group_meta(b.store().conn(), &id),
+        }
+        .map_err(store_error)?
+        .is_some();
+        let wanted = if mode == "update" && !exists { None } else { wanted };
+        let result = match (mode, kind) {
+            ("delete", Kind::Individual) => delete_individual(b, &id, &wanted),
+            ("delete", Kind::Group) => delete_group(b, &id, &wanted),
+            (_, Kind::Individual) => put_individual(state, b, &id, record, &wanted, now).map(|_| ()),
+            (_, Kind::Group) => put_group(state, b, &id, record, &wanted, now).map(|_| ()),
+        };
+        if let Err(e) = result {
+            if e.status.is_server_error() {
+                return Err(e);
+            }
+            errors.push(json!({
+                kind.id_field(): id,
+                "errorCode": e.code.parse::<i64>().unwrap_or(i64::from(e.status.as_u16()) * 1000),
+                "errorStatus": e.message,
+            }));
+        }
+    }
+    Ok(json!({"isSuccessful": errors.is_empty(), "errors": errors}))
+}
+
+/// `POST /enrollments`: bulk operation on individual enrollments.
+async fn run_bulk_individual_operation(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<axum::Json<Value>, DpsError> {
+    auth(&state, &headers, super::auth::SasRight::EnrollmentWrite)?;
+    let body = json_body(&body)?;
+    let st = state.clone();
+    let out = state
+        .write(move |b, now| run_bulk(&st, b, Kind::Individual, &body, now))
+        .await?;
+    Ok(axum::Json(out))
+}
+
+/// `POST /enrollmentGroups`: bulk operation on enrollment groups.
+async fn run_bulk_group_operation(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<axum::Json<Value>, DpsError> {
+    auth(&state, &headers, super::auth::SasRight::EnrollmentWrite)?;
+    let body = json_body(&body)?;
+    let st = state.clone();
+    let out = state
+        .write(move |b, now| run_bulk(&st, b, Kind::Group, &body, now))
+        .await?;
+    Ok(axum::Json(out))
+}
+
+// ---------------------------------------------------------------- queries
+
+/// The page a query asks for: (size, the id after which it starts).
+fn page_of(headers: &HeaderMap, body: &Bytes, needs_query: bool) -> Result<(usize, String), ApiError> {
+    if needs_query {
+        let spec = json_body(body)?;
+        match spec.get("query").and_then(Value::as_str) {
+            Some("*") => {}
+            Some(other) => {
+                return Err(bad_request(format!(
+                    "query `{other}` is not served: certroll answers the query `*` (all records)"
+                )));
+            }
+            None => return Err(bad_request("query is required")),
+        }
+    }
+    let size = match headers.get("x-ms-max-item-count") {
+        None => DEFAULT_PAGE,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| bad_request("x-ms-max-item-count must be a positive integer"))?
+            .min(MAX_PAGE),
+    };
+    let after = match headers.get("x-ms-continuation") {
+        None => String::new(),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(continuation_decode)
+            .ok_or_else(|| bad_request("x-ms-continuation is not a token this service handed out"))?,
+    };
+    Ok((size, after))
+}
+
+/// The continuation token after `last`: opaque to clients (hex of the last id seen).
+fn continuation(last: &str) -> String {
+    format!("c1{}", crate::pki::hex_upper(last.as_bytes()))
+}
+
+fn continuation_decode(token: &str) -> Option<String> {
+    let hex = token.trim().strip_prefix("c1")?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+fn page_response(items: Vec<Value>, next: Option<String>, size: usize, item_type: &str) -> Response {
+    let mut response = (StatusCode::OK, axum::Json(Value::Array(items))).into_response();
+    let h = response.headers_mut();
+    if let Some(token) = next.and_then(|t| HeaderValue::from_str(&continuation(&t)).ok()) {
+        h.insert("x-ms-continuation", token);
+    }
+    if let Ok(v) = HeaderValue::from_str(&size.to_string()) {
+        h.insert("x-ms-max-item-count", v);
+    }
+    h.insert(
+        "x-ms-item-type",
+        HeaderValue::from_static(match item_type {
+            "Enrollment" => "Enrollment",
+            "EnrollmentGroup" => "EnrollmentGroup",
+            _ => "DeviceRegistration",
+        }),
+    );
+    response
+}
+
+/// One page of ids (one more asked, to know whether another page follows).
+fn split_page<T>(mut found: Vec<T>, size: usize, id: impl Fn(&T) -> String) -> (Vec<T>, Option<String>) {
+    let more = found.len() > size;
+    found.truncate(size);
+    let next = if more { found.last().map(&id) } else { None };
+    (found, next)
+}
+
+/// `POST /enrollments/query`: all individual enrollments, in pages.
+async fn query_individual_enrollments(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, DpsError> {
+    auth(&state, &headers, super::auth::SasRight::EnrollmentRead)?;
+    let (size, after) = page_of(&headers, &body, true)?;
+    let (items, next) = state
+        .read(move |b, _| {
+            let ids = qd::individual_ids_page(b.store().conn(), &after, size + 1).map_err(store_error)?;
+            let (ids, next) = split_page(ids, size, String::clone);
+            let items = ids
+                .iter()
+                .filter_map(|id| read_individual(b, id).transpose())
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((items, next))
+        })
+        .await?;
+    Ok(page_response(items, next, size, "Enrollment"))
+}
+
+/// `POST /enrollmentGroups/query`: all enrollment groups, in pages.
+async fn query_enrollment_groups(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, DpsError> {
+    auth(&state, &headers, super::auth::SasRight::EnrollmentRead)?;
+    let (size, after) = page_of(&headers, &body, true)?;
+    let (items, next) = state
+        .read(move |b, _| {
+            let ids = qd::group_names_page(b.store().conn(), &after, size + 1).map_err(store_error)?;
+            let (ids, next) = split_page(ids, size, String::clone);
+            let items = ids
+                .iter()
+                .filter_map(|id| read_group(b, id).transpose())
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((items, next))
+        })
+        .await?;
+    Ok(page_response(items, next, size, "EnrollmentGroup"))
+}
+
+// ---------------------------------------------------------------- registration states
+
+/// `GET /registrations/{id}`: the device's registration state, 404 if it never registered (or
+/// it was deleted).
+async fn get_device_registration_state(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, DpsError> {
+    auth(&state, &headers, super::auth::SasRight::EnrollmentRead)?;
+    let found = state
+        .read(move |b, _| {
+            b.registration(&id)
+                .map_err(backend_error)?
+                .map(|r| registration_json(&r))
+                .ok_or_else(|| not_found("registration", &id))
+        })
+        .await?;
+    Ok(with_etag(found))
+}
+
+/// `DELETE /registrations/{id}`: 204; the enrollment and the hub identity stay, and the
+/// device's next registration is a first assignment.
+async fn delete_device_registration_state(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, DpsError> {
+    auth(&state, &headers, super::auth::SasRight::EnrollmentWrite)?;
+    let wanted = if_match(&headers)?;
+    state
+        .write(move |b, _| {
+            let current = b.registration(&id).map_err(backend_error)?;
+            let meta = current.as_ref().map(|r| Meta {
+                etag: r.etag.clone().unwrap_or_default(),
+                created: r.created.unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                updated: r.updated.unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                extra: None,
+            });
+            check_delete(&format!("registration `{id}`"), &wanted, meta.as_ref())?;
+            qd::registration_delete(b.store().conn(), &id).map_err(store_error)?;
+            Ok(())
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /registrations/{groupId}/query`: the registration states of a group's devices (those
+/// whose last assignment was by the group), in pages; 404 if the group does not exist.
+async fn query_group_device_registration_states(
+    State(state): State<Arc<AppState>>,
+    Path(group): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, DpsError> {
+    auth(&state, &headers, super::auth::SasRight::EnrollmentRead)?;
+    let (size, after) = page_of(&headers, &body, false)?;
+    let (items, next) = state
+        .read(move |b, _| {
+            if b.group(&group).map_err(backend_error)?.is_none() {
+                return Err(not_found("enrollment group", &group));
+            }
+            let found = qd::group_registrations_page(b.store().conn(), &group, &after, size + 1)
+                .map_err(store_error)?;
+            let (found, next) = split_page(found, size, |r| r.registration_id.clone());
+            Ok((found.iter().map(registration_json).collect(), next))
+        })
+        .await?;
+    Ok(page_response(items, next, size, "DeviceRegistration"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continuation_tokens_round_trip_any_id_and_refuse_garbage() {
+        for id in ["", "a", "dev:01.x_y-z", "Zürich"] {
+            assert_eq!(continuation_decode(&continuation(id)).as_deref(), Some(id));
+        }
+        assert_eq!(continuation_decode("nonsense"), None);
+        assert_eq!(continuation_decode("c1ABC"), None);
+    }
+
+    #[test]
+    fn if_match_takes_star_and_quoted_star_as_wildcards_and_strips_quotes() {
+        let mut h = HeaderMap::new();
+        assert_eq!(if_match(&h).unwrap(), None);
+        for star in ["*", "\"*\""] {
+            h.insert("if-match", HeaderValue::from_static(star));
+            assert_eq!(if_match(&h).unwrap(), Some(None));
+        }
+        h.insert("if-match", HeaderValue::from_static("\"abc\""));
+        assert_eq!(if_match(&h).unwrap(), Some(Some("abc".into())));
+    }
+
+    #[test]
+    fn reprovision_policies_map_both_ways() {
+        for policy in ["migrate", "reset", "never"] {
+            let body: Map<String, Value> =
+                serde_json::from_value(json!({"reprovisionPolicy": reprovision_policy(policy)})).unwrap();
+            assert_eq!(reprovision_of(&body).unwrap().as_deref(), Some(policy));
+        }
+    }
+
+    #[test]
+    fn ids_follow_dps_syntax() {
+        for ok in ["a", "dev-01", "a:b.c_d"] {
+            check_id_syntax(ok).unwrap();
+        }
+        for bad in ["", "-a", "a-", "a b", "a/b", &"x".repeat(129)] {
+            assert!(check_id_syntax(bad).is_err(), "{bad}");
+        }
+    }
+}

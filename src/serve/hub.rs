@@ -1,0 +1,752 @@
+//! IoT Hub in `certroll serve` (azure-wire.md section 4): the registry (device identities with
+//! X.509 thumbprints or CA auth, etags, bulk), direct methods answered by the store's simulated
+//! devices, and the device-facing HTTPS endpoint (device-to-cloud messages) over mutual TLS.
+//!
+//! One hub per name the plan gives, each at `{hub}.azure-devices.net`. Who gets in on the device
+//! endpoint is the hub registry's rule (`HubRegistry::authenticate`: identity enabled, the
+//! presented certificate's thumbprint registered, inside its validity; for CA auth, a chain to a
+//! verified CA of the enrollment service with CN = device id). A direct method `reprovision`
+//! runs the enrollment service's registration with the certificate the device holds.
+//!
+//! A simulated device is *online* when the store holds a certificate for it and the hub would
+//! let it in with that certificate: a device the hub refuses cannot hold a connection, so it
+//! cannot take a method (it goes back to DPS on its own, PRODUCT.md flow 7).
+
+use super::state::AppState;
+use super::tls::ClientChain;
+use super::{ApiError, Origin};
+use crate::backend::local::LocalBackend;
+use crate::backend::types::{HubIdentity, Status};
+use crate::backend::{EnrollmentService, HubRegistry};
+use crate::store::queries_dps as qd;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+use time::OffsetDateTime;
+
+/// The DNS suffix of IoT hubs.
+pub const HUB_SUFFIX: &str = ".azure-devices.net";
+/// Most identities one bulk registry operation may carry (IoT Hub's limit).
+pub const BULK_LIMIT: usize = 100;
+
+/// The host name of a hub of the store (`{hub}.azure-devices.net`).
+pub fn hub_host(hub: &str) -> String {
+    format!("{hub}{HUB_SUFFIX}")
+}
+
+/// The store's hub name of a hub host name (any port dropped), if it is a hub of this plan.
+pub fn hub_name_of_host(state: &AppState, host: &str) -> Option<String> {
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    let name = host.to_ascii_lowercase().strip_suffix(HUB_SUFFIX)?.to_string();
+    state.hubs.iter().find(|h| h.eq_ignore_ascii_case(&name)).cloned()
+}
+
+/// The hub a DPS record goes to when it names none: the plan's first hub.
+pub fn default_hub(state: &AppState) -> Option<String> {
+    state.hubs.first().cloned()
+}
+
+/// The routes of every hub of the plan; each handler serves the hub the request's Host names
+/// ([`Origin::Hub`]).
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/devices", get(get_devices).post(bulk_registry_operation))
+        // The Node registry lists with `/devices/` (an empty device id).
+        .route("/devices/", get(get_devices))
+        .route(
+            "/devices/{id}",
+            get(get_identity)
+                .put(create_or_update_identity)
+                .delete(delete_identity),
+        )
+        .route("/twins/{id}", get(get_twin))
+        .route("/twins/{id}/methods", post(invoke_device_method))
+        .route("/devices/{id}/messages/events", post(send_device_event))
+        .route("/devices/{id}/messages/devicebound", get(receive_device_bound))
+        .with_state(state)
+}
+
+/// The hub a request is for.
+struct Hub(String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Hub {
+    type Rejection = HubError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Hub, HubError> {
+        match parts.extensions.get::<Origin>() {
+            Some(Origin::Hub(name)) => Ok(Hub(name.clone())),
+            _ => Err(HubError(hub_error(
+                StatusCode::NOT_FOUND,
+                "IotHubNotFound",
+                "this listener serves no IoT hub; use {hub}.azure-devices.net",
+            ))),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- errors
+
+/// An error as IoT Hub renders it: `{"Message": "ErrorCode:Name;text", "ExceptionMessage": ...}`
+/// with the `iothub-errorcode` header. `code` of the inner [`ApiError`] is the error code name.
+pub struct HubError(pub ApiError);
+
+impl From<ApiError> for HubError {
+    fn from(e: ApiError) -> HubError {
+        HubError(e)
+    }
+}
+
+impl IntoResponse for HubError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        // Errors from the shared layers (auth, the store lock) carry their own names; the
+        // hub's name for a refused token is IotHubUnauthorizedAccess.
+        let code = if e.status == StatusCode::UNAUTHORIZED {
+            "IotHubUnauthorizedAccess".to_string()
+        } else {
+            e.code.clone()
+        };
+        let body = json!({
+            "Message": format!("ErrorCode:{code};{}", e.message),
+            "ExceptionMessage": format!("Tracking ID:{}-TimeStamp:{}", tracking_id(), super::dps::wire_time(OffsetDateTime::now_utc())),
+        });
+        let mut response = (e.status, e.headers(), axum::Json(body)).into_response();
+        if let Ok(v) = HeaderValue::from_str(&code) {
+            response.headers_mut().insert("iothub-errorcode", v);
+        }
+        response
+    }
+}
+
+fn hub_error(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
+    ApiError::new(status, code, message)
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    hub_error(StatusCode::BAD_REQUEST, "ArgumentInvalid", message)
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    hub_error(StatusCode::INTERNAL_SERVER_ERROR, "ServerError", e.to_string())
+}
+
+fn not_found(id: &str) -> ApiError {
+    hub_error(StatusCode::NOT_FOUND, "DeviceNotFound", id.to_string())
+}
+
+fn tracking_id() -> String {
+    let mut bytes = [0u8; 16];
+    let _ = crate::pki::random_bytes(&mut bytes);
+    crate::pki::hex_upper(&bytes).to_ascii_lowercase()
+}
+
+/// Checks the request's SAS token against the policies of `hub` (its canonical host).
+fn auth(
+    state: &AppState,
+    hub: &str,
+    headers: &HeaderMap,
+    right: super::auth::SasRight,
+) -> Result<(), ApiError> {
+    super::auth::sas(state, headers, &hub_host(hub), right).map(|_| ())
+}
+
+// ---------------------------------------------------------------- registry
+
+/// A `Device` as IoT Hub answers it.
+fn device_json(identity: &HubIdentity, meta: &qd::Meta) -> Value {
+    let ca = identity.auth_type == "certificateAuthority";
+    json!({
+        "deviceId": identity.device_id,
+        "moduleId": null,
+        "generationId": meta.created.unix_timestamp().to_string(),
+        "etag": meta.etag,
+        "connectionState": "Disconnected",
+        "status": identity.status.as_str(),
+        "statusReason": null,
+        "connectionStateUpdatedTime": "0001-01-01T00:00:00Z",
+        "statusUpdatedTime": super::dps::wire_time(meta.updated),
+        "lastActivityTime": "0001-01-01T00:00:00Z",
+        "cloudToDeviceMessageCount": 0,
+        "authentication": {
+            "symmetricKey": {"primaryKey": null, "secondaryKey": null},
+            "x509Thumbprint": {
+                "primaryThumbprint": if ca { Value::Null } else { json!(identity.primary_thumbprint) },
+                "secondaryThumbprint": if ca { Value::Null } else { json!(identity.secondary_thumbprint) },
+            },
+            "type": identity.auth_type,
+        },
+        "capabilities": {"iotEdge": false},
+        "deviceScope": null,
+        "parentScopes": [],
+    })
+}
+
+fn read_identity(b: &LocalBackend, hub: &str, id: &str) -> Result<Option<(HubIdentity, qd::Meta)>, ApiError> {
+    let Some(identity) = b.identity(hub, id).map_err(internal)? else {
+        return Ok(None);
+    };
+    let meta = qd::hub_meta(b.store().conn(), hub, id)
+        .map_err(internal)?
+        .ok_or_else(|| not_found(id))?;
+    Ok(Some((identity, meta)))
+}
+
+/// A thumbprint as the hub takes it: 40 (SHA-1) or 64 (SHA-256) hex digits, kept uppercase.
+fn thumbprint(value: Option<&Value>, field: &str) -> Result<Option<String>, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) if matches!(s.len(), 40 | 64) && s.chars().all(|c| c.is_ascii_hexdigit()) => {
+            Ok(Some(s.to_ascii_uppercase()))
+        }
+        Some(other) => Err(bad_request(format!(
+            "{field} must be 40 or 64 hex digits (a SHA-1 or SHA-256 thumbprint), not {other}"
+        ))),
+    }
+}
+
+/// The identity a registry request describes (`deviceId` or bulk `id`).
+fn identity_from(hub: &str, id: &str, body: &Map<String, Value>) -> Result<HubIdentity, ApiError> {
+    let status = match body.get("status") {
+        None | Some(Value::Null) => Status::Enabled,
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("enabled") => Status::Enabled,
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("disabled") => Status::Disabled,
+        Some(other) => {
+            return Err(bad_request(format!(
+                "status must be `enabled` or `disabled`, not {other}"
+            )));
+        }
+    };
+    let auth = body
+        .get("authentication")
+        .filter(|a| a.is_object())
+        .ok_or_else(|| bad_request("authentication is required: certroll serves X.509 identities (selfSigned or certificateAuthority)"))?;
+    let tps = auth.get("x509Thumbprint");
+    let primary = thumbprint(tps.and_then(|t| t.get("primaryThumbprint")), "primaryThumbprint")?;
+    let secondary = thumbprint(
+        tps.and_then(|t| t.get("secondaryThumbprint")),
+        "secondaryThumbprint",
+    )?;
+    let kind =
+        auth.get("type")
+            .and_then(Value::as_str)
+            .unwrap_or(if primary.is_some() || secondary.is_some() {
+                "selfSigned"
+            } else {
+                "sas"
+            });
+    let (auth_type, primary, secondary) = match kind {
+        k if k.eq_ignore_ascii_case("selfSigned") => {
+            if primary.is_none() && secondary.is_none() {
+                return Err(bad_request(
+                    "a selfSigned identity needs a primaryThumbprint or secondaryThumbprint",
+                ));
+            }
+            ("selfSigned", primary, secondary)
+        }
+        k if k.eq_ignore_ascii_case("certificateAuthority") => ("certificateAuthority", None, None),
+        other => {
+            return Err(bad_request(format!(
+                "authentication type `{other}` is not served by certroll: only selfSigned and certificateAuthority"
+            )));
+        }
+    };
+    Ok(HubIdentity {
+        hub: hub.to_string(),
+        device_id: id.to_string(),
+        status,
+        auth_type: auth_type.into(),
+        primary_thumbprint: primary,
+        secondary_thumbprint: secondary,
+    })
+}
+
+/// Writes one identity under the hub's etag rules: no If-Match only creates (409
+/// `DeviceAlreadyExists`); with If-Match the identity must exist (404) and match (412; `*` and
+/// `"*"` match any).
+fn put_identity(
+    b: &mut LocalBackend,
+    hub: &str,
+    id: &str,
+    body: &Map<String, Value>,
+    wanted: &Option<Option<String>>,
+    now: OffsetDateTime,
+) -> Result<Value, ApiError> {
+    let current = read_identity(b, hub, id)?;
+    match (wanted, &current) {
+        (None, Some(_)) => {
+            return Err(hub_error(
+                StatusCode::CONFLICT,
+                "DeviceAlreadyExists",
+                format!("A device with ID '{id}' is already registered."),
+            ));
+        }
+        (Some(_), None) => return Err(not_found(id)),
+        (Some(Some(tag)), Some((_, meta))) if *tag != meta.etag => {
+            return Err(hub_error(
+                StatusCode::PRECONDITION_FAILED,
+                "PreconditionFailed",
+                format!("the etag in If-Match is not the current etag of device '{id}'"),
+            ));
+        }
+        _ => {}
+    }
+    let identity = identity_from(hub, id, body)?;
+    crate::store::queries::hub_put(b.store().conn(), &identity, false, now).map_err(internal)?;
+    let (identity, meta) = read_identity(b, hub, id)?.ok_or_else(|| not_found(id))?;
+    Ok(device_json(&identity, &meta))
+}
+
+fn delete_identity_checked(
+    b: &mut LocalBackend,
+    hub: &str,
+    id: &str,
+    wanted: &Option<Option<String>>,
+) -> Result<(), ApiError> {
+    let Some((_, meta)) = read_identity(b, hub, id)? else {
+        return Err(not_found(id));
+    };
+    if let Some(Some(tag)) = wanted
+        && *tag != meta.etag
+    {
+        return Err(hub_error(
+            StatusCode::PRECONDITION_FAILED,
+            "PreconditionFailed",
+            format!("the etag in If-Match is not the current etag of device '{id}'"),
+        ));
+    }
+    b.delete_identity(hub, id).map_err(internal)
+}
+
+fn json_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(bad_request("the request body must be a JSON object")),
+        Err(e) => Err(bad_request(format!("the request body is not valid JSON: {e}"))),
+    }
+}
+
+fn with_etag(body: Value) -> Response {
+    let etag = body
+        .get("etag")
+        .and_then(Value::as_str)
+        .map(|e| format!("\"{e}\""));
+    let mut response = (StatusCode::OK, axum::Json(body)).into_response();
+    if let Some(v) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
+        response.headers_mut().insert("etag", v);
+    }
+    response
+}
+
+/// `GET /devices/{id}`: the identity; 404 `DeviceNotFound`.
+async fn get_identity(
+    State(state): State<Arc<AppState>>,
+    Hub(hub): Hub,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, HubError> {
+    auth(&state, &hub, &headers, super::auth::SasRight::RegistryRead)?;
+    let found = state
+        .read(move |b, _| {
+            read_identity(b, &hub, &id)?
+                .map(|(i, m)| device_json(&i, &m))
+                .ok_or_else(|| not_found(&id))
+        })
+        .await?;
+    Ok(with_etag(found))
+}
+
+/// `PUT /devices/{id}`: creates (no If-Match; 409 if it exists) or updates (If-Match).
+async fn create_or_update_identity(
+    State(state): State<Arc<AppState>>,
+    Hub(hub): Hub,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HubError> {
+    auth(&state, &hub, &headers, super::auth::SasRight::RegistryWrite)?;
+    let wanted = super::dps::if_match(&headers)?;
+    let body = json_object(&body)?;
+    match body.get("deviceId").and_then(Value::as_str) {
+        Some(given) if given == id => {}
+        Some(given) => {
+            return Err(bad_request(format!(
+                "deviceId `{given}` in the body is not `{id}` of the path"
+            ))
+            .into());
+        }
+        None => return Err(bad_request("deviceId is required").into()),
+    }
+    let out = state
+        .write(move |b, now| put_identity(b, &hub, &id, &body, &wanted, now))
+        .await?;
+    Ok(with_etag(out))
+}
+
+/// `DELETE /devices/{id}`: 204; 404 `DeviceNotFound`; 412 on a stale If-Match.
+async fn delete_identity(
+    State(state): State<Arc<AppState>>,
+    Hub(hub): Hub,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, HubError> {
+    auth(&state, &hub, &headers, super::auth::SasRight::RegistryWrite)?;
+    let wanted = super::dps::if_match(&headers)?;
+    state
+        .write(move |b, _| delete_identity_checked(b, &hub, &id, &wanted))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The `top` of a device list.
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    top: Option<usize>,
+}
+
+/// `GET /devices?top=N`: the hub's identities in id order (at most 1000, as IoT Hub).
+async fn get_devices(
+    State(state): State<Arc<AppState>>,
+    Hub(hub): Hub,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Result<axum::Json<Value>, HubError> {
+    auth(&state, &hub, &headers, super::auth::SasRight::RegistryRead)?;
+    let top = q.top.unwrap_or(1000).clamp(1, 1000);
+    let out = state
+        .read(move |b, _| {
+            let page = qd::hub_devices_page(b.store().conn(), &hub, "", top).map_err(internal)?;
+            let mut out = Vec::with_capacity(page.len());
+            for identity in page {
+                if let Some(meta) =
+                    qd::hub_meta(b.store().conn(), &hub, &identity.device_id).map_err(internal)?
+                {
+                    out.push(device_json(&identity, &meta));
+                }
+            }
+            Ok(Value::Array(out))
+        })
+        .await?;
+    Ok(axum::Json(out))
+}
+
+/// `POST /devices`: bulk registry operation (`ExportImportDevice` array, at most 100); each
+/// entry on its own. 200 when all succeeded, 400 otherwise, with `BulkRegistryOperationResult`.
+async fn bulk_registry_operation(
+    State(state): State<Arc<AppState>>,
+    Hub(hub): Hub,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HubError> {
+    auth(&state, &hub, &headers, super::auth::SasRight::RegistryWrite)?;
+    let items: Vec<Value> = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Array(items)) => items,
+        Ok(_) => return Err(bad_request("the request body must be a JSON array of devices").into()),
+        Err(e) => return Err(bad_request(format!("the request body is not valid JSON: {e}")).into()),
+    };
+    if items.is_empty() || items.len() > BULK_LIMIT {
+        return Err(bad_request(format!(
+            "a bulk operation takes 1 to {BULK_LIMIT} devices; this one has {}",
+            items.len()
+        ))
+        .into());
+    }
+    let result = state
+        .write(move |b, now| {
+            let mut errors = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for item in &items {
+                let Some(record) = item.as_object() else {
+                    return Err(bad_request("each device must be a JSON object"));
+                };
+                let id = record
+                    .get("id")
+                    .or_else(|| record.get("deviceId"))
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad_request("each device needs its id"))?
+                    .to_string();
+                let mode = record
+                    .get("importMode")
+                    .and_then(Value::as_str)
+                    .unwrap_or("createOrUpdate");
+                let etag = record
+                    .get("eTag")
+                    .or_else(|| record.get("etag"))
+                    .and_then(Value::as_str)
+                    .map(|e| e.trim_matches('"').to_string());
+                let outcome = if !seen.insert(id.clone()) {
+                    Err(hub_error(
+                        StatusCode::BAD_REQUEST,
+                        "DeviceDefinedMultipleTimes",
+                        format!("device '{id}' appears more than once"),
+                    ))
+                } else {
+                    let exists = b.identity(&hub, &id).map_err(internal)?.is_some();
+                    // The SDKs differ in case (`deleteIfMatchETag`, `DeleteIfMatchETag`).
+                    match mode.to_ascii_lowercase().as_str() {
+                        "create" => put_identity(b, &hub, &id, record, &None, now).map(|_| ()),
+                        "update" | "createorupdate" => {
+                            let wanted = if exists { Some(None) } else { None };
+                            put_identity(b, &hub, &id, record, &wanted, now).map(|_| ())
+                        }
+                        "updateifmatchetag" => {
+                            put_identity(b, &hub, &id, record, &Some(Some(etag.unwrap_or_default())), now)
+                                .map(|_| ())
+                        }
+                        "delete" => delete_identity_checked(b, &hub, &id, &None),
+                        "deleteifmatchetag" => {
+                            delete_identity_checked(b, &hub, &id, &Some(Some(etag.unwrap_or_default())))
+                        }
+                        other => Err(bad_request(format!("importMode `{other}` is not served"))),
+                    }
+                };
+                if let Err(e) = outcome {
+                    if e.status.is_server_error() {
+                        return Err(e);
+                    }
+                    errors.push(json!({
+                        "deviceId": id,
+                        "errorCode": e.code,
+                        "errorStatus": e.message,
+                        "moduleId": null,
+                        "operation": mode,
+                    }));
+                }
+            }
+            Ok(errors)
+        })
+        .await?;
+    let status = if result.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    let body = json!({"isSuccessful": result.is_empty(), "errors": result, "warnings": []});
+    Ok((status, axum::Json(body)).into_response())
+}
+
+/// `GET /twins/{id}`: the device's twin (the tags and desired properties it holds; reset to
+/// empty by a `reset` reprovisioning).
+async fn get_twin(
+    State(state): State<Arc<AppState>>,
+    Hub(hub): Hub,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<axum::Json<Value>, HubError> {
+    auth(&state, &hub, &headers, super::auth::SasRight::RegistryRead)?;
+    let twin = state
+        .read(move |b, _| {
+            let (identity, meta) = read_identity(b, &hub, &id)?.ok_or_else(|| not_found(&id))?;
+            Ok(twin_json(&identity, &meta))
+        })
+        .await?;
+    Ok(axum::Json(twin))
+}
+
+fn twin_json(identity: &HubIdentity, meta: &qd::Meta) -> Value {
+    let stored = meta.extra.clone().unwrap_or_else(|| json!({}));
+    json!({
+        "deviceId": identity.device_id,
+        "etag": meta.etag,
+        "status": identity.status.as_str(),
+        "authenticationType": identity.auth_type,
+        "x509Thumbprint": {
+            "primaryThumbprint": identity.primary_thumbprint,
+            "secondaryThumbprint": identity.secondary_thumbprint,
+        },
+        "tags": stored.get("tags").cloned().unwrap_or_else(|| json!({})),
+        "properties": {
+            "desired": stored.pointer("/properties/desired").cloned().unwrap_or_else(|| json!({})),
+            "reported": stored.pointer("/properties/reported").cloned().unwrap_or_else(|| json!({})),
+        },
+    })
+}
+
+// ---------------------------------------------------------------- direct methods
+
+/// What a simulated device answers to a method: its status and payload.
+struct MethodAnswer {
+    status: u16,
+    payload: Value,
+}
+
+/// Whether the store's simulated device is online in `hub`, and the chain it holds (leaf first).
+fn online_chain(
+    b: &LocalBackend,
+    hub: &str,
+    id: &str,
+    now: OffsetDateTime,
+) -> Result<Option<Vec<Vec<u8>>>, ApiError> {
+    let Some(installed) = crate::ops::installed_many(b, &[id.to_string()])
+        .map_err(internal)?
+        .pop()
+        .flatten()
+    else {
+        return Ok(None);
+    };
+    if b.authenticate(hub, id, &installed.cert_der, now)
+        .map_err(internal)?
+        .is_err()
+    {
+        return Ok(None);
+    }
+    let mut chain = vec![installed.cert_der.clone()];
+    let mut above = crate::ops::chain_above(b, &installed).map_err(internal)?;
+    above.pop(); // the root is not presented
+    chain.extend(above);
+    Ok(Some(chain))
+}
+
+/// The simulated device runs a method: `reprovision` registers again with the certificate it
+/// holds (200 and the registration state when assigned, 403 with DPS's error when refused);
+/// any other method is unknown to it (501 naming the device).
+fn run_method(
+    b: &mut LocalBackend,
+    id: &str,
+    method: &str,
+    chain: Vec<Vec<u8>>,
+    now: OffsetDateTime,
+) -> Result<MethodAnswer, ApiError> {
+    if method != "reprovision" {
+        return Ok(MethodAnswer {
+            status: 501,
+            payload: json!({"message": format!("device '{id}' has no method '{method}'")}),
+        });
+    }
+    let state = super::dps_device::register(b, id, chain, now)?;
+    let status = if state.status == "assigned" { 200 } else { 403 };
+    Ok(MethodAnswer {
+        status,
+        payload: super::dps::registration_json(&state),
+    })
+}
+
+/// `POST /twins/{id}/methods`: invokes a direct method. HTTP 200 with the device's own status
+/// and payload; 404 `DeviceNotFound` for an id the hub does not know, 404 `DeviceNotOnline` for
+/// a device that is not connected (see the module comment).
+async fn invoke_device_method(
+    State(state): State<Arc<AppState>>,
+    Hub(hub): Hub,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<axum::Json<Value>, HubError> {
+    auth(&state, &hub, &headers, super::auth::SasRight::ServiceConnect)?;
+    let body = json_object(&body)?;
+    let method = body
+        .get("methodName")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| bad_request("methodName is required"))?
+        .to_string();
+    for field in ["responseTimeoutInSeconds", "connectTimeoutInSeconds"] {
+        if let Some(v) = body.get(field).filter(|v| !v.is_null())
+            && v.as_u64().is_none_or(|n| n > 300)
+        {
+            return Err(bad_request(format!("{field} must be a whole number of seconds up to 300")).into());
+        }
+    }
+    let answer = state
+        .write(move |b, now| {
+            if b.identity(&hub, &id).map_err(internal)?.is_none() {
+                return Err(not_found(&id));
+            }
+            let Some(chain) = online_chain(b, &hub, &id, now)? else {
+                return Err(hub_error(
+                    StatusCode::NOT_FOUND,
+                    "DeviceNotOnline",
+                    format!("device '{id}' is not online"),
+                ));
+            };
+            run_method(b, &id, &method, chain, now)
+        })
+        .await?;
+    Ok(axum::Json(
+        json!({"status": answer.status, "payload": answer.payload}),
+    ))
+}
+
+// ---------------------------------------------------------------- device-facing endpoint
+
+/// Admits a device on the device endpoint exactly as the hub would, with the chain from its TLS
+/// handshake; 401 `IotHubUnauthorizedAccess` otherwise.
+fn admit(
+    b: &LocalBackend,
+    hub: &str,
+    id: &str,
+    chain: &[Vec<u8>],
+    now: OffsetDateTime,
+) -> Result<(), ApiError> {
+    let unauthorized = |why: String| hub_error(StatusCode::UNAUTHORIZED, "IotHubUnauthorizedAccess", why);
+    let Some(leaf) = chain.first() else {
+        return Err(unauthorized("no client certificate was presented".into()));
+    };
+    let identity = b.identity(hub, id).map_err(internal)?;
+    if identity
+        .as_ref()
+        .is_some_and(|i| i.auth_type == "certificateAuthority")
+    {
+        if identity.as_ref().is_some_and(|i| i.status != Status::Enabled) {
+            return Err(unauthorized(format!("device `{id}` is disabled in hub `{hub}`")));
+        }
+        let cn = crate::pki::inspect::common_name(leaf).ok().flatten();
+        if cn.as_deref() != Some(id) {
+            return Err(unauthorized(format!(
+                "the certificate's CN {cn:?} is not the device id `{id}`"
+            )));
+        }
+        let cas = b.cas().map_err(internal)?;
+        let chained = cas
+            .iter()
+            .filter(|c| c.verified)
+            .any(|c| crate::backend::registration::chains_to(chain, &c.cert_der, now).is_ok());
+        return if chained {
+            Ok(())
+        } else {
+            Err(unauthorized(
+                "the certificate does not chain to a verified CA".into(),
+            ))
+        };
+    }
+    b.authenticate(hub, id, leaf, now)
+        .map_err(internal)?
+        .map_err(unauthorized)
+}
+
+/// `POST /devices/{id}/messages/events`: a device-to-cloud message from a device the hub admits
+/// with the certificate of its TLS handshake; 204.
+async fn send_device_event(
+    State(state): State<Arc<AppState>>,
+    Hub(hub): Hub,
+    Path(id): Path<String>,
+    chain: Option<axum::Extension<ClientChain>>,
+    _body: Bytes,
+) -> Result<StatusCode, HubError> {
+    let chain = chain.map(|axum::Extension(ClientChain(c))| c).unwrap_or_default();
+    state.read(move |b, now| admit(b, &hub, &id, &chain, now)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /devices/{id}/messages/devicebound`: no cloud-to-device message is ever waiting; 204
+/// for an admitted device.
+async fn receive_device_bound(
+    State(state): State<Arc<AppState>>,
+    Hub(hub): Hub,
+    Path(id): Path<String>,
+    chain: Option<axum::Extension<ClientChain>>,
+) -> Result<StatusCode, HubError> {
+    let chain = chain.map(|axum::Extension(ClientChain(c))| c).unwrap_or_default();
+    state.read(move |b, now| admit(b, &hub, &id, &chain, now)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,281 @@
+//! Reads and writes of what the DPS and IoT Hub wire APIs (`certroll serve`) expose beyond
+//! certroll's own model (schema v7): etags, created/updated times, the DPS fields certroll keeps
+//! but does not act on, deletes, and paging of enrollments, registrations and hub devices.
+//!
+//! The records themselves (slots, statuses, thumbprints) are read and written through
+//! [`super::queries`] as the CLI does; this module never decides anything.
+
+use super::StoreError;
+use super::queries::{REGISTRATION_COLS, all, from_ts, registration_row, sql};
+use crate::backend::types::{HubIdentity, RegistrationState, Status};
+use rusqlite::{Connection, OptionalExtension, params};
+use time::OffsetDateTime;
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// The bookkeeping of one DPS or hub record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Meta {
+    /// Opaque etag (hex), changed on every write of the row.
+    pub etag: String,
+    /// When the record was created.
+    pub created: OffsetDateTime,
+    /// When it was last written.
+    pub updated: OffsetDateTime,
+    /// The DPS fields certroll keeps as sent (a JSON object), if any.
+    pub extra: Option<serde_json::Value>,
+}
+
+fn meta(conn: &Connection, query: &str, key: &[&str]) -> Result<Option<Meta>> {
+    conn.prepare_cached(query)
+        .and_then(|mut s| {
+            s.query_row(rusqlite::params_from_iter(key), |r| {
+                let extra: Option<String> = r.get(3)?;
+                Ok(Meta {
+                    etag: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+                    created: from_ts(r.get(1)?),
+                    updated: from_ts(r.get(2)?),
+                    extra: extra.and_then(|t| serde_json::from_str(&t).ok()),
+                })
+            })
+            .optional()
+        })
+        .map_err(sql)
+}
+
+/// Etag, times and DPS fields of an individual enrollment.
+pub fn individual_meta(conn: &Connection, registration_id: &str) -> Result<Option<Meta>> {
+    meta(
+        conn,
+        "SELECT etag, created, updated, dps_extra FROM individual_enrollments WHERE registration_id = ?1",
+        &[registration_id],
+    )
+}
+
+/// Etag, times and DPS fields of an enrollment group.
+pub fn group_meta(conn: &Connection, name: &str) -> Result<Option<Meta>> {
+    meta(
+        conn,
+        "SELECT etag, created, updated, dps_extra FROM enrollment_groups WHERE name = ?1",
+        &[name],
+    )
+}
+
+/// Etag and times of a CA certificate of the enrollment service.
+pub fn ca_meta(conn: &Connection, name: &str) -> Result<Option<Meta>> {
+    meta(
+        conn,
+        "SELECT etag, created, updated, NULL FROM service_cas WHERE name = ?1",
+        &[name],
+    )
+}
+
+/// Etag and times of a hub device identity; `extra` is its twin.
+pub fn hub_meta(conn: &Connection, hub: &str, device_id: &str) -> Result<Option<Meta>> {
+    meta(
+        conn,
+        "SELECT etag, created, updated, twin FROM hub_devices WHERE hub = ?1 AND device_id = ?2",
+        &[hub, device_id],
+    )
+}
+
+/// Keeps the DPS fields of an individual enrollment (None clears them).
+pub fn set_individual_extra(conn: &Connection, registration_id: &str, extra: Option<&str>) -> Result<()> {
+    conn.prepare_cached("UPDATE individual_enrollments SET dps_extra = ?2 WHERE registration_id = ?1")
+        .and_then(|mut s| s.execute(params![registration_id, extra]))
+        .map_err(sql)?;
+    Ok(())
+}
+
+/// Keeps the DPS fields of an enrollment group (None clears them).
+pub fn set_group_extra(conn: &Connection, name: &str, extra: Option<&str>) -> Result<()> {
+    conn.prepare_cached("UPDATE enrollment_groups SET dps_extra = ?2 WHERE name = ?1")
+        .and_then(|mut s| s.execute(params![name, extra]))
+        .map_err(sql)?;
+    Ok(())
+}
+
+/// Removes an individual enrollment; false if there was none.
+pub fn individual_delete(conn: &Connection, registration_id: &str) -> Result<bool> {
+    conn.execute(
+        "DELETE FROM individual_enrollments WHERE registration_id = ?1",
+        [registration_id],
+    )
+    .map(|n| n > 0)
+    .map_err(sql)
+}
+
+/// Removes an enrollment group; false if there was none.
+pub fn group_delete(conn: &Connection, name: &str) -> Result<bool> {
+    conn.execute("DELETE FROM enrollment_groups WHERE name = ?1", [name])
+        .map(|n| n > 0)
+        .map_err(sql)
+}
+
+/// Removes a registration state (the enrollment and the hub identity stay; the device's next
+/// registration is a first assignment); false if there was none.
+pub fn registration_delete(conn: &Connection, registration_id: &str) -> Result<bool> {
+    conn.execute(
+        "DELETE FROM registrations WHERE registration_id = ?1",
+        [registration_id],
+    )
+    .map(|n| n > 0)
+    .map_err(sql)
+}
+
+/// Individual enrollment ids in order after `after`, at most `limit`.
+pub fn individual_ids_page(conn: &Connection, after: &str, limit: usize) -> Result<Vec<String>> {
+    all(
+        conn,
+        "SELECT registration_id FROM individual_enrollments WHERE registration_id > ?1
+         ORDER BY registration_id LIMIT ?2",
+        params![after, limit as i64],
+        |r| r.get(0),
+    )
+}
+
+/// Enrollment group ids in order after `after`, at most `limit`.
+pub fn group_names_page(conn: &Connection, after: &str, limit: usize) -> Result<Vec<String>> {
+    all(
+        conn,
+        "SELECT name FROM enrollment_groups WHERE name > ?1 ORDER BY name LIMIT ?2",
+        params![after, limit as i64],
+        |r| r.get(0),
+    )
+}
+
+/// Registration states whose last assignment was by `group`, in id order after `after`, at
+/// most `limit`.
+pub fn group_registrations_page(
+    conn: &Connection,
+    group: &str,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<RegistrationState>> {
+    all(
+        conn,
+        &format!(
+            "SELECT {REGISTRATION_COLS} FROM registrations
+             WHERE enrollment_kind = 'group' AND enrollment_name = ?1 AND registration_id > ?2
+             ORDER BY registration_id LIMIT ?3"
+        ),
+        params![group, after, limit as i64],
+        registration_row,
+    )
+}
+
+/// The device identities of one hub in id order, at most `limit`.
+pub fn hub_devices_page(conn: &Connection, hub: &str, after: &str, limit: usize) -> Result<Vec<HubIdentity>> {
+    all(
+        conn,
+        "SELECT hub, device_id, auth_type, primary_thumbprint, secondary_thumbprint, status
+         FROM hub_devices WHERE hub = ?1 AND device_id > ?2 ORDER BY device_id LIMIT ?3",
+        params![hub, after, limit as i64],
+        |r| {
+            Ok(HubIdentity {
+                hub: r.get(0)?,
+                device_id: r.get(1)?,
+                auth_type: r.get(2)?,
+                primary_thumbprint: r.get(3)?,
+                secondary_thumbprint: r.get(4)?,
+                status: Status::parse(&r.get::<_, String>(5)?),
+            })
+        },
+    )
+}
+
+/// The `initialTwin` an enrollment was given through the DPS API (JSON text), if any; `kind` is
+/// `group` or `individual`.
+pub fn initial_twin(conn: &Connection, kind: &str, name: &str) -> Result<Option<String>> {
+    let query = if kind == "group" {
+        "SELECT json_extract(dps_extra, '$.initialTwin') FROM enrollment_groups WHERE name = ?1"
+    } else {
+        "SELECT json_extract(dps_extra, '$.initialTwin') FROM individual_enrollments WHERE registration_id = ?1"
+    };
+    conn.prepare_cached(query)
+        .and_then(|mut s| s.query_row([name], |r| r.get::<_, Option<String>>(0)).optional())
+        .map(Option::flatten)
+        .map_err(sql)
+}
+
+/// Sets a device identity's twin (JSON text: `tags` and `properties.desired`).
+pub fn set_twin(conn: &Connection, hub: &str, device_id: &str, twin: &str) -> Result<()> {
+    conn.prepare_cached("UPDATE hub_devices SET twin = ?3 WHERE hub = ?1 AND device_id = ?2")
+        .and_then(|mut s| s.execute(params![hub, device_id, twin]))
+        .map_err(sql)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, queries as q};
+    use time::macros::datetime;
+
+    const NOW: OffsetDateTime = datetime!(2026-11-23 0:00 UTC);
+
+    #[test]
+    fn every_write_of_a_record_changes_its_etag_and_created_stays() {
+        let mut store = Store::open_empty().unwrap();
+        let group = crate::backend::types::EnrollmentGroup {
+            name: "g".into(),
+            primary: None,
+            secondary: None,
+            status: Status::Enabled,
+            reprovision: "migrate".into(),
+            hub: "h".into(),
+        };
+        store.write(|c, _| q::group_put(c, &group, NOW)).unwrap();
+        let first = group_meta(store.conn(), "g").unwrap().unwrap();
+        assert_eq!(first.etag.len(), 16);
+        let later = NOW + time::Duration::hours(1);
+        store.write(|c, _| q::group_put(c, &group, later)).unwrap();
+        let second = group_meta(store.conn(), "g").unwrap().unwrap();
+        assert_ne!(first.etag, second.etag, "an unchanged rewrite is still a write");
+        assert_eq!((second.created, second.updated), (NOW, later));
+        store
+            .write(|c, _| set_group_extra(c, "g", Some(r#"{"iotHubs":["h"]}"#)))
+            .unwrap();
+        let third = group_meta(store.conn(), "g").unwrap().unwrap();
+        assert_ne!(third.etag, second.etag);
+        assert_eq!(third.extra, Some(serde_json::json!({"iotHubs": ["h"]})));
+        assert!(store.write(|c, _| group_delete(c, "g")).unwrap());
+        assert_eq!(group_meta(store.conn(), "g").unwrap(), None);
+        assert!(!store.write(|c, _| group_delete(c, "g")).unwrap());
+    }
+
+    #[test]
+    fn a_refused_attempt_keeps_the_enrollment_and_created_of_the_last_success() {
+        let mut store = Store::open_empty().unwrap();
+        let ok = RegistrationState {
+            registration_id: "d".into(),
+            status: "assigned".into(),
+            hub: Some("h".into()),
+            ..Default::default()
+        };
+        store
+            .write(|c, _| q::registration_put(c, &ok, Some("group"), Some("g"), "AA", NOW))
+            .unwrap();
+        let first = q::registration_get(store.conn(), "d").unwrap().unwrap();
+        let later = NOW + time::Duration::hours(1);
+        let failed = RegistrationState {
+            registration_id: "d".into(),
+            status: "failed".into(),
+            hub: Some("h".into()),
+            error: Some("no".into()),
+            error_code: Some(401_002),
+            ..Default::default()
+        };
+        store
+            .write(|c, _| q::registration_put(c, &failed, None, None, "BB", later))
+            .unwrap();
+        let now = q::registration_get(store.conn(), "d").unwrap().unwrap();
+        assert_eq!(now.status, "failed");
+        assert_eq!(now.error_code, Some(401_002));
+        assert_eq!(now.enrollment_name.as_deref(), Some("g"));
+        assert_eq!((now.created, now.updated), (Some(NOW), Some(later)));
+        assert_ne!(now.etag, first.etag);
+        let page = group_registrations_page(store.conn(), "g", "", 10).unwrap();
+        assert_eq!(page.len(), 1);
+    }
+}

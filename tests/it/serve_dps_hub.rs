@@ -1,0 +1,1124 @@
+//! `certroll serve` as DPS and IoT Hub (issue 11), driven by the official Azure IoT Node SDKs
+//! (pinned in tests/sdk/node/package-lock.json) against a real `certroll serve` process, with
+//! the device certificates `certroll export` writes; plus the SAS checks, with a signer here.
+//!
+//! The Node packages come from `CERTROLL_TEST_NODE_MODULES` (set by `.ci/run`) or are installed
+//! under target/node on first use with `npm ci`; when neither works the tests fail.
+
+use crate::util::*;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+/// A small plan: a root and a factory CA, a group of 3 sensors and one gateway, one hub.
+const PLAN: &str = r#"version = 1
+
+[policies.device]
+key = { type = "EC", curve = "P-256", exportable = true }
+validity_days = 365
+key_usage = ["digitalSignature"]
+extended_key_usage = ["clientAuth"]
+
+[policies.ca]
+key = { type = "EC", curve = "P-256", exportable = false }
+validity_days = 3650
+
+[ca.root]
+subject = "CN=Serve Root CA, O=Example"
+policy = "ca"
+
+[ca.factory]
+subject = "CN=Serve Factory CA, O=Example"
+issuer = "root"
+path_len = 0
+policy = "ca"
+
+[groups.sensors]
+signing_ca = "factory"
+hub = "example-hub"
+reprovision = "migrate"
+device_policy = "device"
+devices = { prefix = "sensor-", count = 3 }
+
+[enrollments.gateway-01]
+issuer = "factory"
+policy = "device"
+hub = "example-hub"
+"#;
+
+const HUB_HOST: &str = "example-hub.azure-devices.net";
+const DPS_HOST: &str = "certroll-dps.azure-devices-provisioning.net";
+
+/// A running `certroll serve`, stopped when dropped.
+struct Serve {
+    child: Child,
+    start: serde_json::Value,
+}
+
+impl Serve {
+    fn start(env: &TestEnv) -> Serve {
+        let mut child = env
+            .cmd()
+            .args([
+                "--plan",
+                "plan.toml",
+                "-o",
+                "json",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--ca-out",
+                "serve-ca.pem",
+            ])
+            .env_remove("CERTROLL_NOW")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) if !line.trim().is_empty() => line,
+            _ => {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "certroll serve printed no start line\nstderr:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        };
+        let start: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("start line is not JSON ({e}): {line}"));
+        Serve { child, start }
+    }
+
+    /// The Host-routed listener, `127.0.0.1:PORT`.
+    fn addr(&self) -> String {
+        self.start["listen"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("https://")
+            .to_string()
+    }
+
+    fn ca_file(&self, env: &TestEnv) -> PathBuf {
+        let given = self.start["ca_file"].as_str().unwrap_or("serve-ca.pem");
+        env.path(given)
+    }
+
+    /// The connection string of a SAS policy of the service at `host`.
+    fn connection_string(&self, host: &str, policy: &str) -> String {
+        let mut found = Vec::new();
+        collect_strings(&self.start["connection_strings"], &mut found);
+        found
+            .into_iter()
+            .find(|cs| {
+                // HostName carries the port when serve does not listen on 443.
+                (cs.contains(&format!("HostName={host};")) || cs.contains(&format!("HostName={host}:")))
+                    && cs.contains(&format!("SharedAccessKeyName={policy};"))
+            })
+            .unwrap_or_else(|| panic!("no connection string for {policy}@{host} in {}", self.start))
+    }
+
+    fn id_scope(&self) -> String {
+        self.start["id_scope"]
+            .as_str()
+            .expect("id_scope in the start line")
+            .to_string()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        // SIGTERM: serve finishes requests in flight and exits.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect_strings(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::String(s) => out.push(s.clone()),
+        serde_json::Value::Array(a) => a.iter().for_each(|v| collect_strings(v, out)),
+        serde_json::Value::Object(m) => m.values().for_each(|v| collect_strings(v, out)),
+        _ => {}
+    }
+}
+
+/// The pinned Node packages: `CERTROLL_TEST_NODE_MODULES`, or installed into target/node with
+/// `npm ci` once per test run. Panics (fails the test) when they cannot be had.
+fn node_modules() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    static INSTALL: Mutex<()> = Mutex::new(());
+    DIR.get_or_init(|| {
+        if let Ok(dir) = std::env::var("CERTROLL_TEST_NODE_MODULES") {
+            let dir = PathBuf::from(dir);
+            assert!(
+                dir.join("azure-iot-provisioning-service").is_dir(),
+                "CERTROLL_TEST_NODE_MODULES={} holds no azure-iot-provisioning-service",
+                dir.display()
+            );
+            return dir;
+        }
+        let _guard = INSTALL.lock().unwrap();
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let prefix = manifest.join("target/node");
+        let dir = prefix.join("node_modules");
+        let lock = manifest.join("tests/sdk/node/package-lock.json");
+        let installed_lock = prefix.join("package-lock.json");
+        let current = std::fs::read(&installed_lock).ok() == std::fs::read(&lock).ok();
+        if !(current && dir.join("azure-iot-provisioning-service").is_dir()) {
+            std::fs::create_dir_all(&prefix).unwrap();
+            for f in ["package.json", "package-lock.json"] {
+                std::fs::copy(manifest.join("tests/sdk/node").join(f), prefix.join(f)).unwrap();
+            }
+            let status = Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+                .arg(&prefix)
+                .status()
+                .unwrap_or_else(|e| {
+                    panic!("the Node SDK tests need npm (Node 20) to install the pinned Azure SDKs: {e}")
+                });
+            assert!(status.success(), "npm ci of tests/sdk/node failed");
+        }
+        dir
+    })
+    .clone()
+}
+
+/// How long one SDK script may run.
+const NODE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs a script of tests/sdk/node against `serve`; returns what it printed (one JSON object).
+fn node(env: &TestEnv, serve: &Serve, script: &str, vars: &[(&str, String)]) -> serde_json::Value {
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/node");
+    let mut cmd = Command::new("node");
+    cmd.arg(scripts.join(script))
+        .current_dir(env.dir.path())
+        .env("NODE_PATH", node_modules())
+        .env("CERTROLL_SERVE_ADDR", serve.addr())
+        .env("CERTROLL_SERVE_CA", serve.ca_file(env));
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("the Node SDK tests need node (20): {e}"));
+    // A script that hangs (an SDK call that never settles) fails the test instead of hanging it.
+    let deadline = std::time::Instant::now() + NODE_TIMEOUT;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{script} failed (or ran over {NODE_TIMEOUT:?})\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{script} printed no JSON ({e}):\n{stdout}\nstderr:\n{stderr}"))
+}
+
+fn issued(env: &TestEnv) {
+    env.write("plan.toml", PLAN);
+    env.plan_run(&["issue"]).ok();
+}
+
+/// A self-signed certificate with `cn`, made by openssl: `NAME.pem` (+ `NAME.key`).
+fn openssl_cert(env: &TestEnv, name: &str, cn: &str, ca: bool) -> PathBuf {
+    let mut args = vec![
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "30",
+    ];
+    let subj = format!("/CN={cn}");
+    let key = format!("{name}.key");
+    let pem = format!("{name}.pem");
+    args.extend(["-subj", &subj, "-keyout", &key, "-out", &pem]);
+    if ca {
+        args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+    }
+    env.openssl(&args).ok();
+    env.path(&pem)
+}
+
+fn sha1_of(env: &TestEnv, pem: &Path) -> String {
+    let out = env
+        .openssl(&[
+            "x509",
+            "-in",
+            pem.to_str().unwrap(),
+            "-noout",
+            "-fingerprint",
+            "-sha1",
+        ])
+        .ok();
+    out.stdout.trim().rsplit('=').next().unwrap().replace(':', "")
+}
+
+#[test]
+fn the_provisioning_service_sdk_manages_enrollments_groups_bulk_queries_and_registration_states() {
+    let env = TestEnv::new();
+    issued(&env);
+    let leaf = openssl_cert(&env, "leaf1", "node-ind-1", false);
+    let leaf2 = openssl_cert(&env, "leaf2", "node-ind-1", false);
+    let ca = openssl_cert(&env, "other-ca", "Node Test CA", true);
+    for n in 1..=3 {
+        openssl_cert(&env, &format!("node-bulk-{n}"), &format!("node-bulk-{n}"), false);
+    }
+    let serve = Serve::start(&env);
+    let out = node(
+        &env,
+        &serve,
+        "dps_service.js",
+        &[
+            (
+                "DPS_CONNECTION_STRING",
+                serve.connection_string(DPS_HOST, "provisioningserviceowner"),
+            ),
+            ("LEAF_PEM", leaf.display().to_string()),
+            ("LEAF2_PEM", leaf2.display().to_string()),
+            ("CA_PEM", ca.display().to_string()),
+            ("HUB_HOST", HUB_HOST.into()),
+            ("EXISTING_GROUP", "sensors".into()),
+            ("EXISTING_DEVICE", "sensor-2".into()),
+            ("BULK_DIR", env.dir.path().display().to_string()),
+        ],
+    );
+    // Create: the service computes `info` and does not echo the certificate.
+    let created = &out["created"];
+    assert_eq!(
+        created["primaryInfo"]["sha1Thumbprint"],
+        sha1_of(&env, &leaf),
+        "{out}"
+    );
+    assert_eq!(created["primaryInfo"]["subjectName"], "CN=node-ind-1", "{out}");
+    assert_eq!(created["primaryInfo"]["version"], 3, "{out}");
+    assert_eq!(created["primaryCertificateEchoed"], false, "{out}");
+    assert_eq!(created["provisioningStatus"], "enabled");
+    assert_eq!(
+        created["initialTwin"]["tags"]["site"], "lab",
+        "kept as sent: {out}"
+    );
+    // A PUT without If-Match only creates; a stale etag is refused; the current one and `*` update.
+    assert_eq!(out["createAgain"]["status"], 409, "{out}");
+    assert_eq!(out["getEtag"], created["etag"]);
+    assert_eq!(out["stale"]["status"], 412, "{out}");
+    assert_ne!(
+        out["updated"]["etag"], created["etag"],
+        "a write changes the etag"
+    );
+    assert_eq!(out["updated"]["secondaryThumbprint"], sha1_of(&env, &leaf2));
+    assert_eq!(out["wildcard"]["provisioningStatus"], "disabled");
+    assert_ne!(out["wildcard"]["etag"], out["updated"]["etag"]);
+    // Groups: the same rules.
+    assert_eq!(
+        out["group"]["signingInfo"]["subjectName"], "CN=Node Test CA",
+        "{out}"
+    );
+    assert_eq!(out["groupCreateAgain"]["status"], 409);
+    assert_eq!(out["groupUpdated"]["provisioningStatus"], "disabled");
+    assert_eq!(out["groupUpdated"]["etagChanged"], true);
+    assert_eq!(out["groupDeleteStale"]["status"], 412);
+    assert_eq!(out["groupGone"]["status"], 404);
+    // Bulk: the second run fails only for the record that exists.
+    assert_eq!(out["bulk"]["first"]["isSuccessful"], true, "{out}");
+    let second = &out["bulk"]["second"];
+    assert_eq!(second["isSuccessful"], false, "{out}");
+    assert_eq!(second["errors"].as_array().unwrap().len(), 1, "{out}");
+    assert_eq!(second["errors"][0]["registrationId"], "node-bulk-2");
+    assert_eq!(second["errors"][0]["errorCode"], 409001);
+    // Query, two to a page: every enrollment once, in pages of at most two.
+    let ids: Vec<&str> = out["individualQuery"]["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "gateway-01",
+            "node-bulk-1",
+            "node-bulk-2",
+            "node-bulk-3",
+            "node-ind-1"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        out["individualQuery"]["pages"],
+        serde_json::json!([2, 2, 1]),
+        "{out}"
+    );
+    assert_eq!(out["groupQuery"]["ids"], serde_json::json!(["sensors"]), "{out}");
+    // Registration states: what `certroll issue` recorded, per device and per group.
+    let reg = &out["registration"];
+    assert_eq!(reg["registrationId"], "sensor-2");
+    assert_eq!(reg["status"], "assigned");
+    assert_eq!(reg["substatus"], "initialAssignment");
+    assert_eq!(reg["assignedHub"], HUB_HOST);
+    assert_eq!(reg["deviceId"], "sensor-2");
+    assert_eq!(
+        out["groupRegistrations"],
+        serde_json::json!(["sensor-1", "sensor-2", "sensor-3"])
+    );
+    assert_eq!(out["registrationDeleteStale"]["status"], 412);
+    assert_eq!(out["registrationGone"]["status"], 404);
+    // Delete: stale etag refused, then gone.
+    assert_eq!(out["deleteStale"]["status"], 412);
+    assert_eq!(out["deletedGet"]["status"], 404);
+    assert_eq!(out["deleteMissing"]["status"], 404);
+    drop(serve);
+
+    // The CLI sees what the SDK did: the registration state is gone, the enrollment too.
+    let s = env
+        .plan_run(&["status", "-o", "json", "device:sensor-2"])
+        .ok()
+        .json();
+    assert!(s["devices"][0]["registration"].is_null(), "{s}");
+}
+
+#[test]
+fn the_hub_sdk_manages_x509_identities_in_bulk_and_invokes_methods_on_simulated_devices() {
+    let env = TestEnv::new();
+    issued(&env);
+    let (tp1, tp2) = ("A".repeat(40), "b".repeat(64));
+    let serve = Serve::start(&env);
+    let out = node(
+        &env,
+        &serve,
+        "hub_registry.js",
+        &[
+            (
+                "HUB_CONNECTION_STRING",
+                serve.connection_string(HUB_HOST, "iothubowner"),
+            ),
+            ("TP1", tp1.clone()),
+            ("TP2", tp2.clone()),
+            ("SIM_DEVICE", "sensor-1".into()),
+        ],
+    );
+    let created = &out["created"];
+    assert_eq!(created["deviceId"], "node-hub-1", "{out}");
+    assert_eq!(created["type"], "selfSigned");
+    assert_eq!(created["primary"], tp1);
+    assert_eq!(created["secondary"], tp2.to_uppercase());
+    assert_eq!(created["status"], "enabled");
+    assert_eq!(out["createAgain"]["status"], 409, "{out}");
+    assert_eq!(out["getEtag"], created["etag"]);
+    // The SDK's update sends If-Match "*" (quoted): a wildcard.
+    assert_eq!(out["updated"]["status"], "disabled", "{out}");
+    assert_eq!(out["updated"]["primary"], tp2.to_uppercase());
+    assert!(out["updated"]["secondary"].is_null(), "{out}");
+    assert_eq!(out["updated"]["etagChanged"], true);
+    assert_eq!(out["updateMissing"]["status"], 404, "{out}");
+    assert_eq!(out["ca"]["type"], "certificateAuthority");
+    assert!(out["ca"]["primary"].is_null());
+    // Bulk: all or the conflicting one named; a stale etag refused.
+    assert_eq!(out["bulkCreate"]["isSuccessful"], true, "{out}");
+    let conflict = &out["bulkConflict"];
+    assert_eq!(conflict["status"], 400, "{out}");
+    assert_eq!(conflict["body"]["errors"][0]["deviceId"], "node-bulk-a");
+    assert_eq!(conflict["body"]["errors"][0]["errorCode"], "DeviceAlreadyExists");
+    assert_eq!(
+        out["bulkStaleDelete"]["body"]["errors"][0]["errorCode"], "PreconditionFailed",
+        "{out}"
+    );
+    let listed: Vec<&str> = out["listed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for id in [
+        "gateway-01",
+        "node-bulk-a",
+        "node-bulk-b",
+        "node-bulk-c",
+        "node-hub-1",
+        "sensor-1",
+    ] {
+        assert!(listed.contains(&id), "{id} listed: {listed:?}");
+    }
+    assert_eq!(out["deletedGet"]["status"], 404);
+    assert_eq!(out["deleteMissing"]["status"], 404);
+    // Direct methods: the simulated device registers again; an unknown method is the device's
+    // 501; a device never connected is DeviceNotOnline; an unknown id DeviceNotFound.
+    let reprovisioned = &out["methodReprovision"]["ok"];
+    assert_eq!(reprovisioned["status"], 200, "{out}");
+    assert_eq!(reprovisioned["payload"]["status"], "assigned", "{out}");
+    assert_eq!(
+        reprovisioned["payload"]["substatus"], "deviceDataMigrated",
+        "{out}"
+    );
+    assert_eq!(reprovisioned["payload"]["assignedHub"], HUB_HOST);
+    let unknown = &out["methodUnknown"]["ok"];
+    assert_eq!(unknown["status"], 501, "{out}");
+    assert!(
+        unknown["payload"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sensor-1"),
+        "{out}"
+    );
+    assert_eq!(out["methodNotOnline"]["status"], 404, "{out}");
+    assert!(
+        out["methodNotOnline"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("DeviceNotOnline"),
+        "{out}"
+    );
+    assert_eq!(out["methodNoDevice"]["status"], 404, "{out}");
+    assert!(
+        out["methodNoDevice"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("DeviceNotFound"),
+        "{out}"
+    );
+    drop(serve);
+
+    // The method's registration is the store's: status shows it.
+    let s = env
+        .plan_run(&["status", "-o", "json", "device:sensor-1"])
+        .ok()
+        .json();
+    assert_eq!(
+        s["devices"][0]["registration"]["substatus"], "deviceDataMigrated",
+        "{s}"
+    );
+}
+
+/// Exports a device's chain (`NAME.pem`) and key (`NAME.key.pem`) as `certroll export` writes them.
+fn export_device(env: &TestEnv, id: &str, name: &str) -> (PathBuf, PathBuf) {
+    let (cert, key) = (format!("{name}.pem"), format!("{name}.key.pem"));
+    // At the real time, which serve runs at (a certificate a roll made during the test starts
+    // now, after the tests' pinned clock).
+    let now = now_utc();
+    let device = format!("device:{id}");
+    env.plan_run(&[
+        "--now", &now, "export", &device, "--format", "pem", "--out", &cert,
+    ])
+    .ok();
+    env.plan_run(&[
+        "--now",
+        &now,
+        "export",
+        &device,
+        "--format",
+        "pem",
+        "--with-key",
+        "--out",
+        &key,
+    ])
+    .ok();
+    (env.path(&cert), env.path(&key))
+}
+
+fn device_run(env: &TestEnv, serve: &Serve, id: &str, cert: &Path, key: &Path) -> serde_json::Value {
+    node(
+        env,
+        serve,
+        "device.js",
+        &[
+            ("ID_SCOPE", serve.id_scope()),
+            ("REGISTRATION_ID", id.into()),
+            ("CERT_PEM", cert.display().to_string()),
+            ("KEY_PEM", key.display().to_string()),
+            ("HUB_HOST", HUB_HOST.into()),
+        ],
+    )
+}
+
+#[test]
+fn a_device_provisions_with_its_exported_certificate_over_mutual_tls_and_sends_to_its_hub() {
+    let env = TestEnv::new();
+    issued(&env);
+    let (cert, key) = export_device(&env, "sensor-3", "sensor-3");
+    let (gw_cert, gw_key) = export_device(&env, "gateway-01", "gateway-01");
+    let serve = Serve::start(&env);
+    for (id, cert, key, group) in [
+        ("sensor-3", &cert, &key, Some("sensors")),
+        ("gateway-01", &gw_cert, &gw_key, None),
+    ] {
+        let out = device_run(&env, &serve, id, cert, key);
+        let p = &out["provisioning"];
+        assert_eq!(p["status"], "assigned", "{id}: {out}");
+        // Issued before: provisioning again with the same certificate migrates.
+        assert_eq!(p["substatus"], "deviceDataMigrated", "{id}: {out}");
+        assert_eq!(p["assignedHub"], HUB_HOST, "{id}: {out}");
+        assert_eq!(p["deviceId"], id, "{id}: {out}");
+        assert_eq!(p["enrollmentGroupId"], serde_json::json!(group), "{id}: {out}");
+        assert_eq!(out["hub"]["sent"], true, "{id}: {out}");
+    }
+    // Another device's certificate does not make a device of this one.
+    let out = device_run(&env, &serve, "sensor-1", &cert, &key);
+    assert_eq!(out["provisioning"]["status"], "failed", "{out}");
+    assert_eq!(out["hub"]["sent"], false, "{out}");
+    assert_eq!(out["hub"]["httpStatus"], 401, "{out}");
+    drop(serve);
+    let s = env
+        .plan_run(&["status", "-o", "json", "device:sensor-1"])
+        .ok()
+        .json();
+    let reg = &s["devices"][0]["registration"];
+    assert_eq!(reg["status"], "failed", "the refused attempt is recorded: {reg}");
+    assert!(reg["error"].as_str().unwrap().contains("does not match"), "{reg}");
+    assert_eq!(reg["hub"], "example-hub", "{reg}");
+}
+
+#[test]
+fn rehearsal_a_breach_roll_while_serve_runs_locks_out_the_old_certificate_and_lets_in_the_new() {
+    let env = TestEnv::new();
+    issued(&env);
+    let (old_cert, old_key) = export_device(&env, "sensor-2", "old");
+    let serve = Serve::start(&env);
+    let before = device_run(&env, &serve, "sensor-2", &old_cert, &old_key);
+    assert_eq!(before["provisioning"]["status"], "assigned", "{before}");
+    assert_eq!(before["hub"]["sent"], true, "{before}");
+
+    // The runbook, with serve running on the same store.
+    let breach = env.run(&[
+        "--plan",
+        "plan.toml",
+        "--now",
+        &now_utc(),
+        "roll-primary",
+        "--breach",
+        "device:sensor-2",
+        "--yes",
+    ]);
+    breach.ok();
+    let (new_cert, new_key) = export_device(&env, "sensor-2", "new");
+
+    // The old certificate: refused by DPS (the breach put the device under an individual
+    // enrollment holding only the new certificate) and by the hub.
+    let old = device_run(&env, &serve, "sensor-2", &old_cert, &old_key);
+    let refused = &old["provisioning"];
+    assert_eq!(refused["status"], "failed", "{old}");
+    assert_eq!(refused["registrationState"]["errorCode"], 401002, "{old}");
+    assert!(
+        refused["registrationState"]["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("neither slot"),
+        "{old}"
+    );
+    assert_eq!(old["hub"]["sent"], false, "{old}");
+    assert_eq!(old["hub"]["httpStatus"], 401, "{old}");
+    // The new one provisions and connects.
+    let new = device_run(&env, &serve, "sensor-2", &new_cert, &new_key);
+    assert_eq!(new["provisioning"]["status"], "assigned", "{new}");
+    assert_eq!(new["provisioning"]["assignedHub"], HUB_HOST, "{new}");
+    assert_eq!(new["hub"]["sent"], true, "{new}");
+    // And the old one is still refused afterwards.
+    let again = device_run(&env, &serve, "sensor-2", &old_cert, &old_key);
+    assert_eq!(again["hub"]["sent"], false, "{again}");
+}
+
+/// Now, for verbs run while serve (on the real clock) runs.
+fn now_utc() -> String {
+    certroll::clock::rfc3339(time::OffsetDateTime::now_utc())
+}
+
+// ---------------------------------------------------------------- SAS, with a signer here
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `SharedAccessSignature sr=..&sig=..&se=..&skn=..` signed with `key_base64`.
+fn sas_token(sr: &str, key_base64: &str, se: i64, skn: &str) -> String {
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(key_base64)
+        .unwrap();
+    let mac = aws_lc_rs::hmac::sign(
+        &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key),
+        format!("{sr}\n{se}").as_bytes(),
+    );
+    let sig = base64::engine::general_purpose::STANDARD.encode(mac.as_ref());
+    format!(
+        "SharedAccessSignature sr={sr}&sig={}&se={se}&skn={skn}",
+        url_encode(&sig)
+    )
+}
+
+fn key_of(connection_string: &str) -> String {
+    connection_string
+        .split(';')
+        .find_map(|p| p.strip_prefix("SharedAccessKey="))
+        .unwrap()
+        .to_string()
+}
+
+/// One request with curl (the emulator's CA trusted, the Azure host resolved to serve):
+/// (HTTP status, body).
+fn curl(
+    env: &TestEnv,
+    serve: &Serve,
+    method: &str,
+    host: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    let addr = serve.addr();
+    let port = addr.rsplit(':').next().unwrap();
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-X",
+        method,
+        "--max-time",
+        "20",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+    ])
+    .arg("--resolve")
+    .arg(format!("{host}:{port}:127.0.0.1"))
+    .arg("--cacert")
+    .arg(serve.ca_file(env))
+    .args(["-H", "Content-Type: application/json"]);
+    if let Some(a) = auth {
+        cmd.args(["-H", &format!("Authorization: {a}")]);
+    }
+    if method == "PUT" || method == "POST" {
+        cmd.args(["--data", body.unwrap_or("{}")]);
+    }
+    cmd.arg(format!("https://{host}:{port}{path}"));
+    let out = cmd.output().expect("curl must be installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn sas_tokens_are_checked_for_signature_expiry_resource_and_rights() {
+    let env = TestEnv::new();
+    issued(&env);
+    let serve = Serve::start(&env);
+    let later = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+    let dps_key = key_of(&serve.connection_string(DPS_HOST, "provisioningserviceowner"));
+    let hub_read_key = key_of(&serve.connection_string(HUB_HOST, "registryRead"));
+    let hub_service_key = key_of(&serve.connection_string(HUB_HOST, "service"));
+    let get_enrollment = "/enrollments/gateway-01?api-version=2021-10-01";
+
+    let good = sas_token(DPS_HOST, &dps_key, later, "provisioningserviceowner");
+    let (code, body) = curl(&env, &serve, "GET", DPS_HOST, get_enrollment, Some(&good), None);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"registrationId\":\"gateway-01\""), "{body}");
+
+    let forged = sas_token(DPS_HOST, &hub_read_key, later, "provisioningserviceowner");
+    let expired = sas_token(DPS_HOST, &dps_key, 1_000, "provisioningserviceowner");
+    let elsewhere = sas_token(
+        "other-dps.azure-devices-provisioning.net",
+        &dps_key,
+        later,
+        "provisioningserviceowner",
+    );
+    for (what, token) in [
+        ("forged signature", Some(forged.as_str())),
+        ("expired se", Some(expired.as_str())),
+        ("another resource", Some(elsewhere.as_str())),
+        ("no token", None),
+    ] {
+        let (code, body) = curl(&env, &serve, "GET", DPS_HOST, get_enrollment, token, None);
+        assert_eq!(code, 401, "{what}: {body}");
+        assert!(!body.contains("gateway-01\","), "{what}: nothing leaks: {body}");
+    }
+    // A policy without the right: registryRead may read the registry, not write it; service
+    // (serviceConnect) may not read it.
+    let read = sas_token(HUB_HOST, &hub_read_key, later, "registryRead");
+    let (code, body) = curl(
+        &env,
+        &serve,
+        "GET",
+        HUB_HOST,
+        "/devices/sensor-1?api-version=2021-04-12",
+        Some(&read),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = curl(
+        &env,
+        &serve,
+        "DELETE",
+        HUB_HOST,
+        "/devices/sensor-1?api-version=2021-04-12",
+        Some(&read),
+        None,
+    );
+    assert_eq!(code, 401, "{body}");
+    let service = sas_token(HUB_HOST, &hub_service_key, later, "service");
+    let (code, body) = curl(
+        &env,
+        &serve,
+        "GET",
+        HUB_HOST,
+        "/devices/sensor-1?api-version=2021-04-12",
+        Some(&service),
+        None,
+    );
+    assert_eq!(code, 401, "{body}");
+    // The device is still there.
+    let (code, _) = curl(
+        &env,
+        &serve,
+        "GET",
+        HUB_HOST,
+        "/devices/sensor-1?api-version=2021-04-12",
+        Some(&read),
+        None,
+    );
+    assert_eq!(code, 200);
+    // A malformed body is a 400 with a message, not a crash.
+    let owner = sas_token(DPS_HOST, &dps_key, later, "provisioningserviceowner");
+    let (code, body) = curl(
+        &env,
+        &serve,
+        "PUT",
+        DPS_HOST,
+        "/enrollments/x-1?api-version=2021-10-01",
+        Some(&owner),
+        None,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("registrationId is required"), "{body}");
+}
+
+/// One ARM request with curl and a bearer token: (HTTP status, body as JSON or Null).
+fn arm(
+    env: &TestEnv,
+    serve: &Serve,
+    method: &str,
+    path: &str,
+    if_match: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let port = serve.addr().rsplit(':').next().unwrap().to_string();
+    let token = serve.start["token"]
+        .as_str()
+        .expect("the generated token in the start line");
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-X",
+        method,
+        "--max-time",
+        "20",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+    ])
+    .arg("--resolve")
+    .arg(format!("management.azure.com:{port}:127.0.0.1"))
+    .arg("--cacert")
+    .arg(serve.ca_file(env))
+    .args(["-H", "Content-Type: application/json"])
+    .args(["-H", &format!("Authorization: Bearer {token}")]);
+    if let Some(tag) = if_match {
+        cmd.args(["-H", &format!("If-Match: {tag}")]);
+    }
+    if let Some(b) = body {
+        cmd.args(["--data", &b.to_string()]);
+    }
+    cmd.arg(format!(
+        "https://management.azure.com:{port}/subscriptions/sub-1/resourceGroups/rg-1/providers/Microsoft.Devices/provisioningServices/certroll-dps/certificates{path}?api-version=2022-02-05"
+    ));
+    let out = cmd.output().expect("curl must be installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[test]
+fn arm_ca_certificates_are_verified_by_proof_of_possession_with_etags() {
+    let env = TestEnv::new();
+    issued(&env);
+    openssl_cert(&env, "arm-ca", "ARM Test Root", true);
+    let pem = std::fs::read_to_string(env.path("arm-ca.pem")).unwrap();
+    let serve = Serve::start(&env);
+
+    let (code, up) = arm(
+        &env,
+        &serve,
+        "PUT",
+        "/arm-root",
+        None,
+        Some(serde_json::json!({"properties": {"certificate": pem}})),
+    );
+    assert_eq!(code, 200, "{up}");
+    assert_eq!(up["properties"]["isVerified"], false, "{up}");
+    assert_eq!(
+        up["properties"]["thumbprint"],
+        sha1_of(&env, &env.path("arm-ca.pem")),
+        "{up}"
+    );
+    assert_eq!(up["name"], "arm-root");
+    let etag = up["etag"].as_str().unwrap().to_string();
+
+    // Each step demands the current etag.
+    let (code, _) = arm(
+        &env,
+        &serve,
+        "POST",
+        "/arm-root/generateVerificationCode",
+        None,
+        None,
+    );
+    assert_eq!(code, 400, "If-Match is required");
+    let (code, _) = arm(
+        &env,
+        &serve,
+        "POST",
+        "/arm-root/generateVerificationCode",
+        Some("\"stale\""),
+        None,
+    );
+    assert_eq!(code, 412);
+    let (code, code_answer) = arm(
+        &env,
+        &serve,
+        "POST",
+        "/arm-root/generateVerificationCode",
+        Some(&etag),
+        None,
+    );
+    assert_eq!(code, 200, "{code_answer}");
+    let nonce = code_answer["properties"]["verificationCode"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let etag2 = code_answer["etag"].as_str().unwrap().to_string();
+    assert_ne!(etag2, etag, "the etag changes after each step");
+
+    // Proof of possession: a certificate with CN = the code, signed by the CA's key (openssl).
+    env.openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        &format!("/CN={nonce}"),
+        "-keyout",
+        "pop.key",
+        "-out",
+        "pop.csr",
+    ])
+    .ok();
+    env.openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "pop.csr",
+        "-CA",
+        "arm-ca.pem",
+        "-CAkey",
+        "arm-ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-out",
+        "pop.pem",
+    ])
+    .ok();
+    // Signed by another key: refused, still unverified.
+    openssl_cert(&env, "impostor", &nonce, false);
+    let impostor = std::fs::read_to_string(env.path("impostor.pem")).unwrap();
+    let (code, refused) = arm(
+        &env,
+        &serve,
+        "POST",
+        "/arm-root/verify",
+        Some(&etag2),
+        Some(serde_json::json!({"certificate": impostor})),
+    );
+    assert_eq!(code, 400, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not signed by"),
+        "{refused}"
+    );
+    let pop = std::fs::read_to_string(env.path("pop.pem")).unwrap();
+    let (code, verified) = arm(
+        &env,
+        &serve,
+        "POST",
+        "/arm-root/verify",
+        Some("*"),
+        Some(serde_json::json!({"certificate": pop})),
+    );
+    assert_eq!(code, 200, "{verified}");
+    assert_eq!(verified["properties"]["isVerified"], true, "{verified}");
+    let (code, list) = arm(&env, &serve, "GET", "", None, None);
+    assert_eq!(code, 200);
+    let names: Vec<&str> = list["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"arm-root"), "{list}");
+
+    // Delete: stale etag refused, the current one deletes.
+    let current = verified["etag"].as_str().unwrap().to_string();
+    let (code, _) = arm(&env, &serve, "DELETE", "/arm-root", Some(&etag), None);
+    assert_eq!(code, 412);
+    let (code, _) = arm(&env, &serve, "DELETE", "/arm-root", Some(&current), None);
+    assert_eq!(code, 200);
+    let (code, gone) = arm(&env, &serve, "GET", "/arm-root", None, None);
+    assert_eq!(code, 404, "{gone}");
+}
+
+#[test]
+fn the_initial_twin_of_an_enrollment_is_the_twin_of_a_freshly_assigned_device() {
+    let env = TestEnv::new();
+    issued(&env);
+    let (cert, key) = export_device(&env, "gateway-01", "gateway-01");
+    let serve = Serve::start(&env);
+    let later = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+    let dps = sas_token(
+        DPS_HOST,
+        &key_of(&serve.connection_string(DPS_HOST, "provisioningserviceowner")),
+        later,
+        "provisioningserviceowner",
+    );
+    let hub = sas_token(
+        HUB_HOST,
+        &key_of(&serve.connection_string(HUB_HOST, "iothubowner")),
+        later,
+        "iothubowner",
+    );
+    // The enrollment gets an initialTwin; its certificate stays (the client sends back the info
+    // a GET gave it, as DPS clients do).
+    let tp = sha1_of(&env, &cert);
+    let body = serde_json::json!({
+        "registrationId": "gateway-01",
+        "attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {"info": {"sha1Thumbprint": tp}}}}},
+        "iotHubs": [HUB_HOST],
+        "initialTwin": {"tags": {"site": "lab"}, "properties": {"desired": {"interval": 30}}},
+    })
+    .to_string();
+    let path = "/enrollments/gateway-01?api-version=2021-10-01";
+    let (code, answer) = curl(&env, &serve, "PUT", DPS_HOST, path, Some(&dps), Some(&body));
+    assert_eq!(code, 409, "without If-Match a PUT only creates: {answer}");
+    let (code, answer) = curl_if_match(&env, &serve, DPS_HOST, path, &dps, "*", &body);
+    assert_eq!(code, 200, "{answer}");
+    // Forget the registration: the next one is a first assignment, which applies the twin.
+    let (code, _) = curl(
+        &env,
+        &serve,
+        "DELETE",
+        DPS_HOST,
+        "/registrations/gateway-01?api-version=2021-10-01",
+        Some(&dps),
+        None,
+    );
+    assert_eq!(code, 204);
+    let out = device_run(&env, &serve, "gateway-01", &cert, &key);
+    assert_eq!(out["provisioning"]["substatus"], "initialAssignment", "{out}");
+    let (code, twin) = curl(
+        &env,
+        &serve,
+        "GET",
+        HUB_HOST,
+        "/twins/gateway-01?api-version=2021-04-12",
+        Some(&hub),
+        None,
+    );
+    assert_eq!(code, 200, "{twin}");
+    let twin: serde_json::Value = serde_json::from_str(&twin).unwrap();
+    assert_eq!(twin["tags"]["site"], "lab", "{twin}");
+    assert_eq!(twin["properties"]["desired"]["interval"], 30, "{twin}");
+}
+
+/// A PUT with an If-Match header, with curl.
+fn curl_if_match(
+    env: &TestEnv,
+    serve: &Serve,
+    host: &str,
+    path: &str,
+    auth: &str,
+    tag: &str,
+    body: &str,
+) -> (u16, String) {
+    let port = serve.addr().rsplit(':').next().unwrap().to_string();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-X",
+            "PUT",
+            "--max-time",
+            "20",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .arg("--resolve")
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .arg("--cacert")
+        .arg(serve.ca_file(env))
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            &format!("Authorization: {auth}"),
+        ])
+        .args(["-H", &format!("If-Match: {tag}"), "--data", body])
+        .arg(format!("https://{host}:{port}{path}"))
+        .output()
+        .expect("curl must be installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
