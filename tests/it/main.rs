@@ -41,3 +41,7 @@ mod fleet;
 mod hostile;
 // The crash harness: kills at chosen system calls during every mutating verb, then reruns.
 mod crash;
+
+// Issue 10, vault and X.509 fidelity: exportability for life, key operations, vault-only
+// lifetime actions, content types, chain order, legacy PKCS#12, string types, SANs, serials, PKCS#7.
+mod fidelity;
