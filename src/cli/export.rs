@@ -16,7 +16,8 @@ pub struct ExportArgs {
     #[arg(value_parser = parse_target)]
     target: Target,
     /// pem: certificate and chain (up to, not including, the root); pfx: key and full chain.
-    /// Default: the policy's content_type (pem unless it is pfx); --with-key means pem.
+    /// Default: the policy's content_type (pem unless it is pfx); --with-key, or a key that may
+    /// not leave the vault, means pem.
     #[arg(long, value_enum)]
     format: Option<ExportFormat>,
     /// The file to write (created 0600 when it holds a key).

@@ -266,7 +266,7 @@ Examples:
         #[arg(long)]
         version: Option<String>,
         /// pem or pfx (default: the policy's content type, PEM unless it is application/x-pkcs12;
-        /// --with-key means PEM).
+        /// --with-key, or a key that may not leave the vault, means PEM).
         #[arg(long, value_enum)]
         format: Option<crate::ops::ExportFormat>,
         /// The file to write (created 0600 when it holds a key).

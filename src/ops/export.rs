@@ -27,7 +27,7 @@ pub enum ExportFormat {
 pub struct ExportOptions {
     /// What to export: `ca:NAME`, `device:ID` or `enrollment:NAME`.
     pub target: Target,
-    /// PEM or PFX; `None` follows the policy's `content_type`, except that `with_key` asks for PEM.
+    /// PEM or PFX; `None`: see [`super::vault::transfer::default_format`].
     pub format: Option<ExportFormat>,
     /// Where to write.
     pub out: PathBuf,
@@ -168,11 +168,11 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
             opts.target, opts.target
         ))
     })?;
-    // `--with-key` adds the key to a PEM export, so it asks for PEM.
     let format = match opts.format {
         Some(f) => f,
-        None if opts.with_key => ExportFormat::Pem,
-        None => super::vault::transfer::content_type_format(backend.policy(&name)?.as_ref()),
+        None => {
+            super::vault::transfer::default_format(backend.policy(&name)?.as_ref(), &version, opts.with_key)
+        }
     };
     let wants_key = opts.with_key || format == ExportFormat::Pfx;
     may_export(&opts.target.to_string(), &version, wants_key, now)?;

@@ -228,7 +228,7 @@ pub fn serial_display_hex(hex: &str) -> String {
         .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
         .collect();
     match bytes {
-        Some(b) if hex.len() % 2 == 0 => serial_display(&b),
+        Some(b) if hex.len().is_multiple_of(2) => serial_display(&b),
         _ => hex.to_string(),
     }
 }

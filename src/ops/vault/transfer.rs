@@ -328,8 +328,7 @@ fn chain_in_vault(
 pub struct VaultExportOptions {
     /// The version (default: the current one).
     pub version: Option<String>,
-    /// PEM or PFX; `None` follows the policy's content type (`application/x-pkcs12` is PFX),
-    /// except that `with_key` asks for PEM.
+    /// PEM or PFX; `None`: see [`default_format`].
     pub format: Option<crate::ops::ExportFormat>,
     /// Where to write.
     pub out: PathBuf,
@@ -367,11 +366,9 @@ pub fn export(
         }
         (None, _) => return Err(not_live(&backend, &name)),
     };
-    // `--with-key` adds the key to a PEM export, so it asks for PEM.
     let format = match opts.format {
         Some(f) => f,
-        None if opts.with_key => ExportFormat::Pem,
-        None => content_type_format(backend.policy(&name)?.as_ref()),
+        None => default_format(backend.policy(&name)?.as_ref(), &version, opts.with_key),
     };
     let wants_key = opts.with_key || format == ExportFormat::Pfx;
     crate::ops::export::may_export(&format!("`{name}`"), &version, wants_key, now)?;
@@ -435,11 +432,20 @@ pub fn export(
     })
 }
 
-/// The export format a policy document's `secret_props.contentType` asks for: PFX for
-/// `application/x-pkcs12`, PEM otherwise (and without a policy).
-pub fn content_type_format(policy: Option<&serde_json::Value>) -> crate::ops::ExportFormat {
-    match policy.and_then(|p| p["secret_props"]["contentType"].as_str()) {
-        Some("application/x-pkcs12") => crate::ops::ExportFormat::Pfx,
-        _ => crate::ops::ExportFormat::Pem,
+/// The export format when none is asked for: what the policy's `secret_props.contentType` says
+/// (PFX for `application/x-pkcs12`, PEM otherwise and without a policy). `--with-key` adds the
+/// key to a PEM export, so it means PEM; and a version whose key may not leave the vault gives
+/// its public certificate as PEM, as Key Vault still gives the CER of a non-exportable one.
+pub fn default_format(
+    policy: Option<&serde_json::Value>,
+    version: &crate::backend::types::VaultVersion,
+    with_key: bool,
+) -> crate::ops::ExportFormat {
+    let pfx = policy.and_then(|p| p["secret_props"]["contentType"].as_str()) == Some("application/x-pkcs12");
+    let key_leaves = version.exportable && !version.kty.ends_with("-HSM");
+    if pfx && !with_key && key_leaves {
+        crate::ops::ExportFormat::Pfx
+    } else {
+        crate::ops::ExportFormat::Pem
     }
 }
