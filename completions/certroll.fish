@@ -151,7 +151,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand status" -l lock-timeou
 complete -c certroll -n "__fish_certroll_using_subcommand status" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand status" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c certroll -n "__fish_certroll_using_subcommand export" -l format -d 'pem: certificate and chain (up to, not including, the root); pfx: key and full chain' -r -f -a "pem\t'The certificate, then its chain up to (not including) the root; with `--with-key`, the key'
+complete -c certroll -n "__fish_certroll_using_subcommand export" -l format -d 'pem: certificate and chain (up to, not including, the root); pfx: key and full chain. Default: the policy\'s content_type (pem unless it is pfx); --with-key, or a key that may not leave the vault, means pem' -r -f -a "pem\t'The certificate, then its chain up to (not including) the root; with `--with-key`, the key'
 pfx\t'PKCS#12 with key and chain (AES-256, HMAC-SHA256)'"
 complete -c certroll -n "__fish_certroll_using_subcommand export" -l out -d 'The file to write (created 0600 when it holds a key)' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand export" -l password-env -d 'The environment variable holding the PFX password' -r
@@ -334,7 +334,7 @@ EC-HSM\t'ECDSA in the (emulated) HSM: never exportable'"
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l key-size -d 'RSA modulus size: 2048 (default), 3072 or 4096. Only for RSA key types' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l curve -d 'EC curve: P-256 (default), P-384 or P-521. Only for EC key types' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l dns -d 'A DNS name or IP address for the subjectAltName (repeatable)' -r
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l key-usage -d 'Key usage (repeatable; default digitalSignature + keyEncipherment)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l key-usage -d 'Key usage (repeatable; default digitalSignature, with keyEncipherment for RSA keys)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l eku -d 'Extended key usage, a name or dotted OID (repeatable)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l validity-days -d 'Validity in days' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l issuer -d 'Self, Unknown, or a set issuer\'s name' -r
@@ -349,7 +349,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -l version -d 'The version (default: the current one)' -r
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -l format -d 'pem or pfx' -r -f -a "pem\t'The certificate, then its chain up to (not including) the root; with `--with-key`, the key'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -l format -d 'pem or pfx (default: the policy\'s content type, PEM unless it is application/x-pkcs12; --with-key, or a key that may not leave the vault, means PEM)' -r -f -a "pem\t'The certificate, then its chain up to (not including) the root; with `--with-key`, the key'
 pfx\t'PKCS#12 with key and chain (AES-256, HMAC-SHA256)'"
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -l out -d 'The file to write (created 0600 when it holds a key)' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -l password-env -d 'The environment variable holding the PFX password' -r
@@ -373,7 +373,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -l file -d 'The signed certificate: PEM (leaf first; any further certificates are kept as its chain) or DER' -r -F
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -l file -d 'The signed certificate: PEM or DER, or a PKCS#7 bundle (.p7b, PEM or DER) as CAs hand back; the bundle\'s other certificates are kept as its chain' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -l plan -d 'The plan file' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
 json\t'One JSON document'"

@@ -327,7 +327,7 @@ fn cert_line(cert: Option<&CertInfo>) -> String {
         Some(c) => format!(
             "{} (serial {}, {} .. {})",
             c.thumbprint,
-            c.serial,
+            crate::pki::inspect::serial_display_hex(&c.serial),
             crate::clock::rfc3339(c.not_before),
             crate::clock::rfc3339(c.not_after)
         ),

@@ -16,8 +16,10 @@ pub struct ExportArgs {
     #[arg(value_parser = parse_target)]
     target: Target,
     /// pem: certificate and chain (up to, not including, the root); pfx: key and full chain.
-    #[arg(long, value_enum, default_value_t = ExportFormat::Pem)]
-    format: ExportFormat,
+    /// Default: the policy's content_type (pem unless it is pfx); --with-key, or a key that may
+    /// not leave the vault, means pem.
+    #[arg(long, value_enum)]
+    format: Option<ExportFormat>,
     /// The file to write (created 0600 when it holds a key).
     #[arg(long)]
     out: PathBuf,
@@ -42,7 +44,7 @@ pub fn exec(g: &Global, args: ExportArgs) -> anyhow::Result<u8> {
         }
         None => None,
     };
-    if args.format == ExportFormat::Pfx && password.is_none() {
+    if args.format == Some(ExportFormat::Pfx) && password.is_none() {
         return Err(input("a pfx export needs a password: --password-env VAR"));
     }
     let opts = ExportOptions {

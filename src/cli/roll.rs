@@ -102,11 +102,37 @@ pub fn exec(g: &Global, args: RollArgs, slot: SlotName) -> anyhow::Result<u8> {
         opts.dry_run = false;
     }
     let report = crate::ops::roll::roll(&plan, &opts, now)?;
+    // Vault-only certificates' AutoRenew actions fire with the plan's (`vault create`).
+    let vault_renewed = if opts.due && opts.targets.is_empty() && opts.breach.is_none() {
+        crate::ops::vault::renew::run_due(&plan, &opts.backend, now, opts.dry_run)?
+    } else {
+        Vec::new()
+    };
     if g.output == crate::output::Format::Json {
-        p.json(&report)?;
+        #[derive(serde::Serialize)]
+        struct WithVault<'a> {
+            #[serde(flatten)]
+            report: &'a RollReport,
+            vault_renewed: Vec<crate::ops::vault::renew::AutoRenewed>,
+        }
+        p.json(&WithVault {
+            report: &report,
+            vault_renewed,
+        })?;
         return Ok(0);
     }
     print_human(&mut p, &report)?;
+    for r in &vault_renewed {
+        match &r.version {
+            Some(v) => p.line(format!(
+                "vault:{}: auto-renewed ({}): version {v}{}",
+                r.name,
+                r.trigger,
+                if r.same_key { ", same key" } else { "" }
+            ))?,
+            None => p.line(format!("vault:{}: would auto-renew ({})", r.name, r.trigger))?,
+        }
+    }
     Ok(0)
 }
 

@@ -233,7 +233,7 @@ Examples:
         /// A DNS name or IP address for the subjectAltName (repeatable).
         #[arg(long = "dns", value_name = "NAME")]
         dns_names: Vec<String>,
-        /// Key usage (repeatable; default digitalSignature + keyEncipherment).
+        /// Key usage (repeatable; default digitalSignature, with keyEncipherment for RSA keys).
         #[arg(long, value_name = "USAGE")]
         key_usage: Vec<String>,
         /// Extended key usage, a name or dotted OID (repeatable).
@@ -265,9 +265,10 @@ Examples:
         /// The version (default: the current one).
         #[arg(long)]
         version: Option<String>,
-        /// pem or pfx.
-        #[arg(long, value_enum, default_value_t = crate::ops::ExportFormat::Pem)]
-        format: crate::ops::ExportFormat,
+        /// pem or pfx (default: the policy's content type, PEM unless it is application/x-pkcs12;
+        /// --with-key, or a key that may not leave the vault, means PEM).
+        #[arg(long, value_enum)]
+        format: Option<crate::ops::ExportFormat>,
         /// The file to write (created 0600 when it holds a key).
         #[arg(long)]
         out: PathBuf,
@@ -294,7 +295,8 @@ Examples:
     Merge {
         /// The certificate name.
         name: String,
-        /// The signed certificate: PEM (leaf first; any further certificates are kept as its chain) or DER.
+        /// The signed certificate: PEM or DER, or a PKCS#7 bundle (.p7b, PEM or DER) as CAs hand
+        /// back; the bundle's other certificates are kept as its chain.
         #[arg(long)]
         file: PathBuf,
     },
@@ -831,7 +833,7 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
             password_env,
         } => {
             let pw = password_env.as_deref().map(password).transpose()?;
-            if format == crate::ops::ExportFormat::Pfx && pw.is_none() {
+            if format == Some(crate::ops::ExportFormat::Pfx) && pw.is_none() {
                 return Err(input("a pfx export needs a password: --password-env VAR"));
             }
             let r = transfer::export(

@@ -6,7 +6,7 @@ use super::lifetime::{self, Scheduled};
 use super::{Access, BackendSettings, Target, ca_cert_name, open_backend};
 use crate::backend::types::VaultVersion;
 use crate::backend::{Backend, Vault as _};
-use crate::plan::{ActionKind, Plan, Policy, Trigger};
+use crate::plan::{ActionKind, LifetimeAction, Plan, Policy, Trigger};
 use anyhow::Result;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -78,7 +78,7 @@ impl From<Scheduled> for ActionReport {
 /// Something that is not OK.
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
-    /// `ca:NAME` or `device:ID`.
+    /// `ca:NAME`, `device:ID`, or `vault:NAME` for a certificate the plan does not own.
     pub target: String,
     /// warning or critical.
     pub level: Level,
@@ -137,7 +137,7 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn look(&mut self, target: String, policy: &Policy, cert: Option<&VaultVersion>) {
+    fn look(&mut self, target: String, actions: &[LifetimeAction], cert: Option<&VaultVersion>) {
         let Some(cert) = cert else {
             self.add(Problem {
                 target,
@@ -149,11 +149,11 @@ impl Checker<'_> {
             return;
         };
         let (nbf, exp, now) = (cert.nbf, cert.exp, self.now);
-        let due: Vec<ActionReport> = lifetime::due(&policy.lifetime_actions, nbf, exp, now)
+        let due: Vec<ActionReport> = lifetime::due(actions, nbf, exp, now)
             .into_iter()
             .map(Into::into)
             .collect();
-        if let Some(next) = lifetime::next(&policy.lifetime_actions, nbf, exp, now)
+        if let Some(next) = lifetime::next(actions, nbf, exp, now)
             && self
                 .report
                 .next_due
@@ -242,7 +242,7 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             let cert = backend.current(&ca_cert_name(&ca.name))?;
             c.look(
                 format!("ca:{}", ca.name),
-                &plan.policies[&ca.policy],
+                &plan.policies[&ca.policy].lifetime_actions,
                 cert.as_ref(),
             );
         }
@@ -263,6 +263,13 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
                 std::iter::once(e.name.clone()),
                 &plan.policies[&e.policy],
             )?;
+        }
+    }
+    // Certificates made in the vault alone (`vault create`, `import`, `merge`) have lifetime
+    // actions of their own in their vault policy; they are checked when nothing narrower is asked.
+    if opts.targets.is_empty() {
+        for v in super::vault::renew::vault_only(plan, &backend)? {
+            c.look(format!("vault:{}", v.name), &v.actions(), Some(&v.current));
         }
     }
     Ok(c.report)
@@ -288,7 +295,11 @@ fn check_devices(
                 c.report.counts.revoked += 1;
                 continue;
             }
-            c.look(format!("device:{id}"), policy, installed.as_ref());
+            c.look(
+                format!("device:{id}"),
+                &policy.lifetime_actions,
+                installed.as_ref(),
+            );
         }
     }
     Ok(())

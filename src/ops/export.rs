@@ -27,8 +27,8 @@ pub enum ExportFormat {
 pub struct ExportOptions {
     /// What to export: `ca:NAME`, `device:ID` or `enrollment:NAME`.
     pub target: Target,
-    /// PEM or PFX.
-    pub format: ExportFormat,
+    /// PEM or PFX; `None`: see [`super::vault::transfer::default_format`].
+    pub format: Option<ExportFormat>,
     /// Where to write.
     pub out: PathBuf,
     /// Add the private key to a PEM export.
@@ -112,7 +112,7 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
                 opts.target
             )));
         };
-        if opts.format != ExportFormat::Pem || opts.with_key {
+        if opts.format == Some(ExportFormat::Pfx) || opts.with_key {
             return Err(input(
                 "--crl writes PEM; it takes neither --format pfx nor --with-key",
             ));
@@ -168,14 +168,20 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
             opts.target, opts.target
         ))
     })?;
-    let wants_key = opts.with_key || opts.format == ExportFormat::Pfx;
+    let format = match opts.format {
+        Some(f) => f,
+        None => {
+            super::vault::transfer::default_format(backend.policy(&name)?.as_ref(), &version, opts.with_key)
+        }
+    };
+    let wants_key = opts.with_key || format == ExportFormat::Pfx;
     may_export(&opts.target.to_string(), &version, wants_key, now)?;
     let mut chain = vec![version.cert_der.clone()];
     let above = chain_above(&backend, &version)?;
     let root_excluded = above.len().saturating_sub(1);
     chain.extend(above.into_iter().take(root_excluded));
 
-    let bytes: zeroize::Zeroizing<Vec<u8>> = match opts.format {
+    let bytes: zeroize::Zeroizing<Vec<u8>> = match format {
         ExportFormat::Pem => {
             let mut text = zeroize::Zeroizing::new(String::new());
             for der in &chain {
@@ -188,10 +194,13 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
             zeroize::Zeroizing::new(text.as_bytes().to_vec())
         }
         ExportFormat::Pfx => {
-            let password = opts
-                .password
-                .as_ref()
-                .ok_or_else(|| input("a pfx export needs a password: --password-env VAR"))?;
+            let password = opts.password.as_ref().ok_or_else(|| {
+                input(format!(
+                    "the policy of {} asks for pfx (content_type): a pfx export needs a password \
+                     (--password-env VAR), or pass --format pem",
+                    opts.target
+                ))
+            })?;
             let key = backend.private_key(&version)?;
             // Carry the whole chain, root included, so the PFX is self-contained.
             let mut full = vec![version.cert_der.clone()];
@@ -211,7 +220,7 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
         certificate: name,
         version: version.version.clone(),
         out: opts.out.clone(),
-        format: match opts.format {
+        format: match format {
             ExportFormat::Pem => "pem",
             ExportFormat::Pfx => "pfx",
         },

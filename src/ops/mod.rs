@@ -269,7 +269,8 @@ pub fn chain_above(
     Ok(chain)
 }
 
-/// The key usage a policy puts into certificates, with Key Vault's default.
+/// The key usage a policy puts into certificates, with Key Vault's default (for an EC key,
+/// digitalSignature alone: RFC 8813 keeps keyEncipherment for RSA).
 pub fn effective_key_usage(policy: &Policy, is_ca: bool) -> Vec<KeyUsage> {
     let mut usage = if policy.key_usage.is_empty() {
         if is_ca {
@@ -278,6 +279,9 @@ pub fn effective_key_usage(policy: &Policy, is_ca: bool) -> Vec<KeyUsage> {
                 KeyUsage::KeyCertSign,
                 KeyUsage::CrlSign,
             ]
+        } else if matches!(policy.key, KeySpec::Ec { .. }) {
+            // RFC 8813: an EC key signs or agrees on keys; it never enciphers a key.
+            vec![KeyUsage::DigitalSignature]
         } else {
             vec![KeyUsage::DigitalSignature, KeyUsage::KeyEncipherment]
         }

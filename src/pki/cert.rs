@@ -4,10 +4,11 @@
 use super::Error;
 use super::inspect::CertFacts;
 use super::keys::PrivateKey;
+use super::san::San;
 use super::spec::{DnKind, ExtendedKeyUsage, KeyUsage, Subject};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -88,17 +89,24 @@ fn params(profile: &CertProfile) -> Result<CertificateParams, Error> {
             DnKind::ST => DnType::StateOrProvinceName,
             DnKind::L => DnType::LocalityName,
         };
-        dn.push(kind, attr.value.as_str());
+        // RFC 5280 Appendix A: countryName is a PrintableString; every other attribute a
+        // DirectoryString, for which section 4.1.2.4 asks UTF8String. Name-matching CA policies
+        // compare the string type too.
+        let value = match attr.kind {
+            DnKind::C => DnValue::PrintableString(attr.value.as_str().try_into()?),
+            _ => DnValue::Utf8String(attr.value.clone()),
+        };
+        dn.push(kind, value);
     }
     params.distinguished_name = dn;
     params.subject_alt_names = profile
         .dns_names
         .iter()
-        .map(|name| match name.parse::<std::net::IpAddr>() {
-            Ok(ip) => Ok(SanType::IpAddress(ip)),
-            Err(_) => Ok(SanType::DnsName(name.clone().try_into()?)),
+        .map(|name| match San::dns_or_ip(name).map_err(Error::BadName)? {
+            San::Ip(ip) => Ok(SanType::IpAddress(ip)),
+            other => Ok(SanType::DnsName(other.to_string().try_into()?)),
         })
-        .collect::<Result<_, rcgen::Error>>()?;
+        .collect::<Result<_, Error>>()?;
     params.key_usages = profile
         .key_usage
         .iter()

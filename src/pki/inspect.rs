@@ -11,7 +11,9 @@ pub struct CertInfo {
     pub thumbprint: String,
     /// SHA-256 thumbprint, uppercase hex.
     pub sha256: String,
-    /// Serial number, uppercase hex.
+    /// Serial number: the DER content octets in uppercase hex, as the store and CRLs key it;
+    /// shown (JSON, text) as openssl shows it, see [`serial_display`].
+    #[serde(serialize_with = "serialize_serial")]
     pub serial: String,
     /// Subject DN (RFC 4514 order as x509-parser prints it).
     pub subject: String,
@@ -123,4 +125,130 @@ pub fn common_name(der: &[u8]) -> Result<Option<String>, Error> {
         .next()
         .and_then(|cn| cn.as_str().ok())
         .map(str::to_string))
+}
+
+/// The key usage bits a DER certificate asserts, in RFC 5280 bit order; `None` when it has no
+/// keyUsage extension (any use is allowed).
+pub fn key_usage(der: &[u8]) -> Result<Option<Vec<super::spec::KeyUsage>>, Error> {
+    use super::spec::KeyUsage;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| Error::BadCertificate(e.to_string()))?;
+    let Some(ku) = cert
+        .key_usage()
+        .map_err(|e| Error::BadCertificate(e.to_string()))?
+    else {
+        return Ok(None);
+    };
+    let ku = ku.value;
+    Ok(Some(
+        [
+            (ku.digital_signature(), KeyUsage::DigitalSignature),
+            (ku.non_repudiation(), KeyUsage::NonRepudiation),
+            (ku.key_encipherment(), KeyUsage::KeyEncipherment),
+            (ku.data_encipherment(), KeyUsage::DataEncipherment),
+            (ku.key_agreement(), KeyUsage::KeyAgreement),
+            (ku.key_cert_sign(), KeyUsage::KeyCertSign),
+            (ku.crl_sign(), KeyUsage::CrlSign),
+            (ku.encipher_only(), KeyUsage::EncipherOnly),
+            (ku.decipher_only(), KeyUsage::DecipherOnly),
+        ]
+        .into_iter()
+        .filter_map(|(set, usage)| set.then_some(usage))
+        .collect(),
+    ))
+}
+
+/// The issuers of `leaf` found in `pool`, in path order: its issuer first, then that one's
+/// issuer, up to a self-signed root or the first certificate whose issuer is not in the pool.
+/// A candidate must carry the issuer name (byte for byte) and its key must verify the
+/// signature, so a bundle in any order, with duplicates or unrelated certificates, gives the
+/// same path; certificates not on the path are left out.
+pub fn issuer_path(leaf: &[u8], pool: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    use x509_parser::prelude::X509Certificate;
+    let parsed: Vec<(&Vec<u8>, X509Certificate<'_>)> = pool
+        .iter()
+        .filter_map(|der| {
+            x509_parser::parse_x509_certificate(der)
+                .ok()
+                .map(|(_, c)| (der, c))
+        })
+        .collect();
+    let Ok((_, mut current)) = x509_parser::parse_x509_certificate(leaf) else {
+        return Vec::new();
+    };
+    let mut used = vec![false; parsed.len()];
+    let mut path = Vec::new();
+    // Each pool certificate is used once at most, so the walk ends.
+    while current.subject().as_raw() != current.issuer().as_raw() {
+        let next = parsed.iter().enumerate().find(|(i, (_, cand))| {
+            !used[*i]
+                && cand.subject().as_raw() == current.issuer().as_raw()
+                && current.verify_signature(Some(cand.public_key())).is_ok()
+        });
+        let Some((i, (der, cand))) = next else {
+            break;
+        };
+        used[i] = true;
+        path.push((*der).clone());
+        current = cand.clone();
+    }
+    path
+}
+
+/// A serial number as `openssl x509 -serial` shows it, from its DER content octets: uppercase
+/// hex of the value's magnitude without the sign-padding octet, and a leading `-` when the
+/// (two's complement) integer is negative, as some old CAs wrote them.
+pub fn serial_display(content: &[u8]) -> String {
+    let negative = content.first().is_some_and(|b| b & 0x80 != 0);
+    let mut magnitude = content.to_vec();
+    if negative {
+        // Two's complement: invert and add one.
+        for b in magnitude.iter_mut() {
+            *b = !*b;
+        }
+        for b in magnitude.iter_mut().rev() {
+            let (sum, carry) = b.overflowing_add(1);
+            *b = sum;
+            if !carry {
+                break;
+            }
+        }
+    }
+    let first = magnitude.iter().position(|&b| b != 0).unwrap_or(magnitude.len());
+    let digits = match &magnitude[first..] {
+        [] => "00".to_string(),
+        rest => super::hex_upper(rest),
+    };
+    if negative { format!("-{digits}") } else { digits }
+}
+
+/// [`serial_display`] of a serial held as uppercase hex content octets (as [`CertInfo`] holds it).
+pub fn serial_display_hex(hex: &str) -> String {
+    let bytes: Option<Vec<u8>> = (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect();
+    match bytes {
+        Some(b) if hex.len().is_multiple_of(2) => serial_display(&b),
+        _ => hex.to_string(),
+    }
+}
+
+fn serialize_serial<S: serde::Serializer>(hex: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&serial_display_hex(hex))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_show_as_openssl_shows_them() {
+        assert_eq!(serial_display(&[0x01, 0x02]), "0102");
+        assert_eq!(serial_display(&[0x00, 0x9A]), "9A");
+        assert_eq!(serial_display(&[0xFF]), "-01");
+        assert_eq!(serial_display(&[0xFE, 0xDC]), "-0124");
+        assert_eq!(serial_display(&[0x80]), "-80");
+        assert_eq!(serial_display(&[0x00]), "00");
+        assert_eq!(serial_display_hex("00FF"), "FF");
+    }
 }

@@ -3,11 +3,13 @@
 //! Pure functions over bytes and times. `pki` never reads the clock (validity is passed in), never touches
 //! the store or the network, and never logs key material.
 
+pub mod bundle;
 pub mod cert;
 pub mod inspect;
 pub mod keys;
 pub mod pem;
 pub mod pkcs12;
+pub mod san;
 pub mod spec;
 
 pub use cert::{CertProfile, IssuerKey, sign_leaf, sign_self};
@@ -30,6 +32,9 @@ pub enum Error {
     /// A PEM file could not be read.
     #[error("malformed PEM: {0}")]
     BadPem(String),
+    /// A name (subject alternative name) that its type's grammar refuses.
+    #[error("invalid subject alternative name: {0}")]
+    BadName(String),
     /// PKCS#12 encoding or decoding failed.
     #[error("PKCS#12: {0}")]
     Pkcs12(String),

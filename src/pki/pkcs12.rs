@@ -41,10 +41,27 @@ pub struct PfxContents {
     pub chain: Vec<Vec<u8>>,
 }
 
-/// Reads a PFX.
+/// Reads a PFX: PBES2 (AES) as OpenSSL 3 writes it, and the legacy PBE-SHA1-3DES and
+/// PBE-SHA1-RC2-40 of `openssl pkcs12 -legacy`, Windows and older tools. The error tells a wrong
+/// password (the MAC or the padding does not check) from a scheme certroll cannot read.
 pub fn read_pfx(data: &[u8], password: &str) -> Result<PfxContents, Error> {
-    let store = KeyStore::from_pkcs12(data, password, p12_keystore::Pkcs12ImportPolicy::Relaxed)
-        .map_err(|e| Error::Pkcs12(e.to_string()))?;
+    use p12_keystore::error::Error as P12;
+    let store = KeyStore::from_pkcs12(data, password, p12_keystore::Pkcs12ImportPolicy::Relaxed).map_err(
+        |e| match e {
+            P12::MacError(_) | P12::UnpadError => {
+                Error::Pkcs12("wrong password (the file's integrity check does not match it)".into())
+            }
+            P12::UnsupportedEncryptionScheme | P12::UnsupportedMacAlgorithm => Error::Pkcs12(format!(
+                "the file uses an encryption or MAC scheme certroll cannot read ({}); readable are \
+                 PBES2 with PBKDF2 and AES, PBE-SHA1-3DES and PBE-SHA1-RC2-40 with an HMAC-SHA1/SHA2 MAC",
+                e
+            )),
+            P12::DerError(_) | P12::InvalidVersion | P12::UnsupportedContentType => {
+                Error::Pkcs12(format!("not a PKCS#12 file, or a damaged one ({e})"))
+            }
+            other => Error::Pkcs12(other.to_string()),
+        },
+    )?;
     let (_, chain) = store
         .private_key_chain()
         .ok_or_else(|| Error::Pkcs12("the file holds no private key with a certificate".into()))?;

@@ -327,8 +327,16 @@ impl Subject {
                     value.chars().count()
                 ));
             }
-            if kind == DnKind::C && value.len() != 2 {
+            if kind == DnKind::C && !(value.len() == 2 && value.bytes().all(|b| b.is_ascii_alphabetic())) {
                 return Err(format!("country `C={value}` must be a two-letter code"));
+            }
+            // A name holds each attribute type once: the certificate builder keeps one value
+            // per type, so a second one would be dropped without a word.
+            if attrs.iter().any(|a: &DnAttribute| a.kind == kind) {
+                return Err(format!(
+                    "`{}` appears twice; a subject may give each attribute once",
+                    key.trim()
+                ));
             }
             attrs.push(DnAttribute {
                 kind,
@@ -400,6 +408,8 @@ mod tests {
         assert!(Subject::parse("CN=x, XX=y").unwrap_err().contains("XX"));
         assert!(Subject::parse("CN=x,, O=y").is_err());
         assert!(Subject::parse("CN=x, C=Korea").is_err());
+        assert!(Subject::parse("CN=x, C=K1").is_err());
+        assert!(Subject::parse("CN=x, OU=a, OU=b").unwrap_err().contains("twice"));
     }
 
     #[test]

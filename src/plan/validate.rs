@@ -344,10 +344,7 @@ impl<'a> Validator<'a> {
         };
         for email in &contacts.emails {
             let s = email.get_ref();
-            let ok = s.split_once('@').is_some_and(|(local, domain)| {
-                !local.is_empty() && !domain.is_empty() && !domain.contains('@')
-            }) && !s.chars().any(char::is_whitespace);
-            if !ok {
+            if crate::pki::san::San::email(s).is_err() {
                 self.error(email.span(), format!("contact `{s}` is not an e-mail address"));
             }
         }
@@ -404,11 +401,8 @@ impl<'a> Validator<'a> {
 
         for dns in &raw.dns_names {
             let s = dns.get_ref();
-            if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                self.error(
-                    dns.span(),
-                    format!("dns_names entry `{s}` is not a DNS name or address"),
-                );
+            if let Err(e) = crate::pki::san::San::dns_or_ip(s) {
+                self.error(dns.span(), format!("dns_names entry {e}"));
             }
         }
 

@@ -1275,12 +1275,10 @@ fn usable(v: &VaultVersion, now: OffsetDateTime) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn key_ops(policy: Option<&Value>) -> Vec<&'static str> {
-    let usage: Vec<String> = policy
-        .and_then(|p| p["x509_props"]["key_usage"].as_array())
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
-        .unwrap_or_default();
-    vops::key_operations(&usage)
+/// The key operations of a version: from its key type and its certificate's key usage, by Key
+/// Vault's table (the same rule `vault show` uses).
+fn key_ops(v: &crate::backend::types::VaultVersion) -> Result<Vec<&'static str>, ApiError> {
+    vops::version_key_operations(v).map_err(|e| ApiError::internal(e.to_string()))
 }
 
 /// The public key of a certificate as a JWK (RFC 7517/7518 members).
@@ -1316,10 +1314,10 @@ fn jwk(cert_der: &[u8]) -> Result<Value, ApiError> {
 async fn key(st: Arc<AppState>, p: Principal, base: String, name: String, version: Option<String>) -> Answer {
     p.require(Perm::Get, &st.config.vault)?;
     st.read(move |b, _| {
-        let (v, tags, policy) = load(b, &name, version.as_deref())?;
+        let (v, tags, _) = load(b, &name, version.as_deref())?;
         let mut key = jwk(&v.cert_der)?;
         key["kid"] = json!(format!("{base}/keys/{name}/{}", v.version));
-        key["key_ops"] = json!(key_ops(policy.as_ref()));
+        key["key_ops"] = json!(key_ops(&v)?);
         let mut attrs = attributes(&v);
         attrs["exportable"] = json!(v.exportable);
         Ok(Json(
@@ -1490,9 +1488,9 @@ async fn sign_with(
         .and_then(|v| URL_SAFE_NO_PAD.decode(v.trim_end_matches('=')).ok())
         .ok_or_else(|| ApiError::bad_request("value (base64url digest) is required"))?;
     st.read(move |b, now| {
-        let (v, _, policy) = load(b, &name, version.as_deref())?;
+        let (v, _, _) = load(b, &name, version.as_deref())?;
         usable(&v, now)?;
-        if !key_ops(policy.as_ref()).contains(&"sign") {
+        if !key_ops(&v)?.contains(&"sign") {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "Forbidden",

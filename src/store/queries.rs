@@ -216,6 +216,21 @@ pub fn vault_insert_with_policy(
             &parsed
         }
     };
+    // A key once non-exportable (or HSM) stays so in every later version that reuses it.
+    let inherited = super::queries_vault::inherited_key_protection(
+        conn,
+        new.name,
+        new.cert_der,
+        new.exportable,
+        new.kty,
+    )?;
+    let (kty, exportable) = match &inherited {
+        Some(old_kty) if old_kty.ends_with("-HSM") && !new.kty.ends_with("-HSM") => {
+            (format!("{}-HSM", new.kty), false)
+        }
+        Some(_) => (new.kty.to_string(), false),
+        None => (new.kty.to_string(), new.exportable),
+    };
     let version = new_version_id()?;
     let sealed = key.seal(&key_identity(new.name, &version), new.key_pkcs8)?;
     // The certificate row changes only with its policy: a roll of a fleet leaves it alone.
@@ -238,8 +253,8 @@ pub fn vault_insert_with_policy(
             version,
             new.cert_der,
             sealed,
-            new.kty,
-            new.exportable,
+            kty,
+            exportable,
             info.thumbprint,
             info.serial,
             ts(info.not_before),

@@ -599,6 +599,55 @@ pub fn pending_delete(conn: &Connection, name: &str) -> Result<bool> {
         > 0)
 }
 
+// ---------------------------------------------------------------- key protection
+
+/// The protection a new version of `name` certifying `cert_der`'s key must keep: `Some(kty)`
+/// with the key type to record (its `-HSM` suffix kept) when an earlier version of the same name
+/// holds the same key non-exportable or in an HSM; `None` when the key is new to the name or was
+/// always exportable.
+///
+/// Exportability belongs to the key for its whole life: a renewal that reuses the key after the
+/// policy was edited to `exportable = true`, or an import of the same key, may not open it.
+pub fn inherited_key_protection(
+    conn: &Connection,
+    name: &str,
+    cert_der: &[u8],
+    exportable: bool,
+    kty: &str,
+) -> Result<Option<String>> {
+    // Nothing is stronger than an HSM key; a non-exportable one can only gain the HSM mark.
+    let query = match (exportable, kty.ends_with("-HSM")) {
+        (false, true) => return Ok(None),
+        (false, false) => "SELECT kty, cert_der FROM vault_versions WHERE name = ?1 AND kty LIKE '%-HSM'",
+        (true, _) => {
+            "SELECT kty, cert_der FROM vault_versions WHERE name = ?1 AND (exportable = 0 OR kty LIKE '%-HSM')"
+        }
+    };
+    let mut stmt = conn.prepare_cached(query).map_err(sql)?;
+    let rows = stmt
+        .query_map([name], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))
+        .map_err(sql)?;
+    let mut spki: Option<Vec<u8>> = None;
+    for row in rows {
+        let (kty, old_der) = row.map_err(sql)?;
+        let new_spki = match &spki {
+            Some(s) => s,
+            None => spki
+                .insert(spki_raw(cert_der).map_err(|e| corrupt(format!("refusing to store `{name}`: {e}")))?),
+        };
+        // An unreadable old row cannot match; the new key is compared only with what parses.
+        if spki_raw(&old_der).is_ok_and(|old| &old == new_spki) {
+            return Ok(Some(kty));
+        }
+    }
+    Ok(None)
+}
+
+fn spki_raw(cert_der: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| e.to_string())?;
+    Ok(cert.tbs_certificate.subject_pki.raw.to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,3 +47,6 @@ mod hostile;
 mod crash;
 // `certroll serve` as DPS and IoT Hub, driven by the official Azure IoT Node SDKs.
 mod serve_dps_hub;
+// Issue 10, vault and X.509 fidelity: exportability for life, key operations, vault-only
+// lifetime actions, content types, chain order, legacy PKCS#12, string types, SANs, serials, PKCS#7.
+mod fidelity;

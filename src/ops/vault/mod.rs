@@ -7,6 +7,7 @@
 pub mod backup;
 pub mod lifecycle;
 pub mod pending;
+pub mod renew;
 pub mod settings;
 pub mod transfer;
 
@@ -125,7 +126,7 @@ pub struct CertificateView {
     pub name: String,
     /// The policy (Key Vault's shape).
     pub policy: Option<serde_json::Value>,
-    /// The key operations the policy's key usage allows.
+    /// The key operations the key allows: its type and its certificate's key usage.
     pub key_operations: Vec<&'static str>,
     /// Versions, oldest first.
     pub versions: Vec<VersionView>,
@@ -135,23 +136,70 @@ pub struct CertificateView {
     pub pending: Option<PendingView>,
 }
 
-/// Key operations for the key usage names of a policy (Key Vault's table; the default key usage
-/// is digitalSignature + keyEncipherment).
-pub fn key_operations(usage: &[String]) -> Vec<&'static str> {
-    let usages: Vec<KeyUsage> = if usage.is_empty() {
-        vec![KeyUsage::DigitalSignature, KeyUsage::KeyEncipherment]
+/// The key operations Key Vault gives a key of type `kty` (`EC`, `RSA-HSM`, ...) whose
+/// certificate asserts `usage` (`None`: no keyUsage extension, so every operation of the type).
+/// An EC key only signs and verifies, whatever its usage says: Key Vault has no EC wrapKey,
+/// unwrapKey, encrypt or decrypt.
+pub fn key_operations_of(kty: &str, usage: Option<&[KeyUsage]>) -> Vec<&'static str> {
+    let ec = kty.starts_with("EC");
+    let all: &[&'static str] = if ec {
+        &["sign", "verify"]
     } else {
-        usage.iter().filter_map(|u| KeyUsage::parse(u)).collect()
+        &["sign", "verify", "wrapKey", "unwrapKey", "encrypt", "decrypt"]
+    };
+    let Some(usage) = usage else {
+        return all.to_vec();
     };
     let mut ops: Vec<&'static str> = Vec::new();
-    for u in usages {
+    for u in usage {
         for op in u.key_operations() {
-            if !ops.contains(op) {
+            if all.contains(op) && !ops.contains(op) {
                 ops.push(op);
             }
         }
     }
     ops
+}
+
+/// The key operations of a version: its key type and its certificate's own key usage.
+pub fn version_key_operations(version: &crate::backend::types::VaultVersion) -> Result<Vec<&'static str>> {
+    let usage = crate::pki::inspect::key_usage(&version.cert_der)?;
+    Ok(key_operations_of(&version.kty, usage.as_deref()))
+}
+
+/// Key operations for the key usage names of a policy alone, for a key whose type is not known
+/// (RSA's table; the default key usage is digitalSignature + keyEncipherment). Prefer
+/// [`version_key_operations`], which knows the key type.
+pub fn key_operations(usage: &[String]) -> Vec<&'static str> {
+    let mut usages: Vec<KeyUsage> = usage.iter().filter_map(|u| KeyUsage::parse(u)).collect();
+    if usages.is_empty() {
+        usages = vec![KeyUsage::DigitalSignature, KeyUsage::KeyEncipherment];
+    }
+    key_operations_of("RSA", Some(&usages))
+}
+
+/// The key usage a policy document names, with the default for its key type when it names none
+/// (as [`crate::ops::effective_key_usage`] signs it).
+fn policy_key_usage(policy: &serde_json::Value) -> Vec<KeyUsage> {
+    let named: Vec<KeyUsage> = policy["x509_props"]["key_usage"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().and_then(KeyUsage::parse))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !named.is_empty() {
+        return named;
+    }
+    if policy["key_props"]["kty"]
+        .as_str()
+        .is_some_and(|k| k.starts_with("EC"))
+    {
+        vec![KeyUsage::DigitalSignature]
+    } else {
+        vec![KeyUsage::DigitalSignature, KeyUsage::KeyEncipherment]
+    }
 }
 
 /// `vault show`.
@@ -168,11 +216,16 @@ pub fn show(plan: &Plan, name: &str, settings: &BackendSettings) -> Result<Certi
         (None, Some(p)) => Some(serde_json::from_str(&p.policy_json)?),
         (None, None) => None,
     };
-    let usage: Vec<String> = policy
-        .as_ref()
-        .and_then(|p| p["x509_props"]["key_usage"].as_array())
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
-        .unwrap_or_default();
+    // What the key may do follows the newest certificate's own key usage and the key's type;
+    // a request not yet merged has only its policy.
+    let key_ops = match (versions.last(), &policy) {
+        (Some(v), _) => version_key_operations(v)?,
+        (None, Some(p)) => key_operations_of(
+            p["key_props"]["kty"].as_str().unwrap_or("RSA"),
+            Some(&policy_key_usage(p)),
+        ),
+        (None, None) => Vec::new(),
+    };
     let versions = versions
         .into_iter()
         .map(|v| {
@@ -194,7 +247,7 @@ pub fn show(plan: &Plan, name: &str, settings: &BackendSettings) -> Result<Certi
         pending: pending.as_ref().map(PendingView::from),
         name,
         policy,
-        key_operations: key_operations(&usage),
+        key_operations: key_ops,
         versions,
     })
 }

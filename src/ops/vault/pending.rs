@@ -104,6 +104,20 @@ fn check_create(name: &str, opts: &CreateOptions) -> Result<CreateParts> {
             KeyUsage::parse(u).ok_or_else(|| input(format!("--key-usage `{u}` is not a key usage name")))
         })
         .collect::<Result<Vec<_>>>()?;
+    for dns in &opts.dns_names {
+        crate::pki::san::San::dns_or_ip(dns).map_err(|e| input(format!("--dns {e}")))?;
+    }
+    if matches!(opts.key, KeySpec::Ec { .. })
+        && let Some(u) = key_usage
+            .iter()
+            .find(|u| matches!(u, KeyUsage::KeyEncipherment | KeyUsage::DataEncipherment))
+    {
+        return Err(input(format!(
+            "--key-usage {}: an EC key signs and agrees on keys, it does not encipher (RFC 8813); \
+             use digitalSignature or keyAgreement",
+            u.name()
+        )));
+    }
     if key_usage.contains(&KeyUsage::KeyCertSign) {
         return Err(input(
             "--key-usage keyCertSign: vault create makes end-entity certificates; CAs come from the plan",
@@ -268,9 +282,9 @@ pub struct MergeReport {
     pub cert: crate::pki::CertInfo,
 }
 
-/// `vault merge`: the signed certificate (PEM, leaf first, or DER) becomes a version with the
-/// pending key, after checking that it certifies that key. Further certificates in a PEM file
-/// are kept as its chain.
+/// `vault merge`: the signed certificate (PEM, DER, or a PKCS#7 `.p7b` bundle in PEM or DER)
+/// becomes a version with the pending key, after checking that it certifies that key. The
+/// bundle's other certificates are kept as its chain, in path order.
 pub fn merge(
     plan: &Plan,
     name: &str,
@@ -282,49 +296,65 @@ pub fn merge(
     let shown = file.display().to_string();
     let bytes = crate::fsutil::read_bounded(file, crate::fsutil::MAX_INPUT_FILE)
         .map_err(|e| input(format!("cannot read {shown}: {e}")))?;
-    let certs = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
-        crate::pki::pem::certs_from_pem(&bytes).map_err(|e| input(format!("{shown}: {e}")))?
-    } else {
-        vec![bytes]
-    };
-    if certs.is_empty() {
-        return Err(input(format!("{shown} holds no certificate")));
-    }
-    for c in &certs {
+    let all = crate::pki::bundle::certs_from_bundle(&bytes).map_err(|e| input(format!("{shown}: {e}")))?;
+    for c in &all {
         crate::pki::CertInfo::from_der(c).map_err(|e| input(format!("{shown}: {e}")))?;
     }
     let mut backend = open_backend(plan, Access::Write, settings)?;
-    merge_in(&mut backend, &name, certs, &shown, now)
+    merge_in(&mut backend, &name, all, &shown, now)
 }
 
-/// `vault merge` on an open backend: `certs` are DER, leaf first (`shown` names where they came
-/// from in messages).
+/// `vault merge` on an open backend: `all` are DER certificates in any order, one of them for
+/// the pending key (`shown` names where they came from in messages).
 pub fn merge_in(
     backend: &mut crate::backend::local::LocalBackend,
     name: &str,
-    mut certs: Vec<Vec<u8>>,
+    all: Vec<Vec<u8>>,
     shown: &str,
     now: OffsetDateTime,
 ) -> Result<MergeReport> {
     let name = name.to_string();
-    if certs.is_empty() {
+    if all.is_empty() {
         return Err(input(format!("{shown} holds no certificate")));
     }
-    // Leaf first, then its chain (kept with the version).
-    let leaf = certs.remove(0);
-    for c in &certs {
-        crate::pki::CertInfo::from_der(c).map_err(|e| input(format!("{shown}: {e}")))?;
-    }
-    let cert = crate::pki::CertInfo::from_der(&leaf).map_err(|e| input(format!("{shown}: {e}")))?;
     let pending = backend
         .pending(&name)?
         .ok_or_else(|| no_request(backend, &name))?;
     let key = backend.pending_key(&name)?;
-    if spki_of(&leaf)? != key.public_key_der() {
+    // The leaf is the certificate for the pending key, wherever the bundle puts it (a PKCS#7
+    // set has no order); the others are kept as its chain in path order.
+    let public = key.public_key_der();
+    let mut leaf_at = None;
+    for (i, c) in all.iter().enumerate() {
+        if spki_of(c)? == public {
+            leaf_at = Some(i);
+            break;
+        }
+    }
+    let Some(leaf_at) = leaf_at else {
+        let first = crate::pki::CertInfo::from_der(&all[0]).map_err(|e| input(format!("{shown}: {e}")))?;
         return Err(input(format!(
-            "{shown}: the certificate ({}) is not for the key of `{name}`'s pending request; nothing was merged",
-            cert.subject
+            "{shown}: {} is not for the key of `{name}`'s pending request; nothing was merged",
+            if all.len() == 1 {
+                format!("the certificate ({})", first.subject)
+            } else {
+                format!("none of its {} certificates", all.len())
+            }
         )));
+    };
+    let leaf = all[leaf_at].clone();
+    let cert = crate::pki::CertInfo::from_der(&leaf).map_err(|e| input(format!("{shown}: {e}")))?;
+    let others: Vec<Vec<u8>> = all
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leaf_at)
+        .map(|(_, c)| c.clone())
+        .collect();
+    let mut certs = crate::pki::inspect::issuer_path(&leaf, &others);
+    for c in others {
+        if !certs.contains(&c) {
+            certs.push(c);
+        }
     }
     let version = crate::backend::in_one_unit(backend, |b| -> Result<String> {
         let v = b.create_versions(

@@ -47,12 +47,9 @@ fn effective(plan: &Plan, stored: Option<Vec<String>>) -> ContactsView {
     }
 }
 
-/// Whether `text` is an e-mail address by the plan's rule: one `@` with text on both sides, no
-/// spaces.
+/// Whether `text` is an e-mail address by the one rule of [`crate::pki::san::San::email`].
 pub fn is_email(text: &str) -> bool {
-    text.split_once('@')
-        .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty() && !domain.contains('@'))
-        && !text.chars().any(char::is_whitespace)
+    crate::pki::san::San::email(text).is_ok()
 }
 
 /// `vault contacts get`.

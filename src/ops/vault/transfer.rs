@@ -14,7 +14,7 @@ use crate::backend::Vault as _;
 use crate::backend::types::NewVersion;
 use crate::error::input;
 use crate::ops::{Access, BackendSettings, open_backend, policy_json};
-use crate::pki::spec::{ExtendedKeyUsage, KeySpec, KeyUsage};
+use crate::pki::spec::{ExtendedKeyUsage, KeySpec};
 use crate::plan::{ActionKind, ContentType, LifetimeAction, Plan, Policy, Trigger};
 use anyhow::Result;
 use serde::Serialize;
@@ -100,11 +100,8 @@ pub fn material_from_bytes(bytes: &[u8], password: Option<&str>, shown: &str) ->
             "{shown} is not PEM, so it is read as PKCS#12, which needs --password-env VAR"
         ))
     })?;
-    let pfx = crate::pki::pkcs12::read_pfx(bytes, password).map_err(|e| {
-        input(format!(
-            "cannot read {shown} as PKCS#12 (wrong password, or not a PFX file): {e}"
-        ))
-    })?;
+    let pfx = crate::pki::pkcs12::read_pfx(bytes, password)
+        .map_err(|e| input(format!("cannot read {shown} as PKCS#12: {e}")))?;
     Ok(Material {
         certs: pfx.chain,
         key_pkcs8: pfx.key,
@@ -138,25 +135,10 @@ pub fn policy_from_certificate(
             }
         }
     }
-    let mut key_usage = Vec::new();
-    if let Ok(Some(ku)) = cert.key_usage() {
-        let ku = ku.value;
-        for (set, usage) in [
-            (ku.digital_signature(), KeyUsage::DigitalSignature),
-            (ku.non_repudiation(), KeyUsage::NonRepudiation),
-            (ku.key_encipherment(), KeyUsage::KeyEncipherment),
-            (ku.data_encipherment(), KeyUsage::DataEncipherment),
-            (ku.key_agreement(), KeyUsage::KeyAgreement),
-            (ku.key_cert_sign(), KeyUsage::KeyCertSign),
-            (ku.crl_sign(), KeyUsage::CrlSign),
-            (ku.encipher_only(), KeyUsage::EncipherOnly),
-            (ku.decipher_only(), KeyUsage::DecipherOnly),
-        ] {
-            if set {
-                key_usage.push(usage);
-            }
-        }
-    }
+    let key_usage = crate::pki::inspect::key_usage(der)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     let mut ekus = Vec::new();
     if let Ok(Some(eku)) = cert.extended_key_usage() {
         let e = eku.value;
@@ -311,14 +293,22 @@ pub fn import_in(
     if hsm {
         spec = with_hsm(spec);
     }
-    // The other certificates of the file are the leaf's chain, kept with the version.
-    let chain: Vec<Vec<u8>> = material
+    // The other certificates of the file are the leaf's chain, kept with the version in path
+    // order (issuer first), whatever order the file had.
+    let others: Vec<Vec<u8>> = material
         .certs
         .iter()
         .enumerate()
         .filter(|(i, _)| *i != leaf)
         .map(|(_, c)| c.clone())
         .collect();
+    let mut chain = crate::pki::inspect::issuer_path(cert_der, &others);
+    // Certificates off the path are kept after it, so nothing the file held is lost.
+    for c in others {
+        if !chain.contains(&c) {
+            chain.push(c);
+        }
+    }
     let version = crate::backend::in_one_unit(backend, |b| -> Result<Vec<String>> {
         let version = b.create_versions(
             &[NewVersion {
@@ -380,8 +370,8 @@ fn chain_in_vault(
 pub struct VaultExportOptions {
     /// The version (default: the current one).
     pub version: Option<String>,
-    /// PEM or PFX.
-    pub format: crate::ops::ExportFormat,
+    /// PEM or PFX; `None`: see [`default_format`].
+    pub format: Option<crate::ops::ExportFormat>,
     /// Where to write.
     pub out: PathBuf,
     /// Add the private key to a PEM export.
@@ -418,14 +408,22 @@ pub fn export(
         }
         (None, _) => return Err(not_live(&backend, &name)),
     };
-    let wants_key = opts.with_key || opts.format == ExportFormat::Pfx;
+    let format = match opts.format {
+        Some(f) => f,
+        None => default_format(backend.policy(&name)?.as_ref(), &version, opts.with_key),
+    };
+    let wants_key = opts.with_key || format == ExportFormat::Pfx;
     crate::ops::export::may_export(&format!("`{name}`"), &version, wants_key, now)?;
+    // A stored chain is kept as the file had it; the export is in path order whatever that was.
     let above = match version.issuer {
         Some(_) => chain_in_vault(&backend, &version)?,
-        None => backend.stored_chain(&name, &version.version)?,
+        None => crate::pki::inspect::issuer_path(
+            &version.cert_der,
+            &backend.stored_chain(&name, &version.version)?,
+        ),
     };
     let mut chain = vec![version.cert_der.clone()];
-    let bytes: Zeroizing<Vec<u8>> = match opts.format {
+    let bytes: Zeroizing<Vec<u8>> = match format {
         ExportFormat::Pem => {
             // Up to, not including, the root.
             let root = match above.last() {
@@ -445,10 +443,12 @@ pub fn export(
             Zeroizing::new(text.as_bytes().to_vec())
         }
         ExportFormat::Pfx => {
-            let password = opts
-                .password
-                .as_ref()
-                .ok_or_else(|| input("a pfx export needs a password: --password-env VAR"))?;
+            let password = opts.password.as_ref().ok_or_else(|| {
+                input(format!(
+                    "the policy of `{name}` asks for PKCS#12 (application/x-pkcs12): a pfx export \
+                     needs a password (--password-env VAR), or pass --format pem"
+                ))
+            })?;
             let key = backend.private_key(&version)?;
             chain.extend(above);
             Zeroizing::new(crate::pki::pkcs12::write_pfx(
@@ -465,11 +465,29 @@ pub fn export(
         certificate: name,
         version: version.version,
         out: opts.out.clone(),
-        format: match opts.format {
+        format: match format {
             ExportFormat::Pem => "pem",
             ExportFormat::Pfx => "pfx",
         },
         includes_key: wants_key,
         certificates: chain.len(),
     })
+}
+
+/// The export format when none is asked for: what the policy's `secret_props.contentType` says
+/// (PFX for `application/x-pkcs12`, PEM otherwise and without a policy). `--with-key` adds the
+/// key to a PEM export, so it means PEM; and a version whose key may not leave the vault gives
+/// its public certificate as PEM, as Key Vault still gives the CER of a non-exportable one.
+pub fn default_format(
+    policy: Option<&serde_json::Value>,
+    version: &crate::backend::types::VaultVersion,
+    with_key: bool,
+) -> crate::ops::ExportFormat {
+    let pfx = policy.and_then(|p| p["secret_props"]["contentType"].as_str()) == Some("application/x-pkcs12");
+    let key_leaves = version.exportable && !version.kty.ends_with("-HSM");
+    if pfx && !with_key && key_leaves {
+        crate::ops::ExportFormat::Pfx
+    } else {
+        crate::ops::ExportFormat::Pem
+    }
 }
