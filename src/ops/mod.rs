@@ -168,8 +168,23 @@ pub struct BackendSettings {
     pub lock_timeout: Option<Duration>,
 }
 
+/// Refuses a plan with `kind = "azure"` (exit 2) until every service it needs is remote: a verb
+/// that reached Key Vault but not DPS or the hub would leave the fleet half-rolled.
+pub fn refuse_azure(plan: &Plan) -> Result<()> {
+    if plan.azure.is_some() {
+        return Err(crate::error::input(format!(
+            "{}: backend kind `azure` cannot run verbs yet: its Key Vault client exists, but the \
+             Device Provisioning Service and IoT Hub clients and remote device delivery do not \
+             (issue 12); use `kind = \"local\"` or rehearse against `certroll serve`",
+            plan.path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Opens the plan's backend.
 pub fn open_backend(plan: &Plan, access: Access, settings: &BackendSettings) -> Result<LocalBackend> {
+    refuse_azure(plan)?;
     let BackendConfig::Local { path, key_file } = &plan.backend;
     if access == Access::Preview && !path.exists() {
         return Ok(LocalBackend::new(Store::open_empty()?));
