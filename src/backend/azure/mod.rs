@@ -99,7 +99,6 @@ pub fn credential(auth: &AzureAuth, options: &ClientOptions) -> Result<Arc<dyn T
             azure_identity::ManagedIdentityCredentialOptions {
                 user_assigned_id: client_id.clone().map(azure_identity::UserAssignedId::ClientId),
                 client_options: options.clone(),
-                ..Default::default()
             },
         ))
         .map_err(client)?,

@@ -169,17 +169,22 @@ fn every_verb_refuses_an_azure_plan_with_exit_2_and_creates_nothing() {
     let env = TestEnv::new();
     env.write(
         "plan.toml",
-        "version = 1\n[backend]\nkind = \"azure\"\nvault_url = \"https://x.vault.azure.net\"\nauth = \"azure-cli\"\n",
+        "version = 1\n[backend]\nkind = \"azure\"\nvault_url = \"https://x.vault.azure.net\"\n\
+         auth = \"azure-cli\"\n[policies.device]\nkey = { type = \"EC\", curve = \"P-256\" }\n\
+         validity_days = 365\n[policies.ca]\nkey = { type = \"EC\", curve = \"P-256\" }\n\
+         validity_days = 3650\nkey_usage = [\"keyCertSign\", \"cRLSign\", \"digitalSignature\"]\n\
+         [ca.root]\nsubject = \"CN=Root\"\npolicy = \"ca\"\n\
+         [enrollments.gw-01]\nissuer = \"root\"\npolicy = \"device\"\nhub = \"hub\"\n",
     );
     env.plan_run(&["validate"]).ok();
     for verb in [
         &["issue"][..],
-        &["roll-secondary"],
-        &["roll-primary"],
-        &["revoke", "--reason", "superseded", "--yes"],
+        &["roll-secondary", "--due"],
+        &["roll-primary", "device:gw-01"],
+        &["revoke", "--reason", "superseded", "--yes", "device:gw-01"],
         &["reprovision"],
         &["status"],
-        &["export", "device:x", "--out", "x.pem"],
+        &["export", "device:gw-01", "--out", "x.pem"],
         &["notify"],
     ] {
         let run = env.plan_run(verb).code(2);
@@ -190,4 +195,41 @@ fn every_verb_refuses_an_azure_plan_with_exit_2_and_creates_nothing() {
         );
     }
     assert!(!env.path(".certroll").exists(), "nothing was created");
+}
+
+/// The plan's `vault_concurrency` bounds batches; this prints what it buys on loopback.
+#[test]
+#[ignore = "measurement, not a check: run with --ignored --nocapture"]
+fn measure_batch_concurrency_against_serve() {
+    let env = TestEnv::new();
+    let serve = Serve::start(&env, "tok");
+    let plan = client_plan(&env, &serve);
+    let policy = super::policy("CN=m", true, "application/x-pem-file");
+    for (round, concurrency) in [(0, 1usize), (1, 8)] {
+        let mut config = plan.azure.clone().unwrap();
+        config.vault_limits.concurrency = concurrency;
+        let dir = env.path(&format!("m{round}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut vault = AzureVault::connect_with(
+            &config,
+            super::local::fresh_store(&dir),
+            Arc::new(EnvTokenCredential::new("tok".into())),
+        )
+        .unwrap();
+        let names: Vec<String> = (0..40).map(|i| format!("m{round}-{i}")).collect();
+        let made: Vec<super::Made> = names.iter().map(|n| super::self_signed(n, 30, false)).collect();
+        let batch: Vec<_> = names
+            .iter()
+            .zip(&made)
+            .map(|(n, m)| super::new_version(n, &policy, m, None))
+            .collect();
+        let t = std::time::Instant::now();
+        vault.create_versions(&batch, super::now()).unwrap();
+        let import = t.elapsed();
+        let t = std::time::Instant::now();
+        let got = vault.current_many(&names).unwrap();
+        let read = t.elapsed();
+        assert!(got.iter().all(Option::is_some));
+        eprintln!("concurrency {concurrency}: 40 imports {import:?}, 40 current {read:?}");
+    }
 }
