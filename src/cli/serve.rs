@@ -21,6 +21,9 @@ Bearer tokens: the plan's [serve.principals.NAME] (token_env, permissions); with
 principal `owner` with every permission whose token is $CERTROLL_SERVE_TOKEN (or generated and
 printed in the start line).
 
+[serve.services.keyvault] throttles (429 + Retry-After above rate_per_second) and injects
+faults (error_percent of 500/503, drop_percent of dropped connections, delay_ms).
+
 The start line (-o json: one JSON object on one line) gives vault_url, ca_file, listen, the
 per-service listeners and the generated token, if any. CLI verbs keep working on the same store
 while serve runs. SIGINT or SIGTERM stops it after the requests in flight.

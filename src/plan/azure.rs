@@ -57,7 +57,7 @@ impl AzureAuth {
 
 /// How hard certroll may drive one service.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ServiceLimits {
+pub struct ClientLimits {
     /// Requests per second at most (client side); `None`: no client-side rate.
     pub rate: Option<f64>,
     /// Requests in flight at most.
@@ -78,7 +78,7 @@ pub struct AzureDps {
     /// The environment variable holding the policy's key.
     pub sas_key_env: String,
     /// Rate and concurrency.
-    pub limits: ServiceLimits,
+    pub limits: ClientLimits,
 }
 
 /// `[backend.hubs.NAME]`: one IoT Hub the plan assigns devices to (used once the hub client
@@ -92,7 +92,7 @@ pub struct AzureHub {
     /// The environment variable holding the policy's key.
     pub sas_key_env: String,
     /// Rate and concurrency.
-    pub limits: ServiceLimits,
+    pub limits: ClientLimits,
 }
 
 /// The validated `[backend] kind = "azure"` settings.
@@ -101,7 +101,7 @@ pub struct AzureConfig {
     /// The vault, `https://NAME.vault.azure.net` (no path, no trailing slash).
     pub vault_url: String,
     /// Key Vault rate and concurrency.
-    pub vault_limits: ServiceLimits,
+    pub vault_limits: ClientLimits,
     /// How tokens are obtained.
     pub auth: AzureAuth,
     /// Extra trusted roots (PEM), absolute; the system roots are trusted as well.

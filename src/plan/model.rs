@@ -45,7 +45,33 @@ pub struct ServeConfig {
     /// Bearer-token principals by name. Empty when the plan names none: serve then admits one
     /// principal `owner` with every permission (see [`ServeConfig::DEFAULT_TOKEN_ENV`]).
     pub principals: BTreeMap<String, PrincipalSpec>,
+    /// Throttling and injected faults by service (`keyvault`, `dps`, `dps_device`, `hub`,
+    /// `arm`); a service not named has none.
+    pub services: BTreeMap<String, ServiceLimits>,
 }
+
+/// `[serve.services.SERVICE]`: how one emulated service misbehaves on purpose, so clients'
+/// handling of Azure's limits and failures can be tested.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ServiceLimits {
+    /// Requests per second the service admits before answering 429 with `Retry-After`.
+    pub rate_per_second: Option<u32>,
+    /// Requests admitted at once above the rate (default: one second's worth).
+    pub burst: Option<u32>,
+    /// Share of requests (0 to 100) answered with `error_status` instead.
+    pub error_percent: f64,
+    /// The status of injected errors: 500 or 503.
+    pub error_status: u16,
+    /// Share of requests (0 to 100) whose connection is dropped without an answer.
+    pub drop_percent: f64,
+    /// Milliseconds every answer is held back.
+    pub delay_ms: u32,
+}
+
+impl Eq for ServiceLimits {}
+
+/// The services `[serve.services.SERVICE]` may name.
+pub const SERVE_SERVICES: [&str; 5] = ["keyvault", "dps", "dps_device", "hub", "arm"];
 
 impl ServeConfig {
     /// The vault name when the plan names none.
@@ -62,6 +88,7 @@ impl Default for ServeConfig {
             vault: Self::DEFAULT_VAULT.into(),
             dps: Self::DEFAULT_DPS.into(),
             principals: BTreeMap::new(),
+            services: BTreeMap::new(),
         }
     }
 }

@@ -196,6 +196,20 @@ pub(super) struct RawServe {
     pub(super) dps: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) principals: Named<Spanned<RawPrincipal>>,
+    #[serde(default)]
+    pub(super) services: Named<Spanned<RawServiceLimits>>,
+}
+
+/// `[serve.services.SERVICE]`: throttling and injected faults of one emulated service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServiceLimits {
+    pub(super) rate_per_second: Option<Spanned<i64>>,
+    pub(super) burst: Option<Spanned<i64>>,
+    pub(super) error_percent: Option<Spanned<f64>>,
+    pub(super) error_status: Option<Spanned<i64>>,
+    pub(super) drop_percent: Option<Spanned<f64>>,
+    pub(super) delay_ms: Option<Spanned<i64>>,
 }
 
 /// `[serve.principals.NAME]`: a bearer token and what it may do in the vault.

@@ -1217,3 +1217,72 @@ fn fixtures_load_or_fail_as_their_first_line_says() {
     }
     assert!(broken >= 5, "expected the broken-*.toml fixtures, found {broken}");
 }
+
+#[test]
+fn serve_defaults_without_a_serve_table() {
+    let plan = ok("version = 1\n");
+    assert_eq!(plan.serve, crate::plan::ServeConfig::default());
+    assert_eq!(plan.serve.vault, "certroll");
+    assert!(plan.serve.principals.is_empty());
+}
+
+#[test]
+fn serve_principals_get_their_permissions_and_all_expands() {
+    use crate::plan::CertificatePermission as P;
+    let plan = ok(r#"version = 1
+[serve]
+vault = "Rehearsal-Vault"
+[serve.principals.ops]
+token_env = "OPS_TOKEN"
+permissions = ["all"]
+[serve.principals.auditor]
+token_env = "AUDIT_TOKEN"
+permissions = ["List", "get", "get"]
+"#);
+    assert_eq!(plan.serve.vault, "rehearsal-vault", "host names are lower case");
+    assert_eq!(plan.serve.principals["ops"].permissions, P::ALL.to_vec());
+    assert_eq!(
+        plan.serve.principals["auditor"].permissions,
+        vec![P::Get, P::List]
+    );
+    assert_eq!(plan.serve.principals["auditor"].token_env, "AUDIT_TOKEN");
+}
+
+#[test]
+fn serve_errors_name_the_value_and_never_echo_a_token() {
+    let e = err(
+        "version = 1\n[serve.principals.ops]\ntoken_env = \"OPS_TOKEN\"\npermissions = [\"get\", \"sign\"]\n",
+    );
+    assert_at(&e, 4, 23, "unknown certificate permission `sign`");
+    let e = err(
+        "version = 1\n[serve.principals.ops]\ntoken_env = \"s3cr3t-token-value!\"\npermissions = [\"get\"]\n",
+    );
+    assert_at(&e, 3, 13, "token_env must be the name of an environment variable");
+    assert!(!e.message.contains("s3cr3t"), "{e}");
+    let e = err(
+        "version = 1\n[serve.principals.a]\ntoken_env = \"T\"\npermissions = []\n[serve.principals.b]\ntoken_env = \"T\"\npermissions = []\n",
+    );
+    assert_at(&e, 6, 13, "both take their token from `T`");
+    let e = err("version = 1\n[serve]\ndps = \"-dps\"\n");
+    assert_at(&e, 3, 7, "dps name `-dps` is not valid");
+    let e = err("version = 1\n[serve]\nrate = 5\n");
+    assert_eq!(e.line, Some(3), "unknown keys are refused: {e}");
+}
+
+#[test]
+fn serve_services_take_rates_and_faults_within_range() {
+    let plan = ok(
+        "version = 1\n[serve.services.keyvault]\nrate_per_second = 10\nerror_percent = 2.5\nerror_status = 500\n",
+    );
+    let kv = &plan.serve.services["keyvault"];
+    assert_eq!(
+        (kv.rate_per_second, kv.error_percent, kv.error_status),
+        (Some(10), 2.5, 500)
+    );
+    let e = err("version = 1\n[serve.services.vault]\nrate_per_second = 1\n");
+    assert_at(&e, 2, 17, "unknown service `vault`");
+    let e = err("version = 1\n[serve.services.keyvault]\nerror_percent = 101.0\n");
+    assert_at(&e, 3, 17, "error_percent = 101 is out of range");
+    let e = err("version = 1\n[serve.services.keyvault]\nerror_status = 502\n");
+    assert_at(&e, 3, 16, "must be 500 or 503");
+}

@@ -3,8 +3,8 @@
 
 use super::super::raw::{RawAzureDps, RawAzureHub, RawBackend};
 use super::super::{
-    AzureAuth, AzureConfig, AzureDps, AzureHub, DEFAULT_SERVICE_CONCURRENCY, DEFAULT_VAULT_CONCURRENCY,
-    MAX_CONCURRENCY, ServiceLimits,
+    AzureAuth, AzureConfig, AzureDps, AzureHub, ClientLimits, DEFAULT_SERVICE_CONCURRENCY,
+    DEFAULT_VAULT_CONCURRENCY, MAX_CONCURRENCY,
 };
 use super::Validator;
 use super::notify::is_env_name;
@@ -224,7 +224,7 @@ impl Validator<'_> {
         rate: Option<&Spanned<f64>>,
         concurrency: Option<&Spanned<i64>>,
         default_concurrency: usize,
-    ) -> ServiceLimits {
+    ) -> ClientLimits {
         let rate = rate.and_then(|r| {
             let v = *r.get_ref();
             if v.is_finite() && v > 0.0 {
@@ -251,7 +251,7 @@ impl Validator<'_> {
             }
             None => default_concurrency,
         };
-        ServiceLimits { rate, concurrency }
+        ClientLimits { rate, concurrency }
     }
 
     /// A service host name (no scheme, no path).

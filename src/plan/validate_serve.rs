@@ -1,7 +1,7 @@
 //! `[serve]`: the names `certroll serve` answers to and the bearer-token principals it admits.
 
 use super::super::raw::RawPlan;
-use super::super::{CertificatePermission, PrincipalSpec, ServeConfig};
+use super::super::{CertificatePermission, PrincipalSpec, SERVE_SERVICES, ServeConfig, ServiceLimits};
 use super::Validator;
 use super::notify::is_env_name;
 use std::collections::BTreeMap;
@@ -117,6 +117,64 @@ impl Validator<'_> {
                     permissions,
                 },
             );
+        }
+        for (name, limits) in &s.services {
+            let n = name.get_ref();
+            if !SERVE_SERVICES.contains(&n.as_str()) {
+                self.error(
+                    name.span(),
+                    format!(
+                        "unknown service `{n}` (expected one of {})",
+                        SERVE_SERVICES.join(", ")
+                    ),
+                );
+                continue;
+            }
+            let l = limits.get_ref();
+            let mut out_l = ServiceLimits {
+                error_status: 503,
+                ..ServiceLimits::default()
+            };
+            let mut positive = |v: &Option<toml::Spanned<i64>>, key: &str, max: i64| -> Option<u32> {
+                let v = v.as_ref()?;
+                if !(1..=max).contains(v.get_ref()) {
+                    self.error(
+                        v.span(),
+                        format!("{key} = {} is out of range (1 to {max})", v.get_ref()),
+                    );
+                    return None;
+                }
+                Some(*v.get_ref() as u32)
+            };
+            out_l.rate_per_second = positive(&l.rate_per_second, "rate_per_second", 1_000_000);
+            out_l.burst = positive(&l.burst, "burst", 1_000_000);
+            out_l.delay_ms = positive(&l.delay_ms, "delay_ms", 600_000).unwrap_or(0);
+            for (v, key, slot) in [
+                (&l.error_percent, "error_percent", &mut out_l.error_percent),
+                (&l.drop_percent, "drop_percent", &mut out_l.drop_percent),
+            ] {
+                if let Some(v) = v {
+                    let p = *v.get_ref();
+                    if (0.0..=100.0).contains(&p) {
+                        *slot = p;
+                    } else {
+                        self.error(v.span(), format!("{key} = {p} is out of range (0 to 100)"));
+                    }
+                }
+            }
+            if let Some(st) = &l.error_status {
+                match *st.get_ref() {
+                    500 | 503 => out_l.error_status = *st.get_ref() as u16,
+                    other => self.error(st.span(), format!("error_status = {other} must be 500 or 503")),
+                }
+            }
+            if out_l.burst.is_some() && out_l.rate_per_second.is_none() {
+                self.error(
+                    limits.span(),
+                    format!("[serve.services.{n}] has a burst but no rate_per_second"),
+                );
+            }
+            out.services.insert(n.clone(), out_l);
         }
         out
     }

@@ -55,10 +55,12 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .patch(update_issuer)
                 .delete(delete_issuer),
         )
+        .route("/certificates/restore", post(restore_certificate))
         .route("/certificates/{name}", axum::routing::delete(delete_certificate))
         .route("/certificates/{name}/", get(get_latest).patch(update_latest))
         .route("/certificates/{name}/create", post(create_certificate))
         .route("/certificates/{name}/import", post(import_certificate))
+        .route("/certificates/{name}/backup", post(backup_certificate))
         .route("/certificates/{name}/versions", get(list_versions))
         .route(
             "/certificates/{name}/policy",
@@ -1012,6 +1014,57 @@ async fn purge_deleted(
         }
         lifecycle::purge_in(b, &name, now)?;
         Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+// ------------------------------------------------------------------ backup / restore
+
+/// `POST /certificates/{name}/backup`: `{"value": base64url blob}` holding every version, the
+/// policy and the tags (`vault backup`'s document, encrypted under the store's backup password:
+/// it restores into this store; a non-exportable key travels still sealed).
+async fn backup_certificate(
+    State(st): Shared,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+) -> Answer {
+    p.require(Perm::Backup, &st.config.vault)?;
+    let password = st.backup_password();
+    st.read(move |b, _| {
+        if b.current(&name)?.is_none() {
+            return Err(not_found(&name));
+        }
+        let (blob, _) = vops::backup::backup_bytes(b, &name, &password)?;
+        Ok(Json(json!({ "value": URL_SAFE_NO_PAD.encode(blob) })))
+    })
+    .await
+}
+
+/// `POST /certificates/restore` with `{"value": blob}`: the certificate back under its name,
+/// which must be free (409 otherwise).
+async fn restore_certificate(
+    State(st): Shared,
+    Extension(p): Extension<Principal>,
+    Base(base): Base,
+    bytes: Bytes,
+) -> Answer {
+    p.require(Perm::Restore, &st.config.vault)?;
+    let req = body(&bytes)?;
+    let blob = req["value"]
+        .as_str()
+        .and_then(|v| URL_SAFE_NO_PAD.decode(v.trim_end_matches('=')).ok())
+        .ok_or_else(|| ApiError::bad_request("value (the base64url backup blob) is required"))?;
+    let password = st.backup_password();
+    st.write(move |b, _| {
+        let report = match vops::backup::restore_in(b, &blob, &password, "the backup blob") {
+            Ok(r) => r,
+            Err(e) if e.to_string().contains("restore never overwrites") => {
+                return Err(ApiError::conflict(format!("{e:#}")));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (v, tags, policy) = load(b, &report.name, None)?;
+        Ok(Json(bundle(&base, &v, &tags, policy.as_ref(), true)))
     })
     .await
 }

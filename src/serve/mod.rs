@@ -8,6 +8,7 @@
 //! `ops`; handlers call them and never keep a second copy.
 
 pub mod auth;
+pub mod faults;
 pub mod keyvault;
 pub mod state;
 pub mod tls;
@@ -160,6 +161,17 @@ pub enum Origin {
 }
 
 impl Origin {
+    /// The service's name in `[serve.services.SERVICE]` and the start line's `listeners`.
+    pub fn service(&self) -> &'static str {
+        match self {
+            Origin::KeyVault => "keyvault",
+            Origin::DpsService => "dps",
+            Origin::DpsDevice => "dps_device",
+            Origin::Hub(_) => "hub",
+            Origin::Arm => "arm",
+        }
+    }
+
     /// The origin `host` (a Host header value, port allowed) names, if serve answers there.
     pub fn of(host: &str, config: &ServeConfig, hubs: &[String]) -> Option<Origin> {
         let name = auth::split_port(host).0.to_ascii_lowercase();
@@ -321,6 +333,22 @@ fn load_or_create_sas(backend: &LocalBackend, plan: &Plan) -> Result<BTreeMap<St
     Ok(out)
 }
 
+/// The password of Key Vault backup blobs, made on the first start and kept sealed in the store.
+fn load_or_create_backup_password(backend: &LocalBackend) -> Result<zeroize::Zeroizing<String>> {
+    const META: &str = "serve/backup_password";
+    const IDENTITY: &str = "certroll/serve/backup_password";
+    if let Some(sealed) = tls::meta_get(backend, META)? {
+        let plain = backend.store().key().open(IDENTITY, &sealed)?;
+        return Ok(zeroize::Zeroizing::new(
+            String::from_utf8(plain.to_vec()).context("the stored backup password is not text")?,
+        ));
+    }
+    let password = zeroize::Zeroizing::new(random_base64(32)?);
+    let sealed = backend.store().key().seal(IDENTITY, password.as_bytes())?;
+    tls::meta_put(backend, META, &sealed)?;
+    Ok(password)
+}
+
 /// The principals of `[serve.principals]`, tokens read from their variables; without any, one
 /// `owner` with every permission, its token from `CERTROLL_SERVE_TOKEN` or generated (returned
 /// so the start line can print it).
@@ -385,12 +413,17 @@ pub async fn run(opts: ServeOptions, on_start: impl FnOnce(&StartInfo) -> Result
     // TLS certificates follow the real clock: clients check them with theirs.
     let real_now = time::OffsetDateTime::now_utc();
     let (principals, generated_token) = principals(&plan.serve)?;
-    let (ca, sas) = {
+    let (ca, sas, backup_password) = {
         use crate::backend::Backend as _;
         let mut backend = open_backend(&plan, Access::Write, &opts.settings)?;
         backend.begin()?;
-        let made = tls::load_or_create_ca(&backend, real_now)
-            .and_then(|ca| Ok((ca, load_or_create_sas(&backend, &plan)?)));
+        let made = tls::load_or_create_ca(&backend, real_now).and_then(|ca| {
+            Ok((
+                ca,
+                load_or_create_sas(&backend, &plan)?,
+                load_or_create_backup_password(&backend)?,
+            ))
+        });
         match made {
             Ok(made) => {
                 backend.commit()?;
@@ -404,14 +437,17 @@ pub async fn run(opts: ServeOptions, on_start: impl FnOnce(&StartInfo) -> Result
     };
     let backend = open_backend(&plan, Access::Read, &opts.settings)?;
     let lock_timeout = opts.settings.lock_timeout.unwrap_or(Duration::from_secs(30));
-    let state = Arc::new(AppState::new(
-        backend,
-        opts.clock.clone(),
-        plan.clone(),
-        lock_timeout,
-        principals,
-        sas,
-    ));
+    let state = Arc::new(
+        AppState::new(
+            backend,
+            opts.clock.clone(),
+            plan.clone(),
+            lock_timeout,
+            principals,
+            sas,
+        )
+        .with_backup_password(backup_password),
+    );
     let tls_config = tls::server_config(&ca, &tls::server_names(), real_now)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
     let routers = Arc::new(Routers::build(state.clone()));
@@ -575,7 +611,12 @@ async fn accept_loop(
                     req.extensions_mut().insert(chain.clone());
                 }
                 let (routers, state, fixed) = (routers.clone(), state.clone(), fixed.clone());
-                async move { Ok::<_, std::convert::Infallible>(dispatch(req, fixed, &routers, &state).await) }
+                async move {
+                    // No answer: an injected dropped connection (hyper closes it on an error).
+                    dispatch(req, fixed, &routers, &state).await.ok_or_else(|| {
+                        std::io::Error::other("connection dropped on purpose ([serve.services] drop_percent)")
+                    })
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -598,13 +639,14 @@ async fn accept_loop(
     }
 }
 
-/// Sends a request to its service (by Host, unless the listener is a service's own) and logs it.
+/// Sends a request to its service (by Host, unless the listener is a service's own), after the
+/// service's throttling and injected faults, and logs it. None: drop the connection.
 async fn dispatch(
     mut req: Request<Body>,
     fixed: Option<Origin>,
     routers: &Routers,
     state: &AppState,
-) -> Response {
+) -> Option<Response> {
     let start = Instant::now();
     let host = req
         .headers()
@@ -618,13 +660,47 @@ async fn dispatch(
     let path = req.uri().path().to_string();
     let origin = fixed.or_else(|| Origin::of(&host, &state.config, &state.hubs));
     let response = match origin.and_then(|o| routers.for_origin(&o).map(|r| (o, r))) {
-        Some((origin, router)) => {
-            req.extensions_mut().insert(origin);
-            match router.clone().oneshot(req).await {
-                Ok(r) => r,
-                Err(never) => match never {},
+        Some((origin, router)) => match state.faults.judge(origin.service()) {
+            faults::Verdict::Drop => {
+                tracing::info!(target: "certroll::serve::access", "{method} {host}{path} dropped (injected)");
+                return None;
             }
-        }
+            faults::Verdict::Throttle { retry_after } => {
+                let mut e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Throttled",
+                    format!(
+                        "Request was not processed because too many requests were received. Retry after {retry_after} seconds."
+                    ),
+                );
+                e.retry_after = Some(retry_after);
+                e.into_response()
+            }
+            faults::Verdict::Fail { status } => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                let mut e = ApiError::new(
+                    status,
+                    "ServiceUnavailable",
+                    "an injected fault ([serve.services] error_percent)",
+                );
+                if status == StatusCode::INTERNAL_SERVER_ERROR {
+                    e.code = "InternalServerError".into();
+                } else {
+                    e.retry_after = Some(1);
+                }
+                e.into_response()
+            }
+            faults::Verdict::Serve { delay } => {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                req.extensions_mut().insert(origin);
+                match router.clone().oneshot(req).await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                }
+            }
+        },
         None => ApiError::not_found(
             "HostNotFound",
             format!(
@@ -640,5 +716,5 @@ async fn dispatch(
         response.status().as_u16(),
         start.elapsed().as_millis()
     );
-    response
+    Some(response)
 }

@@ -35,6 +35,11 @@ pub struct AppState {
     pub sas_policies: std::collections::BTreeMap<String, Vec<SasPolicy>>,
     /// The hub names the plan assigns devices to.
     pub hubs: Vec<String>,
+    /// Throttling and injected faults (`[serve.services]`).
+    pub faults: super::faults::Faults,
+    /// The password of Key Vault backup blobs: made once per store and kept sealed in it, so a
+    /// blob restores into the store (the "security domain") it came from.
+    backup_password: zeroize::Zeroizing<String>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -75,11 +80,24 @@ impl AppState {
             lock_path: path.with_file_name(name),
             lock_timeout,
             config: plan.serve.clone(),
+            faults: super::faults::Faults::new(&plan.serve),
             plan,
             principals,
             sas_policies,
             hubs,
+            backup_password: zeroize::Zeroizing::new(String::new()),
         }
+    }
+
+    /// Sets the password of Key Vault backup blobs.
+    pub fn with_backup_password(mut self, password: zeroize::Zeroizing<String>) -> AppState {
+        self.backup_password = password;
+        self
+    }
+
+    /// The password of Key Vault backup blobs (empty until set: backups are then refused).
+    pub fn backup_password(&self) -> zeroize::Zeroizing<String> {
+        self.backup_password.clone()
     }
 
     /// The time decisions are made at (the `--now` clock in tests).

@@ -382,3 +382,81 @@ fn cli_verbs_keep_working_while_serve_runs_and_sigterm_finishes_requests_in_flig
     inflight.wait().unwrap();
     assert_eq!(serve.stop(), 0);
 }
+
+/// One request with curl through the production host name: (status, headers+body).
+fn curl(env: &TestEnv, serve: &Serve, path: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-i",
+            "--cacert",
+            "ca.pem",
+            "-H",
+            "Authorization: Bearer tok",
+            "--resolve",
+        ])
+        .arg(format!("certroll.vault.azure.net:{}:127.0.0.1", serve.port()))
+        .arg(format!("{}{path}", serve.vault_url()))
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+#[test]
+fn throttling_and_injected_faults_answer_as_azure_does() {
+    let env = TestEnv::new();
+    env.write(
+        "plan.toml",
+        "version = 1\n[serve.services.keyvault]\nrate_per_second = 1\nburst = 2\n",
+    );
+    let serve = Serve::start(&env, &[("CERTROLL_SERVE_TOKEN", "tok")]);
+    let statuses: Vec<(u16, String)> = (0..4)
+        .map(|_| curl(&env, &serve, "/certificates?api-version=7.5"))
+        .collect();
+    assert_eq!(statuses[0].0, 200, "{}", statuses[0].1);
+    let throttled = statuses
+        .iter()
+        .find(|(s, _)| *s == 429)
+        .expect("a burst over the rate is throttled");
+    assert!(
+        throttled.1.to_ascii_lowercase().contains("retry-after: 1"),
+        "{}",
+        throttled.1
+    );
+    assert!(throttled.1.contains("\"code\":\"Throttled\""), "{}", throttled.1);
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(
+        curl(&env, &serve, "/certificates?api-version=7.5").0,
+        200,
+        "admitted again after Retry-After"
+    );
+    assert_eq!(serve.stop(), 0);
+
+    let env = TestEnv::new();
+    env.write(
+        "plan.toml",
+        "version = 1\n[serve.services.keyvault]\nerror_percent = 100\nerror_status = 503\n",
+    );
+    let serve = Serve::start(&env, &[("CERTROLL_SERVE_TOKEN", "tok")]);
+    let (status, text) = curl(&env, &serve, "/certificates?api-version=7.5");
+    assert_eq!(status, 503, "{text}");
+    assert!(text.to_ascii_lowercase().contains("retry-after:"), "{text}");
+    drop(serve);
+
+    let env = TestEnv::new();
+    env.write(
+        "plan.toml",
+        "version = 1\n[serve.services.keyvault]\ndrop_percent = 100\n",
+    );
+    let serve = Serve::start(&env, &[("CERTROLL_SERVE_TOKEN", "tok")]);
+    let (status, text) = curl(&env, &serve, "/certificates?api-version=7.5");
+    assert_eq!(status, 0, "a dropped connection gets no answer: {text}");
+    assert_eq!(serve.stop(), 0);
+}

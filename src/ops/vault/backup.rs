@@ -161,9 +161,24 @@ pub fn backup(
     let name = resolve_name(name)?;
     check_password(password)?;
     let backend = open_backend(plan, Access::Read, settings)?;
+    let (text, mut report) = backup_bytes(&backend, &name, password)?;
+    crate::fsutil::write_atomic(out, &text, true).with_context(|| format!("writing {}", out.display()))?;
+    report.file = out.to_path_buf();
+    Ok(report)
+}
+
+/// `vault backup` on an open backend: the backup document's bytes (the report's `file` is
+/// empty). Serve's Key Vault backup hands these out as its opaque blob.
+pub fn backup_bytes(
+    backend: &crate::backend::local::LocalBackend,
+    name: &str,
+    password: &str,
+) -> Result<(Vec<u8>, BackupReport)> {
+    let name = name.to_string();
+    check_password(password)?;
     let b = backend
         .backup_certificate(&name)?
-        .ok_or_else(|| not_live(&backend, &name))?;
+        .ok_or_else(|| not_live(backend, &name))?;
     let mut sealed_keys = Vec::new();
     let doc = CertificateDoc {
         name: b.name.clone(),
@@ -225,26 +240,24 @@ pub fn backup(
         ciphertext: crate::pki::hex_upper(&plain),
     };
     let text = serde_json::to_vec_pretty(&envelope)?;
-    crate::fsutil::write_atomic(out, &text, true).with_context(|| format!("writing {}", out.display()))?;
-    Ok(BackupReport {
-        name,
-        file: out.to_path_buf(),
-        versions: b.versions.iter().map(|v| v.version.version.clone()).collect(),
-        sealed_keys,
-    })
-}
-
-fn not_a_backup(file: &Path, why: &str) -> anyhow::Error {
-    input(format!(
-        "{} is not a certroll vault backup: {why}",
-        file.display()
+    Ok((
+        text,
+        BackupReport {
+            name,
+            file: Default::default(),
+            versions: b.versions.iter().map(|v| v.version.version.clone()).collect(),
+            sealed_keys,
+        },
     ))
 }
 
-/// Reads and decrypts a backup file.
-fn open_file(file: &Path, password: &str) -> Result<CertificateDoc> {
-    let text = std::fs::read(file).map_err(|e| input(format!("cannot read {}: {e}", file.display())))?;
-    let env: Envelope = serde_json::from_slice(&text).map_err(|e| not_a_backup(file, &e.to_string()))?;
+fn not_a_backup(file: &str, why: &str) -> anyhow::Error {
+    input(format!("{file} is not a certroll vault backup: {why}"))
+}
+
+/// Decrypts a backup document (`file` names it in messages).
+fn open_bytes(text: &[u8], password: &str, file: &str) -> Result<CertificateDoc> {
+    let env: Envelope = serde_json::from_slice(text).map_err(|e| not_a_backup(file, &e.to_string()))?;
     if env.format != FORMAT || env.version != 1 {
         return Err(not_a_backup(
             file,
@@ -274,8 +287,7 @@ fn open_file(file: &Path, password: &str) -> Result<CertificateDoc> {
         )
         .map_err(|_| {
             input(format!(
-                "cannot decrypt {}: wrong password, or the file was altered",
-                file.display()
+                "cannot decrypt {file}: wrong password, or the file was altered"
             ))
         })?
         .len();
@@ -287,7 +299,7 @@ fn open_file(file: &Path, password: &str) -> Result<CertificateDoc> {
     Ok(doc)
 }
 
-fn ts(secs: i64, file: &Path) -> Result<OffsetDateTime> {
+fn ts(secs: i64, file: &str) -> Result<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp(secs).map_err(|_| not_a_backup(file, "bad time"))
 }
 
@@ -295,7 +307,26 @@ fn ts(secs: i64, file: &Path) -> Result<OffsetDateTime> {
 /// live, deleted or pending).
 pub fn restore(plan: &Plan, file: &Path, password: &str, settings: &BackendSettings) -> Result<BackupReport> {
     check_password(password)?;
-    let doc = open_file(file, password)?;
+    let text = std::fs::read(file).map_err(|e| input(format!("cannot read {}: {e}", file.display())))?;
+    let shown = file.display().to_string();
+    // Decrypted and checked before the store is opened for writing.
+    open_bytes(&text, password, &shown)?;
+    let mut backend = open_backend(plan, Access::Write, settings)?;
+    let mut report = restore_in(&mut backend, &text, password, &shown)?;
+    report.file = file.to_path_buf();
+    Ok(report)
+}
+
+/// `vault restore` on an open backend, from a backup document's bytes (`file` names it in
+/// messages; the report's `file` is empty).
+pub fn restore_in(
+    backend: &mut crate::backend::local::LocalBackend,
+    text: &[u8],
+    password: &str,
+    file: &str,
+) -> Result<BackupReport> {
+    check_password(password)?;
+    let doc = open_bytes(text, password, file)?;
     super::check_new_name("certificate", &doc.name)?;
     let mut versions = Vec::with_capacity(doc.versions.len());
     let mut sealed_keys = Vec::new();
@@ -343,7 +374,6 @@ pub fn restore(plan: &Plan, file: &Path, password: &str, settings: &BackendSetti
         updated: ts(doc.updated, file)?,
         versions,
     };
-    let mut backend = open_backend(plan, Access::Write, settings)?;
     if let Some(state) = backend.name_state(&doc.name)? {
         return Err(input(format!(
             "the vault already has a {state} certificate `{}`; restore never overwrites one{}",
@@ -360,7 +390,7 @@ pub fn restore(plan: &Plan, file: &Path, password: &str, settings: &BackendSetti
     })?;
     Ok(BackupReport {
         name: doc.name.clone(),
-        file: file.to_path_buf(),
+        file: Default::default(),
         versions: doc.versions.iter().map(|v| v.version.clone()).collect(),
         sealed_keys,
     })

@@ -111,6 +111,8 @@ table = [
     ("delete", "DELETE", "/certificates/auth-target", None),
     ("recover", "POST", "/deletedcertificates/auth-deleted/recover", None),
     ("purge", "DELETE", "/deletedcertificates/auth-deleted", None),
+    ("backup", "POST", "/certificates/auth-target/backup", None),
+    ("restore", "POST", "/certificates/restore", {"value": "AAAA"}),
     ("managecontacts", "GET", "/certificates/contacts", None),
     ("managecontacts", "PUT", "/certificates/contacts", {"contacts": [{"email": "a@example.com"}]}),
     ("managecontacts", "DELETE", "/certificates/contacts", None),

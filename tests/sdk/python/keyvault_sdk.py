@@ -241,6 +241,22 @@ try:
 except ResourceNotFoundError:
     check(True, "")
 
+# ---------------------------------------------------------------- backup and restore
+blob = client.backup_certificate("page-02")
+check(isinstance(blob, bytes) and len(blob) > 100, "backup blob")
+check(b"PRIVATE KEY" not in blob, "the blob holds no key in clear")
+original = client.get_certificate("page-02")
+client.begin_delete_certificate("page-02", _polling_interval=0.2).wait()
+try:
+    client.restore_certificate_backup(blob)
+    check(False, "restore over a deleted name is refused")
+except HttpResponseError as e:
+    check(e.status_code == 409, f"restore conflict → 409: {e.status_code}")
+client.purge_deleted_certificate("page-02")
+restored = client.restore_certificate_backup(blob)
+check(restored.name == "page-02" and restored.cer == original.cer, "restored as it was")
+check(restored.properties.version == original.properties.version, "same version id")
+
 # ---------------------------------------------------------------- contacts
 contacts = [CertificateContact(email="pki@example.com", name="PKI", phone="1"),
             CertificateContact(email="oncall@example.com")]
@@ -298,5 +314,20 @@ except ResourceNotFoundError:
 client.begin_create_certificate("cancel-2", ec_policy("CN=cancel-2", issuer_name=WellKnownIssuerNames.unknown)).result()
 cancelled = client.cancel_certificate_operation("cancel-2")
 check(cancelled.cancellation_requested is True, "cancel_certificate_operation")
+
+# ---------------------------------------------------------------- malformed requests
+bad = requests.post(f"{VAULT_URL}/certificates/bad/create?api-version=7.5", headers=HEADERS, data=b"{not json")
+check(bad.status_code == 400 and bad.json()["error"]["code"] == "BadParameter", f"bad JSON → 400: {bad.status_code}")
+bad = requests.post(f"{VAULT_URL}/certificates/bad/create?api-version=7.5", headers=HEADERS,
+                    json={"policy": {"key_props": {"kty": "DSA"}, "x509_props": {"subject": "CN=x"}}})
+check(bad.status_code == 400 and "DSA" in bad.json()["error"]["message"], "unknown kty → 400 naming it")
+bad = requests.post(f"{VAULT_URL}/certificates/bad/import?api-version=7.5", headers=HEADERS, json={"value": "%%%"})
+check(bad.status_code == 400, f"import of garbage → 400: {bad.status_code}")
+big = requests.put(f"{VAULT_URL}/certificates/contacts?api-version=7.5", headers=HEADERS, data=b"x" * (5 << 20))
+check(big.status_code == 413, f"a body over 4 MiB → 413: {big.status_code}")
+bad = requests.get(f"{VAULT_URL}/nothing/here?api-version=7.5", headers=HEADERS)
+check(bad.status_code == 400 and bad.json()["error"]["code"] == "BadParameter", "unknown operation → 400")
+check(requests.get(f"{VAULT_URL}/certificates/missing/?api-version=2099-01-01", headers=HEADERS).json()["error"]["code"]
+      == "CertificateNotFound", "any api-version; missing → CertificateNotFound")
 
 print(f"OK {checks} checks")

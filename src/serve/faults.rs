@@ -1,0 +1,177 @@
+//! Misbehaviour on purpose, per service, from `[serve.services.SERVICE]`: a request rate above
+//! which the service answers 429 with `Retry-After` (governor's GCRA limiter), a share of
+//! injected 500/503 answers, a share of connections dropped without an answer, and a delay on
+//! every answer. Lets clients' retry and back-off behaviour be tested against Azure's real limits.
+
+use crate::plan::{ServeConfig, ServiceLimits};
+use governor::clock::{Clock as _, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+/// What to do with one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Serve it (after `delay`).
+    Serve {
+        /// How long to hold the answer back.
+        delay: Duration,
+    },
+    /// Answer 429 `Throttled` with `Retry-After` seconds.
+    Throttle {
+        /// Whole seconds until the limiter admits a request again (at least 1).
+        retry_after: u64,
+    },
+    /// Answer with this injected status (500 or 503).
+    Fail {
+        /// The status.
+        status: u16,
+    },
+    /// Drop the connection without answering.
+    Drop,
+}
+
+struct Service {
+    limits: ServiceLimits,
+    limiter: Option<DefaultDirectRateLimiter>,
+}
+
+/// The faults of every service the plan names.
+#[derive(Default)]
+pub struct Faults {
+    services: BTreeMap<String, Service>,
+}
+
+impl std::fmt::Debug for Faults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.services.keys()).finish()
+    }
+}
+
+/// A uniform sample in [0, 100).
+fn percent_sample() -> f64 {
+    let mut b = [0u8; 4];
+    if crate::pki::random_bytes(&mut b).is_err() {
+        return 100.0;
+    }
+    f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0) * 100.0
+}
+
+impl Faults {
+    /// The faults `[serve.services]` configures.
+    pub fn new(config: &ServeConfig) -> Faults {
+        let services = config
+            .services
+            .iter()
+            .map(|(name, limits)| {
+                let limiter = limits.rate_per_second.and_then(NonZeroU32::new).map(|rate| {
+                    let burst = limits.burst.and_then(NonZeroU32::new).unwrap_or(rate);
+                    RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+                });
+                (
+                    name.clone(),
+                    Service {
+                        limits: limits.clone(),
+                        limiter,
+                    },
+                )
+            })
+            .collect();
+        Faults { services }
+    }
+
+    /// The verdict on one request to `service` (`keyvault`, `dps`, ...). Drops and injected
+    /// errors come first, then the rate: a dropped or failed request still counts against it
+    /// as it would at Azure.
+    pub fn judge(&self, service: &str) -> Verdict {
+        let Some(s) = self.services.get(service) else {
+            return Verdict::Serve {
+                delay: Duration::ZERO,
+            };
+        };
+        if let Some(limiter) = &s.limiter
+            && let Err(not_until) = limiter.check()
+        {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            return Verdict::Throttle {
+                retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
+            };
+        }
+        if s.limits.drop_percent > 0.0 && percent_sample() < s.limits.drop_percent {
+            return Verdict::Drop;
+        }
+        if s.limits.error_percent > 0.0 && percent_sample() < s.limits.error_percent {
+            return Verdict::Fail {
+                status: s.limits.error_status,
+            };
+        }
+        Verdict::Serve {
+            delay: Duration::from_millis(u64::from(s.limits.delay_ms)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(limits: ServiceLimits) -> ServeConfig {
+        let mut c = ServeConfig::default();
+        c.services.insert("keyvault".into(), limits);
+        c
+    }
+
+    #[test]
+    fn a_burst_over_the_rate_is_throttled_with_retry_after() {
+        let f = Faults::new(&config(ServiceLimits {
+            rate_per_second: Some(1),
+            burst: Some(3),
+            error_status: 503,
+            ..ServiceLimits::default()
+        }));
+        let verdicts: Vec<Verdict> = (0..5).map(|_| f.judge("keyvault")).collect();
+        assert!(
+            verdicts[..3].iter().all(|v| matches!(v, Verdict::Serve { .. })),
+            "{verdicts:?}"
+        );
+        assert_eq!(verdicts[3], Verdict::Throttle { retry_after: 1 });
+        assert_eq!(
+            f.judge("dps"),
+            Verdict::Serve {
+                delay: Duration::ZERO
+            },
+            "other services are untouched"
+        );
+    }
+
+    #[test]
+    fn all_errors_or_all_drops_at_one_hundred_percent() {
+        let f = Faults::new(&config(ServiceLimits {
+            error_percent: 100.0,
+            error_status: 500,
+            ..ServiceLimits::default()
+        }));
+        assert!((0..20).all(|_| f.judge("keyvault") == Verdict::Fail { status: 500 }));
+        let f = Faults::new(&config(ServiceLimits {
+            drop_percent: 100.0,
+            error_status: 503,
+            ..ServiceLimits::default()
+        }));
+        assert!((0..20).all(|_| f.judge("keyvault") == Verdict::Drop));
+        let f = Faults::new(&config(ServiceLimits {
+            error_percent: 50.0,
+            error_status: 503,
+            ..ServiceLimits::default()
+        }));
+        let failed = (0..2000)
+            .filter(|_| {
+                f.judge("keyvault")
+                    != Verdict::Serve {
+                        delay: Duration::ZERO,
+                    }
+            })
+            .count();
+        assert!((800..1200).contains(&failed), "about half: {failed}");
+    }
+}
