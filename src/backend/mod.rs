@@ -5,6 +5,7 @@
 //! implement the same traits; the methods take batches so a remote backend can pipeline and the
 //! local one can commit many rows per transaction.
 
+pub mod azure;
 pub mod local;
 pub mod registration;
 pub mod types;
@@ -29,6 +30,23 @@ pub enum BackendError {
     /// The service refused the request.
     #[error("{0}")]
     Refused(String),
+    /// A remote service answered with an error (or could not be reached): the service's own
+    /// status, code and message, with the operation and what it was about.
+    #[error("{service} {operation} `{target}` failed: {}{code}: {message}", status.map(|s| format!("HTTP {s} ")).unwrap_or_default())]
+    Remote {
+        /// `Key Vault`, `DPS`, `IoT Hub`.
+        service: &'static str,
+        /// What certroll asked for (`import certificate`).
+        operation: String,
+        /// The certificate, enrollment or device it was about.
+        target: String,
+        /// The HTTP status, when there was an answer.
+        status: Option<u16>,
+        /// The service's error code (`Forbidden`, `Conflict`, ...), or the failure kind.
+        code: String,
+        /// The service's message.
+        message: String,
+    },
 }
 
 /// Result of backend calls.

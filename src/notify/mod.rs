@@ -179,6 +179,7 @@ impl NotifyReport {
 
 /// Opens the plan's store for notify, or `None` if there is none yet (nothing to notify).
 fn open_store(plan: &Plan, settings: &BackendSettings, write: bool) -> Result<Option<Store>> {
+    crate::ops::refuse_azure(plan)?;
     let BackendConfig::Local { path, key_file } = &plan.backend;
     if !path.exists() {
         return Ok(None);

@@ -173,6 +173,20 @@ pub struct BackendSettings {
     pub lock_timeout: Option<Duration>,
 }
 
+/// Refuses a plan with `kind = "azure"` (exit 2) until every service it needs is remote: a verb
+/// that reached Key Vault but not DPS or the hub would leave the fleet half-rolled.
+pub fn refuse_azure(plan: &Plan) -> Result<()> {
+    if plan.azure.is_some() {
+        return Err(crate::error::input(format!(
+            "{}: backend kind `azure` cannot run verbs yet: its Key Vault client exists, but the \
+             Device Provisioning Service and IoT Hub clients and remote device delivery are not \
+             built yet; use `kind = \"local\"`, or rehearse against `certroll serve`",
+            plan.path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// How the plan's store is opened for `access`.
 pub fn store_options(plan: &Plan, access: Access, settings: &BackendSettings) -> OpenOptions {
     let BackendConfig::Local { path, key_file } = &plan.backend;
@@ -187,6 +201,7 @@ pub fn store_options(plan: &Plan, access: Access, settings: &BackendSettings) ->
 
 /// Opens the plan's store.
 pub fn open_store(plan: &Plan, access: Access, settings: &BackendSettings) -> Result<Store> {
+    refuse_azure(plan)?;
     let BackendConfig::Local { path, .. } = &plan.backend;
     if access == Access::Preview && !path.exists() {
         return Ok(Store::open_empty()?);

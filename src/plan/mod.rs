@@ -10,6 +10,7 @@
 //! 1-based line and column when there is one, and a message that names the offending value, so
 //! the CLI can print it as is (`certroll.toml:12:9: policy `devic` is not defined ...`).
 
+mod azure;
 mod model;
 mod raw;
 mod validate;
@@ -17,6 +18,7 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
+pub use azure::*;
 pub use model::*;
 
 use std::fmt;

@@ -12,8 +12,11 @@ use std::path::PathBuf;
 pub struct Plan {
     /// The plan file as given on the command line.
     pub path: PathBuf,
-    /// Where state lives.
+    /// Where state lives: the local store, which keeps the fleet record and the journal even
+    /// when the services are remote.
     pub backend: BackendConfig,
+    /// `[backend] kind = "azure"`: the remote services; `None` for the local backend.
+    pub azure: Option<crate::plan::AzureConfig>,
     /// Vault-wide contacts emailed on lifetime events.
     pub contacts: Vec<String>,
     /// Certificate policies by name.

@@ -39,6 +39,44 @@ pub(super) struct RawBackend {
     pub(super) kind: Option<Spanned<String>>,
     pub(super) path: Option<Spanned<String>>,
     pub(super) key_file: Option<Spanned<String>>,
+    // `kind = "azure"` only (see `validate_azure.rs`).
+    pub(super) vault_url: Option<Spanned<String>>,
+    pub(super) vault_rate: Option<Spanned<f64>>,
+    pub(super) vault_concurrency: Option<Spanned<i64>>,
+    pub(super) auth: Option<Spanned<String>>,
+    pub(super) token_env: Option<Spanned<String>>,
+    pub(super) tenant_id: Option<Spanned<String>>,
+    pub(super) client_id: Option<Spanned<String>>,
+    pub(super) client_secret_env: Option<Spanned<String>>,
+    pub(super) ca_file: Option<Spanned<String>>,
+    pub(super) resolve: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
+    pub(super) dps: Option<Spanned<RawAzureDps>>,
+    #[serde(default)]
+    pub(super) hubs: Named<Spanned<RawAzureHub>>,
+}
+
+/// `[backend] dps = { ... }` (azure).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAzureDps {
+    pub(super) host: Spanned<String>,
+    pub(super) id_scope: Spanned<String>,
+    pub(super) resource_id: Option<Spanned<String>>,
+    pub(super) sas_policy: Spanned<String>,
+    pub(super) sas_key_env: Spanned<String>,
+    pub(super) rate: Option<Spanned<f64>>,
+    pub(super) concurrency: Option<Spanned<i64>>,
+}
+
+/// `[backend.hubs.NAME]` (azure).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAzureHub {
+    pub(super) host: Spanned<String>,
+    pub(super) sas_policy: Spanned<String>,
+    pub(super) sas_key_env: Spanned<String>,
+    pub(super) rate: Option<Spanned<f64>>,
+    pub(super) concurrency: Option<Spanned<i64>>,
 }
 
 /// `[contacts]`

@@ -461,17 +461,13 @@ fn version_is_required_and_must_be_1() {
 }
 
 #[test]
-fn only_the_local_backend_is_available() {
+fn backend_kinds_are_local_and_azure() {
     let e = err("version = 1\n[backend]\nkind = \"azure\"\n");
-    assert_at(&e, 3, 8, "");
-    assert_eq!(
-        e.message,
-        "backend kind `azure` is not available in this version; use `local`"
-    );
+    assert_at(&e, 3, 8, "backend kind `azure` needs `vault_url");
     let e = err("version = 1\n[backend]\nkind = \"openbao\"\n");
     assert_eq!(
         e.message,
-        "backend kind `openbao` is not available in this version; use `local`"
+        "backend kind `openbao` is not available in this version; use `local` or `azure`"
     );
     let e = err("version = 1\n[backend]\nkind = \"s3\"\n");
     assert_at(&e, 3, 8, "unknown backend kind `s3`");

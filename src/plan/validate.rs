@@ -8,8 +8,8 @@
 
 use super::raw::{Named, RawBackend, RawCa, RawDevices, RawEnrollment, RawKey, RawPlan, RawPolicy};
 use super::{
-    ActionKind, BackendConfig, CaSpec, ContentType, DeviceSource, EnrollmentSpec, GroupSpec, LifetimeAction,
-    Plan, PlanError, Policy, ReprovisionPolicy, Trigger, line_column,
+    ActionKind, AzureConfig, BackendConfig, CaSpec, ContentType, DeviceSource, EnrollmentSpec, GroupSpec,
+    LifetimeAction, Plan, PlanError, Policy, ReprovisionPolicy, Trigger, line_column,
 };
 use crate::pki::spec::{Curve, ExtendedKeyUsage, KeySpec, KeyUsage, RSA_SIZES, Subject};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -23,6 +23,9 @@ mod notify;
 // `[serve]`.
 #[path = "validate_serve.rs"]
 mod serve;
+// `[backend] kind = "azure"`.
+#[path = "validate_azure.rs"]
+mod azure;
 
 /// The plan format version this build reads.
 const VERSION: i64 = 1;
@@ -278,7 +281,8 @@ impl<'a> Validator<'a> {
         }
         Some(Plan {
             path: self.path.to_path_buf(),
-            backend: backend?,
+            backend: backend.as_ref()?.0.clone(),
+            azure: backend?.1,
             contacts,
             policies,
             cas: cas?,
@@ -296,29 +300,44 @@ impl<'a> Validator<'a> {
         })
     }
 
-    /// `[backend]`: only the local store exists in this version.
-    fn backend(&mut self, raw: Option<&RawBackend>) -> Option<BackendConfig> {
+    /// `[backend]`: the local store (always: it keeps the fleet record and the journal), and
+    /// for `kind = "azure"` the remote services.
+    fn backend(&mut self, raw: Option<&RawBackend>) -> Option<(BackendConfig, Option<AzureConfig>)> {
         let (kind, path, key_file) = match raw {
             Some(b) => (b.kind.as_ref(), b.path.as_ref(), b.key_file.as_ref()),
             None => (None, None, None),
         };
-        if let Some(kind) = kind {
+        let mut azure_config = None;
+        if let (Some(kind), Some(b)) = (kind, raw) {
             match kind.get_ref().as_str() {
                 "local" => {}
-                k @ ("azure" | "openbao") => {
+                "azure" => azure_config = Some(self.azure(b, kind.span())?),
+                k @ "openbao" => {
                     self.error(
                         kind.span(),
-                        format!("backend kind `{k}` is not available in this version; use `local`"),
+                        format!(
+                            "backend kind `{k}` is not available in this version; use `local` or `azure`"
+                        ),
                     );
                     return None;
                 }
                 k => {
                     self.error(
                         kind.span(),
-                        format!("unknown backend kind `{k}` (this version supports `local`)"),
+                        format!("unknown backend kind `{k}` (this version supports `local` and `azure`)"),
                     );
                     return None;
                 }
+            }
+        }
+        if azure_config.is_none()
+            && let Some(b) = raw
+        {
+            for (key, span) in azure::azure_only_keys(b) {
+                self.error(
+                    span,
+                    format!("backend `{key}` applies only to `kind = \"azure\"`"),
+                );
             }
         }
         let path = match path {
@@ -326,7 +345,7 @@ impl<'a> Validator<'a> {
             None => self.resolve(DEFAULT_STORE_PATH),
         };
         let key_file = key_file.map(|k| self.store_file("key_file", k));
-        Some(BackendConfig::Local { path, key_file })
+        Some((BackendConfig::Local { path, key_file }, azure_config))
     }
 
     /// A file named in `[backend]`, resolved against the plan's folder.

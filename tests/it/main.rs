@@ -39,6 +39,8 @@ mod json_errors;
 mod secrets;
 // `certroll serve` as Key Vault, driven by the official Python SDK.
 mod serve_keyvault;
+// One suite of vault behaviours on the local store and on the azure backend against serve.
+mod conformance;
 // Issue 3 at fleet scale: yearly cron rounds, breaches, revokes, reprovision policies, kills.
 mod fleet;
 // Hostile input: output paths aimed at the state, FIFOs, devices, broken stores, far dates.

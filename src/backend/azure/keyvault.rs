@@ -1,0 +1,1081 @@
+//! [`AzureVault`]: the [`Vault`] trait over Key Vault, through the official Rust SDK clients for
+//! certificates, keys (`sign`) and secrets (the exportable key of a version).
+//!
+//! How certroll's vault maps onto Key Vault:
+//! - A version is a Key Vault certificate version. certroll builds certificates itself (rcgen) and
+//!   imports each with its key and the name's policy (PEM or PFX, as the policy's content type
+//!   says). The CA version that signed it is kept in the version's tag `certroll-issuer`
+//!   (`NAME/VERSION`), hidden from [`Vault::tags`] and kept by [`Vault::set_tags`].
+//! - A version's `kty` and `exportable` are the name's current policy's.
+//! - A key that is not exportable never leaves the vault: [`AzureVault::private_key`] refuses it
+//!   and [`AzureVault::signing_key`] gives a [`KeyVaultSigningKey`], an `rcgen::SigningKey` whose
+//!   signatures the vault makes (keys client `sign`), so certroll builds the certificate and the
+//!   vault signs it.
+//! - Stay in the local store beside the plan, because Key Vault has no place for them: CRL numbers
+//!   and revocations (`revoke`, `revocations`, `next_crl_number`) and which devices hold a
+//!   version (`certificate_users`).
+//! - Not in this increment (they answer [`BackendError::Refused`] naming the gap): `vault backup`
+//!   and restore (Key Vault's backup is an opaque blob, not certroll's backup file), requests for
+//!   outside CAs created by certroll (`put_pending`, `pending_key`: on Key Vault the vault makes the
+//!   key itself), and stored chains.
+//! - Deleted certificates list only their newest version (Key Vault does not list the versions of
+//!   a deleted certificate).
+//!
+//! Every failure names the operation, the certificate and Key Vault's own status, error code and
+//! message ([`BackendError::Remote`]).
+
+use super::SetupError;
+use crate::backend::local::LocalBackend;
+use crate::backend::types::*;
+use crate::backend::{BackendError, Result, Vault};
+use crate::pki::PrivateKey;
+use crate::plan::AzureConfig;
+use azure_core::http::{RequestContent, Response, StatusCode};
+use azure_security_keyvault_certificates::models::{
+    Certificate, CertificateAttributes, CertificateClientGetCertificateOptions,
+    CertificateClientUpdateCertificatePropertiesOptions, CertificatePolicy, Contact, Contacts,
+    ImportCertificateParameters, IssuerAttributes, IssuerCredentials, SetIssuerParameters,
+    UpdateCertificatePropertiesParameters,
+};
+use azure_security_keyvault_certificates::{CertificateClient, CertificateClientOptions};
+use azure_security_keyvault_keys::models::{KeyClientSignOptions, SignParameters, SignatureAlgorithm};
+use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
+use azure_security_keyvault_secrets::models::SecretClientGetSecretOptions;
+use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
+use futures::{StreamExt, TryStreamExt};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use time::OffsetDateTime;
+
+/// The version tag that records the CA version that signed a version.
+const ISSUER_TAG: &str = "certroll-issuer";
+
+/// Key Vault as certroll's vault.
+pub struct AzureVault {
+    rt: tokio::runtime::Runtime,
+    certs: Arc<CertificateClient>,
+    keys: Arc<KeyClient>,
+    secrets: Arc<SecretClient>,
+    /// CRL numbers, revocations and the fleet record (see the module doc).
+    local: LocalBackend,
+    concurrency: usize,
+    vault_url: String,
+}
+
+/// A Key Vault answer that is not success, as certroll reports it.
+fn remote(operation: &str, target: &str, e: azure_core::Error) -> BackendError {
+    use azure_core::error::ErrorKind;
+    let (status, code) = match e.kind() {
+        ErrorKind::HttpResponse {
+            status, error_code, ..
+        } => (Some(u16::from(*status)), error_code.clone()),
+        _ => (None, None),
+    };
+    BackendError::Remote {
+        service: "Key Vault",
+        operation: operation.to_string(),
+        target: target.to_string(),
+        status,
+        code: code.unwrap_or_else(|| format!("{:?}", e.kind())),
+        message: e.to_string(),
+    }
+}
+
+fn is_not_found(e: &azure_core::Error) -> bool {
+    e.http_status() == Some(StatusCode::NotFound)
+}
+
+/// The last path segment of a Key Vault id (`https://v/certificates/NAME/VERSION`).
+fn version_of(id: &str) -> String {
+    id.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The name in a Key Vault id (`https://v/certificates/NAME[/VERSION]`).
+fn name_of(id: &str) -> String {
+    let mut parts = id
+        .split('/')
+        .skip_while(|p| !p.ends_with("certificates") && *p != "issuers");
+    parts.next();
+    parts.next().unwrap_or_default().to_string()
+}
+
+/// `kty` and `exportable` from a policy (`EC`, exportable, when the policy says nothing).
+fn key_facts(policy: Option<&CertificatePolicy>) -> (String, bool) {
+    let props = policy.and_then(|p| p.key_properties.as_ref());
+    let kty = props
+        .and_then(|k| k.key_type.as_ref())
+        .map(|k| k.to_string())
+        .unwrap_or_else(|| "EC".into());
+    let exportable = props.and_then(|k| k.exportable).unwrap_or(true) && !kty.ends_with("-HSM");
+    (kty, exportable)
+}
+
+fn user_tags(tags: Option<&HashMap<String, String>>) -> Tags {
+    tags.into_iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() != ISSUER_TAG)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// A certificate bundle as a [`VaultVersion`].
+fn to_version(name: &str, c: &Certificate, key: &(String, bool)) -> Result<VaultVersion> {
+    Parts {
+        cer: c.cer.as_ref(),
+        attributes: c.attributes.as_ref(),
+        id: c.id.as_deref(),
+        tags: c.tags.as_ref(),
+    }
+    .version(name, key)
+}
+
+/// What a version is made from, in a live or a deleted certificate bundle.
+struct Parts<'a> {
+    cer: Option<&'a Vec<u8>>,
+    attributes: Option<&'a CertificateAttributes>,
+    id: Option<&'a str>,
+    tags: Option<&'a HashMap<String, String>>,
+}
+
+impl Parts<'_> {
+    fn version(&self, name: &str, key: &(String, bool)) -> Result<VaultVersion> {
+        let cert_der = self.cer.cloned().ok_or_else(|| {
+            BackendError::Refused(format!("Key Vault returned `{name}` without its certificate"))
+        })?;
+        let info = crate::pki::CertInfo::from_der(&cert_der)?;
+        let attrs = self.attributes;
+        let issuer = self
+            .tags
+            .and_then(|t| t.get(ISSUER_TAG))
+            .and_then(|v| v.split_once('/'))
+            .map(|(n, v)| (n.to_string(), v.to_string()));
+        Ok(VaultVersion {
+            name: name.to_string(),
+            version: version_of(self.id.unwrap_or_default()),
+            kty: key.0.clone(),
+            exportable: key.1,
+            enabled: attrs.and_then(|a| a.enabled).unwrap_or(true),
+            nbf: attrs.and_then(|a| a.not_before).unwrap_or(info.not_before),
+            exp: attrs.and_then(|a| a.expires).unwrap_or(info.not_after),
+            created: attrs.and_then(|a| a.created).unwrap_or(info.not_before),
+            issuer,
+            cert_der,
+        })
+    }
+}
+
+impl AzureVault {
+    /// Builds the clients for `config.vault_url`. `local` is the store beside the plan, which
+    /// keeps what Key Vault cannot (see the module doc).
+    pub fn connect(config: &AzureConfig, local: LocalBackend) -> std::result::Result<AzureVault, SetupError> {
+        let http = super::http_client(config)?;
+        let credential = super::credential(&config.auth, &super::client_options(http))?;
+        Self::connect_with(config, local, credential)
+    }
+
+    /// As [`connect`](Self::connect), with a credential of the caller's instead of the plan's
+    /// `auth` (tests, and callers that hold a credential already).
+    pub fn connect_with(
+        config: &AzureConfig,
+        local: LocalBackend,
+        credential: Arc<dyn azure_core::credentials::TokenCredential>,
+    ) -> std::result::Result<AzureVault, SetupError> {
+        let rt = super::runtime()?;
+        let options = super::client_options(super::http_client(config)?);
+        let url = format!("{}/", config.vault_url);
+        let client_err =
+            |e: azure_core::Error| SetupError::Client(format!("Key Vault client for {url}: {e}"));
+        let certs = CertificateClient::new(
+            &url,
+            credential.clone(),
+            Some(CertificateClientOptions {
+                client_options: options.clone(),
+                ..Default::default()
+            }),
+        )
+        .map_err(client_err)?;
+        let keys = KeyClient::new(
+            &url,
+            credential.clone(),
+            Some(KeyClientOptions {
+                client_options: options.clone(),
+                ..Default::default()
+            }),
+        )
+        .map_err(client_err)?;
+        let secrets = SecretClient::new(
+            &url,
+            credential,
+            Some(SecretClientOptions {
+                client_options: options,
+                ..Default::default()
+            }),
+        )
+        .map_err(client_err)?;
+        Ok(AzureVault {
+            rt,
+            certs: Arc::new(certs),
+            keys: Arc::new(keys),
+            secrets: Arc::new(secrets),
+            local,
+            concurrency: config.vault_limits.concurrency,
+            vault_url: config.vault_url.clone(),
+        })
+    }
+
+    /// The vault's URL.
+    pub fn vault_url(&self) -> &str {
+        &self.vault_url
+    }
+
+    /// A certificate (newest version when `version` is None); None when Key Vault answers 404.
+    async fn get(
+        certs: &CertificateClient,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<Certificate>> {
+        let options = CertificateClientGetCertificateOptions {
+            certificate_version: version.map(str::to_string),
+            ..Default::default()
+        };
+        match certs.get_certificate(name, Some(options)).await {
+            Ok(r) => Ok(Some(model(r, "get certificate", name)?)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(remote("get certificate", name, e)),
+        }
+    }
+
+    /// The newest version of a name; None on 404.
+    async fn latest(certs: &CertificateClient, name: &str) -> Result<Option<VaultVersion>> {
+        let Some(mut c) = Self::get(certs, name, None).await? else {
+            return Ok(None);
+        };
+        let policy = match &c.policy {
+            Some(_) => None,
+            None => Self::get_policy(certs, name).await?,
+        };
+        let key = key_facts(c.policy.as_ref().or(policy.as_ref()));
+        if !c.tags.as_ref().is_some_and(|t| t.contains_key(ISSUER_TAG)) {
+            // Key Vault answers the newest version's tags here; an emulator that keeps
+            // certificate-wide tags apart (certroll serve) needs the version asked for by id.
+            let version = version_of(c.id.as_deref().unwrap_or_default());
+            if let Some(v) = Self::get(certs, name, Some(&version)).await? {
+                c.tags = v.tags;
+            }
+        }
+        to_version(name, &c, &key).map(Some)
+    }
+
+    /// The policy of a name; None on 404.
+    async fn get_policy(certs: &CertificateClient, name: &str) -> Result<Option<CertificatePolicy>> {
+        match certs.get_certificate_policy(name, None).await {
+            Ok(r) => Ok(Some(model(r, "get policy", name)?)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(remote("get policy", name, e)),
+        }
+    }
+
+    /// Every version of a name, oldest first (empty when the name does not exist).
+    async fn all_versions(
+        certs: Arc<CertificateClient>,
+        name: String,
+        concurrency: usize,
+    ) -> Result<Vec<VaultVersion>> {
+        let ids: Vec<String> = match certs.list_certificate_properties_versions(&name, None) {
+            Ok(pager) => match pager.try_collect::<Vec<_>>().await {
+                Ok(items) => items.into_iter().filter_map(|p| p.id).collect(),
+                Err(e) if is_not_found(&e) => return Ok(Vec::new()),
+                Err(e) => return Err(remote("list versions", &name, e)),
+            },
+            Err(e) => return Err(remote("list versions", &name, e)),
+        };
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = key_facts(Self::get_policy(&certs, &name).await?.as_ref());
+        let mut out: Vec<VaultVersion> = futures::stream::iter(ids.iter().map(|id| {
+            let certs = certs.clone();
+            let name = name.clone();
+            let version = version_of(id);
+            async move { Self::get(&certs, &name, Some(&version)).await }
+        }))
+        .buffered(concurrency)
+        .try_collect::<Vec<_>>()
+        .await?
+        .into_iter()
+        .flatten()
+        .map(|c| to_version(&name, &c, &key))
+        .collect::<Result<_>>()?;
+        // Key Vault lists in no promised order; `created` has second precision, so the listed
+        // order breaks ties.
+        out.sort_by_key(|v| v.created);
+        Ok(out)
+    }
+
+    /// Imports one new version and records its issuer; returns its version id.
+    async fn import(certs: &CertificateClient, new: OwnedNewVersion) -> Result<String> {
+        let name = new.name.as_str();
+        let mut policy: CertificatePolicy = serde_json::from_str(&new.policy_json).map_err(|e| {
+            BackendError::Refused(format!("policy of `{name}` is not Key Vault-shaped JSON: {e}"))
+        })?;
+        let pfx = policy
+            .secret_properties
+            .as_ref()
+            .and_then(|s| s.content_type.as_deref())
+            == Some("application/x-pkcs12");
+        let value = if pfx {
+            let der =
+                crate::pki::pkcs12::write_pfx(name, &new.key_pkcs8, std::slice::from_ref(&new.cert_der), "")?;
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der)
+        } else {
+            let mut pem = crate::pki::pem::cert_to_pem(&new.cert_der);
+            pem.push_str(&crate::pki::pem::key_to_pem(&new.key_pkcs8));
+            pem
+        };
+        if let Some(k) = policy.key_properties.as_mut() {
+            k.exportable = Some(new.exportable);
+        }
+        let params = ImportCertificateParameters {
+            base64_encoded_certificate: Some(value),
+            certificate_policy: Some(policy),
+            ..Default::default()
+        };
+        let body: RequestContent<ImportCertificateParameters> = params
+            .try_into()
+            .map_err(|e| remote("import certificate", name, e))?;
+        let c = model(
+            certs
+                .import_certificate(name, body, None)
+                .await
+                .map_err(|e| remote("import certificate", name, e))?,
+            "import certificate",
+            name,
+        )?;
+        let version = version_of(c.id.as_deref().unwrap_or_default());
+        if let Some(issuer) = &new.issuer {
+            let mut tags = HashMap::new();
+            tags.insert(ISSUER_TAG.to_string(), issuer.clone());
+            Self::patch(certs, name, Some(&version), None, Some(tags)).await?;
+        }
+        Ok(version)
+    }
+
+    /// Updates a version's (or the newest's) `enabled` and tags.
+    async fn patch(
+        certs: &CertificateClient,
+        name: &str,
+        version: Option<&str>,
+        enabled: Option<bool>,
+        tags: Option<HashMap<String, String>>,
+    ) -> Result<()> {
+        let params = UpdateCertificatePropertiesParameters {
+            certificate_attributes: enabled.map(|e| CertificateAttributes {
+                enabled: Some(e),
+                ..Default::default()
+            }),
+            tags,
+            ..Default::default()
+        };
+        let body: RequestContent<UpdateCertificatePropertiesParameters> = params
+            .try_into()
+            .map_err(|e| remote("update certificate", name, e))?;
+        let options = CertificateClientUpdateCertificatePropertiesOptions {
+            certificate_version: version.map(str::to_string),
+            ..Default::default()
+        };
+        certs
+            .update_certificate_properties(name, body, Some(options))
+            .await
+            .map_err(|e| remote("update certificate", name, e))?;
+        Ok(())
+    }
+
+    /// An `rcgen::SigningKey` for a version whose key stays in the vault: certroll builds the
+    /// certificate, Key Vault signs it.
+    pub fn signing_key(&self, version: &VaultVersion) -> Result<KeyVaultSigningKey> {
+        KeyVaultSigningKey::new(
+            self.rt.handle().clone(),
+            self.keys.clone(),
+            &version.name,
+            &version.version,
+            &version.cert_der,
+        )
+    }
+
+    fn names(&self) -> Result<Vec<String>> {
+        self.rt.block_on(async {
+            let pager = self
+                .certs
+                .list_certificate_properties(None)
+                .map_err(|e| remote("list certificates", "*", e))?;
+            let items: Vec<_> = pager
+                .try_collect()
+                .await
+                .map_err(|e| remote("list certificates", "*", e))?;
+            let mut names: Vec<String> = items
+                .into_iter()
+                .filter_map(|p| p.id)
+                .map(|id| name_of(&id))
+                .collect();
+            names.sort();
+            names.dedup();
+            Ok(names)
+        })
+    }
+}
+
+/// The owned parts of a [`NewVersion`] an import needs (the batch runs on the runtime).
+struct OwnedNewVersion {
+    name: String,
+    policy_json: String,
+    cert_der: Vec<u8>,
+    key_pkcs8: zeroize::Zeroizing<Vec<u8>>,
+    exportable: bool,
+    issuer: Option<String>,
+}
+
+fn model<T: serde::de::DeserializeOwned>(r: Response<T>, operation: &str, name: &str) -> Result<T> {
+    r.into_model().map_err(|e| remote(operation, name, e))
+}
+
+impl Vault for AzureVault {
+    fn current(&self, name: &str) -> Result<Option<VaultVersion>> {
+        self.rt.block_on(Self::latest(&self.certs, name))
+    }
+
+    fn current_many(&self, names: &[String]) -> Result<Vec<Option<VaultVersion>>> {
+        // One request per name, `concurrency` at a time, in the order asked.
+        self.rt.block_on(async {
+            futures::stream::iter(names.iter().map(|n| {
+                let certs = self.certs.clone();
+                let n = n.clone();
+                async move { Self::latest(&certs, &n).await }
+            }))
+            .buffered(self.concurrency)
+            .try_collect()
+            .await
+        })
+    }
+
+    fn versions(&self, name: &str) -> Result<Vec<VaultVersion>> {
+        self.rt.block_on(Self::all_versions(
+            self.certs.clone(),
+            name.to_string(),
+            self.concurrency,
+        ))
+    }
+
+    fn versions_many(&self, names: &[String]) -> Result<Vec<Vec<VaultVersion>>> {
+        self.rt.block_on(async {
+            futures::stream::iter(
+                names
+                    .iter()
+                    .map(|n| Self::all_versions(self.certs.clone(), n.clone(), self.concurrency)),
+            )
+            .buffered(self.concurrency)
+            .try_collect()
+            .await
+        })
+    }
+
+    fn version(&self, name: &str, version: &str) -> Result<Option<VaultVersion>> {
+        self.rt.block_on(async {
+            let Some(c) = Self::get(&self.certs, name, Some(version)).await? else {
+                return Ok(None);
+            };
+            let key = key_facts(Self::get_policy(&self.certs, name).await?.as_ref());
+            to_version(name, &c, &key).map(Some)
+        })
+    }
+
+    fn create_versions(&mut self, batch: &[NewVersion<'_>], _now: OffsetDateTime) -> Result<Vec<String>> {
+        // Versions of one name are imported in order (each becomes the newest); names run
+        // `concurrency` at a time.
+        let mut by_name: BTreeMap<&str, Vec<(usize, OwnedNewVersion)>> = BTreeMap::new();
+        for (i, n) in batch.iter().enumerate() {
+            by_name.entry(n.name).or_default().push((
+                i,
+                OwnedNewVersion {
+                    name: n.name.to_string(),
+                    policy_json: n.policy_json.to_string(),
+                    cert_der: n.cert_der.to_vec(),
+                    key_pkcs8: zeroize::Zeroizing::new(n.key_pkcs8.to_vec()),
+                    exportable: n.exportable,
+                    issuer: n.issuer.map(|(name, v)| format!("{name}/{v}")),
+                },
+            ));
+        }
+        let certs = self.certs.clone();
+        let done: Vec<Vec<(usize, String)>> = self.rt.block_on(async {
+            futures::stream::iter(by_name.into_values().map(|group| {
+                let certs = certs.clone();
+                async move {
+                    let mut out = Vec::with_capacity(group.len());
+                    for (i, new) in group {
+                        out.push((i, Self::import(&certs, new).await?));
+                    }
+                    Ok::<_, BackendError>(out)
+                }
+            }))
+            .buffer_unordered(self.concurrency)
+            .try_collect()
+            .await
+        })?;
+        let mut ids = vec![String::new(); batch.len()];
+        for (i, id) in done.into_iter().flatten() {
+            ids[i] = id;
+        }
+        Ok(ids)
+    }
+
+    fn private_key(&self, version: &VaultVersion) -> Result<PrivateKey> {
+        let name = version.name.as_str();
+        if !version.exportable {
+            return Err(BackendError::Refused(format!(
+                "the key of `{name}` is not exportable: it stays in Key Vault, which signs with it"
+            )));
+        }
+        let secret = self.rt.block_on(async {
+            let options = SecretClientGetSecretOptions {
+                secret_version: Some(version.version.clone()),
+                ..Default::default()
+            };
+            let r = self
+                .secrets
+                .get_secret(name, Some(options))
+                .await
+                .map_err(|e| remote("get secret", name, e))?;
+            r.into_model().map_err(|e| remote("get secret", name, e))
+        })?;
+        let value = zeroize::Zeroizing::new(secret.value.unwrap_or_default());
+        let pkcs8 = if secret.content_type.as_deref() == Some("application/x-pkcs12") {
+            let der = zeroize::Zeroizing::new(
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, value.trim())
+                    .map_err(|e| BackendError::Refused(format!("secret of `{name}` is not base64: {e}")))?,
+            );
+            crate::pki::pkcs12::read_pfx(&der, "")?.key
+        } else {
+            crate::pki::pem::key_from_pem(value.as_bytes())?
+        };
+        Ok(PrivateKey::from_der_any(&pkcs8)?.0)
+    }
+
+    fn names_page(&self, after: &str, limit: usize) -> Result<Vec<String>> {
+        Ok(self
+            .names()?
+            .into_iter()
+            .filter(|n| n.as_str() > after)
+            .take(limit)
+            .collect())
+    }
+
+    fn policy(&self, name: &str) -> Result<Option<serde_json::Value>> {
+        let p = self.rt.block_on(Self::get_policy(&self.certs, name))?;
+        p.map(|p| {
+            serde_json::to_value(&p).map_err(|e| BackendError::Refused(format!("policy of `{name}`: {e}")))
+        })
+        .transpose()
+    }
+
+    fn set_policy(&mut self, name: &str, policy_json: &str, _now: OffsetDateTime) -> Result<bool> {
+        let policy: CertificatePolicy = serde_json::from_str(policy_json).map_err(|e| {
+            BackendError::Refused(format!("policy of `{name}` is not Key Vault-shaped JSON: {e}"))
+        })?;
+        self.rt.block_on(async {
+            let body: RequestContent<CertificatePolicy> =
+                policy.try_into().map_err(|e| remote("update policy", name, e))?;
+            match self.certs.update_certificate_policy(name, body, None).await {
+                Ok(_) => Ok(true),
+                Err(e) if is_not_found(&e) => Ok(false),
+                Err(e) => Err(remote("update policy", name, e)),
+            }
+        })
+    }
+
+    fn set_enabled(&mut self, version: &VaultVersion, enabled: bool, _now: OffsetDateTime) -> Result<()> {
+        self.rt.block_on(Self::patch(
+            &self.certs,
+            &version.name,
+            Some(&version.version),
+            Some(enabled),
+            None,
+        ))
+    }
+
+    fn revoke(
+        &mut self,
+        issuer: (&str, &str),
+        serial: &str,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool> {
+        self.local.revoke(issuer, serial, reason, now)
+    }
+
+    fn revocations(&self, issuer: &str, version: &str) -> Result<(u64, Vec<Revocation>)> {
+        self.local.revocations(issuer, version)
+    }
+
+    fn next_crl_number(&mut self, issuer: &str) -> Result<u64> {
+        self.local.next_crl_number(issuer)
+    }
+
+    fn tags(&self, name: &str, version: Option<&str>) -> Result<Option<Tags>> {
+        let c = self.rt.block_on(Self::get(&self.certs, name, version))?;
+        Ok(c.map(|c| user_tags(c.tags.as_ref())))
+    }
+
+    fn set_tags(
+        &mut self,
+        name: &str,
+        version: Option<&str>,
+        tags: &Tags,
+        _now: OffsetDateTime,
+    ) -> Result<()> {
+        self.rt.block_on(async {
+            // Key Vault replaces all tags: keep certroll's own.
+            let current = Self::get(&self.certs, name, version)
+                .await?
+                .ok_or_else(|| BackendError::NotFound(format!("certificate `{name}`")))?;
+            let mut all: HashMap<String, String> = tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            if let Some(issuer) = current.tags.as_ref().and_then(|t| t.get(ISSUER_TAG)) {
+                all.insert(ISSUER_TAG.to_string(), issuer.clone());
+            }
+            Self::patch(&self.certs, name, version, None, Some(all)).await
+        })
+    }
+
+    fn name_state(&self, name: &str) -> Result<Option<&'static str>> {
+        self.rt.block_on(async {
+            if Self::get(&self.certs, name, None).await?.is_some() {
+                return Ok(Some("live"));
+            }
+            match self.certs.get_deleted_certificate(name, None).await {
+                Ok(_) => return Ok(Some("deleted")),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(remote("get deleted certificate", name, e)),
+            }
+            match self.certs.get_certificate_operation(name, None).await {
+                Ok(_) => Ok(Some("pending")),
+                Err(e) if is_not_found(&e) => Ok(None),
+                Err(e) => Err(remote("get certificate operation", name, e)),
+            }
+        })
+    }
+
+    fn certificate_users(&self, name: &str) -> Result<CertificateUsers> {
+        // The fleet record is local; certificates a version signed would need every version's
+        // tags read, so only the devices are answered here.
+        self.local.certificate_users(name)
+    }
+
+    fn delete_certificate(
+        &mut self,
+        name: &str,
+        _now: OffsetDateTime,
+        _purge_at: OffsetDateTime,
+    ) -> Result<bool> {
+        // Key Vault sets the purge date from the vault's retention, not ours.
+        self.rt.block_on(async {
+            match self.certs.delete_certificate(name, None).await {
+                Ok(_) => Ok(true),
+                Err(e) if is_not_found(&e) => Ok(false),
+                Err(e) => Err(remote("delete certificate", name, e)),
+            }
+        })
+    }
+
+    fn deleted_certificates(&self, name: Option<&str>) -> Result<Vec<DeletedCertificate>> {
+        let names: Vec<String> = match name {
+            Some(n) => vec![n.to_string()],
+            None => self.rt.block_on(async {
+                let pager = self
+                    .certs
+                    .list_deleted_certificate_properties(None)
+                    .map_err(|e| remote("list deleted certificates", "*", e))?;
+                let items: Vec<_> = pager
+                    .try_collect()
+                    .await
+                    .map_err(|e| remote("list deleted certificates", "*", e))?;
+                let mut names: Vec<String> = items
+                    .into_iter()
+                    .filter_map(|d| d.id)
+                    .map(|id| name_of(&id))
+                    .collect();
+                names.sort();
+                Ok::<_, BackendError>(names)
+            })?,
+        };
+        let mut out = Vec::new();
+        for n in names {
+            let d = self.rt.block_on(async {
+                match self.certs.get_deleted_certificate(&n, None).await {
+                    Ok(r) => model(r, "get deleted certificate", &n).map(Some),
+                    Err(e) if is_not_found(&e) => Ok(None),
+                    Err(e) => Err(remote("get deleted certificate", &n, e)),
+                }
+            })?;
+            let Some(d) = d else { continue };
+            let key = key_facts(d.policy.as_ref());
+            let version = Parts {
+                cer: d.cer.as_ref(),
+                attributes: d.attributes.as_ref(),
+                id: d.id.as_deref(),
+                tags: d.tags.as_ref(),
+            }
+            .version(&n, &key)?;
+            out.push(DeletedCertificate {
+                name: n,
+                deleted: d.deleted_date.unwrap_or(version.created),
+                scheduled_purge: d.scheduled_purge_date.unwrap_or(version.exp),
+                tags: user_tags(d.tags.as_ref()),
+                versions: vec![version],
+            });
+        }
+        Ok(out)
+    }
+
+    fn recover_certificate(&mut self, name: &str) -> Result<bool> {
+        self.rt.block_on(async {
+            match self.certs.recover_deleted_certificate(name, None).await {
+                Ok(_) => Ok(true),
+                Err(e) if is_not_found(&e) => Ok(false),
+                Err(e) => Err(remote("recover certificate", name, e)),
+            }
+        })
+    }
+
+    fn purge_certificate(&mut self, name: &str) -> Result<bool> {
+        self.rt.block_on(async {
+            match self.certs.purge_deleted_certificate(name, None).await {
+                Ok(_) => Ok(true),
+                Err(e) if is_not_found(&e) => Ok(false),
+                Err(e) => Err(remote("purge certificate", name, e)),
+            }
+        })
+    }
+
+    fn backup_certificate(&self, name: &str) -> Result<Option<CertificateBackup>> {
+        Err(not_yet("vault backup", name))
+    }
+
+    fn restore_certificate(&mut self, backup: &CertificateBackup) -> Result<()> {
+        Err(not_yet("vault restore", &backup.name))
+    }
+
+    fn contacts(&self) -> Result<Option<Vec<String>>> {
+        self.rt.block_on(async {
+            match self.certs.get_contacts(None).await {
+                Ok(r) => {
+                    let c: Contacts = model(r, "get contacts", "contacts")?;
+                    Ok(Some(
+                        c.contact_list
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter_map(|c| c.email)
+                            .collect(),
+                    ))
+                }
+                Err(e) if is_not_found(&e) => Ok(None),
+                Err(e) => Err(remote("get contacts", "contacts", e)),
+            }
+        })
+    }
+
+    fn set_contacts(&mut self, emails: Option<&[String]>) -> Result<()> {
+        self.rt.block_on(async {
+            match emails {
+                Some(emails) => {
+                    let contacts = Contacts {
+                        contact_list: Some(
+                            emails
+                                .iter()
+                                .map(|e| Contact {
+                                    email: Some(e.clone()),
+                                    ..Default::default()
+                                })
+                                .collect(),
+                        ),
+                        ..Default::default()
+                    };
+                    let body: RequestContent<Contacts> = contacts
+                        .try_into()
+                        .map_err(|e| remote("set contacts", "contacts", e))?;
+                    self.certs
+                        .set_contacts(body, None)
+                        .await
+                        .map_err(|e| remote("set contacts", "contacts", e))?;
+                }
+                None => match self.certs.delete_contacts(None).await {
+                    Ok(_) => {}
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => return Err(remote("delete contacts", "contacts", e)),
+                },
+            }
+            Ok(())
+        })
+    }
+
+    fn issuers(&self) -> Result<Vec<IssuerConfig>> {
+        self.rt.block_on(async {
+            let pager = self
+                .certs
+                .list_issuer_properties(None)
+                .map_err(|e| remote("list issuers", "*", e))?;
+            let items: Vec<_> = pager
+                .try_collect()
+                .await
+                .map_err(|e| remote("list issuers", "*", e))?;
+            let mut names: Vec<String> = items
+                .into_iter()
+                .filter_map(|i| i.id)
+                .map(|id| version_of(&id))
+                .collect();
+            names.sort();
+            let mut out = Vec::new();
+            for n in names {
+                let i = match self.certs.get_issuer(&n, None).await {
+                    Ok(r) => model(r, "get issuer", &n)?,
+                    Err(e) if is_not_found(&e) => continue,
+                    Err(e) => return Err(remote("get issuer", &n, e)),
+                };
+                let attrs = i.attributes.as_ref();
+                let now = OffsetDateTime::UNIX_EPOCH;
+                out.push(IssuerConfig {
+                    name: n,
+                    provider: i.provider.clone().unwrap_or_default(),
+                    account_id: i.credentials.as_ref().and_then(|c| c.account_id.clone()),
+                    enabled: attrs.and_then(|a| a.enabled).unwrap_or(true),
+                    created: attrs.and_then(|a| a.created).unwrap_or(now),
+                    updated: attrs.and_then(|a| a.updated).unwrap_or(now),
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn put_issuer(&mut self, issuer: &IssuerConfig, _now: OffsetDateTime) -> Result<()> {
+        let n = issuer.name.as_str();
+        self.rt.block_on(async {
+            let params = SetIssuerParameters {
+                provider: Some(issuer.provider.clone()),
+                credentials: issuer.account_id.as_ref().map(|a| IssuerCredentials {
+                    account_id: Some(a.clone()),
+                    ..Default::default()
+                }),
+                attributes: Some(IssuerAttributes {
+                    enabled: Some(issuer.enabled),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let body: RequestContent<SetIssuerParameters> =
+                params.try_into().map_err(|e| remote("set issuer", n, e))?;
+            self.certs
+                .set_issuer(n, body, None)
+                .await
+                .map_err(|e| remote("set issuer", n, e))?;
+            Ok(())
+        })
+    }
+
+    fn delete_issuer(&mut self, name: &str) -> Result<bool> {
+        self.rt.block_on(async {
+            match self.certs.delete_issuer(name, None).await {
+                Ok(_) => Ok(true),
+                Err(e) if is_not_found(&e) => Ok(false),
+                Err(e) => Err(remote("delete issuer", name, e)),
+            }
+        })
+    }
+
+    fn issuer_users(&self, issuer: &str) -> Result<Vec<String>> {
+        // Key Vault cannot search policies: read each live name's policy.
+        let names = self.names()?;
+        let certs = self.certs.clone();
+        let policies: Vec<(String, Option<CertificatePolicy>)> = self.rt.block_on(async {
+            futures::stream::iter(names.into_iter().map(|n| {
+                let certs = certs.clone();
+                async move { Self::get_policy(&certs, &n).await.map(|p| (n, p)) }
+            }))
+            .buffered(self.concurrency)
+            .try_collect()
+            .await
+        })?;
+        Ok(policies
+            .into_iter()
+            .filter(|(_, p)| {
+                p.as_ref()
+                    .and_then(|p| p.issuer_parameters.as_ref())
+                    .and_then(|i| i.name.as_deref())
+                    == Some(issuer)
+            })
+            .map(|(n, _)| n)
+            .collect())
+    }
+
+    fn pending(&self, name: &str) -> Result<Option<PendingCertificate>> {
+        Err(not_yet("requests for outside CAs", name))
+    }
+
+    fn pending_all(&self) -> Result<Vec<PendingCertificate>> {
+        Err(not_yet("requests for outside CAs", "*"))
+    }
+
+    fn put_pending(&mut self, pending: &PendingCertificate, _key_pkcs8: &[u8]) -> Result<()> {
+        Err(not_yet("requests for outside CAs", &pending.name))
+    }
+
+    fn pending_key(&self, name: &str) -> Result<PrivateKey> {
+        Err(not_yet("requests for outside CAs", name))
+    }
+
+    fn delete_pending(&mut self, name: &str) -> Result<bool> {
+        Err(not_yet("requests for outside CAs", name))
+    }
+
+    fn stored_chain(&self, name: &str, _version: &str) -> Result<Vec<Vec<u8>>> {
+        Err(not_yet("stored chains", name))
+    }
+
+    fn set_stored_chain(&mut self, name: &str, _version: &str, _chain: &[Vec<u8>]) -> Result<()> {
+        Err(not_yet("stored chains", name))
+    }
+}
+
+fn not_yet(what: &str, name: &str) -> BackendError {
+    BackendError::Refused(format!(
+        "{what} (`{name}`) are not available on the azure backend yet (issue 12)"
+    ))
+}
+
+// ------------------------------------------------------------------ signing in the vault
+
+/// An `rcgen::SigningKey` whose private half stays in Key Vault: `sign` hashes the message and
+/// asks the keys client to sign the digest (ES256/384/512 or RS256), then encodes the signature as
+/// X.509 wants it (ECDSA as a DER `Ecdsa-Sig-Value`).
+pub struct KeyVaultSigningKey {
+    rt: tokio::runtime::Handle,
+    keys: Arc<KeyClient>,
+    name: String,
+    version: String,
+    /// The raw public key (EC point or PKCS#1 RSAPublicKey), from the version's certificate.
+    public: Vec<u8>,
+    algorithm: &'static rcgen::SignatureAlgorithm,
+    kv_algorithm: &'static str,
+    digest: &'static aws_lc_rs::digest::Algorithm,
+    ecdsa: bool,
+}
+
+impl KeyVaultSigningKey {
+    fn new(
+        rt: tokio::runtime::Handle,
+        keys: Arc<KeyClient>,
+        name: &str,
+        version: &str,
+        cert_der: &[u8],
+    ) -> Result<KeyVaultSigningKey> {
+        use x509_parser::prelude::*;
+        let (_, cert) = X509Certificate::from_der(cert_der)
+            .map_err(|e| BackendError::Pki(crate::pki::Error::BadCertificate(e.to_string())))?;
+        let spki = cert.public_key();
+        let public = spki.subject_public_key.data.to_vec();
+        let oid = spki.algorithm.algorithm.to_id_string();
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .map(|o| o.to_id_string());
+        use aws_lc_rs::digest::{SHA256, SHA384, SHA512};
+        let (algorithm, kv_algorithm, digest, ecdsa): (&'static rcgen::SignatureAlgorithm, _, _, _) =
+            match (oid.as_str(), curve.as_deref()) {
+                ("1.2.840.10045.2.1", Some("1.2.840.10045.3.1.7")) => {
+                    (&rcgen::PKCS_ECDSA_P256_SHA256, "ES256", &SHA256, true)
+                }
+                ("1.2.840.10045.2.1", Some("1.3.132.0.34")) => {
+                    (&rcgen::PKCS_ECDSA_P384_SHA384, "ES384", &SHA384, true)
+                }
+                ("1.2.840.10045.2.1", Some("1.3.132.0.35")) => {
+                    (&rcgen::PKCS_ECDSA_P521_SHA512, "ES512", &SHA512, true)
+                }
+                ("1.2.840.113549.1.1.1", _) => (&rcgen::PKCS_RSA_SHA256, "RS256", &SHA256, false),
+                _ => {
+                    return Err(BackendError::Refused(format!(
+                        "the key of `{name}` ({oid}) cannot sign through Key Vault"
+                    )));
+                }
+            };
+        Ok(KeyVaultSigningKey {
+            rt,
+            keys,
+            name: name.to_string(),
+            version: version.to_string(),
+            public,
+            algorithm,
+            kv_algorithm,
+            digest,
+            ecdsa,
+        })
+    }
+}
+
+impl rcgen::PublicKeyData for KeyVaultSigningKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.public
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.algorithm
+    }
+}
+
+impl rcgen::SigningKey for KeyVaultSigningKey {
+    fn sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
+        let digest = aws_lc_rs::digest::digest(self.digest, msg);
+        let params = SignParameters {
+            algorithm: Some(
+                self.kv_algorithm
+                    .parse::<SignatureAlgorithm>()
+                    .map_err(|_| rcgen::Error::RemoteKeyError)?,
+            ),
+            value: Some(digest.as_ref().to_vec()),
+        };
+        let result = self.rt.block_on(async {
+            let body: RequestContent<SignParameters> = params.try_into()?;
+            let options = KeyClientSignOptions {
+                key_version: Some(self.version.clone()),
+                ..Default::default()
+            };
+            self.keys
+                .sign(&self.name, body, Some(options))
+                .await?
+                .into_model()
+        });
+        let raw = match result {
+            Ok(r) => r.result.unwrap_or_default(),
+            Err(e) => {
+                tracing::error!("{}", remote("sign", &self.name, e));
+                return Err(rcgen::Error::RemoteKeyError);
+            }
+        };
+        if !self.ecdsa {
+            return Ok(raw);
+        }
+        // Key Vault returns r || s; X.509 carries SEQUENCE { r INTEGER, s INTEGER }.
+        if raw.is_empty() || raw.len() % 2 != 0 {
+            return Err(rcgen::Error::RemoteKeyError);
+        }
+        let (r, s) = raw.split_at(raw.len() / 2);
+        Ok(yasna::construct_der(|w| {
+            w.write_sequence(|w| {
+                w.next().write_bigint_bytes(r, true);
+                w.next().write_bigint_bytes(s, true);
+            })
+        }))
+    }
+}

@@ -1,0 +1,176 @@
+//! The azure backend: certroll's services on Azure, reached through the official SDKs.
+//!
+//! This increment (issue 12) has the vault: [`AzureVault`] implements [`super::Vault`] over Key
+//! Vault through `azure_security_keyvault_certificates`, `_keys` and `_secrets` (module
+//! [`keyvault`]). The DPS and IoT Hub clients come later; until then the verbs refuse a plan with
+//! `kind = "azure"` (see `ops::open_backend`).
+//!
+//! Owned here: the client stack every Azure client shares, built from the plan's
+//! [`AzureConfig`](crate::plan::AzureConfig): one `reqwest::Client` (extra roots from `ca_file`,
+//! host overrides from `resolve`) given to azure_core as its transport, the credential the plan
+//! names, azure_core's exponential retry policy (429/503 honour `Retry-After`), and one tokio
+//! runtime: the SDKs are async and the backend traits are sync, so each call `block_on`s, and
+//! batch methods run at most the plan's `concurrency` requests at once.
+
+pub mod keyvault;
+
+pub use keyvault::{AzureVault, KeyVaultSigningKey};
+
+use crate::plan::{AzureAuth, AzureConfig};
+use azure_core::credentials::{AccessToken, Secret, TokenCredential, TokenRequestOptions};
+use azure_core::http::{ClientOptions, ExponentialRetryOptions, RetryOptions, Transport};
+use std::sync::Arc;
+
+/// Why the Azure client stack could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// The `ca_file` is unreadable or holds no certificate.
+    #[error("ca_file {path}: {message}")]
+    CaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// An environment variable the plan names is unset or empty.
+    #[error("environment variable {0} is not set (the plan's `[backend]` takes a secret from it)")]
+    MissingEnv(String),
+    /// The HTTP client or a credential could not be built.
+    #[error("{0}")]
+    Client(String),
+}
+
+/// A bearer token taken from an environment variable once (`auth = "token-env"`): for a
+/// pipeline that already holds a token, and for `certroll serve`'s principals.
+pub struct EnvTokenCredential {
+    token: Secret,
+}
+
+impl std::fmt::Debug for EnvTokenCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.write_str("EnvTokenCredential")
+    }
+}
+
+impl EnvTokenCredential {
+    /// A credential that always answers `token`.
+    pub fn new(token: String) -> EnvTokenCredential {
+        EnvTokenCredential {
+            token: Secret::new(token),
+        }
+    }
+
+    /// Reads the token from `var`.
+    pub fn from_env(var: &str) -> Result<EnvTokenCredential, SetupError> {
+        match std::env::var(var) {
+            Ok(t) if !t.trim().is_empty() => Ok(EnvTokenCredential {
+                token: Secret::new(t.trim().to_string()),
+            }),
+            _ => Err(SetupError::MissingEnv(var.to_string())),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenCredential for EnvTokenCredential {
+    async fn get_token(
+        &self,
+        _scopes: &[&str],
+        _options: Option<TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<AccessToken> {
+        // The token's lifetime is not ours to know; an hour makes the bearer policy reuse it.
+        Ok(AccessToken::new(
+            self.token.clone(),
+            time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+        ))
+    }
+}
+
+/// The credential the plan's `auth` names.
+pub fn credential(auth: &AzureAuth, options: &ClientOptions) -> Result<Arc<dyn TokenCredential>, SetupError> {
+    let client = |e: azure_core::Error| SetupError::Client(format!("credential `{}`: {e}", auth.name()));
+    Ok(match auth {
+        AzureAuth::TokenEnv { var } => Arc::new(EnvTokenCredential::from_env(var)?),
+        AzureAuth::DeveloperTools => azure_identity::DeveloperToolsCredential::new(None).map_err(client)?,
+        AzureAuth::AzureCli => azure_identity::AzureCliCredential::new(None).map_err(client)?,
+        AzureAuth::ManagedIdentity { client_id } => azure_identity::ManagedIdentityCredential::new(Some(
+            azure_identity::ManagedIdentityCredentialOptions {
+                user_assigned_id: client_id.clone().map(azure_identity::UserAssignedId::ClientId),
+                client_options: options.clone(),
+            },
+        ))
+        .map_err(client)?,
+        AzureAuth::WorkloadIdentity => {
+            azure_identity::WorkloadIdentityCredential::new(None).map_err(client)?
+        }
+        AzureAuth::ClientSecret {
+            tenant_id,
+            client_id,
+            secret_env,
+        } => {
+            let secret = std::env::var(secret_env)
+                .ok()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| SetupError::MissingEnv(secret_env.clone()))?;
+            azure_identity::ClientSecretCredential::new(
+                tenant_id,
+                client_id.clone(),
+                Secret::new(secret),
+                Some(azure_identity::ClientSecretCredentialOptions {
+                    client_options: options.clone(),
+                }),
+            )
+            .map_err(client)?
+        }
+    })
+}
+
+/// The HTTP client every Azure client uses: system roots plus `ca_file`, and `resolve`.
+pub fn http_client(config: &AzureConfig) -> Result<reqwest::Client, SetupError> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = &config.ca_file {
+        let bad = |message: String| SetupError::CaFile {
+            path: path.clone(),
+            message,
+        };
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("holds no PEM certificate".into()));
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    for (host, addr) in &config.resolve {
+        builder = builder.resolve(host, *addr);
+    }
+    builder
+        .build()
+        .map_err(|e| SetupError::Client(format!("HTTP client: {e}")))
+}
+
+/// Client options for every Azure client: our transport and azure_core's exponential retry
+/// (it honours `Retry-After` on 429 and 503, and retries 5xx, resets and timeouts with jitter).
+pub fn client_options(http: reqwest::Client) -> ClientOptions {
+    ClientOptions {
+        transport: Some(Transport::new(Arc::new(http))),
+        retry: RetryOptions::exponential(ExponentialRetryOptions {
+            max_retries: 6,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The runtime an Azure backend drives its SDK clients on (the traits it implements are sync).
+pub fn runtime() -> Result<tokio::runtime::Runtime, SetupError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("certroll-azure")
+        .build()
+        .map_err(|e| SetupError::Client(format!("tokio runtime: {e}")))
+}

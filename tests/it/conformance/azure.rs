@@ -1,0 +1,235 @@
+//! The vault suite on the azure backend, against `certroll serve` on loopback: the vault URL is
+//! the real `https://certroll.vault.azure.net`, resolved to serve's port through the plan's
+//! `resolve`, trusted through `ca_file`, so the SDK's Key Vault challenge check and every
+//! production code path run unchanged.
+
+use crate::util::TestEnv;
+use certroll::backend::azure::{AzureVault, EnvTokenCredential, KeyVaultSigningKey};
+use certroll::backend::{BackendError, Vault};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A running `certroll serve` over `plan.toml`; killed on drop.
+struct Serve {
+    child: Child,
+    start: serde_json::Value,
+}
+
+impl Serve {
+    fn start(env: &TestEnv, token: &str) -> Serve {
+        env.write("plan.toml", "version = 1\n");
+        let mut cmd = env.cmd();
+        cmd.env_remove("CERTROLL_NOW")
+            .env("CERTROLL_SERVE_TOKEN", token)
+            .args([
+                "--plan",
+                "plan.toml",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--ca-out",
+                "ca.pem",
+                "-o",
+                "json",
+            ]);
+        let log = std::fs::File::create(env.path("serve.log")).unwrap();
+        let mut child = cmd.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+        let start = serde_json::from_str(&line).unwrap_or_else(|e| {
+            let _ = child.kill();
+            panic!(
+                "serve printed no JSON start line ({e}): {line:?}\n{}",
+                std::fs::read_to_string(env.path("serve.log")).unwrap_or_default()
+            )
+        });
+        Serve { child, start }
+    }
+
+    fn port(&self) -> u16 {
+        let listen = self.start["listen"].as_str().unwrap();
+        listen.rsplit(':').next().unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The client plan: `kind = "azure"` pointed at serve.
+fn client_plan(env: &TestEnv, serve: &Serve) -> certroll::plan::Plan {
+    let text = format!(
+        "version = 1\n[backend]\nkind = \"azure\"\npath = \"client/state.db\"\n\
+         vault_url = \"https://certroll.vault.azure.net\"\nauth = \"token-env\"\n\
+         token_env = \"CERTROLL_CONFORMANCE_TOKEN\"\nca_file = \"ca.pem\"\nvault_concurrency = 4\n\
+         resolve = {{ \"certroll.vault.azure.net\" = \"127.0.0.1:{}\" }}\n",
+        serve.port()
+    );
+    let path = env.write("client.toml", &text);
+    certroll::plan::parse(&path, &text).unwrap()
+}
+
+fn connect(env: &TestEnv, serve: &Serve, token: &str) -> AzureVault {
+    let plan = client_plan(env, serve);
+    std::fs::create_dir_all(env.path("client")).unwrap();
+    let local = super::local::fresh_store(&env.path("client"));
+    let credential = Arc::new(EnvTokenCredential::new(token.to_string()));
+    AzureVault::connect_with(plan.azure.as_ref().unwrap(), local, credential).unwrap()
+}
+
+#[test]
+fn the_vault_suite_passes_on_key_vault_served_by_certroll_serve() {
+    let env = TestEnv::new();
+    let serve = Serve::start(&env, "conformance-token");
+    let mut vault = connect(&env, &serve, "conformance-token");
+    super::suite(&mut vault);
+}
+
+#[test]
+fn token_env_names_the_variable_when_it_is_unset() {
+    let env = TestEnv::new();
+    let serve = Serve::start(&env, "t");
+    let plan = client_plan(&env, &serve);
+    std::fs::create_dir_all(env.path("client")).unwrap();
+    let local = super::local::fresh_store(&env.path("client"));
+    // Nothing in the test harness sets this variable.
+    let err = AzureVault::connect(plan.azure.as_ref().unwrap(), local)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("CERTROLL_CONFORMANCE_TOKEN"), "{err}");
+}
+
+#[test]
+fn a_wrong_token_fails_with_the_service_status_operation_and_name_and_never_the_token() {
+    let env = TestEnv::new();
+    let serve = Serve::start(&env, "right-token");
+    let vault = connect(&env, &serve, "wrong-token-value");
+    let err = vault.current("some-cert").unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(
+            err,
+            BackendError::Remote {
+                status: Some(401),
+                ..
+            }
+        ),
+        "{text}"
+    );
+    assert!(text.contains("Key Vault get certificate `some-cert`"), "{text}");
+    assert!(!text.contains("wrong-token-value"), "{text}");
+}
+
+#[test]
+fn a_non_exportable_ca_key_stays_in_the_vault_and_the_vault_signs_what_certroll_builds() {
+    let env = TestEnv::new();
+    let serve = Serve::start(&env, "tok");
+    let mut vault = connect(&env, &serve, "tok");
+    let ca = super::self_signed("conf-ca", 3650, true);
+    let policy = super::policy("CN=conf-ca", false, "application/x-pem-file");
+    let mut new = super::new_version("conf-ca", &policy, &ca, None);
+    new.exportable = false;
+    vault.create_versions(&[new], super::now()).unwrap();
+    let version = vault.current("conf-ca").unwrap().unwrap();
+    assert!(!version.exportable);
+    let refused = vault.private_key(&version).unwrap_err().to_string();
+    assert!(refused.contains("not exportable"), "{refused}");
+
+    // certroll builds a leaf; Key Vault's keys client signs it with the CA key.
+    let signer: KeyVaultSigningKey = vault.signing_key(&version).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_der(&version.cert_der.clone().into(), signer).unwrap();
+    let leaf_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut leaf = rcgen::CertificateParams::new(vec!["leaf.example".to_string()]).unwrap();
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, "leaf.example");
+    let leaf = leaf.signed_by(&leaf_key, &issuer).unwrap();
+
+    // openssl, not certroll, checks the vault's signature.
+    env.write(
+        "ca-cert.pem",
+        &pem::encode(&pem::Pem::new("CERTIFICATE", version.cert_der.clone())),
+    );
+    env.write("leaf.pem", &leaf.pem());
+    crate::util::openssl_in(env.dir.path(), &["verify", "-CAfile", "ca-cert.pem", "leaf.pem"]).ok();
+}
+
+#[test]
+fn every_verb_refuses_an_azure_plan_with_exit_2_and_creates_nothing() {
+    let env = TestEnv::new();
+    env.write(
+        "plan.toml",
+        "version = 1\n[backend]\nkind = \"azure\"\nvault_url = \"https://x.vault.azure.net\"\n\
+         auth = \"azure-cli\"\n[policies.device]\nkey = { type = \"EC\", curve = \"P-256\" }\n\
+         validity_days = 365\n[policies.ca]\nkey = { type = \"EC\", curve = \"P-256\" }\n\
+         validity_days = 3650\nkey_usage = [\"keyCertSign\", \"cRLSign\", \"digitalSignature\"]\n\
+         [ca.root]\nsubject = \"CN=Root\"\npolicy = \"ca\"\n\
+         [enrollments.gw-01]\nissuer = \"root\"\npolicy = \"device\"\nhub = \"hub\"\n",
+    );
+    env.plan_run(&["validate"]).ok();
+    for verb in [
+        &["issue"][..],
+        &["roll-secondary", "--due"],
+        &["roll-primary", "device:gw-01"],
+        &["revoke", "--reason", "superseded", "--yes", "device:gw-01"],
+        &["reprovision"],
+        &["status"],
+        &["export", "device:gw-01", "--out", "x.pem"],
+        &["notify"],
+    ] {
+        let run = env.plan_run(verb).code(2);
+        assert!(
+            run.stderr.contains("backend kind `azure` cannot run verbs yet"),
+            "{verb:?}: {}",
+            run.stderr
+        );
+    }
+    assert!(!env.path(".certroll").exists(), "nothing was created");
+}
+
+/// The plan's `vault_concurrency` bounds batches; this prints what it buys on loopback.
+#[test]
+#[ignore = "measurement, not a check: run with --ignored --nocapture"]
+fn measure_batch_concurrency_against_serve() {
+    let env = TestEnv::new();
+    let serve = Serve::start(&env, "tok");
+    let plan = client_plan(&env, &serve);
+    let policy = super::policy("CN=m", true, "application/x-pem-file");
+    for (round, concurrency) in [(0, 1usize), (1, 8)] {
+        let mut config = plan.azure.clone().unwrap();
+        config.vault_limits.concurrency = concurrency;
+        let dir = env.path(&format!("m{round}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut vault = AzureVault::connect_with(
+            &config,
+            super::local::fresh_store(&dir),
+            Arc::new(EnvTokenCredential::new("tok".into())),
+        )
+        .unwrap();
+        let names: Vec<String> = (0..40).map(|i| format!("m{round}-{i}")).collect();
+        let made: Vec<super::Made> = names.iter().map(|n| super::self_signed(n, 30, false)).collect();
+        let batch: Vec<_> = names
+            .iter()
+            .zip(&made)
+            .map(|(n, m)| super::new_version(n, &policy, m, None))
+            .collect();
+        let t = std::time::Instant::now();
+        vault.create_versions(&batch, super::now()).unwrap();
+        let import = t.elapsed();
+        let t = std::time::Instant::now();
+        let got = vault.current_many(&names).unwrap();
+        let read = t.elapsed();
+        assert!(got.iter().all(Option::is_some));
+        eprintln!("concurrency {concurrency}: 40 imports {import:?}, 40 current {read:?}");
+    }
+}
