@@ -58,6 +58,9 @@ _certroll() {
             certroll,status)
                 cmd="certroll__subcmd__status"
                 ;;
+            certroll,store)
+                cmd="certroll__subcmd__store"
+                ;;
             certroll,validate)
                 cmd="certroll__subcmd__validate"
                 ;;
@@ -106,11 +109,17 @@ _certroll() {
             certroll__subcmd__help,status)
                 cmd="certroll__subcmd__help__subcmd__status"
                 ;;
+            certroll__subcmd__help,store)
+                cmd="certroll__subcmd__help__subcmd__store"
+                ;;
             certroll__subcmd__help,validate)
                 cmd="certroll__subcmd__help__subcmd__validate"
                 ;;
             certroll__subcmd__help,vault)
                 cmd="certroll__subcmd__help__subcmd__vault"
+                ;;
+            certroll__subcmd__help__subcmd__store,rekey)
+                cmd="certroll__subcmd__help__subcmd__store__subcmd__rekey"
                 ;;
             certroll__subcmd__help__subcmd__vault,backup)
                 cmd="certroll__subcmd__help__subcmd__vault__subcmd__backup"
@@ -180,6 +189,18 @@ _certroll() {
                 ;;
             certroll__subcmd__help__subcmd__vault__subcmd__issuers,set)
                 cmd="certroll__subcmd__help__subcmd__vault__subcmd__issuers__subcmd__set"
+                ;;
+            certroll__subcmd__store,help)
+                cmd="certroll__subcmd__store__subcmd__help"
+                ;;
+            certroll__subcmd__store,rekey)
+                cmd="certroll__subcmd__store__subcmd__rekey"
+                ;;
+            certroll__subcmd__store__subcmd__help,help)
+                cmd="certroll__subcmd__store__subcmd__help__subcmd__help"
+                ;;
+            certroll__subcmd__store__subcmd__help,rekey)
+                cmd="certroll__subcmd__store__subcmd__help__subcmd__rekey"
                 ;;
             certroll__subcmd__vault,backup)
                 cmd="certroll__subcmd__vault__subcmd__backup"
@@ -365,7 +386,7 @@ _certroll() {
 
     case "${cmd}" in
         certroll)
-            opts="-o -q -v -h -V --plan --output --quiet --verbose --now --key-file --lock-timeout --help --version init validate issue roll-secondary roll-primary revoke reprovision status export vault check notify serve completions man help"
+            opts="-o -q -v -h -V --plan --output --quiet --verbose --now --key-file --lock-timeout --help --version init validate issue roll-secondary roll-primary revoke reprovision status export vault store check notify serve completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -537,7 +558,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__help)
-            opts="init validate issue roll-secondary roll-primary revoke reprovision status export vault check notify serve completions man help"
+            opts="init validate issue roll-secondary roll-primary revoke reprovision status export vault store check notify serve completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -735,6 +756,34 @@ _certroll() {
         certroll__subcmd__help__subcmd__status)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        certroll__subcmd__help__subcmd__store)
+            opts="rekey"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        certroll__subcmd__help__subcmd__store__subcmd__rekey)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -1465,6 +1514,124 @@ _certroll() {
         certroll__subcmd__status)
             opts="-o -q -v -h --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --plan)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
+                    return 0
+                    ;;
+                --now)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        certroll__subcmd__store)
+            opts="-o -q -v -h --plan --output --quiet --verbose --now --key-file --lock-timeout --help rekey help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --plan)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
+                    return 0
+                    ;;
+                --now)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        certroll__subcmd__store__subcmd__help)
+            opts="rekey help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        certroll__subcmd__store__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        certroll__subcmd__store__subcmd__help__subcmd__rekey)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        certroll__subcmd__store__subcmd__rekey)
+            opts="-o -q -v -h --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -9,9 +9,9 @@
 
 pub mod arm;
 pub mod auth;
-pub mod faults;
 pub mod dps;
 pub mod dps_device;
+pub mod faults;
 pub mod hub;
 pub mod keyvault;
 pub mod state;

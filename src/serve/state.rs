@@ -47,7 +47,10 @@ impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Tokens and keys stay out of debug output.
         f.debug_struct("AppState")
-            .field("store", &self.backend.lock().map(|b| b.store().path().to_path_buf()).ok())
+            .field(
+                "store",
+                &self.backend.lock().map(|b| b.store().path().to_path_buf()).ok(),
+            )
             .field("config.vault", &self.config.vault)
             .field("principals", &self.principals.len())
             .finish()
