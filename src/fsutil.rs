@@ -38,6 +38,42 @@ fn temp_beside(path: &Path) -> (PathBuf, PathBuf) {
     (dir, tmp)
 }
 
+/// Removes the temporary files that [`write_atomic`], [`create_atomic`] or a store creation
+/// left beside `path` when a kill cut them off (`.NAME.certroll-tmp-PID`,
+/// `.NAME.certroll-new-PID` and its `-journal`), once they are older than `age`, so a creation
+/// still under way in another process is left alone.
+pub fn remove_stale_temps(path: &Path, age: std::time::Duration) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let name = name.to_string_lossy();
+    let prefixes = [format!(".{name}.certroll-tmp-"), format!(".{name}.certroll-new-")];
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        if !prefixes.iter().any(|p| file.starts_with(p.as_str())) {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|elapsed| elapsed >= age);
+        if old {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Writes `bytes` to `path` atomically (temporary file, fsync, rename, directory fsync), mode
 /// 0600 when `private`. On any failure the temporary file is removed.
 pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> io::Result<()> {
@@ -308,6 +344,34 @@ mod tests {
         assert_eq!(classify_landing(&dir.path().join("none")).unwrap(), Landing::New);
         assert_eq!(classify_landing(dir.path()).unwrap(), Landing::Directory);
         assert_eq!(classify_landing(Path::new("/dev/null")).unwrap(), Landing::Stream);
+    }
+
+    #[test]
+    fn stale_temporary_files_of_a_store_are_removed_and_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("state.db");
+        for f in [
+            ".state.db.certroll-new-123",
+            ".state.db.certroll-new-123-journal",
+            ".state.db.certroll-tmp-9",
+            "keep.txt",
+            ".other.certroll-new-1",
+        ] {
+            std::fs::write(dir.path().join(f), b"x").unwrap();
+        }
+        remove_stale_temps(&store, std::time::Duration::from_secs(3600));
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            5,
+            "young files are kept"
+        );
+        remove_stale_temps(&store, std::time::Duration::ZERO);
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".other.certroll-new-1", "keep.txt"]);
     }
 
     #[test]

@@ -38,7 +38,8 @@ pub enum StoreError {
     Missing(PathBuf),
     /// Another certroll holds the store.
     #[error(
-        "another certroll process is writing to {path}; gave up after {waited:?} (try again when it has finished)"
+        "another certroll process is writing to {path}; gave up after {:.1} s (try again when it has finished)",
+        waited.as_secs_f64()
     )]
     Busy {
         /// The store file.
@@ -289,6 +290,12 @@ impl Store {
             // A rekey cut off before its transaction left a key that sealed nothing: drop it.
             let _ = std::fs::remove_file(rekey::pending_key_file(&key_file));
         }
+        if store.locked {
+            // Temporary files of a store or key creation (or a rekey) that a kill cut off.
+            for file in [&store.path, &key_file, &rekey::pending_key_file(&key_file)] {
+                crate::fsutil::remove_stale_temps(file, Duration::from_secs(60));
+            }
+        }
         Ok(store)
     }
 
@@ -379,7 +386,7 @@ impl Store {
                 .map_err(sql_err(path))?;
             return Ok(Some(key));
         }
-        if let Ok(meta) = std::fs::metadata(key_file) {
+        if let Some(meta) = std::fs::metadata(key_file).ok().filter(|m| m.is_file()) {
             use std::os::unix::fs::PermissionsExt;
             let mode = meta.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {

@@ -137,8 +137,22 @@ fn fleet_dump(env: &TestEnv) -> String {
     .join("\n--\n")
 }
 
-/// The invariants every state after a finished command must hold.
-fn check_fleet(env: &TestEnv, what: &str, revoked: &[&str]) {
+/// The instant a command runs at: its own `--now`, or the tests' pinned clock.
+fn instant_of(command: &[&str]) -> String {
+    command
+        .iter()
+        .position(|a| *a == "--now")
+        .and_then(|i| command.get(i + 1))
+        .map_or(crate::util::NOW.to_string(), |t| t.to_string())
+}
+
+/// certroll at `at` with `--plan plan.toml` and these arguments.
+fn run_at(env: &TestEnv, at: &str, args: &[&str]) -> crate::util::Run {
+    env.plan_run(&[&["--now", at][..], args].concat())
+}
+
+/// The invariants every state after a finished command must hold, checked at `at`.
+fn check_fleet(env: &TestEnv, what: &str, revoked: &[&str], at: &str) {
     assert_eq!(
         sqlite(env, "SELECT count(*) FROM journal_runs WHERE finished IS NULL"),
         "0",
@@ -161,7 +175,7 @@ fn check_fleet(env: &TestEnv, what: &str, revoked: &[&str]) {
         assert_eq!(sqlite(env, query), "", "{what}: duplicate {thing}");
     }
     // The hub admits every device that is not revoked, with the certificate it holds.
-    let status = env.plan_run(&["status", "-o", "json"]).ok().json();
+    let status = run_at(env, at, &["status", "-o", "json"]).ok().json();
     let mut admitted = 0;
     for d in status["devices"].as_array().unwrap() {
         let id = d["id"].as_str().unwrap();
@@ -199,8 +213,12 @@ fn check_fleet(env: &TestEnv, what: &str, revoked: &[&str]) {
             continue;
         }
         let out = format!("{id}.pem");
-        env.plan_run(&["export", &format!("device:{id}"), "--with-key", "--out", &out])
-            .ok();
+        run_at(
+            env,
+            at,
+            &["export", &format!("device:{id}"), "--with-key", "--out", &out],
+        )
+        .ok();
         let cert = env
             .openssl(&["x509", "-in", &out, "-noout", "-pubkey"])
             .ok()
@@ -294,7 +312,8 @@ fn scenario(name: &str, setup: &[&[&str]], command: &[&str], revoked: &[&str]) -
     // The reference: the command uninterrupted.
     let reference = clone_env(&base);
     reference.plan_run(command).ok();
-    check_fleet(&reference, &format!("{name} (uninterrupted)"), revoked);
+    let at = instant_of(command);
+    check_fleet(&reference, &format!("{name} (uninterrupted)"), revoked, &at);
     let want = counts(&reference);
 
     let per_kind = if full() { 4 } else { 1 };
@@ -323,7 +342,7 @@ fn scenario(name: &str, setup: &[&[&str]], command: &[&str], revoked: &[&str]) -
         let what = format!("{name}: killed at {syscall} #{when}");
         run_killed_at(&env, command, syscall, *when);
         env.plan_run(command).ok();
-        check_fleet(&env, &what, revoked);
+        check_fleet(&env, &what, revoked, &at);
         assert_eq!(
             counts(&env),
             want,
@@ -355,7 +374,7 @@ fn scenario(name: &str, setup: &[&[&str]], command: &[&str], revoked: &[&str]) -
     let _ = child.kill();
     let _ = child.wait();
     env.plan_run(command).ok();
-    check_fleet(&env, &format!("{name}: killed at a random instant"), revoked);
+    check_fleet(&env, &format!("{name}: killed at a random instant"), revoked, &at);
     assert_eq!(
         counts(&env),
         want,

@@ -82,8 +82,12 @@ type CreateParts = (Subject, Vec<KeyUsage>, Vec<ExtendedKeyUsage>);
 /// Checks `vault create`'s input without touching the store.
 fn check_create(name: &str, opts: &CreateOptions) -> Result<CreateParts> {
     super::check_new_name("certificate", name)?;
-    let subject =
-        Subject::parse(&opts.subject).map_err(|e| input(format!("--subject `{}`: {e}", opts.subject)))?;
+    let subject = Subject::parse(&opts.subject).map_err(|e| {
+        input(format!(
+            "--subject `{}`: {e}",
+            crate::error::snippet(&opts.subject)
+        ))
+    })?;
     if !(1..=36_500).contains(&opts.validity_days) {
         return Err(input(format!(
             "--validity-days {} is out of range (1 to 36500)",
@@ -113,7 +117,7 @@ fn check_create(name: &str, opts: &CreateOptions) -> Result<CreateParts> {
             .find(|u| matches!(u, KeyUsage::KeyEncipherment | KeyUsage::DataEncipherment))
     {
         return Err(input(format!(
-            "--key-usage {}: an EC key signs and agrees on keys, it does not encipher (RFC 8813); \
+            "key usage {}: an EC key signs and agrees on keys, it does not encipher (RFC 8813); \
              use digitalSignature or keyAgreement",
             u.name()
         )));

@@ -102,8 +102,16 @@ policy = ec_policy(
     exportable=True,
     content_type=CertificateContentType.pem,
     validity_in_months=12,
-    key_usage=["digitalSignature", "keyEncipherment"],
+    key_usage=["digitalSignature"],
 )
+# An EC key does not encipher (RFC 8813): a policy asking for keyEncipherment is refused.
+try:
+    client.begin_create_certificate(
+        "sdk-ec-encipher", ec_policy("CN=x", key_usage=["digitalSignature", "keyEncipherment"])
+    ).result()
+    check(False, "an EC policy with keyEncipherment was accepted")
+except HttpResponseError as e:
+    check(e.status_code == 400 and "keyEncipherment" in str(e), f"EC keyEncipherment refused: {e}")
 cert = client.begin_create_certificate("sdk-self", policy, tags={"env": "test"}).result()
 check(cert.name == "sdk-self", "created name")
 check(re.fullmatch(r"[0-9a-f]{32}", cert.properties.version or ""), f"32-hex version {cert.properties.version}")
