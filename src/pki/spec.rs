@@ -262,7 +262,7 @@ impl Subject {
         }])
     }
 
-    /// Parses `CN=Example Root CA, O=Example`. Commas inside a value are escaped as `\,`.
+    /// Parses `CN=Example Root CA, O=Example`. A `,`, `;` or `\` inside a value is escaped with `\`
     pub fn parse(text: &str) -> Result<Subject, String> {
         // RFC 5280 Appendix A upper bounds: 64 characters for CN, O, OU, L, ST; a whole DN of a
         // few hundred characters at most.
@@ -356,7 +356,14 @@ impl fmt::Display for Subject {
             if i > 0 {
                 f.write_str(", ")?;
             }
-            write!(f, "{:?}={}", a.kind, a.value.replace(',', "\\,"))?;
+            // Escape what `parse` splits on or unescapes, so the text parses back to this subject.
+            write!(f, "{:?}=", a.kind)?;
+            for c in a.value.chars() {
+                if matches!(c, '\\' | ',' | ';') {
+                    f.write_str("\\")?;
+                }
+                write!(f, "{c}")?;
+            }
         }
         Ok(())
     }

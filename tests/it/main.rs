@@ -41,3 +41,6 @@ mod fleet;
 mod hostile;
 // The crash harness: kills at chosen system calls during every mutating verb, then reruns.
 mod crash;
+// Fuzzing (issue 9 item 13): what the fuzzers found, as regressions, and proptest properties.
+mod fuzz_found;
+mod properties;

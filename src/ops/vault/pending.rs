@@ -247,6 +247,38 @@ pub struct MergeReport {
     pub cert: crate::pki::CertInfo,
 }
 
+/// What a `vault merge` file holds: the signed certificate and the chain after it.
+#[derive(Debug)]
+pub struct MergeMaterial {
+    /// The signed certificate (DER): the first in the file.
+    pub leaf: Vec<u8>,
+    /// The certificates after it (DER), kept as its chain.
+    pub chain: Vec<Vec<u8>>,
+    /// The signed certificate, parsed.
+    pub cert: crate::pki::CertInfo,
+}
+
+/// Reads the bytes of a `vault merge` file: PEM (leaf first, then its chain) or one DER
+/// certificate. Touches nothing; `shown` names the file in errors, which are input errors.
+pub fn parse_merge(shown: &str, bytes: &[u8]) -> Result<MergeMaterial> {
+    let mut certs = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+        crate::pki::pem::certs_from_pem(bytes).map_err(|e| input(format!("{shown}: {e}")))?
+    } else {
+        vec![bytes.to_vec()]
+    };
+    // Leaf first, then its chain (kept with the version).
+    let leaf = certs.remove(0);
+    for c in &certs {
+        crate::pki::CertInfo::from_der(c).map_err(|e| input(format!("{shown}: {e}")))?;
+    }
+    let cert = crate::pki::CertInfo::from_der(&leaf).map_err(|e| input(format!("{shown}: {e}")))?;
+    Ok(MergeMaterial {
+        leaf,
+        chain: certs,
+        cert,
+    })
+}
+
 /// `vault merge`: the signed certificate (PEM, leaf first, or DER) becomes a version with the
 /// pending key, after checking that it certifies that key. Further certificates in a PEM file
 /// are kept as its chain.
@@ -258,20 +290,14 @@ pub fn merge(
     now: OffsetDateTime,
 ) -> Result<MergeReport> {
     let name = super::resolve_name(name)?;
-    let shown = file.display();
+    let shown = file.display().to_string();
     let bytes = crate::fsutil::read_bounded(file, crate::fsutil::MAX_INPUT_FILE)
         .map_err(|e| input(format!("cannot read {shown}: {e}")))?;
-    let mut certs = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
-        crate::pki::pem::certs_from_pem(&bytes).map_err(|e| input(format!("{shown}: {e}")))?
-    } else {
-        vec![bytes]
-    };
-    // Leaf first, then its chain (kept with the version).
-    let leaf = certs.remove(0);
-    for c in &certs {
-        crate::pki::CertInfo::from_der(c).map_err(|e| input(format!("{shown}: {e}")))?;
-    }
-    let cert = crate::pki::CertInfo::from_der(&leaf).map_err(|e| input(format!("{shown}: {e}")))?;
+    let MergeMaterial {
+        leaf,
+        chain: certs,
+        cert,
+    } = parse_merge(&shown, &bytes)?;
     let mut backend = open_backend(plan, Access::Write, settings)?;
     let pending = backend
         .pending(&name)?

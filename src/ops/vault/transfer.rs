@@ -18,7 +18,7 @@ use crate::pki::spec::{ExtendedKeyUsage, KeySpec, KeyUsage};
 use crate::plan::{ActionKind, ContentType, LifetimeAction, Plan, Policy, Trigger};
 use anyhow::Result;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
@@ -52,21 +52,29 @@ pub struct ImportReport {
     pub other_certificates: usize,
 }
 
-/// What an import file holds.
-struct Material {
-    certs: Vec<Vec<u8>>,
-    key_pkcs8: Zeroizing<Vec<u8>>,
-    content_type: ContentType,
+/// What an import file holds, checked: the private key, the certificate it belongs to (the
+/// leaf) and the other certificates, in file order.
+pub struct ImportMaterial {
+    /// Every certificate in the file (DER), in file order.
+    pub certs: Vec<Vec<u8>>,
+    /// The index in `certs` of the certificate the key belongs to.
+    pub leaf: usize,
+    /// The private key.
+    pub key: crate::pki::PrivateKey,
+    /// The key's type, read from the key.
+    pub spec: KeySpec,
+    /// The leaf certificate.
+    pub cert: crate::pki::CertInfo,
+    /// PEM or PKCS#12, as the file was.
+    pub content_type: ContentType,
 }
 
-fn read_material(file: &Path, password: Option<&str>) -> Result<Material> {
-    let bytes = Zeroizing::new(
-        crate::fsutil::read_bounded(file, crate::fsutil::MAX_INPUT_FILE)
-            .map_err(|e| input(format!("cannot read {}: {e}", file.display())))?,
-    );
-    let shown = file.display();
-    if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
-        let certs = crate::pki::pem::certs_from_pem(&bytes).map_err(|e| input(format!("{shown}: {e}")))?;
+/// Reads the bytes of a `vault import` file: PEM (certificates and one PKCS#8, SEC1 or PKCS#1
+/// key, in any order) or, when not PEM, PKCS#12 with `password`. Touches nothing; `shown`
+/// names the file in errors, which are input errors (exit 2).
+pub fn parse_import(shown: &str, bytes: &[u8], password: Option<&str>) -> Result<ImportMaterial> {
+    let (certs, key_pkcs8, content_type) = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+        let certs = crate::pki::pem::certs_from_pem(bytes).map_err(|e| input(format!("{shown}: {e}")))?;
         if bytes.windows(21).any(|w| w == b"ENCRYPTED PRIVATE KEY") {
             return Err(input(format!(
                 "{shown}: the private key is encrypted; import it as PKCS#12 with --password-env, \
@@ -74,33 +82,55 @@ fn read_material(file: &Path, password: Option<&str>) -> Result<Material> {
             )));
         }
         use rustls_pki_types::pem::PemObject;
-        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(bytes).map_err(|e| match e {
             rustls_pki_types::pem::Error::NoItemsFound => input(format!(
                 "{shown} holds no private key (PKCS#8, SEC1 or PKCS#1 PEM block)"
             )),
             other => input(format!("{shown}: {other}")),
         })?;
         let key_pkcs8 = crate::pki::keys::to_pkcs8(&key).map_err(|e| input(format!("{shown}: {e}")))?;
-        return Ok(Material {
-            certs,
-            key_pkcs8,
-            content_type: ContentType::Pem,
-        });
+        (certs, key_pkcs8, ContentType::Pem)
+    } else {
+        let password = password.ok_or_else(|| {
+            input(format!(
+                "{shown} is not PEM, so it is read as PKCS#12, which needs --password-env VAR"
+            ))
+        })?;
+        let pfx = crate::pki::pkcs12::read_pfx(bytes, password).map_err(|e| {
+            input(format!(
+                "cannot read {shown} as PKCS#12 (wrong password, or not a PFX file): {e}"
+            ))
+        })?;
+        (pfx.chain, pfx.key, ContentType::Pfx)
+    };
+    let (key, spec) =
+        crate::pki::PrivateKey::from_der_any(&key_pkcs8).map_err(|e| input(format!("{shown}: {e}")))?;
+    let public = key.public_key_der();
+    let mut leaf = None;
+    for (i, der) in certs.iter().enumerate() {
+        if spki_of(der).map_err(|e| input(format!("{shown}: {e}")))? == public {
+            leaf = Some(i);
+            break;
+        }
     }
-    let password = password.ok_or_else(|| {
-        input(format!(
-            "{shown} is not PEM, so it is read as PKCS#12, which needs --password-env VAR"
-        ))
-    })?;
-    let pfx = crate::pki::pkcs12::read_pfx(&bytes, password).map_err(|e| {
-        input(format!(
-            "cannot read {shown} as PKCS#12 (wrong password, or not a PFX file): {e}"
-        ))
-    })?;
-    Ok(Material {
-        certs: pfx.chain,
-        key_pkcs8: pfx.key,
-        content_type: ContentType::Pfx,
+    let Some(leaf) = leaf else {
+        return Err(input(format!(
+            "{shown}: the private key does not belong to {} in the file",
+            if certs.len() == 1 {
+                "the certificate"
+            } else {
+                "any certificate"
+            }
+        )));
+    };
+    let cert = crate::pki::CertInfo::from_der(&certs[leaf]).map_err(|e| input(format!("{shown}: {e}")))?;
+    Ok(ImportMaterial {
+        certs,
+        leaf,
+        key,
+        spec,
+        cert,
+        content_type,
     })
 }
 
@@ -213,30 +243,20 @@ pub fn import(
     now: OffsetDateTime,
 ) -> Result<ImportReport> {
     super::check_new_name("certificate", name)?;
-    let material = read_material(&opts.file, opts.password.as_deref().map(|p| p.as_str()))?;
-    let shown = opts.file.display();
-    let (key, mut spec) = crate::pki::PrivateKey::from_der_any(&material.key_pkcs8)
-        .map_err(|e| input(format!("{shown}: {e}")))?;
-    let public = key.public_key_der();
-    let mut leaf = None;
-    for (i, der) in material.certs.iter().enumerate() {
-        if spki_of(der).map_err(|e| input(format!("{shown}: {e}")))? == public {
-            leaf = Some(i);
-            break;
-        }
-    }
-    let Some(leaf) = leaf else {
-        return Err(input(format!(
-            "{shown}: the private key does not belong to {} in the file",
-            if material.certs.len() == 1 {
-                "the certificate"
-            } else {
-                "any certificate"
-            }
-        )));
-    };
+    let shown = opts.file.display().to_string();
+    let bytes = Zeroizing::new(
+        crate::fsutil::read_bounded(&opts.file, crate::fsutil::MAX_INPUT_FILE)
+            .map_err(|e| input(format!("cannot read {shown}: {e}")))?,
+    );
+    let material = parse_import(&shown, &bytes, opts.password.as_deref().map(|p| p.as_str()))?;
+    let ImportMaterial {
+        leaf,
+        key,
+        mut spec,
+        cert,
+        ..
+    } = material;
     let cert_der = &material.certs[leaf];
-    let cert = crate::pki::CertInfo::from_der(cert_der).map_err(|e| input(format!("{shown}: {e}")))?;
 
     let mut backend = open_backend(plan, Access::Write, settings)?;
     let existing = match backend.name_state(name)? {
