@@ -125,8 +125,12 @@ const FIELDS: &[&str] = &[
     "policies.p.dns_names",
     "policies.p.content_type",
     "policies.p.lifetime_actions.0.lifetime_percentage",
-    "policies.p.lifetime_actions.0.days_before_expiry",
+    "policies.p.lifetime_actions.1.days_before_expiry",
     "policies.p.lifetime_actions.0.action",
+    "policies.c.key.type",
+    "policies.c.key.size",
+    "policies.c.validity_days",
+    "policies.c.key_usage",
     "ca.root.subject",
     "ca.root.path_len",
     "ca.root.policy",
@@ -150,20 +154,27 @@ version = 1
 [policies.p]
 key = { type = "EC", curve = "P-256", exportable = true }
 validity_days = 365
-key_usage = ["digitalSignature", "keyCertSign", "cRLSign"]
+key_usage = ["digitalSignature"]
 extended_key_usage = ["clientAuth"]
 dns_names = ["a.example"]
 content_type = "pem"
-lifetime_actions = [{ lifetime_percentage = 80, days_before_expiry = 30, action = "auto-renew" }]
+lifetime_actions = [
+  { lifetime_percentage = 80, action = "auto-renew" },
+  { days_before_expiry = 30, action = "email-contacts" },
+]
+[policies.c]
+key = { type = "EC-HSM", curve = "P-384" }
+validity_days = 3650
+key_usage = ["keyCertSign", "cRLSign"]
 [ca.root]
 subject = "CN=Root"
 path_len = 1
-policy = "p"
+policy = "c"
 [ca.sub]
 subject = "CN=Sub"
 issuer = "root"
 path_len = 0
-policy = "p"
+policy = "c"
 [groups.g]
 signing_ca = "sub"
 hub = "hub"
