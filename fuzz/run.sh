@@ -101,10 +101,12 @@ run() {
     nice -n 19 "$bin/$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
         -max_len=65536 -print_final_stats=1 -artifact_prefix="$here/artifacts/$t/" \
         "$here/corpus/$t" >"$log" 2>&1 || true
-    local execs crashes
+    local execs crashes took
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+    # libFuzzer stops at the first crash, so say how long it actually ran.
+    took=$(( $(date +%s) - $(stat -c %Y "$stamp") ))
     crashes=$(find "$here/artifacts/$t" -type f -newer "$stamp" | wc -l)
-    printf '%-8s %10s executions in %ss, %s new artifact(s)%s\n' "$t" "${execs:-?}" "$secs" "$crashes" \
+    printf '%-8s %10s executions in %ss, %s new artifact(s)%s\n' "$t" "${execs:-?}" "$took" "$crashes" \
         "$(grep -m1 -E 'panicked|ERROR: libFuzzer' "$log" | sed 's/^/: /' || true)"
 }
 

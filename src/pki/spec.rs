@@ -268,7 +268,10 @@ impl Subject {
         // few hundred characters at most.
         const MAX_DN: usize = 1024;
         const MAX_VALUE: usize = 64;
-        if text.chars().count() > MAX_DN {
+        // A bound on the text first, so that absurd input costs nothing; the limit itself is
+        // checked on the subject as certroll writes it out (below), which may be longer than
+        // the text (`S=` becomes `ST=`, `;` becomes `, `), so that what certroll shows parses back.
+        if text.chars().count() > 4 * MAX_DN {
             return Err(format!(
                 "is {} characters long; a subject may have at most {MAX_DN}",
                 text.chars().count()
@@ -338,7 +341,14 @@ impl Subject {
         if !attrs.iter().any(|a| a.kind == DnKind::CN) {
             return Err(format!("`{text}` has no CN"));
         }
-        Ok(Subject(attrs))
+        let subject = Subject(attrs);
+        let written = subject.to_string().chars().count();
+        if written > MAX_DN {
+            return Err(format!(
+                "is {written} characters long written out; a subject may have at most {MAX_DN}"
+            ));
+        }
+        Ok(subject)
     }
 
     /// The common name, if any.
