@@ -404,6 +404,15 @@ impl<'a> Validator<'a> {
                     dns.span(),
                     format!("dns_names entry `{s}` is not a DNS name or address"),
                 );
+            } else if !s.is_ascii() {
+                // RFC 5280 4.2.1.6: a dNSName is an IA5String; issuing would fail half-way.
+                self.error(
+                    dns.span(),
+                    format!(
+                        "dns_names entry `{s}` is not ASCII; write an internationalized name in \
+                         its xn-- (A-label) form"
+                    ),
+                );
             }
         }
 

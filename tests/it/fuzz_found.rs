@@ -33,3 +33,30 @@ fn a_subject_within_the_limit_prints_within_it() {
     assert!(s.to_string().chars().count() <= 1024);
     assert_eq!(Subject::parse(&s.to_string()), Ok(s));
 }
+
+/// Found by the `san` fuzz target (219,210 executions in): `validate` accepted a `dns_names`
+/// entry that is not ASCII (`v[paœ`), which a certificate cannot hold (a dNSName is an
+/// IA5String, RFC 5280 4.2.1.6), so `issue` would have failed half-way. Refused at validation,
+/// at the entry's line and column.
+#[test]
+fn a_dns_name_that_is_not_ascii_is_refused_at_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "version = 1\n\
+                [policies.p]\n\
+                key = { type = \"EC\", curve = \"P-256\" }\n\
+                validity_days = 30\n\
+                key_usage = [\"keyCertSign\", \"cRLSign\"]\n\
+                dns_names = [\"ok.example\", \"v[paœ\", \"bücher.example\"]\n\
+                [ca.root]\n\
+                subject = \"CN=root\"\n\
+                policy = \"p\"\n";
+    let err = certroll::plan::parse(&dir.path().join("certroll.toml"), text).unwrap_err();
+    assert_eq!((err.line, err.column), (Some(6), Some(28)), "{err}");
+    assert!(err.message.contains("`v[paœ` is not ASCII"), "{err}");
+    assert!(err.message.contains("xn--"), "{err}");
+    let ok = text.replace(
+        "\"v[paœ\", \"bücher.example\"",
+        "\"xn--bcher-kva.example\", \"10.0.0.1\"",
+    );
+    certroll::plan::parse(&dir.path().join("certroll.toml"), &ok).unwrap();
+}
