@@ -330,6 +330,14 @@ impl Subject {
                     value.chars().count()
                 ));
             }
+            // rcgen keeps one value per attribute type (a second replaces the first), so a
+            // repeated type would not be what the certificate says.
+            if attrs.iter().any(|a: &DnAttribute| a.kind == kind) {
+                return Err(format!(
+                    "`{}` appears more than once; a subject holds one value of each attribute",
+                    key.trim()
+                ));
+            }
             if kind == DnKind::C && value.len() != 2 {
                 return Err(format!("country `C={value}` must be a two-letter code"));
             }

@@ -5,16 +5,6 @@
 use certroll::pki::spec::{DnAttribute, DnKind, Subject};
 use proptest::prelude::*;
 
-fn kind() -> impl Strategy<Value = DnKind> {
-    prop_oneof![
-        Just(DnKind::CN),
-        Just(DnKind::O),
-        Just(DnKind::OU),
-        Just(DnKind::ST),
-        Just(DnKind::L),
-    ]
-}
-
 /// An attribute value as `Subject::parse` returns them: 1 to 64 characters, no control
 /// characters, no surrounding white space; the characters the syntax uses are favoured.
 fn value() -> impl Strategy<Value = String> {
@@ -31,14 +21,28 @@ fn value() -> impl Strategy<Value = String> {
 }
 
 fn subject() -> impl Strategy<Value = Subject> {
-    (value(), proptest::collection::vec((kind(), value()), 0..6)).prop_map(|(cn, rest)| {
-        let mut attrs = vec![DnAttribute {
-            kind: DnKind::CN,
-            value: cn,
-        }];
-        attrs.extend(rest.into_iter().map(|(kind, value)| DnAttribute { kind, value }));
-        Subject(attrs)
-    })
+    // One value per attribute type, as `Subject::parse` demands.
+    (
+        value(),
+        proptest::sample::subsequence(vec![DnKind::O, DnKind::OU, DnKind::ST, DnKind::L], 0..=4),
+    )
+        .prop_flat_map(|(cn, kinds)| {
+            let n = kinds.len();
+            (Just(cn), Just(kinds), proptest::collection::vec(value(), n))
+        })
+        .prop_map(|(cn, kinds, values)| {
+            let mut attrs = vec![DnAttribute {
+                kind: DnKind::CN,
+                value: cn,
+            }];
+            attrs.extend(
+                kinds
+                    .into_iter()
+                    .zip(values)
+                    .map(|(kind, value)| DnAttribute { kind, value }),
+            );
+            Subject(attrs)
+        })
 }
 
 proptest! {
