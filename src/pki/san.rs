@@ -42,6 +42,12 @@ impl San {
         if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
             return Err(format!("`{text}` is not a valid IPv4 address"));
         }
+        if !text.is_ascii() {
+            // RFC 5280 4.2.1.6: a dNSName is an IA5String.
+            return Err(format!(
+                "`{text}` is not ASCII; write an internationalized name in its xn-- (A-label) form"
+            ));
+        }
         let name = text.strip_prefix("*.").unwrap_or(text);
         if rustls_pki_types::DnsName::try_from(name).is_err() || text.ends_with('.') {
             return Err(format!(

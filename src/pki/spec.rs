@@ -262,13 +262,16 @@ impl Subject {
         }])
     }
 
-    /// Parses `CN=Example Root CA, O=Example`. Commas inside a value are escaped as `\,`.
+    /// Parses `CN=Example Root CA, O=Example`. A `,`, `;` or `\` inside a value is escaped with `\`
     pub fn parse(text: &str) -> Result<Subject, String> {
         // RFC 5280 Appendix A upper bounds: 64 characters for CN, O, OU, L, ST; a whole DN of a
         // few hundred characters at most.
         const MAX_DN: usize = 1024;
         const MAX_VALUE: usize = 64;
-        if text.chars().count() > MAX_DN {
+        // A bound on the text first, so that absurd input costs nothing; the limit itself is
+        // checked on the subject as certroll writes it out (below), which may be longer than
+        // the text (`S=` becomes `ST=`, `;` becomes `, `), so that what certroll shows parses back.
+        if text.chars().count() > 4 * MAX_DN {
             return Err(format!(
                 "is {} characters long; a subject may have at most {MAX_DN}",
                 text.chars().count()
@@ -346,7 +349,14 @@ impl Subject {
         if !attrs.iter().any(|a| a.kind == DnKind::CN) {
             return Err(format!("`{text}` has no CN"));
         }
-        Ok(Subject(attrs))
+        let subject = Subject(attrs);
+        let written = subject.to_string().chars().count();
+        if written > MAX_DN {
+            return Err(format!(
+                "is {written} characters long written out; a subject may have at most {MAX_DN}"
+            ));
+        }
+        Ok(subject)
     }
 
     /// The common name, if any.
@@ -364,7 +374,14 @@ impl fmt::Display for Subject {
             if i > 0 {
                 f.write_str(", ")?;
             }
-            write!(f, "{:?}={}", a.kind, a.value.replace(',', "\\,"))?;
+            // Escape what `parse` splits on or unescapes, so the text parses back to this subject.
+            write!(f, "{:?}=", a.kind)?;
+            for c in a.value.chars() {
+                if matches!(c, '\\' | ',' | ';') {
+                    f.write_str("\\")?;
+                }
+                write!(f, "{c}")?;
+            }
         }
         Ok(())
     }

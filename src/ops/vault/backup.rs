@@ -253,95 +253,109 @@ pub fn backup_bytes(
     ))
 }
 
-fn not_a_backup(file: &str, why: &str) -> anyhow::Error {
-    input(format!("{file} is not a certroll vault backup: {why}"))
+fn not_a_backup(shown: &str, why: &str) -> anyhow::Error {
+    input(format!("{shown} is not a certroll vault backup: {why}"))
 }
 
-/// Decrypts a backup document (`file` names it in messages).
-fn open_bytes(text: &[u8], password: &str, file: &str) -> Result<CertificateDoc> {
-    let env: Envelope = serde_json::from_slice(text).map_err(|e| not_a_backup(file, &e.to_string()))?;
+/// A backup file whose header has been read and checked, its contents still encrypted.
+pub struct SealedBackup {
+    env: Envelope,
+    salt: Vec<u8>,
+    nonce: [u8; NONCE_LEN],
+    ciphertext: Vec<u8>,
+}
+
+/// Reads the clear header of a backup file (format, name, KDF, cipher, nonce, ciphertext)
+/// without deriving a key. `shown` names the file in errors, which are input errors (exit 2).
+pub fn parse_envelope(shown: &str, bytes: &[u8]) -> Result<SealedBackup> {
+    let env: Envelope = serde_json::from_slice(bytes).map_err(|e| not_a_backup(shown, &e.to_string()))?;
     if env.format != FORMAT || env.version != 1 {
         return Err(not_a_backup(
-            file,
+            shown,
             &format!("format `{}` version {}", env.format, env.version),
         ));
     }
     if env.kdf.algorithm != "PBKDF2-HMAC-SHA256" || env.cipher != "AES-256-GCM" {
-        return Err(not_a_backup(file, "unknown KDF or cipher"));
+        return Err(not_a_backup(shown, "unknown KDF or cipher"));
     }
     if !(ITERATIONS..=MAX_ITERATIONS).contains(&env.kdf.iterations) {
         return Err(not_a_backup(
-            file,
+            shown,
             &format!("{} PBKDF2 iterations", env.kdf.iterations),
         ));
     }
-    let salt = hex_decode(&env.kdf.salt).ok_or_else(|| not_a_backup(file, "bad salt"))?;
-    let nonce = hex_decode(&env.nonce).ok_or_else(|| not_a_backup(file, "bad nonce"))?;
-    let nonce = Nonce::try_assume_unique_for_key(&nonce).map_err(|_| not_a_backup(file, "bad nonce"))?;
-    let mut buf =
-        Zeroizing::new(hex_decode(&env.ciphertext).ok_or_else(|| not_a_backup(file, "bad ciphertext"))?);
-    let key = derive_key(password, &salt, env.kdf.iterations)?;
-    let plain_len = key
-        .open_in_place(
-            nonce,
-            Aad::from(aad(&env.name, &env.kdf).as_bytes()),
-            buf.as_mut_slice(),
-        )
-        .map_err(|_| {
-            input(format!(
-                "cannot decrypt {file}: wrong password, or the file was altered"
-            ))
-        })?
-        .len();
-    buf.truncate(plain_len);
-    let doc: CertificateDoc = serde_json::from_slice(&buf).map_err(|e| not_a_backup(file, &e.to_string()))?;
-    if doc.name != env.name {
-        return Err(not_a_backup(file, "the name inside differs from the header"));
+    let salt = hex_decode(&env.kdf.salt).ok_or_else(|| not_a_backup(shown, "bad salt"))?;
+    let nonce = hex_decode(&env.nonce)
+        .and_then(|n| <[u8; NONCE_LEN]>::try_from(n).ok())
+        .ok_or_else(|| not_a_backup(shown, "bad nonce"))?;
+    let ciphertext = hex_decode(&env.ciphertext).ok_or_else(|| not_a_backup(shown, "bad ciphertext"))?;
+    Ok(SealedBackup {
+        env,
+        salt,
+        nonce,
+        ciphertext,
+    })
+}
+
+impl SealedBackup {
+    /// The PBKDF2 salt.
+    pub fn salt(&self) -> &[u8] {
+        &self.salt
     }
-    Ok(doc)
+
+    /// The PBKDF2 iteration count (checked to lie in 600,000..=10,000,000).
+    pub fn iterations(&self) -> u32 {
+        self.env.kdf.iterations
+    }
+
+    /// Derives the AES-256-GCM key from `password` (PBKDF2-HMAC-SHA256 over the file's salt and
+    /// iterations: a fraction of a second by design).
+    pub fn derive_key(&self, password: &str) -> Result<LessSafeKey> {
+        derive_key(password, &self.salt, self.env.kdf.iterations)
+    }
+
+    /// Decrypts the contents with `key` (from [`SealedBackup::derive_key`]) and reads them.
+    pub fn open(&self, shown: &str, key: &LessSafeKey) -> Result<CertificateBackup> {
+        let mut buf = Zeroizing::new(self.ciphertext.clone());
+        let plain_len = key
+            .open_in_place(
+                Nonce::assume_unique_for_key(self.nonce),
+                Aad::from(aad(&self.env.name, &self.env.kdf).as_bytes()),
+                buf.as_mut_slice(),
+            )
+            .map_err(|_| {
+                input(format!(
+                    "cannot decrypt {shown}: wrong password, or the file was altered"
+                ))
+            })?
+            .len();
+        buf.truncate(plain_len);
+        parse_contents(shown, &self.env.name, &buf)
+    }
 }
 
-fn ts(secs: i64, file: &str) -> Result<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp(secs).map_err(|_| not_a_backup(file, "bad time"))
+fn ts(secs: i64, shown: &str) -> Result<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp(secs).map_err(|_| not_a_backup(shown, "bad time"))
 }
 
-/// `vault restore`: puts a backed-up certificate back under its name, which must be free (not
-/// live, deleted or pending).
-pub fn restore(plan: &Plan, file: &Path, password: &str, settings: &BackendSettings) -> Result<BackupReport> {
-    check_password(password)?;
-    let text = crate::fsutil::read_bounded(file, crate::fsutil::MAX_INPUT_FILE)
-        .map_err(|e| input(format!("cannot read {}: {e}", file.display())))?;
-    let shown = file.display().to_string();
-    // Decrypted and checked before the store is opened for writing.
-    open_bytes(&text, password, &shown)?;
-    let mut backend = open_backend(plan, Access::Write, settings)?;
-    let mut report = restore_in(&mut backend, &text, password, &shown)?;
-    report.file = file.to_path_buf();
-    Ok(report)
-}
-
-/// `vault restore` on an open backend, from a backup document's bytes (`file` names it in
-/// messages; the report's `file` is empty).
-pub fn restore_in(
-    backend: &mut crate::backend::local::LocalBackend,
-    text: &[u8],
-    password: &str,
-    file: &str,
-) -> Result<BackupReport> {
-    check_password(password)?;
-    let doc = open_bytes(text, password, file)?;
-    super::check_new_name("certificate", &doc.name)?;
+/// Reads the decrypted contents of a backup whose header names `name`: the certificate, its
+/// policy and tags, and every version with its key (clear PKCS#8 or still sealed), as
+/// [`crate::backend::Vault::restore_certificate`] takes them. Touches nothing.
+pub fn parse_contents(shown: &str, name: &str, plain: &[u8]) -> Result<CertificateBackup> {
+    let doc: CertificateDoc =
+        serde_json::from_slice(plain).map_err(|e| not_a_backup(shown, &e.to_string()))?;
+    if doc.name != name {
+        return Err(not_a_backup(shown, "the name inside differs from the header"));
+    }
     let mut versions = Vec::with_capacity(doc.versions.len());
-    let mut sealed_keys = Vec::new();
     for v in &doc.versions {
-        let cert_der = hex_decode(&v.cert).ok_or_else(|| not_a_backup(file, "bad certificate"))?;
+        let cert_der = hex_decode(&v.cert).ok_or_else(|| not_a_backup(shown, "bad certificate"))?;
         let key = match &v.key {
             KeyDoc::Pkcs8(hex) => BackupKey::Plain(Zeroizing::new(
-                hex_decode(&hex.0).ok_or_else(|| not_a_backup(file, "bad key"))?,
+                hex_decode(&hex.0).ok_or_else(|| not_a_backup(shown, "bad key"))?,
             )),
             KeyDoc::Sealed(hex) => {
-                sealed_keys.push(v.version.clone());
-                BackupKey::Sealed(hex_decode(hex).ok_or_else(|| not_a_backup(file, "bad key"))?)
+                BackupKey::Sealed(hex_decode(hex).ok_or_else(|| not_a_backup(shown, "bad key"))?)
             }
         };
         versions.push(VersionBackup {
@@ -354,47 +368,96 @@ pub fn restore_in(
                 // or of an HSM type stays non-exportable whatever the file says.
                 exportable: v.exportable && matches!(v.key, KeyDoc::Pkcs8(_)) && !v.kty.ends_with("-HSM"),
                 enabled: v.enabled,
-                nbf: ts(v.nbf, file)?,
-                exp: ts(v.exp, file)?,
-                created: ts(v.created, file)?,
+                nbf: ts(v.nbf, shown)?,
+                exp: ts(v.exp, shown)?,
+                created: ts(v.created, shown)?,
                 issuer: v.issuer.clone(),
             },
             key,
-            updated: ts(v.updated, file)?,
+            updated: ts(v.updated, shown)?,
             tags: v.tags.clone(),
             chain: v
                 .chain
                 .iter()
-                .map(|c| hex_decode(c).ok_or_else(|| not_a_backup(file, "bad chain")))
+                .map(|c| hex_decode(c).ok_or_else(|| not_a_backup(shown, "bad chain")))
                 .collect::<Result<_>>()?,
         });
     }
-    let backup = CertificateBackup {
+    Ok(CertificateBackup {
         name: doc.name.clone(),
         policy_json: doc.policy.clone(),
         tags: doc.tags.clone(),
-        created: ts(doc.created, file)?,
-        updated: ts(doc.updated, file)?,
+        created: ts(doc.created, shown)?,
+        updated: ts(doc.updated, shown)?,
         versions,
-    };
-    if let Some(state) = backend.name_state(&doc.name)? {
+    })
+}
+
+/// Decrypts and reads a backup document's bytes (`shown` names it in messages). Touches nothing.
+fn open_bytes(bytes: &[u8], password: &str, shown: &str) -> Result<CertificateBackup> {
+    check_password(password)?;
+    let sealed = parse_envelope(shown, bytes)?;
+    sealed.open(shown, &sealed.derive_key(password)?)
+}
+
+/// `vault restore`: puts a backed-up certificate back under its name, which must be free (not
+/// live, deleted or pending).
+pub fn restore(plan: &Plan, file: &Path, password: &str, settings: &BackendSettings) -> Result<BackupReport> {
+    let shown = file.display().to_string();
+    let bytes = crate::fsutil::read_bounded(file, crate::fsutil::MAX_INPUT_FILE)
+        .map_err(|e| input(format!("cannot read {shown}: {e}")))?;
+    // Decrypted and checked before the store is opened for writing.
+    let backup = open_bytes(&bytes, password, &shown)?;
+    let mut backend = open_backend(plan, Access::Write, settings)?;
+    let mut report = restore_backup(&mut backend, &backup)?;
+    report.file = file.to_path_buf();
+    Ok(report)
+}
+
+/// `vault restore` on an open backend, from a backup document's bytes (`file` names it in
+/// messages; the report's `file` is empty).
+pub fn restore_in(
+    backend: &mut crate::backend::local::LocalBackend,
+    text: &[u8],
+    password: &str,
+    file: &str,
+) -> Result<BackupReport> {
+    let backup = open_bytes(text, password, file)?;
+    restore_backup(backend, &backup)
+}
+
+fn restore_backup(
+    backend: &mut crate::backend::local::LocalBackend,
+    backup: &CertificateBackup,
+) -> Result<BackupReport> {
+    super::check_new_name("certificate", &backup.name)?;
+    if let Some(state) = backend.name_state(&backup.name)? {
         return Err(input(format!(
             "the vault already has a {state} certificate `{}`; restore never overwrites one{}",
-            doc.name,
+            backup.name,
             match state {
                 "deleted" => " (purge it first, or recover it instead)",
                 _ => " (delete and purge it first)",
             }
         )));
     }
-    backend.restore_certificate(&backup).map_err(|e| match e {
+    backend.restore_certificate(backup).map_err(|e| match e {
         crate::backend::BackendError::Refused(msg) => input(msg),
         other => other.into(),
     })?;
     Ok(BackupReport {
-        name: doc.name.clone(),
+        name: backup.name.clone(),
         file: Default::default(),
-        versions: doc.versions.iter().map(|v| v.version.clone()).collect(),
-        sealed_keys,
+        versions: backup
+            .versions
+            .iter()
+            .map(|v| v.version.version.clone())
+            .collect(),
+        sealed_keys: backup
+            .versions
+            .iter()
+            .filter(|v| matches!(v.key, BackupKey::Sealed(_)))
+            .map(|v| v.version.version.clone())
+            .collect(),
     })
 }

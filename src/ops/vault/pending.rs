@@ -286,6 +286,17 @@ pub struct MergeReport {
     pub cert: crate::pki::CertInfo,
 }
 
+/// Reads the bytes of a `vault merge` file: PEM, DER, or a PKCS#7 `.p7b` bundle (PEM or DER),
+/// every certificate checked to parse, in the file's order (a PKCS#7 set has none). Touches
+/// nothing; `shown` names the file in errors, which are input errors (exit 2).
+pub fn parse_merge(shown: &str, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let all = crate::pki::bundle::certs_from_bundle(bytes).map_err(|e| input(format!("{shown}: {e}")))?;
+    for c in &all {
+        crate::pki::CertInfo::from_der(c).map_err(|e| input(format!("{shown}: {e}")))?;
+    }
+    Ok(all)
+}
+
 /// `vault merge`: the signed certificate (PEM, DER, or a PKCS#7 `.p7b` bundle in PEM or DER)
 /// becomes a version with the pending key, after checking that it certifies that key. The
 /// bundle's other certificates are kept as its chain, in path order.
@@ -300,10 +311,7 @@ pub fn merge(
     let shown = file.display().to_string();
     let bytes = crate::fsutil::read_bounded(file, crate::fsutil::MAX_INPUT_FILE)
         .map_err(|e| input(format!("cannot read {shown}: {e}")))?;
-    let all = crate::pki::bundle::certs_from_bundle(&bytes).map_err(|e| input(format!("{shown}: {e}")))?;
-    for c in &all {
-        crate::pki::CertInfo::from_der(c).map_err(|e| input(format!("{shown}: {e}")))?;
-    }
+    let all = parse_merge(&shown, &bytes)?;
     let mut backend = open_backend(plan, Access::Write, settings)?;
     merge_in(&mut backend, &name, all, &shown, now)
 }

@@ -211,6 +211,35 @@ pub fn import(
     import_in(&mut backend, name, &material, opts.hsm, &shown, now)
 }
 
+/// What an import file holds once checked: every certificate (DER, file order), which one the
+/// key belongs to, the key's type and the file's form.
+pub struct ImportMaterial {
+    /// Every certificate in the file, in file order.
+    pub certs: Vec<Vec<u8>>,
+    /// The index in `certs` of the certificate the key belongs to.
+    pub leaf: usize,
+    /// The key's type, read from the key.
+    pub spec: KeySpec,
+    /// PEM or PKCS#12, as the file was.
+    pub content_type: ContentType,
+}
+
+/// Reads the bytes of a `vault import` file (PEM in any order, or PKCS#12 with `password`) and
+/// finds the certificate its key belongs to: everything import checks before it touches the
+/// vault. `shown` names the file in errors, which are input errors (exit 2).
+pub fn parse_import(shown: &str, bytes: &[u8], password: Option<&str>) -> Result<ImportMaterial> {
+    let material = material_from_bytes(bytes, password, shown)?;
+    let leaf = find_leaf(&material, shown)?;
+    let (_, spec) = crate::pki::PrivateKey::from_der_any(&material.key_pkcs8)
+        .map_err(|e| input(format!("{shown}: {e}")))?;
+    Ok(ImportMaterial {
+        certs: material.certs,
+        leaf,
+        spec,
+        content_type: material.content_type,
+    })
+}
+
 fn find_leaf(material: &Material, shown: &str) -> Result<usize> {
     let (key, _) = crate::pki::PrivateKey::from_der_any(&material.key_pkcs8)
         .map_err(|e| input(format!("{shown}: {e}")))?;
