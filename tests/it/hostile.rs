@@ -742,3 +742,35 @@ fn broken_plans_of_every_kind_are_located_and_create_nothing() {
         assert!(!env.store_dir().exists(), "case {i} created a store");
     }
 }
+
+/// A reader that goes away (`certroll completions bash | head -1`) ends the command quietly:
+/// exit 0, no panic, whatever the command writes and however much of it.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let env = issued();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["completions", "bash"],
+        vec!["completions", "zsh"],
+        vec!["completions", "fish"],
+        vec!["man"],
+        vec!["--help"],
+        vec!["--plan", "plan.toml", "status"],
+        vec!["--plan", "plan.toml", "-o", "json", "status"],
+        vec!["--plan", "plan.toml", "vault", "list"],
+    ];
+    for args in cases {
+        let mut child = env
+            .cmd()
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The read end closes before the command writes: every write fails with EPIPE.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}
