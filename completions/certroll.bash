@@ -1336,7 +1336,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__revoke)
-            opts="-o -q -v -h --reason --hub-identity --yes --dry-run --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-y -o -q -v -h --reason --hub-identity --yes --dry-run --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

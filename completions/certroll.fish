@@ -127,7 +127,7 @@ json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
-complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l yes -d 'Do not ask for confirmation'
+complete -c certroll -n "__fish_certroll_using_subcommand revoke" -s y -l yes -d 'Do not ask for confirmation'
 complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l dry-run -d 'Print the steps; change nothing'
 complete -c certroll -n "__fish_certroll_using_subcommand revoke" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand revoke" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
