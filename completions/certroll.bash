@@ -1222,12 +1222,16 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__man)
-            opts="-o -q -v -h --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --dir --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --plan)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
