@@ -118,7 +118,7 @@ impl From<&PendingCertificate> for PendingView {
             request_id: p.request_id.clone(),
             issuer: p.issuer.clone(),
             created: p.created,
-            csr: pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", p.csr_der.clone())),
+            csr: crate::pki::pem::encode("CERTIFICATE REQUEST", &p.csr_der),
         }
     }
 }
