@@ -15,6 +15,8 @@
 pub mod dps;
 pub mod hub;
 pub mod keyvault;
+pub mod rest;
+pub mod sas;
 
 pub use dps::AzureEnrollmentService;
 pub use hub::AzureHubRegistry;
