@@ -132,12 +132,22 @@ impl AzureEnrollmentService {
         config: &AzureConfig,
         credential: Arc<dyn TokenCredential>,
     ) -> std::result::Result<AzureEnrollmentService, SetupError> {
+        Self::new_with_env(config, credential, &|v| std::env::var(v).ok())
+    }
+
+    /// As [`new`](Self::new), reading the variables through `env` (tests, which cannot change
+    /// the process environment safely while other threads run).
+    pub fn new_with_env(
+        config: &AzureConfig,
+        credential: Arc<dyn TokenCredential>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> std::result::Result<AzureEnrollmentService, SetupError> {
         let dps = config
             .dps
             .as_ref()
             .ok_or_else(|| SetupError::Client("the plan's [backend] has no `dps`".into()))?;
         let http = http_client(config)?;
-        let key = SasKey::from_env(&dps.sas_policy, &dps.sas_key_env)?;
+        let key = SasKey::from_env(&dps.sas_policy, &dps.sas_key_env, env)?;
         let client = RestClient::new(
             ServiceSpec {
                 service: "DPS",

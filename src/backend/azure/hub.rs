@@ -94,10 +94,19 @@ impl AzureHubRegistry {
     /// Builds one client per `[backend.hubs.NAME]` (each SAS key read from its `sas_key_env`
     /// now). Fails when a key's variable is unset or its value is not base64.
     pub fn new(config: &AzureConfig) -> std::result::Result<AzureHubRegistry, SetupError> {
+        Self::new_with_env(config, &|v| std::env::var(v).ok())
+    }
+
+    /// As [`new`](Self::new), reading the variables through `env` (tests, which cannot change
+    /// the process environment safely while other threads run).
+    pub fn new_with_env(
+        config: &AzureConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> std::result::Result<AzureHubRegistry, SetupError> {
         let http = http_client(config)?;
         let mut hubs = BTreeMap::new();
         for (name, hub) in &config.hubs {
-            let key = SasKey::from_env(&hub.sas_policy, &hub.sas_key_env)?;
+            let key = SasKey::from_env(&hub.sas_policy, &hub.sas_key_env, env)?;
             let client = RestClient::new(
                 ServiceSpec {
                     service: "IoT Hub",

@@ -52,10 +52,14 @@ impl SasKey {
         })
     }
 
-    /// Reads the key from the environment variable `var`.
-    pub fn from_env(policy: &str, var: &str) -> Result<SasKey, super::SetupError> {
-        let value = std::env::var(var)
-            .ok()
+    /// Reads the key from the environment variable `var`, through `env` (the process
+    /// environment is `|v| std::env::var(v).ok()`).
+    pub fn from_env(
+        policy: &str,
+        var: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<SasKey, super::SetupError> {
+        let value = env(var)
             .filter(|v| !v.trim().is_empty())
             .ok_or_else(|| super::SetupError::MissingEnv(var.to_string()))?;
         SasKey::new(policy, &value).map_err(|e| super::SetupError::Client(format!("{e} (from {var})")))
