@@ -1,7 +1,7 @@
 //! The Device Provisioning Service's service API (azure-wire.md §2: individual enrollments,
 //! enrollment groups, bulk operations, queries with continuation tokens, registration states)
 //! as [`AzureEnrollmentService`], which implements
-//! [`EnrollmentService`](crate::backend::EnrollmentService) against a real DPS; its CA
+//! [`EnrollmentService`] against a real DPS; its CA
 //! certificates go through the management plane ([`super::arm`]).
 //!
 //! Writes never overwrite a concurrent change: a create carries no `If-Match` (409 if someone
