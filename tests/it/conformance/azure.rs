@@ -671,3 +671,48 @@ fn injected_500s_and_dropped_connections_are_retried_until_the_work_is_done() {
         "no fault was injected, so nothing was retried:\n{log}"
     );
 }
+
+/// What DPS bulk operations and concurrency buy against serve on loopback: prints the times.
+#[test]
+#[ignore = "measurement, not a check: run with --ignored --nocapture"]
+fn measure_bulk_enrollment_writes_against_serve() {
+    let env = TestEnv::new();
+    let serve = Serve::start_with(&env, "t", &services_plan(""));
+    let n = 200;
+    // DPS wants the certificate's CN to be the registration id.
+    let batch = |prefix: &str| -> Vec<_> {
+        (0..n)
+            .map(|i| {
+                let id = format!("{prefix}{i}");
+                super::services::enrollment(&id, &super::self_signed(&id, 30, false), "migrate", "conf-hub")
+            })
+            .collect()
+    };
+    let mut one = enrollment_service(
+        &services_config(&env, &serve, ", rate = 100000, concurrency = 1"),
+        &serve,
+        "t",
+    );
+    let singles = batch("one-");
+    let t = std::time::Instant::now();
+    for e in singles {
+        one.put_individuals(&[e], super::now()).unwrap();
+    }
+    let single = t.elapsed();
+    let mut bulk = enrollment_service(
+        &services_config(&env, &serve, ", rate = 100000, concurrency = 16"),
+        &serve,
+        "t",
+    );
+    let (first, again) = (batch("bulk-"), batch("bulk-"));
+    let t = std::time::Instant::now();
+    bulk.put_individuals(&first, super::now()).unwrap();
+    let bulked = t.elapsed();
+    let t = std::time::Instant::now();
+    bulk.put_individuals(&again, super::now()).unwrap();
+    let updated = t.elapsed();
+    eprintln!(
+        "{n} enrollments: one at a time {single:?}; bulk create {bulked:?} ({:.1}x); bulk update {updated:?}",
+        single.as_secs_f64() / bulked.as_secs_f64()
+    );
+}
