@@ -716,3 +716,80 @@ fn measure_bulk_enrollment_writes_against_serve() {
         single.as_secs_f64() / bulked.as_secs_f64()
     );
 }
+
+#[test]
+fn a_hub_identity_changed_mid_update_is_read_again_and_the_update_lands() {
+    use certroll::backend::azure::rest::{Call, RestClient, ServiceSpec};
+    use certroll::backend::azure::sas::{SasKey, SasPolicy};
+    // Every hub answer waits 400 ms, so the other client's write lands between this client's
+    // read and its write.
+    let env = TestEnv::new();
+    let serve = Serve::start_with(
+        &env,
+        "t",
+        &services_plan("[serve.services.hub]\ndelay_ms = 400\n"),
+    );
+    let config = services_config(&env, &serve, "");
+    let mut hub = AzureHubRegistry::new_with_env(&config, &keys(&serve)).unwrap();
+    let identity = HubIdentity {
+        hub: "conf-hub".into(),
+        device_id: "conf-race".into(),
+        status: Status::Enabled,
+        auth_type: "selfSigned".into(),
+        primary_thumbprint: Some("AA".repeat(20)),
+        secondary_thumbprint: None,
+    };
+    hub.create_identity(&identity).unwrap();
+
+    let (policy, key) = sas_key(&serve, "conf-hub");
+    let other = RestClient::new(
+        ServiceSpec {
+            service: "IoT Hub",
+            base: format!("https://{HUB_HOST}"),
+            api_version: "2021-04-12",
+            default_rate: 100.0,
+            max_weight: 1,
+        },
+        certroll::backend::azure::client_options(certroll::backend::azure::http_client(&config).unwrap()),
+        SasPolicy::new(HUB_HOST, SasKey::new(&policy, &key).unwrap()),
+        config.hubs["conf-hub"].limits,
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let get = Call::new(
+        azure_core::http::Method::Get,
+        "/devices/conf-race".into(),
+        "get",
+        "conf-race",
+    );
+    let mut body = rt.block_on(other.expect(&get, &[200])).unwrap().json();
+    body["authentication"]["x509Thumbprint"]["primaryThumbprint"] = serde_json::json!("CC".repeat(20));
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        let put = Call::new(
+            azure_core::http::Method::Put,
+            "/devices/conf-race".into(),
+            "put",
+            "conf-race",
+        )
+        .header("if-match", "\"*\"")
+        .json(body);
+        rt.block_on(other.expect(&put, &[200])).unwrap();
+    });
+    let mut update = identity.clone();
+    update.secondary_thumbprint = Some("BB".repeat(20));
+    hub.update_identity(&update, super::now()).unwrap();
+    writer.join().unwrap();
+
+    assert!(
+        answered(&env, HUB_HOST, "412") >= 1,
+        "no 412 was answered, so the test did not race:\n{}",
+        std::fs::read_to_string(env.path("serve.log")).unwrap_or_default()
+    );
+    let got = hub.identity("conf-hub", "conf-race").unwrap().unwrap();
+    assert_eq!(
+        got.secondary_thumbprint,
+        Some("BB".repeat(20)),
+        "the update landed after the 412"
+    );
+}
