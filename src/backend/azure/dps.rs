@@ -80,7 +80,8 @@ fn record(json: Value) -> Record {
 }
 
 fn pem_of(der: &[u8]) -> String {
-    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+    // The CLI sends PEM text, as DPS's examples do.
+    crate::pki::pem::cert_to_pem(der)
 }
 
 fn reprovision_json(policy: &str) -> Value {
