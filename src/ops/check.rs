@@ -280,7 +280,7 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
     let renewal = |ca: &str, policy: &Policy| -> Option<Renewal<'_>> {
         let (ca, at) = ca_not_after.get_key_value(ca)?;
         Some(Renewal {
-            ca: *ca,
+            ca,
             ca_not_after: *at,
             validity_days: policy.validity_days,
         })
