@@ -50,7 +50,7 @@ complete -c certroll -n "__fish_certroll_needs_command" -f -a "check" -d 'For cr
 complete -c certroll -n "__fish_certroll_needs_command" -f -a "notify" -d 'Mail the contacts and run the hook about fired email-contacts actions and renewals'
 complete -c certroll -n "__fish_certroll_needs_command" -f -a "serve" -d 'Serve the plan\'s local store as Azure Key Vault over HTTPS (an emulator for SDKs and rehearsals)'
 complete -c certroll -n "__fish_certroll_needs_command" -f -a "completions" -d 'Print shell completions'
-complete -c certroll -n "__fish_certroll_needs_command" -f -a "man" -d 'Print the man page (roff)'
+complete -c certroll -n "__fish_certroll_needs_command" -f -a "man" -d 'Print the man page (roff), or write every page (one per verb too) into a folder'
 complete -c certroll -n "__fish_certroll_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c certroll -n "__fish_certroll_using_subcommand init" -l plan -d 'The plan file' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand init" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
@@ -133,7 +133,7 @@ json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
-complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l yes -d 'Do not ask for confirmation'
+complete -c certroll -n "__fish_certroll_using_subcommand revoke" -s y -l yes -d 'Do not ask for confirmation'
 complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l dry-run -d 'Print the steps; change nothing'
 complete -c certroll -n "__fish_certroll_using_subcommand revoke" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand revoke" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
@@ -497,6 +497,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand completions" -s q -l q
 complete -c certroll -n "__fish_certroll_using_subcommand completions" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand completions" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certroll -n "__fish_certroll_using_subcommand man" -l dir -d 'Write certroll.1 and one page per verb (certroll-issue.1, certroll-vault-list.1, ...) into this existing folder instead of printing certroll.1, e.g. `certroll man --dir /usr/local/share/man/man1`' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand man" -l plan -d 'The plan file' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand man" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
 json\t'One JSON document'"
@@ -522,7 +523,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_s
 complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault store check notify serve completions man help" -f -a "notify" -d 'Mail the contacts and run the hook about fired email-contacts actions and renewals'
 complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault store check notify serve completions man help" -f -a "serve" -d 'Serve the plan\'s local store as Azure Key Vault over HTTPS (an emulator for SDKs and rehearsals)'
 complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault store check notify serve completions man help" -f -a "completions" -d 'Print shell completions'
-complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault store check notify serve completions man help" -f -a "man" -d 'Print the man page (roff)'
+complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault store check notify serve completions man help" -f -a "man" -d 'Print the man page (roff), or write every page (one per verb too) into a folder'
 complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault store check notify serve completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c certroll -n "__fish_certroll_using_subcommand help; and __fish_seen_subcommand_from vault" -f -a "list" -d 'Every certificate with its current version and tags, then the requests waiting for a merge'
 complete -c certroll -n "__fish_certroll_using_subcommand help; and __fish_seen_subcommand_from vault" -f -a "show" -d 'A certificate: versions (oldest first) with attributes and tags, policy, key operations, and a request waiting for a merge'

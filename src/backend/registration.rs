@@ -196,8 +196,15 @@ pub fn decide(req: &RegistrationRequest, ctx: &Context<'_>) -> Decision {
     };
     if leaf_names.common_name.as_deref() != Some(req.registration_id.as_str()) {
         return Decision::Rejected(format!(
-            "certificate CN {:?} does not match registration id `{}`",
-            leaf_names.common_name, req.registration_id
+            "the certificate's CN {} does not match registration id `{}`",
+            leaf_names
+                .common_name
+                .as_deref()
+                .map_or("(none)".to_string(), |cn| format!(
+                    "`{}`",
+                    crate::error::snippet(cn)
+                )),
+            crate::error::snippet(&req.registration_id)
         ));
     }
     if let Some(name) = ctx.disabled_holding_leaf.first() {

@@ -26,7 +26,8 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  done, or nothing to do
   1  failed part-way; running the same command again resumes
-  2  bad input (plan, flags, files); nothing was changed";
+  2  bad input (plan, flags, files); nothing was changed
+  3  (check only) the plan or the state cannot be read";
 
 /// certroll rotates X.509 certificates for IoT fleets and certificate vaults.
 #[derive(Debug, Parser)]
@@ -189,8 +190,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Print shell completions.
     Completions(completions::CompletionsArgs),
-    /// Print the man page (roff).
-    Man,
+    /// Print the man page (roff), or write every page (one per verb too) into a folder.
+    Man(completions::ManArgs),
 }
 
 /// Parses the command line, runs the verb, and returns the exit code.
@@ -353,7 +354,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Store(args) => store::exec(g, args),
         Command::Serve(args) => serve::exec(g, args),
         Command::Completions(args) => completions::exec(args),
-        Command::Man => completions::man(),
+        Command::Man(args) => completions::man(args),
     }?;
     match after {
         Some(after) => Ok(code.max(after.run(g)?)),

@@ -35,7 +35,7 @@ pub struct RevokeArgs {
     #[arg(long, value_enum, default_value_t = HubAction::Disable)]
     hub_identity: HubAction,
     /// Do not ask for confirmation.
-    #[arg(long)]
+    #[arg(long, short = 'y')]
     yes: bool,
     /// Print the steps; change nothing.
     #[arg(long)]

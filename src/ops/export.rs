@@ -141,7 +141,7 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
         crate::backend::in_one_unit(&mut backend, |b| {
             for v in &usable {
                 let crl = super::revoke::crl_der(b, v, now)?;
-                text.push_str(&pem::encode(&pem::Pem::new("X509 CRL", crl.der)));
+                text.push_str(&crate::pki::pem::encode("X509 CRL", &crl.der));
                 numbers.push(crl.number.to_string());
                 revoked += crl.revoked;
             }

@@ -21,7 +21,8 @@ pub struct Protected {
 
 impl Protected {
     /// The plan file, its store (with `-wal`, `-shm`, `.lock`) and the store key file (the plan's,
-    /// the `--key-file` override, and the default beside the store).
+    /// the `--key-file` override, and the default beside the store), each with the `.new` file a
+    /// rekey keeps its new key in.
     pub fn of(plan: &Plan, settings: &BackendSettings) -> Protected {
         let mut files: Vec<(PathBuf, &'static str)> = vec![(plan.path.clone(), "the plan")];
         let BackendConfig::Local { path, key_file } = &plan.backend;
@@ -29,12 +30,14 @@ impl Protected {
         for suffix in ["-wal", "-shm", "-journal", ".lock"] {
             files.push((with_suffix(path, suffix), "a file of the store"));
         }
-        files.push((with_suffix(path, ".key"), "the store key"));
-        for key in [key_file.as_ref(), settings.key_file.as_ref()]
+        let default_key = with_suffix(path, ".key");
+        for key in [Some(&default_key), key_file.as_ref(), settings.key_file.as_ref()]
             .into_iter()
             .flatten()
         {
             files.push((key.clone(), "the store key"));
+            // A rekey cut off between its commit and its rename keeps the only working key here.
+            files.push((crate::store::rekey::pending_key_file(key), "the store's new key"));
         }
         Protected {
             files: files

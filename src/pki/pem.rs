@@ -4,14 +4,24 @@ use super::Error;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+/// PEM text of one DER object under `label` (`CERTIFICATE`, `X509 CRL`, `CERTIFICATE REQUEST`),
+/// with Unix line endings (the `pem` crate's default is CRLF, which shows as `^M` in files on
+/// the systems certroll runs on; RFC 7468 readers take either).
+pub fn encode(label: &str, der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new(label, der),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
 /// PEM text of one certificate.
 pub fn cert_to_pem(der: &[u8]) -> String {
-    pem::encode(&pem::Pem::new("CERTIFICATE", der))
+    encode("CERTIFICATE", der)
 }
 
 /// PEM text of a PKCS#8 private key. The returned string holds the secret: zeroize it after use.
 pub fn key_to_pem(pkcs8_der: &[u8]) -> zeroize::Zeroizing<String> {
-    zeroize::Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8_der)))
+    zeroize::Zeroizing::new(encode("PRIVATE KEY", pkcs8_der))
 }
 
 /// All certificates in PEM text, in order. Fails when there are none or a block is malformed.

@@ -72,8 +72,8 @@ pub(crate) fn utf8(path: &Path, bytes: Vec<u8>) -> Result<String, PlanError> {
 /// device lists) against `path.parent()`. Device lists are read from disk.
 pub fn parse(path: &Path, text: &str) -> Result<Plan, PlanError> {
     let raw: raw::RawPlan = toml::from_str(text).map_err(|e| {
-        let span = e.span();
-        let mut message = plain_types(e.message());
+        let (span, message) = first_schema_error(text, e);
+        let mut message = plain_types(&message);
         if message == "duplicate key"
             && let Some(key) = span.clone().and_then(|r| text.get(r))
         {
@@ -82,6 +82,47 @@ pub fn parse(path: &Path, text: &str) -> Result<Plan, PlanError> {
         PlanError::at_span(path, text, span, message)
     })?;
     validate::validate(path, text, raw)
+}
+
+/// The schema error nearest the top of the file. The toml deserializer reports an unknown key
+/// before a wrong value written above it, so the unknown key's line is blanked (offsets kept)
+/// and the text read again, a bounded number of times; an error found above it wins.
+fn first_schema_error(text: &str, first: toml::de::Error) -> (Option<Range<usize>>, String) {
+    let mut best = (first.span(), first.message().to_string());
+    let mut current = best.clone();
+    let mut scratch = text.to_string();
+    for _ in 0..32 {
+        let Some(span) = current.0.clone() else { break };
+        if !current.1.starts_with("unknown field") {
+            break;
+        }
+        // Only a key that starts its own line is blanked: removing part of an inline table
+        // would make errors of its own.
+        let line_start = scratch[..span.start].rfind('\n').map_or(0, |i| i + 1);
+        if !scratch[line_start..span.start].trim().is_empty() {
+            break;
+        }
+        let line_end = scratch[span.start..]
+            .find('\n')
+            .map_or(scratch.len(), |i| span.start + i);
+        scratch.replace_range(line_start..line_end, &" ".repeat(line_end - line_start));
+        let Err(e) = toml::from_str::<raw::RawPlan>(&scratch) else {
+            break;
+        };
+        // A missing field is the blanking's doing, not the author's.
+        if e.message().starts_with("missing field") {
+            break;
+        }
+        current = (e.span(), e.message().to_string());
+        let earlier = match (&current.0, &best.0) {
+            (Some(now), Some(was)) => now.start < was.start,
+            _ => false,
+        };
+        if earlier {
+            best = current.clone();
+        }
+    }
+    best
 }
 
 /// serde's type names (`i64`, `u32`, `f64`) in a message, said as a plan's author would.

@@ -1286,3 +1286,29 @@ fn serve_services_take_rates_and_faults_within_range() {
     let e = err("version = 1\n[serve.services.keyvault]\nerror_status = 502\n");
     assert_at(&e, 3, 16, "must be 500 or 503");
 }
+
+/// docs/plan.md: the first schema error in the file is the one reported, whether it is an
+/// unknown key or a wrong value, and whichever the toml reader meets first.
+#[test]
+fn the_first_schema_error_in_the_file_is_reported() {
+    let policy = "version = 1\n[policies.p]\nkey = { type = \"EC\", curve = \"P-256\" }\n";
+    // A wrong value above an unknown key.
+    let e = err(&format!("{policy}validity_days = \"x\"\nfoo = 1\n"));
+    assert_at(&e, 4, 17, "expected an integer");
+    // Above two unknown keys.
+    let e = err(&format!("{policy}validity_days = \"x\"\nfoo = 1\nbar = 2\n"));
+    assert_at(&e, 4, 17, "expected an integer");
+    // An unknown key above a wrong value.
+    let e = err(&format!("{policy}foo = 1\nvalidity_days = \"x\"\n"));
+    assert_at(&e, 4, 1, "unknown field `foo`");
+    // Two unknown keys: the first.
+    let e = err(&format!(
+        "{policy}validity_days = 3\nfoo = 1\n[policies.q]\nbar = 2\n"
+    ));
+    assert_at(&e, 5, 1, "unknown field `foo`");
+    // An unknown key inside an inline table is reported as it is.
+    let e = err(
+        "version = 1\n[policies.p]\nkey = { type = \"EC\", curve = \"P-256\", x = 1 }\nvalidity_days = \"y\"\n",
+    );
+    assert!(e.message.contains("unknown field `x`"), "{e}");
+}

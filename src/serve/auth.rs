@@ -240,12 +240,28 @@ pub fn default_hub_policies() -> PolicyRights {
     ]
 }
 
+tokio::task_local! {
+    /// The path of the request being served, for scoping SAS tokens (set by [`scope_path`]).
+    static REQUEST_PATH: String;
+}
+
+/// Middleware of the SAS-authenticated routers: makes the request's path known to [`sas`],
+/// which checks a token's `sr` against it.
+pub async fn scope_path(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = request.uri().path().to_string();
+    REQUEST_PATH.scope(path, next.run(request)).await
+}
+
 /// Checks a `SharedAccessSignature sr=..&sig=..&se=..&skn=..` Authorization header against the
 /// policies of the service at `host` (its canonical host, e.g. `myhub.azure-devices.net`):
 /// the HMAC-SHA256 over the raw `sr` exactly as sent + `\n` + `se`, the expiry (against the
 /// system clock, which is what clients sign with even when serve runs at a `--now`), that `sr`
 /// names this service (its canonical host or the Host the request came to, optionally followed
-/// by a path), and that the policy grants `right`.
+/// by a path that the request's path must lie under, see [`scope_path`]), and that the policy
+/// grants `right`.
 ///
 /// Errors: 401 `Unauthorized` with a message saying which check failed (never the key or the
 /// expected signature).
@@ -296,12 +312,26 @@ pub fn sas(
         .and_then(|h| h.to_str().ok())
         .unwrap_or_default()
         .to_ascii_lowercase();
+    // A token whose `sr` goes on past the host (`{host}/devices/d1`) is good only for that
+    // resource and what lies below it, as IoT Hub scopes tokens: the request's path must be the
+    // `sr` path or continue it with `/`.
+    let request_path = REQUEST_PATH
+        .try_with(|p| p.to_ascii_lowercase())
+        .unwrap_or_default();
     let names_service = |candidate: &str| {
         !candidate.is_empty()
             && (decoded_sr == candidate
-                || decoded_sr
-                    .strip_prefix(candidate)
-                    .is_some_and(|rest| rest.starts_with('/')))
+                || decoded_sr.strip_prefix(candidate).is_some_and(|rest| {
+                    if !rest.starts_with('/') {
+                        return false;
+                    }
+                    let scope = rest.trim_end_matches('/');
+                    scope.is_empty()
+                        || request_path == scope
+                        || request_path
+                            .strip_prefix(scope)
+                            .is_some_and(|below| below.starts_with('/'))
+                }))
     };
     if !names_service(&host.to_ascii_lowercase()) && !names_service(&request_host) {
         return Err(unauthorized(format!(

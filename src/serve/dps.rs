@@ -85,6 +85,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/registrations/{id}/query",
             post(query_group_device_registration_states),
         )
+        .layer(axum::middleware::from_fn(super::auth::scope_path))
         .with_state(state.clone())
         .merge(super::dps_device::router(state))
 }

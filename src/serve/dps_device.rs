@@ -161,6 +161,27 @@ async fn register_device(
             _ => {}
         }
     }
+    // A device authenticates as the registration id its certificate names (X.509 attestation:
+    // the leaf's CN). Presenting another device's certificate is refused at the door, before
+    // anything is recorded, so no device can touch another's registration state.
+    let cn = chain
+        .first()
+        .and_then(|leaf| crate::pki::inspect::common_name(leaf).ok().flatten());
+    if cn.as_deref() != Some(id.as_str()) {
+        return Err(dps_error(
+            StatusCode::UNAUTHORIZED,
+            2,
+            format!(
+                "the client certificate's CN {} is not registration id `{}`",
+                cn.map_or("(none)".to_string(), |cn| format!(
+                    "`{}`",
+                    crate::error::snippet(&cn)
+                )),
+                crate::error::snippet(&id)
+            ),
+        )
+        .into());
+    }
     let recorded = state.write(move |b, now| register(b, &id, chain, now)).await?;
     let body = json!({"operationId": operation_id(&recorded), "status": "assigning"});
     let mut response = (StatusCode::ACCEPTED, axum::Json(body)).into_response();

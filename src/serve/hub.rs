@@ -74,6 +74,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/twins/{id}/methods", post(invoke_device_method))
         .route("/devices/{id}/messages/events", post(send_device_event))
         .route("/devices/{id}/messages/devicebound", get(receive_device_bound))
+        .layer(axum::middleware::from_fn(super::auth::scope_path))
         .with_state(state)
 }
 

@@ -38,7 +38,7 @@ pub struct EmulatorCa {
 impl EmulatorCa {
     /// The CA certificate, PEM.
     pub fn pem(&self) -> String {
-        pem::encode(&pem::Pem::new("CERTIFICATE", self.cert_der.clone()))
+        crate::pki::pem::cert_to_pem(&self.cert_der)
     }
 }
 

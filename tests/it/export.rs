@@ -182,3 +182,30 @@ fn nothing_issued_yet_is_an_input_error() {
         .code(2);
     assert!(!env.store_dir().join("state.db").exists());
 }
+
+/// Every PEM file certroll writes has Unix line endings (the `pem` crate's default is CRLF,
+/// which shows as `^M` in editors and diffs on the systems certroll runs on).
+#[test]
+fn pem_files_have_unix_line_endings() {
+    let env = issued_mixed();
+    env.plan_run(&["export", "device:meter-2", "--with-key", "--out", "leaf.pem"])
+        .ok();
+    env.plan_run(&["export", "ca:line-a", "--crl", "--out", "factory.crl"])
+        .ok();
+    env.plan_run(&[
+        "vault",
+        "create",
+        "req",
+        "--subject",
+        "CN=req",
+        "--issuer",
+        "Unknown",
+    ])
+    .ok();
+    env.plan_run(&["vault", "csr", "req", "--out", "req.csr"]).ok();
+    for file in ["leaf.pem", "factory.crl", "req.csr"] {
+        let text = std::fs::read(env.path(file)).unwrap();
+        assert!(text.starts_with(b"-----BEGIN "), "{file}");
+        assert!(!text.contains(&b'\r'), "{file} has CR line endings");
+    }
+}

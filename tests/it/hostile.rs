@@ -75,6 +75,8 @@ fn no_output_path_lands_on_the_store_its_key_its_files_or_the_plan() {
         "state-link/state.db.key",
         "sub/../.certroll/./state.db",
         "./sub/../.certroll/state.db.key",
+        // Where `store rekey` keeps the new key until it is in place.
+        ".certroll/state.db.key.new",
         "plan.toml",
         "sub/../plan.toml",
     ];
@@ -403,6 +405,34 @@ fn echoed_values_are_cut_short_and_control_characters_refused() {
     let run = env.plan_run(&["export", &huge, "--out", "x.pem"]);
     assert_eq!(run.code, 2);
     assert!(run.stderr.len() < 1000, "stderr is {} bytes", run.stderr.len());
+    // Vault names, looked up or new, are echoed cut short too.
+    let name = "n".repeat(100_000);
+    for args in [
+        vec!["vault", "show", name.as_str()],
+        vec![
+            "vault",
+            "create",
+            name.as_str(),
+            "--subject",
+            "CN=a",
+            "--issuer",
+            "Self",
+        ],
+    ] {
+        let run = env.plan_run(&args);
+        assert_eq!(run.code, 2, "{}", &run.stderr[..run.stderr.len().min(300)]);
+        assert!(
+            run.stderr.len() < 1000,
+            "{:?}: stderr is {} bytes",
+            args[1],
+            run.stderr.len()
+        );
+        assert!(
+            run.stderr.contains("(100000 characters)"),
+            "{}",
+            &run.stderr[..300.min(run.stderr.len())]
+        );
+    }
     let run = env.plan_run(&[
         "vault",
         "create",
@@ -710,5 +740,37 @@ fn broken_plans_of_every_kind_are_located_and_create_nothing() {
             assert!(!run.stderr.contains("panicked"), "case {i}: {}", run.stderr);
         }
         assert!(!env.store_dir().exists(), "case {i} created a store");
+    }
+}
+
+/// A reader that goes away (`certroll completions bash | head -1`) ends the command quietly:
+/// exit 0, no panic, whatever the command writes and however much of it.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let env = issued();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["completions", "bash"],
+        vec!["completions", "zsh"],
+        vec!["completions", "fish"],
+        vec!["man"],
+        vec!["--help"],
+        vec!["--plan", "plan.toml", "status"],
+        vec!["--plan", "plan.toml", "-o", "json", "status"],
+        vec!["--plan", "plan.toml", "vault", "list"],
+    ];
+    for args in cases {
+        let mut child = env
+            .cmd()
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The read end closes before the command writes: every write fails with EPIPE.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
     }
 }

@@ -105,7 +105,8 @@ fn revoking_a_group_device_disallows_it_everywhere_and_only_it() {
             "device:sensor-05",
             "--reason",
             "key-compromise",
-            "--yes",
+            // `-y`, as the rolls take it.
+            "-y",
             "-o",
             "json",
         ])

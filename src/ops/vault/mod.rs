@@ -41,7 +41,8 @@ pub fn resolve_name(text: &str) -> Result<String> {
 pub fn check_new_name(what: &str, name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 127 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
         return Err(input(format!(
-            "{what} name `{name}` is not valid: use 1 to 127 letters, digits and `-`"
+            "{what} name `{}` is not valid: use 1 to 127 letters, digits and `-`",
+            crate::error::snippet(name)
         )));
     }
     Ok(())
@@ -58,7 +59,10 @@ pub(crate) fn not_live(backend: &dyn crate::backend::Backend, name: &str) -> any
             "the vault certificate `{name}` has no version yet: its request waits for \
              `certroll vault merge {name} --file SIGNED.pem`"
         )),
-        _ => input(format!("the vault has no certificate `{name}`")),
+        _ => input(format!(
+            "the vault has no certificate `{}`",
+            crate::error::snippet(name)
+        )),
     }
 }
 
@@ -114,7 +118,7 @@ impl From<&PendingCertificate> for PendingView {
             request_id: p.request_id.clone(),
             issuer: p.issuer.clone(),
             created: p.created,
-            csr: pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", p.csr_der.clone())),
+            csr: crate::pki::pem::encode("CERTIFICATE REQUEST", &p.csr_der),
         }
     }
 }

@@ -59,7 +59,7 @@ pub struct CreateReport {
 }
 
 fn csr_pem(der: &[u8]) -> String {
-    pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der.to_vec()))
+    crate::pki::pem::encode("CERTIFICATE REQUEST", der)
 }
 
 /// `vault create`.
