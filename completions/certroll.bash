@@ -386,7 +386,7 @@ _certroll() {
 
     case "${cmd}" in
         certroll)
-            opts="-o -q -v -h -V --plan --output --quiet --verbose --now --key-file --lock-timeout --help --version init validate issue roll-secondary roll-primary revoke reprovision status export vault store check notify serve completions man help"
+            opts="-o -q -v -h -V --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help --version init validate issue roll-secondary roll-primary revoke reprovision status export vault store check notify serve completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -424,7 +424,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__check)
-            opts="-o -q -v -h --warn-within --critical-within --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --warn-within --critical-within --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -470,7 +470,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__completions)
-            opts="-o -q -v -h --plan --output --quiet --verbose --now --key-file --lock-timeout --help bash elvish fish powershell zsh"
+            opts="-o -q -v -h --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -508,7 +508,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__export)
-            opts="-o -q -v -h --format --out --with-key --crl --password-env --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --format --out --with-key --crl --password-env --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1146,7 +1146,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__init)
-            opts="-o -q -v -h --force --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --force --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1184,7 +1184,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__issue)
-            opts="-o -q -v -h --dry-run --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --dry-run --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1222,7 +1222,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__man)
-            opts="-o -q -v -h --dir --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --dir --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1264,7 +1264,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__notify)
-            opts="-o -q -v -h --dry-run --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --dry-run --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1302,7 +1302,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__reprovision)
-            opts="-o -q -v -h --dry-run --force --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --dry-run --force --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1340,7 +1340,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__revoke)
-            opts="-y -o -q -v -h --reason --hub-identity --yes --dry-run --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-y -o -q -v -h --reason --hub-identity --yes --dry-run --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1386,7 +1386,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__roll__subcmd__primary)
-            opts="-y -o -q -v -h --due --breach --both --remove-hub-identity --incident --dry-run --yes --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-y -o -q -v -h --due --breach --both --remove-hub-identity --incident --dry-run --yes --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1428,7 +1428,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__roll__subcmd__secondary)
-            opts="-y -o -q -v -h --due --breach --both --remove-hub-identity --incident --dry-run --yes --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-y -o -q -v -h --due --breach --both --remove-hub-identity --incident --dry-run --yes --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1470,7 +1470,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__serve)
-            opts="-o -q -v -h --listen --ca-out --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --listen --ca-out --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1516,7 +1516,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__status)
-            opts="-o -q -v -h --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1554,7 +1554,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__store)
-            opts="-o -q -v -h --plan --output --quiet --verbose --now --key-file --lock-timeout --help rekey help"
+            opts="-o -q -v -h --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help rekey help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1634,7 +1634,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__store__subcmd__rekey)
-            opts="-o -q -v -h --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1672,7 +1672,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__validate)
-            opts="-o -q -v -h --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1710,7 +1710,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault)
-            opts="-o -q -v -h --plan --output --quiet --verbose --now --key-file --lock-timeout --help list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help"
+            opts="-o -q -v -h --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1748,7 +1748,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault__subcmd__backup)
-            opts="-o -q -v -h --out --password-env --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --out --password-env --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1794,7 +1794,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault__subcmd__contacts)
-            opts="-o -q -v -h --plan --output --quiet --verbose --now --key-file --lock-timeout --help get set delete help"
+            opts="-o -q -v -h --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help get set delete help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1832,7 +1832,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault__subcmd__contacts__subcmd__delete)
-            opts="-o -q -v -h --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1870,7 +1870,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault__subcmd__contacts__subcmd__get)
-            opts="-o -q -v -h --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1978,7 +1978,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault__subcmd__contacts__subcmd__set)
-            opts="-o -q -v -h --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2016,7 +2016,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault__subcmd__create)
-            opts="-o -q -v -h --subject --key-type --key-size --curve --dns --key-usage --eku --validity-days --issuer --not-exportable --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --subject --key-type --key-size --curve --dns --key-usage --eku --validity-days --issuer --not-exportable --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2090,7 +2090,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault__subcmd__csr)
-            opts="-o -q -v -h --out --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --out --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2132,7 +2132,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault__subcmd__delete)
-            opts="-o -q -v -h --recovery-days --force --dry-run --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --recovery-days --force --dry-run --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2174,7 +2174,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault__subcmd__export)
-            opts="-o -q -v -h --version --format --out --with-key --password-env --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --version --format --out --with-key --password-env --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2578,7 +2578,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault__subcmd__import)
-            opts="-o -q -v -h --file --password-env --hsm --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --file --password-env --hsm --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2624,7 +2624,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault__subcmd__issuers)
-            opts="-o -q -v -h --plan --output --quiet --verbose --now --key-file --lock-timeout --help set get list delete help"
+            opts="-o -q -v -h --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help set get list delete help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2662,7 +2662,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault__subcmd__issuers__subcmd__delete)
-            opts="-o -q -v -h --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2700,7 +2700,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault__subcmd__issuers__subcmd__get)
-            opts="-o -q -v -h --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2822,7 +2822,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault__subcmd__issuers__subcmd__list)
-            opts="-o -q -v -h --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2860,7 +2860,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault__subcmd__issuers__subcmd__set)
-            opts="-o -q -v -h --provider --account-id --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --provider --account-id --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2906,7 +2906,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault__subcmd__list)
-            opts="-o -q -v -h --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2944,7 +2944,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault__subcmd__list__subcmd__deleted)
-            opts="-o -q -v -h --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2982,7 +2982,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault__subcmd__merge)
-            opts="-o -q -v -h --file --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --file --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3024,7 +3024,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault__subcmd__purge)
-            opts="-o -q -v -h --yes --dry-run --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --yes --dry-run --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3062,7 +3062,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault__subcmd__recover)
-            opts="-o -q -v -h --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3100,7 +3100,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault__subcmd__restore)
-            opts="-o -q -v -h --in --password-env --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --in --password-env --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3146,7 +3146,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault__subcmd__show)
-            opts="-o -q -v -h --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3184,7 +3184,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault__subcmd__update)
-            opts="-o -q -v -h --version --enable --disable --tag --untag --plan --output --quiet --verbose --now --key-file --lock-timeout --help"
+            opts="-o -q -v -h --version --enable --disable --tag --untag --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -284,8 +284,8 @@ pub trait HubRegistry {
             return Ok(Err(format!("device `{device_id}` is disabled in hub `{hub}`")));
         }
         let info = crate::pki::CertInfo::from_der(cert_der)?;
-        if !info.valid_at(now) {
-            return Ok(Err("the certificate is outside its validity period".into()));
+        if let Some(problem) = info.validity_problem(now) {
+            return Ok(Err(problem));
         }
         let known = [&identity.primary_thumbprint, &identity.secondary_thumbprint]
             .into_iter()

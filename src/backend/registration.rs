@@ -226,12 +226,14 @@ pub fn decide(req: &RegistrationRequest, ctx: &Context<'_>) -> Decision {
         if in_slot {
             let info = crate::pki::CertInfo::from_der(leaf);
             return match info {
-                Ok(info) if info.valid_at(ctx.now) => Decision::Individual {
-                    name: ind.registration_id.clone(),
-                    hub: ind.hub.clone(),
-                    reprovision: ind.reprovision.clone(),
+                Ok(info) => match info.validity_problem(ctx.now) {
+                    None => Decision::Individual {
+                        name: ind.registration_id.clone(),
+                        hub: ind.hub.clone(),
+                        reprovision: ind.reprovision.clone(),
+                    },
+                    Some(problem) => Decision::Rejected(problem),
                 },
-                Ok(_) => Decision::Rejected("certificate is outside its validity period".into()),
                 Err(e) => Decision::Rejected(e.to_string()),
             };
         }
@@ -239,6 +241,16 @@ pub fn decide(req: &RegistrationRequest, ctx: &Context<'_>) -> Decision {
             "certificate is in neither slot of individual enrollment `{}`",
             ind.registration_id
         ));
+    }
+    // A leaf outside its validity is refused for that reason, by whichever enrollment: "no
+    // enrollment accepts" would send the operator to the enrollments instead of the clock.
+    match crate::pki::CertInfo::from_der(leaf) {
+        Ok(info) => {
+            if let Some(problem) = info.validity_problem(ctx.now) {
+                return Decision::Rejected(problem);
+            }
+        }
+        Err(e) => return Decision::Rejected(e.to_string()),
     }
     // The most specific group applies, as in DPS: the group of the leaf's issuer, else of the CA
     // above it, up to the root; a disabled one refuses the device. Groups are placed by name along

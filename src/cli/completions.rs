@@ -60,6 +60,10 @@ const ENVIRONMENT: &[(&str, &str)] = &[
         "CERTROLL_NOW",
         "Decide everything as if it were this RFC 3339 time, as --now.",
     ),
+    (
+        "CERTROLL_ALLOW_TIME_TRAVEL",
+        "1 lets a verb that writes run with --now more than a day from the real clock, as --allow-time-travel.",
+    ),
     ("CERTROLL_KEY_FILE", "The store key file, as --key-file."),
     (
         "CERTROLL_LOG",

@@ -75,6 +75,16 @@ pub struct Global {
     /// Decide everything as if it were this RFC 3339 time (for tests and rehearsals).
     #[arg(long, global = true, env = "CERTROLL_NOW", hide_short_help = true, value_parser = parse_now)]
     pub now: Option<time::OffsetDateTime>,
+    /// Let a verb that writes run with --now more than a day from the real clock (a rehearsal on
+    /// a copy of the store): certificates made then are not valid now.
+    #[arg(
+        long,
+        global = true,
+        env = "CERTROLL_ALLOW_TIME_TRAVEL",
+        hide_short_help = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub allow_time_travel: bool,
     /// The store key file (default: the store path with `.key` appended).
     #[arg(long, global = true, env = "CERTROLL_KEY_FILE", hide_short_help = true)]
     pub key_file: Option<PathBuf>,
@@ -91,7 +101,39 @@ fn parse_target(text: &str) -> Result<Target, String> {
     Target::parse(text)
 }
 
+/// How far `--now` may be from the real clock for a verb that writes, without
+/// `--allow-time-travel`: a day covers time zones and a clock set by hand.
+pub const TIME_TRAVEL_LIMIT: time::Duration = time::Duration::hours(24);
+
 impl Global {
+    /// Refuses (exit 2) a verb that writes when `--now` (or `CERTROLL_NOW`) is more than
+    /// [`TIME_TRAVEL_LIMIT`] from the real clock and `--allow-time-travel` is not given: what it
+    /// made would be dated then (a certificate from the future is not yet valid, a journal run
+    /// from the past looks stale).
+    pub(crate) fn refuse_time_travel(&self, verb: &str) -> anyhow::Result<()> {
+        let Some(at) = self.now else {
+            return Ok(());
+        };
+        let real = time::OffsetDateTime::now_utc();
+        let off = at - real;
+        if self.allow_time_travel || off.abs() <= TIME_TRAVEL_LIMIT {
+            return Ok(());
+        }
+        let span = if off.abs().whole_days() >= 2 {
+            format!("{} days", off.abs().whole_days())
+        } else {
+            format!("{} hours", off.abs().whole_hours())
+        };
+        Err(crate::error::input(format!(
+            "--now {} is {span} {} the real clock ({}); `{verb}` would write certificates and records dated then \
+             (certificates from the future are not yet valid). Rehearse with --dry-run, or pass \
+             --allow-time-travel (CERTROLL_ALLOW_TIME_TRAVEL=1), best on a copy of the store",
+            crate::clock::rfc3339(at),
+            if off.is_positive() { "ahead of" } else { "behind" },
+            crate::clock::rfc3339(real)
+        )))
+    }
+
     fn clock(&self) -> Box<dyn Clock> {
         match self.now {
             Some(t) => Box::new(FixedClock(t)),
@@ -277,14 +319,20 @@ fn init_tracing(verbose: u8) {
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     let g = &cli.global;
     // Every verb that changes state is followed, once it has succeeded, by the notify step.
-    let mutating = matches!(
-        cli.command,
-        Command::Issue(_)
-            | Command::RollSecondary(_)
-            | Command::RollPrimary(_)
-            | Command::Reprovision(_)
-            | Command::Revoke(_)
-    );
+    let verb = match cli.command {
+        Command::Issue(_) => Some("issue"),
+        Command::RollSecondary(_) => Some("roll-secondary"),
+        Command::RollPrimary(_) => Some("roll-primary"),
+        Command::Reprovision(_) => Some("reprovision"),
+        Command::Revoke(_) => Some("revoke"),
+        _ => None,
+    };
+    let mutating = verb.is_some();
+    if let Some(verb) = verb
+        && !cli.dry_run
+    {
+        g.refuse_time_travel(verb)?;
+    }
     let after = if mutating && !cli.dry_run {
         notify::AfterVerb::prepare(g)
     } else {

@@ -185,6 +185,10 @@ fn print_human<W: std::io::Write>(
                     d.target
                 ))?,
                 "not-due" => p.line(format!("{}: no auto-renew action is due; nothing to do", d.target))?,
+                "capped" => p.line(format!(
+                    "{}: auto-renew is due, but its CA's expiry caps a new certificate; not renewed",
+                    d.target
+                ))?,
                 outcome => {
                     let verb = match outcome {
                         "rolled" => "rolled",
@@ -212,6 +216,9 @@ fn print_human<W: std::io::Write>(
             report.devices.len(),
             summary.join(", ")
         ))?;
+    }
+    for c in &report.renew_ca_first {
+        p.line(format!("{}: {}", c.target, c.message))?;
     }
     if report.dry_run {
         p.line(format!(

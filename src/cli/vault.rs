@@ -775,6 +775,7 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
             issuer,
             not_exportable,
         } => {
+            g.refuse_time_travel("vault create")?;
             let hsm = matches!(key_type, KeyType::RsaHsm | KeyType::EcHsm);
             let key = match (key_type, key_size, curve) {
                 (KeyType::Rsa | KeyType::RsaHsm, bits, None) => KeySpec::Rsa {

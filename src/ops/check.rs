@@ -78,7 +78,9 @@ impl From<Scheduled> for ActionReport {
 /// Something that is not OK.
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
-    /// `ca:NAME`, `device:ID`, or `vault:NAME` for a certificate the plan does not own.
+    /// `ca:NAME`, `device:ID`, `vault:NAME` for a certificate the plan does not own,
+    /// `group:NAME` for an expired CA certificate in a group's slot, or `service-ca:NAME` for
+    /// one still among the enrollment service's CA certificates.
     pub target: String,
     /// warning or critical.
     pub level: Level,
@@ -130,6 +132,18 @@ pub struct CheckReport {
     pub next_due: Option<NextDue>,
 }
 
+/// What a renewal of a certificate could reach: its issuing CA's current notAfter caps the
+/// policy's validity.
+#[derive(Clone, Copy)]
+struct Renewal<'a> {
+    /// The issuing CA's plan name.
+    ca: &'a str,
+    /// Its current version's notAfter.
+    ca_not_after: OffsetDateTime,
+    /// The certificate policy's validity, in days.
+    validity_days: u32,
+}
+
 struct Checker<'a> {
     opts: &'a CheckOptions,
     now: OffsetDateTime,
@@ -137,7 +151,13 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn look(&mut self, target: String, actions: &[LifetimeAction], cert: Option<&VaultVersion>) {
+    fn look(
+        &mut self,
+        target: String,
+        actions: &[LifetimeAction],
+        cert: Option<&VaultVersion>,
+        renewal: Option<Renewal<'_>>,
+    ) {
         let Some(cert) = cert else {
             self.add(Problem {
                 target,
@@ -186,7 +206,21 @@ impl Checker<'_> {
             )
         } else if !due.is_empty() {
             let names: Vec<&str> = due.iter().map(|a| a.action).collect();
-            (Level::Warning, format!("{} due", names.join(", ")))
+            let mut reason = format!("{} due", names.join(", "));
+            // An auto-renew that cannot move the expiry later does not happen (`roll --due`
+            // reports the device `capped`): the issuing CA has to be renewed first.
+            if let Some(r) = renewal
+                && names.contains(&"auto-renew")
+                && crate::clock::add_days(now, r.validity_days as i64).min(r.ca_not_after) <= exp
+            {
+                reason = format!(
+                    "{reason}, but a renewal would end no later than this certificate: its issuing CA `{}` expires at {}; renew the issuing CA first (`certroll roll-secondary ca:{}`)",
+                    r.ca,
+                    crate::clock::rfc3339(r.ca_not_after),
+                    r.ca
+                );
+            }
+            (Level::Warning, reason)
         } else if self.opts.warn_within_days > 0 && now >= warn_at {
             (
                 Level::Warning,
@@ -237,14 +271,60 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             next_due: None,
         },
     };
+    let mut ca_not_after = std::collections::BTreeMap::new();
+    for ca in &plan.cas {
+        if let Some(v) = backend.current(&ca_cert_name(&ca.name))? {
+            ca_not_after.insert(ca.name.as_str(), v.exp);
+        }
+    }
+    let renewal = |ca: &str, policy: &Policy| -> Option<Renewal<'_>> {
+        let (ca, at) = ca_not_after.get_key_value(ca)?;
+        Some(Renewal {
+            ca,
+            ca_not_after: *at,
+            validity_days: policy.validity_days,
+        })
+    };
     for ca in &plan.cas {
         if wants(Target::Ca(ca.name.clone())) {
             let cert = backend.current(&ca_cert_name(&ca.name))?;
+            let policy = &plan.policies[&ca.policy];
             c.look(
                 format!("ca:{}", ca.name),
-                &plan.policies[&ca.policy].lifetime_actions,
+                &policy.lifetime_actions,
                 cert.as_ref(),
+                ca.issuer.as_deref().and_then(|i| renewal(i, policy)),
             );
+        }
+    }
+    // Expired CA certificates the enrollment service still holds: harmless (nothing chains to
+    // them) but to be deleted, which the next roll does.
+    if opts.targets.is_empty() {
+        let expired = super::roll::expired_held(&backend, now, &[])?;
+        for (name, at) in expired.service_cas {
+            c.add(Problem {
+                target: format!("service-ca:{name}"),
+                level: Level::Warning,
+                reason: format!(
+                    "an expired CA certificate (expired at {}) is still among the enrollment service's CA certificates; the next roll removes it",
+                    crate::clock::rfc3339(at)
+                ),
+                not_after: Some(at),
+                actions_due: vec![],
+            });
+        }
+        for (group, slot, at) in expired.slots {
+            c.add(Problem {
+                target: format!("group:{group}"),
+                level: Level::Warning,
+                reason: format!(
+                    "the {} slot holds a CA certificate that expired at {}; the next roll removes it",
+                    slot.word(),
+                    crate::clock::rfc3339(at)
+                ),
+                not_after: Some(at),
+                actions_due: vec![],
+            });
         }
     }
     for g in plan.groups.values() {
@@ -252,16 +332,19 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
         let ids = g
             .device_ids()
             .filter(|id| whole || opts.targets.contains(&Target::Device(id.clone())));
-        check_devices(&backend, &mut c, ids, &plan.policies[&g.device_policy])?;
+        let policy = &plan.policies[&g.device_policy];
+        check_devices(&backend, &mut c, ids, policy, renewal(&g.signing_ca, policy))?;
     }
     for e in plan.enrollments.values() {
         if wants(Target::Enrollment(e.name.clone())) || opts.targets.contains(&Target::Device(e.name.clone()))
         {
+            let policy = &plan.policies[&e.policy];
             check_devices(
                 &backend,
                 &mut c,
                 std::iter::once(e.name.clone()),
-                &plan.policies[&e.policy],
+                policy,
+                renewal(&e.issuer, policy),
             )?;
         }
     }
@@ -269,7 +352,7 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
     // actions of their own in their vault policy; they are checked when nothing narrower is asked.
     if opts.targets.is_empty() {
         for v in super::vault::renew::vault_only(plan, &backend)? {
-            c.look(format!("vault:{}", v.name), &v.actions(), Some(&v.current));
+            c.look(format!("vault:{}", v.name), &v.actions(), Some(&v.current), None);
         }
     }
     Ok(c.report)
@@ -280,6 +363,7 @@ fn check_devices(
     c: &mut Checker<'_>,
     ids: impl Iterator<Item = String>,
     policy: &Policy,
+    renewal: Option<Renewal<'_>>,
 ) -> Result<()> {
     let mut ids = ids.peekable();
     while ids.peek().is_some() {
@@ -299,6 +383,7 @@ fn check_devices(
                 format!("device:{id}"),
                 &policy.lifetime_actions,
                 installed.as_ref(),
+                renewal,
             );
         }
     }

@@ -175,6 +175,78 @@ fn add_ca_chain(plan: &Plan, name: &str, out: &mut BTreeSet<String>) {
     }
 }
 
+/// Refuses, before anything is written, targets whose certificate is soft-deleted in the vault
+/// (`vault delete`): a deleted name can be neither used nor created again until it is recovered
+/// or purged, as in Key Vault. `targets` are `ca:NAME` and `device:ID`; the first one found is
+/// named, with both ways out.
+pub(crate) fn refuse_deleted(backend: &dyn Backend, targets: impl Iterator<Item = Target>) -> Result<()> {
+    let deleted = backend.deleted_certificates(None)?;
+    if deleted.is_empty() {
+        return Ok(());
+    }
+    for target in targets {
+        let name = match &target {
+            Target::Ca(ca) => ca_cert_name(ca),
+            Target::Device(id) | Target::Enrollment(id) => device_cert_name(id),
+            Target::Group(_) => continue,
+        };
+        if let Some(d) = deleted.iter().find(|d| d.name == name) {
+            let again = match &target {
+                Target::Ca(ca) => format!("`certroll issue ca:{ca}`"),
+                _ => format!("`certroll issue {target}`"),
+            };
+            return Err(crate::error::input(format!(
+                "{target}: its certificate `{name}` is deleted in the vault (deleted {}, purged for good on {}); \
+                 bring it back with `certroll vault recover {name}`, or purge it with `certroll vault purge {name}` \
+                 and run {again} for a new one. Nothing was changed",
+                crate::clock::rfc3339(d.deleted),
+                crate::clock::rfc3339(d.scheduled_purge)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses, before anything is written, a group of the plan that the service lacks while the
+/// service holds a group the plan no longer declares with a certificate of the same signing CA:
+/// that is a renamed `[groups.NAME]` table. Creating the new group beside the old one would put
+/// one CA certificate into two enabled groups, which DPS refuses, and leave the devices
+/// registered through the old one.
+fn refuse_renamed_groups(plan: &Plan, backend: &dyn Backend, selected: &BTreeSet<String>) -> Result<()> {
+    let mut service: Option<Vec<EnrollmentGroup>> = None;
+    for name in selected {
+        if backend.group(name)?.is_some() {
+            continue;
+        }
+        let g = &plan.groups[name];
+        let groups = match &mut service {
+            Some(groups) => groups,
+            None => service.insert(backend.groups()?),
+        };
+        let versions = backend.versions(&ca_cert_name(&g.signing_ca))?;
+        let old = groups.iter().find(|s| {
+            !plan.groups.contains_key(&s.name)
+                && [&s.primary, &s.secondary]
+                    .into_iter()
+                    .flatten()
+                    .any(|slot| versions.iter().any(|v| v.cert_der == slot.cert_der))
+        });
+        if let Some(old) = old {
+            return Err(crate::error::input(format!(
+                "group:{name} is new in the plan, but the enrollment service holds group `{old}`, which the plan no \
+                 longer declares, with a certificate of the same signing CA `{ca}`: was `[groups.{old}]` renamed to \
+                 `[groups.{name}]`? An enrollment group's name cannot change, and the service keeps a CA certificate \
+                 in one group only. To keep the group and its {count} registered device(s), rename the table back to \
+                 `[groups.{old}]`; to replace it, give `[groups.{name}]` a signing CA of its own. Nothing was changed",
+                old = old.name,
+                ca = g.signing_ca,
+                count = backend.devices_page(Some(&old.name), "", usize::MAX >> 1)?.len(),
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Runs `issue`.
 pub fn issue(
     plan: &Plan,
@@ -189,6 +261,19 @@ pub fn issue(
         Access::Write
     };
     let mut backend = open_backend(plan, access, &opts.backend)?;
+    {
+        let selected_cas = sel.cas.iter().map(|c| Target::Ca(c.clone()));
+        let selected_devices = plan
+            .groups
+            .values()
+            .filter(|g| sel.groups.contains(&g.name))
+            .flat_map(|g| g.device_ids())
+            .filter(|id| sel.devices.as_ref().is_none_or(|s| s.contains(id)))
+            .chain(sel.enrollments.iter().cloned())
+            .map(Target::Device);
+        refuse_deleted(&backend, selected_cas.chain(selected_devices))?;
+    }
+    refuse_renamed_groups(plan, &backend, &sel.groups)?;
     let mut report = IssueReport {
         dry_run: opts.dry_run,
         steps: Vec::new(),
@@ -258,9 +343,11 @@ pub fn issue(
 fn validity(
     policy: &Policy,
     now: OffsetDateTime,
+    skew: time::Duration,
     cap: Option<OffsetDateTime>,
 ) -> (OffsetDateTime, OffsetDateTime) {
-    let not_before = now;
+    // Backdated by the plan's skew: a device whose clock is a little slow accepts it at once.
+    let not_before = now.saturating_sub(skew);
     let mut not_after = crate::clock::add_days(now, policy.validity_days as i64);
     if let Some(cap) = cap {
         not_after = not_after.min(cap);
@@ -557,7 +644,13 @@ fn issue_devices(
             if !work {
                 return Ok(None);
             }
-            let fresh = generate(policy, issuer.as_ref().expect("loaded above"), &needs, now)?;
+            let fresh = generate(
+                policy,
+                issuer.as_ref().expect("loaded above"),
+                &needs,
+                now,
+                plan.not_before_skew,
+            )?;
             Ok(Some((needs, fresh)))
         };
         let (stored, generated) = match pending.take() {
@@ -690,8 +783,14 @@ fn assess(backend: &dyn Backend, unit: &Unit<'_>, chunk: &[String]) -> Result<Ve
 type Fresh = Vec<(usize, SubjectKey, Vec<u8>, crate::pki::CertFacts)>;
 
 /// Keys and signatures: the expensive part, on every core. Touches no backend.
-fn generate(policy: &Policy, issuer: &LoadedIssuer, needs: &[Need], now: OffsetDateTime) -> Result<Fresh> {
-    let (not_before, not_after) = validity(policy, now, Some(issuer.not_after));
+fn generate(
+    policy: &Policy,
+    issuer: &LoadedIssuer,
+    needs: &[Need],
+    now: OffsetDateTime,
+    skew: time::Duration,
+) -> Result<Fresh> {
+    let (not_before, not_after) = validity(policy, now, skew, Some(issuer.not_after));
     let key_usage = effective_key_usage(policy, false);
     let fresh: Fresh = needs
         .par_iter()

@@ -397,7 +397,7 @@ pub fn new_ca_version(
         dns_names: policy.dns_names.clone(),
         key_usage: effective_key_usage(policy, true),
         extended_key_usage: policy.extended_key_usage.clone(),
-        not_before: now,
+        not_before: plan.not_before(now),
         not_after,
         ca: Some(ca.path_len),
     };

@@ -52,6 +52,25 @@ impl CertInfo {
     pub fn valid_at(&self, now: OffsetDateTime) -> bool {
         self.not_before <= now && now <= self.not_after
     }
+
+    /// Why the certificate is not valid at `now`, in words (None when it is): not yet valid
+    /// (before notBefore) and expired (after notAfter) are told apart, since the fixes differ
+    /// (a device's clock, or a renewal).
+    pub fn validity_problem(&self, now: OffsetDateTime) -> Option<String> {
+        if now < self.not_before {
+            Some(format!(
+                "the certificate is not yet valid: its validity starts at {} (notBefore)",
+                crate::clock::rfc3339(self.not_before)
+            ))
+        } else if now > self.not_after {
+            Some(format!(
+                "the certificate has expired: its validity ended at {} (notAfter)",
+                crate::clock::rfc3339(self.not_after)
+            ))
+        } else {
+            None
+        }
+    }
 }
 
 /// What the vault indexes a certificate by: cheaper than [`CertInfo`] (no SHA-256, no names),

@@ -33,6 +33,23 @@ pub struct Plan {
     pub hooks: Option<HookConfig>,
     /// `[serve]`: what `certroll serve` emulates; the defaults when the plan has no `[serve]`.
     pub serve: ServeConfig,
+    /// `not_before_skew_minutes`: how far before the moment of issue every certificate certroll
+    /// makes starts (its notBefore), so a device whose clock is a little slow does not refuse a
+    /// fresh one. [`Plan::DEFAULT_SKEW_MINUTES`] when the plan does not say.
+    pub not_before_skew: time::Duration,
+}
+
+impl Plan {
+    /// The default `not_before_skew_minutes`.
+    pub const DEFAULT_SKEW_MINUTES: i64 = 5;
+    /// The most `not_before_skew_minutes` may be (a day): more would make a certificate valid
+    /// before it was thought of.
+    pub const MAX_SKEW_MINUTES: i64 = 1440;
+
+    /// The notBefore of a certificate made at `now`: `now` less the plan's skew.
+    pub fn not_before(&self, now: time::OffsetDateTime) -> time::OffsetDateTime {
+        now.saturating_sub(self.not_before_skew)
+    }
 }
 
 /// `[serve]`: the names `certroll serve` answers to and the principals it admits.

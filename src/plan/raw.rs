@@ -17,6 +17,7 @@ pub(super) type Named<T> = BTreeMap<Spanned<String>, T>;
 pub(super) struct RawPlan {
     /// Format version; optional here so that its absence gets a clear message.
     pub(super) version: Option<Spanned<i64>>,
+    pub(super) not_before_skew_minutes: Option<Spanned<i64>>,
     pub(super) backend: Option<RawBackend>,
     pub(super) contacts: Option<RawContacts>,
     #[serde(default)]

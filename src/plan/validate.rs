@@ -245,6 +245,26 @@ impl<'a> Validator<'a> {
         })
     }
 
+    /// `not_before_skew_minutes`: 0 to a day.
+    fn not_before_skew(&mut self, raw: &RawPlan) -> time::Duration {
+        let minutes = match &raw.not_before_skew_minutes {
+            None => Plan::DEFAULT_SKEW_MINUTES,
+            Some(m) if (0..=Plan::MAX_SKEW_MINUTES).contains(m.get_ref()) => *m.get_ref(),
+            Some(m) => {
+                self.error(
+                    m.span(),
+                    format!(
+                        "not_before_skew_minutes = {} is out of range (0 to {}: how many minutes before the moment of issue a certificate starts)",
+                        m.get_ref(),
+                        Plan::MAX_SKEW_MINUTES
+                    ),
+                );
+                Plan::DEFAULT_SKEW_MINUTES
+            }
+        };
+        time::Duration::minutes(minutes)
+    }
+
     /// Checks the whole plan; returns it when no error was recorded.
     fn plan(&mut self, raw: &RawPlan) -> Option<Plan> {
         let backend = self.backend(raw.backend.as_ref());
@@ -267,6 +287,7 @@ impl<'a> Validator<'a> {
             }
         }
 
+        let not_before_skew = self.not_before_skew(raw);
         let (mail, hooks) = (self.mail(raw), self.hooks(raw));
         let serve = self.serve(raw);
         let cas = self.cas(raw, &usage);
@@ -297,6 +318,7 @@ impl<'a> Validator<'a> {
             mail,
             hooks,
             serve,
+            not_before_skew,
         })
     }
 

@@ -21,11 +21,12 @@ fn check_follows_the_lifetime_of_the_fleet() {
     assert!(!env.store_dir().exists(), "check changes nothing");
 
     env.run(&["--plan", "plan.toml", "issue"]).ok();
-    // Device certs: 2026-11-23 .. 2027-11-23; email at 80% (2027-09-11), auto-renew 30 days before.
+    // Device certs: 2026-11-22T23:55 (backdated by the default 5-minute skew) .. 2027-11-23;
+    // email at 80% of that (2027-09-10T23:59), auto-renew 30 days before.
     let (code, j) = check(&env, NOW, &[]);
     assert_eq!((code, j["status"].as_str().unwrap()), (0, "ok"), "{j}");
     assert_eq!(j["next_due"]["action"], "email-contacts");
-    assert_eq!(j["next_due"]["at"], "2027-09-11T00:00:00Z");
+    assert_eq!(j["next_due"]["at"], "2027-09-10T23:59:00Z");
 
     let (code, j) = check(&env, "2027-09-20T00:00:00Z", &[]);
     assert_eq!(code, 1);

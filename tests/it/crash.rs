@@ -254,6 +254,7 @@ fn syscall_counts(env: &TestEnv, command: &[&str], syscalls: &str) -> Vec<(Strin
         .args(command)
         .current_dir(probe.dir.path())
         .env("CERTROLL_NOW", crate::util::NOW)
+        .env("CERTROLL_ALLOW_TIME_TRAVEL", "1")
         .env_remove("CERTROLL_STORE_KEY")
         .output()
         .expect("strace must be installed (the crash harness kills at chosen system calls)");
@@ -286,6 +287,7 @@ fn run_killed_at(env: &TestEnv, command: &[&str], syscall: &str, when: usize) ->
         .args(command)
         .current_dir(env.dir.path())
         .env("CERTROLL_NOW", crate::util::NOW)
+        .env("CERTROLL_ALLOW_TIME_TRAVEL", "1")
         .output()
         .unwrap();
     out.status.code() != Some(0)

@@ -52,6 +52,9 @@ mod serve_dps_hub;
 // Issue 10, vault and X.509 fidelity: exportability for life, key operations, vault-only
 // lifetime actions, content types, chain order, legacy PKCS#12, string types, SANs, serials, PKCS#7.
 mod fidelity;
+// Issue 10, roll and registration fidelity: deleted certificates, capped renewals, not yet valid
+// and the notBefore skew, `--now` far from the real clock.
+mod fidelity2;
 // Fuzzing (issue 9 item 13): what the fuzzers found, as regressions, and proptest properties.
 mod fuzz_found;
 mod properties;

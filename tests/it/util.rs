@@ -80,7 +80,11 @@ impl TestEnv {
                 cmd.env_remove(k);
             }
         }
-        cmd.current_dir(self.dir.path()).env("CERTROLL_NOW", NOW);
+        // The suite runs at a pinned instant far from the real clock on purpose; a test of the
+        // time-travel guard removes this.
+        cmd.current_dir(self.dir.path())
+            .env("CERTROLL_NOW", NOW)
+            .env("CERTROLL_ALLOW_TIME_TRAVEL", "1");
         cmd
     }
 

@@ -377,3 +377,88 @@ pub(super) fn revoke_tainted(
     }
     Ok(serde_json::json!({ "revoked": revoked }))
 }
+
+/// CA certificates past their notAfter that the enrollment service still holds: in its CA
+/// certificates, or in a group's slot. Nothing chains to them any more; the seed says to delete
+/// them once expired, and every roll does.
+#[derive(Debug, Default)]
+pub(crate) struct Expired {
+    /// Service CA names with the notAfter of their certificate.
+    pub service_cas: Vec<(String, OffsetDateTime)>,
+    /// `(group, slot, notAfter)` of slots holding an expired CA certificate.
+    pub slots: Vec<(String, SlotName, OffsetDateTime)>,
+}
+
+impl Expired {
+    /// Nothing expired is held.
+    pub fn is_empty(&self) -> bool {
+        self.service_cas.is_empty() && self.slots.is_empty()
+    }
+}
+
+fn not_after(der: &[u8]) -> Option<OffsetDateTime> {
+    crate::pki::CertInfo::from_der(der).ok().map(|i| i.not_after)
+}
+
+/// What the service holds that expired before `now`, leaving out the slots of `skip_groups`
+/// (their roll step takes them out itself).
+pub(crate) fn expired_held(
+    backend: &dyn Backend,
+    now: OffsetDateTime,
+    skip_groups: &[&str],
+) -> Result<Expired> {
+    let mut out = Expired::default();
+    for ca in backend.cas()? {
+        if let Some(at) = not_after(&ca.cert_der).filter(|at| *at < now) {
+            out.service_cas.push((ca.name, at));
+        }
+    }
+    for g in backend.groups()? {
+        if skip_groups.contains(&g.name.as_str()) {
+            continue;
+        }
+        for (slot, held) in [
+            (SlotName::Primary, &g.primary),
+            (SlotName::Secondary, &g.secondary),
+        ] {
+            if let Some(at) = held
+                .as_ref()
+                .and_then(|s| not_after(&s.cert_der))
+                .filter(|at| *at < now)
+            {
+                out.slots.push((g.name.clone(), slot, at));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Takes out of the service every CA certificate that expired before `now` (re-read, so a
+/// resumed step does only what is left): empties the slots that hold one and deletes such CA
+/// certificates from the service's list. Returns what it removed.
+pub(super) fn prune_expired(backend: &mut dyn Backend, now: OffsetDateTime) -> Result<serde_json::Value> {
+    let found = expired_held(backend, now, &[])?;
+    let mut slots = Vec::new();
+    for g in backend.groups()? {
+        let mut state = g.clone();
+        let mut changed = false;
+        for (slot, held) in [
+            (SlotName::Primary, &mut state.primary),
+            (SlotName::Secondary, &mut state.secondary),
+        ] {
+            if found.slots.iter().any(|(n, s, _)| *n == g.name && *s == slot) {
+                *held = None;
+                changed = true;
+                slots.push(format!("{}/{}", g.name, slot.word()));
+            }
+        }
+        if changed {
+            backend.put_group(&state, now)?;
+        }
+    }
+    for (name, _) in &found.service_cas {
+        backend.delete_ca(name)?;
+    }
+    let cas: Vec<&str> = found.service_cas.iter().map(|(n, _)| n.as_str()).collect();
+    Ok(serde_json::json!({ "slots": slots, "service_cas": cas }))
+}

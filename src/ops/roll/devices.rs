@@ -42,13 +42,15 @@ pub(super) enum Mode<'a> {
     Replace {
         /// The named slot.
         slot: SlotName,
+        /// `--remove-hub-identity`: delete the device from its hub before it provisions afresh.
+        remove_identity: bool,
     },
 }
 
 impl Mode<'_> {
     fn slot(&self) -> SlotName {
         match *self {
-            Mode::Expiry { slot, .. } | Mode::Breach { slot, .. } | Mode::Replace { slot } => slot,
+            Mode::Expiry { slot, .. } | Mode::Breach { slot, .. } | Mode::Replace { slot, .. } => slot,
         }
     }
 }
@@ -182,12 +184,18 @@ fn renewal_due(policy: &Policy, cert: &VersionBrief, ca: Option<&CaTarget>, now:
         .iter()
         .filter(|a| a.action == ActionKind::AutoRenew)
         .any(|a| fires_at(a.trigger, cert.nbf, cert.exp) <= now);
+    fired && renewal_extends(policy, cert, ca, now)
+}
+
+/// Whether a certificate made now would end later than `cert`: one capped by its CA's notAfter
+/// may not, and then a renewal only trades the key for nothing (and would repeat every run).
+fn renewal_extends(policy: &Policy, cert: &VersionBrief, ca: Option<&CaTarget>, now: OffsetDateTime) -> bool {
     // Far dates saturate: no input may panic.
     let mut would_end = now.saturating_add(time::Duration::days(policy.validity_days as i64));
     if let Some(ca) = ca {
         would_end = would_end.min(ca.not_after);
     }
-    fired && would_end > cert.exp
+    would_end > cert.exp
 }
 
 /// Reads what the services hold for a chunk and decides what each device needs; with
@@ -298,6 +306,13 @@ pub(super) fn assess<'p>(
                         .any(|a| fires_at(a.trigger, installed.nbf, installed.exp) <= now);
                     if !fired {
                         report.outcome = "not-due";
+                        out.reports.push(report);
+                        continue;
+                    }
+                    // Due, but its CA's expiry caps a new certificate at or before the current
+                    // one's: the CA must be renewed first (the run says so once per CA).
+                    if !renewal_extends(policy, &installed, cas.get(issuer_ca), now) {
+                        report.outcome = "capped";
                         out.reports.push(report);
                         continue;
                     }
@@ -542,15 +557,30 @@ pub(super) fn assess<'p>(
                     }
                 }
             }
-            Mode::Replace { slot } => {
+            Mode::Replace {
+                slot,
+                remove_identity,
+            } => {
                 say!(
                     describe,
                     report.steps,
                     "issue a new certificate for `{id}` (new key) signed by the new CA `{issuer_ca}`; its enrollment and hub identity keep only it"
                 );
+                // As for a device's own breach: the identity goes, and the device provisions afresh.
+                if let Some(h) = &identity
+                    && remove_identity
+                {
+                    say!(
+                        describe,
+                        report.steps,
+                        "delete device `{id}` from hub `{}`",
+                        h.hub
+                    );
+                }
                 report.outcome = "replaced";
                 work.clear_other = true;
                 work.reprovision = true;
+                work.remove_identity = remove_identity && identity.is_some();
                 work.slot = slot;
             }
         }
@@ -619,7 +649,12 @@ impl Issuers {
 }
 
 /// Keys and signatures, on every core; touches no backend.
-pub(super) fn generate(assessed: &Assessed<'_>, issuers: &Issuers, now: OffsetDateTime) -> Result<Fresh> {
+pub(super) fn generate(
+    assessed: &Assessed<'_>,
+    issuers: &Issuers,
+    now: OffsetDateTime,
+    skew: time::Duration,
+) -> Result<Fresh> {
     assessed
         .work
         .par_iter()
@@ -636,7 +671,8 @@ pub(super) fn generate(assessed: &Assessed<'_>, issuers: &Issuers, now: OffsetDa
                 dns_names: w.policy.dns_names.clone(),
                 key_usage: effective_key_usage(w.policy, false),
                 extended_key_usage: w.policy.extended_key_usage.clone(),
-                not_before: now,
+                // Backdated by the plan's skew, for devices whose clock is a little slow.
+                not_before: now.saturating_sub(skew),
                 not_after: crate::clock::add_days(now, w.policy.validity_days as i64).min(issuer.not_after),
                 ca: None,
             };

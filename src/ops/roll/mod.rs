@@ -28,7 +28,7 @@
 
 mod cas;
 
-pub(crate) use cas::{ca_scope, tainted};
+pub(crate) use cas::{ca_scope, expired_held, tainted};
 mod devices;
 
 use super::journal::{self, CutOff, Planned, StepReport};
@@ -118,7 +118,8 @@ pub struct DeviceRoll {
     /// `device:ID`.
     pub target: String,
     /// `rolled`, `would-roll`, `already-rolled`, `pruned` (only an expired certificate left the
-    /// other slot), `not-due`, `replaced`, `would-replace` or `already-replaced`.
+    /// other slot), `not-due`, `capped` (due, but its CA's expiry caps a renewal; see
+    /// [`RollReport::renew_ca_first`]), `replaced`, `would-replace` or `already-replaced`.
     pub outcome: &'static str,
     /// The slot the new certificate went into.
     pub slot: SlotName,
@@ -165,6 +166,24 @@ pub struct RollReport {
     pub groups: Vec<GroupRoll>,
     /// One entry per device rolled.
     pub devices: Vec<DeviceRoll>,
+    /// With `--due`: the CAs whose own expiry caps their devices' renewals (outcome `capped`),
+    /// each with what to do; they must be renewed first.
+    pub renew_ca_first: Vec<CappedBy>,
+}
+
+/// A CA whose notAfter caps the renewals of devices that are due: a new certificate would end
+/// no later than the one they hold, so none is made until the CA is renewed.
+#[derive(Debug, Clone, Serialize)]
+pub struct CappedBy {
+    /// `ca:NAME`.
+    pub target: String,
+    /// The CA's notAfter.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// How many due devices it holds back.
+    pub devices: usize,
+    /// What to do, in words.
+    pub message: String,
 }
 
 /// The canonical text of a roll command: the journal's key for resuming it.
@@ -225,6 +244,25 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     };
     let mut backend = open_backend(plan, access, &opts.backend)?;
     refuse_unissued(&backend, &device_ids, &scopes)?;
+    // A soft-deleted certificate (a device's or a CA's) stops the whole run before it is
+    // recorded: rolling the others and leaving it out would hide it from a cron job's exit code.
+    let mut issuers = std::collections::BTreeSet::new();
+    let deleted_candidates = scopes
+        .iter()
+        .flat_map(|s| s.scope.cas.iter().map(|c| Target::Ca(c.name.clone())))
+        .chain(
+            device_ids
+                .iter()
+                .chain(scopes.iter().flat_map(|s| s.scope.device_ids.iter()))
+                .flat_map(|id| {
+                    let issuer = devices::issuer_of(plan, id)
+                        .ok()
+                        .filter(|i| issuers.insert(i.to_string()))
+                        .map(|i| Target::Ca(i.to_string()));
+                    std::iter::once(Target::Device(id.clone())).chain(issuer)
+                }),
+        );
+    super::issue::refuse_deleted(&backend, deleted_candidates)?;
 
     let command = command_key(opts, &targets);
     let mut report = RollReport {
@@ -235,6 +273,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         devices_cut_off: CutOff::none(),
         groups: Vec::new(),
         devices: Vec::new(),
+        renew_ca_first: Vec::new(),
     };
     let mut planned = Vec::new();
     // A run of this command that was killed or failed is resumed from its journal as recorded;
@@ -289,6 +328,41 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
             }
         }
     }
+    if !resuming && opts.breach.is_none() {
+        // What has expired leaves the service with every roll (`--due` included); a group this
+        // run puts a new CA into is left to its own step, which says so.
+        let skip: Vec<&str> = scopes
+            .iter()
+            .flat_map(|s| s.scope.groups.iter().map(|g| g.name.as_str()))
+            .collect();
+        let expired = cas::expired_held(&backend, now, &skip)?;
+        if !expired.is_empty() {
+            let mut what: Vec<String> = expired
+                .slots
+                .iter()
+                .map(|(g, s, at)| {
+                    format!(
+                        "the {} slot of group `{g}` (expired {})",
+                        s.word(),
+                        crate::clock::rfc3339(*at)
+                    )
+                })
+                .collect();
+            what.extend(expired.service_cas.iter().map(|(n, at)| {
+                format!(
+                    "CA certificate `{n}` of the enrollment service (expired {})",
+                    crate::clock::rfc3339(*at)
+                )
+            }));
+            planned.push(Planned {
+                target: "service".into(),
+                kind: "prune-expired",
+                description: format!("remove expired CA certificates: {}", what.join(", ")),
+                detail: serde_json::json!({}),
+                cut_off: CutOff::none(),
+            });
+        }
+    }
     if !resuming {
         for st in &scopes {
             let already = match &opts.breach {
@@ -325,6 +399,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
             .take(journal::CUT_OFF_SHOWN)
             .collect(),
     };
+    report.renew_ca_first = capped_by(plan, &backend, &report.devices)?;
     for g in &mut report.groups {
         if !opts.dry_run && g.outcome.starts_with("would-") {
             g.outcome = if opts.breach.is_some() {
@@ -335,6 +410,34 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         }
     }
     Ok(report)
+}
+
+/// The CAs that hold back the devices whose outcome is `capped`, in plan order.
+fn capped_by(plan: &Plan, backend: &dyn Backend, devices: &[DeviceRoll]) -> Result<Vec<CappedBy>> {
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for d in devices.iter().filter(|d| d.outcome == "capped") {
+        let id = d.target.trim_start_matches("device:");
+        *counts.entry(devices::issuer_of(plan, id)?).or_default() += 1;
+    }
+    let mut out = Vec::new();
+    for ca in plan.cas.iter().filter(|c| counts.contains_key(c.name.as_str())) {
+        let Some(current) = backend.current(&super::ca_cert_name(&ca.name))? else {
+            continue;
+        };
+        let n = counts[ca.name.as_str()];
+        out.push(CappedBy {
+            target: format!("ca:{}", ca.name),
+            not_after: current.exp,
+            devices: n,
+            message: format!(
+                "CA `{}` expires at {}, so a renewal of its {n} due device(s) would end no later than the certificate they hold: renew the issuing CA first (`certroll roll-secondary ca:{}`), then rerun",
+                ca.name,
+                crate::clock::rfc3339(current.exp),
+                ca.name
+            ),
+        });
+    }
+    Ok(out)
 }
 
 /// With `--due`: every device the targets cover (every device of the plan when none is named);
@@ -851,6 +954,10 @@ fn execute(
                 })
                 .context(context)?;
             }
+            "prune-expired" => {
+                run.step(backend, step.seq, now, |b| Ok(((), cas::prune_expired(b, now)?)))
+                    .context(context)?;
+            }
             "revoke-ca" => {
                 let compromised = pairs(&step.detail["compromised"]);
                 let tainted = pairs(&step.detail["tainted"]);
@@ -874,11 +981,12 @@ fn make<'a, 'p>(
     chunk: Option<Decided<'a, 'p>>,
     issuers: &Issuers,
     now: OffsetDateTime,
+    skew: time::Duration,
 ) -> Result<Option<Made<'a, 'p>>> {
     Ok(match chunk {
         Some((seq, mode, assessed)) => {
             let fresh = if assessed.any() {
-                devices::generate(&assessed, issuers, now)?
+                devices::generate(&assessed, issuers, now, skew)?
             } else {
                 Vec::new()
             };
@@ -910,7 +1018,10 @@ fn roll_device_steps(
     let mode_of = |step: &crate::backend::types::JournalStep| {
         let slot = SlotName::parse(step.detail["slot"].as_str().unwrap_or_default());
         match step.kind.as_str() {
-            "replace-devices" => Mode::Replace { slot },
+            "replace-devices" => Mode::Replace {
+                slot,
+                remove_identity: opts.breach.as_ref().is_some_and(|b| b.remove_hub_identity),
+            },
             "breach-device" => Mode::Breach {
                 slot,
                 breach: opts.breach.as_ref().unwrap_or(&default_breach),
@@ -995,7 +1106,7 @@ fn roll_device_steps(
                 };
                 Ok((stored, decide(&*b, upcoming)?))
             },
-            || make(decided, issuers, now),
+            || make(decided, issuers, now, plan.not_before_skew),
         );
         let (stored, following) = lane?;
         if let Some(done) = stored {
