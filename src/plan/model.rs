@@ -33,6 +33,8 @@ pub struct Plan {
     pub hooks: Option<HookConfig>,
     /// `[serve]`: what `certroll serve` emulates; the defaults when the plan has no `[serve]`.
     pub serve: ServeConfig,
+    /// How new device certificates reach devices on a backend that does not hold them.
+    pub delivery: crate::plan::DeliveryPlan,
 }
 
 /// `[serve]`: the names `certroll serve` answers to and the principals it admits.
