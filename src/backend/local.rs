@@ -630,7 +630,96 @@ fn verify_signed_by(cert_der: &[u8], issuer_der: &[u8]) -> std::result::Result<(
         .map_err(|e| e.to_string())
 }
 
+impl LocalBackend {
+    /// Whether the store's simulated device `id` is online in `hub`, and the chain it holds
+    /// (leaf first, the root left out, as a device presents it): a device is online when the
+    /// hub admits the certificate installed on it at `now`.
+    pub fn online_chain(&self, hub: &str, id: &str, now: OffsetDateTime) -> Result<Option<Vec<Vec<u8>>>> {
+        let Some(device) = self.device(id)? else {
+            return Ok(None);
+        };
+        let Some(installed) = device.installed_version.as_deref() else {
+            return Ok(None);
+        };
+        let Some(leaf) = self.version(&device.cert_name, installed)? else {
+            return Ok(None);
+        };
+        if self.authenticate(hub, id, &leaf.cert_der, now)?.is_err() {
+            return Ok(None);
+        }
+        let mut chain = vec![leaf.cert_der];
+        let mut next = leaf.issuer;
+        while let Some((name, version)) = next {
+            if chain.len() > 16 {
+                return Err(BackendError::Refused(format!(
+                    "issuer chain of `{}` is longer than 16 certificates",
+                    device.cert_name
+                )));
+            }
+            let v = self
+                .version(&name, &version)?
+                .ok_or_else(|| BackendError::NotFound(format!("issuer version {name}/{version}")))?;
+            chain.push(v.cert_der);
+            next = v.issuer;
+        }
+        if chain.len() > 1 {
+            chain.pop(); // the root is not presented
+        }
+        Ok(Some(chain))
+    }
+}
+
 impl HubRegistry for LocalBackend {
+    fn invoke_method(
+        &mut self,
+        hub: &str,
+        device_id: &str,
+        call: &DirectMethodCall,
+        now: OffsetDateTime,
+    ) -> Result<DirectMethodResult> {
+        let remote = |code: &str, message: String| BackendError::Remote {
+            service: "IoT Hub",
+            operation: format!("invoke direct method `{}`", call.method_name),
+            target: device_id.to_string(),
+            status: Some(404),
+            code: code.to_string(),
+            message,
+        };
+        if self.identity(hub, device_id)?.is_none() {
+            return Err(remote("DeviceNotFound", device_id.to_string()));
+        }
+        let Some(chain) = self.online_chain(hub, device_id, now)? else {
+            return Err(remote(
+                "DeviceNotOnline",
+                format!("device '{device_id}' is not online"),
+            ));
+        };
+        // The simulated device knows one method: `reprovision` registers again with the
+        // certificate it holds (200 and the registration state when assigned, 403 with DPS's
+        // error when refused).
+        if call.method_name != "reprovision" {
+            return Ok(DirectMethodResult {
+                status: 501,
+                payload: serde_json::json!({
+                    "message": format!("device '{device_id}' has no method '{}'", call.method_name)
+                }),
+            });
+        }
+        let request = RegistrationRequest {
+            registration_id: device_id.to_string(),
+            chain,
+        };
+        self.register(std::slice::from_ref(&request), now)?;
+        let state = self
+            .registration(device_id)?
+            .ok_or_else(|| BackendError::NotFound(format!("registration state of `{device_id}`")))?;
+        Ok(DirectMethodResult {
+            status: if state.status == "assigned" { 200 } else { 403 },
+            // The device answers with what DPS told it, in DPS's own shape.
+            payload: crate::serve::dps::registration_json(&state),
+        })
+    }
+
     fn delete_identity(&mut self, hub: &str, device_id: &str) -> Result<()> {
         let out = self.store.write(|tx, _| q::hub_delete(tx, hub, device_id));
         out.map_err(|e| self.with_path(e))

@@ -252,6 +252,18 @@ pub trait HubRegistry {
     fn update_identities(&mut self, batch: &[HubIdentity], now: OffsetDateTime) -> Result<()> {
         batch.iter().try_for_each(|i| self.update_identity(i, now))
     }
+    /// Invokes a direct method on a device through `hub` and returns the device's answer. A
+    /// device the hub does not know fails with `BackendError::Remote` code `DeviceNotFound`, one
+    /// that is not connected with `DeviceNotOnline` (both HTTP 404, as IoT Hub answers); the
+    /// device's own refusal is an `Ok` answer with its status. `now` is the time the local
+    /// backend's simulated devices act at (a real hub uses its own clock).
+    fn invoke_method(
+        &mut self,
+        hub: &str,
+        device_id: &str,
+        call: &DirectMethodCall,
+        now: OffsetDateTime,
+    ) -> Result<DirectMethodResult>;
     /// Whether the hub lets a device in with this certificate: the identity exists, is enabled,
     /// and one of its thumbprints (SHA-1 or SHA-256) is the certificate's; and the certificate is
     /// valid at `now`.

@@ -200,6 +200,30 @@ pub struct HubIdentity {
     pub secondary_thumbprint: Option<String>,
 }
 
+/// A direct method to invoke on a device through its hub (IoT Hub's
+/// `POST /twins/{id}/methods` body).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirectMethodCall {
+    /// The method name the device registered (`reprovision`, ...).
+    pub method_name: String,
+    /// The JSON payload handed to the device (any JSON value; `null` for none).
+    pub payload: serde_json::Value,
+    /// How long the hub waits for the device's answer, in seconds (IoT Hub allows 5 to 300).
+    pub response_timeout_secs: u32,
+}
+
+/// What a device answered to a direct method, as IoT Hub returns it: the device's own status
+/// code and JSON payload. A device that is unknown or not connected is an error instead
+/// ([`BackendError::Remote`](super::BackendError::Remote) with IoT Hub's `DeviceNotFound` or
+/// `DeviceNotOnline`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirectMethodResult {
+    /// The status the device returned (its own code, HTTP-like: 200 done, 501 unknown method).
+    pub status: i32,
+    /// The device's JSON payload.
+    pub payload: serde_json::Value,
+}
+
 /// A device and the certificate installed on it.
 #[derive(Debug, Clone)]
 pub struct DeviceRecord {

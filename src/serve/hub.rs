@@ -16,8 +16,8 @@ use super::state::AppState;
 use super::tls::ClientChain;
 use super::{ApiError, Origin};
 use crate::backend::local::LocalBackend;
-use crate::backend::types::{HubIdentity, Status};
-use crate::backend::{EnrollmentService, HubRegistry};
+use crate::backend::types::{DirectMethodCall, HubIdentity, Status};
+use crate::backend::{BackendError, EnrollmentService, HubRegistry};
 use crate::store::queries_dps as qd;
 use axum::Router;
 use axum::body::Bytes;
@@ -575,61 +575,22 @@ fn twin_json(identity: &HubIdentity, meta: &qd::Meta) -> Value {
 
 // ---------------------------------------------------------------- direct methods
 
-/// What a simulated device answers to a method: its status and payload.
-struct MethodAnswer {
-    status: u16,
-    payload: Value,
-}
-
-/// Whether the store's simulated device is online in `hub`, and the chain it holds (leaf first).
-fn online_chain(
-    b: &LocalBackend,
-    hub: &str,
-    id: &str,
-    now: OffsetDateTime,
-) -> Result<Option<Vec<Vec<u8>>>, ApiError> {
-    let Some(installed) = crate::ops::installed_many(b, &[id.to_string()])
-        .map_err(internal)?
-        .pop()
-        .flatten()
-    else {
-        return Ok(None);
-    };
-    if b.authenticate(hub, id, &installed.cert_der, now)
-        .map_err(internal)?
-        .is_err()
-    {
-        return Ok(None);
+/// IoT Hub's answer to a failed method call: the backend's own code (`DeviceNotFound`,
+/// `DeviceNotOnline`) and status where it has them.
+fn method_error(e: BackendError) -> ApiError {
+    match e {
+        BackendError::Remote {
+            status: Some(status),
+            code,
+            message,
+            ..
+        } => hub_error(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            &code,
+            message,
+        ),
+        other => internal(other),
     }
-    let mut chain = vec![installed.cert_der.clone()];
-    let mut above = crate::ops::chain_above(b, &installed).map_err(internal)?;
-    above.pop(); // the root is not presented
-    chain.extend(above);
-    Ok(Some(chain))
-}
-
-/// The simulated device runs a method: `reprovision` registers again with the certificate it
-/// holds (200 and the registration state when assigned, 403 with DPS's error when refused);
-/// any other method is unknown to it (501 naming the device).
-fn run_method(
-    b: &mut LocalBackend,
-    id: &str,
-    method: &str,
-    chain: Vec<Vec<u8>>,
-    now: OffsetDateTime,
-) -> Result<MethodAnswer, ApiError> {
-    if method != "reprovision" {
-        return Ok(MethodAnswer {
-            status: 501,
-            payload: json!({"message": format!("device '{id}' has no method '{method}'")}),
-        });
-    }
-    let state = super::dps_device::register(b, id, chain, now)?;
-    let status = if state.status == "assigned" { 200 } else { 403 };
-    Ok(MethodAnswer {
-        status,
-        payload: super::dps::registration_json(&state),
-    })
 }
 
 /// `POST /twins/{id}/methods`: invokes a direct method. HTTP 200 with the device's own status
@@ -657,20 +618,16 @@ async fn invoke_device_method(
             return Err(bad_request(format!("{field} must be a whole number of seconds up to 300")).into());
         }
     }
+    let call = DirectMethodCall {
+        method_name: method,
+        payload: body.get("payload").cloned().unwrap_or(Value::Null),
+        response_timeout_secs: body
+            .get("responseTimeoutInSeconds")
+            .and_then(Value::as_u64)
+            .map_or(30, |n| n as u32),
+    };
     let answer = state
-        .write(move |b, now| {
-            if b.identity(&hub, &id).map_err(internal)?.is_none() {
-                return Err(not_found(&id));
-            }
-            let Some(chain) = online_chain(b, &hub, &id, now)? else {
-                return Err(hub_error(
-                    StatusCode::NOT_FOUND,
-                    "DeviceNotOnline",
-                    format!("device '{id}' is not online"),
-                ));
-            };
-            run_method(b, &id, &method, chain, now)
-        })
+        .write(move |b, now| b.invoke_method(&hub, &id, &call, now).map_err(method_error))
         .await?;
     Ok(axum::Json(
         json!({"status": answer.status, "payload": answer.payload}),

@@ -12,8 +12,12 @@
 //! runtime: the SDKs are async and the backend traits are sync, so each call `block_on`s, and
 //! batch methods run at most the plan's `concurrency` requests at once.
 
+pub mod dps;
+pub mod hub;
 pub mod keyvault;
 
+pub use dps::AzureEnrollmentService;
+pub use hub::AzureHubRegistry;
 pub use keyvault::{AzureVault, KeyVaultSigningKey};
 
 use crate::plan::{AzureAuth, AzureConfig};
