@@ -12,10 +12,13 @@
 //! runtime: the SDKs are async and the backend traits are sync, so each call `block_on`s, and
 //! batch methods run at most the plan's `concurrency` requests at once.
 
+pub mod backend;
+pub mod delivery;
 pub mod dps;
 pub mod hub;
 pub mod keyvault;
 
+pub use backend::AzureBackend;
 pub use dps::AzureEnrollmentService;
 pub use hub::AzureHubRegistry;
 pub use keyvault::{AzureVault, KeyVaultSigningKey};
