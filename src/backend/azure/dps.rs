@@ -1,107 +1,754 @@
-//! The Device Provisioning Service's service API (individual enrollments, enrollment groups,
-//! bulk operations, queries, registration states) as [`AzureEnrollmentService`], which
-//! implements [`EnrollmentService`](crate::backend::EnrollmentService) against a real DPS; its CA
+//! The Device Provisioning Service's service API (azure-wire.md §2: individual enrollments,
+//! enrollment groups, bulk operations, queries with continuation tokens, registration states)
+//! as [`AzureEnrollmentService`], which implements
+//! [`EnrollmentService`](crate::backend::EnrollmentService) against a real DPS; its CA
 //! certificates go through the management plane ([`super::arm`]).
+//!
+//! Writes never overwrite a concurrent change: a create carries no `If-Match` (409 if someone
+//! created it first), an update the etag it read (412 if it changed since); either way the
+//! record is read again and certroll's fields applied to what is there now, so fields certroll
+//! does not manage (initial twin, capabilities, ...) survive.
+//!
+//! DPS never returns an enrollment's certificates, only their thumbprints and names. The
+//! service remembers every certificate it wrote or read from ARM, and asks a
+//! [`CertificateSource`] (the vault, wired by the backend) for the rest.
 
+use super::arm::ArmCertificates;
+use super::rest::{Call, RestClient, ServiceSpec, if_match, segment};
+use super::sas::{SasKey, SasPolicy};
+use super::{SetupError, client_options, http_client, runtime};
+use crate::backend::registration::{self, Decision};
 use crate::backend::types::*;
 use crate::backend::{BackendError, EnrollmentService, Result};
 use crate::plan::AzureConfig;
 use azure_core::credentials::TokenCredential;
-use std::sync::Arc;
+use azure_core::http::Method;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use time::OffsetDateTime;
 
-use super::SetupError;
+/// The api-version of the DPS service API.
+pub const API_VERSION: &str = "2021-10-01";
+/// DPS's documented limit for one unit: 1,000 operations a minute.
+pub const DEFAULT_RATE: f64 = 1000.0 / 60.0;
+/// Most enrollments one bulk operation may carry.
+pub const BULK_LIMIT: usize = 10;
+/// Records a query page asks for.
+const PAGE_SIZE: usize = 100;
+/// How many times a write is re-read and re-applied after 409/412.
+const MAX_PRECONDITION_RETRIES: usize = 5;
+
+/// Where the DER of a certificate DPS names only by its SHA-1 thumbprint comes from.
+pub trait CertificateSource: Send + Sync {
+    /// The certificate with this SHA-1 thumbprint (upper-case hex), if known.
+    fn certificate(&self, sha1_thumbprint: &str) -> Option<Vec<u8>>;
+}
 
 /// DPS (service API over SAS tokens) and its CA certificates (ARM over Entra tokens).
 pub struct AzureEnrollmentService {
-    host: String,
+    rt: tokio::runtime::Runtime,
+    dps: RestClient,
+    arm: Option<ArmCertificates>,
+    /// Hub host name → the plan's hub name.
+    hub_names: BTreeMap<String, String>,
+    /// The plan's hub name → host name.
+    hub_hosts: BTreeMap<String, String>,
+    /// Certificates seen, by SHA-1 thumbprint.
+    known: Mutex<HashMap<String, Vec<u8>>>,
+    source: Option<Box<dyn CertificateSource>>,
 }
 
 impl std::fmt::Debug for AzureEnrollmentService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AzureEnrollmentService")
-            .field("host", &self.host)
-            .finish()
+            .field("dps", &self.dps)
+            .field("arm", &self.arm)
+            .finish_non_exhaustive()
     }
 }
 
+/// A record as DPS holds it: the full JSON and its etag.
+struct Record {
+    json: Value,
+    etag: String,
+}
+
+fn record(json: Value) -> Record {
+    let etag = json["etag"].as_str().unwrap_or("*").to_string();
+    Record { json, etag }
+}
+
+fn pem_of(der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+}
+
+fn reprovision_json(policy: &str) -> Value {
+    let (update, migrate) = match policy {
+        "reset" => (true, false),
+        "never" => (false, true),
+        _ => (true, true),
+    };
+    json!({"updateHubAssignment": update, "migrateDeviceData": migrate})
+}
+
+fn reprovision_of(v: &Value) -> String {
+    let p = &v["reprovisionPolicy"];
+    if p["updateHubAssignment"].as_bool() == Some(false) {
+        "never".into()
+    } else if p["migrateDeviceData"].as_bool() == Some(false) {
+        "reset".into()
+    } else {
+        "migrate".into()
+    }
+}
+
+fn parse_time(v: &Value) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(v.as_str()?, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// Removes what DPS computes itself, so a record read can be sent back.
+fn writable(mut json: Value) -> Value {
+    if let Some(o) = json.as_object_mut() {
+        for read_only in [
+            "registrationState",
+            "createdDateTimeUtc",
+            "lastUpdatedDateTimeUtc",
+            "etag",
+        ] {
+            o.remove(read_only);
+        }
+    } else {
+        json = json!({});
+    }
+    json
+}
+
 impl AzureEnrollmentService {
-    /// Builds the DPS client for the plan's `dps` (its SAS key read from `sas_key_env` now) and
-    /// the ARM client for its `resource_id` with `credential` (the plan's `auth`). Fails when the
-    /// plan has no `dps` or the key's variable is unset.
+    /// Builds the DPS client for the plan's `dps` (its SAS key read from `sas_key_env` now) and,
+    /// when `dps.resource_id` is set, the ARM client for its CA certificates with `credential`
+    /// (the plan's `auth`). Fails when the plan has no `dps` or the key's variable is unset.
     pub fn new(
         config: &AzureConfig,
         credential: Arc<dyn TokenCredential>,
     ) -> std::result::Result<AzureEnrollmentService, SetupError> {
-        let _ = credential;
+        Self::new_with_env(config, credential, &|v| std::env::var(v).ok())
+    }
+
+    /// As [`new`](Self::new), reading the variables through `env` (tests, which cannot change
+    /// the process environment safely while other threads run).
+    pub fn new_with_env(
+        config: &AzureConfig,
+        credential: Arc<dyn TokenCredential>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> std::result::Result<AzureEnrollmentService, SetupError> {
         let dps = config
             .dps
             .as_ref()
             .ok_or_else(|| SetupError::Client("the plan's [backend] has no `dps`".into()))?;
+        let http = http_client(config)?;
+        let key = SasKey::from_env(&dps.sas_policy, &dps.sas_key_env, env)?;
+        let client = RestClient::new(
+            ServiceSpec {
+                service: "DPS",
+                base: format!("https://{}", dps.host),
+                api_version: API_VERSION,
+                default_rate: DEFAULT_RATE,
+                max_weight: BULK_LIMIT as u32,
+            },
+            client_options(http.clone()),
+            SasPolicy::new(&dps.host, key),
+            dps.limits,
+        )?;
+        let arm = dps
+            .resource_id
+            .as_deref()
+            .map(|id| ArmCertificates::new(id, client_options(http.clone()), credential, dps.limits))
+            .transpose()?;
+        let hub_hosts: BTreeMap<String, String> = config
+            .hubs
+            .iter()
+            .map(|(name, hub)| (name.clone(), hub.host.to_ascii_lowercase()))
+            .collect();
+        let hub_names = hub_hosts.iter().map(|(n, h)| (h.clone(), n.clone())).collect();
         Ok(AzureEnrollmentService {
-            host: dps.host.clone(),
+            rt: runtime()?,
+            dps: client,
+            arm,
+            hub_names,
+            hub_hosts,
+            known: Mutex::new(HashMap::new()),
+            source: None,
         })
     }
 
-    fn unbuilt(&self) -> BackendError {
-        BackendError::Refused(format!("the DPS client for {} is not built yet", self.host))
+    /// Where certificates DPS names only by thumbprint are looked up (the vault).
+    pub fn set_certificate_source(&mut self, source: Box<dyn CertificateSource>) {
+        self.source = Some(source);
+    }
+
+    fn remember(&self, der: &[u8]) {
+        let tp = crate::pki::sha1_thumbprint(der);
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(tp)
+            .or_insert_with(|| der.to_vec());
+    }
+
+    /// The certificate DPS describes in an `X509CertificateWithInfo`.
+    fn certificate(&self, slot: &Value, whose: &str) -> Result<Option<Vec<u8>>> {
+        if slot.is_null() {
+            return Ok(None);
+        }
+        if let Some(text) = slot["certificate"].as_str()
+            && let Ok(p) = pem::parse(text)
+        {
+            return Ok(Some(p.into_contents()));
+        }
+        let info = &slot["info"];
+        let Some(tp) = info["sha1Thumbprint"].as_str().map(str::to_ascii_uppercase) else {
+            return Ok(None);
+        };
+        if let Some(der) = self.known.lock().unwrap_or_else(|p| p.into_inner()).get(&tp) {
+            return Ok(Some(der.clone()));
+        }
+        if let Some(der) = self.source.as_ref().and_then(|s| s.certificate(&tp)) {
+            self.remember(&der);
+            return Ok(Some(der));
+        }
+        Err(BackendError::Refused(format!(
+            "DPS holds certificate {tp} ({}) in `{whose}`, which certroll has no record of",
+            info["subjectName"].as_str().unwrap_or("unknown subject")
+        )))
+    }
+
+    fn hub_name(&self, v: &Value) -> String {
+        let host = v["iotHubs"]
+            .as_array()
+            .and_then(|h| h.first())
+            .and_then(Value::as_str)
+            .or_else(|| v["iotHubHostName"].as_str())
+            .or_else(|| v["assignedHub"].as_str())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        self.hub_names
+            .get(&host)
+            .cloned()
+            .unwrap_or_else(|| host.split('.').next().unwrap_or_default().to_string())
+    }
+
+    fn hub_host(&self, hub: &str) -> Result<String> {
+        self.hub_hosts
+            .get(hub)
+            .cloned()
+            .ok_or_else(|| BackendError::Refused(format!("hub `{hub}` is not in the plan's [backend.hubs]")))
+    }
+
+    fn individual_of(&self, v: &Value) -> Result<IndividualEnrollment> {
+        let id = v["registrationId"].as_str().unwrap_or_default().to_string();
+        let certs = &v["attestation"]["x509"]["clientCertificates"];
+        Ok(IndividualEnrollment {
+            primary: self.certificate(&certs["primary"], &id)?,
+            secondary: self.certificate(&certs["secondary"], &id)?,
+            status: Status::parse(v["provisioningStatus"].as_str().unwrap_or("enabled")),
+            reprovision: reprovision_of(v),
+            hub: self.hub_name(v),
+            registration_id: id,
+        })
+    }
+
+    fn group_of(
+        &self,
+        v: &Value,
+        cas: &dyn Fn(&str) -> Result<Option<ServiceCa>>,
+    ) -> Result<EnrollmentGroup> {
+        let name = v["enrollmentGroupId"].as_str().unwrap_or_default().to_string();
+        let x509 = &v["attestation"]["x509"];
+        let mut slots = [None, None];
+        for (i, which) in ["primary", "secondary"].into_iter().enumerate() {
+            if let Some(reference) = x509["caReferences"][which].as_str() {
+                let ca = cas(reference)?
+                    .ok_or_else(|| BackendError::NotFound(format!("CA certificate `{reference}`")))?;
+                slots[i] = Some(Slot {
+                    cert_der: ca.cert_der,
+                    ca_reference: Some(reference.to_string()),
+                });
+            } else if let Some(der) = self.certificate(&x509["signingCertificates"][which], &name)? {
+                slots[i] = Some(Slot {
+                    cert_der: der,
+                    ca_reference: None,
+                });
+            }
+        }
+        let [primary, secondary] = slots;
+        Ok(EnrollmentGroup {
+            primary,
+            secondary,
+            status: Status::parse(v["provisioningStatus"].as_str().unwrap_or("enabled")),
+            reprovision: reprovision_of(v),
+            hub: self.hub_name(v),
+            name,
+        })
+    }
+
+    /// `base` (a record read, or nothing) with certroll's fields of `e`.
+    fn individual_json(&self, e: &IndividualEnrollment, base: Option<&Value>) -> Result<Value> {
+        let mut out = writable(base.cloned().unwrap_or_else(|| json!({})));
+        let slot = |d: &Option<Vec<u8>>| d.as_deref().map(|d| json!({"certificate": pem_of(d)}));
+        out["registrationId"] = json!(e.registration_id);
+        if out.get("deviceId").is_none_or(Value::is_null) {
+            out["deviceId"] = json!(e.registration_id);
+        }
+        out["attestation"] = json!({"type": "x509", "x509": {"clientCertificates": {
+            "primary": slot(&e.primary), "secondary": slot(&e.secondary)}}});
+        out["provisioningStatus"] = json!(e.status.as_str());
+        out["reprovisionPolicy"] = reprovision_json(&e.reprovision);
+        out["iotHubs"] = json!([self.hub_host(&e.hub)?]);
+        out["allocationPolicy"] = json!("static");
+        if let Some(o) = out.as_object_mut() {
+            o.remove("iotHubHostName");
+        }
+        Ok(out)
+    }
+
+    fn group_json(&self, g: &EnrollmentGroup, base: Option<&Value>) -> Result<Value> {
+        let mut out = writable(base.cloned().unwrap_or_else(|| json!({})));
+        out["enrollmentGroupId"] = json!(g.name);
+        let referenced = [&g.primary, &g.secondary]
+            .into_iter()
+            .flatten()
+            .any(|s| s.ca_reference.is_some());
+        let x509 = if referenced {
+            let name = |s: &Option<Slot>| s.as_ref().and_then(|s| s.ca_reference.clone());
+            json!({"caReferences": {"primary": name(&g.primary), "secondary": name(&g.secondary)}})
+        } else {
+            let slot = |s: &Option<Slot>| s.as_ref().map(|s| json!({"certificate": pem_of(&s.cert_der)}));
+            json!({"signingCertificates": {"primary": slot(&g.primary), "secondary": slot(&g.secondary)}})
+        };
+        out["attestation"] = json!({"type": "x509", "x509": x509});
+        out["provisioningStatus"] = json!(g.status.as_str());
+        out["reprovisionPolicy"] = reprovision_json(&g.reprovision);
+        out["iotHubs"] = json!([self.hub_host(&g.hub)?]);
+        out["allocationPolicy"] = json!("static");
+        if let Some(o) = out.as_object_mut() {
+            o.remove("iotHubHostName");
+        }
+        Ok(out)
+    }
+
+    fn arm(&self) -> Result<&ArmCertificates> {
+        self.arm.as_ref().ok_or_else(|| {
+            BackendError::Refused(
+                "the plan's `dps` has no `resource_id`, so its CA certificates (ARM) cannot be reached"
+                    .into(),
+            )
+        })
+    }
+
+    // ------------------------------------------------------------ wire operations
+
+    /// `collection` is `enrollments` or `enrollmentGroups`.
+    async fn read(&self, collection: &str, id: &str, what: &str) -> Result<Option<Record>> {
+        let operation = format!("get {what}");
+        let call = Call::new(
+            Method::Get,
+            format!("/{collection}/{}", segment(id)),
+            &operation,
+            id,
+        );
+        let answer = self.dps.expect(&call, &[200, 404]).await?;
+        Ok((answer.status == 200).then(|| record(answer.json())))
+    }
+
+    /// Every record of a query, page by page (`x-ms-continuation`).
+    async fn query(&self, collection: &str, what: &str) -> Result<Vec<Value>> {
+        let operation = format!("query {what}");
+        let mut out = Vec::new();
+        let mut continuation: Option<String> = None;
+        loop {
+            let mut call = Call::new(Method::Post, format!("/{collection}/query"), &operation, "*")
+                .header("x-ms-max-item-count", PAGE_SIZE.to_string())
+                .json(json!({"query": "*"}));
+            if let Some(token) = &continuation {
+                call = call.header("x-ms-continuation", token.clone());
+            }
+            let answer = self.dps.expect(&call, &[200]).await?;
+            match answer.json() {
+                Value::Array(items) => out.extend(items),
+                _ => return Err(self.dps.error(&call, &answer)),
+            }
+            continuation = answer
+                .header("x-ms-continuation")
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            if continuation.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Writes one record: created when absent (no If-Match), else updated with the etag read;
+    /// on 409/412 read again and re-apply.
+    async fn put_one(
+        &self,
+        collection: &str,
+        id: &str,
+        what: &str,
+        mut current: Option<Option<Record>>,
+        build: &(dyn Fn(Option<&Value>) -> Result<Value> + Sync),
+    ) -> Result<()> {
+        let operation = format!("put {what}");
+        for _ in 0..=MAX_PRECONDITION_RETRIES {
+            let existing = match current.take() {
+                Some(c) => c,
+                None => self.read(collection, id, what).await?,
+            };
+            let body = build(existing.as_ref().map(|r| &r.json))?;
+            let mut call = Call::new(
+                Method::Put,
+                format!("/{collection}/{}", segment(id)),
+                &operation,
+                id,
+            )
+            .json(body);
+            if let Some(r) = &existing {
+                call = call.header("if-match", if_match(&r.etag));
+            }
+            let answer = self.dps.send(&call).await?;
+            match answer.status {
+                200 | 201 => return Ok(()),
+                409 | 412 => continue,
+                _ => return Err(self.dps.error(&call, &answer)),
+            }
+        }
+        Err(BackendError::Remote {
+            service: "DPS",
+            operation,
+            target: id.to_string(),
+            status: Some(412),
+            code: "PreconditionFailed".into(),
+            message: format!("the record kept changing under {MAX_PRECONDITION_RETRIES} re-applied writes"),
+        })
+    }
+
+    /// One bulk operation of at most [`BULK_LIMIT`] individual enrollments; returns the ids
+    /// that lost a race (409 on create, 412 on update), to be written one by one.
+    async fn bulk(&self, mode: &str, items: Vec<(String, Value)>) -> Result<Vec<String>> {
+        let target = format!("{} enrollments from `{}`", items.len(), items[0].0);
+        let operation = format!("bulk {mode} enrollments");
+        let call = Call::new(Method::Post, "/enrollments".into(), &operation, &target)
+            .weight(items.len())
+            .json(json!({"mode": mode, "enrollments": items.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>()}));
+        let answer = self.dps.expect(&call, &[200]).await?;
+        let body = answer.json();
+        if body["isSuccessful"].as_bool() == Some(true) {
+            return Ok(Vec::new());
+        }
+        let Some(errors) = body["errors"].as_array() else {
+            return Err(self.dps.error(&call, &answer));
+        };
+        let mut raced = Vec::new();
+        for e in errors {
+            let id = e["registrationId"].as_str().unwrap_or_default().to_string();
+            let code = e["errorCode"].as_i64().unwrap_or_default();
+            if matches!(code / 1000, 409 | 412) {
+                raced.push(id);
+            } else {
+                return Err(BackendError::Remote {
+                    service: "DPS",
+                    operation,
+                    target: id,
+                    status: u16::try_from(code / 1000).ok(),
+                    code: code.to_string(),
+                    message: e["errorStatus"].as_str().unwrap_or_default().to_string(),
+                });
+            }
+        }
+        Ok(raced)
+    }
+
+    async fn put_individuals_async(&self, batch: &[IndividualEnrollment]) -> Result<()> {
+        let reads = futures::future::join_all(
+            batch
+                .iter()
+                .map(|e| self.read("enrollments", &e.registration_id, "enrollment")),
+        )
+        .await;
+        let (mut creates, mut updates) = (Vec::new(), Vec::new());
+        for (e, read) in batch.iter().zip(reads) {
+            match read? {
+                None => creates.push((e.registration_id.clone(), self.individual_json(e, None)?)),
+                Some(r) => {
+                    let mut body = self.individual_json(e, Some(&r.json))?;
+                    body["etag"] = json!(r.etag);
+                    updates.push((e.registration_id.clone(), body));
+                }
+            }
+        }
+        let mut work = Vec::new();
+        for chunk in creates.chunks(BULK_LIMIT) {
+            work.push(self.bulk("create", chunk.to_vec()));
+        }
+        for chunk in updates.chunks(BULK_LIMIT) {
+            work.push(self.bulk("updateIfMatchETag", chunk.to_vec()));
+        }
+        let mut raced = Vec::new();
+        for r in futures::future::join_all(work).await {
+            raced.extend(r?);
+        }
+        for e in batch.iter().filter(|e| raced.contains(&e.registration_id)) {
+            let build = |base: Option<&Value>| self.individual_json(e, base);
+            self.put_one("enrollments", &e.registration_id, "enrollment", None, &build)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn registration_of(&self, id: &str, v: &Value) -> RegistrationState {
+        let hub = v["assignedHub"].as_str().map(|_| self.hub_name(v));
+        RegistrationState {
+            registration_id: v["registrationId"].as_str().unwrap_or(id).to_string(),
+            status: v["status"].as_str().unwrap_or("unassigned").to_string(),
+            substatus: v["substatus"].as_str().map(str::to_string),
+            hub,
+            cert_thumbprint: None,
+            error: v["errorMessage"].as_str().map(str::to_string),
+            error_code: v["errorCode"].as_i64(),
+            enrollment_kind: None,
+            enrollment_name: None,
+            created: parse_time(&v["createdDateTimeUtc"]),
+            updated: parse_time(&v["lastUpdatedDateTimeUtc"]),
+            etag: v["etag"].as_str().map(|e| e.trim_matches('"').to_string()),
+        }
+    }
+
+    async fn registration_async(&self, id: &str) -> Result<Option<RegistrationState>> {
+        let call = Call::new(
+            Method::Get,
+            format!("/registrations/{}", segment(id)),
+            "get registration state",
+            id,
+        );
+        let answer = self.dps.expect(&call, &[200, 404]).await?;
+        Ok((answer.status == 200).then(|| self.registration_of(id, &answer.json())))
     }
 }
 
 impl EnrollmentService for AzureEnrollmentService {
-    fn ca(&self, _name: &str) -> Result<Option<ServiceCa>> {
-        Err(self.unbuilt())
+    fn ca(&self, name: &str) -> Result<Option<ServiceCa>> {
+        let ca = self.rt.block_on(self.arm()?.get(name))?;
+        if let Some(ca) = &ca {
+            self.remember(&ca.cert_der);
+        }
+        Ok(ca)
     }
+
     fn cas(&self) -> Result<Vec<ServiceCa>> {
-        Err(self.unbuilt())
+        let cas = self.rt.block_on(self.arm()?.list())?;
+        cas.iter().for_each(|c| self.remember(&c.cert_der));
+        Ok(cas)
     }
-    fn upload_ca(&mut self, _name: &str, _cert_der: &[u8], _now: OffsetDateTime) -> Result<()> {
-        Err(self.unbuilt())
+
+    fn upload_ca(&mut self, name: &str, cert_der: &[u8], _now: OffsetDateTime) -> Result<()> {
+        crate::pki::CertInfo::from_der(cert_der)?;
+        self.remember(cert_der);
+        self.rt.block_on(self.arm()?.upload(name, cert_der))
     }
-    fn delete_ca(&mut self, _name: &str) -> Result<()> {
-        Err(self.unbuilt())
+
+    fn delete_ca(&mut self, name: &str) -> Result<()> {
+        self.rt.block_on(self.arm()?.delete(name))
     }
-    fn verification_code(&mut self, _name: &str, _now: OffsetDateTime) -> Result<String> {
-        Err(self.unbuilt())
+
+    fn verification_code(&mut self, name: &str, _now: OffsetDateTime) -> Result<String> {
+        self.rt.block_on(self.arm()?.verification_code(name))
     }
-    fn verify_ca(&mut self, _name: &str, _cert: &[u8], _now: OffsetDateTime) -> Result<()> {
-        Err(self.unbuilt())
+
+    fn verify_ca(&mut self, name: &str, verification_cert_der: &[u8], _now: OffsetDateTime) -> Result<()> {
+        self.rt.block_on(self.arm()?.verify(name, verification_cert_der))
     }
-    fn group(&self, _name: &str) -> Result<Option<EnrollmentGroup>> {
-        Err(self.unbuilt())
+
+    fn group(&self, name: &str) -> Result<Option<EnrollmentGroup>> {
+        let Some(r) = self
+            .rt
+            .block_on(self.read("enrollmentGroups", name, "enrollment group"))?
+        else {
+            return Ok(None);
+        };
+        self.group_of(&r.json, &|ca| self.ca(ca)).map(Some)
     }
+
     fn groups(&self) -> Result<Vec<EnrollmentGroup>> {
-        Err(self.unbuilt())
+        let all = self
+            .rt
+            .block_on(self.query("enrollmentGroups", "enrollment groups"))?;
+        // CA references are resolved from one listing, not one ARM call per group.
+        let mut cas: Option<Vec<ServiceCa>> = None;
+        let mut out = Vec::with_capacity(all.len());
+        for v in &all {
+            let needs_cas = v["attestation"]["x509"]["caReferences"].is_object();
+            if needs_cas && cas.is_none() {
+                cas = Some(self.cas()?);
+            }
+            let listed = cas.clone().unwrap_or_default();
+            out.push(self.group_of(v, &|name| Ok(listed.iter().find(|c| c.name == name).cloned()))?);
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
-    fn put_group(&mut self, _group: &EnrollmentGroup, _now: OffsetDateTime) -> Result<()> {
-        Err(self.unbuilt())
+
+    fn put_group(&mut self, group: &EnrollmentGroup, _now: OffsetDateTime) -> Result<()> {
+        for slot in [&group.primary, &group.secondary].into_iter().flatten() {
+            self.remember(&slot.cert_der);
+        }
+        let build = |base: Option<&Value>| self.group_json(group, base);
+        self.rt
+            .block_on(self.put_one("enrollmentGroups", &group.name, "enrollment group", None, &build))
     }
-    fn individual(&self, _registration_id: &str) -> Result<Option<IndividualEnrollment>> {
-        Err(self.unbuilt())
+
+    fn individual(&self, registration_id: &str) -> Result<Option<IndividualEnrollment>> {
+        self.rt
+            .block_on(self.read("enrollments", registration_id, "enrollment"))?
+            .map(|r| self.individual_of(&r.json))
+            .transpose()
     }
+
+    fn individual_many(&self, ids: &[String]) -> Result<Vec<Option<IndividualEnrollment>>> {
+        let reads = self.rt.block_on(futures::future::join_all(
+            ids.iter().map(|id| self.read("enrollments", id, "enrollment")),
+        ));
+        reads
+            .into_iter()
+            .map(|r| r?.map(|r| self.individual_of(&r.json)).transpose())
+            .collect()
+    }
+
     fn individuals(&self) -> Result<Vec<IndividualEnrollment>> {
-        Err(self.unbuilt())
+        let all = self.rt.block_on(self.query("enrollments", "enrollments"))?;
+        let mut out = all
+            .iter()
+            .map(|v| self.individual_of(v))
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by(|a, b| a.registration_id.cmp(&b.registration_id));
+        Ok(out)
     }
-    fn put_individuals(&mut self, _batch: &[IndividualEnrollment], _now: OffsetDateTime) -> Result<()> {
-        Err(self.unbuilt())
+
+    fn put_individuals(&mut self, batch: &[IndividualEnrollment], _now: OffsetDateTime) -> Result<()> {
+        for e in batch {
+            for der in [&e.primary, &e.secondary].into_iter().flatten() {
+                self.remember(der);
+            }
+        }
+        self.rt.block_on(self.put_individuals_async(batch))
     }
+
     fn register(
         &mut self,
         _batch: &[RegistrationRequest],
         _now: OffsetDateTime,
     ) -> Result<Vec<RegistrationState>> {
         Err(BackendError::Refused(
-            "on Azure certroll does not register devices: devices register themselves with DPS".into(),
+            "on Azure certroll does not register devices: each device registers itself with DPS \
+             (use a direct method to ask it to)"
+                .into(),
         ))
     }
+
     fn preview_register(
         &self,
-        _batch: &[RegistrationRequest],
-        _now: OffsetDateTime,
+        batch: &[RegistrationRequest],
+        now: OffsetDateTime,
     ) -> Result<Vec<std::result::Result<Assignment, String>>> {
-        Err(self.unbuilt())
+        let groups = registration::usable_groups(
+            self.groups()?,
+            &self.cas().or_else(|e| match e {
+                // Without `resource_id` there are no CA references to resolve.
+                BackendError::Refused(_) if self.arm.is_none() => Ok(Vec::new()),
+                e => Err(e),
+            })?,
+        );
+        // Disabled enrollments holding a leaf, from the thumbprints DPS lists (no certificate
+        // needs resolving for that).
+        let all = self.rt.block_on(self.query("enrollments", "enrollments"))?;
+        let mut disabled_by_tp: HashMap<String, Vec<String>> = HashMap::new();
+        for v in all.iter().filter(|v| v["provisioningStatus"] == "disabled") {
+            let certs = &v["attestation"]["x509"]["clientCertificates"];
+            for which in ["primary", "secondary"] {
+                if let Some(tp) = certs[which]["info"]["sha1Thumbprint"].as_str() {
+                    disabled_by_tp
+                        .entry(tp.to_ascii_uppercase())
+                        .or_default()
+                        .push(v["registrationId"].as_str().unwrap_or_default().to_string());
+                }
+            }
+        }
+        let ids: Vec<String> = batch.iter().map(|r| r.registration_id.clone()).collect();
+        let individuals = self.individual_many(&ids)?;
+        let none = Vec::new();
+        Ok(batch
+            .iter()
+            .zip(individuals)
+            .map(|(req, individual)| {
+                let tp = req
+                    .chain
+                    .first()
+                    .map(|c| crate::pki::sha1_thumbprint(c))
+                    .unwrap_or_default();
+                let decision = registration::decide(
+                    req,
+                    &registration::Context {
+                        disabled_holding_leaf: disabled_by_tp.get(&tp).unwrap_or(&none),
+                        individual: individual.as_ref(),
+                        groups: &groups,
+                        now,
+                    },
+                );
+                match decision {
+                    Decision::Rejected(reason) | Decision::Disabled(reason) => Err(reason),
+                    Decision::Individual { hub, reprovision, .. }
+                    | Decision::Group { hub, reprovision, .. } => Ok(Assignment { hub, reprovision }),
+                }
+            })
+            .collect())
     }
-    fn registration(&self, _registration_id: &str) -> Result<Option<RegistrationState>> {
-        Err(self.unbuilt())
+
+    fn registration(&self, registration_id: &str) -> Result<Option<RegistrationState>> {
+        self.rt.block_on(self.registration_async(registration_id))
+    }
+
+    fn registration_many(&self, ids: &[String]) -> Result<Vec<Option<RegistrationState>>> {
+        self.rt
+            .block_on(futures::future::join_all(
+                ids.iter().map(|id| self.registration_async(id)),
+            ))
+            .into_iter()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reprovision_policies_round_trip_through_dps_flags() {
+        for p in ["migrate", "reset", "never"] {
+            assert_eq!(
+                reprovision_of(&json!({"reprovisionPolicy": reprovision_json(p)})),
+                p
+            );
+        }
+        assert_eq!(reprovision_of(&json!({})), "migrate", "DPS's default");
+    }
+
+    #[test]
+    fn a_record_read_goes_back_without_what_dps_computes() {
+        let read = json!({"registrationId": "a", "etag": "\"x\"", "initialTwin": {"tags": {"k": 1}},
+            "registrationState": {}, "createdDateTimeUtc": "t", "lastUpdatedDateTimeUtc": "t"});
+        let w = writable(read);
+        assert_eq!(
+            w,
+            json!({"registrationId": "a", "initialTwin": {"tags": {"k": 1}}})
+        );
     }
 }

@@ -1,58 +1,420 @@
-//! IoT Hub's service API (device identities, bulk registry operations, direct methods) as
-//! [`AzureHubRegistry`], which implements [`HubRegistry`](crate::backend::HubRegistry) against
-//! the real hubs the plan's `[backend.hubs.NAME]` name.
+//! IoT Hub's service API (device identities, bulk registry operations, direct methods;
+//! azure-wire.md §4) as [`AzureHubRegistry`], which implements
+//! [`HubRegistry`](crate::backend::HubRegistry) against the hubs the plan's
+//! `[backend.hubs.NAME]` name, with SAS tokens of each hub's policy.
+//!
+//! Updates never overwrite a concurrent change: each carries the etag it read (`If-Match`), and
+//! on 412 the identity is read again and the change applied to what is there now.
 
+use super::rest::{Call, RestClient, ServiceSpec, if_match, segment};
+use super::sas::{SasKey, SasPolicy};
+use super::{SetupError, client_options, http_client, runtime};
 use crate::backend::types::*;
 use crate::backend::{BackendError, HubRegistry, Result};
 use crate::plan::AzureConfig;
+use azure_core::http::Method;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use time::OffsetDateTime;
 
-use super::SetupError;
+/// The api-version the Azure IoT service SDKs send.
+pub const API_VERSION: &str = "2021-04-12";
+/// IoT Hub's identity registry limit for one S1 unit: 100 operations a minute.
+pub const DEFAULT_RATE: f64 = 100.0 / 60.0;
+/// Most identities one bulk registry call may carry.
+pub const BULK_LIMIT: usize = 100;
+/// How many times an update is re-read and re-applied after 412 before giving up.
+const MAX_PRECONDITION_RETRIES: usize = 5;
 
 /// The plan's IoT hubs, by the names its groups and enrollments use.
 pub struct AzureHubRegistry {
-    hubs: Vec<String>,
+    rt: tokio::runtime::Runtime,
+    hubs: BTreeMap<String, RestClient>,
 }
 
 impl std::fmt::Debug for AzureHubRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AzureHubRegistry")
-            .field("hubs", &self.hubs)
-            .finish()
+            .field("hubs", &self.hubs.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
     }
+}
+
+/// A device identity as IoT Hub holds it: certroll's view and the full JSON (kept so that
+/// an update sends back what certroll does not manage unchanged) with its etag.
+struct Device {
+    identity: HubIdentity,
+    json: Value,
+    etag: String,
+}
+
+fn identity_of(hub: &str, device_id: &str, v: &Value) -> HubIdentity {
+    let auth = &v["authentication"];
+    let tp = |field: &str| {
+        auth["x509Thumbprint"][field]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    HubIdentity {
+        hub: hub.to_string(),
+        device_id: v["deviceId"].as_str().unwrap_or(device_id).to_string(),
+        status: Status::parse(v["status"].as_str().unwrap_or("disabled")),
+        auth_type: auth["type"].as_str().unwrap_or("selfSigned").to_string(),
+        primary_thumbprint: tp("primaryThumbprint"),
+        secondary_thumbprint: tp("secondaryThumbprint"),
+    }
+}
+
+/// `json` with certroll's fields of `identity` applied (status, authentication).
+fn apply(json: &Value, identity: &HubIdentity) -> Value {
+    let mut out = json.clone();
+    if !out.is_object() {
+        out = json!({});
+    }
+    out["deviceId"] = json!(identity.device_id);
+    out["status"] = json!(identity.status.as_str());
+    let thumbprints = if identity.auth_type == "certificateAuthority" {
+        json!({"primaryThumbprint": null, "secondaryThumbprint": null})
+    } else {
+        json!({
+            "primaryThumbprint": identity.primary_thumbprint,
+            "secondaryThumbprint": identity.secondary_thumbprint,
+        })
+    };
+    out["authentication"] = json!({
+        "type": identity.auth_type,
+        "x509Thumbprint": thumbprints,
+        "symmetricKey": {"primaryKey": null, "secondaryKey": null},
+    });
+    out
 }
 
 impl AzureHubRegistry {
     /// Builds one client per `[backend.hubs.NAME]` (each SAS key read from its `sas_key_env`
-    /// now). Fails when a key's variable is unset.
+    /// now). Fails when a key's variable is unset or its value is not base64.
     pub fn new(config: &AzureConfig) -> std::result::Result<AzureHubRegistry, SetupError> {
-        Ok(AzureHubRegistry {
-            hubs: config.hubs.keys().cloned().collect(),
+        Self::new_with_env(config, &|v| std::env::var(v).ok())
+    }
+
+    /// As [`new`](Self::new), reading the variables through `env` (tests, which cannot change
+    /// the process environment safely while other threads run).
+    pub fn new_with_env(
+        config: &AzureConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> std::result::Result<AzureHubRegistry, SetupError> {
+        let http = http_client(config)?;
+        let mut hubs = BTreeMap::new();
+        for (name, hub) in &config.hubs {
+            let key = SasKey::from_env(&hub.sas_policy, &hub.sas_key_env, env)?;
+            let client = RestClient::new(
+                ServiceSpec {
+                    service: "IoT Hub",
+                    base: format!("https://{}", hub.host),
+                    api_version: API_VERSION,
+                    default_rate: DEFAULT_RATE,
+                    max_weight: BULK_LIMIT as u32,
+                },
+                client_options(http.clone()),
+                SasPolicy::new(&hub.host, key),
+                hub.limits,
+            )?;
+            hubs.insert(name.clone(), client);
+        }
+        Ok(AzureHubRegistry { rt: runtime()?, hubs })
+    }
+
+    fn client(&self, hub: &str) -> Result<&RestClient> {
+        self.hubs.get(hub).ok_or_else(|| {
+            BackendError::Refused(format!(
+                "hub `{hub}` is not in the plan's [backend.hubs] (it has {})",
+                self.hubs.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
         })
     }
 
-    fn unbuilt(&self) -> BackendError {
-        BackendError::Refused("the IoT Hub client is not built yet".into())
+    async fn read(client: &RestClient, hub: &str, device_id: &str) -> Result<Option<Device>> {
+        let path = format!("/devices/{}", segment(device_id));
+        let call = Call::new(Method::Get, path, "get device identity", device_id);
+        let answer = client.expect(&call, &[200, 404]).await?;
+        if answer.status == 404 {
+            return Ok(None);
+        }
+        let json = answer.json();
+        let etag = json["etag"]
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| answer.header("etag").map(str::to_string))
+            .unwrap_or_else(|| "*".into());
+        Ok(Some(Device {
+            identity: identity_of(hub, device_id, &json),
+            json,
+            etag,
+        }))
+    }
+
+    /// Applies `identity` to the device as it is now: re-read and re-applied on 412, so a
+    /// concurrent change to what certroll does not manage is kept.
+    async fn update_one(
+        client: &RestClient,
+        identity: &HubIdentity,
+        mut current: Option<Device>,
+    ) -> Result<()> {
+        let id = &identity.device_id;
+        for _ in 0..=MAX_PRECONDITION_RETRIES {
+            let device = match current.take() {
+                Some(d) => d,
+                None => Self::read(client, &identity.hub, id).await?.ok_or_else(|| {
+                    BackendError::NotFound(format!("device `{id}` in hub `{}`", identity.hub))
+                })?,
+            };
+            let call = Call::new(
+                Method::Put,
+                format!("/devices/{}", segment(id)),
+                "update device identity",
+                id,
+            )
+            .header("if-match", if_match(&device.etag))
+            .json(apply(&device.json, identity));
+            let answer = client.send(&call).await?;
+            match answer.status {
+                200 => return Ok(()),
+                412 => continue,
+                _ => return Err(client.error(&call, &answer)),
+            }
+        }
+        Err(BackendError::Remote {
+            service: "IoT Hub",
+            operation: "update device identity".into(),
+            target: id.clone(),
+            status: Some(412),
+            code: "PreconditionFailed".into(),
+            message: format!(
+                "the identity kept changing under {MAX_PRECONDITION_RETRIES} re-applied updates"
+            ),
+        })
+    }
+
+    /// Creates a device identity; a device that exists already is IoT Hub's 409
+    /// `DeviceAlreadyExists` (identities are normally created by DPS when a device registers).
+    pub fn create_identity(&mut self, identity: &HubIdentity) -> Result<()> {
+        let client = self.client(&identity.hub)?;
+        let call = Call::new(
+            Method::Put,
+            format!("/devices/{}", segment(&identity.device_id)),
+            "create device identity",
+            &identity.device_id,
+        )
+        .json(apply(&json!({"capabilities": {"iotEdge": false}}), identity));
+        self.rt.block_on(client.expect(&call, &[200])).map(|_| ())
+    }
+
+    /// Updates identities of one hub in bulk calls of at most [`BULK_LIMIT`], each entry with
+    /// the etag just read (`updateIfMatchETag`); entries that lose a race (412) are re-read and
+    /// re-applied one by one.
+    async fn update_bulk(client: &RestClient, batch: &[&HubIdentity]) -> Result<()> {
+        let ids: Vec<&str> = batch.iter().map(|i| i.device_id.as_str()).collect();
+        let hub = batch.first().map(|i| i.hub.clone()).unwrap_or_default();
+        let reads = futures::future::join_all(ids.iter().map(|id| Self::read(client, &hub, id))).await;
+        let mut devices = Vec::with_capacity(batch.len());
+        for (identity, read) in batch.iter().zip(reads) {
+            let device = read?.ok_or_else(|| {
+                BackendError::NotFound(format!("device `{}` in hub `{}`", identity.device_id, hub))
+            })?;
+            devices.push(device);
+        }
+        let mut entries = Vec::with_capacity(batch.len());
+        for (identity, device) in batch.iter().zip(&devices) {
+            let mut entry = apply(&device.json, identity);
+            let object = entry.as_object_mut().expect("apply gives an object");
+            // ExportImportDevice names: `id` and `eTag`, not `deviceId` and `etag`.
+            object.remove("deviceId");
+            object.remove("etag");
+            for read_only in [
+                "generationId",
+                "connectionState",
+                "connectionStateUpdatedTime",
+                "statusUpdatedTime",
+                "lastActivityTime",
+                "cloudToDeviceMessageCount",
+            ] {
+                object.remove(read_only);
+            }
+            object.insert("id".into(), json!(identity.device_id));
+            object.insert("eTag".into(), json!(device.etag));
+            object.insert("importMode".into(), json!("updateIfMatchETag"));
+            entries.push(entry);
+        }
+        let target = format!("{} devices from `{}`", batch.len(), ids[0]);
+        let call = Call::new(
+            Method::Post,
+            "/devices".into(),
+            "update device identities",
+            &target,
+        )
+        .json(Value::Array(entries))
+        .weight(batch.len());
+        let answer = client.expect(&call, &[200, 400]).await?;
+        let body = answer.json();
+        if answer.status == 200 || body["isSuccessful"].as_bool() == Some(true) {
+            return Ok(());
+        }
+        let Some(errors) = body["errors"].as_array() else {
+            return Err(client.error(&call, &answer));
+        };
+        let mut raced = Vec::new();
+        for e in errors {
+            let id = e["deviceId"].as_str().unwrap_or_default();
+            let code = e["errorCode"].as_str().unwrap_or_default();
+            if code == "PreconditionFailed" {
+                raced.push(id.to_string());
+            } else {
+                return Err(BackendError::Remote {
+                    service: "IoT Hub",
+                    operation: "update device identity".into(),
+                    target: id.to_string(),
+                    status: Some(answer.status),
+                    code: code.to_string(),
+                    message: e["errorStatus"].as_str().unwrap_or_default().to_string(),
+                });
+            }
+        }
+        for identity in batch.iter().filter(|i| raced.contains(&i.device_id)) {
+            Self::update_one(client, identity, None).await?;
+        }
+        Ok(())
     }
 }
 
 impl HubRegistry for AzureHubRegistry {
-    fn identity(&self, _hub: &str, _device_id: &str) -> Result<Option<HubIdentity>> {
-        Err(self.unbuilt())
+    fn identity(&self, hub: &str, device_id: &str) -> Result<Option<HubIdentity>> {
+        let client = self.client(hub)?;
+        Ok(self
+            .rt
+            .block_on(Self::read(client, hub, device_id))?
+            .map(|d| d.identity))
     }
-    fn delete_identity(&mut self, _hub: &str, _device_id: &str) -> Result<()> {
-        Err(self.unbuilt())
+
+    fn identity_many(&self, wanted: &[(String, String)]) -> Result<Vec<Option<HubIdentity>>> {
+        let clients = wanted
+            .iter()
+            .map(|(hub, _)| self.client(hub))
+            .collect::<Result<Vec<_>>>()?;
+        let reads = wanted
+            .iter()
+            .zip(clients)
+            .map(|((hub, id), client)| Self::read(client, hub, id));
+        self.rt
+            .block_on(futures::future::join_all(reads))
+            .into_iter()
+            .map(|r| r.map(|d| d.map(|d| d.identity)))
+            .collect()
     }
-    fn update_identity(&mut self, _identity: &HubIdentity, _now: OffsetDateTime) -> Result<()> {
-        Err(self.unbuilt())
+
+    fn delete_identity(&mut self, hub: &str, device_id: &str) -> Result<()> {
+        let client = self.client(hub)?;
+        let call = Call::new(
+            Method::Delete,
+            format!("/devices/{}", segment(device_id)),
+            "delete device identity",
+            device_id,
+        )
+        .header("if-match", "\"*\"");
+        // Already gone is done: a rerun of a finished delete changes nothing.
+        self.rt
+            .block_on(client.expect(&call, &[200, 204, 404]))
+            .map(|_| ())
     }
+
+    fn update_identity(&mut self, identity: &HubIdentity, _now: OffsetDateTime) -> Result<()> {
+        let client = self.client(&identity.hub)?;
+        self.rt.block_on(Self::update_one(client, identity, None))
+    }
+
+    fn update_identities(&mut self, batch: &[HubIdentity], _now: OffsetDateTime) -> Result<()> {
+        let mut by_hub: BTreeMap<&str, Vec<&HubIdentity>> = BTreeMap::new();
+        for identity in batch {
+            by_hub.entry(&identity.hub).or_default().push(identity);
+        }
+        let mut work = Vec::new();
+        for (hub, identities) in &by_hub {
+            let client = self.client(hub)?;
+            for chunk in identities.chunks(BULK_LIMIT) {
+                work.push(Self::update_bulk(client, chunk));
+            }
+        }
+        self.rt
+            .block_on(futures::future::join_all(work))
+            .into_iter()
+            .collect::<Result<Vec<()>>>()
+            .map(|_| ())
+    }
+
     fn invoke_method(
         &mut self,
-        _hub: &str,
-        _device_id: &str,
-        _call: &DirectMethodCall,
+        hub: &str,
+        device_id: &str,
+        call: &DirectMethodCall,
         _now: OffsetDateTime,
     ) -> Result<DirectMethodResult> {
-        Err(self.unbuilt())
+        let client = self.client(hub)?;
+        let operation = format!("invoke direct method `{}`", call.method_name);
+        let request = Call::new(
+            Method::Post,
+            format!("/twins/{}/methods", segment(device_id)),
+            &operation,
+            device_id,
+        )
+        .json(json!({
+            "methodName": call.method_name,
+            "payload": call.payload,
+            "responseTimeoutInSeconds": call.response_timeout_secs,
+            "connectTimeoutInSeconds": 0,
+        }));
+        let answer = self.rt.block_on(client.expect(&request, &[200]))?;
+        let body = answer.json();
+        let status = body["status"]
+            .as_i64()
+            .and_then(|s| i32::try_from(s).ok())
+            .ok_or_else(|| BackendError::Remote {
+                service: "IoT Hub",
+                operation: operation.clone(),
+                target: device_id.to_string(),
+                status: Some(200),
+                code: "InvalidResponse".into(),
+                message: "the answer has no device status".into(),
+            })?;
+        Ok(DirectMethodResult {
+            status,
+            payload: body.get("payload").cloned().unwrap_or(Value::Null),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_update_keeps_what_certroll_does_not_manage() {
+        let read = json!({
+            "deviceId": "d1", "etag": "e1", "status": "enabled", "statusReason": "ok",
+            "capabilities": {"iotEdge": true}, "deviceScope": "scope",
+            "authentication": {"type": "selfSigned", "x509Thumbprint": {"primaryThumbprint": "AA", "secondaryThumbprint": null}},
+        });
+        let mut identity = identity_of("h", "d1", &read);
+        assert_eq!(identity.primary_thumbprint.as_deref(), Some("AA"));
+        assert_eq!(identity.secondary_thumbprint, None);
+        identity.secondary_thumbprint = Some("BB".into());
+        identity.status = Status::Disabled;
+        let out = apply(&read, &identity);
+        assert_eq!(out["capabilities"]["iotEdge"], true);
+        assert_eq!(out["deviceScope"], "scope");
+        assert_eq!(out["status"], "disabled");
+        assert_eq!(
+            out["authentication"]["x509Thumbprint"]["secondaryThumbprint"],
+            "BB"
+        );
+        assert_eq!(out["authentication"]["x509Thumbprint"]["primaryThumbprint"], "AA");
     }
 }

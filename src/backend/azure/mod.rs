@@ -12,11 +12,14 @@
 //! runtime: the SDKs are async and the backend traits are sync, so each call `block_on`s, and
 //! batch methods run at most the plan's `concurrency` requests at once.
 
+pub mod arm;
 pub mod backend;
 pub mod delivery;
 pub mod dps;
 pub mod hub;
 pub mod keyvault;
+pub mod rest;
+pub mod sas;
 
 pub use backend::AzureBackend;
 pub use dps::AzureEnrollmentService;
@@ -181,3 +184,10 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, SetupError> {
         .build()
         .map_err(|e| SetupError::Client(format!("tokio runtime: {e}")))
 }
+
+/// The backend trait object is `Send`; so must each client be.
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<AzureEnrollmentService>();
+    send::<AzureHubRegistry>();
+};

@@ -4,8 +4,11 @@
 //! production code path run unchanged.
 
 use crate::util::TestEnv;
-use certroll::backend::azure::{AzureVault, EnvTokenCredential, KeyVaultSigningKey};
-use certroll::backend::{BackendError, Vault};
+use certroll::backend::azure::{
+    AzureEnrollmentService, AzureHubRegistry, AzureVault, EnvTokenCredential, KeyVaultSigningKey,
+};
+use certroll::backend::types::{HubIdentity, Status};
+use certroll::backend::{BackendError, EnrollmentService, Vault};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::sync::Arc;
@@ -19,7 +22,12 @@ struct Serve {
 
 impl Serve {
     fn start(env: &TestEnv, token: &str) -> Serve {
-        env.write("plan.toml", "version = 1\n");
+        Serve::start_with(env, token, "version = 1\n")
+    }
+
+    /// Serve over a plan of the caller's (its hubs, `[serve]` faults).
+    fn start_with(env: &TestEnv, token: &str, plan: &str) -> Serve {
+        env.write("plan.toml", plan);
         let mut cmd = env.cmd();
         cmd.env_remove("CERTROLL_NOW")
             .env("CERTROLL_SERVE_TOKEN", token)
@@ -231,4 +239,170 @@ fn measure_batch_concurrency_against_serve() {
         assert!(got.iter().all(Option::is_some));
         eprintln!("concurrency {concurrency}: 40 imports {import:?}, 40 current {read:?}");
     }
+}
+
+// ---------------------------------------------------------------- DPS, ARM and IoT Hub
+
+/// A serve plan whose one enrollment puts hub `conf-hub` on serve, plus `extra` (`[serve]`).
+fn services_plan(extra: &str) -> String {
+    format!(
+        "version = 1\n[policies.device]\nkey = {{ type = \"EC\", curve = \"P-256\" }}\nvalidity_days = 365\n\
+         [policies.ca]\nkey = {{ type = \"EC\", curve = \"P-256\" }}\nvalidity_days = 3650\n\
+         key_usage = [\"keyCertSign\", \"cRLSign\", \"digitalSignature\"]\n\
+         [ca.root]\nsubject = \"CN=Root\"\npolicy = \"ca\"\n\
+         [enrollments.conf-seed]\nissuer = \"root\"\npolicy = \"device\"\nhub = \"conf-hub\"\n{extra}"
+    )
+}
+
+const DPS_HOST: &str = "certroll-dps.azure-devices-provisioning.net";
+const HUB_HOST: &str = "conf-hub.azure-devices.net";
+const RESOURCE_ID: &str = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.Devices/provisioningServices/certroll-dps";
+
+/// The `SharedAccessKey` of the first policy serve printed for `service`, and its name.
+fn sas_key(serve: &Serve, service: &str) -> (String, String) {
+    let policies = serve.start["connection_strings"][service]
+        .as_object()
+        .unwrap_or_else(|| panic!("no connection strings for {service}: {}", serve.start));
+    let (name, cs) = policies
+        .iter()
+        .find(|(n, _)| n.contains("owner"))
+        .or_else(|| policies.iter().next())
+        .unwrap();
+    let key = cs
+        .as_str()
+        .unwrap()
+        .split(';')
+        .find_map(|p| p.strip_prefix("SharedAccessKey="))
+        .unwrap()
+        .to_string();
+    (name.clone(), key)
+}
+
+/// The client plan for DPS, ARM and the hub, all resolved to serve; `dps_limits` goes into
+/// the `dps` table (`, rate = 5`).
+fn services_config(env: &TestEnv, serve: &Serve, dps_limits: &str) -> certroll::plan::AzureConfig {
+    let port = serve.port();
+    let (dps_policy, _) = sas_key(serve, "certroll-dps");
+    let (hub_policy, _) = sas_key(serve, "conf-hub");
+    let text = format!(
+        "version = 1\n[backend]\nkind = \"azure\"\npath = \"client/state.db\"\n\
+         vault_url = \"https://certroll.vault.azure.net\"\nauth = \"token-env\"\n\
+         token_env = \"CERTROLL_CONFORMANCE_TOKEN\"\nca_file = \"ca.pem\"\n\
+         resolve = {{ \"certroll.vault.azure.net\" = \"127.0.0.1:{port}\", \"{DPS_HOST}\" = \"127.0.0.1:{port}\", \
+         \"{HUB_HOST}\" = \"127.0.0.1:{port}\", \"management.azure.com\" = \"127.0.0.1:{port}\" }}\n\
+         dps = {{ host = \"{DPS_HOST}\", id_scope = \"{}\", resource_id = \"{RESOURCE_ID}\", \
+         sas_policy = \"{dps_policy}\", sas_key_env = \"CONF_DPS_KEY\"{dps_limits} }}\n\
+         [backend.hubs.conf-hub]\nhost = \"{HUB_HOST}\"\nsas_policy = \"{hub_policy}\"\nsas_key_env = \"CONF_HUB_KEY\"\nrate = 1000\n",
+        serve.start["id_scope"].as_str().unwrap_or("0ne00000000"),
+    );
+    let path = env.write("client.toml", &text);
+    certroll::plan::parse(&path, &text).unwrap().azure.unwrap()
+}
+
+/// The environment the clients read their SAS keys from (not the process's: other tests run
+/// in parallel threads).
+fn keys(serve: &Serve) -> impl Fn(&str) -> Option<String> {
+    let dps = sas_key(serve, "certroll-dps").1;
+    let hub = sas_key(serve, "conf-hub").1;
+    move |var| match var {
+        "CONF_DPS_KEY" => Some(dps.clone()),
+        "CONF_HUB_KEY" => Some(hub.clone()),
+        _ => None,
+    }
+}
+
+fn enrollment_service(
+    config: &certroll::plan::AzureConfig,
+    serve: &Serve,
+    token: &str,
+) -> AzureEnrollmentService {
+    let credential = Arc::new(EnvTokenCredential::new(token.to_string()));
+    AzureEnrollmentService::new_with_env(config, credential, &keys(serve)).unwrap()
+}
+
+#[test]
+fn the_enrollment_and_hub_suites_pass_on_dps_arm_and_iot_hub_served_by_certroll_serve() {
+    let env = TestEnv::new();
+    let serve = Serve::start_with(&env, "svc-token", &services_plan(""));
+    let config = services_config(&env, &serve, "");
+    let mut dps = enrollment_service(&config, &serve, "svc-token");
+    super::services::enrollment_suite(&mut dps, "conf-hub");
+
+    // On Azure the identities come from DPS when devices register; here they are created
+    // directly, as the registrations would.
+    let mut hub = AzureHubRegistry::new_with_env(&config, &keys(&serve)).unwrap();
+    let ids = ["conf-hub-1", "conf-hub-2"];
+    let tps = ids.map(|id| certroll::pki::sha1_thumbprint(&super::self_signed(id, 30, false).cert_der));
+    for (id, tp) in ids.iter().zip(&tps) {
+        let identity = HubIdentity {
+            hub: "conf-hub".into(),
+            device_id: id.to_string(),
+            status: Status::Enabled,
+            auth_type: "selfSigned".into(),
+            primary_thumbprint: Some(tp.clone()),
+            secondary_thumbprint: None,
+        };
+        hub.create_identity(&identity).unwrap();
+        match hub.create_identity(&identity) {
+            Err(BackendError::Remote {
+                status: Some(409),
+                code,
+                ..
+            }) => assert_eq!(code, "DeviceAlreadyExists"),
+            other => panic!("a second create must be IoT Hub's 409: {other:?}"),
+        }
+    }
+    super::services::hub_suite(&mut hub, "conf-hub", ids, [&tps[0], &tps[1]]);
+}
+
+#[test]
+fn devices_register_themselves_on_azure_so_register_is_refused() {
+    let env = TestEnv::new();
+    let serve = Serve::start_with(&env, "t", &services_plan(""));
+    let config = services_config(&env, &serve, "");
+    let mut dps = enrollment_service(&config, &serve, "t");
+    let err = dps.register(&[], super::now()).unwrap_err().to_string();
+    assert!(
+        err.contains("devices register themselves") || err.contains("registers itself"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_wrong_sas_key_fails_with_dps_s_status_and_operation_and_never_the_key() {
+    let env = TestEnv::new();
+    let serve = Serve::start_with(&env, "t", &services_plan(""));
+    let config = services_config(&env, &serve, "");
+    let wrong = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmc=";
+    let dps =
+        AzureEnrollmentService::new_with_env(&config, Arc::new(EnvTokenCredential::new("t".into())), &|_| {
+            Some(wrong.to_string())
+        })
+        .unwrap();
+    let err = dps.individual("conf-x").unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(
+            err,
+            BackendError::Remote {
+                status: Some(401),
+                ..
+            }
+        ),
+        "{text}"
+    );
+    assert!(text.contains("DPS get enrollment `conf-x`"), "{text}");
+    assert!(
+        !text.contains(wrong) && !format!("{dps:?}").contains(wrong),
+        "{text}"
+    );
+    // An unset variable is named.
+    let err =
+        AzureEnrollmentService::new_with_env(&config, Arc::new(EnvTokenCredential::new("t".into())), &|_| {
+            None
+        })
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("CONF_DPS_KEY"), "{err}");
 }

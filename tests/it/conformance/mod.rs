@@ -7,6 +7,7 @@
 
 mod azure;
 mod local;
+mod services;
 
 use certroll::backend::Vault;
 use certroll::backend::types::{IssuerConfig, NewVersion, Tags};
