@@ -175,7 +175,7 @@ pub struct BackendSettings {
 
 /// The verbs that run on `kind = "azure"` today, each proven end to end against `certroll serve`
 /// by the verb conformance suite (tests/it/azure_verbs.rs).
-pub const AZURE_VERBS: &[&str] = &["vault", "export"];
+pub const AZURE_VERBS: &[&str] = &["vault", "export", "status", "check", "issue", "roll-secondary"];
 
 /// Refuses a plan with `kind = "azure"` for a verb that does not run on it yet (exit 2): a verb
 /// that reached Key Vault but not DPS or the hub would leave the fleet half-rolled.
@@ -216,6 +216,35 @@ pub fn open_verb_backend(
     }
     if !AZURE_VERBS.contains(&verb) {
         refuse_azure_verb(plan, verb)?;
+    }
+    if let Some(config) = &plan.azure
+        && verb != "vault"
+        && verb != "export"
+    {
+        // Checked before anything is touched: a verb that reached Key Vault and then found no
+        // DPS or hub to go on with would leave its work half done.
+        let has_devices = !plan.groups.is_empty() || !plan.enrollments.is_empty();
+        if has_devices && config.dps.is_none() {
+            return Err(input(format!(
+                "{}: `{verb}` on backend kind `azure` needs `dps = {{ host, id_scope, resource_id, \
+                 sas_policy, sas_key_env }}` in [backend]: the plan has groups or enrollments",
+                plan.path.display()
+            )));
+        }
+        let hubs = plan
+            .groups
+            .values()
+            .map(|g| &g.hub)
+            .chain(plan.enrollments.values().map(|e| &e.hub));
+        for hub in hubs {
+            if !config.hubs.contains_key(hub) {
+                return Err(input(format!(
+                    "{}: `{verb}` on backend kind `azure` needs `[backend.hubs.{hub}]` (host, \
+                     sas_policy, sas_key_env): the plan assigns devices to hub `{hub}`",
+                    plan.path.display()
+                )));
+            }
+        }
     }
     let local = LocalBackend::new(open_local_store(plan, access, settings)?);
     let backend = crate::backend::azure::AzureBackend::connect(plan, local).map_err(|e| {

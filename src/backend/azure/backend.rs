@@ -54,6 +54,57 @@ pub enum Outcome {
     Waiting(String),
 }
 
+/// Finds the certificates DPS names only by SHA-1 thumbprint in Key Vault: an index of every
+/// version's thumbprint, built on the first miss (one listing of the vault) and rebuilt on a
+/// later miss at most [`VaultIndex::MAX_BUILDS`] times per process (a certificate made by
+/// another process since).
+struct VaultIndex {
+    vault: std::sync::Mutex<AzureVault>,
+    /// How many times the index was built, and thumbprint → (name, version).
+    by_thumbprint: std::sync::Mutex<(usize, ThumbprintIndex)>,
+}
+
+/// SHA-1 thumbprint (upper-case hex) → (vault name, version).
+type ThumbprintIndex = HashMap<String, (String, String)>;
+
+impl VaultIndex {
+    const MAX_BUILDS: usize = 3;
+
+    fn build(vault: &AzureVault) -> Result<ThumbprintIndex> {
+        let mut names = Vec::new();
+        loop {
+            let page = vault.names_page(names.last().map(String::as_str).unwrap_or(""), 500)?;
+            if page.is_empty() {
+                break;
+            }
+            names.extend(page);
+        }
+        let mut out = HashMap::new();
+        for briefs in vault.briefs_many(&names)? {
+            for b in briefs {
+                out.insert(b.thumbprint.to_ascii_uppercase(), (b.name, b.version));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl super::dps::CertificateSource for VaultIndex {
+    fn certificate(&self, sha1_thumbprint: &str) -> Option<Vec<u8>> {
+        let vault = self.vault.lock().unwrap_or_else(|p| p.into_inner());
+        let mut index = self.by_thumbprint.lock().unwrap_or_else(|p| p.into_inner());
+        let tp = sha1_thumbprint.to_ascii_uppercase();
+        if !index.1.contains_key(&tp) && index.0 < Self::MAX_BUILDS {
+            match Self::build(&vault) {
+                Ok(map) => *index = (index.0 + 1, map),
+                Err(e) => tracing::warn!("cannot index the vault's certificates: {e}"),
+            }
+        }
+        let (name, version) = index.1.get(&tp)?;
+        vault.version(name, version).ok().flatten().map(|v| v.cert_der)
+    }
+}
+
 /// The enrollment service of a plan whose `[backend]` names no `dps` (a vault-only plan): it
 /// holds nothing, so every read finds nothing, and every change is refused naming the setting.
 struct NoDps;
@@ -167,7 +218,18 @@ impl AzureBackend {
             .ok_or_else(|| SetupError::Client("the plan's backend is not `azure`".into()))?;
         let vault = AzureVault::connect_with(config, local, credential.clone())?;
         let enrollments: Box<dyn EnrollmentService + Send> = match config.dps {
-            Some(_) => Box::new(AzureEnrollmentService::new(config, credential)?),
+            Some(_) => {
+                let mut dps = AzureEnrollmentService::new(config, credential.clone())?;
+                // DPS names enrollment certificates only by thumbprint; the vault has them.
+                let store = crate::store::Store::open_empty()
+                    .map_err(|e| SetupError::Client(format!("in-memory store: {e}")))?;
+                let index = AzureVault::connect_with(config, LocalBackend::new(store), credential)?;
+                dps.set_certificate_source(Box::new(VaultIndex {
+                    vault: std::sync::Mutex::new(index),
+                    by_thumbprint: std::sync::Mutex::new((0, HashMap::new())),
+                }));
+                Box::new(dps)
+            }
             None => Box::new(NoDps),
         };
         let hubs = AzureHubRegistry::new(config)?;
@@ -340,6 +402,31 @@ impl AzureBackend {
                 }
             }
         })
+    }
+
+    /// Fills in the certificate of assigned registration states: DPS's registration state does
+    /// not carry it, but the hub identity DPS wrote when it assigned the device does (its
+    /// primary thumbprint; a secondary one is certroll's own, added by an expiry roll).
+    fn with_certificates(&self, states: &mut [Option<RegistrationState>]) -> Result<()> {
+        let (at, wanted): (Vec<usize>, Vec<(String, String)>) = states
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let s = s
+                    .as_ref()
+                    .filter(|s| s.status == "assigned" && s.cert_thumbprint.is_none())?;
+                Some((i, (s.hub.clone()?, s.registration_id.clone())))
+            })
+            .unzip();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        for (i, identity) in at.into_iter().zip(self.hubs.identity_many(&wanted)?) {
+            if let (Some(state), Some(identity)) = (states[i].as_mut(), identity) {
+                state.cert_thumbprint = identity.primary_thumbprint.map(|t| t.to_ascii_uppercase());
+            }
+        }
+        Ok(())
     }
 
     /// A registration state that is not (yet) `assigned` with the new certificate.
@@ -726,11 +813,16 @@ impl EnrollmentService for AzureBackend {
     }
 
     fn registration(&self, registration_id: &str) -> Result<Option<RegistrationState>> {
-        self.enrollments.registration(registration_id)
+        Ok(self
+            .registration_many(&[registration_id.to_string()])?
+            .pop()
+            .flatten())
     }
 
     fn registration_many(&self, ids: &[String]) -> Result<Vec<Option<RegistrationState>>> {
-        self.enrollments.registration_many(ids)
+        let mut states = self.enrollments.registration_many(ids)?;
+        self.with_certificates(&mut states)?;
+        Ok(states)
     }
 
     fn register(
@@ -771,16 +863,39 @@ impl EnrollmentService for AzureBackend {
             }
         }
         let states = self.enrollments.registration_many(&ids)?;
+        // DPS's registration state does not name the certificate a device presented; the hub
+        // identity DPS wrote for it does (its thumbprint), so that is where it is read back.
+        let wanted: Vec<(String, String)> = states
+            .iter()
+            .zip(&ids)
+            .filter_map(|(s, id)| s.as_ref().and_then(|s| s.hub.clone()).map(|h| (h, id.clone())))
+            .collect();
+        let mut identities: HashMap<String, HubIdentity> = self
+            .hubs
+            .identity_many(&wanted)?
+            .into_iter()
+            .flatten()
+            .map(|i| (i.device_id.clone(), i))
+            .collect();
         Ok(batch
             .iter()
             .zip(states)
             .map(|(req, state)| {
                 let tp = req.chain.first().map(|c| crate::pki::sha1_thumbprint(c)).unwrap_or_default();
-                let with_new = state.as_ref().is_some_and(|s| {
-                    s.status == "assigned" && s.cert_thumbprint.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(&tp))
-                });
-                if with_new {
-                    return state.expect("checked");
+                let same = |t: &str| t.eq_ignore_ascii_case(&tp);
+                let identity = identities.remove(&req.registration_id);
+                let presented = |s: &RegistrationState| {
+                    s.cert_thumbprint.as_deref().is_some_and(same)
+                        || identity.as_ref().is_some_and(|i| {
+                            i.primary_thumbprint.as_deref().is_some_and(same)
+                                || i.secondary_thumbprint.as_deref().is_some_and(same)
+                        })
+                };
+                if let Some(s) = state.as_ref().filter(|s| s.status == "assigned" && presented(s)) {
+                    return RegistrationState {
+                        cert_thumbprint: Some(tp.clone()),
+                        ..s.clone()
+                    };
                 }
                 let mut why = Vec::new();
                 if let Some(Outcome::Waiting(w)) = self.outcomes.get(&req.registration_id) {
