@@ -469,6 +469,8 @@ fn issue_status_and_roll_secondary_of_enrollments_are_the_same_on_local_and_on_a
     assert_eq!(l, a, "status after issue");
     let (l, a) = both_fleet(&["issue", "-o", "json"]);
     assert_eq!(l, a, "issue again");
+    let (l, a) = both_fleet(&["check", "-o", "json"]);
+    assert_eq!(l, a, "check");
     let (l, a) = both_fleet(&["roll-secondary", "device:gw-1", "-o", "json"]);
     assert_eq!(l, a, "roll-secondary");
     let (l, a) = both_fleet(&["status", "-o", "json"]);
