@@ -1,10 +1,9 @@
 //! `[backend] kind = "azure"`, validated: where the remote services are, how certroll
 //! authenticates to them, which extra roots it trusts and where their host names resolve.
 //!
-//! Key Vault is used by this version (`backend::azure`); `dps`, `hubs` and the DPS/hub `rate` and
-//! `concurrency` are parsed and checked now so plans can be written ahead, and are used once the
-//! DPS and IoT Hub clients land. Secrets never appear here: only the names of the environment
-//! variables that hold them.
+//! `vault_url` is Key Vault's; `dps` the Device Provisioning Service's and its CA certificates'
+//! (ARM); `hubs` the IoT hubs' (`backend::azure`). Secrets never appear here: only the names of
+//! the environment variables that hold them.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -64,7 +63,7 @@ pub struct ClientLimits {
     pub concurrency: usize,
 }
 
-/// `dps = { ... }`: the Device Provisioning Service (used once the DPS client lands).
+/// `dps = { ... }`: the Device Provisioning Service.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AzureDps {
     /// Service host (`NAME.azure-devices-provisioning.net`).
@@ -81,8 +80,7 @@ pub struct AzureDps {
     pub limits: ClientLimits,
 }
 
-/// `[backend.hubs.NAME]`: one IoT Hub the plan assigns devices to (used once the hub client
-/// lands).
+/// `[backend.hubs.NAME]`: one IoT Hub the plan assigns devices to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AzureHub {
     /// Hub host (`NAME.azure-devices.net`).

@@ -1,7 +1,7 @@
 //! The Device Provisioning Service's service API (azure-wire.md §2: individual enrollments,
 //! enrollment groups, bulk operations, queries with continuation tokens, registration states)
 //! as [`AzureEnrollmentService`], which implements
-//! [`EnrollmentService`](crate::backend::EnrollmentService) against a real DPS; its CA
+//! [`EnrollmentService`] against a real DPS; its CA
 //! certificates go through the management plane ([`super::arm`]).
 //!
 //! Writes never overwrite a concurrent change: a create carries no `If-Match` (409 if someone
@@ -80,7 +80,8 @@ fn record(json: Value) -> Record {
 }
 
 fn pem_of(der: &[u8]) -> String {
-    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+    // The CLI sends PEM text, as DPS's examples do.
+    crate::pki::pem::cert_to_pem(der)
 }
 
 fn reprovision_json(policy: &str) -> Value {

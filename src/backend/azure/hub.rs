@@ -1,6 +1,6 @@
 //! IoT Hub's service API (device identities, bulk registry operations, direct methods;
 //! azure-wire.md §4) as [`AzureHubRegistry`], which implements
-//! [`HubRegistry`](crate::backend::HubRegistry) against the hubs the plan's
+//! [`HubRegistry`] against the hubs the plan's
 //! `[backend.hubs.NAME]` name, with SAS tokens of each hub's policy.
 //!
 //! Updates never overwrite a concurrent change: each carries the etag it read (`If-Match`), and

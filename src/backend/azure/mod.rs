@@ -1,12 +1,18 @@
-//! The azure backend: certroll's services on Azure, reached through the official SDKs.
+//! The azure backend: certroll's services on Azure.
 //!
-//! This increment (issue 12) has the vault: [`AzureVault`] implements [`super::Vault`] over Key
-//! Vault through `azure_security_keyvault_certificates`, `_keys` and `_secrets` (module
-//! [`keyvault`]). The DPS and IoT Hub clients come later; until then the verbs refuse a plan with
-//! `kind = "azure"` (see `ops::open_backend`).
+//! - [`keyvault`]: [`AzureVault`] implements [`super::Vault`] over Key Vault through the official
+//!   `azure_security_keyvault_certificates`, `_keys` and `_secrets` crates.
+//! - [`dps`] and [`arm`]: [`AzureEnrollmentService`] implements [`super::EnrollmentService`] over
+//!   the DPS service API and the DPS CA certificates on ARM; [`hub`]: [`AzureHubRegistry`]
+//!   implements [`super::HubRegistry`] over IoT Hub's registry and direct methods. Neither has a
+//!   Rust SDK, so they are small typed clients on [`rest`] (azure_core's pipeline) with
+//!   SharedAccessSignature tokens from [`sas`].
+//!
+//! Composing them into a `Backend` is `backend.rs`'s (until then the verbs refuse a plan with
+//! `kind = "azure"`, see `ops::open_backend`).
 //!
 //! Owned here: the client stack every Azure client shares, built from the plan's
-//! [`AzureConfig`](crate::plan::AzureConfig): one `reqwest::Client` (extra roots from `ca_file`,
+//! [`AzureConfig`]: one `reqwest::Client` (extra roots from `ca_file`,
 //! host overrides from `resolve`) given to azure_core as its transport, the credential the plan
 //! names, azure_core's exponential retry policy (429/503 honour `Retry-After`), and one tokio
 //! runtime: the SDKs are async and the backend traits are sync, so each call `block_on`s, and
@@ -157,6 +163,11 @@ pub fn http_client(config: &AzureConfig) -> Result<reqwest::Client, SetupError> 
     for (host, addr) in &config.resolve {
         builder = builder.resolve(host, *addr);
     }
+    // A service that stops answering must not hang certroll: the read timeout outlasts IoT Hub's
+    // longest direct-method wait (300 s); a timed-out try is retried like a reset.
+    builder = builder
+        .connect_timeout(std::time::Duration::from_secs(15))
+        .read_timeout(std::time::Duration::from_secs(310));
     builder
         .build()
         .map_err(|e| SetupError::Client(format!("HTTP client: {e}")))

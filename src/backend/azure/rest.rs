@@ -146,8 +146,7 @@ impl std::fmt::Debug for RestClient {
 impl RestClient {
     /// A client of `spec.service` at `spec.base`, authorized by `auth` on every try.
     /// `limits.rate` (requests per second; `spec.default_rate` when the plan sets none) is
-    /// enforced before each call, with a burst of at least `spec.max_weight` so one bulk call
-    /// fits; `limits.concurrency` calls run at once at most.
+    /// enforced before each call, with a burst of `spec.max_weight` so one bulk call fits; `limits.concurrency` calls run at once at most.
     pub fn new(
         spec: ServiceSpec,
         options: ClientOptions,
@@ -163,7 +162,10 @@ impl RestClient {
         } = spec;
         let base = Url::parse(&base).map_err(|e| SetupError::Client(format!("{service} URL {base}: {e}")))?;
         let rate = limits.rate.unwrap_or(default_rate);
-        let burst = (rate.ceil() as u32).max(max_weight).max(1);
+        // A burst only as large as one bulk call: the client paces itself evenly at the rate
+        // and leaves the service's own burst allowance as slack for network jitter, so a
+        // client set to the service's limit is not throttled.
+        let burst = max_weight.max(1);
         let limiter = (rate.is_finite() && rate > 0.0).then(|| {
             let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
             let quota = Quota::with_period(period)
