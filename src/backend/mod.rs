@@ -6,6 +6,7 @@
 //! local one can commit many rows per transaction.
 
 pub mod azure;
+mod boxed;
 pub mod local;
 pub mod registration;
 pub mod types;

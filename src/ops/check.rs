@@ -3,7 +3,7 @@
 //! (warning), and when the next action falls due.
 
 use super::lifetime::{self, Scheduled};
-use super::{Access, BackendSettings, Target, ca_cert_name, open_backend};
+use super::{Access, BackendSettings, Target, ca_cert_name, open_verb_backend};
 use crate::backend::types::VaultVersion;
 use crate::backend::{Backend, Vault as _};
 use crate::plan::{ActionKind, LifetimeAction, Plan, Policy, Trigger};
@@ -258,7 +258,7 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
     for t in &opts.targets {
         t.check(plan)?;
     }
-    let backend = open_backend(plan, Access::Preview, &opts.backend)?;
+    let backend = open_verb_backend(plan, "check", Access::Preview, &opts.backend)?;
     let wants = |t: Target| opts.targets.is_empty() || opts.targets.contains(&t);
     let mut c = Checker {
         opts,

@@ -3,8 +3,9 @@
 //! Refuses, with an input error, a disabled version, a version outside its validity window at
 //! `now`, and any key the policy marks non-exportable (HSM keys never are).
 
-use super::{Access, BackendSettings, Target, ca_cert_name, chain_above, device_cert_name, open_backend};
-use crate::backend::Vault as _;
+use super::{
+    Access, BackendSettings, Target, ca_cert_name, chain_above, device_cert_name, open_verb_backend,
+};
 use crate::backend::types::VaultVersion;
 use crate::error::input;
 use crate::plan::Plan;
@@ -104,7 +105,7 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
             )));
         }
     };
-    let backend = open_backend(plan, Access::Read, &opts.backend)?;
+    let backend = open_verb_backend(plan, "export", Access::Read, &opts.backend)?;
     if opts.crl {
         let Target::Ca(_) = &opts.target else {
             return Err(input(format!(
@@ -121,7 +122,7 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
         // signed and is signed by its key, so `openssl verify -crl_check` finds the right one
         // for old and new leaves alike.
         drop(backend);
-        let mut backend = open_backend(plan, Access::Modify, &opts.backend)?;
+        let mut backend = open_verb_backend(plan, "export", Access::Modify, &opts.backend)?;
         let versions = backend.versions(&name)?;
         let usable: Vec<_> = versions
             .iter()
@@ -138,7 +139,7 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
         let mut text = String::new();
         let mut numbers = Vec::new();
         let mut revoked = 0;
-        crate::backend::in_one_unit(&mut backend, |b| {
+        crate::backend::in_one_unit(&mut *backend, |b| {
             for v in &usable {
                 let crl = super::revoke::crl_der(b, v, now)?;
                 text.push_str(&crate::pki::pem::encode("X509 CRL", &crl.der));
@@ -177,7 +178,7 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
     let wants_key = opts.with_key || format == ExportFormat::Pfx;
     may_export(&opts.target.to_string(), &version, wants_key, now)?;
     let mut chain = vec![version.cert_der.clone()];
-    let above = chain_above(&backend, &version)?;
+    let above = chain_above(&*backend, &version)?;
     let root_excluded = above.len().saturating_sub(1);
     chain.extend(above.into_iter().take(root_excluded));
 
@@ -204,7 +205,7 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
             let key = backend.private_key(&version)?;
             // Carry the whole chain, root included, so the PFX is self-contained.
             let mut full = vec![version.cert_der.clone()];
-            full.extend(chain_above(&backend, &version)?);
+            full.extend(chain_above(&*backend, &version)?);
             chain = full;
             zeroize::Zeroizing::new(crate::pki::pkcs12::write_pfx(
                 &name,

@@ -8,7 +8,7 @@
 
 use super::{
     Access, BackendSettings, LoadedIssuer, Target, ca_cert_name, device_cert_name, device_owner,
-    effective_key_usage, exportable, load_issuer, open_backend, policy_json,
+    effective_key_usage, exportable, load_issuer, open_verb_backend, policy_json,
 };
 use crate::backend::Backend;
 use crate::backend::types::*;
@@ -260,7 +260,7 @@ pub fn issue(
     } else {
         Access::Write
     };
-    let mut backend = open_backend(plan, access, &opts.backend)?;
+    let mut backend = open_verb_backend(plan, "issue", access, &opts.backend)?;
     {
         let selected_cas = sel.cas.iter().map(|c| Target::Ca(c.clone()));
         let selected_devices = plan

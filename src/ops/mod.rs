@@ -173,18 +173,89 @@ pub struct BackendSettings {
     pub lock_timeout: Option<Duration>,
 }
 
-/// Refuses a plan with `kind = "azure"` (exit 2) until every service it needs is remote: a verb
+/// The verbs that run on `kind = "azure"` today, each proven end to end against `certroll serve`
+/// by the verb conformance suite (tests/it/azure_verbs.rs).
+pub const AZURE_VERBS: &[&str] = &["vault", "export", "status", "check", "issue", "roll-secondary"];
+
+/// Refuses a plan with `kind = "azure"` for a verb that does not run on it yet (exit 2): a verb
 /// that reached Key Vault but not DPS or the hub would leave the fleet half-rolled.
 pub fn refuse_azure(plan: &Plan) -> Result<()> {
+    refuse_azure_verb(plan, "this verb")
+}
+
+fn refuse_azure_verb(plan: &Plan, verb: &str) -> Result<()> {
     if plan.azure.is_some() {
         return Err(crate::error::input(format!(
-            "{}: backend kind `azure` cannot run verbs yet: its Key Vault client exists, but the \
-             Device Provisioning Service and IoT Hub clients and remote device delivery are not \
-             built yet; use `kind = \"local\"`, or rehearse against `certroll serve`",
-            plan.path.display()
+            "{}: `{verb}` does not run on backend kind `azure` yet: what it needs on Azure (the \
+             Device Provisioning Service and IoT Hub clients, remote delivery and resume of its \
+             steps) is not proven end to end yet; on azure today: {}; use `kind = \"local\"`, or \
+             rehearse against `certroll serve`",
+            plan.path.display(),
+            AZURE_VERBS
+                .iter()
+                .map(|v| format!("`{v}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     Ok(())
+}
+
+/// Opens the backend a verb works against: the local store, or for `kind = "azure"` the Azure
+/// services with the fleet record and journal in the local store beside the plan
+/// ([`AzureBackend`](crate::backend::azure::AzureBackend)). `verb` must be in [`AZURE_VERBS`]
+/// for an azure plan; any other is refused (exit 2) naming what is missing.
+pub fn open_verb_backend(
+    plan: &Plan,
+    verb: &str,
+    access: Access,
+    settings: &BackendSettings,
+) -> Result<Box<dyn Backend>> {
+    if plan.azure.is_none() {
+        return Ok(Box::new(open_backend(plan, access, settings)?));
+    }
+    if !AZURE_VERBS.contains(&verb) {
+        refuse_azure_verb(plan, verb)?;
+    }
+    if let Some(config) = &plan.azure
+        && verb != "vault"
+        && verb != "export"
+    {
+        // Checked before anything is touched: a verb that reached Key Vault and then found no
+        // DPS or hub to go on with would leave its work half done.
+        let has_devices = !plan.groups.is_empty() || !plan.enrollments.is_empty();
+        if has_devices && config.dps.is_none() {
+            return Err(input(format!(
+                "{}: `{verb}` on backend kind `azure` needs `dps = {{ host, id_scope, resource_id, \
+                 sas_policy, sas_key_env }}` in [backend]: the plan has groups or enrollments",
+                plan.path.display()
+            )));
+        }
+        let hubs = plan
+            .groups
+            .values()
+            .map(|g| &g.hub)
+            .chain(plan.enrollments.values().map(|e| &e.hub));
+        for hub in hubs {
+            if !config.hubs.contains_key(hub) {
+                return Err(input(format!(
+                    "{}: `{verb}` on backend kind `azure` needs `[backend.hubs.{hub}]` (host, \
+                     sas_policy, sas_key_env): the plan assigns devices to hub `{hub}`",
+                    plan.path.display()
+                )));
+            }
+        }
+    }
+    let local = LocalBackend::new(open_local_store(plan, access, settings)?);
+    let backend = crate::backend::azure::AzureBackend::connect(plan, local).map_err(|e| {
+        use crate::backend::azure::SetupError;
+        let text = format!("{}: {e}", plan.path.display());
+        match e {
+            SetupError::MissingEnv(_) | SetupError::CaFile { .. } => crate::error::input(text),
+            _ => anyhow::anyhow!(text),
+        }
+    })?;
+    Ok(Box::new(backend))
 }
 
 /// How the plan's store is opened for `access`.
@@ -202,6 +273,12 @@ pub fn store_options(plan: &Plan, access: Access, settings: &BackendSettings) ->
 /// Opens the plan's store.
 pub fn open_store(plan: &Plan, access: Access, settings: &BackendSettings) -> Result<Store> {
     refuse_azure(plan)?;
+    open_local_store(plan, access, settings)
+}
+
+/// Opens the store beside the plan, whatever the backend kind (on azure it keeps the fleet
+/// record, the journal and CRL numbers).
+fn open_local_store(plan: &Plan, access: Access, settings: &BackendSettings) -> Result<Store> {
     let BackendConfig::Local { path, .. } = &plan.backend;
     if access == Access::Preview && !path.exists() {
         return Ok(Store::open_empty()?);

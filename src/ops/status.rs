@@ -4,7 +4,7 @@
 //! `{"cas":[...], "groups":[...], "enrollments":[...], "devices":[...]}`.
 //! Devices are produced page by page so a fleet of any size streams out.
 
-use super::{Access, BackendSettings, Target, ca_cert_name, device_cert_name, open_backend};
+use super::{Access, BackendSettings, Target, ca_cert_name, device_cert_name, open_verb_backend};
 use crate::backend::Backend;
 use crate::backend::types::*;
 use crate::pki::CertInfo;
@@ -127,10 +127,10 @@ pub fn status<'p>(
     for t in &targets {
         t.check(plan)?;
     }
-    let backend = open_backend(plan, Access::Preview, settings)?;
+    let backend = open_verb_backend(plan, "status", Access::Preview, settings)?;
     Ok(StatusQuery {
         plan,
-        backend: Box::new(backend),
+        backend,
         targets,
     })
 }

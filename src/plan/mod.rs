@@ -11,6 +11,7 @@
 //! the CLI can print it as is (`certroll.toml:12:9: policy `devic` is not defined ...`).
 
 mod azure;
+mod delivery;
 mod model;
 mod raw;
 mod validate;
@@ -19,6 +20,7 @@ mod validate;
 mod tests;
 
 pub use azure::*;
+pub use delivery::*;
 pub use model::*;
 
 use std::fmt;

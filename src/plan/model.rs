@@ -37,6 +37,8 @@ pub struct Plan {
     /// makes starts (its notBefore), so a device whose clock is a little slow does not refuse a
     /// fresh one. [`Plan::DEFAULT_SKEW_MINUTES`] when the plan does not say.
     pub not_before_skew: time::Duration,
+    /// How new device certificates reach devices on a backend that does not hold them.
+    pub delivery: crate::plan::DeliveryPlan,
 }
 
 impl Plan {

@@ -54,6 +54,13 @@ pub(super) struct RawBackend {
     pub(super) dps: Option<Spanned<RawAzureDps>>,
     #[serde(default)]
     pub(super) hubs: Named<Spanned<RawAzureHub>>,
+    // Device delivery, the plan-wide default (see `validate_delivery.rs`); groups and
+    // enrollments take the same three keys.
+    pub(super) delivery: Option<Spanned<String>>,
+    pub(super) method: Option<Spanned<String>>,
+    pub(super) hook: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) hook_timeout_secs: Option<Spanned<i64>>,
+    pub(super) reprovision_method: Option<Spanned<String>>,
 }
 
 /// `[backend] dps = { ... }` (azure).
@@ -145,6 +152,9 @@ pub(super) struct RawGroup {
     pub(super) reprovision: Option<Spanned<String>>,
     pub(super) device_policy: Spanned<String>,
     pub(super) devices: Spanned<RawDevices>,
+    pub(super) delivery: Option<Spanned<String>>,
+    pub(super) method: Option<Spanned<String>>,
+    pub(super) hook: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `devices = { prefix = ..., count = ... }` or `devices = { file = ... }`; which keys go
@@ -165,6 +175,9 @@ pub(super) struct RawEnrollment {
     pub(super) policy: Spanned<String>,
     pub(super) hub: Spanned<String>,
     pub(super) reprovision: Option<Spanned<String>>,
+    pub(super) delivery: Option<Spanned<String>>,
+    pub(super) method: Option<Spanned<String>>,
+    pub(super) hook: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[mail]`: the SMTP server that mails the contacts.

@@ -27,6 +27,9 @@ mod serve;
 #[path = "validate_azure.rs"]
 mod azure;
 
+#[path = "validate_delivery.rs"]
+mod delivery;
+
 /// The plan format version this build reads.
 const VERSION: i64 = 1;
 /// Longest policy, CA, group or enrollment name (Key Vault's certificate name limit).
@@ -290,6 +293,7 @@ impl<'a> Validator<'a> {
         let not_before_skew = self.not_before_skew(raw);
         let (mail, hooks) = (self.mail(raw), self.hooks(raw));
         let serve = self.serve(raw);
+        let delivery = self.delivery_plan(raw);
         let cas = self.cas(raw, &usage);
         let groups = self.groups(raw, &usage);
         let enrollments = self.enrollments(raw, &usage);
@@ -319,6 +323,7 @@ impl<'a> Validator<'a> {
             hooks,
             serve,
             not_before_skew,
+            delivery,
         })
     }
 

@@ -41,6 +41,8 @@ mod secrets;
 mod serve_keyvault;
 // One suite of vault behaviours on the local store and on the azure backend against serve.
 mod conformance;
+// The verbs themselves on a local plan and on the same plan on azure against serve.
+mod azure_verbs;
 // Issue 3 at fleet scale: yearly cron rounds, breaches, revokes, reprovision policies, kills.
 mod fleet;
 // Hostile input: output paths aimed at the state, FIFOs, devices, broken stores, far dates.

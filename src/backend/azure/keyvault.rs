@@ -232,6 +232,16 @@ impl AzureVault {
         &self.vault_url
     }
 
+    /// The store beside the plan (CRL numbers, the fleet record, the journal).
+    pub fn local(&self) -> &LocalBackend {
+        &self.local
+    }
+
+    /// The store beside the plan, to write.
+    pub fn local_mut(&mut self) -> &mut LocalBackend {
+        &mut self.local
+    }
+
     /// A certificate (newest version when `version` is None); None when Key Vault answers 404.
     async fn get(
         certs: &CertificateClient,

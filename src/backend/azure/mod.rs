@@ -19,12 +19,15 @@
 //! batch methods run at most the plan's `concurrency` requests at once.
 
 pub mod arm;
+pub mod backend;
+pub mod delivery;
 pub mod dps;
 pub mod hub;
 pub mod keyvault;
 pub mod rest;
 pub mod sas;
 
+pub use backend::AzureBackend;
 pub use dps::AzureEnrollmentService;
 pub use hub::AzureHubRegistry;
 pub use keyvault::{AzureVault, KeyVaultSigningKey};

@@ -32,7 +32,7 @@ pub(crate) use cas::{ca_scope, expired_held, tainted};
 mod devices;
 
 use super::journal::{self, CutOff, Planned, StepReport};
-use super::{Access, BackendSettings, Target, open_backend};
+use super::{Access, BackendSettings, Target, open_verb_backend};
 use crate::backend::{Backend, EnrollmentService as _, Journal as _, Vault as _};
 use crate::error::input;
 use crate::plan::Plan;
@@ -242,7 +242,14 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     } else {
         Access::Modify
     };
-    let mut backend = open_backend(plan, access, &opts.backend)?;
+    // The verb as the azure backend knows it (`roll-secondary`, `roll-primary --breach`, ...).
+    let verb = format!(
+        "roll-{}{}{}",
+        opts.slot.word(),
+        if opts.due { " --due" } else { "" },
+        if opts.breach.is_some() { " --breach" } else { "" }
+    );
+    let mut backend = open_verb_backend(plan, &verb, access, &opts.backend)?;
     refuse_unissued(&backend, &device_ids, &scopes)?;
     // A soft-deleted certificate (a device's or a CA's) stops the whole run before it is
     // recorded: rolling the others and leaving it out would hide it from a cron job's exit code.

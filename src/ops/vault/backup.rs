@@ -12,10 +12,9 @@
 
 use super::not_live;
 use super::resolve_name;
-use crate::backend::Vault as _;
 use crate::backend::types::*;
 use crate::error::input;
-use crate::ops::{Access, BackendSettings, open_backend};
+use crate::ops::{Access, BackendSettings, open_verb_backend};
 use crate::plan::Plan;
 use anyhow::{Context as _, Result};
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
@@ -162,8 +161,8 @@ pub fn backup(
     check_password(password)?;
     let protected = crate::ops::outfile::Protected::of(plan, settings);
     protected.check(out)?;
-    let backend = open_backend(plan, Access::Read, settings)?;
-    let (text, mut report) = backup_bytes(&backend, &name, password)?;
+    let backend = open_verb_backend(plan, "vault backup", Access::Read, settings)?;
+    let (text, mut report) = backup_bytes(&*backend, &name, password)?;
     protected.write(out, &text, true)?;
     report.file = out.to_path_buf();
     Ok(report)
@@ -172,7 +171,7 @@ pub fn backup(
 /// `vault backup` on an open backend: the backup document's bytes (the report's `file` is
 /// empty). Serve's Key Vault backup hands these out as its opaque blob.
 pub fn backup_bytes(
-    backend: &crate::backend::local::LocalBackend,
+    backend: &dyn crate::backend::Backend,
     name: &str,
     password: &str,
 ) -> Result<(Vec<u8>, BackupReport)> {
@@ -408,8 +407,8 @@ pub fn restore(plan: &Plan, file: &Path, password: &str, settings: &BackendSetti
         .map_err(|e| input(format!("cannot read {shown}: {e}")))?;
     // Decrypted and checked before the store is opened for writing.
     let backup = open_bytes(&bytes, password, &shown)?;
-    let mut backend = open_backend(plan, Access::Write, settings)?;
-    let mut report = restore_backup(&mut backend, &backup)?;
+    let mut backend = open_verb_backend(plan, "vault restore", Access::Write, settings)?;
+    let mut report = restore_backup(&mut *backend, &backup)?;
     report.file = file.to_path_buf();
     Ok(report)
 }
@@ -417,7 +416,7 @@ pub fn restore(plan: &Plan, file: &Path, password: &str, settings: &BackendSetti
 /// `vault restore` on an open backend, from a backup document's bytes (`file` names it in
 /// messages; the report's `file` is empty).
 pub fn restore_in(
-    backend: &mut crate::backend::local::LocalBackend,
+    backend: &mut dyn crate::backend::Backend,
     text: &[u8],
     password: &str,
     file: &str,
@@ -427,7 +426,7 @@ pub fn restore_in(
 }
 
 fn restore_backup(
-    backend: &mut crate::backend::local::LocalBackend,
+    backend: &mut dyn crate::backend::Backend,
     backup: &CertificateBackup,
 ) -> Result<BackupReport> {
     super::check_new_name("certificate", &backup.name)?;

@@ -7,10 +7,9 @@
 //! or it signed another certificate's version) is refused unless forced.
 
 use super::{not_live, resolve_name};
-use crate::backend::Vault as _;
 use crate::backend::types::Tags;
 use crate::error::input;
-use crate::ops::{Access, BackendSettings, open_backend};
+use crate::ops::{Access, BackendSettings, open_verb_backend};
 use crate::plan::Plan;
 use anyhow::Result;
 use serde::Serialize;
@@ -106,13 +105,13 @@ pub fn delete(
         )));
     }
     let access = if opts.dry_run { Access::Read } else { Access::Write };
-    let mut backend = open_backend(plan, access, settings)?;
-    delete_in(&mut backend, &name, opts, now)
+    let mut backend = open_verb_backend(plan, "vault", access, settings)?;
+    delete_in(&mut *backend, &name, opts, now)
 }
 
 /// `vault delete` on an open backend.
 pub fn delete_in(
-    backend: &mut crate::backend::local::LocalBackend,
+    backend: &mut dyn crate::backend::Backend,
     name: &str,
     opts: &DeleteOptions,
     now: OffsetDateTime,
@@ -193,7 +192,7 @@ pub fn list_deleted(
     settings: &BackendSettings,
     now: OffsetDateTime,
 ) -> Result<Vec<DeletedView>> {
-    let backend = open_backend(plan, Access::Preview, settings)?;
+    let backend = open_verb_backend(plan, "vault", Access::Preview, settings)?;
     Ok(backend
         .deleted_certificates(None)?
         .into_iter()
@@ -209,13 +208,13 @@ pub fn deleted_one(
     now: OffsetDateTime,
 ) -> Result<DeletedView> {
     let name = resolve_name(name)?;
-    let backend = open_backend(plan, Access::Read, settings)?;
-    find_deleted(&backend, &name, now)
+    let backend = open_verb_backend(plan, "vault", Access::Read, settings)?;
+    find_deleted(&*backend, &name, now)
 }
 
 /// The deleted certificate `name` on an open backend, or an input error saying why it is not there.
 pub fn find_deleted(
-    backend: &crate::backend::local::LocalBackend,
+    backend: &dyn crate::backend::Backend,
     name: &str,
     now: OffsetDateTime,
 ) -> Result<DeletedView> {
@@ -236,13 +235,13 @@ pub fn recover(
     now: OffsetDateTime,
 ) -> Result<DeletedView> {
     let name = resolve_name(name)?;
-    let mut backend = open_backend(plan, Access::Write, settings)?;
-    recover_in(&mut backend, &name, now)
+    let mut backend = open_verb_backend(plan, "vault", Access::Write, settings)?;
+    recover_in(&mut *backend, &name, now)
 }
 
 /// `vault recover` on an open backend.
 pub fn recover_in(
-    backend: &mut crate::backend::local::LocalBackend,
+    backend: &mut dyn crate::backend::Backend,
     name: &str,
     now: OffsetDateTime,
 ) -> Result<DeletedView> {
@@ -259,13 +258,13 @@ pub fn purge(
     now: OffsetDateTime,
 ) -> Result<DeletedView> {
     let name = resolve_name(name)?;
-    let mut backend = open_backend(plan, Access::Write, settings)?;
-    purge_in(&mut backend, &name, now)
+    let mut backend = open_verb_backend(plan, "vault", Access::Write, settings)?;
+    purge_in(&mut *backend, &name, now)
 }
 
 /// `vault purge` on an open backend.
 pub fn purge_in(
-    backend: &mut crate::backend::local::LocalBackend,
+    backend: &mut dyn crate::backend::Backend,
     name: &str,
     now: OffsetDateTime,
 ) -> Result<DeletedView> {

@@ -11,8 +11,7 @@ pub mod renew;
 pub mod settings;
 pub mod transfer;
 
-use super::{Access, BackendSettings, Target, ca_cert_name, device_cert_name, open_backend};
-use crate::backend::Vault as _;
+use super::{Access, BackendSettings, Target, ca_cert_name, device_cert_name, open_verb_backend};
 use crate::backend::types::{PendingCertificate, Tags};
 use crate::error::input;
 use crate::pki::CertInfo;
@@ -209,11 +208,11 @@ fn policy_key_usage(policy: &serde_json::Value) -> Vec<KeyUsage> {
 /// `vault show`.
 pub fn show(plan: &Plan, name: &str, settings: &BackendSettings) -> Result<CertificateView> {
     let name = resolve_name(name)?;
-    let backend = open_backend(plan, Access::Read, settings)?;
+    let backend = open_verb_backend(plan, "vault", Access::Read, settings)?;
     let versions = backend.versions(&name)?;
     let pending = backend.pending(&name)?;
     if versions.is_empty() && pending.is_none() {
-        return Err(not_live(&backend, &name));
+        return Err(not_live(&*backend, &name));
     }
     let policy = match (backend.policy(&name)?, &pending) {
         (Some(p), _) => Some(p),
@@ -278,7 +277,7 @@ pub fn list(
     settings: &BackendSettings,
     mut each: impl FnMut(ListEntry) -> Result<()>,
 ) -> Result<()> {
-    let backend = open_backend(plan, Access::Preview, settings)?;
+    let backend = open_verb_backend(plan, "vault", Access::Preview, settings)?;
     let mut after = String::new();
     loop {
         let names = backend.names_page(&after, 1000)?;
@@ -360,7 +359,7 @@ pub struct PendingEntry {
 
 /// The requests waiting for an outside CA (`vault merge`), in name order.
 pub fn pending_list(plan: &Plan, settings: &BackendSettings) -> Result<Vec<PendingEntry>> {
-    let backend = open_backend(plan, Access::Preview, settings)?;
+    let backend = open_verb_backend(plan, "vault", Access::Preview, settings)?;
     Ok(backend
         .pending_all()?
         .into_iter()
@@ -386,7 +385,7 @@ pub fn update(
     for (k, v) in &opts.tag {
         check_tag(k, v)?;
     }
-    let mut backend = open_backend(plan, Access::Write, settings)?;
+    let mut backend = open_verb_backend(plan, "vault", Access::Write, settings)?;
     let v = match &opts.version {
         Some(ver) => backend.version(&name, ver)?,
         None => backend.current(&name)?,
@@ -398,7 +397,7 @@ pub fn update(
                 "the vault certificate `{name}` has no version {ver}"
             )));
         }
-        (None, _) => return Err(not_live(&backend, &name)),
+        (None, _) => return Err(not_live(&*backend, &name)),
     };
     let tag_version = opts.version.as_ref().map(|_| v.version.as_str());
     let mut tags = backend.tags(&name, tag_version)?.unwrap_or_default();
@@ -416,7 +415,7 @@ pub fn update(
         )));
     }
     let enabled = opts.enabled.unwrap_or(v.enabled);
-    crate::backend::in_one_unit(&mut backend, |b| -> Result<()> {
+    crate::backend::in_one_unit(&mut *backend, |b| -> Result<()> {
         if enabled != v.enabled {
             b.set_enabled(&v, enabled, now)?;
         }

@@ -8,10 +8,9 @@
 //! then the name has no usable version (an existing name keeps its current one).
 
 use super::{not_live, spki_of};
-use crate::backend::Vault as _;
 use crate::backend::types::{NewVersion, PendingCertificate};
 use crate::error::input;
-use crate::ops::{Access, BackendSettings, effective_key_usage, open_backend, policy_json};
+use crate::ops::{Access, BackendSettings, effective_key_usage, open_verb_backend, policy_json};
 use crate::pki::spec::{ExtendedKeyUsage, KeySpec, KeyUsage, RSA_SIZES, Subject};
 use crate::pki::{CertProfile, PrivateKey};
 use crate::plan::{ActionKind, ContentType, LifetimeAction, Plan, Policy, Trigger};
@@ -72,8 +71,8 @@ pub fn create(
 ) -> Result<CreateReport> {
     // Bad input is refused before the store is opened (and perhaps created).
     check_create(name, opts)?;
-    let mut backend = open_backend(plan, Access::Write, settings)?;
-    create_in(&mut backend, name, opts, now)
+    let mut backend = open_verb_backend(plan, "vault create", Access::Write, settings)?;
+    create_in(&mut *backend, name, opts, now)
 }
 
 /// The checked parts of [`CreateOptions`].
@@ -140,7 +139,7 @@ fn check_create(name: &str, opts: &CreateOptions) -> Result<CreateParts> {
 
 /// `vault create` on an open backend (serve's Key Vault create calls this in its request's unit).
 pub fn create_in(
-    backend: &mut crate::backend::local::LocalBackend,
+    backend: &mut dyn crate::backend::Backend,
     name: &str,
     opts: &CreateOptions,
     now: OffsetDateTime,
@@ -238,7 +237,7 @@ pub fn create_in(
     })
 }
 
-fn no_request(backend: &crate::backend::local::LocalBackend, name: &str) -> anyhow::Error {
+fn no_request(backend: &dyn crate::backend::Backend, name: &str) -> anyhow::Error {
     match backend.name_state(name) {
         Ok(Some("live")) => input(format!(
             "`{name}` has no request waiting for a merge (`certroll vault create {name} --issuer Unknown ...` makes one)"
@@ -263,10 +262,10 @@ pub fn csr(plan: &Plan, name: &str, out: &Path, settings: &BackendSettings) -> R
     let name = super::resolve_name(name)?;
     let protected = crate::ops::outfile::Protected::of(plan, settings);
     protected.check(out)?;
-    let backend = open_backend(plan, Access::Read, settings)?;
+    let backend = open_verb_backend(plan, "vault csr", Access::Read, settings)?;
     let pending = backend
         .pending(&name)?
-        .ok_or_else(|| no_request(&backend, &name))?;
+        .ok_or_else(|| no_request(&*backend, &name))?;
     protected.write(out, csr_pem(&pending.csr_der).as_bytes(), false)?;
     Ok(CsrReport {
         name,
@@ -312,14 +311,14 @@ pub fn merge(
     let bytes = crate::fsutil::read_bounded(file, crate::fsutil::MAX_INPUT_FILE)
         .map_err(|e| input(format!("cannot read {shown}: {e}")))?;
     let all = parse_merge(&shown, &bytes)?;
-    let mut backend = open_backend(plan, Access::Write, settings)?;
-    merge_in(&mut backend, &name, all, &shown, now)
+    let mut backend = open_verb_backend(plan, "vault merge", Access::Write, settings)?;
+    merge_in(&mut *backend, &name, all, &shown, now)
 }
 
 /// `vault merge` on an open backend: `all` are DER certificates in any order, one of them for
 /// the pending key (`shown` names where they came from in messages).
 pub fn merge_in(
-    backend: &mut crate::backend::local::LocalBackend,
+    backend: &mut dyn crate::backend::Backend,
     name: &str,
     all: Vec<Vec<u8>>,
     shown: &str,

@@ -164,12 +164,12 @@ pub fn run_due(
     } else {
         crate::ops::Access::Modify
     };
-    let mut backend = crate::ops::open_backend(plan, access, settings)?;
+    let mut backend = crate::ops::open_verb_backend(plan, "vault renew", access, settings)?;
     if dry_run {
-        return renew_due(plan, &mut backend, now, true);
+        return renew_due(plan, &mut *backend, now, true);
     }
     // All or nothing: a failure part-way leaves what was due still due for the rerun.
-    crate::backend::in_one_unit(&mut backend, |b| renew_due(plan, b, now, false))
+    crate::backend::in_one_unit(&mut *backend, |b| renew_due(plan, b, now, false))
 }
 
 fn renew_one(backend: &mut dyn Backend, v: &VaultOnly, now: OffsetDateTime) -> Result<String> {

@@ -5,10 +5,9 @@
 //! `[contacts] emails` are. Issuers: named issuer configurations a policy can refer to, besides
 //! the built-in `Self` and `Unknown`; one that a certificate's policy names cannot be deleted.
 
-use crate::backend::Vault as _;
 use crate::backend::types::IssuerConfig;
 use crate::error::input;
-use crate::ops::{Access, BackendSettings, open_backend};
+use crate::ops::{Access, BackendSettings, open_verb_backend};
 use crate::plan::Plan;
 use anyhow::Result;
 use serde::Serialize;
@@ -54,7 +53,7 @@ pub fn is_email(text: &str) -> bool {
 
 /// `vault contacts get`.
 pub fn contacts_get(plan: &Plan, settings: &BackendSettings) -> Result<ContactsView> {
-    let backend = open_backend(plan, Access::Preview, settings)?;
+    let backend = open_verb_backend(plan, "vault", Access::Preview, settings)?;
     Ok(effective(plan, backend.contacts()?))
 }
 
@@ -72,13 +71,13 @@ pub fn contacts_set(plan: &Plan, emails: &[String], settings: &BackendSettings) 
             list.push(e.clone());
         }
     }
-    let mut backend = open_backend(plan, Access::Write, settings)?;
-    contacts_set_in(&mut backend, plan, &list)
+    let mut backend = open_verb_backend(plan, "vault", Access::Write, settings)?;
+    contacts_set_in(&mut *backend, plan, &list)
 }
 
 /// Stores checked contacts on an open backend.
 pub fn contacts_set_in(
-    backend: &mut crate::backend::local::LocalBackend,
+    backend: &mut dyn crate::backend::Backend,
     plan: &Plan,
     emails: &[String],
 ) -> Result<ContactsView> {
@@ -99,21 +98,18 @@ pub fn contacts_set_in(
 }
 
 /// The vault's contacts on an open backend (the plan's while none are stored).
-pub fn contacts_get_in(backend: &crate::backend::local::LocalBackend, plan: &Plan) -> Result<ContactsView> {
+pub fn contacts_get_in(backend: &dyn crate::backend::Backend, plan: &Plan) -> Result<ContactsView> {
     Ok(effective(plan, backend.contacts()?))
 }
 
 /// `vault contacts delete`: removes the stored contacts (the plan's then apply again).
 pub fn contacts_delete(plan: &Plan, settings: &BackendSettings) -> Result<ContactsView> {
-    let mut backend = open_backend(plan, Access::Write, settings)?;
-    contacts_delete_in(&mut backend, plan)
+    let mut backend = open_verb_backend(plan, "vault", Access::Write, settings)?;
+    contacts_delete_in(&mut *backend, plan)
 }
 
 /// `vault contacts delete` on an open backend.
-pub fn contacts_delete_in(
-    backend: &mut crate::backend::local::LocalBackend,
-    plan: &Plan,
-) -> Result<ContactsView> {
+pub fn contacts_delete_in(backend: &mut dyn crate::backend::Backend, plan: &Plan) -> Result<ContactsView> {
     let removed = backend.contacts()?.unwrap_or_default();
     backend.set_contacts(None)?;
     let mut view = effective(plan, None);
@@ -134,13 +130,13 @@ pub fn issuer_set(
     now: OffsetDateTime,
 ) -> Result<IssuerConfig> {
     check_issuer(name, provider, account_id)?;
-    let mut backend = open_backend(plan, Access::Write, settings)?;
-    issuer_set_in(&mut backend, name, provider, account_id, now)
+    let mut backend = open_verb_backend(plan, "vault", Access::Write, settings)?;
+    issuer_set_in(&mut *backend, name, provider, account_id, now)
 }
 
 /// `vault issuers set` on an open backend.
 pub fn issuer_set_in(
-    backend: &mut crate::backend::local::LocalBackend,
+    backend: &mut dyn crate::backend::Backend,
     name: &str,
     provider: &str,
     account_id: Option<&str>,
@@ -200,33 +196,30 @@ fn find(issuers: &[IssuerConfig], name: &str) -> Result<IssuerConfig> {
 
 /// `vault issuers get`.
 pub fn issuer_get(plan: &Plan, name: &str, settings: &BackendSettings) -> Result<IssuerConfig> {
-    let backend = open_backend(plan, Access::Preview, settings)?;
+    let backend = open_verb_backend(plan, "vault", Access::Preview, settings)?;
     find(&backend.issuers()?, name)
 }
 
 /// `vault issuers list`.
 pub fn issuer_list(plan: &Plan, settings: &BackendSettings) -> Result<Vec<IssuerConfig>> {
-    let backend = open_backend(plan, Access::Preview, settings)?;
+    let backend = open_verb_backend(plan, "vault", Access::Preview, settings)?;
     Ok(backend.issuers()?)
 }
 
 /// `vault issuers delete`: refused while a certificate's policy (live, deleted or pending)
 /// names the issuer.
 pub fn issuer_delete(plan: &Plan, name: &str, settings: &BackendSettings) -> Result<IssuerConfig> {
-    let mut backend = open_backend(plan, Access::Write, settings)?;
-    issuer_delete_in(&mut backend, name)
+    let mut backend = open_verb_backend(plan, "vault", Access::Write, settings)?;
+    issuer_delete_in(&mut *backend, name)
 }
 
 /// An issuer object on an open backend.
-pub fn issuer_get_in(backend: &crate::backend::local::LocalBackend, name: &str) -> Result<IssuerConfig> {
+pub fn issuer_get_in(backend: &dyn crate::backend::Backend, name: &str) -> Result<IssuerConfig> {
     find(&backend.issuers()?, name)
 }
 
 /// `vault issuers delete` on an open backend.
-pub fn issuer_delete_in(
-    backend: &mut crate::backend::local::LocalBackend,
-    name: &str,
-) -> Result<IssuerConfig> {
+pub fn issuer_delete_in(backend: &mut dyn crate::backend::Backend, name: &str) -> Result<IssuerConfig> {
     let found = find(&backend.issuers()?, name)?;
     let users = backend.issuer_users(name)?;
     if !users.is_empty() {

@@ -10,10 +10,9 @@
 //! `vault export` writes them after it.
 
 use super::{not_live, spki_of};
-use crate::backend::Vault as _;
 use crate::backend::types::NewVersion;
 use crate::error::input;
-use crate::ops::{Access, BackendSettings, open_backend, policy_json};
+use crate::ops::{Access, BackendSettings, open_verb_backend, policy_json};
 use crate::pki::spec::{ExtendedKeyUsage, KeySpec};
 use crate::plan::{ActionKind, ContentType, LifetimeAction, Plan, Policy, Trigger};
 use anyhow::Result;
@@ -207,8 +206,8 @@ pub fn import(
     let shown = opts.file.display().to_string();
     // Refused before the store is opened: a key without its certificate.
     find_leaf(&material, &shown)?;
-    let mut backend = open_backend(plan, Access::Write, settings)?;
-    import_in(&mut backend, name, &material, opts.hsm, &shown, now)
+    let mut backend = open_verb_backend(plan, "vault", Access::Write, settings)?;
+    import_in(&mut *backend, name, &material, opts.hsm, &shown, now)
 }
 
 /// What an import file holds once checked: every certificate (DER, file order), which one the
@@ -261,7 +260,7 @@ fn find_leaf(material: &Material, shown: &str) -> Result<usize> {
 
 /// `vault import` on an open backend (`hsm`: keep the key non-exportable by any path).
 pub fn import_in(
-    backend: &mut crate::backend::local::LocalBackend,
+    backend: &mut dyn crate::backend::Backend,
     name: &str,
     material: &Material,
     hsm: bool,
@@ -374,7 +373,7 @@ pub fn import_in(
 /// [`crate::ops::chain_above`] it stops where an issuer is not in this vault (a certificate
 /// restored from another store, or whose CA was deleted with `--force`).
 fn chain_in_vault(
-    backend: &crate::backend::local::LocalBackend,
+    backend: &dyn crate::backend::Backend,
     version: &crate::backend::types::VaultVersion,
 ) -> Result<Vec<Vec<u8>>> {
     let mut chain = Vec::new();
@@ -423,7 +422,7 @@ pub fn export(
     let name = super::resolve_name(name)?;
     let protected = crate::ops::outfile::Protected::of(plan, settings);
     protected.check(&opts.out)?;
-    let backend = open_backend(plan, Access::Read, settings)?;
+    let backend = open_verb_backend(plan, "vault", Access::Read, settings)?;
     let version = match &opts.version {
         Some(v) => backend.version(&name, v)?,
         None => backend.current(&name)?,
@@ -435,7 +434,7 @@ pub fn export(
                 "the vault certificate `{name}` has no version {v}"
             )));
         }
-        (None, _) => return Err(not_live(&backend, &name)),
+        (None, _) => return Err(not_live(&*backend, &name)),
     };
     let format = match opts.format {
         Some(f) => f,
@@ -445,7 +444,7 @@ pub fn export(
     crate::ops::export::may_export(&format!("`{name}`"), &version, wants_key, now)?;
     // A stored chain is kept as the file had it; the export is in path order whatever that was.
     let above = match version.issuer {
-        Some(_) => chain_in_vault(&backend, &version)?,
+        Some(_) => chain_in_vault(&*backend, &version)?,
         None => crate::pki::inspect::issuer_path(
             &version.cert_der,
             &backend.stored_chain(&name, &version.version)?,

@@ -1,0 +1,235 @@
+//! Delivery channels: how a new device certificate reaches a device certroll does not hold
+//! (`delivery` in the plan, see [`crate::plan::DeliveryPlan`]).
+//!
+//! - `hook`: a command (argv, no shell) gets one JSON document on stdin naming the device, its
+//!   hub, the vault certificate name and version, and the path of a PFX holding the certificate,
+//!   its chain (root left out) and its key. The PFX is written 0600 in a private (0700) temporary
+//!   folder and removed when the command ends, whatever it did; its password is empty (the file's
+//!   permissions protect it, and a password beside it in the JSON would add nothing). The key
+//!   itself is never in the JSON. A key that is not exportable is not put in a file: `pfx_path`
+//!   is null and the device must fetch the version from the vault. Exit 0 within the timeout is
+//!   a delivery; anything else fails it, with the command's last stderr line.
+//! - `direct-method`: IoT Hub direct method `method` with payload `{"vault_url", "name",
+//!   "version"}`: the device fetches that version from the vault itself. Its status 200 is a
+//!   delivery; any other status, or IoT Hub's `DeviceNotFound`/`DeviceNotOnline`, fails it with the
+//!   device's or the hub's answer.
+//! - `none`: nothing leaves certroll; the certificate waits for the operator
+//!   (`certroll export device:ID`).
+//!
+//! The environment of a hook is stripped of every secret the plan names (SAS keys, the token,
+//! the client secret, the store key).
+
+use crate::backend::types::DirectMethodCall;
+use crate::plan::{AzureAuth, AzureConfig, HookConfig};
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+/// Seconds IoT Hub waits for a device's answer to a delivery or reprovision method.
+pub const METHOD_RESPONSE_TIMEOUT_SECS: u32 = 30;
+
+/// One certificate to hand to one device.
+#[derive(Debug, Clone)]
+pub struct Parcel {
+    /// The device (= registration id).
+    pub device_id: String,
+    /// The hub the device is assigned to (or will be, per the plan).
+    pub hub: String,
+    /// The vault: `https://NAME.vault.azure.net`.
+    pub vault_url: String,
+    /// The vault certificate name (`dev-ID`).
+    pub name: String,
+    /// The version to install.
+    pub version: String,
+    /// The SHA-1 thumbprint of the certificate (upper-case hex), for the device to check.
+    pub thumbprint: String,
+}
+
+/// What a hook reads on stdin.
+#[derive(Serialize)]
+struct HookInput<'a> {
+    event: &'static str,
+    device_id: &'a str,
+    registration_id: &'a str,
+    hub: &'a str,
+    vault: VaultRef<'a>,
+    thumbprint: &'a str,
+    /// The PFX with the certificate, chain and key; null when the key is not exportable.
+    pfx_path: Option<String>,
+    /// Always empty: the file is 0600 in a 0700 folder.
+    pfx_password: &'static str,
+}
+
+#[derive(Serialize)]
+struct VaultRef<'a> {
+    url: &'a str,
+    name: &'a str,
+    version: &'a str,
+}
+
+/// The direct method that tells a device which version to fetch.
+pub fn method_call(method: &str, parcel: &Parcel) -> DirectMethodCall {
+    DirectMethodCall {
+        method_name: method.to_string(),
+        payload: serde_json::json!({
+            "vault_url": parcel.vault_url,
+            "name": parcel.name,
+            "version": parcel.version,
+            "thumbprint": parcel.thumbprint,
+        }),
+        response_timeout_secs: METHOD_RESPONSE_TIMEOUT_SECS,
+    }
+}
+
+/// The direct method that makes a device register again with what it holds.
+pub fn reprovision_call(method: &str) -> DirectMethodCall {
+    DirectMethodCall {
+        method_name: method.to_string(),
+        payload: serde_json::Value::Null,
+        response_timeout_secs: METHOD_RESPONSE_TIMEOUT_SECS,
+    }
+}
+
+/// The environment variables a hook must not see: every secret the plan names.
+pub fn secret_vars(config: &AzureConfig) -> Vec<String> {
+    let mut vars = vec![
+        "CERTROLL_STORE_KEY".to_string(),
+        "CERTROLL_SMTP_PASSWORD".to_string(),
+    ];
+    match &config.auth {
+        AzureAuth::TokenEnv { var } => vars.push(var.clone()),
+        AzureAuth::ClientSecret { secret_env, .. } => vars.push(secret_env.clone()),
+        _ => {}
+    }
+    if let Some(dps) = &config.dps {
+        vars.push(dps.sas_key_env.clone());
+    }
+    vars.extend(config.hubs.values().map(|h| h.sas_key_env.clone()));
+    vars
+}
+
+/// Runs a delivery hook for `parcel`. `pfx` is the PFX (empty password) when the key may leave
+/// the vault. The PFX's folder is removed before this returns.
+pub fn run_hook(
+    cfg: &HookConfig,
+    parcel: &Parcel,
+    pfx: Option<&Zeroizing<Vec<u8>>>,
+    secret_vars: &[String],
+) -> Result<(), String> {
+    let dir = tempfile::Builder::new()
+        .prefix("certroll-delivery-")
+        .tempdir()
+        .map_err(|e| format!("cannot make a private folder for the PFX: {e}"))?;
+    {
+        // Owner only, before the PFX goes in (the folder is empty until then).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("cannot make the PFX folder private: {e}"))?;
+    }
+    let pfx_path = match pfx {
+        Some(bytes) => {
+            let path = dir.path().join(format!("{}.pfx", parcel.device_id));
+            let write = || -> std::io::Result<()> {
+                use std::io::Write;
+                let mut f = crate::fsutil::create_private(&path)?;
+                f.write_all(bytes)?;
+                f.sync_all()
+            };
+            write().map_err(|e| format!("cannot write the PFX for `{}`: {e}", parcel.device_id))?;
+            Some(path.to_string_lossy().into_owned())
+        }
+        None => None,
+    };
+    let input = HookInput {
+        event: "certroll.delivery",
+        device_id: &parcel.device_id,
+        registration_id: &parcel.device_id,
+        hub: &parcel.hub,
+        vault: VaultRef {
+            url: &parcel.vault_url,
+            name: &parcel.name,
+            version: &parcel.version,
+        },
+        thumbprint: &parcel.thumbprint,
+        pfx_path,
+        pfx_password: "",
+    };
+    let json = serde_json::to_vec(&input).map_err(|e| e.to_string())?;
+    let out = crate::notify::hook::run(cfg, json, secret_vars);
+    // The folder and the PFX go now, whatever the hook did (and again on drop if this fails).
+    let removed = dir.close();
+    out?;
+    removed.map_err(|e| format!("cannot remove the delivery folder: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parcel() -> Parcel {
+        Parcel {
+            device_id: "gw-1".into(),
+            hub: "hub".into(),
+            vault_url: "https://v.vault.azure.net".into(),
+            name: "dev-gw-1".into(),
+            version: "abc".into(),
+            thumbprint: "AB".into(),
+        }
+    }
+
+    /// The hook gets the JSON, the PFX is 0600 in a 0700 folder while it runs, and both are
+    /// gone afterwards; the secrets the plan names are not in its environment.
+    #[test]
+    fn a_hook_gets_json_and_a_private_pfx_that_is_removed_after() {
+        let out = tempfile::tempdir().unwrap();
+        let seen = out.path().join("seen");
+        let script = format!(
+            "cat > {seen}.json; p=$(sed 's/.*\"pfx_path\":\"\\([^\"]*\\)\".*/\\1/' {seen}.json); \
+             stat -c %a \"$p\" > {seen}.mode; stat -c %a \"$(dirname \"$p\")\" > {seen}.dirmode; \
+             echo \"$p\" > {seen}.path; echo \"${{AZS_SECRET:-absent}}\" > {seen}.env",
+            seen = seen.display()
+        );
+        let cfg = HookConfig {
+            command: vec!["sh".into(), "-c".into(), script],
+            timeout_secs: 20,
+        };
+        // SAFETY: tests in this module do not read this variable concurrently.
+        unsafe { std::env::set_var("AZS_SECRET", "s3cret") };
+        let pfx = Zeroizing::new(b"not really a pfx".to_vec());
+        run_hook(&cfg, &parcel(), Some(&pfx), &["AZS_SECRET".into()]).unwrap();
+        let read = |ext: &str| std::fs::read_to_string(seen.with_extension(ext)).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&read("json")).unwrap();
+        assert_eq!(json["device_id"], "gw-1");
+        assert_eq!(json["vault"]["version"], "abc");
+        assert!(
+            !read("json").contains("not really"),
+            "the key material is never in the JSON"
+        );
+        assert_eq!(read("mode").trim(), "600");
+        assert_eq!(read("dirmode").trim(), "700");
+        assert_eq!(read("env").trim(), "absent");
+        let path = std::path::PathBuf::from(read("path").trim());
+        assert!(
+            !path.exists() && !path.parent().unwrap().exists(),
+            "removed after"
+        );
+    }
+
+    #[test]
+    fn a_failing_hook_fails_the_delivery_with_its_message_and_still_removes_the_pfx() {
+        let out = tempfile::tempdir().unwrap();
+        let seen = out.path().join("path");
+        let script = format!(
+            "sed 's/.*\"pfx_path\":\"\\([^\"]*\\)\".*/\\1/' > {}; echo 'device unreachable' >&2; exit 3",
+            seen.display()
+        );
+        let cfg = HookConfig {
+            command: vec!["sh".into(), "-c".into(), script],
+            timeout_secs: 20,
+        };
+        let pfx = Zeroizing::new(b"x".to_vec());
+        let err = run_hook(&cfg, &parcel(), Some(&pfx), &[]).unwrap_err();
+        assert!(err.contains("device unreachable"), "{err}");
+        let path = std::fs::read_to_string(&seen).unwrap();
+        assert!(!std::path::Path::new(path.trim()).exists());
+    }
+}
