@@ -6,6 +6,7 @@
 //! local one can commit many rows per transaction.
 
 pub mod azure;
+pub mod decision_inputs;
 pub mod local;
 pub mod registration;
 pub mod types;
