@@ -52,3 +52,6 @@ mod serve_dps_hub;
 // Issue 10, vault and X.509 fidelity: exportability for life, key operations, vault-only
 // lifetime actions, content types, chain order, legacy PKCS#12, string types, SANs, serials, PKCS#7.
 mod fidelity;
+
+// Issue 13, performance: decisions not made twice, nothing-due runs that record nothing, a pruned journal.
+mod perf;
