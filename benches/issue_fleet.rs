@@ -1,13 +1,33 @@
-//! Benchmark: `certroll issue` of one enrollment group of N EC P-256 devices into a fresh local
-//! store, against a bare rcgen loop (key generation + signing of the same N leaves on all
-//! cores), measured in the same run so the ratio survives a noisy machine.
+//! Benchmark: the cost of every verb on one enrollment group of N EC P-256 devices in a local
+//! store, each as a ratio against a bare rcgen loop (key generation + signing of the same N
+//! leaves on all cores) timed in the same round, so the ratio survives a noisy machine.
 //!
-//!     cargo bench --bench issue_fleet                      # N = 100,000
-//!     CERTROLL_BENCH_DEVICES=20000 cargo bench --bench issue_fleet
+//!     cargo bench --bench issue_fleet                                  # N = 2,000, 3 rounds
+//!     CERTROLL_BENCH_DEVICES=100000 cargo bench --bench issue_fleet    # the issue-13 size
+//!     CERTROLL_BENCH_DEVICES=100000 CERTROLL_BENCH_ROUNDS=5 cargo bench --bench issue_fleet
 //!
-//! Goals: issue (issue #2) ratio <= 1.5 and peak RSS < 300 MB; rolling every device of the group
-//! (`roll-secondary group:fleet`, issue #3) within 1.5x of the bare loop for the same leaves.
-//! The bare loop and the roll take the best of `CERTROLL_BENCH_ROUNDS` (3) runs each.
+//! Each round builds a fresh store and times, in this order: the bare loop, the bare loop with a
+//! path validation per leaf (what the enrollment service does when a device registers), then the
+//! release binary's verbs as child processes:
+//!
+//! | phase            | command                                               |
+//! |------------------|-------------------------------------------------------|
+//! | issue            | `issue` into an empty store                           |
+//! | status           | `status -o json`                                      |
+//! | check            | `check`                                               |
+//! | reprovision      | `reprovision` (nothing changed: a no-op)              |
+//! | reprovision -f   | `reprovision --force`                                 |
+//! | group roll       | `roll-secondary group:fleet`                          |
+//! | cron roll        | `roll-secondary --due` (nothing is due)               |
+//! | breach ca:factory| `roll-primary --breach ca:factory --yes`              |
+//!
+//! Every side runs once per round, so each phase has as many samples as the bare loop; the table
+//! gives the min and median over rounds of phase / bare loop of the same round, the peak RSS of
+//! the phase's process (from `wait4`) and the store's size after the phase. Goals (issue 13):
+//! no-op reprovision <= 0.2x, breach <= 1.5x bare + one validation per device (the `vs floor`
+//! column: phase / (bare + validation)), a nothing-due cron roll adds nothing to the store.
+//!
+//! Not run in CI (it takes minutes); `cargo clippy --all-targets` keeps it compiling.
 
 // The same allocator as the certroll binary, so the bare loop is not handicapped by malloc.
 #[global_allocator]
@@ -18,7 +38,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SerialNumber,
 };
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The bare loop; with `validate`, each leaf is also path-validated against the CA with
@@ -85,6 +106,7 @@ key = {{ type = "EC", curve = "P-256" }}
 validity_days = 365
 key_usage = ["digitalSignature"]
 extended_key_usage = ["clientAuth"]
+lifetime_actions = [{{ days_before_expiry = 30, action = "auto-renew" }}]
 
 [policies.ca]
 key = {{ type = "EC", curve = "P-256", exportable = false }}
@@ -109,109 +131,164 @@ devices = {{ prefix = "bench-", count = {n} }}
     )
 }
 
-/// Runs certroll; returns its wall time and peak RSS in bytes.
-fn run_certroll(dir: &std::path::Path, args: &[&str]) -> (Duration, u64) {
+/// The verbs timed, in the order each round runs them: name, arguments, accepted exit codes.
+const PHASES: &[(&str, &[&str], &[i32])] = &[
+    ("issue", &["issue"], &[0]),
+    ("status -o json", &["-o", "json", "status"], &[0]),
+    ("check", &["check"], &[0, 1]),
+    ("reprovision (no-op)", &["reprovision"], &[0]),
+    ("reprovision --force", &["reprovision", "--force"], &[0]),
+    ("roll-secondary group", &["roll-secondary", "group:fleet"], &[0]),
+    ("roll-secondary --due (none)", &["roll-secondary", "--due"], &[0]),
+    (
+        "roll-primary --breach ca:factory",
+        &["roll-primary", "--breach", "ca:factory", "--yes"],
+        &[0],
+    ),
+];
+
+/// One run of a verb: wall time and the peak RSS of its process, in bytes.
+struct Sample {
+    time: Duration,
+    rss: u64,
+}
+
+/// Runs certroll as a child process and reaps it with `wait4`, which reports that one
+/// process's peak RSS (RUSAGE_CHILDREN would give the maximum over every child so far).
+// The child is reaped by wait4, which std's Child::wait cannot know about.
+#[allow(clippy::zombie_processes)]
+fn run_certroll(dir: &Path, args: &[&str], accepted: &[i32]) -> Sample {
     let start = Instant::now();
-    let status = Command::new(env!("CARGO_BIN_EXE_certroll"))
+    let child = Command::new(env!("CARGO_BIN_EXE_certroll"))
+        .args(["--plan", "plan.toml", "-q"])
         .args(args)
         .current_dir(dir)
         .env_remove("CERTROLL_NOW")
-        .status()
+        .env_remove("CERTROLL_PLAN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
         .expect("run certroll");
-    let elapsed = start.elapsed();
-    assert!(status.success(), "certroll {args:?} failed");
-    // SAFETY: getrusage only writes into the struct we pass.
-    let peak = unsafe {
+    let mut status = 0;
+    // SAFETY: wait4 only writes into the two locals we pass; the child is ours and not yet
+    // reaped (std's Child is dropped without waiting).
+    let usage = unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
-        usage.ru_maxrss as u64 * 1024
+        let pid = libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage);
+        assert!(pid > 0, "wait4: {}", std::io::Error::last_os_error());
+        usage
     };
-    (elapsed, peak)
+    let time = start.elapsed();
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    assert!(accepted.contains(&code), "certroll {args:?} exited with {code}");
+    Sample {
+        time,
+        // Linux reports ru_maxrss in KiB.
+        rss: usage.ru_maxrss as u64 * 1024,
+    }
+}
+
+/// The store's size on disk: the database and its write-ahead log.
+fn store_size(dir: &Path) -> u64 {
+    ["state.db", "state.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn min_median(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    let median = if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    };
+    (v[0], median)
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&v| v > 0)
+        .unwrap_or(default)
 }
 
 fn main() {
-    let n: usize = std::env::var("CERTROLL_BENCH_DEVICES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
     // `cargo bench` passes --bench; ignore arguments.
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("plan.toml"), plan(n)).unwrap();
-
-    // The bare loop and the roll are each timed `rounds` times and the best run counts: on a
-    // shared machine a neighbour's burst slows one run, never speeds one up.
-    let rounds: usize = std::env::var("CERTROLL_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&r| r > 0)
-        .unwrap_or(3);
+    let n = env_usize("CERTROLL_BENCH_DEVICES", 2_000);
+    let rounds = env_usize("CERTROLL_BENCH_ROUNDS", 3);
     println!(
-        "issue_fleet: {n} EC P-256 devices, {} threads, best of {rounds} rounds",
+        "issue_fleet: {n} EC P-256 devices, {} threads, {rounds} rounds (every side once a round)",
         rayon::current_num_threads()
     );
-    let bare = (0..rounds).map(|_| bare_loop(n, false)).min().unwrap();
-    println!(
-        "  bare rcgen loop (keygen + sign):   {:>8.2} s  ({:.0} certs/s)",
-        bare.as_secs_f64(),
-        n as f64 / bare.as_secs_f64()
-    );
-    let floor = bare_loop(n, true);
-    println!(
-        "  bare loop + path validation:       {:>8.2} s  (the registration check issue also does)",
-        floor.as_secs_f64()
-    );
-    let (issue, peak) = run_certroll(dir.path(), &["--plan", "plan.toml", "-q", "issue"]);
-    println!(
-        "  certroll issue (fresh store):      {:>8.2} s  ({:.0} devices/s)",
-        issue.as_secs_f64(),
-        n as f64 / issue.as_secs_f64()
-    );
-    let (again, _) = run_certroll(dir.path(), &["--plan", "plan.toml", "-q", "issue"]);
-    println!(
-        "  certroll issue (rerun, no-op):     {:>8.2} s",
-        again.as_secs_f64()
-    );
-    let ratio = issue.as_secs_f64() / bare.as_secs_f64();
-    println!("  ratio certroll / bare:             {ratio:>8.2}  (goal <= 1.50)");
-    println!(
-        "  ratio certroll / (bare + validation): {:>5.2}",
-        issue.as_secs_f64() / floor.as_secs_f64()
-    );
-    println!(
-        "  certroll peak RSS:                 {:>8.1} MB (goal < 300 MB)",
-        peak as f64 / 1e6
-    );
-    // Each round rolls the same issued store: a copy taken after `issue` is put back first.
-    let store = dir.path().join("state.db");
-    let issued = dir.path().join("issued.db");
-    std::fs::copy(&store, &issued).expect("copy the issued store");
-    let mut rolls = Vec::new();
-    for _ in 0..rounds {
-        std::fs::copy(&issued, &store).expect("restore the issued store");
-        rolls.push(run_certroll(
-            dir.path(),
-            &["--plan", "plan.toml", "-q", "roll-secondary", "group:fleet"],
-        ));
+    let mut bare = Vec::new();
+    let mut floor = Vec::new();
+    // phases[i][round]
+    let mut samples: Vec<Vec<Sample>> = PHASES.iter().map(|_| Vec::new()).collect();
+    let mut sizes: Vec<u64> = vec![0; PHASES.len()];
+    // What each phase added to (or took from) the store, in the last round.
+    let mut deltas: Vec<i64> = vec![0; PHASES.len()];
+    for round in 0..rounds {
+        bare.push(bare_loop(n, false));
+        floor.push(bare_loop(n, true));
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("plan.toml"), plan(n)).unwrap();
+        for (i, (name, args, accepted)) in PHASES.iter().enumerate() {
+            let before = store_size(dir.path());
+            let s = run_certroll(dir.path(), args, accepted);
+            sizes[i] = store_size(dir.path());
+            deltas[i] = sizes[i] as i64 - before as i64;
+            eprintln!(
+                "  round {}: {name:<34} {:>8.2} s",
+                round + 1,
+                s.time.as_secs_f64()
+            );
+            samples[i].push(s);
+        }
     }
-    let (rolled, roll_peak) = rolls.into_iter().min().unwrap();
+    let secs = |v: &[Duration]| v.iter().map(Duration::as_secs_f64).collect::<Vec<_>>();
+    let (bare_min, bare_med) = min_median(secs(&bare));
+    let (floor_min, floor_med) = min_median(secs(&floor));
     println!(
-        "  certroll roll-secondary group:     {:>8.2} s  ({:.0} devices/s, peak RSS {:.1} MB)",
-        rolled.as_secs_f64(),
-        n as f64 / rolled.as_secs_f64(),
-        roll_peak as f64 / 1e6
-    );
-    let (roll_again, _) = run_certroll(
-        dir.path(),
-        &["--plan", "plan.toml", "-q", "roll-secondary", "group:fleet"],
+        "  bare loop (keygen + sign):        min {bare_min:>7.2} s  median {bare_med:>7.2} s  ({:.0} certs/s)",
+        n as f64 / bare_med
     );
     println!(
-        "  certroll roll (rerun, no-op):      {:>8.2} s",
-        roll_again.as_secs_f64()
+        "  bare loop + path validation:      min {floor_min:>7.2} s  median {floor_med:>7.2} s  (the floor)"
     );
-    let roll_ratio = rolled.as_secs_f64() / bare.as_secs_f64();
-    println!("  ratio roll / bare:                 {roll_ratio:>8.2}  (goal <= 1.50)");
-    let db = std::fs::metadata(dir.path().join("state.db"))
-        .map(|m| m.len())
-        .unwrap_or(0);
-    println!("  store size:                        {:>8.1} MB", db as f64 / 1e6);
+    println!(
+        "  {:<34} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}",
+        "phase", "median s", "min x", "median x", "floor min", "floor med", "peak RSS", "store", "added"
+    );
+    for (i, (name, _, _)) in PHASES.iter().enumerate() {
+        let times: Vec<f64> = samples[i].iter().map(|s| s.time.as_secs_f64()).collect();
+        let ratios: Vec<f64> = times
+            .iter()
+            .zip(&bare)
+            .map(|(t, b)| t / b.as_secs_f64())
+            .collect();
+        let floors: Vec<f64> = times
+            .iter()
+            .zip(&floor)
+            .map(|(t, f)| t / f.as_secs_f64())
+            .collect();
+        let (_, t_med) = min_median(times);
+        let (r_min, r_med) = min_median(ratios);
+        let (f_min, f_med) = min_median(floors);
+        let rss = samples[i].iter().map(|s| s.rss).max().unwrap_or(0);
+        println!(
+            "  {name:<34} {t_med:>8.2} {r_min:>9.3} {r_med:>9.3} {f_min:>9.3} {f_med:>9.3} {:>6.1} MB {:>7.2} MB {:>7.2} MB  ({} B/device)",
+            rss as f64 / 1e6,
+            sizes[i] as f64 / 1e6,
+            deltas[i] as f64 / 1e6,
+            sizes[i] / n as u64
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! The local backend: vault, enrollment service, hub registry and fleet on the embedded store.
 
+use super::decision_inputs;
 use super::registration::{self, Decision};
 use super::types::*;
 use super::*;
@@ -46,16 +47,25 @@ impl LocalBackend {
         &self,
         batch: &[RegistrationRequest],
         now: OffsetDateTime,
-    ) -> Result<(Vec<String>, Vec<Decision>)> {
+        reuse: bool,
+    ) -> Result<(Vec<String>, Vec<Decided>)> {
         use rayon::prelude::*;
-        let groups = registration::usable_groups(self.groups()?, &self.cas()?);
+        let raw_groups = self.groups()?;
+        let cas = self.cas()?;
+        let service = decision_inputs::service_digest(&raw_groups, &cas);
+        let groups = registration::usable_groups(raw_groups, &cas);
         let conn = self.store.conn();
         let ids: Vec<String> = batch.iter().map(|r| r.registration_id.clone()).collect();
         let individuals = self.individual_many(&ids)?;
+        let recorded = if reuse {
+            read!(self, q::registration_decisions_many(conn, &ids))?
+        } else {
+            vec![None; ids.len()]
+        };
         let any_disabled = read!(self, q::any_disabled_enrollment(conn))?;
         let mut known = Vec::with_capacity(batch.len());
         let mut thumbprints = Vec::with_capacity(batch.len());
-        for (req, individual) in batch.iter().zip(individuals) {
+        for ((req, individual), recorded) in batch.iter().zip(individuals).zip(recorded) {
             let leaf_tp = req
                 .chain
                 .first()
@@ -67,13 +77,23 @@ impl LocalBackend {
                 Vec::new()
             };
             thumbprints.push(leaf_tp);
-            known.push((disabled, individual));
+            known.push((disabled, individual, recorded));
         }
         let decisions = batch
             .par_iter()
             .zip(known.par_iter())
-            .map(|(req, (disabled, individual))| {
-                registration::decide(
+            .map(|(req, (disabled, individual, recorded))| {
+                let inputs = decision_inputs::fingerprint(req, individual.as_ref(), disabled, &service);
+                if let Some(r) = recorded
+                    && r.inputs == inputs
+                    && let Some(decision) = recorded_decision(r, individual.as_ref(), &groups, now)
+                {
+                    return Decided {
+                        decision,
+                        record: Some((inputs, r.from, r.until)),
+                    };
+                }
+                let decision = registration::decide(
                     req,
                     &registration::Context {
                         disabled_holding_leaf: disabled,
@@ -81,10 +101,61 @@ impl LocalBackend {
                         groups: &groups,
                         now,
                     },
-                )
+                );
+                let record = match decision {
+                    Decision::Individual { .. } | Decision::Group { .. } => {
+                        decision_inputs::validity_window(&req.chain)
+                            .map(|(from, until)| (inputs, from.unix_timestamp(), until.unix_timestamp()))
+                    }
+                    Decision::Rejected(_) | Decision::Disabled(_) => None,
+                };
+                Decided { decision, record }
             })
             .collect();
         Ok((thumbprints, decisions))
+    }
+}
+
+/// A decision and, for an assignment, what to record with it: the fingerprint of its inputs and
+/// the Unix seconds between which it holds.
+struct Decided {
+    decision: Decision,
+    record: Option<(decision_inputs::Fingerprint, i64, i64)>,
+}
+
+/// The recorded assignment again, when `now` is inside the times it holds for and its enrollment
+/// is still there (its content is in the fingerprint the caller compared).
+fn recorded_decision(
+    r: &q::RecordedDecision,
+    individual: Option<&IndividualEnrollment>,
+    groups: &[registration::ServiceGroup],
+    now: OffsetDateTime,
+) -> Option<Decision> {
+    // Certificate times are whole seconds: now >= from iff its floor is, now <= until iff its
+    // ceiling is.
+    let floor = now.unix_timestamp();
+    let ceil = floor + i64::from(now.nanosecond() > 0);
+    if floor < r.from || ceil > r.until {
+        return None;
+    }
+    match r.enrollment_kind.as_str() {
+        "group" => groups
+            .iter()
+            .map(|g| &g.group)
+            .find(|g| g.name == r.enrollment_name)
+            .map(|g| Decision::Group {
+                name: g.name.clone(),
+                hub: g.hub.clone(),
+                reprovision: g.reprovision.clone(),
+            }),
+        "individual" => individual
+            .filter(|i| i.registration_id == r.enrollment_name)
+            .map(|i| Decision::Individual {
+                name: i.registration_id.clone(),
+                hub: i.hub.clone(),
+                reprovision: i.reprovision.clone(),
+            }),
+        _ => None,
     }
 }
 
@@ -474,7 +545,9 @@ impl EnrollmentService for LocalBackend {
         batch: &[RegistrationRequest],
         now: OffsetDateTime,
     ) -> Result<Vec<RegistrationState>> {
-        let (thumbprints, decisions) = self.decide_batch(batch, now)?;
+        // A registration decides afresh (and records what it decided from); only a preview
+        // reuses recorded decisions, so `reprovision --force` re-decides every device.
+        let (thumbprints, decisions) = self.decide_batch(batch, now, false)?;
         let conn = self.store.conn();
         let ids: Vec<String> = batch.iter().map(|r| r.registration_id.clone()).collect();
         let mut previous: std::collections::HashMap<String, RegistrationState> = self
@@ -506,10 +579,10 @@ impl EnrollmentService for LocalBackend {
         batch: &[RegistrationRequest],
         now: OffsetDateTime,
     ) -> Result<Vec<std::result::Result<Assignment, String>>> {
-        let (_, decisions) = self.decide_batch(batch, now)?;
+        let (_, decisions) = self.decide_batch(batch, now, true)?;
         Ok(decisions
             .into_iter()
-            .map(|d| match d {
+            .map(|d| match d.decision {
                 Decision::Rejected(reason) | Decision::Disabled(reason) => Err(reason),
                 Decision::Individual { hub, reprovision, .. } | Decision::Group { hub, reprovision, .. } => {
                     Ok(Assignment { hub, reprovision })
@@ -528,11 +601,12 @@ fn apply(
     tx: &rusqlite::Connection,
     req: &RegistrationRequest,
     leaf_tp: &str,
-    decision: Decision,
+    decided: Decided,
     now: OffsetDateTime,
     previous: &mut std::collections::HashMap<String, RegistrationState>,
     identities: &mut std::collections::HashMap<(String, String), HubIdentity>,
 ) -> std::result::Result<RegistrationState, crate::store::StoreError> {
+    let Decided { decision, record } = decided;
     let (kind, name, hub, reprovision) = match decision {
         Decision::Rejected(ref reason) | Decision::Disabled(ref reason) => {
             // A refused attempt is recorded as DPS records it (status, error code and message,
@@ -617,7 +691,10 @@ fn apply(
         updated: Some(now),
         etag: None,
     };
-    q::registration_put(tx, &state, Some(kind), Some(&name), leaf_tp, now)?;
+    let record = record
+        .as_ref()
+        .map(|(inputs, from, until)| (&inputs[..], *from, *until));
+    q::registration_put_decided(tx, &state, Some(kind), Some(&name), leaf_tp, now, record)?;
     previous.insert(req.registration_id.clone(), state.clone());
     Ok(state)
 }

@@ -7,6 +7,7 @@
 
 pub mod azure;
 mod boxed;
+pub mod decision_inputs;
 pub mod local;
 pub mod registration;
 pub mod types;

@@ -104,7 +104,7 @@ pub struct Run {
 }
 
 /// Records the planned steps (or finds the open run of the same command and resumes it).
-/// A dry run records nothing.
+/// A dry run records nothing, nor does a run with no steps.
 pub fn begin(
     backend: &mut dyn Backend,
     command: &str,
@@ -136,6 +136,15 @@ pub fn begin(
             id: Some(open.id),
             resumed: true,
             steps: open.steps,
+        });
+    }
+    if steps.is_empty() {
+        // Nothing to do: nothing to resume either, so nothing is recorded (a cron job that
+        // finds nothing due every hour must not grow the store).
+        return Ok(Run {
+            id: None,
+            resumed: false,
+            steps,
         });
     }
     let id = in_one_unit(backend, |b| b.start_run(command, &steps, now))?;

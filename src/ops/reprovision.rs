@@ -131,7 +131,28 @@ pub fn reprovision(plan: &Plan, opts: &ReprovisionOptions, now: OffsetDateTime) 
         Access::Modify
     };
     let mut backend = open_backend(plan, access, &opts.backend)?;
-    let ids = selected(plan, &opts.targets);
+    let mut ids = selected(plan, &opts.targets);
+    // Devices already assigned with the certificate they hold are settled before a run is
+    // planned, so a reprovision with nothing to do records nothing (issue 13). A run being
+    // resumed is taken as recorded.
+    let mut settled: HashMap<String, DeviceOutcome> = HashMap::new();
+    let mut report_order: Vec<String> = Vec::new();
+    let mut chains: HashMap<(String, String), Vec<Vec<u8>>> = HashMap::new();
+    if !opts.force
+        && (opts.dry_run || crate::backend::Journal::open_run(&backend, &command_key(opts))?.is_none())
+    {
+        let mut todo = Vec::new();
+        for chunk in ids.chunks(CHUNK) {
+            for outcome in register_chunk(&mut backend, chunk, opts, &mut chains, true, now)? {
+                if outcome.status == "unchanged" {
+                    settled.insert(outcome.device.clone(), outcome);
+                } else {
+                    todo.push(outcome.device);
+                }
+            }
+        }
+        report_order = std::mem::replace(&mut ids, todo);
+    }
     let planned: Vec<Planned> = ids
         .chunks(CHUNK)
         .map(|chunk| Planned {
@@ -159,8 +180,6 @@ pub fn reprovision(plan: &Plan, opts: &ReprovisionOptions, now: OffsetDateTime) 
         devices_cut_off: CutOff::none(),
         devices: Vec::new(),
     };
-    // Issuer chains are shared by many devices: look each up once.
-    let mut chains: HashMap<(String, String), Vec<Vec<u8>>> = HashMap::new();
     let mut cut_off = Vec::new();
     let mut cut_per_step = Vec::new();
     for step in run.steps.clone() {
@@ -170,7 +189,7 @@ pub fn reprovision(plan: &Plan, opts: &ReprovisionOptions, now: OffsetDateTime) 
             continue;
         }
         let outcomes = run.step(&mut backend, step.seq, now, |b| {
-            let outcomes = register_chunk(b, &chunk, opts, &mut chains, now)?;
+            let outcomes = register_chunk(b, &chunk, opts, &mut chains, false, now)?;
             Ok((outcomes, serde_json::json!({})))
         })?;
         let step_cut: Vec<String> = outcomes
@@ -195,6 +214,16 @@ pub fn reprovision(plan: &Plan, opts: &ReprovisionOptions, now: OffsetDateTime) 
         }
     }
     run.finish(&mut backend, now)?;
+    if !settled.is_empty() {
+        // The settled devices join the others in plan order.
+        report.unchanged += settled.len() as u64;
+        let mut done: HashMap<String, DeviceOutcome> =
+            report.devices.drain(..).map(|o| (o.device.clone(), o)).collect();
+        report.devices = report_order
+            .iter()
+            .filter_map(|id| settled.remove(id).or_else(|| done.remove(id)))
+            .collect();
+    }
     let planned: Vec<Planned> = planned
         .into_iter()
         .zip(cut_per_step)
@@ -205,15 +234,50 @@ pub fn reprovision(plan: &Plan, opts: &ReprovisionOptions, now: OffsetDateTime) 
     Ok(report)
 }
 
+/// Whether the hub lets the device in with its leaf ([`crate::backend::HubRegistry::authenticate`]),
+/// decided from the identity already read where that is plain (enabled, the leaf's SHA-1
+/// thumbprint in a slot, inside the leaf's validity period); anything else asks the hub.
+fn lets_in(
+    backend: &dyn crate::backend::Backend,
+    identity: Option<crate::backend::types::HubIdentity>,
+    leaf: &[u8],
+    leaf_tp: &str,
+    (nbf, exp): (OffsetDateTime, OffsetDateTime),
+    now: OffsetDateTime,
+) -> Result<bool> {
+    if let Some(identity) = &identity
+        && identity.status == crate::backend::types::Status::Enabled
+        && [&identity.primary_thumbprint, &identity.secondary_thumbprint]
+            .into_iter()
+            .flatten()
+            .any(|tp| tp.eq_ignore_ascii_case(leaf_tp))
+        && nbf <= now
+        && now <= exp
+    {
+        return Ok(true);
+    }
+    let Some(identity) = identity else {
+        return Ok(false);
+    };
+    Ok(backend
+        .authenticate(&identity.hub, &identity.device_id, leaf, now)?
+        .is_ok())
+}
+
 /// Registers one chunk of devices (or, in a dry run, asks what the service would decide).
+/// With `settle_only`, only finds the devices already assigned with the certificate they hold
+/// (`unchanged`); every other device is returned as `todo`, untouched.
 fn register_chunk(
     backend: &mut dyn crate::backend::Backend,
     chunk: &[String],
     opts: &ReprovisionOptions,
     chains: &mut HashMap<(String, String), Vec<Vec<u8>>>,
+    settle_only: bool,
     now: OffsetDateTime,
 ) -> Result<Vec<DeviceOutcome>> {
     let mut requests = Vec::new();
+    // The validity period of each request's leaf, as the vault recorded it.
+    let mut validity = Vec::new();
     let mut outcomes: HashMap<String, DeviceOutcome> = HashMap::new();
     let registrations = backend.registration_many(chunk)?;
     for (id, installed) in chunk.iter().zip(super::installed_many(backend, chunk)?) {
@@ -242,6 +306,7 @@ fn register_chunk(
             },
             None => Vec::new(),
         };
+        validity.push((installed.nbf, installed.exp));
         let mut chain = vec![installed.cert_der];
         chain.extend(above);
         requests.push(RegistrationRequest {
@@ -258,19 +323,42 @@ fn register_chunk(
             .flatten()
             .map(|r| (r.registration_id.clone(), r))
             .collect();
+        // The hub identities the devices would be assigned to, read in one batch.
+        let wanted: Vec<(String, String)> = requests
+            .iter()
+            .zip(&decisions)
+            .filter_map(|(req, d)| {
+                d.as_ref()
+                    .ok()
+                    .map(|to| (to.hub.clone(), req.registration_id.clone()))
+            })
+            .collect();
+        let mut identities: HashMap<(String, String), crate::backend::types::HubIdentity> = backend
+            .identity_many(&wanted)?
+            .into_iter()
+            .flatten()
+            .map(|h| ((h.hub.clone(), h.device_id.clone()), h))
+            .collect();
         let mut still = Vec::new();
-        for (req, decision) in requests.into_iter().zip(decisions) {
+        for ((req, decision), valid) in requests.into_iter().zip(decisions).zip(validity) {
             let id = &req.registration_id;
+            let leaf_tp = crate::pki::sha1_thumbprint(&req.chain[0]);
             let unchanged = match (previous.get(id), &decision) {
                 (Some(prev), Ok(to)) => {
                     // Under `never` the hub keeps what it had; assigned with this certificate
                     // is all there is to it.
                     prev.status == "assigned"
                         && prev.hub.as_ref() == Some(&to.hub)
-                        && prev.cert_thumbprint.as_deref()
-                            == Some(crate::pki::sha1_thumbprint(&req.chain[0]).as_str())
+                        && prev.cert_thumbprint.as_deref() == Some(leaf_tp.as_str())
                         && (to.reprovision == "never"
-                            || backend.authenticate(&to.hub, id, &req.chain[0], now)?.is_ok())
+                            || lets_in(
+                                backend,
+                                identities.remove(&(to.hub.clone(), id.clone())),
+                                &req.chain[0],
+                                &leaf_tp,
+                                valid,
+                                now,
+                            )?)
                 }
                 _ => false,
             };
@@ -291,6 +379,21 @@ fn register_chunk(
             }
         }
         requests = still;
+    }
+    if settle_only {
+        for req in requests {
+            outcomes.insert(
+                req.registration_id.clone(),
+                DeviceOutcome {
+                    device: req.registration_id,
+                    status: "todo".into(),
+                    substatus: None,
+                    hub: None,
+                    error: None,
+                },
+            );
+        }
+        return Ok(chunk.iter().filter_map(|id| outcomes.remove(id)).collect());
     }
     if !requests.is_empty() {
         if opts.dry_run {

@@ -577,6 +577,7 @@ pub(super) fn registration_row(r: &Row<'_>) -> rusqlite::Result<RegistrationStat
 
 /// Records a registration attempt. The enrollment is kept from the previous record when the
 /// attempt names none (a refused attempt leaves the last assignment visible); `created` is kept.
+/// The recorded decision inputs are cleared: see [`registration_put_decided`].
 pub fn registration_put(
     conn: &Connection,
     state: &RegistrationState,
@@ -585,17 +586,42 @@ pub fn registration_put(
     cert_thumbprint: &str,
     now: OffsetDateTime,
 ) -> Result<()> {
+    registration_put_decided(
+        conn,
+        state,
+        enrollment_kind,
+        enrollment_name,
+        cert_thumbprint,
+        now,
+        None,
+    )
+}
+
+/// [`registration_put`], also recording the fingerprint of the decision's inputs and the times
+/// between which it holds (Unix seconds, both included); None clears them, so only an
+/// assignment made from known inputs is ever reused.
+pub fn registration_put_decided(
+    conn: &Connection,
+    state: &RegistrationState,
+    enrollment_kind: Option<&str>,
+    enrollment_name: Option<&str>,
+    cert_thumbprint: &str,
+    now: OffsetDateTime,
+    decided: Option<(&[u8], i64, i64)>,
+) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO registrations
            (registration_id, enrollment_kind, enrollment_name, status, substatus, hub, cert_thumbprint, error,
-            error_code, updated, created)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)
+            error_code, updated, created, decision_inputs, decision_from, decision_until)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13)
          ON CONFLICT(registration_id) DO UPDATE SET
            enrollment_kind = coalesce(excluded.enrollment_kind, enrollment_kind),
            enrollment_name = coalesce(excluded.enrollment_name, enrollment_name),
            status = excluded.status, substatus = excluded.substatus, hub = excluded.hub,
            cert_thumbprint = excluded.cert_thumbprint, error = excluded.error,
-           error_code = excluded.error_code, updated = excluded.updated",
+           error_code = excluded.error_code, updated = excluded.updated,
+           decision_inputs = excluded.decision_inputs, decision_from = excluded.decision_from,
+           decision_until = excluded.decision_until",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -608,11 +634,59 @@ pub fn registration_put(
             cert_thumbprint,
             state.error,
             state.error_code,
-            ts(now)
+            ts(now),
+            decided.map(|d| d.0),
+            decided.map(|d| d.1),
+            decided.map(|d| d.2),
         ])
     })
     .map_err(sql)?;
     Ok(())
+}
+
+/// A registration's recorded assignment with the fingerprint of the inputs it was decided from.
+#[derive(Debug, Clone)]
+pub struct RecordedDecision {
+    /// The fingerprint ([`crate::backend::decision_inputs::fingerprint`]).
+    pub inputs: Vec<u8>,
+    /// From when it holds (Unix seconds).
+    pub from: i64,
+    /// Until when it holds (Unix seconds, included).
+    pub until: i64,
+    /// `group` or `individual`.
+    pub enrollment_kind: String,
+    /// The enrollment's name.
+    pub enrollment_name: String,
+    /// The hub assigned.
+    pub hub: String,
+}
+
+/// The recorded decisions of several devices, in the order asked: None where the device has no
+/// registration, its last attempt was refused, or it was decided before inputs were recorded.
+pub fn registration_decisions_many(
+    conn: &Connection,
+    ids: &[String],
+) -> Result<Vec<Option<RecordedDecision>>> {
+    let found = one_at_positions(
+        conn,
+        "SELECT r.decision_inputs, r.decision_from, r.decision_until, r.enrollment_kind,
+                r.enrollment_name, r.hub, j.key
+         FROM json_each(?1) j JOIN registrations r ON r.registration_id = j.value
+         WHERE r.status = 'assigned' AND r.decision_inputs IS NOT NULL",
+        json_list(ids),
+        ids.len(),
+        |r| {
+            Ok(RecordedDecision {
+                inputs: r.get(0)?,
+                from: r.get(1)?,
+                until: r.get(2)?,
+                enrollment_kind: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                enrollment_name: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                hub: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+            })
+        },
+    )?;
+    Ok(found)
 }
 
 // ---------------------------------------------------------------- hub registry

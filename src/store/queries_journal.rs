@@ -108,14 +108,35 @@ pub fn step_done(
     Ok(())
 }
 
-/// Closes a run.
+/// Closes a run, and prunes what no reader of the journal needs any more (see [`prune`]).
 pub fn finish(conn: &Connection, run: i64, now: OffsetDateTime) -> Result<()> {
     conn.execute(
         "UPDATE journal_runs SET finished = ?2 WHERE id = ?1",
         params![run, now.unix_timestamp()],
     )
     .map_err(sql)?;
-    Ok(())
+    prune(conn)
+}
+
+/// Deletes finished runs' steps and runs that nothing reads any more (issue 13 item 3), so a
+/// journal stays as large as the fleet, not as long as its history. Kept: every open run whole
+/// (resume reads it), the newest done step of every target and kind in finished runs (what
+/// [`last_done_step`] answers, which rolls use to recognise a breach already handled), and the
+/// newest finished run of every command (what [`last_run`] answers).
+pub fn prune(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "DELETE FROM journal_steps WHERE rowid IN (
+             SELECT s.rowid FROM journal_steps s JOIN journal_runs r ON r.id = s.run_id
+             WHERE r.finished IS NOT NULL AND EXISTS (
+                 SELECT 1 FROM journal_steps n JOIN journal_runs nr ON nr.id = n.run_id
+                 WHERE n.target = s.target AND n.kind = s.kind AND n.run_id > s.run_id
+                   AND n.done IS NOT NULL AND nr.finished IS NOT NULL));
+         DELETE FROM journal_runs WHERE finished IS NOT NULL
+             AND NOT EXISTS (SELECT 1 FROM journal_steps s WHERE s.run_id = journal_runs.id)
+             AND id < (SELECT max(n.id) FROM journal_runs n
+                       WHERE n.command = journal_runs.command AND n.finished IS NOT NULL);",
+    )
+    .map_err(sql)
 }
 
 /// The newest done step of a kind for a target, in a finished run.

@@ -60,3 +60,6 @@ mod fidelity2;
 // Fuzzing (issue 9 item 13): what the fuzzers found, as regressions, and proptest properties.
 mod fuzz_found;
 mod properties;
+
+// Issue 13, performance: decisions not made twice, nothing-due runs that record nothing, a pruned journal.
+mod perf;

@@ -240,6 +240,8 @@ fn a_store_of_the_first_release_is_upgraded_by_any_verb_and_keeps_its_data() {
          ALTER TABLE hub_devices DROP COLUMN etag; ALTER TABLE service_cas DROP COLUMN etag;
          ALTER TABLE registrations DROP COLUMN etag; ALTER TABLE registrations DROP COLUMN created;
          ALTER TABLE registrations DROP COLUMN error_code;
+         ALTER TABLE registrations DROP COLUMN decision_inputs; ALTER TABLE registrations DROP COLUMN decision_from;
+         ALTER TABLE registrations DROP COLUMN decision_until;
          PRAGMA user_version = 1;",
     );
     sqlite(&rewind);

@@ -198,6 +198,40 @@ fn renewal_extends(policy: &Policy, cert: &VersionBrief, ca: Option<&CaTarget>, 
     would_end > cert.exp
 }
 
+/// For `--due`: which devices are certainly not due, read before a run is planned so a cron run
+/// with nothing to do records nothing (issue 13 item 3). A device counts as not due exactly when
+/// [`assess`] would report it `not-due`: it holds an issued certificate whose `auto-renew`
+/// action has not fired and it is not revoked (a disabled individual enrollment). Anything
+/// else (revoked, not issued) is left to `assess`.
+pub(super) fn not_due(
+    plan: &Plan,
+    backend: &dyn Backend,
+    ids: &[String],
+    now: OffsetDateTime,
+) -> Result<Vec<bool>> {
+    let names: Vec<String> = ids.iter().map(|id| device_cert_name(id)).collect();
+    let versions = backend.briefs_many(&names)?;
+    let records = backend.device_many(ids)?;
+    let individuals = backend.individual_many(ids)?;
+    let mut out = Vec::with_capacity(ids.len());
+    for (((id, versions), record), individual) in ids.iter().zip(versions).zip(records).zip(individuals) {
+        let (policy, _, _) = owner_of(plan, id)?;
+        let installed = record
+            .and_then(|r| r.installed_version)
+            .and_then(|v| versions.into_iter().find(|b| b.version == v));
+        let revoked = individual.is_some_and(|e| e.status == Status::Disabled);
+        out.push(installed.is_some_and(|installed| {
+            !revoked
+                && !policy
+                    .lifetime_actions
+                    .iter()
+                    .filter(|a| a.action == ActionKind::AutoRenew)
+                    .any(|a| fires_at(a.trigger, installed.nbf, installed.exp) <= now)
+        }));
+    }
+    Ok(out)
+}
+
 /// Reads what the services hold for a chunk and decides what each device needs; with
 /// `describe`, each device's report lists its steps.
 #[allow(clippy::too_many_arguments)]

@@ -378,7 +378,31 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
             };
             plan_scope(plan, &backend, opts, st, already, now, &mut planned, &mut report)?;
         }
-        plan_devices(opts, &device_ids, &mut planned);
+        if opts.due && opts.breach.is_none() {
+            // Only the devices that may be due are planned: a nightly cron run over a fleet
+            // with nothing due records no run at all (issue 13 item 3).
+            let mut maybe = Vec::new();
+            for chunk in device_ids.chunks(CHUNK) {
+                for (id, not_due) in chunk.iter().zip(devices::not_due(plan, &backend, chunk, now)?) {
+                    if not_due {
+                        report.devices.push(DeviceRoll {
+                            target: format!("device:{id}"),
+                            outcome: "not-due",
+                            slot: opts.slot,
+                            steps: Vec::new(),
+                            new_thumbprint: None,
+                            pruned_thumbprint: None,
+                            compromised: Vec::new(),
+                        });
+                    } else {
+                        maybe.push(id.clone());
+                    }
+                }
+            }
+            plan_devices(opts, &maybe, &mut planned);
+        } else {
+            plan_devices(opts, &device_ids, &mut planned);
+        }
     }
 
     let run = journal::begin(&mut backend, &command, &planned, opts.dry_run, now)?;
@@ -396,6 +420,21 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     }
     execute(plan, opts, &run, &mut backend, now, &mut report)?;
     run.finish(&mut backend, now)?;
+    if opts.due && !report.devices.is_empty() {
+        // The devices found not due were reported before the others: back to plan order.
+        let order: std::collections::HashMap<&str, usize> = device_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i))
+            .collect();
+        let at = |d: &DeviceRoll| {
+            order
+                .get(d.target.strip_prefix("device:").unwrap_or_default())
+                .copied()
+                .unwrap_or(usize::MAX)
+        };
+        report.devices.sort_by_key(at);
+    }
     report.steps = journal::reports(&run, &planned, opts.dry_run);
     let cut: Vec<&CutOff> = planned.iter().map(|p| &p.cut_off).collect();
     report.devices_cut_off = CutOff {
