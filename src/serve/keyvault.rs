@@ -271,12 +271,38 @@ fn load(
         None => b.current(name)?,
     };
     let v = v.ok_or_else(|| not_found(name))?;
-    let tags = match version.filter(|v| !v.is_empty()) {
-        Some(ver) => b.tags(name, Some(ver))?,
-        None => b.tags(name, None)?,
-    }
-    .unwrap_or_default();
+    // Key Vault keeps tags per version: a versionless read shows the newest version's.
+    let tags = b.tags(name, Some(&v.version))?.unwrap_or_default();
     Ok((v, tags, b.policy(name)?))
+}
+
+/// Replaces the tags of one version. When it is the newest, the certificate's own tags (what
+/// `certroll vault show` and a deleted certificate's answer carry) are set to the same, so every
+/// view of "the certificate's tags" agrees with Key Vault's: the newest version's.
+fn set_version_tags(
+    b: &mut LocalBackend,
+    name: &str,
+    version: &str,
+    tags: &Tags,
+    now: OffsetDateTime,
+) -> Result<(), ApiError> {
+    b.set_tags(name, Some(version), tags, now)?;
+    if b.current(name)?.is_some_and(|c| c.version == version) && b.tags(name, None)?.as_ref() != Some(tags) {
+        b.set_tags(name, None, tags, now)?;
+    }
+    Ok(())
+}
+
+/// Tags a version just made (create, import, merge): the request's tags, or none, as Key Vault
+/// starts every version with the tags its request names.
+fn tag_new_version(
+    b: &mut LocalBackend,
+    name: &str,
+    tags: Option<&Tags>,
+    now: OffsetDateTime,
+) -> Result<(), ApiError> {
+    let v = b.current(name)?.ok_or_else(|| not_found(name))?;
+    set_version_tags(b, name, &v.version, tags.unwrap_or(&Tags::new()), now)
 }
 
 // ------------------------------------------------------------------ get / list
@@ -329,7 +355,7 @@ async fn list_certificates(
         let mut value = Vec::new();
         for (name, current) in names.iter().zip(b.current_many(&names)?) {
             if let Some(v) = current {
-                let tags = b.tags(name, None)?.unwrap_or_default();
+                let tags = b.tags(name, Some(&v.version))?.unwrap_or_default();
                 value.push(item(&base, &v, &tags, false));
             }
         }
@@ -429,7 +455,7 @@ async fn update(
             b.set_enabled(&v, enabled, now)?;
         }
         if let Some(tags) = &tags {
-            b.set_tags(&name, ver.map(|_| v.version.as_str()), tags, now)?;
+            set_version_tags(b, &name, &v.version, tags, now)?;
         }
         if let Some(patch) = &policy {
             set_policy(b, &name, patch, now)?;
@@ -440,7 +466,7 @@ async fn update(
     .await
 }
 
-/// `PATCH /certificates/{name}/`: attributes of the latest version, the certificate's tags.
+/// `PATCH /certificates/{name}/`: the newest version's attributes and tags.
 async fn update_latest(
     State(st): Shared,
     Extension(p): Extension<Principal>,
@@ -681,9 +707,7 @@ async fn create_certificate(
             // What the options do not carry (content type, lifetime actions, months) comes from
             // the request's policy.
             set_policy(b, &name, &policy, now)?;
-            if let Some(tags) = &tags {
-                b.set_tags(&name, None, tags, now)?;
-            }
+            tag_new_version(b, &name, tags.as_ref(), now)?;
             if disabled && let Some(v) = b.current(&name)? {
                 b.set_enabled(&v, false, now)?;
             }
@@ -822,9 +846,7 @@ async fn merge_certificate(
             ));
         }
         pending::merge_in(b, &name, certs, "x5c", now)?;
-        if let Some(tags) = &tags {
-            b.set_tags(&name, None, tags, now)?;
-        }
+        tag_new_version(b, &name, tags.as_ref(), now)?;
         let (v, tags, policy) = load(b, &name, None)?;
         Ok((
             StatusCode::CREATED,
@@ -882,9 +904,7 @@ async fn import_certificate(
         {
             set_policy(b, &name, policy, now)?;
         }
-        if let Some(tags) = &tags {
-            b.set_tags(&name, None, tags, now)?;
-        }
+        tag_new_version(b, &name, tags.as_ref(), now)?;
         let (v, tags, policy) = load(b, &name, None)?;
         Ok(Json(bundle(&base, &v, &tags, policy.as_ref(), true)))
     })
