@@ -521,6 +521,44 @@ fn the_hub_sdk_manages_x509_identities_in_bulk_and_invokes_methods_on_simulated_
     );
 }
 
+/// The Python service SDK (`azure-iot-hub` 2.7, tests/sdk/python/hub_registry.py) through the
+/// connection string serve prints: X.509 identities (self-signed and CA), etags, 409 on a
+/// duplicate, and direct methods on simulated devices (known, unknown, offline, unknown id).
+#[test]
+fn the_python_hub_sdk_manages_x509_identities_with_etags_and_invokes_methods() {
+    let env = TestEnv::new();
+    issued(&env);
+    let serve = Serve::start(&env);
+    let out = Command::new(crate::serve_keyvault::python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/python/hub_registry.py"))
+        .current_dir(env.dir.path())
+        .env(
+            "HUB_CONNECTION_STRING",
+            serve.connection_string(HUB_HOST, "iothubowner"),
+        )
+        .env("REQUESTS_CA_BUNDLE", serve.ca_file(&env))
+        .env("TP1", "c".repeat(40))
+        .env("TP2", "D".repeat(64))
+        .env("SIM_DEVICE", "sensor-1")
+        .env("OFFLINE_DEVICE", "sensor-2")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("OK "),
+        "hub_registry.py failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{stdout}");
+    drop(serve);
+    // The method's registration is the store's; the identity the script changed is the store's.
+    let s = env
+        .plan_run(&["status", "-o", "json", "device:sensor-1"])
+        .ok()
+        .json();
+    assert_eq!(s["devices"][0]["registration"]["status"], "assigned", "{s}");
+}
+
 /// Exports a device's chain (`NAME.pem`) and key (`NAME.key.pem`) as `certroll export` writes them.
 fn export_device(env: &TestEnv, id: &str, name: &str) -> (PathBuf, PathBuf) {
     let (cert, key) = (format!("{name}.pem"), format!("{name}.key.pem"));
