@@ -52,12 +52,15 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/certificates/issuers/{issuer}",
             get(get_issuer)
                 .put(set_issuer)
-                .patch(update_issuer)
+                .patch(set_issuer)
                 .delete(delete_issuer),
         )
         .route("/certificates/restore", post(restore_certificate))
         .route("/certificates/{name}", axum::routing::delete(delete_certificate))
-        .route("/certificates/{name}/", get(get_latest).patch(update_latest))
+        .route(
+            "/certificates/{name}/",
+            get(get_certificate).patch(update_certificate),
+        )
         .route("/certificates/{name}/create", post(create_certificate))
         .route("/certificates/{name}/import", post(import_certificate))
         .route("/certificates/{name}/backup", post(backup_certificate))
@@ -75,7 +78,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/certificates/{name}/pending/merge", post(merge_certificate))
         .route(
             "/certificates/{name}/{version}",
-            get(get_version).patch(update_version),
+            get(get_certificate).patch(update_certificate),
         )
         .route("/deletedcertificates", get(list_deleted))
         .route(
@@ -84,11 +87,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/deletedcertificates/{name}/recover", post(recover_deleted))
         .route("/keys/{name}/{version}", get(get_key))
-        .route("/keys/{name}/", get(get_key_latest))
+        .route("/keys/{name}/", get(get_key))
         .route("/keys/{name}/{version}/sign", post(sign))
-        .route("/keys/{name}//sign", post(sign_latest))
+        .route("/keys/{name}//sign", post(sign))
         .route("/secrets/{name}/{version}", get(get_secret))
-        .route("/secrets/{name}/", get(get_secret_latest))
+        .route("/secrets/{name}/", get(get_secret))
         .fallback(unknown_operation)
         .layer(axum::middleware::from_fn_with_state(state.clone(), challenge))
         .with_state(state)
@@ -127,6 +130,22 @@ impl<S: Send + Sync> FromRequestParts<S> for Base {
             return Err(ApiError::bad_request("the request has no usable Host header"));
         }
         Ok(Base(format!("https://{host}")))
+    }
+}
+
+/// The `{name}` of a path and its `{version}` when the path names one. Key Vault's versionless
+/// form ends in a slash (`/certificates/{name}/`, `/keys/{name}//sign`): an empty or absent
+/// version is the newest.
+#[derive(serde::Deserialize)]
+struct At {
+    name: String,
+    #[serde(default)]
+    version: Option<String>,
+}
+
+impl At {
+    fn version(&self) -> Option<&str> {
+        self.version.as_deref().filter(|v| !v.is_empty())
     }
 }
 
@@ -271,9 +290,23 @@ fn load(
         None => b.current(name)?,
     };
     let v = v.ok_or_else(|| not_found(name))?;
-    // Key Vault keeps tags per version: a versionless read shows the newest version's.
-    let tags = b.tags(name, Some(&v.version))?.unwrap_or_default();
+    let tags = match version.filter(|v| !v.is_empty()) {
+        Some(_) => b.tags(name, Some(&v.version))?.unwrap_or_default(),
+        None => newest_tags(b, name, &v)?,
+    };
     Ok((v, tags, b.policy(name)?))
+}
+
+/// The tags a versionless read shows. Key Vault keeps tags per version and shows the newest
+/// version's; the local vault also has the certificate's own tags (`certroll vault update NAME
+/// --tag`, and a version the CLI made has none of its own), which stand in while the newest
+/// version has no tags. Serve's writes keep the two equal ([`set_version_tags`]).
+fn newest_tags(b: &LocalBackend, name: &str, newest: &VaultVersion) -> Result<Tags, ApiError> {
+    let own = b.tags(name, Some(&newest.version))?.unwrap_or_default();
+    if !own.is_empty() {
+        return Ok(own);
+    }
+    Ok(b.tags(name, None)?.unwrap_or_default())
 }
 
 /// Replaces the tags of one version. When it is the newest, the certificate's own tags (what
@@ -307,32 +340,24 @@ fn tag_new_version(
 
 // ------------------------------------------------------------------ get / list
 
-/// `GET /certificates/{name}/`: the latest version with the policy.
-async fn get_latest(
+/// `GET /certificates/{name}/` (the newest version, with the policy) and
+/// `GET /certificates/{name}/{version}` (that version, without: azure-wire.md 1.4.3).
+async fn get_certificate(
     State(st): Shared,
     Extension(p): Extension<Principal>,
     Base(base): Base,
-    Path(name): Path<String>,
+    Path(at): Path<At>,
 ) -> Answer {
     p.require(Perm::Get, &st.config.vault)?;
     st.read(move |b, _| {
-        let (v, tags, policy) = load(b, &name, None)?;
-        Ok(Json(bundle(&base, &v, &tags, policy.as_ref(), true)))
-    })
-    .await
-}
-
-/// `GET /certificates/{name}/{version}`.
-async fn get_version(
-    State(st): Shared,
-    Extension(p): Extension<Principal>,
-    Base(base): Base,
-    Path((name, version)): Path<(String, String)>,
-) -> Answer {
-    p.require(Perm::Get, &st.config.vault)?;
-    st.read(move |b, _| {
-        let (v, tags, policy) = load(b, &name, Some(&version))?;
-        Ok(Json(bundle(&base, &v, &tags, policy.as_ref(), false)))
+        let (v, tags, policy) = load(b, &at.name, at.version())?;
+        Ok(Json(bundle(
+            &base,
+            &v,
+            &tags,
+            policy.as_ref(),
+            at.version().is_none(),
+        )))
     })
     .await
 }
@@ -355,7 +380,7 @@ async fn list_certificates(
         let mut value = Vec::new();
         for (name, current) in names.iter().zip(b.current_many(&names)?) {
             if let Some(v) = current {
-                let tags = b.tags(name, Some(&v.version))?.unwrap_or_default();
+                let tags = newest_tags(b, name, &v)?;
                 value.push(item(&base, &v, &tags, false));
             }
         }
@@ -426,12 +451,13 @@ fn tags_from(v: &Value) -> Result<Tags, ApiError> {
     Ok(tags)
 }
 
-async fn update(
-    st: Arc<AppState>,
-    p: Principal,
-    base: String,
-    name: String,
-    version: Option<String>,
+/// `PATCH /certificates/{name}/` (the newest version) and `PATCH /certificates/{name}/{version}`:
+/// that version's attributes and tags (replaced wholesale), and the name's policy.
+async fn update_certificate(
+    State(st): Shared,
+    Extension(p): Extension<Principal>,
+    Base(base): Base,
+    Path(At { name, version }): Path<At>,
     bytes: Bytes,
 ) -> Answer {
     p.require(Perm::Update, &st.config.vault)?;
@@ -464,28 +490,6 @@ async fn update(
         Ok(Json(bundle(&base, &v, &tags, policy.as_ref(), true)))
     })
     .await
-}
-
-/// `PATCH /certificates/{name}/`: the newest version's attributes and tags.
-async fn update_latest(
-    State(st): Shared,
-    Extension(p): Extension<Principal>,
-    Base(base): Base,
-    Path(name): Path<String>,
-    bytes: Bytes,
-) -> Answer {
-    update(st, p, base, name, None, bytes).await
-}
-
-/// `PATCH /certificates/{name}/{version}`: that version's attributes and tags.
-async fn update_version(
-    State(st): Shared,
-    Extension(p): Extension<Principal>,
-    Base(base): Base,
-    Path((name, version)): Path<(String, String)>,
-    bytes: Bytes,
-) -> Answer {
-    update(st, p, base, name, Some(version), bytes).await
 }
 
 // ------------------------------------------------------------------ policy
@@ -1203,7 +1207,19 @@ async fn get_issuer(
     .await
 }
 
-async fn put_issuer(st: Arc<AppState>, base: String, name: String, req: Value, update: bool) -> Answer {
+/// `PUT /certificates/issuers/{issuer}` creates or replaces it (`provider` required);
+/// `PATCH` updates an existing one: the members given replace the stored ones.
+async fn set_issuer(
+    State(st): Shared,
+    Extension(p): Extension<Principal>,
+    Base(base): Base,
+    Path(name): Path<String>,
+    method: http::Method,
+    bytes: Bytes,
+) -> Answer {
+    p.require(Perm::SetIssuers, &st.config.vault)?;
+    let req = body(&bytes)?;
+    let update = method == http::Method::PATCH;
     st.write(move |b, now| {
         let existing = b.issuers()?.into_iter().find(|i| i.name == name);
         if update && existing.is_none() {
@@ -1223,32 +1239,6 @@ async fn put_issuer(st: Arc<AppState>, base: String, name: String, req: Value, u
         Ok(Json(issuer_body(&base, &i)))
     })
     .await
-}
-
-/// `PUT /certificates/issuers/{issuer}`: creates or replaces it (`provider` required).
-async fn set_issuer(
-    State(st): Shared,
-    Extension(p): Extension<Principal>,
-    Base(base): Base,
-    Path(name): Path<String>,
-    bytes: Bytes,
-) -> Answer {
-    p.require(Perm::SetIssuers, &st.config.vault)?;
-    let req = body(&bytes)?;
-    put_issuer(st, base, name, req, false).await
-}
-
-/// `PATCH /certificates/issuers/{issuer}`: the members given replace the stored ones.
-async fn update_issuer(
-    State(st): Shared,
-    Extension(p): Extension<Principal>,
-    Base(base): Base,
-    Path(name): Path<String>,
-    bytes: Bytes,
-) -> Answer {
-    p.require(Perm::SetIssuers, &st.config.vault)?;
-    let req = body(&bytes)?;
-    put_issuer(st, base, name, req, true).await
 }
 
 /// `DELETE /certificates/issuers/{issuer}`: refused while a policy names it.
@@ -1331,7 +1321,13 @@ fn jwk(cert_der: &[u8]) -> Result<Value, ApiError> {
     }
 }
 
-async fn key(st: Arc<AppState>, p: Principal, base: String, name: String, version: Option<String>) -> Answer {
+/// `GET /keys/{name}/{version}` and `GET /keys/{name}/`: the public part of the certificate's key.
+async fn get_key(
+    State(st): Shared,
+    Extension(p): Extension<Principal>,
+    Base(base): Base,
+    Path(At { name, version }): Path<At>,
+) -> Answer {
     p.require(Perm::Get, &st.config.vault)?;
     st.read(move |b, _| {
         let (v, tags, _) = load(b, &name, version.as_deref())?;
@@ -1347,32 +1343,14 @@ async fn key(st: Arc<AppState>, p: Principal, base: String, name: String, versio
     .await
 }
 
-/// `GET /keys/{name}/{version}`: the public part of the certificate's key.
-async fn get_key(
+/// `GET /secrets/{name}/{version}` and `GET /secrets/{name}/`: the certificate with its key (PEM
+/// or base64 PFX as the policy says) when the key is exportable; the certificates only when it
+/// is not.
+async fn get_secret(
     State(st): Shared,
     Extension(p): Extension<Principal>,
     Base(base): Base,
-    Path((name, version)): Path<(String, String)>,
-) -> Answer {
-    key(st, p, base, name, Some(version)).await
-}
-
-/// `GET /keys/{name}/`.
-async fn get_key_latest(
-    State(st): Shared,
-    Extension(p): Extension<Principal>,
-    Base(base): Base,
-    Path(name): Path<String>,
-) -> Answer {
-    key(st, p, base, name, None).await
-}
-
-async fn secret(
-    st: Arc<AppState>,
-    p: Principal,
-    base: String,
-    name: String,
-    version: Option<String>,
+    Path(At { name, version }): Path<At>,
 ) -> Answer {
     p.require(Perm::Get, &st.config.vault)?;
     st.read(move |b, now| {
@@ -1412,27 +1390,6 @@ async fn secret(
         })))
     })
     .await
-}
-
-/// `GET /secrets/{name}/{version}`: the certificate with its key (PEM or base64 PFX as the policy
-/// says) when the key is exportable; the certificates only when it is not.
-async fn get_secret(
-    State(st): Shared,
-    Extension(p): Extension<Principal>,
-    Base(base): Base,
-    Path((name, version)): Path<(String, String)>,
-) -> Answer {
-    secret(st, p, base, name, Some(version)).await
-}
-
-/// `GET /secrets/{name}/`.
-async fn get_secret_latest(
-    State(st): Shared,
-    Extension(p): Extension<Principal>,
-    Base(base): Base,
-    Path(name): Path<String>,
-) -> Answer {
-    secret(st, p, base, name, None).await
 }
 
 /// Signs a digest (JWS algorithm names; ECDSA signatures are r‖s as JWS wants them).
@@ -1489,12 +1446,14 @@ fn sign_digest(pkcs8: &[u8], alg: &str, digest: &[u8]) -> Result<Vec<u8>, ApiErr
     }
 }
 
-async fn sign_with(
-    st: Arc<AppState>,
-    p: Principal,
-    base: String,
-    name: String,
-    version: Option<String>,
+/// `POST /keys/{name}/{version}/sign` and `POST /keys/{name}//sign` (the newest version, as the
+/// Rust SDK sends it): `{"alg","value"}` (value = base64url digest) → the signature, base64url;
+/// the key never leaves the vault.
+async fn sign(
+    State(st): Shared,
+    Extension(p): Extension<Principal>,
+    Base(base): Base,
+    Path(At { name, version }): Path<At>,
     bytes: Bytes,
 ) -> Answer {
     p.require(Perm::Get, &st.config.vault)?;
@@ -1528,27 +1487,4 @@ async fn sign_with(
         })))
     })
     .await
-}
-
-/// `POST /keys/{name}/{version}/sign`: `{"alg","value"}` (value = base64url digest) → the
-/// signature, base64url; the key never leaves the vault.
-async fn sign(
-    State(st): Shared,
-    Extension(p): Extension<Principal>,
-    Base(base): Base,
-    Path((name, version)): Path<(String, String)>,
-    bytes: Bytes,
-) -> Answer {
-    sign_with(st, p, base, name, Some(version), bytes).await
-}
-
-/// `POST /keys/{name}//sign` (the latest version, as the Rust SDK sends it).
-async fn sign_latest(
-    State(st): Shared,
-    Extension(p): Extension<Principal>,
-    Base(base): Base,
-    Path(name): Path<String>,
-    bytes: Bytes,
-) -> Answer {
-    sign_with(st, p, base, name, None, bytes).await
 }

@@ -111,6 +111,42 @@ refused(lambda: registry.get_device("py-ca"), 404, "DeviceNotFound")
 registry.delete_device("py-x509")  # etag None: If-Match "*"
 refused(lambda: registry.delete_device("py-x509"), 404, "DeviceNotFound")
 
+# ---------------------------------------------------------------- concurrent etag updates
+# Writers race to count up a thumbprint (as hex), each reading the etag, then updating with it and
+# retrying on 412: no update may be lost, so the count ends at writers x rounds.
+import threading  # noqa: E402
+
+registry.create_device_with_x509("py-race", "0" * 40, None, "enabled")
+WRITERS, ROUNDS = 4, 5
+errors = []
+
+
+def writer():
+    own = IoTHubRegistryManager.from_connection_string(CS)
+    try:
+        for _ in range(ROUNDS):
+            while True:
+                device = own.get_device("py-race")
+                n = int(device.authentication.x509_thumbprint.primary_thumbprint, 16)
+                try:
+                    own.update_device_with_x509("py-race", device.etag, f"{n + 1:040X}", None, "enabled")
+                    break
+                except HttpOperationError as e:
+                    if e.response.status_code != 412:
+                        raise
+    except Exception as e:  # noqa: BLE001 - reported by the main thread
+        errors.append(repr(e))
+
+
+threads = [threading.Thread(target=writer) for _ in range(WRITERS)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join(120)
+check(not errors, f"writers failed: {errors}")
+final = int(registry.get_device("py-race").authentication.x509_thumbprint.primary_thumbprint, 16)
+check(final == WRITERS * ROUNDS, f"no lost update: {final} of {WRITERS * ROUNDS}")
+
 # ---------------------------------------------------------------- direct methods
 result = registry.invoke_device_method(
     SIM_DEVICE, CloudToDeviceMethod(method_name="reprovision", payload={"why": "test"}, response_timeout_in_seconds=10)

@@ -354,6 +354,17 @@ big = requests.put(f"{VAULT_URL}/certificates/contacts?api-version=7.5", headers
 check(big.status_code == 413, f"a body over 4 MiB → 413: {big.status_code}")
 bad = requests.get(f"{VAULT_URL}/nothing/here?api-version=7.5", headers=HEADERS)
 check(bad.status_code == 400 and bad.json()["error"]["code"] == "BadParameter", "unknown operation → 400")
+bad = requests.post(f"{VAULT_URL}/certificates/bad/create?api-version=7.5", headers={**HEADERS, "Content-Type": "text/plain"},
+                    data=b'{"policy": {}}')
+check(bad.status_code == 400 and "text/plain" in bad.json()["error"]["message"], f"wrong content type → 400: {bad.text}")
+bad = requests.get(f"{VAULT_URL}/certificates/%FF%FE/?api-version=7.5", headers=HEADERS)
+check(bad.status_code == 400 and bad.text, f"a path escape that is not UTF-8 → 400 with a message: {bad.status_code}")
+for version in ("%27%3Bdrop", "x" * 5000, "7.5.", "v1!"):
+    bad = requests.get(f"{VAULT_URL}/certificates?api-version={version}", headers=HEADERS)
+    check(bad.status_code == 400 and "api-version" in bad.json()["error"]["message"], f"api-version {version[:20]} → 400: {bad.text[:200]}")
+for version in ("7.0", "2016-10-01", "2026-04-01", "7.6-preview.2", "2099-01-01-preview"):
+    ok = requests.get(f"{VAULT_URL}/certificates?api-version={version}", headers=HEADERS)
+    check(ok.status_code == 200, f"api-version {version} accepted: {ok.status_code}")
 check(requests.get(f"{VAULT_URL}/certificates/missing/?api-version=2099-01-01", headers=HEADERS).json()["error"]["code"]
       == "CertificateNotFound", "any api-version; missing → CertificateNotFound")
 
