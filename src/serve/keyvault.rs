@@ -661,6 +661,7 @@ fn operation(
         "status_details": match status {
             "completed" => "The certificate was issued.",
             "cancelled" => "The request was cancelled.",
+            _ if csr.is_none() => "The certificate is being created.",
             _ => "Pending certificate created. Merge a certificate signed for the CSR.",
         },
         "request_id": request_id,
