@@ -658,7 +658,7 @@ async fn accept_loop(
 }
 
 /// Whether an `api-version` value has the shape of one: a date (`2021-10-01`) or a dotted
-/// number (`7.5`), optionally with a suffix such as `-preview`. Any such value is accepted (the
+/// number (`7.5`), at most 32 characters, optionally with a suffix such as `-preview`. Any such value is accepted (the
 /// SDKs' versions move faster than any emulator); only nonsense is refused.
 fn plausible_api_version(v: &str) -> bool {
     if v.is_empty() || v.len() > 32 {
@@ -678,7 +678,8 @@ fn plausible_api_version(v: &str) -> bool {
         let end = v
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(v.len());
-        (v[..end].split('.').all(digits), &v[end..])
+        let core = &v[..end];
+        (core.contains('.') && core.split('.').all(digits), &v[end..])
     };
     core && (rest.is_empty()
         || rest.strip_prefix('-').is_some_and(|s| {
@@ -816,4 +817,36 @@ async fn dispatch(
         start.elapsed().as_millis()
     );
     Some(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plausible_api_version;
+
+    #[test]
+    fn api_versions_of_every_shape_azure_uses_are_accepted_and_nonsense_is_not() {
+        for v in [
+            "7.5",
+            "7.0",
+            "2016-10-01",
+            "2026-04-01",
+            "2021-10-01",
+            "7.6-preview.2",
+            "2023-03-01-preview",
+        ] {
+            assert!(plausible_api_version(v), "{v}");
+        }
+        for v in [
+            "",
+            "x",
+            "7.5.",
+            ".7",
+            "'; drop",
+            "2021-1-01",
+            "7.5-",
+            &"9".repeat(40),
+        ] {
+            assert!(!plausible_api_version(v), "{v}");
+        }
+    }
 }
