@@ -455,7 +455,8 @@ fn main() {
                     }
                 }
             }
-            println!("{line}");
+            // Per round, so growth can be told from a plateau.
+            println!("{line} serve_rss={} KiB", serve.rss_kib());
         }
         if rss_marks.last().is_none_or(|(n, _)| *n != served) {
             rss_marks.push((served, serve.rss_kib()));
