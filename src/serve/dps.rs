@@ -638,22 +638,44 @@ fn individual_from(
             )));
         }
     }
-    let hub = match hub_of(state, body)? {
-        Some(h) => h,
-        None => match existing {
-            Some(e) => e.hub.clone(),
-            None => super::hub::default_hub(state)
-                .ok_or_else(|| bad_request("iotHubs is required: this DPS links no hub by default"))?,
-        },
-    };
+    let common = Common::of(state, body, existing.map(|e| e.hub.as_str()))?;
     Ok(IndividualEnrollment {
         registration_id: id.to_string(),
         primary,
         secondary,
-        status: status_of(body)?.unwrap_or(Status::Enabled),
-        reprovision: reprovision_of(body)?.unwrap_or_else(|| "migrate".into()),
-        hub,
+        status: common.status,
+        reprovision: common.reprovision,
+        hub: common.hub,
     })
+}
+
+/// What individual enrollments and groups take alike from a PUT's body.
+struct Common {
+    status: Status,
+    reprovision: String,
+    hub: String,
+}
+
+impl Common {
+    /// `provisioningStatus` (default enabled), the reprovision policy (default migrate) and the
+    /// hub: the body's, else the record's (`existing_hub`), else the plan's first hub.
+    fn of(
+        state: &AppState,
+        body: &Map<String, Value>,
+        existing_hub: Option<&str>,
+    ) -> Result<Common, ApiError> {
+        let hub = match (hub_of(state, body)?, existing_hub) {
+            (Some(h), _) => h,
+            (None, Some(h)) => h.to_string(),
+            (None, None) => super::hub::default_hub(state)
+                .ok_or_else(|| bad_request("iotHubs is required: this DPS links no hub by default"))?,
+        };
+        Ok(Common {
+            status: status_of(body)?.unwrap_or(Status::Enabled),
+            reprovision: reprovision_of(body)?.unwrap_or_else(|| "migrate".into()),
+            hub,
+        })
+    }
 }
 
 /// Writes one individual enrollment under the PUT etag rules; returns it as DPS answers.
@@ -828,21 +850,14 @@ fn group_from(
             "attestation.x509.signingCertificates.primary (or caReferences.primary) is required",
         ));
     }
-    let hub = match hub_of(state, body)? {
-        Some(h) => h,
-        None => match existing {
-            Some(g) => g.hub.clone(),
-            None => super::hub::default_hub(state)
-                .ok_or_else(|| bad_request("iotHubs is required: this DPS links no hub by default"))?,
-        },
-    };
+    let common = Common::of(state, body, existing.map(|g| g.hub.as_str()))?;
     Ok(EnrollmentGroup {
         name: id.to_string(),
         primary,
         secondary,
-        status: status_of(body)?.unwrap_or(Status::Enabled),
-        reprovision: reprovision_of(body)?.unwrap_or_else(|| "migrate".into()),
-        hub,
+        status: common.status,
+        reprovision: common.reprovision,
+        hub: common.hub,
     })
 }
 
@@ -1141,26 +1156,47 @@ fn split_page<T>(mut found: Vec<T>, size: usize, id: impl Fn(&T) -> String) -> (
     (found, next)
 }
 
+/// A query of every record of one kind, in pages: `page` lists ids after a token, `read`
+/// renders one record (gone meanwhile: left out), `item_type` names them (`x-ms-item-type`).
+async fn query_records(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+    page: fn(&rusqlite::Connection, &str, usize) -> Result<Vec<String>, crate::store::StoreError>,
+    read: fn(&LocalBackend, &str) -> Result<Option<Value>, ApiError>,
+    item_type: &'static str,
+) -> Result<Response, DpsError> {
+    auth(&state, &headers, super::auth::SasRight::EnrollmentRead)?;
+    let (size, after) = page_of(&headers, &body, true)?;
+    let (items, next) = state
+        .read(move |b, _| {
+            let ids = page(b.store().conn(), &after, size + 1).map_err(store_error)?;
+            let (ids, next) = split_page(ids, size, String::clone);
+            let items = ids
+                .iter()
+                .filter_map(|id| read(b, id).transpose())
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((items, next))
+        })
+        .await?;
+    Ok(page_response(items, next, size, item_type))
+}
+
 /// `POST /enrollments/query`: all individual enrollments, in pages.
 async fn query_individual_enrollments(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, DpsError> {
-    auth(&state, &headers, super::auth::SasRight::EnrollmentRead)?;
-    let (size, after) = page_of(&headers, &body, true)?;
-    let (items, next) = state
-        .read(move |b, _| {
-            let ids = qd::individual_ids_page(b.store().conn(), &after, size + 1).map_err(store_error)?;
-            let (ids, next) = split_page(ids, size, String::clone);
-            let items = ids
-                .iter()
-                .filter_map(|id| read_individual(b, id).transpose())
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((items, next))
-        })
-        .await?;
-    Ok(page_response(items, next, size, "Enrollment"))
+    query_records(
+        state,
+        headers,
+        body,
+        qd::individual_ids_page,
+        read_individual,
+        "Enrollment",
+    )
+    .await
 }
 
 /// `POST /enrollmentGroups/query`: all enrollment groups, in pages.
@@ -1169,20 +1205,15 @@ async fn query_enrollment_groups(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, DpsError> {
-    auth(&state, &headers, super::auth::SasRight::EnrollmentRead)?;
-    let (size, after) = page_of(&headers, &body, true)?;
-    let (items, next) = state
-        .read(move |b, _| {
-            let ids = qd::group_names_page(b.store().conn(), &after, size + 1).map_err(store_error)?;
-            let (ids, next) = split_page(ids, size, String::clone);
-            let items = ids
-                .iter()
-                .filter_map(|id| read_group(b, id).transpose())
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((items, next))
-        })
-        .await?;
-    Ok(page_response(items, next, size, "EnrollmentGroup"))
+    query_records(
+        state,
+        headers,
+        body,
+        qd::group_names_page,
+        read_group,
+        "EnrollmentGroup",
+    )
+    .await
 }
 
 // ---------------------------------------------------------------- registration states

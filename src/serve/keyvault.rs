@@ -52,12 +52,15 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/certificates/issuers/{issuer}",
             get(get_issuer)
                 .put(set_issuer)
-                .patch(update_issuer)
+                .patch(set_issuer)
                 .delete(delete_issuer),
         )
         .route("/certificates/restore", post(restore_certificate))
         .route("/certificates/{name}", axum::routing::delete(delete_certificate))
-        .route("/certificates/{name}/", get(get_latest).patch(update_latest))
+        .route(
+            "/certificates/{name}/",
+            get(get_certificate).patch(update_certificate),
+        )
         .route("/certificates/{name}/create", post(create_certificate))
         .route("/certificates/{name}/import", post(import_certificate))
         .route("/certificates/{name}/backup", post(backup_certificate))
@@ -75,7 +78,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/certificates/{name}/pending/merge", post(merge_certificate))
         .route(
             "/certificates/{name}/{version}",
-            get(get_version).patch(update_version),
+            get(get_certificate).patch(update_certificate),
         )
         .route("/deletedcertificates", get(list_deleted))
         .route(
@@ -84,11 +87,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/deletedcertificates/{name}/recover", post(recover_deleted))
         .route("/keys/{name}/{version}", get(get_key))
-        .route("/keys/{name}/", get(get_key_latest))
+        .route("/keys/{name}/", get(get_key))
         .route("/keys/{name}/{version}/sign", post(sign))
-        .route("/keys/{name}//sign", post(sign_latest))
+        .route("/keys/{name}//sign", post(sign))
         .route("/secrets/{name}/{version}", get(get_secret))
-        .route("/secrets/{name}/", get(get_secret_latest))
+        .route("/secrets/{name}/", get(get_secret))
         .fallback(unknown_operation)
         .layer(axum::middleware::from_fn_with_state(state.clone(), challenge))
         .with_state(state)
@@ -127,6 +130,22 @@ impl<S: Send + Sync> FromRequestParts<S> for Base {
             return Err(ApiError::bad_request("the request has no usable Host header"));
         }
         Ok(Base(format!("https://{host}")))
+    }
+}
+
+/// The `{name}` of a path and its `{version}` when the path names one. Key Vault's versionless
+/// form ends in a slash (`/certificates/{name}/`, `/keys/{name}//sign`): an empty or absent
+/// version is the newest.
+#[derive(serde::Deserialize)]
+struct At {
+    name: String,
+    #[serde(default)]
+    version: Option<String>,
+}
+
+impl At {
+    fn version(&self) -> Option<&str> {
+        self.version.as_deref().filter(|v| !v.is_empty())
     }
 }
 
@@ -272,41 +291,73 @@ fn load(
     };
     let v = v.ok_or_else(|| not_found(name))?;
     let tags = match version.filter(|v| !v.is_empty()) {
-        Some(ver) => b.tags(name, Some(ver))?,
-        None => b.tags(name, None)?,
-    }
-    .unwrap_or_default();
+        Some(_) => b.tags(name, Some(&v.version))?.unwrap_or_default(),
+        None => newest_tags(b, name, &v)?,
+    };
     Ok((v, tags, b.policy(name)?))
+}
+
+/// The tags a versionless read shows. Key Vault keeps tags per version and shows the newest
+/// version's; the local vault also has the certificate's own tags (`certroll vault update NAME
+/// --tag`, and a version the CLI made has none of its own), which stand in while the newest
+/// version has no tags. Serve's writes keep the two equal ([`set_version_tags`]).
+fn newest_tags(b: &LocalBackend, name: &str, newest: &VaultVersion) -> Result<Tags, ApiError> {
+    let own = b.tags(name, Some(&newest.version))?.unwrap_or_default();
+    if !own.is_empty() {
+        return Ok(own);
+    }
+    Ok(b.tags(name, None)?.unwrap_or_default())
+}
+
+/// Replaces the tags of one version. When it is the newest, the certificate's own tags (what
+/// `certroll vault show` and a deleted certificate's answer carry) are set to the same, so every
+/// view of "the certificate's tags" agrees with Key Vault's: the newest version's.
+fn set_version_tags(
+    b: &mut LocalBackend,
+    name: &str,
+    version: &str,
+    tags: &Tags,
+    now: OffsetDateTime,
+) -> Result<(), ApiError> {
+    b.set_tags(name, Some(version), tags, now)?;
+    if b.current(name)?.is_some_and(|c| c.version == version) && b.tags(name, None)?.as_ref() != Some(tags) {
+        b.set_tags(name, None, tags, now)?;
+    }
+    Ok(())
+}
+
+/// Tags a version just made (create, import, merge): the request's tags, or none, as Key Vault
+/// starts every version with the tags its request names.
+fn tag_new_version(
+    b: &mut LocalBackend,
+    name: &str,
+    tags: Option<&Tags>,
+    now: OffsetDateTime,
+) -> Result<(), ApiError> {
+    let v = b.current(name)?.ok_or_else(|| not_found(name))?;
+    set_version_tags(b, name, &v.version, tags.unwrap_or(&Tags::new()), now)
 }
 
 // ------------------------------------------------------------------ get / list
 
-/// `GET /certificates/{name}/`: the latest version with the policy.
-async fn get_latest(
+/// `GET /certificates/{name}/` (the newest version, with the policy) and
+/// `GET /certificates/{name}/{version}` (that version, without: azure-wire.md 1.4.3).
+async fn get_certificate(
     State(st): Shared,
     Extension(p): Extension<Principal>,
     Base(base): Base,
-    Path(name): Path<String>,
+    Path(at): Path<At>,
 ) -> Answer {
     p.require(Perm::Get, &st.config.vault)?;
     st.read(move |b, _| {
-        let (v, tags, policy) = load(b, &name, None)?;
-        Ok(Json(bundle(&base, &v, &tags, policy.as_ref(), true)))
-    })
-    .await
-}
-
-/// `GET /certificates/{name}/{version}`.
-async fn get_version(
-    State(st): Shared,
-    Extension(p): Extension<Principal>,
-    Base(base): Base,
-    Path((name, version)): Path<(String, String)>,
-) -> Answer {
-    p.require(Perm::Get, &st.config.vault)?;
-    st.read(move |b, _| {
-        let (v, tags, policy) = load(b, &name, Some(&version))?;
-        Ok(Json(bundle(&base, &v, &tags, policy.as_ref(), false)))
+        let (v, tags, policy) = load(b, &at.name, at.version())?;
+        Ok(Json(bundle(
+            &base,
+            &v,
+            &tags,
+            policy.as_ref(),
+            at.version().is_none(),
+        )))
     })
     .await
 }
@@ -329,7 +380,7 @@ async fn list_certificates(
         let mut value = Vec::new();
         for (name, current) in names.iter().zip(b.current_many(&names)?) {
             if let Some(v) = current {
-                let tags = b.tags(name, None)?.unwrap_or_default();
+                let tags = newest_tags(b, name, &v)?;
                 value.push(item(&base, &v, &tags, false));
             }
         }
@@ -400,12 +451,13 @@ fn tags_from(v: &Value) -> Result<Tags, ApiError> {
     Ok(tags)
 }
 
-async fn update(
-    st: Arc<AppState>,
-    p: Principal,
-    base: String,
-    name: String,
-    version: Option<String>,
+/// `PATCH /certificates/{name}/` (the newest version) and `PATCH /certificates/{name}/{version}`:
+/// that version's attributes and tags (replaced wholesale), and the name's policy.
+async fn update_certificate(
+    State(st): Shared,
+    Extension(p): Extension<Principal>,
+    Base(base): Base,
+    Path(At { name, version }): Path<At>,
     bytes: Bytes,
 ) -> Answer {
     p.require(Perm::Update, &st.config.vault)?;
@@ -429,7 +481,7 @@ async fn update(
             b.set_enabled(&v, enabled, now)?;
         }
         if let Some(tags) = &tags {
-            b.set_tags(&name, ver.map(|_| v.version.as_str()), tags, now)?;
+            set_version_tags(b, &name, &v.version, tags, now)?;
         }
         if let Some(patch) = &policy {
             set_policy(b, &name, patch, now)?;
@@ -438,28 +490,6 @@ async fn update(
         Ok(Json(bundle(&base, &v, &tags, policy.as_ref(), true)))
     })
     .await
-}
-
-/// `PATCH /certificates/{name}/`: attributes of the latest version, the certificate's tags.
-async fn update_latest(
-    State(st): Shared,
-    Extension(p): Extension<Principal>,
-    Base(base): Base,
-    Path(name): Path<String>,
-    bytes: Bytes,
-) -> Answer {
-    update(st, p, base, name, None, bytes).await
-}
-
-/// `PATCH /certificates/{name}/{version}`: that version's attributes and tags.
-async fn update_version(
-    State(st): Shared,
-    Extension(p): Extension<Principal>,
-    Base(base): Base,
-    Path((name, version)): Path<(String, String)>,
-    bytes: Bytes,
-) -> Answer {
-    update(st, p, base, name, Some(version), bytes).await
 }
 
 // ------------------------------------------------------------------ policy
@@ -631,6 +661,7 @@ fn operation(
         "status_details": match status {
             "completed" => "The certificate was issued.",
             "cancelled" => "The request was cancelled.",
+            _ if csr.is_none() => "The certificate is being created.",
             _ => "Pending certificate created. Merge a certificate signed for the CSR.",
         },
         "request_id": request_id,
@@ -681,9 +712,7 @@ async fn create_certificate(
             // What the options do not carry (content type, lifetime actions, months) comes from
             // the request's policy.
             set_policy(b, &name, &policy, now)?;
-            if let Some(tags) = &tags {
-                b.set_tags(&name, None, tags, now)?;
-            }
+            tag_new_version(b, &name, tags.as_ref(), now)?;
             if disabled && let Some(v) = b.current(&name)? {
                 b.set_enabled(&v, false, now)?;
             }
@@ -822,9 +851,7 @@ async fn merge_certificate(
             ));
         }
         pending::merge_in(b, &name, certs, "x5c", now)?;
-        if let Some(tags) = &tags {
-            b.set_tags(&name, None, tags, now)?;
-        }
+        tag_new_version(b, &name, tags.as_ref(), now)?;
         let (v, tags, policy) = load(b, &name, None)?;
         Ok((
             StatusCode::CREATED,
@@ -882,9 +909,7 @@ async fn import_certificate(
         {
             set_policy(b, &name, policy, now)?;
         }
-        if let Some(tags) = &tags {
-            b.set_tags(&name, None, tags, now)?;
-        }
+        tag_new_version(b, &name, tags.as_ref(), now)?;
         let (v, tags, policy) = load(b, &name, None)?;
         Ok(Json(bundle(&base, &v, &tags, policy.as_ref(), true)))
     })
@@ -1183,7 +1208,19 @@ async fn get_issuer(
     .await
 }
 
-async fn put_issuer(st: Arc<AppState>, base: String, name: String, req: Value, update: bool) -> Answer {
+/// `PUT /certificates/issuers/{issuer}` creates or replaces it (`provider` required);
+/// `PATCH` updates an existing one: the members given replace the stored ones.
+async fn set_issuer(
+    State(st): Shared,
+    Extension(p): Extension<Principal>,
+    Base(base): Base,
+    Path(name): Path<String>,
+    method: http::Method,
+    bytes: Bytes,
+) -> Answer {
+    p.require(Perm::SetIssuers, &st.config.vault)?;
+    let req = body(&bytes)?;
+    let update = method == http::Method::PATCH;
     st.write(move |b, now| {
         let existing = b.issuers()?.into_iter().find(|i| i.name == name);
         if update && existing.is_none() {
@@ -1203,32 +1240,6 @@ async fn put_issuer(st: Arc<AppState>, base: String, name: String, req: Value, u
         Ok(Json(issuer_body(&base, &i)))
     })
     .await
-}
-
-/// `PUT /certificates/issuers/{issuer}`: creates or replaces it (`provider` required).
-async fn set_issuer(
-    State(st): Shared,
-    Extension(p): Extension<Principal>,
-    Base(base): Base,
-    Path(name): Path<String>,
-    bytes: Bytes,
-) -> Answer {
-    p.require(Perm::SetIssuers, &st.config.vault)?;
-    let req = body(&bytes)?;
-    put_issuer(st, base, name, req, false).await
-}
-
-/// `PATCH /certificates/issuers/{issuer}`: the members given replace the stored ones.
-async fn update_issuer(
-    State(st): Shared,
-    Extension(p): Extension<Principal>,
-    Base(base): Base,
-    Path(name): Path<String>,
-    bytes: Bytes,
-) -> Answer {
-    p.require(Perm::SetIssuers, &st.config.vault)?;
-    let req = body(&bytes)?;
-    put_issuer(st, base, name, req, true).await
 }
 
 /// `DELETE /certificates/issuers/{issuer}`: refused while a policy names it.
@@ -1311,7 +1322,13 @@ fn jwk(cert_der: &[u8]) -> Result<Value, ApiError> {
     }
 }
 
-async fn key(st: Arc<AppState>, p: Principal, base: String, name: String, version: Option<String>) -> Answer {
+/// `GET /keys/{name}/{version}` and `GET /keys/{name}/`: the public part of the certificate's key.
+async fn get_key(
+    State(st): Shared,
+    Extension(p): Extension<Principal>,
+    Base(base): Base,
+    Path(At { name, version }): Path<At>,
+) -> Answer {
     p.require(Perm::Get, &st.config.vault)?;
     st.read(move |b, _| {
         let (v, tags, _) = load(b, &name, version.as_deref())?;
@@ -1327,32 +1344,14 @@ async fn key(st: Arc<AppState>, p: Principal, base: String, name: String, versio
     .await
 }
 
-/// `GET /keys/{name}/{version}`: the public part of the certificate's key.
-async fn get_key(
+/// `GET /secrets/{name}/{version}` and `GET /secrets/{name}/`: the certificate with its key (PEM
+/// or base64 PFX as the policy says) when the key is exportable; the certificates only when it
+/// is not.
+async fn get_secret(
     State(st): Shared,
     Extension(p): Extension<Principal>,
     Base(base): Base,
-    Path((name, version)): Path<(String, String)>,
-) -> Answer {
-    key(st, p, base, name, Some(version)).await
-}
-
-/// `GET /keys/{name}/`.
-async fn get_key_latest(
-    State(st): Shared,
-    Extension(p): Extension<Principal>,
-    Base(base): Base,
-    Path(name): Path<String>,
-) -> Answer {
-    key(st, p, base, name, None).await
-}
-
-async fn secret(
-    st: Arc<AppState>,
-    p: Principal,
-    base: String,
-    name: String,
-    version: Option<String>,
+    Path(At { name, version }): Path<At>,
 ) -> Answer {
     p.require(Perm::Get, &st.config.vault)?;
     st.read(move |b, now| {
@@ -1392,27 +1391,6 @@ async fn secret(
         })))
     })
     .await
-}
-
-/// `GET /secrets/{name}/{version}`: the certificate with its key (PEM or base64 PFX as the policy
-/// says) when the key is exportable; the certificates only when it is not.
-async fn get_secret(
-    State(st): Shared,
-    Extension(p): Extension<Principal>,
-    Base(base): Base,
-    Path((name, version)): Path<(String, String)>,
-) -> Answer {
-    secret(st, p, base, name, Some(version)).await
-}
-
-/// `GET /secrets/{name}/`.
-async fn get_secret_latest(
-    State(st): Shared,
-    Extension(p): Extension<Principal>,
-    Base(base): Base,
-    Path(name): Path<String>,
-) -> Answer {
-    secret(st, p, base, name, None).await
 }
 
 /// Signs a digest (JWS algorithm names; ECDSA signatures are r‖s as JWS wants them).
@@ -1469,12 +1447,14 @@ fn sign_digest(pkcs8: &[u8], alg: &str, digest: &[u8]) -> Result<Vec<u8>, ApiErr
     }
 }
 
-async fn sign_with(
-    st: Arc<AppState>,
-    p: Principal,
-    base: String,
-    name: String,
-    version: Option<String>,
+/// `POST /keys/{name}/{version}/sign` and `POST /keys/{name}//sign` (the newest version, as the
+/// Rust SDK sends it): `{"alg","value"}` (value = base64url digest) → the signature, base64url;
+/// the key never leaves the vault.
+async fn sign(
+    State(st): Shared,
+    Extension(p): Extension<Principal>,
+    Base(base): Base,
+    Path(At { name, version }): Path<At>,
     bytes: Bytes,
 ) -> Answer {
     p.require(Perm::Get, &st.config.vault)?;
@@ -1508,27 +1488,4 @@ async fn sign_with(
         })))
     })
     .await
-}
-
-/// `POST /keys/{name}/{version}/sign`: `{"alg","value"}` (value = base64url digest) → the
-/// signature, base64url; the key never leaves the vault.
-async fn sign(
-    State(st): Shared,
-    Extension(p): Extension<Principal>,
-    Base(base): Base,
-    Path((name, version)): Path<(String, String)>,
-    bytes: Bytes,
-) -> Answer {
-    sign_with(st, p, base, name, Some(version), bytes).await
-}
-
-/// `POST /keys/{name}//sign` (the latest version, as the Rust SDK sends it).
-async fn sign_latest(
-    State(st): Shared,
-    Extension(p): Extension<Principal>,
-    Base(base): Base,
-    Path(name): Path<String>,
-    bytes: Bytes,
-) -> Answer {
-    sign_with(st, p, base, name, None, bytes).await
 }

@@ -657,6 +657,87 @@ async fn accept_loop(
     }
 }
 
+/// Whether an `api-version` value has the shape of one: a date (`2021-10-01`) or a dotted
+/// number (`7.5`), at most 32 characters, optionally with a suffix such as `-preview`. Any such value is accepted (the
+/// SDKs' versions move faster than any emulator); only nonsense is refused.
+fn plausible_api_version(v: &str) -> bool {
+    if v.is_empty() || v.len() > 32 {
+        return false;
+    }
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    let b = v.as_bytes();
+    let (core, rest) = if b.len() >= 10
+        && digits(&v[..4])
+        && b[4] == b'-'
+        && digits(&v[5..7])
+        && b[7] == b'-'
+        && digits(&v[8..10])
+    {
+        (true, &v[10..])
+    } else {
+        let end = v
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(v.len());
+        let core = &v[..end];
+        (core.contains('.') && core.split('.').all(digits), &v[end..])
+    };
+    core && (rest.is_empty()
+        || rest.strip_prefix('-').is_some_and(|s| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        }))
+}
+
+/// Refuses, before any service sees it, a request no Azure service would take: an `api-version`
+/// that is not a version, a query string that does not decode, or a body whose Content-Type
+/// is not JSON (device-to-cloud messages excepted: their body is the device's own). 400 with a
+/// message naming what is wrong.
+fn screen(req: &Request<Body>, origin: &Origin) -> Result<(), ApiError> {
+    if let Some(query) = req.uri().query() {
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            if value.contains('\u{FFFD}') || key.contains('\u{FFFD}') {
+                return Err(ApiError::bad_request(
+                    "the query string holds a percent-escape that is not UTF-8",
+                ));
+            }
+            if key == "api-version" && !plausible_api_version(&value) {
+                let shown: String = value.chars().take(40).collect();
+                return Err(ApiError::bad_request(format!(
+                    "api-version `{}` is not a version (a date such as 2021-10-01, or 7.5)",
+                    shown.escape_debug()
+                )));
+            }
+        }
+    }
+    let has_body = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|l| l.as_bytes() != b"0")
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    let device_message = matches!(origin, Origin::Hub(_)) && req.uri().path().contains("/messages/");
+    if has_body
+        && !device_message
+        && let Some(ct) = req.headers().get(header::CONTENT_TYPE)
+    {
+        let essence = ct
+            .to_str()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if essence != "application/json" && !essence.ends_with("+json") {
+            return Err(ApiError::bad_request(format!(
+                "Content-Type `{}` is not application/json: the body must be JSON",
+                String::from_utf8_lossy(ct.as_bytes()).escape_debug()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Sends a request to its service (by Host, unless the listener is a service's own), after the
 /// service's throttling and injected faults, and logs it. None: drop the connection.
 async fn dispatch(
@@ -678,6 +759,7 @@ async fn dispatch(
     let path = req.uri().path().to_string();
     let origin = fixed.or_else(|| Origin::of(&host, &state.config, &state.hubs));
     let response = match origin.and_then(|o| routers.for_origin(&o).map(|r| (o, r))) {
+        Some((origin, _)) if let Err(e) = screen(&req, &origin) => e.into_response(),
         Some((origin, router)) => match state.faults.judge(origin.service()) {
             faults::Verdict::Drop => {
                 tracing::info!(target: "certroll::serve::access", "{method} {host}{path} dropped (injected)");
@@ -735,4 +817,36 @@ async fn dispatch(
         start.elapsed().as_millis()
     );
     Some(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plausible_api_version;
+
+    #[test]
+    fn api_versions_of_every_shape_azure_uses_are_accepted_and_nonsense_is_not() {
+        for v in [
+            "7.5",
+            "7.0",
+            "2016-10-01",
+            "2026-04-01",
+            "2021-10-01",
+            "7.6-preview.2",
+            "2023-03-01-preview",
+        ] {
+            assert!(plausible_api_version(v), "{v}");
+        }
+        for v in [
+            "",
+            "x",
+            "7.5.",
+            ".7",
+            "'; drop",
+            "2021-1-01",
+            "7.5-",
+            &"9".repeat(40),
+        ] {
+            assert!(!plausible_api_version(v), "{v}");
+        }
+    }
 }

@@ -521,6 +521,44 @@ fn the_hub_sdk_manages_x509_identities_in_bulk_and_invokes_methods_on_simulated_
     );
 }
 
+/// The Python service SDK (`azure-iot-hub` 2.7, tests/sdk/python/hub_registry.py) through the
+/// connection string serve prints: X.509 identities (self-signed and CA), etags, 409 on a
+/// duplicate, and direct methods on simulated devices (known, unknown, offline, unknown id).
+#[test]
+fn the_python_hub_sdk_manages_x509_identities_with_etags_and_invokes_methods() {
+    let env = TestEnv::new();
+    issued(&env);
+    let serve = Serve::start(&env);
+    let out = Command::new(crate::serve_keyvault::python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/python/hub_registry.py"))
+        .current_dir(env.dir.path())
+        .env(
+            "HUB_CONNECTION_STRING",
+            serve.connection_string(HUB_HOST, "iothubowner"),
+        )
+        .env("REQUESTS_CA_BUNDLE", serve.ca_file(&env))
+        .env("TP1", "c".repeat(40))
+        .env("TP2", "D".repeat(64))
+        .env("SIM_DEVICE", "sensor-1")
+        .env("OFFLINE_DEVICE", "sensor-2")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("OK "),
+        "hub_registry.py failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{stdout}");
+    drop(serve);
+    // The method's registration is the store's; the identity the script changed is the store's.
+    let s = env
+        .plan_run(&["status", "-o", "json", "device:sensor-1"])
+        .ok()
+        .json();
+    assert_eq!(s["devices"][0]["registration"]["status"], "assigned", "{s}");
+}
+
 /// Exports a device's chain (`NAME.pem`) and key (`NAME.key.pem`) as `certroll export` writes them.
 fn export_device(env: &TestEnv, id: &str, name: &str) -> (PathBuf, PathBuf) {
     let (cert, key) = (format!("{name}.pem"), format!("{name}.key.pem"));
@@ -756,23 +794,82 @@ fn sas_tokens_are_checked_for_signature_expiry_resource_and_rights() {
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"registrationId\":\"gateway-01\""), "{body}");
 
-    let forged = sas_token(DPS_HOST, &hub_read_key, later, "provisioningserviceowner");
-    let expired = sas_token(DPS_HOST, &dps_key, 1_000, "provisioningserviceowner");
-    let elsewhere = sas_token(
-        "other-dps.azure-devices-provisioning.net",
-        &dps_key,
-        later,
-        "provisioningserviceowner",
+    // The table: for DPS and for the hub, each bad credential is a 401 that leaks nothing.
+    let hub_owner_key = key_of(&serve.connection_string(HUB_HOST, "iothubowner"));
+    let get_device = "/devices/gateway-01?api-version=2021-04-12";
+    for (host, key, policy, path, other_host) in [
+        (
+            DPS_HOST,
+            &dps_key,
+            "provisioningserviceowner",
+            get_enrollment,
+            "other-dps.azure-devices-provisioning.net",
+        ),
+        (
+            HUB_HOST,
+            &hub_owner_key,
+            "iothubowner",
+            get_device,
+            "other-hub.azure-devices.net",
+        ),
+    ] {
+        let good = sas_token(host, key, later, policy);
+        let (code, body) = curl(&env, &serve, "GET", host, path, Some(&good), None);
+        assert_eq!(code, 200, "{host}: a good token: {body}");
+        let forged = sas_token(host, &hub_read_key, later, policy);
+        let expired = sas_token(host, key, 1_000, policy);
+        let elsewhere = sas_token(other_host, key, later, policy);
+        let unknown_policy = sas_token(host, key, later, "nobody");
+        let bearer = "Bearer some-token".to_string();
+        for (what, token) in [
+            ("forged signature", Some(forged.as_str())),
+            ("expired se", Some(expired.as_str())),
+            ("another resource", Some(elsewhere.as_str())),
+            ("unknown policy", Some(unknown_policy.as_str())),
+            ("a bearer token", Some(bearer.as_str())),
+            ("no token", None),
+        ] {
+            let (code, body) = curl(&env, &serve, "GET", host, path, token, None);
+            assert_eq!(code, 401, "{host}, {what}: {body}");
+            assert!(
+                !body.contains("gateway-01\","),
+                "{host}, {what}: nothing leaks: {body}"
+            );
+            assert!(
+                !body.contains(key.as_str()),
+                "{host}, {what}: no key in the answer: {body}"
+            );
+        }
+    }
+    // ARM takes bearer tokens as Key Vault does: a forged one, another service's SAS token and
+    // none are 401 with the challenge.
+    let arm_path = "/subscriptions/sub-1/resourceGroups/rg-1/providers/Microsoft.Devices/provisioningServices/certroll-dps/certificates?api-version=2022-02-05";
+    let arm_token = format!(
+        "Bearer {}",
+        serve.start["token"].as_str().expect("the generated token")
     );
+    let (code, body) = curl(
+        &env,
+        &serve,
+        "GET",
+        "management.azure.com",
+        arm_path,
+        Some(&arm_token),
+        None,
+    );
+    assert_eq!(code, 200, "ARM with the owner's token: {body}");
+    let dps_sas = sas_token(DPS_HOST, &dps_key, later, "provisioningserviceowner");
     for (what, token) in [
-        ("forged signature", Some(forged.as_str())),
-        ("expired se", Some(expired.as_str())),
-        ("another resource", Some(elsewhere.as_str())),
+        ("forged bearer", Some("Bearer forged-token")),
+        ("a SAS token", Some(dps_sas.as_str())),
         ("no token", None),
     ] {
-        let (code, body) = curl(&env, &serve, "GET", DPS_HOST, get_enrollment, token, None);
-        assert_eq!(code, 401, "{what}: {body}");
-        assert!(!body.contains("gateway-01\","), "{what}: nothing leaks: {body}");
+        let (code, body) = curl(&env, &serve, "GET", "management.azure.com", arm_path, token, None);
+        assert_eq!(code, 401, "ARM, {what}: {body}");
+        assert!(
+            !body.contains("forged-token"),
+            "ARM, {what}: the token is not echoed: {body}"
+        );
     }
     // A token scoped to one device's resource (`{hub}/devices/sensor-2`) reaches that device
     // and nothing else, as IoT Hub scopes a SAS token's `sr`.
@@ -862,6 +959,124 @@ fn sas_tokens_are_checked_for_signature_expiry_resource_and_rights() {
     );
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("registrationId is required"), "{body}");
+    // Malformed requests on DPS and the hub: each a 400 with a message, and serve still answers.
+    let hub_owner = sas_token(HUB_HOST, &hub_owner_key, later, "iothubowner");
+    for (host, token, path) in [
+        (DPS_HOST, &owner, "/enrollments/x-1"),
+        (HUB_HOST, &hub_owner, "/devices/x-1"),
+    ] {
+        let (code, body) = curl(
+            &env,
+            &serve,
+            "PUT",
+            host,
+            &format!("{path}?api-version=2021-10-01"),
+            Some(token),
+            Some("{not json"),
+        );
+        assert_eq!(code, 400, "{host} bad JSON: {body}");
+        assert!(body.contains("JSON"), "{host} bad JSON: {body}");
+        let (code, body) = curl(
+            &env,
+            &serve,
+            "GET",
+            host,
+            &format!("{path}?api-version=%27%3Bdrop%20table"),
+            Some(token),
+            None,
+        );
+        assert_eq!(code, 400, "{host} absurd api-version: {body}");
+        assert!(body.contains("api-version"), "{host}: {body}");
+        let (code, body) = curl(
+            &env,
+            &serve,
+            "GET",
+            host,
+            &format!("{path}?api-version=2021-10-01&x=%FF%FE"),
+            Some(token),
+            None,
+        );
+        assert_eq!(code, 400, "{host} a query escape that is not UTF-8: {body}");
+        let (code, body) = curl(
+            &env,
+            &serve,
+            "GET",
+            host,
+            &format!(
+                "{}/%FF%FE?api-version=2021-10-01",
+                path.rsplit_once('/').unwrap().0
+            ),
+            Some(token),
+            None,
+        );
+        assert_eq!(code, 400, "{host} a path escape that is not UTF-8: {body}");
+        assert!(!body.is_empty(), "{host}: the 400 says why");
+        let (code, body) = curl_raw(
+            &env,
+            &serve,
+            host,
+            &format!("{path}?api-version=2021-10-01"),
+            token,
+            "text/plain",
+            "registrationId=x-1",
+        );
+        assert_eq!(code, 400, "{host} wrong content type: {body}");
+        assert!(body.contains("text/plain"), "{host}: {body}");
+    }
+    let big = "x".repeat(5 << 20);
+    let (code, body) = curl_raw(
+        &env,
+        &serve,
+        DPS_HOST,
+        "/enrollments/x-1?api-version=2021-10-01",
+        &owner,
+        "application/json",
+        &big,
+    );
+    assert_eq!(code, 413, "a body over 4 MiB: {body}");
+    let (code, _) = curl(&env, &serve, "GET", DPS_HOST, get_enrollment, Some(&owner), None);
+    assert_eq!(code, 200, "serve still answers after the malformed requests");
+}
+
+/// A PUT with curl, with the body from a file (large bodies) and a Content-Type of its own.
+fn curl_raw(
+    env: &TestEnv,
+    serve: &Serve,
+    host: &str,
+    path: &str,
+    auth: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, String) {
+    let port = serve.addr().rsplit(':').next().unwrap().to_string();
+    let file = env.path("curl-body");
+    std::fs::write(&file, body).unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-X",
+            "PUT",
+            "--max-time",
+            "20",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .arg("--resolve")
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .arg("--cacert")
+        .arg(serve.ca_file(env))
+        .args(["-H", &format!("Content-Type: {content_type}")])
+        .args(["-H", &format!("Authorization: {auth}")])
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!("https://{host}:{port}{path}"))
+        .output()
+        .expect("curl must be installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
 /// One ARM request with curl and a bearer token: (HTTP status, body as JSON or Null).

@@ -135,11 +135,28 @@ old = client.get_certificate_version("sdk-self", cert.properties.version)
 check(old.cer == cert.cer and old.properties.version == cert.properties.version, "get_certificate_version")
 versions = [v.version for v in client.list_properties_of_certificate_versions("sdk-self")]
 check(sorted(versions) == sorted([cert.properties.version, second.properties.version]), f"versions {versions}")
+# Tags are per version (Key Vault): the second version was made without tags, and a
+# versionless read shows the newest version's, not the first one's.
+latest_tags = client.get_certificate("sdk-self").properties.tags
+check(not latest_tags, f"newest version made without tags shows none: {latest_tags}")
+check(client.get_certificate_version("sdk-self", cert.properties.version).properties.tags == {"env": "test"},
+      "the first version keeps its own tags")
 
 # ---------------------------------------------------------------- update properties and tags
 updated = client.update_certificate_properties("sdk-self", tags={"owner": "ops", "tier": "1"})
 check(updated.properties.tags == {"owner": "ops", "tier": "1"}, f"tags replaced: {updated.properties.tags}")
 check(client.get_certificate("sdk-self").properties.tags == {"owner": "ops", "tier": "1"}, "tags read back")
+check(client.get_certificate_version("sdk-self", second.properties.version).properties.tags == {"owner": "ops", "tier": "1"},
+      "a versionless update tags the newest version")
+check(client.get_certificate_version("sdk-self", cert.properties.version).properties.tags == {"env": "test"},
+      "a versionless update leaves older versions' tags alone")
+by_version = client.update_certificate_properties("sdk-self", version=cert.properties.version, tags={"old": "yes"})
+check(by_version.properties.tags == {"old": "yes"}, f"versioned update answers that version's tags: {by_version.properties.tags}")
+check(client.get_certificate("sdk-self").properties.tags == {"owner": "ops", "tier": "1"},
+      "tagging an older version leaves the newest's alone")
+for kind in ("secrets", "keys"):
+    answer = requests.get(f"{VAULT_URL}/{kind}/sdk-self/?api-version=7.5", headers=HEADERS).json()
+    check(answer.get("tags") == {"owner": "ops", "tier": "1"}, f"versionless {kind} GET carries the newest version's tags: {answer.get('tags')}")
 off = client.update_certificate_properties("sdk-self", version=cert.properties.version, enabled=False)
 check(off.properties.enabled is False, "old version disabled")
 check(client.get_certificate_version("sdk-self", cert.properties.version).properties.enabled is False, "disabled read back")
@@ -160,6 +177,8 @@ for i in range(26):
 names = [p.name for p in client.list_properties_of_certificates()]
 check(len(names) == len(set(names)), "no certificate listed twice")
 check(set(f"page-{i:02}" for i in range(26)) | {"sdk-self"} <= set(names), f"all listed: {len(names)}")
+listed_tags = {p.name: p.tags for p in client.list_properties_of_certificates()}
+check(listed_tags["sdk-self"] == {"owner": "ops", "tier": "1"}, f"a list item carries the newest version's tags: {listed_tags['sdk-self']}")
 first = requests.get(f"{VAULT_URL}/certificates?api-version=7.5", headers=HEADERS).json()
 check(len(first["value"]) == 25, f"a page holds 25: {len(first['value'])}")
 check(first["nextLink"].startswith(VAULT_URL + "/certificates?"), f"absolute nextLink {first['nextLink']}")
@@ -335,6 +354,17 @@ big = requests.put(f"{VAULT_URL}/certificates/contacts?api-version=7.5", headers
 check(big.status_code == 413, f"a body over 4 MiB → 413: {big.status_code}")
 bad = requests.get(f"{VAULT_URL}/nothing/here?api-version=7.5", headers=HEADERS)
 check(bad.status_code == 400 and bad.json()["error"]["code"] == "BadParameter", "unknown operation → 400")
+bad = requests.post(f"{VAULT_URL}/certificates/bad/create?api-version=7.5", headers={**HEADERS, "Content-Type": "text/plain"},
+                    data=b'{"policy": {}}')
+check(bad.status_code == 400 and "text/plain" in bad.json()["error"]["message"], f"wrong content type → 400: {bad.text}")
+bad = requests.get(f"{VAULT_URL}/certificates/%FF%FE/?api-version=7.5", headers=HEADERS)
+check(bad.status_code == 400 and bad.text, f"a path escape that is not UTF-8 → 400 with a message: {bad.status_code}")
+for version in ("%27%3Bdrop", "x" * 5000, "7.5.", "v1!"):
+    bad = requests.get(f"{VAULT_URL}/certificates?api-version={version}", headers=HEADERS)
+    check(bad.status_code == 400 and "api-version" in bad.json()["error"]["message"], f"api-version {version[:20]} → 400: {bad.text[:200]}")
+for version in ("7.0", "2016-10-01", "2026-04-01", "7.6-preview.2", "2099-01-01-preview"):
+    ok = requests.get(f"{VAULT_URL}/certificates?api-version={version}", headers=HEADERS)
+    check(ok.status_code == 200, f"api-version {version} accepted: {ok.status_code}")
 check(requests.get(f"{VAULT_URL}/certificates/missing/?api-version=2099-01-01", headers=HEADERS).json()["error"]["code"]
       == "CertificateNotFound", "any api-version; missing → CertificateNotFound")
 
