@@ -186,7 +186,8 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Mail the contacts and run the hook about fired email-contacts actions and renewals.
     Notify(notify::NotifyArgs),
-    /// Serve the plan's local store as Azure Key Vault over HTTPS (an emulator for SDKs and rehearsals).
+    /// Serve the plan's local store as Azure Key Vault, DPS and IoT Hub over HTTPS (an emulator for
+    /// SDKs, device clients and rehearsals).
     Serve(serve::ServeArgs),
     /// Print shell completions.
     Completions(completions::CompletionsArgs),

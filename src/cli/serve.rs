@@ -10,9 +10,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 const SERVE_HELP: &str = "\
-Serves the plan's local store as Azure Key Vault (certificates, with the certificate-backed keys
-and secrets) over HTTPS, routed by the Host name: https://{vault}.vault.azure.net, vault name
-from the plan's [serve] section (default `certroll`). Point a client's DNS (curl --resolve,
+Serves the plan's local store over HTTPS as Azure Key Vault (certificates, with the
+certificate-backed keys and secrets), the Device Provisioning Service (service API, device
+registration over mutual TLS, CA certificates on the ARM paths) and IoT Hub (registry, direct
+methods, the device-facing endpoint), routed by the Host name: https://{vault}.vault.azure.net,
+https://{dps}.azure-devices-provisioning.net, global.azure-devices-provisioning.net,
+https://{hub}.azure-devices.net and management.azure.com, the names from the plan's [serve]
+section (default `certroll`). Point a client's DNS (curl --resolve,
 reqwest resolve, a hosts file) at the listen address, trust the CA written by --ca-out, and
 the SDK's production code path runs unchanged. Clients that can only use 127.0.0.1:PORT use
 the per-service listeners the start line prints.
