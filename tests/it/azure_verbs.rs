@@ -6,70 +6,22 @@
 //! Each test here covers a verb that `ops::AZURE_VERBS` lets run on azure; the verbs still
 //! refused are checked to refuse with exit 2, naming what is missing.
 
+use crate::conformance::azure::Serve;
 use crate::util::TestEnv;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-use std::time::Duration;
 
 /// The token serve's default principal admits and the client plans send.
 const TOKEN: &str = "azure-verbs-token";
 
-/// A running `certroll serve` over `serve/plan.toml`; killed on drop.
-struct Serve {
-    child: Child,
-    start: Value,
-}
-
-impl Serve {
-    fn start(env: &TestEnv, plan_body: &str) -> Serve {
-        std::fs::create_dir_all(env.path("serve")).unwrap();
-        env.write("serve/plan.toml", &format!("version = 1\n{plan_body}"));
-        let mut cmd = env.cmd();
-        cmd.env_remove("CERTROLL_NOW")
-            .env("CERTROLL_SERVE_TOKEN", TOKEN)
-            .args([
-                "--plan",
-                "serve/plan.toml",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--ca-out",
-                "ca.pem",
-                "-o",
-                "json",
-            ]);
-        let log = std::fs::File::create(env.path("serve.log")).unwrap();
-        let mut child = cmd.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
-        let start = serde_json::from_str(&line).unwrap_or_else(|e| {
-            let _ = child.kill();
-            panic!(
-                "serve printed no JSON start line ({e}): {line:?}\n{}",
-                std::fs::read_to_string(env.path("serve.log")).unwrap_or_default()
-            )
-        });
-        Serve { child, start }
-    }
-
-    fn port(&self) -> u16 {
-        let listen = self.start["listen"].as_str().unwrap();
-        listen.rsplit(':').next().unwrap().parse().unwrap()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Serve over `serve/plan.toml` (`version = 1` and `plan_body`), beside the two client plans.
+fn start_serve(env: &TestEnv, plan_body: &str) -> Serve {
+    std::fs::create_dir_all(env.path("serve")).unwrap();
+    Serve::start_at(
+        env,
+        TOKEN,
+        "serve/plan.toml",
+        &format!("version = 1\n{plan_body}"),
+    )
 }
 
 /// The same plan twice: `local/plan.toml` on the local store and `azure/plan.toml` on serve.
@@ -204,7 +156,7 @@ fn mask_hex(s: &str) -> String {
 #[test]
 fn the_vault_group_and_export_answer_the_same_on_local_and_on_azure_against_serve() {
     let env = TestEnv::new();
-    let serve = Serve::start(&env, "");
+    let serve = start_serve(&env, "");
     plans(&env, &serve, "");
 
     // A certificate with its key, made by openssl, imported on both.
@@ -319,7 +271,7 @@ fn the_vault_group_and_export_answer_the_same_on_local_and_on_azure_against_serv
 #[test]
 fn verbs_not_proven_on_azure_refuse_with_exit_2_naming_what_is_missing() {
     let env = TestEnv::new();
-    let serve = Serve::start(&env, "");
+    let serve = start_serve(&env, "");
     plans(
         &env,
         &serve,
@@ -468,7 +420,7 @@ fn run_fleet(env: &TestEnv, serve: &Serve, which: &str, args: &[&str]) -> crate:
 #[test]
 fn issue_status_and_roll_secondary_of_enrollments_are_the_same_on_local_and_on_azure() {
     let env = TestEnv::new();
-    let serve = Serve::start(&env, FLEET);
+    let serve = start_serve(&env, FLEET);
     fleet_plans(&env, &serve);
     let both_fleet = |args: &[&str]| {
         let mut out = Vec::new();

@@ -14,10 +14,12 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A running `certroll serve` over `plan.toml`; killed on drop.
-struct Serve {
+/// A running `certroll serve` over `plan.toml`; killed on drop. Also used by the verb-level
+/// suite (`azure_verbs`).
+pub(crate) struct Serve {
     child: Child,
-    start: serde_json::Value,
+    /// The JSON start line.
+    pub(crate) start: serde_json::Value,
 }
 
 impl Serve {
@@ -27,7 +29,12 @@ impl Serve {
 
     /// Serve over a plan of the caller's (its hubs, `[serve]` faults).
     fn start_with(env: &TestEnv, token: &str, plan: &str) -> Serve {
-        env.write("plan.toml", plan);
+        Serve::start_at(env, token, "plan.toml", plan)
+    }
+
+    /// Serve over `plan` written at `plan_path` (relative to the test's folder).
+    pub(crate) fn start_at(env: &TestEnv, token: &str, plan_path: &str, plan: &str) -> Serve {
+        env.write(plan_path, plan);
         let mut cmd = env.cmd();
         cmd.env_remove("CERTROLL_NOW")
             .env("CERTROLL_SERVE_TOKEN", token)
@@ -35,7 +42,7 @@ impl Serve {
             .env("CERTROLL_LOG", "certroll::serve::access=info")
             .args([
                 "--plan",
-                "plan.toml",
+                plan_path,
                 "serve",
                 "--listen",
                 "127.0.0.1:0",
@@ -64,7 +71,7 @@ impl Serve {
         Serve { child, start }
     }
 
-    fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         let listen = self.start["listen"].as_str().unwrap();
         listen.rsplit(':').next().unwrap().parse().unwrap()
     }

@@ -5,7 +5,7 @@
 //! The suite drives the `Vault` trait directly (it is public), so each backend gets the same
 //! calls; the verbs on top of it are covered by their own tests.
 
-mod azure;
+pub(crate) mod azure;
 mod local;
 mod services;
 
