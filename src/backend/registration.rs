@@ -1,6 +1,8 @@
 //! The enrollment service's registration decision (PRODUCT.md flow 7), independent of storage:
 //! disabled enrollments reject first, then the device's individual enrollment's two slots, then
-//! the groups whose signing certificate the presented chain validates to.
+//! the groups whose signing certificate the presented chain validates to. As in DPS, a group's
+//! signing certificate counts only when it is a verified CA certificate of the service or its
+//! chain ends at one (issue 10 item 10): an intermediate under an unverified root accepts nobody.
 
 use super::types::{EnrollmentGroup, IndividualEnrollment, RegistrationRequest, ServiceCa, Slot, Status};
 use rustls_pki_types::{CertificateDer, UnixTime};
@@ -70,25 +72,70 @@ pub struct Context<'a> {
 }
 
 /// An enrollment group as registration sees it, with the subject names of its slot certificates
-/// (read once per batch, to find the group nearest a device in its chain).
+/// (read once per batch, to find the group nearest a device in its chain) and whether each slot's
+/// certificate reaches a verified CA of the service.
 #[derive(Debug, Clone)]
 pub struct ServiceGroup {
     /// The group.
     pub group: EnrollmentGroup,
     /// The raw subject names of the certificates in its slots.
     subjects: Vec<Vec<u8>>,
+    /// For the primary and the secondary slot: how its certificate reaches a verified CA.
+    anchors: [Anchor; 2],
 }
 
-impl From<EnrollmentGroup> for ServiceGroup {
-    fn from(group: EnrollmentGroup) -> ServiceGroup {
+/// How a group slot's certificate reaches a verified CA certificate of the service.
+#[derive(Debug, Clone)]
+enum Anchor {
+    /// It is one, or is signed by one (or the caller could not list the service's CAs and the
+    /// service itself will judge).
+    Verified,
+    /// Only a device's presented chain can tell: these are the verified CAs it may end at.
+    ThroughChain(std::sync::Arc<Vec<Vec<u8>>>),
+}
+
+impl ServiceGroup {
+    fn new(group: EnrollmentGroup, verified: Option<&std::sync::Arc<Vec<Vec<u8>>>>) -> ServiceGroup {
         let subjects = [&group.primary, &group.secondary]
             .into_iter()
             .flatten()
             .filter_map(|s| crate::pki::inspect::chain_names(&s.cert_der).ok())
             .map(|n| n.subject)
             .collect();
-        ServiceGroup { group, subjects }
+        let anchor = |slot: &Option<Slot>| match (slot, verified) {
+            (Some(s), Some(verified)) if s.ca_reference.is_none() => {
+                let direct = verified
+                    .iter()
+                    .any(|ca| *ca == s.cert_der || signed_by(&s.cert_der, ca));
+                if direct {
+                    Anchor::Verified
+                } else {
+                    Anchor::ThroughChain(verified.clone())
+                }
+            }
+            // A CA reference is checked against the service's verified CAs by
+            // `without_dangling_slots`.
+            _ => Anchor::Verified,
+        };
+        let anchors = [anchor(&group.primary), anchor(&group.secondary)];
+        ServiceGroup {
+            group,
+            subjects,
+            anchors,
+        }
     }
+}
+
+/// Whether `cert_der` names `issuer_der`'s subject as its issuer and carries its signature.
+fn signed_by(cert_der: &[u8], issuer_der: &[u8]) -> bool {
+    let (Ok((_, cert)), Ok((_, issuer))) = (
+        x509_parser::parse_x509_certificate(cert_der),
+        x509_parser::parse_x509_certificate(issuer_der),
+    ) else {
+        return false;
+    };
+    cert.issuer().as_raw() == issuer.subject().as_raw()
+        && cert.verify_signature(Some(issuer.public_key())).is_ok()
 }
 
 fn unix_time(t: OffsetDateTime) -> UnixTime {
@@ -151,18 +198,106 @@ fn nearest_first<'g>(
     ranked.into_iter().map(|(_, g)| g).collect()
 }
 
-fn slot_accepts(slot: &Option<Slot>, chain: &[Vec<u8>], now: OffsetDateTime) -> bool {
-    slot.as_ref()
-        .is_some_and(|s| chains_to(chain, &s.cert_der, now).is_ok())
+/// What a slot makes of a presented chain.
+enum SlotVerdict {
+    /// The chain validates to the slot's certificate, which reaches a verified CA.
+    Accepts,
+    /// The chain validates to the slot's certificate, but that reaches no verified CA.
+    Unverified,
+    /// The chain does not validate to the slot's certificate.
+    No,
+}
+
+fn slot_verdict(slot: &Option<Slot>, anchor: &Anchor, chain: &[Vec<u8>], now: OffsetDateTime) -> SlotVerdict {
+    let Some(s) = slot.as_ref() else {
+        return SlotVerdict::No;
+    };
+    if chains_to(chain, &s.cert_der, now).is_err() {
+        return SlotVerdict::No;
+    }
+    match anchor {
+        Anchor::Verified => SlotVerdict::Accepts,
+        Anchor::ThroughChain(verified) => {
+            // The presented intermediates and the slot's certificate must lead to a verified CA.
+            let mut full = chain.to_vec();
+            full.push(s.cert_der.clone());
+            if verified.iter().any(|ca| chains_to(&full, ca, now).is_ok()) {
+                SlotVerdict::Accepts
+            } else {
+                SlotVerdict::Unverified
+            }
+        }
+    }
 }
 
 /// The groups as registration sees them: a slot that refers to a service CA accepts only while
-/// that CA is in the service, verified, and the same certificate.
+/// that CA is in the service, verified, and the same certificate; a slot that holds a signing
+/// certificate accepts only when that certificate is a verified CA of the service or its chain
+/// ends at one, as DPS requires.
 pub fn usable_groups(groups: Vec<EnrollmentGroup>, cas: &[ServiceCa]) -> Vec<ServiceGroup> {
+    let verified = std::sync::Arc::new(
+        cas.iter()
+            .filter(|c| c.verified)
+            .map(|c| c.cert_der.clone())
+            .collect::<Vec<_>>(),
+    );
     without_dangling_slots(groups, cas)
         .into_iter()
-        .map(ServiceGroup::from)
+        .map(|g| ServiceGroup::new(g, Some(&verified)))
         .collect()
+}
+
+/// The groups as registration sees them when the caller cannot list the service's CA
+/// certificates (Azure without a resource id): signing certificates are taken as they are, and
+/// the service itself judges each registration.
+pub fn groups_without_ca_list(groups: Vec<EnrollmentGroup>) -> Vec<ServiceGroup> {
+    groups.into_iter().map(|g| ServiceGroup::new(g, None)).collect()
+}
+
+/// Why the enrollment service would refuse devices under a group slot holding `cert_der` (a
+/// signing certificate, not a CA reference), given the chain above it (`above`, nearest first,
+/// as far as the caller knows it) and the service's CA certificates; `None` when it reaches a
+/// verified CA. For the verbs, to refuse before writing what the service would not accept.
+pub fn unverified_signing_certificate(
+    cert_der: &[u8],
+    above: &[Vec<u8>],
+    cas: &[ServiceCa],
+) -> Option<String> {
+    let verified: Vec<&ServiceCa> = cas.iter().filter(|c| c.verified).collect();
+    let mut path = vec![cert_der];
+    path.extend(above.iter().map(Vec::as_slice));
+    for (i, cert) in path.iter().enumerate() {
+        if verified.iter().any(|ca| ca.cert_der == *cert) {
+            return None;
+        }
+        if verified.iter().any(|ca| signed_by(cert, &ca.cert_der)) {
+            return None;
+        }
+        // Stop at the first certificate the next one did not sign: the chain ends there.
+        if path.get(i + 1).is_some_and(|up| !signed_by(cert, up)) {
+            break;
+        }
+    }
+    let top = path.last().copied().unwrap_or(cert_der);
+    let top_info = crate::pki::CertInfo::from_der(top).ok();
+    let in_service = cas
+        .iter()
+        .find(|c| top_info.as_ref().is_some_and(|t| t.thumbprint == c.thumbprint));
+    Some(match (top_info, in_service) {
+        (Some(t), Some(ca)) => format!(
+            "its chain ends at `{}`, which the enrollment service holds as CA certificate `{}` but has not verified",
+            t.subject, ca.name
+        ),
+        (Some(t), None) if t.subject == t.issuer => format!(
+            "its chain ends at `{}`, which is not among the enrollment service's CA certificates",
+            t.subject
+        ),
+        (Some(t), None) => format!(
+            "its chain ends at `{}`, issued by `{}`, which is not among the enrollment service's CA certificates",
+            t.subject, t.issuer
+        ),
+        (None, _) => "its chain cannot be read".to_string(),
+    })
 }
 
 fn without_dangling_slots(mut groups: Vec<EnrollmentGroup>, cas: &[ServiceCa]) -> Vec<EnrollmentGroup> {
@@ -256,9 +391,22 @@ pub fn decide(req: &RegistrationRequest, ctx: &Context<'_>) -> Decision {
     // above it, up to the root; a disabled one refuses the device. Groups are placed by name along
     // the issuer path (a renewed CA with the same name and key still validates), and a group whose
     // slot does not validate the chain is passed over.
+    let mut unverified: Option<String> = None;
     for group in nearest_first(ctx.groups, &leaf_names, &req.chain) {
-        if slot_accepts(&group.group.primary, &req.chain, ctx.now)
-            || slot_accepts(&group.group.secondary, &req.chain, ctx.now)
+        let verdicts = [
+            slot_verdict(&group.group.primary, &group.anchors[0], &req.chain, ctx.now),
+            slot_verdict(&group.group.secondary, &group.anchors[1], &req.chain, ctx.now),
+        ];
+        if !verdicts.iter().any(|v| matches!(v, SlotVerdict::Accepts)) {
+            if unverified.is_none() && verdicts.iter().any(|v| matches!(v, SlotVerdict::Unverified)) {
+                unverified = Some(format!(
+                    "enrollment group `{}` holds this certificate's signing CA, but that CA is not verified and \
+                     its chain ends at no verified CA certificate of the service",
+                    group.group.name
+                ));
+            }
+            continue;
+        }
         {
             let g = &group.group;
             if g.status != Status::Enabled {
@@ -271,7 +419,7 @@ pub fn decide(req: &RegistrationRequest, ctx: &Context<'_>) -> Decision {
             };
         }
     }
-    Decision::Rejected("no enrollment accepts this certificate".into())
+    Decision::Rejected(unverified.unwrap_or_else(|| "no enrollment accepts this certificate".into()))
 }
 
 #[cfg(test)]
@@ -314,8 +462,24 @@ mod tests {
         sign_public_key(&profile(cn, false, now), key.public_key(), issuer).unwrap()
     }
 
+    /// As the service sees `g` when each slot's certificate is itself a verified CA certificate.
+    fn verified_slots(g: EnrollmentGroup) -> ServiceGroup {
+        let cas: Vec<ServiceCa> = [&g.primary, &g.secondary]
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, s)| ServiceCa {
+                name: format!("{}-{i}", g.name),
+                cert_der: s.cert_der.clone(),
+                thumbprint: crate::pki::sha1_thumbprint(&s.cert_der),
+                verified: true,
+            })
+            .collect();
+        usable_groups(vec![g], &cas).remove(0)
+    }
+
     fn group(name: &str, ca: &IssuerKey) -> ServiceGroup {
-        ServiceGroup::from(EnrollmentGroup {
+        verified_slots(EnrollmentGroup {
             name: name.into(),
             primary: Some(Slot {
                 cert_der: ca.cert_der().to_vec(),
@@ -330,7 +494,7 @@ mod tests {
 
     /// A group whose primary slot holds this CA certificate.
     fn slot_of(name: &str, cert_der: Vec<u8>) -> ServiceGroup {
-        ServiceGroup::from(EnrollmentGroup {
+        verified_slots(EnrollmentGroup {
             name: name.into(),
             primary: Some(Slot {
                 cert_der,
@@ -548,6 +712,148 @@ mod tests {
         };
         assert!(
             matches!(decide(&request("gw", vec![old]), &ctx), Decision::Disabled(r) if r.contains("disabled"))
+        );
+    }
+
+    fn service_ca(name: &str, der: &[u8], verified: bool) -> ServiceCa {
+        ServiceCa {
+            name: name.into(),
+            cert_der: der.to_vec(),
+            thumbprint: crate::pki::sha1_thumbprint(der),
+            verified,
+        }
+    }
+
+    fn intermediate(cn: &str, issuer: &IssuerKey, now: OffsetDateTime) -> IssuerKey {
+        let key = PrivateKey::generate(&P256).unwrap();
+        let der = crate::pki::sign_leaf(&profile(cn, true, now), &key, issuer).unwrap();
+        IssuerKey::new(der, key).unwrap()
+    }
+
+    fn intermediate_group(name: &str, ca: &IssuerKey) -> EnrollmentGroup {
+        EnrollmentGroup {
+            name: name.into(),
+            primary: Some(Slot {
+                cert_der: ca.cert_der().to_vec(),
+                ca_reference: None,
+            }),
+            secondary: None,
+            status: Status::Enabled,
+            reprovision: "migrate".into(),
+            hub: format!("{name}-hub"),
+        }
+    }
+
+    // Issue 10 item 10: DPS accepts a group's devices only when the group's signing certificate is
+    // verified or its chain ends at a verified CA certificate.
+    #[test]
+    fn an_intermediate_under_an_unverified_or_unknown_root_accepts_nobody() {
+        let now = OffsetDateTime::now_utc();
+        let root = ca("Root", now);
+        let line = intermediate("Line", &root, now);
+        let req = request("dev-1", vec![leaf("dev-1", &line, now), line.cert_der().to_vec()]);
+        let decide_with = |cas: &[ServiceCa]| {
+            let groups = usable_groups(vec![intermediate_group("g", &line)], cas);
+            decide(
+                &req,
+                &Context {
+                    disabled_holding_leaf: &[],
+                    individual: None,
+                    groups: &groups,
+                    now,
+                },
+            )
+        };
+        for cas in [vec![], vec![service_ca("root", root.cert_der(), false)]] {
+            match decide_with(&cas) {
+                Decision::Rejected(why) => {
+                    assert!(why.contains("group `g`") && why.contains("not verified"), "{why}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(
+            decide_with(&[service_ca("root", root.cert_der(), true)]),
+            Decision::Group { .. }
+        ));
+        // The intermediate verified itself is enough.
+        assert!(matches!(
+            decide_with(&[service_ca("line", line.cert_der(), true)]),
+            Decision::Group { .. }
+        ));
+        // Another, unrelated verified root does not help.
+        let other = ca("Other", now);
+        assert!(matches!(
+            decide_with(&[service_ca("other", other.cert_der(), true)]),
+            Decision::Rejected(_)
+        ));
+    }
+
+    #[test]
+    fn a_deeper_intermediate_reaches_the_verified_root_through_the_presented_chain() {
+        let now = OffsetDateTime::now_utc();
+        let root = ca("Root", now);
+        let middle = intermediate("Middle", &root, now);
+        let line = intermediate("Line", &middle, now);
+        let cas = [service_ca("root", root.cert_der(), true)];
+        let groups = usable_groups(vec![intermediate_group("g", &line)], &cas);
+        let ctx = Context {
+            disabled_holding_leaf: &[],
+            individual: None,
+            groups: &groups,
+            now,
+        };
+        let full = vec![
+            leaf("dev-1", &line, now),
+            line.cert_der().to_vec(),
+            middle.cert_der().to_vec(),
+        ];
+        assert!(matches!(
+            decide(&request("dev-1", full), &ctx),
+            Decision::Group { .. }
+        ));
+        // Without the middle CA the chain ends nowhere the service verified.
+        let short = vec![leaf("dev-2", &line, now), line.cert_der().to_vec()];
+        assert!(matches!(
+            decide(&request("dev-2", short), &ctx),
+            Decision::Rejected(_)
+        ));
+    }
+
+    #[test]
+    fn the_verbs_are_told_where_an_unverified_chain_ends() {
+        let now = OffsetDateTime::now_utc();
+        let root = ca("Root", now);
+        let line = intermediate("Line", &root, now);
+        let above = [root.cert_der().to_vec()];
+        assert_eq!(
+            unverified_signing_certificate(
+                line.cert_der(),
+                &above,
+                &[service_ca("r", root.cert_der(), true)]
+            ),
+            None
+        );
+        let why = unverified_signing_certificate(
+            line.cert_der(),
+            &above,
+            &[service_ca("r", root.cert_der(), false)],
+        );
+        assert!(
+            why.as_deref()
+                .is_some_and(|w| w.contains("`r`") && w.contains("not verified")),
+            "{why:?}"
+        );
+        let why = unverified_signing_certificate(line.cert_der(), &above, &[]);
+        assert!(
+            why.as_deref()
+                .is_some_and(|w| w.contains("CN=Root") && w.contains("not among")),
+            "{why:?}"
+        );
+        let why = unverified_signing_certificate(line.cert_der(), &[], &[]);
+        assert!(
+            why.as_deref().is_some_and(|w| w.contains("issued by `CN=Root`")),
+            "{why:?}"
         );
     }
 }

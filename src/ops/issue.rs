@@ -274,6 +274,28 @@ pub fn issue(
         refuse_deleted(&backend, selected_cas.chain(selected_devices))?;
     }
     refuse_renamed_groups(plan, &backend, &sel.groups)?;
+    {
+        // The roots this run covers are uploaded and verified by it; every selected group's
+        // signing certificate must then reach one of them or another verified CA.
+        let uploads_roots: BTreeSet<String> = plan
+            .cas
+            .iter()
+            .filter(|c| c.issuer.is_none() && sel.cas.contains(&c.name))
+            .map(|c| c.name.clone())
+            .collect();
+        let renewed = BTreeSet::new();
+        let makes = super::roll::RunMakes {
+            renewed: &renewed,
+            uploads_roots: &uploads_roots,
+        };
+        let groups: Vec<(&GroupSpec, &super::roll::RunMakes<'_>)> = plan
+            .groups
+            .values()
+            .filter(|g| sel.groups.contains(&g.name))
+            .map(|g| (g, &makes))
+            .collect();
+        super::roll::refuse_unaccepted(plan, &backend, &groups)?;
+    }
     let mut report = IssueReport {
         dry_run: opts.dry_run,
         steps: Vec::new(),

@@ -682,3 +682,245 @@ fn a_renamed_group_is_named_instead_of_created_twice() {
     let again = env.plan_run(&["issue", "-o", "json"]).ok().json();
     assert_eq!(again["steps"], serde_json::json!([]), "{again:#}");
 }
+
+// ------------------------------------------------------------------ items 9 and 10
+
+/// Makes, with openssl in the test's directory, a root certroll does not know ("Outside Root")
+/// and a CA certificate with `subject` signed by it, and writes `NAME.pem` holding that
+/// certificate, its key and the outside root (as a CA hands an intermediate over).
+fn outside_ca(env: &TestEnv, name: &str, subject: &str) {
+    env.openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "outside-root.key",
+        "-out",
+        "outside-root.pem",
+        "-subj",
+        "/CN=Outside Root",
+        "-days",
+        "3650",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ])
+    .ok();
+    env.write(
+        "ca-ext.cnf",
+        "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\n",
+    );
+    env.openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &format!("{name}.key"),
+        "-out",
+        &format!("{name}.csr"),
+        "-subj",
+        subject,
+    ])
+    .ok();
+    env.openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &format!("{name}.csr"),
+        "-CA",
+        "outside-root.pem",
+        "-CAkey",
+        "outside-root.key",
+        "-set_serial",
+        "7",
+        "-days",
+        "1000",
+        "-extfile",
+        "ca-ext.cnf",
+        "-out",
+        &format!("{name}.crt"),
+    ])
+    .ok();
+    let read = |f: &str| std::fs::read_to_string(env.path(f)).unwrap();
+    env.write(
+        &format!("{name}.pem"),
+        &format!(
+            "{}{}{}",
+            read(&format!("{name}.crt")),
+            read(&format!("{name}.key")),
+            read("outside-root.pem")
+        ),
+    );
+}
+
+/// An intermediate signed outside and imported as a group's signing CA is refused by `issue`
+/// and by every roll that would sign with it (exit 2, naming the group, the CA and the outside
+/// root, nothing changed), before any device holds a certificate the service would refuse; the
+/// way out the message gives (`roll-secondary ca:factory`) then works and every device
+/// registers. The same for an imported root certificate: the roll names `certroll issue ca:root`,
+/// which uploads and verifies it.
+#[test]
+fn a_ca_brought_in_from_outside_is_refused_before_it_signs_for_a_group() {
+    // Imported before the first issue: `issue` creates nothing.
+    let env = TestEnv::new();
+    env.quickstart();
+    outside_ca(&env, "factory", "/CN=Quickstart Factory CA/O=Example");
+    env.plan_run(&["vault", "import", "ca-factory", "--file", "factory.pem"])
+        .ok();
+    for args in [
+        &["issue"][..],
+        &["issue", "--dry-run"][..],
+        &["issue", "group:sensors"][..],
+    ] {
+        let r = env.plan_run(args).code(2);
+        assert!(
+            r.stderr.contains("group:sensors")
+                && r.stderr.contains("`factory`")
+                && r.stderr.contains("CN=Outside Root")
+                && r.stderr.contains("verif")
+                && r.stderr.contains("vault purge ca-factory"),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    assert_eq!(
+        env.plan_run(&["vault", "show", "ca-root"]).code,
+        2,
+        "a refused issue creates no CA"
+    );
+
+    // Imported after issue: the rolls that would sign with it refuse up front.
+    let env = TestEnv::new();
+    env.quickstart();
+    env.plan_run(&["issue"]).ok();
+    outside_ca(&env, "factory", "/CN=Quickstart Factory CA/O=Example");
+    env.plan_run(&["vault", "import", "ca-factory", "--file", "factory.pem"])
+        .ok();
+    let before = status_json(&env, NOW);
+    for args in [
+        &["roll-secondary", "device:sensor-01", "-y"][..],
+        &["roll-secondary", "--due", "--now", DUE, "-y"][..],
+        &["roll-primary", "device:sensor-02", "--dry-run"][..],
+        &["issue"][..],
+    ] {
+        let r = env.plan_run(args).code(2);
+        assert!(
+            r.stderr.contains("group:sensors")
+                && r.stderr.contains("CN=Outside Root")
+                && r.stderr.contains("roll-secondary ca:factory")
+                && r.stderr.contains("Nothing was changed"),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert_eq!(status_json(&env, NOW), before, "{args:?} changed something");
+    }
+    // Renewing the CA from the plan's root makes it acceptable again.
+    env.plan_run(&["roll-secondary", "ca:factory", "-y"]).ok();
+    let r = env
+        .plan_run(&["reprovision", "--force", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(r["rejected"], 0, "{r:#}");
+
+    // An imported certificate for the root: a group roll would sign the new factory CA with it.
+    let env = TestEnv::new();
+    env.quickstart();
+    env.plan_run(&["issue"]).ok();
+    outside_ca(&env, "root", "/CN=Quickstart Root CA/O=Example");
+    env.plan_run(&["vault", "import", "ca-root", "--file", "root.pem"])
+        .ok();
+    let r = env.plan_run(&["roll-secondary", "group:sensors", "-y"]).code(2);
+    assert!(
+        r.stderr.contains("group:sensors")
+            && r.stderr.contains("CA `root`")
+            && r.stderr.contains("certroll issue ca:root"),
+        "{}",
+        r.stderr
+    );
+    env.plan_run(&["issue", "ca:root"]).ok();
+    env.plan_run(&["roll-secondary", "group:sensors", "-y"]).ok();
+    let r = env
+        .plan_run(&["reprovision", "--force", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(r["rejected"], 0, "{r:#}");
+}
+
+/// The store of `env`, open for writing (to change the service behind certroll's back).
+fn writable_backend(env: &TestEnv) -> certroll::backend::local::LocalBackend {
+    certroll::backend::local::LocalBackend::new(
+        certroll::store::Store::open(&certroll::store::OpenOptions {
+            path: env.store_dir().join("state.db"),
+            key_file: None,
+            create: false,
+            write: true,
+            lock_timeout: std::time::Duration::from_secs(5),
+        })
+        .unwrap(),
+    )
+}
+
+/// A group's intermediate whose root the service holds but has not verified accepts no device,
+/// as in DPS (the registration fails naming the group and the unverified CA, not "no enrollment
+/// accepts"), and a roll that would put a new intermediate under that root into the group
+/// refuses before writing, naming the way out; once the root is verified again, all is well.
+#[test]
+fn an_intermediate_under_an_unverified_root_is_refused_by_the_service_and_the_rolls() {
+    use certroll::backend::EnrollmentService;
+    let env = TestEnv::new();
+    env.quickstart();
+    env.plan_run(&["issue"]).ok();
+    {
+        // Uploading the same root again leaves it unverified (as DPS does on an update).
+        let mut b = writable_backend(&env);
+        let root = b.cas().unwrap().remove(0);
+        assert!(root.verified);
+        b.upload_ca(&root.name, &root.cert_der, time::OffsetDateTime::now_utc())
+            .unwrap();
+        assert!(!b.ca(&root.name).unwrap().unwrap().verified);
+    }
+    let r = env
+        .plan_run(&["reprovision", "device:sensor-01", "--force", "-o", "json"])
+        .json();
+    let text = r.to_string();
+    assert!(
+        text.contains("enrollment group `sensors`") && text.contains("not verified"),
+        "{r:#}"
+    );
+    let status = status_json(&env, NOW);
+    let sensor = status["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == "sensor-01")
+        .unwrap()
+        .clone();
+    assert_eq!(sensor["registration"]["status"], "failed", "{sensor:#}");
+
+    let before = status_json(&env, NOW);
+    let roll = env.plan_run(&["roll-secondary", "group:sensors", "-y"]).code(2);
+    assert!(
+        roll.stderr.contains("group:sensors")
+            && roll.stderr.contains("has not verified")
+            && roll.stderr.contains("certroll issue ca:root"),
+        "{}",
+        roll.stderr
+    );
+    assert_eq!(status_json(&env, NOW), before, "a refused roll changes nothing");
+
+    env.plan_run(&["issue", "ca:root"]).ok();
+    env.plan_run(&["roll-secondary", "group:sensors", "-y"]).ok();
+    let r = env
+        .plan_run(&["reprovision", "--force", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(r["rejected"], 0, "{r:#}");
+}

@@ -660,14 +660,15 @@ impl EnrollmentService for AzureEnrollmentService {
         batch: &[RegistrationRequest],
         now: OffsetDateTime,
     ) -> Result<Vec<std::result::Result<Assignment, String>>> {
-        let groups = registration::usable_groups(
-            self.groups()?,
-            &self.cas().or_else(|e| match e {
-                // Without `resource_id` there are no CA references to resolve.
-                BackendError::Refused(_) if self.arm.is_none() => Ok(Vec::new()),
-                e => Err(e),
-            })?,
-        );
+        let groups = match self.cas() {
+            Ok(cas) => registration::usable_groups(self.groups()?, &cas),
+            // Without `resource_id` there are no CA references to resolve, nor CAs to judge
+            // signing certificates by: DPS judges those itself.
+            Err(BackendError::Refused(_)) if self.arm.is_none() => {
+                registration::groups_without_ca_list(self.groups()?)
+            }
+            Err(e) => return Err(e),
+        };
         // Disabled enrollments holding a leaf, from the thumbprints DPS lists (no certificate
         // needs resolving for that).
         let all = self.rt.block_on(self.query("enrollments", "enrollments"))?;

@@ -462,3 +462,162 @@ pub(super) fn prune_expired(backend: &mut dyn Backend, now: OffsetDateTime) -> R
     let cas: Vec<&str> = found.service_cas.iter().map(|(n, _)| n.as_str()).collect();
     Ok(serde_json::json!({ "slots": slots, "service_cas": cas }))
 }
+
+/// Which CAs a run makes new certificates for, and which roots it uploads to the enrollment
+/// service and verifies: what the service will hold once the run is done.
+pub(crate) struct RunMakes<'a> {
+    /// CAs this run renews (or creates): each new version is signed by its issuer's current one.
+    pub renewed: &'a std::collections::BTreeSet<String>,
+    /// Roots whose current version this run uploads and verifies (`issue` does, for the roots it
+    /// covers).
+    pub uploads_roots: &'a std::collections::BTreeSet<String>,
+}
+
+/// Why the enrollment service would accept no device under CA `ca`'s certificate in a group slot.
+struct Unaccepted {
+    /// The CA whose certificate breaks the chain (`ca` or one above it).
+    ca: String,
+    /// That certificate's subject.
+    subject: String,
+    /// Where its chain ends, and why the service does not accept that.
+    why: String,
+}
+
+/// Whether the certificate CA `ca` will hold after this run reaches a verified CA certificate of
+/// the enrollment service (as DPS requires of a group's signing certificate, issue 10 items 9
+/// and 10); the first CA up the plan's chain whose certificate does not, otherwise.
+fn unaccepted(
+    plan: &Plan,
+    backend: &dyn Backend,
+    service: &[ServiceCa],
+    makes: &RunMakes<'_>,
+    ca: &str,
+) -> Result<Option<Unaccepted>> {
+    let spec = plan
+        .cas
+        .iter()
+        .find(|c| c.name == ca)
+        .context("CA not in the plan")?;
+    let current = if makes.renewed.contains(ca) {
+        None
+    } else {
+        backend.current(&ca_cert_name(ca))?
+    };
+    let Some(current) = current else {
+        // A new certificate: a root is uploaded and verified with it, an intermediate is signed by
+        // its issuer's current certificate.
+        return match &spec.issuer {
+            None => Ok(None),
+            Some(issuer) => unaccepted(plan, backend, service, makes, issuer),
+        };
+    };
+    if spec.issuer.is_none() && makes.uploads_roots.contains(ca) {
+        return Ok(None);
+    }
+    // The chain above it as the vault knows it: certroll's issuer links, then the chain that came
+    // with an imported or merged certificate.
+    let mut above = Vec::new();
+    let mut top = (current.name.clone(), current.version.clone());
+    let mut next = current.issuer.clone();
+    while let Some((name, version)) = next {
+        let Some(v) = backend.version(&name, &version)? else {
+            break;
+        };
+        if above.len() > 16 {
+            break;
+        }
+        above.push(v.cert_der.clone());
+        top = (v.name.clone(), v.version.clone());
+        next = v.issuer.clone();
+    }
+    above.extend(backend.stored_chain(&top.0, &top.1)?);
+    let Some(why) =
+        crate::backend::registration::unverified_signing_certificate(&current.cert_der, &above, service)
+    else {
+        return Ok(None);
+    };
+    let subject = crate::pki::CertInfo::from_der(&current.cert_der)
+        .map(|i| i.subject)
+        .unwrap_or_default();
+    Ok(Some(Unaccepted {
+        ca: ca.to_string(),
+        subject,
+        why,
+    }))
+}
+
+/// Refuses, before anything is written, to fill the slot of any of `groups` with a certificate
+/// the enrollment service would accept no device under: a group's signing certificate must be a
+/// verified CA certificate of the service or chain to one (DPS), which a CA imported or merged
+/// from outside (`vault import`, `vault merge`) may not do. The message names the group, the CA,
+/// where its chain ends and the ways on. Nothing is checked when the backend cannot list the
+/// service's CA certificates.
+pub(crate) fn refuse_unaccepted(
+    plan: &Plan,
+    backend: &dyn Backend,
+    groups: &[(&GroupSpec, &RunMakes<'_>)],
+) -> Result<()> {
+    let mut service: Option<Vec<ServiceCa>> = None;
+    for (group, makes) in groups {
+        let signing = plan
+            .cas
+            .iter()
+            .find(|c| c.name == group.signing_ca)
+            .context("signing CA not in the plan")?;
+        if signing.issuer.is_none() {
+            // A root is referred to by name, and the service refuses an unverified reference.
+            continue;
+        }
+        let service = match &mut service {
+            Some(s) => s,
+            None => match backend.cas() {
+                Ok(cas) => service.insert(cas),
+                Err(crate::backend::BackendError::Refused(_)) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        let Some(u) = unaccepted(plan, backend, service, makes, &group.signing_ca)? else {
+            continue;
+        };
+        let spec = plan
+            .cas
+            .iter()
+            .find(|c| c.name == u.ca)
+            .context("CA not in the plan")?;
+        let whose = if u.ca == group.signing_ca {
+            format!("its signing CA `{}` (`{}`)", u.ca, u.subject)
+        } else {
+            format!(
+                "its signing CA `{}` is signed by CA `{}`, whose certificate (`{}`)",
+                group.signing_ca, u.ca, u.subject
+            )
+        };
+        let fix = match &spec.issuer {
+            None => format!(
+                "`certroll issue ca:{ca}` uploads CA `{ca}`'s current certificate to the enrollment service and \
+                 verifies it (certroll holds its key)",
+                ca = u.ca
+            ),
+            Some(issuer) if backend.group(&group.name)?.is_some() => format!(
+                "Upload the root it ends at to the enrollment service and verify it (proof of possession, with that \
+                 root's key), or replace CA `{ca}`'s certificate with one issued by `{issuer}`: `certroll \
+                 roll-secondary ca:{ca}`",
+                ca = u.ca
+            ),
+            Some(issuer) => format!(
+                "Upload the root it ends at to the enrollment service and verify it (proof of possession, with that \
+                 root's key), or let `issue` create CA `{ca}` issued by `{issuer}`: `certroll vault delete {name} \
+                 --force`, `certroll vault purge {name} --yes`, then `certroll issue` again",
+                ca = u.ca,
+                name = ca_cert_name(&u.ca)
+            ),
+        };
+        return Err(crate::error::input(format!(
+            "group:{}: the enrollment service would accept none of its devices: {whose} is not a verified CA \
+             certificate and does not chain to one: {}. DPS accepts a group's devices only when its CA certificate \
+             is verified or its chain ends at a verified CA. {fix}. Nothing was changed",
+            group.name, u.why
+        )));
+    }
+    Ok(())
+}

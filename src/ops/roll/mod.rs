@@ -28,7 +28,7 @@
 
 mod cas;
 
-pub(crate) use cas::{ca_scope, expired_held, tainted};
+pub(crate) use cas::{RunMakes, ca_scope, expired_held, refuse_unaccepted, tainted};
 mod devices;
 
 use super::journal::{self, CutOff, Planned, StepReport};
@@ -286,6 +286,39 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     // A run of this command that was killed or failed is resumed from its journal as recorded;
     // planning again from the half-changed state would decide differently.
     let resuming = !opts.dry_run && backend.open_run(&command)?.is_some();
+    if !resuming {
+        // Every group slot this run fills, and every group whose devices it signs for, must hold
+        // a certificate the enrollment service accepts devices under (issue 10 items 9 and 10).
+        let renewed: Vec<std::collections::BTreeSet<String>> = scopes
+            .iter()
+            .map(|s| s.scope.cas.iter().map(|c| c.name.clone()).collect())
+            .collect();
+        let makes: Vec<RunMakes<'_>> = renewed
+            .iter()
+            .map(|r| RunMakes {
+                renewed: r,
+                uploads_roots: r,
+            })
+            .collect();
+        let nothing = std::collections::BTreeSet::new();
+        let as_is = RunMakes {
+            renewed: &nothing,
+            uploads_roots: &nothing,
+        };
+        let mut groups: Vec<(&crate::plan::GroupSpec, &RunMakes<'_>)> = Vec::new();
+        for (s, m) in scopes.iter().zip(&makes) {
+            groups.extend(s.scope.groups.iter().map(|g| (*g, m)));
+        }
+        let mut seen: std::collections::HashSet<&str> = groups.iter().map(|(g, _)| g.name.as_str()).collect();
+        for id in &device_ids {
+            if let Some(super::DeviceOwner::Group(g)) = super::device_owner(plan, id)
+                && seen.insert(g.name.as_str())
+            {
+                groups.push((g, &as_is));
+            }
+        }
+        refuse_unaccepted(plan, &backend, &groups)?;
+    }
     if !resuming && scopes.is_empty() {
         // Device rolls sign with the CAs as they are: one that cannot sign is reported now,
         // before a run is recorded that could never finish (and by its dry run too).
