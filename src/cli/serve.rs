@@ -56,6 +56,8 @@ pub struct ServeArgs {
 }
 
 pub fn exec(g: &Global, args: ServeArgs) -> anyhow::Result<u8> {
+    // Every request that writes is dated by this clock, as a verb's writes are.
+    g.refuse_time_travel("serve")?;
     let plan = g.load_plan()?;
     let opts = ServeOptions {
         plan,

@@ -488,6 +488,7 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
             tag,
             untag,
         } => {
+            g.refuse_time_travel("vault update")?;
             let opts = ops::UpdateOptions {
                 version,
                 enabled: match (enable, disable) {
@@ -525,6 +526,9 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
             force,
             dry_run,
         } => {
+            if !dry_run {
+                g.refuse_time_travel("vault delete")?;
+            }
             let r = lifecycle::delete(
                 &plan,
                 &name,
@@ -574,6 +578,7 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
             }
         }
         VaultCommand::Recover { name } => {
+            g.refuse_time_travel("vault recover")?;
             let d = lifecycle::recover(&plan, &name, &settings, now)?;
             if json {
                 p.json(&serde_json::json!({ "recovered": d }))?;
@@ -616,6 +621,7 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
                     return Err(input("not confirmed; nothing was changed"));
                 }
             }
+            g.refuse_time_travel("vault purge")?;
             let d = lifecycle::purge(&plan, &name, &settings, now)?;
             if json {
                 p.json(&serde_json::json!({ "purged": d, "dry_run": false }))?;
@@ -650,6 +656,7 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
             }
         }
         VaultCommand::Restore { file, password_env } => {
+            g.refuse_time_travel("vault restore")?;
             let pw = password(&password_env)?;
             let r = backup::restore(&plan, &file, &pw, &settings)?;
             if json {
@@ -687,17 +694,20 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
                     name,
                     provider,
                     account_id,
-                } => (
-                    vec![settings::issuer_set(
-                        &plan,
-                        &name,
-                        &provider,
-                        account_id.as_deref(),
-                        &settings,
-                        now,
-                    )?],
-                    true,
-                ),
+                } => {
+                    g.refuse_time_travel("vault issuers set")?;
+                    (
+                        vec![settings::issuer_set(
+                            &plan,
+                            &name,
+                            &provider,
+                            account_id.as_deref(),
+                            &settings,
+                            now,
+                        )?],
+                        true,
+                    )
+                }
                 IssuersCommand::Get { name } => (vec![settings::issuer_get(&plan, &name, &settings)?], true),
                 IssuersCommand::List => (settings::issuer_list(&plan, &settings)?, false),
                 IssuersCommand::Delete { name } => {
@@ -737,6 +747,7 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
             password_env,
             hsm,
         } => {
+            g.refuse_time_travel("vault import")?;
             let pw = password_env.as_deref().map(password).transpose()?;
             let r = transfer::import(
                 &plan,
@@ -873,6 +884,7 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
             }
         }
         VaultCommand::Merge { name, file } => {
+            g.refuse_time_travel("vault merge")?;
             let r = pending::merge(&plan, &name, &file, &settings, now)?;
             if json {
                 p.json(&r)?;

@@ -163,12 +163,21 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
             certificates: 0,
         });
     }
-    let version = backend.current(&name)?.ok_or_else(|| {
-        input(format!(
-            "{} has not been issued yet (run `certroll issue {}`)",
-            opts.target, opts.target
-        ))
-    })?;
+    let version = backend
+        .current(&name)?
+        .ok_or_else(|| match backend.name_state(&name) {
+            Ok(Some(_)) => super::vault::not_live(&*backend, &name),
+            _ => match super::vault::purged_note(&*backend, &name) {
+                Some(note) => input(format!(
+                    "{}: its certificate `{name}` is gone: {note}",
+                    opts.target
+                )),
+                None => input(format!(
+                    "{} has not been issued yet (run `certroll issue {}`)",
+                    opts.target, opts.target
+                )),
+            },
+        })?;
     let format = match opts.format {
         Some(f) => f,
         None => {

@@ -207,6 +207,40 @@ pub(crate) fn refuse_deleted(backend: &dyn Backend, targets: impl Iterator<Item 
     Ok(())
 }
 
+/// Refuses, before anything is written, devices that hold a certificate certroll issued which the
+/// vault no longer has: it was purged (`vault purge`), so nothing can renew it; the message says
+/// so, and that `issue` makes a new one (a soft-deleted certificate is named by
+/// [`refuse_deleted`]).
+pub(crate) fn refuse_purged<'a>(backend: &dyn Backend, ids: impl Iterator<Item = &'a String>) -> Result<()> {
+    let mut chunk: Vec<String> = Vec::with_capacity(CHUNK);
+    let check = |chunk: &mut Vec<String>| -> Result<()> {
+        let names: Vec<String> = chunk.iter().map(|id| device_cert_name(id)).collect();
+        let briefs = backend.briefs_many(&names)?;
+        let devices = backend.device_many(chunk)?;
+        for ((name, briefs), device) in names.iter().zip(briefs).zip(devices) {
+            if briefs.is_empty()
+                && device.is_some_and(|d| d.installed_version.is_some())
+                && backend.name_state(name)?.is_none()
+                && let Some(note) = super::vault::purged_note(backend, name)
+            {
+                return Err(crate::error::input(format!(
+                    "device:{}: its certificate `{name}` is gone from the vault: {note}. Nothing was changed",
+                    &name["dev-".len()..]
+                )));
+            }
+        }
+        chunk.clear();
+        Ok(())
+    };
+    for id in ids {
+        chunk.push(id.clone());
+        if chunk.len() == CHUNK {
+            check(&mut chunk)?;
+        }
+    }
+    check(&mut chunk)
+}
+
 /// Refuses, before anything is written, a group of the plan that the service lacks while the
 /// service holds a group the plan no longer declares with a certificate of the same signing CA:
 /// that is a renamed `[groups.NAME]` table. Creating the new group beside the old one would put

@@ -924,3 +924,198 @@ fn an_intermediate_under_an_unverified_root_is_refused_by_the_service_and_the_ro
         .json();
     assert_eq!(r["rejected"], 0, "{r:#}");
 }
+
+// ------------------------------------------------------------------ item 22, the vault verbs
+
+/// The vault verbs that write, and `serve` (whose requests write), refuse a `--now` more than a
+/// day from the real clock without `--allow-time-travel`, as the plan's verbs do; nothing is
+/// written, and the same commands run with the flag.
+#[test]
+fn vault_writes_and_serve_far_from_the_real_clock_need_allow_time_travel() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.plan_run(&["vault", "create", "web", "--subject", "CN=web"])
+        .ok();
+    env.plan_run(&["vault", "create", "old", "--subject", "CN=old"])
+        .ok();
+    env.plan_run(&["vault", "export", "web", "--out", "web.pem", "--with-key"])
+        .ok();
+    env.cmd()
+        .env("PW", "changeit")
+        .args([
+            "--plan",
+            "plan.toml",
+            "vault",
+            "backup",
+            "old",
+            "--out",
+            "old.backup",
+            "--password-env",
+            "PW",
+        ])
+        .output()
+        .unwrap();
+    env.plan_run(&["vault", "delete", "old", "--force"]).ok();
+    let next_year = certroll::clock::rfc3339(time::OffsetDateTime::now_utc() + time::Duration::days(365));
+    let run = |args: &[&str], allow: bool| {
+        let mut cmd = env.cmd();
+        cmd.env_remove("CERTROLL_ALLOW_TIME_TRAVEL")
+            .env("PW", "changeit")
+            .args(["--plan", "plan.toml", "--now", &next_year])
+            .args(args);
+        if allow {
+            cmd.arg("--allow-time-travel");
+        }
+        let out = cmd.output().unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    let list = || env.plan_run(&["vault", "list", "-o", "json"]).ok().stdout;
+    let before = list();
+    let writes: [&[&str]; 8] = [
+        &["vault", "import", "web2", "--file", "web.pem"],
+        &["vault", "update", "web", "--disable"],
+        &["vault", "update", "web", "--tag", "team=pki"],
+        &["vault", "delete", "web", "--force"],
+        &["vault", "recover", "old"],
+        &["vault", "purge", "old", "--yes"],
+        &[
+            "vault",
+            "issuers",
+            "set",
+            "corp",
+            "--provider",
+            "OneCertV2-PrivateCA",
+        ],
+        &["serve", "--listen", "127.0.0.1:0"],
+    ];
+    for args in writes {
+        let r = run(args, false).code(2);
+        assert!(
+            r.stderr.contains("--allow-time-travel") && r.stderr.contains(&next_year),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    assert_eq!(list(), before, "a refused vault verb changes nothing");
+    // Restore and merge refuse before reading their file.
+    let r = run(
+        &["vault", "restore", "--in", "old.backup", "--password-env", "PW"],
+        false,
+    )
+    .code(2);
+    assert!(r.stderr.contains("--allow-time-travel"), "{}", r.stderr);
+    let r = run(&["vault", "merge", "web", "--file", "web.pem"], false).code(2);
+    assert!(r.stderr.contains("--allow-time-travel"), "{}", r.stderr);
+    // A dry run may look at any time; with the flag the write happens.
+    run(&["vault", "delete", "web", "--force", "--dry-run"], false).ok();
+    run(&["vault", "update", "web", "--tag", "team=pki"], true).ok();
+    run(&["vault", "import", "web2", "--file", "web.pem"], true).ok();
+}
+
+// ------------------------------------------------------------------ item 16, vault-only certificates
+
+/// A vault-only certificate (`vault create --issuer Self`) and its auto-renewal start the plan's
+/// `not_before_skew_minutes` before they are made, as the plan's certificates do.
+#[test]
+fn vault_only_certificates_are_backdated_by_the_plan_skew() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.plan_run(&["issue"]).ok();
+    env.plan_run(&[
+        "vault",
+        "create",
+        "web",
+        "--subject",
+        "CN=web",
+        "--validity-days",
+        "100",
+    ])
+    .ok();
+    env.plan_run(&["vault", "export", "web", "--out", "web.pem"]).ok();
+    let start = |file: &str| {
+        let out = env
+            .openssl(&[
+                "x509",
+                "-in",
+                file,
+                "-noout",
+                "-startdate",
+                "-dateopt",
+                "iso_8601",
+            ])
+            .ok()
+            .stdout;
+        out.trim().trim_start_matches("notBefore=").replacen(' ', "T", 1)
+    };
+    assert_eq!(start("web.pem"), "2026-11-22T23:55:00Z");
+    // 90 days on, past the default AutoRenew at 80% of its lifetime: the renewal is backdated too.
+    let later = "2027-02-21T00:00:00Z";
+    env.plan_run(&["roll-secondary", "--due", "--now", later, "-y"])
+        .ok();
+    let show = env.plan_run(&["vault", "show", "web", "-o", "json"]).ok().json();
+    let versions = show["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2, "{show:#}");
+    env.plan_run(&["vault", "export", "web", "--out", "web2.pem", "--now", later])
+        .ok();
+    assert_eq!(start("web2.pem"), "2027-02-20T23:55:00Z");
+
+    env.write(
+        "plan.toml",
+        &std::fs::read_to_string(env.path("plan.toml"))
+            .unwrap()
+            .replace("version = 1", "version = 1\nnot_before_skew_minutes = 0"),
+    );
+    env.plan_run(&["vault", "create", "api", "--subject", "CN=api"])
+        .ok();
+    env.plan_run(&["vault", "export", "api", "--out", "api.pem"]).ok();
+    assert_eq!(start("api.pem"), "2026-11-23T00:00:00Z");
+}
+
+// ------------------------------------------------------------------ item 17, purged certificates
+
+/// A certificate purged from the vault (`vault purge`) while a device still holds it is named as
+/// purged by `vault show`, `vault export`, `export` and the rolls (exit 2, with the way out:
+/// `issue` makes a new one), never "has not been issued yet"; a refused roll records no run.
+#[test]
+fn a_purged_certificate_is_named_as_purged() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.plan_run(&["issue"]).ok();
+    env.plan_run(&["vault", "delete", "dev-sensor-07", "--force"])
+        .ok();
+    env.plan_run(&["vault", "purge", "dev-sensor-07", "--yes"]).ok();
+    let before = status_json(&env, DUE);
+    for args in [
+        &["vault", "show", "dev-sensor-07"][..],
+        &["vault", "export", "dev-sensor-07", "--out", "x.pem"][..],
+        &["export", "device:sensor-07", "--out", "x.pem"][..],
+        &["roll-secondary", "device:sensor-07", "-y"][..],
+        &["roll-secondary", "--due", "--now", DUE, "-y"][..],
+        &["roll-primary", "group:sensors", "--dry-run"][..],
+    ] {
+        let r = env.plan_run(args).code(2);
+        assert!(
+            r.stderr.contains("`dev-sensor-07`")
+                && r.stderr.contains("purged")
+                && r.stderr.contains("certroll issue device:sensor-07")
+                && !r.stderr.contains("not been issued"),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    assert_eq!(status_json(&env, DUE), before, "a refused roll changes nothing");
+    // No run was left open, and the way out works.
+    env.plan_run(&["issue", "device:sensor-07"]).ok();
+    let next = env
+        .plan_run(&["roll-secondary", "device:sensor-07", "-y", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(next["resumed"], false, "{next:#}");
+    // A name certroll never issued is simply not there.
+    let r = env.plan_run(&["vault", "show", "nothing-here"]).code(2);
+    assert!(r.stderr.contains("no certificate `nothing-here`") && !r.stderr.contains("purged"));
+}

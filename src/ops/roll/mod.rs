@@ -270,6 +270,12 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
                 }),
         );
     super::issue::refuse_deleted(&backend, deleted_candidates)?;
+    super::issue::refuse_purged(
+        &backend,
+        device_ids
+            .iter()
+            .chain(scopes.iter().flat_map(|s| s.scope.device_ids.iter())),
+    )?;
 
     let command = command_key(opts, &targets);
     let mut report = RollReport {

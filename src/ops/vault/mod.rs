@@ -58,11 +58,40 @@ pub(crate) fn not_live(backend: &dyn crate::backend::Backend, name: &str) -> any
             "the vault certificate `{name}` has no version yet: its request waits for \
              `certroll vault merge {name} --file SIGNED.pem`"
         )),
-        _ => input(format!(
-            "the vault has no certificate `{}`",
-            crate::error::snippet(name)
-        )),
+        _ => match purged_note(backend, name) {
+            Some(note) => input(format!("the vault has no certificate `{name}`: {note}")),
+            None => input(format!(
+                "the vault has no certificate `{}`",
+                crate::error::snippet(name)
+            )),
+        },
     }
+}
+
+/// For a plan certificate name the vault no longer has though certroll issued it (a device still
+/// holds `dev-ID`, or the enrollment service still holds root `ca-NAME`): that it was purged, and
+/// how to get a new one. `None` for a name certroll never issued.
+pub(crate) fn purged_note(backend: &dyn crate::backend::Backend, name: &str) -> Option<String> {
+    let (holder, target) = if let Some(id) = name.strip_prefix("dev-") {
+        let device = backend.device(id).ok()??;
+        device.installed_version.as_ref()?;
+        (
+            format!("device `{id}` still holds the certificate"),
+            format!("device:{id}"),
+        )
+    } else if let Some(ca) = name.strip_prefix("ca-") {
+        backend.ca(ca).ok()??;
+        (
+            format!("the enrollment service still holds CA certificate `{ca}`"),
+            format!("ca:{ca}"),
+        )
+    } else {
+        return None;
+    };
+    Some(format!(
+        "it was purged (`certroll vault purge`) and cannot be recovered, exported or renewed, though {holder}; \
+         `certroll issue {target}` issues a new one"
+    ))
 }
 
 /// The SubjectPublicKeyInfo (DER) a certificate certifies.

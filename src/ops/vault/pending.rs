@@ -72,7 +72,7 @@ pub fn create(
     // Bad input is refused before the store is opened (and perhaps created).
     check_create(name, opts)?;
     let mut backend = open_verb_backend(plan, "vault create", Access::Write, settings)?;
-    create_in(&mut *backend, name, opts, now)
+    create_backdated(&mut *backend, name, opts, now, plan.not_before_skew)
 }
 
 /// The checked parts of [`CreateOptions`].
@@ -144,6 +144,18 @@ pub fn create_in(
     opts: &CreateOptions,
     now: OffsetDateTime,
 ) -> Result<CreateReport> {
+    create_backdated(backend, name, opts, now, time::Duration::ZERO)
+}
+
+/// [`create_in`], with a self-signed certificate's notBefore `skew` before `now` (the plan's
+/// `not_before_skew_minutes`, as for every certificate the plan's verbs make).
+pub fn create_backdated(
+    backend: &mut dyn crate::backend::Backend,
+    name: &str,
+    opts: &CreateOptions,
+    now: OffsetDateTime,
+    skew: time::Duration,
+) -> Result<CreateReport> {
     let (subject, key_usage, ekus) = check_create(name, opts)?;
     let issuer = super::settings::check_policy_issuer(backend, &opts.issuer)?;
     match backend.name_state(name)? {
@@ -183,7 +195,7 @@ pub fn create_in(
         dns_names: policy.dns_names.clone(),
         key_usage: effective_key_usage(&policy, false),
         extended_key_usage: policy.extended_key_usage.clone(),
-        not_before: now,
+        not_before: now.saturating_sub(skew),
         not_after: crate::clock::add_days(now, opts.validity_days as i64),
         ca: None,
     };

@@ -138,7 +138,10 @@ pub fn renew_due(
         let version = if dry_run {
             None
         } else {
-            Some(renew_one(backend, &v, now).with_context(|| format!("auto-renew of `{}`", v.name))?)
+            Some(
+                renew_one(backend, &v, now, plan.not_before_skew)
+                    .with_context(|| format!("auto-renew of `{}`", v.name))?,
+            )
         };
         out.push(AutoRenewed {
             name: v.name,
@@ -172,7 +175,14 @@ pub fn run_due(
     crate::backend::in_one_unit(&mut *backend, |b| renew_due(plan, b, now, false))
 }
 
-fn renew_one(backend: &mut dyn Backend, v: &VaultOnly, now: OffsetDateTime) -> Result<String> {
+/// Renews `v` under its policy; the new certificate starts `skew` before `now` (the plan's
+/// `not_before_skew_minutes`).
+fn renew_one(
+    backend: &mut dyn Backend,
+    v: &VaultOnly,
+    now: OffsetDateTime,
+    skew: time::Duration,
+) -> Result<String> {
     let p = &v.policy;
     let key_props = &p["key_props"];
     let hsm = v.current.kty.ends_with("-HSM");
@@ -222,7 +232,7 @@ fn renew_one(backend: &mut dyn Backend, v: &VaultOnly, now: OffsetDateTime) -> R
             .iter()
             .filter_map(|e| ExtendedKeyUsage::parse(e))
             .collect(),
-        not_before: now,
+        not_before: now.saturating_sub(skew),
         not_after: crate::clock::add_days(now, validity_days as i64),
         ca: None,
     };
