@@ -293,7 +293,7 @@ pub fn unverified_signing_certificate(
             t.subject
         ),
         (Some(t), None) => format!(
-            "its chain ends at `{}`, issued by `{}`, which is not among the enrollment service's CA certificates",
+            "its chain ends at `{}`, whose issuer `{}` is not among the enrollment service's CA certificates",
             t.subject, t.issuer
         ),
         (None, _) => "its chain cannot be read".to_string(),
@@ -852,7 +852,8 @@ mod tests {
         );
         let why = unverified_signing_certificate(line.cert_der(), &[], &[]);
         assert!(
-            why.as_deref().is_some_and(|w| w.contains("issued by `CN=Root`")),
+            why.as_deref()
+                .is_some_and(|w| w.contains("issuer `CN=Root` is not among")),
             "{why:?}"
         );
     }

@@ -797,6 +797,50 @@ fn a_ca_brought_in_from_outside_is_refused_before_it_signs_for_a_group() {
         "a refused issue creates no CA"
     );
 
+    // Merged after a request signed outside (the answer without its root): the same.
+    let env = TestEnv::new();
+    env.quickstart();
+    outside_ca(&env, "unused", "/CN=Unused");
+    env.plan_run(&[
+        "vault",
+        "create",
+        "ca-factory",
+        "--subject",
+        "CN=Quickstart Factory CA, O=Example",
+        "--issuer",
+        "Unknown",
+    ])
+    .ok();
+    env.plan_run(&["vault", "csr", "ca-factory", "--out", "factory.csr"])
+        .ok();
+    env.openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "factory.csr",
+        "-CA",
+        "outside-root.pem",
+        "-CAkey",
+        "outside-root.key",
+        "-set_serial",
+        "9",
+        "-days",
+        "900",
+        "-extfile",
+        "ca-ext.cnf",
+        "-out",
+        "factory.pem",
+    ])
+    .ok();
+    env.plan_run(&["vault", "merge", "ca-factory", "--file", "factory.pem"])
+        .ok();
+    let r = env.plan_run(&["issue"]).code(2);
+    assert!(
+        r.stderr.contains("group:sensors") && r.stderr.contains("issuer `CN=Outside Root` is not among"),
+        "{}",
+        r.stderr
+    );
+
     // Imported after issue: the rolls that would sign with it refuse up front.
     let env = TestEnv::new();
     env.quickstart();

@@ -120,8 +120,9 @@ pub fn enrollment_suite(s: &mut dyn EnrollmentService, hub: &str) {
     assert!(s.ca("conf-ca").unwrap().unwrap().verified);
     assert!(s.cas().unwrap().iter().any(|c| c.name == "conf-ca" && c.verified));
 
-    // Groups: one with a signing certificate, one pointing at the verified CA.
-    let signer = self_signed("conf-signer", 3650, true);
+    // Groups: one with a signing certificate (an intermediate under the verified CA, as DPS
+    // requires), one pointing at the verified CA.
+    let signer = signed_by("conf-signer", &ca, true);
     let g1 = EnrollmentGroup {
         name: "conf-grp-sign".into(),
         primary: Some(Slot {
@@ -161,8 +162,25 @@ pub fn enrollment_suite(s: &mut dyn EnrollmentService, hub: &str) {
     let names: Vec<String> = s.groups().unwrap().into_iter().map(|g| g.name).collect();
     assert_eq!(names, ids(&["conf-grp-ref", "conf-grp-sign"]));
 
+    // A group whose signing certificate is not verified and chains to no verified CA accepts
+    // nobody, as in DPS (issue 10 item 10).
+    let stray = self_signed("conf-stray-signer", 3650, true);
+    s.put_group(
+        &EnrollmentGroup {
+            name: "conf-grp-stray".into(),
+            primary: Some(Slot {
+                cert_der: stray.cert_der.clone(),
+                ca_reference: None,
+            }),
+            ..g1.clone()
+        },
+        t,
+    )
+    .unwrap();
+
     // What a registration would decide, from what the service holds.
     let grouped = signed_by("conf-dev-g", &signer, false);
+    let strayed = signed_by("conf-dev-s", &stray, false);
     let unknown = self_signed("conf-dev-u", 30, false);
     let preview = s
         .preview_register(
@@ -171,6 +189,7 @@ pub fn enrollment_suite(s: &mut dyn EnrollmentService, hub: &str) {
                 request("conf-dev-a", &[&a]),
                 request("conf-dev-g", &[&grouped]),
                 request("conf-dev-u", &[&unknown]),
+                request("conf-dev-s", &[&strayed]),
             ],
             t,
         )
@@ -197,6 +216,13 @@ pub fn enrollment_suite(s: &mut dyn EnrollmentService, hub: &str) {
     assert!(
         preview[3].is_err(),
         "no enrollment accepts an unknown certificate"
+    );
+    assert!(
+        preview[4]
+            .as_ref()
+            .is_err_and(|why| why.contains("conf-grp-stray") && why.contains("not verified")),
+        "a group whose signing certificate reaches no verified CA accepts nobody: {:?}",
+        preview[4]
     );
 
     // Deleting a CA certificate; a second delete changes nothing.
