@@ -315,12 +315,15 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         for (s, m) in scopes.iter().zip(&makes) {
             groups.extend(s.scope.groups.iter().map(|g| (*g, m)));
         }
-        let mut seen: std::collections::HashSet<&str> = groups.iter().map(|(g, _)| g.name.as_str()).collect();
-        for id in &device_ids {
-            if let Some(super::DeviceOwner::Group(g)) = super::device_owner(plan, id)
-                && seen.insert(g.name.as_str())
-            {
-                groups.push((g, &as_is));
+        // One pass over each group's ids (a file-listed group's look-up by id is linear).
+        let wanted: std::collections::HashSet<&str> = device_ids.iter().map(String::as_str).collect();
+        if !wanted.is_empty() {
+            for g in plan.groups.values() {
+                if !groups.iter().any(|(s, _)| s.name == g.name)
+                    && g.device_ids().any(|id| wanted.contains(id.as_str()))
+                {
+                    groups.push((g, &as_is));
+                }
             }
         }
         refuse_unaccepted(plan, &backend, &groups)?;
