@@ -312,6 +312,9 @@ impl Fleet for Box<dyn Backend> {
     fn first_unissued(&self, ids: &[String]) -> Result<Option<String>> {
         (**self).first_unissued(ids)
     }
+    fn first_purged(&self, ids: &[String]) -> Result<Option<String>> {
+        (**self).first_purged(ids)
+    }
 
     fn devices_page(&self, group: Option<&str>, after: &str, limit: usize) -> Result<Vec<DeviceRecord>> {
         (**self).devices_page(group, after, limit)

@@ -838,6 +838,10 @@ impl Fleet for LocalBackend {
         read!(self, q::device_first_unissued(self.store.conn(), ids))
     }
 
+    fn first_purged(&self, ids: &[String]) -> Result<Option<String>> {
+        read!(self, q::device_first_purged(self.store.conn(), ids))
+    }
+
     fn device(&self, id: &str) -> Result<Option<DeviceRecord>> {
         read!(self, q::device_get(self.store.conn(), id))
     }

@@ -322,6 +322,12 @@ pub trait Fleet {
             .find(|(_, d)| d.as_ref().and_then(|d| d.installed_version.as_ref()).is_none())
             .map(|(id, _)| id.clone()))
     }
+    /// The first of these devices that has a certificate installed whose vault certificate has
+    /// no version (purged, or soft-deleted), if any. A backend that cannot tell without reading
+    /// every certificate remotely answers `None`, and the roll finds the device in its step.
+    fn first_purged(&self, _ids: &[String]) -> Result<Option<String>> {
+        Ok(None)
+    }
     /// Devices in id order after `after`, optionally of one group.
     fn devices_page(&self, group: Option<&str>, after: &str, limit: usize) -> Result<Vec<DeviceRecord>>;
     /// Records devices and the versions installed on them, in one batch.

@@ -214,18 +214,13 @@ pub(crate) fn refuse_deleted(backend: &dyn Backend, targets: impl Iterator<Item 
 pub(crate) fn refuse_purged<'a>(backend: &dyn Backend, ids: impl Iterator<Item = &'a String>) -> Result<()> {
     let mut chunk: Vec<String> = Vec::with_capacity(CHUNK);
     let check = |chunk: &mut Vec<String>| -> Result<()> {
-        let names: Vec<String> = chunk.iter().map(|id| device_cert_name(id)).collect();
-        let briefs = backend.briefs_many(&names)?;
-        let devices = backend.device_many(chunk)?;
-        for ((name, briefs), device) in names.iter().zip(briefs).zip(devices) {
-            if briefs.is_empty()
-                && device.is_some_and(|d| d.installed_version.is_some())
-                && backend.name_state(name)?.is_none()
-                && let Some(note) = super::vault::purged_note(backend, name)
+        if let Some(id) = backend.first_purged(chunk)? {
+            let name = device_cert_name(&id);
+            if backend.name_state(&name)?.is_none()
+                && let Some(note) = super::vault::purged_note(backend, &name)
             {
                 return Err(crate::error::input(format!(
-                    "device:{}: its certificate `{name}` is gone from the vault: {note}. Nothing was changed",
-                    &name["dev-".len()..]
+                    "device:{id}: its certificate `{name}` is gone from the vault: {note}. Nothing was changed"
                 )));
             }
         }

@@ -828,6 +828,20 @@ pub fn device_first_unissued(conn: &Connection, ids: &[String]) -> Result<Option
     .map_err(sql)
 }
 
+/// The first of these devices (in the order given) that has a version installed while the vault
+/// holds no version of its certificate (purged), if any. A soft-deleted certificate's versions
+/// are not in `vault_versions` either: callers name those first.
+pub fn device_first_purged(conn: &Connection, ids: &[String]) -> Result<Option<String>> {
+    conn.prepare_cached(
+        "SELECT j.value FROM json_each(?1) j JOIN devices d ON d.id = j.value
+         WHERE d.installed_version IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM vault_versions v WHERE v.name = d.cert_name)
+         ORDER BY j.key LIMIT 1",
+    )
+    .and_then(|mut s| s.query_row([json_list(ids)], |r| r.get(0)).optional())
+    .map_err(sql)
+}
+
 /// Devices in id order, optionally of one group, in pages (`after` = last id of the previous page).
 pub fn device_page(
     conn: &Connection,
