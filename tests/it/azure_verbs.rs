@@ -286,8 +286,6 @@ fn verbs_not_proven_on_azure_refuse_with_exit_2_naming_what_is_missing() {
         &["revoke", "enrollment:gw-1", "--reason", "superseded", "--yes"],
         &["reprovision"],
         &["notify"],
-        &["vault", "create", "x", "--subject", "CN=x"],
-        &["vault", "csr", "x", "--out", "x.csr"],
     ];
     for verb in verbs {
         let r = run(&env, "azure", verb);

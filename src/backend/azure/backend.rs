@@ -598,15 +598,12 @@ impl Vault for AzureBackend {
         self.vault.issuer_users(issuer)
     }
 
-    fn pending(&self, _name: &str) -> Result<Option<PendingCertificate>> {
-        // certroll's requests for outside CAs (a key certroll keeps until the merge) cannot be
-        // made on Key Vault yet (`put_pending` refuses, naming the gap), so none exists.
-        Ok(None)
+    fn pending(&self, name: &str) -> Result<Option<PendingCertificate>> {
+        self.vault.pending(name)
     }
 
     fn pending_all(&self) -> Result<Vec<PendingCertificate>> {
-        // As `pending`: none can exist.
-        Ok(Vec::new())
+        self.vault.pending_all()
     }
 
     fn put_pending(&mut self, pending: &PendingCertificate, key_pkcs8: &[u8]) -> Result<()> {
@@ -621,14 +618,39 @@ impl Vault for AzureBackend {
         self.vault.delete_pending(name)
     }
 
-    fn stored_chain(&self, _name: &str, _version: &str) -> Result<Vec<Vec<u8>>> {
-        // `set_stored_chain` refuses on Key Vault (an import with a chain fails, naming the
-        // gap), so no version has a stored chain.
-        Ok(Vec::new())
+    fn stored_chain(&self, name: &str, version: &str) -> Result<Vec<Vec<u8>>> {
+        self.vault.stored_chain(name, version)
     }
 
     fn set_stored_chain(&mut self, name: &str, version: &str, chain: &[Vec<u8>]) -> Result<()> {
         self.vault.set_stored_chain(name, version, chain)
+    }
+
+    fn create_by_vault(
+        &mut self,
+        name: &str,
+        policy_json: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<crate::backend::Created>> {
+        self.vault.create_by_vault(name, policy_json, now)
+    }
+
+    fn merge_pending(
+        &mut self,
+        pending: &PendingCertificate,
+        leaf: &[u8],
+        chain: &[Vec<u8>],
+        now: OffsetDateTime,
+    ) -> Result<String> {
+        self.vault.merge_pending(pending, leaf, chain, now)
+    }
+
+    fn backup_blob(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.vault.backup_blob(name)
+    }
+
+    fn restore_blob(&mut self, blob: &[u8]) -> Result<Option<String>> {
+        self.vault.restore_blob(blob)
     }
 }
 

@@ -14,10 +14,15 @@
 //! - Stay in the local store beside the plan, because Key Vault has no place for them: CRL numbers
 //!   and revocations (`revoke`, `revocations`, `next_crl_number`) and which devices hold a
 //!   version (`certificate_users`).
-//! - Not in this increment (they answer [`BackendError::Refused`] naming the gap): `vault backup`
-//!   and restore (Key Vault's backup is an opaque blob, not certroll's backup file), requests for
-//!   outside CAs created by certroll (`put_pending`, `pending_key`: on Key Vault the vault makes the
-//!   key itself), and stored chains.
+//! - `vault create` and renewals go through Key Vault's own create operation
+//!   ([`Vault::create_by_vault`]): the vault makes the key, and for issuer `Self` the version; for
+//!   `Unknown` or an issuer object the request (its CSR) waits in Key Vault's pending operation
+//!   until `vault merge` hands Key Vault the signed chain. The request's key never leaves the
+//!   vault (`pending_key` refuses).
+//! - `vault backup` and `vault restore` carry Key Vault's own opaque backup blob
+//!   ([`Vault::backup_blob`]), which only Key Vault restores; certroll's backups of a local store
+//!   restore only into a local store.
+//! - A merged chain stays in the version's secret: no chain is stored beside a version.
 //! - Deleted certificates list only their newest version (Key Vault does not list the versions of
 //!   a deleted certificate).
 //!
@@ -27,14 +32,16 @@
 use super::SetupError;
 use crate::backend::local::LocalBackend;
 use crate::backend::types::*;
-use crate::backend::{BackendError, Result, Vault};
+use crate::backend::{BackendError, Created, Result, Vault};
 use crate::pki::PrivateKey;
 use crate::plan::AzureConfig;
 use azure_core::http::{RequestContent, Response, StatusCode};
 use azure_security_keyvault_certificates::models::{
-    Certificate, CertificateAttributes, CertificateClientGetCertificateOptions,
-    CertificateClientUpdateCertificatePropertiesOptions, CertificatePolicy, Contact, Contacts,
-    ImportCertificateParameters, IssuerAttributes, IssuerCredentials, SetIssuerParameters,
+    Certificate, CertificateAttributes, CertificateClientCreateCertificateOptions,
+    CertificateClientGetCertificateOptions, CertificateClientListCertificatePropertiesOptions,
+    CertificateClientUpdateCertificatePropertiesOptions, CertificateOperation, CertificatePolicy, Contact,
+    Contacts, CreateCertificateParameters, ImportCertificateParameters, IssuerAttributes, IssuerCredentials,
+    MergeCertificateParameters, RestoreCertificateParameters, SetIssuerParameters,
     UpdateCertificatePropertiesParameters,
 };
 use azure_security_keyvault_certificates::{CertificateClient, CertificateClientOptions};
@@ -329,9 +336,7 @@ impl AzureVault {
     /// Imports one new version and records its issuer; returns its version id.
     async fn import(certs: &CertificateClient, new: OwnedNewVersion) -> Result<String> {
         let name = new.name.as_str();
-        let mut policy: CertificatePolicy = serde_json::from_str(&new.policy_json).map_err(|e| {
-            BackendError::Refused(format!("policy of `{name}` is not Key Vault-shaped JSON: {e}"))
-        })?;
+        let mut policy = parse_policy(name, &new.policy_json)?;
         let pfx = policy
             .secret_properties
             .as_ref()
@@ -414,6 +419,53 @@ impl AzureVault {
             &version.version,
             &version.cert_der,
         )
+    }
+
+    /// The request of a name waiting for a merge (Key Vault's pending certificate operation).
+    async fn operation(certs: &CertificateClient, name: &str) -> Result<Option<PendingCertificate>> {
+        let op: CertificateOperation = match certs.get_certificate_operation(name, None).await {
+            Ok(r) => model(r, "get certificate operation", name)?,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(remote("get certificate operation", name, e)),
+        };
+        let policy = Self::get_policy(certs, name).await?;
+        let created = policy
+            .as_ref()
+            .and_then(|p| p.attributes.as_ref())
+            .and_then(|a| a.created)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let policy_json = match &policy {
+            Some(p) => serde_json::to_string(p)
+                .map_err(|e| BackendError::Refused(format!("policy of `{name}`: {e}")))?,
+            None => "{}".to_string(),
+        };
+        pending_of(name, &op, &policy_json, key_facts(policy.as_ref()), created)
+    }
+
+    /// Every certificate name, those whose first version waits for a merge included.
+    fn names_including_pending(&self) -> Result<Vec<String>> {
+        self.rt.block_on(async {
+            let options = CertificateClientListCertificatePropertiesOptions {
+                include_pending: Some(true),
+                ..Default::default()
+            };
+            let pager = self
+                .certs
+                .list_certificate_properties(Some(options))
+                .map_err(|e| remote("list certificates", "*", e))?;
+            let items: Vec<_> = pager
+                .try_collect()
+                .await
+                .map_err(|e| remote("list certificates", "*", e))?;
+            let mut names: Vec<String> = items
+                .into_iter()
+                .filter_map(|p| p.id)
+                .map(|id| name_of(&id))
+                .collect();
+            names.sort();
+            names.dedup();
+            Ok(names)
+        })
     }
 
     fn names(&self) -> Result<Vec<String>> {
@@ -770,11 +822,18 @@ impl Vault for AzureVault {
     }
 
     fn backup_certificate(&self, name: &str) -> Result<Option<CertificateBackup>> {
-        Err(not_yet("vault backup", name))
+        // Key Vault hands out its own opaque blob (`backup_blob`), never the keys.
+        Err(BackendError::Refused(format!(
+            "`{name}`: Key Vault backs up through its own backup blob only"
+        )))
     }
 
     fn restore_certificate(&mut self, backup: &CertificateBackup) -> Result<()> {
-        Err(not_yet("vault restore", &backup.name))
+        Err(BackendError::Refused(format!(
+            "`{}`: this backup was made from a local store and restores only into one; Key Vault \
+             restores only its own backups (`certroll vault import` brings a certificate with its key in)",
+            backup.name
+        )))
     }
 
     fn contacts(&self) -> Result<Option<Vec<String>>> {
@@ -929,32 +988,234 @@ impl Vault for AzureVault {
     }
 
     fn pending(&self, name: &str) -> Result<Option<PendingCertificate>> {
-        Err(not_yet("requests for outside CAs", name))
+        self.rt.block_on(Self::operation(&self.certs, name))
     }
 
     fn pending_all(&self) -> Result<Vec<PendingCertificate>> {
-        Err(not_yet("requests for outside CAs", "*"))
+        // Key Vault lists a name whose first version waits for a merge only when asked to
+        // include pending certificates; a name with versions may have a request too.
+        let names = self.names_including_pending()?;
+        let certs = self.certs.clone();
+        let found: Vec<Option<PendingCertificate>> = self.rt.block_on(async {
+            futures::stream::iter(names.into_iter().map(|n| {
+                let certs = certs.clone();
+                async move { Self::operation(&certs, &n).await }
+            }))
+            .buffered(self.concurrency)
+            .try_collect()
+            .await
+        })?;
+        Ok(found.into_iter().flatten().collect())
     }
 
     fn put_pending(&mut self, pending: &PendingCertificate, _key_pkcs8: &[u8]) -> Result<()> {
-        Err(not_yet("requests for outside CAs", &pending.name))
+        // `create_by_vault` makes requests on Key Vault; a key made outside it never goes in.
+        Err(BackendError::Refused(format!(
+            "a request for `{}` is made by Key Vault itself (its create operation), never with a key from outside",
+            pending.name
+        )))
     }
 
     fn pending_key(&self, name: &str) -> Result<PrivateKey> {
-        Err(not_yet("requests for outside CAs", name))
+        Err(BackendError::Refused(format!(
+            "the key of `{name}`'s request stays in Key Vault, which merges the signed certificate"
+        )))
     }
 
     fn delete_pending(&mut self, name: &str) -> Result<bool> {
-        Err(not_yet("requests for outside CAs", name))
+        self.rt.block_on(async {
+            match self.certs.delete_certificate_operation(name, None).await {
+                Ok(_) => Ok(true),
+                Err(e) if is_not_found(&e) => Ok(false),
+                Err(e) => Err(remote("delete certificate operation", name, e)),
+            }
+        })
     }
 
-    fn stored_chain(&self, name: &str, _version: &str) -> Result<Vec<Vec<u8>>> {
+    fn stored_chain(&self, _name: &str, _version: &str) -> Result<Vec<Vec<u8>>> {
+        // Key Vault keeps a merged chain in the version's secret, not in its certificate: the
+        // chain above a version is followed through the issuer tag instead.
+        Ok(Vec::new())
+    }
+
+    fn set_stored_chain(&mut self, name: &str, _version: &str, chain: &[Vec<u8>]) -> Result<()> {
+        if chain.is_empty() {
+            return Ok(());
+        }
         Err(not_yet("stored chains", name))
     }
 
-    fn set_stored_chain(&mut self, name: &str, _version: &str, _chain: &[Vec<u8>]) -> Result<()> {
-        Err(not_yet("stored chains", name))
+    fn create_by_vault(
+        &mut self,
+        name: &str,
+        policy_json: &str,
+        _now: OffsetDateTime,
+    ) -> Result<Option<Created>> {
+        let mut policy = parse_policy(name, policy_json)?;
+        if let Some(x509) = policy.x509_certificate_properties.as_mut()
+            && x509.validity_in_months.is_none()
+        {
+            // Key Vault counts validity in months only: the fewest months that cover the days.
+            let days = serde_json::from_str::<serde_json::Value>(policy_json)
+                .ok()
+                .and_then(|p| p["x509_props"]["validity_days"].as_i64())
+                .unwrap_or(365);
+            x509.validity_in_months = Some(((days * 12 + 364) / 365).clamp(1, 1200) as i32);
+        }
+        let issuer = policy
+            .issuer_parameters
+            .as_ref()
+            .and_then(|i| i.name.clone())
+            .unwrap_or_else(|| "Self".into());
+        let key = key_facts(Some(&policy));
+        let policy_doc = serde_json::to_string(&policy)
+            .map_err(|e| BackendError::Refused(format!("policy of `{name}`: {e}")))?;
+        let params = CreateCertificateParameters {
+            certificate_policy: Some(policy),
+            ..Default::default()
+        };
+        let body: RequestContent<CreateCertificateParameters> = params
+            .try_into()
+            .map_err(|e| remote("create certificate", name, e))?;
+        let options = CertificateClientCreateCertificateOptions {
+            method_options: azure_core::http::poller::PollerOptions {
+                // Key Vault makes a self-signed version in seconds.
+                frequency: time::Duration::seconds(1),
+                ..Default::default()
+            },
+        };
+        let certs = self.certs.clone();
+        self.rt.block_on(async move {
+            let mut poller = certs
+                .begin_create_certificate(name, body, Some(options))
+                .map_err(|e| remote("create certificate", name, e))?;
+            if issuer.eq_ignore_ascii_case("Self") {
+                let c: Certificate = model(
+                    poller.await.map_err(|e| remote("create certificate", name, e))?,
+                    "create certificate",
+                    name,
+                )?;
+                return Ok(Some(Created::Version(version_of(
+                    c.id.as_deref().unwrap_or_default(),
+                ))));
+            }
+            // An outside CA: the first answer carries the CSR, and the operation waits for
+            // the merge (the poller would wait for it too).
+            let first = poller
+                .next()
+                .await
+                .ok_or_else(|| {
+                    BackendError::Refused(format!("Key Vault answered nothing to the create of `{name}`"))
+                })?
+                .map_err(|e| remote("create certificate", name, e))?;
+            let op: CertificateOperation = model(first, "create certificate", name)?;
+            match pending_of(name, &op, &policy_doc, key, OffsetDateTime::now_utc())? {
+                Some(p) => Ok(Some(Created::Pending(p))),
+                None => Err(BackendError::Refused(format!(
+                    "Key Vault's create of `{name}` (issuer {issuer}) answered status {:?} without a CSR",
+                    op.status
+                ))),
+            }
+        })
     }
+
+    fn merge_pending(
+        &mut self,
+        pending: &PendingCertificate,
+        leaf: &[u8],
+        chain: &[Vec<u8>],
+        _now: OffsetDateTime,
+    ) -> Result<String> {
+        let name = pending.name.as_str();
+        let mut x5c = vec![leaf.to_vec()];
+        x5c.extend(chain.iter().cloned());
+        let params = MergeCertificateParameters {
+            x509_certificates: Some(x5c),
+            ..Default::default()
+        };
+        self.rt.block_on(async {
+            let body: RequestContent<MergeCertificateParameters> = params
+                .try_into()
+                .map_err(|e| remote("merge certificate", name, e))?;
+            let c: Certificate = model(
+                self.certs
+                    .merge_certificate(name, body, None)
+                    .await
+                    .map_err(|e| remote("merge certificate", name, e))?,
+                "merge certificate",
+                name,
+            )?;
+            Ok(version_of(c.id.as_deref().unwrap_or_default()))
+        })
+    }
+
+    fn backup_blob(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.rt.block_on(async {
+            match self.certs.backup_certificate(name, None).await {
+                Ok(r) => Ok(model(r, "backup certificate", name)?.value),
+                Err(e) if is_not_found(&e) => Ok(None),
+                Err(e) => Err(remote("backup certificate", name, e)),
+            }
+        })
+    }
+
+    fn restore_blob(&mut self, blob: &[u8]) -> Result<Option<String>> {
+        let params = RestoreCertificateParameters {
+            certificate_backup: Some(blob.to_vec()),
+        };
+        self.rt.block_on(async {
+            let body: RequestContent<RestoreCertificateParameters> = params
+                .try_into()
+                .map_err(|e| remote("restore certificate", "backup", e))?;
+            let c: Certificate = model(
+                self.certs
+                    .restore_certificate(body, None)
+                    .await
+                    .map_err(|e| remote("restore certificate", "backup", e))?,
+                "restore certificate",
+                "backup",
+            )?;
+            Ok(Some(name_of(c.id.as_deref().unwrap_or_default())))
+        })
+    }
+}
+
+/// A policy document (Key Vault's shape, as certroll writes it) as the SDK's model.
+fn parse_policy(name: &str, policy_json: &str) -> Result<CertificatePolicy> {
+    serde_json::from_str(policy_json)
+        .map_err(|e| BackendError::Refused(format!("policy of `{name}` is not Key Vault-shaped JSON: {e}")))
+}
+
+/// A Key Vault certificate operation as certroll's request: only while it waits for a merge
+/// (status `inProgress` with a CSR).
+fn pending_of(
+    name: &str,
+    op: &CertificateOperation,
+    policy_json: &str,
+    key: (String, bool),
+    created: OffsetDateTime,
+) -> Result<Option<PendingCertificate>> {
+    let waiting = op
+        .status
+        .as_deref()
+        .is_some_and(|s| s.eq_ignore_ascii_case("inProgress"));
+    let Some(csr) = op.csr.clone().filter(|_| waiting) else {
+        return Ok(None);
+    };
+    Ok(Some(PendingCertificate {
+        name: name.to_string(),
+        request_id: op.request_id.clone().unwrap_or_default(),
+        csr_der: csr,
+        kty: key.0,
+        exportable: key.1,
+        policy_json: policy_json.to_string(),
+        issuer: op
+            .issuer_parameters
+            .as_ref()
+            .and_then(|i| i.name.clone())
+            .unwrap_or_else(|| "Unknown".into()),
+        created,
+    }))
 }
 
 fn not_yet(what: &str, name: &str) -> BackendError {
