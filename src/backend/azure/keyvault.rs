@@ -196,11 +196,16 @@ impl AzureVault {
         let url = format!("{}/", config.vault_url);
         let client_err =
             |e: azure_core::Error| SetupError::Client(format!("Key Vault client for {url}: {e}"));
+        // Only the certificates client makes keys (create, import, restore): it is paced.
+        let mut cert_options = options.clone();
+        cert_options
+            .per_call_policies
+            .push(super::KeyCreationRate::new(config.vault_limits.rate));
         let certs = CertificateClient::new(
             &url,
             credential.clone(),
             Some(CertificateClientOptions {
-                client_options: options.clone(),
+                client_options: cert_options,
                 ..Default::default()
             }),
         )

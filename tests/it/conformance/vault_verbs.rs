@@ -410,3 +410,62 @@ fn every_vault_subcommand_answers_the_same_on_local_and_on_azure_against_serve()
 
     assert_same(&env, &["vault", "list", "-o", "json"]);
 }
+
+/// The plan's `vault_rate` paces what makes a key in Key Vault (create, import, restore): a
+/// window's worth (10 s) at once, then `vault_rate` a second; reads are not paced (issue 12).
+#[test]
+fn vault_rate_paces_key_creations_after_a_ten_second_burst() {
+    use certroll::backend::Vault;
+    use certroll::backend::azure::{AzureVault, EnvTokenCredential};
+    let env = TestEnv::new();
+    let serve = setup(&env, "");
+    let text = format!(
+        "version = 1\n[backend]\nkind = \"azure\"\npath = \"client/state.db\"\n\
+         vault_url = \"https://certroll.vault.azure.net\"\nauth = \"token-env\"\n\
+         token_env = \"UNUSED\"\nca_file = \"ca.pem\"\nvault_rate = 2.0\n\
+         resolve = {{ \"certroll.vault.azure.net\" = \"127.0.0.1:{}\" }}\n",
+        serve.port()
+    );
+    let path = env.write("rate.toml", &text);
+    let plan = certroll::plan::parse(&path, &text).unwrap();
+    std::fs::create_dir_all(env.path("client")).unwrap();
+    let mut vault = AzureVault::connect_with(
+        plan.azure.as_ref().unwrap(),
+        super::local::fresh_store(&env.path("client")),
+        std::sync::Arc::new(EnvTokenCredential::new(TOKEN.into())),
+    )
+    .unwrap();
+    let policy = super::policy("CN=r", true, "application/x-pem-file");
+    let import = |vault: &mut AzureVault, names: &[String]| {
+        let made: Vec<super::Made> = names.iter().map(|n| super::self_signed(n, 30, false)).collect();
+        let batch: Vec<_> = names
+            .iter()
+            .zip(&made)
+            .map(|(n, m)| super::new_version(n, &policy, m, None))
+            .collect();
+        let t = std::time::Instant::now();
+        vault.create_versions(&batch, super::now()).unwrap();
+        t.elapsed()
+    };
+    // 2 a second: the first 20 (one 10-second window) go at once ...
+    let first: Vec<String> = (0..20).map(|i| format!("r-{i}")).collect();
+    let burst = import(&mut vault, &first);
+    // ... 6 more take half a second each, counted from the first request.
+    let next: Vec<String> = (20..26).map(|i| format!("r-{i}")).collect();
+    let paced = import(&mut vault, &next);
+    assert!(
+        burst + paced >= std::time::Duration::from_millis(2900),
+        "26 imports at 2 a second after a burst of 20 took {:?}",
+        burst + paced
+    );
+    // Reads are not paced.
+    let t = std::time::Instant::now();
+    let all: Vec<String> = (0..26).map(|i| format!("r-{i}")).collect();
+    assert!(vault.current_many(&all).unwrap().iter().all(Option::is_some));
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(8),
+        "{:?}",
+        t.elapsed()
+    );
+    eprintln!("20 imports in {burst:?}, 6 more at 2/s in {paced:?}");
+}
