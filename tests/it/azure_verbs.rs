@@ -441,3 +441,38 @@ fn issue_status_and_roll_secondary_of_enrollments_are_the_same_on_local_and_on_a
     let held = std::fs::read_to_string(env.path("devices/gw-1.pem")).unwrap();
     assert!(held.contains("PRIVATE KEY") && held.contains("CERTIFICATE"));
 }
+
+/// DPS names an enrollment's certificates only by thumbprint. certroll keeps what it made under
+/// names it knows (`dev-ID`), so a fresh process reading the enrollments reads those names'
+/// versions, never a listing of the whole vault (issue 12, item 4: at 10,000 certificates the
+/// listing is what made `status` slow).
+#[test]
+fn reading_enrollments_on_azure_reads_the_devices_own_vault_names_not_the_whole_vault() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    fleet_plans(&env, &serve);
+    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let listings = || {
+        std::fs::read_to_string(env.path("serve.log"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("GET certroll.vault.azure.net/certificates "))
+            .count()
+    };
+    let before = listings();
+    // A fresh process: nothing known, every enrollment certificate looked up in the vault.
+    let r = run_fleet(&env, &serve, "azure", &["status", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let status = r.json();
+    assert!(
+        status["enrollments"][0]["primary"].is_object(),
+        "the enrollment's certificate was found: {status}"
+    );
+    let log = std::fs::read_to_string(env.path("serve.log")).unwrap();
+    assert_eq!(listings(), before, "status listed the whole vault:\n{log}");
+    assert!(
+        log.contains("certroll.vault.azure.net/certificates/dev-gw-1/versions"),
+        "{log}"
+    );
+}
