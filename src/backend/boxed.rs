@@ -198,6 +198,14 @@ impl Vault for Box<dyn Backend> {
         (**self).merge_pending(pending, leaf, chain, now)
     }
 
+    fn mark_new_versions(&mut self, marker: Option<&str>) {
+        (**self).mark_new_versions(marker)
+    }
+
+    fn versions_marked(&self, names: &[String]) -> Result<Vec<Option<VaultVersion>>> {
+        (**self).versions_marked(names)
+    }
+
     fn backup_blob(&self, name: &str) -> Result<Option<Vec<u8>>> {
         (**self).backup_blob(name)
     }

@@ -235,6 +235,18 @@ pub trait Vault {
         Ok(v)
     }
 
+    /// Marks every version created from now on with `marker` (the journal's run and step,
+    /// `RUN/SEQ`; None: no mark), so that the rerun of a step cut off between a remote write
+    /// and the local commit finds the versions it made ([`versions_marked`](Self::versions_marked))
+    /// instead of making more. The local store commits a version with its step: no mark needed.
+    fn mark_new_versions(&mut self, _marker: Option<&str>) {}
+
+    /// The newest version of each name that carries the current mark, in the order asked (None
+    /// where none does, or no mark is set).
+    fn versions_marked(&self, names: &[String]) -> Result<Vec<Option<VaultVersion>>> {
+        Ok(vec![None; names.len()])
+    }
+
     /// Key Vault's backup of a certificate with all its versions: an opaque blob only the
     /// same vault service restores (`Ok(None)`: this vault backs up through
     /// [`backup_certificate`](Self::backup_certificate) instead; also None when the name is not live).

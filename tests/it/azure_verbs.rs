@@ -476,3 +476,73 @@ fn reading_enrollments_on_azure_reads_the_devices_own_vault_names_not_the_whole_
         "{log}"
     );
 }
+
+/// A roll killed after its new version reached Key Vault but before the local store recorded
+/// the step: the version carries the step's mark, and the rerun adopts it instead of making
+/// another, so the device gets exactly one new version (issue 12, item 3).
+#[test]
+fn a_roll_killed_between_its_key_vault_write_and_its_commit_adopts_that_version_on_rerun() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    fleet_plans(&env, &serve);
+    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let versions = || {
+        let r = run_fleet(
+            &env,
+            &serve,
+            "azure",
+            &["vault", "show", "device:gw-1", "-o", "json"],
+        );
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        r.json()["versions"].as_array().cloned().unwrap_or_default()
+    };
+    assert_eq!(versions().len(), 1);
+
+    // Killed right after the first Key Vault write of the roll.
+    let mut cmd = env.cmd();
+    cmd.env_remove("CERTROLL_NOW")
+        .env("CERTROLL_AZ_TOKEN", TOKEN)
+        .env("CERTROLL_AZ_DPS_KEY", sas_key(&serve, "certroll-dps").1)
+        .env("CERTROLL_AZ_HUB_KEY", sas_key(&serve, "conf-hub").1)
+        .env("CERTROLL_FAULT_AFTER_VAULT_WRITES", "1")
+        .args(["--plan", "azure/plan.toml", "roll-secondary", "device:gw-1"]);
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "the fault aborts the roll");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("fault injection"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The version is in Key Vault; nothing local points at it yet.
+    let orphan = versions();
+    assert_eq!(orphan.len(), 2, "the killed run's version exists");
+
+    let r = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["roll-secondary", "device:gw-1", "-o", "json"],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let after = versions();
+    assert_eq!(after.len(), 2, "the rerun made no second version: {after:?}");
+    assert_eq!(after[1]["version"], orphan[1]["version"], "the rerun adopted it");
+    // Everything points at the adopted version: the enrollment's secondary slot, the hub.
+    let status = run_fleet(&env, &serve, "azure", &["status", "-o", "json"]).ok();
+    let thumbprint = after[1]["cert"]["thumbprint"].as_str().unwrap();
+    assert!(
+        status.stdout.contains(thumbprint),
+        "status names the adopted version's thumbprint {thumbprint}:\n{}",
+        status.stdout
+    );
+    // A second rerun changes nothing.
+    let r = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["roll-secondary", "device:gw-1", "-o", "json"],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(versions().len(), 2);
+}

@@ -693,6 +693,14 @@ impl Vault for AzureBackend {
         self.vault.merge_pending(pending, leaf, chain, now)
     }
 
+    fn mark_new_versions(&mut self, marker: Option<&str>) {
+        self.vault.mark_new_versions(marker)
+    }
+
+    fn versions_marked(&self, names: &[String]) -> Result<Vec<Option<VaultVersion>>> {
+        self.vault.versions_marked(names)
+    }
+
     fn backup_blob(&self, name: &str) -> Result<Option<Vec<u8>>> {
         self.vault.backup_blob(name)
     }

@@ -6,6 +6,12 @@
 //!   imports each with its key and the name's policy (PEM or PFX, as the policy's content type
 //!   says). The CA version that signed it is kept in the version's tag `certroll-issuer`
 //!   (`NAME/VERSION`), hidden from [`Vault::tags`] and kept by [`Vault::set_tags`].
+//! - A version made inside a journal step carries the step (`RUN/SEQ`) in the tag
+//!   `certroll-step`, set with the import itself: a rerun of a step cut off between the import and
+//!   the local commit finds it ([`Vault::versions_marked`]) and adopts it. Both tags are hidden
+//!   from [`Vault::tags`] and kept by [`Vault::set_tags`].
+//! - Key creations (create, import, restore) are paced at the plan's `vault_rate`
+//!   ([`super::KeyCreationRate`]).
 //! - A version's `kty` and `exportable` are the name's current policy's.
 //! - A key that is not exportable never leaves the vault: [`AzureVault::private_key`] refuses it
 //!   and [`AzureVault::signing_key`] gives a [`KeyVaultSigningKey`], an `rcgen::SigningKey` whose
@@ -57,6 +63,33 @@ use time::OffsetDateTime;
 /// The version tag that records the CA version that signed a version.
 const ISSUER_TAG: &str = "certroll-issuer";
 
+/// The version tag that records the journal step (`RUN/SEQ`) that made a version, so the rerun
+/// of a step cut off before its local commit adopts it.
+const STEP_TAG: &str = "certroll-step";
+
+/// certroll's own tags: hidden from [`Vault::tags`], kept by [`Vault::set_tags`].
+const OWN_TAGS: [&str; 2] = [ISSUER_TAG, STEP_TAG];
+
+/// Tests only: abort the process after this many versions were written to Key Vault, before
+/// anything else (a kill between the remote write and the local commit).
+pub const FAULT_AFTER_VAULT_WRITES_ENV: &str = "CERTROLL_FAULT_AFTER_VAULT_WRITES";
+
+static VAULT_WRITES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn vault_write_fault_point() {
+    let done = VAULT_WRITES.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    if let Some(limit) = std::env::var(FAULT_AFTER_VAULT_WRITES_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        && done == limit
+    {
+        eprintln!(
+            "certroll: {FAULT_AFTER_VAULT_WRITES_ENV}={limit}: aborting after a Key Vault write (fault injection)"
+        );
+        std::process::abort();
+    }
+}
+
 /// Key Vault as certroll's vault.
 pub struct AzureVault {
     rt: tokio::runtime::Runtime,
@@ -67,6 +100,8 @@ pub struct AzureVault {
     local: LocalBackend,
     concurrency: usize,
     vault_url: String,
+    /// The mark of the journal step running now (see [`Vault::mark_new_versions`]).
+    marker: Option<String>,
 }
 
 /// A Key Vault answer that is not success, as certroll reports it.
@@ -124,7 +159,7 @@ fn key_facts(policy: Option<&CertificatePolicy>) -> (String, bool) {
 fn user_tags(tags: Option<&HashMap<String, String>>) -> Tags {
     tags.into_iter()
         .flatten()
-        .filter(|(k, _)| k.as_str() != ISSUER_TAG)
+        .filter(|(k, _)| !OWN_TAGS.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
@@ -236,6 +271,7 @@ impl AzureVault {
             local,
             concurrency: config.vault_limits.concurrency,
             vault_url: config.vault_url.clone(),
+            marker: None,
         })
     }
 
@@ -359,9 +395,18 @@ impl AzureVault {
         if let Some(k) = policy.key_properties.as_mut() {
             k.exportable = Some(new.exportable);
         }
+        // certroll's tags go in with the version, so a version never exists without them.
+        let mut tags = HashMap::new();
+        if let Some(issuer) = &new.issuer {
+            tags.insert(ISSUER_TAG.to_string(), issuer.clone());
+        }
+        if let Some(marker) = &new.marker {
+            tags.insert(STEP_TAG.to_string(), marker.clone());
+        }
         let params = ImportCertificateParameters {
             base64_encoded_certificate: Some(value),
             certificate_policy: Some(policy),
+            tags: (!tags.is_empty()).then_some(tags),
             ..Default::default()
         };
         let body: RequestContent<ImportCertificateParameters> = params
@@ -375,13 +420,8 @@ impl AzureVault {
             "import certificate",
             name,
         )?;
-        let version = version_of(c.id.as_deref().unwrap_or_default());
-        if let Some(issuer) = &new.issuer {
-            let mut tags = HashMap::new();
-            tags.insert(ISSUER_TAG.to_string(), issuer.clone());
-            Self::patch(certs, name, Some(&version), None, Some(tags)).await?;
-        }
-        Ok(version)
+        vault_write_fault_point();
+        Ok(version_of(c.id.as_deref().unwrap_or_default()))
     }
 
     /// Updates a version's (or the newest's) `enabled` and tags.
@@ -424,6 +464,31 @@ impl AzureVault {
             &version.version,
             &version.cert_der,
         )
+    }
+
+    /// The newest version of `name` whose tags carry the step mark `marker` (the listing of
+    /// versions carries their tags).
+    async fn marked(certs: &CertificateClient, name: &str, marker: &str) -> Result<Option<VaultVersion>> {
+        let items: Vec<_> = match certs.list_certificate_properties_versions(name, None) {
+            Ok(pager) => match pager.try_collect::<Vec<_>>().await {
+                Ok(items) => items,
+                Err(e) if is_not_found(&e) => return Ok(None),
+                Err(e) => return Err(remote("list versions", name, e)),
+            },
+            Err(e) => return Err(remote("list versions", name, e)),
+        };
+        let found = items
+            .into_iter()
+            .filter(|p| p.tags.as_ref().and_then(|t| t.get(STEP_TAG)).map(String::as_str) == Some(marker))
+            .max_by_key(|p| p.attributes.as_ref().and_then(|a| a.created));
+        let Some(id) = found.and_then(|p| p.id) else {
+            return Ok(None);
+        };
+        let Some(c) = Self::get(certs, name, Some(&version_of(&id))).await? else {
+            return Ok(None);
+        };
+        let key = key_facts(Self::get_policy(certs, name).await?.as_ref());
+        to_version(name, &c, &key).map(Some)
     }
 
     /// The request of a name waiting for a merge (Key Vault's pending certificate operation).
@@ -503,6 +568,8 @@ struct OwnedNewVersion {
     key_pkcs8: zeroize::Zeroizing<Vec<u8>>,
     exportable: bool,
     issuer: Option<String>,
+    /// The journal step's mark ([`STEP_TAG`]).
+    marker: Option<String>,
 }
 
 fn model<T: serde::de::DeserializeOwned>(r: Response<T>, operation: &str, name: &str) -> Result<T> {
@@ -573,6 +640,7 @@ impl Vault for AzureVault {
                     key_pkcs8: zeroize::Zeroizing::new(n.key_pkcs8.to_vec()),
                     exportable: n.exportable,
                     issuer: n.issuer.map(|(name, v)| format!("{name}/{v}")),
+                    marker: self.marker.clone(),
                 },
             ));
         }
@@ -709,8 +777,10 @@ impl Vault for AzureVault {
                 .await?
                 .ok_or_else(|| BackendError::NotFound(format!("certificate `{name}`")))?;
             let mut all: HashMap<String, String> = tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            if let Some(issuer) = current.tags.as_ref().and_then(|t| t.get(ISSUER_TAG)) {
-                all.insert(ISSUER_TAG.to_string(), issuer.clone());
+            for own in OWN_TAGS {
+                if let Some(value) = current.tags.as_ref().and_then(|t| t.get(own)) {
+                    all.insert(own.to_string(), value.clone());
+                }
             }
             Self::patch(&self.certs, name, version, None, Some(all)).await
         })
@@ -1151,6 +1221,27 @@ impl Vault for AzureVault {
                 name,
             )?;
             Ok(version_of(c.id.as_deref().unwrap_or_default()))
+        })
+    }
+
+    fn mark_new_versions(&mut self, marker: Option<&str>) {
+        self.marker = marker.map(str::to_string);
+    }
+
+    fn versions_marked(&self, names: &[String]) -> Result<Vec<Option<VaultVersion>>> {
+        let Some(marker) = self.marker.clone() else {
+            return Ok(vec![None; names.len()]);
+        };
+        let certs = self.certs.clone();
+        self.rt.block_on(async {
+            futures::stream::iter(names.iter().map(|n| {
+                let certs = certs.clone();
+                let marker = marker.clone();
+                async move { Self::marked(&certs, n, &marker).await }
+            }))
+            .buffered(self.concurrency)
+            .try_collect()
+            .await
         })
     }
 
