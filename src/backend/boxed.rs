@@ -178,6 +178,41 @@ impl Vault for Box<dyn Backend> {
     fn set_stored_chain(&mut self, name: &str, version: &str, chain: &[Vec<u8>]) -> Result<()> {
         (**self).set_stored_chain(name, version, chain)
     }
+
+    fn create_by_vault(
+        &mut self,
+        name: &str,
+        policy_json: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<Created>> {
+        (**self).create_by_vault(name, policy_json, now)
+    }
+
+    fn merge_pending(
+        &mut self,
+        pending: &PendingCertificate,
+        leaf: &[u8],
+        chain: &[Vec<u8>],
+        now: OffsetDateTime,
+    ) -> Result<String> {
+        (**self).merge_pending(pending, leaf, chain, now)
+    }
+
+    fn mark_new_versions(&mut self, marker: Option<&str>) {
+        (**self).mark_new_versions(marker)
+    }
+
+    fn versions_marked(&self, names: &[String]) -> Result<Vec<Option<VaultVersion>>> {
+        (**self).versions_marked(names)
+    }
+
+    fn backup_blob(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        (**self).backup_blob(name)
+    }
+
+    fn restore_blob(&mut self, blob: &[u8]) -> Result<Option<String>> {
+        (**self).restore_blob(blob)
+    }
 }
 
 impl EnrollmentService for Box<dyn Backend> {

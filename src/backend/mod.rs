@@ -183,6 +183,91 @@ pub trait Vault {
     fn stored_chain(&self, name: &str, version: &str) -> Result<Vec<Vec<u8>>>;
     /// Stores the chain that came with a version.
     fn set_stored_chain(&mut self, name: &str, version: &str, chain: &[Vec<u8>]) -> Result<()>;
+
+    // -------- Key Vault's own create operation (issue 12): a vault that makes keys itself.
+
+    /// Key Vault's create: the vault makes the key from the policy (Key Vault-shaped JSON) and,
+    /// for issuer `Self`, the self-signed version at once; for `Unknown` or an issuer object, a
+    /// request that waits for [`merge_pending`](Self::merge_pending). `Ok(None)`: this vault
+    /// leaves the key and certificate to certroll (the local store), which then calls
+    /// [`create_versions`](Self::create_versions) or [`put_pending`](Self::put_pending).
+    fn create_by_vault(
+        &mut self,
+        _name: &str,
+        _policy_json: &str,
+        _now: OffsetDateTime,
+    ) -> Result<Option<Created>> {
+        Ok(None)
+    }
+
+    /// Makes the signed certificate `leaf` (already checked to certify the request's key) a
+    /// version of `pending`'s name with the request's key, keeps `chain` (issuer first) beside
+    /// it and ends the request; returns the version id.
+    fn merge_pending(
+        &mut self,
+        pending: &PendingCertificate,
+        leaf: &[u8],
+        chain: &[Vec<u8>],
+        now: OffsetDateTime,
+    ) -> Result<String> {
+        let key = self.pending_key(&pending.name)?;
+        let v = self
+            .create_versions(
+                &[NewVersion {
+                    name: &pending.name,
+                    policy_json: &pending.policy_json,
+                    cert_der: leaf,
+                    key_pkcs8: key.pkcs8_der(),
+                    kty: &pending.kty,
+                    exportable: pending.exportable,
+                    issuer: None,
+                    facts: None,
+                }],
+                now,
+            )?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        if !chain.is_empty() {
+            self.set_stored_chain(&pending.name, &v, chain)?;
+        }
+        self.delete_pending(&pending.name)?;
+        Ok(v)
+    }
+
+    /// Marks every version created from now on with `marker` (the journal's run and step,
+    /// `RUN/SEQ`; None: no mark), so that the rerun of a step cut off between a remote write
+    /// and the local commit finds the versions it made ([`versions_marked`](Self::versions_marked))
+    /// instead of making more. The local store commits a version with its step: no mark needed.
+    fn mark_new_versions(&mut self, _marker: Option<&str>) {}
+
+    /// The newest version of each name that carries the current mark, in the order asked (None
+    /// where none does, or no mark is set).
+    fn versions_marked(&self, names: &[String]) -> Result<Vec<Option<VaultVersion>>> {
+        Ok(vec![None; names.len()])
+    }
+
+    /// Key Vault's backup of a certificate with all its versions: an opaque blob only the
+    /// same vault service restores (`Ok(None)`: this vault backs up through
+    /// [`backup_certificate`](Self::backup_certificate) instead; also None when the name is not live).
+    fn backup_blob(&self, _name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+
+    /// Restores a [`backup_blob`](Self::backup_blob) under its name, which must be free; returns
+    /// the name (`Ok(None)`: this vault takes no blobs).
+    fn restore_blob(&mut self, _blob: &[u8]) -> Result<Option<String>> {
+        Ok(None)
+    }
+}
+
+/// What [`Vault::create_by_vault`] made.
+#[derive(Debug, Clone)]
+pub enum Created {
+    /// A version (issuer `Self`), by id.
+    Version(String),
+    /// A request waiting for an outside CA.
+    Pending(PendingCertificate),
 }
 
 /// The enrollment service (Device Provisioning Service).

@@ -168,11 +168,16 @@ impl Run {
             // A dry run: no transaction, so it never takes the store's write lock.
             return Ok(f(backend)?.0);
         };
+        // A remote vault marks what this step creates, so a rerun after a kill before the
+        // commit adopts it (the step's run and number stay the same across reruns).
+        backend.mark_new_versions(Some(&format!("{id}/{seq}")));
         let out = in_one_unit(backend, |b| {
             let (out, result) = f(b)?;
             b.step_done(id, seq, &result, now)?;
             anyhow::Ok(out)
-        })?;
+        });
+        backend.mark_new_versions(None);
+        let out = out?;
         fault_point();
         Ok(out)
     }

@@ -56,7 +56,11 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .delete(delete_issuer),
         )
         .route("/certificates/restore", post(restore_certificate))
-        .route("/certificates/{name}", axum::routing::delete(delete_certificate))
+        // The create poller reads the operation's `target` (`/certificates/{name}`, no slash).
+        .route(
+            "/certificates/{name}",
+            get(get_certificate).delete(delete_certificate),
+        )
         .route(
             "/certificates/{name}/",
             get(get_certificate).patch(update_certificate),
@@ -373,15 +377,33 @@ async fn list_certificates(
     p.require(Perm::List, &st.config.vault)?;
     let size = page_size(&q)?;
     let after = q.get("$skiptoken").cloned().unwrap_or_default();
+    let include_pending = q
+        .get("includePending")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     st.read(move |b, _| {
+        // `includePending=true` adds the names whose first version waits for a merge.
+        let waiting: std::collections::BTreeSet<String> = if include_pending {
+            b.pending_all()?.into_iter().map(|p| p.name).collect()
+        } else {
+            Default::default()
+        };
         let mut names = b.names_page(&after, size + 1)?;
+        names.extend(waiting.iter().filter(|n| n.as_str() > after.as_str()).cloned());
+        names.sort();
+        names.dedup();
         let more = names.len() > size;
         names.truncate(size);
         let mut value = Vec::new();
         for (name, current) in names.iter().zip(b.current_many(&names)?) {
-            if let Some(v) = current {
-                let tags = newest_tags(b, name, &v)?;
-                value.push(item(&base, &v, &tags, false));
+            match current {
+                Some(v) => {
+                    let tags = newest_tags(b, name, &v)?;
+                    value.push(item(&base, &v, &tags, false));
+                }
+                None if waiting.contains(name) => {
+                    value.push(json!({ "id": format!("{base}/certificates/{name}"), "attributes": {} }));
+                }
+                None => {}
             }
         }
         let token = more.then(|| names.last().cloned()).flatten();
@@ -556,7 +578,12 @@ async fn get_policy(
 ) -> Answer {
     p.require(Perm::Get, &st.config.vault)?;
     st.read(move |b, _| {
-        let policy = b.policy(&name)?.ok_or_else(|| not_found(&name))?;
+        // A name whose first version waits for a merge has its policy already (Key Vault's).
+        let waiting = match b.pending(&name)? {
+            Some(p) => serde_json::from_str(&p.policy_json).ok(),
+            None => None,
+        };
+        let policy = b.policy(&name)?.or(waiting).ok_or_else(|| not_found(&name))?;
         Ok(Json(policy_view(&base, &name, &policy)))
     })
     .await

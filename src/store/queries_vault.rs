@@ -42,11 +42,16 @@ pub fn policy_set(conn: &Connection, name: &str, json: &str, now: OffsetDateTime
 
 // ---------------------------------------------------------------- tags
 
-/// The tags of a live certificate (`version` None) or of one of its versions; None if absent.
+/// The tags of a live certificate (`version` None: its newest version's, as Key Vault shows a
+/// certificate's tags) or of one of its versions; None if absent.
 pub fn tags_get(conn: &Connection, name: &str, version: Option<&str>) -> Result<Option<Tags>> {
     let text: Option<String> = match version {
         None => conn
-            .prepare_cached("SELECT tags FROM vault_certificates WHERE name = ?1")
+            .prepare_cached(
+                "SELECT coalesce((SELECT v.tags FROM vault_versions v WHERE v.name = c.name
+                                  ORDER BY v.seq DESC LIMIT 1), c.tags)
+                 FROM vault_certificates c WHERE c.name = ?1",
+            )
             .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional()),
         Some(v) => conn
             .prepare_cached("SELECT tags FROM vault_versions WHERE name = ?1 AND version = ?2")
@@ -56,7 +61,8 @@ pub fn tags_get(conn: &Connection, name: &str, version: Option<&str>) -> Result<
     text.map(|t| tags_from(&t)).transpose()
 }
 
-/// Replaces the tags of a live certificate or of one of its versions.
+/// Replaces the tags of a live certificate (`version` None: its newest version's, as Key
+/// Vault's versionless update does) or of one of its versions.
 pub fn tags_set(
     conn: &Connection,
     name: &str,
@@ -67,7 +73,8 @@ pub fn tags_set(
     let text = tags_text(tags);
     match version {
         None => conn.execute(
-            "UPDATE vault_certificates SET tags = ?2, updated = ?3 WHERE name = ?1",
+            "UPDATE vault_versions SET tags = ?2, updated = ?3
+             WHERE seq = (SELECT MAX(seq) FROM vault_versions WHERE name = ?1)",
             params![name, text, ts(now)],
         ),
         Some(v) => conn.execute(
@@ -174,8 +181,11 @@ pub fn purge(conn: &Connection, name: &str) -> Result<bool> {
 pub fn deleted(conn: &Connection, only: Option<&str>) -> Result<Vec<DeletedCertificate>> {
     let mut stmt = conn
         .prepare(
-            "SELECT name, deleted, scheduled_purge, tags FROM vault_deleted_certificates
-             WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
+            "SELECT d.name, d.deleted, d.scheduled_purge,
+                    coalesce((SELECT v.tags FROM vault_deleted_versions v WHERE v.name = d.name
+                              ORDER BY v.seq DESC LIMIT 1), d.tags)
+             FROM vault_deleted_certificates d
+             WHERE ?1 IS NULL OR d.name = ?1 ORDER BY d.name",
         )
         .map_err(sql)?;
     let heads = stmt
@@ -222,7 +232,11 @@ pub fn deleted(conn: &Connection, only: Option<&str>) -> Result<Vec<DeletedCerti
 pub fn backup(conn: &Connection, key: &StoreKey, name: &str) -> Result<Option<CertificateBackup>> {
     let head = conn
         .query_row(
-            "SELECT p.json, c.tags, c.created, c.updated FROM vault_certificates c
+            "SELECT p.json,
+                    coalesce((SELECT v.tags FROM vault_versions v WHERE v.name = c.name
+                              ORDER BY v.seq DESC LIMIT 1), c.tags),
+                    c.created, c.updated
+             FROM vault_certificates c
              JOIN vault_policies p ON p.hash = c.policy WHERE c.name = ?1",
             [name],
             |r| {
@@ -655,6 +669,38 @@ mod tests {
 
     fn insert(store: &mut Store, name: &str, now: OffsetDateTime) -> Result<String> {
         crate::store::test_support::insert_version(store, name, "{}", now, 1)
+    }
+
+    #[test]
+    fn tags_set_before_schema_9_move_onto_the_newest_version_of_live_and_deleted_names() {
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let mut store = Store::open_empty().unwrap();
+        let old = insert(&mut store, "a", now).unwrap();
+        let newest = insert(&mut store, "a", now).unwrap();
+        insert(&mut store, "gone", now).unwrap();
+        let conn = store.conn();
+        // As a schema 8 store held them: on the certificate, and one version of its own.
+        conn.execute_batch(
+            r#"UPDATE vault_certificates SET tags = '{"owner":"ops"}';
+               UPDATE vault_versions SET tags = '{"batch":"7"}' WHERE name = 'a' AND seq = (SELECT MIN(seq) FROM vault_versions WHERE name = 'a');"#,
+        )
+        .unwrap();
+        store.write(|tx, _| delete(tx, "gone", now, now)).unwrap();
+        store
+            .conn()
+            .execute_batch(include_str!("schema_v9_version_tags.sql"))
+            .unwrap();
+        let conn = store.conn();
+        let owner: Tags = [("owner".to_string(), "ops".to_string())].into();
+        assert_eq!(tags_get(conn, "a", Some(&newest)).unwrap(), Some(owner.clone()));
+        assert_eq!(tags_get(conn, "a", None).unwrap(), Some(owner.clone()));
+        let batch: Tags = [("batch".to_string(), "7".to_string())].into();
+        assert_eq!(
+            tags_get(conn, "a", Some(&old)).unwrap(),
+            Some(batch),
+            "its own kept"
+        );
+        assert_eq!(deleted(conn, Some("gone")).unwrap()[0].tags, owner);
     }
 
     #[test]

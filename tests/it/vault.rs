@@ -163,12 +163,14 @@ fn create_self(env: &TestEnv, name: &str) -> String {
         .to_string()
 }
 
+/// Tags live on versions, as in Key Vault (issue 12): a certificate's tags are its newest
+/// version's, a versionless update writes the newest version, and a new version starts with none.
 #[test]
-fn tags_live_on_the_certificate_or_on_a_named_version() {
+fn tags_live_on_versions_and_the_certificate_shows_its_newest_version_s() {
     let env = TestEnv::new();
     bare_plan(&env);
     let v1 = create_self(&env, "t1");
-    create_self(&env, "t1");
+    let v2 = create_self(&env, "t1");
     vault(&env, &["update", "t1", "--tag", "owner=ops", "--tag", "env=prod"]).ok();
     vault(
         &env,
@@ -188,12 +190,33 @@ fn tags_live_on_the_certificate_or_on_a_named_version() {
         show["versions"][0]["tags"],
         serde_json::json!({ "rollout": "canary" })
     );
-    assert_eq!(show["versions"][1]["tags"], serde_json::json!({}));
+    assert_eq!(show["versions"][1]["version"], v2.as_str());
+    assert_eq!(show["versions"][1]["tags"], serde_json::json!({ "owner": "ops" }));
     let list = vault(&env, &["list", "-o", "json"]).ok().json();
     assert_eq!(
         list["certificates"][0]["tags"],
         serde_json::json!({ "owner": "ops" })
     );
+    // A version named explicitly is that version's tags, newest or not.
+    let r = vault(
+        &env,
+        &[
+            "update",
+            "t1",
+            "--version",
+            &v2,
+            "--tag",
+            "env=test",
+            "-o",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(r["tags_on"], "version");
+    assert_eq!(r["tags"], serde_json::json!({ "owner": "ops", "env": "test" }));
+    vault(&env, &["update", "t1", "--version", &v2, "--untag", "env"]).ok();
+    let show = vault(&env, &["show", "t1", "-o", "json"]).ok().json();
 
     // Bad input names the value and changes nothing.
     let r = vault(&env, &["update", "t1", "--tag", "noequals"]).code(2);
@@ -1210,4 +1233,19 @@ fn deleting_one_certificate_after_another_never_reuses_a_version_number() {
     vault(&env, &["recover", "b1"]).ok();
     let list = vault(&env, &["list", "-o", "json"]).ok().stdout;
     assert!(list.contains("a1") && list.contains("b1"), "{list}");
+}
+
+/// Key Vault starts every version with the tags its request names: a new version certroll makes
+/// has none, so the certificate's tags are empty until set again (issue 12).
+#[test]
+fn a_new_version_starts_without_tags_and_the_older_one_keeps_its_own() {
+    let env = TestEnv::new();
+    bare_plan(&env);
+    let v1 = create_self(&env, "t2");
+    vault(&env, &["update", "t2", "--tag", "owner=ops"]).ok();
+    create_self(&env, "t2");
+    let show = vault(&env, &["show", "t2", "-o", "json"]).ok().json();
+    assert_eq!(show["tags"], serde_json::json!({}), "{show}");
+    assert_eq!(show["versions"][0]["version"], v1.as_str());
+    assert_eq!(show["versions"][0]["tags"], serde_json::json!({ "owner": "ops" }));
 }

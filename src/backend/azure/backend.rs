@@ -54,14 +54,19 @@ pub enum Outcome {
     Waiting(String),
 }
 
-/// Finds the certificates DPS names only by SHA-1 thumbprint in Key Vault: an index of every
-/// version's thumbprint, built on the first miss (one listing of the vault) and rebuilt on a
-/// later miss at most [`VaultIndex::MAX_BUILDS`] times per process (a certificate made by
-/// another process since).
+/// Finds the certificates DPS names only by SHA-1 thumbprint in Key Vault. DPS says whose
+/// certificate it is (the enrollment's registration id or the group's name), and certroll keeps
+/// what it made under names it knows from the plan (`dev-ID` for a device, `ca-NAME` for a
+/// group's signing CA), so those few names are read first; only a certificate certroll did not
+/// make needs the index of every version's thumbprint, built on such a miss (one listing of the
+/// vault) and rebuilt on a later miss at most [`VaultIndex::MAX_BUILDS`] times per process (a
+/// certificate made by another process since).
 struct VaultIndex {
     vault: std::sync::Mutex<AzureVault>,
     /// How many times the index was built, and thumbprint → (name, version).
     by_thumbprint: std::sync::Mutex<(usize, ThumbprintIndex)>,
+    /// DPS record name (registration id or group name) → the vault names of its certificates.
+    hints: HashMap<String, Vec<String>>,
 }
 
 /// SHA-1 thumbprint (upper-case hex) → (vault name, version).
@@ -69,6 +74,24 @@ type ThumbprintIndex = HashMap<String, (String, String)>;
 
 impl VaultIndex {
     const MAX_BUILDS: usize = 3;
+
+    /// An index over `vault`, with the vault names of the plan's enrollments and groups.
+    fn new(vault: AzureVault, plan: &Plan) -> VaultIndex {
+        // The names `ops` gives what it makes (a layering exception: the index serves DPS
+        // reads, which know only DPS's record names).
+        let mut hints: HashMap<String, Vec<String>> = HashMap::new();
+        for e in plan.enrollments.values() {
+            hints.insert(e.name.clone(), vec![crate::ops::device_cert_name(&e.name)]);
+        }
+        for g in plan.groups.values() {
+            hints.insert(g.name.clone(), vec![crate::ops::ca_cert_name(&g.signing_ca)]);
+        }
+        VaultIndex {
+            vault: std::sync::Mutex::new(vault),
+            by_thumbprint: std::sync::Mutex::new((0, HashMap::new())),
+            hints,
+        }
+    }
 
     fn build(vault: &AzureVault) -> Result<ThumbprintIndex> {
         let mut names = Vec::new();
@@ -80,20 +103,38 @@ impl VaultIndex {
             names.extend(page);
         }
         let mut out = HashMap::new();
-        for briefs in vault.briefs_many(&names)? {
-            for b in briefs {
-                out.insert(b.thumbprint.to_ascii_uppercase(), (b.name, b.version));
-            }
-        }
+        Self::add(vault, &names, &mut out)?;
         Ok(out)
     }
-}
 
-impl super::dps::CertificateSource for VaultIndex {
-    fn certificate(&self, sha1_thumbprint: &str) -> Option<Vec<u8>> {
+    /// Adds every version of `names` to `index`.
+    fn add(vault: &AzureVault, names: &[String], index: &mut ThumbprintIndex) -> Result<()> {
+        for briefs in vault.briefs_many(names)? {
+            for b in briefs {
+                index.insert(b.thumbprint.to_ascii_uppercase(), (b.name, b.version));
+            }
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, sha1_thumbprint: &str, whose: Option<&str>) -> Option<Vec<u8>> {
         let vault = self.vault.lock().unwrap_or_else(|p| p.into_inner());
         let mut index = self.by_thumbprint.lock().unwrap_or_else(|p| p.into_inner());
         let tp = sha1_thumbprint.to_ascii_uppercase();
+        if !index.1.contains_key(&tp)
+            && let Some(whose) = whose
+        {
+            // A device's own name when the plan does not know it (a registration id is the
+            // device id).
+            let names = self
+                .hints
+                .get(whose)
+                .cloned()
+                .unwrap_or_else(|| vec![crate::ops::device_cert_name(whose)]);
+            if let Err(e) = Self::add(&vault, &names, &mut index.1) {
+                tracing::warn!("cannot read the vault certificates of `{whose}`: {e}");
+            }
+        }
         if !index.1.contains_key(&tp) && index.0 < Self::MAX_BUILDS {
             match Self::build(&vault) {
                 Ok(map) => *index = (index.0 + 1, map),
@@ -102,6 +143,16 @@ impl super::dps::CertificateSource for VaultIndex {
         }
         let (name, version) = index.1.get(&tp)?;
         vault.version(name, version).ok().flatten().map(|v| v.cert_der)
+    }
+}
+
+impl super::dps::CertificateSource for VaultIndex {
+    fn certificate(&self, sha1_thumbprint: &str) -> Option<Vec<u8>> {
+        self.lookup(sha1_thumbprint, None)
+    }
+
+    fn certificate_of(&self, sha1_thumbprint: &str, whose: &str) -> Option<Vec<u8>> {
+        self.lookup(sha1_thumbprint, Some(whose))
     }
 }
 
@@ -224,10 +275,7 @@ impl AzureBackend {
                 let store = crate::store::Store::open_empty()
                     .map_err(|e| SetupError::Client(format!("in-memory store: {e}")))?;
                 let index = AzureVault::connect_with(config, LocalBackend::new(store), credential)?;
-                dps.set_certificate_source(Box::new(VaultIndex {
-                    vault: std::sync::Mutex::new(index),
-                    by_thumbprint: std::sync::Mutex::new((0, HashMap::new())),
-                }));
+                dps.set_certificate_source(Box::new(VaultIndex::new(index, plan)));
                 Box::new(dps)
             }
             None => Box::new(NoDps),
@@ -598,15 +646,12 @@ impl Vault for AzureBackend {
         self.vault.issuer_users(issuer)
     }
 
-    fn pending(&self, _name: &str) -> Result<Option<PendingCertificate>> {
-        // certroll's requests for outside CAs (a key certroll keeps until the merge) cannot be
-        // made on Key Vault yet (`put_pending` refuses, naming the gap), so none exists.
-        Ok(None)
+    fn pending(&self, name: &str) -> Result<Option<PendingCertificate>> {
+        self.vault.pending(name)
     }
 
     fn pending_all(&self) -> Result<Vec<PendingCertificate>> {
-        // As `pending`: none can exist.
-        Ok(Vec::new())
+        self.vault.pending_all()
     }
 
     fn put_pending(&mut self, pending: &PendingCertificate, key_pkcs8: &[u8]) -> Result<()> {
@@ -621,14 +666,47 @@ impl Vault for AzureBackend {
         self.vault.delete_pending(name)
     }
 
-    fn stored_chain(&self, _name: &str, _version: &str) -> Result<Vec<Vec<u8>>> {
-        // `set_stored_chain` refuses on Key Vault (an import with a chain fails, naming the
-        // gap), so no version has a stored chain.
-        Ok(Vec::new())
+    fn stored_chain(&self, name: &str, version: &str) -> Result<Vec<Vec<u8>>> {
+        self.vault.stored_chain(name, version)
     }
 
     fn set_stored_chain(&mut self, name: &str, version: &str, chain: &[Vec<u8>]) -> Result<()> {
         self.vault.set_stored_chain(name, version, chain)
+    }
+
+    fn create_by_vault(
+        &mut self,
+        name: &str,
+        policy_json: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<crate::backend::Created>> {
+        self.vault.create_by_vault(name, policy_json, now)
+    }
+
+    fn merge_pending(
+        &mut self,
+        pending: &PendingCertificate,
+        leaf: &[u8],
+        chain: &[Vec<u8>],
+        now: OffsetDateTime,
+    ) -> Result<String> {
+        self.vault.merge_pending(pending, leaf, chain, now)
+    }
+
+    fn mark_new_versions(&mut self, marker: Option<&str>) {
+        self.vault.mark_new_versions(marker)
+    }
+
+    fn versions_marked(&self, names: &[String]) -> Result<Vec<Option<VaultVersion>>> {
+        self.vault.versions_marked(names)
+    }
+
+    fn backup_blob(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.vault.backup_blob(name)
+    }
+
+    fn restore_blob(&mut self, blob: &[u8]) -> Result<Option<String>> {
+        self.vault.restore_blob(blob)
     }
 }
 

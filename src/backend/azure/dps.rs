@@ -43,6 +43,13 @@ const MAX_PRECONDITION_RETRIES: usize = 5;
 pub trait CertificateSource: Send + Sync {
     /// The certificate with this SHA-1 thumbprint (upper-case hex), if known.
     fn certificate(&self, sha1_thumbprint: &str) -> Option<Vec<u8>>;
+
+    /// As [`certificate`](Self::certificate), for a certificate DPS holds in the enrollment or
+    /// group named `whose` (its registration id or group name): a source that knows where the
+    /// certificates of `whose` are kept looks there first.
+    fn certificate_of(&self, sha1_thumbprint: &str, _whose: &str) -> Option<Vec<u8>> {
+        self.certificate(sha1_thumbprint)
+    }
 }
 
 /// DPS (service API over SAS tokens) and its CA certificates (ARM over Entra tokens).
@@ -214,7 +221,7 @@ impl AzureEnrollmentService {
         if let Some(der) = self.known.lock().unwrap_or_else(|p| p.into_inner()).get(&tp) {
             return Ok(Some(der.clone()));
         }
-        if let Some(der) = self.source.as_ref().and_then(|s| s.certificate(&tp)) {
+        if let Some(der) = self.source.as_ref().and_then(|s| s.certificate_of(&tp, whose)) {
             self.remember(&der);
             return Ok(Some(der));
         }

@@ -6,6 +6,12 @@
 //!   imports each with its key and the name's policy (PEM or PFX, as the policy's content type
 //!   says). The CA version that signed it is kept in the version's tag `certroll-issuer`
 //!   (`NAME/VERSION`), hidden from [`Vault::tags`] and kept by [`Vault::set_tags`].
+//! - A version made inside a journal step carries the step (`RUN/SEQ`) in the tag
+//!   `certroll-step`, set with the import itself: a rerun of a step cut off between the import and
+//!   the local commit finds it ([`Vault::versions_marked`]) and adopts it. Both tags are hidden
+//!   from [`Vault::tags`] and kept by [`Vault::set_tags`].
+//! - Key creations (create, import, restore) are paced at the plan's `vault_rate`
+//!   ([`super::KeyCreationRate`]).
 //! - A version's `kty` and `exportable` are the name's current policy's.
 //! - A key that is not exportable never leaves the vault: [`AzureVault::private_key`] refuses it
 //!   and [`AzureVault::signing_key`] gives a [`KeyVaultSigningKey`], an `rcgen::SigningKey` whose
@@ -14,10 +20,15 @@
 //! - Stay in the local store beside the plan, because Key Vault has no place for them: CRL numbers
 //!   and revocations (`revoke`, `revocations`, `next_crl_number`) and which devices hold a
 //!   version (`certificate_users`).
-//! - Not in this increment (they answer [`BackendError::Refused`] naming the gap): `vault backup`
-//!   and restore (Key Vault's backup is an opaque blob, not certroll's backup file), requests for
-//!   outside CAs created by certroll (`put_pending`, `pending_key`: on Key Vault the vault makes the
-//!   key itself), and stored chains.
+//! - `vault create` and renewals go through Key Vault's own create operation
+//!   ([`Vault::create_by_vault`]): the vault makes the key, and for issuer `Self` the version; for
+//!   `Unknown` or an issuer object the request (its CSR) waits in Key Vault's pending operation
+//!   until `vault merge` hands Key Vault the signed chain. The request's key never leaves the
+//!   vault (`pending_key` refuses).
+//! - `vault backup` and `vault restore` carry Key Vault's own opaque backup blob
+//!   ([`Vault::backup_blob`]), which only Key Vault restores; certroll's backups of a local store
+//!   restore only into a local store.
+//! - A merged chain stays in the version's secret: no chain is stored beside a version.
 //! - Deleted certificates list only their newest version (Key Vault does not list the versions of
 //!   a deleted certificate).
 //!
@@ -27,14 +38,16 @@
 use super::SetupError;
 use crate::backend::local::LocalBackend;
 use crate::backend::types::*;
-use crate::backend::{BackendError, Result, Vault};
+use crate::backend::{BackendError, Created, Result, Vault};
 use crate::pki::PrivateKey;
 use crate::plan::AzureConfig;
 use azure_core::http::{RequestContent, Response, StatusCode};
 use azure_security_keyvault_certificates::models::{
-    Certificate, CertificateAttributes, CertificateClientGetCertificateOptions,
-    CertificateClientUpdateCertificatePropertiesOptions, CertificatePolicy, Contact, Contacts,
-    ImportCertificateParameters, IssuerAttributes, IssuerCredentials, SetIssuerParameters,
+    Certificate, CertificateAttributes, CertificateClientCreateCertificateOptions,
+    CertificateClientGetCertificateOptions, CertificateClientListCertificatePropertiesOptions,
+    CertificateClientUpdateCertificatePropertiesOptions, CertificateOperation, CertificatePolicy, Contact,
+    Contacts, CreateCertificateParameters, ImportCertificateParameters, IssuerAttributes, IssuerCredentials,
+    MergeCertificateParameters, RestoreCertificateParameters, SetIssuerParameters,
     UpdateCertificatePropertiesParameters,
 };
 use azure_security_keyvault_certificates::{CertificateClient, CertificateClientOptions};
@@ -50,6 +63,33 @@ use time::OffsetDateTime;
 /// The version tag that records the CA version that signed a version.
 const ISSUER_TAG: &str = "certroll-issuer";
 
+/// The version tag that records the journal step (`RUN/SEQ`) that made a version, so the rerun
+/// of a step cut off before its local commit adopts it.
+const STEP_TAG: &str = "certroll-step";
+
+/// certroll's own tags: hidden from [`Vault::tags`], kept by [`Vault::set_tags`].
+const OWN_TAGS: [&str; 2] = [ISSUER_TAG, STEP_TAG];
+
+/// Tests only: abort the process after this many versions were written to Key Vault, before
+/// anything else (a kill between the remote write and the local commit).
+pub const FAULT_AFTER_VAULT_WRITES_ENV: &str = "CERTROLL_FAULT_AFTER_VAULT_WRITES";
+
+static VAULT_WRITES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn vault_write_fault_point() {
+    let done = VAULT_WRITES.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    if let Some(limit) = std::env::var(FAULT_AFTER_VAULT_WRITES_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        && done == limit
+    {
+        eprintln!(
+            "certroll: {FAULT_AFTER_VAULT_WRITES_ENV}={limit}: aborting after a Key Vault write (fault injection)"
+        );
+        std::process::abort();
+    }
+}
+
 /// Key Vault as certroll's vault.
 pub struct AzureVault {
     rt: tokio::runtime::Runtime,
@@ -60,6 +100,8 @@ pub struct AzureVault {
     local: LocalBackend,
     concurrency: usize,
     vault_url: String,
+    /// The mark of the journal step running now (see [`Vault::mark_new_versions`]).
+    marker: Option<String>,
 }
 
 /// A Key Vault answer that is not success, as certroll reports it.
@@ -117,7 +159,7 @@ fn key_facts(policy: Option<&CertificatePolicy>) -> (String, bool) {
 fn user_tags(tags: Option<&HashMap<String, String>>) -> Tags {
     tags.into_iter()
         .flatten()
-        .filter(|(k, _)| k.as_str() != ISSUER_TAG)
+        .filter(|(k, _)| !OWN_TAGS.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
@@ -189,11 +231,16 @@ impl AzureVault {
         let url = format!("{}/", config.vault_url);
         let client_err =
             |e: azure_core::Error| SetupError::Client(format!("Key Vault client for {url}: {e}"));
+        // Only the certificates client makes keys (create, import, restore): it is paced.
+        let mut cert_options = options.clone();
+        cert_options
+            .per_call_policies
+            .push(super::KeyCreationRate::new(config.vault_limits.rate));
         let certs = CertificateClient::new(
             &url,
             credential.clone(),
             Some(CertificateClientOptions {
-                client_options: options.clone(),
+                client_options: cert_options,
                 ..Default::default()
             }),
         )
@@ -224,6 +271,7 @@ impl AzureVault {
             local,
             concurrency: config.vault_limits.concurrency,
             vault_url: config.vault_url.clone(),
+            marker: None,
         })
     }
 
@@ -329,9 +377,7 @@ impl AzureVault {
     /// Imports one new version and records its issuer; returns its version id.
     async fn import(certs: &CertificateClient, new: OwnedNewVersion) -> Result<String> {
         let name = new.name.as_str();
-        let mut policy: CertificatePolicy = serde_json::from_str(&new.policy_json).map_err(|e| {
-            BackendError::Refused(format!("policy of `{name}` is not Key Vault-shaped JSON: {e}"))
-        })?;
+        let mut policy = parse_policy(name, &new.policy_json)?;
         let pfx = policy
             .secret_properties
             .as_ref()
@@ -349,9 +395,18 @@ impl AzureVault {
         if let Some(k) = policy.key_properties.as_mut() {
             k.exportable = Some(new.exportable);
         }
+        // certroll's tags go in with the version, so a version never exists without them.
+        let mut tags = HashMap::new();
+        if let Some(issuer) = &new.issuer {
+            tags.insert(ISSUER_TAG.to_string(), issuer.clone());
+        }
+        if let Some(marker) = &new.marker {
+            tags.insert(STEP_TAG.to_string(), marker.clone());
+        }
         let params = ImportCertificateParameters {
             base64_encoded_certificate: Some(value),
             certificate_policy: Some(policy),
+            tags: (!tags.is_empty()).then_some(tags),
             ..Default::default()
         };
         let body: RequestContent<ImportCertificateParameters> = params
@@ -365,13 +420,8 @@ impl AzureVault {
             "import certificate",
             name,
         )?;
-        let version = version_of(c.id.as_deref().unwrap_or_default());
-        if let Some(issuer) = &new.issuer {
-            let mut tags = HashMap::new();
-            tags.insert(ISSUER_TAG.to_string(), issuer.clone());
-            Self::patch(certs, name, Some(&version), None, Some(tags)).await?;
-        }
-        Ok(version)
+        vault_write_fault_point();
+        Ok(version_of(c.id.as_deref().unwrap_or_default()))
     }
 
     /// Updates a version's (or the newest's) `enabled` and tags.
@@ -416,6 +466,78 @@ impl AzureVault {
         )
     }
 
+    /// The newest version of `name` whose tags carry the step mark `marker` (the listing of
+    /// versions carries their tags).
+    async fn marked(certs: &CertificateClient, name: &str, marker: &str) -> Result<Option<VaultVersion>> {
+        let items: Vec<_> = match certs.list_certificate_properties_versions(name, None) {
+            Ok(pager) => match pager.try_collect::<Vec<_>>().await {
+                Ok(items) => items,
+                Err(e) if is_not_found(&e) => return Ok(None),
+                Err(e) => return Err(remote("list versions", name, e)),
+            },
+            Err(e) => return Err(remote("list versions", name, e)),
+        };
+        let found = items
+            .into_iter()
+            .filter(|p| p.tags.as_ref().and_then(|t| t.get(STEP_TAG)).map(String::as_str) == Some(marker))
+            .max_by_key(|p| p.attributes.as_ref().and_then(|a| a.created));
+        let Some(id) = found.and_then(|p| p.id) else {
+            return Ok(None);
+        };
+        let Some(c) = Self::get(certs, name, Some(&version_of(&id))).await? else {
+            return Ok(None);
+        };
+        let key = key_facts(Self::get_policy(certs, name).await?.as_ref());
+        to_version(name, &c, &key).map(Some)
+    }
+
+    /// The request of a name waiting for a merge (Key Vault's pending certificate operation).
+    async fn operation(certs: &CertificateClient, name: &str) -> Result<Option<PendingCertificate>> {
+        let op: CertificateOperation = match certs.get_certificate_operation(name, None).await {
+            Ok(r) => model(r, "get certificate operation", name)?,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(remote("get certificate operation", name, e)),
+        };
+        let policy = Self::get_policy(certs, name).await?;
+        let created = policy
+            .as_ref()
+            .and_then(|p| p.attributes.as_ref())
+            .and_then(|a| a.created)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let policy_json = match &policy {
+            Some(p) => serde_json::to_string(p)
+                .map_err(|e| BackendError::Refused(format!("policy of `{name}`: {e}")))?,
+            None => "{}".to_string(),
+        };
+        pending_of(name, &op, &policy_json, key_facts(policy.as_ref()), created)
+    }
+
+    /// Every certificate name, those whose first version waits for a merge included.
+    fn names_including_pending(&self) -> Result<Vec<String>> {
+        self.rt.block_on(async {
+            let options = CertificateClientListCertificatePropertiesOptions {
+                include_pending: Some(true),
+                ..Default::default()
+            };
+            let pager = self
+                .certs
+                .list_certificate_properties(Some(options))
+                .map_err(|e| remote("list certificates", "*", e))?;
+            let items: Vec<_> = pager
+                .try_collect()
+                .await
+                .map_err(|e| remote("list certificates", "*", e))?;
+            let mut names: Vec<String> = items
+                .into_iter()
+                .filter_map(|p| p.id)
+                .map(|id| name_of(&id))
+                .collect();
+            names.sort();
+            names.dedup();
+            Ok(names)
+        })
+    }
+
     fn names(&self) -> Result<Vec<String>> {
         self.rt.block_on(async {
             let pager = self
@@ -446,6 +568,8 @@ struct OwnedNewVersion {
     key_pkcs8: zeroize::Zeroizing<Vec<u8>>,
     exportable: bool,
     issuer: Option<String>,
+    /// The journal step's mark ([`STEP_TAG`]).
+    marker: Option<String>,
 }
 
 fn model<T: serde::de::DeserializeOwned>(r: Response<T>, operation: &str, name: &str) -> Result<T> {
@@ -516,6 +640,7 @@ impl Vault for AzureVault {
                     key_pkcs8: zeroize::Zeroizing::new(n.key_pkcs8.to_vec()),
                     exportable: n.exportable,
                     issuer: n.issuer.map(|(name, v)| format!("{name}/{v}")),
+                    marker: self.marker.clone(),
                 },
             ));
         }
@@ -652,8 +777,10 @@ impl Vault for AzureVault {
                 .await?
                 .ok_or_else(|| BackendError::NotFound(format!("certificate `{name}`")))?;
             let mut all: HashMap<String, String> = tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            if let Some(issuer) = current.tags.as_ref().and_then(|t| t.get(ISSUER_TAG)) {
-                all.insert(ISSUER_TAG.to_string(), issuer.clone());
+            for own in OWN_TAGS {
+                if let Some(value) = current.tags.as_ref().and_then(|t| t.get(own)) {
+                    all.insert(own.to_string(), value.clone());
+                }
             }
             Self::patch(&self.certs, name, version, None, Some(all)).await
         })
@@ -770,11 +897,18 @@ impl Vault for AzureVault {
     }
 
     fn backup_certificate(&self, name: &str) -> Result<Option<CertificateBackup>> {
-        Err(not_yet("vault backup", name))
+        // Key Vault hands out its own opaque blob (`backup_blob`), never the keys.
+        Err(BackendError::Refused(format!(
+            "`{name}`: Key Vault backs up through its own backup blob only"
+        )))
     }
 
     fn restore_certificate(&mut self, backup: &CertificateBackup) -> Result<()> {
-        Err(not_yet("vault restore", &backup.name))
+        Err(BackendError::Refused(format!(
+            "`{}`: this backup was made from a local store and restores only into one; Key Vault \
+             restores only its own backups (`certroll vault import` brings a certificate with its key in)",
+            backup.name
+        )))
     }
 
     fn contacts(&self) -> Result<Option<Vec<String>>> {
@@ -929,32 +1063,255 @@ impl Vault for AzureVault {
     }
 
     fn pending(&self, name: &str) -> Result<Option<PendingCertificate>> {
-        Err(not_yet("requests for outside CAs", name))
+        self.rt.block_on(Self::operation(&self.certs, name))
     }
 
     fn pending_all(&self) -> Result<Vec<PendingCertificate>> {
-        Err(not_yet("requests for outside CAs", "*"))
+        // Key Vault lists a name whose first version waits for a merge only when asked to
+        // include pending certificates; a name with versions may have a request too.
+        let names = self.names_including_pending()?;
+        let certs = self.certs.clone();
+        let found: Vec<Option<PendingCertificate>> = self.rt.block_on(async {
+            futures::stream::iter(names.into_iter().map(|n| {
+                let certs = certs.clone();
+                async move { Self::operation(&certs, &n).await }
+            }))
+            .buffered(self.concurrency)
+            .try_collect()
+            .await
+        })?;
+        Ok(found.into_iter().flatten().collect())
     }
 
     fn put_pending(&mut self, pending: &PendingCertificate, _key_pkcs8: &[u8]) -> Result<()> {
-        Err(not_yet("requests for outside CAs", &pending.name))
+        // `create_by_vault` makes requests on Key Vault; a key made outside it never goes in.
+        Err(BackendError::Refused(format!(
+            "a request for `{}` is made by Key Vault itself (its create operation), never with a key from outside",
+            pending.name
+        )))
     }
 
     fn pending_key(&self, name: &str) -> Result<PrivateKey> {
-        Err(not_yet("requests for outside CAs", name))
+        Err(BackendError::Refused(format!(
+            "the key of `{name}`'s request stays in Key Vault, which merges the signed certificate"
+        )))
     }
 
     fn delete_pending(&mut self, name: &str) -> Result<bool> {
-        Err(not_yet("requests for outside CAs", name))
+        self.rt.block_on(async {
+            match self.certs.delete_certificate_operation(name, None).await {
+                Ok(_) => Ok(true),
+                Err(e) if is_not_found(&e) => Ok(false),
+                Err(e) => Err(remote("delete certificate operation", name, e)),
+            }
+        })
     }
 
-    fn stored_chain(&self, name: &str, _version: &str) -> Result<Vec<Vec<u8>>> {
+    fn stored_chain(&self, _name: &str, _version: &str) -> Result<Vec<Vec<u8>>> {
+        // Key Vault keeps a merged chain in the version's secret, not in its certificate: the
+        // chain above a version is followed through the issuer tag instead.
+        Ok(Vec::new())
+    }
+
+    fn set_stored_chain(&mut self, name: &str, _version: &str, chain: &[Vec<u8>]) -> Result<()> {
+        if chain.is_empty() {
+            return Ok(());
+        }
         Err(not_yet("stored chains", name))
     }
 
-    fn set_stored_chain(&mut self, name: &str, _version: &str, _chain: &[Vec<u8>]) -> Result<()> {
-        Err(not_yet("stored chains", name))
+    fn create_by_vault(
+        &mut self,
+        name: &str,
+        policy_json: &str,
+        _now: OffsetDateTime,
+    ) -> Result<Option<Created>> {
+        let mut policy = parse_policy(name, policy_json)?;
+        if let Some(x509) = policy.x509_certificate_properties.as_mut()
+            && x509.validity_in_months.is_none()
+        {
+            // Key Vault counts validity in months only: the fewest months that cover the days.
+            let days = serde_json::from_str::<serde_json::Value>(policy_json)
+                .ok()
+                .and_then(|p| p["x509_props"]["validity_days"].as_i64())
+                .unwrap_or(365);
+            x509.validity_in_months = Some(((days * 12 + 364) / 365).clamp(1, 1200) as i32);
+        }
+        let issuer = policy
+            .issuer_parameters
+            .as_ref()
+            .and_then(|i| i.name.clone())
+            .unwrap_or_else(|| "Self".into());
+        let key = key_facts(Some(&policy));
+        let policy_doc = serde_json::to_string(&policy)
+            .map_err(|e| BackendError::Refused(format!("policy of `{name}`: {e}")))?;
+        let params = CreateCertificateParameters {
+            certificate_policy: Some(policy),
+            ..Default::default()
+        };
+        let body: RequestContent<CreateCertificateParameters> = params
+            .try_into()
+            .map_err(|e| remote("create certificate", name, e))?;
+        let options = CertificateClientCreateCertificateOptions {
+            method_options: azure_core::http::poller::PollerOptions {
+                // Key Vault makes a self-signed version in seconds.
+                frequency: time::Duration::seconds(1),
+                ..Default::default()
+            },
+        };
+        let certs = self.certs.clone();
+        self.rt.block_on(async move {
+            let mut poller = certs
+                .begin_create_certificate(name, body, Some(options))
+                .map_err(|e| remote("create certificate", name, e))?;
+            if issuer.eq_ignore_ascii_case("Self") {
+                let c: Certificate = model(
+                    poller.await.map_err(|e| remote("create certificate", name, e))?,
+                    "create certificate",
+                    name,
+                )?;
+                return Ok(Some(Created::Version(version_of(
+                    c.id.as_deref().unwrap_or_default(),
+                ))));
+            }
+            // An outside CA: the first answer carries the CSR, and the operation waits for
+            // the merge (the poller would wait for it too).
+            let first = poller
+                .next()
+                .await
+                .ok_or_else(|| {
+                    BackendError::Refused(format!("Key Vault answered nothing to the create of `{name}`"))
+                })?
+                .map_err(|e| remote("create certificate", name, e))?;
+            let op: CertificateOperation = model(first, "create certificate", name)?;
+            match pending_of(name, &op, &policy_doc, key, OffsetDateTime::now_utc())? {
+                Some(p) => Ok(Some(Created::Pending(p))),
+                None => Err(BackendError::Refused(format!(
+                    "Key Vault's create of `{name}` (issuer {issuer}) answered status {:?} without a CSR",
+                    op.status
+                ))),
+            }
+        })
     }
+
+    fn merge_pending(
+        &mut self,
+        pending: &PendingCertificate,
+        leaf: &[u8],
+        chain: &[Vec<u8>],
+        _now: OffsetDateTime,
+    ) -> Result<String> {
+        let name = pending.name.as_str();
+        let mut x5c = vec![leaf.to_vec()];
+        x5c.extend(chain.iter().cloned());
+        let params = MergeCertificateParameters {
+            x509_certificates: Some(x5c),
+            ..Default::default()
+        };
+        self.rt.block_on(async {
+            let body: RequestContent<MergeCertificateParameters> = params
+                .try_into()
+                .map_err(|e| remote("merge certificate", name, e))?;
+            let c: Certificate = model(
+                self.certs
+                    .merge_certificate(name, body, None)
+                    .await
+                    .map_err(|e| remote("merge certificate", name, e))?,
+                "merge certificate",
+                name,
+            )?;
+            Ok(version_of(c.id.as_deref().unwrap_or_default()))
+        })
+    }
+
+    fn mark_new_versions(&mut self, marker: Option<&str>) {
+        self.marker = marker.map(str::to_string);
+    }
+
+    fn versions_marked(&self, names: &[String]) -> Result<Vec<Option<VaultVersion>>> {
+        let Some(marker) = self.marker.clone() else {
+            return Ok(vec![None; names.len()]);
+        };
+        let certs = self.certs.clone();
+        self.rt.block_on(async {
+            futures::stream::iter(names.iter().map(|n| {
+                let certs = certs.clone();
+                let marker = marker.clone();
+                async move { Self::marked(&certs, n, &marker).await }
+            }))
+            .buffered(self.concurrency)
+            .try_collect()
+            .await
+        })
+    }
+
+    fn backup_blob(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.rt.block_on(async {
+            match self.certs.backup_certificate(name, None).await {
+                Ok(r) => Ok(model(r, "backup certificate", name)?.value),
+                Err(e) if is_not_found(&e) => Ok(None),
+                Err(e) => Err(remote("backup certificate", name, e)),
+            }
+        })
+    }
+
+    fn restore_blob(&mut self, blob: &[u8]) -> Result<Option<String>> {
+        let params = RestoreCertificateParameters {
+            certificate_backup: Some(blob.to_vec()),
+        };
+        self.rt.block_on(async {
+            let body: RequestContent<RestoreCertificateParameters> = params
+                .try_into()
+                .map_err(|e| remote("restore certificate", "backup", e))?;
+            let c: Certificate = model(
+                self.certs
+                    .restore_certificate(body, None)
+                    .await
+                    .map_err(|e| remote("restore certificate", "backup", e))?,
+                "restore certificate",
+                "backup",
+            )?;
+            Ok(Some(name_of(c.id.as_deref().unwrap_or_default())))
+        })
+    }
+}
+
+/// A policy document (Key Vault's shape, as certroll writes it) as the SDK's model.
+fn parse_policy(name: &str, policy_json: &str) -> Result<CertificatePolicy> {
+    serde_json::from_str(policy_json)
+        .map_err(|e| BackendError::Refused(format!("policy of `{name}` is not Key Vault-shaped JSON: {e}")))
+}
+
+/// A Key Vault certificate operation as certroll's request: only while it waits for a merge
+/// (status `inProgress` with a CSR).
+fn pending_of(
+    name: &str,
+    op: &CertificateOperation,
+    policy_json: &str,
+    key: (String, bool),
+    created: OffsetDateTime,
+) -> Result<Option<PendingCertificate>> {
+    let waiting = op
+        .status
+        .as_deref()
+        .is_some_and(|s| s.eq_ignore_ascii_case("inProgress"));
+    let Some(csr) = op.csr.clone().filter(|_| waiting) else {
+        return Ok(None);
+    };
+    Ok(Some(PendingCertificate {
+        name: name.to_string(),
+        request_id: op.request_id.clone().unwrap_or_default(),
+        csr_der: csr,
+        kty: key.0,
+        exportable: key.1,
+        policy_json: policy_json.to_string(),
+        issuer: op
+            .issuer_parameters
+            .as_ref()
+            .and_then(|i| i.name.clone())
+            .unwrap_or_else(|| "Unknown".into()),
+        created,
+    }))
 }
 
 fn not_yet(what: &str, name: &str) -> BackendError {

@@ -186,6 +186,67 @@ pub fn client_options(http: reqwest::Client) -> ClientOptions {
     }
 }
 
+/// Key Vault's documented throttle for software-protected keys: 20 key creations per 10 seconds
+/// per vault (<https://learn.microsoft.com/azure/key-vault/general/service-limits>), the default
+/// of the plan's `vault_rate`.
+pub const DEFAULT_VAULT_RATE: f64 = 2.0;
+
+/// Key Vault counts its limits over 10-second windows: a client may spend a window's worth at
+/// once.
+const VAULT_WINDOW_SECS: f64 = 10.0;
+
+/// Paces the Key Vault requests that make a key (certificate create, import and restore: each
+/// makes a key version, which is what Key Vault throttles soonest) at the plan's `vault_rate`
+/// per second, with a burst of one 10-second window; other requests are not paced here (Key
+/// Vault admits 2,000 of them per 10 s, and a 429 is retried after `Retry-After`). A per-call
+/// policy (governor's GCRA limiter), so retries of one call are not counted again.
+#[derive(Debug)]
+pub struct KeyCreationRate {
+    limiter: governor::DefaultDirectRateLimiter,
+}
+
+impl KeyCreationRate {
+    /// A limiter of `rate` key creations per second (`None`: [`DEFAULT_VAULT_RATE`]).
+    pub fn new(rate: Option<f64>) -> Arc<KeyCreationRate> {
+        let rate = rate
+            .filter(|r| r.is_finite() && *r > 0.0)
+            .unwrap_or(DEFAULT_VAULT_RATE);
+        let period = std::time::Duration::from_secs_f64(1.0 / rate).max(std::time::Duration::from_nanos(1));
+        let burst = (rate * VAULT_WINDOW_SECS).ceil().clamp(1.0, u32::MAX as f64) as u32;
+        let quota = governor::Quota::with_period(period)
+            .expect("a positive period")
+            .allow_burst(std::num::NonZeroU32::new(burst).expect("burst is at least 1"));
+        Arc::new(KeyCreationRate {
+            limiter: governor::RateLimiter::direct(quota),
+        })
+    }
+
+    /// Whether a request makes a key version: `POST .../certificates/{name}/create`,
+    /// `.../import`, or `.../certificates/restore`.
+    fn makes_key(request: &azure_core::http::Request) -> bool {
+        if request.method() != azure_core::http::Method::Post {
+            return false;
+        }
+        let path = request.url().path().trim_end_matches('/');
+        path.ends_with("/create") || path.ends_with("/import") || path.ends_with("/certificates/restore")
+    }
+}
+
+#[async_trait::async_trait]
+impl azure_core::http::policies::Policy for KeyCreationRate {
+    async fn send(
+        &self,
+        ctx: &azure_core::http::Context,
+        request: &mut azure_core::http::Request,
+        next: &[Arc<dyn azure_core::http::policies::Policy>],
+    ) -> azure_core::http::policies::PolicyResult {
+        if Self::makes_key(request) {
+            self.limiter.until_ready().await;
+        }
+        next[0].send(ctx, request, &next[1..]).await
+    }
+}
+
 /// The runtime an Azure backend drives its SDK clients on (the traits it implements are sync).
 pub fn runtime() -> Result<tokio::runtime::Runtime, SetupError> {
     tokio::runtime::Builder::new_multi_thread()

@@ -744,9 +744,24 @@ pub(super) fn store(
         docs.entry((w.policy.name.as_str(), w.issuer_ca))
             .or_insert_with(|| policy_json(w.policy, "CN=<device id>", Some(w.issuer_ca)));
     }
+    // A step cut off between its writes to a remote vault and its commit made these versions
+    // already (they carry the step's mark): the rerun adopts them instead of making more.
+    let mut fresh = fresh;
+    let mut adopted: Vec<Option<String>> = vec![None; fresh.len()];
+    for (at, found) in backend.versions_marked(&names)?.into_iter().enumerate() {
+        if let Some(v) = found {
+            let facts = crate::pki::CertFacts::from_der(&v.cert_der)?;
+            fresh[at].2 = v.cert_der;
+            fresh[at].3 = facts;
+            adopted[at] = Some(v.version);
+        }
+    }
     let batch: Vec<NewVersion<'_>> = fresh
         .iter()
         .zip(&names)
+        .zip(&adopted)
+        .filter(|(_, adopted)| adopted.is_none())
+        .map(|(x, _)| x)
         .map(|((i, key, der, facts), name)| {
             let w = &assessed.work[*i];
             let doc = &docs[&(w.policy.name.as_str(), w.issuer_ca)];
@@ -763,8 +778,12 @@ pub(super) fn store(
             }
         })
         .collect();
-    let created = backend.create_versions(&batch, now)?;
+    let mut created = backend.create_versions(&batch, now)?.into_iter();
     drop(batch);
+    let created: Vec<String> = adopted
+        .into_iter()
+        .map(|a| a.or_else(|| created.next()).unwrap_or_default())
+        .collect();
     let mut new_cert: Vec<Option<(String, Vec<u8>, String)>> = vec![None; assessed.work.len()];
     for ((i, _, der, facts), version) in fresh.into_iter().zip(created) {
         new_cert[i] = Some((version, der, facts.thumbprint));

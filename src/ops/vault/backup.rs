@@ -161,8 +161,11 @@ pub fn backup(
     check_password(password)?;
     let protected = crate::ops::outfile::Protected::of(plan, settings);
     protected.check(out)?;
-    let backend = open_verb_backend(plan, "vault backup", Access::Read, settings)?;
-    let (text, mut report) = backup_bytes(&*backend, &name, password)?;
+    let backend = open_verb_backend(plan, "vault", Access::Read, settings)?;
+    let (text, mut report) = match backup_blob(&*backend, &name, password)? {
+        Some(done) => done,
+        None => backup_bytes(&*backend, &name, password)?,
+    };
     protected.write(out, &text, true)?;
     report.file = out.to_path_buf();
     Ok(report)
@@ -213,8 +216,22 @@ pub fn backup_bytes(
             })
             .collect(),
     };
-    let mut plain = Zeroizing::new(serde_json::to_vec(&doc)?);
+    let plain = Zeroizing::new(serde_json::to_vec(&doc)?);
     drop(doc);
+    let text = seal(&name, plain, password)?;
+    Ok((
+        text,
+        BackupReport {
+            name,
+            file: Default::default(),
+            versions: b.versions.iter().map(|v| v.version.version.clone()).collect(),
+            sealed_keys,
+        },
+    ))
+}
+
+/// Encrypts a backup's contents under `password` into the envelope's bytes.
+fn seal(name: &str, mut plain: Zeroizing<Vec<u8>>, password: &str) -> Result<Vec<u8>> {
     let mut salt = [0u8; 16];
     crate::pki::random_bytes(&mut salt)?;
     let mut nonce = [0u8; NONCE_LEN];
@@ -227,29 +244,59 @@ pub fn backup_bytes(
     let key = derive_key(password, &salt, ITERATIONS)?;
     key.seal_in_place_append_tag(
         Nonce::assume_unique_for_key(nonce),
-        Aad::from(aad(&name, &kdf).as_bytes()),
+        Aad::from(aad(name, &kdf).as_bytes()),
         &mut *plain,
     )
     .map_err(|_| anyhow::anyhow!("encrypting the backup failed"))?;
     let envelope = Envelope {
         format: FORMAT.into(),
         version: 1,
-        name: name.clone(),
+        name: name.to_string(),
         kdf,
         cipher: "AES-256-GCM".into(),
         nonce: crate::pki::hex_upper(&nonce),
         ciphertext: crate::pki::hex_upper(&plain),
     };
-    let text = serde_json::to_vec_pretty(&envelope)?;
-    Ok((
+    Ok(serde_json::to_vec_pretty(&envelope)?)
+}
+
+/// The contents of a backup of a vault that backs up by itself (Key Vault's opaque blob, which
+/// only Key Vault restores), in the same encrypted envelope as certroll's own backups.
+#[derive(Serialize, Deserialize)]
+struct BlobDoc {
+    name: String,
+    /// The vault's blob, base64.
+    keyvault_backup: String,
+    /// The versions it held when it was made, oldest first.
+    versions: Vec<String>,
+}
+
+/// `vault backup` of a vault that backs up by itself: its blob, sealed as any backup.
+fn backup_blob(
+    backend: &dyn crate::backend::Backend,
+    name: &str,
+    password: &str,
+) -> Result<Option<(Vec<u8>, BackupReport)>> {
+    check_password(password)?;
+    let Some(blob) = backend.backup_blob(name)? else {
+        return Ok(None);
+    };
+    let versions: Vec<String> = backend.versions(name)?.into_iter().map(|v| v.version).collect();
+    let doc = BlobDoc {
+        name: name.to_string(),
+        keyvault_backup: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &blob),
+        versions: versions.clone(),
+    };
+    let text = seal(name, Zeroizing::new(serde_json::to_vec(&doc)?), password)?;
+    Ok(Some((
         text,
         BackupReport {
-            name,
+            name: name.to_string(),
             file: Default::default(),
-            versions: b.versions.iter().map(|v| v.version.version.clone()).collect(),
-            sealed_keys,
+            versions,
+            sealed_keys: Vec::new(),
         },
-    ))
+    )))
 }
 
 fn not_a_backup(shown: &str, why: &str) -> anyhow::Error {
@@ -315,6 +362,12 @@ impl SealedBackup {
 
     /// Decrypts the contents with `key` (from [`SealedBackup::derive_key`]) and reads them.
     pub fn open(&self, shown: &str, key: &LessSafeKey) -> Result<CertificateBackup> {
+        let plain = self.open_plain(shown, key)?;
+        parse_contents(shown, &self.env.name, &plain)
+    }
+
+    /// Decrypts the contents with `key`.
+    fn open_plain(&self, shown: &str, key: &LessSafeKey) -> Result<Zeroizing<Vec<u8>>> {
         let mut buf = Zeroizing::new(self.ciphertext.clone());
         let plain_len = key
             .open_in_place(
@@ -329,7 +382,7 @@ impl SealedBackup {
             })?
             .len();
         buf.truncate(plain_len);
-        parse_contents(shown, &self.env.name, &buf)
+        Ok(buf)
     }
 }
 
@@ -392,11 +445,56 @@ pub fn parse_contents(shown: &str, name: &str, plain: &[u8]) -> Result<Certifica
     })
 }
 
+/// What a backup file holds.
+enum Opened {
+    /// certroll's own backup of a local store.
+    Certroll(CertificateBackup),
+    /// A vault's own blob (Key Vault's).
+    Blob(BlobDoc),
+}
+
 /// Decrypts and reads a backup document's bytes (`shown` names it in messages). Touches nothing.
-fn open_bytes(bytes: &[u8], password: &str, shown: &str) -> Result<CertificateBackup> {
+fn open_bytes(bytes: &[u8], password: &str, shown: &str) -> Result<Opened> {
     check_password(password)?;
     let sealed = parse_envelope(shown, bytes)?;
-    sealed.open(shown, &sealed.derive_key(password)?)
+    let plain = sealed.open_plain(shown, &sealed.derive_key(password)?)?;
+    if let Ok(doc) = serde_json::from_slice::<BlobDoc>(&plain) {
+        if doc.name != sealed.env.name {
+            return Err(not_a_backup(shown, "the name inside differs from the header"));
+        }
+        return Ok(Opened::Blob(doc));
+    }
+    Ok(Opened::Certroll(parse_contents(shown, &sealed.env.name, &plain)?))
+}
+
+/// Restores a vault's own blob through the vault that made it.
+fn restore_blob(
+    backend: &mut dyn crate::backend::Backend,
+    doc: &BlobDoc,
+    shown: &str,
+) -> Result<BackupReport> {
+    super::check_new_name("certificate", &doc.name)?;
+    if let Some(state) = backend.name_state(&doc.name)? {
+        return Err(input(format!(
+            "the vault already has a {state} certificate `{}`; restore never overwrites one",
+            doc.name
+        )));
+    }
+    let blob = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &doc.keyvault_backup)
+        .map_err(|_| not_a_backup(shown, "bad Key Vault backup"))?;
+    match backend.restore_blob(&blob)? {
+        Some(_) => Ok(BackupReport {
+            name: doc.name.clone(),
+            file: Default::default(),
+            versions: doc.versions.clone(),
+            sealed_keys: Vec::new(),
+        }),
+        None => Err(input(format!(
+            "{shown} holds Key Vault's own backup of `{}`, which restores only into Key Vault \
+             (a plan with `[backend] kind = \"azure\"`)",
+            doc.name
+        ))),
+    }
 }
 
 /// `vault restore`: puts a backed-up certificate back under its name, which must be free (not
@@ -407,8 +505,11 @@ pub fn restore(plan: &Plan, file: &Path, password: &str, settings: &BackendSetti
         .map_err(|e| input(format!("cannot read {shown}: {e}")))?;
     // Decrypted and checked before the store is opened for writing.
     let backup = open_bytes(&bytes, password, &shown)?;
-    let mut backend = open_verb_backend(plan, "vault restore", Access::Write, settings)?;
-    let mut report = restore_backup(&mut *backend, &backup)?;
+    let mut backend = open_verb_backend(plan, "vault", Access::Write, settings)?;
+    let mut report = match &backup {
+        Opened::Certroll(backup) => restore_backup(&mut *backend, backup)?,
+        Opened::Blob(doc) => restore_blob(&mut *backend, doc, &shown)?,
+    };
     report.file = file.to_path_buf();
     Ok(report)
 }
@@ -421,8 +522,10 @@ pub fn restore_in(
     password: &str,
     file: &str,
 ) -> Result<BackupReport> {
-    let backup = open_bytes(text, password, file)?;
-    restore_backup(backend, &backup)
+    match open_bytes(text, password, file)? {
+        Opened::Certroll(backup) => restore_backup(backend, &backup),
+        Opened::Blob(doc) => restore_blob(backend, &doc, file),
+    }
 }
 
 fn restore_backup(

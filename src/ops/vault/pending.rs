@@ -8,6 +8,7 @@
 //! then the name has no usable version (an existing name keeps its current one).
 
 use super::{not_live, spki_of};
+use crate::backend::Created;
 use crate::backend::types::{NewVersion, PendingCertificate};
 use crate::error::input;
 use crate::ops::{Access, BackendSettings, effective_key_usage, open_verb_backend, policy_json};
@@ -71,7 +72,7 @@ pub fn create(
 ) -> Result<CreateReport> {
     // Bad input is refused before the store is opened (and perhaps created).
     check_create(name, opts)?;
-    let mut backend = open_verb_backend(plan, "vault create", Access::Write, settings)?;
+    let mut backend = open_verb_backend(plan, "vault", Access::Write, settings)?;
     create_backdated(&mut *backend, name, opts, now, plan.not_before_skew)
 }
 
@@ -199,6 +200,31 @@ pub fn create_backdated(
         not_after: crate::clock::add_days(now, opts.validity_days as i64),
         ca: None,
     };
+    // A vault that makes keys itself (Key Vault) makes the version or the request from the
+    // policy; certroll makes them only for one that does not (the local store).
+    match backend.create_by_vault(name, &policy_doc, now)? {
+        Some(Created::Version(version)) => {
+            return Ok(CreateReport {
+                name: name.to_string(),
+                status: "completed",
+                issuer,
+                version: Some(version),
+                request_id: None,
+                csr: None,
+            });
+        }
+        Some(Created::Pending(p)) => {
+            return Ok(CreateReport {
+                name: name.to_string(),
+                status: "inProgress",
+                issuer,
+                version: None,
+                request_id: Some(p.request_id),
+                csr: Some(csr_pem(&p.csr_der)),
+            });
+        }
+        None => {}
+    }
     let key = PrivateKey::generate(&opts.key)?;
     if self_signed {
         let der = crate::pki::sign_self(&profile, &key).map_err(|e| input(format!("`{name}`: {e}")))?;
@@ -258,6 +284,14 @@ fn no_request(backend: &dyn crate::backend::Backend, name: &str) -> anyhow::Erro
     }
 }
 
+/// The SubjectPublicKeyInfo (DER) a CSR asks to certify.
+fn csr_spki(csr_der: &[u8]) -> Result<Vec<u8>> {
+    use x509_parser::prelude::FromDer as _;
+    let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(csr_der)
+        .map_err(|e| anyhow::anyhow!("the stored request's CSR is unreadable: {e}"))?;
+    Ok(csr.certification_request_info.subject_pki.raw.to_vec())
+}
+
 /// What `vault csr` wrote.
 #[derive(Debug, Serialize)]
 pub struct CsrReport {
@@ -274,7 +308,7 @@ pub fn csr(plan: &Plan, name: &str, out: &Path, settings: &BackendSettings) -> R
     let name = super::resolve_name(name)?;
     let protected = crate::ops::outfile::Protected::of(plan, settings);
     protected.check(out)?;
-    let backend = open_verb_backend(plan, "vault csr", Access::Read, settings)?;
+    let backend = open_verb_backend(plan, "vault", Access::Read, settings)?;
     let pending = backend
         .pending(&name)?
         .ok_or_else(|| no_request(&*backend, &name))?;
@@ -323,7 +357,7 @@ pub fn merge(
     let bytes = crate::fsutil::read_bounded(file, crate::fsutil::MAX_INPUT_FILE)
         .map_err(|e| input(format!("cannot read {shown}: {e}")))?;
     let all = parse_merge(&shown, &bytes)?;
-    let mut backend = open_verb_backend(plan, "vault merge", Access::Write, settings)?;
+    let mut backend = open_verb_backend(plan, "vault", Access::Write, settings)?;
     merge_in(&mut *backend, &name, all, &shown, now)
 }
 
@@ -343,10 +377,10 @@ pub fn merge_in(
     let pending = backend
         .pending(&name)?
         .ok_or_else(|| no_request(backend, &name))?;
-    let key = backend.pending_key(&name)?;
     // The leaf is the certificate for the pending key, wherever the bundle puts it (a PKCS#7
-    // set has no order); the others are kept as its chain in path order.
-    let public = key.public_key_der();
+    // set has no order); the others are kept as its chain in path order. The key is known by
+    // the request's CSR: on Key Vault it never leaves the vault.
+    let public = csr_spki(&pending.csr_der)?;
     let mut leaf_at = None;
     for (i, c) in all.iter().enumerate() {
         if spki_of(c)? == public {
@@ -380,25 +414,7 @@ pub fn merge_in(
         }
     }
     let version = crate::backend::in_one_unit(backend, |b| -> Result<String> {
-        let v = b.create_versions(
-            &[NewVersion {
-                name: &name,
-                policy_json: &pending.policy_json,
-                cert_der: &leaf,
-                key_pkcs8: key.pkcs8_der(),
-                kty: &pending.kty,
-                exportable: pending.exportable,
-                issuer: None,
-                facts: None,
-            }],
-            now,
-        )?;
-        let v = v.into_iter().next().unwrap_or_default();
-        if !certs.is_empty() {
-            b.set_stored_chain(&name, &v, &certs)?;
-        }
-        b.delete_pending(&name)?;
-        Ok(v)
+        Ok(b.merge_pending(&pending, &leaf, &certs, now)?)
     })?;
     Ok(MergeReport { name, version, cert })
 }

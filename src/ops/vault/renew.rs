@@ -167,7 +167,7 @@ pub fn run_due(
     } else {
         crate::ops::Access::Modify
     };
-    let mut backend = crate::ops::open_verb_backend(plan, "vault renew", access, settings)?;
+    let mut backend = crate::ops::open_verb_backend(plan, "vault", access, settings)?;
     if dry_run {
         return renew_due(plan, &mut *backend, now, true);
     }
@@ -184,6 +184,16 @@ fn renew_one(
     skew: time::Duration,
 ) -> Result<String> {
     let p = &v.policy;
+    // Key Vault renews under the name's policy itself (its key, `reuse_key` honoured).
+    if let Some(created) = backend.create_by_vault(&v.name, &p.to_string(), now)? {
+        return match created {
+            crate::backend::Created::Version(version) => Ok(version),
+            crate::backend::Created::Pending(_) => anyhow::bail!(
+                "`{}`: the vault made a request for an outside CA instead of renewing",
+                v.name
+            ),
+        };
+    }
     let key_props = &p["key_props"];
     let hsm = v.current.kty.ends_with("-HSM");
     let spec = match key_props["kty"].as_str().unwrap_or_default() {

@@ -222,6 +222,8 @@ fn measure_batch_concurrency_against_serve() {
     for (round, concurrency) in [(0, 1usize), (1, 8)] {
         let mut config = plan.azure.clone().unwrap();
         config.vault_limits.concurrency = concurrency;
+        // What concurrency buys, not Key Vault's creation rate (`vault_rate`, 2 a second).
+        config.vault_limits.rate = Some(1000.0);
         let dir = env.path(&format!("m{round}"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut vault = AzureVault::connect_with(

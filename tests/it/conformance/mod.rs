@@ -8,6 +8,8 @@
 pub(crate) mod azure;
 mod local;
 mod services;
+// The `vault` subcommands through the binary, on local and on azure against serve.
+mod vault_verbs;
 
 use certroll::backend::Vault;
 use certroll::backend::types::{IssuerConfig, NewVersion, Tags};

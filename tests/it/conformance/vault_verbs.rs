@@ -1,0 +1,471 @@
+//! The `vault` group as a user runs it, on a local plan and on the same plan with
+//! `kind = "azure"` against `certroll serve` (Key Vault through the official Rust SDK, the real
+//! host name resolved to serve's port): every subcommand gives the same answer on both, apart
+//! from ids, versions, keys and times (issue 12, item 1).
+
+use super::azure::Serve;
+use crate::util::{Run, TestEnv};
+use serde_json::Value;
+
+const TOKEN: &str = "vault-verbs-token";
+
+/// Serve, and `local/plan.toml` beside `azure/plan.toml` (both `version = 1` plus `body`).
+pub(crate) fn setup(env: &TestEnv, body: &str) -> Serve {
+    std::fs::create_dir_all(env.path("serve")).unwrap();
+    let serve = Serve::start_at(env, TOKEN, "serve/plan.toml", "version = 1\n");
+    for dir in ["local", "azure"] {
+        std::fs::create_dir_all(env.path(dir)).unwrap();
+    }
+    env.write("local/plan.toml", &format!("version = 1\n{body}"));
+    env.write(
+        "azure/plan.toml",
+        &format!(
+            "version = 1\n[backend]\nkind = \"azure\"\npath = \"state.db\"\n\
+             vault_url = \"https://certroll.vault.azure.net\"\nauth = \"token-env\"\n\
+             token_env = \"CERTROLL_AZ_TOKEN\"\nca_file = \"../ca.pem\"\n\
+             resolve = {{ \"certroll.vault.azure.net\" = \"127.0.0.1:{}\" }}\n{body}",
+            serve.port()
+        ),
+    );
+    serve
+}
+
+/// certroll on `which` plan, at real time (serve's Key Vault keeps real time).
+pub(crate) fn run(env: &TestEnv, which: &str, args: &[&str]) -> Run {
+    let mut cmd = env.cmd();
+    cmd.env_remove("CERTROLL_NOW")
+        .env("CERTROLL_AZ_TOKEN", TOKEN)
+        .env("CERTROLL_BACKUP_PW", "correct horse battery staple")
+        .arg("--plan")
+        .arg(format!("{which}/plan.toml"))
+        .args(args);
+    let out = cmd.output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The same command on both plans, `{which}` in an argument replaced by the plan's folder;
+/// both must succeed. Returns both JSON answers, masked.
+pub(crate) fn both(env: &TestEnv, args: &[&str]) -> (Value, Value) {
+    let mut out = Vec::new();
+    for which in ["local", "azure"] {
+        let args: Vec<String> = args.iter().map(|a| a.replace("{which}", which)).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = run(env, which, &args);
+        assert_eq!(
+            r.code, 0,
+            "{which}: certroll {args:?} exited {}\nstdout:\n{}\nstderr:\n{}",
+            r.code, r.stdout, r.stderr
+        );
+        out.push(mask(r.json()));
+    }
+    let azure = out.pop().unwrap();
+    (out.pop().unwrap(), azure)
+}
+
+/// Ids, versions, thumbprints, serials, CSRs, paths and times differ between two runs by
+/// nature; every other value must not.
+pub(crate) fn mask(v: Value) -> Value {
+    match v {
+        Value::String(s) => {
+            let time = s.len() >= 20 && s.as_bytes()[4] == b'-' && s.as_bytes()[10] == b'T';
+            let varies = time
+                || s.starts_with("-----BEGIN")
+                || ["local/", "azure/"]
+                    .iter()
+                    .any(|d| s.starts_with(d) || s.contains(&format!("/{d}")));
+            Value::String(if varies { "<masked>".into() } else { mask_hex(&s) })
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(mask).collect()),
+        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, mask(v))).collect()),
+        other => other,
+    }
+}
+
+fn mask_hex(s: &str) -> String {
+    let mut out = String::new();
+    let mut run = String::new();
+    for c in s.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+            continue;
+        }
+        out.push_str(if run.len() >= 16 { "<masked>" } else { &run });
+        run.clear();
+        out.push(c);
+    }
+    out.pop();
+    out
+}
+
+/// Key Vault's policy keeps validity in months and adds its own attributes: the policies are
+/// compared on what both keep, then left out of the comparison.
+fn same_policy(l: &mut Value, a: &mut Value, step: &str) {
+    if let (Some(lp), Some(ap)) = (l.get_mut("policy"), a.get_mut("policy")) {
+        for field in ["key_props", "lifetime_actions"] {
+            assert_eq!(lp[field], ap[field], "{step}: policy {field}");
+        }
+        assert_eq!(
+            lp["x509_props"]["subject"], ap["x509_props"]["subject"],
+            "{step}: policy subject"
+        );
+        assert_eq!(
+            lp["issuer"]["name"], ap["issuer"]["name"],
+            "{step}: policy issuer"
+        );
+        *lp = Value::Null;
+        *ap = Value::Null;
+    }
+}
+
+fn assert_same(env: &TestEnv, args: &[&str]) -> (Value, Value) {
+    let (mut l, mut a) = both(env, args);
+    same_policy(&mut l, &mut a, &format!("{args:?}"));
+    assert_eq!(l, a, "{args:?}");
+    (l, a)
+}
+
+/// A CA made by openssl, to sign requests as an outside CA would.
+fn outside_ca(env: &TestEnv) {
+    env.openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "outside-ca-key.pem",
+        "-out",
+        "outside-ca.pem",
+        "-subj",
+        "/CN=Outside CA",
+        "-days",
+        "30",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+    ])
+    .ok();
+}
+
+#[test]
+fn every_vault_subcommand_answers_the_same_on_local_and_on_azure_against_serve() {
+    let env = TestEnv::new();
+    let _serve = setup(&env, "");
+    outside_ca(&env);
+
+    // Issuer Self: a version at once (Key Vault makes the key and the certificate).
+    let (_, a) = assert_same(
+        &env,
+        &[
+            "vault",
+            "create",
+            "selfie",
+            "--subject",
+            "CN=selfie",
+            "--validity-days",
+            "30",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(a["status"], "completed", "{a}");
+    let (_, a) = assert_same(&env, &["vault", "show", "selfie", "-o", "json"]);
+    assert_eq!(a["versions"].as_array().map(Vec::len), Some(1), "{a}");
+
+    // Issuer Unknown: a request whose CSR an outside CA signs, then the merge.
+    let (_, a) = assert_same(
+        &env,
+        &[
+            "vault",
+            "create",
+            "ext",
+            "--subject",
+            "CN=ext",
+            "--issuer",
+            "Unknown",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(a["status"], "inProgress", "{a}");
+    assert_same(&env, &["vault", "show", "ext", "-o", "json"]);
+    assert_same(&env, &["vault", "list", "-o", "json"]);
+    assert_same(
+        &env,
+        &["vault", "csr", "ext", "--out", "{which}/ext.csr", "-o", "json"],
+    );
+    for which in ["local", "azure"] {
+        let csr = env.path(&format!("{which}/ext.csr"));
+        // openssl, not certroll, reads the CSR and signs it.
+        env.openssl(&["req", "-in", csr.to_str().unwrap(), "-noout", "-verify"])
+            .ok();
+        env.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            csr.to_str().unwrap(),
+            "-CA",
+            "outside-ca.pem",
+            "-CAkey",
+            "outside-ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "20",
+            "-out",
+            env.path(&format!("{which}/ext-signed.pem")).to_str().unwrap(),
+        ])
+        .ok();
+    }
+    let (_, a) = assert_same(
+        &env,
+        &[
+            "vault",
+            "merge",
+            "ext",
+            "--file",
+            "{which}/ext-signed.pem",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(a["cert"]["subject"], "CN=ext", "{a}");
+    let (_, a) = assert_same(&env, &["vault", "show", "ext", "-o", "json"]);
+    assert!(a["pending"].is_null(), "merged: no request waits any more: {a}");
+    // A second merge finds no request.
+    for which in ["local", "azure"] {
+        let r = run(
+            &env,
+            which,
+            &[
+                "vault",
+                "merge",
+                "ext",
+                "--file",
+                &format!("{which}/ext-signed.pem"),
+            ],
+        );
+        assert_eq!(r.code, 2, "{which}: {}", r.stderr);
+    }
+
+    // A request cancelled through delete leaves the name free.
+    assert_same(
+        &env,
+        &[
+            "vault",
+            "create",
+            "gone",
+            "--subject",
+            "CN=gone",
+            "--issuer",
+            "Unknown",
+            "-o",
+            "json",
+        ],
+    );
+    assert_same(&env, &["vault", "delete", "gone", "-o", "json"]);
+
+    // Tags, attributes, soft delete, recover, purge.
+    assert_same(
+        &env,
+        &["vault", "update", "selfie", "--tag", "env=prod", "-o", "json"],
+    );
+    assert_same(&env, &["vault", "update", "selfie", "--disable", "-o", "json"]);
+    assert_same(&env, &["vault", "update", "selfie", "--enable", "-o", "json"]);
+    assert_same(&env, &["vault", "delete", "selfie", "-o", "json"]);
+    assert_same(&env, &["vault", "list-deleted", "-o", "json"]);
+    assert_same(&env, &["vault", "recover", "selfie", "-o", "json"]);
+
+    // Backup, then purge, then restore: the same versions come back.
+    let (_, a) = assert_same(
+        &env,
+        &[
+            "vault",
+            "backup",
+            "selfie",
+            "--out",
+            "{which}/selfie.bak",
+            "--password-env",
+            "CERTROLL_BACKUP_PW",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(a["versions"].as_array().map(Vec::len), Some(1), "{a}");
+    for which in ["local", "azure"] {
+        assert_eq!(
+            crate::util::mode(&env.path(&format!("{which}/selfie.bak"))) & 0o777,
+            0o600
+        );
+    }
+    assert_same(&env, &["vault", "delete", "selfie", "-o", "json"]);
+    assert_same(&env, &["vault", "purge", "selfie", "--yes", "-o", "json"]);
+    assert_same(
+        &env,
+        &[
+            "vault",
+            "restore",
+            "--in",
+            "{which}/selfie.bak",
+            "--password-env",
+            "CERTROLL_BACKUP_PW",
+            "-o",
+            "json",
+        ],
+    );
+    let (_, a) = assert_same(&env, &["vault", "show", "selfie", "-o", "json"]);
+    assert_eq!(a["tags"]["env"], "prod", "restored with its tags: {a}");
+    // A backup of the other kind is refused with exit 2, naming where it restores.
+    for (which, other) in [("local", "azure"), ("azure", "local")] {
+        run(&env, which, &["vault", "delete", "selfie"]);
+        run(&env, which, &["vault", "purge", "selfie", "--yes"]);
+        let r = run(
+            &env,
+            which,
+            &[
+                "vault",
+                "restore",
+                "--in",
+                &format!("{other}/selfie.bak"),
+                "--password-env",
+                "CERTROLL_BACKUP_PW",
+            ],
+        );
+        assert_eq!(r.code, 2, "{which}: {}\n{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains("restores only"), "{which}: {}", r.stderr);
+        run(
+            &env,
+            which,
+            &[
+                "vault",
+                "restore",
+                "--in",
+                &format!("{which}/selfie.bak"),
+                "--password-env",
+                "CERTROLL_BACKUP_PW",
+            ],
+        )
+        .ok();
+    }
+
+    // Contacts and issuers.
+    assert_same(
+        &env,
+        &[
+            "vault",
+            "contacts",
+            "set",
+            "a@example.com",
+            "b@example.com",
+            "-o",
+            "json",
+        ],
+    );
+    assert_same(&env, &["vault", "contacts", "get", "-o", "json"]);
+    assert_same(&env, &["vault", "contacts", "delete", "-o", "json"]);
+    assert_same(
+        &env,
+        &[
+            "vault",
+            "issuers",
+            "set",
+            "digicert",
+            "--provider",
+            "DigiCert",
+            "--account-id",
+            "acct",
+            "-o",
+            "json",
+        ],
+    );
+    assert_same(&env, &["vault", "issuers", "list", "-o", "json"]);
+    assert_same(&env, &["vault", "issuers", "get", "digicert", "-o", "json"]);
+    assert_same(&env, &["vault", "issuers", "delete", "digicert", "-o", "json"]);
+
+    // Export: openssl reads what was written, key and certificate.
+    assert_same(
+        &env,
+        &[
+            "vault",
+            "export",
+            "selfie",
+            "--with-key",
+            "--out",
+            "{which}/selfie.pem",
+            "-o",
+            "json",
+        ],
+    );
+    for which in ["local", "azure"] {
+        let out = env.path(&format!("{which}/selfie.pem"));
+        env.openssl(&["x509", "-in", out.to_str().unwrap(), "-noout"])
+            .ok();
+        env.openssl(&["pkey", "-in", out.to_str().unwrap(), "-noout"])
+            .ok();
+    }
+
+    assert_same(&env, &["vault", "list", "-o", "json"]);
+}
+
+/// The plan's `vault_rate` paces what makes a key in Key Vault (create, import, restore): a
+/// window's worth (10 s) at once, then `vault_rate` a second; reads are not paced (issue 12).
+#[test]
+fn vault_rate_paces_key_creations_after_a_ten_second_burst() {
+    use certroll::backend::Vault;
+    use certroll::backend::azure::{AzureVault, EnvTokenCredential};
+    let env = TestEnv::new();
+    let serve = setup(&env, "");
+    let text = format!(
+        "version = 1\n[backend]\nkind = \"azure\"\npath = \"client/state.db\"\n\
+         vault_url = \"https://certroll.vault.azure.net\"\nauth = \"token-env\"\n\
+         token_env = \"UNUSED\"\nca_file = \"ca.pem\"\nvault_rate = 2.0\n\
+         resolve = {{ \"certroll.vault.azure.net\" = \"127.0.0.1:{}\" }}\n",
+        serve.port()
+    );
+    let path = env.write("rate.toml", &text);
+    let plan = certroll::plan::parse(&path, &text).unwrap();
+    std::fs::create_dir_all(env.path("client")).unwrap();
+    let mut vault = AzureVault::connect_with(
+        plan.azure.as_ref().unwrap(),
+        super::local::fresh_store(&env.path("client")),
+        std::sync::Arc::new(EnvTokenCredential::new(TOKEN.into())),
+    )
+    .unwrap();
+    let policy = super::policy("CN=r", true, "application/x-pem-file");
+    let import = |vault: &mut AzureVault, names: &[String]| {
+        let made: Vec<super::Made> = names.iter().map(|n| super::self_signed(n, 30, false)).collect();
+        let batch: Vec<_> = names
+            .iter()
+            .zip(&made)
+            .map(|(n, m)| super::new_version(n, &policy, m, None))
+            .collect();
+        let t = std::time::Instant::now();
+        vault.create_versions(&batch, super::now()).unwrap();
+        t.elapsed()
+    };
+    // 2 a second: the first 20 (one 10-second window) go at once ...
+    let first: Vec<String> = (0..20).map(|i| format!("r-{i}")).collect();
+    let burst = import(&mut vault, &first);
+    // ... 6 more take half a second each, counted from the first request.
+    let next: Vec<String> = (20..26).map(|i| format!("r-{i}")).collect();
+    let paced = import(&mut vault, &next);
+    assert!(
+        burst + paced >= std::time::Duration::from_millis(2900),
+        "26 imports at 2 a second after a burst of 20 took {:?}",
+        burst + paced
+    );
+    // Reads are not paced.
+    let t = std::time::Instant::now();
+    let all: Vec<String> = (0..26).map(|i| format!("r-{i}")).collect();
+    assert!(vault.current_many(&all).unwrap().iter().all(Option::is_some));
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(8),
+        "{:?}",
+        t.elapsed()
+    );
+    eprintln!("20 imports in {burst:?}, 6 more at 2/s in {paced:?}");
+}
