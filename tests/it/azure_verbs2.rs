@@ -1,0 +1,208 @@
+//! Verb-level conformance, continued (issue 12): delivery through IoT Hub direct methods to
+//! `certroll serve`'s simulated devices, and the verbs lifted from the azure refusal after
+//! `issue` and `roll-secondary`: each scenario runs on a local plan and on the same plan with
+//! `kind = "azure"` against serve, and `status -o json` must agree apart from ids and times.
+//!
+//! Serve's simulated devices: a device that registered over mutual TLS holds the certificate it
+//! presented; it answers the delivery method by fetching the named vault version, installing it
+//! and (when the hub does not admit it) registering again, and `reprovision` by registering again.
+//! Serve's own `status` (over serve's store) shows what each simulated device holds.
+
+use crate::azure_verbs::{FLEET, fleet_plans_with, mask, run_fleet, start_serve};
+use crate::conformance::azure::Serve;
+use crate::util::TestEnv;
+use serde_json::Value;
+
+/// The same command on both plans; both must exit 0. Masked JSON answers (local, azure).
+fn both(env: &TestEnv, serve: &Serve, args: &[&str]) -> (Value, Value) {
+    let mut out = Vec::new();
+    for which in ["local", "azure"] {
+        let r = run_fleet(env, serve, which, args);
+        assert_eq!(
+            r.code, 0,
+            "{which}: {args:?}\nstdout:\n{}\nstderr:\n{}",
+            r.stdout, r.stderr
+        );
+        out.push(mask(r.json()));
+    }
+    let a = out.pop().unwrap();
+    (out.pop().unwrap(), a)
+}
+
+/// `delivery = "direct-method"` with the default method name.
+const DIRECT: &str = "delivery = \"direct-method\"\n";
+
+/// The factory step of a device on azure: the operator exports its first certificate and key
+/// (`export device:ID --with-key`) and the device registers with DPS over mutual TLS with it,
+/// as a real device does when it first starts (curl, serve's DPS device endpoint).
+fn factory_register(env: &TestEnv, serve: &Serve, id: &str) {
+    std::fs::create_dir_all(env.path("devices")).unwrap();
+    let pem = env.path(&format!("devices/{id}.pem"));
+    run_fleet(
+        env,
+        serve,
+        "azure",
+        &[
+            "export",
+            &format!("device:{id}"),
+            "--with-key",
+            "--out",
+            pem.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    let port = serve.port();
+    let scope = serve.start["id_scope"].as_str().unwrap();
+    let url = format!(
+        "https://global.azure-devices-provisioning.net:{port}/{scope}/registrations/{id}/register?api-version=2021-06-01"
+    );
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail-with-body", "--cacert"])
+        .arg(env.path("ca.pem"))
+        .arg("--cert")
+        .arg(&pem)
+        .arg("--key")
+        .arg(&pem)
+        .arg("--resolve")
+        .arg(format!("global.azure-devices-provisioning.net:{port}:127.0.0.1"))
+        .args(["-X", "PUT", "-H", "Content-Type: application/json", "--data"])
+        .arg(format!("{{\"registrationId\": \"{id}\"}}"))
+        .arg(&url)
+        .output()
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "device {id} registers over mutual TLS: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Serve's own `status` over serve's store: what its simulated devices hold.
+fn serve_status(env: &TestEnv) -> Value {
+    let mut cmd = env.cmd();
+    cmd.env_remove("CERTROLL_NOW")
+        .args(["--plan", "serve/plan.toml", "status", "-o", "json"]);
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "serve's status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The device `id` in a status document.
+fn device<'a>(status: &'a Value, id: &str) -> &'a Value {
+    status["devices"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["id"] == id))
+        .unwrap_or_else(|| panic!("no device {id} in {status}"))
+}
+
+/// Issue on azure with `delivery = "direct-method"`: a device the hub does not know yet cannot
+/// be reached, so it waits (exit 1, naming why) until its factory registration; then an expiry
+/// roll reaches it through the direct method, and the simulated device holds the new
+/// certificate while the hub still admits the old one (zero downtime). Status agrees with the
+/// local run of the same scenario.
+#[test]
+fn roll_secondary_delivers_through_the_direct_method_to_serves_simulated_device() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    fleet_plans_with(&env, &serve, FLEET, DIRECT);
+
+    run_fleet(&env, &serve, "local", &["issue", "-o", "json"]).ok();
+    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+    assert_eq!(r.code, 1, "waiting devices fail the run: {}\n{}", r.stdout, r.stderr);
+    let rejected = r.json()["rejected"].clone();
+    assert_eq!(rejected.as_array().map(Vec::len), Some(2), "{rejected}");
+    assert!(
+        rejected[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("DeviceNotFound") && r.contains("certroll-deliver")),
+        "{rejected}"
+    );
+
+    for id in ["gw-1", "gw-2"] {
+        factory_register(&env, &serve, id);
+    }
+    let (l, a) = both(&env, &serve, &["issue", "-o", "json"]);
+    assert_eq!(l, a, "issue after the factory registrations: nothing left to do");
+    let (l, a) = both(&env, &serve, &["status", "-o", "json"]);
+    assert_eq!(l, a, "status after issue");
+
+    let l = run_fleet(&env, &serve, "local", &["roll-secondary", "device:gw-1", "-o", "json"]).ok();
+    let a = run_fleet(&env, &serve, "azure", &["roll-secondary", "device:gw-1", "-o", "json"]).ok();
+    assert_eq!(mask(l.json()), mask(a.json()), "roll-secondary");
+    let new_tp = a.json()["devices"][0]["new_thumbprint"].clone();
+    assert!(new_tp.is_string(), "{}", a.stdout);
+    let (l, a) = both(&env, &serve, &["status", "-o", "json"]);
+    assert_eq!(l, a, "status after roll-secondary");
+
+    // Serve's simulated device fetched and installed the new version; the hub admits it
+    // through the secondary thumbprint and still knows the old one.
+    let served = serve_status(&env);
+    let gw1 = device(&served, "gw-1");
+    assert_eq!(gw1["installed"]["thumbprint"], new_tp, "{gw1}");
+    assert_eq!(gw1["hub_identity"]["secondary_thumbprint"], new_tp, "{gw1}");
+    assert!(gw1["hub_identity"]["primary_thumbprint"].is_string(), "{gw1}");
+    // The other device was not touched.
+    let gw2 = device(&served, "gw-2");
+    assert_eq!(gw2["hub_identity"]["secondary_thumbprint"], Value::Null, "{gw2}");
+}
+
+/// A root, an intermediate that signs for a group of two devices, and one individual
+/// enrollment signed by the root, all on hub `conf-hub`.
+const GROUPS: &str = "[policies.device]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 365\n\
+     [policies.ca]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 3650\n\
+     key_usage = [\"keyCertSign\", \"cRLSign\", \"digitalSignature\"]\n\
+     [ca.root]\nsubject = \"CN=Root\"\npolicy = \"ca\"\n\
+     [ca.factory]\nsubject = \"CN=Factory\"\nissuer = \"root\"\npath_len = 0\npolicy = \"ca\"\n\
+     [groups.sensors]\nsigning_ca = \"factory\"\nhub = \"conf-hub\"\nreprovision = \"migrate\"\n\
+     device_policy = \"device\"\ndevices = { prefix = \"s-\", count = 2 }\n\
+     [enrollments.gw-1]\nissuer = \"root\"\npolicy = \"device\"\nhub = \"conf-hub\"\n";
+
+/// Enrollment groups on azure: issue through the factory hook (the intermediate uploaded to the
+/// group), then, delivering by direct method, an expiry roll of the group's CA into the group's
+/// secondary slot, then of the root, then `roll-primary` of the group's devices and of the
+/// individual enrollment: status agrees with the local run after each step.
+#[test]
+fn groups_and_roll_primary_of_devices_and_cas_are_the_same_on_local_and_on_azure() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, GROUPS);
+    crate::azure_verbs::fleet_plans_hook(&env, &serve, GROUPS);
+    for step in [["issue", "-o", "json"], ["status", "-o", "json"]] {
+        let (l, a) = both(&env, &serve, &step);
+        assert_eq!(l, a, "{step:?}");
+    }
+    // The factory hook gave each device its first certificate; from here on certificates go
+    // over the air.
+    fleet_plans_with(&env, &serve, GROUPS, DIRECT);
+    let steps: &[&[&str]] = &[
+        &["roll-secondary", "ca:factory", "-o", "json"],
+        &["status", "-o", "json"],
+        &["roll-primary", "group:sensors", "-o", "json"],
+        &["status", "-o", "json"],
+        &["roll-primary", "device:gw-1", "-o", "json"],
+        &["status", "-o", "json"],
+        &["roll-primary", "ca:root", "-o", "json"],
+        &["status", "-o", "json"],
+        &["roll-primary", "ca:root", "-o", "json"],
+    ];
+    for step in steps {
+        let (l, a) = both(&env, &serve, step);
+        assert_eq!(l, a, "{step:?}");
+    }
+    // Serve's simulated devices hold what certroll handed them.
+    let (_, a) = both(&env, &serve, &["status", "-o", "json"]);
+    let served = serve_status(&env);
+    for id in ["s-1", "s-2", "gw-1"] {
+        let ours = device(&a, id);
+        assert!(ours["installed"].is_object(), "{ours}");
+        assert_eq!(
+            mask(device(&served, id)["installed"].clone()),
+            ours["installed"],
+            "{id}"
+        );
+    }
+}
