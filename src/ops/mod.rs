@@ -175,7 +175,15 @@ pub struct BackendSettings {
 
 /// The verbs that run on `kind = "azure"` today, each proven end to end against `certroll serve`
 /// by the verb conformance suite (tests/it/azure_verbs.rs).
-pub const AZURE_VERBS: &[&str] = &["vault", "export", "status", "check", "issue", "roll-secondary"];
+pub const AZURE_VERBS: &[&str] = &[
+    "vault",
+    "export",
+    "status",
+    "check",
+    "issue",
+    "roll-secondary",
+    "roll-primary",
+];
 
 /// Refuses a plan with `kind = "azure"` for a verb that does not run on it yet (exit 2): a verb
 /// that reached Key Vault but not DPS or the hub would leave the fleet half-rolled.

@@ -835,8 +835,18 @@ impl EnrollmentService for AzureBackend {
         let records = self.vault.local().device_many(&ids)?;
         let method = self.delivery.reprovision_method.clone();
         let mut answers: HashMap<String, String> = HashMap::new();
-        for (req, record) in batch.iter().zip(&records) {
+        // A device DPS already shows assigned with the certificate it is to present (it
+        // registered by itself when the delivery reached it) is not asked again: a second
+        // registration would only turn its initial assignment into a reprovisioning.
+        let before = self.registration_many(&ids)?;
+        for ((req, record), before) in batch.iter().zip(&records).zip(&before) {
             if matches!(self.outcomes.get(&req.registration_id), Some(Outcome::Waiting(_))) {
+                continue;
+            }
+            let tp = req.chain.first().map(|c| crate::pki::sha1_thumbprint(c)).unwrap_or_default();
+            if before.as_ref().is_some_and(|s| {
+                s.status == "assigned" && s.cert_thumbprint.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(&tp))
+            }) {
                 continue;
             }
             let Some(hub) = record.as_ref().and_then(|r| self.plan_hub(r)) else {
