@@ -831,7 +831,10 @@ impl LocalBackend {
         };
         let field = |k: &str| payload.get(k).and_then(serde_json::Value::as_str);
         let (Some(name), Some(version)) = (field("name"), field("version")) else {
-            return Ok(answer(400, "the payload names no vault `name` and `version`".into()));
+            return Ok(answer(
+                400,
+                "the payload names no vault `name` and `version`".into(),
+            ));
         };
         let Some(fetched) = self.version(name, version)? else {
             return Ok(answer(404, format!("the vault has no version {name}/{version}")));
@@ -857,10 +860,7 @@ impl LocalBackend {
             ..before.clone()
         };
         self.install(std::slice::from_ref(&installed))?;
-        if self
-            .authenticate(hub, device_id, &fetched.cert_der, now)?
-            .is_ok()
-        {
+        if self.authenticate(hub, device_id, &fetched.cert_der, now)?.is_ok() {
             return Ok(DirectMethodResult {
                 status: 200,
                 payload: serde_json::json!({ "installed": { "name": name, "version": version, "thumbprint": tp } }),

@@ -183,6 +183,8 @@ pub const AZURE_VERBS: &[&str] = &[
     "issue",
     "roll-secondary",
     "roll-primary",
+    "revoke",
+    "reprovision",
 ];
 
 /// Refuses a plan with `kind = "azure"` for a verb that does not run on it yet (exit 2): a verb

@@ -8,7 +8,9 @@
 //! journaled step; reruns find everything done and change nothing.
 
 use super::journal::{self, CutOff, Planned, StepReport};
-use super::{Access, BackendSettings, Target, ca_cert_name, device_cert_name, device_owner, open_verb_backend};
+use super::{
+    Access, BackendSettings, Target, ca_cert_name, device_cert_name, device_owner, open_verb_backend,
+};
 use crate::backend::Backend;
 use crate::backend::types::*;
 use crate::error::input;

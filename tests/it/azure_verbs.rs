@@ -282,8 +282,6 @@ fn verbs_not_proven_on_azure_refuse_with_exit_2_naming_what_is_missing() {
     let verbs: &[&[&str]] = &[
         &["roll-primary", "enrollment:gw-1", "--breach", "--yes"],
         &["roll-secondary", "--due"],
-        &["revoke", "enrollment:gw-1", "--reason", "superseded", "--yes"],
-        &["reprovision"],
         &["notify"],
         &["vault", "create", "x", "--subject", "CN=x"],
         &["vault", "csr", "x", "--out", "x.csr"],

@@ -15,11 +15,16 @@ use serde_json::Value;
 
 /// The same command on both plans; both must exit 0. Masked JSON answers (local, azure).
 fn both(env: &TestEnv, serve: &Serve, args: &[&str]) -> (Value, Value) {
+    both_exit(env, serve, args, 0)
+}
+
+/// The same command on both plans; both must exit `code`. Masked JSON answers (local, azure).
+fn both_exit(env: &TestEnv, serve: &Serve, args: &[&str], code: i32) -> (Value, Value) {
     let mut out = Vec::new();
     for which in ["local", "azure"] {
         let r = run_fleet(env, serve, which, args);
         assert_eq!(
-            r.code, 0,
+            r.code, code,
             "{which}: {args:?}\nstdout:\n{}\nstderr:\n{}",
             r.stdout, r.stderr
         );
@@ -113,7 +118,11 @@ fn roll_secondary_delivers_through_the_direct_method_to_serves_simulated_device(
 
     run_fleet(&env, &serve, "local", &["issue", "-o", "json"]).ok();
     let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
-    assert_eq!(r.code, 1, "waiting devices fail the run: {}\n{}", r.stdout, r.stderr);
+    assert_eq!(
+        r.code, 1,
+        "waiting devices fail the run: {}\n{}",
+        r.stdout, r.stderr
+    );
     let rejected = r.json()["rejected"].clone();
     assert_eq!(rejected.as_array().map(Vec::len), Some(2), "{rejected}");
     assert!(
@@ -131,8 +140,20 @@ fn roll_secondary_delivers_through_the_direct_method_to_serves_simulated_device(
     let (l, a) = both(&env, &serve, &["status", "-o", "json"]);
     assert_eq!(l, a, "status after issue");
 
-    let l = run_fleet(&env, &serve, "local", &["roll-secondary", "device:gw-1", "-o", "json"]).ok();
-    let a = run_fleet(&env, &serve, "azure", &["roll-secondary", "device:gw-1", "-o", "json"]).ok();
+    let l = run_fleet(
+        &env,
+        &serve,
+        "local",
+        &["roll-secondary", "device:gw-1", "-o", "json"],
+    )
+    .ok();
+    let a = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["roll-secondary", "device:gw-1", "-o", "json"],
+    )
+    .ok();
     assert_eq!(mask(l.json()), mask(a.json()), "roll-secondary");
     let new_tp = a.json()["devices"][0]["new_thumbprint"].clone();
     assert!(new_tp.is_string(), "{}", a.stdout);
@@ -205,4 +226,181 @@ fn groups_and_roll_primary_of_devices_and_cas_are_the_same_on_local_and_on_azure
             "{id}"
         );
     }
+}
+
+/// `reprovision` asks each device through the reprovision direct method and reports its
+/// answer; `revoke` of an individual enrollment's device and of one device of a group (a
+/// disabled individual enrollment holding its certificate), then of the group's CA: the same
+/// reports and status on local and on azure, and the CRL certroll writes for the root names the
+/// revoked device's serial.
+#[test]
+fn revoke_and_reprovision_are_the_same_on_local_and_on_azure() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, GROUPS);
+    crate::azure_verbs::fleet_plans_hook(&env, &serve, GROUPS);
+    let (l, a) = both(&env, &serve, &["issue", "-o", "json"]);
+    assert_eq!(l, a, "issue");
+    fleet_plans_with(&env, &serve, GROUPS, DIRECT);
+    let steps: &[&[&str]] = &[
+        &["reprovision", "-o", "json"],
+        &["reprovision", "--force", "group:sensors", "-o", "json"],
+        &["status", "-o", "json"],
+        &[
+            "revoke",
+            "device:gw-1",
+            "--reason",
+            "key-compromise",
+            "--yes",
+            "-o",
+            "json",
+        ],
+        &[
+            "revoke",
+            "device:s-1",
+            "--reason",
+            "key-compromise",
+            "--yes",
+            "-o",
+            "json",
+        ],
+        &[
+            "revoke",
+            "device:s-1",
+            "--reason",
+            "key-compromise",
+            "--yes",
+            "-o",
+            "json",
+        ],
+        &["status", "-o", "json"],
+        &[
+            "revoke",
+            "ca:factory",
+            "--reason",
+            "cessation-of-operation",
+            "--yes",
+            "-o",
+            "json",
+        ],
+        &[
+            "revoke",
+            "ca:factory",
+            "--reason",
+            "cessation-of-operation",
+            "--yes",
+            "-o",
+            "json",
+        ],
+    ];
+    for step in steps {
+        let (l, a) = both(&env, &serve, step);
+        assert_eq!(l, a, "{step:?}");
+    }
+    // KNOWN DIFFERENCE (reported, not hidden): DPS has no X.509 enrollment group without a
+    // signing certificate, so the group whose CA was revoked is deleted on azure, where the
+    // local store keeps it with empty slots. Either way it accepts no device.
+    let (mut l, mut a) = both(&env, &serve, &["status", "-o", "json"]);
+    let (lg, ag) = (&mut l["groups"][0], &mut a["groups"][0]);
+    assert_eq!(
+        (&lg["primary"], &lg["secondary"]),
+        (&Value::Null, &Value::Null),
+        "{lg}"
+    );
+    assert_eq!(
+        (&ag["status"], &ag["primary"], &ag["secondary"]),
+        (&Value::Null, &Value::Null, &Value::Null),
+        "{ag}"
+    );
+    for g in [lg, ag] {
+        g["status"] = Value::Null;
+        g["hub"] = Value::Null;
+    }
+    assert_eq!(l, a, "status after revoke ca:factory");
+    // KNOWN DIFFERENCE (by nature, reported): a revoked device is refused by the hub, so no
+    // direct method reaches it; on azure `reprovision` reports it waiting, naming why, where the
+    // local store's simulated device registers at once and is refused by the enrollment service.
+    // Both fail the run and count the device rejected (a waiting device is not listed as cut
+    // off: the run cannot tell whether it still connects); the other device is the same on both.
+    let l = run_fleet(
+        &env,
+        &serve,
+        "local",
+        &[
+            "reprovision",
+            "--force",
+            "device:gw-1",
+            "device:s-2",
+            "-o",
+            "json",
+        ],
+    );
+    let a = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &[
+            "reprovision",
+            "--force",
+            "device:gw-1",
+            "device:s-2",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(
+        (l.code, a.code),
+        (1, 1),
+        "{}
+{}",
+        l.stdout,
+        a.stdout
+    );
+    let (l, a) = (l.json(), a.json());
+    let outcome = |r: &Value, id: &str| {
+        r["devices"]
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["device"] == id))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {id} in {r}"))
+    };
+    assert_eq!(outcome(&l, "gw-1")["status"], "disabled", "{l}");
+    let gw1 = outcome(&a, "gw-1");
+    assert_eq!(gw1["status"], "waiting", "{a}");
+    assert!(
+        gw1["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("DeviceNotOnline")),
+        "{gw1}"
+    );
+    assert_eq!(outcome(&l, "s-2"), outcome(&a, "s-2"), "s-2");
+    assert_eq!(
+        l["rejected"], a["rejected"],
+        "both count the revoked device as rejected"
+    );
+    // Serve's hub refuses the revoked device: its identity is disabled there.
+    let served = serve_status(&env);
+    assert_eq!(device(&served, "gw-1")["hub_identity"]["status"], "disabled");
+    // The root's CRL on azure names gw-1's serial (openssl reads it).
+    let raw = run_fleet(&env, &serve, "azure", &["status", "device:gw-1", "-o", "json"]).ok();
+    let serial = device(&raw.json(), "gw-1")["installed"]["serial"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches('0')
+        .to_ascii_uppercase();
+    let crl = env.path("root.crl");
+    run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["export", "ca:root", "--crl", "--out", crl.to_str().unwrap()],
+    )
+    .ok();
+    let text = env
+        .openssl(&["crl", "-in", crl.to_str().unwrap(), "-noout", "-text"])
+        .ok()
+        .stdout;
+    assert!(
+        text.to_ascii_uppercase().contains(&serial),
+        "serial {serial} on the CRL:\n{text}"
+    );
 }

@@ -697,7 +697,47 @@ impl Fleet for AzureBackend {
         groups: Option<&[String]>,
         limit: usize,
     ) -> Result<(u64, Vec<String>)> {
-        self.vault.local().devices_under(issuers, groups, limit)
+        // The fleet record names each device's version; who signed that version is in Key
+        // Vault (the version's issuer tag), and whether the device was revoked (a disabled
+        // individual enrollment) is in DPS. Pages in id order, so the first ids come out sorted.
+        const PAGE: usize = 500;
+        let mut after = String::new();
+        let mut hits = Vec::new();
+        loop {
+            let page = self.vault.local().devices_page(None, &after, PAGE)?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = last.id.clone();
+            let page: Vec<DeviceRecord> = page
+                .into_iter()
+                .filter(|d| d.installed_version.is_some())
+                .filter(|d| groups.is_none_or(|gs| d.group.as_ref().is_some_and(|g| gs.contains(g))))
+                .collect();
+            let names: Vec<String> = page.iter().map(|d| d.cert_name.clone()).collect();
+            let under: Vec<String> = page
+                .iter()
+                .zip(self.vault.briefs_many(&names)?)
+                .filter(|(d, briefs)| {
+                    briefs.iter().any(|b| {
+                        d.installed_version.as_deref() == Some(b.version.as_str())
+                            && b.issuer.as_ref().is_some_and(|i| issuers.contains(i))
+                    })
+                })
+                .map(|(d, _)| d.id.clone())
+                .collect();
+            let enrollments = self.enrollments.individual_many(&under)?;
+            hits.extend(
+                under
+                    .into_iter()
+                    .zip(enrollments)
+                    .filter(|(_, e)| !e.as_ref().is_some_and(|e| e.status == Status::Disabled))
+                    .map(|(id, _)| id),
+            );
+        }
+        let count = hits.len() as u64;
+        hits.truncate(limit);
+        Ok((count, hits))
     }
 
     fn install(&mut self, batch: &[DeviceRecord]) -> Result<()> {
@@ -835,6 +875,10 @@ impl EnrollmentService for AzureBackend {
         let records = self.vault.local().device_many(&ids)?;
         let method = self.delivery.reprovision_method.clone();
         let mut answers: HashMap<String, String> = HashMap::new();
+        // Devices that registered when asked and were refused by DPS.
+        let mut refused: std::collections::HashSet<String> = std::collections::HashSet::new();
+        // Devices the direct method did not reach, and why.
+        let mut unreachable: HashMap<String, String> = HashMap::new();
         // A device DPS already shows assigned with the certificate it is to present (it
         // registered by itself when the delivery reached it) is not asked again: a second
         // registration would only turn its initial assignment into a reprovisioning.
@@ -843,10 +887,23 @@ impl EnrollmentService for AzureBackend {
             if matches!(self.outcomes.get(&req.registration_id), Some(Outcome::Waiting(_))) {
                 continue;
             }
-            let tp = req.chain.first().map(|c| crate::pki::sha1_thumbprint(c)).unwrap_or_default();
-            if before.as_ref().is_some_and(|s| {
-                s.status == "assigned" && s.cert_thumbprint.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(&tp))
-            }) {
+            let tp = req
+                .chain
+                .first()
+                .map(|c| crate::pki::sha1_thumbprint(c))
+                .unwrap_or_default();
+            let delivered = matches!(
+                self.outcomes.get(&req.registration_id),
+                Some(Outcome::Delivered(_))
+            );
+            if delivered
+                && before.as_ref().is_some_and(|s| {
+                    s.status == "assigned"
+                        && s.cert_thumbprint
+                            .as_deref()
+                            .is_some_and(|t| t.eq_ignore_ascii_case(&tp))
+                })
+            {
                 continue;
             }
             let Some(hub) = record.as_ref().and_then(|r| self.plan_hub(r)) else {
@@ -856,6 +913,7 @@ impl EnrollmentService for AzureBackend {
             match self.hubs.invoke_method(&hub, &req.registration_id, &call, now) {
                 Ok(answer) if answer.status == 200 => {}
                 Ok(answer) => {
+                    refused.insert(req.registration_id.clone());
                     answers.insert(
                         req.registration_id.clone(),
                         format!(
@@ -865,8 +923,15 @@ impl EnrollmentService for AzureBackend {
                     );
                 }
                 // Not in the hub yet, or offline: the device registers by itself when it starts.
-                Err(BackendError::Remote { code, .. })
-                    if code == "DeviceNotFound" || code == "DeviceNotOnline" => {}
+                Err(e @ BackendError::Remote { .. }) if matches!(&e, BackendError::Remote { code, .. } if code == "DeviceNotFound" || code == "DeviceNotOnline") =>
+                {
+                    unreachable.insert(
+                        req.registration_id.clone(),
+                        format!(
+                            "direct method `{method}` did not reach the device ({e}): it registers by itself when it next connects"
+                        ),
+                    );
+                }
                 Err(e) => {
                     answers.insert(req.registration_id.clone(), e.to_string());
                 }
@@ -901,11 +966,26 @@ impl EnrollmentService for AzureBackend {
                                 || i.secondary_thumbprint.as_deref().is_some_and(same)
                         })
                 };
-                if let Some(s) = state.as_ref().filter(|s| s.status == "assigned" && presented(s)) {
+                // A device that could not be asked counts on what DPS recorded earlier only while
+                // the hub still lets it in: a device the hub now refuses (revoked, disabled) has
+                // not registered again, whatever DPS recorded before.
+                let admitted = identity.as_ref().is_some_and(|i| i.status == Status::Enabled);
+                let fresh = admitted || !unreachable.contains_key(&req.registration_id);
+                if let Some(s) = state
+                    .as_ref()
+                    .filter(|s| fresh && s.status == "assigned" && presented(s))
+                {
                     return RegistrationState {
                         cert_thumbprint: Some(tp.clone()),
                         ..s.clone()
                     };
+                }
+                // The device registered when asked and DPS refused it: DPS's answer is the
+                // outcome, as the local enrollment service gives it.
+                if refused.contains(&req.registration_id)
+                    && let Some(s) = state.as_ref().filter(|s| matches!(s.status.as_str(), "failed" | "disabled"))
+                {
+                    return s.clone();
                 }
                 let mut why = Vec::new();
                 if let Some(Outcome::Waiting(w)) = self.outcomes.get(&req.registration_id) {
@@ -913,6 +993,9 @@ impl EnrollmentService for AzureBackend {
                 }
                 if let Some(a) = answers.get(&req.registration_id) {
                     why.push(a.clone());
+                }
+                if let Some(u) = unreachable.get(&req.registration_id) {
+                    why.push(u.clone());
                 }
                 why.push(match &state {
                     None => "the device has not registered yet".to_string(),
