@@ -812,6 +812,16 @@ impl LocalBackend {
         Ok(true)
     }
 
+    /// Removes an enrollment group from the store (false if there was none). The azure backend
+    /// keeps here, beside the plan, a group DPS cannot hold (one left with no CA), and forgets
+    /// it once DPS holds the group again.
+    pub fn forget_group(&mut self, name: &str) -> Result<bool> {
+        let out = self
+            .store
+            .write(|tx, _| crate::store::queries_dps::group_delete(tx, name));
+        out.map_err(|e| self.with_path(e))
+    }
+
     /// The simulated device's answer to a delivery method: it fetches vault version
     /// `payload.name`/`payload.version` (refused when the vault has no such version, it is
     /// disabled, or its thumbprint is not `payload.thumbprint`), installs it, and connects with

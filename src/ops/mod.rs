@@ -183,6 +183,7 @@ pub const AZURE_VERBS: &[&str] = &[
     "issue",
     "roll-secondary",
     "roll-primary",
+    "roll-primary --breach",
     "revoke",
     "reprovision",
 ];

@@ -280,7 +280,6 @@ fn verbs_not_proven_on_azure_refuse_with_exit_2_naming_what_is_missing() {
          [enrollments.gw-1]\nissuer = \"root\"\npolicy = \"dev\"\nhub = \"hub-a\"\n",
     );
     let verbs: &[&[&str]] = &[
-        &["roll-primary", "enrollment:gw-1", "--breach", "--yes"],
         &["roll-secondary", "--due"],
         &["notify"],
         &["vault", "create", "x", "--subject", "CN=x"],

@@ -34,6 +34,41 @@ fn both_exit(env: &TestEnv, serve: &Serve, args: &[&str], code: i32) -> (Value, 
     (out.pop().unwrap(), a)
 }
 
+/// Where two JSON documents differ (path: left vs right), for failure messages.
+fn diff(l: &Value, r: &Value, path: &str, out: &mut Vec<String>) {
+    match (l, r) {
+        (Value::Object(a), Value::Object(b)) => {
+            for k in a.keys().chain(b.keys().filter(|k| !a.contains_key(*k))) {
+                let null = Value::Null;
+                diff(
+                    a.get(k).unwrap_or(&null),
+                    b.get(k).unwrap_or(&null),
+                    &format!("{path}.{k}"),
+                    out,
+                );
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                diff(x, y, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ if l != r => out.push(format!("{path}: local {l} / azure {r}")),
+        _ => {}
+    }
+}
+
+/// Asserts the local and azure answers are the same, naming where they differ.
+fn assert_same(l: &Value, a: &Value, what: &str) {
+    let mut out = Vec::new();
+    diff(l, a, "", &mut out);
+    assert!(
+        out.is_empty(),
+        "{what}: local and azure differ:\n{}",
+        out.join("\n")
+    );
+}
+
 /// `delivery = "direct-method"` with the default method name.
 const DIRECT: &str = "delivery = \"direct-method\"\n";
 
@@ -210,9 +245,9 @@ fn groups_and_roll_primary_of_devices_and_cas_are_the_same_on_local_and_on_azure
         &["status", "-o", "json"],
         &["roll-primary", "ca:root", "-o", "json"],
     ];
-    for step in steps {
+    for (i, step) in steps.iter().enumerate() {
         let (l, a) = both(&env, &serve, step);
-        assert_eq!(l, a, "{step:?}");
+        assert_same(&l, &a, &format!("step {i} {step:?}"));
     }
     // Serve's simulated devices hold what certroll handed them.
     let (_, a) = both(&env, &serve, &["status", "-o", "json"]);
@@ -292,30 +327,18 @@ fn revoke_and_reprovision_are_the_same_on_local_and_on_azure() {
             "json",
         ],
     ];
-    for step in steps {
+    for (i, step) in steps.iter().enumerate() {
         let (l, a) = both(&env, &serve, step);
-        assert_eq!(l, a, "{step:?}");
+        assert_same(&l, &a, &format!("step {i} {step:?}"));
     }
-    // KNOWN DIFFERENCE (reported, not hidden): DPS has no X.509 enrollment group without a
-    // signing certificate, so the group whose CA was revoked is deleted on azure, where the
-    // local store keeps it with empty slots. Either way it accepts no device.
-    let (mut l, mut a) = both(&env, &serve, &["status", "-o", "json"]);
-    let (lg, ag) = (&mut l["groups"][0], &mut a["groups"][0]);
-    assert_eq!(
-        (&lg["primary"], &lg["secondary"]),
-        (&Value::Null, &Value::Null),
-        "{lg}"
-    );
-    assert_eq!(
-        (&ag["status"], &ag["primary"], &ag["secondary"]),
-        (&Value::Null, &Value::Null, &Value::Null),
-        "{ag}"
-    );
-    for g in [lg, ag] {
-        g["status"] = Value::Null;
-        g["hub"] = Value::Null;
-    }
-    assert_eq!(l, a, "status after revoke ca:factory");
+    // DPS has no X.509 group without a CA: the group whose CA was revoked is gone from serve's
+    // DPS and kept in certroll's store beside the plan, so status shows it as the local store
+    // does (empty slots).
+    let (l, a) = both(&env, &serve, &["status", "-o", "json"]);
+    assert_same(&l, &a, "status after revoke ca:factory");
+    assert_eq!(a["groups"][0]["primary"], Value::Null, "{}", a["groups"]);
+    let served = serve_status(&env);
+    assert_eq!(served["groups"][0]["status"], Value::Null, "{}", served["groups"]);
     // KNOWN DIFFERENCE (by nature, reported): a revoked device is refused by the hub, so no
     // direct method reaches it; on azure `reprovision` reports it waiting, naming why, where the
     // local store's simulated device registers at once and is refused by the enrollment service.
@@ -403,4 +426,51 @@ fn revoke_and_reprovision_are_the_same_on_local_and_on_azure() {
         text.to_ascii_uppercase().contains(&serial),
         "serial {serial} on the CRL:\n{text}"
     );
+}
+
+/// Breach rolls on azure, delivering by direct method: a device of an individual enrollment, a
+/// device of a group, the group, then the group's CA; each compromised certificate leaves at
+/// once, the replacement reaches the simulated device, which registers with it, so the hub holds
+/// only the new thumbprint. Reruns are no-ops; status agrees with the local run after each step.
+#[test]
+fn breach_rolls_are_the_same_on_local_and_on_azure() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, GROUPS);
+    crate::azure_verbs::fleet_plans_hook(&env, &serve, GROUPS);
+    let (l, a) = both(&env, &serve, &["issue", "-o", "json"]);
+    assert_eq!(l, a, "issue");
+    fleet_plans_with(&env, &serve, GROUPS, DIRECT);
+    let steps: &[&[&str]] = &[
+        &["roll-primary", "--breach", "device:gw-1", "--yes", "-o", "json"],
+        &["status", "-o", "json"],
+        &["roll-primary", "--breach", "device:gw-1", "--yes", "-o", "json"],
+        &["roll-primary", "--breach", "device:s-1", "--yes", "-o", "json"],
+        &["status", "-o", "json"],
+        &["roll-primary", "--breach", "group:sensors", "--yes", "-o", "json"],
+        &["status", "-o", "json"],
+        &["roll-primary", "--breach", "ca:factory", "--yes", "-o", "json"],
+        &["status", "-o", "json"],
+        &["roll-primary", "--breach", "ca:factory", "--yes", "-o", "json"],
+        &["status", "-o", "json"],
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        let (l, a) = both(&env, &serve, step);
+        assert_same(&l, &a, &format!("step {i} {step:?}"));
+    }
+    // Serve's simulated devices hold their replacements, and the hub admits only those.
+    let raw = run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
+        .ok()
+        .json();
+    let served = serve_status(&env);
+    for id in ["s-1", "s-2", "gw-1"] {
+        let tp = &device(&raw, id)["installed"]["thumbprint"];
+        let held = device(&served, id);
+        assert_eq!(&held["installed"]["thumbprint"], tp, "{id}: {held}");
+        assert_eq!(&held["hub_identity"]["primary_thumbprint"], tp, "{id}: {held}");
+        assert_eq!(
+            held["hub_identity"]["secondary_thumbprint"],
+            Value::Null,
+            "{id}: {held}"
+        );
+    }
 }
