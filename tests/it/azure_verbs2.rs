@@ -474,3 +474,52 @@ fn breach_rolls_are_the_same_on_local_and_on_azure() {
         );
     }
 }
+
+/// A roll cut off part-way on azure (serve's IoT Hub answers every request 503, so the roll
+/// stops after the new version went to Key Vault and the enrollment to DPS) fails with exit 1;
+/// run again once the hub answers, it finishes from its journal without a second new version,
+/// and status is the local run's.
+#[test]
+fn a_roll_cut_off_by_hub_failures_finishes_on_rerun_without_duplicates() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, GROUPS);
+    crate::azure_verbs::fleet_plans_hook(&env, &serve, GROUPS);
+    let (l, a) = both(&env, &serve, &["issue", "-o", "json"]);
+    assert_same(&l, &a, "issue");
+    drop(serve);
+
+    // The same store, its hub failing every request.
+    let failing = start_serve(
+        &env,
+        &format!("{GROUPS}[serve.services.hub]\nerror_percent = 100\nerror_status = 503\n"),
+    );
+    fleet_plans_with(&env, &failing, GROUPS, DIRECT);
+    let roll = ["roll-secondary", "device:gw-1", "-o", "json"];
+    let cut = run_fleet(&env, &failing, "azure", &roll);
+    assert_eq!(cut.code, 1, "{}\n{}", cut.stdout, cut.stderr);
+    assert!(
+        cut.stderr.contains("IoT Hub") && cut.stderr.contains("503"),
+        "the failure names the service and its answer: {}",
+        cut.stderr
+    );
+    drop(failing);
+
+    let serve = start_serve(&env, GROUPS);
+    fleet_plans_with(&env, &serve, GROUPS, DIRECT);
+    let l = run_fleet(&env, &serve, "local", &roll).ok();
+    let a = run_fleet(&env, &serve, "azure", &roll).ok();
+    assert_eq!(a.json()["resumed"], true, "{}", a.stdout);
+    let (l, a) = (mask(l.json()), mask(a.json()));
+    assert_same(&l["devices"], &a["devices"], "the resumed roll");
+    let (l, a) = both(&env, &serve, &["vault", "show", "device:gw-1", "-o", "json"]);
+    assert_eq!(
+        a["versions"].as_array().map(Vec::len),
+        Some(2),
+        "one new version, not two: {a}"
+    );
+    assert_same(&l["versions"], &a["versions"], "versions");
+    let (l, a) = both(&env, &serve, &["status", "-o", "json"]);
+    assert_same(&l, &a, "status after the resumed roll");
+    let (l, a) = both(&env, &serve, &roll);
+    assert_same(&l, &a, "a rerun of the finished roll");
+}
