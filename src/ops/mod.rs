@@ -174,7 +174,7 @@ pub struct BackendSettings {
 }
 
 /// The verbs that run on `kind = "azure"` today, each proven end to end against `certroll serve`
-/// by the verb conformance suite (tests/it/azure_verbs.rs).
+/// by the verb conformance suite (tests/it/azure_verbs.rs, tests/it/azure_verbs2.rs).
 pub const AZURE_VERBS: &[&str] = &[
     "vault",
     "export",

@@ -196,9 +196,6 @@ fn verbs_not_yet_on_azure_refuse_an_azure_plan_with_exit_2_and_create_nothing() 
     env.plan_run(&["validate"]).ok();
     for verb in [
         &["roll-secondary", "--due"][..],
-        &["roll-primary", "device:gw-01"],
-        &["revoke", "--reason", "superseded", "--yes", "device:gw-01"],
-        &["reprovision"],
         &["notify"],
     ] {
         let run = env.plan_run(verb).code(2);
