@@ -499,7 +499,10 @@ pub async fn run(opts: ServeOptions, on_start: impl FnOnce(&StartInfo) -> Result
         info.id_scope = Some(dps_device::id_scope(&plan.serve.dps));
     }
     if routers.hub.is_some() {
-        info.hub_url = state.hubs.first().map(|h| url_of(&hub::hub_host(h), port));
+        info.hub_url = state
+            .hubs
+            .first()
+            .map(|h| url_of(&crate::backend::wire::hub_host(h), port));
     }
     if routers.arm.is_some() {
         info.arm_url = Some(url_of("management.azure.com", port));
