@@ -56,7 +56,14 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .delete(delete_issuer),
         )
         .route("/certificates/restore", post(restore_certificate))
-        .route("/certificates/{name}", axum::routing::delete(delete_certificate))
+        // Key Vault takes the versionless forms with and without the trailing slash (curl users
+        // type `/certificates/NAME`; the SDKs send `/certificates/NAME/`).
+        .route(
+            "/certificates/{name}",
+            get(get_certificate)
+                .patch(update_certificate)
+                .delete(delete_certificate),
+        )
         .route(
             "/certificates/{name}/",
             get(get_certificate).patch(update_certificate),
@@ -88,10 +95,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/deletedcertificates/{name}/recover", post(recover_deleted))
         .route("/keys/{name}/{version}", get(get_key))
         .route("/keys/{name}/", get(get_key))
+        .route("/keys/{name}", get(get_key))
         .route("/keys/{name}/{version}/sign", post(sign))
         .route("/keys/{name}//sign", post(sign))
         .route("/secrets/{name}/{version}", get(get_secret))
         .route("/secrets/{name}/", get(get_secret))
+        .route("/secrets/{name}", get(get_secret))
         .fallback(unknown_operation)
         .layer(axum::middleware::from_fn_with_state(state.clone(), challenge))
         .with_state(state)
