@@ -281,7 +281,8 @@ pub struct StartInfo {
     /// The Host-routed listener's address.
     pub listen: String,
     /// One loopback listener per service, for clients that can only use `127.0.0.1:PORT`
-    /// (no Host routing there): service name → `https://127.0.0.1:PORT`.
+    /// (no Host routing there): service name (`keyvault`, `dps`, `dps_device`, `arm`, `hub` for
+    /// the first hub, `hub:NAME` for any other) → `https://127.0.0.1:PORT`.
     pub listeners: BTreeMap<String, String>,
     /// The bearer token serve generated for the default principal `owner` (only when the plan
     /// names no principals and `CERTROLL_SERVE_TOKEN` is unset).
@@ -461,13 +462,23 @@ pub async fn run(opts: ServeOptions, on_start: impl FnOnce(&StartInfo) -> Result
         .map_err(|e| input(format!("--listen {}: cannot listen there: {e}", opts.listen)))?;
     let port = main.local_addr()?.port();
     let direct_addr = SocketAddr::from(([127, 0, 0, 1], 0));
-    let mut direct: Vec<(Origin, &'static str, tokio::net::TcpListener)> = Vec::new();
-    for (origin, name) in [
-        (Origin::KeyVault, "keyvault"),
-        (Origin::DpsService, "dps"),
-        (Origin::DpsDevice, "dps_device"),
-        (Origin::Arm, "arm"),
-    ] {
+    let mut direct: Vec<(Origin, String, tokio::net::TcpListener)> = Vec::new();
+    let mut services = vec![
+        (Origin::KeyVault, "keyvault".to_string()),
+        (Origin::DpsService, "dps".into()),
+        (Origin::DpsDevice, "dps_device".into()),
+        (Origin::Arm, "arm".into()),
+    ];
+    // One per hub: `hub` is the first hub's (the one `hub_url` names), `hub:NAME` any other's.
+    for (i, hub) in state.hubs.iter().enumerate() {
+        let name = if i == 0 {
+            "hub".to_string()
+        } else {
+            format!("hub:{hub}")
+        };
+        services.push((Origin::Hub(hub.clone()), name));
+    }
+    for (origin, name) in services {
         if routers.for_origin(&origin).is_some()
             && !(origin == Origin::DpsDevice && routers.dps_device.is_none())
         {
@@ -509,7 +520,7 @@ pub async fn run(opts: ServeOptions, on_start: impl FnOnce(&StartInfo) -> Result
     }
     for (_, name, listener) in &direct {
         info.listeners
-            .insert(name.to_string(), format!("https://{}", listener.local_addr()?));
+            .insert(name.clone(), format!("https://{}", listener.local_addr()?));
     }
     for (host, policies) in &state.sas_policies {
         let served = match Origin::of(host, &plan.serve, &state.hubs) {

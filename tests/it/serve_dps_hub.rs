@@ -1375,3 +1375,141 @@ fn curl_if_match(
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
+
+/// One GET with curl straight to a `https://127.0.0.1:PORT` listener (no Host routing, no
+/// --resolve): (HTTP status, body).
+fn curl_direct(env: &TestEnv, serve: &Serve, url: &str, auth: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-o", "-", "-w", "\n%{http_code}"])
+        .arg("--cacert")
+        .arg(serve.ca_file(env))
+        .args(["-H", &format!("Authorization: {auth}")])
+        .arg(url)
+        .output()
+        .expect("curl must be installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn the_start_line_names_every_endpoint_and_each_service_has_its_own_loopback_listener() {
+    let env = TestEnv::new();
+    issued(&env);
+    let serve = Serve::start(&env);
+    let listeners = serve.start["listeners"].as_object().unwrap().clone();
+    let mut ports: Vec<String> = Vec::new();
+    for service in ["keyvault", "dps", "dps_device", "hub", "arm"] {
+        let url = listeners
+            .get(service)
+            .and_then(|u| u.as_str())
+            .unwrap_or_else(|| panic!("no {service} listener in {}", serve.start));
+        assert!(url.starts_with("https://127.0.0.1:"), "{service}: {url}");
+        ports.push(url.rsplit(':').next().unwrap().to_string());
+    }
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports.len(), 5, "one port per service: {listeners:?}");
+    for key in [
+        "vault_url",
+        "dps_url",
+        "dps_device_url",
+        "id_scope",
+        "hub_url",
+        "arm_url",
+        "ca_file",
+    ] {
+        assert!(serve.start[key].is_string(), "{key} missing: {}", serve.start);
+    }
+
+    // The hub's own listener answers as the hub, whatever Host the client sends.
+    let later = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+    let key = key_of(&serve.connection_string(HUB_HOST, "iothubowner"));
+    let token = sas_token(HUB_HOST, &key, later, "iothubowner");
+    let hub = listeners["hub"].as_str().unwrap();
+    let (code, body) = curl_direct(
+        &env,
+        &serve,
+        &format!("{hub}/devices/gateway-01?api-version=2021-04-12"),
+        &token,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"deviceId\":\"gateway-01\""), "{body}");
+    // ... and the vault's listener answers as the vault (its challenge), not as the hub.
+    let vault = listeners["keyvault"].as_str().unwrap();
+    let (code, body) = curl_direct(
+        &env,
+        &serve,
+        &format!("{vault}/certificates?api-version=7.5"),
+        &token,
+    );
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("\"error\""), "{body}");
+    let json_start = serve.start.clone();
+    drop(serve);
+
+    // The human start line names the same endpoints.
+    let mut child = env
+        .cmd()
+        .args([
+            "--plan",
+            "plan.toml",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ca-out",
+            "serve-ca.pem",
+        ])
+        .env_remove("CERTROLL_NOW")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut human = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+    while let Ok(line) = rx.recv_timeout(Duration::from_millis(1500)) {
+        human.push('\n');
+        human.push_str(&line);
+    }
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "vault_url:",
+        "dps_url:",
+        "dps_device_url:",
+        "id_scope:",
+        "hub_url:",
+        "arm_url:",
+        "ca_file:",
+        "keyvault:",
+        "dps:",
+        "dps_device:",
+        "hub:",
+        "arm:",
+        "hub iothubowner: HostName=example-hub.azure-devices.net:",
+        "dps provisioningserviceowner: HostName=certroll-dps.azure-devices-provisioning.net:",
+    ] {
+        assert!(
+            human.contains(key),
+            "`{key}` missing from the human start line:\n{human}"
+        );
+    }
+    assert!(
+        human.contains(json_start["id_scope"].as_str().unwrap()),
+        "the same ID scope: {human}"
+    );
+    // The keys are the point of a connection string on stdout; never in the log.
+    assert!(!stderr.contains("SharedAccessKey"), "{stderr}");
+}
