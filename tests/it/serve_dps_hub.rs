@@ -1513,3 +1513,291 @@ fn the_start_line_names_every_endpoint_and_each_service_has_its_own_loopback_lis
     // The keys are the point of a connection string on stdout; never in the log.
     assert!(!stderr.contains("SharedAccessKey"), "{stderr}");
 }
+
+/// One request with curl to `host` (resolved to serve), extra headers and curl arguments, and a
+/// body of `body_len` bytes of `{` if any: (status, response headers, body).
+#[allow(clippy::too_many_arguments)]
+fn curl_any(
+    env: &TestEnv,
+    serve: &Serve,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[String],
+    body_len: Option<usize>,
+    extra: &[&str],
+) -> (u16, String, String) {
+    let port = serve.addr().rsplit(':').next().unwrap().to_string();
+    let head_file = env.path("curl-head");
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-X",
+        method,
+        "--max-time",
+        "20",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+    ])
+    .arg("-D")
+    .arg(&head_file)
+    .arg("--resolve")
+    .arg(format!("{host}:{port}:127.0.0.1"))
+    .arg("--cacert")
+    .arg(serve.ca_file(env))
+    .args(extra);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    if let Some(len) = body_len {
+        let file = env.path("curl-body");
+        std::fs::write(&file, vec![b'{'; len]).unwrap();
+        cmd.args(["-H", "Content-Type: application/json", "--data-binary"])
+            .arg(format!("@{}", file.display()));
+    }
+    cmd.arg(format!("https://{host}:{port}{path}"));
+    let out = cmd.output().expect("curl must be installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let head = std::fs::read_to_string(&head_file).unwrap_or_default();
+    (
+        code.trim().parse().unwrap_or(0),
+        head.to_ascii_lowercase(),
+        body.to_string(),
+    )
+}
+
+/// The body as JSON, or a panic naming what came instead.
+fn json_of(what: &str, code: u16, body: &str) -> serde_json::Value {
+    serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("{what}: {code} with a body that is not JSON ({e}): {body:?}"))
+}
+
+fn assert_key_vault_shape(what: &str, code: u16, body: &str, want_code: &str) {
+    let v = json_of(what, code, body);
+    assert_eq!(v["error"]["code"], want_code, "{what}: {body}");
+    assert!(
+        !v["error"]["message"].as_str().unwrap_or("").is_empty(),
+        "{what}: {body}"
+    );
+}
+
+fn assert_dps_shape(what: &str, code: u16, body: &str, status: u16) {
+    let v = json_of(what, code, body);
+    let n = v["errorCode"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{what}: no numeric errorCode: {body}"));
+    assert_eq!(n / 1000, i64::from(status), "{what}: {body}");
+    for key in ["trackingId", "message", "timestampUtc"] {
+        assert!(v[key].is_string(), "{what}: no {key}: {body}");
+    }
+}
+
+fn assert_hub_shape(what: &str, code: u16, body: &str, want_code: &str) {
+    let v = json_of(what, code, body);
+    let message = v["Message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: no Message: {body}"));
+    assert!(
+        message.starts_with(&format!("ErrorCode:{want_code};")),
+        "{what}: {body}"
+    );
+    assert!(v["ExceptionMessage"].is_string(), "{what}: {body}");
+}
+
+#[test]
+fn every_error_body_is_json_in_the_shape_of_the_service_answering() {
+    let env = TestEnv::new();
+    issued(&env);
+    let serve = Serve::start(&env);
+    let bearer = format!("Authorization: Bearer {}", serve.start["token"].as_str().unwrap());
+    let kv = "certroll.vault.azure.net";
+    let auth = std::slice::from_ref(&bearer);
+
+    // Key Vault: 405, 413, 414, 431, each with {"error":{"code","message"}}.
+    let (code, head, body) = curl_any(
+        &env,
+        &serve,
+        "PUT",
+        kv,
+        "/certificates?api-version=7.5",
+        auth,
+        Some(2),
+        &[],
+    );
+    assert_eq!(code, 405, "{body}");
+    assert!(head.contains("allow: get"), "{head}");
+    assert_key_vault_shape("KV 405", code, &body, "MethodNotAllowed");
+    let (code, _, body) = curl_any(
+        &env,
+        &serve,
+        "POST",
+        kv,
+        "/certificates/big/import?api-version=7.5",
+        auth,
+        Some(5 << 20),
+        &[],
+    );
+    assert_eq!(code, 413, "{body}");
+    assert_key_vault_shape("KV 413", code, &body, "RequestEntityTooLarge");
+    let long = format!("/certificates/{}?api-version=7.5", "a".repeat(20_000));
+    let (code, _, body) = curl_any(&env, &serve, "GET", kv, &long, auth, None, &[]);
+    assert_eq!(code, 414, "{body}");
+    assert_key_vault_shape("KV 414", code, &body, "RequestUriTooLong");
+    // 50 headers of 8 KB (400 KB; curl sends at most 128 KB of headers, so openssl sends them).
+    let filler: String = (0..50)
+        .map(|i| format!("X-Filler-{i}: {}\r\n", "f".repeat(8000)))
+        .collect();
+    let request = format!(
+        "GET /certificates?api-version=7.5 HTTP/1.1\r\nHost: {kv}\r\n{bearer}\r\n{filler}Connection: close\r\n\r\n"
+    );
+    let mut s_client = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-connect",
+            &serve.addr(),
+            "-servername",
+            kv,
+            "-CAfile",
+        ])
+        .arg(serve.ca_file(&env))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        s_client
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(request.as_bytes())
+            .unwrap();
+    }
+    let answer = String::from_utf8_lossy(&s_client.wait_with_output().unwrap().stdout).into_owned();
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "50 headers of 8 KB get an answer: {answer}"
+    );
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    assert_key_vault_shape("KV 431", 431, body, "RequestHeaderFieldsTooLarge");
+    // HTTP/1.0 is answered (not refused in the TLS handshake).
+    let (code, _, body) = curl_any(
+        &env,
+        &serve,
+        "GET",
+        kv,
+        "/certificates?api-version=7.5",
+        auth,
+        None,
+        &["--http1.0"],
+    );
+    assert_eq!(code, 200, "{body}");
+
+    // DPS: ProvisioningServiceErrorDetails.
+    let (code, _, body) = curl_any(
+        &env,
+        &serve,
+        "DELETE",
+        DPS_HOST,
+        "/enrollments/query?api-version=2021-10-01",
+        &[],
+        None,
+        &[],
+    );
+    assert_eq!(code, 405, "{body}");
+    assert_dps_shape("DPS 405", code, &body, 405);
+    let (code, _, body) = curl_any(
+        &env,
+        &serve,
+        "PUT",
+        DPS_HOST,
+        "/enrollments/big?api-version=2021-10-01",
+        &[],
+        Some(5 << 20),
+        &[],
+    );
+    assert_eq!(code, 413, "{body}");
+    assert_dps_shape("DPS 413", code, &body, 413);
+    let (code, _, body) = curl_any(
+        &env,
+        &serve,
+        "GET",
+        DPS_HOST,
+        "/no/such/route?api-version=2021-10-01",
+        &[],
+        None,
+        &[],
+    );
+    assert_eq!(code, 404, "{body}");
+    assert_dps_shape("DPS 404", code, &body, 404);
+
+    // IoT Hub: {"Message":"ErrorCode:...","ExceptionMessage"}.
+    let (code, _, body) = curl_any(
+        &env,
+        &serve,
+        "PATCH",
+        HUB_HOST,
+        "/devices/x?api-version=2021-04-12",
+        &[],
+        Some(2),
+        &[],
+    );
+    assert_eq!(code, 405, "{body}");
+    assert_hub_shape("hub 405", code, &body, "MethodNotAllowed");
+    let (code, _, body) = curl_any(&env, &serve, "GET", HUB_HOST, &long, &[], None, &[]);
+    assert_eq!(code, 414, "{body}");
+    assert_hub_shape("hub 414", code, &body, "RequestUriTooLong");
+
+    // An unknown host: 404 naming every host name served.
+    let (code, _, body) = curl_any(
+        &env,
+        &serve,
+        "GET",
+        kv,
+        "/",
+        &["Host: nosuch.example.com".into()],
+        None,
+        &[],
+    );
+    assert_eq!(code, 404, "{body}");
+    assert_key_vault_shape("unknown host", code, &body, "HostNotFound");
+    for name in [
+        kv,
+        DPS_HOST,
+        "global.azure-devices-provisioning.net",
+        HUB_HOST,
+        "management.azure.com",
+    ] {
+        assert!(body.contains(name), "the 404 names {name}: {body}");
+    }
+    drop(serve);
+
+    // Throttled DPS and hub answer 429 in their own shapes, with Retry-After.
+    let mut plan = PLAN.to_string();
+    plan.push_str("\n[serve.services.dps]\nrate_per_second = 1\nburst = 1\n\n[serve.services.hub]\nrate_per_second = 1\nburst = 1\n");
+    env.write("plan.toml", &plan);
+    let serve = Serve::start(&env);
+    for (host, path) in [
+        (DPS_HOST, "/enrollments/gateway-01?api-version=2021-10-01"),
+        (HUB_HOST, "/devices/gateway-01?api-version=2021-04-12"),
+    ] {
+        let answers: Vec<(u16, String, String)> = (0..4)
+            .map(|_| curl_any(&env, &serve, "GET", host, path, &[], None, &[]))
+            .collect();
+        let (code, head, body) = answers
+            .iter()
+            .find(|(c, _, _)| *c == 429)
+            .unwrap_or_else(|| panic!("{host}: no 429 in a burst over the rate: {answers:?}"));
+        assert!(head.contains("retry-after:"), "{head}");
+        if host == DPS_HOST {
+            assert_dps_shape("DPS 429", *code, body, 429);
+        } else {
+            assert_hub_shape("hub 429", *code, body, "ThrottlingException");
+        }
+    }
+}
