@@ -974,9 +974,14 @@ async fn dispatch(
             .into_response()
         }
     };
+    // One line per request: never the query (a SAS `sig` may ride in it) nor any header but
+    // Host; a long target is cut so one request cannot flood the log.
+    let shown: String = path.chars().take(200).collect();
+    let cut = if shown.len() < path.len() { "..." } else { "" };
+    let host: String = host.chars().take(200).collect();
     tracing::info!(
         target: "certroll::serve::access",
-        "{method} {host}{path} {} {}ms",
+        "{method} {host}{shown}{cut} {} {}ms",
         response.status().as_u16(),
         start.elapsed().as_millis()
     );

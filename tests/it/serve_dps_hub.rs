@@ -74,7 +74,8 @@ impl Serve {
             ])
             .env_remove("CERTROLL_NOW")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            // A file, not a pipe nobody reads: the access log would fill a pipe and stall serve.
+            .stderr(std::fs::File::create(env.path("serve.log")).unwrap())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -88,10 +89,10 @@ impl Serve {
             Ok(line) if !line.trim().is_empty() => line,
             _ => {
                 let _ = child.kill();
-                let out = child.wait_with_output().unwrap();
+                let _ = child.wait();
                 panic!(
                     "certroll serve printed no start line\nstderr:\n{}",
-                    String::from_utf8_lossy(&out.stderr)
+                    std::fs::read_to_string(env.path("serve.log")).unwrap_or_default()
                 );
             }
         };
@@ -1800,4 +1801,102 @@ fn every_error_body_is_json_in_the_shape_of_the_service_answering() {
             assert_hub_shape("hub 429", *code, body, "ThrottlingException");
         }
     }
+}
+
+/// serve started with `args` (after the plan and `-o json`), its stderr going to `log`.
+fn serve_logging_to(env: &TestEnv, args: &[&str], log: &Path) -> Serve {
+    let mut child = env
+        .cmd()
+        .args(["--plan", "plan.toml", "-o", "json"])
+        .args(args)
+        .args(["serve", "--listen", "127.0.0.1:0", "--ca-out", "serve-ca.pem"])
+        .env_remove("CERTROLL_NOW")
+        .env_remove("CERTROLL_LOG")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let start = serde_json::from_str(&line).unwrap_or_else(|e| panic!("start line ({e}): {line:?}"));
+    Serve { child, start }
+}
+
+#[test]
+fn the_access_log_has_one_plain_line_per_request_and_never_a_credential() {
+    let env = TestEnv::new();
+    issued(&env);
+    let log = env.path("serve.log");
+    let serve = serve_logging_to(&env, &[], &log);
+    let later = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+    let key = key_of(&serve.connection_string(HUB_HOST, "iothubowner"));
+    let token = sas_token(HUB_HOST, &key, later, "iothubowner");
+    let sig = token
+        .split("sig=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string();
+    let path = format!("/devices/gateway-01?api-version=2021-04-12&sig={sig}");
+    let (code, body) = curl(&env, &serve, "GET", HUB_HOST, &path, Some(&token), None);
+    assert_eq!(code, 200, "{body}");
+    let (code, _) = curl(
+        &env,
+        &serve,
+        "GET",
+        HUB_HOST,
+        "/devices/nobody?api-version=2021-04-12",
+        Some(&token),
+        None,
+    );
+    assert_eq!(code, 404);
+    drop(serve);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("certroll::serve::access"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "one line per request at the default verbosity:\n{text}"
+    );
+    assert!(
+        lines[0].contains(&format!("GET {HUB_HOST}:"))
+            && lines[0].contains("/devices/gateway-01 200 ")
+            && lines[0].ends_with("ms"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].contains("/devices/nobody 404 "), "{}", lines[1]);
+    assert!(
+        !text.contains('\u{1b}'),
+        "no colour codes when stderr is a file:\n{text}"
+    );
+    for secret in [sig.as_str(), "sig=", "SharedAccessSignature", key.as_str()] {
+        assert!(!text.contains(secret), "the log holds `{secret}`:\n{text}");
+    }
+
+    // -q: no access log.
+    let serve = serve_logging_to(&env, &["-q"], &log);
+    let (code, _) = curl(
+        &env,
+        &serve,
+        "GET",
+        HUB_HOST,
+        "/devices/gateway-01?api-version=2021-04-12",
+        Some(&token),
+        None,
+    );
+    assert_eq!(code, 200);
+    drop(serve);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("certroll::serve::access"),
+        "-q silences the access log:\n{text}"
+    );
 }
