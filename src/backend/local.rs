@@ -952,7 +952,7 @@ impl HubRegistry for LocalBackend {
         Ok(DirectMethodResult {
             status: if state.status == "assigned" { 200 } else { 403 },
             // The device answers with what DPS told it, in DPS's own shape.
-            payload: crate::serve::dps::registration_json(&state),
+            payload: super::wire::registration_json(&state),
         })
     }
 

@@ -13,12 +13,13 @@
 //! restart. A later attempt supersedes the operation (404).
 
 use super::ApiError;
-use super::dps::{DpsError, certificate_info, dps_error, registration_json};
+use super::dps::{DpsError, certificate_info, dps_error};
 use super::state::AppState;
 use super::tls::ClientChain;
 use crate::backend::EnrollmentService;
 use crate::backend::local::LocalBackend;
 use crate::backend::types::{RegistrationRequest, RegistrationState};
+use crate::backend::wire::registration_json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
