@@ -888,12 +888,12 @@ impl LocalBackend {
             self.install(std::slice::from_ref(&before))?;
             return Ok(DirectMethodResult {
                 status: 403,
-                payload: crate::serve::dps::registration_json(&state),
+                payload: super::wire::registration_json(&state),
             });
         }
         Ok(DirectMethodResult {
             status: 200,
-            payload: crate::serve::dps::registration_json(&state),
+            payload: super::wire::registration_json(&state),
         })
     }
 }
