@@ -523,3 +523,46 @@ fn a_roll_cut_off_by_hub_failures_finishes_on_rerun_without_duplicates() {
     let (l, a) = both(&env, &serve, &roll);
     assert_same(&l, &a, "a rerun of the finished roll");
 }
+
+/// What delivery by direct method costs: a group roll of `N` devices on azure against serve,
+/// beside the same roll on the local store, with the number of direct-method calls serve saw.
+#[test]
+#[ignore = "measurement, not a check: run with --ignored --nocapture"]
+fn measure_a_group_roll_delivered_by_direct_method() {
+    const N: usize = 40;
+    let fleet = GROUPS.replace("count = 2", &format!("count = {N}"));
+    let env = TestEnv::new();
+    let serve = start_serve(&env, &fleet);
+    crate::azure_verbs::fleet_plans_hook(&env, &serve, &fleet);
+    let (l, a) = both(&env, &serve, &["issue", "-o", "json"]);
+    assert_same(&l, &a, "issue");
+    fleet_plans_with(&env, &serve, &fleet, DIRECT);
+    let methods = || {
+        std::fs::read_to_string(env.path("serve.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("/methods"))
+            .count()
+    };
+    let before = methods();
+    let mut took = Vec::new();
+    for which in ["local", "azure"] {
+        let start = std::time::Instant::now();
+        run_fleet(
+            &env,
+            &serve,
+            which,
+            &["roll-secondary", "group:sensors", "-o", "json"],
+        )
+        .ok();
+        took.push(start.elapsed());
+    }
+    let (l, a) = both(&env, &serve, &["status", "-o", "json"]);
+    assert_same(&l, &a, "status after the group roll");
+    eprintln!(
+        "group roll of {N} devices: local {:?}, azure {:?} ({} direct-method calls)",
+        took[0],
+        took[1],
+        methods() - before
+    );
+}

@@ -351,41 +351,36 @@ impl AzureBackend {
         if !self.in_unit() {
             return Ok(batch.to_vec());
         }
-        let wanted: Vec<(String, String)> = batch
+        // What each device holds is read from the fleet record and Key Vault (not from the hub,
+        // whose registry operations are metered at 100 a minute per unit).
+        let ids: Vec<String> = batch.iter().map(|i| i.device_id.clone()).collect();
+        let records = self.vault.local().device_many(&ids)?;
+        let names: Vec<String> = records
             .iter()
-            .map(|i| (i.hub.clone(), i.device_id.clone()))
+            .flatten()
+            .filter(|r| r.installed_version.is_some())
+            .map(|r| r.cert_name.clone())
+            .collect();
+        let held: HashMap<(String, String), String> = self
+            .vault
+            .briefs_many(&names)?
+            .into_iter()
+            .flatten()
+            .map(|b| ((b.name, b.version), b.thumbprint))
             .collect();
         let mut apply_now = Vec::new();
-        for (new, current) in batch.iter().zip(self.hubs.identity_many(&wanted)?) {
-            let kept = |t: &Option<String>| {
-                t.as_deref().is_none_or(|t| {
-                    [&new.primary_thumbprint, &new.secondary_thumbprint]
-                        .into_iter()
-                        .flatten()
-                        .any(|n| n.eq_ignore_ascii_case(t))
-                })
-            };
-            let drops = current.as_ref().is_some_and(|c| {
-                c.status == Status::Enabled
-                    && new.status == Status::Enabled
-                    && !(kept(&c.primary_thumbprint) && kept(&c.secondary_thumbprint))
+        for (new, record) in batch.iter().zip(&records) {
+            let held = record.as_ref().and_then(|r| {
+                let version = r.installed_version.clone()?;
+                held.get(&(r.cert_name.clone(), version)).cloned()
             });
-            // Dropping a thumbprint cuts the device off only when it is the one of the
-            // certificate the device holds (the fleet record, before this unit's install).
-            let cuts = drops && {
-                let held = self
-                    .vault
-                    .local()
-                    .device(&new.device_id)?
-                    .and_then(|d| d.installed_version.map(|v| (d.cert_name, v)));
-                match held {
-                    Some((name, version)) => match self.vault.version(&name, &version)? {
-                        Some(v) => !kept(&Some(crate::pki::sha1_thumbprint(&v.cert_der))),
-                        None => false,
-                    },
-                    None => false,
-                }
+            let kept = |t: &str| {
+                [&new.primary_thumbprint, &new.secondary_thumbprint]
+                    .into_iter()
+                    .flatten()
+                    .any(|n| n.eq_ignore_ascii_case(t))
             };
+            let cuts = new.status == Status::Enabled && held.as_deref().is_some_and(|t| !kept(t));
             if cuts {
                 self.held_cuts
                     .retain(|h| !(h.hub == new.hub && h.device_id == new.device_id));
