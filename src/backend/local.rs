@@ -6,6 +6,10 @@ use super::types::*;
 use super::*;
 use crate::store::{Store, queries as q, queries_vault as qv};
 
+/// The Key Vault version tag in which the azure backend records the CA version that signed a
+/// version (`NAME/VERSION`); serve's simulated devices follow it to build their chains.
+const AZURE_ISSUER_TAG: &str = "certroll-issuer";
+
 /// All services on one store file.
 pub struct LocalBackend {
     store: Store,
@@ -724,25 +728,173 @@ impl LocalBackend {
         if self.authenticate(hub, id, &leaf.cert_der, now)?.is_err() {
             return Ok(None);
         }
+        self.presented_chain(leaf).map(Some)
+    }
+
+    /// The chain a device holding `leaf` presents: the leaf and its issuers, the root left out.
+    /// Issuers are followed through the version's issuer link, or, for a version imported
+    /// through `certroll serve`'s Key Vault, through the tag the azure backend records the
+    /// signing CA version in (`certroll-issuer` = `NAME/VERSION`).
+    fn presented_chain(&self, leaf: VaultVersion) -> Result<Vec<Vec<u8>>> {
+        let issuer_of = |v: &VaultVersion| -> Result<Option<(String, String)>> {
+            if v.issuer.is_some() {
+                return Ok(v.issuer.clone());
+            }
+            let tags = self.tags(&v.name, Some(&v.version))?.unwrap_or_default();
+            Ok(tags
+                .get(AZURE_ISSUER_TAG)
+                .and_then(|t| t.split_once('/'))
+                .map(|(n, v)| (n.to_string(), v.to_string())))
+        };
+        let mut next = issuer_of(&leaf)?;
+        let name = leaf.name.clone();
         let mut chain = vec![leaf.cert_der];
-        let mut next = leaf.issuer;
-        while let Some((name, version)) = next {
+        while let Some((issuer, version)) = next {
             if chain.len() > 16 {
                 return Err(BackendError::Refused(format!(
-                    "issuer chain of `{}` is longer than 16 certificates",
-                    device.cert_name
+                    "issuer chain of `{name}` is longer than 16 certificates"
                 )));
             }
             let v = self
-                .version(&name, &version)?
-                .ok_or_else(|| BackendError::NotFound(format!("issuer version {name}/{version}")))?;
+                .version(&issuer, &version)?
+                .ok_or_else(|| BackendError::NotFound(format!("issuer version {issuer}/{version}")))?;
+            next = issuer_of(&v)?;
             chain.push(v.cert_der);
-            next = v.issuer;
         }
         if chain.len() > 1 {
             chain.pop(); // the root is not presented
         }
-        Ok(Some(chain))
+        Ok(chain)
+    }
+
+    /// A simulated device registered over mutual TLS (`certroll serve`'s DPS device endpoint)
+    /// and was assigned: from now on it holds the certificate it presented, when that
+    /// certificate is a version of vault certificate `cert_name` (a device certroll issued;
+    /// any other certificate is not recorded). `kind` and `enrollment` are the registration
+    /// state's (`group` or `individual`, and its name). Returns whether the record changed.
+    pub fn hold_presented(
+        &mut self,
+        id: &str,
+        cert_name: &str,
+        leaf_der: &[u8],
+        kind: Option<&str>,
+        enrollment: Option<&str>,
+    ) -> Result<bool> {
+        let Some(version) = self
+            .versions(cert_name)?
+            .into_iter()
+            .find(|v| v.cert_der == leaf_der)
+        else {
+            return Ok(false);
+        };
+        let before = self.device(id)?;
+        if before
+            .as_ref()
+            .is_some_and(|d| d.installed_version.as_deref() == Some(version.version.as_str()))
+        {
+            return Ok(false);
+        }
+        let (group, individual) = match kind {
+            Some("group") => (enrollment.map(str::to_string), None),
+            Some(_) => (None, enrollment.map(str::to_string)),
+            None => before
+                .as_ref()
+                .map(|d| (d.group.clone(), d.enrollment.clone()))
+                .unwrap_or_default(),
+        };
+        self.install(&[DeviceRecord {
+            id: id.to_string(),
+            group,
+            enrollment: individual,
+            cert_name: cert_name.to_string(),
+            installed_version: Some(version.version),
+        }])?;
+        Ok(true)
+    }
+
+    /// Removes an enrollment group from the store (false if there was none). The azure backend
+    /// keeps here, beside the plan, a group DPS cannot hold (one left with no CA), and forgets
+    /// it once DPS holds the group again.
+    pub fn forget_group(&mut self, name: &str) -> Result<bool> {
+        let out = self
+            .store
+            .write(|tx, _| crate::store::queries_dps::group_delete(tx, name));
+        out.map_err(|e| self.with_path(e))
+    }
+
+    /// The simulated device's answer to a delivery method: it fetches vault version
+    /// `payload.name`/`payload.version` (refused when the vault has no such version, it is
+    /// disabled, or its thumbprint is not `payload.thumbprint`), installs it, and connects with
+    /// it. When the hub does not admit the new certificate (`unauthorized`), the device goes
+    /// back to DPS and registers with it, as a real device does (flow 7); when DPS refuses it
+    /// too, the device keeps the certificate it had and answers 403 with DPS's error.
+    fn deliver_simulated(
+        &mut self,
+        hub: &str,
+        device_id: &str,
+        payload: &serde_json::Value,
+        now: OffsetDateTime,
+    ) -> Result<DirectMethodResult> {
+        let answer = |status: i32, message: String| DirectMethodResult {
+            status,
+            payload: serde_json::json!({ "message": message }),
+        };
+        let field = |k: &str| payload.get(k).and_then(serde_json::Value::as_str);
+        let (Some(name), Some(version)) = (field("name"), field("version")) else {
+            return Ok(answer(
+                400,
+                "the payload names no vault `name` and `version`".into(),
+            ));
+        };
+        let Some(fetched) = self.version(name, version)? else {
+            return Ok(answer(404, format!("the vault has no version {name}/{version}")));
+        };
+        if !fetched.enabled {
+            return Ok(answer(403, format!("vault version {name}/{version} is disabled")));
+        }
+        let tp = crate::pki::sha1_thumbprint(&fetched.cert_der);
+        if let Some(want) = field("thumbprint")
+            && !want.eq_ignore_ascii_case(&tp)
+        {
+            return Ok(answer(
+                400,
+                format!("vault version {name}/{version} has thumbprint {tp}, not {want}"),
+            ));
+        }
+        let before = self
+            .device(device_id)?
+            .ok_or_else(|| BackendError::NotFound(format!("simulated device `{device_id}`")))?;
+        let installed = DeviceRecord {
+            cert_name: name.to_string(),
+            installed_version: Some(version.to_string()),
+            ..before.clone()
+        };
+        self.install(std::slice::from_ref(&installed))?;
+        if self.authenticate(hub, device_id, &fetched.cert_der, now)?.is_ok() {
+            return Ok(DirectMethodResult {
+                status: 200,
+                payload: serde_json::json!({ "installed": { "name": name, "version": version, "thumbprint": tp } }),
+            });
+        }
+        let request = RegistrationRequest {
+            registration_id: device_id.to_string(),
+            chain: self.presented_chain(fetched)?,
+        };
+        self.register(std::slice::from_ref(&request), now)?;
+        let state = self
+            .registration(device_id)?
+            .ok_or_else(|| BackendError::NotFound(format!("registration state of `{device_id}`")))?;
+        if state.status != "assigned" {
+            self.install(std::slice::from_ref(&before))?;
+            return Ok(DirectMethodResult {
+                status: 403,
+                payload: super::wire::registration_json(&state),
+            });
+        }
+        Ok(DirectMethodResult {
+            status: 200,
+            payload: super::wire::registration_json(&state),
+        })
     }
 }
 
@@ -771,9 +923,16 @@ impl HubRegistry for LocalBackend {
                 format!("device '{device_id}' is not online"),
             ));
         };
-        // The simulated device knows one method: `reprovision` registers again with the
+        // The simulated device knows two methods: `reprovision` registers again with the
         // certificate it holds (200 and the registration state when assigned, 403 with DPS's
-        // error when refused).
+        // error when refused); and a delivery (`certroll-deliver`, or whatever name a plan's
+        // `method` gives it: any method whose payload names a vault `name` and `version`)
+        // fetches and installs that version (see `deliver_simulated`).
+        let is_delivery = call.method_name == crate::plan::DEFAULT_DELIVERY_METHOD
+            || (call.payload.get("name").is_some() && call.payload.get("version").is_some());
+        if call.method_name != "reprovision" && is_delivery {
+            return self.deliver_simulated(hub, device_id, &call.payload, now);
+        }
         if call.method_name != "reprovision" {
             return Ok(DirectMethodResult {
                 status: 501,
@@ -793,7 +952,7 @@ impl HubRegistry for LocalBackend {
         Ok(DirectMethodResult {
             status: if state.status == "assigned" { 200 } else { 403 },
             // The device answers with what DPS told it, in DPS's own shape.
-            payload: crate::serve::dps::registration_json(&state),
+            payload: super::wire::registration_json(&state),
         })
     }
 

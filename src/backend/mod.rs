@@ -11,6 +11,7 @@ pub mod decision_inputs;
 pub mod local;
 pub mod registration;
 pub mod types;
+pub mod wire;
 
 use crate::pki::PrivateKey;
 use time::OffsetDateTime;

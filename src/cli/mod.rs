@@ -221,7 +221,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_tracing(cli.global.verbose);
+    init_tracing(
+        cli.global.verbose,
+        cli.global.quiet,
+        matches!(cli.command, Command::Serve(_)),
+    );
     let json = cli.global.output == Format::Json;
     match run(cli) {
         Ok(code) => ExitCode::from(code),
@@ -302,16 +306,24 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
-fn init_tracing(verbose: u8) {
+fn init_tracing(verbose: u8, quiet: bool, serving: bool) {
     let level = match verbose {
         0 => "warn",
         1 => "info",
         _ => "debug",
     };
+    let mut directives = format!("certroll={level}");
+    // A server's access log is on by default (one line per request); -q turns it off.
+    if serving && verbose == 0 && !quiet {
+        directives.push_str(",certroll::serve::access=info");
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("CERTROLL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("certroll={level}")));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directives));
+    // Colour only for a person at a terminal: escape codes in a redirected log are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -25,12 +25,16 @@ Bearer tokens: the plan's [serve.principals.NAME] (token_env, permissions); with
 principal `owner` with every permission whose token is $CERTROLL_SERVE_TOKEN (or generated and
 printed in the start line).
 
-[serve.services.keyvault] throttles (429 + Retry-After above rate_per_second) and injects
-faults (error_percent of 500/503, drop_percent of dropped connections, delay_ms).
+[serve.services.SERVICE] (keyvault, dps, dps_device, hub, arm) throttles (429 + Retry-After
+above rate_per_second) and injects faults (error_percent of 500/503, drop_percent of dropped
+connections, delay_ms).
 
-The start line (-o json: one JSON object on one line) gives vault_url, ca_file, listen, the
-per-service listeners and the generated token, if any. CLI verbs keep working on the same store
-while serve runs. SIGINT or SIGTERM stops it after the requests in flight.
+The start line (-o json: one JSON object on one line) gives vault_url, dps_url, dps_device_url,
+id_scope, hub_url, arm_url, ca_file, listen, listeners (service -> https://127.0.0.1:PORT:
+keyvault, dps, dps_device, arm, hub for the first hub, hub:NAME for any other), the
+connection_strings of each DPS and hub SAS policy, and the generated token, if any. CLI verbs
+keep working on the same store while serve runs. SIGINT or SIGTERM stops it after the requests
+in flight.
 
 Examples:
   certroll serve --ca-out emulator-ca.pem
@@ -83,18 +87,42 @@ fn print_start(info: &StartInfo, format: Format, quiet: bool) -> anyhow::Result<
         Format::Json => writeln!(out, "{}", serde_json::to_string(info)?)?,
         Format::Human if quiet => {}
         Format::Human => {
-            writeln!(out, "certroll serve listening on {}", info.listen)?;
-            writeln!(out, "  vault_url: {}", info.vault_url)?;
-            for (service, url) in &info.listeners {
-                writeln!(out, "  {service} (127.0.0.1 only, no Host routing): {url}")?;
-            }
-            for (service, policies) in &info.connection_strings {
-                for (policy, cs) in policies {
-                    writeln!(out, "  {service} {policy}: {cs}")?;
+            // Every endpoint the JSON start line has, one per line, so a reader of either finds
+            // the same things.
+            writeln!(
+                out,
+                "certroll serve listening on {} (routed by Host name)",
+                info.listen
+            )?;
+            writeln!(out, "  vault_url:      {}", info.vault_url)?;
+            for (key, value) in [
+                ("dps_url", &info.dps_url),
+                ("dps_device_url", &info.dps_device_url),
+                ("id_scope", &info.id_scope),
+                ("hub_url", &info.hub_url),
+                ("arm_url", &info.arm_url),
+                ("ca_file", &info.ca_file),
+            ] {
+                if let Some(value) = value {
+                    writeln!(out, "  {:<15} {value}", format!("{key}:"))?;
                 }
             }
-            if let Some(ca) = &info.ca_file {
-                writeln!(out, "  ca_file: {ca}")?;
+            if !info.listeners.is_empty() {
+                writeln!(
+                    out,
+                    "  listeners (127.0.0.1 only, one service each, no Host routing):"
+                )?;
+                for (service, url) in &info.listeners {
+                    writeln!(out, "    {:<14} {url}", format!("{service}:"))?;
+                }
+            }
+            if !info.connection_strings.is_empty() {
+                writeln!(out, "  connection_strings:")?;
+                for (service, policies) in &info.connection_strings {
+                    for (policy, cs) in policies {
+                        writeln!(out, "    {service} {policy}: {cs}")?;
+                    }
+                }
             }
             if let Some(token) = &info.token {
                 writeln!(out, "  bearer token of `owner` (generated): {token}")?;

@@ -174,8 +174,19 @@ pub struct BackendSettings {
 }
 
 /// The verbs that run on `kind = "azure"` today, each proven end to end against `certroll serve`
-/// by the verb conformance suite (tests/it/azure_verbs.rs).
-pub const AZURE_VERBS: &[&str] = &["vault", "export", "status", "check", "issue", "roll-secondary"];
+/// by the verb conformance suite (tests/it/azure_verbs.rs, tests/it/azure_verbs2.rs).
+pub const AZURE_VERBS: &[&str] = &[
+    "vault",
+    "export",
+    "status",
+    "check",
+    "issue",
+    "roll-secondary",
+    "roll-primary",
+    "roll-primary --breach",
+    "revoke",
+    "reprovision",
+];
 
 /// Refuses a plan with `kind = "azure"` for a verb that does not run on it yet (exit 2): a verb
 /// that reached Key Vault but not DPS or the hub would leave the fleet half-rolled.

@@ -5,7 +5,7 @@
 //! certificate; never records the registration and leaves the hub alone).
 
 use super::journal::{self, CutOff, Planned, StepReport};
-use super::{Access, BackendSettings, Target, chain_above, open_backend};
+use super::{Access, BackendSettings, Target, chain_above, open_verb_backend};
 use crate::backend::types::RegistrationRequest;
 use crate::error::input;
 use crate::plan::Plan;
@@ -130,7 +130,7 @@ pub fn reprovision(plan: &Plan, opts: &ReprovisionOptions, now: OffsetDateTime) 
     } else {
         Access::Modify
     };
-    let mut backend = open_backend(plan, access, &opts.backend)?;
+    let mut backend = open_verb_backend(plan, "reprovision", access, &opts.backend)?;
     let mut ids = selected(plan, &opts.targets);
     // Devices already assigned with the certificate they hold are settled before a run is
     // planned, so a reprovision with nothing to do records nothing (issue 13). A run being

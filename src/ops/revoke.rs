@@ -8,7 +8,9 @@
 //! journaled step; reruns find everything done and change nothing.
 
 use super::journal::{self, CutOff, Planned, StepReport};
-use super::{Access, BackendSettings, Target, ca_cert_name, device_cert_name, device_owner, open_backend};
+use super::{
+    Access, BackendSettings, Target, ca_cert_name, device_cert_name, device_owner, open_verb_backend,
+};
 use crate::backend::Backend;
 use crate::backend::types::*;
 use crate::error::input;
@@ -169,7 +171,7 @@ pub fn revoke(plan: &Plan, opts: &RevokeOptions, now: OffsetDateTime) -> Result<
     } else {
         Access::Modify
     };
-    let mut backend = open_backend(plan, access, &opts.backend)?;
+    let mut backend = open_verb_backend(plan, "revoke", access, &opts.backend)?;
     // The preview is the plan: what each target needs, and whom it cuts off.
     let preview_opts = RevokeOptions {
         dry_run: true,

@@ -14,6 +14,7 @@ use super::state::AppState;
 use crate::backend::EnrollmentService;
 use crate::backend::local::LocalBackend;
 use crate::backend::types::{EnrollmentGroup, IndividualEnrollment, RegistrationState, Slot, Status};
+use crate::backend::wire::{hub_host, registration_json, wire_etag, wire_time};
 use crate::store::queries_dps::{self as qd, Meta};
 use axum::Router;
 use axum::body::Bytes;
@@ -154,28 +155,6 @@ fn tracking_id() -> String {
     let mut bytes = [0u8; 16];
     let _ = crate::pki::random_bytes(&mut bytes);
     crate::pki::hex_upper(&bytes).to_ascii_lowercase()
-}
-
-/// ISO-8601 with milliseconds, as DPS writes its times.
-pub(crate) fn wire_time(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
-}
-
-// ---------------------------------------------------------------- etags
-
-/// An etag as sent on the wire: an HTTP entity-tag (quoted).
-pub(crate) fn wire_etag(etag: &str) -> String {
-    format!("\"{etag}\"")
 }
 
 /// What `If-Match` asks for: None (absent), `Some(None)` (`*` or `"*"`, any existing record), or
@@ -481,7 +460,7 @@ fn individual_json(e: &IndividualEnrollment, meta: &Meta, registration: Option<&
     );
     out.insert("provisioningStatus".into(), json!(e.status.as_str()));
     out.insert("reprovisionPolicy".into(), reprovision_policy(&e.reprovision));
-    out.insert("iotHubHostName".into(), json!(super::hub::hub_host(&e.hub)));
+    out.insert("iotHubHostName".into(), json!(hub_host(&e.hub)));
     out.insert("etag".into(), json!(wire_etag(&meta.etag)));
     out.insert("createdDateTimeUtc".into(), json!(wire_time(meta.created)));
     out.insert("lastUpdatedDateTimeUtc".into(), json!(wire_time(meta.updated)));
@@ -490,8 +469,7 @@ fn individual_json(e: &IndividualEnrollment, meta: &Meta, registration: Option<&
     }
     merge_extra(&mut out, meta);
     out.entry("deviceId").or_insert_with(|| json!(e.registration_id));
-    out.entry("iotHubs")
-        .or_insert_with(|| json!([super::hub::hub_host(&e.hub)]));
+    out.entry("iotHubs").or_insert_with(|| json!([hub_host(&e.hub)]));
     out.entry("capabilities")
         .or_insert_with(|| json!({"iotEdge": false}));
     Value::Object(out)
@@ -528,47 +506,15 @@ fn group_json(g: &EnrollmentGroup, meta: &Meta) -> Value {
     );
     out.insert("provisioningStatus".into(), json!(g.status.as_str()));
     out.insert("reprovisionPolicy".into(), reprovision_policy(&g.reprovision));
-    out.insert("iotHubHostName".into(), json!(super::hub::hub_host(&g.hub)));
+    out.insert("iotHubHostName".into(), json!(hub_host(&g.hub)));
     out.insert("etag".into(), json!(wire_etag(&meta.etag)));
     out.insert("createdDateTimeUtc".into(), json!(wire_time(meta.created)));
     out.insert("lastUpdatedDateTimeUtc".into(), json!(wire_time(meta.updated)));
     merge_extra(&mut out, meta);
     out.remove("deviceId");
-    out.entry("iotHubs")
-        .or_insert_with(|| json!([super::hub::hub_host(&g.hub)]));
+    out.entry("iotHubs").or_insert_with(|| json!([hub_host(&g.hub)]));
     out.entry("capabilities")
         .or_insert_with(|| json!({"iotEdge": false}));
-    Value::Object(out)
-}
-
-/// A `DeviceRegistrationState` (service view). `assignedHub` is the hub of the last successful
-/// assignment, still shown after a refused attempt, as DPS shows it.
-pub(crate) fn registration_json(r: &RegistrationState) -> Value {
-    let mut out = Map::new();
-    out.insert("registrationId".into(), json!(r.registration_id));
-    if let Some(created) = r.created {
-        out.insert("createdDateTimeUtc".into(), json!(wire_time(created)));
-    }
-    if let Some(hub) = &r.hub {
-        out.insert("assignedHub".into(), json!(super::hub::hub_host(hub)));
-        out.insert("deviceId".into(), json!(r.registration_id));
-    }
-    out.insert("status".into(), json!(r.status));
-    if let Some(s) = &r.substatus {
-        out.insert("substatus".into(), json!(s));
-    }
-    if let Some(code) = r.error_code {
-        out.insert("errorCode".into(), json!(code));
-    }
-    if let Some(message) = &r.error {
-        out.insert("errorMessage".into(), json!(message));
-    }
-    if let Some(updated) = r.updated {
-        out.insert("lastUpdatedDateTimeUtc".into(), json!(wire_time(updated)));
-    }
-    if let Some(etag) = &r.etag {
-        out.insert("etag".into(), json!(wire_etag(etag)));
-    }
     Value::Object(out)
 }
 

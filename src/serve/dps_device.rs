@@ -13,12 +13,13 @@
 //! restart. A later attempt supersedes the operation (404).
 
 use super::ApiError;
-use super::dps::{DpsError, certificate_info, dps_error, registration_json};
+use super::dps::{DpsError, certificate_info, dps_error};
 use super::state::AppState;
 use super::tls::ClientChain;
 use crate::backend::EnrollmentService;
 use crate::backend::local::LocalBackend;
 use crate::backend::types::{RegistrationRequest, RegistrationState};
+use crate::backend::wire::registration_json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -56,9 +57,11 @@ pub fn register(
         registration_id: registration_id.to_string(),
         chain,
     };
+    let leaf = request.chain.first().cloned().unwrap_or_default();
     b.register(std::slice::from_ref(&request), now)
         .map_err(|e| dps_error(StatusCode::INTERNAL_SERVER_ERROR, 1, e.to_string()))?;
-    b.registration(registration_id)
+    let state = b
+        .registration(registration_id)
         .map_err(|e| dps_error(StatusCode::INTERNAL_SERVER_ERROR, 1, e.to_string()))?
         .ok_or_else(|| {
             dps_error(
@@ -66,7 +69,20 @@ pub fn register(
                 1,
                 "the registration was not recorded",
             )
-        })
+        })?;
+    if state.status == "assigned" {
+        // The device now holds what it presented: serve's simulated device answers direct
+        // methods (delivery, reprovision) with it from here on.
+        b.hold_presented(
+            registration_id,
+            &crate::ops::device_cert_name(registration_id),
+            &leaf,
+            state.enrollment_kind.as_deref(),
+            state.enrollment_name.as_deref(),
+        )
+        .map_err(|e| dps_error(StatusCode::INTERNAL_SERVER_ERROR, 1, e.to_string()))?;
+    }
+    Ok(state)
 }
 
 /// The ID scope of a DPS: `0ne` and eight hex digits, as DPS writes them, derived from its name

@@ -17,6 +17,7 @@ use super::tls::ClientChain;
 use super::{ApiError, Origin};
 use crate::backend::local::LocalBackend;
 use crate::backend::types::{DirectMethodCall, HubIdentity, Status};
+use crate::backend::wire::{HUB_SUFFIX, hub_host, wire_time};
 use crate::backend::{BackendError, EnrollmentService, HubRegistry};
 use crate::store::queries_dps as qd;
 use axum::Router;
@@ -29,15 +30,8 @@ use serde_json::{Map, Value, json};
 use std::sync::Arc;
 use time::OffsetDateTime;
 
-/// The DNS suffix of IoT hubs.
-pub const HUB_SUFFIX: &str = ".azure-devices.net";
 /// Most identities one bulk registry operation may carry (IoT Hub's limit).
 pub const BULK_LIMIT: usize = 100;
-
-/// The host name of a hub of the store (`{hub}.azure-devices.net`).
-pub fn hub_host(hub: &str) -> String {
-    format!("{hub}{HUB_SUFFIX}")
-}
 
 /// The store's hub name of a hub host name (any port dropped), if it is a hub of this plan.
 pub fn hub_name_of_host(state: &AppState, host: &str) -> Option<String> {
@@ -120,7 +114,7 @@ impl IntoResponse for HubError {
         };
         let body = json!({
             "Message": format!("ErrorCode:{code};{}", e.message),
-            "ExceptionMessage": format!("Tracking ID:{}-TimeStamp:{}", tracking_id(), super::dps::wire_time(OffsetDateTime::now_utc())),
+            "ExceptionMessage": format!("Tracking ID:{}-TimeStamp:{}", tracking_id(), wire_time(OffsetDateTime::now_utc())),
         });
         let mut response = (e.status, e.headers(), axum::Json(body)).into_response();
         if let Ok(v) = HeaderValue::from_str(&code) {
@@ -176,7 +170,7 @@ fn device_json(identity: &HubIdentity, meta: &qd::Meta) -> Value {
         "status": identity.status.as_str(),
         "statusReason": null,
         "connectionStateUpdatedTime": "0001-01-01T00:00:00Z",
-        "statusUpdatedTime": super::dps::wire_time(meta.updated),
+        "statusUpdatedTime": wire_time(meta.updated),
         "lastActivityTime": "0001-01-01T00:00:00Z",
         "cloudToDeviceMessageCount": 0,
         "authentication": {

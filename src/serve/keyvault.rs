@@ -11,11 +11,13 @@
 use super::ApiError;
 use super::auth::{self, Principal};
 use super::state::AppState;
+use crate::backend::BackendError;
 use crate::backend::Vault as _;
 use crate::backend::local::LocalBackend;
 use crate::backend::types::{Tags, VaultVersion};
 use crate::ops::vault::{self as vops, lifecycle, pending, settings, transfer};
 use crate::plan::CertificatePermission as Perm;
+use crate::store::queries_vault as qv;
 use axum::body::Bytes;
 use axum::extract::{Extension, FromRequestParts, Path, Query, Request, State};
 use axum::middleware::Next;
@@ -56,10 +58,13 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .delete(delete_issuer),
         )
         .route("/certificates/restore", post(restore_certificate))
-        // The create poller reads the operation's `target` (`/certificates/{name}`, no slash).
+        // Key Vault takes the versionless forms with and without the trailing slash (curl users
+        // type `/certificates/NAME`; the SDKs send `/certificates/NAME/`).
         .route(
             "/certificates/{name}",
-            get(get_certificate).delete(delete_certificate),
+            get(get_certificate)
+                .patch(update_certificate)
+                .delete(delete_certificate),
         )
         .route(
             "/certificates/{name}/",
@@ -92,10 +97,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/deletedcertificates/{name}/recover", post(recover_deleted))
         .route("/keys/{name}/{version}", get(get_key))
         .route("/keys/{name}/", get(get_key))
+        .route("/keys/{name}", get(get_key))
         .route("/keys/{name}/{version}/sign", post(sign))
         .route("/keys/{name}//sign", post(sign))
         .route("/secrets/{name}/{version}", get(get_secret))
         .route("/secrets/{name}/", get(get_secret))
+        .route("/secrets/{name}", get(get_secret))
         .fallback(unknown_operation)
         .layer(axum::middleware::from_fn_with_state(state.clone(), challenge))
         .with_state(state)
@@ -734,6 +741,8 @@ async fn create_certificate(
         if b.pending(&name)?.is_some() {
             return Err(ApiError::conflict(format!("Certificate {name} already has a pending operation.")));
         }
+        // A new request replaces a cancelled operation, as a new create replaces Key Vault's.
+        qv::cancelled_operation_set(b.store().conn(), &name, None).map_err(BackendError::from)?;
         let report = pending::create_in(b, &name, &opts, now)?;
         if report.status == "completed" {
             // What the options do not carry (content type, lifetime actions, months) comes from
@@ -758,6 +767,47 @@ async fn create_certificate(
     .await
 }
 
+/// What the store keeps of a cancelled operation until it is deleted (its key went at the cancel).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Cancelled {
+    issuer: String,
+    /// The CSR, base64 DER.
+    csr: String,
+    request_id: String,
+}
+
+fn cancelled(b: &LocalBackend, name: &str) -> Result<Option<Cancelled>, ApiError> {
+    let Some(text) = qv::cancelled_operation_get(b.store().conn(), name).map_err(BackendError::from)? else {
+        return Ok(None);
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| ApiError::internal(format!("the stored cancelled operation of {name}: {e}")))
+}
+
+fn cancelled_operation(base: &str, name: &str, c: &Cancelled) -> Result<Value, ApiError> {
+    let csr = STANDARD
+        .decode(&c.csr)
+        .map_err(|e| ApiError::internal(format!("the stored CSR of {name}: {e}")))?;
+    Ok(operation(
+        base,
+        name,
+        &c.issuer,
+        "cancelled",
+        Some(&csr),
+        &c.request_id,
+    ))
+}
+
+fn pending_not_found(name: &str) -> ApiError {
+    ApiError::not_found(
+        "PendingCertificateNotFound",
+        format!("Pending certificate not found: {name}"),
+    )
+}
+
+/// The operation of `name`: the waiting request (`inProgress`), else a cancelled one not yet
+/// deleted (`cancelled`), else the current version's (`completed`).
 fn current_operation(b: &LocalBackend, base: &str, name: &str) -> Result<Value, ApiError> {
     if let Some(pend) = b.pending(name)? {
         return Ok(operation(
@@ -769,6 +819,9 @@ fn current_operation(b: &LocalBackend, base: &str, name: &str) -> Result<Value, 
             &pend.request_id,
         ));
     }
+    if let Some(c) = cancelled(b, name)? {
+        return cancelled_operation(base, name, &c);
+    }
     if let Some(v) = b.current(name)? {
         let issuer = b
             .policy(name)?
@@ -776,10 +829,7 @@ fn current_operation(b: &LocalBackend, base: &str, name: &str) -> Result<Value, 
             .unwrap_or_else(|| "Self".into());
         return Ok(operation(base, name, &issuer, "completed", None, &v.version));
     }
-    Err(ApiError::not_found(
-        "PendingCertificateNotFound",
-        format!("Pending certificate not found: {name}"),
-    ))
+    Err(pending_not_found(name))
 }
 
 /// `GET /certificates/{name}/pending`.
@@ -794,15 +844,36 @@ async fn get_operation(
         .await
 }
 
-async fn end_operation(st: Arc<AppState>, p: Principal, base: String, name: String) -> Answer {
+/// `PATCH /certificates/{name}/pending` with `cancellation_requested`: the local vault has no
+/// issuer to wait for, so the cancel takes effect at once: the request and its key are discarded
+/// (nothing can merge into it any more) and the operation stays, `cancelled`, until it is
+/// deleted, as Key Vault keeps it. Cancelling it again answers the same.
+async fn cancel_operation(
+    State(st): Shared,
+    Extension(p): Extension<Principal>,
+    Base(base): Base,
+    Path(name): Path<String>,
+    bytes: Bytes,
+) -> Answer {
     p.require(Perm::Update, &st.config.vault)?;
+    let req = body(&bytes)?;
+    if req["cancellation_requested"] != json!(true) {
+        return Err(ApiError::bad_request("cancellation_requested must be true"));
+    }
     st.write(move |b, _| {
-        let pend = b.pending(&name)?.ok_or_else(|| {
-            ApiError::not_found(
-                "PendingCertificateNotFound",
-                format!("Pending certificate not found: {name}"),
-            )
-        })?;
+        if let Some(c) = cancelled(b, &name)?
+            && b.pending(&name)?.is_none()
+        {
+            return Ok(Json(cancelled_operation(&base, &name, &c)?));
+        }
+        let pend = b.pending(&name)?.ok_or_else(|| pending_not_found(&name))?;
+        let record = Cancelled {
+            issuer: pend.issuer.clone(),
+            csr: STANDARD.encode(&pend.csr_der),
+            request_id: pend.request_id.clone(),
+        };
+        let record = serde_json::to_string(&record).map_err(|e| ApiError::internal(e.to_string()))?;
+        qv::cancelled_operation_set(b.store().conn(), &name, Some(&record)).map_err(BackendError::from)?;
         b.delete_pending(&name)?;
         Ok(Json(operation(
             &base,
@@ -816,30 +887,33 @@ async fn end_operation(st: Arc<AppState>, p: Principal, base: String, name: Stri
     .await
 }
 
-/// `PATCH /certificates/{name}/pending` with `cancellation_requested`: the request (and its key)
-/// is discarded, as the local vault has no issuer to tell.
-async fn cancel_operation(
-    State(st): Shared,
-    Extension(p): Extension<Principal>,
-    Base(base): Base,
-    Path(name): Path<String>,
-    bytes: Bytes,
-) -> Answer {
-    let req = body(&bytes)?;
-    if req["cancellation_requested"] != json!(true) {
-        return Err(ApiError::bad_request("cancellation_requested must be true"));
-    }
-    end_operation(st, p, base, name).await
-}
-
-/// `DELETE /certificates/{name}/pending`.
+/// `DELETE /certificates/{name}/pending`: the operation (a waiting request with its key, or a
+/// cancelled one) is gone; the answer is the operation as it was.
 async fn delete_operation(
     State(st): Shared,
     Extension(p): Extension<Principal>,
     Base(base): Base,
     Path(name): Path<String>,
 ) -> Answer {
-    end_operation(st, p, base, name).await
+    p.require(Perm::Update, &st.config.vault)?;
+    st.write(move |b, _| {
+        if let Some(pend) = b.pending(&name)? {
+            b.delete_pending(&name)?;
+            qv::cancelled_operation_set(b.store().conn(), &name, None).map_err(BackendError::from)?;
+            return Ok(Json(operation(
+                &base,
+                &name,
+                &pend.issuer,
+                "inProgress",
+                Some(&pend.csr_der),
+                &pend.request_id,
+            )));
+        }
+        let c = cancelled(b, &name)?.ok_or_else(|| pending_not_found(&name))?;
+        qv::cancelled_operation_set(b.store().conn(), &name, None).map_err(BackendError::from)?;
+        Ok(Json(cancelled_operation(&base, &name, &c)?))
+    })
+    .await
 }
 
 /// `POST /certificates/{name}/pending/merge` → 201: `x5c` (base64 DER, leaf first) becomes a
@@ -872,10 +946,12 @@ async fn merge_certificate(
     };
     st.write(move |b, now| {
         if b.pending(&name)?.is_none() {
-            return Err(ApiError::not_found(
-                "PendingCertificateNotFound",
-                format!("Pending certificate not found: {name}"),
-            ));
+            if cancelled(b, &name)?.is_some() {
+                return Err(ApiError::conflict(format!(
+                    "The certificate operation of {name} was cancelled: nothing can be merged into it. Delete the operation and create the certificate again."
+                )));
+            }
+            return Err(pending_not_found(&name));
         }
         pending::merge_in(b, &name, certs, "x5c", now)?;
         tag_new_version(b, &name, tags.as_ref(), now)?;
@@ -970,7 +1046,13 @@ async fn delete_certificate(
 ) -> Answer {
     p.require(Perm::Delete, &st.config.vault)?;
     st.write(move |b, now| {
+        let had_cancelled =
+            qv::cancelled_operation_set(b.store().conn(), &name, None).map_err(BackendError::from)?;
         if b.current(&name)?.is_none() && b.pending(&name)?.is_none() {
+            if had_cancelled {
+                // Only a cancelled operation was left: it goes with the certificate.
+                return Ok(Json(json!({ "id": format!("{base}/certificates/{name}") })));
+            }
             return Err(not_found(&name));
         }
         let opts = lifecycle::DeleteOptions::default();

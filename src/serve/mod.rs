@@ -46,6 +46,16 @@ pub const MAX_CONNECTIONS: usize = 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest request target (path and query) served; longer ones get 414 with a body.
+pub const MAX_URI: usize = 16 << 10;
+/// Largest header block (names, values and separators) served; larger ones get 431 with a body.
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
+/// hyper's read buffer for a request head: above [`MAX_HEADER_BYTES`], so that a head between the
+/// two is parsed and answered 431 with a body here instead of hyper's bare 431 (a head beyond
+/// this, or a target over the `http` crate's 64 KiB, still gets hyper's answer without a body).
+const HEAD_BUFFER: usize = 512 << 10;
+/// Most header fields a request may have (hyper's default is 100).
+const MAX_HEADER_FIELDS: usize = 256;
 
 /// An error answer. Each service renders it in its own body shape (the router decides); the
 /// default ([`IntoResponse`]) is Key Vault's and ARM's `{"error":{"code","message"}}`.
@@ -199,6 +209,111 @@ impl Origin {
     }
 }
 
+/// An error in the body shape of the service answering: DPS's `ProvisioningServiceErrorDetails`,
+/// IoT Hub's `{"Message":"ErrorCode:...","ExceptionMessage":...}`, otherwise (Key Vault, ARM, or
+/// no service at all) `{"error":{"code","message"}}`. `e.code` is taken as the service's own
+/// code when it has the service's form (a number for DPS); otherwise the service's code for the
+/// status is used ([`generic_code`]).
+pub fn error_response(origin: Option<&Origin>, mut e: ApiError) -> Response {
+    match origin {
+        Some(Origin::DpsService | Origin::DpsDevice) => {
+            if e.code.parse::<i64>().is_err() {
+                e.code = generic_code(origin, e.status);
+            }
+            dps::DpsError(e).into_response()
+        }
+        Some(Origin::Hub(_)) => hub::HubError(e).into_response(),
+        _ => e.into_response(),
+    }
+}
+
+/// The service's error code for an HTTP status when nothing more specific is known (a request
+/// refused before any handler: size limits, unknown routes and methods, throttling, faults).
+pub fn generic_code(origin: Option<&Origin>, status: StatusCode) -> String {
+    let n = status.as_u16();
+    match origin {
+        // DPS: status x 1000 + a sub-code (1 for these refusals of the whole request).
+        Some(Origin::DpsService | Origin::DpsDevice) => (u32::from(n) * 1000 + 1).to_string(),
+        Some(Origin::Hub(_)) => match n {
+            400 => "ArgumentInvalid",
+            401 => "IotHubUnauthorizedAccess",
+            404 => "NotFound",
+            405 => "MethodNotAllowed",
+            413 => "MessageTooLarge",
+            414 => "RequestUriTooLong",
+            429 => "ThrottlingException",
+            431 => "RequestHeaderFieldsTooLarge",
+            503 => "ServiceUnavailable",
+            _ if n >= 500 => "ServerError",
+            _ => "ArgumentInvalid",
+        }
+        .to_string(),
+        _ => match n {
+            400 => "BadParameter",
+            401 => "Unauthorized",
+            404 => "NotFound",
+            405 => "MethodNotAllowed",
+            413 => "RequestEntityTooLarge",
+            414 => "RequestUriTooLong",
+            429 => "Throttled",
+            431 => "RequestHeaderFieldsTooLarge",
+            503 => "ServiceUnavailable",
+            _ if n >= 500 => "InternalServerError",
+            _ => "BadParameter",
+        }
+        .to_string(),
+    }
+}
+
+/// An error answer that is not JSON (axum's rejections: 405 with an empty body, 413 and 400 in
+/// plain text, an unrouted 404) rewritten in the service's shape with a message saying what was
+/// refused; its headers (`Allow`) kept. JSON answers pass unchanged.
+async fn in_service_shape(
+    origin: &Origin,
+    method: &http::Method,
+    path: &str,
+    response: Response,
+) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("json"));
+    if status.as_u16() < 400 || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // axum's rejection texts are short; a longer body is not read.
+    let text = match axum::body::to_bytes(body, 4096).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let shown: String = path.chars().take(200).collect();
+    let message = match status.as_u16() {
+        405 => {
+            let allow = parts
+                .headers
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            format!("{method} is not allowed on {shown} (allowed: {allow})")
+        }
+        413 => format!("the request body is over the {} MiB limit", MAX_BODY >> 20),
+        404 if text.is_empty() => format!("{method} {shown} is not an operation of this service"),
+        _ if text.is_empty() => status.canonical_reason().unwrap_or("refused").to_string(),
+        _ => text.chars().take(300).collect(),
+    };
+    let e = ApiError::new(status, generic_code(Some(origin), status), message);
+    let mut out = error_response(Some(origin), e);
+    for (name, value) in &parts.headers {
+        if name == header::ALLOW || name == header::RETRY_AFTER || name == header::WWW_AUTHENTICATE {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
 /// The per-service routers. A service not built is `None`: its hosts answer 404 and it gets
 /// no listener and no line in the start line.
 pub struct Routers {
@@ -281,7 +396,8 @@ pub struct StartInfo {
     /// The Host-routed listener's address.
     pub listen: String,
     /// One loopback listener per service, for clients that can only use `127.0.0.1:PORT`
-    /// (no Host routing there): service name → `https://127.0.0.1:PORT`.
+    /// (no Host routing there): service name (`keyvault`, `dps`, `dps_device`, `arm`, `hub` for
+    /// the first hub, `hub:NAME` for any other) → `https://127.0.0.1:PORT`.
     pub listeners: BTreeMap<String, String>,
     /// The bearer token serve generated for the default principal `owner` (only when the plan
     /// names no principals and `CERTROLL_SERVE_TOKEN` is unset).
@@ -461,13 +577,23 @@ pub async fn run(opts: ServeOptions, on_start: impl FnOnce(&StartInfo) -> Result
         .map_err(|e| input(format!("--listen {}: cannot listen there: {e}", opts.listen)))?;
     let port = main.local_addr()?.port();
     let direct_addr = SocketAddr::from(([127, 0, 0, 1], 0));
-    let mut direct: Vec<(Origin, &'static str, tokio::net::TcpListener)> = Vec::new();
-    for (origin, name) in [
-        (Origin::KeyVault, "keyvault"),
-        (Origin::DpsService, "dps"),
-        (Origin::DpsDevice, "dps_device"),
-        (Origin::Arm, "arm"),
-    ] {
+    let mut direct: Vec<(Origin, String, tokio::net::TcpListener)> = Vec::new();
+    let mut services = vec![
+        (Origin::KeyVault, "keyvault".to_string()),
+        (Origin::DpsService, "dps".into()),
+        (Origin::DpsDevice, "dps_device".into()),
+        (Origin::Arm, "arm".into()),
+    ];
+    // One per hub: `hub` is the first hub's (the one `hub_url` names), `hub:NAME` any other's.
+    for (i, hub) in state.hubs.iter().enumerate() {
+        let name = if i == 0 {
+            "hub".to_string()
+        } else {
+            format!("hub:{hub}")
+        };
+        services.push((Origin::Hub(hub.clone()), name));
+    }
+    for (origin, name) in services {
         if routers.for_origin(&origin).is_some()
             && !(origin == Origin::DpsDevice && routers.dps_device.is_none())
         {
@@ -499,14 +625,17 @@ pub async fn run(opts: ServeOptions, on_start: impl FnOnce(&StartInfo) -> Result
         info.id_scope = Some(dps_device::id_scope(&plan.serve.dps));
     }
     if routers.hub.is_some() {
-        info.hub_url = state.hubs.first().map(|h| url_of(&hub::hub_host(h), port));
+        info.hub_url = state
+            .hubs
+            .first()
+            .map(|h| url_of(&crate::backend::wire::hub_host(h), port));
     }
     if routers.arm.is_some() {
         info.arm_url = Some(url_of("management.azure.com", port));
     }
     for (_, name, listener) in &direct {
         info.listeners
-            .insert(name.to_string(), format!("https://{}", listener.local_addr()?));
+            .insert(name.clone(), format!("https://{}", listener.local_addr()?));
     }
     for (host, policies) in &state.sas_policies {
         let served = match Origin::of(host, &plan.serve, &state.hubs) {
@@ -638,6 +767,8 @@ async fn accept_loop(
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
+                .max_buf_size(HEAD_BUFFER)
+                .max_headers(MAX_HEADER_FIELDS)
                 .header_read_timeout(HANDSHAKE_TIMEOUT)
                 .serve_connection(
                     hyper_util::rt::TokioIo::new(tls),
@@ -691,9 +822,30 @@ fn plausible_api_version(v: &str) -> bool {
 
 /// Refuses, before any service sees it, a request no Azure service would take: an `api-version`
 /// that is not a version, a query string that does not decode, or a body whose Content-Type
-/// is not JSON (device-to-cloud messages excepted: their body is the device's own). 400 with a
-/// message naming what is wrong.
+/// is not JSON (device-to-cloud messages excepted: their body is the device's own): 400 with a
+/// message naming what is wrong. A request target over [`MAX_URI`] gets 414, a header block over
+/// [`MAX_HEADER_BYTES`] 431.
 fn screen(req: &Request<Body>, origin: &Origin) -> Result<(), ApiError> {
+    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target > MAX_URI {
+        return Err(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            generic_code(Some(origin), StatusCode::URI_TOO_LONG),
+            format!("the request target is {target} bytes, over the {MAX_URI}-byte limit"),
+        ));
+    }
+    let head: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if head > MAX_HEADER_BYTES {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            generic_code(Some(origin), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+            format!("the request's headers are {head} bytes, over the {MAX_HEADER_BYTES}-byte limit"),
+        ));
+    }
     if let Some(query) = req.uri().query() {
         for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
             if value.contains('\u{FFFD}') || key.contains('\u{FFFD}') {
@@ -759,7 +911,7 @@ async fn dispatch(
     let path = req.uri().path().to_string();
     let origin = fixed.or_else(|| Origin::of(&host, &state.config, &state.hubs));
     let response = match origin.and_then(|o| routers.for_origin(&o).map(|r| (o, r))) {
-        Some((origin, _)) if let Err(e) = screen(&req, &origin) => e.into_response(),
+        Some((origin, _)) if let Err(e) = screen(&req, &origin) => error_response(Some(&origin), e),
         Some((origin, router)) => match state.faults.judge(origin.service()) {
             faults::Verdict::Drop => {
                 tracing::info!(target: "certroll::serve::access", "{method} {host}{path} dropped (injected)");
@@ -773,8 +925,9 @@ async fn dispatch(
                         "Request was not processed because too many requests were received. Retry after {retry_after} seconds."
                     ),
                 );
+                e.code = generic_code(Some(&origin), e.status);
                 e.retry_after = Some(retry_after);
-                e.into_response()
+                error_response(Some(&origin), e)
             }
             faults::Verdict::Fail { status } => {
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
@@ -783,36 +936,52 @@ async fn dispatch(
                     "ServiceUnavailable",
                     "an injected fault ([serve.services] error_percent)",
                 );
-                if status == StatusCode::INTERNAL_SERVER_ERROR {
-                    e.code = "InternalServerError".into();
-                } else {
+                e.code = generic_code(Some(&origin), status);
+                if status != StatusCode::INTERNAL_SERVER_ERROR {
                     e.retry_after = Some(1);
                 }
-                e.into_response()
+                error_response(Some(&origin), e)
             }
             faults::Verdict::Serve { delay } => {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                req.extensions_mut().insert(origin);
-                match router.clone().oneshot(req).await {
+                req.extensions_mut().insert(origin.clone());
+                let response = match router.clone().oneshot(req).await {
                     Ok(r) => r,
                     Err(never) => match never {},
-                }
+                };
+                in_service_shape(&origin, &method, &path, response).await
             }
         },
-        None => ApiError::not_found(
-            "HostNotFound",
-            format!(
-                "no service answers at host `{host}`: this emulator serves {}.vault.azure.net",
-                state.config.vault
-            ),
-        )
-        .into_response(),
+        None => {
+            let mut names = vec![
+                format!("{}.vault.azure.net", state.config.vault),
+                format!("{}.azure-devices-provisioning.net", state.config.dps),
+                "global.azure-devices-provisioning.net".to_string(),
+            ];
+            names.extend(state.hubs.iter().map(|h| crate::backend::wire::hub_host(h)));
+            names.push("management.azure.com".into());
+            let shown: String = host.chars().take(200).collect();
+            ApiError::not_found(
+                "HostNotFound",
+                format!(
+                    "no service answers at host `{}`: this emulator serves {}",
+                    shown.escape_debug(),
+                    names.join(", ")
+                ),
+            )
+            .into_response()
+        }
     };
+    // One line per request: never the query (a SAS `sig` may ride in it) nor any header but
+    // Host; a long target is cut so one request cannot flood the log.
+    let shown: String = path.chars().take(200).collect();
+    let cut = if shown.len() < path.len() { "..." } else { "" };
+    let host: String = host.chars().take(200).collect();
     tracing::info!(
         target: "certroll::serve::access",
-        "{method} {host}{path} {} {}ms",
+        "{method} {host}{shown}{cut} {} {}ms",
         response.status().as_u16(),
         start.elapsed().as_millis()
     );

@@ -613,6 +613,41 @@ pub fn pending_delete(conn: &Connection, name: &str) -> Result<bool> {
         > 0)
 }
 
+/// The `vault_settings` key of the record of a cancelled request of `name`.
+fn cancelled_key(name: &str) -> String {
+    format!("cancelled_operation:{name}")
+}
+
+/// The record (JSON text, the shape its writer chose) of a request of `name` that was
+/// cancelled and whose operation was not yet deleted: Key Vault keeps a cancelled operation
+/// until it is deleted, while its key and the pending row are gone at the cancel.
+pub fn cancelled_operation_get(conn: &Connection, name: &str) -> Result<Option<String>> {
+    conn.query_row(
+        "SELECT value FROM vault_settings WHERE key = ?1",
+        [cancelled_key(name)],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(sql)
+}
+
+/// Records (Some) or forgets (None) the cancelled request of `name`; true when a record was
+/// there before.
+pub fn cancelled_operation_set(conn: &Connection, name: &str, record: Option<&str>) -> Result<bool> {
+    let had = conn
+        .execute("DELETE FROM vault_settings WHERE key = ?1", [cancelled_key(name)])
+        .map_err(sql)?
+        > 0;
+    if let Some(record) = record {
+        conn.execute(
+            "INSERT INTO vault_settings (key, value) VALUES (?1, ?2)",
+            [cancelled_key(name).as_str(), record],
+        )
+        .map_err(sql)?;
+    }
+    Ok(had)
+}
+
 // ---------------------------------------------------------------- key protection
 
 /// The protection a new version of `name` certifying `cert_der`'s key must keep: `Some(kty)`

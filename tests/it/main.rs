@@ -43,6 +43,8 @@ mod serve_keyvault;
 mod conformance;
 // The verbs themselves on a local plan and on the same plan on azure against serve.
 mod azure_verbs;
+// Delivery by direct method to serve's simulated devices, and the verbs lifted after them.
+mod azure_verbs2;
 // Issue 3 at fleet scale: yearly cron rounds, breaches, revokes, reprovision policies, kills.
 mod fleet;
 // Hostile input: output paths aimed at the state, FIFOs, devices, broken stores, far dates.

@@ -74,7 +74,8 @@ impl Serve {
             ])
             .env_remove("CERTROLL_NOW")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            // A file, not a pipe nobody reads: the access log would fill a pipe and stall serve.
+            .stderr(std::fs::File::create(env.path("serve.log")).unwrap())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -88,10 +89,10 @@ impl Serve {
             Ok(line) if !line.trim().is_empty() => line,
             _ => {
                 let _ = child.kill();
-                let out = child.wait_with_output().unwrap();
+                let _ = child.wait();
                 panic!(
                     "certroll serve printed no start line\nstderr:\n{}",
-                    String::from_utf8_lossy(&out.stderr)
+                    std::fs::read_to_string(env.path("serve.log")).unwrap_or_default()
                 );
             }
         };
@@ -1374,4 +1375,528 @@ fn curl_if_match(
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
     (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// One GET with curl straight to a `https://127.0.0.1:PORT` listener (no Host routing, no
+/// --resolve): (HTTP status, body).
+fn curl_direct(env: &TestEnv, serve: &Serve, url: &str, auth: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-o", "-", "-w", "\n%{http_code}"])
+        .arg("--cacert")
+        .arg(serve.ca_file(env))
+        .args(["-H", &format!("Authorization: {auth}")])
+        .arg(url)
+        .output()
+        .expect("curl must be installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn the_start_line_names_every_endpoint_and_each_service_has_its_own_loopback_listener() {
+    let env = TestEnv::new();
+    issued(&env);
+    let serve = Serve::start(&env);
+    let listeners = serve.start["listeners"].as_object().unwrap().clone();
+    let mut ports: Vec<String> = Vec::new();
+    for service in ["keyvault", "dps", "dps_device", "hub", "arm"] {
+        let url = listeners
+            .get(service)
+            .and_then(|u| u.as_str())
+            .unwrap_or_else(|| panic!("no {service} listener in {}", serve.start));
+        assert!(url.starts_with("https://127.0.0.1:"), "{service}: {url}");
+        ports.push(url.rsplit(':').next().unwrap().to_string());
+    }
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports.len(), 5, "one port per service: {listeners:?}");
+    for key in [
+        "vault_url",
+        "dps_url",
+        "dps_device_url",
+        "id_scope",
+        "hub_url",
+        "arm_url",
+        "ca_file",
+    ] {
+        assert!(serve.start[key].is_string(), "{key} missing: {}", serve.start);
+    }
+
+    // The hub's own listener answers as the hub, whatever Host the client sends.
+    let later = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+    let key = key_of(&serve.connection_string(HUB_HOST, "iothubowner"));
+    let token = sas_token(HUB_HOST, &key, later, "iothubowner");
+    let hub = listeners["hub"].as_str().unwrap();
+    let (code, body) = curl_direct(
+        &env,
+        &serve,
+        &format!("{hub}/devices/gateway-01?api-version=2021-04-12"),
+        &token,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"deviceId\":\"gateway-01\""), "{body}");
+    // ... and the vault's listener answers as the vault (its challenge), not as the hub.
+    let vault = listeners["keyvault"].as_str().unwrap();
+    let (code, body) = curl_direct(
+        &env,
+        &serve,
+        &format!("{vault}/certificates?api-version=7.5"),
+        &token,
+    );
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("\"error\""), "{body}");
+    let json_start = serve.start.clone();
+    drop(serve);
+
+    // The human start line names the same endpoints.
+    let mut child = env
+        .cmd()
+        .args([
+            "--plan",
+            "plan.toml",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ca-out",
+            "serve-ca.pem",
+        ])
+        .env_remove("CERTROLL_NOW")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut human = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+    while let Ok(line) = rx.recv_timeout(Duration::from_millis(1500)) {
+        human.push('\n');
+        human.push_str(&line);
+    }
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "vault_url:",
+        "dps_url:",
+        "dps_device_url:",
+        "id_scope:",
+        "hub_url:",
+        "arm_url:",
+        "ca_file:",
+        "keyvault:",
+        "dps:",
+        "dps_device:",
+        "hub:",
+        "arm:",
+        "hub iothubowner: HostName=example-hub.azure-devices.net:",
+        "dps provisioningserviceowner: HostName=certroll-dps.azure-devices-provisioning.net:",
+    ] {
+        assert!(
+            human.contains(key),
+            "`{key}` missing from the human start line:\n{human}"
+        );
+    }
+    assert!(
+        human.contains(json_start["id_scope"].as_str().unwrap()),
+        "the same ID scope: {human}"
+    );
+    // The keys are the point of a connection string on stdout; never in the log.
+    assert!(!stderr.contains("SharedAccessKey"), "{stderr}");
+}
+
+/// One request with curl to `host` (resolved to serve), extra headers and curl arguments, and a
+/// body of `body_len` bytes of `{` if any: (status, response headers, body).
+#[allow(clippy::too_many_arguments)]
+fn curl_any(
+    env: &TestEnv,
+    serve: &Serve,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[String],
+    body_len: Option<usize>,
+    extra: &[&str],
+) -> (u16, String, String) {
+    let port = serve.addr().rsplit(':').next().unwrap().to_string();
+    let head_file = env.path("curl-head");
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-X",
+        method,
+        "--max-time",
+        "20",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+    ])
+    .arg("-D")
+    .arg(&head_file)
+    .arg("--resolve")
+    .arg(format!("{host}:{port}:127.0.0.1"))
+    .arg("--cacert")
+    .arg(serve.ca_file(env))
+    .args(extra);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    if let Some(len) = body_len {
+        let file = env.path("curl-body");
+        std::fs::write(&file, vec![b'{'; len]).unwrap();
+        cmd.args(["-H", "Content-Type: application/json", "--data-binary"])
+            .arg(format!("@{}", file.display()));
+    }
+    cmd.arg(format!("https://{host}:{port}{path}"));
+    let out = cmd.output().expect("curl must be installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let head = std::fs::read_to_string(&head_file).unwrap_or_default();
+    (
+        code.trim().parse().unwrap_or(0),
+        head.to_ascii_lowercase(),
+        body.to_string(),
+    )
+}
+
+/// The body as JSON, or a panic naming what came instead.
+fn json_of(what: &str, code: u16, body: &str) -> serde_json::Value {
+    serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("{what}: {code} with a body that is not JSON ({e}): {body:?}"))
+}
+
+fn assert_key_vault_shape(what: &str, code: u16, body: &str, want_code: &str) {
+    let v = json_of(what, code, body);
+    assert_eq!(v["error"]["code"], want_code, "{what}: {body}");
+    assert!(
+        !v["error"]["message"].as_str().unwrap_or("").is_empty(),
+        "{what}: {body}"
+    );
+}
+
+fn assert_dps_shape(what: &str, code: u16, body: &str, status: u16) {
+    let v = json_of(what, code, body);
+    let n = v["errorCode"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{what}: no numeric errorCode: {body}"));
+    assert_eq!(n / 1000, i64::from(status), "{what}: {body}");
+    for key in ["trackingId", "message", "timestampUtc"] {
+        assert!(v[key].is_string(), "{what}: no {key}: {body}");
+    }
+}
+
+fn assert_hub_shape(what: &str, code: u16, body: &str, want_code: &str) {
+    let v = json_of(what, code, body);
+    let message = v["Message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: no Message: {body}"));
+    assert!(
+        message.starts_with(&format!("ErrorCode:{want_code};")),
+        "{what}: {body}"
+    );
+    assert!(v["ExceptionMessage"].is_string(), "{what}: {body}");
+}
+
+#[test]
+fn every_error_body_is_json_in_the_shape_of_the_service_answering() {
+    let env = TestEnv::new();
+    issued(&env);
+    let serve = Serve::start(&env);
+    let bearer = format!("Authorization: Bearer {}", serve.start["token"].as_str().unwrap());
+    let kv = "certroll.vault.azure.net";
+    let auth = std::slice::from_ref(&bearer);
+
+    // Key Vault: 405, 413, 414, 431, each with {"error":{"code","message"}}.
+    let (code, head, body) = curl_any(
+        &env,
+        &serve,
+        "PUT",
+        kv,
+        "/certificates?api-version=7.5",
+        auth,
+        Some(2),
+        &[],
+    );
+    assert_eq!(code, 405, "{body}");
+    assert!(head.contains("allow: get"), "{head}");
+    assert_key_vault_shape("KV 405", code, &body, "MethodNotAllowed");
+    let (code, _, body) = curl_any(
+        &env,
+        &serve,
+        "POST",
+        kv,
+        "/certificates/big/import?api-version=7.5",
+        auth,
+        Some(5 << 20),
+        &[],
+    );
+    assert_eq!(code, 413, "{body}");
+    assert_key_vault_shape("KV 413", code, &body, "RequestEntityTooLarge");
+    let long = format!("/certificates/{}?api-version=7.5", "a".repeat(20_000));
+    let (code, _, body) = curl_any(&env, &serve, "GET", kv, &long, auth, None, &[]);
+    assert_eq!(code, 414, "{body}");
+    assert_key_vault_shape("KV 414", code, &body, "RequestUriTooLong");
+    // 50 headers of 8 KB (400 KB; curl sends at most 128 KB of headers, so openssl sends them).
+    let filler: String = (0..50)
+        .map(|i| format!("X-Filler-{i}: {}\r\n", "f".repeat(8000)))
+        .collect();
+    let request = format!(
+        "GET /certificates?api-version=7.5 HTTP/1.1\r\nHost: {kv}\r\n{bearer}\r\n{filler}Connection: close\r\n\r\n"
+    );
+    let mut s_client = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-connect",
+            &serve.addr(),
+            "-servername",
+            kv,
+            "-CAfile",
+        ])
+        .arg(serve.ca_file(&env))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        s_client
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(request.as_bytes())
+            .unwrap();
+    }
+    let answer = String::from_utf8_lossy(&s_client.wait_with_output().unwrap().stdout).into_owned();
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "50 headers of 8 KB get an answer: {answer}"
+    );
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    assert_key_vault_shape("KV 431", 431, body, "RequestHeaderFieldsTooLarge");
+    // HTTP/1.0 is answered (not refused in the TLS handshake).
+    let (code, _, body) = curl_any(
+        &env,
+        &serve,
+        "GET",
+        kv,
+        "/certificates?api-version=7.5",
+        auth,
+        None,
+        &["--http1.0"],
+    );
+    assert_eq!(code, 200, "{body}");
+
+    // DPS: ProvisioningServiceErrorDetails.
+    let (code, _, body) = curl_any(
+        &env,
+        &serve,
+        "DELETE",
+        DPS_HOST,
+        "/enrollments/query?api-version=2021-10-01",
+        &[],
+        None,
+        &[],
+    );
+    assert_eq!(code, 405, "{body}");
+    assert_dps_shape("DPS 405", code, &body, 405);
+    let (code, _, body) = curl_any(
+        &env,
+        &serve,
+        "PUT",
+        DPS_HOST,
+        "/enrollments/big?api-version=2021-10-01",
+        &[],
+        Some(5 << 20),
+        &[],
+    );
+    assert_eq!(code, 413, "{body}");
+    assert_dps_shape("DPS 413", code, &body, 413);
+    let (code, _, body) = curl_any(
+        &env,
+        &serve,
+        "GET",
+        DPS_HOST,
+        "/no/such/route?api-version=2021-10-01",
+        &[],
+        None,
+        &[],
+    );
+    assert_eq!(code, 404, "{body}");
+    assert_dps_shape("DPS 404", code, &body, 404);
+
+    // IoT Hub: {"Message":"ErrorCode:...","ExceptionMessage"}.
+    let (code, _, body) = curl_any(
+        &env,
+        &serve,
+        "PATCH",
+        HUB_HOST,
+        "/devices/x?api-version=2021-04-12",
+        &[],
+        Some(2),
+        &[],
+    );
+    assert_eq!(code, 405, "{body}");
+    assert_hub_shape("hub 405", code, &body, "MethodNotAllowed");
+    let (code, _, body) = curl_any(&env, &serve, "GET", HUB_HOST, &long, &[], None, &[]);
+    assert_eq!(code, 414, "{body}");
+    assert_hub_shape("hub 414", code, &body, "RequestUriTooLong");
+
+    // An unknown host: 404 naming every host name served.
+    let (code, _, body) = curl_any(
+        &env,
+        &serve,
+        "GET",
+        kv,
+        "/",
+        &["Host: nosuch.example.com".into()],
+        None,
+        &[],
+    );
+    assert_eq!(code, 404, "{body}");
+    assert_key_vault_shape("unknown host", code, &body, "HostNotFound");
+    for name in [
+        kv,
+        DPS_HOST,
+        "global.azure-devices-provisioning.net",
+        HUB_HOST,
+        "management.azure.com",
+    ] {
+        assert!(body.contains(name), "the 404 names {name}: {body}");
+    }
+    drop(serve);
+
+    // Throttled DPS and hub answer 429 in their own shapes, with Retry-After.
+    let mut plan = PLAN.to_string();
+    plan.push_str("\n[serve.services.dps]\nrate_per_second = 1\nburst = 1\n\n[serve.services.hub]\nrate_per_second = 1\nburst = 1\n");
+    env.write("plan.toml", &plan);
+    let serve = Serve::start(&env);
+    for (host, path) in [
+        (DPS_HOST, "/enrollments/gateway-01?api-version=2021-10-01"),
+        (HUB_HOST, "/devices/gateway-01?api-version=2021-04-12"),
+    ] {
+        let answers: Vec<(u16, String, String)> = (0..4)
+            .map(|_| curl_any(&env, &serve, "GET", host, path, &[], None, &[]))
+            .collect();
+        let (code, head, body) = answers
+            .iter()
+            .find(|(c, _, _)| *c == 429)
+            .unwrap_or_else(|| panic!("{host}: no 429 in a burst over the rate: {answers:?}"));
+        assert!(head.contains("retry-after:"), "{head}");
+        if host == DPS_HOST {
+            assert_dps_shape("DPS 429", *code, body, 429);
+        } else {
+            assert_hub_shape("hub 429", *code, body, "ThrottlingException");
+        }
+    }
+}
+
+/// serve started with `args` (after the plan and `-o json`), its stderr going to `log`.
+fn serve_logging_to(env: &TestEnv, args: &[&str], log: &Path) -> Serve {
+    let mut child = env
+        .cmd()
+        .args(["--plan", "plan.toml", "-o", "json"])
+        .args(args)
+        .args(["serve", "--listen", "127.0.0.1:0", "--ca-out", "serve-ca.pem"])
+        .env_remove("CERTROLL_NOW")
+        .env_remove("CERTROLL_LOG")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let start = serde_json::from_str(&line).unwrap_or_else(|e| panic!("start line ({e}): {line:?}"));
+    Serve { child, start }
+}
+
+#[test]
+fn the_access_log_has_one_plain_line_per_request_and_never_a_credential() {
+    let env = TestEnv::new();
+    issued(&env);
+    let log = env.path("serve.log");
+    let serve = serve_logging_to(&env, &[], &log);
+    let later = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+    let key = key_of(&serve.connection_string(HUB_HOST, "iothubowner"));
+    let token = sas_token(HUB_HOST, &key, later, "iothubowner");
+    let sig = token
+        .split("sig=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string();
+    let path = format!("/devices/gateway-01?api-version=2021-04-12&sig={sig}");
+    let (code, body) = curl(&env, &serve, "GET", HUB_HOST, &path, Some(&token), None);
+    assert_eq!(code, 200, "{body}");
+    let (code, _) = curl(
+        &env,
+        &serve,
+        "GET",
+        HUB_HOST,
+        "/devices/nobody?api-version=2021-04-12",
+        Some(&token),
+        None,
+    );
+    assert_eq!(code, 404);
+    drop(serve);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("certroll::serve::access"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "one line per request at the default verbosity:\n{text}"
+    );
+    assert!(
+        lines[0].contains(&format!("GET {HUB_HOST}:"))
+            && lines[0].contains("/devices/gateway-01 200 ")
+            && lines[0].ends_with("ms"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].contains("/devices/nobody 404 "), "{}", lines[1]);
+    assert!(
+        !text.contains('\u{1b}'),
+        "no colour codes when stderr is a file:\n{text}"
+    );
+    for secret in [sig.as_str(), "sig=", "SharedAccessSignature", key.as_str()] {
+        assert!(!text.contains(secret), "the log holds `{secret}`:\n{text}");
+    }
+
+    // -q: no access log.
+    let serve = serve_logging_to(&env, &["-q"], &log);
+    let (code, _) = curl(
+        &env,
+        &serve,
+        "GET",
+        HUB_HOST,
+        "/devices/gateway-01?api-version=2021-04-12",
+        Some(&token),
+        None,
+    );
+    assert_eq!(code, 200);
+    drop(serve);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("certroll::serve::access"),
+        "-q silences the access log:\n{text}"
+    );
 }

@@ -387,19 +387,31 @@ fn cli_verbs_keep_working_while_serve_runs_and_sigterm_finishes_requests_in_flig
     assert_eq!(serve.stop(), 0);
 }
 
-/// One request with curl through the production host name: (status, headers+body).
+/// One GET with curl through the production host name: (status, headers+body).
 fn curl(env: &TestEnv, serve: &Serve, path: &str) -> (u16, String) {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "-i",
-            "--cacert",
-            "ca.pem",
-            "-H",
-            "Authorization: Bearer tok",
-            "--resolve",
-        ])
-        .arg(format!("certroll.vault.azure.net:{}:127.0.0.1", serve.port()))
+    curl_send(env, serve, "GET", path, None)
+}
+
+/// One request with curl (token `tok`) through the production host name, with a JSON body if
+/// given: (status, headers+body).
+fn curl_send(env: &TestEnv, serve: &Serve, method: &str, path: &str, json: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-i",
+        "--cacert",
+        "ca.pem",
+        "-H",
+        "Authorization: Bearer tok",
+        "-X",
+        method,
+        "--resolve",
+    ])
+    .arg(format!("certroll.vault.azure.net:{}:127.0.0.1", serve.port()));
+    if let Some(json) = json {
+        cmd.args(["-H", "Content-Type: application/json", "--data-binary", json]);
+    }
+    let out = cmd
         .arg(format!("{}{path}", serve.vault_url()))
         .current_dir(env.dir.path())
         .output()
@@ -471,5 +483,77 @@ fn throttling_and_injected_faults_answer_as_azure_does() {
     let serve = Serve::start(&env, &[("CERTROLL_SERVE_TOKEN", "tok")]);
     let (status, text) = curl(&env, &serve, "/certificates?api-version=7.5");
     assert_eq!(status, 0, "a dropped connection gets no answer: {text}");
+    assert_eq!(serve.stop(), 0);
+}
+
+/// The body of a curl answer (after the headers), as JSON.
+fn json_body(text: &str) -> serde_json::Value {
+    let body = text.split("\r\n\r\n").last().unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn versionless_paths_answer_with_and_without_the_trailing_slash_as_key_vault_does() {
+    let env = TestEnv::new();
+    env.write("plan.toml", "version = 1\n");
+    let serve = Serve::start(&env, &[("CERTROLL_SERVE_TOKEN", "tok")]);
+    let policy = r#"{"policy":{"issuer":{"name":"Self"},"x509_props":{"subject":"CN=web"},"key_props":{"kty":"EC","crv":"P-256","exportable":true}}}"#;
+    let (status, text) = curl_send(
+        &env,
+        &serve,
+        "POST",
+        "/certificates/web/create?api-version=7.5",
+        Some(policy),
+    );
+    assert_eq!(status, 202, "{text}");
+    for path in ["/certificates/web", "/certificates/web/"] {
+        let (status, text) = curl(&env, &serve, &format!("{path}?api-version=7.5"));
+        assert_eq!(status, 200, "GET {path}: {text}");
+        assert!(
+            json_body(&text)["id"]
+                .as_str()
+                .unwrap()
+                .contains("/certificates/web/"),
+            "{text}"
+        );
+    }
+    for (i, path) in ["/certificates/web", "/certificates/web/"].iter().enumerate() {
+        let tags = format!(r#"{{"tags":{{"try":"{i}"}}}}"#);
+        let (status, text) = curl_send(
+            &env,
+            &serve,
+            "PATCH",
+            &format!("{path}?api-version=7.5"),
+            Some(&tags),
+        );
+        assert_eq!(status, 200, "PATCH {path}: {text}");
+        assert_eq!(json_body(&text)["tags"]["try"], i.to_string(), "{text}");
+    }
+    for path in ["/keys/web", "/keys/web/"] {
+        let (status, text) = curl(&env, &serve, &format!("{path}?api-version=7.5"));
+        assert_eq!(status, 200, "GET {path}: {text}");
+        assert!(
+            json_body(&text)["key"]["kid"]
+                .as_str()
+                .unwrap()
+                .contains("/keys/web/"),
+            "{text}"
+        );
+    }
+    for path in ["/secrets/web", "/secrets/web/"] {
+        let (status, text) = curl(&env, &serve, &format!("{path}?api-version=7.5"));
+        assert_eq!(status, 200, "GET {path}: {text}");
+        assert!(
+            json_body(&text)["value"]
+                .as_str()
+                .unwrap()
+                .contains("PRIVATE KEY"),
+            "{text}"
+        );
+    }
+    // A versionless DELETE still deletes (the form it always had).
+    let (status, text) = curl_send(&env, &serve, "DELETE", "/certificates/web?api-version=7.5", None);
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(curl(&env, &serve, "/certificates/web?api-version=7.5").0, 404);
     assert_eq!(serve.stop(), 0);
 }

@@ -29,6 +29,11 @@
 //!   counts as registered only when its state is `assigned` *with the new certificate*; otherwise
 //!   the answer is a state `waiting` whose error says what happened (the delivery's outcome, the
 //!   device's own answer, or the state DPS shows), which the verbs report per device.
+//! - A hub identity update that would shut out the certificate a device connects with now (a
+//!   breach drops the compromised thumbprint) is held back until the unit's deliveries ran, so
+//!   the direct method still reaches the device; then the hub holds only the new thumbprint.
+//!   A device counts as registered with its new certificate only on fresh evidence: DPS's
+//!   record changed in this call, or the device answered the reprovision method with 200.
 //! - A delivery that does not happen (a hook failing, a device refusing or unreachable, `none`)
 //!   never undoes the unit: the certificate is in the vault and the enrollment, the old one keeps
 //!   working, and the outcome is logged (`tracing` warn) and reported by `register`. `none`
@@ -239,6 +244,9 @@ pub struct AzureBackend {
     secret_vars: Vec<String>,
     /// Installs whose delivery is owed (see the module doc).
     pending: Vec<DeviceRecord>,
+    /// Hub identity updates that would shut out the certificate a device connects with now,
+    /// held back until the unit's deliveries ran (see the module doc).
+    held_cuts: Vec<HubIdentity>,
     /// The last delivery outcome per device, for `register` to report.
     outcomes: HashMap<String, Outcome>,
     describe: String,
@@ -320,6 +328,7 @@ impl AzureBackend {
                 .collect(),
             secret_vars,
             pending: Vec::new(),
+            held_cuts: Vec::new(),
             outcomes: HashMap::new(),
             describe,
         }
@@ -366,7 +375,7 @@ impl AzureBackend {
         Ok(chain)
     }
 
-    /// Runs the queued deliveries.
+    /// Runs the queued deliveries, then the hub updates held back for them.
     fn flush(&mut self, now: OffsetDateTime) -> Result<()> {
         for record in std::mem::take(&mut self.pending) {
             let outcome = self.deliver(&record, now)?;
@@ -375,7 +384,60 @@ impl AzureBackend {
             }
             self.outcomes.insert(record.id.clone(), outcome);
         }
+        let cuts = std::mem::take(&mut self.held_cuts);
+        if !cuts.is_empty() {
+            self.hubs.update_identities(&cuts, now)?;
+        }
         Ok(())
+    }
+
+    /// Splits identity updates into those applied now and those that would shut out the
+    /// certificate the device connects with now (the update drops the thumbprint of the
+    /// certificate the fleet record says the device holds: a breach). Inside a unit those wait until the unit's deliveries ran: a
+    /// device cut off from the hub first could not be reached by a direct method any more.
+    fn hold_cuts(&mut self, batch: &[HubIdentity]) -> Result<Vec<HubIdentity>> {
+        if !self.in_unit() {
+            return Ok(batch.to_vec());
+        }
+        // What each device holds is read from the fleet record and Key Vault (not from the hub,
+        // whose registry operations are metered at 100 a minute per unit).
+        let ids: Vec<String> = batch.iter().map(|i| i.device_id.clone()).collect();
+        let records = self.vault.local().device_many(&ids)?;
+        let names: Vec<String> = records
+            .iter()
+            .flatten()
+            .filter(|r| r.installed_version.is_some())
+            .map(|r| r.cert_name.clone())
+            .collect();
+        let held: HashMap<(String, String), String> = self
+            .vault
+            .briefs_many(&names)?
+            .into_iter()
+            .flatten()
+            .map(|b| ((b.name, b.version), b.thumbprint))
+            .collect();
+        let mut apply_now = Vec::new();
+        for (new, record) in batch.iter().zip(&records) {
+            let held = record.as_ref().and_then(|r| {
+                let version = r.installed_version.clone()?;
+                held.get(&(r.cert_name.clone(), version)).cloned()
+            });
+            let kept = |t: &str| {
+                [&new.primary_thumbprint, &new.secondary_thumbprint]
+                    .into_iter()
+                    .flatten()
+                    .any(|n| n.eq_ignore_ascii_case(t))
+            };
+            let cuts = new.status == Status::Enabled && held.as_deref().is_some_and(|t| !kept(t));
+            if cuts {
+                self.held_cuts
+                    .retain(|h| !(h.hub == new.hub && h.device_id == new.device_id));
+                self.held_cuts.push(new.clone());
+            } else {
+                apply_now.push(new.clone());
+            }
+        }
+        Ok(apply_now)
     }
 
     /// Delivers the version a record names through the device's channel. Errors are the
@@ -724,11 +786,15 @@ impl HubRegistry for AzureBackend {
     }
 
     fn update_identity(&mut self, identity: &HubIdentity, now: OffsetDateTime) -> Result<()> {
-        self.hubs.update_identity(identity, now)
+        self.update_identities(std::slice::from_ref(identity), now)
     }
 
     fn update_identities(&mut self, batch: &[HubIdentity], now: OffsetDateTime) -> Result<()> {
-        self.hubs.update_identities(batch, now)
+        let apply_now = self.hold_cuts(batch)?;
+        if apply_now.is_empty() {
+            return Ok(());
+        }
+        self.hubs.update_identities(&apply_now, now)
     }
 
     fn invoke_method(
@@ -775,7 +841,47 @@ impl Fleet for AzureBackend {
         groups: Option<&[String]>,
         limit: usize,
     ) -> Result<(u64, Vec<String>)> {
-        self.vault.local().devices_under(issuers, groups, limit)
+        // The fleet record names each device's version; who signed that version is in Key
+        // Vault (the version's issuer tag), and whether the device was revoked (a disabled
+        // individual enrollment) is in DPS. Pages in id order, so the first ids come out sorted.
+        const PAGE: usize = 500;
+        let mut after = String::new();
+        let mut hits = Vec::new();
+        loop {
+            let page = self.vault.local().devices_page(None, &after, PAGE)?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = last.id.clone();
+            let page: Vec<DeviceRecord> = page
+                .into_iter()
+                .filter(|d| d.installed_version.is_some())
+                .filter(|d| groups.is_none_or(|gs| d.group.as_ref().is_some_and(|g| gs.contains(g))))
+                .collect();
+            let names: Vec<String> = page.iter().map(|d| d.cert_name.clone()).collect();
+            let under: Vec<String> = page
+                .iter()
+                .zip(self.vault.briefs_many(&names)?)
+                .filter(|(d, briefs)| {
+                    briefs.iter().any(|b| {
+                        d.installed_version.as_deref() == Some(b.version.as_str())
+                            && b.issuer.as_ref().is_some_and(|i| issuers.contains(i))
+                    })
+                })
+                .map(|(d, _)| d.id.clone())
+                .collect();
+            let enrollments = self.enrollments.individual_many(&under)?;
+            hits.extend(
+                under
+                    .into_iter()
+                    .zip(enrollments)
+                    .filter(|(_, e)| !e.as_ref().is_some_and(|e| e.status == Status::Disabled))
+                    .map(|(id, _)| id),
+            );
+        }
+        let count = hits.len() as u64;
+        hits.truncate(limit);
+        Ok((count, hits))
     }
 
     fn install(&mut self, batch: &[DeviceRecord]) -> Result<()> {
@@ -855,15 +961,35 @@ impl EnrollmentService for AzureBackend {
     }
 
     fn group(&self, name: &str) -> Result<Option<EnrollmentGroup>> {
-        self.enrollments.group(name)
+        match self.enrollments.group(name)? {
+            Some(g) => Ok(Some(g)),
+            // A group DPS cannot hold (no CA left in it) is kept beside the plan.
+            None => self.vault.local().group(name),
+        }
     }
 
     fn groups(&self) -> Result<Vec<EnrollmentGroup>> {
-        self.enrollments.groups()
+        let mut all = self.enrollments.groups()?;
+        for held in self.vault.local().groups()? {
+            if !all.iter().any(|g| g.name == held.name) {
+                all.push(held);
+            }
+        }
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(all)
     }
 
     fn put_group(&mut self, group: &EnrollmentGroup, now: OffsetDateTime) -> Result<()> {
-        self.enrollments.put_group(group, now)
+        // DPS has no X.509 group without a signing certificate: a group whose CAs were all
+        // taken out (a breach between removing the old CA and placing the new one, or a CA
+        // revoked) is deleted there, accepting no device, and kept in the local store until a
+        // CA is placed in it again, in the same unit as the journal step.
+        self.enrollments.put_group(group, now)?;
+        if group.primary.is_none() && group.secondary.is_none() {
+            self.vault.local_mut().put_group(group, now)
+        } else {
+            self.vault.local_mut().forget_group(&group.name).map(|_| ())
+        }
     }
 
     fn individual(&self, registration_id: &str) -> Result<Option<IndividualEnrollment>> {
@@ -908,86 +1034,133 @@ impl EnrollmentService for AzureBackend {
         batch: &[RegistrationRequest],
         now: OffsetDateTime,
     ) -> Result<Vec<RegistrationState>> {
-        self.flush(now)?;
         let ids: Vec<String> = batch.iter().map(|r| r.registration_id.clone()).collect();
+        // DPS's record of each device before anything happens here: a registration in this call
+        // (when a delivery reaches the device, or when it is asked) changes it. An older record
+        // proves nothing about the new certificate (certroll writes hub thumbprints itself).
+        let seen = |states: &[Option<RegistrationState>]| -> Vec<Seen> {
+            states
+                .iter()
+                .map(|s| s.as_ref().map(|s| (s.etag.clone(), s.updated, s.status.clone())))
+                .collect()
+        };
+        let at_start = seen(&self.enrollments.registration_many(&ids)?);
+        let had_deliveries = !self.pending.is_empty();
+        self.flush(now)?;
+        let after_delivery = if had_deliveries {
+            seen(&self.enrollments.registration_many(&ids)?)
+        } else {
+            at_start.clone()
+        };
         let records = self.vault.local().device_many(&ids)?;
         let method = self.delivery.reprovision_method.clone();
+        // Why a device is not (yet) registered with its new certificate, per device.
         let mut answers: HashMap<String, String> = HashMap::new();
-        for (req, record) in batch.iter().zip(&records) {
-            if matches!(self.outcomes.get(&req.registration_id), Some(Outcome::Waiting(_))) {
+        // Devices that registered when asked (status 200), and those DPS refused.
+        let mut asked_ok: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut refused: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for (i, (req, record)) in batch.iter().zip(&records).enumerate() {
+            let id = &req.registration_id;
+            // A device the delivery did not reach does not hold the certificate: asking it to
+            // register would only register the old one.
+            if matches!(self.outcomes.get(id), Some(Outcome::Waiting(_))) {
+                continue;
+            }
+            // A device that registered by itself when its delivery reached it (a hook that
+            // restarts it) is not asked again: that would turn its initial assignment into a
+            // reprovisioning.
+            if after_delivery[i] != at_start[i]
+                && after_delivery[i].as_ref().is_some_and(|s| s.2 == "assigned")
+            {
                 continue;
             }
             let Some(hub) = record.as_ref().and_then(|r| self.plan_hub(r)) else {
                 continue;
             };
             let call = delivery::reprovision_call(&method);
-            match self.hubs.invoke_method(&hub, &req.registration_id, &call, now) {
-                Ok(answer) if answer.status == 200 => {}
+            match self.hubs.invoke_method(&hub, id, &call, now) {
+                Ok(answer) if answer.status == 200 => {
+                    asked_ok.insert(id.clone());
+                }
                 Ok(answer) => {
+                    refused.insert(id.clone());
                     answers.insert(
-                        req.registration_id.clone(),
+                        id.clone(),
                         format!(
                             "the device answered direct method `{method}` with status {}: {}",
                             answer.status, answer.payload
                         ),
                     );
                 }
-                // Not in the hub yet, or offline: the device registers by itself when it starts.
-                Err(BackendError::Remote { code, .. })
-                    if code == "DeviceNotFound" || code == "DeviceNotOnline" => {}
+                Err(e @ BackendError::Remote { .. }) if matches!(&e, BackendError::Remote { code, .. } if code == "DeviceNotFound" || code == "DeviceNotOnline") =>
+                {
+                    answers.insert(
+                        id.clone(),
+                        format!(
+                            "direct method `{method}` did not reach the device ({e}): it registers by itself when it next connects"
+                        ),
+                    );
+                }
                 Err(e) => {
-                    answers.insert(req.registration_id.clone(), e.to_string());
+                    answers.insert(id.clone(), e.to_string());
                 }
             }
         }
-        let states = self.enrollments.registration_many(&ids)?;
-        // DPS's registration state does not name the certificate a device presented; the hub
-        // identity DPS wrote for it does (its thumbprint), so that is where it is read back.
-        let wanted: Vec<(String, String)> = states
+        let mut states = self.enrollments.registration_many(&ids)?;
+        let fresh: Vec<bool> = seen(&states)
             .iter()
+            .zip(&at_start)
             .zip(&ids)
-            .filter_map(|(s, id)| s.as_ref().and_then(|s| s.hub.clone()).map(|h| (h, id.clone())))
+            .map(|((now, then), id)| now != then || asked_ok.contains(id))
             .collect();
-        let mut identities: HashMap<String, HubIdentity> = self
-            .hubs
-            .identity_many(&wanted)?
-            .into_iter()
-            .flatten()
-            .map(|i| (i.device_id.clone(), i))
-            .collect();
+        // DPS's registration state does not name the certificate a device presented; the hub
+        // identity DPS wrote when it assigned the device does (its thumbprint).
+        self.with_certificates(&mut states)?;
         Ok(batch
             .iter()
             .zip(states)
-            .map(|(req, state)| {
-                let tp = req.chain.first().map(|c| crate::pki::sha1_thumbprint(c)).unwrap_or_default();
-                let same = |t: &str| t.eq_ignore_ascii_case(&tp);
-                let identity = identities.remove(&req.registration_id);
-                let presented = |s: &RegistrationState| {
-                    s.cert_thumbprint.as_deref().is_some_and(same)
-                        || identity.as_ref().is_some_and(|i| {
-                            i.primary_thumbprint.as_deref().is_some_and(same)
-                                || i.secondary_thumbprint.as_deref().is_some_and(same)
-                        })
-                };
-                if let Some(s) = state.as_ref().filter(|s| s.status == "assigned" && presented(s)) {
-                    return RegistrationState {
-                        cert_thumbprint: Some(tp.clone()),
-                        ..s.clone()
-                    };
+            .zip(fresh)
+            .map(|((req, state), fresh)| {
+                let id = &req.registration_id;
+                let tp = req
+                    .chain
+                    .first()
+                    .map(|c| crate::pki::sha1_thumbprint(c))
+                    .unwrap_or_default();
+                if let Some(s) = state.as_ref().filter(|s| {
+                    fresh
+                        && s.status == "assigned"
+                        && s.cert_thumbprint
+                            .as_deref()
+                            .is_some_and(|t| t.eq_ignore_ascii_case(&tp))
+                }) {
+                    return s.clone();
+                }
+                // The device registered when asked and DPS refused it: DPS's answer is the
+                // outcome, as the local enrollment service gives it.
+                if refused.contains(id)
+                    && let Some(s) = state
+                        .as_ref()
+                        .filter(|s| matches!(s.status.as_str(), "failed" | "disabled"))
+                {
+                    return s.clone();
                 }
                 let mut why = Vec::new();
-                if let Some(Outcome::Waiting(w)) = self.outcomes.get(&req.registration_id) {
+                if let Some(Outcome::Waiting(w)) = self.outcomes.get(id) {
                     why.push(w.clone());
                 }
-                if let Some(a) = answers.get(&req.registration_id) {
+                if let Some(a) = answers.get(id) {
                     why.push(a.clone());
                 }
                 why.push(match &state {
                     None => "the device has not registered yet".to_string(),
                     Some(s) => format!(
-                        "the device has not registered with certificate {tp} yet (DPS shows status {} with {}{})",
+                        "the device has not registered with certificate {tp} (DPS shows status {}{}{})",
                         s.status,
-                        s.cert_thumbprint.as_deref().unwrap_or("no certificate"),
+                        s.cert_thumbprint
+                            .as_deref()
+                            .map(|t| format!(" with {t}"))
+                            .unwrap_or_default(),
                         s.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
                     ),
                 });
@@ -996,6 +1169,9 @@ impl EnrollmentService for AzureBackend {
             .collect())
     }
 }
+
+/// What DPS showed of a registration: etag, last update, status (None: no registration).
+type Seen = Option<(Option<String>, Option<OffsetDateTime>, String)>;
 
 impl Backend for AzureBackend {
     fn describe(&self) -> String {
@@ -1023,6 +1199,7 @@ impl Backend for AzureBackend {
     fn rollback(&mut self) {
         // What the unit queued is undone with its fleet records.
         self.pending.clear();
+        self.held_cuts.clear();
         self.vault.local_mut().rollback();
     }
 }

@@ -606,6 +606,23 @@ impl EnrollmentService for AzureEnrollmentService {
     }
 
     fn put_group(&mut self, group: &EnrollmentGroup, _now: OffsetDateTime) -> Result<()> {
+        if group.primary.is_none() && group.secondary.is_none() {
+            // DPS has no X.509 group without a signing certificate (a PUT without one is 400):
+            // a group whose every CA was taken out (a CA revoked) accepts no device, which on
+            // DPS is a group that is not there. Deleting it is what a rerun finds done.
+            let operation = "delete enrollment group";
+            let call = Call::new(
+                Method::Delete,
+                format!("/enrollmentGroups/{}", segment(&group.name)),
+                operation,
+                &group.name,
+            )
+            .header("if-match", "*");
+            return self
+                .rt
+                .block_on(self.dps.expect(&call, &[200, 204, 404]))
+                .map(|_| ());
+        }
         for slot in [&group.primary, &group.secondary].into_iter().flatten() {
             self.remember(&slot.cert_der);
         }

@@ -194,19 +194,24 @@ fn verbs_not_yet_on_azure_refuse_an_azure_plan_with_exit_2_and_create_nothing() 
          [enrollments.gw-01]\nissuer = \"root\"\npolicy = \"device\"\nhub = \"hub\"\n",
     );
     env.plan_run(&["validate"]).ok();
-    for verb in [
-        &["roll-secondary", "--due"][..],
-        &["roll-primary", "device:gw-01"],
-        &["revoke", "--reason", "superseded", "--yes", "device:gw-01"],
-        &["reprovision"],
-        &["notify"],
-    ] {
+    for verb in [&["roll-secondary", "--due"][..], &["notify"]] {
         let run = env.plan_run(verb).code(2);
         assert!(
             run.stderr.contains("does not run on backend kind `azure` yet"),
             "{verb:?}: {}",
             run.stderr
         );
+    }
+    // The verbs that run on azure refuse this plan too, before touching anything: it has an
+    // enrollment and no `dps`.
+    for verb in [
+        &["roll-primary", "device:gw-01"][..],
+        &["roll-primary", "--breach", "--yes", "device:gw-01"],
+        &["revoke", "--reason", "superseded", "--yes", "device:gw-01"],
+        &["reprovision"],
+    ] {
+        let run = env.plan_run(verb).code(2);
+        assert!(run.stderr.contains("needs `dps = {"), "{verb:?}: {}", run.stderr);
     }
     assert!(!env.path(".certroll").exists(), "nothing was created");
 }

@@ -340,7 +340,26 @@ except ResourceNotFoundError:
     check(True, "")
 client.begin_create_certificate("cancel-2", ec_policy("CN=cancel-2", issuer_name=WellKnownIssuerNames.unknown)).result()
 cancelled = client.cancel_certificate_operation("cancel-2")
-check(cancelled.cancellation_requested is True, "cancel_certificate_operation")
+check(cancelled.cancellation_requested is True and cancelled.status.lower() == "cancelled",
+      f"cancel_certificate_operation: {cancelled.status}")
+# Key Vault keeps a cancelled operation until it is deleted; nothing merges into it meanwhile.
+kept = client.get_certificate_operation("cancel-2")
+check(kept.status.lower() == "cancelled" and kept.cancellation_requested is True and kept.csr,
+      f"a cancelled operation stays until deleted: {kept.status}")
+try:
+    client.merge_certificate("cancel-2", [leaf])
+    check(False, "merge into a cancelled operation")
+except HttpResponseError as e:
+    check(e.status_code == 409 and "cancelled" in str(e), f"merge into a cancelled operation → 409: {e}")
+again = client.cancel_certificate_operation("cancel-2")
+check(again.status.lower() == "cancelled", "a second cancel answers the same")
+gone = client.delete_certificate_operation("cancel-2")
+check(gone.status.lower() == "cancelled", f"delete_certificate_operation returns the cancelled operation: {gone.status}")
+try:
+    client.get_certificate_operation("cancel-2")
+    check(False, "a deleted cancelled operation is gone")
+except ResourceNotFoundError:
+    check(True, "")
 
 # ---------------------------------------------------------------- malformed requests
 bad = requests.post(f"{VAULT_URL}/certificates/bad/create?api-version=7.5", headers=HEADERS, data=b"{not json")

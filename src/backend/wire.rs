@@ -1,0 +1,126 @@
+//! Azure's wire shapes that more than one layer writes: DPS's `DeviceRegistrationState`, the
+//! times and entity-tags DPS and IoT Hub put on the wire, and a hub's host name.
+//!
+//! They live below both [`crate::serve`] (which answers with them) and [`crate::backend::local`]
+//! (whose simulated devices answer a direct method with the registration state DPS gave them, in
+//! DPS's own shape), so that neither layer reaches into the other. Pure: no clock, no store.
+
+use crate::backend::types::RegistrationState;
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+
+/// The DNS suffix of IoT hubs.
+pub const HUB_SUFFIX: &str = ".azure-devices.net";
+
+/// The host name of a hub of the store (`{hub}.azure-devices.net`).
+pub fn hub_host(hub: &str) -> String {
+    format!("{hub}{HUB_SUFFIX}")
+}
+
+/// ISO-8601 in UTC with milliseconds (`2026-11-30T21:10:40.123Z`), as DPS and IoT Hub write
+/// their times.
+pub fn wire_time(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+/// An etag as sent on the wire: an HTTP entity-tag (the stored value, quoted).
+pub fn wire_etag(etag: &str) -> String {
+    format!("\"{etag}\"")
+}
+
+/// DPS's `DeviceRegistrationState` of a stored registration state (swagger
+/// `stable/2021-10-01/service.json`): `assignedHub` and `deviceId` only once a hub was assigned
+/// (the hub of the last successful assignment, still shown after a refused attempt, as DPS shows
+/// it), `errorCode`/`errorMessage` only after a failed attempt, times and etag only once stored.
+pub fn registration_json(r: &RegistrationState) -> Value {
+    let mut out = Map::new();
+    out.insert("registrationId".into(), json!(r.registration_id));
+    if let Some(created) = r.created {
+        out.insert("createdDateTimeUtc".into(), json!(wire_time(created)));
+    }
+    if let Some(hub) = &r.hub {
+        out.insert("assignedHub".into(), json!(hub_host(hub)));
+        out.insert("deviceId".into(), json!(r.registration_id));
+    }
+    out.insert("status".into(), json!(r.status));
+    if let Some(s) = &r.substatus {
+        out.insert("substatus".into(), json!(s));
+    }
+    if let Some(code) = r.error_code {
+        out.insert("errorCode".into(), json!(code));
+    }
+    if let Some(message) = &r.error {
+        out.insert("errorMessage".into(), json!(message));
+    }
+    if let Some(updated) = r.updated {
+        out.insert("lastUpdatedDateTimeUtc".into(), json!(wire_time(updated)));
+    }
+    if let Some(etag) = &r.etag {
+        out.insert("etag".into(), json!(wire_etag(etag)));
+    }
+    Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn times_are_utc_with_milliseconds() {
+        let t = time::macros::datetime!(2026-11-30 23:10:05.0421 +02:00);
+        assert_eq!(wire_time(t), "2026-11-30T21:10:05.042Z");
+    }
+
+    /// Every `.rs` file under `dir`, recursively.
+    fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// lib.rs's layering: `serve` sits above `backend`, `ops`, `store`, `pki` and `plan`, so
+    /// none of those may call into it (a move of a wire helper must not be undone by a `use`).
+    #[test]
+    fn no_layer_below_serve_reaches_into_it() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        for layer in ["backend", "ops", "store", "pki", "plan", "clock.rs"] {
+            let path = root.join(layer);
+            if path.is_dir() {
+                sources(&path, &mut files);
+            } else {
+                files.push(path);
+            }
+        }
+        assert!(files.len() > 10, "found only {files:?}");
+        let offenders: Vec<String> = files
+            .iter()
+            .filter(|f| {
+                std::fs::read_to_string(f)
+                    .unwrap()
+                    .contains(concat!("crate::", "serve::"))
+            })
+            .map(|f| f.display().to_string())
+            .collect();
+        assert!(
+            offenders.is_empty(),
+            "files below serve that use it: {offenders:?}"
+        );
+    }
+}

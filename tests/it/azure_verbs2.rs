@@ -1,0 +1,568 @@
+//! Verb-level conformance, continued (issue 12): delivery through IoT Hub direct methods to
+//! `certroll serve`'s simulated devices, and the verbs lifted from the azure refusal after
+//! `issue` and `roll-secondary`: each scenario runs on a local plan and on the same plan with
+//! `kind = "azure"` against serve, and `status -o json` must agree apart from ids and times.
+//!
+//! Serve's simulated devices: a device that registered over mutual TLS holds the certificate it
+//! presented; it answers the delivery method by fetching the named vault version, installing it
+//! and (when the hub does not admit it) registering again, and `reprovision` by registering again.
+//! Serve's own `status` (over serve's store) shows what each simulated device holds.
+
+use crate::azure_verbs::{FLEET, fleet_plans_with, mask, run_fleet, start_serve};
+use crate::conformance::azure::Serve;
+use crate::util::TestEnv;
+use serde_json::Value;
+
+/// The same command on both plans; both must exit 0. Masked JSON answers (local, azure).
+fn both(env: &TestEnv, serve: &Serve, args: &[&str]) -> (Value, Value) {
+    both_exit(env, serve, args, 0)
+}
+
+/// The same command on both plans; both must exit `code`. Masked JSON answers (local, azure).
+fn both_exit(env: &TestEnv, serve: &Serve, args: &[&str], code: i32) -> (Value, Value) {
+    let mut out = Vec::new();
+    for which in ["local", "azure"] {
+        let r = run_fleet(env, serve, which, args);
+        assert_eq!(
+            r.code, code,
+            "{which}: {args:?}\nstdout:\n{}\nstderr:\n{}",
+            r.stdout, r.stderr
+        );
+        out.push(mask(r.json()));
+    }
+    let a = out.pop().unwrap();
+    (out.pop().unwrap(), a)
+}
+
+/// Where two JSON documents differ (path: left vs right), for failure messages.
+fn diff(l: &Value, r: &Value, path: &str, out: &mut Vec<String>) {
+    match (l, r) {
+        (Value::Object(a), Value::Object(b)) => {
+            for k in a.keys().chain(b.keys().filter(|k| !a.contains_key(*k))) {
+                let null = Value::Null;
+                diff(
+                    a.get(k).unwrap_or(&null),
+                    b.get(k).unwrap_or(&null),
+                    &format!("{path}.{k}"),
+                    out,
+                );
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                diff(x, y, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ if l != r => out.push(format!("{path}: local {l} / azure {r}")),
+        _ => {}
+    }
+}
+
+/// Asserts the local and azure answers are the same, naming where they differ.
+fn assert_same(l: &Value, a: &Value, what: &str) {
+    let mut out = Vec::new();
+    diff(l, a, "", &mut out);
+    assert!(
+        out.is_empty(),
+        "{what}: local and azure differ:\n{}",
+        out.join("\n")
+    );
+}
+
+/// `delivery = "direct-method"` with the default method name.
+const DIRECT: &str = "delivery = \"direct-method\"\n";
+
+/// The factory step of a device on azure: the operator exports its first certificate and key
+/// (`export device:ID --with-key`) and the device registers with DPS over mutual TLS with it,
+/// as a real device does when it first starts (curl, serve's DPS device endpoint).
+fn factory_register(env: &TestEnv, serve: &Serve, id: &str) {
+    std::fs::create_dir_all(env.path("devices")).unwrap();
+    let pem = env.path(&format!("devices/{id}.pem"));
+    run_fleet(
+        env,
+        serve,
+        "azure",
+        &[
+            "export",
+            &format!("device:{id}"),
+            "--with-key",
+            "--out",
+            pem.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    let port = serve.port();
+    let scope = serve.start["id_scope"].as_str().unwrap();
+    let url = format!(
+        "https://global.azure-devices-provisioning.net:{port}/{scope}/registrations/{id}/register?api-version=2021-06-01"
+    );
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail-with-body", "--cacert"])
+        .arg(env.path("ca.pem"))
+        .arg("--cert")
+        .arg(&pem)
+        .arg("--key")
+        .arg(&pem)
+        .arg("--resolve")
+        .arg(format!("global.azure-devices-provisioning.net:{port}:127.0.0.1"))
+        .args(["-X", "PUT", "-H", "Content-Type: application/json", "--data"])
+        .arg(format!("{{\"registrationId\": \"{id}\"}}"))
+        .arg(&url)
+        .output()
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "device {id} registers over mutual TLS: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Serve's own `status` over serve's store: what its simulated devices hold.
+fn serve_status(env: &TestEnv) -> Value {
+    let mut cmd = env.cmd();
+    cmd.env_remove("CERTROLL_NOW")
+        .args(["--plan", "serve/plan.toml", "status", "-o", "json"]);
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "serve's status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The device `id` in a status document.
+fn device<'a>(status: &'a Value, id: &str) -> &'a Value {
+    status["devices"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["id"] == id))
+        .unwrap_or_else(|| panic!("no device {id} in {status}"))
+}
+
+/// Issue on azure with `delivery = "direct-method"`: a device the hub does not know yet cannot
+/// be reached, so it waits (exit 1, naming why) until its factory registration; then an expiry
+/// roll reaches it through the direct method, and the simulated device holds the new
+/// certificate while the hub still admits the old one (zero downtime). Status agrees with the
+/// local run of the same scenario.
+#[test]
+fn roll_secondary_delivers_through_the_direct_method_to_serves_simulated_device() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    fleet_plans_with(&env, &serve, FLEET, DIRECT);
+
+    run_fleet(&env, &serve, "local", &["issue", "-o", "json"]).ok();
+    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+    assert_eq!(
+        r.code, 1,
+        "waiting devices fail the run: {}\n{}",
+        r.stdout, r.stderr
+    );
+    let rejected = r.json()["rejected"].clone();
+    assert_eq!(rejected.as_array().map(Vec::len), Some(2), "{rejected}");
+    assert!(
+        rejected[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("DeviceNotFound") && r.contains("certroll-deliver")),
+        "{rejected}"
+    );
+
+    for id in ["gw-1", "gw-2"] {
+        factory_register(&env, &serve, id);
+    }
+    let (l, a) = both(&env, &serve, &["issue", "-o", "json"]);
+    assert_eq!(l, a, "issue after the factory registrations: nothing left to do");
+    let (l, a) = both(&env, &serve, &["status", "-o", "json"]);
+    assert_eq!(l, a, "status after issue");
+
+    let l = run_fleet(
+        &env,
+        &serve,
+        "local",
+        &["roll-secondary", "device:gw-1", "-o", "json"],
+    )
+    .ok();
+    let a = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["roll-secondary", "device:gw-1", "-o", "json"],
+    )
+    .ok();
+    assert_eq!(mask(l.json()), mask(a.json()), "roll-secondary");
+    let new_tp = a.json()["devices"][0]["new_thumbprint"].clone();
+    assert!(new_tp.is_string(), "{}", a.stdout);
+    let (l, a) = both(&env, &serve, &["status", "-o", "json"]);
+    assert_eq!(l, a, "status after roll-secondary");
+
+    // Serve's simulated device fetched and installed the new version; the hub admits it
+    // through the secondary thumbprint and still knows the old one.
+    let served = serve_status(&env);
+    let gw1 = device(&served, "gw-1");
+    assert_eq!(gw1["installed"]["thumbprint"], new_tp, "{gw1}");
+    assert_eq!(gw1["hub_identity"]["secondary_thumbprint"], new_tp, "{gw1}");
+    assert!(gw1["hub_identity"]["primary_thumbprint"].is_string(), "{gw1}");
+    // The other device was not touched.
+    let gw2 = device(&served, "gw-2");
+    assert_eq!(gw2["hub_identity"]["secondary_thumbprint"], Value::Null, "{gw2}");
+}
+
+/// A root, an intermediate that signs for a group of two devices, and one individual
+/// enrollment signed by the root, all on hub `conf-hub`.
+const GROUPS: &str = "[policies.device]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 365\n\
+     [policies.ca]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 3650\n\
+     key_usage = [\"keyCertSign\", \"cRLSign\", \"digitalSignature\"]\n\
+     [ca.root]\nsubject = \"CN=Root\"\npolicy = \"ca\"\n\
+     [ca.factory]\nsubject = \"CN=Factory\"\nissuer = \"root\"\npath_len = 0\npolicy = \"ca\"\n\
+     [groups.sensors]\nsigning_ca = \"factory\"\nhub = \"conf-hub\"\nreprovision = \"migrate\"\n\
+     device_policy = \"device\"\ndevices = { prefix = \"s-\", count = 2 }\n\
+     [enrollments.gw-1]\nissuer = \"root\"\npolicy = \"device\"\nhub = \"conf-hub\"\n";
+
+/// Enrollment groups on azure: issue through the factory hook (the intermediate uploaded to the
+/// group), then, delivering by direct method, an expiry roll of the group's CA into the group's
+/// secondary slot, then of the root, then `roll-primary` of the group's devices and of the
+/// individual enrollment: status agrees with the local run after each step.
+#[test]
+fn groups_and_roll_primary_of_devices_and_cas_are_the_same_on_local_and_on_azure() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, GROUPS);
+    crate::azure_verbs::fleet_plans_hook(&env, &serve, GROUPS);
+    for step in [["issue", "-o", "json"], ["status", "-o", "json"]] {
+        let (l, a) = both(&env, &serve, &step);
+        assert_eq!(l, a, "{step:?}");
+    }
+    // The factory hook gave each device its first certificate; from here on certificates go
+    // over the air.
+    fleet_plans_with(&env, &serve, GROUPS, DIRECT);
+    let steps: &[&[&str]] = &[
+        &["roll-secondary", "ca:factory", "-o", "json"],
+        &["status", "-o", "json"],
+        &["roll-primary", "group:sensors", "-o", "json"],
+        &["status", "-o", "json"],
+        &["roll-primary", "device:gw-1", "-o", "json"],
+        &["status", "-o", "json"],
+        &["roll-primary", "ca:root", "-o", "json"],
+        &["status", "-o", "json"],
+        &["roll-primary", "ca:root", "-o", "json"],
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        let (l, a) = both(&env, &serve, step);
+        assert_same(&l, &a, &format!("step {i} {step:?}"));
+    }
+    // Serve's simulated devices hold what certroll handed them.
+    let (_, a) = both(&env, &serve, &["status", "-o", "json"]);
+    let served = serve_status(&env);
+    for id in ["s-1", "s-2", "gw-1"] {
+        let ours = device(&a, id);
+        assert!(ours["installed"].is_object(), "{ours}");
+        assert_eq!(
+            mask(device(&served, id)["installed"].clone()),
+            ours["installed"],
+            "{id}"
+        );
+    }
+}
+
+/// `reprovision` asks each device through the reprovision direct method and reports its
+/// answer; `revoke` of an individual enrollment's device and of one device of a group (a
+/// disabled individual enrollment holding its certificate), then of the group's CA: the same
+/// reports and status on local and on azure, and the CRL certroll writes for the root names the
+/// revoked device's serial.
+#[test]
+fn revoke_and_reprovision_are_the_same_on_local_and_on_azure() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, GROUPS);
+    crate::azure_verbs::fleet_plans_hook(&env, &serve, GROUPS);
+    let (l, a) = both(&env, &serve, &["issue", "-o", "json"]);
+    assert_eq!(l, a, "issue");
+    fleet_plans_with(&env, &serve, GROUPS, DIRECT);
+    let steps: &[&[&str]] = &[
+        &["reprovision", "-o", "json"],
+        &["reprovision", "--force", "group:sensors", "-o", "json"],
+        &["status", "-o", "json"],
+        &[
+            "revoke",
+            "device:gw-1",
+            "--reason",
+            "key-compromise",
+            "--yes",
+            "-o",
+            "json",
+        ],
+        &[
+            "revoke",
+            "device:s-1",
+            "--reason",
+            "key-compromise",
+            "--yes",
+            "-o",
+            "json",
+        ],
+        &[
+            "revoke",
+            "device:s-1",
+            "--reason",
+            "key-compromise",
+            "--yes",
+            "-o",
+            "json",
+        ],
+        &["status", "-o", "json"],
+        &[
+            "revoke",
+            "ca:factory",
+            "--reason",
+            "cessation-of-operation",
+            "--yes",
+            "-o",
+            "json",
+        ],
+        &[
+            "revoke",
+            "ca:factory",
+            "--reason",
+            "cessation-of-operation",
+            "--yes",
+            "-o",
+            "json",
+        ],
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        let (l, a) = both(&env, &serve, step);
+        assert_same(&l, &a, &format!("step {i} {step:?}"));
+    }
+    // DPS has no X.509 group without a CA: the group whose CA was revoked is gone from serve's
+    // DPS and kept in certroll's store beside the plan, so status shows it as the local store
+    // does (empty slots).
+    let (l, a) = both(&env, &serve, &["status", "-o", "json"]);
+    assert_same(&l, &a, "status after revoke ca:factory");
+    assert_eq!(a["groups"][0]["primary"], Value::Null, "{}", a["groups"]);
+    let served = serve_status(&env);
+    assert_eq!(served["groups"][0]["status"], Value::Null, "{}", served["groups"]);
+    // KNOWN DIFFERENCE (by nature, reported): a revoked device is refused by the hub, so no
+    // direct method reaches it; on azure `reprovision` reports it waiting, naming why, where the
+    // local store's simulated device registers at once and is refused by the enrollment service.
+    // Both fail the run and count the device rejected (a waiting device is not listed as cut
+    // off: the run cannot tell whether it still connects); the other device is the same on both.
+    let l = run_fleet(
+        &env,
+        &serve,
+        "local",
+        &[
+            "reprovision",
+            "--force",
+            "device:gw-1",
+            "device:s-2",
+            "-o",
+            "json",
+        ],
+    );
+    let a = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &[
+            "reprovision",
+            "--force",
+            "device:gw-1",
+            "device:s-2",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(
+        (l.code, a.code),
+        (1, 1),
+        "{}
+{}",
+        l.stdout,
+        a.stdout
+    );
+    let (l, a) = (l.json(), a.json());
+    let outcome = |r: &Value, id: &str| {
+        r["devices"]
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["device"] == id))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {id} in {r}"))
+    };
+    assert_eq!(outcome(&l, "gw-1")["status"], "disabled", "{l}");
+    let gw1 = outcome(&a, "gw-1");
+    assert_eq!(gw1["status"], "waiting", "{a}");
+    assert!(
+        gw1["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("DeviceNotOnline")),
+        "{gw1}"
+    );
+    assert_eq!(outcome(&l, "s-2"), outcome(&a, "s-2"), "s-2");
+    assert_eq!(
+        l["rejected"], a["rejected"],
+        "both count the revoked device as rejected"
+    );
+    // Serve's hub refuses the revoked device: its identity is disabled there.
+    let served = serve_status(&env);
+    assert_eq!(device(&served, "gw-1")["hub_identity"]["status"], "disabled");
+    // The root's CRL on azure names gw-1's serial (openssl reads it).
+    let raw = run_fleet(&env, &serve, "azure", &["status", "device:gw-1", "-o", "json"]).ok();
+    let serial = device(&raw.json(), "gw-1")["installed"]["serial"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches('0')
+        .to_ascii_uppercase();
+    let crl = env.path("root.crl");
+    run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["export", "ca:root", "--crl", "--out", crl.to_str().unwrap()],
+    )
+    .ok();
+    let text = env
+        .openssl(&["crl", "-in", crl.to_str().unwrap(), "-noout", "-text"])
+        .ok()
+        .stdout;
+    assert!(
+        text.to_ascii_uppercase().contains(&serial),
+        "serial {serial} on the CRL:\n{text}"
+    );
+}
+
+/// Breach rolls on azure, delivering by direct method: a device of an individual enrollment, a
+/// device of a group, the group, then the group's CA; each compromised certificate leaves at
+/// once, the replacement reaches the simulated device, which registers with it, so the hub holds
+/// only the new thumbprint. Reruns are no-ops; status agrees with the local run after each step.
+#[test]
+fn breach_rolls_are_the_same_on_local_and_on_azure() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, GROUPS);
+    crate::azure_verbs::fleet_plans_hook(&env, &serve, GROUPS);
+    let (l, a) = both(&env, &serve, &["issue", "-o", "json"]);
+    assert_eq!(l, a, "issue");
+    fleet_plans_with(&env, &serve, GROUPS, DIRECT);
+    let steps: &[&[&str]] = &[
+        &["roll-primary", "--breach", "device:gw-1", "--yes", "-o", "json"],
+        &["status", "-o", "json"],
+        &["roll-primary", "--breach", "device:gw-1", "--yes", "-o", "json"],
+        &["roll-primary", "--breach", "device:s-1", "--yes", "-o", "json"],
+        &["status", "-o", "json"],
+        &["roll-primary", "--breach", "group:sensors", "--yes", "-o", "json"],
+        &["status", "-o", "json"],
+        &["roll-primary", "--breach", "ca:factory", "--yes", "-o", "json"],
+        &["status", "-o", "json"],
+        &["roll-primary", "--breach", "ca:factory", "--yes", "-o", "json"],
+        &["status", "-o", "json"],
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        let (l, a) = both(&env, &serve, step);
+        assert_same(&l, &a, &format!("step {i} {step:?}"));
+    }
+    // Serve's simulated devices hold their replacements, and the hub admits only those.
+    let raw = run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
+        .ok()
+        .json();
+    let served = serve_status(&env);
+    for id in ["s-1", "s-2", "gw-1"] {
+        let tp = &device(&raw, id)["installed"]["thumbprint"];
+        let held = device(&served, id);
+        assert_eq!(&held["installed"]["thumbprint"], tp, "{id}: {held}");
+        assert_eq!(&held["hub_identity"]["primary_thumbprint"], tp, "{id}: {held}");
+        assert_eq!(
+            held["hub_identity"]["secondary_thumbprint"],
+            Value::Null,
+            "{id}: {held}"
+        );
+    }
+}
+
+/// A roll cut off part-way on azure (serve's IoT Hub answers every request 503, so the roll
+/// stops after the new version went to Key Vault and the enrollment to DPS) fails with exit 1;
+/// run again once the hub answers, it finishes from its journal without a second new version,
+/// and status is the local run's.
+#[test]
+fn a_roll_cut_off_by_hub_failures_finishes_on_rerun_without_duplicates() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, GROUPS);
+    crate::azure_verbs::fleet_plans_hook(&env, &serve, GROUPS);
+    let (l, a) = both(&env, &serve, &["issue", "-o", "json"]);
+    assert_same(&l, &a, "issue");
+    drop(serve);
+
+    // The same store, its hub failing every request.
+    let failing = start_serve(
+        &env,
+        &format!("{GROUPS}[serve.services.hub]\nerror_percent = 100\nerror_status = 503\n"),
+    );
+    fleet_plans_with(&env, &failing, GROUPS, DIRECT);
+    let roll = ["roll-secondary", "device:gw-1", "-o", "json"];
+    let cut = run_fleet(&env, &failing, "azure", &roll);
+    assert_eq!(cut.code, 1, "{}\n{}", cut.stdout, cut.stderr);
+    assert!(
+        cut.stderr.contains("IoT Hub") && cut.stderr.contains("503"),
+        "the failure names the service and its answer: {}",
+        cut.stderr
+    );
+    drop(failing);
+
+    let serve = start_serve(&env, GROUPS);
+    fleet_plans_with(&env, &serve, GROUPS, DIRECT);
+    let l = run_fleet(&env, &serve, "local", &roll).ok();
+    let a = run_fleet(&env, &serve, "azure", &roll).ok();
+    assert_eq!(a.json()["resumed"], true, "{}", a.stdout);
+    let (l, a) = (mask(l.json()), mask(a.json()));
+    assert_same(&l["devices"], &a["devices"], "the resumed roll");
+    let (l, a) = both(&env, &serve, &["vault", "show", "device:gw-1", "-o", "json"]);
+    assert_eq!(
+        a["versions"].as_array().map(Vec::len),
+        Some(2),
+        "one new version, not two: {a}"
+    );
+    assert_same(&l["versions"], &a["versions"], "versions");
+    let (l, a) = both(&env, &serve, &["status", "-o", "json"]);
+    assert_same(&l, &a, "status after the resumed roll");
+    let (l, a) = both(&env, &serve, &roll);
+    assert_same(&l, &a, "a rerun of the finished roll");
+}
+
+/// What delivery by direct method costs: a group roll of `N` devices on azure against serve,
+/// beside the same roll on the local store, with the number of direct-method calls serve saw.
+#[test]
+#[ignore = "measurement, not a check: run with --ignored --nocapture"]
+fn measure_a_group_roll_delivered_by_direct_method() {
+    const N: usize = 40;
+    let fleet = GROUPS.replace("count = 2", &format!("count = {N}"));
+    let env = TestEnv::new();
+    let serve = start_serve(&env, &fleet);
+    crate::azure_verbs::fleet_plans_hook(&env, &serve, &fleet);
+    let (l, a) = both(&env, &serve, &["issue", "-o", "json"]);
+    assert_same(&l, &a, "issue");
+    fleet_plans_with(&env, &serve, &fleet, DIRECT);
+    let methods = || {
+        std::fs::read_to_string(env.path("serve.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("/methods"))
+            .count()
+    };
+    let before = methods();
+    let mut took = Vec::new();
+    for which in ["local", "azure"] {
+        let start = std::time::Instant::now();
+        run_fleet(
+            &env,
+            &serve,
+            which,
+            &["roll-secondary", "group:sensors", "-o", "json"],
+        )
+        .ok();
+        took.push(start.elapsed());
+    }
+    let (l, a) = both(&env, &serve, &["status", "-o", "json"]);
+    assert_same(&l, &a, "status after the group roll");
+    eprintln!(
+        "group roll of {N} devices: local {:?}, azure {:?} ({} direct-method calls)",
+        took[0],
+        took[1],
+        methods() - before
+    );
+}
