@@ -75,6 +75,10 @@ pub fn exec(g: &Global, args: ServeArgs) -> anyhow::Result<u8> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("certroll-serve")
+        // Store work runs on blocking threads behind one store connection, so more threads only
+        // wait; tokio's default of 512 grew to 60+ threads under 32 clients, each keeping its
+        // own allocator pages (serve's RSS grew with them).
+        .max_blocking_threads(crate::serve::MAX_BLOCKING_THREADS)
         .build()?;
     runtime.block_on(crate::serve::run(opts, |info| print_start(info, format, quiet)))?;
     Ok(0)

@@ -574,16 +574,9 @@ fn individual_from(
             "attestation.x509.clientCertificates.primary is required",
         ));
     }
-    for der in [&primary, &secondary].into_iter().flatten() {
-        // The service admits a device only when its certificate's CN is its registration id; a
-        // slot holding another CN could never be used.
-        let cn = crate::pki::inspect::common_name(der).ok().flatten();
-        if let Some(cn) = cn.filter(|cn| !cn.eq_ignore_ascii_case(id)) {
-            return Err(bad_request(format!(
-                "the certificate's CN `{cn}` is not the registration id `{id}`"
-            )));
-        }
-    }
+    // A certificate whose CN is not the registration id is taken, as DPS takes it (an enrollment
+    // with a custom registration id is accepted: Azure/azure-iot-sdk-java#277); the device is
+    // refused when it registers with it (`dps_device`: its CN must be the registration id).
     let common = Common::of(state, body, existing.map(|e| e.hub.as_str()))?;
     Ok(IndividualEnrollment {
         registration_id: id.to_string(),

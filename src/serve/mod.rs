@@ -40,6 +40,9 @@ use tower::ServiceExt as _;
 
 /// Largest request body any route reads (4 MiB; a PFX or a bulk request fits many times over).
 pub const MAX_BODY: usize = 4 << 20;
+/// Most threads serve runs store work on (tokio's blocking pool; the store has one connection,
+/// so the rest would only wait for it or for the CLI's writer lock).
+pub const MAX_BLOCKING_THREADS: usize = 16;
 /// Most connections served at once; more wait in the kernel's backlog.
 pub const MAX_CONNECTIONS: usize = 1024;
 /// How long a client may take for its TLS handshake or its request headers.

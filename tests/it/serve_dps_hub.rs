@@ -1900,3 +1900,66 @@ fn the_access_log_has_one_plain_line_per_request_and_never_a_credential() {
         "-q silences the access log:\n{text}"
     );
 }
+
+#[test]
+fn an_enrollment_whose_certificate_cn_is_not_its_registration_id_is_taken_and_the_device_refused_at_registration()
+ {
+    let env = TestEnv::new();
+    issued(&env);
+    let serve = Serve::start(&env);
+    let later = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+    let dps = sas_token(
+        DPS_HOST,
+        &key_of(&serve.connection_string(DPS_HOST, "provisioningserviceowner")),
+        later,
+        "provisioningserviceowner",
+    );
+    let cert = openssl_cert(&env, "other", "someone-else", false);
+    let pem = std::fs::read_to_string(&cert).unwrap();
+    let body = serde_json::json!({
+        "registrationId": "lab-07",
+        "attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {"certificate": pem}}}},
+    })
+    .to_string();
+    // DPS takes it (a custom registration id, Azure/azure-iot-sdk-java#277).
+    let path = "/enrollments/lab-07?api-version=2021-10-01";
+    let (code, answer) = curl(&env, &serve, "PUT", DPS_HOST, path, Some(&dps), Some(&body));
+    assert_eq!(code, 200, "{answer}");
+    // The device presenting that certificate as lab-07 is refused at the door, and nothing is
+    // recorded for lab-07.
+    let port = serve.addr().rsplit(':').next().unwrap().to_string();
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-o", "-", "-w", "\n%{http_code}", "-X", "PUT"])
+        .arg("--resolve")
+        .arg(format!("global.azure-devices-provisioning.net:{port}:127.0.0.1"))
+        .arg("--cacert")
+        .arg(serve.ca_file(&env))
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(env.path("other.key"))
+        .args(["-H", "Content-Type: application/json", "--data", r#"{"registrationId":"lab-07"}"#])
+        .arg(format!(
+            "https://global.azure-devices-provisioning.net:{port}/{}/registrations/lab-07/register?api-version=2021-06-01",
+            serve.id_scope()
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (answer, code) = text.rsplit_once('\n').unwrap();
+    assert_eq!(code.trim(), "401", "{answer}");
+    assert!(
+        answer.contains("someone-else") && answer.contains("lab-07"),
+        "{answer}"
+    );
+    let (code, answer) = curl(
+        &env,
+        &serve,
+        "GET",
+        DPS_HOST,
+        "/registrations/lab-07?api-version=2021-10-01",
+        Some(&dps),
+        None,
+    );
+    assert_eq!(code, 404, "no registration state recorded: {answer}");
+}
