@@ -84,11 +84,31 @@ pub fn fingerprint(
     disabled: &[String],
     service: &[u8; 32],
 ) -> Fingerprint {
+    fingerprint_of(
+        &req.registration_id,
+        &req.chain,
+        &[],
+        individual,
+        disabled,
+        service,
+    )
+}
+
+/// [`fingerprint`] of the chain `head` followed by `tail` (a leaf and the chain above it kept
+/// apart, so a batch sharing one chain above need not copy it per device).
+pub fn fingerprint_of(
+    registration_id: &str,
+    head: &[Vec<u8>],
+    tail: &[Vec<u8>],
+    individual: Option<&IndividualEnrollment>,
+    disabled: &[String],
+    service: &[u8; 32],
+) -> Fingerprint {
     let mut ctx = Context::new(&SHA256);
     ctx.update(service);
-    put(&mut ctx, req.registration_id.as_bytes());
-    ctx.update(&(req.chain.len() as u64).to_be_bytes());
-    for cert in &req.chain {
+    put(&mut ctx, registration_id.as_bytes());
+    ctx.update(&((head.len() + tail.len()) as u64).to_be_bytes());
+    for cert in head.iter().chain(tail) {
         put(&mut ctx, cert);
     }
     ctx.update(&(disabled.len() as u64).to_be_bytes());
