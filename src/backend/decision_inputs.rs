@@ -132,6 +132,34 @@ pub fn fingerprint_of(
     out
 }
 
+/// [`validity_window`] of a chain whose first certificate's validity period is already known
+/// (`leaf`, notBefore and notAfter) and whose rest is `above`, read once per batch by the caller
+/// with [`above_window`].
+pub fn validity_window_with(
+    leaf: (OffsetDateTime, OffsetDateTime),
+    above: Option<(OffsetDateTime, Option<OffsetDateTime>)>,
+) -> Option<(OffsetDateTime, OffsetDateTime)> {
+    let (above_from, above_until) = above?;
+    let from = OffsetDateTime::UNIX_EPOCH.max(leaf.0).max(above_from);
+    let until = above_until.map_or(leaf.1, |u| u.min(leaf.1));
+    (from <= until).then_some((from, until))
+}
+
+/// The latest notBefore and the earliest notAfter of the certificates above a leaf (None for
+/// the end when there are none); None when one does not parse.
+pub fn above_window(above: &[Vec<u8>]) -> Option<(OffsetDateTime, Option<OffsetDateTime>)> {
+    let mut from = OffsetDateTime::UNIX_EPOCH;
+    let mut until: Option<OffsetDateTime> = None;
+    for der in above {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let v = cert.validity();
+        from = from.max(v.not_before.to_datetime());
+        let naf = v.not_after.to_datetime();
+        until = Some(until.map_or(naf, |u| u.min(naf)));
+    }
+    Some((from, until))
+}
+
 /// The times at which every presented certificate is inside its validity period (both ends
 /// included, as webpki and [`crate::pki::CertInfo::valid_at`] check): the latest notBefore and
 /// the earliest notAfter. None when a certificate does not parse or the window is empty.

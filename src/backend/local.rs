@@ -63,6 +63,16 @@ impl LocalBackend {
             vec![None; ids.len()]
         };
         let any_disabled = read!(self, q::any_disabled_enrollment(conn))?;
+        // The validity window of the certificates above each leaf: a batch presents a handful
+        // of distinct chains, each parsed once.
+        let mut above: std::collections::HashMap<&[Vec<u8>], _> = std::collections::HashMap::new();
+        for req in batch {
+            if let Some(tail) = req.chain.get(1..) {
+                above
+                    .entry(tail)
+                    .or_insert_with(|| decision_inputs::above_window(tail));
+            }
+        }
         let mut known = Vec::with_capacity(batch.len());
         let mut thumbprints = Vec::with_capacity(batch.len());
         for ((req, individual), recorded) in batch.iter().zip(individuals).zip(recorded) {
@@ -93,7 +103,7 @@ impl LocalBackend {
                         record: Some((inputs, r.from, r.until)),
                     };
                 }
-                let decision = registration::decide(
+                let (decision, leaf_validity) = registration::decide_with_validity(
                     req,
                     &registration::Context {
                         disabled_holding_leaf: disabled,
@@ -103,10 +113,12 @@ impl LocalBackend {
                     },
                 );
                 let record = match decision {
-                    Decision::Individual { .. } | Decision::Group { .. } => {
-                        decision_inputs::validity_window(&req.chain)
-                            .map(|(from, until)| (inputs, from.unix_timestamp(), until.unix_timestamp()))
-                    }
+                    Decision::Individual { .. } | Decision::Group { .. } => leaf_validity
+                        .and_then(|leaf| {
+                            let tail = req.chain.get(1..).unwrap_or_default();
+                            decision_inputs::validity_window_with(leaf, above.get(tail).copied().flatten())
+                        })
+                        .map(|(from, until)| (inputs, from.unix_timestamp(), until.unix_timestamp())),
                     Decision::Rejected(_) | Decision::Disabled(_) => None,
                 };
                 Decided { decision, record }
