@@ -425,4 +425,8 @@ impl Backend for Box<dyn Backend> {
     fn assigned_identities(&self, ids: &[String]) -> Result<Vec<Option<HubIdentity>>> {
         (**self).assigned_identities(ids)
     }
+
+    fn unchanged_registrations(&self, ids: &[String], now: OffsetDateTime) -> Result<Vec<Option<Unchanged>>> {
+        (**self).unchanged_registrations(ids, now)
+    }
 }

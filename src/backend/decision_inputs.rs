@@ -84,11 +84,31 @@ pub fn fingerprint(
     disabled: &[String],
     service: &[u8; 32],
 ) -> Fingerprint {
+    fingerprint_of(
+        &req.registration_id,
+        &req.chain,
+        &[],
+        individual,
+        disabled,
+        service,
+    )
+}
+
+/// [`fingerprint`] of the chain `head` followed by `tail` (a leaf and the chain above it kept
+/// apart, so a batch sharing one chain above need not copy it per device).
+pub fn fingerprint_of(
+    registration_id: &str,
+    head: &[Vec<u8>],
+    tail: &[Vec<u8>],
+    individual: Option<&IndividualEnrollment>,
+    disabled: &[String],
+    service: &[u8; 32],
+) -> Fingerprint {
     let mut ctx = Context::new(&SHA256);
     ctx.update(service);
-    put(&mut ctx, req.registration_id.as_bytes());
-    ctx.update(&(req.chain.len() as u64).to_be_bytes());
-    for cert in &req.chain {
+    put(&mut ctx, registration_id.as_bytes());
+    ctx.update(&((head.len() + tail.len()) as u64).to_be_bytes());
+    for cert in head.iter().chain(tail) {
         put(&mut ctx, cert);
     }
     ctx.update(&(disabled.len() as u64).to_be_bytes());
@@ -110,6 +130,34 @@ pub fn fingerprint(
     let mut out = [0u8; LEN];
     out.copy_from_slice(&ctx.finish().as_ref()[..LEN]);
     out
+}
+
+/// [`validity_window`] of a chain whose first certificate's validity period is already known
+/// (`leaf`, notBefore and notAfter) and whose rest is `above`, read once per batch by the caller
+/// with [`above_window`].
+pub fn validity_window_with(
+    leaf: (OffsetDateTime, OffsetDateTime),
+    above: Option<(OffsetDateTime, Option<OffsetDateTime>)>,
+) -> Option<(OffsetDateTime, OffsetDateTime)> {
+    let (above_from, above_until) = above?;
+    let from = OffsetDateTime::UNIX_EPOCH.max(leaf.0).max(above_from);
+    let until = above_until.map_or(leaf.1, |u| u.min(leaf.1));
+    (from <= until).then_some((from, until))
+}
+
+/// The latest notBefore and the earliest notAfter of the certificates above a leaf (None for
+/// the end when there are none); None when one does not parse.
+pub fn above_window(above: &[Vec<u8>]) -> Option<(OffsetDateTime, Option<OffsetDateTime>)> {
+    let mut from = OffsetDateTime::UNIX_EPOCH;
+    let mut until: Option<OffsetDateTime> = None;
+    for der in above {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let v = cert.validity();
+        from = from.max(v.not_before.to_datetime());
+        let naf = v.not_after.to_datetime();
+        until = Some(until.map_or(naf, |u| u.min(naf)));
+    }
+    Some((from, until))
 }
 
 /// The times at which every presented certificate is inside its validity period (both ends

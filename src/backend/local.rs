@@ -67,6 +67,16 @@ impl LocalBackend {
             vec![None; ids.len()]
         };
         let any_disabled = read!(self, q::any_disabled_enrollment(conn))?;
+        // The validity window of the certificates above each leaf: a batch presents a handful
+        // of distinct chains, each parsed once.
+        let mut above: std::collections::HashMap<&[Vec<u8>], _> = std::collections::HashMap::new();
+        for req in batch {
+            if let Some(tail) = req.chain.get(1..) {
+                above
+                    .entry(tail)
+                    .or_insert_with(|| decision_inputs::above_window(tail));
+            }
+        }
         let mut known = Vec::with_capacity(batch.len());
         let mut thumbprints = Vec::with_capacity(batch.len());
         for ((req, individual), recorded) in batch.iter().zip(individuals).zip(recorded) {
@@ -97,7 +107,7 @@ impl LocalBackend {
                         record: Some((inputs, r.from, r.until)),
                     };
                 }
-                let decision = registration::decide(
+                let (decision, leaf_validity) = registration::decide_with_validity(
                     req,
                     &registration::Context {
                         disabled_holding_leaf: disabled,
@@ -107,16 +117,40 @@ impl LocalBackend {
                     },
                 );
                 let record = match decision {
-                    Decision::Individual { .. } | Decision::Group { .. } => {
-                        decision_inputs::validity_window(&req.chain)
-                            .map(|(from, until)| (inputs, from.unix_timestamp(), until.unix_timestamp()))
-                    }
+                    Decision::Individual { .. } | Decision::Group { .. } => leaf_validity
+                        .and_then(|leaf| {
+                            let tail = req.chain.get(1..).unwrap_or_default();
+                            decision_inputs::validity_window_with(leaf, above.get(tail).copied().flatten())
+                        })
+                        .map(|(from, until)| (inputs, from.unix_timestamp(), until.unix_timestamp())),
                     Decision::Rejected(_) | Decision::Disabled(_) => None,
                 };
                 Decided { decision, record }
             })
             .collect();
         Ok((thumbprints, decisions))
+    }
+}
+
+impl LocalBackend {
+    /// The certificates above a leaf signed by `issuer` that a device presents with it: the
+    /// issuer and each certificate up the vault's issuer links, the root left out. None when a
+    /// link is missing or the chain is longer than 16 (the caller's long way reports that).
+    fn presented_above(&self, issuer: &(String, String)) -> Result<Option<Vec<Vec<u8>>>> {
+        let mut chain = Vec::new();
+        let mut next = Some(issuer.clone());
+        while let Some((name, version)) = next {
+            if chain.len() > 16 {
+                return Ok(None);
+            }
+            let Some(v) = read!(self, q::vault_version(self.store.conn(), &name, &version))? else {
+                return Ok(None);
+            };
+            chain.push(v.cert_der);
+            next = v.issuer;
+        }
+        chain.pop();
+        Ok(Some(chain))
     }
 }
 
@@ -1083,6 +1117,87 @@ impl Backend for LocalBackend {
 
     fn assigned_identities(&self, ids: &[String]) -> Result<Vec<Option<HubIdentity>>> {
         read!(self, q::hub_get_assigned(self.store.conn(), ids))
+    }
+
+    fn unchanged_registrations(&self, ids: &[String], now: OffsetDateTime) -> Result<Vec<Option<Unchanged>>> {
+        use rayon::prelude::*;
+        let conn = self.store.conn();
+        let raw_groups = self.groups()?;
+        let cas = self.cas()?;
+        let service = decision_inputs::service_digest(&raw_groups, &cas);
+        let groups = registration::usable_groups(raw_groups, &cas);
+        let any_disabled = read!(self, q::any_disabled_enrollment(conn))?;
+        let rows = read!(self, q::settle_rows_many(conn, ids))?;
+        // The chain each issuer presents above a leaf (the root left out), read once per issuer;
+        // None where it cannot be read, which leaves its devices to the long way.
+        let mut above: std::collections::HashMap<(String, String), Option<Vec<Vec<u8>>>> =
+            std::collections::HashMap::new();
+        // The disabled enrollments holding each leaf, only read when any enrollment is disabled.
+        let mut disabled: Vec<Vec<String>> = vec![Vec::new(); ids.len()];
+        for (i, row) in rows.iter().enumerate() {
+            let Some(row) = row else { continue };
+            if let Some(issuer) = &row.issuer
+                && !above.contains_key(issuer)
+            {
+                let chain = self.presented_above(issuer)?;
+                above.insert(issuer.clone(), chain);
+            }
+            if any_disabled {
+                let tp = crate::pki::sha1_thumbprint(&row.cert_der);
+                disabled[i] = read!(self, q::disabled_enrollments_with(conn, &tp))?;
+            }
+        }
+        Ok(ids
+            .par_iter()
+            .zip(rows.par_iter())
+            .zip(disabled.par_iter())
+            .map(|((id, row), disabled)| {
+                let row = row.as_ref()?;
+                let tail: &[Vec<u8>] = match &row.issuer {
+                    Some(issuer) => above.get(issuer)?.as_deref()?,
+                    None => &[],
+                };
+                let inputs = decision_inputs::fingerprint_of(
+                    id,
+                    std::slice::from_ref(&row.cert_der),
+                    tail,
+                    row.individual.as_ref(),
+                    disabled,
+                    &service,
+                );
+                if row.decision.inputs != inputs {
+                    return None;
+                }
+                let (hub, reprovision) =
+                    match recorded_decision(&row.decision, row.individual.as_ref(), &groups, now)? {
+                        Decision::Group { hub, reprovision, .. }
+                        | Decision::Individual { hub, reprovision, .. } => (hub, reprovision),
+                        Decision::Rejected(_) | Decision::Disabled(_) => return None,
+                    };
+                let leaf_tp = crate::pki::sha1_thumbprint(&row.cert_der);
+                if hub != row.decision.hub || row.cert_thumbprint.as_deref() != Some(leaf_tp.as_str()) {
+                    return None;
+                }
+                // As the hub decides it when that is plain (enabled, the leaf's thumbprint in a
+                // slot, inside the leaf's validity); anything else goes the long way.
+                let lets_in = || {
+                    let Some((status, primary, secondary)) = &row.identity else {
+                        return false;
+                    };
+                    *status == Status::Enabled
+                        && [primary, secondary]
+                            .into_iter()
+                            .flatten()
+                            .any(|tp| tp.eq_ignore_ascii_case(&leaf_tp))
+                        && q::from_ts(row.nbf) <= now
+                        && now <= q::from_ts(row.exp)
+                };
+                (reprovision == "never" || lets_in()).then(|| Unchanged {
+                    substatus: row.substatus.clone(),
+                    hub,
+                })
+            })
+            .collect())
     }
 
     fn in_unit(&self) -> bool {

@@ -516,4 +516,27 @@ pub trait Backend: Vault + EnrollmentService + HubRegistry + Fleet + Journal + S
         }
         Ok(out)
     }
+
+    /// The devices a `reprovision` would leave alone, found without deciding anything again:
+    /// Some for a device whose registration was assigned with the certificate it holds, from
+    /// decision inputs that have not changed since (the fingerprint recorded with the
+    /// registration, at a time inside the window it holds for), and whose identity in that hub
+    /// plainly lets it in (or whose policy is `never`); None for every other device, which the
+    /// caller decides the long way. In the order asked. The default settles none.
+    fn unchanged_registrations(
+        &self,
+        ids: &[String],
+        _now: OffsetDateTime,
+    ) -> Result<Vec<Option<Unchanged>>> {
+        Ok(vec![None; ids.len()])
+    }
+}
+
+/// A device [`Backend::unchanged_registrations`] settled: what its registration state says.
+#[derive(Debug, Clone)]
+pub struct Unchanged {
+    /// The registration's substatus (initialAssignment, deviceDataMigrated, ...).
+    pub substatus: Option<String>,
+    /// The hub it is assigned to.
+    pub hub: String,
 }

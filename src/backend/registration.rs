@@ -322,13 +322,71 @@ fn without_dangling_slots(mut groups: Vec<EnrollmentGroup>, cas: &[ServiceCa]) -
 
 /// Decides one registration.
 pub fn decide(req: &RegistrationRequest, ctx: &Context<'_>) -> Decision {
+    decide_with_validity(req, ctx).0
+}
+
+/// The presented leaf, parsed once for everything a decision reads of it.
+struct Leaf {
+    names: crate::pki::inspect::ChainNames,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    /// Bytes after the certificate's DER (refused where a certificate is read in full).
+    trailing: bool,
+}
+
+impl Leaf {
+    fn parse(der: &[u8]) -> Result<Leaf, crate::pki::Error> {
+        let (rest, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| crate::pki::Error::BadCertificate(e.to_string()))?;
+        Ok(Leaf {
+            names: crate::pki::inspect::ChainNames {
+                subject: cert.subject().as_raw().to_vec(),
+                issuer: cert.issuer().as_raw().to_vec(),
+                common_name: cert
+                    .subject()
+                    .iter_common_name()
+                    .next()
+                    .and_then(|cn| cn.as_str().ok())
+                    .map(str::to_string),
+            },
+            not_before: cert.validity().not_before.to_datetime(),
+            not_after: cert.validity().not_after.to_datetime(),
+            trailing: !rest.is_empty(),
+        })
+    }
+
+    /// Why the leaf is refused for its validity at `now`, as
+    /// [`crate::pki::CertInfo::validity_problem`] words it (and a certificate with trailing
+    /// bytes as [`crate::pki::CertInfo::from_der`] does).
+    fn validity_problem(&self, now: OffsetDateTime) -> Option<String> {
+        if self.trailing {
+            return Some(
+                crate::pki::Error::BadCertificate("trailing bytes after the certificate".into()).to_string(),
+            );
+        }
+        crate::pki::inspect::validity_problem(self.not_before, self.not_after, now)
+    }
+}
+
+/// [`decide`], with the presented leaf's validity period (notBefore, notAfter) when the leaf
+/// parsed: a caller recording the decision needs it, and the leaf is parsed once.
+pub fn decide_with_validity(
+    req: &RegistrationRequest,
+    ctx: &Context<'_>,
+) -> (Decision, Option<(OffsetDateTime, OffsetDateTime)>) {
     let Some(leaf) = req.chain.first() else {
-        return Decision::Rejected("no certificate presented".into());
+        return (Decision::Rejected("no certificate presented".into()), None);
     };
-    let leaf_names = match crate::pki::inspect::chain_names(leaf) {
-        Ok(names) => names,
-        Err(e) => return Decision::Rejected(e.to_string()),
+    let parsed = match Leaf::parse(leaf) {
+        Ok(parsed) => parsed,
+        Err(e) => return (Decision::Rejected(e.to_string()), None),
     };
+    let validity = Some((parsed.not_before, parsed.not_after));
+    (decide_parsed(req, leaf, &parsed, ctx), validity)
+}
+
+fn decide_parsed(req: &RegistrationRequest, leaf: &[u8], parsed: &Leaf, ctx: &Context<'_>) -> Decision {
+    let leaf_names = &parsed.names;
     if leaf_names.common_name.as_deref() != Some(req.registration_id.as_str()) {
         return Decision::Rejected(format!(
             "the certificate's CN {} does not match registration id `{}`",
@@ -351,7 +409,7 @@ pub fn decide(req: &RegistrationRequest, ctx: &Context<'_>) -> Decision {
         let in_slot = [&ind.primary, &ind.secondary]
             .into_iter()
             .flatten()
-            .any(|der| der == leaf);
+            .any(|der| der.as_slice() == leaf);
         if ind.status == Status::Disabled {
             return Decision::Disabled(format!(
                 "individual enrollment `{}` is disabled",
@@ -359,17 +417,13 @@ pub fn decide(req: &RegistrationRequest, ctx: &Context<'_>) -> Decision {
             ));
         }
         if in_slot {
-            let info = crate::pki::CertInfo::from_der(leaf);
-            return match info {
-                Ok(info) => match info.validity_problem(ctx.now) {
-                    None => Decision::Individual {
-                        name: ind.registration_id.clone(),
-                        hub: ind.hub.clone(),
-                        reprovision: ind.reprovision.clone(),
-                    },
-                    Some(problem) => Decision::Rejected(problem),
+            return match parsed.validity_problem(ctx.now) {
+                None => Decision::Individual {
+                    name: ind.registration_id.clone(),
+                    hub: ind.hub.clone(),
+                    reprovision: ind.reprovision.clone(),
                 },
-                Err(e) => Decision::Rejected(e.to_string()),
+                Some(problem) => Decision::Rejected(problem),
             };
         }
         return Decision::Rejected(format!(
@@ -379,20 +433,15 @@ pub fn decide(req: &RegistrationRequest, ctx: &Context<'_>) -> Decision {
     }
     // A leaf outside its validity is refused for that reason, by whichever enrollment: "no
     // enrollment accepts" would send the operator to the enrollments instead of the clock.
-    match crate::pki::CertInfo::from_der(leaf) {
-        Ok(info) => {
-            if let Some(problem) = info.validity_problem(ctx.now) {
-                return Decision::Rejected(problem);
-            }
-        }
-        Err(e) => return Decision::Rejected(e.to_string()),
+    if let Some(problem) = parsed.validity_problem(ctx.now) {
+        return Decision::Rejected(problem);
     }
     // The most specific group applies, as in DPS: the group of the leaf's issuer, else of the CA
     // above it, up to the root; a disabled one refuses the device. Groups are placed by name along
     // the issuer path (a renewed CA with the same name and key still validates), and a group whose
     // slot does not validate the chain is passed over.
     let mut unverified: Option<String> = None;
-    for group in nearest_first(ctx.groups, &leaf_names, &req.chain) {
+    for group in nearest_first(ctx.groups, leaf_names, &req.chain) {
         let verdicts = [
             slot_verdict(&group.group.primary, &group.anchors[0], &req.chain, ctx.now),
             slot_verdict(&group.group.secondary, &group.anchors[1], &req.chain, ctx.now),
@@ -407,17 +456,15 @@ pub fn decide(req: &RegistrationRequest, ctx: &Context<'_>) -> Decision {
             }
             continue;
         }
-        {
-            let g = &group.group;
-            if g.status != Status::Enabled {
-                return Decision::Disabled(format!("enrollment group `{}` is disabled", g.name));
-            }
-            return Decision::Group {
-                name: g.name.clone(),
-                hub: g.hub.clone(),
-                reprovision: g.reprovision.clone(),
-            };
+        let g = &group.group;
+        if g.status != Status::Enabled {
+            return Decision::Disabled(format!("enrollment group `{}` is disabled", g.name));
         }
+        return Decision::Group {
+            name: g.name.clone(),
+            hub: g.hub.clone(),
+            reprovision: g.reprovision.clone(),
+        };
     }
     Decision::Rejected(unverified.unwrap_or_else(|| "no enrollment accepts this certificate".into()))
 }
@@ -511,6 +558,39 @@ mod tests {
         RegistrationRequest {
             registration_id: id.into(),
             chain,
+        }
+    }
+
+    /// The window a recorded decision holds for, from the leaf parsed once and the chain above
+    /// it parsed once per batch, is the window of the whole chain parsed again.
+    #[test]
+    fn the_recorded_window_is_the_whole_chains() {
+        let now = OffsetDateTime::now_utc();
+        let root = ca("Root", now);
+        // An intermediate ending before the leaf does, so the window's end comes from above.
+        let mut p = profile("Mid", true, now);
+        p.not_after = now + Duration::days(10);
+        let mid_key = PrivateKey::generate(&P256).unwrap();
+        let mid_der = crate::pki::cert::sign_leaf(&p, &mid_key, &root).unwrap();
+        let mid = IssuerKey::new(mid_der.clone(), mid_key).unwrap();
+        let groups = [group("g", &root)];
+        let ctx = Context {
+            disabled_holding_leaf: &[],
+            individual: None,
+            groups: &groups,
+            now,
+        };
+        for chain in [
+            vec![leaf("d", &root, now)],
+            vec![leaf("d", &mid, now), mid_der.clone()],
+        ] {
+            let (decision, validity) = decide_with_validity(&request("d", chain.clone()), &ctx);
+            assert!(matches!(decision, Decision::Group { .. }), "{decision:?}");
+            let above = super::super::decision_inputs::above_window(&chain[1..]);
+            assert_eq!(
+                super::super::decision_inputs::validity_window_with(validity.unwrap(), above),
+                super::super::decision_inputs::validity_window(&chain),
+            );
         }
     }
 

@@ -143,7 +143,31 @@ pub fn reprovision(plan: &Plan, opts: &ReprovisionOptions, now: OffsetDateTime) 
     {
         let mut todo = Vec::new();
         for chunk in ids.chunks(CHUNK) {
-            for outcome in register_chunk(&mut backend, chunk, opts, &mut chains, true, now)? {
+            // What the backend settles from recorded decisions first; the rest the long way.
+            let mut rest = Vec::new();
+            for (id, unchanged) in chunk.iter().zip(crate::backend::Backend::unchanged_registrations(
+                &backend, chunk, now,
+            )?) {
+                match unchanged {
+                    Some(u) => {
+                        settled.insert(
+                            id.clone(),
+                            DeviceOutcome {
+                                device: id.clone(),
+                                status: "unchanged".into(),
+                                substatus: u.substatus,
+                                hub: Some(u.hub),
+                                error: None,
+                            },
+                        );
+                    }
+                    None => rest.push(id.clone()),
+                }
+            }
+            if rest.is_empty() {
+                continue;
+            }
+            for outcome in register_chunk(&mut backend, &rest, opts, &mut chains, true, now)? {
                 if outcome.status == "unchanged" {
                     settled.insert(outcome.device.clone(), outcome);
                 } else {

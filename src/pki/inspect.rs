@@ -57,19 +57,28 @@ impl CertInfo {
     /// (before notBefore) and expired (after notAfter) are told apart, since the fixes differ
     /// (a device's clock, or a renewal).
     pub fn validity_problem(&self, now: OffsetDateTime) -> Option<String> {
-        if now < self.not_before {
-            Some(format!(
-                "the certificate is not yet valid: its validity starts at {} (notBefore)",
-                crate::clock::rfc3339(self.not_before)
-            ))
-        } else if now > self.not_after {
-            Some(format!(
-                "the certificate has expired: its validity ended at {} (notAfter)",
-                crate::clock::rfc3339(self.not_after)
-            ))
-        } else {
-            None
-        }
+        validity_problem(self.not_before, self.not_after, now)
+    }
+}
+
+/// [`CertInfo::validity_problem`] of a validity period already read.
+pub fn validity_problem(
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    now: OffsetDateTime,
+) -> Option<String> {
+    if now < not_before {
+        Some(format!(
+            "the certificate is not yet valid: its validity starts at {} (notBefore)",
+            crate::clock::rfc3339(not_before)
+        ))
+    } else if now > not_after {
+        Some(format!(
+            "the certificate has expired: its validity ended at {} (notAfter)",
+            crate::clock::rfc3339(not_after)
+        ))
+    } else {
+        None
     }
 }
 

@@ -626,6 +626,21 @@ fn put_individual(
     wanted: &Option<Option<String>>,
     now: OffsetDateTime,
 ) -> Result<Value, ApiError> {
+    write_individual(state, b, id, body, wanted, now)?;
+    read_individual(b, id)?
+        .ok_or_else(|| dps_error(StatusCode::INTERNAL_SERVER_ERROR, 1, "enrollment vanished"))
+}
+
+/// [`put_individual`] without reading the record back (a bulk operation answers with errors
+/// only, so reading and rendering each record again would be wasted).
+fn write_individual(
+    state: &AppState,
+    b: &mut LocalBackend,
+    id: &str,
+    body: &Map<String, Value>,
+    wanted: &Option<Option<String>>,
+    now: OffsetDateTime,
+) -> Result<(), ApiError> {
     let what = format!("enrollment `{id}`");
     let existing = b.individual(id).map_err(backend_error)?;
     let meta = qd::individual_meta(b.store().conn(), id).map_err(store_error)?;
@@ -634,8 +649,7 @@ fn put_individual(
     b.put_individuals(std::slice::from_ref(&record), now)
         .map_err(backend_error)?;
     qd::set_individual_extra(b.store().conn(), id, extra_of(body).as_deref()).map_err(store_error)?;
-    read_individual(b, id)?
-        .ok_or_else(|| dps_error(StatusCode::INTERNAL_SERVER_ERROR, 1, "enrollment vanished"))
+    Ok(())
 }
 
 fn delete_individual(
@@ -966,7 +980,7 @@ fn run_bulk(
         let result = match (mode, kind) {
             ("delete", Kind::Individual) => delete_individual(b, &id, &wanted),
             ("delete", Kind::Group) => delete_group(b, &id, &wanted),
-            (_, Kind::Individual) => put_individual(state, b, &id, record, &wanted, now).map(|_| ()),
+            (_, Kind::Individual) => write_individual(state, b, &id, record, &wanted, now),
             (_, Kind::Group) => put_group(state, b, &id, record, &wanted, now).map(|_| ()),
         };
         if let Err(e) = result {

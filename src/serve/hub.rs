@@ -278,6 +278,20 @@ fn put_identity(
     wanted: &Option<Option<String>>,
     now: OffsetDateTime,
 ) -> Result<Value, ApiError> {
+    write_identity(b, hub, id, body, wanted, now)?;
+    let (identity, meta) = read_identity(b, hub, id)?.ok_or_else(|| not_found(id))?;
+    Ok(device_json(&identity, &meta))
+}
+
+/// [`put_identity`] without reading the identity back (a bulk import answers with errors only).
+fn write_identity(
+    b: &mut LocalBackend,
+    hub: &str,
+    id: &str,
+    body: &Map<String, Value>,
+    wanted: &Option<Option<String>>,
+    now: OffsetDateTime,
+) -> Result<(), ApiError> {
     let current = read_identity(b, hub, id)?;
     match (wanted, &current) {
         (None, Some(_)) => {
@@ -299,8 +313,7 @@ fn put_identity(
     }
     let identity = identity_from(hub, id, body)?;
     crate::store::queries::hub_put(b.store().conn(), &identity, false, now).map_err(internal)?;
-    let (identity, meta) = read_identity(b, hub, id)?.ok_or_else(|| not_found(id))?;
-    Ok(device_json(&identity, &meta))
+    Ok(())
 }
 
 fn delete_identity_checked(
@@ -490,14 +503,13 @@ async fn bulk_registry_operation(
                     let exists = b.identity(&hub, &id).map_err(internal)?.is_some();
                     // The SDKs differ in case (`deleteIfMatchETag`, `DeleteIfMatchETag`).
                     match mode.to_ascii_lowercase().as_str() {
-                        "create" => put_identity(b, &hub, &id, record, &None, now).map(|_| ()),
+                        "create" => write_identity(b, &hub, &id, record, &None, now),
                         "update" | "createorupdate" => {
                             let wanted = if exists { Some(None) } else { None };
-                            put_identity(b, &hub, &id, record, &wanted, now).map(|_| ())
+                            write_identity(b, &hub, &id, record, &wanted, now)
                         }
                         "updateifmatchetag" => {
-                            put_identity(b, &hub, &id, record, &Some(Some(etag.unwrap_or_default())), now)
-                                .map(|_| ())
+                            write_identity(b, &hub, &id, record, &Some(Some(etag.unwrap_or_default())), now)
                         }
                         "delete" => delete_identity_checked(b, &hub, &id, &None),
                         "deleteifmatchetag" => {

@@ -689,6 +689,90 @@ pub fn registration_decisions_many(
     Ok(found)
 }
 
+/// What a no-op `reprovision` compares for one device, read with every other device of the
+/// batch in one statement: the certificate the device holds, its recorded assignment, its
+/// identity in the hub of that assignment and its individual enrollment.
+#[derive(Debug, Clone)]
+pub struct SettleRow {
+    /// The installed certificate (DER).
+    pub cert_der: Vec<u8>,
+    /// Its notBefore and notAfter, as the vault recorded them (Unix seconds).
+    pub nbf: i64,
+    /// See `nbf`.
+    pub exp: i64,
+    /// The vault name and version that signed it.
+    pub issuer: Option<(String, String)>,
+    /// The registration's substatus.
+    pub substatus: Option<String>,
+    /// The registration's certificate thumbprint (SHA-1, uppercase hex).
+    pub cert_thumbprint: Option<String>,
+    /// The recorded assignment (its `hub` is the registration's).
+    pub decision: RecordedDecision,
+    /// The identity in that hub: status and the two thumbprints (None when it has none).
+    pub identity: Option<(Status, Option<String>, Option<String>)>,
+    /// The device's individual enrollment.
+    pub individual: Option<IndividualEnrollment>,
+}
+
+/// [`SettleRow`]s of several devices, in the order asked: None where the device holds no
+/// certificate the vault knows, or has no assignment decided with recorded inputs.
+pub fn settle_rows_many(conn: &Connection, ids: &[String]) -> Result<Vec<Option<SettleRow>>> {
+    one_at_positions(
+        conn,
+        "SELECT v.cert_der, v.nbf, v.exp, v.issuer_name, v.issuer_version,
+                r.substatus, r.cert_thumbprint, r.decision_inputs, r.decision_from,
+                r.decision_until, r.enrollment_kind, r.enrollment_name, r.hub,
+                h.status, h.primary_thumbprint, h.secondary_thumbprint,
+                e.registration_id, e.primary_der, e.secondary_der, e.status, e.reprovision, e.hub,
+                j.key
+         FROM json_each(?1) j
+         JOIN devices d ON d.id = j.value
+         JOIN vault_versions v ON v.name = d.cert_name AND v.version = d.installed_version
+         JOIN registrations r ON r.registration_id = j.value
+         LEFT JOIN hub_devices h ON h.device_id = j.value AND h.hub = r.hub
+         LEFT JOIN individual_enrollments e ON e.registration_id = j.value
+         WHERE r.status = 'assigned' AND r.decision_inputs IS NOT NULL AND r.hub IS NOT NULL",
+        json_list(ids),
+        ids.len(),
+        |r| {
+            Ok(SettleRow {
+                cert_der: r.get(0)?,
+                nbf: r.get(1)?,
+                exp: r.get(2)?,
+                issuer: match (r.get::<_, Option<String>>(3)?, r.get::<_, Option<String>>(4)?) {
+                    (Some(name), Some(version)) => Some((name, version)),
+                    _ => None,
+                },
+                substatus: r.get(5)?,
+                cert_thumbprint: r.get(6)?,
+                decision: RecordedDecision {
+                    inputs: r.get(7)?,
+                    from: r.get(8)?,
+                    until: r.get(9)?,
+                    enrollment_kind: r.get::<_, Option<String>>(10)?.unwrap_or_default(),
+                    enrollment_name: r.get::<_, Option<String>>(11)?.unwrap_or_default(),
+                    hub: r.get(12)?,
+                },
+                identity: match r.get::<_, Option<String>>(13)? {
+                    Some(status) => Some((Status::parse(&status), r.get(14)?, r.get(15)?)),
+                    None => None,
+                },
+                individual: match r.get::<_, Option<String>>(16)? {
+                    Some(registration_id) => Some(IndividualEnrollment {
+                        registration_id,
+                        primary: r.get(17)?,
+                        secondary: r.get(18)?,
+                        status: Status::parse(&r.get::<_, String>(19)?),
+                        reprovision: r.get(20)?,
+                        hub: r.get(21)?,
+                    }),
+                    None => None,
+                },
+            })
+        },
+    )
+}
+
 // ---------------------------------------------------------------- hub registry
 
 fn hub_row(r: &Row<'_>) -> rusqlite::Result<HubIdentity> {

@@ -116,6 +116,37 @@ fn a_noop_reprovision_notices_a_removed_ca() {
 }
 
 #[test]
+fn a_noop_reprovision_notices_a_hub_identity_that_no_longer_lets_the_device_in() {
+    let env = issued();
+    assert_eq!(counts(&reprovision(&env, &[], 0)), (0, 51, 0));
+    // Someone cleared the device's thumbprints in the hub, and disabled another device there:
+    // the recorded decision still holds, but the devices cannot connect, so they register again.
+    sqlite(
+        &env,
+        "UPDATE hub_devices SET primary_thumbprint = NULL, secondary_thumbprint = NULL
+           WHERE device_id = 'sensor-03';
+         UPDATE hub_devices SET status = 'disabled' WHERE device_id = 'sensor-04';",
+    );
+    let r = reprovision(&env, &[], 0);
+    assert_eq!(status_of(&r, "sensor-03"), "assigned", "{r}");
+    assert_eq!(counts(&r), (2, 49, 0), "{r}");
+    assert_ne!(
+        sqlite(
+            &env,
+            "SELECT primary_thumbprint FROM hub_devices WHERE device_id = 'sensor-03'"
+        ),
+        "",
+        "re-provisioning put the presented certificate back into the hub"
+    );
+    // Registration does not enable an identity the hub's operator disabled: that device is
+    // registered again on every run, while the hub refuses it.
+    let r = reprovision(&env, &[], 0);
+    assert_eq!(status_of(&r, "sensor-03"), "unchanged", "{r}");
+    assert_eq!(status_of(&r, "sensor-04"), "assigned", "{r}");
+    assert_eq!(counts(&r), (1, 50, 0), "{r}");
+}
+
+#[test]
 fn a_recorded_decision_ends_with_the_certificate() {
     let env = issued();
     // A year and a day later every device certificate has expired: no decision made while
