@@ -34,6 +34,9 @@ pub const API_VERSION: &str = "2021-10-01";
 pub const DEFAULT_RATE: f64 = 1000.0 / 60.0;
 /// Most enrollments one bulk operation may carry.
 pub const BULK_LIMIT: usize = 10;
+
+/// Most enrollment reads kept for the writes that follow them (`seen`), about 2 KiB each.
+const SEEN_LIMIT: usize = 50_000;
 /// Records a query page asks for.
 const PAGE_SIZE: usize = 100;
 /// How many times a write is re-read and re-applied after 409/412.
@@ -63,6 +66,10 @@ pub struct AzureEnrollmentService {
     hub_hosts: BTreeMap<String, String>,
     /// Certificates seen, by SHA-1 thumbprint.
     known: Mutex<HashMap<String, Vec<u8>>>,
+    /// What the last read of each enrollment saw (`None`: absent), taken by the next write of
+    /// it so a read-then-write verb costs no second GET. A stale entry is safe: its write
+    /// fails its precondition (412, or 409 on create) and is read again and re-applied.
+    seen: Mutex<HashMap<String, Option<Record>>>,
     source: Option<Box<dyn CertificateSource>>,
 }
 
@@ -186,6 +193,7 @@ impl AzureEnrollmentService {
             hub_names,
             hub_hosts,
             known: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
             source: None,
         })
     }
@@ -193,6 +201,16 @@ impl AzureEnrollmentService {
     /// Where certificates DPS names only by thumbprint are looked up (the vault).
     pub fn set_certificate_source(&mut self, source: Box<dyn CertificateSource>) {
         self.source = Some(source);
+    }
+
+    /// Keeps what a read of enrollment `id` saw for its next write (see `seen`).
+    fn keep(&self, id: &str, read: Option<Record>) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        // Reads never followed by a write (status, check) must not grow this without bound.
+        if seen.len() >= SEEN_LIMIT {
+            seen.clear();
+        }
+        seen.insert(id.to_string(), read);
     }
 
     fn remember(&self, der: &[u8]) {
@@ -477,11 +495,16 @@ impl AzureEnrollmentService {
     }
 
     async fn put_individuals_async(&self, batch: &[IndividualEnrollment]) -> Result<()> {
-        let reads = futures::future::join_all(
-            batch
-                .iter()
-                .map(|e| self.read("enrollments", &e.registration_id, "enrollment")),
-        )
+        let carried: Vec<Option<Option<Record>>> = {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            batch.iter().map(|e| seen.remove(&e.registration_id)).collect()
+        };
+        let reads = futures::future::join_all(batch.iter().zip(carried).map(|(e, carried)| async move {
+            match carried {
+                Some(record) => Ok(record),
+                None => self.read("enrollments", &e.registration_id, "enrollment").await,
+            }
+        }))
         .await;
         let (mut creates, mut updates) = (Vec::new(), Vec::new());
         for (e, read) in batch.iter().zip(reads) {
@@ -632,19 +655,26 @@ impl EnrollmentService for AzureEnrollmentService {
     }
 
     fn individual(&self, registration_id: &str) -> Result<Option<IndividualEnrollment>> {
-        self.rt
-            .block_on(self.read("enrollments", registration_id, "enrollment"))?
-            .map(|r| self.individual_of(&r.json))
-            .transpose()
+        let read = self
+            .rt
+            .block_on(self.read("enrollments", registration_id, "enrollment"))?;
+        let out = read.as_ref().map(|r| self.individual_of(&r.json)).transpose();
+        self.keep(registration_id, read);
+        out
     }
 
     fn individual_many(&self, ids: &[String]) -> Result<Vec<Option<IndividualEnrollment>>> {
         let reads = self.rt.block_on(futures::future::join_all(
             ids.iter().map(|id| self.read("enrollments", id, "enrollment")),
         ));
-        reads
-            .into_iter()
-            .map(|r| r?.map(|r| self.individual_of(&r.json)).transpose())
+        ids.iter()
+            .zip(reads)
+            .map(|(id, r)| {
+                let r = r?;
+                let out = r.as_ref().map(|r| self.individual_of(&r.json)).transpose();
+                self.keep(id, r);
+                out
+            })
             .collect()
     }
 

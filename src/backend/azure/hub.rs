@@ -14,7 +14,8 @@ use crate::backend::{BackendError, HubRegistry, Result};
 use crate::plan::AzureConfig;
 use azure_core::http::Method;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use time::OffsetDateTime;
 
 /// The api-version the Azure IoT service SDKs send.
@@ -38,7 +39,14 @@ pub struct AzureHubRegistry {
     /// The same hubs for direct methods, which IoT Hub meters apart from registry operations
     /// (so a roll's deliveries do not wait behind the registry's 100 operations a minute).
     methods: BTreeMap<String, RestClient>,
+    /// What the last read of each identity saw (hub, device id → `None`: absent), taken by the
+    /// next bulk update of it so a read-then-write verb costs no second GET. A stale entry is
+    /// safe: its update fails its etag (412) and is read again and re-applied.
+    seen: Mutex<HashMap<(String, String), Option<Device>>>,
 }
+
+/// Most identity reads kept for the updates that follow them (`seen`).
+const SEEN_LIMIT: usize = 50_000;
 
 impl std::fmt::Debug for AzureHubRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -151,6 +159,7 @@ impl AzureHubRegistry {
         }
         Ok(AzureHubRegistry {
             rt: runtime()?,
+            seen: Mutex::new(HashMap::new()),
             hubs,
             methods,
         })
@@ -244,10 +253,23 @@ impl AzureHubRegistry {
     /// Updates identities of one hub in bulk calls of at most [`BULK_LIMIT`], each entry with
     /// the etag just read (`updateIfMatchETag`); entries that lose a race (412) are re-read and
     /// re-applied one by one.
-    async fn update_bulk(client: &RestClient, batch: &[&HubIdentity]) -> Result<()> {
+    async fn update_bulk(
+        client: &RestClient,
+        batch: &[&HubIdentity],
+        carried: Vec<Option<Option<Device>>>,
+    ) -> Result<()> {
         let ids: Vec<&str> = batch.iter().map(|i| i.device_id.as_str()).collect();
         let hub = batch.first().map(|i| i.hub.clone()).unwrap_or_default();
-        let reads = futures::future::join_all(ids.iter().map(|id| Self::read(client, &hub, id))).await;
+        let reads = futures::future::join_all(ids.iter().zip(carried).map(|(id, carried)| {
+            let hub = &hub;
+            async move {
+                match carried {
+                    Some(device) => Ok(device),
+                    None => Self::read(client, hub, id).await,
+                }
+            }
+        }))
+        .await;
         let mut devices = Vec::with_capacity(batch.len());
         for (identity, read) in batch.iter().zip(reads) {
             let device = read?.ok_or_else(|| {
@@ -336,10 +358,21 @@ impl HubRegistry for AzureHubRegistry {
             .iter()
             .zip(clients)
             .map(|((hub, id), client)| Self::read(client, hub, id));
-        self.rt
-            .block_on(futures::future::join_all(reads))
-            .into_iter()
-            .map(|r| r.map(|d| d.map(|d| d.identity)))
+        let reads = self.rt.block_on(futures::future::join_all(reads));
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        // Reads never followed by an update (status, check) must not grow this without bound.
+        if seen.len() + wanted.len() > SEEN_LIMIT {
+            seen.clear();
+        }
+        wanted
+            .iter()
+            .zip(reads)
+            .map(|(key, r)| {
+                let device = r?;
+                let identity = device.as_ref().map(|d| d.identity.clone());
+                seen.insert(key.clone(), device);
+                Ok(identity)
+            })
             .collect()
     }
 
@@ -372,7 +405,14 @@ impl HubRegistry for AzureHubRegistry {
         for (hub, identities) in &by_hub {
             let client = self.client(hub)?;
             for chunk in identities.chunks(BULK_LIMIT) {
-                work.push(Self::update_bulk(client, chunk));
+                let carried = {
+                    let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                    chunk
+                        .iter()
+                        .map(|i| seen.remove(&(i.hub.clone(), i.device_id.clone())))
+                        .collect()
+                };
+                work.push(Self::update_bulk(client, chunk, carried));
             }
         }
         self.rt

@@ -683,48 +683,194 @@ fn injected_500s_and_dropped_connections_are_retried_until_the_work_is_done() {
     );
 }
 
-/// What DPS bulk operations and concurrency buy against serve on loopback: prints the times.
+/// `CERTROLL_BENCH_N` (default 200): enrollments rolled in bulk; the one-at-a-time pass
+/// rolls `CERTROLL_BENCH_SINGLE_N` (default the same, at most 200) and is compared per
+/// enrollment.
+fn bench_sizes() -> (usize, usize) {
+    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
+    let n = var("CERTROLL_BENCH_N").unwrap_or(200).max(1);
+    let single = var("CERTROLL_BENCH_SINGLE_N").unwrap_or(n.min(200)).clamp(1, n);
+    (n, single)
+}
+
+/// Requests serve logged for `host` so far.
+fn requests(env: &TestEnv, host: &str) -> usize {
+    std::fs::read_to_string(env.path("serve.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(host))
+        .count()
+}
+
+/// `n` enrollments `{prefix}{i}` (primary only) and their hub identities, written in bulk
+/// (not timed); returns each id with the certificate to roll into its secondary slot.
+fn seed_roll(
+    dps: &mut AzureEnrollmentService,
+    hub: &mut AzureHubRegistry,
+    prefix: &str,
+    n: usize,
+) -> Vec<(String, super::Made)> {
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    // DPS wants the certificate's CN to be the registration id.
+    let firsts: Vec<_> = ids
+        .iter()
+        .map(|id| super::services::enrollment(id, &super::self_signed(id, 30, false), "migrate", "conf-hub"))
+        .collect();
+    for chunk in firsts.chunks(1000) {
+        dps.put_individuals(chunk, super::now()).unwrap();
+    }
+    for (id, e) in ids.iter().zip(&firsts) {
+        hub.create_identity(&HubIdentity {
+            hub: "conf-hub".into(),
+            device_id: id.clone(),
+            status: Status::Enabled,
+            auth_type: "selfSigned".into(),
+            primary_thumbprint: Some(certroll::pki::sha1_thumbprint(e.primary.as_ref().unwrap())),
+            secondary_thumbprint: None,
+        })
+        .unwrap();
+    }
+    ids.into_iter()
+        .map(|id| {
+            let next = super::self_signed(&id, 60, false);
+            (id, next)
+        })
+        .collect()
+}
+
+/// The roll-secondary write path over `page`: read the enrollments, put the new certificate
+/// into the secondary slot, read the hub identities, set their secondary thumbprint.
+fn roll_page(dps: &mut AzureEnrollmentService, hub: &mut AzureHubRegistry, page: &[(String, super::Made)]) {
+    let ids: Vec<String> = page.iter().map(|(id, _)| id.clone()).collect();
+    let mut enrollments: Vec<_> = dps
+        .individual_many(&ids)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.expect("seeded"))
+        .collect();
+    for (e, (_, next)) in enrollments.iter_mut().zip(page) {
+        e.secondary = Some(next.cert_der.clone());
+    }
+    dps.put_individuals(&enrollments, super::now()).unwrap();
+    let wanted: Vec<(String, String)> = ids
+        .iter()
+        .map(|id| ("conf-hub".to_string(), id.clone()))
+        .collect();
+    let mut identities: Vec<_> = hub
+        .identity_many(&wanted)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.expect("seeded"))
+        .collect();
+    for (i, (_, next)) in identities.iter_mut().zip(page) {
+        i.secondary_thumbprint = Some(certroll::pki::sha1_thumbprint(&next.cert_der));
+    }
+    hub.update_identities(&identities, super::now()).unwrap();
+}
+
+/// Both services' clients for a roll at `rate` requests a second (`None`: unlimited) with
+/// `concurrency` in flight.
+fn roll_clients(
+    env: &TestEnv,
+    serve: &Serve,
+    rate: Option<f64>,
+    concurrency: usize,
+) -> (AzureEnrollmentService, AzureHubRegistry) {
+    let mut config = services_config(env, serve, "");
+    for limits in [
+        &mut config.dps.as_mut().unwrap().limits,
+        &mut config.hubs.get_mut("conf-hub").unwrap().limits,
+    ] {
+        limits.rate = Some(rate.unwrap_or(1e9));
+        limits.concurrency = concurrency;
+    }
+    let dps = enrollment_service(&config, serve, "t");
+    let hub = AzureHubRegistry::new_with_env(&config, &keys(serve)).unwrap();
+    (dps, hub)
+}
+
+/// Issue 12's numbers on loopback: a roll of N enrollments (new certificate into the secondary
+/// slot, hub thumbprint update) in bulk against one request at a time (batch size 1,
+/// concurrency 1), in the same run. Default N is small; the issue's size is
+/// `CERTROLL_BENCH_N=10000 cargo test --release --test it measure_roll -- --ignored --nocapture`.
 #[test]
 #[ignore = "measurement, not a check: run with --ignored --nocapture"]
-fn measure_bulk_enrollment_writes_against_serve() {
+fn measure_roll_of_n_enrollments_bulk_against_one_at_a_time() {
+    let (n, single_n) = bench_sizes();
     let env = TestEnv::new();
     let serve = Serve::start_with(&env, "t", &services_plan(""));
-    let n = 200;
-    // DPS wants the certificate's CN to be the registration id.
-    let batch = |prefix: &str| -> Vec<_> {
-        (0..n)
-            .map(|i| {
-                let id = format!("{prefix}{i}");
-                super::services::enrollment(&id, &super::self_signed(&id, 30, false), "migrate", "conf-hub")
-            })
-            .collect()
-    };
-    let mut one = enrollment_service(
-        &services_config(&env, &serve, ", rate = 100000, concurrency = 1"),
-        &serve,
-        "t",
-    );
-    let singles = batch("one-");
+
+    let (mut dps, mut hub) = roll_clients(&env, &serve, None, 1);
+    let singles = seed_roll(&mut dps, &mut hub, "one-", single_n);
+    let before = requests(&env, DPS_HOST) + requests(&env, HUB_HOST);
     let t = std::time::Instant::now();
-    for e in singles {
-        one.put_individuals(&[e], super::now()).unwrap();
+    for one in &singles {
+        roll_page(&mut dps, &mut hub, std::slice::from_ref(one));
     }
     let single = t.elapsed();
-    let mut bulk = enrollment_service(
-        &services_config(&env, &serve, ", rate = 100000, concurrency = 16"),
-        &serve,
-        "t",
-    );
-    let (first, again) = (batch("bulk-"), batch("bulk-"));
+    let single_requests = requests(&env, DPS_HOST) + requests(&env, HUB_HOST) - before;
+
+    let (mut dps, mut hub) = roll_clients(&env, &serve, None, 16);
+    let bulk = seed_roll(&mut dps, &mut hub, "bulk-", n);
+    let before = requests(&env, DPS_HOST) + requests(&env, HUB_HOST);
     let t = std::time::Instant::now();
-    bulk.put_individuals(&first, super::now()).unwrap();
+    // Pages of 1,000, as a verb reads and writes a large roll.
+    for page in bulk.chunks(1000) {
+        roll_page(&mut dps, &mut hub, page);
+    }
     let bulked = t.elapsed();
-    let t = std::time::Instant::now();
-    bulk.put_individuals(&again, super::now()).unwrap();
-    let updated = t.elapsed();
+    let bulk_requests = requests(&env, DPS_HOST) + requests(&env, HUB_HOST) - before;
+
+    let one_each = single.as_secs_f64() / single_n as f64;
+    let bulk_each = bulked.as_secs_f64() / n as f64;
     eprintln!(
-        "{n} enrollments: one at a time {single:?}; bulk create {bulked:?} ({:.1}x); bulk update {updated:?}",
-        single.as_secs_f64() / bulked.as_secs_f64()
+        "roll, one at a time: {single_n} enrollments in {single:?} ({:.2} ms each, {single_requests} requests)\n\
+         roll, bulk: {n} enrollments in {bulked:?} ({:.3} ms each, {bulk_requests} requests)\n\
+         bulk is {:.1}x faster per enrollment",
+        one_each * 1e3,
+        bulk_each * 1e3,
+        one_each / bulk_each
+    );
+    let e = dps.individual(&bulk[n - 1].0).unwrap().unwrap();
+    assert_eq!(e.secondary.as_deref(), Some(&bulk[n - 1].1.cert_der[..]));
+}
+
+/// The same roll with serve throttling DPS and the hub at `CERTROLL_BENCH_RATE` requests a
+/// second (default 20) and the client set to that rate: prints the achieved request rate
+/// against R and the failed operations (a failure panics the roll).
+#[test]
+#[ignore = "measurement, not a check: run with --ignored --nocapture"]
+fn measure_throttled_roll_against_the_service_rate() {
+    let (n, _) = bench_sizes();
+    let r: u32 = std::env::var("CERTROLL_BENCH_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let env = TestEnv::new();
+    let serve = Serve::start_with(
+        &env,
+        "t",
+        &services_plan(&format!(
+            "[serve.services.dps]\nrate_per_second = {r}\nburst = {r}\n\
+             [serve.services.hub]\nrate_per_second = {r}\nburst = {r}\n"
+        )),
+    );
+    let (mut dps, mut hub) = roll_clients(&env, &serve, Some(f64::from(r)), 16);
+    let ids = seed_roll(&mut dps, &mut hub, "thr-", n);
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = (requests(&env, DPS_HOST), requests(&env, HUB_HOST));
+    let t = std::time::Instant::now();
+    for page in ids.chunks(1000) {
+        roll_page(&mut dps, &mut hub, page);
+    }
+    let took = t.elapsed().as_secs_f64();
+    let dps_requests = requests(&env, DPS_HOST) - before.0;
+    let hub_requests = requests(&env, HUB_HOST) - before.1;
+    eprintln!(
+        "throttled roll at R = {r}/s per service: {n} enrollments in {took:.1} s; DPS {dps_requests} requests \
+         ({:.0}% of R), hub {hub_requests} requests; {} answered 429; 0 failed operations",
+        100.0 * dps_requests as f64 / took / f64::from(r),
+        answered(&env, DPS_HOST, "429") + answered(&env, HUB_HOST, "429"),
     );
 }
 
