@@ -14,7 +14,7 @@ use super::state::AppState;
 use crate::backend::BackendError;
 use crate::backend::Vault as _;
 use crate::backend::local::LocalBackend;
-use crate::backend::types::{Tags, VaultVersion};
+use crate::backend::types::{PendingCertificate, Tags, VaultVersion};
 use crate::ops::vault::{self as vops, lifecycle, pending, settings, transfer};
 use crate::plan::CertificatePermission as Perm;
 use crate::store::queries_vault as qv;
@@ -247,6 +247,33 @@ fn bundle(base: &str, v: &VaultVersion, tags: &Tags, policy: Option<&Value>, wit
     out
 }
 
+/// A name whose first version waits for a merge, as Key Vault shows it: a disabled version
+/// (the request id stands for its version) with the policy and a `pending` link, and no `cer` or
+/// `x5t` since nothing is issued yet.
+fn pending_bundle(base: &str, pend: &PendingCertificate) -> Value {
+    let name = &pend.name;
+    let version = &pend.request_id;
+    let mut out = json!({
+        "id": format!("{base}/certificates/{name}/{version}"),
+        "kid": format!("{base}/keys/{name}/{version}"),
+        "sid": format!("{base}/secrets/{name}/{version}"),
+        "attributes": {
+            "enabled": false,
+            "created": secs(pend.created),
+            "updated": secs(pend.created),
+            "recoveryLevel": "Recoverable+Purgeable",
+            "recoverableDays": RECOVERABLE_DAYS,
+        },
+        "tags": {},
+        "pending": { "id": format!("{base}/certificates/{name}/pending") },
+    });
+    if let Ok(policy) = serde_json::from_str::<Value>(&pend.policy_json) {
+        out["contentType"] = json!(content_type(Some(&policy)));
+        out["policy"] = policy_view(base, name, &policy);
+    }
+    out
+}
+
 fn sha1(der: &[u8]) -> Vec<u8> {
     aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, der)
         .as_ref()
@@ -361,6 +388,12 @@ async fn get_certificate(
 ) -> Answer {
     p.require(Perm::Get, &st.config.vault)?;
     st.read(move |b, _| {
+        if at.version().is_none()
+            && b.current(&at.name)?.is_none()
+            && let Some(pend) = b.pending(&at.name)?
+        {
+            return Ok(Json(pending_bundle(&base, &pend)));
+        }
         let (v, tags, policy) = load(b, &at.name, at.version())?;
         Ok(Json(bundle(
             &base,
