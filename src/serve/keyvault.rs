@@ -807,15 +807,27 @@ struct Cancelled {
     /// The CSR, base64 DER.
     csr: String,
     request_id: String,
+    /// The current version when it was cancelled (empty: none; absent in records written
+    /// before it was kept).
+    #[serde(default)]
+    current_at_cancel: Option<String>,
 }
 
+/// The cancelled operation of `name`, unless a version was made since the cancel: a create that
+/// completed at once (a self-signed `certroll vault create`, which cannot clear serve's record
+/// through an azure-capable backend) replaces it, as any create replaces Key Vault's operation.
 fn cancelled(b: &LocalBackend, name: &str) -> Result<Option<Cancelled>, ApiError> {
     let Some(text) = qv::cancelled_operation_get(b.store().conn(), name).map_err(BackendError::from)? else {
         return Ok(None);
     };
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| ApiError::internal(format!("the stored cancelled operation of {name}: {e}")))
+    let c: Cancelled = serde_json::from_str(&text)
+        .map_err(|e| ApiError::internal(format!("the stored cancelled operation of {name}: {e}")))?;
+    if let Some(then) = &c.current_at_cancel
+        && b.current(name)?.is_some_and(|v| &v.version != then)
+    {
+        return Ok(None);
+    }
+    Ok(Some(c))
 }
 
 fn cancelled_operation(base: &str, name: &str, c: &Cancelled) -> Result<Value, ApiError> {
@@ -904,6 +916,7 @@ async fn cancel_operation(
             issuer: pend.issuer.clone(),
             csr: STANDARD.encode(&pend.csr_der),
             request_id: pend.request_id.clone(),
+            current_at_cancel: Some(b.current(&name)?.map(|v| v.version).unwrap_or_default()),
         };
         let record = serde_json::to_string(&record).map_err(|e| ApiError::internal(e.to_string()))?;
         qv::cancelled_operation_set(b.store().conn(), &name, Some(&record)).map_err(BackendError::from)?;

@@ -569,3 +569,56 @@ fn versionless_paths_answer_with_and_without_the_trailing_slash_as_key_vault_doe
     assert_eq!(curl(&env, &serve, "/certificates/web?api-version=7.5").0, 404);
     assert_eq!(serve.stop(), 0);
 }
+
+#[test]
+fn a_create_from_the_cli_replaces_an_operation_cancelled_through_serve() {
+    let env = TestEnv::new();
+    env.quickstart();
+    let serve = Serve::start(&env, &[("CERTROLL_SERVE_TOKEN", "tok")]);
+    for (name, cli_issuer, status) in [
+        ("c-self", "Self", "completed"),
+        ("c-unknown", "Unknown", "inProgress"),
+    ] {
+        let create = format!(
+            r#"{{"policy":{{"issuer":{{"name":"Unknown"}},"x509_props":{{"subject":"CN={name}"}},"key_props":{{"kty":"EC","crv":"P-256"}}}}}}"#
+        );
+        let (code, text) = curl_send(
+            &env,
+            &serve,
+            "POST",
+            &format!("/certificates/{name}/create?api-version=7.5"),
+            Some(&create),
+        );
+        assert_eq!(code, 202, "{text}");
+        let (code, text) = curl_send(
+            &env,
+            &serve,
+            "PATCH",
+            &format!("/certificates/{name}/pending?api-version=7.5"),
+            Some(r#"{"cancellation_requested":true}"#),
+        );
+        assert_eq!(code, 200, "{text}");
+        assert!(text.contains(r#""status":"cancelled""#), "{text}");
+        env.plan_run(&[
+            "vault",
+            "create",
+            name,
+            "--subject",
+            &format!("CN={name}"),
+            "--issuer",
+            cli_issuer,
+        ])
+        .ok();
+        let (code, text) = curl(
+            &env,
+            &serve,
+            &format!("/certificates/{name}/pending?api-version=7.5"),
+        );
+        assert_eq!(code, 200, "{text}");
+        assert!(
+            text.contains(&format!(r#""status":"{status}""#)),
+            "the CLI's create replaces the cancelled operation of {name}: {text}"
+        );
+    }
+    assert_eq!(serve.stop(), 0);
+}
