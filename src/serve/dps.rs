@@ -1030,14 +1030,15 @@ async fn run_bulk_group_operation(
 // ---------------------------------------------------------------- queries
 
 /// The page a query asks for: (size, the id after which it starts).
-fn page_of(headers: &HeaderMap, body: &Bytes, needs_query: bool) -> Result<(usize, String), ApiError> {
-    if needs_query {
+fn page_of(headers: &HeaderMap, body: &Bytes, collection: Option<&str>) -> Result<(usize, String), ApiError> {
+    if let Some(collection) = collection {
         let spec = json_body(body)?;
         match spec.get("query").and_then(Value::as_str) {
-            Some("*") => {}
+            Some(q) if whole_collection(q, collection) => {}
             Some(other) => {
                 return Err(bad_request(format!(
-                    "query `{other}` is not served: certroll answers the query `*` (all records)"
+                    "query `{other}` is not served: certroll answers `*` and `SELECT * FROM {collection}` \
+                     (all records)"
                 )));
             }
             None => return Err(bad_request("query is required")),
@@ -1062,6 +1063,22 @@ fn page_of(headers: &HeaderMap, body: &Bytes, needs_query: bool) -> Result<(usiz
             .ok_or_else(|| bad_request("x-ms-continuation is not a token this service handed out"))?,
     };
     Ok((size, after))
+}
+
+/// Whether a query asks for every record of `collection`: `*` (what the SDK samples send) or
+/// `SELECT * FROM {collection}` (what DPS's documentation and portal write), keywords and the
+/// collection's name in any case, any spacing.
+fn whole_collection(query: &str, collection: &str) -> bool {
+    let words: Vec<&str> = query.split_whitespace().collect();
+    match words.as_slice() {
+        ["*"] => true,
+        [select, "*", from, name] => {
+            select.eq_ignore_ascii_case("select")
+                && from.eq_ignore_ascii_case("from")
+                && name.eq_ignore_ascii_case(collection)
+        }
+        _ => false,
+    }
 }
 
 /// The continuation token after `last`: opaque to clients (hex of the last id seen).
@@ -1120,7 +1137,12 @@ async fn query_records(
     item_type: &'static str,
 ) -> Result<Response, DpsError> {
     auth(&state, &headers, super::auth::SasRight::EnrollmentRead)?;
-    let (size, after) = page_of(&headers, &body, true)?;
+    let collection = if item_type == "Enrollment" {
+        "enrollments"
+    } else {
+        "enrollmentGroups"
+    };
+    let (size, after) = page_of(&headers, &body, Some(collection))?;
     let (items, next) = state
         .read(move |b, _| {
             let ids = page(b.store().conn(), &after, size + 1).map_err(store_error)?;
@@ -1225,7 +1247,7 @@ async fn query_group_device_registration_states(
     body: Bytes,
 ) -> Result<Response, DpsError> {
     auth(&state, &headers, super::auth::SasRight::EnrollmentRead)?;
-    let (size, after) = page_of(&headers, &body, false)?;
+    let (size, after) = page_of(&headers, &body, None)?;
     let (items, next) = state
         .read(move |b, _| {
             if b.group(&group).map_err(backend_error)?.is_none() {
@@ -1243,6 +1265,30 @@ async fn query_group_device_registration_states(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_query_for_the_whole_collection_is_served_in_both_spellings() {
+        for q in [
+            "*",
+            " * ",
+            "SELECT * FROM enrollments",
+            "select  *  from Enrollments",
+        ] {
+            assert!(whole_collection(q, "enrollments"), "{q}");
+        }
+        for q in [
+            "SELECT * FROM enrollmentGroups",
+            "SELECT * FROM enrollments WHERE x = 1",
+            "SELECT deviceId FROM enrollments",
+            "",
+        ] {
+            assert!(!whole_collection(q, "enrollments"), "{q}");
+        }
+        assert!(whole_collection(
+            "SELECT * FROM enrollmentGroups",
+            "enrollmentGroups"
+        ));
+    }
 
     #[test]
     fn continuation_tokens_round_trip_any_id_and_refuse_garbage() {

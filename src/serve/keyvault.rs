@@ -14,7 +14,7 @@ use super::state::AppState;
 use crate::backend::BackendError;
 use crate::backend::Vault as _;
 use crate::backend::local::LocalBackend;
-use crate::backend::types::{Tags, VaultVersion};
+use crate::backend::types::{PendingCertificate, Tags, VaultVersion};
 use crate::ops::vault::{self as vops, lifecycle, pending, settings, transfer};
 use crate::plan::CertificatePermission as Perm;
 use crate::store::queries_vault as qv;
@@ -247,6 +247,33 @@ fn bundle(base: &str, v: &VaultVersion, tags: &Tags, policy: Option<&Value>, wit
     out
 }
 
+/// A name whose first version waits for a merge, as Key Vault shows it: a disabled version
+/// (the request id stands for its version) with the policy and a `pending` link, and no `cer` or
+/// `x5t` since nothing is issued yet.
+fn pending_bundle(base: &str, pend: &PendingCertificate) -> Value {
+    let name = &pend.name;
+    let version = &pend.request_id;
+    let mut out = json!({
+        "id": format!("{base}/certificates/{name}/{version}"),
+        "kid": format!("{base}/keys/{name}/{version}"),
+        "sid": format!("{base}/secrets/{name}/{version}"),
+        "attributes": {
+            "enabled": false,
+            "created": secs(pend.created),
+            "updated": secs(pend.created),
+            "recoveryLevel": "Recoverable+Purgeable",
+            "recoverableDays": RECOVERABLE_DAYS,
+        },
+        "tags": {},
+        "pending": { "id": format!("{base}/certificates/{name}/pending") },
+    });
+    if let Ok(policy) = serde_json::from_str::<Value>(&pend.policy_json) {
+        out["contentType"] = json!(content_type(Some(&policy)));
+        out["policy"] = policy_view(base, name, &policy);
+    }
+    out
+}
+
 fn sha1(der: &[u8]) -> Vec<u8> {
     aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, der)
         .as_ref()
@@ -361,6 +388,12 @@ async fn get_certificate(
 ) -> Answer {
     p.require(Perm::Get, &st.config.vault)?;
     st.read(move |b, _| {
+        if at.version().is_none()
+            && b.current(&at.name)?.is_none()
+            && let Some(pend) = b.pending(&at.name)?
+        {
+            return Ok(Json(pending_bundle(&base, &pend)));
+        }
         let (v, tags, policy) = load(b, &at.name, at.version())?;
         Ok(Json(bundle(
             &base,
@@ -774,15 +807,27 @@ struct Cancelled {
     /// The CSR, base64 DER.
     csr: String,
     request_id: String,
+    /// The current version when it was cancelled (empty: none; absent in records written
+    /// before it was kept).
+    #[serde(default)]
+    current_at_cancel: Option<String>,
 }
 
+/// The cancelled operation of `name`, unless a version was made since the cancel: a create that
+/// completed at once (a self-signed `certroll vault create`, which cannot clear serve's record
+/// through an azure-capable backend) replaces it, as any create replaces Key Vault's operation.
 fn cancelled(b: &LocalBackend, name: &str) -> Result<Option<Cancelled>, ApiError> {
     let Some(text) = qv::cancelled_operation_get(b.store().conn(), name).map_err(BackendError::from)? else {
         return Ok(None);
     };
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| ApiError::internal(format!("the stored cancelled operation of {name}: {e}")))
+    let c: Cancelled = serde_json::from_str(&text)
+        .map_err(|e| ApiError::internal(format!("the stored cancelled operation of {name}: {e}")))?;
+    if let Some(then) = &c.current_at_cancel
+        && b.current(name)?.is_some_and(|v| &v.version != then)
+    {
+        return Ok(None);
+    }
+    Ok(Some(c))
 }
 
 fn cancelled_operation(base: &str, name: &str, c: &Cancelled) -> Result<Value, ApiError> {
@@ -871,6 +916,7 @@ async fn cancel_operation(
             issuer: pend.issuer.clone(),
             csr: STANDARD.encode(&pend.csr_der),
             request_id: pend.request_id.clone(),
+            current_at_cancel: Some(b.current(&name)?.map(|v| v.version).unwrap_or_default()),
         };
         let record = serde_json::to_string(&record).map_err(|e| ApiError::internal(e.to_string()))?;
         qv::cancelled_operation_set(b.store().conn(), &name, Some(&record)).map_err(BackendError::from)?;

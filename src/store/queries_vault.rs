@@ -590,6 +590,8 @@ pub fn pending_put(
         ],
     )
     .map_err(sql)?;
+    // A new request replaces a cancelled operation, whichever path (CLI or serve) made it.
+    cancelled_operation_set(conn, &p.name, None)?;
     Ok(())
 }
 

@@ -383,6 +383,11 @@ fn the_provisioning_service_sdk_manages_enrollments_groups_bulk_queries_and_regi
         "{out}"
     );
     assert_eq!(out["groupQuery"]["ids"], serde_json::json!(["sensors"]), "{out}");
+    assert_eq!(
+        out["individualSelect"]["ids"], out["individualQuery"]["ids"],
+        "{out}"
+    );
+    assert_eq!(out["groupSelect"]["ids"], out["groupQuery"]["ids"], "{out}");
     // Registration states: what `certroll issue` recorded, per device and per group.
     let reg = &out["registration"];
     assert_eq!(reg["registrationId"], "sensor-2");

@@ -115,6 +115,11 @@ run(async () => {
   out.individualQuery = { pages: individuals.pages, ids: individuals.items.map((e) => e.registrationId) };
   const groups = await drain(client.createEnrollmentGroupQuery({ query: '*' }, 2));
   out.groupQuery = { ids: groups.items.map((e) => e.enrollmentGroupId) };
+  // The spelling DPS's documentation and portal use asks for the same records.
+  const selectIndividuals = await drain(client.createIndividualEnrollmentQuery({ query: 'SELECT * FROM enrollments' }, 2));
+  out.individualSelect = { ids: selectIndividuals.items.map((e) => e.registrationId) };
+  const selectGroups = await drain(client.createEnrollmentGroupQuery({ query: 'SELECT * FROM enrollmentGroups' }, 2));
+  out.groupSelect = { ids: selectGroups.items.map((e) => e.enrollmentGroupId) };
 
   // ---- registration states
   const state = (await client.getDeviceRegistrationState(env('EXISTING_DEVICE'))).responseBody;

@@ -313,6 +313,14 @@ op = client.begin_create_certificate("merge-me", ec_policy("CN=merge-me", issuer
 check(op.status.lower() == "inprogress" and op.csr, f"pending with a CSR: {op.status}")
 op2 = client.get_certificate_operation("merge-me")
 check(op2.csr == op.csr, "get_certificate_operation")
+# While the create waits, Key Vault shows the certificate: a disabled version, no cer, the policy.
+waiting = client.get_certificate("merge-me")
+check(
+    waiting.name == "merge-me" and waiting.properties.enabled is False and waiting.cer is None
+    and waiting.properties.version and waiting.policy is not None
+    and waiting.policy.issuer_name == WellKnownIssuerNames.unknown,
+    f"get_certificate while pending: {waiting.properties.enabled} {waiting.cer!r} {waiting.policy}",
+)
 open(os.path.join(WORK, "merge.csr.der"), "wb").write(op.csr)
 openssl("req", "-inform", "DER", "-in", "merge.csr.der", "-verify", "-noout")
 openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ca.key",
