@@ -675,3 +675,45 @@ fn roll_secondary_due_renews_vault_only_certificates_on_local_and_on_azure() {
         );
     }
 }
+
+/// `roll-primary --breach --remove-hub-identity` on azure with `direct-method` delivery: the
+/// identity it would delete is what the direct method needs, so the device would be left
+/// waiting; it is refused up front (exit 2, naming the way out) and nothing is changed.
+#[test]
+fn breach_removing_the_hub_identity_is_refused_when_delivery_is_a_direct_method() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    fleet_plans_with(&env, &serve, FLEET, DIRECT);
+    for target in ["device:gw-1", "enrollment:gw-2", "ca:root"] {
+        let r = run_fleet(
+            &env,
+            &serve,
+            "azure",
+            &[
+                "roll-primary",
+                "--breach",
+                "--yes",
+                "--remove-hub-identity",
+                target,
+            ],
+        );
+        assert_eq!(r.code, 2, "{target}: {}\n{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.contains("--remove-hub-identity") && r.stderr.contains("`hook`"),
+            "{target}: {}",
+            r.stderr
+        );
+    }
+    assert!(
+        !env.path("azure/state.db").exists(),
+        "a refused breach changes nothing"
+    );
+    let served = serve_status(&env);
+    for id in ["gw-1", "gw-2"] {
+        let d = device(&served, id);
+        assert!(
+            d["hub_identity"].is_null() && d["individual_enrollment"].is_null(),
+            "serve holds nothing for {id}: {d}"
+        );
+    }
+}
