@@ -258,7 +258,7 @@ fn verbs_not_proven_on_azure_refuse_with_exit_2_naming_what_is_missing() {
          [ca.root]\nsubject = \"CN=Root\"\npolicy = \"dev\"\n\
          [enrollments.gw-1]\nissuer = \"root\"\npolicy = \"dev\"\nhub = \"hub-a\"\n",
     );
-    let verbs: &[&[&str]] = &[&["roll-secondary", "--due"], &["notify"]];
+    let verbs: &[&[&str]] = &[&["notify"]];
     for verb in verbs {
         let r = run(&env, "azure", verb);
         // `check` speaks monitoring codes: 3 is UNKNOWN.

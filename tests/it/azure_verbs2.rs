@@ -566,3 +566,154 @@ fn measure_a_group_roll_delivered_by_direct_method() {
         methods() - before
     );
 }
+
+/// Two individual enrollments whose device certificates are due for renewal at once on the real
+/// clock (serve runs on it): a day's validity, `auto-renew` at 1% of it (about 15 minutes), and a
+/// notBefore an hour back. A vault-only certificate made by `vault create` under a policy with
+/// the same kind of lifetime action.
+const DUE: &str = "[policies.device]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 1\n\
+     lifetime_actions = [{ lifetime_percentage = 1, action = \"auto-renew\" }]\n\
+     [policies.ca]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 3650\n\
+     key_usage = [\"keyCertSign\", \"cRLSign\", \"digitalSignature\"]\n\
+     [ca.root]\nsubject = \"CN=Root\"\npolicy = \"ca\"\n\
+     [enrollments.gw-1]\nissuer = \"root\"\npolicy = \"device\"\nhub = \"conf-hub\"\n\
+     [enrollments.gw-2]\nissuer = \"root\"\npolicy = \"device\"\nhub = \"conf-hub\"\n";
+
+/// `roll-secondary --due` (a nightly cron job) on azure: what the plan's lifetime actions say is
+/// due on the real clock is rolled into the secondary slot and delivered, the same as on the
+/// local store.
+#[test]
+fn roll_secondary_due_is_the_same_on_local_and_on_azure() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, DUE);
+    crate::azure_verbs::fleet_plans_hook(&env, &serve, DUE);
+    for which in ["local", "azure"] {
+        let path = format!("{which}/plan.toml");
+        let plan = std::fs::read_to_string(env.path(&path)).unwrap();
+        env.write(
+            &path,
+            &plan.replacen("version = 1\n", "version = 1\nnot_before_skew_minutes = 60\n", 1),
+        );
+    }
+    let (l, a) = both(&env, &serve, &["issue", "-o", "json"]);
+    assert_same(&l, &a, "issue");
+
+    let (l, a) = both(&env, &serve, &["roll-secondary", "--due", "-o", "json"]);
+    assert_same(&l, &a, "roll-secondary --due");
+    let devices = a["devices"].as_array().cloned().unwrap_or_default();
+    assert_eq!(devices.len(), 2, "both devices are due: {a}");
+    for d in &devices {
+        assert_eq!(d["slot"], "secondary", "{d}");
+        assert!(d["new_thumbprint"].is_string(), "a new certificate: {d}");
+    }
+    let (l, a) = both(&env, &serve, &["status", "-o", "json"]);
+    assert_same(&l, &a, "status after roll-secondary --due");
+    let (l, a) = both(&env, &serve, &["vault", "show", "device:gw-1", "-o", "json"]);
+    assert_eq!(a["versions"].as_array().map(Vec::len), Some(2), "{a}");
+    assert_same(&l["versions"], &a["versions"], "versions");
+}
+
+/// A vault-only certificate (`vault create`, a day's validity, the default `AutoRenew` at 80% of
+/// its lifetime) is renewed by `roll-secondary --due` run 23 hours later (within the day `--now`
+/// may differ from the real clock): on azure through Key Vault's own create, under the name's
+/// policy; a rerun finds nothing due.
+#[test]
+#[ignore = "not provable on serve's real clock yet: Key Vault's policy keeps validity in whole months (1 day becomes validity_months = 1), so 80% of it is weeks away, beyond the day --now may move"]
+fn roll_secondary_due_renews_vault_only_certificates_on_local_and_on_azure() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    crate::azure_verbs::fleet_plans_hook(&env, &serve, FLEET);
+    let (l, a) = both(&env, &serve, &["issue", "-o", "json"]);
+    assert_same(&l, &a, "issue");
+    both(
+        &env,
+        &serve,
+        &[
+            "vault",
+            "create",
+            "web",
+            "--subject",
+            "CN=web",
+            "--validity-days",
+            "1",
+            "-o",
+            "json",
+        ],
+    );
+    let later = (time::OffsetDateTime::now_utc() + time::Duration::hours(23))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let due = ["--now", &later, "roll-secondary", "--due", "-o", "json"];
+    let (l, a) = both(&env, &serve, &due);
+    for (which, r) in [("local", &l), ("azure", &a)] {
+        let renewed = r["vault_renewed"].as_array().cloned().unwrap_or_default();
+        assert_eq!(renewed.len(), 1, "{which}: {r}");
+        assert_eq!(renewed[0]["name"], "web", "{which}: {r}");
+        assert!(renewed[0]["version"].is_string(), "{which}: {r}");
+        let devices = r["devices"].as_array().cloned().unwrap_or_default();
+        assert!(
+            devices.iter().all(|d| d["outcome"] == "not-due"),
+            "{which}: no device is due: {r}"
+        );
+    }
+    let (l, a) = both(&env, &serve, &["vault", "show", "web", "-o", "json"]);
+    for (which, show) in [("local", &l), ("azure", &a)] {
+        let versions = show["versions"].as_array().cloned().unwrap_or_default();
+        assert_eq!(versions.len(), 2, "{which}: a new version: {show}");
+        assert_eq!(versions[1]["cert"]["subject"], "CN=web", "{which}: {show}");
+        assert_ne!(
+            versions[0]["cert"]["sha256"], versions[1]["cert"]["sha256"],
+            "{which}"
+        );
+    }
+    let (l, a) = both(&env, &serve, &due);
+    for (which, r) in [("local", &l), ("azure", &a)] {
+        assert_eq!(
+            r["vault_renewed"],
+            serde_json::json!([]),
+            "{which}: nothing due: {r}"
+        );
+    }
+}
+
+/// `roll-primary --breach --remove-hub-identity` on azure with `direct-method` delivery: the
+/// identity it would delete is what the direct method needs, so the device would be left
+/// waiting; it is refused up front (exit 2, naming the way out) and nothing is changed.
+#[test]
+fn breach_removing_the_hub_identity_is_refused_when_delivery_is_a_direct_method() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    fleet_plans_with(&env, &serve, FLEET, DIRECT);
+    for target in ["device:gw-1", "enrollment:gw-2", "ca:root"] {
+        let r = run_fleet(
+            &env,
+            &serve,
+            "azure",
+            &[
+                "roll-primary",
+                "--breach",
+                "--yes",
+                "--remove-hub-identity",
+                target,
+            ],
+        );
+        assert_eq!(r.code, 2, "{target}: {}\n{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.contains("--remove-hub-identity") && r.stderr.contains("`hook`"),
+            "{target}: {}",
+            r.stderr
+        );
+    }
+    assert!(
+        !env.path("azure/state.db").exists(),
+        "a refused breach changes nothing"
+    );
+    let served = serve_status(&env);
+    for id in ["gw-1", "gw-2"] {
+        let d = device(&served, id);
+        assert!(
+            d["hub_identity"].is_null() && d["individual_enrollment"].is_null(),
+            "serve holds nothing for {id}: {d}"
+        );
+    }
+}

@@ -216,6 +216,39 @@ struct ScopeTarget<'p> {
     scope: cas::Scope<'p>,
 }
 
+/// On azure, `--remove-hub-identity` deletes the device's hub identity before the new
+/// certificate reaches it, so a direct method (which needs that identity) could never deliver it
+/// and the device would be left waiting: refused up front (exit 2, nothing changed) unless every
+/// channel the targets use is a hook or none. A group's device or a CA counts every group's and
+/// enrollment's channel, as the cheap and safe side.
+fn refuse_unreachable_identity_removal(plan: &Plan, opts: &RollOptions, targets: &[Target]) -> Result<()> {
+    if plan.azure.is_none() || !opts.breach.as_ref().is_some_and(|b| b.remove_hub_identity) {
+        return Ok(());
+    }
+    let d = &plan.delivery;
+    let direct = |c: &crate::plan::Delivery| matches!(c, crate::plan::Delivery::DirectMethod { .. });
+    let any_direct = || {
+        plan.groups.keys().any(|g| direct(d.channel(Some(g), None)))
+            || plan.enrollments.keys().any(|e| direct(d.channel(None, Some(e))))
+    };
+    let hit = targets.iter().any(|t| match t {
+        Target::Enrollment(e) => direct(d.channel(None, Some(e))),
+        Target::Device(id) if plan.enrollments.contains_key(id) => direct(d.channel(None, Some(id))),
+        Target::Group(g) => direct(d.channel(Some(g), None)),
+        _ => any_direct(),
+    }) || (targets.is_empty() && any_direct());
+    if hit {
+        return Err(input(format!(
+            "{}: --remove-hub-identity deletes the hub identity a `direct-method` delivery needs, \
+             so the new certificate could not reach the device; deliver through a `hook` for \
+             these targets, or run the breach roll without --remove-hub-identity (the hub update \
+             already shuts out the compromised certificate)",
+            plan.path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Runs a roll.
 pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<RollReport> {
     let mut targets: Vec<Target> = Vec::new();
@@ -232,6 +265,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     for t in &targets {
         t.check(plan)?;
     }
+    refuse_unreachable_identity_removal(plan, opts, &targets)?;
     let (device_ids, scopes) = if opts.due {
         (due_devices(plan, &targets), Vec::new())
     } else {

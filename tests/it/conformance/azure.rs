@@ -194,18 +194,17 @@ fn verbs_not_yet_on_azure_refuse_an_azure_plan_with_exit_2_and_create_nothing() 
          [enrollments.gw-01]\nissuer = \"root\"\npolicy = \"device\"\nhub = \"hub\"\n",
     );
     env.plan_run(&["validate"]).ok();
-    for verb in [&["roll-secondary", "--due"][..], &["notify"]] {
-        let run = env.plan_run(verb).code(2);
-        assert!(
-            run.stderr.contains("does not run on backend kind `azure` yet"),
-            "{verb:?}: {}",
-            run.stderr
-        );
-    }
+    let run = env.plan_run(&["notify"]).code(2);
+    assert!(
+        run.stderr.contains("does not run on backend kind `azure` yet"),
+        "notify: {}",
+        run.stderr
+    );
     // The verbs that run on azure refuse this plan too, before touching anything: it has an
     // enrollment and no `dps`.
     for verb in [
         &["roll-primary", "device:gw-01"][..],
+        &["roll-secondary", "--due"],
         &["roll-primary", "--breach", "--yes", "device:gw-01"],
         &["revoke", "--reason", "superseded", "--yes", "device:gw-01"],
         &["reprovision"],
