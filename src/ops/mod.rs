@@ -314,8 +314,11 @@ pub fn load_issuer(backend: &dyn Backend, ca: &str) -> Result<LoadedIssuer> {
     })?;
     if !current.enabled {
         // Not an input error: earlier steps of the run may have been done; a rerun resumes.
+        // Never advise re-enabling it: `revoke ca:` and breaches disable a CA because it must not
+        // be trusted again; a new version (a breach roll) is the way on.
         anyhow::bail!(
-            "CA `{ca}` version {} is disabled in the vault and cannot sign (`certroll vault update ca:{ca} --enable`)",
+            "CA `{ca}` version {} is disabled in the vault (revoked or disabled) and signs nothing; \
+             `certroll roll-primary --breach ca:{ca}` replaces it with a new CA",
             current.version
         );
     }

@@ -1,0 +1,53 @@
+//! Issue 10, what a new user's trial found after the first fixes: a revoked root trusted again,
+//! `--out -`, deleted device certificates in `revoke` and `reprovision`, the CA a capped renewal
+//! names, and the chain `export` writes.
+
+use crate::util::*;
+
+fn status_json(env: &TestEnv) -> serde_json::Value {
+    env.plan_run(&["status", "-o", "json"]).ok().json()
+}
+
+/// A root revoked as compromised is never uploaded, verified or trusted again: the roll that
+/// finds the service without it advises a breach roll, `issue ca:root` refuses (exit 2) and
+/// changes nothing, and the breach roll is indeed the way on.
+#[test]
+fn a_revoked_root_is_never_uploaded_or_verified_again() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.plan_run(&["issue"]).ok();
+    env.plan_run(&["revoke", "ca:root", "--reason", "ca-compromise", "--yes"])
+        .ok();
+    let before = status_json(&env);
+
+    let roll = env
+        .plan_run(&["roll-secondary", "group:sensors", "--yes"])
+        .code(2);
+    assert!(
+        roll.stderr.contains("`certroll roll-primary --breach ca:root`")
+            && !roll.stderr.contains("`certroll issue ca:root` uploads")
+            && !roll.stderr.contains("--enable"),
+        "{}",
+        roll.stderr
+    );
+    for args in [&["issue", "ca:root"][..], &["issue"][..]] {
+        let r = env.plan_run(args).code(2);
+        assert!(
+            r.stderr.contains("disabled") && !r.stderr.contains("--enable"),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert_eq!(status_json(&env), before, "{args:?} changed something");
+    }
+    let ca_root = env.plan_run(&["issue", "ca:root"]).code(2);
+    assert!(
+        ca_root.stderr.contains("roll-primary --breach ca:root"),
+        "{}",
+        ca_root.stderr
+    );
+
+    // The advised way on works, and afterwards the group rolls again.
+    env.plan_run(&["roll-primary", "--breach", "ca:root", "--yes"])
+        .ok();
+    env.plan_run(&["roll-secondary", "group:sensors", "--yes"]).ok();
+}
