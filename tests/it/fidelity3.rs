@@ -51,3 +51,59 @@ fn a_revoked_root_is_never_uploaded_or_verified_again() {
         .ok();
     env.plan_run(&["roll-secondary", "group:sensors", "--yes"]).ok();
 }
+
+/// `--out -` is standard output for every verb that writes a file: the PEM (key included when
+/// asked for, here into a pipe) is what openssl reads, no file named `-` appears, and `-o json`
+/// beside it is refused rather than mixed in.
+#[test]
+fn out_dash_is_standard_output_and_never_a_file() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.plan_run(&["issue"]).ok();
+    let dash = env.path("-");
+
+    let r = env
+        .plan_run(&[
+            "vault",
+            "export",
+            "dev-sensor-02",
+            "--with-key",
+            "--format",
+            "pem",
+            "--out",
+            "-",
+        ])
+        .ok();
+    assert!(!dash.exists(), "a file named `-` was created");
+    assert!(r.stdout.contains("-----BEGIN PRIVATE KEY-----"), "{}", r.stdout);
+    assert!(
+        !r.stdout.contains("Wrote"),
+        "the report is mixed into the PEM: {}",
+        r.stdout
+    );
+    std::fs::write(env.path("got.pem"), &r.stdout).unwrap();
+    let subject = env
+        .openssl(&["x509", "-in", "got.pem", "-noout", "-subject"])
+        .ok();
+    assert!(subject.stdout.contains("sensor-02"), "{}", subject.stdout);
+    env.openssl(&["pkey", "-in", "got.pem", "-noout"]).ok();
+
+    let r = env.plan_run(&["export", "device:sensor-02", "--out", "-"]).ok();
+    assert!(!dash.exists());
+    assert!(
+        r.stdout.starts_with("-----BEGIN CERTIFICATE-----"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("PRIVATE KEY"));
+
+    let r = env
+        .plan_run(&["-o", "json", "export", "device:sensor-02", "--out", "-"])
+        .code(2);
+    assert!(
+        r.stdout.contains("--out -") && !r.stdout.contains("BEGIN"),
+        "{}",
+        r.stdout
+    );
+    assert!(!dash.exists());
+}
