@@ -107,3 +107,83 @@ fn out_dash_is_standard_output_and_never_a_file() {
     );
     assert!(!dash.exists());
 }
+
+/// A device certificate deleted from the vault but still installed is revoked all the same (its
+/// serial on the CRL openssl reads, a second revoke finds it done); one purged is named as purged
+/// (exit 2, nothing changed), not "not issued"; `reprovision` says the device still holds it.
+#[test]
+fn a_deleted_or_purged_device_certificate_in_revoke_and_reprovision() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.plan_run(&["issue"]).ok();
+    env.plan_run(&["vault", "delete", "dev-sensor-03", "--force"])
+        .ok();
+
+    let r = env
+        .plan_run(&["reprovision", "device:sensor-03", "--force"])
+        .code(1);
+    assert!(
+        r.stdout.contains("still holds")
+            && r.stdout.contains("deleted")
+            && !r.stdout.contains("no certificate is installed"),
+        "{}",
+        r.stdout
+    );
+
+    let r = env
+        .plan_run(&[
+            "-o",
+            "json",
+            "revoke",
+            "device:sensor-03",
+            "--reason",
+            "superseded",
+            "--yes",
+        ])
+        .ok();
+    assert!(r.stdout.contains("to the CRL of `ca-factory`"), "{}", r.stdout);
+    let again = env
+        .plan_run(&["revoke", "device:sensor-03", "--reason", "superseded", "--yes"])
+        .ok();
+    assert!(again.stdout.contains("already revoked"), "{}", again.stdout);
+    // The CRL openssl reads lists the deleted certificate's serial.
+    env.plan_run(&["vault", "recover", "dev-sensor-03"]).ok();
+    env.plan_run(&["export", "device:sensor-03", "--out", "leaf.pem"])
+        .ok();
+    let serial = env
+        .openssl(&["x509", "-in", "leaf.pem", "-noout", "-serial"])
+        .ok()
+        .stdout;
+    let serial = serial.trim().trim_start_matches("serial=").to_string();
+    env.plan_run(&["export", "ca:factory", "--crl", "--out", "crl.pem"])
+        .ok();
+    let crl = env
+        .openssl(&["crl", "-in", "crl.pem", "-noout", "-text"])
+        .ok()
+        .stdout;
+    assert!(crl.contains(&serial), "{serial} not in {crl}");
+
+    env.plan_run(&["vault", "delete", "dev-sensor-04", "--force"])
+        .ok();
+    env.plan_run(&["vault", "purge", "dev-sensor-04", "--yes"]).ok();
+    let before = env.plan_run(&["status", "-o", "json"]).ok().stdout;
+    let r = env
+        .plan_run(&["revoke", "device:sensor-04", "--reason", "superseded", "--yes"])
+        .code(2);
+    assert!(
+        r.stderr.contains("purged")
+            && r.stderr.contains("still holds")
+            && !r.stderr.contains("not been issued"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(env.plan_run(&["status", "-o", "json"]).ok().stdout, before);
+    let r = env
+        .plan_run(&["reprovision", "device:sensor-04", "--force"])
+        .code(1);
+    assert!(
+        r.stdout.contains("still holds") && r.stdout.contains("purged"),
+        "{}",
+        r.stdout
+    );
+}
