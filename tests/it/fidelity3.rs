@@ -187,3 +187,57 @@ fn a_deleted_or_purged_device_certificate_in_revoke_and_reprovision() {
         r.stdout
     );
 }
+
+/// Root 30 days, factory 60: the root's expiry caps the factory CA, which caps its devices. The
+/// roll and `check` name the CA whose renewal moves the cap (`ca:root`), not the factory CA,
+/// whose own renewal could not end any later.
+#[test]
+fn a_capped_renewal_names_the_ca_whose_expiry_caps_it() {
+    let env = TestEnv::new();
+    let text = std::fs::read_to_string(env.quickstart()).unwrap();
+    let text = text
+        .replace(
+            "O=Example\"\npolicy = \"ca\"",
+            "O=Example\"\npolicy = \"root-30\"",
+        )
+        .replace(
+            "path_len = 0\npolicy = \"ca\"",
+            "path_len = 0\npolicy = \"ca-60\"",
+        )
+        + "\n[policies.root-30]\nkey = { type = \"EC\", curve = \"P-384\", exportable = false }\nvalidity_days = 30\n\
+           \n[policies.ca-60]\nkey = { type = \"EC\", curve = \"P-384\", exportable = false }\nvalidity_days = 60\n";
+    env.write("plan.toml", &text);
+    env.plan_run(&["issue"]).ok();
+    let at = crate::roll::at(10);
+    let r = env
+        .plan_run(&["roll-secondary", "--due", "--now", &at, "-o", "json"])
+        .ok()
+        .json();
+    let first = &r["renew_ca_first"];
+    assert_eq!(first.as_array().map(Vec::len), Some(1), "{r:#}");
+    assert_eq!(first[0]["target"], "ca:root", "{r:#}");
+    assert!(
+        first[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("roll-secondary ca:root"),
+        "{r:#}"
+    );
+
+    let check = env
+        .plan_run(&["check", "-o", "json", "--now", &at])
+        .code(1)
+        .json();
+    let sensor = check["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["target"] == "device:sensor-01")
+        .unwrap_or_else(|| panic!("{check:#}"))
+        .clone();
+    let reason = sensor["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("capped by CA `root`") && reason.contains("roll-secondary ca:root"),
+        "{sensor:#}"
+    );
+}
