@@ -241,3 +241,106 @@ fn a_capped_renewal_names_the_ca_whose_expiry_caps_it() {
         "{sensor:#}"
     );
 }
+
+/// A device under a CA merged from outside (`vault merge` of a .p7b holding it and the outside
+/// root): `export device:` writes the leaf, then the merged CA, the root left out, exactly as
+/// `vault export` does, and openssl verifies it against the outside root.
+#[test]
+fn export_of_a_device_under_a_merged_ca_carries_the_chain() {
+    let env = TestEnv::new();
+    env.write(
+        "plan.toml",
+        "version = 1\n[policies.device]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 100\n\
+         [policies.ca]\nkey = { type = \"EC\", curve = \"P-256\", exportable = false }\nvalidity_days = 1000\n\
+         [ca.ext]\nsubject = \"CN=Ext Inter\"\npolicy = \"ca\"\npath_len = 0\n\
+         [enrollments.e-1]\nissuer = \"ext\"\npolicy = \"device\"\nhub = \"hub1\"\n",
+    );
+    env.write(
+        "ext.cnf",
+        "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\n",
+    );
+    env.plan_run(&[
+        "vault",
+        "create",
+        "ca-ext",
+        "--subject",
+        "CN=Ext Inter",
+        "--issuer",
+        "Unknown",
+    ])
+    .ok();
+    env.plan_run(&["vault", "csr", "ca-ext", "--out", "ext.csr"]).ok();
+    env.openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "oroot.key",
+        "-out",
+        "oroot.crt",
+        "-subj",
+        "/CN=Outside Root",
+        "-days",
+        "3650",
+    ])
+    .ok();
+    env.openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "ext.csr",
+        "-CA",
+        "oroot.crt",
+        "-CAkey",
+        "oroot.key",
+        "-CAcreateserial",
+        "-days",
+        "900",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "ext.crt",
+    ])
+    .ok();
+    env.openssl(&[
+        "crl2pkcs7",
+        "-nocrl",
+        "-certfile",
+        "ext.crt",
+        "-certfile",
+        "oroot.crt",
+        "-out",
+        "ext.p7b",
+    ])
+    .ok();
+    env.plan_run(&["vault", "merge", "ca-ext", "--file", "ext.p7b"])
+        .ok();
+    env.plan_run(&["issue", "enrollment:e-1"]).ok();
+
+    env.plan_run(&["export", "device:e-1", "--out", "e.pem"]).ok();
+    env.plan_run(&["vault", "export", "dev-e-1", "--out", "v.pem"])
+        .ok();
+    let e = std::fs::read_to_string(env.path("e.pem")).unwrap();
+    assert_eq!(e.matches("BEGIN CERTIFICATE").count(), 2, "{e}");
+    assert_eq!(e, std::fs::read_to_string(env.path("v.pem")).unwrap());
+    let ext = std::fs::read_to_string(env.path("ext.crt")).unwrap();
+    assert!(e.ends_with(&ext), "the merged CA follows the leaf:\n{e}");
+    env.write("inter.pem", &ext);
+    // At the real clock: the outside root and the merged CA were made just now by openssl.
+    openssl_in(
+        &env.path("."),
+        &[
+            "verify",
+            "-CAfile",
+            "oroot.crt",
+            "-untrusted",
+            "inter.pem",
+            "e.pem",
+        ],
+    )
+    .ok();
+}
