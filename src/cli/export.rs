@@ -47,6 +47,7 @@ pub fn exec(g: &Global, args: ExportArgs) -> anyhow::Result<u8> {
     if args.format == Some(ExportFormat::Pfx) && password.is_none() {
         return Err(input("a pfx export needs a password: --password-env VAR"));
     }
+    let mut p = g.out_printer(&args.out)?;
     let opts = ExportOptions {
         target: args.target,
         format: args.format,
@@ -57,7 +58,6 @@ pub fn exec(g: &Global, args: ExportArgs) -> anyhow::Result<u8> {
         backend: g.backend(),
     };
     let report = crate::ops::export(&plan, &opts, g.clock().now())?;
-    let mut p = g.printer();
     if g.output == crate::output::Format::Json {
         p.json(&report)?;
     } else if report.format == "crl" {

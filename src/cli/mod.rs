@@ -152,6 +152,22 @@ impl Global {
         Printer::new(crate::output::stdout(), self.output, self.quiet)
     }
 
+    /// The printer of a verb that writes `out`: with `--out -` the file is standard output, so
+    /// the report is not printed beside it (exit 2 for `-o json`, which would be mixed in).
+    /// Called before the verb does anything.
+    fn out_printer(&self, out: &std::path::Path) -> anyhow::Result<Printer<crate::output::Stdout>> {
+        if crate::ops::outfile::is_stdout(out) {
+            if self.output == crate::output::Format::Json {
+                return Err(crate::error::input(
+                    "--out - writes the file to standard output, where -o json would write its report too; \
+                     name a file with --out or drop -o json",
+                ));
+            }
+            return Ok(Printer::new(crate::output::stdout(), self.output, true));
+        }
+        Ok(self.printer())
+    }
+
     fn load_plan(&self) -> anyhow::Result<crate::plan::Plan> {
         Ok(crate::plan::load(&self.plan)?)
     }

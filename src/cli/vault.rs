@@ -635,6 +635,8 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
             password_env,
         } => {
             let pw = password(&password_env)?;
+            let mut p = g.out_printer(&out)?;
+            crate::ops::outfile::refuse_private_to_terminal(&out, true)?;
             let r = backup::backup(&plan, &name, &out, &pw, &settings)?;
             if json {
                 p.json(&r)?;
@@ -848,6 +850,7 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
             if format == Some(crate::ops::ExportFormat::Pfx) && pw.is_none() {
                 return Err(input("a pfx export needs a password: --password-env VAR"));
             }
+            let mut p = g.out_printer(&out)?;
             let r = transfer::export(
                 &plan,
                 &name,
@@ -876,6 +879,7 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
             }
         }
         VaultCommand::Csr { name, out } => {
+            let mut p = g.out_printer(&out)?;
             let r = pending::csr(&plan, &name, &out, &settings)?;
             if json {
                 p.json(&r)?;

@@ -137,6 +137,8 @@ pub struct CheckReport {
 #[derive(Clone, Copy)]
 struct Renewal<'a> {
     /// The issuing CA's plan name.
+    issuer: &'a str,
+    /// The CA to renew first: the issuer, or the CA above it whose notAfter capped the issuer's.
     ca: &'a str,
     /// Its current version's notAfter.
     ca_not_after: OffsetDateTime,
@@ -213,12 +215,24 @@ impl Checker<'_> {
                 && names.contains(&"auto-renew")
                 && crate::clock::add_days(now, r.validity_days as i64).min(r.ca_not_after) <= exp
             {
-                reason = format!(
-                    "{reason}, but a renewal would end no later than this certificate: its issuing CA `{}` expires at {}; renew the issuing CA first (`certroll roll-secondary ca:{}`)",
-                    r.ca,
-                    crate::clock::rfc3339(r.ca_not_after),
-                    r.ca
-                );
+                reason = if r.ca == r.issuer {
+                    format!(
+                        "{reason}, but a renewal would end no later than this certificate: its issuing CA `{}` expires at {}; renew the issuing CA first (`certroll roll-secondary ca:{}`)",
+                        r.ca,
+                        crate::clock::rfc3339(r.ca_not_after),
+                        r.ca
+                    )
+                } else {
+                    format!(
+                        "{reason}, but a renewal would end no later than this certificate: its issuing CA `{}` expires at {}, capped by CA `{}`, which no renewal of `{}` can move; renew CA `{}` first (`certroll roll-secondary ca:{}`)",
+                        r.issuer,
+                        crate::clock::rfc3339(r.ca_not_after),
+                        r.ca,
+                        r.issuer,
+                        r.ca,
+                        r.ca
+                    )
+                };
             }
             (Level::Warning, reason)
         } else if self.opts.warn_within_days > 0 && now >= warn_at {
@@ -278,8 +292,13 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
         }
     }
     let renewal = |ca: &str, policy: &Policy| -> Option<Renewal<'_>> {
-        let (ca, at) = ca_not_after.get_key_value(ca)?;
+        let at = *ca_not_after.get(ca)?;
+        // Name the CA whose renewal would move the cap: an issuer capped by its own issuer cannot.
+        let issuer = plan.cas.iter().find(|c| c.name == ca)?.name.as_str();
+        let ca = super::capping_ca(plan, &ca_not_after, issuer);
+        let at = &at;
         Some(Renewal {
+            issuer,
             ca,
             ca_not_after: *at,
             validity_days: policy.validity_days,

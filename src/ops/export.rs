@@ -187,9 +187,14 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
     let wants_key = opts.with_key || format == ExportFormat::Pfx;
     may_export(&opts.target.to_string(), &version, wants_key, now)?;
     let mut chain = vec![version.cert_der.clone()];
-    let above = chain_above(&*backend, &version)?;
-    let root_excluded = above.len().saturating_sub(1);
-    chain.extend(above.into_iter().take(root_excluded));
+    let above = issuers_above(&*backend, &version)?;
+    // Up to, not including, the root (a chain may end below one the vault does not hold).
+    let root = match above.last() {
+        Some(last) => crate::ops::vault::transfer::is_self_signed(last)?,
+        None => false,
+    };
+    let keep = above.len() - usize::from(root);
+    chain.extend(above.iter().take(keep).cloned());
 
     let bytes: zeroize::Zeroizing<Vec<u8>> = match format {
         ExportFormat::Pem => {
@@ -214,7 +219,7 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
             let key = backend.private_key(&version)?;
             // Carry the whole chain, root included, so the PFX is self-contained.
             let mut full = vec![version.cert_der.clone()];
-            full.extend(chain_above(&*backend, &version)?);
+            full.extend(above);
             chain = full;
             zeroize::Zeroizing::new(crate::pki::pkcs12::write_pfx(
                 &name,
@@ -237,4 +242,32 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
         includes_key: wants_key,
         certificates: chain.len(),
     })
+}
+
+/// The issuers above a version in path order: the vault's own walk, continued where it ends at
+/// a CA merged or imported from outside (no recorded issuer, not self-signed) by that CA's
+/// stored chain, put in path order (issue 10 item 11).
+fn issuers_above(backend: &dyn crate::backend::Backend, version: &VaultVersion) -> Result<Vec<Vec<u8>>> {
+    let mut above = chain_above(backend, version)?;
+    let mut top = None;
+    let mut next = version.issuer.clone();
+    // chain_above refuses chains longer than 16; this walk is the same one.
+    for _ in 0..=16 {
+        let Some((name, ver)) = next else { break };
+        let Some(v) = backend.version(&name, &ver)? else {
+            break;
+        };
+        next = v.issuer.clone();
+        top = Some(v);
+    }
+    if let Some(top) = top
+        && top.issuer.is_none()
+        && !crate::ops::vault::transfer::is_self_signed(&top.cert_der)?
+    {
+        above.extend(crate::pki::inspect::issuer_path(
+            &top.cert_der,
+            &backend.stored_chain(&top.name, &top.version)?,
+        ));
+    }
+    Ok(above)
 }

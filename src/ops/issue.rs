@@ -460,6 +460,16 @@ fn issue_ca(
         current = backend.current(&cert_name)?;
     }
     let current = current.context("the vault lost the CA version it just stored")?;
+    if !current.enabled {
+        // A disabled CA was revoked, breached or switched off: uploading or verifying it would
+        // make the service trust it again.
+        return Err(crate::error::input(format!(
+            "{target}: version {} of CA `{}` is disabled in the vault (revoked or disabled); a disabled CA is \
+             never uploaded to the enrollment service, verified or used to sign. `certroll roll-primary --breach \
+             {target}` replaces it with a new CA. Nothing was changed",
+            current.version, ca.name
+        )));
+    }
 
     // Roots go to the enrollment service's CA certificates and are verified there.
     if ca.issuer.is_none() {

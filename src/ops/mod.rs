@@ -327,8 +327,11 @@ pub fn load_issuer(backend: &dyn Backend, ca: &str) -> Result<LoadedIssuer> {
     })?;
     if !current.enabled {
         // Not an input error: earlier steps of the run may have been done; a rerun resumes.
+        // Never advise re-enabling it: `revoke ca:` and breaches disable a CA because it must not
+        // be trusted again; a new version (a breach roll) is the way on.
         anyhow::bail!(
-            "CA `{ca}` version {} is disabled in the vault and cannot sign (`certroll vault update ca:{ca} --enable`)",
+            "CA `{ca}` version {} is disabled in the vault (revoked or disabled) and signs nothing; \
+             `certroll roll-primary --breach ca:{ca}` replaces it with a new CA",
             current.version
         );
     }
@@ -532,4 +535,32 @@ pub fn installed_many(
         });
     }
     Ok(out)
+}
+
+/// The CA to renew first when `ca`'s notAfter caps what it signs: `ca` itself, unless its own
+/// notAfter was capped by its issuer's (it ends no earlier than its issuer), in which case
+/// renewing it cannot move it later and the question moves up the chain. `not_after` holds each
+/// CA's current notAfter by name.
+pub(crate) fn capping_ca<'a>(
+    plan: &'a Plan,
+    not_after: &std::collections::BTreeMap<&str, time::OffsetDateTime>,
+    ca: &'a str,
+) -> &'a str {
+    let mut at = ca;
+    // Bounded by the plan's CAs in case a chain in the plan ever loops.
+    for _ in 0..plan.cas.len() {
+        let Some(issuer) = plan
+            .cas
+            .iter()
+            .find(|c| c.name == at)
+            .and_then(|c| c.issuer.as_deref())
+        else {
+            break;
+        };
+        match (not_after.get(at), not_after.get(issuer)) {
+            (Some(own), Some(up)) if own >= up => at = issuer,
+            _ => break,
+        }
+    }
+    at
 }

@@ -4,6 +4,10 @@
 //! `..`) on the store, its key file, its WAL, SHM or lock files, or the plan, nor replace a file
 //! that holds a certroll store or store key of another plan. A device node or FIFO is written
 //! to, never replaced; a directory, a missing or read-only folder is bad input (exit 2).
+//!
+//! `--out -` is standard output, for every verb that writes a file; no file named `-` is ever
+//! created. A private key (or a backup holding keys) is not printed on a terminal: it goes to
+//! a pipe or a file.
 
 use crate::error::input;
 use crate::fsutil::{self, Landing};
@@ -12,6 +16,32 @@ use anyhow::Result;
 use std::path::{Path, PathBuf};
 
 use super::BackendSettings;
+
+/// Whether `--out` names standard output (`-`).
+pub fn is_stdout(out: &Path) -> bool {
+    out.as_os_str() == "-"
+}
+
+/// Refuses (exit 2) to print secrets on a terminal, where they would stay in the scrollback:
+/// a private key goes to a pipe or a file. Called before a verb changes anything.
+pub fn refuse_private_to_terminal(out: &Path, private: bool) -> Result<()> {
+    use std::io::IsTerminal as _;
+    if private && is_stdout(out) && std::io::stdout().is_terminal() {
+        return Err(input(
+            "--out - would print a private key on the terminal; pipe it to a program or name a file with --out",
+        ));
+    }
+    Ok(())
+}
+
+fn write_stdout(bytes: &[u8], private: bool) -> Result<()> {
+    use std::io::Write as _;
+    refuse_private_to_terminal(Path::new("-"), private)?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(|e| anyhow::anyhow!("writing to standard output: {e}"))
+}
 
 /// The files of a plan that no output may replace, by where they land.
 #[derive(Debug)]
@@ -50,6 +80,9 @@ impl Protected {
     /// Refuses (exit 2) an output path that would replace one of these files or another store,
     /// or that cannot be written: a directory, a folder that does not exist, a block device.
     pub fn check(&self, out: &Path) -> Result<()> {
+        if is_stdout(out) {
+            return Ok(());
+        }
         let shown = out.display();
         let landing = fsutil::landing_path(out).map_err(|e| output_input_error(out, &e))?;
         if let Some((_, what)) = self.files.iter().find(|(p, _)| *p == landing) {
@@ -73,6 +106,9 @@ impl Protected {
     /// Checks `out` and writes `bytes` there (mode 0600 when `private`): atomically for a file,
     /// straight into a character device or FIFO. A write that fails leaves no temporary file.
     pub fn write(&self, out: &Path, bytes: &[u8], private: bool) -> Result<()> {
+        if is_stdout(out) {
+            return write_stdout(bytes, private);
+        }
         self.check(out)?;
         fsutil::write_output(out, bytes, private).map_err(|e| output_error(out, e))
     }

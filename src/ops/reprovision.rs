@@ -291,6 +291,29 @@ fn lets_in(
 /// Registers one chunk of devices (or, in a dry run, asks what the service would decide).
 /// With `settle_only`, only finds the devices already assigned with the certificate they hold
 /// (`unchanged`); every other device is returned as `todo`, untouched.
+/// Why a device has no certificate to present: never issued, or (cold path) the one it still
+/// holds was deleted or purged from the vault, which the device does not know.
+fn not_installed(backend: &dyn crate::backend::Backend, id: &str) -> Result<String> {
+    let Some(version) = backend.device(id)?.and_then(|d| d.installed_version) else {
+        return Ok("no certificate is installed on the device (run `certroll issue`)".into());
+    };
+    let name = super::device_cert_name(id);
+    if backend.name_state(&name)? == Some("deleted") {
+        return Ok(format!(
+            "the device still holds version {version} of `{name}`, which is deleted in the vault: bring it back \
+             with `certroll vault recover {name}`, or purge it and run `certroll issue device:{id}` for a new one"
+        ));
+    }
+    Ok(match super::vault::purged_note(backend, &name) {
+        Some(note) => format!(
+            "the device still holds version {version} of `{name}`, which is gone from the vault: {note}"
+        ),
+        None => format!(
+            "the device still holds version {version} of `{name}`, which the vault no longer has (run `certroll issue device:{id}`)"
+        ),
+    })
+}
+
 fn register_chunk(
     backend: &mut dyn crate::backend::Backend,
     chunk: &[String],
@@ -313,7 +336,7 @@ fn register_chunk(
                     status: "skipped".into(),
                     substatus: None,
                     hub: None,
-                    error: Some("no certificate is installed on the device (run `certroll issue`)".into()),
+                    error: Some(not_installed(backend, id)?),
                 },
             );
             continue;

@@ -398,7 +398,37 @@ fn revoke_device(
     let name = device_cert_name(id);
     let record = backend.device(id)?.ok_or_else(not_issued)?;
     let version_id = record.installed_version.clone().ok_or_else(not_issued)?;
-    let version = backend.version(&name, &version_id)?.ok_or_else(not_issued)?;
+    // A certificate deleted from the vault may still be installed on the device: it is revoked
+    // all the same, from the deleted versions (which stay readable until they are purged).
+    let (version, versions, deleted) = match backend.version(&name, &version_id)? {
+        Some(v) => (v, backend.versions(&name)?, false),
+        None => match backend.deleted_certificates(Some(&name))?.into_iter().next() {
+            Some(d) => {
+                let v = d
+                    .versions
+                    .iter()
+                    .find(|v| v.version == version_id)
+                    .cloned()
+                    .ok_or_else(not_issued)?;
+                (v, d.versions, true)
+            }
+            None => {
+                // Purged: the serial the CRL needs went with it.
+                let note =
+                    super::vault::purged_note(backend, &name).unwrap_or_else(|| "it was purged".into());
+                return Err(input(format!(
+                    "{target}: the device still holds version {version_id} of `{name}`, but that certificate is gone \
+                     from the vault ({note}), so its serial is no longer known and it cannot be put on a CRL. \
+                     Cut it off through the CA that signed it instead: `certroll roll-primary --breach \
+                     ca:{issuer}`. Nothing was changed",
+                    issuer = match &owner {
+                        super::DeviceOwner::Group(g) => &g.signing_ca,
+                        super::DeviceOwner::Enrollment(e) => &e.issuer,
+                    }
+                )));
+            }
+        },
+    };
     let info = CertInfo::from_der(&version.cert_der)?;
     let mut steps = Vec::new();
 
@@ -437,11 +467,12 @@ fn revoke_device(
     // certificate would otherwise still open doors.
     let mut to_disable = Vec::new();
     let mut to_list = Vec::new();
-    for v in backend.versions(&name)? {
+    for v in versions {
         if v.version != version.version && v.exp <= now {
             continue;
         }
-        if v.enabled {
+        // A deleted version is used by nothing and cannot be updated until it is recovered.
+        if v.enabled && !deleted {
             steps.push(format!("disable vault version {name}/{}", v.version));
             to_disable.push(v.clone());
         }

@@ -59,6 +59,7 @@ mod fidelity;
 // Issue 10, roll and registration fidelity: deleted certificates, capped renewals, not yet valid
 // and the notBefore skew, `--now` far from the real clock.
 mod fidelity2;
+mod fidelity3;
 // Fuzzing (issue 9 item 13): what the fuzzers found, as regressions, and proptest properties.
 mod fuzz_found;
 mod properties;

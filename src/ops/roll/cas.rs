@@ -592,7 +592,28 @@ pub(crate) fn refuse_unaccepted(
                 group.signing_ca, u.ca, u.subject
             )
         };
+        // The topmost disabled CA on the way up: a revoked or breached CA is never uploaded or
+        // renewed under again, only replaced.
+        let mut disabled = None;
+        let mut walk = Some(u.ca.clone());
+        // Bounded by the plan's CAs in case a chain in the plan ever loops.
+        for _ in 0..=plan.cas.len() {
+            let Some(name) = walk else { break };
+            if backend.current(&ca_cert_name(&name))?.is_some_and(|v| !v.enabled) {
+                disabled = Some(name.clone());
+            }
+            walk = plan
+                .cas
+                .iter()
+                .find(|c| c.name == name)
+                .and_then(|c| c.issuer.clone());
+        }
         let fix = match &spec.issuer {
+            _ if disabled.is_some() => format!(
+                "CA `{ca}`'s current version is disabled in the vault (revoked or disabled) and is never uploaded \
+                 or verified again: `certroll roll-primary --breach ca:{ca}` replaces it with a new CA",
+                ca = disabled.as_deref().unwrap_or_default()
+            ),
             None => format!(
                 "`certroll issue ca:{ca}` uploads CA `{ca}`'s current certificate to the enrollment service and \
                  verifies it (certroll holds its key)",

@@ -541,6 +541,23 @@ fn capped_by(plan: &Plan, backend: &dyn Backend, devices: &[DeviceRoll]) -> Resu
         let id = d.target.trim_start_matches("device:");
         *counts.entry(devices::issuer_of(plan, id)?).or_default() += 1;
     }
+    if counts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut not_after = std::collections::BTreeMap::new();
+    for ca in &plan.cas {
+        if let Some(v) = backend.current(&super::ca_cert_name(&ca.name))? {
+            not_after.insert(ca.name.as_str(), v.exp);
+        }
+    }
+    // An issuer capped by its own issuer cannot move the cap: name the CA that can.
+    let mut capping: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (ca, n) in counts {
+        *capping
+            .entry(super::capping_ca(plan, &not_after, ca))
+            .or_default() += n;
+    }
+    let counts = capping;
     let mut out = Vec::new();
     for ca in plan.cas.iter().filter(|c| counts.contains_key(c.name.as_str())) {
         let Some(current) = backend.current(&super::ca_cert_name(&ca.name))? else {
