@@ -40,7 +40,8 @@ Examples:
   certroll serve --ca-out emulator-ca.pem
   CERTROLL_SERVE_TOKEN=dev certroll serve --listen 127.0.0.1:8443 -o json
   curl --resolve certroll.vault.azure.net:8443:127.0.0.1 --cacert emulator-ca.pem \\
-       -H 'Authorization: Bearer dev' 'https://certroll.vault.azure.net:8443/certificates?api-version=7.5'
+       -H 'Authorization: Bearer dev' \\
+       'https://certroll.vault.azure.net:8443/certificates?api-version=7.5'
 
 Exit codes:
   0  stopped by SIGINT or SIGTERM after finishing the requests in flight
