@@ -65,7 +65,8 @@ fn a_disabled_ca_version_refuses_to_sign_until_enabled() {
         "--disable",
     ])
     .ok();
-    let r = env.run(&["--plan", "plan.toml", "issue"]).code(1);
+    // Refused before anything is written (exit 2), naming the disabled version.
+    let r = env.run(&["--plan", "plan.toml", "issue"]).code(2);
     assert!(r.stderr.contains("disabled"), "{}", r.stderr);
     env.run(&["--plan", "plan.toml", "export", "ca:factory", "--out", "f.pem"])
         .code(2);

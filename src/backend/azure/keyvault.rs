@@ -312,6 +312,11 @@ impl AzureVault {
         let Some(mut c) = Self::get(certs, name, None).await? else {
             return Ok(None);
         };
+        if c.cer.is_none() {
+            // A certificate whose first version waits for a merge: Key Vault shows it as a
+            // disabled version without `cer`; nothing is issued under the name yet.
+            return Ok(None);
+        }
         let policy = match &c.policy {
             Some(_) => None,
             None => Self::get_policy(certs, name).await?,
@@ -366,6 +371,7 @@ impl AzureVault {
         .await?
         .into_iter()
         .flatten()
+        .filter(|c| c.cer.is_some()) // a pending request's placeholder is no issued version
         .map(|c| to_version(&name, &c, &key))
         .collect::<Result<_>>()?;
         // Key Vault lists in no promised order; `created` has second precision, so the listed
@@ -621,6 +627,9 @@ impl Vault for AzureVault {
             let Some(c) = Self::get(&self.certs, name, Some(version)).await? else {
                 return Ok(None);
             };
+            if c.cer.is_none() {
+                return Ok(None); // the pending request's placeholder, not an issued version
+            }
             let key = key_facts(Self::get_policy(&self.certs, name).await?.as_ref());
             to_version(name, &c, &key).map(Some)
         })
