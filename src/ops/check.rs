@@ -346,6 +346,22 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             });
         }
     }
+    // A group whose signing CA reaches no verified CA certificate of the enrollment service
+    // accepts none of its devices (issue 10 item 9): critical, with the way on.
+    for (group, why) in super::roll::unaccepted_groups(plan, &backend)? {
+        if wants(Target::Group(group.clone())) {
+            c.add(Problem {
+                target: format!("group:{group}"),
+                level: Level::Critical,
+                reason: why
+                    .strip_prefix(&format!("group:{group}: "))
+                    .unwrap_or(&why)
+                    .to_string(),
+                not_after: None,
+                actions_due: vec![],
+            });
+        }
+    }
     for g in plan.groups.values() {
         let whole = wants(Target::Group(g.name.clone()));
         let ids = g
