@@ -303,7 +303,10 @@ impl<W: Write> Printer<W> {
                     )?;
                     // A failed last attempt says why, as DPS records it (`-o json` has the same).
                     if let Some(r) = d.registration.as_ref().filter(|r| r.status != "assigned") {
-                        let code = r.error_code.map(|c| format!("errorCode {c}: ")).unwrap_or_default();
+                        let code = r
+                            .error_code
+                            .map(|c| format!("errorCode {c}: "))
+                            .unwrap_or_default();
                         let when = r
                             .updated
                             .map(|t| format!(" (at {})", crate::clock::rfc3339(t)))

@@ -64,10 +64,7 @@ pub struct ServeArgs {
 pub fn exec(g: &Global, args: ServeArgs) -> anyhow::Result<u8> {
     // Every request that writes is dated by this clock, as a verb's writes are.
     g.refuse_time_travel("serve")?;
-    let ca_stdout = args
-        .ca_out
-        .as_deref()
-        .is_some_and(crate::ops::outfile::is_stdout);
+    let ca_stdout = args.ca_out.as_deref().is_some_and(crate::ops::outfile::is_stdout);
     if ca_stdout && g.output == Format::Json {
         return Err(crate::error::input(
             "--ca-out - writes the CA certificate to standard output, where -o json writes the start line too; \

@@ -129,18 +129,27 @@ mod tests {
     fn text_outside_the_blocks_is_ignored_and_a_cut_block_is_named() {
         let der = vec![0x30, 0x03, 0x02, 0x01, 0x01];
         let block = cert_to_pem(&der);
-        let with_text = format!("Bag Attributes\n    localKeyID: 01 02\nsubject=CN = x\n{block}trailing words\n");
+        let with_text =
+            format!("Bag Attributes\n    localKeyID: 01 02\nsubject=CN = x\n{block}trailing words\n");
         assert!(is_pem(with_text.as_bytes()));
         assert_eq!(certs_from_pem(with_text.as_bytes()).unwrap(), vec![der.clone()]);
-        assert_eq!(blocks(with_text.as_bytes()).unwrap(), vec![("CERTIFICATE".to_string(), der)]);
+        assert_eq!(
+            blocks(with_text.as_bytes()).unwrap(),
+            vec![("CERTIFICATE".to_string(), der)]
+        );
         assert!(!is_pem(b"\x30\x82\x01\x00 binary"));
 
         let cut = &block[..block.len() / 2];
         assert!(cut.starts_with(MARK));
-        for e in [certs_from_pem(cut.as_bytes()).unwrap_err(), blocks(cut.as_bytes()).unwrap_err()] {
+        for e in [
+            certs_from_pem(cut.as_bytes()).unwrap_err(),
+            blocks(cut.as_bytes()).unwrap_err(),
+        ] {
             let msg = e.to_string();
             assert!(
-                msg.contains("-----END CERTIFICATE-----") && msg.contains("truncated") && !msg.contains("[45"),
+                msg.contains("-----END CERTIFICATE-----")
+                    && msg.contains("truncated")
+                    && !msg.contains("[45"),
                 "{msg}"
             );
         }

@@ -184,7 +184,11 @@ fn unreadable_schemes(data: &[u8]) -> Vec<String> {
         if readable {
             continue;
         }
-        let what = if is_mac { "the MAC" } else { "the encryption scheme" };
+        let what = if is_mac {
+            "the MAC"
+        } else {
+            "the encryption scheme"
+        };
         let shown = match scheme_name(&oid) {
             Some(name) => format!("{what} {name} ({oid})"),
             None => format!("{what} {oid}"),

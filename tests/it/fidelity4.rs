@@ -283,9 +283,7 @@ fn the_cron_due_run_rolls_what_is_due_beside_a_device_not_issued() {
         "{new:#}"
     );
     // The human report says the same; the rerun rolls nothing more and still exits 1.
-    let again = env
-        .plan_run(&["--now", &due, "roll-secondary", "--due"])
-        .code(1);
+    let again = env.plan_run(&["--now", &due, "roll-secondary", "--due"]).code(1);
     assert!(
         again.stdout.contains("device:gateway-02: not issued yet")
             && again.stdout.contains("`certroll issue device:gateway-02`"),
@@ -294,7 +292,8 @@ fn the_cron_due_run_rolls_what_is_due_beside_a_device_not_issued() {
     );
     assert_eq!(backend(&env).versions("dev-sensor-1").unwrap().len(), 2);
     // Issued, it is simply not due.
-    env.plan_run(&["--now", &due, "issue", "enrollment:gateway-02"]).ok();
+    env.plan_run(&["--now", &due, "issue", "enrollment:gateway-02"])
+        .ok();
     env.plan_run(&["--now", &due, "roll-secondary", "--due"]).ok();
 }
 
@@ -346,7 +345,10 @@ fn reprovision_dry_run_exits_1_when_a_device_would_be_refused() {
     env.plan_run(&["reprovision", "--dry-run"]).ok();
     env.plan_run(&["revoke", "device:sensor-1", "--reason", "superseded", "--yes"])
         .ok();
-    let r = env.plan_run(&["reprovision", "--dry-run", "-o", "json"]).code(1).json();
+    let r = env
+        .plan_run(&["reprovision", "--dry-run", "-o", "json"])
+        .code(1)
+        .json();
     assert_eq!(r["rejected"], 1, "{r:#}");
     let human = env.plan_run(&["reprovision", "--dry-run"]).code(1);
     assert!(human.stdout.contains("would be rejected"), "{}", human.stdout);
@@ -399,31 +401,51 @@ fn pem_with_text_outside_the_blocks_is_read_and_a_truncated_one_is_named() {
     bare_plan(&env);
     openssl_chain(&env);
     env.openssl(&[
-        "pkcs12", "-export", "-in", "leaf.pem", "-inkey", "leaf.key", "-certfile", "int.pem", "-passout",
-        "pass:changeit", "-out", "x.p12",
+        "pkcs12",
+        "-export",
+        "-in",
+        "leaf.pem",
+        "-inkey",
+        "leaf.key",
+        "-certfile",
+        "int.pem",
+        "-passout",
+        "pass:changeit",
+        "-out",
+        "x.p12",
     ])
     .ok();
     env.openssl(&[
-        "pkcs12", "-in", "x.p12", "-nodes", "-passin", "pass:changeit", "-out", "bags.pem",
+        "pkcs12",
+        "-in",
+        "x.p12",
+        "-nodes",
+        "-passin",
+        "pass:changeit",
+        "-out",
+        "bags.pem",
     ])
     .ok();
     let bags = std::fs::read_to_string(env.path("bags.pem")).unwrap();
     assert!(bags.starts_with("Bag Attributes"), "{bags}");
-    let r = live(&env, &["vault", "import", "bags", "--file", "bags.pem", "-o", "json"])
-        .ok()
-        .json();
+    let r = live(
+        &env,
+        &["vault", "import", "bags", "--file", "bags.pem", "-o", "json"],
+    )
+    .ok()
+    .json();
     assert_eq!(r["cert"]["subject"], "CN=Chain Leaf", "{r:#}");
 
-    let dump = env
-        .openssl(&["x509", "-in", "leaf.pem", "-text"])
-        .ok()
-        .stdout;
+    let dump = env.openssl(&["x509", "-in", "leaf.pem", "-text"]).ok().stdout;
     assert!(dump.starts_with("Certificate:"), "{dump}");
     let key = std::fs::read_to_string(env.path("leaf.key")).unwrap();
     env.write("dump.pem", &format!("{dump}{key}"));
-    let r = live(&env, &["vault", "import", "dump", "--file", "dump.pem", "-o", "json"])
-        .ok()
-        .json();
+    let r = live(
+        &env,
+        &["vault", "import", "dump", "--file", "dump.pem", "-o", "json"],
+    )
+    .ok()
+    .json();
     assert_eq!(r["cert"]["subject"], "CN=Chain Leaf", "{r:#}");
 
     let leaf = std::fs::read_to_string(env.path("leaf.pem")).unwrap();
@@ -449,8 +471,21 @@ fn an_unreadable_pkcs12_scheme_is_named() {
     openssl_chain(&env);
     let export = |out: &str, keypbe: &str, certpbe: &str| {
         env.openssl(&[
-            "pkcs12", "-export", "-legacy", "-in", "leaf.pem", "-inkey", "leaf.key", "-keypbe", keypbe,
-            "-certpbe", certpbe, "-passout", "pass:changeit", "-out", out,
+            "pkcs12",
+            "-export",
+            "-legacy",
+            "-in",
+            "leaf.pem",
+            "-inkey",
+            "leaf.key",
+            "-keypbe",
+            keypbe,
+            "-certpbe",
+            certpbe,
+            "-passout",
+            "pass:changeit",
+            "-out",
+            out,
         ])
         .ok();
     };
@@ -458,11 +493,28 @@ fn an_unreadable_pkcs12_scheme_is_named() {
     export("rc2.p12", "PBE-SHA1-3DES", "PBE-SHA1-RC2-40");
     export("rc4.p12", "PBE-SHA1-RC4-128", "PBE-SHA1-RC4-128");
     for (name, file) in [("three", "3des.p12"), ("rc", "rc2.p12")] {
-        live(&env, &["vault", "import", name, "--file", file, "--password-env", "PW"]).ok();
+        live(
+            &env,
+            &["vault", "import", name, "--file", file, "--password-env", "PW"],
+        )
+        .ok();
     }
-    let r = live(&env, &["vault", "import", "four", "--file", "rc4.p12", "--password-env", "PW"]).code(2);
+    let r = live(
+        &env,
+        &[
+            "vault",
+            "import",
+            "four",
+            "--file",
+            "rc4.p12",
+            "--password-env",
+            "PW",
+        ],
+    )
+    .code(2);
     assert!(
-        r.stderr.contains("pbeWithSHAAnd128BitRC4 (1.2.840.113549.1.12.1.1)")
+        r.stderr
+            .contains("pbeWithSHAAnd128BitRC4 (1.2.840.113549.1.12.1.1)")
             && !r.stderr.contains("wrong password"),
         "{}",
         r.stderr
@@ -520,7 +572,15 @@ fn serve_ca_out_dash_writes_the_ca_to_standard_output() {
     let mut child = env
         .cmd()
         .env_remove("CERTROLL_NOW")
-        .args(["--plan", "plan.toml", "serve", "--listen", "127.0.0.1:0", "--ca-out", "-"])
+        .args([
+            "--plan",
+            "plan.toml",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ca-out",
+            "-",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -538,14 +598,20 @@ fn serve_ca_out_dash_writes_the_ca_to_standard_output() {
         }
         let _ = tx.send(text);
     });
-    let text = rx.recv_timeout(std::time::Duration::from_secs(60)).unwrap_or_default();
+    let text = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .unwrap_or_default();
     let _ = child.kill();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(text.starts_with("-----BEGIN CERTIFICATE-----"), "{text:?}\n{stderr}");
+    assert!(
+        text.starts_with("-----BEGIN CERTIFICATE-----"),
+        "{text:?}\n{stderr}"
+    );
     assert!(!text.contains("listening"), "{text}");
     assert!(stderr.contains("listening"), "{stderr}");
     assert!(!env.path("-").exists());
     env.write("serve-ca.pem", &text);
-    env.openssl(&["x509", "-in", "serve-ca.pem", "-noout", "-subject"]).ok();
+    env.openssl(&["x509", "-in", "serve-ca.pem", "-noout", "-subject"])
+        .ok();
 }

@@ -168,12 +168,7 @@ fn refused_by_service(env: &TestEnv, now: &str, fleet_size: usize) -> BTreeSet<S
         .map(|d| str_of(&d["device"]))
         .collect();
     // The dry run exits as the run would: 1 when any device would be refused.
-    assert_eq!(
-        run.code,
-        i32::from(!refused.is_empty()),
-        "{}",
-        run.stderr
-    );
+    assert_eq!(run.code, i32::from(!refused.is_empty()), "{}", run.stderr);
     for d in devs {
         let st = d["status"].as_str().unwrap();
         assert!(

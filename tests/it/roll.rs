@@ -190,7 +190,10 @@ fn an_expiry_roll_keeps_both_certificates_working_and_alternates_slots() {
     assert_eq!(pem_der(&env, &t400, "gateway-01"), new_gw);
     assert!(works(&env, "gateway-01", &new_gw, &t400));
     let slots = backend(&env).individual("gateway-01").unwrap().unwrap();
-    assert!(slots.primary.is_none(), "the expired certificate left the primary slot");
+    assert!(
+        slots.primary.is_none(),
+        "the expired certificate left the primary slot"
+    );
 }
 
 #[test]

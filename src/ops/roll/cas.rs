@@ -163,7 +163,10 @@ pub(super) fn pending<'p>(
                 versions.len() < 2
                     || issuer_renewed.is_some()
                     || (ca.issuer.is_some()
-                        && issuer_current.as_ref().map(|u| (u.name.clone(), u.version.clone())) != c.issuer)
+                        && issuer_current
+                            .as_ref()
+                            .map(|u| (u.name.clone(), u.version.clone()))
+                            != c.issuer)
                     || policy
                         .lifetime_actions
                         .iter()
@@ -647,7 +650,9 @@ pub(crate) fn unaccepted_groups(plan: &Plan, backend: &dyn Backend) -> Result<Ve
     let mut out = Vec::new();
     for group in plan.groups.values() {
         // A group not issued yet, or whose CA is not, has nothing in service to judge.
-        if backend.group(&group.name)?.is_none() || backend.current(&ca_cert_name(&group.signing_ca))?.is_none() {
+        if backend.group(&group.name)?.is_none()
+            || backend.current(&ca_cert_name(&group.signing_ca))?.is_none()
+        {
             continue;
         }
         if let Some(why) = unaccepted_group(plan, backend, &mut service, group, &as_is)? {

@@ -794,7 +794,12 @@ fn expand<'p>(
 /// current version is disabled (revoked, or disabled by hand): a CA of the scope, or one above
 /// it. A disabled CA is never renewed or signed under again, only replaced by a breach roll of
 /// the topmost disabled CA, which the message names. Exit 2, nothing written.
-fn refuse_disabled(plan: &Plan, backend: &dyn Backend, scopes: &[ScopeTarget<'_>], opts: &RollOptions) -> Result<()> {
+fn refuse_disabled(
+    plan: &Plan,
+    backend: &dyn Backend,
+    scopes: &[ScopeTarget<'_>],
+    opts: &RollOptions,
+) -> Result<()> {
     if opts.breach.is_some() {
         return Ok(());
     }
@@ -806,7 +811,11 @@ fn refuse_disabled(plan: &Plan, backend: &dyn Backend, scopes: &[ScopeTarget<'_>
         for _ in 0..plan.cas.len() {
             let Some(name) = up else { break };
             names.push(name);
-            up = plan.cas.iter().find(|c| c.name == name).and_then(|c| c.issuer.as_deref());
+            up = plan
+                .cas
+                .iter()
+                .find(|c| c.name == name)
+                .and_then(|c| c.issuer.as_deref());
         }
         let mut disabled: Option<&str> = None;
         for name in names {
@@ -830,7 +839,11 @@ fn refuse_disabled(plan: &Plan, backend: &dyn Backend, scopes: &[ScopeTarget<'_>
                 {
                     topmost = Some(name);
                 }
-                up = plan.cas.iter().find(|c| c.name == name).and_then(|c| c.issuer.as_deref());
+                up = plan
+                    .cas
+                    .iter()
+                    .find(|c| c.name == name)
+                    .and_then(|c| c.issuer.as_deref());
             }
         }
         if let Some(name) = topmost {
