@@ -179,14 +179,17 @@ pub(super) fn pending<'p>(
         }
         let own_end = crate::clock::add_days(now, policy.validity_days as i64);
         let issuer_end = issuer_renewed.or(issuer_current.map(|u| u.exp));
-        // Capped: its issuer's notAfter cut short the certificate it holds (it ends before its
-        // policy's validity from when it was made) and would cut the new one to no later. A CA
+        // Capped: its issuer's notAfter cut short the certificate it holds (it ends more than a
+        // day before its policy's validity from when it was made) and would cut the new one to no
+        // later. A CA
         // whose own validity simply ends with its issuer's is not capped: renewing it rotates
         // its key. A root has no issuer and is never capped.
         if let (Some(c), Some(up)) = (current, issuer_end)
             && up < own_end
             && up <= c.exp
-            && c.exp < crate::clock::add_days(c.created, policy.validity_days as i64)
+            // A day's slack: a CA made seconds after its issuer with the same validity ends with
+            // it by the order they were made in, not because its issuer caps it.
+            && crate::clock::add_days(c.exp, 1) < crate::clock::add_days(c.created, policy.validity_days as i64)
         {
             out.capped.push(ca);
             continue;

@@ -379,6 +379,9 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     // planning again from the half-changed state would decide differently.
     let resuming = !opts.dry_run && backend.open_run(&command)?.is_some();
     if !resuming {
+        refuse_disabled(plan, &backend, &scopes, &device_ids, opts)?;
+    }
+    if !resuming {
         // Every group slot this run fills, and every group whose devices it signs for, must hold
         // a certificate the enrollment service accepts devices under (issue 10 items 9 and 10).
         let renewed: Vec<std::collections::BTreeSet<String>> = scopes
@@ -472,9 +475,6 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
                 None => Decision::Expiry(cas::pending(plan, &backend, &st.scope, now)?),
             });
         }
-    }
-    if !resuming {
-        refuse_disabled(plan, &backend, &scopes, opts)?;
     }
     if !resuming && opts.breach.is_none() {
         // What has expired leaves the service with every roll (`--due` included); a group this
@@ -790,68 +790,78 @@ fn expand<'p>(
     Ok((device_ids, scopes))
 }
 
-/// Refuses, before a run is recorded, an expiry roll of a CA-level target under a CA whose
-/// current version is disabled (revoked, or disabled by hand): a CA of the scope, or one above
-/// it. A disabled CA is never renewed or signed under again, only replaced by a breach roll of
-/// the topmost disabled CA, which the message names. Exit 2, nothing written.
+/// Refuses, before a run is recorded, an expiry roll under a CA whose current version is
+/// disabled (revoked, or disabled by hand): a CA of a target's scope, the CA that signs a device
+/// target, or one above them. A disabled CA is never renewed or signed under again, only replaced
+/// by a breach roll of the topmost disabled CA, which the message names. Exit 2, nothing written.
 fn refuse_disabled(
     plan: &Plan,
     backend: &dyn Backend,
     scopes: &[ScopeTarget<'_>],
+    device_ids: &[String],
     opts: &RollOptions,
 ) -> Result<()> {
     if opts.breach.is_some() {
         return Ok(());
     }
-    for st in scopes {
-        let Some(top) = st.scope.cas.first() else { continue };
-        // The scope's CAs, then every CA above its top one.
-        let mut names: Vec<&str> = st.scope.cas.iter().map(|c| c.name.as_str()).collect();
-        let mut up = top.issuer.as_deref();
-        for _ in 0..plan.cas.len() {
-            let Some(name) = up else { break };
-            names.push(name);
-            up = plan
-                .cas
-                .iter()
-                .find(|c| c.name == name)
-                .and_then(|c| c.issuer.as_deref());
+    // (what the message names, the CAs to look at from there up)
+    let mut starts: Vec<(String, Vec<&str>)> = scopes
+        .iter()
+        .map(|st| {
+            (
+                st.target.to_string(),
+                st.scope.cas.iter().map(|c| c.name.as_str()).collect(),
+            )
+        })
+        .collect();
+    let mut issuers: Vec<&str> = Vec::new();
+    // A cron `--due` run's devices are many; a disabled CA among their issuers stops the devices
+    // under it when they are assessed, as before.
+    let named = if opts.due { &[][..] } else { device_ids };
+    for id in named {
+        let issuer = devices::issuer_of(plan, id)?;
+        if !issuers.contains(&issuer) {
+            issuers.push(issuer);
+            starts.push((format!("device:{id}"), vec![issuer]));
         }
-        let mut disabled: Option<&str> = None;
-        for name in names {
-            if backend
-                .current(&super::ca_cert_name(name))?
-                .is_some_and(|v| !v.enabled)
-            {
-                // The last one found is the topmost (the walk goes down the scope, then up).
-                disabled = Some(name);
-            }
-        }
-        let mut topmost = disabled;
-        if let Some(found) = disabled {
-            // The topmost disabled CA on the chain from `found` up.
-            let mut up = Some(found);
+    }
+    let mut disabled: std::collections::HashMap<&str, bool> = Default::default();
+    for (target, cas) in starts {
+        let mut topmost = None;
+        for start in cas {
+            let mut at = Some(start);
+            // Bounded by the plan's CAs in case a chain in the plan ever loops.
             for _ in 0..=plan.cas.len() {
-                let Some(name) = up else { break };
-                if backend
-                    .current(&super::ca_cert_name(name))?
-                    .is_some_and(|v| !v.enabled)
-                {
+                let Some(name) = at else { break };
+                let off = match disabled.get(name) {
+                    Some(off) => *off,
+                    None => {
+                        let off = backend
+                            .current(&super::ca_cert_name(name))?
+                            .is_some_and(|v| !v.enabled);
+                        disabled.insert(name, off);
+                        off
+                    }
+                };
+                if off {
                     topmost = Some(name);
                 }
-                up = plan
+                at = plan
                     .cas
                     .iter()
                     .find(|c| c.name == name)
                     .and_then(|c| c.issuer.as_deref());
             }
+            if topmost.is_some() {
+                break;
+            }
         }
         if let Some(name) = topmost {
             return Err(input(format!(
-                "{}: CA `{name}`'s current version is disabled in the vault (revoked or disabled), so an expiry \
-                 roll can neither renew it nor sign under it; a disabled CA is replaced, not renewed: `certroll \
-                 roll-primary --breach ca:{name}` issues a new CA and moves everything below it. Nothing was changed",
-                st.target
+                "{target}: CA `{name}`'s current version is disabled in the vault (revoked or disabled), so an \
+                 expiry roll can neither renew it nor sign under it; a disabled CA is replaced, not renewed: \
+                 `certroll roll-primary --breach ca:{name}` issues a new CA and moves everything below it. Nothing \
+                 was changed"
             )));
         }
     }
