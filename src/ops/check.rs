@@ -312,7 +312,17 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
                 format!("ca:{}", ca.name),
                 &policy.lifetime_actions,
                 cert.as_ref(),
-                ca.issuer.as_deref().and_then(|i| renewal(i, policy)),
+                // As a roll decides (`roll::cas::pending`): a CA is capped only when its issuer
+                // cut the certificate it holds short by more than a day.
+                ca.issuer
+                    .as_deref()
+                    .filter(|_| {
+                        cert.as_ref().is_some_and(|c| {
+                            crate::clock::add_days(c.exp, 1)
+                                < crate::clock::add_days(c.created, policy.validity_days as i64)
+                        })
+                    })
+                    .and_then(|i| renewal(i, policy)),
             );
         }
     }
