@@ -301,6 +301,23 @@ impl<W: Write> Printer<W> {
                         "  {:<24} {:<12} {:<10} {:<20} {:<41} {}",
                         d.id, owner, reg, hub, tp, exp
                     )?;
+                    // A failed last attempt says why, as DPS records it (`-o json` has the same).
+                    if let Some(r) = d.registration.as_ref().filter(|r| r.status != "assigned") {
+                        let code = r
+                            .error_code
+                            .map(|c| format!("errorCode {c}: "))
+                            .unwrap_or_default();
+                        let when = r
+                            .updated
+                            .map(|t| format!(" (at {})", crate::clock::rfc3339(t)))
+                            .unwrap_or_default();
+                        writeln!(
+                            out,
+                            "    last registration {}{when}: {code}{}",
+                            r.status,
+                            r.error.as_deref().unwrap_or("no reason recorded")
+                        )?;
+                    }
                     Ok(())
                 })?;
                 if more > 0 {

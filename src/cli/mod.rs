@@ -25,7 +25,7 @@ use std::process::ExitCode;
 const EXIT_CODES: &str = "\
 Exit codes:
   0  done, or nothing to do
-  1  failed part-way; running the same command again resumes
+  1  failed part-way (running it again resumes), a device refused, or `--due` found one not issued
   2  bad input (plan, flags, files); nothing was changed
   3  (check only) the plan or the state cannot be read";
 

@@ -19,7 +19,7 @@ A device the service already has assigned with the certificate it holds is left 
 --dry-run asks the service what it would decide, and lists the devices it would refuse.
 A run killed part-way is finished by running the same command again.
 
-Exit code 1 when any device was rejected.
+Exit code 1 when any device was rejected (with --dry-run: would be).
 
 Examples:
   certroll reprovision device:gateway-01
@@ -84,9 +84,6 @@ pub fn exec(g: &Global, args: ReprovisionArgs) -> anyhow::Result<u8> {
     if report.dry_run {
         p.line("Dry run: nothing was changed.")?;
     }
-    Ok(if report.rejected > 0 && !report.dry_run {
-        1
-    } else {
-        0
-    })
+    // A dry run that finds devices the service would refuse exits as the run would (README).
+    Ok(if report.rejected > 0 { 1 } else { 0 })
 }

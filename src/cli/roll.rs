@@ -119,7 +119,7 @@ pub fn exec(g: &Global, args: RollArgs, slot: SlotName) -> anyhow::Result<u8> {
             report: &report,
             vault_renewed,
         })?;
-        return Ok(0);
+        return Ok(exit_code(&report));
     }
     print_human(&mut p, &report)?;
     for r in &vault_renewed {
@@ -133,7 +133,17 @@ pub fn exec(g: &Global, args: RollArgs, slot: SlotName) -> anyhow::Result<u8> {
             None => p.line(format!("vault:{}: would auto-renew ({})", r.name, r.trigger))?,
         }
     }
-    Ok(0)
+    Ok(exit_code(&report))
+}
+
+/// 1 when `--due` left out a device the plan names but that was never issued: the run did what
+/// was due, but not everything the plan declares is in service (README, exit codes).
+fn exit_code(report: &RollReport) -> u8 {
+    if report.devices.iter().any(|d| d.outcome == "not-issued") {
+        1
+    } else {
+        0
+    }
 }
 
 /// How many devices are listed one by one before the output summarises.
@@ -176,7 +186,7 @@ fn print_human<W: std::io::Write>(
         for d in &report.devices {
             match d.outcome {
                 "already-rolled" => p.line(format!(
-                    "{}: the {} slot already holds the newest certificate; nothing to do",
+                    "{}: already holds its newest certificate, under the CA version this roll targets (in the {} slot); nothing to do",
                     d.target,
                     d.slot.word()
                 ))?,
@@ -185,8 +195,12 @@ fn print_human<W: std::io::Write>(
                     d.target
                 ))?,
                 "not-due" => p.line(format!("{}: no auto-renew action is due; nothing to do", d.target))?,
+                "not-issued" => p.line(format!(
+                    "{}: not issued yet, so not rolled; `certroll issue {}` issues it",
+                    d.target, d.target
+                ))?,
                 "capped" => p.line(format!(
-                    "{}: auto-renew is due, but its CA's expiry caps a new certificate; not renewed",
+                    "{}: its CA's expiry caps a new certificate, which would end no later than the one it holds; not renewed",
                     d.target
                 ))?,
                 outcome => {
@@ -216,6 +230,12 @@ fn print_human<W: std::io::Write>(
             report.devices.len(),
             summary.join(", ")
         ))?;
+        for d in report.devices.iter().filter(|d| d.outcome == "not-issued") {
+            p.line(format!(
+                "{}: not issued yet, so not rolled; `certroll issue {}` issues it",
+                d.target, d.target
+            ))?;
+        }
     }
     for c in &report.renew_ca_first {
         p.line(format!("{}: {}", c.target, c.message))?;

@@ -4,7 +4,7 @@ use super::Global;
 use crate::output::Format;
 use crate::serve::{ServeOptions, StartInfo};
 use clap::Args;
-use std::io::Write as _;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -55,7 +55,8 @@ pub struct ServeArgs {
     /// The address of the listener that routes by Host name.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
     listen: SocketAddr,
-    /// Write the emulator CA's certificate (PEM) to FILE, for clients to trust.
+    /// Write the emulator CA's certificate (PEM) to FILE, for clients to trust (`-`: standard
+    /// output; the start lines then go to standard error).
     #[arg(long, value_name = "FILE")]
     ca_out: Option<PathBuf>,
 }
@@ -63,6 +64,13 @@ pub struct ServeArgs {
 pub fn exec(g: &Global, args: ServeArgs) -> anyhow::Result<u8> {
     // Every request that writes is dated by this clock, as a verb's writes are.
     g.refuse_time_travel("serve")?;
+    let ca_stdout = args.ca_out.as_deref().is_some_and(crate::ops::outfile::is_stdout);
+    if ca_stdout && g.output == Format::Json {
+        return Err(crate::error::input(
+            "--ca-out - writes the CA certificate to standard output, where -o json writes the start line too; \
+             name a file with --ca-out or drop -o json",
+        ));
+    }
     let plan = g.load_plan()?;
     let opts = ServeOptions {
         plan,
@@ -81,13 +89,20 @@ pub fn exec(g: &Global, args: ServeArgs) -> anyhow::Result<u8> {
         // own allocator pages (serve's RSS grew with them).
         .max_blocking_threads(crate::serve::MAX_BLOCKING_THREADS)
         .build()?;
-    runtime.block_on(crate::serve::run(opts, |info| print_start(info, format, quiet)))?;
+    runtime.block_on(crate::serve::run(opts, |info| {
+        print_start(info, format, quiet, ca_stdout)
+    }))?;
     Ok(0)
 }
 
-/// The start line: one JSON object on one line, or a few human lines.
-fn print_start(info: &StartInfo, format: Format, quiet: bool) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+/// The start line: one JSON object on one line, or a few human lines (on standard error when
+/// `--ca-out -` gave standard output to the CA certificate).
+fn print_start(info: &StartInfo, format: Format, quiet: bool, to_stderr: bool) -> anyhow::Result<()> {
+    let mut out: Box<dyn Write> = if to_stderr {
+        Box::new(std::io::stderr().lock())
+    } else {
+        Box::new(std::io::stdout().lock())
+    };
     match format {
         Format::Json => writeln!(out, "{}", serde_json::to_string(info)?)?,
         Format::Human if quiet => {}

@@ -312,7 +312,17 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
                 format!("ca:{}", ca.name),
                 &policy.lifetime_actions,
                 cert.as_ref(),
-                ca.issuer.as_deref().and_then(|i| renewal(i, policy)),
+                // As a roll decides (`roll::cas::pending`): a CA is capped only when its issuer
+                // cut the certificate it holds short by more than a day.
+                ca.issuer
+                    .as_deref()
+                    .filter(|_| {
+                        cert.as_ref().is_some_and(|c| {
+                            crate::clock::add_days(c.exp, 1)
+                                < crate::clock::add_days(c.created, policy.validity_days as i64)
+                        })
+                    })
+                    .and_then(|i| renewal(i, policy)),
             );
         }
     }
@@ -342,6 +352,22 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
                     crate::clock::rfc3339(at)
                 ),
                 not_after: Some(at),
+                actions_due: vec![],
+            });
+        }
+    }
+    // A group whose signing CA reaches no verified CA certificate of the enrollment service
+    // accepts none of its devices (issue 10 item 9): critical, with the way on.
+    for (group, why) in super::roll::unaccepted_groups(plan, &backend)? {
+        if wants(Target::Group(group.clone())) {
+            c.add(Problem {
+                target: format!("group:{group}"),
+                level: Level::Critical,
+                reason: why
+                    .strip_prefix(&format!("group:{group}: "))
+                    .unwrap_or(&why)
+                    .to_string(),
+                not_after: None,
                 actions_due: vec![],
             });
         }

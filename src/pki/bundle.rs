@@ -8,14 +8,12 @@ use der::{Decode, Encode};
 
 /// Every certificate in `bytes`, whatever the bundle format.
 pub fn certs_from_bundle(bytes: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
-    let text = bytes.trim_ascii_start();
-    if text.starts_with(b"-----BEGIN") {
-        let blocks = pem::parse_many(text).map_err(|e| Error::BadPem(e.to_string()))?;
+    if super::pem::is_pem(bytes) {
         let mut certs = Vec::new();
-        for block in &blocks {
-            match block.tag() {
-                "CERTIFICATE" => certs.push(block.contents().to_vec()),
-                "PKCS7" | "CMS" => certs.extend(certs_from_pkcs7(block.contents())?),
+        for (label, der) in super::pem::blocks(bytes)? {
+            match label.as_str() {
+                "CERTIFICATE" => certs.push(der),
+                "PKCS7" | "CMS" => certs.extend(certs_from_pkcs7(&der)?),
                 _ => {}
             }
         }

@@ -230,7 +230,7 @@ fn json_body(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
 
 /// Reads a certificate as DPS takes it: PEM text, or base64 of the DER bytes.
 pub(crate) fn certificate_der(text: &str, field: &str) -> Result<Vec<u8>, ApiError> {
-    let der = if text.contains("-----BEGIN") {
+    let der = if crate::pki::pem::is_pem(text.as_bytes()) {
         crate::pki::pem::certs_from_pem(text.as_bytes())
             .ok()
             .and_then(|mut certs| (!certs.is_empty()).then(|| certs.remove(0)))

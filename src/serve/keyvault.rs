@@ -1026,7 +1026,7 @@ async fn import_certificate(
     let value = req["value"]
         .as_str()
         .ok_or_else(|| ApiError::bad_request("value (the certificate with its key) is required"))?;
-    let raw = zeroize::Zeroizing::new(if value.trim_start().starts_with("-----BEGIN") {
+    let raw = zeroize::Zeroizing::new(if crate::pki::pem::is_pem(value.as_bytes()) {
         value.as_bytes().to_vec()
     } else {
         STANDARD

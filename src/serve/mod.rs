@@ -604,7 +604,14 @@ pub async fn run(opts: ServeOptions, on_start: impl FnOnce(&StartInfo) -> Result
         }
     }
 
-    if let Some(path) = &opts.ca_out {
+    if let Some(path) = opts.ca_out.as_ref().filter(|p| crate::ops::outfile::is_stdout(p)) {
+        // `--ca-out -` is standard output, as every `--out -` (a certificate: a terminal is fine).
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        out.write_all(ca.pem().as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| anyhow::anyhow!("--ca-out {}: writing to standard output: {e}", path.display()))?;
+    } else if let Some(path) = &opts.ca_out {
         std::fs::write(path, ca.pem()).map_err(|e| {
             input(format!(
                 "--ca-out {}: cannot write the CA certificate: {e}",

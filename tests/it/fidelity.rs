@@ -12,7 +12,7 @@ fn vault(env: &TestEnv, args: &[&str]) -> Run {
 }
 
 /// certroll at the real clock (certificates openssl made just now), with `PW` set.
-fn live(env: &TestEnv, args: &[&str]) -> Run {
+pub fn live(env: &TestEnv, args: &[&str]) -> Run {
     let now = certroll::clock::rfc3339(time::OffsetDateTime::now_utc() + time::Duration::minutes(1));
     let out = env
         .cmd()
@@ -28,7 +28,7 @@ fn live(env: &TestEnv, args: &[&str]) -> Run {
     }
 }
 
-fn bare_plan(env: &TestEnv) {
+pub fn bare_plan(env: &TestEnv) {
     env.write(
         "plan.toml",
         "version = 1\n\n[contacts]\nemails = [\"plan@example.com\"]\n",
@@ -37,7 +37,7 @@ fn bare_plan(env: &TestEnv) {
 
 /// A root, an intermediate and a leaf with its key, made by openssl: root.pem, int.pem,
 /// leaf.pem, leaf.key.
-fn openssl_chain(env: &TestEnv) {
+pub fn openssl_chain(env: &TestEnv) {
     let ok = |args: &[&str]| env.openssl(args).ok();
     ok(&[
         "ecparam",

@@ -158,7 +158,8 @@ fn hub_accepts(d: &Value) -> BTreeSet<String> {
 /// Asks the enrollment service, through `reprovision --dry-run`, about the certificate every
 /// device holds; returns the devices it would refuse, after checking the report adds up.
 fn refused_by_service(env: &TestEnv, now: &str, fleet_size: usize) -> BTreeSet<String> {
-    let r = json(env, now, &["reprovision", "--dry-run"]).ok().json();
+    let run = json(env, now, &["reprovision", "--dry-run"]);
+    let r = run.json();
     let devs = r["devices"].as_array().unwrap();
     assert_eq!(devs.len(), fleet_size, "every device is asked");
     let refused: BTreeSet<String> = devs
@@ -166,6 +167,8 @@ fn refused_by_service(env: &TestEnv, now: &str, fleet_size: usize) -> BTreeSet<S
         .filter(|d| d["status"] == "would-fail")
         .map(|d| str_of(&d["device"]))
         .collect();
+    // The dry run exits as the run would: 1 when any device would be refused.
+    assert_eq!(run.code, i32::from(!refused.is_empty()), "{}", run.stderr);
     for d in devs {
         let st = d["status"].as_str().unwrap();
         assert!(
@@ -952,7 +955,7 @@ fn fleet_revoking_single_devices_and_reprovisioning_under_each_policy() {
     assert!(d1["r-200"]["hub_identity"].is_null(), "--hub-identity delete");
     assert_eq!(s1["groups"], s0["groups"], "the groups stay enabled");
     // The enrollment service refuses exactly the revoked devices, and says why.
-    let r = json(&env, &now, &["reprovision", "--dry-run"]).ok().json();
+    let r = json(&env, &now, &["reprovision", "--dry-run"]).code(1).json();
     for d in r["devices"].as_array().unwrap() {
         if revoked.contains(d["device"].as_str().unwrap()) {
             assert_eq!(d["status"], "would-fail", "{d}");

@@ -60,6 +60,9 @@ mod fidelity;
 // and the notBefore skew, `--now` far from the real clock.
 mod fidelity2;
 mod fidelity3;
+// Issue 10, the leftovers of each kind: reruns after any other roll, capped CA renewals, `--due`
+// beside an unissued device, disabled CAs, PEM text, PKCS#12 schemes, `serve --ca-out -`.
+mod fidelity4;
 // Fuzzing (issue 9 item 13): what the fuzzers found, as regressions, and proptest properties.
 mod fuzz_found;
 mod properties;

@@ -174,7 +174,7 @@ fn an_expired_certificate_is_rejected_with_the_reason_and_exit_1() {
             "-o",
             "json",
         ])
-        .ok()
+        .code(1)
         .json();
     assert_eq!(late["devices_cut_off"]["count"], 51, "{late}");
     assert_eq!(late["devices"][0]["status"], "would-fail");

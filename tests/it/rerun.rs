@@ -267,9 +267,10 @@ fn any_sequence_of_different_rolls_keeps_the_fleet_connected_and_reruns_change_n
 fn a_roll_after_an_interrupted_roll_of_another_target_names_the_devices_it_cuts_off() {
     // A CA roll killed after its CA steps leaves the group with two CA certificates and its
     // devices under the old one; a device rolled then gets its certificate under the new one.
-    // A group roll into the slot of the old one now has two certificates to choose from for the
-    // other slot: it keeps the one most devices hold theirs under, and its dry run names the
-    // device left under the one that leaves, which the run then rolls.
+    // A group roll into the other slot finds the CA renewed and its current certificate in the
+    // group already (issue 10 item 3: which slot holds it does not matter), so it renews nothing,
+    // leaves the slots as they are, cuts nobody off, and rolls only the devices still under the
+    // old CA version; its dry run says exactly that.
     let env = TestEnv::new();
     env.quickstart();
     run(&env, NOW, &["issue"]).ok();
@@ -288,16 +289,21 @@ fn a_roll_after_an_interrupted_roll_of_another_target_names_the_devices_it_cuts_
     assert_fleet_connects(&env, &t, "after the interrupted CA roll");
 
     let args = ["roll-primary", "group:sensors"];
+    let factory = versions(&env, "ca-factory");
     let dry = json(&env, &t, &[&args[..], &["--dry-run"]].concat());
-    assert_eq!(dry["devices_cut_off"]["count"], 1, "{dry}");
-    assert_eq!(
-        dry["devices_cut_off"]["first"],
-        serde_json::json!(["sensor-01"]),
-        "{dry}"
-    );
+    assert_eq!(dry["devices_cut_off"]["count"], 0, "{dry}");
     let done = json(&env, &t, &args);
     assert_eq!(done["devices_cut_off"], dry["devices_cut_off"], "{done}");
-    assert_eq!(done["groups"][0]["outcome"], "rolled", "{done}");
+    assert_eq!(done["groups"][0]["outcome"], "already-rolled", "{done}");
+    assert_eq!(versions(&env, "ca-factory"), factory, "the CA was renewed again");
+    for d in done["devices"].as_array().unwrap() {
+        let expected = if d["target"] == "device:sensor-01" {
+            "already-rolled"
+        } else {
+            "rolled"
+        };
+        assert_eq!(d["outcome"], expected, "{done}");
+    }
     assert_fleet_connects(&env, &t, "after the group roll");
     let settled = all_versions(&env);
     let again = json(&env, &t, &args);

@@ -166,7 +166,9 @@ fn an_expiry_roll_keeps_both_certificates_working_and_alternates_slots() {
     assert_eq!(again["devices"][0]["outcome"], "already-rolled");
     assert_eq!(pem_der(&env, &t300, "gateway-01"), new_gw);
 
-    // Once the old certificate has expired it no longer works; the next roll takes its slot.
+    // Once the old certificate has expired it no longer works; a roll into its slot only takes
+    // it out: the device holds its newest certificate under the current CA already, whichever
+    // slot holds it (issue 10 item 3), so no new one is made.
     let t400 = at(400);
     assert!(!works(&env, "gateway-01", &old_gw, &t400));
     assert!(works(&env, "gateway-01", &new_gw, &t400));
@@ -183,9 +185,15 @@ fn an_expiry_roll_keeps_both_certificates_working_and_alternates_slots() {
         ])
         .ok()
         .json();
-    assert_eq!(r["devices"][0]["slot"], "primary");
-    let third = pem_der(&env, &t400, "gateway-01");
-    assert!(works(&env, "gateway-01", &third, &t400) && works(&env, "gateway-01", &new_gw, &t400));
+    assert_eq!(r["devices"][0]["outcome"], "pruned", "{r}");
+    assert!(r["devices"][0]["pruned_thumbprint"].is_string(), "{r}");
+    assert_eq!(pem_der(&env, &t400, "gateway-01"), new_gw);
+    assert!(works(&env, "gateway-01", &new_gw, &t400));
+    let slots = backend(&env).individual("gateway-01").unwrap().unwrap();
+    assert!(
+        slots.primary.is_none(),
+        "the expired certificate left the primary slot"
+    );
 }
 
 #[test]

@@ -51,8 +51,10 @@ struct Entry {
 
 fn decode_certificate(text: &str) -> Option<Vec<u8>> {
     let text = text.trim();
-    if text.starts_with("-----BEGIN") {
-        return pem::parse(text).ok().map(|p| p.into_contents());
+    if crate::pki::pem::is_pem(text.as_bytes()) {
+        return crate::pki::pem::certs_from_pem(text.as_bytes())
+            .ok()
+            .and_then(|c| c.into_iter().next());
     }
     base64::engine::general_purpose::STANDARD
         .decode(text.split_whitespace().collect::<String>())

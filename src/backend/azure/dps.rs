@@ -228,9 +228,11 @@ impl AzureEnrollmentService {
             return Ok(None);
         }
         if let Some(text) = slot["certificate"].as_str()
-            && let Ok(p) = pem::parse(text)
+            && let Some(der) = crate::pki::pem::certs_from_pem(text.as_bytes())
+                .ok()
+                .and_then(|c| c.into_iter().next())
         {
-            return Ok(Some(p.into_contents()));
+            return Ok(Some(der));
         }
         let info = &slot["info"];
         let Some(tp) = info["sha1Thumbprint"].as_str().map(str::to_ascii_uppercase) else {

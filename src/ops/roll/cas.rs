@@ -109,39 +109,113 @@ pub(super) fn slot_for(backend: &dyn Backend, ca: &CaSpec) -> Result<Slot> {
     })
 }
 
-/// Whether an expiry roll of this scope into `slot` is in place, decided from what the vault and
-/// the groups hold (never from which run came last): every CA of the scope has been renewed since
-/// `issue` (it has more than one version) and its current version was signed by its issuer's
-/// current version, and every group of the scope holds its signing CA's current certificate in
-/// `slot`.
-pub(super) fn in_place(backend: &dyn Backend, scope: &Scope<'_>, slot: SlotName) -> Result<bool> {
+/// What an expiry roll of a scope still has to do, decided from what the vault and the groups
+/// hold (never from which run came last, nor from which slot holds what: a rerun, or a roll of
+/// the other slot, after the work is in place does nothing).
+pub(super) struct Pending<'p> {
+    /// The CAs to renew, parents first.
+    pub renew: Vec<&'p CaSpec>,
+    /// CAs that want a renewal that could not end later than their current certificate: their
+    /// issuer's notAfter caps it (issue 10 item 15). They are not renewed.
+    pub capped: Vec<&'p CaSpec>,
+    /// The groups whose named slot gets their CA's current certificate.
+    pub place: Vec<&'p GroupSpec>,
+}
+
+impl Pending<'_> {
+    /// Nothing to renew and no slot to fill.
+    pub fn is_empty(&self) -> bool {
+        self.renew.is_empty() && self.place.is_empty()
+    }
+}
+
+/// Decides what an expiry roll of `scope` still has to do. A CA is renewed when it has not been
+/// renewed since `issue` (it has one version), its current version is not signed by its issuer's
+/// current version (or its issuer is renewed by this run), or its `auto-renew` action has fired,
+/// and not when its issuer's notAfter caps it (see below). A group's slot is
+/// filled when its CA is renewed by this run or the group holds its CA's current certificate in
+/// neither slot.
+pub(super) fn pending<'p>(
+    plan: &Plan,
+    backend: &dyn Backend,
+    scope: &Scope<'p>,
+    now: OffsetDateTime,
+) -> Result<Pending<'p>> {
+    let mut out = Pending {
+        renew: Vec::new(),
+        capped: Vec::new(),
+        place: Vec::new(),
+    };
+    // The notAfter each CA renewed by this run will have.
+    let mut ends: std::collections::HashMap<&str, OffsetDateTime> = Default::default();
     for ca in &scope.cas {
+        let policy = &plan.policies[&ca.policy];
         let versions = backend.versions(&ca_cert_name(&ca.name))?;
-        let Some(current) = versions.last() else {
-            return Ok(false);
+        let current = versions.last();
+        let issuer_renewed = ca.issuer.as_deref().and_then(|i| ends.get(i)).copied();
+        let issuer_current = match &ca.issuer {
+            Some(i) => backend.current(&ca_cert_name(i))?,
+            None => None,
         };
-        if versions.len() < 2 {
-            return Ok(false);
-        }
-        if let Some(issuer) = &ca.issuer {
-            let up = backend.current(&ca_cert_name(issuer))?;
-            if up.map(|u| (u.name, u.version)) != current.issuer {
-                return Ok(false);
+        let wanted = match current {
+            None => true,
+            Some(c) => {
+                versions.len() < 2
+                    || issuer_renewed.is_some()
+                    || (ca.issuer.is_some()
+                        && issuer_current
+                            .as_ref()
+                            .map(|u| (u.name.clone(), u.version.clone()))
+                            != c.issuer)
+                    || policy
+                        .lifetime_actions
+                        .iter()
+                        .filter(|a| a.action == crate::plan::ActionKind::AutoRenew)
+                        .any(|a| crate::ops::lifetime::fires_at(a.trigger, c.nbf, c.exp) <= now)
             }
+        };
+        if !wanted {
+            continue;
         }
+        let own_end = crate::clock::add_days(now, policy.validity_days as i64);
+        let issuer_end = issuer_renewed.or(issuer_current.map(|u| u.exp));
+        // Capped: its issuer's notAfter cut short the certificate it holds (it ends more than a
+        // day before its policy's validity from when it was made) and would cut the new one to no
+        // later. A CA
+        // whose own validity simply ends with its issuer's is not capped: renewing it rotates
+        // its key. A root has no issuer and is never capped.
+        if let (Some(c), Some(up)) = (current, issuer_end)
+            && up < own_end
+            && up <= c.exp
+            // A day's slack: a CA made seconds after its issuer with the same validity ends with
+            // it by the order they were made in, not because its issuer caps it.
+            && crate::clock::add_days(c.exp, 1) < crate::clock::add_days(c.created, policy.validity_days as i64)
+        {
+            out.capped.push(ca);
+            continue;
+        }
+        let would_end = issuer_end.map_or(own_end, |up| own_end.min(up));
+        ends.insert(ca.name.as_str(), would_end);
+        out.renew.push(ca);
     }
     for g in &scope.groups {
+        if ends.contains_key(g.signing_ca.as_str()) {
+            out.place.push(g);
+            continue;
+        }
         let current = backend.current(&ca_cert_name(&g.signing_ca))?;
-        let held = backend.group(&g.name)?.and_then(|state| match slot {
-            SlotName::Primary => state.primary,
-            SlotName::Secondary => state.secondary,
-        });
-        match (held, current) {
-            (Some(h), Some(c)) if h.cert_der == c.cert_der => {}
-            _ => return Ok(false),
+        let holds = match (backend.group(&g.name)?, current) {
+            (Some(state), Some(c)) => [state.primary, state.secondary]
+                .into_iter()
+                .flatten()
+                .any(|s| s.cert_der == c.cert_der),
+            _ => false,
+        };
+        if !holds {
+            out.place.push(g);
         }
     }
-    Ok(true)
+    Ok(out)
 }
 
 /// What a group's other slot keeps when an expiry roll puts a new CA certificate into `slot`.
@@ -559,6 +633,48 @@ pub(crate) fn refuse_unaccepted(
 ) -> Result<()> {
     let mut service: Option<Vec<ServiceCa>> = None;
     for (group, makes) in groups {
+        if let Some(why) = unaccepted_group(plan, backend, &mut service, group, makes)? {
+            return Err(crate::error::input(format!("{why}. Nothing was changed")));
+        }
+    }
+    Ok(())
+}
+
+/// Groups of the plan whose signing CA's certificate, as the vault holds it now, reaches no
+/// verified CA certificate of the enrollment service (so it accepts none of their devices), each
+/// with the message `refuse_unaccepted` gives: what `check` reports (issue 10 item 9).
+pub(crate) fn unaccepted_groups(plan: &Plan, backend: &dyn Backend) -> Result<Vec<(String, String)>> {
+    let nothing = std::collections::BTreeSet::new();
+    let as_is = RunMakes {
+        renewed: &nothing,
+        uploads_roots: &nothing,
+    };
+    let mut service: Option<Vec<ServiceCa>> = None;
+    let mut out = Vec::new();
+    for group in plan.groups.values() {
+        // A group not issued yet, or whose CA is not, has nothing in service to judge.
+        if backend.group(&group.name)?.is_none()
+            || backend.current(&ca_cert_name(&group.signing_ca))?.is_none()
+        {
+            continue;
+        }
+        if let Some(why) = unaccepted_group(plan, backend, &mut service, group, &as_is)? {
+            out.push((group.name.clone(), why));
+        }
+    }
+    Ok(out)
+}
+
+/// Why the enrollment service would accept none of `group`'s devices once the run `makes` is
+/// done (None when it would, or when the backend cannot list the service's CA certificates).
+fn unaccepted_group(
+    plan: &Plan,
+    backend: &dyn Backend,
+    service: &mut Option<Vec<ServiceCa>>,
+    group: &GroupSpec,
+    makes: &RunMakes<'_>,
+) -> Result<Option<String>> {
+    {
         let signing = plan
             .cas
             .iter()
@@ -566,18 +682,18 @@ pub(crate) fn refuse_unaccepted(
             .context("signing CA not in the plan")?;
         if signing.issuer.is_none() {
             // A root is referred to by name, and the service refuses an unverified reference.
-            continue;
+            return Ok(None);
         }
-        let service = match &mut service {
+        let service = match service {
             Some(s) => s,
             None => match backend.cas() {
                 Ok(cas) => service.insert(cas),
-                Err(crate::backend::BackendError::Refused(_)) => return Ok(()),
+                Err(crate::backend::BackendError::Refused(_)) => return Ok(None),
                 Err(e) => return Err(e.into()),
             },
         };
         let Some(u) = unaccepted(plan, backend, service, makes, &group.signing_ca)? else {
-            continue;
+            return Ok(None);
         };
         let spec = plan
             .cas
@@ -633,12 +749,11 @@ pub(crate) fn refuse_unaccepted(
                 name = ca_cert_name(&u.ca)
             ),
         };
-        return Err(crate::error::input(format!(
+        Ok(Some(format!(
             "group:{}: the enrollment service would accept none of its devices: {whose} is not a verified CA \
              certificate and does not chain to one: {}. DPS accepts a group's devices only when its CA certificate \
-             is verified or its chain ends at a verified CA. {fix}. Nothing was changed",
+             is verified or its chain ends at a verified CA. {fix}",
             group.name, u.why
-        )));
+        )))
     }
-    Ok(())
 }

@@ -364,16 +364,37 @@ pub(super) fn assess<'p>(
                 let newest_tp = thumbprints.last().cloned().unwrap_or_default();
                 // Rolled already, decided from what the device and its enrollment hold (never
                 // from which run came last, nor from the hub, whose thumbprints re-provisioning
-                // rewrites): the device holds the newest version, which came from a roll (a lone
-                // first version is what `issue` made), was signed by the CA version this roll
-                // targets, sits in the named slot of its individual enrollment (a group member
-                // has no slot of its own), and is not yet due for renewal.
+                // rewrites, nor from which slot holds it): the device holds the newest version,
+                // which came from a roll (a lone first version is what `issue` made), was signed
+                // by the CA version this roll targets, sits in either slot of its individual
+                // enrollment (a group member has no slot of its own), and is not yet due for
+                // renewal.
+                let held_in = [slot, slot.other()]
+                    .into_iter()
+                    .find(|s| slot_tp(*s).as_deref() == Some(newest_tp.as_str()));
                 let already = !due
                     && versions.len() > 1
                     && installed.version == newest.version
                     && cas.signed(issuer_ca, &newest)
-                    && (individual.is_none() || slot_tp(slot).as_deref() == Some(newest_tp.as_str()))
+                    && (individual.is_none() || held_in.is_some())
                     && !renewal_due(policy, &newest, cas.get(issuer_ca), now);
+                if already && let Some(held) = held_in {
+                    // Only an expired certificate beside it may still go.
+                    slot = held;
+                    report.slot = slot;
+                    work.slot = slot;
+                }
+                // Its CA ends no later than the certificate it holds: a new one could not end
+                // later, so none is made until the CA is renewed (issue 10 item 15).
+                if !already
+                    && !due
+                    && installed.version == newest.version
+                    && cas.get(issuer_ca).is_some_and(|ca| ca.not_after <= newest.exp)
+                {
+                    report.outcome = "capped";
+                    out.reports.push(report);
+                    continue;
+                }
                 let pruned =
                     slot_tp(slot.other()).filter(|tp| by_tp(tp).is_some_and(|i| versions[i].exp < now));
                 if already && pruned.is_none() {

@@ -7,13 +7,19 @@
 //! devices keep working with either certificate; an expired certificate there leaves with the
 //! roll.
 //!
-//! Whether a roll is done is read from the state, never from which run came last, so any number
-//! of reruns and any order of different targets (a CA, then its group; a group, then the root)
-//! redo nothing: a CA-level roll is in place when every CA of its scope has been renewed, each
-//! signed by its issuer's current version, and every group holds its CA's current certificate in
-//! the named slot; a device is rolled when it holds its newest certificate, made by a roll under
-//! the CA version the roll targets, held by its individual enrollment in the named slot, and not
-//! yet due for renewal. The hub's thumbprints are not consulted: `reprovision` rewrites them.
+//! Whether a roll is done is read from the state, never from which run came last nor from which
+//! slot holds what, so any number of reruns and any order of different targets and slots (a CA,
+//! then its group; a device into the primary slot, then its root into the secondary) redo
+//! nothing. Each step stands on its own: a CA is renewed only when it has not been renewed since
+//! `issue`, its current version is not signed by its issuer's current version (or this run renews
+//! its issuer), or its `auto-renew` action has fired; a group's slot is filled only when this run
+//! renews its CA or the group holds its CA's current certificate in neither slot; a device gets a
+//! new certificate only when its newest one was not made by a roll under the CA version the roll
+//! targets (for a device target: its CA's current version), is due for renewal, or is held by
+//! neither slot of its individual enrollment. A renewal that could not end later than the
+//! certificate held now (its issuer's notAfter caps it) never happens: the CA or device is
+//! reported `capped`, with the CA to renew first. The hub's thumbprints are not consulted:
+//! `reprovision` rewrites them.
 //!
 //! With `--due`, only devices whose `auto-renew` action has fired are rolled, and the new
 //! certificate goes into whichever slot holds the older certificate (or is empty), so a cron job
@@ -28,12 +34,12 @@
 
 mod cas;
 
-pub(crate) use cas::{RunMakes, ca_scope, expired_held, refuse_unaccepted, tainted};
+pub(crate) use cas::{RunMakes, ca_scope, expired_held, refuse_unaccepted, tainted, unaccepted_groups};
 mod devices;
 
 use super::journal::{self, CutOff, Planned, StepReport};
 use super::{Access, BackendSettings, Target, open_verb_backend};
-use crate::backend::{Backend, EnrollmentService as _, Journal as _, Vault as _};
+use crate::backend::{Backend, EnrollmentService as _, Fleet as _, Journal as _, Vault as _};
 use crate::error::input;
 use crate::plan::Plan;
 use anyhow::{Context as _, Result};
@@ -118,8 +124,9 @@ pub struct DeviceRoll {
     /// `device:ID`.
     pub target: String,
     /// `rolled`, `would-roll`, `already-rolled`, `pruned` (only an expired certificate left the
-    /// other slot), `not-due`, `capped` (due, but its CA's expiry caps a renewal; see
-    /// [`RollReport::renew_ca_first`]), `replaced`, `would-replace` or `already-replaced`.
+    /// other slot), `not-due`, `capped` (its CA's expiry caps a renewal; see
+    /// [`RollReport::renew_ca_first`]), `not-issued` (with `--due`: named by the plan, never
+    /// issued; the run exits 1), `replaced`, `would-replace` or `already-replaced`.
     pub outcome: &'static str,
     /// The slot the new certificate went into.
     pub slot: SlotName,
@@ -166,12 +173,12 @@ pub struct RollReport {
     pub groups: Vec<GroupRoll>,
     /// One entry per device rolled.
     pub devices: Vec<DeviceRoll>,
-    /// With `--due`: the CAs whose own expiry caps their devices' renewals (outcome `capped`),
-    /// each with what to do; they must be renewed first.
+    /// The CAs whose own expiry caps the renewals of devices (outcome `capped`) or of CAs this
+    /// roll would renew, each with what to do; they must be renewed first.
     pub renew_ca_first: Vec<CappedBy>,
 }
 
-/// A CA whose notAfter caps the renewals of devices that are due: a new certificate would end
+/// A CA whose notAfter caps the renewals of devices or CAs below it: a new certificate would end
 /// no later than the one they hold, so none is made until the CA is renewed.
 #[derive(Debug, Clone, Serialize)]
 pub struct CappedBy {
@@ -180,8 +187,11 @@ pub struct CappedBy {
     /// The CA's notAfter.
     #[serde(with = "time::serde::rfc3339")]
     pub not_after: OffsetDateTime,
-    /// How many due devices it holds back.
+    /// How many devices it holds back.
     pub devices: usize,
+    /// The CAs (`ca:NAME`) of this roll whose renewal it holds back: a new certificate of theirs
+    /// would end no later than the one they hold, so none is made.
+    pub cas: Vec<String>,
     /// What to do, in words.
     pub message: String,
 }
@@ -208,6 +218,14 @@ fn command_key(opts: &RollOptions, targets: &[Target]) -> String {
         key.push_str(&format!(" {t}"));
     }
     key
+}
+
+/// What a CA-level target still has to do.
+enum Decision<'p> {
+    /// An expiry roll: what is not in place yet.
+    Expiry(cas::Pending<'p>),
+    /// A breach roll: whether it is in place already.
+    Breach(bool),
 }
 
 /// A CA-level target and what it covers.
@@ -284,6 +302,25 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         if opts.breach.is_some() { " --breach" } else { "" }
     );
     let mut backend = open_verb_backend(plan, &verb, access, &opts.backend)?;
+    // A cron `--due` run rolls what is due even when the plan names a device not issued yet: that
+    // one is reported (`not-issued`, exit 1) rather than stopping the whole fleet's renewals.
+    let all_due = device_ids.clone();
+    let mut not_issued = Vec::new();
+    let device_ids = if opts.due && opts.breach.is_none() {
+        let mut issued = Vec::with_capacity(device_ids.len());
+        for chunk in device_ids.chunks(CHUNK) {
+            for (id, record) in chunk.iter().zip(backend.device_many(chunk)?) {
+                if record.and_then(|r| r.installed_version).is_some() {
+                    issued.push(id.clone());
+                } else {
+                    not_issued.push(id.clone());
+                }
+            }
+        }
+        issued
+    } else {
+        device_ids
+    };
     refuse_unissued(&backend, &device_ids, &scopes)?;
     // A soft-deleted certificate (a device's or a CA's) stops the whole run before it is
     // recorded: rolling the others and leaving it out would hide it from a cron job's exit code.
@@ -322,10 +359,28 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         devices: Vec::new(),
         renew_ca_first: Vec::new(),
     };
+    for id in &not_issued {
+        report.devices.push(DeviceRoll {
+            target: format!("device:{id}"),
+            outcome: "not-issued",
+            slot: opts.slot,
+            steps: vec![format!(
+                "not issued yet: `certroll issue device:{id}` issues it (enrollment included)"
+            )],
+            new_thumbprint: None,
+            pruned_thumbprint: None,
+            compromised: Vec::new(),
+        });
+    }
     let mut planned = Vec::new();
+    // CAs whose renewal their issuer's notAfter caps: not renewed, reported with what to renew.
+    let mut capped_cas: Vec<String> = Vec::new();
     // A run of this command that was killed or failed is resumed from its journal as recorded;
     // planning again from the half-changed state would decide differently.
     let resuming = !opts.dry_run && backend.open_run(&command)?.is_some();
+    if !resuming {
+        refuse_disabled(plan, &backend, &scopes, &device_ids, opts)?;
+    }
     if !resuming {
         // Every group slot this run fills, and every group whose devices it signs for, must hold
         // a certificate the enrollment service accepts devices under (issue 10 items 9 and 10).
@@ -411,12 +466,25 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
             }
         }
     }
+    // What each CA-level target still has to do, read from the state before anything is planned.
+    let mut decisions: Vec<Decision<'_>> = Vec::new();
+    if !resuming {
+        for st in &scopes {
+            decisions.push(match &opts.breach {
+                Some(breach) => Decision::Breach(breach_in_place(&backend, &st.target.to_string(), breach)?),
+                None => Decision::Expiry(cas::pending(plan, &backend, &st.scope, now)?),
+            });
+        }
+    }
     if !resuming && opts.breach.is_none() {
         // What has expired leaves the service with every roll (`--due` included); a group this
         // run puts a new CA into is left to its own step, which says so.
-        let skip: Vec<&str> = scopes
+        let skip: Vec<&str> = decisions
             .iter()
-            .flat_map(|s| s.scope.groups.iter().map(|g| g.name.as_str()))
+            .flat_map(|d| match d {
+                Decision::Expiry(p) => p.place.iter().map(|g| g.name.as_str()).collect(),
+                Decision::Breach(_) => Vec::new(),
+            })
             .collect();
         let expired = cas::expired_held(&backend, now, &skip)?;
         if !expired.is_empty() {
@@ -447,12 +515,11 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         }
     }
     if !resuming {
-        for st in &scopes {
-            let already = match &opts.breach {
-                Some(breach) => breach_in_place(&backend, &st.target.to_string(), breach)?,
-                None => cas::in_place(&backend, &st.scope, opts.slot)?,
-            };
-            plan_scope(plan, &backend, opts, st, already, now, &mut planned, &mut report)?;
+        for (st, decided) in scopes.iter().zip(&decisions) {
+            plan_scope(plan, &backend, opts, st, decided, now, &mut planned, &mut report)?;
+            if let Decision::Expiry(p) = decided {
+                capped_cas.extend(p.capped.iter().map(|c| c.name.clone()));
+            }
         }
         if opts.due && opts.breach.is_none() {
             // Only the devices that may be due are planned: a nightly cron run over a fleet
@@ -498,7 +565,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     run.finish(&mut backend, now)?;
     if opts.due && !report.devices.is_empty() {
         // The devices found not due were reported before the others: back to plan order.
-        let order: std::collections::HashMap<&str, usize> = device_ids
+        let order: std::collections::HashMap<&str, usize> = all_due
             .iter()
             .enumerate()
             .map(|(i, id)| (id.as_str(), i))
@@ -521,7 +588,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
             .take(journal::CUT_OFF_SHOWN)
             .collect(),
     };
-    report.renew_ca_first = capped_by(plan, &backend, &report.devices)?;
+    report.renew_ca_first = capped_by(plan, &backend, &report.devices, &capped_cas)?;
     for g in &mut report.groups {
         if !opts.dry_run && g.outcome.starts_with("would-") {
             g.outcome = if opts.breach.is_some() {
@@ -534,14 +601,20 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     Ok(report)
 }
 
-/// The CAs that hold back the devices whose outcome is `capped`, in plan order.
-fn capped_by(plan: &Plan, backend: &dyn Backend, devices: &[DeviceRoll]) -> Result<Vec<CappedBy>> {
+/// The CAs that hold back the devices whose outcome is `capped`, and the CAs in `capped_cas`
+/// (whose renewal their issuer's notAfter caps), in plan order.
+fn capped_by(
+    plan: &Plan,
+    backend: &dyn Backend,
+    devices: &[DeviceRoll],
+    capped_cas: &[String],
+) -> Result<Vec<CappedBy>> {
     let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
     for d in devices.iter().filter(|d| d.outcome == "capped") {
         let id = d.target.trim_start_matches("device:");
         *counts.entry(devices::issuer_of(plan, id)?).or_default() += 1;
     }
-    if counts.is_empty() {
+    if counts.is_empty() && capped_cas.is_empty() {
         return Ok(Vec::new());
     }
     let mut not_after = std::collections::BTreeMap::new();
@@ -558,20 +631,52 @@ fn capped_by(plan: &Plan, backend: &dyn Backend, devices: &[DeviceRoll]) -> Resu
             .or_default() += n;
     }
     let counts = capping;
+    // A capped CA waits for the CA whose notAfter caps its issuer's.
+    let mut held_cas: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for name in capped_cas {
+        let Some(issuer) = plan
+            .cas
+            .iter()
+            .find(|c| &c.name == name)
+            .and_then(|c| c.issuer.as_deref())
+        else {
+            continue;
+        };
+        held_cas
+            .entry(super::capping_ca(plan, &not_after, issuer))
+            .or_default()
+            .push(format!("ca:{name}"));
+    }
     let mut out = Vec::new();
-    for ca in plan.cas.iter().filter(|c| counts.contains_key(c.name.as_str())) {
+    let named: Vec<&crate::plan::CaSpec> = plan
+        .cas
+        .iter()
+        .filter(|c| counts.contains_key(c.name.as_str()) || held_cas.contains_key(c.name.as_str()))
+        .collect();
+    for ca in named {
         let Some(current) = backend.current(&super::ca_cert_name(&ca.name))? else {
             continue;
         };
-        let n = counts[ca.name.as_str()];
+        let n = counts.get(ca.name.as_str()).copied().unwrap_or(0);
+        let cas = held_cas.remove(ca.name.as_str()).unwrap_or_default();
+        let mut what = Vec::new();
+        if !cas.is_empty() {
+            let names: Vec<String> = cas.iter().map(|c| format!("`{c}`")).collect();
+            what.push(format!("a renewal of {}", names.join(", ")));
+        }
+        if n > 0 {
+            what.push(format!("a renewal of its {n} device(s)"));
+        }
         out.push(CappedBy {
             target: format!("ca:{}", ca.name),
             not_after: current.exp,
             devices: n,
+            cas,
             message: format!(
-                "CA `{}` expires at {}, so a renewal of its {n} due device(s) would end no later than the certificate they hold: renew the issuing CA first (`certroll roll-secondary ca:{}`), then rerun",
+                "CA `{}` expires at {}, so {} would end no later than the certificate held now, so none is made: renew the issuing CA first (`certroll roll-secondary ca:{}`), then rerun",
                 ca.name,
                 crate::clock::rfc3339(current.exp),
+                what.join(" and "),
                 ca.name
             ),
         });
@@ -683,6 +788,84 @@ fn expand<'p>(
         .filter(|id| !covered.contains(id.as_str()) && seen.insert(id.clone()))
         .collect();
     Ok((device_ids, scopes))
+}
+
+/// Refuses, before a run is recorded, an expiry roll under a CA whose current version is
+/// disabled (revoked, or disabled by hand): a CA of a target's scope, the CA that signs a device
+/// target, or one above them. A disabled CA is never renewed or signed under again, only replaced
+/// by a breach roll of the topmost disabled CA, which the message names. Exit 2, nothing written.
+fn refuse_disabled(
+    plan: &Plan,
+    backend: &dyn Backend,
+    scopes: &[ScopeTarget<'_>],
+    device_ids: &[String],
+    opts: &RollOptions,
+) -> Result<()> {
+    if opts.breach.is_some() {
+        return Ok(());
+    }
+    // (what the message names, the CAs to look at from there up)
+    let mut starts: Vec<(String, Vec<&str>)> = scopes
+        .iter()
+        .map(|st| {
+            (
+                st.target.to_string(),
+                st.scope.cas.iter().map(|c| c.name.as_str()).collect(),
+            )
+        })
+        .collect();
+    let mut issuers: Vec<&str> = Vec::new();
+    // A cron `--due` run's devices are many; a disabled CA among their issuers stops the devices
+    // under it when they are assessed, as before.
+    let named = if opts.due { &[][..] } else { device_ids };
+    for id in named {
+        let issuer = devices::issuer_of(plan, id)?;
+        if !issuers.contains(&issuer) {
+            issuers.push(issuer);
+            starts.push((format!("device:{id}"), vec![issuer]));
+        }
+    }
+    let mut disabled: std::collections::HashMap<&str, bool> = Default::default();
+    for (target, cas) in starts {
+        let mut topmost = None;
+        for start in cas {
+            let mut at = Some(start);
+            // Bounded by the plan's CAs in case a chain in the plan ever loops.
+            for _ in 0..=plan.cas.len() {
+                let Some(name) = at else { break };
+                let off = match disabled.get(name) {
+                    Some(off) => *off,
+                    None => {
+                        let off = backend
+                            .current(&super::ca_cert_name(name))?
+                            .is_some_and(|v| !v.enabled);
+                        disabled.insert(name, off);
+                        off
+                    }
+                };
+                if off {
+                    topmost = Some(name);
+                }
+                at = plan
+                    .cas
+                    .iter()
+                    .find(|c| c.name == name)
+                    .and_then(|c| c.issuer.as_deref());
+            }
+            if topmost.is_some() {
+                break;
+            }
+        }
+        if let Some(name) = topmost {
+            return Err(input(format!(
+                "{target}: CA `{name}`'s current version is disabled in the vault (revoked or disabled), so an \
+                 expiry roll can neither renew it nor sign under it; a disabled CA is replaced, not renewed: \
+                 `certroll roll-primary --breach ca:{name}` issues a new CA and moves everything below it. Nothing \
+                 was changed"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses, before any write, a target that was never issued.
@@ -805,12 +988,12 @@ fn plan_devices(opts: &RollOptions, ids: &[String], planned: &mut Vec<Planned>) 
 
 /// The steps of a `ca:` or `group:` target.
 #[allow(clippy::too_many_arguments)]
-fn plan_scope(
+fn plan_scope<'p>(
     plan: &Plan,
     backend: &dyn Backend,
     opts: &RollOptions,
-    st: &ScopeTarget<'_>,
-    already: bool,
+    st: &ScopeTarget<'p>,
+    decided: &Decision<'p>,
     now: OffsetDateTime,
     planned: &mut Vec<Planned>,
     report: &mut RollReport,
@@ -819,6 +1002,10 @@ fn plan_scope(
     let scope = &st.scope;
     let slot = opts.slot;
     let group_names: Vec<String> = scope.groups.iter().map(|g| g.name.clone()).collect();
+    let already = match decided {
+        Decision::Breach(already) => *already,
+        Decision::Expiry(pending) => pending.is_empty(),
+    };
     if let Some(breach) = &opts.breach {
         if already {
             for g in &scope.groups {
@@ -863,19 +1050,29 @@ fn plan_scope(
             detail,
             cut_off: CutOff::none(),
         });
-    } else if already {
-        for g in &scope.groups {
-            report.groups.push(GroupRoll {
-                target: format!("group:{}", g.name),
-                outcome: "already-rolled",
-                slot,
-                steps: vec![],
-            });
-        }
+    }
+    let (renew, place): (&[&crate::plan::CaSpec], &[&crate::plan::GroupSpec]) = match decided {
+        Decision::Expiry(pending) => (&pending.renew, &pending.place),
+        Decision::Breach(_) => (&scope.cas, &scope.groups),
+    };
+    // A group whose slot is in place already is left as it is (whichever slot holds its CA).
+    for g in scope
+        .groups
+        .iter()
+        .filter(|g| !place.iter().any(|p| p.name == g.name))
+    {
+        report.groups.push(GroupRoll {
+            target: format!("group:{}", g.name),
+            outcome: "already-rolled",
+            slot,
+            steps: vec![],
+        });
+    }
+    if opts.breach.is_none() && already {
         chunk_steps("roll-devices", &target, slot, &scope.device_ids, "roll", planned);
         return Ok(());
     }
-    for ca in &scope.cas {
+    for ca in renew {
         let description = match &ca.issuer {
             Some(i) => format!("renew CA `{}` (new key) signed by `{i}`", ca.name),
             None => format!(
@@ -891,7 +1088,7 @@ fn plan_scope(
             cut_off: CutOff::none(),
         });
     }
-    for g in &scope.groups {
+    for g in place {
         let clear_other = opts.breach.is_some();
         let mut steps = vec![format!(
             "put the new certificate of CA `{}` into the {} slot of group `{}`",

@@ -72,7 +72,7 @@ fn read_material(file: &Path, password: Option<&str>) -> Result<Material> {
 
 /// Reads import material from the bytes of a PEM or PKCS#12 file (`shown` names it in messages).
 pub fn material_from_bytes(bytes: &[u8], password: Option<&str>, shown: &str) -> Result<Material> {
-    if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+    if crate::pki::pem::is_pem(bytes) {
         let certs = crate::pki::pem::certs_from_pem(bytes).map_err(|e| input(format!("{shown}: {e}")))?;
         if bytes.windows(21).any(|w| w == b"ENCRYPTED PRIVATE KEY") {
             return Err(input(format!(
@@ -80,9 +80,8 @@ pub fn material_from_bytes(bytes: &[u8], password: Option<&str>, shown: &str) ->
                  or decrypt it first (openssl pkey)"
             )));
         }
-        use rustls_pki_types::pem::PemObject;
-        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(bytes).map_err(|e| match e {
-            rustls_pki_types::pem::Error::NoItemsFound => input(format!(
+        let key = crate::pki::pem::private_key_from_pem(bytes).map_err(|e| match e {
+            crate::pki::Error::BadPem(m) if m.starts_with("no PRIVATE KEY") => input(format!(
                 "{shown} holds no private key (PKCS#8, SEC1 or PKCS#1 PEM block)"
             )),
             other => input(format!("{shown}: {other}")),
