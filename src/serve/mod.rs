@@ -473,10 +473,10 @@ fn load_or_create_backup_password(backend: &LocalBackend) -> Result<zeroize::Zer
 }
 
 /// The principals of `[serve.principals]`, tokens read from their variables; without any, one
-/// `owner` with every permission, its token from `CERTROLL_SERVE_TOKEN` or generated (returned
-/// so the start line can print it).
+/// `owner` with every permission and the contributor role over ARM, its token from
+/// `CERTROLL_SERVE_TOKEN` or generated (returned so the start line can print it).
 fn principals(config: &ServeConfig) -> Result<(Vec<Principal>, Option<String>)> {
-    use crate::plan::CertificatePermission;
+    use crate::plan::{ArmRole, CertificatePermission};
     if config.principals.is_empty() {
         let var = ServeConfig::DEFAULT_TOKEN_ENV;
         return Ok(match std::env::var(var).ok().filter(|t| !t.is_empty()) {
@@ -485,12 +485,18 @@ fn principals(config: &ServeConfig) -> Result<(Vec<Principal>, Option<String>)> 
                     "owner",
                     token,
                     CertificatePermission::ALL.to_vec(),
+                    Some(ArmRole::Contributor),
                 )],
                 None,
             ),
             None => {
                 let token = random_base64(24)?.replace(['+', '/', '='], "");
-                let owner = Principal::new("owner", token.clone(), CertificatePermission::ALL.to_vec());
+                let owner = Principal::new(
+                    "owner",
+                    token.clone(),
+                    CertificatePermission::ALL.to_vec(),
+                    Some(ArmRole::Contributor),
+                );
                 (vec![owner], Some(token))
             }
         });
@@ -512,7 +518,12 @@ fn principals(config: &ServeConfig) -> Result<(Vec<Principal>, Option<String>)> 
                 spec.token_env
             )));
         }
-        out.push(Principal::new(name.clone(), token, spec.permissions.clone()));
+        out.push(Principal::new(
+            name.clone(),
+            token,
+            spec.permissions.clone(),
+            spec.arm_role,
+        ));
     }
     Ok((out, None))
 }
