@@ -521,8 +521,12 @@ impl EnrollmentService for LocalBackend {
         })?;
         let cn = crate::pki::inspect::common_name(verification_cert_der)?;
         if cn.as_deref() != Some(nonce.as_str()) {
+            let shown = match &cn {
+                Some(cn) => format!("CN `{}`", crate::error::snippet(cn)),
+                None => "(no CN)".to_string(),
+            };
             return Err(BackendError::Refused(format!(
-                "verification certificate CN {cn:?} is not the verification code issued for `{name}`"
+                "the verification certificate's {shown} is not the verification code issued for `{name}`"
             )));
         }
         verify_signed_by(verification_cert_der, &ca.cert_der).map_err(|e| {
@@ -739,10 +743,7 @@ fn apply(
 
 /// Checks that `cert_der` carries a valid signature by the key of `issuer_der`.
 fn verify_signed_by(cert_der: &[u8], issuer_der: &[u8]) -> std::result::Result<(), String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| e.to_string())?;
-    let (_, issuer) = x509_parser::parse_x509_certificate(issuer_der).map_err(|e| e.to_string())?;
-    cert.verify_signature(Some(issuer.public_key()))
-        .map_err(|e| e.to_string())
+    crate::pki::verify_signature(cert_der, issuer_der)
 }
 
 impl LocalBackend {

@@ -24,12 +24,28 @@ pub fn key_to_pem(pkcs8_der: &[u8]) -> zeroize::Zeroizing<String> {
     zeroize::Zeroizing::new(encode("PRIVATE KEY", pkcs8_der))
 }
 
+/// A PEM reading error in words: rustls-pki-types' own `Display` shows the missing end marker
+/// and a bad BEGIN line as debug lists of bytes.
+pub fn pem_error(e: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error as E;
+    match e {
+        E::MissingSectionEnd { end_marker } => format!(
+            "a PEM block has no `{}` line",
+            String::from_utf8_lossy(end_marker).trim()
+        ),
+        E::IllegalSectionStart { .. } => "a PEM `-----BEGIN` line is malformed".to_string(),
+        E::Base64Decode(_) => "the base64 inside a PEM block is not valid".to_string(),
+        E::NoItemsFound => "no PEM block found".to_string(),
+        other => other.to_string(),
+    }
+}
+
 /// All certificates in PEM text, in order. Fails when there are none or a block is malformed.
 pub fn certs_from_pem(text: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
     let certs = CertificateDer::pem_slice_iter(text)
         .map(|c| c.map(|c| c.to_vec()))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::BadPem(e.to_string()))?;
+        .map_err(|e| Error::BadPem(pem_error(&e)))?;
     if certs.is_empty() {
         return Err(Error::BadPem("no CERTIFICATE block found".into()));
     }
@@ -40,7 +56,7 @@ pub fn certs_from_pem(text: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
 pub fn key_from_pem(text: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
     let key = PrivateKeyDer::from_pem_slice(text).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => Error::BadPem("no PRIVATE KEY block found".into()),
-        other => Error::BadPem(other.to_string()),
+        other => Error::BadPem(pem_error(&other)),
     })?;
     Ok(zeroize::Zeroizing::new(key.secret_der().to_vec()))
 }

@@ -666,8 +666,12 @@ fn admit(
         }
         let cn = crate::pki::inspect::common_name(leaf).ok().flatten();
         if cn.as_deref() != Some(id) {
+            let shown = match &cn {
+                Some(cn) => format!("CN `{}`", crate::error::snippet(cn)),
+                None => "subject (no CN)".to_string(),
+            };
             return Err(unauthorized(format!(
-                "the certificate's CN {cn:?} is not the device id `{id}`"
+                "the certificate's {shown} is not the device id `{id}`"
             )));
         }
         let cas = b.cas().map_err(internal)?;

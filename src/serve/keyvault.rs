@@ -1450,10 +1450,13 @@ fn key_ops(v: &crate::backend::types::VaultVersion) -> Result<Vec<&'static str>,
 /// The public key of a certificate as a JWK (RFC 7517/7518 members).
 fn jwk(cert_der: &[u8]) -> Result<Value, ApiError> {
     use x509_parser::public_key::PublicKey;
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(cert_der).map_err(|e| ApiError::internal(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| ApiError::internal(crate::pki::x509_parse_error(&e)))?;
     let spki = cert.public_key();
-    match spki.parsed().map_err(|e| ApiError::internal(e.to_string()))? {
+    match spki
+        .parsed()
+        .map_err(|_| ApiError::internal("the certificate's public key cannot be read"))?
+    {
         PublicKey::RSA(rsa) => {
             let trim = |b: &[u8]| b.iter().skip_while(|x| **x == 0).copied().collect::<Vec<u8>>();
             Ok(
