@@ -726,7 +726,8 @@ async fn accept_loop(
     mut stop: tokio::sync::watch::Receiver<bool>,
     connections: Arc<tokio::sync::Semaphore>,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Every connection task holds a sender; once they are all gone, `drained` yields None.
+    let (alive, mut drained) = tokio::sync::mpsc::channel::<()>(1);
     loop {
         let permit = tokio::select! {
             _ = stop.changed() => break,
@@ -748,57 +749,161 @@ async fn accept_loop(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, routers, state, fixed) =
-            (acceptor.clone(), routers.clone(), state.clone(), fixed.clone());
-        let watcher = graceful.watcher();
+        let (acceptor, routers, state, fixed, stop, alive) = (
+            acceptor.clone(),
+            routers.clone(),
+            state.clone(),
+            fixed.clone(),
+            stop.clone(),
+            alive.clone(),
+        );
         tokio::spawn(async move {
             let _permit = permit;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!("TLS handshake with {peer} failed: {e}");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let chain = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .map(|certs| tls::ClientChain(certs.iter().map(|c| c.to_vec()).collect()));
-            let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let mut req = req.map(Body::new);
-                if let Some(chain) = &chain {
-                    req.extensions_mut().insert(chain.clone());
-                }
-                let (routers, state, fixed) = (routers.clone(), state.clone(), fixed.clone());
-                async move {
-                    // No answer: an injected dropped connection (hyper closes it on an error).
-                    dispatch(req, fixed, &routers, &state).await.ok_or_else(|| {
-                        std::io::Error::other("connection dropped on purpose ([serve.services] drop_percent)")
-                    })
-                }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .max_buf_size(HEAD_BUFFER)
-                .max_headers(MAX_HEADER_FIELDS)
-                .header_read_timeout(HANDSHAKE_TIMEOUT)
-                .serve_connection(
-                    hyper_util::rt::TokioIo::new(tls),
-                    hyper_util::service::TowerToHyperService::new(svc),
-                );
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!("connection from {peer}: {e}");
-            }
+            let _alive = alive;
+            serve_connection(tcp, peer, acceptor, fixed, routers, state, stop).await;
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    drop(alive);
+    if tokio::time::timeout(DRAIN_TIMEOUT, drained.recv()).await.is_err() {
         tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; closing them");
+    }
+}
+
+/// How long a connection whose answers are all out is given, once serve stops, to flush the
+/// last one and close before it is dropped.
+const FLUSH_GRACE: Duration = Duration::from_millis(200);
+
+/// Serves one connection until it ends, or until `stop` and its requests in flight are done.
+///
+/// On stop, hyper's graceful shutdown closes a keep-alive connection that is idle between
+/// requests and lets one with a request in flight finish it. It keeps open one that is still in
+/// its TLS handshake or has sent part of a request head, until the client sends the rest or the
+/// header timeout ends, which would hold up serve's exit by [`HANDSHAKE_TIMEOUT`]: such a
+/// connection has no request in flight (no handler has seen one), so it is dropped at once.
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    fixed: Option<Origin>,
+    routers: Arc<Routers>,
+    state: Arc<AppState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+    let tls = tokio::select! {
+        _ = stopped(&mut stop) => return,
+        done = handshake => match done {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!("TLS handshake with {peer} failed: {e}");
+                return;
+            }
+            Err(_) => return,
+        },
+    };
+    let chain = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|certs| tls::ClientChain(certs.iter().map(|c| c.to_vec()).collect()));
+    // Requests whose handler has been called and whose answer has not been sent in full.
+    let (busy, mut in_flight) = tokio::sync::watch::channel(0usize);
+    let busy = Arc::new(busy);
+    let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let mut req = req.map(Body::new);
+        if let Some(chain) = &chain {
+            req.extensions_mut().insert(chain.clone());
+        }
+        let (routers, state, fixed) = (routers.clone(), state.clone(), fixed.clone());
+        let guard = InFlight::new(busy.clone());
+        async move {
+            // No answer: an injected dropped connection (hyper closes it on an error).
+            let response = dispatch(req, fixed, &routers, &state).await.ok_or_else(|| {
+                std::io::Error::other("connection dropped on purpose ([serve.services] drop_percent)")
+            })?;
+            Ok::<_, std::io::Error>(response.map(|body| Body::new(GuardedBody { body, _guard: guard })))
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_buf_size(HEAD_BUFFER)
+        .max_headers(MAX_HEADER_FIELDS)
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .serve_connection(
+            hyper_util::rt::TokioIo::new(tls),
+            hyper_util::service::TowerToHyperService::new(svc),
+        );
+    let mut conn = std::pin::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        _ = stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                biased;
+                ended = conn.as_mut() => ended,
+                _ = async { drop(in_flight.wait_for(|n| *n == 0).await) } => {
+                    // Nothing under way: what hyper still holds is a connection waiting for a
+                    // request. An answer that has just gone out gets a moment to be flushed.
+                    match tokio::time::timeout(FLUSH_GRACE, conn.as_mut()).await {
+                        Ok(ended) => ended,
+                        Err(_) => Ok(()),
+                    }
+                }
+            }
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!("connection from {peer}: {e}");
+    }
+}
+
+/// Resolves once `stop` holds true (at once if it already does, or if serve is gone).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`: dropped here, not held across an await.
+    drop(stop.wait_for(|stopped| *stopped).await);
+}
+
+/// Counts one request in flight on its connection from its handler's call until its answer's
+/// body is dropped (sent in full, or the connection gone).
+struct InFlight(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl InFlight {
+    fn new(counter: Arc<tokio::sync::watch::Sender<usize>>) -> InFlight {
+        counter.send_modify(|n| *n += 1);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// An answer's body that keeps its request counted in flight until hyper has taken all of it.
+struct GuardedBody {
+    body: Body,
+    _guard: InFlight,
+}
+
+impl hyper::body::Body for GuardedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        hyper::body::Body::poll_frame(std::pin::Pin::new(&mut self.body), cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        hyper::body::Body::is_end_stream(&self.body)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::Body::size_hint(&self.body)
     }
 }
 
