@@ -12,6 +12,7 @@ pub mod auth;
 pub mod dps;
 pub mod dps_device;
 pub mod faults;
+pub mod head_limit;
 pub mod hub;
 pub mod keyvault;
 pub mod state;
@@ -53,12 +54,12 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_URI: usize = 16 << 10;
 /// Largest header block (names, values and separators) served; larger ones get 431 with a body.
 pub const MAX_HEADER_BYTES: usize = 64 << 10;
-/// hyper's read buffer for a request head: above [`MAX_HEADER_BYTES`], so that a head between the
-/// two is parsed and answered 431 with a body here instead of hyper's bare 431 (a head beyond
-/// this, or a target over the `http` crate's 64 KiB, still gets hyper's answer without a body).
+/// hyper's read buffer for a request head: above [`MAX_HEADER_BYTES`], which
+/// [`head_limit::HeadLimit`] applies as the head arrives (a request target over the `http`
+/// crate's 64 KiB still gets hyper's 414 without a body).
 const HEAD_BUFFER: usize = 512 << 10;
-/// Most header fields a request may have (hyper's default is 100).
-const MAX_HEADER_FIELDS: usize = 256;
+/// Most header fields a request may have (hyper's default is 100); more get 431 with a body.
+pub const MAX_HEADER_FIELDS: usize = 256;
 
 /// An error answer. Each service renders it in its own body shape (the router decides); the
 /// default ([`IntoResponse`]) is Key Vault's and ARM's `{"error":{"code","message"}}`.
@@ -810,18 +811,30 @@ async fn serve_connection(
     // Requests whose handler has been called and whose answer has not been sent in full.
     let (busy, mut in_flight) = tokio::sync::watch::channel(0usize);
     let busy = Arc::new(busy);
+    let head = Arc::new(head_limit::HeadState::default());
+    let io = head_limit::HeadLimit::new(tls, head.clone());
     let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
         let mut req = req.map(Body::new);
         if let Some(chain) = &chain {
             req.extensions_mut().insert(chain.clone());
         }
+        let cut = head.take_cut();
+        if let Some(cut) = cut {
+            req.extensions_mut().insert(cut);
+        }
         let (routers, state, fixed) = (routers.clone(), state.clone(), fixed.clone());
-        let guard = InFlight::new(busy.clone());
+        let guard = InFlight::new(busy.clone(), head.clone());
         async move {
             // No answer: an injected dropped connection (hyper closes it on an error).
-            let response = dispatch(req, fixed, &routers, &state).await.ok_or_else(|| {
+            let mut response = dispatch(req, fixed, &routers, &state).await.ok_or_else(|| {
                 std::io::Error::other("connection dropped on purpose ([serve.services] drop_percent)")
             })?;
+            if cut.is_some() {
+                // The rest of that head was never read: the connection cannot go on.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             Ok::<_, std::io::Error>(response.map(|body| Body::new(GuardedBody { body, _guard: guard })))
         }
     });
@@ -831,7 +844,7 @@ async fn serve_connection(
         .max_headers(MAX_HEADER_FIELDS)
         .header_read_timeout(HANDSHAKE_TIMEOUT)
         .serve_connection(
-            hyper_util::rt::TokioIo::new(tls),
+            hyper_util::rt::TokioIo::new(io),
             hyper_util::service::TowerToHyperService::new(svc),
         );
     let mut conn = std::pin::pin!(conn);
@@ -865,19 +878,27 @@ async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
 }
 
 /// Counts one request in flight on its connection from its handler's call until its answer's
-/// body is dropped (sent in full, or the connection gone).
-struct InFlight(Arc<tokio::sync::watch::Sender<usize>>);
+/// body is dropped (sent in full, or the connection gone); the last one out tells the head
+/// watch that the next bytes begin a new head.
+struct InFlight(Arc<tokio::sync::watch::Sender<usize>>, Arc<head_limit::HeadState>);
 
 impl InFlight {
-    fn new(counter: Arc<tokio::sync::watch::Sender<usize>>) -> InFlight {
+    fn new(counter: Arc<tokio::sync::watch::Sender<usize>>, head: Arc<head_limit::HeadState>) -> InFlight {
         counter.send_modify(|n| *n += 1);
-        InFlight(counter)
+        InFlight(counter, head)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
+        let mut idle = false;
+        self.0.send_modify(|n| {
+            *n = n.saturating_sub(1);
+            idle = *n == 0;
+        });
+        if idle {
+            self.1.answer_sent();
+        }
     }
 }
 
@@ -952,6 +973,26 @@ fn screen(req: &Request<Body>, origin: &Origin) -> Result<(), ApiError> {
             generic_code(Some(origin), StatusCode::URI_TOO_LONG),
             format!("the request target is {target} bytes, over the {MAX_URI}-byte limit"),
         ));
+    }
+    let too_large = |message: String| {
+        ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            generic_code(Some(origin), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+            message,
+        )
+    };
+    match req.extensions().get::<head_limit::HeadCut>() {
+        Some(head_limit::HeadCut::Bytes(received)) => {
+            return Err(too_large(format!(
+                "the request's headers are over the {MAX_HEADER_BYTES}-byte limit (refused after {received} bytes)"
+            )));
+        }
+        Some(head_limit::HeadCut::Fields) => {
+            return Err(too_large(format!(
+                "the request has more than {MAX_HEADER_FIELDS} header fields"
+            )));
+        }
+        None => {}
     }
     let head: usize = req
         .headers()

@@ -2545,3 +2545,89 @@ fn a_hub_update_without_authentication_keeps_the_identitys_x509_authentication()
         "{refused}"
     );
 }
+
+#[test]
+fn oversized_request_heads_get_431_in_the_services_shape_without_waiting_for_their_end() {
+    let env = TestEnv::new();
+    issued(&env);
+    let serve = Serve::start(&env);
+    let kv = "certroll.vault.azure.net";
+    let bearer = format!("Authorization: Bearer {}", serve.start["token"].as_str().unwrap());
+    // 50 fields of 8 KB: curl sends the first 128 KB of them and then waits for an answer, so
+    // serve must answer before the head ends (it never does).
+    let mut big: Vec<String> = (0..50)
+        .map(|i| format!("X-Filler-{i}: {}", "f".repeat(8192)))
+        .collect();
+    big.push(bearer.clone());
+    let started = std::time::Instant::now();
+    let (code, head, body) = curl_any(
+        &env,
+        &serve,
+        "GET",
+        kv,
+        "/certificates?api-version=7.5",
+        &big,
+        None,
+        &[],
+    );
+    assert_eq!(code, 431, "{head}{body}");
+    assert_key_vault_shape("KV 50 x 8 KB", code, &body, "RequestHeaderFieldsTooLarge");
+    assert!(head.contains("connection: close"), "{head}");
+    // Well below hyper's 10 s header timeout, which ended such a connection without an answer.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    let (code, _, body) = curl_any(
+        &env,
+        &serve,
+        "GET",
+        DPS_HOST,
+        "/enrollments/gateway-01?api-version=2021-10-01",
+        &big,
+        None,
+        &[],
+    );
+    assert_eq!(code, 431, "{body}");
+    assert_dps_shape("DPS 50 x 8 KB", code, &body, 431);
+    // More fields than serve takes (hyper alone answered a bare 431).
+    let many: Vec<String> = (0..300).map(|i| format!("X-F{i}: 1")).collect();
+    let (code, _, body) = curl_any(
+        &env,
+        &serve,
+        "GET",
+        HUB_HOST,
+        "/devices/gateway-01?api-version=2021-04-12",
+        &many,
+        None,
+        &[],
+    );
+    assert_eq!(code, 431, "{body}");
+    assert_hub_shape("hub 300 fields", code, &body, "RequestHeaderFieldsTooLarge");
+    assert!(body.contains("more than 256 header fields"), "{body}");
+    // Heads within the limits, and bodies beyond them, are served as before.
+    let (code, _, body) = curl_any(
+        &env,
+        &serve,
+        "GET",
+        kv,
+        "/certificates?api-version=7.5",
+        &[bearer.clone(), format!("X-Near: {}", "n".repeat(60_000))],
+        None,
+        &[],
+    );
+    assert_eq!(code, 200, "{body}");
+    let pem = std::fs::read_to_string(openssl_cert(&env, "body-ca", "Body Root", true)).unwrap();
+    let padded = serde_json::json!({"properties": {"certificate": pem}, "padding": "p".repeat(300_000)});
+    let (code, answer) = curl_raw(
+        &env,
+        &serve,
+        "management.azure.com",
+        &format!("{ARM_SCOPE}/padded?api-version=2022-02-05"),
+        &format!("Bearer {}", serve.start["token"].as_str().unwrap()),
+        "application/json",
+        &padded.to_string(),
+    );
+    assert_eq!(code, 200, "a 300 KB body is not a head: {answer}");
+}
