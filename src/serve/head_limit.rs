@@ -9,12 +9,23 @@
 //! where the line was cut) and reads nothing more from the client. hyper then hands the head to
 //! serve with a [`HeadCut`] attached, and serve answers 431 and closes the connection. HTTP
 //! itself stays hyper's: this module only scans for line ends.
+//!
+//! A client may still be sending the rest of that head when the answer goes out. Closing a
+//! socket with unread bytes makes the kernel send a reset, which can destroy the answer before
+//! the client reads it; so after a cut, shutdown first ends the TLS stream and then reads and
+//! discards what the client sends, until it closes or [`LINGER`] has passed (a lingering close).
 
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// How long a connection whose head was cut goes on reading after its answer, so the client
+/// sees the answer instead of a reset.
+pub const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+/// Most bytes read and discarded in that time.
+const LINGER_BYTES: usize = 8 << 20;
 
 /// Why a head was ended early; a request extension of the request hyper made of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,8 +96,12 @@ pub struct HeadLimit<IO> {
     state: Arc<HeadState>,
     /// The end of the head still to hand to hyper after a cut.
     pending: &'static [u8],
-    /// A head was cut: nothing more is read from the client.
+    /// A head was cut: nothing more is read from the client for hyper.
     ended: bool,
+    /// After a cut, the deadline of the lingering close once shutdown has begun.
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes discarded while lingering.
+    discarded: usize,
 }
 
 impl<IO> HeadLimit<IO> {
@@ -97,6 +112,8 @@ impl<IO> HeadLimit<IO> {
             state,
             pending: &[],
             ended: false,
+            linger: None,
+            discarded: 0,
         }
     }
 }
@@ -191,7 +208,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for HeadLimit<IO> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for HeadLimit<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadLimit<IO> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
@@ -213,7 +230,32 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for HeadLimit<IO> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        if !this.ended {
+            return Pin::new(&mut this.inner).poll_shutdown(cx);
+        }
+        if this.linger.is_none() {
+            std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            this.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
+        }
+        let mut scratch = [0u8; 8192];
+        while this.discarded < LINGER_BYTES {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => this.discarded += buf.filled().len(),
+                // The client is gone: nothing is left to protect.
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => break,
+            }
+        }
+        if this.discarded >= LINGER_BYTES {
+            return Poll::Ready(Ok(()));
+        }
+        match this.linger.as_mut().map(|deadline| deadline.as_mut().poll(cx)) {
+            Some(Poll::Pending) => Poll::Pending,
+            _ => Poll::Ready(Ok(())),
+        }
     }
 }
 

@@ -1735,12 +1735,9 @@ fn every_error_body_is_json_in_the_shape_of_the_service_answering() {
         .unwrap();
     {
         use std::io::Write as _;
-        s_client
-            .stdin
-            .as_mut()
-            .unwrap()
-            .write_all(request.as_bytes())
-            .unwrap();
+        // serve answers as soon as the head crosses its limit and closes the connection:
+        // s_client may be gone before it took all of the request (a broken pipe here).
+        let _ = s_client.stdin.as_mut().unwrap().write_all(request.as_bytes());
     }
     let answer = String::from_utf8_lossy(&s_client.wait_with_output().unwrap().stdout).into_owned();
     assert!(
