@@ -521,8 +521,12 @@ impl EnrollmentService for LocalBackend {
         })?;
         let cn = crate::pki::inspect::common_name(verification_cert_der)?;
         if cn.as_deref() != Some(nonce.as_str()) {
+            let shown = match &cn {
+                Some(cn) => format!("CN `{}`", crate::error::snippet(cn)),
+                None => "(no CN)".to_string(),
+            };
             return Err(BackendError::Refused(format!(
-                "verification certificate CN {cn:?} is not the verification code issued for `{name}`"
+                "the verification certificate's {shown} is not the verification code issued for `{name}`"
             )));
         }
         verify_signed_by(verification_cert_der, &ca.cert_der).map_err(|e| {
@@ -586,6 +590,65 @@ impl EnrollmentService for LocalBackend {
         // A registration decides afresh (and records what it decided from); only a preview
         // reuses recorded decisions, so `reprovision --force` re-decides every device.
         let (thumbprints, decisions) = self.decide_batch(batch, now, false)?;
+        self.record_decisions(batch, &thumbprints, decisions, now)
+    }
+
+    fn preview_register(
+        &self,
+        batch: &[RegistrationRequest],
+        now: OffsetDateTime,
+    ) -> Result<Vec<std::result::Result<Assignment, String>>> {
+        let (_, decisions) = self.decide_batch(batch, now, true)?;
+        Ok(decisions
+            .into_iter()
+            .map(|d| match d.decision {
+                Decision::Rejected(reason) | Decision::Disabled(reason) => Err(reason),
+                Decision::Individual { hub, reprovision, .. } | Decision::Group { hub, reprovision, .. } => {
+                    Ok(Assignment { hub, reprovision })
+                }
+            })
+            .collect())
+    }
+
+    fn registration(&self, registration_id: &str) -> Result<Option<RegistrationState>> {
+        read!(self, q::registration_get(self.store.conn(), registration_id))
+    }
+}
+
+impl LocalBackend {
+    /// One device's own registration with the chain it presented (serve's DPS device endpoint;
+    /// an MQTT front would call the same): as [`EnrollmentService::register`], except that a
+    /// certificate that authenticates the device to no enrollment (attestation failed,
+    /// [`Decision::Rejected`]) writes nothing and comes back as `Err(reason)`. DPS answers such
+    /// a device 401 and leaves the registration record alone, so the holder of a revoked or
+    /// superseded certificate cannot mark a device `failed`. A disabled enrollment that holds the
+    /// certificate is recorded (`disabled`), as DPS records it for an authenticated device.
+    pub fn register_attested(
+        &mut self,
+        request: &RegistrationRequest,
+        now: OffsetDateTime,
+    ) -> Result<std::result::Result<RegistrationState, String>> {
+        let batch = std::slice::from_ref(request);
+        let (thumbprints, decisions) = self.decide_batch(batch, now, false)?;
+        if let Some(Decided {
+            decision: Decision::Rejected(reason),
+            ..
+        }) = decisions.first()
+        {
+            return Ok(Err(reason.clone()));
+        }
+        let mut recorded = self.record_decisions(batch, &thumbprints, decisions, now)?;
+        Ok(Ok(recorded.remove(0)))
+    }
+
+    /// Records decided registrations and carries out their hub assignments, in one write.
+    fn record_decisions(
+        &mut self,
+        batch: &[RegistrationRequest],
+        thumbprints: &[String],
+        decisions: Vec<Decided>,
+        now: OffsetDateTime,
+    ) -> Result<Vec<RegistrationState>> {
         let conn = self.store.conn();
         let ids: Vec<String> = batch.iter().map(|r| r.registration_id.clone()).collect();
         let mut previous: std::collections::HashMap<String, RegistrationState> = self
@@ -610,27 +673,6 @@ impl EnrollmentService for LocalBackend {
                 .collect::<std::result::Result<Vec<_>, _>>()
         });
         out.map_err(|e| self.with_path(e))
-    }
-
-    fn preview_register(
-        &self,
-        batch: &[RegistrationRequest],
-        now: OffsetDateTime,
-    ) -> Result<Vec<std::result::Result<Assignment, String>>> {
-        let (_, decisions) = self.decide_batch(batch, now, true)?;
-        Ok(decisions
-            .into_iter()
-            .map(|d| match d.decision {
-                Decision::Rejected(reason) | Decision::Disabled(reason) => Err(reason),
-                Decision::Individual { hub, reprovision, .. } | Decision::Group { hub, reprovision, .. } => {
-                    Ok(Assignment { hub, reprovision })
-                }
-            })
-            .collect())
-    }
-
-    fn registration(&self, registration_id: &str) -> Result<Option<RegistrationState>> {
-        read!(self, q::registration_get(self.store.conn(), registration_id))
     }
 }
 
@@ -739,10 +781,7 @@ fn apply(
 
 /// Checks that `cert_der` carries a valid signature by the key of `issuer_der`.
 fn verify_signed_by(cert_der: &[u8], issuer_der: &[u8]) -> std::result::Result<(), String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| e.to_string())?;
-    let (_, issuer) = x509_parser::parse_x509_certificate(issuer_der).map_err(|e| e.to_string())?;
-    cert.verify_signature(Some(issuer.public_key()))
-        .map_err(|e| e.to_string())
+    crate::pki::verify_signature(cert_der, issuer_der)
 }
 
 impl LocalBackend {

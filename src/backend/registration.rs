@@ -31,8 +31,12 @@ pub enum Decision {
         reprovision: String,
     },
     /// Rejected, with the reason: no enrollment accepts the certificate (DPS status `failed`).
+    /// The certificate did not authenticate the device (attestation failed): DPS answers such a
+    /// device 401 and records nothing, which `certroll serve` follows; the CLI's `reprovision`
+    /// records it, so that an operator sees why a device of the fleet would be refused.
     Rejected(String),
-    /// Refused by a disabled enrollment, with the reason (DPS status `disabled`).
+    /// Refused by a disabled enrollment, with the reason (DPS status `disabled`). The device
+    /// authenticated: the enrollment holds (or its group validates) the certificate.
     Disabled(String),
 }
 
@@ -337,7 +341,7 @@ struct Leaf {
 impl Leaf {
     fn parse(der: &[u8]) -> Result<Leaf, crate::pki::Error> {
         let (rest, cert) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| crate::pki::Error::BadCertificate(e.to_string()))?;
+            .map_err(|e| crate::pki::Error::BadCertificate(crate::pki::x509_parse_error(&e)))?;
         Ok(Leaf {
             names: crate::pki::inspect::ChainNames {
                 subject: cert.subject().as_raw().to_vec(),
@@ -410,26 +414,28 @@ fn decide_parsed(req: &RegistrationRequest, leaf: &[u8], parsed: &Leaf, ctx: &Co
             .into_iter()
             .flatten()
             .any(|der| der.as_slice() == leaf);
+        // A certificate the enrollment does not hold does not authenticate the device, whatever
+        // the enrollment's status: it fails attestation, as in DPS.
+        if !in_slot {
+            return Decision::Rejected(format!(
+                "certificate is in neither slot of individual enrollment `{}`",
+                ind.registration_id
+            ));
+        }
         if ind.status == Status::Disabled {
             return Decision::Disabled(format!(
                 "individual enrollment `{}` is disabled",
                 ind.registration_id
             ));
         }
-        if in_slot {
-            return match parsed.validity_problem(ctx.now) {
-                None => Decision::Individual {
-                    name: ind.registration_id.clone(),
-                    hub: ind.hub.clone(),
-                    reprovision: ind.reprovision.clone(),
-                },
-                Some(problem) => Decision::Rejected(problem),
-            };
-        }
-        return Decision::Rejected(format!(
-            "certificate is in neither slot of individual enrollment `{}`",
-            ind.registration_id
-        ));
+        return match parsed.validity_problem(ctx.now) {
+            None => Decision::Individual {
+                name: ind.registration_id.clone(),
+                hub: ind.hub.clone(),
+                reprovision: ind.reprovision.clone(),
+            },
+            Some(problem) => Decision::Rejected(problem),
+        };
     }
     // A leaf outside its validity is refused for that reason, by whichever enrollment: "no
     // enrollment accepts" would send the operator to the enrollments instead of the clock.
@@ -780,7 +786,7 @@ mod tests {
             now,
         };
         assert!(matches!(
-            decide(&request("gw", vec![other]), &ctx),
+            decide(&request("gw", vec![other.clone()]), &ctx),
             Decision::Rejected(_)
         ));
         ind.status = Status::Disabled;
@@ -792,6 +798,11 @@ mod tests {
         };
         assert!(
             matches!(decide(&request("gw", vec![old]), &ctx), Decision::Disabled(r) if r.contains("disabled"))
+        );
+        // A certificate the disabled enrollment does not hold authenticates nobody: an
+        // attestation failure, not a refusal by the (disabled) enrollment.
+        assert!(
+            matches!(decide(&request("gw", vec![other]), &ctx), Decision::Rejected(r) if r.contains("neither slot"))
         );
     }
 

@@ -21,9 +21,10 @@ reqwest resolve, a hosts file) at the listen address, trust the CA written by --
 the SDK's production code path runs unchanged. Clients that can only use 127.0.0.1:PORT use
 the per-service listeners the start line prints.
 
-Bearer tokens: the plan's [serve.principals.NAME] (token_env, permissions); without any, one
-principal `owner` with every permission whose token is $CERTROLL_SERVE_TOKEN (or generated and
-printed in the start line).
+Bearer tokens: the plan's [serve.principals.NAME] (token_env, permissions, and arm_role =
+\"reader\" or \"contributor\" for management.azure.com; none: no ARM access); without any, one
+principal `owner` with every permission and the contributor role whose token is
+$CERTROLL_SERVE_TOKEN (or generated and printed in the start line).
 
 [serve.services.SERVICE] (keyvault, dps, dps_device, hub, arm) throttles (429 + Retry-After
 above rate_per_second) and injects faults (error_percent of 500/503, drop_percent of dropped

@@ -63,8 +63,8 @@ impl IssuerKey {
 }
 
 fn spki_of(cert_der: &[u8]) -> Result<Vec<u8>, Error> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(cert_der).map_err(|e| Error::BadCertificate(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| Error::BadCertificate(super::x509_parse_error(&e)))?;
     Ok(cert.tbs_certificate.subject_pki.raw.to_vec())
 }
 

@@ -30,8 +30,8 @@ pub struct CertInfo {
 impl CertInfo {
     /// Parses a DER certificate.
     pub fn from_der(der: &[u8]) -> Result<CertInfo, Error> {
-        let (rest, cert) =
-            x509_parser::parse_x509_certificate(der).map_err(|e| Error::BadCertificate(e.to_string()))?;
+        let (rest, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| Error::BadCertificate(super::x509_parse_error(&e)))?;
         if !rest.is_empty() {
             return Err(Error::BadCertificate(
                 "trailing bytes after the certificate".into(),
@@ -99,8 +99,8 @@ pub struct CertFacts {
 impl CertFacts {
     /// Parses a DER certificate.
     pub fn from_der(der: &[u8]) -> Result<CertFacts, Error> {
-        let (rest, cert) =
-            x509_parser::parse_x509_certificate(der).map_err(|e| Error::BadCertificate(e.to_string()))?;
+        let (rest, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| Error::BadCertificate(super::x509_parse_error(&e)))?;
         if !rest.is_empty() {
             return Err(Error::BadCertificate(
                 "trailing bytes after the certificate".into(),
@@ -129,8 +129,8 @@ pub struct ChainNames {
 
 /// Reads a DER certificate's [`ChainNames`].
 pub fn chain_names(der: &[u8]) -> Result<ChainNames, Error> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|e| Error::BadCertificate(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| Error::BadCertificate(super::x509_parse_error(&e)))?;
     Ok(ChainNames {
         subject: cert.subject().as_raw().to_vec(),
         issuer: cert.issuer().as_raw().to_vec(),
@@ -145,8 +145,8 @@ pub fn chain_names(der: &[u8]) -> Result<ChainNames, Error> {
 
 /// The common name of a DER certificate's subject.
 pub fn common_name(der: &[u8]) -> Result<Option<String>, Error> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|e| Error::BadCertificate(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| Error::BadCertificate(super::x509_parse_error(&e)))?;
     Ok(cert
         .subject()
         .iter_common_name()
@@ -159,11 +159,11 @@ pub fn common_name(der: &[u8]) -> Result<Option<String>, Error> {
 /// keyUsage extension (any use is allowed).
 pub fn key_usage(der: &[u8]) -> Result<Option<Vec<super::spec::KeyUsage>>, Error> {
     use super::spec::KeyUsage;
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|e| Error::BadCertificate(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| Error::BadCertificate(super::x509_parse_error(&e)))?;
     let Some(ku) = cert
         .key_usage()
-        .map_err(|e| Error::BadCertificate(e.to_string()))?
+        .map_err(|_| Error::BadCertificate("its keyUsage extension cannot be read".into()))?
     else {
         return Ok(None);
     };

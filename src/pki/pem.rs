@@ -38,8 +38,8 @@ pub fn is_pem(bytes: &[u8]) -> bool {
         .any(|line| line.trim_ascii_start().starts_with(b"-----BEGIN "))
 }
 
-/// A damaged PEM block in words, never as raw bytes: which block, and what is wrong with it.
-fn describe(e: rustls_pki_types::pem::Error) -> Error {
+/// A damaged PEM block in words (rustls-pki-types' own `Display` shows markers as byte lists), never as raw bytes: which block, and what is wrong with it.
+pub fn pem_error(e: &rustls_pki_types::pem::Error) -> String {
     use rustls_pki_types::pem::Error as E;
     let shown = |bytes: &[u8]| {
         let text = String::from_utf8_lossy(bytes);
@@ -50,7 +50,7 @@ fn describe(e: rustls_pki_types::pem::Error) -> Error {
         }
         short
     };
-    Error::BadPem(match e {
+    match e {
         E::MissingSectionEnd { end_marker } => format!(
             "the PEM block `-----BEGIN {label}-----` has no `-----END {label}-----` line: the file is truncated \
              or was cut while copying",
@@ -66,7 +66,11 @@ fn describe(e: rustls_pki_types::pem::Error) -> Error {
         E::NoItemsFound => "no PEM block found".to_string(),
         E::SectionTooLarge => "a PEM block is larger than 256 MB".to_string(),
         other => format!("unreadable PEM ({other})"),
-    })
+    }
+}
+
+fn describe(e: rustls_pki_types::pem::Error) -> Error {
+    Error::BadPem(pem_error(&e))
 }
 
 /// Checks that every block in `text` is whole (begins, ends, decodes), of any label, and says

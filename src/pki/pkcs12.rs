@@ -65,9 +65,17 @@ pub fn read_pfx(data: &[u8], password: &str) -> Result<PfxContents, Error> {
                      openssl pkcs12 -export -out NEW.p12`"
                 ))
             }
-            P12::DerError(_) | P12::InvalidVersion | P12::UnsupportedContentType => {
+            // der's messages name tags and byte offsets: not what a user can act on.
+            P12::DerError(_) => {
+                Error::Pkcs12("not a PKCS#12 file, or a damaged one (its DER does not decode)".into())
+            }
+            P12::InvalidVersion | P12::UnsupportedContentType => {
                 Error::Pkcs12(format!("not a PKCS#12 file, or a damaged one ({e})"))
             }
+            P12::X509Error(x) => Error::Pkcs12(format!(
+                "a certificate in the file cannot be read: {}",
+                super::x509_parse_error(&x)
+            )),
             other => Error::Pkcs12(other.to_string()),
         },
     )?;

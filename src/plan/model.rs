@@ -119,6 +119,37 @@ pub struct PrincipalSpec {
     pub token_env: String,
     /// What the principal may do with the vault's certificates.
     pub permissions: Vec<CertificatePermission>,
+    /// Its Azure role over the DPS's ARM resource (`management.azure.com`); `None`: no ARM
+    /// access at all.
+    pub arm_role: Option<ArmRole>,
+}
+
+/// An Azure built-in role a `[serve]` principal holds over the emulated DPS's ARM resource
+/// (`Microsoft.Devices/provisioningServices/{dps}`). Azure's Owner role acts as
+/// [`ArmRole::Contributor`] here: serve has no role assignments to manage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ArmRole {
+    /// Reader: GET and list the DPS's CA certificates (`.../certificates/read`).
+    Reader,
+    /// Contributor: also upload, generateVerificationCode, verify and delete them.
+    Contributor,
+}
+
+impl ArmRole {
+    /// The plan's spelling (`reader`, `contributor`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ArmRole::Reader => "reader",
+            ArmRole::Contributor => "contributor",
+        }
+    }
+
+    /// The role the plan names (case-insensitive, as Azure's role names are), if any.
+    pub fn parse(text: &str) -> Option<ArmRole> {
+        [ArmRole::Reader, ArmRole::Contributor]
+            .into_iter()
+            .find(|r| r.name().eq_ignore_ascii_case(text))
+    }
 }
 
 /// Key Vault's sixteen certificate permissions (access policy names, lower case as Azure spells

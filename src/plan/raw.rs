@@ -232,4 +232,5 @@ pub(super) struct RawServiceLimits {
 pub(super) struct RawPrincipal {
     pub(super) token_env: Spanned<String>,
     pub(super) permissions: Spanned<Vec<Spanned<String>>>,
+    pub(super) arm_role: Option<Spanned<String>>,
 }

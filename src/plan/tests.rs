@@ -1235,11 +1235,23 @@ vault = "Rehearsal-Vault"
 [serve.principals.ops]
 token_env = "OPS_TOKEN"
 permissions = ["all"]
+arm_role = "Contributor"
 [serve.principals.auditor]
 token_env = "AUDIT_TOKEN"
 permissions = ["List", "get", "get"]
+arm_role = "reader"
+[serve.principals.vault-only]
+token_env = "VAULT_TOKEN"
+permissions = ["get"]
 "#);
     assert_eq!(plan.serve.vault, "rehearsal-vault", "host names are lower case");
+    use crate::plan::ArmRole;
+    assert_eq!(plan.serve.principals["ops"].arm_role, Some(ArmRole::Contributor));
+    assert_eq!(plan.serve.principals["auditor"].arm_role, Some(ArmRole::Reader));
+    assert_eq!(
+        plan.serve.principals["vault-only"].arm_role, None,
+        "no arm_role: no ARM access"
+    );
     assert_eq!(plan.serve.principals["ops"].permissions, P::ALL.to_vec());
     assert_eq!(
         plan.serve.principals["auditor"].permissions,
@@ -1254,6 +1266,15 @@ fn serve_errors_name_the_value_and_never_echo_a_token() {
         "version = 1\n[serve.principals.ops]\ntoken_env = \"OPS_TOKEN\"\npermissions = [\"get\", \"sign\"]\n",
     );
     assert_at(&e, 4, 23, "unknown certificate permission `sign`");
+    let e = err(
+        "version = 1\n[serve.principals.ops]\ntoken_env = \"OPS_TOKEN\"\npermissions = [\"get\"]\narm_role = \"owner\"\n",
+    );
+    assert_at(
+        &e,
+        5,
+        12,
+        "unknown arm_role `owner` (expected \"reader\" or \"contributor\"",
+    );
     let e = err(
         "version = 1\n[serve.principals.ops]\ntoken_env = \"s3cr3t-token-value!\"\npermissions = [\"get\"]\n",
     );

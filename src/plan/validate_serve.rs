@@ -1,7 +1,9 @@
 //! `[serve]`: the names `certroll serve` answers to and the bearer-token principals it admits.
 
 use super::super::raw::RawPlan;
-use super::super::{CertificatePermission, PrincipalSpec, SERVE_SERVICES, ServeConfig, ServiceLimits};
+use super::super::{
+    ArmRole, CertificatePermission, PrincipalSpec, SERVE_SERVICES, ServeConfig, ServiceLimits,
+};
 use super::Validator;
 use super::notify::is_env_name;
 use std::collections::BTreeMap;
@@ -110,11 +112,27 @@ impl Validator<'_> {
             }
             permissions.sort();
             permissions.dedup();
+            let arm_role = p.arm_role.as_ref().and_then(|role| {
+                let text = role.get_ref();
+                let found = ArmRole::parse(text);
+                if found.is_none() {
+                    self.error(
+                        role.span(),
+                        format!(
+                            "unknown arm_role `{}` (expected \"reader\" or \"contributor\"; Azure's \
+                             Owner role is \"contributor\" here)",
+                            crate::error::snippet(text)
+                        ),
+                    );
+                }
+                found
+            });
             out.principals.insert(
                 n.clone(),
                 PrincipalSpec {
                     token_env: env.clone(),
                     permissions,
+                    arm_role,
                 },
             );
         }

@@ -94,10 +94,43 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     )
 }
 
-async fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    super::auth::bearer(state, headers, ARM_RESOURCE)
-        .await
-        .map(|_| ())
+/// The ARM actions of a DPS's CA certificates, as Azure's role definitions name them.
+mod action {
+    pub const READ: &str = "Microsoft.Devices/provisioningServices/certificates/read";
+    pub const WRITE: &str = "Microsoft.Devices/provisioningServices/certificates/write";
+    pub const DELETE: &str = "Microsoft.Devices/provisioningServices/certificates/delete";
+    pub const GENERATE_CODE: &str =
+        "Microsoft.Devices/provisioningServices/certificates/generateVerificationCode/action";
+    pub const VERIFY: &str = "Microsoft.Devices/provisioningServices/certificates/verify/action";
+}
+
+/// The resource id of the certificates collection (`name` None) or of one certificate.
+fn scope(sub: &str, rg: &str, dps: &str, name: Option<&str>) -> String {
+    let base = format!(
+        "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Devices/provisioningServices/{dps}/certificates"
+    );
+    match name {
+        Some(n) => format!("{base}/{n}"),
+        None => base,
+    }
+}
+
+/// The caller's bearer token (401 with ARM's challenge otherwise), then its ARM role for
+/// `action` over `scope` (403 `AuthorizationFailed`).
+async fn authorize(state: &AppState, headers: &HeaderMap, action: &str, scope: &str) -> Result<(), ApiError> {
+    let principal = super::auth::bearer(state, headers, ARM_RESOURCE).await?;
+    principal.require_arm(action, scope)
+}
+
+/// [`authorize`] for a request on one certificate.
+async fn authorize_on(
+    state: &AppState,
+    headers: &HeaderMap,
+    action: &str,
+    path: &(String, String, String, String),
+) -> Result<(), ApiError> {
+    let (sub, rg, dps, name) = path;
+    authorize(state, headers, action, &scope(sub, rg, dps, Some(name))).await
 }
 
 fn check_dps(state: &AppState, dps: &str) -> Result<(), ApiError> {
@@ -217,7 +250,7 @@ async fn list_certificates(
     Path((sub, rg, dps)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<axum::Json<Value>, ArmError> {
-    authorize(&state, &headers).await?;
+    authorize(&state, &headers, action::READ, &scope(&sub, &rg, &dps, None)).await?;
     check_dps(&state, &dps)?;
     let value = state
         .read(move |b, _| {
@@ -239,7 +272,7 @@ async fn get_certificate(
     Path(path): CertPath,
     headers: HeaderMap,
 ) -> Result<Response, ArmError> {
-    authorize(&state, &headers).await?;
+    authorize_on(&state, &headers, action::READ, &path).await?;
     check_dps(&state, &path.2)?;
     let out = state
         .read(move |b, _| {
@@ -259,7 +292,7 @@ async fn create_or_update_certificate(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ArmError> {
-    authorize(&state, &headers).await?;
+    authorize_on(&state, &headers, action::WRITE, &path).await?;
     check_dps(&state, &path.2)?;
     let der = certificate_of(&body, "/properties/certificate")?;
     let wanted = super::dps::if_match(&headers)?;
@@ -298,7 +331,7 @@ async fn generate_verification_code(
     Path(path): CertPath,
     headers: HeaderMap,
 ) -> Result<Response, ArmError> {
-    authorize(&state, &headers).await?;
+    authorize_on(&state, &headers, action::GENERATE_CODE, &path).await?;
     check_dps(&state, &path.2)?;
     let out = state
         .write(move |b, now| {
@@ -322,7 +355,7 @@ async fn verify_certificate(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ArmError> {
-    authorize(&state, &headers).await?;
+    authorize_on(&state, &headers, action::VERIFY, &path).await?;
     check_dps(&state, &path.2)?;
     let der = certificate_of(&body, "/certificate")?;
     let out = state
@@ -344,7 +377,7 @@ async fn delete_certificate(
     Path(path): CertPath,
     headers: HeaderMap,
 ) -> Result<StatusCode, ArmError> {
-    authorize(&state, &headers).await?;
+    authorize_on(&state, &headers, action::DELETE, &path).await?;
     check_dps(&state, &path.2)?;
     state
         .write(move |b, _| {

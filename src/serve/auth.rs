@@ -7,7 +7,7 @@
 
 use super::ApiError;
 use super::state::AppState;
-use crate::plan::CertificatePermission;
+use crate::plan::{ArmRole, CertificatePermission};
 use base64::Engine as _;
 use http::{HeaderMap, StatusCode, header};
 use zeroize::Zeroizing;
@@ -24,6 +24,8 @@ pub struct Principal {
     token: Zeroizing<String>,
     /// What it may do with the vault's certificates.
     pub permissions: Vec<CertificatePermission>,
+    /// Its role over the DPS's ARM resource; `None`: no ARM access.
+    pub arm_role: Option<ArmRole>,
 }
 
 impl std::fmt::Debug for Principal {
@@ -31,18 +33,53 @@ impl std::fmt::Debug for Principal {
         f.debug_struct("Principal")
             .field("name", &self.name)
             .field("permissions", &self.permissions)
+            .field("arm_role", &self.arm_role)
             .finish_non_exhaustive()
     }
 }
 
 impl Principal {
-    /// A principal holding `token`.
-    pub fn new(name: impl Into<String>, token: String, permissions: Vec<CertificatePermission>) -> Principal {
+    /// A principal holding `token`, with its Key Vault permissions and its ARM role.
+    pub fn new(
+        name: impl Into<String>,
+        token: String,
+        permissions: Vec<CertificatePermission>,
+        arm_role: Option<ArmRole>,
+    ) -> Principal {
         Principal {
             name: name.into(),
             token: Zeroizing::new(token),
             permissions,
+            arm_role,
         }
+    }
+
+    /// Ok if the principal's ARM role allows `action` (an ARM action name such as
+    /// `Microsoft.Devices/provisioningServices/certificates/write`) over `scope` (the resource
+    /// id requested): a reader may only read (`.../read`), a contributor may do anything; no
+    /// role, nothing. Otherwise ARM's 403 `AuthorizationFailed`, naming the principal, the
+    /// action and the scope.
+    pub fn require_arm(&self, action: &str, scope: &str) -> Result<(), ApiError> {
+        let allowed = match self.arm_role {
+            Some(ArmRole::Contributor) => true,
+            Some(ArmRole::Reader) => action.ends_with("/read"),
+            None => false,
+        };
+        if allowed {
+            return Ok(());
+        }
+        let held = match self.arm_role {
+            Some(role) => format!("its role `{}` does not allow it", role.name()),
+            None => "it holds no ARM role (arm_role in [serve.principals])".to_string(),
+        };
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "AuthorizationFailed",
+            format!(
+                "The client '{name}' with object id '{name}' does not have authorization to perform action '{action}' over scope '{scope}' or the scope is invalid ({held}).",
+                name = self.name,
+            ),
+        ))
     }
 
     /// Whether the principal holds `permission`; `manageissuers` implies the four issuer

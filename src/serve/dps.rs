@@ -228,21 +228,46 @@ fn json_body(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-/// Reads a certificate as DPS takes it: PEM text, or base64 of the DER bytes.
+/// Reads a certificate as DPS and ARM take it: PEM text, base64 of the PEM text (what the
+/// portal and `az iot dps certificate create` send), or base64 of the DER bytes. The first
+/// certificate of a PEM bundle is the one read.
 pub(crate) fn certificate_der(text: &str, field: &str) -> Result<Vec<u8>, ApiError> {
-    let der = if crate::pki::pem::is_pem(text.as_bytes()) {
-        crate::pki::pem::certs_from_pem(text.as_bytes())
-            .ok()
-            .and_then(|mut certs| (!certs.is_empty()).then(|| certs.remove(0)))
-    } else {
-        use base64::Engine as _;
-        let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-        base64::engine::general_purpose::STANDARD.decode(compact).ok()
+    use base64::Engine as _;
+    let from_pem = |pem: &[u8], what: &str| -> Result<Vec<u8>, ApiError> {
+        crate::pki::pem::certs_from_pem(pem)
+            .map(|mut certs| certs.remove(0))
+            .map_err(|e| {
+                let why = match e {
+                    crate::pki::Error::BadPem(why) => why,
+                    other => other.to_string(),
+                };
+                bad_request(format!("{field} is {what}, but not a readable one: {why}"))
+            })
     };
-    let der =
-        der.ok_or_else(|| bad_request(format!("{field} is neither a PEM certificate nor base64 DER")))?;
-    crate::pki::CertInfo::from_der(&der)
-        .map_err(|e| bad_request(format!("{field} is not a readable X.509 certificate: {e}")))?;
+    let der = if text.contains("-----BEGIN") {
+        from_pem(text.as_bytes(), "PEM text")?
+    } else {
+        let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(compact)
+            .map_err(|_| {
+                bad_request(format!(
+                    "{field} is neither PEM text nor base64 (of PEM text or of DER bytes)"
+                ))
+            })?;
+        if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+            from_pem(&bytes, "base64 of PEM text")?
+        } else {
+            bytes
+        }
+    };
+    crate::pki::CertInfo::from_der(&der).map_err(|e| {
+        let why = match e {
+            crate::pki::Error::BadCertificate(why) => why,
+            other => other.to_string(),
+        };
+        bad_request(format!("{field} is not a readable X.509 certificate: {why}"))
+    })?;
     Ok(der)
 }
 

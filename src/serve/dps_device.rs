@@ -2,10 +2,12 @@
 //! a device presents its certificate chain in the TLS handshake, `PUT`s its registration and
 //! polls the operation until it is `assigned`, `failed` or `disabled`.
 //!
-//! The decision is the enrollment service's own (`EnrollmentService::register`, which runs
+//! The decision is the enrollment service's own (`LocalBackend::register_attested`, which runs
 //! `backend::registration::decide`: disabled enrollments first, then the individual enrollment's
-//! slots, then the groups' chains, and the reprovision policies), and it records every attempt
-//! in the registration state. This module only carries the chain from TLS to that call and the
+//! slots, then the groups' chains, and the reprovision policies), and it records every attempt of
+//! an authenticated device in the registration state (`assigned`, or `disabled` by a disabled
+//! enrollment that holds its certificate). A certificate no enrollment accepts fails attestation:
+//! 401 at once, nothing recorded, as DPS does. This module only carries the chain from TLS to that call and the
 //! result back in DPS's shapes, so another front (MQTT) can reuse [`register`] as is.
 //!
 //! The decision is taken when the device `PUT`s; the operation id names the registration record
@@ -46,7 +48,10 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// Runs one registration with the chain the device presented (leaf first) and returns the
-/// registration state it recorded (with its etag). The enrollment service decides.
+/// registration state it recorded (with its etag). The enrollment service decides. A chain that
+/// authenticates the device to no enrollment (attestation failed) is DPS's 401 (`errorCode`
+/// 401002, the reason as message) and records nothing: the registration record belongs to the
+/// device, and whoever holds a revoked or superseded certificate is not that device.
 pub fn register(
     b: &mut LocalBackend,
     registration_id: &str,
@@ -58,8 +63,10 @@ pub fn register(
         chain,
     };
     let leaf = request.chain.first().cloned().unwrap_or_default();
-    b.register(std::slice::from_ref(&request), now)
-        .map_err(|e| dps_error(StatusCode::INTERNAL_SERVER_ERROR, 1, e.to_string()))?;
+    b.register_attested(&request, now)
+        .map_err(|e| dps_error(StatusCode::INTERNAL_SERVER_ERROR, 1, e.to_string()))?
+        .map_err(|reason| dps_error(StatusCode::UNAUTHORIZED, 2, reason))?;
+    // Read back: the answer carries the record's etag (the operation id), as stored.
     let state = b
         .registration(registration_id)
         .map_err(|e| dps_error(StatusCode::INTERNAL_SERVER_ERROR, 1, e.to_string()))?

@@ -211,8 +211,16 @@ fn thumbprint(value: Option<&Value>, field: &str) -> Result<Option<String>, ApiE
     }
 }
 
-/// The identity a registry request describes (`deviceId` or bulk `id`).
-fn identity_from(hub: &str, id: &str, body: &Map<String, Value>) -> Result<HubIdentity, ApiError> {
+/// The identity a registry request describes (`deviceId` or bulk `id`). An update (`current`
+/// given) without `authentication` keeps the identity's current authentication: IoT Hub would
+/// put SAS keys of its own there, which certroll does not serve, and dropping the X.509
+/// thumbprints of a device because a client changed only its status would lock it out.
+fn identity_from(
+    hub: &str,
+    id: &str,
+    body: &Map<String, Value>,
+    current: Option<&HubIdentity>,
+) -> Result<HubIdentity, ApiError> {
     let status = match body.get("status") {
         None | Some(Value::Null) => Status::Enabled,
         Some(Value::String(s)) if s.eq_ignore_ascii_case("enabled") => Status::Enabled,
@@ -223,10 +231,27 @@ fn identity_from(hub: &str, id: &str, body: &Map<String, Value>) -> Result<HubId
             )));
         }
     };
-    let auth = body
-        .get("authentication")
-        .filter(|a| a.is_object())
-        .ok_or_else(|| bad_request("authentication is required: certroll serves X.509 identities (selfSigned or certificateAuthority)"))?;
+    let auth = match (body.get("authentication").filter(|a| !a.is_null()), current) {
+        (Some(a), _) if a.is_object() => a,
+        (Some(other), _) => {
+            return Err(bad_request(format!(
+                "authentication must be an object, not {}",
+                crate::error::snippet(&other.to_string())
+            )));
+        }
+        (None, Some(current)) => {
+            return Ok(HubIdentity {
+                status,
+                ..current.clone()
+            });
+        }
+        (None, None) => {
+            return Err(bad_request(
+                "authentication is required when a device identity is created: certroll serves \
+                 X.509 identities (selfSigned with thumbprints, or certificateAuthority)",
+            ));
+        }
+    };
     let tps = auth.get("x509Thumbprint");
     let primary = thumbprint(tps.and_then(|t| t.get("primaryThumbprint")), "primaryThumbprint")?;
     let secondary = thumbprint(
@@ -311,7 +336,7 @@ fn write_identity(
         }
         _ => {}
     }
-    let identity = identity_from(hub, id, body)?;
+    let identity = identity_from(hub, id, body, current.as_ref().map(|(i, _)| i))?;
     crate::store::queries::hub_put(b.store().conn(), &identity, false, now).map_err(internal)?;
     Ok(())
 }
@@ -666,8 +691,12 @@ fn admit(
         }
         let cn = crate::pki::inspect::common_name(leaf).ok().flatten();
         if cn.as_deref() != Some(id) {
+            let shown = match &cn {
+                Some(cn) => format!("CN `{}`", crate::error::snippet(cn)),
+                None => "subject (no CN)".to_string(),
+            };
             return Err(unauthorized(format!(
-                "the certificate's CN {cn:?} is not the device id `{id}`"
+                "the certificate's {shown} is not the device id `{id}`"
             )));
         }
         let cas = b.cas().map_err(internal)?;

@@ -251,23 +251,39 @@ fn bundle(base: &str, v: &VaultVersion, tags: &Tags, policy: Option<&Value>, wit
 /// (the request id stands for its version) with the policy and a `pending` link, and no `cer` or
 /// `x5t` since nothing is issued yet.
 fn pending_bundle(base: &str, pend: &PendingCertificate) -> Value {
-    let name = &pend.name;
-    let version = &pend.request_id;
+    placeholder_bundle(
+        base,
+        &pend.name,
+        &pend.request_id,
+        pend.created,
+        Some(&pend.policy_json),
+    )
+}
+
+/// The disabled placeholder version of a name that has no issued version yet (its first
+/// request waits for a merge, or was cancelled and its operation not yet deleted).
+fn placeholder_bundle(
+    base: &str,
+    name: &str,
+    version: &str,
+    created: OffsetDateTime,
+    policy_json: Option<&str>,
+) -> Value {
     let mut out = json!({
         "id": format!("{base}/certificates/{name}/{version}"),
         "kid": format!("{base}/keys/{name}/{version}"),
         "sid": format!("{base}/secrets/{name}/{version}"),
         "attributes": {
             "enabled": false,
-            "created": secs(pend.created),
-            "updated": secs(pend.created),
+            "created": secs(created),
+            "updated": secs(created),
             "recoveryLevel": "Recoverable+Purgeable",
             "recoverableDays": RECOVERABLE_DAYS,
         },
         "tags": {},
         "pending": { "id": format!("{base}/certificates/{name}/pending") },
     });
-    if let Ok(policy) = serde_json::from_str::<Value>(&pend.policy_json) {
+    if let Some(policy) = policy_json.and_then(|p| serde_json::from_str::<Value>(p).ok()) {
         out["contentType"] = json!(content_type(Some(&policy)));
         out["policy"] = policy_view(base, name, &policy);
     }
@@ -387,12 +403,26 @@ async fn get_certificate(
     Path(at): Path<At>,
 ) -> Answer {
     p.require(Perm::Get, &st.config.vault)?;
-    st.read(move |b, _| {
-        if at.version().is_none()
-            && b.current(&at.name)?.is_none()
-            && let Some(pend) = b.pending(&at.name)?
-        {
-            return Ok(Json(pending_bundle(&base, &pend)));
+    st.read(move |b, now| {
+        if at.version().is_none() && b.current(&at.name)?.is_none() {
+            if let Some(pend) = b.pending(&at.name)? {
+                return Ok(Json(pending_bundle(&base, &pend)));
+            }
+            // A cancelled first request shows the same placeholder until its operation is
+            // deleted, as Key Vault keeps it.
+            if let Some(c) = cancelled(b, &at.name)? {
+                let created = c
+                    .created
+                    .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
+                    .unwrap_or(now);
+                return Ok(Json(placeholder_bundle(
+                    &base,
+                    &at.name,
+                    &c.request_id,
+                    created,
+                    c.policy.as_deref(),
+                )));
+            }
         }
         let (v, tags, policy) = load(b, &at.name, at.version())?;
         Ok(Json(bundle(
@@ -811,6 +841,12 @@ struct Cancelled {
     /// before it was kept).
     #[serde(default)]
     current_at_cancel: Option<String>,
+    /// When the request was made, Unix seconds (absent in records written before it was kept).
+    #[serde(default)]
+    created: Option<i64>,
+    /// The request's policy, JSON (absent in records written before it was kept).
+    #[serde(default)]
+    policy: Option<String>,
 }
 
 /// The cancelled operation of `name`, unless a version was made since the cancel: a create that
@@ -917,6 +953,8 @@ async fn cancel_operation(
             csr: STANDARD.encode(&pend.csr_der),
             request_id: pend.request_id.clone(),
             current_at_cancel: Some(b.current(&name)?.map(|v| v.version).unwrap_or_default()),
+            created: Some(pend.created.unix_timestamp()),
+            policy: Some(pend.policy_json.clone()),
         };
         let record = serde_json::to_string(&record).map_err(|e| ApiError::internal(e.to_string()))?;
         qv::cancelled_operation_set(b.store().conn(), &name, Some(&record)).map_err(BackendError::from)?;
@@ -1450,10 +1488,13 @@ fn key_ops(v: &crate::backend::types::VaultVersion) -> Result<Vec<&'static str>,
 /// The public key of a certificate as a JWK (RFC 7517/7518 members).
 fn jwk(cert_der: &[u8]) -> Result<Value, ApiError> {
     use x509_parser::public_key::PublicKey;
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(cert_der).map_err(|e| ApiError::internal(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| ApiError::internal(crate::pki::x509_parse_error(&e)))?;
     let spki = cert.public_key();
-    match spki.parsed().map_err(|e| ApiError::internal(e.to_string()))? {
+    match spki
+        .parsed()
+        .map_err(|_| ApiError::internal("the certificate's public key cannot be read"))?
+    {
         PublicKey::RSA(rsa) => {
             let trim = |b: &[u8]| b.iter().skip_while(|x| **x == 0).copied().collect::<Vec<u8>>();
             Ok(

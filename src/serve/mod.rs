@@ -12,6 +12,7 @@ pub mod auth;
 pub mod dps;
 pub mod dps_device;
 pub mod faults;
+pub mod head_limit;
 pub mod hub;
 pub mod keyvault;
 pub mod state;
@@ -53,12 +54,12 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_URI: usize = 16 << 10;
 /// Largest header block (names, values and separators) served; larger ones get 431 with a body.
 pub const MAX_HEADER_BYTES: usize = 64 << 10;
-/// hyper's read buffer for a request head: above [`MAX_HEADER_BYTES`], so that a head between the
-/// two is parsed and answered 431 with a body here instead of hyper's bare 431 (a head beyond
-/// this, or a target over the `http` crate's 64 KiB, still gets hyper's answer without a body).
+/// hyper's read buffer for a request head: above [`MAX_HEADER_BYTES`], which
+/// [`head_limit::HeadLimit`] applies as the head arrives (a request target over the `http`
+/// crate's 64 KiB still gets hyper's 414 without a body).
 const HEAD_BUFFER: usize = 512 << 10;
-/// Most header fields a request may have (hyper's default is 100).
-const MAX_HEADER_FIELDS: usize = 256;
+/// Most header fields a request may have (hyper's default is 100); more get 431 with a body.
+pub const MAX_HEADER_FIELDS: usize = 256;
 
 /// An error answer. Each service renders it in its own body shape (the router decides); the
 /// default ([`IntoResponse`]) is Key Vault's and ARM's `{"error":{"code","message"}}`.
@@ -473,10 +474,10 @@ fn load_or_create_backup_password(backend: &LocalBackend) -> Result<zeroize::Zer
 }
 
 /// The principals of `[serve.principals]`, tokens read from their variables; without any, one
-/// `owner` with every permission, its token from `CERTROLL_SERVE_TOKEN` or generated (returned
-/// so the start line can print it).
+/// `owner` with every permission and the contributor role over ARM, its token from
+/// `CERTROLL_SERVE_TOKEN` or generated (returned so the start line can print it).
 fn principals(config: &ServeConfig) -> Result<(Vec<Principal>, Option<String>)> {
-    use crate::plan::CertificatePermission;
+    use crate::plan::{ArmRole, CertificatePermission};
     if config.principals.is_empty() {
         let var = ServeConfig::DEFAULT_TOKEN_ENV;
         return Ok(match std::env::var(var).ok().filter(|t| !t.is_empty()) {
@@ -485,12 +486,18 @@ fn principals(config: &ServeConfig) -> Result<(Vec<Principal>, Option<String>)> 
                     "owner",
                     token,
                     CertificatePermission::ALL.to_vec(),
+                    Some(ArmRole::Contributor),
                 )],
                 None,
             ),
             None => {
                 let token = random_base64(24)?.replace(['+', '/', '='], "");
-                let owner = Principal::new("owner", token.clone(), CertificatePermission::ALL.to_vec());
+                let owner = Principal::new(
+                    "owner",
+                    token.clone(),
+                    CertificatePermission::ALL.to_vec(),
+                    Some(ArmRole::Contributor),
+                );
                 (vec![owner], Some(token))
             }
         });
@@ -512,7 +519,12 @@ fn principals(config: &ServeConfig) -> Result<(Vec<Principal>, Option<String>)> 
                 spec.token_env
             )));
         }
-        out.push(Principal::new(name.clone(), token, spec.permissions.clone()));
+        out.push(Principal::new(
+            name.clone(),
+            token,
+            spec.permissions.clone(),
+            spec.arm_role,
+        ));
     }
     Ok((out, None))
 }
@@ -722,7 +734,8 @@ async fn accept_loop(
     mut stop: tokio::sync::watch::Receiver<bool>,
     connections: Arc<tokio::sync::Semaphore>,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Every connection task holds a sender; once they are all gone, `drained` yields None.
+    let (alive, mut drained) = tokio::sync::mpsc::channel::<()>(1);
     loop {
         let permit = tokio::select! {
             _ = stop.changed() => break,
@@ -744,57 +757,181 @@ async fn accept_loop(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, routers, state, fixed) =
-            (acceptor.clone(), routers.clone(), state.clone(), fixed.clone());
-        let watcher = graceful.watcher();
+        let (acceptor, routers, state, fixed, stop, alive) = (
+            acceptor.clone(),
+            routers.clone(),
+            state.clone(),
+            fixed.clone(),
+            stop.clone(),
+            alive.clone(),
+        );
         tokio::spawn(async move {
             let _permit = permit;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!("TLS handshake with {peer} failed: {e}");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let chain = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .map(|certs| tls::ClientChain(certs.iter().map(|c| c.to_vec()).collect()));
-            let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let mut req = req.map(Body::new);
-                if let Some(chain) = &chain {
-                    req.extensions_mut().insert(chain.clone());
-                }
-                let (routers, state, fixed) = (routers.clone(), state.clone(), fixed.clone());
-                async move {
-                    // No answer: an injected dropped connection (hyper closes it on an error).
-                    dispatch(req, fixed, &routers, &state).await.ok_or_else(|| {
-                        std::io::Error::other("connection dropped on purpose ([serve.services] drop_percent)")
-                    })
-                }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .max_buf_size(HEAD_BUFFER)
-                .max_headers(MAX_HEADER_FIELDS)
-                .header_read_timeout(HANDSHAKE_TIMEOUT)
-                .serve_connection(
-                    hyper_util::rt::TokioIo::new(tls),
-                    hyper_util::service::TowerToHyperService::new(svc),
-                );
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!("connection from {peer}: {e}");
-            }
+            let _alive = alive;
+            serve_connection(tcp, peer, acceptor, fixed, routers, state, stop).await;
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    drop(alive);
+    if tokio::time::timeout(DRAIN_TIMEOUT, drained.recv()).await.is_err() {
         tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; closing them");
+    }
+}
+
+/// How long a connection whose answers are all out is given, once serve stops, to flush the
+/// last one and close before it is dropped.
+const FLUSH_GRACE: Duration = Duration::from_millis(200);
+
+/// Serves one connection until it ends, or until `stop` and its requests in flight are done.
+///
+/// On stop, hyper's graceful shutdown closes a keep-alive connection that is idle between
+/// requests and lets one with a request in flight finish it. It keeps open one that is still in
+/// its TLS handshake or has sent part of a request head, until the client sends the rest or the
+/// header timeout ends, which would hold up serve's exit by [`HANDSHAKE_TIMEOUT`]: such a
+/// connection has no request in flight (no handler has seen one), so it is dropped at once.
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    fixed: Option<Origin>,
+    routers: Arc<Routers>,
+    state: Arc<AppState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+    let tls = tokio::select! {
+        _ = stopped(&mut stop) => return,
+        done = handshake => match done {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!("TLS handshake with {peer} failed: {e}");
+                return;
+            }
+            Err(_) => return,
+        },
+    };
+    let chain = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|certs| tls::ClientChain(certs.iter().map(|c| c.to_vec()).collect()));
+    // Requests whose handler has been called and whose answer has not been sent in full.
+    let (busy, mut in_flight) = tokio::sync::watch::channel(0usize);
+    let busy = Arc::new(busy);
+    let head = Arc::new(head_limit::HeadState::default());
+    let io = head_limit::HeadLimit::new(tls, head.clone());
+    let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let mut req = req.map(Body::new);
+        if let Some(chain) = &chain {
+            req.extensions_mut().insert(chain.clone());
+        }
+        let cut = head.take_cut();
+        if let Some(cut) = cut {
+            req.extensions_mut().insert(cut);
+        }
+        let (routers, state, fixed) = (routers.clone(), state.clone(), fixed.clone());
+        let guard = InFlight::new(busy.clone(), head.clone());
+        async move {
+            // No answer: an injected dropped connection (hyper closes it on an error).
+            let mut response = dispatch(req, fixed, &routers, &state).await.ok_or_else(|| {
+                std::io::Error::other("connection dropped on purpose ([serve.services] drop_percent)")
+            })?;
+            if cut.is_some() {
+                // The rest of that head was never read: the connection cannot go on.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, std::io::Error>(response.map(|body| Body::new(GuardedBody { body, _guard: guard })))
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_buf_size(HEAD_BUFFER)
+        .max_headers(MAX_HEADER_FIELDS)
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .serve_connection(
+            hyper_util::rt::TokioIo::new(io),
+            hyper_util::service::TowerToHyperService::new(svc),
+        );
+    let mut conn = std::pin::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        _ = stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                biased;
+                ended = conn.as_mut() => ended,
+                _ = async { drop(in_flight.wait_for(|n| *n == 0).await) } => {
+                    // Nothing under way: what hyper still holds is a connection waiting for a
+                    // request. An answer that has just gone out gets a moment to be flushed.
+                    match tokio::time::timeout(FLUSH_GRACE, conn.as_mut()).await {
+                        Ok(ended) => ended,
+                        Err(_) => Ok(()),
+                    }
+                }
+            }
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!("connection from {peer}: {e}");
+    }
+}
+
+/// Resolves once `stop` holds true (at once if it already does, or if serve is gone).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`: dropped here, not held across an await.
+    drop(stop.wait_for(|stopped| *stopped).await);
+}
+
+/// Counts one request in flight on its connection from its handler's call until its answer's
+/// body is dropped (sent in full, or the connection gone); the last one out tells the head
+/// watch that the next bytes begin a new head.
+struct InFlight(Arc<tokio::sync::watch::Sender<usize>>, Arc<head_limit::HeadState>);
+
+impl InFlight {
+    fn new(counter: Arc<tokio::sync::watch::Sender<usize>>, head: Arc<head_limit::HeadState>) -> InFlight {
+        counter.send_modify(|n| *n += 1);
+        InFlight(counter, head)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut idle = false;
+        self.0.send_modify(|n| {
+            *n = n.saturating_sub(1);
+            idle = *n == 0;
+        });
+        if idle {
+            self.1.answer_sent();
+        }
+    }
+}
+
+/// An answer's body that keeps its request counted in flight until hyper has taken all of it.
+struct GuardedBody {
+    body: Body,
+    _guard: InFlight,
+}
+
+impl hyper::body::Body for GuardedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        hyper::body::Body::poll_frame(std::pin::Pin::new(&mut self.body), cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        hyper::body::Body::is_end_stream(&self.body)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::Body::size_hint(&self.body)
     }
 }
 
@@ -843,6 +980,26 @@ fn screen(req: &Request<Body>, origin: &Origin) -> Result<(), ApiError> {
             generic_code(Some(origin), StatusCode::URI_TOO_LONG),
             format!("the request target is {target} bytes, over the {MAX_URI}-byte limit"),
         ));
+    }
+    let too_large = |message: String| {
+        ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            generic_code(Some(origin), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+            message,
+        )
+    };
+    match req.extensions().get::<head_limit::HeadCut>() {
+        Some(head_limit::HeadCut::Bytes(received)) => {
+            return Err(too_large(format!(
+                "the request's headers are over the {MAX_HEADER_BYTES}-byte limit (refused after {received} bytes)"
+            )));
+        }
+        Some(head_limit::HeadCut::Fields) => {
+            return Err(too_large(format!(
+                "the request has more than {MAX_HEADER_FIELDS} header fields"
+            )));
+        }
+        None => {}
     }
     let head: usize = req
         .headers()

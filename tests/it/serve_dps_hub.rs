@@ -59,8 +59,14 @@ struct Serve {
 
 impl Serve {
     fn start(env: &TestEnv) -> Serve {
+        Serve::start_with(env, &[])
+    }
+
+    /// Serve with extra environment variables (the tokens of `[serve.principals]`).
+    fn start_with(env: &TestEnv, vars: &[(&str, &str)]) -> Serve {
         let mut child = env
             .cmd()
+            .envs(vars.iter().copied())
             .args([
                 "--plan",
                 "plan.toml",
@@ -674,22 +680,60 @@ fn rehearsal_a_breach_roll_while_serve_runs_locks_out_the_old_certificate_and_le
     ]);
     breach.ok();
     let (new_cert, new_key) = export_device(&env, "sensor-2", "new");
+    let registration = |env: &TestEnv| {
+        env.plan_run(&["status", "-o", "json", "device:sensor-2"])
+            .ok()
+            .json()["devices"][0]["registration"]
+            .clone()
+    };
+    let after_breach = registration(&env);
 
     // The old certificate: refused by DPS (the breach put the device under an individual
-    // enrollment holding only the new certificate) and by the hub.
+    // enrollment holding only the new certificate) and by the hub. It authenticates nobody, so
+    // DPS answers 401 at once and the device's registration state stays as it was: whoever
+    // holds the old certificate cannot mark the device `failed`.
     let old = device_run(&env, &serve, "sensor-2", &old_cert, &old_key);
-    let refused = &old["provisioning"];
-    assert_eq!(refused["status"], "failed", "{old}");
-    assert_eq!(refused["registrationState"]["errorCode"], 401002, "{old}");
-    assert!(
-        refused["registrationState"]["errorMessage"]
-            .as_str()
-            .unwrap()
-            .contains("neither slot"),
-        "{old}"
-    );
+    assert_eq!(old["provisioning"]["httpStatus"], 401, "{old}");
     assert_eq!(old["hub"]["sent"], false, "{old}");
     assert_eq!(old["hub"]["httpStatus"], 401, "{old}");
+    assert_eq!(
+        registration(&env),
+        after_breach,
+        "the old certificate recorded nothing"
+    );
+    let scope = serve.id_scope();
+    let (code, _, body) = curl_any(
+        &env,
+        &serve,
+        "PUT",
+        "global.azure-devices-provisioning.net",
+        &format!("/{scope}/registrations/sensor-2/register?api-version=2021-06-01"),
+        &["Content-Type: application/json".into()],
+        None,
+        &[
+            "--data",
+            r#"{"registrationId":"sensor-2"}"#,
+            "--cert",
+            old_cert.to_str().unwrap(),
+            "--key",
+            old_key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 401, "{body}");
+    let refused = json_of("old certificate", code, &body);
+    assert_eq!(refused["errorCode"], 401002, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("neither slot"),
+        "{refused}"
+    );
+    assert_eq!(
+        registration(&env),
+        after_breach,
+        "the old certificate recorded nothing"
+    );
     // The new one provisions and connects.
     let new = device_run(&env, &serve, "sensor-2", &new_cert, &new_key);
     assert_eq!(new["provisioning"]["status"], "assigned", "{new}");
@@ -1085,7 +1129,8 @@ fn curl_raw(
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
-/// One ARM request with curl and a bearer token: (HTTP status, body as JSON or Null).
+/// One ARM request with curl and the generated token of the default principal `owner`: (HTTP
+/// status, body as JSON or Null).
 fn arm(
     env: &TestEnv,
     serve: &Serve,
@@ -1094,10 +1139,23 @@ fn arm(
     if_match: Option<&str>,
     body: Option<serde_json::Value>,
 ) -> (u16, serde_json::Value) {
-    let port = serve.addr().rsplit(':').next().unwrap().to_string();
     let token = serve.start["token"]
         .as_str()
         .expect("the generated token in the start line");
+    arm_as(env, serve, token, method, path, if_match, body)
+}
+
+/// [`arm`] with the bearer token `token`.
+fn arm_as(
+    env: &TestEnv,
+    serve: &Serve,
+    token: &str,
+    method: &str,
+    path: &str,
+    if_match: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let port = serve.addr().rsplit(':').next().unwrap().to_string();
     let mut cmd = Command::new("curl");
     cmd.args([
         "-sS",
@@ -1677,12 +1735,9 @@ fn every_error_body_is_json_in_the_shape_of_the_service_answering() {
         .unwrap();
     {
         use std::io::Write as _;
-        s_client
-            .stdin
-            .as_mut()
-            .unwrap()
-            .write_all(request.as_bytes())
-            .unwrap();
+        // serve answers as soon as the head crosses its limit and closes the connection:
+        // s_client may be gone before it took all of the request (a broken pipe here).
+        let _ = s_client.stdin.as_mut().unwrap().write_all(request.as_bytes());
     }
     let answer = String::from_utf8_lossy(&s_client.wait_with_output().unwrap().stdout).into_owned();
     assert!(
@@ -1967,4 +2022,609 @@ fn an_enrollment_whose_certificate_cn_is_not_its_registration_id_is_taken_and_th
         None,
     );
     assert_eq!(code, 404, "no registration state recorded: {answer}");
+}
+
+// ---------------------------------------------------------------- ARM roles, formats, messages
+
+const ARM_SCOPE: &str = "/subscriptions/sub-1/resourceGroups/rg-1/providers/Microsoft.Devices/provisioningServices/certroll-dps/certificates";
+
+/// ARM's 403 for `principal` lacking `action` over `scope`.
+fn assert_authorization_failed(
+    what: &str,
+    code: u16,
+    body: &serde_json::Value,
+    principal: &str,
+    action: &str,
+    scope: &str,
+) {
+    assert_eq!(code, 403, "{what}: {body}");
+    assert_eq!(body["error"]["code"], "AuthorizationFailed", "{what}: {body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    for needle in [
+        format!("The client '{principal}'"),
+        format!("does not have authorization to perform action '{action}'"),
+        format!("over scope '{scope}'"),
+    ] {
+        assert!(message.contains(&needle), "{what}: `{needle}` not in {message}");
+    }
+}
+
+#[test]
+fn arm_admits_each_principal_as_far_as_its_role_and_answers_authorization_failed_beyond() {
+    let env = TestEnv::new();
+    issued(&env);
+    let mut plan = PLAN.to_string();
+    plan.push_str(
+        "\n[serve.principals.ops]\ntoken_env = \"ARM_OPS_TOKEN\"\npermissions = [\"all\"]\narm_role = \"contributor\"\n\
+         \n[serve.principals.auditor]\ntoken_env = \"ARM_AUDIT_TOKEN\"\npermissions = [\"get\", \"list\"]\narm_role = \"reader\"\n\
+         \n[serve.principals.vault-only]\ntoken_env = \"ARM_VAULT_TOKEN\"\npermissions = [\"all\"]\n",
+    );
+    env.write("plan.toml", &plan);
+    openssl_cert(&env, "arm-ca", "ARM Role Root", true);
+    let pem = std::fs::read_to_string(env.path("arm-ca.pem")).unwrap();
+    let serve = Serve::start_with(
+        &env,
+        &[
+            ("ARM_OPS_TOKEN", "ops-token"),
+            ("ARM_AUDIT_TOKEN", "audit-token"),
+            ("ARM_VAULT_TOKEN", "vault-token"),
+        ],
+    );
+    let one = format!("{ARM_SCOPE}/arm-root");
+    let upload = serde_json::json!({"properties": {"certificate": pem}});
+    let action = |a: &str| format!("Microsoft.Devices/provisioningServices/certificates/{a}");
+
+    // A reader cannot upload; a principal without arm_role cannot even read.
+    let (code, body) = arm_as(
+        &env,
+        &serve,
+        "audit-token",
+        "PUT",
+        "/arm-root",
+        None,
+        Some(upload.clone()),
+    );
+    assert_authorization_failed("reader PUT", code, &body, "auditor", &action("write"), &one);
+    let (code, body) = arm_as(&env, &serve, "vault-token", "GET", "", None, None);
+    assert_authorization_failed(
+        "no role, list",
+        code,
+        &body,
+        "vault-only",
+        &action("read"),
+        ARM_SCOPE,
+    );
+    let (code, body) = arm_as(&env, &serve, "vault-token", "GET", "/arm-root", None, None);
+    assert_authorization_failed("no role, GET", code, &body, "vault-only", &action("read"), &one);
+
+    // A contributor uploads; the reader reads.
+    let (code, up) = arm_as(&env, &serve, "ops-token", "PUT", "/arm-root", None, Some(upload));
+    assert_eq!(code, 200, "{up}");
+    let (code, got) = arm_as(&env, &serve, "audit-token", "GET", "/arm-root", None, None);
+    assert_eq!(code, 200, "{got}");
+    assert_eq!(got["etag"], up["etag"], "{got}");
+    let (code, list) = arm_as(&env, &serve, "audit-token", "GET", "", None, None);
+    assert_eq!(code, 200, "{list}");
+    assert_eq!(list["value"][0]["name"], "arm-root", "{list}");
+
+    // Every other step is refused to the reader, and changes nothing.
+    for (method, path, act, body) in [
+        (
+            "POST",
+            "/arm-root/generateVerificationCode",
+            action("generateVerificationCode/action"),
+            None,
+        ),
+        (
+            "POST",
+            "/arm-root/verify",
+            action("verify/action"),
+            Some(serde_json::json!({"certificate": pem})),
+        ),
+        ("DELETE", "/arm-root", action("delete"), None),
+    ] {
+        let (code, answer) = arm_as(&env, &serve, "audit-token", method, path, Some("*"), body);
+        assert_authorization_failed(path, code, &answer, "auditor", &act, &one);
+    }
+    let (code, still) = arm_as(&env, &serve, "ops-token", "GET", "/arm-root", None, None);
+    assert_eq!(code, 200, "{still}");
+    assert_eq!(
+        still["etag"], up["etag"],
+        "the refused steps changed nothing: {still}"
+    );
+
+    // The contributor may take every step; an unknown token is 401.
+    let (code, answer) = arm_as(
+        &env,
+        &serve,
+        "ops-token",
+        "POST",
+        "/arm-root/generateVerificationCode",
+        Some("*"),
+        None,
+    );
+    assert_eq!(code, 200, "{answer}");
+    let (code, answer) = arm_as(&env, &serve, "ops-token", "DELETE", "/arm-root", Some("*"), None);
+    assert_eq!(code, 200, "{answer}");
+    let (code, answer) = arm_as(&env, &serve, "nobody's-token", "GET", "", None, None);
+    assert_eq!(code, 401, "{answer}");
+}
+
+#[test]
+fn a_ca_certificate_is_taken_as_pem_text_base64_of_pem_or_base64_der() {
+    use base64::Engine as _;
+    let env = TestEnv::new();
+    issued(&env);
+    openssl_cert(&env, "fmt-ca", "Format Root", true);
+    env.openssl(&[
+        "x509",
+        "-in",
+        "fmt-ca.pem",
+        "-outform",
+        "DER",
+        "-out",
+        "fmt-ca.der",
+    ])
+    .ok();
+    let pem = std::fs::read_to_string(env.path("fmt-ca.pem")).unwrap();
+    let der = std::fs::read(env.path("fmt-ca.der")).unwrap();
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let thumbprint = sha1_of(&env, &env.path("fmt-ca.pem"));
+    let serve = Serve::start(&env);
+    for (name, text) in [
+        ("as-pem", pem.clone()),
+        ("as-base64-pem", b64(pem.as_bytes())),
+        ("as-base64-der", b64(&der)),
+    ] {
+        let (code, up) = arm(
+            &env,
+            &serve,
+            "PUT",
+            &format!("/{name}"),
+            None,
+            Some(serde_json::json!({"properties": {"certificate": text}})),
+        );
+        assert_eq!(code, 200, "{name}: {up}");
+        assert_eq!(up["properties"]["thumbprint"], thumbprint, "{name}: {up}");
+        assert_eq!(up["properties"]["certificate"], b64(&der), "{name}: {up}");
+    }
+    // The DPS service API reads certificates the same way.
+    let later = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+    let owner = sas_token(
+        DPS_HOST,
+        &key_of(&serve.connection_string(DPS_HOST, "provisioningserviceowner")),
+        later,
+        "provisioningserviceowner",
+    );
+    let leaf = std::fs::read_to_string(openssl_cert(&env, "fmt-leaf", "fmt-device", false)).unwrap();
+    let body = serde_json::json!({
+        "registrationId": "fmt-device",
+        "attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {"certificate": b64(leaf.as_bytes())}}}},
+    });
+    let (code, answer) = curl(
+        &env,
+        &serve,
+        "PUT",
+        DPS_HOST,
+        "/enrollments/fmt-device?api-version=2021-10-01",
+        Some(&owner),
+        Some(&body.to_string()),
+    );
+    assert_eq!(code, 200, "{answer}");
+    assert!(
+        answer.contains(&sha1_of(&env, &env.path("fmt-leaf.pem"))),
+        "{answer}"
+    );
+}
+
+/// The message of an error body in any service's shape.
+fn message_of(what: &str, code: u16, body: &str) -> String {
+    let v = json_of(what, code, body);
+    [
+        &v["error"]["message"],
+        &v["message"],
+        &v["Message"],
+        &v["ExceptionMessage"],
+    ]
+    .iter()
+    .filter_map(|m| m.as_str())
+    .collect::<Vec<_>>()
+    .join(" | ")
+}
+
+/// A client-facing message is a sentence: no Rust debug text (`Some(..)`, `Err(..)`, struct
+/// dumps, byte lists) and no parser internals.
+fn assert_plain(what: &str, code: u16, body: &str) {
+    assert!((400..500).contains(&code), "{what}: {code} {body}");
+    let message = message_of(what, code, body);
+    assert!(!message.trim().is_empty(), "{what}: no message in {body}");
+    for bad in [
+        "Some(",
+        "None",
+        "Err(",
+        "Ok(",
+        "UnexpectedTag",
+        "Tag(",
+        "Parsing Error",
+        "nom error",
+        "Needed",
+        "[45, 45",
+        " { ",
+        "unsupported algorithm",
+    ] {
+        assert!(!message.contains(bad), "{what}: `{bad}` in {message:?}");
+    }
+}
+
+#[test]
+fn malformed_certificates_and_bodies_get_plain_sentences_from_every_service() {
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let env = TestEnv::new();
+    issued(&env);
+    let serve = Serve::start(&env);
+    openssl_cert(&env, "real", "Real Root", true);
+    env.openssl(&["x509", "-in", "real.pem", "-outform", "DER", "-out", "real.der"])
+        .ok();
+    let der = std::fs::read(env.path("real.der")).unwrap();
+    let begin = "-----BEGIN CERTIFICATE-----";
+    let end = "-----END CERTIFICATE-----";
+    let malformed: Vec<(&str, String)> = vec![
+        ("base64 of text", b64(b"this is not a certificate at all")),
+        ("an ASN.1 INTEGER", b64(&[0x02, 0x01, 0x00])),
+        ("a truncated certificate", b64(&der[..der.len() / 2])),
+        ("trailing bytes", b64(&[der.as_slice(), b"xx"].concat())),
+        (
+            "PEM with bad base64",
+            format!("{begin}\n!!!not base64!!!\n{end}\n"),
+        ),
+        ("PEM without its END line", format!("{begin}\n{}\n", b64(&der))),
+        ("PEM of an INTEGER", format!("{begin}\nAgEA\n{end}\n")),
+        (
+            "base64 of PEM of garbage",
+            b64(format!("{begin}\nAgEA\n{end}\n").as_bytes()),
+        ),
+        ("not base64", "%%%".to_string()),
+    ];
+
+    // ARM: upload.
+    for (what, text) in &malformed {
+        let (code, body) = arm(
+            &env,
+            &serve,
+            "PUT",
+            "/bad",
+            None,
+            Some(serde_json::json!({"properties": {"certificate": text}})),
+        );
+        assert_plain(&format!("ARM upload, {what}"), code, &body.to_string());
+    }
+    // DPS: an individual enrollment's and a group's certificate.
+    let later = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+    let owner = sas_token(
+        DPS_HOST,
+        &key_of(&serve.connection_string(DPS_HOST, "provisioningserviceowner")),
+        later,
+        "provisioningserviceowner",
+    );
+    for (what, text) in &malformed {
+        let body = serde_json::json!({
+            "registrationId": "bad-1",
+            "attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {"certificate": text}}}},
+        });
+        let (code, answer) = curl(
+            &env,
+            &serve,
+            "PUT",
+            DPS_HOST,
+            "/enrollments/bad-1?api-version=2021-10-01",
+            Some(&owner),
+            Some(&body.to_string()),
+        );
+        assert_plain(&format!("DPS enrollment, {what}"), code, &answer);
+        let body = serde_json::json!({
+            "enrollmentGroupId": "bad-group",
+            "attestation": {"type": "x509", "x509": {"signingCertificates": {"primary": {"certificate": text}}}},
+        });
+        let (code, answer) = curl(
+            &env,
+            &serve,
+            "PUT",
+            DPS_HOST,
+            "/enrollmentGroups/bad-group?api-version=2021-10-01",
+            Some(&owner),
+            Some(&body.to_string()),
+        );
+        assert_plain(&format!("DPS group, {what}"), code, &answer);
+    }
+    // Key Vault: import (PEM and PKCS#12) and merge.
+    let bearer = format!("Bearer {}", serve.start["token"].as_str().unwrap());
+    let kv = "certroll.vault.azure.net";
+    for (what, text) in &malformed {
+        let body = serde_json::json!({"value": text, "pwd": "x"});
+        let (code, answer) = curl(
+            &env,
+            &serve,
+            "POST",
+            kv,
+            "/certificates/bad/import?api-version=7.5",
+            Some(&bearer),
+            Some(&body.to_string()),
+        );
+        assert_plain(&format!("Key Vault import, {what}"), code, &answer);
+    }
+    let create = r#"{"policy":{"issuer":{"name":"Unknown"},"x509_props":{"subject":"CN=merge-me"},"key_props":{"kty":"EC","crv":"P-256"}}}"#;
+    let (code, answer) = curl(
+        &env,
+        &serve,
+        "POST",
+        kv,
+        "/certificates/merge-me/create?api-version=7.5",
+        Some(&bearer),
+        Some(create),
+    );
+    assert_eq!(code, 202, "{answer}");
+    for (what, text) in malformed.iter().filter(|(_, t)| !t.contains(begin)) {
+        let body = serde_json::json!({"x5c": [text]});
+        let (code, answer) = curl(
+            &env,
+            &serve,
+            "POST",
+            kv,
+            "/certificates/merge-me/pending/merge?api-version=7.5",
+            Some(&bearer),
+            Some(&body.to_string()),
+        );
+        assert_plain(&format!("Key Vault merge, {what}"), code, &answer);
+    }
+    // IoT Hub: thumbprints and authentication that are not what the hub takes.
+    let hub_owner = sas_token(
+        HUB_HOST,
+        &key_of(&serve.connection_string(HUB_HOST, "iothubowner")),
+        later,
+        "iothubowner",
+    );
+    for (what, body) in [
+        (
+            "a thumbprint that is not hex",
+            r#"{"deviceId":"bad-dev","authentication":{"type":"selfSigned","x509Thumbprint":{"primaryThumbprint":"xyz"}}}"#,
+        ),
+        (
+            "authentication that is not an object",
+            r#"{"deviceId":"bad-dev","authentication":[1]}"#,
+        ),
+        ("a body that is not JSON", "{not json"),
+    ] {
+        let (code, answer) = curl(
+            &env,
+            &serve,
+            "PUT",
+            HUB_HOST,
+            "/devices/bad-dev?api-version=2021-04-12",
+            Some(&hub_owner),
+            Some(body),
+        );
+        assert_plain(&format!("hub, {what}"), code, &answer);
+    }
+
+    // ARM proof of possession: a verification certificate with the wrong CN, and one whose
+    // signature is of another key type than the CA's (an EC signature, an RSA CA).
+    env.openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=RSA Root",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-keyout",
+        "rsa-ca.key",
+        "-out",
+        "rsa-ca.pem",
+    ])
+    .ok();
+    let rsa_ca = std::fs::read_to_string(env.path("rsa-ca.pem")).unwrap();
+    let (code, up) = arm(
+        &env,
+        &serve,
+        "PUT",
+        "/rsa-root",
+        None,
+        Some(serde_json::json!({"properties": {"certificate": rsa_ca}})),
+    );
+    assert_eq!(code, 200, "{up}");
+    let (code, answer) = arm(
+        &env,
+        &serve,
+        "POST",
+        "/rsa-root/generateVerificationCode",
+        Some("*"),
+        None,
+    );
+    assert_eq!(code, 200, "{answer}");
+    let nonce = answer["properties"]["verificationCode"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let wrong_cn = std::fs::read_to_string(openssl_cert(&env, "wrong-cn", "wrong", false)).unwrap();
+    let (code, answer) = arm(
+        &env,
+        &serve,
+        "POST",
+        "/rsa-root/verify",
+        Some("*"),
+        Some(serde_json::json!({"certificate": wrong_cn})),
+    );
+    assert_plain("ARM verify, wrong CN", code, &answer.to_string());
+    assert!(answer.to_string().contains("CN `wrong`"), "{answer}");
+    let ec_signed = std::fs::read_to_string(openssl_cert(&env, "ec-pop", &nonce, false)).unwrap();
+    let (code, answer) = arm(
+        &env,
+        &serve,
+        "POST",
+        "/rsa-root/verify",
+        Some("*"),
+        Some(serde_json::json!({"certificate": ec_signed})),
+    );
+    assert_plain("ARM verify, another key type", code, &answer.to_string());
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("not signed by") && message.contains("RSA"),
+        "{answer}"
+    );
+    for (what, text) in &malformed {
+        let (code, answer) = arm(
+            &env,
+            &serve,
+            "POST",
+            "/rsa-root/verify",
+            Some("*"),
+            Some(serde_json::json!({"certificate": text})),
+        );
+        assert_plain(&format!("ARM verify, {what}"), code, &answer.to_string());
+    }
+}
+
+#[test]
+fn a_hub_update_without_authentication_keeps_the_identitys_x509_authentication() {
+    let env = TestEnv::new();
+    issued(&env);
+    let serve = Serve::start(&env);
+    let later = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+    let owner = sas_token(
+        HUB_HOST,
+        &key_of(&serve.connection_string(HUB_HOST, "iothubowner")),
+        later,
+        "iothubowner",
+    );
+    let tp = "AB".repeat(20);
+    let path = "/devices/keep-auth?api-version=2021-04-12";
+    let create = format!(
+        r#"{{"deviceId":"keep-auth","authentication":{{"type":"selfSigned","x509Thumbprint":{{"primaryThumbprint":"{tp}"}}}}}}"#
+    );
+    let (code, made) = curl(&env, &serve, "PUT", HUB_HOST, path, Some(&owner), Some(&create));
+    assert_eq!(code, 200, "{made}");
+    // A status change alone, as a client sends it when it edits only the status.
+    let (code, updated) = curl_if_match(
+        &env,
+        &serve,
+        HUB_HOST,
+        path,
+        &owner,
+        "*",
+        r#"{"deviceId":"keep-auth","status":"disabled"}"#,
+    );
+    assert_eq!(code, 200, "{updated}");
+    let updated: serde_json::Value = serde_json::from_str(&updated).unwrap();
+    assert_eq!(updated["status"], "disabled", "{updated}");
+    assert_eq!(updated["authentication"]["type"], "selfSigned", "{updated}");
+    assert_eq!(
+        updated["authentication"]["x509Thumbprint"]["primaryThumbprint"], tp,
+        "{updated}"
+    );
+    // A create still needs it: certroll serves X.509 identities only.
+    let (code, refused) = curl(
+        &env,
+        &serve,
+        "PUT",
+        HUB_HOST,
+        "/devices/no-auth?api-version=2021-04-12",
+        Some(&owner),
+        Some(r#"{"deviceId":"no-auth"}"#),
+    );
+    assert_eq!(code, 400, "{refused}");
+    assert!(
+        refused.contains("authentication is required when a device identity is created"),
+        "{refused}"
+    );
+}
+
+#[test]
+fn oversized_request_heads_get_431_in_the_services_shape_without_waiting_for_their_end() {
+    let env = TestEnv::new();
+    issued(&env);
+    let serve = Serve::start(&env);
+    let kv = "certroll.vault.azure.net";
+    let bearer = format!("Authorization: Bearer {}", serve.start["token"].as_str().unwrap());
+    // 50 fields of 8 KB: curl sends the first 128 KB of them and then waits for an answer, so
+    // serve must answer before the head ends (it never does).
+    let mut big: Vec<String> = (0..50)
+        .map(|i| format!("X-Filler-{i}: {}", "f".repeat(8192)))
+        .collect();
+    big.push(bearer.clone());
+    let started = std::time::Instant::now();
+    let (code, head, body) = curl_any(
+        &env,
+        &serve,
+        "GET",
+        kv,
+        "/certificates?api-version=7.5",
+        &big,
+        None,
+        &[],
+    );
+    assert_eq!(code, 431, "{head}{body}");
+    assert_key_vault_shape("KV 50 x 8 KB", code, &body, "RequestHeaderFieldsTooLarge");
+    assert!(head.contains("connection: close"), "{head}");
+    // Well below hyper's 10 s header timeout, which ended such a connection without an answer.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    let (code, _, body) = curl_any(
+        &env,
+        &serve,
+        "GET",
+        DPS_HOST,
+        "/enrollments/gateway-01?api-version=2021-10-01",
+        &big,
+        None,
+        &[],
+    );
+    assert_eq!(code, 431, "{body}");
+    assert_dps_shape("DPS 50 x 8 KB", code, &body, 431);
+    // More fields than serve takes (hyper alone answered a bare 431).
+    let many: Vec<String> = (0..300).map(|i| format!("X-F{i}: 1")).collect();
+    let (code, _, body) = curl_any(
+        &env,
+        &serve,
+        "GET",
+        HUB_HOST,
+        "/devices/gateway-01?api-version=2021-04-12",
+        &many,
+        None,
+        &[],
+    );
+    assert_eq!(code, 431, "{body}");
+    assert_hub_shape("hub 300 fields", code, &body, "RequestHeaderFieldsTooLarge");
+    assert!(body.contains("more than 256 header fields"), "{body}");
+    // Heads within the limits, and bodies beyond them, are served as before.
+    let (code, _, body) = curl_any(
+        &env,
+        &serve,
+        "GET",
+        kv,
+        "/certificates?api-version=7.5",
+        &[bearer.clone(), format!("X-Near: {}", "n".repeat(60_000))],
+        None,
+        &[],
+    );
+    assert_eq!(code, 200, "{body}");
+    let pem = std::fs::read_to_string(openssl_cert(&env, "body-ca", "Body Root", true)).unwrap();
+    let padded = serde_json::json!({"properties": {"certificate": pem}, "padding": "p".repeat(300_000)});
+    let (code, answer) = curl_raw(
+        &env,
+        &serve,
+        "management.azure.com",
+        &format!("{ARM_SCOPE}/padded?api-version=2022-02-05"),
+        &format!("Bearer {}", serve.start["token"].as_str().unwrap()),
+        "application/json",
+        &padded.to_string(),
+    );
+    assert_eq!(code, 200, "a 300 KB body is not a head: {answer}");
 }

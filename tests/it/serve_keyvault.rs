@@ -622,3 +622,119 @@ fn a_create_from_the_cli_replaces_an_operation_cancelled_through_serve() {
     }
     assert_eq!(serve.stop(), 0);
 }
+
+#[test]
+fn a_cancelled_first_request_shows_the_disabled_placeholder_until_its_operation_is_deleted() {
+    let env = TestEnv::new();
+    env.quickstart();
+    let serve = Serve::start(&env, &[("CERTROLL_SERVE_TOKEN", "tok")]);
+    let create = r#"{"policy":{"issuer":{"name":"Unknown"},"x509_props":{"subject":"CN=cancelled"},"key_props":{"kty":"EC","crv":"P-256"}}}"#;
+    let (code, text) = curl_send(
+        &env,
+        &serve,
+        "POST",
+        "/certificates/cancelled/create?api-version=7.5",
+        Some(create),
+    );
+    assert_eq!(code, 202, "{text}");
+    let (code, pending) = curl(&env, &serve, "/certificates/cancelled?api-version=7.5");
+    assert_eq!(code, 200, "{pending}");
+    let (code, text) = curl_send(
+        &env,
+        &serve,
+        "PATCH",
+        "/certificates/cancelled/pending?api-version=7.5",
+        Some(r#"{"cancellation_requested":true}"#),
+    );
+    assert_eq!(code, 200, "{text}");
+    // As Key Vault answers for a pending certificate: a disabled version, its policy and the
+    // pending link, no `cer` (nothing was issued).
+    let (code, text) = curl(&env, &serve, "/certificates/cancelled?api-version=7.5");
+    assert_eq!(code, 200, "a cancelled first request is still shown: {text}");
+    let got = json_body(&text);
+    assert_eq!(got["attributes"]["enabled"], false, "{got}");
+    assert!(got.get("cer").is_none(), "{got}");
+    assert!(
+        got["pending"]["id"]
+            .as_str()
+            .is_some_and(|id| id.ends_with("/certificates/cancelled/pending")),
+        "{got}"
+    );
+    assert_eq!(got["policy"]["issuer"]["name"], "Unknown", "{got}");
+    assert_eq!(
+        got["id"],
+        json_body(&pending)["id"],
+        "the same placeholder version as while it was pending"
+    );
+    // Once the operation is deleted, the name is gone.
+    let (code, text) = curl_send(
+        &env,
+        &serve,
+        "DELETE",
+        "/certificates/cancelled/pending?api-version=7.5",
+        None,
+    );
+    assert_eq!(code, 200, "{text}");
+    let (code, text) = curl(&env, &serve, "/certificates/cancelled?api-version=7.5");
+    assert_eq!(code, 404, "{text}");
+    assert_eq!(serve.stop(), 0);
+}
+
+/// On SIGTERM, connections without a request in flight are closed at once: one idle after an
+/// answer, one that has sent part of a request head, one still before its TLS handshake. serve
+/// does not wait for their clients or for the header timeout (10 s) before it exits.
+#[test]
+fn sigterm_closes_connections_without_a_request_in_flight_at_once() {
+    let env = TestEnv::new();
+    env.quickstart();
+    let serve = Serve::start(&env, &[("CERTROLL_SERVE_TOKEN", "tok")]);
+    let s_client = |head: &[u8]| {
+        let mut child = Command::new("openssl")
+            .args(["s_client", "-quiet", "-connect"])
+            .arg(format!("127.0.0.1:{}", serve.port()))
+            .args(["-servername", "certroll.vault.azure.net", "-CAfile", "ca.pem"])
+            .current_dir(env.dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        // stdin stays open: the connection stays up as long as serve keeps it.
+        child.stdin.as_mut().unwrap().write_all(head).unwrap();
+        child
+    };
+    let mut idle = s_client(
+        b"GET /certificates?api-version=7.5 HTTP/1.1\r\nHost: certroll.vault.azure.net\r\nAuthorization: Bearer tok\r\n\r\n",
+    );
+    let mut lines = BufReader::new(idle.stdout.take().unwrap()).lines();
+    let status = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let mut partial =
+        s_client(b"GET /certificates?api-version=7.5 HTTP/1.1\r\nHost: certroll.vault.azure.net\r\n");
+    let before_tls = std::net::TcpStream::connect(("127.0.0.1", serve.port())).unwrap();
+    // Let serve take the partial head in (s_client's handshake, then its write).
+    std::thread::sleep(Duration::from_millis(700));
+
+    let started = std::time::Instant::now();
+    serve.term();
+    let mut serve = serve;
+    let code = loop {
+        if let Some(status) = serve.child.try_wait().unwrap() {
+            break status.code().unwrap_or(-1);
+        }
+        // Well below the 10 s serve would wait for the partial head and the handshake.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "serve still runs {:?} after SIGTERM with idle connections open",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, 0);
+    drop(before_tls);
+    for child in [&mut idle, &mut partial] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

@@ -1345,8 +1345,11 @@ impl KeyVaultSigningKey {
         cert_der: &[u8],
     ) -> Result<KeyVaultSigningKey> {
         use x509_parser::prelude::*;
-        let (_, cert) = X509Certificate::from_der(cert_der)
-            .map_err(|e| BackendError::Pki(crate::pki::Error::BadCertificate(e.to_string())))?;
+        let (_, cert) = X509Certificate::from_der(cert_der).map_err(|e| {
+            BackendError::Pki(crate::pki::Error::BadCertificate(crate::pki::x509_parse_error(
+                &e,
+            )))
+        })?;
         let spki = cert.public_key();
         let public = spki.subject_public_key.data.to_vec();
         let oid = spki.algorithm.algorithm.to_id_string();

@@ -84,7 +84,7 @@ pub fn material_from_bytes(bytes: &[u8], password: Option<&str>, shown: &str) ->
             crate::pki::Error::BadPem(m) if m.starts_with("no PRIVATE KEY") => input(format!(
                 "{shown} holds no private key (PKCS#8, SEC1 or PKCS#1 PEM block)"
             )),
-            other => input(format!("{shown}: {other}")),
+            other => input(format!("{shown}: {}", other)),
         })?;
         let key_pkcs8 = crate::pki::keys::to_pkcs8(&key).map_err(|e| input(format!("{shown}: {e}")))?;
         return Ok(Material {
@@ -109,7 +109,8 @@ pub fn material_from_bytes(bytes: &[u8], password: Option<&str>, shown: &str) ->
 
 /// Whether a certificate is self-signed: issuer = subject, and its own key verifies it.
 pub fn is_self_signed(der: &[u8]) -> Result<bool> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| crate::pki::Error::BadCertificate(crate::pki::x509_parse_error(&e)))?;
     Ok(cert.subject().as_raw() == cert.issuer().as_raw() && cert.verify_signature(None).is_ok())
 }
 
@@ -122,7 +123,8 @@ pub fn policy_from_certificate(
     content_type: ContentType,
 ) -> Result<String> {
     use x509_parser::extensions::GeneralName;
-    let (_, cert) = x509_parser::parse_x509_certificate(der)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| crate::pki::Error::BadCertificate(crate::pki::x509_parse_error(&e)))?;
     let mut dns_names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for n in &san.value.general_names {
