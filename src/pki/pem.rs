@@ -54,11 +54,11 @@ pub fn pem_error(e: &rustls_pki_types::pem::Error) -> String {
         E::MissingSectionEnd { end_marker } => format!(
             "the PEM block `-----BEGIN {label}-----` has no `-----END {label}-----` line: the file is truncated \
              or was cut while copying",
-            label = shown(&end_marker)
+            label = shown(end_marker)
         ),
         E::IllegalSectionStart { line } => format!(
             "a PEM block starts with a malformed line `{}` (expected `-----BEGIN LABEL-----`)",
-            shown(&line)
+            shown(line)
         ),
         E::Base64Decode(_) => {
             "a PEM block's body is not valid base64: the file is damaged or truncated".to_string()
