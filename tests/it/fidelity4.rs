@@ -614,12 +614,28 @@ fn serve_ca_out_dash_writes_the_ca_to_standard_output() {
         }
         let _ = tx.send(text);
     });
+    // The start lines go to stderr once serve listens, which may be after the CA is out.
+    let mut err = child.stderr.take().unwrap();
+    let (etx, erx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let mut buf = [0u8; 4096];
+        while !text.contains("listening") {
+            match err.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        let _ = etx.send(text);
+    });
     let text = rx
         .recv_timeout(std::time::Duration::from_secs(60))
         .unwrap_or_default();
+    let stderr = erx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .unwrap_or_default();
     let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let _ = child.wait();
     assert!(
         text.starts_with("-----BEGIN CERTIFICATE-----"),
         "{text:?}\n{stderr}"
