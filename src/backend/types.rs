@@ -32,6 +32,18 @@ impl Status {
     }
 }
 
+/// The vault certificate name of a plan CA (`ca-NAME`). A naming rule every layer shares: the
+/// verbs write these names, the azure backend and serve find a device's or a group's
+/// certificate by them.
+pub fn ca_cert_name(ca: &str) -> String {
+    format!("ca-{ca}")
+}
+
+/// The vault certificate name of a device's leaf (`dev-ID`), as [`ca_cert_name`] is a CA's.
+pub fn device_cert_name(device_id: &str) -> String {
+    format!("dev-{device_id}")
+}
+
 /// One version of a vault certificate, without its key.
 #[derive(Debug, Clone)]
 pub struct VaultVersion {
