@@ -294,6 +294,18 @@ pub struct VersionBrief {
     pub issuer: Option<(String, String)>,
 }
 
+/// One version as a vault's listing of versions shows it, without the certificate: what
+/// `notify` needs to find renewals on a remote vault in one request per certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionStamp {
+    /// Version id.
+    pub version: String,
+    /// When the vault made it (the vault's clock).
+    pub created: OffsetDateTime,
+    /// notAfter.
+    pub exp: OffsetDateTime,
+}
+
 /// Where the enrollment service would assign a device, and under which reprovision policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {

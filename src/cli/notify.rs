@@ -125,14 +125,6 @@ impl AfterVerb {
     /// reports it.
     pub fn prepare(g: &Global) -> Option<AfterVerb> {
         let plan = g.load_plan().ok()?;
-        if plan.azure.is_some() {
-            // notify scans the local store's vault; on azure the vault is Key Vault, which it
-            // does not read yet. Said once, on stderr, rather than pretending nothing was due.
-            eprintln!(
-                "note: the notify step (lifecycle e-mails and hooks) does not run on backend kind `azure` yet"
-            );
-            return None;
-        }
         let (channels, mail_error) = match Channels::from_env(&plan) {
             Ok(channels) => (channels, None),
             Err(e) => {

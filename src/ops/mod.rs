@@ -168,7 +168,8 @@ pub struct BackendSettings {
 }
 
 /// The verbs that run on `kind = "azure"` today, each proven end to end against `certroll serve`
-/// by the verb conformance suite (tests/it/azure_verbs.rs, tests/it/azure_verbs2.rs).
+/// by the verb conformance suite (tests/it/azure_verbs.rs, tests/it/azure_verbs2.rs,
+/// tests/it/azure_notify.rs).
 pub const AZURE_VERBS: &[&str] = &[
     "vault",
     "export",
@@ -182,6 +183,7 @@ pub const AZURE_VERBS: &[&str] = &[
     "roll-primary --breach",
     "revoke",
     "reprovision",
+    "notify",
 ];
 
 /// Refuses a plan with `kind = "azure"` for a verb that does not run on it yet (exit 2): a verb

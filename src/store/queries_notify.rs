@@ -305,3 +305,46 @@ pub fn skip_owed(conn: &Connection, channel: Channel, now: OffsetDateTime) -> Re
         .map(|n| n as u64)
         .map_err(sql)
 }
+
+/// Whether a remote vault was ever scanned for notices (see [`remote_seen`]).
+pub fn remote_scanned(conn: &Connection) -> Result<bool> {
+    conn.query_row(
+        "SELECT value FROM notify_state WHERE key = 'remote_scanned'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()
+    .map(|v| v.is_some_and(|v| v != 0))
+    .map_err(sql)
+}
+
+/// Records that a remote vault was scanned.
+pub fn set_remote_scanned(conn: &Connection) -> Result<()> {
+    conn.execute(
+        "INSERT INTO notify_state (key, value) VALUES ('remote_scanned', 1)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [],
+    )
+    .map(|_| ())
+    .map_err(sql)
+}
+
+/// The newest version of each remote vault certificate the last scan saw, by name.
+pub fn remote_seen(conn: &Connection) -> Result<std::collections::HashMap<String, String>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT name, version FROM notify_remote_seen")
+        .map_err(sql)?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(sql)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+}
+
+/// Records the newest version of a remote vault certificate a scan saw.
+pub fn set_remote_seen(conn: &Connection, name: &str, version: &str, now: OffsetDateTime) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO notify_remote_seen (name, version, seen_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT(name) DO UPDATE SET version = excluded.version, seen_at = excluded.seen_at",
+    )
+    .and_then(|mut s| s.execute(params![name, version, now.unix_timestamp()]))
+    .map(|_| ())
+    .map_err(sql)
+}

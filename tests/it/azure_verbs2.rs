@@ -14,7 +14,7 @@ use crate::util::TestEnv;
 use serde_json::Value;
 
 /// The same command on both plans; both must exit 0. Masked JSON answers (local, azure).
-fn both(env: &TestEnv, serve: &Serve, args: &[&str]) -> (Value, Value) {
+pub(crate) fn both(env: &TestEnv, serve: &Serve, args: &[&str]) -> (Value, Value) {
     both_exit(env, serve, args, 0)
 }
 
@@ -59,7 +59,7 @@ fn diff(l: &Value, r: &Value, path: &str, out: &mut Vec<String>) {
 }
 
 /// Asserts the local and azure answers are the same, naming where they differ.
-fn assert_same(l: &Value, a: &Value, what: &str) {
+pub(crate) fn assert_same(l: &Value, a: &Value, what: &str) {
     let mut out = Vec::new();
     diff(l, a, "", &mut out);
     assert!(

@@ -593,6 +593,17 @@ impl Vault for AzureBackend {
         self.vault.version(name, version)
     }
 
+    fn current_with_policy_many(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<Option<(VaultVersion, serde_json::Value)>>> {
+        self.vault.current_with_policy_many(names)
+    }
+
+    fn version_stamps(&self, name: &str) -> Result<Vec<VersionStamp>> {
+        self.vault.version_stamps(name)
+    }
+
     fn create_versions(&mut self, batch: &[NewVersion<'_>], now: OffsetDateTime) -> Result<Vec<String>> {
         self.vault.create_versions(batch, now)
     }

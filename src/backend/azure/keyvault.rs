@@ -309,6 +309,15 @@ impl AzureVault {
 
     /// The newest version of a name; None on 404.
     async fn latest(certs: &CertificateClient, name: &str) -> Result<Option<VaultVersion>> {
+        Ok(Self::latest_with_policy(certs, name).await?.map(|(v, _)| v))
+    }
+
+    /// The newest version of a name with the name's policy (Key Vault sends the policy with the
+    /// newest version; asked for apart only when it does not); None on 404.
+    async fn latest_with_policy(
+        certs: &CertificateClient,
+        name: &str,
+    ) -> Result<Option<(VaultVersion, Option<CertificatePolicy>)>> {
         let Some(mut c) = Self::get(certs, name, None).await? else {
             return Ok(None);
         };
@@ -317,11 +326,11 @@ impl AzureVault {
             // disabled version without `cer`; nothing is issued under the name yet.
             return Ok(None);
         }
-        let policy = match &c.policy {
-            Some(_) => None,
+        let policy = match c.policy.take() {
+            Some(p) => Some(p),
             None => Self::get_policy(certs, name).await?,
         };
-        let key = key_facts(c.policy.as_ref().or(policy.as_ref()));
+        let key = key_facts(policy.as_ref());
         if !c.tags.as_ref().is_some_and(|t| t.contains_key(ISSUER_TAG)) {
             // Key Vault answers the newest version's tags here; an emulator that keeps
             // certificate-wide tags apart (certroll serve) needs the version asked for by id.
@@ -330,7 +339,7 @@ impl AzureVault {
                 c.tags = v.tags;
             }
         }
-        to_version(name, &c, &key).map(Some)
+        Ok(Some((to_version(name, &c, &key)?, policy)))
     }
 
     /// The policy of a name; None on 404.
@@ -608,6 +617,64 @@ impl Vault for AzureVault {
             .buffered(self.concurrency)
             .try_collect()
             .await
+        })
+    }
+
+    fn current_with_policy_many(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<Option<(VaultVersion, serde_json::Value)>>> {
+        // One request per name (Key Vault sends the policy with the newest version),
+        // `concurrency` at a time, in the order asked.
+        let found: Vec<Option<(VaultVersion, Option<CertificatePolicy>)>> = self.rt.block_on(async {
+            futures::stream::iter(names.iter().map(|n| {
+                let certs = self.certs.clone();
+                let n = n.clone();
+                async move { Self::latest_with_policy(&certs, &n).await }
+            }))
+            .buffered(self.concurrency)
+            .try_collect()
+            .await
+        })?;
+        found
+            .into_iter()
+            .map(|f| match f {
+                Some((v, Some(p))) => {
+                    let json = serde_json::to_value(&p)
+                        .map_err(|e| BackendError::Refused(format!("policy of `{}`: {e}", v.name)))?;
+                    Ok(Some((v, json)))
+                }
+                _ => Ok(None),
+            })
+            .collect()
+    }
+
+    fn version_stamps(&self, name: &str) -> Result<Vec<VersionStamp>> {
+        // The listing carries each version's attributes: one request (a page per 25 versions).
+        self.rt.block_on(async {
+            let items: Vec<_> = match self.certs.list_certificate_properties_versions(name, None) {
+                Ok(pager) => match pager.try_collect::<Vec<_>>().await {
+                    Ok(items) => items,
+                    Err(e) if is_not_found(&e) => return Ok(Vec::new()),
+                    Err(e) => return Err(remote("list versions", name, e)),
+                },
+                Err(e) => return Err(remote("list versions", name, e)),
+            };
+            let mut out: Vec<VersionStamp> = items
+                .into_iter()
+                // A pending request's placeholder has no notAfter: no issued version.
+                .filter_map(|p| {
+                    let a = p.attributes.as_ref()?;
+                    Some(VersionStamp {
+                        version: version_of(p.id.as_deref()?),
+                        created: a.created?,
+                        exp: a.expires?,
+                    })
+                })
+                .collect();
+            // As `versions`: oldest first, the listed order breaking ties of `created`.
+            out.sort_by_key(|v| v.created);
+            Ok(out)
         })
     }
 
