@@ -215,3 +215,55 @@ fn notify_dry_run_on_azure_records_and_sends_nothing() {
     assert_eq!(run["queued"], 2, "the dry run recorded nothing: {run}");
     assert_eq!(sinks[1].messages().len(), 2);
 }
+
+/// What the notify scan costs on azure: `notify` over a group of `CERTROLL_BENCH_N` devices
+/// (default 100) on the local store and on azure against serve, where it reads each
+/// certificate's newest version and policy from Key Vault (one request per certificate). Prints
+/// both times and their ratio, with the number of Key Vault requests serve saw.
+#[test]
+#[ignore = "measurement, not a check: run with --ignored --nocapture"]
+fn measure_the_notify_scan_on_azure_against_the_local_store() {
+    let n: usize = std::env::var("CERTROLL_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let fleet = format!(
+        "[policies.device]\nkey = {{ type = \"EC\", curve = \"P-256\" }}\nvalidity_days = 365\n\
+         lifetime_actions = [{{ lifetime_percentage = 80, action = \"email-contacts\" }}]\n\
+         [policies.ca]\nkey = {{ type = \"EC\", curve = \"P-256\" }}\nvalidity_days = 3650\n\
+         key_usage = [\"keyCertSign\", \"cRLSign\", \"digitalSignature\"]\n\
+         [ca.root]\nsubject = \"CN=Root\"\npolicy = \"ca\"\n\
+         [groups.sensors]\nsigning_ca = \"root\"\nhub = \"conf-hub\"\n\
+         device_policy = \"device\"\ndevices = {{ prefix = \"s-\", count = {n} }}\n"
+    );
+    let env = TestEnv::new();
+    let serve = start_serve(&env, &fleet);
+    crate::azure_verbs::fleet_plans_with(&env, &serve, &fleet, "delivery = \"none\"\n");
+    for which in ["local", "azure"] {
+        // Delivery `none` leaves the devices waiting for the operator: the exit code says so.
+        run_fleet(&env, &serve, which, &["issue", "-o", "json"]);
+    }
+    let vault_requests = || {
+        std::fs::read_to_string(env.path("serve.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("vault.azure.net"))
+            .count()
+    };
+    let mut took = Vec::new();
+    let before = vault_requests();
+    for which in ["local", "azure"] {
+        let start = std::time::Instant::now();
+        let r = ok(&env, &serve, which, &["notify", "-o", "json"]);
+        took.push(start.elapsed());
+        assert_eq!(r["queued"], 0, "{which}: {r}");
+    }
+    eprintln!(
+        "notify over {} certificates: local {:?}, azure {:?} ({:.1}x, {} Key Vault requests)",
+        n + 1,
+        took[0],
+        took[1],
+        took[1].as_secs_f64() / took[0].as_secs_f64(),
+        vault_requests() - before
+    );
+}
