@@ -41,6 +41,10 @@ impl Vault for Box<dyn Backend> {
         (**self).version_stamps(name)
     }
 
+    fn listing(&self) -> Result<Vec<ListedCertificate>> {
+        (**self).listing()
+    }
+
     fn create_versions(&mut self, batch: &[NewVersion<'_>], now: OffsetDateTime) -> Result<Vec<String>> {
         (**self).create_versions(batch, now)
     }

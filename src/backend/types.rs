@@ -306,6 +306,24 @@ pub struct VersionStamp {
     pub exp: OffsetDateTime,
 }
 
+/// One certificate as a vault's listing of certificates shows it: its newest version's
+/// thumbprint and attributes, without the certificate, the version id or the policy (Key Vault's
+/// `GET /certificates`, 25 a request). Lets `notify` read a certificate again only when its newest
+/// version changed. A field the listing left out is None.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedCertificate {
+    /// Certificate name.
+    pub name: String,
+    /// The newest version's SHA-1 thumbprint, uppercase hex (Key Vault's `x5t`, decoded).
+    pub thumbprint: Option<String>,
+    /// Whether the newest version is enabled.
+    pub enabled: Option<bool>,
+    /// The newest version's notBefore.
+    pub nbf: Option<OffsetDateTime>,
+    /// The newest version's notAfter.
+    pub exp: Option<OffsetDateTime>,
+}
+
 /// Where the enrollment service would assign a device, and under which reprovision policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {

@@ -232,13 +232,16 @@ struct HookInput<'a> {
 }
 
 /// Scans for events, queues them, and delivers what is owed on the configured channels. On a
-/// dry run the scan is rolled back and nothing is sent.
+/// dry run the scan is rolled back and nothing is sent. `refresh` (azure only) reads every
+/// certificate's policy from Key Vault again instead of the one the last scan read with an
+/// unchanged newest version.
 pub fn notify(
     plan: &Plan,
     channels: &Channels,
     settings: &BackendSettings,
     now: OffsetDateTime,
     dry_run: bool,
+    refresh: bool,
 ) -> Result<NotifyReport> {
     let mut report = NotifyReport {
         dry_run,
@@ -273,7 +276,7 @@ pub fn notify(
             hook: channels.hook.is_none(),
         };
         let queued = match &remote {
-            Some(vault) => events::scan_vault(store.conn(), vault, now, unsent)?,
+            Some(vault) => events::scan_vault(store.conn(), vault, now, unsent, refresh)?,
             None => events::scan(store.conn(), now, unsent)?,
         };
         if !channels.mail_planned {

@@ -216,17 +216,21 @@ fn notify_dry_run_on_azure_records_and_sends_nothing() {
     assert_eq!(sinks[1].messages().len(), 2);
 }
 
-/// What the notify scan costs on azure: `notify` over a group of `CERTROLL_BENCH_N` devices
-/// (default 100) on the local store and on azure against serve, where it reads each
-/// certificate's newest version and policy from Key Vault (one request per certificate). Prints
-/// both times and their ratio, with the number of Key Vault requests serve saw.
-#[test]
-#[ignore = "measurement, not a check: run with --ignored --nocapture"]
-fn measure_the_notify_scan_on_azure_against_the_local_store() {
-    let n: usize = std::env::var("CERTROLL_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
+/// Key Vault requests serve logged so far, a line each.
+fn vault_requests(env: &TestEnv) -> Vec<String> {
+    std::fs::read_to_string(env.path("serve.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("vault.azure.net"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// What a notify scan costs over a group of `n` devices (`n + 1` certificates with the CA) on
+/// each backend, nothing changed since the last scan: `[local, azure --refresh, azure]` as
+/// (time, Key Vault requests). `--refresh` reads every certificate as every scan did before the
+/// ledger kept the policies; the plain run reads Key Vault's listing.
+fn scan_costs(n: usize) -> [(std::time::Duration, Vec<String>); 3] {
     let fleet = format!(
         "[policies.device]\nkey = {{ type = \"EC\", curve = \"P-256\" }}\nvalidity_days = 365\n\
          lifetime_actions = [{{ lifetime_percentage = 80, action = \"email-contacts\" }}]\n\
@@ -242,28 +246,66 @@ fn measure_the_notify_scan_on_azure_against_the_local_store() {
     for which in ["local", "azure"] {
         // Delivery `none` leaves the devices waiting for the operator: the exit code says so.
         run_fleet(&env, &serve, which, &["issue", "-o", "json"]);
+        // The scan that reads what issue made.
+        ok(&env, &serve, which, &["notify", "-o", "json"]);
     }
-    let vault_requests = || {
-        std::fs::read_to_string(env.path("serve.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("vault.azure.net"))
-            .count()
-    };
-    let mut took = Vec::new();
-    let before = vault_requests();
-    for which in ["local", "azure"] {
+    [
+        ("local", &["notify", "-o", "json"][..]),
+        ("azure", &["notify", "--refresh", "-o", "json"][..]),
+        ("azure", &["notify", "-o", "json"][..]),
+    ]
+    .map(|(which, args)| {
+        let before = vault_requests(&env).len();
         let start = std::time::Instant::now();
-        let r = ok(&env, &serve, which, &["notify", "-o", "json"]);
-        took.push(start.elapsed());
-        assert_eq!(r["queued"], 0, "{which}: {r}");
-    }
+        let r = ok(&env, &serve, which, args);
+        let took = start.elapsed();
+        assert_eq!(r["queued"], 0, "{which} {args:?}: {r}");
+        (took, vault_requests(&env).split_off(before))
+    })
+}
+
+/// With nothing changed since the last scan, notify on azure reads Key Vault's listing (25
+/// certificates a request) and the contacts, not each certificate: the ledger keeps the policy
+/// read with each newest version. `--refresh` still reads every certificate.
+#[test]
+fn an_unchanged_vault_costs_notify_on_azure_its_listing_not_a_request_per_certificate() {
+    let n = 30; // 31 certificates: 2 pages of the listing
+    let [_, (_, refresh), (_, plain)] = scan_costs(n);
+    assert!(
+        refresh.len() > n,
+        "--refresh reads every certificate: {refresh:#?}"
+    );
+    // Besides the client's first, unauthenticated request (Key Vault's bearer challenge, 401).
+    let answered: Vec<&String> = plain.iter().filter(|l| !l.contains(" 401 ")).collect();
+    assert!(
+        answered.len() == 3
+            && answered
+                .iter()
+                .all(|l| l.contains("vault.azure.net/certificates ") || l.contains("/certificates/contacts ")),
+        "the listing's 2 pages and the contacts, nothing per certificate: {plain:#?}"
+    );
+}
+
+/// What the notify scan costs on azure against the local store: `notify` over a group of
+/// `CERTROLL_BENCH_N` devices (default 100), nothing changed since the last scan. Prints each
+/// time, the ratio to local, and the Key Vault requests per scan before the ledger kept the
+/// policies (`--refresh` reads every certificate as each scan did then) and now.
+#[test]
+#[ignore = "measurement, not a check: run with --ignored --nocapture"]
+fn measure_the_notify_scan_on_azure_against_the_local_store() {
+    let n: usize = std::env::var("CERTROLL_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let [(local, _), (refresh, refresh_requests), (plain, plain_requests)] = scan_costs(n);
+    let (refresh_requests, plain_requests) = (refresh_requests.len(), plain_requests.len());
     eprintln!(
-        "notify over {} certificates: local {:?}, azure {:?} ({:.1}x, {} Key Vault requests)",
+        "notify over {} certificates, nothing changed: local {local:?}; azure reading every \
+         certificate (--refresh) {refresh:?} ({:.1}x local, {refresh_requests} Key Vault requests \
+         per scan); azure reading the listing {plain:?} ({:.1}x local, {plain_requests} Key Vault \
+         requests per scan)",
         n + 1,
-        took[0],
-        took[1],
-        took[1].as_secs_f64() / took[0].as_secs_f64(),
-        vault_requests() - before
+        refresh.as_secs_f64() / local.as_secs_f64(),
+        plain.as_secs_f64() / local.as_secs_f64(),
     );
 }

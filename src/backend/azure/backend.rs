@@ -604,6 +604,10 @@ impl Vault for AzureBackend {
         self.vault.version_stamps(name)
     }
 
+    fn listing(&self) -> Result<Vec<ListedCertificate>> {
+        self.vault.listing()
+    }
+
     fn create_versions(&mut self, batch: &[NewVersion<'_>], now: OffsetDateTime) -> Result<Vec<String>> {
         self.vault.create_versions(batch, now)
     }

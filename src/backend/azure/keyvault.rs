@@ -275,6 +275,14 @@ impl AzureVault {
         })
     }
 
+    /// Makes the next notify scan read `name` from Key Vault again: certroll is about to change
+    /// (or just changed) its policy, which Key Vault's listing does not show. Cleared before the
+    /// remote write, so a stop right after it leaves nothing stale.
+    fn forget_scanned_policy(&self, name: &str) -> Result<()> {
+        crate::store::queries_notify::forget_remote_policy(self.local.store().conn(), name)
+            .map_err(BackendError::Store)
+    }
+
     /// The vault's URL.
     pub fn vault_url(&self) -> &str {
         &self.vault_url
@@ -678,6 +686,42 @@ impl Vault for AzureVault {
         })
     }
 
+    fn listing(&self) -> Result<Vec<ListedCertificate>> {
+        // Key Vault's listing: 25 certificates a page (its largest), each with the newest
+        // version's x5t and attributes.
+        let items: Vec<_> = self.rt.block_on(async {
+            let options = CertificateClientListCertificatePropertiesOptions {
+                maxresults: Some(25),
+                ..Default::default()
+            };
+            let pager = self
+                .certs
+                .list_certificate_properties(Some(options))
+                .map_err(|e| remote("list certificates", "*", e))?;
+            pager
+                .try_collect()
+                .await
+                .map_err(|e| remote("list certificates", "*", e))
+        })?;
+        let mut out: Vec<ListedCertificate> = items
+            .into_iter()
+            .filter_map(|p| {
+                let name = name_of(p.id.as_deref()?);
+                let a = p.attributes.as_ref();
+                Some(ListedCertificate {
+                    name,
+                    thumbprint: p.x509_thumbprint.as_deref().map(crate::pki::hex_upper),
+                    enabled: a.and_then(|a| a.enabled),
+                    nbf: a.and_then(|a| a.not_before),
+                    exp: a.and_then(|a| a.expires),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.dedup_by(|a, b| a.name == b.name);
+        Ok(out)
+    }
+
     fn version(&self, name: &str, version: &str) -> Result<Option<VaultVersion>> {
         self.rt.block_on(async {
             let Some(c) = Self::get(&self.certs, name, Some(version)).await? else {
@@ -785,6 +829,7 @@ impl Vault for AzureVault {
         let policy: CertificatePolicy = serde_json::from_str(policy_json).map_err(|e| {
             BackendError::Refused(format!("policy of `{name}` is not Key Vault-shaped JSON: {e}"))
         })?;
+        self.forget_scanned_policy(name)?;
         self.rt.block_on(async {
             let body: RequestContent<CertificatePolicy> =
                 policy.try_into().map_err(|e| remote("update policy", name, e))?;
@@ -1191,6 +1236,8 @@ impl Vault for AzureVault {
         policy_json: &str,
         _now: OffsetDateTime,
     ) -> Result<Option<Created>> {
+        // Key Vault's create writes the name's policy, also when only a request results.
+        self.forget_scanned_policy(name)?;
         let mut policy = parse_policy(name, policy_json)?;
         if let Some(x509) = policy.x509_certificate_properties.as_mut()
             && x509.validity_in_months.is_none()
@@ -1324,20 +1371,26 @@ impl Vault for AzureVault {
         let params = RestoreCertificateParameters {
             certificate_backup: Some(blob.to_vec()),
         };
-        self.rt.block_on(async {
-            let body: RequestContent<RestoreCertificateParameters> = params
-                .try_into()
-                .map_err(|e| remote("restore certificate", "backup", e))?;
-            let c: Certificate = model(
-                self.certs
-                    .restore_certificate(body, None)
-                    .await
-                    .map_err(|e| remote("restore certificate", "backup", e))?,
-                "restore certificate",
-                "backup",
-            )?;
-            Ok(Some(name_of(c.id.as_deref().unwrap_or_default())))
-        })
+        self.rt
+            .block_on(async {
+                let body: RequestContent<RestoreCertificateParameters> = params
+                    .try_into()
+                    .map_err(|e| remote("restore certificate", "backup", e))?;
+                let c: Certificate = model(
+                    self.certs
+                        .restore_certificate(body, None)
+                        .await
+                        .map_err(|e| remote("restore certificate", "backup", e))?,
+                    "restore certificate",
+                    "backup",
+                )?;
+                Ok::<_, BackendError>(name_of(c.id.as_deref().unwrap_or_default()))
+            })
+            .and_then(|name| {
+                // The restored newest version may be one a scan saw, under another policy.
+                self.forget_scanned_policy(&name)?;
+                Ok(Some(name))
+            })
     }
 }
 
