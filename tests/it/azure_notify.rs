@@ -309,3 +309,51 @@ fn measure_the_notify_scan_on_azure_against_the_local_store() {
         plain.as_secs_f64() / local.as_secs_f64(),
     );
 }
+
+/// A policy certroll writes clears the one the ledger kept for that name: after `vault create`
+/// of an existing name with `--issuer Unknown` (Key Vault takes the new policy; the newest
+/// issued version stays, so the listing's `x5t` is unchanged) the next scan reads that
+/// certificate again, and the scan after reads only the listing.
+#[test]
+fn a_policy_certroll_writes_makes_the_next_notify_scan_read_that_certificate_again() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, NOTICES);
+    let sinks = sinks(&env);
+    mail_plans(&env, &serve, &format!("{MAIL}{NOTICES}"), &sinks);
+    let create = |issuer: &str| {
+        ok(
+            &env,
+            &serve,
+            "azure",
+            &[
+                "vault",
+                "create",
+                "web",
+                "--subject",
+                "CN=web",
+                "--issuer",
+                issuer,
+                "-o",
+                "json",
+            ],
+        )
+    };
+    create("Self");
+    ok(&env, &serve, "azure", &["notify", "-o", "json"]);
+    let reads_of_web = || {
+        vault_requests(&env)
+            .iter()
+            // The SDK asks for the newest version as `/certificates/web/`.
+            .filter(|l| l.contains("/certificates/web/") || l.contains("/certificates/web "))
+            .count()
+    };
+    let scan_reads = || {
+        let before = reads_of_web();
+        ok(&env, &serve, "azure", &["notify", "-o", "json"]);
+        reads_of_web() - before
+    };
+    assert_eq!(scan_reads(), 0, "unchanged since the last scan: the listing only");
+    create("Unknown");
+    assert!(scan_reads() > 0, "the policy certroll wrote is read again");
+    assert_eq!(scan_reads(), 0, "and kept again");
+}
