@@ -1314,6 +1314,8 @@ impl Vault for AzureVault {
         _now: OffsetDateTime,
     ) -> Result<String> {
         let name = pending.name.as_str();
+        // The merged version comes under the policy of the request, which a scan may not have read.
+        self.forget_scanned_policy(name)?;
         let mut x5c = vec![leaf.to_vec()];
         x5c.extend(chain.iter().cloned());
         let params = MergeCertificateParameters {
