@@ -1264,7 +1264,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__notify)
-            opts="-o -q -v -h --dry-run --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
+            opts="-o -q -v -h --dry-run --refresh --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

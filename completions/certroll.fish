@@ -471,6 +471,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand notify" -l now -d 'Dec
 complete -c certroll -n "__fish_certroll_using_subcommand notify" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand notify" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
 complete -c certroll -n "__fish_certroll_using_subcommand notify" -l dry-run -d 'List what would be queued and sent; record and send nothing'
+complete -c certroll -n "__fish_certroll_using_subcommand notify" -l refresh -d 'On backend kind azure: read every certificate\'s policy from Key Vault again, not only those whose newest version changed (picks up a policy changed outside certroll)'
 complete -c certroll -n "__fish_certroll_using_subcommand notify" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand notify" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand notify" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'

@@ -16,6 +16,7 @@
 //!   one service per origin (Key Vault today), over the same `backend`/`ops` rules the CLI uses.
 //! - [`notify`]: notices of fired `email-contacts` actions and renewals, queued in the store and
 //!   delivered by mail (SMTP) and a hook command; run by `notify` and after every mutating verb.
+//!   On azure it reads Key Vault through the [`backend::Vault`] trait; the ledger stays local.
 #![warn(missing_docs)]
 
 pub mod backend;

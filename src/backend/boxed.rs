@@ -30,6 +30,21 @@ impl Vault for Box<dyn Backend> {
         (**self).version(name, version)
     }
 
+    fn current_with_policy_many(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<Option<(VaultVersion, serde_json::Value)>>> {
+        (**self).current_with_policy_many(names)
+    }
+
+    fn version_stamps(&self, name: &str) -> Result<Vec<VersionStamp>> {
+        (**self).version_stamps(name)
+    }
+
+    fn listing(&self) -> Result<Vec<ListedCertificate>> {
+        (**self).listing()
+    }
+
     fn create_versions(&mut self, batch: &[NewVersion<'_>], now: OffsetDateTime) -> Result<Vec<String>> {
         (**self).create_versions(batch, now)
     }

@@ -94,6 +94,61 @@ pub trait Vault {
     }
     /// One version.
     fn version(&self, name: &str, version: &str) -> Result<Option<VaultVersion>>;
+    /// The newest versions of several certificates, each with its policy (Key Vault-shaped
+    /// JSON, as [`policy`](Self::policy) answers), in the order asked (None where the name has
+    /// no issued version or no policy). Key Vault answers both in one request per name.
+    fn current_with_policy_many(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<Option<(VaultVersion, serde_json::Value)>>> {
+        let mut out = Vec::with_capacity(names.len());
+        for (name, current) in names.iter().zip(self.current_many(names)?) {
+            out.push(match current {
+                Some(v) => self.policy(name)?.map(|p| (v, p)),
+                None => None,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The versions of a certificate as a listing shows them (no certificates), oldest first;
+    /// empty when the name does not exist.
+    fn version_stamps(&self, name: &str) -> Result<Vec<VersionStamp>> {
+        Ok(self
+            .versions(name)?
+            .into_iter()
+            .map(|v| VersionStamp {
+                version: v.version,
+                created: v.created,
+                exp: v.exp,
+            })
+            .collect())
+    }
+    /// Every certificate with an issued version, as the vault's listing shows it, sorted by name.
+    /// Key Vault answers 25 a request; the default reads every newest version.
+    fn listing(&self) -> Result<Vec<ListedCertificate>> {
+        let mut out = Vec::new();
+        let mut after = String::new();
+        loop {
+            let names = self.names_page(&after, 500)?;
+            let Some(last) = names.last().cloned() else {
+                return Ok(out);
+            };
+            for (name, current) in names.iter().zip(self.current_many(&names)?) {
+                if let Some(v) = current {
+                    out.push(ListedCertificate {
+                        name: name.clone(),
+                        thumbprint: Some(crate::pki::sha1_thumbprint(&v.cert_der)),
+                        enabled: Some(v.enabled),
+                        nbf: Some(v.nbf),
+                        exp: Some(v.exp),
+                    });
+                }
+            }
+            after = last;
+        }
+    }
+
     /// Stores new versions in one batch; returns their version ids in order.
     fn create_versions(&mut self, batch: &[NewVersion<'_>], now: OffsetDateTime) -> Result<Vec<String>>;
     /// The private key of a version, for signing inside certroll (CA keys) or for export. The

@@ -32,6 +32,18 @@ impl Status {
     }
 }
 
+/// The vault certificate name of a plan CA (`ca-NAME`). A naming rule every layer shares: the
+/// verbs write these names, the azure backend and serve find a device's or a group's
+/// certificate by them.
+pub fn ca_cert_name(ca: &str) -> String {
+    format!("ca-{ca}")
+}
+
+/// The vault certificate name of a device's leaf (`dev-ID`), as [`ca_cert_name`] is a CA's.
+pub fn device_cert_name(device_id: &str) -> String {
+    format!("dev-{device_id}")
+}
+
 /// One version of a vault certificate, without its key.
 #[derive(Debug, Clone)]
 pub struct VaultVersion {
@@ -280,6 +292,36 @@ pub struct VersionBrief {
     /// The vault certificate name and version that signed it (None for roots and imports): a
     /// roll compares it with the CA version it targets.
     pub issuer: Option<(String, String)>,
+}
+
+/// One version as a vault's listing of versions shows it, without the certificate: what
+/// `notify` needs to find renewals on a remote vault in one request per certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionStamp {
+    /// Version id.
+    pub version: String,
+    /// When the vault made it (the vault's clock).
+    pub created: OffsetDateTime,
+    /// notAfter.
+    pub exp: OffsetDateTime,
+}
+
+/// One certificate as a vault's listing of certificates shows it: its newest version's
+/// thumbprint and attributes, without the certificate, the version id or the policy (Key Vault's
+/// `GET /certificates`, 25 a request). Lets `notify` read a certificate again only when its newest
+/// version changed. A field the listing left out is None.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedCertificate {
+    /// Certificate name.
+    pub name: String,
+    /// The newest version's SHA-1 thumbprint, uppercase hex (Key Vault's `x5t`, decoded).
+    pub thumbprint: Option<String>,
+    /// Whether the newest version is enabled.
+    pub enabled: Option<bool>,
+    /// The newest version's notBefore.
+    pub nbf: Option<OffsetDateTime>,
+    /// The newest version's notAfter.
+    pub exp: Option<OffsetDateTime>,
 }
 
 /// Where the enrollment service would assign a device, and under which reprovision policy.

@@ -21,12 +21,23 @@ pub struct NotifyArgs {
     /// List what would be queued and sent; record and send nothing.
     #[arg(long)]
     dry_run: bool,
+    /// On backend kind azure: read every certificate's policy from Key Vault again, not only
+    /// those whose newest version changed (picks up a policy changed outside certroll).
+    #[arg(long)]
+    refresh: bool,
 }
 
 pub fn exec(g: &Global, args: NotifyArgs) -> anyhow::Result<u8> {
     let plan = g.load_plan()?;
     let channels = Channels::from_env(&plan)?;
-    let report = crate::notify::notify(&plan, &channels, &g.backend(), g.clock().now(), args.dry_run)?;
+    let report = crate::notify::notify(
+        &plan,
+        &channels,
+        &g.backend(),
+        g.clock().now(),
+        args.dry_run,
+        args.refresh,
+    )?;
     let mut p = g.printer();
     if g.output == Format::Json {
         p.json(&report)?;
@@ -125,14 +136,6 @@ impl AfterVerb {
     /// reports it.
     pub fn prepare(g: &Global) -> Option<AfterVerb> {
         let plan = g.load_plan().ok()?;
-        if plan.azure.is_some() {
-            // notify scans the local store's vault; on azure the vault is Key Vault, which it
-            // does not read yet. Said once, on stderr, rather than pretending nothing was due.
-            eprintln!(
-                "note: the notify step (lifecycle e-mails and hooks) does not run on backend kind `azure` yet"
-            );
-            return None;
-        }
         let (channels, mail_error) = match Channels::from_env(&plan) {
             Ok(channels) => (channels, None),
             Err(e) => {
@@ -153,7 +156,14 @@ impl AfterVerb {
     /// Scans, queues and delivers; returns 1 if a delivery failed. Human output only: a JSON
     /// run keeps its one document, and failures go to stderr.
     pub fn run(self, g: &Global) -> anyhow::Result<u8> {
-        let report = crate::notify::notify(&self.plan, &self.channels, &g.backend(), g.clock().now(), false)?;
+        let report = crate::notify::notify(
+            &self.plan,
+            &self.channels,
+            &g.backend(),
+            g.clock().now(),
+            false,
+            false,
+        )?;
         if g.output == Format::Human {
             print_human(&mut g.printer(), &report, false)?;
         }

@@ -11,6 +11,8 @@
 //!   queueing, so a crash between a roll and the scan loses nothing: the next scan finds it.
 //!   With neither mail nor a hook configured, renewals are passed over unrecorded.
 
+use crate::backend::Vault;
+use crate::backend::types::{ListedCertificate, VersionStamp};
 use crate::plan::Trigger;
 use crate::store::StoreError;
 use crate::store::queries_notify::{self as q, NewEvent, Unsent};
@@ -34,9 +36,14 @@ pub fn trigger_text(t: Trigger) -> String {
 /// The `EmailContacts` triggers of a vault policy (Key Vault-shaped JSON, as
 /// [`crate::ops::policy_json`] writes it). Anything unreadable contributes nothing.
 pub fn email_triggers(policy_json: &str) -> Vec<Trigger> {
-    let Ok(doc) = serde_json::from_str::<serde_json::Value>(policy_json) else {
-        return Vec::new();
-    };
+    match serde_json::from_str::<serde_json::Value>(policy_json) {
+        Ok(doc) => email_triggers_of(&doc),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// [`email_triggers`] of a parsed policy document (as [`Vault::policy`] answers it).
+pub fn email_triggers_of(doc: &serde_json::Value) -> Vec<Trigger> {
     let Some(actions) = doc["lifetime_actions"].as_array() else {
         return Vec::new();
     };
@@ -105,6 +112,150 @@ pub fn scan(conn: &Connection, now: OffsetDateTime, unsent: Unsent) -> Result<u6
     }
     if seen != mark {
         q::set_renewal_watermark(conn, seen)?;
+    }
+    Ok(queued)
+}
+
+/// Certificates read from a remote vault per round, so a large vault is scanned in bounded
+/// memory (each round reads the certificates it must `concurrency` at a time).
+const REMOTE_PAGE: usize = 500;
+
+/// [`scan`] for a vault outside the store (Key Vault on `kind = "azure"`), read through the
+/// [`Vault`] trait; the ledger (`conn`) is the local store beside the plan. Queues the same
+/// events [`scan`] queues for the same vault history, each exactly once ever.
+///
+/// What it reads: the vault's listing ([`Vault::listing`]: names with the newest version's
+/// thumbprint and attributes, 25 a request on Key Vault), and the newest version with its policy
+/// ([`Vault::current_with_policy_many`], a request per certificate) only for a certificate that is
+/// new since the last scan, whose newest version changed, or whose policy certroll changed since
+/// (the ledger keeps the policy read with each newest version; `refresh` reads every
+/// certificate). A policy changed outside certroll is seen at the certificate's next version or
+/// with `refresh`.
+///
+/// - `email-contacts`: read from each certificate's newest version and its policy, as [`scan`]
+///   does.
+/// - `renewed`: the store keeps the newest version each scan saw per certificate name. A name
+///   whose newest version changed since, or that is new since the last scan, has its versions
+///   listed; every version after the one last seen (for a new name: after its first) is a
+///   renewal of the version before it. The very first scan of a vault only records what it sees:
+///   renewals from before certroll watched the vault are not replayed (as a store upgraded to
+///   notices does not replay its history).
+///
+/// Renewals are queued in the order the vault made them (by creation time, then name). Run it
+/// inside one transaction of `conn`.
+pub fn scan_vault(
+    conn: &Connection,
+    vault: &dyn Vault,
+    now: OffsetDateTime,
+    unsent: Unsent,
+    refresh: bool,
+) -> crate::backend::Result<u64> {
+    let mut queued = 0u64;
+    let first_scan = !q::remote_scanned(conn)?;
+    let seen = q::remote_seen(conn)?;
+    // With neither channel configured, renewals are passed over unrecorded (see `scan`): no need
+    // to list any versions.
+    let record_renewals = !(unsent.mail && unsent.hook);
+    let mut renewals: Vec<(String, VersionStamp, String)> = Vec::new();
+    let listing = vault.listing()?;
+    for page in listing.chunks(REMOTE_PAGE) {
+        // What the ledger already holds for an unchanged newest version: its id and the policy.
+        let known = |l: &ListedCertificate| -> Option<(String, bool, OffsetDateTime, OffsetDateTime, serde_json::Value)> {
+            let s = seen.get(&l.name)?;
+            if refresh || l.thumbprint.is_none() || s.thumbprint != l.thumbprint {
+                return None;
+            }
+            let policy = serde_json::from_str(s.policy_json.as_deref()?).ok()?;
+            Some((s.version.clone(), l.enabled?, l.nbf?, l.exp?, policy))
+        };
+        let stale: Vec<String> = page
+            .iter()
+            .filter(|l| known(l).is_none())
+            .map(|l| l.name.clone())
+            .collect();
+        let mut read = stale
+            .iter()
+            .cloned()
+            .zip(vault.current_with_policy_many(&stale)?)
+            .collect::<std::collections::HashMap<_, _>>();
+        for listed in page {
+            let name = &listed.name;
+            let (version, enabled, nbf, exp, policy, fresh) = match known(listed) {
+                Some((version, enabled, nbf, exp, policy)) => (version, enabled, nbf, exp, policy, None),
+                None => {
+                    let Some(Some((current, policy))) = read.remove(name) else {
+                        continue;
+                    };
+                    let fresh = q::RemoteSeen {
+                        version: current.version.clone(),
+                        thumbprint: Some(crate::pki::sha1_thumbprint(&current.cert_der)),
+                        policy_json: Some(policy.to_string()),
+                    };
+                    (
+                        current.version,
+                        current.enabled,
+                        current.nbf,
+                        current.exp,
+                        policy,
+                        Some(fresh),
+                    )
+                }
+            };
+            if enabled {
+                for t in email_triggers_of(&policy) {
+                    let at = crate::ops::lifetime::fires_at(t, nbf, exp);
+                    if at <= now {
+                        let new = NewEvent {
+                            kind: EMAIL_CONTACTS,
+                            name,
+                            version: &version,
+                            trigger: &trigger_text(t),
+                            at,
+                            not_after: exp,
+                            previous: None,
+                        };
+                        queued += u64::from(q::queue(conn, &new, now, unsent)?);
+                    }
+                }
+            }
+            // Read again: record it (and find renewals if its newest version changed).
+            let Some(fresh) = fresh else {
+                continue;
+            };
+            let last_seen = seen.get(name.as_str()).map(|s| &s.version);
+            if last_seen != Some(&version) && record_renewals && !(first_scan && last_seen.is_none()) {
+                let stamps = vault.version_stamps(name)?;
+                // After the version last seen; for a new name (or one whose seen version is
+                // gone: purged and made again), after its first.
+                let from = last_seen
+                    .and_then(|v| stamps.iter().position(|s| &s.version == v))
+                    .unwrap_or(0);
+                for pair in stamps[from..].windows(2) {
+                    renewals.push((name.clone(), pair[1].clone(), pair[0].version.clone()));
+                }
+                if !stamps.iter().any(|s| s.version == version) {
+                    // The listing lags the newest version: look again next scan.
+                    continue;
+                }
+            }
+            q::set_remote_seen(conn, name, &fresh, now)?;
+        }
+    }
+    renewals.sort_by(|a, b| (a.1.created, &a.0).cmp(&(b.1.created, &b.0)));
+    for (name, stamp, previous) in &renewals {
+        let new = NewEvent {
+            kind: RENEWED,
+            name,
+            version: &stamp.version,
+            trigger: "",
+            at: stamp.created,
+            not_after: stamp.exp,
+            previous: Some(previous),
+        };
+        queued += u64::from(q::queue(conn, &new, now, unsent)?);
+    }
+    if first_scan {
+        q::set_remote_scanned(conn)?;
     }
     Ok(queued)
 }
@@ -193,6 +344,153 @@ mod tests {
         assert_eq!(store.write(|c, _| scan(c, now, neither)).unwrap(), 0);
         assert_eq!(scan_now(&mut store, now), 0);
         assert_eq!(q::owed(store.conn(), q::Channel::Hook).unwrap().len(), 1);
+    }
+
+    /// What a ledger owes the contacts, as the mail lists it.
+    fn owed_mail(conn: &Connection) -> Vec<(String, String, String, String, Option<String>)> {
+        q::owed(conn, q::Channel::Mail)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.kind, e.name, e.version, e.trigger, e.previous))
+            .collect()
+    }
+
+    #[test]
+    fn a_remote_vault_read_through_the_trait_gives_the_same_notices_as_the_store_scan() {
+        use crate::backend::local::LocalBackend;
+        use crate::backend::types::NewVersion;
+        let t0 = datetime!(2026-01-01 0:00 UTC);
+        let mut vault = LocalBackend::new(Store::open_empty().unwrap());
+        let ledger = Store::open_empty().unwrap();
+        let add = |vault: &mut LocalBackend, name: &str, nbf: OffsetDateTime| {
+            let (der, key) = crate::store::test_support::self_signed(nbf, 100);
+            let new = NewVersion {
+                name,
+                policy_json: POLICY,
+                cert_der: &der,
+                key_pkcs8: key.pkcs8_der(),
+                kty: "EC",
+                exportable: true,
+                issuer: None,
+                facts: None,
+            };
+            vault.create_versions(&[new], nbf).unwrap();
+        };
+        // Both scans over the same history at the same instants: the store's own (the local
+        // backend's notify) and the trait's into a separate ledger (the azure backend's).
+        let both = |vault: &LocalBackend, now: OffsetDateTime| {
+            let local = scan(vault.store().conn(), now, Unsent::default()).unwrap();
+            let remote = scan_vault(ledger.conn(), vault, now, Unsent::default(), false).unwrap();
+            (local, remote)
+        };
+        add(&mut vault, "dev-a", t0);
+        add(&mut vault, "dev-b", t0);
+        assert_eq!(both(&vault, t0), (0, 0), "first versions are not renewals");
+        assert_eq!(both(&vault, t0 + time::Duration::days(79)), (0, 0));
+        assert_eq!(both(&vault, t0 + time::Duration::days(80)), (2, 2));
+        assert_eq!(both(&vault, t0 + time::Duration::days(90)), (0, 0), "never twice");
+
+        // Two renewals of `a` and a new name `c` with two versions, with no scan in between.
+        let t1 = t0 + time::Duration::days(85);
+        add(&mut vault, "dev-a", t1);
+        add(&mut vault, "dev-c", t1);
+        add(&mut vault, "dev-a", t1 + time::Duration::days(1));
+        add(&mut vault, "dev-c", t1 + time::Duration::days(1));
+        let now = t1 + time::Duration::days(2);
+        assert_eq!(both(&vault, now), (3, 3));
+        assert_eq!(both(&vault, now), (0, 0), "a rerun queues nothing");
+        let local = owed_mail(vault.store().conn());
+        assert_eq!(local.len(), 5, "{local:?}");
+        assert_eq!(owed_mail(ledger.conn()), local);
+    }
+
+    #[test]
+    fn a_remote_scan_reads_again_only_what_changed_or_what_certroll_or_refresh_asks_for() {
+        use crate::backend::local::LocalBackend;
+        use crate::backend::types::NewVersion;
+        const QUIET: &str = r#"{"lifetime_actions":[]}"#;
+        let t0 = datetime!(2026-01-01 0:00 UTC);
+        let mut vault = LocalBackend::new(Store::open_empty().unwrap());
+        let ledger = Store::open_empty().unwrap();
+        let add = |vault: &mut LocalBackend, name: &str, policy: &str, nbf: OffsetDateTime| {
+            let (der, key) = crate::store::test_support::self_signed(nbf, 100);
+            let new = NewVersion {
+                name,
+                policy_json: policy,
+                cert_der: &der,
+                key_pkcs8: key.pkcs8_der(),
+                kty: "EC",
+                exportable: true,
+                issuer: None,
+                facts: None,
+            };
+            vault.create_versions(&[new], nbf).unwrap();
+        };
+        let scan = |vault: &LocalBackend, now: OffsetDateTime, refresh: bool| {
+            scan_vault(ledger.conn(), vault, now, Unsent::default(), refresh).unwrap()
+        };
+        add(&mut vault, "dev-a", QUIET, t0);
+        add(&mut vault, "dev-b", QUIET, t0);
+        let now = t0 + time::Duration::days(90);
+        assert_eq!(scan(&vault, now, false), 0, "no lifetime actions yet");
+
+        // A policy changed behind the ledger's back (the newest versions unchanged) is not read
+        // again: the scan keeps the policy it read with those versions.
+        vault.set_policy("dev-a", POLICY, now).unwrap();
+        vault.set_policy("dev-b", POLICY, now).unwrap();
+        assert_eq!(scan(&vault, now, false), 0, "the cached policies stand");
+
+        // certroll's own policy write clears the name's cached policy: read again, it fires.
+        q::forget_remote_policy(ledger.conn(), "dev-a").unwrap();
+        assert_eq!(scan(&vault, now, false), 1);
+        // `refresh` reads every certificate again.
+        assert_eq!(scan(&vault, now, true), 1);
+        assert_eq!(scan(&vault, now, true), 0, "never twice");
+
+        // A new version (a new thumbprint) is read again: its renewal, then its own 80%.
+        let t1 = now + time::Duration::days(1);
+        add(&mut vault, "dev-a", QUIET, t1);
+        assert_eq!(scan(&vault, t1, false), 1, "the renewal");
+        assert_eq!(
+            scan(&vault, t1 + time::Duration::days(80), false),
+            0,
+            "QUIET: no action"
+        );
+        let seen = q::remote_seen(ledger.conn()).unwrap();
+        let newest = vault.current("dev-a").unwrap().unwrap();
+        assert_eq!(seen["dev-a"].version, newest.version);
+        assert_eq!(
+            seen["dev-a"].thumbprint.as_deref(),
+            Some(crate::pki::sha1_thumbprint(&newest.cert_der).as_str())
+        );
+        let owed: Vec<(String, String)> = owed_mail(ledger.conn())
+            .into_iter()
+            .map(|(kind, name, ..)| (kind, name))
+            .collect();
+        assert_eq!(
+            owed,
+            [
+                (EMAIL_CONTACTS.to_string(), "dev-a".to_string()),
+                (EMAIL_CONTACTS.to_string(), "dev-b".to_string()),
+                (RENEWED.to_string(), "dev-a".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn the_first_scan_of_a_remote_vault_does_not_replay_its_history() {
+        let t0 = datetime!(2026-01-01 0:00 UTC);
+        let mut store = Store::open_empty().unwrap();
+        add_version(&mut store, "dev-a", t0);
+        add_version(&mut store, "dev-a", t0 + time::Duration::days(1));
+        let vault = crate::backend::local::LocalBackend::new(store);
+        let ledger = Store::open_empty().unwrap();
+        let now = t0 + time::Duration::days(2);
+        assert_eq!(
+            scan_vault(ledger.conn(), &vault, now, Unsent::default(), false).unwrap(),
+            0
+        );
+        assert!(owed_mail(ledger.conn()).is_empty());
     }
 
     #[test]

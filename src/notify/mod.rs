@@ -15,6 +15,10 @@
 //! and configuring the channel later does not replay them. Mail that is configured but whose
 //! settings do not resolve (a password variable missing) keeps its events owed.
 //!
+//! On `kind = "azure"` the vault is Key Vault: the scan reads it through the [`crate::backend::Vault`]
+//! trait ([`events::scan_vault`]), and the ledger stays in the local store beside the plan, as
+//! the journal does. The vault's contacts are Key Vault's.
+//!
 //! Delivery is at least once: a certroll killed after the server accepted a mail and before the
 //! store recorded it mails that contact again. The store's writer lock is held for the whole
 //! run, so two certroll processes never send the same notices.
@@ -23,6 +27,9 @@ pub mod events;
 pub mod hook;
 pub mod mail;
 
+use crate::backend::azure::AzureVault;
+use crate::backend::local::LocalBackend;
+use crate::backend::{BackendError, Vault as _};
 use crate::ops::BackendSettings;
 use crate::plan::{BackendConfig, HookConfig, Plan};
 use crate::store::queries_notify::{self as q, Channel, StoredEvent};
@@ -177,9 +184,9 @@ impl NotifyReport {
     }
 }
 
-/// Opens the plan's store for notify, or `None` if there is none yet (nothing to notify).
+/// Opens the plan's store for notify, or `None` if there is none yet (nothing to notify). On
+/// `kind = "azure"` this is the store beside the plan, which keeps the notices ledger.
 fn open_store(plan: &Plan, settings: &BackendSettings, write: bool) -> Result<Option<Store>> {
-    crate::ops::refuse_azure(plan)?;
     let BackendConfig::Local { path, key_file } = &plan.backend;
     if !path.exists() {
         return Ok(None);
@@ -196,6 +203,24 @@ fn open_store(plan: &Plan, settings: &BackendSettings, write: bool) -> Result<Op
     Ok(Some(store))
 }
 
+/// The vault to scan when it is not the store: Key Vault on `kind = "azure"` (None for a local
+/// plan). Notify reads only names, newest versions, policies, version listings and contacts,
+/// all from Key Vault, so the client's own local part is an empty scratch store.
+fn remote_vault(plan: &Plan) -> Result<Option<AzureVault>> {
+    let Some(config) = &plan.azure else {
+        return Ok(None);
+    };
+    let scratch = LocalBackend::new(Store::open_empty()?);
+    AzureVault::connect(config, scratch).map(Some).map_err(|e| {
+        use crate::backend::azure::SetupError;
+        let text = format!("{}: {e}", plan.path.display());
+        match e {
+            SetupError::MissingEnv(_) | SetupError::CaFile { .. } => crate::error::input(text),
+            _ => anyhow::anyhow!(text),
+        }
+    })
+}
+
 /// The JSON document the hook reads on stdin.
 #[derive(Serialize)]
 struct HookInput<'a> {
@@ -207,13 +232,16 @@ struct HookInput<'a> {
 }
 
 /// Scans for events, queues them, and delivers what is owed on the configured channels. On a
-/// dry run the scan is rolled back and nothing is sent.
+/// dry run the scan is rolled back and nothing is sent. `refresh` (azure only) reads every
+/// certificate's policy from Key Vault again instead of the one the last scan read with an
+/// unchanged newest version.
 pub fn notify(
     plan: &Plan,
     channels: &Channels,
     settings: &BackendSettings,
     now: OffsetDateTime,
     dry_run: bool,
+    refresh: bool,
 ) -> Result<NotifyReport> {
     let mut report = NotifyReport {
         dry_run,
@@ -234,9 +262,12 @@ pub fn notify(
         other => other,
     };
 
+    let remote = remote_vault(plan)?;
     // The vault's contacts once they are set (`vault contacts set`), else the plan's.
-    let stored_contacts =
-        crate::store::queries_vault::contacts_get(store.conn()).map_err(|e| err(&store, e))?;
+    let stored_contacts = match &remote {
+        Some(vault) => vault.contacts()?,
+        None => crate::store::queries_vault::contacts_get(store.conn()).map_err(|e| err(&store, e))?,
+    };
     // Queue, then read what is owed, in one transaction (rolled back on a dry run).
     store.begin_batch()?;
     let scanned = (|| {
@@ -244,7 +275,10 @@ pub fn notify(
             mail: !channels.mail_planned,
             hook: channels.hook.is_none(),
         };
-        let queued = events::scan(store.conn(), now, unsent)?;
+        let queued = match &remote {
+            Some(vault) => events::scan_vault(store.conn(), vault, now, unsent, refresh)?,
+            None => events::scan(store.conn(), now, unsent)?,
+        };
         if !channels.mail_planned {
             q::skip_owed(store.conn(), Channel::Mail, now)?;
         }
@@ -254,13 +288,16 @@ pub fn notify(
         let mail = q::owed(store.conn(), Channel::Mail)?;
         let hook = q::owed(store.conn(), Channel::Hook)?;
         let partly = q::partly_mailed(store.conn())?;
-        Ok::<_, crate::store::StoreError>((queued, mail, hook, partly))
+        Ok::<_, BackendError>((queued, mail, hook, partly))
     })();
     let (queued, owed_mail, owed_hook, partly) = match scanned {
         Ok(v) => v,
         Err(e) => {
             store.rollback_batch();
-            return Err(err(&store, e).into());
+            return Err(match e {
+                BackendError::Store(e) => err(&store, e).into(),
+                other => other.into(),
+            });
         }
     };
     if dry_run {

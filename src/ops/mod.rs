@@ -130,10 +130,9 @@ pub enum DeviceOwner<'p> {
     Enrollment(&'p crate::plan::EnrollmentSpec),
 }
 
-/// The vault certificate name of a CA.
-pub fn ca_cert_name(ca: &str) -> String {
-    format!("ca-{ca}")
-}
+/// The vault certificate names of CAs and devices: the rule lives in [`crate::backend::types`],
+/// below the verbs, because the azure backend and serve use it too.
+pub use crate::backend::types::{ca_cert_name, device_cert_name};
 
 /// The name under which the enrollment service holds version `index` (from 1) of a root CA: the
 /// first under the CA's own name, later ones with `-vN`, so a rolled root sits next to the old
@@ -144,11 +143,6 @@ pub fn service_ca_name(ca: &str, index: usize) -> String {
     } else {
         format!("{ca}-v{index}")
     }
-}
-
-/// The vault certificate name of a device's leaf.
-pub fn device_cert_name(device_id: &str) -> String {
-    format!("dev-{device_id}")
 }
 
 /// How a verb opens the store.
@@ -174,7 +168,8 @@ pub struct BackendSettings {
 }
 
 /// The verbs that run on `kind = "azure"` today, each proven end to end against `certroll serve`
-/// by the verb conformance suite (tests/it/azure_verbs.rs, tests/it/azure_verbs2.rs).
+/// by the verb conformance suite (tests/it/azure_verbs.rs, tests/it/azure_verbs2.rs,
+/// tests/it/azure_notify.rs).
 pub const AZURE_VERBS: &[&str] = &[
     "vault",
     "export",
@@ -188,6 +183,7 @@ pub const AZURE_VERBS: &[&str] = &[
     "roll-primary --breach",
     "revoke",
     "reprovision",
+    "notify",
 ];
 
 /// Refuses a plan with `kind = "azure"` for a verb that does not run on it yet (exit 2): a verb

@@ -82,7 +82,7 @@ pub fn register(
         // methods (delivery, reprovision) with it from here on.
         b.hold_presented(
             registration_id,
-            &crate::ops::device_cert_name(registration_id),
+            &crate::backend::types::device_cert_name(registration_id),
             &leaf,
             state.enrollment_kind.as_deref(),
             state.enrollment_name.as_deref(),

@@ -141,6 +141,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v7_dps_hub.sql"),
     include_str!("schema_v8_decision_inputs.sql"),
     include_str!("schema_v9_version_tags.sql"),
+    include_str!("schema_v10_notify_remote.sql"),
 ];
 
 /// How to open a store.

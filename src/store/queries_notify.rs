@@ -305,3 +305,90 @@ pub fn skip_owed(conn: &Connection, channel: Channel, now: OffsetDateTime) -> Re
         .map(|n| n as u64)
         .map_err(sql)
 }
+
+/// Whether a remote vault was ever scanned for notices (see [`remote_seen`]).
+pub fn remote_scanned(conn: &Connection) -> Result<bool> {
+    conn.query_row(
+        "SELECT value FROM notify_state WHERE key = 'remote_scanned'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()
+    .map(|v| v.is_some_and(|v| v != 0))
+    .map_err(sql)
+}
+
+/// Records that a remote vault was scanned.
+pub fn set_remote_scanned(conn: &Connection) -> Result<()> {
+    conn.execute(
+        "INSERT INTO notify_state (key, value) VALUES ('remote_scanned', 1)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [],
+    )
+    .map(|_| ())
+    .map_err(sql)
+}
+
+/// What the last scan of a remote vault recorded of one certificate name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSeen {
+    /// The newest version the scan saw (renewals after it are still to find).
+    pub version: String,
+    /// That version's SHA-1 thumbprint (uppercase hex), None when not recorded.
+    pub thumbprint: Option<String>,
+    /// The name's policy (Key Vault-shaped JSON) read with that version; None when it must be
+    /// read again (never read, or certroll changed it since: [`forget_remote_policy`]).
+    pub policy_json: Option<String>,
+}
+
+/// What the last scan of a remote vault recorded, by certificate name.
+pub fn remote_seen(conn: &Connection) -> Result<std::collections::HashMap<String, RemoteSeen>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT name, version, thumbprint, policy_json FROM notify_remote_seen")
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                RemoteSeen {
+                    version: r.get(1)?,
+                    thumbprint: r.get(2)?,
+                    policy_json: r.get(3)?,
+                },
+            ))
+        })
+        .map_err(sql)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+}
+
+/// Records what a scan read of a remote vault certificate: its newest version, with that
+/// version's thumbprint and the name's policy.
+pub fn set_remote_seen(conn: &Connection, name: &str, seen: &RemoteSeen, now: OffsetDateTime) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO notify_remote_seen (name, version, seen_at, thumbprint, policy_json)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(name) DO UPDATE SET version = excluded.version, seen_at = excluded.seen_at,
+             thumbprint = excluded.thumbprint, policy_json = excluded.policy_json",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            name,
+            seen.version,
+            now.unix_timestamp(),
+            seen.thumbprint,
+            seen.policy_json
+        ])
+    })
+    .map(|_| ())
+    .map_err(sql)
+}
+
+/// Forgets the policy a scan read of a remote vault certificate, so the next scan reads the
+/// certificate again (certroll changed the policy; the newest version may be unchanged). The
+/// newest version seen is kept: renewals are still found from it.
+pub fn forget_remote_policy(conn: &Connection, name: &str) -> Result<()> {
+    conn.prepare_cached("UPDATE notify_remote_seen SET policy_json = NULL WHERE name = ?1")
+        .and_then(|mut s| s.execute(params![name]))
+        .map(|_| ())
+        .map_err(sql)
+}

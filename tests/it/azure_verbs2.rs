@@ -14,7 +14,7 @@ use crate::util::TestEnv;
 use serde_json::Value;
 
 /// The same command on both plans; both must exit 0. Masked JSON answers (local, azure).
-fn both(env: &TestEnv, serve: &Serve, args: &[&str]) -> (Value, Value) {
+pub(crate) fn both(env: &TestEnv, serve: &Serve, args: &[&str]) -> (Value, Value) {
     both_exit(env, serve, args, 0)
 }
 
@@ -59,7 +59,7 @@ fn diff(l: &Value, r: &Value, path: &str, out: &mut Vec<String>) {
 }
 
 /// Asserts the local and azure answers are the same, naming where they differ.
-fn assert_same(l: &Value, a: &Value, what: &str) {
+pub(crate) fn assert_same(l: &Value, a: &Value, what: &str) {
     let mut out = Vec::new();
     diff(l, a, "", &mut out);
     assert!(
@@ -613,19 +613,26 @@ fn roll_secondary_due_is_the_same_on_local_and_on_azure() {
     assert_same(&l["versions"], &a["versions"], "versions");
 }
 
-/// A vault-only certificate (`vault create`, a day's validity, the default `AutoRenew` at 80% of
-/// its lifetime) is renewed by `roll-secondary --due` run 23 hours later (within the day `--now`
-/// may differ from the real clock): on azure through Key Vault's own create, under the name's
-/// policy; a rerun finds nothing due.
+/// A vault-only certificate (`vault create --issuer Self`, the default `AutoRenew` at 80% of its
+/// lifetime) on azure as on local: `check` reports it due, `roll-secondary --due` renews it (on
+/// azure through Key Vault's own create, under the name's policy), the notify step after the
+/// roll mails the renewal, and a rerun finds nothing due and sends nothing.
+///
+/// Key Vault keeps a policy's validity in whole months, so `--validity-days 1` is a day on the
+/// local store and a month (31 days) in Key Vault: the due run goes 25 days ahead, past 80% of
+/// both. Serve is restarted with its clock at that instant, so Key Vault makes the renewal then,
+/// as a real vault would on that day (a renewal dated today would be due again at once).
 #[test]
-#[ignore = "not provable on serve's real clock yet: Key Vault's policy keeps validity in whole months (1 day becomes validity_months = 1), so 80% of it is weeks away, beyond the day --now may move"]
 fn roll_secondary_due_renews_vault_only_certificates_on_local_and_on_azure() {
+    use crate::azure_notify::{MAIL, mail_plans, recipients, sinks};
     let env = TestEnv::new();
     let serve = start_serve(&env, FLEET);
-    crate::azure_verbs::fleet_plans_hook(&env, &serve, FLEET);
+    let sinks = sinks(&env);
+    let body = format!("{MAIL}{FLEET}");
+    mail_plans(&env, &serve, &body, &sinks);
     let (l, a) = both(&env, &serve, &["issue", "-o", "json"]);
     assert_same(&l, &a, "issue");
-    both(
+    let (l, a) = both(
         &env,
         &serve,
         &[
@@ -640,10 +647,39 @@ fn roll_secondary_due_renews_vault_only_certificates_on_local_and_on_azure() {
             "json",
         ],
     );
-    let later = (time::OffsetDateTime::now_utc() + time::Duration::hours(23))
+    assert_same(&l["name"], &a["name"], "vault create");
+    drop(serve);
+
+    let later = (time::OffsetDateTime::now_utc() + time::Duration::days(25))
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
-    let due = ["--now", &later, "roll-secondary", "--due", "-o", "json"];
+    let serve = Serve::start_at_time(
+        &env,
+        crate::azure_verbs::TOKEN,
+        "serve/plan.toml",
+        &format!("version = 1\n{FLEET}"),
+        Some(&later),
+    );
+    mail_plans(&env, &serve, &body, &sinks);
+
+    // `check` names the vault-only certificate whose AutoRenew has fired, on both (locally its
+    // day has passed, so it is expired there; in Key Vault it is a month and only due).
+    for which in ["local", "azure"] {
+        let r = run_fleet(&env, &serve, which, &["--now", &later, "check", "-o", "json"]);
+        assert!(
+            r.code == 1 || r.code == 2,
+            "{which}: check is not OK: {}\n{}",
+            r.stdout,
+            r.stderr
+        );
+        assert!(
+            r.stdout.contains("vault:web"),
+            "{which}: check reports vault:web: {}",
+            r.stdout
+        );
+    }
+
+    let due = ["--now", later.as_str(), "roll-secondary", "--due", "-o", "json"];
     let (l, a) = both(&env, &serve, &due);
     for (which, r) in [("local", &l), ("azure", &a)] {
         let renewed = r["vault_renewed"].as_array().cloned().unwrap_or_default();
@@ -656,8 +692,11 @@ fn roll_secondary_due_renews_vault_only_certificates_on_local_and_on_azure() {
             "{which}: no device is due: {r}"
         );
     }
-    let (l, a) = both(&env, &serve, &["vault", "show", "web", "-o", "json"]);
-    for (which, show) in [("local", &l), ("azure", &a)] {
+    assert_same(&l["vault_renewed"], &a["vault_renewed"], "vault_renewed");
+    for which in ["local", "azure"] {
+        let show = run_fleet(&env, &serve, which, &["vault", "show", "web", "-o", "json"])
+            .ok()
+            .json();
         let versions = show["versions"].as_array().cloned().unwrap_or_default();
         assert_eq!(versions.len(), 2, "{which}: a new version: {show}");
         assert_eq!(versions[1]["cert"]["subject"], "CN=web", "{which}: {show}");
@@ -666,6 +705,16 @@ fn roll_secondary_due_renews_vault_only_certificates_on_local_and_on_azure() {
             "{which}"
         );
     }
+    // The roll's notify step mailed the renewal of `web`, once per contact, on both.
+    for sink in &sinks {
+        let mail = sink.messages();
+        assert_eq!(mail.len(), 2, "{mail:?}");
+        for m in &mail {
+            assert!(m.contains("web") && m.contains("renewed"), "{m}");
+        }
+    }
+    assert_eq!(recipients(&sinks[0]), recipients(&sinks[1]));
+
     let (l, a) = both(&env, &serve, &due);
     for (which, r) in [("local", &l), ("azure", &a)] {
         assert_eq!(
@@ -673,6 +722,12 @@ fn roll_secondary_due_renews_vault_only_certificates_on_local_and_on_azure() {
             serde_json::json!([]),
             "{which}: nothing due: {r}"
         );
+    }
+    let (l, a) = both(&env, &serve, &["--now", &later, "notify", "-o", "json"]);
+    assert_same(&l, &a, "notify after the rerun");
+    assert_eq!(a["queued"], 0, "{a}");
+    for sink in &sinks {
+        assert_eq!(sink.messages().len(), 2, "never twice");
     }
 }
 
@@ -716,4 +771,60 @@ fn breach_removing_the_hub_identity_is_refused_when_delivery_is_a_direct_method(
             "serve holds nothing for {id}: {d}"
         );
     }
+}
+
+/// `roll-primary --breach --remove-hub-identity` on azure with `hook` delivery (which needs no
+/// hub identity to reach the device): the compromised device's identity is deleted from IoT Hub,
+/// the replacement goes to the device through the hook, and once the device registers with it
+/// the hub holds only the new thumbprint, never the compromised one. The reports and status are
+/// the local run's; a rerun changes nothing.
+#[test]
+fn breach_removing_the_hub_identity_with_hook_delivery_is_the_same_on_local_and_on_azure() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    crate::azure_verbs::fleet_plans_hook(&env, &serve, FLEET);
+    let (l, a) = both(&env, &serve, &["issue", "-o", "json"]);
+    assert_same(&l, &a, "issue");
+    let old = device(&serve_status(&env), "gw-1")["installed"]["thumbprint"].clone();
+    assert!(old.is_string(), "serve's device gw-1 holds its first certificate");
+    // With its hub identity deleted no direct method reaches gw-1, so it must register by
+    // itself: this device's agent registers again whenever it is handed a replacement.
+    std::fs::remove_file(env.path("devices/gw-1.booted")).unwrap();
+
+    let breach = [
+        "roll-primary",
+        "--breach",
+        "--remove-hub-identity",
+        "device:gw-1",
+        "--yes",
+        "-o",
+        "json",
+    ];
+    let (l, a) = both(&env, &serve, &breach);
+    assert_same(&l, &a, "the breach");
+    assert!(
+        a.to_string().contains("delete device `gw-1` from hub `conf-hub`"),
+        "the identity removal is a step of the breach: {a}"
+    );
+    let (l, a) = both(&env, &serve, &["status", "-o", "json"]);
+    assert_same(&l, &a, "status after the breach");
+
+    let raw = run_fleet(&env, &serve, "azure", &["status", "device:gw-1", "-o", "json"])
+        .ok()
+        .json();
+    let new = &device(&raw, "gw-1")["installed"]["thumbprint"];
+    assert_ne!(new, &old, "a new certificate: {raw}");
+    let served = serve_status(&env);
+    let identity = &device(&served, "gw-1")["hub_identity"];
+    for slot in ["primary_thumbprint", "secondary_thumbprint"] {
+        assert_ne!(
+            &identity[slot], &old,
+            "the compromised thumbprint left the hub: {identity}"
+        );
+    }
+    // gw-2 was not touched.
+    assert!(device(&served, "gw-2")["hub_identity"]["primary_thumbprint"].is_string());
+
+    let (l, a) = both(&env, &serve, &breach);
+    assert_same(&l, &a, "a rerun of the breach");
 }

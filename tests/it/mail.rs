@@ -14,7 +14,7 @@ use std::time::Duration;
 
 /// The Python that has aiosmtpd. Without one the test fails, naming the command that installs
 /// it: a mail test that cannot run is never reported as passed.
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ci-venv/bin/python");
     let python = std::env::var_os("CERTROLL_TEST_PYTHON")
         .map(PathBuf::from)
@@ -34,14 +34,14 @@ fn python() -> PathBuf {
 }
 
 /// A running SMTP sink; killed on drop.
-struct Sink {
+pub(crate) struct Sink {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     dir: PathBuf,
 }
 
 impl Sink {
-    fn start(python: &Path, dir: &Path, port: Option<u16>, auth: Option<&str>) -> Sink {
+    pub(crate) fn start(python: &Path, dir: &Path, port: Option<u16>, auth: Option<&str>) -> Sink {
         Sink::start_with(python, dir, port, auth, &[])
     }
 
@@ -99,7 +99,7 @@ impl Sink {
     }
 
     /// Every message received so far, in order of arrival.
-    fn messages(&self) -> Vec<String> {
+    pub(crate) fn messages(&self) -> Vec<String> {
         messages(&self.dir)
     }
 }
@@ -124,7 +124,7 @@ fn messages(dir: &Path) -> Vec<String> {
 }
 
 /// The value of a header of a received message.
-fn header<'m>(message: &'m str, name: &str) -> Vec<&'m str> {
+pub(crate) fn header<'m>(message: &'m str, name: &str) -> Vec<&'m str> {
     message
         .lines()
         .take_while(|l| !l.is_empty())

@@ -86,10 +86,16 @@ impl VaultIndex {
         // reads, which know only DPS's record names).
         let mut hints: HashMap<String, Vec<String>> = HashMap::new();
         for e in plan.enrollments.values() {
-            hints.insert(e.name.clone(), vec![crate::ops::device_cert_name(&e.name)]);
+            hints.insert(
+                e.name.clone(),
+                vec![crate::backend::types::device_cert_name(&e.name)],
+            );
         }
         for g in plan.groups.values() {
-            hints.insert(g.name.clone(), vec![crate::ops::ca_cert_name(&g.signing_ca)]);
+            hints.insert(
+                g.name.clone(),
+                vec![crate::backend::types::ca_cert_name(&g.signing_ca)],
+            );
         }
         VaultIndex {
             vault: std::sync::Mutex::new(vault),
@@ -135,7 +141,7 @@ impl VaultIndex {
                 .hints
                 .get(whose)
                 .cloned()
-                .unwrap_or_else(|| vec![crate::ops::device_cert_name(whose)]);
+                .unwrap_or_else(|| vec![crate::backend::types::device_cert_name(whose)]);
             if let Err(e) = Self::add(&vault, &names, &mut index.1) {
                 tracing::warn!("cannot read the vault certificates of `{whose}`: {e}");
             }
@@ -585,6 +591,21 @@ impl Vault for AzureBackend {
 
     fn version(&self, name: &str, version: &str) -> Result<Option<VaultVersion>> {
         self.vault.version(name, version)
+    }
+
+    fn current_with_policy_many(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<Option<(VaultVersion, serde_json::Value)>>> {
+        self.vault.current_with_policy_many(names)
+    }
+
+    fn version_stamps(&self, name: &str) -> Result<Vec<VersionStamp>> {
+        self.vault.version_stamps(name)
+    }
+
+    fn listing(&self) -> Result<Vec<ListedCertificate>> {
+        self.vault.listing()
     }
 
     fn create_versions(&mut self, batch: &[NewVersion<'_>], now: OffsetDateTime) -> Result<Vec<String>> {

@@ -275,6 +275,14 @@ impl AzureVault {
         })
     }
 
+    /// Makes the next notify scan read `name` from Key Vault again: certroll is about to change
+    /// (or just changed) its policy, which Key Vault's listing does not show. Cleared before the
+    /// remote write, so a stop right after it leaves nothing stale.
+    fn forget_scanned_policy(&self, name: &str) -> Result<()> {
+        crate::store::queries_notify::forget_remote_policy(self.local.store().conn(), name)
+            .map_err(BackendError::Store)
+    }
+
     /// The vault's URL.
     pub fn vault_url(&self) -> &str {
         &self.vault_url
@@ -309,6 +317,15 @@ impl AzureVault {
 
     /// The newest version of a name; None on 404.
     async fn latest(certs: &CertificateClient, name: &str) -> Result<Option<VaultVersion>> {
+        Ok(Self::latest_with_policy(certs, name).await?.map(|(v, _)| v))
+    }
+
+    /// The newest version of a name with the name's policy (Key Vault sends the policy with the
+    /// newest version; asked for apart only when it does not); None on 404.
+    async fn latest_with_policy(
+        certs: &CertificateClient,
+        name: &str,
+    ) -> Result<Option<(VaultVersion, Option<CertificatePolicy>)>> {
         let Some(mut c) = Self::get(certs, name, None).await? else {
             return Ok(None);
         };
@@ -317,11 +334,11 @@ impl AzureVault {
             // disabled version without `cer`; nothing is issued under the name yet.
             return Ok(None);
         }
-        let policy = match &c.policy {
-            Some(_) => None,
+        let policy = match c.policy.take() {
+            Some(p) => Some(p),
             None => Self::get_policy(certs, name).await?,
         };
-        let key = key_facts(c.policy.as_ref().or(policy.as_ref()));
+        let key = key_facts(policy.as_ref());
         if !c.tags.as_ref().is_some_and(|t| t.contains_key(ISSUER_TAG)) {
             // Key Vault answers the newest version's tags here; an emulator that keeps
             // certificate-wide tags apart (certroll serve) needs the version asked for by id.
@@ -330,7 +347,7 @@ impl AzureVault {
                 c.tags = v.tags;
             }
         }
-        to_version(name, &c, &key).map(Some)
+        Ok(Some((to_version(name, &c, &key)?, policy)))
     }
 
     /// The policy of a name; None on 404.
@@ -611,6 +628,100 @@ impl Vault for AzureVault {
         })
     }
 
+    fn current_with_policy_many(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<Option<(VaultVersion, serde_json::Value)>>> {
+        // One request per name (Key Vault sends the policy with the newest version),
+        // `concurrency` at a time, in the order asked.
+        let found: Vec<Option<(VaultVersion, Option<CertificatePolicy>)>> = self.rt.block_on(async {
+            futures::stream::iter(names.iter().map(|n| {
+                let certs = self.certs.clone();
+                let n = n.clone();
+                async move { Self::latest_with_policy(&certs, &n).await }
+            }))
+            .buffered(self.concurrency)
+            .try_collect()
+            .await
+        })?;
+        found
+            .into_iter()
+            .map(|f| match f {
+                Some((v, Some(p))) => {
+                    let json = serde_json::to_value(&p)
+                        .map_err(|e| BackendError::Refused(format!("policy of `{}`: {e}", v.name)))?;
+                    Ok(Some((v, json)))
+                }
+                _ => Ok(None),
+            })
+            .collect()
+    }
+
+    fn version_stamps(&self, name: &str) -> Result<Vec<VersionStamp>> {
+        // The listing carries each version's attributes: one request (a page per 25 versions).
+        self.rt.block_on(async {
+            let items: Vec<_> = match self.certs.list_certificate_properties_versions(name, None) {
+                Ok(pager) => match pager.try_collect::<Vec<_>>().await {
+                    Ok(items) => items,
+                    Err(e) if is_not_found(&e) => return Ok(Vec::new()),
+                    Err(e) => return Err(remote("list versions", name, e)),
+                },
+                Err(e) => return Err(remote("list versions", name, e)),
+            };
+            let mut out: Vec<VersionStamp> = items
+                .into_iter()
+                // A pending request's placeholder has no notAfter: no issued version.
+                .filter_map(|p| {
+                    let a = p.attributes.as_ref()?;
+                    Some(VersionStamp {
+                        version: version_of(p.id.as_deref()?),
+                        created: a.created?,
+                        exp: a.expires?,
+                    })
+                })
+                .collect();
+            // As `versions`: oldest first, the listed order breaking ties of `created`.
+            out.sort_by_key(|v| v.created);
+            Ok(out)
+        })
+    }
+
+    fn listing(&self) -> Result<Vec<ListedCertificate>> {
+        // Key Vault's listing: 25 certificates a page (its largest), each with the newest
+        // version's x5t and attributes.
+        let items: Vec<_> = self.rt.block_on(async {
+            let options = CertificateClientListCertificatePropertiesOptions {
+                maxresults: Some(25),
+                ..Default::default()
+            };
+            let pager = self
+                .certs
+                .list_certificate_properties(Some(options))
+                .map_err(|e| remote("list certificates", "*", e))?;
+            pager
+                .try_collect()
+                .await
+                .map_err(|e| remote("list certificates", "*", e))
+        })?;
+        let mut out: Vec<ListedCertificate> = items
+            .into_iter()
+            .filter_map(|p| {
+                let name = name_of(p.id.as_deref()?);
+                let a = p.attributes.as_ref();
+                Some(ListedCertificate {
+                    name,
+                    thumbprint: p.x509_thumbprint.as_deref().map(crate::pki::hex_upper),
+                    enabled: a.and_then(|a| a.enabled),
+                    nbf: a.and_then(|a| a.not_before),
+                    exp: a.and_then(|a| a.expires),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.dedup_by(|a, b| a.name == b.name);
+        Ok(out)
+    }
+
     fn version(&self, name: &str, version: &str) -> Result<Option<VaultVersion>> {
         self.rt.block_on(async {
             let Some(c) = Self::get(&self.certs, name, Some(version)).await? else {
@@ -718,6 +829,7 @@ impl Vault for AzureVault {
         let policy: CertificatePolicy = serde_json::from_str(policy_json).map_err(|e| {
             BackendError::Refused(format!("policy of `{name}` is not Key Vault-shaped JSON: {e}"))
         })?;
+        self.forget_scanned_policy(name)?;
         self.rt.block_on(async {
             let body: RequestContent<CertificatePolicy> =
                 policy.try_into().map_err(|e| remote("update policy", name, e))?;
@@ -1124,6 +1236,8 @@ impl Vault for AzureVault {
         policy_json: &str,
         _now: OffsetDateTime,
     ) -> Result<Option<Created>> {
+        // Key Vault's create writes the name's policy, also when only a request results.
+        self.forget_scanned_policy(name)?;
         let mut policy = parse_policy(name, policy_json)?;
         if let Some(x509) = policy.x509_certificate_properties.as_mut()
             && x509.validity_in_months.is_none()
@@ -1200,6 +1314,8 @@ impl Vault for AzureVault {
         _now: OffsetDateTime,
     ) -> Result<String> {
         let name = pending.name.as_str();
+        // The merged version comes under the policy of the request, which a scan may not have read.
+        self.forget_scanned_policy(name)?;
         let mut x5c = vec![leaf.to_vec()];
         x5c.extend(chain.iter().cloned());
         let params = MergeCertificateParameters {
@@ -1257,20 +1373,26 @@ impl Vault for AzureVault {
         let params = RestoreCertificateParameters {
             certificate_backup: Some(blob.to_vec()),
         };
-        self.rt.block_on(async {
-            let body: RequestContent<RestoreCertificateParameters> = params
-                .try_into()
-                .map_err(|e| remote("restore certificate", "backup", e))?;
-            let c: Certificate = model(
-                self.certs
-                    .restore_certificate(body, None)
-                    .await
-                    .map_err(|e| remote("restore certificate", "backup", e))?,
-                "restore certificate",
-                "backup",
-            )?;
-            Ok(Some(name_of(c.id.as_deref().unwrap_or_default())))
-        })
+        self.rt
+            .block_on(async {
+                let body: RequestContent<RestoreCertificateParameters> = params
+                    .try_into()
+                    .map_err(|e| remote("restore certificate", "backup", e))?;
+                let c: Certificate = model(
+                    self.certs
+                        .restore_certificate(body, None)
+                        .await
+                        .map_err(|e| remote("restore certificate", "backup", e))?,
+                    "restore certificate",
+                    "backup",
+                )?;
+                Ok::<_, BackendError>(name_of(c.id.as_deref().unwrap_or_default()))
+            })
+            .and_then(|name| {
+                // The restored newest version may be one a scan saw, under another policy.
+                self.forget_scanned_policy(&name)?;
+                Ok(Some(name))
+            })
     }
 }
 
