@@ -327,9 +327,7 @@ impl StatusQuery<'_> {
                 installed: info(installed.as_deref())?,
                 registration,
                 hub_identity,
-                individual_enrollment: individual
-                    .map(|e| enrollment_status(id, Some(&e)))
-                    .transpose()?,
+                individual_enrollment: individual.map(|e| enrollment_status(id, Some(&e))).transpose()?,
             });
         }
         Ok(out)

@@ -488,9 +488,14 @@ impl AzureEnrollmentService {
 
     /// Reads the scan's next page into it.
     async fn scan_page(&self, scan: &mut Scan) -> Result<()> {
-        let mut call = Call::new(Method::Post, "/enrollments/query".into(), "query enrollments", "*")
-            .header("x-ms-max-item-count", PAGE_SIZE.to_string())
-            .json(json!({"query": "*"}));
+        let mut call = Call::new(
+            Method::Post,
+            "/enrollments/query".into(),
+            "query enrollments",
+            "*",
+        )
+        .header("x-ms-max-item-count", PAGE_SIZE.to_string())
+        .json(json!({"query": "*"}));
         if let Some(token) = &scan.continuation {
             call = call.header("x-ms-continuation", token.clone());
         }
@@ -576,8 +581,9 @@ impl AzureEnrollmentService {
     async fn bulk(&self, mode: &str, items: Vec<(String, Value)>) -> Result<Vec<String>> {
         let target = format!("{} enrollments from `{}`", items.len(), items[0].0);
         let operation = format!("bulk {mode} enrollments");
-        let call = Call::new(Method::Post, "/enrollments".into(), &operation, &target)
-            .json(json!({"mode": mode, "enrollments": items.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>()}));
+        let call = Call::new(Method::Post, "/enrollments".into(), &operation, &target).json(
+            json!({"mode": mode, "enrollments": items.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>()}),
+        );
         let answer = self.dps.expect(&call, &[200]).await?;
         let body = answer.json();
         if body["isSuccessful"].as_bool() == Some(true) {

@@ -265,7 +265,11 @@ impl AzureHubRegistry {
     async fn query(client: &RestClient, hub: &str, ids: &[&str]) -> Result<HashMap<String, Option<Device>>> {
         let chunks = query_chunks(ids);
         let pages = futures::future::join_all(chunks.iter().map(|chunk| async move {
-            let list = chunk.iter().map(|id| format!("'{id}'")).collect::<Vec<_>>().join(", ");
+            let list = chunk
+                .iter()
+                .map(|id| format!("'{id}'"))
+                .collect::<Vec<_>>()
+                .join(", ");
             let query = format!("SELECT * FROM devices WHERE deviceId IN [{list}]");
             let target = format!("{} devices from `{}`", chunk.len(), chunk[0]);
             let mut found = Vec::new();

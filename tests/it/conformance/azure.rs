@@ -751,8 +751,13 @@ fn seed_roll(
     rt.block_on(futures::future::join_all(entries.chunks(100).map(|chunk| {
         let hub = &hub;
         async move {
-            let call = Call::new(azure_core::http::Method::Post, "/devices".into(), "seed", "devices")
-                .json(serde_json::Value::Array(chunk.to_vec()));
+            let call = Call::new(
+                azure_core::http::Method::Post,
+                "/devices".into(),
+                "seed",
+                "devices",
+            )
+            .json(serde_json::Value::Array(chunk.to_vec()));
             hub.expect(&call, &[200]).await.unwrap();
         }
     })));
@@ -816,7 +821,11 @@ fn roll_clients(
     serve: &Serve,
     rate: Option<f64>,
     concurrency: usize,
-) -> (AzureEnrollmentService, AzureHubRegistry, certroll::plan::AzureConfig) {
+) -> (
+    AzureEnrollmentService,
+    AzureHubRegistry,
+    certroll::plan::AzureConfig,
+) {
     let mut config = services_config(env, serve, "");
     for limits in [
         &mut config.dps.as_mut().unwrap().limits,
@@ -1067,9 +1076,14 @@ fn the_hub_registry_query_answers_the_twins_of_the_ids_asked_in_pages() {
     let mut token: Option<String> = None;
     let mut pages = 0;
     loop {
-        let mut call = Call::new(azure_core::http::Method::Post, "/devices/query".into(), "query", "*")
-            .header("x-ms-max-item-count", "1")
-            .json(serde_json::json!({ "query": query }));
+        let mut call = Call::new(
+            azure_core::http::Method::Post,
+            "/devices/query".into(),
+            "query",
+            "*",
+        )
+        .header("x-ms-max-item-count", "1")
+        .json(serde_json::json!({ "query": query }));
         if let Some(t) = &token {
             call = call.header("x-ms-continuation", t.clone());
         }
@@ -1086,7 +1100,12 @@ fn the_hub_registry_query_answers_the_twins_of_the_ids_asked_in_pages() {
     assert_eq!(pages, 2, "one twin a page");
     let device = rt
         .block_on(raw.expect(
-            &Call::new(azure_core::http::Method::Get, "/devices/conf-q002".into(), "get", "conf-q002"),
+            &Call::new(
+                azure_core::http::Method::Get,
+                "/devices/conf-q002".into(),
+                "get",
+                "conf-q002",
+            ),
             &[200],
         ))
         .unwrap()
@@ -1094,20 +1113,33 @@ fn the_hub_registry_query_answers_the_twins_of_the_ids_asked_in_pages() {
     assert_eq!(twins[1]["deviceEtag"], device["etag"]);
     assert_eq!(twins[1]["x509Thumbprint"]["primaryThumbprint"], "03".repeat(20));
     let refused = rt
-        .block_on(raw.send(
-            &Call::new(azure_core::http::Method::Post, "/devices/query".into(), "query", "*")
+        .block_on(
+            raw.send(
+                &Call::new(
+                    azure_core::http::Method::Post,
+                    "/devices/query".into(),
+                    "query",
+                    "*",
+                )
                 .json(serde_json::json!({"query": "SELECT * FROM devices WHERE tags.site = 'x'"})),
-        ))
+            ),
+        )
         .unwrap();
     assert_eq!(refused.status, 400, "{}", String::from_utf8_lossy(&refused.body));
 
     // The client: 150 identities (3 present) in two queries, no GET of a device.
     let gets = logged(&env, HUB_HOST, "GET /devices/");
     let queries = logged(&env, HUB_HOST, "POST /devices/query");
-    let wanted: Vec<(String, String)> = ids.iter().map(|id| ("conf-hub".to_string(), id.clone())).collect();
+    let wanted: Vec<(String, String)> = ids
+        .iter()
+        .map(|id| ("conf-hub".to_string(), id.clone()))
+        .collect();
     let read = hub.identity_many(&wanted).unwrap();
     assert_eq!(read.iter().filter(|i| i.is_some()).count(), 3);
-    assert_eq!(read[2].as_ref().unwrap().primary_thumbprint, Some("03".repeat(20)));
+    assert_eq!(
+        read[2].as_ref().unwrap().primary_thumbprint,
+        Some("03".repeat(20))
+    );
     assert_eq!(logged(&env, HUB_HOST, "POST /devices/query") - queries, 2);
     assert_eq!(logged(&env, HUB_HOST, "GET /devices/") - gets, 0);
     // What a query read carries is enough for the update that follows it.
@@ -1118,7 +1150,10 @@ fn the_hub_registry_query_answers_the_twins_of_the_ids_asked_in_pages() {
     hub.update_identities(&batch, super::now()).unwrap();
     for id in &ids[..3] {
         assert_eq!(
-            hub.identity("conf-hub", id).unwrap().unwrap().secondary_thumbprint,
+            hub.identity("conf-hub", id)
+                .unwrap()
+                .unwrap()
+                .secondary_thumbprint,
             Some("EE".repeat(20))
         );
     }
@@ -1149,13 +1184,23 @@ fn many_enrollments_are_read_by_one_query_pass_and_a_change_made_since_is_never_
     // The other client changes an enrollment the scan has passed but no read took yet.
     let raw = raw_client(&config, &serve, "DPS");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let get = Call::new(azure_core::http::Method::Get, "/enrollments/conf-s100".into(), "get", "conf-s100");
+    let get = Call::new(
+        azure_core::http::Method::Get,
+        "/enrollments/conf-s100".into(),
+        "get",
+        "conf-s100",
+    );
     let mut body = rt.block_on(raw.expect(&get, &[200])).unwrap().json();
     body["attestation"]["x509"]["clientCertificates"]["primary"] = serde_json::json!({"certificate": pem::encode(&pem::Pem::new("CERTIFICATE", made[100].cert_der.clone()))});
     body["initialTwin"] = serde_json::json!({"tags": {"owner": "other-client"}});
-    let put = Call::new(azure_core::http::Method::Put, "/enrollments/conf-s100".into(), "put", "conf-s100")
-        .header("if-match", "*")
-        .json(body);
+    let put = Call::new(
+        azure_core::http::Method::Put,
+        "/enrollments/conf-s100".into(),
+        "put",
+        "conf-s100",
+    )
+    .header("if-match", "*")
+    .json(body);
     rt.block_on(raw.expect(&put, &[200])).unwrap();
     let mut second = dps.individual_many(&ids[60..]).unwrap();
     assert_eq!(
@@ -1169,7 +1214,12 @@ fn many_enrollments_are_read_by_one_query_pass_and_a_change_made_since_is_never_
         "one page of the query answered both reads"
     );
     for (e, got) in batch.iter().zip(first.iter().chain(&second)) {
-        assert_eq!(got.as_ref().map(|g| &g.primary), Some(&e.primary), "{}", e.registration_id);
+        assert_eq!(
+            got.as_ref().map(|g| &g.primary),
+            Some(&e.primary),
+            "{}",
+            e.registration_id
+        );
     }
 
     // Writing what the (older) scan read: the changed one fails its etag, is read again and
