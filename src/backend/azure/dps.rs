@@ -613,18 +613,23 @@ impl AzureEnrollmentService {
     }
 
     async fn put_individuals_async(&self, batch: &[IndividualEnrollment]) -> Result<()> {
-        self.written(batch.iter().map(|e| &e.registration_id)).await;
         let carried: Vec<Option<Option<Record>>> = {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             batch.iter().map(|e| seen.remove(&e.registration_id)).collect()
         };
-        let reads = futures::future::join_all(batch.iter().zip(carried).map(|(e, carried)| async move {
-            match carried {
-                Some(record) => Ok(record),
-                None => self.read("enrollments", &e.registration_id, "enrollment").await,
-            }
-        }))
-        .await;
+        // What no read of this process carried is read now: many by the scan, a few by GET.
+        let missing: Vec<String> = batch
+            .iter()
+            .zip(&carried)
+            .filter(|(_, c)| c.is_none())
+            .map(|(e, _)| e.registration_id.clone())
+            .collect();
+        let mut fresh = self.read_individuals(&missing).await?.into_iter();
+        self.written(batch.iter().map(|e| &e.registration_id)).await;
+        let reads: Vec<Result<Option<Record>>> = carried
+            .into_iter()
+            .map(|c| Ok(c.unwrap_or_else(|| fresh.next().flatten())))
+            .collect();
         let (mut creates, mut updates) = (Vec::new(), Vec::new());
         for (e, read) in batch.iter().zip(reads) {
             match read? {

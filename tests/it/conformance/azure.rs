@@ -1175,7 +1175,10 @@ fn many_enrollments_are_read_by_one_query_pass_and_a_change_made_since_is_never_
         .enumerate()
         .map(|(i, m)| super::services::enrollment(&format!("conf-s{i:03}"), m, "migrate", "conf-hub"))
         .collect();
-    dps.put_individuals(&batch, super::now()).unwrap();
+    // In batches too small for a scan, so this client's scan starts with the reads below.
+    for chunk in batch.chunks(40) {
+        dps.put_individuals(chunk, super::now()).unwrap();
+    }
 
     let ids: Vec<String> = batch.iter().map(|e| e.registration_id.clone()).collect();
     let gets = logged(&env, DPS_HOST, "GET /enrollments/");
