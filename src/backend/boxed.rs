@@ -441,6 +441,15 @@ impl Backend for Box<dyn Backend> {
         (**self).assigned_identities(ids)
     }
 
+    fn put_individuals_and_identities(
+        &mut self,
+        individuals: &[IndividualEnrollment],
+        identities: &[HubIdentity],
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        (**self).put_individuals_and_identities(individuals, identities, now)
+    }
+
     fn unchanged_registrations(&self, ids: &[String], now: OffsetDateTime) -> Result<Vec<Option<Unchanged>>> {
         (**self).unchanged_registrations(ids, now)
     }

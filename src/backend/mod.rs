@@ -377,6 +377,17 @@ pub trait EnrollmentService {
     fn registration_many(&self, ids: &[String]) -> Result<Vec<Option<RegistrationState>>> {
         ids.iter().map(|id| self.registration(id)).collect()
     }
+    /// The hub each device's last successful registration assigned it to (None: never
+    /// assigned), in the order asked: the `hub` of [`registration_many`](Self::registration_many)
+    /// unless the service knows it from what it read already (DPS: the registration state an
+    /// individual enrollment just read carries).
+    fn assigned_hubs(&self, ids: &[String]) -> Result<Vec<Option<String>>> {
+        Ok(self
+            .registration_many(ids)?
+            .into_iter()
+            .map(|r| r.and_then(|r| r.hub))
+            .collect())
+    }
 }
 
 /// The hub registry (IoT Hub device identities).
@@ -570,6 +581,26 @@ pub trait Backend: Vault + EnrollmentService + HubRegistry + Fleet + Journal + S
             out[i] = identity;
         }
         Ok(out)
+    }
+
+    /// Writes individual enrollments ([`EnrollmentService::put_individuals`]) and hub identities
+    /// ([`HubRegistry::update_identities`]) of one step, either batch possibly empty. The two
+    /// touch different services and neither reads what the other writes, so a backend may run
+    /// them at once (the azure backend does: DPS and IoT Hub are throttled apart). The default
+    /// writes the enrollments, then the identities.
+    fn put_individuals_and_identities(
+        &mut self,
+        individuals: &[IndividualEnrollment],
+        identities: &[HubIdentity],
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        if !individuals.is_empty() {
+            self.put_individuals(individuals, now)?;
+        }
+        if !identities.is_empty() {
+            self.update_identities(identities, now)?;
+        }
+        Ok(())
     }
 
     /// The devices a `reprovision` would leave alone, found without deciding anything again:

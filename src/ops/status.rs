@@ -204,14 +204,18 @@ impl StatusQuery<'_> {
                 device_count: g.device_count(),
             });
         }
-        let mut enrollments = Vec::new();
-        for e in self
+        let names: Vec<String> = self
             .plan
             .enrollments
             .values()
             .filter(|e| self.wants("enrollment", &e.name))
-        {
-            enrollments.push(enrollment_status(&e.name, b.individual(&e.name)?.as_ref())?);
+            .map(|e| e.name.clone())
+            .collect();
+        let mut enrollments = Vec::with_capacity(names.len());
+        for page in names.chunks(DEVICE_PAGE) {
+            for (name, state) in page.iter().zip(b.individual_many(page)?) {
+                enrollments.push(enrollment_status(name, state.as_ref())?);
+            }
         }
         Ok(StatusHead {
             cas,
@@ -220,7 +224,8 @@ impl StatusQuery<'_> {
         })
     }
 
-    /// The devices the targets select, in plan order, handed to `each` one at a time.
+    /// The devices the targets select, in plan order, handed to `each` one at a time (read in
+    /// pages of [`DEVICE_PAGE`], each service asked once per page).
     pub fn devices(&self, mut each: impl FnMut(DeviceStatus) -> Result<()>) -> Result<()> {
         let explicit: BTreeSet<&str> = self
             .targets
@@ -233,14 +238,30 @@ impl StatusQuery<'_> {
                 }
             })
             .collect();
+        let mut page: Vec<Selected> = Vec::with_capacity(DEVICE_PAGE);
+        let mut flush = |page: &mut Vec<Selected>| -> Result<()> {
+            for d in self.device_page(page)? {
+                each(d)?;
+            }
+            page.clear();
+            Ok(())
+        };
         for g in self.plan.groups.values() {
-            if self.targets.is_empty() || self.targets.contains(&Target::Group(g.name.clone())) {
-                for id in g.device_ids() {
-                    each(self.device(&id, Some(&g.name), None)?)?;
-                }
+            let all = self.targets.is_empty() || self.targets.contains(&Target::Group(g.name.clone()));
+            let ids: Box<dyn Iterator<Item = String> + '_> = if all {
+                Box::new(g.device_ids())
             } else {
-                for id in explicit.iter().filter(|id| super::group_has_device(g, id)) {
-                    each(self.device(id, Some(&g.name), None)?)?;
+                Box::new(
+                    explicit
+                        .iter()
+                        .filter(|id| super::group_has_device(g, id))
+                        .map(|id| id.to_string()),
+                )
+            };
+            for id in ids {
+                page.push((id, Some(g.name.clone()), None));
+                if page.len() == DEVICE_PAGE {
+                    flush(&mut page)?;
                 }
             }
         }
@@ -249,42 +270,75 @@ impl StatusQuery<'_> {
                 || self.targets.contains(&Target::Enrollment(e.name.clone()))
                 || explicit.contains(e.name.as_str());
             if wanted {
-                each(self.device(&e.name, None, Some(&e.name))?)?;
+                page.push((e.name.clone(), None, Some(e.name.clone())));
+                if page.len() == DEVICE_PAGE {
+                    flush(&mut page)?;
+                }
             }
+        }
+        if !page.is_empty() {
+            flush(&mut page)?;
         }
         Ok(())
     }
 
-    fn device(&self, id: &str, group: Option<&str>, enrollment: Option<&str>) -> Result<DeviceStatus> {
+    /// The status of a page of devices, in order.
+    fn device_page(&self, page: &[Selected]) -> Result<Vec<DeviceStatus>> {
         let b = &*self.backend;
-        let record = b.device(id)?;
-        let installed = match record.as_ref().and_then(|r| r.installed_version.clone()) {
-            Some(v) => b.version(&device_cert_name(id), &v)?.map(|v| v.cert_der),
-            None => None,
-        };
-        let registration = b.registration(id)?;
-        let hub_identity = match registration.as_ref().and_then(|r| r.hub.clone()) {
-            Some(hub) => b.identity(&hub, id)?,
-            None => None,
-        };
-        let individual_enrollment = match group {
-            Some(_) => b
-                .individual(id)?
-                .map(|e| enrollment_status(id, Some(&e)))
-                .transpose()?,
-            None => None,
-        };
-        Ok(DeviceStatus {
-            id: id.to_string(),
-            group: group.map(str::to_string),
-            enrollment: enrollment.map(str::to_string),
-            installed: info(installed.as_deref())?,
-            registration,
-            hub_identity,
-            individual_enrollment,
-        })
+        let ids: Vec<String> = page.iter().map(|(id, _, _)| id.clone()).collect();
+        let records = b.device_many(&ids)?;
+        let registrations = b.registration_many(&ids)?;
+        let (at, wanted): (Vec<usize>, Vec<(String, String)>) = registrations
+            .iter()
+            .zip(&ids)
+            .enumerate()
+            .filter_map(|(i, (r, id))| Some((i, (r.as_ref()?.hub.clone()?, id.clone()))))
+            .unzip();
+        let mut identities: Vec<Option<HubIdentity>> = vec![None; ids.len()];
+        for (i, identity) in at.into_iter().zip(b.identity_many(&wanted)?) {
+            identities[i] = identity;
+        }
+        // For a device of a group: the individual enrollment the service holds for it.
+        let (at, grouped): (Vec<usize>, Vec<String>) = page
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, group, _))| group.is_some())
+            .map(|(i, (id, _, _))| (i, id.clone()))
+            .unzip();
+        let mut individuals: Vec<Option<IndividualEnrollment>> = vec![None; ids.len()];
+        for (i, e) in at.into_iter().zip(b.individual_many(&grouped)?) {
+            individuals[i] = e;
+        }
+        let mut out = Vec::with_capacity(page.len());
+        for ((((id, group, enrollment), record), (registration, hub_identity)), individual) in page
+            .iter()
+            .zip(records)
+            .zip(registrations.into_iter().zip(identities))
+            .zip(individuals)
+        {
+            let installed = match record.and_then(|r| r.installed_version) {
+                Some(v) => b.version(&device_cert_name(id), &v)?.map(|v| v.cert_der),
+                None => None,
+            };
+            out.push(DeviceStatus {
+                id: id.clone(),
+                group: group.clone(),
+                enrollment: enrollment.clone(),
+                installed: info(installed.as_deref())?,
+                registration,
+                hub_identity,
+                individual_enrollment: individual.map(|e| enrollment_status(id, Some(&e))).transpose()?,
+            });
+        }
+        Ok(out)
     }
 }
+
+/// Devices a status page reads at once.
+const DEVICE_PAGE: usize = 500;
+
+/// A device selected for the report: its id, group and enrollment.
+type Selected = (String, Option<String>, Option<String>);
 
 /// An individual enrollment as reported (`state` None: not created yet).
 fn enrollment_status(name: &str, state: Option<&IndividualEnrollment>) -> Result<EnrollmentStatus> {

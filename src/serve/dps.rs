@@ -1107,11 +1107,11 @@ fn whole_collection(query: &str, collection: &str) -> bool {
 }
 
 /// The continuation token after `last`: opaque to clients (hex of the last id seen).
-fn continuation(last: &str) -> String {
+pub(crate) fn continuation(last: &str) -> String {
     format!("c1{}", crate::pki::hex_upper(last.as_bytes()))
 }
 
-fn continuation_decode(token: &str) -> Option<String> {
+pub(crate) fn continuation_decode(token: &str) -> Option<String> {
     let hex = token.trim().strip_prefix("c1")?;
     if hex.len() % 2 != 0 {
         return None;

@@ -2,6 +2,11 @@
 //! X.509 thumbprints or CA auth, etags, bulk), direct methods answered by the store's simulated
 //! devices, and the device-facing HTTPS endpoint (device-to-cloud messages) over mutual TLS.
 //!
+//! The registry query (`POST /devices/query`) answers device twins in pages with
+//! `x-ms-continuation`, for `SELECT * FROM devices` and its `WHERE deviceId = '...'` and
+//! `WHERE deviceId IN ['...', ...]` forms (what a client reading many identities at once asks);
+//! other queries are refused with 400 naming what is served.
+//!
 //! One hub per name the plan gives, each at `{hub}.azure-devices.net`. Who gets in on the device
 //! endpoint is the hub registry's rule (`HubRegistry::authenticate`: identity enabled, the
 //! presented certificate's thumbprint registered, inside its validity; for CA auth, a chain to a
@@ -58,6 +63,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/devices", get(get_devices).post(bulk_registry_operation))
         // The Node registry lists with `/devices/` (an empty device id).
         .route("/devices/", get(get_devices))
+        .route("/devices/query", post(query_devices))
         .route(
             "/devices/{id}",
             get(get_identity)
@@ -474,6 +480,146 @@ async fn get_devices(
     Ok(axum::Json(out))
 }
 
+/// Which devices a registry query asks for: None for all, else the ids named. Served:
+/// `SELECT * FROM devices` optionally followed by `WHERE deviceId = 'id'` or
+/// `WHERE deviceId IN ['a', 'b']`; keywords in any case, literals in single quotes.
+fn parse_device_query(query: &str) -> Result<Option<Vec<String>>, String> {
+    let refuse = || {
+        format!(
+            "query `{query}` is not served: certroll answers SELECT * FROM devices, optionally \
+             WHERE deviceId = '...' or WHERE deviceId IN ['...', ...]"
+        )
+    };
+    /// Takes `word` (any case) off the front of `rest`, after spaces.
+    fn keyword(word: &str, rest: &mut &str) -> bool {
+        let r = rest.trim_start();
+        match r.get(..word.len()) {
+            Some(head) if head.eq_ignore_ascii_case(word) => {
+                *rest = &r[word.len()..];
+                true
+            }
+            _ => false,
+        }
+    }
+    /// Takes a single-quoted literal off the front of `rest`, after spaces.
+    fn literal(rest: &mut &str) -> Option<String> {
+        let r = rest.trim_start().strip_prefix('\'')?;
+        let end = r.find('\'')?;
+        let out = r[..end].to_string();
+        *rest = &r[end + 1..];
+        Some(out)
+    }
+    let mut rest = query.trim();
+    for word in ["SELECT", "*", "FROM", "devices"] {
+        if !keyword(word, &mut rest) {
+            return Err(refuse());
+        }
+    }
+    if rest.trim().is_empty() {
+        return Ok(None);
+    }
+    if !keyword("WHERE", &mut rest) || !keyword("deviceId", &mut rest) {
+        return Err(refuse());
+    }
+    let ids = if keyword("=", &mut rest) {
+        vec![literal(&mut rest).ok_or_else(refuse)?]
+    } else if keyword("IN", &mut rest) && keyword("[", &mut rest) {
+        let mut ids = Vec::new();
+        loop {
+            ids.push(literal(&mut rest).ok_or_else(refuse)?);
+            if keyword(",", &mut rest) {
+                continue;
+            }
+            if keyword("]", &mut rest) {
+                break;
+            }
+            return Err(refuse());
+        }
+        ids
+    } else {
+        return Err(refuse());
+    };
+    if !rest.trim().is_empty() {
+        return Err(refuse());
+    }
+    Ok(Some(ids))
+}
+
+/// `POST /devices/query`: the device twins a query asks for, in id order, in pages of
+/// `x-ms-max-item-count` (default 100, at most 1000) continued by `x-ms-continuation`.
+async fn query_devices(
+    State(state): State<Arc<AppState>>,
+    Hub(hub): Hub,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HubError> {
+    auth(&state, &hub, &headers, super::auth::SasRight::RegistryRead)?;
+    let spec = json_object(&body)?;
+    let query = spec
+        .get("query")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad_request("query is required"))?;
+    let wanted = parse_device_query(query).map_err(bad_request)?;
+    let size = match headers.get("x-ms-max-item-count") {
+        None => 100,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| bad_request("x-ms-max-item-count must be a positive integer"))?
+            .min(1000),
+    };
+    let after = match headers.get("x-ms-continuation") {
+        None => String::new(),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(super::dps::continuation_decode)
+            .ok_or_else(|| bad_request("x-ms-continuation is not a token this hub handed out"))?,
+    };
+    let (twins, next) = state
+        .read(move |b, _| {
+            let conn = b.store().conn();
+            // One more than the page, to know whether another follows.
+            let ids: Vec<String> = match wanted {
+                None => qd::hub_devices_page(conn, &hub, &after, size + 1)
+                    .map_err(internal)?
+                    .into_iter()
+                    .map(|i| i.device_id)
+                    .collect(),
+                Some(mut ids) => {
+                    ids.sort();
+                    ids.dedup();
+                    ids.into_iter().filter(|id| *id > after).collect()
+                }
+            };
+            let mut twins = Vec::new();
+            let mut next = None;
+            for id in ids {
+                if let Some((identity, meta)) = read_identity(b, &hub, &id)? {
+                    if twins.len() == size {
+                        next = twins
+                            .last()
+                            .and_then(|t: &Value| t["deviceId"].as_str())
+                            .map(str::to_string);
+                        break;
+                    }
+                    twins.push(twin_json(&identity, &meta));
+                }
+            }
+            Ok((twins, next))
+        })
+        .await?;
+    let mut response = (StatusCode::OK, axum::Json(Value::Array(twins))).into_response();
+    let h = response.headers_mut();
+    h.insert("x-ms-item-type", HeaderValue::from_static("twin"));
+    if let Some(token) = next.and_then(|t| HeaderValue::from_str(&super::dps::continuation(&t)).ok()) {
+        h.insert("x-ms-continuation", token);
+    }
+    Ok(response)
+}
+
 /// `POST /devices`: bulk registry operation (`ExportImportDevice` array, at most 100); each
 /// entry on its own. 200 when all succeeded, 400 otherwise, with `BulkRegistryOperationResult`.
 async fn bulk_registry_operation(
@@ -591,7 +737,14 @@ fn twin_json(identity: &HubIdentity, meta: &qd::Meta) -> Value {
     json!({
         "deviceId": identity.device_id,
         "etag": meta.etag,
+        "deviceEtag": meta.etag,
+        "version": 1,
         "status": identity.status.as_str(),
+        "statusUpdateTime": wire_time(meta.updated),
+        "connectionState": "Disconnected",
+        "lastActivityTime": "0001-01-01T00:00:00Z",
+        "cloudToDeviceMessageCount": 0,
+        "capabilities": {"iotEdge": false},
         "authenticationType": identity.auth_type,
         "x509Thumbprint": {
             "primaryThumbprint": identity.primary_thumbprint,
@@ -742,4 +895,34 @@ async fn receive_device_bound(
     let chain = chain.map(|axum::Extension(ClientChain(c))| c).unwrap_or_default();
     state.read(move |b, now| admit(b, &hub, &id, &chain, now)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_device_query;
+
+    #[test]
+    fn the_registry_query_forms_a_client_sends_are_read_and_others_refused() {
+        assert_eq!(parse_device_query("SELECT * FROM devices"), Ok(None));
+        assert_eq!(parse_device_query("select * from Devices "), Ok(None));
+        assert_eq!(
+            parse_device_query("SELECT * FROM devices WHERE deviceId = 'd-1'"),
+            Ok(Some(vec!["d-1".to_string()]))
+        );
+        assert_eq!(
+            parse_device_query("SELECT * FROM devices WHERE deviceId IN ['a', 'b.c:d','e']"),
+            Ok(Some(vec!["a".into(), "b.c:d".into(), "e".into()]))
+        );
+        for refused in [
+            "SELECT * FROM devices WHERE tags.site = 'x'",
+            "SELECT * FROM devices.modules",
+            "SELECT deviceId FROM devices",
+            "SELECT * FROM devices WHERE deviceId IN ['a' 'b']",
+            "SELECT * FROM devices WHERE deviceId IN []",
+            "SELECT * FROM devices WHERE deviceId = 'a' AND status = 'enabled'",
+        ] {
+            let e = parse_device_query(refused).unwrap_err();
+            assert!(e.contains("is not served"), "{refused}: {e}");
+        }
+    }
 }

@@ -94,7 +94,7 @@ impl ArmCertificates {
                 base: ENDPOINT.into(),
                 api_version: API_VERSION,
                 default_rate: DEFAULT_RATE,
-                max_weight: 1,
+                burst_secs: 0.5,
             },
             options,
             auth,

@@ -1223,4 +1223,51 @@ impl Backend for AzureBackend {
         self.held_cuts.clear();
         self.vault.local_mut().rollback();
     }
+
+    fn assigned_identities(&self, ids: &[String]) -> Result<Vec<Option<HubIdentity>>> {
+        // The hubs from what DPS's enrollment reads carried (a GET only for the rest), the
+        // identities by the hub's registry query.
+        let (at, wanted): (Vec<usize>, Vec<(String, String)>) = ids
+            .iter()
+            .zip(self.enrollments.assigned_hubs(ids)?)
+            .enumerate()
+            .filter_map(|(i, (id, hub))| hub.map(|hub| (i, (hub, id.clone()))))
+            .unzip();
+        let mut out: Vec<Option<HubIdentity>> = vec![None; ids.len()];
+        for (i, identity) in at.into_iter().zip(self.hubs.identity_many(&wanted)?) {
+            out[i] = identity;
+        }
+        Ok(out)
+    }
+
+    fn put_individuals_and_identities(
+        &mut self,
+        individuals: &[IndividualEnrollment],
+        identities: &[HubIdentity],
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        let apply_now = if identities.is_empty() {
+            Vec::new()
+        } else {
+            self.hold_cuts(identities)?
+        };
+        // DPS and IoT Hub are throttled apart: both pipes stay busy.
+        let (enrollments, hubs) = (&mut self.enrollments, &mut self.hubs);
+        let (dps, hub) = std::thread::scope(|s| {
+            let hub = s.spawn(|| {
+                if apply_now.is_empty() {
+                    Ok(())
+                } else {
+                    hubs.update_identities(&apply_now, now)
+                }
+            });
+            let dps = if individuals.is_empty() {
+                Ok(())
+            } else {
+                enrollments.put_individuals(individuals, now)
+            };
+            (dps, hub.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        });
+        dps.and(hub)
+    }
 }

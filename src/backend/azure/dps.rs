@@ -37,8 +37,11 @@ pub const BULK_LIMIT: usize = 10;
 
 /// Most enrollment reads kept for the writes that follow them (`seen`), about 2 KiB each.
 const SEEN_LIMIT: usize = 50_000;
-/// Records a query page asks for.
-const PAGE_SIZE: usize = 100;
+/// Records a query page asks for (the service may answer fewer; pages are followed by token).
+const PAGE_SIZE: usize = 1000;
+/// From how many enrollments one read asks for, they are read by the scan (the query of every
+/// enrollment) rather than one GET each.
+const SCAN_FROM: usize = 50;
 /// How many times a write is re-read and re-applied after 409/412.
 const MAX_PRECONDITION_RETRIES: usize = 5;
 
@@ -70,7 +73,30 @@ pub struct AzureEnrollmentService {
     /// it so a read-then-write verb costs no second GET. A stale entry is safe: its write
     /// fails its precondition (412, or 409 on create) and is read again and re-applied.
     seen: Mutex<HashMap<String, Option<Record>>>,
+    /// The scan of every individual enrollment, read as far as reads of many ids needed it.
+    scan: tokio::sync::Mutex<Scan>,
     source: Option<Box<dyn CertificateSource>>,
+}
+
+/// DPS answers no query for chosen enrollments (only `*`, every record), so reads of many ids
+/// go through one scan of the collection, resumed where the last read left it and kept for the
+/// reads that follow: a roll of the whole fleet costs one pass of query pages, not a GET per
+/// enrollment. Each record is handed to one read only; a later read of the same id (or of one
+/// written since) reads it again. A record handed out is as old as the page it came on; a write
+/// built on it carries its etag, so a change made since fails the write's precondition and is
+/// read again and re-applied.
+#[derive(Default)]
+struct Scan {
+    /// Records the scan read that no read took yet, by registration id.
+    records: HashMap<String, Record>,
+    /// The token of the next page (None before the first page and after the last).
+    continuation: Option<String>,
+    /// Whether the first page was read.
+    started: bool,
+    /// Whether the last page was read: an id neither in `records` nor in `taken` was absent.
+    done: bool,
+    /// Ids a read took or a write changed since the scan passed them: read again by GET.
+    taken: std::collections::HashSet<String>,
 }
 
 impl std::fmt::Debug for AzureEnrollmentService {
@@ -169,7 +195,7 @@ impl AzureEnrollmentService {
                 base: format!("https://{}", dps.host),
                 api_version: API_VERSION,
                 default_rate: DEFAULT_RATE,
-                max_weight: BULK_LIMIT as u32,
+                burst_secs: 0.5,
             },
             client_options(http.clone()),
             SasPolicy::new(&dps.host, key),
@@ -194,6 +220,7 @@ impl AzureEnrollmentService {
             hub_hosts,
             known: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
+            scan: tokio::sync::Mutex::new(Scan::default()),
             source: None,
         })
     }
@@ -416,6 +443,97 @@ impl AzureEnrollmentService {
         }
     }
 
+    /// Individual enrollments `ids` (in order; None where absent): by [`Scan`] when there are
+    /// [`SCAN_FROM`] or more the scan can still answer, by one GET each otherwise.
+    async fn read_individuals(&self, ids: &[String]) -> Result<Vec<Option<Record>>> {
+        let mut out: Vec<Option<Option<Record>>> = (0..ids.len()).map(|_| None).collect();
+        {
+            let mut scan = self.scan.lock().await;
+            let eligible = ids.iter().filter(|id| !scan.taken.contains(*id)).count();
+            if eligible >= SCAN_FROM {
+                loop {
+                    let mut left = 0;
+                    for (slot, id) in out.iter_mut().zip(ids) {
+                        if slot.is_some() || scan.taken.contains(id) {
+                            continue;
+                        }
+                        if let Some(r) = scan.records.remove(id) {
+                            *slot = Some(Some(r));
+                        } else if scan.done {
+                            *slot = Some(None);
+                        } else {
+                            left += 1;
+                        }
+                    }
+                    // Records kept for later reads are bounded: past the bound, GETs.
+                    if left == 0 || scan.done || scan.records.len() >= SEEN_LIMIT {
+                        break;
+                    }
+                    self.scan_page(&mut scan).await?;
+                }
+                for (slot, id) in out.iter().zip(ids) {
+                    if slot.is_some() {
+                        scan.taken.insert(id.clone());
+                    }
+                }
+            }
+        }
+        let reads = futures::future::join_all(out.into_iter().zip(ids).map(|(settled, id)| async move {
+            match settled {
+                Some(record) => Ok(record),
+                None => self.read("enrollments", id, "enrollment").await,
+            }
+        }))
+        .await;
+        reads.into_iter().collect()
+    }
+
+    /// Reads the scan's next page into it.
+    async fn scan_page(&self, scan: &mut Scan) -> Result<()> {
+        let mut call = Call::new(
+            Method::Post,
+            "/enrollments/query".into(),
+            "query enrollments",
+            "*",
+        )
+        .header("x-ms-max-item-count", PAGE_SIZE.to_string())
+        .json(json!({"query": "*"}));
+        if let Some(token) = &scan.continuation {
+            call = call.header("x-ms-continuation", token.clone());
+        }
+        let answer = self.dps.expect(&call, &[200]).await?;
+        let Value::Array(items) = answer.json() else {
+            return Err(self.dps.error(&call, &answer));
+        };
+        for item in items {
+            let Some(id) = item["registrationId"].as_str().map(str::to_string) else {
+                continue;
+            };
+            if !scan.taken.contains(&id) {
+                scan.records.insert(id, record(item));
+            }
+        }
+        scan.started = true;
+        scan.continuation = answer
+            .header("x-ms-continuation")
+            .filter(|t| !t.is_empty())
+            .map(str::to_string);
+        scan.done = scan.continuation.is_none();
+        Ok(())
+    }
+
+    /// Marks enrollments written: what the scan holds of them is no longer what DPS holds.
+    async fn written(&self, ids: impl Iterator<Item = &String>) {
+        let mut scan = self.scan.lock().await;
+        if !scan.started {
+            return;
+        }
+        for id in ids {
+            scan.records.remove(id);
+            scan.taken.insert(id.clone());
+        }
+    }
+
     /// Writes one record: created when absent (no If-Match), else updated with the etag read;
     /// on 409/412 read again and re-apply.
     async fn put_one(
@@ -465,9 +583,9 @@ impl AzureEnrollmentService {
     async fn bulk(&self, mode: &str, items: Vec<(String, Value)>) -> Result<Vec<String>> {
         let target = format!("{} enrollments from `{}`", items.len(), items[0].0);
         let operation = format!("bulk {mode} enrollments");
-        let call = Call::new(Method::Post, "/enrollments".into(), &operation, &target)
-            .weight(items.len())
-            .json(json!({"mode": mode, "enrollments": items.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>()}));
+        let call = Call::new(Method::Post, "/enrollments".into(), &operation, &target).json(
+            json!({"mode": mode, "enrollments": items.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>()}),
+        );
         let answer = self.dps.expect(&call, &[200]).await?;
         let body = answer.json();
         if body["isSuccessful"].as_bool() == Some(true) {
@@ -501,13 +619,19 @@ impl AzureEnrollmentService {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             batch.iter().map(|e| seen.remove(&e.registration_id)).collect()
         };
-        let reads = futures::future::join_all(batch.iter().zip(carried).map(|(e, carried)| async move {
-            match carried {
-                Some(record) => Ok(record),
-                None => self.read("enrollments", &e.registration_id, "enrollment").await,
-            }
-        }))
-        .await;
+        // What no read of this process carried is read now: many by the scan, a few by GET.
+        let missing: Vec<String> = batch
+            .iter()
+            .zip(&carried)
+            .filter(|(_, c)| c.is_none())
+            .map(|(e, _)| e.registration_id.clone())
+            .collect();
+        let mut fresh = self.read_individuals(&missing).await?.into_iter();
+        self.written(batch.iter().map(|e| &e.registration_id)).await;
+        let reads: Vec<Result<Option<Record>>> = carried
+            .into_iter()
+            .map(|c| Ok(c.unwrap_or_else(|| fresh.next().flatten())))
+            .collect();
         let (mut creates, mut updates) = (Vec::new(), Vec::new());
         for (e, read) in batch.iter().zip(reads) {
             match read? {
@@ -657,22 +781,21 @@ impl EnrollmentService for AzureEnrollmentService {
     }
 
     fn individual(&self, registration_id: &str) -> Result<Option<IndividualEnrollment>> {
-        let read = self
-            .rt
-            .block_on(self.read("enrollments", registration_id, "enrollment"))?;
+        let read = self.rt.block_on(async {
+            // Read fresh now, so what the scan holds of it is older than what a caller has seen.
+            self.written(std::iter::once(&registration_id.to_string())).await;
+            self.read("enrollments", registration_id, "enrollment").await
+        })?;
         let out = read.as_ref().map(|r| self.individual_of(&r.json)).transpose();
         self.keep(registration_id, read);
         out
     }
 
     fn individual_many(&self, ids: &[String]) -> Result<Vec<Option<IndividualEnrollment>>> {
-        let reads = self.rt.block_on(futures::future::join_all(
-            ids.iter().map(|id| self.read("enrollments", id, "enrollment")),
-        ));
+        let reads = self.rt.block_on(self.read_individuals(ids))?;
         ids.iter()
             .zip(reads)
             .map(|(id, r)| {
-                let r = r?;
                 let out = r.as_ref().map(|r| self.individual_of(&r.json)).transpose();
                 self.keep(id, r);
                 out
@@ -772,6 +895,33 @@ impl EnrollmentService for AzureEnrollmentService {
 
     fn registration(&self, registration_id: &str) -> Result<Option<RegistrationState>> {
         self.rt.block_on(self.registration_async(registration_id))
+    }
+
+    fn assigned_hubs(&self, ids: &[String]) -> Result<Vec<Option<String>>> {
+        // An individual enrollment read carries its device's registration state; a device
+        // whose enrollment was not read (or shows none) has its state read on its own.
+        let known: Vec<Option<Option<String>>> = {
+            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            ids.iter()
+                .map(|id| match seen.get(id) {
+                    Some(Some(r)) if r.json["registrationState"].is_object() => {
+                        Some(self.registration_of(id, &r.json["registrationState"]).hub)
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let unknown: Vec<String> = ids
+            .iter()
+            .zip(&known)
+            .filter(|(_, k)| k.is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut read = self.registration_many(&unknown)?.into_iter();
+        Ok(known
+            .into_iter()
+            .map(|k| k.unwrap_or_else(|| read.next().flatten().and_then(|r| r.hub)))
+            .collect())
     }
 
     fn registration_many(&self, ids: &[String]) -> Result<Vec<Option<RegistrationState>>> {

@@ -3,6 +3,11 @@
 //! [`HubRegistry`] against the hubs the plan's
 //! `[backend.hubs.NAME]` name, with SAS tokens of each hub's policy.
 //!
+//! Many identities are read with the registry query (`POST /devices/query`, `SELECT * FROM
+//! devices WHERE deviceId IN [...]`, 100 ids a query, pages followed by `x-ms-continuation`):
+//! each answer is a device twin, which carries the identity's status, authentication and
+//! `deviceEtag`, everything an update needs.
+//!
 //! Updates never overwrite a concurrent change: each carries the etag it read (`If-Match`), and
 //! on 412 the identity is read again and the change applied to what is there now.
 
@@ -29,6 +34,11 @@ pub const DEFAULT_RATE: f64 = 100.0 / 60.0;
 pub const METHOD_RATE: f64 = 40.0;
 /// Most identities one bulk registry call may carry.
 pub const BULK_LIMIT: usize = 100;
+/// Most device ids one registry query names (`WHERE deviceId IN [...]`); the page it asks for
+/// is as large, so one query usually answers in one page.
+pub const QUERY_IDS: usize = 100;
+/// Longest query text certroll sends (ids are joined until this many characters).
+const QUERY_CHARS: usize = 8000;
 /// How many times an update is re-read and re-applied after 412 before giving up.
 const MAX_PRECONDITION_RETRIES: usize = 5;
 
@@ -58,6 +68,7 @@ impl std::fmt::Debug for AzureHubRegistry {
 
 /// A device identity as IoT Hub holds it: certroll's view and the full JSON (kept so that
 /// an update sends back what certroll does not manage unchanged) with its etag.
+#[derive(Clone)]
 struct Device {
     identity: HubIdentity,
     json: Value,
@@ -106,6 +117,60 @@ fn apply(json: &Value, identity: &HubIdentity) -> Value {
     out
 }
 
+/// The device identity a twin from the registry query describes (IoT Hub's `Twin`: flat
+/// `authenticationType`, `x509Thumbprint`, and the identity's etag as `deviceEtag`), in the
+/// `Device` shape an update sends back; None when the twin lacks what an update needs.
+fn device_of_twin(hub: &str, twin: &Value) -> Option<Device> {
+    let device_id = twin["deviceId"].as_str()?;
+    let etag = twin["deviceEtag"].as_str()?.to_string();
+    let mut json = json!({
+        "deviceId": device_id,
+        "etag": etag,
+        "status": twin["status"],
+        "authentication": {
+            "type": twin["authenticationType"],
+            "x509Thumbprint": twin["x509Thumbprint"],
+            "symmetricKey": {"primaryKey": null, "secondaryKey": null},
+        },
+    });
+    for kept in ["statusReason", "capabilities", "deviceScope", "parentScopes"] {
+        if let Some(v) = twin.get(kept).filter(|v| !v.is_null()) {
+            json[kept] = v.clone();
+        }
+    }
+    Some(Device {
+        identity: identity_of(hub, device_id, &json),
+        json,
+        etag,
+    })
+}
+
+/// Whether an id can stand in a query's string literal as it is (IoT Hub ids may hold `'`,
+/// which such an id's own GET reads instead).
+fn quotable(device_id: &str) -> bool {
+    !device_id.contains(['\'', '\\'])
+}
+
+/// `ids` cut into queries of at most [`QUERY_IDS`] ids and [`QUERY_CHARS`] characters.
+fn query_chunks<'a>(ids: &[&'a str]) -> Vec<Vec<&'a str>> {
+    let mut out: Vec<Vec<&str>> = Vec::new();
+    let mut chars = 0;
+    for id in ids {
+        let cost = id.len() + 4;
+        match out.last_mut() {
+            Some(last) if last.len() < QUERY_IDS && chars + cost <= QUERY_CHARS => {
+                last.push(id);
+                chars += cost;
+            }
+            _ => {
+                out.push(vec![id]);
+                chars = 64 + cost;
+            }
+        }
+    }
+    out
+}
+
 impl AzureHubRegistry {
     /// Builds one client per `[backend.hubs.NAME]` (each SAS key read from its `sas_key_env`
     /// now). Fails when a key's variable is unset or its value is not base64.
@@ -130,7 +195,7 @@ impl AzureHubRegistry {
                     base: format!("https://{}", hub.host),
                     api_version: API_VERSION,
                     default_rate: METHOD_RATE,
-                    max_weight: METHOD_RATE as u32,
+                    burst_secs: 1.0,
                 },
                 client_options(http.clone()),
                 SasPolicy::new(
@@ -149,7 +214,7 @@ impl AzureHubRegistry {
                     base: format!("https://{}", hub.host),
                     api_version: API_VERSION,
                     default_rate: DEFAULT_RATE,
-                    max_weight: BULK_LIMIT as u32,
+                    burst_secs: 0.5,
                 },
                 client_options(http.clone()),
                 SasPolicy::new(&hub.host, key),
@@ -192,6 +257,115 @@ impl AzureHubRegistry {
             json,
             etag,
         }))
+    }
+
+    /// The identities of `ids` in one hub by registry query (a query per [`query_chunks`],
+    /// concurrently, each followed through its pages): by id, each device found (None for a
+    /// twin that lacks what an update needs); an absent id is not in the map.
+    async fn query(client: &RestClient, hub: &str, ids: &[&str]) -> Result<HashMap<String, Option<Device>>> {
+        let chunks = query_chunks(ids);
+        let pages = futures::future::join_all(chunks.iter().map(|chunk| async move {
+            let list = chunk
+                .iter()
+                .map(|id| format!("'{id}'"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let query = format!("SELECT * FROM devices WHERE deviceId IN [{list}]");
+            let target = format!("{} devices from `{}`", chunk.len(), chunk[0]);
+            let mut found = Vec::new();
+            let mut continuation: Option<String> = None;
+            loop {
+                let mut call = Call::new(
+                    Method::Post,
+                    "/devices/query".into(),
+                    "query device identities",
+                    &target,
+                )
+                .header("x-ms-max-item-count", chunk.len().to_string())
+                .json(json!({"query": query}));
+                if let Some(token) = &continuation {
+                    call = call.header("x-ms-continuation", token.clone());
+                }
+                let answer = client.expect(&call, &[200]).await?;
+                match answer.json() {
+                    Value::Array(twins) => found.extend(twins),
+                    _ => return Err(client.error(&call, &answer)),
+                }
+                continuation = answer
+                    .header("x-ms-continuation")
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string);
+                if continuation.is_none() {
+                    return Ok(found);
+                }
+            }
+        }))
+        .await;
+        let mut out = HashMap::new();
+        for page in pages {
+            for twin in page? {
+                // Module twins answer only queries on `devices.modules`; skip any all the same.
+                if twin["moduleId"].as_str().is_some_and(|m| !m.is_empty()) {
+                    continue;
+                }
+                if let Some(id) = twin["deviceId"].as_str() {
+                    out.insert(id.to_string(), device_of_twin(hub, &twin));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The identities `ids` in one hub, in order: by registry query where an id can be asked
+    /// for, by its own GET otherwise (an id a query cannot quote, or whose twin lacked its etag).
+    async fn read_hub(client: &RestClient, hub: &str, ids: &[&str]) -> Result<Vec<Option<Device>>> {
+        let quoted: Vec<&str> = ids.iter().copied().filter(|id| quotable(id)).collect();
+        let found = if quoted.is_empty() {
+            HashMap::new()
+        } else {
+            Self::query(client, hub, &quoted).await?
+        };
+        let reads = futures::future::join_all(ids.iter().map(|id| {
+            // Some: settled by the query (found, or absent); None: read by its own GET.
+            let settled = if !quotable(id) {
+                None
+            } else {
+                match found.get(*id) {
+                    Some(Some(device)) => Some(Some(device.clone())),
+                    Some(None) => None,
+                    None => Some(None),
+                }
+            };
+            async move {
+                match settled {
+                    Some(device) => Ok(device),
+                    None => Self::read(client, hub, id).await,
+                }
+            }
+        }))
+        .await;
+        reads.into_iter().collect()
+    }
+
+    /// Every identity of `wanted` (hub, device id), in order; the hubs are read concurrently.
+    async fn read_many(&self, wanted: &[(String, String)]) -> Result<Vec<Option<Device>>> {
+        let mut by_hub: BTreeMap<&str, Vec<(usize, &str)>> = BTreeMap::new();
+        for (i, (hub, id)) in wanted.iter().enumerate() {
+            self.client(hub)?;
+            by_hub.entry(hub).or_default().push((i, id));
+        }
+        let reads = futures::future::join_all(by_hub.iter().map(|(hub, at)| async move {
+            let ids: Vec<&str> = at.iter().map(|(_, id)| *id).collect();
+            Self::read_hub(&self.hubs[*hub], hub, &ids).await
+        }))
+        .await;
+        let mut out: Vec<Option<Device>> = vec![None; wanted.len()];
+        for ((_, at), read) in by_hub.iter().zip(reads) {
+            for ((i, _), device) in at.iter().zip(read?) {
+                out[*i] = device;
+            }
+        }
+        Ok(out)
     }
 
     /// Applies `identity` to the device as it is now: re-read and re-applied on 412, so a
@@ -260,16 +434,23 @@ impl AzureHubRegistry {
     ) -> Result<()> {
         let ids: Vec<&str> = batch.iter().map(|i| i.device_id.as_str()).collect();
         let hub = batch.first().map(|i| i.hub.clone()).unwrap_or_default();
-        let reads = futures::future::join_all(ids.iter().zip(carried).map(|(id, carried)| {
-            let hub = &hub;
-            async move {
-                match carried {
-                    Some(device) => Ok(device),
-                    None => Self::read(client, hub, id).await,
-                }
-            }
-        }))
-        .await;
+        // What no read of this process carried is read now, by query.
+        let missing: Vec<&str> = ids
+            .iter()
+            .zip(&carried)
+            .filter(|(_, c)| c.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        let mut fresh = if missing.is_empty() {
+            Vec::new()
+        } else {
+            Self::read_hub(client, &hub, &missing).await?
+        }
+        .into_iter();
+        let reads: Vec<Result<Option<Device>>> = carried
+            .into_iter()
+            .map(|c| Ok(c.unwrap_or_else(|| fresh.next().flatten())))
+            .collect();
         let mut devices = Vec::with_capacity(batch.len());
         for (identity, read) in batch.iter().zip(reads) {
             let device = read?.ok_or_else(|| {
@@ -306,8 +487,7 @@ impl AzureHubRegistry {
             "update device identities",
             &target,
         )
-        .json(Value::Array(entries))
-        .weight(batch.len());
+        .json(Value::Array(entries));
         let answer = client.expect(&call, &[200, 400]).await?;
         let body = answer.json();
         if answer.status == 200 || body["isSuccessful"].as_bool() == Some(true) {
@@ -350,30 +530,21 @@ impl HubRegistry for AzureHubRegistry {
     }
 
     fn identity_many(&self, wanted: &[(String, String)]) -> Result<Vec<Option<HubIdentity>>> {
-        let clients = wanted
-            .iter()
-            .map(|(hub, _)| self.client(hub))
-            .collect::<Result<Vec<_>>>()?;
-        let reads = wanted
-            .iter()
-            .zip(clients)
-            .map(|((hub, id), client)| Self::read(client, hub, id));
-        let reads = self.rt.block_on(futures::future::join_all(reads));
+        let reads = self.rt.block_on(self.read_many(wanted))?;
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         // Reads never followed by an update (status, check) must not grow this without bound.
         if seen.len() + wanted.len() > SEEN_LIMIT {
             seen.clear();
         }
-        wanted
+        Ok(wanted
             .iter()
             .zip(reads)
-            .map(|(key, r)| {
-                let device = r?;
+            .map(|(key, device)| {
                 let identity = device.as_ref().map(|d| d.identity.clone());
                 seen.insert(key.clone(), device);
-                Ok(identity)
+                identity
             })
-            .collect()
+            .collect())
     }
 
     fn delete_identity(&mut self, hub: &str, device_id: &str) -> Result<()> {

@@ -4,6 +4,9 @@
 //! 5xx, resets and timeouts), an authorization policy per service (SAS or Entra bearer), a
 //! client-side rate (governor's GCRA limiter) and a bound on requests in flight.
 //!
+//! The rate counts HTTP requests: a bulk call of 10 enrollments or 100 identities is one, as a
+//! throttling service (and serve's `[serve.services]` limiter) counts what arrives at its door.
+//!
 //! Every answer that is not what the caller expects becomes [`BackendError::Remote`] with the
 //! service's own error code and message, the operation and its target.
 
@@ -35,9 +38,6 @@ pub struct Call<'a> {
     pub operation: &'a str,
     /// What it is about, for errors (the enrollment, device or certificate).
     pub target: &'a str,
-    /// How many of the service's operations the call counts as against the rate (a bulk call
-    /// counts each entry), at least 1.
-    pub weight: u32,
 }
 
 impl<'a> Call<'a> {
@@ -51,7 +51,6 @@ impl<'a> Call<'a> {
             body: None,
             operation,
             target,
-            weight: 1,
         }
     }
 
@@ -64,12 +63,6 @@ impl<'a> Call<'a> {
     /// With a header.
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Call<'a> {
         self.headers.push((name, value.into()));
-        self
-    }
-
-    /// Counting as `weight` operations.
-    pub fn weight(mut self, weight: usize) -> Call<'a> {
-        self.weight = u32::try_from(weight.max(1)).unwrap_or(u32::MAX);
         self
     }
 }
@@ -118,8 +111,12 @@ pub struct ServiceSpec {
     pub api_version: &'static str,
     /// Requests per second when the plan sets no `rate` (the service's documented limit).
     pub default_rate: f64,
-    /// The most operations one call counts as (the service's bulk limit).
-    pub max_weight: u32,
+    /// How far ahead of its even pace the client may get after a pause, in seconds of its rate
+    /// (at least one request). Half a second for a metered registry: a pause (the other
+    /// service's reads) is caught up, and the other half of a service's usual allowance of a
+    /// second's worth stays slack for network jitter, so a client set to the service's limit
+    /// is not throttled.
+    pub burst_secs: f64,
 }
 
 /// A client of one service at one host.
@@ -129,8 +126,6 @@ pub struct RestClient {
     api_version: &'static str,
     pipeline: Pipeline,
     limiter: Option<DefaultDirectRateLimiter>,
-    /// The most operations one call may count as (the limiter's burst).
-    burst: u32,
     in_flight: tokio::sync::Semaphore,
 }
 
@@ -145,8 +140,9 @@ impl std::fmt::Debug for RestClient {
 
 impl RestClient {
     /// A client of `spec.service` at `spec.base`, authorized by `auth` on every try.
-    /// `limits.rate` (requests per second; `spec.default_rate` when the plan sets none) is
-    /// enforced before each call, with a burst of `spec.max_weight` so one bulk call fits; `limits.concurrency` calls run at once at most.
+    /// `limits.rate` (requests per second, a bulk call counting as one; `spec.default_rate` when
+    /// the plan sets none) is enforced before each call, with `spec.burst_secs`;
+    /// `limits.concurrency` calls run at once at most.
     pub fn new(
         spec: ServiceSpec,
         options: ClientOptions,
@@ -158,14 +154,11 @@ impl RestClient {
             base,
             api_version,
             default_rate,
-            max_weight,
+            burst_secs,
         } = spec;
         let base = Url::parse(&base).map_err(|e| SetupError::Client(format!("{service} URL {base}: {e}")))?;
         let rate = limits.rate.unwrap_or(default_rate);
-        // A burst only as large as one bulk call: the client paces itself evenly at the rate
-        // and leaves the service's own burst allowance as slack for network jitter, so a
-        // client set to the service's limit is not throttled.
-        let burst = max_weight.max(1);
+        let burst = (rate * burst_secs).ceil().clamp(1.0, f64::from(u32::MAX)) as u32;
         let limiter = (rate.is_finite() && rate > 0.0).then(|| {
             let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
             let quota = Quota::with_period(period)
@@ -187,7 +180,6 @@ impl RestClient {
             api_version,
             pipeline,
             limiter,
-            burst,
             in_flight: tokio::sync::Semaphore::new(limits.concurrency.max(1)),
         })
     }
@@ -212,9 +204,7 @@ impl RestClient {
             .await
             .map_err(|e| self.transport(call, e.to_string(), "Closed"))?;
         if let Some(limiter) = &self.limiter {
-            let n = NonZeroU32::new(call.weight.clamp(1, self.burst)).expect("weight is at least 1");
-            // The weight is clamped to the burst, so the limiter always has the capacity.
-            let _ = limiter.until_n_ready(n).await;
+            limiter.until_ready().await;
         }
         let mut url = self.base.clone();
         url.set_path(&call.path);

@@ -876,12 +876,7 @@ pub(super) fn store(
             }
         }
     }
-    if !individuals.is_empty() {
-        backend.put_individuals(&individuals, now)?;
-    }
-    if !identities.is_empty() {
-        backend.update_identities(&identities, now)?;
-    }
+    backend.put_individuals_and_identities(&individuals, &identities, now)?;
     if !installs.is_empty() {
         backend.install(&installs)?;
     }
