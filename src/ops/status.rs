@@ -240,9 +240,7 @@ impl StatusQuery<'_> {
             .collect();
         let mut page: Vec<Selected> = Vec::with_capacity(DEVICE_PAGE);
         let mut flush = |page: &mut Vec<Selected>| -> Result<()> {
-            for d in self.device_page(page)? {
-                each(d)?;
-            }
+            self.device_page(page, &mut each)?;
             page.clear();
             Ok(())
         };
@@ -282,8 +280,13 @@ impl StatusQuery<'_> {
         Ok(())
     }
 
-    /// The status of a page of devices, in order.
-    fn device_page(&self, page: &[Selected]) -> Result<Vec<DeviceStatus>> {
+    /// The status of a page of devices, handed to `each` in order as each is made, so a device
+    /// that cannot be reported ends the stream after the ones before it.
+    fn device_page(
+        &self,
+        page: &[Selected],
+        each: &mut impl FnMut(DeviceStatus) -> Result<()>,
+    ) -> Result<()> {
         let b = &*self.backend;
         let ids: Vec<String> = page.iter().map(|(id, _, _)| id.clone()).collect();
         let records = b.device_many(&ids)?;
@@ -309,7 +312,6 @@ impl StatusQuery<'_> {
         for (i, e) in at.into_iter().zip(b.individual_many(&grouped)?) {
             individuals[i] = e;
         }
-        let mut out = Vec::with_capacity(page.len());
         for ((((id, group, enrollment), record), (registration, hub_identity)), individual) in page
             .iter()
             .zip(records)
@@ -320,7 +322,7 @@ impl StatusQuery<'_> {
                 Some(v) => b.version(&device_cert_name(id), &v)?.map(|v| v.cert_der),
                 None => None,
             };
-            out.push(DeviceStatus {
+            each(DeviceStatus {
                 id: id.clone(),
                 group: group.clone(),
                 enrollment: enrollment.clone(),
@@ -328,9 +330,9 @@ impl StatusQuery<'_> {
                 registration,
                 hub_identity,
                 individual_enrollment: individual.map(|e| enrollment_status(id, Some(&e))).transpose()?,
-            });
+            })?;
         }
-        Ok(out)
+        Ok(())
     }
 }
 
