@@ -82,6 +82,8 @@ pub struct ServiceGroup {
     subjects: Vec<Vec<u8>>,
     /// For the primary and the secondary slot: how its certificate reaches a verified CA.
     anchors: [Anchor; 2],
+    /// For the primary and the secondary slot: its certificate's subject key identifier.
+    key_ids: [Option<Vec<u8>>; 2],
 }
 
 /// How a group slot's certificate reaches a verified CA certificate of the service.
@@ -118,12 +120,24 @@ impl ServiceGroup {
             _ => Anchor::Verified,
         };
         let anchors = [anchor(&group.primary), anchor(&group.secondary)];
+        let key_id = |slot: &Option<Slot>| slot.as_ref().and_then(|s| subject_key_id(&s.cert_der));
+        let key_ids = [key_id(&group.primary), key_id(&group.secondary)];
         ServiceGroup {
             group,
             subjects,
             anchors,
+            key_ids,
         }
     }
+}
+
+/// The subject key identifier of a certificate, when it has one and parses.
+fn subject_key_id(der: &[u8]) -> Option<Vec<u8>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    cert.extensions().iter().find_map(|e| match e.parsed_extension() {
+        x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+        _ => None,
+    })
 }
 
 /// Whether `cert_der` names `issuer_der`'s subject as its issuer and carries its signature.
@@ -332,6 +346,8 @@ struct Leaf {
     not_after: OffsetDateTime,
     /// Bytes after the certificate's DER (refused where a certificate is read in full).
     trailing: bool,
+    /// The key identifier of its authority key identifier extension, if any.
+    authority_key_id: Option<Vec<u8>>,
 }
 
 impl Leaf {
@@ -352,6 +368,12 @@ impl Leaf {
             not_before: cert.validity().not_before.to_datetime(),
             not_after: cert.validity().not_after.to_datetime(),
             trailing: !rest.is_empty(),
+            authority_key_id: cert.extensions().iter().find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                    a.key_identifier.as_ref().map(|k| k.0.to_vec())
+                }
+                _ => None,
+            }),
         })
     }
 
@@ -442,10 +464,22 @@ fn decide_parsed(req: &RegistrationRequest, leaf: &[u8], parsed: &Leaf, ctx: &Co
     // slot does not validate the chain is passed over.
     let mut unverified: Option<String> = None;
     for group in nearest_first(ctx.groups, leaf_names, &req.chain) {
-        let verdicts = [
-            slot_verdict(&group.group.primary, &group.anchors[0], &req.chain, ctx.now),
-            slot_verdict(&group.group.secondary, &group.anchors[1], &req.chain, ctx.now),
-        ];
+        // During a roll both slots hold a CA with the leaf's issuer name, and asking a slot is a
+        // path validation (a failed one often two signature checks). The slot whose key the
+        // leaf names as its signer is asked first, and the other only when it does not accept:
+        // its verdict would only word a refusal.
+        let slots = [&group.group.primary, &group.group.secondary];
+        let first = match &parsed.authority_key_id {
+            Some(aki) if group.key_ids[0].as_ref() != Some(aki) && group.key_ids[1].as_ref() == Some(aki) => {
+                1
+            }
+            _ => 0,
+        };
+        let ask = |i: usize| slot_verdict(slots[i], &group.anchors[i], &req.chain, ctx.now);
+        let verdicts = match ask(first) {
+            SlotVerdict::Accepts => [SlotVerdict::Accepts, SlotVerdict::No],
+            other => [other, ask(1 - first)],
+        };
         if !verdicts.iter().any(|v| matches!(v, SlotVerdict::Accepts)) {
             if unverified.is_none() && verdicts.iter().any(|v| matches!(v, SlotVerdict::Unverified)) {
                 unverified = Some(format!(
@@ -612,6 +646,49 @@ mod tests {
         let unknown = request("dev-2", vec![leaf("dev-2", &stranger, now)]);
         assert_eq!(
             decide(&unknown, &ctx),
+            Decision::Rejected("no enrollment accepts this certificate".into())
+        );
+    }
+
+    /// Mid-roll a group holds two CAs of one name (old and renewed key): a leaf of either is
+    /// accepted whichever slot is asked first, and a third key of that name by neither.
+    #[test]
+    fn a_group_mid_roll_accepts_leaves_of_either_slot_and_no_other_key_of_the_name() {
+        let now = OffsetDateTime::now_utc();
+        let (old, renewed, stranger) = (ca("Factory", now), ca("Factory", now), ca("Factory", now));
+        let slot = |ca: &IssuerKey| {
+            Some(Slot {
+                cert_der: ca.cert_der().to_vec(),
+                ca_reference: None,
+            })
+        };
+        let groups = [verified_slots(EnrollmentGroup {
+            name: "g".into(),
+            primary: slot(&old),
+            secondary: slot(&renewed),
+            status: Status::Enabled,
+            reprovision: "migrate".into(),
+            hub: "g-hub".into(),
+        })];
+        // The renewed CA's leaf is asked of the secondary slot first (by key identifier).
+        assert!(groups[0].key_ids.iter().all(Option::is_some));
+        assert_ne!(groups[0].key_ids[0], groups[0].key_ids[1]);
+        let ctx = Context {
+            disabled_holding_leaf: &[],
+            individual: None,
+            groups: &groups,
+            now,
+        };
+        for (id, issuer) in [("dev-old", &old), ("dev-new", &renewed)] {
+            let req = request(id, vec![leaf(id, issuer, now)]);
+            assert!(
+                matches!(decide(&req, &ctx), Decision::Group { name, .. } if name == "g"),
+                "{id}"
+            );
+        }
+        let foreign = request("dev-x", vec![leaf("dev-x", &stranger, now)]);
+        assert_eq!(
+            decide(&foreign, &ctx),
             Decision::Rejected("no enrollment accepts this certificate".into())
         );
     }
