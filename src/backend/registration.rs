@@ -157,16 +157,69 @@ fn unix_time(t: OffsetDateTime) -> UnixTime {
 }
 
 /// Whether `chain` (leaf first) validates up to `anchor_der` at `now` for client authentication.
+/// A validation [`prevalidate`] already made of exactly these inputs is taken, once, instead of
+/// made again: the function is pure (no revocation, the same algorithms and usage every time).
 pub fn chains_to(chain: &[Vec<u8>], anchor_der: &[u8], now: OffsetDateTime) -> Result<(), String> {
     let leaf = chain.first().ok_or("no certificate presented")?;
+    if take_prevalidated(leaf, &chain[1..], anchor_der, now) {
+        return Ok(());
+    }
+    validate(leaf, &chain[1..], anchor_der, now)
+}
+
+/// Validates `leaf` presented with `above` up to `anchor_der` at `now`, as [`chains_to`] does,
+/// and when it validates remembers that for the one [`chains_to`] of the same inputs that comes
+/// next. The verbs call it on the signing cores right after making a leaf they will register
+/// under the CA that signed it, so the path validation runs beside the store's sequential
+/// writes instead of inside them.
+pub fn prevalidate(leaf: &[u8], above: &[Vec<u8>], anchor_der: &[u8], now: OffsetDateTime) {
+    if validate(leaf, above, anchor_der, now).is_ok() {
+        let key = validation_key(leaf, above, anchor_der, now);
+        PREVALIDATED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key);
+    }
+}
+
+/// Validations made by [`prevalidate`] and not yet taken by [`chains_to`] (keys from
+/// [`validation_key`]); an entry is taken once, so the set holds at most the leaves of the
+/// chunks in flight.
+static PREVALIDATED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<[u8; 32]>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn take_prevalidated(leaf: &[u8], above: &[Vec<u8>], anchor_der: &[u8], now: OffsetDateTime) -> bool {
+    let mut set = PREVALIDATED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    !set.is_empty() && set.remove(&validation_key(leaf, above, anchor_der, now))
+}
+
+/// SHA-256 over every input of a validation (each certificate length-prefixed, then the time in
+/// the whole seconds webpki sees).
+fn validation_key(leaf: &[u8], above: &[Vec<u8>], anchor_der: &[u8], now: OffsetDateTime) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(&(above.len() as u64).to_be_bytes());
+    for cert in std::iter::once(leaf)
+        .chain(above.iter().map(Vec::as_slice))
+        .chain([anchor_der])
+    {
+        ctx.update(&(cert.len() as u64).to_be_bytes());
+        ctx.update(cert);
+    }
+    ctx.update(&unix_time(now).as_secs().to_be_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+fn validate(leaf: &[u8], above: &[Vec<u8>], anchor_der: &[u8], now: OffsetDateTime) -> Result<(), String> {
     let anchor_cert = CertificateDer::from(anchor_der);
     let anchor = webpki::anchor_from_trusted_cert(&anchor_cert).map_err(|e| format!("{e:?}"))?;
-    let leaf_der = CertificateDer::from(leaf.as_slice());
+    let leaf_der = CertificateDer::from(leaf);
     let ee = webpki::EndEntityCert::try_from(&leaf_der).map_err(|e| format!("{e:?}"))?;
-    let intermediates: Vec<CertificateDer<'_>> = chain[1..]
-        .iter()
-        .map(|c| CertificateDer::from(c.as_slice()))
-        .collect();
+    let intermediates: Vec<CertificateDer<'_>> =
+        above.iter().map(|c| CertificateDer::from(c.as_slice())).collect();
     ee.verify_for_usage(
         webpki::ALL_VERIFICATION_ALGS,
         &[anchor],
