@@ -703,6 +703,36 @@ mod tests {
         );
     }
 
+    /// A prevalidated path is taken once by the same inputs and by nothing else: a chain that
+    /// does not validate is never remembered, and another second or anchor validates afresh.
+    #[test]
+    fn a_prevalidated_path_is_taken_once_and_only_for_the_same_inputs() {
+        let now = OffsetDateTime::now_utc();
+        let (good, other) = (ca("Pre", now), ca("Pre", now));
+        let der = leaf("dev-pre", &good, now);
+        prevalidate(&der, &[], good.cert_der(), now);
+        let key = validation_key(&der, &[], good.cert_der(), now);
+        assert!(PREVALIDATED.lock().unwrap().contains(&key));
+        assert_eq!(
+            chains_to(std::slice::from_ref(&der), good.cert_der(), now),
+            Ok(())
+        );
+        assert!(!PREVALIDATED.lock().unwrap().contains(&key), "taken once");
+        // Under another CA of the same name it does not validate, prevalidated or not.
+        prevalidate(&der, &[], other.cert_der(), now);
+        assert!(
+            !PREVALIDATED
+                .lock()
+                .unwrap()
+                .contains(&validation_key(&der, &[], other.cert_der(), now))
+        );
+        assert!(chains_to(std::slice::from_ref(&der), other.cert_der(), now).is_err());
+        // After its notAfter the remembered success of an earlier second does not count.
+        prevalidate(&der, &[], good.cert_der(), now);
+        let later = now + Duration::days(60);
+        assert!(chains_to(std::slice::from_ref(&der), good.cert_der(), later).is_err());
+    }
+
     /// Mid-roll a group holds two CAs of one name (old and renewed key): a leaf of either is
     /// accepted whichever slot is asked first, and a third key of that name by neither.
     #[test]
