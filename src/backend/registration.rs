@@ -86,6 +86,8 @@ pub struct ServiceGroup {
     subjects: Vec<Vec<u8>>,
     /// For the primary and the secondary slot: how its certificate reaches a verified CA.
     anchors: [Anchor; 2],
+    /// For the primary and the secondary slot: its certificate's subject key identifier.
+    key_ids: [Option<Vec<u8>>; 2],
 }
 
 /// How a group slot's certificate reaches a verified CA certificate of the service.
@@ -122,12 +124,24 @@ impl ServiceGroup {
             _ => Anchor::Verified,
         };
         let anchors = [anchor(&group.primary), anchor(&group.secondary)];
+        let key_id = |slot: &Option<Slot>| slot.as_ref().and_then(|s| subject_key_id(&s.cert_der));
+        let key_ids = [key_id(&group.primary), key_id(&group.secondary)];
         ServiceGroup {
             group,
             subjects,
             anchors,
+            key_ids,
         }
     }
+}
+
+/// The subject key identifier of a certificate, when it has one and parses.
+fn subject_key_id(der: &[u8]) -> Option<Vec<u8>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    cert.extensions().iter().find_map(|e| match e.parsed_extension() {
+        x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+        _ => None,
+    })
 }
 
 /// Whether `cert_der` names `issuer_der`'s subject as its issuer and carries its signature.
@@ -147,16 +161,69 @@ fn unix_time(t: OffsetDateTime) -> UnixTime {
 }
 
 /// Whether `chain` (leaf first) validates up to `anchor_der` at `now` for client authentication.
+/// A validation [`prevalidate`] already made of exactly these inputs is taken, once, instead of
+/// made again: the function is pure (no revocation, the same algorithms and usage every time).
 pub fn chains_to(chain: &[Vec<u8>], anchor_der: &[u8], now: OffsetDateTime) -> Result<(), String> {
     let leaf = chain.first().ok_or("no certificate presented")?;
+    if take_prevalidated(leaf, &chain[1..], anchor_der, now) {
+        return Ok(());
+    }
+    validate(leaf, &chain[1..], anchor_der, now)
+}
+
+/// Validates `leaf` presented with `above` up to `anchor_der` at `now`, as [`chains_to`] does,
+/// and when it validates remembers that for the one [`chains_to`] of the same inputs that comes
+/// next. The verbs call it on the signing cores right after making a leaf they will register
+/// under the CA that signed it, so the path validation runs beside the store's sequential
+/// writes instead of inside them.
+pub fn prevalidate(leaf: &[u8], above: &[Vec<u8>], anchor_der: &[u8], now: OffsetDateTime) {
+    if validate(leaf, above, anchor_der, now).is_ok() {
+        let key = validation_key(leaf, above, anchor_der, now);
+        PREVALIDATED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key);
+    }
+}
+
+/// Validations made by [`prevalidate`] and not yet taken by [`chains_to`] (keys from
+/// [`validation_key`]); an entry is taken once, so the set holds at most the leaves of the
+/// chunks in flight.
+static PREVALIDATED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<[u8; 32]>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn take_prevalidated(leaf: &[u8], above: &[Vec<u8>], anchor_der: &[u8], now: OffsetDateTime) -> bool {
+    let mut set = PREVALIDATED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    !set.is_empty() && set.remove(&validation_key(leaf, above, anchor_der, now))
+}
+
+/// SHA-256 over every input of a validation (each certificate length-prefixed, then the time in
+/// the whole seconds webpki sees).
+fn validation_key(leaf: &[u8], above: &[Vec<u8>], anchor_der: &[u8], now: OffsetDateTime) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(&(above.len() as u64).to_be_bytes());
+    for cert in std::iter::once(leaf)
+        .chain(above.iter().map(Vec::as_slice))
+        .chain([anchor_der])
+    {
+        ctx.update(&(cert.len() as u64).to_be_bytes());
+        ctx.update(cert);
+    }
+    ctx.update(&unix_time(now).as_secs().to_be_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+fn validate(leaf: &[u8], above: &[Vec<u8>], anchor_der: &[u8], now: OffsetDateTime) -> Result<(), String> {
     let anchor_cert = CertificateDer::from(anchor_der);
     let anchor = webpki::anchor_from_trusted_cert(&anchor_cert).map_err(|e| format!("{e:?}"))?;
-    let leaf_der = CertificateDer::from(leaf.as_slice());
+    let leaf_der = CertificateDer::from(leaf);
     let ee = webpki::EndEntityCert::try_from(&leaf_der).map_err(|e| format!("{e:?}"))?;
-    let intermediates: Vec<CertificateDer<'_>> = chain[1..]
-        .iter()
-        .map(|c| CertificateDer::from(c.as_slice()))
-        .collect();
+    let intermediates: Vec<CertificateDer<'_>> =
+        above.iter().map(|c| CertificateDer::from(c.as_slice())).collect();
     ee.verify_for_usage(
         webpki::ALL_VERIFICATION_ALGS,
         &[anchor],
@@ -336,6 +403,8 @@ struct Leaf {
     not_after: OffsetDateTime,
     /// Bytes after the certificate's DER (refused where a certificate is read in full).
     trailing: bool,
+    /// The key identifier of its authority key identifier extension, if any.
+    authority_key_id: Option<Vec<u8>>,
 }
 
 impl Leaf {
@@ -356,6 +425,12 @@ impl Leaf {
             not_before: cert.validity().not_before.to_datetime(),
             not_after: cert.validity().not_after.to_datetime(),
             trailing: !rest.is_empty(),
+            authority_key_id: cert.extensions().iter().find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                    a.key_identifier.as_ref().map(|k| k.0.to_vec())
+                }
+                _ => None,
+            }),
         })
     }
 
@@ -448,10 +523,22 @@ fn decide_parsed(req: &RegistrationRequest, leaf: &[u8], parsed: &Leaf, ctx: &Co
     // slot does not validate the chain is passed over.
     let mut unverified: Option<String> = None;
     for group in nearest_first(ctx.groups, leaf_names, &req.chain) {
-        let verdicts = [
-            slot_verdict(&group.group.primary, &group.anchors[0], &req.chain, ctx.now),
-            slot_verdict(&group.group.secondary, &group.anchors[1], &req.chain, ctx.now),
-        ];
+        // During a roll both slots hold a CA with the leaf's issuer name, and asking a slot is a
+        // path validation (a failed one often two signature checks). The slot whose key the
+        // leaf names as its signer is asked first, and the other only when it does not accept:
+        // its verdict would only word a refusal.
+        let slots = [&group.group.primary, &group.group.secondary];
+        let first = match &parsed.authority_key_id {
+            Some(aki) if group.key_ids[0].as_ref() != Some(aki) && group.key_ids[1].as_ref() == Some(aki) => {
+                1
+            }
+            _ => 0,
+        };
+        let ask = |i: usize| slot_verdict(slots[i], &group.anchors[i], &req.chain, ctx.now);
+        let verdicts = match ask(first) {
+            SlotVerdict::Accepts => [SlotVerdict::Accepts, SlotVerdict::No],
+            other => [other, ask(1 - first)],
+        };
         if !verdicts.iter().any(|v| matches!(v, SlotVerdict::Accepts)) {
             if unverified.is_none() && verdicts.iter().any(|v| matches!(v, SlotVerdict::Unverified)) {
                 unverified = Some(format!(
@@ -618,6 +705,79 @@ mod tests {
         let unknown = request("dev-2", vec![leaf("dev-2", &stranger, now)]);
         assert_eq!(
             decide(&unknown, &ctx),
+            Decision::Rejected("no enrollment accepts this certificate".into())
+        );
+    }
+
+    /// A prevalidated path is taken once by the same inputs and by nothing else: a chain that
+    /// does not validate is never remembered, and another second or anchor validates afresh.
+    #[test]
+    fn a_prevalidated_path_is_taken_once_and_only_for_the_same_inputs() {
+        let now = OffsetDateTime::now_utc();
+        let (good, other) = (ca("Pre", now), ca("Pre", now));
+        let der = leaf("dev-pre", &good, now);
+        prevalidate(&der, &[], good.cert_der(), now);
+        let key = validation_key(&der, &[], good.cert_der(), now);
+        assert!(PREVALIDATED.lock().unwrap().contains(&key));
+        assert_eq!(
+            chains_to(std::slice::from_ref(&der), good.cert_der(), now),
+            Ok(())
+        );
+        assert!(!PREVALIDATED.lock().unwrap().contains(&key), "taken once");
+        // Under another CA of the same name it does not validate, prevalidated or not.
+        prevalidate(&der, &[], other.cert_der(), now);
+        assert!(
+            !PREVALIDATED
+                .lock()
+                .unwrap()
+                .contains(&validation_key(&der, &[], other.cert_der(), now))
+        );
+        assert!(chains_to(std::slice::from_ref(&der), other.cert_der(), now).is_err());
+        // After its notAfter the remembered success of an earlier second does not count.
+        prevalidate(&der, &[], good.cert_der(), now);
+        let later = now + Duration::days(60);
+        assert!(chains_to(std::slice::from_ref(&der), good.cert_der(), later).is_err());
+    }
+
+    /// Mid-roll a group holds two CAs of one name (old and renewed key): a leaf of either is
+    /// accepted whichever slot is asked first, and a third key of that name by neither.
+    #[test]
+    fn a_group_mid_roll_accepts_leaves_of_either_slot_and_no_other_key_of_the_name() {
+        let now = OffsetDateTime::now_utc();
+        let (old, renewed, stranger) = (ca("Factory", now), ca("Factory", now), ca("Factory", now));
+        let slot = |ca: &IssuerKey| {
+            Some(Slot {
+                cert_der: ca.cert_der().to_vec(),
+                ca_reference: None,
+            })
+        };
+        let groups = [verified_slots(EnrollmentGroup {
+            name: "g".into(),
+            primary: slot(&old),
+            secondary: slot(&renewed),
+            status: Status::Enabled,
+            reprovision: "migrate".into(),
+            hub: "g-hub".into(),
+        })];
+        // The renewed CA's leaf is asked of the secondary slot first (by key identifier).
+        assert!(groups[0].key_ids.iter().all(Option::is_some));
+        assert_ne!(groups[0].key_ids[0], groups[0].key_ids[1]);
+        let ctx = Context {
+            disabled_holding_leaf: &[],
+            individual: None,
+            groups: &groups,
+            now,
+        };
+        for (id, issuer) in [("dev-old", &old), ("dev-new", &renewed)] {
+            let req = request(id, vec![leaf(id, issuer, now)]);
+            assert!(
+                matches!(decide(&req, &ctx), Decision::Group { name, .. } if name == "g"),
+                "{id}"
+            );
+        }
+        let foreign = request("dev-x", vec![leaf("dev-x", &stranger, now)]);
+        assert_eq!(
+            decide(&foreign, &ctx),
             Decision::Rejected("no enrollment accepts this certificate".into())
         );
     }

@@ -733,6 +733,10 @@ pub(super) fn generate(
             };
             // What the vault indexes it by comes with it, worked out on the signing cores.
             let (der, facts) = sign_public_key_with_facts(&profile, key.public_key(), &issuer.key)?;
+            if w.reprovision {
+                // The registration's path validation, here beside the store's writes.
+                crate::backend::registration::prevalidate(&der, &issuer.chain, issuer.key.cert_der(), now);
+            }
             Ok((i, key, der, facts))
         })
         .collect()
