@@ -2628,3 +2628,44 @@ fn oversized_request_heads_get_431_in_the_services_shape_without_waiting_for_the
     );
     assert_eq!(code, 200, "a 300 KB body is not a head: {answer}");
 }
+
+#[test]
+fn a_device_reads_its_twin_and_polls_for_cloud_to_device_messages_with_its_certificate() {
+    let env = TestEnv::new();
+    issued(&env);
+    let (cert, key) = export_device(&env, "sensor-3", "sensor-3");
+    let serve = Serve::start(&env);
+    let tls = ["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()];
+    let get = |path: &str, extra: &[&str]| curl_any(&env, &serve, "GET", HUB_HOST, path, &[], None, extra);
+    let (code, _, body) = get("/twins/sensor-3?api-version=2021-04-12", &tls);
+    assert_eq!(code, 200, "{body}");
+    let twin = json_of("device twin read", code, &body);
+    assert_eq!(twin["deviceId"], "sensor-3", "{twin}");
+    assert_eq!(twin["status"], "enabled", "{twin}");
+    assert!(twin["properties"]["desired"].is_object(), "{twin}");
+    // Nothing is queued for the device: 204, under either spelling of the path.
+    for path in ["devicebound", "deviceBound"] {
+        let (code, _, body) = get(
+            &format!("/devices/sensor-3/messages/{path}?api-version=2021-04-12"),
+            &tls,
+        );
+        assert_eq!((code, body.as_str()), (204, ""), "{path}");
+    }
+    // The certificate admits its own device only, and no certificate admits nobody.
+    let (code, _, body) = get("/twins/sensor-1?api-version=2021-04-12", &tls);
+    assert_hub_shape("another device's twin", code, &body, "IotHubUnauthorizedAccess");
+    assert_eq!(code, 401, "{body}");
+    let (code, _, body) = get(
+        "/devices/sensor-1/messages/devicebound?api-version=2021-04-12",
+        &tls,
+    );
+    assert_eq!(code, 401, "{body}");
+    let (code, _, body) = get("/twins/sensor-3?api-version=2021-04-12", &[]);
+    assert_hub_shape(
+        "twin read without credentials",
+        code,
+        &body,
+        "IotHubUnauthorizedAccess",
+    );
+    assert_eq!(code, 401, "{body}");
+}
