@@ -2669,3 +2669,48 @@ fn a_device_reads_its_twin_and_polls_for_cloud_to_device_messages_with_its_certi
     );
     assert_eq!(code, 401, "{body}");
 }
+
+#[test]
+fn a_request_body_that_stops_arriving_gets_408_and_its_connection_closed() {
+    let env = TestEnv::new();
+    issued(&env);
+    let serve = Serve::start(&env);
+    let bearer = format!("Authorization: Bearer {}", serve.start["token"].as_str().unwrap());
+    // The head promises 100 bytes; 8 come, then nothing (curl waits for an answer).
+    let started = std::time::Instant::now();
+    let (code, head, body) = curl_any(
+        &env,
+        &serve,
+        "PATCH",
+        "certroll.vault.azure.net",
+        "/certificates/stalled?api-version=7.5",
+        &[
+            bearer,
+            "Content-Type: application/json".into(),
+            "Content-Length: 100".into(),
+        ],
+        None,
+        &["--data-binary", r#"{"tags":"#, "--max-time", "90"],
+    );
+    let waited = started.elapsed();
+    assert_eq!(code, 408, "{head}{body}");
+    assert_key_vault_shape("stalled body", code, &body, "RequestTimeout");
+    assert!(body.contains("stopped arriving"), "{body}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(
+        waited >= Duration::from_secs(29) && waited < Duration::from_secs(60),
+        "answered after {waited:?}"
+    );
+    // Others are served meanwhile and after.
+    let (code, _, body) = curl_any(
+        &env,
+        &serve,
+        "GET",
+        DPS_HOST,
+        "/enrollments/gateway-01?api-version=2021-10-01",
+        &[],
+        None,
+        &[],
+    );
+    assert_eq!(code, 401, "served after the stalled body: {body}");
+}
