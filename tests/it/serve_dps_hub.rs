@@ -916,6 +916,21 @@ fn sas_tokens_are_checked_for_signature_expiry_resource_and_rights() {
     ] {
         let (code, body) = curl(&env, &serve, "GET", "management.azure.com", arm_path, token, None);
         assert_eq!(code, 401, "ARM, {what}: {body}");
+        // ARM's own words, not Key Vault's.
+        let want = if what == "forged bearer" {
+            "InvalidAuthenticationToken"
+        } else {
+            "AuthenticationFailed"
+        };
+        assert_eq!(
+            json_of(what, code, &body)["error"]["code"],
+            want,
+            "ARM, {what}: {body}"
+        );
+        assert!(
+            !body.contains("AKV") && !body.contains("vault"),
+            "ARM, {what}: {body}"
+        );
         assert!(
             !body.contains("forged-token"),
             "ARM, {what}: the token is not echoed: {body}"
@@ -1325,6 +1340,27 @@ fn arm_ca_certificates_are_verified_by_proof_of_possession_with_etags() {
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     assert!(names.contains(&"arm-root"), "{list}");
+
+    // A blind PUT over the verified certificate is refused (Azure requires the etag to
+    // update), and its proof of possession stays.
+    let (code, blind) = arm(
+        &env,
+        &serve,
+        "PUT",
+        "/arm-root",
+        None,
+        Some(serde_json::json!({"properties": {"certificate": pem}})),
+    );
+    assert_eq!(code, 412, "{blind}");
+    assert_eq!(blind["error"]["code"], "PreconditionFailed", "{blind}");
+    assert!(
+        blind["error"]["message"].as_str().unwrap().contains("If-Match"),
+        "{blind}"
+    );
+    let (code, still) = arm(&env, &serve, "GET", "/arm-root", None, None);
+    assert_eq!(code, 200, "{still}");
+    assert_eq!(still["properties"]["isVerified"], true, "{still}");
+    assert_eq!(still["etag"], verified["etag"], "{still}");
 
     // Delete: stale etag refused, the current one deletes.
     let current = verified["etag"].as_str().unwrap().to_string();
