@@ -2750,3 +2750,92 @@ fn a_request_body_that_stops_arriving_gets_408_and_its_connection_closed() {
     );
     assert_eq!(code, 401, "served after the stalled body: {body}");
 }
+
+#[test]
+fn a_version_1_device_certificate_from_an_unknown_ca_gets_401_with_the_reason_not_a_tls_alert() {
+    let env = TestEnv::new();
+    issued(&env);
+    openssl_cert(&env, "stranger-ca", "Stranger Root", true);
+    env.openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=cadev",
+        "-keyout",
+        "cadev.key",
+        "-out",
+        "cadev.csr",
+    ])
+    .ok();
+    env.openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "cadev.csr",
+        "-CA",
+        "stranger-ca.pem",
+        "-CAkey",
+        "stranger-ca.key",
+        "-CAcreateserial",
+        "-days",
+        "5",
+        "-out",
+        "cadev.pem",
+    ])
+    .ok();
+    let serve = Serve::start(&env);
+    let later = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+    let owner = sas_token(
+        HUB_HOST,
+        &key_of(&serve.connection_string(HUB_HOST, "iothubowner")),
+        later,
+        "iothubowner",
+    );
+    let create = serde_json::json!({"deviceId": "cadev", "status": "enabled",
+        "authentication": {"type": "certificateAuthority"}});
+    let (code, made) = curl(
+        &env,
+        &serve,
+        "PUT",
+        HUB_HOST,
+        "/devices/cadev?api-version=2021-04-12",
+        Some(&owner),
+        Some(&create.to_string()),
+    );
+    assert_eq!(code, 200, "{made}");
+    // `openssl x509 -req` makes a version 1 certificate, which the TLS layer's parser refused
+    // (a handshake alert). The device presents its leaf, alone or with the stranger CA: the hub
+    // holds no verified CA it chains to, and says so in HTTP, not with a TLS alert.
+    let chain = env.path("cadev-chain.pem");
+    let both = std::fs::read_to_string(env.path("cadev.pem")).unwrap()
+        + &std::fs::read_to_string(env.path("stranger-ca.pem")).unwrap();
+    std::fs::write(&chain, both).unwrap();
+    let key = env.path("cadev.key");
+    for (what, cert) in [("leaf", env.path("cadev.pem")), ("leaf and CA", chain)] {
+        let (code, head, body) = curl_any(
+            &env,
+            &serve,
+            "POST",
+            HUB_HOST,
+            "/devices/cadev/messages/events?api-version=2021-04-12",
+            &["Content-Type: application/json".into()],
+            None,
+            &[
+                "--data",
+                "{}",
+                "--cert",
+                cert.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, 401, "{what}: {head}{body}");
+        assert_hub_shape(what, code, &body, "IotHubUnauthorizedAccess");
+        assert!(body.contains("does not chain to a verified CA"), "{what}: {body}");
+    }
+}
