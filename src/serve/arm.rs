@@ -118,11 +118,42 @@ fn scope(sub: &str, rg: &str, dps: &str, name: Option<&str>) -> String {
 /// The caller's bearer token (401 with ARM's challenge otherwise), then its ARM role for
 /// `action` over `scope` (403 `AuthorizationFailed`).
 async fn authorize(state: &AppState, headers: &HeaderMap, action: &str, scope: &str) -> Result<(), ApiError> {
-    let principal = super::auth::bearer(state, headers, ARM_RESOURCE).await?;
+    let principal = super::auth::bearer(state, headers, ARM_RESOURCE)
+        .await
+        .map_err(|e| arm_unauthorized(e, headers))?;
     principal.require_arm(action, scope)
 }
 
 /// [`authorize`] for a request on one certificate.
+/// A refused bearer token in ARM's words (the shared check speaks Key Vault's): a missing or
+/// non-bearer header is `AuthenticationFailed`, a token nobody holds `InvalidAuthenticationToken`.
+/// The challenge header is kept.
+fn arm_unauthorized(mut e: ApiError, headers: &HeaderMap) -> ApiError {
+    if e.status != StatusCode::UNAUTHORIZED {
+        return e;
+    }
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let is_bearer = value
+        .and_then(|v| v.split_once(' '))
+        .is_some_and(|(scheme, rest)| scheme.eq_ignore_ascii_case("bearer") && !rest.trim().is_empty());
+    let (code, message) = match value {
+        None => (
+            "AuthenticationFailed",
+            "Authentication failed. The 'Authorization' header is missing.",
+        ),
+        Some(_) if !is_bearer => (
+            "AuthenticationFailed",
+            "Authentication failed. The 'Authorization' header is not a Bearer token.",
+        ),
+        Some(_) => ("InvalidAuthenticationToken", "The access token is invalid."),
+    };
+    e.code = code.to_string();
+    e.message = message.to_string();
+    e
+}
+
 async fn authorize_on(
     state: &AppState,
     headers: &HeaderMap,
@@ -284,8 +315,8 @@ async fn get_certificate(
 }
 
 /// `PUT .../certificates/{name}`: uploads a CA certificate (unverified until proof of
-/// possession). Creating needs no If-Match; replacing one that exists with If-Match must match
-/// (412). A replaced certificate must be verified again.
+/// possession). Creating needs no If-Match; replacing one that exists needs If-Match with its
+/// etag (412 without it, or with another). A replaced certificate must be verified again.
 async fn create_or_update_certificate(
     State(state): State<Arc<AppState>>,
     Path(path): CertPath,
@@ -307,6 +338,15 @@ async fn create_or_update_certificate(
                     StatusCode::PRECONDITION_FAILED,
                     "PreconditionFailed",
                     format!("the etag in If-Match is not the current etag of certificate `{name}`"),
+                ));
+            }
+            if wanted.is_none() && current.is_some() {
+                // Azure: "If-Match ... Required to update an existing certificate"; a blind PUT
+                // would reset a verified certificate's proof of possession.
+                return Err(arm_error(
+                    StatusCode::PRECONDITION_FAILED,
+                    "PreconditionFailed",
+                    format!("certificate `{name}` exists: If-Match with its etag is required to replace it"),
                 ));
             }
             if wanted.is_some() && current.is_none() {

@@ -74,6 +74,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/twins/{id}/methods", post(invoke_device_method))
         .route("/devices/{id}/messages/events", post(send_device_event))
         .route("/devices/{id}/messages/devicebound", get(receive_device_bound))
+        // IoT Hub's paths are case-insensitive; its REST reference spells this one `deviceBound`.
+        .route("/devices/{id}/messages/deviceBound", get(receive_device_bound))
         .layer(axum::middleware::from_fn(super::auth::scope_path))
         .with_state(state)
 }
@@ -721,10 +723,27 @@ async fn get_twin(
     Hub(hub): Hub,
     Path(id): Path<String>,
     headers: HeaderMap,
+    chain: Option<axum::Extension<ClientChain>>,
 ) -> Result<axum::Json<Value>, HubError> {
-    auth(&state, &hub, &headers, super::auth::SasRight::RegistryRead)?;
+    // A device reads its own twin with the certificate of its TLS handshake and no token (the
+    // HTTP device SDK has no twin call, so this is IoT Hub's REST form); with a token it is
+    // the service's read.
+    let device_chain = match chain {
+        Some(axum::Extension(ClientChain(c)))
+            if !c.is_empty() && !headers.contains_key(axum::http::header::AUTHORIZATION) =>
+        {
+            Some(c)
+        }
+        _ => {
+            auth(&state, &hub, &headers, super::auth::SasRight::RegistryRead)?;
+            None
+        }
+    };
     let twin = state
-        .read(move |b, _| {
+        .read(move |b, now| {
+            if let Some(chain) = &device_chain {
+                admit(b, &hub, &id, chain, now)?;
+            }
             let (identity, meta) = read_identity(b, &hub, &id)?.ok_or_else(|| not_found(&id))?;
             Ok(twin_json(&identity, &meta))
         })

@@ -9,6 +9,7 @@
 
 pub mod arm;
 pub mod auth;
+pub mod body_timeout;
 pub mod dps;
 pub mod dps_device;
 pub mod faults;
@@ -48,6 +49,9 @@ pub const MAX_BLOCKING_THREADS: usize = 16;
 pub const MAX_CONNECTIONS: usize = 1024;
 /// How long a client may take for its TLS handshake or its request headers.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request body may go without a byte before it is refused (408) and its
+/// connection closed.
+pub const BODY_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest request target (path and query) served; longer ones get 414 with a body.
@@ -243,6 +247,7 @@ pub fn generic_code(origin: Option<&Origin>, status: StatusCode) -> String {
             401 => "IotHubUnauthorizedAccess",
             404 => "NotFound",
             405 => "MethodNotAllowed",
+            408 => "RequestTimeout",
             413 => "MessageTooLarge",
             414 => "RequestUriTooLong",
             429 => "ThrottlingException",
@@ -257,6 +262,7 @@ pub fn generic_code(origin: Option<&Origin>, status: StatusCode) -> String {
             401 => "Unauthorized",
             404 => "NotFound",
             405 => "MethodNotAllowed",
+            408 => "RequestTimeout",
             413 => "RequestEntityTooLarge",
             414 => "RequestUriTooLong",
             429 => "Throttled",
@@ -294,6 +300,12 @@ async fn in_service_shape(
         Err(_) => String::new(),
     };
     let shown: String = path.chars().take(200).collect();
+    // A body that stopped arriving (axum's extractors refuse it with 400).
+    let status = if text.contains(body_timeout::STALLED) {
+        StatusCode::REQUEST_TIMEOUT
+    } else {
+        status
+    };
     let message = match status.as_u16() {
         405 => {
             let allow = parts
@@ -304,6 +316,11 @@ async fn in_service_shape(
             format!("{method} is not allowed on {shown} (allowed: {allow})")
         }
         413 => format!("the request body is over the {} MiB limit", MAX_BODY >> 20),
+        408 => format!(
+            "{}: no byte for {} s; the connection is closed",
+            body_timeout::STALLED,
+            BODY_STALL_TIMEOUT.as_secs()
+        ),
         404 if text.is_empty() => format!("{method} {shown} is not an operation of this service"),
         _ if text.is_empty() => status.canonical_reason().unwrap_or("refused").to_string(),
         _ => text.chars().take(300).collect(),
@@ -821,7 +838,14 @@ async fn serve_connection(
     let head = Arc::new(head_limit::HeadState::default());
     let io = head_limit::HeadLimit::new(tls, head.clone());
     let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
-        let mut req = req.map(Body::new);
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut req = req.map(|b| {
+            Body::new(body_timeout::StallTimeout::new(
+                b,
+                BODY_STALL_TIMEOUT,
+                stalled.clone(),
+            ))
+        });
         if let Some(chain) = &chain {
             req.extensions_mut().insert(chain.clone());
         }
@@ -836,8 +860,8 @@ async fn serve_connection(
             let mut response = dispatch(req, fixed, &routers, &state).await.ok_or_else(|| {
                 std::io::Error::other("connection dropped on purpose ([serve.services] drop_percent)")
             })?;
-            if cut.is_some() {
-                // The rest of that head was never read: the connection cannot go on.
+            if cut.is_some() || stalled.load(std::sync::atomic::Ordering::Relaxed) {
+                // The rest of that head or body was never read: the connection cannot go on.
                 response
                     .headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -212,7 +212,24 @@ impl ClientCertVerifier for RequestClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        // With the certificate's public key alone: webpki refuses to parse a version 1
+        // certificate (what `openssl x509 -req` makes without extensions), which would end the
+        // handshake with an alert before the device endpoints could answer 401 with a reason.
+        // Possession of the key is all this step proves either way.
+        match rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms) {
+            Ok(valid) => Ok(valid),
+            Err(e) => {
+                let spki = x509_parser::parse_x509_certificate(cert.as_ref())
+                    .map(|(_, c)| c.public_key().raw.to_vec())
+                    .map_err(|_| e)?;
+                rustls::crypto::verify_tls13_signature_with_raw_key(
+                    message,
+                    &rustls::pki_types::SubjectPublicKeyInfoDer::from(spki),
+                    dss,
+                    &self.algorithms,
+                )
+            }
+        }
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {

@@ -916,6 +916,21 @@ fn sas_tokens_are_checked_for_signature_expiry_resource_and_rights() {
     ] {
         let (code, body) = curl(&env, &serve, "GET", "management.azure.com", arm_path, token, None);
         assert_eq!(code, 401, "ARM, {what}: {body}");
+        // ARM's own words, not Key Vault's.
+        let want = if what == "forged bearer" {
+            "InvalidAuthenticationToken"
+        } else {
+            "AuthenticationFailed"
+        };
+        assert_eq!(
+            json_of(what, code, &body)["error"]["code"],
+            want,
+            "ARM, {what}: {body}"
+        );
+        assert!(
+            !body.contains("AKV") && !body.contains("vault"),
+            "ARM, {what}: {body}"
+        );
         assert!(
             !body.contains("forged-token"),
             "ARM, {what}: the token is not echoed: {body}"
@@ -1325,6 +1340,27 @@ fn arm_ca_certificates_are_verified_by_proof_of_possession_with_etags() {
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     assert!(names.contains(&"arm-root"), "{list}");
+
+    // A blind PUT over the verified certificate is refused (Azure requires the etag to
+    // update), and its proof of possession stays.
+    let (code, blind) = arm(
+        &env,
+        &serve,
+        "PUT",
+        "/arm-root",
+        None,
+        Some(serde_json::json!({"properties": {"certificate": pem}})),
+    );
+    assert_eq!(code, 412, "{blind}");
+    assert_eq!(blind["error"]["code"], "PreconditionFailed", "{blind}");
+    assert!(
+        blind["error"]["message"].as_str().unwrap().contains("If-Match"),
+        "{blind}"
+    );
+    let (code, still) = arm(&env, &serve, "GET", "/arm-root", None, None);
+    assert_eq!(code, 200, "{still}");
+    assert_eq!(still["properties"]["isVerified"], true, "{still}");
+    assert_eq!(still["etag"], verified["etag"], "{still}");
 
     // Delete: stale etag refused, the current one deletes.
     let current = verified["etag"].as_str().unwrap().to_string();
@@ -2627,4 +2663,179 @@ fn oversized_request_heads_get_431_in_the_services_shape_without_waiting_for_the
         &padded.to_string(),
     );
     assert_eq!(code, 200, "a 300 KB body is not a head: {answer}");
+}
+
+#[test]
+fn a_device_reads_its_twin_and_polls_for_cloud_to_device_messages_with_its_certificate() {
+    let env = TestEnv::new();
+    issued(&env);
+    let (cert, key) = export_device(&env, "sensor-3", "sensor-3");
+    let serve = Serve::start(&env);
+    let tls = ["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()];
+    let get = |path: &str, extra: &[&str]| curl_any(&env, &serve, "GET", HUB_HOST, path, &[], None, extra);
+    let (code, _, body) = get("/twins/sensor-3?api-version=2021-04-12", &tls);
+    assert_eq!(code, 200, "{body}");
+    let twin = json_of("device twin read", code, &body);
+    assert_eq!(twin["deviceId"], "sensor-3", "{twin}");
+    assert_eq!(twin["status"], "enabled", "{twin}");
+    assert!(twin["properties"]["desired"].is_object(), "{twin}");
+    // Nothing is queued for the device: 204, under either spelling of the path.
+    for path in ["devicebound", "deviceBound"] {
+        let (code, _, body) = get(
+            &format!("/devices/sensor-3/messages/{path}?api-version=2021-04-12"),
+            &tls,
+        );
+        assert_eq!((code, body.as_str()), (204, ""), "{path}");
+    }
+    // The certificate admits its own device only, and no certificate admits nobody.
+    let (code, _, body) = get("/twins/sensor-1?api-version=2021-04-12", &tls);
+    assert_hub_shape("another device's twin", code, &body, "IotHubUnauthorizedAccess");
+    assert_eq!(code, 401, "{body}");
+    let (code, _, body) = get(
+        "/devices/sensor-1/messages/devicebound?api-version=2021-04-12",
+        &tls,
+    );
+    assert_eq!(code, 401, "{body}");
+    let (code, _, body) = get("/twins/sensor-3?api-version=2021-04-12", &[]);
+    assert_hub_shape(
+        "twin read without credentials",
+        code,
+        &body,
+        "IotHubUnauthorizedAccess",
+    );
+    assert_eq!(code, 401, "{body}");
+}
+
+#[test]
+fn a_request_body_that_stops_arriving_gets_408_and_its_connection_closed() {
+    let env = TestEnv::new();
+    issued(&env);
+    let serve = Serve::start(&env);
+    let bearer = format!("Authorization: Bearer {}", serve.start["token"].as_str().unwrap());
+    // The head promises 100 bytes; 8 come, then nothing (curl waits for an answer).
+    let started = std::time::Instant::now();
+    let (code, head, body) = curl_any(
+        &env,
+        &serve,
+        "PATCH",
+        "certroll.vault.azure.net",
+        "/certificates/stalled?api-version=7.5",
+        &[
+            bearer,
+            "Content-Type: application/json".into(),
+            "Content-Length: 100".into(),
+        ],
+        None,
+        &["--data-binary", r#"{"tags":"#, "--max-time", "90"],
+    );
+    let waited = started.elapsed();
+    assert_eq!(code, 408, "{head}{body}");
+    assert_key_vault_shape("stalled body", code, &body, "RequestTimeout");
+    assert!(body.contains("stopped arriving"), "{body}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(
+        waited >= Duration::from_secs(29) && waited < Duration::from_secs(60),
+        "answered after {waited:?}"
+    );
+    // Others are served meanwhile and after.
+    let (code, _, body) = curl_any(
+        &env,
+        &serve,
+        "GET",
+        DPS_HOST,
+        "/enrollments/gateway-01?api-version=2021-10-01",
+        &[],
+        None,
+        &[],
+    );
+    assert_eq!(code, 401, "served after the stalled body: {body}");
+}
+
+#[test]
+fn a_version_1_device_certificate_from_an_unknown_ca_gets_401_with_the_reason_not_a_tls_alert() {
+    let env = TestEnv::new();
+    issued(&env);
+    openssl_cert(&env, "stranger-ca", "Stranger Root", true);
+    env.openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=cadev",
+        "-keyout",
+        "cadev.key",
+        "-out",
+        "cadev.csr",
+    ])
+    .ok();
+    env.openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "cadev.csr",
+        "-CA",
+        "stranger-ca.pem",
+        "-CAkey",
+        "stranger-ca.key",
+        "-CAcreateserial",
+        "-days",
+        "5",
+        "-out",
+        "cadev.pem",
+    ])
+    .ok();
+    let serve = Serve::start(&env);
+    let later = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+    let owner = sas_token(
+        HUB_HOST,
+        &key_of(&serve.connection_string(HUB_HOST, "iothubowner")),
+        later,
+        "iothubowner",
+    );
+    let create = serde_json::json!({"deviceId": "cadev", "status": "enabled",
+        "authentication": {"type": "certificateAuthority"}});
+    let (code, made) = curl(
+        &env,
+        &serve,
+        "PUT",
+        HUB_HOST,
+        "/devices/cadev?api-version=2021-04-12",
+        Some(&owner),
+        Some(&create.to_string()),
+    );
+    assert_eq!(code, 200, "{made}");
+    // `openssl x509 -req` makes a version 1 certificate, which the TLS layer's parser refused
+    // (a handshake alert). The device presents its leaf, alone or with the stranger CA: the hub
+    // holds no verified CA it chains to, and says so in HTTP, not with a TLS alert.
+    let chain = env.path("cadev-chain.pem");
+    let both = std::fs::read_to_string(env.path("cadev.pem")).unwrap()
+        + &std::fs::read_to_string(env.path("stranger-ca.pem")).unwrap();
+    std::fs::write(&chain, both).unwrap();
+    let key = env.path("cadev.key");
+    for (what, cert) in [("leaf", env.path("cadev.pem")), ("leaf and CA", chain)] {
+        let (code, head, body) = curl_any(
+            &env,
+            &serve,
+            "POST",
+            HUB_HOST,
+            "/devices/cadev/messages/events?api-version=2021-04-12",
+            &["Content-Type: application/json".into()],
+            None,
+            &[
+                "--data",
+                "{}",
+                "--cert",
+                cert.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, 401, "{what}: {head}{body}");
+        assert_hub_shape(what, code, &body, "IotHubUnauthorizedAccess");
+        assert!(body.contains("does not chain to a verified CA"), "{what}: {body}");
+    }
 }
