@@ -682,7 +682,7 @@ fn int_field(v: &Value, field: &str) -> Result<Option<i64>, ApiError> {
         }),
         other => Err(ApiError::bad_request(format!(
             "{field} must be a whole number, not {}",
-            crate::error::snippet(&other.to_string())
+            crate::error::json_snippet(other)
         ))),
     }
 }
@@ -694,7 +694,7 @@ fn check_attributes(req: &Value) -> Result<Option<bool>, ApiError> {
     if !attrs.is_null() && !attrs.is_object() {
         return Err(ApiError::bad_request(format!(
             "attributes must be an object, not {}",
-            crate::error::snippet(&attrs.to_string())
+            crate::error::json_snippet(attrs)
         )));
     }
     for field in ["nbf", "exp"] {
@@ -738,7 +738,7 @@ fn check_policy(policy: &Value) -> Result<(), ApiError> {
                 let text = e.as_str().ok_or_else(|| {
                     ApiError::bad_request(format!(
                         "x509_props.sans.emails holds {}, which is not a string",
-                        crate::error::snippet(&e.to_string())
+                        crate::error::json_snippet(e)
                     ))
                 })?;
                 crate::pki::san::San::email(text)
@@ -748,7 +748,7 @@ fn check_policy(policy: &Value) -> Result<(), ApiError> {
         other => {
             return Err(ApiError::bad_request(format!(
                 "x509_props.sans.emails must be a list of e-mail addresses, not {}",
-                crate::error::snippet(&other.to_string())
+                crate::error::json_snippet(other)
             )));
         }
     }
@@ -758,7 +758,7 @@ fn check_policy(policy: &Value) -> Result<(), ApiError> {
         other => {
             return Err(ApiError::bad_request(format!(
                 "lifetime_actions must be a list, not {}",
-                crate::error::snippet(&other.to_string())
+                crate::error::json_snippet(other)
             )));
         }
     };
