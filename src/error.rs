@@ -100,6 +100,25 @@ pub fn snippet(value: &str) -> String {
     out
 }
 
+/// A JSON value quoted in a message as the client wrote it (a string in backquotes, anything else
+/// as JSON text), cut short as [`snippet`] cuts, without escaping its quotes.
+pub fn json_snippet(value: &serde_json::Value) -> String {
+    const KEEP: usize = 40;
+    match value {
+        serde_json::Value::String(s) => format!("`{}`", snippet(s)),
+        other => {
+            // JSON text escapes control characters itself.
+            let text = other.to_string();
+            let total = text.chars().count();
+            let mut out: String = text.chars().take(KEEP).collect();
+            if total > KEEP {
+                out.push_str(&format!("... ({total} characters)"));
+            }
+            out
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -620,6 +620,39 @@ struct Common {
     hub: String,
 }
 
+/// The JSON kinds of a record's members that DPS types: a member of another kind is refused
+/// (400) rather than dropped, so a client's mistake does not turn into a silent default.
+const SHAPES: [(&str, &str); 7] = [
+    ("reprovisionPolicy", "an object"),
+    ("initialTwin", "an object"),
+    ("capabilities", "an object"),
+    ("optionalDeviceInformation", "an object"),
+    ("customAllocationDefinition", "an object"),
+    ("iotHubHostName", "a string"),
+    ("iotHubs", "a list of host names"),
+];
+
+/// 400 naming the first member of `body` whose JSON kind is not the one [`SHAPES`] gives.
+fn check_shapes(body: &Map<String, Value>) -> Result<(), ApiError> {
+    for (field, kind) in SHAPES {
+        let Some(v) = body.get(field).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let fits = match kind {
+            "an object" => v.is_object(),
+            "a string" => v.is_string(),
+            _ => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+        };
+        if !fits {
+            return Err(bad_request(format!(
+                "{field} must be {kind}, not {}",
+                crate::error::json_snippet(v)
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Common {
     /// `provisioningStatus` (default enabled), the reprovision policy (default migrate) and the
     /// hub: the body's, else the record's (`existing_hub`), else the plan's first hub.
@@ -628,6 +661,7 @@ impl Common {
         body: &Map<String, Value>,
         existing_hub: Option<&str>,
     ) -> Result<Common, ApiError> {
+        check_shapes(body)?;
         let hub = match (hub_of(state, body)?, existing_hub) {
             (Some(h), _) => h,
             (None, Some(h)) => h.to_string(),

@@ -219,6 +219,33 @@ fn thumbprint(value: Option<&Value>, field: &str) -> Result<Option<String>, ApiE
     }
 }
 
+/// IoT Hub's device id rule: 1 to 128 ASCII letters and digits and ``- : . + % _ # * ? ! ( ) ,
+/// = @ ; $ '`` (Microsoft's `deviceId` documentation); 400 `ArgumentInvalid` naming the id.
+fn check_device_id(id: &str) -> Result<(), ApiError> {
+    const SPECIAL: &str = "-:.+%_#*?!(),=@;$'";
+    if id.is_empty() {
+        return Err(bad_request(
+            "the device id is empty; IoT Hub takes 1 to 128 characters",
+        ));
+    }
+    if id.chars().count() > 128 {
+        return Err(bad_request(format!(
+            "device id `{}` is longer than the 128 characters IoT Hub takes",
+            crate::error::snippet(id)
+        )));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|&c| !c.is_ascii_alphanumeric() && !SPECIAL.contains(c))
+    {
+        return Err(bad_request(format!(
+            "device id `{}` holds {c:?}; IoT Hub takes ASCII letters, digits and {SPECIAL}",
+            crate::error::snippet(id)
+        )));
+    }
+    Ok(())
+}
+
 /// The identity a registry request describes (`deviceId` or bulk `id`). An update (`current`
 /// given) without `authentication` keeps the identity's current authentication: IoT Hub would
 /// put SAS keys of its own there, which certroll does not serve, and dropping the X.509
@@ -229,6 +256,7 @@ fn identity_from(
     body: &Map<String, Value>,
     current: Option<&HubIdentity>,
 ) -> Result<HubIdentity, ApiError> {
+    check_device_id(id)?;
     let status = match body.get("status") {
         None | Some(Value::Null) => Status::Enabled,
         Some(Value::String(s)) if s.eq_ignore_ascii_case("enabled") => Status::Enabled,

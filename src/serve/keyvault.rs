@@ -554,11 +554,7 @@ async fn update_certificate(
 ) -> Answer {
     p.require(Perm::Update, &st.config.vault)?;
     let req = body(&bytes)?;
-    let enabled = match &req["attributes"]["enabled"] {
-        Value::Null => None,
-        Value::Bool(b) => Some(*b),
-        _ => return Err(ApiError::bad_request("attributes.enabled must be true or false")),
-    };
+    let enabled = check_attributes(&req)?;
     let tags = match &req["tags"] {
         Value::Null => None,
         t => Some(tags_from(t)?),
@@ -630,6 +626,7 @@ fn set_policy(
         )));
     }
     merge_json(&mut policy, &patch);
+    check_policy(&policy)?;
     for fact in ["kty", "exportable", "crv", "key_size"] {
         if !kept[fact].is_null() {
             policy["key_props"][fact] = kept[fact].clone();
@@ -674,6 +671,126 @@ async fn update_policy(
         Ok(Json(policy_view(&base, &name, &policy)))
     })
     .await
+}
+
+/// An integer member of a request, or None when absent or null; 400 naming the field otherwise.
+fn int_field(v: &Value, field: &str) -> Result<Option<i64>, ApiError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Number(n) => n.as_i64().map(Some).ok_or_else(|| {
+            ApiError::bad_request(format!("{field} must be a whole number in range, not {n}"))
+        }),
+        other => Err(ApiError::bad_request(format!(
+            "{field} must be a whole number, not {}",
+            crate::error::json_snippet(other)
+        ))),
+    }
+}
+
+/// The `attributes` of a create or update: `enabled` a boolean, `nbf` and `exp` whole seconds
+/// since 1970 that name a date. Returns `enabled` when given.
+fn check_attributes(req: &Value) -> Result<Option<bool>, ApiError> {
+    let attrs = &req["attributes"];
+    if !attrs.is_null() && !attrs.is_object() {
+        return Err(ApiError::bad_request(format!(
+            "attributes must be an object, not {}",
+            crate::error::json_snippet(attrs)
+        )));
+    }
+    for field in ["nbf", "exp"] {
+        if let Some(secs) = int_field(&attrs[field], &format!("attributes.{field}"))?
+            && OffsetDateTime::from_unix_timestamp(secs).is_err()
+        {
+            return Err(ApiError::bad_request(format!(
+                "attributes.{field} {secs} is not a date (seconds since 1970)"
+            )));
+        }
+    }
+    match &attrs["enabled"] {
+        Value::Null => Ok(None),
+        Value::Bool(b) => Ok(Some(*b)),
+        _ => Err(ApiError::bad_request("attributes.enabled must be true or false")),
+    }
+}
+
+/// Key Vault's checks of a whole policy (a create's, or a stored one after a patch): validity
+/// 1 to 1200 months, each lifetime action's one trigger (`lifetime_percentage` 1 to 99, or
+/// `days_before_expiry` 1 to `validity_months` × 27, the reference's bound) and SAN e-mail
+/// addresses by the one validator the CLI uses.
+fn check_policy(policy: &Value) -> Result<(), ApiError> {
+    let x509 = &policy["x509_props"];
+    // A policy the CLI stored may carry days instead of months (`policy_view` shows them so).
+    let stored_days = x509["validity_days"]
+        .as_u64()
+        .map(|d| (d * 12).div_ceil(365).max(1) as i64);
+    let months = int_field(&x509["validity_months"], "x509_props.validity_months")?
+        .or(stored_days)
+        .unwrap_or(12);
+    if !(1..=1200).contains(&months) {
+        return Err(ApiError::bad_request(format!(
+            "x509_props.validity_months {months} is out of range (1 to 1200)"
+        )));
+    }
+    match &x509["sans"]["emails"] {
+        Value::Null => {}
+        Value::Array(emails) => {
+            for e in emails {
+                let text = e.as_str().ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "x509_props.sans.emails holds {}, which is not a string",
+                        crate::error::json_snippet(e)
+                    ))
+                })?;
+                crate::pki::san::San::email(text)
+                    .map_err(|why| ApiError::bad_request(format!("x509_props.sans.emails: {why}")))?;
+            }
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "x509_props.sans.emails must be a list of e-mail addresses, not {}",
+                crate::error::json_snippet(other)
+            )));
+        }
+    }
+    let actions = match &policy["lifetime_actions"] {
+        Value::Null => return Ok(()),
+        Value::Array(a) => a,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "lifetime_actions must be a list, not {}",
+                crate::error::json_snippet(other)
+            )));
+        }
+    };
+    for (i, action) in actions.iter().enumerate() {
+        let trigger = &action["trigger"];
+        let field = |name: &str| format!("lifetime_actions[{i}].trigger.{name}");
+        let pct = int_field(&trigger["lifetime_percentage"], &field("lifetime_percentage"))?;
+        let days = int_field(&trigger["days_before_expiry"], &field("days_before_expiry"))?;
+        if let Some(pct) = pct
+            && !(1..=99).contains(&pct)
+        {
+            return Err(ApiError::bad_request(format!(
+                "{} {pct} is out of range (1 to 99)",
+                field("lifetime_percentage")
+            )));
+        }
+        if let Some(days) = days
+            && !(1..=months * 27).contains(&days)
+        {
+            return Err(ApiError::bad_request(format!(
+                "{} {days} is out of range (1 to {}, 27 days for each of the {months} validity months)",
+                field("days_before_expiry"),
+                months * 27
+            )));
+        }
+        if pct.is_some() && days.is_some() {
+            return Err(ApiError::bad_request(format!(
+                "lifetime_actions[{i}].trigger sets both lifetime_percentage and days_before_expiry; set one"
+            )));
+        }
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------------ create / pending / merge
@@ -724,12 +841,8 @@ fn create_options(policy: &Value) -> Result<pending::CreateOptions, ApiError> {
             }
         },
     };
+    check_policy(policy)?;
     let months = x509["validity_months"].as_u64().unwrap_or(12);
-    if !(1..=1200).contains(&months) {
-        return Err(ApiError::bad_request(format!(
-            "validity_months {months} is out of range (1 to 1200)"
-        )));
-    }
     Ok(pending::CreateOptions {
         subject,
         key,
@@ -794,7 +907,7 @@ async fn create_certificate(
         Value::Null => None,
         t => Some(tags_from(t)?),
     };
-    let disabled = req["attributes"]["enabled"] == json!(false);
+    let disabled = check_attributes(&req)? == Some(false);
     st.write(move |b, now| {
         if b.name_state(&name)? == Some("deleted") {
             return Err(ApiError::conflict(format!(

@@ -2839,3 +2839,171 @@ fn a_version_1_device_certificate_from_an_unknown_ca_gets_401_with_the_reason_no
         assert!(body.contains("does not chain to a verified CA"), "{what}: {body}");
     }
 }
+
+#[test]
+fn wrong_typed_enrollment_fields_and_device_ids_iot_hub_refuses_get_400_naming_them() {
+    let env = TestEnv::new();
+    issued(&env);
+    let serve = Serve::start(&env);
+    let pem = openssl_cert(&env, "x1", "x1", false);
+    let pem = std::fs::read_to_string(pem).unwrap();
+    let later = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+    let dps = sas_token(
+        DPS_HOST,
+        &key_of(&serve.connection_string(DPS_HOST, "provisioningserviceowner")),
+        later,
+        "provisioningserviceowner",
+    );
+    let enrollment = |field: &str, value: serde_json::Value| {
+        let mut body = serde_json::json!({
+            "registrationId": "x1",
+            "attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {"certificate": pem}}}},
+        });
+        body[field] = value;
+        body.to_string()
+    };
+    let group = |field: &str, value: serde_json::Value| {
+        let mut body = serde_json::json!({
+            "enrollmentGroupId": "g1",
+            "attestation": {"type": "x509", "x509": {"signingCertificates": {"primary": {"certificate": pem}}}},
+        });
+        body[field] = value;
+        body.to_string()
+    };
+    use serde_json::json;
+    for (field, value) in [
+        ("reprovisionPolicy", json!("yes")),
+        ("reprovisionPolicy", json!(["x"])),
+        ("iotHubHostName", json!(12)),
+        ("initialTwin", json!("notanobject")),
+        ("capabilities", json!(7)),
+        ("iotHubs", json!("example-hub.azure-devices.net")),
+    ] {
+        for (path, body) in [
+            (
+                "/enrollments/x1?api-version=2021-10-01",
+                enrollment(field, value.clone()),
+            ),
+            (
+                "/enrollmentGroups/g1?api-version=2021-10-01",
+                group(field, value.clone()),
+            ),
+        ] {
+            let what = format!("{path} with {field}: {value}");
+            let (code, answer) = curl(&env, &serve, "PUT", DPS_HOST, path, Some(&dps), Some(&body));
+            assert_eq!(code, 400, "{what}: {answer}");
+            assert_dps_shape(&what, code, &answer, 400);
+            assert_plain(&what, code, &answer);
+            let message = message_of(&what, code, &answer);
+            assert!(
+                message.contains(field)
+                    && message.contains(&value.as_str().map_or(value.to_string(), |s| format!("`{s}`"))),
+                "{what}: {message}"
+            );
+            // Nothing was stored.
+            let (code, _) = curl(&env, &serve, "GET", DPS_HOST, path, Some(&dps), None);
+            assert_eq!(code, 404, "{what} stored a record");
+        }
+    }
+    // The same records with the right types are taken.
+    let (code, answer) = curl(
+        &env,
+        &serve,
+        "PUT",
+        DPS_HOST,
+        "/enrollments/x1?api-version=2021-10-01",
+        Some(&dps),
+        Some(&enrollment(
+            "reprovisionPolicy",
+            json!({"updateHubAssignment": false}),
+        )),
+    );
+    assert_eq!(code, 200, "{answer}");
+    let stored: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(
+        stored["reprovisionPolicy"]["updateHubAssignment"], false,
+        "{answer}"
+    );
+
+    let hub = sas_token(
+        HUB_HOST,
+        &key_of(&serve.connection_string(HUB_HOST, "iothubowner")),
+        later,
+        "iothubowner",
+    );
+    let tp = "a".repeat(40);
+    let identity = |id: &str| {
+        json!({"deviceId": id, "authentication": {"type": "selfSigned", "x509Thumbprint": {"primaryThumbprint": tp}}})
+            .to_string()
+    };
+    let long = "d".repeat(129);
+    for (id, names) in [
+        (long.as_str(), "longer than the 128 characters"),
+        ("dev%2Fone", "'/'"),
+        ("dev%20one", "' '"),
+        ("d%C3%A9v", "'é'"),
+    ] {
+        let plain_id = id.replace("%2F", "/").replace("%20", " ").replace("%C3%A9", "é");
+        let path = format!("/devices/{id}?api-version=2021-04-12");
+        let (code, answer) = curl(
+            &env,
+            &serve,
+            "PUT",
+            HUB_HOST,
+            &path,
+            Some(&hub),
+            Some(&identity(&plain_id)),
+        );
+        assert_eq!(code, 400, "{id}: {answer}");
+        assert_hub_shape(id, code, &answer, "ArgumentInvalid");
+        let message = message_of(id, code, &answer);
+        assert!(message.contains(names), "{id}: {message}");
+        let (code, _) = curl(&env, &serve, "GET", HUB_HOST, &path, Some(&hub), None);
+        assert_eq!(code, 404, "{id} was stored");
+    }
+    // Bulk is held to the same rule; the edges (128 characters, every special) are taken.
+    let bulk = json!([{"id": long, "importMode": "create", "authentication": {"type": "selfSigned", "x509Thumbprint": {"primaryThumbprint": tp}}}]);
+    let (code, answer) = curl(
+        &env,
+        &serve,
+        "POST",
+        HUB_HOST,
+        "/devices?api-version=2021-04-12",
+        Some(&hub),
+        Some(&bulk.to_string()),
+    );
+    assert_eq!(code, 400, "bulk took a 129-character id: {answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["errors"][0]["errorCode"], "ArgumentInvalid", "{answer}");
+    assert!(
+        answer["errors"][0]["errorStatus"]
+            .as_str()
+            .unwrap()
+            .contains("longer than the 128 characters"),
+        "{answer}"
+    );
+    let (code, _) = curl(
+        &env,
+        &serve,
+        "GET",
+        HUB_HOST,
+        &format!("/devices/{long}?api-version=2021-04-12"),
+        Some(&hub),
+        None,
+    );
+    assert_eq!(code, 404, "bulk stored a 129-character id");
+    for id in ["d".repeat(128), "a-:.+%_#*?!(),=@;$'z".to_string()] {
+        let encoded = url_encode(&id);
+        let path = format!("/devices/{encoded}?api-version=2021-04-12");
+        let (code, answer) = curl(
+            &env,
+            &serve,
+            "PUT",
+            HUB_HOST,
+            &path,
+            Some(&hub),
+            Some(&identity(&id)),
+        );
+        assert_eq!(code, 200, "{id}: {answer}");
+    }
+}

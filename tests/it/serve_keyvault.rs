@@ -738,3 +738,139 @@ fn sigterm_closes_connections_without_a_request_in_flight_at_once() {
         let _ = child.wait();
     }
 }
+
+#[test]
+fn out_of_range_policies_and_wrong_typed_attributes_get_400_naming_the_field_and_change_nothing() {
+    let env = TestEnv::new();
+    env.write("plan.toml", "version = 1\n");
+    let serve = Serve::start(&env, &[("CERTROLL_SERVE_TOKEN", "tok")]);
+    let create = |x509: &str, actions: &str| {
+        format!(
+            r#"{{"policy":{{"issuer":{{"name":"Self"}},"x509_props":{{"subject":"CN=m"{x509}}},"key_props":{{"kty":"EC","crv":"P-256"}}{actions}}}}}"#
+        )
+    };
+    let bad_creates = [
+        (create(r#","validity_months":-1"#, ""), "validity_months -1"),
+        (create(r#","validity_months":1201"#, ""), "validity_months 1201"),
+        (create(r#","validity_months":"12""#, ""), "validity_months"),
+        (
+            create("", r#","lifetime_actions":[{"trigger":{"lifetime_percentage":500},"action":{"action_type":"AutoRenew"}}]"#),
+            "lifetime_percentage 500",
+        ),
+        (
+            create("", r#","lifetime_actions":[{"trigger":{"lifetime_percentage":0},"action":{"action_type":"AutoRenew"}}]"#),
+            "lifetime_percentage 0",
+        ),
+        (
+            create(
+                r#","validity_months":2"#,
+                r#","lifetime_actions":[{"trigger":{"days_before_expiry":55},"action":{"action_type":"AutoRenew"}}]"#,
+            ),
+            "days_before_expiry 55",
+        ),
+        (
+            create("", r#","lifetime_actions":[{"trigger":{"days_before_expiry":1099511627776},"action":{"action_type":"AutoRenew"}}]"#),
+            "days_before_expiry 1099511627776",
+        ),
+        (create(r#","sans":{"emails":["notanemail"]}"#, ""), "notanemail"),
+        (
+            r#"{"policy":{"issuer":{"name":"Self"},"x509_props":{"subject":"CN=m"},"key_props":{"kty":"EC","crv":"P-256"}},"attributes":{"nbf":"yesterday"}}"#.to_string(),
+            "attributes.nbf",
+        ),
+    ];
+    for (body, names) in &bad_creates {
+        let (status, text) = curl_send(
+            &env,
+            &serve,
+            "POST",
+            "/certificates/m/create?api-version=7.5",
+            Some(body),
+        );
+        assert_eq!(status, 400, "{body}: {text}");
+        let err = &json_body(&text)["error"];
+        assert_eq!(err["code"], "BadParameter", "{text}");
+        let message = err["message"].as_str().unwrap();
+        assert!(message.contains(names), "{body}: `{names}` not in {message}");
+        assert!(!message.contains("i64") && !message.contains("u64"), "{message}");
+    }
+    // Nothing was created by any of them.
+    assert_eq!(curl(&env, &serve, "/certificates/m?api-version=7.5").0, 404);
+
+    // The edges are accepted: 1 month with days_before_expiry 27, lifetime_percentage 99.
+    let good = create(
+        r#","validity_months":1,"sans":{"emails":["pki@example.com"]}"#,
+        r#","lifetime_actions":[{"trigger":{"days_before_expiry":27},"action":{"action_type":"AutoRenew"}}]"#,
+    );
+    let (status, text) = curl_send(
+        &env,
+        &serve,
+        "POST",
+        "/certificates/m/create?api-version=7.5",
+        Some(&good),
+    );
+    assert_eq!(status, 202, "{text}");
+    let before = json_body(&curl(&env, &serve, "/certificates/m/policy?api-version=7.5").1);
+    assert_eq!(
+        before["lifetime_actions"][0]["trigger"]["days_before_expiry"], 27,
+        "{before}"
+    );
+
+    // A patch is checked merged with the stored policy: 28 days is over 1 month's 27.
+    let bad_patches = [
+        (
+            r#"{"lifetime_actions":[{"trigger":{"days_before_expiry":28},"action":{"action_type":"AutoRenew"}}]}"#,
+            "days_before_expiry 28",
+        ),
+        (
+            r#"{"lifetime_actions":[{"trigger":{"lifetime_percentage":100},"action":{"action_type":"AutoRenew"}}]}"#,
+            "lifetime_percentage 100",
+        ),
+        (r#"{"x509_props":{"validity_months":0}}"#, "validity_months 0"),
+        (r#"{"x509_props":{"sans":{"emails":["a@"]}}}"#, "a@"),
+    ];
+    for (body, names) in bad_patches {
+        let (status, text) = curl_send(
+            &env,
+            &serve,
+            "PATCH",
+            "/certificates/m/policy?api-version=7.5",
+            Some(body),
+        );
+        assert_eq!(status, 400, "{body}: {text}");
+        let err = &json_body(&text)["error"];
+        assert_eq!(err["code"], "BadParameter", "{text}");
+        assert!(err["message"].as_str().unwrap().contains(names), "{body}: {text}");
+    }
+    let after = json_body(&curl(&env, &serve, "/certificates/m/policy?api-version=7.5").1);
+    assert_eq!(before, after, "a refused patch changed the policy");
+
+    let bundle = json_body(&curl(&env, &serve, "/certificates/m?api-version=7.5").1);
+    for (body, names) in [
+        (r#"{"attributes":{"nbf":"yesterday"}}"#, "attributes.nbf"),
+        (r#"{"attributes":{"exp":9223372036854775808}}"#, "attributes.exp"),
+        (
+            r#"{"attributes":{"exp":9223372036854775807}}"#,
+            "attributes.exp 9223372036854775807",
+        ),
+        (r#"{"attributes":{"nbf":1.5},"tags":{"a":"b"}}"#, "attributes.nbf"),
+        (r#"{"attributes":"on"}"#, "attributes must be an object"),
+    ] {
+        let (status, text) = curl_send(
+            &env,
+            &serve,
+            "PATCH",
+            "/certificates/m?api-version=7.5",
+            Some(body),
+        );
+        assert_eq!(status, 400, "{body}: {text}");
+        let err = &json_body(&text)["error"];
+        assert_eq!(err["code"], "BadParameter", "{text}");
+        assert!(err["message"].as_str().unwrap().contains(names), "{body}: {text}");
+    }
+    let unchanged = json_body(&curl(&env, &serve, "/certificates/m?api-version=7.5").1);
+    assert_eq!(
+        bundle["tags"], unchanged["tags"],
+        "a refused update changed the tags"
+    );
+    assert_eq!(serve.stop(), 0);
+}
