@@ -126,7 +126,9 @@ pub struct DeviceRoll {
     /// `rolled`, `would-roll`, `already-rolled`, `pruned` (only an expired certificate left the
     /// other slot), `not-due`, `capped` (its CA's expiry caps a renewal; see
     /// [`RollReport::renew_ca_first`]), `not-issued` (with `--due`: named by the plan, never
-    /// issued; the run exits 1), `replaced`, `would-replace` or `already-replaced`.
+    /// issued; the run exits 1), `held-back` (with `--due`: its CA or group holds it back, as its
+    /// one step says; the run exits 1), `revoked`, `replaced`, `would-replace` or
+    /// `already-replaced`.
     pub outcome: &'static str,
     /// The slot the new certificate went into.
     pub slot: SlotName,
@@ -321,6 +323,14 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     } else {
         device_ids
     };
+    // The same run leaves out, and reports, the devices a problem of their CA or group holds
+    // back (an expired, disabled or purged CA, a group the service lacks or that is revoked):
+    // one bad corner must not stop the renewals of the rest of the fleet.
+    let (device_ids, held_back) = if opts.due && opts.breach.is_none() {
+        due_held_back(plan, &backend, device_ids, opts.slot, now)?
+    } else {
+        (device_ids, Vec::new())
+    };
     refuse_unissued(&backend, &device_ids, &scopes)?;
     // A soft-deleted certificate (a device's or a CA's) stops the whole run before it is
     // recorded: rolling the others and leaving it out would hide it from a cron job's exit code.
@@ -372,6 +382,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
             compromised: Vec::new(),
         });
     }
+    report.devices.extend(held_back);
     let mut planned = Vec::new();
     // CAs whose renewal their issuer's notAfter caps: not renewed, reported with what to renew.
     let mut capped_cas: Vec<String> = Vec::new();
@@ -682,6 +693,139 @@ fn capped_by(
         });
     }
     Ok(out)
+}
+
+/// With `--due`: splits the devices into those a roll can renew and the reports of those their
+/// CA or group holds back: outcome `revoked` for a device of a disabled (revoked) group, and
+/// `held-back` (the run exits 1) for one whose signing CA is expired, disabled or missing from the
+/// vault, or whose group the enrollment service lacks (a renamed `[groups.NAME]` table) or holds
+/// without the CA's current version. Each report's one step says what holds it back and what to
+/// do.
+fn due_held_back(
+    plan: &Plan,
+    backend: &dyn Backend,
+    device_ids: Vec<String>,
+    slot: SlotName,
+    now: OffsetDateTime,
+) -> Result<(Vec<String>, Vec<DeviceRoll>)> {
+    use std::collections::HashMap;
+    // Per CA and per group: None when fine, else (outcome, why).
+    let mut ca_problem: HashMap<String, Option<String>> = HashMap::new();
+    let mut group_problem: HashMap<String, Option<(&'static str, String)>> = HashMap::new();
+    let mut service = None;
+    let mut ok = Vec::with_capacity(device_ids.len());
+    let mut held = Vec::new();
+    for id in device_ids {
+        let (ca, group) = match super::device_owner(plan, &id).context("device not in the plan")? {
+            super::DeviceOwner::Group(g) => (g.signing_ca.as_str(), Some(g)),
+            super::DeviceOwner::Enrollment(e) => (e.issuer.as_str(), None),
+        };
+        let mut problem: Option<(&'static str, String)> = None;
+        if group.is_none()
+            && backend
+                .individual_many(std::slice::from_ref(&id))?
+                .into_iter()
+                .flatten()
+                .any(|e| e.status == crate::backend::types::Status::Disabled)
+        {
+            problem = Some((
+                "revoked",
+                "its enrollment is disabled (revoked); a revoked device gets nothing".to_string(),
+            ));
+        }
+        if let Some(g) = group {
+            if !group_problem.contains_key(&g.name) {
+                let state = backend.group(&g.name)?;
+                let found = match state {
+                    None => Some((
+                        "held-back",
+                        match crate::ops::issue::renamed_from(plan, backend, &g.name, &mut service)? {
+                            Some((old, count)) => format!(
+                                "its group `{name}` is not in the enrollment service, which holds group `{old}` \
+                                 ({count} registered device(s)) with the same signing CA `{ca}` and the plan no longer \
+                                 declares it: was `[groups.{old}]` renamed to `[groups.{name}]`? A group's name cannot \
+                                 change: rename the table back to `[groups.{old}]` (or give `[groups.{name}]` a signing \
+                                 CA of its own and `certroll issue group:{name}`)",
+                                name = g.name,
+                            ),
+                            None => format!(
+                                "its group `{name}` is not in the enrollment service yet; `certroll issue group:{name}` \
+                                 issues it",
+                                name = g.name
+                            ),
+                        },
+                    )),
+                    Some(state) if state.status == crate::backend::types::Status::Disabled => Some((
+                        "revoked",
+                        format!(
+                            "its group `{}` is disabled (revoked); a revoked device gets nothing",
+                            g.name
+                        ),
+                    )),
+                    Some(state) => {
+                        let current = backend.current(&super::ca_cert_name(&g.signing_ca))?;
+                        let accepts = current.is_some_and(|c| {
+                            [&state.primary, &state.secondary]
+                                .into_iter()
+                                .flatten()
+                                .any(|s| s.cert_der == c.cert_der)
+                        });
+                        // A missing CA is told by the CA's own check below.
+                        (!accepts && backend.current(&super::ca_cert_name(&g.signing_ca))?.is_some()).then(|| {
+                            (
+                                "held-back",
+                                format!(
+                                    "its group `{name}` holds the current version of its CA `{ca}` in neither slot, so it \
+                                     would refuse the new certificate; finish the CA roll first (rerun the interrupted \
+                                     `roll-*` command, or `certroll roll-secondary ca:{ca}`)",
+                                    name = g.name,
+                                    ca = g.signing_ca
+                                ),
+                            )
+                        })
+                    }
+                };
+                group_problem.insert(g.name.clone(), found);
+            }
+            problem = group_problem[&g.name].clone();
+        }
+        if problem.as_ref().is_none_or(|(o, _)| *o != "revoked") {
+            if !ca_problem.contains_key(ca) {
+                let found = match backend.current(&super::ca_cert_name(ca))? {
+                    None => Some(format!(
+                        "its CA `{ca}` has no certificate in the vault (purged, or never issued); `certroll issue \
+                         ca:{ca}` issues one"
+                    )),
+                    Some(v) if !v.enabled => Some(format!(
+                        "its CA `{ca}`'s current version is disabled (revoked or disabled); a disabled CA is replaced, \
+                         not renewed: `certroll roll-primary --breach ca:{ca}`"
+                    )),
+                    Some(v) if v.exp <= now => Some(format!(
+                        "its CA `{ca}` expired at {}; renew it first (`certroll roll-secondary ca:{ca}`)",
+                        crate::clock::rfc3339(v.exp)
+                    )),
+                    Some(_) => None,
+                };
+                ca_problem.insert(ca.to_string(), found);
+            }
+            if let Some(why) = &ca_problem[ca] {
+                problem = Some(("held-back", why.clone()));
+            }
+        }
+        match problem {
+            None => ok.push(id),
+            Some((outcome, why)) => held.push(DeviceRoll {
+                target: format!("device:{id}"),
+                outcome,
+                slot,
+                steps: vec![why],
+                new_thumbprint: None,
+                pruned_thumbprint: None,
+                compromised: Vec::new(),
+            }),
+        }
+    }
+    Ok((ok, held))
 }
 
 /// With `--due`: every device the targets cover (every device of the plan when none is named);

@@ -1,0 +1,200 @@
+//! Issue 10, the faults the third new-user trial found: the cron `roll-* --due` run beside an odd
+//! corner of the fleet (an expired or purged CA, a renamed or revoked group) rolls everything
+//! else and reports each corner, `--due` renews a CA whose own auto-renew is due, every writing
+//! verb refuses a far `--now`, no write to a closed stderr panics, `check` names renamed groups
+//! and deleted certificates, and the leftover messages are put in words.
+
+use crate::roll::{at, backend};
+use crate::util::*;
+use certroll::backend::Vault as _;
+
+/// The quickstart with two sensors, plus a second intermediate `short` (validity `short_days`)
+/// signing group `shorts` (devices t-1, t-2).
+fn two_ca_plan(env: &TestEnv, short_days: u32) -> String {
+    let text = std::fs::read_to_string(env.quickstart()).unwrap().replace(
+        "devices = { prefix = \"sensor-\", count = 50 }",
+        "devices = { prefix = \"sensor-\", count = 2 }",
+    ) + &format!(
+        "\n[policies.short]\nkey = {{ type = \"EC\", curve = \"P-384\", exportable = false }}\nvalidity_days = {short_days}\n\
+         lifetime_actions = [{{ days_before_expiry = 30, action = \"auto-renew\" }}]\n\
+         \n[ca.short]\nsubject = \"CN=Short CA, O=Example\"\nissuer = \"root\"\npath_len = 0\npolicy = \"short\"\n\
+         \n[groups.shorts]\nsigning_ca = \"short\"\nhub = \"example-hub\"\nreprovision = \"migrate\"\n\
+         device_policy = \"device\"\ndevices = {{ prefix = \"t-\", count = 2 }}\n"
+    );
+    env.write("plan.toml", &text);
+    text
+}
+
+fn outcome(r: &serde_json::Value, id: &str) -> serde_json::Value {
+    r["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["target"] == format!("device:{id}"))
+        .unwrap_or_else(|| panic!("{id}: {r:#}"))
+        .clone()
+}
+
+fn count(env: &TestEnv, name: &str) -> usize {
+    backend(env).versions(name).unwrap().len()
+}
+
+/// Asserts the factory's devices were rolled by `r` (one new version each).
+fn factory_rolled(env: &TestEnv, r: &serde_json::Value) {
+    for id in ["sensor-1", "sensor-2", "gateway-01"] {
+        assert_eq!(outcome(r, id)["outcome"], "rolled", "{r:#}");
+        assert_eq!(count(env, &format!("dev-{id}")), 2, "{id}");
+    }
+}
+
+/// Priority 1: the cron run at day 340 (the factory's devices are due) beside a CA `short` that
+/// expired at day 200 and never got renewed: the factory's devices are rolled, the `short` group's
+/// devices are reported `held-back` naming the expired CA and the command that renews it, the run
+/// exits 1 (partial), and nothing under `short` changed.
+#[test]
+fn the_cron_run_rolls_everything_else_beside_an_expired_ca() {
+    let env = TestEnv::new();
+    two_ca_plan(&env, 200);
+    env.plan_run(&["issue"]).ok();
+    let due = at(340);
+    let r = env
+        .plan_run(&["--now", &due, "-o", "json", "roll-secondary", "--due"])
+        .code(1)
+        .json();
+    factory_rolled(&env, &r);
+    for id in ["t-1", "t-2"] {
+        let d = outcome(&r, id);
+        assert_eq!(d["outcome"], "held-back", "{r:#}");
+        let why = d["steps"][0].as_str().unwrap();
+        assert!(
+            why.contains("CA `short` expired at") && why.contains("certroll roll-secondary ca:short"),
+            "{why}"
+        );
+        assert_eq!(count(&env, &format!("dev-{id}")), 1);
+    }
+    let human = env.plan_run(&["--now", &due, "roll-secondary", "--due"]).code(1);
+    assert!(
+        human
+            .stdout
+            .contains("device:t-1: not rolled: its CA `short` expired at"),
+        "{}",
+        human.stdout
+    );
+}
+
+/// Priority 1: a group renamed in the plan (`[groups.shorts]` -> `[groups.shorts2]`): the cron run
+/// rolls the rest, reports the renamed group's devices `held-back` with the rename named, and the
+/// advice (rename the table back) works: after it the run rolls them and exits 0.
+#[test]
+fn the_cron_run_rolls_everything_else_beside_a_renamed_group_and_its_advice_works() {
+    let env = TestEnv::new();
+    let text = two_ca_plan(&env, 3650);
+    env.plan_run(&["issue"]).ok();
+    env.write("plan.toml", &text.replace("[groups.shorts]", "[groups.shorts2]"));
+    let due = at(340);
+    let r = env
+        .plan_run(&["--now", &due, "-o", "json", "roll-secondary", "--due"])
+        .code(1)
+        .json();
+    factory_rolled(&env, &r);
+    let d = outcome(&r, "t-1");
+    assert_eq!(d["outcome"], "held-back", "{r:#}");
+    let why = d["steps"][0].as_str().unwrap();
+    assert!(
+        why.contains("group `shorts2` is not in the enrollment service")
+            && why.contains("holds group `shorts`")
+            && why.contains("rename the table back to `[groups.shorts]`"),
+        "{why}"
+    );
+    assert_eq!(count(&env, "dev-t-1"), 1);
+    env.write("plan.toml", &text);
+    let r = env
+        .plan_run(&["--now", &due, "-o", "json", "roll-secondary", "--due"])
+        .ok()
+        .json();
+    assert_eq!(outcome(&r, "t-1")["outcome"], "rolled", "{r:#}");
+    assert_eq!(count(&env, "dev-t-1"), 2);
+}
+
+/// Priority 1: a CA purged from the vault: the cron run rolls the rest and says in plain words
+/// that the CA has no certificate in the vault (not "CA `short` in the vault ... not found").
+#[test]
+fn the_cron_run_rolls_everything_else_beside_a_purged_ca() {
+    let env = TestEnv::new();
+    two_ca_plan(&env, 3650);
+    env.plan_run(&["issue"]).ok();
+    env.plan_run(&["vault", "delete", "ca-short", "--force"]).ok();
+    env.plan_run(&["vault", "purge", "ca-short", "--yes"]).ok();
+    let due = at(340);
+    let r = env
+        .plan_run(&["--now", &due, "-o", "json", "roll-secondary", "--due"])
+        .code(1)
+        .json();
+    factory_rolled(&env, &r);
+    let d = outcome(&r, "t-2");
+    assert_eq!(d["outcome"], "held-back", "{r:#}");
+    assert!(
+        d["steps"][0]
+            .as_str()
+            .unwrap()
+            .contains("its CA `short` has no certificate in the vault (purged, or never issued)"),
+        "{d:#}"
+    );
+    // A device roll under it names it the same way.
+    let one = env
+        .plan_run(&["--now", &due, "roll-secondary", "device:t-1"])
+        .code(1);
+    assert!(
+        one.stderr.contains("CA `short` has no certificate in the vault")
+            && !one.stderr.contains("not found"),
+        "{}",
+        one.stderr
+    );
+}
+
+/// Priority 3: after `revoke group:shorts`, the cron run gives its devices nothing (outcome
+/// `revoked`, as for a revoked device), and the human report of a real run neither says "would
+/// roll" for a revoked device nor claims a done roll step for them.
+#[test]
+fn the_cron_run_skips_the_devices_of_a_revoked_group() {
+    let env = TestEnv::new();
+    two_ca_plan(&env, 3650);
+    env.plan_run(&["issue"]).ok();
+    env.plan_run(&[
+        "revoke",
+        "group:shorts",
+        "--reason",
+        "cessation-of-operation",
+        "--yes",
+    ])
+    .ok();
+    env.plan_run(&[
+        "revoke",
+        "device:gateway-01",
+        "--reason",
+        "cessation-of-operation",
+        "--yes",
+    ])
+    .ok();
+    let due = at(340);
+    let r = env
+        .plan_run(&["--now", &due, "-o", "json", "roll-secondary", "--due"])
+        .ok()
+        .json();
+    for id in ["t-1", "t-2", "gateway-01"] {
+        assert_eq!(outcome(&r, id)["outcome"], "revoked", "{r:#}");
+        assert_eq!(count(&env, &format!("dev-{id}")), 1, "{id}");
+    }
+    assert_eq!(outcome(&r, "sensor-1")["outcome"], "rolled", "{r:#}");
+    let human = env
+        .plan_run(&["--now", &due, "roll-secondary", "--due"])
+        .ok()
+        .stdout;
+    assert!(!human.contains("would roll"), "{human}");
+    assert!(!human.contains("[done] devices"), "{human}");
+    assert!(
+        human.contains("device:t-1: not rolled: its group `shorts` is disabled (revoked)"),
+        "{human}"
+    );
+    assert!(human.contains("device:gateway-01: not rolled"), "{human}");
+}
