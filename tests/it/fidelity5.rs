@@ -9,14 +9,20 @@ use crate::util::*;
 use certroll::backend::Vault as _;
 
 /// The quickstart with two sensors, plus a second intermediate `short` (validity `short_days`)
-/// signing group `shorts` (devices t-1, t-2).
-fn two_ca_plan(env: &TestEnv, short_days: u32) -> String {
+/// signing group `shorts` (devices t-1, t-2), with an auto-renew action 30 days before its expiry
+/// when `auto_renew`.
+fn two_ca_plan(env: &TestEnv, short_days: u32, auto_renew: bool) -> String {
+    let action = if auto_renew {
+        "auto-renew"
+    } else {
+        "email-contacts"
+    };
     let text = std::fs::read_to_string(env.quickstart()).unwrap().replace(
         "devices = { prefix = \"sensor-\", count = 50 }",
         "devices = { prefix = \"sensor-\", count = 2 }",
     ) + &format!(
         "\n[policies.short]\nkey = {{ type = \"EC\", curve = \"P-384\", exportable = false }}\nvalidity_days = {short_days}\n\
-         lifetime_actions = [{{ days_before_expiry = 30, action = \"auto-renew\" }}]\n\
+         lifetime_actions = [{{ days_before_expiry = 30, action = \"{action}\" }}]\n\
          \n[ca.short]\nsubject = \"CN=Short CA, O=Example\"\nissuer = \"root\"\npath_len = 0\npolicy = \"short\"\n\
          \n[groups.shorts]\nsigning_ca = \"short\"\nhub = \"example-hub\"\nreprovision = \"migrate\"\n\
          device_policy = \"device\"\ndevices = {{ prefix = \"t-\", count = 2 }}\n"
@@ -54,7 +60,7 @@ fn factory_rolled(env: &TestEnv, r: &serde_json::Value) {
 #[test]
 fn the_cron_run_rolls_everything_else_beside_an_expired_ca() {
     let env = TestEnv::new();
-    two_ca_plan(&env, 200);
+    two_ca_plan(&env, 200, false);
     env.plan_run(&["issue"]).ok();
     let due = at(340);
     let r = env
@@ -88,7 +94,7 @@ fn the_cron_run_rolls_everything_else_beside_an_expired_ca() {
 #[test]
 fn the_cron_run_rolls_everything_else_beside_a_renamed_group_and_its_advice_works() {
     let env = TestEnv::new();
-    let text = two_ca_plan(&env, 3650);
+    let text = two_ca_plan(&env, 3650, false);
     env.plan_run(&["issue"]).ok();
     env.write("plan.toml", &text.replace("[groups.shorts]", "[groups.shorts2]"));
     let due = at(340);
@@ -121,7 +127,7 @@ fn the_cron_run_rolls_everything_else_beside_a_renamed_group_and_its_advice_work
 #[test]
 fn the_cron_run_rolls_everything_else_beside_a_purged_ca() {
     let env = TestEnv::new();
-    two_ca_plan(&env, 3650);
+    two_ca_plan(&env, 3650, false);
     env.plan_run(&["issue"]).ok();
     env.plan_run(&["vault", "delete", "ca-short", "--force"]).ok();
     env.plan_run(&["vault", "purge", "ca-short", "--yes"]).ok();
@@ -158,7 +164,7 @@ fn the_cron_run_rolls_everything_else_beside_a_purged_ca() {
 #[test]
 fn the_cron_run_skips_the_devices_of_a_revoked_group() {
     let env = TestEnv::new();
-    two_ca_plan(&env, 3650);
+    two_ca_plan(&env, 3650, false);
     env.plan_run(&["issue"]).ok();
     env.plan_run(&[
         "revoke",
@@ -197,4 +203,57 @@ fn the_cron_run_skips_the_devices_of_a_revoked_group() {
         "{human}"
     );
     assert!(human.contains("device:gateway-01: not rolled"), "{human}");
+}
+
+/// Priority 2 (item 15's cron half): CA `short` (200 days, auto-renew 30 days before expiry) caps
+/// its devices. At day 175 `check` says its auto-renew is due; the cron run renews it (a new CA
+/// version in its group's slot) and then its due devices, whose new certificates end later than
+/// the ones they held; nothing is capped, the rerun changes nothing and `check` is clean of it.
+#[test]
+fn the_cron_run_renews_a_ca_whose_auto_renew_is_due_and_then_its_devices() {
+    let env = TestEnv::new();
+    two_ca_plan(&env, 200, true);
+    env.plan_run(&["issue"]).ok();
+    let t = at(175);
+    let check = env.plan_run(&["check", "-o", "json", "--now", &t]).json();
+    assert!(
+        check["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["target"] == "ca:short" && p["reason"].as_str().unwrap().contains("auto-renew due")),
+        "{check:#}"
+    );
+    let old_exp = backend(&env).current("dev-t-1").unwrap().unwrap().exp;
+    let r = env
+        .plan_run(&["--now", &t, "-o", "json", "roll-secondary", "--due"])
+        .ok()
+        .json();
+    assert_eq!(count(&env, "ca-short"), 2, "{r:#}");
+    assert_eq!(count(&env, "ca-factory"), 1, "{r:#}");
+    assert_eq!(r["renew_ca_first"], serde_json::json!([]), "{r:#}");
+    for id in ["t-1", "t-2"] {
+        assert_eq!(outcome(&r, id)["outcome"], "rolled", "{r:#}");
+        assert_eq!(count(&env, &format!("dev-{id}")), 2, "{id}");
+    }
+    assert!(backend(&env).current("dev-t-1").unwrap().unwrap().exp > old_exp);
+    assert_eq!(outcome(&r, "sensor-1")["outcome"], "not-due", "{r:#}");
+    assert_eq!(count(&env, "dev-sensor-1"), 1);
+    // The group holds the new CA version, so its devices register with their new certificates.
+    env.plan_run(&["--now", &t, "reprovision", "device:t-1"]).ok();
+    let again = env
+        .plan_run(&["--now", &t, "-o", "json", "roll-secondary", "--due"])
+        .ok()
+        .json();
+    assert_eq!(count(&env, "ca-short"), 2, "{again:#}");
+    assert_eq!(count(&env, "dev-t-1"), 2, "{again:#}");
+    let check = env.plan_run(&["check", "-o", "json", "--now", &t]).json();
+    assert!(
+        !check["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["target"] == "ca:short" || p["target"] == "device:t-1"),
+        "{check:#}"
+    );
 }

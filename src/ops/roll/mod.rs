@@ -286,7 +286,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         t.check(plan)?;
     }
     refuse_unreachable_identity_removal(plan, opts, &targets)?;
-    let (device_ids, scopes) = if opts.due {
+    let (device_ids, mut scopes) = if opts.due {
         (due_devices(plan, &targets), Vec::new())
     } else {
         expand(plan, opts, &targets)?
@@ -304,6 +304,21 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         if opts.breach.is_some() { " --breach" } else { "" }
     );
     let mut backend = open_verb_backend(plan, &verb, access, &opts.backend)?;
+    // A CA whose own auto-renew is due is renewed by `--due` as by `roll-* ca:NAME` (the CA,
+    // the slots of its groups, then the devices that need it): the devices it caps wait for it.
+    let device_ids = if opts.due && opts.breach.is_none() {
+        scopes = due_ca_scopes(plan, &backend, &targets, now)?;
+        let covered: std::collections::HashSet<&str> = scopes
+            .iter()
+            .flat_map(|s| s.scope.device_ids.iter().map(String::as_str))
+            .collect();
+        device_ids
+            .into_iter()
+            .filter(|id| !covered.contains(id.as_str()))
+            .collect()
+    } else {
+        device_ids
+    };
     // A cron `--due` run rolls what is due even when the plan names a device not issued yet: that
     // one is reported (`not-issued`, exit 1) rather than stopping the whole fleet's renewals.
     let all_due = device_ids.clone();
@@ -693,6 +708,84 @@ fn capped_by(
         });
     }
     Ok(out)
+}
+
+/// With `--due`: the `ca:NAME` scopes of the CAs (among those the targets cover; every CA of the
+/// plan when none is named) whose current version's `auto-renew` action has fired and that a
+/// renewal can move later (not capped by their issuer), topmost first; a CA below another such
+/// CA is renewed within that one's scope. A CA that is disabled, missing, or whose scope holds a
+/// group the service lacks is left out (its devices are reported held back).
+fn due_ca_scopes<'p>(
+    plan: &'p Plan,
+    backend: &dyn Backend,
+    targets: &[Target],
+    now: OffsetDateTime,
+) -> Result<Vec<ScopeTarget<'p>>> {
+    let covered: Vec<&str> = if targets.is_empty() {
+        plan.cas.iter().map(|c| c.name.as_str()).collect()
+    } else {
+        targets
+            .iter()
+            .filter_map(|t| match t {
+                Target::Ca(name) => Some(cas::ca_scope(plan, name).cas),
+                _ => None,
+            })
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect()
+    };
+    let mut chosen: Vec<&str> = Vec::new();
+    for ca in plan.cas.iter().filter(|c| covered.contains(&c.name.as_str())) {
+        let policy = &plan.policies[&ca.policy];
+        let Some(current) = backend.current(&super::ca_cert_name(&ca.name))? else {
+            continue;
+        };
+        let fired = policy
+            .lifetime_actions
+            .iter()
+            .filter(|a| a.action == crate::plan::ActionKind::AutoRenew)
+            .any(|a| crate::ops::lifetime::fires_at(a.trigger, current.nbf, current.exp) <= now);
+        if !fired || !current.enabled {
+            continue;
+        }
+        // Under a CA already chosen: renewed within its scope.
+        let mut up = ca.issuer.as_deref();
+        let mut under = false;
+        for _ in 0..=plan.cas.len() {
+            let Some(name) = up else { break };
+            if chosen.contains(&name) {
+                under = true;
+                break;
+            }
+            up = plan
+                .cas
+                .iter()
+                .find(|c| c.name == name)
+                .and_then(|c| c.issuer.as_deref());
+        }
+        if under {
+            continue;
+        }
+        let scope = cas::ca_scope(plan, &ca.name);
+        let mut issued = true;
+        for g in &scope.groups {
+            issued &= backend.group(&g.name)?.is_some();
+        }
+        if !issued {
+            continue;
+        }
+        let pending = cas::pending(plan, backend, &scope, now)?;
+        if pending.renew.first().is_some_and(|c| c.name == ca.name) {
+            chosen.push(&ca.name);
+        }
+    }
+    Ok(chosen
+        .into_iter()
+        .map(|name| ScopeTarget {
+            target: Target::Ca(name.to_string()),
+            scope: cas::ca_scope(plan, name),
+        })
+        .collect())
 }
 
 /// With `--due`: splits the devices into those a roll can renew and the reports of those their
