@@ -139,7 +139,7 @@ Examples:
         /// The deleted certificate's name.
         name: String,
         /// Do not ask for confirmation.
-        #[arg(long)]
+        #[arg(long, short = 'y')]
         yes: bool,
         /// Print what would be purged; change nothing.
         #[arg(long)]

@@ -257,3 +257,34 @@ fn the_cron_run_renews_a_ca_whose_auto_renew_is_due_and_then_its_devices() {
         "{check:#}"
     );
 }
+
+/// Priority 5 (item 19's kind, on stderr): with stderr a pipe whose reader is gone (as in
+/// `certroll ... 2>&1 | head -c 1`), an error message, a verbose log line and a refusal exit with
+/// the same code as with a readable stderr, never 101 (a panic on the broken pipe).
+#[test]
+fn a_closed_stderr_never_panics() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.plan_run(&["issue"]).ok();
+    let cases: [&[&str]; 5] = [
+        &["vault", "show", "nosuch"],
+        &["export", "ca:nosuch"],
+        &["roll-secondary", "device:nosuch"],
+        &["-vv", "status"],
+        &["vault", "create", "a", "--subject", "bad"],
+    ];
+    for args in cases {
+        let open = env.plan_run(args);
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = env
+            .cmd()
+            .args([&["--plan", "plan.toml"][..], args].concat())
+            .stderr(writer)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_ne!(out.code(), Some(101), "{args:?} panicked");
+        assert_eq!(out.code(), Some(open.code), "{args:?}: {}", open.stderr);
+    }
+}
