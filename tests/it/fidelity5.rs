@@ -288,3 +288,79 @@ fn a_closed_stderr_never_panics() {
         assert_eq!(out.code(), Some(open.code), "{args:?}: {}", open.stderr);
     }
 }
+
+/// Priority 4 (item 22's kind): every verb that writes something (the store, a file, a notice
+/// recorded as sent) refuses a `--now` far from the real clock without `--allow-time-travel`:
+/// exit 2 naming the flag, no file written, no notice recorded (a later real `notify` at that
+/// date still finds them owed), no CRL number spent.
+#[test]
+fn every_writing_verb_refuses_a_far_now_without_allow_time_travel() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.plan_run(&["issue"]).ok();
+    let far = "2036-07-01T00:00:00Z";
+    let table: &[(&[&str], Option<&str>)] = &[
+        (&["notify"], None),
+        (
+            &["export", "ca:factory", "--crl", "--out", "crl.pem"],
+            Some("crl.pem"),
+        ),
+        (&["export", "device:sensor-1", "--out", "d.pem"], Some("d.pem")),
+        (
+            &["vault", "export", "dev-sensor-1", "--out", "v.pem"],
+            Some("v.pem"),
+        ),
+        (
+            &[
+                "vault",
+                "backup",
+                "ca-root",
+                "--out",
+                "b.bak",
+                "--password-env",
+                "PW",
+            ],
+            Some("b.bak"),
+        ),
+        (&["vault", "csr", "nosuch", "--out", "c.csr"], Some("c.csr")),
+        (&["vault", "contacts", "set", "a@example.com"], None),
+        (&["vault", "issuers", "delete", "nosuch"], None),
+        (&["store", "rekey"], None),
+        (&["--plan", "new.toml", "init"], Some("new.toml")),
+    ];
+    for (args, file) in table {
+        let mut full = vec!["--now", far];
+        if args[0] != "--plan" {
+            full.extend(["--plan", "plan.toml"]);
+        }
+        full.extend(args.iter());
+        let out = env
+            .cmd()
+            .env_remove("CERTROLL_ALLOW_TIME_TRAVEL")
+            .env_remove("CERTROLL_NOW")
+            .env("PW", "changeit-123")
+            .args(&full)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("--allow-time-travel"), "{args:?}: {stderr}");
+        if let Some(file) = file {
+            assert!(!env.path(file).exists(), "{args:?} wrote {file}");
+        }
+    }
+    // Nothing was recorded as sent: at that date the notices are still owed.
+    let owed = env
+        .plan_run(&["--now", far, "notify", "--dry-run", "-o", "json"])
+        .ok()
+        .json();
+    assert!(owed["queued"].as_u64().unwrap() > 0, "{owed:#}");
+    // The first CRL written for real carries CRL number 1: the refused one spent none.
+    env.plan_run(&["export", "ca:factory", "--crl", "--out", "crl.pem"])
+        .ok();
+    let crl = env
+        .openssl(&["crl", "-in", "crl.pem", "-noout", "-crlnumber"])
+        .ok()
+        .stdout;
+    assert_eq!(crl.trim(), "crlNumber=0x01", "{crl}");
+}
