@@ -5,7 +5,7 @@
 use super::lifetime::{self, Scheduled};
 use super::{Access, BackendSettings, Target, ca_cert_name, open_verb_backend};
 use crate::backend::types::VaultVersion;
-use crate::backend::{Backend, Vault as _};
+use crate::backend::{Backend, EnrollmentService as _, Vault as _};
 use crate::plan::{ActionKind, LifetimeAction, Plan, Policy, Trigger};
 use anyhow::Result;
 use serde::Serialize;
@@ -150,6 +150,8 @@ struct Checker<'a> {
     opts: &'a CheckOptions,
     now: OffsetDateTime,
     report: CheckReport,
+    /// Soft-deleted certificates by vault name, with when they were deleted.
+    deleted: std::collections::HashMap<String, OffsetDateTime>,
 }
 
 impl Checker<'_> {
@@ -161,10 +163,25 @@ impl Checker<'_> {
         renewal: Option<Renewal<'_>>,
     ) {
         let Some(cert) = cert else {
+            let name = match target.split_once(':') {
+                Some(("ca", ca)) => ca_cert_name(ca),
+                Some(("device", id)) => super::device_cert_name(id),
+                _ => String::new(),
+            };
+            // A soft-deleted certificate is still held (by the device, or as the CA's chain):
+            // "no certificate" would send the reader to `issue` instead of `vault recover`.
+            let reason = match self.deleted.get(&name) {
+                Some(at) => format!(
+                    "its certificate `{name}` is deleted in the vault (deleted {}); the device or CA still holds it, \
+                     but nothing can renew it: `certroll vault recover {name}` brings it back",
+                    crate::clock::rfc3339(*at)
+                ),
+                None => "no certificate".into(),
+            };
             self.add(Problem {
                 target,
                 level: Level::Critical,
-                reason: "no certificate".into(),
+                reason,
                 not_after: None,
                 actions_due: vec![],
             });
@@ -284,6 +301,11 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             problems: vec![],
             next_due: None,
         },
+        deleted: backend
+            .deleted_certificates(None)?
+            .into_iter()
+            .map(|d| (d.name, d.deleted))
+            .collect(),
     };
     let mut ca_not_after = std::collections::BTreeMap::new();
     for ca in &plan.cas {
@@ -367,6 +389,53 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
                     .strip_prefix(&format!("group:{group}: "))
                     .unwrap_or(&why)
                     .to_string(),
+                not_after: None,
+                actions_due: vec![],
+            });
+        }
+    }
+    // A group of the plan the service lacks, and a group of the service the plan no longer
+    // declares: together, most likely a renamed `[groups.NAME]` table (issue 10 item 21).
+    let mut service = None;
+    for g in plan.groups.values() {
+        if !wants(Target::Group(g.name.clone())) || backend.group(&g.name)?.is_some() {
+            continue;
+        }
+        let reason = match crate::ops::issue::renamed_from(plan, &backend, &g.name, &mut service)? {
+            Some((old, count)) => format!(
+                "not in the enrollment service, which holds group `{old}` ({count} registered device(s)) with the \
+                 same signing CA `{}` that the plan no longer declares: was `[groups.{old}]` renamed to \
+                 `[groups.{}]`? A group's name cannot change: rename the table back (or give it a signing CA of its own \
+                 and `certroll issue group:{}`)",
+                g.signing_ca, g.name, g.name
+            ),
+            None => format!(
+                "not in the enrollment service yet: `certroll issue group:{}` issues it",
+                g.name
+            ),
+        };
+        c.add(Problem {
+            target: format!("group:{}", g.name),
+            level: Level::Critical,
+            reason,
+            not_after: None,
+            actions_due: vec![],
+        });
+    }
+    if opts.targets.is_empty() {
+        let groups = match service {
+            Some(groups) => groups,
+            None => backend.groups()?,
+        };
+        for s in groups.iter().filter(|s| !plan.groups.contains_key(&s.name)) {
+            c.add(Problem {
+                target: format!("service-group:{}", s.name),
+                level: Level::Warning,
+                reason: format!(
+                    "the enrollment service holds group `{}`, which the plan does not declare (renamed or removed \
+                     from the plan?); its devices register through it",
+                    s.name
+                ),
                 not_after: None,
                 actions_due: vec![],
             });

@@ -364,3 +364,76 @@ fn every_writing_verb_refuses_a_far_now_without_allow_time_travel() {
         .stdout;
     assert_eq!(crl.trim(), "crlNumber=0x01", "{crl}");
 }
+
+fn problem(check: &serde_json::Value, target: &str) -> serde_json::Value {
+    check["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["target"] == target)
+        .unwrap_or_else(|| panic!("{target}: {check:#}"))
+        .clone()
+}
+
+/// Priority 6 (item 21, in `check`): after `[groups.shorts]` is renamed `[groups.shorts2]`,
+/// `check` is not OK: the plan's group missing from the service is critical, naming the old
+/// group and the way back, and the service's group missing from the plan is a warning.
+#[test]
+fn check_reports_a_renamed_group_both_ways() {
+    let env = TestEnv::new();
+    let text = two_ca_plan(&env, 3650, false);
+    env.plan_run(&["issue"]).ok();
+    env.write("plan.toml", &text.replace("[groups.shorts]", "[groups.shorts2]"));
+    let r = env.plan_run(&["check", "-o", "json"]);
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    let check = r.json();
+    assert_eq!(check["status"], "critical", "{check:#}");
+    let new = problem(&check, "group:shorts2");
+    assert_eq!(new["level"], "critical", "{new:#}");
+    let reason = new["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("holds group `shorts`") && reason.contains("renamed to `[groups.shorts2]`"),
+        "{reason}"
+    );
+    let old = problem(&check, "service-group:shorts");
+    assert_eq!(old["level"], "warning", "{old:#}");
+    // Renamed back, all is well again.
+    env.write("plan.toml", &text);
+    env.plan_run(&["check"]).ok();
+}
+
+/// Priority 7 (item 17's naming): a soft-deleted certificate is named deleted, with the way back,
+/// by `check` (for a device and a CA) and by `status` (human and JSON), not "no certificate".
+#[test]
+fn a_soft_deleted_certificate_is_named_deleted_by_check_and_status() {
+    let env = TestEnv::new();
+    two_ca_plan(&env, 3650, false);
+    env.plan_run(&["issue"]).ok();
+    env.plan_run(&["vault", "delete", "dev-sensor-1", "--force"]).ok();
+    env.plan_run(&["vault", "delete", "ca-short", "--force"]).ok();
+    let check = env.plan_run(&["check", "-o", "json"]).json();
+    for (target, name) in [("device:sensor-1", "dev-sensor-1"), ("ca:short", "ca-short")] {
+        let reason = problem(&check, target)["reason"].as_str().unwrap().to_string();
+        assert!(
+            reason.contains("is deleted in the vault")
+                && reason.contains(&format!("certroll vault recover {name}")),
+            "{reason}"
+        );
+    }
+    let status = env.plan_run(&["status", "-o", "json"]).ok().json();
+    let ca = status["cas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "short")
+        .unwrap()
+        .clone();
+    assert_eq!(ca["deleted"], true, "{ca:#}");
+    let human = env.plan_run(&["status"]).ok().stdout;
+    let line = human
+        .lines()
+        .find(|l| l.trim_start().starts_with("sensor-1 "))
+        .unwrap_or_else(|| panic!("{human}"));
+    assert!(line.contains("(deleted in the vault)"), "{line}");
+    assert!(human.contains("certificate deleted in the vault"), "{human}");
+}
