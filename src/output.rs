@@ -74,7 +74,7 @@ impl ErrorBody {
     pub fn from_error(err: &anyhow::Error) -> ErrorBody {
         let failure = crate::error::classify(err);
         ErrorBody {
-            message: format!("{err:#}"),
+            message: crate::error::message(err),
             kind: failure.name(),
             exit_code: crate::error::exit_code(failure),
         }

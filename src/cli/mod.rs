@@ -249,7 +249,7 @@ pub fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", crate::error::message(&err));
             let body = crate::output::ErrorBody::from_error(&err);
             if json {
                 let _ = crate::output::print_error_document(&body);

@@ -14,8 +14,10 @@ use time::OffsetDateTime;
 /// Options of `check`.
 #[derive(Debug, Clone, Default)]
 pub struct CheckOptions {
-    /// Only these targets; empty = everything.
+    /// Only these targets; empty (with `vault_names` empty) = everything.
     pub targets: Vec<Target>,
+    /// Only these certificates made in the vault alone (`vault:NAME` targets).
+    pub vault_names: Vec<String>,
     /// Warn about certificates that expire within this many days, even with no action due.
     pub warn_within_days: u32,
     /// Treat certificates that expire within this many days as critical.
@@ -290,7 +292,8 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
         t.check(plan)?;
     }
     let backend = open_verb_backend(plan, "check", Access::Preview, &opts.backend)?;
-    let wants = |t: Target| opts.targets.is_empty() || opts.targets.contains(&t);
+    let everything = opts.targets.is_empty() && opts.vault_names.is_empty();
+    let wants = |t: Target| everything || opts.targets.contains(&t);
     let mut c = Checker {
         opts,
         now,
@@ -350,7 +353,7 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
     }
     // Expired CA certificates the enrollment service still holds: harmless (nothing chains to
     // them) but to be deleted, which the next roll does.
-    if opts.targets.is_empty() {
+    if everything {
         let expired = super::roll::expired_held(&backend, now, &[])?;
         for (name, at) in expired.service_cas {
             c.add(Problem {
@@ -422,7 +425,7 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             actions_due: vec![],
         });
     }
-    if opts.targets.is_empty() {
+    if everything {
         let groups = match service {
             Some(groups) => groups,
             None => backend.groups()?,
@@ -463,9 +466,22 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
         }
     }
     // Certificates made in the vault alone (`vault create`, `import`, `merge`) have lifetime
-    // actions of their own in their vault policy; they are checked when nothing narrower is asked.
-    if opts.targets.is_empty() {
-        for v in super::vault::renew::vault_only(plan, &backend)? {
+    // actions of their own in their vault policy; they are checked when nothing narrower is
+    // asked, or when named (`vault:NAME`).
+    if everything || !opts.vault_names.is_empty() {
+        let all = super::vault::renew::vault_only(plan, &backend)?;
+        for name in &opts.vault_names {
+            if !all.iter().any(|v| &v.name == name) {
+                return Err(crate::error::input(format!(
+                    "vault:{name} is not a certificate made in the vault alone (`certroll vault list` shows the \
+                     vault's certificates; the plan's are checked as ca:, group:, enrollment: or device:)"
+                )));
+            }
+        }
+        for v in all
+            .iter()
+            .filter(|v| everything || opts.vault_names.contains(&v.name))
+        {
             c.look(format!("vault:{}", v.name), &v.actions(), Some(&v.current), None);
         }
     }

@@ -437,3 +437,173 @@ fn a_soft_deleted_certificate_is_named_deleted_by_check_and_status() {
     assert!(line.contains("(deleted in the vault)"), "{line}");
     assert!(human.contains("certificate deleted in the vault"), "{human}");
 }
+
+/// Priority 8 (item 12's PEM kind): a legacy encrypted PEM key (`Proc-Type: 4,ENCRYPTED`, as
+/// `openssl ec -aes128` writes) is said to be encrypted, as a PKCS#8 encrypted key is, not
+/// "not valid base64"; nothing is imported.
+#[test]
+fn a_legacy_encrypted_pem_key_is_named_encrypted() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.plan_run(&["issue"]).ok();
+    env.openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        "plain.pem",
+    ])
+    .ok();
+    env.openssl(&[
+        "ec",
+        "-in",
+        "plain.pem",
+        "-aes128",
+        "-passout",
+        "pass:secret1",
+        "-out",
+        "enc.pem",
+    ])
+    .ok();
+    let enc = std::fs::read_to_string(env.path("enc.pem")).unwrap();
+    assert!(enc.contains("Proc-Type: 4,ENCRYPTED"), "{enc}");
+    env.openssl(&[
+        "req",
+        "-x509",
+        "-key",
+        "plain.pem",
+        "-subj",
+        "/CN=legacy",
+        "-days",
+        "30",
+        "-out",
+        "cert.pem",
+    ])
+    .ok();
+    let cert = std::fs::read_to_string(env.path("cert.pem")).unwrap();
+    env.write("both.pem", &format!("{cert}{enc}"));
+    let r = env
+        .plan_run(&["vault", "import", "legacy", "--file", "both.pem"])
+        .code(2);
+    assert!(
+        r.stderr.contains("the private key is encrypted") && r.stderr.contains("Proc-Type: 4,ENCRYPTED"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("base64"), "{}", r.stderr);
+    assert_eq!(backend(&env).versions("legacy").unwrap().len(), 0);
+}
+
+/// Priority 9 (item 20's kind, the leftovers): `vault purge -y`; no serde type names (`as i128`,
+/// `expected a sequence`, `expected struct Envelope`, `EOF while parsing`) in messages; a store
+/// locked by another program said once, in words; an empty import file called empty; `check
+/// vault:NAME` accepted for a name `check` prints.
+#[test]
+fn the_leftover_messages_are_plain_words() {
+    let env = TestEnv::new();
+    let text = std::fs::read_to_string(env.quickstart()).unwrap();
+    env.plan_run(&["issue"]).ok();
+    // -y wherever --yes is.
+    env.plan_run(&["vault", "create", "pz", "--subject", "CN=pz", "--issuer", "Self"])
+        .ok();
+    env.plan_run(&["vault", "delete", "pz", "--force"]).ok();
+    env.plan_run(&["vault", "purge", "pz", "-y"]).ok();
+    // Plan type errors.
+    for (from, to, want) in [
+        ("count = 50", "count = 99999999999999999999", "too large"),
+        (
+            "emails = [\"pki-oncall@example.com\"]",
+            "emails = \"pki-oncall@example.com\"",
+            "expected a list",
+        ),
+    ] {
+        assert!(text.contains(from), "{from}");
+        env.write("bad.toml", &text.replace(from, to));
+        let r = env.run(&["--plan", "bad.toml", "validate"]).code(2);
+        assert!(r.stderr.contains(want), "{to}: {}", r.stderr);
+        for word in ["i128", "sequence", "expected i64"] {
+            assert!(!r.stderr.contains(word), "{to}: {}", r.stderr);
+        }
+    }
+    // Not a backup: a PEM file, and a backup cut short.
+    let with_pw = |args: &[&str]| {
+        let out = env
+            .cmd()
+            .env("PW", "changeit-123")
+            .args([&["--plan", "plan.toml"][..], args].concat())
+            .output()
+            .unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    env.plan_run(&["export", "device:sensor-01", "--out", "d.pem"])
+        .ok();
+    let r = with_pw(&["vault", "restore", "--in", "d.pem", "--password-env", "PW"]).code(2);
+    assert!(
+        r.stderr.contains("not a certroll vault backup") && !r.stderr.contains("Envelope"),
+        "{}",
+        r.stderr
+    );
+    with_pw(&[
+        "vault",
+        "backup",
+        "dev-sensor-01",
+        "--out",
+        "b.bak",
+        "--password-env",
+        "PW",
+    ])
+    .ok();
+    let whole = std::fs::read(env.path("b.bak")).unwrap();
+    std::fs::write(env.path("cut.bak"), &whole[..whole.len() / 2]).unwrap();
+    let r = with_pw(&["vault", "restore", "--in", "cut.bak", "--password-env", "PW"]).code(2);
+    assert!(
+        r.stderr.contains("ends part-way") && !r.stderr.contains("EOF while parsing"),
+        "{}",
+        r.stderr
+    );
+    // An empty import file.
+    env.write("empty.pem", "");
+    let r = env
+        .plan_run(&["vault", "import", "e", "--file", "empty.pem"])
+        .code(2);
+    assert!(
+        r.stderr.contains("empty.pem is empty") && !r.stderr.contains("read as PKCS#12"),
+        "{}",
+        r.stderr
+    );
+    // check vault:NAME, as check names it.
+    env.plan_run(&[
+        "vault",
+        "create",
+        "v10",
+        "--subject",
+        "CN=v10",
+        "--issuer",
+        "Self",
+    ])
+    .ok();
+    let r = env.plan_run(&["check", "vault:v10", "-o", "json"]).ok().json();
+    assert_eq!(r["counts"]["ok"], 1, "{r:#}");
+    let r = env.plan_run(&["check", "vault:nosuch"]).code(3);
+    assert!(r.stderr.contains("vault:nosuch"), "{}", r.stderr);
+    // A store another program (sqlite3) holds locked: told once, in words.
+    let holder = rusqlite::Connection::open(env.store_dir().join("state.db")).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let r = env
+        .plan_run(&["vault", "create", "zz", "--subject", "CN=zz"])
+        .code(1);
+    assert!(
+        r.stderr.contains("another program (not certroll)"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("Error code 5"), "{}", r.stderr);
+    assert_eq!(r.stderr.matches("database is locked").count(), 0, "{}", r.stderr);
+    holder.execute_batch("ROLLBACK").unwrap();
+}
