@@ -401,7 +401,11 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
     // declares: together, most likely a renamed `[groups.NAME]` table (issue 10 item 21).
     let mut service = None;
     for g in plan.groups.values() {
-        if !wants(Target::Group(g.name.clone())) || backend.group(&g.name)?.is_some() {
+        // Before its CA is issued, the CA's own "no certificate" says it all.
+        if !wants(Target::Group(g.name.clone()))
+            || !ca_not_after.contains_key(g.signing_ca.as_str())
+            || backend.group(&g.name)?.is_some()
+        {
             continue;
         }
         let reason = match crate::ops::issue::renamed_from(plan, &backend, &g.name, &mut service)? {

@@ -806,21 +806,37 @@ fn due_held_back(
     let mut ca_problem: HashMap<String, Option<String>> = HashMap::new();
     let mut group_problem: HashMap<String, Option<(&'static str, String)>> = HashMap::new();
     let mut service = None;
+    // Individual enrollments (never a group's devices) read in chunks: a disabled one is revoked.
+    let enrollment_ids: Vec<String> = device_ids
+        .iter()
+        .filter(|id| plan.enrollments.contains_key(id.as_str()))
+        .cloned()
+        .collect();
+    let mut revoked_enrollments = std::collections::HashSet::new();
+    for chunk in enrollment_ids.chunks(CHUNK) {
+        for (id, e) in chunk.iter().zip(backend.individual_many(chunk)?) {
+            if e.is_some_and(|e| e.status == crate::backend::types::Status::Disabled) {
+                revoked_enrollments.insert(id.clone());
+            }
+        }
+    }
     let mut ok = Vec::with_capacity(device_ids.len());
     let mut held = Vec::new();
+    // Each device's group, read once (a file-listed group's look-up by id is linear).
+    let mut group_of: HashMap<String, &crate::plan::GroupSpec> = HashMap::new();
+    for g in plan.groups.values() {
+        for gid in g.device_ids() {
+            group_of.entry(gid).or_insert(g);
+        }
+    }
     for id in device_ids {
-        let (ca, group) = match super::device_owner(plan, &id).context("device not in the plan")? {
-            super::DeviceOwner::Group(g) => (g.signing_ca.as_str(), Some(g)),
-            super::DeviceOwner::Enrollment(e) => (e.issuer.as_str(), None),
+        let (ca, group) = match (plan.enrollments.get(&id), group_of.get(&id)) {
+            (Some(e), _) => (e.issuer.as_str(), None),
+            (None, Some(g)) => (g.signing_ca.as_str(), Some(*g)),
+            (None, None) => anyhow::bail!("device:{id} is not in the plan"),
         };
         let mut problem: Option<(&'static str, String)> = None;
-        if group.is_none()
-            && backend
-                .individual_many(std::slice::from_ref(&id))?
-                .into_iter()
-                .flatten()
-                .any(|e| e.status == crate::backend::types::Status::Disabled)
-        {
+        if group.is_none() && revoked_enrollments.contains(id.as_str()) {
             problem = Some((
                 "revoked",
                 "its enrollment is disabled (revoked); a revoked device gets nothing".to_string(),
@@ -863,6 +879,17 @@ fn due_held_back(
                                 .flatten()
                                 .any(|s| s.cert_der == c.cert_der)
                         });
+                        // A CA the service would accept no device under (signed outside the
+                        // plan's verified roots) is refused for the whole run, before anything
+                        // is written, as without `--due` (issue 10 item 9).
+                        if !accepts {
+                            let nothing = std::collections::BTreeSet::new();
+                            let as_is = RunMakes {
+                                renewed: &nothing,
+                                uploads_roots: &nothing,
+                            };
+                            refuse_unaccepted(plan, backend, &[(g, &as_is)])?;
+                        }
                         // A missing CA is told by the CA's own check below.
                         (!accepts && backend.current(&super::ca_cert_name(&g.signing_ca))?.is_some()).then(|| {
                             (
