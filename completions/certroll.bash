@@ -3024,7 +3024,7 @@ _certroll() {
             return 0
             ;;
         certroll__subcmd__vault__subcmd__purge)
-            opts="-o -q -v -h --yes --dry-run --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
+            opts="-y -o -q -v -h --yes --dry-run --plan --output --quiet --verbose --now --allow-time-travel --key-file --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

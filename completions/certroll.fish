@@ -278,7 +278,7 @@ json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -l yes -d 'Do not ask for confirmation'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -s y -l yes -d 'Do not ask for confirmation'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -l dry-run -d 'Print what would be purged; change nothing'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'

@@ -80,6 +80,35 @@ pub fn classify(err: &anyhow::Error) -> Failure {
     Failure::Runtime
 }
 
+/// An error and its causes as one line (`what: why: ...`), as `{:#}` prints it, but told once:
+/// SQLite's own causes repeat what the store error already says ("database is locked: database
+/// is locked: Error code 5: database is locked"), so the chain stops at a store's SQLite error.
+pub fn message(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !out.is_empty() {
+            if out.contains(&text) {
+                continue;
+            }
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+        // Through `BackendError::Store`, which is transparent, too.
+        use crate::store::StoreError;
+        let store = cause
+            .downcast_ref::<StoreError>()
+            .or_else(|| match cause.downcast_ref() {
+                Some(crate::backend::BackendError::Store(e)) => Some(e),
+                _ => None,
+            });
+        if matches!(store, Some(StoreError::Sqlite { .. })) {
+            break;
+        }
+    }
+    out
+}
+
 /// The process exit code for a failure.
 pub fn exit_code(failure: Failure) -> u8 {
     match failure {

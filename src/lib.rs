@@ -19,6 +19,22 @@
 //!   On azure it reads Key Vault through the [`backend::Vault`] trait; the ledger stays local.
 #![warn(missing_docs)]
 
+// `eprintln!` and `eprint!` for the whole crate (they shadow std's, which panic when stderr is a
+// closed pipe, as in `certroll ... 2>&1 | head -c 1`): a message nobody can read any more is
+// dropped, and the exit code still tells what happened.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+macro_rules! eprint {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod backend;
 pub mod cli;
 pub mod clock;

@@ -74,7 +74,7 @@ impl ErrorBody {
     pub fn from_error(err: &anyhow::Error) -> ErrorBody {
         let failure = crate::error::classify(err);
         ErrorBody {
-            message: format!("{err:#}"),
+            message: crate::error::message(err),
             kind: failure.name(),
             exit_code: crate::error::exit_code(failure),
         }
@@ -225,7 +225,11 @@ impl<W: Write> Printer<W> {
                         out,
                         "  {:<20} {}{}",
                         ca.name,
-                        cert_line(ca.cert.as_ref()),
+                        if ca.deleted {
+                            "(certificate deleted in the vault; `vault recover` brings it back)".to_string()
+                        } else {
+                            cert_line(ca.cert.as_ref())
+                        },
                         verified
                     )?;
                 }
@@ -294,6 +298,7 @@ impl<W: Write> Printer<W> {
                         .unwrap_or("-");
                     let (tp, exp) = match &d.installed {
                         Some(c) => (c.thumbprint.as_str(), crate::clock::rfc3339(c.not_after)),
+                        None if d.installed_deleted => ("(deleted in the vault)", String::new()),
                         None => ("(no certificate)", String::new()),
                     };
                     writeln!(

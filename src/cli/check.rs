@@ -20,15 +20,32 @@ Examples:
 #[derive(Debug, Args)]
 #[command(after_help = CHECK_CODES)]
 pub struct CheckArgs {
-    /// What to check: ca:NAME, group:NAME, enrollment:NAME, device:ID (default: everything).
-    #[arg(value_parser = parse_target)]
-    targets: Vec<Target>,
+    /// What to check: ca:NAME, group:NAME, enrollment:NAME, device:ID, or vault:NAME (a
+    /// certificate made in the vault alone, as check names it) (default: everything).
+    #[arg(value_parser = parse_check_target)]
+    targets: Vec<CheckTarget>,
     /// Warn about certificates expiring within this many days (0 = only lifetime actions warn).
     #[arg(long, value_name = "DAYS", default_value_t = 0)]
     warn_within: u32,
     /// Critical for certificates expiring within this many days (0 = only expired ones).
     #[arg(long, value_name = "DAYS", default_value_t = 0)]
     critical_within: u32,
+}
+
+/// A target of `check`: one of the plan's, or a certificate made in the vault alone.
+#[derive(Debug, Clone)]
+enum CheckTarget {
+    Plan(Target),
+    Vault(String),
+}
+
+fn parse_check_target(text: &str) -> Result<CheckTarget, String> {
+    match text.strip_prefix("vault:") {
+        Some(name) if !name.is_empty() => Ok(CheckTarget::Vault(name.to_string())),
+        _ => parse_target(text)
+            .map(CheckTarget::Plan)
+            .map_err(|e| format!("{e} (or vault:NAME for a certificate made in the vault alone)")),
+    }
 }
 
 /// check's exit code when the plan or the state cannot be read.
@@ -40,8 +57,16 @@ const SHOWN: usize = 50;
 pub fn exec(g: &Global, args: CheckArgs) -> anyhow::Result<u8> {
     let run = || -> anyhow::Result<CheckReport> {
         let plan = g.load_plan()?;
+        let (mut targets, mut vault_names) = (Vec::new(), Vec::new());
+        for t in args.targets {
+            match t {
+                CheckTarget::Plan(t) => targets.push(t),
+                CheckTarget::Vault(name) => vault_names.push(name),
+            }
+        }
         let opts = CheckOptions {
-            targets: args.targets,
+            targets,
+            vault_names,
             warn_within_days: args.warn_within,
             critical_within_days: args.critical_within,
             backend: g.backend(),

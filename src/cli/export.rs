@@ -35,6 +35,8 @@ pub struct ExportArgs {
 }
 
 pub fn exec(g: &Global, args: ExportArgs) -> anyhow::Result<u8> {
+    // A CRL is dated `--now` and spends a CRL number.
+    g.refuse_time_travel("export")?;
     let plan = g.load_plan()?;
     let password = match &args.password_env {
         Some(var) => {

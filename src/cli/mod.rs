@@ -249,7 +249,7 @@ pub fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", crate::error::message(&err));
             let body = crate::output::ErrorBody::from_error(&err);
             if json {
                 let _ = crate::output::print_error_document(&body);
@@ -341,6 +341,8 @@ fn init_tracing(verbose: u8, quiet: bool, serving: bool) {
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(std::io::stderr)
+        // Its own report of a failed write is an `eprintln!`, which panics on a closed stderr.
+        .log_internal_errors(false)
         .try_init();
 }
 

@@ -28,6 +28,10 @@ pub struct NotifyArgs {
 }
 
 pub fn exec(g: &Global, args: NotifyArgs) -> anyhow::Result<u8> {
+    if !args.dry_run {
+        // A notice recorded as sent at a far `--now` is never sent when that time comes.
+        g.refuse_time_travel("notify")?;
+    }
     let plan = g.load_plan()?;
     let channels = Channels::from_env(&plan)?;
     let report = crate::notify::notify(

@@ -17,6 +17,7 @@ pub struct InitArgs {
 pub struct ValidateArgs {}
 
 pub fn init(g: &Global, args: InitArgs) -> anyhow::Result<u8> {
+    g.refuse_time_travel("init")?;
     crate::ops::init::init(&g.plan, args.force)?;
     let mut p = g.printer();
     if g.output == crate::output::Format::Json {

@@ -136,10 +136,15 @@ pub fn exec(g: &Global, args: RollArgs, slot: SlotName) -> anyhow::Result<u8> {
     Ok(exit_code(&report))
 }
 
-/// 1 when `--due` left out a device the plan names but that was never issued: the run did what
-/// was due, but not everything the plan declares is in service (README, exit codes).
+/// 1 when `--due` left out a device the plan names but that was never issued, or one its CA or
+/// group held back: the run did what was due and could be done, but not everything the plan
+/// declares is in service (README, exit codes).
 fn exit_code(report: &RollReport) -> u8 {
-    if report.devices.iter().any(|d| d.outcome == "not-issued") {
+    if report
+        .devices
+        .iter()
+        .any(|d| matches!(d.outcome, "not-issued" | "held-back"))
+    {
         1
     } else {
         0
@@ -199,6 +204,11 @@ fn print_human<W: std::io::Write>(
                     "{}: not issued yet, so not rolled; `certroll issue {}` issues it",
                     d.target, d.target
                 ))?,
+                "held-back" | "revoked" => p.line(format!(
+                    "{}: not rolled: {}",
+                    d.target,
+                    d.steps.first().map(String::as_str).unwrap_or(d.outcome)
+                ))?,
                 "capped" => p.line(format!(
                     "{}: its CA's expiry caps a new certificate, which would end no later than the one it holds; not renewed",
                     d.target
@@ -234,6 +244,23 @@ fn print_human<W: std::io::Write>(
             p.line(format!(
                 "{}: not issued yet, so not rolled; `certroll issue {}` issues it",
                 d.target, d.target
+            ))?;
+        }
+        // Held back devices share their reasons (a CA, a group): each reason once, with its count.
+        let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
+        for d in report.devices.iter().filter(|d| d.outcome == "held-back") {
+            let why = d.steps.first().map(String::as_str).unwrap_or_default();
+            match reasons.iter_mut().find(|(w, _)| *w == why) {
+                Some((_, ids)) => ids.push(&d.target),
+                None => reasons.push((why, vec![&d.target])),
+            }
+        }
+        for (why, ids) in reasons {
+            p.line(format!(
+                "{} device(s) ({} .. {}) not rolled: {why}",
+                ids.len(),
+                ids[0],
+                ids[ids.len() - 1]
             ))?;
         }
     }

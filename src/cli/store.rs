@@ -26,6 +26,7 @@ enum StoreCommand {
 pub fn exec(g: &Global, args: StoreArgs) -> anyhow::Result<u8> {
     match args.command {
         StoreCommand::Rekey => {
+            g.refuse_time_travel("store rekey")?;
             let plan = g.load_plan()?;
             let report = crate::ops::rekey::rekey(&plan, &g.backend())?;
             let mut p = g.printer();

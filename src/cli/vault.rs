@@ -139,7 +139,7 @@ Examples:
         /// The deleted certificate's name.
         name: String,
         /// Do not ask for confirmation.
-        #[arg(long)]
+        #[arg(long, short = 'y')]
         yes: bool,
         /// Print what would be purged; change nothing.
         #[arg(long)]
@@ -634,6 +634,7 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
             out,
             password_env,
         } => {
+            g.refuse_time_travel("vault backup")?;
             let pw = password(&password_env)?;
             let mut p = g.out_printer(&out)?;
             crate::ops::outfile::refuse_private_to_terminal(&out, true)?;
@@ -673,6 +674,9 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
             }
         }
         VaultCommand::Contacts { command } => {
+            if !matches!(command, ContactsCommand::Get) {
+                g.refuse_time_travel("vault contacts")?;
+            }
             let view = match command {
                 ContactsCommand::Get => settings::contacts_get(&plan, &settings)?,
                 ContactsCommand::Set { emails } => settings::contacts_set(&plan, &emails, &settings)?,
@@ -713,6 +717,7 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
                 IssuersCommand::Get { name } => (vec![settings::issuer_get(&plan, &name, &settings)?], true),
                 IssuersCommand::List => (settings::issuer_list(&plan, &settings)?, false),
                 IssuersCommand::Delete { name } => {
+                    g.refuse_time_travel("vault issuers delete")?;
                     let gone = settings::issuer_delete(&plan, &name, &settings)?;
                     if json {
                         p.json(&serde_json::json!({ "deleted": gone }))?;
@@ -846,6 +851,7 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
             with_key,
             password_env,
         } => {
+            g.refuse_time_travel("vault export")?;
             let pw = password_env.as_deref().map(password).transpose()?;
             if format == Some(crate::ops::ExportFormat::Pfx) && pw.is_none() {
                 return Err(input("a pfx export needs a password: --password-env VAR"));
@@ -879,6 +885,7 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
             }
         }
         VaultCommand::Csr { name, out } => {
+            g.refuse_time_travel("vault csr")?;
             let mut p = g.out_printer(&out)?;
             let r = pending::csr(&plan, &name, &out, &settings)?;
             if json {

@@ -5,7 +5,7 @@
 use super::lifetime::{self, Scheduled};
 use super::{Access, BackendSettings, Target, ca_cert_name, open_verb_backend};
 use crate::backend::types::VaultVersion;
-use crate::backend::{Backend, Vault as _};
+use crate::backend::{Backend, EnrollmentService as _, Vault as _};
 use crate::plan::{ActionKind, LifetimeAction, Plan, Policy, Trigger};
 use anyhow::Result;
 use serde::Serialize;
@@ -14,8 +14,10 @@ use time::OffsetDateTime;
 /// Options of `check`.
 #[derive(Debug, Clone, Default)]
 pub struct CheckOptions {
-    /// Only these targets; empty = everything.
+    /// Only these targets; empty (with `vault_names` empty) = everything.
     pub targets: Vec<Target>,
+    /// Only these certificates made in the vault alone (`vault:NAME` targets).
+    pub vault_names: Vec<String>,
     /// Warn about certificates that expire within this many days, even with no action due.
     pub warn_within_days: u32,
     /// Treat certificates that expire within this many days as critical.
@@ -150,6 +152,8 @@ struct Checker<'a> {
     opts: &'a CheckOptions,
     now: OffsetDateTime,
     report: CheckReport,
+    /// Soft-deleted certificates by vault name, with when they were deleted.
+    deleted: std::collections::HashMap<String, OffsetDateTime>,
 }
 
 impl Checker<'_> {
@@ -161,10 +165,25 @@ impl Checker<'_> {
         renewal: Option<Renewal<'_>>,
     ) {
         let Some(cert) = cert else {
+            let name = match target.split_once(':') {
+                Some(("ca", ca)) => ca_cert_name(ca),
+                Some(("device", id)) => super::device_cert_name(id),
+                _ => String::new(),
+            };
+            // A soft-deleted certificate is still held (by the device, or as the CA's chain):
+            // "no certificate" would send the reader to `issue` instead of `vault recover`.
+            let reason = match self.deleted.get(&name) {
+                Some(at) => format!(
+                    "its certificate `{name}` is deleted in the vault (deleted {}); the device or CA still holds it, \
+                     but nothing can renew it: `certroll vault recover {name}` brings it back",
+                    crate::clock::rfc3339(*at)
+                ),
+                None => "no certificate".into(),
+            };
             self.add(Problem {
                 target,
                 level: Level::Critical,
-                reason: "no certificate".into(),
+                reason,
                 not_after: None,
                 actions_due: vec![],
             });
@@ -273,7 +292,8 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
         t.check(plan)?;
     }
     let backend = open_verb_backend(plan, "check", Access::Preview, &opts.backend)?;
-    let wants = |t: Target| opts.targets.is_empty() || opts.targets.contains(&t);
+    let everything = opts.targets.is_empty() && opts.vault_names.is_empty();
+    let wants = |t: Target| everything || opts.targets.contains(&t);
     let mut c = Checker {
         opts,
         now,
@@ -284,6 +304,11 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             problems: vec![],
             next_due: None,
         },
+        deleted: backend
+            .deleted_certificates(None)?
+            .into_iter()
+            .map(|d| (d.name, d.deleted))
+            .collect(),
     };
     let mut ca_not_after = std::collections::BTreeMap::new();
     for ca in &plan.cas {
@@ -328,7 +353,7 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
     }
     // Expired CA certificates the enrollment service still holds: harmless (nothing chains to
     // them) but to be deleted, which the next roll does.
-    if opts.targets.is_empty() {
+    if everything {
         let expired = super::roll::expired_held(&backend, now, &[])?;
         for (name, at) in expired.service_cas {
             c.add(Problem {
@@ -372,6 +397,57 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             });
         }
     }
+    // A group of the plan the service lacks, and a group of the service the plan no longer
+    // declares: together, most likely a renamed `[groups.NAME]` table (issue 10 item 21).
+    let mut service = None;
+    for g in plan.groups.values() {
+        // Before its CA is issued, the CA's own "no certificate" says it all.
+        if !wants(Target::Group(g.name.clone()))
+            || !ca_not_after.contains_key(g.signing_ca.as_str())
+            || backend.group(&g.name)?.is_some()
+        {
+            continue;
+        }
+        let reason = match crate::ops::issue::renamed_from(plan, &backend, &g.name, &mut service)? {
+            Some((old, count)) => format!(
+                "not in the enrollment service, which holds group `{old}` ({count} registered device(s)) with the \
+                 same signing CA `{}` that the plan no longer declares: was `[groups.{old}]` renamed to \
+                 `[groups.{}]`? A group's name cannot change: rename the table back (or give it a signing CA of its own \
+                 and `certroll issue group:{}`)",
+                g.signing_ca, g.name, g.name
+            ),
+            None => format!(
+                "not in the enrollment service yet: `certroll issue group:{}` issues it",
+                g.name
+            ),
+        };
+        c.add(Problem {
+            target: format!("group:{}", g.name),
+            level: Level::Critical,
+            reason,
+            not_after: None,
+            actions_due: vec![],
+        });
+    }
+    if everything {
+        let groups = match service {
+            Some(groups) => groups,
+            None => backend.groups()?,
+        };
+        for s in groups.iter().filter(|s| !plan.groups.contains_key(&s.name)) {
+            c.add(Problem {
+                target: format!("service-group:{}", s.name),
+                level: Level::Warning,
+                reason: format!(
+                    "the enrollment service holds group `{}`, which the plan does not declare (renamed or removed \
+                     from the plan?); its devices register through it",
+                    s.name
+                ),
+                not_after: None,
+                actions_due: vec![],
+            });
+        }
+    }
     for g in plan.groups.values() {
         let whole = wants(Target::Group(g.name.clone()));
         let ids = g
@@ -394,9 +470,22 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
         }
     }
     // Certificates made in the vault alone (`vault create`, `import`, `merge`) have lifetime
-    // actions of their own in their vault policy; they are checked when nothing narrower is asked.
-    if opts.targets.is_empty() {
-        for v in super::vault::renew::vault_only(plan, &backend)? {
+    // actions of their own in their vault policy; they are checked when nothing narrower is
+    // asked, or when named (`vault:NAME`).
+    if everything || !opts.vault_names.is_empty() {
+        let all = super::vault::renew::vault_only(plan, &backend)?;
+        for name in &opts.vault_names {
+            if !all.iter().any(|v| &v.name == name) {
+                return Err(crate::error::input(format!(
+                    "vault:{name} is not a certificate made in the vault alone (`certroll vault list` shows the \
+                     vault's certificates; the plan's are checked as ca:, group:, enrollment: or device:)"
+                )));
+            }
+        }
+        for v in all
+            .iter()
+            .filter(|v| everything || opts.vault_names.contains(&v.name))
+        {
             c.look(format!("vault:{}", v.name), &v.actions(), Some(&v.current), None);
         }
     }

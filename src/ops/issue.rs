@@ -247,33 +247,50 @@ fn refuse_renamed_groups(plan: &Plan, backend: &dyn Backend, selected: &BTreeSet
         if backend.group(name)?.is_some() {
             continue;
         }
-        let g = &plan.groups[name];
-        let groups = match &mut service {
-            Some(groups) => groups,
-            None => service.insert(backend.groups()?),
-        };
-        let versions = backend.versions(&ca_cert_name(&g.signing_ca))?;
-        let old = groups.iter().find(|s| {
-            !plan.groups.contains_key(&s.name)
-                && [&s.primary, &s.secondary]
-                    .into_iter()
-                    .flatten()
-                    .any(|slot| versions.iter().any(|v| v.cert_der == slot.cert_der))
-        });
-        if let Some(old) = old {
+        if let Some((old, count)) = renamed_from(plan, backend, name, &mut service)? {
             return Err(crate::error::input(format!(
                 "group:{name} is new in the plan, but the enrollment service holds group `{old}`, which the plan no \
                  longer declares, with a certificate of the same signing CA `{ca}`: was `[groups.{old}]` renamed to \
                  `[groups.{name}]`? An enrollment group's name cannot change, and the service keeps a CA certificate \
                  in one group only. To keep the group and its {count} registered device(s), rename the table back to \
                  `[groups.{old}]`; to replace it, give `[groups.{name}]` a signing CA of its own. Nothing was changed",
-                old = old.name,
-                ca = g.signing_ca,
-                count = backend.devices_page(Some(&old.name), "", usize::MAX >> 1)?.len(),
+                ca = plan.groups[name].signing_ca,
             )));
         }
     }
     Ok(())
+}
+
+/// For a plan group `name` the service lacks: the group the service holds, and the plan no longer
+/// declares, with a certificate of the same signing CA (the old name of a renamed
+/// `[groups.NAME]` table), with how many devices are registered through it. `service` caches
+/// the service's groups between calls.
+pub(crate) fn renamed_from(
+    plan: &Plan,
+    backend: &dyn Backend,
+    name: &str,
+    service: &mut Option<Vec<EnrollmentGroup>>,
+) -> Result<Option<(String, usize)>> {
+    let g = &plan.groups[name];
+    let groups = match service {
+        Some(groups) => groups,
+        None => service.insert(backend.groups()?),
+    };
+    let versions = backend.versions(&ca_cert_name(&g.signing_ca))?;
+    let old = groups.iter().find(|s| {
+        !plan.groups.contains_key(&s.name)
+            && [&s.primary, &s.secondary]
+                .into_iter()
+                .flatten()
+                .any(|slot| versions.iter().any(|v| v.cert_der == slot.cert_der))
+    });
+    match old {
+        Some(old) => Ok(Some((
+            old.name.clone(),
+            backend.devices_page(Some(&old.name), "", usize::MAX >> 1)?.len(),
+        ))),
+        None => Ok(None),
+    }
 }
 
 /// Runs `issue`.

@@ -318,9 +318,11 @@ pub struct LoadedIssuer {
 /// Loads the current version of a CA with its key, for signing.
 pub fn load_issuer(backend: &dyn Backend, ca: &str) -> Result<LoadedIssuer> {
     let cert_name = ca_cert_name(ca);
-    let current = backend.current(&cert_name)?.ok_or_else(|| {
-        BackendError::NotFound(format!("CA `{ca}` in the vault (run `certroll issue ca:{ca}`)"))
-    })?;
+    let Some(current) = backend.current(&cert_name)? else {
+        anyhow::bail!(
+            "CA `{ca}` has no certificate in the vault (purged, or never issued); `certroll issue ca:{ca}` issues one"
+        );
+    };
     if !current.enabled {
         // Not an input error: earlier steps of the run may have been done; a rerun resumes.
         // Never advise re-enabling it: `revoke ca:` and breaches disable a CA because it must not

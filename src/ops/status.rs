@@ -22,8 +22,11 @@ pub struct CaStatus {
     pub issuer: Option<String>,
     /// Whether the enrollment service holds it verified (roots only; null for intermediates).
     pub verified: Option<bool>,
-    /// The current certificate, or null if not issued.
+    /// The current certificate, or null if not issued (or soft-deleted: see `deleted`).
     pub cert: Option<CertInfo>,
+    /// Its certificate is soft-deleted in the vault (`vault delete`; `vault recover` brings it
+    /// back): `cert` is null, but what it signed still chains to it.
+    pub deleted: bool,
     /// The enrollment service's CA certificates holding a version of this CA (after a root
     /// roll, the old and the new root side by side).
     pub in_service: Vec<ServiceCaStatus>,
@@ -81,8 +84,12 @@ pub struct DeviceStatus {
     pub group: Option<String>,
     /// Its individual enrollment, if any.
     pub enrollment: Option<String>,
-    /// The certificate installed on it.
+    /// The certificate installed on it (null when never issued, or when its vault certificate is
+    /// soft-deleted: see `installed_deleted`).
     pub installed: Option<CertInfo>,
+    /// The device holds a certificate whose vault certificate is soft-deleted (`vault delete`;
+    /// `vault recover` brings it back).
+    pub installed_deleted: bool,
     /// Its last registration.
     pub registration: Option<RegistrationState>,
     /// Its hub identity.
@@ -179,6 +186,8 @@ impl StatusQuery<'_> {
                 issuer: ca.issuer.clone(),
                 verified,
                 cert: info(current.as_ref().map(|c| c.cert_der.as_slice()))?,
+                deleted: current.is_none()
+                    && !b.deleted_certificates(Some(&ca_cert_name(&ca.name)))?.is_empty(),
                 in_service,
             });
         }
@@ -318,15 +327,21 @@ impl StatusQuery<'_> {
             .zip(registrations.into_iter().zip(identities))
             .zip(individuals)
         {
-            let installed = match record.and_then(|r| r.installed_version) {
-                Some(v) => b.version(&device_cert_name(id), &v)?.map(|v| v.cert_der),
+            let installed_version = record.and_then(|r| r.installed_version);
+            let installed = match &installed_version {
+                Some(v) => b.version(&device_cert_name(id), v)?.map(|v| v.cert_der),
                 None => None,
             };
+            // Only a device whose installed version is gone costs the deleted-certificates read.
+            let installed_deleted = installed_version.is_some()
+                && installed.is_none()
+                && !b.deleted_certificates(Some(&device_cert_name(id)))?.is_empty();
             each(DeviceStatus {
                 id: id.clone(),
                 group: group.clone(),
                 enrollment: enrollment.clone(),
                 installed: info(installed.as_deref())?,
+                installed_deleted,
                 registration,
                 hub_identity,
                 individual_enrollment: individual.map(|e| enrollment_status(id, Some(&e))).transpose()?,

@@ -69,7 +69,25 @@ pub fn pem_error(e: &rustls_pki_types::pem::Error) -> String {
     }
 }
 
-fn describe(e: rustls_pki_types::pem::Error) -> Error {
+/// Whether `text` holds a legacy (RFC 1421) encrypted PEM key: a block with a
+/// `Proc-Type: 4,ENCRYPTED` header, as `openssl genrsa -aes128` and `openssl rsa -traditional`
+/// write. Its headers are not base64, so a PEM parser sees a damaged body.
+pub fn has_legacy_encrypted_key(text: &[u8]) -> bool {
+    text.split(|b| *b == b'\n').any(|line| {
+        let line = line.trim_ascii();
+        line.starts_with(b"Proc-Type:") && line.ends_with(b"ENCRYPTED")
+    })
+}
+
+/// What a reader of an encrypted private key is told (legacy PEM or PKCS#8 alike).
+pub const ENCRYPTED_KEY: &str = "the private key is encrypted; decrypt it first (`openssl pkey -in KEY -out plain.pem`), or import it as PKCS#12 with --password-env";
+
+fn describe_in(text: &[u8], e: rustls_pki_types::pem::Error) -> Error {
+    if matches!(e, rustls_pki_types::pem::Error::Base64Decode(_)) && has_legacy_encrypted_key(text) {
+        return Error::BadPem(format!(
+            "{ENCRYPTED_KEY} (a legacy PEM key: `Proc-Type: 4,ENCRYPTED`)"
+        ));
+    }
     Error::BadPem(pem_error(&e))
 }
 
@@ -81,7 +99,7 @@ fn check_framing(text: &[u8]) -> Result<(), Error> {
         match rustls_pki_types::pem::from_buf(&mut rest) {
             Ok(Some(_)) => {}
             Ok(None) => return Ok(()),
-            Err(e) => return Err(describe(e)),
+            Err(e) => return Err(describe_in(text, e)),
         }
     }
 }
@@ -102,7 +120,7 @@ pub fn certs_from_pem(text: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
     let certs = CertificateDer::pem_slice_iter(text)
         .map(|c| c.map(|c| c.to_vec()))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(describe)?;
+        .map_err(|e| describe_in(text, e))?;
     if certs.is_empty() {
         return Err(Error::BadPem("no CERTIFICATE block found".into()));
     }
@@ -119,7 +137,7 @@ pub fn key_from_pem(text: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
 pub fn private_key_from_pem(text: &[u8]) -> Result<PrivateKeyDer<'static>, Error> {
     PrivateKeyDer::from_pem_slice(text).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => Error::BadPem("no PRIVATE KEY block found".into()),
-        other => describe(other),
+        other => describe_in(text, other),
     })
 }
 

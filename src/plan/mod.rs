@@ -139,8 +139,16 @@ fn plain_types(message: &str) -> String {
         ("expected i32", "expected an integer"),
         ("expected f64", "expected a number"),
         ("expected a boolean", "expected true or false"),
+        (
+            "expected a sequence",
+            "expected a list in brackets, like [\"a\", \"b\"]",
+        ),
     ] {
         out = out.replace(rust, plain);
+    }
+    // An integer beyond 128 bits: toml's own message names serde's type (`as i128`).
+    if out.contains(" as i128") {
+        out = "invalid value: the integer is too large".to_string();
     }
     out
 }

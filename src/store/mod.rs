@@ -21,12 +21,25 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// What SQLite said, in words where its own are cryptic. A busy or locked database here is
+/// another program's transaction (another certroll waits on the writer lock and says so).
+fn sqlite_words(e: &rusqlite::Error) -> String {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            "another program (not certroll) holds a transaction on the store file and kept it locked; \
+             try again when it has finished"
+                .to_string()
+        }
+        _ => e.to_string(),
+    }
+}
+
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// SQLite failed.
-    #[error("store {path}: {source}")]
+    #[error("store {path}: {}", sqlite_words(source))]
     Sqlite {
         /// The store file.
         path: PathBuf,

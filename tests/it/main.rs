@@ -65,6 +65,9 @@ mod fidelity3;
 // Issue 10, the leftovers of each kind: reruns after any other roll, capped CA renewals, `--due`
 // beside an unissued device, disabled CAs, PEM text, PKCS#12 schemes, `serve --ca-out -`.
 mod fidelity4;
+// Issue 10, the third trial: the cron `--due` run beside odd corners of the fleet (expired, purged
+// CAs, renamed and revoked groups), due CAs renewed by `--due`, guarded `--now`, a closed stderr.
+mod fidelity5;
 // Fuzzing (issue 9 item 13): what the fuzzers found, as regressions, and proptest properties.
 mod fuzz_found;
 mod properties;

@@ -126,7 +126,9 @@ pub struct DeviceRoll {
     /// `rolled`, `would-roll`, `already-rolled`, `pruned` (only an expired certificate left the
     /// other slot), `not-due`, `capped` (its CA's expiry caps a renewal; see
     /// [`RollReport::renew_ca_first`]), `not-issued` (with `--due`: named by the plan, never
-    /// issued; the run exits 1), `replaced`, `would-replace` or `already-replaced`.
+    /// issued; the run exits 1), `held-back` (with `--due`: its CA or group holds it back, as its
+    /// one step says; the run exits 1), `revoked`, `replaced`, `would-replace` or
+    /// `already-replaced`.
     pub outcome: &'static str,
     /// The slot the new certificate went into.
     pub slot: SlotName,
@@ -284,7 +286,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         t.check(plan)?;
     }
     refuse_unreachable_identity_removal(plan, opts, &targets)?;
-    let (device_ids, scopes) = if opts.due {
+    let (device_ids, mut scopes) = if opts.due {
         (due_devices(plan, &targets), Vec::new())
     } else {
         expand(plan, opts, &targets)?
@@ -302,6 +304,21 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         if opts.breach.is_some() { " --breach" } else { "" }
     );
     let mut backend = open_verb_backend(plan, &verb, access, &opts.backend)?;
+    // A CA whose own auto-renew is due is renewed by `--due` as by `roll-* ca:NAME` (the CA,
+    // the slots of its groups, then the devices that need it): the devices it caps wait for it.
+    let device_ids = if opts.due && opts.breach.is_none() {
+        scopes = due_ca_scopes(plan, &backend, &targets, now)?;
+        let covered: std::collections::HashSet<&str> = scopes
+            .iter()
+            .flat_map(|s| s.scope.device_ids.iter().map(String::as_str))
+            .collect();
+        device_ids
+            .into_iter()
+            .filter(|id| !covered.contains(id.as_str()))
+            .collect()
+    } else {
+        device_ids
+    };
     // A cron `--due` run rolls what is due even when the plan names a device not issued yet: that
     // one is reported (`not-issued`, exit 1) rather than stopping the whole fleet's renewals.
     let all_due = device_ids.clone();
@@ -320,6 +337,14 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         issued
     } else {
         device_ids
+    };
+    // The same run leaves out, and reports, the devices a problem of their CA or group holds
+    // back (an expired, disabled or purged CA, a group the service lacks or that is revoked):
+    // one bad corner must not stop the renewals of the rest of the fleet.
+    let (device_ids, held_back) = if opts.due && opts.breach.is_none() {
+        due_held_back(plan, &backend, device_ids, opts.slot, now)?
+    } else {
+        (device_ids, Vec::new())
     };
     refuse_unissued(&backend, &device_ids, &scopes)?;
     // A soft-deleted certificate (a device's or a CA's) stops the whole run before it is
@@ -372,6 +397,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
             compromised: Vec::new(),
         });
     }
+    report.devices.extend(held_back);
     let mut planned = Vec::new();
     // CAs whose renewal their issuer's notAfter caps: not renewed, reported with what to renew.
     let mut capped_cas: Vec<String> = Vec::new();
@@ -682,6 +708,244 @@ fn capped_by(
         });
     }
     Ok(out)
+}
+
+/// With `--due`: the `ca:NAME` scopes of the CAs (among those the targets cover; every CA of the
+/// plan when none is named) whose current version's `auto-renew` action has fired and that a
+/// renewal can move later (not capped by their issuer), topmost first; a CA below another such
+/// CA is renewed within that one's scope. A CA that is disabled, missing, or whose scope holds a
+/// group the service lacks is left out (its devices are reported held back).
+fn due_ca_scopes<'p>(
+    plan: &'p Plan,
+    backend: &dyn Backend,
+    targets: &[Target],
+    now: OffsetDateTime,
+) -> Result<Vec<ScopeTarget<'p>>> {
+    let covered: Vec<&str> = if targets.is_empty() {
+        plan.cas.iter().map(|c| c.name.as_str()).collect()
+    } else {
+        targets
+            .iter()
+            .filter_map(|t| match t {
+                Target::Ca(name) => Some(cas::ca_scope(plan, name).cas),
+                _ => None,
+            })
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect()
+    };
+    let mut chosen: Vec<&str> = Vec::new();
+    for ca in plan.cas.iter().filter(|c| covered.contains(&c.name.as_str())) {
+        let policy = &plan.policies[&ca.policy];
+        let Some(current) = backend.current(&super::ca_cert_name(&ca.name))? else {
+            continue;
+        };
+        let fired = policy
+            .lifetime_actions
+            .iter()
+            .filter(|a| a.action == crate::plan::ActionKind::AutoRenew)
+            .any(|a| crate::ops::lifetime::fires_at(a.trigger, current.nbf, current.exp) <= now);
+        if !fired || !current.enabled {
+            continue;
+        }
+        // Under a CA already chosen: renewed within its scope.
+        let mut up = ca.issuer.as_deref();
+        let mut under = false;
+        for _ in 0..=plan.cas.len() {
+            let Some(name) = up else { break };
+            if chosen.contains(&name) {
+                under = true;
+                break;
+            }
+            up = plan
+                .cas
+                .iter()
+                .find(|c| c.name == name)
+                .and_then(|c| c.issuer.as_deref());
+        }
+        if under {
+            continue;
+        }
+        let scope = cas::ca_scope(plan, &ca.name);
+        let mut issued = true;
+        for g in &scope.groups {
+            issued &= backend.group(&g.name)?.is_some();
+        }
+        if !issued {
+            continue;
+        }
+        let pending = cas::pending(plan, backend, &scope, now)?;
+        if pending.renew.first().is_some_and(|c| c.name == ca.name) {
+            chosen.push(&ca.name);
+        }
+    }
+    Ok(chosen
+        .into_iter()
+        .map(|name| ScopeTarget {
+            target: Target::Ca(name.to_string()),
+            scope: cas::ca_scope(plan, name),
+        })
+        .collect())
+}
+
+/// With `--due`: splits the devices into those a roll can renew and the reports of those their
+/// CA or group holds back: outcome `revoked` for a device of a disabled (revoked) group, and
+/// `held-back` (the run exits 1) for one whose signing CA is expired, disabled or missing from the
+/// vault, or whose group the enrollment service lacks (a renamed `[groups.NAME]` table) or holds
+/// without the CA's current version. Each report's one step says what holds it back and what to
+/// do.
+fn due_held_back(
+    plan: &Plan,
+    backend: &dyn Backend,
+    device_ids: Vec<String>,
+    slot: SlotName,
+    now: OffsetDateTime,
+) -> Result<(Vec<String>, Vec<DeviceRoll>)> {
+    use std::collections::HashMap;
+    // Per CA and per group: None when fine, else (outcome, why).
+    let mut ca_problem: HashMap<String, Option<String>> = HashMap::new();
+    let mut group_problem: HashMap<String, Option<(&'static str, String)>> = HashMap::new();
+    let mut service = None;
+    // Individual enrollments (never a group's devices) read in chunks: a disabled one is revoked.
+    let enrollment_ids: Vec<String> = device_ids
+        .iter()
+        .filter(|id| plan.enrollments.contains_key(id.as_str()))
+        .cloned()
+        .collect();
+    let mut revoked_enrollments = std::collections::HashSet::new();
+    for chunk in enrollment_ids.chunks(CHUNK) {
+        for (id, e) in chunk.iter().zip(backend.individual_many(chunk)?) {
+            if e.is_some_and(|e| e.status == crate::backend::types::Status::Disabled) {
+                revoked_enrollments.insert(id.clone());
+            }
+        }
+    }
+    let mut ok = Vec::with_capacity(device_ids.len());
+    let mut held = Vec::new();
+    // Each device's group, read once (a file-listed group's look-up by id is linear).
+    let mut group_of: HashMap<String, &crate::plan::GroupSpec> = HashMap::new();
+    for g in plan.groups.values() {
+        for gid in g.device_ids() {
+            group_of.entry(gid).or_insert(g);
+        }
+    }
+    for id in device_ids {
+        let (ca, group) = match (plan.enrollments.get(&id), group_of.get(&id)) {
+            (Some(e), _) => (e.issuer.as_str(), None),
+            (None, Some(g)) => (g.signing_ca.as_str(), Some(*g)),
+            (None, None) => anyhow::bail!("device:{id} is not in the plan"),
+        };
+        let mut problem: Option<(&'static str, String)> = None;
+        if group.is_none() && revoked_enrollments.contains(id.as_str()) {
+            problem = Some((
+                "revoked",
+                "its enrollment is disabled (revoked); a revoked device gets nothing".to_string(),
+            ));
+        }
+        if let Some(g) = group {
+            if !group_problem.contains_key(&g.name) {
+                let state = backend.group(&g.name)?;
+                let found = match state {
+                    None => Some((
+                        "held-back",
+                        match crate::ops::issue::renamed_from(plan, backend, &g.name, &mut service)? {
+                            Some((old, count)) => format!(
+                                "its group `{name}` is not in the enrollment service, which holds group `{old}` \
+                                 ({count} registered device(s)) with the same signing CA `{ca}` and the plan no longer \
+                                 declares it: was `[groups.{old}]` renamed to `[groups.{name}]`? A group's name cannot \
+                                 change: rename the table back to `[groups.{old}]` (or give `[groups.{name}]` a signing \
+                                 CA of its own and `certroll issue group:{name}`)",
+                                name = g.name,
+                            ),
+                            None => format!(
+                                "its group `{name}` is not in the enrollment service yet; `certroll issue group:{name}` \
+                                 issues it",
+                                name = g.name
+                            ),
+                        },
+                    )),
+                    Some(state) if state.status == crate::backend::types::Status::Disabled => Some((
+                        "revoked",
+                        format!(
+                            "its group `{}` is disabled (revoked); a revoked device gets nothing",
+                            g.name
+                        ),
+                    )),
+                    Some(state) => {
+                        let current = backend.current(&super::ca_cert_name(&g.signing_ca))?;
+                        let accepts = current.is_some_and(|c| {
+                            [&state.primary, &state.secondary]
+                                .into_iter()
+                                .flatten()
+                                .any(|s| s.cert_der == c.cert_der)
+                        });
+                        // A CA the service would accept no device under (signed outside the
+                        // plan's verified roots) is refused for the whole run, before anything
+                        // is written, as without `--due` (issue 10 item 9).
+                        if !accepts {
+                            let nothing = std::collections::BTreeSet::new();
+                            let as_is = RunMakes {
+                                renewed: &nothing,
+                                uploads_roots: &nothing,
+                            };
+                            refuse_unaccepted(plan, backend, &[(g, &as_is)])?;
+                        }
+                        // A missing CA is told by the CA's own check below.
+                        (!accepts && backend.current(&super::ca_cert_name(&g.signing_ca))?.is_some()).then(|| {
+                            (
+                                "held-back",
+                                format!(
+                                    "its group `{name}` holds the current version of its CA `{ca}` in neither slot, so it \
+                                     would refuse the new certificate; finish the CA roll first (rerun the interrupted \
+                                     `roll-*` command, or `certroll roll-secondary ca:{ca}`)",
+                                    name = g.name,
+                                    ca = g.signing_ca
+                                ),
+                            )
+                        })
+                    }
+                };
+                group_problem.insert(g.name.clone(), found);
+            }
+            problem = group_problem[&g.name].clone();
+        }
+        if problem.as_ref().is_none_or(|(o, _)| *o != "revoked") {
+            if !ca_problem.contains_key(ca) {
+                let found = match backend.current(&super::ca_cert_name(ca))? {
+                    None => Some(format!(
+                        "its CA `{ca}` has no certificate in the vault (purged, or never issued); `certroll issue \
+                         ca:{ca}` issues one"
+                    )),
+                    Some(v) if !v.enabled => Some(format!(
+                        "its CA `{ca}`'s current version is disabled (revoked or disabled); a disabled CA is replaced, \
+                         not renewed: `certroll roll-primary --breach ca:{ca}`"
+                    )),
+                    Some(v) if v.exp <= now => Some(format!(
+                        "its CA `{ca}` expired at {}; renew it first (`certroll roll-secondary ca:{ca}`)",
+                        crate::clock::rfc3339(v.exp)
+                    )),
+                    Some(_) => None,
+                };
+                ca_problem.insert(ca.to_string(), found);
+            }
+            if let Some(why) = &ca_problem[ca] {
+                problem = Some(("held-back", why.clone()));
+            }
+        }
+        match problem {
+            None => ok.push(id),
+            Some((outcome, why)) => held.push(DeviceRoll {
+                target: format!("device:{id}"),
+                outcome,
+                slot,
+                steps: vec![why],
+                new_thumbprint: None,
+                pruned_thumbprint: None,
+                compromised: Vec::new(),
+            }),
+        }
+    }
+    Ok((ok, held))
 }
 
 /// With `--due`: every device the targets cover (every device of the plan when none is named);

@@ -314,7 +314,25 @@ pub struct SealedBackup {
 /// Reads the clear header of a backup file (format, name, KDF, cipher, nonce, ciphertext)
 /// without deriving a key. `shown` names the file in errors, which are input errors (exit 2).
 pub fn parse_envelope(shown: &str, bytes: &[u8]) -> Result<SealedBackup> {
-    let env: Envelope = serde_json::from_slice(bytes).map_err(|e| not_a_backup(shown, &e.to_string()))?;
+    let env: Envelope = serde_json::from_slice(bytes).map_err(|e| {
+        // serde's words (`expected struct Envelope`, `EOF while parsing a string`) say nothing
+        // to a reader: say what the file looks like instead.
+        let why = if e.is_eof() {
+            "it ends part-way (truncated or still being copied)".to_string()
+        } else if bytes
+            .first()
+            .is_some_and(|b| *b != b'{' && !b.is_ascii_whitespace())
+        {
+            "it is not a JSON backup file (a PEM or PKCS#12 file is imported with `vault import`)".to_string()
+        } else {
+            format!(
+                "its header is not a backup header (line {}, column {})",
+                e.line(),
+                e.column()
+            )
+        };
+        not_a_backup(shown, &why)
+    })?;
     if env.format != FORMAT || env.version != 1 {
         return Err(not_a_backup(
             shown,

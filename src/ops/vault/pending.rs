@@ -391,11 +391,11 @@ pub fn merge_in(
     let Some(leaf_at) = leaf_at else {
         let first = crate::pki::CertInfo::from_der(&all[0]).map_err(|e| input(format!("{shown}: {e}")))?;
         return Err(input(format!(
-            "{shown}: {} is not for the key of `{name}`'s pending request; nothing was merged",
+            "{shown}: {} the key of `{name}`'s pending request; nothing was merged",
             if all.len() == 1 {
-                format!("the certificate ({})", first.subject)
+                format!("the certificate ({}) is not for", first.subject)
             } else {
-                format!("none of its {} certificates", all.len())
+                format!("none of its {} certificates is for", all.len())
             }
         )));
     };

@@ -72,14 +72,22 @@ fn read_material(file: &Path, password: Option<&str>) -> Result<Material> {
 
 /// Reads import material from the bytes of a PEM or PKCS#12 file (`shown` names it in messages).
 pub fn material_from_bytes(bytes: &[u8], password: Option<&str>, shown: &str) -> Result<Material> {
+    if bytes.trim_ascii().is_empty() {
+        return Err(input(format!(
+            "{shown} is empty: expected a PEM file (certificate and key) or a PKCS#12 (.pfx) file"
+        )));
+    }
     if crate::pki::pem::is_pem(bytes) {
-        let certs = crate::pki::pem::certs_from_pem(bytes).map_err(|e| input(format!("{shown}: {e}")))?;
         if bytes.windows(21).any(|w| w == b"ENCRYPTED PRIVATE KEY") {
+            return Err(input(format!("{shown}: {}", crate::pki::pem::ENCRYPTED_KEY)));
+        }
+        if crate::pki::pem::has_legacy_encrypted_key(bytes) {
             return Err(input(format!(
-                "{shown}: the private key is encrypted; import it as PKCS#12 with --password-env, \
-                 or decrypt it first (openssl pkey)"
+                "{shown}: {} (a legacy PEM key: `Proc-Type: 4,ENCRYPTED`)",
+                crate::pki::pem::ENCRYPTED_KEY
             )));
         }
+        let certs = crate::pki::pem::certs_from_pem(bytes).map_err(|e| input(format!("{shown}: {e}")))?;
         let key = crate::pki::pem::private_key_from_pem(bytes).map_err(|e| match e {
             crate::pki::Error::BadPem(m) if m.starts_with("no PRIVATE KEY") => input(format!(
                 "{shown} holds no private key (PKCS#8, SEC1 or PKCS#1 PEM block)"
