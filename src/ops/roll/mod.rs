@@ -1270,6 +1270,7 @@ fn plan_scope<'p>(
         Decision::Breach(already) => *already,
         Decision::Expiry(pending) => pending.is_empty(),
     };
+    let mut device_ids = scope.device_ids.clone();
     if let Some(breach) = &opts.breach {
         if already {
             for g in &scope.groups {
@@ -1287,7 +1288,20 @@ fn plan_scope<'p>(
         let names: Vec<String> = compromised.iter().map(|(n, v)| format!("{n}/{v}")).collect();
         // A group's breach cuts off that group's devices; a CA's, every device below it.
         let only = matches!(st.target, Target::Group(_)).then_some(group_names.as_slice());
-        let (count, first) = backend.devices_under(&tainted, only, journal::CUT_OFF_SHOWN)?;
+        let (mut count, mut first) = backend.devices_under(&tainted, only, journal::CUT_OFF_SHOWN)?;
+        // A group's breach also replaces every individual enrollment whose current certificate
+        // chains through a tainted CA version: the revoked CA would otherwise stay in its chain.
+        if only.is_some() {
+            for e in enrollments_under(plan, backend, &tainted)? {
+                if !device_ids.contains(&e) {
+                    count += 1;
+                    if first.len() < journal::CUT_OFF_SHOWN {
+                        first.push(e.clone());
+                    }
+                    device_ids.push(e);
+                }
+            }
+        }
         let detail = serde_json::json!({
             "groups": group_names,
             "compromised": compromised,
@@ -1417,7 +1431,7 @@ fn plan_scope<'p>(
             "replace-devices",
             &target,
             slot,
-            &scope.device_ids,
+            &device_ids,
             "re-issue (new keys) and re-provision",
             planned,
         );
@@ -1425,6 +1439,31 @@ fn plan_scope<'p>(
         chunk_steps("roll-devices", &target, slot, &scope.device_ids, "roll", planned);
     }
     Ok(())
+}
+
+/// The individual enrollments whose current certificate was signed by one of the `tainted` CA
+/// versions (name, version), in plan order.
+fn enrollments_under(
+    plan: &Plan,
+    backend: &dyn Backend,
+    tainted: &[(String, String)],
+) -> Result<Vec<String>> {
+    let names: Vec<&str> = tainted.iter().map(|(n, _)| n.as_str()).collect();
+    let mut out = Vec::new();
+    for e in plan.enrollments.values() {
+        if !names.contains(&super::ca_cert_name(&e.issuer).as_str()) {
+            continue;
+        }
+        let versions = backend.versions(&crate::backend::types::device_cert_name(&e.name))?;
+        if versions
+            .last()
+            .and_then(|v| v.issuer.as_ref())
+            .is_some_and(|i| tainted.contains(i))
+        {
+            out.push(e.name.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// The compromised CA versions of a breach target: for `group:` the CA certificate in the named
