@@ -51,3 +51,101 @@ fn a_group_breach_replaces_an_enrollment_signed_by_the_same_ca() {
         .ok();
     assert_eq!(backend(&env).versions("dev-gateway-01").unwrap().len(), 2);
 }
+
+fn outcome(r: &serde_json::Value, id: &str) -> serde_json::Value {
+    r["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["target"] == format!("device:{id}"))
+        .unwrap_or_else(|| panic!("{id}: {r:#}"))
+        .clone()
+}
+
+fn store_bytes(env: &TestEnv) -> Vec<u8> {
+    std::fs::read(env.store_dir().join("state.db")).unwrap()
+}
+
+/// Priority 2: a soft-deleted root CA (the intermediate below it live) is named, with the
+/// command that brings it back, by every verb that needs the chain (exit 2, nothing changed);
+/// the cron `--due` run reports the devices below it held back (exit 1) instead of failing
+/// with "issuer version … not found".
+#[test]
+fn a_deleted_root_ca_is_named_by_every_roll_and_held_back_by_due() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.plan_run(&["issue"]).ok();
+    env.plan_run(&["vault", "delete", "ca-root", "--force"]).ok();
+    let before = store_bytes(&env);
+    for args in [
+        &["roll-secondary", "device:sensor-01"][..],
+        &["export", "device:sensor-01", "--out", "d.pem"],
+        &["reprovision", "--force"],
+    ] {
+        let r = env.plan_run(args).code(2);
+        assert!(
+            r.stderr.contains("ca-root") && r.stderr.contains("certroll vault recover ca-root"),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains("issuer version"), "{}", r.stderr);
+        if args[0] != "reprovision" {
+            assert!(store_bytes(&env) == before, "{args:?} changed nothing");
+        }
+    }
+    let r = env
+        .plan_run(&[
+            "--now",
+            &crate::roll::at(340),
+            "-o",
+            "json",
+            "roll-secondary",
+            "--due",
+        ])
+        .code(1)
+        .json();
+    let d = outcome(&r, "sensor-01");
+    assert_eq!(d["outcome"], "held-back", "{r:#}");
+    let why = d["steps"][0].as_str().unwrap();
+    assert!(why.contains("certroll vault recover ca-root"), "{why}");
+    assert_eq!(backend(&env).versions("dev-sensor-01").unwrap().len(), 1);
+}
+
+/// Priority 3: one deleted and one purged device certificate do not stop the cron `--due` run:
+/// both are reported held back with what to do, every other due device is rolled (exit 1).
+#[test]
+fn the_cron_run_rolls_the_rest_beside_a_deleted_and_a_purged_device_certificate() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.plan_run(&["issue"]).ok();
+    env.plan_run(&["vault", "delete", "dev-sensor-01", "--force"])
+        .ok();
+    env.plan_run(&["vault", "delete", "dev-sensor-02", "--force"])
+        .ok();
+    env.plan_run(&["vault", "purge", "dev-sensor-02", "--yes"]).ok();
+    let r = env
+        .plan_run(&[
+            "--now",
+            &crate::roll::at(340),
+            "-o",
+            "json",
+            "roll-secondary",
+            "--due",
+        ])
+        .code(1)
+        .json();
+    let d1 = outcome(&r, "sensor-01");
+    assert_eq!(d1["outcome"], "held-back", "{r:#}");
+    assert!(
+        d1["steps"][0]
+            .as_str()
+            .unwrap()
+            .contains("certroll vault recover dev-sensor-01"),
+        "{d1:#}"
+    );
+    let d2 = outcome(&r, "sensor-02");
+    assert_eq!(d2["outcome"], "held-back", "{r:#}");
+    assert_eq!(outcome(&r, "sensor-03")["outcome"], "rolled", "{r:#}");
+    assert_eq!(outcome(&r, "gateway-01")["outcome"], "rolled", "{r:#}");
+    assert_eq!(backend(&env).versions("dev-sensor-03").unwrap().len(), 2);
+}
