@@ -149,3 +149,26 @@ fn the_cron_run_rolls_the_rest_beside_a_deleted_and_a_purged_device_certificate(
     assert_eq!(outcome(&r, "gateway-01")["outcome"], "rolled", "{r:#}");
     assert_eq!(backend(&env).versions("dev-sensor-03").unwrap().len(), 2);
 }
+
+/// Priority 4: the advice for a purged device certificate, `certroll issue device:ID`, works: the
+/// new certificate goes into the individual enrollment too, so the device registers (it was
+/// refused, 401002, with the purged certificate still in the slot); a rerun changes nothing.
+#[test]
+fn issue_after_a_purged_enrollment_certificate_puts_the_new_one_into_the_enrollment() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.plan_run(&["issue"]).ok();
+    env.plan_run(&["vault", "delete", "dev-gateway-01", "--force"])
+        .ok();
+    env.plan_run(&["vault", "purge", "dev-gateway-01", "--yes"]).ok();
+    env.plan_run(&["issue", "device:gateway-01"]).ok();
+    let b = backend(&env);
+    let current = b.versions("dev-gateway-01").unwrap();
+    assert_eq!(current.len(), 1);
+    drop(b);
+    env.plan_run(&["reprovision", "device:gateway-01", "--force"])
+        .ok();
+    env.plan_run(&["issue", "device:gateway-01"]).ok();
+    assert_eq!(backend(&env).versions("dev-gateway-01").unwrap().len(), 1);
+    env.plan_run(&["check"]).ok();
+}
