@@ -41,7 +41,13 @@ pub fn input(message: impl Into<String>) -> anyhow::Error {
 /// Decides the exit code from the error chain.
 pub fn classify(err: &anyhow::Error) -> Failure {
     for cause in err.chain() {
-        if cause.is::<InputError>() || cause.is::<crate::plan::PlanError>() {
+        if cause.is::<InputError>()
+            || cause.is::<crate::plan::PlanError>()
+            || matches!(
+                cause.downcast_ref::<crate::backend::BackendError>(),
+                Some(crate::backend::BackendError::Deleted(_))
+            )
+        {
             return Failure::Input;
         }
         // A missing store, a missing or malformed key file, a store from a newer certroll:

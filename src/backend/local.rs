@@ -828,9 +828,10 @@ impl LocalBackend {
                     "issuer chain of `{name}` is longer than 16 certificates"
                 )));
             }
-            let v = self
-                .version(&issuer, &version)?
-                .ok_or_else(|| BackendError::NotFound(format!("issuer version {issuer}/{version}")))?;
+            let v = self.version(&issuer, &version)?.map(Ok).unwrap_or_else(|| {
+                let deleted = self.deleted_certificates(Some(&issuer))?;
+                Err(crate::backend::missing_issuer(&issuer, &version, deleted.first()))
+            })?;
             next = issuer_of(&v)?;
             chain.push(v.cert_der);
         }

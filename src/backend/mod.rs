@@ -33,6 +33,10 @@ pub enum BackendError {
     /// The service refused the request.
     #[error("{0}")]
     Refused(String),
+    /// A certificate the request needs (an issuer in a chain) is soft-deleted in the vault: the
+    /// message names it and `certroll vault recover`; nothing was changed (exit 2).
+    #[error("{0}")]
+    Deleted(String),
     /// A remote service answered with an error (or could not be reached): the service's own
     /// status, code and message, with the operation and what it was about.
     #[error("{service} {operation} `{target}` failed: {}{code}: {message}", status.map(|s| format!("HTTP {s} ")).unwrap_or_default())]
@@ -625,4 +629,23 @@ pub struct Unchanged {
     pub substatus: Option<String>,
     /// The hub it is assigned to.
     pub hub: String,
+}
+
+/// The error for issuer version `name`/`version` missing from the vault: [`BackendError::Deleted`]
+/// naming the certificate and `vault recover` when `deleted` (the vault's deleted certificate of
+/// that name) is given, else [`BackendError::NotFound`].
+pub fn missing_issuer(
+    name: &str,
+    version: &str,
+    deleted: Option<&types::DeletedCertificate>,
+) -> BackendError {
+    match deleted {
+        Some(d) => BackendError::Deleted(format!(
+            "the CA certificate `{name}` in the chain is deleted in the vault (deleted {}, purged for good on {}); \
+             bring it back with `certroll vault recover {name}`. Nothing was changed",
+            crate::clock::rfc3339(d.deleted),
+            crate::clock::rfc3339(d.scheduled_purge)
+        )),
+        None => BackendError::NotFound(format!("issuer version {name}/{version}")),
+    }
 }

@@ -833,7 +833,16 @@ fn assess(backend: &dyn Backend, unit: &Unit<'_>, chunk: &[String]) -> Result<Ve
             (Some(c), Some(d)) => d.installed_version.as_deref() != Some(c.version.as_str()),
             _ => true,
         };
-        let enroll = matches!(unit, Unit::Enrollment(_)) && individual.is_none();
+        // An enrollment is written when missing, and also when neither of its slots holds the
+        // certificate the device ends up with (a purged certificate replaced by a fresh one):
+        // else the device gets a certificate the enrollment service refuses.
+        let enroll = matches!(unit, Unit::Enrollment(_))
+            && match (&individual, &cert) {
+                (None, _) | (Some(_), None) => true,
+                (Some(e), Some(c)) => ![&e.primary, &e.secondary]
+                    .into_iter()
+                    .any(|s| s.as_deref() == Some(c.cert_der.as_slice())),
+            };
         // A revoked device is left alone: registering it would only be refused again.
         if individual.as_ref().is_some_and(|e| e.status == Status::Disabled) {
             needs.push(Need {

@@ -15,8 +15,8 @@ pub mod roll;
 pub mod status;
 pub mod vault;
 
+use crate::backend::Backend;
 use crate::backend::local::LocalBackend;
-use crate::backend::{Backend, BackendError};
 use crate::error::input;
 use crate::pki::cert::IssuerKey;
 use crate::pki::spec::{KeySpec, KeyUsage};
@@ -366,9 +366,10 @@ pub fn chain_above(
                 version.name
             );
         }
-        let v = backend
-            .version(&name, &ver)?
-            .ok_or_else(|| BackendError::NotFound(format!("issuer version {name}/{ver}")))?;
+        let v = backend.version(&name, &ver)?.map(Ok).unwrap_or_else(|| {
+            let deleted = backend.deleted_certificates(Some(&name))?;
+            Err(crate::backend::missing_issuer(&name, &ver, deleted.first()))
+        })?;
         chain.push(v.cert_der.clone());
         next = v.issuer.clone();
     }

@@ -182,6 +182,7 @@ pub fn reprovision(plan: &Plan, opts: &ReprovisionOptions, now: OffsetDateTime) 
         }
         report_order = std::mem::replace(&mut ids, todo);
     }
+    refuse_deleted_ca(plan, &backend, &ids)?;
     let planned: Vec<Planned> = ids
         .chunks(CHUNK)
         .map(|chunk| Planned {
@@ -482,4 +483,66 @@ fn register_chunk(
         }
     }
     Ok(chunk.iter().filter_map(|id| outcomes.remove(id)).collect())
+}
+
+/// Refuses, before a run is recorded, devices whose chain goes through a CA certificate that is
+/// soft-deleted in the vault (a deleted root above a live intermediate): named with the command
+/// that brings it back, exit 2, nothing changed.
+fn refuse_deleted_ca(plan: &Plan, backend: &dyn crate::backend::Backend, ids: &[String]) -> Result<()> {
+    let deleted: Vec<crate::backend::types::DeletedCertificate> = backend
+        .deleted_certificates(None)?
+        .into_iter()
+        .filter(|d| plan.cas.iter().any(|c| super::ca_cert_name(&c.name) == d.name))
+        .collect();
+    if deleted.is_empty() || ids.is_empty() {
+        return Ok(());
+    }
+    // The first deleted CA certificate in the lineage of `ca` (itself, then its issuers).
+    let gone = |ca: &str| {
+        let mut at = Some(ca.to_string());
+        let mut seen = 0;
+        while let Some(name) = at {
+            if let Some(d) = deleted.iter().find(|d| d.name == super::ca_cert_name(&name)) {
+                return Some(d);
+            }
+            seen += 1;
+            at = plan
+                .cas
+                .iter()
+                .find(|c| c.name == name)
+                .and_then(|c| c.issuer.clone())
+                .filter(|_| seen <= plan.cas.len());
+        }
+        None
+    };
+    let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let mut hit = None;
+    for e in plan.enrollments.values() {
+        if wanted.contains(e.name.as_str())
+            && let Some(d) = gone(&e.issuer)
+        {
+            hit = Some((e.name.clone(), d));
+            break;
+        }
+    }
+    if hit.is_none() {
+        for g in plan.groups.values() {
+            if let Some(d) = gone(&g.signing_ca)
+                && let Some(id) = g.device_ids().find(|id| wanted.contains(id.as_str()))
+            {
+                hit = Some((id, d));
+                break;
+            }
+        }
+    }
+    match hit {
+        Some((id, d)) => Err(crate::error::input(format!(
+            "device:{id}: the CA certificate `{name}` in its chain is deleted in the vault (deleted {}, purged \
+             for good on {}); bring it back with `certroll vault recover {name}`. Nothing was changed",
+            crate::clock::rfc3339(d.deleted),
+            crate::clock::rfc3339(d.scheduled_purge),
+            name = d.name
+        ))),
+        None => Ok(()),
+    }
 }

@@ -237,7 +237,8 @@ fn a_breach_blast_radius_leaves_out_devices_already_revoked() {
     .ok()
     .json();
     let cut = &dry["steps"][0]["devices_cut_off"];
-    assert_eq!(cut["count"], 49, "sensor-01 connects with nothing already: {dry}");
+    // 49 sensors and the gateway, whose enrollment holds a certificate of the same CA version.
+    assert_eq!(cut["count"], 50, "sensor-01 connects with nothing already: {dry}");
     assert_eq!(cut["first"][0], "sensor-02", "{dry}");
 }
 
@@ -269,7 +270,8 @@ fn an_intermediate_breach_reissues_the_group_and_revokes_the_ca() {
     .ok()
     .json();
     assert_eq!(dry["steps"][0]["kind"], "remove-compromised", "{dry}");
-    assert_eq!(dry["steps"][0]["devices_cut_off"]["count"], 50);
+    // The 50 sensors and the gateway, issued by the same compromised CA version.
+    assert_eq!(dry["steps"][0]["devices_cut_off"]["count"], 51);
     assert_eq!(
         dry["steps"][0]["devices_cut_off"]["first"],
         serde_json::json!(["sensor-01", "sensor-02", "sensor-03", "sensor-04", "sensor-05"])
@@ -285,9 +287,15 @@ fn an_intermediate_breach_reissues_the_group_and_revokes_the_ca() {
         let new = pem_der(&env, NOW, id);
         assert!(works(&env, id, &new, NOW), "{id}: the new leaf works");
     }
+    // The gateway's certificate was signed by the compromised version too: replaced as well.
     assert!(
-        works(&env, "gateway-01", &gateway, NOW),
-        "the gateway's own enrollment is unaffected"
+        !works(&env, "gateway-01", &gateway, NOW),
+        "the gateway's leaf under the compromised CA is refused"
+    );
+    let new = pem_der(&env, NOW, "gateway-01");
+    assert!(
+        works(&env, "gateway-01", &new, NOW),
+        "the gateway's new leaf works"
     );
     let g = backend(&env).group("sensors").unwrap().unwrap();
     assert!(g.secondary.is_none());
@@ -454,10 +462,11 @@ fn a_roll_killed_after_any_step_is_finished_by_the_same_command_without_duplicat
             crl: (0, 0),
         },
         Case {
-            // The intermediate goes on the root's CRL; the gateway's own enrollment is not touched.
+            // The intermediate goes on the root's CRL; the gateway, issued by the same
+            // compromised version, is replaced too (issue 10, fourth trial).
             args: &["roll-primary", "--breach", "group:sensors", "--yes"],
             steps: 5,
-            rolled: |id| id != "gateway-01",
+            rolled: |_| true,
             ca_versions: (1, 2),
             crl: (0, 1),
         },

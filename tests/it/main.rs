@@ -68,6 +68,8 @@ mod fidelity4;
 // Issue 10, the third trial: the cron `--due` run beside odd corners of the fleet (expired, purged
 // CAs, renamed and revoked groups), due CAs renewed by `--due`, guarded `--now`, a closed stderr.
 mod fidelity5;
+// Issue 10, the fourth trial: a group breach replaces every device under the compromised CA.
+mod fidelity6;
 // Fuzzing (issue 9 item 13): what the fuzzers found, as regressions, and proptest properties.
 mod fuzz_found;
 mod properties;

@@ -371,10 +371,10 @@ impl AzureBackend {
                     version.name
                 )));
             }
-            let v = self
-                .vault
-                .version(&name, &ver)?
-                .ok_or_else(|| BackendError::NotFound(format!("issuer version {name}/{ver}")))?;
+            let v = self.vault.version(&name, &ver)?.map(Ok).unwrap_or_else(|| {
+                let deleted = self.vault.deleted_certificates(Some(&name))?;
+                Err(crate::backend::missing_issuer(&name, &ver, deleted.first()))
+            })?;
             chain.push(v.cert_der);
             next = v.issuer;
         }

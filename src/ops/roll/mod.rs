@@ -347,8 +347,8 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         (device_ids, Vec::new())
     };
     refuse_unissued(&backend, &device_ids, &scopes)?;
-    // A soft-deleted certificate (a device's or a CA's) stops the whole run before it is
-    // recorded: rolling the others and leaving it out would hide it from a cron job's exit code.
+    // A soft-deleted certificate (a device's or a CA's) stops a named run before it is recorded;
+    // `--due` has already held such devices back (reported, exit 1), so the cron run goes on.
     let mut issuers = std::collections::BTreeSet::new();
     let deleted_candidates = scopes
         .iter()
@@ -820,6 +820,12 @@ fn due_held_back(
             }
         }
     }
+    // Soft-deleted certificates (a device's, or a CA's anywhere up its chain): read once.
+    let deleted: std::collections::HashSet<String> = backend
+        .deleted_certificates(None)?
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
     let mut ok = Vec::with_capacity(device_ids.len());
     let mut held = Vec::new();
     // Each device's group, read once (a file-listed group's look-up by id is linear).
@@ -836,6 +842,15 @@ fn due_held_back(
             (None, None) => anyhow::bail!("device:{id} is not in the plan"),
         };
         let mut problem: Option<(&'static str, String)> = None;
+        let own = super::device_cert_name(&id);
+        if deleted.contains(&own) {
+            problem = Some((
+                "held-back",
+                format!(
+                    "its certificate `{own}` is deleted in the vault; bring it back with `certroll vault recover {own}`"
+                ),
+            ));
+        }
         if group.is_none() && revoked_enrollments.contains(id.as_str()) {
             problem = Some((
                 "revoked",
@@ -907,11 +922,35 @@ fn due_held_back(
                 };
                 group_problem.insert(g.name.clone(), found);
             }
-            problem = group_problem[&g.name].clone();
+            if let Some(found) = &group_problem[&g.name] {
+                problem = Some(found.clone());
+            }
         }
         if problem.as_ref().is_none_or(|(o, _)| *o != "revoked") {
             if !ca_problem.contains_key(ca) {
+                // The CA and every CA above it in the plan, the first deleted one named.
+                let mut lineage = vec![ca];
+                while let Some(up) = plan
+                    .cas
+                    .iter()
+                    .find(|c| c.name == *lineage[lineage.len() - 1])
+                    .and_then(|c| c.issuer.as_deref())
+                    .filter(|up| !lineage.contains(up))
+                {
+                    lineage.push(up);
+                }
+                let gone = lineage
+                    .iter()
+                    .map(|c| (*c, super::ca_cert_name(c)))
+                    .find(|(_, n)| deleted.contains(n));
                 let found = match backend.current(&super::ca_cert_name(ca))? {
+                    _ if gone.is_some() => {
+                        let (c, n) = gone.expect("checked");
+                        Some(format!(
+                            "its CA `{c}`'s certificate `{n}` is deleted in the vault; bring it back with \
+                             `certroll vault recover {n}`"
+                        ))
+                    }
                     None => Some(format!(
                         "its CA `{ca}` has no certificate in the vault (purged, or never issued); `certroll issue \
                          ca:{ca}` issues one"
@@ -945,7 +984,32 @@ fn due_held_back(
             }),
         }
     }
-    Ok((ok, held))
+    // A device whose certificate was purged is reported with what to do, not the whole run.
+    let mut kept = Vec::with_capacity(ok.len());
+    for chunk in ok.chunks(CHUNK) {
+        let mut rest: Vec<String> = chunk.to_vec();
+        while let Some(id) = backend.first_purged(&rest)? {
+            let name = super::device_cert_name(&id);
+            let Some(note) = (backend.name_state(&name)?.is_none())
+                .then(|| crate::ops::vault::purged_note(backend, &name))
+                .flatten()
+            else {
+                break;
+            };
+            rest.retain(|r| *r != id);
+            held.push(DeviceRoll {
+                target: format!("device:{id}"),
+                outcome: "held-back",
+                slot,
+                steps: vec![format!("its certificate `{name}` is gone from the vault: {note}")],
+                new_thumbprint: None,
+                pruned_thumbprint: None,
+                compromised: Vec::new(),
+            });
+        }
+        kept.extend(rest);
+    }
+    Ok((kept, held))
 }
 
 /// With `--due`: every device the targets cover (every device of the plan when none is named);
@@ -1270,6 +1334,7 @@ fn plan_scope<'p>(
         Decision::Breach(already) => *already,
         Decision::Expiry(pending) => pending.is_empty(),
     };
+    let mut device_ids = scope.device_ids.clone();
     if let Some(breach) = &opts.breach {
         if already {
             for g in &scope.groups {
@@ -1287,7 +1352,20 @@ fn plan_scope<'p>(
         let names: Vec<String> = compromised.iter().map(|(n, v)| format!("{n}/{v}")).collect();
         // A group's breach cuts off that group's devices; a CA's, every device below it.
         let only = matches!(st.target, Target::Group(_)).then_some(group_names.as_slice());
-        let (count, first) = backend.devices_under(&tainted, only, journal::CUT_OFF_SHOWN)?;
+        let (mut count, mut first) = backend.devices_under(&tainted, only, journal::CUT_OFF_SHOWN)?;
+        // A group's breach also replaces every individual enrollment whose current certificate
+        // chains through a tainted CA version: the revoked CA would otherwise stay in its chain.
+        if only.is_some() {
+            for e in enrollments_under(plan, backend, &tainted)? {
+                if !device_ids.contains(&e) {
+                    count += 1;
+                    if first.len() < journal::CUT_OFF_SHOWN {
+                        first.push(e.clone());
+                    }
+                    device_ids.push(e);
+                }
+            }
+        }
         let detail = serde_json::json!({
             "groups": group_names,
             "compromised": compromised,
@@ -1417,7 +1495,7 @@ fn plan_scope<'p>(
             "replace-devices",
             &target,
             slot,
-            &scope.device_ids,
+            &device_ids,
             "re-issue (new keys) and re-provision",
             planned,
         );
@@ -1425,6 +1503,31 @@ fn plan_scope<'p>(
         chunk_steps("roll-devices", &target, slot, &scope.device_ids, "roll", planned);
     }
     Ok(())
+}
+
+/// The individual enrollments whose current certificate was signed by one of the `tainted` CA
+/// versions (name, version), in plan order.
+fn enrollments_under(
+    plan: &Plan,
+    backend: &dyn Backend,
+    tainted: &[(String, String)],
+) -> Result<Vec<String>> {
+    let names: Vec<&str> = tainted.iter().map(|(n, _)| n.as_str()).collect();
+    let mut out = Vec::new();
+    for e in plan.enrollments.values() {
+        if !names.contains(&super::ca_cert_name(&e.issuer).as_str()) {
+            continue;
+        }
+        let versions = backend.versions(&crate::backend::types::device_cert_name(&e.name))?;
+        if versions
+            .last()
+            .and_then(|v| v.issuer.as_ref())
+            .is_some_and(|i| tainted.contains(i))
+        {
+            out.push(e.name.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// The compromised CA versions of a breach target: for `group:` the CA certificate in the named
