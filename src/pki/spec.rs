@@ -264,10 +264,11 @@ impl Subject {
 
     /// Parses `CN=Example Root CA, O=Example`. A `,`, `;` or `\` inside a value is escaped with `\`
     pub fn parse(text: &str) -> Result<Subject, String> {
-        // RFC 5280 Appendix A upper bounds: 64 characters for CN, O, OU, L, ST; a whole DN of a
-        // few hundred characters at most.
+        // RFC 5280 Appendix A upper bounds: ub-common-name, ub-organization-name and
+        // ub-organizational-unit-name are 64 characters, ub-locality-name and ub-state-name 128;
+        // a whole DN of a few hundred characters at most.
         const MAX_DN: usize = 1024;
-        const MAX_VALUE: usize = 64;
+        const MAX_VALUE: usize = 128;
         // A bound on the text first, so that absurd input costs nothing; the limit itself is
         // checked on the subject as certroll writes it out (below), which may be longer than
         // the text (`S=` becomes `ST=`, `;` becomes `, `), so that what certroll shows parses back.
@@ -323,9 +324,13 @@ impl Subject {
             if value.is_empty() {
                 return Err(format!("`{}` has an empty value", key.trim()));
             }
-            if value.chars().count() > MAX_VALUE {
+            let most = match kind {
+                DnKind::L | DnKind::ST => MAX_VALUE,
+                _ => 64,
+            };
+            if value.chars().count() > most {
                 return Err(format!(
-                    "`{}` is {} characters long; RFC 5280 allows at most {MAX_VALUE}",
+                    "`{}` is {} characters long; RFC 5280 allows at most {most}",
                     key.trim(),
                     value.chars().count()
                 ));
@@ -390,6 +395,28 @@ impl fmt::Display for Subject {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn value_lengths_follow_rfc_5280_appendix_a_per_attribute() {
+        // ub-locality-name and ub-state-name are 128; CN, O and OU are 64.
+        for key in ["L", "ST"] {
+            assert!(
+                Subject::parse(&format!("CN=x, {key}={}", "a".repeat(128))).is_ok(),
+                "{key}"
+            );
+            let e = Subject::parse(&format!("CN=x, {key}={}", "a".repeat(129))).unwrap_err();
+            assert!(e.contains("at most 128"), "{e}");
+        }
+        for key in ["CN", "O", "OU"] {
+            let cn = if key == "CN" { "" } else { "CN=x, " };
+            assert!(
+                Subject::parse(&format!("{cn}{key}={}", "a".repeat(64))).is_ok(),
+                "{key}"
+            );
+            let e = Subject::parse(&format!("{cn}{key}={}", "a".repeat(65))).unwrap_err();
+            assert!(e.contains("at most 64"), "{e}");
+        }
+    }
 
     #[test]
     fn subject_parses_escaped_commas_and_round_trips() {
