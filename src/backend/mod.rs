@@ -574,17 +574,11 @@ pub trait Backend: Vault + EnrollmentService + HubRegistry + Fleet + Journal + S
     /// to (a later refused attempt keeps that hub), in the order asked (None for a device never
     /// assigned, or without an identity there).
     fn assigned_identities(&self, ids: &[String]) -> Result<Vec<Option<HubIdentity>>> {
-        let (at, wanted): (Vec<usize>, Vec<(String, String)>) = ids
-            .iter()
-            .zip(self.registration_many(ids)?)
-            .enumerate()
-            .filter_map(|(i, (id, r))| r.and_then(|r| r.hub).map(|hub| (i, (hub, id.clone()))))
-            .unzip();
-        let mut out: Vec<Option<HubIdentity>> = vec![None; ids.len()];
-        for (i, identity) in at.into_iter().zip(self.identity_many(&wanted)?) {
-            out[i] = identity;
-        }
-        Ok(out)
+        let hubs = self
+            .registration_many(ids)?
+            .into_iter()
+            .map(|r| r.and_then(|r| r.hub));
+        identities_in_hubs(ids, hubs, |wanted| self.identity_many(wanted))
     }
 
     /// Writes individual enrollments ([`EnrollmentService::put_individuals`]) and hub identities
@@ -648,4 +642,25 @@ pub fn missing_issuer(
         )),
         None => BackendError::NotFound(format!("issuer version {name}/{version}")),
     }
+}
+
+/// The hub identity of each device in the hub given beside it (`hubs`, in the order of `ids`;
+/// None: no hub, so no identity), read with one `read` of the (hub, device id) pairs that have
+/// a hub, in the order asked.
+pub(crate) fn identities_in_hubs(
+    ids: &[String],
+    hubs: impl IntoIterator<Item = Option<String>>,
+    read: impl FnOnce(&[(String, String)]) -> Result<Vec<Option<HubIdentity>>>,
+) -> Result<Vec<Option<HubIdentity>>> {
+    let (at, wanted): (Vec<usize>, Vec<(String, String)>) = ids
+        .iter()
+        .zip(hubs)
+        .enumerate()
+        .filter_map(|(i, (id, hub))| hub.map(|hub| (i, (hub, id.clone()))))
+        .unzip();
+    let mut out: Vec<Option<HubIdentity>> = vec![None; ids.len()];
+    for (i, identity) in at.into_iter().zip(read(&wanted)?) {
+        out[i] = identity;
+    }
+    Ok(out)
 }

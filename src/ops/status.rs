@@ -300,16 +300,10 @@ impl StatusQuery<'_> {
         let ids: Vec<String> = page.iter().map(|(id, _, _)| id.clone()).collect();
         let records = b.device_many(&ids)?;
         let registrations = b.registration_many(&ids)?;
-        let (at, wanted): (Vec<usize>, Vec<(String, String)>) = registrations
+        let hubs = registrations
             .iter()
-            .zip(&ids)
-            .enumerate()
-            .filter_map(|(i, (r, id))| Some((i, (r.as_ref()?.hub.clone()?, id.clone()))))
-            .unzip();
-        let mut identities: Vec<Option<HubIdentity>> = vec![None; ids.len()];
-        for (i, identity) in at.into_iter().zip(b.identity_many(&wanted)?) {
-            identities[i] = identity;
-        }
+            .map(|r| r.as_ref().and_then(|r| r.hub.clone()));
+        let identities = crate::backend::identities_in_hubs(&ids, hubs, |wanted| b.identity_many(wanted))?;
         // For a device of a group: the individual enrollment the service holds for it.
         let (at, grouped): (Vec<usize>, Vec<String>) = page
             .iter()

@@ -1227,17 +1227,9 @@ impl Backend for AzureBackend {
     fn assigned_identities(&self, ids: &[String]) -> Result<Vec<Option<HubIdentity>>> {
         // The hubs from what DPS's enrollment reads carried (a GET only for the rest), the
         // identities by the hub's registry query.
-        let (at, wanted): (Vec<usize>, Vec<(String, String)>) = ids
-            .iter()
-            .zip(self.enrollments.assigned_hubs(ids)?)
-            .enumerate()
-            .filter_map(|(i, (id, hub))| hub.map(|hub| (i, (hub, id.clone()))))
-            .unzip();
-        let mut out: Vec<Option<HubIdentity>> = vec![None; ids.len()];
-        for (i, identity) in at.into_iter().zip(self.hubs.identity_many(&wanted)?) {
-            out[i] = identity;
-        }
-        Ok(out)
+        crate::backend::identities_in_hubs(ids, self.enrollments.assigned_hubs(ids)?, |wanted| {
+            self.hubs.identity_many(wanted)
+        })
     }
 
     fn put_individuals_and_identities(
