@@ -42,6 +42,15 @@ pub(crate) fn mail_plans(env: &TestEnv, serve: &Serve, fleet: &str, sinks: &[Sin
     }
 }
 
+/// Serve over `fleet`, one SMTP sink per backend, and the fleet plans (`fleet` with [`MAIL`])
+/// each mailing its own sink.
+pub(crate) fn serve_with_mail(env: &TestEnv, fleet: &str) -> (Serve, [Sink; 2]) {
+    let serve = start_serve(env, fleet);
+    let sinks = sinks(env);
+    mail_plans(env, &serve, &format!("{MAIL}{fleet}"), &sinks);
+    (serve, sinks)
+}
+
 /// Runs `args` on `which` plan; it must exit 0. The JSON answer, unmasked.
 fn ok(env: &TestEnv, serve: &Serve, which: &str, args: &[&str]) -> Value {
     let r = run_fleet(env, serve, which, args);
@@ -84,9 +93,7 @@ fn current_version(env: &TestEnv, serve: &Serve, which: &str, target: &str) -> S
 #[test]
 fn notify_queues_and_mails_the_same_notices_on_local_and_on_azure_and_a_rerun_sends_nothing() {
     let env = TestEnv::new();
-    let serve = start_serve(&env, NOTICES);
-    let sinks = sinks(&env);
-    mail_plans(&env, &serve, &format!("{MAIL}{NOTICES}"), &sinks);
+    let (serve, sinks) = serve_with_mail(&env, NOTICES);
 
     let [l, a] = both_raw(&env, &serve, &["issue", "-o", "json"]);
     assert_same(&mask(l), &mask(a), "issue");
@@ -195,9 +202,7 @@ fn notify_queues_and_mails_the_same_notices_on_local_and_on_azure_and_a_rerun_se
 #[test]
 fn notify_dry_run_on_azure_records_and_sends_nothing() {
     let env = TestEnv::new();
-    let serve = start_serve(&env, NOTICES);
-    let sinks = sinks(&env);
-    mail_plans(&env, &serve, &format!("{MAIL}{NOTICES}"), &sinks);
+    let (serve, sinks) = serve_with_mail(&env, NOTICES);
     ok(&env, &serve, "azure", &["issue", "-o", "json"]);
     let fired = (time::OffsetDateTime::now_utc() + time::Duration::days(300))
         .format(&time::format_description::well_known::Rfc3339)
@@ -317,9 +322,7 @@ fn measure_the_notify_scan_on_azure_against_the_local_store() {
 #[test]
 fn a_policy_certroll_writes_makes_the_next_notify_scan_read_that_certificate_again() {
     let env = TestEnv::new();
-    let serve = start_serve(&env, NOTICES);
-    let sinks = sinks(&env);
-    mail_plans(&env, &serve, &format!("{MAIL}{NOTICES}"), &sinks);
+    let (serve, _sinks) = serve_with_mail(&env, NOTICES);
     let create = |issuer: &str| {
         ok(
             &env,
