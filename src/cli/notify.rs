@@ -1,7 +1,7 @@
 //! `notify`, and the notify step that runs after every mutating verb.
 
 use super::Global;
-use crate::notify::{Channels, NotifyReport};
+use crate::notify::{Channels, NotifyReport, RemoteRead};
 use crate::output::Format;
 use clap::Args;
 
@@ -40,7 +40,11 @@ pub fn exec(g: &Global, args: NotifyArgs) -> anyhow::Result<u8> {
         &g.backend(),
         g.clock().now(),
         args.dry_run,
-        args.refresh,
+        if args.refresh {
+            RemoteRead::Everything
+        } else {
+            RemoteRead::Listing
+        },
     )?;
     let mut p = g.printer();
     if g.output == Format::Json {
@@ -158,7 +162,9 @@ impl AfterVerb {
     }
 
     /// Scans, queues and delivers; returns 1 if a delivery failed. Human output only: a JSON
-    /// run keeps its one document, and failures go to stderr.
+    /// run keeps its one document, and failures go to stderr. On `kind = "azure"` it reads from
+    /// Key Vault only the certificates certroll wrote to since the last scan, and the whole
+    /// listing at most once per the plan's `notify_listing_hours` ([`RemoteRead::Touched`]).
     pub fn run(self, g: &Global) -> anyhow::Result<u8> {
         let report = crate::notify::notify(
             &self.plan,
@@ -166,7 +172,7 @@ impl AfterVerb {
             &g.backend(),
             g.clock().now(),
             false,
-            false,
+            RemoteRead::Touched,
         )?;
         if g.output == Format::Human {
             print_human(&mut g.printer(), &report, false)?;

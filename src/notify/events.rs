@@ -17,7 +17,7 @@ use crate::plan::Trigger;
 use crate::store::StoreError;
 use crate::store::queries_notify::{self as q, NewEvent, Unsent};
 use rusqlite::Connection;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use time::OffsetDateTime;
 
 /// `kind` of an email-contacts event.
@@ -120,26 +120,62 @@ pub fn scan(conn: &Connection, now: OffsetDateTime, unsent: Unsent) -> Result<u6
 /// memory (each round reads the certificates it must `concurrency` at a time).
 const REMOTE_PAGE: usize = 500;
 
+/// How much of a remote vault a [`scan_vault`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteRead {
+    /// Only the names certroll touched since the last scan
+    /// ([`crate::store::queries_notify::touch_remote`]): a request per touched certificate
+    /// whatever the vault's size. Every other certificate is judged from what the ledger
+    /// recorded of it, so a change made outside certroll (a version Key Vault made itself, a
+    /// policy, a deletion) waits for the next listing. The notify step after a verb, between
+    /// listings.
+    Touched,
+    /// The vault's whole listing (25 certificates a request on Key Vault), reading a
+    /// certificate only when it is new, touched, or its newest version changed. `notify`.
+    Listing,
+    /// The listing, reading every certificate again. `notify --refresh`.
+    Everything,
+}
+
+/// Whether the notify step after a verb reads the vault's whole listing: never read, or last
+/// read `every` or longer ago (or after `now`: the clock moved back). `every` zero: always.
+pub fn listing_due(
+    conn: &Connection,
+    now: OffsetDateTime,
+    every: time::Duration,
+) -> Result<bool, StoreError> {
+    if !q::remote_scanned(conn)? {
+        return Ok(true);
+    }
+    Ok(match q::remote_listed_at(conn)? {
+        None => true,
+        Some(at) => at > now || now - at >= every,
+    })
+}
+
 /// [`scan`] for a vault outside the store (Key Vault on `kind = "azure"`), read through the
 /// [`Vault`] trait; the ledger (`conn`) is the local store beside the plan. Queues the same
-/// events [`scan`] queues for the same vault history, each exactly once ever.
+/// events [`scan`] queues for the same vault history, each exactly once ever, as far as `read`
+/// lets it see that history.
 ///
-/// What it reads: the vault's listing ([`Vault::listing`]: names with the newest version's
-/// thumbprint and attributes, 25 a request on Key Vault), and the newest version with its policy
-/// ([`Vault::current_with_policy_many`], a request per certificate) only for a certificate that is
-/// new since the last scan, whose newest version changed, or whose policy certroll changed since
-/// (the ledger keeps the policy read with each newest version; `refresh` reads every
-/// certificate). A policy changed outside certroll is seen at the certificate's next version or
-/// with `refresh`.
+/// What it reads ([`RemoteRead`]): with `Listing`, the vault's listing ([`Vault::listing`]: names
+/// with the newest version's thumbprint and attributes, 25 a request on Key Vault), and the
+/// newest version with its policy ([`Vault::current_with_policy_many`], a request per
+/// certificate) only for a certificate that is new since the last scan, whose newest version
+/// changed, or that certroll touched since (a version, its policy, its attributes: the ledger
+/// keeps the policy and attributes read with each newest version); `Everything` reads every
+/// certificate; `Touched` reads no listing, only the touched certificates, and takes the rest
+/// from the ledger. A policy changed outside certroll is seen at the certificate's next version
+/// or with `Everything`.
 ///
 /// - `email-contacts`: read from each certificate's newest version and its policy, as [`scan`]
 ///   does.
 /// - `renewed`: the store keeps the newest version each scan saw per certificate name. A name
 ///   whose newest version changed since, or that is new since the last scan, has its versions
 ///   listed; every version after the one last seen (for a new name: after its first) is a
-///   renewal of the version before it. The very first scan of a vault only records what it sees:
-///   renewals from before certroll watched the vault are not replayed (as a store upgraded to
-///   notices does not replay its history).
+///   renewal of the version before it. The very first scan of a vault reads the listing
+///   (whatever `read` asks) and only records what it sees: renewals from before certroll watched
+///   the vault are not replayed (as a store upgraded to notices does not replay its history).
 ///
 /// Renewals are queued in the order the vault made them (by creation time, then name). Run it
 /// inside one transaction of `conn`.
@@ -148,62 +184,92 @@ pub fn scan_vault(
     vault: &dyn Vault,
     now: OffsetDateTime,
     unsent: Unsent,
-    refresh: bool,
+    read: RemoteRead,
 ) -> crate::backend::Result<u64> {
     let mut queued = 0u64;
     let first_scan = !q::remote_scanned(conn)?;
+    let read = if first_scan && read == RemoteRead::Touched {
+        RemoteRead::Listing
+    } else {
+        read
+    };
     let seen = q::remote_seen(conn)?;
+    let touched: HashSet<String> = q::touched_remote(conn)?.into_iter().collect();
     // With neither channel configured, renewals are passed over unrecorded (see `scan`): no need
     // to list any versions.
     let record_renewals = !(unsent.mail && unsent.hook);
     let mut renewals: Vec<(String, VersionStamp, String)> = Vec::new();
-    let listing = vault.listing()?;
+    let listing = match read {
+        RemoteRead::Touched => ledger_listing(&seen, &touched),
+        RemoteRead::Listing | RemoteRead::Everything => vault.listing()?,
+    };
     for page in listing.chunks(REMOTE_PAGE) {
         // What the ledger already holds for an unchanged newest version: its id and the policy.
-        let known = |l: &ListedCertificate| -> Option<(String, bool, OffsetDateTime, OffsetDateTime, serde_json::Value)> {
+        let known = |l: &ListedCertificate| -> Option<(String, q::RemoteAttributes, serde_json::Value)> {
             let s = seen.get(&l.name)?;
-            if refresh || l.thumbprint.is_none() || s.thumbprint != l.thumbprint {
+            if read == RemoteRead::Everything
+                || touched.contains(&l.name)
+                || l.thumbprint.is_none()
+                || s.thumbprint != l.thumbprint
+            {
                 return None;
             }
             let policy = serde_json::from_str(s.policy_json.as_deref()?).ok()?;
-            Some((s.version.clone(), l.enabled?, l.nbf?, l.exp?, policy))
+            let attributes = q::RemoteAttributes {
+                enabled: l.enabled?,
+                nbf: l.nbf?,
+                exp: l.exp?,
+            };
+            Some((s.version.clone(), attributes, policy))
         };
         let stale: Vec<String> = page
             .iter()
             .filter(|l| known(l).is_none())
             .map(|l| l.name.clone())
             .collect();
-        let mut read = stale
+        let mut fetched = stale
             .iter()
             .cloned()
             .zip(vault.current_with_policy_many(&stale)?)
-            .collect::<std::collections::HashMap<_, _>>();
+            .collect::<HashMap<_, _>>();
         for listed in page {
             let name = &listed.name;
-            let (version, enabled, nbf, exp, policy, fresh) = match known(listed) {
-                Some((version, enabled, nbf, exp, policy)) => (version, enabled, nbf, exp, policy, None),
+            let (version, attributes, policy, fresh) = match known(listed) {
+                Some((version, attributes, policy)) => {
+                    // The listing may show other attributes (enabled or disabled outside
+                    // certroll): the step after a verb judges from what is recorded.
+                    if seen.get(name).and_then(|s| s.attributes) != Some(attributes) {
+                        q::set_remote_attributes(conn, name, Some(attributes))?;
+                    }
+                    (version, attributes, policy, None)
+                }
                 None => {
-                    let Some(Some((current, policy))) = read.remove(name) else {
+                    let Some(Some((current, policy))) = fetched.remove(name) else {
+                        // Gone (deleted, purged) or only a pending request: judged no more
+                        // until it is read again.
+                        if touched.contains(name) {
+                            q::set_remote_attributes(conn, name, None)?;
+                            q::untouch_remote(conn, name)?;
+                        }
                         continue;
+                    };
+                    let attributes = q::RemoteAttributes {
+                        enabled: current.enabled,
+                        nbf: current.nbf,
+                        exp: current.exp,
                     };
                     let fresh = q::RemoteSeen {
                         version: current.version.clone(),
                         thumbprint: Some(crate::pki::sha1_thumbprint(&current.cert_der)),
                         policy_json: Some(policy.to_string()),
+                        attributes: Some(attributes),
                     };
-                    (
-                        current.version,
-                        current.enabled,
-                        current.nbf,
-                        current.exp,
-                        policy,
-                        Some(fresh),
-                    )
+                    (current.version, attributes, policy, Some(fresh))
                 }
             };
-            if enabled {
+            if attributes.enabled {
                 for t in email_triggers_of(&policy) {
-                    let at = crate::ops::lifetime::fires_at(t, nbf, exp);
+                    let at = crate::ops::lifetime::fires_at(t, attributes.nbf, attributes.exp);
                     if at <= now {
                         let new = NewEvent {
                             kind: EMAIL_CONTACTS,
@@ -211,7 +277,7 @@ pub fn scan_vault(
                             version: &version,
                             trigger: &trigger_text(t),
                             at,
-                            not_after: exp,
+                            not_after: attributes.exp,
                             previous: None,
                         };
                         queued += u64::from(q::queue(conn, &new, now, unsent)?);
@@ -234,12 +300,26 @@ pub fn scan_vault(
                     renewals.push((name.clone(), pair[1].clone(), pair[0].version.clone()));
                 }
                 if !stamps.iter().any(|s| s.version == version) {
-                    // The listing lags the newest version: look again next scan.
+                    // The listing lags the newest version: look again next scan (it stays
+                    // touched).
                     continue;
                 }
             }
             q::set_remote_seen(conn, name, &fresh, now)?;
         }
+    }
+    if read != RemoteRead::Touched {
+        // What the listing no longer shows is gone: judged no more until it is listed again.
+        let listed: HashSet<&str> = listing.iter().map(|l| l.name.as_str()).collect();
+        for (name, s) in &seen {
+            if !listed.contains(name.as_str()) && s.attributes.is_some() {
+                q::set_remote_attributes(conn, name, None)?;
+            }
+        }
+        for name in touched.iter().filter(|n| !listed.contains(n.as_str())) {
+            q::untouch_remote(conn, name)?;
+        }
+        q::set_remote_listed_at(conn, now)?;
     }
     renewals.sort_by(|a, b| (a.1.created, &a.0).cmp(&(b.1.created, &b.0)));
     for (name, stamp, previous) in &renewals {
@@ -258,6 +338,38 @@ pub fn scan_vault(
         q::set_remote_scanned(conn)?;
     }
     Ok(queued)
+}
+
+/// The listing a [`RemoteRead::Touched`] scan works through, from the ledger instead of the
+/// vault: every certificate recorded with its attributes as recorded (unchanged, so nothing is
+/// read), and every touched one without a thumbprint (so it is read), in name order.
+fn ledger_listing(
+    seen: &HashMap<String, q::RemoteSeen>,
+    touched: &HashSet<String>,
+) -> Vec<ListedCertificate> {
+    let mut out: Vec<ListedCertificate> = seen
+        .iter()
+        .filter(|(name, _)| !touched.contains(*name))
+        .filter_map(|(name, s)| {
+            let a = s.attributes?;
+            Some(ListedCertificate {
+                name: name.clone(),
+                thumbprint: s.thumbprint.clone(),
+                enabled: Some(a.enabled),
+                nbf: Some(a.nbf),
+                exp: Some(a.exp),
+            })
+        })
+        .collect();
+    out.extend(touched.iter().map(|name| ListedCertificate {
+        name: name.clone(),
+        thumbprint: None,
+        enabled: None,
+        nbf: None,
+        exp: None,
+    }));
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 #[cfg(test)]
@@ -380,7 +492,8 @@ mod tests {
         // backend's notify) and the trait's into a separate ledger (the azure backend's).
         let both = |vault: &LocalBackend, now: OffsetDateTime| {
             let local = scan(vault.store().conn(), now, Unsent::default()).unwrap();
-            let remote = scan_vault(ledger.conn(), vault, now, Unsent::default(), false).unwrap();
+            let remote =
+                scan_vault(ledger.conn(), vault, now, Unsent::default(), RemoteRead::Listing).unwrap();
             (local, remote)
         };
         add(&mut vault, "dev-a", t0);
@@ -427,7 +540,12 @@ mod tests {
             vault.create_versions(&[new], nbf).unwrap();
         };
         let scan = |vault: &LocalBackend, now: OffsetDateTime, refresh: bool| {
-            scan_vault(ledger.conn(), vault, now, Unsent::default(), refresh).unwrap()
+            let read = if refresh {
+                RemoteRead::Everything
+            } else {
+                RemoteRead::Listing
+            };
+            scan_vault(ledger.conn(), vault, now, Unsent::default(), read).unwrap()
         };
         add(&mut vault, "dev-a", QUIET, t0);
         add(&mut vault, "dev-b", QUIET, t0);
@@ -478,6 +596,85 @@ mod tests {
     }
 
     #[test]
+    fn a_touched_scan_reads_the_names_certroll_wrote_and_judges_the_rest_from_the_ledger() {
+        use crate::backend::local::LocalBackend;
+        use crate::backend::types::NewVersion;
+        let t0 = datetime!(2026-01-01 0:00 UTC);
+        let mut vault = LocalBackend::new(Store::open_empty().unwrap());
+        let ledger = Store::open_empty().unwrap();
+        let add = |vault: &mut LocalBackend, name: &str, nbf: OffsetDateTime| {
+            let (der, key) = crate::store::test_support::self_signed(nbf, 100);
+            let new = NewVersion {
+                name,
+                policy_json: POLICY,
+                cert_der: &der,
+                key_pkcs8: key.pkcs8_der(),
+                kty: "EC",
+                exportable: true,
+                issuer: None,
+                facts: None,
+            };
+            vault.create_versions(&[new], nbf).unwrap();
+        };
+        let scan = |vault: &LocalBackend, now: OffsetDateTime, read: RemoteRead| {
+            scan_vault(ledger.conn(), vault, now, Unsent::default(), read).unwrap()
+        };
+        for name in ["dev-a", "dev-b", "dev-d"] {
+            add(&mut vault, name, t0);
+        }
+        assert_eq!(scan(&vault, t0, RemoteRead::Listing), 0);
+
+        // Made outside certroll (nothing touched): a renewal of `b` and a new name `c`. The
+        // touched scan does not see them; it sees what certroll touched.
+        let t1 = t0 + time::Duration::days(10);
+        add(&mut vault, "dev-b", t1);
+        add(&mut vault, "dev-c", t0);
+        assert_eq!(scan(&vault, t1, RemoteRead::Touched), 0, "untouched: not read");
+        q::touch_remote(ledger.conn(), "dev-b").unwrap();
+        let d = vault.current("dev-d").unwrap().unwrap();
+        vault.set_enabled(&d, false, t1).unwrap();
+        q::touch_remote(ledger.conn(), "dev-d").unwrap();
+        assert_eq!(scan(&vault, t1, RemoteRead::Touched), 1, "the renewal of b");
+        assert!(
+            q::touched_remote(ledger.conn()).unwrap().is_empty(),
+            "read: untouched"
+        );
+
+        // Day 80: `a`'s 80% is judged from the ledger (never read again); `d` was read again
+        // disabled, so it is not; `b`'s new version fires at its own 80%.
+        let t80 = t0 + time::Duration::days(80);
+        assert_eq!(scan(&vault, t80, RemoteRead::Touched), 1);
+        assert_eq!(scan(&vault, t80, RemoteRead::Touched), 0, "never twice");
+        // The listing finds what was made outside certroll: `c`, whose 80% has passed.
+        assert_eq!(scan(&vault, t80, RemoteRead::Listing), 1);
+        let owed: Vec<(String, String)> = owed_mail(ledger.conn())
+            .into_iter()
+            .map(|(kind, name, ..)| (kind, name))
+            .collect();
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter().map(|(k, n)| (k.to_string(), n.to_string())).collect()
+        };
+        assert_eq!(
+            owed,
+            pairs(&[
+                (RENEWED, "dev-b"),
+                (EMAIL_CONTACTS, "dev-a"),
+                (EMAIL_CONTACTS, "dev-c")
+            ])
+        );
+
+        // The listing interval: due when never listed, when `every` has passed, or when the
+        // clock moved back; zero: always.
+        let day = time::Duration::days(1);
+        assert!(!listing_due(ledger.conn(), t80 + time::Duration::hours(23), day).unwrap());
+        assert!(listing_due(ledger.conn(), t80 + day, day).unwrap());
+        assert!(listing_due(ledger.conn(), t80 - time::Duration::hours(1), day).unwrap());
+        assert!(listing_due(ledger.conn(), t80, time::Duration::ZERO).unwrap());
+        let fresh = Store::open_empty().unwrap();
+        assert!(listing_due(fresh.conn(), t80, day).unwrap(), "never listed");
+    }
+
+    #[test]
     fn the_first_scan_of_a_remote_vault_does_not_replay_its_history() {
         let t0 = datetime!(2026-01-01 0:00 UTC);
         let mut store = Store::open_empty().unwrap();
@@ -487,7 +684,7 @@ mod tests {
         let ledger = Store::open_empty().unwrap();
         let now = t0 + time::Duration::days(2);
         assert_eq!(
-            scan_vault(ledger.conn(), &vault, now, Unsent::default(), false).unwrap(),
+            scan_vault(ledger.conn(), &vault, now, Unsent::default(), RemoteRead::Touched).unwrap(),
             0
         );
         assert!(owed_mail(ledger.conn()).is_empty());

@@ -17,7 +17,10 @@
 //!
 //! On `kind = "azure"` the vault is Key Vault: the scan reads it through the [`crate::backend::Vault`]
 //! trait ([`events::scan_vault`]), and the ledger stays in the local store beside the plan, as
-//! the journal does. The vault's contacts are Key Vault's.
+//! the journal does. The vault's contacts are Key Vault's. The step after a verb reads from Key
+//! Vault only the certificates certroll wrote since the last scan and judges the rest from the
+//! ledger, listing the whole vault at most once per the plan's `notify_listing_hours`
+//! ([`events::RemoteRead`]); `certroll notify` always lists it.
 //!
 //! Delivery is at least once: a certroll killed after the server accepted a mail and before the
 //! store recorded it mails that contact again. The store's writer lock is held for the whole
@@ -26,6 +29,8 @@
 pub mod events;
 pub mod hook;
 pub mod mail;
+
+pub use events::RemoteRead;
 
 use crate::backend::azure::AzureVault;
 use crate::backend::local::LocalBackend;
@@ -232,16 +237,18 @@ struct HookInput<'a> {
 }
 
 /// Scans for events, queues them, and delivers what is owed on the configured channels. On a
-/// dry run the scan is rolled back and nothing is sent. `refresh` (azure only) reads every
-/// certificate's policy from Key Vault again instead of the one the last scan read with an
-/// unchanged newest version.
+/// dry run the scan is rolled back and nothing is sent. `read` says how much of a remote vault
+/// (Key Vault on `kind = "azure"`) the scan reads; the local store's scan is one query and
+/// always reads everything. [`RemoteRead::Touched`] is the step after a verb: it reads the
+/// whole listing anyway when the plan's `notify_listing_hours` have passed since the last one
+/// ([`events::listing_due`]).
 pub fn notify(
     plan: &Plan,
     channels: &Channels,
     settings: &BackendSettings,
     now: OffsetDateTime,
     dry_run: bool,
-    refresh: bool,
+    read: RemoteRead,
 ) -> Result<NotifyReport> {
     let mut report = NotifyReport {
         dry_run,
@@ -276,7 +283,22 @@ pub fn notify(
             hook: channels.hook.is_none(),
         };
         let queued = match &remote {
-            Some(vault) => events::scan_vault(store.conn(), vault, now, unsent, refresh)?,
+            Some(vault) => {
+                let every = plan
+                    .azure
+                    .as_ref()
+                    .map_or(0, |c| i64::from(c.notify_listing_hours));
+                let read = match read {
+                    RemoteRead::Touched
+                        if events::listing_due(store.conn(), now, time::Duration::hours(every))? =>
+                    {
+                        RemoteRead::Listing
+                    }
+                    other => other,
+                };
+                tracing::debug!(?read, "notify: reading Key Vault");
+                events::scan_vault(store.conn(), vault, now, unsent, read)?
+            }
             None => events::scan(store.conn(), now, unsent)?,
         };
         if !channels.mail_planned {

@@ -100,6 +100,9 @@ pub struct AzureConfig {
     pub vault_url: String,
     /// Key Vault rate and concurrency.
     pub vault_limits: ClientLimits,
+    /// The notify step after a verb reads Key Vault's whole listing at most once per this many
+    /// hours (0: every time); in between it reads only the certificates certroll wrote to.
+    pub notify_listing_hours: u32,
     /// How tokens are obtained.
     pub auth: AzureAuth,
     /// Extra trusted roots (PEM), absolute; the system roots are trusted as well.
@@ -111,6 +114,12 @@ pub struct AzureConfig {
     /// IoT Hubs by the name the plan's groups and enrollments use.
     pub hubs: BTreeMap<String, AzureHub>,
 }
+
+/// Hours between the full listings of Key Vault by the notify step after a verb: a day, as the
+/// `notify` cron run the README suggests.
+pub const DEFAULT_NOTIFY_LISTING_HOURS: u32 = 24;
+/// Most hours a plan may set between them: a year.
+pub const MAX_NOTIFY_LISTING_HOURS: u32 = 8760;
 
 /// Key Vault's documented limit is about 20 software-key creations per 10 s per vault; 8 in
 /// flight keeps a batch inside it without serialising.

@@ -44,6 +44,7 @@ pub(super) struct RawBackend {
     pub(super) vault_url: Option<Spanned<String>>,
     pub(super) vault_rate: Option<Spanned<f64>>,
     pub(super) vault_concurrency: Option<Spanned<i64>>,
+    pub(super) notify_listing_hours: Option<Spanned<i64>>,
     pub(super) auth: Option<Spanned<String>>,
     pub(super) token_env: Option<Spanned<String>>,
     pub(super) tenant_id: Option<Spanned<String>>,

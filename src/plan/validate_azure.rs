@@ -3,8 +3,8 @@
 
 use super::super::raw::{RawAzureDps, RawAzureHub, RawBackend};
 use super::super::{
-    AzureAuth, AzureConfig, AzureDps, AzureHub, ClientLimits, DEFAULT_SERVICE_CONCURRENCY,
-    DEFAULT_VAULT_CONCURRENCY, MAX_CONCURRENCY,
+    AzureAuth, AzureConfig, AzureDps, AzureHub, ClientLimits, DEFAULT_NOTIFY_LISTING_HOURS,
+    DEFAULT_SERVICE_CONCURRENCY, DEFAULT_VAULT_CONCURRENCY, MAX_CONCURRENCY, MAX_NOTIFY_LISTING_HOURS,
 };
 use super::Validator;
 use super::notify::is_env_name;
@@ -28,6 +28,10 @@ pub(super) fn azure_only_keys(b: &RawBackend) -> Vec<(&'static str, std::ops::Ra
     add(
         "vault_concurrency",
         b.vault_concurrency.as_ref().map(|v| v.span()),
+    );
+    add(
+        "notify_listing_hours",
+        b.notify_listing_hours.as_ref().map(|v| v.span()),
     );
     add("auth", b.auth.as_ref().map(|v| v.span()));
     add("token_env", b.token_env.as_ref().map(|v| v.span()));
@@ -63,6 +67,23 @@ impl Validator<'_> {
             b.vault_concurrency.as_ref(),
             DEFAULT_VAULT_CONCURRENCY,
         );
+        let notify_listing_hours = match &b.notify_listing_hours {
+            None => DEFAULT_NOTIFY_LISTING_HOURS,
+            Some(h) => match u32::try_from(*h.get_ref()) {
+                Ok(v) if v <= MAX_NOTIFY_LISTING_HOURS => v,
+                _ => {
+                    self.error(
+                        h.span(),
+                        format!(
+                            "notify_listing_hours = {} is out of range (0 to {MAX_NOTIFY_LISTING_HOURS}; 0 \
+                             lists Key Vault after every verb)",
+                            h.get_ref()
+                        ),
+                    );
+                    DEFAULT_NOTIFY_LISTING_HOURS
+                }
+            },
+        };
         let auth = self.auth(b, kind);
         let ca_file = b.ca_file.as_ref().map(|f| self.store_file("ca_file", f));
         let mut resolve = BTreeMap::new();
@@ -99,6 +120,7 @@ impl Validator<'_> {
         Some(AzureConfig {
             vault_url,
             vault_limits,
+            notify_listing_hours,
             auth,
             ca_file,
             resolve,
@@ -325,6 +347,7 @@ mod tests {
             "vault_url = \"https://Contoso.vault.azure.net/\"\nauth = \"client-secret\"\n\
              tenant_id = \"t\"\nclient_id = \"c\"\nclient_secret_env = \"SECRET\"\n\
              ca_file = \"ca.pem\"\nvault_concurrency = 3\nvault_rate = 2.5\n\
+             notify_listing_hours = 6\n\
              resolve = { \"contoso.vault.azure.net\" = \"127.0.0.1:8443\" }\n\
              dps = { host = \"d.azure-devices-provisioning.net\", id_scope = \"0ne1\", \
              sas_policy = \"p\", sas_key_env = \"DPS_KEY\" }\n\
@@ -336,6 +359,7 @@ mod tests {
         assert_eq!(a.vault_url, "https://contoso.vault.azure.net");
         assert_eq!(a.vault_limits.concurrency, 3);
         assert_eq!(a.vault_limits.rate, Some(2.5));
+        assert_eq!(a.notify_listing_hours, 6);
         assert!(matches!(a.auth, AzureAuth::ClientSecret { ref secret_env, .. } if secret_env == "SECRET"));
         assert_eq!(a.ca_file.as_deref(), Some(Path::new("/plans/ca.pem")));
         assert_eq!(a.resolve["contoso.vault.azure.net"].port(), 8443);
@@ -385,6 +409,13 @@ mod tests {
             6,
             "concurrency 0 is out of range",
         );
+        err_at(
+            "vault_url = \"https://v.vault.azure.net\"\nauth = \"azure-cli\"\nnotify_listing_hours = -1\n",
+            6,
+            "notify_listing_hours = -1 is out of range (0 to 8760",
+        );
+        let a = check("vault_url = \"https://v.vault.azure.net\"\nauth = \"azure-cli\"\n").unwrap();
+        assert_eq!(a.azure.unwrap().notify_listing_hours, 24, "a day by default");
         err_at(
             "vault_url = \"https://v.vault.azure.net\"\nauth = \"azure-cli\"\nresolve = { \"v.vault.azure.net\" = \"localhost\" }\n",
             6,

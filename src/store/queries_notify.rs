@@ -337,23 +337,50 @@ pub struct RemoteSeen {
     /// That version's SHA-1 thumbprint (uppercase hex), None when not recorded.
     pub thumbprint: Option<String>,
     /// The name's policy (Key Vault-shaped JSON) read with that version; None when it must be
-    /// read again (never read, or certroll changed it since: [`forget_remote_policy`]).
+    /// read again (never read, or certroll changed it since: [`touch_remote`]).
     pub policy_json: Option<String>,
+    /// That version's validity and `enabled` attribute, as the vault last showed them; None
+    /// when not known (recorded before the store kept them, or the certificate is gone).
+    pub attributes: Option<RemoteAttributes>,
+}
+
+/// The attributes of a remote vault certificate's newest version that decide its lifetime
+/// actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteAttributes {
+    /// Version attribute `enabled`.
+    pub enabled: bool,
+    /// notBefore.
+    pub nbf: OffsetDateTime,
+    /// notAfter.
+    pub exp: OffsetDateTime,
 }
 
 /// What the last scan of a remote vault recorded, by certificate name.
 pub fn remote_seen(conn: &Connection) -> Result<std::collections::HashMap<String, RemoteSeen>> {
     let mut stmt = conn
-        .prepare_cached("SELECT name, version, thumbprint, policy_json FROM notify_remote_seen")
+        .prepare_cached(
+            "SELECT name, version, thumbprint, policy_json, enabled, not_before, not_after
+             FROM notify_remote_seen",
+        )
         .map_err(sql)?;
     let rows = stmt
         .query_map([], |r| {
+            let attributes = match (r.get::<_, Option<bool>>(4)?, r.get(5)?, r.get(6)?) {
+                (Some(enabled), Some(nbf), Some(exp)) => Some(RemoteAttributes {
+                    enabled,
+                    nbf: from_ts(nbf),
+                    exp: from_ts(exp),
+                }),
+                _ => None,
+            };
             Ok((
                 r.get(0)?,
                 RemoteSeen {
                     version: r.get(1)?,
                     thumbprint: r.get(2)?,
                     policy_json: r.get(3)?,
+                    attributes,
                 },
             ))
         })
@@ -362,13 +389,18 @@ pub fn remote_seen(conn: &Connection) -> Result<std::collections::HashMap<String
 }
 
 /// Records what a scan read of a remote vault certificate: its newest version, with that
-/// version's thumbprint and the name's policy.
+/// version's thumbprint and attributes and the name's policy. The name is no longer touched
+/// ([`touch_remote`]).
 pub fn set_remote_seen(conn: &Connection, name: &str, seen: &RemoteSeen, now: OffsetDateTime) -> Result<()> {
+    let a = seen.attributes;
     conn.prepare_cached(
-        "INSERT INTO notify_remote_seen (name, version, seen_at, thumbprint, policy_json)
-         VALUES (?1, ?2, ?3, ?4, ?5)
+        "INSERT INTO notify_remote_seen
+             (name, version, seen_at, thumbprint, policy_json, enabled, not_before, not_after)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT(name) DO UPDATE SET version = excluded.version, seen_at = excluded.seen_at,
-             thumbprint = excluded.thumbprint, policy_json = excluded.policy_json",
+             thumbprint = excluded.thumbprint, policy_json = excluded.policy_json,
+             enabled = excluded.enabled, not_before = excluded.not_before,
+             not_after = excluded.not_after",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -376,7 +408,33 @@ pub fn set_remote_seen(conn: &Connection, name: &str, seen: &RemoteSeen, now: Of
             seen.version,
             now.unix_timestamp(),
             seen.thumbprint,
-            seen.policy_json
+            seen.policy_json,
+            a.map(|a| a.enabled),
+            a.map(|a| a.nbf.unix_timestamp()),
+            a.map(|a| a.exp.unix_timestamp()),
+        ])
+    })
+    .map_err(sql)?;
+    untouch_remote(conn, name)
+}
+
+/// Records the attributes a vault listing shows for a certificate whose newest version is the
+/// one recorded (enabled or disabled outside certroll, say); None: the certificate is gone (not
+/// listed, or not found), so its lifetime actions are not judged until it is read again.
+pub fn set_remote_attributes(
+    conn: &Connection,
+    name: &str,
+    attributes: Option<RemoteAttributes>,
+) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE notify_remote_seen SET enabled = ?2, not_before = ?3, not_after = ?4 WHERE name = ?1",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            name,
+            attributes.map(|a| a.enabled),
+            attributes.map(|a| a.nbf.unix_timestamp()),
+            attributes.map(|a| a.exp.unix_timestamp()),
         ])
     })
     .map(|_| ())
@@ -391,4 +449,57 @@ pub fn forget_remote_policy(conn: &Connection, name: &str) -> Result<()> {
         .and_then(|mut s| s.execute(params![name]))
         .map(|_| ())
         .map_err(sql)
+}
+
+/// Records that certroll is about to write to remote vault certificate `name` (a version, its
+/// policy, its attributes, its deletion): every scan reads it again, also the notify step after
+/// a verb, which otherwise judges from what the last scan recorded. Forgets its policy too
+/// ([`forget_remote_policy`]).
+pub fn touch_remote(conn: &Connection, name: &str) -> Result<()> {
+    forget_remote_policy(conn, name)?;
+    conn.prepare_cached("INSERT OR IGNORE INTO notify_remote_touched (name) VALUES (?1)")
+        .and_then(|mut s| s.execute(params![name]))
+        .map(|_| ())
+        .map_err(sql)
+}
+
+/// The names touched ([`touch_remote`]) since a scan last read them, in name order.
+pub fn touched_remote(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT name FROM notify_remote_touched ORDER BY name")
+        .map_err(sql)?;
+    let rows = stmt.query_map([], |r| r.get(0)).map_err(sql)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+}
+
+/// A scan has read `name` again: it is no longer touched.
+pub fn untouch_remote(conn: &Connection, name: &str) -> Result<()> {
+    conn.prepare_cached("DELETE FROM notify_remote_touched WHERE name = ?1")
+        .and_then(|mut s| s.execute(params![name]))
+        .map(|_| ())
+        .map_err(sql)
+}
+
+/// When a scan last read a remote vault's whole listing; None if never (or before the store
+/// recorded it).
+pub fn remote_listed_at(conn: &Connection) -> Result<Option<OffsetDateTime>> {
+    conn.query_row(
+        "SELECT value FROM notify_state WHERE key = 'remote_listed_at'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()
+    .map(|v| v.map(from_ts))
+    .map_err(sql)
+}
+
+/// Records that a scan read a remote vault's whole listing at `now`.
+pub fn set_remote_listed_at(conn: &Connection, now: OffsetDateTime) -> Result<()> {
+    conn.execute(
+        "INSERT INTO notify_state (key, value) VALUES ('remote_listed_at', ?1)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [now.unix_timestamp()],
+    )
+    .map(|_| ())
+    .map_err(sql)
 }

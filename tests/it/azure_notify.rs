@@ -42,6 +42,15 @@ pub(crate) fn mail_plans(env: &TestEnv, serve: &Serve, fleet: &str, sinks: &[Sin
     }
 }
 
+/// Serve over `fleet`, one SMTP sink per backend, and the fleet plans (`fleet` with [`MAIL`])
+/// each mailing its own sink.
+pub(crate) fn serve_with_mail(env: &TestEnv, fleet: &str) -> (Serve, [Sink; 2]) {
+    let serve = start_serve(env, fleet);
+    let sinks = sinks(env);
+    mail_plans(env, &serve, &format!("{MAIL}{fleet}"), &sinks);
+    (serve, sinks)
+}
+
 /// Runs `args` on `which` plan; it must exit 0. The JSON answer, unmasked.
 fn ok(env: &TestEnv, serve: &Serve, which: &str, args: &[&str]) -> Value {
     let r = run_fleet(env, serve, which, args);
@@ -84,9 +93,7 @@ fn current_version(env: &TestEnv, serve: &Serve, which: &str, target: &str) -> S
 #[test]
 fn notify_queues_and_mails_the_same_notices_on_local_and_on_azure_and_a_rerun_sends_nothing() {
     let env = TestEnv::new();
-    let serve = start_serve(&env, NOTICES);
-    let sinks = sinks(&env);
-    mail_plans(&env, &serve, &format!("{MAIL}{NOTICES}"), &sinks);
+    let (serve, sinks) = serve_with_mail(&env, NOTICES);
 
     let [l, a] = both_raw(&env, &serve, &["issue", "-o", "json"]);
     assert_same(&mask(l), &mask(a), "issue");
@@ -195,9 +202,7 @@ fn notify_queues_and_mails_the_same_notices_on_local_and_on_azure_and_a_rerun_se
 #[test]
 fn notify_dry_run_on_azure_records_and_sends_nothing() {
     let env = TestEnv::new();
-    let serve = start_serve(&env, NOTICES);
-    let sinks = sinks(&env);
-    mail_plans(&env, &serve, &format!("{MAIL}{NOTICES}"), &sinks);
+    let (serve, sinks) = serve_with_mail(&env, NOTICES);
     ok(&env, &serve, "azure", &["issue", "-o", "json"]);
     let fired = (time::OffsetDateTime::now_utc() + time::Duration::days(300))
         .format(&time::format_description::well_known::Rfc3339)
@@ -317,9 +322,7 @@ fn measure_the_notify_scan_on_azure_against_the_local_store() {
 #[test]
 fn a_policy_certroll_writes_makes_the_next_notify_scan_read_that_certificate_again() {
     let env = TestEnv::new();
-    let serve = start_serve(&env, NOTICES);
-    let sinks = sinks(&env);
-    mail_plans(&env, &serve, &format!("{MAIL}{NOTICES}"), &sinks);
+    let (serve, _sinks) = serve_with_mail(&env, NOTICES);
     let create = |issuer: &str| {
         ok(
             &env,
@@ -356,4 +359,113 @@ fn a_policy_certroll_writes_makes_the_next_notify_scan_read_that_certificate_aga
     create("Unknown");
     assert!(scan_reads() > 0, "the policy certroll wrote is read again");
     assert_eq!(scan_reads(), 0, "and kept again");
+}
+
+/// The Key Vault requests the notify step after `roll-secondary` of one device costs (with the
+/// roll's own) over a group of `n` devices: `[default, notify_listing_hours = 0]`, each with
+/// the hook's input after the roll. The first runs within a day of the listing `issue`'s step
+/// read; the second lists the whole vault after every verb, as every step did before.
+fn roll_costs(n: usize) -> [(usize, Value); 2] {
+    let env = TestEnv::new();
+    let hook_input = env.path("hook-input.json");
+    let fleet = format!(
+        "[hooks]\ncommand = [\"/bin/sh\", \"-c\", \"cat > {}\"]\n\
+         [policies.device]\nkey = {{ type = \"EC\", curve = \"P-256\" }}\nvalidity_days = 365\n\
+         [policies.ca]\nkey = {{ type = \"EC\", curve = \"P-256\" }}\nvalidity_days = 3650\n\
+         key_usage = [\"keyCertSign\", \"cRLSign\", \"digitalSignature\"]\n\
+         [ca.root]\nsubject = \"CN=Root\"\npolicy = \"ca\"\n\
+         [groups.sensors]\nsigning_ca = \"root\"\nhub = \"conf-hub\"\n\
+         device_policy = \"device\"\ndevices = {{ prefix = \"s-\", count = {n} }}\n",
+        hook_input.display()
+    );
+    let serve = start_serve(&env, &fleet);
+    // Key Vault's key creations unpaced: serve does not throttle them.
+    let backend = "delivery = \"none\"\nvault_rate = 1000\n";
+    crate::azure_verbs::fleet_plans_with(&env, &serve, &fleet, backend);
+    // Delivery `none` leaves the devices waiting for the operator: the exit code says so.
+    run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+    let roll = |device: &str| {
+        let _ = std::fs::remove_file(&hook_input);
+        let before = vault_requests(&env).len();
+        let target = format!("device:{device}");
+        let r = run_fleet(&env, &serve, "azure", &["roll-secondary", &target, "-o", "json"]);
+        assert!(r.code <= 1, "{target}: {}\n{}", r.stdout, r.stderr);
+        let requests = vault_requests(&env).len() - before;
+        let input = std::fs::read_to_string(&hook_input)
+            .unwrap_or_else(|e| panic!("{target}: the hook did not run ({e}): {}", r.stderr));
+        (requests, serde_json::from_str::<Value>(&input).unwrap())
+    };
+    // Generated ids are zero-padded to the digits of the count.
+    let id = |i: usize| format!("s-{i:0w$}", w = n.to_string().len());
+    let touched = roll(&id(1));
+    let plan = std::fs::read_to_string(env.path("azure/plan.toml")).unwrap();
+    env.write(
+        "azure/plan.toml",
+        &plan.replace("[backend]\n", "[backend]\nnotify_listing_hours = 0\n"),
+    );
+    let listed = roll(&id(2));
+    [touched, listed]
+}
+
+/// The renewals a hook input carries, as `(certificate, kind)`.
+fn hook_events(input: &Value) -> Vec<(String, String)> {
+    input["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no events: {input}"))
+        .iter()
+        .map(|e| {
+            (
+                e["certificate"].as_str().unwrap().to_string(),
+                e["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The notify step after a verb on azure reads from Key Vault only the certificates the verb
+/// wrote (the rest is judged from what the last scan recorded), so what a roll of one device
+/// costs does not grow with the vault; it still sends the renewal it made. With
+/// `notify_listing_hours = 0` it lists the whole vault (25 certificates a request) every time.
+#[test]
+fn the_notify_step_after_a_verb_on_azure_costs_the_same_whatever_the_vault_size() {
+    let [(small, small_input), (small_listed, _)] = roll_costs(30);
+    let [(large, large_input), (large_listed, _)] = roll_costs(120);
+    assert_eq!(
+        small, large,
+        "a roll of one device and its notify step: the same Key Vault requests with 31 and 121 \
+         certificates in the vault"
+    );
+    for (input, device) in [(&small_input, "dev-s-01"), (&large_input, "dev-s-001")] {
+        assert_eq!(
+            hook_events(input),
+            [(device.to_string(), "renewed".to_string())],
+            "the renewal the roll made is sent by its own step: {input}"
+        );
+    }
+    // 121 certificates are 3 pages of the listing more than 31.
+    assert!(
+        large_listed >= small_listed + 3,
+        "listing every time grows with the vault: {small_listed} vs {large_listed}"
+    );
+}
+
+/// What the notify step after a verb costs in Key Vault requests on a vault of
+/// `CERTROLL_BENCH_N` device certificates (default 1000): reading only what the verb wrote
+/// (the default between daily listings) against listing the whole vault (as every step did
+/// before, `notify_listing_hours = 0`).
+#[test]
+#[ignore = "measurement, not a check: run with --ignored --nocapture"]
+fn measure_the_notify_step_after_a_verb_on_azure() {
+    let n: usize = std::env::var("CERTROLL_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let [(touched, _), (listed, _)] = roll_costs(n);
+    eprintln!(
+        "roll-secondary of one device with its notify step, {} certificates in the vault: \
+         {touched} Key Vault requests reading what the roll wrote; {listed} listing the whole \
+         vault ({:.1}x)",
+        n + 1,
+        listed as f64 / touched as f64
+    );
 }

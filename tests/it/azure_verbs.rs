@@ -6,7 +6,9 @@
 //! Each test here covers a verb that `ops::AZURE_VERBS` lets run on azure (`notify`: in
 //! azure_notify.rs).
 
-use crate::conformance::azure::Serve;
+use crate::conformance::azure::{
+    Serve, azure_backend, both_json, dps_table, hub_table, run_plan, sas_key, write_plans,
+};
 use crate::util::TestEnv;
 use serde_json::Value;
 
@@ -26,53 +28,19 @@ pub(crate) fn start_serve(env: &TestEnv, plan_body: &str) -> Serve {
 
 /// The same plan twice: `local/plan.toml` on the local store and `azure/plan.toml` on serve.
 fn plans(env: &TestEnv, serve: &Serve, body: &str) {
-    for dir in ["local", "azure"] {
-        std::fs::create_dir_all(env.path(dir)).unwrap();
-    }
-    env.write("local/plan.toml", &format!("version = 1\n{body}"));
-    env.write(
-        "azure/plan.toml",
-        &format!(
-            "version = 1\n[backend]\nkind = \"azure\"\npath = \"state.db\"\n\
-             vault_url = \"https://certroll.vault.azure.net\"\nauth = \"token-env\"\n\
-             token_env = \"CERTROLL_AZ_TOKEN\"\nca_file = \"../ca.pem\"\n\
-             resolve = {{ \"certroll.vault.azure.net\" = \"127.0.0.1:{}\" }}\n{body}",
-            serve.port()
-        ),
-    );
+    let azure = azure_backend(serve, "state.db", "CERTROLL_AZ_TOKEN", "../ca.pem", false);
+    write_plans(env, &azure, body);
 }
 
 /// Runs certroll with `args` on `which` plan (real time: serve's Key Vault keeps real time).
 fn run(env: &TestEnv, which: &str, args: &[&str]) -> crate::util::Run {
-    let plan = format!("{which}/plan.toml");
-    let mut cmd = env.cmd();
-    cmd.env_remove("CERTROLL_NOW")
-        .env("CERTROLL_AZ_TOKEN", TOKEN)
-        .arg("--plan")
-        .arg(&plan)
-        .args(args);
-    let out = cmd.output().unwrap();
-    crate::util::Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    run_plan(env, which, &[("CERTROLL_AZ_TOKEN", TOKEN)], args)
 }
 
 /// Runs the same command on both plans and returns both JSON answers, masked.
 fn both(env: &TestEnv, args: &[&str]) -> (Value, Value) {
-    let mut out = Vec::new();
-    for which in ["local", "azure"] {
-        let r = run(env, which, args);
-        assert_eq!(
-            r.code, 0,
-            "{which}: certroll {args:?} exited {}\nstdout:\n{}\nstderr:\n{}",
-            r.code, r.stdout, r.stderr
-        );
-        out.push(mask(r.json()));
-    }
-    let azure = out.pop().unwrap();
-    (out.pop().unwrap(), azure)
+    let [l, a] = both_json(0, args, |which, args| run(env, which, args));
+    (mask(l), mask(a))
 }
 
 /// Ids, versions, thumbprints, serials and times differ between two runs by nature; every
@@ -137,7 +105,7 @@ fn subject_of(env: &TestEnv, path: &std::path::Path) -> String {
 }
 
 /// Runs of 16 or more hex digits (ids, versions, thumbprints, serials) inside a string.
-fn mask_hex(s: &str) -> String {
+pub(crate) fn mask_hex(s: &str) -> String {
     let mut out = String::new();
     let mut run = String::new();
     for c in s.chars().chain(std::iter::once(' ')) {
@@ -273,10 +241,6 @@ fn notify_on_an_azure_plan_before_issue_has_nothing_to_do_and_creates_nothing() 
 
 // ---------------------------------------------------------------- the rotation scenario
 
-pub(crate) const DPS_HOST: &str = "certroll-dps.azure-devices-provisioning.net";
-pub(crate) const HUB_HOST: &str = "conf-hub.azure-devices.net";
-pub(crate) const RESOURCE_ID: &str = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.Devices/provisioningServices/certroll-dps";
-
 /// CAs, policies and two individual enrollments on hub `conf-hub`.
 pub(crate) const FLEET: &str = "[policies.device]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 365\n\
      [policies.ca]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 3650\n\
@@ -310,26 +274,6 @@ if not os.path.exists(booted):
     open(booted, "w").close()
 "#;
 
-/// The SAS key serve printed for `service`'s first owner policy, and the policy's name.
-pub(crate) fn sas_key(serve: &Serve, service: &str) -> (String, String) {
-    let policies = serve.start["connection_strings"][service]
-        .as_object()
-        .unwrap_or_else(|| panic!("no connection strings for {service}: {}", serve.start));
-    let (name, cs) = policies
-        .iter()
-        .find(|(n, _)| n.contains("owner"))
-        .or_else(|| policies.iter().next())
-        .unwrap();
-    let key = cs
-        .as_str()
-        .unwrap()
-        .split(';')
-        .find_map(|p| p.strip_prefix("SharedAccessKey="))
-        .unwrap()
-        .to_string();
-    (name.clone(), key)
-}
-
 /// The fleet plan on the local store, and on azure against serve with delivery through the
 /// device hook.
 fn fleet_plans(env: &TestEnv, serve: &Serve) {
@@ -353,46 +297,34 @@ pub(crate) fn fleet_plans_hook(env: &TestEnv, serve: &Serve, fleet: &str) {
 /// `fleet` on the local store, and on azure against serve with `delivery` (TOML lines of
 /// `[backend]`).
 pub(crate) fn fleet_plans_with(env: &TestEnv, serve: &Serve, fleet: &str, delivery: &str) {
-    let port = serve.port();
-    let (dps_policy, _) = sas_key(serve, "certroll-dps");
-    let (hub_policy, _) = sas_key(serve, "conf-hub");
-    let scope = serve.start["id_scope"].as_str().unwrap().to_string();
-    for dir in ["local", "azure"] {
-        std::fs::create_dir_all(env.path(dir)).unwrap();
-    }
-    env.write("local/plan.toml", &format!("version = 1\n{fleet}"));
-    env.write(
-        "azure/plan.toml",
-        &format!(
-            "version = 1\n[backend]\nkind = \"azure\"\npath = \"state.db\"\n\
-             vault_url = \"https://certroll.vault.azure.net\"\nauth = \"token-env\"\n\
-             token_env = \"CERTROLL_AZ_TOKEN\"\nca_file = \"../ca.pem\"\n\
-             resolve = {{ \"certroll.vault.azure.net\" = \"127.0.0.1:{port}\", \"{DPS_HOST}\" = \"127.0.0.1:{port}\", \
-             \"{HUB_HOST}\" = \"127.0.0.1:{port}\", \"management.azure.com\" = \"127.0.0.1:{port}\" }}\n\
-             dps = {{ host = \"{DPS_HOST}\", id_scope = \"{scope}\", resource_id = \"{RESOURCE_ID}\", sas_policy = \"{dps_policy}\", sas_key_env = \"CERTROLL_AZ_DPS_KEY\" }}\n\
-             {delivery}\
-             [backend.hubs.conf-hub]\nhost = \"{HUB_HOST}\"\nsas_policy = \"{hub_policy}\"\nsas_key_env = \"CERTROLL_AZ_HUB_KEY\"\n\
-             {fleet}"
-        ),
+    let azure = format!(
+        "{}{}{delivery}{}",
+        azure_backend(serve, "state.db", "CERTROLL_AZ_TOKEN", "../ca.pem", true),
+        dps_table(serve, "CERTROLL_AZ_DPS_KEY", ""),
+        hub_table(serve, "CERTROLL_AZ_HUB_KEY"),
     );
+    write_plans(env, &azure, fleet);
 }
 
 /// Runs certroll on the azure fleet plan with the SAS keys in its environment.
 pub(crate) fn run_fleet(env: &TestEnv, serve: &Serve, which: &str, args: &[&str]) -> crate::util::Run {
-    let mut cmd = env.cmd();
-    cmd.env_remove("CERTROLL_NOW")
-        .env("CERTROLL_AZ_TOKEN", TOKEN)
-        .env("CERTROLL_AZ_DPS_KEY", sas_key(serve, "certroll-dps").1)
-        .env("CERTROLL_AZ_HUB_KEY", sas_key(serve, "conf-hub").1)
-        .arg("--plan")
-        .arg(format!("{which}/plan.toml"))
-        .args(args);
-    let out = cmd.output().unwrap();
-    crate::util::Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let (dps_key, hub_key) = (sas_key(serve, "certroll-dps").1, sas_key(serve, "conf-hub").1);
+    let vars = [
+        ("CERTROLL_AZ_TOKEN", TOKEN),
+        ("CERTROLL_AZ_DPS_KEY", dps_key.as_str()),
+        ("CERTROLL_AZ_HUB_KEY", hub_key.as_str()),
+    ];
+    run_plan(env, which, &vars, args)
+}
+
+/// Serve over [`FLEET`], the fleet plans delivering through the device hook, and [`FLEET`]
+/// issued on the azure plan.
+fn issued_on_azure(env: &TestEnv) -> Serve {
+    let serve = start_serve(env, FLEET);
+    fleet_plans(env, &serve);
+    let r = run_fleet(env, &serve, "azure", &["issue", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    serve
 }
 
 /// Issue two devices, status, roll one device's secondary, reruns: the same on both.
@@ -451,10 +383,7 @@ fn issue_status_and_roll_secondary_of_enrollments_are_the_same_on_local_and_on_a
 #[test]
 fn reading_enrollments_on_azure_reads_the_devices_own_vault_names_not_the_whole_vault() {
     let env = TestEnv::new();
-    let serve = start_serve(&env, FLEET);
-    fleet_plans(&env, &serve);
-    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let serve = issued_on_azure(&env);
     let listings = || {
         std::fs::read_to_string(env.path("serve.log"))
             .unwrap()
@@ -485,10 +414,7 @@ fn reading_enrollments_on_azure_reads_the_devices_own_vault_names_not_the_whole_
 #[test]
 fn a_roll_killed_between_its_key_vault_write_and_its_commit_adopts_that_version_on_rerun() {
     let env = TestEnv::new();
-    let serve = start_serve(&env, FLEET);
-    fleet_plans(&env, &serve);
-    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let serve = issued_on_azure(&env);
     let versions = || {
         let r = run_fleet(
             &env,

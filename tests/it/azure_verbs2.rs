@@ -9,7 +9,7 @@
 //! Serve's own `status` (over serve's store) shows what each simulated device holds.
 
 use crate::azure_verbs::{FLEET, fleet_plans_with, mask, run_fleet, start_serve};
-use crate::conformance::azure::Serve;
+use crate::conformance::azure::{Serve, both_json};
 use crate::util::TestEnv;
 use serde_json::Value;
 
@@ -20,18 +20,8 @@ pub(crate) fn both(env: &TestEnv, serve: &Serve, args: &[&str]) -> (Value, Value
 
 /// The same command on both plans; both must exit `code`. Masked JSON answers (local, azure).
 fn both_exit(env: &TestEnv, serve: &Serve, args: &[&str], code: i32) -> (Value, Value) {
-    let mut out = Vec::new();
-    for which in ["local", "azure"] {
-        let r = run_fleet(env, serve, which, args);
-        assert_eq!(
-            r.code, code,
-            "{which}: {args:?}\nstdout:\n{}\nstderr:\n{}",
-            r.stdout, r.stderr
-        );
-        out.push(mask(r.json()));
-    }
-    let a = out.pop().unwrap();
-    (out.pop().unwrap(), a)
+    let [l, a] = both_json(code, args, |which, args| run_fleet(env, serve, which, args));
+    (mask(l), mask(a))
 }
 
 /// Where two JSON documents differ (path: left vs right), for failure messages.
@@ -218,6 +208,24 @@ const GROUPS: &str = "[policies.device]\nkey = { type = \"EC\", curve = \"P-256\
      device_policy = \"device\"\ndevices = { prefix = \"s-\", count = 2 }\n\
      [enrollments.gw-1]\nissuer = \"root\"\npolicy = \"device\"\nhub = \"conf-hub\"\n";
 
+/// Serve over [`GROUPS`], and the plans delivering through the device hook (a factory: each
+/// device registers with the first certificate it is handed).
+fn groups_through_the_hook(env: &TestEnv) -> Serve {
+    let serve = start_serve(env, GROUPS);
+    crate::azure_verbs::fleet_plans_hook(env, &serve, GROUPS);
+    serve
+}
+
+/// [`GROUPS`] issued the same on both plans through the device hook, then the plans switched
+/// to direct-method delivery (over the air, to devices that have registered).
+fn issued_groups(env: &TestEnv) -> Serve {
+    let serve = groups_through_the_hook(env);
+    let (l, a) = both(env, &serve, &["issue", "-o", "json"]);
+    assert_eq!(l, a, "issue");
+    fleet_plans_with(env, &serve, GROUPS, DIRECT);
+    serve
+}
+
 /// Enrollment groups on azure: issue through the factory hook (the intermediate uploaded to the
 /// group), then, delivering by direct method, an expiry roll of the group's CA into the group's
 /// secondary slot, then of the root, then `roll-primary` of the group's devices and of the
@@ -225,8 +233,7 @@ const GROUPS: &str = "[policies.device]\nkey = { type = \"EC\", curve = \"P-256\
 #[test]
 fn groups_and_roll_primary_of_devices_and_cas_are_the_same_on_local_and_on_azure() {
     let env = TestEnv::new();
-    let serve = start_serve(&env, GROUPS);
-    crate::azure_verbs::fleet_plans_hook(&env, &serve, GROUPS);
+    let serve = groups_through_the_hook(&env);
     for step in [["issue", "-o", "json"], ["status", "-o", "json"]] {
         let (l, a) = both(&env, &serve, &step);
         assert_eq!(l, a, "{step:?}");
@@ -271,11 +278,7 @@ fn groups_and_roll_primary_of_devices_and_cas_are_the_same_on_local_and_on_azure
 #[test]
 fn revoke_and_reprovision_are_the_same_on_local_and_on_azure() {
     let env = TestEnv::new();
-    let serve = start_serve(&env, GROUPS);
-    crate::azure_verbs::fleet_plans_hook(&env, &serve, GROUPS);
-    let (l, a) = both(&env, &serve, &["issue", "-o", "json"]);
-    assert_eq!(l, a, "issue");
-    fleet_plans_with(&env, &serve, GROUPS, DIRECT);
+    let serve = issued_groups(&env);
     let steps: &[&[&str]] = &[
         &["reprovision", "-o", "json"],
         &["reprovision", "--force", "group:sensors", "-o", "json"],
@@ -435,11 +438,7 @@ fn revoke_and_reprovision_are_the_same_on_local_and_on_azure() {
 #[test]
 fn breach_rolls_are_the_same_on_local_and_on_azure() {
     let env = TestEnv::new();
-    let serve = start_serve(&env, GROUPS);
-    crate::azure_verbs::fleet_plans_hook(&env, &serve, GROUPS);
-    let (l, a) = both(&env, &serve, &["issue", "-o", "json"]);
-    assert_eq!(l, a, "issue");
-    fleet_plans_with(&env, &serve, GROUPS, DIRECT);
+    let serve = issued_groups(&env);
     let steps: &[&[&str]] = &[
         &["roll-primary", "--breach", "device:gw-1", "--yes", "-o", "json"],
         &["status", "-o", "json"],
@@ -482,8 +481,7 @@ fn breach_rolls_are_the_same_on_local_and_on_azure() {
 #[test]
 fn a_roll_cut_off_by_hub_failures_finishes_on_rerun_without_duplicates() {
     let env = TestEnv::new();
-    let serve = start_serve(&env, GROUPS);
-    crate::azure_verbs::fleet_plans_hook(&env, &serve, GROUPS);
+    let serve = groups_through_the_hook(&env);
     let (l, a) = both(&env, &serve, &["issue", "-o", "json"]);
     assert_same(&l, &a, "issue");
     drop(serve);
@@ -624,12 +622,9 @@ fn roll_secondary_due_is_the_same_on_local_and_on_azure() {
 /// as a real vault would on that day (a renewal dated today would be due again at once).
 #[test]
 fn roll_secondary_due_renews_vault_only_certificates_on_local_and_on_azure() {
-    use crate::azure_notify::{MAIL, mail_plans, recipients, sinks};
+    use crate::azure_notify::{MAIL, mail_plans, recipients, serve_with_mail};
     let env = TestEnv::new();
-    let serve = start_serve(&env, FLEET);
-    let sinks = sinks(&env);
-    let body = format!("{MAIL}{FLEET}");
-    mail_plans(&env, &serve, &body, &sinks);
+    let (serve, sinks) = serve_with_mail(&env, FLEET);
     let (l, a) = both(&env, &serve, &["issue", "-o", "json"]);
     assert_same(&l, &a, "issue");
     let (l, a) = both(
@@ -660,7 +655,7 @@ fn roll_secondary_due_renews_vault_only_certificates_on_local_and_on_azure() {
         &format!("version = 1\n{FLEET}"),
         Some(&later),
     );
-    mail_plans(&env, &serve, &body, &sinks);
+    mail_plans(&env, &serve, &format!("{MAIL}{FLEET}"), &sinks);
 
     // `check` names the vault-only certificate whose AutoRenew has fired, on both (locally its
     // day has passed, so it is expired there; in Key Vault it is a month and only due).

@@ -64,9 +64,8 @@ impl Serve {
 
     /// Serve with extra environment variables (the tokens of `[serve.principals]`).
     fn start_with(env: &TestEnv, vars: &[(&str, &str)]) -> Serve {
-        let mut child = env
-            .cmd()
-            .envs(vars.iter().copied())
+        let mut cmd = env.cmd();
+        cmd.envs(vars.iter().copied())
             .args([
                 "--plan",
                 "plan.toml",
@@ -78,32 +77,8 @@ impl Serve {
                 "--ca-out",
                 "serve-ca.pem",
             ])
-            .env_remove("CERTROLL_NOW")
-            .stdout(Stdio::piped())
-            // A file, not a pipe nobody reads: the access log would fill a pipe and stall serve.
-            .stderr(std::fs::File::create(env.path("serve.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) if !line.trim().is_empty() => line,
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "certroll serve printed no start line\nstderr:\n{}",
-                    std::fs::read_to_string(env.path("serve.log")).unwrap_or_default()
-                );
-            }
-        };
-        let start: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("start line is not JSON ({e}): {line}"));
+            .env_remove("CERTROLL_NOW");
+        let (child, start) = crate::util::spawn_serve(env, cmd);
         Serve { child, start }
     }
 
@@ -122,6 +97,17 @@ impl Serve {
     }
 
     /// The connection string of a SAS policy of the service at `host`.
+    /// A SharedAccessSignature token of `policy` for the whole of `host`, valid for an hour.
+    fn token(&self, host: &str, policy: &str) -> String {
+        let later = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+        sas_token(
+            host,
+            &key_of(&self.connection_string(host, policy)),
+            later,
+            policy,
+        )
+    }
+
     fn connection_string(&self, host: &str, policy: &str) -> String {
         let mut found = Vec::new();
         collect_strings(&self.start["connection_strings"], &mut found);
@@ -1378,19 +1364,8 @@ fn the_initial_twin_of_an_enrollment_is_the_twin_of_a_freshly_assigned_device() 
     issued(&env);
     let (cert, key) = export_device(&env, "gateway-01", "gateway-01");
     let serve = Serve::start(&env);
-    let later = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
-    let dps = sas_token(
-        DPS_HOST,
-        &key_of(&serve.connection_string(DPS_HOST, "provisioningserviceowner")),
-        later,
-        "provisioningserviceowner",
-    );
-    let hub = sas_token(
-        HUB_HOST,
-        &key_of(&serve.connection_string(HUB_HOST, "iothubowner")),
-        later,
-        "iothubowner",
-    );
+    let dps = serve.token(DPS_HOST, "provisioningserviceowner");
+    let hub = serve.token(HUB_HOST, "iothubowner");
     // The enrollment gets an initialTwin; its certificate stays (the client sends back the info
     // a GET gave it, as DPS clients do).
     let tp = sha1_of(&env, &cert);
@@ -1523,9 +1498,7 @@ fn the_start_line_names_every_endpoint_and_each_service_has_its_own_loopback_lis
     }
 
     // The hub's own listener answers as the hub, whatever Host the client sends.
-    let later = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
-    let key = key_of(&serve.connection_string(HUB_HOST, "iothubowner"));
-    let token = sas_token(HUB_HOST, &key, later, "iothubowner");
+    let token = serve.token(HUB_HOST, "iothubowner");
     let hub = listeners["hub"].as_str().unwrap();
     let (code, body) = curl_direct(
         &env,
@@ -1926,9 +1899,8 @@ fn the_access_log_has_one_plain_line_per_request_and_never_a_credential() {
     issued(&env);
     let log = env.path("serve.log");
     let serve = serve_logging_to(&env, &[], &log);
-    let later = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
     let key = key_of(&serve.connection_string(HUB_HOST, "iothubowner"));
-    let token = sas_token(HUB_HOST, &key, later, "iothubowner");
+    let token = serve.token(HUB_HOST, "iothubowner");
     let sig = token
         .split("sig=")
         .nth(1)
@@ -2003,13 +1975,7 @@ fn an_enrollment_whose_certificate_cn_is_not_its_registration_id_is_taken_and_th
     let env = TestEnv::new();
     issued(&env);
     let serve = Serve::start(&env);
-    let later = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
-    let dps = sas_token(
-        DPS_HOST,
-        &key_of(&serve.connection_string(DPS_HOST, "provisioningserviceowner")),
-        later,
-        "provisioningserviceowner",
-    );
+    let dps = serve.token(DPS_HOST, "provisioningserviceowner");
     let cert = openssl_cert(&env, "other", "someone-else", false);
     let pem = std::fs::read_to_string(&cert).unwrap();
     let body = serde_json::json!({
@@ -2225,13 +2191,7 @@ fn a_ca_certificate_is_taken_as_pem_text_base64_of_pem_or_base64_der() {
         assert_eq!(up["properties"]["certificate"], b64(&der), "{name}: {up}");
     }
     // The DPS service API reads certificates the same way.
-    let later = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
-    let owner = sas_token(
-        DPS_HOST,
-        &key_of(&serve.connection_string(DPS_HOST, "provisioningserviceowner")),
-        later,
-        "provisioningserviceowner",
-    );
+    let owner = serve.token(DPS_HOST, "provisioningserviceowner");
     let leaf = std::fs::read_to_string(openssl_cert(&env, "fmt-leaf", "fmt-device", false)).unwrap();
     let body = serde_json::json!({
         "registrationId": "fmt-device",
@@ -2336,13 +2296,7 @@ fn malformed_certificates_and_bodies_get_plain_sentences_from_every_service() {
         assert_plain(&format!("ARM upload, {what}"), code, &body.to_string());
     }
     // DPS: an individual enrollment's and a group's certificate.
-    let later = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
-    let owner = sas_token(
-        DPS_HOST,
-        &key_of(&serve.connection_string(DPS_HOST, "provisioningserviceowner")),
-        later,
-        "provisioningserviceowner",
-    );
+    let owner = serve.token(DPS_HOST, "provisioningserviceowner");
     for (what, text) in &malformed {
         let body = serde_json::json!({
             "registrationId": "bad-1",
@@ -2414,12 +2368,7 @@ fn malformed_certificates_and_bodies_get_plain_sentences_from_every_service() {
         assert_plain(&format!("Key Vault merge, {what}"), code, &answer);
     }
     // IoT Hub: thumbprints and authentication that are not what the hub takes.
-    let hub_owner = sas_token(
-        HUB_HOST,
-        &key_of(&serve.connection_string(HUB_HOST, "iothubowner")),
-        later,
-        "iothubowner",
-    );
+    let hub_owner = serve.token(HUB_HOST, "iothubowner");
     for (what, body) in [
         (
             "a thumbprint that is not hex",
@@ -2530,13 +2479,7 @@ fn a_hub_update_without_authentication_keeps_the_identitys_x509_authentication()
     let env = TestEnv::new();
     issued(&env);
     let serve = Serve::start(&env);
-    let later = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
-    let owner = sas_token(
-        HUB_HOST,
-        &key_of(&serve.connection_string(HUB_HOST, "iothubowner")),
-        later,
-        "iothubowner",
-    );
+    let owner = serve.token(HUB_HOST, "iothubowner");
     let tp = "AB".repeat(20);
     let path = "/devices/keep-auth?api-version=2021-04-12";
     let create = format!(
@@ -2789,13 +2732,7 @@ fn a_version_1_device_certificate_from_an_unknown_ca_gets_401_with_the_reason_no
     ])
     .ok();
     let serve = Serve::start(&env);
-    let later = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
-    let owner = sas_token(
-        HUB_HOST,
-        &key_of(&serve.connection_string(HUB_HOST, "iothubowner")),
-        later,
-        "iothubowner",
-    );
+    let owner = serve.token(HUB_HOST, "iothubowner");
     let create = serde_json::json!({"deviceId": "cadev", "status": "enabled",
         "authentication": {"type": "certificateAuthority"}});
     let (code, made) = curl(
@@ -2847,13 +2784,7 @@ fn wrong_typed_enrollment_fields_and_device_ids_iot_hub_refuses_get_400_naming_t
     let serve = Serve::start(&env);
     let pem = openssl_cert(&env, "x1", "x1", false);
     let pem = std::fs::read_to_string(pem).unwrap();
-    let later = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
-    let dps = sas_token(
-        DPS_HOST,
-        &key_of(&serve.connection_string(DPS_HOST, "provisioningserviceowner")),
-        later,
-        "provisioningserviceowner",
-    );
+    let dps = serve.token(DPS_HOST, "provisioningserviceowner");
     let enrollment = |field: &str, value: serde_json::Value| {
         let mut body = serde_json::json!({
             "registrationId": "x1",
@@ -2925,12 +2856,7 @@ fn wrong_typed_enrollment_fields_and_device_ids_iot_hub_refuses_get_400_naming_t
         "{answer}"
     );
 
-    let hub = sas_token(
-        HUB_HOST,
-        &key_of(&serve.connection_string(HUB_HOST, "iothubowner")),
-        later,
-        "iothubowner",
-    );
+    let hub = serve.token(HUB_HOST, "iothubowner");
     let tp = "a".repeat(40);
     let identity = |id: &str| {
         json!({"deviceId": id, "authentication": {"type": "selfSigned", "x509Thumbprint": {"primaryThumbprint": tp}}})

@@ -90,27 +90,8 @@ impl Serve {
         for (k, v) in vars {
             cmd.env(k, v);
         }
-        let log = std::fs::File::create(env.path("serve.log")).unwrap();
-        let mut child = cmd.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
-        match serde_json::from_str(&line) {
-            Ok(start) => Serve { child, start },
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "serve printed no JSON start line ({e}): {line:?}\nstderr: {}",
-                    std::fs::read_to_string(env.path("serve.log")).unwrap_or_default()
-                )
-            }
-        }
+        let (child, start) = spawn_serve(env, cmd);
+        Serve { child, start }
     }
 
     fn port(&self) -> u16 {
@@ -828,18 +809,16 @@ fn out_of_range_policies_and_wrong_typed_attributes_get_400_naming_the_field_and
         (r#"{"x509_props":{"validity_months":0}}"#, "validity_months 0"),
         (r#"{"x509_props":{"sans":{"emails":["a@"]}}}"#, "a@"),
     ];
-    for (body, names) in bad_patches {
-        let (status, text) = curl_send(
-            &env,
-            &serve,
-            "PATCH",
-            "/certificates/m/policy?api-version=7.5",
-            Some(body),
-        );
+    // A PATCH refused with 400 BadParameter whose message names `names`.
+    let refused = |path: &str, body: &str, names: &str| {
+        let (status, text) = curl_send(&env, &serve, "PATCH", path, Some(body));
         assert_eq!(status, 400, "{body}: {text}");
         let err = &json_body(&text)["error"];
         assert_eq!(err["code"], "BadParameter", "{text}");
         assert!(err["message"].as_str().unwrap().contains(names), "{body}: {text}");
+    };
+    for (body, names) in bad_patches {
+        refused("/certificates/m/policy?api-version=7.5", body, names);
     }
     let after = json_body(&curl(&env, &serve, "/certificates/m/policy?api-version=7.5").1);
     assert_eq!(before, after, "a refused patch changed the policy");
@@ -855,17 +834,7 @@ fn out_of_range_policies_and_wrong_typed_attributes_get_400_naming_the_field_and
         (r#"{"attributes":{"nbf":1.5},"tags":{"a":"b"}}"#, "attributes.nbf"),
         (r#"{"attributes":"on"}"#, "attributes must be an object"),
     ] {
-        let (status, text) = curl_send(
-            &env,
-            &serve,
-            "PATCH",
-            "/certificates/m?api-version=7.5",
-            Some(body),
-        );
-        assert_eq!(status, 400, "{body}: {text}");
-        let err = &json_body(&text)["error"];
-        assert_eq!(err["code"], "BadParameter", "{text}");
-        assert!(err["message"].as_str().unwrap().contains(names), "{body}: {text}");
+        refused("/certificates/m?api-version=7.5", body, names);
     }
     let unchanged = json_body(&curl(&env, &serve, "/certificates/m?api-version=7.5").1);
     assert_eq!(

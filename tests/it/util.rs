@@ -222,3 +222,38 @@ hub = "hub-b"
 "#
     )
 }
+
+/// Spawns `cmd` (certroll `serve ... -o json`) with its stderr, the access log, in `serve.log`
+/// in the test's folder (a file, not a pipe nobody reads: the log would fill a pipe and stall
+/// serve), and waits up to a minute for its JSON start line. A serve that prints none is killed
+/// and the test fails with its log.
+pub fn spawn_serve(env: &TestEnv, mut cmd: Command) -> (std::process::Child, serde_json::Value) {
+    use std::io::{BufRead, BufReader};
+    let log = std::fs::File::create(env.path("serve.log")).unwrap();
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .unwrap_or_default();
+    match serde_json::from_str(&line) {
+        Ok(start) => (child, start),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "serve printed no JSON start line ({e}): {line:?}\nstderr:\n{}",
+                std::fs::read_to_string(env.path("serve.log")).unwrap_or_default()
+            )
+        }
+    }
+}

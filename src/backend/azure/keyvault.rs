@@ -275,11 +275,13 @@ impl AzureVault {
         })
     }
 
-    /// Makes the next notify scan read `name` from Key Vault again: certroll is about to change
-    /// (or just changed) its policy, which Key Vault's listing does not show. Cleared before the
-    /// remote write, so a stop right after it leaves nothing stale.
-    fn forget_scanned_policy(&self, name: &str) -> Result<()> {
-        crate::store::queries_notify::forget_remote_policy(self.local.store().conn(), name)
+    /// Makes the next notify scan read `name` from Key Vault again (also the step after a verb,
+    /// which reads only the names touched since the last scan): certroll is about to write to it
+    /// (a version, its policy, which Key Vault's listing does not show, its attributes, its
+    /// deletion). Recorded before the remote write, so a stop right after it leaves nothing
+    /// unseen.
+    fn touch(&self, name: &str) -> Result<()> {
+        crate::store::queries_notify::touch_remote(self.local.store().conn(), name)
             .map_err(BackendError::Store)
     }
 
@@ -740,6 +742,9 @@ impl Vault for AzureVault {
         // `concurrency` at a time.
         let mut by_name: BTreeMap<&str, Vec<(usize, OwnedNewVersion)>> = BTreeMap::new();
         for (i, n) in batch.iter().enumerate() {
+            if !by_name.contains_key(n.name) {
+                self.touch(n.name)?;
+            }
             by_name.entry(n.name).or_default().push((
                 i,
                 OwnedNewVersion {
@@ -829,7 +834,7 @@ impl Vault for AzureVault {
         let policy: CertificatePolicy = serde_json::from_str(policy_json).map_err(|e| {
             BackendError::Refused(format!("policy of `{name}` is not Key Vault-shaped JSON: {e}"))
         })?;
-        self.forget_scanned_policy(name)?;
+        self.touch(name)?;
         self.rt.block_on(async {
             let body: RequestContent<CertificatePolicy> =
                 policy.try_into().map_err(|e| remote("update policy", name, e))?;
@@ -842,6 +847,7 @@ impl Vault for AzureVault {
     }
 
     fn set_enabled(&mut self, version: &VaultVersion, enabled: bool, _now: OffsetDateTime) -> Result<()> {
+        self.touch(&version.name)?;
         self.rt.block_on(Self::patch(
             &self.certs,
             &version.name,
@@ -927,6 +933,7 @@ impl Vault for AzureVault {
         _purge_at: OffsetDateTime,
     ) -> Result<bool> {
         // Key Vault sets the purge date from the vault's retention, not ours.
+        self.touch(name)?;
         self.rt.block_on(async {
             match self.certs.delete_certificate(name, None).await {
                 Ok(_) => Ok(true),
@@ -987,6 +994,7 @@ impl Vault for AzureVault {
     }
 
     fn recover_certificate(&mut self, name: &str) -> Result<bool> {
+        self.touch(name)?;
         self.rt.block_on(async {
             match self.certs.recover_deleted_certificate(name, None).await {
                 Ok(_) => Ok(true),
@@ -997,6 +1005,7 @@ impl Vault for AzureVault {
     }
 
     fn purge_certificate(&mut self, name: &str) -> Result<bool> {
+        self.touch(name)?;
         self.rt.block_on(async {
             match self.certs.purge_deleted_certificate(name, None).await {
                 Ok(_) => Ok(true),
@@ -1237,7 +1246,7 @@ impl Vault for AzureVault {
         _now: OffsetDateTime,
     ) -> Result<Option<Created>> {
         // Key Vault's create writes the name's policy, also when only a request results.
-        self.forget_scanned_policy(name)?;
+        self.touch(name)?;
         let mut policy = parse_policy(name, policy_json)?;
         if let Some(x509) = policy.x509_certificate_properties.as_mut()
             && x509.validity_in_months.is_none()
@@ -1315,7 +1324,7 @@ impl Vault for AzureVault {
     ) -> Result<String> {
         let name = pending.name.as_str();
         // The merged version comes under the policy of the request, which a scan may not have read.
-        self.forget_scanned_policy(name)?;
+        self.touch(name)?;
         let mut x5c = vec![leaf.to_vec()];
         x5c.extend(chain.iter().cloned());
         let params = MergeCertificateParameters {
@@ -1390,7 +1399,7 @@ impl Vault for AzureVault {
             })
             .and_then(|name| {
                 // The restored newest version may be one a scan saw, under another policy.
-                self.forget_scanned_policy(&name)?;
+                self.touch(&name)?;
                 Ok(Some(name))
             })
     }

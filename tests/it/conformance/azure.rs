@@ -9,8 +9,7 @@ use certroll::backend::azure::{
 };
 use certroll::backend::types::{HubIdentity, Status};
 use certroll::backend::{BackendError, EnrollmentService, HubRegistry, Vault};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,23 +66,7 @@ impl Serve {
                 "-o",
                 "json",
             ]);
-        let log = std::fs::File::create(env.path("serve.log")).unwrap();
-        let mut child = cmd.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
-        let start = serde_json::from_str(&line).unwrap_or_else(|e| {
-            let _ = child.kill();
-            panic!(
-                "serve printed no JSON start line ({e}): {line:?}\n{}",
-                std::fs::read_to_string(env.path("serve.log")).unwrap_or_default()
-            )
-        });
+        let (child, start) = crate::util::spawn_serve(env, cmd);
         Serve { child, start }
     }
 
@@ -103,11 +86,14 @@ impl Drop for Serve {
 /// The client plan: `kind = "azure"` pointed at serve.
 fn client_plan(env: &TestEnv, serve: &Serve) -> certroll::plan::Plan {
     let text = format!(
-        "version = 1\n[backend]\nkind = \"azure\"\npath = \"client/state.db\"\n\
-         vault_url = \"https://certroll.vault.azure.net\"\nauth = \"token-env\"\n\
-         token_env = \"CERTROLL_CONFORMANCE_TOKEN\"\nca_file = \"ca.pem\"\nvault_concurrency = 4\n\
-         resolve = {{ \"certroll.vault.azure.net\" = \"127.0.0.1:{}\" }}\n",
-        serve.port()
+        "version = 1\n{}vault_concurrency = 4\n",
+        azure_backend(
+            serve,
+            "client/state.db",
+            "CERTROLL_CONFORMANCE_TOKEN",
+            "ca.pem",
+            false
+        )
     );
     let path = env.write("client.toml", &text);
     certroll::plan::parse(&path, &text).unwrap()
@@ -115,10 +101,18 @@ fn client_plan(env: &TestEnv, serve: &Serve) -> certroll::plan::Plan {
 
 fn connect(env: &TestEnv, serve: &Serve, token: &str) -> AzureVault {
     let plan = client_plan(env, serve);
-    std::fs::create_dir_all(env.path("client")).unwrap();
-    let local = super::local::fresh_store(&env.path("client"));
+    vault_client(plan.azure.as_ref().unwrap(), &env.path("client"), token)
+}
+
+/// A Key Vault client of `config` over a fresh local store in `dir`, sending `token`.
+pub(crate) fn vault_client(
+    config: &certroll::plan::AzureConfig,
+    dir: &std::path::Path,
+    token: &str,
+) -> AzureVault {
+    std::fs::create_dir_all(dir).unwrap();
     let credential = Arc::new(EnvTokenCredential::new(token.to_string()));
-    AzureVault::connect_with(plan.azure.as_ref().unwrap(), local, credential).unwrap()
+    AzureVault::connect_with(config, super::local::fresh_store(dir), credential).unwrap()
 }
 
 #[test]
@@ -240,14 +234,7 @@ fn measure_batch_concurrency_against_serve() {
         config.vault_limits.concurrency = concurrency;
         // What concurrency buys, not Key Vault's creation rate (`vault_rate`, 2 a second).
         config.vault_limits.rate = Some(1000.0);
-        let dir = env.path(&format!("m{round}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut vault = AzureVault::connect_with(
-            &config,
-            super::local::fresh_store(&dir),
-            Arc::new(EnvTokenCredential::new("tok".into())),
-        )
-        .unwrap();
+        let mut vault = vault_client(&config, &env.path(&format!("m{round}")), "tok");
         let names: Vec<String> = (0..40).map(|i| format!("m{round}-{i}")).collect();
         let made: Vec<super::Made> = names.iter().map(|n| super::self_signed(n, 30, false)).collect();
         let batch: Vec<_> = names
@@ -279,12 +266,111 @@ fn services_plan(extra: &str) -> String {
     )
 }
 
-const DPS_HOST: &str = "certroll-dps.azure-devices-provisioning.net";
-const HUB_HOST: &str = "conf-hub.azure-devices.net";
-const RESOURCE_ID: &str = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.Devices/provisioningServices/certroll-dps";
+/// serve's DPS, hub and DPS resource, as the client plans name them.
+pub(crate) const DPS_HOST: &str = "certroll-dps.azure-devices-provisioning.net";
+pub(crate) const HUB_HOST: &str = "conf-hub.azure-devices.net";
+pub(crate) const RESOURCE_ID: &str = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.Devices/provisioningServices/certroll-dps";
 
-/// The `SharedAccessKey` of the first policy serve printed for `service`, and its name.
-fn sas_key(serve: &Serve, service: &str) -> (String, String) {
+/// `[backend] kind = "azure"` against serve, the real host names resolved to its port: the
+/// store at `store`, the token from the variable `token_env`, serve's CA at `ca_file` (all
+/// relative to the plan); with `services`, DPS, its ARM resource and the hub resolve to serve
+/// too. More `[backend]` keys may follow.
+pub(crate) fn azure_backend(
+    serve: &Serve,
+    store: &str,
+    token_env: &str,
+    ca_file: &str,
+    services: bool,
+) -> String {
+    let port = serve.port();
+    let mut hosts = vec!["certroll.vault.azure.net"];
+    if services {
+        hosts.extend([DPS_HOST, HUB_HOST, "management.azure.com"]);
+    }
+    let resolve: Vec<String> = hosts
+        .iter()
+        .map(|h| format!("\"{h}\" = \"127.0.0.1:{port}\""))
+        .collect();
+    format!(
+        "[backend]\nkind = \"azure\"\npath = \"{store}\"\n\
+         vault_url = \"https://certroll.vault.azure.net\"\nauth = \"token-env\"\n\
+         token_env = \"{token_env}\"\nca_file = \"{ca_file}\"\nresolve = {{ {} }}\n",
+        resolve.join(", ")
+    )
+}
+
+/// The `dps` key of `[backend]` for serve's DPS with its owner policy, the key in the variable
+/// `key_env`; `extra` goes into the table (`, rate = 5`).
+pub(crate) fn dps_table(serve: &Serve, key_env: &str, extra: &str) -> String {
+    let (policy, _) = sas_key(serve, "certroll-dps");
+    format!(
+        "dps = {{ host = \"{DPS_HOST}\", id_scope = \"{}\", resource_id = \"{RESOURCE_ID}\", \
+         sas_policy = \"{policy}\", sas_key_env = \"{key_env}\"{extra} }}\n",
+        serve.start["id_scope"].as_str().unwrap_or("0ne00000000"),
+    )
+}
+
+/// `[backend.hubs.conf-hub]` for serve's hub with its owner policy, the key in the variable
+/// `key_env`. More keys of the table may follow.
+pub(crate) fn hub_table(serve: &Serve, key_env: &str) -> String {
+    let (policy, _) = sas_key(serve, "conf-hub");
+    format!(
+        "[backend.hubs.conf-hub]\nhost = \"{HUB_HOST}\"\nsas_policy = \"{policy}\"\nsas_key_env = \"{key_env}\"\n"
+    )
+}
+
+/// The same plan twice: `local/plan.toml` (`version = 1` and `body`) and `azure/plan.toml`
+/// (`version = 1`, `azure`, the `[backend]` lines, and `body`).
+pub(crate) fn write_plans(env: &TestEnv, azure: &str, body: &str) {
+    for dir in ["local", "azure"] {
+        std::fs::create_dir_all(env.path(dir)).unwrap();
+    }
+    env.write("local/plan.toml", &format!("version = 1\n{body}"));
+    env.write("azure/plan.toml", &format!("version = 1\n{azure}{body}"));
+}
+
+/// certroll with `args` on `{which}/plan.toml` with `vars` set, at real time (serve's services
+/// keep real time).
+pub(crate) fn run_plan(env: &TestEnv, which: &str, vars: &[(&str, &str)], args: &[&str]) -> crate::util::Run {
+    let out = env
+        .cmd()
+        .env_remove("CERTROLL_NOW")
+        .envs(vars.iter().copied())
+        .arg("--plan")
+        .arg(format!("{which}/plan.toml"))
+        .args(args)
+        .output()
+        .unwrap();
+    crate::util::Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `run` on the local plan, then on the azure plan (`{which}` in an argument replaced by the
+/// plan's folder); both must exit `code`. Both JSON answers, `[local, azure]`, unmasked.
+pub(crate) fn both_json(
+    code: i32,
+    args: &[&str],
+    run: impl Fn(&str, &[&str]) -> crate::util::Run,
+) -> [serde_json::Value; 2] {
+    ["local", "azure"].map(|which| {
+        let args: Vec<String> = args.iter().map(|a| a.replace("{which}", which)).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = run(which, &args);
+        assert_eq!(
+            r.code, code,
+            "{which}: certroll {args:?} exited {}\nstdout:\n{}\nstderr:\n{}",
+            r.code, r.stdout, r.stderr
+        );
+        r.json()
+    })
+}
+
+/// The `SharedAccessKey` of `service`'s owner policy as serve printed it (else its first), and
+/// the policy's name.
+pub(crate) fn sas_key(serve: &Serve, service: &str) -> (String, String) {
     let policies = serve.start["connection_strings"][service]
         .as_object()
         .unwrap_or_else(|| panic!("no connection strings for {service}: {}", serve.start));
@@ -306,22 +392,28 @@ fn sas_key(serve: &Serve, service: &str) -> (String, String) {
 /// The client plan for DPS, ARM and the hub, all resolved to serve; `dps_limits` goes into
 /// the `dps` table (`, rate = 5`).
 fn services_config(env: &TestEnv, serve: &Serve, dps_limits: &str) -> certroll::plan::AzureConfig {
-    let port = serve.port();
-    let (dps_policy, _) = sas_key(serve, "certroll-dps");
-    let (hub_policy, _) = sas_key(serve, "conf-hub");
     let text = format!(
-        "version = 1\n[backend]\nkind = \"azure\"\npath = \"client/state.db\"\n\
-         vault_url = \"https://certroll.vault.azure.net\"\nauth = \"token-env\"\n\
-         token_env = \"CERTROLL_CONFORMANCE_TOKEN\"\nca_file = \"ca.pem\"\n\
-         resolve = {{ \"certroll.vault.azure.net\" = \"127.0.0.1:{port}\", \"{DPS_HOST}\" = \"127.0.0.1:{port}\", \
-         \"{HUB_HOST}\" = \"127.0.0.1:{port}\", \"management.azure.com\" = \"127.0.0.1:{port}\" }}\n\
-         dps = {{ host = \"{DPS_HOST}\", id_scope = \"{}\", resource_id = \"{RESOURCE_ID}\", \
-         sas_policy = \"{dps_policy}\", sas_key_env = \"CONF_DPS_KEY\"{dps_limits} }}\n\
-         [backend.hubs.conf-hub]\nhost = \"{HUB_HOST}\"\nsas_policy = \"{hub_policy}\"\nsas_key_env = \"CONF_HUB_KEY\"\nrate = 1000\n",
-        serve.start["id_scope"].as_str().unwrap_or("0ne00000000"),
+        "version = 1\n{}{}{}rate = 1000\n",
+        azure_backend(
+            serve,
+            "client/state.db",
+            "CERTROLL_CONFORMANCE_TOKEN",
+            "ca.pem",
+            true
+        ),
+        dps_table(serve, "CONF_DPS_KEY", dps_limits),
+        hub_table(serve, "CONF_HUB_KEY"),
     );
     let path = env.write("client.toml", &text);
     certroll::plan::parse(&path, &text).unwrap().azure.unwrap()
+}
+
+/// Serve over [`services_plan`]`(serve_extra)` admitting `token`, and the client plan's azure
+/// settings pointed at it (DPS at its default limits).
+fn start_services(env: &TestEnv, token: &str, serve_extra: &str) -> (Serve, certroll::plan::AzureConfig) {
+    let serve = Serve::start_with(env, token, &services_plan(serve_extra));
+    let config = services_config(env, &serve, "");
+    (serve, config)
 }
 
 /// The environment the clients read their SAS keys from (not the process's: other tests run
@@ -348,8 +440,7 @@ fn enrollment_service(
 #[test]
 fn the_enrollment_and_hub_suites_pass_on_dps_arm_and_iot_hub_served_by_certroll_serve() {
     let env = TestEnv::new();
-    let serve = Serve::start_with(&env, "svc-token", &services_plan(""));
-    let config = services_config(&env, &serve, "");
+    let (serve, config) = start_services(&env, "svc-token", "");
     let mut dps = enrollment_service(&config, &serve, "svc-token");
     super::services::enrollment_suite(&mut dps, "conf-hub");
 
@@ -383,8 +474,7 @@ fn the_enrollment_and_hub_suites_pass_on_dps_arm_and_iot_hub_served_by_certroll_
 #[test]
 fn devices_register_themselves_on_azure_so_register_is_refused() {
     let env = TestEnv::new();
-    let serve = Serve::start_with(&env, "t", &services_plan(""));
-    let config = services_config(&env, &serve, "");
+    let (serve, config) = start_services(&env, "t", "");
     let mut dps = enrollment_service(&config, &serve, "t");
     let err = dps.register(&[], super::now()).unwrap_err().to_string();
     assert!(
@@ -396,8 +486,7 @@ fn devices_register_themselves_on_azure_so_register_is_refused() {
 #[test]
 fn a_wrong_sas_key_fails_with_dps_s_status_and_operation_and_never_the_key() {
     let env = TestEnv::new();
-    let serve = Serve::start_with(&env, "t", &services_plan(""));
-    let config = services_config(&env, &serve, "");
+    let (_serve, config) = start_services(&env, "t", "");
     let wrong = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmc=";
     let dps =
         AzureEnrollmentService::new_with_env(&config, Arc::new(EnvTokenCredential::new("t".into())), &|_| {
@@ -443,17 +532,10 @@ fn answered(env: &TestEnv, host: &str, status: &str) -> usize {
 
 #[test]
 fn a_second_client_changing_an_enrollment_mid_update_is_never_overwritten() {
-    use certroll::backend::azure::rest::{Call, RestClient, ServiceSpec};
-    use certroll::backend::azure::sas::{SasKey, SasPolicy};
     // Every DPS answer waits 400 ms, so the other client's write lands between this client's
     // read and its write.
     let env = TestEnv::new();
-    let serve = Serve::start_with(
-        &env,
-        "t",
-        &services_plan("[serve.services.dps]\ndelay_ms = 400\n"),
-    );
-    let config = services_config(&env, &serve, "");
+    let (serve, config) = start_services(&env, "t", "[serve.services.dps]\ndelay_ms = 400\n");
     let mut dps = enrollment_service(&config, &serve, "t");
     let (first, second) = (
         super::self_signed("conf-race", 30, false),
@@ -465,47 +547,12 @@ fn a_second_client_changing_an_enrollment_mid_update_is_never_overwritten() {
 
     // The other client: a plain REST client setting the initial twin (a field certroll does not
     // manage) with If-Match `*`, 200 ms after this client starts its update.
-    let (policy, key) = sas_key(&serve, "certroll-dps");
-    let other = RestClient::new(
-        ServiceSpec {
-            service: "DPS",
-            base: format!("https://{DPS_HOST}"),
-            api_version: "2021-10-01",
-            default_rate: 100.0,
-            burst_secs: 0.5,
-        },
-        certroll::backend::azure::client_options(certroll::backend::azure::http_client(&config).unwrap()),
-        SasPolicy::new(DPS_HOST, SasKey::new(&policy, &key).unwrap()),
-        config.dps.as_ref().unwrap().limits,
-    )
-    .unwrap();
+    let other = raw_client(&config, &serve, "DPS");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut body = rt
-        .block_on(other.expect(
-            &Call::new(
-                azure_core::http::Method::Get,
-                "/enrollments/conf-race".into(),
-                "get",
-                "conf-race",
-            ),
-            &[200],
-        ))
-        .unwrap()
-        .json();
+    let mut body = get_json(&rt, &other, "/enrollments/conf-race");
     body["attestation"]["x509"]["clientCertificates"]["primary"] = serde_json::json!({"certificate": pem::encode(&pem::Pem::new("CERTIFICATE", first.cert_der.clone()))});
     body["initialTwin"] = serde_json::json!({"tags": {"owner": "other-client"}});
-    let writer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(200));
-        let call = Call::new(
-            azure_core::http::Method::Put,
-            "/enrollments/conf-race".into(),
-            "put",
-            "conf-race",
-        )
-        .header("if-match", "*")
-        .json(body);
-        rt.block_on(other.expect(&call, &[200])).unwrap();
-    });
+    let writer = put_later(rt, other, "/enrollments/conf-race", "*", body);
     let mut update = enrollment.clone();
     update.secondary = Some(second.cert_der.clone());
     dps.put_individuals(&[update], super::now()).unwrap();
@@ -518,31 +565,8 @@ fn a_second_client_changing_an_enrollment_mid_update_is_never_overwritten() {
         "this client's change is there"
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let check = RestClient::new(
-        ServiceSpec {
-            service: "DPS",
-            base: format!("https://{DPS_HOST}"),
-            api_version: "2021-10-01",
-            default_rate: 100.0,
-            burst_secs: 0.5,
-        },
-        certroll::backend::azure::client_options(certroll::backend::azure::http_client(&config).unwrap()),
-        SasPolicy::new(DPS_HOST, SasKey::new(&policy, &key).unwrap()),
-        config.dps.as_ref().unwrap().limits,
-    )
-    .unwrap();
-    let now = rt
-        .block_on(check.expect(
-            &Call::new(
-                azure_core::http::Method::Get,
-                "/enrollments/conf-race".into(),
-                "get",
-                "conf-race",
-            ),
-            &[200],
-        ))
-        .unwrap()
-        .json();
+    let check = raw_client(&config, &serve, "DPS");
+    let now = get_json(&rt, &check, "/enrollments/conf-race");
     assert_eq!(
         now["initialTwin"]["tags"]["owner"], "other-client",
         "the other client's change survived: {now}"
@@ -620,14 +644,11 @@ fn throttling_is_ridden_out_at_the_client_s_rate_with_zero_failures() {
 fn injected_500s_and_dropped_connections_are_retried_until_the_work_is_done() {
     let env = TestEnv::new();
     let faults = "error_percent = 15\nerror_status = 500\ndrop_percent = 5\n";
-    let serve = Serve::start_with(
+    let (serve, config) = start_services(
         &env,
         "t",
-        &services_plan(&format!(
-            "[serve.services.dps]\n{faults}[serve.services.hub]\n{faults}"
-        )),
+        &format!("[serve.services.dps]\n{faults}[serve.services.hub]\n{faults}"),
     );
-    let config = services_config(&env, &serve, "");
     let mut dps = enrollment_service(&config, &serve, "t");
     let made: Vec<super::Made> = (0..25)
         .map(|i| super::self_signed(&format!("conf-f{i}"), 30, false))
@@ -728,8 +749,7 @@ fn seed_roll(
     Vec<(String, super::Made)>,
     Vec<certroll::backend::types::IndividualEnrollment>,
 ) {
-    use certroll::backend::azure::rest::{Call, RestClient, ServiceSpec};
-    use certroll::backend::azure::sas::{SasKey, SasPolicy};
+    use certroll::backend::azure::rest::Call;
     let ids: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
     // DPS wants the certificate's CN to be the registration id.
     let firsts: Vec<_> = ids
@@ -739,20 +759,7 @@ fn seed_roll(
     for chunk in firsts.chunks(1000) {
         dps.put_individuals(chunk, super::now()).unwrap();
     }
-    let (policy, key) = sas_key(serve, "conf-hub");
-    let hub = RestClient::new(
-        ServiceSpec {
-            service: "IoT Hub",
-            base: format!("https://{HUB_HOST}"),
-            api_version: "2021-04-12",
-            default_rate: 100.0,
-            burst_secs: 0.5,
-        },
-        certroll::backend::azure::client_options(certroll::backend::azure::http_client(config).unwrap()),
-        SasPolicy::new(HUB_HOST, SasKey::new(&policy, &key).unwrap()),
-        config.hubs["conf-hub"].limits,
-    )
-    .unwrap();
+    let hub = raw_client(config, serve, "IoT Hub");
     let entries: Vec<serde_json::Value> = ids
         .iter()
         .zip(&firsts)
@@ -993,17 +1000,10 @@ fn measure_throttled_roll_against_the_service_rate() {
 
 #[test]
 fn a_hub_identity_changed_mid_update_is_read_again_and_the_update_lands() {
-    use certroll::backend::azure::rest::{Call, RestClient, ServiceSpec};
-    use certroll::backend::azure::sas::{SasKey, SasPolicy};
     // Every hub answer waits 400 ms, so the other client's write lands between this client's
     // read and its write.
     let env = TestEnv::new();
-    let serve = Serve::start_with(
-        &env,
-        "t",
-        &services_plan("[serve.services.hub]\ndelay_ms = 400\n"),
-    );
-    let config = services_config(&env, &serve, "");
+    let (serve, config) = start_services(&env, "t", "[serve.services.hub]\ndelay_ms = 400\n");
     let mut hub = AzureHubRegistry::new_with_env(&config, &keys(&serve)).unwrap();
     let identity = HubIdentity {
         hub: "conf-hub".into(),
@@ -1015,41 +1015,11 @@ fn a_hub_identity_changed_mid_update_is_read_again_and_the_update_lands() {
     };
     hub.create_identity(&identity).unwrap();
 
-    let (policy, key) = sas_key(&serve, "conf-hub");
-    let other = RestClient::new(
-        ServiceSpec {
-            service: "IoT Hub",
-            base: format!("https://{HUB_HOST}"),
-            api_version: "2021-04-12",
-            default_rate: 100.0,
-            burst_secs: 0.5,
-        },
-        certroll::backend::azure::client_options(certroll::backend::azure::http_client(&config).unwrap()),
-        SasPolicy::new(HUB_HOST, SasKey::new(&policy, &key).unwrap()),
-        config.hubs["conf-hub"].limits,
-    )
-    .unwrap();
+    let other = raw_client(&config, &serve, "IoT Hub");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let get = Call::new(
-        azure_core::http::Method::Get,
-        "/devices/conf-race".into(),
-        "get",
-        "conf-race",
-    );
-    let mut body = rt.block_on(other.expect(&get, &[200])).unwrap().json();
+    let mut body = get_json(&rt, &other, "/devices/conf-race");
     body["authentication"]["x509Thumbprint"]["primaryThumbprint"] = serde_json::json!("CC".repeat(20));
-    let writer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(200));
-        let put = Call::new(
-            azure_core::http::Method::Put,
-            "/devices/conf-race".into(),
-            "put",
-            "conf-race",
-        )
-        .header("if-match", "\"*\"")
-        .json(body);
-        rt.block_on(other.expect(&put, &[200])).unwrap();
-    });
+    let writer = put_later(rt, other, "/devices/conf-race", "\"*\"", body);
     let mut update = identity.clone();
     update.secondary_thumbprint = Some("BB".repeat(20));
     hub.update_identity(&update, super::now()).unwrap();
@@ -1068,8 +1038,41 @@ fn a_hub_identity_changed_mid_update_is_read_again_and_the_update_lands() {
     );
 }
 
-/// A plain REST client of serve's DPS (`"DPS"`) or hub (`"IoT Hub"`) with the owner policy:
-/// the "other client" of the race tests, and a reader of raw answers.
+/// `GET path` by a plain REST client (200 expected): the JSON answer.
+fn get_json(
+    rt: &tokio::runtime::Runtime,
+    client: &certroll::backend::azure::rest::RestClient,
+    path: &str,
+) -> serde_json::Value {
+    use certroll::backend::azure::rest::Call;
+    let id = path.rsplit('/').next().unwrap_or(path).to_string();
+    let call = Call::new(azure_core::http::Method::Get, path.into(), "get", &id);
+    rt.block_on(client.expect(&call, &[200])).unwrap().json()
+}
+
+/// The other client of a race test: on its own thread, 200 ms from now (while this client is
+/// between its read and its write), `PUT path` of `body` with `if-match` (200 expected).
+fn put_later(
+    rt: tokio::runtime::Runtime,
+    client: certroll::backend::azure::rest::RestClient,
+    path: &'static str,
+    if_match: &'static str,
+    body: serde_json::Value,
+) -> std::thread::JoinHandle<()> {
+    use certroll::backend::azure::rest::Call;
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        let id = path.rsplit('/').next().unwrap_or(path);
+        let call = Call::new(azure_core::http::Method::Put, path.into(), "put", id)
+            .header("if-match", if_match)
+            .json(body);
+        rt.block_on(client.expect(&call, &[200])).unwrap();
+    })
+}
+
+/// A plain REST client of serve's DPS (`"DPS"`) or hub (`"IoT Hub"`) with the owner policy, at
+/// the client plan's limits for that service: the "other client" of the race tests, the seeder
+/// of hub identities, and a reader of raw answers.
 fn raw_client(
     config: &certroll::plan::AzureConfig,
     serve: &Serve,
@@ -1077,9 +1080,14 @@ fn raw_client(
 ) -> certroll::backend::azure::rest::RestClient {
     use certroll::backend::azure::rest::{RestClient, ServiceSpec};
     use certroll::backend::azure::sas::{SasKey, SasPolicy};
-    let (host, name, api_version) = match service {
-        "DPS" => (DPS_HOST, "certroll-dps", "2021-10-01"),
-        _ => (HUB_HOST, "conf-hub", "2021-04-12"),
+    let (host, name, api_version, limits) = match service {
+        "DPS" => (
+            DPS_HOST,
+            "certroll-dps",
+            "2021-10-01",
+            config.dps.as_ref().unwrap().limits,
+        ),
+        _ => (HUB_HOST, "conf-hub", "2021-04-12", config.hubs["conf-hub"].limits),
     };
     let (policy, key) = sas_key(serve, name);
     RestClient::new(
@@ -1092,7 +1100,7 @@ fn raw_client(
         },
         certroll::backend::azure::client_options(certroll::backend::azure::http_client(config).unwrap()),
         SasPolicy::new(host, SasKey::new(&policy, &key).unwrap()),
-        config.dps.as_ref().unwrap().limits,
+        limits,
     )
     .unwrap()
 }
@@ -1112,8 +1120,7 @@ fn logged(env: &TestEnv, host: &str, request: &str) -> usize {
 fn the_hub_registry_query_answers_the_twins_of_the_ids_asked_in_pages() {
     use certroll::backend::azure::rest::Call;
     let env = TestEnv::new();
-    let serve = Serve::start_with(&env, "t", &services_plan(""));
-    let config = services_config(&env, &serve, "");
+    let (serve, config) = start_services(&env, "t", "");
     let mut hub = AzureHubRegistry::new_with_env(&config, &keys(&serve)).unwrap();
     let ids: Vec<String> = (0..150).map(|i| format!("conf-q{i:03}")).collect();
     for (i, id) in ids.iter().enumerate().take(3) {
@@ -1224,8 +1231,7 @@ fn the_hub_registry_query_answers_the_twins_of_the_ids_asked_in_pages() {
 fn many_enrollments_are_read_by_one_query_pass_and_a_change_made_since_is_never_written_over() {
     use certroll::backend::azure::rest::Call;
     let env = TestEnv::new();
-    let serve = Serve::start_with(&env, "t", &services_plan(""));
-    let config = services_config(&env, &serve, "");
+    let (serve, config) = start_services(&env, "t", "");
     // One client seeds and reads (DPS returns thumbprints only; it knows what it wrote).
     let mut dps = enrollment_service(&config, &serve, "t");
     let made: Vec<super::Made> = (0..120)

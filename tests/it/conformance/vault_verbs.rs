@@ -13,57 +13,25 @@ const TOKEN: &str = "vault-verbs-token";
 pub(crate) fn setup(env: &TestEnv, body: &str) -> Serve {
     std::fs::create_dir_all(env.path("serve")).unwrap();
     let serve = Serve::start_at(env, TOKEN, "serve/plan.toml", "version = 1\n");
-    for dir in ["local", "azure"] {
-        std::fs::create_dir_all(env.path(dir)).unwrap();
-    }
-    env.write("local/plan.toml", &format!("version = 1\n{body}"));
-    env.write(
-        "azure/plan.toml",
-        &format!(
-            "version = 1\n[backend]\nkind = \"azure\"\npath = \"state.db\"\n\
-             vault_url = \"https://certroll.vault.azure.net\"\nauth = \"token-env\"\n\
-             token_env = \"CERTROLL_AZ_TOKEN\"\nca_file = \"../ca.pem\"\n\
-             resolve = {{ \"certroll.vault.azure.net\" = \"127.0.0.1:{}\" }}\n{body}",
-            serve.port()
-        ),
-    );
+    let azure = super::azure::azure_backend(&serve, "state.db", "CERTROLL_AZ_TOKEN", "../ca.pem", false);
+    super::azure::write_plans(env, &azure, body);
     serve
 }
 
 /// certroll on `which` plan, at real time (serve's Key Vault keeps real time).
 pub(crate) fn run(env: &TestEnv, which: &str, args: &[&str]) -> Run {
-    let mut cmd = env.cmd();
-    cmd.env_remove("CERTROLL_NOW")
-        .env("CERTROLL_AZ_TOKEN", TOKEN)
-        .env("CERTROLL_BACKUP_PW", "correct horse battery staple")
-        .arg("--plan")
-        .arg(format!("{which}/plan.toml"))
-        .args(args);
-    let out = cmd.output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let vars = [
+        ("CERTROLL_AZ_TOKEN", TOKEN),
+        ("CERTROLL_BACKUP_PW", "correct horse battery staple"),
+    ];
+    super::azure::run_plan(env, which, &vars, args)
 }
 
 /// The same command on both plans, `{which}` in an argument replaced by the plan's folder;
 /// both must succeed. Returns both JSON answers, masked.
 pub(crate) fn both(env: &TestEnv, args: &[&str]) -> (Value, Value) {
-    let mut out = Vec::new();
-    for which in ["local", "azure"] {
-        let args: Vec<String> = args.iter().map(|a| a.replace("{which}", which)).collect();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let r = run(env, which, &args);
-        assert_eq!(
-            r.code, 0,
-            "{which}: certroll {args:?} exited {}\nstdout:\n{}\nstderr:\n{}",
-            r.code, r.stdout, r.stderr
-        );
-        out.push(mask(r.json()));
-    }
-    let azure = out.pop().unwrap();
-    (out.pop().unwrap(), azure)
+    let [l, a] = super::azure::both_json(0, args, |which, args| run(env, which, args));
+    (mask(l), mask(a))
 }
 
 /// Ids, versions, thumbprints, serials, CSRs, paths and times differ between two runs by
@@ -77,28 +45,16 @@ pub(crate) fn mask(v: Value) -> Value {
                 || ["local/", "azure/"]
                     .iter()
                     .any(|d| s.starts_with(d) || s.contains(&format!("/{d}")));
-            Value::String(if varies { "<masked>".into() } else { mask_hex(&s) })
+            Value::String(if varies {
+                "<masked>".into()
+            } else {
+                crate::azure_verbs::mask_hex(&s)
+            })
         }
         Value::Array(a) => Value::Array(a.into_iter().map(mask).collect()),
         Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, mask(v))).collect()),
         other => other,
     }
-}
-
-fn mask_hex(s: &str) -> String {
-    let mut out = String::new();
-    let mut run = String::new();
-    for c in s.chars().chain(std::iter::once(' ')) {
-        if c.is_ascii_hexdigit() {
-            run.push(c);
-            continue;
-        }
-        out.push_str(if run.len() >= 16 { "<masked>" } else { &run });
-        run.clear();
-        out.push(c);
-    }
-    out.pop();
-    out
 }
 
 /// Key Vault's policy keeps validity in months and adds its own attributes: the policies are
@@ -416,25 +372,16 @@ fn every_vault_subcommand_answers_the_same_on_local_and_on_azure_against_serve()
 #[test]
 fn vault_rate_paces_key_creations_after_a_ten_second_burst() {
     use certroll::backend::Vault;
-    use certroll::backend::azure::{AzureVault, EnvTokenCredential};
+    use certroll::backend::azure::AzureVault;
     let env = TestEnv::new();
     let serve = setup(&env, "");
     let text = format!(
-        "version = 1\n[backend]\nkind = \"azure\"\npath = \"client/state.db\"\n\
-         vault_url = \"https://certroll.vault.azure.net\"\nauth = \"token-env\"\n\
-         token_env = \"UNUSED\"\nca_file = \"ca.pem\"\nvault_rate = 2.0\n\
-         resolve = {{ \"certroll.vault.azure.net\" = \"127.0.0.1:{}\" }}\n",
-        serve.port()
+        "version = 1\n{}vault_rate = 2.0\n",
+        super::azure::azure_backend(&serve, "client/state.db", "UNUSED", "ca.pem", false)
     );
     let path = env.write("rate.toml", &text);
     let plan = certroll::plan::parse(&path, &text).unwrap();
-    std::fs::create_dir_all(env.path("client")).unwrap();
-    let mut vault = AzureVault::connect_with(
-        plan.azure.as_ref().unwrap(),
-        super::local::fresh_store(&env.path("client")),
-        std::sync::Arc::new(EnvTokenCredential::new(TOKEN.into())),
-    )
-    .unwrap();
+    let mut vault = super::azure::vault_client(plan.azure.as_ref().unwrap(), &env.path("client"), TOKEN);
     let policy = super::policy("CN=r", true, "application/x-pem-file");
     let import = |vault: &mut AzureVault, names: &[String]| {
         let made: Vec<super::Made> = names.iter().map(|n| super::self_signed(n, 30, false)).collect();
