@@ -94,17 +94,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Plan, PlanError> {
             )
         })
         .collect();
-    if let Some([first, second]) = read.raws {
+    if let Some((first, second)) = read.raws {
         let found = match validate::validate(path, text, first) {
             Ok(plan) if errors.is_empty() => return Ok(plan),
             Ok(_) => Vec::new(),
             Err(found) => found,
         };
-        let again = if read.placeholders.is_empty() {
-            None
-        } else {
-            validate::validate(path, text, second).err()
-        };
+        // With placeholders, an error stands only when the second set finds it too.
+        let again = second.map(|second| validate::validate(path, text, second).err().unwrap_or_default());
         for (order, error) in found {
             let at = order.0;
             if let Some((_, literal, shown)) = read.overflows.iter().find(|(s, _, _)| s.start == at) {

@@ -41,9 +41,9 @@ pub(super) type Located = (Option<Range<usize>>, String, usize);
 pub(super) struct Read {
     /// The schema errors, each where it is in the file.
     pub(super) errors: Vec<Located>,
-    /// The raw plans read from the repaired trees (two placeholder variants), when the file was
-    /// TOML and every schema error could be repaired.
-    pub(super) raws: Option<[RawPlan; 2]>,
+    /// The raw plan read from the repaired tree, when the file was TOML and every schema error
+    /// could be repaired; with the second set of placeholders too when any was used.
+    pub(super) raws: Option<(RawPlan, Option<RawPlan>)>,
     /// The spans of the placeholders (values replaced or added), where validator errors are
     /// echoes of a schema error.
     pub(super) placeholders: Vec<Range<usize>>,
@@ -93,11 +93,16 @@ pub(super) fn read(text: &str) -> Read {
         Some(Spanned::new(v.span(), n))
     });
     let (errors, first) = repair(tree.clone(), text, 0, true);
-    let (_, second) = repair(tree, text, 1, true);
-    let (raws, placeholders, overflows) = match (first, second) {
-        (Some(a), Some(b)) => (Some([a.raw, b.raw]), a.placeholders, a.overflows),
-        (Some(a), None) => (None, a.placeholders, a.overflows),
-        _ => (None, Vec::new(), Vec::new()),
+    let (raws, placeholders, overflows) = match first {
+        // Nothing was replaced: the plan as written is what the validator checks.
+        Some(a) if a.placeholders.is_empty() => (Some((a.raw, None)), a.placeholders, a.overflows),
+        Some(a) => match repair(tree, text, 1, true).1 {
+            Some(b) => (Some((a.raw, Some(b.raw))), a.placeholders, a.overflows),
+            // Unreachable in practice (both sets repair the same errors); without a second
+            // reading the validator's errors could not be told from a placeholder's doing.
+            None => (None, Vec::new(), Vec::new()),
+        },
+        None => (None, Vec::new(), Vec::new()),
     };
     Read {
         errors,
