@@ -32,6 +32,10 @@ use toml::de::{DeArray, DeTable, DeValue};
 /// first of those found).
 const MAX_REPAIRS: usize = 400;
 
+/// Bytes of plan read again, summed over the repairs, before giving up: each repair reads the
+/// whole tree again, so a huge plan full of errors gets fewer repairs (a 16 MiB one, 4).
+const REPAIR_BUDGET_BYTES: usize = 64 << 20;
+
 /// An error: the byte span it points at (`None`: the whole file), its message, and the byte
 /// offset it is ordered by (the span's start, except for a missing key, which is ordered at the
 /// end of its table: a key misspelt in the table is the first thing to say).
@@ -139,7 +143,8 @@ fn repair(
     let original = tree.clone();
     let len = text.len();
     let mut next_fake = len + 1;
-    for _ in 0..MAX_REPAIRS {
+    let repairs = MAX_REPAIRS.min(REPAIR_BUDGET_BYTES / len.max(1)).max(1);
+    for _ in 0..repairs {
         let e = match RawPlan::deserialize(toml::de::Deserializer::from(tree.clone())) {
             Ok(raw) => {
                 return (
