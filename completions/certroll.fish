@@ -476,7 +476,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand notify" -s q -l quiet 
 complete -c certroll -n "__fish_certroll_using_subcommand notify" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand notify" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand notify" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c certroll -n "__fish_certroll_using_subcommand serve" -l listen -d 'The address of the listener that routes by Host name' -r
+complete -c certroll -n "__fish_certroll_using_subcommand serve" -l listen -d 'The address of the listener that routes by Host name: IP:PORT, the port 0 to 65535 (0: any free port)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand serve" -l ca-out -d 'Write the emulator CA\'s certificate (PEM) to FILE, for clients to trust (`-`: standard output; the start lines then go to standard error)' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand serve" -l plan -d 'The plan file' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand serve" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'

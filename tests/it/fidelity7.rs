@@ -210,6 +210,13 @@ fn numeric_flags_state_their_real_range() {
         );
     }
     assert!(!env.store_dir().exists(), "nothing was created");
+    for (listen, says) in [
+        ("127.0.0.1:99999", "the port out of range (0 to 65535)"),
+        ("localhost:8443", "not an IP address and port (IP:PORT"),
+    ] {
+        let r = env.plan_run(&["serve", "--listen", listen]).code(2);
+        assert!(r.stderr.contains(says), "--listen {listen}: {}", r.stderr);
+    }
 }
 
 /// Item 14: a wildcard directly under a top-level domain and a `_` in a label are refused by the
