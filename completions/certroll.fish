@@ -29,7 +29,7 @@ complete -c certroll -n "__fish_certroll_needs_command" -s o -l output -d 'Outpu
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_needs_command" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_needs_command" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_needs_command" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_needs_command" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_needs_command" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_needs_command" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_needs_command" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
@@ -57,7 +57,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand init" -s o -l output -
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand init" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand init" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand init" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand init" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand init" -l force -d 'Overwrite an existing plan file'
 complete -c certroll -n "__fish_certroll_using_subcommand init" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand init" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
@@ -68,7 +68,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand validate" -s o -l outp
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand validate" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand validate" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand validate" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand validate" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand validate" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand validate" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand validate" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
@@ -78,7 +78,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand issue" -s o -l output 
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand issue" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand issue" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand issue" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand issue" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand issue" -l dry-run -d 'Print the steps; change nothing'
 complete -c certroll -n "__fish_certroll_using_subcommand issue" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand issue" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
@@ -90,7 +90,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -s o -
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -l due -d 'Only what an auto-renew lifetime action says is due, into the slot with the older cert'
 complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -l breach -d 'The named slot\'s certificate (or CA) is compromised: remove it at once, revoke it, replace it'
 complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -l both -d 'With --breach: both slots are compromised'
@@ -107,7 +107,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -s o -l 
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -l due -d 'Only what an auto-renew lifetime action says is due, into the slot with the older cert'
 complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -l breach -d 'The named slot\'s certificate (or CA) is compromised: remove it at once, revoke it, replace it'
 complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -l both -d 'With --breach: both slots are compromised'
@@ -132,7 +132,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand revoke" -s o -l output
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand revoke" -s y -l yes -d 'Do not ask for confirmation'
 complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l dry-run -d 'Print the steps; change nothing'
 complete -c certroll -n "__fish_certroll_using_subcommand revoke" -s q -l quiet -d 'Print only errors (and no progress bar)'
@@ -144,7 +144,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -s o -l o
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -l dry-run -d 'Say which devices would be assigned and which refused; change nothing'
 complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -l force -d 'Register devices again even when already assigned with the certificate they hold'
 complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -s q -l quiet -d 'Print only errors (and no progress bar)'
@@ -156,7 +156,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand status" -s o -l output
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand status" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand status" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand status" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand status" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand status" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand status" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand status" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
@@ -170,7 +170,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand export" -s o -l output
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand export" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand export" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand export" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand export" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand export" -l with-key -d 'Add the private key to a PEM export (refused for non-exportable keys)'
 complete -c certroll -n "__fish_certroll_using_subcommand export" -l crl -d 'Write the CRL of a CA (ca:NAME) instead of its certificate'
 complete -c certroll -n "__fish_certroll_using_subcommand export" -s q -l quiet -d 'Print only errors (and no progress bar)'
@@ -182,7 +182,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
@@ -209,7 +209,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
@@ -219,7 +219,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from show" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from show" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from show" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from show" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from show" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from show" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from show" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
@@ -232,7 +232,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -l enable -d 'Enable the version'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -l disable -d 'Disable the version: it is then neither exported nor used to sign'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -s q -l quiet -d 'Print only errors (and no progress bar)'
@@ -245,7 +245,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -l force -d 'Delete even what devices hold or what signed other certificates'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -l dry-run -d 'Check and print what would be deleted; change nothing'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -s q -l quiet -d 'Print only errors (and no progress bar)'
@@ -257,7 +257,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list-deleted" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list-deleted" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list-deleted" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list-deleted" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list-deleted" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list-deleted" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list-deleted" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
@@ -267,7 +267,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from recover" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from recover" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from recover" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from recover" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from recover" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from recover" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from recover" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
@@ -277,7 +277,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -s y -l yes -d 'Do not ask for confirmation'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -l dry-run -d 'Print what would be purged; change nothing'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -s q -l quiet -d 'Print only errors (and no progress bar)'
@@ -291,7 +291,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from backup" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from backup" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from backup" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from backup" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from backup" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from backup" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from backup" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
@@ -303,7 +303,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from restore" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from restore" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from restore" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from restore" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from restore" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from restore" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from restore" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
@@ -313,7 +313,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
@@ -327,7 +327,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
@@ -344,7 +344,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from import" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from import" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from import" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from import" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from import" -l hsm -d 'Keep the key as an HSM key: never exportable, by any path'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from import" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from import" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
@@ -360,14 +360,14 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l dns -d 'A DNS name or IP address for the subjectAltName (repeatable)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l key-usage -d 'Key usage (repeatable; default digitalSignature, with keyEncipherment for RSA keys)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l eku -d 'Extended key usage, a name or dotted OID (repeatable)' -r
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l validity-days -d 'Validity in days' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l validity-days -d 'Validity in days (1 to 36500)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l issuer -d 'Self, Unknown, or a set issuer\'s name' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l plan -d 'The plan file' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l not-exportable -d 'Keep the key in the vault for good (also implied by an -HSM key type)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
@@ -383,7 +383,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -l with-key -d 'Add the private key to a PEM export'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
@@ -395,7 +395,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
@@ -406,7 +406,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
@@ -433,7 +433,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand store; and not __fish_
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand store; and not __fish_seen_subcommand_from rekey help" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand store; and not __fish_seen_subcommand_from rekey help" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand store; and not __fish_seen_subcommand_from rekey help" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand store; and not __fish_seen_subcommand_from rekey help" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand store; and not __fish_seen_subcommand_from rekey help" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand store; and not __fish_seen_subcommand_from rekey help" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand store; and not __fish_seen_subcommand_from rekey help" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
@@ -445,21 +445,21 @@ complete -c certroll -n "__fish_certroll_using_subcommand store; and __fish_seen
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand store; and __fish_seen_subcommand_from rekey" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand store; and __fish_seen_subcommand_from rekey" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand store; and __fish_seen_subcommand_from rekey" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand store; and __fish_seen_subcommand_from rekey" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand store; and __fish_seen_subcommand_from rekey" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand store; and __fish_seen_subcommand_from rekey" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand store; and __fish_seen_subcommand_from rekey" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand store; and __fish_seen_subcommand_from rekey" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand store; and __fish_seen_subcommand_from help" -f -a "rekey" -d 'Re-seal every private key in the store under a new store key, then replace the key file'
 complete -c certroll -n "__fish_certroll_using_subcommand store; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c certroll -n "__fish_certroll_using_subcommand check" -l warn-within -d 'Warn about certificates expiring within this many days (0 = only lifetime actions warn)' -r
-complete -c certroll -n "__fish_certroll_using_subcommand check" -l critical-within -d 'Critical for certificates expiring within this many days (0 = only expired ones)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand check" -l warn-within -d 'Warn about certificates expiring within this many days, 0 to 36500 (0 = only lifetime actions warn)' -r
+complete -c certroll -n "__fish_certroll_using_subcommand check" -l critical-within -d 'Critical for certificates expiring within this many days, 0 to 36500 (0 = only expired ones)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand check" -l plan -d 'The plan file' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand check" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand check" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand check" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand check" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand check" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand check" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand check" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand check" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
@@ -469,21 +469,21 @@ complete -c certroll -n "__fish_certroll_using_subcommand notify" -s o -l output
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand notify" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand notify" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand notify" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand notify" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand notify" -l dry-run -d 'List what would be queued and sent; record and send nothing'
 complete -c certroll -n "__fish_certroll_using_subcommand notify" -l refresh -d 'On backend kind azure: read every certificate\'s policy from Key Vault again, not only those whose newest version changed (picks up a policy changed outside certroll)'
 complete -c certroll -n "__fish_certroll_using_subcommand notify" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand notify" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand notify" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand notify" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c certroll -n "__fish_certroll_using_subcommand serve" -l listen -d 'The address of the listener that routes by Host name' -r
+complete -c certroll -n "__fish_certroll_using_subcommand serve" -l listen -d 'The address of the listener that routes by Host name: IP:PORT, the port 0 to 65535 (0: any free port)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand serve" -l ca-out -d 'Write the emulator CA\'s certificate (PEM) to FILE, for clients to trust (`-`: standard output; the start lines then go to standard error)' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand serve" -l plan -d 'The plan file' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand serve" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand serve" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand serve" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand serve" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand serve" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand serve" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand serve" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand serve" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
@@ -493,7 +493,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand completions" -s o -l o
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand completions" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand completions" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand completions" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand completions" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand completions" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand completions" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand completions" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
@@ -504,7 +504,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand man" -s o -l output -d
 json\t'One JSON document'"
 complete -c certroll -n "__fish_certroll_using_subcommand man" -l now -d 'Decide everything as if it were this RFC 3339 time (for tests and rehearsals)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand man" -l key-file -d 'The store key file (default: the store path with `.key` appended)' -r -F
-complete -c certroll -n "__fish_certroll_using_subcommand man" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store' -r
+complete -c certroll -n "__fish_certroll_using_subcommand man" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand man" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand man" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
 complete -c certroll -n "__fish_certroll_using_subcommand man" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'

@@ -24,11 +24,13 @@ pub struct CheckArgs {
     /// certificate made in the vault alone, as check names it) (default: everything).
     #[arg(value_parser = parse_check_target)]
     targets: Vec<CheckTarget>,
-    /// Warn about certificates expiring within this many days (0 = only lifetime actions warn).
-    #[arg(long, value_name = "DAYS", default_value_t = 0)]
+    /// Warn about certificates expiring within this many days, 0 to 36500 (0 = only lifetime
+    /// actions warn).
+    #[arg(long, value_name = "DAYS", default_value_t = 0, value_parser = parse_days)]
     warn_within: u32,
-    /// Critical for certificates expiring within this many days (0 = only expired ones).
-    #[arg(long, value_name = "DAYS", default_value_t = 0)]
+    /// Critical for certificates expiring within this many days, 0 to 36500 (0 = only expired
+    /// ones).
+    #[arg(long, value_name = "DAYS", default_value_t = 0, value_parser = parse_days)]
     critical_within: u32,
 }
 
@@ -132,4 +134,9 @@ pub fn exec(g: &Global, args: CheckArgs) -> anyhow::Result<u8> {
         ))?;
     }
     Ok(report.status.exit_code())
+}
+
+/// `--warn-within`, `--critical-within`: days, up to a century (the longest validity).
+fn parse_days(text: &str) -> Result<u32, String> {
+    super::whole_number(text, 0, 36_500)
 }

@@ -22,11 +22,13 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const EXIT_CODES: &str = "\
+/// The exit-code contract, as `--help` and the man page print it; README's table says the same
+/// (tests/it/docs.rs compares them).
+pub const EXIT_CODES: &str = "\
 Exit codes:
   0  done, or nothing to do
-  1  failed part-way (running it again resumes), a device refused, or `--due` found one not issued
-  2  bad input (plan, flags, files); nothing was changed
+  1  failed part-way (running it again resumes), a device refused, or `--due` found a device not issued yet or held back by its CA or group
+  2  bad input (plan, flags, files, store key, a target the plan does not declare, a refused export); nothing was changed
   3  (check only) the plan or the state cannot be read";
 
 /// certroll rotates X.509 certificates for IoT fleets and certificate vaults.
@@ -88,9 +90,32 @@ pub struct Global {
     /// The store key file (default: the store path with `.key` appended).
     #[arg(long, global = true, env = "CERTROLL_KEY_FILE", hide_short_help = true)]
     pub key_file: Option<PathBuf>,
-    /// Seconds to wait for another certroll writing to the same store.
-    #[arg(long, global = true, default_value_t = 30, hide_short_help = true)]
+    /// Seconds to wait for another certroll writing to the same store (0 to 86400).
+    #[arg(long, global = true, default_value_t = 30, hide_short_help = true, value_parser = parse_lock_timeout)]
     pub lock_timeout: u64,
+}
+
+/// A whole number from `low` to `high`, the flag's real range, said as such when it is not one.
+pub(crate) fn whole_number(text: &str, low: u32, high: u32) -> Result<u32, String> {
+    let range = format!("{low} to {high}");
+    let trimmed = text.trim();
+    if trimmed.is_empty()
+        || !trimmed
+            .trim_start_matches(['-', '+'])
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+    {
+        return Err(format!("not a whole number ({range})"));
+    }
+    match trimmed.parse::<i128>() {
+        Ok(n) if (i128::from(low)..=i128::from(high)).contains(&n) => Ok(n as u32),
+        _ => Err(format!("out of range ({range})")),
+    }
+}
+
+/// `--lock-timeout`: seconds, up to a day.
+fn parse_lock_timeout(text: &str) -> Result<u64, String> {
+    whole_number(text, 0, 86_400).map(u64::from)
 }
 
 fn parse_now(text: &str) -> Result<time::OffsetDateTime, String> {

@@ -53,8 +53,9 @@ Exit codes:
 #[derive(Debug, Args)]
 #[command(after_help = SERVE_HELP)]
 pub struct ServeArgs {
-    /// The address of the listener that routes by Host name.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
+    /// The address of the listener that routes by Host name: IP:PORT, the port 0 to 65535 (0:
+    /// any free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443", value_parser = parse_listen)]
     listen: SocketAddr,
     /// Write the emulator CA's certificate (PEM) to FILE, for clients to trust (`-`: standard
     /// output; the start lines then go to standard error).
@@ -152,4 +153,15 @@ fn print_start(info: &StartInfo, format: Format, quiet: bool, to_stderr: bool) -
     }
     out.flush()?;
     Ok(())
+}
+
+/// `--listen`: an IP address and a port, said in words when it is not one.
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    text.trim().parse().map_err(|_| {
+        let port = text.rsplit_once(':').map(|(_, p)| p);
+        match port.map(|p| super::whole_number(p, 0, 65_535)) {
+            Some(Err(e)) if !port.unwrap_or("").is_empty() => format!("the port {e}"),
+            _ => "not an IP address and port (IP:PORT, e.g. 127.0.0.1:8443 or [::1]:8443)".to_string(),
+        }
+    })
 }

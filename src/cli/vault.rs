@@ -113,7 +113,7 @@ Examples:
         /// A vault name or ca:NAME / device:ID / enrollment:NAME.
         name: String,
         /// Days it stays recoverable (7 to 90).
-        #[arg(long, default_value_t = lifecycle::DEFAULT_RECOVERY_DAYS)]
+        #[arg(long, default_value_t = lifecycle::DEFAULT_RECOVERY_DAYS, value_parser = parse_recovery_days)]
         recovery_days: u32,
         /// Delete even what devices hold or what signed other certificates.
         #[arg(long)]
@@ -225,7 +225,7 @@ Examples:
         #[arg(long, value_enum, default_value_t = KeyType::Rsa)]
         key_type: KeyType,
         /// RSA modulus size: 2048 (default), 3072 or 4096. Only for RSA key types.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_rsa_size)]
         key_size: Option<u32>,
         /// EC curve: P-256 (default), P-384 or P-521. Only for EC key types.
         #[arg(long, value_parser = parse_curve)]
@@ -239,8 +239,8 @@ Examples:
         /// Extended key usage, a name or dotted OID (repeatable).
         #[arg(long, value_name = "EKU")]
         eku: Vec<String>,
-        /// Validity in days.
-        #[arg(long, default_value_t = 365)]
+        /// Validity in days (1 to 36500).
+        #[arg(long, default_value_t = 365, value_parser = parse_validity_days)]
         validity_days: u32,
         /// Self, Unknown, or a set issuer's name.
         #[arg(long, default_value = "Self")]
@@ -908,4 +908,27 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// `--recovery-days`: Key Vault keeps deleted certificates 7 to 90 days.
+fn parse_recovery_days(text: &str) -> Result<u32, String> {
+    super::whole_number(text, 7, 90)
+}
+
+/// `--validity-days`: 1 to 36500 (a century), as a plan's `validity_days`.
+fn parse_validity_days(text: &str) -> Result<u32, String> {
+    super::whole_number(text, 1, 36_500)
+}
+
+/// `--key-size`: the RSA sizes Key Vault makes.
+fn parse_rsa_size(text: &str) -> Result<u32, String> {
+    let sizes = crate::pki::spec::RSA_SIZES;
+    let said = || {
+        let list: Vec<String> = sizes.iter().map(u32::to_string).collect();
+        format!("not a supported RSA key size ({})", list.join(", "))
+    };
+    match text.trim().parse::<u32>() {
+        Ok(n) if sizes.contains(&n) => Ok(n),
+        _ => Err(said()),
+    }
 }

@@ -81,9 +81,17 @@ pub fn may_export(what: &str, version: &VaultVersion, wants_key: bool, now: Offs
         )));
     }
     if wants_key && (!version.exportable || version.kty.ends_with("-HSM")) {
+        // The version's own flag, set when its key was made, decides, not the plan's policy
+        // now: a policy made exportable later does not open a key made sealed.
+        let how = if version.kty.ends_with("-HSM") {
+            format!("in an HSM ({})", version.kty)
+        } else {
+            format!("non-exportable ({})", version.kty)
+        };
         return Err(input(format!(
-            "the private key of {what} ({}) is not exportable under its policy",
-            version.kty
+            "the private key of {what} is not exportable: it was created {how} and stays so \
+             for its whole life, whatever its policy says now; export the certificate alone \
+             (without --with-key, as PEM)"
         )));
     }
     Ok(())

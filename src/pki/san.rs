@@ -34,6 +34,11 @@ impl fmt::Display for San {
 impl San {
     /// What a policy's `dns_names` and `--dns` take: an IP address, or a DNS name whose first
     /// label may be the wildcard `*`. The error says why, without the input's type prefix.
+    ///
+    /// Beyond the grammar: no `_` (the Baseline Requirements forbid it in dNSName since 2019,
+    /// though some resolvers take it), and no wildcard over a single label (`*.com`; BR 3.2.2.6).
+    /// A wildcard right of a multi-label public suffix (`*.co.uk`) would need the Public Suffix
+    /// List, which certroll does not carry, and is accepted.
     pub fn dns_or_ip(text: &str) -> Result<San, String> {
         if let Ok(ip) = text.parse::<IpAddr>() {
             return Ok(San::Ip(ip));
@@ -49,11 +54,26 @@ impl San {
             ));
         }
         let name = text.strip_prefix("*.").unwrap_or(text);
+        if text.contains('_') {
+            return Err(format!(
+                "`{text}` has a `_`, which a certificate's DNS name may not hold (RFC 5280 4.2.1.6 \
+                 takes RFC 1034's preferred name syntax: letters, digits and `-`; the CA/Browser \
+                 Forum Baseline Requirements forbid `_` in dNSName since 2019)"
+            ));
+        }
         if rustls_pki_types::DnsName::try_from(name).is_err() || text.ends_with('.') {
             return Err(format!(
                 "`{text}` is not a DNS name or IP address (a DNS name is dot-separated labels of \
-                 letters, digits, `-` and `_`, each at most 63 characters, not starting or ending \
+                 letters, digits and `-`, each at most 63 characters, not starting or ending \
                  with `-`; only the first label may be `*`)"
+            ));
+        }
+        if name.len() != text.len() && !name.contains('.') {
+            return Err(format!(
+                "`{text}` is a wildcard directly under a top-level domain, which would match every \
+                 name registered there (CA/Browser Forum Baseline Requirements 3.2.2.6: a wildcard \
+                 may not stand right of a public suffix); put it under a domain, e.g. \
+                 `*.example.{name}`"
             ));
         }
         Ok(San::Dns(text.to_string()))
@@ -112,6 +132,20 @@ mod tests {
         ] {
             assert!(San::dns_or_ip(bad).is_err(), "{bad:?} was accepted");
         }
+        // Issue 10 item 14: a wildcard over one label, and `_`, are refused with the reason.
+        for (bad, why) in [
+            ("*.com", "wildcard directly under a top-level domain"),
+            ("*.localhost", "Baseline Requirements 3.2.2.6"),
+            ("a.b_c.com", "`_`"),
+            ("_srv.example.com", "Baseline Requirements forbid `_`"),
+            ("*.x_y.com", "`_`"),
+        ] {
+            let e = San::dns_or_ip(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        assert!(San::dns_or_ip("*.example.com").is_ok());
+        assert!(San::dns_or_ip("localhost").is_ok());
+        assert!(San::email("pki@mail_host.example.com").is_err());
         assert!(
             San::dns_or_ip("192.0.2.300")
                 .unwrap_err()

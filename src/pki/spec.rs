@@ -262,7 +262,9 @@ impl Subject {
         }])
     }
 
-    /// Parses `CN=Example Root CA, O=Example`. A `,`, `;` or `\` inside a value is escaped with `\`
+    /// Parses `CN=Example Root CA, O=Example`. A `,`, `;`, `+` or `\` inside a value is escaped
+    /// with `\`; an unescaped `+` (an RFC 4514 multi-valued RDN), a repeated attribute and a
+    /// lower-case country are refused, saying why.
     pub fn parse(text: &str) -> Result<Subject, String> {
         // RFC 5280 Appendix A upper bounds: ub-common-name, ub-organization-name and
         // ub-organizational-unit-name are 64 characters, ub-locality-name and ub-state-name 128;
@@ -295,6 +297,16 @@ impl Subject {
                     None => return Err("ends with a lone backslash".into()),
                 },
                 ',' | ';' => parts.push(std::mem::take(&mut current)),
+                // RFC 4514: an unescaped `+` joins two attributes into one multi-valued RDN,
+                // which certroll does not write; taking it as a literal would make a subject
+                // other than the one a reader of the text sees.
+                '+' => {
+                    return Err(format!(
+                        "`{text}` has an unescaped `+`, which RFC 4514 reads as a multi-valued \
+                         RDN (two attributes in one); certroll writes one attribute per RDN: \
+                         write `\\+` for a `+` in a value"
+                    ));
+                }
                 c => current.push(c),
             }
         }
@@ -338,11 +350,20 @@ impl Subject {
             if kind == DnKind::C && !(value.len() == 2 && value.bytes().all(|b| b.is_ascii_alphabetic())) {
                 return Err(format!("country `C={value}` must be a two-letter code"));
             }
-            // A name holds each attribute type once: the certificate builder keeps one value
-            // per type, so a second one would be dropped without a word.
+            if kind == DnKind::C && value.bytes().any(|b| b.is_ascii_lowercase()) {
+                return Err(format!(
+                    "country `C={value}` must be upper case (`C={}`): ISO 3166-1 alpha-2 codes \
+                     are, and name matching compares them as written",
+                    value.to_ascii_uppercase()
+                ));
+            }
+            // X.509 allows an attribute type in several RDNs (`OU=a, OU=b`), but the certificate
+            // builder (rcgen) keeps one value per type, so a second one would be dropped
+            // without a word.
             if attrs.iter().any(|a: &DnAttribute| a.kind == kind) {
                 return Err(format!(
-                    "`{}` appears twice; a subject may give each attribute once",
+                    "`{}` appears twice; X.509 allows that, but certroll writes each attribute \
+                     once: join the values in one (e.g. `OU=a / b`)",
                     key.trim()
                 ));
             }
@@ -382,7 +403,7 @@ impl fmt::Display for Subject {
             // Escape what `parse` splits on or unescapes, so the text parses back to this subject.
             write!(f, "{:?}=", a.kind)?;
             for c in a.value.chars() {
-                if matches!(c, '\\' | ',' | ';') {
+                if matches!(c, '\\' | ',' | ';' | '+') {
                     f.write_str("\\")?;
                 }
                 write!(f, "{c}")?;
@@ -395,6 +416,27 @@ impl fmt::Display for Subject {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 10 item 13: an unescaped `+` (RFC 4514 multi-valued RDN), a repeated attribute and
+    /// a lower-case country are refused with the reason; `\+` is a literal `+` and shows
+    /// escaped, so it parses back.
+    #[test]
+    fn plus_repeats_and_country_case_are_refused_with_the_reason() {
+        let e = Subject::parse("CN=a, O=x+y").unwrap_err();
+        assert!(e.contains("multi-valued RDN") && e.contains("\\+"), "{e}");
+        let s = Subject::parse("CN=a, O=x\\+y").unwrap();
+        assert_eq!(s.0[1].value, "x+y");
+        assert_eq!(s.to_string(), "CN=a, O=x\\+y");
+        assert_eq!(Subject::parse(&s.to_string()).unwrap(), s);
+        let e = Subject::parse("CN=a, C=de").unwrap_err();
+        assert!(
+            e.contains("must be upper case (`C=DE`)") && e.contains("ISO 3166"),
+            "{e}"
+        );
+        assert_eq!(Subject::parse("CN=a, C=DE").unwrap().0[1].value, "DE");
+        let e = Subject::parse("CN=a, OU=x, OU=y").unwrap_err();
+        assert!(e.contains("X.509 allows that") && e.contains("once"), "{e}");
+    }
 
     #[test]
     fn value_lengths_follow_rfc_5280_appendix_a_per_attribute() {

@@ -14,6 +14,7 @@ mod azure;
 mod delivery;
 mod model;
 mod raw;
+mod schema;
 mod validate;
 
 #[cfg(test)]
@@ -72,59 +73,83 @@ pub(crate) fn utf8(path: &Path, bytes: Vec<u8>) -> Result<String, PlanError> {
 ///
 /// `path` is used in error messages and to resolve the plan's relative paths (store, key file,
 /// device lists) against `path.parent()`. Device lists are read from disk.
+///
+/// Of all the errors in the plan, whichever phase finds them (TOML syntax, unknown keys, value
+/// types, missing keys, values, references, device lists), the one that comes first in the
+/// file is returned (see `schema` for how errors past a schema error are still found). Only a
+/// missing or unsupported `version` comes before everything.
 pub fn parse(path: &Path, text: &str) -> Result<Plan, PlanError> {
-    let raw: raw::RawPlan = toml::from_str(text).map_err(|e| {
-        let (span, message) = first_schema_error(text, e);
-        let mut message = plain_types(&message);
-        if message == "duplicate key"
-            && let Some(key) = span.clone().and_then(|r| text.get(r))
-        {
-            message = format!("duplicate key `{}`", crate::error::snippet(key.trim()));
-        }
-        PlanError::at_span(path, text, span, message)
-    })?;
-    validate::validate(path, text, raw)
-}
-
-/// The schema error nearest the top of the file. The toml deserializer reports an unknown key
-/// before a wrong value written above it, so the unknown key's line is blanked (offsets kept)
-/// and the text read again, a bounded number of times; an error found above it wins.
-fn first_schema_error(text: &str, first: toml::de::Error) -> (Option<Range<usize>>, String) {
-    let mut best = (first.span(), first.message().to_string());
-    let mut current = best.clone();
-    let mut scratch = text.to_string();
-    for _ in 0..32 {
-        let Some(span) = current.0.clone() else { break };
-        if !current.1.starts_with("unknown field") {
-            break;
-        }
-        // Only a key that starts its own line is blanked: removing part of an inline table
-        // would make errors of its own.
-        let line_start = scratch[..span.start].rfind('\n').map_or(0, |i| i + 1);
-        if !scratch[line_start..span.start].trim().is_empty() {
-            break;
-        }
-        let line_end = scratch[span.start..]
-            .find('\n')
-            .map_or(scratch.len(), |i| span.start + i);
-        scratch.replace_range(line_start..line_end, &" ".repeat(line_end - line_start));
-        let Err(e) = toml::from_str::<raw::RawPlan>(&scratch) else {
-            break;
+    let read = schema::read(text);
+    if let Some(e) = validate::version_error(path, text, read.version.as_ref(), read.version_missing) {
+        return Err(e);
+    }
+    let mut errors: Vec<((usize, usize), PlanError)> = read
+        .errors
+        .into_iter()
+        .map(|(span, message, order)| {
+            let order = (order, 0);
+            (
+                order,
+                PlanError::at_span(path, text, span.clone(), schema_message(text, span, &message)),
+            )
+        })
+        .collect();
+    if let Some((first, second)) = read.raws {
+        let found = match validate::validate(path, text, first) {
+            Ok(plan) if errors.is_empty() => return Ok(plan),
+            Ok(_) => Vec::new(),
+            Err(found) => found,
         };
-        // A missing field is the blanking's doing, not the author's.
-        if e.message().starts_with("missing field") {
-            break;
-        }
-        current = (e.span(), e.message().to_string());
-        let earlier = match (&current.0, &best.0) {
-            (Some(now), Some(was)) => now.start < was.start,
-            _ => false,
-        };
-        if earlier {
-            best = current.clone();
+        // With placeholders, an error stands only when the second set finds it too.
+        let again = second.map(|second| validate::validate(path, text, second).err().unwrap_or_default());
+        for (order, error) in found {
+            let at = order.0;
+            if let Some((_, literal, shown)) = read.overflows.iter().find(|(s, _, _)| s.start == at) {
+                // The validator's range message is clearer than "too large": said of the
+                // integer as written.
+                let message = error.message.replace(shown.as_str(), literal);
+                if let Some(slot) = errors.iter_mut().find(|(o, _)| o.0 == at) {
+                    slot.1.message = message;
+                }
+                continue;
+            }
+            let echo = read
+                .placeholders
+                .iter()
+                .any(|p| p.start <= at && (at < p.end || at == p.start));
+            let stands = again.as_ref().is_none_or(|again| {
+                again
+                    .iter()
+                    .any(|(o, e)| *o == order && e.message == error.message)
+            });
+            if !echo && stands {
+                errors.push((order, error));
+            }
         }
     }
-    best
+    // A stable minimum: of errors at one place, the one found first (the schema's).
+    match errors
+        .into_iter()
+        .enumerate()
+        .min_by_key(|(i, (order, _))| (*order, *i))
+    {
+        Some((_, (_, error))) => Err(error),
+        None => Err(PlanError::whole_file(
+            path,
+            "the plan could not be read (no error was found to name)".to_string(),
+        )),
+    }
+}
+
+/// A schema or syntax error's message as a plan's author reads it.
+fn schema_message(text: &str, span: Option<Range<usize>>, message: &str) -> String {
+    let mut message = plain_types(message.trim_end());
+    if message == "duplicate key"
+        && let Some(key) = span.and_then(|r| text.get(r))
+    {
+        message = format!("duplicate key `{}`", crate::error::snippet(key.trim()));
+    }
+    message
 }
 
 /// serde's type names (`i64`, `u32`, `f64`) in a message, said as a plan's author would.
@@ -146,12 +171,81 @@ fn plain_types(message: &str) -> String {
     ] {
         out = out.replace(rust, plain);
     }
-    // An integer beyond 128 bits: toml's own message names serde's type (`as i128`).
-    if out.contains(" as i128") {
-        out = "invalid value: the integer is too large".to_string();
+    // A table serde knows by its Rust struct: said as the table the plan writes there.
+    for (rust, plain) in TABLES {
+        out = out.replace(&format!("expected struct {rust}"), &format!("expected {plain}"));
+    }
+    out = out.replace("expected a map", "expected a table");
+    // An integer beyond 64 bits (toml's own message names serde's `i128` past 128).
+    if out.starts_with("integer number overflowed") {
+        out = "the integer is out of range (too large for any setting of a plan)".to_string();
+    } else if let Some(rest) = out
+        .strip_prefix("invalid value: integer `")
+        .or_else(|| out.strip_prefix("invalid type: integer `"))
+        && let Some((literal, _)) = rest.split_once('`')
+        && literal.parse::<i64>().is_err()
+    {
+        out = format!("the integer {literal} is out of range (too large for any setting of a plan)");
     }
     out
 }
+
+/// The raw schema's struct names and the tables they are, in a plan author's words.
+const TABLES: &[(&str, &str)] = &[
+    ("RawPlan", "a plan (a TOML document)"),
+    (
+        "RawBackend",
+        "a table of backend settings, like [backend] with kind = \"local\"",
+    ),
+    (
+        "RawAzureDps",
+        "a table like { host = \"...\", id_scope = \"...\", sas_policy = \"...\", sas_key_env = \"...\" }",
+    ),
+    (
+        "RawAzureHub",
+        "a table like { host = \"...\", sas_policy = \"...\", sas_key_env = \"...\" }",
+    ),
+    ("RawContacts", "a table like [contacts] with emails = [\"...\"]"),
+    (
+        "RawPolicy",
+        "a table of policy settings (key, validity_days, ...)",
+    ),
+    ("RawKey", "a table like { type = \"EC\", curve = \"P-256\" }"),
+    (
+        "RawLifetimeAction",
+        "a table like { days_before_expiry = 30, action = \"auto-renew\" }",
+    ),
+    (
+        "RawCa",
+        "a table of CA settings (subject, policy, issuer, path_len)",
+    ),
+    (
+        "RawGroup",
+        "a table of group settings (signing_ca, hub, device_policy, devices, ...)",
+    ),
+    (
+        "RawDevices",
+        "a table like { prefix = \"sensor-\", count = 100 } or { file = \"devices.txt\" }",
+    ),
+    (
+        "RawEnrollment",
+        "a table of enrollment settings (issuer, policy, hub, ...)",
+    ),
+    ("RawMail", "a table of mail settings (smtp_host, from, ...)"),
+    ("RawHooks", "a table like { command = [\"program\", \"arg\"] }"),
+    (
+        "RawServe",
+        "a table of serve settings (vault, dps, principals, services)",
+    ),
+    (
+        "RawServiceLimits",
+        "a table of limits (rate_per_second, burst, error_percent, ...)",
+    ),
+    (
+        "RawPrincipal",
+        "a table like { token_env = \"...\", permissions = [\"...\"] }",
+    ),
+];
 
 /// Why a plan was rejected: where (file, line, column) and what.
 ///

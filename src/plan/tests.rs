@@ -1333,3 +1333,214 @@ fn the_first_schema_error_in_the_file_is_reported() {
     );
     assert!(e.message.contains("unknown field `x`"), "{e}");
 }
+
+/// Two CAs with room for an error in each: `in_r` goes in `[ca.r]`, `in_m` in `[ca.m]`
+/// (`[ca.m]` loses its `policy` line when `in_m` holds `MISSING`).
+fn two_cas(in_r: &str, in_m: &str) -> String {
+    let policy = |extra: &str| {
+        if extra.contains("MISSING") {
+            ""
+        } else {
+            "policy = \"p\"\n"
+        }
+    };
+    let (r_policy, m_policy) = (policy(in_r), policy(in_m));
+    let (in_r, in_m) = (in_r.replace("MISSING", ""), in_m.replace("MISSING", ""));
+    format!(
+        "version = 1\n[policies.p]\nkey = {{ type = \"EC\" }}\nvalidity_days = 365\n\
+         [ca.r]\nsubject = \"CN=R\"\n{r_policy}{in_r}\
+         [ca.m]\nsubject = \"CN=M\"\nissuer = \"r\"\n{m_policy}{in_m}"
+    )
+}
+
+/// Asserts the error is on the line of `text` that holds `at` and says `needle`.
+#[track_caller]
+fn assert_first(text: &str, at: &str, needle: &str) {
+    let line = text
+        .lines()
+        .position(|l| l.contains(at))
+        .unwrap_or_else(|| panic!("`{at}` is not in the plan"))
+        + 1;
+    let e = err(text);
+    assert_eq!(
+        e.line,
+        Some(line),
+        "expected line {line} (`{at}`), got: {e}\n{text}"
+    );
+    assert!(
+        e.message.contains(needle),
+        "`{}` should say `{needle}`",
+        e.message
+    );
+}
+
+/// docs/plan.md §Errors: whichever phase finds them (TOML syntax, unknown keys and sub-tables,
+/// wrong types, missing keys, values, references, device lists), the error reported is the one
+/// that comes first in the file. Each pair is tried in both orders.
+#[test]
+fn the_first_error_in_the_file_wins_whatever_phase_finds_it() {
+    // (the error's line, text to find it by, what it says)
+    let unknown = ("zzz = 1\n", "zzz", "unknown field `zzz`");
+    let subtable = ("[ca.X.extra]\na = 1\n", "extra]", "unknown field `extra`");
+    let wrong_type = ("path_len = \"x\"\n", "path_len = \"x\"", "expected an integer");
+    let value = ("path_len = -1\n", "path_len = -1", "path_len");
+    let reference = (
+        "MISSINGpolicy = \"nope\"\n",
+        "nope",
+        "policy `nope` is not defined",
+    );
+    let overflow = (
+        "path_len = 9223372036854775808\n",
+        "9223372036854775808",
+        "9223372036854775808",
+    );
+    let kinds = [unknown, subtable, wrong_type, value, reference, overflow];
+    for (i, a) in kinds.iter().enumerate() {
+        for (j, b) in kinds.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let text = two_cas(&a.0.replace("X", "r"), &b.0.replace("X", "m"));
+            // `[ca.r.extra]` closes `[ca.r]`: a reference after it lands in the sub-table.
+            if a.1 == "extra]" {
+                continue;
+            }
+            assert_first(&text, a.1, a.2);
+        }
+    }
+    // The trial's two examples: an unknown key above an unknown sub-table; an undefined policy
+    // above an unknown key.
+    let text = two_cas("", "zzz = 1\n[ca.m.extra]\na = 1\n");
+    assert_first(&text, "zzz", "unknown field `zzz`");
+    let text = two_cas("", "MISSINGpolicy = \"nope\"\nbogus = 1\n");
+    assert_first(&text, "nope", "policy `nope` is not defined");
+    // A missing key is ordered at the end of its table: an error inside the table (a misspelt
+    // key, most often) comes first; one in an earlier table comes before it; one after the table
+    // after it.
+    let text = two_cas("", "MISSINGpolicyy = \"p\"\n");
+    assert_first(&text, "policyy", "unknown field `policyy`");
+    let text = two_cas("path_len = -1\n", "MISSING");
+    assert_first(&text, "path_len", "path_len");
+    let text = two_cas("", "MISSING")
+        + "[groups.g]\nsigning_ca = \"m\"\nhub = \"h\"\ndevice_policy = \"p\"\ndevices = { count = -1, prefix = \"d-\" }\n";
+    assert_first(&text, "[ca.m]", "missing field `policy`");
+    // A TOML syntax error stops the reading; schema errors above it still come first.
+    let text = two_cas("zzz = 1\n", "= 3\n");
+    assert_first(&text, "zzz", "unknown field `zzz`");
+    let text = two_cas("= 3\n", "zzz = 1\n");
+    let e = err(&text);
+    assert_eq!(e.line, Some(8), "{e}");
+    // A device list's errors are ordered at its `file` value.
+    let dir = TempDir::new();
+    dir.write("devices.txt", "ok-1\nbad_id\n");
+    let group = "[groups.g]\nsigning_ca = \"m\"\nhub = \"h\"\ndevice_policy = \"p\"\ndevices = { file = \"devices.txt\" }\n";
+    let e = parse(&dir.0.join("p.toml"), &(two_cas("", "") + group + "zzz = 1\n")).unwrap_err();
+    assert!(e.path.ends_with("devices.txt") && e.line == Some(2), "{e}");
+    let e = parse(&dir.0.join("p.toml"), &(two_cas("zzz = 1\n", "") + group)).unwrap_err();
+    assert_eq!(
+        (e.line, e.message.as_str()),
+        (
+            Some(8),
+            "unknown field `zzz`, expected one of `subject`, `issuer`, `path_len`, `policy`"
+        ),
+        "{e}"
+    );
+}
+
+/// Issue 10 item 20: a table-valued key given another type says what is expected in words,
+/// never a Rust or serde type name; an integer too large for 64 bits gets the key's own range.
+#[test]
+fn a_wrong_type_for_a_table_says_what_is_expected_in_words() {
+    let policy = "[policies.p]\nkey = { type = \"EC\" }\nvalidity_days = 365\n";
+    let cases = [
+        "backend = \"x\"\n".to_string(),
+        "[backend]\ndps = \"x\"\nkind = \"azure\"\n".to_string(),
+        "[backend]\nhubs = \"x\"\n".to_string(),
+        "[backend]\nhubs = { h = \"x\" }\nkind = \"azure\"\n".to_string(),
+        "[backend]\nresolve = \"x\"\n".to_string(),
+        "contacts = \"x\"\n".to_string(),
+        "policies = \"x\"\n".to_string(),
+        "policies = { p = \"x\" }\n".to_string(),
+        "[policies.p]\nkey = \"EC\"\nvalidity_days = 365\n".to_string(),
+        "[policies.p]\nkey = { type = \"EC\" }\nvalidity_days = 365\nlifetime_actions = [\"x\"]\n"
+            .to_string(),
+        "ca = \"x\"\n".to_string(),
+        format!("ca = {{ r = \"x\" }}\n{policy}"),
+        "groups = \"x\"\n".to_string(),
+        format!("groups = {{ g = 5 }}\n{policy}"),
+        format!(
+            "{policy}[ca.r]\nsubject = \"CN=R\"\npolicy = \"p\"\n[groups.g]\nsigning_ca = \"r\"\nhub = \"h\"\ndevice_policy = \"p\"\ndevices = \"d-\"\n"
+        ),
+        "enrollments = \"x\"\n".to_string(),
+        "enrollments = { e = [] }\n".to_string(),
+        "mail = \"x\"\n".to_string(),
+        "hooks = \"x\"\n".to_string(),
+        "serve = \"x\"\n".to_string(),
+        "[serve]\nprincipals = \"x\"\n".to_string(),
+        "[serve]\nprincipals = { a = \"x\" }\n".to_string(),
+        "[serve]\nservices = \"x\"\n".to_string(),
+        "[serve]\nservices = { keyvault = \"x\" }\n".to_string(),
+    ];
+    for case in &cases {
+        let e = err(&format!("version = 1\n{case}"));
+        for leak in ["struct", "enum", "Raw", "variant", "i128", "i64", "u32", "map"] {
+            assert!(!e.message.contains(leak), "`{leak}` in: {e}\n{case}");
+        }
+        assert!(
+            e.message.contains("expected a") && e.message.contains("table"),
+            "{e}\n{case}"
+        );
+    }
+    // The trial's examples.
+    let e = err(&format!(
+        "version = 1\n{policy}[ca.r]\nsubject = \"CN=R\"\npolicy = \"p\"\n[groups.g]\nsigning_ca = \"r\"\nhub = \"h\"\ndevice_policy = \"p\"\ndevices = \"d-\"\n"
+    ));
+    assert_at(
+        &e,
+        12,
+        11,
+        "invalid type: string \"d-\", expected a table like { prefix = \"sensor-\", count = 100 } or { file = \"devices.txt\" }",
+    );
+    let e = err("version = 1\n[policies.p]\nkey = \"EC\"\nvalidity_days = 365\n");
+    assert_at(
+        &e,
+        3,
+        7,
+        "expected a table like { type = \"EC\", curve = \"P-256\" }",
+    );
+    // Integers past 64 bits: the key's range, said of the integer as written.
+    let e = err("version = 1\n[policies.p]\nkey = { type = \"EC\" }\nvalidity_days = 9223372036854775808\n");
+    assert_at(
+        &e,
+        4,
+        17,
+        "validity_days = 9223372036854775808 is out of range (1 to 36500)",
+    );
+    let e = err("version = 1\n[policies.p]\nkey = { type = \"EC\" }\nvalidity_days = -9223372036854775809\n");
+    assert_at(
+        &e,
+        4,
+        17,
+        "validity_days = -9223372036854775809 is out of range (1 to 36500)",
+    );
+    let e = err("version = 1\nnot_before_skew_minutes = 99999999999999999999999999999999999999999\n");
+    assert!(
+        e.message.contains("out of range") && !e.message.contains("i128"),
+        "{e}"
+    );
+}
+
+/// Every struct of the raw schema has words in the message table.
+#[test]
+fn every_raw_struct_has_words() {
+    let source = include_str!("raw.rs");
+    for line in source.lines() {
+        if let Some(rest) = line.strip_prefix("pub(super) struct ") {
+            let name = rest.split([' ', '{', '<']).next().unwrap();
+            assert!(
+                TABLES.iter().any(|(rust, _)| *rust == name),
+                "{name} has no words in TABLES"
+            );
+        }
+    }
+}

@@ -43,28 +43,37 @@ const MAX_GROUP_COUNT: i64 = 10_000_000;
 /// The store file when `[backend]` names none.
 const DEFAULT_STORE_PATH: &str = ".certroll/state.db";
 
-/// Validates `raw`, read from `path` with contents `text`.
-pub(super) fn validate(path: &Path, text: &str, raw: RawPlan) -> Result<Plan, PlanError> {
-    // A plan of another version may mean anything else, so nothing more is checked.
-    match &raw.version {
-        None => {
-            return Err(PlanError::whole_file(
-                path,
-                format!("missing `version = {VERSION}` (the plan format version)"),
-            ));
-        }
-        Some(v) if *v.get_ref() != VERSION => {
-            return Err(PlanError::at_span(
-                path,
-                text,
-                Some(v.span()),
-                format!(
-                    "unsupported plan version {} (this certroll reads version {VERSION})",
-                    v.get_ref()
-                ),
-            ));
-        }
-        Some(_) => {}
+/// The error for a missing or unsupported `version`, if any: a plan of another version may mean
+/// anything else, so this comes before every other check.
+pub(super) fn version_error(
+    path: &Path,
+    text: &str,
+    version: Option<&Spanned<i64>>,
+    missing: bool,
+) -> Option<PlanError> {
+    if missing {
+        return Some(PlanError::whole_file(
+            path,
+            format!("missing `version = {VERSION}` (the plan format version)"),
+        ));
+    }
+    let v = version.filter(|v| *v.get_ref() != VERSION)?;
+    Some(PlanError::at_span(
+        path,
+        text,
+        Some(v.span()),
+        format!(
+            "unsupported plan version {} (this certroll reads version {VERSION})",
+            v.get_ref()
+        ),
+    ))
+}
+
+/// Validates `raw`, read from `path` with contents `text`: the plan, or every error found with
+/// where it sits (the caller reports the first in the file).
+pub(super) fn validate(path: &Path, text: &str, raw: RawPlan) -> Result<Plan, Vec<(Order, PlanError)>> {
+    if let Some(e) = version_error(path, text, raw.version.as_ref(), raw.version.is_none()) {
+        return Err(vec![((0, 0), e)]);
     }
 
     let parent = path.parent().unwrap_or(Path::new(""));
@@ -74,10 +83,13 @@ pub(super) fn validate(path: &Path, text: &str, raw: RawPlan) -> Result<Plan, Pl
         parent
     };
     let base = std::path::absolute(folder).map_err(|e| {
-        PlanError::whole_file(
-            path,
-            format!("cannot resolve the plan's folder `{}`: {e}", folder.display()),
-        )
+        vec![(
+            (0, 0),
+            PlanError::whole_file(
+                path,
+                format!("cannot resolve the plan's folder `{}`: {e}", folder.display()),
+            ),
+        )]
     })?;
 
     let mut v = Validator {
@@ -88,14 +100,15 @@ pub(super) fn validate(path: &Path, text: &str, raw: RawPlan) -> Result<Plan, Pl
         errors: Vec::new(),
     };
     let plan = v.plan(&raw);
-    match v.errors.into_iter().min_by_key(|(order, _)| *order) {
-        Some((_, error)) => Err(error),
-        None => Ok(plan.expect("a plan is built whenever no error was recorded")),
+    if v.errors.is_empty() {
+        Ok(plan.expect("a plan is built whenever no error was recorded"))
+    } else {
+        Err(v.errors)
     }
 }
 
 /// Where an error sits, for ordering: byte offset in the plan, then line in a device list.
-type Order = (usize, usize);
+pub(super) type Order = (usize, usize);
 
 /// The state of one validation: the plan's text, its folder, and the errors found so far.
 struct Validator<'a> {

@@ -512,7 +512,11 @@ fn the_leftover_messages_are_plain_words() {
     env.plan_run(&["vault", "purge", "pz", "-y"]).ok();
     // Plan type errors.
     for (from, to, want) in [
-        ("count = 50", "count = 99999999999999999999", "too large"),
+        (
+            "count = 50",
+            "count = 99999999999999999999",
+            "count = 99999999999999999999 is out of range (1 to 10000000)",
+        ),
         (
             "emails = [\"pki-oncall@example.com\"]",
             "emails = \"pki-oncall@example.com\"",

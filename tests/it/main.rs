@@ -70,6 +70,9 @@ mod fidelity4;
 mod fidelity5;
 // Issue 10, the fourth trial: a group breach replaces every device under the compromised CA.
 mod fidelity6;
+// Issue 10, the fourth trial's leftovers (part A): plan errors first in the file and in words,
+// flag ranges, wildcard and `_` SANs, subject syntax, the exit-code contract, sealed-key wording.
+mod fidelity7;
 // Fuzzing (issue 9 item 13): what the fuzzers found, as regressions, and proptest properties.
 mod fuzz_found;
 mod properties;
