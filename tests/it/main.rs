@@ -70,6 +70,9 @@ mod fidelity4;
 mod fidelity5;
 // Issue 10, the fourth trial: a group breach replaces every device under the compromised CA.
 mod fidelity6;
+// Issue 10, the fourth trial's leftovers: not yet valid certificates replaced, capped cron runs,
+// purged and renamed enrollments named by check, expired leaves pruned, child CAs in a breach.
+mod fidelity7b;
 // Fuzzing (issue 9 item 13): what the fuzzers found, as regressions, and proptest properties.
 mod fuzz_found;
 mod properties;
