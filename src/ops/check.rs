@@ -156,7 +156,8 @@ struct Checker<'a> {
     report: CheckReport,
     /// Soft-deleted certificates by vault name, with when they were deleted.
     deleted: std::collections::HashMap<String, OffsetDateTime>,
-    /// Purged device certificates a device still holds, by vault name, with what to do.
+    /// Purged certificates a device (or the enrollment service, for a CA) still holds, by vault
+    /// name, with what to do.
     purged: std::collections::HashMap<String, String>,
     /// The plan's notBefore skew: a certificate whose notBefore is further ahead was made with
     /// `--now` ahead of the clock, and a roll replaces it.
@@ -356,6 +357,15 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
     for ca in &plan.cas {
         if wants(Target::Ca(ca.name.clone())) {
             let cert = backend.current(&ca_cert_name(&ca.name))?;
+            let name = ca_cert_name(&ca.name);
+            // Purged while the enrollment service still holds it: named so, as for devices.
+            if cert.is_none()
+                && !c.deleted.contains_key(&name)
+                && backend.name_state(&name)?.is_none()
+                && let Some(note) = super::vault::purged_note(&backend, &name)
+            {
+                c.purged.insert(name, note);
+            }
             let policy = &plan.policies[&ca.policy];
             c.look(
                 format!("ca:{}", ca.name),

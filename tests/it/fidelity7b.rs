@@ -221,6 +221,16 @@ fn a_purged_device_certificate_is_named_purged_by_check_and_status() {
     env.plan_run(&["reprovision", "device:gateway-01", "--force"])
         .ok();
     env.plan_run(&["check"]).ok();
+
+    // A purged root the enrollment service still holds is named the same way.
+    env.plan_run(&["vault", "delete", "ca-root", "--force"]).ok();
+    env.plan_run(&["vault", "purge", "ca-root", "--yes"]).ok();
+    let check = env.plan_run(&["check", "-o", "json"]).code(2).json();
+    let reason = problem(&check, "ca:root")["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason.contains("purged") && reason.contains("still holds CA certificate `root`"),
+        "{reason}"
+    );
 }
 
 /// Item 21's kind for individual enrollments: `[enrollments.gateway-01]` renamed
@@ -399,6 +409,33 @@ fn the_cron_run_renews_a_due_ca_beside_a_device_never_issued_below_it() {
     env.plan_run(&["--now", &t, "issue", "device:t-3"]).ok();
     env.plan_run(&["--now", &t, "roll-secondary", "--due"]).ok();
     assert_eq!(count(&env, "ca-short"), 2);
+}
+
+/// The same cron run beside a device below the due CA whose certificate is deleted in the vault:
+/// that device is held back with `vault recover`, the CA and the rest are rolled (exit 1).
+#[test]
+fn the_cron_run_renews_a_due_ca_beside_a_deleted_device_certificate_below_it() {
+    let env = TestEnv::new();
+    two_ca_plan(&env, 200, true);
+    env.plan_run(&["issue"]).ok();
+    env.plan_run(&["vault", "delete", "dev-t-1", "--force"]).ok();
+    let t = at(175);
+    let r = env
+        .plan_run(&["--now", &t, "-o", "json", "roll-secondary", "--due"])
+        .code(1)
+        .json();
+    assert_eq!(count(&env, "ca-short"), 2, "{r:#}");
+    let d = outcome(&r, "t-1");
+    assert_eq!(d["outcome"], "held-back", "{r:#}");
+    assert!(
+        d["steps"][0]
+            .as_str()
+            .unwrap()
+            .contains("certroll vault recover dev-t-1"),
+        "{d:#}"
+    );
+    assert_eq!(outcome(&r, "t-2")["outcome"], "rolled", "{r:#}");
+    assert_eq!(count(&env, "dev-t-2"), 2);
 }
 
 /// Item 8's kind: `content_type` edited from pem to pfx after the device's certificate was made.

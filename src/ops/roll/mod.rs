@@ -343,6 +343,22 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
             st.scope.device_ids = issued;
         }
     }
+    // Likewise a device below a due CA whose own certificate is deleted or purged is held back
+    // (reported, exit 1) rather than stopping the run.
+    let mut scope_held = Vec::new();
+    if opts.due && opts.breach.is_none() && !scopes.is_empty() {
+        let deleted: std::collections::HashSet<String> = backend
+            .deleted_certificates(None)?
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+        for st in &mut scopes {
+            let ids = std::mem::take(&mut st.scope.device_ids);
+            let (kept, held) = own_certificate_gone(&backend, ids, &deleted, opts.slot)?;
+            st.scope.device_ids = kept;
+            scope_held.extend(held);
+        }
+    }
     let device_ids = if opts.due && opts.breach.is_none() {
         let mut issued = Vec::with_capacity(device_ids.len());
         for chunk in device_ids.chunks(CHUNK) {
@@ -418,6 +434,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         });
     }
     report.devices.extend(held_back);
+    report.devices.extend(scope_held);
     let mut planned = Vec::new();
     // CAs whose renewal their issuer's notAfter caps: not renewed, reported with what to renew.
     let mut capped_cas: Vec<String> = due_capped;
@@ -1015,9 +1032,46 @@ fn due_held_back(
             }),
         }
     }
-    // A device whose certificate was purged is reported with what to do, not the whole run.
-    let mut kept = Vec::with_capacity(ok.len());
-    for chunk in ok.chunks(CHUNK) {
+    // A device whose certificate was purged is reported with what to do, not the whole run (the
+    // deleted ones were told above, beside the other problems).
+    let (kept, purged) = own_certificate_gone(backend, ok, &Default::default(), slot)?;
+    held.extend(purged);
+    Ok((kept, held))
+}
+
+/// With `--due`: splits devices into those whose own certificate is live and the `held-back`
+/// reports of those whose certificate is soft-deleted (`vault recover`) or purged (`issue`).
+/// `deleted` holds the vault's soft-deleted certificate names.
+fn own_certificate_gone(
+    backend: &dyn Backend,
+    ids: Vec<String>,
+    deleted: &std::collections::HashSet<String>,
+    slot: SlotName,
+) -> Result<(Vec<String>, Vec<DeviceRoll>)> {
+    let held_back = |id: &str, why: String| DeviceRoll {
+        target: format!("device:{id}"),
+        outcome: "held-back",
+        slot,
+        steps: vec![why],
+        new_thumbprint: None,
+        pruned_thumbprint: None,
+        compromised: Vec::new(),
+    };
+    let mut held = Vec::new();
+    let mut live = Vec::with_capacity(ids.len());
+    for id in ids {
+        let own = super::device_cert_name(&id);
+        if deleted.contains(&own) {
+            held.push(held_back(
+                &id,
+                format!("its certificate `{own}` is deleted in the vault; bring it back with `certroll vault recover {own}`"),
+            ));
+        } else {
+            live.push(id);
+        }
+    }
+    let mut kept = Vec::with_capacity(live.len());
+    for chunk in live.chunks(CHUNK) {
         let mut rest: Vec<String> = chunk.to_vec();
         while let Some(id) = backend.first_purged(&rest)? {
             let name = super::device_cert_name(&id);
@@ -1028,15 +1082,10 @@ fn due_held_back(
                 break;
             };
             rest.retain(|r| *r != id);
-            held.push(DeviceRoll {
-                target: format!("device:{id}"),
-                outcome: "held-back",
-                slot,
-                steps: vec![format!("its certificate `{name}` is gone from the vault: {note}")],
-                new_thumbprint: None,
-                pruned_thumbprint: None,
-                compromised: Vec::new(),
-            });
+            held.push(held_back(
+                &id,
+                format!("its certificate `{name}` is gone from the vault: {note}"),
+            ));
         }
         kept.extend(rest);
     }
