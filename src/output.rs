@@ -299,6 +299,7 @@ impl<W: Write> Printer<W> {
                     let (tp, exp) = match &d.installed {
                         Some(c) => (c.thumbprint.as_str(), crate::clock::rfc3339(c.not_after)),
                         None if d.installed_deleted => ("(deleted in the vault)", String::new()),
+                        None if d.installed_purged => ("(purged from the vault)", String::new()),
                         None => ("(no certificate)", String::new()),
                     };
                     writeln!(
@@ -321,6 +322,14 @@ impl<W: Write> Printer<W> {
                             "    last registration {}{when}: {code}{}",
                             r.status,
                             r.error.as_deref().unwrap_or("no reason recorded")
+                        )?;
+                    }
+                    if d.installed_purged {
+                        writeln!(
+                            out,
+                            "    its certificate dev-{} was purged from the vault; the device still holds it, but \
+                             nothing can renew it: `certroll issue device:{}` issues a new one",
+                            d.id, d.id
                         )?;
                     }
                     Ok(())

@@ -83,6 +83,9 @@ pub fn exec(g: &Global, args: ExportArgs) -> anyhow::Result<u8> {
             },
             report.out.display()
         ))?;
+        if let Some(note) = &report.note {
+            p.line(format!("note: {note}"))?;
+        }
     }
     Ok(0)
 }

@@ -119,7 +119,7 @@ pub fn exec(g: &Global, args: RollArgs, slot: SlotName) -> anyhow::Result<u8> {
             report: &report,
             vault_renewed,
         })?;
-        return Ok(exit_code(&report));
+        return Ok(exit_code(&report, opts.due));
     }
     print_human(&mut p, &report)?;
     for r in &vault_renewed {
@@ -133,17 +133,19 @@ pub fn exec(g: &Global, args: RollArgs, slot: SlotName) -> anyhow::Result<u8> {
             None => p.line(format!("vault:{}: would auto-renew ({})", r.name, r.trigger))?,
         }
     }
-    Ok(exit_code(&report))
+    Ok(exit_code(&report, opts.due))
 }
 
-/// 1 when `--due` left out a device the plan names but that was never issued, or one its CA or
-/// group held back: the run did what was due and could be done, but not everything the plan
-/// declares is in service (README, exit codes).
-fn exit_code(report: &RollReport) -> u8 {
+/// 1 when `--due` left out a device the plan names but that was never issued, one its CA or
+/// group held back, or a renewal that was due but capped by its CA's notAfter (a device or CA
+/// in `renew_ca_first`): the run did what was due and could be done, but something due was not
+/// done (README, exit codes).
+fn exit_code(report: &RollReport, due: bool) -> u8 {
     if report
         .devices
         .iter()
         .any(|d| matches!(d.outcome, "not-issued" | "held-back"))
+        || (due && !report.renew_ca_first.is_empty())
     {
         1
     } else {
@@ -264,8 +266,15 @@ fn print_human<W: std::io::Write>(
             ))?;
         }
     }
+    // Labelled by what the run wanted to renew (the CAs it names, else the capping CA whose
+    // devices wait); the message names the CA to renew first.
     for c in &report.renew_ca_first {
-        p.line(format!("{}: {}", c.target, c.message))?;
+        let label = if c.cas.is_empty() {
+            c.target.clone()
+        } else {
+            c.cas.join(", ")
+        };
+        p.line(format!("{label}: {}", c.message))?;
     }
     if report.dry_run {
         p.line(format!(

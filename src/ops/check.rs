@@ -81,8 +81,10 @@ impl From<Scheduled> for ActionReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
     /// `ca:NAME`, `device:ID`, `vault:NAME` for a certificate the plan does not own,
-    /// `group:NAME` for an expired CA certificate in a group's slot, or `service-ca:NAME` for
-    /// one still among the enrollment service's CA certificates.
+    /// `group:NAME` for an expired CA certificate in a group's slot, `service-ca:NAME` for
+    /// one still among the enrollment service's CA certificates, or `service-group:NAME` /
+    /// `service-enrollment:NAME` for a group or individual enrollment of the service the plan
+    /// does not declare.
     pub target: String,
     /// warning or critical.
     pub level: Level,
@@ -154,6 +156,12 @@ struct Checker<'a> {
     report: CheckReport,
     /// Soft-deleted certificates by vault name, with when they were deleted.
     deleted: std::collections::HashMap<String, OffsetDateTime>,
+    /// Purged certificates a device (or the enrollment service, for a CA) still holds, by vault
+    /// name, with what to do.
+    purged: std::collections::HashMap<String, String>,
+    /// The plan's notBefore skew: a certificate whose notBefore is further ahead was made with
+    /// `--now` ahead of the clock, and a roll replaces it.
+    skew: time::Duration,
 }
 
 impl Checker<'_> {
@@ -172,13 +180,15 @@ impl Checker<'_> {
             };
             // A soft-deleted certificate is still held (by the device, or as the CA's chain):
             // "no certificate" would send the reader to `issue` instead of `vault recover`.
-            let reason = match self.deleted.get(&name) {
-                Some(at) => format!(
+            let reason = match (self.deleted.get(&name), self.purged.get(&name)) {
+                (Some(at), _) => format!(
                     "its certificate `{name}` is deleted in the vault (deleted {}); the device or CA still holds it, \
                      but nothing can renew it: `certroll vault recover {name}` brings it back",
                     crate::clock::rfc3339(*at)
                 ),
-                None => "no certificate".into(),
+                // Purged: the device still holds it, and only a new certificate helps.
+                (None, Some(note)) => format!("its certificate `{name}` is gone from the vault: {note}"),
+                (None, None) => "no certificate".into(),
             };
             self.add(Problem {
                 target,
@@ -214,10 +224,23 @@ impl Checker<'_> {
                 format!("expired at {}", crate::clock::rfc3339(exp)),
             )
         } else if now < nbf {
-            (
-                Level::Critical,
-                format!("not valid before {}", crate::clock::rfc3339(nbf)),
-            )
+            let mut reason = format!("not valid before {}", crate::clock::rfc3339(nbf));
+            // Made with `--now` ahead of the clock: refused until then, and replaced by a roll.
+            if nbf > now.saturating_add(self.skew) {
+                match target.split_once(':') {
+                    Some(("device", id)) => reason.push_str(&format!(
+                        " (made with --now ahead of the clock), so the service refuses it until then; \
+                         `certroll roll-secondary device:{id}` replaces it with one valid now (so does the cron \
+                         `certroll roll-secondary --due`)"
+                    )),
+                    Some(("ca", ca)) => reason.push_str(&format!(
+                        " (made with --now ahead of the clock), so nothing under it is accepted until then; \
+                         `certroll roll-secondary ca:{ca}` replaces it with one valid now, and what it signs"
+                    )),
+                    _ => {}
+                }
+            }
+            (Level::Critical, reason)
         } else if !cert.enabled {
             (Level::Critical, "the certificate version is disabled".into())
         } else if self.opts.critical_within_days > 0 && now >= critical_at {
@@ -309,6 +332,8 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             .into_iter()
             .map(|d| (d.name, d.deleted))
             .collect(),
+        purged: Default::default(),
+        skew: plan.not_before_skew,
     };
     let mut ca_not_after = std::collections::BTreeMap::new();
     for ca in &plan.cas {
@@ -332,6 +357,15 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
     for ca in &plan.cas {
         if wants(Target::Ca(ca.name.clone())) {
             let cert = backend.current(&ca_cert_name(&ca.name))?;
+            let name = ca_cert_name(&ca.name);
+            // Purged while the enrollment service still holds it: named so, as for devices.
+            if cert.is_none()
+                && !c.deleted.contains_key(&name)
+                && backend.name_state(&name)?.is_none()
+                && let Some(note) = super::vault::purged_note(&backend, &name)
+            {
+                c.purged.insert(name, note);
+            }
             let policy = &plan.policies[&ca.policy];
             c.look(
                 format!("ca:{}", ca.name),
@@ -448,6 +482,17 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             });
         }
     }
+    if everything {
+        for (name, reason) in undeclared_enrollments(plan, &backend)? {
+            c.add(Problem {
+                target: format!("service-enrollment:{name}"),
+                level: Level::Warning,
+                reason,
+                not_after: None,
+                actions_due: vec![],
+            });
+        }
+    }
     for g in plan.groups.values() {
         let whole = wants(Target::Group(g.name.clone()));
         let ids = g
@@ -492,6 +537,54 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
     Ok(c.report)
 }
 
+/// The individual enrollments of the enrollment service that the plan declares neither as
+/// `[enrollments.NAME]` nor as a group's device (a breach gives those one), each with what to
+/// say: most likely a renamed table, when a declared enrollment the service lacks has the same
+/// issuing CA (issue 10 item 21's kind, as `service-group:` for groups).
+fn undeclared_enrollments(plan: &Plan, backend: &dyn Backend) -> Result<Vec<(String, String)>> {
+    let service = backend.individuals()?;
+    let mut orphans: Vec<&crate::backend::types::IndividualEnrollment> = service
+        .iter()
+        .filter(|e| !plan.enrollments.contains_key(&e.registration_id))
+        .collect();
+    if orphans.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One pass over the groups' ids (a file-listed group's look-up by id is linear).
+    let grouped: std::collections::HashSet<String> =
+        plan.groups.values().flat_map(|g| g.device_ids()).collect();
+    orphans.retain(|e| !grouped.contains(&e.registration_id));
+    let held: std::collections::HashSet<&str> = service.iter().map(|e| e.registration_id.as_str()).collect();
+    let mut out = Vec::new();
+    for o in orphans {
+        let old = &o.registration_id;
+        // The CA that issued the certificate it holds, as the vault recorded it.
+        let issuer = backend
+            .current(&super::device_cert_name(old))?
+            .and_then(|v| v.issuer)
+            .map(|(name, _)| name);
+        let renamed = plan.enrollments.values().find(|e| {
+            !held.contains(e.name.as_str()) && issuer.as_deref() == Some(ca_cert_name(&e.issuer).as_str())
+        });
+        let reason = match renamed {
+            Some(new) => format!(
+                "the enrollment service holds individual enrollment `{old}`, which the plan no longer declares, \
+                 with a certificate of CA `{}`, while the plan's `[enrollments.{}]` of the same CA is not in the \
+                 service: was `[enrollments.{old}]` renamed to `[enrollments.{}]`? An enrollment's name is its \
+                 device's registration id and cannot change: rename the table back (a new name is a new device: \
+                 `certroll issue device:{}`); device `{old}` still registers through `{old}`",
+                new.issuer, new.name, new.name, new.name
+            ),
+            None => format!(
+                "the enrollment service holds individual enrollment `{old}`, which the plan does not declare \
+                 (renamed or removed from the plan?); device `{old}` still registers through it"
+            ),
+        };
+        out.push((old.clone(), reason));
+    }
+    Ok(out)
+}
+
 fn check_devices(
     backend: &dyn Backend,
     c: &mut Checker<'_>,
@@ -509,9 +602,49 @@ fn check_devices(
             .zip(enrollments)
         {
             // A revoked device is disallowed on purpose; monitoring must not page for it forever.
-            if enrollment.is_some_and(|e| e.status == crate::backend::types::Status::Disabled) {
+            if enrollment
+                .as_ref()
+                .is_some_and(|e| e.status == crate::backend::types::Status::Disabled)
+            {
                 c.report.counts.revoked += 1;
                 continue;
+            }
+            let name = super::device_cert_name(id);
+            if installed.is_none()
+                && !c.deleted.contains_key(&name)
+                && backend.name_state(&name)?.is_none()
+                && let Some(note) = super::vault::purged_note(backend, &name)
+            {
+                c.purged.insert(name, note);
+            }
+            // An expired certificate left in a slot of its individual enrollment beside the one the
+            // device holds (issue 10 item 4's kind): harmless, but to be removed, which the next
+            // roll of the device does.
+            // The certificate the device holds is judged by itself (expired is critical).
+            let held = installed.as_ref().map(|v| v.cert_der.as_slice());
+            if let Some(e) = &enrollment {
+                for (slot, der) in [("primary", &e.primary), ("secondary", &e.secondary)] {
+                    if let Some(at) = der
+                        .as_deref()
+                        .filter(|d| Some(*d) != held)
+                        .and_then(|d| crate::pki::CertInfo::from_der(d).ok())
+                        .map(|i| i.not_after)
+                        .filter(|at| *at < c.now)
+                    {
+                        c.add(Problem {
+                            target: format!("device:{id}"),
+                            level: Level::Warning,
+                            reason: format!(
+                                "the {slot} slot of its individual enrollment holds a certificate that expired at {}; \
+                                 the next roll of it (`certroll roll-secondary device:{id}`, or the cron \
+                                 `certroll roll-secondary --due`) removes it",
+                                crate::clock::rfc3339(at)
+                            ),
+                            not_after: Some(at),
+                            actions_due: vec![],
+                        });
+                    }
+                }
             }
             c.look(
                 format!("device:{id}"),

@@ -59,6 +59,10 @@ pub struct ExportReport {
     pub includes_key: bool,
     /// How many certificates the file holds.
     pub certificates: usize,
+    /// When the plan's policy now asks for another `content_type` than the one the exported
+    /// version was made under: Key Vault keeps each version's content type (a policy's applies
+    /// from the next version on), so the file follows the version, and this says so.
+    pub note: Option<String>,
 }
 
 /// Refuses (exit 2) a version that may not leave the vault: disabled, outside its validity at
@@ -169,6 +173,7 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
             format: "crl",
             includes_key: false,
             certificates: 0,
+            note: None,
         });
     }
     let version = backend
@@ -186,11 +191,29 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
                 )),
             },
         })?;
+    let vault_policy = backend.policy(&name)?;
     let format = match opts.format {
         Some(f) => f,
-        None => {
-            super::vault::transfer::default_format(backend.policy(&name)?.as_ref(), &version, opts.with_key)
-        }
+        None => super::vault::transfer::default_format(vault_policy.as_ref(), &version, opts.with_key),
+    };
+    // The plan's policy edited since the current version was made (issue 10 item 8's kind): as
+    // in Key Vault, the version keeps the content type it was made with.
+    let word = match format {
+        ExportFormat::Pem => "pem",
+        ExportFormat::Pfx => "pfx",
+    };
+    let note = match (
+        opts.format,
+        content_type_change(plan, &opts.target, vault_policy.as_ref()),
+    ) {
+        (None, Some((policy, now_says, made_as))) if word != now_says => Some(format!(
+            "the plan's policy `{policy}` now says content_type = \"{now_says}\", but the current version \
+             {} was made under \"{made_as}\": Key Vault keeps each version's content type, and a policy's applies \
+             from the next version (the next roll), so this export follows the version; --format {now_says} asks for \
+             {now_says} now",
+            version.version
+        )),
+        _ => None,
     };
     let wants_key = opts.with_key || format == ExportFormat::Pfx;
     may_export(&opts.target.to_string(), &version, wants_key, now)?;
@@ -217,12 +240,17 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
             zeroize::Zeroizing::new(text.as_bytes().to_vec())
         }
         ExportFormat::Pfx => {
-            let password = opts.password.as_ref().ok_or_else(|| {
-                input(format!(
+            let password = opts.password.as_ref().ok_or_else(|| match &note {
+                Some(note) => input(format!(
+                    "{} is exported as pfx: {note}; a pfx export needs a password (--password-env VAR), or pass \
+                     --format pem",
+                    opts.target
+                )),
+                None => input(format!(
                     "the policy of {} asks for pfx (content_type): a pfx export needs a password \
                      (--password-env VAR), or pass --format pem",
                     opts.target
-                ))
+                )),
             })?;
             let key = backend.private_key(&version)?;
             // Carry the whole chain, root included, so the PFX is self-contained.
@@ -249,7 +277,35 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
         },
         includes_key: wants_key,
         certificates: chain.len(),
+        note,
     })
+}
+
+/// When the plan's policy for `target` asks for another content type than the vault's policy
+/// records (the one its current version was made under): (the plan policy's name, what it says
+/// now, what the version was made as).
+fn content_type_change(
+    plan: &Plan,
+    target: &Target,
+    vault_policy: Option<&serde_json::Value>,
+) -> Option<(String, &'static str, &'static str)> {
+    let policy = match target {
+        Target::Ca(n) => plan.cas.iter().find(|c| &c.name == n).map(|c| &c.policy)?,
+        Target::Device(id) | Target::Enrollment(id) => match super::device_owner(plan, id)? {
+            super::DeviceOwner::Group(g) => &g.device_policy,
+            super::DeviceOwner::Enrollment(e) => &e.policy,
+        },
+        Target::Group(_) => return None,
+    };
+    let now_says = match plan.policies.get(policy)?.content_type {
+        crate::plan::ContentType::Pem => "pem",
+        crate::plan::ContentType::Pfx => "pfx",
+    };
+    let made_as = match vault_policy?["secret_props"]["contentType"].as_str()? {
+        "application/x-pkcs12" => "pfx",
+        _ => "pem",
+    };
+    (now_says != made_as).then(|| (policy.clone(), now_says, made_as))
 }
 
 /// The issuers above a version in path order: the vault's own walk, continued where it ends at

@@ -90,6 +90,9 @@ pub struct DeviceStatus {
     /// The device holds a certificate whose vault certificate is soft-deleted (`vault delete`;
     /// `vault recover` brings it back).
     pub installed_deleted: bool,
+    /// The device holds a certificate whose vault certificate was purged (`vault purge`): it
+    /// cannot be recovered or renewed; `certroll issue device:ID` issues a new one.
+    pub installed_purged: bool,
     /// Its last registration.
     pub registration: Option<RegistrationState>,
     /// Its hub identity.
@@ -330,12 +333,17 @@ impl StatusQuery<'_> {
             let installed_deleted = installed_version.is_some()
                 && installed.is_none()
                 && !b.deleted_certificates(Some(&device_cert_name(id)))?.is_empty();
+            let installed_purged = installed_version.is_some()
+                && installed.is_none()
+                && !installed_deleted
+                && b.name_state(&device_cert_name(id))?.is_none();
             each(DeviceStatus {
                 id: id.clone(),
                 group: group.clone(),
                 enrollment: enrollment.clone(),
                 installed: info(installed.as_deref())?,
                 installed_deleted,
+                installed_purged,
                 registration,
                 hub_identity,
                 individual_enrollment: individual.map(|e| enrollment_status(id, Some(&e))).transpose()?,

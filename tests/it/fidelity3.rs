@@ -215,7 +215,7 @@ fn a_capped_renewal_names_the_ca_whose_expiry_caps_it() {
     let at = crate::roll::at(10);
     let r = env
         .plan_run(&["roll-secondary", "--due", "--now", &at, "-o", "json"])
-        .ok()
+        .code(1)
         .json();
     let first = &r["renew_ca_first"];
     assert_eq!(first.as_array().map(Vec::len), Some(1), "{r:#}");

@@ -9,17 +9,6 @@ use crate::roll::{at, backend};
 use crate::util::*;
 use certroll::backend::{Journal as _, Vault as _};
 
-/// The quickstart with `count` sensors.
-fn small_quickstart(env: &TestEnv, count: usize) -> String {
-    let text = std::fs::read_to_string(env.quickstart()).unwrap();
-    let text = text.replace(
-        "devices = { prefix = \"sensor-\", count = 50 }",
-        &format!("devices = {{ prefix = \"sensor-\", count = {count} }}"),
-    );
-    env.write("plan.toml", &text);
-    text
-}
-
 /// How many vault versions each certificate of the plan has: the CAs and every device.
 fn versions(env: &TestEnv, names: &[String]) -> Vec<(String, usize)> {
     let b = backend(env);

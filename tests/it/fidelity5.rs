@@ -8,43 +8,6 @@ use crate::roll::{at, backend};
 use crate::util::*;
 use certroll::backend::Vault as _;
 
-/// The quickstart with two sensors, plus a second intermediate `short` (validity `short_days`)
-/// signing group `shorts` (devices t-1, t-2), with an auto-renew action 30 days before its expiry
-/// when `auto_renew`.
-fn two_ca_plan(env: &TestEnv, short_days: u32, auto_renew: bool) -> String {
-    let action = if auto_renew {
-        "auto-renew"
-    } else {
-        "email-contacts"
-    };
-    let text = std::fs::read_to_string(env.quickstart()).unwrap().replace(
-        "devices = { prefix = \"sensor-\", count = 50 }",
-        "devices = { prefix = \"sensor-\", count = 2 }",
-    ) + &format!(
-        "\n[policies.short]\nkey = {{ type = \"EC\", curve = \"P-384\", exportable = false }}\nvalidity_days = {short_days}\n\
-         lifetime_actions = [{{ days_before_expiry = 30, action = \"{action}\" }}]\n\
-         \n[ca.short]\nsubject = \"CN=Short CA, O=Example\"\nissuer = \"root\"\npath_len = 0\npolicy = \"short\"\n\
-         \n[groups.shorts]\nsigning_ca = \"short\"\nhub = \"example-hub\"\nreprovision = \"migrate\"\n\
-         device_policy = \"device\"\ndevices = {{ prefix = \"t-\", count = 2 }}\n"
-    );
-    env.write("plan.toml", &text);
-    text
-}
-
-fn outcome(r: &serde_json::Value, id: &str) -> serde_json::Value {
-    r["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["target"] == format!("device:{id}"))
-        .unwrap_or_else(|| panic!("{id}: {r:#}"))
-        .clone()
-}
-
-fn count(env: &TestEnv, name: &str) -> usize {
-    backend(env).versions(name).unwrap().len()
-}
-
 /// Asserts the factory's devices were rolled by `r` (one new version each).
 fn factory_rolled(env: &TestEnv, r: &serde_json::Value) {
     for id in ["sensor-1", "sensor-2", "gateway-01"] {
@@ -363,16 +326,6 @@ fn every_writing_verb_refuses_a_far_now_without_allow_time_travel() {
         .ok()
         .stdout;
     assert_eq!(crl.trim(), "crlNumber=0x01", "{crl}");
-}
-
-fn problem(check: &serde_json::Value, target: &str) -> serde_json::Value {
-    check["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["target"] == target)
-        .unwrap_or_else(|| panic!("{target}: {check:#}"))
-        .clone()
 }
 
 /// Priority 6 (item 21, in `check`): after `[groups.shorts]` is renamed `[groups.shorts2]`,

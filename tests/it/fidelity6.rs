@@ -52,20 +52,6 @@ fn a_group_breach_replaces_an_enrollment_signed_by_the_same_ca() {
     assert_eq!(backend(&env).versions("dev-gateway-01").unwrap().len(), 2);
 }
 
-fn outcome(r: &serde_json::Value, id: &str) -> serde_json::Value {
-    r["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["target"] == format!("device:{id}"))
-        .unwrap_or_else(|| panic!("{id}: {r:#}"))
-        .clone()
-}
-
-fn store_bytes(env: &TestEnv) -> Vec<u8> {
-    std::fs::read(env.store_dir().join("state.db")).unwrap()
-}
-
 /// Priority 2: a soft-deleted root CA (the intermediate below it live) is named, with the
 /// command that brings it back, by every verb that needs the chain (exit 2, nothing changed);
 /// the cron `--due` run reports the devices below it held back (exit 1) instead of failing

@@ -338,7 +338,9 @@ fn fleet_yearly_due_rounds_alternate_slots_drop_expired_and_keep_every_device_wo
     for round in 1..=5i64 {
         let now = at(340 * round);
         let mid = at(340 * round - 170);
-        // Half-way through the year nothing is due: exit 0, nothing changes.
+        // Half-way through the year nothing is due: exit 0, nothing changes but that, from round
+        // 2 on, the gateways' certificates of two rounds back, expired since, leave their
+        // enrollments' slots (issue 10 item 4's kind: `--due` removes expired leaves too).
         let quiet = json(&env, &mid, &["roll-secondary", "--due"]).ok().json();
         let outcomes: BTreeSet<&str> = quiet["devices"]
             .as_array()
@@ -346,10 +348,37 @@ fn fleet_yearly_due_rounds_alternate_slots_drop_expired_and_keep_every_device_wo
             .iter()
             .map(|d| d["outcome"].as_str().unwrap())
             .collect();
-        assert_eq!(outcomes, BTreeSet::from(["not-due"]), "round {round}, day {mid}");
+        let expected = if round == 1 {
+            BTreeSet::from(["not-due"])
+        } else {
+            BTreeSet::from(["not-due", "pruned"])
+        };
+        assert_eq!(outcomes, expected, "round {round}, day {mid}");
+        for d in quiet["devices"].as_array().unwrap() {
+            let id = str_of(&d["target"]).trim_start_matches("device:").to_string();
+            assert_eq!(
+                d["outcome"] == "pruned",
+                round > 1 && gateways.contains(&id.as_str()),
+                "round {round}: {d}"
+            );
+        }
+        // A gateway keeps the certificate it holds; only an expired thumbprint may leave its hub
+        // identity with the pruned slot. Everything else is as it was.
+        let mut quiet_after = devices(&status(&env, &mid));
+        let mut quiet_before = before.clone();
+        for gw in gateways {
+            let (a, b) = (quiet_after.remove(gw).unwrap(), quiet_before.remove(gw).unwrap());
+            assert_eq!(a["installed"], b["installed"], "round {round}: {gw}");
+            for sl in ["primary_thumbprint", "secondary_thumbprint"] {
+                let (now_tp, was_tp) = (&a["hub_identity"][sl], &b["hub_identity"][sl]);
+                assert!(
+                    now_tp == was_tp || (now_tp.is_null() && round > 1),
+                    "round {round}: {gw}: {sl} {was_tp} -> {now_tp}"
+                );
+            }
+        }
         assert_eq!(
-            devices(&status(&env, &mid)),
-            before,
+            quiet_after, quiet_before,
             "round {round}: a roll with nothing due changed the fleet"
         );
 

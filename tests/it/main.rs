@@ -73,6 +73,10 @@ mod fidelity6;
 // Issue 10, the fourth trial's leftovers (part A): plan errors first in the file and in words,
 // flag ranges, wildcard and `_` SANs, subject syntax, the exit-code contract, sealed-key wording.
 mod fidelity7;
+
+// Issue 10, the fourth trial's leftovers: not yet valid certificates replaced, capped cron runs,
+// purged and renamed enrollments named by check, expired leaves pruned, child CAs in a breach.
+mod fidelity7b;
 // Fuzzing (issue 9 item 13): what the fuzzers found, as regressions, and proptest properties.
 mod fuzz_found;
 mod properties;

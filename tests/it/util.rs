@@ -257,3 +257,72 @@ pub fn spawn_serve(env: &TestEnv, mut cmd: Command) -> (std::process::Child, ser
         }
     }
 }
+
+// ---- Fixtures and readers shared by the issue-10 fidelity suites.
+
+/// The quickstart with `count` sensors, written as `plan.toml`; returns its text.
+pub fn small_quickstart(env: &TestEnv, count: usize) -> String {
+    let text = std::fs::read_to_string(env.quickstart()).unwrap();
+    let text = text.replace(
+        "devices = { prefix = \"sensor-\", count = 50 }",
+        &format!("devices = {{ prefix = \"sensor-\", count = {count} }}"),
+    );
+    env.write("plan.toml", &text);
+    text
+}
+
+/// The quickstart with two sensors, plus a second intermediate `short` (validity `short_days`)
+/// signing group `shorts` (devices t-1, t-2), with an auto-renew action 30 days before its expiry
+/// when `auto_renew`.
+pub fn two_ca_plan(env: &TestEnv, short_days: u32, auto_renew: bool) -> String {
+    let action = if auto_renew {
+        "auto-renew"
+    } else {
+        "email-contacts"
+    };
+    let text = std::fs::read_to_string(env.quickstart()).unwrap().replace(
+        "devices = { prefix = \"sensor-\", count = 50 }",
+        "devices = { prefix = \"sensor-\", count = 2 }",
+    ) + &format!(
+        "\n[policies.short]\nkey = {{ type = \"EC\", curve = \"P-384\", exportable = false }}\nvalidity_days = {short_days}\n\
+         lifetime_actions = [{{ days_before_expiry = 30, action = \"{action}\" }}]\n\
+         \n[ca.short]\nsubject = \"CN=Short CA, O=Example\"\nissuer = \"root\"\npath_len = 0\npolicy = \"short\"\n\
+         \n[groups.shorts]\nsigning_ca = \"short\"\nhub = \"example-hub\"\nreprovision = \"migrate\"\n\
+         device_policy = \"device\"\ndevices = {{ prefix = \"t-\", count = 2 }}\n"
+    );
+    env.write("plan.toml", &text);
+    text
+}
+
+/// The entry of device `id` in a roll's JSON report.
+pub fn outcome(r: &serde_json::Value, id: &str) -> serde_json::Value {
+    r["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["target"] == format!("device:{id}"))
+        .unwrap_or_else(|| panic!("{id}: {r:#}"))
+        .clone()
+}
+
+/// The problem `check -o json` reports for `target`.
+pub fn problem(check: &serde_json::Value, target: &str) -> serde_json::Value {
+    check["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["target"] == target)
+        .unwrap_or_else(|| panic!("{target}: {check:#}"))
+        .clone()
+}
+
+/// How many vault versions the certificate `name` has.
+pub fn count(env: &TestEnv, name: &str) -> usize {
+    use certroll::backend::Vault as _;
+    crate::roll::backend(env).versions(name).unwrap().len()
+}
+
+/// The store's bytes, to assert that a refused command changed nothing.
+pub fn store_bytes(env: &TestEnv) -> Vec<u8> {
+    std::fs::read(env.store_dir().join("state.db")).unwrap()
+}

@@ -157,10 +157,14 @@ pub(super) fn pending<'p>(
             Some(i) => backend.current(&ca_cert_name(i))?,
             None => None,
         };
+        // A current version not valid yet (made with `--now` ahead of the clock) is not done:
+        // nothing signed under it is accepted until its notBefore (issue 10 item 16).
+        let early = current.is_some_and(|c| c.nbf > now.saturating_add(plan.not_before_skew));
         let wanted = match current {
             None => true,
             Some(c) => {
-                versions.len() < 2
+                early
+                    || versions.len() < 2
                     || issuer_renewed.is_some()
                     || (ca.issuer.is_some()
                         && issuer_current
@@ -185,6 +189,7 @@ pub(super) fn pending<'p>(
         // whose own validity simply ends with its issuer's is not capped: renewing it rotates
         // its key. A root has no issuer and is never capped.
         if let (Some(c), Some(up)) = (current, issuer_end)
+            && !early
             && up < own_end
             && up <= c.exp
             // A day's slack: a CA made seconds after its issuer with the same validity ends with

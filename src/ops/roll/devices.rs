@@ -198,36 +198,106 @@ fn renewal_extends(policy: &Policy, cert: &VersionBrief, ca: Option<&CaTarget>, 
     would_end > cert.exp
 }
 
-/// For `--due`: which devices are certainly not due, read before a run is planned so a cron run
-/// with nothing to do records nothing (issue 13 item 3). A device counts as not due exactly when
-/// [`assess`] would report it `not-due`: it holds an issued certificate whose `auto-renew`
-/// action has not fired and it is not revoked (a disabled individual enrollment). Anything
-/// else (revoked, not issued) is left to `assess`.
+/// Whether a certificate is not valid yet at `now`, beyond the plan's notBefore skew (a run with
+/// `--now` ahead of the clock made it): the service refuses it until then (401002), so it counts
+/// as not done, and a roll replaces it with one valid now (issue 10 item 16).
+pub(super) fn not_yet_valid(plan: &Plan, cert: &VersionBrief, now: OffsetDateTime) -> bool {
+    cert.nbf > now.saturating_add(plan.not_before_skew)
+}
+
+/// A certificate's `auto-renew` action has fired, or it is not valid yet (see [`not_yet_valid`]).
+fn wants_renewal(plan: &Plan, policy: &Policy, cert: &VersionBrief, now: OffsetDateTime) -> bool {
+    not_yet_valid(plan, cert, now)
+        || policy
+            .lifetime_actions
+            .iter()
+            .filter(|a| a.action == ActionKind::AutoRenew)
+            .any(|a| fires_at(a.trigger, cert.nbf, cert.exp) <= now)
+}
+
+/// The slot of an individual enrollment that holds an expired certificate of the device (known
+/// to the vault by its thumbprint) other than the `installed` one, if any: a roll of the device,
+/// `--due` included, removes it.
+fn expired_slot(
+    individual: Option<&IndividualEnrollment>,
+    versions: &[VersionBrief],
+    installed: &VersionBrief,
+    now: OffsetDateTime,
+) -> Option<SlotName> {
+    let ind = individual?;
+    [
+        (SlotName::Primary, &ind.primary),
+        (SlotName::Secondary, &ind.secondary),
+    ]
+    .into_iter()
+    .find(|(_, der)| {
+        der.as_deref().is_some_and(|d| {
+            let tp = sha1_thumbprint(d);
+            tp != installed.thumbprint && versions.iter().any(|v| v.thumbprint == tp && v.exp < now)
+        })
+    })
+    .map(|(slot, _)| slot)
+}
+
+/// What `--due` can tell of a device before a run is planned (see [`not_due`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Due {
+    /// Its `auto-renew` action has not fired and nothing expired waits in its slots.
+    Not,
+    /// Due, but its CA's notAfter caps a new certificate at or before the one it holds, and
+    /// nothing expired waits in its slots: reported `capped`, never written.
+    Capped,
+    /// Anything else: decided by [`assess`] within the run.
+    Maybe,
+}
+
+/// For `--due`: which devices certainly need no step, read before a run is planned so a cron run
+/// with nothing to do records nothing (issue 13 item 3) and one whose due devices are all capped
+/// records no step that rolls none of them. A device is [`Due::Not`] or [`Due::Capped`] exactly
+/// when [`assess`] would report it `not-due` or `capped` with nothing to write: it holds an
+/// issued certificate, it is not revoked (a disabled individual enrollment), and no slot of its
+/// individual enrollment holds an expired certificate. Anything else (revoked, not issued) is
+/// left to `assess`.
 pub(super) fn not_due(
     plan: &Plan,
     backend: &dyn Backend,
     ids: &[String],
     now: OffsetDateTime,
-) -> Result<Vec<bool>> {
+) -> Result<Vec<Due>> {
     let names: Vec<String> = ids.iter().map(|id| device_cert_name(id)).collect();
     let versions = backend.briefs_many(&names)?;
     let records = backend.device_many(ids)?;
     let individuals = backend.individual_many(ids)?;
+    let mut issuers: Vec<&str> = Vec::new();
+    for id in ids {
+        let (_, issuer, _) = owner_of(plan, id)?;
+        if !issuers.contains(&issuer) {
+            issuers.push(issuer);
+        }
+    }
+    let cas = CaTargets::load(backend, &issuers, &[])?;
     let mut out = Vec::with_capacity(ids.len());
     for (((id, versions), record), individual) in ids.iter().zip(versions).zip(records).zip(individuals) {
-        let (policy, _, _) = owner_of(plan, id)?;
+        let (policy, issuer, _) = owner_of(plan, id)?;
         let installed = record
             .and_then(|r| r.installed_version)
-            .and_then(|v| versions.into_iter().find(|b| b.version == v));
-        let revoked = individual.is_some_and(|e| e.status == Status::Disabled);
-        out.push(installed.is_some_and(|installed| {
-            !revoked
-                && !policy
-                    .lifetime_actions
-                    .iter()
-                    .filter(|a| a.action == ActionKind::AutoRenew)
-                    .any(|a| fires_at(a.trigger, installed.nbf, installed.exp) <= now)
-        }));
+            .and_then(|v| versions.iter().find(|b| b.version == v).cloned());
+        let revoked = individual.as_ref().is_some_and(|e| e.status == Status::Disabled);
+        let Some(installed) = installed.filter(|_| !revoked) else {
+            out.push(Due::Maybe);
+            continue;
+        };
+        if expired_slot(individual.as_ref(), &versions, &installed, now).is_some() {
+            out.push(Due::Maybe);
+        } else if !wants_renewal(plan, policy, &installed, now) {
+            out.push(Due::Not);
+        } else if !not_yet_valid(plan, &installed, now)
+            && !renewal_extends(policy, &installed, cas.get(issuer), now)
+        {
+            out.push(Due::Capped);
+        } else {
+            out.push(Due::Maybe);
+        }
     }
     Ok(out)
 }
@@ -332,24 +402,35 @@ pub(super) fn assess<'p>(
         match mode {
             Mode::Expiry { slot, due } => {
                 let mut slot = slot;
+                // With `--due` and nothing to renew: only an expired certificate in a slot of
+                // its individual enrollment goes (the slot beside the one named below).
+                let mut prune_only = false;
+                let mut capped = false;
                 if due {
-                    let fired = policy
-                        .lifetime_actions
-                        .iter()
-                        .filter(|a| a.action == ActionKind::AutoRenew)
-                        .any(|a| fires_at(a.trigger, installed.nbf, installed.exp) <= now);
-                    if !fired {
-                        report.outcome = "not-due";
-                        out.reports.push(report);
-                        continue;
-                    }
+                    let fired = wants_renewal(plan, policy, &installed, now);
                     // Due, but its CA's expiry caps a new certificate at or before the current
-                    // one's: the CA must be renewed first (the run says so once per CA).
-                    if !renewal_extends(policy, &installed, cas.get(issuer_ca), now) {
-                        report.outcome = "capped";
-                        out.reports.push(report);
-                        continue;
+                    // one's: the CA must be renewed first (the run says so once per CA). A
+                    // certificate not valid yet is replaced whatever its CA's expiry.
+                    capped = fired
+                        && !not_yet_valid(plan, &installed, now)
+                        && !renewal_extends(policy, &installed, cas.get(issuer_ca), now);
+                    if !fired || capped {
+                        match expired_slot(individual.as_ref(), &versions, &installed, now) {
+                            Some(expired) => {
+                                prune_only = true;
+                                slot = expired.other();
+                                report.slot = slot;
+                                work.slot = slot;
+                            }
+                            None => {
+                                report.outcome = if capped { "capped" } else { "not-due" };
+                                out.reports.push(report);
+                                continue;
+                            }
+                        }
                     }
+                }
+                if due && !prune_only {
                     // The slot with the older certificate; an empty slot, or one holding a
                     // certificate the vault does not know, counts as oldest.
                     let age = |s| slot_tp(s).and_then(|tp| by_tp(&tp)).map_or(-1, |i| i as i64);
@@ -372,13 +453,19 @@ pub(super) fn assess<'p>(
                 let held_in = [slot, slot.other()]
                     .into_iter()
                     .find(|s| slot_tp(*s).as_deref() == Some(newest_tp.as_str()));
-                let already = !due
-                    && versions.len() > 1
-                    && installed.version == newest.version
-                    && cas.signed(issuer_ca, &newest)
-                    && (individual.is_none() || held_in.is_some())
-                    && !renewal_due(policy, &newest, cas.get(issuer_ca), now);
-                if already && let Some(held) = held_in {
+                // A newest certificate that is not valid yet is not done: the service refuses it.
+                let already = prune_only
+                    || (!due
+                        && versions.len() > 1
+                        && installed.version == newest.version
+                        && cas.signed(issuer_ca, &newest)
+                        && (individual.is_none() || held_in.is_some())
+                        && !not_yet_valid(plan, &newest, now)
+                        && !renewal_due(policy, &newest, cas.get(issuer_ca), now));
+                if already
+                    && !prune_only
+                    && let Some(held) = held_in
+                {
                     // Only an expired certificate beside it may still go.
                     slot = held;
                     report.slot = slot;
@@ -389,6 +476,7 @@ pub(super) fn assess<'p>(
                 if !already
                     && !due
                     && installed.version == newest.version
+                    && !not_yet_valid(plan, &newest, now)
                     && cas.get(issuer_ca).is_some_and(|ca| ca.not_after <= newest.exp)
                 {
                     report.outcome = "capped";
@@ -445,7 +533,10 @@ pub(super) fn assess<'p>(
                 }
                 // Zero downtime: the other slot keeps a valid certificate. If it has none, the
                 // certificate the named slot held moves there (the device may still hold it).
-                let valid = |tp: &str| by_tp(tp).is_some_and(|i| versions[i].exp > now);
+                let valid = |tp: &str| {
+                    by_tp(tp)
+                        .is_some_and(|i| versions[i].exp > now && !not_yet_valid(plan, &versions[i], now))
+                };
                 if !already && let Some(ind) = &individual {
                     let (named_der, other_der) = match slot {
                         SlotName::Primary => (&ind.primary, &ind.secondary),
@@ -475,7 +566,7 @@ pub(super) fn assess<'p>(
                 work.clear_other = pruned.is_some();
                 work.prune_only = already;
                 if already {
-                    report.outcome = "pruned";
+                    report.outcome = if capped { "capped" } else { "pruned" };
                 }
                 if policy.reuse_key && !already && !dry_run {
                     let full = backend

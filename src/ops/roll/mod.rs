@@ -306,8 +306,11 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     let mut backend = open_verb_backend(plan, &verb, access, &opts.backend)?;
     // A CA whose own auto-renew is due is renewed by `--due` as by `roll-* ca:NAME` (the CA,
     // the slots of its groups, then the devices that need it): the devices it caps wait for it.
+    // CAs whose auto-renew fired but whose issuer's notAfter caps a renewal (reported in
+    // `renew_ca_first` with the CA to renew first).
+    let mut due_capped: Vec<String> = Vec::new();
     let device_ids = if opts.due && opts.breach.is_none() {
-        scopes = due_ca_scopes(plan, &backend, &targets, now)?;
+        (scopes, due_capped) = due_ca_scopes(plan, &backend, &targets, now)?;
         let covered: std::collections::HashSet<&str> = scopes
             .iter()
             .flat_map(|s| s.scope.device_ids.iter().map(String::as_str))
@@ -323,6 +326,39 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     // one is reported (`not-issued`, exit 1) rather than stopping the whole fleet's renewals.
     let all_due = device_ids.clone();
     let mut not_issued = Vec::new();
+    if opts.due && opts.breach.is_none() {
+        // A device under a due CA that was never issued is reported like any other (a cron run
+        // renews the CA and rolls the rest); the CA's step has nothing to roll for it.
+        for st in &mut scopes {
+            let mut issued = Vec::with_capacity(st.scope.device_ids.len());
+            for chunk in st.scope.device_ids.chunks(CHUNK) {
+                for (id, record) in chunk.iter().zip(backend.device_many(chunk)?) {
+                    if record.and_then(|r| r.installed_version).is_some() {
+                        issued.push(id.clone());
+                    } else {
+                        not_issued.push(id.clone());
+                    }
+                }
+            }
+            st.scope.device_ids = issued;
+        }
+    }
+    // Likewise a device below a due CA whose own certificate is deleted or purged is held back
+    // (reported, exit 1) rather than stopping the run.
+    let mut scope_held = Vec::new();
+    if opts.due && opts.breach.is_none() && !scopes.is_empty() {
+        let deleted: std::collections::HashSet<String> = backend
+            .deleted_certificates(None)?
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+        for st in &mut scopes {
+            let ids = std::mem::take(&mut st.scope.device_ids);
+            let (kept, held) = own_certificate_gone(&backend, ids, &deleted, opts.slot)?;
+            st.scope.device_ids = kept;
+            scope_held.extend(held);
+        }
+    }
     let device_ids = if opts.due && opts.breach.is_none() {
         let mut issued = Vec::with_capacity(device_ids.len());
         for chunk in device_ids.chunks(CHUNK) {
@@ -398,9 +434,10 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         });
     }
     report.devices.extend(held_back);
+    report.devices.extend(scope_held);
     let mut planned = Vec::new();
     // CAs whose renewal their issuer's notAfter caps: not renewed, reported with what to renew.
-    let mut capped_cas: Vec<String> = Vec::new();
+    let mut capped_cas: Vec<String> = due_capped;
     // A run of this command that was killed or failed is resumed from its journal as recorded;
     // planning again from the half-changed state would decide differently.
     let resuming = !opts.dry_run && backend.open_run(&command)?.is_some();
@@ -552,11 +589,16 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
             // with nothing due records no run at all (issue 13 item 3).
             let mut maybe = Vec::new();
             for chunk in device_ids.chunks(CHUNK) {
-                for (id, not_due) in chunk.iter().zip(devices::not_due(plan, &backend, chunk, now)?) {
-                    if not_due {
+                for (id, due) in chunk.iter().zip(devices::not_due(plan, &backend, chunk, now)?) {
+                    let outcome = match due {
+                        devices::Due::Not => "not-due",
+                        devices::Due::Capped => "capped",
+                        devices::Due::Maybe => "",
+                    };
+                    if !outcome.is_empty() {
                         report.devices.push(DeviceRoll {
                             target: format!("device:{id}"),
-                            outcome: "not-due",
+                            outcome,
                             slot: opts.slot,
                             steps: Vec::new(),
                             new_thumbprint: None,
@@ -714,13 +756,15 @@ fn capped_by(
 /// plan when none is named) whose current version's `auto-renew` action has fired and that a
 /// renewal can move later (not capped by their issuer), topmost first; a CA below another such
 /// CA is renewed within that one's scope. A CA that is disabled, missing, or whose scope holds a
-/// group the service lacks is left out (its devices are reported held back).
+/// group the service lacks is left out (its devices are reported held back). Also returns the
+/// CAs whose `auto-renew` fired but whose renewal their issuer's notAfter caps.
 fn due_ca_scopes<'p>(
     plan: &'p Plan,
     backend: &dyn Backend,
     targets: &[Target],
     now: OffsetDateTime,
-) -> Result<Vec<ScopeTarget<'p>>> {
+) -> Result<(Vec<ScopeTarget<'p>>, Vec<String>)> {
+    let mut capped: Vec<String> = Vec::new();
     let covered: Vec<&str> = if targets.is_empty() {
         plan.cas.iter().map(|c| c.name.as_str()).collect()
     } else {
@@ -744,7 +788,8 @@ fn due_ca_scopes<'p>(
             .lifetime_actions
             .iter()
             .filter(|a| a.action == crate::plan::ActionKind::AutoRenew)
-            .any(|a| crate::ops::lifetime::fires_at(a.trigger, current.nbf, current.exp) <= now);
+            .any(|a| crate::ops::lifetime::fires_at(a.trigger, current.nbf, current.exp) <= now)
+            || current.nbf > now.saturating_add(plan.not_before_skew);
         if !fired || !current.enabled {
             continue;
         }
@@ -777,15 +822,18 @@ fn due_ca_scopes<'p>(
         let pending = cas::pending(plan, backend, &scope, now)?;
         if pending.renew.first().is_some_and(|c| c.name == ca.name) {
             chosen.push(&ca.name);
+        } else if pending.capped.iter().any(|c| c.name == ca.name) {
+            capped.push(ca.name.clone());
         }
     }
-    Ok(chosen
+    let scopes = chosen
         .into_iter()
         .map(|name| ScopeTarget {
             target: Target::Ca(name.to_string()),
             scope: cas::ca_scope(plan, name),
         })
-        .collect())
+        .collect();
+    Ok((scopes, capped))
 }
 
 /// With `--due`: splits the devices into those a roll can renew and the reports of those their
@@ -984,9 +1032,46 @@ fn due_held_back(
             }),
         }
     }
-    // A device whose certificate was purged is reported with what to do, not the whole run.
-    let mut kept = Vec::with_capacity(ok.len());
-    for chunk in ok.chunks(CHUNK) {
+    // A device whose certificate was purged is reported with what to do, not the whole run (the
+    // deleted ones were told above, beside the other problems).
+    let (kept, purged) = own_certificate_gone(backend, ok, &Default::default(), slot)?;
+    held.extend(purged);
+    Ok((kept, held))
+}
+
+/// With `--due`: splits devices into those whose own certificate is live and the `held-back`
+/// reports of those whose certificate is soft-deleted (`vault recover`) or purged (`issue`).
+/// `deleted` holds the vault's soft-deleted certificate names.
+fn own_certificate_gone(
+    backend: &dyn Backend,
+    ids: Vec<String>,
+    deleted: &std::collections::HashSet<String>,
+    slot: SlotName,
+) -> Result<(Vec<String>, Vec<DeviceRoll>)> {
+    let held_back = |id: &str, why: String| DeviceRoll {
+        target: format!("device:{id}"),
+        outcome: "held-back",
+        slot,
+        steps: vec![why],
+        new_thumbprint: None,
+        pruned_thumbprint: None,
+        compromised: Vec::new(),
+    };
+    let mut held = Vec::new();
+    let mut live = Vec::with_capacity(ids.len());
+    for id in ids {
+        let own = super::device_cert_name(&id);
+        if deleted.contains(&own) {
+            held.push(held_back(
+                &id,
+                format!("its certificate `{own}` is deleted in the vault; bring it back with `certroll vault recover {own}`"),
+            ));
+        } else {
+            live.push(id);
+        }
+    }
+    let mut kept = Vec::with_capacity(live.len());
+    for chunk in live.chunks(CHUNK) {
         let mut rest: Vec<String> = chunk.to_vec();
         while let Some(id) = backend.first_purged(&rest)? {
             let name = super::device_cert_name(&id);
@@ -997,15 +1082,10 @@ fn due_held_back(
                 break;
             };
             rest.retain(|r| *r != id);
-            held.push(DeviceRoll {
-                target: format!("device:{id}"),
-                outcome: "held-back",
-                slot,
-                steps: vec![format!("its certificate `{name}` is gone from the vault: {note}")],
-                new_thumbprint: None,
-                pruned_thumbprint: None,
-                compromised: Vec::new(),
-            });
+            held.push(held_back(
+                &id,
+                format!("its certificate `{name}` is gone from the vault: {note}"),
+            ));
         }
         kept.extend(rest);
     }
@@ -1081,7 +1161,32 @@ fn expand<'p>(
                         )));
                     }
                 }
-                cas::group_scope(plan, g)
+                let mut scope = cas::group_scope(plan, g);
+                if opts.breach.is_some() {
+                    // The CAs below the compromised one have their chains through it: each is
+                    // re-issued under the new version, its groups' slots refilled and its devices
+                    // replaced with it (issue 10 item 5's kind).
+                    let below = cas::ca_scope(plan, &g.signing_ca);
+                    scope
+                        .cas
+                        .extend(below.cas.into_iter().filter(|c| c.name != g.signing_ca));
+                    let under: Vec<&str> = scope.cas.iter().skip(1).map(|c| c.name.as_str()).collect();
+                    for other in plan
+                        .groups
+                        .values()
+                        .filter(|o| under.contains(&o.signing_ca.as_str()))
+                    {
+                        scope.groups.push(other);
+                        scope.device_ids.extend(other.device_ids());
+                    }
+                    scope.device_ids.extend(
+                        plan.enrollments
+                            .values()
+                            .filter(|e| under.contains(&e.issuer.as_str()))
+                            .map(|e| e.name.clone()),
+                    );
+                }
+                scope
             }
             Target::Ca(name) => cas::ca_scope(plan, name),
             _ => continue,
@@ -1505,25 +1610,47 @@ fn plan_scope<'p>(
     Ok(())
 }
 
-/// The individual enrollments whose current certificate was signed by one of the `tainted` CA
-/// versions (name, version), in plan order.
+/// The individual enrollments whose current certificate chains through one of the `tainted` CA
+/// versions (name, version): signed by one, or by a CA version below one (the CA tree is walked
+/// through each version's recorded issuer), in plan order. The enrollments' versions are read
+/// in one batch.
 fn enrollments_under(
     plan: &Plan,
     backend: &dyn Backend,
     tainted: &[(String, String)],
 ) -> Result<Vec<String>> {
-    let names: Vec<&str> = tainted.iter().map(|(n, _)| n.as_str()).collect();
+    let names: Vec<String> = plan
+        .enrollments
+        .values()
+        .map(|e| crate::backend::types::device_cert_name(&e.name))
+        .collect();
+    let briefs = backend.briefs_many(&names)?;
+    // Whether a CA version's chain passes through a tainted one, remembered per version.
+    let mut through: std::collections::HashMap<(String, String), bool> = Default::default();
     let mut out = Vec::new();
-    for e in plan.enrollments.values() {
-        if !names.contains(&super::ca_cert_name(&e.issuer).as_str()) {
+    for (e, versions) in plan.enrollments.values().zip(briefs) {
+        let Some(mut at) = versions.last().and_then(|v| v.issuer.clone()) else {
             continue;
+        };
+        let mut walked = Vec::new();
+        // Bounded: a chain is no longer than the plan's CAs (a loop in the records stops here).
+        let hit = loop {
+            if let Some(known) = through.get(&at) {
+                break *known;
+            }
+            if tainted.contains(&at) {
+                break true;
+            }
+            walked.push(at.clone());
+            match backend.version(&at.0, &at.1)?.and_then(|v| v.issuer) {
+                Some(up) if walked.len() <= plan.cas.len() => at = up,
+                _ => break false,
+            }
+        };
+        for w in walked {
+            through.insert(w, hit);
         }
-        let versions = backend.versions(&crate::backend::types::device_cert_name(&e.name))?;
-        if versions
-            .last()
-            .and_then(|v| v.issuer.as_ref())
-            .is_some_and(|i| tainted.contains(i))
-        {
+        if hit {
             out.push(e.name.clone());
         }
     }

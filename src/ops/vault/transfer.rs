@@ -508,6 +508,7 @@ pub fn export(
         },
         includes_key: wants_key,
         certificates: chain.len(),
+        note: None,
     })
 }
 
