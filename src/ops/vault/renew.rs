@@ -115,8 +115,8 @@ pub struct AutoRenewed {
     pub trigger: String,
     /// Whether the new version keeps the key (`reuse_key`).
     pub same_key: bool,
-    /// Why it was not renewed although due (its subject cannot be written as it is); None when
-    /// it was (or, in a dry run, would be).
+    /// Why it was not renewed although due (its subject cannot be written as it is, or its
+    /// policy's subject is unreadable); None when it was (or, in a dry run, would be).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
 }
@@ -170,20 +170,25 @@ pub fn renew_due(
         let trigger = crate::notify::events::trigger_text(fired.trigger);
         // A subject the certificate builder cannot write as it is holds back this certificate
         // alone, before anything is written: the rest of the run renews.
-        if let RenewalSubject::Kept(der) = renewal_subject(&v)?
-            && let Err(e) = crate::pki::cert::check_name_writable(&der)
-        {
+        let held_back = match renewal_subject(&v) {
+            Ok(RenewalSubject::Kept(der)) => crate::pki::cert::check_name_writable(&der).err().map(|e| {
+                format!(
+                    "{e}; renewed, it would get another subject, so it is not renewed: make \
+                         its next version with `certroll vault create` (a subject certroll \
+                         writes) or import one made elsewhere"
+                )
+            }),
+            Ok(RenewalSubject::Parsed(_)) => None,
+            Err(e) => Some(format!("{e:#}")),
+        };
+        if let Some(why) = held_back {
             out.push(AutoRenewed {
                 name: v.name,
                 from_version: v.current.version,
                 version: None,
                 trigger,
                 same_key,
-                refused: Some(format!(
-                    "{e}; renewed, it would get another subject, so it is not renewed: make \
-                     its next version with `certroll vault create` (a subject certroll writes) \
-                     or import one made elsewhere"
-                )),
+                refused: Some(why),
             });
             continue;
         }
