@@ -115,14 +115,22 @@ pub fn exec(g: &Global, args: RollArgs, slot: SlotName) -> anyhow::Result<u8> {
             report: &'a RollReport,
             vault_renewed: Vec<crate::ops::vault::renew::AutoRenewed>,
         }
+        let code = vault_exit_code(exit_code(&report, opts.due), &vault_renewed);
         p.json(&WithVault {
             report: &report,
             vault_renewed,
         })?;
-        return Ok(exit_code(&report, opts.due));
+        return Ok(code);
     }
     print_human(&mut p, &report)?;
     for r in &vault_renewed {
+        if let Some(why) = &r.refused {
+            p.line(format!(
+                "vault:{}: due ({}), not renewed: {why}",
+                r.name, r.trigger
+            ))?;
+            continue;
+        }
         match &r.version {
             Some(v) => p.line(format!(
                 "vault:{}: auto-renewed ({}): version {v}{}",
@@ -133,7 +141,17 @@ pub fn exec(g: &Global, args: RollArgs, slot: SlotName) -> anyhow::Result<u8> {
             None => p.line(format!("vault:{}: would auto-renew ({})", r.name, r.trigger))?,
         }
     }
-    Ok(exit_code(&report, opts.due))
+    Ok(vault_exit_code(exit_code(&report, opts.due), &vault_renewed))
+}
+
+/// 1 also when a due vault certificate was held back (its subject cannot be written as it
+/// is): the run renewed the rest, but not everything due.
+fn vault_exit_code(code: u8, renewed: &[crate::ops::vault::renew::AutoRenewed]) -> u8 {
+    if renewed.iter().any(|r| r.refused.is_some()) {
+        code.max(1)
+    } else {
+        code
+    }
 }
 
 /// 1 when `--due` left out a device the plan names but that was never issued, one its CA or

@@ -829,6 +829,8 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
                 ekus: eku,
                 validity_days,
                 issuer,
+                // What users type is parsed, always.
+                keep_subject: None,
             };
             let r = pending::create(&plan, &name, &opts, &settings, now)?;
             if json {

@@ -155,6 +155,110 @@ pub fn sign_self(profile: &CertProfile, key: &PrivateKey) -> Result<Vec<u8>, Err
     Ok(params.self_signed(key.pair())?.der().to_vec())
 }
 
+/// A self-signed certificate as [`sign_self`] makes it, but whose subject (and so issuer) is
+/// `subject_der`, a DER `Name` kept from an earlier certificate (an imported one renewed), not
+/// `profile.subject`: every attribute in its order, with its type (also one certroll does not
+/// name, such as DC or emailAddress) and its string type, byte for byte.
+///
+/// Errors with [`Error::UnwritableName`] (naming the attribute) for what rcgen cannot write:
+/// a multi-valued RDN (`O=x+CN=y`), an attribute type in two RDNs (`OU=a, OU=b`, of which rcgen
+/// would keep one without a word), or a value that is not a string. The written subject is
+/// compared with `subject_der` before the certificate is returned, so a subject never changes
+/// silently.
+pub fn sign_self_keeping_subject(
+    profile: &CertProfile,
+    key: &PrivateKey,
+    subject_der: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let name = der_name(subject_der)?;
+    let mut params = params(profile)?;
+    params.distinguished_name = rcgen_name(&name)?;
+    params.use_authority_key_identifier_extension = false;
+    let der = params.self_signed(key.pair())?.der().to_vec();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| Error::BadCertificate(super::x509_parse_error(&e)))?;
+    if cert.subject().as_raw() != subject_der {
+        return Err(Error::UnwritableName(format!(
+            "`{}` would be written as `{}`",
+            super::inspect::name_text(&name),
+            super::inspect::name_text(cert.subject())
+        )));
+    }
+    Ok(der)
+}
+
+/// Whether [`sign_self_keeping_subject`] can write `subject_der` as it is, and if not why
+/// ([`Error::UnwritableName`]): what a dry run asks before it promises a renewal.
+pub fn check_name_writable(subject_der: &[u8]) -> Result<(), Error> {
+    rcgen_name(&der_name(subject_der)?).map(|_| ())
+}
+
+fn der_name(subject_der: &[u8]) -> Result<x509_parser::x509::X509Name<'_>, Error> {
+    use x509_parser::prelude::FromDer;
+    let (rest, name) = x509_parser::x509::X509Name::from_der(subject_der)
+        .map_err(|e| Error::UnwritableName(format!("the subject is not a DER Name ({e})")))?;
+    if !rest.is_empty() {
+        return Err(Error::UnwritableName("trailing bytes after the subject".into()));
+    }
+    Ok(name)
+}
+
+/// The rcgen form of a parsed name, or why rcgen cannot write it as it is.
+fn rcgen_name(name: &x509_parser::x509::X509Name<'_>) -> Result<DistinguishedName, Error> {
+    use x509_parser::der_parser::asn1_rs::Tag;
+    let shown = super::inspect::name_text(name);
+    let mut dn = DistinguishedName::new();
+    let mut seen: Vec<Vec<u64>> = Vec::new();
+    for rdn in name.iter() {
+        let attrs: Vec<_> = rdn.iter().collect();
+        let [attr] = attrs.as_slice() else {
+            return Err(Error::UnwritableName(format!(
+                "`{shown}` has a multi-valued RDN (attributes joined by `+`), which the \
+                 certificate builder (rcgen) cannot write"
+            )));
+        };
+        let arcs: Vec<u64> = attr
+            .attr_type()
+            .iter()
+            .ok_or_else(|| {
+                Error::UnwritableName(format!("`{shown}` has an attribute type too large to write"))
+            })?
+            .collect();
+        if seen.contains(&arcs) {
+            return Err(Error::UnwritableName(format!(
+                "`{shown}` has the attribute {} in two RDNs, which the certificate builder \
+                 (rcgen) cannot write (it keeps one value per type)",
+                attr.attr_type().to_id_string()
+            )));
+        }
+        let data = attr.attr_value().data;
+        let text = || {
+            std::str::from_utf8(data)
+                .map_err(|_| Error::UnwritableName(format!("`{shown}` has a value that is not valid text")))
+        };
+        let value = match attr.attr_value().tag() {
+            Tag::Utf8String => DnValue::Utf8String(text()?.to_string()),
+            Tag::PrintableString => DnValue::PrintableString(text()?.try_into()?),
+            Tag::Ia5String => DnValue::Ia5String(text()?.try_into()?),
+            Tag::T61String => DnValue::TeletexString(text()?.try_into()?),
+            Tag::BmpString => DnValue::BmpString(rcgen::string::BmpString::from_utf16be(data.to_vec())?),
+            Tag::UniversalString => {
+                DnValue::UniversalString(rcgen::string::UniversalString::from_utf32be(data.to_vec())?)
+            }
+            other => {
+                return Err(Error::UnwritableName(format!(
+                    "`{shown}`: the value of {} is a {other:?}, which the certificate builder \
+                     (rcgen) cannot write",
+                    attr.attr_type().to_id_string()
+                )));
+            }
+        };
+        dn.push(DnType::from_oid(&arcs), value);
+        seen.push(arcs);
+    }
+    Ok(dn)
+}
+
 /// Signs a certificate for `subject_key` with the issuer's key; returns its DER.
 pub fn sign_leaf(
     profile: &CertProfile,

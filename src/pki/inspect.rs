@@ -15,9 +15,9 @@ pub struct CertInfo {
     /// shown (JSON, text) as openssl shows it, see [`serial_display`].
     #[serde(serialize_with = "serialize_serial")]
     pub serial: String,
-    /// Subject DN (RFC 4514 order as x509-parser prints it).
+    /// Subject DN, escaped per RFC 4514 (see [`name_text`]).
     pub subject: String,
-    /// Issuer DN.
+    /// Issuer DN, escaped the same way.
     pub issuer: String,
     /// notBefore.
     #[serde(with = "time::serde::rfc3339")]
@@ -41,8 +41,8 @@ impl CertInfo {
             thumbprint: super::sha1_thumbprint(der),
             sha256: super::sha256_thumbprint(der),
             serial: super::hex_upper(cert.raw_serial()),
-            subject: cert.subject().to_string(),
-            issuer: cert.issuer().to_string(),
+            subject: name_text(cert.subject()),
+            issuer: name_text(cert.issuer()),
             not_before: cert.validity().not_before.to_datetime(),
             not_after: cert.validity().not_after.to_datetime(),
         })
@@ -223,6 +223,103 @@ pub fn issuer_path(leaf: &[u8], pool: &[Vec<u8>]) -> Vec<Vec<u8>> {
     path
 }
 
+/// The short names RFC 4514 section 3 gives, plus the two openssl also prints by name.
+const NAME_KEYS: [(&str, &str); 11] = [
+    ("2.5.4.3", "CN"),
+    ("2.5.4.6", "C"),
+    ("2.5.4.7", "L"),
+    ("2.5.4.8", "ST"),
+    ("2.5.4.9", "STREET"),
+    ("2.5.4.10", "O"),
+    ("2.5.4.11", "OU"),
+    ("0.9.2342.19200300.100.1.25", "DC"),
+    ("0.9.2342.19200300.100.1.1", "UID"),
+    ("1.2.840.113549.1.9.1", "emailAddress"),
+    ("2.5.4.5", "serialNumber"),
+];
+
+/// A distinguished name as text, escaped per RFC 4514 section 2.4 as openssl's
+/// `-nameopt RFC2253` escapes it: `,` `+` `"` `\` `<` `>` `;`, a leading `#` or space, a
+/// trailing space and control characters are escaped; the attributes of a multi-valued RDN are
+/// joined with an unescaped `+`; a type without a short name is its dotted OID, and a value that
+/// is not a string is `#` and the hex of its DER. RDNs are listed in certificate order joined by
+/// `, `, as certroll writes and reads subjects (`CN=device-1, O=Example`), so a subject certroll
+/// can write reads back as the same subject; x509-parser's own text escapes nothing, so
+/// `O=x+y` (a literal plus) and `O=x + CN=y` (two attributes) would look alike.
+pub fn name_text(name: &x509_parser::x509::X509Name<'_>) -> String {
+    use x509_parser::der_parser::asn1_rs::{Tag, ToDer};
+    let mut out = String::new();
+    for (i, rdn) in name.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        for (j, attr) in rdn.iter().enumerate() {
+            if j > 0 {
+                out.push('+');
+            }
+            let oid = attr.attr_type().to_id_string();
+            match NAME_KEYS.iter().find(|(o, _)| *o == oid) {
+                Some((_, key)) => out.push_str(key),
+                None => out.push_str(&oid),
+            }
+            out.push('=');
+            let any = attr.attr_value();
+            let data = any.data;
+            let text = match any.tag() {
+                Tag::NumericString
+                | Tag::PrintableString
+                | Tag::Utf8String
+                | Tag::Ia5String
+                | Tag::VisibleString
+                | Tag::T61String => std::str::from_utf8(data).ok().map(str::to_string),
+                Tag::BmpString if data.len() % 2 == 0 => {
+                    char::decode_utf16(data.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])))
+                        .collect::<Result<String, _>>()
+                        .ok()
+                }
+                Tag::UniversalString if data.len() % 4 == 0 => data
+                    .chunks(4)
+                    .map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+                    .collect::<Option<String>>(),
+                _ => None,
+            };
+            match text {
+                Some(text) => escape_value(&text, &mut out),
+                None => {
+                    out.push('#');
+                    out.push_str(&super::hex_upper(&any.to_der_vec().unwrap_or_default()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// RFC 4514 section 2.4 escaping of one attribute value.
+fn escape_value(value: &str, out: &mut String) {
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        match c {
+            ',' | '+' | '"' | '\\' | '<' | '>' | ';' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '#' | ' ' if i == 0 => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' ' if i == last => out.push_str("\\ "),
+            c if c.is_control() => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("\\{b:02X}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+}
+
 /// A serial number as `openssl x509 -serial` shows it, from its DER content octets: uppercase
 /// hex of the value's magnitude without the sign-padding octet, and a leading `-` when the
 /// (two's complement) integer is negative, as some old CAs wrote them.
@@ -268,6 +365,52 @@ fn serialize_serial<S: serde::Serializer>(hex: &str, s: S) -> Result<S::Ok, S::E
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 4514 section 2.4, as openssl's `-nameopt RFC2253` escapes values.
+    #[test]
+    fn values_are_escaped_per_rfc_4514() {
+        let escaped = |v: &str| {
+            let mut out = String::new();
+            escape_value(v, &mut out);
+            out
+        };
+        assert_eq!(escaped("x+y"), r"x\+y");
+        assert_eq!(escaped("Acme, Inc."), r"Acme\, Inc.");
+        assert_eq!(escaped(r#"a"b<c>d;e\f"#), r#"a\"b\<c\>d\;e\\f"#);
+        assert_eq!(escaped("#tag"), r"\#tag");
+        assert_eq!(escaped("a#b"), "a#b");
+        assert_eq!(escaped(" lead and trail "), r"\ lead and trail\ ");
+        assert_eq!(escaped("a\nb"), r"a\0Ab");
+        assert_eq!(escaped("Zürich"), "Zürich");
+    }
+
+    /// A certroll-written subject shows as certroll writes it, so that it parses back.
+    #[test]
+    fn a_subject_certroll_writes_shows_as_its_text() {
+        let subject = crate::pki::spec::Subject::parse(r"CN=a\, b, O=x\+y, C=DE").unwrap();
+        let key = crate::pki::PrivateKey::generate(&crate::pki::spec::KeySpec::Ec {
+            curve: crate::pki::spec::Curve::P256,
+            hsm: false,
+        })
+        .unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let der = crate::pki::sign_self(
+            &crate::pki::CertProfile {
+                subject: subject.clone(),
+                dns_names: Vec::new(),
+                key_usage: vec![crate::pki::spec::KeyUsage::DigitalSignature],
+                extended_key_usage: Vec::new(),
+                not_before: now,
+                not_after: now + time::Duration::days(1),
+                ca: None,
+            },
+            &key,
+        )
+        .unwrap();
+        let info = CertInfo::from_der(&der).unwrap();
+        assert_eq!(info.subject, subject.to_string());
+        assert_eq!(crate::pki::spec::Subject::parse(&info.subject).unwrap(), subject);
+    }
 
     #[test]
     fn serials_show_as_openssl_shows_them() {

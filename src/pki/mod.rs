@@ -35,6 +35,10 @@ pub enum Error {
     /// A name (subject alternative name) that its type's grammar refuses.
     #[error("invalid subject alternative name: {0}")]
     BadName(String),
+    /// A subject kept from an earlier certificate that the certificate builder cannot write
+    /// as it is (see [`cert::sign_self_keeping_subject`]).
+    #[error("the subject cannot be written as it is: {0}")]
+    UnwritableName(String),
     /// PKCS#12 encoding or decoding failed.
     #[error("PKCS#12: {0}")]
     Pkcs12(String),

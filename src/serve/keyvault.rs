@@ -852,7 +852,30 @@ fn create_options(policy: &Value) -> Result<pending::CreateOptions, ApiError> {
         ekus: strings(&x509["ekus"]),
         validity_days: ((months * 365).div_ceil(12)) as u32,
         issuer: policy["issuer"]["name"].as_str().unwrap_or("Self").to_string(),
+        keep_subject: None,
     })
+}
+
+/// The current certificate's subject (DER) when `subject`, a policy's, is its text and
+/// certroll's subject syntax would not read it (a renewal of an imported certificate: DC,
+/// emailAddress, a lower-case country...): Key Vault renews such a certificate under its
+/// policy, so the new version keeps that subject byte for byte.
+fn kept_subject(
+    b: &mut crate::backend::local::LocalBackend,
+    name: &str,
+    subject: &str,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    if crate::pki::spec::Subject::parse(subject).is_ok() {
+        return Ok(None);
+    }
+    let Some(current) = crate::backend::Vault::current(b, name)? else {
+        return Ok(None);
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&current.cert_der) else {
+        return Ok(None);
+    };
+    let shown = crate::pki::inspect::name_text(cert.subject());
+    Ok((subject == shown || subject == cert.subject().to_string()).then(|| cert.subject().as_raw().to_vec()))
 }
 
 fn operation(
@@ -902,7 +925,7 @@ async fn create_certificate(
         .filter(|p| p.is_object())
         .cloned()
         .unwrap_or_else(|| json!({}));
-    let opts = create_options(&policy)?;
+    let mut opts = create_options(&policy)?;
     let tags = match &req["tags"] {
         Value::Null => None,
         t => Some(tags_from(t)?),
@@ -919,6 +942,7 @@ async fn create_certificate(
         }
         // A new request replaces a cancelled operation, as a new create replaces Key Vault's.
         qv::cancelled_operation_set(b.store().conn(), &name, None).map_err(BackendError::from)?;
+        opts.keep_subject = kept_subject(b, &name, &opts.subject)?;
         let report = pending::create_in(b, &name, &opts, now)?;
         if report.status == "completed" {
             // What the options do not carry (content type, lifetime actions, months) comes from

@@ -408,3 +408,286 @@ fn a_sealed_key_is_refused_as_created_sealed_not_under_its_policy() {
         r.stderr
     );
 }
+
+/// Subjects as CAs outside certroll write them, as `openssl req -subj` spells them, with the
+/// vault name each is imported under. The first four can be written again as they are; the
+/// last two cannot by the certificate builder (rcgen).
+const IMPORTED_SUBJECTS: [(&str, &str); 6] = [
+    ("s-plus", r"/CN=plus/O=x\+y"),
+    ("s-country", "/CN=de-device/C=de"),
+    ("s-comma", r"/CN=Acme, Inc. device/O=Acme\, Inc."),
+    (
+        "s-attrs",
+        "/CN=attrs/DC=example/emailAddress=ops@example.com/serialNumber=SN-42/UID=u-1",
+    ),
+    ("s-repeat", "/CN=repeat/OU=a/OU=b"),
+    ("s-multi", "/O=x+CN=y"),
+];
+
+/// An openssl-made self-signed EC certificate of 100 days with the `-subj` subject, written
+/// as NAME.pem (and its key NAME.key), imported with `vault import NAME` at `now`.
+fn import_openssl_self_signed(env: &TestEnv, name: &str, subj: &str, now: &str) {
+    env.openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        subj,
+        "-days",
+        "100",
+        "-keyout",
+        &format!("{name}.key"),
+        "-out",
+        &format!("{name}.pem"),
+    ])
+    .ok();
+    let bundle = std::fs::read_to_string(env.path(&format!("{name}.pem"))).unwrap()
+        + &std::fs::read_to_string(env.path(&format!("{name}.key"))).unwrap();
+    env.write(&format!("{name}.bundle.pem"), &bundle);
+    env.plan_run(&[
+        "vault",
+        "import",
+        name,
+        "--file",
+        &format!("{name}.bundle.pem"),
+        "--now",
+        now,
+    ])
+    .ok();
+}
+
+/// `openssl x509 -subject -nameopt RFC2253` of a PEM file in `env`.
+fn openssl_subject(env: &TestEnv, file: &str) -> String {
+    env.openssl(&["x509", "-in", file, "-noout", "-subject", "-nameopt", "RFC2253"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string()
+}
+
+/// The kind of fault behind issue 10's subject syntax (found by fid-8a): `vault import` takes
+/// a subject as the certificate has it, and a renewal must write that subject again, not read
+/// it back with the syntax certroll asks of users. Self-signed certificates made by openssl with
+/// a literal `+`, a lower-case country, commas in values, attributes certroll does not name
+/// (DC, emailAddress, serialNumber, UID), a repeated OU and a multi-valued RDN are imported,
+/// given Key Vault's AutoRenew at 80% (as a client's policy update would), and renewed by
+/// `roll-secondary --due` at 80% of their life: the new version's subject is the old one as
+/// openssl prints it (and the same DER); the two subjects rcgen cannot write are named with
+/// the reason, their current version stays, the run exits 1 and renews the others, and a rerun
+/// changes nothing. `vault show` shows the subjects escaped per RFC 4514.
+#[test]
+fn imported_subjects_renew_with_the_same_subject_or_are_named() {
+    use certroll::backend::Vault;
+    let env = TestEnv::new();
+    env.write(
+        "plan.toml",
+        "version = 1\n\n[contacts]\nemails = [\"plan@example.com\"]\n",
+    );
+    let real = time::OffsetDateTime::now_utc();
+    let at_import = certroll::clock::rfc3339(real + time::Duration::minutes(1));
+    // 100 days of life, renewed at day 81: past the 80% trigger, before expiry.
+    let at_renewal = certroll::clock::rfc3339(real + time::Duration::days(81));
+    for (name, subj) in IMPORTED_SUBJECTS {
+        import_openssl_self_signed(&env, name, subj, &at_import);
+    }
+    // RFC 4514 escaping in `vault show`: a literal `+` is `\+`, a multi-valued RDN's `+` is not.
+    let shown = |name: &str| {
+        let show = env
+            .plan_run(&["vault", "show", name, "-o", "json", "--now", &at_import])
+            .ok()
+            .json();
+        show["versions"][0]["cert"]["subject"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no subject in {show:#}"))
+            .to_string()
+    };
+    assert_eq!(shown("s-plus"), r"CN=plus, O=x\+y");
+    assert_eq!(shown("s-comma"), r"CN=Acme\, Inc. device, O=Acme\, Inc.");
+    // One RDN of two attributes, in the DER order of its SET (CN's OID sorts first).
+    assert_eq!(shown("s-multi"), "CN=y+O=x");
+    assert_eq!(
+        shown("s-attrs"),
+        "CN=attrs, DC=example, emailAddress=ops@example.com, serialNumber=SN-42, UID=u-1"
+    );
+    {
+        // Key Vault gives an imported certificate EmailContacts at 80%; a client's policy
+        // update (`PATCH .../policy`) makes it AutoRenew.
+        let mut b = writable_backend(&env);
+        for (name, _) in IMPORTED_SUBJECTS {
+            let mut policy = b.policy(name).unwrap().unwrap();
+            assert_eq!(policy["issuer"]["name"], "Self", "{policy:#}");
+            policy["lifetime_actions"] = serde_json::json!([
+                { "trigger": { "lifetime_percentage": 80 }, "action": { "action_type": "AutoRenew" } }
+            ]);
+            assert!(b.set_policy(name, &policy.to_string(), real).unwrap());
+        }
+    }
+    let roll = |code: i32| {
+        env.plan_run(&[
+            "roll-secondary",
+            "--due",
+            "-y",
+            "--now",
+            &at_renewal,
+            "--allow-time-travel",
+            "-o",
+            "json",
+        ])
+        .code(code)
+        .json()
+    };
+    let r = roll(1);
+    let renewed = r["vault_renewed"].as_array().unwrap();
+    assert_eq!(renewed.len(), 6, "{r:#}");
+    for (name, _) in IMPORTED_SUBJECTS {
+        let entry = renewed.iter().find(|e| e["name"] == name).unwrap();
+        let versions = env
+            .plan_run(&["vault", "show", name, "-o", "json", "--now", &at_renewal])
+            .ok()
+            .json()["versions"]
+            .as_array()
+            .unwrap()
+            .len();
+        if matches!(name, "s-repeat" | "s-multi") {
+            let why = entry["refused"].as_str().unwrap_or_else(|| panic!("{entry:#}"));
+            let reason = if name == "s-repeat" {
+                "in two RDNs"
+            } else {
+                "multi-valued RDN"
+            };
+            assert!(why.contains(reason) && why.contains("not renewed"), "{why}");
+            assert!(entry["version"].is_null(), "{entry:#}");
+            assert_eq!(versions, 1, "{name}: nothing may be written");
+            continue;
+        }
+        assert!(entry["refused"].is_null(), "{entry:#}");
+        assert!(entry["version"].is_string(), "{entry:#}");
+        assert_eq!(versions, 2, "{name}");
+        let new = format!("{name}.renewed.pem");
+        env.plan_run(&["vault", "export", name, "--out", &new, "--now", &at_renewal])
+            .ok();
+        let old = format!("{name}.pem");
+        assert_eq!(openssl_subject(&env, &new), openssl_subject(&env, &old), "{name}");
+        // The same DER, not only the same text: string types and order too.
+        let subject_der = |file: &str| {
+            let out = format!("{file}.der");
+            env.openssl(&["x509", "-in", file, "-outform", "DER", "-out", &out])
+                .ok();
+            let der = std::fs::read(env.path(&out)).unwrap();
+            let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+            cert.subject().as_raw().to_vec()
+        };
+        assert_eq!(subject_der(&new), subject_der(&old), "{name}");
+        // A new certificate (new key, new dates), self-signed under the same name.
+        assert_ne!(
+            std::fs::read(env.path(&new)).unwrap(),
+            std::fs::read(env.path(&old)).unwrap()
+        );
+        env.openssl(&[
+            "verify",
+            "-attime",
+            &(real + time::Duration::days(81)).unix_timestamp().to_string(),
+            "-CAfile",
+            &new,
+            &new,
+        ])
+        .ok();
+    }
+    // A rerun renews nothing again; the two held back are named again.
+    let r = roll(1);
+    let again = r["vault_renewed"].as_array().unwrap();
+    assert_eq!(again.len(), 2, "{r:#}");
+    assert!(again.iter().all(|e| e["refused"].is_string()), "{r:#}");
+}
+
+/// The store of `env`, open for writing (a vault client's change behind certroll's verbs).
+fn writable_backend(env: &TestEnv) -> certroll::backend::local::LocalBackend {
+    certroll::backend::local::LocalBackend::new(
+        certroll::store::Store::open(&certroll::store::OpenOptions {
+            path: env.store_dir().join("state.db"),
+            key_file: None,
+            create: false,
+            write: true,
+            lock_timeout: std::time::Duration::from_secs(5),
+        })
+        .unwrap(),
+    )
+}
+
+/// The same fault through serve's Key Vault, which the azure backend's renewal goes through: a
+/// create under an imported certificate's own policy (what `roll-* --due` on azure and a Key
+/// Vault client's renewal send) makes a version with the certificate's subject, byte for byte,
+/// though certroll's syntax refuses its text; a subject that no certificate of the name shows
+/// is still read as input (400, saying why).
+#[test]
+fn serve_renews_an_imported_certificate_under_its_own_policy_with_the_same_subject() {
+    use crate::serve_keyvault::{Serve, curl_send, json_body};
+    let env = TestEnv::new();
+    env.write("plan.toml", "version = 1\n");
+    let serve = Serve::start(&env, &[("CERTROLL_SERVE_TOKEN", "tok")]);
+    let now = certroll::clock::rfc3339(time::OffsetDateTime::now_utc() + time::Duration::minutes(1));
+    let create = |name: &str, subject: &str| {
+        let body = serde_json::json!({ "policy": {
+            "issuer": { "name": "Self" },
+            "x509_props": { "subject": subject, "validity_months": 3 },
+            "key_props": { "kty": "EC", "crv": "P-256" },
+        }});
+        curl_send(
+            &env,
+            &serve,
+            "POST",
+            &format!("/certificates/{name}/create?api-version=7.5"),
+            Some(&body.to_string()),
+        )
+    };
+    for (name, subj) in [
+        ("k-country", "/CN=de-device/C=de"),
+        (
+            "k-attrs",
+            "/CN=attrs/DC=example/emailAddress=ops@example.com/serialNumber=SN-42/UID=u-1",
+        ),
+    ] {
+        import_openssl_self_signed(&env, name, subj, &now);
+        let (code, text) = curl_send(
+            &env,
+            &serve,
+            "GET",
+            &format!("/certificates/{name}/policy?api-version=7.5"),
+            None,
+        );
+        assert_eq!(code, 200, "{text}");
+        let subject = json_body(&text)["x509_props"]["subject"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // certroll's own syntax refuses it (lower-case country; DC and the others unknown).
+        assert!(
+            certroll::pki::spec::Subject::parse(&subject).is_err(),
+            "{subject}"
+        );
+        let (code, text) = create(name, &subject);
+        assert_eq!(code, 202, "{name}: {text}");
+        let show = env
+            .plan_run(&["vault", "show", name, "-o", "json", "--now", &now])
+            .ok()
+            .json();
+        assert_eq!(show["versions"].as_array().unwrap().len(), 2, "{show:#}");
+        let new = format!("{name}.renewed.pem");
+        env.plan_run(&["vault", "export", name, "--out", &new, "--now", &now])
+            .ok();
+        let old = format!("{name}.pem");
+        assert_eq!(openssl_subject(&env, &new), openssl_subject(&env, &old), "{name}");
+        assert_ne!(
+            std::fs::read(env.path(&new)).unwrap(),
+            std::fs::read(env.path(&old)).unwrap()
+        );
+    }
+    let (code, text) = create("k-typed", "CN=typed, C=de");
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("must be upper case"), "{text}");
+    assert_eq!(serve.stop(), 0);
+}

@@ -66,13 +66,13 @@ pub(crate) fn python() -> PathBuf {
 }
 
 /// A running `certroll serve`; SIGTERM (then SIGKILL) on drop.
-struct Serve {
+pub(crate) struct Serve {
     child: Child,
     start: serde_json::Value,
 }
 
 impl Serve {
-    fn start(env: &TestEnv, vars: &[(&str, &str)]) -> Serve {
+    pub(crate) fn start(env: &TestEnv, vars: &[(&str, &str)]) -> Serve {
         let mut cmd = env.cmd();
         // The SDK clients and openssl live in real time (certificates openssl makes start now).
         cmd.env_remove("CERTROLL_NOW");
@@ -111,7 +111,7 @@ impl Serve {
     }
 
     /// SIGTERM, then the exit code (within 40 s).
-    fn stop(mut self) -> i32 {
+    pub(crate) fn stop(mut self) -> i32 {
         self.term();
         for _ in 0..400 {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -387,7 +387,13 @@ fn curl(env: &TestEnv, serve: &Serve, path: &str) -> (u16, String) {
 
 /// One request with curl (token `tok`) through the production host name, with a JSON body if
 /// given: (status, headers+body).
-fn curl_send(env: &TestEnv, serve: &Serve, method: &str, path: &str, json: Option<&str>) -> (u16, String) {
+pub(crate) fn curl_send(
+    env: &TestEnv,
+    serve: &Serve,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+) -> (u16, String) {
     let mut cmd = Command::new("curl");
     cmd.args([
         "-sS",
@@ -480,7 +486,7 @@ fn throttling_and_injected_faults_answer_as_azure_does() {
 }
 
 /// The body of a curl answer (after the headers), as JSON.
-fn json_body(text: &str) -> serde_json::Value {
+pub(crate) fn json_body(text: &str) -> serde_json::Value {
     let body = text.split("\r\n\r\n").last().unwrap_or_default();
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }

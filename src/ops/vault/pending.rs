@@ -39,6 +39,11 @@ pub struct CreateOptions {
     pub validity_days: u32,
     /// `Self`, `Unknown` or a set issuer object.
     pub issuer: String,
+    /// The subject as DER, written byte for byte instead of parsing `subject` (which then only
+    /// names it in the policy); for issuer `Self` only. Serve's Key Vault sets it when a
+    /// policy's subject is the one the name's current certificate shows, as a renewal of an
+    /// imported certificate sends it: that subject is the CA's, not text a user typed.
+    pub keep_subject: Option<Vec<u8>>,
 }
 
 /// What `vault create` did.
@@ -82,12 +87,19 @@ type CreateParts = (Subject, Vec<KeyUsage>, Vec<ExtendedKeyUsage>);
 /// Checks `vault create`'s input without touching the store.
 fn check_create(name: &str, opts: &CreateOptions) -> Result<CreateParts> {
     super::check_new_name("certificate", name)?;
-    let subject = Subject::parse(&opts.subject).map_err(|e| {
-        input(format!(
-            "--subject `{}`: {e}",
-            crate::error::snippet(&opts.subject)
-        ))
-    })?;
+    let subject = match &opts.keep_subject {
+        // Only a self-signed certificate can be written with a kept subject (a CSR is not).
+        Some(der) if opts.issuer.eq_ignore_ascii_case("Self") => {
+            crate::pki::cert::check_name_writable(der).map_err(|e| input(format!("`{name}`: {e}")))?;
+            Subject(Vec::new())
+        }
+        _ => Subject::parse(&opts.subject).map_err(|e| {
+            input(format!(
+                "--subject `{}`: {e}",
+                crate::error::snippet(&opts.subject)
+            ))
+        })?,
+    };
     if !(1..=36_500).contains(&opts.validity_days) {
         return Err(input(format!(
             "--validity-days {} is out of range (1 to 36500)",
@@ -190,7 +202,11 @@ pub fn create_backdated(
             },
         }],
     };
-    let policy_doc = policy_json(&policy, &subject.to_string(), Some(&issuer));
+    let subject_text = match &opts.keep_subject {
+        Some(_) if self_signed => opts.subject.clone(),
+        _ => subject.to_string(),
+    };
+    let policy_doc = policy_json(&policy, &subject_text, Some(&issuer));
     let profile = CertProfile {
         subject,
         dns_names: policy.dns_names.clone(),
@@ -227,7 +243,11 @@ pub fn create_backdated(
     }
     let key = PrivateKey::generate(&opts.key)?;
     if self_signed {
-        let der = crate::pki::sign_self(&profile, &key).map_err(|e| input(format!("`{name}`: {e}")))?;
+        let der = match &opts.keep_subject {
+            Some(subject_der) => crate::pki::cert::sign_self_keeping_subject(&profile, &key, subject_der),
+            None => crate::pki::sign_self(&profile, &key),
+        }
+        .map_err(|e| input(format!("`{name}`: {e}")))?;
         let version = backend.create_versions(
             &[NewVersion {
                 name,

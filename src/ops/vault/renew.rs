@@ -115,6 +115,38 @@ pub struct AutoRenewed {
     pub trigger: String,
     /// Whether the new version keeps the key (`reuse_key`).
     pub same_key: bool,
+    /// Why it was not renewed although due (its subject cannot be written as it is, or its
+    /// policy's subject is unreadable); None when it was (or, in a dry run, would be).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+/// The subject a renewal writes.
+enum RenewalSubject {
+    /// The current certificate's subject, DER, byte for byte: the policy's subject is the one
+    /// the certificate shows (always so for `vault import`, which records it from the
+    /// certificate, and for `vault create`).
+    Kept(Vec<u8>),
+    /// The policy's subject, parsed as user input: one that no longer matches the certificate.
+    Parsed(Subject),
+}
+
+/// What subject renewing `v` writes. An imported certificate's subject is whatever its CA
+/// wrote (DC, emailAddress, `O=x+y`, a lower-case country, a repeated OU...), which certroll's
+/// own subject syntax, strict for what users type, refuses; the renewal keeps it as it is
+/// rather than reading it back from text.
+fn renewal_subject(v: &VaultOnly) -> Result<RenewalSubject> {
+    let text = v.policy["x509_props"]["subject"].as_str().unwrap_or_default();
+    let (_, cert) = x509_parser::parse_x509_certificate(&v.current.cert_der)
+        .map_err(|e| crate::pki::Error::BadCertificate(crate::pki::x509_parse_error(&e)))
+        .with_context(|| format!("`{}` version {}", v.name, v.current.version))?;
+    // Stores written before subjects were recorded escaped hold x509-parser's unescaped text.
+    if text == crate::pki::inspect::name_text(cert.subject()) || text == cert.subject().to_string() {
+        return Ok(RenewalSubject::Kept(cert.subject().as_raw().to_vec()));
+    }
+    Subject::parse(text)
+        .map(RenewalSubject::Parsed)
+        .map_err(|e| anyhow::anyhow!("`{}`: the policy's subject {e}", v.name))
 }
 
 /// Renews every vault-only, self-issued, enabled certificate whose `AutoRenew` action has fired
@@ -135,6 +167,31 @@ pub fn renew_due(
             continue;
         }
         let same_key = v.policy["key_props"]["reuse_key"].as_bool() == Some(true);
+        let trigger = crate::notify::events::trigger_text(fired.trigger);
+        // A subject the certificate builder cannot write as it is holds back this certificate
+        // alone, before anything is written: the rest of the run renews.
+        let held_back = match renewal_subject(&v) {
+            Ok(RenewalSubject::Kept(der)) => crate::pki::cert::check_name_writable(&der).err().map(|e| {
+                format!(
+                    "{e}; renewed, it would get another subject, so it is not renewed: make \
+                         its next version with `certroll vault create` (a subject certroll \
+                         writes) or import one made elsewhere"
+                )
+            }),
+            Ok(RenewalSubject::Parsed(_)) => None,
+            Err(e) => Some(format!("{e:#}")),
+        };
+        if let Some(why) = held_back {
+            out.push(AutoRenewed {
+                name: v.name,
+                from_version: v.current.version,
+                version: None,
+                trigger,
+                same_key,
+                refused: Some(why),
+            });
+            continue;
+        }
         let version = if dry_run {
             None
         } else {
@@ -147,8 +204,9 @@ pub fn renew_due(
             name: v.name,
             from_version: v.current.version,
             version,
-            trigger: crate::notify::events::trigger_text(fired.trigger),
+            trigger,
             same_key,
+            refused: None,
         });
     }
     Ok(out)
@@ -213,8 +271,10 @@ fn renew_one(
         },
     };
     let x509 = &p["x509_props"];
-    let subject = Subject::parse(x509["subject"].as_str().unwrap_or_default())
-        .map_err(|e| anyhow::anyhow!("the policy's subject {e}"))?;
+    let (subject, kept) = match renewal_subject(v)? {
+        RenewalSubject::Kept(der) => (Subject(Vec::new()), Some(der)),
+        RenewalSubject::Parsed(subject) => (subject, None),
+    };
     let strings = |v: &serde_json::Value| -> Vec<String> {
         v.as_array()
             .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
@@ -251,7 +311,10 @@ fn renew_one(
     } else {
         crate::pki::PrivateKey::generate(&spec)?
     };
-    let der = crate::pki::sign_self(&profile, &key)?;
+    let der = match &kept {
+        Some(subject_der) => crate::pki::cert::sign_self_keeping_subject(&profile, &key, subject_der)?,
+        None => crate::pki::sign_self(&profile, &key)?,
+    };
     let policy_json = p.to_string();
     let version = backend.create_versions(
         &[NewVersion {

@@ -189,7 +189,9 @@ pub fn policy_from_certificate(
     };
     Ok(policy_json(
         &policy,
-        &cert.subject().to_string(),
+        // Escaped (RFC 4514), so that `O=x+y` and `O=x + CN=y` read apart; a renewal keeps
+        // the certificate's subject itself (`renew::renewal_subject`).
+        &crate::pki::inspect::name_text(cert.subject()),
         Some(if self_signed { "Self" } else { "Unknown" }),
     ))
 }
