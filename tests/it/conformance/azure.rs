@@ -1068,6 +1068,80 @@ fn a_hub_identity_changed_mid_update_is_read_again_and_the_update_lands() {
     );
 }
 
+/// serve commits concurrent writes together (one transaction, a savepoint per request): each
+/// request still gets its own answer, and one that fails (412, 409) changes nothing of its own
+/// while the others around it land.
+#[test]
+fn concurrent_writes_each_get_their_own_answer_and_a_refused_one_changes_nothing() {
+    use certroll::backend::azure::rest::Call;
+    let env = TestEnv::new();
+    let serve = Serve::start_with(&env, "t", &services_plan(""));
+    let mut config = services_config(&env, &serve, "");
+    let limits = &mut config.dps.as_mut().unwrap().limits;
+    limits.rate = Some(1e9);
+    limits.concurrency = 32;
+    let hub = raw_client(&config, &serve, "IoT Hub");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let device = |id: &str, secondary: Option<String>| {
+        serde_json::json!({"deviceId": id, "status": "enabled", "authentication": {"type": "selfSigned",
+            "x509Thumbprint": {"primaryThumbprint": "AA".repeat(20), "secondaryThumbprint": secondary}}})
+    };
+    let put = |id: &'static str, if_match: Option<&str>, secondary: Option<String>| {
+        let mut call = Call::new(azure_core::http::Method::Put, format!("/devices/{id}"), "put", id)
+            .json(device(id, secondary));
+        if let Some(tag) = if_match {
+            call = call.header("if-match", tag.to_string());
+        }
+        call
+    };
+    let n = 48;
+    // Leaked: each call borrows its device id for as long as the runtime may hold it.
+    let ids: Vec<&'static str> = (0..n)
+        .map(|i| &*Box::leak(format!("group-{i}").into_boxed_str()))
+        .collect();
+    let calls: Vec<Call> = ids.iter().map(|id| put(id, None, None)).collect();
+    let created = rt.block_on(futures::future::join_all(calls.iter().map(|c| hub.send(c))));
+    for (id, answer) in ids.iter().zip(created) {
+        assert_eq!(answer.unwrap().status, 200, "create {id}");
+    }
+    // At once: a third with a stale etag (412), a third created again (409), a third updated.
+    let wanted = |i: usize| [412, 409, 200][i % 3];
+    let calls: Vec<Call> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| match wanted(i) {
+            412 => put(id, Some("\"stale\""), Some("BB".repeat(20))),
+            409 => put(id, None, Some("BB".repeat(20))),
+            _ => put(id, Some("\"*\""), Some("BB".repeat(20))),
+        })
+        .collect();
+    let answers = rt.block_on(futures::future::join_all(calls.iter().map(|c| hub.send(c))));
+    for (i, answer) in answers.into_iter().enumerate() {
+        assert_eq!(answer.unwrap().status, wanted(i), "answer to {}", ids[i]);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let get = Call::new(
+            azure_core::http::Method::Get,
+            format!("/devices/{id}"),
+            "get",
+            id,
+        );
+        let got = rt.block_on(hub.expect(&get, &[200])).unwrap().json();
+        let secondary = got["authentication"]["x509Thumbprint"]["secondaryThumbprint"].clone();
+        let landed = wanted(i) == 200;
+        assert_eq!(
+            secondary,
+            if landed {
+                serde_json::json!("BB".repeat(20))
+            } else {
+                serde_json::Value::Null
+            },
+            "{id} after a write answered {}",
+            wanted(i)
+        );
+    }
+}
+
 /// A plain REST client of serve's DPS (`"DPS"`) or hub (`"IoT Hub"`) with the owner policy:
 /// the "other client" of the race tests, and a reader of raw answers.
 fn raw_client(
