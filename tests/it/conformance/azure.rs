@@ -891,11 +891,20 @@ fn fresh_dps(
 /// concurrency 1), in the same run. Default N is small; the issue's size is
 /// `CERTROLL_BENCH_N=10000 cargo test --release --test it measure_roll -- --ignored --nocapture`.
 ///
-/// Last run (2 shared cores at load ~10, so the ratio swings with the machine): one at a time
-/// 200 enrollments in 320 ms (1.60 ms each, 800 requests); bulk 10000 in 3.83 s (0.383 ms each,
-/// 1210 requests): 4.2x (an earlier run of the same code: 7.0x). Short of issue 12's 20x: the
-/// requests are 1/26 of the baseline's, and what is left is serve's per-record work, serialized
-/// by its one store (a DPS bulk call of 10 takes ~1.2 ms of it, about 120 µs a record).
+/// Last runs (2 cores shared with other builds at load 15 to 18, so the ratio swings with the
+/// machine): one at a time 200 enrollments in 284 ms (1.42 ms each, 800 requests); bulk 10000
+/// in 4.63 s (0.463 ms each, 1210 requests): 3.1x; the runs before it: 871 ms (4.36 ms each)
+/// against 4.82 s (0.482 ms each): 9.0x, and 2.14 ms against 0.543 ms: 3.9x. Short of issue
+/// 12's 20x. The bulk roll is bound by CPU, the baseline by latency, so load costs the bulk
+/// roll more. Profiled with `perf record --call-graph dwarf` over the bulk phase: serve's CPU
+/// went from 1.75 to 1.10 core-seconds and the client's from 1.19 to 0.88 with serve's group
+/// commit, read transactions and leaner bulk writes (2.9 to 2.0 core-seconds, about 200 µs of
+/// CPU an enrollment, perf included). What is left is spread out: serve's store work is about
+/// half of its share (SQLite statements, the etag triggers and savepoints copying 16 KiB pages,
+/// the commit), HTTP and JSON the rest; the client parses and builds JSON and its allocator
+/// zeroes fresh pages; the first page's scan (10 queries of 1,000 enrollments, one after the
+/// other) is 0.5 to 1.2 s of wall time. 20x needs about 80 µs an enrollment of wall time,
+/// under the CPU one takes even with both cores to itself.
 #[test]
 #[ignore = "measurement, not a check: run with --ignored --nocapture"]
 fn measure_roll_of_n_enrollments_bulk_against_one_at_a_time() {
@@ -945,9 +954,9 @@ fn measure_roll_of_n_enrollments_bulk_against_one_at_a_time() {
 /// against R and the failed operations (a failure panics the roll).
 ///
 /// Last run, `CERTROLL_BENCH_N=10000 cargo test --release --test it measure_throttled --
-/// --ignored --nocapture`: 10000 enrollments in 50.5 s; DPS 1010 requests (100% of R), hub 200
-/// (20% of R: it has less to do and waits for nothing); the roll ran at 100% of R; 0 answered
-/// 429; 0 failed operations.
+/// --ignored --nocapture`, with serve's group commit, at load 15: 10000 enrollments in 51.3 s;
+/// DPS 1010 requests (98% of R), hub 200 (19% of R: it has less to do and waits for nothing);
+/// the roll ran at 98% of R; 0 answered 429; 0 failed operations.
 #[test]
 #[ignore = "measurement, not a check: run with --ignored --nocapture"]
 fn measure_throttled_roll_against_the_service_rate() {
