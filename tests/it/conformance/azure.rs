@@ -894,7 +894,9 @@ fn fresh_dps(
 /// Last runs (2 cores shared with other builds at load 15 to 18, so the ratio swings with the
 /// machine): one at a time 200 enrollments in 284 ms (1.42 ms each, 800 requests); bulk 10000
 /// in 4.63 s (0.463 ms each, 1210 requests): 3.1x; the runs before it: 871 ms (4.36 ms each)
-/// against 4.82 s (0.482 ms each): 9.0x, and 2.14 ms against 0.543 ms: 3.9x. Short of issue
+/// against 4.82 s (0.482 ms each): 9.0x, and 2.14 ms against 0.543 ms: 3.9x; the last two, of
+/// the committed code at load 14: 1.46 ms against 0.373 ms (3.9x), 1.30 against 0.430 (3.0x),
+/// about what the code before serve's group commit gave at load 7 to 10. Short of issue
 /// 12's 20x. The bulk roll is bound by CPU, the baseline by latency, so load costs the bulk
 /// roll more. Profiled with `perf record --call-graph dwarf` over the bulk phase: serve's CPU
 /// went from 1.75 to 1.10 core-seconds and the client's from 1.19 to 0.88 with serve's group
@@ -1129,12 +1131,7 @@ fn concurrent_writes_each_get_their_own_answer_and_a_refused_one_changes_nothing
         assert_eq!(answer.unwrap().status, wanted(i), "answer to {}", ids[i]);
     }
     for (i, id) in ids.iter().enumerate() {
-        let get = Call::new(
-            azure_core::http::Method::Get,
-            format!("/devices/{id}"),
-            "get",
-            id,
-        );
+        let get = Call::new(azure_core::http::Method::Get, format!("/devices/{id}"), "get", id);
         let got = rt.block_on(hub.expect(&get, &[200])).unwrap().json();
         let secondary = got["authentication"]["x509Thumbprint"]["secondaryThumbprint"].clone();
         let landed = wanted(i) == 200;
