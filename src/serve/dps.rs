@@ -232,6 +232,13 @@ fn json_body(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
 /// portal and `az iot dps certificate create` send), or base64 of the DER bytes. The first
 /// certificate of a PEM bundle is the one read.
 pub(crate) fn certificate_der(text: &str, field: &str) -> Result<Vec<u8>, ApiError> {
+    let der = certificate_bytes(text, field)?;
+    check_certificate(&der, field)?;
+    Ok(der)
+}
+
+/// The bytes [`certificate_der`] reads, not yet checked to be a certificate.
+fn certificate_bytes(text: &str, field: &str) -> Result<Vec<u8>, ApiError> {
     use base64::Engine as _;
     let from_pem = |pem: &[u8], what: &str| -> Result<Vec<u8>, ApiError> {
         crate::pki::pem::certs_from_pem(pem)
@@ -261,14 +268,19 @@ pub(crate) fn certificate_der(text: &str, field: &str) -> Result<Vec<u8>, ApiErr
             bytes
         }
     };
-    crate::pki::CertInfo::from_der(&der).map_err(|e| {
+    Ok(der)
+}
+
+/// 400 naming `field` unless `der` is a readable X.509 certificate.
+fn check_certificate(der: &[u8], field: &str) -> Result<(), ApiError> {
+    crate::pki::CertInfo::from_der(der).map_err(|e| {
         let why = match e {
             crate::pki::Error::BadCertificate(why) => why,
             other => other.to_string(),
         };
         bad_request(format!("{field} is not a readable X.509 certificate: {why}"))
     })?;
-    Ok(der)
+    Ok(())
 }
 
 /// `X509CertificateInfo` of a certificate (every field DPS requires in responses).
@@ -348,7 +360,7 @@ fn hub_of(state: &AppState, body: &Map<String, Value>) -> Result<Option<String>,
 }
 
 /// The fields of a record that certroll keeps as sent and does not act on.
-fn extra_of(body: &Map<String, Value>) -> Option<String> {
+fn extra_of(body: &Map<String, Value>) -> Option<Value> {
     const KEPT: [&str; 7] = [
         "deviceId",
         "initialTwin",
@@ -366,7 +378,7 @@ fn extra_of(body: &Map<String, Value>) -> Option<String> {
                 .map(|v| (k.to_string(), v.clone()))
         })
         .collect();
-    (!kept.is_empty()).then(|| Value::Object(kept).to_string())
+    (!kept.is_empty()).then_some(Value::Object(kept))
 }
 
 /// One attestation slot from a request: a certificate, or (when the client sends back what a GET
@@ -382,7 +394,14 @@ fn slot_der(
     };
     let field = format!("attestation.x509.{kind}.{which}");
     if let Some(text) = slot.get("certificate").and_then(Value::as_str) {
-        return certificate_der(text, &format!("{field}.certificate")).map(Some);
+        let field = format!("{field}.certificate");
+        let der = certificate_bytes(text, &field)?;
+        // The certificate this slot holds already was checked when it was written (a roll
+        // sends the primary back unchanged with the new secondary).
+        if existing != Some(&der) {
+            check_certificate(&der, &field)?;
+        }
+        return Ok(Some(der));
     }
     let thumbprint = slot
         .get("info")
@@ -700,14 +719,36 @@ fn write_individual(
     wanted: &Option<Option<String>>,
     now: OffsetDateTime,
 ) -> Result<(), ApiError> {
-    let what = format!("enrollment `{id}`");
-    let existing = b.individual(id).map_err(backend_error)?;
     let meta = qd::individual_meta(b.store().conn(), id).map_err(store_error)?;
-    check_put(&what, wanted, meta.as_ref())?;
+    write_individual_over(state, b, id, body, wanted, meta, now)
+}
+
+/// [`write_individual`] over `meta`, the record's etag, times and DPS fields just read (None:
+/// no such record).
+fn write_individual_over(
+    state: &AppState,
+    b: &mut LocalBackend,
+    id: &str,
+    body: &Map<String, Value>,
+    wanted: &Option<Option<String>>,
+    meta: Option<Meta>,
+    now: OffsetDateTime,
+) -> Result<(), ApiError> {
+    check_put(&format!("enrollment `{id}`"), wanted, meta.as_ref())?;
+    let existing = match &meta {
+        Some(_) => b.individual(id).map_err(backend_error)?,
+        None => None,
+    };
     let record = individual_from(state, id, body, existing.as_ref())?;
     b.put_individuals(std::slice::from_ref(&record), now)
         .map_err(backend_error)?;
-    qd::set_individual_extra(b.store().conn(), id, extra_of(body).as_deref()).map_err(store_error)?;
+    // The DPS fields are written only when they change (a roll sends them back as read): each
+    // write of the row rewrites it whole, certificates included.
+    let extra = extra_of(body);
+    if meta.is_none_or(|m| m.extra != extra) {
+        let text = extra.map(|v| v.to_string());
+        qd::set_individual_extra(b.store().conn(), id, text.as_deref()).map_err(store_error)?;
+    }
     Ok(())
 }
 
@@ -887,7 +928,8 @@ fn put_group(
     check_put(&what, wanted, meta.as_ref())?;
     let record = group_from(state, b, id, body, existing.as_ref())?;
     b.put_group(&record, now).map_err(backend_error)?;
-    qd::set_group_extra(b.store().conn(), id, extra_of(body).as_deref()).map_err(store_error)?;
+    let extra = extra_of(body).map(|v| v.to_string());
+    qd::set_group_extra(b.store().conn(), id, extra.as_deref()).map_err(store_error)?;
     read_group(b, id)?.ok_or_else(|| dps_error(StatusCode::INTERNAL_SERVER_ERROR, 1, "group vanished"))
 }
 
@@ -1029,17 +1071,20 @@ fn run_bulk(
             }
         };
         // `update` creates a missing record too (an upsert), as DPS's bulk update does.
-        let exists = match kind {
+        let meta = match kind {
             Kind::Individual => qd::individual_meta(b.store().conn(), &id),
             Kind::Group => qd::group_meta(b.store().conn(), &id),
         }
-        .map_err(store_error)?
-        .is_some();
-        let wanted = if mode == "update" && !exists { None } else { wanted };
+        .map_err(store_error)?;
+        let wanted = if mode == "update" && meta.is_none() {
+            None
+        } else {
+            wanted
+        };
         let result = match (mode, kind) {
             ("delete", Kind::Individual) => delete_individual(b, &id, &wanted),
             ("delete", Kind::Group) => delete_group(b, &id, &wanted),
-            (_, Kind::Individual) => write_individual(state, b, &id, record, &wanted, now),
+            (_, Kind::Individual) => write_individual_over(state, b, &id, record, &wanted, meta, now),
             (_, Kind::Group) => put_group(state, b, &id, record, &wanted, now).map(|_| ()),
         };
         if let Err(e) = result {

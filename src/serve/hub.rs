@@ -354,6 +354,19 @@ fn write_identity(
     now: OffsetDateTime,
 ) -> Result<(), ApiError> {
     let current = read_identity(b, hub, id)?;
+    write_identity_over(b, hub, id, body, wanted, current, now)
+}
+
+/// [`write_identity`] over `current`, the identity and its etag just read (None: no such device).
+fn write_identity_over(
+    b: &mut LocalBackend,
+    hub: &str,
+    id: &str,
+    body: &Map<String, Value>,
+    wanted: &Option<Option<String>>,
+    current: Option<(HubIdentity, qd::Meta)>,
+    now: OffsetDateTime,
+) -> Result<(), ApiError> {
     match (wanted, &current) {
         (None, Some(_)) => {
             return Err(hub_error(
@@ -701,16 +714,17 @@ async fn bulk_registry_operation(
                         format!("device '{id}' appears more than once"),
                     ))
                 } else {
-                    let exists = b.identity(&hub, &id).map_err(internal)?.is_some();
+                    let current = read_identity(b, &hub, &id)?;
                     // The SDKs differ in case (`deleteIfMatchETag`, `DeleteIfMatchETag`).
                     match mode.to_ascii_lowercase().as_str() {
-                        "create" => write_identity(b, &hub, &id, record, &None, now),
+                        "create" => write_identity_over(b, &hub, &id, record, &None, current, now),
                         "update" | "createorupdate" => {
-                            let wanted = if exists { Some(None) } else { None };
-                            write_identity(b, &hub, &id, record, &wanted, now)
+                            let wanted = if current.is_some() { Some(None) } else { None };
+                            write_identity_over(b, &hub, &id, record, &wanted, current, now)
                         }
                         "updateifmatchetag" => {
-                            write_identity(b, &hub, &id, record, &Some(Some(etag.unwrap_or_default())), now)
+                            let wanted = Some(Some(etag.unwrap_or_default()));
+                            write_identity_over(b, &hub, &id, record, &wanted, current, now)
                         }
                         "delete" => delete_identity_checked(b, &hub, &id, &None),
                         "deleteifmatchetag" => {

@@ -2,8 +2,13 @@
 //! blocking pool), the clock, the plan's `[serve]` settings, the principals and SAS policies.
 //!
 //! It owns how a request touches the store: [`AppState::read`] sees committed state;
-//! [`AppState::write`] is one unit of work that takes the store's writer lock for this request
-//! only, so the CLI verbs keep working while serve runs and writes serialize with them.
+//! [`AppState::write`] is one unit of work. Writes that arrive while others are being applied
+//! are committed together (group commit): one store transaction under one acquisition of the
+//! store's writer lock, each request inside its own savepoint, so one request's failure (409,
+//! 412, 400) is rolled back alone and every request gets its own answer, only after the
+//! transaction holding its work committed. The writer lock is the store's own (the one every
+//! mutating CLI verb takes), held for one group at a time, so the verbs keep working while serve
+//! runs and their writes serialize with serve's.
 
 use super::ApiError;
 use super::auth::{Principal, SasPolicy};
@@ -11,9 +16,36 @@ use crate::backend::Backend as _;
 use crate::backend::local::LocalBackend;
 use crate::clock::Clock;
 use crate::plan::{Plan, ServeConfig};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
+
+/// Most write requests one group commit carries: bounds how long reads wait behind a group.
+const GROUP_LIMIT: usize = 64;
+
+/// A queued write: given the store (inside the request's savepoint), runs the request's work and
+/// returns how it went, with what answers the request once the group's commit is known; given
+/// an error instead (the group could not start), answers with it without running.
+type Job = Box<dyn FnOnce(Result<&mut LocalBackend, &ApiError>) -> Finish + Send>;
+
+/// Answers a request, given its group's commit error, if any.
+type Answer = Box<dyn FnOnce(Option<&ApiError>) + Send>;
+
+/// A request's work done (not yet committed): `ok` keeps its savepoint; `answer` is given the
+/// group's commit error, if any.
+struct Finish {
+    ok: bool,
+    answer: Answer,
+}
+
+/// Write requests waiting for the next group, and whether a group is being applied (its
+/// worker takes the queue's next group when it is done).
+#[derive(Default)]
+struct WriteQueue {
+    jobs: VecDeque<Job>,
+    running: bool,
+}
 
 /// What every handler shares.
 pub struct AppState {
@@ -25,6 +57,8 @@ pub struct AppState {
     writer: Option<Arc<std::fs::File>>,
     /// How long a write waits for another writer (a CLI verb) before answering 503.
     lock_timeout: Duration,
+    /// Writes waiting for the next group commit.
+    queue: Arc<Mutex<WriteQueue>>,
     /// The validated plan.
     pub plan: Arc<Plan>,
     /// `[serve]`.
@@ -81,6 +115,7 @@ impl AppState {
             clock,
             writer,
             lock_timeout,
+            queue: Arc::default(),
             config: plan.serve.clone(),
             faults: super::faults::Faults::new(&plan.serve),
             plan,
@@ -107,7 +142,9 @@ impl AppState {
         self.clock.now()
     }
 
-    /// Reads committed state.
+    /// Reads committed state, in one read transaction.
+    ///
+    /// Errors: `f`'s; 500 when `f` panics.
     pub async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&LocalBackend, OffsetDateTime) -> Result<T, ApiError> + Send + 'static,
@@ -116,45 +153,150 @@ impl AppState {
         let now = self.clock.now();
         tokio::task::spawn_blocking(move || {
             let guard = lock_backend(&backend);
-            f(&guard, now)
+            // One read transaction for all the request's statements: one snapshot, and the
+            // store's shared lock taken once rather than per statement (a page of a query reads
+            // three rows per record).
+            let conn = guard.store().conn();
+            let snapshot = conn.is_autocommit() && conn.execute_batch("BEGIN").is_ok();
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&guard, now)));
+            if snapshot {
+                let _ = guard.store().conn().execute_batch("COMMIT");
+            }
+            out.unwrap_or_else(|_| Err(ApiError::internal("the request's worker failed")))
         })
         .await
         .map_err(|e| ApiError::internal(format!("the request's worker failed: {e}")))?
     }
 
-    /// One unit of work: takes the store's writer lock for this request only (so CLI verbs keep
-    /// working while serve runs; writes serialize), begin, commit on Ok, rollback on Err.
+    /// One unit of work: applied in the next group commit (see the module doc) inside its own
+    /// savepoint; Ok is answered once the group committed, Err after the request's own work was
+    /// rolled back (the others' is kept).
     ///
-    /// Errors: 503 `ServiceUnavailable` with `Retry-After` when another writer holds the store
-    /// longer than the lock timeout.
+    /// Errors: `f`'s; 503 `ServiceUnavailable` with `Retry-After` when another writer holds the
+    /// store longer than the lock timeout; 500 when the group's commit fails or `f` panics.
     pub async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut LocalBackend, OffsetDateTime) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let backend = self.backend.clone();
+        // The request's time is when it arrived, not when its group ran.
         let now = self.clock.now();
-        let (writer, timeout) = (self.writer.clone(), self.lock_timeout);
-        tokio::task::spawn_blocking(move || {
-            // The file lock first: while a CLI verb holds the store, reads keep being served.
-            let _writer = match &writer {
-                Some(file) => Some(WriterLock::take(file, timeout)?),
-                None => None,
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<T, ApiError>>();
+        let job: Job = Box::new(move |store| {
+            let out = match store {
+                // A panic fails its own request only; its savepoint is rolled back.
+                Ok(b) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(b, now)))
+                    .unwrap_or_else(|_| Err(ApiError::internal("the request's worker failed"))),
+                Err(e) => Err(e.clone()),
             };
-            let mut guard = lock_backend(&backend);
-            guard.begin().map_err(|e| ApiError::internal(e.to_string()))?;
-            match f(&mut guard, now) {
-                Ok(out) => {
-                    guard.commit().map_err(|e| ApiError::internal(e.to_string()))?;
-                    Ok(out)
-                }
-                Err(e) => {
-                    guard.rollback();
-                    Err(e)
-                }
+            Finish {
+                ok: out.is_ok(),
+                answer: Box::new(move |commit: Option<&ApiError>| {
+                    let out = match (out, commit) {
+                        (Ok(_), Some(e)) => Err(e.clone()),
+                        (out, _) => out,
+                    };
+                    let _ = tx.send(out);
+                }),
             }
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("the request's worker failed: {e}")))?
+        });
+        let start = {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            queue.jobs.push_back(job);
+            !std::mem::replace(&mut queue.running, true)
+        };
+        if start {
+            let (backend, queue) = (self.backend.clone(), self.queue.clone());
+            let (writer, timeout) = (self.writer.clone(), self.lock_timeout);
+            tokio::task::spawn_blocking(move || {
+                drain(&backend, &queue, writer.as_deref(), timeout);
+            });
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(ApiError::internal("the request's worker failed")))
+    }
+}
+
+/// Applies queued writes group by group until the queue is empty.
+fn drain(
+    backend: &Mutex<LocalBackend>,
+    queue: &Mutex<WriteQueue>,
+    writer: Option<&std::fs::File>,
+    timeout: Duration,
+) {
+    loop {
+        let group: Vec<Job> = {
+            let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+            if q.jobs.is_empty() {
+                q.running = false;
+                return;
+            }
+            let n = q.jobs.len().min(GROUP_LIMIT);
+            q.jobs.drain(..n).collect()
+        };
+        // A panic outside the requests' own work answers that group 500 (its answers are
+        // dropped) but must not stop the queue: later writes would wait forever.
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            apply_group(backend, writer, timeout, group);
+        }));
+        if applied.is_err() {
+            lock_backend(backend).rollback();
+        }
+    }
+}
+
+/// One group: the writer lock, one transaction, a savepoint per request, one commit; then
+/// every request's answer.
+fn apply_group(
+    backend: &Mutex<LocalBackend>,
+    writer: Option<&std::fs::File>,
+    timeout: Duration,
+    group: Vec<Job>,
+) {
+    let refuse = |group: Vec<Job>, e: ApiError| {
+        for job in group {
+            (job(Err(&e)).answer)(None);
+        }
+    };
+    // The file lock first: while a CLI verb holds the store, reads keep being served.
+    let _writer = match writer.map(|file| WriterLock::take(file, timeout)).transpose() {
+        Ok(w) => w,
+        Err(e) => return refuse(group, e),
+    };
+    let mut guard = lock_backend(backend);
+    if let Err(e) = guard.begin() {
+        return refuse(group, ApiError::internal(e.to_string()));
+    }
+    let mut finished = Vec::with_capacity(group.len());
+    for job in group {
+        if let Err(e) = guard.store().conn().execute_batch("SAVEPOINT serve_request") {
+            finished.push(job(Err(&ApiError::internal(format!("the store: {e}")))));
+            continue;
+        }
+        let done = job(Ok(&mut guard));
+        let conn = guard.store().conn();
+        let closed = if done.ok {
+            conn.execute_batch("RELEASE serve_request")
+        } else {
+            conn.execute_batch("ROLLBACK TO serve_request; RELEASE serve_request")
+        };
+        finished.push(done);
+        if let Err(e) = closed {
+            // The transaction is in an unknown state: abandon the group.
+            guard.rollback();
+            let e = ApiError::internal(format!("the store: {e}"));
+            for done in finished {
+                (done.answer)(Some(&e));
+            }
+            return;
+        }
+    }
+    let commit = guard.commit().err().map(|e| ApiError::internal(e.to_string()));
+    if commit.is_some() {
+        guard.rollback();
+    }
+    drop(guard);
+    for done in finished {
+        (done.answer)(commit.as_ref());
     }
 }
 

@@ -1,6 +1,11 @@
 //! certroll's integration tests: the real binary, real files, and the real `openssl` CLI as an
 //! independent checker of every certificate and PKCS#12 file certroll writes.
 
+// The azure measurements run the client in this process: give it the allocator the certroll
+// binary has (src/main.rs), so what they time is what a verb does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 // Shared helpers: a temp dir with a pinned clock, running certroll and openssl.
 mod util;
 

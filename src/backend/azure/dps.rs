@@ -349,7 +349,12 @@ impl AzureEnrollmentService {
 
     /// `base` (a record read, or nothing) with certroll's fields of `e`.
     fn individual_json(&self, e: &IndividualEnrollment, base: Option<&Value>) -> Result<Value> {
-        let mut out = writable(base.cloned().unwrap_or_else(|| json!({})));
+        self.individual_json_on(e, base.cloned().unwrap_or_else(|| json!({})))
+    }
+
+    /// [`individual_json`](Self::individual_json) on a record this call may consume.
+    fn individual_json_on(&self, e: &IndividualEnrollment, base: Value) -> Result<Value> {
+        let mut out = writable(base);
         let slot = |d: &Option<Vec<u8>>| d.as_deref().map(|d| json!({"certificate": pem_of(d)}));
         out["registrationId"] = json!(e.registration_id);
         if out.get("deviceId").is_none_or(Value::is_null) {
@@ -580,12 +585,12 @@ impl AzureEnrollmentService {
 
     /// One bulk operation of at most [`BULK_LIMIT`] individual enrollments; returns the ids
     /// that lost a race (409 on create, 412 on update), to be written one by one.
-    async fn bulk(&self, mode: &str, items: Vec<(String, Value)>) -> Result<Vec<String>> {
-        let target = format!("{} enrollments from `{}`", items.len(), items[0].0);
+    async fn bulk(&self, mode: &str, items: Vec<Value>) -> Result<Vec<String>> {
+        let first = items[0]["registrationId"].as_str().unwrap_or_default();
+        let target = format!("{} enrollments from `{first}`", items.len());
         let operation = format!("bulk {mode} enrollments");
-        let call = Call::new(Method::Post, "/enrollments".into(), &operation, &target).json(
-            json!({"mode": mode, "enrollments": items.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>()}),
-        );
+        let call = Call::new(Method::Post, "/enrollments".into(), &operation, &target)
+            .json(json!({"mode": mode, "enrollments": items}));
         let answer = self.dps.expect(&call, &[200]).await?;
         let body = answer.json();
         if body["isSuccessful"].as_bool() == Some(true) {
@@ -635,20 +640,21 @@ impl AzureEnrollmentService {
         let (mut creates, mut updates) = (Vec::new(), Vec::new());
         for (e, read) in batch.iter().zip(reads) {
             match read? {
-                None => creates.push((e.registration_id.clone(), self.individual_json(e, None)?)),
+                None => creates.push(self.individual_json_on(e, json!({}))?),
                 Some(r) => {
-                    let mut body = self.individual_json(e, Some(&r.json))?;
+                    let mut body = self.individual_json_on(e, r.json)?;
                     body["etag"] = json!(r.etag);
-                    updates.push((e.registration_id.clone(), body));
+                    updates.push(body);
                 }
             }
         }
+        // Bodies are moved into their requests, never copied: each holds two PEM certificates.
         let mut work = Vec::new();
-        for chunk in creates.chunks(BULK_LIMIT) {
-            work.push(self.bulk("create", chunk.to_vec()));
-        }
-        for chunk in updates.chunks(BULK_LIMIT) {
-            work.push(self.bulk("updateIfMatchETag", chunk.to_vec()));
+        for (mode, mut bodies) in [("create", creates), ("updateIfMatchETag", updates)] {
+            while !bodies.is_empty() {
+                let rest = bodies.split_off(bodies.len().min(BULK_LIMIT));
+                work.push(self.bulk(mode, std::mem::replace(&mut bodies, rest)));
+            }
         }
         let mut raced = Vec::new();
         for r in futures::future::join_all(work).await {
