@@ -643,12 +643,18 @@ impl AzureEnrollmentService {
                 }
             }
         }
+        let stage = crate::progress::stage("DPS enrollments", batch.len() as u64);
+        let stage = &stage;
         let mut work = Vec::new();
-        for chunk in creates.chunks(BULK_LIMIT) {
-            work.push(self.bulk("create", chunk.to_vec()));
-        }
-        for chunk in updates.chunks(BULK_LIMIT) {
-            work.push(self.bulk("updateIfMatchETag", chunk.to_vec()));
+        for (mode, items) in [("create", &creates), ("updateIfMatchETag", &updates)] {
+            for chunk in items.chunks(BULK_LIMIT) {
+                let n = chunk.len() as u64;
+                work.push(async move {
+                    let raced = self.bulk(mode, chunk.to_vec()).await;
+                    stage.advance(n);
+                    raced
+                });
+            }
         }
         let mut raced = Vec::new();
         for r in futures::future::join_all(work).await {
