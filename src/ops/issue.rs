@@ -781,7 +781,7 @@ fn issue_devices(
             action: "install-device-certs",
             target: target.clone(),
             count: tally.installs,
-            detail: format!("install the new certificate on {} device(s)", tally.installs),
+            detail: install_detail(plan, unit, tally.installs),
         });
     }
     if tally.enrollments > 0 {
@@ -804,13 +804,44 @@ fn issue_devices(
             action: "register-devices",
             target,
             count: tally.registrations,
-            detail: format!(
-                "provision {} device(s) through the enrollment service onto hub `{hub}`",
-                tally.registrations
-            ),
+            detail: if plan.azure.is_some() {
+                // On Azure certroll registers no device: each registers itself with DPS.
+                format!(
+                    "wait for {} device(s) to register with DPS (each with its new certificate) onto hub `{hub}`",
+                    tally.registrations
+                )
+            } else {
+                format!(
+                    "provision {} device(s) through the enrollment service onto hub `{hub}`",
+                    tally.registrations
+                )
+            },
         });
     }
     Ok(())
+}
+
+/// What the install step does: on the local store certroll installs on its simulated devices;
+/// on Azure it delivers through the unit's channel (or leaves it to the operator).
+fn install_detail(plan: &Plan, unit: &Unit<'_>, n: u64) -> String {
+    if plan.azure.is_none() {
+        return format!("install the new certificate on {n} device(s)");
+    }
+    let (group, enrollment) = match unit {
+        Unit::Group(g) => (Some(g.name.as_str()), None),
+        Unit::Enrollment(e) => (None, Some(e.name.as_str())),
+    };
+    match plan.delivery.channel(group, enrollment) {
+        crate::plan::Delivery::DirectMethod { method } => {
+            format!("deliver the new certificate to {n} device(s) by the IoT Hub direct method `{method}`")
+        }
+        crate::plan::Delivery::Hook(_) => {
+            format!("deliver the new certificate to {n} device(s) through the delivery hook")
+        }
+        _ => format!(
+            "leave the new certificate of {n} device(s) for the operator to hand out (delivery = \"none\": `certroll export device:ID --with-key`)"
+        ),
+    }
 }
 
 fn assess(backend: &dyn Backend, unit: &Unit<'_>, chunk: &[String]) -> Result<Vec<Need>> {

@@ -235,3 +235,45 @@ fn azure_a_sas_key_that_is_not_base64_and_a_rejected_token_exit_2_and_change_not
         "{plan}"
     );
 }
+
+#[test]
+fn azure_dry_runs_say_what_happens_on_azure_and_contacts_are_key_vault_s() {
+    let env = TestEnv::new();
+    let serve = twelve_on_azure(&env);
+    let r = run_fleet(&env, &serve, "azure", &["issue", "--dry-run"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("leave the new certificate of 12 device(s) for the operator to hand out"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("wait for 12 device(s) to register with DPS"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        !r.stdout.contains("through the enrollment service"),
+        "{}",
+        r.stdout
+    );
+    // The local plan of the same fleet keeps its words: certroll holds those devices.
+    let r = run_fleet(&env, &serve, "local", &["issue", "--dry-run"]);
+    assert!(
+        r.stdout.contains("install the new certificate on 12 device(s)"),
+        "{}",
+        r.stdout
+    );
+
+    let r = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["vault", "contacts", "set", "pki@example.com"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run_fleet(&env, &serve, "azure", &["vault", "contacts", "get"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("contacts (Key Vault):"), "{}", r.stdout);
+}
