@@ -59,7 +59,14 @@ pub fn exec(g: &Global, args: IssueArgs) -> anyhow::Result<u8> {
     let remote = g.remote_progress(Some(&multi));
     let report = crate::ops::issue(&plan, &opts, g.clock().now(), &Bar(bar));
     drop(remote);
-    let report = report?;
+    let mut report = report?;
+    if g.output == crate::output::Format::Human {
+        for step in &mut report.steps {
+            if let Some(detail) = crate::ops::issue::azure_detail(&plan, step) {
+                step.detail = detail;
+            }
+        }
+    }
     g.printer().issue_report(&report)?;
     Ok(if report.rejected.is_empty() { 0 } else { 1 })
 }

@@ -77,6 +77,49 @@ impl IssueReport {
     }
 }
 
+/// The human wording of a device step on the azure backend, where certroll holds no device:
+/// it delivers through the unit's channel (or leaves it to the operator), and each device
+/// registers with DPS itself. `None` for other steps and on the local backend. The report's
+/// `detail` (and so `-o json`) keeps one wording on both backends, which the conformance suite
+/// compares.
+pub fn azure_detail(plan: &Plan, step: &Step) -> Option<String> {
+    plan.azure.as_ref()?;
+    let (kind, name) = step.target.split_once(':')?;
+    let (group, enrollment) = match kind {
+        "group" => (Some(name), None),
+        "enrollment" => (None, Some(name)),
+        _ => return None,
+    };
+    let n = step.count;
+    match step.action {
+        "install-device-certs" => Some(match plan.delivery.channel(group, enrollment) {
+            crate::plan::Delivery::DirectMethod { method } => {
+                format!(
+                    "deliver the new certificate to {n} device(s) by the IoT Hub direct method `{method}`"
+                )
+            }
+            crate::plan::Delivery::Hook(_) => {
+                format!("deliver the new certificate to {n} device(s) through the delivery hook")
+            }
+            _ => format!(
+                "leave the new certificate of {n} device(s) for the operator to hand out \
+                 (delivery = \"none\": `certroll export device:ID --with-key`)"
+            ),
+        }),
+        "register-devices" => {
+            let hub = step
+                .detail
+                .rsplit_once("onto hub ")
+                .map(|(_, h)| h)
+                .unwrap_or_default();
+            Some(format!(
+                "wait for {n} device(s) to register with DPS themselves, each with its new certificate, onto hub {hub}"
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// Progress of the device loop, for a progress bar.
 pub trait Progress {
     /// Called once with the number of devices to look at.
@@ -781,7 +824,7 @@ fn issue_devices(
             action: "install-device-certs",
             target: target.clone(),
             count: tally.installs,
-            detail: install_detail(plan, unit, tally.installs),
+            detail: format!("install the new certificate on {} device(s)", tally.installs),
         });
     }
     if tally.enrollments > 0 {
@@ -804,44 +847,13 @@ fn issue_devices(
             action: "register-devices",
             target,
             count: tally.registrations,
-            detail: if plan.azure.is_some() {
-                // On Azure certroll registers no device: each registers itself with DPS.
-                format!(
-                    "wait for {} device(s) to register with DPS (each with its new certificate) onto hub `{hub}`",
-                    tally.registrations
-                )
-            } else {
-                format!(
-                    "provision {} device(s) through the enrollment service onto hub `{hub}`",
-                    tally.registrations
-                )
-            },
+            detail: format!(
+                "provision {} device(s) through the enrollment service onto hub `{hub}`",
+                tally.registrations
+            ),
         });
     }
     Ok(())
-}
-
-/// What the install step does: on the local store certroll installs on its simulated devices;
-/// on Azure it delivers through the unit's channel (or leaves it to the operator).
-fn install_detail(plan: &Plan, unit: &Unit<'_>, n: u64) -> String {
-    if plan.azure.is_none() {
-        return format!("install the new certificate on {n} device(s)");
-    }
-    let (group, enrollment) = match unit {
-        Unit::Group(g) => (Some(g.name.as_str()), None),
-        Unit::Enrollment(e) => (None, Some(e.name.as_str())),
-    };
-    match plan.delivery.channel(group, enrollment) {
-        crate::plan::Delivery::DirectMethod { method } => {
-            format!("deliver the new certificate to {n} device(s) by the IoT Hub direct method `{method}`")
-        }
-        crate::plan::Delivery::Hook(_) => {
-            format!("deliver the new certificate to {n} device(s) through the delivery hook")
-        }
-        _ => format!(
-            "leave the new certificate of {n} device(s) for the operator to hand out (delivery = \"none\": `certroll export device:ID --with-key`)"
-        ),
-    }
 }
 
 fn assess(backend: &dyn Backend, unit: &Unit<'_>, chunk: &[String]) -> Result<Vec<Need>> {
