@@ -4,7 +4,7 @@
 //! |---|---|
 //! | 0 | done, or nothing to do |
 //! | 1 | failed part-way; a rerun resumes |
-//! | 2 | bad input (plan, flags, files); nothing changed |
+//! | 2 | bad input (plan, flags, files, the environment's secrets; on azure a rejected credential or an untrusted TLS certificate before anything remote was changed); nothing changed |
 //!
 //! `check` has its own monitoring codes (0 OK, 1 warning, 2 critical, 3 unknown).
 
@@ -47,6 +47,9 @@ pub fn classify(err: &anyhow::Error) -> Failure {
                 cause.downcast_ref::<crate::backend::BackendError>(),
                 Some(crate::backend::BackendError::Deleted(_))
             )
+            || cause
+                .downcast_ref::<crate::backend::BackendError>()
+                .is_some_and(crate::backend::azure::observe::is_setup_failure)
         {
             return Failure::Input;
         }

@@ -45,5 +45,6 @@ pub mod ops;
 pub mod output;
 pub mod pki;
 pub mod plan;
+pub mod progress;
 pub mod serve;
 pub mod store;

@@ -3,7 +3,6 @@
 use super::{Global, parse_target};
 use crate::ops::{IssueOptions, Target};
 use clap::Args;
-use std::io::IsTerminal;
 
 /// Arguments of `issue`.
 #[derive(Debug, Args)]
@@ -41,9 +40,9 @@ pub fn exec(g: &Global, args: IssueArgs) -> anyhow::Result<u8> {
         dry_run: args.dry_run,
         backend: g.backend(),
     };
-    let show_bar = !g.quiet && g.output == crate::output::Format::Human && std::io::stderr().is_terminal();
-    let bar = if show_bar {
-        let bar = indicatif::ProgressBar::new(0);
+    let multi = indicatif::MultiProgress::new();
+    let bar = if g.shows_progress() {
+        let bar = multi.add(indicatif::ProgressBar::new(0));
         bar.set_style(
             indicatif::ProgressStyle::with_template(
                 "{spinner} devices {pos}/{len} [{bar:40}] {per_sec} eta {eta}",
@@ -55,7 +54,19 @@ pub fn exec(g: &Global, args: IssueArgs) -> anyhow::Result<u8> {
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let report = crate::ops::issue(&plan, &opts, g.clock().now(), &Bar(bar))?;
+    // The device bar moves a chunk at a time; the remote bar below it moves as each
+    // certificate is imported, delivered, enrolled (on the azure backend).
+    let remote = g.remote_progress(Some(&multi));
+    let report = crate::ops::issue(&plan, &opts, g.clock().now(), &Bar(bar));
+    drop(remote);
+    let mut report = report?;
+    if g.output == crate::output::Format::Human {
+        for step in &mut report.steps {
+            if let Some(detail) = crate::ops::issue::azure_detail(&plan, step) {
+                step.detail = detail;
+            }
+        }
+    }
     g.printer().issue_report(&report)?;
     Ok(if report.rejected.is_empty() { 0 } else { 1 })
 }

@@ -193,6 +193,30 @@ impl Global {
         Ok(self.printer())
     }
 
+    /// Whether a progress bar may be drawn: a person at a terminal, human output, no `-q`.
+    fn shows_progress(&self) -> bool {
+        !self.quiet
+            && self.output == crate::output::Format::Human
+            && std::io::IsTerminal::is_terminal(&std::io::stderr())
+    }
+
+    /// A bar of the remote work (Key Vault imports, deliveries, DPS and IoT Hub pages) on
+    /// stderr while the returned guard lives, below the bars of `multi`; `None` when no bar is
+    /// drawn. See [`crate::progress`].
+    fn remote_progress(
+        &self,
+        multi: Option<&indicatif::MultiProgress>,
+    ) -> Option<crate::progress::Installed> {
+        if !self.shows_progress() {
+            return None;
+        }
+        let sink = crate::progress::BarSink::new(indicatif::ProgressDrawTarget::stderr());
+        if let Some(multi) = multi {
+            multi.add(sink.0.clone());
+        }
+        Some(crate::progress::install(std::sync::Arc::new(sink)))
+    }
+
     fn load_plan(&self) -> anyhow::Result<crate::plan::Plan> {
         Ok(crate::plan::load(&self.plan)?)
     }

@@ -47,7 +47,10 @@ pub fn exec(g: &Global, args: ReprovisionArgs) -> anyhow::Result<u8> {
         force: args.force,
         backend: g.backend(),
     };
-    let report = crate::ops::reprovision::reprovision(&plan, &opts, g.clock().now())?;
+    let remote = g.remote_progress(None);
+    let report = crate::ops::reprovision::reprovision(&plan, &opts, g.clock().now());
+    drop(remote);
+    let report = report?;
     let mut p = g.printer();
     if g.output == crate::output::Format::Json {
         p.json(&report)?;

@@ -101,7 +101,10 @@ pub fn exec(g: &Global, args: RollArgs, slot: SlotName) -> anyhow::Result<u8> {
         }
         opts.dry_run = false;
     }
-    let report = crate::ops::roll::roll(&plan, &opts, now)?;
+    let remote = g.remote_progress(None);
+    let report = crate::ops::roll::roll(&plan, &opts, now);
+    drop(remote);
+    let report = report?;
     // Vault-only certificates' AutoRenew actions fire with the plan's (`vault create`).
     let vault_renewed = if opts.due && opts.targets.is_empty() && opts.breach.is_none() {
         crate::ops::vault::renew::run_due(&plan, &opts.backend, now, opts.dry_run)?

@@ -688,7 +688,12 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
                 if let Some(removed) = &view.removed {
                     p.line(format!("Removed {} stored contact(s).", removed.len()))?;
                 }
-                p.line(format!("contacts ({}):", view.source))?;
+                // On azure the contacts set with `vault contacts set` are Key Vault's own.
+                let source = match view.source {
+                    "store" if plan.azure.is_some() => "Key Vault",
+                    other => other,
+                };
+                p.line(format!("contacts ({source}):"))?;
                 for c in &view.contacts {
                     p.line(format!("  {c}"))?;
                 }

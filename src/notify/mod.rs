@@ -217,11 +217,11 @@ fn remote_vault(plan: &Plan) -> Result<Option<AzureVault>> {
     };
     let scratch = LocalBackend::new(Store::open_empty()?);
     AzureVault::connect(config, scratch).map(Some).map_err(|e| {
-        use crate::backend::azure::SetupError;
         let text = format!("{}: {e}", plan.path.display());
-        match e {
-            SetupError::MissingEnv(_) | SetupError::CaFile { .. } => crate::error::input(text),
-            _ => anyhow::anyhow!(text),
+        if e.is_input() {
+            crate::error::input(text)
+        } else {
+            anyhow::anyhow!(text)
         }
     })
 }

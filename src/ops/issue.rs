@@ -77,6 +77,49 @@ impl IssueReport {
     }
 }
 
+/// The human wording of a device step on the azure backend, where certroll holds no device:
+/// it delivers through the unit's channel (or leaves it to the operator), and each device
+/// registers with DPS itself. `None` for other steps and on the local backend. The report's
+/// `detail` (and so `-o json`) keeps one wording on both backends, which the conformance suite
+/// compares.
+pub fn azure_detail(plan: &Plan, step: &Step) -> Option<String> {
+    plan.azure.as_ref()?;
+    let (kind, name) = step.target.split_once(':')?;
+    let (group, enrollment) = match kind {
+        "group" => (Some(name), None),
+        "enrollment" => (None, Some(name)),
+        _ => return None,
+    };
+    let n = step.count;
+    match step.action {
+        "install-device-certs" => Some(match plan.delivery.channel(group, enrollment) {
+            crate::plan::Delivery::DirectMethod { method } => {
+                format!(
+                    "deliver the new certificate to {n} device(s) by the IoT Hub direct method `{method}`"
+                )
+            }
+            crate::plan::Delivery::Hook(_) => {
+                format!("deliver the new certificate to {n} device(s) through the delivery hook")
+            }
+            _ => format!(
+                "leave the new certificate of {n} device(s) for the operator to hand out \
+                 (delivery = \"none\": `certroll export device:ID --with-key`)"
+            ),
+        }),
+        "register-devices" => {
+            let hub = step
+                .detail
+                .rsplit_once("onto hub ")
+                .map(|(_, h)| h)
+                .unwrap_or_default();
+            Some(format!(
+                "wait for {n} device(s) to register with DPS themselves, each with its new certificate, onto hub {hub}"
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// Progress of the device loop, for a progress bar.
 pub trait Progress {
     /// Called once with the number of devices to look at.

@@ -257,11 +257,11 @@ pub fn open_verb_backend(
     }
     let local = LocalBackend::new(open_local_store(plan, access, settings)?);
     let backend = crate::backend::azure::AzureBackend::connect(plan, local).map_err(|e| {
-        use crate::backend::azure::SetupError;
         let text = format!("{}: {e}", plan.path.display());
-        match e {
-            SetupError::MissingEnv(_) | SetupError::CaFile { .. } => crate::error::input(text),
-            _ => anyhow::anyhow!(text),
+        if e.is_input() {
+            crate::error::input(text)
+        } else {
+            anyhow::anyhow!(text)
         }
     })?;
     Ok(Box::new(backend))

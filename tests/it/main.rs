@@ -52,6 +52,8 @@ mod azure_verbs;
 mod azure_verbs2;
 // `notify` on azure: the same notices as on the local store, mailed to a real SMTP server.
 mod azure_notify;
+// What an operator sees on azure: progress, logs, TLS errors, exit codes.
+mod azure_ux;
 // Issue 3 at fleet scale: yearly cron rounds, breaches, revokes, reprovision policies, kills.
 mod fleet;
 // Hostile input: output paths aimed at the state, FIFOs, devices, broken stores, far dates.

@@ -383,12 +383,32 @@ impl AzureBackend {
 
     /// Runs the queued deliveries, then the hub updates held back for them.
     fn flush(&mut self, now: OffsetDateTime) -> Result<()> {
-        for record in std::mem::take(&mut self.pending) {
+        let pending = std::mem::take(&mut self.pending);
+        let stage = crate::progress::stage("deliveries", pending.len() as u64);
+        // `delivery = "none"` is the operator's choice, not a fault: one line for all of them.
+        let mut for_the_operator: Vec<String> = Vec::new();
+        for record in pending {
             let outcome = self.deliver(&record, now)?;
+            stage.advance(1);
             if let Outcome::Waiting(why) = &outcome {
-                tracing::warn!(device = %record.id, "certificate not delivered: {why}");
+                let channel = self
+                    .delivery
+                    .channel(record.group.as_deref(), record.enrollment.as_deref());
+                if *channel == Delivery::None {
+                    tracing::debug!(device = %record.id, "certificate not delivered: {why}");
+                    for_the_operator.push(record.id.clone());
+                } else {
+                    tracing::warn!(device = %record.id, "certificate not delivered: {why}");
+                }
             }
             self.outcomes.insert(record.id.clone(), outcome);
+        }
+        if let Some(first) = for_the_operator.first() {
+            tracing::warn!(
+                "{} certificate(s) not delivered: delivery = \"none\" leaves them to the operator; \
+                 hand each out with `certroll export device:ID` (first: `certroll export device:{first}`)",
+                for_the_operator.len()
+            );
         }
         let cuts = std::mem::take(&mut self.held_cuts);
         if !cuts.is_empty() {

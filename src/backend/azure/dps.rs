@@ -648,12 +648,20 @@ impl AzureEnrollmentService {
                 }
             }
         }
+        let stage = crate::progress::stage("DPS enrollments", batch.len() as u64);
+        let stage = &stage;
         // Bodies are moved into their requests, never copied: each holds two PEM certificates.
         let mut work = Vec::new();
         for (mode, mut bodies) in [("create", creates), ("updateIfMatchETag", updates)] {
             while !bodies.is_empty() {
                 let rest = bodies.split_off(bodies.len().min(BULK_LIMIT));
-                work.push(self.bulk(mode, std::mem::replace(&mut bodies, rest)));
+                let chunk = std::mem::replace(&mut bodies, rest);
+                let n = chunk.len() as u64;
+                work.push(async move {
+                    let raced = self.bulk(mode, chunk).await;
+                    stage.advance(n);
+                    raced
+                });
             }
         }
         let mut raced = Vec::new();

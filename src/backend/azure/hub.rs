@@ -572,6 +572,8 @@ impl HubRegistry for AzureHubRegistry {
         for identity in batch {
             by_hub.entry(&identity.hub).or_default().push(identity);
         }
+        let stage = crate::progress::stage("IoT Hub identities", batch.len() as u64);
+        let stage = &stage;
         let mut work = Vec::new();
         for (hub, identities) in &by_hub {
             let client = self.client(hub)?;
@@ -583,7 +585,13 @@ impl HubRegistry for AzureHubRegistry {
                         .map(|i| seen.remove(&(i.hub.clone(), i.device_id.clone())))
                         .collect()
                 };
-                work.push(Self::update_bulk(client, chunk, carried));
+                let n = chunk.len() as u64;
+                let page = Self::update_bulk(client, chunk, carried);
+                work.push(async move {
+                    let done = page.await;
+                    stage.advance(n);
+                    done
+                });
             }
         }
         self.rt

@@ -119,7 +119,12 @@ fn remote(operation: &str, target: &str, e: azure_core::Error) -> BackendError {
         target: target.to_string(),
         status,
         code: code.unwrap_or_else(|| format!("{:?}", e.kind())),
-        message: e.to_string(),
+        // The whole chain: a transport failure's reason (TLS, refused) sits under the retry
+        // policy's "retry policy expired".
+        message: match status {
+            Some(_) => e.to_string(),
+            None => super::observe::chain_text(&e),
+        },
     }
 }
 
@@ -759,6 +764,8 @@ impl Vault for AzureVault {
             ));
         }
         let certs = self.certs.clone();
+        let stage = crate::progress::stage("Key Vault imports", batch.len() as u64);
+        let stage = &stage;
         let done: Vec<Vec<(usize, String)>> = self.rt.block_on(async {
             futures::stream::iter(by_name.into_values().map(|group| {
                 let certs = certs.clone();
@@ -766,6 +773,7 @@ impl Vault for AzureVault {
                     let mut out = Vec::with_capacity(group.len());
                     for (i, new) in group {
                         out.push((i, Self::import(&certs, new).await?));
+                        stage.advance(1);
                     }
                     Ok::<_, BackendError>(out)
                 }

@@ -24,6 +24,7 @@ pub mod delivery;
 pub mod dps;
 pub mod hub;
 pub mod keyvault;
+pub mod observe;
 pub mod rest;
 pub mod sas;
 
@@ -52,9 +53,24 @@ pub enum SetupError {
     /// An environment variable the plan names is unset or empty.
     #[error("environment variable {0} is not set (the plan's `[backend]` takes a secret from it)")]
     MissingEnv(String),
+    /// A secret the plan names is set but unusable (a SAS key that is not base64): bad input
+    /// from the environment. The message names the variable, never its value.
+    #[error("{0}")]
+    BadEnv(String),
     /// The HTTP client or a credential could not be built.
     #[error("{0}")]
     Client(String),
+}
+
+impl SetupError {
+    /// Whether the operator must fix the plan or the environment (exit 2, nothing changed), as
+    /// opposed to a client that could not be built.
+    pub fn is_input(&self) -> bool {
+        matches!(
+            self,
+            SetupError::MissingEnv(_) | SetupError::CaFile { .. } | SetupError::BadEnv(_)
+        )
+    }
 }
 
 /// A bearer token taken from an environment variable once (`auth = "token-env"`): for a
@@ -173,8 +189,9 @@ pub fn http_client(config: &AzureConfig) -> Result<reqwest::Client, SetupError> 
         .map_err(|e| SetupError::Client(format!("HTTP client: {e}")))
 }
 
-/// Client options for every Azure client: our transport and azure_core's exponential retry
-/// (it honours `Retry-After` on 429 and 503, and retries 5xx, resets and timeouts with jitter).
+/// Client options for every Azure client: our transport, azure_core's exponential retry
+/// (it honours `Retry-After` on 429 and 503, and retries 5xx, resets and timeouts with jitter)
+/// and [`observe::Observe`] on each try (the `-v`/`-vv` log; a TLS failure is not retried).
 pub fn client_options(http: reqwest::Client) -> ClientOptions {
     ClientOptions {
         transport: Some(Transport::new(Arc::new(http))),
@@ -182,6 +199,7 @@ pub fn client_options(http: reqwest::Client) -> ClientOptions {
             max_retries: 6,
             ..Default::default()
         }),
+        per_try_policies: vec![Arc::new(observe::Observe)],
         ..Default::default()
     }
 }

@@ -235,7 +235,7 @@ impl RestClient {
                 }),
             )
             .await
-            .map_err(|e| self.transport(call, e.to_string(), &format!("{:?}", e.kind())))?;
+            .map_err(|e| self.transport(call, super::observe::chain_text(&e), &format!("{:?}", e.kind())))?;
         let (status, headers, body) = response.deconstruct();
         Ok(Answer {
             status: u16::from(status),

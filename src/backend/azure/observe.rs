@@ -1,0 +1,286 @@
+//! What an operator sees of the HTTP traffic of every Azure client (Key Vault SDK, DPS, ARM, IoT
+//! Hub and the credentials): [`Observe`] is the last per-try policy of every azure_core
+//! pipeline, just before the transport, so it sees each attempt the retry policy makes.
+//!
+//! - Each attempt is logged at debug (`-vv`): method, host, path, status, attempt, elapsed.
+//!   Never the query (a SAS token can travel there), a header or a body: the `Authorization`
+//!   header carries the bearer token or the SharedAccessSignature.
+//! - A throttled or failing answer (429, 503, other 5xx) and a transport failure are logged at
+//!   info (`-v`) on each attempt, so a slow run shows why.
+//! - A TLS certificate the client does not trust is not transient: the policy turns it into a
+//!   non-retryable error that names the host, the reason rustls gives (unknown issuer, name
+//!   mismatch, expired) and the fix. A refused connection names `host:port`; it is still
+//!   retried (a service restarting refuses for a moment).
+//! - Whether any request that changes something remote has succeeded in this process
+//!   ([`remote_written`]): a credential rejected before that is bad input (exit 2, nothing
+//!   changed), after it a failure part-way (exit 1).
+
+use azure_core::error::ErrorKind;
+use azure_core::http::policies::{Policy, PolicyResult, RetryPolicyCount};
+use azure_core::http::{Context, Method, Request};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// How the message of a certificate verification failure begins (see [`is_setup_failure`]).
+pub const TLS_UNTRUSTED: &str = "TLS: the certificate of ";
+
+/// The tracing target of the per-attempt log lines.
+pub const LOG_TARGET: &str = "certroll::azure::http";
+
+static WRITTEN: AtomicBool = AtomicBool::new(false);
+
+/// Whether a request that changes remote state (PUT, PATCH, DELETE, or a POST that is not a
+/// query or a signature) has been answered 2xx in this process.
+pub fn remote_written() -> bool {
+    WRITTEN.load(Ordering::Relaxed)
+}
+
+/// Whether `error` says the setup is wrong rather than the run failed part-way: the service
+/// rejected the credential (401, 403) or its TLS certificate is not trusted, and no request of
+/// this process has changed anything remote yet. Such a failure exits 2 (nothing changed).
+pub fn is_setup_failure(error: &crate::backend::BackendError) -> bool {
+    let crate::backend::BackendError::Remote { status, message, .. } = error else {
+        return false;
+    };
+    let setup = matches!(status, Some(401 | 403)) || message.contains(TLS_UNTRUSTED);
+    setup && !remote_written()
+}
+
+/// The per-try policy described in the module docs.
+#[derive(Debug, Default)]
+pub struct Observe;
+
+/// Whether `method path` changes something: reads and the read-only POSTs (registry and
+/// enrollment queries, Key Vault's sign) do not.
+fn changes(method: Method, path: &str) -> bool {
+    match method {
+        Method::Get | Method::Head => false,
+        Method::Post => {
+            let path = path.trim_end_matches('/');
+            !(path.ends_with("/query") || path.ends_with("/sign") || path.contains("/oauth2/"))
+        }
+        _ => true,
+    }
+}
+
+#[async_trait::async_trait]
+impl Policy for Observe {
+    async fn send(&self, ctx: &Context, request: &mut Request, next: &[Arc<dyn Policy>]) -> PolicyResult {
+        let attempt = ctx.value::<RetryPolicyCount>().map_or(0, |c| **c) + 1;
+        let method = request.method();
+        let url = request.url();
+        let host = url.host_str().unwrap_or_default().to_string();
+        let port = url.port_or_known_default().unwrap_or(443);
+        let path = url.path().to_string();
+        let started = Instant::now();
+        let result = next[0].send(ctx, request, &next[1..]).await;
+        let ms = started.elapsed().as_millis();
+        match result {
+            Ok(response) => {
+                let status = u16::from(response.status());
+                tracing::debug!(
+                    target: LOG_TARGET,
+                    "{method} {host}{path} -> {status} (attempt {attempt}, {ms} ms)"
+                );
+                match status {
+                    429 | 503 => {
+                        let after = response
+                            .headers()
+                            .get_optional_str(&azure_core::http::headers::RETRY_AFTER)
+                            .map(|s| format!(", Retry-After {s} s"))
+                            .unwrap_or_default();
+                        tracing::info!(
+                            target: LOG_TARGET,
+                            "{host} throttled {method} {path}: {status}{after} (attempt {attempt}); waiting"
+                        );
+                    }
+                    500..=599 => tracing::info!(
+                        target: LOG_TARGET,
+                        "{host} answered {status} to {method} {path} (attempt {attempt})"
+                    ),
+                    200..=299 if changes(method, &path) => WRITTEN.store(true, Ordering::Relaxed),
+                    _ => {}
+                }
+                Ok(response)
+            }
+            Err(error) => {
+                let reason = transport_reason(&error, &host, port);
+                match reason {
+                    Some(Reason::Tls(why)) => {
+                        let message = format!(
+                            "{TLS_UNTRUSTED}{host} is not trusted: {why}; not retried. \
+                             certroll trusts the system's roots and the plan's `ca_file` \
+                             (against `certroll serve`: the file its --ca-out wrote); check \
+                             `ca_file`, the host name and `resolve`"
+                        );
+                        tracing::warn!(target: LOG_TARGET, "{method} {host}{path}: {message}");
+                        Err(azure_core::Error::with_message(ErrorKind::Other, message))
+                    }
+                    Some(Reason::Refused(text)) => {
+                        tracing::info!(target: LOG_TARGET, "{method} {host}{path}: {text} (attempt {attempt}); retrying");
+                        Err(azure_core::Error::with_error(ErrorKind::Connection, error, text))
+                    }
+                    None => {
+                        tracing::info!(
+                            target: LOG_TARGET,
+                            "{method} {host}{path}: {} (attempt {attempt}, {ms} ms)",
+                            chain_text(&error)
+                        );
+                        Err(error)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why a request got no answer, when the cause is one an operator must fix.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// The server's certificate failed verification: the reason in words.
+    Tls(String),
+    /// Nothing listens at the address: `connection refused by host:port`.
+    Refused(String),
+}
+
+/// Walks `error`'s source chain (azure_core → reqwest → hyper → io → rustls) for a certificate
+/// verification failure or a refused connection.
+pub fn transport_reason(error: &(dyn std::error::Error + 'static), host: &str, port: u16) -> Option<Reason> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(Reason::Tls(tls_words(tls)));
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return Some(Reason::Refused(format!("connection refused by {host}:{port}")));
+            }
+            // rustls's error travels inside an io::Error as its payload.
+            if let Some(tls) = io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
+                return Some(Reason::Tls(tls_words(tls)));
+            }
+        }
+        // Some layers hand on the text of rustls's error rather than the error itself.
+        if let Some((_, rest)) = e.to_string().split_once("invalid peer certificate: ") {
+            return Some(Reason::Tls(tls_text_words(rest)));
+        }
+        cause = e.source();
+    }
+    None
+}
+
+/// [`tls_words`] for rustls's `Debug` of a `CertificateError` as its message carries it.
+fn tls_text_words(debug: &str) -> String {
+    let name = debug
+        .split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or_default();
+    match name {
+        "UnknownIssuer" => "unknown issuer (no trusted root signed it)".into(),
+        "NotValidForName" | "NotValidForNameContext" => {
+            "name mismatch (the certificate is not for this host name)".into()
+        }
+        "Expired" | "ExpiredContext" => "expired".into(),
+        "NotValidYet" | "NotValidYetContext" => "not valid yet".into(),
+        "Revoked" => "revoked".into(),
+        _ => debug.trim().to_string(),
+    }
+}
+
+fn tls_words(error: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    match error {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => "unknown issuer (no trusted root signed it)".into(),
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                "name mismatch (the certificate is not for this host name)".into()
+            }
+            C::Expired | C::ExpiredContext { .. } => "expired".into(),
+            C::NotValidYet | C::NotValidYetContext { .. } => "not valid yet".into(),
+            C::Revoked => "revoked".into(),
+            C::BadSignature => "bad signature".into(),
+            other => format!("{other:?}"),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// An error and its causes as one line, each told once.
+pub fn chain_text(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        cause = e.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_failure_inside_io_and_azure_errors_is_named() {
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+        let wrapped = azure_core::Error::with_error(ErrorKind::Io, io, "failed to execute `reqwest` request");
+        let reason = transport_reason(&wrapped, "x.vault.azure.net", 443);
+        assert_eq!(
+            reason,
+            Some(Reason::Tls("unknown issuer (no trusted root signed it)".into()))
+        );
+        let name = rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName);
+        let reason = transport_reason(&name, "h", 443).unwrap();
+        assert!(
+            matches!(reason, Reason::Tls(ref w) if w.starts_with("name mismatch")),
+            "{reason:?}"
+        );
+        let told = std::io::Error::other(
+            "client error (Connect): invalid peer certificate: NotValidForNameContext { expected: x }",
+        );
+        let reason = transport_reason(&told, "h", 443).unwrap();
+        assert!(
+            matches!(reason, Reason::Tls(ref w) if w.starts_with("name mismatch")),
+            "{reason:?}"
+        );
+        let expired = rustls::Error::InvalidCertificate(rustls::CertificateError::Expired);
+        assert_eq!(
+            transport_reason(&expired, "h", 443),
+            Some(Reason::Tls("expired".into()))
+        );
+    }
+
+    #[test]
+    fn a_refused_connection_names_host_and_port_and_others_are_not_classified() {
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let wrapped = azure_core::Error::with_error(ErrorKind::Connection, io, "connect");
+        assert_eq!(
+            transport_reason(&wrapped, "dps.example", 8443),
+            Some(Reason::Refused("connection refused by dps.example:8443".into()))
+        );
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(transport_reason(&reset, "h", 1), None);
+    }
+
+    #[test]
+    fn reads_and_queries_do_not_count_as_writes() {
+        assert!(!changes(Method::Get, "/certificates/a"));
+        assert!(!changes(Method::Post, "/devices/query"));
+        assert!(!changes(Method::Post, "/enrollments/query"));
+        assert!(!changes(Method::Post, "/keys/ca/abc/sign"));
+        assert!(changes(Method::Put, "/enrollments/dev-1"));
+        assert!(changes(Method::Post, "/certificates/dev-1/import"));
+        assert!(changes(Method::Delete, "/certificates/dev-1"));
+    }
+}

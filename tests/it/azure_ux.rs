@@ -1,0 +1,279 @@
+//! What an operator sees of an azure run against `certroll serve` (issue 12): the progress bar
+//! moves with the remote work, `-v`/`-vv` log each remote operation and never a secret,
+//! `delivery = "none"` says so once, an untrusted TLS certificate is named and not retried, and
+//! the exit codes follow the README's contract.
+
+use crate::azure_verbs::{TOKEN, fleet_plans_with, run_fleet, start_serve};
+use crate::conformance::azure::{Serve, run_plan, sas_key};
+use crate::util::TestEnv;
+
+/// One group of twelve devices under an intermediate, on hub `conf-hub`.
+const TWELVE: &str = "[policies.device]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 365\n\
+     [policies.ca]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 3650\n\
+     key_usage = [\"keyCertSign\", \"cRLSign\", \"digitalSignature\"]\n\
+     [ca.root]\nsubject = \"CN=Root\"\npolicy = \"ca\"\n\
+     [ca.factory]\nsubject = \"CN=Factory\"\nissuer = \"root\"\npath_len = 0\npolicy = \"ca\"\n\
+     [groups.meters]\nsigning_ca = \"factory\"\nhub = \"conf-hub\"\n\
+     device_policy = \"device\"\ndevices = { prefix = \"m-\", count = 12 }\n";
+
+/// Serve over [`TWELVE`] and the azure plan with `delivery = "none"`; Key Vault paced at one
+/// key creation a second (burst of 10), so the twelve imports take at least two seconds.
+fn twelve_on_azure(env: &TestEnv) -> Serve {
+    let serve = start_serve(env, TWELVE);
+    fleet_plans_with(env, &serve, TWELVE, "delivery = \"none\"\nvault_rate = 1\n");
+    serve
+}
+
+/// Runs `certroll {args}` on the azure plan under a pseudo-terminal (util-linux `script`), as a
+/// person at a terminal sees it; returns the exit code and everything drawn.
+fn on_a_terminal(env: &TestEnv, serve: &Serve, args: &str) -> (i32, String) {
+    let command = format!(
+        "'{}' --plan azure/plan.toml {args}",
+        env!("CARGO_BIN_EXE_certroll")
+    );
+    let out = std::process::Command::new("script")
+        .current_dir(env.dir.path())
+        .envs([
+            ("TERM", "xterm".to_string()),
+            ("CERTROLL_AZ_TOKEN", TOKEN.to_string()),
+            ("CERTROLL_AZ_DPS_KEY", sas_key(serve, "certroll-dps").1),
+            ("CERTROLL_AZ_HUB_KEY", sas_key(serve, "conf-hub").1),
+        ])
+        .env_remove("CERTROLL_NOW")
+        .args(["-qfec", &command, "tty.txt"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("util-linux `script` runs (it gives the command a terminal)");
+    let drawn = std::fs::read_to_string(env.path("tty.txt")).unwrap_or_default();
+    (out.status.code().unwrap_or(-1), drawn)
+}
+
+/// The positions `N` of `{what} N/{total}` the bar drew.
+fn positions(drawn: &str, what: &str, total: u64) -> Vec<u64> {
+    let suffix = format!("/{total}");
+    drawn
+        .match_indices(what)
+        .filter_map(|(i, _)| {
+            let rest = drawn[i + what.len()..].trim_start();
+            let n = rest.split_whitespace().next()?;
+            n.strip_suffix(&suffix)?.parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn azure_issue_and_roll_on_a_terminal_move_the_bar_as_each_certificate_is_imported() {
+    let env = TestEnv::new();
+    let serve = twelve_on_azure(&env);
+    // Exit 1: with `delivery = "none"` no device has registered yet (the operator hands the
+    // certificates out).
+    let (code, drawn) = on_a_terminal(&env, &serve, "issue");
+    assert_eq!(code, 1, "{drawn}");
+    assert!(drawn.contains("Done 8 step(s)"), "{drawn}");
+    let seen = positions(&drawn, "Key Vault imports", 12);
+    assert!(
+        seen.iter().any(|n| (1..12).contains(n)),
+        "the bar showed no import between the first and the last (positions {seen:?}):\n{drawn}"
+    );
+
+    // A roll shows a bar too (it had none), moving the same way.
+    let (code, drawn) = on_a_terminal(&env, &serve, "roll-secondary group:meters");
+    assert_eq!(code, 0, "{drawn}");
+    let seen = positions(&drawn, "Key Vault imports", 12);
+    assert!(
+        seen.iter().any(|n| (1..12).contains(n)),
+        "the roll's bar showed no import part-way (positions {seen:?}):\n{drawn}"
+    );
+}
+
+#[test]
+fn azure_delivery_none_says_once_how_many_wait_for_the_operator_and_vv_logs_every_request_without_secrets() {
+    let env = TestEnv::new();
+    let serve = twelve_on_azure(&env);
+    let r = run_fleet(&env, &serve, "azure", &["issue"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("waiting for the operator"), "{}", r.stdout);
+
+    let r = run_fleet(&env, &serve, "azure", &["-vv", "roll-secondary", "group:meters"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let waiting: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("not delivered"))
+        .collect();
+    assert_eq!(
+        waiting.len(),
+        1,
+        "one summary line, not one per device:\n{}",
+        r.stderr
+    );
+    assert!(
+        waiting[0].contains("12 certificate(s)") && waiting[0].contains("certroll export device:"),
+        "{}",
+        waiting[0]
+    );
+
+    // Each remote operation at debug: method, host, path, status, attempt, elapsed.
+    let imports: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("POST certroll.vault.azure.net/certificates/dev-m-") && l.contains("/import"))
+        .collect();
+    assert_eq!(imports.len(), 12, "{}", r.stderr);
+    assert!(
+        imports
+            .iter()
+            .all(|l| l.contains("-> 200 (attempt 1, ") && l.contains(" ms)")),
+        "{imports:#?}"
+    );
+    assert!(
+        r.stderr
+            .contains(&format!("PUT {}", crate::conformance::azure::DPS_HOST)),
+        "the DPS group write is logged:\n{}",
+        r.stderr
+    );
+
+    // Never a secret: the bearer token, either SAS key, a SAS signature.
+    let (_, dps_key) = sas_key(&serve, "certroll-dps");
+    let (_, hub_key) = sas_key(&serve, "conf-hub");
+    for secret in [
+        TOKEN,
+        dps_key.as_str(),
+        hub_key.as_str(),
+        "sig=",
+        "SharedAccessSignature sr",
+    ] {
+        assert!(!r.stderr.contains(secret), "`{secret}` in the -vv log");
+        assert!(!r.stdout.contains(secret), "`{secret}` in the output");
+    }
+
+    // `-v` without `-vv`: no per-request lines.
+    let r = run_fleet(&env, &serve, "azure", &["-v", "status"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stderr.contains("(attempt 1,"), "{}", r.stderr);
+}
+
+#[test]
+fn azure_an_untrusted_server_certificate_is_named_with_its_host_and_the_fix_and_not_retried() {
+    let env = TestEnv::new();
+    let serve = twelve_on_azure(&env);
+    // The same plan without `ca_file`: serve's certificate is signed by its own CA.
+    let plan = std::fs::read_to_string(env.path("azure/plan.toml")).unwrap();
+    let without: String = plan
+        .lines()
+        .filter(|l| !l.starts_with("ca_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(plan, without);
+    env.write("azure/plan.toml", &without);
+    let r = run_fleet(&env, &serve, "azure", &["status"]);
+    assert_eq!(r.code, 2, "nothing was changed: bad setup\n{}", r.stderr);
+    let error = r.stderr.lines().last().unwrap_or_default();
+    assert!(error.contains("is not trusted: unknown issuer"), "{}", r.stderr);
+    assert!(error.contains(".azure"), "the host is named: {error}");
+    assert!(error.contains("ca_file"), "the fix is named: {error}");
+    // Not retried: each request that met the certificate is logged once, never again.
+    let tries: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("is not trusted"))
+        .collect();
+    let mut unique = tries.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(tries.len(), unique.len(), "a request was retried:\n{}", r.stderr);
+    assert!(!r.stderr.contains("retry policy expired"), "{}", r.stderr);
+}
+
+#[test]
+fn azure_a_sas_key_that_is_not_base64_and_a_rejected_token_exit_2_and_change_nothing() {
+    let env = TestEnv::new();
+    let serve = twelve_on_azure(&env);
+    let hub_key = sas_key(&serve, "conf-hub").1;
+    let r = run_plan(
+        &env,
+        "azure",
+        &[
+            ("CERTROLL_AZ_TOKEN", TOKEN),
+            ("CERTROLL_AZ_DPS_KEY", "not base64 !!"),
+            ("CERTROLL_AZ_HUB_KEY", hub_key.as_str()),
+        ],
+        &["issue"],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("is not base64 (from CERTROLL_AZ_DPS_KEY)"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("not base64 !!"), "the value is never printed");
+
+    let (dps_key, hub_key) = (sas_key(&serve, "certroll-dps").1, sas_key(&serve, "conf-hub").1);
+    let r = run_plan(
+        &env,
+        "azure",
+        &[
+            ("CERTROLL_AZ_TOKEN", "a-token-serve-does-not-know"),
+            ("CERTROLL_AZ_DPS_KEY", dps_key.as_str()),
+            ("CERTROLL_AZ_HUB_KEY", hub_key.as_str()),
+        ],
+        &["issue"],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("HTTP 401"), "{}", r.stderr);
+    assert!(!r.stderr.contains("a-token-serve-does-not-know"), "{}", r.stderr);
+
+    // Nothing was made: the right token finds every certificate still to issue.
+    let r = run_fleet(&env, &serve, "azure", &["issue", "--dry-run", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let plan = r.json();
+    let steps = plan["steps"].as_array().unwrap();
+    assert!(
+        steps
+            .iter()
+            .any(|s| s["action"] == "create-ca" && s["target"] == "ca:root"),
+        "{plan}"
+    );
+}
+
+#[test]
+fn azure_dry_runs_say_what_happens_on_azure_and_contacts_are_key_vault_s() {
+    let env = TestEnv::new();
+    let serve = twelve_on_azure(&env);
+    let r = run_fleet(&env, &serve, "azure", &["issue", "--dry-run"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("leave the new certificate of 12 device(s) for the operator to hand out"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("wait for 12 device(s) to register with DPS"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        !r.stdout.contains("through the enrollment service"),
+        "{}",
+        r.stdout
+    );
+    // The local plan of the same fleet keeps its words: certroll holds those devices.
+    let r = run_fleet(&env, &serve, "local", &["issue", "--dry-run"]);
+    assert!(
+        r.stdout.contains("install the new certificate on 12 device(s)"),
+        "{}",
+        r.stdout
+    );
+
+    let r = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["vault", "contacts", "set", "pki@example.com"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run_fleet(&env, &serve, "azure", &["vault", "contacts", "get"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("contacts (Key Vault):"), "{}", r.stdout);
+}
