@@ -547,6 +547,11 @@ impl EnrollmentService for LocalBackend {
     }
 
     fn put_group(&mut self, group: &EnrollmentGroup, now: OffsetDateTime) -> Result<()> {
+        // As DPS: a secondary without a primary is refused, so a flow that would leave one
+        // fails here as it does on Azure.
+        if let Some(why) = group.slots_refused() {
+            return Err(BackendError::Refused(why));
+        }
         for slot in [&group.primary, &group.secondary].into_iter().flatten() {
             if let Some(reference) = &slot.ca_reference {
                 match self.ca(reference)? {
@@ -576,6 +581,9 @@ impl EnrollmentService for LocalBackend {
     }
 
     fn put_individuals(&mut self, batch: &[IndividualEnrollment], now: OffsetDateTime) -> Result<()> {
+        if let Some(why) = batch.iter().find_map(IndividualEnrollment::slots_refused) {
+            return Err(BackendError::Refused(why));
+        }
         let out = self
             .store
             .write(|tx, _| batch.iter().try_for_each(|e| q::individual_put(tx, e, now)));
@@ -1297,6 +1305,55 @@ mod tests {
 
     fn dbg<T: std::fmt::Debug>(v: &T) -> String {
         format!("{v:?}")
+    }
+
+    /// As DPS (HTTP 400 400004): no group or individual enrollment with a secondary and no
+    /// primary is written; the refusal names it and the store keeps what it held.
+    #[test]
+    fn a_secondary_without_a_primary_is_refused_and_nothing_is_written() {
+        let mut b = LocalBackend::new(Store::open_empty().unwrap());
+        let slot = Slot {
+            cert_der: vec![1, 2, 3],
+            ca_reference: None,
+        };
+        let mut group = EnrollmentGroup {
+            name: "g".into(),
+            primary: None,
+            secondary: Some(slot),
+            status: Status::Enabled,
+            reprovision: "migrate".into(),
+            hub: "h".into(),
+        };
+        let e = b.put_group(&group, NOW).unwrap_err();
+        assert!(
+            matches!(&e, BackendError::Refused(m) if m.contains("enrollment group `g`") && m.contains("signingCertificates.primary")),
+            "{e}"
+        );
+        assert!(b.group("g").unwrap().is_none(), "nothing written");
+        let mut enrollment = IndividualEnrollment {
+            registration_id: "d".into(),
+            primary: None,
+            secondary: Some(vec![4, 5, 6]),
+            status: Status::Enabled,
+            reprovision: "migrate".into(),
+            hub: "h".into(),
+        };
+        let e = b.put_individuals(&[enrollment.clone()], NOW).unwrap_err();
+        assert!(
+            matches!(&e, BackendError::Refused(m) if m.contains("individual enrollment `d`") && m.contains("clientCertificates.primary")),
+            "{e}"
+        );
+        assert!(b.individual("d").unwrap().is_none(), "nothing written");
+        // What every writer does first: the lone certificate moves to the primary slot.
+        assert!(group.primary_first() && enrollment.primary_first());
+        b.put_group(&group, NOW).unwrap();
+        b.put_individuals(&[enrollment], NOW).unwrap();
+        let held = b.group("g").unwrap().unwrap();
+        assert_eq!(held.primary.map(|s| s.cert_der), Some(vec![1, 2, 3]));
+        assert!(held.secondary.is_none());
+        let held = b.individual("d").unwrap().unwrap();
+        assert_eq!(held.primary, Some(vec![4, 5, 6]));
+        assert!(held.secondary.is_none());
     }
 
     #[test]

@@ -146,6 +146,71 @@ pub struct IndividualEnrollment {
     pub hub: String,
 }
 
+/// Fills the primary slot first, as the Device Provisioning Service requires: a lone certificate
+/// (the secondary's, when the primary was emptied) moves to the primary slot. DPS refuses an
+/// enrollment or group with a secondary and no primary (HTTP 400 400004), so every write goes
+/// through this; returns whether it moved anything.
+pub fn primary_first<T>(primary: &mut Option<T>, secondary: &mut Option<T>) -> bool {
+    if primary.is_none() && secondary.is_some() {
+        *primary = secondary.take();
+        return true;
+    }
+    false
+}
+
+/// Why the enrollment service refuses to hold this pair of slots (a secondary without a
+/// primary, as DPS answers it: `field` is DPS's attestation field name), or `None`.
+pub fn slots_refused<T>(
+    kind: &str,
+    name: &str,
+    field: &str,
+    primary: &Option<T>,
+    secondary: &Option<T>,
+) -> Option<String> {
+    (primary.is_none() && secondary.is_some()).then(|| {
+        format!(
+            "{kind} `{name}` would hold a secondary certificate and no primary; the enrollment \
+             service requires {field}.primary (DPS: HTTP 400 400004)"
+        )
+    })
+}
+
+impl EnrollmentGroup {
+    /// [`primary_first`] on the group's signing certificates.
+    pub fn primary_first(&mut self) -> bool {
+        primary_first(&mut self.primary, &mut self.secondary)
+    }
+
+    /// [`slots_refused`] for the group.
+    pub fn slots_refused(&self) -> Option<String> {
+        slots_refused(
+            "enrollment group",
+            &self.name,
+            "attestation.x509.signingCertificates",
+            &self.primary,
+            &self.secondary,
+        )
+    }
+}
+
+impl IndividualEnrollment {
+    /// [`primary_first`] on the enrollment's client certificates.
+    pub fn primary_first(&mut self) -> bool {
+        primary_first(&mut self.primary, &mut self.secondary)
+    }
+
+    /// [`slots_refused`] for the enrollment.
+    pub fn slots_refused(&self) -> Option<String> {
+        slots_refused(
+            "individual enrollment",
+            &self.registration_id,
+            "attestation.x509.clientCertificates",
+            &self.primary,
+            &self.secondary,
+        )
+    }
+}
+
 /// What the enrollment service recorded for a device's last registration attempt (DPS's
 /// `DeviceRegistrationState`).
 #[derive(Debug, Clone, Default, Serialize)]

@@ -178,6 +178,7 @@ pub const AZURE_VERBS: &[&str] = &[
     "issue",
     "roll-secondary",
     "roll-secondary --due",
+    "roll-secondary --breach",
     "roll-primary",
     "roll-primary --due",
     "roll-primary --breach",

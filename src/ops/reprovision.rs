@@ -45,6 +45,11 @@ pub struct DeviceOutcome {
     pub hub: Option<String>,
     /// Why it was (or would be) rejected or skipped.
     pub error: Option<String>,
+    /// A device `waiting` on a remote backend (the direct method did not reach it) whose
+    /// certificate the enrollment service refuses (a revoked device): it cannot connect once the
+    /// run is done, so it is cut off as the local store's refused device is. Not in the JSON.
+    #[serde(skip)]
+    pub refused: bool,
 }
 
 /// What `reprovision` did.
@@ -159,6 +164,7 @@ pub fn reprovision(plan: &Plan, opts: &ReprovisionOptions, now: OffsetDateTime) 
                     substatus: u.substatus,
                     hub: Some(u.hub),
                     error: None,
+                    refused: false,
                 });
                 if outcome.is_none() {
                     rest_at.push(settled.len());
@@ -228,7 +234,7 @@ pub fn reprovision(plan: &Plan, opts: &ReprovisionOptions, now: OffsetDateTime) 
                 matches!(
                     o.status.as_str(),
                     "failed" | "disabled" | "would-fail" | "skipped"
-                )
+                ) || o.refused
             })
             .map(|o| o.device.clone())
             .collect();
@@ -344,6 +350,7 @@ fn register_chunk(
                     substatus: None,
                     hub: None,
                     error: Some(not_installed(backend, id)?),
+                    refused: false,
                 },
             );
             continue;
@@ -426,6 +433,7 @@ fn register_chunk(
                         substatus: prev.substatus.clone(),
                         hub: prev.hub.clone(),
                         error: None,
+                        refused: false,
                     },
                 );
             } else {
@@ -444,6 +452,7 @@ fn register_chunk(
                     substatus: None,
                     hub: None,
                     error: None,
+                    refused: false,
                 },
             );
         }
@@ -464,6 +473,7 @@ fn register_chunk(
                         substatus: None,
                         hub,
                         error,
+                        refused: false,
                     },
                 );
             }
@@ -477,8 +487,29 @@ fn register_chunk(
                         substatus: s.substatus.clone(),
                         hub: s.hub.clone(),
                         error: s.error.clone(),
+                        refused: false,
                     },
                 );
+            }
+            // A device the direct method did not reach may still be shut out: the enrollment
+            // service's own decision on the certificate it holds says whether it is.
+            let waiting: Vec<RegistrationRequest> = requests
+                .iter()
+                .filter(|r| {
+                    outcomes
+                        .get(&r.registration_id)
+                        .is_some_and(|o| o.status == "waiting")
+                })
+                .cloned()
+                .collect();
+            if !waiting.is_empty() {
+                for (req, decision) in waiting.iter().zip(backend.preview_register(&waiting, now)?) {
+                    if decision.is_err()
+                        && let Some(o) = outcomes.get_mut(&req.registration_id)
+                    {
+                        o.refused = true;
+                    }
+                }
             }
         }
     }

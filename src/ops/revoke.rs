@@ -286,6 +286,8 @@ fn revoke_ca(
                 "remove CA `{name}` (or a CA it signed) from the slots of group `{}`",
                 g.name
             ));
+            // What remains is the group's primary, as DPS requires.
+            g.primary_first();
             groups.push(g);
         }
     }

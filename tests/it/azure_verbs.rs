@@ -26,6 +26,19 @@ pub(crate) fn start_serve(env: &TestEnv, plan_body: &str) -> Serve {
     )
 }
 
+/// As [`start_serve`], with serve's clock at `now` (RFC 3339), over the store an earlier serve
+/// of the same plan left.
+pub(crate) fn start_serve_at(env: &TestEnv, plan_body: &str, now: &str) -> Serve {
+    std::fs::create_dir_all(env.path("serve")).unwrap();
+    Serve::start_at_time(
+        env,
+        TOKEN,
+        "serve/plan.toml",
+        &format!("version = 1\n{plan_body}"),
+        Some(now),
+    )
+}
+
 /// The same plan twice: `local/plan.toml` on the local store and `azure/plan.toml` on serve.
 fn plans(env: &TestEnv, serve: &Serve, body: &str) {
     let azure = azure_backend(serve, "state.db", "CERTROLL_AZ_TOKEN", "../ca.pem", false);

@@ -60,7 +60,7 @@ pub(crate) fn assert_same(l: &Value, a: &Value, what: &str) {
 }
 
 /// `delivery = "direct-method"` with the default method name.
-const DIRECT: &str = "delivery = \"direct-method\"\n";
+pub(crate) const DIRECT: &str = "delivery = \"direct-method\"\n";
 
 /// The factory step of a device on azure: the operator exports its first certificate and key
 /// (`export device:ID --with-key`) and the device registers with DPS over mutual TLS with it,
@@ -109,7 +109,7 @@ fn factory_register(env: &TestEnv, serve: &Serve, id: &str) {
 }
 
 /// Serve's own `status` over serve's store: what its simulated devices hold.
-fn serve_status(env: &TestEnv) -> Value {
+pub(crate) fn serve_status(env: &TestEnv) -> Value {
     let mut cmd = env.cmd();
     cmd.env_remove("CERTROLL_NOW")
         .args(["--plan", "serve/plan.toml", "status", "-o", "json"]);
@@ -123,7 +123,7 @@ fn serve_status(env: &TestEnv) -> Value {
 }
 
 /// The device `id` in a status document.
-fn device<'a>(status: &'a Value, id: &str) -> &'a Value {
+pub(crate) fn device<'a>(status: &'a Value, id: &str) -> &'a Value {
     status["devices"]
         .as_array()
         .and_then(|d| d.iter().find(|d| d["id"] == id))
@@ -199,7 +199,7 @@ fn roll_secondary_delivers_through_the_direct_method_to_serves_simulated_device(
 
 /// A root, an intermediate that signs for a group of two devices, and one individual
 /// enrollment signed by the root, all on hub `conf-hub`.
-const GROUPS: &str = "[policies.device]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 365\n\
+pub(crate) const GROUPS: &str = "[policies.device]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 365\n\
      [policies.ca]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 3650\n\
      key_usage = [\"keyCertSign\", \"cRLSign\", \"digitalSignature\"]\n\
      [ca.root]\nsubject = \"CN=Root\"\npolicy = \"ca\"\n\
@@ -210,7 +210,7 @@ const GROUPS: &str = "[policies.device]\nkey = { type = \"EC\", curve = \"P-256\
 
 /// Serve over [`GROUPS`], and the plans delivering through the device hook (a factory: each
 /// device registers with the first certificate it is handed).
-fn groups_through_the_hook(env: &TestEnv) -> Serve {
+pub(crate) fn groups_through_the_hook(env: &TestEnv) -> Serve {
     let serve = start_serve(env, GROUPS);
     crate::azure_verbs::fleet_plans_hook(env, &serve, GROUPS);
     serve
@@ -218,7 +218,7 @@ fn groups_through_the_hook(env: &TestEnv) -> Serve {
 
 /// [`GROUPS`] issued the same on both plans through the device hook, then the plans switched
 /// to direct-method delivery (over the air, to devices that have registered).
-fn issued_groups(env: &TestEnv) -> Serve {
+pub(crate) fn issued_groups(env: &TestEnv) -> Serve {
     let serve = groups_through_the_hook(env);
     let (l, a) = both(env, &serve, &["issue", "-o", "json"]);
     assert_eq!(l, a, "issue");

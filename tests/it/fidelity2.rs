@@ -622,12 +622,18 @@ fn expired_cas_leave_the_service_and_the_slots_with_the_next_roll() {
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["root-v2"], "{root:#}");
+    // The live intermediate the secondary slot held is the primary now (DPS holds no group with
+    // a secondary and no primary).
+    assert_eq!(
+        after["groups"][0]["primary"]["thumbprint"], s["groups"][0]["secondary"]["thumbprint"],
+        "the current CA stays, as the primary: {:#}",
+        after["groups"][0]
+    );
     assert!(
-        after["groups"][0]["primary"].is_null(),
+        after["groups"][0]["secondary"].is_null(),
         "{:#}",
         after["groups"][0]
     );
-    assert!(!after["groups"][0]["secondary"].is_null(), "the current CA stays");
 
     let check = env.plan_run(&["check", "-o", "json", "--now", &t]).json();
     assert!(

@@ -50,6 +50,8 @@ mod conformance;
 mod azure_verbs;
 // Delivery by direct method to serve's simulated devices, and the verbs lifted after them.
 mod azure_verbs2;
+// Breach rolls and expired-CA removal after CA rolls: no secondary without a primary, on both.
+mod azure_breach;
 // `notify` on azure: the same notices as on the local store, mailed to a real SMTP server.
 mod azure_notify;
 // What an operator sees on azure: progress, logs, TLS errors, exit codes.

@@ -189,11 +189,15 @@ fn an_expiry_roll_keeps_both_certificates_working_and_alternates_slots() {
     assert!(r["devices"][0]["pruned_thumbprint"].is_string(), "{r}");
     assert_eq!(pem_der(&env, &t400, "gateway-01"), new_gw);
     assert!(works(&env, "gateway-01", &new_gw, &t400));
+    // The expired certificate left the primary slot, and the live one the secondary held took
+    // its place in the same write (DPS holds no enrollment with a secondary and no primary).
     let slots = backend(&env).individual("gateway-01").unwrap().unwrap();
-    assert!(
-        slots.primary.is_none(),
-        "the expired certificate left the primary slot"
+    assert_eq!(
+        slots.primary.as_deref(),
+        Some(new_gw.as_slice()),
+        "the live certificate is the primary"
     );
+    assert!(slots.secondary.is_none(), "nothing else is held");
 }
 
 #[test]

@@ -1021,6 +1021,10 @@ impl EnrollmentService for AzureBackend {
     }
 
     fn put_group(&mut self, group: &EnrollmentGroup, now: OffsetDateTime) -> Result<()> {
+        // Refused before any request, in the local backend's words (DPS answers 400 too).
+        if let Some(why) = group.slots_refused() {
+            return Err(BackendError::Refused(why));
+        }
         // DPS has no X.509 group without a signing certificate: a group whose CAs were all
         // taken out (a breach between removing the old CA and placing the new one, or a CA
         // revoked) is deleted there, accepting no device, and kept in the local store until a
@@ -1046,6 +1050,9 @@ impl EnrollmentService for AzureBackend {
     }
 
     fn put_individuals(&mut self, batch: &[IndividualEnrollment], now: OffsetDateTime) -> Result<()> {
+        if let Some(why) = batch.iter().find_map(IndividualEnrollment::slots_refused) {
+            return Err(BackendError::Refused(why));
+        }
         self.enrollments.put_individuals(batch, now)
     }
 
@@ -1258,6 +1265,9 @@ impl Backend for AzureBackend {
         identities: &[HubIdentity],
         now: OffsetDateTime,
     ) -> Result<()> {
+        if let Some(why) = individuals.iter().find_map(IndividualEnrollment::slots_refused) {
+            return Err(BackendError::Refused(why));
+        }
         let apply_now = if identities.is_empty() {
             Vec::new()
         } else {

@@ -350,6 +350,8 @@ pub(super) fn place(
         *other = if valid(named) { named.take() } else { None };
     }
     *named = Some(new);
+    // A lone certificate (the other slot emptied) is the group's primary, as DPS requires.
+    state.primary_first();
     backend.put_group(&state, now)?;
     Ok(())
 }
@@ -418,6 +420,9 @@ pub(super) fn remove_tainted(
             }
         }
         if changed {
+            // The remaining certificate, if any, moves to the primary slot in the same write:
+            // DPS holds no group with a secondary and no primary.
+            state.primary_first();
             backend.put_group(&state, now)?;
         }
     }
@@ -532,6 +537,8 @@ pub(super) fn prune_expired(backend: &mut dyn Backend, now: OffsetDateTime) -> R
             }
         }
         if changed {
+            // An expired primary leaves and the live secondary takes its place, in one write.
+            state.primary_first();
             backend.put_group(&state, now)?;
         }
     }

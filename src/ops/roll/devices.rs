@@ -923,6 +923,8 @@ pub(super) fn store(
             if let Some(keep) = w.other_individual.take() {
                 *other = keep;
             }
+            // A lone certificate is the enrollment's primary, as DPS requires.
+            ind.primary_first();
             individuals.push(ind);
         }
         if let Some(mut h) = w.identity.take() {
@@ -939,6 +941,18 @@ pub(super) fn store(
                 if let Some(keep) = w.other_hub.take() {
                     *other = keep;
                 }
+                // A device's own breach ends with the hub holding only the new thumbprint (what
+                // the re-provisioning below checks): written so at once, the leaked key is shut
+                // out even where the enrollment keeps an older certificate, and a remote hub's
+                // identity names the certificate the device registers with.
+                if !w.compromised.is_empty()
+                    && let Some((_, _, tp)) = new
+                {
+                    h.primary_thumbprint = Some(tp.clone());
+                    h.secondary_thumbprint = None;
+                }
+                // A lone thumbprint is the primary, as for the enrollment.
+                crate::backend::types::primary_first(&mut h.primary_thumbprint, &mut h.secondary_thumbprint);
                 identities.push(h);
             }
         }

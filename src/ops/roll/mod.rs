@@ -1546,7 +1546,13 @@ fn plan_scope<'p>(
         let mut detail =
             serde_json::json!({ "group": g.name, "slot": slot.word(), "clear_other": clear_other });
         let mut cut_off = CutOff::none();
-        if clear_other {
+        if clear_other && slot == SlotName::Secondary {
+            // DPS holds no group with a secondary and no primary: a lone certificate is the primary.
+            steps[0] = format!(
+                "put the new certificate of CA `{}` into group `{}` as its only signing certificate: the primary slot, since the enrollment service requires a primary (the secondary slot is left empty)",
+                g.signing_ca, g.name
+            );
+        } else if clear_other {
             steps.push(format!(
                 "leave the {} slot of group `{}` empty",
                 slot.other().word(),
