@@ -302,7 +302,8 @@ fn an_expired_leaf_in_an_enrollment_slot_is_reported_and_removed() {
     let d = outcome(&r, "gateway-01");
     assert_eq!(d["outcome"], "pruned", "{r:#}");
     assert_eq!(d["pruned_thumbprint"], first.as_str(), "{r:#}");
-    assert_eq!(slots(&env, "gateway-01"), (None, secondary.clone()));
+    // The live secondary moves up: DPS never holds a secondary without a primary.
+    assert_eq!(slots(&env, "gateway-01"), (secondary.clone(), None));
     assert_eq!(count(&env, "dev-gateway-01"), 2, "nothing issued");
     env.plan_run(&["--now", &t, "check"]).ok();
     // A rerun has nothing left to do and records no run.
