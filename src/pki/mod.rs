@@ -41,6 +41,10 @@ pub enum Error {
     /// The operating system's random generator failed.
     #[error("random number generator failed")]
     Rng,
+    /// A vault that keeps a CA key did not sign: its reason (service, operation, status, code
+    /// and message).
+    #[error("{0}")]
+    RemoteSign(String),
 }
 
 /// Why `x509_parser` could not read a certificate, in words. Its own `Display` prints the

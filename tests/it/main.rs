@@ -47,6 +47,8 @@ mod azure_verbs;
 mod azure_verbs2;
 // `notify` on azure: the same notices as on the local store, mailed to a real SMTP server.
 mod azure_notify;
+// HSM CAs on azure: Key Vault signs what certroll builds; the keys never leave it.
+mod azure_hsm;
 // Issue 3 at fleet scale: yearly cron rounds, breaches, revokes, reprovision policies, kills.
 mod fleet;
 // Hostile input: output paths aimed at the state, FIFOs, devices, broken stores, far dates.

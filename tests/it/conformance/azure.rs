@@ -197,6 +197,145 @@ fn a_non_exportable_ca_key_stays_in_the_vault_and_the_vault_signs_what_certroll_
     crate::util::openssl_in(env.dir.path(), &["verify", "-CAfile", "ca-cert.pem", "leaf.pem"]).ok();
 }
 
+/// `Vault::signer`, the seam every CA signature goes through: an exportable CA's key signs in
+/// certroll; a non-exportable one's signer is Key Vault's keys client, for every key type a
+/// plan may give a CA (ES256/384/512 over P-256/384/521, RS256 over RSA), and openssl checks
+/// each signature the vault made. A sign Key Vault refuses (a disabled version) fails naming
+/// the service, the operation, the certificate and the service's status.
+#[test]
+fn vault_signer_signs_in_key_vault_for_every_non_exportable_key_type() {
+    use certroll::pki::cert::{CaSigner, CertProfile, IssuerKey, sign_leaf, sign_self};
+    use certroll::pki::spec::{Curve, KeySpec, Subject};
+    let env = TestEnv::new();
+    let serve = Serve::start(&env, "tok");
+    let mut vault = connect(&env, &serve, "tok");
+    let now = super::now();
+    let profile = |cn: &str, ca: bool| CertProfile {
+        subject: Subject::common_name(cn),
+        dns_names: vec![],
+        key_usage: vec![],
+        extended_key_usage: vec![],
+        not_before: now - time::Duration::hours(1),
+        not_after: now + time::Duration::days(30),
+        ca: ca.then_some(None),
+    };
+    let cases = [
+        (
+            "ec-256",
+            KeySpec::Ec {
+                curve: Curve::P256,
+                hsm: true,
+            },
+            "ecdsa-with-SHA256",
+        ),
+        (
+            "ec-384",
+            KeySpec::Ec {
+                curve: Curve::P384,
+                hsm: true,
+            },
+            "ecdsa-with-SHA384",
+        ),
+        (
+            "ec-521",
+            KeySpec::Ec {
+                curve: Curve::P521,
+                hsm: true,
+            },
+            "ecdsa-with-SHA512",
+        ),
+        (
+            "rsa-2048",
+            KeySpec::Rsa {
+                bits: 2048,
+                hsm: true,
+            },
+            "sha256WithRSAEncryption",
+        ),
+    ];
+    for (name, spec, algorithm) in &cases {
+        let key = certroll::pki::PrivateKey::generate(spec).unwrap();
+        let cert_der = sign_self(&profile(name, true), &key).unwrap();
+        let key_props = match spec {
+            KeySpec::Ec { curve, .. } => {
+                serde_json::json!({ "kty": spec.kty(), "crv": curve.to_string(), "exportable": false })
+            }
+            KeySpec::Rsa { bits, .. } => {
+                serde_json::json!({ "kty": spec.kty(), "key_size": bits, "exportable": false })
+            }
+        };
+        let policy = serde_json::json!({
+            "key_props": key_props,
+            "secret_props": { "contentType": "application/x-pem-file" },
+            "x509_props": { "subject": format!("CN={name}"), "validity_months": 1 },
+            "issuer": { "name": "Self" },
+        })
+        .to_string();
+        let made = super::Made {
+            cert_der,
+            key_pkcs8: key.pkcs8_der().to_vec(),
+        };
+        let mut new = super::new_version(name, &policy, &made, None);
+        new.exportable = false;
+        new.kty = spec.kty();
+        vault.create_versions(&[new], now).unwrap();
+        let version = vault.current(name).unwrap().unwrap();
+        let signer = vault.signer(&version).unwrap();
+        assert!(matches!(signer, CaSigner::Remote(_)), "{name}: {signer:?}");
+        let issuer = IssuerKey::with_signer(version.cert_der.clone(), signer).unwrap();
+        assert!(issuer.is_remote());
+        let leaf_key = certroll::pki::PrivateKey::generate(&KeySpec::Ec {
+            curve: Curve::P256,
+            hsm: false,
+        })
+        .unwrap();
+        let leaf = sign_leaf(&profile(&format!("{name}-leaf"), false), &leaf_key, &issuer).unwrap();
+        env.write_pem(&version.cert_der, name);
+        env.write_pem(&leaf, &format!("{name}-leaf"));
+        let run = crate::util::openssl_in(
+            env.dir.path(),
+            &[
+                "verify",
+                "-CAfile",
+                &format!("{name}.pem"),
+                &format!("{name}-leaf.pem"),
+            ],
+        );
+        assert!(
+            run.stdout.contains(": OK"),
+            "{name}: {}{}",
+            run.stdout,
+            run.stderr
+        );
+        let text = env
+            .openssl(&["x509", "-in", &format!("{name}-leaf.pem"), "-noout", "-text"])
+            .ok()
+            .stdout;
+        assert!(
+            text.contains(&format!("Signature Algorithm: {algorithm}")),
+            "{name}: {text}"
+        );
+
+        if *name == "ec-384" {
+            vault.set_enabled(&version, false, now).unwrap();
+            let err = sign_leaf(&profile("refused", false), &leaf_key, &issuer).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("Key Vault sign `ec-384` failed: HTTP 4"), "{text}");
+            vault.set_enabled(&version, true, now).unwrap();
+        }
+    }
+
+    // An exportable CA key signs in certroll: no request per signature.
+    let root = super::self_signed("exportable-ca", 30, true);
+    let policy = super::policy("CN=exportable-ca", true, "application/x-pem-file");
+    vault
+        .create_versions(&[super::new_version("exportable-ca", &policy, &root, None)], now)
+        .unwrap();
+    let version = vault.current("exportable-ca").unwrap().unwrap();
+    let signer = vault.signer(&version).unwrap();
+    assert!(matches!(signer, CaSigner::Key(_)), "{signer:?}");
+}
+
 #[test]
 fn verbs_refuse_an_azure_plan_without_dps_with_exit_2_and_create_nothing() {
     let env = TestEnv::new();
