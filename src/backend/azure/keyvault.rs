@@ -14,9 +14,10 @@
 //!   ([`super::KeyCreationRate`]).
 //! - A version's `kty` and `exportable` are the name's current policy's.
 //! - A key that is not exportable never leaves the vault: [`AzureVault::private_key`] refuses it
-//!   and [`AzureVault::signing_key`] gives a [`KeyVaultSigningKey`], an `rcgen::SigningKey` whose
-//!   signatures the vault makes (keys client `sign`), so certroll builds the certificate and the
-//!   vault signs it.
+//!   and [`Vault::signer`] gives a [`KeyVaultSigningKey`], an `rcgen::SigningKey` whose
+//!   signatures the vault makes (keys client `sign`), so certroll builds the certificate (or CRL)
+//!   and the vault signs it. An exportable CA key signs in certroll (one secret read, no request
+//!   per signature).
 //! - Stay in the local store beside the plan, because Key Vault has no place for them: CRL numbers
 //!   and revocations (`revoke`, `revocations`, `next_crl_number`) and which devices hold a
 //!   version (`certificate_users`).

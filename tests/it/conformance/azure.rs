@@ -114,7 +114,15 @@ fn client_plan(env: &TestEnv, serve: &Serve) -> certroll::plan::Plan {
 }
 
 fn connect(env: &TestEnv, serve: &Serve, token: &str) -> AzureVault {
-    let plan = client_plan(env, serve);
+    connect_at(env, serve, token, 4)
+}
+
+/// [`connect`] with the plan's `vault_concurrency`.
+fn connect_at(env: &TestEnv, serve: &Serve, token: &str, concurrency: usize) -> AzureVault {
+    let mut plan = client_plan(env, serve);
+    if let Some(azure) = plan.azure.as_mut() {
+        azure.vault_limits.concurrency = concurrency;
+    }
     std::fs::create_dir_all(env.path("client")).unwrap();
     let local = super::local::fresh_store(&env.path("client"));
     let credential = Arc::new(EnvTokenCredential::new(token.to_string()));
@@ -334,6 +342,85 @@ fn vault_signer_signs_in_key_vault_for_every_non_exportable_key_type() {
     let version = vault.current("exportable-ca").unwrap().unwrap();
     let signer = vault.signer(&version).unwrap();
     assert!(matches!(signer, CaSigner::Key(_)), "{signer:?}");
+}
+
+/// What signing in Key Vault costs, and what `vault_concurrency` buys: the same leaves signed by
+/// an EC-HSM CA whose key stays in serve's Key Vault, with the plan's `vault_concurrency` at 1
+/// and at 8, on the pool certroll signs on ([`IssuerKey::install`]); and by the same key held in
+/// certroll, the baseline of the same run.
+#[test]
+#[ignore = "measurement, not a check: run with --ignored --nocapture"]
+fn measure_remote_signing_by_vault_concurrency() {
+    use certroll::pki::cert::{CaSigner, CertProfile, IssuerKey, sign_public_key, sign_self};
+    use certroll::pki::spec::{Curve, KeySpec, Subject};
+    use rayon::prelude::*;
+    let n: usize = std::env::var("CERTROLL_BENCH_SIGNATURES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400);
+    let env = TestEnv::new();
+    let serve = Serve::start(&env, "tok");
+    let now = super::now();
+    let profile = |cn: &str, ca: bool| CertProfile {
+        subject: Subject::common_name(cn),
+        dns_names: vec![],
+        key_usage: vec![],
+        extended_key_usage: vec![],
+        not_before: now - time::Duration::hours(1),
+        not_after: now + time::Duration::days(30),
+        ca: ca.then_some(None),
+    };
+    let spec = KeySpec::Ec {
+        curve: Curve::P256,
+        hsm: true,
+    };
+    let key = certroll::pki::PrivateKey::generate(&spec).unwrap();
+    let cert_der = sign_self(&profile("hsm-ca", true), &key).unwrap();
+    let policy = super::policy("CN=hsm-ca", false, "application/x-pem-file");
+    let made = super::Made {
+        cert_der: cert_der.clone(),
+        key_pkcs8: key.pkcs8_der().to_vec(),
+    };
+    let mut new = super::new_version("hsm-ca", &policy, &made, None);
+    new.exportable = false;
+    connect(&env, &serve, "tok").create_versions(&[new], now).unwrap();
+    let holder = certroll::pki::PrivateKey::generate(&KeySpec::Ec {
+        curve: Curve::P256,
+        hsm: false,
+    })
+    .unwrap();
+    let sign_all = |issuer: &IssuerKey| {
+        let start = std::time::Instant::now();
+        let signed: Vec<Vec<u8>> = issuer.install(|| {
+            (0..n)
+                .into_par_iter()
+                .map(|i| sign_public_key(&profile(&format!("d-{i}"), false), holder.pair(), issuer).unwrap())
+                .collect()
+        });
+        assert_eq!(signed.len(), n);
+        start.elapsed()
+    };
+    let local = sign_all(&IssuerKey::with_signer(cert_der.clone(), CaSigner::Key(key)).unwrap());
+    let mut remote = Vec::new();
+    for concurrency in [1usize, 8] {
+        let vault = connect_at(&env, &serve, "tok", concurrency);
+        let version = vault.current("hsm-ca").unwrap().unwrap();
+        let issuer = IssuerKey::with_signer(cert_der.clone(), vault.signer(&version).unwrap()).unwrap();
+        remote.push((concurrency, sign_all(&issuer)));
+    }
+    println!("{n} leaves signed by an EC-HSM CA:");
+    println!("  key held in certroll      {:>8.2?}  (baseline)", local);
+    for (c, t) in &remote {
+        println!(
+            "  Key Vault, concurrency {c:<2} {t:>8.2?}  {:.1}x baseline, {:.0} signatures/s",
+            t.as_secs_f64() / local.as_secs_f64(),
+            n as f64 / t.as_secs_f64()
+        );
+    }
+    println!(
+        "  concurrency 8 vs 1: {:.1}x faster",
+        remote[0].1.as_secs_f64() / remote[1].1.as_secs_f64()
+    );
 }
 
 #[test]
