@@ -53,6 +53,10 @@ impl Vault for Box<dyn Backend> {
         (**self).private_key(version)
     }
 
+    fn signer(&self, version: &VaultVersion) -> Result<crate::pki::cert::CaSigner> {
+        (**self).signer(version)
+    }
+
     fn names_page(&self, after: &str, limit: usize) -> Result<Vec<String>> {
         (**self).names_page(after, limit)
     }

@@ -315,6 +315,11 @@ impl Vault for LocalBackend {
         Ok(key)
     }
 
+    fn signer(&self, version: &VaultVersion) -> Result<crate::pki::cert::CaSigner> {
+        // The store unseals every key, HSM or not, and signs in this process.
+        Ok(crate::pki::cert::CaSigner::Key(self.private_key(version)?))
+    }
+
     // -------- vault administration (issue 4)
 
     fn tags(&self, name: &str, version: Option<&str>) -> Result<Option<Tags>> {

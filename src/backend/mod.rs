@@ -14,6 +14,7 @@ pub mod types;
 pub mod wire;
 
 use crate::pki::PrivateKey;
+use crate::pki::cert::CaSigner;
 use time::OffsetDateTime;
 use types::*;
 
@@ -158,6 +159,10 @@ pub trait Vault {
     /// The private key of a version, for signing inside certroll (CA keys) or for export. The
     /// caller enforces exportability for anything that leaves the process.
     fn private_key(&self, version: &VaultVersion) -> Result<PrivateKey>;
+    /// What signs with a CA version's key: the key itself where this vault hands it out, else a
+    /// signer whose signatures the vault makes, the key never leaving it (a non-exportable key
+    /// in Key Vault). Every path that signs with a CA takes this, never [`private_key`](Self::private_key).
+    fn signer(&self, version: &VaultVersion) -> Result<CaSigner>;
     /// Certificate names in order after `after` (a page of at most `limit`).
     fn names_page(&self, after: &str, limit: usize) -> Result<Vec<String>>;
     /// The policy recorded for a certificate name, as Key Vault-shaped JSON.

@@ -500,6 +500,9 @@ fn issue_ca(
             detail,
         });
         if dry_run {
+            if let Some(issuer) = &ca.issuer {
+                super::check_can_sign(backend, issuer)?;
+            }
             if ca.issuer.is_none() {
                 report.steps.push(Step {
                     action: "upload-ca",
@@ -557,7 +560,10 @@ fn issue_ca(
                 count: 1,
                 detail: format!("prove possession of the key of CA `{}`", ca.name),
             });
-            if !dry_run {
+            if dry_run {
+                // Planned only if it can run: the vault must hand out what signs for the key.
+                backend.signer(&current)?;
+            } else {
                 prove_possession(backend, &service_name, &current, now)?;
             }
         }
@@ -574,8 +580,7 @@ pub(crate) fn prove_possession(
     now: OffsetDateTime,
 ) -> Result<()> {
     let nonce = backend.verification_code(name, now)?;
-    let ca_key = backend.private_key(ca)?;
-    let issuer = crate::pki::cert::IssuerKey::new(ca.cert_der.clone(), ca_key)?;
+    let issuer = crate::pki::cert::IssuerKey::with_signer(ca.cert_der.clone(), backend.signer(ca)?)?;
     let holder = PrivateKey::generate(&crate::pki::spec::KeySpec::Ec {
         curve: crate::pki::spec::Curve::P256,
         hsm: false,
@@ -736,6 +741,8 @@ fn issue_devices(
 ) -> Result<()> {
     let policy = unit.policy(plan);
     let mut issuer: Option<LoadedIssuer> = None;
+    // A dry run plans signatures only from a CA that can make them.
+    let mut checked = false;
     let mut tally = Tally::default();
     let mut ids = ids.peekable();
     // A pipeline: while chunk k is written to the backend (sequential), the keys and
@@ -750,6 +757,10 @@ fn issue_devices(
         };
         tally.add(&needs);
         let work = !dry_run && needs.iter().any(Need::any);
+        if dry_run && !checked && needs.iter().any(|n| n.cert.is_none()) {
+            super::check_can_sign(backend, unit.issuer())?;
+            checked = true;
+        }
         if work && issuer.is_none() {
             let loaded = load_issuer(backend, unit.issuer())?;
             if loaded.not_after <= now {
@@ -912,8 +923,21 @@ fn assess(backend: &dyn Backend, unit: &Unit<'_>, chunk: &[String]) -> Result<Ve
 /// New keys and certificates for the devices that lack one: `(index in needs, key, cert DER)`.
 type Fresh = Vec<(usize, SubjectKey, Vec<u8>, crate::pki::CertFacts)>;
 
-/// Keys and signatures: the expensive part, on every core. Touches no backend.
+/// Keys and signatures: the expensive part, on every core (or, for a CA whose vault signs, on
+/// as many threads as the vault takes requests at once). Touches no backend but that vault.
 fn generate(
+    policy: &Policy,
+    issuer: &LoadedIssuer,
+    needs: &[Need],
+    now: OffsetDateTime,
+    skew: time::Duration,
+) -> Result<Fresh> {
+    issuer
+        .key
+        .install(|| generate_here(policy, issuer, needs, now, skew))
+}
+
+fn generate_here(
     policy: &Policy,
     issuer: &LoadedIssuer,
     needs: &[Need],

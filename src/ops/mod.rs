@@ -334,7 +334,7 @@ pub fn load_issuer(backend: &dyn Backend, ca: &str) -> Result<LoadedIssuer> {
             current.version
         );
     }
-    let key = backend.private_key(&current)?;
+    let key = backend.signer(&current)?;
     let chain = chain_above(backend, &current)?;
     let mut full = vec![current.cert_der.clone()];
     full.extend(chain);
@@ -347,10 +347,20 @@ pub fn load_issuer(backend: &dyn Backend, ca: &str) -> Result<LoadedIssuer> {
     Ok(LoadedIssuer {
         cert_name,
         version: current.version.clone(),
-        key: IssuerKey::new(current.cert_der.clone(), key)?,
+        key: IssuerKey::with_signer(current.cert_der.clone(), key)?,
         chain: full,
         not_after: current.exp,
     })
+}
+
+/// For a dry run: fails as [`load_issuer`] would when the CA's current version cannot sign
+/// (disabled, or its vault hands out nothing that signs with its key); Ok when the CA has no
+/// version yet, which the run itself makes before it signs.
+pub fn check_can_sign(backend: &dyn Backend, ca: &str) -> Result<()> {
+    if backend.current(&ca_cert_name(ca))?.is_none() {
+        return Ok(());
+    }
+    load_issuer(backend, ca).map(drop)
 }
 
 /// The certificates above a version, following the issuer links: its issuer first, the root last.

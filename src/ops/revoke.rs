@@ -563,7 +563,7 @@ pub fn crl_der(backend: &mut dyn Backend, version: &VaultVersion, now: OffsetDat
             version.version
         );
     }
-    let key = crate::pki::cert::IssuerKey::new(version.cert_der.clone(), backend.private_key(version)?)?;
+    let key = crate::pki::cert::IssuerKey::with_signer(version.cert_der.clone(), backend.signer(version)?)?;
     let (_, entries) = backend.revocations(&version.name, &version.version)?;
     let number = backend.next_crl_number(&version.name)?;
     let revoked_certs = entries
@@ -592,7 +592,11 @@ pub fn crl_der(backend: &mut dyn Backend, version: &VaultVersion, now: OffsetDat
         key_identifier_method: rcgen::KeyIdMethod::Sha256,
     };
     Ok(Crl {
-        der: params.signed_by(key.issuer())?.der().to_vec(),
+        der: params
+            .signed_by(key.issuer())
+            .map_err(|e| key.failure(e))?
+            .der()
+            .to_vec(),
         number,
         revoked: entries.len(),
     })

@@ -8,7 +8,7 @@ use super::san::San;
 use super::spec::{DnKind, ExtendedKeyUsage, KeyUsage, Subject};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -32,23 +32,87 @@ pub struct CertProfile {
     pub ca: Option<Option<u8>>,
 }
 
-/// A CA certificate together with its key, ready to sign.
+/// A CA signing key that stays outside this process: a vault holds the private half and makes
+/// each signature (rcgen calls [`rcgen::SigningKey::sign`] once per certificate or CRL, and the
+/// call blocks until the vault answers).
+pub trait RemoteSigningKey: rcgen::SigningKey + Send + Sync {
+    /// Why the last failed `sign` failed, in the service's words (rcgen only carries
+    /// `RemoteKeyError`); taken once.
+    fn take_failure(&self) -> Option<String>;
+    /// How many signatures may be asked for at once (the plan's limit for the service).
+    fn concurrency(&self) -> usize;
+}
+
+/// What signs for a CA version, as a vault hands it out.
+pub enum CaSigner {
+    /// The private key, held in this process.
+    Key(PrivateKey),
+    /// A key that never leaves its vault, which signs what certroll builds.
+    Remote(Box<dyn RemoteSigningKey>),
+}
+
+impl std::fmt::Debug for CaSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CaSigner::Key(k) => write!(f, "CaSigner::Key({k:?})"),
+            CaSigner::Remote(k) => write!(f, "CaSigner::Remote({:?})", k.algorithm()),
+        }
+    }
+}
+
+impl rcgen::PublicKeyData for CaSigner {
+    fn der_bytes(&self) -> &[u8] {
+        match self {
+            CaSigner::Key(k) => k.pair().der_bytes(),
+            CaSigner::Remote(k) => k.der_bytes(),
+        }
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        match self {
+            CaSigner::Key(k) => k.pair().algorithm(),
+            CaSigner::Remote(k) => k.algorithm(),
+        }
+    }
+}
+
+impl rcgen::SigningKey for CaSigner {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        match self {
+            CaSigner::Key(k) => k.pair().sign(msg),
+            CaSigner::Remote(k) => k.sign(msg),
+        }
+    }
+}
+
+/// A CA certificate together with what signs for it, ready to sign.
 pub struct IssuerKey {
     cert_der: Vec<u8>,
-    issuer: rcgen::Issuer<'static, KeyPair>,
+    issuer: rcgen::Issuer<'static, CaSigner>,
+    /// The threads that wait on a remote signer's signatures, made on first use.
+    pool: std::sync::OnceLock<Option<rayon::ThreadPool>>,
 }
 
 impl IssuerKey {
     /// Pairs a CA certificate with its private key.
     pub fn new(cert_der: Vec<u8>, key: PrivateKey) -> Result<IssuerKey, Error> {
-        let pair = KeyPair::from_pkcs8_der_and_sign_algo(&key.pkcs8_der().into(), key.pair().algorithm())?;
-        if rcgen::PublicKeyData::subject_public_key_info(&pair) != spki_of(&cert_der)? {
+        IssuerKey::with_signer(cert_der, CaSigner::Key(key))
+    }
+
+    /// Pairs a CA certificate with what signs for it (its key, or a vault that keeps the key).
+    /// Errors: [`Error::BadKey`] when the signer's public key is not the certificate's.
+    pub fn with_signer(cert_der: Vec<u8>, signer: CaSigner) -> Result<IssuerKey, Error> {
+        if rcgen::PublicKeyData::subject_public_key_info(&signer) != spki_of(&cert_der)? {
             return Err(Error::BadKey(
                 "the key does not belong to the CA certificate".into(),
             ));
         }
-        let issuer = rcgen::Issuer::from_ca_cert_der(&CertificateDer::from(cert_der.as_slice()), pair)?;
-        Ok(IssuerKey { cert_der, issuer })
+        let issuer = rcgen::Issuer::from_ca_cert_der(&CertificateDer::from(cert_der.as_slice()), signer)?;
+        Ok(IssuerKey {
+            cert_der,
+            issuer,
+            pool: std::sync::OnceLock::new(),
+        })
     }
 
     /// The CA certificate (DER).
@@ -56,9 +120,48 @@ impl IssuerKey {
         &self.cert_der
     }
 
-    /// The rcgen issuer, for CRLs and other signatures.
-    pub fn issuer(&self) -> &rcgen::Issuer<'static, KeyPair> {
+    /// The rcgen issuer, for CRLs and other signatures. A failure of a remote signer comes back
+    /// as `RemoteKeyError`; [`IssuerKey::failure`] gives the service's reason.
+    pub fn issuer(&self) -> &rcgen::Issuer<'static, CaSigner> {
         &self.issuer
+    }
+
+    /// Whether a vault makes this CA's signatures (each one a request to it).
+    pub fn is_remote(&self) -> bool {
+        matches!(self.issuer.key(), CaSigner::Remote(_))
+    }
+
+    /// Runs `work`, which signs with this CA from rayon's parallel iterators, where its
+    /// signatures are made best: as it is for a key held here (every core); for a remote signer
+    /// on a pool of the signer's `concurrency` threads, each waiting on one signature, so that
+    /// many requests are in flight and never more than the plan allows.
+    pub fn install<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
+        let CaSigner::Remote(remote) = self.issuer.key() else {
+            return work();
+        };
+        let pool = self.pool.get_or_init(|| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(remote.concurrency().max(1))
+                .thread_name(|i| format!("certroll-sign-{i}"))
+                .build()
+                .ok()
+        });
+        match pool {
+            Some(pool) => pool.install(work),
+            // No threads to be had: sign on the caller's pool, fewer at once.
+            None => work(),
+        }
+    }
+
+    /// The error to report for an rcgen failure while signing with this CA: a remote signer's
+    /// own reason when it has one.
+    pub fn failure(&self, e: rcgen::Error) -> Error {
+        if let (rcgen::Error::RemoteKeyError, CaSigner::Remote(remote)) = (&e, self.issuer.key())
+            && let Some(why) = remote.take_failure()
+        {
+            return Error::RemoteSign(why);
+        }
+        Error::Generate(e)
     }
 }
 
@@ -267,7 +370,8 @@ pub fn sign_leaf(
 ) -> Result<Vec<u8>, Error> {
     let params = params(profile)?;
     Ok(params
-        .signed_by(subject_key.pair(), &issuer.issuer)?
+        .signed_by(subject_key.pair(), &issuer.issuer)
+        .map_err(|e| issuer.failure(e))?
         .der()
         .to_vec())
 }
@@ -280,7 +384,11 @@ pub fn sign_public_key(
     issuer: &IssuerKey,
 ) -> Result<Vec<u8>, Error> {
     let params = params(profile)?;
-    Ok(params.signed_by(public_key, &issuer.issuer)?.der().to_vec())
+    Ok(params
+        .signed_by(public_key, &issuer.issuer)
+        .map_err(|e| issuer.failure(e))?
+        .der()
+        .to_vec())
 }
 
 /// [`sign_public_key`], with the certificate's [`CertFacts`] known from what was signed rather
@@ -297,7 +405,11 @@ pub fn sign_public_key_with_facts(
         .as_ref()
         .map(|s| super::hex_upper(&s.to_bytes()))
         .unwrap_or_default();
-    let der = params.signed_by(public_key, &issuer.issuer)?.der().to_vec();
+    let der = params
+        .signed_by(public_key, &issuer.issuer)
+        .map_err(|e| issuer.failure(e))?
+        .der()
+        .to_vec();
     // Certificates carry whole seconds in UTC.
     let second = |t: OffsetDateTime| {
         t.to_offset(time::UtcOffset::UTC) - time::Duration::nanoseconds(i64::from(t.nanosecond()))

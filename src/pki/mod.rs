@@ -1,7 +1,9 @@
 //! The PKI core: keys, certificates, thumbprints, PEM and PKCS#12.
 //!
 //! Pure functions over bytes and times. `pki` never reads the clock (validity is passed in), never touches
-//! the store or the network, and never logs key material.
+//! the store or the network, and never logs key material. A CA key that stays in a remote vault
+//! signs through a [`cert::RemoteSigningKey`] the backend supplies (its requests are the
+//! backend's).
 
 pub mod bundle;
 pub mod cert;
@@ -45,6 +47,10 @@ pub enum Error {
     /// The operating system's random generator failed.
     #[error("random number generator failed")]
     Rng,
+    /// A vault that keeps a CA key did not sign: its reason (service, operation, status, code
+    /// and message).
+    #[error("{0}")]
+    RemoteSign(String),
 }
 
 /// Why `x509_parser` could not read a certificate, in words. Its own `Display` prints the

@@ -1666,6 +1666,10 @@ async fn get_key(
     st.read(move |b, _| {
         let (v, tags, _) = load(b, &name, version.as_deref())?;
         let mut key = jwk(&v.cert_der)?;
+        if v.kty.ends_with("-HSM") {
+            // Key Vault names an HSM-protected key's type so (JsonWebKeyType `EC-HSM`, `RSA-HSM`).
+            key["kty"] = json!(v.kty);
+        }
         key["kid"] = json!(format!("{base}/keys/{name}/{}", v.version));
         key["key_ops"] = json!(key_ops(&v)?);
         let mut attrs = attributes(&v);

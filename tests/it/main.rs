@@ -56,6 +56,9 @@ mod azure_breach;
 mod azure_notify;
 // What an operator sees on azure: progress, logs, TLS errors, exit codes.
 mod azure_ux;
+
+// HSM CAs on azure: Key Vault signs what certroll builds; the keys never leave it.
+mod azure_hsm;
 // Issue 3 at fleet scale: yearly cron rounds, breaches, revokes, reprovision policies, kills.
 mod fleet;
 // Hostile input: output paths aimed at the state, FIFOs, devices, broken stores, far dates.

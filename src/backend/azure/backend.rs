@@ -636,6 +636,10 @@ impl Vault for AzureBackend {
         self.vault.private_key(version)
     }
 
+    fn signer(&self, version: &VaultVersion) -> Result<crate::pki::cert::CaSigner> {
+        self.vault.signer(version)
+    }
+
     fn names_page(&self, after: &str, limit: usize) -> Result<Vec<String>> {
         self.vault.names_page(after, limit)
     }

@@ -14,9 +14,10 @@
 //!   ([`super::KeyCreationRate`]).
 //! - A version's `kty` and `exportable` are the name's current policy's.
 //! - A key that is not exportable never leaves the vault: [`AzureVault::private_key`] refuses it
-//!   and [`AzureVault::signing_key`] gives a [`KeyVaultSigningKey`], an `rcgen::SigningKey` whose
-//!   signatures the vault makes (keys client `sign`), so certroll builds the certificate and the
-//!   vault signs it.
+//!   and [`Vault::signer`] gives a [`KeyVaultSigningKey`], an `rcgen::SigningKey` whose
+//!   signatures the vault makes (keys client `sign`), so certroll builds the certificate (or CRL)
+//!   and the vault signs it. An exportable CA key signs in certroll (one secret read, no request
+//!   per signature).
 //! - Stay in the local store beside the plan, because Key Vault has no place for them: CRL numbers
 //!   and revocations (`revoke`, `revocations`, `next_crl_number`) and which devices hold a
 //!   version (`certificate_users`).
@@ -493,6 +494,7 @@ impl AzureVault {
             &version.name,
             &version.version,
             &version.cert_der,
+            self.concurrency,
         )
     }
 
@@ -819,6 +821,15 @@ impl Vault for AzureVault {
             crate::pki::pem::key_from_pem(value.as_bytes())?
         };
         Ok(PrivateKey::from_der_any(&pkcs8)?.0)
+    }
+
+    fn signer(&self, version: &VaultVersion) -> Result<crate::pki::cert::CaSigner> {
+        use crate::pki::cert::CaSigner;
+        if version.exportable {
+            // The key is the plan's to hold: sign here, without a request per signature.
+            return Ok(CaSigner::Key(self.private_key(version)?));
+        }
+        Ok(CaSigner::Remote(Box::new(self.signing_key(version)?)))
     }
 
     fn names_page(&self, after: &str, limit: usize) -> Result<Vec<String>> {
@@ -1460,8 +1471,12 @@ fn not_yet(what: &str, name: &str) -> BackendError {
 // ------------------------------------------------------------------ signing in the vault
 
 /// An `rcgen::SigningKey` whose private half stays in Key Vault: `sign` hashes the message and
-/// asks the keys client to sign the digest (ES256/384/512 or RS256), then encodes the signature as
-/// X.509 wants it (ECDSA as a DER `Ecdsa-Sig-Value`).
+/// asks the keys client to sign the digest (ES256/384/512 for EC keys, RS256 for RSA, as certroll
+/// signs with a key it holds), then encodes the signature as X.509 wants it (ECDSA: Key Vault's
+/// `r || s` as a DER `Ecdsa-Sig-Value`, RFC 3279 2.2.3; RSA: as is).
+///
+/// `sign` is blocking: it runs the request on the vault's runtime and waits for it, so it may be
+/// called from any thread, rayon's included, and never from inside an async task of that runtime.
 pub struct KeyVaultSigningKey {
     rt: tokio::runtime::Handle,
     keys: Arc<KeyClient>,
@@ -1470,9 +1485,13 @@ pub struct KeyVaultSigningKey {
     /// The raw public key (EC point or PKCS#1 RSAPublicKey), from the version's certificate.
     public: Vec<u8>,
     algorithm: &'static rcgen::SignatureAlgorithm,
-    kv_algorithm: &'static str,
+    kv_algorithm: SignatureAlgorithm,
     digest: &'static aws_lc_rs::digest::Algorithm,
     ecdsa: bool,
+    /// Requests in flight at most (the plan's Key Vault `concurrency`).
+    concurrency: usize,
+    /// The first failure not yet reported (rcgen's error carries no reason).
+    failure: std::sync::Mutex<Option<String>>,
 }
 
 impl KeyVaultSigningKey {
@@ -1482,6 +1501,7 @@ impl KeyVaultSigningKey {
         name: &str,
         version: &str,
         cert_der: &[u8],
+        concurrency: usize,
     ) -> Result<KeyVaultSigningKey> {
         use x509_parser::prelude::*;
         let (_, cert) = X509Certificate::from_der(cert_der).map_err(|e| {
@@ -1501,16 +1521,27 @@ impl KeyVaultSigningKey {
         use aws_lc_rs::digest::{SHA256, SHA384, SHA512};
         let (algorithm, kv_algorithm, digest, ecdsa): (&'static rcgen::SignatureAlgorithm, _, _, _) =
             match (oid.as_str(), curve.as_deref()) {
-                ("1.2.840.10045.2.1", Some("1.2.840.10045.3.1.7")) => {
-                    (&rcgen::PKCS_ECDSA_P256_SHA256, "ES256", &SHA256, true)
+                ("1.2.840.10045.2.1", Some("1.2.840.10045.3.1.7")) => (
+                    &rcgen::PKCS_ECDSA_P256_SHA256,
+                    SignatureAlgorithm::Es256,
+                    &SHA256,
+                    true,
+                ),
+                ("1.2.840.10045.2.1", Some("1.3.132.0.34")) => (
+                    &rcgen::PKCS_ECDSA_P384_SHA384,
+                    SignatureAlgorithm::Es384,
+                    &SHA384,
+                    true,
+                ),
+                ("1.2.840.10045.2.1", Some("1.3.132.0.35")) => (
+                    &rcgen::PKCS_ECDSA_P521_SHA512,
+                    SignatureAlgorithm::Es512,
+                    &SHA512,
+                    true,
+                ),
+                ("1.2.840.113549.1.1.1", _) => {
+                    (&rcgen::PKCS_RSA_SHA256, SignatureAlgorithm::Rs256, &SHA256, false)
                 }
-                ("1.2.840.10045.2.1", Some("1.3.132.0.34")) => {
-                    (&rcgen::PKCS_ECDSA_P384_SHA384, "ES384", &SHA384, true)
-                }
-                ("1.2.840.10045.2.1", Some("1.3.132.0.35")) => {
-                    (&rcgen::PKCS_ECDSA_P521_SHA512, "ES512", &SHA512, true)
-                }
-                ("1.2.840.113549.1.1.1", _) => (&rcgen::PKCS_RSA_SHA256, "RS256", &SHA256, false),
                 _ => {
                     return Err(BackendError::Refused(format!(
                         "the key of `{name}` ({oid}) cannot sign through Key Vault"
@@ -1527,7 +1558,19 @@ impl KeyVaultSigningKey {
             kv_algorithm,
             digest,
             ecdsa,
+            concurrency,
+            failure: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Keeps the first failure for [`take_failure`](crate::pki::cert::RemoteSigningKey::take_failure).
+    fn failed(&self, why: String) -> rcgen::Error {
+        if let Ok(mut slot) = self.failure.lock()
+            && slot.is_none()
+        {
+            *slot = Some(why);
+        }
+        rcgen::Error::RemoteKeyError
     }
 }
 
@@ -1545,37 +1588,42 @@ impl rcgen::SigningKey for KeyVaultSigningKey {
     fn sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
         let digest = aws_lc_rs::digest::digest(self.digest, msg);
         let params = SignParameters {
-            algorithm: Some(
-                self.kv_algorithm
-                    .parse::<SignatureAlgorithm>()
-                    .map_err(|_| rcgen::Error::RemoteKeyError)?,
-            ),
+            algorithm: Some(self.kv_algorithm.clone()),
             value: Some(digest.as_ref().to_vec()),
         };
-        let result = self.rt.block_on(async {
+        let keys = self.keys.clone();
+        let (name, version) = (self.name.clone(), self.version.clone());
+        // Spawned onto the vault's runtime and waited for here: unlike `Handle::block_on`, this
+        // never panics when the calling thread is itself inside a runtime.
+        let request = self.rt.spawn(async move {
             let body: RequestContent<SignParameters> = params.try_into()?;
             let options = KeyClientSignOptions {
-                key_version: Some(self.version.clone()),
+                key_version: Some(version),
                 ..Default::default()
             };
-            self.keys
-                .sign(&self.name, body, Some(options))
-                .await?
-                .into_model()
+            keys.sign(&name, body, Some(options)).await?.into_model()
         });
-        let raw = match result {
-            Ok(r) => r.result.unwrap_or_default(),
+        let raw = match futures::executor::block_on(request) {
+            Ok(Ok(r)) => r.result.unwrap_or_default(),
+            Ok(Err(e)) => return Err(self.failed(remote("sign", &self.name, e).to_string())),
             Err(e) => {
-                tracing::error!("{}", remote("sign", &self.name, e));
-                return Err(rcgen::Error::RemoteKeyError);
+                return Err(self.failed(format!(
+                    "Key Vault sign `{}` failed: the request did not finish: {e}",
+                    self.name
+                )));
             }
         };
         if !self.ecdsa {
             return Ok(raw);
         }
-        // Key Vault returns r || s; X.509 carries SEQUENCE { r INTEGER, s INTEGER }.
+        // Key Vault returns r || s, each the size of the curve's order; X.509 carries
+        // SEQUENCE { r INTEGER, s INTEGER }.
         if raw.is_empty() || raw.len() % 2 != 0 {
-            return Err(rcgen::Error::RemoteKeyError);
+            return Err(self.failed(format!(
+                "Key Vault sign `{}` answered a {}-byte ECDSA signature, not r || s",
+                self.name,
+                raw.len()
+            )));
         }
         let (r, s) = raw.split_at(raw.len() / 2);
         Ok(yasna::construct_der(|w| {
@@ -1584,5 +1632,15 @@ impl rcgen::SigningKey for KeyVaultSigningKey {
                 w.next().write_bigint_bytes(s, true);
             })
         }))
+    }
+}
+
+impl crate::pki::cert::RemoteSigningKey for KeyVaultSigningKey {
+    fn take_failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|mut slot| slot.take())
+    }
+
+    fn concurrency(&self) -> usize {
+        self.concurrency
     }
 }

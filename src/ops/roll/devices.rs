@@ -788,14 +788,33 @@ impl Issuers {
         }
     }
 
+    /// Runs `work` where a vault that signs for one of these CAs wants its signatures made
+    /// ([`crate::pki::IssuerKey::install`]); on the current pool when every key is held here.
+    fn install<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
+        match self.0.values().flatten().find(|i| i.key.is_remote()) {
+            Some(remote) => remote.key.install(work),
+            None => work(),
+        }
+    }
+
     /// Drops every loaded issuer (after a CA roll, so the new version is used).
     pub fn forget(&mut self) {
         self.0.clear();
     }
 }
 
-/// Keys and signatures, on every core; touches no backend.
+/// Keys and signatures, on every core (or, for a CA whose vault signs, on as many threads as
+/// the vault takes requests at once); touches no backend but that vault.
 pub(super) fn generate(
+    assessed: &Assessed<'_>,
+    issuers: &Issuers,
+    now: OffsetDateTime,
+    skew: time::Duration,
+) -> Result<Fresh> {
+    issuers.install(|| generate_here(assessed, issuers, now, skew))
+}
+
+fn generate_here(
     assessed: &Assessed<'_>,
     issuers: &Issuers,
     now: OffsetDateTime,

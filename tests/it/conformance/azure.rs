@@ -100,7 +100,15 @@ fn client_plan(env: &TestEnv, serve: &Serve) -> certroll::plan::Plan {
 }
 
 fn connect(env: &TestEnv, serve: &Serve, token: &str) -> AzureVault {
-    let plan = client_plan(env, serve);
+    connect_at(env, serve, token, 4)
+}
+
+/// [`connect`] with the plan's `vault_concurrency`.
+fn connect_at(env: &TestEnv, serve: &Serve, token: &str, concurrency: usize) -> AzureVault {
+    let mut plan = client_plan(env, serve);
+    if let Some(azure) = plan.azure.as_mut() {
+        azure.vault_limits.concurrency = concurrency;
+    }
     vault_client(plan.azure.as_ref().unwrap(), &env.path("client"), token)
 }
 
@@ -189,6 +197,224 @@ fn a_non_exportable_ca_key_stays_in_the_vault_and_the_vault_signs_what_certroll_
     );
     env.write("leaf.pem", &leaf.pem());
     crate::util::openssl_in(env.dir.path(), &["verify", "-CAfile", "ca-cert.pem", "leaf.pem"]).ok();
+}
+
+/// `Vault::signer`, the seam every CA signature goes through: an exportable CA's key signs in
+/// certroll; a non-exportable one's signer is Key Vault's keys client, for every key type a
+/// plan may give a CA (ES256/384/512 over P-256/384/521, RS256 over RSA), and openssl checks
+/// each signature the vault made. A sign Key Vault refuses (a disabled version) fails naming
+/// the service, the operation, the certificate and the service's status.
+#[test]
+fn vault_signer_signs_in_key_vault_for_every_non_exportable_key_type() {
+    use certroll::pki::cert::{CaSigner, CertProfile, IssuerKey, sign_leaf, sign_self};
+    use certroll::pki::spec::{Curve, KeySpec, Subject};
+    let env = TestEnv::new();
+    let serve = Serve::start(&env, "tok");
+    let mut vault = connect(&env, &serve, "tok");
+    let now = super::now();
+    let profile = |cn: &str, ca: bool| CertProfile {
+        subject: Subject::common_name(cn),
+        dns_names: vec![],
+        key_usage: vec![],
+        extended_key_usage: vec![],
+        not_before: now - time::Duration::hours(1),
+        not_after: now + time::Duration::days(30),
+        ca: ca.then_some(None),
+    };
+    let cases = [
+        (
+            "ec-256",
+            KeySpec::Ec {
+                curve: Curve::P256,
+                hsm: true,
+            },
+            "ecdsa-with-SHA256",
+        ),
+        (
+            "ec-384",
+            KeySpec::Ec {
+                curve: Curve::P384,
+                hsm: true,
+            },
+            "ecdsa-with-SHA384",
+        ),
+        (
+            "ec-521",
+            KeySpec::Ec {
+                curve: Curve::P521,
+                hsm: true,
+            },
+            "ecdsa-with-SHA512",
+        ),
+        (
+            "rsa-2048",
+            KeySpec::Rsa {
+                bits: 2048,
+                hsm: true,
+            },
+            "sha256WithRSAEncryption",
+        ),
+    ];
+    for (name, spec, algorithm) in &cases {
+        let key = certroll::pki::PrivateKey::generate(spec).unwrap();
+        let cert_der = sign_self(&profile(name, true), &key).unwrap();
+        let key_props = match spec {
+            KeySpec::Ec { curve, .. } => {
+                serde_json::json!({ "kty": spec.kty(), "crv": curve.to_string(), "exportable": false })
+            }
+            KeySpec::Rsa { bits, .. } => {
+                serde_json::json!({ "kty": spec.kty(), "key_size": bits, "exportable": false })
+            }
+        };
+        let policy = serde_json::json!({
+            "key_props": key_props,
+            "secret_props": { "contentType": "application/x-pem-file" },
+            "x509_props": { "subject": format!("CN={name}"), "validity_months": 1 },
+            "issuer": { "name": "Self" },
+        })
+        .to_string();
+        let made = super::Made {
+            cert_der,
+            key_pkcs8: key.pkcs8_der().to_vec(),
+        };
+        let mut new = super::new_version(name, &policy, &made, None);
+        new.exportable = false;
+        new.kty = spec.kty();
+        vault.create_versions(&[new], now).unwrap();
+        let version = vault.current(name).unwrap().unwrap();
+        let signer = vault.signer(&version).unwrap();
+        assert!(matches!(signer, CaSigner::Remote(_)), "{name}: {signer:?}");
+        let issuer = IssuerKey::with_signer(version.cert_der.clone(), signer).unwrap();
+        assert!(issuer.is_remote());
+        let leaf_key = certroll::pki::PrivateKey::generate(&KeySpec::Ec {
+            curve: Curve::P256,
+            hsm: false,
+        })
+        .unwrap();
+        let leaf = sign_leaf(&profile(&format!("{name}-leaf"), false), &leaf_key, &issuer).unwrap();
+        env.write_pem(&version.cert_der, name);
+        env.write_pem(&leaf, &format!("{name}-leaf"));
+        let run = crate::util::openssl_in(
+            env.dir.path(),
+            &[
+                "verify",
+                "-CAfile",
+                &format!("{name}.pem"),
+                &format!("{name}-leaf.pem"),
+            ],
+        );
+        assert!(
+            run.stdout.contains(": OK"),
+            "{name}: {}{}",
+            run.stdout,
+            run.stderr
+        );
+        let text = env
+            .openssl(&["x509", "-in", &format!("{name}-leaf.pem"), "-noout", "-text"])
+            .ok()
+            .stdout;
+        assert!(
+            text.contains(&format!("Signature Algorithm: {algorithm}")),
+            "{name}: {text}"
+        );
+
+        if *name == "ec-384" {
+            vault.set_enabled(&version, false, now).unwrap();
+            let err = sign_leaf(&profile("refused", false), &leaf_key, &issuer).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("Key Vault sign `ec-384` failed: HTTP 4"), "{text}");
+            vault.set_enabled(&version, true, now).unwrap();
+        }
+    }
+
+    // An exportable CA key signs in certroll: no request per signature.
+    let root = super::self_signed("exportable-ca", 30, true);
+    let policy = super::policy("CN=exportable-ca", true, "application/x-pem-file");
+    vault
+        .create_versions(&[super::new_version("exportable-ca", &policy, &root, None)], now)
+        .unwrap();
+    let version = vault.current("exportable-ca").unwrap().unwrap();
+    let signer = vault.signer(&version).unwrap();
+    assert!(matches!(signer, CaSigner::Key(_)), "{signer:?}");
+}
+
+/// What signing in Key Vault costs, and what `vault_concurrency` buys: the same leaves signed by
+/// an EC-HSM CA whose key stays in serve's Key Vault, with the plan's `vault_concurrency` at 1
+/// and at 8, on the pool certroll signs on ([`IssuerKey::install`]); and by the same key held in
+/// certroll, the baseline of the same run.
+#[test]
+#[ignore = "measurement, not a check: run with --ignored --nocapture"]
+fn measure_remote_signing_by_vault_concurrency() {
+    use certroll::pki::cert::{CaSigner, CertProfile, IssuerKey, sign_public_key, sign_self};
+    use certroll::pki::spec::{Curve, KeySpec, Subject};
+    use rayon::prelude::*;
+    let n: usize = std::env::var("CERTROLL_BENCH_SIGNATURES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400);
+    let env = TestEnv::new();
+    let serve = Serve::start(&env, "tok");
+    let now = super::now();
+    let profile = |cn: &str, ca: bool| CertProfile {
+        subject: Subject::common_name(cn),
+        dns_names: vec![],
+        key_usage: vec![],
+        extended_key_usage: vec![],
+        not_before: now - time::Duration::hours(1),
+        not_after: now + time::Duration::days(30),
+        ca: ca.then_some(None),
+    };
+    let spec = KeySpec::Ec {
+        curve: Curve::P256,
+        hsm: true,
+    };
+    let key = certroll::pki::PrivateKey::generate(&spec).unwrap();
+    let cert_der = sign_self(&profile("hsm-ca", true), &key).unwrap();
+    let policy = super::policy("CN=hsm-ca", false, "application/x-pem-file");
+    let made = super::Made {
+        cert_der: cert_der.clone(),
+        key_pkcs8: key.pkcs8_der().to_vec(),
+    };
+    let mut new = super::new_version("hsm-ca", &policy, &made, None);
+    new.exportable = false;
+    connect(&env, &serve, "tok").create_versions(&[new], now).unwrap();
+    let holder = certroll::pki::PrivateKey::generate(&KeySpec::Ec {
+        curve: Curve::P256,
+        hsm: false,
+    })
+    .unwrap();
+    let sign_all = |issuer: &IssuerKey| {
+        let start = std::time::Instant::now();
+        let signed: Vec<Vec<u8>> = issuer.install(|| {
+            (0..n)
+                .into_par_iter()
+                .map(|i| sign_public_key(&profile(&format!("d-{i}"), false), holder.pair(), issuer).unwrap())
+                .collect()
+        });
+        assert_eq!(signed.len(), n);
+        start.elapsed()
+    };
+    let local = sign_all(&IssuerKey::with_signer(cert_der.clone(), CaSigner::Key(key)).unwrap());
+    let mut remote = Vec::new();
+    for concurrency in [1usize, 8] {
+        let vault = connect_at(&env, &serve, "tok", concurrency);
+        let version = vault.current("hsm-ca").unwrap().unwrap();
+        let issuer = IssuerKey::with_signer(cert_der.clone(), vault.signer(&version).unwrap()).unwrap();
+        remote.push((concurrency, sign_all(&issuer)));
+    }
+    println!("{n} leaves signed by an EC-HSM CA:");
+    println!("  key held in certroll      {:>8.2?}  (baseline)", local);
+    for (c, t) in &remote {
+        println!(
+            "  Key Vault, concurrency {c:<2} {t:>8.2?}  {:.1}x baseline, {:.0} signatures/s",
+            t.as_secs_f64() / local.as_secs_f64(),
+            n as f64 / t.as_secs_f64()
+        );
+    }
+    println!(
+        "  concurrency 8 vs 1: {:.1}x faster",
+        remote[0].1.as_secs_f64() / remote[1].1.as_secs_f64()
+    );
 }
 
 #[test]
