@@ -155,6 +155,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v8_decision_inputs.sql"),
     include_str!("schema_v9_version_tags.sql"),
     include_str!("schema_v10_notify_remote.sql"),
+    include_str!("schema_v11_etag_writers.sql"),
 ];
 
 /// How to open a store.
