@@ -5,6 +5,7 @@
 //!     cargo bench --bench issue_fleet                                  # N = 2,000, 3 rounds
 //!     CERTROLL_BENCH_DEVICES=100000 cargo bench --bench issue_fleet    # the issue-13 size
 //!     CERTROLL_BENCH_DEVICES=100000 CERTROLL_BENCH_ROUNDS=5 cargo bench --bench issue_fleet
+//!     CERTROLL_BENCH_PHASES=issue,breach cargo bench --bench issue_fleet   # only these phases
 //!
 //! Each round builds a fresh store and times, in this order: the bare loop, the bare loop with a
 //! path validation per leaf (what the enrollment service does when a device registers), then the
@@ -26,6 +27,10 @@
 //! the phase's process (from `wait4`) and the store's size after the phase. Goals (issue 13):
 //! no-op reprovision <= 0.2x, breach <= 1.5x bare + one validation per device (the `vs floor`
 //! column: phase / (bare + validation)), a nothing-due cron roll adds nothing to the store.
+//!
+//! `CERTROLL_BENCH_PHASES` (comma-separated words) runs only the phases whose name contains one
+//! of them, in the same order; a later phase then starts from a store the skipped ones did not
+//! touch (a breach right after `issue` finds one version per device instead of three).
 //!
 //! Not run in CI (it takes minutes); `cargo clippy --all-targets` keeps it compiling.
 
@@ -224,6 +229,14 @@ fn main() {
     // `cargo bench` passes --bench; ignore arguments.
     let n = env_usize("CERTROLL_BENCH_DEVICES", 2_000);
     let rounds = env_usize("CERTROLL_BENCH_ROUNDS", 3);
+    let only: Vec<String> = std::env::var("CERTROLL_BENCH_PHASES")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+        .map(String::from)
+        .collect();
+    let runs = |name: &str| only.is_empty() || only.iter().any(|w| name.contains(w.as_str()));
     println!(
         "issue_fleet: {n} EC P-256 devices, {} threads, {rounds} rounds (every side once a round)",
         rayon::current_num_threads()
@@ -241,6 +254,9 @@ fn main() {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("plan.toml"), plan(n)).unwrap();
         for (i, (name, args, accepted)) in PHASES.iter().enumerate() {
+            if !runs(name) {
+                continue;
+            }
             let before = store_size(dir.path());
             let s = run_certroll(dir.path(), args, accepted);
             sizes[i] = store_size(dir.path());
@@ -268,6 +284,9 @@ fn main() {
         "phase", "median s", "min x", "median x", "floor min", "floor med", "peak RSS", "store", "added"
     );
     for (i, (name, _, _)) in PHASES.iter().enumerate() {
+        if samples[i].is_empty() {
+            continue;
+        }
         let times: Vec<f64> = samples[i].iter().map(|s| s.time.as_secs_f64()).collect();
         let ratios: Vec<f64> = times
             .iter()

@@ -609,11 +609,43 @@ pub fn registration_put_decided(
     now: OffsetDateTime,
     decided: Option<(&[u8], i64, i64)>,
 ) -> Result<()> {
+    let p = params![
+        state.registration_id,
+        enrollment_kind,
+        enrollment_name,
+        state.status,
+        state.substatus,
+        state.hub,
+        cert_thumbprint,
+        state.error,
+        state.error_code,
+        ts(now),
+        decided.map(|d| d.0),
+        decided.map(|d| d.1),
+        decided.map(|d| d.2),
+    ];
+    // A registration that stays with its enrollment (every one a roll re-provisions) is updated
+    // in place, leaving the by-enrollment index alone; the etag is set here, so its trigger does
+    // not write the row again.
+    let updated = conn
+        .prepare_cached(
+            "UPDATE registrations SET
+               status = ?4, substatus = ?5, hub = ?6, cert_thumbprint = ?7, error = ?8, error_code = ?9,
+               updated = ?10, decision_inputs = ?11, decision_from = ?12, decision_until = ?13,
+               etag = lower(hex(randomblob(8)))
+             WHERE registration_id = ?1 AND enrollment_kind IS coalesce(?2, enrollment_kind)
+               AND enrollment_name IS coalesce(?3, enrollment_name)",
+        )
+        .and_then(|mut s| s.execute(p))
+        .map_err(sql)?;
+    if updated > 0 {
+        return Ok(());
+    }
     conn.prepare_cached(
         "INSERT INTO registrations
            (registration_id, enrollment_kind, enrollment_name, status, substatus, hub, cert_thumbprint, error,
-            error_code, updated, created, decision_inputs, decision_from, decision_until)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13)
+            error_code, updated, created, decision_inputs, decision_from, decision_until, etag)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, lower(hex(randomblob(8))))
          ON CONFLICT(registration_id) DO UPDATE SET
            enrollment_kind = coalesce(excluded.enrollment_kind, enrollment_kind),
            enrollment_name = coalesce(excluded.enrollment_name, enrollment_name),
@@ -621,25 +653,9 @@ pub fn registration_put_decided(
            cert_thumbprint = excluded.cert_thumbprint, error = excluded.error,
            error_code = excluded.error_code, updated = excluded.updated,
            decision_inputs = excluded.decision_inputs, decision_from = excluded.decision_from,
-           decision_until = excluded.decision_until",
+           decision_until = excluded.decision_until, etag = excluded.etag",
     )
-    .and_then(|mut s| {
-        s.execute(params![
-            state.registration_id,
-            enrollment_kind,
-            enrollment_name,
-            state.status,
-            state.substatus,
-            state.hub,
-            cert_thumbprint,
-            state.error,
-            state.error_code,
-            ts(now),
-            decided.map(|d| d.0),
-            decided.map(|d| d.1),
-            decided.map(|d| d.2),
-        ])
-    })
+    .and_then(|mut s| s.execute(p))
     .map_err(sql)?;
     Ok(())
 }
@@ -852,7 +868,8 @@ pub fn hub_put(conn: &Connection, d: &HubIdentity, reset_twin: bool, now: Offset
     let updated = conn
         .prepare_cached(
             "UPDATE hub_devices SET auth_type = ?3, primary_thumbprint = ?4, secondary_thumbprint = ?5,
-               status = ?6, updated = ?7, twin = CASE WHEN ?8 THEN '{}' ELSE twin END
+               status = ?6, updated = ?7, twin = CASE WHEN ?8 THEN '{}' ELSE twin END,
+               etag = lower(hex(randomblob(8)))
              WHERE device_id = ?2 AND hub = ?1",
         )
         .and_then(|mut s| s.execute(p))
@@ -860,8 +877,8 @@ pub fn hub_put(conn: &Connection, d: &HubIdentity, reset_twin: bool, now: Offset
     if updated == 0 {
         // A new identity starts with the initial twin whatever `reset_twin` says.
         conn.prepare_cached(
-            "INSERT INTO hub_devices (hub, device_id, auth_type, primary_thumbprint, secondary_thumbprint, status, created, updated)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+            "INSERT INTO hub_devices (hub, device_id, auth_type, primary_thumbprint, secondary_thumbprint, status, created, updated, etag)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, lower(hex(randomblob(8))))",
         )
         .and_then(|mut s| s.execute(&p[..7]))
         .map_err(sql)?;

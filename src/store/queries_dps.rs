@@ -278,4 +278,100 @@ mod tests {
         let page = group_registrations_page(store.conn(), "g", "", 10).unwrap();
         assert_eq!(page.len(), 1);
     }
+    #[test]
+    fn hub_identities_and_registrations_get_one_new_etag_per_write_whoever_writes() {
+        // Since schema v12 hub_put and registration_put set the etag themselves (the triggers
+        // leave those rows alone); a writer that does not still gets a fresh one.
+        let mut store = Store::open_empty().unwrap();
+        let mut identity = HubIdentity {
+            hub: "h".into(),
+            device_id: "d".into(),
+            status: Status::Enabled,
+            auth_type: "selfSigned".into(),
+            primary_thumbprint: Some("AA".into()),
+            secondary_thumbprint: None,
+        };
+        store.write(|c, _| q::hub_put(c, &identity, false, NOW)).unwrap();
+        let created = hub_meta(store.conn(), "h", "d").unwrap().unwrap();
+        assert_eq!(created.etag.len(), 16);
+        identity.primary_thumbprint = Some("BB".into());
+        let later = NOW + time::Duration::hours(1);
+        store
+            .write(|c, _| q::hub_put(c, &identity, false, later))
+            .unwrap();
+        let updated = hub_meta(store.conn(), "h", "d").unwrap().unwrap();
+        assert_ne!(updated.etag, created.etag);
+        assert_eq!(updated.etag.len(), 16);
+        assert_eq!((updated.created, updated.updated), (NOW, later));
+        assert_eq!(
+            q::hub_get(store.conn(), "h", "d")
+                .unwrap()
+                .unwrap()
+                .primary_thumbprint
+                .as_deref(),
+            Some("BB")
+        );
+        store
+            .write(|c, _| set_twin(c, "h", "d", r#"{"tags":{}}"#))
+            .unwrap();
+        let twin_set = hub_meta(store.conn(), "h", "d").unwrap().unwrap();
+        assert_ne!(
+            twin_set.etag, updated.etag,
+            "a writer that sets no etag still changes it"
+        );
+
+        let ok = RegistrationState {
+            registration_id: "d".into(),
+            status: "assigned".into(),
+            hub: Some("h".into()),
+            ..Default::default()
+        };
+        store
+            .write(|c, _| q::registration_put(c, &ok, Some("group"), Some("g"), "AA", NOW))
+            .unwrap();
+        let first = q::registration_get(store.conn(), "d").unwrap().unwrap();
+        assert_eq!(first.etag.as_deref().map(str::len), Some(16));
+        assert_eq!(first.created, Some(NOW));
+        // The same enrollment again: updated in place, a new etag, created kept.
+        store
+            .write(|c, _| q::registration_put(c, &ok, Some("group"), Some("g"), "BB", later))
+            .unwrap();
+        let second = q::registration_get(store.conn(), "d").unwrap().unwrap();
+        assert_ne!(second.etag, first.etag);
+        assert_eq!(second.cert_thumbprint.as_deref(), Some("BB"));
+        assert_eq!((second.created, second.updated), (Some(NOW), Some(later)));
+        // Another enrollment: the by-enrollment index follows the move.
+        store
+            .write(|c, _| q::registration_put(c, &ok, Some("group"), Some("g2"), "CC", later))
+            .unwrap();
+        let third = q::registration_get(store.conn(), "d").unwrap().unwrap();
+        assert_ne!(third.etag, second.etag);
+        assert_eq!(third.enrollment_name.as_deref(), Some("g2"));
+        assert_eq!(third.created, Some(NOW));
+        assert!(
+            group_registrations_page(store.conn(), "g", "", 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            group_registrations_page(store.conn(), "g2", "", 10)
+                .unwrap()
+                .len(),
+            1
+        );
+        store
+            .write(|c, _| {
+                c.execute(
+                    "UPDATE registrations SET substatus = 'x' WHERE registration_id = 'd'",
+                    [],
+                )
+                .map_err(sql)
+            })
+            .unwrap();
+        let fourth = q::registration_get(store.conn(), "d").unwrap().unwrap();
+        assert_ne!(
+            fourth.etag, third.etag,
+            "a writer that sets no etag still changes it"
+        );
+    }
 }

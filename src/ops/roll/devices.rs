@@ -926,6 +926,11 @@ pub(super) fn store(
 
     let mut individuals = Vec::new();
     let mut identities = Vec::new();
+    // The identity of a device that re-provisions below, with the request it goes with: written
+    // only when the registration assigns another hub (in its own hub the registration, or the
+    // fix-up after it, leaves it holding only the new thumbprint; writing it before as well would
+    // write every row twice).
+    let mut after_register: Vec<(usize, HubIdentity)> = Vec::new();
     let mut installs = Vec::new();
     let mut requests = Vec::new();
     let mut replaced = serde_json::Map::new();
@@ -964,15 +969,18 @@ pub(super) fn store(
                 // the re-provisioning below checks): written so at once, the leaked key is shut
                 // out even where the enrollment keeps an older certificate, and a remote hub's
                 // identity names the certificate the device registers with.
-                if !w.compromised.is_empty()
-                    && let Some((_, _, tp)) = new
-                {
+                let own_breach = !w.compromised.is_empty() && new.is_some();
+                if own_breach && let Some((_, _, tp)) = new {
                     h.primary_thumbprint = Some(tp.clone());
                     h.secondary_thumbprint = None;
                 }
                 // A lone thumbprint is the primary, as for the enrollment.
                 crate::backend::types::primary_first(&mut h.primary_thumbprint, &mut h.secondary_thumbprint);
-                identities.push(h);
+                if w.reprovision && new.is_some() && !own_breach {
+                    after_register.push((requests.len(), h));
+                } else {
+                    identities.push(h);
+                }
             }
         }
         for v in &w.compromised {
@@ -1010,11 +1018,7 @@ pub(super) fn store(
     }
     if !requests.is_empty() {
         let states = backend.register(&requests, now)?;
-        // Re-provisioning leaves the hub alone under the `never` policy; a compromised
-        // thumbprint must go all the same.
-        let mut only_new = Vec::new();
         for (req, state) in requests.iter().zip(&states) {
-            let tp = sha1_thumbprint(&req.chain[0]);
             if state.status != "assigned" {
                 anyhow::bail!(
                     "device:{} was refused by the enrollment service with its new certificate: {}",
@@ -1022,8 +1026,22 @@ pub(super) fn store(
                     state.error.as_deref().unwrap_or("refused")
                 );
             }
-            if let Some(hub) = &state.hub
-                && let Some(mut h) = backend.identity(hub, &req.registration_id)?
+        }
+        // Re-provisioning leaves the hub alone under the `never` policy; a compromised
+        // thumbprint must go all the same. The assigned identities are read in one batch.
+        let wanted: Vec<(String, String)> = requests
+            .iter()
+            .zip(&states)
+            .filter_map(|(req, state)| Some((state.hub.clone()?, req.registration_id.clone())))
+            .collect();
+        let mut assigned = backend.identity_many(&wanted)?.into_iter();
+        let mut only_new = Vec::new();
+        for (req, state) in requests.iter().zip(&states) {
+            if state.hub.is_none() {
+                continue;
+            }
+            let tp = sha1_thumbprint(&req.chain[0]);
+            if let Some(Some(mut h)) = assigned.next()
                 && (h.primary_thumbprint.as_deref() != Some(tp.as_str()) || h.secondary_thumbprint.is_some())
             {
                 h.primary_thumbprint = Some(tp);
@@ -1031,6 +1049,13 @@ pub(super) fn store(
                 only_new.push(h);
             }
         }
+        // An identity in a hub other than the one assigned gets the new thumbprint as decided.
+        only_new.extend(
+            after_register
+                .into_iter()
+                .filter(|(at, h)| states[*at].hub.as_deref() != Some(h.hub.as_str()))
+                .map(|(_, h)| h),
+        );
         if !only_new.is_empty() {
             backend.update_identities(&only_new, now)?;
         }
