@@ -569,6 +569,14 @@ fn a_capped_ca_is_not_renewed_on_the_first_run_either() {
 fn a_named_roll_of_a_capped_ca_issues_nothing() {
     let env = TestEnv::new();
     capped_plan(&env);
+    // Devices of 20 days, due 5 days before their end: neither due nor capped by the factory.
+    let plan = std::fs::read_to_string(env.path("plan.toml")).unwrap();
+    let edited = plan.replace("validity_days = 365", "validity_days = 20").replace(
+        "{ days_before_expiry = 30, action = \"auto-renew\" }",
+        "{ days_before_expiry = 5, action = \"auto-renew\" }",
+    );
+    assert!(edited.contains("days_before_expiry = 5,"), "{edited}");
+    env.write("plan.toml", &edited);
     env.plan_run(&["issue"]).ok();
     let devices = ["dev-sensor-1", "dev-sensor-2", "dev-gateway-01"];
     for target in ["ca:factory", "group:sensors"] {

@@ -470,7 +470,8 @@ pub(super) fn assess<'p>(
                 // A newest certificate that is not valid yet is not done: the service refuses it.
                 let already = prune_only
                     || (!due
-                        && (versions.len() > 1 || cas.capped(issuer_ca))
+                        && (versions.len() > 1
+                            || (cas.capped(issuer_ca) && !wants_renewal(plan, policy, &newest, now)))
                         && installed.version == newest.version
                         && cas.signed(issuer_ca, &newest)
                         && (individual.is_none() || held_in.is_some())
