@@ -372,14 +372,13 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
                 &policy.lifetime_actions,
                 cert.as_ref(),
                 // As a roll decides (`roll::cas::pending`): a CA is capped only when its issuer
-                // cut the certificate it holds short by more than a day.
+                // cut the certificate it holds short by more than a day, or it is longer than
+                // its (edited) policy gives.
                 ca.issuer
                     .as_deref()
                     .filter(|_| {
-                        cert.as_ref().is_some_and(|c| {
-                            crate::clock::add_days(c.exp, 1)
-                                < crate::clock::add_days(c.created, policy.validity_days as i64)
-                        })
+                        cert.as_ref()
+                            .is_some_and(|c| super::not_policy_length(c.created, c.exp, policy.validity_days))
                     })
                     .and_then(|i| renewal(i, policy)),
             );

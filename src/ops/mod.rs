@@ -547,6 +547,21 @@ pub fn installed_many(
     Ok(out)
 }
 
+/// Whether a CA certificate made at `created` and ending at `exp` is not the length its policy's
+/// `validity_days` gives (more than a day off either way): its issuer cut it short, or it was
+/// made under a longer validity since edited. Either way a renewal its issuer's notAfter caps
+/// ends no later, so none is made (issue 10 item 15). Only a CA that got its policy's full
+/// length and ends with its issuer by the order they were made in (seconds apart, same
+/// validity) is renewed to rotate its key.
+pub(crate) fn not_policy_length(
+    created: time::OffsetDateTime,
+    exp: time::OffsetDateTime,
+    validity_days: u32,
+) -> bool {
+    let full = crate::clock::add_days(created, validity_days as i64);
+    crate::clock::add_days(exp, 1) < full || exp > crate::clock::add_days(full, 1)
+}
+
 /// The CA to renew first when `ca`'s notAfter caps what it signs: `ca` itself, unless its own
 /// notAfter was capped by its issuer's (it ends no earlier than its issuer), in which case
 /// renewing it cannot move it later and the question moves up the chain. `not_after` holds each

@@ -302,7 +302,7 @@ fn an_expired_leaf_in_an_enrollment_slot_is_reported_and_removed() {
     let d = outcome(&r, "gateway-01");
     assert_eq!(d["outcome"], "pruned", "{r:#}");
     assert_eq!(d["pruned_thumbprint"], first.as_str(), "{r:#}");
-    // The live secondary moves up: DPS never holds a secondary without a primary.
+    // No write leaves a secondary without a primary: the live secondary moves up.
     assert_eq!(slots(&env, "gateway-01"), (secondary.clone(), None));
     assert_eq!(count(&env, "dev-gateway-01"), 2, "nothing issued");
     env.plan_run(&["--now", &t, "check"]).ok();
@@ -507,4 +507,138 @@ fn a_content_type_edit_applies_from_the_next_version_and_export_says_so() {
         "-noout",
     ])
     .ok();
+}
+
+/// Fifth trial, item 15: a CA whose certificate is longer than its (since edited) policy gives
+/// and whose issuer caps a renewal at its current notAfter is not renewed, not even once: the
+/// first cron run where its auto-renew fires makes no new version, leaves the group's slots as
+/// they are, and names the CA to renew first (exit 1); the rerun the same.
+#[test]
+fn a_capped_ca_is_not_renewed_on_the_first_run_either() {
+    let env = TestEnv::new();
+    capped_plan(&env);
+    env.plan_run(&["issue"]).ok();
+    // factory v1 ends with root (NOW + 30 d); its policy now gives 20 days, due 15 before.
+    let plan = std::fs::read_to_string(env.path("plan.toml")).unwrap().replace(
+        "validity_days = 60\nlifetime_actions = [{ days_before_expiry = 25",
+        "validity_days = 20\nlifetime_actions = [{ days_before_expiry = 15",
+    );
+    assert!(plan.contains("validity_days = 20"), "{plan}");
+    env.write("plan.toml", &plan);
+    let group_before = backend(&env).group("sensors").unwrap().unwrap();
+    let t = at(16);
+    for run in ["first", "rerun"] {
+        let r = env
+            .plan_run(&["--now", &t, "-o", "json", "roll-secondary", "--due"])
+            .code(1)
+            .json();
+        assert_eq!(
+            count(&env, "ca-factory"),
+            1,
+            "{run}: no new factory version: {r:#}"
+        );
+        let first = r["renew_ca_first"].as_array().unwrap();
+        assert!(
+            first
+                .iter()
+                .any(|c| c["target"] == "ca:root" && c["cas"] == serde_json::json!(["ca:factory"])),
+            "{run}: {r:#}"
+        );
+        let group = backend(&env).group("sensors").unwrap().unwrap();
+        assert_eq!(
+            group.secondary.map(|s| s.cert_der),
+            group_before.secondary.clone().map(|s| s.cert_der),
+            "{run}: the group's slot is unchanged"
+        );
+    }
+    let human = env
+        .plan_run(&["--now", &t, "roll-secondary", "--due"])
+        .code(1)
+        .stdout;
+    assert!(
+        human.contains("none is made") && !human.contains("renew CA `factory`"),
+        "{human}"
+    );
+}
+
+/// Fifth trial, item 15's second kind: a named roll of a CA (or of its group) whose renewal is
+/// capped issues nothing: the devices hold certificates under the CA version the roll targets
+/// (it is unchanged), so they are done (README's roll rule); the run says to renew the issuing
+/// CA first and exits 0 like other named capped rolls.
+#[test]
+fn a_named_roll_of_a_capped_ca_issues_nothing() {
+    let env = TestEnv::new();
+    capped_plan(&env);
+    // Devices of 20 days, due 5 days before their end: neither due nor capped by the factory.
+    let plan = std::fs::read_to_string(env.path("plan.toml")).unwrap();
+    let edited = plan.replace("validity_days = 365", "validity_days = 20").replace(
+        "{ days_before_expiry = 30, action = \"auto-renew\" }",
+        "{ days_before_expiry = 5, action = \"auto-renew\" }",
+    );
+    assert!(edited.contains("days_before_expiry = 5,"), "{edited}");
+    env.write("plan.toml", &edited);
+    env.plan_run(&["issue"]).ok();
+    let devices = ["dev-sensor-1", "dev-sensor-2", "dev-gateway-01"];
+    for target in ["ca:factory", "group:sensors"] {
+        let r = env
+            .plan_run(&["-o", "json", "roll-secondary", target, "--yes"])
+            .ok()
+            .json();
+        for id in ["sensor-1", "sensor-2"] {
+            assert_eq!(outcome(&r, id)["outcome"], "already-rolled", "{target}: {r:#}");
+        }
+        assert_eq!(count(&env, "ca-factory"), 1, "{target}");
+        for name in devices {
+            assert_eq!(count(&env, name), 1, "{target}: {name} got nothing");
+        }
+        let human = env.plan_run(&["roll-secondary", target, "--yes"]).ok().stdout;
+        assert!(
+            human.contains("none is made") && human.contains("roll-secondary ca:root"),
+            "{target}: {human}"
+        );
+        assert!(!human.contains("rolled into"), "{target}: {human}");
+    }
+}
+
+/// Fifth trial, item 6: an RSA key cannot agree on keys (RFC 3279 section 2.3.1), so `vault
+/// create` refuses `--key-usage keyAgreement` for it, as it refuses keyEncipherment for EC,
+/// and makes nothing.
+#[test]
+fn vault_create_refuses_key_agreement_for_an_rsa_key() {
+    let env = TestEnv::new();
+    small_quickstart(&env, 1);
+    env.plan_run(&["issue"]).ok();
+    let r = env
+        .plan_run(&[
+            "vault",
+            "create",
+            "rsa-ka",
+            "--subject",
+            "CN=rsa-ka",
+            "--key-type",
+            "RSA",
+            "--key-usage",
+            "keyAgreement",
+        ])
+        .code(2);
+    assert!(
+        r.stderr.contains("keyAgreement") && r.stderr.contains("RFC 3279"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(count(&env, "rsa-ka"), 0);
+    // The usages RFC 3279 lists for RSA are still accepted.
+    env.plan_run(&[
+        "vault",
+        "create",
+        "rsa-ke",
+        "--subject",
+        "CN=rsa-ke",
+        "--key-type",
+        "RSA",
+        "--key-usage",
+        "keyEncipherment",
+    ])
+    .ok();
+    assert_eq!(count(&env, "rsa-ke"), 1);
 }

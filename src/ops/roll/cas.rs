@@ -183,18 +183,17 @@ pub(super) fn pending<'p>(
         }
         let own_end = crate::clock::add_days(now, policy.validity_days as i64);
         let issuer_end = issuer_renewed.or(issuer_current.map(|u| u.exp));
-        // Capped: its issuer's notAfter cut short the certificate it holds (it ends more than a
-        // day before its policy's validity from when it was made) and would cut the new one to no
-        // later. A CA
-        // whose own validity simply ends with its issuer's is not capped: renewing it rotates
-        // its key. A root has no issuer and is never capped.
+        // Capped: its issuer's notAfter would cut the new one to no later than the certificate
+        // it holds, which is not its policy's length (cut short by its issuer, or made under a
+        // longer validity since edited). A CA whose own validity simply ends with its issuer's
+        // is not capped: renewing it rotates its key. A root has no issuer and is never capped.
         if let (Some(c), Some(up)) = (current, issuer_end)
             && !early
             && up < own_end
             && up <= c.exp
             // A day's slack: a CA made seconds after its issuer with the same validity ends with
             // it by the order they were made in, not because its issuer caps it.
-            && crate::clock::add_days(c.exp, 1) < crate::clock::add_days(c.created, policy.validity_days as i64)
+            && crate::ops::not_policy_length(c.created, c.exp, policy.validity_days)
         {
             out.capped.push(ca);
             continue;

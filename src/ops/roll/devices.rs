@@ -140,7 +140,7 @@ pub(super) struct CaTarget {
 /// before its device steps (in a dry run that version does not exist yet, so no device holds a
 /// certificate under it).
 #[derive(Debug, Clone, Default)]
-pub(super) struct CaTargets(HashMap<String, Option<CaTarget>>);
+pub(super) struct CaTargets(HashMap<String, Option<CaTarget>>, Vec<String>);
 
 impl CaTargets {
     /// Reads the current versions of these CAs; those in `renewed` map to `None`.
@@ -158,7 +158,20 @@ impl CaTargets {
             };
             out.insert(ca.to_string(), target);
         }
-        Ok(CaTargets(out))
+        Ok(CaTargets(out, Vec::new()))
+    }
+
+    /// Marks `ca` as one whose renewal its issuer caps in this run: it keeps its current
+    /// version, so a device's lone first certificate under that version counts as rolled.
+    pub fn mark_capped(&mut self, ca: &str) {
+        if !self.1.iter().any(|c| c == ca) {
+            self.1.push(ca.to_string());
+        }
+    }
+
+    /// Whether [`CaTargets::mark_capped`] marked `ca`.
+    fn capped(&self, ca: &str) -> bool {
+        self.1.iter().any(|c| c == ca)
     }
 
     fn get(&self, ca: &str) -> Option<&CaTarget> {
@@ -446,7 +459,8 @@ pub(super) fn assess<'p>(
                 // Rolled already, decided from what the device and its enrollment hold (never
                 // from which run came last, nor from the hub, whose thumbprints re-provisioning
                 // rewrites, nor from which slot holds it): the device holds the newest version,
-                // which came from a roll (a lone first version is what `issue` made), was signed
+                // which came from a roll (a lone first version is what `issue` made; under a CA
+                // whose renewal is capped it is done too: the CA keeps its version), was signed
                 // by the CA version this roll targets, sits in either slot of its individual
                 // enrollment (a group member has no slot of its own), and is not yet due for
                 // renewal.
@@ -456,7 +470,8 @@ pub(super) fn assess<'p>(
                 // A newest certificate that is not valid yet is not done: the service refuses it.
                 let already = prune_only
                     || (!due
-                        && versions.len() > 1
+                        && (versions.len() > 1
+                            || (cas.capped(issuer_ca) && !wants_renewal(plan, policy, &newest, now)))
                         && installed.version == newest.version
                         && cas.signed(issuer_ca, &newest)
                         && (individual.is_none() || held_in.is_some())

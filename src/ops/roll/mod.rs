@@ -1515,8 +1515,24 @@ fn plan_scope<'p>(
             steps: vec![],
         });
     }
+    // CAs whose renewal their issuer caps keep their current version: the devices this roll
+    // targets under it are done unless due (README's roll rule), recorded in the steps so a
+    // resumed run decides the same.
+    let capped: Vec<&str> = match decided {
+        Decision::Expiry(pending) => pending.capped.iter().map(|c| c.name.as_str()).collect(),
+        Decision::Breach(_) => Vec::new(),
+    };
+    let mark_capped = |planned: &mut Vec<Planned>, from: usize| {
+        if !capped.is_empty() {
+            for p in &mut planned[from..] {
+                p.detail["capped_cas"] = serde_json::json!(capped);
+            }
+        }
+    };
     if opts.breach.is_none() && already {
+        let from = planned.len();
         chunk_steps("roll-devices", &target, slot, &scope.device_ids, "roll", planned);
+        mark_capped(planned, from);
         return Ok(());
     }
     for ca in renew {
@@ -1611,7 +1627,9 @@ fn plan_scope<'p>(
             planned,
         );
     } else {
+        let from = planned.len();
         chunk_steps("roll-devices", &target, slot, &scope.device_ids, "roll", planned);
+        mark_capped(planned, from);
     }
     Ok(())
 }
@@ -1899,7 +1917,12 @@ fn roll_device_steps(
     } else {
         Vec::new()
     };
-    let cas = devices::CaTargets::load(&*backend, &needed, &renewed)?;
+    let mut cas = devices::CaTargets::load(&*backend, &needed, &renewed)?;
+    for s in &todo {
+        for ca in s.detail["capped_cas"].as_array().into_iter().flatten() {
+            cas.mark_capped(ca.as_str().unwrap_or_default());
+        }
+    }
     // A large run's devices all share the steps of their chunk: listing them per device would
     // hold (and print) hundreds of megabytes.
     let describe = total_devices <= DEVICE_STEPS_LISTED;

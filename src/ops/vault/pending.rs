@@ -134,6 +134,12 @@ fn check_create(name: &str, opts: &CreateOptions) -> Result<CreateParts> {
             u.name()
         )));
     }
+    if matches!(opts.key, KeySpec::Rsa { .. }) && key_usage.contains(&KeyUsage::KeyAgreement) {
+        return Err(input(
+            "key usage keyAgreement: an RSA key signs and enciphers, it does not agree on keys \
+             (RFC 3279 section 2.3.1); use keyEncipherment or digitalSignature, or an EC key",
+        ));
+    }
     if key_usage.contains(&KeyUsage::KeyCertSign) {
         return Err(input(
             "--key-usage keyCertSign: vault create makes end-entity certificates; CAs come from the plan",
