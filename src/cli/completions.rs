@@ -62,7 +62,7 @@ const ENVIRONMENT: &[(&str, &str)] = &[
     ),
     (
         "CERTROLL_ALLOW_TIME_TRAVEL",
-        "1 lets a verb that writes run with --now more than a day from the real clock, as --allow-time-travel.",
+        "1 lets a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock, as --allow-time-travel.",
     ),
     ("CERTROLL_KEY_FILE", "The store key file, as --key-file."),
     (

@@ -77,8 +77,8 @@ pub struct Global {
     /// Decide everything as if it were this RFC 3339 time (for tests and rehearsals).
     #[arg(long, global = true, env = "CERTROLL_NOW", hide_short_help = true, value_parser = parse_now)]
     pub now: Option<time::OffsetDateTime>,
-    /// Let a verb that writes run with --now more than a day from the real clock (a rehearsal on
-    /// a copy of the store): certificates made then are not valid now.
+    /// Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real
+    /// clock (a rehearsal on a copy of the store): certificates made then are not valid now.
     #[arg(
         long,
         global = true,
@@ -126,13 +126,19 @@ fn parse_target(text: &str) -> Result<Target, String> {
     Target::parse(text)
 }
 
-/// How far `--now` may be from the real clock for a verb that writes, without
+/// How far `--now` may be behind the real clock for a verb that writes, without
 /// `--allow-time-travel`: a day covers time zones and a clock set by hand.
 pub const TIME_TRAVEL_LIMIT: time::Duration = time::Duration::hours(24);
 
+/// How far `--now` may be ahead of the real clock for a verb that writes, without
+/// `--allow-time-travel`: the plan's default notBefore backdating (5 minutes). Further ahead,
+/// a new certificate's notBefore (`--now` less the skew) lies in the real future, and devices
+/// and the enrollment service refuse it as not yet valid until then.
+pub const TIME_AHEAD_LIMIT: time::Duration = time::Duration::minutes(5);
+
 impl Global {
     /// Refuses (exit 2) a verb that writes when `--now` (or `CERTROLL_NOW`) is more than
-    /// [`TIME_TRAVEL_LIMIT`] from the real clock and `--allow-time-travel` is not given: what it
+    /// [`TIME_AHEAD_LIMIT`] ahead of or [`TIME_TRAVEL_LIMIT`] behind the real clock and `--allow-time-travel` is not given: what it
     /// made would be dated then (a certificate from the future is not yet valid, a journal run
     /// from the past looks stale).
     pub(crate) fn refuse_time_travel(&self, verb: &str) -> anyhow::Result<()> {
@@ -141,13 +147,20 @@ impl Global {
         };
         let real = time::OffsetDateTime::now_utc();
         let off = at - real;
-        if self.allow_time_travel || off.abs() <= TIME_TRAVEL_LIMIT {
+        let limit = if off.is_positive() {
+            TIME_AHEAD_LIMIT
+        } else {
+            TIME_TRAVEL_LIMIT
+        };
+        if self.allow_time_travel || off.abs() <= limit {
             return Ok(());
         }
         let span = if off.abs().whole_days() >= 2 {
             format!("{} days", off.abs().whole_days())
-        } else {
+        } else if off.abs().whole_hours() >= 2 {
             format!("{} hours", off.abs().whole_hours())
+        } else {
+            format!("{} minutes", off.abs().whole_minutes())
         };
         Err(crate::error::input(format!(
             "--now {} is {span} {} the real clock ({}); `{verb}` would write certificates and records dated then \

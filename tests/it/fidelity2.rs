@@ -369,8 +369,20 @@ fn a_write_far_from_the_real_clock_needs_allow_time_travel() {
     // A dry run and a read may look at any time.
     run(&["issue", "--now", &next_year, "--dry-run"]).ok();
     run(&["validate"]).ok();
-    // Within a day of the real clock, and with the flag, it writes.
-    run(&["issue", "--now", &in_an_hour]).ok();
+    // An hour ahead is refused too: its certificates would not be valid for an hour (their
+    // notBefore is --now less the 5-minute backdating). Within 5 minutes ahead, a day behind,
+    // and with the flag, it writes.
+    let r = run(&["issue", "--now", &in_an_hour]).code(2);
+    assert!(
+        r.stderr.contains("minutes ahead of the real clock"),
+        "{}",
+        r.stderr
+    );
+    assert!(!env.store_dir().exists(), "a refused issue writes nothing");
+    let yesterday = certroll::clock::rfc3339(real - time::Duration::hours(20));
+    run(&["issue", "--now", &yesterday, "--dry-run"]).ok();
+    let in_two_minutes = certroll::clock::rfc3339(real + time::Duration::minutes(2));
+    run(&["issue", "--now", &in_two_minutes]).ok();
     for verb in [
         &["roll-secondary", "--due"][..],
         &["roll-primary", "device:sensor-01"][..],
