@@ -32,7 +32,7 @@ complete -c certroll -n "__fish_certroll_needs_command" -l key-file -d 'The stor
 complete -c certroll -n "__fish_certroll_needs_command" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_needs_command" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_needs_command" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_needs_command" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_needs_command" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_needs_command" -s V -l version -d 'Print version'
 complete -c certroll -n "__fish_certroll_needs_command" -f -a "init" -d 'Write a commented starter plan'
@@ -61,7 +61,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand init" -l lock-timeout 
 complete -c certroll -n "__fish_certroll_using_subcommand init" -l force -d 'Overwrite an existing plan file'
 complete -c certroll -n "__fish_certroll_using_subcommand init" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand init" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand init" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand init" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand init" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand validate" -l plan -d 'The plan file' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand validate" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
@@ -71,7 +71,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand validate" -l key-file 
 complete -c certroll -n "__fish_certroll_using_subcommand validate" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand validate" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand validate" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand validate" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand validate" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand validate" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand issue" -l plan -d 'The plan file' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand issue" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
@@ -82,7 +82,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand issue" -l lock-timeout
 complete -c certroll -n "__fish_certroll_using_subcommand issue" -l dry-run -d 'Print the steps; change nothing'
 complete -c certroll -n "__fish_certroll_using_subcommand issue" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand issue" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand issue" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand issue" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand issue" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -l incident -d 'With --breach: a label for the incident (a rerun with the same label does nothing)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -l plan -d 'The plan file' -r -F
@@ -99,7 +99,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -l dry
 complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -s y -l yes -d 'Do not ask for confirmation of a breach roll'
 complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand roll-secondary" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -l incident -d 'With --breach: a label for the incident (a rerun with the same label does nothing)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -l plan -d 'The plan file' -r -F
@@ -116,7 +116,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -l dry-r
 complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -s y -l yes -d 'Do not ask for confirmation of a breach roll'
 complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand roll-primary" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l reason -d 'The RFC 5280 reason' -r -f -a "key-compromise\t'keyCompromise (1)'
 ca-compromise\t'cACompromise (2)'
@@ -137,7 +137,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand revoke" -s y -l yes -d
 complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l dry-run -d 'Print the steps; change nothing'
 complete -c certroll -n "__fish_certroll_using_subcommand revoke" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand revoke" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand revoke" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand revoke" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -l plan -d 'The plan file' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
@@ -149,7 +149,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -l dry-ru
 complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -l force -d 'Register devices again even when already assigned with the certificate they hold'
 complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand reprovision" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand status" -l plan -d 'The plan file' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand status" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
@@ -159,7 +159,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand status" -l key-file -d
 complete -c certroll -n "__fish_certroll_using_subcommand status" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand status" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand status" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand status" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand status" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand export" -l format -d 'pem: certificate and chain (up to, not including, the root); pfx: key and full chain. Default: the policy\'s content_type (pem unless it is pfx); --with-key, or a key that may not leave the vault, means pem' -r -f -a "pem\t'The certificate, then its chain up to (not including) the root; with `--with-key`, the key'
 pfx\t'PKCS#12 with key and chain (AES-256, HMAC-SHA256)'"
@@ -175,7 +175,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand export" -l with-key -d
 complete -c certroll -n "__fish_certroll_using_subcommand export" -l crl -d 'Write the CRL of a CA (ca:NAME) instead of its certificate'
 complete -c certroll -n "__fish_certroll_using_subcommand export" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand export" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand export" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand export" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand export" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -l plan -d 'The plan file' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
@@ -185,7 +185,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -f -a "list" -d 'Every certificate with its current version and tags, then the requests waiting for a merge'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and not __fish_seen_subcommand_from list show update delete list-deleted recover purge backup restore contacts issuers import create export csr merge help" -f -a "show" -d 'A certificate: versions (oldest first) with attributes and tags, policy, key operations, and a request waiting for a merge'
@@ -212,7 +212,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from show" -l plan -d 'The plan file' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from show" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
@@ -222,7 +222,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from show" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from show" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from show" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from show" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from show" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -l version -d 'The version (default: the current one)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -l tag -d 'Set a tag (repeatable; at most 15 tags)' -r
@@ -237,7 +237,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -l disable -d 'Disable the version: it is then neither exported nor used to sign'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from update" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -l recovery-days -d 'Days it stays recoverable (7 to 90)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -l plan -d 'The plan file' -r -F
@@ -250,7 +250,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -l dry-run -d 'Check and print what would be deleted; change nothing'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list-deleted" -l plan -d 'The plan file' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list-deleted" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
@@ -260,7 +260,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list-deleted" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list-deleted" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list-deleted" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list-deleted" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list-deleted" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from list-deleted" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from recover" -l plan -d 'The plan file' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from recover" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
@@ -270,7 +270,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from recover" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from recover" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from recover" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from recover" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from recover" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from recover" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -l plan -d 'The plan file' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
@@ -282,7 +282,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -l dry-run -d 'Print what would be purged; change nothing'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from purge" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from backup" -l out -d 'The backup file to write' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from backup" -l password-env -d 'The environment variable holding the backup password' -r
@@ -294,7 +294,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from backup" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from backup" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from backup" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from backup" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from backup" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from backup" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from restore" -l in -d 'The backup file' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from restore" -l password-env -d 'The environment variable holding the backup password' -r
@@ -306,7 +306,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from restore" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from restore" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from restore" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from restore" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from restore" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from restore" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -l plan -d 'The plan file' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
@@ -316,7 +316,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -f -a "get" -d 'The contacts, and whether they come from the store or the plan'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from contacts" -f -a "set" -d 'Replace the contacts'
@@ -330,7 +330,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -f -a "set" -d 'Create or replace an issuer'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from issuers" -f -a "get" -d 'One issuer'
@@ -348,7 +348,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from import" -l hsm -d 'Keep the key as an HSM key: never exportable, by any path'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from import" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from import" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from import" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from import" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from import" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l subject -d 'The subject, e.g. "CN=web-2, O=Example"' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l key-type -d 'Key type' -r -f -a "RSA\t'RSA (--key-size)'
@@ -371,7 +371,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l not-exportable -d 'Keep the key in the vault for good (also implied by an -HSM key type)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from create" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -l version -d 'The version (default: the current one)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -l format -d 'pem or pfx (default: the policy\'s content type, PEM unless it is application/x-pkcs12; --with-key, or a key that may not leave the vault, means PEM)' -r -f -a "pem\t'The certificate, then its chain up to (not including) the root; with `--with-key`, the key'
@@ -387,7 +387,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -l with-key -d 'Add the private key to a PEM export'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from export" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -l out -d 'The file to write' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -l plan -d 'The plan file' -r -F
@@ -398,7 +398,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from csr" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -l file -d 'The signed certificate: PEM or DER, or a PKCS#7 bundle (.p7b, PEM or DER) as CAs hand back; the bundle\'s other certificates are kept as its chain' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -l plan -d 'The plan file' -r -F
@@ -409,7 +409,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from merge" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from help" -f -a "list" -d 'Every certificate with its current version and tags, then the requests waiting for a merge'
 complete -c certroll -n "__fish_certroll_using_subcommand vault; and __fish_seen_subcommand_from help" -f -a "show" -d 'A certificate: versions (oldest first) with attributes and tags, policy, key operations, and a request waiting for a merge'
@@ -436,7 +436,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand store; and not __fish_
 complete -c certroll -n "__fish_certroll_using_subcommand store; and not __fish_seen_subcommand_from rekey help" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand store; and not __fish_seen_subcommand_from rekey help" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand store; and not __fish_seen_subcommand_from rekey help" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand store; and not __fish_seen_subcommand_from rekey help" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand store; and not __fish_seen_subcommand_from rekey help" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand store; and not __fish_seen_subcommand_from rekey help" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand store; and not __fish_seen_subcommand_from rekey help" -f -a "rekey" -d 'Re-seal every private key in the store under a new store key, then replace the key file'
 complete -c certroll -n "__fish_certroll_using_subcommand store; and not __fish_seen_subcommand_from rekey help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -448,7 +448,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand store; and __fish_seen
 complete -c certroll -n "__fish_certroll_using_subcommand store; and __fish_seen_subcommand_from rekey" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand store; and __fish_seen_subcommand_from rekey" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand store; and __fish_seen_subcommand_from rekey" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand store; and __fish_seen_subcommand_from rekey" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand store; and __fish_seen_subcommand_from rekey" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand store; and __fish_seen_subcommand_from rekey" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand store; and __fish_seen_subcommand_from help" -f -a "rekey" -d 'Re-seal every private key in the store under a new store key, then replace the key file'
 complete -c certroll -n "__fish_certroll_using_subcommand store; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -462,7 +462,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand check" -l key-file -d 
 complete -c certroll -n "__fish_certroll_using_subcommand check" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand check" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand check" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand check" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand check" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand check" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand notify" -l plan -d 'The plan file' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand notify" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
@@ -474,7 +474,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand notify" -l dry-run -d 
 complete -c certroll -n "__fish_certroll_using_subcommand notify" -l refresh -d 'On backend kind azure: read every certificate\'s policy from Key Vault again, not only those whose newest version changed (picks up a policy changed outside certroll)'
 complete -c certroll -n "__fish_certroll_using_subcommand notify" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand notify" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand notify" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand notify" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand notify" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand serve" -l listen -d 'The address of the listener that routes by Host name: IP:PORT, the port 0 to 65535 (0: any free port)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand serve" -l ca-out -d 'Write the emulator CA\'s certificate (PEM) to FILE, for clients to trust (`-`: standard output; the start lines then go to standard error)' -r -F
@@ -486,7 +486,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand serve" -l key-file -d 
 complete -c certroll -n "__fish_certroll_using_subcommand serve" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand serve" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand serve" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand serve" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand serve" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand completions" -l plan -d 'The plan file' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand completions" -s o -l output -d 'Output format' -r -f -a "human\t'Readable text'
@@ -496,7 +496,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand completions" -l key-fi
 complete -c certroll -n "__fish_certroll_using_subcommand completions" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand completions" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand completions" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand completions" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand completions" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand man" -l dir -d 'Write certroll.1 and one page per verb (certroll-issue.1, certroll-vault-list.1, ...) into this existing folder instead of printing certroll.1, e.g. `certroll man --dir /usr/local/share/man/man1`' -r -F
 complete -c certroll -n "__fish_certroll_using_subcommand man" -l plan -d 'The plan file' -r -F
@@ -507,7 +507,7 @@ complete -c certroll -n "__fish_certroll_using_subcommand man" -l key-file -d 'T
 complete -c certroll -n "__fish_certroll_using_subcommand man" -l lock-timeout -d 'Seconds to wait for another certroll writing to the same store (0 to 86400)' -r
 complete -c certroll -n "__fish_certroll_using_subcommand man" -s q -l quiet -d 'Print only errors (and no progress bar)'
 complete -c certroll -n "__fish_certroll_using_subcommand man" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug)'
-complete -c certroll -n "__fish_certroll_using_subcommand man" -l allow-time-travel -d 'Let a verb that writes run with --now more than a day from the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
+complete -c certroll -n "__fish_certroll_using_subcommand man" -l allow-time-travel -d 'Let a verb that writes run with --now more than 5 minutes ahead of or a day behind the real clock (a rehearsal on a copy of the store): certificates made then are not valid now'
 complete -c certroll -n "__fish_certroll_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault store check notify serve completions man help" -f -a "init" -d 'Write a commented starter plan'
 complete -c certroll -n "__fish_certroll_using_subcommand help; and not __fish_seen_subcommand_from init validate issue roll-secondary roll-primary revoke reprovision status export vault store check notify serve completions man help" -f -a "validate" -d 'Check a plan; touches nothing'
