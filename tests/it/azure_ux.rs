@@ -277,3 +277,35 @@ fn azure_dry_runs_say_what_happens_on_azure_and_contacts_are_key_vault_s() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("contacts (Key Vault):"), "{}", r.stdout);
 }
+
+/// A token Key Vault rejects on a later run (second trial of issue 12): the run names Key
+/// Vault's 401, not a DPS record certroll lacks, exits 2 and changes nothing.
+#[test]
+fn azure_a_rejected_token_after_issue_is_named_and_changes_nothing() {
+    let env = TestEnv::new();
+    let serve = twelve_on_azure(&env);
+    let r = run_fleet(&env, &serve, "azure", &["issue"]);
+    assert!(r.code == 0 || r.code == 1, "{}", r.stderr);
+    let status = || {
+        let r = run_fleet(&env, &serve, "azure", &["status", "-o", "json"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        r.stdout
+    };
+    let before = status();
+    let (dps_key, hub_key) = (sas_key(&serve, "certroll-dps").1, sas_key(&serve, "conf-hub").1);
+    let r = run_plan(
+        &env,
+        "azure",
+        &[
+            ("CERTROLL_AZ_TOKEN", "a-token-serve-does-not-know"),
+            ("CERTROLL_AZ_DPS_KEY", dps_key.as_str()),
+            ("CERTROLL_AZ_HUB_KEY", hub_key.as_str()),
+        ],
+        &["roll-secondary", "group:meters", "--yes"],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("HTTP 401"), "{}", r.stderr);
+    assert!(!r.stderr.contains("no record of"), "{}", r.stderr);
+    assert!(!r.stderr.contains("a-token-serve-does-not-know"), "{}", r.stderr);
+    assert_eq!(status(), before, "a refused run changed nothing");
+}

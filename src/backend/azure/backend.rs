@@ -72,6 +72,9 @@ struct VaultIndex {
     by_thumbprint: std::sync::Mutex<(usize, ThumbprintIndex)>,
     /// DPS record name (registration id or group name) → the vault names of its certificates.
     hints: HashMap<String, Vec<String>>,
+    /// Why the vault could not be read (a rejected credential, say): handed to the DPS reader
+    /// that then finds no certificate, so the run names the cause, not a missing record.
+    failed: std::sync::Mutex<Option<crate::backend::BackendError>>,
 }
 
 /// SHA-1 thumbprint (upper-case hex) → (vault name, version).
@@ -101,6 +104,7 @@ impl VaultIndex {
             vault: std::sync::Mutex::new(vault),
             by_thumbprint: std::sync::Mutex::new((0, HashMap::new())),
             hints,
+            failed: std::sync::Mutex::new(None),
         }
     }
 
@@ -144,12 +148,16 @@ impl VaultIndex {
                 .unwrap_or_else(|| vec![crate::backend::types::device_cert_name(whose)]);
             if let Err(e) = Self::add(&vault, &names, &mut index.1) {
                 tracing::warn!("cannot read the vault certificates of `{whose}`: {e}");
+                *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
             }
         }
         if !index.1.contains_key(&tp) && index.0 < Self::MAX_BUILDS {
             match Self::build(&vault) {
                 Ok(map) => *index = (index.0 + 1, map),
-                Err(e) => tracing::warn!("cannot index the vault's certificates: {e}"),
+                Err(e) => {
+                    tracing::warn!("cannot index the vault's certificates: {e}");
+                    *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                }
             }
         }
         let (name, version) = index.1.get(&tp)?;
@@ -164,6 +172,10 @@ impl super::dps::CertificateSource for VaultIndex {
 
     fn certificate_of(&self, sha1_thumbprint: &str, whose: &str) -> Option<Vec<u8>> {
         self.lookup(sha1_thumbprint, Some(whose))
+    }
+
+    fn take_failure(&self) -> Option<crate::backend::BackendError> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 

@@ -56,6 +56,12 @@ pub trait CertificateSource: Send + Sync {
     fn certificate_of(&self, sha1_thumbprint: &str, _whose: &str) -> Option<Vec<u8>> {
         self.certificate(sha1_thumbprint)
     }
+
+    /// Why the source could not answer the last look-up it failed (the vault refused the
+    /// credential, say), taken once: a reader that found no certificate reports this cause.
+    fn take_failure(&self) -> Option<BackendError> {
+        None
+    }
 }
 
 /// DPS (service API over SAS tokens) and its CA certificates (ARM over Entra tokens).
@@ -271,6 +277,9 @@ impl AzureEnrollmentService {
         if let Some(der) = self.source.as_ref().and_then(|s| s.certificate_of(&tp, whose)) {
             self.remember(&der);
             return Ok(Some(der));
+        }
+        if let Some(e) = self.source.as_ref().and_then(|s| s.take_failure()) {
+            return Err(e);
         }
         Err(BackendError::Refused(format!(
             "DPS holds certificate {tp} ({}) in `{whose}`, which certroll has no record of",
