@@ -467,27 +467,28 @@ mod tests {
             .collect()
     }
 
+    /// Adds to `vault` a version of `name`: a self-signed certificate valid 100 days from `nbf`.
+    fn add(vault: &mut crate::backend::local::LocalBackend, name: &str, nbf: OffsetDateTime) {
+        let (der, key) = crate::store::test_support::self_signed(nbf, 100);
+        let new = crate::backend::types::NewVersion {
+            name,
+            policy_json: POLICY,
+            cert_der: &der,
+            key_pkcs8: key.pkcs8_der(),
+            kty: "EC",
+            exportable: true,
+            issuer: None,
+            facts: None,
+        };
+        vault.create_versions(&[new], nbf).unwrap();
+    }
+
     #[test]
     fn a_remote_vault_read_through_the_trait_gives_the_same_notices_as_the_store_scan() {
         use crate::backend::local::LocalBackend;
-        use crate::backend::types::NewVersion;
         let t0 = datetime!(2026-01-01 0:00 UTC);
         let mut vault = LocalBackend::new(Store::open_empty().unwrap());
         let ledger = Store::open_empty().unwrap();
-        let add = |vault: &mut LocalBackend, name: &str, nbf: OffsetDateTime| {
-            let (der, key) = crate::store::test_support::self_signed(nbf, 100);
-            let new = NewVersion {
-                name,
-                policy_json: POLICY,
-                cert_der: &der,
-                key_pkcs8: key.pkcs8_der(),
-                kty: "EC",
-                exportable: true,
-                issuer: None,
-                facts: None,
-            };
-            vault.create_versions(&[new], nbf).unwrap();
-        };
         // Both scans over the same history at the same instants: the store's own (the local
         // backend's notify) and the trait's into a separate ledger (the azure backend's).
         let both = |vault: &LocalBackend, now: OffsetDateTime| {
@@ -598,24 +599,9 @@ mod tests {
     #[test]
     fn a_touched_scan_reads_the_names_certroll_wrote_and_judges_the_rest_from_the_ledger() {
         use crate::backend::local::LocalBackend;
-        use crate::backend::types::NewVersion;
         let t0 = datetime!(2026-01-01 0:00 UTC);
         let mut vault = LocalBackend::new(Store::open_empty().unwrap());
         let ledger = Store::open_empty().unwrap();
-        let add = |vault: &mut LocalBackend, name: &str, nbf: OffsetDateTime| {
-            let (der, key) = crate::store::test_support::self_signed(nbf, 100);
-            let new = NewVersion {
-                name,
-                policy_json: POLICY,
-                cert_der: &der,
-                key_pkcs8: key.pkcs8_der(),
-                kty: "EC",
-                exportable: true,
-                issuer: None,
-                facts: None,
-            };
-            vault.create_versions(&[new], nbf).unwrap();
-        };
         let scan = |vault: &LocalBackend, now: OffsetDateTime, read: RemoteRead| {
             scan_vault(ledger.conn(), vault, now, Unsent::default(), read).unwrap()
         };
