@@ -172,6 +172,11 @@ fn azure_an_untrusted_server_certificate_is_named_with_its_host_and_the_fix_and_
     assert!(error.contains("is not trusted: unknown issuer"), "{}", r.stderr);
     assert!(error.contains(".azure"), "the host is named: {error}");
     assert!(error.contains("ca_file"), "the fix is named: {error}");
+    // The cause is named once, without azure_core's words around it (second trial of issue 12:
+    // "Other: non-transport error occurred which will not be retried: TLS: ...").
+    assert!(error.contains("failed: TLS: the certificate of "), "{error}");
+    assert!(!error.contains("will not be retried"), "{error}");
+    assert!(!error.contains("Other:"), "{error}");
     // Not retried: each request that met the certificate is logged once, never again.
     let tries: Vec<&str> = r
         .stderr
