@@ -271,16 +271,32 @@ fn azure_dry_runs_say_what_happens_on_azure_and_contacts_are_key_vault_s() {
         r.stdout
     );
 
-    let r = run_fleet(
-        &env,
-        &serve,
-        "azure",
-        &["vault", "contacts", "set", "pki@example.com"],
-    );
+    // No contacts anywhere: said in words, on both backends (it said `contacts (none):`).
+    for which in ["azure", "local"] {
+        let r = run_fleet(&env, &serve, which, &["vault", "contacts", "get"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(r.stdout.starts_with("no contacts set"), "{which}: {}", r.stdout);
+        assert!(!r.stdout.contains("(none)"), "{which}: {}", r.stdout);
+    }
+    // Set: the heading says where they live (Key Vault on azure, certroll's store on local).
+    for (which, heading) in [
+        ("azure", "contacts (Key Vault):"),
+        ("local", "contacts (the local store):"),
+    ] {
+        let r = run_fleet(
+            &env,
+            &serve,
+            which,
+            &["vault", "contacts", "set", "pki@example.com"],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let r = run_fleet(&env, &serve, which, &["vault", "contacts", "get"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(r.stdout, format!("{heading}\n  pki@example.com\n"), "{which}");
+    }
+    let r = run_fleet(&env, &serve, "azure", &["vault", "contacts", "delete"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let r = run_fleet(&env, &serve, "azure", &["vault", "contacts", "get"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stdout.contains("contacts (Key Vault):"), "{}", r.stdout);
+    assert!(r.stdout.contains("no contacts set"), "{}", r.stdout);
 }
 
 /// A token Key Vault rejects on a later run (second trial of issue 12): the run names Key
