@@ -75,6 +75,16 @@ fn azure_issue_and_roll_on_a_terminal_move_the_bar_as_each_certificate_is_import
         seen.iter().any(|n| (1..12).contains(n)),
         "the bar showed no import between the first and the last (positions {seen:?}):\n{drawn}"
     );
+    // The stage bar gives the time left; the device bar, which moves only when the whole
+    // chunk's remote work is done, is not drawn at a count that cannot move (second trial of
+    // issue 12: `devices 0/1001 ... 0/s eta 0s` for the whole run).
+    assert!(
+        drawn
+            .lines()
+            .any(|l| l.contains("Key Vault imports") && l.contains(" eta ")),
+        "{drawn}"
+    );
+    assert!(!drawn.contains("devices 0/12"), "{drawn}");
 
     // A roll shows a bar too (it had none), moving the same way.
     let (code, drawn) = on_a_terminal(&env, &serve, "roll-secondary group:meters");
