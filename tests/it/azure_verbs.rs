@@ -265,7 +265,7 @@ pub(crate) const FLEET: &str = "[policies.device]\nkey = { type = \"EC\", curve 
 /// The simulated device behind the delivery hook: it keeps the PFX it is handed and, the first
 /// time only (a device registers when it first starts), registers with DPS over mutual TLS with
 /// it, as a real device would with curl.
-const DEVICE_HOOK: &str = r#"
+pub(crate) const DEVICE_HOOK: &str = r#"
 import json, os, subprocess, sys
 port, scope, ca, home = sys.argv[1:5]
 job = json.load(sys.stdin)

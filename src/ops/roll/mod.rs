@@ -130,7 +130,12 @@ pub struct DeviceRoll {
     /// one step says; the run exits 1), `revoked`, `replaced`, `would-replace` or
     /// `already-replaced`.
     pub outcome: &'static str,
-    /// The slot the new certificate went into.
+    /// The slot the new certificate went into. For `already-rolled`: where the certificate the
+    /// device holds is after this roll: the slot of its individual enrollment that holds it, or
+    /// for a device of a group (which has no slot of its own) the slot of the group that holds
+    /// the CA certificate that signed it. Never read from the hub's thumbprints, which a device
+    /// registering again rewrites (it then holds its certificate as the primary), so both
+    /// backends report the same.
     pub slot: SlotName,
     /// The steps, in order (listed when the run covers at most 1,000 devices; the run's own
     /// steps describe the rest).
@@ -151,7 +156,8 @@ pub struct GroupRoll {
     /// `rolled`, `would-roll`, `already-rolled`, `replaced`, `would-replace` or
     /// `already-replaced`.
     pub outcome: &'static str,
-    /// The slot the new CA certificate went into.
+    /// The slot the new CA certificate went into (`already-rolled`: the slot that holds the
+    /// group's CA certificate).
     pub slot: SlotName,
     /// The steps.
     pub steps: Vec<String>,
@@ -1502,7 +1508,8 @@ fn plan_scope<'p>(
         Decision::Expiry(pending) => (&pending.renew, &pending.place),
         Decision::Breach(_) => (&scope.cas, &scope.groups),
     };
-    // A group whose slot is in place already is left as it is (whichever slot holds its CA).
+    // A group whose slot is in place already is left as it is, and reported in the slot that
+    // holds its CA (an earlier roll may have used the other slot).
     for g in scope
         .groups
         .iter()
@@ -1511,7 +1518,7 @@ fn plan_scope<'p>(
         report.groups.push(GroupRoll {
             target: format!("group:{}", g.name),
             outcome: "already-rolled",
-            slot,
+            slot: cas::slot_holding_ca(backend, g)?.unwrap_or(slot),
             steps: vec![],
         });
     }
