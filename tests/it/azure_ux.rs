@@ -106,6 +106,17 @@ fn azure_delivery_none_says_once_how_many_wait_for_the_operator_and_vv_logs_ever
 
     let r = run_fleet(&env, &serve, "azure", &["-vv", "roll-secondary", "group:meters"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    // Each device's steps say how its certificate travels: here it waits for the operator, and
+    // the command that hands it out (certroll holds no device on azure to install it on).
+    assert!(
+        r.stdout.contains(
+            "leave the new certificate of device `m-01` for the operator to hand out \
+             (delivery = \"none\": `certroll export device:m-01 --with-key`)"
+        ),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("install the new certificate"), "{}", r.stdout);
     let waiting: Vec<&str> = r
         .stderr
         .lines()

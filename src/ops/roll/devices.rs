@@ -569,11 +569,7 @@ pub(super) fn assess<'p>(
                             h.hub
                         );
                     }
-                    say!(
-                        describe,
-                        report.steps,
-                        "install the new certificate on device `{id}`"
-                    );
+                    say!(describe, report.steps, "{}", super::install_step(id));
                 }
                 // Zero downtime: the other slot keeps a valid certificate. If it has none, the
                 // certificate the named slot held moves there (the device may still hold it).
@@ -728,7 +724,8 @@ pub(super) fn assess<'p>(
                 say!(
                     describe,
                     report.steps,
-                    "install the new certificate on device `{id}` and re-provision it, so the hub holds only the new thumbprint"
+                    "{} and re-provision it, so the hub holds only the new thumbprint",
+                    super::install_step(id)
                 );
                 report.outcome = "replaced";
                 work.clear_other = breach.both;

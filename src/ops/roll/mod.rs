@@ -275,6 +275,51 @@ fn refuse_unreachable_identity_removal(plan: &Plan, opts: &RollOptions, targets:
     Ok(())
 }
 
+/// How a device's delivery step begins in a roll's report (see [`azure_device_step`]).
+pub(crate) fn install_step(id: &str) -> String {
+    format!("install the new certificate on device `{id}`")
+}
+
+/// A device's delivery step in the words of an azure plan, where certroll does not hold the
+/// devices: how the new certificate travels by the delivery channel of the device's group or
+/// enrollment (a direct method, the hook, or the operator with `certroll export`). `None` for a
+/// local plan or another step. Human output only: `-o json` keeps one wording on both backends.
+pub fn azure_device_step(plan: &Plan, device_id: &str, step: &str) -> Option<String> {
+    plan.azure.as_ref()?;
+    let rest = step.strip_prefix(&install_step(device_id))?;
+    let (group, enrollment) = match super::device_owner(plan, device_id)? {
+        super::DeviceOwner::Group(g) => (Some(g.name.as_str()), None),
+        super::DeviceOwner::Enrollment(e) => (None, Some(e.name.as_str())),
+    };
+    let how = match plan.delivery.channel(group, enrollment) {
+        crate::plan::Delivery::DirectMethod { method } => {
+            format!(
+                "deliver the new certificate to device `{device_id}` by the IoT Hub direct method `{method}`"
+            )
+        }
+        crate::plan::Delivery::Hook(_) => {
+            format!("deliver the new certificate to device `{device_id}` through the delivery hook")
+        }
+        crate::plan::Delivery::None => format!(
+            "leave the new certificate of device `{device_id}` for the operator to hand out \
+             (delivery = \"none\": `certroll export device:{device_id} --with-key`)"
+        ),
+    };
+    Some(format!("{how}{rest}"))
+}
+
+/// Rewrites the delivery steps of every device in `report` by [`azure_device_step`].
+pub fn azure_words(plan: &Plan, report: &mut RollReport) {
+    for d in &mut report.devices {
+        let id = d.target.strip_prefix("device:").unwrap_or(&d.target).to_string();
+        for step in &mut d.steps {
+            if let Some(words) = azure_device_step(plan, &id, step) {
+                *step = words;
+            }
+        }
+    }
+}
+
 /// Runs a roll.
 pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<RollReport> {
     let mut targets: Vec<Target> = Vec::new();
