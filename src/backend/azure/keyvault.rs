@@ -114,18 +114,19 @@ fn remote(operation: &str, target: &str, e: azure_core::Error) -> BackendError {
         } => (Some(u16::from(*status)), error_code.clone()),
         _ => (None, None),
     };
+    // No answer: the whole chain, as a transport failure's reason (TLS, refused) sits under
+    // the retry policy's "retry policy expired".
+    let (code, message) = match status {
+        Some(_) => (code.unwrap_or_else(|| format!("{:?}", e.kind())), e.to_string()),
+        None => super::observe::no_answer(&e),
+    };
     BackendError::Remote {
         service: "Key Vault",
         operation: operation.to_string(),
         target: target.to_string(),
         status,
-        code: code.unwrap_or_else(|| format!("{:?}", e.kind())),
-        // The whole chain: a transport failure's reason (TLS, refused) sits under the retry
-        // policy's "retry policy expired".
-        message: match status {
-            Some(_) => e.to_string(),
-            None => super::observe::chain_text(&e),
-        },
+        code,
+        message,
     }
 }
 
