@@ -258,6 +258,26 @@ pub fn sign_self(profile: &CertProfile, key: &PrivateKey) -> Result<Vec<u8>, Err
     Ok(params.self_signed(key.pair())?.der().to_vec())
 }
 
+/// Signs a self-signed (root) certificate with what signs for its key: a key held here, or a
+/// vault that keeps it (a key Key Vault made, which never leaves it). The certificate is that of
+/// [`sign_self`]; a remote signer's failure comes back as [`Error::RemoteSign`] with its reason.
+pub fn sign_self_with(profile: &CertProfile, signer: &CaSigner) -> Result<Vec<u8>, Error> {
+    let mut params = params(profile)?;
+    params.use_authority_key_identifier_extension = false;
+    match params.self_signed(signer) {
+        Ok(cert) => Ok(cert.der().to_vec()),
+        Err(rcgen::Error::RemoteKeyError) => Err(match signer {
+            CaSigner::Remote(remote) => Error::RemoteSign(
+                remote
+                    .take_failure()
+                    .unwrap_or_else(|| "the vault did not sign".into()),
+            ),
+            CaSigner::Key(_) => Error::Generate(rcgen::Error::RemoteKeyError),
+        }),
+        Err(e) => Err(Error::Generate(e)),
+    }
+}
+
 /// A self-signed certificate as [`sign_self`] makes it, but whose subject (and so issuer) is
 /// `subject_der`, a DER `Name` kept from an earlier certificate (an imported one renewed), not
 /// `profile.subject`: every attribute in its order, with its type (also one certroll does not
