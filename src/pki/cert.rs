@@ -171,6 +171,15 @@ fn spki_of(cert_der: &[u8]) -> Result<Vec<u8>, Error> {
     Ok(cert.tbs_certificate.subject_pki.raw.to_vec())
 }
 
+/// The SubjectPublicKeyInfo (DER) a PKCS#10 request asks to certify.
+/// Errors: [`Error::BadCsr`] when the request does not parse.
+pub fn csr_spki(csr_der: &[u8]) -> Result<Vec<u8>, Error> {
+    use x509_parser::prelude::FromDer as _;
+    let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(csr_der)
+        .map_err(|e| Error::BadCsr(e.to_string()))?;
+    Ok(csr.certification_request_info.subject_pki.raw.to_vec())
+}
+
 /// A random, positive, 128-bit serial number (RFC 5280 4.1.2.2 asks for at most 20 octets).
 pub fn random_serial() -> Result<SerialNumber, Error> {
     let mut bytes = [0u8; 16];

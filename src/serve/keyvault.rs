@@ -958,7 +958,25 @@ async fn create_certificate(
             let request_id = report.version.clone().unwrap_or_default();
             return Ok((StatusCode::ACCEPTED, Json(operation(&base, &name, &report.issuer, "inProgress", None, &request_id))));
         }
-        let pend = b.pending(&name)?.ok_or_else(|| ApiError::internal("the pending request was not stored"))?;
+        let mut pend = b.pending(&name)?.ok_or_else(|| ApiError::internal("the pending request was not stored"))?;
+        // Key Vault keeps the request's policy, members the options leave out too (content
+        // type, lifetime actions); the key's facts are the key's, as made. A live name's policy
+        // becomes it at once, as Key Vault's create replaces it.
+        let mut recorded: Value = serde_json::from_str(&pend.policy_json).unwrap_or_else(|_| json!({}));
+        let kept = recorded["key_props"].clone();
+        merge_json(&mut recorded, &policy);
+        for fact in ["kty", "exportable", "crv", "key_size"] {
+            if !kept[fact].is_null() {
+                recorded["key_props"][fact] = kept[fact].clone();
+            }
+        }
+        pend.policy_json = recorded.to_string();
+        let key = b.pending_key(&name)?;
+        b.delete_pending(&name)?;
+        b.put_pending(&pend, key.pkcs8_der())?;
+        if b.current(&name)?.is_some() {
+            set_policy(b, &name, &policy, now)?;
+        }
         Ok((
             StatusCode::ACCEPTED,
             Json(operation(&base, &name, &pend.issuer, "inProgress", Some(&pend.csr_der), &pend.request_id)),

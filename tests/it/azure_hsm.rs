@@ -250,6 +250,7 @@ const HSM_GROUP: &str = "[policies.device]\nkey = { type = \"EC\", curve = \"P-2
      [policies.root-hsm]\nkey = { type = \"EC-HSM\", curve = \"P-384\" }\nvalidity_days = 3650\n\
      [policies.rsa-hsm]\nkey = { type = \"RSA-HSM\", size = 2048 }\nvalidity_days = 1825\n\
      key_usage = [\"keyCertSign\", \"cRLSign\", \"digitalSignature\"]\n\
+     lifetime_actions = [{ days_before_expiry = 180, action = \"email-contacts\" }]\n\
      [ca.root]\nsubject = \"CN=HSM Root\"\npolicy = \"root-hsm\"\n\
      [ca.line]\nsubject = \"CN=RSA HSM Line\"\nissuer = \"root\"\npath_len = 0\npolicy = \"rsa-hsm\"\n\
      [groups.cams]\nsigning_ca = \"line\"\nhub = \"conf-hub\"\nreprovision = \"migrate\"\n\
@@ -346,6 +347,19 @@ fn hsm_ca_keys_are_made_by_key_vault_create_and_merged_never_imported() {
     }
     // The root certified its own key through Key Vault's sign before its merge.
     assert!(vault_requests(&env, "POST", "/keys/ca-root/") >= 1);
+    // Key Vault keeps the policy certroll's create sent: the plan's lifetime action (what
+    // `notify` reads there) and a key that is not exportable.
+    let policy = key_vault_get(&env, &serve, "certificates/ca-line/policy");
+    assert_eq!(
+        policy["lifetime_actions"][0]["trigger"]["days_before_expiry"], 180,
+        "{policy}"
+    );
+    assert_eq!(
+        policy["lifetime_actions"][0]["action"]["action_type"], "EmailContacts",
+        "{policy}"
+    );
+    assert_eq!(policy["key_props"]["exportable"], false, "{policy}");
+    assert_eq!(policy["key_props"]["kty"], "RSA-HSM", "{policy}");
     // Leaves still go in by import, with their keys.
     assert_eq!(vault_requests(&env, "POST", "/certificates/dev-c-1/import"), 1);
     let (l, a) = both(&env, &serve, &["status", "-o", "json"]);

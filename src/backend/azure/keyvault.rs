@@ -1390,8 +1390,7 @@ impl Vault for AzureVault {
 
     fn pending_signer(&self, pending: &PendingCertificate) -> Result<crate::pki::cert::CaSigner> {
         let name = pending.name.as_str();
-        let spki = crate::ops::vault::pending::csr_spki(&pending.csr_der)
-            .map_err(|e| BackendError::Refused(format!("the request of `{name}`: {e}")))?;
+        let spki = crate::pki::cert::csr_spki(&pending.csr_der)?;
         // Key Vault's create wrote the request's key as the name's newest key version; it is
         // used only once shown to be the key the CSR names.
         let keys = self.keys.clone();

@@ -314,10 +314,7 @@ fn no_request(backend: &dyn crate::backend::Backend, name: &str) -> anyhow::Erro
 
 /// The SubjectPublicKeyInfo (DER) a CSR asks to certify.
 pub(crate) fn csr_spki(csr_der: &[u8]) -> Result<Vec<u8>> {
-    use x509_parser::prelude::FromDer as _;
-    let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(csr_der)
-        .map_err(|e| anyhow::anyhow!("the stored request's CSR is unreadable: {e}"))?;
-    Ok(csr.certification_request_info.subject_pki.raw.to_vec())
+    crate::pki::cert::csr_spki(csr_der).map_err(|e| anyhow::anyhow!("the stored request: {e}"))
 }
 
 /// What `vault csr` wrote.
