@@ -521,3 +521,53 @@ fn vault_versions_of(env: &TestEnv, serve: &Serve, name: &str) -> Option<Vec<Val
     let run = run_fleet(env, serve, "azure", &["vault", "show", name, "-o", "json"]);
     (run.code == 0).then(|| run.json()["versions"].as_array().cloned().unwrap_or_default())
 }
+
+/// A request already waiting on a CA's name that certroll's create would not have made (here
+/// `vault create` with an exportable RSA key) is not trusted: `issue` deletes it, creates the
+/// CA's own request and merges that, so the root's key is the policy's EC-HSM key made in the
+/// vault, not the waiting one.
+#[test]
+fn a_waiting_request_of_another_key_on_a_ca_name_is_deleted_and_made_anew() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, HSM_GROUP);
+    fleet_plans_hook(&env, &serve, HSM_GROUP);
+    let made = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &[
+            "vault",
+            "create",
+            "ca-root",
+            "--subject",
+            "CN=Not The Root",
+            "--issuer",
+            "Unknown",
+            "-o",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(made["status"], "inProgress", "{made}");
+    let waiting = key_vault_get(&env, &serve, "keys/ca-root");
+    assert_eq!(waiting["key"]["kty"], "RSA", "{waiting}");
+
+    run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]).ok();
+    assert_eq!(vault_requests(&env, "DELETE", "/certificates/ca-root/pending"), 1);
+    assert_eq!(vault_requests(&env, "POST", "/certificates/ca-root/create"), 2);
+    assert_eq!(vault_versions(&env, &serve, "ca-root").len(), 1);
+    let key = key_vault_get(&env, &serve, "keys/ca-root");
+    assert_eq!(key["key"]["kty"], "EC-HSM", "{key}");
+    let root = export(&env, &serve, "ca:root", "root.pem", &[]);
+    assert!(
+        cert_key_is(&root, &key["key"]),
+        "the root certifies the key its own create made"
+    );
+    let text = env
+        .openssl(&["x509", "-in", &root, "-noout", "-subject"])
+        .ok()
+        .stdout;
+    assert!(text.contains("HSM Root"), "{text}");
+    verify_devices(&env, &serve, &["c-1", "c-2"], "issued");
+}
