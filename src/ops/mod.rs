@@ -467,7 +467,10 @@ pub fn policy_json(policy: &Policy, subject: &str, issuer: Option<&str>) -> Stri
 }
 
 /// Makes a new version of a plan CA in the vault (a new key; self-signed for a root, else signed
-/// by its issuer's current version, clamped to the issuer's notAfter). Returns the DER.
+/// by its issuer's current version, clamped to the issuer's notAfter). Returns the DER. certroll
+/// makes the key, unless the key is not exportable and the vault makes such keys itself (Key
+/// Vault: [`Vault::makes_own_keys`](crate::backend::Vault::makes_own_keys)), when the vault's
+/// create makes it and certroll certifies the request's key.
 pub fn new_ca_version(
     plan: &Plan,
     ca: &crate::plan::CaSpec,
