@@ -71,7 +71,7 @@ pub(crate) fn mask(v: Value) -> Value {
 }
 
 /// A self-signed EC P-256 certificate and its key in one PEM file, made by openssl.
-fn make_cert(env: &TestEnv, cn: &str, ca: bool) -> std::path::PathBuf {
+pub(crate) fn make_cert(env: &TestEnv, cn: &str, ca: bool) -> std::path::PathBuf {
     let stem = cn.replace(' ', "-");
     let key = env.path(&format!("{stem}-key.pem"));
     let cert = env.path(&format!("{stem}-cert.pem"));
