@@ -299,6 +299,9 @@ fn print_human<W: std::io::Write>(
         };
         p.line(format!("{label}: {}", c.message))?;
     }
+    for w in &report.warnings {
+        p.line(format!("warning: {w}"))?;
+    }
     if report.dry_run {
         p.line(format!(
             "Dry run: nothing was changed. {} device(s) would be unable to connect until they receive their new certificate.",

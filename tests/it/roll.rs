@@ -717,3 +717,34 @@ fn due_holds_back_devices_below_a_disabled_ca_higher_in_the_chain() {
         assert_eq!(count(&env, &format!("dev-{id}")), 1);
     }
 }
+
+/// The fifth trial: a `--now` moved back behind the store's own newest versions renews the CAs
+/// whose current version is not valid yet then (issue 10 item 16), and says that the renewals end
+/// before the versions they replace.
+#[test]
+fn a_roll_behind_the_stores_newest_versions_warns_that_its_cas_end_earlier() {
+    let env = TestEnv::new();
+    fid5_plan(&env);
+    env.plan_run(&["issue"]).ok();
+    env.plan_run(&["--now", &at(350), "roll-secondary", "--due"]).ok();
+    assert_eq!(count(&env, "ca-r"), 2);
+    let quiet = env
+        .plan_run(&["--now", &at(350), "-o", "json", "roll-secondary", "--due"])
+        .ok()
+        .json();
+    assert_eq!(quiet["warnings"], serde_json::json!([]), "{quiet:#}");
+
+    let back = env
+        .plan_run(&["--now", &at(175), "roll-secondary", "--due"])
+        .ok()
+        .stdout;
+    assert_eq!(count(&env, "ca-r"), 3, "replaced as not valid yet (item 16)");
+    for ca in ["r", "m"] {
+        assert!(
+            back.contains(&format!(
+                "warning: ca:{ca}: its current version is not valid until"
+            )) && back.contains("before that version's"),
+            "{back}"
+        );
+    }
+}

@@ -184,6 +184,10 @@ pub struct RollReport {
     /// The CAs whose own expiry caps the renewals of devices (outcome `capped`) or of CAs this
     /// roll would renew, each with what to do; they must be renewed first.
     pub renew_ca_first: Vec<CappedBy>,
+    /// Warnings about what the run did that an operator may not have meant: a CA renewed because
+    /// its current version is not valid yet at the run's time (`--now` behind a later run's),
+    /// whose renewal ends before that version does.
+    pub warnings: Vec<String>,
 }
 
 /// A CA whose notAfter caps the renewals of devices or CAs below it: a new certificate would end
@@ -470,6 +474,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         groups: Vec::new(),
         devices: Vec::new(),
         renew_ca_first: Vec::new(),
+        warnings: Vec::new(),
     };
     for id in &not_issued {
         report.devices.push(DeviceRoll {
@@ -633,6 +638,17 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
             plan_scope(plan, &backend, opts, st, decided, now, &mut planned, &mut report)?;
             if let Decision::Expiry(p) = decided {
                 capped_cas.extend(p.capped.iter().map(|c| c.name.clone()));
+                for (ca, nbf, exp, renewed_end) in &p.ends_earlier {
+                    report.warnings.push(format!(
+                        "ca:{name}: its current version is not valid until {} (made by a run at a later --now), so \
+                         it was renewed, and the renewal ends at {}, before that version's {}: a run whose --now is \
+                         behind the store's own work replaces the later versions with shorter ones",
+                        crate::clock::rfc3339(*nbf),
+                        crate::clock::rfc3339(*renewed_end),
+                        crate::clock::rfc3339(*exp),
+                        name = ca.name
+                    ));
+                }
             }
         }
         if opts.due && opts.breach.is_none() {
