@@ -281,10 +281,22 @@ pub fn main() -> ExitCode {
     let cli = match Cli::parse_args() {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = e.print();
+            let checking = std::env::args().any(|a| a == "check");
+            // Help and version text that cannot be written (a full disk) is a failure like any
+            // other verb's output; a closed pipe (`| head`) is not.
+            let printed = e.print().and_then(|()| {
+                use std::io::Write;
+                std::io::stdout().flush()
+            });
+            if let Err(err) = printed
+                && err.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                eprintln!("error: cannot write the output: {err}");
+                return ExitCode::from(if checking { CHECK_UNKNOWN } else { 1 });
+            }
             // clap's usage errors are input errors; --help and --version are not errors. For
             // `check`, monitoring reads anything it cannot tell as UNKNOWN (3), not CRITICAL (2).
-            let code = match (e.use_stderr(), std::env::args().any(|a| a == "check")) {
+            let code = match (e.use_stderr(), checking) {
                 (false, _) => 0,
                 (true, true) => 3,
                 (true, false) => 2,
@@ -305,6 +317,9 @@ pub fn main() -> ExitCode {
         matches!(cli.command, Command::Serve(_)),
     );
     let json = cli.global.output == Format::Json;
+    // `check`'s codes are monitoring states: a failure of its own (its report cannot be written,
+    // say) is UNKNOWN, never WARNING (1) or CRITICAL (2).
+    let checking = matches!(cli.command, Command::Check(_));
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
@@ -312,7 +327,10 @@ pub fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("error: {}", crate::error::message(&err));
-            let body = crate::output::ErrorBody::from_error(&err);
+            let mut body = crate::output::ErrorBody::from_error(&err);
+            if checking {
+                body.exit_code = CHECK_UNKNOWN;
+            }
             if json {
                 let _ = crate::output::print_error_document(&body);
             }
@@ -320,6 +338,9 @@ pub fn main() -> ExitCode {
         }
     }
 }
+
+/// `check`'s exit code when it cannot tell (Nagios' UNKNOWN): also its code for any failure.
+const CHECK_UNKNOWN: u8 = 3;
 
 /// Whether a command line that clap refused asked for `-o json`. clap stops at the first bad
 /// argument, so an `-o json` after it never reaches its matches; the raw arguments are read

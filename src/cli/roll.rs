@@ -206,7 +206,7 @@ fn print_human<W: std::io::Write>(
     for gr in &report.groups {
         if gr.outcome.starts_with("already") {
             p.line(format!(
-                "{}: the {} slot already holds the CA certificate of an earlier run; nothing to do",
+                "{}: the {} slot already holds the current certificate of its CA; nothing to do",
                 gr.target,
                 gr.slot.word()
             ))?;
@@ -298,6 +298,9 @@ fn print_human<W: std::io::Write>(
             c.cas.join(", ")
         };
         p.line(format!("{label}: {}", c.message))?;
+    }
+    for w in &report.warnings {
+        p.line(format!("warning: {w}"))?;
     }
     if report.dry_run {
         p.line(format!(

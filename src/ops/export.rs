@@ -101,6 +101,35 @@ pub fn may_export(what: &str, version: &VaultVersion, wants_key: bool, now: Offs
     Ok(())
 }
 
+/// Refuses (exit 2, before anything is written) an export whose format was not asked for
+/// (`--format`) but follows the version's content type, when the name of `out` says the other
+/// format: a `.pfx`/`.p12` file holding PEM text (or a `.pem`/`.crt`/`.cer`/`.key` file holding
+/// PKCS#12) fails later in whatever reads it, by its name, with no word of why.
+pub fn refuse_misnamed(out: &std::path::Path, format: ExportFormat, asked: bool, why: &str) -> Result<()> {
+    if asked {
+        return Ok(());
+    }
+    let ext = out
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    let (named, flag) = match (ext.as_str(), format) {
+        ("pfx" | "p12", ExportFormat::Pem) => ("PKCS#12", "--format pfx --password-env VAR"),
+        ("pem" | "crt" | "cer" | "key", ExportFormat::Pfx) => ("PEM", "--format pem"),
+        _ => return Ok(()),
+    };
+    let (is, other) = match format {
+        ExportFormat::Pem => ("PEM", "pem"),
+        ExportFormat::Pfx => ("PKCS#12", "pfx"),
+    };
+    Err(input(format!(
+        "--out {} names a {named} file, but this export is {is} ({why}); pass {flag} to write what the \
+         name says, or give the file a .{other} name. Nothing was written",
+        out.display()
+    )))
+}
+
 /// Runs `export`.
 pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<ExportReport> {
     opts.target.check(plan)?;
@@ -215,6 +244,18 @@ pub fn export(plan: &Plan, opts: &ExportOptions, now: OffsetDateTime) -> Result<
         )),
         _ => None,
     };
+    let why = match (&note, format) {
+        (Some(_), _) => format!(
+            "the version {} was made under content_type \"{word}\"",
+            version.version
+        ),
+        (None, ExportFormat::Pfx) => "the policy's content_type is pfx".to_string(),
+        (None, ExportFormat::Pem) if opts.with_key => "--with-key writes PEM".to_string(),
+        (None, ExportFormat::Pem) => {
+            "the policy's content_type, or a key that stays in the vault".to_string()
+        }
+    };
+    refuse_misnamed(&opts.out, format, opts.format.is_some(), &why)?;
     let wants_key = opts.with_key || format == ExportFormat::Pfx;
     may_export(&opts.target.to_string(), &version, wants_key, now)?;
     let mut chain = vec![version.cert_der.clone()];

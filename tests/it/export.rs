@@ -209,3 +209,84 @@ fn pem_files_have_unix_line_endings() {
         assert!(!text.contains(&b'\r'), "{file} has CR line endings");
     }
 }
+
+/// The fifth trial: an export whose format follows the version (no `--format`) refuses an `--out`
+/// name of the other format (PEM text in a `.pfx` file), writing nothing; `--format` writes what
+/// it says, whatever the name.
+#[test]
+fn an_out_name_of_the_other_format_is_refused_unless_the_format_is_asked_for() {
+    let env = TestEnv::new();
+    fid5_plan(&env);
+    env.plan_run(&["issue"]).ok();
+    // A pem-content-type version exported, with and without the plan's policy since moved to pfx.
+    for (args, out) in [
+        (vec!["export", "device:d-1", "--out", "d1.pfx"], "d1.pfx"),
+        (vec!["vault", "export", "dev-d-1", "--out", "v1.P12"], "v1.P12"),
+        (vec!["vault", "export", "ca-m", "--out", "m.pfx"], "m.pfx"),
+    ] {
+        let r = env.plan_run(&args).code(2);
+        assert!(
+            r.stderr.contains(&format!(
+                "--out {out} names a PKCS#12 file, but this export is PEM"
+            )) && r.stderr.contains("--format pfx --password-env VAR")
+                && r.stderr.contains("Nothing was written"),
+            "{}",
+            r.stderr
+        );
+        assert!(!env.path(out).exists(), "{out} written");
+    }
+    let text = std::fs::read_to_string(env.path("plan.toml")).unwrap();
+    env.write(
+        "plan.toml",
+        &text.replace(
+            "validity_days = 200\n",
+            "validity_days = 200\ncontent_type = \"pfx\"\n",
+        ),
+    );
+    let r = env.plan_run(&["export", "device:d-1", "--out", "d1.pfx"]).code(2);
+    assert!(
+        r.stderr.contains("names a PKCS#12 file, but this export is PEM")
+            && r.stderr.contains("was made under content_type \"pem\""),
+        "{}",
+        r.stderr
+    );
+    assert!(!env.path("d1.pfx").exists());
+
+    // Asked for: PEM where asked, and a real PKCS#12 file where asked.
+    env.plan_run(&["export", "device:d-1", "--format", "pem", "--out", "asked.pfx"])
+        .ok();
+    assert!(
+        std::fs::read_to_string(env.path("asked.pfx"))
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+    let out = env
+        .cmd()
+        .env("PFX_PW", "pw")
+        .args([
+            "--plan",
+            "plan.toml",
+            "export",
+            "device:d-1",
+            "--format",
+            "pfx",
+            "--password-env",
+            "PFX_PW",
+            "--out",
+            "d1.pfx",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    env.openssl(&[
+        "pkcs12",
+        "-in",
+        "d1.pfx",
+        "-passin",
+        "pass:pw",
+        "-nokeys",
+        "-out",
+        "d1-certs.pem",
+    ])
+    .ok();
+}

@@ -774,3 +774,36 @@ fn a_closed_stdout_is_not_a_panic() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
     }
 }
+
+/// The fifth trial: output that cannot be written (a full disk) is a failure with the contract's
+/// error code: 3 (UNKNOWN) for `check`, whose 1 means WARNING, and 1 for the other verbs and for
+/// help and version text; a closed pipe (`| head`) still is not.
+#[test]
+fn output_to_a_full_disk_exits_with_the_error_code() {
+    let env = TestEnv::new();
+    crate::util::fid5_plan(&env);
+    env.plan_run(&["issue"]).ok();
+    env.plan_run(&["check"]).ok();
+    let full = || std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    for (args, code) in [
+        (&["--plan", "plan.toml", "check"][..], 3),
+        (&["--plan", "plan.toml", "check", "-o", "json"][..], 3),
+        (&["--plan", "plan.toml", "status"][..], 1),
+        (&["help"][..], 1),
+        (&["help", "issue"][..], 1),
+        (&["check", "--help"][..], 3),
+        (&["--version"][..], 1),
+    ] {
+        let out = env.cmd().args(args).stdout(full()).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("No space left on device"),
+            "{args:?}"
+        );
+    }
+}

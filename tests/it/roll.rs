@@ -595,3 +595,156 @@ fn yearly_due_rolls_alternate_slots_and_expired_certificates_leave() {
         };
     }
 }
+
+/// The fifth trial's journal wording: a `--due` step counts only the devices it can roll (a
+/// revoked one is reported apart and its rerun records no run), and a step that left some of its
+/// devices alone says how many it rolled and why the others were not.
+#[test]
+fn due_steps_count_what_they_roll_and_a_revoked_device_records_no_run() {
+    let env = TestEnv::new();
+    fid5_plan(&env);
+    env.plan_run(&["issue"]).ok();
+    env.plan_run(&["revoke", "device:d-2", "--reason", "superseded", "--yes"])
+        .ok();
+    // Named devices are planned as named; the step says one was rolled and why the other not.
+    let text = env
+        .plan_run(&["roll-secondary", "device:d-1", "device:d-2", "--yes"])
+        .ok()
+        .stdout;
+    assert!(
+        text.contains(
+            "roll 2 device(s) (d-1 .. d-2) into the secondary slot: 1 of them rolled, 1 not (1 revoked)"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("device:d-2: not rolled: revoked"), "{text}");
+    let due = at(175);
+    let r = env
+        .plan_run(&["--now", &due, "-o", "json", "roll-secondary", "--due"])
+        .ok()
+        .json();
+    assert_eq!(outcome(&r, "d-2")["outcome"], "revoked", "{r:#}");
+    for id in ["d-1", "e1", "e2"] {
+        assert_eq!(outcome(&r, id)["outcome"], "rolled", "{r:#}");
+    }
+    let steps: Vec<&str> = r["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["description"].as_str().unwrap())
+        .collect();
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.contains("roll those of 3 device(s) (d-1 .. e2)")),
+        "{steps:#?}"
+    );
+    assert!(!steps.iter().any(|s| s.contains("4 device(s)")), "{steps:#?}");
+    assert_eq!(count(&env, "dev-d-2"), 1);
+
+    // The rerun has nothing to do: no step, no run recorded for the revoked device.
+    let again = env
+        .plan_run(&["--now", &due, "-o", "json", "roll-secondary", "--due"])
+        .ok()
+        .json();
+    assert_eq!(again["steps"], serde_json::json!([]), "{again:#}");
+    assert_eq!(again["run"], serde_json::Value::Null, "{again:#}");
+    assert_eq!(outcome(&again, "d-2")["outcome"], "revoked", "{again:#}");
+}
+
+/// The fifth trial: a capped CA's note names each capped device's own CA, so a device under the
+/// root is not counted among the intermediate's; and a group whose slot holds its CA right after
+/// `issue` is not said to hold "the CA certificate of an earlier run".
+#[test]
+fn a_capped_note_counts_each_device_under_its_own_ca() {
+    let env = TestEnv::new();
+    let text = fid5_plan(&env)
+        // Devices capped by r's notAfter from the start; due 100 days before they end.
+        .replace(
+            "validity_days = 200\nextended_key_usage = [\"clientAuth\"]\nlifetime_actions = [ { lifetime_percentage = 85, action = \"auto-renew\" } ]",
+            "validity_days = 500\nextended_key_usage = [\"clientAuth\"]\nlifetime_actions = [ { days_before_expiry = 100, action = \"auto-renew\" } ]",
+        )
+        // m (capped by r) wants a renewal from day 250.
+        .replace(
+            "validity_days = 3650\nlifetime_actions = [{ days_before_expiry = 30,",
+            "validity_days = 3650\nlifetime_actions = [{ days_before_expiry = 150,",
+        );
+    assert!(text.contains("days_before_expiry = 150") && text.contains("validity_days = 500"));
+    env.write("plan.toml", &text);
+    env.plan_run(&["issue"]).ok();
+
+    let after_issue = env.plan_run(&["roll-secondary", "ca:m", "--yes"]).ok().stdout;
+    assert!(!after_issue.contains("earlier run"), "{after_issue}");
+    assert!(
+        after_issue.contains("group:g: the primary slot already holds the current certificate of its CA"),
+        "{after_issue}"
+    );
+
+    let r = env
+        .plan_run(&["--now", &at(300), "roll-secondary", "--due"])
+        .code(1);
+    assert!(
+        r.stdout.contains("a renewal of `ca:m`")
+            && r.stdout.contains("a renewal of 3 device(s) under `m`")
+            && r.stdout.contains("a renewal of 1 device(s) under `r`"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("its 4 device(s)"), "{}", r.stdout);
+}
+
+/// The fifth trial: with the root's only version disabled, the cron run holds back the devices
+/// under the intermediate below it too, in the words it uses for a disabled direct CA.
+#[test]
+fn due_holds_back_devices_below_a_disabled_ca_higher_in_the_chain() {
+    let env = TestEnv::new();
+    fid5_plan(&env);
+    env.plan_run(&["issue"]).ok();
+    env.plan_run(&["vault", "update", "ca-r", "--disable"]).ok();
+    let r = env
+        .plan_run(&["--now", &at(175), "-o", "json", "roll-secondary", "--due"])
+        .code(1)
+        .json();
+    for id in ["d-1", "d-2", "e1", "e2"] {
+        let d = outcome(&r, id);
+        assert_eq!(d["outcome"], "held-back", "{d:#}");
+        let why = d["steps"][0].as_str().unwrap();
+        assert!(
+            why.contains("its CA `r`'s current version is disabled")
+                && why.contains("certroll roll-primary --breach ca:r"),
+            "{why}"
+        );
+        assert_eq!(count(&env, &format!("dev-{id}")), 1);
+    }
+}
+
+/// The fifth trial: a `--now` moved back behind the store's own newest versions renews the CAs
+/// whose current version is not valid yet then (issue 10 item 16), and says that the renewals end
+/// before the versions they replace.
+#[test]
+fn a_roll_behind_the_stores_newest_versions_warns_that_its_cas_end_earlier() {
+    let env = TestEnv::new();
+    fid5_plan(&env);
+    env.plan_run(&["issue"]).ok();
+    env.plan_run(&["--now", &at(350), "roll-secondary", "--due"]).ok();
+    assert_eq!(count(&env, "ca-r"), 2);
+    let quiet = env
+        .plan_run(&["--now", &at(350), "-o", "json", "roll-secondary", "--due"])
+        .ok()
+        .json();
+    assert_eq!(quiet["warnings"], serde_json::json!([]), "{quiet:#}");
+
+    let back = env
+        .plan_run(&["--now", &at(175), "roll-secondary", "--due"])
+        .ok()
+        .stdout;
+    assert_eq!(count(&env, "ca-r"), 3, "replaced as not valid yet (item 16)");
+    for ca in ["r", "m"] {
+        assert!(
+            back.contains(&format!(
+                "warning: ca:{ca}: its current version is not valid until"
+            )) && back.contains("before that version's"),
+            "{back}"
+        );
+    }
+}

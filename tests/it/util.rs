@@ -326,3 +326,59 @@ pub fn count(env: &TestEnv, name: &str) -> usize {
 pub fn store_bytes(env: &TestEnv) -> Vec<u8> {
     std::fs::read(env.store_dir().join("state.db")).unwrap()
 }
+
+/// The fifth fidelity trial's plan, written as `plan.toml`: root `r` (400 days, auto-renew 60
+/// days before expiry), intermediate `m` under it (3650 days, so capped by `r`; auto-renew 30
+/// days before expiry), group `g` (d-1, d-2) under `m`, individual enrollments `e1` under `m` and
+/// `e2` under `r`; devices 200 days, auto-renew at 85 % of their life.
+pub fn fid5_plan(env: &TestEnv) -> String {
+    let text = r#"version = 1
+[backend]
+kind = "local"
+path = ".certroll/state.db"
+
+[policies.dev]
+key = { type = "EC", curve = "P-256", exportable = true, reuse_key = false }
+validity_days = 200
+extended_key_usage = ["clientAuth"]
+lifetime_actions = [ { lifetime_percentage = 85, action = "auto-renew" } ]
+
+[policies.root]
+key = { type = "EC", curve = "P-256", exportable = false }
+validity_days = 400
+lifetime_actions = [{ days_before_expiry = 60, action = "auto-renew" }]
+
+[policies.mid]
+key = { type = "EC", curve = "P-256", exportable = false }
+validity_days = 3650
+lifetime_actions = [{ days_before_expiry = 30, action = "auto-renew" }]
+
+[ca.r]
+subject = "CN=Fid5 Root, O=Fid5"
+policy = "root"
+
+[ca.m]
+subject = "CN=Fid5 Mid, O=Fid5"
+issuer = "r"
+path_len = 0
+policy = "mid"
+
+[groups.g]
+signing_ca = "m"
+hub = "hubA"
+device_policy = "dev"
+devices = { prefix = "d-", count = 2 }
+
+[enrollments.e1]
+issuer = "m"
+policy = "dev"
+hub = "hubA"
+
+[enrollments.e2]
+issuer = "r"
+policy = "dev"
+hub = "hubB"
+"#;
+    env.write("plan.toml", text);
+    text.to_string()
+}

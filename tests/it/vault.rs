@@ -1250,3 +1250,67 @@ fn a_new_version_starts_without_tags_and_the_older_one_keeps_its_own() {
     assert_eq!(show["versions"][0]["version"], v1.as_str());
     assert_eq!(show["versions"][0]["tags"], serde_json::json!({ "owner": "ops" }));
 }
+
+/// The fifth trial: `vault import` of a DER certificate file is named for what it is (not "a
+/// damaged PKCS#12 file"), and a PEM certificate without its key says what the command needs.
+#[test]
+fn vault_import_names_a_der_certificate_and_a_keyless_pem() {
+    let env = TestEnv::new();
+    fid5_plan(&env);
+    env.plan_run(&["issue"]).ok();
+    env.openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "k.pem",
+        "-subj",
+        "/CN=der-test",
+        "-days",
+        "30",
+        "-outform",
+        "DER",
+        "-out",
+        "c.der",
+    ])
+    .ok();
+    let before = store_bytes(&env);
+    for with_password in [false, true] {
+        let mut args = vec!["vault", "import", "imp", "--file", "c.der"];
+        if with_password {
+            args.extend(["--password-env", "PFX_PW"]);
+        }
+        let out = env
+            .cmd()
+            .env("PFX_PW", "pw")
+            .args([&["--plan", "plan.toml"][..], &args].concat())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("c.der is a DER certificate (`CN=der-test`) without a private key")
+                && err.contains("PEM (certificate and key blocks in one file"),
+            "{err}"
+        );
+        assert!(!err.contains("damaged") && !err.contains("PKCS#12 file"), "{err}");
+    }
+    env.openssl(&["x509", "-inform", "DER", "-in", "c.der", "-out", "c.pem"])
+        .ok();
+    let r = env
+        .plan_run(&["vault", "import", "imp", "--file", "c.pem"])
+        .code(2);
+    assert!(
+        r.stderr
+            .contains("c.pem holds 1 certificate(s) but no private key")
+            && r.stderr
+                .contains("`vault import` needs the certificate with its key"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(store_bytes(&env), before, "nothing changed");
+}

@@ -120,6 +120,10 @@ pub(super) struct Pending<'p> {
     pub capped: Vec<&'p CaSpec>,
     /// The groups whose named slot gets their CA's current certificate.
     pub place: Vec<&'p GroupSpec>,
+    /// CAs renewed because their current version is not valid yet at the run's time, whose
+    /// renewal ends before that version does (the run's `--now` is behind a later run's): each
+    /// with its current version's notBefore and notAfter and the renewal's notAfter.
+    pub ends_earlier: Vec<(&'p CaSpec, OffsetDateTime, OffsetDateTime, OffsetDateTime)>,
 }
 
 impl Pending<'_> {
@@ -145,6 +149,7 @@ pub(super) fn pending<'p>(
         renew: Vec::new(),
         capped: Vec::new(),
         place: Vec::new(),
+        ends_earlier: Vec::new(),
     };
     // The notAfter each CA renewed by this run will have.
     let mut ends: std::collections::HashMap<&str, OffsetDateTime> = Default::default();
@@ -199,6 +204,11 @@ pub(super) fn pending<'p>(
             continue;
         }
         let would_end = issuer_end.map_or(own_end, |up| own_end.min(up));
+        // Replaced as not valid yet (issue 10 item 16), as it must be to sign anything now; but a
+        // `--now` moved back behind the store's own work makes the new one end earlier: said.
+        if let Some(c) = current.filter(|c| early && would_end < c.exp) {
+            out.ends_earlier.push((ca, c.nbf, c.exp, would_end));
+        }
         ends.insert(ca.name.as_str(), would_end);
         out.renew.push(ca);
     }

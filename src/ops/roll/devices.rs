@@ -260,16 +260,20 @@ pub(super) enum Due {
     /// Due, but its CA's notAfter caps a new certificate at or before the one it holds, and
     /// nothing expired waits in its slots: reported `capped`, never written.
     Capped,
+    /// Revoked (a disabled individual enrollment): reported `revoked`, never written, so no
+    /// step counts it among the devices it rolls and a cron run records nothing for it.
+    Revoked,
     /// Anything else: decided by [`assess`] within the run.
     Maybe,
 }
 
 /// For `--due`: which devices certainly need no step, read before a run is planned so a cron run
 /// with nothing to do records nothing (issue 13 item 3) and one whose due devices are all capped
-/// records no step that rolls none of them. A device is [`Due::Not`] or [`Due::Capped`] exactly
+/// records no step that rolls none of them. A device is [`Due::Revoked`] when its individual
+/// enrollment is disabled; it is [`Due::Not`] or [`Due::Capped`] exactly
 /// when [`assess`] would report it `not-due` or `capped` with nothing to write: it holds an
 /// issued certificate, it is not revoked (a disabled individual enrollment), and no slot of its
-/// individual enrollment holds an expired certificate. Anything else (revoked, not issued) is
+/// individual enrollment holds an expired certificate. Anything else (not issued, say) is
 /// left to `assess`.
 pub(super) fn not_due(
     plan: &Plan,
@@ -295,8 +299,11 @@ pub(super) fn not_due(
         let installed = record
             .and_then(|r| r.installed_version)
             .and_then(|v| versions.iter().find(|b| b.version == v).cloned());
-        let revoked = individual.as_ref().is_some_and(|e| e.status == Status::Disabled);
-        let Some(installed) = installed.filter(|_| !revoked) else {
+        if individual.as_ref().is_some_and(|e| e.status == Status::Disabled) {
+            out.push(Due::Revoked);
+            continue;
+        }
+        let Some(installed) = installed else {
             out.push(Due::Maybe);
             continue;
         };

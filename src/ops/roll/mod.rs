@@ -184,6 +184,10 @@ pub struct RollReport {
     /// The CAs whose own expiry caps the renewals of devices (outcome `capped`) or of CAs this
     /// roll would renew, each with what to do; they must be renewed first.
     pub renew_ca_first: Vec<CappedBy>,
+    /// Warnings about what the run did that an operator may not have meant: a CA renewed because
+    /// its current version is not valid yet at the run's time (`--now` behind a later run's),
+    /// whose renewal ends before that version does.
+    pub warnings: Vec<String>,
 }
 
 /// A CA whose notAfter caps the renewals of devices or CAs below it: a new certificate would end
@@ -470,6 +474,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         groups: Vec::new(),
         devices: Vec::new(),
         renew_ca_first: Vec::new(),
+        warnings: Vec::new(),
     };
     for id in &not_issued {
         report.devices.push(DeviceRoll {
@@ -633,6 +638,17 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
             plan_scope(plan, &backend, opts, st, decided, now, &mut planned, &mut report)?;
             if let Decision::Expiry(p) = decided {
                 capped_cas.extend(p.capped.iter().map(|c| c.name.clone()));
+                for (ca, nbf, exp, renewed_end) in &p.ends_earlier {
+                    report.warnings.push(format!(
+                        "ca:{name}: its current version is not valid until {} (made by a run at a later --now), so \
+                         it was renewed, and the renewal ends at {}, before that version's {}: a run whose --now is \
+                         behind the store's own work replaces the later versions with shorter ones",
+                        crate::clock::rfc3339(*nbf),
+                        crate::clock::rfc3339(*renewed_end),
+                        crate::clock::rfc3339(*exp),
+                        name = ca.name
+                    ));
+                }
             }
         }
         if opts.due && opts.breach.is_none() {
@@ -644,6 +660,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
                     let outcome = match due {
                         devices::Due::Not => "not-due",
                         devices::Due::Capped => "capped",
+                        devices::Due::Revoked => "revoked",
                         devices::Due::Maybe => "",
                     };
                     if !outcome.is_empty() {
@@ -698,6 +715,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         report.devices.sort_by_key(at);
     }
     report.steps = journal::reports(&run, &planned, opts.dry_run);
+    tally_device_steps(&run, &mut report);
     let cut: Vec<&CutOff> = planned.iter().map(|p| &p.cut_off).collect();
     report.devices_cut_off = CutOff {
         count: cut.iter().map(|c| c.count).sum(),
@@ -743,11 +761,14 @@ fn capped_by(
         }
     }
     // An issuer capped by its own issuer cannot move the cap: name the CA that can.
-    let mut capping: std::collections::BTreeMap<&str, usize> = Default::default();
+    // By capping CA, the devices' own CAs with their counts: a CA capped by its issuer passes its
+    // devices up, and the message names each device's own CA so none is counted as another's.
+    let mut capping: std::collections::BTreeMap<&str, Vec<(&str, usize)>> = Default::default();
     for (ca, n) in counts {
-        *capping
+        capping
             .entry(super::capping_ca(plan, &not_after, ca))
-            .or_default() += n;
+            .or_default()
+            .push((ca, n));
     }
     let counts = capping;
     // A capped CA waits for the CA whose notAfter caps its issuer's.
@@ -776,15 +797,16 @@ fn capped_by(
         let Some(current) = backend.current(&super::ca_cert_name(&ca.name))? else {
             continue;
         };
-        let n = counts.get(ca.name.as_str()).copied().unwrap_or(0);
+        let by_issuer = counts.get(ca.name.as_str()).cloned().unwrap_or_default();
+        let n = by_issuer.iter().map(|(_, n)| n).sum();
         let cas = held_cas.remove(ca.name.as_str()).unwrap_or_default();
         let mut what = Vec::new();
         if !cas.is_empty() {
             let names: Vec<String> = cas.iter().map(|c| format!("`{c}`")).collect();
             what.push(format!("a renewal of {}", names.join(", ")));
         }
-        if n > 0 {
-            what.push(format!("a renewal of its {n} device(s)"));
+        for (issuer, n) in by_issuer {
+            what.push(format!("a renewal of {n} device(s) under `{issuer}`"));
         }
         out.push(CappedBy {
             target: format!("ca:{}", ca.name),
@@ -1063,6 +1085,29 @@ fn due_held_back(
                         crate::clock::rfc3339(v.exp)
                     )),
                     Some(_) => None,
+                };
+                // A CA above it disabled holds its devices back as its own would: what the chain
+                // holds is refused as a whole, and the breach roll of that CA replaces them.
+                let found = match found {
+                    Some(why) => Some(why),
+                    None => {
+                        let mut above = None;
+                        for up in &lineage[1..] {
+                            if backend
+                                .current(&super::ca_cert_name(up))?
+                                .is_some_and(|v| !v.enabled)
+                            {
+                                above = Some(*up);
+                            }
+                        }
+                        above.map(|up| {
+                            format!(
+                                "its CA `{up}`'s current version is disabled (revoked or disabled; `{up}` is above \
+                                 `{ca}` in its chain); a disabled CA is replaced, not renewed: `certroll roll-primary \
+                                 --breach ca:{up}`"
+                            )
+                        })
+                    }
                 };
                 ca_problem.insert(ca.to_string(), found);
             }
@@ -1403,6 +1448,52 @@ fn breach_in_place(backend: &dyn Backend, target: &str, breach: &Breach) -> Resu
         }
     }
     Ok(true)
+}
+
+/// Adds to each device step of this run that left some of its devices alone how many it rolled
+/// and why the others were not: a step is planned before its devices are read, so its words
+/// ("roll 2 device(s)") say what it set out to do, not what it did (a revoked one gets nothing).
+fn tally_device_steps(run: &journal::Run, report: &mut RollReport) {
+    let outcomes: std::collections::HashMap<&str, &'static str> = report
+        .devices
+        .iter()
+        .map(|d| (d.target.strip_prefix("device:").unwrap_or(&d.target), d.outcome))
+        .collect();
+    let mut tallies = Vec::with_capacity(report.steps.len());
+    for step in &report.steps {
+        let journal_step = run.steps.iter().find(|s| s.seq == step.seq);
+        let ids = journal_step.and_then(|s| s.detail["ids"].as_array());
+        let Some(ids) = ids.filter(|_| step.state == "done") else {
+            tallies.push(None);
+            continue;
+        };
+        let (mut done, mut skipped) = (0usize, std::collections::BTreeMap::<&str, usize>::new());
+        for outcome in ids
+            .iter()
+            .filter_map(|id| outcomes.get(id.as_str().unwrap_or_default()))
+        {
+            match *outcome {
+                "rolled" | "replaced" | "pruned" => done += 1,
+                other => *skipped.entry(other).or_default() += 1,
+            }
+        }
+        tallies.push((!skipped.is_empty()).then(|| {
+            let why: Vec<String> = skipped
+                .iter()
+                .map(|(o, n)| format!("{n} {}", o.replace('-', " ")))
+                .collect();
+            format!(
+                ": {done} of them rolled, {} not ({})",
+                skipped.values().sum::<usize>(),
+                why.join(", ")
+            )
+        }));
+    }
+    for (step, tally) in report.steps.iter_mut().zip(tallies) {
+        if let Some(tally) = tally {
+            step.description.push_str(&tally);
+        }
+    }
 }
 
 fn chunk_steps(

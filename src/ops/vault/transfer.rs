@@ -90,7 +90,9 @@ pub fn material_from_bytes(bytes: &[u8], password: Option<&str>, shown: &str) ->
         let certs = crate::pki::pem::certs_from_pem(bytes).map_err(|e| input(format!("{shown}: {e}")))?;
         let key = crate::pki::pem::private_key_from_pem(bytes).map_err(|e| match e {
             crate::pki::Error::BadPem(m) if m.starts_with("no PRIVATE KEY") => input(format!(
-                "{shown} holds no private key (PKCS#8, SEC1 or PKCS#1 PEM block)"
+                "{shown} holds {} certificate(s) but no private key (PKCS#8, SEC1 or PKCS#1 PEM block): \
+                 `vault import` needs the certificate with its key, as PEM (both blocks in one file) or PKCS#12 (.pfx)",
+                certs.len()
             )),
             other => input(format!("{shown}: {}", other)),
         })?;
@@ -100,6 +102,15 @@ pub fn material_from_bytes(bytes: &[u8], password: Option<&str>, shown: &str) ->
             key_pkcs8,
             content_type: ContentType::Pem,
         });
+    }
+    // A DER certificate is neither PEM nor PKCS#12: name it for what it is, not a damaged PFX.
+    if let Ok(info) = crate::pki::CertInfo::from_der(bytes) {
+        return Err(input(format!(
+            "{shown} is a DER certificate (`{}`) without a private key: `vault import` needs the \
+             certificate with its key, as PEM (certificate and key blocks in one file, e.g. from \
+             `openssl x509 -inform DER`) or PKCS#12 (.pfx)",
+            crate::error::snippet(&info.subject)
+        )));
     }
     let password = password.ok_or_else(|| {
         input(format!(
@@ -451,6 +462,16 @@ pub fn export(
         Some(f) => f,
         None => default_format(backend.policy(&name)?.as_ref(), &version, opts.with_key),
     };
+    crate::ops::export::refuse_misnamed(
+        &opts.out,
+        format,
+        opts.format.is_some(),
+        &format!(
+            "the default for version {} of `{name}`: PKCS#12 only when its policy's content type is \
+             application/x-pkcs12, the key may leave the vault and --with-key is not given",
+            version.version
+        ),
+    )?;
     let wants_key = opts.with_key || format == ExportFormat::Pfx;
     crate::ops::export::may_export(&format!("`{name}`"), &version, wants_key, now)?;
     // A stored chain is kept as the file had it; the export is in path order whatever that was.
