@@ -450,6 +450,10 @@ impl Backend for Box<dyn Backend> {
         (**self).rollback()
     }
 
+    fn bulk_writes(&mut self, on: bool) {
+        (**self).bulk_writes(on)
+    }
+
     fn assigned_identities(&self, ids: &[String]) -> Result<Vec<Option<HubIdentity>>> {
         (**self).assigned_identities(ids)
     }

@@ -12,13 +12,20 @@ const AZURE_ISSUER_TAG: &str = "certroll-issuer";
 
 /// All services on one store file.
 pub struct LocalBackend {
+    /// Checkpoints the store's write-ahead log during a bulk run ([`Backend::bulk_writes`]).
+    /// Declared before `store` so it is dropped first: its connection must not outlive the
+    /// store's descriptors (closing one drops the process's POSIX locks on the file).
+    checkpointer: Option<crate::store::Checkpointer>,
     store: Store,
 }
 
 impl LocalBackend {
     /// Wraps an open store.
     pub fn new(store: Store) -> LocalBackend {
-        LocalBackend { store }
+        LocalBackend {
+            store,
+            checkpointer: None,
+        }
     }
 
     /// The store.
@@ -1170,6 +1177,19 @@ impl Backend for LocalBackend {
 
     fn assigned_identities(&self, ids: &[String]) -> Result<Vec<Option<HubIdentity>>> {
         read!(self, q::hub_get_assigned(self.store.conn(), ids))
+    }
+
+    fn bulk_writes(&mut self, on: bool) {
+        match (on, self.checkpointer.take()) {
+            (true, None) => match self.store.start_checkpointer() {
+                Ok(c) => self.checkpointer = c,
+                // The writes checkpoint as they always did.
+                Err(e) => tracing::debug!("no checkpoint thread: {e}"),
+            },
+            (true, running) => self.checkpointer = running,
+            (false, Some(c)) => self.store.stop_checkpointer(c),
+            (false, None) => {}
+        }
     }
 
     fn unchanged_registrations(&self, ids: &[String], now: OffsetDateTime) -> Result<Vec<Option<Unchanged>>> {

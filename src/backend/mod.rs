@@ -290,6 +290,7 @@ pub trait Vault {
                     exportable: pending.exportable,
                     issuer,
                     facts: None,
+                    new_key: false,
                 }],
                 now,
             )?
@@ -594,6 +595,12 @@ pub trait Backend: Vault + EnrollmentService + HubRegistry + Fleet + Journal + S
     /// Abandons the unit of work (what a remote backend already applied stays applied; every
     /// verb is written so that a rerun finishes it).
     fn rollback(&mut self) {}
+
+    /// A long run of chunked writes starts (`true`) or has ended (`false`). A backend may move
+    /// its housekeeping off the writing thread meanwhile: the local store checkpoints its
+    /// write-ahead log on a thread of its own, so the writes never wait for a disk flush. The
+    /// default does nothing.
+    fn bulk_writes(&mut self, _on: bool) {}
 
     /// The hub identity of each device in the hub its last successful registration assigned it
     /// to (a later refused attempt keeps that hub), in the order asked (None for a device never

@@ -88,6 +88,10 @@ pub struct NewVersion<'a> {
     /// The certificate's thumbprint, serial and validity when the caller has them already (made
     /// on the cores that signed it); otherwise the store parses the DER.
     pub facts: Option<&'a crate::pki::CertFacts>,
+    /// The key was generated for this version: no earlier version can hold it, so the vault
+    /// need not look for one whose protection (non-exportable, HSM) it would inherit. False
+    /// for a key that may have been used before (reused, imported, merged).
+    pub new_key: bool,
 }
 
 /// A CA certificate held by the enrollment service (DPS "certificates").

@@ -479,6 +479,7 @@ mod tests {
             exportable: true,
             issuer: None,
             facts: None,
+            new_key: false,
         };
         vault.create_versions(&[new], nbf).unwrap();
     }
@@ -537,6 +538,7 @@ mod tests {
                 exportable: true,
                 issuer: None,
                 facts: None,
+                new_key: false,
             };
             vault.create_versions(&[new], nbf).unwrap();
         };

@@ -739,6 +739,28 @@ fn issue_devices(
     report: &mut IssueReport,
     progress: &dyn Progress,
 ) -> Result<()> {
+    if !dry_run {
+        backend.bulk_writes(true);
+    }
+    let outcome = issue_device_chunks(plan, unit, ids, backend, now, dry_run, report, progress);
+    if !dry_run {
+        backend.bulk_writes(false);
+    }
+    outcome
+}
+
+/// [`issue_devices`], a chunk at a time.
+#[allow(clippy::too_many_arguments)]
+fn issue_device_chunks(
+    plan: &Plan,
+    unit: &Unit<'_>,
+    ids: impl Iterator<Item = String>,
+    backend: &mut dyn Backend,
+    now: OffsetDateTime,
+    dry_run: bool,
+    report: &mut IssueReport,
+    progress: &dyn Progress,
+) -> Result<()> {
     let policy = unit.policy(plan);
     let mut issuer: Option<LoadedIssuer> = None;
     // A dry run plans signatures only from a CA that can make them.
@@ -948,6 +970,8 @@ fn generate_here(
     let key_usage = effective_key_usage(policy, false);
     let fresh: Fresh = needs
         .par_iter()
+        // Small pieces: the core that comes free from the store's writes finds some left to take.
+        .with_max_len(crate::ops::SIGNING_PIECE)
         .enumerate()
         .filter(|(_, n)| n.cert.is_none())
         .map(|(i, n)| {
@@ -1015,6 +1039,8 @@ fn store_chunk(
             exportable: exportable(policy),
             issuer: Some((issuer.cert_name.as_str(), issuer.version.as_str())),
             facts: Some(facts),
+            // `issue` generates every key it stores.
+            new_key: true,
         })
         .collect();
     let versions = backend.create_versions(&batch, now)?;

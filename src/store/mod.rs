@@ -174,6 +174,28 @@ pub struct OpenOptions {
     pub lock_timeout: Duration,
 }
 
+/// How often a [`Checkpointer`] checkpoints.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// SQLite's default `wal_autocheckpoint` (pages), restored after a [`Checkpointer`].
+const DEFAULT_AUTOCHECKPOINT: i64 = 1000;
+
+/// A thread checkpointing a store's write-ahead log ([`Store::start_checkpointer`]); dropping it
+/// stops the thread and waits for a checkpoint in progress.
+pub struct Checkpointer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// An open store.
 pub struct Store {
     // Declared before `lock` so it is dropped first: closing the lock's descriptor while SQLite
@@ -688,6 +710,53 @@ impl Store {
         }
     }
 
+    /// Starts checkpointing the write-ahead log on a thread of its own, with a connection of its
+    /// own, and stops this connection's automatic checkpoints: a long run's commits then only
+    /// append to the log, and the flushes to disk a checkpoint makes (about 35 of 14 ms each in a
+    /// 100,000-device breach roll) happen beside them instead of inside them. A passive checkpoint
+    /// waits for no reader or writer, and copying committed pages into the database is safe at
+    /// any moment. None for a store without a file. End it with
+    /// [`stop_checkpointer`](Self::stop_checkpointer).
+    pub fn start_checkpointer(&mut self) -> Result<Option<Checkpointer>, StoreError> {
+        if !self.locked || self.path.as_os_str() == ":memory:" {
+            return Ok(None);
+        }
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sql_err(&self.path))?;
+        conn.busy_timeout(Duration::from_millis(50))
+            .map_err(sql_err(&self.path))?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("store-checkpoint".into())
+            .spawn(move || {
+                // Until the sender is dropped; a failed checkpoint (busy) is tried again next time.
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                }
+            })
+            .map_err(io_err(&self.path))?;
+        self.conn
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(|e| self.err(e))?;
+        Ok(Some(Checkpointer {
+            stop: Some(stop),
+            thread: Some(thread),
+        }))
+    }
+
+    /// Stops a [`Checkpointer`] and gives this connection its automatic checkpoints back.
+    pub fn stop_checkpointer(&mut self, checkpointer: Checkpointer) {
+        drop(checkpointer);
+        let _ = self
+            .conn
+            .pragma_update(None, "wal_autocheckpoint", DEFAULT_AUTOCHECKPOINT);
+    }
+
     /// Starts a batch: every read and write until [`commit_batch`](Self::commit_batch) happens
     /// in one transaction, so a chunk of devices is stored all at once or not at all.
     pub fn begin_batch(&mut self) -> Result<(), StoreError> {
@@ -763,6 +832,68 @@ mod tests {
         assert!(err.to_string().contains("another certroll process"));
         // Readers are not blocked by the writer lock.
         Store::open(&opts(dir.path(), false)).unwrap();
+    }
+
+    #[test]
+    fn a_checkpointer_moves_the_log_into_the_database_while_the_writer_never_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&opts(dir.path(), true)).unwrap();
+        let autocheckpoint = |store: &Store| -> i64 {
+            store
+                .conn()
+                .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+                .unwrap()
+        };
+        let checkpointer = store.start_checkpointer().unwrap().expect("a store with a file");
+        assert_eq!(autocheckpoint(&store), 0, "the writer no longer checkpoints");
+        let db_len = || std::fs::metadata(dir.path().join("state.db")).unwrap().len();
+        let before = db_len();
+        // About 2 MB in 20 commits: only the checkpointer can carry it into the database file.
+        for i in 0..20 {
+            store
+                .write(|tx, _| {
+                    tx.execute(
+                        "INSERT INTO store_meta (key, value) VALUES (?1, zeroblob(100000))",
+                        [format!("filler-{i}")],
+                    )
+                    .map_err(|e| StoreError::Sqlite {
+                        path: PathBuf::new(),
+                        source: e,
+                    })
+                })
+                .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while db_len() < before + 1_500_000 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            db_len() >= before + 1_500_000,
+            "the database file grew from {before} to only {} bytes",
+            db_len()
+        );
+        store.stop_checkpointer(checkpointer);
+        assert_eq!(autocheckpoint(&store), DEFAULT_AUTOCHECKPOINT);
+        // Nothing written is lost: every row reads back after the store is reopened.
+        drop(store);
+        let store = Store::open(&opts(dir.path(), false)).unwrap();
+        let n: i64 = store
+            .conn()
+            .query_row(
+                "SELECT COUNT(*) FROM store_meta WHERE key LIKE 'filler-%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 20);
+    }
+
+    #[test]
+    fn a_read_only_store_starts_no_checkpointer() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(&opts(dir.path(), true)).unwrap());
+        let mut store = Store::open(&opts(dir.path(), false)).unwrap();
+        assert!(store.start_checkpointer().unwrap().is_none());
     }
 
     #[test]

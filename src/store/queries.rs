@@ -216,14 +216,13 @@ pub fn vault_insert_with_policy(
             &parsed
         }
     };
-    // A key once non-exportable (or HSM) stays so in every later version that reuses it.
-    let inherited = super::queries_vault::inherited_key_protection(
-        conn,
-        new.name,
-        new.cert_der,
-        new.exportable,
-        new.kty,
-    )?;
+    // A key once non-exportable (or HSM) stays so in every later version that reuses it; a
+    // key made for this version was in none (a fleet's roll skips a look-up per device).
+    let inherited = if new.new_key {
+        None
+    } else {
+        super::queries_vault::inherited_key_protection(conn, new.name, new.cert_der, new.exportable, new.kty)?
+    };
     let (kty, exportable) = match &inherited {
         Some(old_kty) if old_kty.ends_with("-HSM") && !new.kty.ends_with("-HSM") => {
             (format!("{}-HSM", new.kty), false)
@@ -1169,6 +1168,10 @@ pub fn ca_delete(conn: &Connection, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The issuer versions of [`devices_under`], from its JSON parameter `?1` (`[[name, version], ...]`).
+const TAINTED: &str = "WITH tainted(name, version) AS MATERIALIZED (
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?1))";
+
 /// The devices whose installed certificate was signed by any of these CA versions
 /// (`[name, version]` pairs), only of these groups if given: how many, and the first `limit` ids.
 /// Revoked devices (a disabled individual enrollment) are left out: they connect with nothing.
@@ -1180,22 +1183,24 @@ pub fn devices_under(
 ) -> Result<(u64, Vec<String>)> {
     let pairs = serde_json::to_string(issuers).unwrap_or_else(|_| "[]".into());
     let groups = groups.map(json_list);
+    // The few issuer versions are unpacked from JSON once, not once per device of the fleet.
     let query =
         "FROM devices d JOIN vault_versions v ON v.name = d.cert_name AND v.version = d.installed_version
-         WHERE EXISTS (SELECT 1 FROM json_each(?1) j
-                       WHERE json_extract(j.value, '$[0]') = v.issuer_name
-                         AND json_extract(j.value, '$[1]') = v.issuer_version)
+         WHERE EXISTS (SELECT 1 FROM tainted t
+                       WHERE t.name = v.issuer_name AND t.version = v.issuer_version)
            AND (?2 IS NULL OR d.group_name IN (SELECT value FROM json_each(?2)))
            AND NOT EXISTS (SELECT 1 FROM individual_enrollments e
                            WHERE e.registration_id = d.id AND e.status = 'disabled')";
     let count: i64 = conn
-        .query_row(&format!("SELECT COUNT(*) {query}"), params![pairs, groups], |r| {
-            r.get(0)
-        })
+        .query_row(
+            &format!("{TAINTED} SELECT COUNT(*) {query}"),
+            params![pairs, groups],
+            |r| r.get(0),
+        )
         .map_err(sql)?;
     let first = all(
         conn,
-        &format!("SELECT d.id {query} ORDER BY d.id LIMIT ?3"),
+        &format!("{TAINTED} SELECT d.id {query} ORDER BY d.id LIMIT ?3"),
         params![pairs, groups, limit as i64],
         |r| r.get(0),
     )?;

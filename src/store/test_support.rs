@@ -44,6 +44,7 @@ pub fn insert_version(
         exportable: true,
         issuer: None,
         facts: None,
+        new_key: false,
     };
     store.write(|conn, k| super::queries::vault_insert(conn, k, not_before, &new))
 }

@@ -871,6 +871,8 @@ fn generate_here(
     assessed
         .work
         .par_iter()
+        // Small pieces: the core that comes free from the store's writes finds some left to take.
+        .with_max_len(crate::ops::SIGNING_PIECE)
         .enumerate()
         .filter(|(_, w)| !w.prune_only)
         .map(|(i, w)| {
@@ -958,6 +960,7 @@ pub(super) fn store(
                 exportable: exportable(w.policy),
                 issuer: Some((issuer.cert_name.as_str(), issuer.version.as_str())),
                 facts: Some(facts),
+                new_key: w.reuse.is_none(),
             }
         })
         .collect();

@@ -2082,40 +2082,49 @@ fn roll_device_steps(
         Ok(Some((s.seq, mode, assessed)))
     };
     let issuers = &*issuers;
-    let mut next = todo.iter();
-    let mut decided = decide(&*backend, next.next())?;
-    let mut made: Option<Made<'_, '_>> = None;
-    loop {
-        if decided.is_none() && made.is_none() {
-            break;
-        }
-        let upcoming = next.next();
-        let b = &mut *backend;
-        let (lane, crypto) = rayon::join(
-            move || -> Result<_> {
-                let stored = match made {
-                    Some((seq, mode, mut assessed, fresh)) => {
-                        if !opts.dry_run {
-                            run.step(b, seq, now, |b| {
-                                let result = devices::store(&mut assessed, fresh, issuers, b, mode, now)?;
-                                Ok(((), result))
-                            })
-                            .with_context(|| format!("step {seq} of the run"))?;
-                        }
-                        Some(assessed)
-                    }
-                    None => None,
-                };
-                Ok((stored, decide(&*b, upcoming)?))
-            },
-            || make(decided, issuers, now, plan.not_before_skew),
-        );
-        let (stored, following) = lane?;
-        if let Some(done) = stored {
-            report.devices.extend(done.reports);
-        }
-        made = crypto?;
-        decided = following;
+    if !opts.dry_run {
+        backend.bulk_writes(true);
     }
-    Ok(())
+    let outcome = (|| -> Result<()> {
+        let mut next = todo.iter();
+        let mut decided = decide(&*backend, next.next())?;
+        let mut made: Option<Made<'_, '_>> = None;
+        loop {
+            if decided.is_none() && made.is_none() {
+                break;
+            }
+            let upcoming = next.next();
+            let b = &mut *backend;
+            let (lane, crypto) = rayon::join(
+                move || -> Result<_> {
+                    let stored = match made {
+                        Some((seq, mode, mut assessed, fresh)) => {
+                            if !opts.dry_run {
+                                run.step(b, seq, now, |b| {
+                                    let result = devices::store(&mut assessed, fresh, issuers, b, mode, now)?;
+                                    Ok(((), result))
+                                })
+                                .with_context(|| format!("step {seq} of the run"))?;
+                            }
+                            Some(assessed)
+                        }
+                        None => None,
+                    };
+                    Ok((stored, decide(&*b, upcoming)?))
+                },
+                || make(decided, issuers, now, plan.not_before_skew),
+            );
+            let (stored, following) = lane?;
+            if let Some(done) = stored {
+                report.devices.extend(done.reports);
+            }
+            made = crypto?;
+            decided = following;
+        }
+        Ok(())
+    })();
+    if !opts.dry_run {
+        backend.bulk_writes(false);
+    }
+    outcome
 }

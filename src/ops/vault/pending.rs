@@ -266,6 +266,7 @@ pub fn create_backdated(
                 exportable: crate::ops::exportable(&policy),
                 issuer: None,
                 facts: None,
+                new_key: false,
             }],
             now,
         )?;

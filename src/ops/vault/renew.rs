@@ -327,6 +327,7 @@ fn renew_one(
             exportable: key_props["exportable"].as_bool() == Some(true) && !hsm,
             issuer: None,
             facts: None,
+            new_key: false,
         }],
         now,
     )?;

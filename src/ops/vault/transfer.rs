@@ -370,6 +370,7 @@ pub fn import_in(
                 exportable,
                 issuer: None,
                 facts: None,
+                new_key: false,
             }],
             now,
         )?;

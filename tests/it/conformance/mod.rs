@@ -65,6 +65,7 @@ fn new_version<'a>(
         exportable: true,
         issuer,
         facts: None,
+        new_key: false,
     }
 }
 
