@@ -72,9 +72,6 @@ struct VaultIndex {
     by_thumbprint: std::sync::Mutex<(usize, ThumbprintIndex)>,
     /// DPS record name (registration id or group name) → the vault names of its certificates.
     hints: HashMap<String, Vec<String>>,
-    /// Why the vault could not be read (a rejected credential, say): handed to the DPS reader
-    /// that then finds no certificate, so the run names the cause, not a missing record.
-    failed: std::sync::Mutex<Option<crate::backend::BackendError>>,
 }
 
 /// SHA-1 thumbprint (upper-case hex) → (vault name, version).
@@ -104,7 +101,6 @@ impl VaultIndex {
             vault: std::sync::Mutex::new(vault),
             by_thumbprint: std::sync::Mutex::new((0, HashMap::new())),
             hints,
-            failed: std::sync::Mutex::new(None),
         }
     }
 
@@ -132,10 +128,14 @@ impl VaultIndex {
         Ok(())
     }
 
-    fn lookup(&self, sha1_thumbprint: &str, whose: Option<&str>) -> Option<Vec<u8>> {
+    /// The certificate of `sha1_thumbprint`: `Ok(None)` when the vault holds none; the vault's
+    /// error when a read it needed failed and the certificate was not found otherwise.
+    fn lookup(&self, sha1_thumbprint: &str, whose: Option<&str>) -> Result<Option<Vec<u8>>> {
         let vault = self.vault.lock().unwrap_or_else(|p| p.into_inner());
         let mut index = self.by_thumbprint.lock().unwrap_or_else(|p| p.into_inner());
         let tp = sha1_thumbprint.to_ascii_uppercase();
+        // The first read that failed: the cause when the certificate is not found by other means.
+        let mut failure = None;
         if !index.1.contains_key(&tp)
             && let Some(whose) = whose
         {
@@ -148,7 +148,7 @@ impl VaultIndex {
                 .unwrap_or_else(|| vec![crate::backend::types::device_cert_name(whose)]);
             if let Err(e) = Self::add(&vault, &names, &mut index.1) {
                 tracing::warn!("cannot read the vault certificates of `{whose}`: {e}");
-                *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                failure = Some(e);
             }
         }
         if !index.1.contains_key(&tp) && index.0 < Self::MAX_BUILDS {
@@ -156,26 +156,24 @@ impl VaultIndex {
                 Ok(map) => *index = (index.0 + 1, map),
                 Err(e) => {
                     tracing::warn!("cannot index the vault's certificates: {e}");
-                    *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    failure.get_or_insert(e);
                 }
             }
         }
-        let (name, version) = index.1.get(&tp)?;
-        vault.version(name, version).ok().flatten().map(|v| v.cert_der)
+        match index.1.get(&tp) {
+            Some((name, version)) => Ok(vault.version(name, version)?.map(|v| v.cert_der)),
+            None => failure.map_or(Ok(None), Err),
+        }
     }
 }
 
 impl super::dps::CertificateSource for VaultIndex {
-    fn certificate(&self, sha1_thumbprint: &str) -> Option<Vec<u8>> {
+    fn certificate(&self, sha1_thumbprint: &str) -> Result<Option<Vec<u8>>> {
         self.lookup(sha1_thumbprint, None)
     }
 
-    fn certificate_of(&self, sha1_thumbprint: &str, whose: &str) -> Option<Vec<u8>> {
+    fn certificate_of(&self, sha1_thumbprint: &str, whose: &str) -> Result<Option<Vec<u8>>> {
         self.lookup(sha1_thumbprint, Some(whose))
-    }
-
-    fn take_failure(&self) -> Option<crate::backend::BackendError> {
-        self.failed.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 

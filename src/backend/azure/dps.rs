@@ -47,20 +47,16 @@ const MAX_PRECONDITION_RETRIES: usize = 5;
 
 /// Where the DER of a certificate DPS names only by its SHA-1 thumbprint comes from.
 pub trait CertificateSource: Send + Sync {
-    /// The certificate with this SHA-1 thumbprint (upper-case hex), if known.
-    fn certificate(&self, sha1_thumbprint: &str) -> Option<Vec<u8>>;
+    /// The certificate with this SHA-1 thumbprint (upper-case hex): `Ok(None)` when the source
+    /// holds none; an error when it could not look (the vault refused the credential, say), so
+    /// a reader that then has no certificate reports that cause rather than a missing record.
+    fn certificate(&self, sha1_thumbprint: &str) -> Result<Option<Vec<u8>>>;
 
     /// As [`certificate`](Self::certificate), for a certificate DPS holds in the enrollment or
     /// group named `whose` (its registration id or group name): a source that knows where the
     /// certificates of `whose` are kept looks there first.
-    fn certificate_of(&self, sha1_thumbprint: &str, _whose: &str) -> Option<Vec<u8>> {
+    fn certificate_of(&self, sha1_thumbprint: &str, _whose: &str) -> Result<Option<Vec<u8>>> {
         self.certificate(sha1_thumbprint)
-    }
-
-    /// Why the source could not answer the last look-up it failed (the vault refused the
-    /// credential, say), taken once: a reader that found no certificate reports this cause.
-    fn take_failure(&self) -> Option<BackendError> {
-        None
     }
 }
 
@@ -274,12 +270,11 @@ impl AzureEnrollmentService {
         if let Some(der) = self.known.lock().unwrap_or_else(|p| p.into_inner()).get(&tp) {
             return Ok(Some(der.clone()));
         }
-        if let Some(der) = self.source.as_ref().and_then(|s| s.certificate_of(&tp, whose)) {
+        if let Some(source) = &self.source
+            && let Some(der) = source.certificate_of(&tp, whose)?
+        {
             self.remember(&der);
             return Ok(Some(der));
-        }
-        if let Some(e) = self.source.as_ref().and_then(|s| s.take_failure()) {
-            return Err(e);
         }
         Err(BackendError::Refused(format!(
             "DPS holds certificate {tp} ({}) in `{whose}`, which certroll has no record of",

@@ -1095,8 +1095,8 @@ fn roll_clients(
 struct Seeded(std::collections::HashMap<String, Vec<u8>>);
 
 impl certroll::backend::azure::dps::CertificateSource for Seeded {
-    fn certificate(&self, sha1_thumbprint: &str) -> Option<Vec<u8>> {
-        self.0.get(sha1_thumbprint).cloned()
+    fn certificate(&self, sha1_thumbprint: &str) -> certroll::backend::Result<Option<Vec<u8>>> {
+        Ok(self.0.get(sha1_thumbprint).cloned())
     }
 }
 
