@@ -232,6 +232,12 @@ impl AzureEnrollmentService {
         self.source = Some(source);
     }
 
+    /// The rate the DPS client paces its requests at now, per second (the plan's, or lower
+    /// after DPS throttled it).
+    pub fn rate(&self) -> Option<f64> {
+        self.dps.rate()
+    }
+
     /// Keeps what a read of enrollment `id` saw for its next write (see `seen`).
     fn keep(&self, id: &str, read: Option<Record>) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());

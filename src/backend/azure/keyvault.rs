@@ -233,15 +233,23 @@ impl AzureVault {
         credential: Arc<dyn azure_core::credentials::TokenCredential>,
     ) -> std::result::Result<AzureVault, SetupError> {
         let rt = super::runtime()?;
-        let options = super::client_options(super::http_client(config)?);
+        let mut options = super::client_options(super::http_client(config)?);
+        // One bound for the three clients of the vault: at most `vault_concurrency` tries on
+        // the wire, however batches nest (a version's listing inside a batch of names, signing
+        // threads); paced after a 429.
+        options.per_try_policies.insert(
+            0,
+            super::pace::Pace::new("Key Vault", None, 0.5, config.vault_limits.concurrency),
+        );
         let url = format!("{}/", config.vault_url);
         let client_err =
             |e: azure_core::Error| SetupError::Client(format!("Key Vault client for {url}: {e}"));
-        // Only the certificates client makes keys (create, import, restore): it is paced.
+        // Only the certificates client makes keys (create, import, restore): it is paced, each
+        // try (a retried creation counts at Key Vault too), before it waits for a slot.
         let mut cert_options = options.clone();
         cert_options
-            .per_call_policies
-            .push(super::KeyCreationRate::new(config.vault_limits.rate));
+            .per_try_policies
+            .insert(0, super::KeyCreationRate::new(config.vault_limits.rate));
         let certs = CertificateClient::new(
             &url,
             credential.clone(),
