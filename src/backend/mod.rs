@@ -386,6 +386,17 @@ pub trait EnrollmentService {
     fn registration_many(&self, ids: &[String]) -> Result<Vec<Option<RegistrationState>>> {
         ids.iter().map(|id| self.registration(id)).collect()
     }
+    /// The registration states of several devices the plan puts in enrollment group `group`, in
+    /// the order asked (None where absent): as [`registration_many`](Self::registration_many),
+    /// for a service that lists a group's registrations (DPS: a query, in pages) cheaper than it
+    /// reads one device at a time.
+    fn group_registration_many(
+        &self,
+        _group: &str,
+        ids: &[String],
+    ) -> Result<Vec<Option<RegistrationState>>> {
+        self.registration_many(ids)
+    }
     /// The hub each device's last successful registration assigned it to (None: never
     /// assigned), in the order asked: the `hub` of [`registration_many`](Self::registration_many)
     /// unless the service knows it from what it read already (DPS: the registration state an
