@@ -1538,8 +1538,11 @@ fn many_enrollments_are_read_by_one_query_pass_and_a_change_made_since_is_never_
     use certroll::backend::azure::rest::Call;
     let env = TestEnv::new();
     let (serve, config) = start_services(&env, "t", "");
-    // One client seeds and reads (DPS returns thumbprints only; it knows what it wrote).
-    let mut dps = enrollment_service(&config, &serve, "t");
+    // One client seeds; another, which has read nothing yet, reads as a verb's process does
+    // (DPS returns thumbprints only; it knows the certificates as a verb finds them in the
+    // vault). A writer's reads start its own scan (a batch of 40 reads the first page), so
+    // the reader's scan starts with the reads below.
+    let mut seeder = enrollment_service(&config, &serve, "t");
     let made: Vec<super::Made> = (0..120)
         .map(|i| super::self_signed(&format!("conf-s{i:03}"), 30, false))
         .collect();
@@ -1548,10 +1551,10 @@ fn many_enrollments_are_read_by_one_query_pass_and_a_change_made_since_is_never_
         .enumerate()
         .map(|(i, m)| super::services::enrollment(&format!("conf-s{i:03}"), m, "migrate", "conf-hub"))
         .collect();
-    // In batches too small for a scan, so this client's scan starts with the reads below.
     for chunk in batch.chunks(40) {
-        dps.put_individuals(chunk, super::now()).unwrap();
+        seeder.put_individuals(chunk, super::now()).unwrap();
     }
+    let mut dps = fresh_dps(&config, &serve, &[], &batch);
 
     let ids: Vec<String> = batch.iter().map(|e| e.registration_id.clone()).collect();
     let gets = logged(&env, DPS_HOST, "GET /enrollments/");
