@@ -57,6 +57,29 @@ pub enum BackendError {
     },
 }
 
+/// The briefs of versions read in full (per name, in order).
+pub fn briefs_of(names: Vec<Vec<VaultVersion>>) -> Result<Vec<Vec<VersionBrief>>> {
+    let mut out = Vec::with_capacity(names.len());
+    for versions in names {
+        let mut briefs = Vec::with_capacity(versions.len());
+        for v in versions {
+            let info = crate::pki::CertInfo::from_der(&v.cert_der)?;
+            briefs.push(VersionBrief {
+                name: v.name,
+                version: v.version,
+                thumbprint: info.thumbprint,
+                serial: info.serial,
+                enabled: v.enabled,
+                nbf: v.nbf,
+                exp: v.exp,
+                issuer: v.issuer,
+            });
+        }
+        out.push(briefs);
+    }
+    Ok(out)
+}
+
 /// Result of backend calls.
 pub type Result<T> = std::result::Result<T, BackendError>;
 
@@ -73,25 +96,7 @@ pub trait Vault {
     /// The versions of several certificates without certificates and keys, oldest first, in
     /// the order asked.
     fn briefs_many(&self, names: &[String]) -> Result<Vec<Vec<VersionBrief>>> {
-        let mut out = Vec::with_capacity(names.len());
-        for versions in self.versions_many(names)? {
-            let mut briefs = Vec::with_capacity(versions.len());
-            for v in versions {
-                let info = crate::pki::CertInfo::from_der(&v.cert_der)?;
-                briefs.push(VersionBrief {
-                    name: v.name,
-                    version: v.version,
-                    thumbprint: info.thumbprint,
-                    serial: info.serial,
-                    enabled: v.enabled,
-                    nbf: v.nbf,
-                    exp: v.exp,
-                    issuer: v.issuer,
-                });
-            }
-            out.push(briefs);
-        }
-        Ok(out)
+        briefs_of(self.versions_many(names)?)
     }
     /// All versions of several certificates, oldest first, in the order asked.
     fn versions_many(&self, names: &[String]) -> Result<Vec<Vec<VaultVersion>>> {

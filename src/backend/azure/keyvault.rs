@@ -375,11 +375,14 @@ impl AzureVault {
         }
     }
 
-    /// Every version of a name, oldest first (empty when the name does not exist).
+    /// Every version of a name, oldest first (empty when the name does not exist); with
+    /// `key_facts`, the key type and exportability from the name's policy (one more request),
+    /// else those fields are empty and false (a [`VersionBrief`] needs neither).
     async fn all_versions(
         certs: Arc<CertificateClient>,
         name: String,
         concurrency: usize,
+        key_facts: bool,
     ) -> Result<Vec<VaultVersion>> {
         let ids: Vec<String> = match certs.list_certificate_properties_versions(&name, None) {
             Ok(pager) => match pager.try_collect::<Vec<_>>().await {
@@ -392,7 +395,11 @@ impl AzureVault {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let key = key_facts(Self::get_policy(&certs, &name).await?.as_ref());
+        let key = if key_facts {
+            self::key_facts(Self::get_policy(&certs, &name).await?.as_ref())
+        } else {
+            (String::new(), false)
+        };
         let mut out: Vec<VaultVersion> = futures::stream::iter(ids.iter().map(|id| {
             let certs = certs.clone();
             let name = name.clone();
@@ -629,6 +636,7 @@ impl Vault for AzureVault {
             self.certs.clone(),
             name.to_string(),
             self.concurrency,
+            true,
         ))
     }
 
@@ -637,12 +645,27 @@ impl Vault for AzureVault {
             futures::stream::iter(
                 names
                     .iter()
-                    .map(|n| Self::all_versions(self.certs.clone(), n.clone(), self.concurrency)),
+                    .map(|n| Self::all_versions(self.certs.clone(), n.clone(), self.concurrency, true)),
             )
             .buffered(self.concurrency)
             .try_collect()
             .await
         })
+    }
+
+    fn briefs_many(&self, names: &[String]) -> Result<Vec<Vec<VersionBrief>>> {
+        // As `versions_many` without each name's policy: a brief carries no key facts.
+        let versions: Vec<Vec<VaultVersion>> = self.rt.block_on(async {
+            futures::stream::iter(
+                names
+                    .iter()
+                    .map(|n| Self::all_versions(self.certs.clone(), n.clone(), self.concurrency, false)),
+            )
+            .buffered(self.concurrency)
+            .try_collect()
+            .await
+        })?;
+        crate::backend::briefs_of(versions)
     }
 
     fn current_with_policy_many(
