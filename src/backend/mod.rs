@@ -57,6 +57,29 @@ pub enum BackendError {
     },
 }
 
+/// The briefs of versions read in full (per name, in order).
+pub fn briefs_of(names: Vec<Vec<VaultVersion>>) -> Result<Vec<Vec<VersionBrief>>> {
+    let mut out = Vec::with_capacity(names.len());
+    for versions in names {
+        let mut briefs = Vec::with_capacity(versions.len());
+        for v in versions {
+            let info = crate::pki::CertInfo::from_der(&v.cert_der)?;
+            briefs.push(VersionBrief {
+                name: v.name,
+                version: v.version,
+                thumbprint: info.thumbprint,
+                serial: info.serial,
+                enabled: v.enabled,
+                nbf: v.nbf,
+                exp: v.exp,
+                issuer: v.issuer,
+            });
+        }
+        out.push(briefs);
+    }
+    Ok(out)
+}
+
 /// Result of backend calls.
 pub type Result<T> = std::result::Result<T, BackendError>;
 
@@ -73,25 +96,7 @@ pub trait Vault {
     /// The versions of several certificates without certificates and keys, oldest first, in
     /// the order asked.
     fn briefs_many(&self, names: &[String]) -> Result<Vec<Vec<VersionBrief>>> {
-        let mut out = Vec::with_capacity(names.len());
-        for versions in self.versions_many(names)? {
-            let mut briefs = Vec::with_capacity(versions.len());
-            for v in versions {
-                let info = crate::pki::CertInfo::from_der(&v.cert_der)?;
-                briefs.push(VersionBrief {
-                    name: v.name,
-                    version: v.version,
-                    thumbprint: info.thumbprint,
-                    serial: info.serial,
-                    enabled: v.enabled,
-                    nbf: v.nbf,
-                    exp: v.exp,
-                    issuer: v.issuer,
-                });
-            }
-            out.push(briefs);
-        }
-        Ok(out)
+        briefs_of(self.versions_many(names)?)
     }
     /// All versions of several certificates, oldest first, in the order asked.
     fn versions_many(&self, names: &[String]) -> Result<Vec<Vec<VaultVersion>>> {
@@ -406,6 +411,17 @@ pub trait EnrollmentService {
     /// The registration states of several devices, in the order asked (None where absent).
     fn registration_many(&self, ids: &[String]) -> Result<Vec<Option<RegistrationState>>> {
         ids.iter().map(|id| self.registration(id)).collect()
+    }
+    /// The registration states of several devices the plan puts in enrollment group `group`, in
+    /// the order asked (None where absent): as [`registration_many`](Self::registration_many),
+    /// for a service that lists a group's registrations (DPS: a query, in pages) cheaper than it
+    /// reads one device at a time.
+    fn group_registration_many(
+        &self,
+        _group: &str,
+        ids: &[String],
+    ) -> Result<Vec<Option<RegistrationState>>> {
+        self.registration_many(ids)
     }
     /// The hub each device's last successful registration assigned it to (None: never
     /// assigned), in the order asked: the `hub` of [`registration_many`](Self::registration_many)

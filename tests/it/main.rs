@@ -56,6 +56,8 @@ mod azure_breach;
 mod azure_notify;
 // What an operator sees on azure: progress, logs, TLS errors, exit codes.
 mod azure_ux;
+// What the azure backend asks of the services, counted from serve's access log.
+mod azure_requests;
 
 // HSM CAs on azure: Key Vault signs what certroll builds; the keys never leave it.
 mod azure_hsm;

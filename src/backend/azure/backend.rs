@@ -72,9 +72,6 @@ struct VaultIndex {
     by_thumbprint: std::sync::Mutex<(usize, ThumbprintIndex)>,
     /// DPS record name (registration id or group name) → the vault names of its certificates.
     hints: HashMap<String, Vec<String>>,
-    /// Why the vault could not be read (a rejected credential, say): handed to the DPS reader
-    /// that then finds no certificate, so the run names the cause, not a missing record.
-    failed: std::sync::Mutex<Option<crate::backend::BackendError>>,
 }
 
 /// SHA-1 thumbprint (upper-case hex) → (vault name, version).
@@ -104,7 +101,6 @@ impl VaultIndex {
             vault: std::sync::Mutex::new(vault),
             by_thumbprint: std::sync::Mutex::new((0, HashMap::new())),
             hints,
-            failed: std::sync::Mutex::new(None),
         }
     }
 
@@ -132,10 +128,14 @@ impl VaultIndex {
         Ok(())
     }
 
-    fn lookup(&self, sha1_thumbprint: &str, whose: Option<&str>) -> Option<Vec<u8>> {
+    /// The certificate of `sha1_thumbprint`: `Ok(None)` when the vault holds none; the vault's
+    /// error when a read it needed failed and the certificate was not found otherwise.
+    fn lookup(&self, sha1_thumbprint: &str, whose: Option<&str>) -> Result<Option<Vec<u8>>> {
         let vault = self.vault.lock().unwrap_or_else(|p| p.into_inner());
         let mut index = self.by_thumbprint.lock().unwrap_or_else(|p| p.into_inner());
         let tp = sha1_thumbprint.to_ascii_uppercase();
+        // The first read that failed: the cause when the certificate is not found by other means.
+        let mut failure = None;
         if !index.1.contains_key(&tp)
             && let Some(whose) = whose
         {
@@ -148,7 +148,7 @@ impl VaultIndex {
                 .unwrap_or_else(|| vec![crate::backend::types::device_cert_name(whose)]);
             if let Err(e) = Self::add(&vault, &names, &mut index.1) {
                 tracing::warn!("cannot read the vault certificates of `{whose}`: {e}");
-                *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                failure = Some(e);
             }
         }
         if !index.1.contains_key(&tp) && index.0 < Self::MAX_BUILDS {
@@ -156,26 +156,24 @@ impl VaultIndex {
                 Ok(map) => *index = (index.0 + 1, map),
                 Err(e) => {
                     tracing::warn!("cannot index the vault's certificates: {e}");
-                    *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    failure.get_or_insert(e);
                 }
             }
         }
-        let (name, version) = index.1.get(&tp)?;
-        vault.version(name, version).ok().flatten().map(|v| v.cert_der)
+        match index.1.get(&tp) {
+            Some((name, version)) => Ok(vault.version(name, version)?.map(|v| v.cert_der)),
+            None => failure.map_or(Ok(None), Err),
+        }
     }
 }
 
 impl super::dps::CertificateSource for VaultIndex {
-    fn certificate(&self, sha1_thumbprint: &str) -> Option<Vec<u8>> {
+    fn certificate(&self, sha1_thumbprint: &str) -> Result<Option<Vec<u8>>> {
         self.lookup(sha1_thumbprint, None)
     }
 
-    fn certificate_of(&self, sha1_thumbprint: &str, whose: &str) -> Option<Vec<u8>> {
+    fn certificate_of(&self, sha1_thumbprint: &str, whose: &str) -> Result<Option<Vec<u8>>> {
         self.lookup(sha1_thumbprint, Some(whose))
-    }
-
-    fn take_failure(&self) -> Option<crate::backend::BackendError> {
-        self.failed.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -257,6 +255,8 @@ pub struct AzureBackend {
     delivery: DeliveryPlan,
     /// The hub of each group and enrollment, as the plan names it.
     group_hubs: BTreeMap<String, String>,
+    /// Which devices the plan puts in each group.
+    members: Vec<(String, Members)>,
     enrollment_hubs: BTreeMap<String, String>,
     /// Environment variables a hook must not see.
     secret_vars: Vec<String>,
@@ -344,12 +344,58 @@ impl AzureBackend {
                 .values()
                 .map(|e| (e.name.clone(), e.hub.clone()))
                 .collect(),
+            members: plan
+                .groups
+                .values()
+                .map(|g| (g.name.clone(), Members::of(&g.devices)))
+                .collect(),
             secret_vars,
             pending: Vec::new(),
             held_cuts: Vec::new(),
             outcomes: HashMap::new(),
             describe,
         }
+    }
+
+    /// The enrollment group of each device, in the order asked (None: not a group's): the
+    /// group its fleet record names (where it was issued), else the plan's.
+    fn groups_of(&self, ids: &[String]) -> Result<Vec<Option<String>>> {
+        let records = self.vault.local().device_many(ids)?;
+        Ok(ids
+            .iter()
+            .zip(records)
+            .map(|(id, record)| match record {
+                Some(r) => r.group,
+                None => self
+                    .members
+                    .iter()
+                    .find(|(_, m)| m.has(id))
+                    .map(|(g, _)| g.clone()),
+            })
+            .collect())
+    }
+
+    /// DPS's registration states of `ids` (without the certificates, see
+    /// [`with_certificates`](Self::with_certificates)): a group's devices from the group's
+    /// listing, in pages, the others one by one.
+    fn registration_states(&self, ids: &[String]) -> Result<Vec<Option<RegistrationState>>> {
+        let groups = self.groups_of(ids)?;
+        let mut by_group: BTreeMap<Option<&str>, Vec<usize>> = BTreeMap::new();
+        for (i, g) in groups.iter().enumerate() {
+            by_group.entry(g.as_deref()).or_default().push(i);
+        }
+        let mut out: Vec<Option<RegistrationState>> = vec![None; ids.len()];
+        for (group, at) in by_group {
+            let wanted: Vec<String> = at.iter().map(|&i| ids[i].clone()).collect();
+            let states = match group {
+                Some(g) => self.enrollments.group_registration_many(g, &wanted)?,
+                None => self.enrollments.registration_many(&wanted)?,
+            };
+            for (i, state) in at.into_iter().zip(states) {
+                out[i] = state;
+            }
+        }
+        Ok(out)
     }
 
     /// The delivery outcome of a device in this process, if one was attempted.
@@ -424,7 +470,24 @@ impl AzureBackend {
         }
         let cuts = std::mem::take(&mut self.held_cuts);
         if !cuts.is_empty() {
-            self.hubs.update_identities(&cuts, now)?;
+            // A device the deliveries reached registers again, and DPS rewrites its identity
+            // (the certificate it registered with, alone): read the identities now (a registry
+            // query per hub), so each write carries the etag in force and one DPS already made
+            // as the cut wants it is not written again.
+            let wanted: Vec<(String, String)> = cuts
+                .iter()
+                .map(|c| (c.hub.clone(), c.device_id.clone()))
+                .collect();
+            let held = self.hubs.identity_many(&wanted)?;
+            let cuts: Vec<HubIdentity> = cuts
+                .into_iter()
+                .zip(held)
+                .filter(|(cut, held)| !held.as_ref().is_some_and(|h| same_access(h, cut)))
+                .map(|(cut, _)| cut)
+                .collect();
+            if !cuts.is_empty() {
+                self.hubs.update_identities(&cuts, now)?;
+            }
         }
         Ok(())
     }
@@ -1096,8 +1159,29 @@ impl EnrollmentService for AzureBackend {
             .flatten())
     }
 
+    fn assigned_hubs(&self, ids: &[String]) -> Result<Vec<Option<String>>> {
+        // A group's devices from the group's listing; the others from what DPS's enrollment
+        // reads carried (a GET only for the rest).
+        let groups = self.groups_of(ids)?;
+        let mut out: Vec<Option<String>> = vec![None; ids.len()];
+        let (grouped, single): (Vec<usize>, Vec<usize>) = (0..ids.len()).partition(|&i| groups[i].is_some());
+        if !grouped.is_empty() {
+            let wanted: Vec<String> = grouped.iter().map(|&i| ids[i].clone()).collect();
+            for (i, state) in grouped.into_iter().zip(self.registration_states(&wanted)?) {
+                out[i] = state.and_then(|s| s.hub);
+            }
+        }
+        if !single.is_empty() {
+            let wanted: Vec<String> = single.iter().map(|&i| ids[i].clone()).collect();
+            for (i, hub) in single.into_iter().zip(self.enrollments.assigned_hubs(&wanted)?) {
+                out[i] = hub;
+            }
+        }
+        Ok(out)
+    }
+
     fn registration_many(&self, ids: &[String]) -> Result<Vec<Option<RegistrationState>>> {
-        let mut states = self.enrollments.registration_many(ids)?;
+        let mut states = self.registration_states(ids)?;
         self.with_certificates(&mut states)?;
         Ok(states)
     }
@@ -1117,11 +1201,11 @@ impl EnrollmentService for AzureBackend {
                 .map(|s| s.as_ref().map(|s| (s.etag.clone(), s.updated, s.status.clone())))
                 .collect()
         };
-        let at_start = seen(&self.enrollments.registration_many(&ids)?);
+        let at_start = seen(&self.registration_states(&ids)?);
         let had_deliveries = !self.pending.is_empty();
         self.flush(now)?;
         let after_delivery = if had_deliveries {
-            seen(&self.enrollments.registration_many(&ids)?)
+            seen(&self.registration_states(&ids)?)
         } else {
             at_start.clone()
         };
@@ -1179,7 +1263,7 @@ impl EnrollmentService for AzureBackend {
                 }
             }
         }
-        let mut states = self.enrollments.registration_many(&ids)?;
+        let mut states = self.registration_states(&ids)?;
         let fresh: Vec<bool> = seen(&states)
             .iter()
             .zip(&at_start)
@@ -1243,6 +1327,52 @@ impl EnrollmentService for AzureBackend {
     }
 }
 
+/// Which devices a group of the plan declares.
+enum Members {
+    /// `prefix` and 1..=count, zero-padded to the width of count.
+    Generated { prefix: String, count: u64 },
+    /// The ids of a file.
+    Listed(std::collections::HashSet<String>),
+}
+
+impl Members {
+    fn of(source: &crate::plan::DeviceSource) -> Members {
+        match source {
+            crate::plan::DeviceSource::Generated { prefix, count } => Members::Generated {
+                prefix: prefix.clone(),
+                count: *count,
+            },
+            crate::plan::DeviceSource::File { ids, .. } => Members::Listed(ids.iter().cloned().collect()),
+        }
+    }
+
+    fn has(&self, id: &str) -> bool {
+        match self {
+            Members::Generated { prefix, count } => {
+                let width = count.to_string().len();
+                id.strip_prefix(prefix.as_str())
+                    .filter(|d| d.len() == width && d.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|d| d.parse::<u64>().ok())
+                    .is_some_and(|n| n >= 1 && n <= *count)
+            }
+            Members::Listed(ids) => ids.contains(id),
+        }
+    }
+}
+
+/// Whether two hub identities admit the same certificates the same way (status and
+/// thumbprints, which certroll manages; a thumbprint's case is not significant).
+fn same_access(a: &HubIdentity, b: &HubIdentity) -> bool {
+    let same = |x: &Option<String>, y: &Option<String>| match (x, y) {
+        (Some(x), Some(y)) => x.eq_ignore_ascii_case(y),
+        (None, None) => true,
+        _ => false,
+    };
+    a.status == b.status
+        && same(&a.primary_thumbprint, &b.primary_thumbprint)
+        && same(&a.secondary_thumbprint, &b.secondary_thumbprint)
+}
+
 /// What DPS showed of a registration: etag, last update, status (None: no registration).
 type Seen = Option<(Option<String>, Option<OffsetDateTime>, String)>;
 
@@ -1279,7 +1409,7 @@ impl Backend for AzureBackend {
     fn assigned_identities(&self, ids: &[String]) -> Result<Vec<Option<HubIdentity>>> {
         // The hubs from what DPS's enrollment reads carried (a GET only for the rest), the
         // identities by the hub's registry query.
-        crate::backend::identities_in_hubs(ids, self.enrollments.assigned_hubs(ids)?, |wanted| {
+        crate::backend::identities_in_hubs(ids, self.assigned_hubs(ids)?, |wanted| {
             self.hubs.identity_many(wanted)
         })
     }

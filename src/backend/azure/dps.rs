@@ -47,20 +47,16 @@ const MAX_PRECONDITION_RETRIES: usize = 5;
 
 /// Where the DER of a certificate DPS names only by its SHA-1 thumbprint comes from.
 pub trait CertificateSource: Send + Sync {
-    /// The certificate with this SHA-1 thumbprint (upper-case hex), if known.
-    fn certificate(&self, sha1_thumbprint: &str) -> Option<Vec<u8>>;
+    /// The certificate with this SHA-1 thumbprint (upper-case hex): `Ok(None)` when the source
+    /// holds none; an error when it could not look (the vault refused the credential, say), so
+    /// a reader that then has no certificate reports that cause rather than a missing record.
+    fn certificate(&self, sha1_thumbprint: &str) -> Result<Option<Vec<u8>>>;
 
     /// As [`certificate`](Self::certificate), for a certificate DPS holds in the enrollment or
     /// group named `whose` (its registration id or group name): a source that knows where the
     /// certificates of `whose` are kept looks there first.
-    fn certificate_of(&self, sha1_thumbprint: &str, _whose: &str) -> Option<Vec<u8>> {
+    fn certificate_of(&self, sha1_thumbprint: &str, _whose: &str) -> Result<Option<Vec<u8>>> {
         self.certificate(sha1_thumbprint)
-    }
-
-    /// Why the source could not answer the last look-up it failed (the vault refused the
-    /// credential, say), taken once: a reader that found no certificate reports this cause.
-    fn take_failure(&self) -> Option<BackendError> {
-        None
     }
 }
 
@@ -236,6 +232,12 @@ impl AzureEnrollmentService {
         self.source = Some(source);
     }
 
+    /// The rate the DPS client paces its requests at now, per second (the plan's, or lower
+    /// after DPS throttled it).
+    pub fn rate(&self) -> Option<f64> {
+        self.dps.rate()
+    }
+
     /// Keeps what a read of enrollment `id` saw for its next write (see `seen`).
     fn keep(&self, id: &str, read: Option<Record>) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -274,12 +276,11 @@ impl AzureEnrollmentService {
         if let Some(der) = self.known.lock().unwrap_or_else(|p| p.into_inner()).get(&tp) {
             return Ok(Some(der.clone()));
         }
-        if let Some(der) = self.source.as_ref().and_then(|s| s.certificate_of(&tp, whose)) {
+        if let Some(source) = &self.source
+            && let Some(der) = source.certificate_of(&tp, whose)?
+        {
             self.remember(&der);
             return Ok(Some(der));
-        }
-        if let Some(e) = self.source.as_ref().and_then(|s| s.take_failure()) {
-            return Err(e);
         }
         Err(BackendError::Refused(format!(
             "DPS holds certificate {tp} ({}) in `{whose}`, which certroll has no record of",
@@ -464,7 +465,11 @@ impl AzureEnrollmentService {
         {
             let mut scan = self.scan.lock().await;
             let eligible = ids.iter().filter(|id| !scan.taken.contains(*id)).count();
-            if eligible >= SCAN_FROM {
+            // A few ids are worth the scan's first page: a DPS whose enrollments fit on it (most
+            // fleets) answers them all, those present and those absent (the devices of a
+            // group, which have none), in one request. Past that page a few are read by GET.
+            let small = eligible < SCAN_FROM;
+            if eligible >= SCAN_FROM || (eligible >= 2 && !scan.started) {
                 loop {
                     let mut left = 0;
                     for (slot, id) in out.iter_mut().zip(ids) {
@@ -480,13 +485,15 @@ impl AzureEnrollmentService {
                         }
                     }
                     // Records kept for later reads are bounded: past the bound, GETs.
-                    if left == 0 || scan.done || scan.records.len() >= SEEN_LIMIT {
+                    if left == 0 || scan.done || scan.records.len() >= SEEN_LIMIT || (small && scan.started) {
                         break;
                     }
                     self.scan_page(&mut scan).await?;
                 }
+                // A record handed out is this read's; an id the finished scan did not find stays
+                // absent for the next read too (a write of it marks it, see `written`).
                 for (slot, id) in out.iter().zip(ids) {
-                    if slot.is_some() {
+                    if matches!(slot, Some(Some(_))) {
                         scan.taken.insert(id.clone());
                     }
                 }
@@ -700,6 +707,45 @@ impl AzureEnrollmentService {
             created: parse_time(&v["createdDateTimeUtc"]),
             updated: parse_time(&v["lastUpdatedDateTimeUtc"]),
             etag: v["etag"].as_str().map(|e| e.trim_matches('"').to_string()),
+        }
+    }
+
+    /// The registration states DPS lists for enrollment group `group` (its devices assigned by
+    /// it), page by page (`x-ms-continuation`), by registration id; empty when the group does
+    /// not exist.
+    async fn group_registrations(&self, group: &str) -> Result<HashMap<String, Value>> {
+        let mut out = HashMap::new();
+        let mut continuation: Option<String> = None;
+        loop {
+            let mut call = Call::new(
+                Method::Post,
+                format!("/registrations/{}/query", segment(group)),
+                "query group registration states",
+                group,
+            )
+            .header("x-ms-max-item-count", PAGE_SIZE.to_string());
+            if let Some(token) = &continuation {
+                call = call.header("x-ms-continuation", token.clone());
+            }
+            let answer = self.dps.expect(&call, &[200, 404]).await?;
+            if answer.status == 404 {
+                return Ok(out);
+            }
+            let Value::Array(items) = answer.json() else {
+                return Err(self.dps.error(&call, &answer));
+            };
+            for item in items {
+                if let Some(id) = item["registrationId"].as_str() {
+                    out.insert(id.to_string(), item);
+                }
+            }
+            continuation = answer
+                .header("x-ms-continuation")
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            if continuation.is_none() {
+                return Ok(out);
+            }
         }
     }
 
@@ -954,6 +1000,36 @@ impl EnrollmentService for AzureEnrollmentService {
             ))
             .into_iter()
             .collect()
+    }
+
+    fn group_registration_many(&self, group: &str, ids: &[String]) -> Result<Vec<Option<RegistrationState>>> {
+        if ids.len() < 2 {
+            return self.registration_many(ids);
+        }
+        let listed = self.rt.block_on(self.group_registrations(group))?;
+        // A device the group's listing lacks registered elsewhere or never. Elsewhere is an
+        // individual enrollment of its own (DPS prefers one to any group): a device whose read
+        // in this process found none never registered; any other is read on its own.
+        let without_enrollment: Vec<bool> = {
+            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            ids.iter().map(|id| matches!(seen.get(id), Some(None))).collect()
+        };
+        let unknown: Vec<String> = ids
+            .iter()
+            .zip(&without_enrollment)
+            .filter(|(id, none)| !listed.contains_key(*id) && !**none)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut read = self.registration_many(&unknown)?.into_iter();
+        Ok(ids
+            .iter()
+            .zip(without_enrollment)
+            .map(|(id, none)| match listed.get(id) {
+                Some(v) => Some(self.registration_of(id, v)),
+                None if none => None,
+                None => read.next().flatten(),
+            })
+            .collect())
     }
 }
 

@@ -239,15 +239,23 @@ impl AzureVault {
         credential: Arc<dyn azure_core::credentials::TokenCredential>,
     ) -> std::result::Result<AzureVault, SetupError> {
         let rt = super::runtime()?;
-        let options = super::client_options(super::http_client(config)?);
+        let mut options = super::client_options(super::http_client(config)?);
+        // One bound for the three clients of the vault: at most `vault_concurrency` tries on
+        // the wire, however batches nest (a version's listing inside a batch of names, signing
+        // threads); paced after a 429.
+        options.per_try_policies.insert(
+            0,
+            super::pace::Pace::new("Key Vault", None, 0.5, config.vault_limits.concurrency),
+        );
         let url = format!("{}/", config.vault_url);
         let client_err =
             |e: azure_core::Error| SetupError::Client(format!("Key Vault client for {url}: {e}"));
-        // Only the certificates client makes keys (create, import, restore): it is paced.
+        // Only the certificates client makes keys (create, import, restore): it is paced, each
+        // try (a retried creation counts at Key Vault too), before it waits for a slot.
         let mut cert_options = options.clone();
         cert_options
-            .per_call_policies
-            .push(super::KeyCreationRate::new(config.vault_limits.rate));
+            .per_try_policies
+            .insert(0, super::KeyCreationRate::new(config.vault_limits.rate));
         let certs = CertificateClient::new(
             &url,
             credential.clone(),
@@ -373,11 +381,14 @@ impl AzureVault {
         }
     }
 
-    /// Every version of a name, oldest first (empty when the name does not exist).
+    /// Every version of a name, oldest first (empty when the name does not exist); with
+    /// `key_facts`, the key type and exportability from the name's policy (one more request),
+    /// else those fields are empty and false (a [`VersionBrief`] needs neither).
     async fn all_versions(
         certs: Arc<CertificateClient>,
         name: String,
         concurrency: usize,
+        key_facts: bool,
     ) -> Result<Vec<VaultVersion>> {
         let ids: Vec<String> = match certs.list_certificate_properties_versions(&name, None) {
             Ok(pager) => match pager.try_collect::<Vec<_>>().await {
@@ -390,7 +401,11 @@ impl AzureVault {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let key = key_facts(Self::get_policy(&certs, &name).await?.as_ref());
+        let key = if key_facts {
+            self::key_facts(Self::get_policy(&certs, &name).await?.as_ref())
+        } else {
+            (String::new(), false)
+        };
         let mut out: Vec<VaultVersion> = futures::stream::iter(ids.iter().map(|id| {
             let certs = certs.clone();
             let name = name.clone();
@@ -627,6 +642,7 @@ impl Vault for AzureVault {
             self.certs.clone(),
             name.to_string(),
             self.concurrency,
+            true,
         ))
     }
 
@@ -635,12 +651,27 @@ impl Vault for AzureVault {
             futures::stream::iter(
                 names
                     .iter()
-                    .map(|n| Self::all_versions(self.certs.clone(), n.clone(), self.concurrency)),
+                    .map(|n| Self::all_versions(self.certs.clone(), n.clone(), self.concurrency, true)),
             )
             .buffered(self.concurrency)
             .try_collect()
             .await
         })
+    }
+
+    fn briefs_many(&self, names: &[String]) -> Result<Vec<Vec<VersionBrief>>> {
+        // As `versions_many` without each name's policy: a brief carries no key facts.
+        let versions: Vec<Vec<VaultVersion>> = self.rt.block_on(async {
+            futures::stream::iter(
+                names
+                    .iter()
+                    .map(|n| Self::all_versions(self.certs.clone(), n.clone(), self.concurrency, false)),
+            )
+            .buffered(self.concurrency)
+            .try_collect()
+            .await
+        })?;
+        crate::backend::briefs_of(versions)
     }
 
     fn current_with_policy_many(

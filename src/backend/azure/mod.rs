@@ -25,6 +25,7 @@ pub mod dps;
 pub mod hub;
 pub mod keyvault;
 pub mod observe;
+pub mod pace;
 pub mod rest;
 pub mod sas;
 
@@ -216,8 +217,8 @@ const VAULT_WINDOW_SECS: f64 = 10.0;
 /// Paces the Key Vault requests that make a key (certificate create, import and restore: each
 /// makes a key version, which is what Key Vault throttles soonest) at the plan's `vault_rate`
 /// per second, with a burst of one 10-second window; other requests are not paced here (Key
-/// Vault admits 2,000 of them per 10 s, and a 429 is retried after `Retry-After`). A per-call
-/// policy (governor's GCRA limiter), so retries of one call are not counted again.
+/// Vault admits 2,000 of them per 10 s, and a 429 is retried after `Retry-After`). A per-try
+/// policy (governor's GCRA limiter): a retried creation counts against Key Vault's limit too.
 #[derive(Debug)]
 pub struct KeyCreationRate {
     limiter: governor::DefaultDirectRateLimiter,

@@ -1,11 +1,13 @@
 //! The plumbing under the DPS, ARM and IoT Hub clients, which have no Rust SDK: one
 //! [`RestClient`] per service over azure_core's [`Pipeline`] (so the same retry policy the Key
 //! Vault SDK uses: `Retry-After` honoured on 429 and 503, jittered exponential back-off on other
-//! 5xx, resets and timeouts), an authorization policy per service (SAS or Entra bearer), a
-//! client-side rate (governor's GCRA limiter) and a bound on requests in flight.
+//! 5xx, resets and timeouts), an authorization policy per service (SAS or Entra bearer), and
+//! [`Pace`](super::pace::Pace) on every try: the client-side rate (governor's GCRA limiter,
+//! lowered after a 429) and a hard bound on requests in flight.
 //!
-//! The rate counts HTTP requests: a bulk call of 10 enrollments or 100 identities is one, as a
-//! throttling service (and serve's `[serve.services]` limiter) counts what arrives at its door.
+//! The rate counts HTTP requests, retries included: a bulk call of 10 enrollments or 100
+//! identities is one, as a throttling service (and serve's `[serve.services]` limiter) counts
+//! what arrives at its door.
 //!
 //! Every answer that is not what the caller expects becomes [`BackendError::Remote`] with the
 //! service's own error code and message, the operation and its target.
@@ -14,11 +16,8 @@ use crate::backend::{BackendError, Result};
 use crate::plan::ClientLimits;
 use azure_core::http::policies::Policy;
 use azure_core::http::{ClientOptions, Context, Method, Pipeline, PipelineSendOptions, Request, Url};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::Value;
-use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::SetupError;
 
@@ -125,8 +124,7 @@ pub struct RestClient {
     base: Url,
     api_version: &'static str,
     pipeline: Pipeline,
-    limiter: Option<DefaultDirectRateLimiter>,
-    in_flight: tokio::sync::Semaphore,
+    pace: Arc<super::pace::Pace>,
 }
 
 impl std::fmt::Debug for RestClient {
@@ -140,9 +138,10 @@ impl std::fmt::Debug for RestClient {
 
 impl RestClient {
     /// A client of `spec.service` at `spec.base`, authorized by `auth` on every try.
-    /// `limits.rate` (requests per second, a bulk call counting as one; `spec.default_rate` when
-    /// the plan sets none) is enforced before each call, with `spec.burst_secs`;
-    /// `limits.concurrency` calls run at once at most.
+    /// `limits.rate` (requests per second, a bulk call counting as one, each retry too;
+    /// `spec.default_rate` when the plan sets none) is enforced before each try, with
+    /// `spec.burst_secs`, and lowered after a 429; `limits.concurrency` tries are in flight at
+    /// most.
     pub fn new(
         spec: ServiceSpec,
         options: ClientOptions,
@@ -157,21 +156,20 @@ impl RestClient {
             burst_secs,
         } = spec;
         let base = Url::parse(&base).map_err(|e| SetupError::Client(format!("{service} URL {base}: {e}")))?;
-        let rate = limits.rate.unwrap_or(default_rate);
-        let burst = (rate * burst_secs).ceil().clamp(1.0, f64::from(u32::MAX)) as u32;
-        let limiter = (rate.is_finite() && rate > 0.0).then(|| {
-            let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
-            let quota = Quota::with_period(period)
-                .expect("a positive period")
-                .allow_burst(NonZeroU32::new(burst).expect("burst is at least 1"));
-            RateLimiter::direct(quota)
-        });
+        let pace = super::pace::Pace::new(
+            service,
+            Some(limits.rate.unwrap_or(default_rate)),
+            burst_secs,
+            limits.concurrency,
+        );
+        // Pace before authorization: a try waiting for its turn must not hold a token that
+        // could expire meanwhile.
         let pipeline = Pipeline::new(
             Some(env!("CARGO_PKG_NAME")),
             Some(env!("CARGO_PKG_VERSION")),
             options,
             Vec::new(),
-            vec![auth],
+            vec![pace.clone(), auth],
             None,
         );
         Ok(RestClient {
@@ -179,8 +177,7 @@ impl RestClient {
             base,
             api_version,
             pipeline,
-            limiter,
-            in_flight: tokio::sync::Semaphore::new(limits.concurrency.max(1)),
+            pace,
         })
     }
 
@@ -194,18 +191,15 @@ impl RestClient {
         self.base.host_str().unwrap_or_default()
     }
 
-    /// Sends `call` after the rate and the concurrency bound admit it, retrying as the pipeline
-    /// does; any HTTP status comes back as an [`Answer`]. Only a failure to get an answer at
-    /// all (after the retries) is an error.
+    /// The rate the client paces its tries at now (lowered by a 429), per second.
+    pub fn rate(&self) -> Option<f64> {
+        self.pace.rate()
+    }
+
+    /// Sends `call`, each try after the rate and the concurrency bound admit it, retrying as
+    /// the pipeline does; any HTTP status comes back as an [`Answer`]. Only a failure to get an
+    /// answer at all (after the retries) is an error.
     pub async fn send(&self, call: &Call<'_>) -> Result<Answer> {
-        let _permit = self
-            .in_flight
-            .acquire()
-            .await
-            .map_err(|e| self.transport(call, e.to_string(), "Closed"))?;
-        if let Some(limiter) = &self.limiter {
-            limiter.until_ready().await;
-        }
         let mut url = self.base.clone();
         url.set_path(&call.path);
         {
