@@ -517,8 +517,17 @@ pub fn new_ca_version(
         not_after,
         ca: Some(ca.path_len),
     };
-    if !exportable(policy) && backend.makes_own_keys() {
-        return ca_version_from_vault_key(ca, policy, &name, &profile, issuer.as_ref(), backend, now);
+    if backend.makes_own_keys() {
+        if !exportable(policy) {
+            return ca_version_from_vault_key(ca, policy, &name, &profile, issuer.as_ref(), backend, now);
+        }
+        // A request the vault's create left waiting on the CA's name (a run cut off before its
+        // merge, the plan since edited to make the key exportable) is no longer this version's
+        // way in: it goes before the import, so the name is never left pending and no stale
+        // request's key becomes the CA's later. The name is the plan's (`ca-NAME`).
+        if backend.pending(&name)?.is_some() {
+            backend.delete_pending(&name)?;
+        }
     }
     let key = crate::pki::PrivateKey::generate(&policy.key)?;
     let der = match &issuer {
