@@ -364,6 +364,30 @@ fn hsm_ca_keys_are_made_by_key_vault_create_and_merged_never_imported() {
     assert_eq!(vault_requests(&env, "POST", "/certificates/dev-c-1/import"), 1);
     let (l, a) = both(&env, &serve, &["status", "-o", "json"]);
     assert_same(&l, &a, "status after issue");
+    // Key Vault records a create's validity in months (it has no days): what certroll reads of
+    // the recorded policy is the same on both backends. `check` times renewals from the plan
+    // and the certificate itself; the lifetime actions (notify, auto-renew) are the plan's;
+    // the months cover the plan's days and no more.
+    let (l, a) = both(&env, &serve, &["check", "-o", "json"]);
+    assert_same(&l, &a, "check after issue");
+    let shown = ["local", "azure"].map(|which| {
+        run_fleet(&env, &serve, which, &["vault", "show", "ca-line", "-o", "json"])
+            .ok()
+            .json()["policy"]
+            .clone()
+    });
+    assert_eq!(
+        shown[0]["lifetime_actions"], shown[1]["lifetime_actions"],
+        "local {} azure {}",
+        shown[0], shown[1]
+    );
+    assert_eq!(shown[0]["x509_props"]["validity_days"], 1825, "{}", shown[0]);
+    let months = shown[1]["x509_props"]["validity_months"].as_i64().unwrap_or(0);
+    assert!(
+        (1825 * 12 / 365..=1825 * 12 / 365 + 1).contains(&months),
+        "azure: {}",
+        shown[1]
+    );
     verify_devices(&env, &serve, &["c-1", "c-2"], "issued");
 
     // The CA certificates are CAs of the plan's shape, and each certifies the key Key Vault
