@@ -654,6 +654,32 @@ fn a_request_left_by_a_killed_create_goes_when_the_plan_makes_the_ca_exportable(
     assert_eq!(vault_versions(&env, &serve, "ca-root").len(), 1);
     assert_eq!(vault_requests(&env, "POST", "/certificates/ca-root/import"), 1);
     assert_eq!(vault_requests(&env, "DELETE", "/certificates/ca-root/pending"), 1);
+
+    // A renewal of the RSA-HSM intermediate cut off after its create: Key Vault refuses an
+    // import while the request waits (409, azure-wire 1.7) ...
+    let run = run_fleet_with(
+        &env,
+        &serve,
+        &[("CERTROLL_FAULT_AFTER_VAULT_WRITES", "1")],
+        &["roll-primary", "ca:line"],
+    );
+    assert_ne!(run.code, 0, "the fault aborts the run");
+    // ... so the rerun with the intermediate made exportable deletes the request first, and
+    // ends with one new version and nothing pending.
+    let edited = edited.replace(
+        "key = { type = \"RSA-HSM\", size = 2048 }",
+        "key = { type = \"RSA\", size = 2048 }",
+    );
+    fleet_plans_hook(&env, &serve, &edited);
+    let run = run_fleet(&env, &serve, "azure", &["roll-primary", "ca:line", "-o", "json"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert_eq!(vault_requests(&env, "DELETE", "/certificates/ca-line/pending"), 1);
+    let show = run_fleet(&env, &serve, "azure", &["vault", "show", "ca-line", "-o", "json"])
+        .ok()
+        .json();
+    assert!(show["pending"].is_null(), "nothing pending: {show}");
+    assert_eq!(show["versions"].as_array().unwrap().len(), 2, "{show}");
+    verify_devices(&env, &serve, &["c-1", "c-2"], "renewed");
 }
 
 /// On azure a device's key is delivered to the device and Key Vault imports no HSM key, so a
