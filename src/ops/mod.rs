@@ -523,8 +523,17 @@ pub fn new_ca_version(
         not_after,
         ca: Some(ca.path_len),
     };
-    if !exportable(policy) && backend.makes_own_keys() {
-        return ca_version_from_vault_key(ca, policy, &name, &profile, issuer.as_ref(), backend, now);
+    if backend.makes_own_keys() {
+        if !exportable(policy) {
+            return ca_version_from_vault_key(ca, policy, &name, &profile, issuer.as_ref(), backend, now);
+        }
+        // A request the vault's create left waiting on the CA's name (a run cut off before its
+        // merge, the plan since edited to make the key exportable) is no longer this version's
+        // way in: it goes before the import, so the name is never left pending and no stale
+        // request's key becomes the CA's later. The name is the plan's (`ca-NAME`).
+        if backend.pending(&name)?.is_some() {
+            backend.delete_pending(&name)?;
+        }
     }
     let key = crate::pki::PrivateKey::generate(&policy.key)?;
     let der = match &issuer {
@@ -633,13 +642,20 @@ fn request_fits(pending: &crate::backend::types::PendingCertificate, policy: &cr
     use x509_parser::public_key::PublicKey;
     match (policy.key, parsed) {
         (KeySpec::Ec { curve, .. }, PublicKey::EC(point)) => {
-            // The point's length tells the curve: 04 || x || y.
-            let size = match curve {
-                crate::pki::spec::Curve::P256 => 32,
-                crate::pki::spec::Curve::P384 => 48,
-                crate::pki::spec::Curve::P521 => 66,
+            // The curve is the one the key's algorithm parameters name: a point's length alone
+            // does not tell P-256 from Key Vault's P-256K (secp256k1), which no plan asks for.
+            let (oid, size) = match curve {
+                crate::pki::spec::Curve::P256 => ("1.2.840.10045.3.1.7", 32),
+                crate::pki::spec::Curve::P384 => ("1.3.132.0.34", 48),
+                crate::pki::spec::Curve::P521 => ("1.3.132.0.35", 66),
             };
-            point.data().len() == 1 + 2 * size
+            let named = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|o| o.to_id_string());
+            named.as_deref() == Some(oid) && point.data().len() == 1 + 2 * size
         }
         (KeySpec::Rsa { bits, .. }, PublicKey::RSA(rsa)) => rsa.key_size() == bits as usize,
         _ => false,
@@ -707,4 +723,52 @@ pub(crate) fn capping_ca<'a>(
         }
     }
     at
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A DER PKCS#10 request for a new EC key on `curve` (openssl's name), made by openssl.
+    fn csr_on(curve: &str) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("req.der");
+        let run = std::process::Command::new("openssl")
+            .args(["req", "-new", "-newkey", "ec", "-pkeyopt"])
+            .arg(format!("ec_paramgen_curve:{curve}"))
+            .args(["-nodes", "-subj", "/CN=ca-root", "-outform", "DER", "-keyout"])
+            .arg(dir.path().join("key.pem"))
+            .arg("-out")
+            .arg(&out)
+            .output()
+            .expect("openssl runs");
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        std::fs::read(out).unwrap()
+    }
+
+    /// A request waiting on a CA's name is finished only when its key is the policy's: the
+    /// curve named in the key's parameters counts, not the point's length, so a secp256k1 key
+    /// (Key Vault's `P-256K`, 65-byte points as P-256's) is not certified for a P-256 CA.
+    #[test]
+    fn a_waiting_request_fits_only_a_key_on_the_policys_curve() {
+        let plan = crate::plan::parse(
+            std::path::Path::new("plan.toml"),
+            "version = 1\n[policies.hsm]\nkey = { type = \"EC-HSM\", curve = \"P-256\" }\nvalidity_days = 30\n",
+        )
+        .unwrap();
+        let policy = &plan.policies["hsm"];
+        let pending = |csr_der: Vec<u8>| crate::backend::types::PendingCertificate {
+            name: "ca-root".into(),
+            request_id: "r".into(),
+            csr_der,
+            kty: "EC-HSM".into(),
+            exportable: false,
+            policy_json: "{}".into(),
+            issuer: "Unknown".into(),
+            created: time::OffsetDateTime::UNIX_EPOCH,
+        };
+        assert!(request_fits(&pending(csr_on("prime256v1")), policy));
+        assert!(!request_fits(&pending(csr_on("secp256k1")), policy));
+        assert!(!request_fits(&pending(csr_on("secp384r1")), policy));
+    }
 }

@@ -98,6 +98,7 @@ pub(super) fn validate(path: &Path, text: &str, raw: RawPlan) -> Result<Plan, Ve
         base,
         shown_base: parent,
         errors: Vec::new(),
+        azure: false,
     };
     let plan = v.plan(&raw);
     if v.errors.is_empty() {
@@ -119,6 +120,9 @@ struct Validator<'a> {
     /// The plan's folder as the user spelled it, for naming device lists in messages.
     shown_base: &'a Path,
     errors: Vec<(Order, PlanError)>,
+    /// `[backend] kind = "azure"`: devices get their keys delivered, so a device policy's key
+    /// must be one certroll makes and hands over.
+    azure: bool,
 }
 
 /// The entries of a named table in file order (serde hands them over in name order).
@@ -149,6 +153,9 @@ struct UsageFacts {
     explicit: bool,
     /// keyCertSign is in the list.
     key_cert_sign: bool,
+    /// The key type when the policy's key is not exportable (`EC-HSM`, or `EC` with
+    /// `exportable = false`); None when it is exportable or the policy is invalid.
+    kept: Option<String>,
 }
 
 impl<'a> Validator<'a> {
@@ -284,6 +291,7 @@ impl<'a> Validator<'a> {
     /// Checks the whole plan; returns it when no error was recorded.
     fn plan(&mut self, raw: &RawPlan) -> Option<Plan> {
         let backend = self.backend(raw.backend.as_ref());
+        self.azure = backend.as_ref().is_some_and(|b| b.1.is_some());
         let contacts = self.contacts(raw);
 
         let mut usage = HashMap::new();
@@ -296,9 +304,15 @@ impl<'a> Validator<'a> {
                 UsageFacts {
                     explicit: !kus.is_empty(),
                     key_cert_sign: kus.contains(&"keyCertSign"),
+                    kept: None,
                 },
             );
             if let Some(p) = self.policy(name, policy) {
+                if !p.exportable
+                    && let Some(u) = usage.get_mut(name.get_ref().as_str())
+                {
+                    u.kept = Some(p.key.kty().to_string());
+                }
                 policies.insert(name.get_ref().clone(), p);
             }
         }
@@ -641,7 +655,8 @@ impl<'a> Validator<'a> {
         (spec, exportable)
     }
 
-    /// Checks that a policy used for device certificates cannot sign certificates.
+    /// Checks that a policy used for device certificates cannot sign certificates and, on
+    /// azure, that its key can be delivered.
     fn check_leaf_policy(
         &mut self,
         reference: &Spanned<String>,
@@ -649,12 +664,30 @@ impl<'a> Validator<'a> {
         user: &str,
     ) {
         let name = reference.get_ref();
-        if usage.get(name.as_str()).is_some_and(|u| u.key_cert_sign) {
+        let facts = usage.get(name.as_str());
+        if facts.is_some_and(|u| u.key_cert_sign) {
             self.error(
                 reference.span(),
                 format!(
                     "policy `{name}` has keyCertSign in key_usage, so it cannot be used for \
                      device certificates ({user})"
+                ),
+            );
+        }
+        // On Azure a device's key travels to the device (a PFX through the delivery channel),
+        // and Key Vault takes a key made outside it only by import, never as an HSM key: a key
+        // that may not leave the vault could neither go in nor come out. The local store holds
+        // the devices' keys itself, so there it stays allowed.
+        if self.azure
+            && let Some(kty) = facts.and_then(|u| u.kept.as_deref())
+        {
+            self.error(
+                reference.span(),
+                format!(
+                    "policy `{name}` has a key that is not exportable ({kty}), so it cannot be \
+                     used for device certificates on `[backend] kind = \"azure\"` ({user}): \
+                     each device's key is delivered to the device, and Key Vault imports no \
+                     HSM key; use an exportable key type (EC or RSA) for devices"
                 ),
             );
         }

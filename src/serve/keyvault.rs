@@ -1256,6 +1256,13 @@ async fn import_certificate(
                 "Certificate {name} is currently in a deleted but recoverable state, and its name cannot be reused; in this state, the certificate can only be recovered or purged."
             )));
         }
+        // Key Vault refuses an import while a create waits on the name (409, azure-wire 1.7):
+        // the request must be merged or deleted first.
+        if b.pending(&name)?.is_some() {
+            return Err(ApiError::conflict(format!(
+                "Certificate {name} has a pending certificate operation (status inProgress); merge it or delete it (DELETE /certificates/{name}/pending) before importing"
+            )));
+        }
         let report = transfer::import_in(b, &name, &material, hsm, "value", now)?;
         if report.new_certificate
             && let Some(policy) = &policy

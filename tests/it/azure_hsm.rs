@@ -364,6 +364,30 @@ fn hsm_ca_keys_are_made_by_key_vault_create_and_merged_never_imported() {
     assert_eq!(vault_requests(&env, "POST", "/certificates/dev-c-1/import"), 1);
     let (l, a) = both(&env, &serve, &["status", "-o", "json"]);
     assert_same(&l, &a, "status after issue");
+    // Key Vault records a create's validity in months (it has no days): what certroll reads of
+    // the recorded policy is the same on both backends. `check` times renewals from the plan
+    // and the certificate itself; the lifetime actions (notify, auto-renew) are the plan's;
+    // the months cover the plan's days and no more.
+    let (l, a) = both(&env, &serve, &["check", "-o", "json"]);
+    assert_same(&l, &a, "check after issue");
+    let shown = ["local", "azure"].map(|which| {
+        run_fleet(&env, &serve, which, &["vault", "show", "ca-line", "-o", "json"])
+            .ok()
+            .json()["policy"]
+            .clone()
+    });
+    assert_eq!(
+        shown[0]["lifetime_actions"], shown[1]["lifetime_actions"],
+        "local {} azure {}",
+        shown[0], shown[1]
+    );
+    assert_eq!(shown[0]["x509_props"]["validity_days"], 1825, "{}", shown[0]);
+    let months = shown[1]["x509_props"]["validity_months"].as_i64().unwrap_or(0);
+    assert!(
+        (1825 * 12 / 365..=1825 * 12 / 365 + 1).contains(&months),
+        "azure: {}",
+        shown[1]
+    );
     verify_devices(&env, &serve, &["c-1", "c-2"], "issued");
 
     // The CA certificates are CAs of the plan's shape, and each certifies the key Key Vault
@@ -570,4 +594,142 @@ fn a_waiting_request_of_another_key_on_a_ca_name_is_deleted_and_made_anew() {
         .stdout;
     assert!(text.contains("HSM Root"), "{text}");
     verify_devices(&env, &serve, &["c-1", "c-2"], "issued");
+}
+
+/// The 1-based line and column where `needle` starts in the file at `path`.
+fn line_col(path: &std::path::Path, needle: &str) -> (usize, usize) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let at = text.find(needle).unwrap_or_else(|| panic!("{needle} in {text}"));
+    let line = text[..at].matches('\n').count() + 1;
+    let col = at - text[..at].rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+/// A run killed right after Key Vault's create of an HSM root (the request waiting, no
+/// version), then the plan edited to make the root's key exportable: the rerun takes the import
+/// path, and first deletes the stale request, so the root ends with exactly one version (the
+/// imported, exportable one) and nothing pending; the rerun of the finished work changes nothing.
+#[test]
+fn a_request_left_by_a_killed_create_goes_when_the_plan_makes_the_ca_exportable() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, HSM_GROUP);
+    fleet_plans_hook(&env, &serve, HSM_GROUP);
+    let run = run_fleet_with(
+        &env,
+        &serve,
+        &[("CERTROLL_FAULT_AFTER_VAULT_WRITES", "1")],
+        &["issue"],
+    );
+    assert_ne!(run.code, 0, "the fault aborts the run");
+    let op = key_vault_get(&env, &serve, "certificates/ca-root/pending");
+    assert_eq!(op["status"], "inProgress", "{op}");
+
+    let edited = HSM_GROUP.replace(
+        "key = { type = \"EC-HSM\", curve = \"P-384\" }",
+        "key = { type = \"EC\", curve = \"P-384\" }",
+    );
+    assert_ne!(edited, HSM_GROUP);
+    fleet_plans_hook(&env, &serve, &edited);
+    let run = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert_eq!(
+        vault_requests(&env, "DELETE", "/certificates/ca-root/pending"),
+        1,
+        "the stale request is deleted"
+    );
+    assert_eq!(vault_requests(&env, "POST", "/certificates/ca-root/import"), 1);
+    assert_eq!(vault_requests(&env, "POST", "/certificates/ca-root/create"), 1);
+    let show = run_fleet(&env, &serve, "azure", &["vault", "show", "ca-root", "-o", "json"])
+        .ok()
+        .json();
+    assert!(show["pending"].is_null(), "nothing pending: {show}");
+    let versions = show["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 1, "{show}");
+    assert_eq!(versions[0]["exportable"], true, "{show}");
+    assert_eq!(versions[0]["kty"], "EC", "{show}");
+    verify_devices(&env, &serve, &["c-1", "c-2"], "issued");
+
+    // The rerun of finished work changes nothing.
+    run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]).ok();
+    assert_eq!(vault_versions(&env, &serve, "ca-root").len(), 1);
+    assert_eq!(vault_requests(&env, "POST", "/certificates/ca-root/import"), 1);
+    assert_eq!(vault_requests(&env, "DELETE", "/certificates/ca-root/pending"), 1);
+
+    // A renewal of the RSA-HSM intermediate cut off after its create: Key Vault refuses an
+    // import while the request waits (409, azure-wire 1.7) ...
+    let run = run_fleet_with(
+        &env,
+        &serve,
+        &[("CERTROLL_FAULT_AFTER_VAULT_WRITES", "1")],
+        &["roll-primary", "ca:line"],
+    );
+    assert_ne!(run.code, 0, "the fault aborts the run");
+    // ... so the rerun with the intermediate made exportable deletes the request first, and
+    // ends with one new version and nothing pending.
+    let edited = edited.replace(
+        "key = { type = \"RSA-HSM\", size = 2048 }",
+        "key = { type = \"RSA\", size = 2048 }",
+    );
+    fleet_plans_hook(&env, &serve, &edited);
+    let run = run_fleet(&env, &serve, "azure", &["roll-primary", "ca:line", "-o", "json"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert_eq!(vault_requests(&env, "DELETE", "/certificates/ca-line/pending"), 1);
+    let show = run_fleet(&env, &serve, "azure", &["vault", "show", "ca-line", "-o", "json"])
+        .ok()
+        .json();
+    assert!(show["pending"].is_null(), "nothing pending: {show}");
+    assert_eq!(show["versions"].as_array().unwrap().len(), 2, "{show}");
+    verify_devices(&env, &serve, &["c-1", "c-2"], "renewed");
+}
+
+/// On azure a device's key is delivered to the device and Key Vault imports no HSM key, so a
+/// device policy (group `device_policy`, enrollment `policy`) whose key is not exportable is
+/// refused when the plan is read: exit 2, at the reference's line and column, naming the
+/// policy and why, before any request to the services. The same plan on the local store, which
+/// holds its devices' keys, still issues.
+#[test]
+fn a_device_policy_whose_key_cannot_leave_the_vault_is_refused_on_azure_at_plan_validation() {
+    let env = TestEnv::new();
+    let body = HSM_GROUP.replace(
+        "[policies.device]\nkey = { type = \"EC\", curve = \"P-256\" }",
+        "[policies.device]\nkey = { type = \"EC-HSM\", curve = \"P-256\" }",
+    ) + "[policies.sealed]\nkey = { type = \"RSA\", size = 2048, exportable = false }\nvalidity_days = 365\n\
+         [enrollments.gw-1]\nissuer = \"line\"\npolicy = \"sealed\"\nhub = \"conf-hub\"\n";
+    let serve = start_serve(&env, &body);
+    fleet_plans_hook(&env, &serve, &body);
+    let plan = env.path("azure/plan.toml");
+    let refused = |needle: &str, want: &str| {
+        for args in [&["issue"][..], &["status", "-o", "json"][..]] {
+            let run = run_fleet(&env, &serve, "azure", args);
+            assert_eq!(run.code, 2, "{args:?}: {}{}", run.stdout, run.stderr);
+            let (line, col) = line_col(&plan, needle);
+            assert!(
+                run.stderr.contains(&format!("plan.toml:{line}:{col}: {want}")),
+                "{args:?}: {}",
+                run.stderr
+            );
+        }
+    };
+    refused(
+        "\"device\"\ndevices",
+        "policy `device` has a key that is not exportable (EC-HSM), so it cannot be used for device certificates on `[backend] kind = \"azure\"` (group `cams` uses it as device_policy)",
+    );
+    // The local store holds its devices' keys: the same plan issues there.
+    run_fleet(&env, &serve, "local", &["issue", "-o", "json"]).ok();
+    // The group's policy made exportable, the enrollment's is still refused.
+    let fixed = body.replace(
+        "[policies.device]\nkey = { type = \"EC-HSM\"",
+        "[policies.device]\nkey = { type = \"EC\"",
+    );
+    fleet_plans_hook(&env, &serve, &fixed);
+    refused(
+        "\"sealed\"\nhub",
+        "policy `sealed` has a key that is not exportable (RSA), so it cannot be used for device certificates on `[backend] kind = \"azure\"` (enrollment `gw-1` uses it)",
+    );
+    assert_eq!(
+        vault_requests(&env, "POST", "/certificates/"),
+        0,
+        "nothing reached Key Vault"
+    );
+    assert!(!env.path("azure/state.db").exists(), "no store was made");
 }
