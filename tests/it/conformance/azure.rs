@@ -1620,3 +1620,46 @@ fn many_enrollments_are_read_by_one_query_pass_and_a_change_made_since_is_never_
     let again = dps.individual_many(&ids[60..]).unwrap();
     assert_eq!(again[40].as_ref().unwrap().secondary, Some(next.cert_der.clone()));
 }
+
+#[test]
+fn a_scan_over_several_pages_asks_for_each_page_once_and_reads_every_record() {
+    // 2,100 enrollments are three query pages of 1,000; the client fetches the page after the
+    // one it is reading meanwhile, and never a page the service did not offer.
+    let env = TestEnv::new();
+    let serve = Serve::start_with(&env, "t", &services_plan(""));
+    let (mut dps, _hub, config) = roll_clients(&env, &serve, None, 16);
+    let cert = super::self_signed("conf-p", 30, false);
+    let batch: Vec<_> = (0..2100)
+        .map(|i| super::services::enrollment(&format!("conf-p{i:04}"), &cert, "migrate", "conf-hub"))
+        .collect();
+    for chunk in batch.chunks(1000) {
+        dps.put_individuals(chunk, super::now()).unwrap();
+    }
+    let dps = fresh_dps(&config, &serve, &[], &batch[..1]);
+    let queries = logged(&env, DPS_HOST, "POST /enrollments/query");
+    // Ids from every page, so the first read needs all three.
+    let spread: Vec<String> = (0..2100).step_by(30).map(|i| format!("conf-p{i:04}")).collect();
+    let got = dps.individual_many(&spread).unwrap();
+    assert!(got.iter().all(|e| {
+        e.as_ref()
+            .is_some_and(|e| e.primary.as_ref() == Some(&cert.cert_der))
+    }));
+    assert_eq!(
+        logged(&env, DPS_HOST, "POST /enrollments/query") - queries,
+        3,
+        "one query a page, none past the last"
+    );
+    // What the scan read and no read took yet answers the next read without a request.
+    let rest: Vec<String> = (1..2100)
+        .filter(|i| i % 30 != 0)
+        .take(500)
+        .map(|i| format!("conf-p{i:04}"))
+        .collect();
+    let before = logged(&env, DPS_HOST, "POST /enrollments/") + logged(&env, DPS_HOST, "GET /enrollments/");
+    let got = dps.individual_many(&rest).unwrap();
+    assert!(got.iter().all(Option::is_some));
+    assert_eq!(
+        logged(&env, DPS_HOST, "POST /enrollments/") + logged(&env, DPS_HOST, "GET /enrollments/") - before,
+        0
+    );
+}
