@@ -22,6 +22,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -273,41 +275,115 @@ fn certificate_bytes(text: &str, field: &str) -> Result<Vec<u8>, ApiError> {
 
 /// 400 naming `field` unless `der` is a readable X.509 certificate.
 fn check_certificate(der: &[u8], field: &str) -> Result<(), ApiError> {
-    crate::pki::CertInfo::from_der(der).map_err(|e| {
-        let why = match e {
-            crate::pki::Error::BadCertificate(why) => why,
-            other => other.to_string(),
-        };
-        bad_request(format!("{field} is not a readable X.509 certificate: {why}"))
-    })?;
-    Ok(())
+    crate::pki::CertInfo::from_der(der)
+        .map(|_| ())
+        .map_err(|e| unreadable(field, e))
+}
+
+/// 400 naming `field`, whose bytes the certificate parser refused for `e`.
+fn unreadable(field: &str, e: crate::pki::Error) -> ApiError {
+    let why = match e {
+        crate::pki::Error::BadCertificate(why) => why,
+        other => other.to_string(),
+    };
+    bad_request(format!("{field} is not a readable X.509 certificate: {why}"))
+}
+
+/// Most certificates [`CertInfos`] keeps (about 0.5 KiB each); past it, it starts over.
+const CERT_INFOS_LIMIT: usize = 200_000;
+
+/// `X509CertificateInfo` of the certificates serve holds, by SHA-1 thumbprint (upper-case hex),
+/// rendered as JSON once, when a certificate is first written or read, rather than by parsing
+/// the certificate again for every enrollment every query answers. Only readable certificates
+/// are kept, so a thumbprint found here is also a certificate known to be readable.
+#[derive(Default)]
+pub struct CertInfos(std::sync::Mutex<std::collections::HashMap<String, Arc<Box<RawValue>>>>);
+
+impl CertInfos {
+    fn get(&self, thumbprint: &str) -> Option<Arc<Box<RawValue>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(thumbprint)
+            .cloned()
+    }
+
+    /// Parses `der` and keeps its info; the parser's reason when it is not a certificate.
+    fn parse(&self, thumbprint: &str, der: &[u8]) -> Result<Arc<Box<RawValue>>, crate::pki::Error> {
+        let info = crate::pki::CertInfo::from_der(der)?;
+        let rendered = serde_json::value::to_raw_value(&certificate_info_of(&info))
+            .map(Arc::new)
+            .map_err(|e| crate::pki::Error::BadCertificate(e.to_string()))?;
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= CERT_INFOS_LIMIT {
+            map.clear();
+        }
+        map.insert(thumbprint.to_string(), rendered.clone());
+        Ok(rendered)
+    }
+
+    /// The info of `der`, whose SHA-1 thumbprint is `thumbprint`: JSON `null` when it is not a
+    /// readable certificate (as DPS would never hold one).
+    fn info(&self, thumbprint: &str, der: &[u8]) -> Option<Arc<Box<RawValue>>> {
+        self.get(thumbprint).or_else(|| self.parse(thumbprint, der).ok())
+    }
+
+    /// Ok when `der` is a readable X.509 certificate, else the parser's reason.
+    fn check(&self, der: &[u8]) -> Result<(), crate::pki::Error> {
+        let thumbprint = crate::pki::sha1_thumbprint(der);
+        match self.get(&thumbprint) {
+            Some(_) => Ok(()),
+            None => self.parse(&thumbprint, der).map(|_| ()),
+        }
+    }
+}
+
+/// `X509CertificateInfo` of a parsed certificate.
+fn certificate_info_of(info: &crate::pki::CertInfo) -> Value {
+    json!({
+        "subjectName": info.subject,
+        "sha1Thumbprint": info.thumbprint,
+        "sha256Thumbprint": info.sha256,
+        "issuerName": info.issuer,
+        "notBeforeUtc": wire_time(info.not_before),
+        "notAfterUtc": wire_time(info.not_after),
+        "serialNumber": info.serial,
+        "version": 3,
+    })
 }
 
 /// `X509CertificateInfo` of a certificate (every field DPS requires in responses).
 pub(crate) fn certificate_info(der: &[u8]) -> Value {
     match crate::pki::CertInfo::from_der(der) {
-        Ok(info) => json!({
-            "subjectName": info.subject,
-            "sha1Thumbprint": info.thumbprint,
-            "sha256Thumbprint": info.sha256,
-            "issuerName": info.issuer,
-            "notBeforeUtc": wire_time(info.not_before),
-            "notAfterUtc": wire_time(info.not_after),
-            "serialNumber": info.serial,
-            "version": 3,
-        }),
+        Ok(info) => certificate_info_of(&info),
         Err(_) => Value::Null,
     }
 }
 
+/// DPS's `ReprovisionPolicy`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReprovisionPolicy {
+    update_hub_assignment: bool,
+    migrate_device_data: bool,
+}
+
 /// `reprovisionPolicy` of certroll's policy name.
-fn reprovision_policy(policy: &str) -> Value {
+fn reprovision_wire(policy: &str) -> ReprovisionPolicy {
     let (update, migrate) = match policy {
         "reset" => (true, false),
         "never" => (false, true),
         _ => (true, true),
     };
-    json!({"updateHubAssignment": update, "migrateDeviceData": migrate})
+    ReprovisionPolicy {
+        update_hub_assignment: update,
+        migrate_device_data: migrate,
+    }
+}
+
+/// `reprovisionPolicy` of certroll's policy name, as a JSON value.
+fn reprovision_policy(policy: &str) -> Value {
+    serde_json::to_value(reprovision_wire(policy)).unwrap_or(Value::Null)
 }
 
 /// certroll's policy name of a `reprovisionPolicy` (absent: DPS's default, migrate).
@@ -384,6 +460,7 @@ fn extra_of(body: &Map<String, Value>) -> Option<Value> {
 /// One attestation slot from a request: a certificate, or (when the client sends back what a GET
 /// gave it, `info` without `certificate`) the slot it already holds with that thumbprint.
 fn slot_der(
+    infos: &CertInfos,
     x509: &Value,
     kind: &str,
     which: &str,
@@ -399,7 +476,7 @@ fn slot_der(
         // The certificate this slot holds already was checked when it was written (a roll
         // sends the primary back unchanged with the new secondary).
         if existing != Some(&der) {
-            check_certificate(&der, &field)?;
+            infos.check(&der).map_err(|e| unreadable(&field, e))?;
         }
         return Ok(Some(der));
     }
@@ -482,41 +559,140 @@ fn slot_json(der: Option<&[u8]>) -> Value {
     }
 }
 
-/// An `IndividualEnrollment` as DPS answers it (the certificates' info, never the certificates).
-fn individual_json(e: &IndividualEnrollment, meta: &Meta, registration: Option<&RegistrationState>) -> Value {
-    let mut out = Map::new();
-    out.insert("registrationId".into(), json!(e.registration_id));
-    out.insert(
-        "attestation".into(),
-        json!({
-            "type": "x509",
-            "x509": {
-                "clientCertificates": {
-                    "primary": slot_json(e.primary.as_deref()),
-                    "secondary": slot_json(e.secondary.as_deref()),
-                },
-                "signingCertificates": null,
-                "caReferences": null,
-            },
-            "tpm": null,
-            "symmetricKey": null,
-        }),
-    );
-    out.insert("provisioningStatus".into(), json!(e.status.as_str()));
-    out.insert("reprovisionPolicy".into(), reprovision_policy(&e.reprovision));
-    out.insert("iotHubHostName".into(), json!(hub_host(&e.hub)));
-    out.insert("etag".into(), json!(wire_etag(&meta.etag)));
-    out.insert("createdDateTimeUtc".into(), json!(wire_time(meta.created)));
-    out.insert("lastUpdatedDateTimeUtc".into(), json!(wire_time(meta.updated)));
-    if let Some(r) = registration {
-        out.insert("registrationState".into(), registration_json(r));
+/// An `X509CertificateWithInfo` as DPS answers it: the info, never the certificate.
+#[derive(Serialize)]
+struct SlotWire {
+    #[serde(serialize_with = "shared_raw")]
+    info: Option<Arc<Box<RawValue>>>,
+}
+
+/// Writes shared JSON text as it is (`null` for none).
+fn shared_raw<S: serde::Serializer>(v: &Option<Arc<Box<RawValue>>>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(raw) => raw.as_ref().serialize(s),
+        None => s.serialize_none(),
     }
-    merge_extra(&mut out, meta);
-    out.entry("deviceId").or_insert_with(|| json!(e.registration_id));
-    out.entry("iotHubs").or_insert_with(|| json!([hub_host(&e.hub)]));
-    out.entry("capabilities")
-        .or_insert_with(|| json!({"iotEdge": false}));
-    Value::Object(out)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ClientCertificatesWire {
+    primary: Option<SlotWire>,
+    secondary: Option<SlotWire>,
+}
+
+/// `X509Attestation` of an individual enrollment (`null`s are DPS's: no signing certificates,
+/// no CA references).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct X509Wire {
+    client_certificates: ClientCertificatesWire,
+    signing_certificates: (),
+    ca_references: (),
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AttestationWire {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    x509: X509Wire,
+    tpm: (),
+    symmetric_key: (),
+}
+
+/// An `IndividualEnrollment` as DPS answers it (the certificates' info, never the certificates),
+/// with the DPS fields certroll keeps as sent (`extra`) after its own.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct IndividualWire<'a> {
+    registration_id: &'a str,
+    attestation: AttestationWire,
+    provisioning_status: &'static str,
+    reprovision_policy: ReprovisionPolicy,
+    iot_hub_host_name: String,
+    etag: String,
+    created_date_time_utc: String,
+    last_updated_date_time_utc: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registration_state: Option<Value>,
+    #[serde(flatten)]
+    extra: std::collections::BTreeMap<String, Box<RawValue>>,
+}
+
+/// The members of [`IndividualWire`] that kept DPS fields never replace.
+const INDIVIDUAL_OWN: [&str; 9] = [
+    "registrationId",
+    "attestation",
+    "provisioningStatus",
+    "reprovisionPolicy",
+    "iotHubHostName",
+    "etag",
+    "createdDateTimeUtc",
+    "lastUpdatedDateTimeUtc",
+    "registrationState",
+];
+
+/// JSON text of a value certroll builds (never fails for these).
+fn raw(v: &impl Serialize) -> Box<RawValue> {
+    serde_json::value::to_raw_value(v)
+        .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"))
+}
+
+/// An individual enrollment as DPS answers it, certificates' info from `infos`.
+fn individual_wire<'a>(
+    infos: &CertInfos,
+    row: &'a qd::IndividualWireRow,
+    registration: Option<&RegistrationState>,
+) -> IndividualWire<'a> {
+    let e = &row.enrollment;
+    let slot = |der: &Option<Vec<u8>>, tp: &Option<String>| {
+        der.as_deref().map(|der| {
+            let tp = tp.clone().unwrap_or_else(|| crate::pki::sha1_thumbprint(der));
+            SlotWire {
+                info: infos.info(&tp, der),
+            }
+        })
+    };
+    let mut extra: std::collections::BTreeMap<String, Box<RawValue>> = row
+        .extra_text
+        .as_deref()
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_default();
+    extra.retain(|k, _| !INDIVIDUAL_OWN.contains(&k.as_str()));
+    extra
+        .entry("deviceId".into())
+        .or_insert_with(|| raw(&e.registration_id));
+    extra
+        .entry("iotHubs".into())
+        .or_insert_with(|| raw(&[hub_host(&e.hub)]));
+    extra
+        .entry("capabilities".into())
+        .or_insert_with(|| raw(&json!({"iotEdge": false})));
+    IndividualWire {
+        registration_id: &e.registration_id,
+        attestation: AttestationWire {
+            kind: "x509",
+            x509: X509Wire {
+                client_certificates: ClientCertificatesWire {
+                    primary: slot(&e.primary, &row.primary_thumbprint),
+                    secondary: slot(&e.secondary, &row.secondary_thumbprint),
+                },
+                signing_certificates: (),
+                ca_references: (),
+            },
+            tpm: (),
+            symmetric_key: (),
+        },
+        provisioning_status: e.status.as_str(),
+        reprovision_policy: reprovision_wire(&e.reprovision),
+        iot_hub_host_name: hub_host(&e.hub),
+        etag: wire_etag(&row.meta.etag),
+        created_date_time_utc: wire_time(row.meta.created),
+        last_updated_date_time_utc: wire_time(row.meta.updated),
+        registration_state: registration.map(registration_json),
+        extra,
+    }
 }
 
 /// An `EnrollmentGroup` as DPS answers it.
@@ -573,15 +749,15 @@ fn with_etag(body: Value) -> Response {
 
 // ---------------------------------------------------------------- individual enrollments
 
-fn read_individual(b: &LocalBackend, id: &str) -> Result<Option<Value>, ApiError> {
-    let Some(e) = b.individual(id).map_err(backend_error)? else {
+fn read_individual(state: &AppState, b: &LocalBackend, id: &str) -> Result<Option<Value>, ApiError> {
+    let Some(row) = qd::individual_wire(b.store().conn(), id).map_err(store_error)? else {
         return Ok(None);
     };
-    let meta = qd::individual_meta(b.store().conn(), id)
-        .map_err(store_error)?
-        .ok_or_else(|| dps_error(StatusCode::NOT_FOUND, 1, format!("enrollment `{id}` not found")))?;
     let registration = b.registration(id).map_err(backend_error)?;
-    Ok(Some(individual_json(&e, &meta, registration.as_ref())))
+    let wire = individual_wire(&state.cert_infos, &row, registration.as_ref());
+    serde_json::to_value(wire)
+        .map(Some)
+        .map_err(|e| dps_error(StatusCode::INTERNAL_SERVER_ERROR, 1, e.to_string()))
 }
 
 /// What one PUT of an individual enrollment writes, checked against the record it replaces.
@@ -602,12 +778,14 @@ fn individual_from(
         ));
     }
     let primary = slot_der(
+        &state.cert_infos,
         x509,
         "clientCertificates",
         "primary",
         existing.and_then(|e| e.primary.as_ref()),
     )?;
     let secondary = slot_der(
+        &state.cert_infos,
         x509,
         "clientCertificates",
         "secondary",
@@ -705,7 +883,7 @@ fn put_individual(
     now: OffsetDateTime,
 ) -> Result<Value, ApiError> {
     write_individual(state, b, id, body, wanted, now)?;
-    read_individual(b, id)?
+    read_individual(state, b, id)?
         .ok_or_else(|| dps_error(StatusCode::INTERNAL_SERVER_ERROR, 1, "enrollment vanished"))
 }
 
@@ -719,37 +897,35 @@ fn write_individual(
     wanted: &Option<Option<String>>,
     now: OffsetDateTime,
 ) -> Result<(), ApiError> {
-    let meta = qd::individual_meta(b.store().conn(), id).map_err(store_error)?;
-    write_individual_over(state, b, id, body, wanted, meta, now)
+    let current = qd::individual_wire(b.store().conn(), id).map_err(store_error)?;
+    write_individual_over(state, b, id, body, wanted, current, now)
 }
 
-/// [`write_individual`] over `meta`, the record's etag, times and DPS fields just read (None:
-/// no such record).
+/// [`write_individual`] over `current`, the record with its etag, times and DPS fields just
+/// read (None: no such record). The record, its DPS fields and a new etag are written in one
+/// statement.
 fn write_individual_over(
     state: &AppState,
     b: &mut LocalBackend,
     id: &str,
     body: &Map<String, Value>,
     wanted: &Option<Option<String>>,
-    meta: Option<Meta>,
+    current: Option<qd::IndividualWireRow>,
     now: OffsetDateTime,
 ) -> Result<(), ApiError> {
-    check_put(&format!("enrollment `{id}`"), wanted, meta.as_ref())?;
-    let existing = match &meta {
-        Some(_) => b.individual(id).map_err(backend_error)?,
-        None => None,
-    };
+    check_put(
+        &format!("enrollment `{id}`"),
+        wanted,
+        current.as_ref().map(|r| &r.meta),
+    )?;
+    let existing = current.map(|r| r.enrollment);
     let record = individual_from(state, id, body, existing.as_ref())?;
-    b.put_individuals(std::slice::from_ref(&record), now)
-        .map_err(backend_error)?;
-    // The DPS fields are written only when they change (a roll sends them back as read): each
-    // write of the row rewrites it whole, certificates included.
-    let extra = extra_of(body);
-    if meta.is_none_or(|m| m.extra != extra) {
-        let text = extra.map(|v| v.to_string());
-        qd::set_individual_extra(b.store().conn(), id, text.as_deref()).map_err(store_error)?;
+    // As the enrollment service's own write refuses it (a secondary without a primary).
+    if let Some(why) = record.slots_refused() {
+        return Err(bad_request(why));
     }
-    Ok(())
+    let extra = extra_of(body).map(|v| v.to_string());
+    qd::individual_put_wire(b.store().conn(), &record, extra.as_deref(), now).map_err(store_error)
 }
 
 fn delete_individual(
@@ -770,8 +946,9 @@ async fn get_individual_enrollment(
     headers: HeaderMap,
 ) -> Result<Response, DpsError> {
     auth(&state, &headers, super::auth::SasRight::EnrollmentRead)?;
+    let st = state.clone();
     let found = state
-        .read(move |b, _| read_individual(b, &id)?.ok_or_else(|| not_found("enrollment", &id)))
+        .read(move |b, _| read_individual(&st, b, &id)?.ok_or_else(|| not_found("enrollment", &id)))
         .await?;
     Ok(with_etag(found))
 }
@@ -820,8 +997,9 @@ async fn get_individual_attestation_mechanism(
     headers: HeaderMap,
 ) -> Result<axum::Json<Value>, DpsError> {
     auth(&state, &headers, super::auth::SasRight::EnrollmentRead)?;
+    let st = state.clone();
     let found = state
-        .read(move |b, _| read_individual(b, &id)?.ok_or_else(|| not_found("enrollment", &id)))
+        .read(move |b, _| read_individual(&st, b, &id)?.ok_or_else(|| not_found("enrollment", &id)))
         .await?;
     Ok(axum::Json(found["attestation"].clone()))
 }
@@ -878,12 +1056,14 @@ fn group_from(
         }
         None => {
             let primary = slot_der(
+                &state.cert_infos,
                 x509,
                 "signingCertificates",
                 "primary",
                 existing.and_then(|g| old(&g.primary)).as_ref(),
             )?;
             let secondary = slot_der(
+                &state.cert_infos,
                 x509,
                 "signingCertificates",
                 "secondary",
@@ -1071,20 +1251,23 @@ fn run_bulk(
             }
         };
         // `update` creates a missing record too (an upsert), as DPS's bulk update does.
-        let meta = match kind {
-            Kind::Individual => qd::individual_meta(b.store().conn(), &id),
-            Kind::Group => qd::group_meta(b.store().conn(), &id),
-        }
-        .map_err(store_error)?;
-        let wanted = if mode == "update" && meta.is_none() {
-            None
-        } else {
-            wanted
+        let (exists, current) = match kind {
+            Kind::Individual => {
+                let current = qd::individual_wire(b.store().conn(), &id).map_err(store_error)?;
+                (current.is_some(), current)
+            }
+            Kind::Group => (
+                qd::group_meta(b.store().conn(), &id)
+                    .map_err(store_error)?
+                    .is_some(),
+                None,
+            ),
         };
+        let wanted = if mode == "update" && !exists { None } else { wanted };
         let result = match (mode, kind) {
             ("delete", Kind::Individual) => delete_individual(b, &id, &wanted),
             ("delete", Kind::Group) => delete_group(b, &id, &wanted),
-            (_, Kind::Individual) => write_individual_over(state, b, &id, record, &wanted, meta, now),
+            (_, Kind::Individual) => write_individual_over(state, b, &id, record, &wanted, current, now),
             (_, Kind::Group) => put_group(state, b, &id, record, &wanted, now).map(|_| ()),
         };
         if let Err(e) = result {
@@ -1204,6 +1387,13 @@ pub(crate) fn continuation_decode(token: &str) -> Option<String> {
 
 fn page_response(items: Vec<Value>, next: Option<String>, size: usize, item_type: &str) -> Response {
     let mut response = (StatusCode::OK, axum::Json(Value::Array(items))).into_response();
+    page_headers(&mut response, next, size, item_type);
+    response
+}
+
+/// The headers of a query page: the continuation token after `next`, the page size, the type
+/// of its items.
+fn page_headers(response: &mut Response, next: Option<String>, size: usize, item_type: &str) {
     let h = response.headers_mut();
     if let Some(token) = next.and_then(|t| HeaderValue::from_str(&continuation(&t)).ok()) {
         h.insert("x-ms-continuation", token);
@@ -1219,7 +1409,6 @@ fn page_response(items: Vec<Value>, next: Option<String>, size: usize, item_type
             _ => "DeviceRegistration",
         }),
     );
-    response
 }
 
 /// One page of ids (one more asked, to know whether another page follows).
@@ -1261,21 +1450,53 @@ async fn query_records(
     Ok(page_response(items, next, size, item_type))
 }
 
-/// `POST /enrollments/query`: all individual enrollments, in pages.
+/// `POST /enrollments/query`: all individual enrollments, in pages. The store is read in two
+/// statements a page (the records, the registration states of their ids) and released before
+/// the page is rendered.
 async fn query_individual_enrollments(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, DpsError> {
-    query_records(
-        state,
-        headers,
+    auth(&state, &headers, super::auth::SasRight::EnrollmentRead)?;
+    let (size, after) = page_of(&headers, &body, Some("enrollments"))?;
+    let (rows, registrations, next) = state
+        .read(move |b, _| {
+            let conn = b.store().conn();
+            let rows = qd::individuals_wire_page(conn, &after, size + 1).map_err(store_error)?;
+            let (rows, next) = split_page(rows, size, |r| r.enrollment.registration_id.clone());
+            let registrations = match rows.last() {
+                Some(last) => qd::registrations_between(conn, &after, &last.enrollment.registration_id)
+                    .map_err(store_error)?,
+                None => Vec::new(),
+            };
+            Ok((rows, registrations, next))
+        })
+        .await?;
+    let mut registrations: std::collections::HashMap<String, RegistrationState> = registrations
+        .into_iter()
+        .map(|r| (r.registration_id.clone(), r))
+        .collect();
+    let items: Vec<IndividualWire<'_>> = rows
+        .iter()
+        .map(|row| {
+            let registration = registrations.remove(&row.enrollment.registration_id);
+            individual_wire(&state.cert_infos, row, registration.as_ref())
+        })
+        .collect();
+    let body = serde_json::to_vec(&items)
+        .map_err(|e| dps_error(StatusCode::INTERNAL_SERVER_ERROR, 1, e.to_string()))?;
+    let mut response = (
+        StatusCode::OK,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body,
-        qd::individual_ids_page,
-        read_individual,
-        "Enrollment",
     )
-    .await
+        .into_response();
+    page_headers(&mut response, next, size, "Enrollment");
+    Ok(response)
 }
 
 /// `POST /enrollmentGroups/query`: all enrollment groups, in pages.
@@ -1369,6 +1590,81 @@ async fn query_group_device_registration_states(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_individual_enrollment_renders_with_its_certificate_info_kept_fields_and_registration() {
+        let now = time::macros::datetime!(2026-11-23 0:00 UTC);
+        let (der, _) = crate::store::test_support::self_signed(now, 30);
+        let tp = crate::pki::sha1_thumbprint(&der);
+        let row = qd::IndividualWireRow {
+            enrollment: IndividualEnrollment {
+                registration_id: "dev-1".into(),
+                primary: Some(der.clone()),
+                secondary: None,
+                status: Status::Enabled,
+                reprovision: "reset".into(),
+                hub: "h1".into(),
+            },
+            primary_thumbprint: Some(tp.clone()),
+            secondary_thumbprint: None,
+            meta: Meta {
+                etag: "abc".into(),
+                created: now,
+                updated: now + time::Duration::hours(1),
+                extra: None,
+            },
+            extra_text: Some(r#"{"initialTwin":{"tags":{"a":1}},"iotHubs":["h2.azure-devices.net"]}"#.into()),
+        };
+        let registration = RegistrationState {
+            registration_id: "dev-1".into(),
+            status: "assigned".into(),
+            hub: Some("h1".into()),
+            ..Default::default()
+        };
+        let infos = CertInfos::default();
+        let got = serde_json::to_value(individual_wire(&infos, &row, Some(&registration))).unwrap();
+        let expected = json!({
+            "registrationId": "dev-1",
+            "attestation": {"type": "x509", "x509": {
+                "clientCertificates": {"primary": {"info": certificate_info(&der)}, "secondary": null},
+                "signingCertificates": null, "caReferences": null},
+                "tpm": null, "symmetricKey": null},
+            "provisioningStatus": "enabled",
+            "reprovisionPolicy": {"updateHubAssignment": true, "migrateDeviceData": false},
+            "iotHubHostName": "h1.azure-devices.net",
+            "etag": "\"abc\"",
+            "createdDateTimeUtc": "2026-11-23T00:00:00.000Z",
+            "lastUpdatedDateTimeUtc": "2026-11-23T01:00:00.000Z",
+            "registrationState": registration_json(&registration),
+            "initialTwin": {"tags": {"a": 1}},
+            "iotHubs": ["h2.azure-devices.net"],
+            "deviceId": "dev-1",
+            "capabilities": {"iotEdge": false},
+        });
+        assert_eq!(got, expected);
+        let info = &got["attestation"]["x509"]["clientCertificates"]["primary"]["info"];
+        assert_eq!(info["sha1Thumbprint"], json!(tp));
+        assert_eq!(info["subjectName"], json!("CN=t"));
+        // Rendered again from what was kept, the same.
+        let again = serde_json::to_value(individual_wire(&infos, &row, None)).unwrap();
+        assert_eq!(again["attestation"], expected["attestation"]);
+        assert!(again.get("registrationState").is_none());
+    }
+
+    #[test]
+    fn the_certificate_check_refuses_what_is_not_a_certificate_and_keeps_what_is() {
+        let infos = CertInfos::default();
+        assert!(infos.check(b"not a certificate").is_err());
+        assert!(
+            infos
+                .get(&crate::pki::sha1_thumbprint(b"not a certificate"))
+                .is_none()
+        );
+        let (der, _) =
+            crate::store::test_support::self_signed(time::macros::datetime!(2026-11-23 0:00 UTC), 1);
+        infos.check(&der).unwrap();
+        assert!(infos.get(&crate::pki::sha1_thumbprint(&der)).is_some());
+    }
 
     #[test]
     fn a_query_for_the_whole_collection_is_served_in_both_spellings() {

@@ -195,14 +195,9 @@ fn device_json(identity: &HubIdentity, meta: &qd::Meta) -> Value {
     })
 }
 
+/// A device identity with its etag, times and twin (one statement).
 fn read_identity(b: &LocalBackend, hub: &str, id: &str) -> Result<Option<(HubIdentity, qd::Meta)>, ApiError> {
-    let Some(identity) = b.identity(hub, id).map_err(internal)? else {
-        return Ok(None);
-    };
-    let meta = qd::hub_meta(b.store().conn(), hub, id)
-        .map_err(internal)?
-        .ok_or_else(|| not_found(id))?;
-    Ok(Some((identity, meta)))
+    qd::hub_wire(b.store().conn(), hub, id).map_err(internal)
 }
 
 /// A thumbprint as the hub takes it: 40 (SHA-1) or 64 (SHA-256) hex digits, kept uppercase.

@@ -72,6 +72,8 @@ pub struct AppState {
     pub hubs: Vec<String>,
     /// Throttling and injected faults (`[serve.services]`).
     pub faults: super::faults::Faults,
+    /// The DPS certificate info of every certificate serve has read or checked.
+    pub cert_infos: super::dps::CertInfos,
     /// The password of Key Vault backup blobs: made once per store and kept sealed in it, so a
     /// blob restores into the store (the "security domain") it came from.
     backup_password: zeroize::Zeroizing<String>,
@@ -118,6 +120,7 @@ impl AppState {
             queue: Arc::default(),
             config: plan.serve.clone(),
             faults: super::faults::Faults::new(&plan.serve),
+            cert_infos: Default::default(),
             plan,
             principals,
             sas_policies,

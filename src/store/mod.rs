@@ -157,6 +157,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v10_notify_remote.sql"),
     include_str!("schema_v11_notify_touched.sql"),
     include_str!("schema_v12_etag_writers.sql"),
+    include_str!("schema_v13_dps_etag_writers.sql"),
 ];
 
 /// How to open a store.

@@ -6,8 +6,8 @@
 //! [`super::queries`] as the CLI does; this module never decides anything.
 
 use super::StoreError;
-use super::queries::{REGISTRATION_COLS, all, from_ts, registration_row, sql};
-use crate::backend::types::{HubIdentity, RegistrationState, Status};
+use super::queries::{REGISTRATION_COLS, all, from_ts, registration_row, sql, ts};
+use crate::backend::types::{HubIdentity, IndividualEnrollment, RegistrationState, Status};
 use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 
@@ -79,6 +79,38 @@ pub fn hub_meta(conn: &Connection, hub: &str, device_id: &str) -> Result<Option<
     )
 }
 
+/// A hub device identity with its etag, times and twin (`extra`), in one statement.
+pub fn hub_wire(conn: &Connection, hub: &str, device_id: &str) -> Result<Option<(HubIdentity, Meta)>> {
+    conn.prepare_cached(
+        "SELECT hub, device_id, auth_type, primary_thumbprint, secondary_thumbprint, status,
+                etag, created, updated, twin
+         FROM hub_devices WHERE hub = ?1 AND device_id = ?2",
+    )
+    .and_then(|mut s| {
+        s.query_row([hub, device_id], |r| {
+            let twin: Option<String> = r.get(9)?;
+            Ok((
+                HubIdentity {
+                    hub: r.get(0)?,
+                    device_id: r.get(1)?,
+                    auth_type: r.get(2)?,
+                    primary_thumbprint: r.get(3)?,
+                    secondary_thumbprint: r.get(4)?,
+                    status: Status::parse(&r.get::<_, String>(5)?),
+                },
+                Meta {
+                    etag: r.get::<_, Option<String>>(6)?.unwrap_or_default(),
+                    created: from_ts(r.get(7)?),
+                    updated: from_ts(r.get(8)?),
+                    extra: twin.and_then(|t| serde_json::from_str(&t).ok()),
+                },
+            ))
+        })
+        .optional()
+    })
+    .map_err(sql)
+}
+
 /// Keeps the DPS fields of an individual enrollment (None clears them).
 pub fn set_individual_extra(conn: &Connection, registration_id: &str, extra: Option<&str>) -> Result<()> {
     conn.prepare_cached("UPDATE individual_enrollments SET dps_extra = ?2 WHERE registration_id = ?1")
@@ -121,6 +153,132 @@ pub fn registration_delete(conn: &Connection, registration_id: &str) -> Result<b
     )
     .map(|n| n > 0)
     .map_err(sql)
+}
+
+/// An individual enrollment as DPS's wire API shows it: the record, its certificates' SHA-1
+/// thumbprints (upper-case hex, as stored beside them) and its bookkeeping, `extra` left as the
+/// JSON text it is kept as.
+#[derive(Debug, Clone)]
+pub struct IndividualWireRow {
+    /// The record.
+    pub enrollment: IndividualEnrollment,
+    /// SHA-1 thumbprint of the primary certificate.
+    pub primary_thumbprint: Option<String>,
+    /// SHA-1 thumbprint of the secondary certificate.
+    pub secondary_thumbprint: Option<String>,
+    /// Etag, times; `extra` is always None here (see `extra_text`).
+    pub meta: Meta,
+    /// The DPS fields certroll keeps as sent (a JSON object's text), if any.
+    pub extra_text: Option<String>,
+}
+
+const WIRE_COLS: &str = "registration_id, primary_der, secondary_der, status, reprovision, hub, \
+     primary_thumbprint, secondary_thumbprint, etag, created, updated, dps_extra";
+
+fn wire_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IndividualWireRow> {
+    let der = |i: usize| r.get::<_, Option<Vec<u8>>>(i);
+    let primary = der(1)?;
+    let secondary = der(2)?;
+    // A row written before thumbprints were stored beside the certificates has none.
+    let tp = |stored: Option<String>, der: &Option<Vec<u8>>| {
+        stored.or_else(|| der.as_deref().map(crate::pki::sha1_thumbprint))
+    };
+    let primary_thumbprint = tp(r.get(6)?, &primary);
+    let secondary_thumbprint = tp(r.get(7)?, &secondary);
+    Ok(IndividualWireRow {
+        enrollment: IndividualEnrollment {
+            registration_id: r.get(0)?,
+            primary,
+            secondary,
+            status: Status::parse(&r.get::<_, String>(3)?),
+            reprovision: r.get(4)?,
+            hub: r.get(5)?,
+        },
+        primary_thumbprint,
+        secondary_thumbprint,
+        meta: Meta {
+            etag: r.get::<_, Option<String>>(8)?.unwrap_or_default(),
+            created: from_ts(r.get(9)?),
+            updated: from_ts(r.get(10)?),
+            extra: None,
+        },
+        extra_text: r.get(11)?,
+    })
+}
+
+/// One individual enrollment with its bookkeeping (one statement: what a DPS write checks and
+/// what a read renders).
+pub fn individual_wire(conn: &Connection, registration_id: &str) -> Result<Option<IndividualWireRow>> {
+    conn.prepare_cached(&format!(
+        "SELECT {WIRE_COLS} FROM individual_enrollments WHERE registration_id = ?1"
+    ))
+    .and_then(|mut s| s.query_row([registration_id], wire_row).optional())
+    .map_err(sql)
+}
+
+/// Individual enrollments with their bookkeeping in id order after `after`, at most `limit`.
+pub fn individuals_wire_page(conn: &Connection, after: &str, limit: usize) -> Result<Vec<IndividualWireRow>> {
+    all(
+        conn,
+        &format!(
+            "SELECT {WIRE_COLS} FROM individual_enrollments WHERE registration_id > ?1
+             ORDER BY registration_id LIMIT ?2"
+        ),
+        params![after, limit as i64],
+        wire_row,
+    )
+}
+
+/// Registration states with ids in (`after`, `last`]: those of one page of enrollments.
+pub fn registrations_between(conn: &Connection, after: &str, last: &str) -> Result<Vec<RegistrationState>> {
+    all(
+        conn,
+        &format!(
+            "SELECT {REGISTRATION_COLS} FROM registrations
+             WHERE registration_id > ?1 AND registration_id <= ?2 ORDER BY registration_id"
+        ),
+        params![after, last],
+        registration_row,
+    )
+}
+
+/// Creates or replaces an individual enrollment with its DPS fields (`extra`, JSON text) and a
+/// fresh etag, in one statement: the row is written once (schema v13's triggers leave a row
+/// whose writer set its etag alone).
+pub fn individual_put_wire(
+    conn: &Connection,
+    e: &IndividualEnrollment,
+    extra: Option<&str>,
+    now: OffsetDateTime,
+) -> Result<()> {
+    let tp = |d: &Option<Vec<u8>>| d.as_deref().map(crate::pki::sha1_thumbprint);
+    conn.prepare_cached(
+        "INSERT INTO individual_enrollments
+           (registration_id, primary_der, primary_thumbprint, secondary_der, secondary_thumbprint, status,
+            reprovision, hub, created, updated, dps_extra, etag)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, lower(hex(randomblob(8))))
+         ON CONFLICT(registration_id) DO UPDATE SET primary_der = excluded.primary_der,
+           primary_thumbprint = excluded.primary_thumbprint, secondary_der = excluded.secondary_der,
+           secondary_thumbprint = excluded.secondary_thumbprint, status = excluded.status,
+           reprovision = excluded.reprovision, hub = excluded.hub, updated = excluded.updated,
+           dps_extra = excluded.dps_extra, etag = excluded.etag",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            e.registration_id,
+            e.primary,
+            tp(&e.primary),
+            e.secondary,
+            tp(&e.secondary),
+            e.status.as_str(),
+            e.reprovision,
+            e.hub,
+            ts(now),
+            extra,
+        ])
+    })
+    .map_err(sql)?;
+    Ok(())
 }
 
 /// Individual enrollment ids in order after `after`, at most `limit`.
@@ -213,6 +371,48 @@ mod tests {
     use time::macros::datetime;
 
     const NOW: OffsetDateTime = datetime!(2026-11-23 0:00 UTC);
+
+    #[test]
+    fn a_dps_write_sets_its_own_etag_in_one_row_write_and_a_cli_write_still_gets_a_fresh_one() {
+        let mut store = Store::open_empty().unwrap();
+        let e = IndividualEnrollment {
+            registration_id: "d".into(),
+            primary: None,
+            secondary: None,
+            status: Status::Enabled,
+            reprovision: "migrate".into(),
+            hub: "h".into(),
+        };
+        let mut etags = Vec::new();
+        let mut row_writes = Vec::new();
+        for extra in [Some(r#"{"iotHubs":["h.azure-devices.net"]}"#), Some("{}"), None] {
+            let before = store.conn().total_changes();
+            store
+                .write(|c, _| individual_put_wire(c, &e, extra, NOW))
+                .unwrap();
+            row_writes.push(store.conn().total_changes() - before);
+            let row = individual_wire(store.conn(), "d").unwrap().unwrap();
+            assert_eq!(row.extra_text.as_deref(), extra);
+            assert_eq!(row.meta.etag.len(), 16);
+            etags.push(row.meta.etag);
+        }
+        assert_eq!(row_writes, [1, 1, 1], "no trigger wrote the row a second time");
+        // The CLI's writer sets no etag: the trigger gives the row a fresh one (a second write).
+        let before = store.conn().total_changes();
+        store.write(|c, _| q::individual_put(c, &e, NOW)).unwrap();
+        assert_eq!(store.conn().total_changes() - before, 2);
+        etags.push(individual_wire(store.conn(), "d").unwrap().unwrap().meta.etag);
+        let distinct: std::collections::HashSet<_> = etags.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            etags.len(),
+            "every write changed the etag: {etags:?}"
+        );
+        assert_eq!(
+            individual_meta(store.conn(), "d").unwrap().unwrap().etag,
+            etags[3]
+        );
+    }
 
     #[test]
     fn every_write_of_a_record_changes_its_etag_and_created_stays() {

@@ -93,6 +93,10 @@ struct Scan {
     records: HashMap<String, Record>,
     /// The token of the next page (None before the first page and after the last).
     continuation: Option<String>,
+    /// The answer for `continuation`, fetched while the page before it was parsed: the
+    /// service renders the next page while certroll reads this one, rather than each waiting
+    /// for the other. At most one page ahead of what reads asked for.
+    ahead: Option<super::rest::Answer>,
     /// Whether the first page was read.
     started: bool,
     /// Whether the last page was read: an id neither in `records` nor in `taken` was absent.
@@ -509,8 +513,8 @@ impl AzureEnrollmentService {
         reads.into_iter().collect()
     }
 
-    /// Reads the scan's next page into it.
-    async fn scan_page(&self, scan: &mut Scan) -> Result<()> {
+    /// One page of the query of every enrollment, from `continuation` (None: the first).
+    async fn query_page(&self, continuation: Option<&str>) -> Result<super::rest::Answer> {
         let mut call = Call::new(
             Method::Post,
             "/enrollments/query".into(),
@@ -519,27 +523,60 @@ impl AzureEnrollmentService {
         )
         .header("x-ms-max-item-count", PAGE_SIZE.to_string())
         .json(json!({"query": "*"}));
-        if let Some(token) = &scan.continuation {
-            call = call.header("x-ms-continuation", token.clone());
+        if let Some(token) = continuation {
+            call = call.header("x-ms-continuation", token.to_string());
         }
         let answer = self.dps.expect(&call, &[200]).await?;
-        let Value::Array(items) = answer.json() else {
+        if !answer.body.trim_ascii_start().starts_with(b"[") {
             return Err(self.dps.error(&call, &answer));
-        };
-        for item in items {
-            let Some(id) = item["registrationId"].as_str().map(str::to_string) else {
-                continue;
-            };
-            if !scan.taken.contains(&id) {
-                scan.records.insert(id, record(item));
-            }
         }
-        scan.started = true;
-        scan.continuation = answer
+        Ok(answer)
+    }
+
+    /// Reads the scan's next page into it, and fetches the page after it meanwhile (see
+    /// `Scan::ahead`). A page that cannot be read leaves the scan where it was.
+    async fn scan_page(&self, scan: &mut Scan) -> Result<()> {
+        let answer = match scan.ahead.take() {
+            Some(answer) => answer,
+            None => self.query_page(scan.continuation.as_deref()).await?,
+        };
+        let next = answer
             .header("x-ms-continuation")
             .filter(|t| !t.is_empty())
             .map(str::to_string);
-        scan.done = scan.continuation.is_none();
+        let ahead = async {
+            match &next {
+                Some(token) => self.query_page(Some(token)).await.ok(),
+                None => None,
+            }
+        };
+        let taken = &scan.taken;
+        let read = async {
+            let Value::Array(items) = answer.json() else {
+                let call = Call::new(
+                    Method::Post,
+                    "/enrollments/query".into(),
+                    "query enrollments",
+                    "*",
+                );
+                return Err(self.dps.error(&call, &answer));
+            };
+            Ok(items
+                .into_iter()
+                .filter_map(|item| {
+                    let id = item["registrationId"].as_str()?.to_string();
+                    (!taken.contains(&id)).then(|| (id, record(item)))
+                })
+                .collect::<Vec<_>>())
+        };
+        // The fetch is polled first, so its request is out before this page is parsed. A page
+        // ahead that failed is fetched again when it is needed, and fails then.
+        let (ahead, read) = futures::join!(ahead, read);
+        scan.records.extend(read?);
+        scan.ahead = ahead;
+        scan.started = true;
+        scan.done = next.is_none();
+        scan.continuation = next;
         Ok(())
     }
 
@@ -653,28 +690,41 @@ impl AzureEnrollmentService {
             .into_iter()
             .map(|c| Ok(c.unwrap_or_else(|| fresh.next().flatten())))
             .collect();
+        // What could refuse a body is checked before any request goes out.
+        for e in batch {
+            self.hub_host(&e.hub)?;
+        }
         let (mut creates, mut updates) = (Vec::new(), Vec::new());
         for (e, read) in batch.iter().zip(reads) {
             match read? {
-                None => creates.push(self.individual_json_on(e, json!({}))?),
-                Some(r) => {
-                    let mut body = self.individual_json_on(e, r.json)?;
-                    body["etag"] = json!(r.etag);
-                    updates.push(body);
-                }
+                None => creates.push((e, None)),
+                Some(r) => updates.push((e, Some(r))),
             }
         }
         let stage = crate::progress::stage("DPS enrollments", batch.len() as u64);
         let stage = &stage;
-        // Bodies are moved into their requests, never copied: each holds two PEM certificates.
+        // Each request's bodies are built when it is first polled, so the first requests are
+        // out while the later ones are built; bodies are moved into their requests, never
+        // copied: each holds two PEM certificates.
         let mut work = Vec::new();
-        for (mode, mut bodies) in [("create", creates), ("updateIfMatchETag", updates)] {
-            while !bodies.is_empty() {
-                let rest = bodies.split_off(bodies.len().min(BULK_LIMIT));
-                let chunk = std::mem::replace(&mut bodies, rest);
+        for (mode, mut items) in [("create", creates), ("updateIfMatchETag", updates)] {
+            while !items.is_empty() {
+                let rest = items.split_off(items.len().min(BULK_LIMIT));
+                let chunk = std::mem::replace(&mut items, rest);
                 let n = chunk.len() as u64;
                 work.push(async move {
-                    let raced = self.bulk(mode, chunk).await;
+                    let mut bodies = Vec::with_capacity(chunk.len());
+                    for (e, read) in chunk {
+                        bodies.push(match read {
+                            None => self.individual_json_on(e, json!({}))?,
+                            Some(r) => {
+                                let mut body = self.individual_json_on(e, r.json)?;
+                                body["etag"] = json!(r.etag);
+                                body
+                            }
+                        });
+                    }
+                    let raced = self.bulk(mode, bodies).await;
                     stage.advance(n);
                     raced
                 });
