@@ -10,9 +10,11 @@
 //!   backend, and a unit of work ([`Backend::begin`]..[`Backend::commit`]) is one transaction of
 //!   that store, so a step and its "done" mark land together. Remote calls of a unit are applied
 //!   as they are made; every verb is written so that its rerun finishes a unit cut off halfway.
-//! - **What a device holds** is read back from what the services saw, never assumed: its
-//!   registration state's certificate (DPS records the thumbprint a device presented) and its hub
-//!   identity's thumbprints. `status` shows both beside the fleet record.
+//! - **What a device holds** is read back from what the services saw, never assumed: the hub
+//!   identity DPS wrote when it last assigned the device names the certificate the device
+//!   presented (counted only for a version that existed then: certroll writes hub thumbprints
+//!   too), so [`Backend::installs_on_devices`] is false here and `status`/`check` read it
+//!   (module `ops::held`); the fleet record's version is the one *issued*.
 //!
 //! Delivery. The local backend installs a new certificate on its simulated device directly; here
 //! it has to reach a real device through the channel the plan names for the device's group or
@@ -22,10 +24,12 @@
 //! - `install` records the fleet record in the local unit and queues a delivery for each device
 //!   whose handed-out version changed. Deliveries run when the services hold everything the
 //!   device will need (enrollment slots, hub thumbprints): at `register`, or when the unit
-//!   commits, whichever comes first (outside a unit, at once).
+//!   commits, whichever comes first (outside a unit, at once). Hooks run up to `[backend]
+//!   delivery_concurrency` at once; direct methods are awaited as many at once.
 //! - `register` becomes: deliver what is queued, ask each device to register again (direct method
-//!   `[backend] reprovision_method`; a device the hub does not know or that is offline registers
-//!   by itself when it next starts), then read the registration states back from DPS. A device
+//!   `[backend] reprovision_method`, up to `delivery_concurrency` awaited at once; a device the
+//!   hub does not know or that is offline registers by itself when it next starts), then read the
+//!   registration states back from DPS. A device
 //!   counts as registered only when its state is `assigned` *with the new certificate*; otherwise
 //!   the answer is a state `waiting` whose error says what happened (the delivery's outcome, the
 //!   device's own answer, or the state DPS shows), which the verbs report per device.
@@ -57,6 +61,31 @@ pub enum Outcome {
     Delivered(String),
     /// Not handed over (why): the certificate waits.
     Waiting(String),
+}
+
+/// A delivery made ready by `AzureBackend::prepare`.
+enum Prepared {
+    /// Nothing leaves certroll (`none`, or no version): the outcome as it stands.
+    Done(Outcome),
+    /// A hook to run.
+    Hook(HookJob),
+    /// A direct method to invoke on the device.
+    Method {
+        /// The method's name.
+        method: String,
+        /// What the device is told to fetch.
+        parcel: Parcel,
+    },
+}
+
+/// One hook run, for a hook runner thread.
+struct HookJob {
+    /// The record's place in the batch being flushed.
+    at: usize,
+    cfg: crate::plan::HookConfig,
+    parcel: Parcel,
+    /// The PFX (empty password); None when the key is not exportable.
+    pfx: Option<zeroize::Zeroizing<Vec<u8>>>,
 }
 
 /// Finds the certificates DPS names only by SHA-1 thumbprint in Key Vault. DPS says whose
@@ -393,15 +422,97 @@ impl AzureBackend {
         Ok(chain)
     }
 
-    /// Runs the queued deliveries, then the hub updates held back for them.
+    /// Runs the queued deliveries, then the hub updates held back for them. Hooks run up to
+    /// `[backend] delivery_concurrency` at once while the next ones are made ready (each PFX is
+    /// read from the vault only when a hook is free to take it); direct methods go out together
+    /// after, as many awaited at once.
     fn flush(&mut self, now: OffsetDateTime) -> Result<()> {
         let pending = std::mem::take(&mut self.pending);
         let stage = crate::progress::stage("deliveries", pending.len() as u64);
+        let concurrency = self.delivery.concurrency.max(1);
+        let secret_vars = self.secret_vars.clone();
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; pending.len()];
+        let mut methods: Vec<(usize, String)> = Vec::new();
+        let mut calls: Vec<(String, String, DirectMethodCall)> = Vec::new();
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<HookJob>(concurrency);
+        let queue = std::sync::Mutex::new(queue);
+        let (done, finished) = std::sync::mpsc::channel::<(usize, Outcome)>();
+        let prepared: Result<()> = std::thread::scope(|s| {
+            // Dropped when this closure returns, error or not, so idle hook runners end.
+            let jobs = jobs;
+            let mut runners = 0;
+            for (i, record) in pending.iter().enumerate() {
+                match self.prepare(record)? {
+                    Prepared::Done(outcome) => {
+                        stage.advance(1);
+                        outcomes[i] = Some(outcome);
+                    }
+                    Prepared::Hook(job) => {
+                        if runners < concurrency {
+                            runners += 1;
+                            let (queue, secret_vars, stage, done) =
+                                (&queue, &secret_vars, &stage, done.clone());
+                            s.spawn(move || {
+                                loop {
+                                    let next = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                                    let Ok(HookJob { at, cfg, parcel, pfx }) = next else {
+                                        break;
+                                    };
+                                    let outcome =
+                                        match delivery::run_hook(&cfg, &parcel, pfx.as_ref(), secret_vars) {
+                                            Ok(()) => {
+                                                Outcome::Delivered(format!("hook `{}`", cfg.command[0]))
+                                            }
+                                            Err(e) => Outcome::Waiting(format!("delivery failed: {e}")),
+                                        };
+                                    stage.advance(1);
+                                    if done.send((at, outcome)).is_err() {
+                                        break;
+                                    }
+                                }
+                            });
+                        }
+                        let job = HookJob { at: i, ..job };
+                        if jobs.send(job).is_err() {
+                            return Err(BackendError::Refused("the delivery hooks stopped".into()));
+                        }
+                    }
+                    Prepared::Method { method, parcel } => {
+                        calls.push((
+                            parcel.hub.clone(),
+                            parcel.device_id.clone(),
+                            delivery::method_call(&method, &parcel),
+                        ));
+                        methods.push((i, method));
+                    }
+                }
+            }
+            Ok(())
+        });
+        drop(done);
+        for (at, outcome) in finished.try_iter() {
+            outcomes[at] = Some(outcome);
+        }
+        prepared?;
+        let answers = self.hubs.invoke_methods(&calls, concurrency, now);
+        stage.advance(calls.len() as u64);
+        for ((at, method), answer) in methods.into_iter().zip(answers) {
+            outcomes[at] = Some(match answer {
+                Ok(answer) if answer.status == 200 => Outcome::Delivered(format!("direct method `{method}`")),
+                Ok(answer) => Outcome::Waiting(format!(
+                    "the device answered direct method `{method}` with status {}: {}",
+                    answer.status, answer.payload
+                )),
+                Err(e @ BackendError::Remote { .. }) => {
+                    Outcome::Waiting(format!("direct method `{method}` did not reach the device: {e}"))
+                }
+                Err(e) => return Err(e),
+            });
+        }
         // `delivery = "none"` is the operator's choice, not a fault: one line for all of them.
         let mut for_the_operator: Vec<String> = Vec::new();
-        for record in pending {
-            let outcome = self.deliver(&record, now)?;
-            stage.advance(1);
+        for (record, outcome) in pending.into_iter().zip(outcomes) {
+            let Some(outcome) = outcome else { continue };
             if let Outcome::Waiting(why) = &outcome {
                 let channel = self
                     .delivery
@@ -478,21 +589,21 @@ impl AzureBackend {
         Ok(apply_now)
     }
 
-    /// Delivers the version a record names through the device's channel. Errors are the
-    /// vault's (the version or its key could not be read); the device's side is an outcome.
-    fn deliver(&mut self, record: &DeviceRecord, now: OffsetDateTime) -> Result<Outcome> {
+    /// Makes a record's delivery ready for its channel: reads the version it names (and for a
+    /// hook, its key and chain into a PFX) from the vault. Errors are the vault's; `none` and a
+    /// record without a version are an outcome at once.
+    fn prepare(&self, record: &DeviceRecord) -> Result<Prepared> {
         let Some(version_id) = record.installed_version.as_deref() else {
-            return Ok(Outcome::Waiting("no version to deliver".into()));
+            return Ok(Prepared::Done(Outcome::Waiting("no version to deliver".into())));
         };
         let channel = self
             .delivery
-            .channel(record.group.as_deref(), record.enrollment.as_deref())
-            .clone();
-        if channel == Delivery::None {
-            return Ok(Outcome::Waiting(format!(
+            .channel(record.group.as_deref(), record.enrollment.as_deref());
+        if *channel == Delivery::None {
+            return Ok(Prepared::Done(Outcome::Waiting(format!(
                 "delivery = \"none\": waiting for the operator (`certroll export device:{}`)",
                 record.id
-            )));
+            ))));
         }
         let version = self
             .vault
@@ -500,16 +611,15 @@ impl AzureBackend {
             .ok_or_else(|| {
                 BackendError::NotFound(format!("vault version {}/{version_id}", record.cert_name))
             })?;
-        let hub = self.plan_hub(record).unwrap_or_default();
         let parcel = Parcel {
             device_id: record.id.clone(),
-            hub: hub.clone(),
+            hub: self.plan_hub(record).unwrap_or_default(),
             vault_url: self.vault.vault_url().to_string(),
             name: record.cert_name.clone(),
             version: version_id.to_string(),
             thumbprint: crate::pki::sha1_thumbprint(&version.cert_der),
         };
-        Ok(match &channel {
+        Ok(match channel {
             Delivery::None => unreachable!("handled above"),
             Delivery::Hook(cfg) => {
                 let pfx = if version.exportable {
@@ -528,27 +638,17 @@ impl AzureBackend {
                 } else {
                     None
                 };
-                match delivery::run_hook(cfg, &parcel, pfx.as_ref(), &self.secret_vars) {
-                    Ok(()) => Outcome::Delivered(format!("hook `{}`", cfg.command[0])),
-                    Err(e) => Outcome::Waiting(format!("delivery failed: {e}")),
-                }
+                Prepared::Hook(HookJob {
+                    at: 0,
+                    cfg: cfg.clone(),
+                    parcel,
+                    pfx,
+                })
             }
-            Delivery::DirectMethod { method } => {
-                let call = delivery::method_call(method, &parcel);
-                match self.hubs.invoke_method(&hub, &record.id, &call, now) {
-                    Ok(answer) if answer.status == 200 => {
-                        Outcome::Delivered(format!("direct method `{method}`"))
-                    }
-                    Ok(answer) => Outcome::Waiting(format!(
-                        "the device answered direct method `{method}` with status {}: {}",
-                        answer.status, answer.payload
-                    )),
-                    Err(e @ BackendError::Remote { .. }) => {
-                        Outcome::Waiting(format!("direct method `{method}` did not reach the device: {e}"))
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+            Delivery::DirectMethod { method } => Prepared::Method {
+                method: method.clone(),
+                parcel,
+            },
         })
     }
 
@@ -864,6 +964,15 @@ impl HubRegistry for AzureBackend {
         self.hubs.invoke_method(hub, device_id, call, now)
     }
 
+    fn invoke_methods(
+        &mut self,
+        calls: &[(String, String, DirectMethodCall)],
+        concurrency: usize,
+        now: OffsetDateTime,
+    ) -> Vec<Result<DirectMethodResult>> {
+        self.hubs.invoke_methods(calls, concurrency, now)
+    }
+
     fn authenticate(
         &self,
         hub: &str,
@@ -1123,6 +1232,7 @@ impl EnrollmentService for AzureBackend {
         // Devices that registered when asked (status 200), and those DPS refused.
         let mut asked_ok: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut refused: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut asks: Vec<(String, String, DirectMethodCall)> = Vec::new();
         for (i, (req, record)) in batch.iter().zip(&records).enumerate() {
             let id = &req.registration_id;
             // A device the delivery did not reach does not hold the certificate: asking it to
@@ -1141,8 +1251,14 @@ impl EnrollmentService for AzureBackend {
             let Some(hub) = record.as_ref().and_then(|r| self.plan_hub(r)) else {
                 continue;
             };
-            let call = delivery::reprovision_call(&method);
-            match self.hubs.invoke_method(&hub, id, &call, now) {
+            asks.push((hub, id.clone(), delivery::reprovision_call(&method)));
+        }
+        // Each device answers once it registered again; a fleet's devices are asked together.
+        let answered = self
+            .hubs
+            .invoke_methods(&asks, self.delivery.concurrency.max(1), now);
+        for ((_, id, _), answer) in asks.iter().zip(answered) {
+            match answer {
                 Ok(answer) if answer.status == 200 => {
                     asked_ok.insert(id.clone());
                 }
@@ -1240,6 +1356,11 @@ type Seen = Option<(Option<String>, Option<OffsetDateTime>, String)>;
 impl Backend for AzureBackend {
     fn describe(&self) -> String {
         self.describe.clone()
+    }
+
+    fn installs_on_devices(&self) -> bool {
+        // A device gets its certificate through the plan's delivery channel, if at all.
+        false
     }
 
     fn begin(&mut self) -> Result<()> {
