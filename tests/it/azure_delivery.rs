@@ -283,3 +283,49 @@ fn measure_reprovision_force_by_delivery_concurrency() {
     }
     println!("ratio (1 at a time / 8 at a time): {:.2}", took[0] / took[1]);
 }
+
+/// Measurement (az1 §9: hooks ran one at a time, ~0.5 a second): `issue` of six devices whose
+/// delivery hook takes over a second each (it registers the device and waits a second), with
+/// `delivery_concurrency = 1` (as before) and `= 6`, each on a fresh serve, in the same run.
+/// Prints both times and their ratio.
+#[test]
+#[ignore = "measurement: cargo test --test it measure_issue_hooks -- --ignored --nocapture"]
+fn measure_issue_hooks_by_delivery_concurrency() {
+    let mut took = Vec::new();
+    for concurrency in [1, 6] {
+        let env = TestEnv::new();
+        let serve = start_serve(&env, SIX);
+        env.write("timed-hook.py", TIMED_HOOK);
+        let delivery = format!(
+            "delivery = \"hook\"\ndelivery_concurrency = {concurrency}\n\
+             hook = [\"python3\", \"{}\", \"{}\", \"{}\", \"{}\", \"{}\", \"{}\"]\n",
+            env.path("timed-hook.py").display(),
+            serve.port(),
+            serve.start["id_scope"].as_str().unwrap(),
+            env.path("ca.pem").display(),
+            env.path("devices").display(),
+            env.path("hooks.log").display()
+        );
+        fleet_plans_with(&env, &serve, SIX, &delivery);
+        let start = std::time::Instant::now();
+        run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]).ok();
+        let elapsed = start.elapsed().as_secs_f64();
+        // From the first hook's start to the last one's end, by the hooks' own records.
+        let text = std::fs::read_to_string(env.path("hooks.log")).unwrap();
+        let times: Vec<f64> = text
+            .lines()
+            .flat_map(|l| l.split(' ').skip(1).map(|t| t.parse::<f64>().unwrap()))
+            .collect();
+        let span =
+            times.iter().copied().fold(f64::MIN, f64::max) - times.iter().copied().fold(f64::MAX, f64::min);
+        println!(
+            "issue of 6 devices, hooks of >1 s, delivery_concurrency = {concurrency}: {elapsed:.2} s, hooks {span:.2} s"
+        );
+        took.push((elapsed, span));
+    }
+    println!(
+        "ratio (1 at a time / 6 at a time): issue {:.2}, hooks {:.2}",
+        took[0].0 / took[1].0,
+        took[0].1 / took[1].1
+    );
+}

@@ -84,9 +84,13 @@ struct HookJob {
     at: usize,
     cfg: crate::plan::HookConfig,
     parcel: Parcel,
-    /// The PFX (empty password); None when the key is not exportable.
-    pfx: Option<zeroize::Zeroizing<Vec<u8>>>,
+    /// What goes into the PFX (made by the runner: its key derivation is the slow part): the
+    /// key (PKCS#8 DER) and the chain, leaf first. None when the key is not exportable.
+    pfx: Option<PfxParts>,
 }
+
+/// A PFX's key (PKCS#8 DER) and chain (leaf first), before the PFX is made.
+type PfxParts = (zeroize::Zeroizing<Vec<u8>>, Vec<Vec<u8>>);
 
 /// Finds the certificates DPS names only by SHA-1 thumbprint in Key Vault. DPS says whose
 /// certificate it is (the enrollment's registration id or the group's name), and certroll keeps
@@ -423,8 +427,9 @@ impl AzureBackend {
     }
 
     /// Runs the queued deliveries, then the hub updates held back for them. Hooks run up to
-    /// `[backend] delivery_concurrency` at once while the next ones are made ready (each PFX is
-    /// read from the vault only when a hook is free to take it); direct methods go out together
+    /// `[backend] delivery_concurrency` at once while the next ones are made ready (each key is
+    /// read from the vault only when a hook runner is free to take it, and the runner makes the
+    /// PFX: its key derivation is the slow part); direct methods go out together
     /// after, as many awaited at once.
     fn flush(&mut self, now: OffsetDateTime) -> Result<()> {
         let pending = std::mem::take(&mut self.pending);
@@ -436,7 +441,7 @@ impl AzureBackend {
         let mut calls: Vec<(String, String, DirectMethodCall)> = Vec::new();
         let (jobs, queue) = std::sync::mpsc::sync_channel::<HookJob>(concurrency);
         let queue = std::sync::Mutex::new(queue);
-        let (done, finished) = std::sync::mpsc::channel::<(usize, Outcome)>();
+        let (done, finished) = std::sync::mpsc::channel::<(usize, Result<Outcome>)>();
         let prepared: Result<()> = std::thread::scope(|s| {
             // Dropped when this closure returns, error or not, so idle hook runners end.
             let jobs = jobs;
@@ -458,13 +463,24 @@ impl AzureBackend {
                                     let Ok(HookJob { at, cfg, parcel, pfx }) = next else {
                                         break;
                                     };
-                                    let outcome =
-                                        match delivery::run_hook(&cfg, &parcel, pfx.as_ref(), secret_vars) {
-                                            Ok(()) => {
-                                                Outcome::Delivered(format!("hook `{}`", cfg.command[0]))
-                                            }
-                                            Err(e) => Outcome::Waiting(format!("delivery failed: {e}")),
-                                        };
+                                    let made = pfx
+                                        .map(|(key, chain)| {
+                                            crate::pki::pkcs12::write_pfx(&parcel.device_id, &key, &chain, "")
+                                                .map(zeroize::Zeroizing::new)
+                                        })
+                                        .transpose();
+                                    let outcome = match made {
+                                        Err(e) => Err(BackendError::from(e)),
+                                        Ok(pfx) => Ok(
+                                            match delivery::run_hook(&cfg, &parcel, pfx.as_ref(), secret_vars)
+                                            {
+                                                Ok(()) => {
+                                                    Outcome::Delivered(format!("hook `{}`", cfg.command[0]))
+                                                }
+                                                Err(e) => Outcome::Waiting(format!("delivery failed: {e}")),
+                                            },
+                                        ),
+                                    };
                                     stage.advance(1);
                                     if done.send((at, outcome)).is_err() {
                                         break;
@@ -490,10 +506,17 @@ impl AzureBackend {
             Ok(())
         });
         drop(done);
+        let mut failed = None;
         for (at, outcome) in finished.try_iter() {
-            outcomes[at] = Some(outcome);
+            match outcome {
+                Ok(outcome) => outcomes[at] = Some(outcome),
+                Err(e) => failed = failed.or(Some(e)),
+            }
         }
         prepared?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
         let answers = self.hubs.invoke_methods(&calls, concurrency, now);
         stage.advance(calls.len() as u64);
         for ((at, method), answer) in methods.into_iter().zip(answers) {
@@ -590,7 +613,7 @@ impl AzureBackend {
     }
 
     /// Makes a record's delivery ready for its channel: reads the version it names (and for a
-    /// hook, its key and chain into a PFX) from the vault. Errors are the vault's; `none` and a
+    /// hook, its key and chain, for the PFX) from the vault. Errors are the vault's; `none` and a
     /// record without a version are an outcome at once.
     fn prepare(&self, record: &DeviceRecord) -> Result<Prepared> {
         let Some(version_id) = record.installed_version.as_deref() else {
@@ -629,12 +652,7 @@ impl AzureBackend {
                     // Devices present their chain up to, not including, the root.
                     let keep = above.len().saturating_sub(1);
                     chain.extend(above.into_iter().take(keep));
-                    Some(zeroize::Zeroizing::new(crate::pki::pkcs12::write_pfx(
-                        &record.id,
-                        key.pkcs8_der(),
-                        &chain,
-                        "",
-                    )?))
+                    Some((zeroize::Zeroizing::new(key.pkcs8_der().to_vec()), chain))
                 } else {
                     None
                 };
