@@ -81,7 +81,81 @@ impl Drop for Stage {
     }
 }
 
-/// A [`Sink`] over an indicatif bar: the current batch's name, count and rate.
+/// How a stage's bar is drawn: its name, count, rate and the time left at that rate.
+pub const STAGE_TEMPLATE: &str = "{spinner} {msg} {pos}/{len} [{bar:30}] {per_sec} eta {eta}";
+
+/// How the device bar of a verb is drawn.
+pub const DEVICE_TEMPLATE: &str = "{spinner} devices {pos}/{len} [{bar:40}] {per_sec} eta {eta}";
+
+/// The bar of a verb's device loop (`devices N/TOTAL`). The loop moves it a chunk of up to 2,048
+/// devices at a time: on the local backend many times a second, on azure once a chunk's remote
+/// work is done, minutes later, while the stage bars below it move with each item. So on azure
+/// it is `deferred`: drawn only once it has moved, never as a `devices 0/1001 ... 0/s eta 0s`
+/// that stays so for a whole chunk (a run of one chunk shows the stage bars alone). Without a
+/// [`indicatif::MultiProgress`] (no terminal, `-q`, `-o json`) nothing is drawn.
+pub struct DeviceBar {
+    bar: indicatif::ProgressBar,
+    multi: Option<indicatif::MultiProgress>,
+    drawn: std::sync::atomic::AtomicBool,
+}
+
+impl DeviceBar {
+    /// A device bar drawn in `multi` (above the bars added later), at once or, `deferred`, once
+    /// it has moved.
+    pub fn new(multi: Option<&indicatif::MultiProgress>, deferred: bool) -> DeviceBar {
+        let bar = indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::hidden());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(DEVICE_TEMPLATE)
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        let shown = match multi {
+            Some(m) if !deferred => {
+                m.insert(0, bar.clone());
+                true
+            }
+            _ => false,
+        };
+        DeviceBar {
+            bar,
+            multi: multi.cloned(),
+            drawn: std::sync::atomic::AtomicBool::new(shown),
+        }
+    }
+
+    /// The number of devices the loop will look at.
+    pub fn start(&self, total: u64) {
+        self.bar.set_length(total);
+    }
+
+    /// `n` more devices are done.
+    pub fn advance(&self, n: u64) {
+        self.bar.inc(n);
+        if self.bar.position() > 0
+            && let Some(multi) = &self.multi
+            && !self.drawn.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            multi.insert(0, self.bar.clone());
+        }
+    }
+
+    /// The loop has ended: the bar goes.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+
+    /// Whether the bar is drawn (in its `MultiProgress`).
+    pub fn is_drawn(&self) -> bool {
+        self.drawn.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The devices done and the devices in all.
+    pub fn position(&self) -> (u64, Option<u64>) {
+        (self.bar.position(), self.bar.length())
+    }
+}
+
+/// A [`Sink`] over an indicatif bar: the current batch's name, count, rate and time left.
 pub struct BarSink(pub indicatif::ProgressBar);
 
 impl BarSink {
@@ -90,7 +164,7 @@ impl BarSink {
     pub fn new(target: indicatif::ProgressDrawTarget) -> BarSink {
         let bar = indicatif::ProgressBar::with_draw_target(Some(0), target);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {msg} {pos}/{len} [{bar:30}] {per_sec}")
+            indicatif::ProgressStyle::with_template(STAGE_TEMPLATE)
                 .expect("static template")
                 .progress_chars("=> "),
         );
@@ -158,6 +232,111 @@ pub(crate) mod tests {
         let mut seen = recorder.0.lock().unwrap().clone();
         seen[1..3].sort();
         assert_eq!(seen, ["begin Key Vault imports 3", "+1", "+2", "end"]);
+    }
+
+    /// A terminal that keeps everything drawn on it, in order.
+    #[derive(Debug, Clone, Default)]
+    struct Screen(Arc<Mutex<String>>);
+
+    impl Screen {
+        fn drawn(&self) -> String {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    impl indicatif::TermLike for Screen {
+        fn width(&self) -> u16 {
+            160
+        }
+        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            let mut all = self.0.lock().unwrap();
+            all.push_str(s);
+            all.push('\n');
+            Ok(())
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            self.0.lock().unwrap().push_str(s);
+            Ok(())
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn screen() -> (Screen, indicatif::MultiProgress) {
+        let term = Screen::default();
+        let multi = indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::term_like(
+            Box::new(term.clone()),
+        ));
+        (term, multi)
+    }
+
+    #[test]
+    fn a_deferred_device_bar_is_drawn_only_once_it_has_moved_and_stage_bars_show_the_time_left() {
+        let (term, multi) = screen();
+        let devices = DeviceBar::new(Some(&multi), true);
+        devices.start(1001);
+        let stage = BarSink::new(indicatif::ProgressDrawTarget::hidden());
+        multi.add(stage.0.clone());
+        stage.begin("Key Vault imports", 1000);
+        stage.advance(500);
+        stage.0.tick();
+        let drawn = term.drawn();
+        assert!(!devices.is_drawn());
+        assert!(
+            !drawn.contains("devices"),
+            "a device count that has not moved is not drawn:\n{drawn}"
+        );
+        assert!(drawn.contains("Key Vault imports 500/1000"), "{drawn}");
+        assert!(
+            drawn.contains(" eta "),
+            "the stage bar shows the time left:\n{drawn}"
+        );
+
+        devices.advance(0);
+        assert!(!devices.is_drawn());
+        devices.advance(1001);
+        devices.bar.tick();
+        stage.0.tick();
+        assert!(devices.is_drawn());
+        assert_eq!(devices.position(), (1001, Some(1001)));
+        let drawn = term.drawn();
+        assert!(!drawn.contains("devices 0/"), "{drawn}");
+        let (top, below) = (drawn.rfind("devices 1001/1001"), drawn.rfind("Key Vault imports"));
+        assert!(
+            top.is_some() && top < below,
+            "the device bar is drawn above the stage bar:\n{drawn}"
+        );
+    }
+
+    #[test]
+    fn a_device_bar_not_deferred_is_drawn_from_the_start_and_none_without_a_terminal() {
+        let (term, multi) = screen();
+        let devices = DeviceBar::new(Some(&multi), false);
+        devices.start(10);
+        devices.bar.tick();
+        assert!(devices.is_drawn());
+        assert!(term.drawn().contains("devices 0/10"), "{}", term.drawn());
+        let nowhere = DeviceBar::new(None, false);
+        nowhere.start(10);
+        nowhere.advance(10);
+        assert!(!nowhere.is_drawn());
+        assert_eq!(nowhere.position(), (10, Some(10)));
     }
 
     #[test]

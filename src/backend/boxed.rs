@@ -212,9 +212,18 @@ impl Vault for Box<dyn Backend> {
         pending: &PendingCertificate,
         leaf: &[u8],
         chain: &[Vec<u8>],
+        issuer: Option<(&str, &str)>,
         now: OffsetDateTime,
     ) -> Result<String> {
-        (**self).merge_pending(pending, leaf, chain, now)
+        (**self).merge_pending(pending, leaf, chain, issuer, now)
+    }
+
+    fn makes_own_keys(&self) -> bool {
+        (**self).makes_own_keys()
+    }
+
+    fn pending_signer(&self, pending: &PendingCertificate) -> Result<crate::pki::cert::CaSigner> {
+        (**self).pending_signer(pending)
     }
 
     fn mark_new_versions(&mut self, marker: Option<&str>) {

@@ -267,12 +267,15 @@ pub trait Vault {
 
     /// Makes the signed certificate `leaf` (already checked to certify the request's key) a
     /// version of `pending`'s name with the request's key, keeps `chain` (issuer first) beside
-    /// it and ends the request; returns the version id.
+    /// it and ends the request; returns the version id. `issuer` is the vault name and version
+    /// of the CA version that signed it when that is a plan CA (None for an outside CA),
+    /// recorded with the version in the same write.
     fn merge_pending(
         &mut self,
         pending: &PendingCertificate,
         leaf: &[u8],
         chain: &[Vec<u8>],
+        issuer: Option<(&str, &str)>,
         now: OffsetDateTime,
     ) -> Result<String> {
         let key = self.pending_key(&pending.name)?;
@@ -285,7 +288,7 @@ pub trait Vault {
                     key_pkcs8: key.pkcs8_der(),
                     kty: &pending.kty,
                     exportable: pending.exportable,
-                    issuer: None,
+                    issuer,
                     facts: None,
                 }],
                 now,
@@ -298,6 +301,23 @@ pub trait Vault {
         }
         self.delete_pending(&pending.name)?;
         Ok(v)
+    }
+
+    /// Whether a new version of a plan CA whose key is not exportable takes its key from the
+    /// vault's own create operation ([`create_by_vault`](Self::create_by_vault), issuer
+    /// `Unknown`): certroll builds the certificate over the request's CSR and merges it, so the
+    /// key never exists outside the vault (Key Vault, where an HSM key comes only from the vault).
+    /// False: certroll makes the key and the vault keeps it ([`create_versions`](Self::create_versions);
+    /// the local store, which seals every key).
+    fn makes_own_keys(&self) -> bool {
+        false
+    }
+
+    /// What signs with the key of `pending`'s request, which the vault made and keeps (the key
+    /// its CSR names): the vault's own signer for a key that never leaves it, so certroll can
+    /// self-sign a root over it before the merge. Errors when the vault's key is not the CSR's.
+    fn pending_signer(&self, pending: &PendingCertificate) -> Result<CaSigner> {
+        Ok(CaSigner::Key(self.pending_key(&pending.name)?))
     }
 
     /// Marks every version created from now on with `marker` (the journal's run and step,

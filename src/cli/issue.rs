@@ -18,18 +18,18 @@ pub struct IssueArgs {
     dry_run: bool,
 }
 
-/// An indicatif bar on stderr.
-struct Bar(indicatif::ProgressBar);
+/// The device bar on stderr (see [`crate::progress::DeviceBar`]).
+struct Bar(crate::progress::DeviceBar);
 
 impl crate::ops::issue::Progress for Bar {
     fn start(&self, total: u64) {
-        self.0.set_length(total);
+        self.0.start(total);
     }
     fn advance(&self, n: u64) {
-        self.0.inc(n);
+        self.0.advance(n);
     }
     fn finish(&self) {
-        self.0.finish_and_clear();
+        self.0.finish();
     }
 }
 
@@ -41,21 +41,10 @@ pub fn exec(g: &Global, args: IssueArgs) -> anyhow::Result<u8> {
         backend: g.backend(),
     };
     let multi = indicatif::MultiProgress::new();
-    let bar = if g.shows_progress() {
-        let bar = multi.add(indicatif::ProgressBar::new(0));
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} devices {pos}/{len} [{bar:40}] {per_sec} eta {eta}",
-            )
-            .expect("static template")
-            .progress_chars("=> "),
-        );
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
     // The device bar moves a chunk at a time; the remote bar below it moves as each
-    // certificate is imported, delivered, enrolled (on the azure backend).
+    // certificate is imported, delivered, enrolled (on the azure backend, where a chunk takes
+    // minutes, the device bar shows once a chunk is done).
+    let bar = crate::progress::DeviceBar::new(g.shows_progress().then_some(&multi), plan.azure.is_some());
     let remote = g.remote_progress(Some(&multi));
     let report = crate::ops::issue(&plan, &opts, g.clock().now(), &Bar(bar));
     drop(remote);

@@ -91,7 +91,8 @@ pub fn exec(g: &Global, args: RollArgs, slot: SlotName) -> anyhow::Result<u8> {
             ));
         }
         opts.dry_run = true;
-        let preview = crate::ops::roll::roll(&plan, &opts, now)?;
+        let mut preview = crate::ops::roll::roll(&plan, &opts, now)?;
+        crate::ops::roll::azure_words(&plan, &mut preview);
         print_human(&mut p, &preview)?;
         eprint!("Carry out this breach roll? [y/N] ");
         let mut answer = String::new();
@@ -104,7 +105,7 @@ pub fn exec(g: &Global, args: RollArgs, slot: SlotName) -> anyhow::Result<u8> {
     let remote = g.remote_progress(None);
     let report = crate::ops::roll::roll(&plan, &opts, now);
     drop(remote);
-    let report = report?;
+    let mut report = report?;
     // Vault-only certificates' AutoRenew actions fire with the plan's (`vault create`).
     let vault_renewed = if opts.due && opts.targets.is_empty() && opts.breach.is_none() {
         crate::ops::vault::renew::run_due(&plan, &opts.backend, now, opts.dry_run)?
@@ -125,6 +126,7 @@ pub fn exec(g: &Global, args: RollArgs, slot: SlotName) -> anyhow::Result<u8> {
         })?;
         return Ok(code);
     }
+    crate::ops::roll::azure_words(&plan, &mut report);
     print_human(&mut p, &report)?;
     for r in &vault_renewed {
         if let Some(why) = &r.refused {

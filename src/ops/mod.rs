@@ -469,7 +469,10 @@ pub fn policy_json(policy: &Policy, subject: &str, issuer: Option<&str>) -> Stri
 }
 
 /// Makes a new version of a plan CA in the vault (a new key; self-signed for a root, else signed
-/// by its issuer's current version, clamped to the issuer's notAfter). Returns the DER.
+/// by its issuer's current version, clamped to the issuer's notAfter). Returns the DER. certroll
+/// makes the key, unless the key is not exportable and the vault makes such keys itself (Key
+/// Vault: [`Vault::makes_own_keys`](crate::backend::Vault::makes_own_keys)), when the vault's
+/// create makes it and certroll certifies the request's key.
 pub fn new_ca_version(
     plan: &Plan,
     ca: &crate::plan::CaSpec,
@@ -479,6 +482,17 @@ pub fn new_ca_version(
     use crate::backend::types::NewVersion;
     use crate::pki::cert::{CertProfile, sign_leaf, sign_self};
     let policy = &plan.policies[&ca.policy];
+    let name = ca_cert_name(&ca.name);
+    // A remote vault's version that this journal step made before it was cut off (a kill
+    // between the vault's write and the local commit) is the step's version: a rerun adopts it
+    // rather than making a second one. The local store commits a version with its step.
+    if let Some(Some(made)) = backend
+        .versions_marked(std::slice::from_ref(&name))?
+        .into_iter()
+        .next()
+    {
+        return Ok(made.cert_der);
+    }
     let issuer = match &ca.issuer {
         Some(i) => Some(load_issuer(backend, i)?),
         None => None,
@@ -492,7 +506,6 @@ pub fn new_ca_version(
             crate::clock::rfc3339(iss.not_after)
         );
     }
-    let key = crate::pki::PrivateKey::generate(&policy.key)?;
     let mut not_after = crate::clock::add_days(now, policy.validity_days as i64);
     if let Some(iss) = &issuer {
         not_after = not_after.min(iss.not_after);
@@ -506,6 +519,10 @@ pub fn new_ca_version(
         not_after,
         ca: Some(ca.path_len),
     };
+    if !exportable(policy) && backend.makes_own_keys() {
+        return ca_version_from_vault_key(ca, policy, &name, &profile, issuer.as_ref(), backend, now);
+    }
+    let key = crate::pki::PrivateKey::generate(&policy.key)?;
     let der = match &issuer {
         Some(iss) => sign_leaf(&profile, &key, &iss.key)?,
         None => sign_self(&profile, &key)?,
@@ -513,7 +530,7 @@ pub fn new_ca_version(
     let policy_doc = policy_json(policy, &ca.subject.to_string(), ca.issuer.as_deref());
     backend.create_versions(
         &[NewVersion {
-            name: &ca_cert_name(&ca.name),
+            name: &name,
             policy_json: &policy_doc,
             cert_der: &der,
             key_pkcs8: key.pkcs8_der(),
@@ -527,6 +544,101 @@ pub fn new_ca_version(
         now,
     )?;
     Ok(der)
+}
+
+/// [`new_ca_version`] for a CA whose key is not exportable, on a vault that makes such keys
+/// itself (Key Vault): the vault's create operation (issuer `Unknown`) makes the key and a CSR;
+/// certroll builds the certificate it builds for any CA over the CSR's public key, signed by
+/// the issuer's signer or, for a root, by the new key through the vault; the merge makes it
+/// the CA's version. The key never exists outside the vault.
+///
+/// A request already waiting on the name (a run cut off between the create and the merge) is
+/// finished when it is one this would have made (a key of the policy's type that is not
+/// exportable, a CSR whose signature holds); any other is deleted and a new one made, so a
+/// rerun never leaves the name pending and never makes a second version.
+fn ca_version_from_vault_key(
+    ca: &crate::plan::CaSpec,
+    policy: &crate::plan::Policy,
+    name: &str,
+    profile: &crate::pki::CertProfile,
+    issuer: Option<&LoadedIssuer>,
+    backend: &mut dyn Backend,
+    now: time::OffsetDateTime,
+) -> Result<Vec<u8>> {
+    use crate::backend::Created;
+    let pending = match backend.pending(name)? {
+        Some(p) if request_fits(&p, policy) => p,
+        other => {
+            if other.is_some() {
+                backend.delete_pending(name)?;
+            }
+            // The request's policy: the vault makes a new key that never leaves it, and no
+            // Key Vault issuer signs (certroll does).
+            let mut doc: serde_json::Value =
+                serde_json::from_str(&policy_json(policy, &ca.subject.to_string(), Some("Unknown")))?;
+            doc["key_props"]["exportable"] = serde_json::Value::Bool(false);
+            doc["key_props"]["reuse_key"] = serde_json::Value::Bool(false);
+            match backend.create_by_vault(name, &doc.to_string(), now)? {
+                Some(Created::Pending(p)) => p,
+                Some(Created::Version(v)) => anyhow::bail!(
+                    "the vault made version {v} of `{name}` itself instead of a request for certroll to sign"
+                ),
+                None => anyhow::bail!("the vault made no request for `{name}`"),
+            }
+        }
+    };
+    let spki = vault::pending::csr_spki(&pending.csr_der)?;
+    let public = rcgen::SubjectPublicKeyInfo::from_der(&spki)
+        .map_err(|e| anyhow::anyhow!("the request of `{name}` names an unusable key: {e}"))?;
+    let der = match issuer {
+        Some(iss) => crate::pki::cert::sign_public_key(profile, &public, &iss.key)?,
+        None => crate::pki::cert::sign_self_with(profile, &backend.pending_signer(&pending)?)?,
+    };
+    let chain = issuer.map(|i| i.chain.clone()).unwrap_or_default();
+    backend.merge_pending(
+        &pending,
+        &der,
+        &chain,
+        issuer.map(|i| (i.cert_name.as_str(), i.version.as_str())),
+        now,
+    )?;
+    Ok(der)
+}
+
+/// Whether a request waiting on a CA's name is one [`ca_version_from_vault_key`] makes for
+/// `policy`: a key that is not exportable, of the policy's type, size and curve, named by a CSR
+/// whose signature holds (the vault made it with that key).
+fn request_fits(pending: &crate::backend::types::PendingCertificate, policy: &crate::plan::Policy) -> bool {
+    use x509_parser::prelude::FromDer as _;
+    if pending.exportable || pending.kty != policy.key.kty() {
+        return false;
+    }
+    let Ok((_, csr)) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(&pending.csr_der)
+    else {
+        return false;
+    };
+    if csr.verify_signature().is_err() {
+        return false;
+    }
+    let spki = &csr.certification_request_info.subject_pki;
+    let Ok(parsed) = spki.parsed() else {
+        return false;
+    };
+    use x509_parser::public_key::PublicKey;
+    match (policy.key, parsed) {
+        (KeySpec::Ec { curve, .. }, PublicKey::EC(point)) => {
+            // The point's length tells the curve: 04 || x || y.
+            let size = match curve {
+                crate::pki::spec::Curve::P256 => 32,
+                crate::pki::spec::Curve::P384 => 48,
+                crate::pki::spec::Curve::P521 => 66,
+            };
+            point.data().len() == 1 + 2 * size
+        }
+        (KeySpec::Rsa { bits, .. }, PublicKey::RSA(rsa)) => rsa.key_size() == bits as usize,
+        _ => false,
+    }
 }
 
 /// The vault versions installed on several devices, in the order asked (None where a device

@@ -171,6 +171,15 @@ fn spki_of(cert_der: &[u8]) -> Result<Vec<u8>, Error> {
     Ok(cert.tbs_certificate.subject_pki.raw.to_vec())
 }
 
+/// The SubjectPublicKeyInfo (DER) a PKCS#10 request asks to certify.
+/// Errors: [`Error::BadCsr`] when the request does not parse.
+pub fn csr_spki(csr_der: &[u8]) -> Result<Vec<u8>, Error> {
+    use x509_parser::prelude::FromDer as _;
+    let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(csr_der)
+        .map_err(|e| Error::BadCsr(e.to_string()))?;
+    Ok(csr.certification_request_info.subject_pki.raw.to_vec())
+}
+
 /// A random, positive, 128-bit serial number (RFC 5280 4.1.2.2 asks for at most 20 octets).
 pub fn random_serial() -> Result<SerialNumber, Error> {
     let mut bytes = [0u8; 16];
@@ -256,6 +265,26 @@ pub fn sign_self(profile: &CertProfile, key: &PrivateKey) -> Result<Vec<u8>, Err
     // A self-signed certificate's AKI would only repeat its SKI.
     params.use_authority_key_identifier_extension = false;
     Ok(params.self_signed(key.pair())?.der().to_vec())
+}
+
+/// Signs a self-signed (root) certificate with what signs for its key: a key held here, or a
+/// vault that keeps it (a key Key Vault made, which never leaves it). The certificate is that of
+/// [`sign_self`]; a remote signer's failure comes back as [`Error::RemoteSign`] with its reason.
+pub fn sign_self_with(profile: &CertProfile, signer: &CaSigner) -> Result<Vec<u8>, Error> {
+    let mut params = params(profile)?;
+    params.use_authority_key_identifier_extension = false;
+    match params.self_signed(signer) {
+        Ok(cert) => Ok(cert.der().to_vec()),
+        Err(rcgen::Error::RemoteKeyError) => Err(match signer {
+            CaSigner::Remote(remote) => Error::RemoteSign(
+                remote
+                    .take_failure()
+                    .unwrap_or_else(|| "the vault did not sign".into()),
+            ),
+            CaSigner::Key(_) => Error::Generate(rcgen::Error::RemoteKeyError),
+        }),
+        Err(e) => Err(Error::Generate(e)),
+    }
 }
 
 /// A self-signed certificate as [`sign_self`] makes it, but whose subject (and so issuer) is

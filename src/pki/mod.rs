@@ -31,6 +31,9 @@ pub enum Error {
     /// Bytes that should be a private key are not, or do not match the expected type.
     #[error("not a usable private key: {0}")]
     BadKey(String),
+    /// Bytes that should be a DER PKCS#10 certificate request are not.
+    #[error("not a valid PKCS#10 certificate request: {0}")]
+    BadCsr(String),
     /// A PEM file could not be read.
     #[error("malformed PEM: {0}")]
     BadPem(String),

@@ -958,7 +958,25 @@ async fn create_certificate(
             let request_id = report.version.clone().unwrap_or_default();
             return Ok((StatusCode::ACCEPTED, Json(operation(&base, &name, &report.issuer, "inProgress", None, &request_id))));
         }
-        let pend = b.pending(&name)?.ok_or_else(|| ApiError::internal("the pending request was not stored"))?;
+        let mut pend = b.pending(&name)?.ok_or_else(|| ApiError::internal("the pending request was not stored"))?;
+        // Key Vault keeps the request's policy, members the options leave out too (content
+        // type, lifetime actions); the key's facts are the key's, as made. A live name's policy
+        // becomes it at once, as Key Vault's create replaces it.
+        let mut recorded: Value = serde_json::from_str(&pend.policy_json).unwrap_or_else(|_| json!({}));
+        let kept = recorded["key_props"].clone();
+        merge_json(&mut recorded, &policy);
+        for fact in ["kty", "exportable", "crv", "key_size"] {
+            if !kept[fact].is_null() {
+                recorded["key_props"][fact] = kept[fact].clone();
+            }
+        }
+        pend.policy_json = recorded.to_string();
+        let key = b.pending_key(&name)?;
+        b.delete_pending(&name)?;
+        b.put_pending(&pend, key.pkcs8_der())?;
+        if b.current(&name)?.is_some() {
+            set_policy(b, &name, &policy, now)?;
+        }
         Ok((
             StatusCode::ACCEPTED,
             Json(operation(&base, &name, &pend.issuer, "inProgress", Some(&pend.csr_der), &pend.request_id)),
@@ -1211,6 +1229,17 @@ async fn import_certificate(
     let pwd = req["pwd"].as_str().unwrap_or("");
     let material = transfer::material_from_bytes(&raw, Some(pwd), "value")?;
     let policy = req.get("policy").filter(|p| p.is_object()).cloned();
+    // Key Vault keeps an HSM key only if it made the key itself (create) or it came wrapped for
+    // the HSM (BYOK): a key that arrives in the clear is no HSM key.
+    if let Some(kty) = policy
+        .as_ref()
+        .and_then(|p| p["key_props"]["kty"].as_str())
+        .filter(|k| k.ends_with("-HSM"))
+    {
+        return Err(ApiError::bad_request(format!(
+            "key_props.kty {kty}: a certificate's key cannot be imported into an HSM; create the certificate in Key Vault (its key is made in the HSM) or bring the key wrapped for it (BYOK)"
+        )));
+    }
     let hsm = policy.as_ref().is_some_and(|p| {
         p["key_props"]["exportable"] == json!(false)
             || p["key_props"]["kty"]
@@ -1622,12 +1651,14 @@ fn key_ops(v: &crate::backend::types::VaultVersion) -> Result<Vec<&'static str>,
     vops::version_key_operations(v).map_err(|e| ApiError::internal(e.to_string()))
 }
 
-/// The public key of a certificate as a JWK (RFC 7517/7518 members).
-fn jwk(cert_der: &[u8]) -> Result<Value, ApiError> {
+/// The public part of a key serve holds, as a JWK (RFC 7517/7518 members): made from the key
+/// itself, not from a certificate, so what a client reads is the key the vault signs with.
+fn jwk(key: &crate::pki::PrivateKey) -> Result<Value, ApiError> {
+    use x509_parser::prelude::FromDer as _;
     use x509_parser::public_key::PublicKey;
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
-        .map_err(|e| ApiError::internal(crate::pki::x509_parse_error(&e)))?;
-    let spki = cert.public_key();
+    let der = key.public_key_der();
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&der)
+        .map_err(|e| ApiError::internal(format!("the key's public part cannot be read: {e}")))?;
     match spki
         .parsed()
         .map_err(|_| ApiError::internal("the certificate's public key cannot be read"))?
@@ -1664,8 +1695,29 @@ async fn get_key(
 ) -> Answer {
     p.require(Perm::Get, &st.config.vault)?;
     st.read(move |b, _| {
+        if let Some((pend, held)) = pending_key_at(b, &name, version.as_deref())? {
+            // The request's key, made by the vault's create: its newest key version until the
+            // merge makes it a certificate's.
+            let mut key = jwk(&held)?;
+            if pend.kty.ends_with("-HSM") {
+                key["kty"] = json!(pend.kty);
+            }
+            key["kid"] = json!(format!("{base}/keys/{name}/{}", pend.request_id));
+            key["key_ops"] = json!(["sign", "verify"]);
+            let attrs = json!({
+                "enabled": true,
+                "created": secs(pend.created),
+                "updated": secs(pend.created),
+                "exportable": pend.exportable,
+                "recoveryLevel": "Recoverable+Purgeable",
+                "recoverableDays": RECOVERABLE_DAYS,
+            });
+            return Ok(Json(
+                json!({ "key": key, "attributes": attrs, "tags": {}, "managed": true }),
+            ));
+        }
         let (v, tags, _) = load(b, &name, version.as_deref())?;
-        let mut key = jwk(&v.cert_der)?;
+        let mut key = jwk(&b.private_key(&v)?)?;
         if v.kty.ends_with("-HSM") {
             // Key Vault names an HSM-protected key's type so (JsonWebKeyType `EC-HSM`, `RSA-HSM`).
             key["kty"] = json!(v.kty);
@@ -1728,6 +1780,25 @@ async fn get_secret(
         })))
     })
     .await
+}
+
+/// The key of `name`'s waiting request when `version` names it (its request id) or names no
+/// version: Key Vault's create writes the request's key as the name's newest key version.
+fn pending_key_at(
+    b: &LocalBackend,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Option<(PendingCertificate, crate::pki::PrivateKey)>, ApiError> {
+    let Some(pend) = b.pending(name)? else {
+        return Ok(None);
+    };
+    match version.filter(|v| !v.is_empty()) {
+        Some(v) if v != pend.request_id => Ok(None),
+        _ => {
+            let key = b.pending_key(name)?;
+            Ok(Some((pend, key)))
+        }
+    }
 }
 
 /// Signs a digest (JWS algorithm names; ECDSA signatures are r‖s as JWS wants them).
@@ -1805,6 +1876,14 @@ async fn sign(
         .and_then(|v| URL_SAFE_NO_PAD.decode(v.trim_end_matches('=')).ok())
         .ok_or_else(|| ApiError::bad_request("value (base64url digest) is required"))?;
     st.read(move |b, now| {
+        if let Some((pend, held)) = pending_key_at(b, &name, version.as_deref())? {
+            // A pending request's key signs too (a root certifies its own key before the merge).
+            let signature = sign_digest(held.pkcs8_der(), &alg, &value)?;
+            return Ok(Json(json!({
+                "kid": format!("{base}/keys/{name}/{}", pend.request_id),
+                "value": URL_SAFE_NO_PAD.encode(signature),
+            })));
+        }
         let (v, _, _) = load(b, &name, version.as_deref())?;
         usable(&v, now)?;
         if !key_ops(&v)?.contains(&"sign") {

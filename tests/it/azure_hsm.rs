@@ -244,3 +244,330 @@ fn hsm_cas_sign_in_key_vault_for_issue_crls_rolls_and_breaches_as_on_local() {
         "the new intermediate is HSM too: {versions}"
     );
 }
+
+/// An EC-HSM root (P-384) and under it an RSA-HSM intermediate that signs a group of two.
+const HSM_GROUP: &str = "[policies.device]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 365\n\
+     [policies.root-hsm]\nkey = { type = \"EC-HSM\", curve = \"P-384\" }\nvalidity_days = 3650\n\
+     [policies.rsa-hsm]\nkey = { type = \"RSA-HSM\", size = 2048 }\nvalidity_days = 1825\n\
+     key_usage = [\"keyCertSign\", \"cRLSign\", \"digitalSignature\"]\n\
+     lifetime_actions = [{ days_before_expiry = 180, action = \"email-contacts\" }]\n\
+     [ca.root]\nsubject = \"CN=HSM Root\"\npolicy = \"root-hsm\"\n\
+     [ca.line]\nsubject = \"CN=RSA HSM Line\"\nissuer = \"root\"\npath_len = 0\npolicy = \"rsa-hsm\"\n\
+     [groups.cams]\nsigning_ca = \"line\"\nhub = \"conf-hub\"\nreprovision = \"migrate\"\n\
+     device_policy = \"device\"\ndevices = { prefix = \"c-\", count = 2 }\n";
+
+/// serve's access lines for `method` on the Key Vault path `path` (`/certificates/ca-root/create`).
+fn vault_requests(env: &TestEnv, method: &str, path: &str) -> usize {
+    let needle = format!("{method} certroll.vault.azure.net{path}");
+    std::fs::read_to_string(env.path("serve.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .count()
+}
+
+/// The versions `vault show NAME` lists on the azure plan.
+fn vault_versions(env: &TestEnv, serve: &Serve, name: &str) -> Vec<Value> {
+    run_fleet(env, serve, "azure", &["vault", "show", name, "-o", "json"])
+        .ok()
+        .json()["versions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Whether the public key of the certificate in the PEM file `pem` is the key `jwk` (Key
+/// Vault's JSON web key: EC `x`, `y` or RSA `n`, `e`, base64url).
+fn cert_key_is(pem: &str, jwk: &Value) -> bool {
+    use base64::Engine as _;
+    use x509_parser::public_key::PublicKey;
+    let text = std::fs::read(pem).unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&text).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let b64 = |field: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(jwk[field].as_str().unwrap_or_default())
+            .unwrap()
+    };
+    let trim = |b: &[u8]| b.iter().skip_while(|x| **x == 0).copied().collect::<Vec<u8>>();
+    match cert.public_key().parsed().unwrap() {
+        PublicKey::EC(point) => {
+            let mut raw = vec![4u8];
+            raw.extend(b64("x"));
+            raw.extend(b64("y"));
+            raw == point.data()
+        }
+        PublicKey::RSA(rsa) => trim(&b64("n")) == trim(rsa.modulus) && trim(&b64("e")) == trim(rsa.exponent),
+        other => panic!("unexpected key {other:?}"),
+    }
+}
+
+/// certroll on the azure fleet plan with extra environment (a fault switch).
+fn run_fleet_with(env: &TestEnv, serve: &Serve, extra: &[(&str, &str)], args: &[&str]) -> crate::util::Run {
+    use crate::conformance::azure::sas_key;
+    let (dps_key, hub_key) = (sas_key(serve, "certroll-dps").1, sas_key(serve, "conf-hub").1);
+    let mut vars = vec![
+        ("CERTROLL_AZ_TOKEN", TOKEN),
+        ("CERTROLL_AZ_DPS_KEY", dps_key.as_str()),
+        ("CERTROLL_AZ_HUB_KEY", hub_key.as_str()),
+    ];
+    vars.extend_from_slice(extra);
+    crate::conformance::azure::run_plan(env, "azure", &vars, args)
+}
+
+/// Issue 12 item 2: the key of an HSM CA is made by Key Vault's create (issuer `Unknown`),
+/// certroll builds the CA certificate over the request's CSR and the merge makes it the version;
+/// nothing is imported for a CA, while device leaves keep the import path. The version's key is
+/// the key Key Vault holds, the chains verify, and a CA renewal makes a new vault key.
+#[test]
+fn hsm_ca_keys_are_made_by_key_vault_create_and_merged_never_imported() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, HSM_GROUP);
+    fleet_plans_hook(&env, &serve, HSM_GROUP);
+    let (l, a) = both(&env, &serve, &["issue", "-o", "json"]);
+    assert_eq!(l, a, "issue");
+    for ca in ["ca-root", "ca-line"] {
+        let path = format!("/certificates/{ca}");
+        assert_eq!(
+            vault_requests(&env, "POST", &format!("{path}/create")),
+            1,
+            "{ca} create"
+        );
+        assert_eq!(
+            vault_requests(&env, "POST", &format!("{path}/pending/merge")),
+            1,
+            "{ca} merge"
+        );
+        assert_eq!(
+            vault_requests(&env, "POST", &format!("{path}/import")),
+            0,
+            "{ca} import"
+        );
+        assert_eq!(vault_versions(&env, &serve, ca).len(), 1, "{ca}");
+    }
+    // The root certified its own key through Key Vault's sign before its merge.
+    assert!(vault_requests(&env, "POST", "/keys/ca-root/") >= 1);
+    // Key Vault keeps the policy certroll's create sent: the plan's lifetime action (what
+    // `notify` reads there) and a key that is not exportable.
+    let policy = key_vault_get(&env, &serve, "certificates/ca-line/policy");
+    assert_eq!(
+        policy["lifetime_actions"][0]["trigger"]["days_before_expiry"], 180,
+        "{policy}"
+    );
+    assert_eq!(
+        policy["lifetime_actions"][0]["action"]["action_type"], "EmailContacts",
+        "{policy}"
+    );
+    assert_eq!(policy["key_props"]["exportable"], false, "{policy}");
+    assert_eq!(policy["key_props"]["kty"], "RSA-HSM", "{policy}");
+    // Leaves still go in by import, with their keys.
+    assert_eq!(vault_requests(&env, "POST", "/certificates/dev-c-1/import"), 1);
+    let (l, a) = both(&env, &serve, &["status", "-o", "json"]);
+    assert_same(&l, &a, "status after issue");
+    verify_devices(&env, &serve, &["c-1", "c-2"], "issued");
+
+    // The CA certificates are CAs of the plan's shape, and each certifies the key Key Vault
+    // holds under its name, of the HSM type.
+    let mut keys = Vec::new();
+    for (ca, kty) in [("root", "EC-HSM"), ("line", "RSA-HSM")] {
+        let pem = export(&env, &serve, &format!("ca:{ca}"), &format!("{ca}.pem"), &[]);
+        let text = env.openssl(&["x509", "-in", &pem, "-noout", "-text"]).ok().stdout;
+        assert!(text.contains("CA:TRUE"), "{ca}: {text}");
+        let key = key_vault_get(&env, &serve, &format!("keys/ca-{ca}"));
+        assert_eq!(key["key"]["kty"], kty, "{key}");
+        assert!(
+            cert_key_is(&pem, &key["key"]),
+            "ca:{ca} certifies the key Key Vault holds"
+        );
+        keys.push(key["key"].clone());
+    }
+    let root_text = env
+        .openssl(&[
+            "x509",
+            "-in",
+            env.path("root.pem").to_str().unwrap(),
+            "-noout",
+            "-text",
+        ])
+        .ok()
+        .stdout;
+    assert!(
+        root_text.contains("ecdsa-with-SHA384") && root_text.contains("P-384"),
+        "{root_text}"
+    );
+
+    // A renewal of the RSA-HSM intermediate: a new create, a new key in Key Vault, no import.
+    let (l, a) = both(&env, &serve, &["roll-primary", "ca:line", "-o", "json"]);
+    assert_same(&l, &a, "roll-primary ca:line");
+    assert_eq!(vault_requests(&env, "POST", "/certificates/ca-line/create"), 2);
+    assert_eq!(vault_requests(&env, "POST", "/certificates/ca-line/import"), 0);
+    assert_eq!(vault_versions(&env, &serve, "ca-line").len(), 2);
+    let renewed = export(&env, &serve, "ca:line", "line-2.pem", &[]);
+    let key = key_vault_get(&env, &serve, "keys/ca-line");
+    assert!(
+        cert_key_is(&renewed, &key["key"]),
+        "the renewal certifies the new vault key"
+    );
+    assert_ne!(key["key"]["n"], keys[1]["n"], "the renewal has a new key");
+    let (l, a) = both(&env, &serve, &["status", "-o", "json"]);
+    assert_same(&l, &a, "status after the renewal");
+    verify_devices(&env, &serve, &["c-1", "c-2"], "renewed");
+}
+
+/// A run killed right after Key Vault's create of an HSM CA (its request pending, no version):
+/// the rerun finds the request, signs and merges it, and the CA has exactly one version made
+/// from one create. Killed after the merge of a renewal but before the local commit, the rerun
+/// adopts the merged version instead of making another.
+#[test]
+fn a_run_killed_between_key_vault_create_and_merge_finishes_on_rerun_with_one_ca_version() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, HSM_GROUP);
+    fleet_plans_hook(&env, &serve, HSM_GROUP);
+    let fault = |n: &str, args: &[&str]| {
+        let run = run_fleet_with(&env, &serve, &[("CERTROLL_FAULT_AFTER_VAULT_WRITES", n)], args);
+        assert_ne!(run.code, 0, "the fault aborts the run");
+        assert!(run.stderr.contains("fault injection"), "{}", run.stderr);
+    };
+
+    // The first Key Vault write of `issue` is the root's create.
+    fault("1", &["issue"]);
+    let op = key_vault_get(&env, &serve, "certificates/ca-root/pending");
+    assert_eq!(op["status"], "inProgress", "{op}");
+    assert!(vault_versions(&env, &serve, "ca-root").is_empty());
+    run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]).ok();
+    assert_eq!(
+        vault_requests(&env, "POST", "/certificates/ca-root/create"),
+        1,
+        "no second create"
+    );
+    assert_eq!(vault_versions(&env, &serve, "ca-root").len(), 1);
+    assert_eq!(vault_versions(&env, &serve, "ca-line").len(), 1);
+    // Nothing is left pending.
+    for ca in ["ca-root", "ca-line"] {
+        let op = key_vault_get(&env, &serve, &format!("certificates/{ca}/pending"));
+        assert_eq!(op["status"], "completed", "{ca}: {op}");
+    }
+    verify_devices(&env, &serve, &["c-1", "c-2"], "issued");
+
+    // A renewal of the intermediate cut off after its create, then after its merge.
+    fault("1", &["roll-primary", "ca:line"]);
+    assert_eq!(
+        vault_versions(&env, &serve, "ca-line").len(),
+        1,
+        "only a request so far"
+    );
+    fault("1", &["roll-primary", "ca:line"]);
+    assert_eq!(
+        vault_requests(&env, "POST", "/certificates/ca-line/create"),
+        2,
+        "the rerun finished the waiting request rather than making another"
+    );
+    assert_eq!(
+        vault_versions(&env, &serve, "ca-line").len(),
+        2,
+        "merged, not yet recorded"
+    );
+    run_fleet(&env, &serve, "azure", &["roll-primary", "ca:line", "-o", "json"]).ok();
+    assert_eq!(
+        vault_versions(&env, &serve, "ca-line").len(),
+        2,
+        "the merged version adopted"
+    );
+    assert_eq!(vault_requests(&env, "POST", "/certificates/ca-line/create"), 2);
+    verify_devices(&env, &serve, &["c-1", "c-2"], "renewed");
+}
+
+/// Key Vault takes no key in the clear as an HSM key: serve refuses an import whose policy says
+/// `EC-HSM` (azure-wire 1.6, Import), so `vault import --hsm` on azure fails with Key Vault's
+/// own message and leaves no certificate, while the same import as a software key that is not
+/// exportable goes in.
+#[test]
+fn an_hsm_key_is_never_imported_into_key_vault() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, HSM_GROUP);
+    fleet_plans_hook(&env, &serve, HSM_GROUP);
+    let bundle = crate::azure_verbs::make_cert(&env, "web", false);
+    let bundle = bundle.to_str().unwrap();
+    let run = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["vault", "import", "web", "--file", bundle, "--hsm"],
+    );
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    assert!(
+        run.stderr
+            .contains("Key Vault import certificate `web` failed: HTTP 400")
+            && run.stderr.contains("cannot be imported into an HSM"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        vault_versions_of(&env, &serve, "web").is_none(),
+        "nothing was imported"
+    );
+    run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["vault", "import", "web", "--file", bundle],
+    )
+    .ok();
+    assert_eq!(vault_versions_of(&env, &serve, "web").map(|v| v.len()), Some(1));
+}
+
+/// The versions of `name` on the azure plan; None when `vault show` finds no such certificate.
+fn vault_versions_of(env: &TestEnv, serve: &Serve, name: &str) -> Option<Vec<Value>> {
+    let run = run_fleet(env, serve, "azure", &["vault", "show", name, "-o", "json"]);
+    (run.code == 0).then(|| run.json()["versions"].as_array().cloned().unwrap_or_default())
+}
+
+/// A request already waiting on a CA's name that certroll's create would not have made (here
+/// `vault create` with an exportable RSA key) is not trusted: `issue` deletes it, creates the
+/// CA's own request and merges that, so the root's key is the policy's EC-HSM key made in the
+/// vault, not the waiting one.
+#[test]
+fn a_waiting_request_of_another_key_on_a_ca_name_is_deleted_and_made_anew() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, HSM_GROUP);
+    fleet_plans_hook(&env, &serve, HSM_GROUP);
+    let made = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &[
+            "vault",
+            "create",
+            "ca-root",
+            "--subject",
+            "CN=Not The Root",
+            "--issuer",
+            "Unknown",
+            "-o",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(made["status"], "inProgress", "{made}");
+    let waiting = key_vault_get(&env, &serve, "keys/ca-root");
+    assert_eq!(waiting["key"]["kty"], "RSA", "{waiting}");
+
+    run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]).ok();
+    assert_eq!(vault_requests(&env, "DELETE", "/certificates/ca-root/pending"), 1);
+    assert_eq!(vault_requests(&env, "POST", "/certificates/ca-root/create"), 2);
+    assert_eq!(vault_versions(&env, &serve, "ca-root").len(), 1);
+    let key = key_vault_get(&env, &serve, "keys/ca-root");
+    assert_eq!(key["key"]["kty"], "EC-HSM", "{key}");
+    let root = export(&env, &serve, "ca:root", "root.pem", &[]);
+    assert!(
+        cert_key_is(&root, &key["key"]),
+        "the root certifies the key its own create made"
+    );
+    let text = env
+        .openssl(&["x509", "-in", &root, "-noout", "-subject"])
+        .ok()
+        .stdout;
+    assert!(text.contains("HSM Root"), "{text}");
+    verify_devices(&env, &serve, &["c-1", "c-2"], "issued");
+}

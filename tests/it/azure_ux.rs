@@ -75,6 +75,16 @@ fn azure_issue_and_roll_on_a_terminal_move_the_bar_as_each_certificate_is_import
         seen.iter().any(|n| (1..12).contains(n)),
         "the bar showed no import between the first and the last (positions {seen:?}):\n{drawn}"
     );
+    // The stage bar gives the time left; the device bar, which moves only when the whole
+    // chunk's remote work is done, is not drawn at a count that cannot move (second trial of
+    // issue 12: `devices 0/1001 ... 0/s eta 0s` for the whole run).
+    assert!(
+        drawn
+            .lines()
+            .any(|l| l.contains("Key Vault imports") && l.contains(" eta ")),
+        "{drawn}"
+    );
+    assert!(!drawn.contains("devices 0/12"), "{drawn}");
 
     // A roll shows a bar too (it had none), moving the same way.
     let (code, drawn) = on_a_terminal(&env, &serve, "roll-secondary group:meters");
@@ -96,6 +106,17 @@ fn azure_delivery_none_says_once_how_many_wait_for_the_operator_and_vv_logs_ever
 
     let r = run_fleet(&env, &serve, "azure", &["-vv", "roll-secondary", "group:meters"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    // Each device's steps say how its certificate travels: here it waits for the operator, and
+    // the command that hands it out (certroll holds no device on azure to install it on).
+    assert!(
+        r.stdout.contains(
+            "leave the new certificate of device `m-01` for the operator to hand out \
+             (delivery = \"none\": `certroll export device:m-01 --with-key`)"
+        ),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("install the new certificate"), "{}", r.stdout);
     let waiting: Vec<&str> = r
         .stderr
         .lines()
@@ -172,6 +193,11 @@ fn azure_an_untrusted_server_certificate_is_named_with_its_host_and_the_fix_and_
     assert!(error.contains("is not trusted: unknown issuer"), "{}", r.stderr);
     assert!(error.contains(".azure"), "the host is named: {error}");
     assert!(error.contains("ca_file"), "the fix is named: {error}");
+    // The cause is named once, without azure_core's words around it (second trial of issue 12:
+    // "Other: non-transport error occurred which will not be retried: TLS: ...").
+    assert!(error.contains("failed: TLS: the certificate of "), "{error}");
+    assert!(!error.contains("will not be retried"), "{error}");
+    assert!(!error.contains("Other:"), "{error}");
     // Not retried: each request that met the certificate is logged once, never again.
     let tries: Vec<&str> = r
         .stderr
@@ -266,16 +292,32 @@ fn azure_dry_runs_say_what_happens_on_azure_and_contacts_are_key_vault_s() {
         r.stdout
     );
 
-    let r = run_fleet(
-        &env,
-        &serve,
-        "azure",
-        &["vault", "contacts", "set", "pki@example.com"],
-    );
+    // No contacts anywhere: said in words, on both backends (it said `contacts (none):`).
+    for which in ["azure", "local"] {
+        let r = run_fleet(&env, &serve, which, &["vault", "contacts", "get"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(r.stdout.starts_with("no contacts set"), "{which}: {}", r.stdout);
+        assert!(!r.stdout.contains("(none)"), "{which}: {}", r.stdout);
+    }
+    // Set: the heading says where they live (Key Vault on azure, certroll's store on local).
+    for (which, heading) in [
+        ("azure", "contacts (Key Vault):"),
+        ("local", "contacts (the local store):"),
+    ] {
+        let r = run_fleet(
+            &env,
+            &serve,
+            which,
+            &["vault", "contacts", "set", "pki@example.com"],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let r = run_fleet(&env, &serve, which, &["vault", "contacts", "get"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(r.stdout, format!("{heading}\n  pki@example.com\n"), "{which}");
+    }
+    let r = run_fleet(&env, &serve, "azure", &["vault", "contacts", "delete"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let r = run_fleet(&env, &serve, "azure", &["vault", "contacts", "get"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stdout.contains("contacts (Key Vault):"), "{}", r.stdout);
+    assert!(r.stdout.contains("no contacts set"), "{}", r.stdout);
 }
 
 /// A token Key Vault rejects on a later run (second trial of issue 12): the run names Key

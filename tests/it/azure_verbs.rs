@@ -71,7 +71,7 @@ pub(crate) fn mask(v: Value) -> Value {
 }
 
 /// A self-signed EC P-256 certificate and its key in one PEM file, made by openssl.
-fn make_cert(env: &TestEnv, cn: &str, ca: bool) -> std::path::PathBuf {
+pub(crate) fn make_cert(env: &TestEnv, cn: &str, ca: bool) -> std::path::PathBuf {
     let stem = cn.replace(' ', "-");
     let key = env.path(&format!("{stem}-key.pem"));
     let cert = env.path(&format!("{stem}-cert.pem"));
@@ -265,7 +265,7 @@ pub(crate) const FLEET: &str = "[policies.device]\nkey = { type = \"EC\", curve 
 /// The simulated device behind the delivery hook: it keeps the PFX it is handed and, the first
 /// time only (a device registers when it first starts), registers with DPS over mutual TLS with
 /// it, as a real device would with curl.
-const DEVICE_HOOK: &str = r#"
+pub(crate) const DEVICE_HOOK: &str = r#"
 import json, os, subprocess, sys
 port, scope, ca, home = sys.argv[1:5]
 job = json.load(sys.stdin)
@@ -392,6 +392,25 @@ fn issue_status_and_roll_secondary_of_enrollments_are_the_same_on_local_and_on_a
     // The device got its new certificate through the hook, and the PFX it was handed is gone.
     let held = std::fs::read_to_string(env.path("devices/gw-1.pem")).unwrap();
     assert!(held.contains("PRIVATE KEY") && held.contains("CERTIFICATE"));
+    // A roll's human output says how the certificate travels by the plan's delivery channel
+    // (second trial of issue 12: "install the new certificate on device X" on azure too);
+    // certroll holds the devices of a local plan and installs it there.
+    for (which, words) in [
+        (
+            "azure",
+            "deliver the new certificate to device `gw-2` through the delivery hook",
+        ),
+        ("local", "install the new certificate on device `gw-2`"),
+    ] {
+        let r = run_fleet(
+            &env,
+            &serve,
+            which,
+            &["roll-secondary", "device:gw-2", "--dry-run"],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(r.stdout.contains(words), "{which}:\n{}", r.stdout);
+    }
 }
 
 /// DPS names an enrollment's certificates only by thumbprint. certroll keeps what it made under

@@ -510,6 +510,75 @@ fn breach_rolls_are_the_same_on_local_and_on_azure() {
     }
 }
 
+/// `roll-primary group:G` after `roll-secondary group:G` (second trial of issue 12): the devices
+/// are rolled already and say where their certificate is, the group's secondary slot holding
+/// the CA that signed it, on both backends. On azure each device registers again with every
+/// certificate it is handed (as the trial's hook did), so the hub holds its new certificate as
+/// the primary there, and as the secondary on the local plan: the report must not read the hub.
+#[test]
+fn roll_primary_of_a_group_rolled_into_its_secondary_reports_the_same_slots_on_local_and_on_azure() {
+    let env = TestEnv::new();
+    let serve = groups_through_the_hook(&env);
+    // A device that registers with each certificate it is handed, not only its first.
+    let every_time = crate::azure_verbs::DEVICE_HOOK.replace("if not os.path.exists(booted):", "if True:");
+    assert_ne!(every_time, crate::azure_verbs::DEVICE_HOOK);
+    env.write("device-hook.py", &every_time);
+    let steps: &[&[&str]] = &[
+        &["issue", "-o", "json"],
+        &[
+            "revoke",
+            "device:s-2",
+            "--reason",
+            "key-compromise",
+            "--yes",
+            "-o",
+            "json",
+        ],
+        &["roll-secondary", "group:sensors", "-o", "json"],
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        let (l, a) = both(&env, &serve, step);
+        assert_same(&l, &a, &format!("step {i} {step:?}"));
+    }
+    // The azure device re-registered: the hub's primary thumbprint is its new certificate.
+    let raw = run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
+        .ok()
+        .json();
+    let s1 = device(&raw, "s-1");
+    assert_eq!(
+        s1["hub_identity"]["primary_thumbprint"], s1["installed"]["thumbprint"],
+        "{s1}"
+    );
+
+    let (l, a) = both(&env, &serve, &["roll-primary", "group:sensors", "-o", "json"]);
+    assert_same(&l, &a, "roll-primary group:sensors");
+    let outcomes: Vec<(&str, &str, &str)> = a["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["target"].as_str().unwrap(),
+                d["outcome"].as_str().unwrap(),
+                d["slot"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("device:s-1", "already-rolled", "secondary"),
+            ("device:s-2", "revoked", "primary"),
+        ],
+        "{a}"
+    );
+    assert_eq!(a["groups"][0]["outcome"], "already-rolled", "{a}");
+    assert_eq!(
+        a["groups"][0]["slot"], "secondary",
+        "the slot holding the group's CA: {a}"
+    );
+}
+
 /// A roll cut off part-way on azure (serve's IoT Hub answers every request 503, so the roll
 /// stops after the new version went to Key Vault and the enrollment to DPS) fails with exit 1;
 /// run again once the hub answers, it finishes from its journal without a second new version,

@@ -195,3 +195,67 @@ fn docs_plan_md_rehearsal_on_serve_runs_as_written() {
     });
     assert!(stopped, "serve still runs after the session");
 }
+
+/// The first column of the table after `<!-- {marker} -->` in docs/plan.md, without backticks.
+fn doc_table_names(marker: &str) -> Vec<String> {
+    let doc = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/plan.md"))
+        .unwrap();
+    let at = doc
+        .find(&format!("<!-- {marker} -->"))
+        .unwrap_or_else(|| panic!("docs/plan.md has no `<!-- {marker} -->` table"));
+    doc[at..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .map(|l| l.split('|').nth(1).unwrap().trim().trim_matches('`').to_string())
+        .collect()
+}
+
+/// The names a refusal of `certroll validate` lists after `expected one of`.
+fn expected_names(env: &TestEnv, plan: &str) -> Vec<String> {
+    env.write("plan.toml", plan);
+    let r = env.plan_run(&["validate"]).code(2);
+    let (_, list) = r
+        .stderr
+        .split_once("expected one of ")
+        .unwrap_or_else(|| panic!("{}", r.stderr));
+    list.trim()
+        .trim_matches(['(', ')'])
+        .split(", ")
+        .map(|n| n.trim().trim_matches('`').to_string())
+        .collect()
+}
+
+/// docs/plan.md's reference tables of `[serve.services.SERVICE]` name exactly the services and
+/// the keys the plan accepts (second trial of issue 12: the docs named neither, and `vault` was
+/// the first guess), and the TOML trap it warns of is what the plan does.
+#[test]
+fn docs_plan_md_lists_exactly_the_serve_services_and_their_keys() {
+    let env = TestEnv::new();
+    let services = expected_names(&env, "version = 1\n[serve.services.vault]\nrate_per_second = 1\n");
+    assert_eq!(doc_table_names("serve-services"), services);
+    let keys = expected_names(&env, "version = 1\n[serve.services.keyvault]\nbogus = 1\n");
+    assert_eq!(doc_table_names("serve-service-keys"), keys);
+    for service in &services {
+        let plan: String = keys
+            .iter()
+            .map(|k| match k.as_str() {
+                "error_status" => "error_status = 500\n".to_string(),
+                k => format!("{k} = 1\n"),
+            })
+            .collect();
+        env.write(
+            "plan.toml",
+            &format!("version = 1\n[serve.services.{service}]\n{plan}"),
+        );
+        env.plan_run(&["validate"]).ok();
+    }
+    // `[serve]`'s own keys after a services table belong to that table.
+    env.write(
+        "plan.toml",
+        "version = 1\n[serve]\nvault = \"vone\"\n[serve.services.dps]\nrate_per_second = 1\ndps = \"other-dps\"\n",
+    );
+    let r = env.plan_run(&["validate"]).code(2);
+    assert!(r.stderr.contains("unknown field `dps`"), "{}", r.stderr);
+}

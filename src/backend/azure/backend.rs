@@ -925,9 +925,18 @@ impl Vault for AzureBackend {
         pending: &PendingCertificate,
         leaf: &[u8],
         chain: &[Vec<u8>],
+        issuer: Option<(&str, &str)>,
         now: OffsetDateTime,
     ) -> Result<String> {
-        self.vault.merge_pending(pending, leaf, chain, now)
+        self.vault.merge_pending(pending, leaf, chain, issuer, now)
+    }
+
+    fn makes_own_keys(&self) -> bool {
+        self.vault.makes_own_keys()
+    }
+
+    fn pending_signer(&self, pending: &PendingCertificate) -> Result<crate::pki::cert::CaSigner> {
+        self.vault.pending_signer(pending)
     }
 
     fn mark_new_versions(&mut self, marker: Option<&str>) {

@@ -18,6 +18,11 @@
 //!   signatures the vault makes (keys client `sign`), so certroll builds the certificate (or CRL)
 //!   and the vault signs it. An exportable CA key signs in certroll (one secret read, no request
 //!   per signature).
+//! - Such a key is also made by the vault ([`Vault::makes_own_keys`]): a new version of a CA whose
+//!   key is not exportable is Key Vault's create with issuer `Unknown`, then certroll's
+//!   certificate over the CSR's key (a root signs its own through [`Vault::pending_signer`], the
+//!   request's key) merged with certroll's tags ([`Vault::merge_pending`]). Key Vault takes no
+//!   HSM key by import.
 //! - Stay in the local store beside the plan, because Key Vault has no place for them: CRL numbers
 //!   and revocations (`revoke`, `revocations`, `next_crl_number`) and which devices hold a
 //!   version (`certificate_users`).
@@ -114,18 +119,19 @@ fn remote(operation: &str, target: &str, e: azure_core::Error) -> BackendError {
         } => (Some(u16::from(*status)), error_code.clone()),
         _ => (None, None),
     };
+    // No answer: the whole chain, as a transport failure's reason (TLS, refused) sits under
+    // the retry policy's "retry policy expired".
+    let (code, message) = match status {
+        Some(_) => (code.unwrap_or_else(|| format!("{:?}", e.kind())), e.to_string()),
+        None => super::observe::no_answer(&e),
+    };
     BackendError::Remote {
         service: "Key Vault",
         operation: operation.to_string(),
         target: target.to_string(),
         status,
-        code: code.unwrap_or_else(|| format!("{:?}", e.kind())),
-        // The whole chain: a transport failure's reason (TLS, refused) sits under the retry
-        // policy's "retry policy expired".
-        message: match status {
-            Some(_) => e.to_string(),
-            None => super::observe::chain_text(&e),
-        },
+        code,
+        message,
     }
 }
 
@@ -1324,6 +1330,7 @@ impl Vault for AzureVault {
                 })?
                 .map_err(|e| remote("create certificate", name, e))?;
             let op: CertificateOperation = model(first, "create certificate", name)?;
+            vault_write_fault_point();
             match pending_of(name, &op, &policy_doc, key, OffsetDateTime::now_utc())? {
                 Some(p) => Ok(Some(Created::Pending(p))),
                 None => Err(BackendError::Refused(format!(
@@ -1339,6 +1346,7 @@ impl Vault for AzureVault {
         pending: &PendingCertificate,
         leaf: &[u8],
         chain: &[Vec<u8>],
+        issuer: Option<(&str, &str)>,
         _now: OffsetDateTime,
     ) -> Result<String> {
         let name = pending.name.as_str();
@@ -1346,8 +1354,18 @@ impl Vault for AzureVault {
         self.touch(name)?;
         let mut x5c = vec![leaf.to_vec()];
         x5c.extend(chain.iter().cloned());
+        // certroll's tags go in with the merge, as with an import: the version never exists
+        // without the issuer that signed it or the journal step that made it.
+        let mut tags = HashMap::new();
+        if let Some((n, v)) = issuer {
+            tags.insert(ISSUER_TAG.to_string(), format!("{n}/{v}"));
+        }
+        if let Some(marker) = &self.marker {
+            tags.insert(STEP_TAG.to_string(), marker.clone());
+        }
         let params = MergeCertificateParameters {
             x509_certificates: Some(x5c),
+            tags: (!tags.is_empty()).then_some(tags),
             ..Default::default()
         };
         self.rt.block_on(async {
@@ -1362,8 +1380,45 @@ impl Vault for AzureVault {
                 "merge certificate",
                 name,
             )?;
+            vault_write_fault_point();
             Ok(version_of(c.id.as_deref().unwrap_or_default()))
         })
+    }
+
+    fn makes_own_keys(&self) -> bool {
+        true
+    }
+
+    fn pending_signer(&self, pending: &PendingCertificate) -> Result<crate::pki::cert::CaSigner> {
+        let name = pending.name.as_str();
+        let spki = crate::pki::cert::csr_spki(&pending.csr_der)?;
+        // Key Vault's create wrote the request's key as the name's newest key version; it is
+        // used only once shown to be the key the CSR names.
+        let keys = self.keys.clone();
+        let key = self.rt.block_on(async {
+            let r = keys
+                .get_key(name, None)
+                .await
+                .map_err(|e| remote("get key", name, e))?;
+            r.into_model().map_err(|e| remote("get key", name, e))
+        })?;
+        let jwk = key.key.unwrap_or_default();
+        if !jwk_is_spki(&jwk, &spki) {
+            return Err(BackendError::Refused(format!(
+                "the newest key of `{name}` in Key Vault is not the key of its pending request; nothing was signed"
+            )));
+        }
+        let version = version_of(jwk.kid.as_deref().unwrap_or_default());
+        Ok(crate::pki::cert::CaSigner::Remote(Box::new(
+            KeyVaultSigningKey::from_spki(
+                self.rt.handle().clone(),
+                self.keys.clone(),
+                name,
+                &version,
+                &spki,
+                self.concurrency,
+            )?,
+        )))
     }
 
     fn mark_new_versions(&mut self, marker: Option<&str>) {
@@ -1470,6 +1525,33 @@ fn not_yet(what: &str, name: &str) -> BackendError {
 
 // ------------------------------------------------------------------ signing in the vault
 
+/// Whether a Key Vault JSON web key is the public key `spki_der` (a DER SubjectPublicKeyInfo)
+/// names: the EC point `04 || x || y`, or the RSA modulus and exponent.
+fn jwk_is_spki(jwk: &azure_security_keyvault_keys::models::JsonWebKey, spki_der: &[u8]) -> bool {
+    use x509_parser::prelude::FromDer as _;
+    use x509_parser::public_key::PublicKey;
+    let Ok((_, spki)) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki_der) else {
+        return false;
+    };
+    let trim = |b: &[u8]| -> Vec<u8> { b.iter().skip_while(|x| **x == 0).copied().collect() };
+    match spki.parsed() {
+        Ok(PublicKey::EC(point)) => match (&jwk.x, &jwk.y) {
+            (Some(x), Some(y)) => {
+                let mut raw = vec![4u8];
+                raw.extend_from_slice(x);
+                raw.extend_from_slice(y);
+                raw == point.data()
+            }
+            _ => false,
+        },
+        Ok(PublicKey::RSA(rsa)) => match (&jwk.n, &jwk.e) {
+            (Some(n), Some(e)) => trim(n) == trim(rsa.modulus) && trim(e) == trim(rsa.exponent),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 /// An `rcgen::SigningKey` whose private half stays in Key Vault: `sign` hashes the message and
 /// asks the keys client to sign the digest (ES256/384/512 for EC keys, RS256 for RSA, as certroll
 /// signs with a key it holds), then encodes the signature as X.509 wants it (ECDSA: Key Vault's
@@ -1509,7 +1591,26 @@ impl KeyVaultSigningKey {
                 &e,
             )))
         })?;
-        let spki = cert.public_key();
+        Self::from_spki(rt, keys, name, version, cert.public_key().raw, concurrency)
+    }
+
+    /// As [`new`](Self::new), for the key a SubjectPublicKeyInfo (DER) names: a pending
+    /// request's, which has no certificate yet.
+    fn from_spki(
+        rt: tokio::runtime::Handle,
+        keys: Arc<KeyClient>,
+        name: &str,
+        version: &str,
+        spki_der: &[u8],
+        concurrency: usize,
+    ) -> Result<KeyVaultSigningKey> {
+        use x509_parser::prelude::*;
+        let (_, spki) = SubjectPublicKeyInfo::from_der(spki_der).map_err(|e| {
+            BackendError::Pki(crate::pki::Error::BadKey(format!(
+                "the public key of `{name}` is unreadable: {e}"
+            )))
+        })?;
+        let spki = &spki;
         let public = spki.subject_public_key.data.to_vec();
         let oid = spki.algorithm.algorithm.to_id_string();
         let curve = spki

@@ -25,6 +25,10 @@ use std::time::Instant;
 /// How the message of a certificate verification failure begins (see [`is_setup_failure`]).
 pub const TLS_UNTRUSTED: &str = "TLS: the certificate of ";
 
+/// The error code certroll gives a request that met a server certificate it does not trust
+/// (see [`no_answer`]).
+pub const TLS_CODE: &str = "TLS";
+
 /// The tracing target of the per-attempt log lines.
 pub const LOG_TARGET: &str = "certroll::azure::http";
 
@@ -43,8 +47,27 @@ pub fn is_setup_failure(error: &crate::backend::BackendError) -> bool {
     let crate::backend::BackendError::Remote { status, message, .. } = error else {
         return false;
     };
-    let setup = matches!(status, Some(401 | 403)) || message.contains(TLS_UNTRUSTED);
+    let setup = matches!(status, Some(401 | 403)) || is_untrusted(error) || message.contains(TLS_UNTRUSTED);
     setup && !remote_written()
+}
+
+/// Whether `error` is a request that met a server certificate certroll does not trust.
+fn is_untrusted(error: &crate::backend::BackendError) -> bool {
+    matches!(error, crate::backend::BackendError::Remote { status: None, code, .. } if code == TLS_CODE)
+}
+
+/// The code and message of a request that got no answer (after the retries): the failure kind
+/// and the whole cause chain, except that a server certificate certroll does not trust is told
+/// as [`TLS_CODE`] and this policy's own words, without the retry policy's "non-transport error
+/// occurred which will not be retried:" and azure_core's kind in front (the words already name
+/// the cause, the host and the fix).
+pub fn no_answer(error: &azure_core::Error) -> (String, String) {
+    let text = chain_text(error);
+    match text.find(TLS_UNTRUSTED) {
+        // `TLS: the certificate of HOST ...` becomes code `TLS`, message `the certificate of ...`.
+        Some(at) => (TLS_CODE.to_string(), text[at + TLS_CODE.len() + 2..].to_string()),
+        None => (format!("{:?}", error.kind()), text),
+    }
 }
 
 /// The per-try policy described in the module docs.
@@ -258,6 +281,50 @@ mod tests {
         assert_eq!(
             transport_reason(&expired, "h", 443),
             Some(Reason::Tls("expired".into()))
+        );
+    }
+
+    #[test]
+    fn an_untrusted_certificate_is_told_without_the_retry_policy_s_words_and_counts_as_setup() {
+        let ours = azure_core::Error::with_message(
+            ErrorKind::Other,
+            format!("{TLS_UNTRUSTED}management.azure.com is not trusted: unknown issuer; not retried"),
+        );
+        // What azure_core's retry policy makes of an error it does not retry.
+        let wrapped = azure_core::Error::with_error(
+            ErrorKind::Other,
+            ours,
+            "non-transport error occurred which will not be retried",
+        );
+        assert!(
+            chain_text(&wrapped).starts_with("non-transport error"),
+            "{}",
+            chain_text(&wrapped)
+        );
+        let (code, message) = no_answer(&wrapped);
+        assert_eq!(code, TLS_CODE);
+        assert_eq!(
+            message,
+            "the certificate of management.azure.com is not trusted: unknown issuer; not retried"
+        );
+        let error = crate::backend::BackendError::Remote {
+            service: "ARM",
+            operation: "read".into(),
+            target: "x".into(),
+            status: None,
+            code,
+            message,
+        };
+        assert!(
+            error.to_string().ends_with("failed: TLS: the certificate of management.azure.com is not trusted: unknown issuer; not retried"),
+            "{error}"
+        );
+        assert!(is_setup_failure(&error) || remote_written());
+        // Anything else keeps its kind and whole chain.
+        let reset = azure_core::Error::with_message(ErrorKind::Io, "connection reset");
+        assert_eq!(
+            no_answer(&reset),
+            ("Io".to_string(), "connection reset".to_string())
         );
     }
 

@@ -235,7 +235,10 @@ impl RestClient {
                 }),
             )
             .await
-            .map_err(|e| self.transport(call, super::observe::chain_text(&e), &format!("{:?}", e.kind())))?;
+            .map_err(|e| {
+                let (code, message) = super::observe::no_answer(&e);
+                self.transport(call, message, &code)
+            })?;
         let (status, headers, body) = response.deconstruct();
         Ok(Answer {
             status: u16::from(status),

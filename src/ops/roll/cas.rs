@@ -222,6 +222,27 @@ pub(super) fn pending<'p>(
     Ok(out)
 }
 
+/// The slot of a group's enrollment that holds the CA certificate `der`, if either does.
+pub(super) fn slot_holding(state: &EnrollmentGroup, der: &[u8]) -> Option<SlotName> {
+    [
+        (SlotName::Primary, &state.primary),
+        (SlotName::Secondary, &state.secondary),
+    ]
+    .into_iter()
+    .find(|(_, s)| s.as_ref().is_some_and(|s| s.cert_der == der))
+    .map(|(slot, _)| slot)
+}
+
+/// The slot of `group`'s enrollment that holds its CA's current certificate, if either does.
+pub(super) fn slot_holding_ca(backend: &dyn Backend, group: &GroupSpec) -> Result<Option<SlotName>> {
+    let Some(current) = backend.current(&ca_cert_name(&group.signing_ca))? else {
+        return Ok(None);
+    };
+    Ok(backend
+        .group(&group.name)?
+        .and_then(|state| slot_holding(&state, &current.cert_der)))
+}
+
 /// What a group's other slot keeps when an expiry roll puts a new CA certificate into `slot`.
 pub(super) struct KeepOther {
     /// The SHA-1 thumbprint of the certificate the other slot keeps (None: it is left empty).

@@ -339,6 +339,9 @@ pub(super) fn assess<'p>(
         work: Vec::new(),
         in_force: None,
     };
+    // The slot of its group holding the CA version that signed a device's certificate, by group
+    // and CA version: read once per chunk, and only for a device already rolled.
+    let mut group_slots: HashMap<(String, String, String), Option<SlotName>> = HashMap::new();
     for ((((id, versions), record), individual), identity) in ids
         .iter()
         .zip(versions)
@@ -501,6 +504,32 @@ pub(super) fn assess<'p>(
                 let pruned =
                     slot_tp(slot.other()).filter(|tp| by_tp(tp).is_some_and(|i| versions[i].exp < now));
                 if already && pruned.is_none() {
+                    // A device of a group has no slot of its own: its certificate is accepted
+                    // through the group's slot holding the CA certificate that signed it. (The
+                    // hub's thumbprints would say where the roll put it only until the device
+                    // registers again with it, which makes it the primary.)
+                    if let (None, Some(g), Some((ca_name, ca_version))) =
+                        (&individual, group, newest.issuer.as_ref())
+                    {
+                        let key = (g.name.clone(), ca_name.clone(), ca_version.clone());
+                        let held = match group_slots.get(&key) {
+                            Some(held) => *held,
+                            None => {
+                                let held =
+                                    match (backend.version(ca_name, ca_version)?, backend.group(&g.name)?) {
+                                        (Some(ca), Some(state)) => {
+                                            super::cas::slot_holding(&state, &ca.cert_der)
+                                        }
+                                        _ => None,
+                                    };
+                                group_slots.insert(key, held);
+                                held
+                            }
+                        };
+                        if let Some(held) = held {
+                            report.slot = held;
+                        }
+                    }
                     report.outcome = "already-rolled";
                     out.reports.push(report);
                     continue;
@@ -540,11 +569,7 @@ pub(super) fn assess<'p>(
                             h.hub
                         );
                     }
-                    say!(
-                        describe,
-                        report.steps,
-                        "install the new certificate on device `{id}`"
-                    );
+                    say!(describe, report.steps, "{}", super::install_step(id));
                 }
                 // Zero downtime: the other slot keeps a valid certificate. If it has none, the
                 // certificate the named slot held moves there (the device may still hold it).
@@ -699,7 +724,8 @@ pub(super) fn assess<'p>(
                 say!(
                     describe,
                     report.steps,
-                    "install the new certificate on device `{id}` and re-provision it, so the hub holds only the new thumbprint"
+                    "{} and re-provision it, so the hub holds only the new thumbprint",
+                    super::install_step(id)
                 );
                 report.outcome = "replaced";
                 work.clear_other = breach.both;

@@ -130,7 +130,12 @@ pub struct DeviceRoll {
     /// one step says; the run exits 1), `revoked`, `replaced`, `would-replace` or
     /// `already-replaced`.
     pub outcome: &'static str,
-    /// The slot the new certificate went into.
+    /// The slot the new certificate went into. For `already-rolled`: where the certificate the
+    /// device holds is after this roll: the slot of its individual enrollment that holds it, or
+    /// for a device of a group (which has no slot of its own) the slot of the group that holds
+    /// the CA certificate that signed it. Never read from the hub's thumbprints, which a device
+    /// registering again rewrites (it then holds its certificate as the primary), so both
+    /// backends report the same.
     pub slot: SlotName,
     /// The steps, in order (listed when the run covers at most 1,000 devices; the run's own
     /// steps describe the rest).
@@ -151,7 +156,8 @@ pub struct GroupRoll {
     /// `rolled`, `would-roll`, `already-rolled`, `replaced`, `would-replace` or
     /// `already-replaced`.
     pub outcome: &'static str,
-    /// The slot the new CA certificate went into.
+    /// The slot the new CA certificate went into (`already-rolled`: the slot that holds the
+    /// group's CA certificate).
     pub slot: SlotName,
     /// The steps.
     pub steps: Vec<String>,
@@ -267,6 +273,51 @@ fn refuse_unreachable_identity_removal(plan: &Plan, opts: &RollOptions, targets:
         )));
     }
     Ok(())
+}
+
+/// How a device's delivery step begins in a roll's report (see [`azure_device_step`]).
+pub(crate) fn install_step(id: &str) -> String {
+    format!("install the new certificate on device `{id}`")
+}
+
+/// A device's delivery step in the words of an azure plan, where certroll does not hold the
+/// devices: how the new certificate travels by the delivery channel of the device's group or
+/// enrollment (a direct method, the hook, or the operator with `certroll export`). `None` for a
+/// local plan or another step. Human output only: `-o json` keeps one wording on both backends.
+pub fn azure_device_step(plan: &Plan, device_id: &str, step: &str) -> Option<String> {
+    plan.azure.as_ref()?;
+    let rest = step.strip_prefix(&install_step(device_id))?;
+    let (group, enrollment) = match super::device_owner(plan, device_id)? {
+        super::DeviceOwner::Group(g) => (Some(g.name.as_str()), None),
+        super::DeviceOwner::Enrollment(e) => (None, Some(e.name.as_str())),
+    };
+    let how = match plan.delivery.channel(group, enrollment) {
+        crate::plan::Delivery::DirectMethod { method } => {
+            format!(
+                "deliver the new certificate to device `{device_id}` by the IoT Hub direct method `{method}`"
+            )
+        }
+        crate::plan::Delivery::Hook(_) => {
+            format!("deliver the new certificate to device `{device_id}` through the delivery hook")
+        }
+        crate::plan::Delivery::None => format!(
+            "leave the new certificate of device `{device_id}` for the operator to hand out \
+             (delivery = \"none\": `certroll export device:{device_id} --with-key`)"
+        ),
+    };
+    Some(format!("{how}{rest}"))
+}
+
+/// Rewrites the delivery steps of every device in `report` by [`azure_device_step`].
+pub fn azure_words(plan: &Plan, report: &mut RollReport) {
+    for d in &mut report.devices {
+        let id = d.target.strip_prefix("device:").unwrap_or(&d.target).to_string();
+        for step in &mut d.steps {
+            if let Some(words) = azure_device_step(plan, &id, step) {
+                *step = words;
+            }
+        }
+    }
 }
 
 /// Runs a roll.
@@ -1502,7 +1553,8 @@ fn plan_scope<'p>(
         Decision::Expiry(pending) => (&pending.renew, &pending.place),
         Decision::Breach(_) => (&scope.cas, &scope.groups),
     };
-    // A group whose slot is in place already is left as it is (whichever slot holds its CA).
+    // A group whose slot is in place already is left as it is, and reported in the slot that
+    // holds its CA (an earlier roll may have used the other slot).
     for g in scope
         .groups
         .iter()
@@ -1511,7 +1563,7 @@ fn plan_scope<'p>(
         report.groups.push(GroupRoll {
             target: format!("group:{}", g.name),
             outcome: "already-rolled",
-            slot,
+            slot: cas::slot_holding_ca(backend, g)?.unwrap_or(slot),
             steps: vec![],
         });
     }

@@ -140,7 +140,9 @@ fn check_create(name: &str, opts: &CreateOptions) -> Result<CreateParts> {
              (RFC 3279 section 2.3.1); use keyEncipherment or digitalSignature, or an EC key",
         ));
     }
-    if key_usage.contains(&KeyUsage::KeyCertSign) {
+    // A request's usage is only asked for: the CA that signs it decides (certroll's own, for a
+    // plan CA whose key Key Vault makes). A self-signed certificate made here would be no CA.
+    if key_usage.contains(&KeyUsage::KeyCertSign) && opts.issuer.eq_ignore_ascii_case("Self") {
         return Err(input(
             "--key-usage keyCertSign: vault create makes end-entity certificates; CAs come from the plan",
         ));
@@ -311,11 +313,8 @@ fn no_request(backend: &dyn crate::backend::Backend, name: &str) -> anyhow::Erro
 }
 
 /// The SubjectPublicKeyInfo (DER) a CSR asks to certify.
-fn csr_spki(csr_der: &[u8]) -> Result<Vec<u8>> {
-    use x509_parser::prelude::FromDer as _;
-    let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(csr_der)
-        .map_err(|e| anyhow::anyhow!("the stored request's CSR is unreadable: {e}"))?;
-    Ok(csr.certification_request_info.subject_pki.raw.to_vec())
+pub(crate) fn csr_spki(csr_der: &[u8]) -> Result<Vec<u8>> {
+    crate::pki::cert::csr_spki(csr_der).map_err(|e| anyhow::anyhow!("the stored request: {e}"))
 }
 
 /// What `vault csr` wrote.
@@ -440,7 +439,7 @@ pub fn merge_in(
         }
     }
     let version = crate::backend::in_one_unit(backend, |b| -> Result<String> {
-        Ok(b.merge_pending(&pending, &leaf, &certs, now)?)
+        Ok(b.merge_pending(&pending, &leaf, &certs, None, now)?)
     })?;
     Ok(MergeReport { name, version, cert })
 }

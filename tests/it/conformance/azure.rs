@@ -202,7 +202,8 @@ fn a_non_exportable_ca_key_stays_in_the_vault_and_the_vault_signs_what_certroll_
 /// `Vault::signer`, the seam every CA signature goes through: an exportable CA's key signs in
 /// certroll; a non-exportable one's signer is Key Vault's keys client, for every key type a
 /// plan may give a CA (ES256/384/512 over P-256/384/521, RS256 over RSA), and openssl checks
-/// each signature the vault made. A sign Key Vault refuses (a disabled version) fails naming
+/// each signature the vault made. The keys are software keys imported non-exportable: an HSM
+/// key comes only from Key Vault's create (`azure_hsm`), never by import. A sign Key Vault refuses (a disabled version) fails naming
 /// the service, the operation, the certificate and the service's status.
 #[test]
 fn vault_signer_signs_in_key_vault_for_every_non_exportable_key_type() {
@@ -226,7 +227,7 @@ fn vault_signer_signs_in_key_vault_for_every_non_exportable_key_type() {
             "ec-256",
             KeySpec::Ec {
                 curve: Curve::P256,
-                hsm: true,
+                hsm: false,
             },
             "ecdsa-with-SHA256",
         ),
@@ -234,7 +235,7 @@ fn vault_signer_signs_in_key_vault_for_every_non_exportable_key_type() {
             "ec-384",
             KeySpec::Ec {
                 curve: Curve::P384,
-                hsm: true,
+                hsm: false,
             },
             "ecdsa-with-SHA384",
         ),
@@ -242,7 +243,7 @@ fn vault_signer_signs_in_key_vault_for_every_non_exportable_key_type() {
             "ec-521",
             KeySpec::Ec {
                 curve: Curve::P521,
-                hsm: true,
+                hsm: false,
             },
             "ecdsa-with-SHA512",
         ),
@@ -250,7 +251,7 @@ fn vault_signer_signs_in_key_vault_for_every_non_exportable_key_type() {
             "rsa-2048",
             KeySpec::Rsa {
                 bits: 2048,
-                hsm: true,
+                hsm: false,
             },
             "sha256WithRSAEncryption",
         ),
