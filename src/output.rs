@@ -300,6 +300,7 @@ impl<W: Write> Printer<W> {
                         Some(c) => (c.thumbprint.as_str(), crate::clock::rfc3339(c.not_after)),
                         None if d.installed_deleted => ("(deleted in the vault)", String::new()),
                         None if d.installed_purged => ("(purged from the vault)", String::new()),
+                        None if d.pending.is_some() => ("(none presented yet)", String::new()),
                         None => ("(no certificate)", String::new()),
                     };
                     writeln!(
@@ -322,6 +323,15 @@ impl<W: Write> Printer<W> {
                             "    last registration {}{when}: {code}{}",
                             r.status,
                             r.error.as_deref().unwrap_or("no reason recorded")
+                        )?;
+                    }
+                    if let Some(p) = &d.pending {
+                        writeln!(
+                            out,
+                            "    issued {} (until {}): {}",
+                            p.cert.thumbprint,
+                            crate::clock::rfc3339(p.cert.not_after),
+                            p.note
                         )?;
                     }
                     if d.installed_purged {

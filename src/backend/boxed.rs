@@ -352,6 +352,15 @@ impl HubRegistry for Box<dyn Backend> {
         (**self).invoke_method(hub, device_id, call, now)
     }
 
+    fn invoke_methods(
+        &mut self,
+        calls: &[(String, String, DirectMethodCall)],
+        concurrency: usize,
+        now: OffsetDateTime,
+    ) -> Vec<Result<DirectMethodResult>> {
+        (**self).invoke_methods(calls, concurrency, now)
+    }
+
     fn authenticate(
         &self,
         hub: &str,
@@ -430,6 +439,10 @@ impl Journal for Box<dyn Backend> {
 }
 
 impl Backend for Box<dyn Backend> {
+    fn installs_on_devices(&self) -> bool {
+        (**self).installs_on_devices()
+    }
+
     fn describe(&self) -> String {
         (**self).describe()
     }

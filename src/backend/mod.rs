@@ -464,6 +464,23 @@ pub trait HubRegistry {
         call: &DirectMethodCall,
         now: OffsetDateTime,
     ) -> Result<DirectMethodResult>;
+    /// Invokes several direct methods, each `(hub, device id, call)`, up to `concurrency` awaited
+    /// at once; one answer per call, in the order given, each as
+    /// [`invoke_method`](Self::invoke_method) gives it. A remote hub keeps a device's answer
+    /// waiting up to the call's `response_timeout_secs`, so a fleet's calls one after another
+    /// would add those waits up. The default invokes them one at a time.
+    fn invoke_methods(
+        &mut self,
+        calls: &[(String, String, DirectMethodCall)],
+        concurrency: usize,
+        now: OffsetDateTime,
+    ) -> Vec<Result<DirectMethodResult>> {
+        let _ = concurrency;
+        calls
+            .iter()
+            .map(|(hub, id, call)| self.invoke_method(hub, id, call, now))
+            .collect()
+    }
     /// Whether the hub lets a device in with this certificate: the identity exists, is enabled,
     /// and one of its thumbprints (SHA-1 or SHA-256) is the certificate's; and the certificate is
     /// valid at `now`.
@@ -617,6 +634,16 @@ pub trait Backend: Vault + EnrollmentService + HubRegistry + Fleet + Journal + S
     /// write-ahead log on a thread of its own, so the writes never wait for a disk flush. The
     /// default does nothing.
     fn bulk_writes(&mut self, _on: bool) {}
+
+    /// Whether each device holds the version its fleet record names once
+    /// [`Fleet::install`] recorded it. True where the backend installs certificates on its
+    /// devices itself (the local backend's simulated devices); false where a certificate reaches
+    /// a device through a delivery channel that may not have run (`delivery = "none"`) or
+    /// reached it: there what a device holds is read back from what the services saw it
+    /// present (see `ops::held_many`).
+    fn installs_on_devices(&self) -> bool {
+        true
+    }
 
     /// The hub identity of each device in the hub its last successful registration assigned it
     /// to (a later refused attempt keeps that hub), in the order asked (None for a device never

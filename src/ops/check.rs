@@ -6,7 +6,7 @@ use super::lifetime::{self, Scheduled};
 use super::{Access, BackendSettings, Target, ca_cert_name, open_verb_backend};
 use crate::backend::types::VaultVersion;
 use crate::backend::{Backend, EnrollmentService as _, Vault as _};
-use crate::plan::{ActionKind, LifetimeAction, Plan, Policy, Trigger};
+use crate::plan::{ActionKind, Delivery, LifetimeAction, Plan, Policy, Trigger};
 use anyhow::Result;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -498,7 +498,15 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             .device_ids()
             .filter(|id| whole || opts.targets.contains(&Target::Device(id.clone())));
         let policy = &plan.policies[&g.device_policy];
-        check_devices(&backend, &mut c, ids, policy, renewal(&g.signing_ca, policy))?;
+        let delivery = plan.delivery.channel(Some(&g.name), None);
+        check_devices(
+            &backend,
+            &mut c,
+            ids,
+            policy,
+            delivery,
+            renewal(&g.signing_ca, policy),
+        )?;
     }
     for e in plan.enrollments.values() {
         if wants(Target::Enrollment(e.name.clone())) || opts.targets.contains(&Target::Device(e.name.clone()))
@@ -509,6 +517,7 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
                 &mut c,
                 std::iter::once(e.name.clone()),
                 policy,
+                plan.delivery.channel(None, Some(&e.name)),
                 renewal(&e.issuer, policy),
             )?;
         }
@@ -589,17 +598,47 @@ fn check_devices(
     c: &mut Checker<'_>,
     ids: impl Iterator<Item = String>,
     policy: &Policy,
+    delivery: &Delivery,
     renewal: Option<Renewal<'_>>,
 ) -> Result<()> {
     let mut ids = ids.peekable();
     while ids.peek().is_some() {
         let page: Vec<String> = ids.by_ref().take(PAGE).collect();
         let enrollments = backend.individual_many(&page)?;
-        for ((id, installed), enrollment) in page
+        for ((id, held), enrollment) in page
             .iter()
-            .zip(super::installed_many(backend, &page)?)
+            .zip(super::held_many(backend, &page)?)
             .zip(enrollments)
         {
+            // On Azure a certificate the device has not presented is judged by what certroll
+            // knows of its delivery: one handed to a hook or a direct method reached the device
+            // as far as the channel said (the verb reported any failure), so it is the one the
+            // device holds; one left to the operator (`none`) did not, so the device is judged
+            // by what it presents, and the waiting certificate is a warning of its own.
+            let installed = match (&held.pending, delivery) {
+                (Some(issued), Delivery::None) => {
+                    let presents = match &held.presented {
+                        Some(p) => format!("it presents {}", crate::pki::sha1_thumbprint(&p.cert_der)),
+                        None => "it has presented none yet".to_string(),
+                    };
+                    c.add(Problem {
+                        target: format!("device:{id}"),
+                        level: Level::Warning,
+                        reason: format!(
+                            "its certificate {} (issued {}) has not reached it: delivery = \"none\" leaves it to \
+                             the operator (`certroll export device:{id} --with-key`); {presents}. This clears once \
+                             DPS sees the device register with it (its next start, or `certroll reprovision device:{id}`)",
+                            crate::pki::sha1_thumbprint(&issued.cert_der),
+                            crate::clock::rfc3339(issued.created),
+                        ),
+                        not_after: Some(issued.exp),
+                        actions_due: vec![],
+                    });
+                    held.presented.clone().or_else(|| held.pending.clone())
+                }
+                (Some(issued), _) => Some(issued.clone()),
+                (None, _) => held.presented.clone(),
+            };
             // A revoked device is disallowed on purpose; monitoring must not page for it forever.
             if enrollment
                 .as_ref()

@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod export;
+pub mod held;
 pub mod init;
 pub mod issue;
 pub mod journal;
@@ -27,6 +28,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use export::{ExportFormat, ExportOptions, export};
+pub use held::{Held, held_many};
 pub use issue::{IssueOptions, IssueReport, issue};
 
 /// What a verb acts on: `ca:NAME`, `group:NAME`, `enrollment:NAME` or `device:ID`.

@@ -339,7 +339,6 @@ fn register_chunk(
     // The validity period of each request's leaf, as the vault recorded it.
     let mut validity = Vec::new();
     let mut outcomes: HashMap<String, DeviceOutcome> = HashMap::new();
-    let registrations = backend.registration_many(chunk)?;
     for (id, installed) in chunk.iter().zip(super::installed_many(backend, chunk)?) {
         let Some(installed) = installed else {
             outcomes.insert(
@@ -378,6 +377,9 @@ fn register_chunk(
     // Already assigned with the certificate it holds, the service would assign it there again
     // and the hub lets it in: nothing to do.
     if !opts.force && !requests.is_empty() {
+        // Read only here: `--force` registers every device again whatever DPS shows, and on
+        // Azure each registration state is a DPS read paced at DPS's rate.
+        let registrations = backend.registration_many(chunk)?;
         let decisions = backend.preview_register(&requests, now)?;
         let previous: HashMap<String, crate::backend::types::RegistrationState> = registrations
             .into_iter()

@@ -84,9 +84,15 @@ pub struct DeviceStatus {
     pub group: Option<String>,
     /// Its individual enrollment, if any.
     pub enrollment: Option<String>,
-    /// The certificate installed on it (null when never issued, or when its vault certificate is
-    /// soft-deleted: see `installed_deleted`).
+    /// The certificate it holds (null when never issued, or when its vault certificate is
+    /// soft-deleted: see `installed_deleted`). On the local backend, the one installed on it; on
+    /// azure, the one the services saw it present when DPS last assigned it (null when it never
+    /// registered; see [`crate::ops::held`]).
     pub installed: Option<CertInfo>,
+    /// A certificate certroll issued it that it has not presented (yet): handed to the delivery
+    /// channel, or waiting for the operator (`delivery = "none"`). Always null on the local
+    /// backend, whose simulated devices get theirs at once.
+    pub pending: Option<PendingStatus>,
     /// The device holds a certificate whose vault certificate is soft-deleted (`vault delete`;
     /// `vault recover` brings it back).
     pub installed_deleted: bool,
@@ -101,6 +107,17 @@ pub struct DeviceStatus {
     /// which takes precedence over the group. A breach creates one holding only the new
     /// certificate; a revoke, a disabled one that refuses the device.
     pub individual_enrollment: Option<EnrollmentStatus>,
+}
+
+/// An issued certificate a device has not presented (yet).
+#[derive(Debug, Serialize)]
+pub struct PendingStatus {
+    /// The certificate.
+    pub cert: CertInfo,
+    /// The device's delivery channel: `none`, `hook` or `direct-method`.
+    pub delivery: &'static str,
+    /// Where it stands and what brings it to the device, in words.
+    pub note: String,
 }
 
 /// Everything but the devices (which stream).
@@ -318,30 +335,46 @@ impl StatusQuery<'_> {
         for (i, e) in at.into_iter().zip(b.individual_many(&grouped)?) {
             individuals[i] = e;
         }
-        for ((((id, group, enrollment), record), (registration, hub_identity)), individual) in page
-            .iter()
-            .zip(records)
-            .zip(registrations.into_iter().zip(identities))
-            .zip(individuals)
+        let held = super::held::held_from(
+            b,
+            &ids,
+            super::installed_many(b, &ids)?,
+            &registrations,
+            &identities,
+        )?;
+        for (((((id, group, enrollment), record), (mut registration, hub_identity)), individual), held) in
+            page.iter()
+                .zip(records)
+                .zip(registrations.into_iter().zip(identities))
+                .zip(individuals)
+                .zip(held)
         {
             let installed_version = record.and_then(|r| r.installed_version);
-            let installed = match &installed_version {
-                Some(v) => b.version(&device_cert_name(id), v)?.map(|v| v.cert_der),
+            let installed = held.presented.as_ref().map(|v| v.cert_der.clone());
+            let pending = match &held.pending {
+                Some(v) => Some(self.pending(id, group.as_deref(), enrollment.as_deref(), v)?),
                 None => None,
             };
+            if !b.installs_on_devices()
+                && let Some(r) = registration.as_mut()
+            {
+                // The certificate DPS saw, as far as the services tell (see `held`).
+                r.cert_thumbprint = held
+                    .presented
+                    .as_ref()
+                    .map(|v| crate::pki::sha1_thumbprint(&v.cert_der));
+            }
             // Only a device whose installed version is gone costs the deleted-certificates read.
-            let installed_deleted = installed_version.is_some()
-                && installed.is_none()
-                && !b.deleted_certificates(Some(&device_cert_name(id)))?.is_empty();
-            let installed_purged = installed_version.is_some()
-                && installed.is_none()
-                && !installed_deleted
-                && b.name_state(&device_cert_name(id))?.is_none();
+            let gone = installed_version.is_some() && held.presented_or_issued().is_none();
+            let installed_deleted = gone && !b.deleted_certificates(Some(&device_cert_name(id)))?.is_empty();
+            let installed_purged =
+                gone && !installed_deleted && b.name_state(&device_cert_name(id))?.is_none();
             each(DeviceStatus {
                 id: id.clone(),
                 group: group.clone(),
                 enrollment: enrollment.clone(),
                 installed: info(installed.as_deref())?,
+                pending,
                 installed_deleted,
                 installed_purged,
                 registration,
@@ -350,6 +383,38 @@ impl StatusQuery<'_> {
             })?;
         }
         Ok(())
+    }
+}
+
+impl StatusQuery<'_> {
+    /// How an issued, not yet presented certificate stands, by the device's delivery channel.
+    fn pending(
+        &self,
+        id: &str,
+        group: Option<&str>,
+        enrollment: Option<&str>,
+        v: &crate::backend::types::VaultVersion,
+    ) -> Result<PendingStatus> {
+        let channel = self.plan.delivery.channel(group, enrollment);
+        let seen = "DPS sees it when the device registers with it (its next start, or \
+                    `certroll reprovision device:ID`)";
+        let note = match channel {
+            crate::plan::Delivery::None => format!(
+                "issued, not delivered: delivery = \"none\" leaves it to the operator (`certroll export \
+                 device:{id} --with-key`); {}",
+                seen.replace("ID", id)
+            ),
+            other => format!(
+                "issued and handed to the {} delivery, not yet presented: {}",
+                other.kind(),
+                seen.replace("ID", id)
+            ),
+        };
+        Ok(PendingStatus {
+            cert: CertInfo::from_der(&v.cert_der)?,
+            delivery: channel.kind(),
+            note,
+        })
     }
 }
 

@@ -1,6 +1,7 @@
 //! How a new device certificate reaches a device the services do not let certroll hold: the
 //! `delivery`, `method` and `hook` settings of `[backend]` (the plan-wide default), of each
-//! `[groups.NAME]` and of each `[enrollments.NAME]`, and `[backend] reprovision_method`.
+//! `[groups.NAME]` and of each `[enrollments.NAME]`, and `[backend] reprovision_method` and
+//! `delivery_concurrency`.
 //!
 //! The local backend simulates its devices and installs certificates on them directly, so it
 //! reads none of this; a plan keeps its settings when it switches between `local` (rehearsal)
@@ -14,6 +15,12 @@ pub const DEFAULT_DELIVERY_METHOD: &str = "certroll-deliver";
 /// The direct method that makes a device register again when the plan names none (the name
 /// `certroll serve`'s simulated devices answer).
 pub const DEFAULT_REPROVISION_METHOD: &str = "reprovision";
+/// Deliveries (hooks, direct methods) run at once when the plan does not say: enough to keep a
+/// fleet's hooks from waiting on each other, few enough for a small host and a device fleet's
+/// own back end.
+pub const DEFAULT_DELIVERY_CONCURRENCY: usize = 8;
+/// Most deliveries a plan may run at once (`[backend] delivery_concurrency`).
+pub const MAX_DELIVERY_CONCURRENCY: i64 = 256;
 
 /// One delivery channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +60,10 @@ pub struct DeliveryPlan {
     pub enrollments: BTreeMap<String, Delivery>,
     /// The direct method `reprovision` (and a delivery) invokes to make a device register again.
     pub reprovision_method: String,
+    /// `[backend] delivery_concurrency`: how many hooks run, and how many direct methods (a
+    /// delivery's or a request to register again) are awaited, at once (1 to
+    /// [`MAX_DELIVERY_CONCURRENCY`]; default [`DEFAULT_DELIVERY_CONCURRENCY`]).
+    pub concurrency: usize,
 }
 
 impl Default for DeliveryPlan {
@@ -62,6 +73,7 @@ impl Default for DeliveryPlan {
             groups: BTreeMap::new(),
             enrollments: BTreeMap::new(),
             reprovision_method: DEFAULT_REPROVISION_METHOD.into(),
+            concurrency: DEFAULT_DELIVERY_CONCURRENCY,
         }
     }
 }

@@ -62,6 +62,7 @@ pub(super) struct RawBackend {
     pub(super) hook: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) hook_timeout_secs: Option<Spanned<i64>>,
     pub(super) reprovision_method: Option<Spanned<String>>,
+    pub(super) delivery_concurrency: Option<Spanned<i64>>,
 }
 
 /// `[backend] dps = { ... }` (azure).

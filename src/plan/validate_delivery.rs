@@ -1,5 +1,6 @@
 //! `delivery`, `method` and `hook` in `[backend]` (the default), `[groups.NAME]` and
-//! `[enrollments.NAME]`, with `[backend] hook_timeout_secs` and `reprovision_method`.
+//! `[enrollments.NAME]`, with `[backend] hook_timeout_secs`, `reprovision_method` and
+//! `delivery_concurrency`.
 //!
 //! A group or enrollment inherits what it does not say: `delivery = "hook"` without `hook` runs
 //! `[backend]`'s hook, `delivery = "direct-method"` without `method` invokes `[backend]`'s method
@@ -7,7 +8,10 @@
 //! a setting that would be ignored never passes silently.
 
 use super::super::raw::RawPlan;
-use super::super::{DEFAULT_DELIVERY_METHOD, DEFAULT_REPROVISION_METHOD, Delivery, DeliveryPlan, HookConfig};
+use super::super::{
+    DEFAULT_DELIVERY_CONCURRENCY, DEFAULT_DELIVERY_METHOD, DEFAULT_REPROVISION_METHOD, Delivery,
+    DeliveryPlan, HookConfig, MAX_DELIVERY_CONCURRENCY,
+};
 use super::Validator;
 use toml::Spanned;
 
@@ -72,9 +76,24 @@ impl Validator<'_> {
             .and_then(|m| self.method_name("reprovision_method", m))
             .unwrap_or_else(|| DEFAULT_REPROVISION_METHOD.into());
 
+        let concurrency = match b.and_then(|b| b.delivery_concurrency.as_ref()) {
+            None => DEFAULT_DELIVERY_CONCURRENCY,
+            Some(c) if (1..=MAX_DELIVERY_CONCURRENCY).contains(c.get_ref()) => *c.get_ref() as usize,
+            Some(c) => {
+                self.error(
+                    c.span(),
+                    format!(
+                        "delivery_concurrency = {} is out of range (1 to {MAX_DELIVERY_CONCURRENCY})",
+                        c.get_ref()
+                    ),
+                );
+                DEFAULT_DELIVERY_CONCURRENCY
+            }
+        };
         let mut out = DeliveryPlan {
             default,
             reprovision_method,
+            concurrency,
             ..DeliveryPlan::default()
         };
         for (name, g) in &raw.groups {
@@ -283,7 +302,7 @@ mod tests {
     fn tables_inherit_the_backend_default_and_its_method_and_hook() {
         let plan = load(
             "delivery = \"direct-method\"\nmethod = \"fetchCert\"\nhook = [\"bin/push\", \"-v\"]\n\
-             reprovision_method = \"reprov\"\nhook_timeout_secs = 9",
+             reprovision_method = \"reprov\"\nhook_timeout_secs = 9\ndelivery_concurrency = 3",
             "delivery = \"hook\"",
             "",
         )
@@ -296,6 +315,7 @@ mod tests {
             }
         );
         assert_eq!(d.reprovision_method, "reprov");
+        assert_eq!(d.concurrency, 3);
         let Delivery::Hook(h) = d.channel(Some("sensors"), None) else {
             panic!("{:?}", d.groups)
         };
@@ -309,6 +329,7 @@ mod tests {
         let plan = load("", "", "delivery = \"direct-method\"").unwrap();
         assert_eq!(plan.delivery.default, Delivery::None);
         assert_eq!(plan.delivery.reprovision_method, "reprovision");
+        assert_eq!(plan.delivery.concurrency, 8);
         assert_eq!(
             plan.delivery.channel(None, Some("gw-1")),
             &Delivery::DirectMethod {
@@ -351,6 +372,18 @@ mod tests {
                 "",
                 "",
                 "hook_timeout_secs = 0 is out of range",
+            ),
+            (
+                "delivery_concurrency = 0",
+                "",
+                "",
+                "delivery_concurrency = 0 is out of range (1 to 256)",
+            ),
+            (
+                "delivery_concurrency = 257",
+                "",
+                "",
+                "delivery_concurrency = 257 is out of range (1 to 256)",
             ),
         ];
         for (backend, group, enrollment, want) in cases {

@@ -18,10 +18,46 @@ pub(crate) fn both(env: &TestEnv, serve: &Serve, args: &[&str]) -> (Value, Value
     both_exit(env, serve, args, 0)
 }
 
-/// The same command on both plans; both must exit `code`. Masked JSON answers (local, azure).
+/// The same command on both plans; both must exit `code`. Masked JSON answers (local, azure);
+/// for `status`, azure's with its pending certificates settled ([`settle_pending`]).
 fn both_exit(env: &TestEnv, serve: &Serve, args: &[&str], code: i32) -> (Value, Value) {
     let [l, a] = both_json(code, args, |which, args| run_fleet(env, serve, which, args));
-    (mask(l), mask(a))
+    let (l, a) = (mask(l), mask(a));
+    if args.contains(&"status") {
+        let a = settle_pending(&l, a);
+        return (l, a);
+    }
+    (l, a)
+}
+
+/// The local backend installs a certificate on its simulated device at once; on azure one handed
+/// to a hook or a direct method is `pending` until DPS sees the device register with it
+/// (docs/plan.md, "Device delivery"), which these scenarios' devices do not do after an expiry
+/// roll (they keep their hub connection). For comparing two masked `status` documents: azure's
+/// pending certificate must be the one the local device has installed, through a channel that
+/// took it (not `none`), and then stands as azure's installed one.
+pub(crate) fn settle_pending(local: &Value, mut azure: Value) -> Value {
+    let (Some(local), Some(devices)) = (local["devices"].as_array(), azure["devices"].as_array_mut()) else {
+        return azure;
+    };
+    for (l, a) in local.iter().zip(devices.iter_mut()) {
+        if a["pending"].is_null() {
+            continue;
+        }
+        assert_eq!(
+            l["pending"],
+            Value::Null,
+            "the local backend has nothing pending: {l}"
+        );
+        assert_ne!(a["pending"]["delivery"], "none", "{a}");
+        assert_eq!(
+            a["pending"]["cert"], l["installed"],
+            "azure's pending certificate is what the local device installed: {a}\n{l}"
+        );
+        a["installed"] = a["pending"]["cert"].take();
+        a["pending"] = Value::Null;
+    }
+    azure
 }
 
 /// Where two JSON documents differ (path: left vs right), for failure messages.
@@ -65,7 +101,7 @@ pub(crate) const DIRECT: &str = "delivery = \"direct-method\"\n";
 /// The factory step of a device on azure: the operator exports its first certificate and key
 /// (`export device:ID --with-key`) and the device registers with DPS over mutual TLS with it,
 /// as a real device does when it first starts (curl, serve's DPS device endpoint).
-fn factory_register(env: &TestEnv, serve: &Serve, id: &str) {
+pub(crate) fn factory_register(env: &TestEnv, serve: &Serve, id: &str) {
     std::fs::create_dir_all(env.path("devices")).unwrap();
     let pem = env.path(&format!("devices/{id}.pem"));
     run_fleet(

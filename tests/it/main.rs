@@ -61,6 +61,8 @@ mod azure_requests;
 
 // HSM CAs on azure: Key Vault signs what certroll builds; the keys never leave it.
 mod azure_hsm;
+// Delivery on azure: what a device holds is what DPS saw; hooks and direct methods side by side.
+mod azure_delivery;
 // Issue 3 at fleet scale: yearly cron rounds, breaches, revokes, reprovision policies, kills.
 mod fleet;
 // Hostile input: output paths aimed at the state, FIFOs, devices, broken stores, far dates.

@@ -10,9 +10,11 @@
 //!   backend, and a unit of work ([`Backend::begin`]..[`Backend::commit`]) is one transaction of
 //!   that store, so a step and its "done" mark land together. Remote calls of a unit are applied
 //!   as they are made; every verb is written so that its rerun finishes a unit cut off halfway.
-//! - **What a device holds** is read back from what the services saw, never assumed: its
-//!   registration state's certificate (DPS records the thumbprint a device presented) and its hub
-//!   identity's thumbprints. `status` shows both beside the fleet record.
+//! - **What a device holds** is read back from what the services saw, never assumed: the hub
+//!   identity DPS wrote when it last assigned the device names the certificate the device
+//!   presented (counted only for a version that existed then: certroll writes hub thumbprints
+//!   too), so [`Backend::installs_on_devices`] is false here and `status`/`check` read it
+//!   (module `ops::held`); the fleet record's version is the one *issued*.
 //!
 //! Delivery. The local backend installs a new certificate on its simulated device directly; here
 //! it has to reach a real device through the channel the plan names for the device's group or
@@ -22,10 +24,12 @@
 //! - `install` records the fleet record in the local unit and queues a delivery for each device
 //!   whose handed-out version changed. Deliveries run when the services hold everything the
 //!   device will need (enrollment slots, hub thumbprints): at `register`, or when the unit
-//!   commits, whichever comes first (outside a unit, at once).
+//!   commits, whichever comes first (outside a unit, at once). Hooks run up to `[backend]
+//!   delivery_concurrency` at once; direct methods are awaited as many at once.
 //! - `register` becomes: deliver what is queued, ask each device to register again (direct method
-//!   `[backend] reprovision_method`; a device the hub does not know or that is offline registers
-//!   by itself when it next starts), then read the registration states back from DPS. A device
+//!   `[backend] reprovision_method`, up to `delivery_concurrency` awaited at once; a device the
+//!   hub does not know or that is offline registers by itself when it next starts), then read the
+//!   registration states back from DPS. A device
 //!   counts as registered only when its state is `assigned` *with the new certificate*; otherwise
 //!   the answer is a state `waiting` whose error says what happened (the delivery's outcome, the
 //!   device's own answer, or the state DPS shows), which the verbs report per device.
@@ -58,6 +62,35 @@ pub enum Outcome {
     /// Not handed over (why): the certificate waits.
     Waiting(String),
 }
+
+/// A delivery made ready by `AzureBackend::prepare`.
+enum Prepared {
+    /// Nothing leaves certroll (`none`, or no version): the outcome as it stands.
+    Done(Outcome),
+    /// A hook to run.
+    Hook(HookJob),
+    /// A direct method to invoke on the device.
+    Method {
+        /// The method's name.
+        method: String,
+        /// What the device is told to fetch.
+        parcel: Parcel,
+    },
+}
+
+/// One hook run, for a hook runner thread.
+struct HookJob {
+    /// The record's place in the batch being flushed.
+    at: usize,
+    cfg: crate::plan::HookConfig,
+    parcel: Parcel,
+    /// What goes into the PFX (made by the runner: its key derivation is the slow part): the
+    /// key (PKCS#8 DER) and the chain, leaf first. None when the key is not exportable.
+    pfx: Option<PfxParts>,
+}
+
+/// A PFX's key (PKCS#8 DER) and chain (leaf first), before the PFX is made.
+type PfxParts = (zeroize::Zeroizing<Vec<u8>>, Vec<Vec<u8>>);
 
 /// Finds the certificates DPS names only by SHA-1 thumbprint in Key Vault. DPS says whose
 /// certificate it is (the enrollment's registration id or the group's name), and certroll keeps
@@ -439,15 +472,116 @@ impl AzureBackend {
         Ok(chain)
     }
 
-    /// Runs the queued deliveries, then the hub updates held back for them.
+    /// Runs the queued deliveries, then the hub updates held back for them. Hooks run up to
+    /// `[backend] delivery_concurrency` at once while the next ones are made ready (each key is
+    /// read from the vault only when a hook runner is free to take it, and the runner makes the
+    /// PFX: its key derivation is the slow part); direct methods go out together
+    /// after, as many awaited at once.
     fn flush(&mut self, now: OffsetDateTime) -> Result<()> {
         let pending = std::mem::take(&mut self.pending);
         let stage = crate::progress::stage("deliveries", pending.len() as u64);
+        let concurrency = self.delivery.concurrency.max(1);
+        let secret_vars = self.secret_vars.clone();
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; pending.len()];
+        let mut methods: Vec<(usize, String)> = Vec::new();
+        let mut calls: Vec<(String, String, DirectMethodCall)> = Vec::new();
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<HookJob>(concurrency);
+        let queue = std::sync::Mutex::new(queue);
+        let (done, finished) = std::sync::mpsc::channel::<(usize, Result<Outcome>)>();
+        let prepared: Result<()> = std::thread::scope(|s| {
+            // Dropped when this closure returns, error or not, so idle hook runners end.
+            let jobs = jobs;
+            let mut runners = 0;
+            for (i, record) in pending.iter().enumerate() {
+                match self.prepare(record)? {
+                    Prepared::Done(outcome) => {
+                        stage.advance(1);
+                        outcomes[i] = Some(outcome);
+                    }
+                    Prepared::Hook(job) => {
+                        if runners < concurrency {
+                            runners += 1;
+                            let (queue, secret_vars, stage, done) =
+                                (&queue, &secret_vars, &stage, done.clone());
+                            s.spawn(move || {
+                                loop {
+                                    let next = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                                    let Ok(HookJob { at, cfg, parcel, pfx }) = next else {
+                                        break;
+                                    };
+                                    let made = pfx
+                                        .map(|(key, chain)| {
+                                            crate::pki::pkcs12::write_pfx(&parcel.device_id, &key, &chain, "")
+                                                .map(zeroize::Zeroizing::new)
+                                        })
+                                        .transpose();
+                                    let outcome = match made {
+                                        Err(e) => Err(BackendError::from(e)),
+                                        Ok(pfx) => Ok(
+                                            match delivery::run_hook(&cfg, &parcel, pfx.as_ref(), secret_vars)
+                                            {
+                                                Ok(()) => {
+                                                    Outcome::Delivered(format!("hook `{}`", cfg.command[0]))
+                                                }
+                                                Err(e) => Outcome::Waiting(format!("delivery failed: {e}")),
+                                            },
+                                        ),
+                                    };
+                                    stage.advance(1);
+                                    if done.send((at, outcome)).is_err() {
+                                        break;
+                                    }
+                                }
+                            });
+                        }
+                        let job = HookJob { at: i, ..job };
+                        if jobs.send(job).is_err() {
+                            return Err(BackendError::Refused("the delivery hooks stopped".into()));
+                        }
+                    }
+                    Prepared::Method { method, parcel } => {
+                        calls.push((
+                            parcel.hub.clone(),
+                            parcel.device_id.clone(),
+                            delivery::method_call(&method, &parcel),
+                        ));
+                        methods.push((i, method));
+                    }
+                }
+            }
+            Ok(())
+        });
+        drop(done);
+        let mut failed = None;
+        for (at, outcome) in finished.try_iter() {
+            match outcome {
+                Ok(outcome) => outcomes[at] = Some(outcome),
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        prepared?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let answers = self.hubs.invoke_methods(&calls, concurrency, now);
+        stage.advance(calls.len() as u64);
+        for ((at, method), answer) in methods.into_iter().zip(answers) {
+            outcomes[at] = Some(match answer {
+                Ok(answer) if answer.status == 200 => Outcome::Delivered(format!("direct method `{method}`")),
+                Ok(answer) => Outcome::Waiting(format!(
+                    "the device answered direct method `{method}` with status {}: {}",
+                    answer.status, answer.payload
+                )),
+                Err(e @ BackendError::Remote { .. }) => {
+                    Outcome::Waiting(format!("direct method `{method}` did not reach the device: {e}"))
+                }
+                Err(e) => return Err(e),
+            });
+        }
         // `delivery = "none"` is the operator's choice, not a fault: one line for all of them.
         let mut for_the_operator: Vec<String> = Vec::new();
-        for record in pending {
-            let outcome = self.deliver(&record, now)?;
-            stage.advance(1);
+        for (record, outcome) in pending.into_iter().zip(outcomes) {
+            let Some(outcome) = outcome else { continue };
             if let Outcome::Waiting(why) = &outcome {
                 let channel = self
                     .delivery
@@ -541,21 +675,21 @@ impl AzureBackend {
         Ok(apply_now)
     }
 
-    /// Delivers the version a record names through the device's channel. Errors are the
-    /// vault's (the version or its key could not be read); the device's side is an outcome.
-    fn deliver(&mut self, record: &DeviceRecord, now: OffsetDateTime) -> Result<Outcome> {
+    /// Makes a record's delivery ready for its channel: reads the version it names (and for a
+    /// hook, its key and chain, for the PFX) from the vault. Errors are the vault's; `none` and a
+    /// record without a version are an outcome at once.
+    fn prepare(&self, record: &DeviceRecord) -> Result<Prepared> {
         let Some(version_id) = record.installed_version.as_deref() else {
-            return Ok(Outcome::Waiting("no version to deliver".into()));
+            return Ok(Prepared::Done(Outcome::Waiting("no version to deliver".into())));
         };
         let channel = self
             .delivery
-            .channel(record.group.as_deref(), record.enrollment.as_deref())
-            .clone();
-        if channel == Delivery::None {
-            return Ok(Outcome::Waiting(format!(
+            .channel(record.group.as_deref(), record.enrollment.as_deref());
+        if *channel == Delivery::None {
+            return Ok(Prepared::Done(Outcome::Waiting(format!(
                 "delivery = \"none\": waiting for the operator (`certroll export device:{}`)",
                 record.id
-            )));
+            ))));
         }
         let version = self
             .vault
@@ -563,16 +697,15 @@ impl AzureBackend {
             .ok_or_else(|| {
                 BackendError::NotFound(format!("vault version {}/{version_id}", record.cert_name))
             })?;
-        let hub = self.plan_hub(record).unwrap_or_default();
         let parcel = Parcel {
             device_id: record.id.clone(),
-            hub: hub.clone(),
+            hub: self.plan_hub(record).unwrap_or_default(),
             vault_url: self.vault.vault_url().to_string(),
             name: record.cert_name.clone(),
             version: version_id.to_string(),
             thumbprint: crate::pki::sha1_thumbprint(&version.cert_der),
         };
-        Ok(match &channel {
+        Ok(match channel {
             Delivery::None => unreachable!("handled above"),
             Delivery::Hook(cfg) => {
                 let pfx = if version.exportable {
@@ -582,36 +715,21 @@ impl AzureBackend {
                     // Devices present their chain up to, not including, the root.
                     let keep = above.len().saturating_sub(1);
                     chain.extend(above.into_iter().take(keep));
-                    Some(zeroize::Zeroizing::new(crate::pki::pkcs12::write_pfx(
-                        &record.id,
-                        key.pkcs8_der(),
-                        &chain,
-                        "",
-                    )?))
+                    Some((zeroize::Zeroizing::new(key.pkcs8_der().to_vec()), chain))
                 } else {
                     None
                 };
-                match delivery::run_hook(cfg, &parcel, pfx.as_ref(), &self.secret_vars) {
-                    Ok(()) => Outcome::Delivered(format!("hook `{}`", cfg.command[0])),
-                    Err(e) => Outcome::Waiting(format!("delivery failed: {e}")),
-                }
+                Prepared::Hook(HookJob {
+                    at: 0,
+                    cfg: cfg.clone(),
+                    parcel,
+                    pfx,
+                })
             }
-            Delivery::DirectMethod { method } => {
-                let call = delivery::method_call(method, &parcel);
-                match self.hubs.invoke_method(&hub, &record.id, &call, now) {
-                    Ok(answer) if answer.status == 200 => {
-                        Outcome::Delivered(format!("direct method `{method}`"))
-                    }
-                    Ok(answer) => Outcome::Waiting(format!(
-                        "the device answered direct method `{method}` with status {}: {}",
-                        answer.status, answer.payload
-                    )),
-                    Err(e @ BackendError::Remote { .. }) => {
-                        Outcome::Waiting(format!("direct method `{method}` did not reach the device: {e}"))
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+            Delivery::DirectMethod { method } => Prepared::Method {
+                method: method.clone(),
+                parcel,
+            },
         })
     }
 
@@ -936,6 +1054,15 @@ impl HubRegistry for AzureBackend {
         self.hubs.invoke_method(hub, device_id, call, now)
     }
 
+    fn invoke_methods(
+        &mut self,
+        calls: &[(String, String, DirectMethodCall)],
+        concurrency: usize,
+        now: OffsetDateTime,
+    ) -> Vec<Result<DirectMethodResult>> {
+        self.hubs.invoke_methods(calls, concurrency, now)
+    }
+
     fn authenticate(
         &self,
         hub: &str,
@@ -1201,13 +1328,21 @@ impl EnrollmentService for AzureBackend {
                 .map(|s| s.as_ref().map(|s| (s.etag.clone(), s.updated, s.status.clone())))
                 .collect()
         };
-        let at_start = seen(&self.registration_states(&ids)?);
         let had_deliveries = !self.pending.is_empty();
-        self.flush(now)?;
-        let after_delivery = if had_deliveries {
-            seen(&self.registration_states(&ids)?)
+        // Without a delivery in this process, a device counts as registered only when it
+        // answers the ask with 200, fresh evidence by itself: DPS's record from before would
+        // only notice one that registered by itself meanwhile (a rerun finds it). Not reading it
+        // spares `reprovision` a DPS read per device, each paced at DPS's rate.
+        let delivered = had_deliveries || ids.iter().any(|id| self.outcomes.contains_key(id));
+        let at_start = if delivered {
+            Some(seen(&self.registration_states(&ids)?))
         } else {
-            at_start.clone()
+            None
+        };
+        self.flush(now)?;
+        let after_delivery = match &at_start {
+            Some(_) if had_deliveries => Some(seen(&self.registration_states(&ids)?)),
+            other => other.clone(),
         };
         let records = self.vault.local().device_many(&ids)?;
         let method = self.delivery.reprovision_method.clone();
@@ -1216,6 +1351,7 @@ impl EnrollmentService for AzureBackend {
         // Devices that registered when asked (status 200), and those DPS refused.
         let mut asked_ok: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut refused: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut asks: Vec<(String, String, DirectMethodCall)> = Vec::new();
         for (i, (req, record)) in batch.iter().zip(&records).enumerate() {
             let id = &req.registration_id;
             // A device the delivery did not reach does not hold the certificate: asking it to
@@ -1226,7 +1362,8 @@ impl EnrollmentService for AzureBackend {
             // A device that registered by itself when its delivery reached it (a hook that
             // restarts it) is not asked again: that would turn its initial assignment into a
             // reprovisioning.
-            if after_delivery[i] != at_start[i]
+            if let (Some(at_start), Some(after_delivery)) = (&at_start, &after_delivery)
+                && after_delivery[i] != at_start[i]
                 && after_delivery[i].as_ref().is_some_and(|s| s.2 == "assigned")
             {
                 continue;
@@ -1234,8 +1371,14 @@ impl EnrollmentService for AzureBackend {
             let Some(hub) = record.as_ref().and_then(|r| self.plan_hub(r)) else {
                 continue;
             };
-            let call = delivery::reprovision_call(&method);
-            match self.hubs.invoke_method(&hub, id, &call, now) {
+            asks.push((hub, id.clone(), delivery::reprovision_call(&method)));
+        }
+        // Each device answers once it registered again; a fleet's devices are asked together.
+        let answered = self
+            .hubs
+            .invoke_methods(&asks, self.delivery.concurrency.max(1), now);
+        for ((_, id, _), answer) in asks.iter().zip(answered) {
+            match answer {
                 Ok(answer) if answer.status == 200 => {
                     asked_ok.insert(id.clone());
                 }
@@ -1266,9 +1409,11 @@ impl EnrollmentService for AzureBackend {
         let mut states = self.registration_states(&ids)?;
         let fresh: Vec<bool> = seen(&states)
             .iter()
-            .zip(&at_start)
+            .enumerate()
             .zip(&ids)
-            .map(|((now, then), id)| now != then || asked_ok.contains(id))
+            .map(|((i, now), id)| {
+                asked_ok.contains(id) || at_start.as_ref().is_some_and(|then| *now != then[i])
+            })
             .collect();
         // DPS's registration state does not name the certificate a device presented; the hub
         // identity DPS wrote when it assigned the device does (its thumbprint).
@@ -1379,6 +1524,11 @@ type Seen = Option<(Option<String>, Option<OffsetDateTime>, String)>;
 impl Backend for AzureBackend {
     fn describe(&self) -> String {
         self.describe.clone()
+    }
+
+    fn installs_on_devices(&self) -> bool {
+        // A device gets its certificate through the plan's delivery channel, if at all.
+        false
     }
 
     fn begin(&mut self) -> Result<()> {

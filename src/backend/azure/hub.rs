@@ -239,6 +239,48 @@ impl AzureHubRegistry {
         })
     }
 
+    /// `POST /twins/{id}/methods` on `hub`: the device's status and payload (see
+    /// [`HubRegistry::invoke_method`]).
+    async fn invoke_async(
+        &self,
+        hub: &str,
+        device_id: &str,
+        call: &DirectMethodCall,
+    ) -> Result<DirectMethodResult> {
+        self.client(hub)?;
+        let client = &self.methods[hub];
+        let operation = format!("invoke direct method `{}`", call.method_name);
+        let request = Call::new(
+            Method::Post,
+            format!("/twins/{}/methods", segment(device_id)),
+            &operation,
+            device_id,
+        )
+        .json(json!({
+            "methodName": call.method_name,
+            "payload": call.payload,
+            "responseTimeoutInSeconds": call.response_timeout_secs,
+            "connectTimeoutInSeconds": 0,
+        }));
+        let answer = client.expect(&request, &[200]).await?;
+        let body = answer.json();
+        let status = body["status"]
+            .as_i64()
+            .and_then(|s| i32::try_from(s).ok())
+            .ok_or_else(|| BackendError::Remote {
+                service: "IoT Hub",
+                operation: operation.clone(),
+                target: device_id.to_string(),
+                status: Some(200),
+                code: "InvalidResponse".into(),
+                message: "the answer has no device status".into(),
+            })?;
+        Ok(DirectMethodResult {
+            status,
+            payload: body.get("payload").cloned().unwrap_or(Value::Null),
+        })
+    }
+
     async fn read(client: &RestClient, hub: &str, device_id: &str) -> Result<Option<Device>> {
         let path = format!("/devices/{}", segment(device_id));
         let call = Call::new(Method::Get, path, "get device identity", device_id);
@@ -608,38 +650,25 @@ impl HubRegistry for AzureHubRegistry {
         call: &DirectMethodCall,
         _now: OffsetDateTime,
     ) -> Result<DirectMethodResult> {
-        self.client(hub)?;
-        let client = &self.methods[hub];
-        let operation = format!("invoke direct method `{}`", call.method_name);
-        let request = Call::new(
-            Method::Post,
-            format!("/twins/{}/methods", segment(device_id)),
-            &operation,
-            device_id,
+        self.rt.block_on(self.invoke_async(hub, device_id, call))
+    }
+
+    fn invoke_methods(
+        &mut self,
+        calls: &[(String, String, DirectMethodCall)],
+        concurrency: usize,
+        _now: OffsetDateTime,
+    ) -> Vec<Result<DirectMethodResult>> {
+        use futures::StreamExt;
+        let this = &*self;
+        let answers = futures::stream::iter(
+            calls
+                .iter()
+                .map(|(hub, id, call)| this.invoke_async(hub, id, call)),
         )
-        .json(json!({
-            "methodName": call.method_name,
-            "payload": call.payload,
-            "responseTimeoutInSeconds": call.response_timeout_secs,
-            "connectTimeoutInSeconds": 0,
-        }));
-        let answer = self.rt.block_on(client.expect(&request, &[200]))?;
-        let body = answer.json();
-        let status = body["status"]
-            .as_i64()
-            .and_then(|s| i32::try_from(s).ok())
-            .ok_or_else(|| BackendError::Remote {
-                service: "IoT Hub",
-                operation: operation.clone(),
-                target: device_id.to_string(),
-                status: Some(200),
-                code: "InvalidResponse".into(),
-                message: "the answer has no device status".into(),
-            })?;
-        Ok(DirectMethodResult {
-            status,
-            payload: body.get("payload").cloned().unwrap_or(Value::Null),
-        })
+        .buffered(concurrency.max(1))
+        .collect::<Vec<_>>();
+        self.rt.block_on(answers)
     }
 }
 
