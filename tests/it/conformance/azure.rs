@@ -1763,11 +1763,14 @@ fn a_client_above_the_service_s_rate_slows_to_it_after_a_429() {
         dps.rate()
     );
     assert!(throttled > 0, "serve never throttled, so nothing was learned");
+    // Bounds with room for a loaded machine (a run here: 16 answered 429, 5.03/s); a client
+    // that never slows draws about 50 answers 429 for these 60 reads, one that slows too far
+    // falls under 60% of the service's rate.
     assert!(
-        throttled <= 20,
+        throttled <= 30,
         "{throttled} answers were 429: the client did not slow down to the service's rate"
     );
-    assert!(rate >= 0.8 * 5.0, "{rate:.2}/s is under 80% of the service's 5/s");
+    assert!(rate >= 0.6 * 5.0, "{rate:.2}/s is under 60% of the service's 5/s");
 }
 
 /// Retries count against the client's rate as the service counts them: a client set just
