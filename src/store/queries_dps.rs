@@ -26,19 +26,22 @@ pub struct Meta {
     pub extra: Option<serde_json::Value>,
 }
 
+/// A [`Meta`] from the row's columns `at..at + 3` (etag, created, updated) and the stored JSON
+/// of its DPS fields (unreadable JSON reads as none, as it always did).
+fn meta_at(r: &rusqlite::Row<'_>, at: usize, extra: Option<String>) -> rusqlite::Result<Meta> {
+    Ok(Meta {
+        etag: r.get::<_, Option<String>>(at)?.unwrap_or_default(),
+        created: from_ts(r.get(at + 1)?),
+        updated: from_ts(r.get(at + 2)?),
+        extra: extra.and_then(|t| serde_json::from_str(&t).ok()),
+    })
+}
+
 fn meta(conn: &Connection, query: &str, key: &[&str]) -> Result<Option<Meta>> {
     conn.prepare_cached(query)
         .and_then(|mut s| {
-            s.query_row(rusqlite::params_from_iter(key), |r| {
-                let extra: Option<String> = r.get(3)?;
-                Ok(Meta {
-                    etag: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
-                    created: from_ts(r.get(1)?),
-                    updated: from_ts(r.get(2)?),
-                    extra: extra.and_then(|t| serde_json::from_str(&t).ok()),
-                })
-            })
-            .optional()
+            s.query_row(rusqlite::params_from_iter(key), |r| meta_at(r, 0, r.get(3)?))
+                .optional()
         })
         .map_err(sql)
 }
@@ -98,12 +101,7 @@ pub fn hub_wire(conn: &Connection, hub: &str, device_id: &str) -> Result<Option<
                     secondary_thumbprint: r.get(4)?,
                     status: Status::parse(&r.get::<_, String>(5)?),
                 },
-                Meta {
-                    etag: r.get::<_, Option<String>>(6)?.unwrap_or_default(),
-                    created: from_ts(r.get(7)?),
-                    updated: from_ts(r.get(8)?),
-                    extra: twin.and_then(|t| serde_json::from_str(&t).ok()),
-                },
+                meta_at(r, 6, twin)?,
             ))
         })
         .optional()
@@ -196,12 +194,7 @@ fn wire_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IndividualWireRow> {
         },
         primary_thumbprint,
         secondary_thumbprint,
-        meta: Meta {
-            etag: r.get::<_, Option<String>>(8)?.unwrap_or_default(),
-            created: from_ts(r.get(9)?),
-            updated: from_ts(r.get(10)?),
-            extra: None,
-        },
+        meta: meta_at(r, 8, None)?,
         extra_text: r.get(11)?,
     })
 }
