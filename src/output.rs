@@ -44,7 +44,7 @@ pub fn stdout_written() -> bool {
 
 impl Write for Stdout {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.0.write(buf)?;
+        let n = self.0.write(buf).map_err(unwritable)?;
         if n > 0 {
             STDOUT_WRITTEN.store(true, Ordering::SeqCst);
         }
@@ -52,8 +52,33 @@ impl Write for Stdout {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
+        self.0.flush().map_err(unwritable)
     }
+}
+
+/// A failed write of a command's output to stdout (a full disk, a closed pipe). Its message says
+/// that it is the output, as for help and version text ("cannot write the output: No space left
+/// on device"): the bare OS error could be any file's. The [`std::io::Error`] that carries it
+/// keeps the OS error's kind, so a closed pipe (`| head`) is still told apart.
+#[derive(Debug)]
+pub struct OutputError(std::io::Error);
+
+impl std::fmt::Display for OutputError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot write the output: {}", self.0)
+    }
+}
+
+impl std::error::Error for OutputError {}
+
+/// `e` as an [`OutputError`] of the same kind (once: a retried write's error is not wrapped twice).
+fn unwritable(e: std::io::Error) -> std::io::Error {
+    if e.kind() == std::io::ErrorKind::Interrupted
+        || e.get_ref().is_some_and(|inner| inner.is::<OutputError>())
+    {
+        return e;
+    }
+    std::io::Error::new(e.kind(), OutputError(e))
 }
 
 /// The body of a JSON error document: `{"error": ErrorBody}`.
