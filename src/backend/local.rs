@@ -480,6 +480,42 @@ impl Vault for LocalBackend {
         let out = self.store.write(|tx, _| qv::chain_set(tx, name, version, chain));
         out.map_err(|e| self.with_path(e))
     }
+
+    /// The merged version takes the request's id, which names the request's key from the
+    /// create on (serve's `GET /keys` and `sign` of a pending request): at Key Vault the
+    /// pending key's version is the version the merge completes. One write: the version, its
+    /// chain and the end of the request.
+    fn merge_pending(
+        &mut self,
+        pending: &PendingCertificate,
+        leaf: &[u8],
+        chain: &[Vec<u8>],
+        issuer: Option<(&str, &str)>,
+        now: OffsetDateTime,
+    ) -> Result<String> {
+        let key = self.pending_key(&pending.name)?;
+        let new = NewVersion {
+            name: &pending.name,
+            policy_json: &pending.policy_json,
+            cert_der: leaf,
+            key_pkcs8: key.pkcs8_der(),
+            kty: &pending.kty,
+            exportable: pending.exportable,
+            issuer,
+            facts: None,
+            new_key: false,
+        };
+        let out = self.store.write(|tx, sealing| {
+            let hash = q::policy_put(tx, new.policy_json)?;
+            let version = q::vault_insert_as(tx, sealing, now, &new, &hash, Some(&pending.request_id))?;
+            if !chain.is_empty() {
+                qv::chain_set(tx, &pending.name, &version, chain)?;
+            }
+            qv::pending_delete(tx, &pending.name)?;
+            Ok::<_, crate::store::StoreError>(version)
+        });
+        out.map_err(|e| self.with_path(e))
+    }
 }
 
 impl EnrollmentService for LocalBackend {

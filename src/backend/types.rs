@@ -540,6 +540,7 @@ pub struct PendingCertificate {
     pub policy_json: String,
     /// The issuer named in the policy (`Unknown` or an issuer object).
     pub issuer: String,
-    /// When it was requested.
-    pub created: OffsetDateTime,
+    /// When it was requested; None when the vault does not say (Key Vault's operation carries
+    /// no time: certroll reads it from the policy the create wrote).
+    pub created: Option<OffsetDateTime>,
 }

@@ -373,6 +373,14 @@ fn password(var: &str) -> anyhow::Result<Zeroizing<String>> {
         .map_err(|_| input(format!("--password-env {var}: the variable is not set")))
 }
 
+/// `, since TIME` of a pending request, or nothing when the vault gave no time (never a date
+/// made up in its place).
+fn since(created: Option<time::OffsetDateTime>) -> String {
+    created
+        .map(|t| format!(", since {}", crate::clock::rfc3339(t)))
+        .unwrap_or_default()
+}
+
 fn enabled(e: bool) -> &'static str {
     if e { "enabled" } else { "disabled" }
 }
@@ -429,10 +437,10 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
             } else {
                 for r in &pending {
                     p.line(format!(
-                        "{:<40} pending: waiting for `vault merge` (issuer {}, since {})",
+                        "{:<40} pending: waiting for `vault merge` (issuer {}{})",
                         r.name,
                         r.issuer,
-                        crate::clock::rfc3339(r.created)
+                        since(r.created)
                     ))?;
                 }
             }
@@ -468,10 +476,10 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
                 }
                 if let Some(pending) = &view.pending {
                     p.line(format!(
-                        "pending: request {} for issuer {} since {} (`certroll vault csr {}`, then `vault merge`)",
+                        "pending: request {} for issuer {}{} (`certroll vault csr {}`, then `vault merge`)",
                         pending.request_id,
                         pending.issuer,
-                        crate::clock::rfc3339(pending.created),
+                        since(pending.created),
                         view.name
                     ))?;
                 }

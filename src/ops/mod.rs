@@ -767,7 +767,7 @@ mod tests {
             exportable: false,
             policy_json: "{}".into(),
             issuer: "Unknown".into(),
-            created: time::OffsetDateTime::UNIX_EPOCH,
+            created: None,
         };
         assert!(request_fits(&pending(csr_on("prime256v1")), policy));
         assert!(!request_fits(&pending(csr_on("secp256k1")), policy));

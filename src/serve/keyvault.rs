@@ -206,12 +206,22 @@ fn attributes(v: &VaultVersion) -> Value {
 }
 
 /// The stored policy as Key Vault shows it: with its id and attributes, a validity in months.
-fn policy_view(base: &str, name: &str, stored: &Value) -> Value {
+/// `times` (created, last updated) go into the attributes, as Key Vault's policy carries them.
+fn policy_view(
+    base: &str,
+    name: &str,
+    stored: &Value,
+    times: Option<(OffsetDateTime, OffsetDateTime)>,
+) -> Value {
     let mut p = stored.clone();
     if let Some(obj) = p.as_object_mut() {
         obj.remove("name");
         obj.insert("id".into(), json!(format!("{base}/certificates/{name}/policy")));
-        obj.entry("attributes").or_insert(json!({ "enabled": true }));
+        let attributes = obj.entry("attributes").or_insert(json!({ "enabled": true }));
+        if let (Some((created, updated)), Some(a)) = (times, attributes.as_object_mut()) {
+            a.insert("created".into(), json!(secs(created)));
+            a.insert("updated".into(), json!(secs(updated)));
+        }
         if let Some(x509) = obj.get_mut("x509_props").and_then(Value::as_object_mut) {
             let days = x509.remove("validity_days").and_then(|d| d.as_u64());
             if x509.get("validity_months").is_none_or(Value::is_null) {
@@ -242,7 +252,7 @@ fn bundle(base: &str, v: &VaultVersion, tags: &Tags, policy: Option<&Value>, wit
         "tags": tags,
     });
     if with_policy && let Some(p) = policy {
-        out["policy"] = policy_view(base, name, p);
+        out["policy"] = policy_view(base, name, p, None);
     }
     out
 }
@@ -266,7 +276,7 @@ fn placeholder_bundle(
     base: &str,
     name: &str,
     version: &str,
-    created: OffsetDateTime,
+    created: Option<OffsetDateTime>,
     policy_json: Option<&str>,
 ) -> Value {
     let mut out = json!({
@@ -275,17 +285,19 @@ fn placeholder_bundle(
         "sid": format!("{base}/secrets/{name}/{version}"),
         "attributes": {
             "enabled": false,
-            "created": secs(created),
-            "updated": secs(created),
             "recoveryLevel": "Recoverable+Purgeable",
             "recoverableDays": RECOVERABLE_DAYS,
         },
         "tags": {},
         "pending": { "id": format!("{base}/certificates/{name}/pending") },
     });
+    if let Some(t) = created {
+        out["attributes"]["created"] = json!(secs(t));
+        out["attributes"]["updated"] = json!(secs(t));
+    }
     if let Some(policy) = policy_json.and_then(|p| serde_json::from_str::<Value>(p).ok()) {
         out["contentType"] = json!(content_type(Some(&policy)));
-        out["policy"] = policy_view(base, name, &policy);
+        out["policy"] = policy_view(base, name, &policy, created.map(|t| (t, t)));
     }
     out
 }
@@ -403,7 +415,7 @@ async fn get_certificate(
     Path(at): Path<At>,
 ) -> Answer {
     p.require(Perm::Get, &st.config.vault)?;
-    st.read(move |b, now| {
+    st.read(move |b, _| {
         if at.version().is_none() && b.current(&at.name)?.is_none() {
             if let Some(pend) = b.pending(&at.name)? {
                 return Ok(Json(pending_bundle(&base, &pend)));
@@ -413,8 +425,7 @@ async fn get_certificate(
             if let Some(c) = cancelled(b, &at.name)? {
                 let created = c
                     .created
-                    .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
-                    .unwrap_or(now);
+                    .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
                 return Ok(Json(placeholder_bundle(
                     &base,
                     &at.name,
@@ -645,13 +656,21 @@ async fn get_policy(
 ) -> Answer {
     p.require(Perm::Get, &st.config.vault)?;
     st.read(move |b, _| {
-        // A name whose first version waits for a merge has its policy already (Key Vault's).
-        let waiting = match b.pending(&name)? {
-            Some(p) => serde_json::from_str(&p.policy_json).ok(),
-            None => None,
-        };
-        let policy = b.policy(&name)?.or(waiting).ok_or_else(|| not_found(&name))?;
-        Ok(Json(policy_view(&base, &name, &policy)))
+        if let Some(policy) = b.policy(&name)? {
+            // A live name's: a renewal's create replaced it, so `updated` is the request's time.
+            let times = qv::policy_times(b.store().conn(), &name).map_err(BackendError::from)?;
+            return Ok(Json(policy_view(&base, &name, &policy, times)));
+        }
+        // A name whose first version waits for a merge has its policy already (Key Vault's),
+        // written by the create.
+        let pend = b.pending(&name)?.ok_or_else(|| not_found(&name))?;
+        let policy = serde_json::from_str(&pend.policy_json).map_err(|_| not_found(&name))?;
+        Ok(Json(policy_view(
+            &base,
+            &name,
+            &policy,
+            pend.created.map(|t| (t, t)),
+        )))
     })
     .await
 }
@@ -668,7 +687,8 @@ async fn update_policy(
     let patch = body(&bytes)?;
     st.write(move |b, now| {
         let policy = set_policy(b, &name, &patch, now)?;
-        Ok(Json(policy_view(&base, &name, &policy)))
+        let times = qv::policy_times(b.store().conn(), &name).map_err(BackendError::from)?;
+        Ok(Json(policy_view(&base, &name, &policy, times)))
     })
     .await
 }
@@ -1108,7 +1128,7 @@ async fn cancel_operation(
             csr: STANDARD.encode(&pend.csr_der),
             request_id: pend.request_id.clone(),
             current_at_cancel: Some(b.current(&name)?.map(|v| v.version).unwrap_or_default()),
-            created: Some(pend.created.unix_timestamp()),
+            created: pend.created.map(OffsetDateTime::unix_timestamp),
             policy: Some(pend.policy_json.clone()),
         };
         let record = serde_json::to_string(&record).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -1711,14 +1731,16 @@ async fn get_key(
             }
             key["kid"] = json!(format!("{base}/keys/{name}/{}", pend.request_id));
             key["key_ops"] = json!(["sign", "verify"]);
-            let attrs = json!({
+            let mut attrs = json!({
                 "enabled": true,
-                "created": secs(pend.created),
-                "updated": secs(pend.created),
                 "exportable": pend.exportable,
                 "recoveryLevel": "Recoverable+Purgeable",
                 "recoverableDays": RECOVERABLE_DAYS,
             });
+            if let Some(t) = pend.created {
+                attrs["created"] = json!(secs(t));
+                attrs["updated"] = json!(secs(t));
+            }
             return Ok(Json(
                 json!({ "key": key, "attributes": attrs, "tags": {}, "managed": true }),
             ));

@@ -29,6 +29,18 @@ fn tags_text(tags: &Tags) -> String {
 
 // ---------------------------------------------------------------- policy
 
+/// When a certificate name was made and when its policy last changed (the certificate row
+/// changes with its policy only), as Key Vault's policy attributes `created` and `updated`;
+/// None for a name the store does not hold.
+pub fn policy_times(conn: &Connection, name: &str) -> Result<Option<(OffsetDateTime, OffsetDateTime)>> {
+    conn.prepare_cached("SELECT created, updated FROM vault_certificates WHERE name = ?1")
+        .and_then(|mut s| {
+            s.query_row([name], |r| Ok((from_ts(r.get(0)?), from_ts(r.get(1)?))))
+                .optional()
+        })
+        .map_err(sql)
+}
+
 /// Replaces the policy of a live certificate (Key Vault's policy update); false if the name is
 /// not live. Its versions keep the policies they were made with.
 pub fn policy_set(conn: &Connection, name: &str, json: &str, now: OffsetDateTime) -> Result<bool> {
@@ -540,7 +552,8 @@ fn pending_row(r: &Row<'_>) -> rusqlite::Result<PendingCertificate> {
         exportable: r.get(4)?,
         policy_json: r.get(5)?,
         issuer: r.get(6)?,
-        created: from_ts(r.get(7)?),
+        // 0: a request whose time was not known (none the store makes).
+        created: Some(r.get::<_, i64>(7)?).filter(|s| *s != 0).map(from_ts),
     })
 }
 
@@ -586,7 +599,7 @@ pub fn pending_put(
             p.csr_der,
             p.policy_json,
             p.issuer,
-            ts(p.created)
+            p.created.map_or(0, ts)
         ],
     )
     .map_err(sql)?;

@@ -458,6 +458,43 @@ fn a_run_killed_between_key_vault_create_and_merge_finishes_on_rerun_with_one_ca
     let op = key_vault_get(&env, &serve, "certificates/ca-root/pending");
     assert_eq!(op["status"], "inProgress", "{op}");
     assert!(vault_versions(&env, &serve, "ca-root").is_empty());
+    // The waiting request is shown with the time Key Vault made it (its policy's, which the
+    // create wrote; third trial: `since 1970-01-01T00:00:00Z`).
+    let policy = key_vault_get(&env, &serve, "certificates/ca-root/policy");
+    let made = policy["attributes"]["updated"]
+        .as_i64()
+        .expect("the policy is dated");
+    let made = time::OffsetDateTime::from_unix_timestamp(made).unwrap();
+    let listed = run_fleet(&env, &serve, "azure", &["vault", "list", "-o", "json"])
+        .ok()
+        .json();
+    let pending = listed["pending"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "ca-root"))
+        .unwrap_or_else(|| panic!("ca-root pending in {listed}"))
+        .clone();
+    let shown = time::OffsetDateTime::parse(
+        pending["created"].as_str().unwrap_or_default(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap_or_else(|e| panic!("{pending}: {e}"));
+    assert_eq!(shown, made, "{pending}");
+    for args in [&["vault", "list"][..], &["vault", "show", "ca-root"][..]] {
+        let text = run_fleet(&env, &serve, "azure", args).ok().stdout;
+        assert!(
+            text.contains(&format!("since {}", pending["created"].as_str().unwrap()))
+                && !text.contains("1970"),
+            "{args:?}: {text}"
+        );
+    }
+    // The request's key is the name's newest key version, the one the merge completes: the
+    // root's self-signature is made with the key version its certificate has (one version, as
+    // at Key Vault; third trial: serve signed with another version id than the merged one).
+    let kid = key_vault_get(&env, &serve, "keys/ca-root")["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pending_version = kid.rsplit('/').next().unwrap().to_string();
     run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]).ok();
     assert_eq!(
         vault_requests(&env, "POST", "/certificates/ca-root/create"),
@@ -465,6 +502,17 @@ fn a_run_killed_between_key_vault_create_and_merge_finishes_on_rerun_with_one_ca
         "no second create"
     );
     assert_eq!(vault_versions(&env, &serve, "ca-root").len(), 1);
+    assert_eq!(
+        vault_versions(&env, &serve, "ca-root")[0]["version"],
+        pending_version,
+        "the merged version is the pending key's"
+    );
+    assert!(
+        vault_requests(&env, "POST", &format!("/keys/ca-root/{pending_version}/sign")) >= 1,
+        "the self-signature was made with the key version the certificate has"
+    );
+    let merged = key_vault_get(&env, &serve, "keys/ca-root");
+    assert_eq!(merged["key"]["kid"], kid.as_str(), "{merged}");
     assert_eq!(vault_versions(&env, &serve, "ca-line").len(), 1);
     // Nothing is left pending.
     for ca in ["ca-root", "ca-line"] {

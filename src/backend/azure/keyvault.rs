@@ -552,11 +552,12 @@ impl AzureVault {
             Err(e) => return Err(remote("get certificate operation", name, e)),
         };
         let policy = Self::get_policy(certs, name).await?;
+        // Key Vault's operation carries no time; the create wrote the policy (a renewal's too),
+        // so the policy's last update is when the request was made. None when not given.
         let created = policy
             .as_ref()
             .and_then(|p| p.attributes.as_ref())
-            .and_then(|a| a.created)
-            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+            .and_then(|a| a.updated);
         let policy_json = match &policy {
             Some(p) => serde_json::to_string(p)
                 .map_err(|e| BackendError::Refused(format!("policy of `{name}`: {e}")))?,
@@ -1362,7 +1363,7 @@ impl Vault for AzureVault {
                 .map_err(|e| remote("create certificate", name, e))?;
             let op: CertificateOperation = model(first, "create certificate", name)?;
             vault_write_fault_point();
-            match pending_of(name, &op, &policy_doc, key, OffsetDateTime::now_utc())? {
+            match pending_of(name, &op, &policy_doc, key, Some(OffsetDateTime::now_utc()))? {
                 Some(p) => Ok(Some(Created::Pending(p))),
                 None => Err(BackendError::Refused(format!(
                     "Key Vault's create of `{name}` (issuer {issuer}) answered status {:?} without a CSR",
@@ -1523,7 +1524,7 @@ fn pending_of(
     op: &CertificateOperation,
     policy_json: &str,
     key: (String, bool),
-    created: OffsetDateTime,
+    created: Option<OffsetDateTime>,
 ) -> Result<Option<PendingCertificate>> {
     let waiting = op
         .status

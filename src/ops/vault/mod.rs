@@ -134,9 +134,9 @@ pub struct PendingView {
     pub request_id: String,
     /// The issuer named in the policy.
     pub issuer: String,
-    /// When it was requested.
-    #[serde(with = "time::serde::rfc3339")]
-    pub created: OffsetDateTime,
+    /// When it was requested; null when the vault does not say.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub created: Option<OffsetDateTime>,
     /// The CSR, PEM.
     pub csr: String,
 }
@@ -382,9 +382,9 @@ pub struct PendingEntry {
     pub request_id: String,
     /// The issuer the policy names.
     pub issuer: String,
-    /// When it was requested.
-    #[serde(with = "time::serde::rfc3339")]
-    pub created: OffsetDateTime,
+    /// When it was requested; null when the vault does not say.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub created: Option<OffsetDateTime>,
 }
 
 /// The requests waiting for an outside CA (`vault merge`), in name order.

@@ -290,7 +290,7 @@ pub fn create_backdated(
             exportable: crate::ops::exportable(&policy),
             policy_json: policy_doc,
             issuer: issuer.clone(),
-            created: now,
+            created: Some(now),
         },
         key.pkcs8_der(),
     )?;

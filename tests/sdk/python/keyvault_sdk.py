@@ -321,6 +321,18 @@ check(
     and waiting.policy.issuer_name == WellKnownIssuerNames.unknown,
     f"get_certificate while pending: {waiting.properties.enabled} {waiting.cer!r} {waiting.policy}",
 )
+# Key Vault's policy carries its times; the create wrote it, so it dates the request (the
+# operation has no time of its own). certroll shows a pending request's time from it.
+waiting_policy = client.get_certificate_policy("merge-me")
+check(
+    waiting_policy.created_on is not None and waiting_policy.updated_on == waiting.properties.created_on,
+    f"the policy of a pending request dates it: {waiting_policy.created_on} {waiting_policy.updated_on} "
+    f"{waiting.properties.created_on}",
+)
+# The create made the request's key as the name's newest key version: the version the merge
+# completes (one version, as at Key Vault), not another.
+pending_key = requests.get(f"{VAULT_URL}/keys/merge-me/?api-version=7.5", headers=HEADERS).json()
+check(pending_key["key"]["kid"] == waiting.key_id, f"the pending key is the waiting version's: {pending_key['key']['kid']}")
 open(os.path.join(WORK, "merge.csr.der"), "wb").write(op.csr)
 openssl("req", "-inform", "DER", "-in", "merge.csr.der", "-verify", "-noout")
 openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ca.key",
@@ -332,6 +344,11 @@ leaf = openssl("x509", "-in", "merge.crt", "-outform", "DER")
 ca = openssl("x509", "-in", "ca.crt", "-outform", "DER")
 merged = client.merge_certificate("merge-me", [leaf, ca])
 check(merged.cer == leaf and merged.name == "merge-me", "merge_certificate")
+check(
+    merged.properties.version == waiting.properties.version and merged.key_id == pending_key["key"]["kid"],
+    f"the merge completes the pending version: {merged.properties.version} {waiting.properties.version} "
+    f"{merged.key_id} {pending_key['key']['kid']}",
+)
 try:
     client.get_certificate_operation("nothing-pending")
     check(False, "no operation")
