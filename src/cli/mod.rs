@@ -223,10 +223,11 @@ impl Global {
         if !self.shows_progress() {
             return None;
         }
-        let sink = crate::progress::BarSink::new(indicatif::ProgressDrawTarget::stderr());
-        if let Some(multi) = multi {
-            multi.add(sink.0.clone());
-        }
+        let place = match multi {
+            Some(multi) => crate::progress::Place::Multi(multi.clone()),
+            None => crate::progress::Place::Target(indicatif::ProgressDrawTarget::stderr()),
+        };
+        let sink = crate::progress::BarSink::new(place);
         Some(crate::progress::install(std::sync::Arc::new(sink)))
     }
 

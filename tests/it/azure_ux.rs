@@ -48,6 +48,71 @@ fn on_a_terminal(env: &TestEnv, serve: &Serve, args: &str) -> (i32, String) {
     (out.status.code().unwrap_or(-1), drawn)
 }
 
+/// The seconds of a drawn time left (`7s`, `2m`, `1h`), or None for `?`.
+fn eta_secs(text: &str) -> Option<u64> {
+    let digits: String = text.chars().take_while(char::is_ascii_digit).collect();
+    let n: u64 = digits.parse().ok()?;
+    match text[digits.len()..].chars().next()? {
+        's' => Some(n),
+        'm' => Some(n * 60),
+        'h' => Some(n * 3600),
+        'd' => Some(n * 86_400),
+        _ => None,
+    }
+}
+
+/// Third azure trial: no bar is drawn without its name (`0/0 [=====] 0/s eta 0s`), rates have
+/// at most one decimal (`2.0075/s`), and the imports' time left is counted at the plan's
+/// `vault_rate` of 1 a second, not at the burst the client lets through first (`eta 3s` at
+/// 14/300): at `N/{total}` at least `total - N` seconds.
+fn bars_are_named_with_short_rates_and_paced_times_left(drawn: &str, total: u64) {
+    const NAMES: [&str; 5] = [
+        "Key Vault imports",
+        "devices",
+        "deliveries",
+        "DPS enrollments",
+        "IoT Hub identities",
+    ];
+    let mut imports_seen = 0;
+    for frame in drawn.split(['\r', '\n']) {
+        let Some(bar_at) = frame.find(" [") else { continue };
+        if !frame.contains("/s") {
+            continue;
+        }
+        assert!(
+            NAMES.iter().any(|n| frame.contains(n)),
+            "a bar without its name: {frame:?}"
+        );
+        for word in frame.split_whitespace().filter(|w| w.ends_with("/s")) {
+            let number = word.trim_end_matches("/s").trim_start_matches('<');
+            let decimals = number.split_once('.').map_or(0, |(_, d)| d.len());
+            assert!(decimals <= 1, "{word} in {frame:?}");
+        }
+        let head = &frame[..bar_at];
+        const IMPORTS: &str = "Key Vault imports ";
+        let Some(count) = head.find(IMPORTS).map(|i| &head[i + IMPORTS.len()..]) else {
+            continue;
+        };
+        let Some(done) = count
+            .strip_suffix(&format!("/{total}"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if done == total {
+            continue;
+        }
+        let eta = frame
+            .split(" eta ")
+            .nth(1)
+            .and_then(|t| eta_secs(t.trim_start()))
+            .unwrap_or_else(|| panic!("no time left in {frame:?}"));
+        assert!(eta >= total - done, "{done}/{total} with {eta}s left: {frame:?}");
+        imports_seen += 1;
+    }
+    assert!(imports_seen > 0, "no imports bar part-way:\n{drawn}");
+}
+
 /// The positions `N` of `{what} N/{total}` the bar drew.
 fn positions(drawn: &str, what: &str, total: u64) -> Vec<u64> {
     let suffix = format!("/{total}");
@@ -85,6 +150,7 @@ fn azure_issue_and_roll_on_a_terminal_move_the_bar_as_each_certificate_is_import
         "{drawn}"
     );
     assert!(!drawn.contains("devices 0/12"), "{drawn}");
+    bars_are_named_with_short_rates_and_paced_times_left(&drawn, 12);
 
     // A roll shows a bar too (it had none), moving the same way.
     let (code, drawn) = on_a_terminal(&env, &serve, "roll-secondary group:meters");

@@ -105,6 +105,9 @@ pub struct AzureVault {
     /// CRL numbers, revocations and the fleet record (see the module doc).
     local: LocalBackend,
     concurrency: usize,
+    /// Key creations a second ([`super::KeyCreationRate`]): what the imports' time left is
+    /// counted at, past the burst.
+    creation_rate: f64,
     vault_url: String,
     /// The mark of the journal step running now (see [`Vault::mark_new_versions`]).
     marker: Option<String>,
@@ -290,6 +293,7 @@ impl AzureVault {
             secrets: Arc::new(secrets),
             local,
             concurrency: config.vault_limits.concurrency,
+            creation_rate: super::KeyCreationRate::per_second(config.vault_limits.rate),
             vault_url: config.vault_url.clone(),
             marker: None,
         })
@@ -804,7 +808,7 @@ impl Vault for AzureVault {
             ));
         }
         let certs = self.certs.clone();
-        let stage = crate::progress::stage("Key Vault imports", batch.len() as u64);
+        let stage = crate::progress::paced_stage("Key Vault imports", batch.len() as u64, self.creation_rate);
         let stage = &stage;
         let done: Vec<Vec<(usize, String)>> = self.rt.block_on(async {
             futures::stream::iter(by_name.into_values().map(|group| {

@@ -227,9 +227,7 @@ pub struct KeyCreationRate {
 impl KeyCreationRate {
     /// A limiter of `rate` key creations per second (`None`: [`DEFAULT_VAULT_RATE`]).
     pub fn new(rate: Option<f64>) -> Arc<KeyCreationRate> {
-        let rate = rate
-            .filter(|r| r.is_finite() && *r > 0.0)
-            .unwrap_or(DEFAULT_VAULT_RATE);
+        let rate = Self::per_second(rate);
         let period = std::time::Duration::from_secs_f64(1.0 / rate).max(std::time::Duration::from_nanos(1));
         let burst = (rate * VAULT_WINDOW_SECS).ceil().clamp(1.0, u32::MAX as f64) as u32;
         let quota = governor::Quota::with_period(period)
@@ -238,6 +236,13 @@ impl KeyCreationRate {
         Arc::new(KeyCreationRate {
             limiter: governor::RateLimiter::direct(quota),
         })
+    }
+
+    /// The key creations a second a plan's `vault_rate` (`rate`) allows: it, or
+    /// [`DEFAULT_VAULT_RATE`] when unset or not a positive number.
+    pub fn per_second(rate: Option<f64>) -> f64 {
+        rate.filter(|r| r.is_finite() && *r > 0.0)
+            .unwrap_or(DEFAULT_VAULT_RATE)
     }
 
     /// Whether a request makes a key version: `POST .../certificates/{name}/create`,
