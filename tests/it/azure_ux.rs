@@ -417,3 +417,54 @@ fn azure_a_rejected_token_after_issue_is_named_and_changes_nothing() {
     assert!(!r.stderr.contains("a-token-serve-does-not-know"), "{}", r.stderr);
     assert_eq!(status(), before, "a refused run changed nothing");
 }
+
+/// An IoT Hub error about the identities of a batch of devices names the count with the
+/// operation and the first device alone in backticks (third azure trial: "IoT Hub query device
+/// identities `1 devices from `valve-1``", nested backticks). A hub key IoT Hub rejects fails the
+/// revoke of a registered device at its hub read, exit 2.
+#[test]
+fn azure_a_hub_error_about_a_device_names_it_in_one_pair_of_backticks() {
+    use base64::Engine as _;
+    let env = TestEnv::new();
+    let serve = crate::azure_verbs2::groups_through_the_hook(&env);
+    let r = run_fleet(&env, &serve, "azure", &["issue"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let wrong_hub_key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let dps_key = sas_key(&serve, "certroll-dps").1;
+    let with_wrong_hub_key = |args: &[&str]| {
+        run_plan(
+            &env,
+            "azure",
+            &[
+                ("CERTROLL_AZ_TOKEN", TOKEN),
+                ("CERTROLL_AZ_DPS_KEY", dps_key.as_str()),
+                ("CERTROLL_AZ_HUB_KEY", wrong_hub_key.as_str()),
+            ],
+            args,
+        )
+    };
+    let r = with_wrong_hub_key(&["revoke", "device:s-1", "--reason", "key-compromise", "--yes"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("IoT Hub query device identity `s-1` failed: HTTP 401"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("``"), "{}", r.stderr);
+    // `status` reads the identities of all three registered devices in one query.
+    let r = with_wrong_hub_key(&["status"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let message = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("IoT Hub"))
+        .unwrap_or_default();
+    assert!(
+        message.contains("IoT Hub query 3 device identities including `")
+            && message.contains("` failed: HTTP 401"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("``"), "{}", r.stderr);
+}

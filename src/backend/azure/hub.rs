@@ -151,6 +151,16 @@ fn quotable(device_id: &str) -> bool {
     !device_id.contains(['\'', '\\'])
 }
 
+/// The operation an error names for `verb` (`query`, `update`) on the identities of `count`
+/// devices, the first of which is the error's target: "IoT Hub query device identity `valve-1`
+/// failed", "IoT Hub update 50 device identities including `valve-1` failed".
+fn batch_operation(verb: &str, count: usize) -> String {
+    match count {
+        1 => format!("{verb} device identity"),
+        n => format!("{verb} {n} device identities including"),
+    }
+}
+
 /// `ids` cut into queries of at most [`QUERY_IDS`] ids and [`QUERY_CHARS`] characters.
 fn query_chunks<'a>(ids: &[&'a str]) -> Vec<Vec<&'a str>> {
     let mut out: Vec<Vec<&str>> = Vec::new();
@@ -313,18 +323,16 @@ impl AzureHubRegistry {
                 .collect::<Vec<_>>()
                 .join(", ");
             let query = format!("SELECT * FROM devices WHERE deviceId IN [{list}]");
-            let target = format!("{} devices from `{}`", chunk.len(), chunk[0]);
+            // The error names the operation, then its target in backticks: the count goes with
+            // the operation, so the target is a device id alone.
+            let operation = batch_operation("query", chunk.len());
+            let target = chunk[0].to_string();
             let mut found = Vec::new();
             let mut continuation: Option<String> = None;
             loop {
-                let mut call = Call::new(
-                    Method::Post,
-                    "/devices/query".into(),
-                    "query device identities",
-                    &target,
-                )
-                .header("x-ms-max-item-count", chunk.len().to_string())
-                .json(json!({"query": query}));
+                let mut call = Call::new(Method::Post, "/devices/query".into(), &operation, &target)
+                    .header("x-ms-max-item-count", chunk.len().to_string())
+                    .json(json!({"query": query}));
                 if let Some(token) = &continuation {
                     call = call.header("x-ms-continuation", token.clone());
                 }
@@ -522,14 +530,10 @@ impl AzureHubRegistry {
             object.insert("importMode".into(), json!("updateIfMatchETag"));
             entries.push(entry);
         }
-        let target = format!("{} devices from `{}`", batch.len(), ids[0]);
-        let call = Call::new(
-            Method::Post,
-            "/devices".into(),
-            "update device identities",
-            &target,
-        )
-        .json(Value::Array(entries));
+        let operation = batch_operation("update", batch.len());
+        let target = ids[0].to_string();
+        let call =
+            Call::new(Method::Post, "/devices".into(), &operation, &target).json(Value::Array(entries));
         let answer = client.expect(&call, &[200, 400]).await?;
         let body = answer.json();
         if answer.status == 200 || body["isSuccessful"].as_bool() == Some(true) {
