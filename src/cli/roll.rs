@@ -204,7 +204,17 @@ fn print_human<W: std::io::Write>(
         }
     }
     for gr in &report.groups {
-        if gr.outcome.starts_with("already") {
+        if gr.outcome == "already-replaced" {
+            // A rerun of a finished breach changes nothing, also after the CA was made anew by
+            // another roll since: the way to declare the certificate in use now compromised is
+            // a new incident (third azure trial, observation 5).
+            p.line(format!(
+                "{}: an earlier breach roll already replaced the compromised CA certificate of its {} slot; nothing to do. \
+                 If the one it holds now is compromised too, run the breach again with a new --incident LABEL",
+                gr.target,
+                gr.slot.word()
+            ))?;
+        } else if gr.outcome.starts_with("already") {
             p.line(format!(
                 "{}: the {} slot already holds the current certificate of its CA; nothing to do",
                 gr.target,
@@ -221,7 +231,8 @@ fn print_human<W: std::io::Write>(
                     d.slot.word()
                 ))?,
                 "already-replaced" => p.line(format!(
-                    "{}: already replaced by an earlier breach roll; nothing to do (give a new --incident to replace the replacement)",
+                    "{}: an earlier breach roll already replaced its compromised certificate; nothing to do. \
+                     If the one it holds now is compromised too, run the breach again with a new --incident LABEL",
                     d.target
                 ))?,
                 "not-due" => p.line(format!("{}: no auto-renew action is due; nothing to do", d.target))?,

@@ -367,3 +367,75 @@ fn reprovision_counts_revoked_devices_cut_off_the_same_on_local_and_azure() {
     // The device nobody revoked is not cut off on either.
     assert_eq!(l["rejected"], a["rejected"], "{l}\n{a}");
 }
+
+/// Third azure trial, observation 5: after a breach of a CA, a roll of the root made that CA
+/// anew. Rerunning the breach changes nothing (a rerun of finished work), on both backends, and
+/// says how to declare the CA in use now compromised: a new `--incident`, which then replaces it
+/// the same way on both.
+#[test]
+fn a_breach_rerun_after_the_ca_was_made_anew_names_the_new_incident_that_declares_it() {
+    let env = TestEnv::new();
+    let serve = issued_groups(&env);
+    let breach = ["roll-primary", "--breach", "ca:factory", "--yes", "-o", "json"];
+    let (l, a) = both(&env, &serve, &breach);
+    assert_same(&l, &a, "breach");
+    let (l, a) = both(&env, &serve, &["roll-primary", "ca:root", "-o", "json"]);
+    assert_same(&l, &a, "roll of the root, which makes the factory CA anew");
+    let (l, a) = both(&env, &serve, &["status", "-o", "json"]);
+    assert_same(&l, &a, "status after the root roll");
+    let factory_now = |which: &str| {
+        run_fleet(
+            &env,
+            &serve,
+            which,
+            &["vault", "show", "ca-factory", "-o", "json"],
+        )
+        .ok()
+        .json()["versions"]
+            .as_array()
+            .map(Vec::len)
+            .unwrap_or_default()
+    };
+    let versions = [factory_now("local"), factory_now("azure")];
+
+    for which in ["local", "azure"] {
+        let r = run_fleet(&env, &serve, which, &breach[..4]);
+        assert_eq!(r.code, 0, "{which}: {}", r.stderr);
+        assert!(
+            r.stdout
+                .contains("group:sensors: an earlier breach roll already replaced")
+                && r.stdout
+                    .contains("run the breach again with a new --incident LABEL"),
+            "{which}: {}",
+            r.stdout
+        );
+    }
+    let (l, a) = both(&env, &serve, &breach);
+    assert_same(&l, &a, "rerun");
+    assert_eq!(a["groups"][0]["outcome"], "already-replaced", "{a}");
+    assert_eq!(a["steps"].as_array().map(Vec::len), Some(0), "{a}");
+    assert_eq!(
+        [factory_now("local"), factory_now("azure")],
+        versions,
+        "the rerun made nothing"
+    );
+
+    // The new incident declares the CA in use now compromised and replaces it.
+    let incident = [&breach[..4], &["--incident", "INC-2", "-o", "json"][..]].concat();
+    let (l, a) = both(&env, &serve, &incident);
+    assert_same(&l, &a, "a new incident");
+    assert!(
+        a["steps"].as_array().is_some_and(|s| !s.is_empty()),
+        "the new incident breached: {a}"
+    );
+    assert_eq!(
+        [factory_now("local"), factory_now("azure")],
+        versions.map(|n| n + 1),
+        "a new factory CA version on both"
+    );
+    let (l, a) = both(&env, &serve, &["status", "-o", "json"]);
+    assert_same(&l, &a, "status after the new incident");
+    let (l, a) = both(&env, &serve, &incident);
+    assert_same(&l, &a, "the new incident's rerun");
+    assert_eq!(a["groups"][0]["outcome"], "already-replaced", "{a}");
+}
