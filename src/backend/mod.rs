@@ -68,7 +68,6 @@ pub fn briefs_of(names: Vec<Vec<VaultVersion>>) -> Result<Vec<Vec<VersionBrief>>
                 name: v.name,
                 version: v.version,
                 thumbprint: info.thumbprint,
-                serial: info.serial,
                 enabled: v.enabled,
                 nbf: v.nbf,
                 exp: v.exp,
