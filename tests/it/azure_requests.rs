@@ -355,3 +355,70 @@ fn a_finished_device_roll_and_a_cron_run_with_nothing_due_read_key_vault_once_pe
         );
     }
 }
+
+/// `METHOD host/path` of each request among `lines` to DPS's service API or a hub, ids taken
+/// out, counted.
+fn service_requests(lines: &[String]) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for l in lines {
+        let request = request_of(l).split('?').next().unwrap_or_default();
+        if !(request.contains(DPS_HOST) || request.contains(".azure-devices.net")) {
+            continue;
+        }
+        let shape: String = request
+            .split('/')
+            .map(|part| {
+                if part.starts_with("m-") || part.starts_with("gw-") {
+                    "ID"
+                } else {
+                    part
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        *out.entry(shape).or_default() += 1;
+    }
+    out
+}
+
+/// `check` of a fleet of 100 group devices and 5 individual enrollments reads DPS and the hub
+/// in query pages, as the rolls do, not per enrollment, and each hub identity once (measured
+/// before: 29 DPS and hub requests, a GET of each enrollment and of its registration state,
+/// two hub queries per enrollment and two per page of the group's devices; after: 9); its
+/// report is unchanged: everything ok, exit 0.
+#[test]
+fn check_reads_dps_and_the_hub_in_pages_not_per_device() {
+    const N: usize = 100;
+    const E: usize = 5;
+    let env = TestEnv::new();
+    let mut fleet = group_of(N);
+    for i in 2..=E {
+        fleet.push_str(&format!(
+            "[enrollments.gw-{i}]\nissuer = \"root\"\npolicy = \"device\"\nhub = \"conf-hub\"\n"
+        ));
+    }
+    let serve = start_serve(&env, &fleet);
+    fleet_plans_hook(&env, &serve, &fleet);
+    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let mut report = serde_json::Value::Null;
+    let lines = during(&env, || {
+        let r = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        report = r.json();
+    });
+    let services = service_requests(&lines);
+    let total: usize = services.values().sum();
+    eprintln!(
+        "check of {N} group devices and {E} enrollments: {} requests, {total} of them DPS or hub",
+        lines.len()
+    );
+    for (k, n) in &services {
+        eprintln!("  {n:5} {k}");
+    }
+    assert_eq!(report["status"], "ok", "{report}");
+    assert!(
+        total <= 12,
+        "{total} DPS and hub requests for {N} devices and {E} enrollments: {services:?}"
+    );
+}
