@@ -471,6 +471,14 @@ impl Backend for Box<dyn Backend> {
         (**self).assigned_identities(ids)
     }
 
+    #[allow(clippy::type_complexity)]
+    fn registrations_and_identities(
+        &self,
+        ids: &[String],
+    ) -> Result<(Vec<Option<RegistrationState>>, Vec<Option<HubIdentity>>)> {
+        (**self).registrations_and_identities(ids)
+    }
+
     fn put_individuals_and_identities(
         &mut self,
         individuals: &[IndividualEnrollment],

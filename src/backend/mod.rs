@@ -68,7 +68,6 @@ pub fn briefs_of(names: Vec<Vec<VaultVersion>>) -> Result<Vec<Vec<VersionBrief>>
                 name: v.name,
                 version: v.version,
                 thumbprint: info.thumbprint,
-                serial: info.serial,
                 enabled: v.enabled,
                 nbf: v.nbf,
                 exp: v.exp,
@@ -423,6 +422,15 @@ pub trait EnrollmentService {
     ) -> Result<Vec<Option<RegistrationState>>> {
         self.registration_many(ids)
     }
+    /// The registration state each device's individual enrollment carried when this process
+    /// last read it (DPS sends an enrollment with its device's `registrationState`, the record
+    /// `GET /registrations/ID` answers), in the order asked: `Some(None)` for an enrollment read
+    /// without one (its device never registered through it), `None` where no read of this
+    /// process holds an enrollment of the device (the default: a service whose enrollments
+    /// carry no state).
+    fn carried_registrations(&self, ids: &[String]) -> Vec<Option<Option<RegistrationState>>> {
+        vec![None; ids.len()]
+    }
     /// The hub each device's last successful registration assigned it to (None: never
     /// assigned), in the order asked: the `hub` of [`registration_many`](Self::registration_many)
     /// unless the service knows it from what it read already (DPS: the registration state an
@@ -643,6 +651,23 @@ pub trait Backend: Vault + EnrollmentService + HubRegistry + Fleet + Journal + S
     /// present (see `ops::held_many`).
     fn installs_on_devices(&self) -> bool {
         true
+    }
+
+    /// What the services saw of each device, in the order asked: its registration state, and
+    /// its identity in the hub that registration assigned it to (see `ops::held_many`). Read as
+    /// cheaply as the backend can: on azure, a state the device's individual enrollment read
+    /// just carried is not asked for again, and each identity is read once.
+    #[allow(clippy::type_complexity)]
+    fn registrations_and_identities(
+        &self,
+        ids: &[String],
+    ) -> Result<(Vec<Option<RegistrationState>>, Vec<Option<HubIdentity>>)> {
+        let registrations = self.registration_many(ids)?;
+        let hubs = registrations
+            .iter()
+            .map(|r| r.as_ref().and_then(|r| r.hub.clone()));
+        let identities = identities_in_hubs(ids, hubs, |wanted| self.identity_many(wanted))?;
+        Ok((registrations, identities))
     }
 
     /// The hub identity of each device in the hub its last successful registration assigned it

@@ -350,8 +350,6 @@ pub struct VersionBrief {
     pub version: String,
     /// SHA-1 thumbprint (uppercase hex).
     pub thumbprint: String,
-    /// Serial number (uppercase hex).
-    pub serial: String,
     /// Usable.
     pub enabled: bool,
     /// notBefore.

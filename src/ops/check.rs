@@ -492,35 +492,40 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             });
         }
     }
+    // Every group's devices and every enrollment, in plan order, read in pages of them all: the
+    // enrollments share the pages of the groups' devices rather than costing a read of each
+    // service apiece (on azure, a page is a few DPS and hub queries).
+    let mut owners: Vec<Owner<'_>> = Vec::new();
+    let mut devices: Vec<(String, usize)> = Vec::new();
     for g in plan.groups.values() {
         let whole = wants(Target::Group(g.name.clone()));
         let ids = g
             .device_ids()
             .filter(|id| whole || opts.targets.contains(&Target::Device(id.clone())));
         let policy = &plan.policies[&g.device_policy];
-        let delivery = plan.delivery.channel(Some(&g.name), None);
-        check_devices(
-            &backend,
-            &mut c,
-            ids,
+        let at = owners.len();
+        owners.push(Owner {
             policy,
-            delivery,
-            renewal(&g.signing_ca, policy),
-        )?;
+            delivery: plan.delivery.channel(Some(&g.name), None),
+            renewal: renewal(&g.signing_ca, policy),
+        });
+        devices.extend(ids.map(|id| (id, at)));
     }
     for e in plan.enrollments.values() {
         if wants(Target::Enrollment(e.name.clone())) || opts.targets.contains(&Target::Device(e.name.clone()))
         {
             let policy = &plan.policies[&e.policy];
-            check_devices(
-                &backend,
-                &mut c,
-                std::iter::once(e.name.clone()),
+            let at = owners.len();
+            owners.push(Owner {
                 policy,
-                plan.delivery.channel(None, Some(&e.name)),
-                renewal(&e.issuer, policy),
-            )?;
+                delivery: plan.delivery.channel(None, Some(&e.name)),
+                renewal: renewal(&e.issuer, policy),
+            });
+            devices.push((e.name.clone(), at));
         }
+    }
+    for page in devices.chunks(PAGE) {
+        check_devices(&backend, &mut c, page, &owners)?;
     }
     // Certificates made in the vault alone (`vault create`, `import`, `merge`) have lifetime
     // actions of their own in their vault policy; they are checked when nothing narrower is
@@ -593,35 +598,45 @@ fn undeclared_enrollments(plan: &Plan, backend: &dyn Backend) -> Result<Vec<(Str
     Ok(out)
 }
 
+/// What the devices of one group, or one enrollment, are judged by.
+struct Owner<'a> {
+    policy: &'a Policy,
+    delivery: &'a Delivery,
+    renewal: Option<Renewal<'a>>,
+}
+
+/// Judges one page of devices, each with the index of its [`Owner`].
 fn check_devices(
     backend: &dyn Backend,
     c: &mut Checker<'_>,
-    ids: impl Iterator<Item = String>,
-    policy: &Policy,
-    delivery: &Delivery,
-    renewal: Option<Renewal<'_>>,
+    page: &[(String, usize)],
+    owners: &[Owner<'_>],
 ) -> Result<()> {
-    let mut ids = ids.peekable();
-    while ids.peek().is_some() {
-        let page: Vec<String> = ids.by_ref().take(PAGE).collect();
-        let enrollments = backend.individual_many(&page)?;
-        for ((id, held), enrollment) in page
-            .iter()
-            .zip(super::held_many(backend, &page)?)
-            .zip(enrollments)
-        {
-            // On Azure a certificate the device has not presented is judged by what certroll
-            // knows of its delivery: one handed to a hook or a direct method reached the device
-            // as far as the channel said (the verb reported any failure), so it is the one the
-            // device holds; one left to the operator (`none`) did not, so the device is judged
-            // by what it presents, and the waiting certificate is a warning of its own.
-            let installed = match (&held.pending, delivery) {
-                (Some(issued), Delivery::None) => {
-                    let presents = match &held.presented {
-                        Some(p) => format!("it presents {}", crate::pki::sha1_thumbprint(&p.cert_der)),
-                        None => "it has presented none yet".to_string(),
-                    };
-                    c.add(Problem {
+    let ids: Vec<String> = page.iter().map(|(id, _)| id.clone()).collect();
+    // The enrollments first: on azure their reads carry the registration states `held_many`
+    // then need not ask DPS for one device at a time.
+    let enrollments = backend.individual_many(&ids)?;
+    for (((id, owner), held), enrollment) in
+        page.iter().zip(super::held_many(backend, &ids)?).zip(enrollments)
+    {
+        let Owner {
+            policy,
+            delivery,
+            renewal,
+        } = &owners[*owner];
+        let (policy, renewal) = (*policy, *renewal);
+        // On Azure a certificate the device has not presented is judged by what certroll
+        // knows of its delivery: one handed to a hook or a direct method reached the device
+        // as far as the channel said (the verb reported any failure), so it is the one the
+        // device holds; one left to the operator (`none`) did not, so the device is judged
+        // by what it presents, and the waiting certificate is a warning of its own.
+        let installed = match (&held.pending, delivery) {
+            (Some(issued), Delivery::None) => {
+                let presents = match &held.presented {
+                    Some(p) => format!("it presents {}", crate::pki::sha1_thumbprint(&p.cert_der)),
+                    None => "it has presented none yet".to_string(),
+                };
+                c.add(Problem {
                         target: format!("device:{id}"),
                         level: Level::Warning,
                         reason: format!(
@@ -634,42 +649,42 @@ fn check_devices(
                         not_after: Some(issued.exp),
                         actions_due: vec![],
                     });
-                    held.presented.clone().or_else(|| held.pending.clone())
-                }
-                (Some(issued), _) => Some(issued.clone()),
-                (None, _) => held.presented.clone(),
-            };
-            // A revoked device is disallowed on purpose; monitoring must not page for it forever.
-            if enrollment
-                .as_ref()
-                .is_some_and(|e| e.status == crate::backend::types::Status::Disabled)
-            {
-                c.report.counts.revoked += 1;
-                continue;
+                held.presented.clone().or_else(|| held.pending.clone())
             }
-            let name = super::device_cert_name(id);
-            if installed.is_none()
-                && !c.deleted.contains_key(&name)
-                && backend.name_state(&name)?.is_none()
-                && let Some(note) = super::vault::purged_note(backend, &name)
-            {
-                c.purged.insert(name, note);
-            }
-            // An expired certificate left in a slot of its individual enrollment beside the one the
-            // device holds (issue 10 item 4's kind): harmless, but to be removed, which the next
-            // roll of the device does.
-            // The certificate the device holds is judged by itself (expired is critical).
-            let held = installed.as_ref().map(|v| v.cert_der.as_slice());
-            if let Some(e) = &enrollment {
-                for (slot, der) in [("primary", &e.primary), ("secondary", &e.secondary)] {
-                    if let Some(at) = der
-                        .as_deref()
-                        .filter(|d| Some(*d) != held)
-                        .and_then(|d| crate::pki::CertInfo::from_der(d).ok())
-                        .map(|i| i.not_after)
-                        .filter(|at| *at < c.now)
-                    {
-                        c.add(Problem {
+            (Some(issued), _) => Some(issued.clone()),
+            (None, _) => held.presented.clone(),
+        };
+        // A revoked device is disallowed on purpose; monitoring must not page for it forever.
+        if enrollment
+            .as_ref()
+            .is_some_and(|e| e.status == crate::backend::types::Status::Disabled)
+        {
+            c.report.counts.revoked += 1;
+            continue;
+        }
+        let name = super::device_cert_name(id);
+        if installed.is_none()
+            && !c.deleted.contains_key(&name)
+            && backend.name_state(&name)?.is_none()
+            && let Some(note) = super::vault::purged_note(backend, &name)
+        {
+            c.purged.insert(name, note);
+        }
+        // An expired certificate left in a slot of its individual enrollment beside the one the
+        // device holds (issue 10 item 4's kind): harmless, but to be removed, which the next
+        // roll of the device does.
+        // The certificate the device holds is judged by itself (expired is critical).
+        let held = installed.as_ref().map(|v| v.cert_der.as_slice());
+        if let Some(e) = &enrollment {
+            for (slot, der) in [("primary", &e.primary), ("secondary", &e.secondary)] {
+                if let Some(at) = der
+                    .as_deref()
+                    .filter(|d| Some(*d) != held)
+                    .and_then(|d| crate::pki::CertInfo::from_der(d).ok())
+                    .map(|i| i.not_after)
+                    .filter(|at| *at < c.now)
+                {
+                    c.add(Problem {
                             target: format!("device:{id}"),
                             level: Level::Warning,
                             reason: format!(
@@ -681,16 +696,15 @@ fn check_devices(
                             not_after: Some(at),
                             actions_due: vec![],
                         });
-                    }
                 }
             }
-            c.look(
-                format!("device:{id}"),
-                &policy.lifetime_actions,
-                installed.as_ref(),
-                renewal,
-            );
         }
+        c.look(
+            format!("device:{id}"),
+            &policy.lifetime_actions,
+            installed.as_ref(),
+            renewal,
+        );
     }
     Ok(())
 }

@@ -49,11 +49,7 @@ pub fn held_many(backend: &dyn Backend, ids: &[String]) -> Result<Vec<Held>> {
             })
             .collect());
     }
-    let registrations = backend.registration_many(ids)?;
-    let hubs = registrations
-        .iter()
-        .map(|r| r.as_ref().and_then(|r| r.hub.clone()));
-    let identities = crate::backend::identities_in_hubs(ids, hubs, |wanted| backend.identity_many(wanted))?;
+    let (registrations, identities) = backend.registrations_and_identities(ids)?;
     held_from(backend, ids, installed, &registrations, &identities)
 }
 

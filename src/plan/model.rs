@@ -85,6 +85,9 @@ pub struct ServiceLimits {
     pub drop_percent: f64,
     /// Milliseconds every answer is held back.
     pub delay_ms: u32,
+    /// Seconds `rate_per_second` applies, counted from the service's first request; after
+    /// them the service admits every request (None: for as long as serve runs).
+    pub throttle_secs: Option<u32>,
 }
 
 impl Eq for ServiceLimits {}

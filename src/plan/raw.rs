@@ -226,6 +226,7 @@ pub(super) struct RawServiceLimits {
     pub(super) error_status: Option<Spanned<i64>>,
     pub(super) drop_percent: Option<Spanned<f64>>,
     pub(super) delay_ms: Option<Spanned<i64>>,
+    pub(super) throttle_secs: Option<Spanned<i64>>,
 }
 
 /// `[serve.principals.NAME]`: a bearer token and what it may do in the vault.

@@ -167,6 +167,7 @@ impl Validator<'_> {
             out_l.rate_per_second = positive(&l.rate_per_second, "rate_per_second", 1_000_000);
             out_l.burst = positive(&l.burst, "burst", 1_000_000);
             out_l.delay_ms = positive(&l.delay_ms, "delay_ms", 600_000).unwrap_or(0);
+            out_l.throttle_secs = positive(&l.throttle_secs, "throttle_secs", 86_400);
             for (v, key, slot) in [
                 (&l.error_percent, "error_percent", &mut out_l.error_percent),
                 (&l.drop_percent, "drop_percent", &mut out_l.drop_percent),
@@ -186,11 +187,16 @@ impl Validator<'_> {
                     other => self.error(st.span(), format!("error_status = {other} must be 500 or 503")),
                 }
             }
-            if out_l.burst.is_some() && out_l.rate_per_second.is_none() {
-                self.error(
-                    limits.span(),
-                    format!("[serve.services.{n}] has a burst but no rate_per_second"),
-                );
+            for (set, key) in [
+                (out_l.burst.is_some(), "a burst"),
+                (out_l.throttle_secs.is_some(), "a throttle_secs"),
+            ] {
+                if set && out_l.rate_per_second.is_none() {
+                    self.error(
+                        limits.span(),
+                        format!("[serve.services.{n}] has {key} but no rate_per_second"),
+                    );
+                }
             }
             out.services.insert(n.clone(), out_l);
         }

@@ -2,13 +2,15 @@
 //! which the service answers 429 with `Retry-After` (governor's GCRA limiter), a share of
 //! injected 500/503 answers, a share of connections dropped without an answer, and a delay on
 //! every answer. Lets clients' retry and back-off behaviour be tested against Azure's real limits.
+//! The rate may end after `throttle_secs`, so a client's rate can be seen to climb back.
 
 use crate::plan::{ServeConfig, ServiceLimits};
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// What to do with one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +37,8 @@ pub enum Verdict {
 struct Service {
     limits: ServiceLimits,
     limiter: Option<DefaultDirectRateLimiter>,
+    /// When the service's first request came (`throttle_secs` counts from it).
+    first: OnceLock<Instant>,
 }
 
 /// The faults of every service the plan names.
@@ -74,6 +78,7 @@ impl Faults {
                     Service {
                         limits: limits.clone(),
                         limiter,
+                        first: OnceLock::new(),
                     },
                 )
             })
@@ -90,7 +95,12 @@ impl Faults {
                 delay: Duration::ZERO,
             };
         };
-        if let Some(limiter) = &s.limiter
+        let first = *s.first.get_or_init(Instant::now);
+        let throttling = s
+            .limits
+            .throttle_secs
+            .is_none_or(|secs| first.elapsed() < Duration::from_secs(u64::from(secs)));
+        if let Some(limiter) = s.limiter.as_ref().filter(|_| throttling)
             && let Err(not_until) = limiter.check()
         {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -142,6 +152,31 @@ mod tests {
                 delay: Duration::ZERO
             },
             "other services are untouched"
+        );
+    }
+
+    #[test]
+    fn the_rate_ends_after_throttle_secs_from_the_first_request() {
+        let limits = ServiceLimits {
+            rate_per_second: Some(1),
+            burst: Some(1),
+            throttle_secs: Some(5),
+            error_status: 503,
+            ..ServiceLimits::default()
+        };
+        let f = Faults::new(&config(limits.clone()));
+        assert!(matches!(f.judge("keyvault"), Verdict::Serve { .. }));
+        assert!(
+            matches!(f.judge("keyvault"), Verdict::Throttle { .. }),
+            "within the 5 s"
+        );
+        let f = Faults::new(&config(limits));
+        let _ = f.services["keyvault"]
+            .first
+            .set(Instant::now() - Duration::from_secs(6));
+        assert!(
+            (0..50).all(|_| matches!(f.judge("keyvault"), Verdict::Serve { .. })),
+            "after them every request is admitted"
         );
     }
 

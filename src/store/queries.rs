@@ -1150,23 +1150,22 @@ fn oldest_first<T>(found: Vec<Vec<(i64, T)>>) -> Vec<Vec<T>> {
 pub fn vault_briefs_many(conn: &Connection, names: &[String]) -> Result<Vec<Vec<VersionBrief>>> {
     let found = at_positions(
         conn,
-        "SELECT v.name, v.version, v.thumbprint, v.serial, v.enabled, v.nbf, v.exp, v.seq,
+        "SELECT v.name, v.version, v.thumbprint, v.enabled, v.nbf, v.exp, v.seq,
                 v.issuer_name, v.issuer_version, j.key
          FROM json_each(?1) j JOIN vault_versions v ON v.name = j.value",
         json_list(names),
         names.len(),
         |r| {
             Ok((
-                r.get::<_, i64>(7)?,
+                r.get::<_, i64>(6)?,
                 VersionBrief {
                     name: r.get(0)?,
                     version: r.get(1)?,
                     thumbprint: r.get(2)?,
-                    serial: r.get(3)?,
-                    enabled: r.get(4)?,
-                    nbf: from_ts(r.get(5)?),
-                    exp: from_ts(r.get(6)?),
-                    issuer: match (r.get::<_, Option<String>>(8)?, r.get::<_, Option<String>>(9)?) {
+                    enabled: r.get(3)?,
+                    nbf: from_ts(r.get(4)?),
+                    exp: from_ts(r.get(5)?),
+                    issuer: match (r.get::<_, Option<String>>(7)?, r.get::<_, Option<String>>(8)?) {
                         (Some(name), Some(version)) => Some((name, version)),
                         _ => None,
                     },

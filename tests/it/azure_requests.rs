@@ -273,3 +273,152 @@ fn a_finished_ca_roll_run_again_writes_nothing_and_reads_dps_per_page() {
     assert_eq!(writes, 0);
     assert!(throttled <= 3, "{throttled} DPS answers were 429");
 }
+
+/// The Key Vault requests among `lines`, each as `METHOD path` with a group device's number
+/// taken out (`m-7` → `m-N`), counted.
+fn vault_requests(lines: &[String]) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for l in lines {
+        let request = request_of(l);
+        if !request.contains(".vault.azure.net") {
+            continue;
+        }
+        let shape: String = request
+            .split('/')
+            .map(|part| {
+                let base = part.split('?').next().unwrap_or(part);
+                match base.strip_prefix("dev-m-").or_else(|| base.strip_prefix("m-")) {
+                    Some(n) if n.chars().all(|c| c.is_ascii_digit()) => "m-N".to_string(),
+                    _ if base.len() == 32 && base.chars().all(|c| c.is_ascii_hexdigit()) => {
+                        "VERSION".to_string()
+                    }
+                    _ => base.to_string(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        *out.entry(shape).or_default() += 1;
+    }
+    out
+}
+
+/// A finished device roll run again and a `--due` cron run with nothing due read Key Vault once
+/// per device at most: one listing of the device certificate's versions, which carries each
+/// version's thumbprint, dates and the issuer certroll tagged it with (measured before: the
+/// listing, then a GET of each of the device's 2 versions, 60 Key Vault requests for these 20
+/// devices in each of the three runs; after: 20).
+#[test]
+fn a_finished_device_roll_and_a_cron_run_with_nothing_due_read_key_vault_once_per_device() {
+    const N: usize = 20;
+    let env = TestEnv::new();
+    let fleet = group_of(N);
+    let serve = start_serve(&env, &fleet);
+    fleet_plans_hook(&env, &serve, &fleet);
+    let ok = |args: &[&str]| {
+        let r = run_fleet(&env, &serve, "azure", args);
+        assert_eq!(r.code, 0, "{args:?}\n{}\n{}", r.stdout, r.stderr);
+        r
+    };
+    ok(&["issue", "-o", "json"]);
+    crate::azure_verbs::fleet_plans_with(&env, &serve, &fleet, DIRECT);
+    let mut per_device = Vec::new();
+    for args in [
+        &["roll-secondary", "group:meters", "-o", "json"][..],
+        &["roll-secondary", "group:meters", "-o", "json"],
+        &["roll-primary", "group:meters", "-o", "json"],
+        &["roll-primary", "group:meters", "-o", "json"],
+        &["roll-secondary", "--due", "-o", "json"],
+    ] {
+        let lines = during(&env, || {
+            ok(args);
+        });
+        let vault = vault_requests(&lines);
+        let device: usize = vault
+            .iter()
+            .filter(|(k, _)| k.contains("m-N"))
+            .map(|(_, n)| n)
+            .sum();
+        eprintln!(
+            "{args:?}: {} requests, {device} Key Vault requests of a group device's certificate",
+            lines.len()
+        );
+        for (k, n) in &vault {
+            eprintln!("  {n:5} {k}");
+        }
+        per_device.push((args.join(" "), device));
+    }
+    // The first run of each roll writes; the reruns and the cron run find nothing to do.
+    for (args, device) in [&per_device[1], &per_device[3], &per_device[4]] {
+        assert!(
+            *device <= N,
+            "`{args}` with nothing to do made {device} Key Vault requests for {N} group devices: {per_device:?}"
+        );
+    }
+}
+
+/// `METHOD host/path` of each request among `lines` to DPS's service API or a hub, ids taken
+/// out, counted.
+fn service_requests(lines: &[String]) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for l in lines {
+        let request = request_of(l).split('?').next().unwrap_or_default();
+        if !(request.contains(DPS_HOST) || request.contains(".azure-devices.net")) {
+            continue;
+        }
+        let shape: String = request
+            .split('/')
+            .map(|part| {
+                if part.starts_with("m-") || part.starts_with("gw-") {
+                    "ID"
+                } else {
+                    part
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        *out.entry(shape).or_default() += 1;
+    }
+    out
+}
+
+/// `check` of a fleet of 100 group devices and 5 individual enrollments reads DPS and the hub
+/// in query pages, as the rolls do, not per enrollment, and each hub identity once (measured
+/// before: 29 DPS and hub requests, a GET of each enrollment and of its registration state,
+/// two hub queries per enrollment and two per page of the group's devices; after: 9); its
+/// report is unchanged: everything ok, exit 0.
+#[test]
+fn check_reads_dps_and_the_hub_in_pages_not_per_device() {
+    const N: usize = 100;
+    const E: usize = 5;
+    let env = TestEnv::new();
+    let mut fleet = group_of(N);
+    for i in 2..=E {
+        fleet.push_str(&format!(
+            "[enrollments.gw-{i}]\nissuer = \"root\"\npolicy = \"device\"\nhub = \"conf-hub\"\n"
+        ));
+    }
+    let serve = start_serve(&env, &fleet);
+    fleet_plans_hook(&env, &serve, &fleet);
+    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let mut report = serde_json::Value::Null;
+    let lines = during(&env, || {
+        let r = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        report = r.json();
+    });
+    let services = service_requests(&lines);
+    let total: usize = services.values().sum();
+    eprintln!(
+        "check of {N} group devices and {E} enrollments: {} requests, {total} of them DPS or hub",
+        lines.len()
+    );
+    for (k, n) in &services {
+        eprintln!("  {n:5} {k}");
+    }
+    assert_eq!(report["status"], "ok", "{report}");
+    assert!(
+        total <= 12,
+        "{total} DPS and hub requests for {N} devices and {E} enrollments: {services:?}"
+    );
+}

@@ -1556,6 +1556,34 @@ impl Backend for AzureBackend {
         self.vault.local_mut().rollback();
     }
 
+    fn registrations_and_identities(
+        &self,
+        ids: &[String],
+    ) -> Result<(Vec<Option<RegistrationState>>, Vec<Option<HubIdentity>>)> {
+        // A device whose individual enrollment this process read has its state from that read
+        // (`status`, `check` read the enrollments first); a group's devices from the group's
+        // listing; a GET only for the rest. The states go without `with_certificates`: the
+        // caller reads the identities (every thumbprint, not only the primary) in one pass.
+        let carried = self.enrollments.carried_registrations(ids);
+        let rest: Vec<String> = ids
+            .iter()
+            .zip(&carried)
+            .filter(|(_, c)| c.is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut read = self.registration_states(&rest)?.into_iter();
+        let registrations: Vec<Option<RegistrationState>> = carried
+            .into_iter()
+            .map(|c| c.unwrap_or_else(|| read.next().flatten()))
+            .collect();
+        let hubs = registrations
+            .iter()
+            .map(|r| r.as_ref().and_then(|r| r.hub.clone()));
+        let identities =
+            crate::backend::identities_in_hubs(ids, hubs, |wanted| self.hubs.identity_many(wanted))?;
+        Ok((registrations, identities))
+    }
+
     fn assigned_identities(&self, ids: &[String]) -> Result<Vec<Option<HubIdentity>>> {
         // The hubs from what DPS's enrollment reads carried (a GET only for the rest), the
         // identities by the hub's registry query.

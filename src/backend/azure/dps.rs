@@ -1052,6 +1052,20 @@ impl EnrollmentService for AzureEnrollmentService {
             .collect()
     }
 
+    fn carried_registrations(&self, ids: &[String]) -> Vec<Option<Option<RegistrationState>>> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        ids.iter()
+            .map(|id| match seen.get(id) {
+                Some(Some(r)) => Some(
+                    r.json["registrationState"]
+                        .is_object()
+                        .then(|| self.registration_of(id, &r.json["registrationState"])),
+                ),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn group_registration_many(&self, group: &str, ids: &[String]) -> Result<Vec<Option<RegistrationState>>> {
         if ids.len() < 2 {
             return self.registration_many(ids);

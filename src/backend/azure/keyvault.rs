@@ -51,10 +51,10 @@ use azure_core::http::{RequestContent, Response, StatusCode};
 use azure_security_keyvault_certificates::models::{
     Certificate, CertificateAttributes, CertificateClientCreateCertificateOptions,
     CertificateClientGetCertificateOptions, CertificateClientListCertificatePropertiesOptions,
-    CertificateClientUpdateCertificatePropertiesOptions, CertificateOperation, CertificatePolicy, Contact,
-    Contacts, CreateCertificateParameters, ImportCertificateParameters, IssuerAttributes, IssuerCredentials,
-    MergeCertificateParameters, RestoreCertificateParameters, SetIssuerParameters,
-    UpdateCertificatePropertiesParameters,
+    CertificateClientUpdateCertificatePropertiesOptions, CertificateOperation, CertificatePolicy,
+    CertificateProperties, Contact, Contacts, CreateCertificateParameters, ImportCertificateParameters,
+    IssuerAttributes, IssuerCredentials, MergeCertificateParameters, RestoreCertificateParameters,
+    SetIssuerParameters, UpdateCertificatePropertiesParameters,
 };
 use azure_security_keyvault_certificates::{CertificateClient, CertificateClientOptions};
 use azure_security_keyvault_keys::models::{KeyClientSignOptions, SignParameters, SignatureAlgorithm};
@@ -191,6 +191,13 @@ fn to_version(name: &str, c: &Certificate, key: &(String, bool)) -> Result<Vault
 }
 
 /// What a version is made from, in a live or a deleted certificate bundle.
+/// The vault name and version of the issuer certroll tagged a version with ([`ISSUER_TAG`]).
+fn issuer_of(tags: Option<&HashMap<String, String>>) -> Option<(String, String)> {
+    tags.and_then(|t| t.get(ISSUER_TAG))
+        .and_then(|v| v.split_once('/'))
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+}
+
 struct Parts<'a> {
     cer: Option<&'a Vec<u8>>,
     attributes: Option<&'a CertificateAttributes>,
@@ -205,11 +212,7 @@ impl Parts<'_> {
         })?;
         let info = crate::pki::CertInfo::from_der(&cert_der)?;
         let attrs = self.attributes;
-        let issuer = self
-            .tags
-            .and_then(|t| t.get(ISSUER_TAG))
-            .and_then(|v| v.split_once('/'))
-            .map(|(n, v)| (n.to_string(), v.to_string()));
+        let issuer = issuer_of(self.tags);
         Ok(VaultVersion {
             name: name.to_string(),
             version: version_of(self.id.unwrap_or_default()),
@@ -385,6 +388,52 @@ impl AzureVault {
         }
     }
 
+    /// Every version of a name as Key Vault lists them (a page per 25 versions, in no promised
+    /// order); empty when the name does not exist.
+    async fn listed(certs: &CertificateClient, name: &str) -> Result<Vec<CertificateProperties>> {
+        match certs.list_certificate_properties_versions(name, None) {
+            Ok(pager) => match pager.try_collect::<Vec<_>>().await {
+                Ok(items) => Ok(items),
+                Err(e) if is_not_found(&e) => Ok(Vec::new()),
+                Err(e) => Err(remote("list versions", name, e)),
+            },
+            Err(e) => Err(remote("list versions", name, e)),
+        }
+    }
+
+    /// The versions of a name as [`VersionBrief`]s, oldest first, from Key Vault's listing of
+    /// its versions alone: each listed version carries its x5t (the SHA-1 thumbprint Key Vault
+    /// computed from the certificate it holds), its attributes (enabled, notBefore, notAfter,
+    /// created) and its tags (the issuer certroll tagged it with at import), which is all a
+    /// brief holds. None when an issued version is listed without its dates (then every
+    /// version is read by GET, as [`all_versions`](Self::all_versions) does).
+    async fn listed_briefs(certs: &CertificateClient, name: &str) -> Result<Option<Vec<VersionBrief>>> {
+        let mut out = Vec::new();
+        for p in Self::listed(certs, name).await? {
+            // A pending request's placeholder has no x5t: no issued version.
+            let (Some(id), Some(x5t)) = (p.id.as_deref(), p.x509_thumbprint.as_deref()) else {
+                continue;
+            };
+            let a = p.attributes.as_ref();
+            let (Some(nbf), Some(exp)) = (a.and_then(|a| a.not_before), a.and_then(|a| a.expires)) else {
+                return Ok(None);
+            };
+            let brief = VersionBrief {
+                name: name.to_string(),
+                version: version_of(id),
+                thumbprint: crate::pki::hex_upper(x5t),
+                enabled: a.and_then(|a| a.enabled).unwrap_or(true),
+                nbf,
+                exp,
+                issuer: issuer_of(p.tags.as_ref()),
+            };
+            out.push((a.and_then(|a| a.created).unwrap_or(nbf), brief));
+        }
+        // As `all_versions`: oldest first, the listed order breaking ties of `created`.
+        out.sort_by_key(|(created, _)| *created);
+        Ok(Some(out.into_iter().map(|(_, b)| b).collect()))
+    }
+
     /// Every version of a name, oldest first (empty when the name does not exist); with
     /// `key_facts`, the key type and exportability from the name's policy (one more request),
     /// else those fields are empty and false (a [`VersionBrief`] needs neither).
@@ -394,14 +443,11 @@ impl AzureVault {
         concurrency: usize,
         key_facts: bool,
     ) -> Result<Vec<VaultVersion>> {
-        let ids: Vec<String> = match certs.list_certificate_properties_versions(&name, None) {
-            Ok(pager) => match pager.try_collect::<Vec<_>>().await {
-                Ok(items) => items.into_iter().filter_map(|p| p.id).collect(),
-                Err(e) if is_not_found(&e) => return Ok(Vec::new()),
-                Err(e) => return Err(remote("list versions", &name, e)),
-            },
-            Err(e) => return Err(remote("list versions", &name, e)),
-        };
+        let ids: Vec<String> = Self::listed(&certs, &name)
+            .await?
+            .into_iter()
+            .filter_map(|p| p.id)
+            .collect();
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -665,18 +711,24 @@ impl Vault for AzureVault {
     }
 
     fn briefs_many(&self, names: &[String]) -> Result<Vec<Vec<VersionBrief>>> {
-        // As `versions_many` without each name's policy: a brief carries no key facts.
-        let versions: Vec<Vec<VaultVersion>> = self.rt.block_on(async {
-            futures::stream::iter(
-                names
-                    .iter()
-                    .map(|n| Self::all_versions(self.certs.clone(), n.clone(), self.concurrency, false)),
-            )
+        // One listing per name (Key Vault lists no versions across names), not a GET per
+        // version: the listing is the vault's own word on every field of a brief, so a version
+        // another client imported or disabled shows as it is. Only a listing without dates
+        // (not Key Vault's) falls back to reading each version.
+        self.rt.block_on(async {
+            futures::stream::iter(names.iter().map(|n| async move {
+                match Self::listed_briefs(&self.certs, n).await? {
+                    Some(briefs) => Ok(briefs),
+                    None => crate::backend::briefs_of(vec![
+                        Self::all_versions(self.certs.clone(), n.clone(), self.concurrency, false).await?,
+                    ])
+                    .map(|mut b| b.pop().unwrap_or_default()),
+                }
+            }))
             .buffered(self.concurrency)
             .try_collect()
             .await
-        })?;
-        crate::backend::briefs_of(versions)
+        })
     }
 
     fn current_with_policy_many(
@@ -711,14 +763,7 @@ impl Vault for AzureVault {
     fn version_stamps(&self, name: &str) -> Result<Vec<VersionStamp>> {
         // The listing carries each version's attributes: one request (a page per 25 versions).
         self.rt.block_on(async {
-            let items: Vec<_> = match self.certs.list_certificate_properties_versions(name, None) {
-                Ok(pager) => match pager.try_collect::<Vec<_>>().await {
-                    Ok(items) => items,
-                    Err(e) if is_not_found(&e) => return Ok(Vec::new()),
-                    Err(e) => return Err(remote("list versions", name, e)),
-                },
-                Err(e) => return Err(remote("list versions", name, e)),
-            };
+            let items = Self::listed(&self.certs, name).await?;
             let mut out: Vec<VersionStamp> = items
                 .into_iter()
                 // A pending request's placeholder has no notAfter: no issued version.

@@ -9,13 +9,24 @@
 //!   sent until its answer is in; not while the retry policy sleeps between tries).
 //! - **Rate**: governor's GCRA limiter admits each try at the plan's rate, with a burst of
 //!   `burst_secs` of it (at least one try).
-//! - **Throttling** lowers the pace: after a 429, no try starts before its `Retry-After` has
-//!   passed, and the rate drops to what the service admitted over the last
-//!   [`ADMITTED_WINDOW`] (to 90% of the rate, if it admitted more than that; by half at most
-//!   in one step, and by half in the first second, before anything is measured): the client
-//!   stays at or below the rate the service allowed for the rest of the process, instead of
-//!   provoking a 429 for every try past it. Tries already on the wire were paced at the old
-//!   rate, so a 429 lowers the rate at most once per `Retry-After`.
+//! - **Throttling** lowers the pace (the multiplicative decrease of AIMD): after a 429, no try
+//!   starts before its `Retry-After` has passed, and the rate drops to what the service
+//!   admitted over the last [`ADMITTED_WINDOW`] (to 90% of the rate, if it admitted more than
+//!   that; by half at most in one step, and by half in the first second, before anything is
+//!   measured), instead of provoking a 429 for every try past it. Tries already on the wire
+//!   were paced at the old rate, so a 429 lowers the rate at most once per `Retry-After`.
+//! - **Quiet** raises it again (the additive increase): once the service has admitted every
+//!   try for [`RAISE_AFTER`] since the rate last changed, while the client used at least half
+//!   of it, the rate rises by one step, up to the plan's rate (without bound for a client the
+//!   plan leaves unpaced: there it rises only while the client uses it). The first step after
+//!   a 429 is [`RAISE_STEP`] of the rate the 429 set, and each step the service admits for a
+//!   whole quiet interval doubles the next: close to the rate the service throttled at, the
+//!   client probes gently (a plan's rate far above the service's would otherwise make every
+//!   probe a 429 storm); far from it, back to the plan's rate in a few intervals (a throttling
+//!   that ended, another client's burst or a service scaled up, costs the rest of a long run
+//!   nothing). A service that still throttles answers a step with a 429, which takes the rate
+//!   back down to what it admitted and the step back to its first size. A raised limiter
+//!   starts empty: a raise adds rate, not a burst.
 
 use azure_core::error::ErrorKind;
 use azure_core::http::headers::{HeaderName, RETRY_AFTER};
@@ -35,6 +46,16 @@ pub const MIN_RATE: f64 = 0.1;
 const MEASURE_FROM: Duration = Duration::from_secs(1);
 /// The wait after a 429 that names none.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How long the service must admit every try, after the rate last changed, before it is
+/// raised one step.
+pub const RAISE_AFTER: Duration = Duration::from_secs(2);
+/// The first raise after a 429, as a share of the rate it set; each raise the service admits
+/// doubles the next (from half the plan's rate back to all of it in four quiet intervals).
+pub const RAISE_STEP: f64 = 0.1;
+/// The share of the rate a client must have used over the last [`ADMITTED_WINDOW`] for a quiet
+/// interval to raise it: a rate the client does not reach says nothing of what the service
+/// admits.
+const USED_TO_RAISE: f64 = 0.5;
 
 /// The per-try policy described in the module doc; one per client of a service (several SDK
 /// clients of one vault share one).
@@ -49,6 +70,12 @@ pub struct Pace {
 struct State {
     /// Tries per second now (None: unpaced until a 429).
     rate: Option<f64>,
+    /// The plan's rate: the most a raise goes back to (None: unpaced, no bound).
+    ceiling: Option<f64>,
+    /// How much the next raise adds, per second (set by each 429 that lowers the rate).
+    step: f64,
+    /// When the rate was last raised.
+    raised_at: Option<Instant>,
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
     /// No try starts before this (a 429's `Retry-After`).
     hold_until: Option<Instant>,
@@ -71,13 +98,21 @@ impl std::fmt::Debug for Pace {
     }
 }
 
-fn limiter(rate: f64, burst_secs: f64) -> Arc<DefaultDirectRateLimiter> {
+/// A limiter at `rate` tries per second with a burst of `burst_secs` of it; `spent`: its
+/// burst already taken, so it admits at the rate from now on.
+fn limiter(rate: f64, burst_secs: f64, spent: bool) -> Arc<DefaultDirectRateLimiter> {
     let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
-    let burst = (rate * burst_secs).ceil().clamp(1.0, f64::from(u32::MAX)) as u32;
+    let burst = NonZeroU32::new((rate * burst_secs).ceil().clamp(1.0, f64::from(u32::MAX)) as u32)
+        .expect("burst is at least 1");
     let quota = Quota::with_period(period)
         .expect("a positive period")
-        .allow_burst(NonZeroU32::new(burst).expect("burst is at least 1"));
-    Arc::new(RateLimiter::direct(quota))
+        .allow_burst(burst);
+    let limiter = RateLimiter::direct(quota);
+    if spent {
+        // A fresh limiter's whole burst fits: this takes it.
+        let _ = limiter.check_n(burst);
+    }
+    Arc::new(limiter)
 }
 
 impl Pace {
@@ -93,7 +128,10 @@ impl Pace {
             burst_secs,
             state: Mutex::new(State {
                 rate,
-                limiter: rate.map(|r| limiter(r, burst_secs)),
+                ceiling: rate,
+                step: 0.0,
+                raised_at: None,
+                limiter: rate.map(|r| limiter(r, burst_secs, false)),
                 hold_until: None,
                 lowered_at: None,
                 first_try: None,
@@ -128,7 +166,11 @@ impl Pace {
     }
 
     fn answered(&self, status: StatusCode, retry_after: Option<Duration>) {
-        let now = Instant::now();
+        self.answered_at(Instant::now(), status, retry_after);
+    }
+
+    /// As the answer came at `now` (tests move time on by passing a later instant).
+    fn answered_at(&self, now: Instant, status: StatusCode, retry_after: Option<Duration>) {
         let mut s = self.state();
         while s
             .admitted
@@ -139,6 +181,7 @@ impl Pace {
         }
         if status != StatusCode::TooManyRequests {
             s.admitted.push_back(now);
+            self.raise(&mut s, now);
             return;
         }
         let wait = retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
@@ -170,9 +213,49 @@ impl Pace {
             s.rate.map_or("unpaced".to_string(), |r| format!("{r:.2}/s")),
             wait.as_millis()
         );
+        s.step = (lowered * RAISE_STEP).max(MIN_RATE * RAISE_STEP);
         s.rate = Some(lowered);
-        s.limiter = Some(limiter(lowered, self.burst_secs));
+        s.limiter = Some(limiter(lowered, self.burst_secs, false));
         s.lowered_at = Some(now);
+    }
+
+    /// One additive step up, when the service has admitted every try for [`RAISE_AFTER`] since
+    /// the rate last changed and the client used the rate (see the module doc).
+    fn raise(&self, s: &mut State, now: Instant) {
+        let (Some(rate), Some(lowered_at)) = (s.rate, s.lowered_at) else {
+            return; // never throttled: at the plan's rate, or unpaced
+        };
+        let step = s.step;
+        if s.ceiling.is_some_and(|c| rate >= c) {
+            return;
+        }
+        let since = lowered_at.max(s.raised_at.unwrap_or(lowered_at));
+        let quiet =
+            now.saturating_duration_since(since) >= RAISE_AFTER && s.hold_until.is_none_or(|h| h <= now);
+        let used = s.admitted.len() as f64 / ADMITTED_WINDOW.as_secs_f64() >= USED_TO_RAISE * rate;
+        if !quiet || !used {
+            return;
+        }
+        let raised = s.ceiling.map_or(rate + step, |c| (rate + step).min(c));
+        let back = if s.ceiling == Some(raised) {
+            " (the plan's rate)"
+        } else {
+            ""
+        };
+        tracing::info!(
+            target: super::observe::LOG_TARGET,
+            "{} admitted every request for {} s: pacing at {raised:.2} requests/s{back} (was {rate:.2}/s)",
+            self.service,
+            RAISE_AFTER.as_secs()
+        );
+        s.rate = Some(raised);
+        // A new limiter holds a full burst; spent at once, it would be a burst the service
+        // never saw from this client. Taken now, the raise adds only rate.
+        s.limiter = Some(limiter(raised, self.burst_secs, true));
+        s.raised_at = Some(now);
+        // Twice as far next time, if the service admits this step for a quiet interval; a 429
+        // before that sets the step back to its first size.
+        s.step = step * 2.0;
     }
 }
 
@@ -273,5 +356,128 @@ mod tests {
         unpaced.answered(StatusCode::TooManyRequests, None);
         assert_eq!(unpaced.rate(), None, "an unpaced client's first burst only waits");
         assert!(unpaced.state().hold_until.is_some());
+    }
+
+    /// Answers admitted every 100 ms from `from` for `secs` seconds; the rate after each.
+    fn admitted_for(pace: &Pace, from: Instant, secs: u64) -> Vec<(Duration, f64)> {
+        (1..=secs * 10)
+            .map(|k| {
+                let at = Duration::from_millis(k * 100);
+                pace.answered_at(from + at, StatusCode::Ok, None);
+                (at, pace.rate().unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn quiet_intervals_raise_the_rate_by_growing_steps_back_to_the_plans_rate() {
+        let pace = Pace::new("DPS", Some(10.0), 0.5, 4);
+        let t0 = Instant::now();
+        pace.state().first_try = Some(t0 - Duration::from_secs(3));
+        pace.answered_at(t0, StatusCode::TooManyRequests, Some(Duration::from_secs(1)));
+        assert_eq!(pace.rate(), Some(5.0), "nothing admitted: halved");
+        // Ten answers a second, above half of every rate on the way: the client uses its rate.
+        let rates = admitted_for(&pace, t0, 15);
+        let at = |secs: f64| {
+            rates
+                .iter()
+                .rev()
+                .find(|(t, _)| t.as_secs_f64() <= secs + 1e-9)
+                .map(|(_, r)| *r)
+                .unwrap()
+        };
+        let near = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert_eq!(at(1.9), 5.0, "no raise before {RAISE_AFTER:?} of quiet");
+        assert!(
+            near(at(2.0), 5.5),
+            "a first step of 10% of the rate the 429 set: {}",
+            at(2.0)
+        );
+        assert!(near(at(3.9), 5.5), "one step per quiet interval: {}", at(3.9));
+        assert!(
+            near(at(4.0), 6.5),
+            "each admitted step doubles the next: {}",
+            at(4.0)
+        );
+        assert!(near(at(6.0), 8.5), "{}", at(6.0));
+        assert_eq!(at(8.0), 10.0, "back at the plan's rate");
+        assert_eq!(at(15.0), 10.0, "and no further");
+        assert!(
+            rates.windows(2).all(|w| w[1].1 >= w[0].1),
+            "quiet never lowers it"
+        );
+        let raises: Vec<Duration> = rates
+            .windows(2)
+            .filter(|w| w[1].1 > w[0].1)
+            .map(|w| w[1].0)
+            .collect();
+        assert_eq!(raises.len(), 4, "{raises:?}");
+        assert!(
+            raises.windows(2).all(|w| w[1] - w[0] >= RAISE_AFTER),
+            "{raises:?}"
+        );
+        // A raised limiter starts with its burst spent: the raise adds rate, not a burst.
+        let limiter = pace.state().limiter.clone().unwrap();
+        assert!(
+            limiter.check().is_err(),
+            "a raised limiter admitted a burst at once"
+        );
+    }
+
+    #[test]
+    fn a_429_on_the_way_up_lowers_it_again_and_the_climb_restarts_with_a_small_step() {
+        let pace = Pace::new("IoT Hub", Some(10.0), 0.5, 4);
+        let t0 = Instant::now();
+        pace.state().first_try = Some(t0 - Duration::from_secs(3));
+        pace.answered_at(t0, StatusCode::TooManyRequests, Some(Duration::from_secs(1)));
+        admitted_for(&pace, t0, 4);
+        let before = pace.rate().unwrap();
+        assert!((before - 6.5).abs() < 1e-9, "{before}");
+        // The service throttles at 6.5/s: it admitted 20 tries over the last 2 s (10/s, more
+        // than the rate), so the multiplicative decrease takes 10% off.
+        let t1 = t0 + Duration::from_millis(4050);
+        pace.answered_at(t1, StatusCode::TooManyRequests, Some(Duration::from_secs(1)));
+        let lowered = pace.rate().unwrap();
+        assert!((lowered - 5.85).abs() < 1e-9, "{lowered}");
+        // Answers during Retry-After and the rest of the quiet interval raise nothing; then
+        // the step is 10% of the new rate again, not the doubled one.
+        let rates = admitted_for(&pace, t1, 2);
+        assert!(rates[..19].iter().all(|(_, r)| *r == lowered), "{rates:?}");
+        assert!((rates[19].1 - 5.85 * 1.1).abs() < 1e-9, "{rates:?}");
+    }
+
+    #[test]
+    fn a_rate_the_client_does_not_use_is_not_raised_and_an_unpaced_client_has_no_ceiling() {
+        let pace = Pace::new("DPS", Some(10.0), 0.5, 4);
+        let t0 = Instant::now();
+        pace.state().first_try = Some(t0 - Duration::from_secs(3));
+        pace.answered_at(t0, StatusCode::TooManyRequests, None);
+        // One answer a second: a fifth of the 5/s it is paced at.
+        for k in 1..=10 {
+            pace.answered_at(t0 + Duration::from_secs(k), StatusCode::Ok, None);
+        }
+        assert_eq!(
+            pace.rate(),
+            Some(5.0),
+            "raised while the client sent a fifth of it"
+        );
+
+        let unpaced = Pace::new("Key Vault", None, 0.5, 4);
+        unpaced.state().first_try = Some(t0 - Duration::from_secs(5));
+        unpaced.state().admitted = (0..8).map(|_| t0).collect();
+        unpaced.answered_at(t0, StatusCode::TooManyRequests, None);
+        assert_eq!(unpaced.rate(), Some(4.0), "what the service admitted");
+        // Forty answers a second for 12 s: six steps (0.4, 0.8, ... 12.8), past any plan.
+        let at = |k: u64| t0 + Duration::from_millis(k * 25);
+        for k in 1..=(40 * 12) {
+            unpaced.answered_at(at(k), StatusCode::Ok, None);
+        }
+        let rate = unpaced.rate().unwrap();
+        assert!((rate - 29.2).abs() < 1e-9, "{rate}");
+        // Ten a second from then on: a third of 29.2, so it rises no further.
+        for k in 1..=100 {
+            unpaced.answered_at(at(40 * 12) + Duration::from_millis(k * 100), StatusCode::Ok, None);
+        }
+        assert_eq!(unpaced.rate(), Some(rate), "raised past what the client uses");
     }
 }

@@ -1168,7 +1168,6 @@ mod tests {
             name: "dev-a".into(),
             version: "v".into(),
             thumbprint: "T".into(),
-            serial: "01".into(),
             enabled: true,
             nbf,
             exp,

@@ -1773,6 +1773,59 @@ fn a_client_above_the_service_s_rate_slows_to_it_after_a_429() {
     assert!(rate >= 0.6 * 5.0, "{rate:.2}/s is under 60% of the service's 5/s");
 }
 
+/// A throttling that ends part-way is not paid for to the end of the process: serve's DPS
+/// admits 5 requests a second (burst 5) for its first 4 seconds and everything after them; the
+/// client, set to 50, slows to about 5 at the 429s and climbs back to its plan's rate once
+/// serve admits everything (a client that never raises its rate again stays at what the 429s
+/// set, and fails here at the 60 s limit).
+#[test]
+fn a_client_slowed_by_a_throttling_that_ended_climbs_back_to_its_rate() {
+    let env = TestEnv::new();
+    let serve = Serve::start_with(
+        &env,
+        "t",
+        &services_plan("[serve.services.dps]\nrate_per_second = 5\nburst = 5\nthrottle_secs = 4\n"),
+    );
+    let dps = enrollment_service(
+        &services_config(&env, &serve, ", rate = 50, concurrency = 8"),
+        &serve,
+        "t",
+    );
+    let start = std::time::Instant::now();
+    let (mut lowest, mut reads) = (f64::MAX, 0);
+    let mut climb: Vec<(u64, f64)> = Vec::new();
+    while start.elapsed() < Duration::from_secs(60) {
+        read_many(&dps, &format!("conf-c{reads}"), 20);
+        reads += 20;
+        let rate = dps.rate().unwrap_or(50.0);
+        lowest = lowest.min(rate);
+        if climb.last().is_none_or(|(_, r)| *r != rate) {
+            climb.push((start.elapsed().as_millis() as u64, rate));
+        }
+        if lowest < 50.0 && rate >= 50.0 {
+            break;
+        }
+    }
+    let throttled = answered(&env, DPS_HOST, "429");
+    eprintln!(
+        "client at 50/s, serve at 5/s for 4 s: {reads} reads in {:?}, {throttled} answered 429; (ms, rate) {climb:?}",
+        start.elapsed()
+    );
+    assert!(throttled > 0, "serve never throttled, so nothing was lowered");
+    assert!(
+        lowest <= 10.0,
+        "the 429s did not slow the client: lowest {lowest:.2}/s"
+    );
+    assert_eq!(
+        dps.rate(),
+        Some(50.0),
+        "the rate never climbed back to the plan's after serve stopped throttling: {climb:?}"
+    );
+    // Up by steps, never in one jump from the lowered rate to the plan's.
+    let rises = climb.windows(2).filter(|w| w[1].1 > w[0].1).count();
+    assert!(rises >= 3, "{climb:?}");
+}
+
 /// Retries count against the client's rate as the service counts them: a client set just
 /// under serve's DPS rate (4.5 a second against 5, burst 5) whose requests fail 20% of the
 /// time (503 with `Retry-After: 1`, retried) is never throttled, because each retry waits for
