@@ -36,18 +36,23 @@ impl Held {
     }
 }
 
+/// What the devices hold on a backend that installs on them: the fleet record's versions.
+fn as_installed(installed: Vec<Option<VaultVersion>>) -> Vec<Held> {
+    installed
+        .into_iter()
+        .map(|presented| Held {
+            presented,
+            pending: None,
+        })
+        .collect()
+}
+
 /// What each device of `ids` holds, in the order asked, reading DPS and the hubs where the
 /// backend does not install on its devices (one batch each).
 pub fn held_many(backend: &dyn Backend, ids: &[String]) -> Result<Vec<Held>> {
     let installed = super::installed_many(backend, ids)?;
     if backend.installs_on_devices() {
-        return Ok(installed
-            .into_iter()
-            .map(|presented| Held {
-                presented,
-                pending: None,
-            })
-            .collect());
+        return Ok(as_installed(installed));
     }
     let (registrations, identities) = backend.registrations_and_identities(ids)?;
     held_from(backend, ids, installed, &registrations, &identities)
@@ -64,13 +69,7 @@ pub fn held_from(
     identities: &[Option<HubIdentity>],
 ) -> Result<Vec<Held>> {
     if backend.installs_on_devices() {
-        return Ok(installed
-            .into_iter()
-            .map(|presented| Held {
-                presented,
-                pending: None,
-            })
-            .collect());
+        return Ok(as_installed(installed));
     }
     let mut out: Vec<Held> = Vec::with_capacity(ids.len());
     // Devices whose presented certificate is another version than the issued one: their
