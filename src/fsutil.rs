@@ -16,20 +16,25 @@ pub fn create_private(path: &Path) -> io::Result<File> {
 
 /// Syncs a directory, so that a rename or link inside it survives a crash.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    let dir = if dir.as_os_str().is_empty() {
+    File::open(or_working_dir(dir))?.sync_all()
+}
+
+/// `dir`, or the working directory when it is empty (the parent of a bare file name).
+fn or_working_dir(dir: &Path) -> &Path {
+    if dir.as_os_str().is_empty() {
         Path::new(".")
     } else {
         dir
-    };
-    File::open(dir)?.sync_all()
+    }
+}
+
+/// The folder `path` is in (the working directory for a bare file name).
+fn folder_of(path: &Path) -> &Path {
+    path.parent().map_or(Path::new("."), or_working_dir)
 }
 
 fn temp_beside(path: &Path) -> (PathBuf, PathBuf) {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
+    let dir = folder_of(path).to_path_buf();
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -46,11 +51,7 @@ pub fn remove_stale_temps(path: &Path, age: std::time::Duration) {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return;
     };
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
+    let dir = or_working_dir(dir);
     let name = name.to_string_lossy();
     let prefixes = [format!(".{name}.certroll-tmp-"), format!(".{name}.certroll-new-")];
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -132,11 +133,7 @@ pub fn landing_path(path: &Path) -> io::Result<PathBuf> {
         Some(std::path::Component::Normal(name)) => name.to_os_string(),
         _ => return Err(invalid()),
     };
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    Ok(std::fs::canonicalize(parent)?.join(name))
+    Ok(std::fs::canonicalize(folder_of(path))?.join(name))
 }
 
 /// What an output path lands on.
