@@ -75,20 +75,25 @@ pub fn remove_stale_temps(path: &Path, age: std::time::Duration) {
     }
 }
 
+/// Creates `tmp` (it must not exist) with `bytes` and syncs it, mode 0600 when `private`,
+/// else 0644; the file is closed on return.
+fn write_synced(tmp: &Path, bytes: &[u8], private: bool) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if private { 0o600 } else { 0o644 })
+        .open(tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
 /// Writes `bytes` to `path` atomically (temporary file, fsync, rename, directory fsync), mode
 /// 0600 when `private`. On any failure the temporary file is removed.
 pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> io::Result<()> {
     let (dir, tmp) = temp_beside(path);
     let _ = std::fs::remove_file(&tmp);
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(if private { 0o600 } else { 0o644 })
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
+        write_synced(&tmp, bytes, private)?;
         std::fs::rename(&tmp, path)?;
         sync_dir(&dir)
     })();
@@ -106,14 +111,7 @@ pub fn create_atomic(path: &Path, bytes: &[u8], private: bool) -> io::Result<()>
     let (dir, tmp) = temp_beside(path);
     let _ = std::fs::remove_file(&tmp);
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(if private { 0o600 } else { 0o644 })
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
+        write_synced(&tmp, bytes, private)?;
         std::fs::hard_link(&tmp, path)?;
         sync_dir(&dir)
     })();
