@@ -409,19 +409,9 @@ struct Leaf {
 
 impl Leaf {
     fn parse(der: &[u8]) -> Result<Leaf, crate::pki::Error> {
-        let (rest, cert) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| crate::pki::Error::BadCertificate(crate::pki::x509_parse_error(&e)))?;
+        let (rest, cert) = crate::pki::inspect::parse(der)?;
         Ok(Leaf {
-            names: crate::pki::inspect::ChainNames {
-                subject: cert.subject().as_raw().to_vec(),
-                issuer: cert.issuer().as_raw().to_vec(),
-                common_name: cert
-                    .subject()
-                    .iter_common_name()
-                    .next()
-                    .and_then(|cn| cn.as_str().ok())
-                    .map(str::to_string),
-            },
+            names: crate::pki::inspect::ChainNames::of(&cert),
             not_before: cert.validity().not_before.to_datetime(),
             not_after: cert.validity().not_after.to_datetime(),
             trailing: !rest.is_empty(),

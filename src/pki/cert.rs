@@ -166,8 +166,7 @@ impl IssuerKey {
 }
 
 fn spki_of(cert_der: &[u8]) -> Result<Vec<u8>, Error> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
-        .map_err(|e| Error::BadCertificate(super::x509_parse_error(&e)))?;
+    let (_, cert) = super::inspect::parse(cert_der)?;
     Ok(cert.tbs_certificate.subject_pki.raw.to_vec())
 }
 
@@ -307,8 +306,7 @@ pub fn sign_self_keeping_subject(
     params.distinguished_name = rcgen_name(&name)?;
     params.use_authority_key_identifier_extension = false;
     let der = params.self_signed(key.pair())?.der().to_vec();
-    let (_, cert) = x509_parser::parse_x509_certificate(&der)
-        .map_err(|e| Error::BadCertificate(super::x509_parse_error(&e)))?;
+    let (_, cert) = super::inspect::parse(&der)?;
     if cert.subject().as_raw() != subject_der {
         return Err(Error::UnwritableName(format!(
             "`{}` would be written as `{}`",
