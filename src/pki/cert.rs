@@ -165,7 +165,9 @@ impl IssuerKey {
     }
 }
 
-fn spki_of(cert_der: &[u8]) -> Result<Vec<u8>, Error> {
+/// The SubjectPublicKeyInfo (DER) a certificate certifies.
+/// Errors: [`Error::BadCertificate`] when it does not parse.
+pub fn spki_of(cert_der: &[u8]) -> Result<Vec<u8>, Error> {
     let (_, cert) = super::inspect::parse(cert_der)?;
     Ok(cert.tbs_certificate.subject_pki.raw.to_vec())
 }
