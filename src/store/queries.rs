@@ -84,11 +84,22 @@ pub(super) fn version_row(r: &Row<'_>) -> rusqlite::Result<VaultVersion> {
         nbf: from_ts(r.get(6)?),
         exp: from_ts(r.get(7)?),
         created: from_ts(r.get(8)?),
-        issuer: match (r.get::<_, Option<String>>(9)?, r.get::<_, Option<String>>(10)?) {
+        issuer: issuer_at(r, 9)?,
+    })
+}
+
+/// The signing CA's vault name and version from the columns at `at` and `at + 1`
+/// (`issuer_name, issuer_version`); None unless both are set.
+fn issuer_at(r: &Row<'_>, at: usize) -> rusqlite::Result<Option<(String, String)>> {
+    Ok(
+        match (
+            r.get::<_, Option<String>>(at)?,
+            r.get::<_, Option<String>>(at + 1)?,
+        ) {
             (Some(name), Some(version)) => Some((name, version)),
             _ => None,
         },
-    })
+    )
 }
 
 /// The newest version of a vault certificate.
@@ -791,10 +802,7 @@ pub fn settle_rows_many(conn: &Connection, ids: &[String]) -> Result<Vec<Option<
                 cert_der: r.get(0)?,
                 nbf: r.get(1)?,
                 exp: r.get(2)?,
-                issuer: match (r.get::<_, Option<String>>(3)?, r.get::<_, Option<String>>(4)?) {
-                    (Some(name), Some(version)) => Some((name, version)),
-                    _ => None,
-                },
+                issuer: issuer_at(r, 3)?,
                 substatus: r.get(5)?,
                 cert_thumbprint: r.get(6)?,
                 decision: RecordedDecision {
@@ -1190,10 +1198,7 @@ pub fn vault_briefs_many(conn: &Connection, names: &[String]) -> Result<Vec<Vec<
                     enabled: r.get(3)?,
                     nbf: from_ts(r.get(4)?),
                     exp: from_ts(r.get(5)?),
-                    issuer: match (r.get::<_, Option<String>>(7)?, r.get::<_, Option<String>>(8)?) {
-                        (Some(name), Some(version)) => Some((name, version)),
-                        _ => None,
-                    },
+                    issuer: issuer_at(r, 7)?,
                 },
             ))
         },
