@@ -467,6 +467,10 @@ impl Backend for Box<dyn Backend> {
         (**self).bulk_writes(on)
     }
 
+    fn deliver_owed(&mut self, now: OffsetDateTime) -> Result<(u64, u64)> {
+        (**self).deliver_owed(now)
+    }
+
     fn assigned_identities(&self, ids: &[String]) -> Result<Vec<Option<HubIdentity>>> {
         (**self).assigned_identities(ids)
     }

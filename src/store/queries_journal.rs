@@ -150,3 +150,50 @@ pub fn last_done_step(conn: &Connection, target: &str, kind: &str) -> Result<Opt
     .and_then(|mut s| s.query_row([target, kind], step_row).optional())
     .map_err(sql)
 }
+
+/// A delivery a device is owed: the vault version its fleet record names, not yet taken by the
+/// delivery channel. `(device id, vault certificate name, version)`.
+pub type OwedDelivery = (String, String, String);
+
+/// Records `owed` (replacing what each device was owed before: the newer version is the one it
+/// needs).
+pub fn owed_put(conn: &Connection, owed: &[OwedDelivery]) -> Result<()> {
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO owed_deliveries (device_id, cert_name, version) VALUES (?1, ?2, ?3)
+             ON CONFLICT(device_id) DO UPDATE SET cert_name = excluded.cert_name, version = excluded.version",
+        )
+        .map_err(sql)?;
+    for (id, name, version) in owed {
+        stmt.execute(params![id, name, version]).map_err(sql)?;
+    }
+    Ok(())
+}
+
+/// Settles what each `(device id, version)` was owed; a device owed another version (a newer
+/// one, recorded since) stays owed that one. `version` None settles whatever it was owed.
+pub fn owed_settle(conn: &Connection, settled: &[(String, Option<String>)]) -> Result<()> {
+    let mut stmt = conn
+        .prepare_cached("DELETE FROM owed_deliveries WHERE device_id = ?1 AND (?2 IS NULL OR version = ?2)")
+        .map_err(sql)?;
+    for (id, version) in settled {
+        stmt.execute(params![id, version]).map_err(sql)?;
+    }
+    Ok(())
+}
+
+/// Up to `limit` owed deliveries after device id `after`, in id order.
+pub fn owed_page(conn: &Connection, after: &str, limit: usize) -> Result<Vec<OwedDelivery>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT device_id, cert_name, version FROM owed_deliveries WHERE device_id > ?1
+             ORDER BY device_id LIMIT ?2",
+        )
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map(params![after, limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .map_err(sql)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+}
