@@ -776,8 +776,9 @@ fn issue_device_chunks(
     // A pipeline: while chunk k is written to the backend (sequential), the keys and
     // certificates of chunk k+1 are made on the other cores.
     let mut pending: Option<(Vec<Need>, Fresh)> = None;
+    let unit_len = super::unit_devices(plan);
     loop {
-        let chunk: Vec<String> = ids.by_ref().take(CHUNK).collect();
+        let chunk: Vec<String> = ids.by_ref().take(unit_len).collect();
         let needs = if chunk.is_empty() {
             Vec::new()
         } else {

@@ -2,8 +2,13 @@
 //! owed with its fleet record and settled only once the delivery channel took it, so a run
 //! killed between a unit's commit and its deliveries, or a hook that failed, leaves it owed, and
 //! the next run delivers it, once. Every delivery is read from the hook's own record of its calls.
+//! And deliveries overlap the Key Vault imports: a unit of devices holds a few seconds of imports
+//! at the plan's `vault_rate`, so the first devices get their certificates while the later ones'
+//! imports go on.
 
-use crate::azure_verbs::{DEVICE_HOOK, FLEET, TOKEN, fleet_plans_with, run_fleet, start_serve};
+use crate::azure_verbs::{
+    DEVICE_HOOK, FLEET, TOKEN, fleet_plans_hook, fleet_plans_with, run_fleet, start_serve,
+};
 use crate::azure_verbs2::device;
 use crate::conformance::azure::{Serve, sas_key};
 use crate::util::TestEnv;
@@ -201,4 +206,96 @@ fn a_failed_delivery_stays_owed_and_the_next_run_delivers_it_once() {
     let mut again = deliveries(&log);
     again.sort();
     assert_eq!(again, got, "nothing owed any more");
+}
+
+/// A root, an intermediate and a group of `n` devices under it, on hub `conf-hub`.
+fn group_of(n: usize) -> String {
+    format!(
+        "[policies.device]\nkey = {{ type = \"EC\", curve = \"P-256\" }}\nvalidity_days = 365\n\
+         [policies.ca]\nkey = {{ type = \"EC\", curve = \"P-256\" }}\nvalidity_days = 3650\n\
+         key_usage = [\"keyCertSign\", \"cRLSign\", \"digitalSignature\"]\n\
+         [ca.root]\nsubject = \"CN=Root\"\npolicy = \"ca\"\n\
+         [ca.factory]\nsubject = \"CN=Factory\"\nissuer = \"root\"\npath_len = 0\npolicy = \"ca\"\n\
+         [groups.meters]\nsigning_ca = \"factory\"\nhub = \"conf-hub\"\n\
+         device_policy = \"device\"\ndevices = {{ prefix = \"m-\", count = {n} }}\n"
+    )
+}
+
+/// `METHOD host/path` of each of serve's access lines, in the order the answers went out.
+fn requests(env: &TestEnv) -> Vec<String> {
+    std::fs::read_to_string(env.path("serve.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split("certroll::serve::access: ").nth(1))
+        .map(|rest| rest.splitn(3, ' ').take(2).collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+/// `issue` of 40 group devices, the plan importing at 5 a second (`vault_rate = 5`, so a unit
+/// holds 25 devices) against serve's Key Vault throttled at 20 requests a second: the first
+/// device registers with DPS with the certificate its delivery hook was handed before the last
+/// device's certificate is imported (read from serve's access log, in the order its answers went
+/// out). With the 2,048-device unit, every import came first. Every device is delivered and
+/// registers once.
+#[test]
+fn deliveries_start_while_later_imports_go_on_under_a_throttled_key_vault() {
+    const N: usize = 40;
+    let env = TestEnv::new();
+    let fleet = group_of(N);
+    let serve = start_serve(
+        &env,
+        &format!("{fleet}[serve.services.keyvault]\nrate_per_second = 20\nburst = 40\n"),
+    );
+    env.write("device-hook.py", DEVICE_HOOK);
+    let delivery = format!(
+        "vault_rate = 5\ndelivery = \"hook\"\nhook = [\"python3\", \"{}\", \"{}\", \"{}\", \"{}\", \"{}\"]\n",
+        env.path("device-hook.py").display(),
+        serve.port(),
+        serve.start["id_scope"].as_str().unwrap(),
+        env.path("ca.pem").display(),
+        env.path("devices").display()
+    );
+    fleet_plans_with(&env, &serve, &fleet, &delivery);
+    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.json()["rejected"].as_array().is_some_and(Vec::is_empty),
+        "{}",
+        r.stdout
+    );
+
+    let log = requests(&env);
+    let imports: Vec<usize> = (0..log.len())
+        .filter(|&i| {
+            log[i].starts_with("POST ")
+                && log[i].contains("/certificates/dev-m-")
+                && log[i].ends_with("/import")
+        })
+        .collect();
+    let registrations: Vec<usize> = (0..log.len())
+        .filter(|&i| {
+            log[i].contains("global.azure-devices-provisioning.net") && log[i].contains("/registrations/m-")
+        })
+        .collect();
+    let devices = |at: &[usize]| -> std::collections::BTreeSet<String> {
+        at.iter()
+            .filter_map(|&i| log[i].split("m-").nth(1))
+            .map(|rest| rest.chars().take_while(char::is_ascii_digit).collect())
+            .collect()
+    };
+    assert_eq!(devices(&imports).len(), N, "every device's certificate imported");
+    assert_eq!(
+        registrations.len(),
+        N,
+        "every device delivered and registered once"
+    );
+    assert_eq!(devices(&registrations).len(), N);
+    let (first_registration, last_import) = (registrations[0], *imports.last().unwrap());
+    assert!(
+        first_registration < last_import,
+        "the first device registered (request {first_registration}: {}) only after the last import \
+         (request {last_import}: {})",
+        log[first_registration],
+        log[last_import]
+    );
 }
