@@ -6,9 +6,7 @@
 //! at the plan's `vault_rate`, so the first devices get their certificates while the later ones'
 //! imports go on.
 
-use crate::azure_verbs::{
-    DEVICE_HOOK, FLEET, TOKEN, fleet_plans_hook, fleet_plans_with, run_fleet, start_serve,
-};
+use crate::azure_verbs::{DEVICE_HOOK, FLEET, TOKEN, fleet_plans_with, run_fleet, start_serve};
 use crate::azure_verbs2::device;
 use crate::conformance::azure::{Serve, sas_key};
 use crate::util::TestEnv;
