@@ -180,19 +180,20 @@ pub const SIGNING_PIECE: usize = 32;
 pub const UNIT_DEVICES: usize = 2048;
 
 /// About how many seconds of Key Vault key creations (at the plan's `vault_rate`) one unit of
-/// devices holds on azure.
-pub const AZURE_UNIT_SECS: f64 = 5.0;
+/// devices holds on azure, above [`AZURE_UNIT_MIN`].
+pub const AZURE_UNIT_SECS: f64 = 10.0;
 
-/// The fewest devices in a unit on azure: a unit's fixed reads (a DPS page, a hub query) stay a
-/// small share of its requests.
-const AZURE_UNIT_MIN: usize = 8;
+/// The fewest devices in a unit on azure: a unit's reads of DPS and the hub stay page reads
+/// (the DPS client reads 50 enrollments or more by its listing and fewer one GET each; a hub
+/// registry query takes 100 ids), so smaller units would cost requests per device.
+pub const AZURE_UNIT_MIN: usize = 100;
 
 /// Devices per unit of work for `plan`: [`UNIT_DEVICES`] on the local backend. On azure a
 /// unit's deliveries start when its imports are done (the services then hold everything its
 /// devices need), and Key Vault paces imports at `vault_rate` (2 a second by default): 2,048
-/// devices would deliver nothing for 17 minutes, so a unit holds about [`AZURE_UNIT_SECS`] of
-/// imports (10 devices at 2 a second; at least [`AZURE_UNIT_MIN`], at most [`UNIT_DEVICES`]),
-/// and the first devices get their certificates while the later ones' imports go on.
+/// devices would deliver nothing for 17 minutes. So a unit holds [`AZURE_UNIT_SECS`] of imports
+/// at that rate, at least [`AZURE_UNIT_MIN`] and at most [`UNIT_DEVICES`] devices (100 at 2 a
+/// second: the first deliveries after about 40 s, while the later units' imports go on).
 pub fn unit_devices(plan: &Plan) -> usize {
     let Some(azure) = &plan.azure else {
         return UNIT_DEVICES;
@@ -779,9 +780,8 @@ mod tests {
         std::fs::read(out).unwrap()
     }
 
-    /// A unit holds 2,048 devices on the local store; on azure about five seconds of Key Vault
-    /// imports at the plan's `vault_rate` (10 devices at the default 2 a second), at least 8 and
-    /// at most 2,048.
+    /// A unit holds 2,048 devices on the local store; on azure ten seconds of Key Vault imports
+    /// at the plan's `vault_rate`, at least 100 (page reads) and at most 2,048.
     #[test]
     fn a_unit_on_azure_holds_a_few_seconds_of_imports_at_the_vault_rate() {
         let plan = |backend: &str| {
@@ -797,9 +797,9 @@ mod tests {
                 "[backend]\nkind = \"azure\"\nvault_url = \"https://v.vault.azure.net\"\nauth = \"azure-cli\"\n{extra}"
             ))
         };
-        assert_eq!(unit_devices(&azure("")), 10);
-        assert_eq!(unit_devices(&azure("vault_rate = 5\n")), 25);
-        assert_eq!(unit_devices(&azure("vault_rate = 0.1\n")), 8);
+        assert_eq!(unit_devices(&azure("")), 100);
+        assert_eq!(unit_devices(&azure("vault_rate = 25\n")), 250);
+        assert_eq!(unit_devices(&azure("vault_rate = 0.1\n")), 100);
         assert_eq!(unit_devices(&azure("vault_rate = 100000\n")), UNIT_DEVICES);
     }
 

@@ -229,20 +229,20 @@ fn requests(env: &TestEnv) -> Vec<String> {
         .collect()
 }
 
-/// `issue` of 40 group devices, the plan importing at 5 a second (`vault_rate = 5`, so a unit
-/// holds 25 devices) against serve's Key Vault throttled at 20 requests a second: the first
-/// device registers with DPS with the certificate its delivery hook was handed before the last
-/// device's certificate is imported (read from serve's access log, in the order its answers went
-/// out). With the 2,048-device unit, every import came first. Every device is delivered and
-/// registers once.
+/// `issue` of 130 group devices, the plan importing at 5 a second (`vault_rate = 5`: units of
+/// 100 devices) against serve's Key Vault throttled at 25 requests a second: the first device
+/// registers with DPS with the certificate its delivery hook was handed before the last device's
+/// certificate is imported (read from serve's access log, in the order its answers went out).
+/// With the 2,048-device unit, every import came first. Every device is delivered and registers
+/// once.
 #[test]
 fn deliveries_start_while_later_imports_go_on_under_a_throttled_key_vault() {
-    const N: usize = 40;
+    const N: usize = 130;
     let env = TestEnv::new();
     let fleet = group_of(N);
     let serve = start_serve(
         &env,
-        &format!("{fleet}[serve.services.keyvault]\nrate_per_second = 20\nburst = 40\n"),
+        &format!("{fleet}[serve.services.keyvault]\nrate_per_second = 25\nburst = 50\n"),
     );
     env.write("device-hook.py", DEVICE_HOOK);
     let delivery = format!(

@@ -1630,9 +1630,10 @@ impl Backend for AzureBackend {
             self.pending.clear();
             return Err(e);
         }
-        if !self.pending.is_empty() {
-            delivery::fault_before_delivery();
+        if self.pending.is_empty() {
+            return Ok(());
         }
+        delivery::fault_before_delivery();
         self.flush(OffsetDateTime::now_utc())
     }
 
