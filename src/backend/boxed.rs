@@ -471,6 +471,10 @@ impl Backend for Box<dyn Backend> {
         (**self).deliver_owed(now)
     }
 
+    fn owes_delivery(&self, id: &str, version: &str) -> Result<bool> {
+        (**self).owes_delivery(id, version)
+    }
+
     fn assigned_identities(&self, ids: &[String]) -> Result<Vec<Option<HubIdentity>>> {
         (**self).assigned_identities(ids)
     }

@@ -936,6 +936,14 @@ impl LocalBackend {
         out.map_err(|e| self.with_path(e))
     }
 
+    /// Whether device `id` is owed the delivery of `version`.
+    pub fn owes_delivery(&self, id: &str, version: &str) -> Result<bool> {
+        read!(
+            self,
+            crate::store::queries_journal::owed_has(self.store.conn(), id, version)
+        )
+    }
+
     /// Up to `limit` owed deliveries after device id `after`, in id order.
     pub fn owed_deliveries(
         &self,

@@ -686,6 +686,13 @@ pub trait Backend: Vault + EnrollmentService + HubRegistry + Fleet + Journal + S
         Ok((0, 0))
     }
 
+    /// Whether the delivery of vault version `version` to device `id` is still owed (see
+    /// [`deliver_owed`](Self::deliver_owed)): recorded when the version was handed out, not yet
+    /// taken by the channel. The default owes nothing.
+    fn owes_delivery(&self, _id: &str, _version: &str) -> Result<bool> {
+        Ok(false)
+    }
+
     /// The devices a `reprovision` would leave alone, found without deciding anything again:
     /// Some for a device whose registration was assigned with the certificate it holds, from
     /// decision inputs that have not changed since (the fingerprint recorded with the

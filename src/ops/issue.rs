@@ -350,12 +350,6 @@ pub fn issue(
         Access::Write
     };
     let mut backend = open_verb_backend(plan, "issue", access, &opts.backend)?;
-    if !opts.dry_run {
-        // Certificates an earlier run left undelivered (killed after a unit's commit, or a
-        // channel that failed) reach their devices first: a rerun with nothing else to do
-        // still owes them.
-        backend.deliver_owed(now)?;
-    }
     {
         let selected_cas = sel.cas.iter().map(|c| Target::Ca(c.clone()));
         let selected_devices = plan
@@ -390,6 +384,12 @@ pub fn issue(
             .map(|g| (g, &makes))
             .collect();
         super::roll::refuse_unaccepted(plan, &backend, &groups)?;
+    }
+    if !opts.dry_run {
+        // Certificates an earlier run left undelivered (killed after a unit's commit, or a
+        // channel that failed) reach their devices before this run's own work (after every
+        // refusal: a refused run changes nothing): a rerun with nothing else to do still owes them.
+        backend.deliver_owed(now)?;
     }
     let mut report = IssueReport {
         dry_run: opts.dry_run,

@@ -126,7 +126,16 @@ fn a_roll_killed_between_its_commit_and_its_deliveries_delivers_them_on_rerun_on
         .ok()
         .json();
     for id in ["gw-1", "gw-2"] {
-        assert!(device(&s, id)["pending"].is_object(), "{}", device(&s, id));
+        let note = device(&s, id)["pending"]["note"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            note.contains("not delivered yet")
+                && note.contains("the next `certroll issue` or roll delivers it"),
+            "{}",
+            device(&s, id)
+        );
     }
 
     let r = run_fleet(&env, &serve, "azure", &roll);
@@ -169,6 +178,14 @@ fn a_failed_delivery_stays_owed_and_the_next_run_delivers_it_once() {
     assert_eq!(r.code, 1, "the devices wait: {}\n{}", r.stdout, r.stderr);
     assert!(r.stderr.contains("device unreachable"), "{}", r.stderr);
     assert!(deliveries(&log).is_empty());
+    let s = run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
+        .ok()
+        .json();
+    let note = device(&s, "gw-1")["pending"]["note"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(note.contains("did not run or failed"), "{}", device(&s, "gw-1"));
 
     // Still unreachable: the rerun tries again and leaves both owed.
     let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);

@@ -1637,6 +1637,10 @@ impl Backend for AzureBackend {
         self.flush(OffsetDateTime::now_utc())
     }
 
+    fn owes_delivery(&self, id: &str, version: &str) -> Result<bool> {
+        self.vault.local().owes_delivery(id, version)
+    }
+
     fn deliver_owed(&mut self, now: OffsetDateTime) -> Result<(u64, u64)> {
         // A page of devices at a time, as a unit's deliveries go.
         const PAGE: usize = 2048;

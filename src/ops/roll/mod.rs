@@ -359,12 +359,6 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         if opts.breach.is_some() { " --breach" } else { "" }
     );
     let mut backend = open_verb_backend(plan, &verb, access, &opts.backend)?;
-    if !opts.dry_run {
-        // Certificates an earlier run left undelivered (killed after a unit's commit, or a
-        // channel that failed) reach their devices first: a rerun with nothing else to do
-        // still owes them.
-        backend.deliver_owed(now)?;
-    }
     // A CA whose own auto-renew is due is renewed by `--due` as by `roll-* ca:NAME` (the CA,
     // the slots of its groups, then the devices that need it): the devices it caps wait for it.
     // CAs whose auto-renew fired but whose issuer's notAfter caps a renewal (reported in
@@ -690,6 +684,12 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         }
     }
 
+    if !opts.dry_run {
+        // Certificates an earlier run left undelivered (killed after a unit's commit, or a
+        // channel that failed) reach their devices before this run's own work (after every
+        // refusal: a refused run changes nothing): a rerun with nothing else to do still owes them.
+        backend.deliver_owed(now)?;
+    }
     let run = journal::begin(&mut backend, &command, &planned, opts.dry_run, now)?;
     report.run = run.id;
     report.resumed = run.resumed;
