@@ -467,6 +467,14 @@ impl Backend for Box<dyn Backend> {
         (**self).bulk_writes(on)
     }
 
+    fn deliver_owed(&mut self, now: OffsetDateTime) -> Result<(u64, u64)> {
+        (**self).deliver_owed(now)
+    }
+
+    fn owes_delivery(&self, id: &str, version: &str) -> Result<bool> {
+        (**self).owes_delivery(id, version)
+    }
+
     fn assigned_identities(&self, ids: &[String]) -> Result<Vec<Option<HubIdentity>>> {
         (**self).assigned_identities(ids)
     }

@@ -952,6 +952,46 @@ impl LocalBackend {
         out.map_err(|e| self.with_path(e))
     }
 
+    /// Records deliveries devices are owed (see `owed_deliveries` in the store's schema v14):
+    /// `(device id, vault certificate name, version)`, in the current unit if one is open.
+    pub fn owe_deliveries(&mut self, owed: &[crate::store::queries_journal::OwedDelivery]) -> Result<()> {
+        let out = self
+            .store
+            .write(|tx, _| crate::store::queries_journal::owed_put(tx, owed));
+        out.map_err(|e| self.with_path(e))
+    }
+
+    /// Settles owed deliveries: `(device id, version)`, None for whatever version it was owed.
+    pub fn settle_deliveries(&mut self, settled: &[(String, Option<String>)]) -> Result<()> {
+        if settled.is_empty() {
+            return Ok(());
+        }
+        let out = self
+            .store
+            .write(|tx, _| crate::store::queries_journal::owed_settle(tx, settled));
+        out.map_err(|e| self.with_path(e))
+    }
+
+    /// Whether device `id` is owed the delivery of `version`.
+    pub fn owes_delivery(&self, id: &str, version: &str) -> Result<bool> {
+        read!(
+            self,
+            crate::store::queries_journal::owed_has(self.store.conn(), id, version)
+        )
+    }
+
+    /// Up to `limit` owed deliveries after device id `after`, in id order.
+    pub fn owed_deliveries(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::store::queries_journal::OwedDelivery>> {
+        read!(
+            self,
+            crate::store::queries_journal::owed_page(self.store.conn(), after, limit)
+        )
+    }
+
     /// The simulated device's answer to a delivery method: it fetches vault version
     /// `payload.name`/`payload.version` (refused when the vault has no such version, it is
     /// disabled, or its thumbprint is not `payload.thumbprint`), installs it, and connects with

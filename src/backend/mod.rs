@@ -701,6 +701,23 @@ pub trait Backend: Vault + EnrollmentService + HubRegistry + Fleet + Journal + S
         Ok(())
     }
 
+    /// Delivers what earlier runs still owe devices through their delivery channel: the new
+    /// certificates whose unit committed but whose delivery never ran (the process was killed in
+    /// between) or did not reach the device (a hook failed, a device was offline). Each is
+    /// delivered once more; one the channel takes is settled, the others stay owed for the next
+    /// run. Returns (delivered now, still owed). The default owes nothing: a backend that installs
+    /// on its devices itself ([`installs_on_devices`](Self::installs_on_devices)) has no channel.
+    fn deliver_owed(&mut self, _now: OffsetDateTime) -> Result<(u64, u64)> {
+        Ok((0, 0))
+    }
+
+    /// Whether the delivery of vault version `version` to device `id` is still owed (see
+    /// [`deliver_owed`](Self::deliver_owed)): recorded when the version was handed out, not yet
+    /// taken by the channel. The default owes nothing.
+    fn owes_delivery(&self, _id: &str, _version: &str) -> Result<bool> {
+        Ok(false)
+    }
+
     /// The devices a `reprovision` would leave alone, found without deciding anything again:
     /// Some for a device whose registration was assigned with the certificate it holds, from
     /// decision inputs that have not changed since (the fingerprint recorded with the

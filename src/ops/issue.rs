@@ -385,6 +385,12 @@ pub fn issue(
             .collect();
         super::roll::refuse_unaccepted(plan, &backend, &groups)?;
     }
+    if !opts.dry_run {
+        // Certificates an earlier run left undelivered (killed after a unit's commit, or a
+        // channel that failed) reach their devices before this run's own work (after every
+        // refusal: a refused run changes nothing): a rerun with nothing else to do still owes them.
+        backend.deliver_owed(now)?;
+    }
     let mut report = IssueReport {
         dry_run: opts.dry_run,
         steps: Vec::new(),
@@ -770,8 +776,9 @@ fn issue_device_chunks(
     // A pipeline: while chunk k is written to the backend (sequential), the keys and
     // certificates of chunk k+1 are made on the other cores.
     let mut pending: Option<(Vec<Need>, Fresh)> = None;
+    let unit_len = super::unit_devices(plan);
     loop {
-        let chunk: Vec<String> = ids.by_ref().take(CHUNK).collect();
+        let chunk: Vec<String> = ids.by_ref().take(unit_len).collect();
         let needs = if chunk.is_empty() {
             Vec::new()
         } else {

@@ -404,6 +404,13 @@ impl StatusQuery<'_> {
                  device:{id} --with-key`); {}",
                 seen.replace("ID", id)
             ),
+            // Recorded as owed: the delivery never ran (a run stopped before it) or failed.
+            other if self.backend.owes_delivery(id, &v.version)? => format!(
+                "issued, not delivered yet: the {} delivery did not run or failed; the next \
+                 `certroll issue` or roll delivers it; then {}",
+                other.kind(),
+                seen.replace("ID", id)
+            ),
             other => format!(
                 "issued and handed to the {} delivery, not yet presented: {}",
                 other.kind(),

@@ -678,12 +678,18 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
                     }
                 }
             }
-            plan_devices(opts, &maybe, &mut planned);
+            plan_devices(opts, &maybe, super::unit_devices(plan), &mut planned);
         } else {
-            plan_devices(opts, &device_ids, &mut planned);
+            plan_devices(opts, &device_ids, super::unit_devices(plan), &mut planned);
         }
     }
 
+    if !opts.dry_run {
+        // Certificates an earlier run left undelivered (killed after a unit's commit, or a
+        // channel that failed) reach their devices before this run's own work (after every
+        // refusal: a refused run changes nothing): a rerun with nothing else to do still owes them.
+        backend.deliver_owed(now)?;
+    }
     let run = journal::begin(&mut backend, &command, &planned, opts.dry_run, now)?;
     report.run = run.id;
     report.resumed = run.resumed;
@@ -1502,9 +1508,10 @@ fn chunk_steps(
     slot: SlotName,
     ids: &[String],
     what: &str,
+    unit: usize,
     planned: &mut Vec<Planned>,
 ) {
-    for chunk in ids.chunks(CHUNK) {
+    for chunk in ids.chunks(unit) {
         let range = if chunk.len() == 1 {
             chunk[0].clone()
         } else {
@@ -1525,10 +1532,10 @@ fn chunk_steps(
 }
 
 /// The steps of explicit device targets.
-fn plan_devices(opts: &RollOptions, ids: &[String], planned: &mut Vec<Planned>) {
+fn plan_devices(opts: &RollOptions, ids: &[String], unit: usize, planned: &mut Vec<Planned>) {
     match &opts.breach {
         None if opts.due => {
-            for chunk in ids.chunks(CHUNK) {
+            for chunk in ids.chunks(unit) {
                 planned.push(Planned {
                     target: "devices".into(),
                     kind: "roll-devices",
@@ -1543,7 +1550,7 @@ fn plan_devices(opts: &RollOptions, ids: &[String], planned: &mut Vec<Planned>) 
                 });
             }
         }
-        None => chunk_steps("roll-devices", "devices", opts.slot, ids, "roll", planned),
+        None => chunk_steps("roll-devices", "devices", opts.slot, ids, "roll", unit, planned),
         Some(_) => {
             for id in ids {
                 planned.push(Planned {
@@ -1674,7 +1681,15 @@ fn plan_scope<'p>(
     };
     if opts.breach.is_none() && already {
         let from = planned.len();
-        chunk_steps("roll-devices", &target, slot, &scope.device_ids, "roll", planned);
+        chunk_steps(
+            "roll-devices",
+            &target,
+            slot,
+            &scope.device_ids,
+            "roll",
+            super::unit_devices(plan),
+            planned,
+        );
         mark_capped(planned, from);
         return Ok(());
     }
@@ -1767,11 +1782,20 @@ fn plan_scope<'p>(
             slot,
             &device_ids,
             "re-issue (new keys) and re-provision",
+            super::unit_devices(plan),
             planned,
         );
     } else {
         let from = planned.len();
-        chunk_steps("roll-devices", &target, slot, &scope.device_ids, "roll", planned);
+        chunk_steps(
+            "roll-devices",
+            &target,
+            slot,
+            &scope.device_ids,
+            "roll",
+            super::unit_devices(plan),
+            planned,
+        );
         mark_capped(planned, from);
     }
     Ok(())
