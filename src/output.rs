@@ -350,7 +350,11 @@ impl<W: Write> Printer<W> {
                             r.error.as_deref().unwrap_or("no reason recorded")
                         )?;
                     }
-                    if let Some(p) = &d.pending {
+                    // A device another client cut off is told so, not `pending`: its
+                    // certificate waits for nothing certroll does.
+                    if let Some(why) = &d.cannot_connect {
+                        writeln!(out, "    cannot connect: {why}")?;
+                    } else if let Some(p) = &d.pending {
                         writeln!(
                             out,
                             "    issued {} (until {}): {}",

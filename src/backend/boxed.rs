@@ -415,6 +415,10 @@ impl Journal for Box<dyn Backend> {
         (**self).finished_run(command)
     }
 
+    fn open_runs(&self) -> Result<Vec<JournalRun>> {
+        (**self).open_runs()
+    }
+
     fn start_run(&mut self, command: &str, steps: &[JournalStep], now: OffsetDateTime) -> Result<i64> {
         (**self).start_run(command, steps, now)
     }

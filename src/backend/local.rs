@@ -1211,6 +1211,10 @@ impl Journal for LocalBackend {
         )
     }
 
+    fn open_runs(&self) -> Result<Vec<JournalRun>> {
+        read!(self, crate::store::queries_journal::open_runs(self.store.conn()))
+    }
+
     fn start_run(&mut self, command: &str, steps: &[JournalStep], now: OffsetDateTime) -> Result<i64> {
         let out = self
             .store

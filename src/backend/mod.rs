@@ -573,6 +573,9 @@ pub trait Journal {
     fn open_run(&self, command: &str) -> Result<Option<JournalRun>>;
     /// The newest finished run of `command`.
     fn finished_run(&self, command: &str) -> Result<Option<JournalRun>>;
+    /// Every run still open (killed or failed part-way), oldest first, with its steps: what
+    /// `check` reports as unfinished.
+    fn open_runs(&self) -> Result<Vec<JournalRun>>;
     /// Records a run and its planned steps; returns the run's number.
     fn start_run(&mut self, command: &str, steps: &[JournalStep], now: OffsetDateTime) -> Result<i64>;
     /// Marks a step done (call inside the step's unit of work).

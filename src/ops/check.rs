@@ -5,7 +5,7 @@
 use super::lifetime::{self, Scheduled};
 use super::{Access, BackendSettings, Target, ca_cert_name, open_verb_backend};
 use crate::backend::types::VaultVersion;
-use crate::backend::{Backend, EnrollmentService as _, Vault as _};
+use crate::backend::{Backend, EnrollmentService as _, Journal as _, Vault as _};
 use crate::plan::{ActionKind, Delivery, LifetimeAction, Plan, Policy, Trigger};
 use anyhow::Result;
 use serde::Serialize;
@@ -82,9 +82,9 @@ impl From<Scheduled> for ActionReport {
 pub struct Problem {
     /// `ca:NAME`, `device:ID`, `vault:NAME` for a certificate the plan does not own,
     /// `group:NAME` for an expired CA certificate in a group's slot, `service-ca:NAME` for
-    /// one still among the enrollment service's CA certificates, or `service-group:NAME` /
+    /// one still among the enrollment service's CA certificates, `service-group:NAME` /
     /// `service-enrollment:NAME` for a group or individual enrollment of the service the plan
-    /// does not declare.
+    /// does not declare, or `run:N` for a run the journal holds unfinished.
     pub target: String,
     /// warning or critical.
     pub level: Level,
@@ -492,6 +492,13 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             });
         }
     }
+    // A run killed or stopped part-way (a breach roll half done leaves devices on a compromised
+    // CA): nothing finishes it but running the same command again.
+    if everything {
+        for run in backend.open_runs()? {
+            c.add(unfinished(&run));
+        }
+    }
     // Every group's devices and every enrollment, in plan order, read in pages of them all: the
     // enrollments share the pages of the groups' devices rather than costing a read of each
     // service apiece (on azure, a page is a few DPS and hub queries).
@@ -548,6 +555,39 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
         }
     }
     Ok(c.report)
+}
+
+/// The warning for a run the journal holds open: which, how far it got, what it stopped
+/// before, and the command that finishes it.
+fn unfinished(run: &crate::backend::types::JournalRun) -> Problem {
+    let done = run.steps.iter().filter(|s| s.result.is_some()).count();
+    let next = run
+        .steps
+        .iter()
+        .find(|s| s.result.is_none())
+        .map(|s| format!("; next: step {} ({}) of {}", s.seq, s.kind, s.target))
+        .unwrap_or_default();
+    // Destructive commands ask on a terminal and need --yes otherwise.
+    let yes = if run.command.contains("--breach") || run.command.starts_with("revoke") {
+        " --yes"
+    } else {
+        ""
+    };
+    Problem {
+        target: format!("run:{}", run.id),
+        level: Level::Warning,
+        reason: format!(
+            "run {} (`{}`, started {}) is unfinished: {done} of {} step(s) done{next}; \
+             `certroll {}{yes}` resumes it and finishes it",
+            run.id,
+            run.command,
+            crate::clock::rfc3339(run.started),
+            run.steps.len(),
+            run.command
+        ),
+        not_after: None,
+        actions_due: vec![],
+    }
 }
 
 /// The individual enrollments of the enrollment service that the plan declares neither as
@@ -616,8 +656,20 @@ fn check_devices(
     // The enrollments first: on azure their reads carry the registration states `held_many`
     // then need not ask DPS for one device at a time.
     let enrollments = backend.individual_many(&ids)?;
-    for (((id, owner), held), enrollment) in
-        page.iter().zip(super::held_many(backend, &ids)?).zip(enrollments)
+    let issued = super::installed_many(backend, &ids)?;
+    // What the services saw of each device: a backend that installs on its devices has nothing
+    // else to tell.
+    let (registrations, identities) = if backend.installs_on_devices() {
+        (vec![None; ids.len()], vec![None; ids.len()])
+    } else {
+        backend.registrations_and_identities(&ids)?
+    };
+    let helds = super::held::held_from(backend, &ids, issued.clone(), &registrations, &identities)?;
+    for ((((id, owner), held), enrollment), (issued, identity)) in page
+        .iter()
+        .zip(helds)
+        .zip(enrollments)
+        .zip(issued.iter().zip(&identities))
     {
         let Owner {
             policy,
@@ -655,12 +707,31 @@ fn check_devices(
             (None, _) => held.presented.clone(),
         };
         // A revoked device is disallowed on purpose; monitoring must not page for it forever.
-        if enrollment
-            .as_ref()
-            .is_some_and(|e| e.status == crate::backend::types::Status::Disabled)
-        {
-            c.report.counts.revoked += 1;
-            continue;
+        // One another client cut off (a disabled enrollment or hub identity, the hub's
+        // thumbprints replaced) cannot connect: critical, whatever its certificate.
+        match super::held::standing(
+            backend,
+            id,
+            issued.as_ref(),
+            &held,
+            enrollment.as_ref(),
+            identity.as_ref(),
+        )? {
+            super::held::Standing::Revoked => {
+                c.report.counts.revoked += 1;
+                continue;
+            }
+            super::held::Standing::CutOff(reason) => {
+                c.add(Problem {
+                    target: format!("device:{id}"),
+                    level: Level::Critical,
+                    reason,
+                    not_after: installed.as_ref().map(|v| v.exp),
+                    actions_due: vec![],
+                });
+                continue;
+            }
+            super::held::Standing::Usable => {}
         }
         let name = super::device_cert_name(id);
         if installed.is_none()

@@ -107,6 +107,12 @@ pub struct DeviceStatus {
     /// which takes precedence over the group. A breach creates one holding only the new
     /// certificate; a revoke, a disabled one that refuses the device.
     pub individual_enrollment: Option<EnrollmentStatus>,
+    /// Why the device cannot connect because of a change certroll did not make, with the way
+    /// back, in words (null when nothing of the kind): its individual enrollment or hub identity
+    /// disabled though certroll did not revoke it, or its hub identity's thumbprints replaced
+    /// by ones of neither the certificate certroll issued it nor the one it presented. `check`
+    /// reports the same as critical.
+    pub cannot_connect: Option<String>,
 }
 
 /// An issued certificate a device has not presented (yet).
@@ -335,19 +341,46 @@ impl StatusQuery<'_> {
         for (i, e) in at.into_iter().zip(b.individual_many(&grouped)?) {
             individuals[i] = e;
         }
-        let held = super::held::held_from(
-            b,
-            &ids,
-            super::installed_many(b, &ids)?,
-            &registrations,
-            &identities,
-        )?;
-        for (((((id, group, enrollment), record), (mut registration, hub_identity)), individual), held) in
-            page.iter()
-                .zip(records)
-                .zip(registrations.into_iter().zip(identities))
-                .zip(individuals)
-                .zip(held)
+        let issued = super::installed_many(b, &ids)?;
+        let held = super::held::held_from(b, &ids, issued.clone(), &registrations, &identities)?;
+        // A device of an enrollment of the plan: its own enrollment, read once for the page.
+        let (at, own): (Vec<usize>, Vec<String>) = page
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, _, enrollment))| enrollment.is_some())
+            .map(|(i, (id, _, _))| (i, id.clone()))
+            .unzip();
+        let mut owned: Vec<Option<IndividualEnrollment>> = vec![None; ids.len()];
+        for (i, e) in at.into_iter().zip(b.individual_many(&own)?) {
+            owned[i] = e;
+        }
+        let mut cannot_connect = Vec::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            let enrollment = individuals[i].as_ref().or(owned[i].as_ref());
+            cannot_connect.push(
+                match super::held::standing(
+                    b,
+                    id,
+                    issued[i].as_ref(),
+                    &held[i],
+                    enrollment,
+                    identities[i].as_ref(),
+                )? {
+                    super::held::Standing::CutOff(why) => Some(why),
+                    _ => None,
+                },
+            );
+        }
+        for (
+            (((((id, group, enrollment), record), (mut registration, hub_identity)), individual), held),
+            cannot_connect,
+        ) in page
+            .iter()
+            .zip(records)
+            .zip(registrations.into_iter().zip(identities))
+            .zip(individuals)
+            .zip(held)
+            .zip(cannot_connect)
         {
             let installed_version = record.and_then(|r| r.installed_version);
             let installed = held.presented.as_ref().map(|v| v.cert_der.clone());
@@ -380,6 +413,7 @@ impl StatusQuery<'_> {
                 registration,
                 hub_identity,
                 individual_enrollment: individual.map(|e| enrollment_status(id, Some(&e))).transpose()?,
+                cannot_connect,
             })?;
         }
         Ok(())

@@ -67,6 +67,24 @@ pub fn last_run(conn: &Connection, command: &str, finished: bool) -> Result<Opti
     run_with_steps(conn, row)
 }
 
+/// Every open run, oldest first, with its steps.
+pub fn open_runs(conn: &Connection) -> Result<Vec<JournalRun>> {
+    let rows: Vec<(i64, String, i64, Option<i64>)> = conn
+        .prepare_cached(
+            "SELECT id, command, started, finished FROM journal_runs WHERE finished IS NULL ORDER BY id",
+        )
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(sql)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        out.extend(run_with_steps(conn, Some(row))?);
+    }
+    Ok(out)
+}
+
 /// Records a run and its planned steps; returns the run's number.
 pub fn start(conn: &Connection, command: &str, steps: &[JournalStep], now: OffsetDateTime) -> Result<i64> {
     conn.execute(

@@ -56,6 +56,8 @@ mod azure_breach;
 mod azure_notify;
 // What an operator sees on azure: progress, logs, TLS errors, exit codes.
 mod azure_ux;
+// `check` and `status` on azure after another client of DPS and the hub cut devices off.
+mod azure_check;
 // What the azure backend asks of the services, counted from serve's access log.
 mod azure_requests;
 

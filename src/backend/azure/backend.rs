@@ -1231,6 +1231,10 @@ impl Journal for AzureBackend {
         self.vault.local().finished_run(command)
     }
 
+    fn open_runs(&self) -> Result<Vec<JournalRun>> {
+        self.vault.local().open_runs()
+    }
+
     fn start_run(&mut self, command: &str, steps: &[JournalStep], now: OffsetDateTime) -> Result<i64> {
         self.vault.local_mut().start_run(command, steps, now)
     }

@@ -1070,6 +1070,15 @@ pub(super) fn store(
     if !requests.is_empty() {
         let states = backend.register(&requests, now)?;
         for (req, state) in requests.iter().zip(&states) {
+            // `waiting`: the delivery or the request to register did not get through (a hook,
+            // an IoT Hub direct method), so DPS refused nothing; its words name what failed.
+            if state.status == "waiting" {
+                anyhow::bail!(
+                    "device:{} has not registered with its new certificate: {}",
+                    req.registration_id,
+                    state.error.as_deref().unwrap_or("no reason recorded")
+                );
+            }
             if state.status != "assigned" {
                 anyhow::bail!(
                     "device:{} was refused by the enrollment service with its new certificate: {}",

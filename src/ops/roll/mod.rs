@@ -208,6 +208,14 @@ pub struct CappedBy {
     pub message: String,
 }
 
+/// `step N (KIND) of TARGET`, as every journal step's error is named.
+fn step_context(steps: &[crate::backend::types::JournalStep], seq: u32) -> String {
+    match steps.iter().find(|s| s.seq == seq) {
+        Some(s) => format!("step {} ({}) of {}", s.seq, s.kind, s.target),
+        None => format!("step {seq} of the run"),
+    }
+}
+
 /// The canonical text of a roll command: the journal's key for resuming it.
 fn command_key(opts: &RollOptions, targets: &[Target]) -> String {
     let mut key = format!("roll-{}", opts.slot.word());
@@ -2003,11 +2011,14 @@ fn make<'a, 'p>(
     issuers: &Issuers,
     now: OffsetDateTime,
     skew: time::Duration,
+    steps: &[crate::backend::types::JournalStep],
 ) -> Result<Option<Made<'a, 'p>>> {
     Ok(match chunk {
         Some((seq, mode, assessed)) => {
+            // Making a chunk's certificates reads and writes the vault too: its errors name
+            // the step as the chunk's writes do.
             let fresh = if assessed.any() {
-                devices::generate(&assessed, issuers, now, skew)?
+                devices::generate(&assessed, issuers, now, skew).with_context(|| step_context(steps, seq))?
             } else {
                 Vec::new()
             };
@@ -2128,7 +2139,7 @@ fn roll_device_steps(
                                     let result = devices::store(&mut assessed, fresh, issuers, b, mode, now)?;
                                     Ok(((), result))
                                 })
-                                .with_context(|| format!("step {seq} of the run"))?;
+                                .with_context(|| step_context(&run.steps, seq))?;
                             }
                             Some(assessed)
                         }
@@ -2136,7 +2147,7 @@ fn roll_device_steps(
                     };
                     Ok((stored, decide(&*b, upcoming)?))
                 },
-                || make(decided, issuers, now, plan.not_before_skew),
+                || make(decided, issuers, now, plan.not_before_skew, &run.steps),
             );
             let (stored, following) = lane?;
             if let Some(done) = stored {
