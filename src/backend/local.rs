@@ -1398,6 +1398,8 @@ mod tests {
             status: Status::Enabled,
             reprovision: "migrate".into(),
             hub: "h".into(),
+            foreign: Vec::new(),
+            take_back: false,
         };
         let e = b.put_individuals(&[enrollment.clone()], NOW).unwrap_err();
         assert!(
@@ -1447,6 +1449,8 @@ mod tests {
                 status: Status::Disabled,
                 reprovision: "migrate".into(),
                 hub: "hub-b".into(),
+                foreign: Vec::new(),
+                take_back: false,
             }],
             NOW,
         )

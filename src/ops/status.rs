@@ -73,6 +73,10 @@ pub struct EnrollmentStatus {
     pub primary: Option<CertInfo>,
     /// Secondary client certificate.
     pub secondary: Option<CertInfo>,
+    /// Certificates another client put into a slot of it, which certroll did not issue (that
+    /// slot shows null above); omitted when none. See [`ForeignCertificate`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub foreign: Vec<ForeignCertificate>,
 }
 
 /// A device in the status report.
@@ -107,6 +111,12 @@ pub struct DeviceStatus {
     /// which takes precedence over the group. A breach creates one holding only the new
     /// certificate; a revoke, a disabled one that refuses the device.
     pub individual_enrollment: Option<EnrollmentStatus>,
+    /// Certificates another client put into its individual enrollment (its own, or the one
+    /// that takes precedence over its group), which certroll did not issue and will not
+    /// overwrite unasked; omitted when none. `roll-primary --breach enrollment:ID` takes the
+    /// enrollment back.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub foreign: Vec<ForeignCertificate>,
 }
 
 /// An issued certificate a device has not presented (yet).
@@ -324,11 +334,13 @@ impl StatusQuery<'_> {
             .iter()
             .map(|r| r.as_ref().and_then(|r| r.hub.clone()));
         let identities = crate::backend::identities_in_hubs(&ids, hubs, |wanted| b.identity_many(wanted))?;
-        // For a device of a group: the individual enrollment the service holds for it.
+        // The individual enrollment the service holds for a device: shown for a device of a
+        // group (it takes precedence), read for every device for a certificate another client
+        // put there.
         let (at, grouped): (Vec<usize>, Vec<String>) = page
             .iter()
             .enumerate()
-            .filter(|(_, (_, group, _))| group.is_some())
+            .filter(|(_, (_, group, enrollment))| group.is_some() || enrollment.is_some())
             .map(|(i, (id, _, _))| (i, id.clone()))
             .unzip();
         let mut individuals: Vec<Option<IndividualEnrollment>> = vec![None; ids.len()];
@@ -349,6 +361,8 @@ impl StatusQuery<'_> {
                 .zip(individuals)
                 .zip(held)
         {
+            let foreign = individual.as_ref().map(|e| e.foreign.clone()).unwrap_or_default();
+            let individual = individual.filter(|_| group.is_some());
             let installed_version = record.and_then(|r| r.installed_version);
             let installed = held.presented.as_ref().map(|v| v.cert_der.clone());
             let pending = match &held.pending {
@@ -380,6 +394,7 @@ impl StatusQuery<'_> {
                 registration,
                 hub_identity,
                 individual_enrollment: individual.map(|e| enrollment_status(id, Some(&e))).transpose()?,
+                foreign,
             })?;
         }
         Ok(())
@@ -432,5 +447,6 @@ fn enrollment_status(name: &str, state: Option<&IndividualEnrollment>) -> Result
         hub: state.map(|s| s.hub.clone()),
         primary: info(state.and_then(|s| s.primary.as_deref()))?,
         secondary: info(state.and_then(|s| s.secondary.as_deref()))?,
+        foreign: state.map(|s| s.foreign.clone()).unwrap_or_default(),
     })
 }

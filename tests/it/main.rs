@@ -63,6 +63,8 @@ mod azure_requests;
 mod azure_hsm;
 // Delivery on azure: what a device holds is what DPS saw; hooks and direct methods side by side.
 mod azure_delivery;
+// Another client's certificate in one individual enrollment: named, left alone, taken back.
+mod azure_foreign;
 // Issue 3 at fleet scale: yearly cron rounds, breaches, revokes, reprovision policies, kills.
 mod fleet;
 // Hostile input: output paths aimed at the state, FIFOs, devices, broken stores, far dates.
