@@ -363,3 +363,53 @@ fn another_clients_certificate_in_one_enrollment_blinds_and_blocks_nothing_and_t
         "the enrollment holds the certificate certroll exports"
     );
 }
+
+/// `revoke` of a device whose enrollment holds another client's certificate disables the
+/// enrollment around it: the certificate stays in its slot (not overwritten), refused with the
+/// enrollment, and the revoke says so; `check` counts the device revoked.
+#[test]
+fn revoke_disables_an_enrollment_holding_another_clients_certificate_and_keeps_it() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    fleet_plans_hook(&env, &serve, FLEET);
+    let run = |args: &[&str]| run_fleet(&env, &serve, "azure", args);
+    let r = run(&["issue", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    crate::azure_verbs::make_cert(&env, "gw-3", false);
+    let foreign_pem = std::fs::read_to_string(env.path("gw-3-cert.pem")).unwrap();
+    let foreign_tp = fingerprint(&env, "gw-3-cert.pem");
+    put_foreign_primary(&env, &serve, "gw-3", &foreign_pem);
+
+    let r = run(&[
+        "revoke",
+        "enrollment:gw-3",
+        "device:gw-1",
+        "--reason",
+        "superseded",
+        "--yes",
+    ]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains(&format!(
+            "keep certificate {foreign_tp} that another client put into its primary slot"
+        )),
+        "{}",
+        r.stdout
+    );
+    let (code, e) = dps(&env, &serve, "GET", "/enrollments/gw-3", None, None);
+    assert_eq!(code, 200, "{e}");
+    assert_eq!(e["provisioningStatus"], "disabled", "{e}");
+    assert_eq!(
+        slot_thumbprint(&env, &serve, "gw-3", "primary").as_deref(),
+        Some(foreign_tp.as_str())
+    );
+    let r = run(&["status", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        device(&r.json(), "gw-3")["foreign"][0]["thumbprint"],
+        foreign_tp.as_str()
+    );
+    let r = run(&["check", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["counts"]["revoked"], 2, "{}", r.stdout);
+}

@@ -160,6 +160,67 @@ enum Held {
     Foreign(ForeignCertificate),
 }
 
+/// The slots of `base` (what DPS holds now) that hold a certificate another client put
+/// there, which a write of `e` keeps as they are (`[primary, secondary]`): `e` read it (it
+/// is in [`IndividualEnrollment::foreign`]) and leaves that slot empty, as a revoke that
+/// only disables the enrollment does. A write that would drop or replace one is refused,
+/// unless `e` takes it back ([`IndividualEnrollment::take_back`]). `base` may be newer than
+/// what the writer read (a re-read after 412), so its slots are judged here, by thumbprint:
+/// `known` tells one certroll issued.
+fn foreign_kept(
+    e: &IndividualEnrollment,
+    base: &Value,
+    known: &dyn Fn(&str) -> bool,
+) -> Result<[Option<Value>; 2]> {
+    let certs = &base["attestation"]["x509"]["clientCertificates"];
+    let ours: Vec<String> = [&e.primary, &e.secondary]
+        .into_iter()
+        .flatten()
+        .map(|d| crate::pki::sha1_thumbprint(d))
+        .collect();
+    let mut kept = [None, None];
+    for ((which, mine), keep) in ["primary", "secondary"]
+        .into_iter()
+        .zip([&e.primary, &e.secondary])
+        .zip(kept.iter_mut())
+    {
+        let slot = &certs[which];
+        let Some(tp) = slot["info"]["sha1Thumbprint"]
+            .as_str()
+            .map(str::to_ascii_uppercase)
+        else {
+            continue;
+        };
+        if ours.contains(&tp) || known(&tp) {
+            continue;
+        }
+        let read = e.foreign.iter().any(|f| f.thumbprint == tp);
+        if read && e.take_back {
+            continue;
+        }
+        if read && mine.is_none() {
+            *keep = Some(slot.clone());
+            continue;
+        }
+        let f = ForeignCertificate {
+            slot: which,
+            thumbprint: tp,
+            subject: slot["info"]["subjectName"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            not_before: None,
+            not_after: None,
+        };
+        return Err(BackendError::Refused(format!(
+            "{}; it was not overwritten: {}",
+            f.describe(&e.registration_id),
+            ForeignCertificate::remedy(&e.registration_id)
+        )));
+    }
+    Ok(kept)
+}
+
 fn parse_time(v: &Value) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(v.as_str()?, &time::format_description::well_known::Rfc3339).ok()
 }
@@ -325,67 +386,10 @@ impl AzureEnrollmentService {
         }))
     }
 
-    /// The slots of `base` (what DPS holds now) that hold a certificate another client put
-    /// there, which a write of `e` keeps as they are (`[primary, secondary]`): `e` read it (it
-    /// is in [`IndividualEnrollment::foreign`]) and leaves that slot empty, as a revoke that
-    /// only disables the enrollment does. A write that would drop or replace one is refused,
-    /// unless `e` takes it back ([`IndividualEnrollment::take_back`]). `base` may be newer than
-    /// what the writer read (a re-read after 412), so its slots are judged here, by thumbprint:
-    /// known ones are those this process resolved or wrote.
+    /// [`foreign_kept`] with the certificates this process resolved or wrote as the known ones.
     fn foreign_kept(&self, e: &IndividualEnrollment, base: &Value) -> Result<[Option<Value>; 2]> {
-        let certs = &base["attestation"]["x509"]["clientCertificates"];
-        let ours: Vec<String> = [&e.primary, &e.secondary]
-            .into_iter()
-            .flatten()
-            .map(|d| crate::pki::sha1_thumbprint(d))
-            .collect();
-        let mut kept = [None, None];
-        for ((which, mine), keep) in ["primary", "secondary"]
-            .into_iter()
-            .zip([&e.primary, &e.secondary])
-            .zip(kept.iter_mut())
-        {
-            let slot = &certs[which];
-            let Some(tp) = slot["info"]["sha1Thumbprint"]
-                .as_str()
-                .map(str::to_ascii_uppercase)
-            else {
-                continue;
-            };
-            if ours.contains(&tp)
-                || self
-                    .known
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .contains_key(&tp)
-            {
-                continue;
-            }
-            let read = e.foreign.iter().any(|f| f.thumbprint == tp);
-            if read && e.take_back {
-                continue;
-            }
-            if read && mine.is_none() {
-                *keep = Some(slot.clone());
-                continue;
-            }
-            let f = ForeignCertificate {
-                slot: which,
-                thumbprint: tp,
-                subject: slot["info"]["subjectName"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                not_before: None,
-                not_after: None,
-            };
-            return Err(BackendError::Refused(format!(
-                "{}; it was not overwritten: {}",
-                f.describe(&e.registration_id),
-                ForeignCertificate::remedy(&e.registration_id)
-            )));
-        }
-        Ok(kept)
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        foreign_kept(e, base, &|tp| known.contains_key(tp))
     }
 
     fn hub_name(&self, v: &Value) -> String {
@@ -1225,6 +1229,66 @@ mod tests {
             );
         }
         assert_eq!(reprovision_of(&json!({})), "migrate", "DPS's default");
+    }
+
+    /// Another client's certificate in a slot DPS holds: kept by a write that read it and
+    /// leaves its slot empty, replaced only by a take-back that read it, refused otherwise (a
+    /// write that never read it, as after a 412 re-read, or one putting its own certificate
+    /// over it).
+    #[test]
+    fn a_write_keeps_or_takes_back_a_foreign_certificate_and_never_drops_it_unread() {
+        let base = json!({"attestation": {"x509": {"clientCertificates": {
+            "primary": {"info": {"sha1Thumbprint": "ab12", "subjectName": "CN=d"}},
+            "secondary": {"info": {"sha1Thumbprint": "CD34"}}}}}});
+        let ours = vec![1u8, 2, 3];
+        let ours_tp = crate::pki::sha1_thumbprint(&ours);
+        let known = |tp: &str| tp == "CD34";
+        let read = ForeignCertificate {
+            slot: "primary",
+            thumbprint: "AB12".into(),
+            subject: "CN=d".into(),
+            not_before: None,
+            not_after: None,
+        };
+        let mut e = IndividualEnrollment {
+            registration_id: "d".into(),
+            primary: None,
+            secondary: None,
+            status: Status::Disabled,
+            reprovision: "never".into(),
+            hub: "h".into(),
+            foreign: vec![],
+            take_back: false,
+        };
+        let refused = foreign_kept(&e, &base, &known).unwrap_err().to_string();
+        assert!(
+            refused.contains("AB12") && refused.contains("not overwritten"),
+            "{refused}"
+        );
+        assert!(refused.contains("--breach enrollment:d"), "{refused}");
+        e.foreign = vec![read];
+        let [kept, none] = foreign_kept(&e, &base, &known).unwrap();
+        assert_eq!(
+            kept,
+            Some(base["attestation"]["x509"]["clientCertificates"]["primary"].clone())
+        );
+        assert_eq!(none, None, "a known certificate is certroll's to write");
+        e.primary = Some(ours.clone());
+        assert!(
+            foreign_kept(&e, &base, &known).is_err(),
+            "its own certificate over it"
+        );
+        e.take_back = true;
+        assert_eq!(foreign_kept(&e, &base, &known).unwrap(), [None, None]);
+        let newer = json!({"attestation": {"x509": {"clientCertificates": {
+            "primary": {"info": {"sha1Thumbprint": "EF56"}}}}}});
+        assert!(
+            foreign_kept(&e, &newer, &known).is_err(),
+            "a take-back takes only what it read"
+        );
+        let own = json!({"attestation": {"x509": {"clientCertificates": {
+            "primary": {"info": {"sha1Thumbprint": ours_tp}}}}}});
+        assert_eq!(foreign_kept(&e, &own, &|_| false).unwrap(), [None, None]);
     }
 
     #[test]
