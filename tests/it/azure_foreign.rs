@@ -238,6 +238,13 @@ fn another_clients_certificate_in_one_enrollment_blinds_and_blocks_nothing_and_t
         assert!(reason.contains(part), "{part}: {reason}");
     }
 
+    // reprovision: the device would be refused, and the reason names the certificate and remedy.
+    let r = run(&["reprovision", "enrollment:gw-2", "--dry-run", "-o", "json"]);
+    assert!(r.code == 0 || r.code == 1, "{}\n{}", r.stdout, r.stderr);
+    for part in [foreign_tp.as_str(), "roll-primary --breach enrollment:gw-2"] {
+        assert!(r.stdout.contains(part), "{part}: {}", r.stdout);
+    }
+
     // A CA breach replaces every other device and leaves gw-2 alone: exit 1, DPS untouched.
     let breach = [
         "roll-primary",

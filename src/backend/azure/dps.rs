@@ -1122,10 +1122,22 @@ impl EnrollmentService for AzureEnrollmentService {
                         now,
                     },
                 );
-                match decision {
-                    Decision::Rejected(reason) | Decision::Disabled(reason) => Err(reason),
-                    Decision::Individual { hub, reprovision, .. }
-                    | Decision::Group { hub, reprovision, .. } => Ok(Assignment { hub, reprovision }),
+                // A refusal because another client's certificate took the device's slot says
+                // so, and what to do.
+                let foreign = individual.iter().flat_map(|e| &e.foreign).next();
+                let id = &req.registration_id;
+                match (decision, foreign) {
+                    (Decision::Rejected(reason), Some(f)) => Err(format!(
+                        "{reason}: {}; {}",
+                        f.describe(id),
+                        ForeignCertificate::remedy(id)
+                    )),
+                    (Decision::Rejected(reason) | Decision::Disabled(reason), _) => Err(reason),
+                    (
+                        Decision::Individual { hub, reprovision, .. }
+                        | Decision::Group { hub, reprovision, .. },
+                        _,
+                    ) => Ok(Assignment { hub, reprovision }),
                 }
             })
             .collect())
