@@ -284,8 +284,16 @@ impl<W: Write> Printer<W> {
                         e.name,
                         e.hub.as_deref().unwrap_or("-")
                     )?;
-                    writeln!(out, "    primary:   {}", cert_line(e.primary.as_ref()))?;
-                    writeln!(out, "    secondary: {}", cert_line(e.secondary.as_ref()))?;
+                    writeln!(
+                        out,
+                        "    primary:   {}",
+                        slot_line(e.primary.as_ref(), &e.foreign, "primary")
+                    )?;
+                    writeln!(
+                        out,
+                        "    secondary: {}",
+                        slot_line(e.secondary.as_ref(), &e.foreign, "secondary")
+                    )?;
                 }
                 writeln!(out, "Devices")?;
                 writeln!(
@@ -363,6 +371,15 @@ impl<W: Write> Printer<W> {
                             p.note
                         )?;
                     }
+                    for f in &d.foreign {
+                        let id = d.enrollment.as_deref().unwrap_or(&d.id);
+                        writeln!(out, "    {}", f.describe(id))?;
+                        writeln!(
+                            out,
+                            "    {}",
+                            crate::backend::types::ForeignCertificate::remedy(id)
+                        )?;
+                    }
                     if d.installed_purged {
                         writeln!(
                             out,
@@ -389,6 +406,26 @@ impl<W: Write> Printer<W> {
             }
         }
         Ok(())
+    }
+}
+
+/// An enrollment slot: certroll's certificate, or one another client put there.
+fn slot_line(
+    cert: Option<&CertInfo>,
+    foreign: &[crate::backend::types::ForeignCertificate],
+    slot: &str,
+) -> String {
+    match foreign.iter().find(|f| f.slot == slot) {
+        Some(f) if cert.is_none() => format!(
+            "{} ({}) NOT ISSUED BY CERTROLL: another client put it there",
+            f.thumbprint,
+            if f.subject.is_empty() {
+                "no subject given"
+            } else {
+                &f.subject
+            }
+        ),
+        _ => cert_line(cert),
     }
 }
 

@@ -1442,6 +1442,8 @@ mod tests {
             status: Status::Enabled,
             reprovision: "migrate".into(),
             hub: "h".into(),
+            foreign: Vec::new(),
+            take_back: false,
         };
         let e = b.put_individuals(&[enrollment.clone()], NOW).unwrap_err();
         assert!(
@@ -1491,6 +1493,8 @@ mod tests {
                 status: Status::Disabled,
                 reprovision: "migrate".into(),
                 hub: "hub-b".into(),
+                foreign: Vec::new(),
+                take_back: false,
             }],
             NOW,
         )

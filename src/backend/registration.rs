@@ -875,6 +875,8 @@ mod tests {
             status: Status::Enabled,
             reprovision: "reset".into(),
             hub: "hub".into(),
+            foreign: Vec::new(),
+            take_back: false,
         };
         // A group that would accept `other` must not matter: the individual enrollment decides.
         let groups = [group("ga", &a)];

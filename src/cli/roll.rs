@@ -159,7 +159,8 @@ fn vault_exit_code(code: u8, renewed: &[crate::ops::vault::renew::AutoRenewed]) 
     }
 }
 
-/// 1 when `--due` left out a device the plan names but that was never issued, one its CA or
+/// 1 when a device was left alone for another client's certificate in its enrollment
+/// (`foreign`), or when `--due` left out a device the plan names but that was never issued, one its CA or
 /// group held back, or a renewal that was due but capped by its CA's notAfter (a device or CA
 /// in `renew_ca_first`): the run did what was due and could be done, but something due was not
 /// done (README, exit codes).
@@ -167,7 +168,7 @@ fn exit_code(report: &RollReport, due: bool) -> u8 {
     if report
         .devices
         .iter()
-        .any(|d| matches!(d.outcome, "not-issued" | "held-back"))
+        .any(|d| matches!(d.outcome, "not-issued" | "held-back" | "foreign"))
         || (due && !report.renew_ca_first.is_empty())
     {
         1
@@ -249,6 +250,7 @@ fn print_human<W: std::io::Write>(
                     "{}: its CA's expiry caps a new certificate, which would end no later than the one it holds; not renewed",
                     d.target
                 ))?,
+                "foreign" => p.line(format!("{}: not rolled: {}", d.target, d.steps.join("; ")))?,
                 outcome => {
                     let verb = match outcome {
                         "rolled" => "rolled",
@@ -276,6 +278,10 @@ fn print_human<W: std::io::Write>(
             report.devices.len(),
             summary.join(", ")
         ))?;
+        // Each device left alone for another client's certificate, named: each needs an operator.
+        for d in report.devices.iter().filter(|d| d.outcome == "foreign") {
+            p.line(format!("{}: not rolled: {}", d.target, d.steps.join("; ")))?;
+        }
         for d in report.devices.iter().filter(|d| d.outcome == "not-issued") {
             p.line(format!(
                 "{}: not issued yet, so not rolled; `certroll issue {}` issues it",

@@ -733,6 +733,21 @@ fn check_devices(
             }
             super::held::Standing::Usable => {}
         }
+        // Another client's certificate in its enrollment: whoever holds its key registers as
+        // this device, and certroll's rolls leave the enrollment alone until an operator acts.
+        for f in enrollment.iter().flat_map(|e| &e.foreign) {
+            c.add(Problem {
+                target: format!("device:{id}"),
+                level: Level::Critical,
+                reason: format!(
+                    "{}: whoever holds its key registers as `{id}`. {}",
+                    f.describe(id),
+                    crate::backend::types::ForeignCertificate::remedy(id)
+                ),
+                not_after: f.not_after,
+                actions_due: vec![],
+            });
+        }
         let name = super::device_cert_name(id);
         if installed.is_none()
             && !c.deleted.contains_key(&name)

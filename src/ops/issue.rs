@@ -1094,6 +1094,8 @@ fn store_chunk(
                 status: Status::Enabled,
                 reprovision: e.reprovision.as_str().into(),
                 hub: e.hub.clone(),
+                foreign: Vec::new(),
+                take_back: false,
             })
             .collect();
         if !new.is_empty() {

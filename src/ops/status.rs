@@ -73,6 +73,10 @@ pub struct EnrollmentStatus {
     pub primary: Option<CertInfo>,
     /// Secondary client certificate.
     pub secondary: Option<CertInfo>,
+    /// Certificates another client put into a slot of it, which certroll did not issue (that
+    /// slot shows null above); omitted when none. See [`ForeignCertificate`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub foreign: Vec<ForeignCertificate>,
 }
 
 /// A device in the status report.
@@ -113,6 +117,13 @@ pub struct DeviceStatus {
     /// by ones of neither the certificate certroll issued it nor the one it presented. `check`
     /// reports the same as critical.
     pub cannot_connect: Option<String>,
+
+    /// Certificates another client put into its individual enrollment (its own, or the one
+    /// that takes precedence over its group), which certroll did not issue and will not
+    /// overwrite unasked; omitted when none. `roll-primary --breach enrollment:ID` takes the
+    /// enrollment back.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub foreign: Vec<ForeignCertificate>,
 }
 
 /// An issued certificate a device has not presented (yet).
@@ -330,11 +341,13 @@ impl StatusQuery<'_> {
             .iter()
             .map(|r| r.as_ref().and_then(|r| r.hub.clone()));
         let identities = crate::backend::identities_in_hubs(&ids, hubs, |wanted| b.identity_many(wanted))?;
-        // For a device of a group: the individual enrollment the service holds for it.
+        // The individual enrollment the service holds for a device: shown for a device of a
+        // group (it takes precedence), read for every device for a certificate another client
+        // put there.
         let (at, grouped): (Vec<usize>, Vec<String>) = page
             .iter()
             .enumerate()
-            .filter(|(_, (_, group, _))| group.is_some())
+            .filter(|(_, (_, group, enrollment))| group.is_some() || enrollment.is_some())
             .map(|(i, (id, _, _))| (i, id.clone()))
             .unzip();
         let mut individuals: Vec<Option<IndividualEnrollment>> = vec![None; ids.len()];
@@ -343,27 +356,15 @@ impl StatusQuery<'_> {
         }
         let issued = super::installed_many(b, &ids)?;
         let held = super::held::held_from(b, &ids, issued.clone(), &registrations, &identities)?;
-        // A device of an enrollment of the plan: its own enrollment, read once for the page.
-        let (at, own): (Vec<usize>, Vec<String>) = page
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, _, enrollment))| enrollment.is_some())
-            .map(|(i, (id, _, _))| (i, id.clone()))
-            .unzip();
-        let mut owned: Vec<Option<IndividualEnrollment>> = vec![None; ids.len()];
-        for (i, e) in at.into_iter().zip(b.individual_many(&own)?) {
-            owned[i] = e;
-        }
         let mut cannot_connect = Vec::with_capacity(ids.len());
         for (i, id) in ids.iter().enumerate() {
-            let enrollment = individuals[i].as_ref().or(owned[i].as_ref());
             cannot_connect.push(
                 match super::held::standing(
                     b,
                     id,
                     issued[i].as_ref(),
                     &held[i],
-                    enrollment,
+                    individuals[i].as_ref(),
                     identities[i].as_ref(),
                 )? {
                     super::held::Standing::CutOff(why) => Some(why),
@@ -382,6 +383,8 @@ impl StatusQuery<'_> {
             .zip(held)
             .zip(cannot_connect)
         {
+            let foreign = individual.as_ref().map(|e| e.foreign.clone()).unwrap_or_default();
+            let individual = individual.filter(|_| group.is_some());
             let installed_version = record.and_then(|r| r.installed_version);
             let installed = held.presented.as_ref().map(|v| v.cert_der.clone());
             let pending = match &held.pending {
@@ -414,6 +417,7 @@ impl StatusQuery<'_> {
                 hub_identity,
                 individual_enrollment: individual.map(|e| enrollment_status(id, Some(&e))).transpose()?,
                 cannot_connect,
+                foreign,
             })?;
         }
         Ok(())
@@ -473,5 +477,6 @@ fn enrollment_status(name: &str, state: Option<&IndividualEnrollment>) -> Result
         hub: state.map(|s| s.hub.clone()),
         primary: info(state.and_then(|s| s.primary.as_deref()))?,
         secondary: info(state.and_then(|s| s.secondary.as_deref()))?,
+        foreign: state.map(|s| s.foreign.clone()).unwrap_or_default(),
     })
 }

@@ -486,6 +486,8 @@ fn individual_row(r: &Row<'_>) -> rusqlite::Result<IndividualEnrollment> {
         status: Status::parse(&r.get::<_, String>(3)?),
         reprovision: r.get(4)?,
         hub: r.get(5)?,
+        foreign: Vec::new(),
+        take_back: false,
     })
 }
 
@@ -825,6 +827,8 @@ pub fn settle_rows_many(conn: &Connection, ids: &[String]) -> Result<Vec<Option<
                         status: Status::parse(&r.get::<_, String>(19)?),
                         reprovision: r.get(20)?,
                         hub: r.get(21)?,
+                        foreign: Vec::new(),
+                        take_back: false,
                     }),
                     None => None,
                 },

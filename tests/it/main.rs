@@ -67,6 +67,9 @@ mod azure_hsm;
 mod azure_delivery;
 // Deliveries owed on azure: recorded with the fleet record, settled when the channel took them.
 mod azure_owed;
+
+// Another client's certificate in one individual enrollment: named, left alone, taken back.
+mod azure_foreign;
 // Issue 3 at fleet scale: yearly cron rounds, breaches, revokes, reprovision policies, kills.
 mod fleet;
 // Hostile input: output paths aimed at the state, FIFOs, devices, broken stores, far dates.

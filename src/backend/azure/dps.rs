@@ -150,6 +150,77 @@ fn reprovision_of(v: &Value) -> String {
     }
 }
 
+/// What one attestation slot holds, as [`AzureEnrollmentService::resolve`] finds it.
+enum Held {
+    /// Nothing.
+    Empty,
+    /// A certificate certroll knows (DER).
+    Known(Vec<u8>),
+    /// One it did not issue.
+    Foreign(ForeignCertificate),
+}
+
+/// The slots of `base` (what DPS holds now) that hold a certificate another client put
+/// there, which a write of `e` keeps as they are (`[primary, secondary]`): `e` read it (it
+/// is in [`IndividualEnrollment::foreign`]) and leaves that slot empty, as a revoke that
+/// only disables the enrollment does. A write that would drop or replace one is refused,
+/// unless `e` takes it back ([`IndividualEnrollment::take_back`]). `base` may be newer than
+/// what the writer read (a re-read after 412), so its slots are judged here, by thumbprint:
+/// `known` tells one certroll issued.
+fn foreign_kept(
+    e: &IndividualEnrollment,
+    base: &Value,
+    known: &dyn Fn(&str) -> bool,
+) -> Result<[Option<Value>; 2]> {
+    let certs = &base["attestation"]["x509"]["clientCertificates"];
+    let ours: Vec<String> = [&e.primary, &e.secondary]
+        .into_iter()
+        .flatten()
+        .map(|d| crate::pki::sha1_thumbprint(d))
+        .collect();
+    let mut kept = [None, None];
+    for ((which, mine), keep) in ["primary", "secondary"]
+        .into_iter()
+        .zip([&e.primary, &e.secondary])
+        .zip(kept.iter_mut())
+    {
+        let slot = &certs[which];
+        let Some(tp) = slot["info"]["sha1Thumbprint"]
+            .as_str()
+            .map(str::to_ascii_uppercase)
+        else {
+            continue;
+        };
+        if ours.contains(&tp) || known(&tp) {
+            continue;
+        }
+        let read = e.foreign.iter().any(|f| f.thumbprint == tp);
+        if read && e.take_back {
+            continue;
+        }
+        if read && mine.is_none() {
+            *keep = Some(slot.clone());
+            continue;
+        }
+        let f = ForeignCertificate {
+            slot: which,
+            thumbprint: tp,
+            subject: slot["info"]["subjectName"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            not_before: None,
+            not_after: None,
+        };
+        return Err(BackendError::Refused(format!(
+            "{}; it was not overwritten: {}",
+            f.describe(&e.registration_id),
+            ForeignCertificate::remedy(&e.registration_id)
+        )));
+    }
+    Ok(kept)
+}
+
 fn parse_time(v: &Value) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(v.as_str()?, &time::format_description::well_known::Rfc3339).ok()
 }
@@ -261,35 +332,64 @@ impl AzureEnrollmentService {
             .or_insert_with(|| der.to_vec());
     }
 
-    /// The certificate DPS describes in an `X509CertificateWithInfo`.
+    /// The certificate DPS describes in an `X509CertificateWithInfo`; one certroll has no
+    /// record of is an error (an enrollment group's signing certificate).
     fn certificate(&self, slot: &Value, whose: &str) -> Result<Option<Vec<u8>>> {
+        match self.resolve(slot, whose, "signing")? {
+            Held::Empty => Ok(None),
+            Held::Known(der) => Ok(Some(der)),
+            Held::Foreign(f) => Err(BackendError::Refused(format!(
+                "DPS holds certificate {} ({}) in `{whose}`, which certroll has no record of",
+                f.thumbprint,
+                if f.subject.is_empty() {
+                    "unknown subject"
+                } else {
+                    &f.subject
+                }
+            ))),
+        }
+    }
+
+    /// What a slot (`which`: `primary` or `secondary`) of `whose` holds: nothing, a certificate
+    /// certroll knows (from the record, its reads and writes, or the vault), or one it cannot
+    /// resolve, described from DPS's `info`.
+    fn resolve(&self, slot: &Value, whose: &str, which: &'static str) -> Result<Held> {
         if slot.is_null() {
-            return Ok(None);
+            return Ok(Held::Empty);
         }
         if let Some(text) = slot["certificate"].as_str()
             && let Some(der) = crate::pki::pem::certs_from_pem(text.as_bytes())
                 .ok()
                 .and_then(|c| c.into_iter().next())
         {
-            return Ok(Some(der));
+            return Ok(Held::Known(der));
         }
         let info = &slot["info"];
         let Some(tp) = info["sha1Thumbprint"].as_str().map(str::to_ascii_uppercase) else {
-            return Ok(None);
+            return Ok(Held::Empty);
         };
         if let Some(der) = self.known.lock().unwrap_or_else(|p| p.into_inner()).get(&tp) {
-            return Ok(Some(der.clone()));
+            return Ok(Held::Known(der.clone()));
         }
         if let Some(source) = &self.source
             && let Some(der) = source.certificate_of(&tp, whose)?
         {
             self.remember(&der);
-            return Ok(Some(der));
+            return Ok(Held::Known(der));
         }
-        Err(BackendError::Refused(format!(
-            "DPS holds certificate {tp} ({}) in `{whose}`, which certroll has no record of",
-            info["subjectName"].as_str().unwrap_or("unknown subject")
-        )))
+        Ok(Held::Foreign(ForeignCertificate {
+            slot: which,
+            thumbprint: tp,
+            subject: info["subjectName"].as_str().unwrap_or_default().to_string(),
+            not_before: parse_time(&info["notBeforeUtc"]),
+            not_after: parse_time(&info["notAfterUtc"]),
+        }))
+    }
+
+    /// [`foreign_kept`] with the certificates this process resolved or wrote as the known ones.
+    fn foreign_kept(&self, e: &IndividualEnrollment, base: &Value) -> Result<[Option<Value>; 2]> {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        foreign_kept(e, base, &|tp| known.contains_key(tp))
     }
 
     fn hub_name(&self, v: &Value) -> String {
@@ -317,13 +417,27 @@ impl AzureEnrollmentService {
     fn individual_of(&self, v: &Value) -> Result<IndividualEnrollment> {
         let id = v["registrationId"].as_str().unwrap_or_default().to_string();
         let certs = &v["attestation"]["x509"]["clientCertificates"];
+        // A certificate another client put into a slot is reported with the enrollment, not
+        // an error for the whole read: one such enrollment must not blind a fleet's status.
+        let mut foreign = Vec::new();
+        let mut slots = [None, None];
+        for (slot, which) in slots.iter_mut().zip(["primary", "secondary"]) {
+            match self.resolve(&certs[which], &id, which)? {
+                Held::Empty => {}
+                Held::Known(der) => *slot = Some(der),
+                Held::Foreign(f) => foreign.push(f),
+            }
+        }
+        let [primary, secondary] = slots;
         Ok(IndividualEnrollment {
-            primary: self.certificate(&certs["primary"], &id)?,
-            secondary: self.certificate(&certs["secondary"], &id)?,
+            primary,
+            secondary,
             status: Status::parse(v["provisioningStatus"].as_str().unwrap_or("enabled")),
             reprovision: reprovision_of(v),
             hub: self.hub_name(v),
             registration_id: id,
+            foreign,
+            take_back: false,
         })
     }
 
@@ -368,14 +482,19 @@ impl AzureEnrollmentService {
 
     /// [`individual_json`](Self::individual_json) on a record this call may consume.
     fn individual_json_on(&self, e: &IndividualEnrollment, base: Value) -> Result<Value> {
+        let [keep_primary, keep_secondary] = self.foreign_kept(e, &base)?;
         let mut out = writable(base);
         let slot = |d: &Option<Vec<u8>>| d.as_deref().map(|d| json!({"certificate": pem_of(d)}));
         out["registrationId"] = json!(e.registration_id);
         if out.get("deviceId").is_none_or(Value::is_null) {
             out["deviceId"] = json!(e.registration_id);
         }
+        // The certificate info DPS sent for a slot kept (another client's) goes back as read:
+        // DPS keeps a slot whose certificate is unchanged.
+        let primary = slot(&e.primary).or(keep_primary);
+        let secondary = slot(&e.secondary).or(keep_secondary);
         out["attestation"] = json!({"type": "x509", "x509": {"clientCertificates": {
-            "primary": slot(&e.primary), "secondary": slot(&e.secondary)}}});
+            "primary": primary, "secondary": secondary}}});
         out["provisioningStatus"] = json!(e.status.as_str());
         out["reprovisionPolicy"] = reprovision_json(&e.reprovision);
         out["iotHubs"] = json!([self.hub_host(&e.hub)?]);
@@ -1003,10 +1122,22 @@ impl EnrollmentService for AzureEnrollmentService {
                         now,
                     },
                 );
-                match decision {
-                    Decision::Rejected(reason) | Decision::Disabled(reason) => Err(reason),
-                    Decision::Individual { hub, reprovision, .. }
-                    | Decision::Group { hub, reprovision, .. } => Ok(Assignment { hub, reprovision }),
+                // A refusal because another client's certificate took the device's slot says
+                // so, and what to do.
+                let foreign = individual.iter().flat_map(|e| &e.foreign).next();
+                let id = &req.registration_id;
+                match (decision, foreign) {
+                    (Decision::Rejected(reason), Some(f)) => Err(format!(
+                        "{reason}: {}; {}",
+                        f.describe(id),
+                        ForeignCertificate::remedy(id)
+                    )),
+                    (Decision::Rejected(reason) | Decision::Disabled(reason), _) => Err(reason),
+                    (
+                        Decision::Individual { hub, reprovision, .. }
+                        | Decision::Group { hub, reprovision, .. },
+                        _,
+                    ) => Ok(Assignment { hub, reprovision }),
                 }
             })
             .collect())
@@ -1110,6 +1241,66 @@ mod tests {
             );
         }
         assert_eq!(reprovision_of(&json!({})), "migrate", "DPS's default");
+    }
+
+    /// Another client's certificate in a slot DPS holds: kept by a write that read it and
+    /// leaves its slot empty, replaced only by a take-back that read it, refused otherwise (a
+    /// write that never read it, as after a 412 re-read, or one putting its own certificate
+    /// over it).
+    #[test]
+    fn a_write_keeps_or_takes_back_a_foreign_certificate_and_never_drops_it_unread() {
+        let base = json!({"attestation": {"x509": {"clientCertificates": {
+            "primary": {"info": {"sha1Thumbprint": "ab12", "subjectName": "CN=d"}},
+            "secondary": {"info": {"sha1Thumbprint": "CD34"}}}}}});
+        let ours = vec![1u8, 2, 3];
+        let ours_tp = crate::pki::sha1_thumbprint(&ours);
+        let known = |tp: &str| tp == "CD34";
+        let read = ForeignCertificate {
+            slot: "primary",
+            thumbprint: "AB12".into(),
+            subject: "CN=d".into(),
+            not_before: None,
+            not_after: None,
+        };
+        let mut e = IndividualEnrollment {
+            registration_id: "d".into(),
+            primary: None,
+            secondary: None,
+            status: Status::Disabled,
+            reprovision: "never".into(),
+            hub: "h".into(),
+            foreign: vec![],
+            take_back: false,
+        };
+        let refused = foreign_kept(&e, &base, &known).unwrap_err().to_string();
+        assert!(
+            refused.contains("AB12") && refused.contains("not overwritten"),
+            "{refused}"
+        );
+        assert!(refused.contains("--breach enrollment:d"), "{refused}");
+        e.foreign = vec![read];
+        let [kept, none] = foreign_kept(&e, &base, &known).unwrap();
+        assert_eq!(
+            kept,
+            Some(base["attestation"]["x509"]["clientCertificates"]["primary"].clone())
+        );
+        assert_eq!(none, None, "a known certificate is certroll's to write");
+        e.primary = Some(ours.clone());
+        assert!(
+            foreign_kept(&e, &base, &known).is_err(),
+            "its own certificate over it"
+        );
+        e.take_back = true;
+        assert_eq!(foreign_kept(&e, &base, &known).unwrap(), [None, None]);
+        let newer = json!({"attestation": {"x509": {"clientCertificates": {
+            "primary": {"info": {"sha1Thumbprint": "EF56"}}}}}});
+        assert!(
+            foreign_kept(&e, &newer, &known).is_err(),
+            "a take-back takes only what it read"
+        );
+        let own = json!({"attestation": {"x509": {"clientCertificates": {
+            "primary": {"info": {"sha1Thumbprint": ours_tp}}}}}});
+        assert_eq!(foreign_kept(&e, &own, &|_| false).unwrap(), [None, None]);
     }
 
     #[test]

@@ -380,6 +380,25 @@ pub(super) fn assess<'p>(
             });
             continue;
         }
+        // Another client's certificate in its enrollment: only an explicit breach of the device
+        // takes the enrollment back; any other roll leaves it alone, and the run stays open
+        // (exit 1) so a rerun finishes the device once the operator has acted.
+        if let Some(ind) = individual.as_ref().filter(|e| !e.foreign.is_empty())
+            && !matches!(mode, Mode::Breach { .. })
+        {
+            let mut steps: Vec<String> = ind.foreign.iter().map(|f| f.describe(id)).collect();
+            steps.push(ForeignCertificate::remedy(id));
+            out.reports.push(DeviceRoll {
+                target,
+                outcome: "foreign",
+                slot: mode.slot(),
+                steps,
+                new_thumbprint: None,
+                pruned_thumbprint: None,
+                compromised: vec![],
+            });
+            continue;
+        }
         let thumbprints: Vec<String> = versions.iter().map(|v| v.thumbprint.clone()).collect();
         let by_tp = |tp: &str| thumbprints.iter().position(|t| t == tp);
         let slot_tp = |slot: SlotName| -> Option<String> {
@@ -674,7 +693,20 @@ pub(super) fn assess<'p>(
                     .collect();
                 report.compromised = tps.clone();
                 match &individual {
-                    Some(_) => {
+                    Some(ind) => {
+                        // Named explicitly, the breach takes the enrollment back from another
+                        // client: its certificates leave with the compromised ones.
+                        for f in &ind.foreign {
+                            report.steps.push(format!(
+                                "take individual enrollment `{id}` back: remove certificate {} ({}) that another client put into its {} slot",
+                                f.thumbprint,
+                                if f.subject.is_empty() { "no subject given" } else { &f.subject },
+                                f.slot
+                            ));
+                        }
+                        if let Some(w) = work.individual.as_mut() {
+                            w.take_back = !w.foreign.is_empty();
+                        }
                         for tp in &tps {
                             say!(
                                 describe,
@@ -699,6 +731,8 @@ pub(super) fn assess<'p>(
                             status: Status::Enabled,
                             reprovision: g.reprovision.as_str().into(),
                             hub: g.hub.clone(),
+                            foreign: Vec::new(),
+                            take_back: false,
                         });
                     }
                 }

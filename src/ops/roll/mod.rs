@@ -127,8 +127,10 @@ pub struct DeviceRoll {
     /// other slot), `not-due`, `capped` (its CA's expiry caps a renewal; see
     /// [`RollReport::renew_ca_first`]), `not-issued` (with `--due`: named by the plan, never
     /// issued; the run exits 1), `held-back` (with `--due`: its CA or group holds it back, as its
-    /// one step says; the run exits 1), `revoked`, `replaced`, `would-replace` or
-    /// `already-replaced`.
+    /// one step says; the run exits 1), `revoked`, `replaced`, `would-replace`,
+    /// `already-replaced`, or `foreign` (another client put a certificate certroll did not issue
+    /// into its individual enrollment: left alone, its steps say why and what to do; the run
+    /// stays open and exits 1, and its rerun finishes the device once the operator has acted).
     pub outcome: &'static str,
     /// The slot the new certificate went into. For `already-rolled`: where the certificate the
     /// device holds is after this roll: the slot of its individual enrollment that holds it, or
@@ -712,7 +714,11 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         }
     }
     execute(plan, opts, &run, &mut backend, now, &mut report)?;
-    run.finish(&mut backend, now)?;
+    // A device left alone for another client's certificate leaves the run open: its rerun,
+    // once the operator has acted, finishes it (a breach's later steps are not redone).
+    if !report.devices.iter().any(|d| d.outcome == "foreign") {
+        run.finish(&mut backend, now)?;
+    }
     if opts.due && !report.devices.is_empty() {
         // The devices found not due were reported before the others: back to plan order.
         let order: std::collections::HashMap<&str, usize> = all_due
@@ -2135,9 +2141,12 @@ fn roll_device_steps(
                     let stored = match made {
                         Some((seq, mode, mut assessed, fresh)) => {
                             if !opts.dry_run {
-                                run.step(b, seq, now, |b| {
+                                // A device left alone (another client's certificate in its
+                                // enrollment) keeps the step open for the rerun that finishes it.
+                                let left = assessed.reports.iter().any(|r| r.outcome == "foreign");
+                                run.step_leaving(b, seq, now, |b| {
                                     let result = devices::store(&mut assessed, fresh, issuers, b, mode, now)?;
-                                    Ok(((), result))
+                                    Ok(((), (!left).then_some(result)))
                                 })
                                 .with_context(|| step_context(&run.steps, seq))?;
                             }
