@@ -3,7 +3,8 @@
 //! On Azure certroll does not hold the devices. Who holds what:
 //! - **Vault** = [`AzureVault`] (Key Vault). **EnrollmentService** = the DPS client
 //!   ([`AzureEnrollmentService`]), **HubRegistry** = the IoT Hub client ([`AzureHubRegistry`]).
-//!   Each call goes to the service as it comes; nothing is cached across calls.
+//!   Each call goes to the service as it comes; only Key Vault's answers are kept within a
+//!   process, until certroll writes to the name (see [`super::keyvault`]).
 //! - **Fleet** and **Journal** stay in the local store beside the plan (the same store
 //!   [`AzureVault`] keeps CRL numbers in). The fleet record says which vault version certroll
 //!   *handed out* to each device; the journal records each run's steps exactly as on the local
@@ -339,7 +340,10 @@ impl AzureBackend {
                 // DPS names enrollment certificates only by thumbprint; the vault has them.
                 let store = crate::store::Store::open_empty()
                     .map_err(|e| SetupError::Client(format!("in-memory store: {e}")))?;
-                let index = AzureVault::connect_with(config, LocalBackend::new(store), credential)?;
+                // Its own client: it reads every listing afresh, since it does not see the
+                // versions `vault` imports.
+                let index = AzureVault::connect_with(config, LocalBackend::new(store), credential)?
+                    .without_kept_listings();
                 dps.set_certificate_source(Box::new(VaultIndex::new(index, plan)));
                 Box::new(dps)
             }
@@ -662,19 +666,12 @@ impl AzureBackend {
         // whose registry operations are metered at 100 a minute per unit).
         let ids: Vec<String> = batch.iter().map(|i| i.device_id.clone()).collect();
         let records = self.vault.local().device_many(&ids)?;
-        let names: Vec<String> = records
+        let installed: Vec<(String, String)> = records
             .iter()
             .flatten()
-            .filter(|r| r.installed_version.is_some())
-            .map(|r| r.cert_name.clone())
+            .filter_map(|r| Some((r.cert_name.clone(), r.installed_version.clone()?)))
             .collect();
-        let held: HashMap<(String, String), String> = self
-            .vault
-            .briefs_many(&names)?
-            .into_iter()
-            .flatten()
-            .map(|b| ((b.name, b.version), b.thumbprint))
-            .collect();
+        let held = self.vault.thumbprints(&installed)?;
         let mut apply_now = Vec::new();
         for (new, record) in batch.iter().zip(&records) {
             let held = record.as_ref().and_then(|r| {
