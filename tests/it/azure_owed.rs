@@ -227,9 +227,9 @@ fn a_failed_delivery_stays_owed_and_the_next_run_delivers_it_once() {
 
 /// A roll whose hook fails for both devices says so (trial az4, §2): each device is `rolled`
 /// (the vault, DPS and the hub hold its new certificate) with `delivery` naming the failure, and
-/// the run exits 1 (before, 0 with a WARN line only); its text says so too. `check` warns (exit
-/// 1) naming both devices and `certroll issue`; that issue, once the devices can be reached,
-/// delivers them (exit 0) and `check` no longer warns.
+/// the run exits 1 (before, 0 with a WARN line only); its text says so too. `check` warns
+/// (exit 1) naming both devices and `certroll issue`; that issue, once the devices can be
+/// reached, delivers them (exit 0) and `check` no longer warns.
 #[test]
 fn a_roll_whose_delivery_failed_exits_1_says_so_per_device_and_check_warns_until_delivered() {
     let env = TestEnv::new();
