@@ -161,6 +161,15 @@ impl<W: Write> Printer<W> {
         if self.format == Format::Json {
             return self.json(report);
         }
+        if report.deliveries_owed > 0 {
+            // Work left that a rerun finishes: shown even with -q.
+            writeln!(
+                self.out,
+                "{} device(s) still owed their new certificate: the delivery failed; the next `certroll issue` \
+                 or roll delivers it (`certroll check` lists them)",
+                report.deliveries_owed
+            )?;
+        }
         if report.nothing_to_do() {
             return self.line("Nothing to do: everything the plan declares already exists.");
         }

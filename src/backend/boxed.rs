@@ -479,6 +479,14 @@ impl Backend for Box<dyn Backend> {
         (**self).owes_delivery(id, version)
     }
 
+    fn owed_devices(&self) -> Result<Vec<String>> {
+        (**self).owed_devices()
+    }
+
+    fn delivery_failure(&self, id: &str) -> Option<String> {
+        (**self).delivery_failure(id)
+    }
+
     fn assigned_identities(&self, ids: &[String]) -> Result<Vec<Option<HubIdentity>>> {
         (**self).assigned_identities(ids)
     }

@@ -721,6 +721,21 @@ pub trait Backend: Vault + EnrollmentService + HubRegistry + Fleet + Journal + S
         Ok(false)
     }
 
+    /// Every device still owed a delivery (see [`deliver_owed`](Self::deliver_owed)), in id
+    /// order: owed the version its fleet record names, through a channel the plan still sets
+    /// (not `none`). Read only; what `deliver_owed` would settle as stale is left out. The
+    /// default owes nothing.
+    fn owed_devices(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    /// Why this process's delivery to device `id` did not reach it (a hook that failed, a device
+    /// a direct method did not reach): the certificate stays owed. None when it was delivered,
+    /// when none was tried, or with `delivery = "none"` (the operator's choice, not a fault).
+    fn delivery_failure(&self, _id: &str) -> Option<String> {
+        None
+    }
+
     /// The devices a `reprovision` would leave alone, found without deciding anything again:
     /// Some for a device whose registration was assigned with the certificate it holds, from
     /// decision inputs that have not changed since (the fingerprint recorded with the

@@ -84,7 +84,8 @@ pub struct Problem {
     /// `group:NAME` for an expired CA certificate in a group's slot, `service-ca:NAME` for
     /// one still among the enrollment service's CA certificates, `service-group:NAME` /
     /// `service-enrollment:NAME` for a group or individual enrollment of the service the plan
-    /// does not declare, or `run:N` for a run the journal holds unfinished.
+    /// does not declare, `run:N` for a run the journal holds unfinished, or `deliveries` for
+    /// devices still owed their new certificate (a single one is named `device:ID`).
     pub target: String,
     /// warning or critical.
     pub level: Level,
@@ -534,6 +535,7 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
     for page in devices.chunks(PAGE) {
         check_devices(&backend, &mut c, page, &owners)?;
     }
+    owed_deliveries(&backend, &mut c, &devices)?;
     // Certificates made in the vault alone (`vault create`, `import`, `merge`) have lifetime
     // actions of their own in their vault policy; they are checked when nothing narrower is
     // asked, or when named (`vault:NAME`).
@@ -636,6 +638,49 @@ fn undeclared_enrollments(plan: &Plan, backend: &dyn Backend) -> Result<Vec<(Str
         out.push((old.clone(), reason));
     }
     Ok(out)
+}
+
+/// How many owed devices a `deliveries` warning names.
+const OWED_SHOWN: usize = 5;
+
+/// Devices among those checked that are still owed the delivery of their new certificate (a
+/// hook that failed, a device a direct method did not reach, a run killed before its
+/// deliveries): one warning for them all, with their count, the first few and the command that
+/// delivers them. Their certificate is judged as the one they hold (`check_devices`), so without
+/// this a failed delivery left `check` OK.
+fn owed_deliveries(backend: &dyn Backend, c: &mut Checker<'_>, checked: &[(String, usize)]) -> Result<()> {
+    let owed = backend.owed_devices()?;
+    if owed.is_empty() {
+        return Ok(());
+    }
+    let checked: std::collections::HashSet<&str> = checked.iter().map(|(id, _)| id.as_str()).collect();
+    let owed: Vec<&String> = owed.iter().filter(|id| checked.contains(id.as_str())).collect();
+    let Some(first) = owed.first() else {
+        return Ok(());
+    };
+    let shown: Vec<String> = owed
+        .iter()
+        .take(OWED_SHOWN)
+        .map(|id| format!("device:{id}"))
+        .collect();
+    let more = if owed.len() > OWED_SHOWN { ", ..." } else { "" };
+    c.add(Problem {
+        target: if owed.len() == 1 {
+            format!("device:{first}")
+        } else {
+            "deliveries".to_string()
+        },
+        level: Level::Warning,
+        reason: format!(
+            "{} device(s) still owed their new certificate ({}{more}): its delivery failed or did not run, so \
+             the device still uses the one before; `certroll issue` delivers what is owed (so does any roll)",
+            owed.len(),
+            shown.join(", ")
+        ),
+        not_after: None,
+        actions_due: vec![],
+    });
+    Ok(())
 }
 
 /// What the devices of one group, or one enrollment, are judged by.

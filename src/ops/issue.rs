@@ -68,6 +68,10 @@ pub struct IssueReport {
     pub steps: Vec<Step>,
     /// Devices whose registration was refused (none in a healthy plan).
     pub rejected: Vec<Rejection>,
+    /// Devices still owed the delivery of a new certificate after this run (on azure: this
+    /// run's or an earlier one's delivery failed): the next `issue` or roll delivers them; the
+    /// run exits 1.
+    pub deliveries_owed: u64,
 }
 
 impl IssueReport {
@@ -395,6 +399,7 @@ pub fn issue(
         dry_run: opts.dry_run,
         steps: Vec::new(),
         rejected: Vec::new(),
+        deliveries_owed: 0,
     };
 
     for ca in plan.cas.iter().filter(|c| sel.cas.contains(&c.name)) {
@@ -454,6 +459,9 @@ pub fn issue(
         .with_context(|| format!("issuing individual enrollment `{}`", e.name))?;
     }
     progress.finish();
+    if !opts.dry_run {
+        report.deliveries_owed = backend.owed_devices()?.len() as u64;
+    }
     Ok(report)
 }
 

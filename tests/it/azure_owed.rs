@@ -190,6 +190,8 @@ fn a_failed_delivery_stays_owed_and_the_next_run_delivers_it_once() {
     // Still unreachable: the rerun tries again and leaves both owed.
     let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
     assert!(r.stderr.contains("0 delivered now, 2 still owed"), "{}", r.stderr);
+    assert_eq!(r.code, 1, "work left for a rerun: {}", r.stdout);
+    assert_eq!(r.json()["deliveries_owed"], 2, "{}", r.stdout);
     assert!(deliveries(&log).is_empty());
 
     std::fs::remove_file(&fail).unwrap();
@@ -221,6 +223,95 @@ fn a_failed_delivery_stays_owed_and_the_next_run_delivers_it_once() {
     let mut again = deliveries(&log);
     again.sort();
     assert_eq!(again, got, "nothing owed any more");
+}
+
+/// A roll whose hook fails for both devices says so (trial az4, §2): each device is `rolled`
+/// (the vault, DPS and the hub hold its new certificate) with `delivery` naming the failure, and
+/// the run exits 1 (before, 0 with a WARN line only); its text says so too. `check` warns
+/// (exit 1) naming both devices and `certroll issue`; that issue, once the devices can be
+/// reached, delivers them (exit 0) and `check` no longer warns.
+#[test]
+fn a_roll_whose_delivery_failed_exits_1_says_so_per_device_and_check_warns_until_delivered() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    let (log, fail) = recording_plans(&env, &serve);
+    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["deliveries_owed"], 0, "{}", r.stdout);
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 0, "nothing owed yet: {}", c.stdout);
+
+    std::fs::write(&fail, "").unwrap();
+    let r = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["roll-secondary", "device:gw-1", "device:gw-2", "-o", "json"],
+    );
+    assert_eq!(r.code, 1, "work left for a rerun: {}\n{}", r.stdout, r.stderr);
+    let report = r.json();
+    assert_eq!(report["deliveries_owed"], 2, "{}", r.stdout);
+    for d in report["devices"].as_array().unwrap() {
+        assert_eq!(d["outcome"], "rolled", "{d}");
+        let delivery = d["delivery"].as_str().unwrap_or_default();
+        assert!(
+            delivery.starts_with("owed: hook `python3`") && delivery.contains("exit status: 1"),
+            "{d}"
+        );
+    }
+    assert_eq!(
+        deliveries(&log).len(),
+        2,
+        "only issue's deliveries reached the devices"
+    );
+
+    // Text: each device's line says it was not delivered, and the run says what delivers it.
+    let r = run_fleet(&env, &serve, "azure", &["roll-secondary", "device:gw-1"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("2 device(s) still owed their new certificate")
+            && r.stdout.contains("the next `certroll issue` or roll delivers it"),
+        "{}",
+        r.stdout
+    );
+
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 1, "a warning: {}", c.stdout);
+    let problems = c.json()["problems"].as_array().unwrap().clone();
+    let owed = problems
+        .iter()
+        .find(|p| p["target"] == "deliveries")
+        .unwrap_or_else(|| panic!("no owed deliveries among {problems:?}"));
+    assert_eq!(owed["level"], "warning", "{owed}");
+    let reason = owed["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("2 device(s) still owed")
+            && reason.contains("device:gw-1, device:gw-2")
+            && reason.contains("`certroll issue` delivers"),
+        "{reason}"
+    );
+    // Narrowed to one device, check names it alone.
+    let c = run_fleet(&env, &serve, "azure", &["check", "device:gw-2"]);
+    assert_eq!(c.code, 1, "{}", c.stdout);
+    assert!(
+        c.stdout.contains("device:gw-2")
+            && c.stdout.contains("1 device(s) still owed")
+            && !c.stdout.contains("gw-1"),
+        "{}",
+        c.stdout
+    );
+
+    std::fs::remove_file(&fail).unwrap();
+    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["deliveries_owed"], 0, "{}", r.stdout);
+    assert_eq!(
+        deliveries(&log).len(),
+        4,
+        "each device got its new certificate once"
+    );
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 0, "{}", c.stdout);
 }
 
 /// A root, an intermediate and a group of `n` devices under it, on hub `conf-hub`.

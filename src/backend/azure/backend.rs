@@ -70,6 +70,10 @@ pub enum Outcome {
     Waiting(String),
 }
 
+/// How the outcome of a device whose channel is `none` begins: the operator's choice, not a
+/// failed delivery.
+const LEFT_TO_THE_OPERATOR: &str = "delivery = \"none\"";
+
 /// A delivery made ready by `AzureBackend::prepare`.
 enum Prepared {
     /// Nothing leaves certroll (`none`, or no version): the outcome as it stands.
@@ -708,7 +712,7 @@ impl AzureBackend {
             .channel(record.group.as_deref(), record.enrollment.as_deref());
         if *channel == Delivery::None {
             return Ok(Prepared::Done(Outcome::Waiting(format!(
-                "delivery = \"none\": waiting for the operator (`certroll export device:{}`)",
+                "{LEFT_TO_THE_OPERATOR}: waiting for the operator (`certroll export device:{}`)",
                 record.id
             ))));
         }
@@ -1640,6 +1644,42 @@ impl Backend for AzureBackend {
 
     fn owes_delivery(&self, id: &str, version: &str) -> Result<bool> {
         self.vault.local().owes_delivery(id, version)
+    }
+
+    fn owed_devices(&self) -> Result<Vec<String>> {
+        const PAGE: usize = 2048;
+        let mut owed = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = self.vault.local().owed_deliveries(&after, PAGE)?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = last.0.clone();
+            let ids: Vec<String> = page.iter().map(|o| o.0.clone()).collect();
+            let records = self.vault.local().device_many(&ids)?;
+            // As `deliver_owed` judges a row still due.
+            for ((id, name, version), record) in page.into_iter().zip(records) {
+                if record.is_some_and(|r| {
+                    r.installed_version.as_deref() == Some(version.as_str())
+                        && r.cert_name == name
+                        && *self.delivery.channel(r.group.as_deref(), r.enrollment.as_deref())
+                            != Delivery::None
+                }) {
+                    owed.push(id);
+                }
+            }
+        }
+        Ok(owed)
+    }
+
+    fn delivery_failure(&self, id: &str) -> Option<String> {
+        match self.outcomes.get(id) {
+            Some(Outcome::Waiting(why)) if !why.starts_with(LEFT_TO_THE_OPERATOR) => {
+                Some(why.strip_prefix("delivery failed: ").unwrap_or(why).to_string())
+            }
+            _ => None,
+        }
     }
 
     fn deliver_owed(&mut self, now: OffsetDateTime) -> Result<(u64, u64)> {

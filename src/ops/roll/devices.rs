@@ -370,6 +370,7 @@ pub(super) fn assess<'p>(
         // A disabled individual enrollment is a revoked device: no roll issues it anything.
         if individual.as_ref().is_some_and(|e| e.status == Status::Disabled) {
             out.reports.push(DeviceRoll {
+                delivery: None,
                 target,
                 outcome: "revoked",
                 slot: mode.slot(),
@@ -415,6 +416,7 @@ pub(super) fn assess<'p>(
             }
         };
         let mut report = DeviceRoll {
+            delivery: None,
             target: target.clone(),
             outcome: "rolled",
             slot: mode.slot(),

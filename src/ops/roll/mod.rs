@@ -148,6 +148,11 @@ pub struct DeviceRoll {
     pub pruned_thumbprint: Option<String>,
     /// In a breach: the thumbprints of the compromised certificates.
     pub compromised: Vec<String>,
+    /// On azure, when this run's delivery of the device's new certificate did not reach it:
+    /// `owed: WHY` (a hook that failed, a device a direct method did not reach). The
+    /// certificate stays owed and the next `issue` or roll delivers it; the run exits 1. None
+    /// when delivered, and with `delivery = "none"` (the operator's choice).
+    pub delivery: Option<String>,
 }
 
 /// What happened to a group's slot.
@@ -190,6 +195,9 @@ pub struct RollReport {
     /// its current version is not valid yet at the run's time (`--now` behind a later run's),
     /// whose renewal ends before that version does.
     pub warnings: Vec<String>,
+    /// Devices still owed the delivery of a new certificate after this run (this run's or an
+    /// earlier one's delivery failed): the next `issue` or roll delivers them; the run exits 1.
+    pub deliveries_owed: u64,
 }
 
 /// A CA whose notAfter caps the renewals of devices or CAs below it: a new certificate would end
@@ -479,6 +487,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         dry_run: opts.dry_run,
         run: None,
         resumed: false,
+        deliveries_owed: 0,
         steps: Vec::new(),
         devices_cut_off: CutOff::none(),
         groups: Vec::new(),
@@ -488,6 +497,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     };
     for id in &not_issued {
         report.devices.push(DeviceRoll {
+            delivery: None,
             target: format!("device:{id}"),
             outcome: "not-issued",
             slot: opts.slot,
@@ -675,6 +685,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
                     };
                     if !outcome.is_empty() {
                         report.devices.push(DeviceRoll {
+                            delivery: None,
                             target: format!("device:{id}"),
                             outcome,
                             slot: opts.slot,
@@ -746,6 +757,14 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
             .collect(),
     };
     report.renew_ca_first = capped_by(plan, &backend, &report.devices, &capped_cas)?;
+    if !opts.dry_run {
+        // A failed delivery does not undo the roll, but a rerun (or any later run) finishes it.
+        for d in &mut report.devices {
+            let id = d.target.strip_prefix("device:").unwrap_or(&d.target);
+            d.delivery = backend.delivery_failure(id).map(|why| format!("owed: {why}"));
+        }
+        report.deliveries_owed = backend.owed_devices()?.len() as u64;
+    }
     for g in &mut report.groups {
         if !opts.dry_run && g.outcome.starts_with("would-") {
             g.outcome = if opts.breach.is_some() {
@@ -1138,6 +1157,7 @@ fn due_held_back(
         match problem {
             None => ok.push(id),
             Some((outcome, why)) => held.push(DeviceRoll {
+                delivery: None,
                 target: format!("device:{id}"),
                 outcome,
                 slot,
@@ -1165,6 +1185,7 @@ fn own_certificate_gone(
     slot: SlotName,
 ) -> Result<(Vec<String>, Vec<DeviceRoll>)> {
     let held_back = |id: &str, why: String| DeviceRoll {
+        delivery: None,
         target: format!("device:{id}"),
         outcome: "held-back",
         slot,
