@@ -390,6 +390,7 @@ pub(super) fn assess<'p>(
             let mut steps: Vec<String> = ind.foreign.iter().map(|f| f.describe(id)).collect();
             steps.push(ForeignCertificate::remedy(id));
             out.reports.push(DeviceRoll {
+                delivery: None,
                 target,
                 outcome: "foreign",
                 slot: mode.slot(),
