@@ -75,10 +75,21 @@ pub fn held_from(
     // Devices whose presented certificate is another version than the issued one: their
     // versions are read in one batch.
     let mut others: Vec<usize> = Vec::new();
+    let mut owed_versions: Vec<Option<String>> = vec![None; ids.len()];
     for (i, issued) in installed.into_iter().enumerate() {
         let seen = Seen::of(registrations[i].as_ref(), identities[i].as_ref());
+        // A version its channel has not taken yet cannot have reached the device, whatever the
+        // times say: DPS's times are whole seconds, so a roll right after an assignment would
+        // otherwise pass for presented.
+        let owed = match &issued {
+            Some(v) if seen.is_some() => backend.owes_delivery(&ids[i], &v.version)?,
+            _ => false,
+        };
+        if owed {
+            owed_versions[i] = issued.as_ref().map(|v| v.version.clone());
+        }
         match (&issued, &seen) {
-            (Some(v), Some(seen)) if seen.presented(v) => out.push(Held {
+            (Some(v), Some(seen)) if !owed && seen.presented(v) => out.push(Held {
                 presented: issued,
                 pending: None,
             }),
@@ -103,11 +114,12 @@ pub fn held_from(
         // The hub's primary thumbprint first: the one DPS writes. When certroll has since taken
         // the presented thumbprint out of the hub (a roll that replaced it), the device presented
         // a version that existed then: the newest one.
+        let could = |v: &&VaultVersion| owed_versions[i].as_deref() != Some(v.version.as_str());
         out[i].presented = seen
             .thumbprints
             .iter()
-            .find_map(|tp| versions.iter().find(|v| seen.presented_as(v, tp)))
-            .or_else(|| versions.iter().rev().find(|v| v.created <= seen.at))
+            .find_map(|tp| versions.iter().filter(could).find(|v| seen.presented_as(v, tp)))
+            .or_else(|| versions.iter().filter(could).rev().find(|v| v.created <= seen.at))
             .cloned();
     }
     Ok(out)
