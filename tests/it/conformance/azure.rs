@@ -1180,11 +1180,18 @@ fn measure_roll_of_n_enrollments_bulk_against_one_at_a_time() {
     let mut dps = fresh_dps(&config, &serve, &bulk, &firsts);
     let before = requests(&env, DPS_HOST) + requests(&env, HUB_HOST);
     let t = std::time::Instant::now();
+    let started = monotonic_secs();
     // Pages of 1,000, as a verb reads and writes a large roll.
     for page in bulk.chunks(1000) {
         roll_page(&mut dps, &mut hub, page, true);
     }
     let bulked = t.elapsed();
+    // For a profile of the bulk phase alone: `perf record -k CLOCK_MONOTONIC`, then
+    // `perf report --time START,END`.
+    eprintln!(
+        "bulk phase (CLOCK_MONOTONIC): {started:.6},{:.6}",
+        monotonic_secs()
+    );
     let bulk_requests = requests(&env, DPS_HOST) + requests(&env, HUB_HOST) - before;
 
     let one_each = single.as_secs_f64() / single_n as f64;
@@ -1199,6 +1206,17 @@ fn measure_roll_of_n_enrollments_bulk_against_one_at_a_time() {
     );
     let e = dps.individual(&bulk[n - 1].0).unwrap().unwrap();
     assert_eq!(e.secondary.as_deref(), Some(&bulk[n - 1].1.cert_der[..]));
+}
+
+/// Seconds on CLOCK_MONOTONIC, the clock `perf record -k CLOCK_MONOTONIC` stamps samples with.
+fn monotonic_secs() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write into; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 /// The same roll with serve throttling DPS and the hub at `CERTROLL_BENCH_RATE` requests a
