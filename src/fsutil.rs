@@ -16,20 +16,25 @@ pub fn create_private(path: &Path) -> io::Result<File> {
 
 /// Syncs a directory, so that a rename or link inside it survives a crash.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    let dir = if dir.as_os_str().is_empty() {
+    File::open(or_working_dir(dir))?.sync_all()
+}
+
+/// `dir`, or the working directory when it is empty (the parent of a bare file name).
+fn or_working_dir(dir: &Path) -> &Path {
+    if dir.as_os_str().is_empty() {
         Path::new(".")
     } else {
         dir
-    };
-    File::open(dir)?.sync_all()
+    }
+}
+
+/// The folder `path` is in (the working directory for a bare file name).
+fn folder_of(path: &Path) -> &Path {
+    path.parent().map_or(Path::new("."), or_working_dir)
 }
 
 fn temp_beside(path: &Path) -> (PathBuf, PathBuf) {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
+    let dir = folder_of(path).to_path_buf();
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -46,11 +51,7 @@ pub fn remove_stale_temps(path: &Path, age: std::time::Duration) {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return;
     };
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
+    let dir = or_working_dir(dir);
     let name = name.to_string_lossy();
     let prefixes = [format!(".{name}.certroll-tmp-"), format!(".{name}.certroll-new-")];
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -74,20 +75,25 @@ pub fn remove_stale_temps(path: &Path, age: std::time::Duration) {
     }
 }
 
+/// Creates `tmp` (it must not exist) with `bytes` and syncs it, mode 0600 when `private`,
+/// else 0644; the file is closed on return.
+fn write_synced(tmp: &Path, bytes: &[u8], private: bool) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if private { 0o600 } else { 0o644 })
+        .open(tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
 /// Writes `bytes` to `path` atomically (temporary file, fsync, rename, directory fsync), mode
 /// 0600 when `private`. On any failure the temporary file is removed.
 pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> io::Result<()> {
     let (dir, tmp) = temp_beside(path);
     let _ = std::fs::remove_file(&tmp);
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(if private { 0o600 } else { 0o644 })
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
+        write_synced(&tmp, bytes, private)?;
         std::fs::rename(&tmp, path)?;
         sync_dir(&dir)
     })();
@@ -105,14 +111,7 @@ pub fn create_atomic(path: &Path, bytes: &[u8], private: bool) -> io::Result<()>
     let (dir, tmp) = temp_beside(path);
     let _ = std::fs::remove_file(&tmp);
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(if private { 0o600 } else { 0o644 })
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
+        write_synced(&tmp, bytes, private)?;
         std::fs::hard_link(&tmp, path)?;
         sync_dir(&dir)
     })();
@@ -132,11 +131,7 @@ pub fn landing_path(path: &Path) -> io::Result<PathBuf> {
         Some(std::path::Component::Normal(name)) => name.to_os_string(),
         _ => return Err(invalid()),
     };
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    Ok(std::fs::canonicalize(parent)?.join(name))
+    Ok(std::fs::canonicalize(folder_of(path))?.join(name))
 }
 
 /// What an output path lands on.

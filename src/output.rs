@@ -161,6 +161,15 @@ impl<W: Write> Printer<W> {
         if self.format == Format::Json {
             return self.json(report);
         }
+        if report.deliveries_owed > 0 {
+            // Work left that a rerun finishes: shown even with -q.
+            writeln!(
+                self.out,
+                "{} device(s) still owed their new certificate: the delivery failed; the next `certroll issue` \
+                 or roll delivers it (`certroll check` lists them)",
+                report.deliveries_owed
+            )?;
+        }
         if report.nothing_to_do() {
             return self.line("Nothing to do: everything the plan declares already exists.");
         }
@@ -284,8 +293,16 @@ impl<W: Write> Printer<W> {
                         e.name,
                         e.hub.as_deref().unwrap_or("-")
                     )?;
-                    writeln!(out, "    primary:   {}", cert_line(e.primary.as_ref()))?;
-                    writeln!(out, "    secondary: {}", cert_line(e.secondary.as_ref()))?;
+                    writeln!(
+                        out,
+                        "    primary:   {}",
+                        slot_line(e.primary.as_ref(), &e.foreign, "primary")
+                    )?;
+                    writeln!(
+                        out,
+                        "    secondary: {}",
+                        slot_line(e.secondary.as_ref(), &e.foreign, "secondary")
+                    )?;
                 }
                 writeln!(out, "Devices")?;
                 writeln!(
@@ -350,13 +367,26 @@ impl<W: Write> Printer<W> {
                             r.error.as_deref().unwrap_or("no reason recorded")
                         )?;
                     }
-                    if let Some(p) = &d.pending {
+                    // A device another client cut off is told so, not `pending`: its
+                    // certificate waits for nothing certroll does.
+                    if let Some(why) = &d.cannot_connect {
+                        writeln!(out, "    cannot connect: {why}")?;
+                    } else if let Some(p) = &d.pending {
                         writeln!(
                             out,
                             "    issued {} (until {}): {}",
                             p.cert.thumbprint,
                             crate::clock::rfc3339(p.cert.not_after),
                             p.note
+                        )?;
+                    }
+                    for f in &d.foreign {
+                        let id = d.enrollment.as_deref().unwrap_or(&d.id);
+                        writeln!(out, "    {}", f.describe(id))?;
+                        writeln!(
+                            out,
+                            "    {}",
+                            crate::backend::types::ForeignCertificate::remedy(id)
                         )?;
                     }
                     if d.installed_purged {
@@ -385,6 +415,26 @@ impl<W: Write> Printer<W> {
             }
         }
         Ok(())
+    }
+}
+
+/// An enrollment slot: certroll's certificate, or one another client put there.
+fn slot_line(
+    cert: Option<&CertInfo>,
+    foreign: &[crate::backend::types::ForeignCertificate],
+    slot: &str,
+) -> String {
+    match foreign.iter().find(|f| f.slot == slot) {
+        Some(f) if cert.is_none() => format!(
+            "{} ({}) NOT ISSUED BY CERTROLL: another client put it there",
+            f.thumbprint,
+            if f.subject.is_empty() {
+                "no subject given"
+            } else {
+                &f.subject
+            }
+        ),
+        _ => cert_line(cert),
     }
 }
 

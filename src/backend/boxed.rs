@@ -415,6 +415,10 @@ impl Journal for Box<dyn Backend> {
         (**self).finished_run(command)
     }
 
+    fn open_runs(&self) -> Result<Vec<JournalRun>> {
+        (**self).open_runs()
+    }
+
     fn start_run(&mut self, command: &str, steps: &[JournalStep], now: OffsetDateTime) -> Result<i64> {
         (**self).start_run(command, steps, now)
     }
@@ -465,6 +469,22 @@ impl Backend for Box<dyn Backend> {
 
     fn bulk_writes(&mut self, on: bool) {
         (**self).bulk_writes(on)
+    }
+
+    fn deliver_owed(&mut self, now: OffsetDateTime) -> Result<(u64, u64)> {
+        (**self).deliver_owed(now)
+    }
+
+    fn owes_delivery(&self, id: &str, version: &str) -> Result<bool> {
+        (**self).owes_delivery(id, version)
+    }
+
+    fn owed_devices(&self) -> Result<Vec<String>> {
+        (**self).owed_devices()
+    }
+
+    fn delivery_failure(&self, id: &str) -> Option<String> {
+        (**self).delivery_failure(id)
     }
 
     fn assigned_identities(&self, ids: &[String]) -> Result<Vec<Option<HubIdentity>>> {

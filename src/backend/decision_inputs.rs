@@ -219,6 +219,8 @@ mod tests {
             status: Status::Enabled,
             reprovision: "migrate".into(),
             hub: "h".into(),
+            foreign: Vec::new(),
+            take_back: false,
         };
         let svc = service_digest(&[group(&[7; 10])], &[ca(true)]);
         let base = fingerprint(&req, Some(&ind), &[], &svc);

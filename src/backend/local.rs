@@ -952,6 +952,46 @@ impl LocalBackend {
         out.map_err(|e| self.with_path(e))
     }
 
+    /// Records deliveries devices are owed (see `owed_deliveries` in the store's schema v14):
+    /// `(device id, vault certificate name, version)`, in the current unit if one is open.
+    pub fn owe_deliveries(&mut self, owed: &[crate::store::queries_journal::OwedDelivery]) -> Result<()> {
+        let out = self
+            .store
+            .write(|tx, _| crate::store::queries_journal::owed_put(tx, owed));
+        out.map_err(|e| self.with_path(e))
+    }
+
+    /// Settles owed deliveries: `(device id, version)`, None for whatever version it was owed.
+    pub fn settle_deliveries(&mut self, settled: &[(String, Option<String>)]) -> Result<()> {
+        if settled.is_empty() {
+            return Ok(());
+        }
+        let out = self
+            .store
+            .write(|tx, _| crate::store::queries_journal::owed_settle(tx, settled));
+        out.map_err(|e| self.with_path(e))
+    }
+
+    /// Whether device `id` is owed the delivery of `version`.
+    pub fn owes_delivery(&self, id: &str, version: &str) -> Result<bool> {
+        read!(
+            self,
+            crate::store::queries_journal::owed_has(self.store.conn(), id, version)
+        )
+    }
+
+    /// Up to `limit` owed deliveries after device id `after`, in id order.
+    pub fn owed_deliveries(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::store::queries_journal::OwedDelivery>> {
+        read!(
+            self,
+            crate::store::queries_journal::owed_page(self.store.conn(), after, limit)
+        )
+    }
+
     /// The simulated device's answer to a delivery method: it fetches vault version
     /// `payload.name`/`payload.version` (refused when the vault has no such version, it is
     /// disabled, or its thumbprint is not `payload.thumbprint`), installs it, and connects with
@@ -1169,6 +1209,10 @@ impl Journal for LocalBackend {
             self,
             crate::store::queries_journal::last_run(self.store.conn(), command, true)
         )
+    }
+
+    fn open_runs(&self) -> Result<Vec<JournalRun>> {
+        read!(self, crate::store::queries_journal::open_runs(self.store.conn()))
     }
 
     fn start_run(&mut self, command: &str, steps: &[JournalStep], now: OffsetDateTime) -> Result<i64> {
@@ -1398,6 +1442,8 @@ mod tests {
             status: Status::Enabled,
             reprovision: "migrate".into(),
             hub: "h".into(),
+            foreign: Vec::new(),
+            take_back: false,
         };
         let e = b.put_individuals(&[enrollment.clone()], NOW).unwrap_err();
         assert!(
@@ -1447,6 +1493,8 @@ mod tests {
                 status: Status::Disabled,
                 reprovision: "migrate".into(),
                 hub: "hub-b".into(),
+                foreign: Vec::new(),
+                take_back: false,
             }],
             NOW,
         )

@@ -573,6 +573,9 @@ pub trait Journal {
     fn open_run(&self, command: &str) -> Result<Option<JournalRun>>;
     /// The newest finished run of `command`.
     fn finished_run(&self, command: &str) -> Result<Option<JournalRun>>;
+    /// Every run still open (killed or failed part-way), oldest first, with its steps: what
+    /// `check` reports as unfinished.
+    fn open_runs(&self) -> Result<Vec<JournalRun>>;
     /// Records a run and its planned steps; returns the run's number.
     fn start_run(&mut self, command: &str, steps: &[JournalStep], now: OffsetDateTime) -> Result<i64>;
     /// Marks a step done (call inside the step's unit of work).
@@ -699,6 +702,38 @@ pub trait Backend: Vault + EnrollmentService + HubRegistry + Fleet + Journal + S
             self.update_identities(identities, now)?;
         }
         Ok(())
+    }
+
+    /// Delivers what earlier runs still owe devices through their delivery channel: the new
+    /// certificates whose unit committed but whose delivery never ran (the process was killed in
+    /// between) or did not reach the device (a hook failed, a device was offline). Each is
+    /// delivered once more; one the channel takes is settled, the others stay owed for the next
+    /// run. Returns (delivered now, still owed). The default owes nothing: a backend that installs
+    /// on its devices itself ([`installs_on_devices`](Self::installs_on_devices)) has no channel.
+    fn deliver_owed(&mut self, _now: OffsetDateTime) -> Result<(u64, u64)> {
+        Ok((0, 0))
+    }
+
+    /// Whether the delivery of vault version `version` to device `id` is still owed (see
+    /// [`deliver_owed`](Self::deliver_owed)): recorded when the version was handed out, not yet
+    /// taken by the channel. The default owes nothing.
+    fn owes_delivery(&self, _id: &str, _version: &str) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Every device still owed a delivery (see [`deliver_owed`](Self::deliver_owed)), in id
+    /// order: owed the version its fleet record names, through a channel the plan still sets
+    /// (not `none`). Read only; what `deliver_owed` would settle as stale is left out. The
+    /// default owes nothing.
+    fn owed_devices(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    /// Why this process's delivery to device `id` did not reach it (a hook that failed, a device
+    /// a direct method did not reach): the certificate stays owed. None when it was delivered,
+    /// when none was tried, or with `delivery = "none"` (the operator's choice, not a fault).
+    fn delivery_failure(&self, _id: &str) -> Option<String> {
+        None
     }
 
     /// The devices a `reprovision` would leave alone, found without deciding anything again:

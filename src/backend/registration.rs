@@ -409,19 +409,9 @@ struct Leaf {
 
 impl Leaf {
     fn parse(der: &[u8]) -> Result<Leaf, crate::pki::Error> {
-        let (rest, cert) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| crate::pki::Error::BadCertificate(crate::pki::x509_parse_error(&e)))?;
+        let (rest, cert) = crate::pki::inspect::parse(der)?;
         Ok(Leaf {
-            names: crate::pki::inspect::ChainNames {
-                subject: cert.subject().as_raw().to_vec(),
-                issuer: cert.issuer().as_raw().to_vec(),
-                common_name: cert
-                    .subject()
-                    .iter_common_name()
-                    .next()
-                    .and_then(|cn| cn.as_str().ok())
-                    .map(str::to_string),
-            },
+            names: crate::pki::inspect::ChainNames::of(&cert),
             not_before: cert.validity().not_before.to_datetime(),
             not_after: cert.validity().not_after.to_datetime(),
             trailing: !rest.is_empty(),
@@ -618,23 +608,9 @@ mod tests {
         usable_groups(vec![g], &cas).remove(0)
     }
 
-    fn group(name: &str, ca: &IssuerKey) -> ServiceGroup {
-        verified_slots(EnrollmentGroup {
-            name: name.into(),
-            primary: Some(Slot {
-                cert_der: ca.cert_der().to_vec(),
-                ca_reference: None,
-            }),
-            secondary: None,
-            status: Status::Enabled,
-            reprovision: "migrate".into(),
-            hub: format!("{name}-hub"),
-        })
-    }
-
-    /// A group whose primary slot holds this CA certificate.
-    fn slot_of(name: &str, cert_der: Vec<u8>) -> ServiceGroup {
-        verified_slots(EnrollmentGroup {
+    /// An enabled group (hub `NAME-hub`) whose primary slot holds this CA certificate.
+    fn enrollment_group(name: &str, cert_der: Vec<u8>) -> EnrollmentGroup {
+        EnrollmentGroup {
             name: name.into(),
             primary: Some(Slot {
                 cert_der,
@@ -644,7 +620,26 @@ mod tests {
             status: Status::Enabled,
             reprovision: "migrate".into(),
             hub: format!("{name}-hub"),
-        })
+        }
+    }
+
+    fn group(name: &str, ca: &IssuerKey) -> ServiceGroup {
+        slot_of(name, ca.cert_der().to_vec())
+    }
+
+    /// A group whose primary slot holds this CA certificate.
+    fn slot_of(name: &str, cert_der: Vec<u8>) -> ServiceGroup {
+        verified_slots(enrollment_group(name, cert_der))
+    }
+
+    /// What a device is decided against when it has no individual enrollment and is not disallowed.
+    fn by_groups(groups: &[ServiceGroup], now: OffsetDateTime) -> Context<'_> {
+        Context {
+            disabled_holding_leaf: &[],
+            individual: None,
+            groups,
+            now,
+        }
     }
 
     fn request(id: &str, chain: Vec<Vec<u8>>) -> RegistrationRequest {
@@ -667,12 +662,7 @@ mod tests {
         let mid_der = crate::pki::cert::sign_leaf(&p, &mid_key, &root).unwrap();
         let mid = IssuerKey::new(mid_der.clone(), mid_key).unwrap();
         let groups = [group("g", &root)];
-        let ctx = Context {
-            disabled_holding_leaf: &[],
-            individual: None,
-            groups: &groups,
-            now,
-        };
+        let ctx = by_groups(&groups, now);
         for chain in [
             vec![leaf("d", &root, now)],
             vec![leaf("d", &mid, now), mid_der.clone()],
@@ -692,12 +682,7 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let (a, b) = (ca("A", now), ca("B", now));
         let groups = [group("ga", &a), group("gb", &b)];
-        let ctx = Context {
-            disabled_holding_leaf: &[],
-            individual: None,
-            groups: &groups,
-            now,
-        };
+        let ctx = by_groups(&groups, now);
         let from_b = request("dev-1", vec![leaf("dev-1", &b, now)]);
         assert!(matches!(decide(&from_b, &ctx), Decision::Group { name, .. } if name == "gb"));
 
@@ -762,12 +747,7 @@ mod tests {
         // The renewed CA's leaf is asked of the secondary slot first (by key identifier).
         assert!(groups[0].key_ids.iter().all(Option::is_some));
         assert_ne!(groups[0].key_ids[0], groups[0].key_ids[1]);
-        let ctx = Context {
-            disabled_holding_leaf: &[],
-            individual: None,
-            groups: &groups,
-            now,
-        };
+        let ctx = by_groups(&groups, now);
         for (id, issuer) in [("dev-old", &old), ("dev-new", &renewed)] {
             let req = request(id, vec![leaf(id, issuer, now)]);
             assert!(
@@ -792,12 +772,7 @@ mod tests {
         let line = IssuerKey::new(line_der.clone(), line_key).unwrap();
         // The root's group comes first in the list: order must not decide.
         let groups = [group("by-root", &root), group("by-line", &line)];
-        let ctx = Context {
-            disabled_holding_leaf: &[],
-            individual: None,
-            groups: &groups,
-            now,
-        };
+        let ctx = by_groups(&groups, now);
         let name = |req: &RegistrationRequest| match decide(req, &ctx) {
             Decision::Group { name, .. } => name,
             other => panic!("{other:?}"),
@@ -823,12 +798,7 @@ mod tests {
         let renewed = crate::pki::sign_leaf(&profile("Line", true, now), &line_key_again, &root).unwrap();
         assert_ne!(renewed, line_der);
         let groups = [group("by-root", &root), slot_of("by-line", renewed)];
-        let ctx = Context {
-            disabled_holding_leaf: &[],
-            individual: None,
-            groups: &groups,
-            now,
-        };
+        let ctx = by_groups(&groups, now);
         let chain = vec![
             leaf("dev-3", &line, now),
             line_der.clone(),
@@ -843,17 +813,11 @@ mod tests {
     fn a_disabled_nearest_group_refuses_its_devices_though_a_group_further_up_would_accept() {
         let now = OffsetDateTime::now_utc();
         let root = ca("Root", now);
-        let line_key = PrivateKey::generate(&P256).unwrap();
-        let line_der = crate::pki::sign_leaf(&profile("Line", true, now), &line_key, &root).unwrap();
-        let line = IssuerKey::new(line_der.clone(), line_key).unwrap();
+        let line = intermediate("Line", &root, now);
+        let line_der = line.cert_der().to_vec();
         let mut groups = [group("by-root", &root), group("by-line", &line)];
         groups[1].group.status = Status::Disabled;
-        let ctx = Context {
-            disabled_holding_leaf: &[],
-            individual: None,
-            groups: &groups,
-            now,
-        };
+        let ctx = by_groups(&groups, now);
         let chain = vec![leaf("dev-1", &line, now), line_der];
         assert_eq!(
             decide(&request("dev-1", chain), &ctx),
@@ -868,33 +832,18 @@ mod tests {
         let mut groups = [group("ga", &a)];
         let req = request("dev-1", vec![leaf("dev-1", &a, now)]);
         let later = now + Duration::days(60);
-        let ctx = Context {
-            disabled_holding_leaf: &[],
-            individual: None,
-            groups: &groups,
-            now: later,
-        };
+        let ctx = by_groups(&groups, later);
         assert!(
             matches!(decide(&req, &ctx), Decision::Rejected(_)),
             "expired leaf must be refused"
         );
 
         let wrong_cn = request("dev-2", vec![leaf("dev-1", &a, now)]);
-        let ctx = Context {
-            disabled_holding_leaf: &[],
-            individual: None,
-            groups: &groups,
-            now,
-        };
+        let ctx = by_groups(&groups, now);
         assert!(matches!(decide(&wrong_cn, &ctx), Decision::Rejected(r) if r.contains("does not match")));
 
         groups[0].group.status = Status::Disabled;
-        let ctx = Context {
-            disabled_holding_leaf: &[],
-            individual: None,
-            groups: &groups,
-            now,
-        };
+        let ctx = by_groups(&groups, now);
         assert!(matches!(decide(&req, &ctx), Decision::Disabled(_)));
     }
 
@@ -926,6 +875,8 @@ mod tests {
             status: Status::Enabled,
             reprovision: "reset".into(),
             hub: "hub".into(),
+            foreign: Vec::new(),
+            take_back: false,
         };
         // A group that would accept `other` must not matter: the individual enrollment decides.
         let groups = [group("ga", &a)];
@@ -981,20 +932,6 @@ mod tests {
         IssuerKey::new(der, key).unwrap()
     }
 
-    fn intermediate_group(name: &str, ca: &IssuerKey) -> EnrollmentGroup {
-        EnrollmentGroup {
-            name: name.into(),
-            primary: Some(Slot {
-                cert_der: ca.cert_der().to_vec(),
-                ca_reference: None,
-            }),
-            secondary: None,
-            status: Status::Enabled,
-            reprovision: "migrate".into(),
-            hub: format!("{name}-hub"),
-        }
-    }
-
     // Issue 10 item 10: DPS accepts a group's devices only when the group's signing certificate is
     // verified or its chain ends at a verified CA certificate.
     #[test]
@@ -1004,16 +941,8 @@ mod tests {
         let line = intermediate("Line", &root, now);
         let req = request("dev-1", vec![leaf("dev-1", &line, now), line.cert_der().to_vec()]);
         let decide_with = |cas: &[ServiceCa]| {
-            let groups = usable_groups(vec![intermediate_group("g", &line)], cas);
-            decide(
-                &req,
-                &Context {
-                    disabled_holding_leaf: &[],
-                    individual: None,
-                    groups: &groups,
-                    now,
-                },
-            )
+            let groups = usable_groups(vec![enrollment_group("g", line.cert_der().to_vec())], cas);
+            decide(&req, &by_groups(&groups, now))
         };
         for cas in [vec![], vec![service_ca("root", root.cert_der(), false)]] {
             match decide_with(&cas) {
@@ -1047,13 +976,8 @@ mod tests {
         let middle = intermediate("Middle", &root, now);
         let line = intermediate("Line", &middle, now);
         let cas = [service_ca("root", root.cert_der(), true)];
-        let groups = usable_groups(vec![intermediate_group("g", &line)], &cas);
-        let ctx = Context {
-            disabled_holding_leaf: &[],
-            individual: None,
-            groups: &groups,
-            now,
-        };
+        let groups = usable_groups(vec![enrollment_group("g", line.cert_der().to_vec())], &cas);
+        let ctx = by_groups(&groups, now);
         let full = vec![
             leaf("dev-1", &line, now),
             line.cert_der().to_vec(),

@@ -148,6 +148,65 @@ pub struct IndividualEnrollment {
     pub reprovision: String,
     /// Hub the device is assigned to.
     pub hub: String,
+    /// Certificates another client (the Azure portal, a script) put into a slot, which certroll
+    /// did not issue and cannot resolve: that slot reads as `None` above, yet is not empty.
+    /// Reads fill it (the local store never holds one: always empty). On a write, a slot DPS
+    /// holds with one of these is replaced only when [`take_back`](Self::take_back) is set;
+    /// otherwise the write is refused, so no roll overwrites it blindly.
+    pub foreign: Vec<ForeignCertificate>,
+    /// Set by an explicit breach of this enrollment (`roll-primary --breach enrollment:ID`):
+    /// the write replaces the [`foreign`](Self::foreign) certificates it read.
+    pub take_back: bool,
+}
+
+/// A certificate in a slot of an individual enrollment that certroll did not issue (no vault
+/// certificate has its thumbprint), as the enrollment service describes it (DPS's
+/// `X509CertificateInfo`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ForeignCertificate {
+    /// `primary` or `secondary`.
+    pub slot: &'static str,
+    /// SHA-1 thumbprint, uppercase hex.
+    pub thumbprint: String,
+    /// Subject, as the service writes it (`CN=ib-10`); empty when it gives none.
+    pub subject: String,
+    /// notBefore, when the service gives it.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub not_before: Option<OffsetDateTime>,
+    /// notAfter, when the service gives it.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub not_after: Option<OffsetDateTime>,
+}
+
+impl ForeignCertificate {
+    /// What an operator does about it, in words: the one certroll verb that takes the
+    /// enrollment back.
+    pub fn remedy(registration_id: &str) -> String {
+        format!(
+            "to take the enrollment back, run `certroll roll-primary --breach enrollment:{registration_id}`              (a new certificate replaces it); or put certroll's certificate back in that slot"
+        )
+    }
+
+    /// One line naming it: `certificate THUMB (SUBJECT) in the primary slot of individual
+    /// enrollment `ID`, which certroll did not issue`.
+    pub fn describe(&self, registration_id: &str) -> String {
+        format!(
+            "another client put certificate {} ({}) into the {} slot of individual enrollment `{registration_id}`; certroll did not issue it and leaves the enrollment alone",
+            self.thumbprint,
+            if self.subject.is_empty() {
+                "no subject given"
+            } else {
+                &self.subject
+            },
+            self.slot
+        )
+    }
 }
 
 /// Fills the primary slot first, as the Device Provisioning Service requires: a lone certificate

@@ -8,8 +8,9 @@ use clap::Args;
 const CHECK_CODES: &str = "\
 Exit codes (monitoring plugin convention):
   0  OK
-  1  warning: a lifetime action is due, or expiry is within --warn-within
-  2  critical: expired, not yet valid, disabled, missing, or within --critical-within
+  1  warning: a lifetime action is due, expiry is within --warn-within, or a run is unfinished
+  2  critical: expired, not yet valid, disabled, missing, within --critical-within, or a device
+     another client of DPS or the hub cut off
   3  unknown: the plan or the state cannot be read
 
 Examples:

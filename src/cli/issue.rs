@@ -57,5 +57,10 @@ pub fn exec(g: &Global, args: IssueArgs) -> anyhow::Result<u8> {
         }
     }
     g.printer().issue_report(&report)?;
-    Ok(if report.rejected.is_empty() { 0 } else { 1 })
+    // A refused device, or a delivery still owed: work left that a rerun finishes.
+    Ok(if report.rejected.is_empty() && report.deliveries_owed == 0 {
+        0
+    } else {
+        1
+    })
 }

@@ -159,16 +159,19 @@ fn vault_exit_code(code: u8, renewed: &[crate::ops::vault::renew::AutoRenewed]) 
     }
 }
 
-/// 1 when `--due` left out a device the plan names but that was never issued, one its CA or
+/// 1 when a device was left alone for another client's certificate in its enrollment
+/// (`foreign`), or when `--due` left out a device the plan names but that was never issued, one its CA or
 /// group held back, or a renewal that was due but capped by its CA's notAfter (a device or CA
 /// in `renew_ca_first`): the run did what was due and could be done, but something due was not
-/// done (README, exit codes).
+/// done; and when a device is still owed the delivery of its new certificate (the next run
+/// delivers it) (README, exit codes).
 fn exit_code(report: &RollReport, due: bool) -> u8 {
     if report
         .devices
         .iter()
-        .any(|d| matches!(d.outcome, "not-issued" | "held-back"))
+        .any(|d| matches!(d.outcome, "not-issued" | "held-back" | "foreign"))
         || (due && !report.renew_ca_first.is_empty())
+        || report.deliveries_owed > 0
     {
         1
     } else {
@@ -249,6 +252,7 @@ fn print_human<W: std::io::Write>(
                     "{}: its CA's expiry caps a new certificate, which would end no later than the one it holds; not renewed",
                     d.target
                 ))?,
+                "foreign" => p.line(format!("{}: not rolled: {}", d.target, d.steps.join("; ")))?,
                 outcome => {
                     let verb = match outcome {
                         "rolled" => "rolled",
@@ -261,6 +265,9 @@ fn print_human<W: std::io::Write>(
                     p.line(format!("{}: {verb} into the {} slot", d.target, d.slot.word()))?;
                     for (i, step) in d.steps.iter().enumerate() {
                         p.line(format!("  {}. {step}", i + 1))?;
+                    }
+                    if let Some(owed) = &d.delivery {
+                        p.line(format!("  not delivered: {owed}"))?;
                     }
                 }
             }
@@ -276,6 +283,10 @@ fn print_human<W: std::io::Write>(
             report.devices.len(),
             summary.join(", ")
         ))?;
+        // Each device left alone for another client's certificate, named: each needs an operator.
+        for d in report.devices.iter().filter(|d| d.outcome == "foreign") {
+            p.line(format!("{}: not rolled: {}", d.target, d.steps.join("; ")))?;
+        }
         for d in report.devices.iter().filter(|d| d.outcome == "not-issued") {
             p.line(format!(
                 "{}: not issued yet, so not rolled; `certroll issue {}` issues it",
@@ -299,6 +310,25 @@ fn print_human<W: std::io::Write>(
                 ids[ids.len() - 1]
             ))?;
         }
+    }
+    if report.deliveries_owed > 0 {
+        let failed: Vec<&str> = report
+            .devices
+            .iter()
+            .filter(|d| d.delivery.is_some())
+            .map(|d| d.target.as_str())
+            .take(5)
+            .collect();
+        let first = if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} of this run's: {})", failed.len(), failed.join(", "))
+        };
+        p.line(format!(
+            "{} device(s) still owed their new certificate{first}: the delivery failed; the next \
+             `certroll issue` or roll delivers it (`certroll check` lists them)",
+            report.deliveries_owed
+        ))?;
     }
     // Labelled by what the run wanted to renew (the CAs it names, else the capping CA whose
     // devices wait); the message names the CA to renew first.

@@ -467,12 +467,23 @@ mod tests {
             .collect()
     }
 
-    /// Adds to `vault` a version of `name`: a self-signed certificate valid 100 days from `nbf`.
+    /// Adds to `vault` a version of `name` under [`POLICY`]: see [`add_with_policy`].
     fn add(vault: &mut crate::backend::local::LocalBackend, name: &str, nbf: OffsetDateTime) {
+        add_with_policy(vault, name, POLICY, nbf);
+    }
+
+    /// Adds to `vault` a version of `name` under `policy_json`: a self-signed certificate valid
+    /// 100 days from `nbf`.
+    fn add_with_policy(
+        vault: &mut crate::backend::local::LocalBackend,
+        name: &str,
+        policy_json: &str,
+        nbf: OffsetDateTime,
+    ) {
         let (der, key) = crate::store::test_support::self_signed(nbf, 100);
         let new = crate::backend::types::NewVersion {
             name,
-            policy_json: POLICY,
+            policy_json,
             cert_der: &der,
             key_pkcs8: key.pkcs8_der(),
             kty: "EC",
@@ -522,26 +533,10 @@ mod tests {
     #[test]
     fn a_remote_scan_reads_again_only_what_changed_or_what_certroll_or_refresh_asks_for() {
         use crate::backend::local::LocalBackend;
-        use crate::backend::types::NewVersion;
         const QUIET: &str = r#"{"lifetime_actions":[]}"#;
         let t0 = datetime!(2026-01-01 0:00 UTC);
         let mut vault = LocalBackend::new(Store::open_empty().unwrap());
         let ledger = Store::open_empty().unwrap();
-        let add = |vault: &mut LocalBackend, name: &str, policy: &str, nbf: OffsetDateTime| {
-            let (der, key) = crate::store::test_support::self_signed(nbf, 100);
-            let new = NewVersion {
-                name,
-                policy_json: policy,
-                cert_der: &der,
-                key_pkcs8: key.pkcs8_der(),
-                kty: "EC",
-                exportable: true,
-                issuer: None,
-                facts: None,
-                new_key: false,
-            };
-            vault.create_versions(&[new], nbf).unwrap();
-        };
         let scan = |vault: &LocalBackend, now: OffsetDateTime, refresh: bool| {
             let read = if refresh {
                 RemoteRead::Everything
@@ -550,8 +545,8 @@ mod tests {
             };
             scan_vault(ledger.conn(), vault, now, Unsent::default(), read).unwrap()
         };
-        add(&mut vault, "dev-a", QUIET, t0);
-        add(&mut vault, "dev-b", QUIET, t0);
+        add_with_policy(&mut vault, "dev-a", QUIET, t0);
+        add_with_policy(&mut vault, "dev-b", QUIET, t0);
         let now = t0 + time::Duration::days(90);
         assert_eq!(scan(&vault, now, false), 0, "no lifetime actions yet");
 
@@ -570,7 +565,7 @@ mod tests {
 
         // A new version (a new thumbprint) is read again: its renewal, then its own 80%.
         let t1 = now + time::Duration::days(1);
-        add(&mut vault, "dev-a", QUIET, t1);
+        add_with_policy(&mut vault, "dev-a", QUIET, t1);
         assert_eq!(scan(&vault, t1, false), 1, "the renewal");
         assert_eq!(
             scan(&vault, t1 + time::Duration::days(80), false),

@@ -5,7 +5,7 @@
 use super::lifetime::{self, Scheduled};
 use super::{Access, BackendSettings, Target, ca_cert_name, open_verb_backend};
 use crate::backend::types::VaultVersion;
-use crate::backend::{Backend, EnrollmentService as _, Vault as _};
+use crate::backend::{Backend, EnrollmentService as _, Journal as _, Vault as _};
 use crate::plan::{ActionKind, Delivery, LifetimeAction, Plan, Policy, Trigger};
 use anyhow::Result;
 use serde::Serialize;
@@ -82,9 +82,10 @@ impl From<Scheduled> for ActionReport {
 pub struct Problem {
     /// `ca:NAME`, `device:ID`, `vault:NAME` for a certificate the plan does not own,
     /// `group:NAME` for an expired CA certificate in a group's slot, `service-ca:NAME` for
-    /// one still among the enrollment service's CA certificates, or `service-group:NAME` /
+    /// one still among the enrollment service's CA certificates, `service-group:NAME` /
     /// `service-enrollment:NAME` for a group or individual enrollment of the service the plan
-    /// does not declare.
+    /// does not declare, `run:N` for a run the journal holds unfinished, or `deliveries` for
+    /// devices still owed their new certificate (a single one is named `device:ID`).
     pub target: String,
     /// warning or critical.
     pub level: Level,
@@ -492,6 +493,13 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             });
         }
     }
+    // A run killed or stopped part-way (a breach roll half done leaves devices on a compromised
+    // CA): nothing finishes it but running the same command again.
+    if everything {
+        for run in backend.open_runs()? {
+            c.add(unfinished(&run));
+        }
+    }
     // Every group's devices and every enrollment, in plan order, read in pages of them all: the
     // enrollments share the pages of the groups' devices rather than costing a read of each
     // service apiece (on azure, a page is a few DPS and hub queries).
@@ -527,6 +535,7 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
     for page in devices.chunks(PAGE) {
         check_devices(&backend, &mut c, page, &owners)?;
     }
+    owed_deliveries(&backend, &mut c, &devices)?;
     // Certificates made in the vault alone (`vault create`, `import`, `merge`) have lifetime
     // actions of their own in their vault policy; they are checked when nothing narrower is
     // asked, or when named (`vault:NAME`).
@@ -548,6 +557,39 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
         }
     }
     Ok(c.report)
+}
+
+/// The warning for a run the journal holds open: which, how far it got, what it stopped
+/// before, and the command that finishes it.
+fn unfinished(run: &crate::backend::types::JournalRun) -> Problem {
+    let done = run.steps.iter().filter(|s| s.result.is_some()).count();
+    let next = run
+        .steps
+        .iter()
+        .find(|s| s.result.is_none())
+        .map(|s| format!("; next: step {} ({}) of {}", s.seq, s.kind, s.target))
+        .unwrap_or_default();
+    // Destructive commands ask on a terminal and need --yes otherwise.
+    let yes = if run.command.contains("--breach") || run.command.starts_with("revoke") {
+        " --yes"
+    } else {
+        ""
+    };
+    Problem {
+        target: format!("run:{}", run.id),
+        level: Level::Warning,
+        reason: format!(
+            "run {} (`{}`, started {}) is unfinished: {done} of {} step(s) done{next}; \
+             `certroll {}{yes}` resumes it and finishes it",
+            run.id,
+            run.command,
+            crate::clock::rfc3339(run.started),
+            run.steps.len(),
+            run.command
+        ),
+        not_after: None,
+        actions_due: vec![],
+    }
 }
 
 /// The individual enrollments of the enrollment service that the plan declares neither as
@@ -598,6 +640,49 @@ fn undeclared_enrollments(plan: &Plan, backend: &dyn Backend) -> Result<Vec<(Str
     Ok(out)
 }
 
+/// How many owed devices a `deliveries` warning names.
+const OWED_SHOWN: usize = 5;
+
+/// Devices among those checked that are still owed the delivery of their new certificate (a
+/// hook that failed, a device a direct method did not reach, a run killed before its
+/// deliveries): one warning for them all, with their count, the first few and the command that
+/// delivers them. Their certificate is judged as the one they hold (`check_devices`), so without
+/// this a failed delivery left `check` OK.
+fn owed_deliveries(backend: &dyn Backend, c: &mut Checker<'_>, checked: &[(String, usize)]) -> Result<()> {
+    let owed = backend.owed_devices()?;
+    if owed.is_empty() {
+        return Ok(());
+    }
+    let checked: std::collections::HashSet<&str> = checked.iter().map(|(id, _)| id.as_str()).collect();
+    let owed: Vec<&String> = owed.iter().filter(|id| checked.contains(id.as_str())).collect();
+    let Some(first) = owed.first() else {
+        return Ok(());
+    };
+    let shown: Vec<String> = owed
+        .iter()
+        .take(OWED_SHOWN)
+        .map(|id| format!("device:{id}"))
+        .collect();
+    let more = if owed.len() > OWED_SHOWN { ", ..." } else { "" };
+    c.add(Problem {
+        target: if owed.len() == 1 {
+            format!("device:{first}")
+        } else {
+            "deliveries".to_string()
+        },
+        level: Level::Warning,
+        reason: format!(
+            "{} device(s) still owed their new certificate ({}{more}): its delivery failed or did not run, so \
+             the device still uses the one before; `certroll issue` delivers what is owed (so does any roll)",
+            owed.len(),
+            shown.join(", ")
+        ),
+        not_after: None,
+        actions_due: vec![],
+    });
+    Ok(())
+}
+
 /// What the devices of one group, or one enrollment, are judged by.
 struct Owner<'a> {
     policy: &'a Policy,
@@ -616,8 +701,20 @@ fn check_devices(
     // The enrollments first: on azure their reads carry the registration states `held_many`
     // then need not ask DPS for one device at a time.
     let enrollments = backend.individual_many(&ids)?;
-    for (((id, owner), held), enrollment) in
-        page.iter().zip(super::held_many(backend, &ids)?).zip(enrollments)
+    let issued = super::installed_many(backend, &ids)?;
+    // What the services saw of each device: a backend that installs on its devices has nothing
+    // else to tell.
+    let (registrations, identities) = if backend.installs_on_devices() {
+        (vec![None; ids.len()], vec![None; ids.len()])
+    } else {
+        backend.registrations_and_identities(&ids)?
+    };
+    let helds = super::held::held_from(backend, &ids, issued.clone(), &registrations, &identities)?;
+    for ((((id, owner), held), enrollment), (issued, identity)) in page
+        .iter()
+        .zip(helds)
+        .zip(enrollments)
+        .zip(issued.iter().zip(&identities))
     {
         let Owner {
             policy,
@@ -655,12 +752,46 @@ fn check_devices(
             (None, _) => held.presented.clone(),
         };
         // A revoked device is disallowed on purpose; monitoring must not page for it forever.
-        if enrollment
-            .as_ref()
-            .is_some_and(|e| e.status == crate::backend::types::Status::Disabled)
-        {
-            c.report.counts.revoked += 1;
-            continue;
+        // One another client cut off (a disabled enrollment or hub identity, the hub's
+        // thumbprints replaced) cannot connect: critical, whatever its certificate.
+        match super::held::standing(
+            backend,
+            id,
+            issued.as_ref(),
+            &held,
+            enrollment.as_ref(),
+            identity.as_ref(),
+        )? {
+            super::held::Standing::Revoked => {
+                c.report.counts.revoked += 1;
+                continue;
+            }
+            super::held::Standing::CutOff(reason) => {
+                c.add(Problem {
+                    target: format!("device:{id}"),
+                    level: Level::Critical,
+                    reason,
+                    not_after: installed.as_ref().map(|v| v.exp),
+                    actions_due: vec![],
+                });
+                continue;
+            }
+            super::held::Standing::Usable => {}
+        }
+        // Another client's certificate in its enrollment: whoever holds its key registers as
+        // this device, and certroll's rolls leave the enrollment alone until an operator acts.
+        for f in enrollment.iter().flat_map(|e| &e.foreign) {
+            c.add(Problem {
+                target: format!("device:{id}"),
+                level: Level::Critical,
+                reason: format!(
+                    "{}: whoever holds its key registers as `{id}`. {}",
+                    f.describe(id),
+                    crate::backend::types::ForeignCertificate::remedy(id)
+                ),
+                not_after: f.not_after,
+                actions_due: vec![],
+            });
         }
         let name = super::device_cert_name(id);
         if installed.is_none()

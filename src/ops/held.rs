@@ -13,7 +13,7 @@
 //! device presented the newest version that existed at its last assignment.
 
 use crate::backend::Backend;
-use crate::backend::types::{HubIdentity, RegistrationState, VaultVersion};
+use crate::backend::types::{HubIdentity, IndividualEnrollment, RegistrationState, Status, VaultVersion};
 use anyhow::Result;
 
 /// What one device holds, beside what certroll issued it.
@@ -36,18 +36,23 @@ impl Held {
     }
 }
 
+/// What the devices hold on a backend that installs on them: the fleet record's versions.
+fn as_installed(installed: Vec<Option<VaultVersion>>) -> Vec<Held> {
+    installed
+        .into_iter()
+        .map(|presented| Held {
+            presented,
+            pending: None,
+        })
+        .collect()
+}
+
 /// What each device of `ids` holds, in the order asked, reading DPS and the hubs where the
 /// backend does not install on its devices (one batch each).
 pub fn held_many(backend: &dyn Backend, ids: &[String]) -> Result<Vec<Held>> {
     let installed = super::installed_many(backend, ids)?;
     if backend.installs_on_devices() {
-        return Ok(installed
-            .into_iter()
-            .map(|presented| Held {
-                presented,
-                pending: None,
-            })
-            .collect());
+        return Ok(as_installed(installed));
     }
     let (registrations, identities) = backend.registrations_and_identities(ids)?;
     held_from(backend, ids, installed, &registrations, &identities)
@@ -64,13 +69,7 @@ pub fn held_from(
     identities: &[Option<HubIdentity>],
 ) -> Result<Vec<Held>> {
     if backend.installs_on_devices() {
-        return Ok(installed
-            .into_iter()
-            .map(|presented| Held {
-                presented,
-                pending: None,
-            })
-            .collect());
+        return Ok(as_installed(installed));
     }
     let mut out: Vec<Held> = Vec::with_capacity(ids.len());
     // Devices whose presented certificate is another version than the issued one: their
@@ -157,4 +156,126 @@ impl Seen {
         };
         of.eq_ignore_ascii_case(tp)
     }
+}
+
+/// Where a device stands beside its certificate: revoked by certroll, cut off by a change
+/// certroll did not make (another client of DPS or the hub), or neither.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing {
+    /// Its individual enrollment is disabled and certroll revoked it (its vault version is
+    /// disabled, or its serial is on its issuer's CRL): disallowed on purpose.
+    Revoked,
+    /// It cannot connect because of a change certroll did not make: why, in words, with the
+    /// way back.
+    CutOff(String),
+    /// Nothing of the kind.
+    Usable,
+}
+
+/// Judges device `id` by what the services hold for it: its individual enrollment (None: it has
+/// none) and, where the backend does not install on its devices, its hub identity; `issued` is
+/// the version certroll issued it (the fleet record's), `held` what [`held_many`] found.
+///
+/// A disabled enrollment is certroll's revoke when the issued version is disabled or on its
+/// issuer's CRL (revoke does both); otherwise someone else disabled it, and DPS refuses the
+/// device. A hub identity someone else disabled, or whose thumbprints are neither the issued
+/// certificate's nor the presented one's, refuses the device's connections (issue 12, az4
+/// F-CHECK-BLIND).
+pub fn standing(
+    backend: &dyn Backend,
+    id: &str,
+    issued: Option<&VaultVersion>,
+    held: &Held,
+    enrollment: Option<&IndividualEnrollment>,
+    identity: Option<&HubIdentity>,
+) -> Result<Standing> {
+    // Read only for a disabled enrollment or identity: the CRL is not read per device.
+    let revoked = || -> Result<bool> {
+        Ok(match issued {
+            // Nothing to tell by: taken as certroll's doing, as before.
+            None => true,
+            Some(v) => !v.enabled || on_crl(backend, v)?,
+        })
+    };
+    if enrollment.is_some_and(|e| e.status == Status::Disabled) {
+        if revoked()? {
+            return Ok(Standing::Revoked);
+        }
+        return Ok(Standing::CutOff(format!(
+            "its individual enrollment `{id}` is disabled, but certroll did not revoke it (its certificate {} \
+             is neither disabled nor on a CRL): DPS refuses its registrations. Another client of DPS disabled \
+             it: enable it again in DPS (provisioningStatus `enabled`), or revoke the device \
+             (`certroll revoke device:{id}`)",
+            issued
+                .map(|v| crate::pki::sha1_thumbprint(&v.cert_der))
+                .unwrap_or_default()
+        )));
+    }
+    if backend.installs_on_devices() {
+        return Ok(Standing::Usable);
+    }
+    let Some(identity) = identity else {
+        return Ok(Standing::Usable);
+    };
+    if identity.status == Status::Disabled && !revoked()? {
+        return Ok(Standing::CutOff(format!(
+            "its identity in hub `{}` is disabled, but certroll did not revoke it: the hub refuses its \
+             connections. Another client of the hub disabled it: enable it again in the hub, or revoke the \
+             device (`certroll revoke device:{id}`)",
+            identity.hub
+        )));
+    }
+    let thumbprints: Vec<&str> = [&identity.primary_thumbprint, &identity.secondary_thumbprint]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    // An identity without thumbprints authenticates by CA (or not by X.509): nothing to match.
+    if thumbprints.is_empty() || identity.auth_type.eq_ignore_ascii_case("certificateAuthority") {
+        return Ok(Standing::Usable);
+    }
+    let known: Vec<&VaultVersion> = issued
+        .into_iter()
+        .chain(held.presented.as_ref())
+        .chain(held.pending.as_ref())
+        .collect();
+    if known.is_empty() {
+        return Ok(Standing::Usable);
+    }
+    let matches = |v: &VaultVersion, tp: &str| {
+        let of = if tp.len() == 64 {
+            crate::pki::sha256_thumbprint(&v.cert_der)
+        } else {
+            crate::pki::sha1_thumbprint(&v.cert_der)
+        };
+        of.eq_ignore_ascii_case(tp)
+    };
+    if known.iter().any(|v| thumbprints.iter().any(|tp| matches(v, tp))) {
+        return Ok(Standing::Usable);
+    }
+    let mut certroll: Vec<String> = Vec::new();
+    for v in &known {
+        let tp = crate::pki::sha1_thumbprint(&v.cert_der);
+        if !certroll.contains(&tp) {
+            certroll.push(tp);
+        }
+    }
+    Ok(Standing::CutOff(format!(
+        "its identity in hub `{}` accepts only thumbprint(s) {}, and not the certificate certroll issued it \
+         or the one it presented ({}): the hub refuses its connections. Another client of the hub changed \
+         them: the device's next registration through DPS writes its own back (its next start, or \
+         `certroll reprovision device:{id}`)",
+        identity.hub,
+        thumbprints.join(" / "),
+        certroll.join(" / ")
+    )))
+}
+
+/// Whether a version's serial is on its issuer's CRL.
+fn on_crl(backend: &dyn Backend, v: &VaultVersion) -> Result<bool> {
+    let Some((issuer, issuer_version)) = &v.issuer else {
+        return Ok(false);
+    };
+    let serial = crate::pki::CertInfo::from_der(&v.cert_der)?.serial;
+    Ok(backend.is_revoked((issuer, issuer_version), &serial)?)
 }

@@ -68,6 +68,10 @@ pub struct IssueReport {
     pub steps: Vec<Step>,
     /// Devices whose registration was refused (none in a healthy plan).
     pub rejected: Vec<Rejection>,
+    /// Devices still owed the delivery of a new certificate after this run (on azure: this
+    /// run's or an earlier one's delivery failed): the next `issue` or roll delivers them; the
+    /// run exits 1.
+    pub deliveries_owed: u64,
 }
 
 impl IssueReport {
@@ -385,10 +389,17 @@ pub fn issue(
             .collect();
         super::roll::refuse_unaccepted(plan, &backend, &groups)?;
     }
+    if !opts.dry_run {
+        // Certificates an earlier run left undelivered (killed after a unit's commit, or a
+        // channel that failed) reach their devices before this run's own work (after every
+        // refusal: a refused run changes nothing): a rerun with nothing else to do still owes them.
+        backend.deliver_owed(now)?;
+    }
     let mut report = IssueReport {
         dry_run: opts.dry_run,
         steps: Vec::new(),
         rejected: Vec::new(),
+        deliveries_owed: 0,
     };
 
     for ca in plan.cas.iter().filter(|c| sel.cas.contains(&c.name)) {
@@ -448,6 +459,9 @@ pub fn issue(
         .with_context(|| format!("issuing individual enrollment `{}`", e.name))?;
     }
     progress.finish();
+    if !opts.dry_run {
+        report.deliveries_owed = backend.owed_devices()?.len() as u64;
+    }
     Ok(report)
 }
 
@@ -770,8 +784,9 @@ fn issue_device_chunks(
     // A pipeline: while chunk k is written to the backend (sequential), the keys and
     // certificates of chunk k+1 are made on the other cores.
     let mut pending: Option<(Vec<Need>, Fresh)> = None;
+    let unit_len = super::unit_devices(plan);
     loop {
-        let chunk: Vec<String> = ids.by_ref().take(CHUNK).collect();
+        let chunk: Vec<String> = ids.by_ref().take(unit_len).collect();
         let needs = if chunk.is_empty() {
             Vec::new()
         } else {
@@ -1087,6 +1102,8 @@ fn store_chunk(
                 status: Status::Enabled,
                 reprovision: e.reprovision.as_str().into(),
                 hub: e.hub.clone(),
+                foreign: Vec::new(),
+                take_back: false,
             })
             .collect();
         if !new.is_empty() {

@@ -164,6 +164,22 @@ impl Run {
         now: OffsetDateTime,
         f: impl FnOnce(&mut dyn Backend) -> Result<(T, serde_json::Value)>,
     ) -> Result<T> {
+        self.step_leaving(backend, seq, now, |b| {
+            let (out, result) = f(b)?;
+            Ok((out, Some(result)))
+        })
+    }
+
+    /// [`step`](Self::step) whose work may leave part of it for a rerun: a result of None
+    /// commits what was done without marking the step done, so a rerun of the run does it
+    /// again (what it did is found done then).
+    pub fn step_leaving<T>(
+        &self,
+        backend: &mut dyn Backend,
+        seq: u32,
+        now: OffsetDateTime,
+        f: impl FnOnce(&mut dyn Backend) -> Result<(T, Option<serde_json::Value>)>,
+    ) -> Result<T> {
         let Some(id) = self.id else {
             // A dry run: no transaction, so it never takes the store's write lock.
             return Ok(f(backend)?.0);
@@ -173,7 +189,9 @@ impl Run {
         backend.mark_new_versions(Some(&format!("{id}/{seq}")));
         let out = in_one_unit(backend, |b| {
             let (out, result) = f(b)?;
-            b.step_done(id, seq, &result, now)?;
+            if let Some(result) = result {
+                b.step_done(id, seq, &result, now)?;
+            }
             anyhow::Ok(out)
         });
         backend.mark_new_versions(None);

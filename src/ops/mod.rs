@@ -175,6 +175,38 @@ pub struct BackendSettings {
 /// when its writes end, instead of waiting while the other core finishes a quarter of the chunk.
 pub const SIGNING_PIECE: usize = 32;
 
+/// Devices per unit of work (one transaction of the store, one journal step of a roll) on the
+/// local backend: large enough to amortise a transaction, small enough to stream.
+pub const UNIT_DEVICES: usize = 2048;
+
+/// About how many seconds of Key Vault key creations (at the plan's `vault_rate`) one unit of
+/// devices holds on azure, above [`AZURE_UNIT_MIN`].
+pub const AZURE_UNIT_SECS: f64 = 10.0;
+
+/// The fewest devices in a unit on azure: a unit's reads of DPS and the hub stay page reads
+/// (the DPS client reads 50 enrollments or more by its listing and fewer one GET each; a hub
+/// registry query takes 100 ids), so smaller units would cost requests per device.
+pub const AZURE_UNIT_MIN: usize = 100;
+
+/// Devices per unit of work for `plan`: [`UNIT_DEVICES`] on the local backend. On azure a
+/// unit's deliveries start when its imports are done (the services then hold everything its
+/// devices need), and Key Vault paces imports at `vault_rate` (2 a second by default): 2,048
+/// devices would deliver nothing for 17 minutes. So a unit holds [`AZURE_UNIT_SECS`] of imports
+/// at that rate, at least [`AZURE_UNIT_MIN`] and at most [`UNIT_DEVICES`] devices (100 at 2 a
+/// second: the first deliveries after about 40 s, while the later units' imports go on).
+pub fn unit_devices(plan: &Plan) -> usize {
+    let Some(azure) = &plan.azure else {
+        return UNIT_DEVICES;
+    };
+    let rate = azure
+        .vault_limits
+        .rate
+        .filter(|r| r.is_finite() && *r > 0.0)
+        .unwrap_or(crate::backend::azure::DEFAULT_VAULT_RATE);
+    let n = (rate * AZURE_UNIT_SECS).ceil().min(UNIT_DEVICES as f64) as usize;
+    n.clamp(AZURE_UNIT_MIN, UNIT_DEVICES)
+}
+
 /// The verbs that run on `kind = "azure"` today, each proven end to end against `certroll serve`
 /// by the verb conformance suite (tests/it/azure_verbs.rs, tests/it/azure_verbs2.rs,
 /// tests/it/azure_notify.rs).
@@ -746,6 +778,29 @@ mod tests {
             .expect("openssl runs");
         assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
         std::fs::read(out).unwrap()
+    }
+
+    /// A unit holds 2,048 devices on the local store; on azure ten seconds of Key Vault imports
+    /// at the plan's `vault_rate`, at least 100 (page reads) and at most 2,048.
+    #[test]
+    fn a_unit_on_azure_holds_a_few_seconds_of_imports_at_the_vault_rate() {
+        let plan = |backend: &str| {
+            crate::plan::parse(
+                std::path::Path::new("plan.toml"),
+                &format!("version = 1\n{backend}"),
+            )
+            .unwrap()
+        };
+        assert_eq!(unit_devices(&plan("")), UNIT_DEVICES);
+        let azure = |extra: &str| {
+            plan(&format!(
+                "[backend]\nkind = \"azure\"\nvault_url = \"https://v.vault.azure.net\"\nauth = \"azure-cli\"\n{extra}"
+            ))
+        };
+        assert_eq!(unit_devices(&azure("")), 100);
+        assert_eq!(unit_devices(&azure("vault_rate = 25\n")), 250);
+        assert_eq!(unit_devices(&azure("vault_rate = 0.1\n")), 100);
+        assert_eq!(unit_devices(&azure("vault_rate = 100000\n")), UNIT_DEVICES);
     }
 
     /// A request waiting on a CA's name is finished only when its key is the policy's: the

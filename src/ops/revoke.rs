@@ -440,6 +440,15 @@ fn revoke_device(
         (_, Some(e)) if e.status == Status::Disabled => None,
         (super::DeviceOwner::Enrollment(_), Some(mut e)) => {
             steps.push(format!("disable individual enrollment `{id}`"));
+            // Disabling overwrites nothing: another client's certificate stays where it is,
+            // refused with the enrollment.
+            for f in &e.foreign {
+                steps.push(format!(
+                    "keep certificate {} that another client put into its {} slot (certroll did not issue it): \
+                     the disabled enrollment refuses it too",
+                    f.thumbprint, f.slot
+                ));
+            }
             e.status = Status::Disabled;
             Some(e)
         }
@@ -462,6 +471,8 @@ fn revoke_device(
                 status: Status::Disabled,
                 reprovision: "never".into(),
                 hub,
+                foreign: Vec::new(),
+                take_back: false,
             })
         }
     };

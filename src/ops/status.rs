@@ -73,6 +73,10 @@ pub struct EnrollmentStatus {
     pub primary: Option<CertInfo>,
     /// Secondary client certificate.
     pub secondary: Option<CertInfo>,
+    /// Certificates another client put into a slot of it, which certroll did not issue (that
+    /// slot shows null above); omitted when none. See [`ForeignCertificate`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub foreign: Vec<ForeignCertificate>,
 }
 
 /// A device in the status report.
@@ -107,6 +111,19 @@ pub struct DeviceStatus {
     /// which takes precedence over the group. A breach creates one holding only the new
     /// certificate; a revoke, a disabled one that refuses the device.
     pub individual_enrollment: Option<EnrollmentStatus>,
+    /// Why the device cannot connect because of a change certroll did not make, with the way
+    /// back, in words (null when nothing of the kind): its individual enrollment or hub identity
+    /// disabled though certroll did not revoke it, or its hub identity's thumbprints replaced
+    /// by ones of neither the certificate certroll issued it nor the one it presented. `check`
+    /// reports the same as critical.
+    pub cannot_connect: Option<String>,
+
+    /// Certificates another client put into its individual enrollment (its own, or the one
+    /// that takes precedence over its group), which certroll did not issue and will not
+    /// overwrite unasked; omitted when none. `roll-primary --breach enrollment:ID` takes the
+    /// enrollment back.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub foreign: Vec<ForeignCertificate>,
 }
 
 /// An issued certificate a device has not presented (yet).
@@ -324,31 +341,50 @@ impl StatusQuery<'_> {
             .iter()
             .map(|r| r.as_ref().and_then(|r| r.hub.clone()));
         let identities = crate::backend::identities_in_hubs(&ids, hubs, |wanted| b.identity_many(wanted))?;
-        // For a device of a group: the individual enrollment the service holds for it.
+        // The individual enrollment the service holds for a device: shown for a device of a
+        // group (it takes precedence), read for every device for a certificate another client
+        // put there.
         let (at, grouped): (Vec<usize>, Vec<String>) = page
             .iter()
             .enumerate()
-            .filter(|(_, (_, group, _))| group.is_some())
+            .filter(|(_, (_, group, enrollment))| group.is_some() || enrollment.is_some())
             .map(|(i, (id, _, _))| (i, id.clone()))
             .unzip();
         let mut individuals: Vec<Option<IndividualEnrollment>> = vec![None; ids.len()];
         for (i, e) in at.into_iter().zip(b.individual_many(&grouped)?) {
             individuals[i] = e;
         }
-        let held = super::held::held_from(
-            b,
-            &ids,
-            super::installed_many(b, &ids)?,
-            &registrations,
-            &identities,
-        )?;
-        for (((((id, group, enrollment), record), (mut registration, hub_identity)), individual), held) in
-            page.iter()
-                .zip(records)
-                .zip(registrations.into_iter().zip(identities))
-                .zip(individuals)
-                .zip(held)
+        let issued = super::installed_many(b, &ids)?;
+        let held = super::held::held_from(b, &ids, issued.clone(), &registrations, &identities)?;
+        let mut cannot_connect = Vec::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            cannot_connect.push(
+                match super::held::standing(
+                    b,
+                    id,
+                    issued[i].as_ref(),
+                    &held[i],
+                    individuals[i].as_ref(),
+                    identities[i].as_ref(),
+                )? {
+                    super::held::Standing::CutOff(why) => Some(why),
+                    _ => None,
+                },
+            );
+        }
+        for (
+            (((((id, group, enrollment), record), (mut registration, hub_identity)), individual), held),
+            cannot_connect,
+        ) in page
+            .iter()
+            .zip(records)
+            .zip(registrations.into_iter().zip(identities))
+            .zip(individuals)
+            .zip(held)
+            .zip(cannot_connect)
         {
+            let foreign = individual.as_ref().map(|e| e.foreign.clone()).unwrap_or_default();
+            let individual = individual.filter(|_| group.is_some());
             let installed_version = record.and_then(|r| r.installed_version);
             let installed = held.presented.as_ref().map(|v| v.cert_der.clone());
             let pending = match &held.pending {
@@ -380,6 +416,8 @@ impl StatusQuery<'_> {
                 registration,
                 hub_identity,
                 individual_enrollment: individual.map(|e| enrollment_status(id, Some(&e))).transpose()?,
+                cannot_connect,
+                foreign,
             })?;
         }
         Ok(())
@@ -402,6 +440,13 @@ impl StatusQuery<'_> {
             crate::plan::Delivery::None => format!(
                 "issued, not delivered: delivery = \"none\" leaves it to the operator (`certroll export \
                  device:{id} --with-key`); {}",
+                seen.replace("ID", id)
+            ),
+            // Recorded as owed: the delivery never ran (a run stopped before it) or failed.
+            other if self.backend.owes_delivery(id, &v.version)? => format!(
+                "issued, not delivered yet: the {} delivery did not run or failed; the next \
+                 `certroll issue` or roll delivers it; then {}",
+                other.kind(),
                 seen.replace("ID", id)
             ),
             other => format!(
@@ -432,5 +477,6 @@ fn enrollment_status(name: &str, state: Option<&IndividualEnrollment>) -> Result
         hub: state.map(|s| s.hub.clone()),
         primary: info(state.and_then(|s| s.primary.as_deref()))?,
         secondary: info(state.and_then(|s| s.secondary.as_deref()))?,
+        foreign: state.map(|s| s.foreign.clone()).unwrap_or_default(),
     })
 }

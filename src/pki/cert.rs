@@ -165,9 +165,10 @@ impl IssuerKey {
     }
 }
 
-fn spki_of(cert_der: &[u8]) -> Result<Vec<u8>, Error> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
-        .map_err(|e| Error::BadCertificate(super::x509_parse_error(&e)))?;
+/// The SubjectPublicKeyInfo (DER) a certificate certifies.
+/// Errors: [`Error::BadCertificate`] when it does not parse.
+pub fn spki_of(cert_der: &[u8]) -> Result<Vec<u8>, Error> {
+    let (_, cert) = super::inspect::parse(cert_der)?;
     Ok(cert.tbs_certificate.subject_pki.raw.to_vec())
 }
 
@@ -307,8 +308,7 @@ pub fn sign_self_keeping_subject(
     params.distinguished_name = rcgen_name(&name)?;
     params.use_authority_key_identifier_extension = false;
     let der = params.self_signed(key.pair())?.der().to_vec();
-    let (_, cert) = x509_parser::parse_x509_certificate(&der)
-        .map_err(|e| Error::BadCertificate(super::x509_parse_error(&e)))?;
+    let (_, cert) = super::inspect::parse(&der)?;
     if cert.subject().as_raw() != subject_der {
         return Err(Error::UnwritableName(format!(
             "`{}` would be written as `{}`",
@@ -397,12 +397,7 @@ pub fn sign_leaf(
     subject_key: &PrivateKey,
     issuer: &IssuerKey,
 ) -> Result<Vec<u8>, Error> {
-    let params = params(profile)?;
-    Ok(params
-        .signed_by(subject_key.pair(), &issuer.issuer)
-        .map_err(|e| issuer.failure(e))?
-        .der()
-        .to_vec())
+    sign_public_key(profile, subject_key.pair(), issuer)
 }
 
 /// Signs a certificate for a public key only (the holder keeps the private key), e.g. a
@@ -412,7 +407,15 @@ pub fn sign_public_key(
     public_key: &impl rcgen::PublicKeyData,
     issuer: &IssuerKey,
 ) -> Result<Vec<u8>, Error> {
-    let params = params(profile)?;
+    signed(&params(profile)?, public_key, issuer)
+}
+
+/// The DER of `params` signed by `issuer` for `public_key`.
+fn signed(
+    params: &CertificateParams,
+    public_key: &impl rcgen::PublicKeyData,
+    issuer: &IssuerKey,
+) -> Result<Vec<u8>, Error> {
     Ok(params
         .signed_by(public_key, &issuer.issuer)
         .map_err(|e| issuer.failure(e))?
@@ -434,11 +437,7 @@ pub fn sign_public_key_with_facts(
         .as_ref()
         .map(|s| super::hex_upper(&s.to_bytes()))
         .unwrap_or_default();
-    let der = params
-        .signed_by(public_key, &issuer.issuer)
-        .map_err(|e| issuer.failure(e))?
-        .der()
-        .to_vec();
+    let der = signed(&params, public_key, issuer)?;
     // Certificates carry whole seconds in UTC.
     let second = |t: OffsetDateTime| {
         t.to_offset(time::UtcOffset::UTC) - time::Duration::nanoseconds(i64::from(t.nanosecond()))

@@ -3,6 +3,24 @@
 use super::Error;
 use serde::Serialize;
 use time::OffsetDateTime;
+use x509_parser::prelude::X509Certificate;
+
+/// Parses a DER certificate; returns what follows it beside it.
+/// Errors: [`Error::BadCertificate`], worded by [`super::x509_parse_error`].
+pub(crate) fn parse(der: &[u8]) -> Result<(&[u8], X509Certificate<'_>), Error> {
+    x509_parser::parse_x509_certificate(der).map_err(|e| Error::BadCertificate(super::x509_parse_error(&e)))
+}
+
+/// [`parse`] of a certificate that must be the whole of `der`: trailing bytes are an error.
+fn parse_whole(der: &[u8]) -> Result<X509Certificate<'_>, Error> {
+    let (rest, cert) = parse(der)?;
+    if !rest.is_empty() {
+        return Err(Error::BadCertificate(
+            "trailing bytes after the certificate".into(),
+        ));
+    }
+    Ok(cert)
+}
 
 /// What a certificate says, in the shape `status -o json` prints.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -30,13 +48,7 @@ pub struct CertInfo {
 impl CertInfo {
     /// Parses a DER certificate.
     pub fn from_der(der: &[u8]) -> Result<CertInfo, Error> {
-        let (rest, cert) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| Error::BadCertificate(super::x509_parse_error(&e)))?;
-        if !rest.is_empty() {
-            return Err(Error::BadCertificate(
-                "trailing bytes after the certificate".into(),
-            ));
-        }
+        let cert = parse_whole(der)?;
         Ok(CertInfo {
             thumbprint: super::sha1_thumbprint(der),
             sha256: super::sha256_thumbprint(der),
@@ -99,13 +111,7 @@ pub struct CertFacts {
 impl CertFacts {
     /// Parses a DER certificate.
     pub fn from_der(der: &[u8]) -> Result<CertFacts, Error> {
-        let (rest, cert) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| Error::BadCertificate(super::x509_parse_error(&e)))?;
-        if !rest.is_empty() {
-            return Err(Error::BadCertificate(
-                "trailing bytes after the certificate".into(),
-            ));
-        }
+        let cert = parse_whole(der)?;
         Ok(CertFacts {
             thumbprint: super::sha1_thumbprint(der),
             serial: super::hex_upper(cert.raw_serial()),
@@ -127,40 +133,41 @@ pub struct ChainNames {
     pub common_name: Option<String>,
 }
 
+impl ChainNames {
+    /// The names of a certificate already parsed.
+    pub(crate) fn of(cert: &X509Certificate<'_>) -> ChainNames {
+        ChainNames {
+            subject: cert.subject().as_raw().to_vec(),
+            issuer: cert.issuer().as_raw().to_vec(),
+            common_name: first_common_name(cert),
+        }
+    }
+}
+
 /// Reads a DER certificate's [`ChainNames`].
 pub fn chain_names(der: &[u8]) -> Result<ChainNames, Error> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| Error::BadCertificate(super::x509_parse_error(&e)))?;
-    Ok(ChainNames {
-        subject: cert.subject().as_raw().to_vec(),
-        issuer: cert.issuer().as_raw().to_vec(),
-        common_name: cert
-            .subject()
-            .iter_common_name()
-            .next()
-            .and_then(|cn| cn.as_str().ok())
-            .map(str::to_string),
-    })
+    Ok(ChainNames::of(&parse(der)?.1))
 }
 
 /// The common name of a DER certificate's subject.
 pub fn common_name(der: &[u8]) -> Result<Option<String>, Error> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| Error::BadCertificate(super::x509_parse_error(&e)))?;
-    Ok(cert
-        .subject()
+    Ok(first_common_name(&parse(der)?.1))
+}
+
+/// The first common name of a certificate's subject, when it is a string.
+fn first_common_name(cert: &X509Certificate<'_>) -> Option<String> {
+    cert.subject()
         .iter_common_name()
         .next()
         .and_then(|cn| cn.as_str().ok())
-        .map(str::to_string))
+        .map(str::to_string)
 }
 
 /// The key usage bits a DER certificate asserts, in RFC 5280 bit order; `None` when it has no
 /// keyUsage extension (any use is allowed).
 pub fn key_usage(der: &[u8]) -> Result<Option<Vec<super::spec::KeyUsage>>, Error> {
     use super::spec::KeyUsage;
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| Error::BadCertificate(super::x509_parse_error(&e)))?;
+    let (_, cert) = parse(der)?;
     let Some(ku) = cert
         .key_usage()
         .map_err(|_| Error::BadCertificate("its keyUsage extension cannot be read".into()))?
@@ -192,7 +199,6 @@ pub fn key_usage(der: &[u8]) -> Result<Option<Vec<super::spec::KeyUsage>>, Error
 /// signature, so a bundle in any order, with duplicates or unrelated certificates, gives the
 /// same path; certificates not on the path are left out.
 pub fn issuer_path(leaf: &[u8], pool: &[Vec<u8>]) -> Vec<Vec<u8>> {
-    use x509_parser::prelude::X509Certificate;
     let parsed: Vec<(&Vec<u8>, X509Certificate<'_>)> = pool
         .iter()
         .filter_map(|der| {

@@ -263,26 +263,29 @@ fn rsa_modulus_bits(rsa_public_key: &[u8]) -> Option<u32> {
 mod tests {
     use super::*;
 
+    /// Every supported key type (the smallest RSA size: the others differ only in length).
+    const SPECS: [KeySpec; 4] = [
+        KeySpec::Ec {
+            curve: Curve::P256,
+            hsm: false,
+        },
+        KeySpec::Ec {
+            curve: Curve::P384,
+            hsm: false,
+        },
+        KeySpec::Ec {
+            curve: Curve::P521,
+            hsm: false,
+        },
+        KeySpec::Rsa {
+            bits: 2048,
+            hsm: false,
+        },
+    ];
+
     #[test]
     fn every_supported_key_type_generates_and_reloads() {
-        for spec in [
-            KeySpec::Ec {
-                curve: Curve::P256,
-                hsm: false,
-            },
-            KeySpec::Ec {
-                curve: Curve::P384,
-                hsm: false,
-            },
-            KeySpec::Ec {
-                curve: Curve::P521,
-                hsm: false,
-            },
-            KeySpec::Rsa {
-                bits: 2048,
-                hsm: false,
-            },
-        ] {
+        for spec in SPECS {
             let key = PrivateKey::generate(&spec).unwrap();
             assert_eq!(key.spec().unwrap(), spec, "{spec}");
             let again = PrivateKey::from_pkcs8(key.pkcs8_der(), &spec).unwrap();
@@ -295,24 +298,7 @@ mod tests {
 
     #[test]
     fn subject_keys_load_back_as_the_same_key() {
-        for spec in [
-            KeySpec::Ec {
-                curve: Curve::P256,
-                hsm: false,
-            },
-            KeySpec::Ec {
-                curve: Curve::P384,
-                hsm: false,
-            },
-            KeySpec::Ec {
-                curve: Curve::P521,
-                hsm: false,
-            },
-            KeySpec::Rsa {
-                bits: 2048,
-                hsm: false,
-            },
-        ] {
+        for spec in SPECS {
             let fresh = SubjectKey::generate(&spec).unwrap();
             let loaded = PrivateKey::from_pkcs8(fresh.pkcs8_der(), &spec).unwrap();
             assert_eq!(

@@ -13,6 +13,7 @@ use super::super::{
     DeliveryPlan, HookConfig, MAX_DELIVERY_CONCURRENCY,
 };
 use super::Validator;
+use std::collections::BTreeMap;
 use toml::Spanned;
 
 /// Seconds a delivery hook may run when the plan does not say.
@@ -90,40 +91,47 @@ impl Validator<'_> {
                 DEFAULT_DELIVERY_CONCURRENCY
             }
         };
-        let mut out = DeliveryPlan {
-            default,
-            reprovision_method,
-            concurrency,
-            ..DeliveryPlan::default()
-        };
-        for (name, g) in &raw.groups {
+        let groups = raw.groups.iter().map(|(name, g)| {
             let keys = Keys {
                 delivery: g.delivery.as_ref(),
                 method: g.method.as_ref(),
                 hook: g.hook.as_ref(),
             };
-            if let Some(d) = self.table(
-                &format!("group `{}`", name.get_ref()),
-                &keys,
-                &defaults,
-                timeout_secs,
-            ) {
-                out.groups.insert(name.get_ref().clone(), d);
-            }
-        }
-        for (name, e) in &raw.enrollments {
+            (name, keys)
+        });
+        let groups = self.tables("group", groups, &defaults, timeout_secs);
+        let enrollments = raw.enrollments.iter().map(|(name, e)| {
             let keys = Keys {
                 delivery: e.delivery.as_ref(),
                 method: e.method.as_ref(),
                 hook: e.hook.as_ref(),
             };
-            if let Some(d) = self.table(
-                &format!("enrollment `{}`", name.get_ref()),
-                &keys,
-                &defaults,
-                timeout_secs,
-            ) {
-                out.enrollments.insert(name.get_ref().clone(), d);
+            (name, keys)
+        });
+        let enrollments = self.tables("enrollment", enrollments, &defaults, timeout_secs);
+        DeliveryPlan {
+            default,
+            groups,
+            enrollments,
+            reprovision_method,
+            concurrency,
+        }
+    }
+
+    /// The channels of the named tables of one kind (`group`, `enrollment`) that say anything
+    /// about delivery, keyed by name.
+    fn tables<'r>(
+        &mut self,
+        kind: &str,
+        tables: impl Iterator<Item = (&'r Spanned<String>, Keys<'r>)>,
+        defaults: &Defaults,
+        timeout_secs: u32,
+    ) -> BTreeMap<String, Delivery> {
+        let mut out = BTreeMap::new();
+        for (name, keys) in tables {
+            let what = format!("{kind} `{}`", name.get_ref());
+            if let Some(d) = self.table(&what, &keys, defaults, timeout_secs) {
+                out.insert(name.get_ref().clone(), d);
             }
         }
         out

@@ -807,6 +807,8 @@ fn individual_from(
         status: common.status,
         reprovision: common.reprovision,
         hub: common.hub,
+        foreign: Vec::new(),
+        take_back: false,
     })
 }
 
@@ -1604,6 +1606,8 @@ mod tests {
                 status: Status::Enabled,
                 reprovision: "reset".into(),
                 hub: "h1".into(),
+                foreign: Vec::new(),
+                take_back: false,
             },
             primary_thumbprint: Some(tp.clone()),
             secondary_thumbprint: None,

@@ -158,6 +158,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v11_notify_touched.sql"),
     include_str!("schema_v12_etag_writers.sql"),
     include_str!("schema_v13_dps_etag_writers.sql"),
+    include_str!("schema_v14_owed_deliveries.sql"),
 ];
 
 /// How to open a store.

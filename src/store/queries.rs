@@ -30,6 +30,18 @@ pub(super) fn all<T, P: rusqlite::Params>(
     rows.collect::<rusqlite::Result<_>>().map_err(sql)
 }
 
+/// Runs a query and reads its first row, if any.
+pub(super) fn one<T, P: rusqlite::Params>(
+    conn: &Connection,
+    query: &str,
+    params: P,
+    row: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Option<T>> {
+    conn.prepare_cached(query)
+        .and_then(|mut s| s.query_row(params, row).optional())
+        .map_err(sql)
+}
+
 /// A time as stored: Unix seconds.
 pub(super) fn ts(t: OffsetDateTime) -> i64 {
     t.unix_timestamp()
@@ -72,29 +84,42 @@ pub(super) fn version_row(r: &Row<'_>) -> rusqlite::Result<VaultVersion> {
         nbf: from_ts(r.get(6)?),
         exp: from_ts(r.get(7)?),
         created: from_ts(r.get(8)?),
-        issuer: match (r.get::<_, Option<String>>(9)?, r.get::<_, Option<String>>(10)?) {
+        issuer: issuer_at(r, 9)?,
+    })
+}
+
+/// The signing CA's vault name and version from the columns at `at` and `at + 1`
+/// (`issuer_name, issuer_version`); None unless both are set.
+fn issuer_at(r: &Row<'_>, at: usize) -> rusqlite::Result<Option<(String, String)>> {
+    Ok(
+        match (
+            r.get::<_, Option<String>>(at)?,
+            r.get::<_, Option<String>>(at + 1)?,
+        ) {
             (Some(name), Some(version)) => Some((name, version)),
             _ => None,
         },
-    })
+    )
 }
 
 /// The newest version of a vault certificate.
 pub fn vault_current(conn: &Connection, name: &str) -> Result<Option<VaultVersion>> {
-    conn.prepare_cached(&format!(
-        "SELECT {VERSION_COLS} FROM vault_versions WHERE name = ?1 ORDER BY seq DESC LIMIT 1"
-    ))
-    .and_then(|mut s| s.query_row([name], version_row).optional())
-    .map_err(sql)
+    one(
+        conn,
+        &format!("SELECT {VERSION_COLS} FROM vault_versions WHERE name = ?1 ORDER BY seq DESC LIMIT 1"),
+        [name],
+        version_row,
+    )
 }
 
 /// One version of a vault certificate.
 pub fn vault_version(conn: &Connection, name: &str, version: &str) -> Result<Option<VaultVersion>> {
-    conn.prepare_cached(&format!(
-        "SELECT {VERSION_COLS} FROM vault_versions WHERE name = ?1 AND version = ?2"
-    ))
-    .and_then(|mut s| s.query_row([name, version], version_row).optional())
-    .map_err(sql)
+    one(
+        conn,
+        &format!("SELECT {VERSION_COLS} FROM vault_versions WHERE name = ?1 AND version = ?2"),
+        [name, version],
+        version_row,
+    )
 }
 
 /// All versions of a vault certificate, oldest first.
@@ -299,11 +324,12 @@ pub fn vault_private_key(
 
 /// The policy JSON recorded for a certificate name.
 pub fn vault_policy(conn: &Connection, name: &str) -> Result<Option<String>> {
-    conn.prepare_cached(
+    one(
+        conn,
         "SELECT p.json FROM vault_certificates c JOIN vault_policies p ON p.hash = c.policy WHERE c.name = ?1",
+        [name],
+        |r| r.get(0),
     )
-        .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
-        .map_err(sql)
 }
 
 // ---------------------------------------------------------------- enrollment service: CAs
@@ -319,9 +345,12 @@ fn ca_row(r: &Row<'_>) -> rusqlite::Result<ServiceCa> {
 
 /// A CA certificate of the enrollment service.
 pub fn ca_get(conn: &Connection, name: &str) -> Result<Option<ServiceCa>> {
-    conn.prepare_cached("SELECT name, cert_der, thumbprint, verified FROM service_cas WHERE name = ?1")
-        .and_then(|mut s| s.query_row([name], ca_row).optional())
-        .map_err(sql)
+    one(
+        conn,
+        "SELECT name, cert_der, thumbprint, verified FROM service_cas WHERE name = ?1",
+        [name],
+        ca_row,
+    )
 }
 
 /// All CA certificates of the enrollment service.
@@ -402,11 +431,12 @@ const GROUP_COLS: &str =
 
 /// One enrollment group.
 pub fn group_get(conn: &Connection, name: &str) -> Result<Option<EnrollmentGroup>> {
-    conn.prepare_cached(&format!(
-        "SELECT {GROUP_COLS} FROM enrollment_groups WHERE name = ?1"
-    ))
-    .and_then(|mut s| s.query_row([name], group_row).optional())
-    .map_err(sql)
+    one(
+        conn,
+        &format!("SELECT {GROUP_COLS} FROM enrollment_groups WHERE name = ?1"),
+        [name],
+        group_row,
+    )
 }
 
 /// All enrollment groups.
@@ -456,6 +486,8 @@ fn individual_row(r: &Row<'_>) -> rusqlite::Result<IndividualEnrollment> {
         status: Status::parse(&r.get::<_, String>(3)?),
         reprovision: r.get(4)?,
         hub: r.get(5)?,
+        foreign: Vec::new(),
+        take_back: false,
     })
 }
 
@@ -463,11 +495,12 @@ const INDIVIDUAL_COLS: &str = "registration_id, primary_der, secondary_der, stat
 
 /// One individual enrollment.
 pub fn individual_get(conn: &Connection, id: &str) -> Result<Option<IndividualEnrollment>> {
-    conn.prepare_cached(&format!(
-        "SELECT {INDIVIDUAL_COLS} FROM individual_enrollments WHERE registration_id = ?1"
-    ))
-    .and_then(|mut s| s.query_row([id], individual_row).optional())
-    .map_err(sql)
+    one(
+        conn,
+        &format!("SELECT {INDIVIDUAL_COLS} FROM individual_enrollments WHERE registration_id = ?1"),
+        [id],
+        individual_row,
+    )
 }
 
 /// All individual enrollments.
@@ -551,11 +584,12 @@ pub(super) const REGISTRATION_COLS: &str = "registration_id, status, substatus, 
 
 /// The registration state of a device.
 pub fn registration_get(conn: &Connection, id: &str) -> Result<Option<RegistrationState>> {
-    conn.prepare_cached(&format!(
-        "SELECT {REGISTRATION_COLS} FROM registrations WHERE registration_id = ?1"
-    ))
-    .and_then(|mut s| s.query_row([id], registration_row).optional())
-    .map_err(sql)
+    one(
+        conn,
+        &format!("SELECT {REGISTRATION_COLS} FROM registrations WHERE registration_id = ?1"),
+        [id],
+        registration_row,
+    )
 }
 
 /// The registration states of several devices (absent ids are left out).
@@ -770,10 +804,7 @@ pub fn settle_rows_many(conn: &Connection, ids: &[String]) -> Result<Vec<Option<
                 cert_der: r.get(0)?,
                 nbf: r.get(1)?,
                 exp: r.get(2)?,
-                issuer: match (r.get::<_, Option<String>>(3)?, r.get::<_, Option<String>>(4)?) {
-                    (Some(name), Some(version)) => Some((name, version)),
-                    _ => None,
-                },
+                issuer: issuer_at(r, 3)?,
                 substatus: r.get(5)?,
                 cert_thumbprint: r.get(6)?,
                 decision: RecordedDecision {
@@ -796,6 +827,8 @@ pub fn settle_rows_many(conn: &Connection, ids: &[String]) -> Result<Vec<Option<
                         status: Status::parse(&r.get::<_, String>(19)?),
                         reprovision: r.get(20)?,
                         hub: r.get(21)?,
+                        foreign: Vec::new(),
+                        take_back: false,
                     }),
                     None => None,
                 },
@@ -819,12 +852,13 @@ fn hub_row(r: &Row<'_>) -> rusqlite::Result<HubIdentity> {
 
 /// A device identity in a hub.
 pub fn hub_get(conn: &Connection, hub: &str, device_id: &str) -> Result<Option<HubIdentity>> {
-    conn.prepare_cached(
+    one(
+        conn,
         "SELECT hub, device_id, auth_type, primary_thumbprint, secondary_thumbprint, status
          FROM hub_devices WHERE hub = ?1 AND device_id = ?2",
+        [hub, device_id],
+        hub_row,
     )
-    .and_then(|mut s| s.query_row([hub, device_id], hub_row).optional())
-    .map_err(sql)
 }
 
 /// The identities of several devices, in any hub (absent ids are left out).
@@ -915,11 +949,12 @@ fn device_row(r: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
 
 /// One device.
 pub fn device_get(conn: &Connection, id: &str) -> Result<Option<DeviceRecord>> {
-    conn.prepare_cached(
+    one(
+        conn,
         "SELECT id, group_name, enrollment, cert_name, installed_version FROM devices WHERE id = ?1",
+        [id],
+        device_row,
     )
-    .and_then(|mut s| s.query_row([id], device_row).optional())
-    .map_err(sql)
 }
 
 /// Several devices (absent ids are left out).
@@ -936,26 +971,28 @@ pub fn device_get_many(conn: &Connection, ids: &[String]) -> Result<Vec<Option<D
 
 /// The first of these devices (in the order given) with no installed version, if any.
 pub fn device_first_unissued(conn: &Connection, ids: &[String]) -> Result<Option<String>> {
-    conn.prepare_cached(
+    one(
+        conn,
         "SELECT j.value FROM json_each(?1) j LEFT JOIN devices d ON d.id = j.value
          WHERE d.installed_version IS NULL ORDER BY j.key LIMIT 1",
+        [json_list(ids)],
+        |r| r.get(0),
     )
-    .and_then(|mut s| s.query_row([json_list(ids)], |r| r.get(0)).optional())
-    .map_err(sql)
 }
 
 /// The first of these devices (in the order given) that has a version installed while the vault
 /// holds no version of its certificate (purged), if any. A soft-deleted certificate's versions
 /// are not in `vault_versions` either: callers name those first.
 pub fn device_first_purged(conn: &Connection, ids: &[String]) -> Result<Option<String>> {
-    conn.prepare_cached(
+    one(
+        conn,
         "SELECT j.value FROM json_each(?1) j JOIN devices d ON d.id = j.value
          WHERE d.installed_version IS NOT NULL
            AND NOT EXISTS (SELECT 1 FROM vault_versions v WHERE v.name = d.cert_name)
          ORDER BY j.key LIMIT 1",
+        [json_list(ids)],
+        |r| r.get(0),
     )
-    .and_then(|mut s| s.query_row([json_list(ids)], |r| r.get(0)).optional())
-    .map_err(sql)
 }
 
 /// Devices in id order, optionally of one group, in pages (`after` = last id of the previous page).
@@ -1165,10 +1202,7 @@ pub fn vault_briefs_many(conn: &Connection, names: &[String]) -> Result<Vec<Vec<
                     enabled: r.get(3)?,
                     nbf: from_ts(r.get(4)?),
                     exp: from_ts(r.get(5)?),
-                    issuer: match (r.get::<_, Option<String>>(7)?, r.get::<_, Option<String>>(8)?) {
-                        (Some(name), Some(version)) => Some((name, version)),
-                        _ => None,
-                    },
+                    issuer: issuer_at(r, 7)?,
                 },
             ))
         },

@@ -191,6 +191,8 @@ fn wire_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IndividualWireRow> {
             status: Status::parse(&r.get::<_, String>(3)?),
             reprovision: r.get(4)?,
             hub: r.get(5)?,
+            foreign: Vec::new(),
+            take_back: false,
         },
         primary_thumbprint,
         secondary_thumbprint,
@@ -375,6 +377,8 @@ mod tests {
             status: Status::Enabled,
             reprovision: "migrate".into(),
             hub: "h".into(),
+            foreign: Vec::new(),
+            take_back: false,
         };
         let mut etags = Vec::new();
         let mut row_writes = Vec::new();

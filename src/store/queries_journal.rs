@@ -67,6 +67,24 @@ pub fn last_run(conn: &Connection, command: &str, finished: bool) -> Result<Opti
     run_with_steps(conn, row)
 }
 
+/// Every open run, oldest first, with its steps.
+pub fn open_runs(conn: &Connection) -> Result<Vec<JournalRun>> {
+    let rows: Vec<(i64, String, i64, Option<i64>)> = conn
+        .prepare_cached(
+            "SELECT id, command, started, finished FROM journal_runs WHERE finished IS NULL ORDER BY id",
+        )
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(sql)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        out.extend(run_with_steps(conn, Some(row))?);
+    }
+    Ok(out)
+}
+
 /// Records a run and its planned steps; returns the run's number.
 pub fn start(conn: &Connection, command: &str, steps: &[JournalStep], now: OffsetDateTime) -> Result<i64> {
     conn.execute(
@@ -149,4 +167,96 @@ pub fn last_done_step(conn: &Connection, target: &str, kind: &str) -> Result<Opt
     )
     .and_then(|mut s| s.query_row([target, kind], step_row).optional())
     .map_err(sql)
+}
+
+/// A delivery a device is owed: the vault version its fleet record names, not yet taken by the
+/// delivery channel. `(device id, vault certificate name, version)`.
+pub type OwedDelivery = (String, String, String);
+
+/// Records `owed` (replacing what each device was owed before: the newer version is the one it
+/// needs).
+pub fn owed_put(conn: &Connection, owed: &[OwedDelivery]) -> Result<()> {
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO owed_deliveries (device_id, cert_name, version) VALUES (?1, ?2, ?3)
+             ON CONFLICT(device_id) DO UPDATE SET cert_name = excluded.cert_name, version = excluded.version",
+        )
+        .map_err(sql)?;
+    for (id, name, version) in owed {
+        stmt.execute(params![id, name, version]).map_err(sql)?;
+    }
+    Ok(())
+}
+
+/// Settles what each `(device id, version)` was owed; a device owed another version (a newer
+/// one, recorded since) stays owed that one. `version` None settles whatever it was owed.
+pub fn owed_settle(conn: &Connection, settled: &[(String, Option<String>)]) -> Result<()> {
+    let mut stmt = conn
+        .prepare_cached("DELETE FROM owed_deliveries WHERE device_id = ?1 AND (?2 IS NULL OR version = ?2)")
+        .map_err(sql)?;
+    for (id, version) in settled {
+        stmt.execute(params![id, version]).map_err(sql)?;
+    }
+    Ok(())
+}
+
+/// Whether device `id` is owed the delivery of `version`.
+pub fn owed_has(conn: &Connection, id: &str, version: &str) -> Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM owed_deliveries WHERE device_id = ?1 AND version = ?2")
+        .and_then(|mut s| s.exists(params![id, version]))
+        .map_err(sql)
+}
+
+/// Up to `limit` owed deliveries after device id `after`, in id order.
+pub fn owed_page(conn: &Connection, after: &str, limit: usize) -> Result<Vec<OwedDelivery>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT device_id, cert_name, version FROM owed_deliveries WHERE device_id > ?1
+             ORDER BY device_id LIMIT ?2",
+        )
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map(params![after, limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .map_err(sql)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owed(id: &str, version: &str) -> OwedDelivery {
+        (id.into(), format!("dev-{id}"), version.into())
+    }
+
+    /// A device is owed one delivery, the newest version recorded; settling an older version
+    /// leaves the newer one owed; settling without a version (`delivery = "none"`) clears it;
+    /// pages come in id order after the cursor.
+    #[test]
+    fn a_device_is_owed_its_newest_version_until_that_version_is_settled() {
+        let store = crate::store::Store::open_empty().unwrap();
+        let conn = store.conn();
+        owed_put(conn, &[owed("a", "v1"), owed("b", "v1"), owed("c", "v1")]).unwrap();
+        owed_put(conn, &[owed("a", "v2")]).unwrap();
+        assert_eq!(
+            owed_page(conn, "", 10).unwrap(),
+            vec![owed("a", "v2"), owed("b", "v1"), owed("c", "v1")]
+        );
+        // The delivery of v1 to `a` ran late: `a` still needs v2.
+        owed_settle(
+            conn,
+            &[("a".into(), Some("v1".into())), ("b".into(), Some("v1".into()))],
+        )
+        .unwrap();
+        assert_eq!(
+            owed_page(conn, "", 10).unwrap(),
+            vec![owed("a", "v2"), owed("c", "v1")]
+        );
+        assert_eq!(owed_page(conn, "a", 1).unwrap(), vec![owed("c", "v1")]);
+        assert!(owed_has(conn, "a", "v2").unwrap() && !owed_has(conn, "a", "v1").unwrap());
+        owed_settle(conn, &[("a".into(), None)]).unwrap();
+        assert_eq!(owed_page(conn, "", 10).unwrap(), vec![owed("c", "v1")]);
+    }
 }

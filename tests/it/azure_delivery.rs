@@ -71,6 +71,9 @@ fn with_delivery_none_status_and_check_show_what_the_device_presented_and_the_ne
     .ok();
     let new = r.json()["devices"][0]["new_thumbprint"].clone();
     assert!(new.is_string() && new != first, "{}", r.stdout);
+    // `none` is the operator's choice, not a failed delivery: nothing owed, exit 0 (`.ok()`).
+    assert_eq!(r.json()["devices"][0]["delivery"], Value::Null, "{}", r.stdout);
+    assert_eq!(r.json()["deliveries_owed"], 0, "{}", r.stdout);
     let s = status(&env, &serve, "azure");
     let gw1 = device(&s, "gw-1");
     assert_eq!(gw1["installed"]["thumbprint"], first, "what DPS saw: {gw1}");

@@ -422,3 +422,189 @@ fn check_reads_dps_and_the_hub_in_pages_not_per_device() {
         "{total} DPS and hub requests for {N} devices and {E} enrollments: {services:?}"
     );
 }
+
+/// The Key Vault requests among `lines` that name no group device (`m-N`): the CAs' and the
+/// individual enrollment's.
+fn shared_vault_requests(vault: &std::collections::BTreeMap<String, usize>) -> usize {
+    vault
+        .iter()
+        .filter(|(k, _)| !k.contains("m-N"))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// `roll-primary --breach ca:factory` of a group of 20 devices reads the CAs' certificates and
+/// policies once per run, not once per device, and each device's versions as often as the
+/// decision needs (trial az4 F-KV-READS: ≈ 24 Key Vault requests per device for 200 devices,
+/// the certificate and policy of the issuing CA and of the root read again for every device and
+/// three listings of each device's versions). Its rerun, with nothing left to do, reads each
+/// device's versions once at most.
+#[test]
+fn a_ca_breach_reads_the_ca_chain_once_and_each_device_a_few_times() {
+    const N: usize = 20;
+    let env = TestEnv::new();
+    let fleet = group_of(N);
+    let serve = start_serve(&env, &fleet);
+    fleet_plans_hook(&env, &serve, &fleet);
+    let ok = |args: &[&str]| {
+        let r = run_fleet(&env, &serve, "azure", args);
+        assert_eq!(r.code, 0, "{args:?}\n{}\n{}", r.stdout, r.stderr);
+        r
+    };
+    ok(&["issue", "-o", "json"]);
+    crate::azure_verbs::fleet_plans_with(&env, &serve, &fleet, DIRECT);
+    let breach = ["roll-primary", "--breach", "ca:factory", "--yes", "-o", "json"];
+    let mut counts = Vec::new();
+    for run in ["breach", "breach again"] {
+        let mut report = serde_json::Value::Null;
+        let lines = during(&env, || {
+            report = ok(&breach).json();
+        });
+        let vault = vault_requests(&lines);
+        let total: usize = vault.values().sum();
+        let device: usize = vault
+            .iter()
+            .filter(|(k, _)| k.contains("m-N"))
+            .map(|(_, n)| n)
+            .sum();
+        eprintln!(
+            "{run} of ca:factory ({N} devices): {total} Key Vault requests, {device} of a group device's certificate"
+        );
+        for (k, n) in &vault {
+            eprintln!("  {n:5} {k}");
+        }
+        if std::env::var_os("CERTROLL_TEST_SHOW_REQUESTS").is_some() {
+            eprintln!("{}", lines.join("\n"));
+        }
+        counts.push((run, total, device, shared_vault_requests(&vault), vault));
+        if run == "breach" {
+            let replaced = report["devices"]
+                .as_array()
+                .map_or(0, |d| d.iter().filter(|d| d["action"] != "unchanged").count());
+            assert!(replaced >= N, "{report}");
+        }
+    }
+    let (_, total, _, shared, vault) = &counts[0];
+    assert!(
+        *total <= 4 * N + 40,
+        "the breach made {total} Key Vault requests for {N} devices: {vault:?}"
+    );
+    assert!(
+        *shared <= 40,
+        "the breach made {shared} Key Vault requests that are no group device's: {vault:?}"
+    );
+    let (_, total, device, _, vault) = &counts[1];
+    assert!(
+        *device <= N && *total <= N + 20,
+        "the breach run again made {total} Key Vault requests, {device} of a group device's certificate: {vault:?}"
+    );
+}
+
+/// The Key Vault requests among `lines` that name a group device's certificate, by device
+/// number.
+fn vault_devices(lines: &[String]) -> std::collections::BTreeSet<String> {
+    lines
+        .iter()
+        .map(|l| request_of(l))
+        .filter(|r| r.contains(".vault.azure.net"))
+        .filter_map(|r| {
+            r.split('/')
+                .find_map(|p| p.split('?').next().and_then(|p| p.strip_prefix("dev-")))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// A `revoke` of 4 of 20 group devices run again, with nothing left to do, reads the vault
+/// certificates of its targets only (trial az4: a no-op rerun of a revoke of 16 targets read
+/// all 200 devices' certificates), and a no-op `issue` reads each device's certificate once at
+/// most.
+#[test]
+fn no_op_reruns_of_revoke_and_issue_read_only_what_they_need() {
+    const N: usize = 20;
+    let env = TestEnv::new();
+    let fleet = group_of(N);
+    let serve = start_serve(&env, &fleet);
+    fleet_plans_hook(&env, &serve, &fleet);
+    let ok = |args: &[&str]| {
+        let r = run_fleet(&env, &serve, "azure", args);
+        assert_eq!(r.code, 0, "{args:?}\n{}\n{}", r.stdout, r.stderr);
+        r
+    };
+    ok(&["issue", "-o", "json"]);
+    let revoke = [
+        "revoke",
+        "device:m-03",
+        "device:m-04",
+        "device:m-05",
+        "enrollment:gw-1",
+        "--reason",
+        "superseded",
+        "--yes",
+        "-o",
+        "json",
+    ];
+    ok(&revoke);
+    let mut report = serde_json::Value::Null;
+    let lines = during(&env, || {
+        report = ok(&revoke).json();
+    });
+    let vault = vault_requests(&lines);
+    let devices = vault_devices(&lines);
+    eprintln!(
+        "revoke of 4 targets again: {} requests, Key Vault certificates of devices {devices:?}",
+        lines.len()
+    );
+    for (k, n) in &vault {
+        eprintln!("  {n:5} {k}");
+    }
+    let targets = ["m-03", "m-04", "m-05", "gw-1"];
+    assert!(
+        devices.iter().all(|d| targets.contains(&d.as_str())),
+        "a rerun of revoke read other devices' certificates: {devices:?}\n{vault:?}"
+    );
+    // The step reads again none of what its preview read (measured before: 80 Key Vault
+    // requests of these 4 certificates, ≈ 20 a target; after: 52).
+    let of_targets: usize = vault
+        .iter()
+        .filter(|(k, _)| k.contains("m-N") || k.contains("dev-gw-1"))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        of_targets <= 14 * targets.len(),
+        "a rerun of revoke of {} targets made {of_targets} Key Vault requests of their certificates: {vault:?}",
+        targets.len()
+    );
+    assert!(
+        report["targets"].as_array().is_some_and(
+            |t| t.len() == 4 && t.iter().all(|t| t["steps"].as_array().is_some_and(Vec::is_empty))
+        ),
+        "{report}"
+    );
+    let lines = during(&env, || {
+        ok(&["issue", "-o", "json"]);
+    });
+    let vault = vault_requests(&lines);
+    // The revoked devices' certificates are read to see they are revoked; every other device's
+    // once at most.
+    let others: Vec<&str> = lines
+        .iter()
+        .map(|l| request_of(l))
+        .filter(|r| r.contains(".vault.azure.net/certificates/dev-m-"))
+        .filter(|r| !targets.iter().any(|t| r.contains(&format!("/dev-{t}/"))))
+        .collect();
+    eprintln!(
+        "issue again: {} requests, {} Key Vault requests of a group device's certificate that was not revoked",
+        lines.len(),
+        others.len()
+    );
+    for (k, n) in &vault {
+        eprintln!("  {n:5} {k}");
+    }
+    assert!(
+        others.len() <= N - 3,
+        "a no-op issue made {} Key Vault requests for {} group devices: {vault:?}",
+        others.len(),
+        N - 3
+    );
+}

@@ -101,3 +101,61 @@ fn a_revoked_device_is_counted_not_paged_for() {
     assert_eq!(r["counts"]["revoked"], 1, "{r}");
     assert_eq!(r["counts"]["critical"], 0, "{r}");
 }
+
+/// A run killed part-way (here a breach roll of a group after 2 of its steps) is a warning of
+/// `check`, naming the run, how far it got, the step it stopped before and the command that
+/// finishes it; once that command has run, check is OK again (fourth azure trial,
+/// F-CHECK-BLIND: `check` said OK while a breach roll was unfinished).
+#[test]
+fn an_unfinished_run_is_a_warning_naming_the_command_that_finishes_it() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.run(&["--plan", "plan.toml", "issue"]).ok();
+    let breach = ["roll-primary", "--breach", "group:sensors", "--yes"];
+    let killed = env
+        .cmd()
+        .args(["--plan", "plan.toml", "--now", NOW])
+        .args(breach)
+        .env("CERTROLL_FAULT_AFTER_STEPS", "2")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success(), "the fault switch aborts the breach");
+    // The compromised CA version is disabled by then (critical of its own); the run is a
+    // warning beside it.
+    let (code, j) = check(&env, NOW, &[]);
+    assert_eq!(code, 2, "{j}");
+    assert_eq!(j["counts"]["warning"], 1, "{j}");
+    let runs: Vec<&serde_json::Value> = j["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["target"].as_str().unwrap().starts_with("run:"))
+        .collect();
+    assert_eq!(runs.len(), 1, "{j}");
+    assert_eq!(runs[0]["level"], "warning");
+    let reason = runs[0]["reason"].as_str().unwrap();
+    for words in [
+        "(`roll-primary --breach group:sensors`",
+        "is unfinished: 2 of 5 step(s) done; next: step 3 (",
+        "`certroll roll-primary --breach group:sensors --yes` resumes it and finishes it",
+    ] {
+        assert!(reason.contains(words), "{words:?} not in {reason}");
+    }
+    // The human report lists it too.
+    let text = env.run(&["--plan", "plan.toml", "--now", NOW, "check"]);
+    assert_eq!(text.code, 2, "{}", text.stdout);
+    assert!(
+        text.stdout.starts_with("CRITICAL: 1 critical, 1 warning") && text.stdout.contains("warning  run:"),
+        "{}",
+        text.stdout
+    );
+    // A narrower check is about its targets alone.
+    let (code, j) = check(&env, NOW, &["ca:root"]);
+    assert_eq!((code, j["counts"]["warning"].as_u64()), (0, Some(0)), "{j}");
+
+    let mut args = vec!["--plan", "plan.toml", "--now", NOW];
+    args.extend_from_slice(&breach);
+    env.run(&args).ok();
+    let (code, j) = check(&env, NOW, &[]);
+    assert_eq!((code, j["status"].as_str().unwrap()), (0, "ok"), "{j}");
+}

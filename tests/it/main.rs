@@ -56,6 +56,8 @@ mod azure_breach;
 mod azure_notify;
 // What an operator sees on azure: progress, logs, TLS errors, exit codes.
 mod azure_ux;
+// `check` and `status` on azure after another client of DPS and the hub cut devices off.
+mod azure_check;
 // What the azure backend asks of the services, counted from serve's access log.
 mod azure_requests;
 
@@ -63,6 +65,11 @@ mod azure_requests;
 mod azure_hsm;
 // Delivery on azure: what a device holds is what DPS saw; hooks and direct methods side by side.
 mod azure_delivery;
+// Deliveries owed on azure: recorded with the fleet record, settled when the channel took them.
+mod azure_owed;
+
+// Another client's certificate in one individual enrollment: named, left alone, taken back.
+mod azure_foreign;
 // Issue 3 at fleet scale: yearly cron rounds, breaches, revokes, reprovision policies, kills.
 mod fleet;
 // Hostile input: output paths aimed at the state, FIFOs, devices, broken stores, far dates.

@@ -157,7 +157,7 @@ fn collect_strings(v: &serde_json::Value, out: &mut Vec<String>) {
 
 /// The pinned Node packages: `CERTROLL_TEST_NODE_MODULES`, or installed into target/node with
 /// `npm ci` once per test run. Panics (fails the test) when they cannot be had.
-fn node_modules() -> PathBuf {
+pub(crate) fn node_modules() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     static INSTALL: Mutex<()> = Mutex::new(());
     DIR.get_or_init(|| {

@@ -3,7 +3,8 @@
 //! On Azure certroll does not hold the devices. Who holds what:
 //! - **Vault** = [`AzureVault`] (Key Vault). **EnrollmentService** = the DPS client
 //!   ([`AzureEnrollmentService`]), **HubRegistry** = the IoT Hub client ([`AzureHubRegistry`]).
-//!   Each call goes to the service as it comes; nothing is cached across calls.
+//!   Each call goes to the service as it comes; only Key Vault's answers are kept within a
+//!   process, until certroll writes to the name (see [`super::keyvault`]).
 //! - **Fleet** and **Journal** stay in the local store beside the plan (the same store
 //!   [`AzureVault`] keeps CRL numbers in). The fleet record says which vault version certroll
 //!   *handed out* to each device; the journal records each run's steps exactly as on the local
@@ -22,10 +23,14 @@
 //! or `none`. The verbs call [`Fleet::install`] and then, when the device must present the new
 //! certificate, [`EnrollmentService::register`]; on Azure:
 //! - `install` records the fleet record in the local unit and queues a delivery for each device
-//!   whose handed-out version changed. Deliveries run when the services hold everything the
-//!   device will need (enrollment slots, hub thumbprints): at `register`, or when the unit
-//!   commits, whichever comes first (outside a unit, at once). Hooks run up to `[backend]
-//!   delivery_concurrency` at once; direct methods are awaited as many at once.
+//!   whose handed-out version changed, recording it as *owed* in the same unit (store table
+//!   `owed_deliveries`; `none` owes nothing). Deliveries run when the services hold everything
+//!   the device will need (enrollment slots, hub thumbprints): at `register`, or right after the
+//!   unit commits, whichever comes first (outside a unit, at once). Each delivery the channel
+//!   takes is settled; one cut off by a kill after the commit, or that failed, stays owed, and
+//!   [`Backend::deliver_owed`] (called by `issue` and the rolls before their own work) delivers
+//!   it. Hooks run up to `[backend] delivery_concurrency` at once; direct methods are awaited
+//!   as many at once.
 //! - `register` becomes: deliver what is queued, ask each device to register again (direct method
 //!   `[backend] reprovision_method`, up to `delivery_concurrency` awaited at once; a device the
 //!   hub does not know or that is offline registers by itself when it next starts), then read the
@@ -36,6 +41,8 @@
 //! - A hub identity update that would shut out the certificate a device connects with now (a
 //!   breach drops the compromised thumbprint) is held back until the unit's deliveries ran, so
 //!   the direct method still reaches the device; then the hub holds only the new thumbprint.
+//!   Such a unit delivers and updates the hub *before* it commits (a held update must not be
+//!   lost to a kill after the commit): a kill in between leaves the unit to its rerun.
 //!   A device counts as registered with its new certificate only on fresh evidence: DPS's
 //!   record changed in this call, or the device answered the reprovision method with 200.
 //! - A delivery that does not happen (a hook failing, a device refusing or unreachable, `none`)
@@ -62,6 +69,10 @@ pub enum Outcome {
     /// Not handed over (why): the certificate waits.
     Waiting(String),
 }
+
+/// How the outcome of a device whose channel is `none` begins: the operator's choice, not a
+/// failed delivery.
+const LEFT_TO_THE_OPERATOR: &str = "delivery = \"none\"";
 
 /// A delivery made ready by `AzureBackend::prepare`.
 enum Prepared {
@@ -333,7 +344,10 @@ impl AzureBackend {
                 // DPS names enrollment certificates only by thumbprint; the vault has them.
                 let store = crate::store::Store::open_empty()
                     .map_err(|e| SetupError::Client(format!("in-memory store: {e}")))?;
-                let index = AzureVault::connect_with(config, LocalBackend::new(store), credential)?;
+                // Its own client: it reads every listing afresh, since it does not see the
+                // versions `vault` imports.
+                let index = AzureVault::connect_with(config, LocalBackend::new(store), credential)?
+                    .without_kept_listings();
                 dps.set_certificate_source(Box::new(VaultIndex::new(index, plan)));
                 Box::new(dps)
             }
@@ -559,24 +573,42 @@ impl AzureBackend {
                 Err(e) => failed = failed.or(Some(e)),
             }
         }
-        prepared?;
-        if let Some(e) = failed {
+        if let Err(e) = prepared.and(failed.map_or(Ok(()), Err)) {
+            // The hooks that ran took their certificates: settled, so no later run hands them
+            // over again; the rest stay owed.
+            self.vault
+                .local_mut()
+                .settle_deliveries(&settled(&pending, &outcomes))?;
             return Err(e);
         }
         let answers = self.hubs.invoke_methods(&calls, concurrency, now);
         stage.advance(calls.len() as u64);
+        let mut method_failed = None;
         for ((at, method), answer) in methods.into_iter().zip(answers) {
-            outcomes[at] = Some(match answer {
-                Ok(answer) if answer.status == 200 => Outcome::Delivered(format!("direct method `{method}`")),
-                Ok(answer) => Outcome::Waiting(format!(
+            outcomes[at] = match answer {
+                Ok(answer) if answer.status == 200 => {
+                    Some(Outcome::Delivered(format!("direct method `{method}`")))
+                }
+                Ok(answer) => Some(Outcome::Waiting(format!(
                     "the device answered direct method `{method}` with status {}: {}",
                     answer.status, answer.payload
-                )),
-                Err(e @ BackendError::Remote { .. }) => {
-                    Outcome::Waiting(format!("direct method `{method}` did not reach the device: {e}"))
+                ))),
+                Err(e @ BackendError::Remote { .. }) => Some(Outcome::Waiting(format!(
+                    "direct method `{method}` did not reach the device: {e}"
+                ))),
+                Err(e) => {
+                    method_failed = method_failed.or(Some(e));
+                    None
                 }
-                Err(e) => return Err(e),
-            });
+            };
+        }
+        // What the channels took is owed no more (in the unit when one is open: a unit rolled
+        // back leaves it owed, and its rerun delivers it again).
+        self.vault
+            .local_mut()
+            .settle_deliveries(&settled(&pending, &outcomes))?;
+        if let Some(e) = method_failed {
+            return Err(e);
         }
         // `delivery = "none"` is the operator's choice, not a fault: one line for all of them.
         let mut for_the_operator: Vec<String> = Vec::new();
@@ -638,19 +670,12 @@ impl AzureBackend {
         // whose registry operations are metered at 100 a minute per unit).
         let ids: Vec<String> = batch.iter().map(|i| i.device_id.clone()).collect();
         let records = self.vault.local().device_many(&ids)?;
-        let names: Vec<String> = records
+        let installed: Vec<(String, String)> = records
             .iter()
             .flatten()
-            .filter(|r| r.installed_version.is_some())
-            .map(|r| r.cert_name.clone())
+            .filter_map(|r| Some((r.cert_name.clone(), r.installed_version.clone()?)))
             .collect();
-        let held: HashMap<(String, String), String> = self
-            .vault
-            .briefs_many(&names)?
-            .into_iter()
-            .flatten()
-            .map(|b| ((b.name, b.version), b.thumbprint))
-            .collect();
+        let held = self.vault.thumbprints(&installed)?;
         let mut apply_now = Vec::new();
         for (new, record) in batch.iter().zip(&records) {
             let held = record.as_ref().and_then(|r| {
@@ -687,7 +712,7 @@ impl AzureBackend {
             .channel(record.group.as_deref(), record.enrollment.as_deref());
         if *channel == Delivery::None {
             return Ok(Prepared::Done(Outcome::Waiting(format!(
-                "delivery = \"none\": waiting for the operator (`certroll export device:{}`)",
+                "{LEFT_TO_THE_OPERATOR}: waiting for the operator (`certroll export device:{}`)",
                 record.id
             ))));
         }
@@ -1143,16 +1168,55 @@ impl Fleet for AzureBackend {
     fn install(&mut self, batch: &[DeviceRecord]) -> Result<()> {
         let ids: Vec<String> = batch.iter().map(|d| d.id.clone()).collect();
         let before = self.vault.local().device_many(&ids)?;
-        self.vault.local_mut().install(batch)?;
+        // What each changed device is owed goes into the store with its fleet record, in one
+        // unit: a kill after it leaves the delivery owed, never forgotten.
+        let mut owed = Vec::new();
+        let mut owes_nothing = Vec::new();
+        let mut queued = Vec::new();
         for (record, before) in batch.iter().zip(before) {
-            let changed = record.installed_version.is_some()
-                && before.and_then(|b| b.installed_version) != record.installed_version;
-            if changed {
-                self.pending.retain(|p| p.id != record.id);
-                self.pending.push(record.clone());
+            let Some(version) = record.installed_version.clone() else {
+                continue;
+            };
+            if before.and_then(|b| b.installed_version).as_ref() == Some(&version) {
+                continue;
             }
+            let channel = self
+                .delivery
+                .channel(record.group.as_deref(), record.enrollment.as_deref());
+            if *channel == Delivery::None {
+                // The operator hands it out: nothing is owed to a channel (nor an older one).
+                owes_nothing.push((record.id.clone(), None));
+            } else {
+                owed.push((record.id.clone(), record.cert_name.clone(), version));
+            }
+            queued.push(record.clone());
         }
-        if !self.in_unit() {
+        let own_unit = !self.in_unit();
+        if own_unit {
+            self.vault.local_mut().begin()?;
+        }
+        let written = self
+            .vault
+            .local_mut()
+            .install(batch)
+            .and_then(|()| self.vault.local_mut().owe_deliveries(&owed))
+            .and_then(|()| self.vault.local_mut().settle_deliveries(&owes_nothing));
+        if own_unit {
+            match written {
+                Ok(()) => self.vault.local_mut().commit()?,
+                Err(e) => {
+                    self.vault.local_mut().rollback();
+                    return Err(e);
+                }
+            }
+        } else {
+            written?;
+        }
+        for record in queued {
+            self.pending.retain(|p| p.id != record.id);
+            self.pending.push(record);
+        }
+        if own_unit {
             self.flush(OffsetDateTime::now_utc())?;
         }
         Ok(())
@@ -1166,6 +1230,10 @@ impl Journal for AzureBackend {
 
     fn finished_run(&self, command: &str) -> Result<Option<JournalRun>> {
         self.vault.local().finished_run(command)
+    }
+
+    fn open_runs(&self) -> Result<Vec<JournalRun>> {
+        self.vault.local().open_runs()
     }
 
     fn start_run(&mut self, command: &str, steps: &[JournalStep], now: OffsetDateTime) -> Result<i64> {
@@ -1505,6 +1573,16 @@ impl Members {
     }
 }
 
+/// The `(device id, version)` of each delivery the channel took, to settle what it was owed.
+fn settled(pending: &[DeviceRecord], outcomes: &[Option<Outcome>]) -> Vec<(String, Option<String>)> {
+    pending
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, o)| matches!(o, Some(Outcome::Delivered(_))))
+        .map(|(r, _)| (r.id.clone(), r.installed_version.clone()))
+        .collect()
+}
+
 /// Whether two hub identities admit the same certificates the same way (status and
 /// thumbprints, which certroll manages; a thumbprint's case is not significant).
 fn same_access(a: &HubIdentity, b: &HubIdentity) -> bool {
@@ -1540,13 +1618,126 @@ impl Backend for AzureBackend {
     }
 
     fn commit(&mut self) -> Result<()> {
-        // Deliveries owed by this unit go once the services hold everything they need; the
-        // local record commits whatever became of them (see the module doc).
-        if let Err(e) = self.flush(OffsetDateTime::now_utc()) {
-            self.vault.local_mut().rollback();
+        // Deliveries owed by this unit go once the services hold everything they need (see the
+        // module doc). A hub update held back for them (a breach) must not outlive a kill, so
+        // that unit delivers and cuts first and commits after: a kill in between leaves the
+        // unit to its rerun, which delivers again. Any other unit commits first, with what it
+        // owes recorded, then delivers, settling each delivery the channel takes: a kill in
+        // between leaves them owed, and the next run delivers them (`deliver_owed`).
+        if !self.held_cuts.is_empty() {
+            if let Err(e) = self.flush(OffsetDateTime::now_utc()) {
+                self.vault.local_mut().rollback();
+                return Err(e);
+            }
+            return self.vault.local_mut().commit();
+        }
+        if let Err(e) = self.vault.local_mut().commit() {
+            self.pending.clear();
             return Err(e);
         }
-        self.vault.local_mut().commit()
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        delivery::fault_before_delivery();
+        self.flush(OffsetDateTime::now_utc())
+    }
+
+    fn owes_delivery(&self, id: &str, version: &str) -> Result<bool> {
+        self.vault.local().owes_delivery(id, version)
+    }
+
+    fn owed_devices(&self) -> Result<Vec<String>> {
+        const PAGE: usize = 2048;
+        let mut owed = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = self.vault.local().owed_deliveries(&after, PAGE)?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = last.0.clone();
+            let ids: Vec<String> = page.iter().map(|o| o.0.clone()).collect();
+            let records = self.vault.local().device_many(&ids)?;
+            // As `deliver_owed` judges a row still due.
+            for ((id, name, version), record) in page.into_iter().zip(records) {
+                if record.is_some_and(|r| {
+                    r.installed_version.as_deref() == Some(version.as_str())
+                        && r.cert_name == name
+                        && *self.delivery.channel(r.group.as_deref(), r.enrollment.as_deref())
+                            != Delivery::None
+                }) {
+                    owed.push(id);
+                }
+            }
+        }
+        Ok(owed)
+    }
+
+    fn delivery_failure(&self, id: &str) -> Option<String> {
+        match self.outcomes.get(id) {
+            Some(Outcome::Waiting(why)) if !why.starts_with(LEFT_TO_THE_OPERATOR) => {
+                Some(why.strip_prefix("delivery failed: ").unwrap_or(why).to_string())
+            }
+            _ => None,
+        }
+    }
+
+    fn deliver_owed(&mut self, now: OffsetDateTime) -> Result<(u64, u64)> {
+        // A page of devices at a time, as a unit's deliveries go.
+        const PAGE: usize = 2048;
+        let (mut delivered, mut waiting) = (0u64, 0u64);
+        let mut after = String::new();
+        loop {
+            let page = self.vault.local().owed_deliveries(&after, PAGE)?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = last.0.clone();
+            let ids: Vec<String> = page.iter().map(|o| o.0.clone()).collect();
+            let records = self.vault.local().device_many(&ids)?;
+            // A row whose device now holds another version (or is gone), or whose channel the
+            // plan now sets to `none`, is owed nothing any more.
+            let mut stale = Vec::new();
+            let mut due = Vec::new();
+            for ((id, name, version), record) in page.into_iter().zip(records) {
+                match record {
+                    Some(r)
+                        if r.installed_version.as_deref() == Some(version.as_str())
+                            && r.cert_name == name
+                            && *self.delivery.channel(r.group.as_deref(), r.enrollment.as_deref())
+                                != Delivery::None =>
+                    {
+                        due.push(r)
+                    }
+                    _ => stale.push((id, Some(version))),
+                }
+            }
+            self.vault.local_mut().settle_deliveries(&stale)?;
+            if due.is_empty() {
+                continue;
+            }
+            let ids: Vec<String> = due.iter().map(|r| r.id.clone()).collect();
+            for r in due {
+                self.pending.retain(|p| p.id != r.id);
+                self.pending.push(r);
+            }
+            self.flush(now)?;
+            for id in &ids {
+                match self.outcomes.get(id) {
+                    Some(Outcome::Delivered(_)) => delivered += 1,
+                    _ => waiting += 1,
+                }
+            }
+        }
+        if delivered + waiting > 0 {
+            tracing::warn!(
+                "{} new certificate(s) an earlier run issued had not reached their devices (the run \
+                 was stopped before its deliveries, or a delivery failed): {delivered} delivered now, \
+                 {waiting} still owed (the next run tries again)",
+                delivered + waiting
+            );
+        }
+        Ok((delivered, waiting))
     }
 
     fn rollback(&mut self) {

@@ -24,6 +24,28 @@ use crate::plan::{AzureAuth, AzureConfig, HookConfig};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
+/// For tests only: `CERTROLL_FAULT_BEFORE_DELIVERY=N` aborts the process (like `kill -9`) right
+/// after the N-th unit with deliveries owed committed, before any of them runs, so a kill
+/// between a unit's commit and its deliveries can be tested.
+pub const FAULT_BEFORE_DELIVERY_ENV: &str = "CERTROLL_FAULT_BEFORE_DELIVERY";
+
+/// The fault switch of [`FAULT_BEFORE_DELIVERY_ENV`] (tests only).
+pub fn fault_before_delivery() {
+    static UNITS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let Some(limit) = std::env::var(FAULT_BEFORE_DELIVERY_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    else {
+        return;
+    };
+    if UNITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == limit {
+        eprintln!(
+            "certroll: {FAULT_BEFORE_DELIVERY_ENV}={limit}: aborting after a commit, before its deliveries (fault injection)"
+        );
+        std::process::abort();
+    }
+}
+
 /// Seconds IoT Hub waits for a device's answer to a delivery or reprovision method.
 pub const METHOD_RESPONSE_TIMEOUT_SECS: u32 = 30;
 

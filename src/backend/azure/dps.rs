@@ -185,15 +185,18 @@ impl Stored for Enrollment {
 }
 
 /// An `X509CertificateWithInfo` as read: the certificate when the service echoes it (DPS does
-/// not), else what its `info` names.
+/// not), else what its `info` names. The `info` stays unparsed: it is read once, by
+/// [`AzureEnrollmentService::resolve`], and a slot holding another client's certificate goes
+/// back to DPS as it was read.
 #[derive(Debug, Default, Deserialize)]
 struct SlotRead {
     #[serde(default)]
     certificate: Option<String>,
     #[serde(default)]
-    info: Option<InfoRead>,
+    info: Option<Box<RawValue>>,
 }
 
+/// An `X509CertificateInfo`: what certroll reads of it.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct InfoRead {
@@ -201,6 +204,10 @@ struct InfoRead {
     sha1_thumbprint: Option<String>,
     #[serde(default)]
     subject_name: Option<String>,
+    #[serde(default)]
+    not_before_utc: Option<String>,
+    #[serde(default)]
+    not_after_utc: Option<String>,
 }
 
 impl SlotRead {
@@ -209,14 +216,15 @@ impl SlotRead {
         if v.is_null() {
             return None;
         }
-        let text = |v: &Value| v.as_str().map(str::to_string);
         Some(SlotRead {
-            certificate: text(&v["certificate"]),
-            info: Some(InfoRead {
-                sha1_thumbprint: text(&v["info"]["sha1Thumbprint"]),
-                subject_name: text(&v["info"]["subjectName"]),
-            }),
+            certificate: v["certificate"].as_str().map(str::to_string),
+            info: serde_json::value::to_raw_value(&v["info"]).ok(),
         })
+    }
+
+    /// Its `info`, parsed (None when DPS sent none or it is not an object).
+    fn info(&self) -> Option<InfoRead> {
+        serde_json::from_str(self.info.as_deref()?.get()).ok()
     }
 }
 
@@ -399,6 +407,9 @@ struct IndividualBody<'a> {
     /// The primary and secondary certificates, as [`certificate_text`].
     certificates: &'a [Option<String>; 2],
     read: Option<&'a Enrollment>,
+    /// The slots of `read` that hold another client's certificate this write keeps
+    /// ([`foreign_kept`]), sent where certroll's certificate is none.
+    kept: [Option<&'a SlotRead>; 2],
     etag: Option<&'a str>,
 }
 
@@ -421,9 +432,14 @@ struct SlotsWrite<'a> {
     secondary: Option<CertificateWrite<'a>>,
 }
 
+/// A slot as written: certroll's certificate, or another client's slot kept as it was read
+/// (its `info`, which DPS takes as "unchanged").
 #[derive(Serialize)]
 struct CertificateWrite<'a> {
-    certificate: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certificate: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    info: Option<&'a RawValue>,
 }
 
 impl Serialize for IndividualBody<'_> {
@@ -438,18 +454,31 @@ impl Serialize for IndividualBody<'_> {
         if !self.read.is_some_and(|r| r.has_device_id) {
             m.serialize_entry("deviceId", &e.registration_id)?;
         }
-        fn slot(c: &Option<String>) -> Option<CertificateWrite<'_>> {
-            c.as_deref().map(|certificate| CertificateWrite { certificate })
+        fn slot<'a>(c: &'a Option<String>, kept: Option<&'a SlotRead>) -> Option<CertificateWrite<'a>> {
+            match (c.as_deref(), kept) {
+                (Some(certificate), _) => Some(CertificateWrite {
+                    certificate: Some(certificate),
+                    info: None,
+                }),
+                // The certificate info DPS sent for a slot kept (another client's) goes back
+                // as read: DPS keeps a slot whose certificate is unchanged.
+                (None, Some(k)) => Some(CertificateWrite {
+                    certificate: k.certificate.as_deref(),
+                    info: k.info.as_deref(),
+                }),
+                (None, None) => None,
+            }
         }
         let [primary, secondary] = self.certificates;
+        let [kept_primary, kept_secondary] = self.kept;
         m.serialize_entry(
             "attestation",
             &AttestationWrite {
                 kind: "x509",
                 x509: X509Write {
                     client_certificates: SlotsWrite {
-                        primary: slot(primary),
-                        secondary: slot(secondary),
+                        primary: slot(primary, kept_primary),
+                        secondary: slot(secondary, kept_secondary),
                     },
                 },
             },
@@ -504,6 +533,77 @@ fn reprovision_of(v: &Value) -> &'static str {
 
 fn parse_time(v: Option<&str>) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(v?, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// What one attestation slot holds, as [`AzureEnrollmentService::resolve`] finds it.
+enum Held {
+    /// Nothing.
+    Empty,
+    /// A certificate certroll knows (DER).
+    Known(Vec<u8>),
+    /// One it did not issue.
+    Foreign(ForeignCertificate),
+}
+
+/// The slots of `base` (what DPS holds now) that hold a certificate another client put
+/// there, which a write of `e` keeps as they are (`[primary, secondary]`): `e` read it (it
+/// is in [`IndividualEnrollment::foreign`]) and leaves that slot empty, as a revoke that
+/// only disables the enrollment does. A write that would drop or replace one is refused,
+/// unless `e` takes it back ([`IndividualEnrollment::take_back`]). `base` may be newer than
+/// what the writer read (a re-read after 412), so its slots are judged here, by thumbprint:
+/// `known` tells one certroll issued.
+fn foreign_kept<'r>(
+    e: &IndividualEnrollment,
+    base: Option<&'r Enrollment>,
+    known: &dyn Fn(&str) -> bool,
+) -> Result<[Option<&'r SlotRead>; 2]> {
+    let mut kept = [None, None];
+    let Some(base) = base else {
+        return Ok(kept);
+    };
+    let ours: Vec<String> = [&e.primary, &e.secondary]
+        .into_iter()
+        .flatten()
+        .map(|d| crate::pki::sha1_thumbprint(d))
+        .collect();
+    for (((which, mine), slot), keep) in ["primary", "secondary"]
+        .into_iter()
+        .zip([&e.primary, &e.secondary])
+        .zip([&base.primary, &base.secondary])
+        .zip(kept.iter_mut())
+    {
+        let Some(slot) = slot else {
+            continue;
+        };
+        let info = slot.info().unwrap_or_default();
+        let Some(tp) = info.sha1_thumbprint.as_deref().map(str::to_ascii_uppercase) else {
+            continue;
+        };
+        if ours.contains(&tp) || known(&tp) {
+            continue;
+        }
+        let read = e.foreign.iter().any(|f| f.thumbprint == tp);
+        if read && e.take_back {
+            continue;
+        }
+        if read && mine.is_none() {
+            *keep = Some(slot);
+            continue;
+        }
+        let f = ForeignCertificate {
+            slot: which,
+            thumbprint: tp,
+            subject: info.subject_name.unwrap_or_default(),
+            not_before: None,
+            not_after: None,
+        };
+        return Err(BackendError::Refused(format!(
+            "{}; it was not overwritten: {}",
+            f.describe(&e.registration_id),
+            ForeignCertificate::remedy(&e.registration_id)
+        )));
+    }
+    Ok(kept)
 }
 
 /// Removes what DPS computes itself, so a record read can be sent back.
@@ -613,37 +713,66 @@ impl AzureEnrollmentService {
             .or_insert_with(|| der.to_vec());
     }
 
-    /// The certificate DPS describes in an `X509CertificateWithInfo`.
+    /// The certificate DPS describes in an `X509CertificateWithInfo`; one certroll has no
+    /// record of is an error (an enrollment group's signing certificate).
     fn certificate(&self, slot: Option<&SlotRead>, whose: &str) -> Result<Option<Vec<u8>>> {
+        match self.resolve(slot, whose, "signing")? {
+            Held::Empty => Ok(None),
+            Held::Known(der) => Ok(Some(der)),
+            Held::Foreign(f) => Err(BackendError::Refused(format!(
+                "DPS holds certificate {} ({}) in `{whose}`, which certroll has no record of",
+                f.thumbprint,
+                if f.subject.is_empty() {
+                    "unknown subject"
+                } else {
+                    &f.subject
+                }
+            ))),
+        }
+    }
+
+    /// What a slot (`which`: `primary` or `secondary`) of `whose` holds: nothing, a certificate
+    /// certroll knows (from the record, its reads and writes, or the vault), or one it cannot
+    /// resolve, described from DPS's `info`.
+    fn resolve(&self, slot: Option<&SlotRead>, whose: &str, which: &'static str) -> Result<Held> {
         let Some(slot) = slot else {
-            return Ok(None);
+            return Ok(Held::Empty);
         };
         if let Some(text) = slot.certificate.as_deref()
             && let Some(der) = certificate_der(text)
         {
-            return Ok(Some(der));
+            return Ok(Held::Known(der));
         }
-        let info = slot.info.as_ref();
-        let Some(tp) = info
-            .and_then(|i| i.sha1_thumbprint.as_deref())
-            .map(str::to_ascii_uppercase)
-        else {
-            return Ok(None);
+        let info = slot.info().unwrap_or_default();
+        let Some(tp) = info.sha1_thumbprint.as_deref().map(str::to_ascii_uppercase) else {
+            return Ok(Held::Empty);
         };
         if let Some(der) = self.known.lock().unwrap_or_else(|p| p.into_inner()).get(&tp) {
-            return Ok(Some(der.clone()));
+            return Ok(Held::Known(der.clone()));
         }
         if let Some(source) = &self.source
             && let Some(der) = source.certificate_of(&tp, whose)?
         {
             self.remember(&der);
-            return Ok(Some(der));
+            return Ok(Held::Known(der));
         }
-        Err(BackendError::Refused(format!(
-            "DPS holds certificate {tp} ({}) in `{whose}`, which certroll has no record of",
-            info.and_then(|i| i.subject_name.as_deref())
-                .unwrap_or("unknown subject")
-        )))
+        Ok(Held::Foreign(ForeignCertificate {
+            slot: which,
+            thumbprint: tp,
+            subject: info.subject_name.unwrap_or_default(),
+            not_before: parse_time(info.not_before_utc.as_deref()),
+            not_after: parse_time(info.not_after_utc.as_deref()),
+        }))
+    }
+
+    /// [`foreign_kept`] with the certificates this process resolved or wrote as the known ones.
+    fn foreign_kept<'r>(
+        &self,
+        e: &IndividualEnrollment,
+        base: Option<&'r Enrollment>,
+    ) -> Result<[Option<&'r SlotRead>; 2]> {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        foreign_kept(e, base, &|tp| known.contains_key(tp))
     }
 
     /// The plan's name of the hub at `host` (its first label when the plan has none).
@@ -675,13 +804,31 @@ impl AzureEnrollmentService {
 
     fn individual_of(&self, e: &Enrollment) -> Result<IndividualEnrollment> {
         let id = e.registration_id.clone().unwrap_or_default();
+        // A certificate another client put into a slot is reported with the enrollment, not
+        // an error for the whole read: one such enrollment must not blind a fleet's status.
+        let mut foreign = Vec::new();
+        let mut slots = [None, None];
+        for ((slot, read), which) in slots
+            .iter_mut()
+            .zip([&e.primary, &e.secondary])
+            .zip(["primary", "secondary"])
+        {
+            match self.resolve(read.as_ref(), &id, which)? {
+                Held::Empty => {}
+                Held::Known(der) => *slot = Some(der),
+                Held::Foreign(f) => foreign.push(f),
+            }
+        }
+        let [primary, secondary] = slots;
         Ok(IndividualEnrollment {
-            primary: self.certificate(e.primary.as_ref(), &id)?,
-            secondary: self.certificate(e.secondary.as_ref(), &id)?,
+            primary,
+            secondary,
             status: e.status,
             reprovision: e.reprovision.to_string(),
             hub: self.hub_name_of(e.hub_host.as_deref()),
             registration_id: id,
+            foreign,
+            take_back: false,
         })
     }
 
@@ -1084,6 +1231,7 @@ impl AzureEnrollmentService {
                             hub_host: self.hub_host(&e.hub)?,
                             certificates,
                             read,
+                            kept: self.foreign_kept(e, read)?,
                             etag: read.map(|r| r.etag.as_str()),
                         });
                     }
@@ -1105,12 +1253,15 @@ impl AzureEnrollmentService {
         for e in batch.iter().filter(|e| raced.contains(&e.registration_id)) {
             let certificates = certificates_of(e);
             let hub_host = self.hub_host(&e.hub)?;
+            // Judged against what DPS holds now: the re-read after 412 may hold another
+            // client's certificate the first read did not.
             let build = |read: Option<&Enrollment>| {
                 to_json(&IndividualBody {
                     e,
                     hub_host,
                     certificates: &certificates,
                     read,
+                    kept: self.foreign_kept(e, read)?,
                     etag: None,
                 })
             };
@@ -1365,7 +1516,7 @@ impl EnrollmentService for AzureEnrollmentService {
         let mut disabled_by_tp: HashMap<String, Vec<String>> = HashMap::new();
         for e in all.iter().filter(|e| e.status == Status::Disabled) {
             for slot in [&e.primary, &e.secondary].into_iter().flatten() {
-                if let Some(tp) = slot.info.as_ref().and_then(|i| i.sha1_thumbprint.as_deref()) {
+                if let Some(tp) = slot.info().and_then(|i| i.sha1_thumbprint) {
                     disabled_by_tp
                         .entry(tp.to_ascii_uppercase())
                         .or_default()
@@ -1394,10 +1545,22 @@ impl EnrollmentService for AzureEnrollmentService {
                         now,
                     },
                 );
-                match decision {
-                    Decision::Rejected(reason) | Decision::Disabled(reason) => Err(reason),
-                    Decision::Individual { hub, reprovision, .. }
-                    | Decision::Group { hub, reprovision, .. } => Ok(Assignment { hub, reprovision }),
+                // A refusal because another client's certificate took the device's slot says
+                // so, and what to do.
+                let foreign = individual.iter().flat_map(|e| &e.foreign).next();
+                let id = &req.registration_id;
+                match (decision, foreign) {
+                    (Decision::Rejected(reason), Some(f)) => Err(format!(
+                        "{reason}: {}; {}",
+                        f.describe(id),
+                        ForeignCertificate::remedy(id)
+                    )),
+                    (Decision::Rejected(reason) | Decision::Disabled(reason), _) => Err(reason),
+                    (
+                        Decision::Individual { hub, reprovision, .. }
+                        | Decision::Group { hub, reprovision, .. },
+                        _,
+                    ) => Ok(Assignment { hub, reprovision }),
                 }
             })
             .collect())
@@ -1497,6 +1660,104 @@ mod tests {
         assert_eq!(reprovision_of(&json!({})), "migrate", "DPS's default");
     }
 
+    /// Another client's certificate in a slot DPS holds: kept by a write that read it and
+    /// leaves its slot empty, replaced only by a take-back that read it, refused otherwise (a
+    /// write that never read it, as after a 412 re-read, or one putting its own certificate
+    /// over it).
+    #[test]
+    fn a_write_keeps_or_takes_back_a_foreign_certificate_and_never_drops_it_unread() {
+        let enrollment = |v: Value| -> Enrollment { serde_json::from_str(&v.to_string()).unwrap() };
+        let primary_info = json!({"sha1Thumbprint": "ab12", "subjectName": "CN=d",
+            "notAfterUtc": "2030-01-01T00:00:00Z", "version": 3});
+        let base = enrollment(json!({"registrationId": "d", "etag": "\"e\"",
+            "attestation": {"x509": {"clientCertificates": {
+                "primary": {"info": primary_info},
+                "secondary": {"info": {"sha1Thumbprint": "CD34"}}}}}}));
+        let ours = vec![1u8, 2, 3];
+        let ours_tp = crate::pki::sha1_thumbprint(&ours);
+        let known = |tp: &str| tp == "CD34";
+        let read = ForeignCertificate {
+            slot: "primary",
+            thumbprint: "AB12".into(),
+            subject: "CN=d".into(),
+            not_before: None,
+            not_after: None,
+        };
+        let mut e = IndividualEnrollment {
+            registration_id: "d".into(),
+            primary: None,
+            secondary: None,
+            status: Status::Disabled,
+            reprovision: "never".into(),
+            hub: "h".into(),
+            foreign: vec![],
+            take_back: false,
+        };
+        let refused = foreign_kept(&e, Some(&base), &known).unwrap_err().to_string();
+        assert!(
+            refused.contains("AB12") && refused.contains("not overwritten"),
+            "{refused}"
+        );
+        assert!(refused.contains("--breach enrollment:d"), "{refused}");
+        assert_eq!(
+            foreign_kept(&e, None, &known).unwrap().map(|k| k.is_some()),
+            [false, false],
+            "a create keeps nothing"
+        );
+        e.foreign = vec![read];
+        let kept = foreign_kept(&e, Some(&base), &known).unwrap();
+        assert!(kept[1].is_none(), "a known certificate is certroll's to write");
+        let info = kept[0].and_then(|k| k.info.as_deref()).map(RawValue::get);
+        assert_eq!(
+            info.map(|i| serde_json::from_str::<Value>(i).unwrap()),
+            Some(primary_info.clone())
+        );
+        // The write sends the kept slot back as DPS gave it, and nothing in the slot left empty.
+        let certificates = certificates_of(&e);
+        let body: Value = serde_json::from_slice(
+            &to_json(&IndividualBody {
+                e: &e,
+                hub_host: "h.azure-devices.net",
+                certificates: &certificates,
+                read: Some(&base),
+                kept,
+                etag: Some("\"e\""),
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            body["attestation"]["x509"]["clientCertificates"],
+            json!({"primary": {"info": primary_info}, "secondary": null})
+        );
+        e.primary = Some(ours.clone());
+        assert!(
+            foreign_kept(&e, Some(&base), &known).is_err(),
+            "its own certificate over it"
+        );
+        e.take_back = true;
+        assert_eq!(
+            foreign_kept(&e, Some(&base), &known)
+                .unwrap()
+                .map(|k| k.is_some()),
+            [false, false]
+        );
+        let newer = enrollment(json!({"attestation": {"x509": {"clientCertificates": {
+            "primary": {"info": {"sha1Thumbprint": "EF56"}}}}}}));
+        assert!(
+            foreign_kept(&e, Some(&newer), &known).is_err(),
+            "a take-back takes only what it read"
+        );
+        let own = enrollment(json!({"attestation": {"x509": {"clientCertificates": {
+            "primary": {"info": {"sha1Thumbprint": ours_tp}}}}}}));
+        assert_eq!(
+            foreign_kept(&e, Some(&own), &|_| false)
+                .unwrap()
+                .map(|k| k.is_some()),
+            [false, false]
+        );
+    }
+
     #[test]
     fn a_group_read_goes_back_without_what_dps_computes() {
         let read = json!({"enrollmentGroupId": "a", "etag": "\"x\"", "initialTwin": {"tags": {"k": 1}},
@@ -1532,9 +1793,9 @@ mod tests {
         let tp = r
             .primary
             .as_ref()
-            .and_then(|s| s.info.as_ref())
-            .and_then(|i| i.sha1_thumbprint.as_deref());
-        assert_eq!(tp, Some("ab12"));
+            .and_then(SlotRead::info)
+            .and_then(|i| i.sha1_thumbprint);
+        assert_eq!(tp.as_deref(), Some("ab12"));
         assert!(r.secondary.is_none());
         let state: RegistrationWire =
             serde_json::from_str(r.registration_state.as_ref().unwrap().get()).unwrap();
@@ -1547,6 +1808,8 @@ mod tests {
             status: Status::Enabled,
             reprovision: "never".into(),
             hub: "h2".into(),
+            foreign: vec![],
+            take_back: false,
         };
         let certificates = certificates_of(&e);
         let body = |read: Option<&Enrollment>, etag: Option<&str>| -> Value {
@@ -1556,6 +1819,7 @@ mod tests {
                     hub_host: "h2.azure-devices.net",
                     certificates: &certificates,
                     read,
+                    kept: [None, None],
                     etag,
                 })
                 .unwrap(),

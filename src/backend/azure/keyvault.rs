@@ -38,6 +38,15 @@
 //! - Deleted certificates list only their newest version (Key Vault does not list the versions of
 //!   a deleted certificate).
 //!
+//! - What a process read is kept until certroll writes to the name ([`Kept`]; trial az4
+//!   F-KV-READS: a breach of a 200-device group made ≈ 24 Key Vault requests per device): a
+//!   CA's certificate (`ca-*`: its newest version, its versions, its policy), which within one
+//!   run changes only through certroll; any version read by id or imported (a version's
+//!   certificate never changes; its attributes change through certroll's writes); and the
+//!   listing of a name's versions, so a run decides on one listing per device (its plan's)
+//!   and finds a step's marked versions ([`Vault::versions_marked`]) in it: a version made by
+//!   another client or by Key Vault itself in between is seen by the next run.
+//!
 //! Every failure names the operation, the certificate and Key Vault's own status, error code and
 //! message ([`BackendError::Remote`]).
 
@@ -111,6 +120,87 @@ pub struct AzureVault {
     vault_url: String,
     /// The mark of the journal step running now (see [`Vault::mark_new_versions`]).
     marker: Option<String>,
+    /// What this process read and keeps (see the module doc).
+    kept: std::sync::Mutex<Kept>,
+    /// Whether listings of versions are kept ([`AzureVault::without_kept_listings`]).
+    keeps_listings: bool,
+}
+
+/// Key Vault's answers this process keeps, by name; a name's entries are dropped when certroll
+/// writes to it ([`AzureVault::forget`]). `current`, `versions` and `policy` are kept for CA
+/// names only.
+#[derive(Default)]
+struct Kept {
+    /// [`Vault::current`] of a CA.
+    current: HashMap<String, Option<VaultVersion>>,
+    /// [`Vault::versions`] of a CA.
+    versions: HashMap<String, Vec<VaultVersion>>,
+    /// The policy of a CA (None: 404).
+    policy: HashMap<String, Option<CertificatePolicy>>,
+    /// [`Vault::version`] by name and version, and each version this process imported.
+    version: HashMap<String, HashMap<String, VaultVersion>>,
+    /// The listing of a name's versions.
+    listed: HashMap<String, Vec<ListedVersion>>,
+}
+
+impl Kept {
+    /// The kept version `version` of `name`.
+    fn version_at(&self, name: &str, version: &str) -> Option<&VaultVersion> {
+        self.version.get(name)?.get(version)
+    }
+
+    /// Keeps `v` (a version read or imported).
+    fn keep_version(&mut self, v: VaultVersion) {
+        self.version
+            .entry(v.name.clone())
+            .or_default()
+            .insert(v.version.clone(), v);
+    }
+}
+
+/// Kept listings beyond this many names are dropped (memory stays bounded on any fleet; a
+/// dropped listing is read again when asked for).
+const KEPT_LISTINGS: usize = 100_000;
+
+/// What an import answered: the new version's id, and the version when the answer shows all of
+/// it.
+type Imported = (String, Option<VaultVersion>);
+
+/// One version as Key Vault's listing of a name's versions shows it: what a [`VersionBrief`]
+/// and [`Vault::versions_marked`] need.
+#[derive(Clone)]
+struct ListedVersion {
+    version: String,
+    /// SHA-1, upper-case hex; None for a pending request's placeholder.
+    thumbprint: Option<String>,
+    enabled: bool,
+    nbf: Option<OffsetDateTime>,
+    exp: Option<OffsetDateTime>,
+    created: Option<OffsetDateTime>,
+    issuer: Option<(String, String)>,
+    /// The journal step that made it ([`STEP_TAG`]).
+    step: Option<String>,
+}
+
+impl ListedVersion {
+    fn of(p: &CertificateProperties) -> Option<ListedVersion> {
+        let a = p.attributes.as_ref();
+        Some(ListedVersion {
+            version: version_of(p.id.as_deref()?),
+            thumbprint: p.x509_thumbprint.as_deref().map(crate::pki::hex_upper),
+            enabled: a.and_then(|a| a.enabled).unwrap_or(true),
+            nbf: a.and_then(|a| a.not_before),
+            exp: a.and_then(|a| a.expires),
+            created: a.and_then(|a| a.created),
+            issuer: issuer_of(p.tags.as_ref()),
+            step: p.tags.as_ref().and_then(|t| t.get(STEP_TAG)).cloned(),
+        })
+    }
+}
+
+/// Whether `name` is a CA's, whose newest version, versions and policy are kept ([`Kept`]).
+fn is_ca_name(name: &str) -> bool {
+    name.starts_with("ca-")
 }
 
 /// A Key Vault answer that is not success, as certroll reports it.
@@ -299,6 +389,8 @@ impl AzureVault {
             creation_rate: super::KeyCreationRate::per_second(config.vault_limits.rate),
             vault_url: config.vault_url.clone(),
             marker: None,
+            kept: std::sync::Mutex::default(),
+            keeps_listings: true,
         })
     }
 
@@ -308,8 +400,133 @@ impl AzureVault {
     /// deletion). Recorded before the remote write, so a stop right after it leaves nothing
     /// unseen.
     fn touch(&self, name: &str) -> Result<()> {
+        self.forget(name);
         crate::store::queries_notify::touch_remote(self.local.store().conn(), name)
             .map_err(BackendError::Store)
+    }
+
+    /// Drops what this process kept of `name` ([`Kept`]): certroll is about to write to it.
+    fn forget(&self, name: &str) {
+        let mut kept = self.kept();
+        kept.listed.remove(name);
+        kept.version.remove(name);
+        if is_ca_name(name) {
+            kept.current.remove(name);
+            kept.versions.remove(name);
+            kept.policy.remove(name);
+        }
+    }
+
+    /// What this process keeps; a poisoned lock (a panic elsewhere) still holds valid answers.
+    fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The policy of `name`, kept for a CA ([`Kept`]); None on 404.
+    fn policy_kept(&self, name: &str) -> Result<Option<CertificatePolicy>> {
+        if is_ca_name(name)
+            && let Some(p) = self.kept().policy.get(name)
+        {
+            return Ok(p.clone());
+        }
+        let p = self.rt.block_on(Self::get_policy(&self.certs, name))?;
+        if is_ca_name(name) {
+            self.kept().policy.insert(name.to_string(), p.clone());
+        }
+        Ok(p)
+    }
+
+    /// This vault, reading every listing of versions afresh: for a second client of the same
+    /// vault, which does not see the first one's writes (whose imports must show in its
+    /// listings).
+    pub fn without_kept_listings(mut self) -> AzureVault {
+        self.keeps_listings = false;
+        self
+    }
+
+    /// The SHA-1 thumbprints (upper-case hex) of versions, by (name, version): of a version this
+    /// process keeps ([`Kept`]: one it imported or read) from its certificate, of any other from
+    /// one listing of its name's versions. A version neither shows is left out.
+    pub fn thumbprints(&self, at: &[(String, String)]) -> Result<HashMap<(String, String), String>> {
+        let mut out = HashMap::new();
+        let mut names = Vec::new();
+        {
+            let kept = self.kept();
+            for a in at {
+                match kept.version_at(&a.0, &a.1) {
+                    Some(v) => {
+                        out.insert(a.clone(), crate::pki::sha1_thumbprint(&v.cert_der));
+                    }
+                    None if !names.contains(&a.0) => names.push(a.0.clone()),
+                    None => {}
+                }
+            }
+        }
+        for b in self.briefs_many(&names)?.into_iter().flatten() {
+            out.entry((b.name, b.version)).or_insert(b.thumbprint);
+        }
+        Ok(out)
+    }
+
+    /// Every version of a name, oldest first, as [`Vault::versions`]: from the kept listing
+    /// and the kept versions ([`Kept`]), reading by id (and the name's policy, once) only the
+    /// versions not kept.
+    fn versions_kept(&self, name: &str) -> Result<Vec<VaultVersion>> {
+        let listed = self.rt.block_on(self.listed_kept(name))?;
+        let mut out = Vec::with_capacity(listed.len());
+        let mut key = None;
+        for l in listed.iter().filter(|l| l.thumbprint.is_some()) {
+            let kept = self.kept().version_at(name, &l.version).cloned();
+            let v = match kept {
+                Some(v) => v,
+                None => {
+                    let Some(c) = self.rt.block_on(Self::get(&self.certs, name, Some(&l.version)))? else {
+                        continue;
+                    };
+                    if c.cer.is_none() {
+                        continue; // a pending request's placeholder is no issued version
+                    }
+                    if key.is_none() {
+                        key = Some(key_facts(
+                            self.rt.block_on(Self::get_policy(&self.certs, name))?.as_ref(),
+                        ));
+                    }
+                    let v = to_version(name, &c, key.as_ref().expect("read above"))?;
+                    self.kept().keep_version(v.clone());
+                    v
+                }
+            };
+            out.push(v);
+        }
+        // As `all_versions`: oldest first, the listed order breaking ties of `created`.
+        out.sort_by_key(|v| v.created);
+        Ok(out)
+    }
+
+    /// The listing of `name`'s versions, as kept ([`Kept`]) or read (then kept); empty when the
+    /// name does not exist.
+    async fn listed_kept(&self, name: &str) -> Result<Vec<ListedVersion>> {
+        if self.keeps_listings
+            && let Some(l) = self.kept().listed.get(name)
+        {
+            return Ok(l.clone());
+        }
+        let listed: Vec<ListedVersion> = Self::listed(&self.certs, name)
+            .await?
+            .iter()
+            .filter_map(ListedVersion::of)
+            .collect();
+        if !self.keeps_listings {
+            return Ok(listed);
+        }
+        let mut kept = self.kept();
+        if kept.listed.len() >= KEPT_LISTINGS {
+            kept.listed.clear();
+        }
+        kept.listed.insert(name.to_string(), listed.clone());
+        Ok(listed)
     }
 
     /// The vault's URL.
@@ -407,27 +624,26 @@ impl AzureVault {
     /// created) and its tags (the issuer certroll tagged it with at import), which is all a
     /// brief holds. None when an issued version is listed without its dates (then every
     /// version is read by GET, as [`all_versions`](Self::all_versions) does).
-    async fn listed_briefs(certs: &CertificateClient, name: &str) -> Result<Option<Vec<VersionBrief>>> {
+    async fn listed_briefs(&self, name: &str) -> Result<Option<Vec<VersionBrief>>> {
         let mut out = Vec::new();
-        for p in Self::listed(certs, name).await? {
+        for p in self.listed_kept(name).await? {
             // A pending request's placeholder has no x5t: no issued version.
-            let (Some(id), Some(x5t)) = (p.id.as_deref(), p.x509_thumbprint.as_deref()) else {
+            let Some(thumbprint) = p.thumbprint else {
                 continue;
             };
-            let a = p.attributes.as_ref();
-            let (Some(nbf), Some(exp)) = (a.and_then(|a| a.not_before), a.and_then(|a| a.expires)) else {
+            let (Some(nbf), Some(exp)) = (p.nbf, p.exp) else {
                 return Ok(None);
             };
             let brief = VersionBrief {
                 name: name.to_string(),
-                version: version_of(id),
-                thumbprint: crate::pki::hex_upper(x5t),
-                enabled: a.and_then(|a| a.enabled).unwrap_or(true),
+                version: p.version,
+                thumbprint,
+                enabled: p.enabled,
                 nbf,
                 exp,
-                issuer: issuer_of(p.tags.as_ref()),
+                issuer: p.issuer,
             };
-            out.push((a.and_then(|a| a.created).unwrap_or(nbf), brief));
+            out.push((p.created.unwrap_or(nbf), brief));
         }
         // As `all_versions`: oldest first, the listed order breaking ties of `created`.
         out.sort_by_key(|(created, _)| *created);
@@ -476,8 +692,13 @@ impl AzureVault {
         Ok(out)
     }
 
-    /// Imports one new version and records its issuer; returns its version id.
-    async fn import(certs: &CertificateClient, new: OwnedNewVersion) -> Result<String> {
+    /// Imports one new version and records its issuer; returns its version id, and the version
+    /// as Key Vault's answer shows it when that answer carries everything a [`VaultVersion`]
+    /// holds (its certificate, the name's policy, certroll's tags).
+    async fn import(
+        certs: &CertificateClient,
+        new: OwnedNewVersion,
+    ) -> Result<(String, Option<VaultVersion>)> {
         let name = new.name.as_str();
         let mut policy = parse_policy(name, &new.policy_json)?;
         let pfx = policy
@@ -523,7 +744,14 @@ impl AzureVault {
             name,
         )?;
         vault_write_fault_point();
-        Ok(version_of(c.id.as_deref().unwrap_or_default()))
+        let id = version_of(c.id.as_deref().unwrap_or_default());
+        let tagged = new.issuer.is_none() || issuer_of(c.tags.as_ref()).is_some();
+        let shown = match (&c.cer, &c.policy) {
+            (Some(_), Some(p)) if tagged => to_version(name, &c, &key_facts(Some(p))).ok(),
+            _ => None,
+        };
+        let shown = shown.filter(|v| v.version == id);
+        Ok((id, shown))
     }
 
     /// Updates a version's (or the newest's) `enabled` and tags.
@@ -571,26 +799,28 @@ impl AzureVault {
 
     /// The newest version of `name` whose tags carry the step mark `marker` (the listing of
     /// versions carries their tags).
-    async fn marked(certs: &CertificateClient, name: &str, marker: &str) -> Result<Option<VaultVersion>> {
-        let items: Vec<_> = match certs.list_certificate_properties_versions(name, None) {
-            Ok(pager) => match pager.try_collect::<Vec<_>>().await {
-                Ok(items) => items,
-                Err(e) if is_not_found(&e) => return Ok(None),
-                Err(e) => return Err(remote("list versions", name, e)),
-            },
-            Err(e) => return Err(remote("list versions", name, e)),
-        };
-        let found = items
+    ///
+    /// The kept listing serves ([`Kept`]): a version marked by this step was made either by an
+    /// earlier process, before any listing this one made, or by this one, whose import dropped
+    /// the name's listing.
+    async fn marked(&self, name: &str, marker: &str) -> Result<Option<VaultVersion>> {
+        let found = self
+            .listed_kept(name)
+            .await?
             .into_iter()
-            .filter(|p| p.tags.as_ref().and_then(|t| t.get(STEP_TAG)).map(String::as_str) == Some(marker))
-            .max_by_key(|p| p.attributes.as_ref().and_then(|a| a.created));
-        let Some(id) = found.and_then(|p| p.id) else {
+            .filter(|p| p.step.as_deref() == Some(marker))
+            .max_by_key(|p| p.created);
+        let Some(found) = found else {
             return Ok(None);
         };
-        let Some(c) = Self::get(certs, name, Some(&version_of(&id))).await? else {
+        let kept = self.kept().version_at(name, &found.version).cloned();
+        if let Some(v) = kept {
+            return Ok(Some(v));
+        }
+        let Some(c) = Self::get(&self.certs, name, Some(&found.version)).await? else {
             return Ok(None);
         };
-        let key = key_facts(Self::get_policy(certs, name).await?.as_ref());
+        let key = key_facts(Self::get_policy(&self.certs, name).await?.as_ref());
         to_version(name, &c, &key).map(Some)
     }
 
@@ -671,7 +901,20 @@ fn model<T: serde::de::DeserializeOwned>(r: Response<T>, operation: &str, name: 
 
 impl Vault for AzureVault {
     fn current(&self, name: &str) -> Result<Option<VaultVersion>> {
-        self.rt.block_on(Self::latest(&self.certs, name))
+        if !is_ca_name(name) {
+            return self.rt.block_on(Self::latest(&self.certs, name));
+        }
+        if let Some(v) = self.kept().current.get(name) {
+            return Ok(v.clone());
+        }
+        let found = self.rt.block_on(Self::latest_with_policy(&self.certs, name))?;
+        let mut kept = self.kept();
+        if let Some((_, p)) = &found {
+            kept.policy.insert(name.to_string(), p.clone());
+        }
+        let v = found.map(|(v, _)| v);
+        kept.current.insert(name.to_string(), v.clone());
+        Ok(v)
     }
 
     fn current_many(&self, names: &[String]) -> Result<Vec<Option<VaultVersion>>> {
@@ -689,12 +932,29 @@ impl Vault for AzureVault {
     }
 
     fn versions(&self, name: &str) -> Result<Vec<VaultVersion>> {
-        self.rt.block_on(Self::all_versions(
-            self.certs.clone(),
-            name.to_string(),
-            self.concurrency,
-            true,
-        ))
+        if is_ca_name(name)
+            && let Some(v) = self.kept().versions.get(name)
+        {
+            return Ok(v.clone());
+        }
+        let versions = if is_ca_name(name) {
+            self.rt.block_on(Self::all_versions(
+                self.certs.clone(),
+                name.to_string(),
+                self.concurrency,
+                true,
+            ))?
+        } else {
+            self.versions_kept(name)?
+        };
+        if is_ca_name(name) {
+            let mut kept = self.kept();
+            for v in &versions {
+                kept.keep_version(v.clone());
+            }
+            kept.versions.insert(name.to_string(), versions.clone());
+        }
+        Ok(versions)
     }
 
     fn versions_many(&self, names: &[String]) -> Result<Vec<Vec<VaultVersion>>> {
@@ -717,7 +977,7 @@ impl Vault for AzureVault {
         // (not Key Vault's) falls back to reading each version.
         self.rt.block_on(async {
             futures::stream::iter(names.iter().map(|n| async move {
-                match Self::listed_briefs(&self.certs, n).await? {
+                match self.listed_briefs(n).await? {
                     Some(briefs) => Ok(briefs),
                     None => crate::backend::briefs_of(vec![
                         Self::all_versions(self.certs.clone(), n.clone(), self.concurrency, false).await?,
@@ -819,16 +1079,19 @@ impl Vault for AzureVault {
     }
 
     fn version(&self, name: &str, version: &str) -> Result<Option<VaultVersion>> {
-        self.rt.block_on(async {
-            let Some(c) = Self::get(&self.certs, name, Some(version)).await? else {
-                return Ok(None);
-            };
-            if c.cer.is_none() {
-                return Ok(None); // the pending request's placeholder, not an issued version
-            }
-            let key = key_facts(Self::get_policy(&self.certs, name).await?.as_ref());
-            to_version(name, &c, &key).map(Some)
-        })
+        if let Some(v) = self.kept().version_at(name, version) {
+            return Ok(Some(v.clone()));
+        }
+        let Some(c) = self.rt.block_on(Self::get(&self.certs, name, Some(version)))? else {
+            return Ok(None);
+        };
+        if c.cer.is_none() {
+            return Ok(None); // the pending request's placeholder, not an issued version
+        }
+        let key = key_facts(self.policy_kept(name)?.as_ref());
+        let v = to_version(name, &c, &key)?;
+        self.kept().keep_version(v.clone());
+        Ok(Some(v))
     }
 
     fn create_versions(&mut self, batch: &[NewVersion<'_>], _now: OffsetDateTime) -> Result<Vec<String>> {
@@ -855,7 +1118,7 @@ impl Vault for AzureVault {
         let certs = self.certs.clone();
         let stage = crate::progress::paced_stage("Key Vault imports", batch.len() as u64, self.creation_rate);
         let stage = &stage;
-        let done: Vec<Vec<(usize, String)>> = self.rt.block_on(async {
+        let done: Vec<Vec<(usize, Imported)>> = self.rt.block_on(async {
             futures::stream::iter(by_name.into_values().map(|group| {
                 let certs = certs.clone();
                 async move {
@@ -872,7 +1135,11 @@ impl Vault for AzureVault {
             .await
         })?;
         let mut ids = vec![String::new(); batch.len()];
-        for (i, id) in done.into_iter().flatten() {
+        let mut kept = self.kept();
+        for (i, (id, shown)) in done.into_iter().flatten() {
+            if let Some(v) = shown {
+                kept.keep_version(v);
+            }
             ids[i] = id;
         }
         Ok(ids)
@@ -929,7 +1196,7 @@ impl Vault for AzureVault {
     }
 
     fn policy(&self, name: &str) -> Result<Option<serde_json::Value>> {
-        let p = self.rt.block_on(Self::get_policy(&self.certs, name))?;
+        let p = self.policy_kept(name)?;
         p.map(|p| {
             serde_json::to_value(&p).map_err(|e| BackendError::Refused(format!("policy of `{name}`: {e}")))
         })
@@ -993,6 +1260,7 @@ impl Vault for AzureVault {
         tags: &Tags,
         _now: OffsetDateTime,
     ) -> Result<()> {
+        self.forget(name);
         self.rt.block_on(async {
             // Key Vault replaces all tags: keep certroll's own.
             let current = Self::get(&self.certs, name, version)
@@ -1323,6 +1591,7 @@ impl Vault for AzureVault {
     }
 
     fn delete_pending(&mut self, name: &str) -> Result<bool> {
+        self.forget(name);
         self.rt.block_on(async {
             match self.certs.delete_certificate_operation(name, None).await {
                 Ok(_) => Ok(true),
@@ -1510,12 +1779,10 @@ impl Vault for AzureVault {
         let Some(marker) = self.marker.clone() else {
             return Ok(vec![None; names.len()]);
         };
-        let certs = self.certs.clone();
         self.rt.block_on(async {
             futures::stream::iter(names.iter().map(|n| {
-                let certs = certs.clone();
                 let marker = marker.clone();
-                async move { Self::marked(&certs, n, &marker).await }
+                async move { self.marked(n, &marker).await }
             }))
             .buffered(self.concurrency)
             .try_collect()

@@ -370,10 +370,31 @@ pub(super) fn assess<'p>(
         // A disabled individual enrollment is a revoked device: no roll issues it anything.
         if individual.as_ref().is_some_and(|e| e.status == Status::Disabled) {
             out.reports.push(DeviceRoll {
+                delivery: None,
                 target,
                 outcome: "revoked",
                 slot: mode.slot(),
                 steps: vec![],
+                new_thumbprint: None,
+                pruned_thumbprint: None,
+                compromised: vec![],
+            });
+            continue;
+        }
+        // Another client's certificate in its enrollment: only an explicit breach of the device
+        // takes the enrollment back; any other roll leaves it alone, and the run stays open
+        // (exit 1) so a rerun finishes the device once the operator has acted.
+        if let Some(ind) = individual.as_ref().filter(|e| !e.foreign.is_empty())
+            && !matches!(mode, Mode::Breach { .. })
+        {
+            let mut steps: Vec<String> = ind.foreign.iter().map(|f| f.describe(id)).collect();
+            steps.push(ForeignCertificate::remedy(id));
+            out.reports.push(DeviceRoll {
+                delivery: None,
+                target,
+                outcome: "foreign",
+                slot: mode.slot(),
+                steps,
                 new_thumbprint: None,
                 pruned_thumbprint: None,
                 compromised: vec![],
@@ -396,6 +417,7 @@ pub(super) fn assess<'p>(
             }
         };
         let mut report = DeviceRoll {
+            delivery: None,
             target: target.clone(),
             outcome: "rolled",
             slot: mode.slot(),
@@ -674,7 +696,20 @@ pub(super) fn assess<'p>(
                     .collect();
                 report.compromised = tps.clone();
                 match &individual {
-                    Some(_) => {
+                    Some(ind) => {
+                        // Named explicitly, the breach takes the enrollment back from another
+                        // client: its certificates leave with the compromised ones.
+                        for f in &ind.foreign {
+                            report.steps.push(format!(
+                                "take individual enrollment `{id}` back: remove certificate {} ({}) that another client put into its {} slot",
+                                f.thumbprint,
+                                if f.subject.is_empty() { "no subject given" } else { &f.subject },
+                                f.slot
+                            ));
+                        }
+                        if let Some(w) = work.individual.as_mut() {
+                            w.take_back = !w.foreign.is_empty();
+                        }
                         for tp in &tps {
                             say!(
                                 describe,
@@ -699,6 +734,8 @@ pub(super) fn assess<'p>(
                             status: Status::Enabled,
                             reprovision: g.reprovision.as_str().into(),
                             hub: g.hub.clone(),
+                            foreign: Vec::new(),
+                            take_back: false,
                         });
                     }
                 }
@@ -1070,6 +1107,15 @@ pub(super) fn store(
     if !requests.is_empty() {
         let states = backend.register(&requests, now)?;
         for (req, state) in requests.iter().zip(&states) {
+            // `waiting`: the delivery or the request to register did not get through (a hook,
+            // an IoT Hub direct method), so DPS refused nothing; its words name what failed.
+            if state.status == "waiting" {
+                anyhow::bail!(
+                    "device:{} has not registered with its new certificate: {}",
+                    req.registration_id,
+                    state.error.as_deref().unwrap_or("no reason recorded")
+                );
+            }
             if state.status != "assigned" {
                 anyhow::bail!(
                     "device:{} was refused by the enrollment service with its new certificate: {}",

@@ -127,8 +127,10 @@ pub struct DeviceRoll {
     /// other slot), `not-due`, `capped` (its CA's expiry caps a renewal; see
     /// [`RollReport::renew_ca_first`]), `not-issued` (with `--due`: named by the plan, never
     /// issued; the run exits 1), `held-back` (with `--due`: its CA or group holds it back, as its
-    /// one step says; the run exits 1), `revoked`, `replaced`, `would-replace` or
-    /// `already-replaced`.
+    /// one step says; the run exits 1), `revoked`, `replaced`, `would-replace`,
+    /// `already-replaced`, or `foreign` (another client put a certificate certroll did not issue
+    /// into its individual enrollment: left alone, its steps say why and what to do; the run
+    /// stays open and exits 1, and its rerun finishes the device once the operator has acted).
     pub outcome: &'static str,
     /// The slot the new certificate went into. For `already-rolled`: where the certificate the
     /// device holds is after this roll: the slot of its individual enrollment that holds it, or
@@ -146,6 +148,11 @@ pub struct DeviceRoll {
     pub pruned_thumbprint: Option<String>,
     /// In a breach: the thumbprints of the compromised certificates.
     pub compromised: Vec<String>,
+    /// On azure, when this run's delivery of the device's new certificate did not reach it:
+    /// `owed: WHY` (a hook that failed, a device a direct method did not reach). The
+    /// certificate stays owed and the next `issue` or roll delivers it; the run exits 1. None
+    /// when delivered, and with `delivery = "none"` (the operator's choice).
+    pub delivery: Option<String>,
 }
 
 /// What happened to a group's slot.
@@ -188,6 +195,9 @@ pub struct RollReport {
     /// its current version is not valid yet at the run's time (`--now` behind a later run's),
     /// whose renewal ends before that version does.
     pub warnings: Vec<String>,
+    /// Devices still owed the delivery of a new certificate after this run (this run's or an
+    /// earlier one's delivery failed): the next `issue` or roll delivers them; the run exits 1.
+    pub deliveries_owed: u64,
 }
 
 /// A CA whose notAfter caps the renewals of devices or CAs below it: a new certificate would end
@@ -206,6 +216,14 @@ pub struct CappedBy {
     pub cas: Vec<String>,
     /// What to do, in words.
     pub message: String,
+}
+
+/// `step N (KIND) of TARGET`, as every journal step's error is named.
+fn step_context(steps: &[crate::backend::types::JournalStep], seq: u32) -> String {
+    match steps.iter().find(|s| s.seq == seq) {
+        Some(s) => format!("step {} ({}) of {}", s.seq, s.kind, s.target),
+        None => format!("step {seq} of the run"),
+    }
 }
 
 /// The canonical text of a roll command: the journal's key for resuming it.
@@ -469,6 +487,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         dry_run: opts.dry_run,
         run: None,
         resumed: false,
+        deliveries_owed: 0,
         steps: Vec::new(),
         devices_cut_off: CutOff::none(),
         groups: Vec::new(),
@@ -478,6 +497,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     };
     for id in &not_issued {
         report.devices.push(DeviceRoll {
+            delivery: None,
             target: format!("device:{id}"),
             outcome: "not-issued",
             slot: opts.slot,
@@ -665,6 +685,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
                     };
                     if !outcome.is_empty() {
                         report.devices.push(DeviceRoll {
+                            delivery: None,
                             target: format!("device:{id}"),
                             outcome,
                             slot: opts.slot,
@@ -678,12 +699,18 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
                     }
                 }
             }
-            plan_devices(opts, &maybe, &mut planned);
+            plan_devices(opts, &maybe, super::unit_devices(plan), &mut planned);
         } else {
-            plan_devices(opts, &device_ids, &mut planned);
+            plan_devices(opts, &device_ids, super::unit_devices(plan), &mut planned);
         }
     }
 
+    if !opts.dry_run {
+        // Certificates an earlier run left undelivered (killed after a unit's commit, or a
+        // channel that failed) reach their devices before this run's own work (after every
+        // refusal: a refused run changes nothing): a rerun with nothing else to do still owes them.
+        backend.deliver_owed(now)?;
+    }
     let run = journal::begin(&mut backend, &command, &planned, opts.dry_run, now)?;
     report.run = run.id;
     report.resumed = run.resumed;
@@ -698,7 +725,11 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         }
     }
     execute(plan, opts, &run, &mut backend, now, &mut report)?;
-    run.finish(&mut backend, now)?;
+    // A device left alone for another client's certificate leaves the run open: its rerun,
+    // once the operator has acted, finishes it (a breach's later steps are not redone).
+    if !report.devices.iter().any(|d| d.outcome == "foreign") {
+        run.finish(&mut backend, now)?;
+    }
     if opts.due && !report.devices.is_empty() {
         // The devices found not due were reported before the others: back to plan order.
         let order: std::collections::HashMap<&str, usize> = all_due
@@ -726,6 +757,14 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
             .collect(),
     };
     report.renew_ca_first = capped_by(plan, &backend, &report.devices, &capped_cas)?;
+    if !opts.dry_run {
+        // A failed delivery does not undo the roll, but a rerun (or any later run) finishes it.
+        for d in &mut report.devices {
+            let id = d.target.strip_prefix("device:").unwrap_or(&d.target);
+            d.delivery = backend.delivery_failure(id).map(|why| format!("owed: {why}"));
+        }
+        report.deliveries_owed = backend.owed_devices()?.len() as u64;
+    }
     for g in &mut report.groups {
         if !opts.dry_run && g.outcome.starts_with("would-") {
             g.outcome = if opts.breach.is_some() {
@@ -1118,6 +1157,7 @@ fn due_held_back(
         match problem {
             None => ok.push(id),
             Some((outcome, why)) => held.push(DeviceRoll {
+                delivery: None,
                 target: format!("device:{id}"),
                 outcome,
                 slot,
@@ -1145,6 +1185,7 @@ fn own_certificate_gone(
     slot: SlotName,
 ) -> Result<(Vec<String>, Vec<DeviceRoll>)> {
     let held_back = |id: &str, why: String| DeviceRoll {
+        delivery: None,
         target: format!("device:{id}"),
         outcome: "held-back",
         slot,
@@ -1502,9 +1543,10 @@ fn chunk_steps(
     slot: SlotName,
     ids: &[String],
     what: &str,
+    unit: usize,
     planned: &mut Vec<Planned>,
 ) {
-    for chunk in ids.chunks(CHUNK) {
+    for chunk in ids.chunks(unit) {
         let range = if chunk.len() == 1 {
             chunk[0].clone()
         } else {
@@ -1525,10 +1567,10 @@ fn chunk_steps(
 }
 
 /// The steps of explicit device targets.
-fn plan_devices(opts: &RollOptions, ids: &[String], planned: &mut Vec<Planned>) {
+fn plan_devices(opts: &RollOptions, ids: &[String], unit: usize, planned: &mut Vec<Planned>) {
     match &opts.breach {
         None if opts.due => {
-            for chunk in ids.chunks(CHUNK) {
+            for chunk in ids.chunks(unit) {
                 planned.push(Planned {
                     target: "devices".into(),
                     kind: "roll-devices",
@@ -1543,7 +1585,7 @@ fn plan_devices(opts: &RollOptions, ids: &[String], planned: &mut Vec<Planned>) 
                 });
             }
         }
-        None => chunk_steps("roll-devices", "devices", opts.slot, ids, "roll", planned),
+        None => chunk_steps("roll-devices", "devices", opts.slot, ids, "roll", unit, planned),
         Some(_) => {
             for id in ids {
                 planned.push(Planned {
@@ -1674,7 +1716,15 @@ fn plan_scope<'p>(
     };
     if opts.breach.is_none() && already {
         let from = planned.len();
-        chunk_steps("roll-devices", &target, slot, &scope.device_ids, "roll", planned);
+        chunk_steps(
+            "roll-devices",
+            &target,
+            slot,
+            &scope.device_ids,
+            "roll",
+            super::unit_devices(plan),
+            planned,
+        );
         mark_capped(planned, from);
         return Ok(());
     }
@@ -1767,11 +1817,20 @@ fn plan_scope<'p>(
             slot,
             &device_ids,
             "re-issue (new keys) and re-provision",
+            super::unit_devices(plan),
             planned,
         );
     } else {
         let from = planned.len();
-        chunk_steps("roll-devices", &target, slot, &scope.device_ids, "roll", planned);
+        chunk_steps(
+            "roll-devices",
+            &target,
+            slot,
+            &scope.device_ids,
+            "roll",
+            super::unit_devices(plan),
+            planned,
+        );
         mark_capped(planned, from);
     }
     Ok(())
@@ -1979,11 +2038,14 @@ fn make<'a, 'p>(
     issuers: &Issuers,
     now: OffsetDateTime,
     skew: time::Duration,
+    steps: &[crate::backend::types::JournalStep],
 ) -> Result<Option<Made<'a, 'p>>> {
     Ok(match chunk {
         Some((seq, mode, assessed)) => {
+            // Making a chunk's certificates reads and writes the vault too: its errors name
+            // the step as the chunk's writes do.
             let fresh = if assessed.any() {
-                devices::generate(&assessed, issuers, now, skew)?
+                devices::generate(&assessed, issuers, now, skew).with_context(|| step_context(steps, seq))?
             } else {
                 Vec::new()
             };
@@ -2100,11 +2162,14 @@ fn roll_device_steps(
                     let stored = match made {
                         Some((seq, mode, mut assessed, fresh)) => {
                             if !opts.dry_run {
-                                run.step(b, seq, now, |b| {
+                                // A device left alone (another client's certificate in its
+                                // enrollment) keeps the step open for the rerun that finishes it.
+                                let left = assessed.reports.iter().any(|r| r.outcome == "foreign");
+                                run.step_leaving(b, seq, now, |b| {
                                     let result = devices::store(&mut assessed, fresh, issuers, b, mode, now)?;
-                                    Ok(((), result))
+                                    Ok(((), (!left).then_some(result)))
                                 })
-                                .with_context(|| format!("step {seq} of the run"))?;
+                                .with_context(|| step_context(&run.steps, seq))?;
                             }
                             Some(assessed)
                         }
@@ -2112,7 +2177,7 @@ fn roll_device_steps(
                     };
                     Ok((stored, decide(&*b, upcoming)?))
                 },
-                || make(decided, issuers, now, plan.not_before_skew),
+                || make(decided, issuers, now, plan.not_before_skew, &run.steps),
             );
             let (stored, following) = lane?;
             if let Some(done) = stored {

@@ -89,6 +89,16 @@ fn list_names(names: &[String]) -> String {
     text
 }
 
+/// Refuses a recovery period Key Vault does not keep (7 to 90 days).
+fn check_recovery_days(days: u32) -> Result<()> {
+    if !(7..=90).contains(&days) {
+        return Err(input(format!(
+            "--recovery-days {days} is out of range: Key Vault keeps deleted certificates 7 to 90 days"
+        )));
+    }
+    Ok(())
+}
+
 /// `vault delete`.
 pub fn delete(
     plan: &Plan,
@@ -98,12 +108,7 @@ pub fn delete(
     now: OffsetDateTime,
 ) -> Result<DeleteReport> {
     let name = resolve_name(name)?;
-    if !(7..=90).contains(&opts.recovery_days) {
-        return Err(input(format!(
-            "--recovery-days {} is out of range: Key Vault keeps deleted certificates 7 to 90 days",
-            opts.recovery_days
-        )));
-    }
+    check_recovery_days(opts.recovery_days)?;
     let access = if opts.dry_run { Access::Read } else { Access::Write };
     let mut backend = open_verb_backend(plan, "vault", access, settings)?;
     delete_in(&mut *backend, &name, opts, now)
@@ -117,12 +122,7 @@ pub fn delete_in(
     now: OffsetDateTime,
 ) -> Result<DeleteReport> {
     let name = name.to_string();
-    if !(7..=90).contains(&opts.recovery_days) {
-        return Err(input(format!(
-            "--recovery-days {} is out of range: Key Vault keeps deleted certificates 7 to 90 days",
-            opts.recovery_days
-        )));
-    }
+    check_recovery_days(opts.recovery_days)?;
     let live = backend.current(&name)?.is_some();
     let pending = backend.pending(&name)?.is_some();
     if !live && !pending {

@@ -94,13 +94,6 @@ pub(crate) fn purged_note(backend: &dyn crate::backend::Backend, name: &str) -> 
     ))
 }
 
-/// The SubjectPublicKeyInfo (DER) a certificate certifies.
-pub(crate) fn spki_of(cert_der: &[u8]) -> Result<Vec<u8>> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
-        .map_err(|e| crate::pki::Error::BadCertificate(crate::pki::x509_parse_error(&e)))?;
-    Ok(cert.tbs_certificate.subject_pki.raw.to_vec())
-}
-
 /// One version, as `vault show` lists it.
 #[derive(Debug, Serialize)]
 pub struct VersionView {

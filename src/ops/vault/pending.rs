@@ -7,11 +7,12 @@
 //! The local backend talks to no issuer provider, so a set issuer also waits for a merge. Until
 //! then the name has no usable version (an existing name keeps its current one).
 
-use super::{not_live, spki_of};
+use super::not_live;
 use crate::backend::Created;
 use crate::backend::types::{NewVersion, PendingCertificate};
 use crate::error::input;
 use crate::ops::{Access, BackendSettings, effective_key_usage, open_verb_backend, policy_json};
+use crate::pki::cert::spki_of;
 use crate::pki::spec::{ExtendedKeyUsage, KeySpec, KeyUsage, RSA_SIZES, Subject};
 use crate::pki::{CertProfile, PrivateKey};
 use crate::plan::{ActionKind, ContentType, LifetimeAction, Plan, Policy, Trigger};

@@ -137,8 +137,7 @@ enum RenewalSubject {
 /// rather than reading it back from text.
 fn renewal_subject(v: &VaultOnly) -> Result<RenewalSubject> {
     let text = v.policy["x509_props"]["subject"].as_str().unwrap_or_default();
-    let (_, cert) = x509_parser::parse_x509_certificate(&v.current.cert_der)
-        .map_err(|e| crate::pki::Error::BadCertificate(crate::pki::x509_parse_error(&e)))
+    let (_, cert) = crate::pki::inspect::parse(&v.current.cert_der)
         .with_context(|| format!("`{}` version {}", v.name, v.current.version))?;
     // Stores written before subjects were recorded escaped hold x509-parser's unescaped text.
     if text == crate::pki::inspect::name_text(cert.subject()) || text == cert.subject().to_string() {

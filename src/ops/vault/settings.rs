@@ -51,17 +51,9 @@ pub fn is_email(text: &str) -> bool {
     crate::pki::san::San::email(text).is_ok()
 }
 
-/// `vault contacts get`.
-pub fn contacts_get(plan: &Plan, settings: &BackendSettings) -> Result<ContactsView> {
-    let backend = open_verb_backend(plan, "vault", Access::Preview, settings)?;
-    Ok(effective(plan, backend.contacts()?))
-}
-
-/// `vault contacts set`: replaces the stored contacts (duplicates are dropped, order kept).
-pub fn contacts_set(plan: &Plan, emails: &[String], settings: &BackendSettings) -> Result<ContactsView> {
-    if emails.is_empty() {
-        return Err(input("vault contacts set needs at least one e-mail address"));
-    }
+/// `emails` without duplicates (order kept), or an input error naming the first that is not an
+/// e-mail address.
+fn checked_contacts(emails: &[String]) -> Result<Vec<String>> {
     let mut list: Vec<String> = Vec::new();
     for e in emails {
         if !is_email(e) {
@@ -71,6 +63,21 @@ pub fn contacts_set(plan: &Plan, emails: &[String], settings: &BackendSettings) 
             list.push(e.clone());
         }
     }
+    Ok(list)
+}
+
+/// `vault contacts get`.
+pub fn contacts_get(plan: &Plan, settings: &BackendSettings) -> Result<ContactsView> {
+    let backend = open_verb_backend(plan, "vault", Access::Preview, settings)?;
+    contacts_get_in(&*backend, plan)
+}
+
+/// `vault contacts set`: replaces the stored contacts (duplicates are dropped, order kept).
+pub fn contacts_set(plan: &Plan, emails: &[String], settings: &BackendSettings) -> Result<ContactsView> {
+    if emails.is_empty() {
+        return Err(input("vault contacts set needs at least one e-mail address"));
+    }
+    let list = checked_contacts(emails)?;
     let mut backend = open_verb_backend(plan, "vault", Access::Write, settings)?;
     contacts_set_in(&mut *backend, plan, &list)
 }
@@ -84,15 +91,7 @@ pub fn contacts_set_in(
     if emails.is_empty() {
         return Err(input("the contacts list is empty"));
     }
-    let mut list: Vec<String> = Vec::new();
-    for e in emails {
-        if !is_email(e) {
-            return Err(input(format!("contact `{e}` is not an e-mail address")));
-        }
-        if !list.contains(e) {
-            list.push(e.clone());
-        }
-    }
+    let list = checked_contacts(emails)?;
     backend.set_contacts(Some(&list))?;
     Ok(effective(plan, Some(list)))
 }
@@ -197,7 +196,7 @@ fn find(issuers: &[IssuerConfig], name: &str) -> Result<IssuerConfig> {
 /// `vault issuers get`.
 pub fn issuer_get(plan: &Plan, name: &str, settings: &BackendSettings) -> Result<IssuerConfig> {
     let backend = open_verb_backend(plan, "vault", Access::Preview, settings)?;
-    find(&backend.issuers()?, name)
+    issuer_get_in(&*backend, name)
 }
 
 /// `vault issuers list`.

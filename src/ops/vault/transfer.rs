@@ -9,10 +9,11 @@
 //! other certificates in the file are kept with the version as its chain (Key Vault's x5c), and
 //! `vault export` writes them after it.
 
-use super::{not_live, spki_of};
+use super::not_live;
 use crate::backend::types::NewVersion;
 use crate::error::input;
 use crate::ops::{Access, BackendSettings, open_verb_backend, policy_json};
+use crate::pki::cert::spki_of;
 use crate::pki::spec::{ExtendedKeyUsage, KeySpec};
 use crate::plan::{ActionKind, ContentType, LifetimeAction, Plan, Policy, Trigger};
 use anyhow::Result;
@@ -128,8 +129,7 @@ pub fn material_from_bytes(bytes: &[u8], password: Option<&str>, shown: &str) ->
 
 /// Whether a certificate is self-signed: issuer = subject, and its own key verifies it.
 pub fn is_self_signed(der: &[u8]) -> Result<bool> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| crate::pki::Error::BadCertificate(crate::pki::x509_parse_error(&e)))?;
+    let (_, cert) = crate::pki::inspect::parse(der)?;
     Ok(cert.subject().as_raw() == cert.issuer().as_raw() && cert.verify_signature(None).is_ok())
 }
 
@@ -142,8 +142,7 @@ pub fn policy_from_certificate(
     content_type: ContentType,
 ) -> Result<String> {
     use x509_parser::extensions::GeneralName;
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| crate::pki::Error::BadCertificate(crate::pki::x509_parse_error(&e)))?;
+    let (_, cert) = crate::pki::inspect::parse(der)?;
     let mut dns_names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for n in &san.value.general_names {

@@ -33,6 +33,8 @@ pub fn enrollment(id: &str, primary: &Made, reprovision: &str, hub: &str) -> Ind
         status: Status::Enabled,
         reprovision: reprovision.into(),
         hub: hub.into(),
+        foreign: Vec::new(),
+        take_back: false,
     }
 }
 

@@ -1,0 +1,204 @@
+//! What `check` and `status` say on azure when another client of DPS and IoT Hub cut a device
+//! off (the fourth azure trial's F-CHECK-BLIND: `check` said OK and `status` only `pending`
+//! while a device's hub identity held another client's thumbprints and an enrollment certroll
+//! had not revoked was disabled). The other client is the official Node service SDKs
+//! (tests/sdk/node/other_client.js) against `certroll serve`.
+
+use crate::azure_verbs::run_fleet;
+use crate::azure_verbs2::{device, groups_through_the_hook};
+use crate::conformance::azure::Serve;
+use crate::util::{TestEnv, problem};
+use std::path::Path;
+use std::process::Command;
+
+/// The owner policy's connection string serve printed for `service`.
+fn owner_connection_string(serve: &Serve, service: &str) -> String {
+    serve.start["connection_strings"][service]
+        .as_object()
+        .and_then(|p| p.iter().find(|(name, _)| name.contains("owner")))
+        .and_then(|(_, cs)| cs.as_str())
+        .unwrap_or_else(|| panic!("no owner connection string for {service}: {}", serve.start))
+        .to_string()
+}
+
+/// Runs tests/sdk/node/other_client.js with `vars`; returns what it printed.
+fn other_client(env: &TestEnv, serve: &Serve, vars: &[(&str, String)]) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/node/other_client.js");
+    let out = Command::new("node")
+        .arg(script)
+        .current_dir(env.dir.path())
+        .env("NODE_PATH", crate::serve_dps_hub::node_modules())
+        .env("CERTROLL_SERVE_ADDR", format!("127.0.0.1:{}", serve.port()))
+        .env("CERTROLL_SERVE_CA", env.path("ca.pem"))
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap_or_else(|e| panic!("the Node SDK tests need node (20): {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "other_client.js failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("no JSON ({e}): {stdout}"))
+}
+
+/// Another client replaces group device `s-1`'s hub thumbprints and disables enrollment `gw-1`:
+/// `check` exits 2 naming both (the hub's thumbprints and certroll's, the disabled enrollment),
+/// `status` says so in `cannot_connect` and in its text instead of `pending`; `s-2`, untouched,
+/// stays fine. Once certroll itself revokes `gw-1`, it is counted revoked, not paged for.
+#[test]
+fn azure_check_and_status_name_devices_another_client_cut_off() {
+    let env = TestEnv::new();
+    let serve = groups_through_the_hook(&env);
+    let r = run_fleet(&env, &serve, "azure", &["issue"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let status = run_fleet(&env, &serve, "azure", &["status", "-o", "json"]).json();
+    let s1 = device(&status, "s-1")["installed"]["thumbprint"]
+        .as_str()
+        .unwrap_or_else(|| panic!("s-1 presented its certificate: {status}"))
+        .to_string();
+    assert!(device(&status, "s-1")["cannot_connect"].is_null(), "{status}");
+    let leaf = env.path("gw-1.pem");
+    run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["export", "device:gw-1", "--out", leaf.to_str().unwrap()],
+    )
+    .ok();
+
+    let (tp1, tp2) = ("F".repeat(40), "E".repeat(40));
+    let out = other_client(
+        &env,
+        &serve,
+        &[
+            (
+                "HUB_CONNECTION_STRING",
+                owner_connection_string(&serve, "conf-hub"),
+            ),
+            (
+                "DPS_CONNECTION_STRING",
+                owner_connection_string(&serve, "certroll-dps"),
+            ),
+            ("THUMBPRINT_DEVICE", "s-1".into()),
+            ("TP1", tp1.clone()),
+            ("TP2", tp2.clone()),
+            ("DISABLE_ENROLLMENT", "gw-1".into()),
+            ("LEAF_PEM", leaf.display().to_string()),
+        ],
+    );
+    assert_eq!(
+        out["identity"]["primary"].as_str().unwrap().to_uppercase(),
+        tp1,
+        "{out}"
+    );
+    assert_eq!(out["enrollment"]["provisioningStatus"], "disabled", "{out}");
+
+    let r = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    let report = r.json();
+    let p = problem(&report, "device:s-1");
+    assert_eq!(p["level"], "critical", "{p}");
+    let reason = p["reason"].as_str().unwrap().to_uppercase();
+    for words in [&tp1, &tp2, &s1] {
+        assert!(reason.contains(words.as_str()), "{words} not in {reason}");
+    }
+    assert!(
+        reason.contains("IDENTITY IN HUB `CONF-HUB`") && reason.contains("REFUSES ITS CONNECTIONS"),
+        "{reason}"
+    );
+    let p = problem(&report, "device:gw-1");
+    assert_eq!(p["level"], "critical", "{p}");
+    let reason = p["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("individual enrollment `gw-1` is disabled, but certroll did not revoke it")
+            && reason.contains("`certroll revoke device:gw-1`"),
+        "{reason}"
+    );
+    assert_eq!(report["counts"]["revoked"], 0, "{report}");
+    assert!(
+        !report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["target"] == "device:s-2"),
+        "{report}"
+    );
+
+    let status = run_fleet(&env, &serve, "azure", &["status", "-o", "json"]).json();
+    let said = device(&status, "s-1")["cannot_connect"]
+        .as_str()
+        .unwrap_or_default()
+        .to_uppercase();
+    assert!(said.contains(&tp1) && said.contains(&s1), "{status}");
+    let said = device(&status, "gw-1")["cannot_connect"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        said.contains("is disabled, but certroll did not revoke it"),
+        "{status}"
+    );
+    assert!(device(&status, "s-2")["cannot_connect"].is_null(), "{status}");
+    let text = run_fleet(&env, &serve, "azure", &["status"]);
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    assert_eq!(
+        text.stdout.matches("    cannot connect: ").count(),
+        2,
+        "{}",
+        text.stdout
+    );
+
+    // certroll's own revoke of the enrollment: revoked on purpose, no longer paged for.
+    let r = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["revoke", "device:gw-1", "--reason", "superseded", "--yes"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    let report = r.json();
+    assert_eq!(report["counts"]["revoked"], 1, "{report}");
+    assert!(
+        !report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["target"] == "device:gw-1"),
+        "{report}"
+    );
+    problem(&report, "device:s-1");
+
+    // Delivered by direct method, a breach roll of `s-1` cannot reach it (the hub refuses the
+    // simulated device): the failure names the direct method and IoT Hub's answer, not DPS,
+    // which refused nothing (fourth azure trial, wording), and the step it stopped in.
+    crate::azure_verbs::fleet_plans_with(
+        &env,
+        &serve,
+        crate::azure_verbs2::GROUPS,
+        crate::azure_verbs2::DIRECT,
+    );
+    let r = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["roll-primary", "--breach", "device:s-1", "--yes"],
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let error = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    assert!(
+        error.contains(
+            ") of device:s-1: device:s-1 has not registered with its new certificate: direct method `"
+        ) && error.contains("did not reach the device: IoT Hub")
+            && !error.contains("refused by the enrollment service"),
+        "{}",
+        r.stderr
+    );
+}

@@ -1,0 +1,422 @@
+//! Another client's certificate in one individual enrollment (issue 12, fourth azure trial,
+//! F-FOREIGN-BLOCKS): an operator with the Azure portal, or a script, puts a certificate
+//! certroll did not issue into one enrollment's primary slot through DPS's own API. `status`
+//! and `check` still read the whole fleet and name it; a CA breach replaces every other device
+//! and leaves that one alone (exit 1, the run left open); the explicit breach of the
+//! enrollment takes it back; the rerun then finishes. Nothing of the other client's is
+//! overwritten unasked.
+
+use crate::azure_verbs::{fleet_plans_hook, run_fleet, start_serve};
+use crate::conformance::azure::{DPS_HOST, Serve, sas_key};
+use crate::util::{TestEnv, openssl_in};
+use serde_json::{Value, json};
+
+/// A root and an intermediate that signs for four individual enrollments, all on hub
+/// `conf-hub`.
+const FLEET: &str = "[policies.device]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 365\n\
+     [policies.ca]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 3650\n\
+     key_usage = [\"keyCertSign\", \"cRLSign\", \"digitalSignature\"]\n\
+     [ca.root]\nsubject = \"CN=Root\"\npolicy = \"ca\"\n\
+     [ca.factory]\nsubject = \"CN=Factory\"\nissuer = \"root\"\npath_len = 0\npolicy = \"ca\"\n\
+     [enrollments.gw-1]\nissuer = \"factory\"\npolicy = \"device\"\nhub = \"conf-hub\"\n\
+     [enrollments.gw-2]\nissuer = \"factory\"\npolicy = \"device\"\nhub = \"conf-hub\"\n\
+     [enrollments.gw-3]\nissuer = \"factory\"\npolicy = \"device\"\nhub = \"conf-hub\"\n\
+     [enrollments.gw-4]\nissuer = \"factory\"\npolicy = \"device\"\nhub = \"conf-hub\"\n";
+
+/// A SharedAccessSignature of DPS's owner policy, valid for an hour: the other client's
+/// credential.
+fn dps_token(serve: &Serve) -> String {
+    use base64::Engine as _;
+    let (policy, key) = sas_key(serve, "certroll-dps");
+    let key = base64::engine::general_purpose::STANDARD.decode(key).unwrap();
+    let se = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+    let mac = aws_lc_rs::hmac::sign(
+        &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key),
+        format!("{DPS_HOST}\n{se}").as_bytes(),
+    );
+    let sig = base64::engine::general_purpose::STANDARD.encode(mac.as_ref());
+    let sig: String = sig
+        .chars()
+        .map(|c| match c {
+            '+' => "%2B".to_string(),
+            '/' => "%2F".to_string(),
+            '=' => "%3D".to_string(),
+            c => c.to_string(),
+        })
+        .collect();
+    format!("SharedAccessSignature sr={DPS_HOST}&sig={sig}&se={se}&skn={policy}")
+}
+
+/// One request to serve's DPS service API with curl, as another client makes it: (HTTP status,
+/// body as JSON, or null).
+fn dps(
+    env: &TestEnv,
+    serve: &Serve,
+    method: &str,
+    path: &str,
+    if_match: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let port = serve.port();
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-X",
+        method,
+        "--max-time",
+        "20",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+    ])
+    .arg("--resolve")
+    .arg(format!("{DPS_HOST}:{port}:127.0.0.1"))
+    .arg("--cacert")
+    .arg(env.path("ca.pem"))
+    .args(["-H", "Content-Type: application/json", "-H"])
+    .arg(format!("Authorization: {}", dps_token(serve)));
+    if let Some(tag) = if_match {
+        cmd.args(["-H", &format!("If-Match: {tag}")]);
+    }
+    if let Some(b) = body {
+        cmd.args(["--data", &b.to_string()]);
+    }
+    cmd.arg(format!("https://{DPS_HOST}:{port}{path}?api-version=2021-10-01"));
+    let out = cmd.output().expect("curl must be installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+/// The thumbprint DPS lists in a slot of individual enrollment `id` (None when empty).
+fn slot_thumbprint(env: &TestEnv, serve: &Serve, id: &str, slot: &str) -> Option<String> {
+    let (code, e) = dps(env, serve, "GET", &format!("/enrollments/{id}"), None, None);
+    assert_eq!(code, 200, "{e}");
+    e["attestation"]["x509"]["clientCertificates"][slot]["info"]["sha1Thumbprint"]
+        .as_str()
+        .map(str::to_ascii_uppercase)
+}
+
+/// The other client: reads enrollment `id` and puts `pem` into its primary slot, with the
+/// etag it read (as the portal does); everything else of the enrollment stays as read.
+fn put_foreign_primary(env: &TestEnv, serve: &Serve, id: &str, pem: &str) {
+    let path = format!("/enrollments/{id}");
+    let (code, mut e) = dps(env, serve, "GET", &path, None, None);
+    assert_eq!(code, 200, "{e}");
+    let etag = e["etag"].as_str().unwrap().to_string();
+    e["attestation"]["x509"]["clientCertificates"]["primary"] = json!({ "certificate": pem });
+    let (code, answer) = dps(
+        env,
+        serve,
+        "PUT",
+        &path,
+        Some(&format!("\"{}\"", etag.trim_matches('"'))),
+        Some(&e),
+    );
+    assert_eq!(code, 200, "the other client's PUT: {answer}");
+}
+
+/// openssl's SHA-1 fingerprint of a PEM certificate file, as DPS spells a thumbprint.
+fn fingerprint(env: &TestEnv, file: &str) -> String {
+    let run = openssl_in(
+        env.dir.path(),
+        &["x509", "-in", file, "-noout", "-fingerprint", "-sha1"],
+    );
+    run.stdout
+        .trim()
+        .rsplit('=')
+        .next()
+        .unwrap()
+        .replace(':', "")
+        .to_ascii_uppercase()
+}
+
+/// The device `id` of a report's `devices` (status: `id`; roll: `target`).
+fn device<'a>(doc: &'a Value, id: &str) -> &'a Value {
+    doc["devices"]
+        .as_array()
+        .and_then(|d| {
+            d.iter()
+                .find(|d| d["id"] == id || d["target"] == format!("device:{id}"))
+        })
+        .unwrap_or_else(|| panic!("no device {id} in {doc}"))
+}
+
+/// The certificate status says a device holds or was handed last.
+fn current_thumbprint(status: &Value, id: &str) -> String {
+    let d = device(status, id);
+    d["pending"]["cert"]["thumbprint"]
+        .as_str()
+        .or(d["installed"]["thumbprint"].as_str())
+        .unwrap_or_else(|| panic!("{id} holds nothing: {d}"))
+        .to_string()
+}
+
+/// The whole scenario of the trial on one enrollment of four.
+#[test]
+fn another_clients_certificate_in_one_enrollment_blinds_and_blocks_nothing_and_the_breach_takes_it_back() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    fleet_plans_hook(&env, &serve, FLEET);
+    let run = |args: &[&str]| run_fleet(&env, &serve, "azure", args);
+    let r = run(&["issue", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    // The factory hook gave each device its first certificate; from here on they go over the
+    // air, to serve's simulated devices.
+    crate::azure_verbs::fleet_plans_with(&env, &serve, FLEET, "delivery = \"direct-method\"\n");
+
+    // The other client puts its own certificate into gw-2's primary slot.
+    let bundle = crate::azure_verbs::make_cert(&env, "gw-2", false);
+    let foreign_pem = std::fs::read_to_string(env.path("gw-2-cert.pem")).unwrap();
+    let foreign_tp = fingerprint(&env, "gw-2-cert.pem");
+    assert!(bundle.exists());
+    put_foreign_primary(&env, &serve, "gw-2", &foreign_pem);
+    assert_eq!(
+        slot_thumbprint(&env, &serve, "gw-2", "primary").as_deref(),
+        Some(foreign_tp.as_str())
+    );
+
+    // status reads the whole fleet and shows it on the device and on the enrollment.
+    let r = run(&["status", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let status = r.json();
+    let foreign = &device(&status, "gw-2")["foreign"][0];
+    assert_eq!(foreign["thumbprint"], foreign_tp.as_str(), "{status}");
+    assert_eq!(foreign["slot"], "primary", "{foreign}");
+    assert!(foreign["subject"].as_str().unwrap().contains("gw-2"), "{foreign}");
+    assert!(
+        foreign["not_after"].is_string(),
+        "validity from DPS's info: {foreign}"
+    );
+    for other in ["gw-1", "gw-3", "gw-4"] {
+        assert!(device(&status, other)["foreign"].is_null(), "{other}: {status}");
+    }
+    let enrollment = status["enrollments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "gw-2")
+        .unwrap();
+    assert_eq!(
+        enrollment["foreign"][0]["thumbprint"],
+        foreign_tp.as_str(),
+        "{enrollment}"
+    );
+    assert!(enrollment["primary"].is_null(), "{enrollment}");
+    let r = run(&["status"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains(&format!("{foreign_tp} (CN=gw-2) NOT ISSUED BY CERTROLL")),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("roll-primary --breach enrollment:gw-2"),
+        "{}",
+        r.stdout
+    );
+
+    // check: that device critical, naming enrollment, thumbprint and remedy; the others ok.
+    let r = run(&["check", "-o", "json"]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    let report = r.json();
+    let problems = report["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{report}");
+    assert_eq!(problems[0]["target"], "device:gw-2", "{report}");
+    assert_eq!(problems[0]["level"], "critical", "{report}");
+    let reason = problems[0]["reason"].as_str().unwrap();
+    for part in [
+        foreign_tp.as_str(),
+        "individual enrollment `gw-2`",
+        "roll-primary --breach enrollment:gw-2",
+    ] {
+        assert!(reason.contains(part), "{part}: {reason}");
+    }
+
+    // reprovision: the device would be refused, and the reason names the certificate and remedy.
+    let r = run(&["reprovision", "enrollment:gw-2", "--dry-run", "-o", "json"]);
+    assert!(r.code == 0 || r.code == 1, "{}\n{}", r.stdout, r.stderr);
+    for part in [foreign_tp.as_str(), "roll-primary --breach enrollment:gw-2"] {
+        assert!(r.stdout.contains(part), "{part}: {}", r.stdout);
+    }
+
+    // A CA breach replaces every other device and leaves gw-2 alone: exit 1, DPS untouched.
+    let breach = [
+        "roll-primary",
+        "--breach",
+        "ca:factory",
+        "--incident",
+        "portal",
+        "--yes",
+        "-o",
+        "json",
+    ];
+    let r = run(&breach);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let first = r.json();
+    let left = device(&first, "gw-2");
+    assert_eq!(left["outcome"], "foreign", "{first}");
+    assert!(left["steps"].to_string().contains(&foreign_tp), "{left}");
+    for other in ["gw-1", "gw-3", "gw-4"] {
+        assert_eq!(device(&first, other)["outcome"], "replaced", "{other}: {first}");
+    }
+    assert_eq!(
+        slot_thumbprint(&env, &serve, "gw-2", "primary").as_deref(),
+        Some(foreign_tp.as_str())
+    );
+    let after_first = run(&["status", "-o", "json"]).json();
+    let replaced: Vec<(&str, String)> = ["gw-1", "gw-3", "gw-4"]
+        .into_iter()
+        .map(|id| (id, current_thumbprint(&after_first, id)))
+        .collect();
+    for (id, tp) in &replaced {
+        assert_eq!(
+            device(&first, id)["new_thumbprint"].as_str(),
+            Some(tp.as_str()),
+            "{id}"
+        );
+    }
+
+    // An expiry roll of gw-2 named alone leaves it alone too: only a breach takes it back.
+    let r = run(&["roll-secondary", "enrollment:gw-2", "--yes", "-o", "json"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(device(&r.json(), "gw-2")["outcome"], "foreign");
+    assert_eq!(
+        slot_thumbprint(&env, &serve, "gw-2", "primary").as_deref(),
+        Some(foreign_tp.as_str())
+    );
+
+    // The remedy: the explicit breach of the enrollment takes it back, and says so.
+    let r = run(&[
+        "roll-primary",
+        "--breach",
+        "enrollment:gw-2",
+        "--yes",
+        "--dry-run",
+    ]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains(&format!(
+            "take individual enrollment `gw-2` back: remove certificate {foreign_tp}"
+        )),
+        "{}",
+        r.stdout
+    );
+    let r = run(&[
+        "roll-primary",
+        "--breach",
+        "enrollment:gw-2",
+        "--yes",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let taken = r.json();
+    let gw2 = device(&taken, "gw-2");
+    assert_eq!(gw2["outcome"], "replaced", "{taken}");
+    assert!(
+        gw2["steps"]
+            .to_string()
+            .contains("take individual enrollment `gw-2` back"),
+        "{gw2}"
+    );
+    let new_tp = gw2["new_thumbprint"].as_str().unwrap().to_string();
+    assert_eq!(
+        slot_thumbprint(&env, &serve, "gw-2", "primary").as_deref(),
+        Some(new_tp.as_str())
+    );
+    assert_eq!(slot_thumbprint(&env, &serve, "gw-2", "secondary"), None);
+
+    // The rerun of the CA breach finishes; the devices it replaced before keep what they got.
+    let r = run(&breach);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let status = run(&["status", "-o", "json"]).json();
+    for (id, tp) in &replaced {
+        assert_eq!(
+            &current_thumbprint(&status, id),
+            tp,
+            "no second certificate for {id}"
+        );
+    }
+    assert!(device(&status, "gw-2")["foreign"].is_null(), "{status}");
+    let r = run(&breach);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let r = run(&["check"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+
+    // Everything certroll wrote chains to the root, by openssl.
+    let export = |target: &str, file: &str| {
+        let out = env.path(file).to_str().unwrap().to_string();
+        run(&["export", target, "--out", &out]).ok();
+        out
+    };
+    let root = export("ca:root", "root.pem");
+    for id in ["gw-2", "gw-1", "gw-4"] {
+        let chain = export(&format!("device:{id}"), &format!("{id}.pem"));
+        let v = openssl_in(
+            env.dir.path(),
+            &["verify", "-CAfile", &root, "-untrusted", &chain, &chain],
+        );
+        assert!(v.stdout.contains(": OK"), "{id}: {}{}", v.stdout, v.stderr);
+    }
+    assert_eq!(
+        fingerprint(&env, "gw-2.pem"),
+        slot_thumbprint(&env, &serve, "gw-2", "primary").unwrap(),
+        "the enrollment holds the certificate certroll exports"
+    );
+}
+
+/// `revoke` of a device whose enrollment holds another client's certificate disables the
+/// enrollment around it: the certificate stays in its slot (not overwritten), refused with the
+/// enrollment, and the revoke says so; `check` counts the device revoked.
+#[test]
+fn revoke_disables_an_enrollment_holding_another_clients_certificate_and_keeps_it() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    fleet_plans_hook(&env, &serve, FLEET);
+    let run = |args: &[&str]| run_fleet(&env, &serve, "azure", args);
+    let r = run(&["issue", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    crate::azure_verbs::make_cert(&env, "gw-3", false);
+    let foreign_pem = std::fs::read_to_string(env.path("gw-3-cert.pem")).unwrap();
+    let foreign_tp = fingerprint(&env, "gw-3-cert.pem");
+    put_foreign_primary(&env, &serve, "gw-3", &foreign_pem);
+
+    let r = run(&[
+        "revoke",
+        "enrollment:gw-3",
+        "device:gw-1",
+        "--reason",
+        "superseded",
+        "--yes",
+    ]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains(&format!(
+            "keep certificate {foreign_tp} that another client put into its primary slot"
+        )),
+        "{}",
+        r.stdout
+    );
+    let (code, e) = dps(&env, &serve, "GET", "/enrollments/gw-3", None, None);
+    assert_eq!(code, 200, "{e}");
+    assert_eq!(e["provisioningStatus"], "disabled", "{e}");
+    assert_eq!(
+        slot_thumbprint(&env, &serve, "gw-3", "primary").as_deref(),
+        Some(foreign_tp.as_str())
+    );
+    let r = run(&["status", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        device(&r.json(), "gw-3")["foreign"][0]["thumbprint"],
+        foreign_tp.as_str()
+    );
+    let r = run(&["check", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["counts"]["revoked"], 2, "{}", r.stdout);
+}

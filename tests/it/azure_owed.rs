@@ -1,0 +1,407 @@
+//! Deliveries owed on azure (issue 12 items 3 and 7): a device's new certificate is recorded as
+//! owed with its fleet record and settled only once the delivery channel took it, so a run
+//! killed between a unit's commit and its deliveries, or a hook that failed, leaves it owed, and
+//! the next run delivers it, once. Every delivery is read from the hook's own record of its calls.
+//! And deliveries overlap the Key Vault imports: a unit of devices holds a few seconds of imports
+//! at the plan's `vault_rate`, so the first devices get their certificates while the later ones'
+//! imports go on.
+
+use crate::azure_verbs::{DEVICE_HOOK, FLEET, TOKEN, fleet_plans_with, run_fleet, start_serve};
+use crate::azure_verbs2::device;
+use crate::conformance::azure::{Serve, sas_key};
+use crate::util::TestEnv;
+use serde_json::Value;
+
+/// The delivery hook of [`DEVICE_HOOK`]'s simulated device, recording each delivery it took as
+/// `DEVICE VERSION` in `log`; while the file `fail` exists it refuses every delivery (exit 1,
+/// nothing recorded), as a device that cannot be reached.
+const RECORDING_HOOK: &str = r#"
+import json, os, subprocess, sys
+port, scope, ca, home, log, fail, device = sys.argv[1:8]
+raw = sys.stdin.read()
+job = json.loads(raw)
+if os.path.exists(fail):
+    sys.stderr.write("device unreachable\n")
+    sys.exit(1)
+out = subprocess.run([sys.executable, device, port, scope, ca, home], input=raw, text=True,
+                     capture_output=True)
+if out.returncode != 0:
+    sys.stderr.write(out.stderr)
+    sys.exit(out.returncode)
+with open(log, "a") as f:
+    f.write(f"{job['device_id']} {job['vault']['version']}\n")
+"#;
+
+/// The fleet plans with delivery through [`RECORDING_HOOK`]; returns the paths of its log and
+/// of its failure switch.
+fn recording_plans(env: &TestEnv, serve: &Serve) -> (std::path::PathBuf, std::path::PathBuf) {
+    env.write("device-hook.py", DEVICE_HOOK);
+    env.write("recording-hook.py", RECORDING_HOOK);
+    let (log, fail) = (env.path("deliveries.log"), env.path("devices-unreachable"));
+    let delivery = format!(
+        "delivery = \"hook\"\nhook = [\"python3\", \"{}\", \"{}\", \"{}\", \"{}\", \"{}\", \"{}\", \"{}\", \"{}\"]\n",
+        env.path("recording-hook.py").display(),
+        serve.port(),
+        serve.start["id_scope"].as_str().unwrap(),
+        env.path("ca.pem").display(),
+        env.path("devices").display(),
+        log.display(),
+        fail.display(),
+        env.path("device-hook.py").display(),
+    );
+    fleet_plans_with(env, serve, FLEET, &delivery);
+    (log, fail)
+}
+
+/// The deliveries the hook took, in order: `(device, version)`.
+fn deliveries(log: &std::path::Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let (d, v) = l.split_once(' ').unwrap();
+            (d.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+/// The vault's versions of a device's certificate, oldest first.
+fn versions(env: &TestEnv, serve: &Serve, id: &str) -> Vec<String> {
+    let r = run_fleet(
+        env,
+        serve,
+        "azure",
+        &["vault", "show", &format!("device:{id}"), "-o", "json"],
+    )
+    .ok();
+    r.json()["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// certroll on the azure plan with `extra` environment (a fault switch).
+fn run_with(env: &TestEnv, serve: &Serve, extra: &[(&str, &str)], args: &[&str]) -> crate::util::Run {
+    let (dps_key, hub_key) = (sas_key(serve, "certroll-dps").1, sas_key(serve, "conf-hub").1);
+    let mut vars = vec![
+        ("CERTROLL_AZ_TOKEN", TOKEN),
+        ("CERTROLL_AZ_DPS_KEY", dps_key.as_str()),
+        ("CERTROLL_AZ_HUB_KEY", hub_key.as_str()),
+    ];
+    vars.extend_from_slice(extra);
+    crate::conformance::azure::run_plan(env, "azure", &vars, args)
+}
+
+/// A roll killed right after its unit committed (the new versions in Key Vault, the enrollments'
+/// slots and the fleet record written), before any delivery ran: no device got its certificate.
+/// The rerun finds nothing left to roll, yet delivers each device its new version, once; a
+/// third run delivers nothing.
+#[test]
+fn a_roll_killed_between_its_commit_and_its_deliveries_delivers_them_on_rerun_once() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    let (log, _) = recording_plans(&env, &serve);
+    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let issued = deliveries(&log);
+    assert_eq!(issued.len(), 2, "issue delivered each device once: {issued:?}");
+
+    let roll = ["roll-secondary", "device:gw-1", "device:gw-2", "-o", "json"];
+    let r = run_with(&env, &serve, &[("CERTROLL_FAULT_BEFORE_DELIVERY", "1")], &roll);
+    assert_ne!(r.code, 0, "the fault aborts the roll: {}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("fault injection"), "{}", r.stderr);
+    assert_eq!(deliveries(&log), issued, "killed before any delivery");
+    let new: Vec<String> = ["gw-1", "gw-2"]
+        .iter()
+        .map(|id| {
+            let v = versions(&env, &serve, id);
+            assert_eq!(v.len(), 2, "{id}: the roll's version is in the vault: {v:?}");
+            v[1].clone()
+        })
+        .collect();
+    // What the killed run committed: each device owes its new certificate, none holds it.
+    let s = run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
+        .ok()
+        .json();
+    for id in ["gw-1", "gw-2"] {
+        let note = device(&s, id)["pending"]["note"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            note.contains("not delivered yet")
+                && note.contains("the next `certroll issue` or roll delivers it"),
+            "{}",
+            device(&s, id)
+        );
+    }
+
+    let r = run_fleet(&env, &serve, "azure", &roll);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("had not reached their devices") && r.stderr.contains("2 delivered now"),
+        "the rerun says what it delivered: {}",
+        r.stderr
+    );
+    let after = deliveries(&log);
+    // Hooks run side by side: in whichever order they end.
+    let mut rerun: Vec<(&str, &str)> = after[2..].iter().map(|(d, v)| (d.as_str(), v.as_str())).collect();
+    rerun.sort();
+    assert_eq!(
+        rerun,
+        vec![("gw-1", new[0].as_str()), ("gw-2", new[1].as_str())],
+        "each device got its new version once: {after:?}"
+    );
+    for id in ["gw-1", "gw-2"] {
+        assert_eq!(versions(&env, &serve, id).len(), 2, "{id}: no version made again");
+    }
+
+    let r = run_fleet(&env, &serve, "azure", &roll);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(deliveries(&log), after, "nothing is owed any more");
+    assert!(!r.stderr.contains("had not reached"), "{}", r.stderr);
+}
+
+/// A delivery hook that fails leaves the certificate owed: `issue` reports the devices waiting,
+/// and its rerun, once the devices can be reached, delivers each its certificate once (before,
+/// the rerun found the fleet record current and never ran the hook again); a further rerun
+/// delivers nothing.
+#[test]
+fn a_failed_delivery_stays_owed_and_the_next_run_delivers_it_once() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    let (log, fail) = recording_plans(&env, &serve);
+    std::fs::write(&fail, "").unwrap();
+    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+    assert_eq!(r.code, 1, "the devices wait: {}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("device unreachable"), "{}", r.stderr);
+    assert!(deliveries(&log).is_empty());
+    let s = run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
+        .ok()
+        .json();
+    let note = device(&s, "gw-1")["pending"]["note"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(note.contains("did not run or failed"), "{}", device(&s, "gw-1"));
+
+    // Still unreachable: the rerun tries again and leaves both owed.
+    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+    assert!(r.stderr.contains("0 delivered now, 2 still owed"), "{}", r.stderr);
+    assert_eq!(r.code, 1, "work left for a rerun: {}", r.stdout);
+    assert_eq!(r.json()["deliveries_owed"], 2, "{}", r.stdout);
+    assert!(deliveries(&log).is_empty());
+
+    std::fs::remove_file(&fail).unwrap();
+    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let mut got = deliveries(&log);
+    got.sort();
+    let want: Vec<(String, String)> = ["gw-1", "gw-2"]
+        .iter()
+        .map(|id| {
+            let v = versions(&env, &serve, id);
+            assert_eq!(v.len(), 1, "{id}: one version: {v:?}");
+            (id.to_string(), v[0].clone())
+        })
+        .collect();
+    assert_eq!(got, want, "each device got its certificate once");
+    // The devices registered with it (the hook's device did, on delivery).
+    let s = run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
+        .ok()
+        .json();
+    for id in ["gw-1", "gw-2"] {
+        let d = device(&s, id);
+        assert!(d["installed"]["thumbprint"].is_string(), "{d}");
+        assert_eq!(d["pending"], Value::Null, "{d}");
+    }
+
+    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let mut again = deliveries(&log);
+    again.sort();
+    assert_eq!(again, got, "nothing owed any more");
+}
+
+/// A roll whose hook fails for both devices says so (trial az4, §2): each device is `rolled`
+/// (the vault, DPS and the hub hold its new certificate) with `delivery` naming the failure, and
+/// the run exits 1 (before, 0 with a WARN line only); its text says so too. `check` warns
+/// (exit 1) naming both devices and `certroll issue`; that issue, once the devices can be
+/// reached, delivers them (exit 0) and `check` no longer warns.
+#[test]
+fn a_roll_whose_delivery_failed_exits_1_says_so_per_device_and_check_warns_until_delivered() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    let (log, fail) = recording_plans(&env, &serve);
+    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["deliveries_owed"], 0, "{}", r.stdout);
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 0, "nothing owed yet: {}", c.stdout);
+
+    std::fs::write(&fail, "").unwrap();
+    let r = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["roll-secondary", "device:gw-1", "device:gw-2", "-o", "json"],
+    );
+    assert_eq!(r.code, 1, "work left for a rerun: {}\n{}", r.stdout, r.stderr);
+    let report = r.json();
+    assert_eq!(report["deliveries_owed"], 2, "{}", r.stdout);
+    for d in report["devices"].as_array().unwrap() {
+        assert_eq!(d["outcome"], "rolled", "{d}");
+        let delivery = d["delivery"].as_str().unwrap_or_default();
+        assert!(
+            delivery.starts_with("owed: hook `python3`") && delivery.contains("exit status: 1"),
+            "{d}"
+        );
+    }
+    assert_eq!(
+        deliveries(&log).len(),
+        2,
+        "only issue's deliveries reached the devices"
+    );
+
+    // Text: each device's line says it was not delivered, and the run says what delivers it.
+    let r = run_fleet(&env, &serve, "azure", &["roll-secondary", "device:gw-1"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("2 device(s) still owed their new certificate")
+            && r.stdout.contains("the next `certroll issue` or roll delivers it"),
+        "{}",
+        r.stdout
+    );
+
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 1, "a warning: {}", c.stdout);
+    let problems = c.json()["problems"].as_array().unwrap().clone();
+    let owed = problems
+        .iter()
+        .find(|p| p["target"] == "deliveries")
+        .unwrap_or_else(|| panic!("no owed deliveries among {problems:?}"));
+    assert_eq!(owed["level"], "warning", "{owed}");
+    let reason = owed["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("2 device(s) still owed")
+            && reason.contains("device:gw-1, device:gw-2")
+            && reason.contains("`certroll issue` delivers"),
+        "{reason}"
+    );
+    // Narrowed to one device, check names it alone.
+    let c = run_fleet(&env, &serve, "azure", &["check", "device:gw-2"]);
+    assert_eq!(c.code, 1, "{}", c.stdout);
+    assert!(
+        c.stdout.contains("device:gw-2")
+            && c.stdout.contains("1 device(s) still owed")
+            && !c.stdout.contains("gw-1"),
+        "{}",
+        c.stdout
+    );
+
+    std::fs::remove_file(&fail).unwrap();
+    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["deliveries_owed"], 0, "{}", r.stdout);
+    assert_eq!(
+        deliveries(&log).len(),
+        4,
+        "each device got its new certificate once"
+    );
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 0, "{}", c.stdout);
+}
+
+/// A root, an intermediate and a group of `n` devices under it, on hub `conf-hub`.
+fn group_of(n: usize) -> String {
+    format!(
+        "[policies.device]\nkey = {{ type = \"EC\", curve = \"P-256\" }}\nvalidity_days = 365\n\
+         [policies.ca]\nkey = {{ type = \"EC\", curve = \"P-256\" }}\nvalidity_days = 3650\n\
+         key_usage = [\"keyCertSign\", \"cRLSign\", \"digitalSignature\"]\n\
+         [ca.root]\nsubject = \"CN=Root\"\npolicy = \"ca\"\n\
+         [ca.factory]\nsubject = \"CN=Factory\"\nissuer = \"root\"\npath_len = 0\npolicy = \"ca\"\n\
+         [groups.meters]\nsigning_ca = \"factory\"\nhub = \"conf-hub\"\n\
+         device_policy = \"device\"\ndevices = {{ prefix = \"m-\", count = {n} }}\n"
+    )
+}
+
+/// `METHOD host/path` of each of serve's access lines, in the order the answers went out.
+fn requests(env: &TestEnv) -> Vec<String> {
+    std::fs::read_to_string(env.path("serve.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split("certroll::serve::access: ").nth(1))
+        .map(|rest| rest.splitn(3, ' ').take(2).collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+/// `issue` of 130 group devices, the plan importing at 5 a second (`vault_rate = 5`: units of
+/// 100 devices) against serve's Key Vault throttled at 25 requests a second: the first device
+/// registers with DPS with the certificate its delivery hook was handed before the last device's
+/// certificate is imported (read from serve's access log, in the order its answers went out).
+/// With the 2,048-device unit, every import came first. Every device is delivered and registers
+/// once.
+#[test]
+fn deliveries_start_while_later_imports_go_on_under_a_throttled_key_vault() {
+    const N: usize = 130;
+    let env = TestEnv::new();
+    let fleet = group_of(N);
+    let serve = start_serve(
+        &env,
+        &format!("{fleet}[serve.services.keyvault]\nrate_per_second = 25\nburst = 50\n"),
+    );
+    env.write("device-hook.py", DEVICE_HOOK);
+    let delivery = format!(
+        "vault_rate = 5\ndelivery = \"hook\"\nhook = [\"python3\", \"{}\", \"{}\", \"{}\", \"{}\", \"{}\"]\n",
+        env.path("device-hook.py").display(),
+        serve.port(),
+        serve.start["id_scope"].as_str().unwrap(),
+        env.path("ca.pem").display(),
+        env.path("devices").display()
+    );
+    fleet_plans_with(&env, &serve, &fleet, &delivery);
+    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.json()["rejected"].as_array().is_some_and(Vec::is_empty),
+        "{}",
+        r.stdout
+    );
+
+    let log = requests(&env);
+    let imports: Vec<usize> = (0..log.len())
+        .filter(|&i| {
+            log[i].starts_with("POST ")
+                && log[i].contains("/certificates/dev-m-")
+                && log[i].ends_with("/import")
+        })
+        .collect();
+    let registrations: Vec<usize> = (0..log.len())
+        .filter(|&i| {
+            log[i].contains("global.azure-devices-provisioning.net") && log[i].contains("/registrations/m-")
+        })
+        .collect();
+    let devices = |at: &[usize]| -> std::collections::BTreeSet<String> {
+        at.iter()
+            .filter_map(|&i| log[i].split("m-").nth(1))
+            .map(|rest| rest.chars().take_while(char::is_ascii_digit).collect())
+            .collect()
+    };
+    assert_eq!(devices(&imports).len(), N, "every device's certificate imported");
+    assert_eq!(
+        registrations.len(),
+        N,
+        "every device delivered and registered once"
+    );
+    assert_eq!(devices(&registrations).len(), N);
+    let (first_registration, last_import) = (registrations[0], *imports.last().unwrap());
+    assert!(
+        first_registration < last_import,
+        "the first device registered (request {first_registration}: {}) only after the last import \
+         (request {last_import}: {})",
+        log[first_registration],
+        log[last_import]
+    );
+}
