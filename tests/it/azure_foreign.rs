@@ -346,6 +346,19 @@ fn another_clients_certificate_in_one_enrollment_blinds_and_blocks_nothing_and_t
     assert!(device(&status, "gw-2")["foreign"].is_null(), "{status}");
     let r = run(&breach);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    // The `roll-secondary enrollment:gw-2` the foreign certificate held back is still open:
+    // `check` names it with the command that finishes it, which now can (the enrollment is
+    // certroll's again), and then nothing is left.
+    let r = run(&["check"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("`certroll roll-secondary enrollment:gw-2` resumes it and finishes it"),
+        "{}",
+        r.stdout
+    );
+    let r = run(&["roll-secondary", "enrollment:gw-2"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let r = run(&["check"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
 
