@@ -214,7 +214,9 @@ impl ArmCertificates {
             };
             let mut call = Call::new(method, format!("{}{suffix}", self.path(name)), operation, name)
                 .header("if-match", if_match(&current.etag));
-            call.body = body.clone();
+            if let Some(body) = &body {
+                call = call.json(body);
+            }
             let answer = self.client.send(&call).await?;
             match answer.status {
                 200 | 202 | 204 => return Ok(answer.json()),

@@ -16,6 +16,7 @@
 use super::arm::ArmCertificates;
 use super::rest::{Call, RestClient, ServiceSpec, if_match, segment};
 use super::sas::{SasKey, SasPolicy};
+use super::wire::{Fields, Kept, Text};
 use super::{SetupError, client_options, http_client, runtime};
 use crate::backend::registration::{self, Decision};
 use crate::backend::types::*;
@@ -23,6 +24,8 @@ use crate::backend::{BackendError, EnrollmentService, Result};
 use crate::plan::AzureConfig;
 use azure_core::credentials::TokenCredential;
 use azure_core::http::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -74,7 +77,7 @@ pub struct AzureEnrollmentService {
     /// What the last read of each enrollment saw (`None`: absent), taken by the next write of
     /// it so a read-then-write verb costs no second GET. A stale entry is safe: its write
     /// fails its precondition (412, or 409 on create) and is read again and re-applied.
-    seen: Mutex<HashMap<String, Option<Record>>>,
+    seen: Mutex<HashMap<String, Option<Enrollment>>>,
     /// The scan of every individual enrollment, read as far as reads of many ids needed it.
     scan: tokio::sync::Mutex<Scan>,
     source: Option<Box<dyn CertificateSource>>,
@@ -90,7 +93,7 @@ pub struct AzureEnrollmentService {
 #[derive(Default)]
 struct Scan {
     /// Records the scan read that no read took yet, by registration id.
-    records: HashMap<String, Record>,
+    records: HashMap<String, Enrollment>,
     /// The token of the next page (None before the first page and after the last).
     continuation: Option<String>,
     /// The answer for `continuation`, fetched while the page before it was parsed: the
@@ -114,7 +117,8 @@ impl std::fmt::Debug for AzureEnrollmentService {
     }
 }
 
-/// A record as DPS holds it: the full JSON and its etag.
+/// A record as DPS holds it, as a tree: the full JSON and its etag (enrollment groups, which
+/// are few).
 struct Record {
     json: Value,
     etag: String,
@@ -125,29 +129,410 @@ fn record(json: Value) -> Record {
     Record { json, etag }
 }
 
-fn pem_of(der: &[u8]) -> String {
-    // The CLI sends PEM text, as DPS's examples do.
-    crate::pki::pem::cert_to_pem(der)
-}
-
-fn reprovision_json(policy: &str) -> Value {
-    let (update, migrate) = match policy {
-        "reset" => (true, false),
-        "never" => (false, true),
-        _ => (true, true),
-    };
-    json!({"updateHubAssignment": update, "migrateDeviceData": migrate})
-}
-
-fn reprovision_of(v: &Value) -> String {
-    let p = &v["reprovisionPolicy"];
-    if p["updateHubAssignment"].as_bool() == Some(false) {
-        "never".into()
-    } else if p["migrateDeviceData"].as_bool() == Some(false) {
-        "reset".into()
-    } else {
-        "migrate".into()
+impl<'de> Deserialize<'de> for Record {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Value::deserialize(d).map(record)
     }
+}
+
+/// A record read from DPS that a write can be built on.
+trait Stored: for<'de> Deserialize<'de> {
+    /// The etag it was read with (`*` when DPS gave none).
+    fn etag(&self) -> &str;
+}
+
+impl Stored for Record {
+    fn etag(&self) -> &str {
+        &self.etag
+    }
+}
+
+/// An individual enrollment as DPS answered it, reduced to what certroll reads and what a
+/// write must send back: a handful of strings, not a JSON tree (a roll holds every record of
+/// the fleet between its read and its write; see [`wire`](super::wire)).
+#[derive(Debug)]
+struct Enrollment {
+    registration_id: Option<String>,
+    etag: String,
+    primary: Option<SlotRead>,
+    secondary: Option<SlotRead>,
+    status: Status,
+    reprovision: &'static str,
+    /// The hub's host name: `iotHubs`' first, else the legacy `iotHubHostName`.
+    hub_host: Option<String>,
+    /// The device's `DeviceRegistrationState`, unparsed (most reads never look at it).
+    registration_state: Option<Box<RawValue>>,
+    /// Whether `kept` holds a `deviceId` (else a write sends the registration id).
+    has_device_id: bool,
+    /// The members certroll does not manage (`deviceId`, `capabilities`, `initialTwin`, ...),
+    /// sent back unchanged by a write.
+    kept: Kept,
+}
+
+impl Enrollment {
+    /// The device's registration state this read carried (None: the device never registered,
+    /// or DPS sent none).
+    fn registration(&self) -> Option<RegistrationWire> {
+        let raw = self.registration_state.as_deref()?;
+        serde_json::from_str(raw.get()).ok()
+    }
+}
+
+impl Stored for Enrollment {
+    fn etag(&self) -> &str {
+        &self.etag
+    }
+}
+
+/// An `X509CertificateWithInfo` as read: the certificate when the service echoes it (DPS does
+/// not), else what its `info` names. The `info` stays unparsed: it is read once, by
+/// [`AzureEnrollmentService::resolve`], and a slot holding another client's certificate goes
+/// back to DPS as it was read.
+#[derive(Debug, Default, Deserialize)]
+struct SlotRead {
+    #[serde(default)]
+    certificate: Option<String>,
+    #[serde(default)]
+    info: Option<Box<RawValue>>,
+}
+
+/// An `X509CertificateInfo`: what certroll reads of it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InfoRead {
+    #[serde(default)]
+    sha1_thumbprint: Option<String>,
+    #[serde(default)]
+    subject_name: Option<String>,
+    #[serde(default)]
+    not_before_utc: Option<String>,
+    #[serde(default)]
+    not_after_utc: Option<String>,
+}
+
+impl SlotRead {
+    /// The slot of a record read as a tree (enrollment groups).
+    fn of_json(v: &Value) -> Option<SlotRead> {
+        if v.is_null() {
+            return None;
+        }
+        Some(SlotRead {
+            certificate: v["certificate"].as_str().map(str::to_string),
+            info: serde_json::value::to_raw_value(&v["info"]).ok(),
+        })
+    }
+
+    /// Its `info`, parsed (None when DPS sent none or it is not an object).
+    fn info(&self) -> Option<InfoRead> {
+        serde_json::from_str(self.info.as_deref()?.get()).ok()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AttestationRead {
+    #[serde(default)]
+    x509: Option<X509Read>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct X509Read {
+    #[serde(default)]
+    client_certificates: Option<ClientCertificatesRead>,
+}
+
+#[derive(Deserialize)]
+struct ClientCertificatesRead {
+    #[serde(default)]
+    primary: Option<SlotRead>,
+    #[serde(default)]
+    secondary: Option<SlotRead>,
+}
+
+/// `reprovisionPolicy` as DPS spells it (both flags default to true).
+#[derive(Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReprovisionWire {
+    #[serde(default)]
+    update_hub_assignment: Option<bool>,
+    #[serde(default)]
+    migrate_device_data: Option<bool>,
+}
+
+impl ReprovisionWire {
+    fn of(policy: &str) -> ReprovisionWire {
+        let (update, migrate) = match policy {
+            "reset" => (true, false),
+            "never" => (false, true),
+            _ => (true, true),
+        };
+        ReprovisionWire {
+            update_hub_assignment: Some(update),
+            migrate_device_data: Some(migrate),
+        }
+    }
+
+    fn policy(p: Option<&ReprovisionWire>) -> &'static str {
+        match p {
+            Some(p) if p.update_hub_assignment == Some(false) => "never",
+            Some(p) if p.migrate_device_data == Some(false) => "reset",
+            _ => "migrate",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Enrollment {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Enrollment;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an individual enrollment (a JSON object)")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Enrollment, A::Error> {
+                let mut e = Enrollment {
+                    registration_id: None,
+                    etag: "*".into(),
+                    primary: None,
+                    secondary: None,
+                    status: Status::Enabled,
+                    reprovision: "migrate",
+                    hub_host: None,
+                    registration_state: None,
+                    has_device_id: false,
+                    kept: Kept::default(),
+                };
+                let (mut hubs, mut host_name) = (None, None);
+                let mut kept = Fields::default();
+                while let Some(key) = map.next_key::<Text<'de>>()? {
+                    match &*key {
+                        "registrationId" => e.registration_id = map.next_value()?,
+                        "etag" => {
+                            if let Some(etag) = map.next_value::<Option<String>>()? {
+                                e.etag = etag;
+                            }
+                        }
+                        "attestation" => {
+                            let a: Option<AttestationRead> = map.next_value()?;
+                            if let Some(certs) = a.and_then(|a| a.x509?.client_certificates) {
+                                e.primary = certs.primary;
+                                e.secondary = certs.secondary;
+                            }
+                        }
+                        "provisioningStatus" => {
+                            if let Some(s) = map.next_value::<Option<Text<'de>>>()? {
+                                e.status = Status::parse(&s);
+                            }
+                        }
+                        "reprovisionPolicy" => {
+                            e.reprovision = ReprovisionWire::policy(
+                                map.next_value::<Option<ReprovisionWire>>()?.as_ref(),
+                            );
+                        }
+                        "iotHubs" => hubs = map.next_value::<Option<Vec<Text<'de>>>>()?,
+                        "iotHubHostName" => host_name = map.next_value::<Option<String>>()?,
+                        "registrationState" => {
+                            e.registration_state =
+                                map.next_value::<Option<&'de RawValue>>()?.map(ToOwned::to_owned);
+                        }
+                        // DPS's own (read-only, or replaced by every write).
+                        "createdDateTimeUtc" | "lastUpdatedDateTimeUtc" | "allocationPolicy" => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                        _ => {
+                            let value: &'de RawValue = map.next_value()?;
+                            if &*key == "deviceId" {
+                                if value.get() == "null" {
+                                    continue;
+                                }
+                                e.has_device_id = true;
+                            }
+                            kept.0.push((key, value));
+                        }
+                    }
+                }
+                e.hub_host = hubs
+                    .and_then(|h| h.into_iter().next())
+                    .map(|h| h.0.into_owned())
+                    .or(host_name);
+                e.kept = Kept::new(&kept);
+                Ok(e)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The certificate of an enrollment slot as certroll sends it: base64 of the DER bytes (which
+/// DPS takes as it takes PEM text, and which needs no line breaks escaped).
+fn certificate_text(der: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(der)
+}
+
+/// The certificates of `e`'s slots as [`certificate_text`], computed once for every try.
+fn certificates_of(e: &IndividualEnrollment) -> [Option<String>; 2] {
+    [&e.primary, &e.secondary].map(|d| d.as_deref().map(certificate_text))
+}
+
+/// A certificate's DER from the text an `X509CertificateWithInfo` may hold: PEM text or base64
+/// of the DER bytes.
+fn certificate_der(text: &str) -> Option<Vec<u8>> {
+    if crate::pki::pem::is_pem(text.as_bytes()) {
+        return crate::pki::pem::certs_from_pem(text.as_bytes())
+            .ok()?
+            .into_iter()
+            .next();
+    }
+    use base64::Engine as _;
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD.decode(compact).ok()
+}
+
+/// A body certroll builds, as JSON bytes.
+fn to_json(body: &impl Serialize) -> Result<Vec<u8>> {
+    serde_json::to_vec(body)
+        .map_err(|e| BackendError::Refused(format!("a request body could not be written: {e}")))
+}
+
+/// What a write of an individual enrollment sends: certroll's fields of `e` over what was
+/// kept from its read (`read`), with the etag in the body for a bulk `updateIfMatchETag`.
+struct IndividualBody<'a> {
+    e: &'a IndividualEnrollment,
+    hub_host: &'a str,
+    /// The primary and secondary certificates, as [`certificate_text`].
+    certificates: &'a [Option<String>; 2],
+    read: Option<&'a Enrollment>,
+    /// The slots of `read` that hold another client's certificate this write keeps
+    /// ([`foreign_kept`]), sent where certroll's certificate is none.
+    kept: [Option<&'a SlotRead>; 2],
+    etag: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct AttestationWrite<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    x509: X509Write<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct X509Write<'a> {
+    client_certificates: SlotsWrite<'a>,
+}
+
+#[derive(Serialize)]
+struct SlotsWrite<'a> {
+    primary: Option<CertificateWrite<'a>>,
+    secondary: Option<CertificateWrite<'a>>,
+}
+
+/// A slot as written: certroll's certificate, or another client's slot kept as it was read
+/// (its `info`, which DPS takes as "unchanged").
+#[derive(Serialize)]
+struct CertificateWrite<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certificate: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    info: Option<&'a RawValue>,
+}
+
+impl Serialize for IndividualBody<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let e = self.e;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("registrationId", &e.registration_id)?;
+        if let Some(read) = self.read {
+            read.kept.write_into(&mut m, &|_| false)?;
+        }
+        if !self.read.is_some_and(|r| r.has_device_id) {
+            m.serialize_entry("deviceId", &e.registration_id)?;
+        }
+        fn slot<'a>(c: &'a Option<String>, kept: Option<&'a SlotRead>) -> Option<CertificateWrite<'a>> {
+            match (c.as_deref(), kept) {
+                (Some(certificate), _) => Some(CertificateWrite {
+                    certificate: Some(certificate),
+                    info: None,
+                }),
+                // The certificate info DPS sent for a slot kept (another client's) goes back
+                // as read: DPS keeps a slot whose certificate is unchanged.
+                (None, Some(k)) => Some(CertificateWrite {
+                    certificate: k.certificate.as_deref(),
+                    info: k.info.as_deref(),
+                }),
+                (None, None) => None,
+            }
+        }
+        let [primary, secondary] = self.certificates;
+        let [kept_primary, kept_secondary] = self.kept;
+        m.serialize_entry(
+            "attestation",
+            &AttestationWrite {
+                kind: "x509",
+                x509: X509Write {
+                    client_certificates: SlotsWrite {
+                        primary: slot(primary, kept_primary),
+                        secondary: slot(secondary, kept_secondary),
+                    },
+                },
+            },
+        )?;
+        m.serialize_entry("provisioningStatus", e.status.as_str())?;
+        m.serialize_entry("reprovisionPolicy", &ReprovisionWire::of(&e.reprovision))?;
+        m.serialize_entry("iotHubs", &[self.hub_host])?;
+        m.serialize_entry("allocationPolicy", "static")?;
+        if let Some(etag) = self.etag {
+            m.serialize_entry("etag", etag)?;
+        }
+        m.end()
+    }
+}
+
+/// A DPS bulk operation's body.
+#[derive(Serialize)]
+struct BulkBody<'a> {
+    mode: &'a str,
+    enrollments: &'a [IndividualBody<'a>],
+}
+
+/// A `DeviceRegistrationState` as DPS answers it (service API view).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RegistrationWire {
+    #[serde(default)]
+    registration_id: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    substatus: Option<String>,
+    #[serde(default)]
+    assigned_hub: Option<String>,
+    #[serde(default)]
+    error_message: Option<String>,
+    #[serde(default)]
+    error_code: Option<i64>,
+    #[serde(default)]
+    created_date_time_utc: Option<String>,
+    #[serde(default)]
+    last_updated_date_time_utc: Option<String>,
+    #[serde(default)]
+    etag: Option<String>,
+}
+
+/// The reprovision policy of a group read as a tree.
+fn reprovision_of(v: &Value) -> &'static str {
+    let p = serde_json::from_value::<ReprovisionWire>(v["reprovisionPolicy"].clone()).ok();
+    ReprovisionWire::policy(p.as_ref())
+}
+
+fn parse_time(v: Option<&str>) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(v?, &time::format_description::well_known::Rfc3339).ok()
 }
 
 /// What one attestation slot holds, as [`AzureEnrollmentService::resolve`] finds it.
@@ -167,28 +552,31 @@ enum Held {
 /// unless `e` takes it back ([`IndividualEnrollment::take_back`]). `base` may be newer than
 /// what the writer read (a re-read after 412), so its slots are judged here, by thumbprint:
 /// `known` tells one certroll issued.
-fn foreign_kept(
+fn foreign_kept<'r>(
     e: &IndividualEnrollment,
-    base: &Value,
+    base: Option<&'r Enrollment>,
     known: &dyn Fn(&str) -> bool,
-) -> Result<[Option<Value>; 2]> {
-    let certs = &base["attestation"]["x509"]["clientCertificates"];
+) -> Result<[Option<&'r SlotRead>; 2]> {
+    let mut kept = [None, None];
+    let Some(base) = base else {
+        return Ok(kept);
+    };
     let ours: Vec<String> = [&e.primary, &e.secondary]
         .into_iter()
         .flatten()
         .map(|d| crate::pki::sha1_thumbprint(d))
         .collect();
-    let mut kept = [None, None];
-    for ((which, mine), keep) in ["primary", "secondary"]
+    for (((which, mine), slot), keep) in ["primary", "secondary"]
         .into_iter()
         .zip([&e.primary, &e.secondary])
+        .zip([&base.primary, &base.secondary])
         .zip(kept.iter_mut())
     {
-        let slot = &certs[which];
-        let Some(tp) = slot["info"]["sha1Thumbprint"]
-            .as_str()
-            .map(str::to_ascii_uppercase)
-        else {
+        let Some(slot) = slot else {
+            continue;
+        };
+        let info = slot.info().unwrap_or_default();
+        let Some(tp) = info.sha1_thumbprint.as_deref().map(str::to_ascii_uppercase) else {
             continue;
         };
         if ours.contains(&tp) || known(&tp) {
@@ -199,16 +587,13 @@ fn foreign_kept(
             continue;
         }
         if read && mine.is_none() {
-            *keep = Some(slot.clone());
+            *keep = Some(slot);
             continue;
         }
         let f = ForeignCertificate {
             slot: which,
             thumbprint: tp,
-            subject: slot["info"]["subjectName"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
+            subject: info.subject_name.unwrap_or_default(),
             not_before: None,
             not_after: None,
         };
@@ -219,10 +604,6 @@ fn foreign_kept(
         )));
     }
     Ok(kept)
-}
-
-fn parse_time(v: &Value) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(v.as_str()?, &time::format_description::well_known::Rfc3339).ok()
 }
 
 /// Removes what DPS computes itself, so a record read can be sent back.
@@ -314,7 +695,7 @@ impl AzureEnrollmentService {
     }
 
     /// Keeps what a read of enrollment `id` saw for its next write (see `seen`).
-    fn keep(&self, id: &str, read: Option<Record>) {
+    fn keep(&self, id: &str, read: Option<Enrollment>) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         // Reads never followed by a write (status, check) must not grow this without bound.
         if seen.len() >= SEEN_LIMIT {
@@ -334,7 +715,7 @@ impl AzureEnrollmentService {
 
     /// The certificate DPS describes in an `X509CertificateWithInfo`; one certroll has no
     /// record of is an error (an enrollment group's signing certificate).
-    fn certificate(&self, slot: &Value, whose: &str) -> Result<Option<Vec<u8>>> {
+    fn certificate(&self, slot: Option<&SlotRead>, whose: &str) -> Result<Option<Vec<u8>>> {
         match self.resolve(slot, whose, "signing")? {
             Held::Empty => Ok(None),
             Held::Known(der) => Ok(Some(der)),
@@ -353,19 +734,17 @@ impl AzureEnrollmentService {
     /// What a slot (`which`: `primary` or `secondary`) of `whose` holds: nothing, a certificate
     /// certroll knows (from the record, its reads and writes, or the vault), or one it cannot
     /// resolve, described from DPS's `info`.
-    fn resolve(&self, slot: &Value, whose: &str, which: &'static str) -> Result<Held> {
-        if slot.is_null() {
+    fn resolve(&self, slot: Option<&SlotRead>, whose: &str, which: &'static str) -> Result<Held> {
+        let Some(slot) = slot else {
             return Ok(Held::Empty);
-        }
-        if let Some(text) = slot["certificate"].as_str()
-            && let Some(der) = crate::pki::pem::certs_from_pem(text.as_bytes())
-                .ok()
-                .and_then(|c| c.into_iter().next())
+        };
+        if let Some(text) = slot.certificate.as_deref()
+            && let Some(der) = certificate_der(text)
         {
             return Ok(Held::Known(der));
         }
-        let info = &slot["info"];
-        let Some(tp) = info["sha1Thumbprint"].as_str().map(str::to_ascii_uppercase) else {
+        let info = slot.info().unwrap_or_default();
+        let Some(tp) = info.sha1_thumbprint.as_deref().map(str::to_ascii_uppercase) else {
             return Ok(Held::Empty);
         };
         if let Some(der) = self.known.lock().unwrap_or_else(|p| p.into_inner()).get(&tp) {
@@ -380,49 +759,61 @@ impl AzureEnrollmentService {
         Ok(Held::Foreign(ForeignCertificate {
             slot: which,
             thumbprint: tp,
-            subject: info["subjectName"].as_str().unwrap_or_default().to_string(),
-            not_before: parse_time(&info["notBeforeUtc"]),
-            not_after: parse_time(&info["notAfterUtc"]),
+            subject: info.subject_name.unwrap_or_default(),
+            not_before: parse_time(info.not_before_utc.as_deref()),
+            not_after: parse_time(info.not_after_utc.as_deref()),
         }))
     }
 
     /// [`foreign_kept`] with the certificates this process resolved or wrote as the known ones.
-    fn foreign_kept(&self, e: &IndividualEnrollment, base: &Value) -> Result<[Option<Value>; 2]> {
+    fn foreign_kept<'r>(
+        &self,
+        e: &IndividualEnrollment,
+        base: Option<&'r Enrollment>,
+    ) -> Result<[Option<&'r SlotRead>; 2]> {
         let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         foreign_kept(e, base, &|tp| known.contains_key(tp))
     }
 
-    fn hub_name(&self, v: &Value) -> String {
-        let host = v["iotHubs"]
-            .as_array()
-            .and_then(|h| h.first())
-            .and_then(Value::as_str)
-            .or_else(|| v["iotHubHostName"].as_str())
-            .or_else(|| v["assignedHub"].as_str())
-            .unwrap_or_default()
-            .to_ascii_lowercase();
+    /// The plan's name of the hub at `host` (its first label when the plan has none).
+    fn hub_name_of(&self, host: Option<&str>) -> String {
+        let host = host.unwrap_or_default().to_ascii_lowercase();
         self.hub_names
             .get(&host)
             .cloned()
             .unwrap_or_else(|| host.split('.').next().unwrap_or_default().to_string())
     }
 
-    fn hub_host(&self, hub: &str) -> Result<String> {
+    fn hub_name(&self, v: &Value) -> String {
+        self.hub_name_of(
+            v["iotHubs"]
+                .as_array()
+                .and_then(|h| h.first())
+                .and_then(Value::as_str)
+                .or_else(|| v["iotHubHostName"].as_str())
+                .or_else(|| v["assignedHub"].as_str()),
+        )
+    }
+
+    fn hub_host(&self, hub: &str) -> Result<&str> {
         self.hub_hosts
             .get(hub)
-            .cloned()
+            .map(String::as_str)
             .ok_or_else(|| BackendError::Refused(format!("hub `{hub}` is not in the plan's [backend.hubs]")))
     }
 
-    fn individual_of(&self, v: &Value) -> Result<IndividualEnrollment> {
-        let id = v["registrationId"].as_str().unwrap_or_default().to_string();
-        let certs = &v["attestation"]["x509"]["clientCertificates"];
+    fn individual_of(&self, e: &Enrollment) -> Result<IndividualEnrollment> {
+        let id = e.registration_id.clone().unwrap_or_default();
         // A certificate another client put into a slot is reported with the enrollment, not
         // an error for the whole read: one such enrollment must not blind a fleet's status.
         let mut foreign = Vec::new();
         let mut slots = [None, None];
-        for (slot, which) in slots.iter_mut().zip(["primary", "secondary"]) {
-            match self.resolve(&certs[which], &id, which)? {
+        for ((slot, read), which) in slots
+            .iter_mut()
+            .zip([&e.primary, &e.secondary])
+            .zip(["primary", "secondary"])
+        {
+            match self.resolve(read.as_ref(), &id, which)? {
                 Held::Empty => {}
                 Held::Known(der) => *slot = Some(der),
                 Held::Foreign(f) => foreign.push(f),
@@ -432,9 +823,9 @@ impl AzureEnrollmentService {
         Ok(IndividualEnrollment {
             primary,
             secondary,
-            status: Status::parse(v["provisioningStatus"].as_str().unwrap_or("enabled")),
-            reprovision: reprovision_of(v),
-            hub: self.hub_name(v),
+            status: e.status,
+            reprovision: e.reprovision.to_string(),
+            hub: self.hub_name_of(e.hub_host.as_deref()),
             registration_id: id,
             foreign,
             take_back: false,
@@ -457,7 +848,10 @@ impl AzureEnrollmentService {
                     cert_der: ca.cert_der,
                     ca_reference: Some(reference.to_string()),
                 });
-            } else if let Some(der) = self.certificate(&x509["signingCertificates"][which], &name)? {
+            } else if let Some(der) = self.certificate(
+                SlotRead::of_json(&x509["signingCertificates"][which]).as_ref(),
+                &name,
+            )? {
                 slots[i] = Some(Slot {
                     cert_der: der,
                     ca_reference: None,
@@ -469,40 +863,10 @@ impl AzureEnrollmentService {
             primary,
             secondary,
             status: Status::parse(v["provisioningStatus"].as_str().unwrap_or("enabled")),
-            reprovision: reprovision_of(v),
+            reprovision: reprovision_of(v).to_string(),
             hub: self.hub_name(v),
             name,
         })
-    }
-
-    /// `base` (a record read, or nothing) with certroll's fields of `e`.
-    fn individual_json(&self, e: &IndividualEnrollment, base: Option<&Value>) -> Result<Value> {
-        self.individual_json_on(e, base.cloned().unwrap_or_else(|| json!({})))
-    }
-
-    /// [`individual_json`](Self::individual_json) on a record this call may consume.
-    fn individual_json_on(&self, e: &IndividualEnrollment, base: Value) -> Result<Value> {
-        let [keep_primary, keep_secondary] = self.foreign_kept(e, &base)?;
-        let mut out = writable(base);
-        let slot = |d: &Option<Vec<u8>>| d.as_deref().map(|d| json!({"certificate": pem_of(d)}));
-        out["registrationId"] = json!(e.registration_id);
-        if out.get("deviceId").is_none_or(Value::is_null) {
-            out["deviceId"] = json!(e.registration_id);
-        }
-        // The certificate info DPS sent for a slot kept (another client's) goes back as read:
-        // DPS keeps a slot whose certificate is unchanged.
-        let primary = slot(&e.primary).or(keep_primary);
-        let secondary = slot(&e.secondary).or(keep_secondary);
-        out["attestation"] = json!({"type": "x509", "x509": {"clientCertificates": {
-            "primary": primary, "secondary": secondary}}});
-        out["provisioningStatus"] = json!(e.status.as_str());
-        out["reprovisionPolicy"] = reprovision_json(&e.reprovision);
-        out["iotHubs"] = json!([self.hub_host(&e.hub)?]);
-        out["allocationPolicy"] = json!("static");
-        if let Some(o) = out.as_object_mut() {
-            o.remove("iotHubHostName");
-        }
-        Ok(out)
     }
 
     fn group_json(&self, g: &EnrollmentGroup, base: Option<&Value>) -> Result<Value> {
@@ -516,12 +880,15 @@ impl AzureEnrollmentService {
             let name = |s: &Option<Slot>| s.as_ref().and_then(|s| s.ca_reference.clone());
             json!({"caReferences": {"primary": name(&g.primary), "secondary": name(&g.secondary)}})
         } else {
-            let slot = |s: &Option<Slot>| s.as_ref().map(|s| json!({"certificate": pem_of(&s.cert_der)}));
+            let slot = |s: &Option<Slot>| {
+                s.as_ref()
+                    .map(|s| json!({"certificate": certificate_text(&s.cert_der)}))
+            };
             json!({"signingCertificates": {"primary": slot(&g.primary), "secondary": slot(&g.secondary)}})
         };
         out["attestation"] = json!({"type": "x509", "x509": x509});
         out["provisioningStatus"] = json!(g.status.as_str());
-        out["reprovisionPolicy"] = reprovision_json(&g.reprovision);
+        out["reprovisionPolicy"] = json!(ReprovisionWire::of(&g.reprovision));
         out["iotHubs"] = json!([self.hub_host(&g.hub)?]);
         out["allocationPolicy"] = json!("static");
         if let Some(o) = out.as_object_mut() {
@@ -541,8 +908,8 @@ impl AzureEnrollmentService {
 
     // ------------------------------------------------------------ wire operations
 
-    /// `collection` is `enrollments` or `enrollmentGroups`.
-    async fn read(&self, collection: &str, id: &str, what: &str) -> Result<Option<Record>> {
+    /// `collection` is `enrollments` (read as [`Enrollment`]) or `enrollmentGroups` ([`Record`]).
+    async fn read<T: Stored>(&self, collection: &str, id: &str, what: &str) -> Result<Option<T>> {
         let operation = format!("get {what}");
         let call = Call::new(
             Method::Get,
@@ -551,11 +918,17 @@ impl AzureEnrollmentService {
             id,
         );
         let answer = self.dps.expect(&call, &[200, 404]).await?;
-        Ok((answer.status == 200).then(|| record(answer.json())))
+        if answer.status == 404 {
+            return Ok(None);
+        }
+        answer
+            .typed()
+            .map(Some)
+            .map_err(|e| self.dps.unreadable(&call, &answer, &e))
     }
 
     /// Every record of a query, page by page (`x-ms-continuation`).
-    async fn query(&self, collection: &str, what: &str) -> Result<Vec<Value>> {
+    async fn query<T: for<'de> Deserialize<'de>>(&self, collection: &str, what: &str) -> Result<Vec<T>> {
         let operation = format!("query {what}");
         let mut out = Vec::new();
         let mut continuation: Option<String> = None;
@@ -567,10 +940,13 @@ impl AzureEnrollmentService {
                 call = call.header("x-ms-continuation", token.clone());
             }
             let answer = self.dps.expect(&call, &[200]).await?;
-            match answer.json() {
-                Value::Array(items) => out.extend(items),
-                _ => return Err(self.dps.error(&call, &answer)),
+            if !answer.body.trim_ascii_start().starts_with(b"[") {
+                return Err(self.dps.error(&call, &answer));
             }
+            let items: Vec<T> = answer
+                .typed()
+                .map_err(|e| self.dps.unreadable(&call, &answer, &e))?;
+            out.extend(items);
             continuation = answer
                 .header("x-ms-continuation")
                 .filter(|t| !t.is_empty())
@@ -583,8 +959,8 @@ impl AzureEnrollmentService {
 
     /// Individual enrollments `ids` (in order; None where absent): by [`Scan`] when there are
     /// [`SCAN_FROM`] or more the scan can still answer, by one GET each otherwise.
-    async fn read_individuals(&self, ids: &[String]) -> Result<Vec<Option<Record>>> {
-        let mut out: Vec<Option<Option<Record>>> = (0..ids.len()).map(|_| None).collect();
+    async fn read_individuals(&self, ids: &[String]) -> Result<Vec<Option<Enrollment>>> {
+        let mut out: Vec<Option<Option<Enrollment>>> = (0..ids.len()).map(|_| None).collect();
         {
             let mut scan = self.scan.lock().await;
             let eligible = ids.iter().filter(|id| !scan.taken.contains(*id)).count();
@@ -671,22 +1047,24 @@ impl AzureEnrollmentService {
         };
         let taken = &scan.taken;
         let read = async {
-            let Value::Array(items) = answer.json() else {
+            let items: Vec<Enrollment> = answer.typed().map_err(|e| {
                 let call = Call::new(
                     Method::Post,
                     "/enrollments/query".into(),
                     "query enrollments",
                     "*",
                 );
-                return Err(self.dps.error(&call, &answer));
-            };
-            Ok(items
-                .into_iter()
-                .filter_map(|item| {
-                    let id = item["registrationId"].as_str()?.to_string();
-                    (!taken.contains(&id)).then(|| (id, record(item)))
-                })
-                .collect::<Vec<_>>())
+                self.dps.unreadable(&call, &answer, &e)
+            })?;
+            Ok::<_, BackendError>(
+                items
+                    .into_iter()
+                    .filter_map(|item| {
+                        let id = item.registration_id.clone()?;
+                        (!taken.contains(&id)).then_some((id, item))
+                    })
+                    .collect::<Vec<_>>(),
+            )
         };
         // The fetch is polled first, so its request is out before this page is parsed. A page
         // ahead that failed is fetched again when it is needed, and fails then.
@@ -713,13 +1091,13 @@ impl AzureEnrollmentService {
 
     /// Writes one record: created when absent (no If-Match), else updated with the etag read;
     /// on 409/412 read again and re-apply.
-    async fn put_one(
+    async fn put_one<T: Stored>(
         &self,
         collection: &str,
         id: &str,
         what: &str,
-        mut current: Option<Option<Record>>,
-        build: &(dyn Fn(Option<&Value>) -> Result<Value> + Sync),
+        mut current: Option<Option<T>>,
+        build: &(dyn Fn(Option<&T>) -> Result<Vec<u8>> + Sync),
     ) -> Result<()> {
         let operation = format!("put {what}");
         for _ in 0..=MAX_PRECONDITION_RETRIES {
@@ -727,16 +1105,16 @@ impl AzureEnrollmentService {
                 Some(c) => c,
                 None => self.read(collection, id, what).await?,
             };
-            let body = build(existing.as_ref().map(|r| &r.json))?;
+            let body = build(existing.as_ref())?;
             let mut call = Call::new(
                 Method::Put,
                 format!("/{collection}/{}", segment(id)),
                 &operation,
                 id,
             )
-            .json(body);
+            .json_bytes(body);
             if let Some(r) = &existing {
-                call = call.header("if-match", if_match(&r.etag));
+                call = call.header("if-match", if_match(r.etag()));
             }
             let answer = self.dps.send(&call).await?;
             match answer.status {
@@ -757,24 +1135,36 @@ impl AzureEnrollmentService {
 
     /// One bulk operation of at most [`BULK_LIMIT`] individual enrollments; returns the ids
     /// that lost a race (409 on create, 412 on update), to be written one by one.
-    async fn bulk(&self, mode: &str, items: Vec<Value>) -> Result<Vec<String>> {
-        let first = items[0]["registrationId"].as_str().unwrap_or_default();
+    async fn bulk(&self, mode: &str, items: &[IndividualBody<'_>]) -> Result<Vec<String>> {
+        let first = items
+            .first()
+            .map(|b| b.e.registration_id.as_str())
+            .unwrap_or_default();
         let target = format!("{} enrollments from `{first}`", items.len());
         let operation = format!("bulk {mode} enrollments");
-        let call = Call::new(Method::Post, "/enrollments".into(), &operation, &target)
-            .json(json!({"mode": mode, "enrollments": items}));
+        // Two certificates of about 1 KiB each in base64, and the rest of the record.
+        let size = items.len() * 3072;
+        let call = Call::new(Method::Post, "/enrollments".into(), &operation, &target).json_sized(
+            BulkBody {
+                mode,
+                enrollments: items,
+            },
+            size,
+        );
         let answer = self.dps.expect(&call, &[200]).await?;
-        let body = answer.json();
-        if body["isSuccessful"].as_bool() == Some(true) {
+        let result: super::wire::BulkResult = answer
+            .typed()
+            .map_err(|e| self.dps.unreadable(&call, &answer, &e))?;
+        if result.is_successful == Some(true) {
             return Ok(Vec::new());
         }
-        let Some(errors) = body["errors"].as_array() else {
+        let Some(errors) = result.errors else {
             return Err(self.dps.error(&call, &answer));
         };
         let mut raced = Vec::new();
         for e in errors {
-            let id = e["registrationId"].as_str().unwrap_or_default().to_string();
-            let code = e["errorCode"].as_i64().unwrap_or_default();
+            let id = e.registration_id.unwrap_or_default();
+            let code = e.error_code.as_ref().map(|c| c.number()).unwrap_or_default();
             if matches!(code / 1000, 409 | 412) {
                 raced.push(id);
             } else {
@@ -783,8 +1173,8 @@ impl AzureEnrollmentService {
                     operation,
                     target: id,
                     status: u16::try_from(code / 1000).ok(),
-                    code: code.to_string(),
-                    message: e["errorStatus"].as_str().unwrap_or_default().to_string(),
+                    code: e.error_code.map(|c| c.text().into_owned()).unwrap_or_default(),
+                    message: e.error_status.unwrap_or_default(),
                 });
             }
         }
@@ -792,7 +1182,7 @@ impl AzureEnrollmentService {
     }
 
     async fn put_individuals_async(&self, batch: &[IndividualEnrollment]) -> Result<()> {
-        let carried: Vec<Option<Option<Record>>> = {
+        let carried: Vec<Option<Option<Enrollment>>> = {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             batch.iter().map(|e| seen.remove(&e.registration_id)).collect()
         };
@@ -805,26 +1195,26 @@ impl AzureEnrollmentService {
             .collect();
         let mut fresh = self.read_individuals(&missing).await?.into_iter();
         self.written(batch.iter().map(|e| &e.registration_id)).await;
-        let reads: Vec<Result<Option<Record>>> = carried
+        let reads = carried
             .into_iter()
-            .map(|c| Ok(c.unwrap_or_else(|| fresh.next().flatten())))
-            .collect();
+            .map(|c| c.unwrap_or_else(|| fresh.next().flatten()));
         // What could refuse a body is checked before any request goes out.
         for e in batch {
             self.hub_host(&e.hub)?;
         }
         let (mut creates, mut updates) = (Vec::new(), Vec::new());
         for (e, read) in batch.iter().zip(reads) {
-            match read? {
+            match read {
                 None => creates.push((e, None)),
                 Some(r) => updates.push((e, Some(r))),
             }
         }
         let stage = crate::progress::stage("DPS enrollments", batch.len() as u64);
         let stage = &stage;
-        // Each request's bodies are built when it is first polled, so the first requests are
-        // out while the later ones are built; bodies are moved into their requests, never
-        // copied: each holds two PEM certificates.
+        // Each request's body is built when it gets one of the client's slots, so the first
+        // requests are out while the later ones are built and no more bodies are alive than
+        // requests in flight; each is written once, straight into its request's buffer, from
+        // the records read (never copied into a tree).
         let mut work = Vec::new();
         for (mode, mut items) in [("create", creates), ("updateIfMatchETag", updates)] {
             while !items.is_empty() {
@@ -832,57 +1222,77 @@ impl AzureEnrollmentService {
                 let chunk = std::mem::replace(&mut items, rest);
                 let n = chunk.len() as u64;
                 work.push(async move {
+                    let certificates: Vec<_> = chunk.iter().map(|(e, _)| certificates_of(e)).collect();
                     let mut bodies = Vec::with_capacity(chunk.len());
-                    for (e, read) in chunk {
-                        bodies.push(match read {
-                            None => self.individual_json_on(e, json!({}))?,
-                            Some(r) => {
-                                let mut body = self.individual_json_on(e, r.json)?;
-                                body["etag"] = json!(r.etag);
-                                body
-                            }
+                    for ((e, read), certificates) in chunk.iter().zip(&certificates) {
+                        let read = read.as_ref();
+                        bodies.push(IndividualBody {
+                            e,
+                            hub_host: self.hub_host(&e.hub)?,
+                            certificates,
+                            read,
+                            kept: self.foreign_kept(e, read)?,
+                            etag: read.map(|r| r.etag.as_str()),
                         });
                     }
-                    let raced = self.bulk(mode, bodies).await;
+                    let raced = self.bulk(mode, &bodies).await;
                     stage.advance(n);
                     raced
                 });
             }
         }
-        let mut raced = Vec::new();
-        for r in futures::future::join_all(work).await {
+        use futures::StreamExt as _;
+        let done: Vec<Result<Vec<String>>> = futures::stream::iter(work)
+            .buffer_unordered(self.dps.concurrency())
+            .collect()
+            .await;
+        let mut raced = std::collections::HashSet::new();
+        for r in done {
             raced.extend(r?);
         }
         for e in batch.iter().filter(|e| raced.contains(&e.registration_id)) {
-            let build = |base: Option<&Value>| self.individual_json(e, base);
+            let certificates = certificates_of(e);
+            let hub_host = self.hub_host(&e.hub)?;
+            // Judged against what DPS holds now: the re-read after 412 may hold another
+            // client's certificate the first read did not.
+            let build = |read: Option<&Enrollment>| {
+                to_json(&IndividualBody {
+                    e,
+                    hub_host,
+                    certificates: &certificates,
+                    read,
+                    kept: self.foreign_kept(e, read)?,
+                    etag: None,
+                })
+            };
             self.put_one("enrollments", &e.registration_id, "enrollment", None, &build)
                 .await?;
         }
         Ok(())
     }
 
-    fn registration_of(&self, id: &str, v: &Value) -> RegistrationState {
-        let hub = v["assignedHub"].as_str().map(|_| self.hub_name(v));
+    fn registration_of(&self, id: &str, v: RegistrationWire) -> RegistrationState {
+        let hub = v.assigned_hub.as_deref().map(|h| self.hub_name_of(Some(h)));
         RegistrationState {
-            registration_id: v["registrationId"].as_str().unwrap_or(id).to_string(),
-            status: v["status"].as_str().unwrap_or("unassigned").to_string(),
-            substatus: v["substatus"].as_str().map(str::to_string),
+            registration_id: v.registration_id.unwrap_or_else(|| id.to_string()),
+            status: v.status.unwrap_or_else(|| "unassigned".into()),
+            substatus: v.substatus,
             hub,
             cert_thumbprint: None,
-            error: v["errorMessage"].as_str().map(str::to_string),
-            error_code: v["errorCode"].as_i64(),
+            error: v.error_message,
+            error_code: v.error_code,
             enrollment_kind: None,
             enrollment_name: None,
-            created: parse_time(&v["createdDateTimeUtc"]),
-            updated: parse_time(&v["lastUpdatedDateTimeUtc"]),
-            etag: v["etag"].as_str().map(|e| e.trim_matches('"').to_string()),
+            created: parse_time(v.created_date_time_utc.as_deref()),
+            updated: parse_time(v.last_updated_date_time_utc.as_deref()),
+            etag: v.etag.map(|e| e.trim_matches('"').to_string()),
         }
     }
 
     /// The registration states DPS lists for enrollment group `group` (its devices assigned by
     /// it), page by page (`x-ms-continuation`), by registration id; empty when the group does
     /// not exist.
-    async fn group_registrations(&self, group: &str) -> Result<HashMap<String, Value>> {
+    async fn group_registrations(&self, group: &str) -> Result<HashMap<String, RegistrationWire>> {
         let mut out = HashMap::new();
         let mut continuation: Option<String> = None;
         loop {
@@ -900,12 +1310,15 @@ impl AzureEnrollmentService {
             if answer.status == 404 {
                 return Ok(out);
             }
-            let Value::Array(items) = answer.json() else {
+            if !answer.body.trim_ascii_start().starts_with(b"[") {
                 return Err(self.dps.error(&call, &answer));
-            };
+            }
+            let items: Vec<RegistrationWire> = answer
+                .typed()
+                .map_err(|e| self.dps.unreadable(&call, &answer, &e))?;
             for item in items {
-                if let Some(id) = item["registrationId"].as_str() {
-                    out.insert(id.to_string(), item);
+                if let Some(id) = item.registration_id.clone() {
+                    out.insert(id, item);
                 }
             }
             continuation = answer
@@ -926,7 +1339,13 @@ impl AzureEnrollmentService {
             id,
         );
         let answer = self.dps.expect(&call, &[200, 404]).await?;
-        Ok((answer.status == 200).then(|| self.registration_of(id, &answer.json())))
+        if answer.status == 404 {
+            return Ok(None);
+        }
+        let state = answer
+            .typed()
+            .map_err(|e| self.dps.unreadable(&call, &answer, &e))?;
+        Ok(Some(self.registration_of(id, state)))
     }
 }
 
@@ -966,7 +1385,7 @@ impl EnrollmentService for AzureEnrollmentService {
     fn group(&self, name: &str) -> Result<Option<EnrollmentGroup>> {
         let Some(r) = self
             .rt
-            .block_on(self.read("enrollmentGroups", name, "enrollment group"))?
+            .block_on(self.read::<Record>("enrollmentGroups", name, "enrollment group"))?
         else {
             return Ok(None);
         };
@@ -976,7 +1395,7 @@ impl EnrollmentService for AzureEnrollmentService {
     fn groups(&self) -> Result<Vec<EnrollmentGroup>> {
         let all = self
             .rt
-            .block_on(self.query("enrollmentGroups", "enrollment groups"))?;
+            .block_on(self.query::<Value>("enrollmentGroups", "enrollment groups"))?;
         // CA references are resolved from one listing, not one ARM call per group.
         let mut cas: Option<Vec<ServiceCa>> = None;
         let mut out = Vec::with_capacity(all.len());
@@ -1013,7 +1432,7 @@ impl EnrollmentService for AzureEnrollmentService {
         for slot in [&group.primary, &group.secondary].into_iter().flatten() {
             self.remember(&slot.cert_der);
         }
-        let build = |base: Option<&Value>| self.group_json(group, base);
+        let build = |base: Option<&Record>| to_json(&self.group_json(group, base.map(|r| &r.json))?);
         self.rt
             .block_on(self.put_one("enrollmentGroups", &group.name, "enrollment group", None, &build))
     }
@@ -1022,9 +1441,10 @@ impl EnrollmentService for AzureEnrollmentService {
         let read = self.rt.block_on(async {
             // Read fresh now, so what the scan holds of it is older than what a caller has seen.
             self.written(std::iter::once(&registration_id.to_string())).await;
-            self.read("enrollments", registration_id, "enrollment").await
+            self.read::<Enrollment>("enrollments", registration_id, "enrollment")
+                .await
         })?;
-        let out = read.as_ref().map(|r| self.individual_of(&r.json)).transpose();
+        let out = read.as_ref().map(|r| self.individual_of(r)).transpose();
         self.keep(registration_id, read);
         out
     }
@@ -1034,7 +1454,7 @@ impl EnrollmentService for AzureEnrollmentService {
         ids.iter()
             .zip(reads)
             .map(|(id, r)| {
-                let out = r.as_ref().map(|r| self.individual_of(&r.json)).transpose();
+                let out = r.as_ref().map(|r| self.individual_of(r)).transpose();
                 self.keep(id, r);
                 out
             })
@@ -1042,7 +1462,9 @@ impl EnrollmentService for AzureEnrollmentService {
     }
 
     fn individuals(&self) -> Result<Vec<IndividualEnrollment>> {
-        let all = self.rt.block_on(self.query("enrollments", "enrollments"))?;
+        let all = self
+            .rt
+            .block_on(self.query::<Enrollment>("enrollments", "enrollments"))?;
         let mut out = all
             .iter()
             .map(|v| self.individual_of(v))
@@ -1088,16 +1510,17 @@ impl EnrollmentService for AzureEnrollmentService {
         };
         // Disabled enrollments holding a leaf, from the thumbprints DPS lists (no certificate
         // needs resolving for that).
-        let all = self.rt.block_on(self.query("enrollments", "enrollments"))?;
+        let all = self
+            .rt
+            .block_on(self.query::<Enrollment>("enrollments", "enrollments"))?;
         let mut disabled_by_tp: HashMap<String, Vec<String>> = HashMap::new();
-        for v in all.iter().filter(|v| v["provisioningStatus"] == "disabled") {
-            let certs = &v["attestation"]["x509"]["clientCertificates"];
-            for which in ["primary", "secondary"] {
-                if let Some(tp) = certs[which]["info"]["sha1Thumbprint"].as_str() {
+        for e in all.iter().filter(|e| e.status == Status::Disabled) {
+            for slot in [&e.primary, &e.secondary].into_iter().flatten() {
+                if let Some(tp) = slot.info().and_then(|i| i.sha1_thumbprint) {
                     disabled_by_tp
                         .entry(tp.to_ascii_uppercase())
                         .or_default()
-                        .push(v["registrationId"].as_str().unwrap_or_default().to_string());
+                        .push(e.registration_id.clone().unwrap_or_default());
                 }
             }
         }
@@ -1154,9 +1577,7 @@ impl EnrollmentService for AzureEnrollmentService {
             let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             ids.iter()
                 .map(|id| match seen.get(id) {
-                    Some(Some(r)) if r.json["registrationState"].is_object() => {
-                        Some(self.registration_of(id, &r.json["registrationState"]).hub)
-                    }
+                    Some(Some(r)) => r.registration().map(|state| self.registration_of(id, state).hub),
                     _ => None,
                 })
                 .collect()
@@ -1187,11 +1608,7 @@ impl EnrollmentService for AzureEnrollmentService {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         ids.iter()
             .map(|id| match seen.get(id) {
-                Some(Some(r)) => Some(
-                    r.json["registrationState"]
-                        .is_object()
-                        .then(|| self.registration_of(id, &r.json["registrationState"])),
-                ),
+                Some(Some(r)) => Some(r.registration().map(|state| self.registration_of(id, state))),
                 _ => None,
             })
             .collect()
@@ -1220,7 +1637,7 @@ impl EnrollmentService for AzureEnrollmentService {
             .iter()
             .zip(without_enrollment)
             .map(|(id, none)| match listed.get(id) {
-                Some(v) => Some(self.registration_of(id, v)),
+                Some(v) => Some(self.registration_of(id, v.clone())),
                 None if none => None,
                 None => read.next().flatten(),
             })
@@ -1236,7 +1653,7 @@ mod tests {
     fn reprovision_policies_round_trip_through_dps_flags() {
         for p in ["migrate", "reset", "never"] {
             assert_eq!(
-                reprovision_of(&json!({"reprovisionPolicy": reprovision_json(p)})),
+                reprovision_of(&json!({"reprovisionPolicy": ReprovisionWire::of(p)})),
                 p
             );
         }
@@ -1249,9 +1666,13 @@ mod tests {
     /// over it).
     #[test]
     fn a_write_keeps_or_takes_back_a_foreign_certificate_and_never_drops_it_unread() {
-        let base = json!({"attestation": {"x509": {"clientCertificates": {
-            "primary": {"info": {"sha1Thumbprint": "ab12", "subjectName": "CN=d"}},
-            "secondary": {"info": {"sha1Thumbprint": "CD34"}}}}}});
+        let enrollment = |v: Value| -> Enrollment { serde_json::from_str(&v.to_string()).unwrap() };
+        let primary_info = json!({"sha1Thumbprint": "ab12", "subjectName": "CN=d",
+            "notAfterUtc": "2030-01-01T00:00:00Z", "version": 3});
+        let base = enrollment(json!({"registrationId": "d", "etag": "\"e\"",
+            "attestation": {"x509": {"clientCertificates": {
+                "primary": {"info": primary_info},
+                "secondary": {"info": {"sha1Thumbprint": "CD34"}}}}}}));
         let ours = vec![1u8, 2, 3];
         let ours_tp = crate::pki::sha1_thumbprint(&ours);
         let known = |tp: &str| tp == "CD34";
@@ -1272,45 +1693,174 @@ mod tests {
             foreign: vec![],
             take_back: false,
         };
-        let refused = foreign_kept(&e, &base, &known).unwrap_err().to_string();
+        let refused = foreign_kept(&e, Some(&base), &known).unwrap_err().to_string();
         assert!(
             refused.contains("AB12") && refused.contains("not overwritten"),
             "{refused}"
         );
         assert!(refused.contains("--breach enrollment:d"), "{refused}");
-        e.foreign = vec![read];
-        let [kept, none] = foreign_kept(&e, &base, &known).unwrap();
         assert_eq!(
-            kept,
-            Some(base["attestation"]["x509"]["clientCertificates"]["primary"].clone())
+            foreign_kept(&e, None, &known).unwrap().map(|k| k.is_some()),
+            [false, false],
+            "a create keeps nothing"
         );
-        assert_eq!(none, None, "a known certificate is certroll's to write");
+        e.foreign = vec![read];
+        let kept = foreign_kept(&e, Some(&base), &known).unwrap();
+        assert!(kept[1].is_none(), "a known certificate is certroll's to write");
+        let info = kept[0].and_then(|k| k.info.as_deref()).map(RawValue::get);
+        assert_eq!(
+            info.map(|i| serde_json::from_str::<Value>(i).unwrap()),
+            Some(primary_info.clone())
+        );
+        // The write sends the kept slot back as DPS gave it, and nothing in the slot left empty.
+        let certificates = certificates_of(&e);
+        let body: Value = serde_json::from_slice(
+            &to_json(&IndividualBody {
+                e: &e,
+                hub_host: "h.azure-devices.net",
+                certificates: &certificates,
+                read: Some(&base),
+                kept,
+                etag: Some("\"e\""),
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            body["attestation"]["x509"]["clientCertificates"],
+            json!({"primary": {"info": primary_info}, "secondary": null})
+        );
         e.primary = Some(ours.clone());
         assert!(
-            foreign_kept(&e, &base, &known).is_err(),
+            foreign_kept(&e, Some(&base), &known).is_err(),
             "its own certificate over it"
         );
         e.take_back = true;
-        assert_eq!(foreign_kept(&e, &base, &known).unwrap(), [None, None]);
-        let newer = json!({"attestation": {"x509": {"clientCertificates": {
-            "primary": {"info": {"sha1Thumbprint": "EF56"}}}}}});
+        assert_eq!(
+            foreign_kept(&e, Some(&base), &known)
+                .unwrap()
+                .map(|k| k.is_some()),
+            [false, false]
+        );
+        let newer = enrollment(json!({"attestation": {"x509": {"clientCertificates": {
+            "primary": {"info": {"sha1Thumbprint": "EF56"}}}}}}));
         assert!(
-            foreign_kept(&e, &newer, &known).is_err(),
+            foreign_kept(&e, Some(&newer), &known).is_err(),
             "a take-back takes only what it read"
         );
-        let own = json!({"attestation": {"x509": {"clientCertificates": {
-            "primary": {"info": {"sha1Thumbprint": ours_tp}}}}}});
-        assert_eq!(foreign_kept(&e, &own, &|_| false).unwrap(), [None, None]);
+        let own = enrollment(json!({"attestation": {"x509": {"clientCertificates": {
+            "primary": {"info": {"sha1Thumbprint": ours_tp}}}}}}));
+        assert_eq!(
+            foreign_kept(&e, Some(&own), &|_| false)
+                .unwrap()
+                .map(|k| k.is_some()),
+            [false, false]
+        );
     }
 
     #[test]
-    fn a_record_read_goes_back_without_what_dps_computes() {
-        let read = json!({"registrationId": "a", "etag": "\"x\"", "initialTwin": {"tags": {"k": 1}},
-            "registrationState": {}, "createdDateTimeUtc": "t", "lastUpdatedDateTimeUtc": "t"});
+    fn a_group_read_goes_back_without_what_dps_computes() {
+        let read = json!({"enrollmentGroupId": "a", "etag": "\"x\"", "initialTwin": {"tags": {"k": 1}},
+            "createdDateTimeUtc": "t", "lastUpdatedDateTimeUtc": "t"});
         let w = writable(read);
         assert_eq!(
             w,
-            json!({"registrationId": "a", "initialTwin": {"tags": {"k": 1}}})
+            json!({"enrollmentGroupId": "a", "initialTwin": {"tags": {"k": 1}}})
+        );
+    }
+
+    #[test]
+    fn an_enrollment_read_goes_back_with_what_certroll_does_not_manage_and_without_what_dps_computes() {
+        let read = json!({
+            "registrationId": "a", "deviceId": "dev-a", "etag": "\"x\"",
+            "initialTwin": {"tags": {"k": 1}}, "capabilities": {"iotEdge": true},
+            "customAllocationDefinition": null, "aFieldDpsAddsLater": [1, "two"],
+            "registrationState": {"registrationId": "a", "assignedHub": "h1.azure-devices.net", "status": "assigned"},
+            "createdDateTimeUtc": "t", "lastUpdatedDateTimeUtc": "t",
+            "iotHubHostName": "old.azure-devices.net", "allocationPolicy": "hashed",
+            "attestation": {"type": "x509", "x509": {"clientCertificates": {
+                "primary": {"info": {"sha1Thumbprint": "ab12", "subjectName": "CN=a"}}, "secondary": null},
+                "signingCertificates": null, "caReferences": null}, "tpm": null},
+            "provisioningStatus": "disabled",
+            "reprovisionPolicy": {"updateHubAssignment": true, "migrateDeviceData": false},
+        });
+        let r: Enrollment = serde_json::from_slice(&serde_json::to_vec(&read).unwrap()).unwrap();
+        assert_eq!(r.registration_id.as_deref(), Some("a"));
+        assert_eq!(r.etag, "\"x\"");
+        assert_eq!(r.status, Status::Disabled);
+        assert_eq!(r.reprovision, "reset");
+        assert_eq!(r.hub_host.as_deref(), Some("old.azure-devices.net"));
+        let tp = r
+            .primary
+            .as_ref()
+            .and_then(SlotRead::info)
+            .and_then(|i| i.sha1_thumbprint);
+        assert_eq!(tp.as_deref(), Some("ab12"));
+        assert!(r.secondary.is_none());
+        let state: RegistrationWire =
+            serde_json::from_str(r.registration_state.as_ref().unwrap().get()).unwrap();
+        assert_eq!(state.assigned_hub.as_deref(), Some("h1.azure-devices.net"));
+
+        let e = IndividualEnrollment {
+            registration_id: "a".into(),
+            primary: Some(vec![1, 2, 3]),
+            secondary: Some(vec![4, 5, 6]),
+            status: Status::Enabled,
+            reprovision: "never".into(),
+            hub: "h2".into(),
+            foreign: vec![],
+            take_back: false,
+        };
+        let certificates = certificates_of(&e);
+        let body = |read: Option<&Enrollment>, etag: Option<&str>| -> Value {
+            serde_json::from_slice(
+                &to_json(&IndividualBody {
+                    e: &e,
+                    hub_host: "h2.azure-devices.net",
+                    certificates: &certificates,
+                    read,
+                    kept: [None, None],
+                    etag,
+                })
+                .unwrap(),
+            )
+            .unwrap()
+        };
+        let ours = json!({
+            "registrationId": "a",
+            "attestation": {"type": "x509", "x509": {"clientCertificates": {
+                "primary": {"certificate": "AQID"}, "secondary": {"certificate": "BAUG"}}}},
+            "provisioningStatus": "enabled",
+            "reprovisionPolicy": {"updateHubAssignment": false, "migrateDeviceData": true},
+            "iotHubs": ["h2.azure-devices.net"],
+            "allocationPolicy": "static",
+        });
+        let mut over_read = ours.clone();
+        for (k, v) in [
+            ("deviceId", json!("dev-a")),
+            ("initialTwin", json!({"tags": {"k": 1}})),
+            ("capabilities", json!({"iotEdge": true})),
+            ("customAllocationDefinition", Value::Null),
+            ("aFieldDpsAddsLater", json!([1, "two"])),
+            ("etag", json!("\"x\"")),
+        ] {
+            over_read[k] = v;
+        }
+        assert_eq!(body(Some(&r), Some(&r.etag)), over_read);
+        let mut created = ours;
+        created["deviceId"] = json!("a");
+        assert_eq!(
+            body(None, None),
+            created,
+            "a new enrollment's device id is its registration id"
+        );
+        let no_device: Enrollment =
+            serde_json::from_str(r#"{"registrationId": "a", "deviceId": null}"#).unwrap();
+        assert_eq!(body(Some(&no_device), None), created);
+        assert_eq!(
+            certificate_der("AQID"),
+            Some(vec![1, 2, 3]),
+            "base64 of DER reads back"
         );
     }
 }

@@ -13,11 +13,14 @@
 
 use super::rest::{Call, RestClient, ServiceSpec, if_match, segment};
 use super::sas::{SasKey, SasPolicy};
+use super::wire::{BulkResult, Fields, Kept, Text};
 use super::{SetupError, client_options, http_client, runtime};
 use crate::backend::types::*;
 use crate::backend::{BackendError, HubRegistry, Result};
 use crate::plan::AzureConfig;
 use azure_core::http::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -66,83 +69,263 @@ impl std::fmt::Debug for AzureHubRegistry {
     }
 }
 
-/// A device identity as IoT Hub holds it: certroll's view and the full JSON (kept so that
-/// an update sends back what certroll does not manage unchanged) with its etag.
+/// A device identity as IoT Hub holds it: certroll's view, its etag, and the members certroll
+/// does not manage (`capabilities`, `statusReason`, scopes, ...) as read, so an update sends
+/// them back unchanged.
 #[derive(Clone)]
 struct Device {
     identity: HubIdentity,
-    json: Value,
     etag: String,
+    kept: Kept,
 }
 
-fn identity_of(hub: &str, device_id: &str, v: &Value) -> HubIdentity {
-    let auth = &v["authentication"];
-    let tp = |field: &str| {
-        auth["x509Thumbprint"][field]
-            .as_str()
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-    };
+/// `authentication.x509Thumbprint` as read.
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ThumbprintsRead<'a> {
+    #[serde(default, borrow)]
+    primary_thumbprint: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    secondary_thumbprint: Option<Text<'a>>,
+}
+
+/// `authentication` as read (its symmetric keys are never certroll's).
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AuthenticationRead<'a> {
+    #[serde(default, borrow, rename = "type")]
+    kind: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    x509_thumbprint: Option<ThumbprintsRead<'a>>,
+}
+
+/// certroll's view of an identity from what IoT Hub answered (`device_id` when it names none).
+fn identity_from(
+    hub: &str,
+    device_id: Option<&str>,
+    fallback_id: &str,
+    status: Option<&str>,
+    kind: Option<&str>,
+    thumbprints: Option<&ThumbprintsRead<'_>>,
+) -> HubIdentity {
+    let tp = |t: Option<&Text<'_>>| t.filter(|s| !s.is_empty()).map(|s| s.to_string());
     HubIdentity {
         hub: hub.to_string(),
-        device_id: v["deviceId"].as_str().unwrap_or(device_id).to_string(),
-        status: Status::parse(v["status"].as_str().unwrap_or("disabled")),
-        auth_type: auth["type"].as_str().unwrap_or("selfSigned").to_string(),
-        primary_thumbprint: tp("primaryThumbprint"),
-        secondary_thumbprint: tp("secondaryThumbprint"),
+        device_id: device_id.unwrap_or(fallback_id).to_string(),
+        status: Status::parse(status.unwrap_or("disabled")),
+        auth_type: kind.unwrap_or("selfSigned").to_string(),
+        primary_thumbprint: tp(thumbprints.and_then(|t| t.primary_thumbprint.as_ref())),
+        secondary_thumbprint: tp(thumbprints.and_then(|t| t.secondary_thumbprint.as_ref())),
     }
 }
 
-/// `json` with certroll's fields of `identity` applied (status, authentication).
-fn apply(json: &Value, identity: &HubIdentity) -> Value {
-    let mut out = json.clone();
-    if !out.is_object() {
-        out = json!({});
-    }
-    out["deviceId"] = json!(identity.device_id);
-    out["status"] = json!(identity.status.as_str());
-    let thumbprints = if identity.auth_type == "certificateAuthority" {
-        json!({"primaryThumbprint": null, "secondaryThumbprint": null})
-    } else {
-        json!({
-            "primaryThumbprint": identity.primary_thumbprint,
-            "secondaryThumbprint": identity.secondary_thumbprint,
-        })
-    };
-    out["authentication"] = json!({
-        "type": identity.auth_type,
-        "x509Thumbprint": thumbprints,
-        "symmetricKey": {"primaryKey": null, "secondaryKey": null},
-    });
-    out
+/// A `Device` as `GET /devices/{id}` answers it: certroll's members parsed, the rest kept.
+struct DeviceRead<'a> {
+    device_id: Option<Text<'a>>,
+    etag: Option<String>,
+    status: Option<Text<'a>>,
+    authentication: Option<AuthenticationRead<'a>>,
+    kept: Fields<'a>,
 }
 
-/// The device identity a twin from the registry query describes (IoT Hub's `Twin`: flat
-/// `authenticationType`, `x509Thumbprint`, and the identity's etag as `deviceEtag`), in the
-/// `Device` shape an update sends back; None when the twin lacks what an update needs.
-fn device_of_twin(hub: &str, twin: &Value) -> Option<Device> {
-    let device_id = twin["deviceId"].as_str()?;
-    let etag = twin["deviceEtag"].as_str()?.to_string();
-    let mut json = json!({
-        "deviceId": device_id,
-        "etag": etag,
-        "status": twin["status"],
-        "authentication": {
-            "type": twin["authenticationType"],
-            "x509Thumbprint": twin["x509Thumbprint"],
-            "symmetricKey": {"primaryKey": null, "secondaryKey": null},
-        },
-    });
-    for kept in ["statusReason", "capabilities", "deviceScope", "parentScopes"] {
-        if let Some(v) = twin.get(kept).filter(|v| !v.is_null()) {
-            json[kept] = v.clone();
+impl<'de> Deserialize<'de> for DeviceRead<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = DeviceRead<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a device identity (a JSON object)")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<DeviceRead<'de>, A::Error> {
+                let mut out = DeviceRead {
+                    device_id: None,
+                    etag: None,
+                    status: None,
+                    authentication: None,
+                    kept: Fields::default(),
+                };
+                while let Some(key) = map.next_key::<Text<'de>>()? {
+                    match &*key {
+                        "deviceId" => out.device_id = map.next_value()?,
+                        "etag" => out.etag = map.next_value()?,
+                        "status" => out.status = map.next_value()?,
+                        "authentication" => out.authentication = map.next_value()?,
+                        _ => out.kept.0.push((key, map.next_value()?)),
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl DeviceRead<'_> {
+    fn device(&self, hub: &str, device_id: &str, etag: String) -> Device {
+        let auth = self.authentication.as_ref();
+        Device {
+            identity: identity_from(
+                hub,
+                self.device_id.as_deref(),
+                device_id,
+                self.status.as_deref(),
+                auth.and_then(|a| a.kind.as_deref()),
+                auth.and_then(|a| a.x509_thumbprint.as_ref()),
+            ),
+            etag,
+            kept: Kept::new(&self.kept),
+        }
+    }
+}
+
+/// A twin from the registry query (IoT Hub's `Twin`: flat `authenticationType`,
+/// `x509Thumbprint`, and the identity's etag as `deviceEtag`); its tags and properties are
+/// not read.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TwinRead<'a> {
+    #[serde(default, borrow)]
+    device_id: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    module_id: Option<Text<'a>>,
+    #[serde(default)]
+    device_etag: Option<String>,
+    #[serde(default, borrow)]
+    status: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    authentication_type: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    x509_thumbprint: Option<ThumbprintsRead<'a>>,
+    #[serde(default, borrow)]
+    status_reason: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    capabilities: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    device_scope: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    parent_scopes: Option<&'a RawValue>,
+}
+
+/// The device identity a twin from the registry query describes, with the identity's members
+/// a twin carries kept for its update; None when the twin lacks what an update needs.
+fn device_of_twin(hub: &str, twin: &TwinRead<'_>) -> Option<Device> {
+    let device_id = twin.device_id.as_deref()?;
+    let etag = twin.device_etag.clone()?;
+    let mut kept = Fields::default();
+    for (name, value) in [
+        ("statusReason", twin.status_reason),
+        ("capabilities", twin.capabilities),
+        ("deviceScope", twin.device_scope),
+        ("parentScopes", twin.parent_scopes),
+    ] {
+        if let Some(v) = value {
+            kept.0.push((Text(name.into()), v));
         }
     }
     Some(Device {
-        identity: identity_of(hub, device_id, &json),
-        json,
+        identity: identity_from(
+            hub,
+            Some(device_id),
+            device_id,
+            twin.status.as_deref(),
+            twin.authentication_type.as_deref(),
+            twin.x509_thumbprint.as_ref(),
+        ),
         etag,
+        kept: Kept::new(&kept),
     })
+}
+
+/// Members of an identity IoT Hub computes itself: a bulk entry (`ExportImportDevice`) has no
+/// such members, so they are not sent back in one.
+const READ_ONLY: [&str; 6] = [
+    "generationId",
+    "connectionState",
+    "connectionStateUpdatedTime",
+    "statusUpdatedTime",
+    "lastActivityTime",
+    "cloudToDeviceMessageCount",
+];
+
+/// What an identity write sends: certroll's members of `identity` over what was kept of the
+/// device read, as a `Device` (`PUT /devices/{id}`) or as a bulk `updateIfMatchETag` entry
+/// (`ExportImportDevice`: `id` and `eTag`, no read-only members).
+struct DeviceBody<'a> {
+    identity: &'a HubIdentity,
+    kept: &'a Kept,
+    etag: Option<&'a str>,
+    bulk: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ThumbprintsWrite<'a> {
+    primary_thumbprint: Option<&'a str>,
+    secondary_thumbprint: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SymmetricKeyWrite {
+    primary_key: (),
+    secondary_key: (),
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AuthenticationWrite<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    x509_thumbprint: ThumbprintsWrite<'a>,
+    symmetric_key: SymmetricKeyWrite,
+}
+
+impl<'a> Serialize for DeviceBody<'a> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let identity = self.identity;
+        let mut m = s.serialize_map(None)?;
+        let bulk = self.bulk;
+        self.kept
+            .write_into(&mut m, &|k| bulk && READ_ONLY.contains(&k))?;
+        if self.bulk {
+            m.serialize_entry("id", &identity.device_id)?;
+            m.serialize_entry("eTag", &self.etag)?;
+            m.serialize_entry("importMode", "updateIfMatchETag")?;
+        } else {
+            m.serialize_entry("deviceId", &identity.device_id)?;
+            if let Some(etag) = self.etag {
+                m.serialize_entry("etag", etag)?;
+            }
+        }
+        m.serialize_entry("status", identity.status.as_str())?;
+        let by_thumbprint = identity.auth_type != "certificateAuthority";
+        let tp = |t: &'a Option<String>| t.as_deref().filter(|_| by_thumbprint);
+        m.serialize_entry(
+            "authentication",
+            &AuthenticationWrite {
+                kind: &identity.auth_type,
+                x509_thumbprint: ThumbprintsWrite {
+                    primary_thumbprint: tp(&identity.primary_thumbprint),
+                    secondary_thumbprint: tp(&identity.secondary_thumbprint),
+                },
+                symmetric_key: SymmetricKeyWrite {
+                    primary_key: (),
+                    secondary_key: (),
+                },
+            },
+        )?;
+        m.end()
+    }
+}
+
+/// A registry query's body.
+#[derive(Serialize)]
+struct QueryBody<'a> {
+    query: &'a str,
 }
 
 /// Whether an id can stand in a query's string literal as it is (IoT Hub ids may hold `'`,
@@ -298,17 +481,15 @@ impl AzureHubRegistry {
         if answer.status == 404 {
             return Ok(None);
         }
-        let json = answer.json();
-        let etag = json["etag"]
-            .as_str()
-            .map(str::to_string)
+        let read: DeviceRead = answer
+            .typed()
+            .map_err(|e| client.unreadable(&call, &answer, &e))?;
+        let etag = read
+            .etag
+            .clone()
             .or_else(|| answer.header("etag").map(str::to_string))
             .unwrap_or_else(|| "*".into());
-        Ok(Some(Device {
-            identity: identity_of(hub, device_id, &json),
-            json,
-            etag,
-        }))
+        Ok(Some(read.device(hub, device_id, etag)))
     }
 
     /// The identities of `ids` in one hub by registry query (a query per [`query_chunks`],
@@ -332,14 +513,25 @@ impl AzureHubRegistry {
             loop {
                 let mut call = Call::new(Method::Post, "/devices/query".into(), &operation, &target)
                     .header("x-ms-max-item-count", chunk.len().to_string())
-                    .json(json!({"query": query}));
+                    .json(QueryBody { query: &query });
                 if let Some(token) = &continuation {
                     call = call.header("x-ms-continuation", token.clone());
                 }
                 let answer = client.expect(&call, &[200]).await?;
-                match answer.json() {
-                    Value::Array(twins) => found.extend(twins),
-                    _ => return Err(client.error(&call, &answer)),
+                if !answer.body.trim_ascii_start().starts_with(b"[") {
+                    return Err(client.error(&call, &answer));
+                }
+                let twins: Vec<TwinRead> = answer
+                    .typed()
+                    .map_err(|e| client.unreadable(&call, &answer, &e))?;
+                for twin in &twins {
+                    // Module twins answer only queries on `devices.modules`; skip any all the same.
+                    if twin.module_id.as_deref().is_some_and(|m| !m.is_empty()) {
+                        continue;
+                    }
+                    if let Some(id) = twin.device_id.as_deref() {
+                        found.push((id.to_string(), device_of_twin(hub, twin)));
+                    }
                 }
                 continuation = answer
                     .header("x-ms-continuation")
@@ -353,15 +545,7 @@ impl AzureHubRegistry {
         .await;
         let mut out = HashMap::new();
         for page in pages {
-            for twin in page? {
-                // Module twins answer only queries on `devices.modules`; skip any all the same.
-                if twin["moduleId"].as_str().is_some_and(|m| !m.is_empty()) {
-                    continue;
-                }
-                if let Some(id) = twin["deviceId"].as_str() {
-                    out.insert(id.to_string(), device_of_twin(hub, &twin));
-                }
-            }
+            out.extend(page?);
         }
         Ok(out)
     }
@@ -370,27 +554,30 @@ impl AzureHubRegistry {
     /// for, by its own GET otherwise (an id a query cannot quote, or whose twin lacked its etag).
     async fn read_hub(client: &RestClient, hub: &str, ids: &[&str]) -> Result<Vec<Option<Device>>> {
         let quoted: Vec<&str> = ids.iter().copied().filter(|id| quotable(id)).collect();
-        let found = if quoted.is_empty() {
+        let mut found = if quoted.is_empty() {
             HashMap::new()
         } else {
             Self::query(client, hub, &quoted).await?
         };
-        let reads = futures::future::join_all(ids.iter().map(|id| {
-            // Some: settled by the query (found, or absent); None: read by its own GET.
-            let settled = if !quotable(id) {
-                None
-            } else {
-                match found.get(*id) {
-                    Some(Some(device)) => Some(Some(device.clone())),
-                    Some(None) => None,
+        // Some: settled by the query (found, or absent); None: read by its own GET (as is an
+        // id named twice, after its first).
+        let settled: Vec<Option<Option<Device>>> = ids
+            .iter()
+            .map(|id| {
+                if !quotable(id) {
+                    return None;
+                }
+                match found.get_mut(*id) {
+                    Some(slot) if slot.is_some() => Some(slot.take()),
+                    Some(_) => None,
                     None => Some(None),
                 }
-            };
-            async move {
-                match settled {
-                    Some(device) => Ok(device),
-                    None => Self::read(client, hub, id).await,
-                }
+            })
+            .collect();
+        let reads = futures::future::join_all(ids.iter().zip(settled).map(|(id, settled)| async move {
+            match settled {
+                Some(device) => Ok(device),
+                None => Self::read(client, hub, id).await,
             }
         }))
         .await;
@@ -440,7 +627,12 @@ impl AzureHubRegistry {
                 id,
             )
             .header("if-match", if_match(&device.etag))
-            .json(apply(&device.json, identity));
+            .json(DeviceBody {
+                identity,
+                kept: &device.kept,
+                etag: Some(&device.etag),
+                bulk: false,
+            });
             let answer = client.send(&call).await?;
             match answer.status {
                 200 => return Ok(()),
@@ -470,7 +662,14 @@ impl AzureHubRegistry {
             "create device identity",
             &identity.device_id,
         )
-        .json(apply(&json!({"capabilities": {"iotEdge": false}}), identity));
+        .json(DeviceBody {
+            identity,
+            kept: &Kept::new(
+                &serde_json::from_str(r#"{"capabilities": {"iotEdge": false}}"#).unwrap_or_default(),
+            ),
+            etag: None,
+            bulk: false,
+        });
         self.rt.block_on(client.expect(&call, &[200])).map(|_| ())
     }
 
@@ -508,54 +707,50 @@ impl AzureHubRegistry {
             })?;
             devices.push(device);
         }
-        let mut entries = Vec::with_capacity(batch.len());
-        for (identity, device) in batch.iter().zip(&devices) {
-            let mut entry = apply(&device.json, identity);
-            let object = entry.as_object_mut().expect("apply gives an object");
-            // ExportImportDevice names: `id` and `eTag`, not `deviceId` and `etag`.
-            object.remove("deviceId");
-            object.remove("etag");
-            for read_only in [
-                "generationId",
-                "connectionState",
-                "connectionStateUpdatedTime",
-                "statusUpdatedTime",
-                "lastActivityTime",
-                "cloudToDeviceMessageCount",
-            ] {
-                object.remove(read_only);
-            }
-            object.insert("id".into(), json!(identity.device_id));
-            object.insert("eTag".into(), json!(device.etag));
-            object.insert("importMode".into(), json!("updateIfMatchETag"));
-            entries.push(entry);
-        }
+        let entries: Vec<DeviceBody> = batch
+            .iter()
+            .zip(&devices)
+            .map(|(identity, device)| DeviceBody {
+                identity,
+                kept: &device.kept,
+                etag: Some(&device.etag),
+                bulk: true,
+            })
+            .collect();
         let operation = batch_operation("update", batch.len());
         let target = ids[0].to_string();
-        let call =
-            Call::new(Method::Post, "/devices".into(), &operation, &target).json(Value::Array(entries));
+        // About 300 bytes an entry.
+        let size = entries.len() * 384;
+        let call = Call::new(Method::Post, "/devices".into(), &operation, &target).json_sized(&entries, size);
         let answer = client.expect(&call, &[200, 400]).await?;
-        let body = answer.json();
-        if answer.status == 200 || body["isSuccessful"].as_bool() == Some(true) {
+        if answer.status == 200 {
             return Ok(());
         }
-        let Some(errors) = body["errors"].as_array() else {
+        let result = answer.typed::<BulkResult>().ok();
+        if result.as_ref().and_then(|r| r.is_successful) == Some(true) {
+            return Ok(());
+        }
+        let Some(errors) = result.and_then(|r| r.errors) else {
             return Err(client.error(&call, &answer));
         };
-        let mut raced = Vec::new();
+        let mut raced = std::collections::HashSet::new();
         for e in errors {
-            let id = e["deviceId"].as_str().unwrap_or_default();
-            let code = e["errorCode"].as_str().unwrap_or_default();
+            let id = e.device_id.unwrap_or_default();
+            let code = e
+                .error_code
+                .as_ref()
+                .map(|c| c.text().into_owned())
+                .unwrap_or_default();
             if code == "PreconditionFailed" {
-                raced.push(id.to_string());
+                raced.insert(id);
             } else {
                 return Err(BackendError::Remote {
                     service: "IoT Hub",
                     operation: "update device identity".into(),
-                    target: id.to_string(),
+                    target: id,
                     status: Some(answer.status),
-                    code: code.to_string(),
-                    message: e["errorStatus"].as_str().unwrap_or_default().to_string(),
+                    code,
+                    message: e.error_status.unwrap_or_default(),
                 });
             }
         }
@@ -680,26 +875,84 @@ impl HubRegistry for AzureHubRegistry {
 mod tests {
     use super::*;
 
+    fn body(identity: &HubIdentity, device: &Device, bulk: bool) -> Value {
+        serde_json::to_value(DeviceBody {
+            identity,
+            kept: &device.kept,
+            etag: Some(&device.etag),
+            bulk,
+        })
+        .unwrap()
+    }
+
     #[test]
     fn an_update_keeps_what_certroll_does_not_manage() {
         let read = json!({
             "deviceId": "d1", "etag": "e1", "status": "enabled", "statusReason": "ok",
-            "capabilities": {"iotEdge": true}, "deviceScope": "scope",
-            "authentication": {"type": "selfSigned", "x509Thumbprint": {"primaryThumbprint": "AA", "secondaryThumbprint": null}},
+            "capabilities": {"iotEdge": true}, "deviceScope": "scope", "generationId": "g",
+            "connectionState": "Disconnected", "cloudToDeviceMessageCount": 0,
+            "authentication": {"type": "selfSigned", "x509Thumbprint": {"primaryThumbprint": "AA", "secondaryThumbprint": null},
+                "symmetricKey": {"primaryKey": null, "secondaryKey": null}},
         });
-        let mut identity = identity_of("h", "d1", &read);
+        let text = serde_json::to_vec(&read).unwrap();
+        let parsed: DeviceRead = serde_json::from_slice(&text).unwrap();
+        let device = parsed.device("h", "d1", "e1".into());
+        let mut identity = device.identity.clone();
         assert_eq!(identity.primary_thumbprint.as_deref(), Some("AA"));
         assert_eq!(identity.secondary_thumbprint, None);
+        assert_eq!(
+            (identity.status, identity.auth_type.as_str()),
+            (Status::Enabled, "selfSigned")
+        );
         identity.secondary_thumbprint = Some("BB".into());
         identity.status = Status::Disabled;
-        let out = apply(&read, &identity);
-        assert_eq!(out["capabilities"]["iotEdge"], true);
-        assert_eq!(out["deviceScope"], "scope");
-        assert_eq!(out["status"], "disabled");
+        let ours = |mut out: Value| {
+            out["status"] = json!("disabled");
+            out["authentication"] = json!({"type": "selfSigned",
+                "x509Thumbprint": {"primaryThumbprint": "AA", "secondaryThumbprint": "BB"},
+                "symmetricKey": {"primaryKey": null, "secondaryKey": null}});
+            out
+        };
+        assert_eq!(body(&identity, &device, false), ours(read.clone()));
         assert_eq!(
-            out["authentication"]["x509Thumbprint"]["secondaryThumbprint"],
-            "BB"
+            body(&identity, &device, true),
+            ours(
+                json!({"id": "d1", "eTag": "e1", "importMode": "updateIfMatchETag", "statusReason": "ok",
+                "capabilities": {"iotEdge": true}, "deviceScope": "scope"})
+            ),
+            "a bulk entry has the ExportImportDevice names and no read-only members"
         );
-        assert_eq!(out["authentication"]["x509Thumbprint"]["primaryThumbprint"], "AA");
+        identity.auth_type = "certificateAuthority".into();
+        let out = body(&identity, &device, true);
+        assert_eq!(
+            out["authentication"]["x509Thumbprint"],
+            json!({"primaryThumbprint": null, "secondaryThumbprint": null})
+        );
+    }
+
+    #[test]
+    fn a_twin_from_the_registry_query_gives_the_identity_and_what_an_update_keeps() {
+        let twins = r#"[{"deviceId": "d1", "moduleId": null, "etag": "twin-etag", "deviceEtag": "e1",
+            "status": "enabled", "statusReason": null, "authenticationType": "selfSigned",
+            "x509Thumbprint": {"primaryThumbprint": "AA", "secondaryThumbprint": ""},
+            "capabilities": {"iotEdge": false}, "parentScopes": [], "version": 3,
+            "tags": {"site": "lab"}, "properties": {"desired": {"$metadata": {}}, "reported": {}}},
+            {"deviceId": "d2", "status": "enabled"}]"#;
+        let twins: Vec<TwinRead> = serde_json::from_str(twins).unwrap();
+        let device = device_of_twin("h", &twins[0]).unwrap();
+        assert_eq!(device.etag, "e1", "the identity's etag, not the twin's");
+        assert_eq!(device.identity.primary_thumbprint.as_deref(), Some("AA"));
+        assert_eq!(
+            device.identity.secondary_thumbprint, None,
+            "an empty thumbprint is none"
+        );
+        assert_eq!(
+            serde_json::to_value(device.kept.fields()).unwrap(),
+            json!({"capabilities": {"iotEdge": false}, "parentScopes": []})
+        );
+        assert!(
+            device_of_twin("h", &twins[1]).is_none(),
+            "no deviceEtag: read by GET"
+        );
     }
 }

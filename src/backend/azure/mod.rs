@@ -6,7 +6,8 @@
 //!   the DPS service API and the DPS CA certificates on ARM; [`hub`]: [`AzureHubRegistry`]
 //!   implements [`super::HubRegistry`] over IoT Hub's registry and direct methods. Neither has a
 //!   Rust SDK, so they are small typed clients on [`rest`] (azure_core's pipeline) with
-//!   SharedAccessSignature tokens from [`sas`].
+//!   SharedAccessSignature tokens from [`sas`]; their answers are read into typed records and
+//!   their bodies written from them with [`wire`]'s pieces, never through JSON trees.
 //!
 //! Composing them into a `Backend` is `backend.rs`'s (until then the verbs refuse a plan with
 //! `kind = "azure"`, see `ops::open_backend`).
@@ -28,6 +29,7 @@ pub mod observe;
 pub mod pace;
 pub mod rest;
 pub mod sas;
+pub mod wire;
 
 pub use backend::AzureBackend;
 pub use dps::AzureEnrollmentService;

@@ -268,16 +268,23 @@ impl Policy for Pace {
         self.admit().await;
         let result = next[0].send(ctx, request, &next[1..]).await;
         if let Ok(response) = &result {
-            let retry_after = get_retry_after(
-                response.headers(),
-                time::OffsetDateTime::now_utc,
-                &[
-                    HeaderName::from_static("retry-after-ms"),
-                    HeaderName::from_static("x-ms-retry-after-ms"),
-                    RETRY_AFTER,
-                ],
-            )
-            .and_then(|d| Duration::try_from(d).ok());
+            // Only a 429's wait is used; looking on every answer would cost a captured
+            // backtrace per absent header (typespec's header lookup) when RUST_BACKTRACE is set.
+            let throttled = response.status() == StatusCode::TooManyRequests;
+            let retry_after = throttled
+                .then(|| {
+                    get_retry_after(
+                        response.headers(),
+                        time::OffsetDateTime::now_utc,
+                        &[
+                            HeaderName::from_static("retry-after-ms"),
+                            HeaderName::from_static("x-ms-retry-after-ms"),
+                            RETRY_AFTER,
+                        ],
+                    )
+                })
+                .flatten()
+                .and_then(|d| Duration::try_from(d).ok());
             self.answered(response.status(), retry_after);
         }
         result

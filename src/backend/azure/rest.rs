@@ -31,8 +31,8 @@ pub struct Call<'a> {
     pub query: Vec<(&'static str, String)>,
     /// Extra headers (`If-Match`, `x-ms-continuation`, ...).
     pub headers: Vec<(&'static str, String)>,
-    /// The JSON body, if any.
-    pub body: Option<Value>,
+    /// The JSON body, if any, serialized once: each try of the call sends the same bytes.
+    pub body: Option<azure_core::Bytes>,
     /// What certroll is doing, for errors (`update enrollment`).
     pub operation: &'a str,
     /// What it is about, for errors (the enrollment, device or certificate).
@@ -53,9 +53,27 @@ impl<'a> Call<'a> {
         }
     }
 
-    /// With a JSON body.
-    pub fn json(mut self, body: Value) -> Call<'a> {
-        self.body = Some(body);
+    /// With `body` as its JSON body.
+    pub fn json(self, body: impl serde::Serialize) -> Call<'a> {
+        self.json_sized(body, 128)
+    }
+
+    /// With `body` as its JSON body, written into one buffer of about `bytes` (a bulk body's
+    /// size is known ahead: the buffer is not grown and copied as it is written).
+    pub fn json_sized(mut self, body: impl serde::Serialize, bytes: usize) -> Call<'a> {
+        let mut buffer = Vec::with_capacity(bytes);
+        // Serializing certroll's own bodies (strings, numbers, raw JSON read from the service)
+        // cannot fail; an empty body would be refused by the service, naming the call.
+        if serde_json::to_writer(&mut buffer, &body).is_err() {
+            buffer.clear();
+        }
+        self.body = Some(buffer.into());
+        self
+    }
+
+    /// With `json` (JSON text already written) as its body.
+    pub fn json_bytes(mut self, json: Vec<u8>) -> Call<'a> {
+        self.body = Some(json.into());
         self
     }
 
@@ -84,14 +102,25 @@ pub struct Answer {
     /// Response headers.
     pub headers: azure_core::http::headers::Headers,
     /// The body.
-    pub body: Vec<u8>,
+    pub body: azure_core::Bytes,
 }
 
 impl Answer {
     /// A header's value.
     pub fn header(&self, name: &'static str) -> Option<&str> {
+        // Not `get_optional_str`, which builds (and drops) an error for a missing header, with
+        // a backtrace when RUST_BACKTRACE is set: a page without a continuation is no error.
         self.headers
-            .get_optional_str(&azure_core::http::headers::HeaderName::from_static(name))
+            .get_optional_with(&azure_core::http::headers::HeaderName::from_static(name), |v| {
+                Ok::<_, std::convert::Infallible>(v.as_str())
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// The body read as `T`, borrowing from it where `T` borrows.
+    pub fn typed<'b, T: serde::Deserialize<'b>>(&'b self) -> serde_json::Result<T> {
+        serde_json::from_slice(&self.body)
     }
 
     /// The body as JSON (`null` when empty or not JSON).
@@ -125,6 +154,7 @@ pub struct RestClient {
     api_version: &'static str,
     pipeline: Pipeline,
     pace: Arc<super::pace::Pace>,
+    concurrency: usize,
 }
 
 impl std::fmt::Debug for RestClient {
@@ -178,6 +208,7 @@ impl RestClient {
             api_version,
             pipeline,
             pace,
+            concurrency: limits.concurrency.max(1),
         })
     }
 
@@ -189,6 +220,12 @@ impl RestClient {
     /// The host the client talks to.
     pub fn host(&self) -> &str {
         self.base.host_str().unwrap_or_default()
+    }
+
+    /// Most requests the client has in flight (the plan's `concurrency`): a batch builds no
+    /// more request bodies ahead than this, so what waits for a slot holds no memory.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
     }
 
     /// The rate the client paces its tries at now (lowered by a 429), per second.
@@ -211,12 +248,19 @@ impl RestClient {
         }
         let mut request = Request::new(url, call.method);
         request.insert_header("accept", "application/json");
+        // The id azure_core's request-id policy would add, added here: the policy looks for it
+        // with `get_optional_str`, which costs a captured backtrace per request when
+        // RUST_BACKTRACE is set and the header is absent.
+        request.insert_header(
+            azure_core::http::headers::CLIENT_REQUEST_ID,
+            azure_core::Uuid::new_v4().to_string(),
+        );
         for (name, value) in &call.headers {
             request.insert_header(*name, value.clone());
         }
         if let Some(body) = &call.body {
             request.insert_header("content-type", "application/json; charset=utf-8");
-            request.set_body(serde_json::to_vec(body).unwrap_or_default());
+            request.set_body(body.clone());
         }
         let response = self
             .pipeline
@@ -237,7 +281,7 @@ impl RestClient {
         Ok(Answer {
             status: u16::from(status),
             headers,
-            body: body.to_vec(),
+            body: body.into(),
         })
     }
 
@@ -261,6 +305,19 @@ impl RestClient {
             status: Some(answer.status),
             code,
             message,
+        }
+    }
+
+    /// An answer with a success status whose body is not what the service sends (`e`: why it
+    /// could not be read), as certroll reports it.
+    pub fn unreadable(&self, call: &Call<'_>, answer: &Answer, e: &serde_json::Error) -> BackendError {
+        BackendError::Remote {
+            service: self.service,
+            operation: call.operation.to_string(),
+            target: call.target.to_string(),
+            status: Some(answer.status),
+            code: "InvalidResponse".into(),
+            message: format!("the answer could not be read: {e}"),
         }
     }
 
@@ -348,7 +405,7 @@ mod tests {
         Answer {
             status,
             headers: h,
-            body: body.as_bytes().to_vec(),
+            body: azure_core::Bytes::copy_from_slice(body.as_bytes()),
         }
     }
 

@@ -1125,38 +1125,33 @@ fn fresh_dps(
 /// concurrency 1), in the same run. Default N is small; the issue's size is
 /// `CERTROLL_BENCH_N=10000 cargo test --release --test it measure_roll -- --ignored --nocapture`.
 ///
-/// Last runs (serve-bulk-2, release, 2 cores shared with other builds at load 11 to 12, so the
-/// ratio swings with the machine), each followed by the same measurement of the session-start
-/// build (0087341) for a paired comparison:
+/// Last runs (perf-client, release, 2 cores shared with other helpers' builds and tests at load
+/// 44 to 47, so the wall-clock ratio says little; the build before the Retry-After and
+/// merge commits):
 ///
 /// ```text
-/// roll, one at a time: 200 enrollments in 375.176672ms (1.88 ms each, 800 requests)
-/// roll, bulk: 10000 enrollments in 3.24408034s (0.324 ms each, 1211 requests)
-/// bulk is 5.8x faster per enrollment                      (session start: 0.410 ms, 5.8x)
-/// roll, one at a time: 200 enrollments in 720.517985ms (3.60 ms each, 800 requests)
-/// roll, bulk: 10000 enrollments in 3.508195121s (0.351 ms each, 1211 requests)
-/// bulk is 10.3x faster per enrollment                     (session start: 0.433 ms, 6.2x)
-/// roll, one at a time: 200 enrollments in 754.079213ms (3.77 ms each, 800 requests)
-/// roll, bulk: 10000 enrollments in 2.854482877s (0.285 ms each, 1211 requests)
-/// bulk is 13.2x faster per enrollment                     (session start: 0.365 ms, 4.5x)
+/// roll, one at a time: 200 enrollments in 2.076847285s (10.38 ms each, 800 requests)
+/// roll, bulk: 10000 enrollments in 14.899242s (1.490 ms each, 1211 requests)
+/// bulk is 7.0x faster per enrollment
+/// roll, one at a time: 200 enrollments in 1.016504248s (5.08 ms each, 800 requests)
+/// roll, bulk: 10000 enrollments in 12.593876371s (1.259 ms each, 1211 requests)
+/// bulk is 4.0x faster per enrollment
+/// roll, one at a time: 200 enrollments in 2.816415198s (14.08 ms each, 800 requests)
+/// roll, bulk: 10000 enrollments in 8.413500774s (0.841 ms each, 1211 requests)
+/// bulk is 16.7x faster per enrollment
 /// ```
 ///
-/// The bulk roll is about a fifth faster than at the session's start in the same minutes; the
-/// 1211th request is the scan's page fetched ahead (the 200 `one-` enrollments make an 11th
-/// page). Still short of issue 12's 20x, which needs about 80 µs an enrollment of wall time:
-/// the bulk roll is bound by CPU, about 170 µs an enrollment over both processes on a loaded
-/// machine (`perf record --call-graph dwarf` over the bulk phase only, load 10). Serve, about
-/// 90 µs: the DPS bulk writes under the store lock 28 (the upsert 10, half of it SQLite copying
-/// 16 KiB pages into each request's savepoint journal; PEM decoding, the new certificate's
-/// X.509 check and the kept fields 7), the hub bulk writes 12, request bodies parsed into JSON
-/// trees 10, the group commit's WAL frames 6.5, TLS 6, the registry query 4.5, the DPS query
-/// pages 3.5 (17 before: now two statements a page, typed JSON, certificate info kept), the
-/// rest kernel and SQLite's allocations. Client, about 80: building, serializing and answering
-/// the bulk DPS bodies (JSON trees, PEM) 26, the allocator's fresh pages zeroed (transparent
-/// huge pages, as the scan's records grow) 14, the registry query answers parsed into JSON
-/// trees 11, the hub updates 8, HTTP 8, the scan's pages 6. What is left is spread out: typed
-/// wire structs on both sides (no JSON trees), a smaller store page for serve's writes, and
-/// fewer, larger requests where Azure allows them (DPS takes 10 enrollments a bulk call).
+/// What moved is CPU per enrollment, measured with `perf record -k CLOCK_MONOTONIC -F 999`
+/// over the bulk phase alone (the test prints its bounds for `perf report --time`): the client
+/// took about 89 µs an enrollment before (session start, load 15) and 38.5 µs after typed wire
+/// records (load 18; 42.9 µs in a second run at load 18 beside a debug test run), against
+/// serve's 85 to 115 µs in the same runs. The client's share that went: the JSON trees of the
+/// DPS scan pages, the registry query's twins and both bulk bodies (now typed records that keep
+/// the members certroll does not manage as one raw JSON text), PEM (now base64 DER), the fresh
+/// pages the kernel zeroed for the hundred DPS bodies a page built at once (now at most
+/// `concurrency` alive), and a backtrace captured per request inside azure_core's header
+/// lookups when RUST_BACKTRACE is set. The bulk roll is now bound by serve's CPU: 20x needs
+/// serve below about 40 µs an enrollment as well.
 #[test]
 #[ignore = "measurement, not a check: run with --ignored --nocapture"]
 fn measure_roll_of_n_enrollments_bulk_against_one_at_a_time() {
@@ -1180,11 +1175,18 @@ fn measure_roll_of_n_enrollments_bulk_against_one_at_a_time() {
     let mut dps = fresh_dps(&config, &serve, &bulk, &firsts);
     let before = requests(&env, DPS_HOST) + requests(&env, HUB_HOST);
     let t = std::time::Instant::now();
+    let started = monotonic_secs();
     // Pages of 1,000, as a verb reads and writes a large roll.
     for page in bulk.chunks(1000) {
         roll_page(&mut dps, &mut hub, page, true);
     }
     let bulked = t.elapsed();
+    // For a profile of the bulk phase alone: `perf record -k CLOCK_MONOTONIC`, then
+    // `perf report --time START,END`.
+    eprintln!(
+        "bulk phase (CLOCK_MONOTONIC): {started:.6},{:.6}",
+        monotonic_secs()
+    );
     let bulk_requests = requests(&env, DPS_HOST) + requests(&env, HUB_HOST) - before;
 
     let one_each = single.as_secs_f64() / single_n as f64;
@@ -1199,6 +1201,17 @@ fn measure_roll_of_n_enrollments_bulk_against_one_at_a_time() {
     );
     let e = dps.individual(&bulk[n - 1].0).unwrap().unwrap();
     assert_eq!(e.secondary.as_deref(), Some(&bulk[n - 1].1.cert_der[..]));
+}
+
+/// Seconds on CLOCK_MONOTONIC, the clock `perf record -k CLOCK_MONOTONIC` stamps samples with.
+fn monotonic_secs() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write into; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 /// The same roll with serve throttling DPS and the hub at `CERTROLL_BENCH_RATE` requests a
