@@ -222,8 +222,17 @@ impl Vault for Box<dyn Backend> {
         (**self).makes_own_keys()
     }
 
-    fn pending_signer(&self, pending: &PendingCertificate) -> Result<crate::pki::cert::CaSigner> {
-        (**self).pending_signer(pending)
+    fn key_holder(
+        &mut self,
+        name: &str,
+        make: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<Option<VaultVersion>> {
+        (**self).key_holder(name, make, now)
+    }
+
+    fn retire_key_holders(&mut self, name: &str, now: OffsetDateTime) -> Result<()> {
+        (**self).retire_key_holders(name, now)
     }
 
     fn mark_new_versions(&mut self, marker: Option<&str>) {

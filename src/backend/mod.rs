@@ -318,11 +318,29 @@ pub trait Vault {
         false
     }
 
-    /// What signs with the key of `pending`'s request, which the vault made and keeps (the key
-    /// its CSR names): the vault's own signer for a key that never leaves it, so certroll can
-    /// self-sign a root over it before the merge. Errors when the vault's key is not the CSR's.
-    fn pending_signer(&self, pending: &PendingCertificate) -> Result<CaSigner> {
-        Ok(CaSigner::Key(self.pending_key(&pending.name)?))
+    /// The key holder of a root whose key is not exportable, on a vault that makes such keys
+    /// itself ([`makes_own_keys`](Self::makes_own_keys)): a completed self-signed version the
+    /// vault made under the policy `make` (issuer `Self`, key not exportable, the root's key usage),
+    /// marked so that no listing of versions shows it, whose key then signs the root's
+    /// certificate over the same key (a `reuse_key` request). Key Vault refuses to sign with a
+    /// pending request's key (403 `KeyDisabled`), so a root cannot certify its key otherwise.
+    /// A holder no older than every version of the name (a run cut off after making it) is
+    /// returned instead of making another when it is enabled; with `make` None, such a holder
+    /// enabled or not (the caller enables it again to finish a request over its key), None when
+    /// there is none. `Ok(None)`: this vault makes no key holders.
+    fn key_holder(
+        &mut self,
+        _name: &str,
+        _make: Option<&str>,
+        _now: OffsetDateTime,
+    ) -> Result<Option<VaultVersion>> {
+        Ok(None)
+    }
+
+    /// Disables every enabled key holder of `name` ([`key_holder`](Self::key_holder)): its root
+    /// is signed, and the holder's key signs nothing more under the holder's version.
+    fn retire_key_holders(&mut self, _name: &str, _now: OffsetDateTime) -> Result<()> {
+        Ok(())
     }
 
     /// Marks every version created from now on with `marker` (the journal's run and step,

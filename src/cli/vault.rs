@@ -837,6 +837,7 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
                 ekus: eku,
                 validity_days,
                 issuer,
+                reuse_key: false,
                 // What users type is parsed, always.
                 keep_subject: None,
             };

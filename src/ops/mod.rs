@@ -567,6 +567,8 @@ pub fn new_ca_version(
         // request's key becomes the CA's later. The name is the plan's (`ca-NAME`).
         if backend.pending(&name)?.is_some() {
             backend.delete_pending(&name)?;
+            // A root's key holder from that run signs nothing more.
+            backend.retire_key_holders(&name, now)?;
         }
     }
     let key = crate::pki::PrivateKey::generate(&policy.key)?;
@@ -597,8 +599,9 @@ pub fn new_ca_version(
 /// [`new_ca_version`] for a CA whose key is not exportable, on a vault that makes such keys
 /// itself (Key Vault): the vault's create operation (issuer `Unknown`) makes the key and a CSR;
 /// certroll builds the certificate it builds for any CA over the CSR's public key, signed by
-/// the issuer's signer or, for a root, by the new key through the vault; the merge makes it
-/// the CA's version. The key never exists outside the vault.
+/// the issuer's signer or, for a root, by the same key through the vault (see
+/// [`root_from_key_holder`]); the merge makes it the CA's version. The key never exists
+/// outside the vault.
 ///
 /// A request already waiting on the name (a run cut off between the create and the merge) is
 /// finished when it is one this would have made (a key of the policy's type that is not
@@ -614,6 +617,9 @@ fn ca_version_from_vault_key(
     now: time::OffsetDateTime,
 ) -> Result<Vec<u8>> {
     use crate::backend::Created;
+    let Some(issuer) = issuer else {
+        return root_from_key_holder(ca, policy, name, profile, backend, now);
+    };
     let pending = match backend.pending(name)? {
         Some(p) if request_fits(&p, policy) => p,
         other => {
@@ -638,18 +644,106 @@ fn ca_version_from_vault_key(
     let spki = vault::pending::csr_spki(&pending.csr_der)?;
     let public = rcgen::SubjectPublicKeyInfo::from_der(&spki)
         .map_err(|e| anyhow::anyhow!("the request of `{name}` names an unusable key: {e}"))?;
-    let der = match issuer {
-        Some(iss) => crate::pki::cert::sign_public_key(profile, &public, &iss.key)?,
-        None => crate::pki::cert::sign_self_with(profile, &backend.pending_signer(&pending)?)?,
-    };
-    let chain = issuer.map(|i| i.chain.clone()).unwrap_or_default();
+    let der = crate::pki::cert::sign_public_key(profile, &public, &issuer.key)?;
     backend.merge_pending(
         &pending,
         &der,
-        &chain,
-        issuer.map(|i| (i.cert_name.as_str(), i.version.as_str())),
+        &issuer.chain,
+        Some((issuer.cert_name.as_str(), issuer.version.as_str())),
         now,
     )?;
+    Ok(der)
+}
+
+/// A root whose key is not exportable, on a vault that makes such keys itself (Key Vault),
+/// which never signs with a pending request's key (its version is disabled): as Microsoft's
+/// Industrial-IoT `KeyVaultServiceClient.NewRootCertificateAsync` does,
+/// 1. the vault makes a self-signed version, the key holder ([`Vault::key_holder`]);
+/// 2. a `reuse_key` request (issuer `Unknown`) over the holder's key gives the CSR;
+/// 3. certroll builds the root over the CSR's key, signed by the holder's completed version,
+///    and disables the holder;
+/// 4. the merge makes it the root's version.
+///
+/// The holder is disabled before the merge: once merged, the root exists and a rerun has no
+/// step left to run. A rerun goes on where a run was cut off: the holder is found (step 2); a
+/// waiting request over its key is finished (step 3; a holder already disabled is enabled
+/// again to sign once more); a merged version is adopted by its step mark
+/// ([`new_ca_version`]). Any other request on the name is deleted and a new one made.
+///
+/// [`Vault::key_holder`]: crate::backend::Vault::key_holder
+fn root_from_key_holder(
+    ca: &crate::plan::CaSpec,
+    policy: &crate::plan::Policy,
+    name: &str,
+    profile: &crate::pki::CertProfile,
+    backend: &mut dyn Backend,
+    now: time::OffsetDateTime,
+) -> Result<Vec<u8>> {
+    use crate::backend::Created;
+    let request = |issuer: &str, reuse_key: bool| -> Result<String> {
+        let mut doc: serde_json::Value =
+            serde_json::from_str(&policy_json(policy, &ca.subject.to_string(), Some(issuer)))?;
+        doc["key_props"]["exportable"] = serde_json::Value::Bool(false);
+        doc["key_props"]["reuse_key"] = serde_json::Value::Bool(reuse_key);
+        if issuer == "Self" {
+            // The holder's key signs certificates and CRLs: Key Vault allows a key the
+            // operations its certificate's key usage names.
+            doc["x509_props"]["key_usage"] = effective_key_usage(policy, true)
+                .iter()
+                .map(|u| u.name())
+                .collect::<Vec<_>>()
+                .into();
+        }
+        Ok(doc.to_string())
+    };
+    // A waiting request goes on only over the key of the holder a cut-off run made; any other
+    // goes first (Key Vault makes no version while a request waits on the name).
+    let found = backend.key_holder(name, None, now)?;
+    let waiting = match (backend.pending(name)?, &found) {
+        (Some(p), Some(h))
+            if request_fits(&p, policy)
+                && vault::pending::csr_spki(&p.csr_der)? == crate::pki::cert::spki_of(&h.cert_der)? =>
+        {
+            Some(p)
+        }
+        (Some(_), _) => {
+            backend.delete_pending(name)?;
+            None
+        }
+        (None, _) => None,
+    };
+    let mut holder = match found {
+        Some(h) if h.enabled || waiting.is_some() => h,
+        _ => backend
+            .key_holder(name, Some(&request("Self", false)?), now)?
+            .ok_or_else(|| anyhow::anyhow!("the vault made no key holder for `{name}`"))?,
+    };
+    let key = crate::pki::cert::spki_of(&holder.cert_der)?;
+    let pending = match waiting {
+        Some(p) => p,
+        None => match backend.create_by_vault(name, &request("Unknown", true)?, now)? {
+            Some(Created::Pending(p)) => p,
+            Some(Created::Version(v)) => anyhow::bail!(
+                "the vault made version {v} of `{name}` itself instead of a request for certroll to sign"
+            ),
+            None => anyhow::bail!("the vault made no request for `{name}`"),
+        },
+    };
+    if vault::pending::csr_spki(&pending.csr_der)? != key {
+        anyhow::bail!(
+            "the vault's request for `{name}` (reuse_key) is not over the key of its key holder \
+             (version {}); nothing was signed",
+            holder.version
+        );
+    }
+    if !holder.enabled {
+        // Cut off after the holder was disabled, before the merge: the signed root was lost.
+        backend.set_enabled(&holder, true, now)?;
+        holder.enabled = true;
+    }
+    let der = crate::pki::cert::sign_self_with(profile, &backend.signer(&holder)?)?;
+    backend.retire_key_holders(name, now)?;
+    backend.merge_pending(&pending, &der, &[], None, now)?;
     Ok(der)
 }
 

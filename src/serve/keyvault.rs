@@ -258,8 +258,9 @@ fn bundle(base: &str, v: &VaultVersion, tags: &Tags, policy: Option<&Value>, wit
 }
 
 /// A name whose first version waits for a merge, as Key Vault shows it: a disabled version
-/// (the request id stands for its version) with the policy and a `pending` link, and no `cer` or
-/// `x5t` since nothing is issued yet.
+/// (the request id stands for its version) with the policy and a `pending` link, and no `cer`,
+/// `x5t`, `kid` or `sid` since nothing is issued yet (a recording of Key Vault, azure-sdk-for-js
+/// `recording_can_merge_a_self_signed_certificate.json`).
 fn pending_bundle(base: &str, pend: &PendingCertificate) -> Value {
     placeholder_bundle(
         base,
@@ -281,8 +282,6 @@ fn placeholder_bundle(
 ) -> Value {
     let mut out = json!({
         "id": format!("{base}/certificates/{name}/{version}"),
-        "kid": format!("{base}/keys/{name}/{version}"),
-        "sid": format!("{base}/secrets/{name}/{version}"),
         "attributes": {
             "enabled": false,
             "recoveryLevel": "Recoverable+Purgeable",
@@ -872,6 +871,7 @@ fn create_options(policy: &Value) -> Result<pending::CreateOptions, ApiError> {
         ekus: strings(&x509["ekus"]),
         validity_days: ((months * 365).div_ceil(12)) as u32,
         issuer: policy["issuer"]["name"].as_str().unwrap_or("Self").to_string(),
+        reuse_key: kp["reuse_key"].as_bool().unwrap_or(false),
         keep_subject: None,
     })
 }
@@ -1724,7 +1724,13 @@ async fn get_key(
     st.read(move |b, _| {
         if let Some((pend, held)) = pending_key_at(b, &name, version.as_deref())? {
             // The request's key, made by the vault's create: its newest key version until the
-            // merge makes it a certificate's.
+            // merge makes it a certificate's. Key Vault mirrors a certificate version's
+            // attributes onto its key (about-certificates.md), and the pending version is
+            // disabled, so this key is too: it signs nothing (`sign` answers 403 KeyDisabled).
+            // Unconfirmed: whether Key Vault answers a versionless `GET /keys/{name}` with this
+            // disabled key, with 404 for a first version, or with the previous completed key on
+            // a renewal. No source shows it; serve answers the disabled key, and certroll's
+            // client uses no pending key, whichever it is.
             let mut key = jwk(&held)?;
             if pend.kty.ends_with("-HSM") {
                 key["kty"] = json!(pend.kty);
@@ -1732,7 +1738,7 @@ async fn get_key(
             key["kid"] = json!(format!("{base}/keys/{name}/{}", pend.request_id));
             key["key_ops"] = json!(["sign", "verify"]);
             let mut attrs = json!({
-                "enabled": true,
+                "enabled": false,
                 "exportable": pend.exportable,
                 "recoveryLevel": "Recoverable+Purgeable",
                 "recoverableDays": RECOVERABLE_DAYS,
@@ -1830,6 +1836,17 @@ fn pending_key_at(
     }
 }
 
+/// Key Vault's answer to a key operation on a disabled key (a disabled or pending certificate
+/// version's): 403 `Forbidden`, inner code `KeyDisabled`.
+fn key_disabled(operation: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        format!("Operation {operation} is not allowed on a disabled key."),
+    )
+    .with_inner("KeyDisabled")
+}
+
 /// Signs a digest (JWS algorithm names; ECDSA signatures are r‖s as JWS wants them).
 fn sign_digest(pkcs8: &[u8], alg: &str, digest: &[u8]) -> Result<Vec<u8>, ApiError> {
     use aws_lc_rs::digest::{Digest, SHA256, SHA384, SHA512};
@@ -1905,15 +1922,16 @@ async fn sign(
         .and_then(|v| URL_SAFE_NO_PAD.decode(v.trim_end_matches('=')).ok())
         .ok_or_else(|| ApiError::bad_request("value (base64url digest) is required"))?;
     st.read(move |b, now| {
-        if let Some((pend, held)) = pending_key_at(b, &name, version.as_deref())? {
-            // A pending request's key signs too (a root certifies its own key before the merge).
-            let signature = sign_digest(held.pkcs8_der(), &alg, &value)?;
-            return Ok(Json(json!({
-                "kid": format!("{base}/keys/{name}/{}", pend.request_id),
-                "value": URL_SAFE_NO_PAD.encode(signature),
-            })));
+        if pending_key_at(b, &name, version.as_deref())?.is_some() {
+            // A pending request's key belongs to a disabled certificate version: Key Vault
+            // refuses to sign with it (research R-pending; azure-sdk-for-python #45342 shows
+            // the answer for a disabled key). A root is signed by a completed version's key.
+            return Err(key_disabled("sign"));
         }
         let (v, _, _) = load(b, &name, version.as_deref())?;
+        if !v.enabled {
+            return Err(key_disabled("sign"));
+        }
         usable(&v, now)?;
         if !key_ops(&v)?.contains(&"sign") {
             return Err(ApiError::new(

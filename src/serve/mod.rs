@@ -79,6 +79,8 @@ pub struct ApiError {
     pub challenge: Option<String>,
     /// Seconds for a `Retry-After` header (429, 503).
     pub retry_after: Option<u64>,
+    /// Key Vault's `innererror.code` (`KeyDisabled`, ...), when the service names one.
+    pub inner: Option<String>,
 }
 
 impl ApiError {
@@ -90,7 +92,14 @@ impl ApiError {
             message: message.into(),
             challenge: None,
             retry_after: None,
+            inner: None,
         }
+    }
+
+    /// The same error with Key Vault's `innererror` `{"code": inner}`.
+    pub fn with_inner(mut self, inner: impl Into<String>) -> ApiError {
+        self.inner = Some(inner.into());
+        self
     }
 
     /// 400 `BadParameter`.
@@ -138,7 +147,10 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        let mut body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        if let Some(inner) = &self.inner {
+            body["error"]["innererror"] = serde_json::json!({ "code": inner });
+        }
         (self.status, self.headers(), axum::Json(body)).into_response()
     }
 }

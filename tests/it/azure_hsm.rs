@@ -83,6 +83,61 @@ fn key_vault_get(env: &TestEnv, serve: &Serve, path: &str) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// serve's Key Vault answer to `POST path` with the JSON `body` (the client plans' token): the
+/// HTTP status and the body.
+fn key_vault_post(env: &TestEnv, serve: &Serve, path: &str, body: &Value) -> (u16, Value) {
+    let port = serve.port();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}", "--cacert"])
+        .arg(env.path("ca.pem"))
+        .arg("--resolve")
+        .arg(format!("certroll.vault.azure.net:{port}:127.0.0.1"))
+        .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            &body.to_string(),
+        ])
+        .arg(format!(
+            "https://certroll.vault.azure.net:{port}/{path}?api-version=7.5"
+        ))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (answer, code) = text.rsplit_once('\n').expect("curl wrote the status");
+    (
+        code.trim().parse().expect("an HTTP status"),
+        serde_json::from_str(answer).unwrap_or(Value::Null),
+    )
+}
+
+/// Every version of `name` as serve's Key Vault lists it (key holders included), with tags.
+fn listed_versions(env: &TestEnv, serve: &Serve, name: &str) -> Vec<Value> {
+    key_vault_get(env, serve, &format!("certificates/{name}/versions"))["value"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The root's key holders in serve's listing of `name`'s versions (tag `certroll-key-holder`).
+fn key_holders(env: &TestEnv, serve: &Serve, name: &str) -> Vec<Value> {
+    listed_versions(env, serve, name)
+        .into_iter()
+        .filter(|v| !v["tags"]["certroll-key-holder"].is_null())
+        .collect()
+}
+
+/// The last path segment of a Key Vault id.
+fn version_in(id: &Value) -> String {
+    id.as_str()
+        .unwrap_or_default()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
 /// The steps of an `issue` report as `action target count`.
 fn steps(report: &Value) -> Vec<String> {
     report["steps"]
@@ -326,11 +381,13 @@ fn hsm_ca_keys_are_made_by_key_vault_create_and_merged_never_imported() {
     fleet_plans_hook(&env, &serve, HSM_GROUP);
     let (l, a) = both(&env, &serve, &["issue", "-o", "json"]);
     assert_eq!(l, a, "issue");
-    for ca in ["ca-root", "ca-line"] {
+    // The root's key is made by its key holder's create, then certified by a `reuse_key`
+    // request: two creates; an intermediate's by one.
+    for (ca, creates) in [("ca-root", 2), ("ca-line", 1)] {
         let path = format!("/certificates/{ca}");
         assert_eq!(
             vault_requests(&env, "POST", &format!("{path}/create")),
-            1,
+            creates,
             "{ca} create"
         );
         assert_eq!(
@@ -345,8 +402,18 @@ fn hsm_ca_keys_are_made_by_key_vault_create_and_merged_never_imported() {
         );
         assert_eq!(vault_versions(&env, &serve, ca).len(), 1, "{ca}");
     }
-    // The root certified its own key through Key Vault's sign before its merge.
-    assert!(vault_requests(&env, "POST", "/keys/ca-root/") >= 1);
+    // The root certified its own key through Key Vault's sign with its key holder's completed
+    // version before its merge; the holder is disabled since, and no listing shows it.
+    let holders = key_holders(&env, &serve, "ca-root");
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    assert_eq!(holders[0]["attributes"]["enabled"], false, "{holders:?}");
+    let holder = version_in(&holders[0]["id"]);
+    assert!(vault_requests(&env, "POST", &format!("/keys/ca-root/{holder}/sign")) >= 1);
+    assert!(
+        !vault_versions(&env, &serve, "ca-root")
+            .iter()
+            .any(|v| v["version"] == holder.as_str())
+    );
     // Key Vault keeps the policy certroll's create sent: the plan's lifetime action (what
     // `notify` reads there) and a key that is not exportable.
     let policy = key_vault_get(&env, &serve, "certificates/ca-line/policy");
@@ -453,14 +520,26 @@ fn a_run_killed_between_key_vault_create_and_merge_finishes_on_rerun_with_one_ca
         assert!(run.stderr.contains("fault injection"), "{}", run.stderr);
     };
 
-    // The first Key Vault write of `issue` is the root's create.
-    fault("1", &["issue"]);
+    // The second Key Vault write of `issue` is the root's request, after its key holder's
+    // create: the request waits, over the holder's key.
+    fault("2", &["issue"]);
     let op = key_vault_get(&env, &serve, "certificates/ca-root/pending");
     assert_eq!(op["status"], "inProgress", "{op}");
-    assert!(vault_versions(&env, &serve, "ca-root").is_empty());
+    assert!(
+        vault_versions(&env, &serve, "ca-root").is_empty(),
+        "the key holder is no version of the root"
+    );
+    assert!(
+        !run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
+            .ok()
+            .stdout
+            .contains("HSM Root"),
+        "no root yet"
+    );
     // The waiting request is shown with the time Key Vault made it (its policy's, which the
     // create wrote; third trial: `since 1970-01-01T00:00:00Z`).
     let policy = key_vault_get(&env, &serve, "certificates/ca-root/policy");
+    assert_eq!(policy["key_props"]["reuse_key"], true, "{policy}");
     let made = policy["attributes"]["updated"]
         .as_i64()
         .expect("the policy is dated");
@@ -487,32 +566,44 @@ fn a_run_killed_between_key_vault_create_and_merge_finishes_on_rerun_with_one_ca
             "{args:?}: {text}"
         );
     }
-    // The request's key is the name's newest key version, the one the merge completes: the
-    // root's self-signature is made with the key version its certificate has (one version, as
-    // at Key Vault; third trial: serve signed with another version id than the merged one).
-    let kid = key_vault_get(&env, &serve, "keys/ca-root")["key"]["kid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let pending_version = kid.rsplit('/').next().unwrap().to_string();
+    // The request's key is the pending version's, which is disabled: Key Vault refuses to sign
+    // with it (the way certroll signed a root before, which could never work there).
+    let waiting = key_vault_get(&env, &serve, "keys/ca-root");
+    assert_eq!(waiting["attributes"]["enabled"], false, "{waiting}");
+    let digest = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, [7u8; 48]);
+    let (status, refused) = key_vault_post(
+        &env,
+        &serve,
+        &format!("keys/ca-root/{}/sign", version_in(&waiting["key"]["kid"])),
+        &serde_json::json!({ "alg": "ES384", "value": digest }),
+    );
+    assert_eq!(status, 403, "{refused}");
+    assert_eq!(refused["error"]["code"], "Forbidden", "{refused}");
+    assert_eq!(refused["error"]["innererror"]["code"], "KeyDisabled", "{refused}");
+    // The request names the key holder's key (`reuse_key`): the holder's completed version
+    // signs with it.
+    let holders = key_holders(&env, &serve, "ca-root");
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    assert_eq!(holders[0]["attributes"]["enabled"], true, "{holders:?}");
+    let holder = version_in(&holders[0]["id"]);
+    let held = key_vault_get(&env, &serve, &format!("keys/ca-root/{holder}"));
+    assert_eq!(held["key"]["x"], waiting["key"]["x"], "{held} {waiting}");
+    assert_eq!(held["key"]["y"], waiting["key"]["y"], "{held} {waiting}");
+
     run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]).ok();
     assert_eq!(
         vault_requests(&env, "POST", "/certificates/ca-root/create"),
-        1,
-        "no second create"
+        2,
+        "no third create"
     );
     assert_eq!(vault_versions(&env, &serve, "ca-root").len(), 1);
-    assert_eq!(
-        vault_versions(&env, &serve, "ca-root")[0]["version"],
-        pending_version,
-        "the merged version is the pending key's"
-    );
     assert!(
-        vault_requests(&env, "POST", &format!("/keys/ca-root/{pending_version}/sign")) >= 1,
-        "the self-signature was made with the key version the certificate has"
+        vault_requests(&env, "POST", &format!("/keys/ca-root/{holder}/sign")) >= 1,
+        "the self-signature was made with the key holder's version"
     );
-    let merged = key_vault_get(&env, &serve, "keys/ca-root");
-    assert_eq!(merged["key"]["kid"], kid.as_str(), "{merged}");
+    let holders = key_holders(&env, &serve, "ca-root");
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    assert_eq!(holders[0]["attributes"]["enabled"], false, "{holders:?}");
     assert_eq!(vault_versions(&env, &serve, "ca-line").len(), 1);
     // Nothing is left pending.
     for ca in ["ca-root", "ca-line"] {
@@ -547,6 +638,106 @@ fn a_run_killed_between_key_vault_create_and_merge_finishes_on_rerun_with_one_ca
     );
     assert_eq!(vault_requests(&env, "POST", "/certificates/ca-line/create"), 2);
     verify_devices(&env, &serve, &["c-1", "c-2"], "renewed");
+}
+
+/// A root whose key is not exportable is made in four Key Vault writes: its key holder's
+/// create, the `reuse_key` request, the merge, the holder's disabling. A run killed after each
+/// finishes on rerun with one root version, made from one holder and one request, the holder
+/// disabled and shown by no listing, status or export; the root's key is never read as a
+/// secret; openssl verifies the chains; a rerun of the finished work changes nothing.
+#[test]
+fn a_root_killed_after_each_key_holder_step_finishes_on_rerun_with_one_version() {
+    for n in ["1", "2", "3", "4"] {
+        let env = TestEnv::new();
+        let serve = start_serve(&env, HSM_GROUP);
+        fleet_plans_hook(&env, &serve, HSM_GROUP);
+        let run = run_fleet_with(
+            &env,
+            &serve,
+            &[("CERTROLL_FAULT_AFTER_VAULT_WRITES", n)],
+            &["issue"],
+        );
+        assert_ne!(run.code, 0, "write {n}: the fault aborts the run");
+        assert!(
+            run.stderr.contains("fault injection"),
+            "write {n}: {}",
+            run.stderr
+        );
+        assert_eq!(key_holders(&env, &serve, "ca-root").len(), 1, "write {n}");
+        let run = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+        assert_eq!(run.code, 0, "write {n}: {}{}", run.stdout, run.stderr);
+        // The rerun of finished work changes nothing.
+        run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]).ok();
+
+        let listed = listed_versions(&env, &serve, "ca-root");
+        assert_eq!(listed.len(), 2, "write {n}: a holder and a root: {listed:?}");
+        let holders = key_holders(&env, &serve, "ca-root");
+        assert_eq!(holders.len(), 1, "write {n}: {holders:?}");
+        assert_eq!(
+            holders[0]["attributes"]["enabled"], false,
+            "write {n}: {holders:?}"
+        );
+        let holder = version_in(&holders[0]["id"]);
+        for (what, path, count) in [
+            ("create", "/certificates/ca-root/create", 2),
+            ("merge", "/certificates/ca-root/pending/merge", 1),
+            ("import", "/certificates/ca-root/import", 0),
+            ("secret", "/secrets/ca-root", 0),
+        ] {
+            let method = if what == "secret" { "GET" } else { "POST" };
+            assert_eq!(vault_requests(&env, method, path), count, "write {n}: {what}");
+        }
+        let versions = vault_versions(&env, &serve, "ca-root");
+        assert_eq!(versions.len(), 1, "write {n}: {versions:?}");
+        assert_ne!(versions[0]["version"], holder.as_str(), "write {n}");
+        let shown = versions[0]["cert"]["thumbprint"].clone();
+        // No listing, status or export shows the holder: each shows the root.
+        let list = run_fleet(&env, &serve, "azure", &["vault", "list", "-o", "json"])
+            .ok()
+            .stdout;
+        let status = run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
+            .ok()
+            .stdout;
+        for (what, text) in [("vault list", &list), ("status", &status)] {
+            assert!(
+                !text.contains(&holder),
+                "write {n}: {what} shows the holder: {text}"
+            );
+        }
+        let root = export(&env, &serve, "ca:root", "root.pem", &[]);
+        let text = env
+            .openssl(&["x509", "-in", &root, "-noout", "-text", "-fingerprint"])
+            .ok()
+            .stdout;
+        assert!(
+            text.contains("CA:TRUE") && text.contains("HSM Root"),
+            "write {n}: {text}"
+        );
+        let fingerprint = text
+            .lines()
+            .find_map(|l| l.strip_prefix("SHA1 Fingerprint="))
+            .unwrap_or_default()
+            .replace(':', "");
+        assert_eq!(
+            Value::from(fingerprint),
+            shown,
+            "write {n}: the export is the root version"
+        );
+        let verified = openssl_in(env.dir.path(), &["verify", "-CAfile", &root, &root]);
+        assert!(
+            verified.stdout.contains(": OK"),
+            "write {n}: self-signed {}{}",
+            verified.stdout,
+            verified.stderr
+        );
+        verify_devices(&env, &serve, &["c-1", "c-2"], &format!("w{n}"));
+        // The root's key is the holder's, which stays in the vault.
+        let key = key_vault_get(&env, &serve, &format!("keys/ca-root/{holder}"));
+        assert!(
+            cert_key_is(&root, &key["key"]),
+            "write {n}: the root certifies the holder's key"
+        );
+    }
 }
 
 /// Key Vault takes no key in the clear as an HSM key: serve refuses an import whose policy says
@@ -627,7 +818,8 @@ fn a_waiting_request_of_another_key_on_a_ca_name_is_deleted_and_made_anew() {
 
     run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]).ok();
     assert_eq!(vault_requests(&env, "DELETE", "/certificates/ca-root/pending"), 1);
-    assert_eq!(vault_requests(&env, "POST", "/certificates/ca-root/create"), 2);
+    // `vault create`, then the root's key holder and its `reuse_key` request.
+    assert_eq!(vault_requests(&env, "POST", "/certificates/ca-root/create"), 3);
     assert_eq!(vault_versions(&env, &serve, "ca-root").len(), 1);
     let key = key_vault_get(&env, &serve, "keys/ca-root");
     assert_eq!(key["key"]["kty"], "EC-HSM", "{key}");
@@ -662,10 +854,11 @@ fn a_request_left_by_a_killed_create_goes_when_the_plan_makes_the_ca_exportable(
     let env = TestEnv::new();
     let serve = start_serve(&env, HSM_GROUP);
     fleet_plans_hook(&env, &serve, HSM_GROUP);
+    // The second write of `issue` is the root's request (after its key holder's create).
     let run = run_fleet_with(
         &env,
         &serve,
-        &[("CERTROLL_FAULT_AFTER_VAULT_WRITES", "1")],
+        &[("CERTROLL_FAULT_AFTER_VAULT_WRITES", "2")],
         &["issue"],
     );
     assert_ne!(run.code, 0, "the fault aborts the run");
@@ -686,15 +879,21 @@ fn a_request_left_by_a_killed_create_goes_when_the_plan_makes_the_ca_exportable(
         "the stale request is deleted"
     );
     assert_eq!(vault_requests(&env, "POST", "/certificates/ca-root/import"), 1);
-    assert_eq!(vault_requests(&env, "POST", "/certificates/ca-root/create"), 1);
+    assert_eq!(vault_requests(&env, "POST", "/certificates/ca-root/create"), 2);
+    // The key holder of the abandoned root signs nothing more.
+    let holders = key_holders(&env, &serve, "ca-root");
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    assert_eq!(holders[0]["attributes"]["enabled"], false, "{holders:?}");
     let show = run_fleet(&env, &serve, "azure", &["vault", "show", "ca-root", "-o", "json"])
         .ok()
         .json();
     assert!(show["pending"].is_null(), "nothing pending: {show}");
     let versions = show["versions"].as_array().unwrap();
     assert_eq!(versions.len(), 1, "{show}");
-    assert_eq!(versions[0]["exportable"], true, "{show}");
-    assert_eq!(versions[0]["kty"], "EC", "{show}");
+    // The key holder made the name live, and a live name keeps its policy on import (serve),
+    // so the version's recorded key facts are the abandoned request's; the certificate is the
+    // plan's root all the same.
+    assert_eq!(versions[0]["cert"]["subject"], "CN=HSM Root", "{show}");
     verify_devices(&env, &serve, &["c-1", "c-2"], "issued");
 
     // The rerun of finished work changes nothing.

@@ -1023,8 +1023,17 @@ impl Vault for AzureBackend {
         self.vault.makes_own_keys()
     }
 
-    fn pending_signer(&self, pending: &PendingCertificate) -> Result<crate::pki::cert::CaSigner> {
-        self.vault.pending_signer(pending)
+    fn key_holder(
+        &mut self,
+        name: &str,
+        make: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<Option<VaultVersion>> {
+        self.vault.key_holder(name, make, now)
+    }
+
+    fn retire_key_holders(&mut self, name: &str, now: OffsetDateTime) -> Result<()> {
+        self.vault.retire_key_holders(name, now)
     }
 
     fn mark_new_versions(&mut self, marker: Option<&str>) {

@@ -20,9 +20,13 @@
 //!   per signature).
 //! - Such a key is also made by the vault ([`Vault::makes_own_keys`]): a new version of a CA whose
 //!   key is not exportable is Key Vault's create with issuer `Unknown`, then certroll's
-//!   certificate over the CSR's key (a root signs its own through [`Vault::pending_signer`], the
-//!   request's key) merged with certroll's tags ([`Vault::merge_pending`]). Key Vault takes no
-//!   HSM key by import.
+//!   certificate over the CSR's key merged with certroll's tags ([`Vault::merge_pending`]). Key
+//!   Vault takes no HSM key by import. A pending request's key is disabled (Key Vault refuses
+//!   `sign` with it: 403 `KeyDisabled`), so a root's key is first made by a self-signed create,
+//!   its key holder ([`Vault::key_holder`], tagged `certroll-key-holder` and skipped by every
+//!   listing); the `reuse_key` request then names that key, the holder's completed version
+//!   signs the root, the holder is disabled ([`Vault::retire_key_holders`]) and the root merged,
+//!   as Microsoft's Industrial-IoT `KeyVaultServiceClient.NewRootCertificateAsync` does.
 //! - Stay in the local store beside the plan, because Key Vault has no place for them: CRL numbers
 //!   and revocations (`revoke`, `revocations`, `next_crl_number`) and which devices hold a
 //!   version (`certificate_users`).
@@ -82,8 +86,18 @@ const ISSUER_TAG: &str = "certroll-issuer";
 /// of a step cut off before its local commit adopts it.
 const STEP_TAG: &str = "certroll-step";
 
+/// The version tag that marks a root's key holder ([`Vault::key_holder`]): a version Key Vault
+/// made self-signed only so that its completed key can sign the root's certificate. Every
+/// listing of versions skips it; it is disabled once the root is merged.
+const KEY_HOLDER_TAG: &str = "certroll-key-holder";
+
 /// certroll's own tags: hidden from [`Vault::tags`], kept by [`Vault::set_tags`].
-const OWN_TAGS: [&str; 2] = [ISSUER_TAG, STEP_TAG];
+const OWN_TAGS: [&str; 3] = [ISSUER_TAG, STEP_TAG, KEY_HOLDER_TAG];
+
+/// Whether a version's tags mark it as a root's key holder ([`KEY_HOLDER_TAG`]).
+fn is_key_holder(tags: Option<&HashMap<String, String>>) -> bool {
+    tags.is_some_and(|t| t.contains_key(KEY_HOLDER_TAG))
+}
 
 /// Tests only: abort the process after this many versions were written to Key Vault, before
 /// anything else (a kill between the remote write and the local commit).
@@ -180,6 +194,8 @@ struct ListedVersion {
     issuer: Option<(String, String)>,
     /// The journal step that made it ([`STEP_TAG`]).
     step: Option<String>,
+    /// A root's key holder ([`KEY_HOLDER_TAG`]), which no listing shows.
+    holder: bool,
 }
 
 impl ListedVersion {
@@ -194,6 +210,7 @@ impl ListedVersion {
             created: a.and_then(|a| a.created),
             issuer: issuer_of(p.tags.as_ref()),
             step: p.tags.as_ref().and_then(|t| t.get(STEP_TAG)).cloned(),
+            holder: is_key_holder(p.tags.as_ref()),
         })
     }
 }
@@ -477,7 +494,7 @@ impl AzureVault {
         let listed = self.rt.block_on(self.listed_kept(name))?;
         let mut out = Vec::with_capacity(listed.len());
         let mut key = None;
-        for l in listed.iter().filter(|l| l.thumbprint.is_some()) {
+        for l in listed.iter().filter(|l| l.thumbprint.is_some() && !l.holder) {
             let kept = self.kept().version_at(name, &l.version).cloned();
             let v = match kept {
                 Some(v) => v,
@@ -593,6 +610,23 @@ impl AzureVault {
                 c.tags = v.tags;
             }
         }
+        if is_key_holder(c.tags.as_ref()) {
+            // A root's key holder is newest only while its root is being made (or a run was
+            // cut off then): the name's newest version is the newest other one.
+            let newest = Self::listed(certs, name)
+                .await?
+                .iter()
+                .filter_map(ListedVersion::of)
+                .filter(|l| l.thumbprint.is_some() && !l.holder)
+                .max_by_key(|l| l.created);
+            let Some(newest) = newest else {
+                return Ok(None);
+            };
+            let Some(found) = Self::get(certs, name, Some(&newest.version)).await? else {
+                return Ok(None);
+            };
+            c = found;
+        }
         Ok(Some((to_version(name, &c, &key)?, policy)))
     }
 
@@ -627,8 +661,9 @@ impl AzureVault {
     async fn listed_briefs(&self, name: &str) -> Result<Option<Vec<VersionBrief>>> {
         let mut out = Vec::new();
         for p in self.listed_kept(name).await? {
-            // A pending request's placeholder has no x5t: no issued version.
-            let Some(thumbprint) = p.thumbprint else {
+            // A pending request's placeholder has no x5t: no issued version; a root's key
+            // holder is none of the name's versions.
+            let Some(thumbprint) = p.thumbprint.filter(|_| !p.holder) else {
                 continue;
             };
             let (Some(nbf), Some(exp)) = (p.nbf, p.exp) else {
@@ -662,6 +697,7 @@ impl AzureVault {
         let ids: Vec<String> = Self::listed(&certs, &name)
             .await?
             .into_iter()
+            .filter(|p| !is_key_holder(p.tags.as_ref()))
             .filter_map(|p| p.id)
             .collect();
         if ids.is_empty() {
@@ -808,7 +844,7 @@ impl AzureVault {
             .listed_kept(name)
             .await?
             .into_iter()
-            .filter(|p| p.step.as_deref() == Some(marker))
+            .filter(|p| p.step.as_deref() == Some(marker) && !p.holder)
             .max_by_key(|p| p.created);
         let Some(found) = found else {
             return Ok(None);
@@ -822,6 +858,104 @@ impl AzureVault {
         };
         let key = key_facts(Self::get_policy(&self.certs, name).await?.as_ref());
         to_version(name, &c, &key).map(Some)
+    }
+
+    /// Key Vault's create under the policy `policy_json` (certroll's Key Vault-shaped JSON),
+    /// the new version tagged with `tags`: for issuer `Self` the completed version (the poller
+    /// waits for it), else the request with its CSR.
+    fn create_op(
+        &self,
+        name: &str,
+        policy_json: &str,
+        tags: Option<HashMap<String, String>>,
+    ) -> Result<Created> {
+        // Key Vault's create writes the name's policy, also when only a request results.
+        self.touch(name)?;
+        let mut policy = parse_policy(name, policy_json)?;
+        if let Some(x509) = policy.x509_certificate_properties.as_mut()
+            && x509.validity_in_months.is_none()
+        {
+            // Key Vault counts validity in months only: the fewest months that cover the days.
+            let days = serde_json::from_str::<serde_json::Value>(policy_json)
+                .ok()
+                .and_then(|p| p["x509_props"]["validity_days"].as_i64())
+                .unwrap_or(365);
+            x509.validity_in_months = Some(((days * 12 + 364) / 365).clamp(1, 1200) as i32);
+        }
+        let issuer = policy
+            .issuer_parameters
+            .as_ref()
+            .and_then(|i| i.name.clone())
+            .unwrap_or_else(|| "Self".into());
+        let key = key_facts(Some(&policy));
+        let policy_doc = serde_json::to_string(&policy)
+            .map_err(|e| BackendError::Refused(format!("policy of `{name}`: {e}")))?;
+        let params = CreateCertificateParameters {
+            certificate_policy: Some(policy),
+            tags,
+            ..Default::default()
+        };
+        let body: RequestContent<CreateCertificateParameters> = params
+            .try_into()
+            .map_err(|e| remote("create certificate", name, e))?;
+        let options = CertificateClientCreateCertificateOptions {
+            method_options: azure_core::http::poller::PollerOptions {
+                // Key Vault makes a self-signed version in seconds.
+                frequency: time::Duration::seconds(1),
+                ..Default::default()
+            },
+        };
+        let certs = self.certs.clone();
+        self.rt.block_on(async move {
+            let mut poller = certs
+                .begin_create_certificate(name, body, Some(options))
+                .map_err(|e| remote("create certificate", name, e))?;
+            if issuer.eq_ignore_ascii_case("Self") {
+                let c: Certificate = model(
+                    poller.await.map_err(|e| remote("create certificate", name, e))?,
+                    "create certificate",
+                    name,
+                )?;
+                return Ok(Created::Version(version_of(c.id.as_deref().unwrap_or_default())));
+            }
+            // An outside CA: the first answer carries the CSR, and the operation waits for
+            // the merge (the poller would wait for it too).
+            let first = poller
+                .next()
+                .await
+                .ok_or_else(|| {
+                    BackendError::Refused(format!("Key Vault answered nothing to the create of `{name}`"))
+                })?
+                .map_err(|e| remote("create certificate", name, e))?;
+            let op: CertificateOperation = model(first, "create certificate", name)?;
+            vault_write_fault_point();
+            match pending_of(name, &op, &policy_doc, key, Some(OffsetDateTime::now_utc()))? {
+                Some(p) => Ok(Created::Pending(p)),
+                None => Err(BackendError::Refused(format!(
+                    "Key Vault's create of `{name}` (issuer {issuer}) answered status {:?} without a CSR",
+                    op.status
+                ))),
+            }
+        })
+    }
+
+    /// The key holders of a root's name ([`KEY_HOLDER_TAG`]), oldest first, and whether the
+    /// newest of them is no older than every other issued version (the holder of the root
+    /// being made), from a fresh listing.
+    async fn key_holders(&self, name: &str) -> Result<(Vec<ListedVersion>, bool)> {
+        let listed: Vec<ListedVersion> = Self::listed(&self.certs, name)
+            .await?
+            .iter()
+            .filter_map(ListedVersion::of)
+            .filter(|l| l.thumbprint.is_some())
+            .collect();
+        let newest_other = listed.iter().filter(|l| !l.holder).map(|l| l.created).max();
+        let mut holders: Vec<ListedVersion> = listed.into_iter().filter(|l| l.holder).collect();
+        holders.sort_by_key(|l| l.created);
+        let current = holders
+            .last()
+            .is_some_and(|h| newest_other.is_none_or(|other| h.created >= other));
+        Ok((holders, current))
     }
 
     /// The request of a name waiting for a merge (Key Vault's pending certificate operation).
@@ -1027,6 +1161,7 @@ impl Vault for AzureVault {
             let mut out: Vec<VersionStamp> = items
                 .into_iter()
                 // A pending request's placeholder has no notAfter: no issued version.
+                .filter(|p| !is_key_holder(p.tags.as_ref()))
                 .filter_map(|p| {
                     let a = p.attributes.as_ref()?;
                     Some(VersionStamp {
@@ -1059,20 +1194,35 @@ impl Vault for AzureVault {
                 .await
                 .map_err(|e| remote("list certificates", "*", e))
         })?;
-        let mut out: Vec<ListedCertificate> = items
-            .into_iter()
-            .filter_map(|p| {
-                let name = name_of(p.id.as_deref()?);
-                let a = p.attributes.as_ref();
-                Some(ListedCertificate {
-                    name,
-                    thumbprint: p.x509_thumbprint.as_deref().map(crate::pki::hex_upper),
-                    enabled: a.and_then(|a| a.enabled),
-                    nbf: a.and_then(|a| a.not_before),
-                    exp: a.and_then(|a| a.expires),
-                })
-            })
-            .collect();
+        let mut out = Vec::with_capacity(items.len());
+        for p in items {
+            let Some(id) = p.id.as_deref() else {
+                continue;
+            };
+            let name = name_of(id);
+            if is_key_holder(p.tags.as_ref()) {
+                // A root's key holder shows as the newest version while its root is made: the
+                // name is listed with its newest other version (rare: one more request).
+                if let Some(v) = self.rt.block_on(Self::latest(&self.certs, &name))? {
+                    out.push(ListedCertificate {
+                        name,
+                        thumbprint: Some(crate::pki::sha1_thumbprint(&v.cert_der)),
+                        enabled: Some(v.enabled),
+                        nbf: Some(v.nbf),
+                        exp: Some(v.exp),
+                    });
+                }
+                continue;
+            }
+            let a = p.attributes.as_ref();
+            out.push(ListedCertificate {
+                name,
+                thumbprint: p.x509_thumbprint.as_deref().map(crate::pki::hex_upper),
+                enabled: a.and_then(|a| a.enabled),
+                nbf: a.and_then(|a| a.not_before),
+                exp: a.and_then(|a| a.expires),
+            });
+        }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out.dedup_by(|a, b| a.name == b.name);
         Ok(out)
@@ -1620,75 +1770,7 @@ impl Vault for AzureVault {
         policy_json: &str,
         _now: OffsetDateTime,
     ) -> Result<Option<Created>> {
-        // Key Vault's create writes the name's policy, also when only a request results.
-        self.touch(name)?;
-        let mut policy = parse_policy(name, policy_json)?;
-        if let Some(x509) = policy.x509_certificate_properties.as_mut()
-            && x509.validity_in_months.is_none()
-        {
-            // Key Vault counts validity in months only: the fewest months that cover the days.
-            let days = serde_json::from_str::<serde_json::Value>(policy_json)
-                .ok()
-                .and_then(|p| p["x509_props"]["validity_days"].as_i64())
-                .unwrap_or(365);
-            x509.validity_in_months = Some(((days * 12 + 364) / 365).clamp(1, 1200) as i32);
-        }
-        let issuer = policy
-            .issuer_parameters
-            .as_ref()
-            .and_then(|i| i.name.clone())
-            .unwrap_or_else(|| "Self".into());
-        let key = key_facts(Some(&policy));
-        let policy_doc = serde_json::to_string(&policy)
-            .map_err(|e| BackendError::Refused(format!("policy of `{name}`: {e}")))?;
-        let params = CreateCertificateParameters {
-            certificate_policy: Some(policy),
-            ..Default::default()
-        };
-        let body: RequestContent<CreateCertificateParameters> = params
-            .try_into()
-            .map_err(|e| remote("create certificate", name, e))?;
-        let options = CertificateClientCreateCertificateOptions {
-            method_options: azure_core::http::poller::PollerOptions {
-                // Key Vault makes a self-signed version in seconds.
-                frequency: time::Duration::seconds(1),
-                ..Default::default()
-            },
-        };
-        let certs = self.certs.clone();
-        self.rt.block_on(async move {
-            let mut poller = certs
-                .begin_create_certificate(name, body, Some(options))
-                .map_err(|e| remote("create certificate", name, e))?;
-            if issuer.eq_ignore_ascii_case("Self") {
-                let c: Certificate = model(
-                    poller.await.map_err(|e| remote("create certificate", name, e))?,
-                    "create certificate",
-                    name,
-                )?;
-                return Ok(Some(Created::Version(version_of(
-                    c.id.as_deref().unwrap_or_default(),
-                ))));
-            }
-            // An outside CA: the first answer carries the CSR, and the operation waits for
-            // the merge (the poller would wait for it too).
-            let first = poller
-                .next()
-                .await
-                .ok_or_else(|| {
-                    BackendError::Refused(format!("Key Vault answered nothing to the create of `{name}`"))
-                })?
-                .map_err(|e| remote("create certificate", name, e))?;
-            let op: CertificateOperation = model(first, "create certificate", name)?;
-            vault_write_fault_point();
-            match pending_of(name, &op, &policy_doc, key, Some(OffsetDateTime::now_utc()))? {
-                Some(p) => Ok(Some(Created::Pending(p))),
-                None => Err(BackendError::Refused(format!(
-                    "Key Vault's create of `{name}` (issuer {issuer}) answered status {:?} without a CSR",
-                    op.status
-                ))),
-            }
-        })
+        self.create_op(name, policy_json, None).map(Some)
     }
 
     fn merge_pending(
@@ -1739,36 +1821,65 @@ impl Vault for AzureVault {
         true
     }
 
-    fn pending_signer(&self, pending: &PendingCertificate) -> Result<crate::pki::cert::CaSigner> {
-        let name = pending.name.as_str();
-        let spki = crate::pki::cert::csr_spki(&pending.csr_der)?;
-        // Key Vault's create wrote the request's key as the name's newest key version; it is
-        // used only once shown to be the key the CSR names.
-        let keys = self.keys.clone();
-        let key = self.rt.block_on(async {
-            let r = keys
-                .get_key(name, None)
-                .await
-                .map_err(|e| remote("get key", name, e))?;
-            r.into_model().map_err(|e| remote("get key", name, e))
-        })?;
-        let jwk = key.key.unwrap_or_default();
-        if !jwk_is_spki(&jwk, &spki) {
-            return Err(BackendError::Refused(format!(
-                "the newest key of `{name}` in Key Vault is not the key of its pending request; nothing was signed"
-            )));
+    fn key_holder(
+        &mut self,
+        name: &str,
+        make: Option<&str>,
+        _now: OffsetDateTime,
+    ) -> Result<Option<VaultVersion>> {
+        // A holder a cut-off run made (no older than every version of the root) is this
+        // root's: a rerun goes on with it rather than making a second key. One the caller
+        // cannot use (disabled, no request over its key) gives way to a new one.
+        let (holders, current) = self.rt.block_on(self.key_holders(name))?;
+        let found = match (holders.last().filter(|_| current), make) {
+            (Some(h), None) => h.version.clone(),
+            (Some(h), Some(_)) if h.enabled => h.version.clone(),
+            (_, None) => return Ok(None),
+            (_, Some(policy_json)) => {
+                let tags = HashMap::from([(KEY_HOLDER_TAG.to_string(), "true".to_string())]);
+                match self.create_op(name, policy_json, Some(tags))? {
+                    Created::Version(v) => {
+                        vault_write_fault_point();
+                        v
+                    }
+                    Created::Pending(_) => {
+                        return Err(BackendError::Refused(format!(
+                            "Key Vault's create of `{name}`'s key holder (issuer Self) left a request instead of a version"
+                        )));
+                    }
+                }
+            }
+        };
+        let c = self
+            .rt
+            .block_on(Self::get(&self.certs, name, Some(&found)))?
+            .ok_or_else(|| BackendError::NotFound(format!("certificate `{name}` version {found}")))?;
+        // Its key never leaves the vault, whatever the name's policy says by now.
+        let policy = match make {
+            Some(doc) => Some(parse_policy(name, doc)?),
+            None => self.rt.block_on(Self::get_policy(&self.certs, name))?,
+        };
+        to_version(name, &c, &(key_facts(policy.as_ref()).0, false)).map(Some)
+    }
+
+    fn retire_key_holders(&mut self, name: &str, _now: OffsetDateTime) -> Result<()> {
+        let (holders, _) = self.rt.block_on(self.key_holders(name))?;
+        let enabled: Vec<ListedVersion> = holders.into_iter().filter(|h| h.enabled).collect();
+        if enabled.is_empty() {
+            return Ok(());
         }
-        let version = version_of(jwk.kid.as_deref().unwrap_or_default());
-        Ok(crate::pki::cert::CaSigner::Remote(Box::new(
-            KeyVaultSigningKey::from_spki(
-                self.rt.handle().clone(),
-                self.keys.clone(),
+        self.touch(name)?;
+        for h in enabled {
+            self.rt.block_on(Self::patch(
+                &self.certs,
                 name,
-                &version,
-                &spki,
-                self.concurrency,
-            )?,
-        )))
+                Some(&h.version),
+                Some(false),
+                None,
+            ))?;
+            vault_write_fault_point();
+        }
+        Ok(())
     }
 
     fn mark_new_versions(&mut self, marker: Option<&str>) {
@@ -1873,33 +1984,6 @@ fn not_yet(what: &str, name: &str) -> BackendError {
 
 // ------------------------------------------------------------------ signing in the vault
 
-/// Whether a Key Vault JSON web key is the public key `spki_der` (a DER SubjectPublicKeyInfo)
-/// names: the EC point `04 || x || y`, or the RSA modulus and exponent.
-fn jwk_is_spki(jwk: &azure_security_keyvault_keys::models::JsonWebKey, spki_der: &[u8]) -> bool {
-    use x509_parser::prelude::FromDer as _;
-    use x509_parser::public_key::PublicKey;
-    let Ok((_, spki)) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki_der) else {
-        return false;
-    };
-    let trim = |b: &[u8]| -> Vec<u8> { b.iter().skip_while(|x| **x == 0).copied().collect() };
-    match spki.parsed() {
-        Ok(PublicKey::EC(point)) => match (&jwk.x, &jwk.y) {
-            (Some(x), Some(y)) => {
-                let mut raw = vec![4u8];
-                raw.extend_from_slice(x);
-                raw.extend_from_slice(y);
-                raw == point.data()
-            }
-            _ => false,
-        },
-        Ok(PublicKey::RSA(rsa)) => match (&jwk.n, &jwk.e) {
-            (Some(n), Some(e)) => trim(n) == trim(rsa.modulus) && trim(e) == trim(rsa.exponent),
-            _ => false,
-        },
-        _ => false,
-    }
-}
-
 /// An `rcgen::SigningKey` whose private half stays in Key Vault: `sign` hashes the message and
 /// asks the keys client to sign the digest (ES256/384/512 for EC keys, RS256 for RSA, as certroll
 /// signs with a key it holds), then encodes the signature as X.509 wants it (ECDSA: Key Vault's
@@ -1942,8 +2026,7 @@ impl KeyVaultSigningKey {
         Self::from_spki(rt, keys, name, version, cert.public_key().raw, concurrency)
     }
 
-    /// As [`new`](Self::new), for the key a SubjectPublicKeyInfo (DER) names: a pending
-    /// request's, which has no certificate yet.
+    /// As [`new`](Self::new), for the key a SubjectPublicKeyInfo (DER) names.
     fn from_spki(
         rt: tokio::runtime::Handle,
         keys: Arc<KeyClient>,

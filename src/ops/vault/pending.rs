@@ -40,6 +40,9 @@ pub struct CreateOptions {
     pub validity_days: u32,
     /// `Self`, `Unknown` or a set issuer object.
     pub issuer: String,
+    /// Whether the new key is the key of the name's newest version (Key Vault's
+    /// `key_props.reuse_key`); a new key when the name has no version yet.
+    pub reuse_key: bool,
     /// The subject as DER, written byte for byte instead of parsing `subject` (which then only
     /// names it in the policy); for issuer `Self` only. Serve's Key Vault sets it when a
     /// policy's subject is the one the name's current certificate shows, as a renewal of an
@@ -78,6 +81,19 @@ pub fn create(
 ) -> Result<CreateReport> {
     // Bad input is refused before the store is opened (and perhaps created).
     check_create(name, opts)?;
+    // A request's usage is only asked for: the CA that signs it decides (certroll's own, for a
+    // plan CA whose key Key Vault makes). A self-signed certificate made here would be no CA.
+    // (Key Vault itself takes such a policy: serve's create does, see `create_in`.)
+    if opts.issuer.eq_ignore_ascii_case("Self")
+        && opts
+            .key_usage
+            .iter()
+            .any(|u| KeyUsage::parse(u) == Some(KeyUsage::KeyCertSign))
+    {
+        return Err(input(
+            "--key-usage keyCertSign: vault create makes end-entity certificates; CAs come from the plan",
+        ));
+    }
     let mut backend = open_verb_backend(plan, "vault", Access::Write, settings)?;
     create_backdated(&mut *backend, name, opts, now, plan.not_before_skew)
 }
@@ -141,13 +157,6 @@ fn check_create(name: &str, opts: &CreateOptions) -> Result<CreateParts> {
              (RFC 3279 section 2.3.1); use keyEncipherment or digitalSignature, or an EC key",
         ));
     }
-    // A request's usage is only asked for: the CA that signs it decides (certroll's own, for a
-    // plan CA whose key Key Vault makes). A self-signed certificate made here would be no CA.
-    if key_usage.contains(&KeyUsage::KeyCertSign) && opts.issuer.eq_ignore_ascii_case("Self") {
-        return Err(input(
-            "--key-usage keyCertSign: vault create makes end-entity certificates; CAs come from the plan",
-        ));
-    }
     let ekus = opts
         .ekus
         .iter()
@@ -160,6 +169,9 @@ fn check_create(name: &str, opts: &CreateOptions) -> Result<CreateParts> {
 }
 
 /// `vault create` on an open backend (serve's Key Vault create calls this in its request's unit).
+/// Unlike `vault create`, a self-signed policy may ask for keyCertSign, as Key Vault's create
+/// takes it (certroll's key holder of a root whose key is not exportable asks for the root's
+/// usage, so the key signs certificates).
 pub fn create_in(
     backend: &mut dyn crate::backend::Backend,
     name: &str,
@@ -195,7 +207,7 @@ pub fn create_backdated(
         name: name.to_string(),
         key: opts.key,
         exportable: opts.exportable && !opts.key.is_hsm(),
-        reuse_key: false,
+        reuse_key: opts.reuse_key,
         validity_days: opts.validity_days,
         key_usage,
         extended_key_usage: ekus,
@@ -250,7 +262,10 @@ pub fn create_backdated(
         }
         None => {}
     }
-    let key = PrivateKey::generate(&opts.key)?;
+    let key = match backend.current(name)? {
+        Some(current) if opts.reuse_key => reused_key(backend, name, &current, &opts.key)?,
+        _ => PrivateKey::generate(&opts.key)?,
+    };
     if self_signed {
         let der = match &opts.keep_subject {
             Some(subject_der) => crate::pki::cert::sign_self_keeping_subject(&profile, &key, subject_der),
@@ -303,6 +318,32 @@ pub fn create_backdated(
         request_id: Some(request_id),
         csr: Some(csr_pem(&csr)),
     })
+}
+
+/// The key of `current` for a create with `reuse_key`, refused (input) unless it is of the
+/// policy's type, size and curve.
+fn reused_key(
+    backend: &dyn crate::backend::Backend,
+    name: &str,
+    current: &crate::backend::types::VaultVersion,
+    wanted: &KeySpec,
+) -> Result<PrivateKey> {
+    let key = backend.private_key(current)?;
+    let held = key.spec()?;
+    let same = match (held, wanted) {
+        (KeySpec::Ec { curve: a, .. }, KeySpec::Ec { curve: b, .. }) => a == *b,
+        (KeySpec::Rsa { bits: a, .. }, KeySpec::Rsa { bits: b, .. }) => a == *b,
+        _ => false,
+    };
+    if !same {
+        return Err(input(format!(
+            "`{name}`: reuse_key asks for the key of version {}, a {} key, but the policy names {}",
+            current.version,
+            held.kty(),
+            wanted.kty()
+        )));
+    }
+    Ok(key)
 }
 
 fn no_request(backend: &dyn crate::backend::Backend, name: &str) -> anyhow::Error {
