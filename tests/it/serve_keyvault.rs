@@ -849,3 +849,134 @@ fn out_of_range_policies_and_wrong_typed_attributes_get_400_naming_the_field_and
     );
     assert_eq!(serve.stop(), 0);
 }
+
+/// The SubjectPublicKeyInfo (DER) of a base64 DER certificate or CSR as Key Vault sends them.
+fn spki_in(b64: &serde_json::Value, csr: bool) -> Vec<u8> {
+    use base64::Engine as _;
+    use x509_parser::prelude::FromDer as _;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b64.as_str().expect("base64 text"))
+        .unwrap();
+    if csr {
+        let (_, req) = x509_parser::certification_request::X509CertificationRequest::from_der(&der).unwrap();
+        req.certification_request_info.subject_pki.raw.to_vec()
+    } else {
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        cert.public_key().raw.to_vec()
+    }
+}
+
+/// As Key Vault: a pending request's version is disabled (no `kid`, `sid`, `cer` or `x5t`) and
+/// its key signs nothing (403 `Forbidden`, inner `KeyDisabled`), as a disabled version's key;
+/// a create with `reuse_key: true` asks for a certificate over the newest version's key, which
+/// that completed version signs with; a self-signed policy may ask for keyCertSign.
+#[test]
+fn a_pending_key_is_disabled_and_reuse_key_requests_the_newest_versions_key() {
+    let env = TestEnv::new();
+    env.write("plan.toml", "version = 1\n");
+    let serve = Serve::start(&env, &[("CERTROLL_SERVE_TOKEN", "tok")]);
+    let q = "?api-version=7.5";
+    let sign = |path: &str| {
+        let digest = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, [9u8; 32]);
+        curl_send(
+            &env,
+            &serve,
+            "POST",
+            &format!("{path}/sign{q}"),
+            Some(&format!(r#"{{"alg":"ES256","value":"{digest}"}}"#)),
+        )
+    };
+    let refused_as_disabled = |(code, text): (u16, String), what: &str| {
+        assert_eq!(code, 403, "{what}: {text}");
+        let got = json_body(&text);
+        assert_eq!(got["error"]["code"], "Forbidden", "{what}: {got}");
+        assert_eq!(got["error"]["innererror"]["code"], "KeyDisabled", "{what}: {got}");
+        assert_eq!(
+            got["error"]["message"], "Operation sign is not allowed on a disabled key.",
+            "{what}: {got}"
+        );
+    };
+
+    // A first request: the placeholder version is disabled and names no key or secret.
+    let first = r#"{"policy":{"issuer":{"name":"Unknown"},"x509_props":{"subject":"CN=first"},"key_props":{"kty":"EC","crv":"P-256","exportable":false}}}"#;
+    let (code, text) = curl_send(
+        &env,
+        &serve,
+        "POST",
+        &format!("/certificates/first/create{q}"),
+        Some(first),
+    );
+    assert_eq!(code, 202, "{text}");
+    let (code, text) = curl(&env, &serve, &format!("/certificates/first{q}"));
+    assert_eq!(code, 200, "{text}");
+    let placeholder = json_body(&text);
+    assert_eq!(placeholder["attributes"]["enabled"], false, "{placeholder}");
+    for absent in ["kid", "sid", "cer", "x5t"] {
+        assert!(placeholder.get(absent).is_none(), "{absent}: {placeholder}");
+    }
+    let (code, text) = curl(&env, &serve, &format!("/keys/first{q}"));
+    assert_eq!(code, 200, "{text}");
+    let key = json_body(&text);
+    assert_eq!(key["attributes"]["enabled"], false, "{key}");
+    let kid = key["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    refused_as_disabled(sign(&format!("/keys/first/{kid}")), "the pending key by version");
+    refused_as_disabled(sign("/keys/first/"), "the pending key, versionless");
+
+    // A self-signed key holder with a CA's key usage, then a reuse_key request over its key.
+    let holder = r#"{"policy":{"issuer":{"name":"Self"},"x509_props":{"subject":"CN=Root","key_usage":["digitalSignature","keyCertSign","cRLSign"]},"key_props":{"kty":"EC","crv":"P-256","exportable":false,"reuse_key":false}}}"#;
+    let (code, text) = curl_send(
+        &env,
+        &serve,
+        "POST",
+        &format!("/certificates/root/create{q}"),
+        Some(holder),
+    );
+    assert_eq!(code, 202, "{text}");
+    let (code, text) = curl(&env, &serve, &format!("/certificates/root{q}"));
+    assert_eq!(code, 200, "{text}");
+    let made = json_body(&text);
+    let v1 = made["id"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let request = holder
+        .replace("\"Self\"", "\"Unknown\"")
+        .replace("\"reuse_key\":false", "\"reuse_key\":true");
+    let (code, text) = curl_send(
+        &env,
+        &serve,
+        "POST",
+        &format!("/certificates/root/create{q}"),
+        Some(&request),
+    );
+    assert_eq!(code, 202, "{text}");
+    let op = json_body(&text);
+    assert_eq!(
+        spki_in(&op["csr"], true),
+        spki_in(&made["cer"], false),
+        "the request is over the newest version's key"
+    );
+    let (code, text) = sign(&format!("/keys/root/{v1}"));
+    assert_eq!(code, 200, "the completed version signs with the same key: {text}");
+    refused_as_disabled(sign("/keys/root/"), "the pending key of a live name");
+    // Disabled, the completed version's key signs nothing either.
+    let (code, text) = curl_send(
+        &env,
+        &serve,
+        "PATCH",
+        &format!("/certificates/root/{v1}{q}"),
+        Some(r#"{"attributes":{"enabled":false}}"#),
+    );
+    assert_eq!(code, 200, "{text}");
+    refused_as_disabled(sign(&format!("/keys/root/{v1}")), "a disabled version's key");
+    assert_eq!(serve.stop(), 0);
+}

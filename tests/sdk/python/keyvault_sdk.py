@@ -330,9 +330,15 @@ check(
     f"{waiting.properties.created_on}",
 )
 # The create made the request's key as the name's newest key version: the version the merge
-# completes (one version, as at Key Vault), not another.
+# completes (one version, as at Key Vault), not another. Key Vault's pending version names no
+# key or secret (a recording of Key Vault: no kid, sid, cer or x5t), and its key is disabled.
+check(waiting.key_id is None and waiting.secret_id is None, f"no kid or sid while pending: {waiting.key_id}")
 pending_key = requests.get(f"{VAULT_URL}/keys/merge-me/?api-version=7.5", headers=HEADERS).json()
-check(pending_key["key"]["kid"] == waiting.key_id, f"the pending key is the waiting version's: {pending_key['key']['kid']}")
+check(
+    pending_key["key"]["kid"].rsplit("/", 1)[-1] == waiting.properties.version
+    and pending_key["attributes"]["enabled"] is False,
+    f"the pending key is the waiting version's, disabled: {pending_key}",
+)
 open(os.path.join(WORK, "merge.csr.der"), "wb").write(op.csr)
 openssl("req", "-inform", "DER", "-in", "merge.csr.der", "-verify", "-noout")
 openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ca.key",
