@@ -66,7 +66,8 @@ pub trait CertificateSource: Send + Sync {
 /// DPS (service API over SAS tokens) and its CA certificates (ARM over Entra tokens).
 pub struct AzureEnrollmentService {
     rt: tokio::runtime::Runtime,
-    dps: RestClient,
+    /// Shared with the scan's page fetched ahead, which runs on `rt` by itself.
+    dps: Arc<RestClient>,
     arm: Option<ArmCertificates>,
     /// Hub host name → the plan's hub name.
     hub_names: BTreeMap<String, String>,
@@ -96,10 +97,13 @@ struct Scan {
     records: HashMap<String, Enrollment>,
     /// The token of the next page (None before the first page and after the last).
     continuation: Option<String>,
-    /// The answer for `continuation`, fetched while the page before it was parsed: the
-    /// service renders the next page while certroll reads this one, rather than each waiting
-    /// for the other. At most one page ahead of what reads asked for.
-    ahead: Option<super::rest::Answer>,
+    /// The fetch of the answer for `continuation`, started when the page before it was read
+    /// and left running on the client's runtime when that read returned: the service renders
+    /// the next page while certroll parses this one and while the caller writes what it read
+    /// (a roll's chunk goes to DPS and the hub before the next chunk is read), rather than
+    /// each waiting for the other. At most one page ahead of what reads asked for; None in
+    /// its result when it failed (it is fetched again when needed, and fails then).
+    ahead: Option<tokio::task::JoinHandle<Option<super::rest::Answer>>>,
     /// Whether the first page was read.
     started: bool,
     /// Whether the last page was read: an id neither in `records` nor in `taken` was absent.
@@ -672,7 +676,7 @@ impl AzureEnrollmentService {
         let hub_names = hub_hosts.iter().map(|(n, h)| (h.clone(), n.clone())).collect();
         Ok(AzureEnrollmentService {
             rt: runtime()?,
-            dps: client,
+            dps: Arc::new(client),
             arm,
             hub_names,
             hub_hosts,
@@ -998,18 +1002,23 @@ impl AzureEnrollmentService {
                 }
             }
         }
-        let reads = futures::future::join_all(out.into_iter().zip(ids).map(|(settled, id)| async move {
-            match settled {
-                Some(record) => Ok(record),
-                None => self.read("enrollments", id, "enrollment").await,
-            }
-        }))
+        // Only what the scan did not settle costs a future (a roll's page of a thousand is
+        // usually settled whole).
+        let unsettled: Vec<usize> = (0..ids.len()).filter(|&i| out[i].is_none()).collect();
+        let reads = futures::future::join_all(
+            unsettled
+                .iter()
+                .map(|&i| self.read::<Enrollment>("enrollments", &ids[i], "enrollment")),
+        )
         .await;
-        reads.into_iter().collect()
+        for (i, read) in unsettled.into_iter().zip(reads) {
+            out[i] = Some(read?);
+        }
+        Ok(out.into_iter().map(Option::flatten).collect())
     }
 
     /// One page of the query of every enrollment, from `continuation` (None: the first).
-    async fn query_page(&self, continuation: Option<&str>) -> Result<super::rest::Answer> {
+    async fn query_page(dps: &RestClient, continuation: Option<&str>) -> Result<super::rest::Answer> {
         let mut call = Call::new(
             Method::Post,
             "/enrollments/query".into(),
@@ -1021,55 +1030,59 @@ impl AzureEnrollmentService {
         if let Some(token) = continuation {
             call = call.header("x-ms-continuation", token.to_string());
         }
-        let answer = self.dps.expect(&call, &[200]).await?;
+        let answer = dps.expect(&call, &[200]).await?;
         if !answer.body.trim_ascii_start().starts_with(b"[") {
-            return Err(self.dps.error(&call, &answer));
+            return Err(dps.error(&call, &answer));
         }
         Ok(answer)
     }
 
-    /// Reads the scan's next page into it, and fetches the page after it meanwhile (see
+    /// Reads the scan's next page into it, and starts the fetch of the page after it (see
     /// `Scan::ahead`). A page that cannot be read leaves the scan where it was.
     async fn scan_page(&self, scan: &mut Scan) -> Result<()> {
-        let answer = match scan.ahead.take() {
+        let fetched = match scan.ahead.take() {
+            Some(fetch) => fetch.await.ok().flatten(),
+            None => None,
+        };
+        let answer = match fetched {
             Some(answer) => answer,
-            None => self.query_page(scan.continuation.as_deref()).await?,
+            None => Self::query_page(&self.dps, scan.continuation.as_deref()).await?,
         };
         let next = answer
             .header("x-ms-continuation")
             .filter(|t| !t.is_empty())
             .map(str::to_string);
-        let ahead = async {
-            match &next {
-                Some(token) => self.query_page(Some(token)).await.ok(),
-                None => None,
-            }
-        };
-        let taken = &scan.taken;
-        let read = async {
-            let items: Vec<Enrollment> = answer.typed().map_err(|e| {
+        // Out before this page is parsed, on the runtime's workers.
+        let ahead = next.clone().map(|token| {
+            let dps = self.dps.clone();
+            self.rt
+                .spawn(async move { Self::query_page(&dps, Some(&token)).await.ok() })
+        });
+        let items: std::result::Result<Vec<Enrollment>, _> = answer.typed();
+        let items = match items {
+            Ok(items) => items,
+            Err(e) => {
+                if let Some(fetch) = ahead {
+                    fetch.abort();
+                }
                 let call = Call::new(
                     Method::Post,
                     "/enrollments/query".into(),
                     "query enrollments",
                     "*",
                 );
-                self.dps.unreadable(&call, &answer, &e)
-            })?;
-            Ok::<_, BackendError>(
-                items
-                    .into_iter()
-                    .filter_map(|item| {
-                        let id = item.registration_id.clone()?;
-                        (!taken.contains(&id)).then_some((id, item))
-                    })
-                    .collect::<Vec<_>>(),
-            )
+                return Err(self.dps.unreadable(&call, &answer, &e));
+            }
         };
-        // The fetch is polled first, so its request is out before this page is parsed. A page
-        // ahead that failed is fetched again when it is needed, and fails then.
-        let (ahead, read) = futures::join!(ahead, read);
-        scan.records.extend(read?);
+        let taken = &scan.taken;
+        let read: Vec<(String, Enrollment)> = items
+            .into_iter()
+            .filter_map(|item| {
+                let id = item.registration_id.clone()?;
+                (!taken.contains(&id)).then_some((id, item))
+            })
+            .collect();
+        scan.records.extend(read);
         scan.ahead = ahead;
         scan.started = true;
         scan.done = next.is_none();
@@ -1216,10 +1229,12 @@ impl AzureEnrollmentService {
         // requests in flight; each is written once, straight into its request's buffer, from
         // the records read (never copied into a tree).
         let mut work = Vec::new();
-        for (mode, mut items) in [("create", creates), ("updateIfMatchETag", updates)] {
-            while !items.is_empty() {
-                let rest = items.split_off(items.len().min(BULK_LIMIT));
-                let chunk = std::mem::replace(&mut items, rest);
+        for (mode, items) in [("create", creates), ("updateIfMatchETag", updates)] {
+            // Taken from the front by moving, not by splitting the rest off (a copy of the
+            // whole tail for each chunk).
+            let mut items = items.into_iter().peekable();
+            while items.peek().is_some() {
+                let chunk: Vec<_> = items.by_ref().take(BULK_LIMIT).collect();
                 let n = chunk.len() as u64;
                 work.push(async move {
                     let certificates: Vec<_> = chunk.iter().map(|(e, _)| certificates_of(e)).collect();

@@ -574,14 +574,15 @@ impl AzureHubRegistry {
                 }
             })
             .collect();
-        let reads = futures::future::join_all(ids.iter().zip(settled).map(|(id, settled)| async move {
-            match settled {
-                Some(device) => Ok(device),
-                None => Self::read(client, hub, id).await,
-            }
-        }))
-        .await;
-        reads.into_iter().collect()
+        // Only what the query did not settle costs a future (usually nothing).
+        let unsettled: Vec<usize> = (0..ids.len()).filter(|&i| settled[i].is_none()).collect();
+        let reads =
+            futures::future::join_all(unsettled.iter().map(|&i| Self::read(client, hub, ids[i]))).await;
+        let mut out = settled;
+        for (i, read) in unsettled.into_iter().zip(reads) {
+            out[i] = Some(read?);
+        }
+        Ok(out.into_iter().map(Option::flatten).collect())
     }
 
     /// Every identity of `wanted` (hub, device id), in order; the hubs are read concurrently.

@@ -1125,6 +1125,13 @@ fn fresh_dps(
 /// concurrency 1), in the same run. Default N is small; the size is
 /// `CERTROLL_BENCH_N=10000 cargo test --release --test it measure_roll -- --ignored --nocapture`.
 ///
+/// It measures the client API the verbs use, as they use it: pages of enrollments in
+/// registration id order (a roll takes the plan's individual enrollments from a sorted map;
+/// generated group ids are zero-padded), each page read from DPS, then from the hub, then
+/// written to both at once (`roll_page`; a roll's backend lane writes chunk k, then reads
+/// chunk k+2), the client in this process set up as the `certroll` binary sets itself up
+/// (`as_the_binary_runs`).
+///
 /// Last runs (perf-client, release, 2 cores shared with other helpers' builds and tests at load
 /// 44 to 47, so the wall-clock ratio says little; the build before the Retry-After and
 /// merge commits):
@@ -1152,10 +1159,27 @@ fn fresh_dps(
 /// `concurrency` alive), and a backtrace captured per request inside azure_core's header
 /// lookups when RUST_BACKTRACE is set. The bulk roll is now bound by serve's CPU: 20x needs
 /// serve below about 40 µs an enrollment as well.
+///
+/// 2026-12-01 (perf-client2): the pages used to go in numeric order (`bulk-0` .. `bulk-999`
+/// first), which is not a verb's order: serve's scan answers in registration id order, so the
+/// first page waited for the whole scan (10 query pages, 570 to 640 ms under load) with nothing
+/// else running. Now in id order, and the scan's next page is fetched in the background, so
+/// serve renders it while the client writes the page before (a verb's chunks overlap it the
+/// same way); DPS reads went from 570 to 640 ms for the first page (3 to 9 ms for the others)
+/// to 5 to 26 ms a page. This process also turns transparent huge pages off as the binary does
+/// (the kernel zeroing them was 2 to 20% of the client's samples). Three runs each, `perf
+/// record -k CLOCK_MONOTONIC -F 1999` over the bulk window, µs of CPU an enrollment: client
+/// 45.5, 53.2, 56.4 before (load 20 to 22), 34.5, 35.5, 35.4 after (load 9 to 12); serve
+/// 110, 110, 139 before, 94, 96, 103 after. Wall (one-at-a-time pass swinging 1.4 to 7.4 ms an
+/// enrollment with the load): before 16.1x, 24.3x, 10.8x (bulk 0.330, 0.306, 0.547 ms each);
+/// after 9.1x, 23.3x, 26.1x (bulk 0.155, 0.192, 0.193 ms each). Before and after interleaved,
+/// at load 42 to 55 (both processes starved: 0.34 to 0.43 cores between them): client 67.2,
+/// 59.7, 47.2 against 51.0, 56.1, 37.9 µs an enrollment; wall says nothing at that load.
 #[test]
 #[ignore = "measurement, not a check: run with --ignored --nocapture"]
 fn measure_roll_of_n_enrollments_bulk_against_one_at_a_time() {
     let (n, single_n) = bench_sizes();
+    as_the_binary_runs();
     let env = TestEnv::new();
     let serve = Serve::start_with(&env, "t", &services_plan(""));
 
@@ -1171,12 +1195,14 @@ fn measure_roll_of_n_enrollments_bulk_against_one_at_a_time() {
     let single_requests = requests(&env, DPS_HOST) + requests(&env, HUB_HOST) - before;
 
     let (mut dps, mut hub, config) = roll_clients(&env, &serve, None, 16);
-    let (bulk, firsts) = seed_roll(&mut dps, &config, &serve, "bulk-", n);
+    let (mut bulk, firsts) = seed_roll(&mut dps, &config, &serve, "bulk-", n);
     let mut dps = fresh_dps(&config, &serve, &bulk, &firsts);
+    bulk.sort_by(|a, b| a.0.cmp(&b.0));
     let before = requests(&env, DPS_HOST) + requests(&env, HUB_HOST);
     let t = std::time::Instant::now();
     let started = monotonic_secs();
-    // Pages of 1,000, as a verb reads and writes a large roll.
+    // Pages of 1,000 in registration id order, as a verb reads and writes a large roll (see
+    // above).
     for page in bulk.chunks(1000) {
         roll_page(&mut dps, &mut hub, page, true);
     }
@@ -1203,6 +1229,18 @@ fn measure_roll_of_n_enrollments_bulk_against_one_at_a_time() {
     assert_eq!(e.secondary.as_deref(), Some(&bulk[n - 1].1.cert_der[..]));
 }
 
+/// Makes this process run the measured client as the `certroll` binary runs it: the binary
+/// uses mimalloc (so does this test binary, see tests/it/main.rs) with transparent huge pages
+/// off (src/main.rs); without the second, the kernel zeroing the huge pages mimalloc purges and
+/// takes back was about 12% of the client's CPU in a bulk roll.
+fn as_the_binary_runs() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 /// Seconds on CLOCK_MONOTONIC, the clock `perf record -k CLOCK_MONOTONIC` stamps samples with.
 fn monotonic_secs() -> f64 {
     let mut ts = libc::timespec {
@@ -1222,7 +1260,9 @@ fn monotonic_secs() -> f64 {
 /// --ignored --nocapture`, with the scan's page ahead, at load 11: 10000 enrollments in 50.7 s;
 /// DPS 1010 requests (100% of R), hub 200 (20% of R: it has less to do and waits for nothing);
 /// the roll ran at 100% of R; 0 answered 429; 0 failed operations. (Before, at load 15: 51.3 s,
-/// 98% of R.)
+/// 98% of R.) 2026-12-01, ids in registration id order and the scan's page ahead in the
+/// background, at load 44 to 53: 50.0 s; DPS 1010 requests (101% of R), hub 200; 0 answered
+/// 429; 0 failed operations.
 #[test]
 #[ignore = "measurement, not a check: run with --ignored --nocapture"]
 fn measure_throttled_roll_against_the_service_rate() {
@@ -1231,6 +1271,7 @@ fn measure_throttled_roll_against_the_service_rate() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
+    as_the_binary_runs();
     let env = TestEnv::new();
     let serve = Serve::start_with(
         &env,
@@ -1241,8 +1282,10 @@ fn measure_throttled_roll_against_the_service_rate() {
         )),
     );
     let (mut dps, mut hub, config) = roll_clients(&env, &serve, Some(f64::from(r)), 16);
-    let (ids, firsts) = seed_roll(&mut dps, &config, &serve, "thr-", n);
+    let (mut ids, firsts) = seed_roll(&mut dps, &config, &serve, "thr-", n);
     let mut dps = fresh_dps(&config, &serve, &ids, &firsts);
+    // In registration id order, as a verb rolls enrollments.
+    ids.sort_by(|a, b| a.0.cmp(&b.0));
     std::thread::sleep(Duration::from_millis(1500));
     let before = (requests(&env, DPS_HOST), requests(&env, HUB_HOST));
     let throttled_before = answered(&env, DPS_HOST, "429") + answered(&env, HUB_HOST, "429");
