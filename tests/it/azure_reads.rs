@@ -80,9 +80,10 @@ fn status_reads_each_identity_and_enrollment_once_and_after_a_roll_only_the_pres
         lines.len()
     );
     assert!(hub <= 1, "status read the hub {hub} times for {} devices", N + E);
+    // The enrollments' query read them for the report's head; the devices' page takes those.
     assert!(
-        enrollment_gets.iter().all(|&n| n <= 1),
-        "an individual enrollment was read more than once: {enrollment_gets:?}"
+        enrollment_gets.iter().all(|&n| n == 0),
+        "an individual enrollment was read again by GET: {enrollment_gets:?}"
     );
     assert_eq!(
         registration_gets, 0,
