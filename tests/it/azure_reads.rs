@@ -210,3 +210,94 @@ fn a_hook_delivery_reads_neither_the_key_it_just_imported_nor_the_chain_per_devi
         );
     }
 }
+
+/// `revoke` of 3 group devices and an enrollment disables each one's hub identity, found in
+/// the hub its registration names by one registry query (no GET of the identity); run again
+/// with nothing left to do, it reads each target twice at most, its preview's and the
+/// confirmation's (measured before: three times, the run's step reading again what its preview
+/// had found revoked: 3 DPS enrollment GETs, 3 registration GETs, 3 hub queries and 3 identity
+/// GETs a target).
+#[test]
+fn a_revoke_finds_identities_by_query_and_its_rerun_reads_each_target_twice_at_most() {
+    const N: usize = 12;
+    let env = TestEnv::new();
+    let fleet = group_of(N);
+    let serve = start_serve(&env, &fleet);
+    fleet_plans_hook(&env, &serve, &fleet);
+    let ok = |args: &[&str]| {
+        let r = run_fleet(&env, &serve, "azure", args);
+        assert_eq!(r.code, 0, "{args:?}\n{}\n{}", r.stdout, r.stderr);
+        r.json()
+    };
+    ok(&["issue", "-o", "json"]);
+    let targets = ["m-03", "m-04", "m-05", "gw-1"];
+    let revoke = [
+        "revoke",
+        "device:m-03",
+        "device:m-04",
+        "device:m-05",
+        "enrollment:gw-1",
+        "--reason",
+        "superseded",
+        "--yes",
+        "-o",
+        "json",
+    ];
+    let lines = during(&env, || {
+        ok(&revoke);
+    });
+    let identity_gets = count(&lines, "GET conf-hub.azure-devices.net/devices/");
+    eprintln!(
+        "revoke of {} targets: {} requests, {identity_gets} hub identity GETs",
+        targets.len(),
+        lines.len()
+    );
+    assert_eq!(identity_gets, 0, "an identity was read by GET");
+    let status = ok(&["status", "-o", "json"]);
+    for id in targets {
+        let d = crate::azure_verbs2::device(&status, id);
+        assert_eq!(d["hub_identity"]["status"], "disabled", "{d}");
+    }
+    let untouched = crate::azure_verbs2::device(&status, "m-06");
+    assert_eq!(untouched["hub_identity"]["status"], "enabled", "{untouched}");
+
+    let mut report = serde_json::Value::Null;
+    let lines = during(&env, || report = ok(&revoke));
+    let per_target = |part: &str| -> Vec<usize> {
+        targets
+            .iter()
+            .map(|id| {
+                lines
+                    .iter()
+                    .map(|l| request_of(l))
+                    .filter(|r| {
+                        r.contains(part)
+                            && r.split('?')
+                                .next()
+                                .unwrap_or_default()
+                                .ends_with(&format!("/{id}"))
+                    })
+                    .count()
+            })
+            .collect()
+    };
+    let enrollment_gets = per_target("GET certroll-dps.azure-devices-provisioning.net/enrollments/");
+    let registration_gets = per_target("GET certroll-dps.azure-devices-provisioning.net/registrations/");
+    let hub_queries = count(&lines, "POST conf-hub.azure-devices.net/devices/query");
+    let identity_gets = count(&lines, "GET conf-hub.azure-devices.net/devices/");
+    eprintln!(
+        "revoke again: {} requests; per target {targets:?}: enrollment GETs {enrollment_gets:?}, registration GETs \
+         {registration_gets:?}; {hub_queries} hub queries, {identity_gets} identity GETs",
+        lines.len()
+    );
+    assert!(
+        report["targets"].as_array().is_some_and(
+            |t| t.len() == 4 && t.iter().all(|t| t["steps"].as_array().is_some_and(Vec::is_empty))
+        ),
+        "{report}"
+    );
+    assert!(enrollment_gets.iter().all(|&n| n <= 2), "{enrollment_gets:?}");
+    assert!(registration_gets.iter().all(|&n| n <= 2), "{registration_gets:?}");
+    assert!(hub_queries <= 2 * targets.len(), "{hub_queries} hub queries");
+    assert_eq!(identity_gets, 0, "an identity was read by GET");
+}
