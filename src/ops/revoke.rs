@@ -95,6 +95,11 @@ pub struct RevokeOptions {
     pub dry_run: bool,
     /// How to open the backend.
     pub backend: BackendSettings,
+    /// What a preview of the same command found moments before, one per target in order (the
+    /// CLI's own preview, when no confirmation waited between; empty: none): a target it found
+    /// revoked already is taken as it is rather than read again. A revoke only adds to what is
+    /// revoked, so nothing since can have given it work.
+    pub previewed: Vec<Revoked>,
 }
 
 /// One target's steps.
@@ -178,7 +183,13 @@ pub fn revoke(plan: &Plan, opts: &RevokeOptions, now: OffsetDateTime) -> Result<
         ..opts.clone()
     };
     let mut previews = Vec::new();
-    for t in &opts.targets {
+    // The earlier preview's answers, one per target in the same order.
+    let previewed = (opts.previewed.len() == opts.targets.len()).then_some(&opts.previewed);
+    for (i, t) in opts.targets.iter().enumerate() {
+        if let Some(done) = previewed.map(|p| &p[i]).filter(|p| p.steps.is_empty()) {
+            previews.push(done.clone());
+            continue;
+        }
         previews.push(
             revoke_target(plan, t, &preview_opts, &mut backend, now)
                 .with_context(|| format!("revoking {t}"))?,
