@@ -50,6 +50,7 @@ pub fn exec(g: &Global, args: RevokeArgs) -> anyhow::Result<u8> {
         hub: args.hub_identity,
         dry_run: true,
         backend: g.backend(),
+        previewed: Vec::new(),
     };
     let now = g.clock().now();
     // Always preview first: the confirmation shows exactly what will happen.
@@ -77,6 +78,11 @@ pub fn exec(g: &Global, args: RevokeArgs) -> anyhow::Result<u8> {
             }
         }
         opts.dry_run = false;
+        // With no confirmation waiting in between, what the preview found revoked already is
+        // not read again (on azure each target costs DPS and hub requests).
+        if steps == 0 || args.yes {
+            opts.previewed = preview.targets.clone();
+        }
     }
     let report = if args.dry_run {
         preview

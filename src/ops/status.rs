@@ -160,6 +160,9 @@ pub struct StatusQuery<'p> {
     plan: &'p Plan,
     backend: Box<dyn Backend>,
     targets: Vec<Target>,
+    /// The individual enrollments [`head`](StatusQuery::head) read, by registration id, for
+    /// the devices' pages to take rather than read again.
+    enrollments_read: std::cell::RefCell<std::collections::HashMap<String, Option<IndividualEnrollment>>>,
 }
 
 /// Opens the state for `status`. A missing store is reported as "nothing issued yet".
@@ -176,6 +179,7 @@ pub fn status<'p>(
         plan,
         backend,
         targets,
+        enrollments_read: Default::default(),
     })
 }
 
@@ -258,9 +262,11 @@ impl StatusQuery<'_> {
             .map(|e| e.name.clone())
             .collect();
         let mut enrollments = Vec::with_capacity(names.len());
+        let mut read = self.enrollments_read.borrow_mut();
         for page in names.chunks(DEVICE_PAGE) {
             for (name, state) in page.iter().zip(b.individual_many(page)?) {
                 enrollments.push(enrollment_status(name, state.as_ref())?);
+                read.insert(name.clone(), state);
             }
         }
         Ok(StatusHead {
@@ -336,24 +342,32 @@ impl StatusQuery<'_> {
         let b = &*self.backend;
         let ids: Vec<String> = page.iter().map(|(id, _, _)| id.clone()).collect();
         let records = b.device_many(&ids)?;
-        let registrations = b.registration_many(&ids)?;
-        let hubs = registrations
-            .iter()
-            .map(|r| r.as_ref().and_then(|r| r.hub.clone()));
-        let identities = crate::backend::identities_in_hubs(&ids, hubs, |wanted| b.identity_many(wanted))?;
         // The individual enrollment the service holds for a device: shown for a device of a
         // group (it takes precedence), read for every device for a certificate another client
-        // put there.
-        let (at, grouped): (Vec<usize>, Vec<String>) = page
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, group, enrollment))| group.is_some() || enrollment.is_some())
-            .map(|(i, (id, _, _))| (i, id.clone()))
-            .unzip();
+        // put there. An enrollment `head` read is not read again. Read before the registration
+        // states: on azure an enrollment's read carries its device's state.
         let mut individuals: Vec<Option<IndividualEnrollment>> = vec![None; ids.len()];
-        for (i, e) in at.into_iter().zip(b.individual_many(&grouped)?) {
+        let (at, unread): (Vec<usize>, Vec<String>) = {
+            let mut read = self.enrollments_read.borrow_mut();
+            page.iter()
+                .enumerate()
+                .filter(|(_, (_, group, enrollment))| group.is_some() || enrollment.is_some())
+                .filter(|(i, (id, _, _))| match read.remove(id) {
+                    Some(e) => {
+                        individuals[*i] = e;
+                        false
+                    }
+                    None => true,
+                })
+                .map(|(i, (id, _, _))| (i, id.clone()))
+                .unzip()
+        };
+        for (i, e) in at.into_iter().zip(b.individual_many(&unread)?) {
             individuals[i] = e;
         }
+        // Each identity once, in the hub the registration names (the registration's own
+        // thumbprint is replaced below by what `held` finds).
+        let (registrations, identities) = b.registrations_and_identities(&ids)?;
         let issued = super::installed_many(b, &ids)?;
         let held = super::held::held_from(b, &ids, issued.clone(), &registrations, &identities)?;
         let mut cannot_connect = Vec::with_capacity(ids.len());

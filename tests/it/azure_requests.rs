@@ -10,7 +10,7 @@ use crate::util::TestEnv;
 
 /// A root, an intermediate that signs for a group of `n` devices, one individual enrollment
 /// signed by the root, all on hub `conf-hub`.
-fn group_of(n: usize) -> String {
+pub(crate) fn group_of(n: usize) -> String {
     format!(
         "[policies.device]\nkey = {{ type = \"EC\", curve = \"P-256\" }}\nvalidity_days = 365\n\
          [policies.ca]\nkey = {{ type = \"EC\", curve = \"P-256\" }}\nvalidity_days = 3650\n\
@@ -34,7 +34,7 @@ fn access_lines(env: &TestEnv) -> Vec<String> {
 }
 
 /// The access lines serve wrote while `run` ran.
-fn during(env: &TestEnv, run: impl FnOnce()) -> Vec<String> {
+pub(crate) fn during(env: &TestEnv, run: impl FnOnce()) -> Vec<String> {
     let before = access_lines(env).len();
     run();
     // serve writes each line as the answer goes out; the client has its answers.
@@ -42,7 +42,7 @@ fn during(env: &TestEnv, run: impl FnOnce()) -> Vec<String> {
 }
 
 /// `METHOD host/path` of an access line.
-fn request_of(line: &str) -> &str {
+pub(crate) fn request_of(line: &str) -> &str {
     let rest = line.split("access: ").nth(1).unwrap_or_default();
     let mut parts = rest.splitn(3, ' ');
     let method_len = parts.next().map_or(0, str::len);
@@ -276,7 +276,7 @@ fn a_finished_ca_roll_run_again_writes_nothing_and_reads_dps_per_page() {
 
 /// The Key Vault requests among `lines`, each as `METHOD path` with a group device's number
 /// taken out (`m-7` → `m-N`), counted.
-fn vault_requests(lines: &[String]) -> std::collections::BTreeMap<String, usize> {
+pub(crate) fn vault_requests(lines: &[String]) -> std::collections::BTreeMap<String, usize> {
     let mut out = std::collections::BTreeMap::new();
     for l in lines {
         let request = request_of(l);

@@ -60,6 +60,8 @@ mod azure_ux;
 mod azure_check;
 // What the azure backend asks of the services, counted from serve's access log.
 mod azure_requests;
+// Reads a verb should not make, counted from serve's access log.
+mod azure_reads;
 
 // HSM CAs on azure: Key Vault signs what certroll builds; the keys never leave it.
 mod azure_hsm;

@@ -205,7 +205,7 @@ impl VaultIndex {
             }
         }
         match index.1.get(&tp) {
-            Some((name, version)) => Ok(vault.version(name, version)?.map(|v| v.cert_der)),
+            Some((name, version)) => vault.certificate_der(name, version),
             None => failure.map_or(Ok(None), Err),
         }
     }

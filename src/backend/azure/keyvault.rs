@@ -49,7 +49,14 @@
 //!   certificate never changes; its attributes change through certroll's writes); and the
 //!   listing of a name's versions, so a run decides on one listing per device (its plan's)
 //!   and finds a step's marked versions ([`Vault::versions_marked`]) in it: a version made by
-//!   another client or by Key Vault itself in between is seen by the next run.
+//!   another client or by Key Vault itself in between is seen by the next run. Also kept: a
+//!   name's key facts (`kty`, `exportable`) from the policy that comes with its newest version,
+//!   so a version read by id costs no policy read; a device's newest version read by
+//!   [`Vault::current`] (while fewer than `KEPT_NEWEST` names are kept), so `status` and
+//!   `check` after a roll read only the version the device presented; and the exportable key of
+//!   each version this process imported, so a hook delivery right after builds its PFX without
+//!   reading the key back (issue 12 item 6). All dropped, as the rest, when certroll writes to
+//!   the name.
 //!
 //! Every failure names the operation, the certificate and Key Vault's own status, error code and
 //! message ([`BackendError::Remote`]).
@@ -155,6 +162,13 @@ struct Kept {
     version: HashMap<String, HashMap<String, VaultVersion>>,
     /// The listing of a name's versions.
     listed: HashMap<String, Vec<ListedVersion>>,
+    /// `kty` and `exportable` of a name, from the policy Key Vault sent with its newest version
+    /// or answered on its own: a version read by id needs no policy read of its own.
+    key_facts: HashMap<String, (String, bool)>,
+    /// The exportable keys (PKCS#8 DER) of the versions this process imported, by name and
+    /// version: a delivery of a version just made builds its PFX without reading the key back
+    /// (its secret) from the vault. Never holds a key that is not exportable.
+    keys: HashMap<String, HashMap<String, zeroize::Zeroizing<Vec<u8>>>>,
 }
 
 impl Kept {
@@ -175,6 +189,11 @@ impl Kept {
 /// Kept listings beyond this many names are dropped (memory stays bounded on any fleet; a
 /// dropped listing is read again when asked for).
 const KEPT_LISTINGS: usize = 100_000;
+
+/// Newest versions read ([`Vault::current`]) are kept only while the versions of fewer names
+/// than this are kept: `status` and `check` of a large fleet read every device's, and keeping
+/// them all would grow the process by the fleet's certificates.
+const KEPT_NEWEST: usize = 10_000;
 
 /// What an import answered: the new version's id, and the version when the answer shows all of
 /// it.
@@ -427,6 +446,8 @@ impl AzureVault {
         let mut kept = self.kept();
         kept.listed.remove(name);
         kept.version.remove(name);
+        kept.key_facts.remove(name);
+        kept.keys.remove(name);
         if is_ca_name(name) {
             kept.current.remove(name);
             kept.versions.remove(name);
@@ -487,39 +508,105 @@ impl AzureVault {
         Ok(out)
     }
 
-    /// Every version of a name, oldest first, as [`Vault::versions`]: from the kept listing
-    /// and the kept versions ([`Kept`]), reading by id (and the name's policy, once) only the
-    /// versions not kept.
-    fn versions_kept(&self, name: &str) -> Result<Vec<VaultVersion>> {
-        let listed = self.rt.block_on(self.listed_kept(name))?;
-        let mut out = Vec::with_capacity(listed.len());
-        let mut key = None;
-        for l in listed.iter().filter(|l| l.thumbprint.is_some() && !l.holder) {
-            let kept = self.kept().version_at(name, &l.version).cloned();
-            let v = match kept {
-                Some(v) => v,
-                None => {
-                    let Some(c) = self.rt.block_on(Self::get(&self.certs, name, Some(&l.version)))? else {
-                        continue;
-                    };
-                    if c.cer.is_none() {
-                        continue; // a pending request's placeholder is no issued version
-                    }
-                    if key.is_none() {
-                        key = Some(key_facts(
-                            self.rt.block_on(Self::get_policy(&self.certs, name))?.as_ref(),
-                        ));
-                    }
-                    let v = to_version(name, &c, key.as_ref().expect("read above"))?;
-                    self.kept().keep_version(v.clone());
-                    v
-                }
-            };
-            out.push(v);
+    /// The certificate (DER) of one version: the kept one's, else read by id alone (no policy:
+    /// the certificate is all a thumbprint look-up needs). None when the version does not exist
+    /// or is a pending request's placeholder.
+    pub fn certificate_der(&self, name: &str, version: &str) -> Result<Option<Vec<u8>>> {
+        if let Some(v) = self.kept().version_at(name, version) {
+            return Ok(Some(v.cert_der.clone()));
         }
+        Ok(self
+            .rt
+            .block_on(Self::get(&self.certs, name, Some(version)))?
+            .and_then(|c| c.cer))
+    }
+
+    /// Every version of a name, oldest first, as [`Vault::versions`]: from the kept listing
+    /// and the kept versions ([`Kept`]), reading by id (and the name's policy, once, unless its
+    /// key facts are kept) only the versions not kept.
+    fn versions_kept(&self, name: &str) -> Result<Vec<VaultVersion>> {
+        self.rt.block_on(self.versions_kept_async(name))
+    }
+
+    /// [`versions_kept`](Self::versions_kept), on the runtime: the versions not kept are read
+    /// `concurrency` at a time.
+    async fn versions_kept_async(&self, name: &str) -> Result<Vec<VaultVersion>> {
+        let listed = self.listed_kept(name).await?;
+        let mut found: Vec<Option<VaultVersion>> = {
+            let kept = self.kept();
+            listed
+                .iter()
+                .map(|l| kept.version_at(name, &l.version).cloned())
+                .collect()
+        };
+        // A pending request's placeholder (no thumbprint) is no issued version.
+        let missing: Vec<usize> = (0..listed.len())
+            .filter(|&i| found[i].is_none() && listed[i].thumbprint.is_some() && !listed[i].holder)
+            .collect();
+        if !missing.is_empty() {
+            let read: Vec<Option<Certificate>> = futures::stream::iter(
+                missing
+                    .iter()
+                    .map(|&i| Self::get(&self.certs, name, Some(&listed[i].version))),
+            )
+            .buffered(self.concurrency)
+            .try_collect()
+            .await?;
+            let key = self.key_facts_kept(name).await?;
+            for (i, c) in missing.into_iter().zip(read) {
+                let Some(c) = c.filter(|c| c.cer.is_some()) else {
+                    continue;
+                };
+                let v = to_version(name, &c, &key)?;
+                self.kept().keep_version(v.clone());
+                found[i] = Some(v);
+            }
+        }
+        let mut out: Vec<VaultVersion> = listed
+            .iter()
+            .zip(found)
+            .filter(|(l, _)| l.thumbprint.is_some() && !l.holder)
+            .filter_map(|(_, v)| v)
+            .collect();
         // As `all_versions`: oldest first, the listed order breaking ties of `created`.
         out.sort_by_key(|v| v.created);
         Ok(out)
+    }
+
+    /// `kty` and `exportable` of `name` ([`key_facts`]): kept from the policy Key Vault sent
+    /// with its newest version, or read from its policy (then kept).
+    async fn key_facts_kept(&self, name: &str) -> Result<(String, bool)> {
+        if let Some(k) = self.kept().key_facts.get(name) {
+            return Ok(k.clone());
+        }
+        let key = key_facts(Self::get_policy(&self.certs, name).await?.as_ref());
+        self.keep_key_facts(name, &key);
+        Ok(key)
+    }
+
+    /// Keeps the key facts of `name` (bounded as the listings are).
+    fn keep_key_facts(&self, name: &str, key: &(String, bool)) {
+        let mut kept = self.kept();
+        if kept.key_facts.len() >= KEPT_LISTINGS && !kept.key_facts.contains_key(name) {
+            kept.key_facts.clear();
+        }
+        kept.key_facts.insert(name.to_string(), key.clone());
+    }
+
+    /// The newest version of a name that is not a CA's ([`Vault::current`]), read from Key
+    /// Vault; the policy's key facts that come with it are kept, and the version too while
+    /// fewer than [`KEPT_NEWEST`] names' versions are kept (a later read of it by id, or of the
+    /// name's versions, then asks for no more than the other versions).
+    async fn newest_kept(&self, name: &str) -> Result<Option<VaultVersion>> {
+        let Some((v, _)) = Self::latest_with_policy(&self.certs, name).await? else {
+            return Ok(None);
+        };
+        self.keep_key_facts(name, &(v.kty.clone(), v.exportable));
+        let mut kept = self.kept();
+        if kept.version.len() < KEPT_NEWEST || kept.version.contains_key(name) {
+            kept.keep_version(v.clone());
+        }
+        Ok(Some(v))
     }
 
     /// The listing of `name`'s versions, as kept ([`Kept`]) or read (then kept); empty when the
@@ -576,11 +663,6 @@ impl AzureVault {
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(remote("get certificate", name, e)),
         }
-    }
-
-    /// The newest version of a name; None on 404.
-    async fn latest(certs: &CertificateClient, name: &str) -> Result<Option<VaultVersion>> {
-        Ok(Self::latest_with_policy(certs, name).await?.map(|(v, _)| v))
     }
 
     /// The newest version of a name with the name's policy (Key Vault sends the policy with the
@@ -856,7 +938,7 @@ impl AzureVault {
         let Some(c) = Self::get(&self.certs, name, Some(&found.version)).await? else {
             return Ok(None);
         };
-        let key = key_facts(Self::get_policy(&self.certs, name).await?.as_ref());
+        let key = self.key_facts_kept(name).await?;
         to_version(name, &c, &key).map(Some)
     }
 
@@ -1036,7 +1118,7 @@ fn model<T: serde::de::DeserializeOwned>(r: Response<T>, operation: &str, name: 
 impl Vault for AzureVault {
     fn current(&self, name: &str) -> Result<Option<VaultVersion>> {
         if !is_ca_name(name) {
-            return self.rt.block_on(Self::latest(&self.certs, name));
+            return self.rt.block_on(self.newest_kept(name));
         }
         if let Some(v) = self.kept().current.get(name) {
             return Ok(v.clone());
@@ -1054,14 +1136,10 @@ impl Vault for AzureVault {
     fn current_many(&self, names: &[String]) -> Result<Vec<Option<VaultVersion>>> {
         // One request per name, `concurrency` at a time, in the order asked.
         self.rt.block_on(async {
-            futures::stream::iter(names.iter().map(|n| {
-                let certs = self.certs.clone();
-                let n = n.clone();
-                async move { Self::latest(&certs, &n).await }
-            }))
-            .buffered(self.concurrency)
-            .try_collect()
-            .await
+            futures::stream::iter(names.iter().map(|n| self.newest_kept(n)))
+                .buffered(self.concurrency)
+                .try_collect()
+                .await
         })
     }
 
@@ -1092,12 +1170,17 @@ impl Vault for AzureVault {
     }
 
     fn versions_many(&self, names: &[String]) -> Result<Vec<Vec<VaultVersion>>> {
+        // A device's versions from its listing, reading by id only the versions not kept (the
+        // newest one `current_many` just read, say): `status` and `check` after a roll read the
+        // version a device presented, not all of them again with the policy.
         self.rt.block_on(async {
-            futures::stream::iter(
-                names
-                    .iter()
-                    .map(|n| Self::all_versions(self.certs.clone(), n.clone(), self.concurrency, true)),
-            )
+            futures::stream::iter(names.iter().map(|n| async move {
+                if is_ca_name(n) {
+                    Self::all_versions(self.certs.clone(), n.clone(), self.concurrency, true).await
+                } else {
+                    self.versions_kept_async(n).await
+                }
+            }))
             .buffered(self.concurrency)
             .try_collect()
             .await
@@ -1203,7 +1286,7 @@ impl Vault for AzureVault {
             if is_key_holder(p.tags.as_ref()) {
                 // A root's key holder shows as the newest version while its root is made: the
                 // name is listed with its newest other version (rare: one more request).
-                if let Some(v) = self.rt.block_on(Self::latest(&self.certs, &name))? {
+                if let Some((v, _)) = self.rt.block_on(Self::latest_with_policy(&self.certs, &name))? {
                     out.push(ListedCertificate {
                         name,
                         thumbprint: Some(crate::pki::sha1_thumbprint(&v.cert_der)),
@@ -1238,7 +1321,11 @@ impl Vault for AzureVault {
         if c.cer.is_none() {
             return Ok(None); // the pending request's placeholder, not an issued version
         }
-        let key = key_facts(self.policy_kept(name)?.as_ref());
+        let key = if is_ca_name(name) {
+            key_facts(self.policy_kept(name)?.as_ref())
+        } else {
+            self.rt.block_on(self.key_facts_kept(name))?
+        };
         let v = to_version(name, &c, &key)?;
         self.kept().keep_version(v.clone());
         Ok(Some(v))
@@ -1290,6 +1377,16 @@ impl Vault for AzureVault {
             if let Some(v) = shown {
                 kept.keep_version(v);
             }
+            let new = &batch[i];
+            if new.exportable {
+                if kept.keys.len() >= KEPT_LISTINGS && !kept.keys.contains_key(new.name) {
+                    kept.keys.clear();
+                }
+                kept.keys
+                    .entry(new.name.to_string())
+                    .or_default()
+                    .insert(id.clone(), zeroize::Zeroizing::new(new.key_pkcs8.to_vec()));
+            }
             ids[i] = id;
         }
         Ok(ids)
@@ -1301,6 +1398,16 @@ impl Vault for AzureVault {
             return Err(BackendError::Refused(format!(
                 "the key of `{name}` is not exportable: it stays in Key Vault, which signs with it"
             )));
+        }
+        // A version this process imported: the key it imported (a hook delivery right after).
+        let imported = self
+            .kept()
+            .keys
+            .get(name)
+            .and_then(|k| k.get(&version.version))
+            .cloned();
+        if let Some(pkcs8) = imported {
+            return Ok(PrivateKey::from_der_any(&pkcs8)?.0);
         }
         let secret = self.rt.block_on(async {
             let options = SecretClientGetSecretOptions {
