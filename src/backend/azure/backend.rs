@@ -758,6 +758,41 @@ impl AzureBackend {
         })
     }
 
+    /// The next page of the store's owed deliveries after device id `after` (advanced past
+    /// it), split into the fleet records still due and the rows owed nothing any more; None
+    /// once every row was read. A row is due while its device's fleet record names the owed
+    /// version and the plan gives the device a channel; a device that now holds another
+    /// version (or is gone), or whose channel the plan now sets to `none`, is owed nothing.
+    fn owed_page(&self, after: &mut String) -> Result<Option<OwedPage>> {
+        // A page of devices at a time, as a unit's deliveries go.
+        const PAGE: usize = 2048;
+        let page = self.vault.local().owed_deliveries(after, PAGE)?;
+        let Some(last) = page.last() else {
+            return Ok(None);
+        };
+        *after = last.0.clone();
+        let ids: Vec<String> = page.iter().map(|o| o.0.clone()).collect();
+        let records = self.vault.local().device_many(&ids)?;
+        let mut out = OwedPage {
+            due: Vec::new(),
+            stale: Vec::new(),
+        };
+        for ((id, name, version), record) in page.into_iter().zip(records) {
+            match record {
+                Some(r)
+                    if r.installed_version.as_deref() == Some(version.as_str())
+                        && r.cert_name == name
+                        && *self.delivery.channel(r.group.as_deref(), r.enrollment.as_deref())
+                            != Delivery::None =>
+                {
+                    out.due.push(r)
+                }
+                _ => out.stale.push((id, Some(version))),
+            }
+        }
+        Ok(Some(out))
+    }
+
     /// Fills in the certificate of assigned registration states: DPS's registration state does
     /// not carry it, but the hub identity DPS wrote when it assigned the device does (its
     /// primary thumbprint; a secondary one is certroll's own, added by an expiry roll).
@@ -1596,6 +1631,14 @@ fn same_access(a: &HubIdentity, b: &HubIdentity) -> bool {
         && same(&a.secondary_thumbprint, &b.secondary_thumbprint)
 }
 
+/// One page of owed deliveries (see `AzureBackend::owed_page`).
+struct OwedPage {
+    /// The fleet records whose delivery is still due.
+    due: Vec<DeviceRecord>,
+    /// `(device id, version)` of the rows owed nothing any more, to settle.
+    stale: Vec<(String, Option<String>)>,
+}
+
 /// What DPS showed of a registration: etag, last update, status (None: no registration).
 type Seen = Option<(Option<String>, Option<OffsetDateTime>, String)>;
 
@@ -1647,28 +1690,10 @@ impl Backend for AzureBackend {
     }
 
     fn owed_devices(&self) -> Result<Vec<String>> {
-        const PAGE: usize = 2048;
         let mut owed = Vec::new();
         let mut after = String::new();
-        loop {
-            let page = self.vault.local().owed_deliveries(&after, PAGE)?;
-            let Some(last) = page.last() else {
-                break;
-            };
-            after = last.0.clone();
-            let ids: Vec<String> = page.iter().map(|o| o.0.clone()).collect();
-            let records = self.vault.local().device_many(&ids)?;
-            // As `deliver_owed` judges a row still due.
-            for ((id, name, version), record) in page.into_iter().zip(records) {
-                if record.is_some_and(|r| {
-                    r.installed_version.as_deref() == Some(version.as_str())
-                        && r.cert_name == name
-                        && *self.delivery.channel(r.group.as_deref(), r.enrollment.as_deref())
-                            != Delivery::None
-                }) {
-                    owed.push(id);
-                }
-            }
+        while let Some(page) = self.owed_page(&mut after)? {
+            owed.extend(page.due.into_iter().map(|r| r.id));
         }
         Ok(owed)
     }
@@ -1683,35 +1708,9 @@ impl Backend for AzureBackend {
     }
 
     fn deliver_owed(&mut self, now: OffsetDateTime) -> Result<(u64, u64)> {
-        // A page of devices at a time, as a unit's deliveries go.
-        const PAGE: usize = 2048;
         let (mut delivered, mut waiting) = (0u64, 0u64);
         let mut after = String::new();
-        loop {
-            let page = self.vault.local().owed_deliveries(&after, PAGE)?;
-            let Some(last) = page.last() else {
-                break;
-            };
-            after = last.0.clone();
-            let ids: Vec<String> = page.iter().map(|o| o.0.clone()).collect();
-            let records = self.vault.local().device_many(&ids)?;
-            // A row whose device now holds another version (or is gone), or whose channel the
-            // plan now sets to `none`, is owed nothing any more.
-            let mut stale = Vec::new();
-            let mut due = Vec::new();
-            for ((id, name, version), record) in page.into_iter().zip(records) {
-                match record {
-                    Some(r)
-                        if r.installed_version.as_deref() == Some(version.as_str())
-                            && r.cert_name == name
-                            && *self.delivery.channel(r.group.as_deref(), r.enrollment.as_deref())
-                                != Delivery::None =>
-                    {
-                        due.push(r)
-                    }
-                    _ => stale.push((id, Some(version))),
-                }
-            }
+        while let Some(OwedPage { due, stale }) = self.owed_page(&mut after)? {
             self.vault.local_mut().settle_deliveries(&stale)?;
             if due.is_empty() {
                 continue;
