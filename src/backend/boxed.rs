@@ -467,6 +467,14 @@ impl Backend for Box<dyn Backend> {
         (**self).rollback()
     }
 
+    fn commit_then_register(
+        &mut self,
+        requests: &[RegistrationRequest],
+        now: OffsetDateTime,
+    ) -> Result<Vec<RegistrationState>> {
+        (**self).commit_then_register(requests, now)
+    }
+
     fn bulk_writes(&mut self, on: bool) {
         (**self).bulk_writes(on)
     }

@@ -164,6 +164,95 @@ fn a_roll_killed_between_its_commit_and_its_deliveries_delivers_them_on_rerun_on
     assert!(!r.stderr.contains("had not reached"), "{}", r.stderr);
 }
 
+/// `issue` killed right after its second unit committed (gw-2's version in Key Vault, its fleet
+/// record and what it is owed written), before its delivery ran: gw-1's unit was delivered and
+/// registered, gw-2 got nothing and `status` says it is owed its certificate. The rerun
+/// delivers gw-2 its version once (before, `issue` delivered inside its unit, so a kill after
+/// the deliveries redelivered the whole unit), gw-2 registers with it, and no version is made
+/// again; a third run delivers nothing.
+#[test]
+fn an_issue_killed_between_its_commit_and_its_deliveries_delivers_them_on_rerun_once() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    let (log, _) = recording_plans(&env, &serve);
+    let r = run_with(
+        &env,
+        &serve,
+        &[("CERTROLL_FAULT_BEFORE_DELIVERY", "2")],
+        &["issue", "-o", "json"],
+    );
+    assert_ne!(
+        r.code, 0,
+        "the fault aborts the issue: {}\n{}",
+        r.stdout, r.stderr
+    );
+    assert!(r.stderr.contains("fault injection"), "{}", r.stderr);
+    let first = versions(&env, &serve, "gw-1");
+    assert_eq!(
+        deliveries(&log),
+        vec![("gw-1".to_string(), first[0].clone())],
+        "the first unit delivered, the second was killed before its delivery"
+    );
+    assert_eq!(
+        versions(&env, &serve, "gw-2").len(),
+        1,
+        "gw-2's version is in the vault"
+    );
+    let s = run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
+        .ok()
+        .json();
+    let note = device(&s, "gw-2")["pending"]["note"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(note.contains("not delivered yet"), "{}", device(&s, "gw-2"));
+    assert_eq!(
+        device(&s, "gw-1")["pending"],
+        Value::Null,
+        "{}",
+        device(&s, "gw-1")
+    );
+
+    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("had not reached their devices") && r.stderr.contains("1 delivered now"),
+        "the rerun says what it delivered: {}",
+        r.stderr
+    );
+    assert!(
+        r.json()["rejected"].as_array().is_some_and(Vec::is_empty),
+        "{}",
+        r.stdout
+    );
+    let mut got = deliveries(&log);
+    got.sort();
+    let want: Vec<(String, String)> = ["gw-1", "gw-2"]
+        .iter()
+        .map(|id| {
+            let v = versions(&env, &serve, id);
+            assert_eq!(v.len(), 1, "{id}: no version made again: {v:?}");
+            (id.to_string(), v[0].clone())
+        })
+        .collect();
+    assert_eq!(got, want, "each device got its certificate once");
+    let s = run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
+        .ok()
+        .json();
+    for id in ["gw-1", "gw-2"] {
+        let d = device(&s, id);
+        assert!(d["installed"]["thumbprint"].is_string(), "{d}");
+        assert_eq!(d["pending"], Value::Null, "{d}");
+    }
+
+    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let mut again = deliveries(&log);
+    again.sort();
+    assert_eq!(again, got, "nothing owed any more");
+    assert!(!r.stderr.contains("had not reached"), "{}", r.stderr);
+}
+
 /// A delivery hook that fails leaves the certificate owed: `issue` reports the devices waiting,
 /// and its rerun, once the devices can be reached, delivers each its certificate once (before,
 /// the rerun found the fleet record current and never ran the hook again); a further rerun

@@ -1685,6 +1685,33 @@ impl Backend for AzureBackend {
         self.flush(OffsetDateTime::now_utc())
     }
 
+    fn commit_then_register(
+        &mut self,
+        requests: &[RegistrationRequest],
+        now: OffsetDateTime,
+    ) -> Result<Vec<RegistrationState>> {
+        if !self.held_cuts.is_empty() || requests.is_empty() {
+            // A held hub update delivers before the commit (see `commit`); with nothing to
+            // register, `commit` delivers after it.
+            self.commit()?;
+            return if requests.is_empty() {
+                Ok(Vec::new())
+            } else {
+                self.register(requests, now)
+            };
+        }
+        // The unit lands with what it owes; `register` then delivers (settling what each
+        // channel takes) and asks the devices to register, as after any commit.
+        if let Err(e) = self.vault.local_mut().commit() {
+            self.pending.clear();
+            return Err(e);
+        }
+        if !self.pending.is_empty() {
+            delivery::fault_before_delivery();
+        }
+        self.register(requests, now)
+    }
+
     fn owes_delivery(&self, id: &str, version: &str) -> Result<bool> {
         self.vault.local().owes_delivery(id, version)
     }
