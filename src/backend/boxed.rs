@@ -479,6 +479,10 @@ impl Backend for Box<dyn Backend> {
         (**self).bulk_writes(on)
     }
 
+    fn finish_deliveries(&mut self) -> Result<()> {
+        (**self).finish_deliveries()
+    }
+
     fn deliver_owed(&mut self, now: OffsetDateTime) -> Result<(u64, u64)> {
         (**self).deliver_owed(now)
     }

@@ -727,6 +727,15 @@ pub trait Backend: Vault + EnrollmentService + HubRegistry + Fleet + Journal + S
         Ok(())
     }
 
+    /// Waits for the deliveries a backend runs beside the next units' work (azure, during
+    /// [`bulk_writes`](Self::bulk_writes)) and records what became of them; call before
+    /// reading [`delivery_failure`](Self::delivery_failure) or
+    /// [`owed_devices`](Self::owed_devices). Returns the first error a delivery batch met
+    /// (what it did not deliver stays owed). The default has none running.
+    fn finish_deliveries(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// Delivers what earlier runs still owe devices through their delivery channel: the new
     /// certificates whose unit committed but whose delivery never ran (the process was killed in
     /// between) or did not reach the device (a hook failed, a device was offline). Each is

@@ -460,6 +460,8 @@ pub fn issue(
     }
     progress.finish();
     if !opts.dry_run {
+        // The last units' deliveries may still be under way beside them.
+        backend.finish_deliveries()?;
         report.deliveries_owed = backend.owed_devices()?.len() as u64;
     }
     Ok(report)

@@ -494,3 +494,122 @@ fn deliveries_start_while_later_imports_go_on_under_a_throttled_key_vault() {
         log[last_import]
     );
 }
+
+/// A roll of 150 group devices (units of 100: the plan imports at `vault_rate = 5`) against
+/// serve's Key Vault throttled at 25 requests a second, each device registering with DPS again
+/// whenever its delivery hook hands it a certificate (so each delivery shows in serve's access
+/// log). Every device's new certificate is imported and delivered once; the first unit's
+/// deliveries come after its imports (the unit committed first) and run beside the second
+/// unit's imports: one of them is answered between the second unit's first and last import
+/// (before, the second unit's imports started only once every delivery of the first had run).
+#[test]
+fn a_rolls_deliveries_run_beside_the_next_units_imports_under_a_throttled_key_vault() {
+    const N: usize = 150;
+    const UNIT: usize = 100;
+    let env = TestEnv::new();
+    let fleet = group_of(N);
+    let serve = start_serve(
+        &env,
+        &format!("{fleet}[serve.services.keyvault]\nrate_per_second = 25\nburst = 50\n"),
+    );
+    let plans = |hook: &str| {
+        env.write("device-hook.py", hook);
+        let delivery = format!(
+            "vault_rate = 5\ndelivery = \"hook\"\nhook = [\"python3\", \"{}\", \"{}\", \"{}\", \"{}\", \"{}\"]\n",
+            env.path("device-hook.py").display(),
+            serve.port(),
+            serve.start["id_scope"].as_str().unwrap(),
+            env.path("ca.pem").display(),
+            env.path("devices").display()
+        );
+        fleet_plans_with(&env, &serve, &fleet, &delivery);
+    };
+    plans(DEVICE_HOOK);
+    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let before = requests(&env).len();
+
+    // From now on each delivery registers the device again with what it was handed.
+    let booted = "if not os.path.exists(booted):";
+    assert!(DEVICE_HOOK.contains(booted));
+    plans(&DEVICE_HOOK.replace(booted, "if True:"));
+    let r = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["roll-secondary", "group:meters", "-o", "json"],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["deliveries_owed"], 0, "{}", r.stdout);
+
+    let log: Vec<String> = requests(&env).split_off(before);
+    let number = |i: usize| -> Option<usize> {
+        log[i]
+            .split("m-")
+            .nth(1)?
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .ok()
+    };
+    let imports: Vec<(usize, usize)> = (0..log.len())
+        .filter(|&i| {
+            log[i].starts_with("POST ")
+                && log[i].contains("/certificates/dev-m-")
+                && log[i].ends_with("/import")
+        })
+        .filter_map(|i| Some((i, number(i)?)))
+        .collect();
+    let registrations: Vec<(usize, usize)> = (0..log.len())
+        .filter(|&i| {
+            log[i].contains("global.azure-devices-provisioning.net") && log[i].contains("/registrations/m-")
+        })
+        .filter_map(|i| Some((i, number(i)?)))
+        .collect();
+    let distinct = |v: &[(usize, usize)]| {
+        v.iter()
+            .map(|x| x.1)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    assert_eq!(
+        (imports.len(), distinct(&imports)),
+        (N, N),
+        "each device's new certificate imported once"
+    );
+    assert_eq!(
+        (registrations.len(), distinct(&registrations)),
+        (N, N),
+        "each device delivered (and registered again) once"
+    );
+    // (request index, device number) → the request indices of one unit's devices.
+    let of_unit = |v: &[(usize, usize)], second: bool| -> Vec<usize> {
+        v.iter()
+            .filter(|(_, n)| (*n > UNIT) == second)
+            .map(|x| x.0)
+            .collect()
+    };
+    let last_first_import = *of_unit(&imports, false).iter().max().unwrap();
+    let second_unit = of_unit(&imports, true);
+    let (first_second_import, last_second_import) = (
+        *second_unit.iter().min().unwrap(),
+        *second_unit.iter().max().unwrap(),
+    );
+    assert!(
+        last_first_import < first_second_import,
+        "the units import one after the other: {log:?}"
+    );
+    let first_unit_deliveries = of_unit(&registrations, false);
+    assert!(
+        first_unit_deliveries.iter().all(|&i| i > last_first_import),
+        "a unit's deliveries come after its commit, so after its imports"
+    );
+    assert!(
+        first_unit_deliveries
+            .iter()
+            .any(|&i| first_second_import < i && i < last_second_import),
+        "none of the first unit's deliveries (requests {first_unit_deliveries:?}) came between the second unit's \
+         first import (request {first_second_import}) and its last (request {last_second_import})"
+    );
+}
