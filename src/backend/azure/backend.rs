@@ -24,13 +24,21 @@
 //! certificate, [`EnrollmentService::register`]; on Azure:
 //! - `install` records the fleet record in the local unit and queues a delivery for each device
 //!   whose handed-out version changed, recording it as *owed* in the same unit (store table
-//!   `owed_deliveries`; `none` owes nothing). Deliveries run when the services hold everything
-//!   the device will need (enrollment slots, hub thumbprints): at `register`, or right after the
-//!   unit commits, whichever comes first (outside a unit, at once). Each delivery the channel
-//!   takes is settled; one cut off by a kill after the commit, or that failed, stays owed, and
-//!   [`Backend::deliver_owed`] (called by `issue` and the rolls before their own work) delivers
-//!   it. Hooks run up to `[backend] delivery_concurrency` at once; direct methods are awaited
-//!   as many at once.
+//!   `owed_deliveries`; `none` owes nothing). One rule on every path: **a unit commits with
+//!   what it owes recorded, then delivers**, settling each delivery its channel takes (outside
+//!   a unit: at once). A kill after the commit re-delivers at most what was in flight (taken by
+//!   a channel, not yet settled); one cut off before it, or that failed, stays owed and visible
+//!   (`status`, `check`, the reports' `deliveries_owed`), and [`Backend::deliver_owed`] (called
+//!   by `issue` and the rolls before their own work) delivers it. Hooks run up to
+//!   `[backend] delivery_concurrency` at once; direct methods are awaited as many at once.
+//! - A unit that ends in registrations (`issue`'s) commits and then registers
+//!   ([`Backend::commit_then_register`]): `register` delivers first. A unit without them (an
+//!   expiry roll's) delivers after [`Backend::commit`]; during a run of chunked writes
+//!   ([`Backend::bulk_writes`]) on a thread of its own (the courier, with its own Key Vault and
+//!   IoT Hub clients), beside the next unit's imports, so a throttled Key Vault never idles the
+//!   delivery channel nor the channel the imports. What the courier delivered is settled
+//!   between units (before the next `begin`, after each `commit`), and waited for by
+//!   [`Backend::finish_deliveries`] (and on drop).
 //! - `register` becomes: deliver what is queued, ask each device to register again (direct method
 //!   `[backend] reprovision_method`, up to `delivery_concurrency` awaited at once; a device the
 //!   hub does not know or that is offline registers by itself when it next starts), then read the
@@ -38,13 +46,18 @@
 //!   counts as registered only when its state is `assigned` *with the new certificate*; otherwise
 //!   the answer is a state `waiting` whose error says what happened (the delivery's outcome, the
 //!   device's own answer, or the state DPS shows), which the verbs report per device.
-//! - A hub identity update that would shut out the certificate a device connects with now (a
-//!   breach drops the compromised thumbprint) is held back until the unit's deliveries ran, so
-//!   the direct method still reaches the device; then the hub holds only the new thumbprint.
-//!   Such a unit delivers and updates the hub *before* it commits (a held update must not be
-//!   lost to a kill after the commit): a kill in between leaves the unit to its rerun.
 //!   A device counts as registered with its new certificate only on fresh evidence: DPS's
 //!   record changed in this call, or the device answered the reprovision method with 200.
+//! - **The exception: units that re-provision devices inside a roll** (a device's breach, a
+//!   CA breach's replacements) deliver, register and update the hub *before* they commit. A hub
+//!   identity update that would shut out the certificate a device connects with now (a breach
+//!   drops the compromised thumbprint) is held back until the unit's deliveries ran, so the
+//!   direct method still reaches the device; then the hub holds only the new thumbprint, and
+//!   after the registration the roll takes the compromised thumbprint out of a hub the `never`
+//!   policy left alone. Nothing but the journal step itself records that these hub updates are
+//!   still to come: a step marked done before them would lose a leaked key's removal to a kill
+//!   after the commit. So the step stays open until they landed, and a kill re-runs it, which
+//!   re-delivers at most that unit (one device for a device's breach).
 //! - A delivery that does not happen (a hook failing, a device refusing or unreachable, `none`)
 //!   never undoes the unit: the certificate is in the vault and the enrollment, the old one keeps
 //!   working, and the outcome is logged (`tracing` warn) and reported by `register`. `none`
