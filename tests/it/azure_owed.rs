@@ -94,6 +94,38 @@ fn run_with(env: &TestEnv, serve: &Serve, extra: &[(&str, &str)], args: &[&str])
     crate::conformance::azure::run_plan(env, "azure", &vars, args)
 }
 
+/// After `issue` of [`FLEET`]'s two devices: the hook took each device's one vault version
+/// once, the devices registered with it (the hook's device does, on delivery: `status` shows
+/// it installed, nothing pending), and a further `issue` delivers nothing.
+fn each_device_got_its_one_version_once(env: &TestEnv, serve: &Serve, log: &std::path::Path) {
+    let mut got = deliveries(log);
+    got.sort();
+    let want: Vec<(String, String)> = ["gw-1", "gw-2"]
+        .iter()
+        .map(|id| {
+            let v = versions(env, serve, id);
+            assert_eq!(v.len(), 1, "{id}: one version, none made again: {v:?}");
+            (id.to_string(), v[0].clone())
+        })
+        .collect();
+    assert_eq!(got, want, "each device got its certificate once");
+    let s = run_fleet(env, serve, "azure", &["status", "-o", "json"])
+        .ok()
+        .json();
+    for id in ["gw-1", "gw-2"] {
+        let d = device(&s, id);
+        assert!(d["installed"]["thumbprint"].is_string(), "{d}");
+        assert_eq!(d["pending"], Value::Null, "{d}");
+    }
+
+    let r = run_fleet(env, serve, "azure", &["issue", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let mut again = deliveries(log);
+    again.sort();
+    assert_eq!(again, got, "nothing owed any more");
+    assert!(!r.stderr.contains("had not reached"), "{}", r.stderr);
+}
+
 /// A roll killed right after its unit committed (the new versions in Key Vault, the enrollments'
 /// slots and the fleet record written), before any delivery ran: no device got its certificate.
 /// The rerun finds nothing left to roll, yet delivers each device its new version, once; a
@@ -225,32 +257,7 @@ fn an_issue_killed_between_its_commit_and_its_deliveries_delivers_them_on_rerun_
         "{}",
         r.stdout
     );
-    let mut got = deliveries(&log);
-    got.sort();
-    let want: Vec<(String, String)> = ["gw-1", "gw-2"]
-        .iter()
-        .map(|id| {
-            let v = versions(&env, &serve, id);
-            assert_eq!(v.len(), 1, "{id}: no version made again: {v:?}");
-            (id.to_string(), v[0].clone())
-        })
-        .collect();
-    assert_eq!(got, want, "each device got its certificate once");
-    let s = run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
-        .ok()
-        .json();
-    for id in ["gw-1", "gw-2"] {
-        let d = device(&s, id);
-        assert!(d["installed"]["thumbprint"].is_string(), "{d}");
-        assert_eq!(d["pending"], Value::Null, "{d}");
-    }
-
-    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    let mut again = deliveries(&log);
-    again.sort();
-    assert_eq!(again, got, "nothing owed any more");
-    assert!(!r.stderr.contains("had not reached"), "{}", r.stderr);
+    each_device_got_its_one_version_once(&env, &serve, &log);
 }
 
 /// A delivery hook that fails leaves the certificate owed: `issue` reports the devices waiting,
@@ -286,32 +293,7 @@ fn a_failed_delivery_stays_owed_and_the_next_run_delivers_it_once() {
     std::fs::remove_file(&fail).unwrap();
     let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    let mut got = deliveries(&log);
-    got.sort();
-    let want: Vec<(String, String)> = ["gw-1", "gw-2"]
-        .iter()
-        .map(|id| {
-            let v = versions(&env, &serve, id);
-            assert_eq!(v.len(), 1, "{id}: one version: {v:?}");
-            (id.to_string(), v[0].clone())
-        })
-        .collect();
-    assert_eq!(got, want, "each device got its certificate once");
-    // The devices registered with it (the hook's device did, on delivery).
-    let s = run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
-        .ok()
-        .json();
-    for id in ["gw-1", "gw-2"] {
-        let d = device(&s, id);
-        assert!(d["installed"]["thumbprint"].is_string(), "{d}");
-        assert_eq!(d["pending"], Value::Null, "{d}");
-    }
-
-    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    let mut again = deliveries(&log);
-    again.sort();
-    assert_eq!(again, got, "nothing owed any more");
+    each_device_got_its_one_version_once(&env, &serve, &log);
 }
 
 /// A roll whose hook fails for both devices says so (trial az4, §2): each device is `rolled`
@@ -426,6 +408,31 @@ fn requests(env: &TestEnv) -> Vec<String> {
         .collect()
 }
 
+/// Serve with [`group_of`]`(n)` and its Key Vault throttled at 25 requests a second (burst 50).
+fn throttled_serve(env: &TestEnv, n: usize) -> (String, Serve) {
+    let fleet = group_of(n);
+    let serve = start_serve(
+        env,
+        &format!("{fleet}[serve.services.keyvault]\nrate_per_second = 25\nburst = 50\n"),
+    );
+    (fleet, serve)
+}
+
+/// The plans of `fleet` importing at 5 a second (`vault_rate = 5`: units of 100 devices),
+/// delivering through `hook` (a simulated device's script, as [`DEVICE_HOOK`]).
+fn throttled_plans(env: &TestEnv, serve: &Serve, fleet: &str, hook: &str) {
+    env.write("device-hook.py", hook);
+    let delivery = format!(
+        "vault_rate = 5\ndelivery = \"hook\"\nhook = [\"python3\", \"{}\", \"{}\", \"{}\", \"{}\", \"{}\"]\n",
+        env.path("device-hook.py").display(),
+        serve.port(),
+        serve.start["id_scope"].as_str().unwrap(),
+        env.path("ca.pem").display(),
+        env.path("devices").display()
+    );
+    fleet_plans_with(env, serve, fleet, &delivery);
+}
+
 /// `issue` of 130 group devices, the plan importing at 5 a second (`vault_rate = 5`: units of
 /// 100 devices) against serve's Key Vault throttled at 25 requests a second: the first device
 /// registers with DPS with the certificate its delivery hook was handed before the last device's
@@ -436,21 +443,8 @@ fn requests(env: &TestEnv) -> Vec<String> {
 fn deliveries_start_while_later_imports_go_on_under_a_throttled_key_vault() {
     const N: usize = 130;
     let env = TestEnv::new();
-    let fleet = group_of(N);
-    let serve = start_serve(
-        &env,
-        &format!("{fleet}[serve.services.keyvault]\nrate_per_second = 25\nburst = 50\n"),
-    );
-    env.write("device-hook.py", DEVICE_HOOK);
-    let delivery = format!(
-        "vault_rate = 5\ndelivery = \"hook\"\nhook = [\"python3\", \"{}\", \"{}\", \"{}\", \"{}\", \"{}\"]\n",
-        env.path("device-hook.py").display(),
-        serve.port(),
-        serve.start["id_scope"].as_str().unwrap(),
-        env.path("ca.pem").display(),
-        env.path("devices").display()
-    );
-    fleet_plans_with(&env, &serve, &fleet, &delivery);
+    let (fleet, serve) = throttled_serve(&env, N);
+    throttled_plans(&env, &serve, &fleet, DEVICE_HOOK);
     let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(
@@ -507,24 +501,8 @@ fn a_rolls_deliveries_run_beside_the_next_units_imports_under_a_throttled_key_va
     const N: usize = 150;
     const UNIT: usize = 100;
     let env = TestEnv::new();
-    let fleet = group_of(N);
-    let serve = start_serve(
-        &env,
-        &format!("{fleet}[serve.services.keyvault]\nrate_per_second = 25\nburst = 50\n"),
-    );
-    let plans = |hook: &str| {
-        env.write("device-hook.py", hook);
-        let delivery = format!(
-            "vault_rate = 5\ndelivery = \"hook\"\nhook = [\"python3\", \"{}\", \"{}\", \"{}\", \"{}\", \"{}\"]\n",
-            env.path("device-hook.py").display(),
-            serve.port(),
-            serve.start["id_scope"].as_str().unwrap(),
-            env.path("ca.pem").display(),
-            env.path("devices").display()
-        );
-        fleet_plans_with(&env, &serve, &fleet, &delivery);
-    };
-    plans(DEVICE_HOOK);
+    let (fleet, serve) = throttled_serve(&env, N);
+    throttled_plans(&env, &serve, &fleet, DEVICE_HOOK);
     let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let before = requests(&env).len();
@@ -532,7 +510,7 @@ fn a_rolls_deliveries_run_beside_the_next_units_imports_under_a_throttled_key_va
     // From now on each delivery registers the device again with what it was handed.
     let booted = "if not os.path.exists(booted):";
     assert!(DEVICE_HOOK.contains(booted));
-    plans(&DEVICE_HOOK.replace(booted, "if True:"));
+    throttled_plans(&env, &serve, &fleet, &DEVICE_HOOK.replace(booted, "if True:"));
     let r = run_fleet(
         &env,
         &serve,
