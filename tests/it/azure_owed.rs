@@ -400,11 +400,24 @@ fn group_of(n: usize) -> String {
 
 /// `METHOD host/path` of each of serve's access lines, in the order the answers went out.
 fn requests(env: &TestEnv) -> Vec<String> {
+    access_lines(env)
+        .into_iter()
+        .map(|(request, _)| request)
+        .collect()
+}
+
+/// `(METHOD host/path, status)` of each of serve's access lines, in the order the answers went
+/// out (each line is written before its answer).
+fn access_lines(env: &TestEnv) -> Vec<(String, String)> {
     std::fs::read_to_string(env.path("serve.log"))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split("certroll::serve::access: ").nth(1))
-        .map(|rest| rest.splitn(3, ' ').take(2).collect::<Vec<_>>().join(" "))
+        .map(|rest| {
+            let mut words = rest.split(' ');
+            let request = words.by_ref().take(2).collect::<Vec<_>>().join(" ");
+            (request, words.next().unwrap_or_default().to_string())
+        })
         .collect()
 }
 
@@ -505,7 +518,7 @@ fn a_rolls_deliveries_run_beside_the_next_units_imports_under_a_throttled_key_va
     throttled_plans(&env, &serve, &fleet, DEVICE_HOOK);
     let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    let before = requests(&env).len();
+    let before = access_lines(&env).len();
 
     // From now on each delivery registers the device again with what it was handed.
     let booted = "if not os.path.exists(booted):";
@@ -520,7 +533,13 @@ fn a_rolls_deliveries_run_beside_the_next_units_imports_under_a_throttled_key_va
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(r.json()["deliveries_owed"], 0, "{}", r.stdout);
 
-    let log: Vec<String> = requests(&env).split_off(before);
+    // What serve did (a try it throttled with 429 is no import nor registration).
+    let log: Vec<String> = access_lines(&env)
+        .split_off(before)
+        .into_iter()
+        .filter(|(_, status)| status.starts_with('2'))
+        .map(|(request, _)| request)
+        .collect();
     let number = |i: usize| -> Option<usize> {
         log[i]
             .split("m-")
@@ -576,7 +595,8 @@ fn a_rolls_deliveries_run_beside_the_next_units_imports_under_a_throttled_key_va
     );
     assert!(
         last_first_import < first_second_import,
-        "the units import one after the other: {log:?}"
+        "the units import one after the other: the first's last import is request {last_first_import}, \
+         the second's first is request {first_second_import}"
     );
     let first_unit_deliveries = of_unit(&registrations, false);
     assert!(
