@@ -505,10 +505,11 @@ fn deliveries_start_while_later_imports_go_on_under_a_throttled_key_vault() {
 /// A roll of 150 group devices (units of 100: the plan imports at `vault_rate = 5`) against
 /// serve's Key Vault throttled at 25 requests a second, each device registering with DPS again
 /// whenever its delivery hook hands it a certificate (so each delivery shows in serve's access
-/// log). Every device's new certificate is imported and delivered once; the first unit's
-/// deliveries come after its imports (the unit committed first) and run beside the second
-/// unit's imports: one of them is answered between the second unit's first and last import
-/// (before, the second unit's imports started only once every delivery of the first had run).
+/// log, as does the delivery's read of the device's key for its PFX). Every device's new
+/// certificate is imported and delivered once; the first unit's deliveries come after its
+/// imports (the unit committed first) and run beside the second unit's imports: one of their
+/// requests is answered between the second unit's first and last import (before, the second
+/// unit's imports started only once every delivery of the first had run).
 #[test]
 fn a_rolls_deliveries_run_beside_the_next_units_imports_under_a_throttled_key_vault() {
     const N: usize = 150;
@@ -598,7 +599,17 @@ fn a_rolls_deliveries_run_beside_the_next_units_imports_under_a_throttled_key_va
         "the units import one after the other: the first's last import is request {last_first_import}, \
          the second's first is request {first_second_import}"
     );
-    let first_unit_deliveries = of_unit(&registrations, false);
+    // A hook delivery starts by reading the device's key from Key Vault for its PFX (nothing
+    // else in this roll reads a device's secret); its device registers when the hook runs.
+    let key_reads: Vec<(usize, usize)> = (0..log.len())
+        .filter(|&i| log[i].starts_with("GET ") && log[i].contains("/secrets/dev-m-"))
+        .filter_map(|i| Some((i, number(i)?)))
+        .collect();
+    assert_eq!(distinct(&key_reads), N, "each delivery read its device's key");
+    let first_unit_deliveries: Vec<usize> = of_unit(&key_reads, false)
+        .into_iter()
+        .chain(of_unit(&registrations, false))
+        .collect();
     assert!(
         first_unit_deliveries.iter().all(|&i| i > last_first_import),
         "a unit's deliveries come after its commit, so after its imports"
@@ -607,7 +618,8 @@ fn a_rolls_deliveries_run_beside_the_next_units_imports_under_a_throttled_key_va
         first_unit_deliveries
             .iter()
             .any(|&i| first_second_import < i && i < last_second_import),
-        "none of the first unit's deliveries (requests {first_unit_deliveries:?}) came between the second unit's \
-         first import (request {first_second_import}) and its last (request {last_second_import})"
+        "none of the first unit's deliveries (key reads and registrations: requests {first_unit_deliveries:?}) \
+         came between the second unit's first import (request {first_second_import}) and its last (request \
+         {last_second_import})"
     );
 }
