@@ -476,8 +476,20 @@ impl Backend for Box<dyn Backend> {
         (**self).rollback()
     }
 
+    fn commit_then_register(
+        &mut self,
+        requests: &[RegistrationRequest],
+        now: OffsetDateTime,
+    ) -> Result<Vec<RegistrationState>> {
+        (**self).commit_then_register(requests, now)
+    }
+
     fn bulk_writes(&mut self, on: bool) {
         (**self).bulk_writes(on)
+    }
+
+    fn finish_deliveries(&mut self) -> Result<()> {
+        (**self).finish_deliveries()
     }
 
     fn deliver_owed(&mut self, now: OffsetDateTime) -> Result<(u64, u64)> {

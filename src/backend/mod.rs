@@ -654,6 +654,29 @@ pub trait Backend: Vault + EnrollmentService + HubRegistry + Fleet + Journal + S
         Ok(())
     }
 
+    /// Commits the open unit, then registers `requests` ([`EnrollmentService::register`]),
+    /// returning one state per request. Where the registration is data of the unit (the local
+    /// backend: the default) it is made inside the unit and lands with it. Where the new
+    /// certificates first have to reach the devices (azure), the unit commits with each
+    /// delivery recorded as owed, and the registration delivers them, settling each one the
+    /// channel takes, then asks the devices to register: a kill between the commit and the
+    /// deliveries leaves them owed, and the next run delivers them
+    /// ([`deliver_owed`](Self::deliver_owed)); one before the commit redelivers nothing.
+    /// An error before the commit leaves the unit open for the caller to roll back.
+    fn commit_then_register(
+        &mut self,
+        requests: &[RegistrationRequest],
+        now: OffsetDateTime,
+    ) -> Result<Vec<RegistrationState>> {
+        let states = if requests.is_empty() {
+            Vec::new()
+        } else {
+            self.register(requests, now)?
+        };
+        self.commit()?;
+        Ok(states)
+    }
+
     /// Abandons the unit of work (what a remote backend already applied stays applied; every
     /// verb is written so that a rerun finishes it).
     fn rollback(&mut self) {}
@@ -719,6 +742,15 @@ pub trait Backend: Vault + EnrollmentService + HubRegistry + Fleet + Journal + S
         if !identities.is_empty() {
             self.update_identities(identities, now)?;
         }
+        Ok(())
+    }
+
+    /// Waits for the deliveries a backend runs beside the next units' work (azure, during
+    /// [`bulk_writes`](Self::bulk_writes)) and records what became of them; call before
+    /// reading [`delivery_failure`](Self::delivery_failure) or
+    /// [`owed_devices`](Self::owed_devices). Returns the first error a delivery batch met
+    /// (what it did not deliver stays owed). The default has none running.
+    fn finish_deliveries(&mut self) -> Result<()> {
         Ok(())
     }
 

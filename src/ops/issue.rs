@@ -460,6 +460,8 @@ pub fn issue(
     }
     progress.finish();
     if !opts.dry_run {
+        // The last units' deliveries may still be under way beside them.
+        backend.finish_deliveries()?;
         report.deliveries_owed = backend.owed_devices()?.len() as u64;
     }
     Ok(report)
@@ -1012,7 +1014,9 @@ fn generate_here(
     Ok(fresh)
 }
 
-/// Stores one chunk as one unit of work: a crash leaves it wholly done or wholly not.
+/// Stores one chunk as one unit of work: a crash leaves it wholly done or wholly not. The
+/// devices register once it committed ([`Backend::commit_then_register`]): on azure their new
+/// certificates are delivered first, and a kill in between leaves them owed to the next run.
 fn store_in_one_unit(
     unit: &Unit<'_>,
     policy: &Policy,
@@ -1022,12 +1026,43 @@ fn store_in_one_unit(
     backend: &mut dyn Backend,
     now: OffsetDateTime,
 ) -> Result<Vec<Rejection>> {
-    crate::backend::in_one_unit(backend, |b| {
-        store_chunk(unit, policy, issuer, needs, fresh, b, now)
-    })
+    if backend.in_unit() {
+        // Already inside a unit (a serve request's): the outer unit commits or abandons all.
+        let requests = store_chunk(unit, policy, issuer, needs, fresh, backend, now)?;
+        let states = if requests.is_empty() {
+            Vec::new()
+        } else {
+            backend.register(&requests, now)?
+        };
+        return Ok(rejections(&requests, states));
+    }
+    backend.begin()?;
+    let stored = store_chunk(unit, policy, issuer, needs, fresh, backend, now)
+        .and_then(|requests| Ok((backend.commit_then_register(&requests, now)?, requests)));
+    match stored {
+        Ok((states, requests)) => Ok(rejections(&requests, states)),
+        Err(e) => {
+            backend.rollback();
+            Err(e)
+        }
+    }
 }
 
-/// Writes a chunk: vault versions, installs, enrollments, then the registrations.
+/// The devices DPS did not assign, each with why.
+fn rejections(requests: &[RegistrationRequest], states: Vec<RegistrationState>) -> Vec<Rejection> {
+    requests
+        .iter()
+        .zip(states)
+        .filter(|(_, state)| state.status != "assigned")
+        .map(|(req, state)| Rejection {
+            device: req.registration_id.clone(),
+            reason: state.error.unwrap_or_else(|| "refused".into()),
+        })
+        .collect()
+}
+
+/// Writes a chunk: vault versions, installs, enrollments. Returns the registrations the
+/// chunk's devices make next.
 fn store_chunk(
     unit: &Unit<'_>,
     policy: &Policy,
@@ -1036,7 +1071,7 @@ fn store_chunk(
     fresh: Fresh,
     backend: &mut dyn Backend,
     now: OffsetDateTime,
-) -> Result<Vec<Rejection>> {
+) -> Result<Vec<RegistrationRequest>> {
     let names: Vec<String> = fresh
         .iter()
         .map(|(i, _, _, _)| device_cert_name(&needs[*i].id))
@@ -1125,16 +1160,5 @@ fn store_chunk(
             })
         })
         .collect();
-    let mut rejected = Vec::new();
-    if !requests.is_empty() {
-        for (req, state) in requests.iter().zip(backend.register(&requests, now)?) {
-            if state.status != "assigned" {
-                rejected.push(Rejection {
-                    device: req.registration_id.clone(),
-                    reason: state.error.unwrap_or_else(|| "refused".into()),
-                });
-            }
-        }
-    }
-    Ok(rejected)
+    Ok(requests)
 }

@@ -94,6 +94,38 @@ fn run_with(env: &TestEnv, serve: &Serve, extra: &[(&str, &str)], args: &[&str])
     crate::conformance::azure::run_plan(env, "azure", &vars, args)
 }
 
+/// After `issue` of [`FLEET`]'s two devices: the hook took each device's one vault version
+/// once, the devices registered with it (the hook's device does, on delivery: `status` shows
+/// it installed, nothing pending), and a further `issue` delivers nothing.
+fn each_device_got_its_one_version_once(env: &TestEnv, serve: &Serve, log: &std::path::Path) {
+    let mut got = deliveries(log);
+    got.sort();
+    let want: Vec<(String, String)> = ["gw-1", "gw-2"]
+        .iter()
+        .map(|id| {
+            let v = versions(env, serve, id);
+            assert_eq!(v.len(), 1, "{id}: one version, none made again: {v:?}");
+            (id.to_string(), v[0].clone())
+        })
+        .collect();
+    assert_eq!(got, want, "each device got its certificate once");
+    let s = run_fleet(env, serve, "azure", &["status", "-o", "json"])
+        .ok()
+        .json();
+    for id in ["gw-1", "gw-2"] {
+        let d = device(&s, id);
+        assert!(d["installed"]["thumbprint"].is_string(), "{d}");
+        assert_eq!(d["pending"], Value::Null, "{d}");
+    }
+
+    let r = run_fleet(env, serve, "azure", &["issue", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let mut again = deliveries(log);
+    again.sort();
+    assert_eq!(again, got, "nothing owed any more");
+    assert!(!r.stderr.contains("had not reached"), "{}", r.stderr);
+}
+
 /// A roll killed right after its unit committed (the new versions in Key Vault, the enrollments'
 /// slots and the fleet record written), before any delivery ran: no device got its certificate.
 /// The rerun finds nothing left to roll, yet delivers each device its new version, once; a
@@ -164,6 +196,70 @@ fn a_roll_killed_between_its_commit_and_its_deliveries_delivers_them_on_rerun_on
     assert!(!r.stderr.contains("had not reached"), "{}", r.stderr);
 }
 
+/// `issue` killed right after its second unit committed (gw-2's version in Key Vault, its fleet
+/// record and what it is owed written), before its delivery ran: gw-1's unit was delivered and
+/// registered, gw-2 got nothing and `status` says it is owed its certificate. The rerun
+/// delivers gw-2 its version once (before, `issue` delivered inside its unit, so a kill after
+/// the deliveries redelivered the whole unit), gw-2 registers with it, and no version is made
+/// again; a third run delivers nothing.
+#[test]
+fn an_issue_killed_between_its_commit_and_its_deliveries_delivers_them_on_rerun_once() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    let (log, _) = recording_plans(&env, &serve);
+    let r = run_with(
+        &env,
+        &serve,
+        &[("CERTROLL_FAULT_BEFORE_DELIVERY", "2")],
+        &["issue", "-o", "json"],
+    );
+    assert_ne!(
+        r.code, 0,
+        "the fault aborts the issue: {}\n{}",
+        r.stdout, r.stderr
+    );
+    assert!(r.stderr.contains("fault injection"), "{}", r.stderr);
+    let first = versions(&env, &serve, "gw-1");
+    assert_eq!(
+        deliveries(&log),
+        vec![("gw-1".to_string(), first[0].clone())],
+        "the first unit delivered, the second was killed before its delivery"
+    );
+    assert_eq!(
+        versions(&env, &serve, "gw-2").len(),
+        1,
+        "gw-2's version is in the vault"
+    );
+    let s = run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
+        .ok()
+        .json();
+    let note = device(&s, "gw-2")["pending"]["note"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(note.contains("not delivered yet"), "{}", device(&s, "gw-2"));
+    assert_eq!(
+        device(&s, "gw-1")["pending"],
+        Value::Null,
+        "{}",
+        device(&s, "gw-1")
+    );
+
+    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("had not reached their devices") && r.stderr.contains("1 delivered now"),
+        "the rerun says what it delivered: {}",
+        r.stderr
+    );
+    assert!(
+        r.json()["rejected"].as_array().is_some_and(Vec::is_empty),
+        "{}",
+        r.stdout
+    );
+    each_device_got_its_one_version_once(&env, &serve, &log);
+}
+
 /// A delivery hook that fails leaves the certificate owed: `issue` reports the devices waiting,
 /// and its rerun, once the devices can be reached, delivers each its certificate once (before,
 /// the rerun found the fleet record current and never ran the hook again); a further rerun
@@ -197,32 +293,7 @@ fn a_failed_delivery_stays_owed_and_the_next_run_delivers_it_once() {
     std::fs::remove_file(&fail).unwrap();
     let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    let mut got = deliveries(&log);
-    got.sort();
-    let want: Vec<(String, String)> = ["gw-1", "gw-2"]
-        .iter()
-        .map(|id| {
-            let v = versions(&env, &serve, id);
-            assert_eq!(v.len(), 1, "{id}: one version: {v:?}");
-            (id.to_string(), v[0].clone())
-        })
-        .collect();
-    assert_eq!(got, want, "each device got its certificate once");
-    // The devices registered with it (the hook's device did, on delivery).
-    let s = run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
-        .ok()
-        .json();
-    for id in ["gw-1", "gw-2"] {
-        let d = device(&s, id);
-        assert!(d["installed"]["thumbprint"].is_string(), "{d}");
-        assert_eq!(d["pending"], Value::Null, "{d}");
-    }
-
-    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    let mut again = deliveries(&log);
-    again.sort();
-    assert_eq!(again, got, "nothing owed any more");
+    each_device_got_its_one_version_once(&env, &serve, &log);
 }
 
 /// A roll whose hook fails for both devices says so (trial az4, §2): each device is `rolled`
@@ -329,12 +400,50 @@ fn group_of(n: usize) -> String {
 
 /// `METHOD host/path` of each of serve's access lines, in the order the answers went out.
 fn requests(env: &TestEnv) -> Vec<String> {
+    access_lines(env)
+        .into_iter()
+        .map(|(request, _)| request)
+        .collect()
+}
+
+/// `(METHOD host/path, status)` of each of serve's access lines, in the order the answers went
+/// out (each line is written before its answer).
+fn access_lines(env: &TestEnv) -> Vec<(String, String)> {
     std::fs::read_to_string(env.path("serve.log"))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split("certroll::serve::access: ").nth(1))
-        .map(|rest| rest.splitn(3, ' ').take(2).collect::<Vec<_>>().join(" "))
+        .map(|rest| {
+            let mut words = rest.split(' ');
+            let request = words.by_ref().take(2).collect::<Vec<_>>().join(" ");
+            (request, words.next().unwrap_or_default().to_string())
+        })
         .collect()
+}
+
+/// Serve with [`group_of`]`(n)` and its Key Vault throttled at 25 requests a second (burst 50).
+fn throttled_serve(env: &TestEnv, n: usize) -> (String, Serve) {
+    let fleet = group_of(n);
+    let serve = start_serve(
+        env,
+        &format!("{fleet}[serve.services.keyvault]\nrate_per_second = 25\nburst = 50\n"),
+    );
+    (fleet, serve)
+}
+
+/// The plans of `fleet` importing at 5 a second (`vault_rate = 5`: units of 100 devices),
+/// delivering through `hook` (a simulated device's script, as [`DEVICE_HOOK`]).
+fn throttled_plans(env: &TestEnv, serve: &Serve, fleet: &str, hook: &str) {
+    env.write("device-hook.py", hook);
+    let delivery = format!(
+        "vault_rate = 5\ndelivery = \"hook\"\nhook = [\"python3\", \"{}\", \"{}\", \"{}\", \"{}\", \"{}\"]\n",
+        env.path("device-hook.py").display(),
+        serve.port(),
+        serve.start["id_scope"].as_str().unwrap(),
+        env.path("ca.pem").display(),
+        env.path("devices").display()
+    );
+    fleet_plans_with(env, serve, fleet, &delivery);
 }
 
 /// `issue` of 130 group devices, the plan importing at 5 a second (`vault_rate = 5`: units of
@@ -347,21 +456,8 @@ fn requests(env: &TestEnv) -> Vec<String> {
 fn deliveries_start_while_later_imports_go_on_under_a_throttled_key_vault() {
     const N: usize = 130;
     let env = TestEnv::new();
-    let fleet = group_of(N);
-    let serve = start_serve(
-        &env,
-        &format!("{fleet}[serve.services.keyvault]\nrate_per_second = 25\nburst = 50\n"),
-    );
-    env.write("device-hook.py", DEVICE_HOOK);
-    let delivery = format!(
-        "vault_rate = 5\ndelivery = \"hook\"\nhook = [\"python3\", \"{}\", \"{}\", \"{}\", \"{}\", \"{}\"]\n",
-        env.path("device-hook.py").display(),
-        serve.port(),
-        serve.start["id_scope"].as_str().unwrap(),
-        env.path("ca.pem").display(),
-        env.path("devices").display()
-    );
-    fleet_plans_with(&env, &serve, &fleet, &delivery);
+    let (fleet, serve) = throttled_serve(&env, N);
+    throttled_plans(&env, &serve, &fleet, DEVICE_HOOK);
     let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(
@@ -403,5 +499,127 @@ fn deliveries_start_while_later_imports_go_on_under_a_throttled_key_vault() {
          (request {last_import}: {})",
         log[first_registration],
         log[last_import]
+    );
+}
+
+/// A roll of 150 group devices (units of 100: the plan imports at `vault_rate = 5`) against
+/// serve's Key Vault throttled at 25 requests a second, each device registering with DPS again
+/// whenever its delivery hook hands it a certificate (so each delivery shows in serve's access
+/// log, as does the delivery's read of the device's key for its PFX). Every device's new
+/// certificate is imported and delivered once; the first unit's deliveries come after its
+/// imports (the unit committed first) and run beside the second unit's imports: one of their
+/// requests is answered between the second unit's first and last import (before, the second
+/// unit's imports started only once every delivery of the first had run).
+#[test]
+fn a_rolls_deliveries_run_beside_the_next_units_imports_under_a_throttled_key_vault() {
+    const N: usize = 150;
+    const UNIT: usize = 100;
+    let env = TestEnv::new();
+    let (fleet, serve) = throttled_serve(&env, N);
+    throttled_plans(&env, &serve, &fleet, DEVICE_HOOK);
+    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let before = access_lines(&env).len();
+
+    // From now on each delivery registers the device again with what it was handed.
+    let booted = "if not os.path.exists(booted):";
+    assert!(DEVICE_HOOK.contains(booted));
+    throttled_plans(&env, &serve, &fleet, &DEVICE_HOOK.replace(booted, "if True:"));
+    let r = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["roll-secondary", "group:meters", "-o", "json"],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["deliveries_owed"], 0, "{}", r.stdout);
+
+    // What serve did (a try it throttled with 429 is no import nor registration).
+    let log: Vec<String> = access_lines(&env)
+        .split_off(before)
+        .into_iter()
+        .filter(|(_, status)| status.starts_with('2'))
+        .map(|(request, _)| request)
+        .collect();
+    let number = |i: usize| -> Option<usize> {
+        log[i]
+            .split("m-")
+            .nth(1)?
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .ok()
+    };
+    let imports: Vec<(usize, usize)> = (0..log.len())
+        .filter(|&i| {
+            log[i].starts_with("POST ")
+                && log[i].contains("/certificates/dev-m-")
+                && log[i].ends_with("/import")
+        })
+        .filter_map(|i| Some((i, number(i)?)))
+        .collect();
+    let registrations: Vec<(usize, usize)> = (0..log.len())
+        .filter(|&i| {
+            log[i].contains("global.azure-devices-provisioning.net") && log[i].contains("/registrations/m-")
+        })
+        .filter_map(|i| Some((i, number(i)?)))
+        .collect();
+    let distinct = |v: &[(usize, usize)]| {
+        v.iter()
+            .map(|x| x.1)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    assert_eq!(
+        (imports.len(), distinct(&imports)),
+        (N, N),
+        "each device's new certificate imported once"
+    );
+    assert_eq!(
+        (registrations.len(), distinct(&registrations)),
+        (N, N),
+        "each device delivered (and registered again) once"
+    );
+    // (request index, device number) → the request indices of one unit's devices.
+    let of_unit = |v: &[(usize, usize)], second: bool| -> Vec<usize> {
+        v.iter()
+            .filter(|(_, n)| (*n > UNIT) == second)
+            .map(|x| x.0)
+            .collect()
+    };
+    let last_first_import = *of_unit(&imports, false).iter().max().unwrap();
+    let second_unit = of_unit(&imports, true);
+    let (first_second_import, last_second_import) = (
+        *second_unit.iter().min().unwrap(),
+        *second_unit.iter().max().unwrap(),
+    );
+    assert!(
+        last_first_import < first_second_import,
+        "the units import one after the other: the first's last import is request {last_first_import}, \
+         the second's first is request {first_second_import}"
+    );
+    // A hook delivery starts by reading the device's key from Key Vault for its PFX (nothing
+    // else in this roll reads a device's secret); its device registers when the hook runs.
+    let key_reads: Vec<(usize, usize)> = (0..log.len())
+        .filter(|&i| log[i].starts_with("GET ") && log[i].contains("/secrets/dev-m-"))
+        .filter_map(|i| Some((i, number(i)?)))
+        .collect();
+    assert_eq!(distinct(&key_reads), N, "each delivery read its device's key");
+    let first_unit_deliveries: Vec<usize> = of_unit(&key_reads, false)
+        .into_iter()
+        .chain(of_unit(&registrations, false))
+        .collect();
+    assert!(
+        first_unit_deliveries.iter().all(|&i| i > last_first_import),
+        "a unit's deliveries come after its commit, so after its imports"
+    );
+    assert!(
+        first_unit_deliveries
+            .iter()
+            .any(|&i| first_second_import < i && i < last_second_import),
+        "none of the first unit's deliveries (key reads and registrations: requests {first_unit_deliveries:?}) \
+         came between the second unit's first import (request {first_second_import}) and its last (request \
+         {last_second_import})"
     );
 }

@@ -24,13 +24,21 @@
 //! certificate, [`EnrollmentService::register`]; on Azure:
 //! - `install` records the fleet record in the local unit and queues a delivery for each device
 //!   whose handed-out version changed, recording it as *owed* in the same unit (store table
-//!   `owed_deliveries`; `none` owes nothing). Deliveries run when the services hold everything
-//!   the device will need (enrollment slots, hub thumbprints): at `register`, or right after the
-//!   unit commits, whichever comes first (outside a unit, at once). Each delivery the channel
-//!   takes is settled; one cut off by a kill after the commit, or that failed, stays owed, and
-//!   [`Backend::deliver_owed`] (called by `issue` and the rolls before their own work) delivers
-//!   it. Hooks run up to `[backend] delivery_concurrency` at once; direct methods are awaited
-//!   as many at once.
+//!   `owed_deliveries`; `none` owes nothing). One rule on every path: **a unit commits with
+//!   what it owes recorded, then delivers**, settling each delivery its channel takes (outside
+//!   a unit: at once). A kill after the commit re-delivers at most what was in flight (taken by
+//!   a channel, not yet settled); one cut off before it, or that failed, stays owed and visible
+//!   (`status`, `check`, the reports' `deliveries_owed`), and [`Backend::deliver_owed`] (called
+//!   by `issue` and the rolls before their own work) delivers it. Hooks run up to
+//!   `[backend] delivery_concurrency` at once; direct methods are awaited as many at once.
+//! - A unit that ends in registrations (`issue`'s) commits and then registers
+//!   ([`Backend::commit_then_register`]): `register` delivers first. A unit without them (an
+//!   expiry roll's) delivers after [`Backend::commit`]; during a run of chunked writes
+//!   ([`Backend::bulk_writes`]) on a thread of its own (the courier, with its own Key Vault and
+//!   IoT Hub clients), beside the next unit's imports, so a throttled Key Vault never idles the
+//!   delivery channel nor the channel the imports. What the courier delivered is settled
+//!   between units (before the next `begin`, after each `commit`), and waited for by
+//!   [`Backend::finish_deliveries`] (and on drop).
 //! - `register` becomes: deliver what is queued, ask each device to register again (direct method
 //!   `[backend] reprovision_method`, up to `delivery_concurrency` awaited at once; a device the
 //!   hub does not know or that is offline registers by itself when it next starts), then read the
@@ -38,13 +46,18 @@
 //!   counts as registered only when its state is `assigned` *with the new certificate*; otherwise
 //!   the answer is a state `waiting` whose error says what happened (the delivery's outcome, the
 //!   device's own answer, or the state DPS shows), which the verbs report per device.
-//! - A hub identity update that would shut out the certificate a device connects with now (a
-//!   breach drops the compromised thumbprint) is held back until the unit's deliveries ran, so
-//!   the direct method still reaches the device; then the hub holds only the new thumbprint.
-//!   Such a unit delivers and updates the hub *before* it commits (a held update must not be
-//!   lost to a kill after the commit): a kill in between leaves the unit to its rerun.
 //!   A device counts as registered with its new certificate only on fresh evidence: DPS's
 //!   record changed in this call, or the device answered the reprovision method with 200.
+//! - **The exception: units that re-provision devices inside a roll** (a device's breach, a
+//!   CA breach's replacements) deliver, register and update the hub *before* they commit. A hub
+//!   identity update that would shut out the certificate a device connects with now (a breach
+//!   drops the compromised thumbprint) is held back until the unit's deliveries ran, so the
+//!   direct method still reaches the device; then the hub holds only the new thumbprint, and
+//!   after the registration the roll takes the compromised thumbprint out of a hub the `never`
+//!   policy left alone. Nothing but the journal step itself records that these hub updates are
+//!   still to come: a step marked done before them would lose a leaked key's removal to a kill
+//!   after the commit. So the step stays open until they landed, and a kill re-runs it, which
+//!   re-delivers at most that unit (one device for a device's breach).
 //! - A delivery that does not happen (a hook failing, a device refusing or unreachable, `none`)
 //!   never undoes the unit: the certificate is in the vault and the enrollment, the old one keeps
 //!   working, and the outcome is logged (`tracing` warn) and reported by `register`. `none`
@@ -311,7 +324,33 @@ pub struct AzureBackend {
     held_cuts: Vec<HubIdentity>,
     /// The last delivery outcome per device, for `register` to report.
     outcomes: HashMap<String, Outcome>,
+    /// Whether a committed unit's deliveries go to the [`Courier`] (during a run of chunked
+    /// writes, [`Backend::bulk_writes`]) instead of running before the next unit starts.
+    background: bool,
+    /// The thread delivering beside the next unit's work, once started.
+    courier: Option<Courier>,
+    /// Makes the courier's own clients (None: deliveries run here, or the courier started).
+    courier_clients: Option<CourierClients>,
     describe: String,
+}
+
+/// Makes the clients a [`Courier`] delivers with: a Key Vault client of its own (the
+/// backend's is busy with the next unit's imports) and an IoT Hub client for direct methods.
+type CourierClients =
+    Box<dyn FnOnce() -> std::result::Result<(AzureVault, Box<dyn HubRegistry + Send>), SetupError> + Send>;
+
+/// A thread running committed units' deliveries ([`deliver`]) one batch after another, beside
+/// the next units' work: a throttled Key Vault does not idle the delivery channels, nor slow
+/// deliveries the imports. Its batches run up to `delivery_concurrency` deliveries at once, as
+/// they would in the foreground. What it delivered is settled by the backend between units.
+struct Courier {
+    /// Batches to deliver (dropped to end the thread).
+    jobs: Option<std::sync::mpsc::Sender<Vec<DeviceRecord>>>,
+    /// What became of each batch, in the order sent.
+    done: std::sync::mpsc::Receiver<Delivered>,
+    /// Batches sent and not yet taken back from `done`.
+    in_flight: usize,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl AzureBackend {
@@ -338,6 +377,7 @@ impl AzureBackend {
             .as_ref()
             .ok_or_else(|| SetupError::Client("the plan's backend is not `azure`".into()))?;
         let vault = AzureVault::connect_with(config, local, credential.clone())?;
+        let courier_credential = credential.clone();
         let enrollments: Box<dyn EnrollmentService + Send> = match config.dps {
             Some(_) => {
                 let mut dps = AzureEnrollmentService::new(config, credential.clone())?;
@@ -354,7 +394,16 @@ impl AzureBackend {
             None => Box::new(NoDps),
         };
         let hubs = AzureHubRegistry::new(config)?;
-        Ok(Self::from_parts(plan, vault, enrollments, Box::new(hubs)))
+        let mut backend = Self::from_parts(plan, vault, enrollments, Box::new(hubs));
+        let config = config.clone();
+        backend.courier_clients = Some(Box::new(move || {
+            let store = crate::store::Store::open_empty()
+                .map_err(|e| SetupError::Client(format!("in-memory store: {e}")))?;
+            let vault = AzureVault::connect_with(&config, LocalBackend::new(store), courier_credential)?;
+            let hubs: Box<dyn HubRegistry + Send> = Box::new(AzureHubRegistry::new(&config)?);
+            Ok((vault, hubs))
+        }));
+        Ok(backend)
     }
 
     /// Composes a backend from its parts (the DPS and hub clients as trait objects, so a caller
@@ -400,6 +449,9 @@ impl AzureBackend {
             pending: Vec::new(),
             held_cuts: Vec::new(),
             outcomes: HashMap::new(),
+            background: false,
+            courier: None,
+            courier_clients: None,
             describe,
         }
     }
@@ -452,164 +504,140 @@ impl AzureBackend {
 
     /// The hub the plan assigns a device's group or enrollment to.
     fn plan_hub(&self, record: &DeviceRecord) -> Option<String> {
-        record
-            .group
-            .as_ref()
-            .and_then(|g| self.group_hubs.get(g))
-            .or_else(|| {
-                record
-                    .enrollment
-                    .as_ref()
-                    .and_then(|e| self.enrollment_hubs.get(e))
-            })
-            .cloned()
+        hub_of(&self.group_hubs, &self.enrollment_hubs, record)
     }
 
-    /// The certificates above a version (issuer first), following the issuer links in the vault.
-    fn chain_above(&self, version: &VaultVersion) -> Result<Vec<Vec<u8>>> {
-        let mut chain = Vec::new();
-        let mut next = version.issuer.clone();
-        while let Some((name, ver)) = next {
-            if chain.len() > 16 {
-                return Err(BackendError::Refused(format!(
-                    "issuer chain of `{}` is longer than 16 certificates",
-                    version.name
-                )));
-            }
-            let v = self.vault.version(&name, &ver)?.map(Ok).unwrap_or_else(|| {
-                let deleted = self.vault.deleted_certificates(Some(&name))?;
-                Err(crate::backend::missing_issuer(&name, &ver, deleted.first()))
-            })?;
-            chain.push(v.cert_der);
-            next = v.issuer;
+    /// What a delivery needs of the plan (a copy, for a thread of its own).
+    fn routes(&self) -> Routes {
+        Routes {
+            delivery: self.delivery.clone(),
+            group_hubs: self.group_hubs.clone(),
+            enrollment_hubs: self.enrollment_hubs.clone(),
+            secret_vars: self.secret_vars.clone(),
         }
-        Ok(chain)
     }
 
-    /// Runs the queued deliveries, then the hub updates held back for them. Hooks run up to
-    /// `[backend] delivery_concurrency` at once while the next ones are made ready (each key is
-    /// read from the vault only when a hook runner is free to take it, and the runner makes the
-    /// PFX: its key derivation is the slow part); direct methods go out together
-    /// after, as many awaited at once.
+    /// Runs the queued deliveries here and now (see [`deliver`]), records what became of them
+    /// ([`take_delivered`](Self::take_delivered)), then makes the hub updates held back for them.
     fn flush(&mut self, now: OffsetDateTime) -> Result<()> {
         let pending = std::mem::take(&mut self.pending);
-        let stage = crate::progress::stage("deliveries", pending.len() as u64);
-        let concurrency = self.delivery.concurrency.max(1);
-        let secret_vars = self.secret_vars.clone();
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; pending.len()];
-        let mut methods: Vec<(usize, String)> = Vec::new();
-        let mut calls: Vec<(String, String, DirectMethodCall)> = Vec::new();
-        let (jobs, queue) = std::sync::mpsc::sync_channel::<HookJob>(concurrency);
-        let queue = std::sync::Mutex::new(queue);
-        let (done, finished) = std::sync::mpsc::channel::<(usize, Result<Outcome>)>();
-        let prepared: Result<()> = std::thread::scope(|s| {
-            // Dropped when this closure returns, error or not, so idle hook runners end.
-            let jobs = jobs;
-            let mut runners = 0;
-            for (i, record) in pending.iter().enumerate() {
-                match self.prepare(record)? {
-                    Prepared::Done(outcome) => {
-                        stage.advance(1);
-                        outcomes[i] = Some(outcome);
-                    }
-                    Prepared::Hook(job) => {
-                        if runners < concurrency {
-                            runners += 1;
-                            let (queue, secret_vars, stage, done) =
-                                (&queue, &secret_vars, &stage, done.clone());
-                            s.spawn(move || {
-                                loop {
-                                    let next = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                                    let Ok(HookJob { at, cfg, parcel, pfx }) = next else {
-                                        break;
-                                    };
-                                    let made = pfx
-                                        .map(|(key, chain)| {
-                                            crate::pki::pkcs12::write_pfx(&parcel.device_id, &key, &chain, "")
-                                                .map(zeroize::Zeroizing::new)
-                                        })
-                                        .transpose();
-                                    let outcome = match made {
-                                        Err(e) => Err(BackendError::from(e)),
-                                        Ok(pfx) => Ok(
-                                            match delivery::run_hook(&cfg, &parcel, pfx.as_ref(), secret_vars)
-                                            {
-                                                Ok(()) => {
-                                                    Outcome::Delivered(format!("hook `{}`", cfg.command[0]))
-                                                }
-                                                Err(e) => Outcome::Waiting(format!("delivery failed: {e}")),
-                                            },
-                                        ),
-                                    };
-                                    stage.advance(1);
-                                    if done.send((at, outcome)).is_err() {
-                                        break;
-                                    }
-                                }
-                            });
-                        }
-                        let job = HookJob { at: i, ..job };
-                        if jobs.send(job).is_err() {
-                            return Err(BackendError::Refused("the delivery hooks stopped".into()));
-                        }
-                    }
-                    Prepared::Method { method, parcel } => {
-                        calls.push((
-                            parcel.hub.clone(),
-                            parcel.device_id.clone(),
-                            delivery::method_call(&method, &parcel),
-                        ));
-                        methods.push((i, method));
-                    }
-                }
-            }
-            Ok(())
-        });
-        drop(done);
-        let mut failed = None;
-        for (at, outcome) in finished.try_iter() {
-            match outcome {
-                Ok(outcome) => outcomes[at] = Some(outcome),
-                Err(e) => failed = failed.or(Some(e)),
-            }
-        }
-        if let Err(e) = prepared.and(failed.map_or(Ok(()), Err)) {
-            // The hooks that ran took their certificates: settled, so no later run hands them
-            // over again; the rest stay owed.
-            self.vault
-                .local_mut()
-                .settle_deliveries(&settled(&pending, &outcomes))?;
-            return Err(e);
-        }
-        let answers = self.hubs.invoke_methods(&calls, concurrency, now);
-        stage.advance(calls.len() as u64);
-        let mut method_failed = None;
-        for ((at, method), answer) in methods.into_iter().zip(answers) {
-            outcomes[at] = match answer {
-                Ok(answer) if answer.status == 200 => {
-                    Some(Outcome::Delivered(format!("direct method `{method}`")))
-                }
-                Ok(answer) => Some(Outcome::Waiting(format!(
-                    "the device answered direct method `{method}` with status {}: {}",
-                    answer.status, answer.payload
-                ))),
-                Err(e @ BackendError::Remote { .. }) => Some(Outcome::Waiting(format!(
-                    "direct method `{method}` did not reach the device: {e}"
-                ))),
+        let routes = self.routes();
+        let delivered = deliver(&routes, &self.vault, &mut *self.hubs, pending, now, true);
+        self.take_delivered(delivered)?;
+        self.make_held_cuts(now)
+    }
+
+    /// Hands a committed unit's deliveries to the courier (started on first use); gives them
+    /// back when no courier can take them (its clients could not be made: they run here).
+    fn hand_over(&mut self, pending: Vec<DeviceRecord>) -> Vec<DeviceRecord> {
+        if self.courier.is_none() {
+            let Some(make) = self.courier_clients.take() else {
+                return pending;
+            };
+            let (vault, mut hubs) = match make() {
+                Ok(clients) => clients,
                 Err(e) => {
-                    method_failed = method_failed.or(Some(e));
-                    None
+                    tracing::warn!(
+                        "deliveries wait for each unit: cannot connect a client to deliver beside it: {e}"
+                    );
+                    return pending;
                 }
             };
+            let routes = self.routes();
+            let (jobs, queue) = std::sync::mpsc::channel::<Vec<DeviceRecord>>();
+            let (finished, done) = std::sync::mpsc::channel::<Delivered>();
+            let thread = std::thread::Builder::new()
+                .name("certroll-deliveries".into())
+                .spawn(move || {
+                    for batch in queue {
+                        // No progress stage: the unit under way shows its own.
+                        let delivered = deliver(
+                            &routes,
+                            &vault,
+                            &mut *hubs,
+                            batch,
+                            OffsetDateTime::now_utc(),
+                            false,
+                        );
+                        if finished.send(delivered).is_err() {
+                            break;
+                        }
+                    }
+                });
+            match thread {
+                Ok(thread) => {
+                    self.courier = Some(Courier {
+                        jobs: Some(jobs),
+                        done,
+                        in_flight: 0,
+                        thread: Some(thread),
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "deliveries wait for each unit: cannot start a thread to deliver beside it: {e}"
+                    );
+                    return pending;
+                }
+            }
         }
-        // What the channels took is owed no more (in the unit when one is open: a unit rolled
-        // back leaves it owed, and its rerun delivers it again).
+        let Some(courier) = self.courier.as_mut() else {
+            return pending;
+        };
+        match courier.jobs.as_ref().map(|jobs| jobs.send(pending)) {
+            Some(Ok(())) => {
+                courier.in_flight += 1;
+                Vec::new()
+            }
+            Some(Err(std::sync::mpsc::SendError(back))) => back,
+            None => Vec::new(),
+        }
+    }
+
+    /// Records what the courier delivered ([`take_delivered`](Self::take_delivered); call
+    /// outside a unit, so each settlement lands at once): every batch it finished, or with
+    /// `wait`, every batch sent to it. Returns the first error a batch met.
+    fn collect_deliveries(&mut self, wait: bool) -> Result<()> {
+        let mut first = None;
+        while let Some(courier) = self.courier.as_mut().filter(|c| c.in_flight > 0) {
+            let got = if wait {
+                courier.done.recv().ok()
+            } else {
+                match courier.done.try_recv() {
+                    Ok(delivered) => Some(delivered),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
+                }
+            };
+            let Some(delivered) = got else {
+                // The thread ended early (it panicked): what it had not delivered stays owed.
+                courier.in_flight = 0;
+                first = first.or(Some(BackendError::Refused(
+                    "the delivery thread stopped; the certificates it had not delivered stay owed".into(),
+                )));
+                break;
+            };
+            courier.in_flight -= 1;
+            if let Err(e) = self.take_delivered(delivered) {
+                first = first.or(Some(e));
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Records what became of a batch of deliveries: what the channels took is owed no more
+    /// (in the unit when one is open: a unit rolled back leaves it owed, and its rerun delivers
+    /// it again), each outcome is kept for `register` and the report, and one that did not
+    /// reach its device is logged. Returns the error that stopped the batch, if one did.
+    fn take_delivered(&mut self, delivered: Delivered) -> Result<()> {
+        let Delivered {
+            pending,
+            outcomes,
+            error,
+        } = delivered;
         self.vault
             .local_mut()
             .settle_deliveries(&settled(&pending, &outcomes))?;
-        if let Some(e) = method_failed {
-            return Err(e);
-        }
         // `delivery = "none"` is the operator's choice, not a fault: one line for all of them.
         let mut for_the_operator: Vec<String> = Vec::new();
         for (record, outcome) in pending.into_iter().zip(outcomes) {
@@ -634,6 +662,11 @@ impl AzureBackend {
                 for_the_operator.len()
             );
         }
+        error.map_or(Ok(()), Err)
+    }
+
+    /// Makes the hub identity updates held back until the unit's deliveries ran.
+    fn make_held_cuts(&mut self, now: OffsetDateTime) -> Result<()> {
         let cuts = std::mem::take(&mut self.held_cuts);
         if !cuts.is_empty() {
             // A device the deliveries reached registers again, and DPS rewrites its identity
@@ -700,62 +733,39 @@ impl AzureBackend {
         Ok(apply_now)
     }
 
-    /// Makes a record's delivery ready for its channel: reads the version it names (and for a
-    /// hook, its key and chain, for the PFX) from the vault. Errors are the vault's; `none` and a
-    /// record without a version are an outcome at once.
-    fn prepare(&self, record: &DeviceRecord) -> Result<Prepared> {
-        let Some(version_id) = record.installed_version.as_deref() else {
-            return Ok(Prepared::Done(Outcome::Waiting("no version to deliver".into())));
+    /// The next page of the store's owed deliveries after device id `after` (advanced past
+    /// it), split into the fleet records still due and the rows owed nothing any more; None
+    /// once every row was read. A row is due while its device's fleet record names the owed
+    /// version and the plan gives the device a channel; a device that now holds another
+    /// version (or is gone), or whose channel the plan now sets to `none`, is owed nothing.
+    fn owed_page(&self, after: &mut String) -> Result<Option<OwedPage>> {
+        // A page of devices at a time, as a unit's deliveries go.
+        const PAGE: usize = 2048;
+        let page = self.vault.local().owed_deliveries(after, PAGE)?;
+        let Some(last) = page.last() else {
+            return Ok(None);
         };
-        let channel = self
-            .delivery
-            .channel(record.group.as_deref(), record.enrollment.as_deref());
-        if *channel == Delivery::None {
-            return Ok(Prepared::Done(Outcome::Waiting(format!(
-                "{LEFT_TO_THE_OPERATOR}: waiting for the operator (`certroll export device:{}`)",
-                record.id
-            ))));
-        }
-        let version = self
-            .vault
-            .version(&record.cert_name, version_id)?
-            .ok_or_else(|| {
-                BackendError::NotFound(format!("vault version {}/{version_id}", record.cert_name))
-            })?;
-        let parcel = Parcel {
-            device_id: record.id.clone(),
-            hub: self.plan_hub(record).unwrap_or_default(),
-            vault_url: self.vault.vault_url().to_string(),
-            name: record.cert_name.clone(),
-            version: version_id.to_string(),
-            thumbprint: crate::pki::sha1_thumbprint(&version.cert_der),
+        *after = last.0.clone();
+        let ids: Vec<String> = page.iter().map(|o| o.0.clone()).collect();
+        let records = self.vault.local().device_many(&ids)?;
+        let mut out = OwedPage {
+            due: Vec::new(),
+            stale: Vec::new(),
         };
-        Ok(match channel {
-            Delivery::None => unreachable!("handled above"),
-            Delivery::Hook(cfg) => {
-                let pfx = if version.exportable {
-                    let key = self.vault.private_key(&version)?;
-                    let mut chain = vec![version.cert_der.clone()];
-                    let above = self.chain_above(&version)?;
-                    // Devices present their chain up to, not including, the root.
-                    let keep = above.len().saturating_sub(1);
-                    chain.extend(above.into_iter().take(keep));
-                    Some((zeroize::Zeroizing::new(key.pkcs8_der().to_vec()), chain))
-                } else {
-                    None
-                };
-                Prepared::Hook(HookJob {
-                    at: 0,
-                    cfg: cfg.clone(),
-                    parcel,
-                    pfx,
-                })
+        for ((id, name, version), record) in page.into_iter().zip(records) {
+            match record {
+                Some(r)
+                    if r.installed_version.as_deref() == Some(version.as_str())
+                        && r.cert_name == name
+                        && *self.delivery.channel(r.group.as_deref(), r.enrollment.as_deref())
+                            != Delivery::None =>
+                {
+                    out.due.push(r)
+                }
+                _ => out.stale.push((id, Some(version))),
             }
-            Delivery::DirectMethod { method } => Prepared::Method {
-                method: method.clone(),
-                parcel,
-            },
-        })
+        }
+        Ok(Some(out))
     }
 
     /// Fills in the certificate of assigned registration states: DPS's registration state does
@@ -1549,6 +1559,270 @@ impl EnrollmentService for AzureBackend {
     }
 }
 
+/// The plan's delivery channels and hubs: what a delivery needs beside the clients.
+#[derive(Clone)]
+struct Routes {
+    delivery: DeliveryPlan,
+    group_hubs: BTreeMap<String, String>,
+    enrollment_hubs: BTreeMap<String, String>,
+    /// Environment variables a hook must not see.
+    secret_vars: Vec<String>,
+}
+
+/// What became of a batch of deliveries ([`deliver`]).
+struct Delivered {
+    /// The records delivered, in the order given.
+    pending: Vec<DeviceRecord>,
+    /// One outcome per record; None where none came (the batch stopped first, or a direct
+    /// method failed inside certroll).
+    outcomes: Vec<Option<Outcome>>,
+    /// The first error that stopped the batch or a delivery in it (the vault's, the hub
+    /// client's): what was not delivered stays owed.
+    error: Option<BackendError>,
+}
+
+/// The hub the plan assigns a device's group or enrollment to.
+fn hub_of(
+    group_hubs: &BTreeMap<String, String>,
+    enrollment_hubs: &BTreeMap<String, String>,
+    record: &DeviceRecord,
+) -> Option<String> {
+    record
+        .group
+        .as_ref()
+        .and_then(|g| group_hubs.get(g))
+        .or_else(|| record.enrollment.as_ref().and_then(|e| enrollment_hubs.get(e)))
+        .cloned()
+}
+
+/// The certificates above a version (issuer first), following the issuer links in the vault.
+fn chain_above(vault: &AzureVault, version: &VaultVersion) -> Result<Vec<Vec<u8>>> {
+    let mut chain = Vec::new();
+    let mut next = version.issuer.clone();
+    while let Some((name, ver)) = next {
+        if chain.len() > 16 {
+            return Err(BackendError::Refused(format!(
+                "issuer chain of `{}` is longer than 16 certificates",
+                version.name
+            )));
+        }
+        let v = vault.version(&name, &ver)?.map(Ok).unwrap_or_else(|| {
+            let deleted = vault.deleted_certificates(Some(&name))?;
+            Err(crate::backend::missing_issuer(&name, &ver, deleted.first()))
+        })?;
+        chain.push(v.cert_der);
+        next = v.issuer;
+    }
+    Ok(chain)
+}
+
+/// Makes a record's delivery ready for its channel: reads the version it names (and for a
+/// hook, its key and chain, for the PFX) from the vault. Errors are the vault's; `none` and a
+/// record without a version are an outcome at once.
+fn prepare(routes: &Routes, vault: &AzureVault, record: &DeviceRecord) -> Result<Prepared> {
+    let Some(version_id) = record.installed_version.as_deref() else {
+        return Ok(Prepared::Done(Outcome::Waiting("no version to deliver".into())));
+    };
+    let channel = routes
+        .delivery
+        .channel(record.group.as_deref(), record.enrollment.as_deref());
+    if *channel == Delivery::None {
+        return Ok(Prepared::Done(Outcome::Waiting(format!(
+            "{LEFT_TO_THE_OPERATOR}: waiting for the operator (`certroll export device:{}`)",
+            record.id
+        ))));
+    }
+    let version = vault
+        .version(&record.cert_name, version_id)?
+        .ok_or_else(|| BackendError::NotFound(format!("vault version {}/{version_id}", record.cert_name)))?;
+    let parcel = Parcel {
+        device_id: record.id.clone(),
+        hub: hub_of(&routes.group_hubs, &routes.enrollment_hubs, record).unwrap_or_default(),
+        vault_url: vault.vault_url().to_string(),
+        name: record.cert_name.clone(),
+        version: version_id.to_string(),
+        thumbprint: crate::pki::sha1_thumbprint(&version.cert_der),
+    };
+    Ok(match channel {
+        Delivery::None => unreachable!("handled above"),
+        Delivery::Hook(cfg) => {
+            let pfx = if version.exportable {
+                let key = vault.private_key(&version)?;
+                let mut chain = vec![version.cert_der.clone()];
+                let above = chain_above(vault, &version)?;
+                // Devices present their chain up to, not including, the root.
+                let keep = above.len().saturating_sub(1);
+                chain.extend(above.into_iter().take(keep));
+                Some((zeroize::Zeroizing::new(key.pkcs8_der().to_vec()), chain))
+            } else {
+                None
+            };
+            Prepared::Hook(HookJob {
+                at: 0,
+                cfg: cfg.clone(),
+                parcel,
+                pfx,
+            })
+        }
+        Delivery::DirectMethod { method } => Prepared::Method {
+            method: method.clone(),
+            parcel,
+        },
+    })
+}
+
+/// Runs the deliveries of `pending` through their channels (see the module doc): hooks up to
+/// `[backend] delivery_concurrency` at once while the next ones are made ready (each key is
+/// read from the vault only when a hook runner is free to take it, and the runner makes the
+/// PFX: its key derivation is the slow part); direct methods go out together after, as many
+/// awaited at once. Nothing is recorded here: the caller settles what the channels took
+/// (`AzureBackend::take_delivered`). `show_progress`: whether the batch has a progress stage
+/// (not beside another stage's work).
+fn deliver(
+    routes: &Routes,
+    vault: &AzureVault,
+    hubs: &mut dyn HubRegistry,
+    pending: Vec<DeviceRecord>,
+    now: OffsetDateTime,
+    show_progress: bool,
+) -> Delivered {
+    let stage = crate::progress::stage("deliveries", if show_progress { pending.len() as u64 } else { 0 });
+    let concurrency = routes.delivery.concurrency.max(1);
+    let secret_vars = &routes.secret_vars;
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; pending.len()];
+    let mut methods: Vec<(usize, String)> = Vec::new();
+    let mut calls: Vec<(String, String, DirectMethodCall)> = Vec::new();
+    let (jobs, queue) = std::sync::mpsc::sync_channel::<HookJob>(concurrency);
+    let queue = std::sync::Mutex::new(queue);
+    let (done, finished) = std::sync::mpsc::channel::<(usize, Result<Outcome>)>();
+    let prepared: Result<()> = std::thread::scope(|s| {
+        // Dropped when this closure returns, error or not, so idle hook runners end.
+        let jobs = jobs;
+        let mut runners = 0;
+        for (i, record) in pending.iter().enumerate() {
+            match prepare(routes, vault, record)? {
+                Prepared::Done(outcome) => {
+                    stage.advance(1);
+                    outcomes[i] = Some(outcome);
+                }
+                Prepared::Hook(job) => {
+                    if runners < concurrency {
+                        runners += 1;
+                        let (queue, secret_vars, stage, done) = (&queue, secret_vars, &stage, done.clone());
+                        s.spawn(move || {
+                            loop {
+                                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                                let Ok(HookJob { at, cfg, parcel, pfx }) = next else {
+                                    break;
+                                };
+                                let made = pfx
+                                    .map(|(key, chain)| {
+                                        crate::pki::pkcs12::write_pfx(&parcel.device_id, &key, &chain, "")
+                                            .map(zeroize::Zeroizing::new)
+                                    })
+                                    .transpose();
+                                let outcome = match made {
+                                    Err(e) => Err(BackendError::from(e)),
+                                    Ok(pfx) => Ok(
+                                        match delivery::run_hook(&cfg, &parcel, pfx.as_ref(), secret_vars) {
+                                            Ok(()) => {
+                                                Outcome::Delivered(format!("hook `{}`", cfg.command[0]))
+                                            }
+                                            Err(e) => Outcome::Waiting(format!("delivery failed: {e}")),
+                                        },
+                                    ),
+                                };
+                                stage.advance(1);
+                                if done.send((at, outcome)).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    let job = HookJob { at: i, ..job };
+                    if jobs.send(job).is_err() {
+                        return Err(BackendError::Refused("the delivery hooks stopped".into()));
+                    }
+                }
+                Prepared::Method { method, parcel } => {
+                    calls.push((
+                        parcel.hub.clone(),
+                        parcel.device_id.clone(),
+                        delivery::method_call(&method, &parcel),
+                    ));
+                    methods.push((i, method));
+                }
+            }
+        }
+        Ok(())
+    });
+    drop(done);
+    let mut failed = None;
+    for (at, outcome) in finished.try_iter() {
+        match outcome {
+            Ok(outcome) => outcomes[at] = Some(outcome),
+            Err(e) => failed = failed.or(Some(e)),
+        }
+    }
+    if let Err(e) = prepared.and(failed.map_or(Ok(()), Err)) {
+        // The hooks that ran took their certificates (settled by the caller, so no later
+        // run hands them over again); the rest stay owed.
+        return Delivered {
+            pending,
+            outcomes,
+            error: Some(e),
+        };
+    }
+    let answers = hubs.invoke_methods(&calls, concurrency, now);
+    stage.advance(calls.len() as u64);
+    let mut method_failed = None;
+    for ((at, method), answer) in methods.into_iter().zip(answers) {
+        outcomes[at] = match answer {
+            Ok(answer) if answer.status == 200 => {
+                Some(Outcome::Delivered(format!("direct method `{method}`")))
+            }
+            Ok(answer) => Some(Outcome::Waiting(format!(
+                "the device answered direct method `{method}` with status {}: {}",
+                answer.status, answer.payload
+            ))),
+            Err(e @ BackendError::Remote { .. }) => Some(Outcome::Waiting(format!(
+                "direct method `{method}` did not reach the device: {e}"
+            ))),
+            Err(e) => {
+                method_failed = method_failed.or(Some(e));
+                None
+            }
+        };
+    }
+    Delivered {
+        pending,
+        outcomes,
+        error: method_failed,
+    }
+}
+
+impl Drop for AzureBackend {
+    fn drop(&mut self) {
+        let Some(mut courier) = self.courier.take() else {
+            return;
+        };
+        // A verb that ends early (an error) still settles what the courier delivers: a unit
+        // left open is abandoned first, so each settlement lands.
+        courier.jobs.take();
+        let thread = courier.thread.take();
+        self.courier = Some(courier);
+        if self.in_unit() {
+            self.vault.local_mut().rollback();
+        }
+        if let Err(e) = self.collect_deliveries(true) {
+            tracing::warn!("{e}");
+        }
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Which devices a group of the plan declares.
 enum Members {
     /// `prefix` and 1..=count, zero-padded to the width of count.
@@ -1605,6 +1879,14 @@ fn same_access(a: &HubIdentity, b: &HubIdentity) -> bool {
         && same(&a.secondary_thumbprint, &b.secondary_thumbprint)
 }
 
+/// One page of owed deliveries (see `AzureBackend::owed_page`).
+struct OwedPage {
+    /// The fleet records whose delivery is still due.
+    due: Vec<DeviceRecord>,
+    /// `(device id, version)` of the rows owed nothing any more, to settle.
+    stale: Vec<(String, Option<String>)>,
+}
+
 /// What DPS showed of a registration: etag, last update, status (None: no registration).
 type Seen = Option<(Option<String>, Option<OffsetDateTime>, String)>;
 
@@ -1619,6 +1901,9 @@ impl Backend for AzureBackend {
     }
 
     fn begin(&mut self) -> Result<()> {
+        // What the courier delivered meanwhile is settled before the unit: a kill during the
+        // unit does not undo it.
+        self.collect_deliveries(false)?;
         self.vault.local_mut().begin()
     }
 
@@ -1644,11 +1929,53 @@ impl Backend for AzureBackend {
             self.pending.clear();
             return Err(e);
         }
-        if self.pending.is_empty() {
-            return Ok(());
+        if !self.pending.is_empty() {
+            delivery::fault_before_delivery();
+            // During a run of units the courier delivers them beside the next unit's imports.
+            if self.background {
+                let pending = std::mem::take(&mut self.pending);
+                self.pending = self.hand_over(pending);
+            }
+            if !self.pending.is_empty() {
+                self.flush(OffsetDateTime::now_utc())?;
+            }
         }
-        delivery::fault_before_delivery();
-        self.flush(OffsetDateTime::now_utc())
+        self.collect_deliveries(false)
+    }
+
+    fn bulk_writes(&mut self, on: bool) {
+        self.background = on;
+    }
+
+    fn finish_deliveries(&mut self) -> Result<()> {
+        self.collect_deliveries(true)
+    }
+
+    fn commit_then_register(
+        &mut self,
+        requests: &[RegistrationRequest],
+        now: OffsetDateTime,
+    ) -> Result<Vec<RegistrationState>> {
+        if !self.held_cuts.is_empty() || requests.is_empty() {
+            // A held hub update delivers before the commit (see `commit`); with nothing to
+            // register, `commit` delivers after it.
+            self.commit()?;
+            return if requests.is_empty() {
+                Ok(Vec::new())
+            } else {
+                self.register(requests, now)
+            };
+        }
+        // The unit lands with what it owes; `register` then delivers (settling what each
+        // channel takes) and asks the devices to register, as after any commit.
+        if let Err(e) = self.vault.local_mut().commit() {
+            self.pending.clear();
+            return Err(e);
+        }
+        if !self.pending.is_empty() {
+            delivery::fault_before_delivery();
+        }
+        self.register(requests, now)
     }
 
     fn owes_delivery(&self, id: &str, version: &str) -> Result<bool> {
@@ -1656,28 +1983,10 @@ impl Backend for AzureBackend {
     }
 
     fn owed_devices(&self) -> Result<Vec<String>> {
-        const PAGE: usize = 2048;
         let mut owed = Vec::new();
         let mut after = String::new();
-        loop {
-            let page = self.vault.local().owed_deliveries(&after, PAGE)?;
-            let Some(last) = page.last() else {
-                break;
-            };
-            after = last.0.clone();
-            let ids: Vec<String> = page.iter().map(|o| o.0.clone()).collect();
-            let records = self.vault.local().device_many(&ids)?;
-            // As `deliver_owed` judges a row still due.
-            for ((id, name, version), record) in page.into_iter().zip(records) {
-                if record.is_some_and(|r| {
-                    r.installed_version.as_deref() == Some(version.as_str())
-                        && r.cert_name == name
-                        && *self.delivery.channel(r.group.as_deref(), r.enrollment.as_deref())
-                            != Delivery::None
-                }) {
-                    owed.push(id);
-                }
-            }
+        while let Some(page) = self.owed_page(&mut after)? {
+            owed.extend(page.due.into_iter().map(|r| r.id));
         }
         Ok(owed)
     }
@@ -1692,35 +2001,9 @@ impl Backend for AzureBackend {
     }
 
     fn deliver_owed(&mut self, now: OffsetDateTime) -> Result<(u64, u64)> {
-        // A page of devices at a time, as a unit's deliveries go.
-        const PAGE: usize = 2048;
         let (mut delivered, mut waiting) = (0u64, 0u64);
         let mut after = String::new();
-        loop {
-            let page = self.vault.local().owed_deliveries(&after, PAGE)?;
-            let Some(last) = page.last() else {
-                break;
-            };
-            after = last.0.clone();
-            let ids: Vec<String> = page.iter().map(|o| o.0.clone()).collect();
-            let records = self.vault.local().device_many(&ids)?;
-            // A row whose device now holds another version (or is gone), or whose channel the
-            // plan now sets to `none`, is owed nothing any more.
-            let mut stale = Vec::new();
-            let mut due = Vec::new();
-            for ((id, name, version), record) in page.into_iter().zip(records) {
-                match record {
-                    Some(r)
-                        if r.installed_version.as_deref() == Some(version.as_str())
-                            && r.cert_name == name
-                            && *self.delivery.channel(r.group.as_deref(), r.enrollment.as_deref())
-                                != Delivery::None =>
-                    {
-                        due.push(r)
-                    }
-                    _ => stale.push((id, Some(version))),
-                }
-            }
+        while let Some(OwedPage { due, stale }) = self.owed_page(&mut after)? {
             self.vault.local_mut().settle_deliveries(&stale)?;
             if due.is_empty() {
                 continue;

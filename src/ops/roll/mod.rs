@@ -725,6 +725,8 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         }
     }
     execute(plan, opts, &run, &mut backend, now, &mut report)?;
+    // The last units' deliveries may still be under way beside them.
+    backend.finish_deliveries()?;
     // A device left alone for another client's certificate leaves the run open: its rerun,
     // once the operator has acted, finishes it (a breach's later steps are not redone).
     if !report.devices.iter().any(|d| d.outcome == "foreign") {
