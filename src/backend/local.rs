@@ -1428,6 +1428,8 @@ mod tests {
             status: Status::Enabled,
             reprovision: "migrate".into(),
             hub: "h".into(),
+            foreign: Vec::new(),
+            take_back: false,
         };
         let e = b.put_group(&group, NOW).unwrap_err();
         assert!(
