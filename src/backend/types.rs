@@ -644,3 +644,28 @@ pub struct PendingCertificate {
     /// no time: certroll reads it from the policy the create wrote).
     pub created: Option<OffsetDateTime>,
 }
+
+impl PendingCertificate {
+    /// The vault version merging `leaf` into this request makes: its name, policy, key type
+    /// and exportability, with the request's key (`key_pkcs8`, PKCS#8 DER) and the vault
+    /// certificate name and version that signed `leaf` (`issuer`). The key was the request's
+    /// before the merge, so it is not new (`new_key: false`).
+    pub fn merged<'a>(
+        &'a self,
+        leaf: &'a [u8],
+        key_pkcs8: &'a [u8],
+        issuer: Option<(&'a str, &'a str)>,
+    ) -> NewVersion<'a> {
+        NewVersion {
+            name: &self.name,
+            policy_json: &self.policy_json,
+            cert_der: leaf,
+            key_pkcs8,
+            kty: &self.kty,
+            exportable: self.exportable,
+            issuer,
+            facts: None,
+            new_key: false,
+        }
+    }
+}

@@ -1844,6 +1844,101 @@ mod tests {
         );
     }
 
+    /// Another client's CA certificate in a signing slot of a group DPS holds: kept as read by
+    /// a write that read it and leaves its slot empty, dropped only by a take-back that read
+    /// it, refused otherwise (not read, as after a 412 re-read; certroll's certificate over it;
+    /// a primary left empty beside it; a CA reference beside it).
+    #[test]
+    fn a_group_write_keeps_or_takes_back_a_foreign_ca_certificate_and_never_drops_it_unread() {
+        let ours = vec![1u8, 2, 3];
+        let ours_tp = crate::pki::sha1_thumbprint(&ours);
+        let foreign_info = json!({"sha1Thumbprint": "ab12", "subjectName": "CN=Migration CA",
+            "notAfterUtc": "2030-01-01T00:00:00Z"});
+        let base = json!({"enrollmentGroupId": "g", "etag": "\"e\"", "attestation": {"x509": {
+            "signingCertificates": {"primary": {"info": {"sha1Thumbprint": ours_tp}},
+                                    "secondary": {"info": foreign_info}}}}});
+        let read = ForeignCertificate {
+            slot: "secondary",
+            thumbprint: "AB12".into(),
+            subject: "CN=Migration CA".into(),
+            not_before: None,
+            not_after: None,
+        };
+        let mut g = EnrollmentGroup {
+            name: "g".into(),
+            primary: Some(Slot {
+                cert_der: ours.clone(),
+                ca_reference: None,
+            }),
+            secondary: None,
+            status: Status::Disabled,
+            reprovision: "never".into(),
+            hub: "h".into(),
+            foreign: vec![],
+            take_back: false,
+        };
+        // The certificate of certroll's the group held when read (resolved by that read).
+        let known = |tp: &str| tp == ours_tp;
+        let refused =
+            |g: &EnrollmentGroup, base: &Value| group_kept(g, Some(base), &known).unwrap_err().to_string();
+        let why = refused(&g, &base);
+        assert!(
+            why.contains("AB12") && why.contains("enrollment group `g`") && why.contains("not overwritten"),
+            "unread: {why}"
+        );
+        assert!(why.contains("--breach group:g"), "{why}");
+        assert_eq!(
+            group_kept(&g, None, &known).unwrap(),
+            [None, None],
+            "a create keeps nothing"
+        );
+        g.foreign = vec![read];
+        assert_eq!(
+            group_kept(&g, Some(&base), &known).unwrap(),
+            [None, Some(json!({"info": foreign_info}))],
+            "read and left empty: kept as DPS gave it"
+        );
+        let mut over = g.clone();
+        over.secondary = over.primary.clone().map(|s| Slot {
+            cert_der: vec![9, 9],
+            ..s
+        });
+        assert!(
+            refused(&over, &base).contains("not overwritten"),
+            "certroll's own over it"
+        );
+        let mut alone = g.clone();
+        alone.primary = None;
+        assert!(
+            refused(&alone, &base).contains("primary slot empty"),
+            "no primary beside it"
+        );
+        let mut referenced = g.clone();
+        referenced.primary = Some(Slot {
+            cert_der: ours.clone(),
+            ca_reference: Some("root-1".into()),
+        });
+        assert!(refused(&referenced, &base).contains("refers to its CA by name"));
+        let mut back = alone.clone();
+        back.take_back = true;
+        assert_eq!(
+            group_kept(&back, Some(&base), &known).unwrap(),
+            [None, None],
+            "taken back"
+        );
+        let newer = json!({"attestation": {"x509": {"signingCertificates": {
+            "primary": {"info": {"sha1Thumbprint": "EF56"}}}}}});
+        assert!(
+            refused(&back, &newer).contains("EF56"),
+            "a take-back takes only what it read"
+        );
+        assert_eq!(
+            group_kept(&g, Some(&newer), &|tp| tp == "EF56" || tp == ours_tp).unwrap(),
+            [None, None],
+            "a certificate certroll knows is its own to write"
+        );
+    }
+
     #[test]
     fn a_group_read_goes_back_without_what_dps_computes() {
         let read = json!({"enrollmentGroupId": "a", "etag": "\"x\"", "initialTwin": {"tags": {"k": 1}},
