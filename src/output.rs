@@ -279,8 +279,19 @@ impl<W: Write> Printer<W> {
                         g.hub.as_deref().unwrap_or("-"),
                         g.device_count
                     )?;
-                    writeln!(out, "    primary:   {}", cert_line(g.primary.as_ref()))?;
-                    writeln!(out, "    secondary: {}", cert_line(g.secondary.as_ref()))?;
+                    writeln!(
+                        out,
+                        "    primary:   {}",
+                        slot_line(g.primary.as_ref(), &g.foreign, "primary")
+                    )?;
+                    writeln!(
+                        out,
+                        "    secondary: {}",
+                        slot_line(g.secondary.as_ref(), &g.foreign, "secondary")
+                    )?;
+                    if let Some(remedy) = &g.foreign_remedy {
+                        writeln!(out, "    {remedy}")?;
+                    }
                 }
                 if !head.enrollments.is_empty() {
                     writeln!(out, "Individual enrollments")?;

@@ -493,18 +493,10 @@ impl Vault for LocalBackend {
         issuer: Option<(&str, &str)>,
         now: OffsetDateTime,
     ) -> Result<String> {
+        // The trait's default merges in separate writes; here the version, its chain and the
+        // request's removal are one transaction, and the version keeps the request's id.
         let key = self.pending_key(&pending.name)?;
-        let new = NewVersion {
-            name: &pending.name,
-            policy_json: &pending.policy_json,
-            cert_der: leaf,
-            key_pkcs8: key.pkcs8_der(),
-            kty: &pending.kty,
-            exportable: pending.exportable,
-            issuer,
-            facts: None,
-            new_key: false,
-        };
+        let new = pending.merged(leaf, key.pkcs8_der(), issuer);
         let out = self.store.write(|tx, sealing| {
             let hash = q::policy_put(tx, new.policy_json)?;
             let version = q::vault_insert_as(tx, sealing, now, &new, &hash, Some(&pending.request_id))?;
@@ -1428,6 +1420,8 @@ mod tests {
             status: Status::Enabled,
             reprovision: "migrate".into(),
             hub: "h".into(),
+            foreign: Vec::new(),
+            take_back: false,
         };
         let e = b.put_group(&group, NOW).unwrap_err();
         assert!(

@@ -284,20 +284,7 @@ pub trait Vault {
     ) -> Result<String> {
         let key = self.pending_key(&pending.name)?;
         let v = self
-            .create_versions(
-                &[NewVersion {
-                    name: &pending.name,
-                    policy_json: &pending.policy_json,
-                    cert_der: leaf,
-                    key_pkcs8: key.pkcs8_der(),
-                    kty: &pending.kty,
-                    exportable: pending.exportable,
-                    issuer,
-                    facts: None,
-                    new_key: false,
-                }],
-                now,
-            )?
+            .create_versions(&[pending.merged(leaf, key.pkcs8_der(), issuer)], now)?
             .into_iter()
             .next()
             .unwrap_or_default();

@@ -620,6 +620,8 @@ mod tests {
             status: Status::Enabled,
             reprovision: "migrate".into(),
             hub: format!("{name}-hub"),
+            foreign: Vec::new(),
+            take_back: false,
         }
     }
 
@@ -743,6 +745,8 @@ mod tests {
             status: Status::Enabled,
             reprovision: "migrate".into(),
             hub: "g-hub".into(),
+            foreign: Vec::new(),
+            take_back: false,
         })];
         // The renewed CA's leaf is asked of the secondary slot first (by key identifier).
         assert!(groups[0].key_ids.iter().all(Option::is_some));

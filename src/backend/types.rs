@@ -131,6 +131,15 @@ pub struct EnrollmentGroup {
     pub reprovision: String,
     /// Hub devices are assigned to.
     pub hub: String,
+    /// CA certificates another client (the Azure portal, a script, a migration) put into a
+    /// signing slot, which certroll did not issue and cannot resolve: that slot reads as `None`
+    /// above, yet is not empty. Reads fill it (the local store never holds one: always empty).
+    /// A write keeps such a slot as it is when it leaves it `None`; it is replaced or removed
+    /// only when [`take_back`](Self::take_back) is set, and any other write over it is refused.
+    pub foreign: Vec<ForeignCertificate>,
+    /// Set only by an explicit breach of this group (`roll-primary --breach group:NAME`): the
+    /// write replaces or removes the [`foreign`](Self::foreign) certificates it read.
+    pub take_back: bool,
 }
 
 /// An individual enrollment.
@@ -159,9 +168,9 @@ pub struct IndividualEnrollment {
     pub take_back: bool,
 }
 
-/// A certificate in a slot of an individual enrollment that certroll did not issue (no vault
-/// certificate has its thumbprint), as the enrollment service describes it (DPS's
-/// `X509CertificateInfo`).
+/// A certificate in a slot of an individual enrollment or an enrollment group that certroll did
+/// not issue (no vault certificate has its thumbprint), as the enrollment service describes it
+/// (DPS's `X509CertificateInfo`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ForeignCertificate {
     /// `primary` or `secondary`.
@@ -189,7 +198,8 @@ impl ForeignCertificate {
     /// enrollment back.
     pub fn remedy(registration_id: &str) -> String {
         format!(
-            "to take the enrollment back, run `certroll roll-primary --breach enrollment:{registration_id}`              (a new certificate replaces it); or put certroll's certificate back in that slot"
+            "to take the enrollment back, run `certroll roll-primary --breach enrollment:{registration_id}` \
+             (a new certificate replaces it); or put certroll's certificate back in that slot"
         )
     }
 
@@ -199,13 +209,46 @@ impl ForeignCertificate {
         format!(
             "another client put certificate {} ({}) into the {} slot of individual enrollment `{registration_id}`; certroll did not issue it and leaves the enrollment alone",
             self.thumbprint,
-            if self.subject.is_empty() {
-                "no subject given"
-            } else {
-                &self.subject
-            },
+            self.subject_or_none(),
             self.slot
         )
+    }
+
+    /// The subject, or words saying the service gave none.
+    fn subject_or_none(&self) -> &str {
+        if self.subject.is_empty() {
+            "no subject given"
+        } else {
+            &self.subject
+        }
+    }
+
+    /// As [`describe`](Self::describe), for a signing certificate of enrollment group `group`.
+    pub fn describe_in_group(&self, group: &str) -> String {
+        format!(
+            "another client put CA certificate {} ({}) into the {} signing slot of enrollment group `{group}`; \
+             certroll did not issue it and does not write the group while it is there",
+            self.thumbprint,
+            self.subject_or_none(),
+            self.slot
+        )
+    }
+
+    /// What an operator does about another client's certificate in enrollment group `group`:
+    /// take the group back with the explicit breach of the group (a new version of its CA
+    /// replaces it), or have it removed where it was put. `no_take_back` says why the group
+    /// cannot have a breach of its own (its signing CA is a root, or signs for other groups),
+    /// leaving only the removal.
+    pub fn group_remedy(group: &str, no_take_back: Option<&str>) -> String {
+        let remove = "remove it from the group where it was put (the Azure portal, or DPS's API), \
+                      then run the certroll command again";
+        match no_take_back {
+            None => format!(
+                "to take the group back, run `certroll roll-primary --breach group:{group}` (a new version \
+                 of its CA replaces it); or {remove}"
+            ),
+            Some(why) => format!("{remove} (certroll cannot take the group back alone: {why})"),
+        }
     }
 }
 
@@ -600,4 +643,29 @@ pub struct PendingCertificate {
     /// When it was requested; None when the vault does not say (Key Vault's operation carries
     /// no time: certroll reads it from the policy the create wrote).
     pub created: Option<OffsetDateTime>,
+}
+
+impl PendingCertificate {
+    /// The vault version merging `leaf` into this request makes: its name, policy, key type
+    /// and exportability, with the request's key (`key_pkcs8`, PKCS#8 DER) and the vault
+    /// certificate name and version that signed `leaf` (`issuer`). The key was the request's
+    /// before the merge, so it is not new (`new_key: false`).
+    pub fn merged<'a>(
+        &'a self,
+        leaf: &'a [u8],
+        key_pkcs8: &'a [u8],
+        issuer: Option<(&'a str, &'a str)>,
+    ) -> NewVersion<'a> {
+        NewVersion {
+            name: &self.name,
+            policy_json: &self.policy_json,
+            cert_der: leaf,
+            key_pkcs8,
+            kty: &self.kty,
+            exportable: self.exportable,
+            issuer,
+            facts: None,
+            new_key: false,
+        }
+    }
 }

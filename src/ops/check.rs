@@ -431,6 +431,32 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             });
         }
     }
+    // A CA certificate another client put into a group's signing slot: certroll did not issue
+    // it, no roll writes the group while it is there, and devices with certificates under it
+    // register through the group. Critical, naming it and the way on; other groups as usual.
+    for g in plan
+        .groups
+        .values()
+        .filter(|g| wants(Target::Group(g.name.clone())))
+    {
+        let Some(state) = backend.group(&g.name)? else {
+            continue;
+        };
+        for f in &state.foreign {
+            c.add(Problem {
+                target: format!("group:{}", g.name),
+                level: Level::Critical,
+                reason: format!(
+                    "{}: a device with a certificate it signed registers through the group, and rolls of \
+                     the group are refused while it is there. {}",
+                    f.describe_in_group(&g.name),
+                    super::roll::foreign_remedy(plan, g)
+                ),
+                not_after: f.not_after,
+                actions_due: vec![],
+            });
+        }
+    }
     // A group of the plan the service lacks, and a group of the service the plan no longer
     // declares: together, most likely a renamed `[groups.NAME]` table (issue 10 item 21).
     let mut service = None;

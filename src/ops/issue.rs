@@ -666,6 +666,8 @@ fn create_group(
             status: Status::Enabled,
             reprovision: group.reprovision.as_str().into(),
             hub: group.hub.clone(),
+            foreign: Vec::new(),
+            take_back: false,
         },
         now,
     )?;

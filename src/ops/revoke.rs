@@ -392,9 +392,18 @@ fn revoke_group(
             .take(journal::CUT_OFF_SHOWN)
             .collect(),
     };
-    let steps = vec![format!(
+    let mut steps = vec![format!(
         "disable enrollment group `{name}`: its {count} device(s) can no longer register"
     )];
+    // Disabling overwrites nothing: another client's certificate stays where it is, and the
+    // disabled group refuses devices under it too.
+    for f in &group.foreign {
+        steps.push(format!(
+            "keep CA certificate {} that another client put into its {} slot (certroll did not issue it): \
+             the disabled group refuses devices under it too",
+            f.thumbprint, f.slot
+        ));
+    }
     if !opts.dry_run {
         group.status = Status::Disabled;
         backend.put_group(&group, now)?;

@@ -58,6 +58,15 @@ pub struct GroupStatus {
     pub secondary: Option<CertInfo>,
     /// Devices the plan declares.
     pub device_count: u64,
+    /// CA certificates another client put into a signing slot, which certroll did not issue
+    /// (that slot shows null above) and no roll writes over; omitted when none. See
+    /// [`ForeignCertificate`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub foreign: Vec<ForeignCertificate>,
+    /// What to do about [`foreign`](Self::foreign), in words (text output; `check` says the
+    /// same).
+    #[serde(skip)]
+    pub foreign_remedy: Option<String>,
 }
 
 /// An individual enrollment in the status report.
@@ -252,6 +261,11 @@ impl StatusQuery<'_> {
                         .map(|s| s.cert_der.as_slice()),
                 )?,
                 device_count: g.device_count(),
+                foreign_remedy: state
+                    .as_ref()
+                    .filter(|s| !s.foreign.is_empty())
+                    .map(|_| super::roll::foreign_remedy(self.plan, g)),
+                foreign: state.map(|s| s.foreign).unwrap_or_default(),
             });
         }
         let names: Vec<String> = self

@@ -1093,6 +1093,8 @@ fn group_from(
         status: common.status,
         reprovision: common.reprovision,
         hub: common.hub,
+        foreign: Vec::new(),
+        take_back: false,
     })
 }
 

@@ -423,6 +423,8 @@ fn group_row(r: &Row<'_>) -> rusqlite::Result<EnrollmentGroup> {
         status: Status::parse(&r.get::<_, String>(5)?),
         reprovision: r.get(6)?,
         hub: r.get(7)?,
+        foreign: Vec::new(),
+        take_back: false,
     })
 }
 

@@ -421,6 +421,8 @@ mod tests {
             status: Status::Enabled,
             reprovision: "migrate".into(),
             hub: "h".into(),
+            foreign: Vec::new(),
+            take_back: false,
         };
         store.write(|c, _| q::group_put(c, &group, NOW)).unwrap();
         let first = group_meta(store.conn(), "g").unwrap().unwrap();

@@ -433,3 +433,231 @@ fn revoke_disables_an_enrollment_holding_another_clients_certificate_and_keeps_i
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(r.json()["counts"]["revoked"], 2, "{}", r.stdout);
 }
+
+/// Two groups on CAs of their own under one root, and an individual enrollment beside them,
+/// all on hub `conf-hub`: `pumps` alone on CA `plant` (so it can have a breach of its own).
+const GROUPS: &str = "[policies.device]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 365\n\
+     [policies.ca]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 3650\n\
+     key_usage = [\"keyCertSign\", \"cRLSign\", \"digitalSignature\"]\n\
+     [ca.root]\nsubject = \"CN=Root\"\npolicy = \"ca\"\n\
+     [ca.factory]\nsubject = \"CN=Factory\"\nissuer = \"root\"\npath_len = 0\npolicy = \"ca\"\n\
+     [ca.plant]\nsubject = \"CN=Plant\"\nissuer = \"root\"\npath_len = 0\npolicy = \"ca\"\n\
+     [groups.meters]\nsigning_ca = \"factory\"\nhub = \"conf-hub\"\ndevice_policy = \"device\"\n\
+     devices = { prefix = \"m-\", count = 2 }\n\
+     [groups.pumps]\nsigning_ca = \"plant\"\nhub = \"conf-hub\"\ndevice_policy = \"device\"\n\
+     devices = { prefix = \"p-\", count = 2 }\n\
+     [enrollments.gw-1]\nissuer = \"factory\"\npolicy = \"device\"\nhub = \"conf-hub\"\n";
+
+/// The enrollment group `name` as DPS answers it to another client.
+fn group_record(env: &TestEnv, serve: &Serve, name: &str) -> Value {
+    let (code, g) = dps(
+        env,
+        serve,
+        "GET",
+        &format!("/enrollmentGroups/{name}"),
+        None,
+        None,
+    );
+    assert_eq!(code, 200, "{g}");
+    g
+}
+
+/// The thumbprint DPS lists in a signing slot of enrollment group `name` (None when empty).
+fn group_slot(env: &TestEnv, serve: &Serve, name: &str, slot: &str) -> Option<String> {
+    group_record(env, serve, name)["attestation"]["x509"]["signingCertificates"][slot]["info"]
+        ["sha1Thumbprint"]
+        .as_str()
+        .map(str::to_ascii_uppercase)
+}
+
+/// The other client (a migration script): reads group `name` and puts `pem` into its `slot`
+/// with the etag it read; the rest of the group goes back as read.
+fn put_foreign_signing(env: &TestEnv, serve: &Serve, name: &str, slot: &str, pem: &str) {
+    let path = format!("/enrollmentGroups/{name}");
+    let mut g = group_record(env, serve, name);
+    let etag = g["etag"].as_str().unwrap().trim_matches('"').to_string();
+    g["attestation"]["x509"]["signingCertificates"][slot] = json!({ "certificate": pem });
+    let (code, answer) = dps(env, serve, "PUT", &path, Some(&format!("\"{etag}\"")), Some(&g));
+    assert_eq!(code, 200, "the other client's PUT: {answer}");
+}
+
+/// The group `name` of a status report.
+fn group_of<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["groups"]
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["name"] == name))
+        .unwrap_or_else(|| panic!("no group {name} in {status}"))
+}
+
+/// Another client puts an openssl-made CA certificate into a signing slot of one enrollment
+/// group (issue 12: "enrollment groups still fail on an unknown signing certificate"): status
+/// and check read the whole fleet and name it; every roll that would write that group is
+/// refused with nothing changed (exit 1), others roll as usual; the explicit breach of the group
+/// takes it back and says so, and its rerun changes nothing; a revoke of a group holding one
+/// disables it around it.
+#[test]
+fn another_clients_ca_certificate_in_a_group_is_reported_never_overwritten_and_the_group_breach_takes_it_back()
+ {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, GROUPS);
+    fleet_plans_hook(&env, &serve, GROUPS);
+    let run = |args: &[&str]| run_fleet(&env, &serve, "azure", args);
+    let r = run(&["issue", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let ours = group_slot(&env, &serve, "pumps", "primary").expect("issued");
+    // The factory hook gave each device its first certificate; from here on they go over the
+    // air, to serve's simulated devices.
+    crate::azure_verbs::fleet_plans_with(&env, &serve, GROUPS, "delivery = \"direct-method\"\n");
+
+    // The migration script puts its own CA into pumps' secondary slot.
+    crate::azure_verbs::make_cert(&env, "Migration CA", true);
+    let foreign_pem = std::fs::read_to_string(env.path("Migration-CA-cert.pem")).unwrap();
+    let foreign_tp = fingerprint(&env, "Migration-CA-cert.pem");
+    put_foreign_signing(&env, &serve, "pumps", "secondary", &foreign_pem);
+    assert_eq!(
+        group_slot(&env, &serve, "pumps", "secondary").as_deref(),
+        Some(foreign_tp.as_str())
+    );
+    let unchanged = || {
+        assert_eq!(
+            group_slot(&env, &serve, "pumps", "primary").as_deref(),
+            Some(ours.as_str())
+        );
+        assert_eq!(
+            group_slot(&env, &serve, "pumps", "secondary").as_deref(),
+            Some(foreign_tp.as_str())
+        );
+    };
+
+    // status: exit 0, the group's foreign certificate from DPS's info; the others as usual.
+    let r = run(&["status", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let status = r.json();
+    let pumps = group_of(&status, "pumps");
+    let f = &pumps["foreign"][0];
+    assert_eq!(f["thumbprint"], foreign_tp.as_str(), "{pumps}");
+    assert_eq!(f["slot"], "secondary", "{f}");
+    assert!(f["subject"].as_str().unwrap().contains("Migration CA"), "{f}");
+    assert!(f["not_before"].is_string() && f["not_after"].is_string(), "{f}");
+    assert_eq!(pumps["primary"]["thumbprint"], ours.as_str(), "{pumps}");
+    assert!(pumps["secondary"].is_null(), "{pumps}");
+    assert!(group_of(&status, "meters")["foreign"].is_null(), "{status}");
+    let plant_before = status["cas"][2]["cert"]["thumbprint"].clone();
+    assert!(plant_before.is_string(), "{status}");
+    let r = run(&["status"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for part in [
+        format!("secondary: {foreign_tp} (CN=Migration CA) NOT ISSUED BY CERTROLL"),
+        "roll-primary --breach group:pumps".to_string(),
+    ] {
+        assert!(r.stdout.contains(&part), "{part}: {}", r.stdout);
+    }
+
+    // check: that group critical, naming group, thumbprint and remedy; nothing else.
+    let r = run(&["check", "-o", "json"]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    let report = r.json();
+    let problems = report["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{report}");
+    assert_eq!(problems[0]["target"], "group:pumps", "{report}");
+    assert_eq!(problems[0]["level"], "critical", "{report}");
+    let reason = problems[0]["reason"].as_str().unwrap();
+    for part in [
+        foreign_tp.as_str(),
+        "enrollment group `pumps`",
+        "roll-primary --breach group:pumps",
+    ] {
+        assert!(reason.contains(part), "{part}: {reason}");
+    }
+
+    // Every roll that would write pumps is refused, nothing changed (exit 1), also on rerun.
+    for args in [
+        &["roll-secondary", "group:pumps", "--yes"][..],
+        &["roll-primary", "group:pumps", "--yes"][..],
+        &["roll-secondary", "ca:plant", "--yes"][..],
+        &["roll-secondary", "group:pumps", "--yes"][..],
+    ] {
+        let r = run(args);
+        assert_eq!(r.code, 1, "{args:?}: {}\n{}", r.stdout, r.stderr);
+        for part in [
+            "nothing was changed",
+            foreign_tp.as_str(),
+            "group:pumps",
+            "roll-primary --breach group:pumps",
+        ] {
+            assert!(r.stderr.contains(part), "{args:?}: {part}: {}", r.stderr);
+        }
+        unchanged();
+    }
+    let status = run(&["status", "-o", "json"]).json();
+    assert_eq!(
+        status["cas"][2]["cert"]["thumbprint"], plant_before,
+        "CA plant not renewed"
+    );
+    assert!(
+        run(&["check"]).stdout.lines().all(|l| !l.contains("run:")),
+        "no run left open"
+    );
+    // The rest of the fleet rolls as usual.
+    let r = run(&["roll-secondary", "group:meters", "--yes", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let r = run(&["roll-secondary", "--due", "--yes"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    unchanged();
+
+    // The remedy: the explicit breach of the group takes it back, and says so.
+    let breach = ["roll-primary", "--breach", "group:pumps", "--yes"];
+    let r = run(&[&breach[..], &["--dry-run"]].concat());
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let says = format!("take enrollment group `pumps` back: remove certificate {foreign_tp}");
+    assert!(r.stdout.contains(&says), "{}", r.stdout);
+    unchanged();
+    let r = run(&[&breach[..], &["-o", "json"]].concat());
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let taken = r.json();
+    assert!(taken.to_string().contains(&says), "{taken}");
+    let status = run(&["status", "-o", "json"]).json();
+    let new_plant = status["cas"][2]["cert"]["thumbprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(status["cas"][2]["cert"]["thumbprint"], plant_before);
+    assert_eq!(
+        group_slot(&env, &serve, "pumps", "primary").as_deref(),
+        Some(new_plant.as_str())
+    );
+    assert_eq!(group_slot(&env, &serve, "pumps", "secondary"), None);
+    assert!(group_of(&status, "pumps")["foreign"].is_null(), "{status}");
+    let r = run(&["check", "-o", "json"]);
+    assert!(!r.stdout.contains("group:pumps"), "{}\n{}", r.stdout, r.stderr);
+    // Its rerun changes nothing.
+    let before = group_record(&env, &serve, "pumps")["etag"].clone();
+    let r = run(&[&breach[..], &["-o", "json"]].concat());
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(
+        group_record(&env, &serve, "pumps")["etag"],
+        before,
+        "{}",
+        r.stdout
+    );
+
+    // A revoke of a group holding one disables the group around it.
+    put_foreign_signing(&env, &serve, "meters", "secondary", &foreign_pem);
+    let meters_primary = group_slot(&env, &serve, "meters", "primary");
+    let r = run(&["revoke", "group:meters", "--reason", "superseded", "--yes"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains(&format!(
+            "keep CA certificate {foreign_tp} that another client put into its secondary slot"
+        )),
+        "{}",
+        r.stdout
+    );
+    let g = group_record(&env, &serve, "meters");
+    assert_eq!(g["provisioningStatus"], "disabled", "{g}");
+    assert_eq!(group_slot(&env, &serve, "meters", "primary"), meters_primary);
+    assert_eq!(
+        group_slot(&env, &serve, "meters", "secondary").as_deref(),
+        Some(foreign_tp.as_str())
+    );
+}

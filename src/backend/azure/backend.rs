@@ -1323,8 +1323,12 @@ impl EnrollmentService for AzureBackend {
     }
 
     fn put_group(&mut self, group: &EnrollmentGroup, now: OffsetDateTime) -> Result<()> {
+        // Another client's certificate a write keeps stays in its slot (a primary it holds is
+        // the group's primary); it is not certroll's to move.
+        let keeps_foreign = !group.foreign.is_empty() && !group.take_back;
+        let foreign_primary = keeps_foreign && group.foreign.iter().any(|f| f.slot == "primary");
         // Refused before any request, in the local backend's words (DPS answers 400 too).
-        if let Some(why) = group.slots_refused() {
+        if let Some(why) = group.slots_refused().filter(|_| !foreign_primary) {
             return Err(BackendError::Refused(why));
         }
         // DPS has no X.509 group without a signing certificate: a group whose CAs were all
@@ -1332,7 +1336,7 @@ impl EnrollmentService for AzureBackend {
         // revoked) is deleted there, accepting no device, and kept in the local store until a
         // CA is placed in it again, in the same unit as the journal step.
         self.enrollments.put_group(group, now)?;
-        if group.primary.is_none() && group.secondary.is_none() {
+        if group.primary.is_none() && group.secondary.is_none() && !keeps_foreign {
             self.vault.local_mut().put_group(group, now)
         } else {
             self.vault.local_mut().forget_group(&group.name).map(|_| ())

@@ -610,6 +610,86 @@ fn foreign_kept<'r>(
     Ok(kept)
 }
 
+/// The signing slots of `base` (the enrollment group as DPS holds it now, a tree) that hold
+/// a CA certificate another client put there, which a write of `g` keeps as read
+/// (`[primary, secondary]`, each `{"info": ...}`): `g` read it (it is in
+/// [`EnrollmentGroup::foreign`]) and leaves that slot `None`. A write that would replace or
+/// drop one is refused unless `g` takes the group back ([`EnrollmentGroup::take_back`]), as
+/// is one that would leave the primary slot empty beside it (DPS requires a primary) or refer
+/// to a CA by name beside it. `base` may be newer than what the writer read (a re-read after
+/// 412), so its slots are judged here, by thumbprint: `known` tells one certroll issued.
+fn group_kept(
+    g: &EnrollmentGroup,
+    base: Option<&Value>,
+    known: &dyn Fn(&str) -> bool,
+) -> Result<[Option<Value>; 2]> {
+    let mut kept = [None, None];
+    let Some(base) = base else {
+        return Ok(kept);
+    };
+    let signing = &base["attestation"]["x509"]["signingCertificates"];
+    let ours: Vec<String> = [&g.primary, &g.secondary]
+        .into_iter()
+        .flatten()
+        .map(|s| crate::pki::sha1_thumbprint(&s.cert_der))
+        .collect();
+    let refused = |f: ForeignCertificate, why: &str| {
+        BackendError::Refused(format!(
+            "{}; {why}: {}",
+            f.describe_in_group(&g.name),
+            ForeignCertificate::group_remedy(&g.name, None)
+        ))
+    };
+    for ((which, mine), keep) in ["primary", "secondary"]
+        .into_iter()
+        .zip([&g.primary, &g.secondary])
+        .zip(kept.iter_mut())
+    {
+        let Some(slot) = SlotRead::of_json(&signing[which]) else {
+            continue;
+        };
+        let info = slot.info().unwrap_or_default();
+        let Some(tp) = info.sha1_thumbprint.as_deref().map(str::to_ascii_uppercase) else {
+            continue;
+        };
+        if ours.contains(&tp) || known(&tp) {
+            continue;
+        }
+        let read = g.foreign.iter().any(|f| f.thumbprint == tp);
+        if read && g.take_back {
+            continue;
+        }
+        let f = ForeignCertificate {
+            slot: which,
+            thumbprint: tp,
+            subject: info.subject_name.unwrap_or_default(),
+            not_before: None,
+            not_after: None,
+        };
+        if !read || mine.is_some() {
+            return Err(refused(f, "it was not overwritten"));
+        }
+        let referenced = [&g.primary, &g.secondary]
+            .into_iter()
+            .flatten()
+            .any(|s| s.ca_reference.is_some());
+        if referenced {
+            return Err(refused(
+                f,
+                "a group refers to its CA by name or holds its signing certificates, not both, so it was not changed",
+            ));
+        }
+        if which == "secondary" && g.primary.is_none() {
+            return Err(refused(
+                f,
+                "the write would leave the primary slot empty beside it (DPS requires a primary), so it was not changed",
+            ));
+        }
+        *keep = Some(json!({"info": signing[which]["info"]}));
+    }
+    Ok(kept)
+}
+
 /// Removes what DPS computes itself, so a record read can be sent back.
 fn writable(mut json: Value) -> Value {
     if let Some(o) = json.as_object_mut() {
@@ -715,24 +795,6 @@ impl AzureEnrollmentService {
             .unwrap_or_else(|p| p.into_inner())
             .entry(tp)
             .or_insert_with(|| der.to_vec());
-    }
-
-    /// The certificate DPS describes in an `X509CertificateWithInfo`; one certroll has no
-    /// record of is an error (an enrollment group's signing certificate).
-    fn certificate(&self, slot: Option<&SlotRead>, whose: &str) -> Result<Option<Vec<u8>>> {
-        match self.resolve(slot, whose, "signing")? {
-            Held::Empty => Ok(None),
-            Held::Known(der) => Ok(Some(der)),
-            Held::Foreign(f) => Err(BackendError::Refused(format!(
-                "DPS holds certificate {} ({}) in `{whose}`, which certroll has no record of",
-                f.thumbprint,
-                if f.subject.is_empty() {
-                    "unknown subject"
-                } else {
-                    &f.subject
-                }
-            ))),
-        }
     }
 
     /// What a slot (`which`: `primary` or `secondary`) of `whose` holds: nothing, a certificate
@@ -844,6 +906,9 @@ impl AzureEnrollmentService {
         let name = v["enrollmentGroupId"].as_str().unwrap_or_default().to_string();
         let x509 = &v["attestation"]["x509"];
         let mut slots = [None, None];
+        // A CA certificate another client put into a signing slot is reported with the group,
+        // not an error for every verb that reads it.
+        let mut foreign = Vec::new();
         for (i, which) in ["primary", "secondary"].into_iter().enumerate() {
             if let Some(reference) = x509["caReferences"][which].as_str() {
                 let ca = cas(reference)?
@@ -852,14 +917,21 @@ impl AzureEnrollmentService {
                     cert_der: ca.cert_der,
                     ca_reference: Some(reference.to_string()),
                 });
-            } else if let Some(der) = self.certificate(
+                continue;
+            }
+            match self.resolve(
                 SlotRead::of_json(&x509["signingCertificates"][which]).as_ref(),
                 &name,
+                which,
             )? {
-                slots[i] = Some(Slot {
-                    cert_der: der,
-                    ca_reference: None,
-                });
+                Held::Empty => {}
+                Held::Known(der) => {
+                    slots[i] = Some(Slot {
+                        cert_der: der,
+                        ca_reference: None,
+                    })
+                }
+                Held::Foreign(f) => foreign.push(f),
             }
         }
         let [primary, secondary] = slots;
@@ -870,10 +942,18 @@ impl AzureEnrollmentService {
             reprovision: reprovision_of(v).to_string(),
             hub: self.hub_name(v),
             name,
+            foreign,
+            take_back: false,
         })
     }
 
+    /// The record a write of `g` sends: certroll's fields over what was read (`base`), with
+    /// the signing slots of another client's certificates that [`group_kept`] keeps.
     fn group_json(&self, g: &EnrollmentGroup, base: Option<&Value>) -> Result<Value> {
+        let kept = {
+            let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            group_kept(g, base, &|tp| known.contains_key(tp))?
+        };
         let mut out = writable(base.cloned().unwrap_or_else(|| json!({})));
         out["enrollmentGroupId"] = json!(g.name);
         let referenced = [&g.primary, &g.secondary]
@@ -884,11 +964,16 @@ impl AzureEnrollmentService {
             let name = |s: &Option<Slot>| s.as_ref().and_then(|s| s.ca_reference.clone());
             json!({"caReferences": {"primary": name(&g.primary), "secondary": name(&g.secondary)}})
         } else {
-            let slot = |s: &Option<Slot>| {
-                s.as_ref()
-                    .map(|s| json!({"certificate": certificate_text(&s.cert_der)}))
+            let slot = |s: &Option<Slot>, kept: &Option<Value>| match s {
+                Some(s) => json!({"certificate": certificate_text(&s.cert_der)}),
+                // Another client's certificate goes back as DPS gave it: its info, which DPS
+                // takes as "this slot unchanged".
+                None => kept.clone().unwrap_or(Value::Null),
             };
-            json!({"signingCertificates": {"primary": slot(&g.primary), "secondary": slot(&g.secondary)}})
+            json!({"signingCertificates": {
+                "primary": slot(&g.primary, &kept[0]),
+                "secondary": slot(&g.secondary, &kept[1]),
+            }})
         };
         out["attestation"] = json!({"type": "x509", "x509": x509});
         out["provisioningStatus"] = json!(g.status.as_str());
@@ -1427,7 +1512,8 @@ impl EnrollmentService for AzureEnrollmentService {
     }
 
     fn put_group(&mut self, group: &EnrollmentGroup, _now: OffsetDateTime) -> Result<()> {
-        if group.primary.is_none() && group.secondary.is_none() {
+        let keeps_foreign = !group.foreign.is_empty() && !group.take_back;
+        if group.primary.is_none() && group.secondary.is_none() && !keeps_foreign {
             // DPS has no X.509 group without a signing certificate (a PUT without one is 400):
             // a group whose every CA was taken out (a CA revoked) accepts no device, which on
             // DPS is a group that is not there. Deleting it is what a rerun finds done.
@@ -1770,6 +1856,101 @@ mod tests {
                 .unwrap()
                 .map(|k| k.is_some()),
             [false, false]
+        );
+    }
+
+    /// Another client's CA certificate in a signing slot of a group DPS holds: kept as read by
+    /// a write that read it and leaves its slot empty, dropped only by a take-back that read
+    /// it, refused otherwise (not read, as after a 412 re-read; certroll's certificate over it;
+    /// a primary left empty beside it; a CA reference beside it).
+    #[test]
+    fn a_group_write_keeps_or_takes_back_a_foreign_ca_certificate_and_never_drops_it_unread() {
+        let ours = vec![1u8, 2, 3];
+        let ours_tp = crate::pki::sha1_thumbprint(&ours);
+        let foreign_info = json!({"sha1Thumbprint": "ab12", "subjectName": "CN=Migration CA",
+            "notAfterUtc": "2030-01-01T00:00:00Z"});
+        let base = json!({"enrollmentGroupId": "g", "etag": "\"e\"", "attestation": {"x509": {
+            "signingCertificates": {"primary": {"info": {"sha1Thumbprint": ours_tp}},
+                                    "secondary": {"info": foreign_info}}}}});
+        let read = ForeignCertificate {
+            slot: "secondary",
+            thumbprint: "AB12".into(),
+            subject: "CN=Migration CA".into(),
+            not_before: None,
+            not_after: None,
+        };
+        let mut g = EnrollmentGroup {
+            name: "g".into(),
+            primary: Some(Slot {
+                cert_der: ours.clone(),
+                ca_reference: None,
+            }),
+            secondary: None,
+            status: Status::Disabled,
+            reprovision: "never".into(),
+            hub: "h".into(),
+            foreign: vec![],
+            take_back: false,
+        };
+        // The certificate of certroll's the group held when read (resolved by that read).
+        let known = |tp: &str| tp == ours_tp;
+        let refused =
+            |g: &EnrollmentGroup, base: &Value| group_kept(g, Some(base), &known).unwrap_err().to_string();
+        let why = refused(&g, &base);
+        assert!(
+            why.contains("AB12") && why.contains("enrollment group `g`") && why.contains("not overwritten"),
+            "unread: {why}"
+        );
+        assert!(why.contains("--breach group:g"), "{why}");
+        assert_eq!(
+            group_kept(&g, None, &known).unwrap(),
+            [None, None],
+            "a create keeps nothing"
+        );
+        g.foreign = vec![read];
+        assert_eq!(
+            group_kept(&g, Some(&base), &known).unwrap(),
+            [None, Some(json!({"info": foreign_info}))],
+            "read and left empty: kept as DPS gave it"
+        );
+        let mut over = g.clone();
+        over.secondary = over.primary.clone().map(|s| Slot {
+            cert_der: vec![9, 9],
+            ..s
+        });
+        assert!(
+            refused(&over, &base).contains("not overwritten"),
+            "certroll's own over it"
+        );
+        let mut alone = g.clone();
+        alone.primary = None;
+        assert!(
+            refused(&alone, &base).contains("primary slot empty"),
+            "no primary beside it"
+        );
+        let mut referenced = g.clone();
+        referenced.primary = Some(Slot {
+            cert_der: ours.clone(),
+            ca_reference: Some("root-1".into()),
+        });
+        assert!(refused(&referenced, &base).contains("refers to its CA by name"));
+        let mut back = alone.clone();
+        back.take_back = true;
+        assert_eq!(
+            group_kept(&back, Some(&base), &known).unwrap(),
+            [None, None],
+            "taken back"
+        );
+        let newer = json!({"attestation": {"x509": {"signingCertificates": {
+            "primary": {"info": {"sha1Thumbprint": "EF56"}}}}}});
+        assert!(
+            refused(&back, &newer).contains("EF56"),
+            "a take-back takes only what it read"
+        );
+        assert_eq!(
+            group_kept(&g, Some(&newer), &|tp| tp == "EF56" || tp == ours_tp).unwrap(),
+            [None, None],
+            "a certificate certroll knows is its own to write"
         );
     }
 

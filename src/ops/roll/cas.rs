@@ -340,12 +340,17 @@ pub(super) fn keep_other(
 /// Puts the group's signing CA's current certificate into the named slot. `clear_other` empties
 /// the other slot; otherwise it holds the certificate `keep` names (its SHA-1 thumbprint, as
 /// [`keep_other`] decided when the run was planned; `None` in a run recorded before that).
+///
+/// `take_back` (the explicit breach of this group) replaces and removes what another client
+/// put into the group; without it, the write keeps or refuses to touch such a certificate.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn place(
     plan: &Plan,
     group: &GroupSpec,
     slot: SlotName,
     clear_other: bool,
     keep: Option<Option<&str>>,
+    take_back: bool,
     backend: &mut dyn Backend,
     now: OffsetDateTime,
 ) -> Result<()> {
@@ -380,6 +385,7 @@ pub(super) fn place(
         *other = if valid(named) { named.take() } else { None };
     }
     *named = Some(new);
+    state.take_back = take_back;
     // A lone certificate (the other slot emptied) is the group's primary, as DPS requires.
     state.primary_first();
     backend.put_group(&state, now)?;
@@ -424,9 +430,12 @@ pub(crate) fn tainted(
 }
 
 /// Takes tainted CA certificates out of every group in scope and out of the service.
+/// `take_back` names the group whose explicit breach takes it back from another client: the
+/// certificates another client put into it leave with the compromised ones.
 pub(super) fn remove_tainted(
     groups: &[String],
     tainted: &[(String, String)],
+    take_back: &[String],
     backend: &mut dyn Backend,
     now: OffsetDateTime,
 ) -> Result<serde_json::Value> {
@@ -448,6 +457,16 @@ pub(super) fn remove_tainted(
                 *slot = None;
                 changed = true;
             }
+        }
+        if take_back.contains(group) && !state.foreign.is_empty() {
+            for f in &state.foreign {
+                removed.push(format!(
+                    "group:{group}/{} {} (another client's)",
+                    f.slot, f.thumbprint
+                ));
+            }
+            state.take_back = true;
+            changed = true;
         }
         if changed {
             // The remaining certificate, if any, moves to the primary slot in the same write:
@@ -528,7 +547,9 @@ pub(crate) fn expired_held(
         }
     }
     for g in backend.groups()? {
-        if skip_groups.contains(&g.name.as_str()) {
+        // A group holding another client's certificate is not written by any roll (see
+        // `refuse_foreign_groups`); `check` reports it critical.
+        if skip_groups.contains(&g.name.as_str()) || !g.foreign.is_empty() {
             continue;
         }
         for (slot, held) in [
@@ -798,4 +819,85 @@ fn unaccepted_group(
             group.name, u.why
         )))
     }
+}
+
+/// Why `group` cannot have a breach of its own (`roll-primary --breach group:NAME`, the verb
+/// that takes a group back from another client), or None when it can: a breach renews the
+/// group's signing CA, so a root (rolled as `ca:`) or a CA that also signs for other groups
+/// is breached as `ca:` only.
+pub(crate) fn no_group_breach(plan: &Plan, group: &GroupSpec) -> Option<String> {
+    let root = plan
+        .cas
+        .iter()
+        .any(|c| c.name == group.signing_ca && c.issuer.is_none());
+    if root {
+        return Some(format!("its signing CA `{}` is a root", group.signing_ca));
+    }
+    let others: Vec<String> = plan
+        .groups
+        .values()
+        .filter(|o| o.name != group.name && o.signing_ca == group.signing_ca)
+        .map(|o| format!("group:{}", o.name))
+        .collect();
+    (!others.is_empty()).then(|| {
+        format!(
+            "its signing CA `{}` also signs for {}",
+            group.signing_ca,
+            others.join(", ")
+        )
+    })
+}
+
+/// The remedy for another client's certificate in `group`, in words (see
+/// [`ForeignCertificate::group_remedy`]).
+pub(crate) fn foreign_remedy(plan: &Plan, group: &GroupSpec) -> String {
+    ForeignCertificate::group_remedy(&group.name, no_group_breach(plan, group).as_deref())
+}
+
+/// Refuses, before anything is written (exit 1), a roll that would write a group holding a
+/// certificate another client put there: every group of `groups` (those whose slots the run
+/// changes) but `take_back`, the group an explicit `--breach group:NAME` takes back.
+///
+/// Refused rather than rolled around: a roll moves a group's signing CA through its two slots
+/// (the new CA beside the one its devices hold leaves under, until they have new ones). With
+/// one slot taken, a roll would have to replace the other client's certificate (during a
+/// migration, maybe the CA devices are moving to) or take out the CA certroll's devices use
+/// now. And the CA is the group's as a whole, often several groups': rolling the rest and
+/// leaving this group behind would leave its devices unable to roll under the new CA and a
+/// run open across a CA change. So nothing is changed, and the message names the group, the
+/// certificate and the ways on.
+pub(crate) fn refuse_foreign_groups(
+    plan: &Plan,
+    backend: &dyn Backend,
+    groups: &[&GroupSpec],
+    take_back: Option<&str>,
+) -> Result<()> {
+    let mut found = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for g in groups {
+        if Some(g.name.as_str()) == take_back || !seen.insert(g.name.as_str()) {
+            continue;
+        }
+        let Some(state) = backend.group(&g.name)? else {
+            continue;
+        };
+        for f in &state.foreign {
+            found.push(format!(
+                "group:{}: {}; {}",
+                g.name,
+                f.describe_in_group(&g.name),
+                foreign_remedy(plan, g)
+            ));
+        }
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "nothing was changed: this roll would write a group that holds a CA certificate another client put \
+         there. A roll moves a group's signing CA through its two slots (the new CA beside the one its devices \
+         use now), so with one slot taken it would replace that certificate or cut the group's devices off; \
+         certroll never does either unasked.\n{}",
+        found.join("\n")
+    )
 }

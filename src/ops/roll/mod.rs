@@ -34,7 +34,9 @@
 
 mod cas;
 
-pub(crate) use cas::{RunMakes, ca_scope, expired_held, refuse_unaccepted, tainted, unaccepted_groups};
+pub(crate) use cas::{
+    RunMakes, ca_scope, expired_held, foreign_remedy, refuse_unaccepted, tainted, unaccepted_groups,
+};
 mod devices;
 
 use super::journal::{self, CutOff, Planned, StepReport};
@@ -597,6 +599,14 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
                     .any(|s| s.cert_der == c.cert_der),
                 _ => false,
             };
+            if !accepts && let Some(f) = state.iter().flat_map(|s| &s.foreign).next() {
+                anyhow::bail!(
+                    "group `{name}` holds the current version of its CA `{}` in neither slot, so it would refuse the new certificates: {}; {}",
+                    g.signing_ca,
+                    f.describe_in_group(name),
+                    cas::foreign_remedy(plan, g)
+                );
+            }
             if !accepts {
                 anyhow::bail!(
                     "group `{name}` holds the current version of its CA `{}` in neither slot, so it would refuse the new certificates; finish the CA roll first (rerun the interrupted `roll-*` command, or `certroll roll-secondary group:{name}`)",
@@ -607,13 +617,40 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     }
     // What each CA-level target still has to do, read from the state before anything is planned.
     let mut decisions: Vec<Decision<'_>> = Vec::new();
+    // The group an explicit `--breach group:NAME` takes back from another client, if it holds
+    // a certificate another client put there.
+    let mut take_back: Option<&str> = None;
     if !resuming {
         for st in &scopes {
             decisions.push(match &opts.breach {
-                Some(breach) => Decision::Breach(breach_in_place(&backend, &st.target.to_string(), breach)?),
+                Some(breach) => {
+                    let taken = match &st.target {
+                        Target::Group(name) => backend.group(name)?.is_some_and(|g| !g.foreign.is_empty()),
+                        _ => false,
+                    };
+                    if taken && let Target::Group(name) = &st.target {
+                        take_back = Some(name.as_str());
+                    }
+                    // A group breached before that holds another client's certificate now is
+                    // breached again: that is how it is taken back.
+                    Decision::Breach(!taken && breach_in_place(&backend, &st.target.to_string(), breach)?)
+                }
                 None => Decision::Expiry(cas::pending(plan, &backend, &st.scope, now)?),
             });
         }
+        // No roll writes a group holding another client's certificate, but the breach of that
+        // group named explicitly (see `refuse_foreign_groups` for why it is refused, not rolled
+        // around).
+        let written: Vec<&crate::plan::GroupSpec> = scopes
+            .iter()
+            .zip(&decisions)
+            .flat_map(|(st, d)| match d {
+                Decision::Expiry(p) => p.place.clone(),
+                Decision::Breach(false) => st.scope.groups.clone(),
+                Decision::Breach(true) => Vec::new(),
+            })
+            .collect();
+        cas::refuse_foreign_groups(plan, &backend, &written, take_back)?;
     }
     if !resuming && opts.breach.is_none() {
         // What has expired leaves the service with every roll (`--due` included); a group this
@@ -1626,6 +1663,7 @@ fn plan_scope<'p>(
         Decision::Expiry(pending) => pending.is_empty(),
     };
     let mut device_ids = scope.device_ids.clone();
+    let mut taken_back: Option<(String, Vec<crate::backend::types::ForeignCertificate>)> = None;
     if let Some(breach) = &opts.breach {
         if already {
             for g in &scope.groups {
@@ -1639,6 +1677,13 @@ fn plan_scope<'p>(
             return Ok(());
         }
         let compromised = compromised_cas(plan, backend, st, slot, breach.both)?;
+        // Named explicitly, the breach of a group takes it back from another client.
+        if let Target::Group(name) = &st.target
+            && let Some(state) = backend.group(name)?
+            && !state.foreign.is_empty()
+        {
+            taken_back = Some((name.clone(), state.foreign));
+        }
         let tainted = cas::tainted(backend, scope, &compromised)?;
         let names: Vec<String> = compromised.iter().map(|(n, v)| format!("{n}/{v}")).collect();
         // A group's breach cuts off that group's devices; a CA's, every device below it.
@@ -1662,13 +1707,18 @@ fn plan_scope<'p>(
             "compromised": compromised,
             "tainted": tainted,
             "incident": breach.incident,
+            "take_back": taken_back.iter().map(|(g, _)| g).collect::<Vec<_>>(),
         });
+        let taking = taken_back
+            .iter()
+            .map(|(g, foreign)| format!("; {}", take_back_words(g, foreign)))
+            .collect::<String>();
         planned.push(Planned {
             target: target.clone(),
             kind: "remove-compromised",
             description: format!(
-                "delete the compromised CA certificate(s) {} (and what they signed) from the groups' slots and the enrollment service's CA certificates",
-                names.join(", ")
+                "delete the compromised CA certificate(s) {} (and what they signed) from the groups' slots and the enrollment service's CA certificates{taking}",
+                if names.is_empty() { "(none: the group holds no certificate of its CA)".to_string() } else { names.join(", ") }
             ),
             detail: detail.clone(),
             cut_off: CutOff { count, first },
@@ -1794,6 +1844,10 @@ fn plan_scope<'p>(
             detail["keep"] = serde_json::json!(decided.keep);
             cut_off = decided.cut_off;
         }
+        if let Some((_, foreign)) = taken_back.as_ref().filter(|(t, _)| *t == g.name) {
+            detail["take_back"] = serde_json::json!(true);
+            steps.insert(0, take_back_words(&g.name, foreign));
+        }
         planned.push(Planned {
             target: format!("group:{}", g.name),
             kind: "group-slot",
@@ -1885,6 +1939,19 @@ fn enrollments_under(
     Ok(out)
 }
 
+/// What the explicit breach of group `group` says it does to the certificates another client
+/// put into it.
+fn take_back_words(group: &str, foreign: &[crate::backend::types::ForeignCertificate]) -> String {
+    let what: Vec<String> = foreign
+        .iter()
+        .map(|f| format!("{} ({}) from its {} slot", f.thumbprint, f.subject, f.slot))
+        .collect();
+    format!(
+        "take enrollment group `{group}` back: remove certificate {} that another client put there",
+        what.join(" and ")
+    )
+}
+
 /// The compromised CA versions of a breach target: for `group:` the CA certificate in the named
 /// slot (both slots with `--both`); for `ca:` the CA's current version (every version with
 /// `--both`).
@@ -1907,8 +1974,11 @@ fn compromised_cas(
                 SlotName::Primary => (&state.primary, &state.secondary),
                 SlotName::Secondary => (&state.secondary, &state.primary),
             };
+            // Taking the group back from another client, the breach declares compromised
+            // whatever certificate of its CA the group still holds (maybe none).
+            let taking_back = !state.foreign.is_empty();
             let mut slots = vec![named];
-            if both {
+            if both || taking_back {
                 slots.push(other);
             }
             for s in slots.into_iter().flatten() {
@@ -1916,7 +1986,7 @@ fn compromised_cas(
                     out.push((v.name.clone(), v.version.clone()));
                 }
             }
-            if out.is_empty() {
+            if out.is_empty() && !taking_back {
                 return Err(input(format!(
                     "group:{name}: the {} slot holds no certificate of CA `{}`; nothing to declare compromised",
                     slot.word(),
@@ -1997,8 +2067,9 @@ fn execute(
                 let slot = SlotName::parse(step.detail["slot"].as_str().unwrap_or_default());
                 let clear = step.detail["clear_other"].as_bool().unwrap_or(false);
                 let keep = step.detail.get("keep").map(|k| k.as_str());
+                let take_back = step.detail["take_back"].as_bool().unwrap_or(false);
                 run.step(backend, step.seq, now, |b| {
-                    cas::place(plan, g, slot, clear, keep, b, now)?;
+                    cas::place(plan, g, slot, clear, keep, take_back, b, now)?;
                     Ok(((), serde_json::json!({})))
                 })
                 .context(context)?;
@@ -2007,8 +2078,10 @@ fn execute(
                 let groups: Vec<String> =
                     serde_json::from_value(step.detail["groups"].clone()).unwrap_or_default();
                 let tainted = pairs(&step.detail["tainted"]);
+                let take_back: Vec<String> =
+                    serde_json::from_value(step.detail["take_back"].clone()).unwrap_or_default();
                 run.step(backend, step.seq, now, |b| {
-                    Ok(((), cas::remove_tainted(&groups, &tainted, b, now)?))
+                    Ok(((), cas::remove_tainted(&groups, &tainted, &take_back, b, now)?))
                 })
                 .context(context)?;
             }

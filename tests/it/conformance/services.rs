@@ -135,6 +135,8 @@ pub fn enrollment_suite(s: &mut dyn EnrollmentService, hub: &str) {
         status: Status::Enabled,
         reprovision: "never".into(),
         hub: hub.into(),
+        foreign: Vec::new(),
+        take_back: false,
     };
     s.put_group(&g1, t).unwrap();
     let got = s.group("conf-grp-sign").unwrap().expect("written");
