@@ -189,7 +189,7 @@ impl ForeignCertificate {
     /// enrollment back.
     pub fn remedy(registration_id: &str) -> String {
         format!(
-            "to take the enrollment back, run `certroll roll-primary --breach enrollment:{registration_id}`              (a new certificate replaces it); or put certroll's certificate back in that slot"
+            "to take the enrollment back, run `certroll roll-primary --breach enrollment:{registration_id}` (a new certificate replaces it); or put certroll's certificate back in that slot"
         )
     }
 
