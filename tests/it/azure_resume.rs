@@ -202,3 +202,43 @@ fn a_second_foreign_certificate_is_taken_back_by_the_remedy_check_names() {
         assert_eq!(r.code, 0, "round {round}: {}\n{}", r.stdout, r.stderr);
     }
 }
+
+/// `issue` with `delivery = "none"`: the devices wait for the operator, which is not a
+/// rejection (exit 0, `rejected` empty, as a roll with `none`), on the first run and on a
+/// rerun; the warning that says what to do is one line, not one per enrollment.
+#[test]
+fn issue_with_delivery_none_rejects_nothing_and_warns_once() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    crate::azure_verbs::fleet_plans_with(&env, &serve, FLEET, "delivery = \"none\"\n");
+    for attempt in ["first", "rerun"] {
+        let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+        assert_eq!(r.code, 0, "{attempt}: {}\n{}", r.stdout, r.stderr);
+        assert_eq!(
+            r.json()["rejected"],
+            serde_json::json!([]),
+            "{attempt}: {}",
+            r.stdout
+        );
+        let warned = r
+            .stderr
+            .lines()
+            .filter(|l| l.contains("not delivered: delivery = \"none\""))
+            .count();
+        assert!(warned <= 1, "{attempt}: {}", r.stderr);
+        if attempt == "first" {
+            assert_eq!(warned, 1, "{}", r.stderr);
+        }
+    }
+    let r = run_fleet(&env, &serve, "azure", &["status", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for id in ["gw-1", "gw-2", "gw-3", "gw-4"] {
+        assert!(
+            device(&r.json(), id)["pending"]["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("leaves it to the operator")),
+            "{id}: {}",
+            r.stdout
+        );
+    }
+}

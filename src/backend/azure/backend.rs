@@ -311,6 +311,8 @@ pub struct AzureBackend {
     held_cuts: Vec<HubIdentity>,
     /// The last delivery outcome per device, for `register` to report.
     outcomes: HashMap<String, Outcome>,
+    /// Whether this process has warned once about certificates left to the operator.
+    told_the_operator: bool,
     describe: String,
 }
 
@@ -400,6 +402,7 @@ impl AzureBackend {
             pending: Vec::new(),
             held_cuts: Vec::new(),
             outcomes: HashMap::new(),
+            told_the_operator: false,
             describe,
         }
     }
@@ -627,11 +630,15 @@ impl AzureBackend {
             }
             self.outcomes.insert(record.id.clone(), outcome);
         }
-        if let Some(first) = for_the_operator.first() {
+        // Once per process (a verb flushes per enrollment and per chunk): the line says what to
+        // do, `status` and `check` say which devices wait.
+        if let Some(first) = for_the_operator.first()
+            && !std::mem::replace(&mut self.told_the_operator, true)
+        {
             tracing::warn!(
-                "{} certificate(s) not delivered: delivery = \"none\" leaves them to the operator; \
-                 hand each out with `certroll export device:ID` (first: `certroll export device:{first}`)",
-                for_the_operator.len()
+                "certificate(s) not delivered: delivery = \"none\" leaves them to the operator; \
+                 hand each out with `certroll export device:ID` (first: `certroll export device:{first}`; \
+                 `certroll status` lists every device waiting)"
             );
         }
         let cuts = std::mem::take(&mut self.held_cuts);
@@ -1524,6 +1531,18 @@ impl EnrollmentService for AzureBackend {
                 }
                 why.push(match &state {
                     None => "the device has not registered yet".to_string(),
+                    // DPS's record names this certificate, but from a registration before this
+                    // one was asked for: the device did not register now.
+                    Some(s)
+                        if s.status == "assigned"
+                            && s.cert_thumbprint
+                                .as_deref()
+                                .is_some_and(|t| t.eq_ignore_ascii_case(&tp)) =>
+                    {
+                        format!(
+                            "the device did not register now (DPS's record of it assigned with certificate {tp} is from an earlier registration)"
+                        )
+                    }
                     Some(s) => format!(
                         "the device has not registered with certificate {tp} (DPS shows status {}{}{})",
                         s.status,
