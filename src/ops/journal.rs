@@ -218,11 +218,11 @@ impl Run {
         Ok(())
     }
 
-    /// The error a run stopped on, after closing the run when it is new and stopped before
-    /// the unit of work of any step began (a refused credential, a device the service does not
-    /// know, found while reading what to do): nothing was changed, so nothing is left open for
-    /// `check` to warn about or for a rerun to resume; the next run plans afresh. A run that
-    /// got further stays open for its rerun.
+    /// The error a run stopped on, after closing the run when the error is bad input (exit 2:
+    /// a refused credential found while reading what to do) and the run is new and stopped
+    /// before the unit of work of any step began: nothing was changed, so nothing is left open
+    /// for `check` to warn about or for a rerun to resume; the next run plans afresh. A run
+    /// that got further, or failed otherwise (exit 1), stays open for its rerun.
     pub fn stopped(
         &self,
         backend: &mut dyn Backend,
@@ -230,6 +230,7 @@ impl Run {
         err: anyhow::Error,
     ) -> anyhow::Error {
         if let Some(id) = self.id
+            && crate::error::classify(&err) == crate::error::Failure::Input
             && !self.resumed
             && !self.began.load(Ordering::SeqCst)
             && let Err(close) = in_one_unit(backend, |b| b.finish_run(id, now))

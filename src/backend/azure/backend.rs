@@ -311,8 +311,9 @@ pub struct AzureBackend {
     held_cuts: Vec<HubIdentity>,
     /// The last delivery outcome per device, for `register` to report.
     outcomes: HashMap<String, Outcome>,
-    /// Whether this process has warned once about certificates left to the operator.
-    told_the_operator: bool,
+    /// How many certificates this backend left to the operator (`delivery = "none"`), and the
+    /// first device: one warning line says so when the backend is dropped.
+    for_the_operator: (u64, Option<String>),
     describe: String,
 }
 
@@ -402,7 +403,7 @@ impl AzureBackend {
             pending: Vec::new(),
             held_cuts: Vec::new(),
             outcomes: HashMap::new(),
-            told_the_operator: false,
+            for_the_operator: (0, None),
             describe,
         }
     }
@@ -630,16 +631,10 @@ impl AzureBackend {
             }
             self.outcomes.insert(record.id.clone(), outcome);
         }
-        // Once per process (a verb flushes per enrollment and per chunk): the line says what to
-        // do, `status` and `check` say which devices wait.
-        if let Some(first) = for_the_operator.first()
-            && !std::mem::replace(&mut self.told_the_operator, true)
-        {
-            tracing::warn!(
-                "certificate(s) not delivered: delivery = \"none\" leaves them to the operator; \
-                 hand each out with `certroll export device:ID` (first: `certroll export device:{first}`; \
-                 `certroll status` lists every device waiting)"
-            );
+        // Told once, when the backend is done (a verb flushes per enrollment and per chunk).
+        if let Some(first) = for_the_operator.first() {
+            self.for_the_operator.1.get_or_insert_with(|| first.clone());
+            self.for_the_operator.0 += for_the_operator.len() as u64;
         }
         let cuts = std::mem::take(&mut self.held_cuts);
         if !cuts.is_empty() {
@@ -737,6 +732,14 @@ impl AzureBackend {
             version: version_id.to_string(),
             thumbprint: crate::pki::sha1_thumbprint(&version.cert_der),
         };
+        // A disabled version (a later breach, revoke or `vault update --disable`) is never
+        // handed to a device; Key Vault would refuse to read its key anyway (HTTP 403).
+        if !version.enabled {
+            return Ok(Prepared::Done(Outcome::Waiting(format!(
+                "certificate version {}/{version_id} is disabled, so it is not delivered",
+                record.cert_name
+            ))));
+        }
         Ok(match channel {
             Delivery::None => unreachable!("handled above"),
             Delivery::Hook(cfg) => {
@@ -1556,6 +1559,19 @@ impl EnrollmentService for AzureBackend {
                 Self::waiting(req, state, why.join("; "))
             })
             .collect())
+    }
+}
+
+impl Drop for AzureBackend {
+    /// `delivery = "none"` is the operator's choice, not a fault: one line for all the
+    /// certificates the verb left to the operator, however many enrollments and chunks it wrote.
+    fn drop(&mut self) {
+        if let (count, Some(first)) = &self.for_the_operator {
+            tracing::warn!(
+                "{count} certificate(s) not delivered: delivery = \"none\" leaves them to the operator; \
+                 hand each out with `certroll export device:ID` (first: `certroll export device:{first}`)"
+            );
+        }
     }
 }
 
