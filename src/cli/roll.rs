@@ -196,6 +196,7 @@ fn print_human<W: std::io::Write>(
         let state = match s.state {
             "planned" => "would",
             "done-before" => "done before",
+            "unfinished" => "unfinished",
             _ => "done",
         };
         p.line(format!("{:>3}. [{state}] {}: {}", s.seq, s.target, s.description))?;
@@ -233,6 +234,8 @@ fn print_human<W: std::io::Write>(
                     d.target,
                     d.slot.word()
                 ))?,
+                // A resumed step whose device a later run replaced says so in its one step.
+                "already-replaced" if !d.steps.is_empty() => p.line(format!("{}: {}", d.target, d.steps[0]))?,
                 "already-replaced" => p.line(format!(
                     "{}: an earlier breach roll already replaced its compromised certificate; nothing to do. \
                      If the one it holds now is compromised too, run the breach again with a new --incident LABEL",

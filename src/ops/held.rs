@@ -275,8 +275,10 @@ pub fn standing(
     Ok(Standing::CutOff(format!(
         "its identity in hub `{}` accepts only thumbprint(s) {}, and not the certificate certroll issued it \
          or the one it presented ({}): the hub refuses its connections. Another client of the hub changed \
-         them: the device's next registration through DPS writes its own back (its next start, or \
-         `certroll reprovision device:{id}`)",
+         them. No direct method reaches a device the hub refuses (`certroll reprovision` cannot): its next \
+         registration through DPS writes its own back (its next start), or `certroll roll-primary --breach \
+         device:{id} --yes` writes the identity anew with a new certificate, which reaches the device through a \
+         hook or the operator (`certroll export device:{id} --with-key`)",
         identity.hub,
         thumbprints.join(" / "),
         certroll.join(" / ")

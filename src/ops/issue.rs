@@ -57,6 +57,11 @@ pub struct Rejection {
     pub device: String,
     /// Why.
     pub reason: String,
+    /// The service refused nothing: the device has not registered (yet) with the certificate
+    /// (registration status `waiting`: its delivery or the request to register did not get
+    /// through).
+    #[serde(skip)]
+    pub waiting: bool,
 }
 
 /// What `issue` did.
@@ -840,7 +845,18 @@ fn issue_device_chunks(
             None => (None, next(needs)?),
         };
         if let Some(rejected) = stored {
-            report.rejected.extend(rejected);
+            // `delivery = "none"` leaves the certificate to the operator, so a device that has
+            // not registered with it (the first run, or a rerun before the operator handed it
+            // out) was not rejected (no exit 1), as for a roll; the backend's one warning line
+            // says what to do. A refusal by DPS still is one.
+            let (group, enrollment) = match unit {
+                Unit::Group(g) => (Some(g.name.as_str()), None),
+                Unit::Enrollment(e) => (None, Some(e.name.as_str())),
+            };
+            let to_the_operator = *plan.delivery.channel(group, enrollment) == crate::plan::Delivery::None;
+            report
+                .rejected
+                .extend(rejected.into_iter().filter(|r| !(to_the_operator && r.waiting)));
         }
         if !work {
             progress.advance(chunk.len() as u64);
@@ -1057,6 +1073,7 @@ fn rejections(requests: &[RegistrationRequest], states: Vec<RegistrationState>) 
         .zip(states)
         .filter(|(_, state)| state.status != "assigned")
         .map(|(req, state)| Rejection {
+            waiting: state.status == "waiting",
             device: req.registration_id.clone(),
             reason: state.error.unwrap_or_else(|| "refused".into()),
         })

@@ -10,7 +10,7 @@ use crate::backend::types::JournalStep;
 use crate::backend::{Backend, in_one_unit};
 use anyhow::Result;
 use serde::Serialize;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use time::OffsetDateTime;
 
 /// The environment variable of the fault-injection switch (tests only).
@@ -87,7 +87,9 @@ pub struct StepReport {
     pub kind: String,
     /// In words.
     pub description: String,
-    /// `planned` (dry run), `done`, or `done-before` (by the run this one resumed).
+    /// `planned` (dry run), `done`, `done-before` (by the run this one resumed), or `unfinished`
+    /// (carried out but left open for a device another client's certificate held back: the
+    /// rerun finishes it).
     pub state: &'static str,
     /// Devices that cannot connect with the certificate they hold now once this step is done.
     pub devices_cut_off: CutOff,
@@ -101,6 +103,9 @@ pub struct Run {
     pub resumed: bool,
     /// The steps, with `result` set on the ones already done.
     pub steps: Vec<JournalStep>,
+    /// Whether this process began the unit of work of any step (what may have changed
+    /// something, on a remote service even when the unit failed).
+    began: AtomicBool,
 }
 
 /// Records the planned steps (or finds the open run of the same command and resumes it).
@@ -129,6 +134,7 @@ pub fn begin(
             id: None,
             resumed: false,
             steps,
+            began: AtomicBool::new(false),
         });
     }
     if let Some(open) = backend.open_run(command)? {
@@ -136,6 +142,7 @@ pub fn begin(
             id: Some(open.id),
             resumed: true,
             steps: open.steps,
+            began: AtomicBool::new(false),
         });
     }
     if steps.is_empty() {
@@ -145,6 +152,7 @@ pub fn begin(
             id: None,
             resumed: false,
             steps,
+            began: AtomicBool::new(false),
         });
     }
     let id = in_one_unit(backend, |b| b.start_run(command, &steps, now))?;
@@ -152,6 +160,7 @@ pub fn begin(
         id: Some(id),
         resumed: false,
         steps,
+        began: AtomicBool::new(false),
     })
 }
 
@@ -184,6 +193,7 @@ impl Run {
             // A dry run: no transaction, so it never takes the store's write lock.
             return Ok(f(backend)?.0);
         };
+        self.began.store(true, Ordering::SeqCst);
         // A remote vault marks what this step creates, so a rerun after a kill before the
         // commit adopts it (the step's run and number stay the same across reruns).
         backend.mark_new_versions(Some(&format!("{id}/{seq}")));
@@ -206,6 +216,28 @@ impl Run {
             in_one_unit(backend, |b| b.finish_run(id, now))?;
         }
         Ok(())
+    }
+
+    /// The error a run stopped on, after closing the run when the error is bad input (exit 2:
+    /// a refused credential found while reading what to do) and the run is new and stopped
+    /// before the unit of work of any step began: nothing was changed, so nothing is left open
+    /// for `check` to warn about or for a rerun to resume; the next run plans afresh. A run
+    /// that got further, or failed otherwise (exit 1), stays open for its rerun.
+    pub fn stopped(
+        &self,
+        backend: &mut dyn Backend,
+        now: OffsetDateTime,
+        err: anyhow::Error,
+    ) -> anyhow::Error {
+        if let Some(id) = self.id
+            && crate::error::classify(&err) == crate::error::Failure::Input
+            && !self.resumed
+            && !self.began.load(Ordering::SeqCst)
+            && let Err(close) = in_one_unit(backend, |b| b.finish_run(id, now))
+        {
+            tracing::warn!("run {id} changed nothing but could not be closed: {close:#}");
+        }
+        err
     }
 
     /// Whether step `seq` was done by an earlier attempt of this run.

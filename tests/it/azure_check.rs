@@ -109,6 +109,13 @@ fn azure_check_and_status_name_devices_another_client_cut_off() {
         reason.contains("IDENTITY IN HUB `CONF-HUB`") && reason.contains("REFUSES ITS CONNECTIONS"),
         "{reason}"
     );
+    // The way back named is one that can work: no direct method reaches a refused device, so
+    // not `reprovision` (fifth azure trial, F-REMEDY-REPROVISION).
+    assert!(
+        !reason.contains("`CERTROLL REPROVISION DEVICE:S-1`")
+            && reason.contains("`CERTROLL ROLL-PRIMARY --BREACH DEVICE:S-1 --YES`"),
+        "{reason}"
+    );
     let p = problem(&report, "device:gw-1");
     assert_eq!(p["level"], "critical", "{p}");
     let reason = p["reason"].as_str().unwrap();

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 /// A root and an intermediate that signs for four individual enrollments, all on hub
 /// `conf-hub`.
-const FLEET: &str = "[policies.device]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 365\n\
+pub(crate) const FLEET: &str = "[policies.device]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 365\n\
      [policies.ca]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 3650\n\
      key_usage = [\"keyCertSign\", \"cRLSign\", \"digitalSignature\"]\n\
      [ca.root]\nsubject = \"CN=Root\"\npolicy = \"ca\"\n\
@@ -93,7 +93,7 @@ fn dps(
 }
 
 /// The thumbprint DPS lists in a slot of individual enrollment `id` (None when empty).
-fn slot_thumbprint(env: &TestEnv, serve: &Serve, id: &str, slot: &str) -> Option<String> {
+pub(crate) fn slot_thumbprint(env: &TestEnv, serve: &Serve, id: &str, slot: &str) -> Option<String> {
     let (code, e) = dps(env, serve, "GET", &format!("/enrollments/{id}"), None, None);
     assert_eq!(code, 200, "{e}");
     e["attestation"]["x509"]["clientCertificates"][slot]["info"]["sha1Thumbprint"]
@@ -103,7 +103,7 @@ fn slot_thumbprint(env: &TestEnv, serve: &Serve, id: &str, slot: &str) -> Option
 
 /// The other client: reads enrollment `id` and puts `pem` into its primary slot, with the
 /// etag it read (as the portal does); everything else of the enrollment stays as read.
-fn put_foreign_primary(env: &TestEnv, serve: &Serve, id: &str, pem: &str) {
+pub(crate) fn put_foreign_primary(env: &TestEnv, serve: &Serve, id: &str, pem: &str) {
     let path = format!("/enrollments/{id}");
     let (code, mut e) = dps(env, serve, "GET", &path, None, None);
     assert_eq!(code, 200, "{e}");
@@ -121,7 +121,7 @@ fn put_foreign_primary(env: &TestEnv, serve: &Serve, id: &str, pem: &str) {
 }
 
 /// openssl's SHA-1 fingerprint of a PEM certificate file, as DPS spells a thumbprint.
-fn fingerprint(env: &TestEnv, file: &str) -> String {
+pub(crate) fn fingerprint(env: &TestEnv, file: &str) -> String {
     let run = openssl_in(
         env.dir.path(),
         &["x509", "-in", file, "-noout", "-fingerprint", "-sha1"],
@@ -136,7 +136,7 @@ fn fingerprint(env: &TestEnv, file: &str) -> String {
 }
 
 /// The device `id` of a report's `devices` (status: `id`; roll: `target`).
-fn device<'a>(doc: &'a Value, id: &str) -> &'a Value {
+pub(crate) fn device<'a>(doc: &'a Value, id: &str) -> &'a Value {
     doc["devices"]
         .as_array()
         .and_then(|d| {

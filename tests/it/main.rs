@@ -72,6 +72,8 @@ mod azure_owed;
 
 // Another client's certificate in one individual enrollment: named, left alone, taken back.
 mod azure_foreign;
+// Runs left open on azure and how they end: superseded work, refused credentials, take-backs.
+mod azure_resume;
 // Issue 3 at fleet scale: yearly cron rounds, breaches, revokes, reprovision policies, kills.
 mod fleet;
 // Hostile input: output paths aimed at the state, FIFOs, devices, broken stores, far dates.

@@ -331,6 +331,9 @@ pub struct AzureBackend {
     courier: Option<Courier>,
     /// Makes the courier's own clients (None: deliveries run here, or the courier started).
     courier_clients: Option<CourierClients>,
+    /// How many certificates this backend left to the operator (`delivery = "none"`), and the
+    /// first device: one warning line says so when the backend is dropped.
+    for_the_operator: (u64, Option<String>),
     describe: String,
 }
 
@@ -452,6 +455,7 @@ impl AzureBackend {
             background: false,
             courier: None,
             courier_clients: None,
+            for_the_operator: (0, None),
             describe,
         }
     }
@@ -655,12 +659,10 @@ impl AzureBackend {
             }
             self.outcomes.insert(record.id.clone(), outcome);
         }
+        // Told once, when the backend is done (a verb flushes per enrollment and per chunk).
         if let Some(first) = for_the_operator.first() {
-            tracing::warn!(
-                "{} certificate(s) not delivered: delivery = \"none\" leaves them to the operator; \
-                 hand each out with `certroll export device:ID` (first: `certroll export device:{first}`)",
-                for_the_operator.len()
-            );
+            self.for_the_operator.1.get_or_insert_with(|| first.clone());
+            self.for_the_operator.0 += for_the_operator.len() as u64;
         }
         error.map_or(Ok(()), Err)
     }
@@ -1547,6 +1549,18 @@ impl EnrollmentService for AzureBackend {
                 }
                 why.push(match &state {
                     None => "the device has not registered yet".to_string(),
+                    // DPS's record names this certificate, but from a registration before this
+                    // one was asked for: the device did not register now.
+                    Some(s)
+                        if s.status == "assigned"
+                            && s.cert_thumbprint
+                                .as_deref()
+                                .is_some_and(|t| t.eq_ignore_ascii_case(&tp)) =>
+                    {
+                        format!(
+                            "the device did not register now (DPS's record of it assigned with certificate {tp} is from an earlier registration)"
+                        )
+                    }
                     Some(s) => format!(
                         "the device has not registered with certificate {tp} (DPS shows status {}{}{})",
                         s.status,
@@ -1647,6 +1661,14 @@ fn prepare(routes: &Routes, vault: &AzureVault, record: &DeviceRecord) -> Result
         version: version_id.to_string(),
         thumbprint: crate::pki::sha1_thumbprint(&version.cert_der),
     };
+    // A disabled version (a later breach, revoke or `vault update --disable`) is never
+    // handed to a device; Key Vault would refuse to read its key anyway (HTTP 403).
+    if !version.enabled {
+        return Ok(Prepared::Done(Outcome::Waiting(format!(
+            "certificate version {}/{version_id} is disabled, so it is not delivered",
+            record.cert_name
+        ))));
+    }
     Ok(match channel {
         Delivery::None => unreachable!("handled above"),
         Delivery::Hook(cfg) => {
@@ -1806,7 +1828,23 @@ fn deliver(
 }
 
 impl Drop for AzureBackend {
+    /// Settles what the courier delivers, then says in one line how many certificates the verb
+    /// left to the operator (`delivery = "none"` is the operator's choice, not a fault: one
+    /// line however many enrollments and chunks it wrote).
     fn drop(&mut self) {
+        self.settle_courier();
+        if let (count, Some(first)) = &self.for_the_operator {
+            tracing::warn!(
+                "{count} certificate(s) not delivered: delivery = \"none\" leaves them to the operator; \
+                 hand each out with `certroll export device:ID` (first: `certroll export device:{first}`)"
+            );
+        }
+    }
+}
+
+impl AzureBackend {
+    /// At drop: a verb that ends early (an error) still settles what the courier delivered.
+    fn settle_courier(&mut self) {
         let Some(mut courier) = self.courier.take() else {
             return;
         };

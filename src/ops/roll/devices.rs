@@ -83,6 +83,10 @@ struct Work<'p> {
     remove_identity: bool,
     /// Only prune the other slot; no new certificate.
     prune_only: bool,
+    /// The device's newest version in the vault when the chunk was read: a version this step
+    /// made before it was cut off and that is no longer the newest (or disabled since) was
+    /// superseded by a later run.
+    newest: (String, String),
     report: usize,
 }
 
@@ -442,6 +446,7 @@ pub(super) fn assess<'p>(
             reprovision: false,
             remove_identity: false,
             prune_only: false,
+            newest: (newest.version.clone(), newest.thumbprint.clone()),
             report: 0,
         };
         match mode {
@@ -648,8 +653,11 @@ pub(super) fn assess<'p>(
                 // Already replaced by an earlier breach of this device (and, with --incident, of
                 // the same incident): a rerun does nothing. The journal's record of the
                 // replacement counts while the device holds it, or a newer certificate made since.
+                // Another client's certificate in its enrollment since is not that replacement:
+                // taking the enrollment back is work whatever the incident label.
                 let installed_tp = installed.thumbprint.clone();
-                if let Some(step) = backend.last_done_step(&target, "breach-device")? {
+                let taken = individual.as_ref().is_some_and(|e| !e.foreign.is_empty());
+                if !taken && let Some(step) = backend.last_done_step(&target, "breach-device")? {
                     let result = step.result.unwrap_or_default();
                     let same_incident = breach.incident.is_none()
                         || result["incident"].as_str() == breach.incident.as_deref();
@@ -970,8 +978,29 @@ pub(super) fn store(
     // already (they carry the step's mark): the rerun adopts them instead of making more.
     let mut fresh = fresh;
     let mut adopted: Vec<Option<String>> = vec![None; fresh.len()];
+    // A version made so that a later run (the device's own breach, a revoke, a roll) has since
+    // replaced or disabled: that run's work stands, this device is done, and what it disabled
+    // is never handed out again. (Only a resumed step of a remote vault finds a mark.)
+    let mut superseded: Vec<Option<String>> = vec![None; assessed.work.len()];
     for (at, found) in backend.versions_marked(&names)?.into_iter().enumerate() {
         if let Some(v) = found {
+            let w = &assessed.work[fresh[at].0];
+            if !v.enabled || v.version != w.newest.0 {
+                superseded[fresh[at].0] = Some(if v.version != w.newest.0 {
+                    format!(
+                        "this run issued it certificate {} before it was stopped, and a later run replaced it (with {}): nothing left to do",
+                        sha1_thumbprint(&v.cert_der),
+                        w.newest.1
+                    )
+                } else {
+                    format!(
+                        "this run issued it certificate {} before it was stopped, and a later run disabled it: nothing left to do, and a disabled certificate is not delivered",
+                        sha1_thumbprint(&v.cert_der)
+                    )
+                });
+                adopted[at] = Some(v.version);
+                continue;
+            }
             let facts = crate::pki::CertFacts::from_der(&v.cert_der)?;
             fresh[at].2 = v.cert_der;
             fresh[at].3 = facts;
@@ -1022,8 +1051,13 @@ pub(super) fn store(
     let mut installs = Vec::new();
     let mut requests = Vec::new();
     let mut replaced = serde_json::Map::new();
-    for (w, new) in assessed.work.iter_mut().zip(&new_cert) {
+    for ((w, new), superseded) in assessed.work.iter_mut().zip(&new_cert).zip(superseded) {
         let report = &mut assessed.reports[w.report];
+        if let Some(why) = superseded {
+            report.outcome = "already-replaced";
+            report.steps = vec![why];
+            continue;
+        }
         if let Some(mut ind) = w.individual.take() {
             let (named, other) = slot_mut(&mut ind.primary, &mut ind.secondary, w.slot);
             if let Some((_, der, _)) = new {

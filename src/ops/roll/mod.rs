@@ -761,7 +761,9 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
             });
         }
     }
-    execute(plan, opts, &run, &mut backend, now, &mut report)?;
+    if let Err(e) = execute(plan, opts, &run, &mut backend, now, &mut report) {
+        return Err(run.stopped(&mut backend, now, e));
+    }
     // The last units' deliveries may still be under way beside them.
     backend.finish_deliveries()?;
     // A device left alone for another client's certificate leaves the run open: its rerun,
@@ -785,6 +787,27 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         report.devices.sort_by_key(at);
     }
     report.steps = journal::reports(&run, &planned, opts.dry_run);
+    if !opts.dry_run {
+        // A step that left a device alone for another client's certificate stays open in the
+        // journal (its rerun finishes it): the report says so, as `check` does.
+        let left: std::collections::HashSet<&str> = report
+            .devices
+            .iter()
+            .filter(|d| d.outcome == "foreign")
+            .filter_map(|d| d.target.strip_prefix("device:"))
+            .collect();
+        for (step, journal_step) in report.steps.iter_mut().zip(&run.steps) {
+            if !left.is_empty()
+                && step.state == "done"
+                && journal_step.detail["ids"].as_array().is_some_and(|ids| {
+                    ids.iter()
+                        .any(|id| id.as_str().is_some_and(|id| left.contains(id)))
+                })
+            {
+                step.state = "unfinished";
+            }
+        }
+    }
     tally_device_steps(&run, &mut report);
     let cut: Vec<&CutOff> = planned.iter().map(|p| &p.cut_off).collect();
     report.devices_cut_off = CutOff {
@@ -1543,7 +1566,7 @@ fn tally_device_steps(run: &journal::Run, report: &mut RollReport) {
     for step in &report.steps {
         let journal_step = run.steps.iter().find(|s| s.seq == step.seq);
         let ids = journal_step.and_then(|s| s.detail["ids"].as_array());
-        let Some(ids) = ids.filter(|_| step.state == "done") else {
+        let Some(ids) = ids.filter(|_| matches!(step.state, "done" | "unfinished")) else {
             tallies.push(None);
             continue;
         };

@@ -379,7 +379,8 @@ pub fn import_in(
             b.set_stored_chain(name, v, &chain)?;
         }
         Ok(version)
-    })?;
+    })
+    .map_err(refused_as_asked)?;
     Ok(ImportReport {
         name: name.to_string(),
         version: version.into_iter().next().unwrap_or_default(),
@@ -389,6 +390,28 @@ pub fn import_in(
         cert,
         other_certificates: material.certs.len() - 1,
     })
+}
+
+/// A remote vault that answers an import with HTTP 400 refuses the request as asked (Key Vault
+/// takes no key in the clear as an HSM key: `--hsm`): nothing was imported and the same
+/// command can never succeed, so it is bad input (exit 2), not a failure a rerun resumes.
+fn refused_as_asked(e: anyhow::Error) -> anyhow::Error {
+    let bad_request = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<crate::backend::BackendError>(),
+            Some(crate::backend::BackendError::Remote {
+                status: Some(400),
+                ..
+            })
+        )
+    });
+    if bad_request {
+        input(format!(
+            "{e:#} (nothing was imported; the vault refuses this import as asked)"
+        ))
+    } else {
+        e
+    }
 }
 
 /// The certificates above a version that the vault holds: its issuer first. Unlike
