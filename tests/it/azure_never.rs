@@ -1,7 +1,8 @@
 //! Breach rolls of a CA whose devices' enrollments have `reprovision = "never"`, on a local plan
 //! and on the same plan on azure against `certroll serve` (trial az5 F-BREACH-NEVER): DPS leaves
 //! such a device's hub identity alone when it registers again, so certroll itself must put the
-//! new thumbprint there, alone, or the hub keeps trusting only the compromised certificate.
+//! new thumbprint there, alone, or the hub keeps trusting only the compromised certificate. And
+//! what azure reads a refused device to hold (F-STATUS-REFUSED).
 
 use crate::azure_verbs::{fleet_plans_with, run_fleet};
 use crate::azure_verbs2::{DIRECT, GROUPS, assert_same, both, device, serve_status};
@@ -103,6 +104,74 @@ fn check_counts_a_device_still_on_a_breached_ca_as_critical() {
         assert!(
             reason.contains("CA `factory`") && reason.contains("roll-primary --breach ca:factory"),
             "{reason}"
+        );
+    }
+}
+
+/// After `revoke ca:factory`, `reprovision` has the group's devices register and be refused (no
+/// enrollment accepts their certificates) on both backends. azure's `status` still shows each
+/// device holding the certificate it was refused with, as local's does (trial az5
+/// F-STATUS-REFUSED: azure showed `installed: null` and that certificate as `pending`, "not yet
+/// presented"). azure's document is read as it is, not settled against local's.
+#[test]
+fn a_refused_device_still_holds_its_certificate_in_azure_status() {
+    let env = TestEnv::new();
+    let serve = crate::azure_verbs2::issued_groups(&env);
+    let revoke = [
+        "revoke",
+        "ca:factory",
+        "--reason",
+        "ca-compromise",
+        "--yes",
+        "-o",
+        "json",
+    ];
+    let (l, a) = both(&env, &serve, &revoke);
+    assert_same(&l, &a, "revoke ca:factory");
+    let reprovision = ["reprovision", "group:sensors", "-o", "json"];
+    let (l, a) = (
+        run_fleet(&env, &serve, "local", &reprovision),
+        run_fleet(&env, &serve, "azure", &reprovision),
+    );
+    assert_eq!(
+        l.code, a.code,
+        "local:\n{}\nazure:\n{}\n{}",
+        l.stdout, a.stdout, a.stderr
+    );
+    let status = |which| {
+        run_fleet(&env, &serve, which, &["status", "-o", "json"])
+            .ok()
+            .json()
+    };
+    let raw = status("azure");
+    let (l, a) = (
+        crate::azure_verbs::mask(status("local")),
+        crate::azure_verbs::mask(raw.clone()),
+    );
+    for id in ["s-1", "s-2"] {
+        // The certificate the device was refused with is the one on its hub identity, which
+        // the factory hook registered it with.
+        let held = device(&raw, id);
+        let tp = &held["installed"]["thumbprint"];
+        assert!(tp.is_string(), "{id}: {held}");
+        assert_eq!(&held["hub_identity"]["primary_thumbprint"], tp, "{id}: {held}");
+        let (ld, ad) = (device(&l, id), device(&a, id));
+        assert_eq!(
+            ld["registration"]["status"], "failed",
+            "{id} refused on local: {ld}"
+        );
+        assert_eq!(
+            ad["registration"]["status"], "failed",
+            "{id} refused on azure: {ad}"
+        );
+        assert!(ld["installed"].is_object(), "{id}: {ld}");
+        assert_eq!(
+            ad["installed"], ld["installed"],
+            "{id} holds the same certificate: {ad}"
+        );
+        assert!(
+            ad["pending"].is_null(),
+            "{id}: nothing waits to be presented: {ad}"
         );
     }
 }
