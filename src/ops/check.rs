@@ -98,6 +98,27 @@ pub struct Problem {
     pub actions_due: Vec<ActionReport>,
 }
 
+/// The plan name of the CA whose version `issuer` (vault name, version id) is disabled and no
+/// longer its current one, read once per version; None for any other version.
+fn replaced_issuer(
+    backend: &dyn Backend,
+    c: &mut Checker<'_>,
+    issuer: (String, String),
+) -> Result<Option<String>> {
+    if let Some(known) = c.replaced_issuers.get(&issuer) {
+        return Ok(known.clone());
+    }
+    let replaced = match c.ca_current.get(&issuer.0) {
+        Some((ca, current)) if *current != issuer.1 => backend
+            .version(&issuer.0, &issuer.1)?
+            .filter(|v| !v.enabled)
+            .map(|_| ca.clone()),
+        _ => None,
+    };
+    c.replaced_issuers.insert(issuer, replaced.clone());
+    Ok(replaced)
+}
+
 /// The next action to fall due anywhere.
 #[derive(Debug, Clone, Serialize)]
 pub struct NextDue {
@@ -163,6 +184,11 @@ struct Checker<'a> {
     /// The plan's notBefore skew: a certificate whose notBefore is further ahead was made with
     /// `--now` ahead of the clock, and a roll replaces it.
     skew: time::Duration,
+    /// Each CA's vault name with its plan name and current version id.
+    ca_current: std::collections::HashMap<String, (String, String)>,
+    /// CA versions (vault name, version id) looked up: the CA's plan name where the version is
+    /// disabled and another version replaced it (a breach), else None.
+    replaced_issuers: std::collections::HashMap<(String, String), Option<String>>,
 }
 
 impl Checker<'_> {
@@ -335,11 +361,15 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             .collect(),
         purged: Default::default(),
         skew: plan.not_before_skew,
+        ca_current: Default::default(),
+        replaced_issuers: Default::default(),
     };
     let mut ca_not_after = std::collections::BTreeMap::new();
     for ca in &plan.cas {
         if let Some(v) = backend.current(&ca_cert_name(&ca.name))? {
             ca_not_after.insert(ca.name.as_str(), v.exp);
+            c.ca_current
+                .insert(v.name.clone(), (ca.name.clone(), v.version.clone()));
         }
     }
     let renewal = |ca: &str, policy: &Policy| -> Option<Renewal<'_>> {
@@ -818,6 +848,28 @@ fn check_devices(
                 not_after: f.not_after,
                 actions_due: vec![],
             });
+        }
+        // A certificate from a CA version a breach replaced (disabled, the CA renewed since):
+        // the breach roll that replaces it did not finish for this device, and whoever holds
+        // the compromised CA's key can make a certificate as good as this one.
+        if let Some(ca) = installed
+            .as_ref()
+            .and_then(|v| v.issuer.clone())
+            .map(|issuer| replaced_issuer(backend, c, issuer))
+            .transpose()?
+            .flatten()
+        {
+            c.add(Problem {
+                target: format!("device:{id}"),
+                level: Level::Critical,
+                reason: format!(
+                    "it holds a certificate issued by a version of CA `{ca}` that is disabled and replaced \
+                     (compromised): `certroll roll-primary --breach ca:{ca} --yes` replaces it"
+                ),
+                not_after: installed.as_ref().map(|v| v.exp),
+                actions_due: vec![],
+            });
+            continue;
         }
         let name = super::device_cert_name(id);
         if installed.is_none()

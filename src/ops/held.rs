@@ -119,7 +119,12 @@ pub fn held_from(
             .thumbprints
             .iter()
             .find_map(|tp| versions.iter().filter(could).find(|v| seen.presented_as(v, tp)))
-            .or_else(|| versions.iter().filter(could).rev().find(|v| v.created <= seen.at))
+            .or_else(|| {
+                // A refused attempt names no certificate: only the hub's thumbprints place it.
+                (!seen.refused)
+                    .then(|| versions.iter().filter(could).rev().find(|v| v.created <= seen.at))
+                    .flatten()
+            })
             .cloned();
     }
     Ok(out)
@@ -131,13 +136,20 @@ struct Seen {
     at: time::OffsetDateTime,
     /// Its hub identity's thumbprints, primary first (SHA-1 or SHA-256 hex).
     thumbprints: Vec<String>,
+    /// DPS refused its last attempt (`failed`): the hub identity of its last assignment still
+    /// names what it holds, as the local backend's device keeps the certificate it was refused
+    /// with (trial az5 F-STATUS-REFUSED).
+    refused: bool,
 }
 
 impl Seen {
-    /// None when the device is not assigned (never registered, or refused since).
+    /// None when the device is not assigned (never registered, or disabled since) and was not
+    /// refused with a hub identity left from an earlier assignment.
     fn of(registration: Option<&RegistrationState>, identity: Option<&HubIdentity>) -> Option<Seen> {
-        let r = registration.filter(|r| r.status == "assigned")?;
+        let r = registration
+            .filter(|r| r.status == "assigned" || (r.status == "failed" && identity.is_some()))?;
         Some(Seen {
+            refused: r.status == "failed",
             at: r.updated?,
             thumbprints: identity
                 .map(|i| {

@@ -52,6 +52,8 @@ mod azure_verbs;
 mod azure_verbs2;
 // Breach rolls and expired-CA removal after CA rolls: no secondary without a primary, on both.
 mod azure_breach;
+// Breaches where DPS leaves the hub alone (`reprovision = "never"`), and `check` meanwhile.
+mod azure_never;
 // `notify` on azure: the same notices as on the local store, mailed to a real SMTP server.
 mod azure_notify;
 // What an operator sees on azure: progress, logs, TLS errors, exit codes.

@@ -149,20 +149,36 @@ impl Pace {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits for `Retry-After` and the rate.
+    /// Waits for `Retry-After` and the rate. A try that waited for its turn looks again once it
+    /// has it: a 429 meanwhile holds it for its `Retry-After` too, and a new rate (a new limiter)
+    /// paces it anew. Otherwise the tries queued on the old limiter all went out at the old rate
+    /// (or during the hold), drawing 429s that lowered the rate again and again while the
+    /// service saw more than the client meant to send (trial az5 F-DPS-PACING: 234 429s to 218
+    /// admitted at 1/s, the client "pacing at 0.10/s").
     async fn admit(&self) {
         loop {
-            let hold = self.state().hold_until;
-            match hold {
-                Some(until) if until > Instant::now() => tokio::time::sleep_until(until.into()).await,
-                _ => break,
+            let (hold, limiter) = {
+                let s = self.state();
+                (s.hold_until, s.limiter.clone())
+            };
+            if let Some(until) = hold.filter(|u| *u > Instant::now()) {
+                tokio::time::sleep_until(until.into()).await;
+                continue;
+            }
+            if let Some(limiter) = &limiter {
+                limiter.until_ready().await;
+            }
+            let mut s = self.state();
+            let same = match (&limiter, &s.limiter) {
+                (Some(waited), Some(now)) => Arc::ptr_eq(waited, now),
+                (None, None) => true,
+                _ => false,
+            };
+            if same && s.hold_until.is_none_or(|u| u <= Instant::now()) {
+                s.first_try.get_or_insert_with(Instant::now);
+                return;
             }
         }
-        let limiter = self.state().limiter.clone();
-        if let Some(limiter) = limiter {
-            limiter.until_ready().await;
-        }
-        self.state().first_try.get_or_insert_with(Instant::now);
     }
 
     fn answered(&self, status: StatusCode, retry_after: Option<Duration>) {
@@ -316,6 +332,36 @@ mod tests {
         // Another 429 within the same Retry-After does not lower it again.
         pace.answered(StatusCode::TooManyRequests, Some(Duration::from_secs(2)));
         assert_eq!(pace.rate(), Some(rate));
+    }
+
+    /// A try waiting for its turn when a 429 comes is held for that 429's `Retry-After` and
+    /// paced at the lowered rate, not sent when the old limiter's turn comes (trial az5
+    /// F-DPS-PACING). Only lower bounds on time: a slow machine cannot make this pass wrongly.
+    #[test]
+    fn a_try_waiting_for_its_turn_is_held_by_a_429_that_comes_meanwhile() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let pace = Pace::new("DPS", Some(2.0), 0.5, 4);
+        rt.block_on(async {
+            let start = Instant::now();
+            pace.admit().await; // the burst of one
+            let waiting = async {
+                pace.admit().await;
+                Instant::now()
+            };
+            let throttle = async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                pace.answered(StatusCode::TooManyRequests, Some(Duration::from_millis(1500)));
+            };
+            let (admitted, ()) = tokio::join!(waiting, throttle);
+            let after = admitted.duration_since(start);
+            assert!(
+                after >= Duration::from_millis(1600),
+                "the waiting try went out {after:?} after the start, inside the 429's Retry-After"
+            );
+        });
     }
 
     #[test]

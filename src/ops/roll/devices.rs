@@ -79,6 +79,9 @@ struct Work<'p> {
     compromised: Vec<VaultVersion>,
     /// Re-provision through the enrollment service, so the hub holds only the new thumbprint.
     reprovision: bool,
+    /// The device's enrollment has `reprovision = "never"`: DPS leaves its hub identity alone
+    /// when it registers again, so certroll writes the new thumbprint there itself.
+    hub_kept: bool,
     /// Delete the hub identity first (`--remove-hub-identity`).
     remove_identity: bool,
     /// Only prune the other slot; no new certificate.
@@ -430,7 +433,15 @@ pub(super) fn assess<'p>(
             pruned_thumbprint: None,
             compromised: Vec::new(),
         };
+        // The enrollment DPS matches decides: the device's own individual enrollment, else its
+        // group's.
+        let hub_kept = match (&individual, group) {
+            (Some(ind), _) => ind.reprovision == crate::plan::ReprovisionPolicy::Never.as_str(),
+            (None, Some(g)) => g.reprovision == crate::plan::ReprovisionPolicy::Never,
+            (None, None) => false,
+        };
         let mut work = Work {
+            hub_kept,
             id: id.clone(),
             policy,
             issuer_ca,
@@ -1092,13 +1103,19 @@ pub(super) fn store(
                 // out even where the enrollment keeps an older certificate, and a remote hub's
                 // identity names the certificate the device registers with.
                 let own_breach = !w.compromised.is_empty() && new.is_some();
-                if own_breach && let Some((_, _, tp)) = new {
+                // Under `reprovision = "never"` DPS does not rewrite the hub identity when the
+                // device registers with its new certificate: left to DPS, the hub would keep only
+                // the compromised thumbprint and refuse the new one.
+                let hub_kept = w.hub_kept && w.reprovision && new.is_some();
+                if (own_breach || hub_kept)
+                    && let Some((_, _, tp)) = new
+                {
                     h.primary_thumbprint = Some(tp.clone());
                     h.secondary_thumbprint = None;
                 }
                 // A lone thumbprint is the primary, as for the enrollment.
                 crate::backend::types::primary_first(&mut h.primary_thumbprint, &mut h.secondary_thumbprint);
-                if w.reprovision && new.is_some() && !own_breach {
+                if w.reprovision && new.is_some() && !own_breach && !hub_kept {
                     after_register.push((requests.len(), h));
                 } else {
                     identities.push(h);
