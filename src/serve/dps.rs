@@ -972,7 +972,7 @@ async fn create_or_update_individual_enrollment(
     let body = json_body(&body)?;
     let st = state.clone();
     let out = state
-        .write(move |b, now| put_individual(&st, b, &id, &body, &wanted, now))
+        .write_checked(move |b, now| put_individual(&st, b, &id, &body, &wanted, now))
         .await?;
     Ok(with_etag(out))
 }
@@ -987,7 +987,7 @@ async fn delete_individual_enrollment(
     auth(&state, &headers, super::auth::SasRight::EnrollmentWrite)?;
     let wanted = if_match(&headers)?;
     state
-        .write(move |b, _| delete_individual(b, &id, &wanted))
+        .write_checked(move |b, _| delete_individual(b, &id, &wanted))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -1224,7 +1224,9 @@ fn run_bulk(
             items.len()
         )));
     }
-    let mut errors = Vec::new();
+    // Every record's shape is checked before anything is written: a refused request wrote
+    // nothing (it runs without a savepoint of its own, `AppState::write_checked`).
+    let mut records = Vec::with_capacity(items.len());
     for item in items {
         let Some(record) = item.as_object() else {
             return Err(bad_request(format!(
@@ -1252,6 +1254,10 @@ fn run_bulk(
                 )));
             }
         };
+        records.push((record, id, wanted));
+    }
+    let mut errors = Vec::new();
+    for (record, id, wanted) in records {
         // `update` creates a missing record too (an upsert), as DPS's bulk update does.
         let (exists, current) = match kind {
             Kind::Individual => {
@@ -1296,7 +1302,7 @@ async fn run_bulk_individual_operation(
     let body = json_body(&body)?;
     let st = state.clone();
     let out = state
-        .write(move |b, now| run_bulk(&st, b, Kind::Individual, &body, now))
+        .write_checked(move |b, now| run_bulk(&st, b, Kind::Individual, &body, now))
         .await?;
     Ok(axum::Json(out))
 }
