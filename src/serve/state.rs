@@ -11,7 +11,8 @@
 //! work refuses before it writes anything, runs straight in the group's transaction (a
 //! savepoint per request would copy every page it touches into SQLite's sub-journal). Should a
 //! checked request fail having written something after all (the store failing under it, a
-//! panic), the group is rolled back and run again request by request in savepoints. The writer
+//! panic), the group is rolled back and run again request by request in savepoints. A checked
+//! request's writes set their own etags: the store's etag triggers are off while its group runs. The writer
 //! lock is the store's own (the one every mutating CLI verb takes), held for one group at a
 //! time, so the verbs keep working while serve runs and their writes serialize with serve's.
 
@@ -210,7 +211,8 @@ impl AppState {
     /// [`write`](Self::write) for work that checks everything that can refuse it (etags,
     /// validation) before it writes anything, so that it either fails having written nothing
     /// or succeeds: it runs straight in the group's transaction, without a savepoint of its
-    /// own. `f` may be run more than once (its group redone, see the module doc), each time on
+    /// own. The store's triggers do not fire for it: a row it writes that has an etag gets
+    /// its new etag from the writing statement itself. `f` may be run more than once (its group redone, see the module doc), each time on
     /// the store as it was before its first run; only the last run's answer is sent.
     ///
     /// Errors: as [`write`](Self::write).
@@ -333,7 +335,21 @@ fn apply_group(
         Err(e) => return refuse(group, e),
     };
     let mut guard = lock_backend(backend);
-    if group.first().is_some_and(|j| !j.savepoint) {
+    let checked = group.first().is_some_and(|j| !j.savepoint);
+    // The store's etag triggers are off while a checked group runs: its writes set their etags
+    // themselves, and while a table has a trigger (whose body calls a function) SQLite copies
+    // every page a statement on it touches into a statement journal first. They are on for
+    // every other group, whose writes may count on them.
+    let triggers = guard.store().conn().set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
+        !checked,
+    );
+    if let Err(e) = triggers.map_err(|e| ApiError::internal(format!("the store: {e}")))
+        && !checked
+    {
+        return refuse(group, e);
+    }
+    if checked {
         match run_straight(&mut guard, &mut group) {
             Ok(Some(finished)) => return commit_and_answer(guard, finished),
             Ok(None) => {
@@ -645,6 +661,32 @@ mod tests {
             2,
             "the group was redone once, in savepoints"
         );
+    }
+
+    #[test]
+    fn a_write_that_counts_on_the_etag_trigger_after_a_checked_group_still_gets_a_new_etag() {
+        let state = state();
+        let etag = |state: &AppState| {
+            let b = state.backend.lock().unwrap();
+            crate::store::queries_dps::hub_meta(b.store().conn(), "h", "a")
+                .unwrap()
+                .unwrap()
+                .etag
+        };
+        let answers = one_group(&state, vec![(true, put("a"))]);
+        assert!(answers[0].is_ok(), "{answers:?}");
+        let first = etag(&state);
+        assert_eq!(first.len(), 16, "the checked write set its own etag");
+        // A writer that sets no etag, as the CLI's and the other requests' writers.
+        let twin: TestWork = Box::new(|b| {
+            crate::store::queries_dps::set_twin(b.store().conn(), "h", "a", r#"{"tags":{}}"#)
+                .map_err(|e| ApiError::internal(e.to_string()))
+        });
+        let answers = one_group(&state, vec![(false, twin)]);
+        assert!(answers[0].is_ok(), "{answers:?}");
+        let second = etag(&state);
+        assert_eq!(second.len(), 16);
+        assert_ne!(second, first, "the trigger gave the row a new etag");
     }
 
     #[test]
