@@ -913,13 +913,10 @@ pub fn hub_put(conn: &Connection, d: &HubIdentity, reset_twin: bool, now: Offset
         reset_twin
     ];
     // An identity that exists (every one a roll touches) is updated in place: one look-up
-    // instead of an insert attempt that conflicts and then updates. `OR FAIL` rather than the
-    // default `ABORT`: for a one-row write they differ only in that `ABORT` makes SQLite copy
-    // every page the statement touches into a statement journal (the table's etag triggers
-    // make it a multi-row write to SQLite).
+    // instead of an insert attempt that conflicts and then updates.
     let updated = conn
         .prepare_cached(
-            "UPDATE OR FAIL hub_devices SET auth_type = ?3, primary_thumbprint = ?4, secondary_thumbprint = ?5,
+            "UPDATE hub_devices SET auth_type = ?3, primary_thumbprint = ?4, secondary_thumbprint = ?5,
                status = ?6, updated = ?7, twin = CASE WHEN ?8 THEN '{}' ELSE twin END,
                etag = lower(hex(randomblob(8)))
              WHERE device_id = ?2 AND hub = ?1",
@@ -929,7 +926,7 @@ pub fn hub_put(conn: &Connection, d: &HubIdentity, reset_twin: bool, now: Offset
     if updated == 0 {
         // A new identity starts with the initial twin whatever `reset_twin` says.
         conn.prepare_cached(
-            "INSERT OR FAIL INTO hub_devices (hub, device_id, auth_type, primary_thumbprint, secondary_thumbprint, status, created, updated, etag)
+            "INSERT INTO hub_devices (hub, device_id, auth_type, primary_thumbprint, secondary_thumbprint, status, created, updated, etag)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, lower(hex(randomblob(8))))",
         )
         .and_then(|mut s| s.execute(&p[..7]))

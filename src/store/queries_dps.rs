@@ -241,10 +241,8 @@ pub fn registrations_between(conn: &Connection, after: &str, last: &str) -> Resu
 /// fresh etag, in one statement: the row is written once (schema v13's triggers leave a row
 /// whose writer set its etag alone).
 ///
-/// The statements are `OR FAIL` rather than SQLite's default `ABORT`: each writes one row, so
-/// the two differ only in that `ABORT` makes SQLite copy every page the statement touches into
-/// a statement journal first (the table's triggers make it a multi-row write to SQLite), which
-/// was most of what a serve write cost.
+/// Serve runs it with the store's triggers off (`serve::state`): SQLite then writes the row
+/// without copying the pages it touches into a statement journal first.
 pub fn individual_put_wire(
     conn: &Connection,
     e: &IndividualEnrollment,
@@ -267,7 +265,7 @@ pub fn individual_put_wire(
     // An enrollment that exists (every one a roll touches) is updated in place: one look-up.
     let updated = conn
         .prepare_cached(
-            "UPDATE OR FAIL individual_enrollments SET primary_der = ?2, primary_thumbprint = ?3,
+            "UPDATE individual_enrollments SET primary_der = ?2, primary_thumbprint = ?3,
                secondary_der = ?4, secondary_thumbprint = ?5, status = ?6, reprovision = ?7, hub = ?8,
                updated = ?9, dps_extra = ?10, etag = lower(hex(randomblob(8)))
              WHERE registration_id = ?1",
@@ -276,7 +274,7 @@ pub fn individual_put_wire(
         .map_err(sql)?;
     if updated == 0 {
         conn.prepare_cached(
-            "INSERT OR FAIL INTO individual_enrollments
+            "INSERT INTO individual_enrollments
                (registration_id, primary_der, primary_thumbprint, secondary_der, secondary_thumbprint, status,
                 reprovision, hub, created, updated, dps_extra, etag)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, lower(hex(randomblob(8))))",
