@@ -784,13 +784,16 @@ fn read_individual(state: &AppState, b: &LocalBackend, id: &str) -> Result<Optio
         .map_err(|e| dps_error(StatusCode::INTERNAL_SERVER_ERROR, 1, e.to_string()))
 }
 
+/// An individual enrollment's certificates: primary, secondary (DER).
+type ClientSlots = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// The client certificate slots (primary, secondary) of `body`'s attestation, checked as
 /// [`individual_from`] says.
 fn client_slots(
     state: &AppState,
     body: &Map<String, Value>,
     existing: Option<&IndividualEnrollment>,
-) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), ApiError> {
+) -> Result<ClientSlots, ApiError> {
     let x509 = x509_of(body)?;
     if x509.get("signingCertificates").is_some_and(|v| !v.is_null())
         || x509.get("caReferences").is_some_and(|v| !v.is_null())
@@ -820,7 +823,7 @@ fn client_slots_read(
     state: &AppState,
     attestation: Option<&AttestationRead>,
     existing: Option<&IndividualEnrollment>,
-) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), ApiError> {
+) -> Result<ClientSlots, ApiError> {
     let attestation = attestation.ok_or_else(|| bad_request("attestation is required"))?;
     match attestation.kind.as_deref() {
         Some(t) if t.eq_ignore_ascii_case("x509") => {}
@@ -1936,9 +1939,12 @@ mod tests {
         )
     }
 
+    /// A bulk operation's answer, or its error's status and message.
+    type BulkAnswer = Result<Value, (u16, String)>;
+
     /// Runs `bodies` in turn as bulk operations, read as `typed` says (the typed read when it
     /// takes the body, else the tree), and returns each answer and the stored records after.
-    fn run_bodies(bodies: &[Value], typed: bool) -> (Vec<Result<Value, (u16, String)>>, Vec<String>) {
+    fn run_bodies(bodies: &[Value], typed: bool) -> (Vec<BulkAnswer>, Vec<String>) {
         let state = bulk_state();
         let mut b = LocalBackend::new(crate::store::Store::open_empty().unwrap());
         let now = time::macros::datetime!(2026-12-01 0:00 UTC);
