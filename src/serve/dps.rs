@@ -256,9 +256,17 @@ fn certificate_bytes(text: &str, field: &str) -> Result<Vec<u8>, ApiError> {
     let der = if text.contains("-----BEGIN") {
         from_pem(text.as_bytes(), "PEM text")?
     } else {
-        let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+        // Most certificates come without line breaks: decoded as they are, not copied first.
+        let compact: std::borrow::Cow<'_, str> = if text.chars().any(char::is_whitespace) {
+            text.chars()
+                .filter(|c| !c.is_whitespace())
+                .collect::<String>()
+                .into()
+        } else {
+            text.into()
+        };
         let bytes = base64::engine::general_purpose::STANDARD
-            .decode(compact)
+            .decode(compact.as_bytes())
             .map_err(|_| {
                 bad_request(format!(
                     "{field} is neither PEM text nor base64 (of PEM text or of DER bytes)"
@@ -469,8 +477,28 @@ fn slot_der(
     let Some(slot) = x509.get(kind).and_then(|s| s.get(which)).filter(|s| !s.is_null()) else {
         return Ok(None);
     };
-    let field = format!("attestation.x509.{kind}.{which}");
-    if let Some(text) = slot.get("certificate").and_then(Value::as_str) {
+    let thumbprint = slot
+        .get("info")
+        .and_then(|i| i.get("sha1Thumbprint"))
+        .and_then(Value::as_str);
+    slot_of(
+        infos,
+        &format!("attestation.x509.{kind}.{which}"),
+        slot.get("certificate").and_then(Value::as_str),
+        thumbprint,
+        existing,
+    )
+}
+
+/// [`slot_der`] of a slot's `certificate` text and `info.sha1Thumbprint`, `field` naming it.
+fn slot_of(
+    infos: &CertInfos,
+    field: &str,
+    certificate: Option<&str>,
+    thumbprint: Option<&str>,
+    existing: Option<&Vec<u8>>,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    if let Some(text) = certificate {
         let field = format!("{field}.certificate");
         let der = certificate_bytes(text, &field)?;
         // The certificate this slot holds already was checked when it was written (a roll
@@ -480,10 +508,6 @@ fn slot_der(
         }
         return Ok(Some(der));
     }
-    let thumbprint = slot
-        .get("info")
-        .and_then(|i| i.get("sha1Thumbprint"))
-        .and_then(Value::as_str);
     match (thumbprint, existing) {
         (Some(tp), Some(der)) if tp.eq_ignore_ascii_case(&crate::pki::sha1_thumbprint(der)) => {
             Ok(Some(der.clone()))
@@ -760,22 +784,21 @@ fn read_individual(state: &AppState, b: &LocalBackend, id: &str) -> Result<Optio
         .map_err(|e| dps_error(StatusCode::INTERNAL_SERVER_ERROR, 1, e.to_string()))
 }
 
-/// What one PUT of an individual enrollment writes, checked against the record it replaces.
-fn individual_from(
+/// An individual enrollment's certificates: primary, secondary (DER).
+type ClientSlots = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// The client certificate slots (primary, secondary) of `body`'s attestation, checked as
+/// [`individual_from`] says.
+fn client_slots(
     state: &AppState,
-    id: &str,
     body: &Map<String, Value>,
     existing: Option<&IndividualEnrollment>,
-) -> Result<IndividualEnrollment, ApiError> {
-    check_id_syntax(id)?;
-    check_id(body, "registrationId", id)?;
+) -> Result<ClientSlots, ApiError> {
     let x509 = x509_of(body)?;
     if x509.get("signingCertificates").is_some_and(|v| !v.is_null())
         || x509.get("caReferences").is_some_and(|v| !v.is_null())
     {
-        return Err(bad_request(
-            "an individual enrollment takes attestation.x509.clientCertificates, not signing certificates or CA references",
-        ));
+        return Err(signing_refused());
     }
     let primary = slot_der(
         &state.cert_infos,
@@ -791,6 +814,78 @@ fn individual_from(
         "secondary",
         existing.and_then(|e| e.secondary.as_ref()),
     )?;
+    Ok((primary, secondary))
+}
+
+/// [`client_slots`] of an attestation read as [`AttestationRead`]: the same checks in the same
+/// order, so the same answers.
+fn client_slots_read(
+    state: &AppState,
+    attestation: Option<&AttestationRead>,
+    existing: Option<&IndividualEnrollment>,
+) -> Result<ClientSlots, ApiError> {
+    let attestation = attestation.ok_or_else(|| bad_request("attestation is required"))?;
+    match attestation.kind.as_deref() {
+        Some(t) if t.eq_ignore_ascii_case("x509") => {}
+        Some(other) => {
+            return Err(bad_request(format!(
+                "attestation type `{other}` is not served by certroll: only `x509`"
+            )));
+        }
+        None => return Err(bad_request("attestation.type is required")),
+    }
+    let Some(Obj(x509)) = &attestation.x509 else {
+        return Err(bad_request("attestation.x509 is required for X.509 attestation"));
+    };
+    if x509.signing_certificates.is_some() || x509.ca_references.is_some() {
+        return Err(signing_refused());
+    }
+    let slots = x509.client_certificates.as_ref().map(|Obj(s)| s);
+    let slot = |which: &str, slot: Option<&Option<Obj<SlotRead>>>, existing: Option<&Vec<u8>>| {
+        let Some(Some(Obj(slot))) = slot else {
+            return Ok(None);
+        };
+        slot_of(
+            &state.cert_infos,
+            &format!("attestation.x509.clientCertificates.{which}"),
+            slot.certificate.as_deref(),
+            slot.info.as_ref().and_then(|Obj(i)| i.sha1_thumbprint.as_deref()),
+            existing,
+        )
+    };
+    let primary = slot(
+        "primary",
+        slots.map(|s| &s.primary),
+        existing.and_then(|e| e.primary.as_ref()),
+    )?;
+    let secondary = slot(
+        "secondary",
+        slots.map(|s| &s.secondary),
+        existing.and_then(|e| e.secondary.as_ref()),
+    )?;
+    Ok((primary, secondary))
+}
+
+fn signing_refused() -> ApiError {
+    bad_request(
+        "an individual enrollment takes attestation.x509.clientCertificates, not signing certificates or CA references",
+    )
+}
+
+/// What one PUT of an individual enrollment writes, checked against the record it replaces.
+fn individual_from(
+    state: &AppState,
+    id: &str,
+    body: &Map<String, Value>,
+    attestation: Attestation<'_>,
+    existing: Option<&IndividualEnrollment>,
+) -> Result<IndividualEnrollment, ApiError> {
+    check_id_syntax(id)?;
+    check_id(body, "registrationId", id)?;
+    let (primary, secondary) = match attestation {
+        Attestation::InBody => client_slots(state, body, existing)?,
+        Attestation::Read(read) => client_slots_read(state, read, existing)?,
+    };
     if primary.is_none() {
         return Err(bad_request(
             "attestation.x509.clientCertificates.primary is required",
@@ -900,17 +995,17 @@ fn write_individual(
     now: OffsetDateTime,
 ) -> Result<(), ApiError> {
     let current = qd::individual_wire(b.store().conn(), id).map_err(store_error)?;
-    write_individual_over(state, b, id, body, wanted, current, now)
+    write_individual_over(state, b, id, (body, Attestation::InBody), wanted, current, now)
 }
 
 /// [`write_individual`] over `current`, the record with its etag, times and DPS fields just
 /// read (None: no such record). The record, its DPS fields and a new etag are written in one
-/// statement.
+/// statement. The record comes as its members and where its attestation is ([`Attestation`]).
 fn write_individual_over(
     state: &AppState,
     b: &mut LocalBackend,
     id: &str,
-    body: &Map<String, Value>,
+    (body, attestation): (&Map<String, Value>, Attestation<'_>),
     wanted: &Option<Option<String>>,
     current: Option<qd::IndividualWireRow>,
     now: OffsetDateTime,
@@ -921,7 +1016,7 @@ fn write_individual_over(
         current.as_ref().map(|r| &r.meta),
     )?;
     let existing = current.map(|r| r.enrollment);
-    let record = individual_from(state, id, body, existing.as_ref())?;
+    let record = individual_from(state, id, body, attestation, existing.as_ref())?;
     // As the enrollment service's own write refuses it (a secondary without a primary).
     if let Some(why) = record.slots_refused() {
         return Err(bad_request(why));
@@ -972,7 +1067,7 @@ async fn create_or_update_individual_enrollment(
     let body = json_body(&body)?;
     let st = state.clone();
     let out = state
-        .write(move |b, now| put_individual(&st, b, &id, &body, &wanted, now))
+        .write_checked(move |b, now| put_individual(&st, b, &id, &body, &wanted, now))
         .await?;
     Ok(with_etag(out))
 }
@@ -987,7 +1082,7 @@ async fn delete_individual_enrollment(
     auth(&state, &headers, super::auth::SasRight::EnrollmentWrite)?;
     let wanted = if_match(&headers)?;
     state
-        .write(move |b, _| delete_individual(b, &id, &wanted))
+        .write_checked(move |b, _| delete_individual(b, &id, &wanted))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -1203,6 +1298,152 @@ impl Kind {
     }
 }
 
+/// Where a record's attestation is: among its members, or read apart ([`BulkRead`]).
+#[derive(Clone, Copy)]
+enum Attestation<'r> {
+    InBody,
+    Read(Option<&'r AttestationRead>),
+}
+
+/// A JSON object read as `T` (serde's derived structs take JSON arrays too, which DPS refuses
+/// and the record trees of [`json_body`] never held).
+struct Obj<T>(T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Obj<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Obj<T>, D::Error> {
+        struct Only<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Only<T> {
+            type Value = Obj<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Obj<T>, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Obj)
+            }
+        }
+        d.deserialize_map(Only(std::marker::PhantomData))
+    }
+}
+
+/// A bulk operation on individual enrollments as a roll sends it, read without a JSON tree of
+/// its certificates (most of its bytes). Read only when every member this certroll acts on has
+/// the JSON kind it takes (anything else, a duplicate member too, fails the read and the body
+/// goes through [`json_body`] and [`run_bulk`], which answer it as they always did); the
+/// records' other members are kept as a tree each, to be checked and kept as [`run_bulk`]
+/// does.
+#[derive(serde::Deserialize)]
+struct BulkRead {
+    mode: String,
+    enrollments: Vec<RecordRead>,
+}
+
+/// One record of a [`BulkRead`].
+#[derive(serde::Deserialize)]
+struct RecordRead {
+    #[serde(default)]
+    attestation: Option<Obj<AttestationRead>>,
+    #[serde(flatten)]
+    members: Map<String, Value>,
+}
+
+/// A record's `attestation`, as far as [`client_slots_read`] reads it.
+#[derive(serde::Deserialize)]
+struct AttestationRead {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    x509: Option<Obj<X509Read>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct X509Read {
+    #[serde(default)]
+    client_certificates: Option<Obj<SlotsRead>>,
+    /// Present and not null: refused.
+    #[serde(default)]
+    signing_certificates: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    ca_references: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(serde::Deserialize)]
+struct SlotsRead {
+    #[serde(default)]
+    primary: Option<Obj<SlotRead>>,
+    #[serde(default)]
+    secondary: Option<Obj<SlotRead>>,
+}
+
+#[derive(serde::Deserialize)]
+struct SlotRead {
+    #[serde(default)]
+    certificate: Option<String>,
+    #[serde(default)]
+    info: Option<Obj<InfoRead>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InfoRead {
+    #[serde(default)]
+    sha1_thumbprint: Option<String>,
+}
+
+/// A bulk operation's body, as read.
+enum BulkBody {
+    Tree(Map<String, Value>),
+    Read(BulkRead),
+}
+
+/// Reads a bulk operation on individual enrollments: as a [`BulkRead`] when it reads as one,
+/// else as [`json_body`] does (with its answers to what is not a JSON object).
+fn bulk_body(body: &Bytes) -> Result<BulkBody, ApiError> {
+    match serde_json::from_slice::<Obj<BulkRead>>(body) {
+        Ok(Obj(read)) => Ok(BulkBody::Read(read)),
+        Err(_) => json_body(body).map(BulkBody::Tree),
+    }
+}
+
+/// 400 when a bulk operation carries more than [`BULK_LIMIT`] records.
+fn check_bulk_size(n: usize) -> Result<(), ApiError> {
+    if n > BULK_LIMIT {
+        return Err(bad_request(format!(
+            "a bulk operation takes at most {BULK_LIMIT} records; this one has {n}"
+        )));
+    }
+    Ok(())
+}
+
+/// A record's id and what its etag asks for under `mode`.
+fn bulk_target(
+    kind: Kind,
+    mode: &str,
+    record: &Map<String, Value>,
+) -> Result<(String, Option<Option<String>>), ApiError> {
+    let id = record
+        .get(kind.id_field())
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad_request(format!("each record needs {}", kind.id_field())))?
+        .to_string();
+    let etag = record
+        .get("etag")
+        .and_then(Value::as_str)
+        .map(|e| e.trim_matches('"').to_string());
+    let wanted = match mode {
+        "create" => None,
+        "update" => Some(None),
+        "updateIfMatchETag" => Some(Some(etag.unwrap_or_default())),
+        "delete" => etag.map(Some),
+        other => {
+            return Err(bad_request(format!(
+                "mode `{other}` is not one of create, update, updateIfMatchETag, delete"
+            )));
+        }
+    };
+    Ok((id, wanted))
+}
+
 /// Runs a `BulkEnrollmentOperation`: each record on its own (one failing does not stop the
 /// others), all in one unit of work; 200 with `BulkEnrollmentOperationResult`.
 fn run_bulk(
@@ -1220,13 +1461,10 @@ fn run_bulk(
         .get(kind.list_field())
         .and_then(Value::as_array)
         .ok_or_else(|| bad_request(format!("{} is required (an array)", kind.list_field())))?;
-    if items.len() > BULK_LIMIT {
-        return Err(bad_request(format!(
-            "a bulk operation takes at most {BULK_LIMIT} records; this one has {}",
-            items.len()
-        )));
-    }
-    let mut errors = Vec::new();
+    check_bulk_size(items.len())?;
+    // Every record's shape is checked before anything is written: a refused request wrote
+    // nothing (it runs without a savepoint of its own, `AppState::write_checked`).
+    let mut records = Vec::with_capacity(items.len());
     for item in items {
         let Some(record) = item.as_object() else {
             return Err(bad_request(format!(
@@ -1234,26 +1472,48 @@ fn run_bulk(
                 kind.list_field()
             )));
         };
-        let id = record
-            .get(kind.id_field())
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad_request(format!("each record needs {}", kind.id_field())))?
-            .to_string();
-        let etag = record
-            .get("etag")
-            .and_then(Value::as_str)
-            .map(|e| e.trim_matches('"').to_string());
-        let wanted = match mode {
-            "create" => None,
-            "update" => Some(None),
-            "updateIfMatchETag" => Some(Some(etag.clone().unwrap_or_default())),
-            "delete" => etag.clone().map(Some),
-            other => {
-                return Err(bad_request(format!(
-                    "mode `{other}` is not one of create, update, updateIfMatchETag, delete"
-                )));
-            }
-        };
+        let (id, wanted) = bulk_target(kind, mode, record)?;
+        records.push((record, Attestation::InBody, id, wanted));
+    }
+    run_records(state, b, kind, mode, records, now)
+}
+
+/// [`run_bulk`] of a [`BulkRead`].
+fn run_bulk_read(
+    state: &AppState,
+    b: &mut LocalBackend,
+    body: &BulkRead,
+    now: OffsetDateTime,
+) -> Result<Value, ApiError> {
+    check_bulk_size(body.enrollments.len())?;
+    let mut records = Vec::with_capacity(body.enrollments.len());
+    for record in &body.enrollments {
+        let (id, wanted) = bulk_target(Kind::Individual, &body.mode, &record.members)?;
+        let attestation = Attestation::Read(record.attestation.as_ref().map(|Obj(a)| a));
+        records.push((&record.members, attestation, id, wanted));
+    }
+    run_records(state, b, Kind::Individual, &body.mode, records, now)
+}
+
+/// A bulk record: its members, its attestation, its id and what its etag asks for.
+type BulkRecord<'r> = (
+    &'r Map<String, Value>,
+    Attestation<'r>,
+    String,
+    Option<Option<String>>,
+);
+
+/// The records of a bulk operation, each on its own, after all were checked.
+fn run_records(
+    state: &AppState,
+    b: &mut LocalBackend,
+    kind: Kind,
+    mode: &str,
+    records: Vec<BulkRecord<'_>>,
+    now: OffsetDateTime,
+) -> Result<Value, ApiError> {
+    let mut errors = Vec::new();
+    for (record, attestation, id, wanted) in records {
         // `update` creates a missing record too (an upsert), as DPS's bulk update does.
         let (exists, current) = match kind {
             Kind::Individual => {
@@ -1271,7 +1531,9 @@ fn run_bulk(
         let result = match (mode, kind) {
             ("delete", Kind::Individual) => delete_individual(b, &id, &wanted),
             ("delete", Kind::Group) => delete_group(b, &id, &wanted),
-            (_, Kind::Individual) => write_individual_over(state, b, &id, record, &wanted, current, now),
+            (_, Kind::Individual) => {
+                write_individual_over(state, b, &id, (record, attestation), &wanted, current, now)
+            }
             (_, Kind::Group) => put_group(state, b, &id, record, &wanted, now).map(|_| ()),
         };
         if let Err(e) = result {
@@ -1295,10 +1557,13 @@ async fn run_bulk_individual_operation(
     body: Bytes,
 ) -> Result<axum::Json<Value>, DpsError> {
     auth(&state, &headers, super::auth::SasRight::EnrollmentWrite)?;
-    let body = json_body(&body)?;
+    let body = bulk_body(&body)?;
     let st = state.clone();
     let out = state
-        .write(move |b, now| run_bulk(&st, b, Kind::Individual, &body, now))
+        .write_checked(move |b, now| match &body {
+            BulkBody::Read(read) => run_bulk_read(&st, b, read, now),
+            BulkBody::Tree(tree) => run_bulk(&st, b, Kind::Individual, tree, now),
+        })
         .await?;
     Ok(axum::Json(out))
 }
@@ -1655,6 +1920,124 @@ mod tests {
         let again = serde_json::to_value(individual_wire(&infos, &row, None)).unwrap();
         assert_eq!(again["attestation"], expected["attestation"]);
         assert!(again.get("registrationState").is_none());
+    }
+
+    /// A state over an empty store whose plan links hub `h`.
+    fn bulk_state() -> AppState {
+        const PLAN: &str = "version = 1\n[policies.device]\nkey = { type = \"EC\", curve = \"P-256\" }\n\
+            validity_days = 365\n[policies.ca]\nkey = { type = \"EC\", curve = \"P-256\" }\n\
+            validity_days = 3650\n[ca.root]\nsubject = \"CN=Root\"\npolicy = \"ca\"\n\
+            [enrollments.d]\nissuer = \"root\"\npolicy = \"device\"\nhub = \"h\"\n";
+        let plan = crate::plan::parse(&std::env::temp_dir().join("plan.toml"), PLAN).unwrap();
+        AppState::new(
+            LocalBackend::new(crate::store::Store::open_empty().unwrap()),
+            Arc::new(crate::clock::FixedClock(
+                time::macros::datetime!(2026-12-01 0:00 UTC),
+            )),
+            Arc::new(plan),
+            std::time::Duration::from_secs(1),
+            Vec::new(),
+            Default::default(),
+        )
+    }
+
+    /// A bulk operation's answer, or its error's status and message.
+    type BulkAnswer = Result<Value, (u16, String)>;
+
+    /// Runs `bodies` in turn as bulk operations, read as `typed` says (the typed read when it
+    /// takes the body, else the tree), and returns each answer and the stored records after.
+    fn run_bodies(bodies: &[Value], typed: bool) -> (Vec<BulkAnswer>, Vec<String>) {
+        let state = bulk_state();
+        let mut b = LocalBackend::new(crate::store::Store::open_empty().unwrap());
+        let now = time::macros::datetime!(2026-12-01 0:00 UTC);
+        let answers = bodies
+            .iter()
+            .map(|body| {
+                let bytes = Bytes::from(serde_json::to_vec(body).unwrap());
+                let out = match (typed, bulk_body(&bytes)) {
+                    (_, Err(e)) => Err(e),
+                    (true, Ok(BulkBody::Read(read))) => run_bulk_read(&state, &mut b, &read, now),
+                    (_, Ok(_)) => {
+                        run_bulk(&state, &mut b, Kind::Individual, &json_body(&bytes).unwrap(), now)
+                    }
+                };
+                out.map_err(|e| (e.status.as_u16(), e.message))
+            })
+            .collect();
+        let stored = qd::individuals_wire_page(b.store().conn(), "", 100)
+            .unwrap()
+            .iter()
+            .map(|r| format!("{:?} {:?}", r.enrollment, r.extra_text))
+            .collect();
+        (answers, stored)
+    }
+
+    #[test]
+    fn a_bulk_body_read_typed_is_answered_and_stored_as_its_json_tree_would_be() {
+        use base64::Engine as _;
+        let now = time::macros::datetime!(2026-11-23 0:00 UTC);
+        let b64 = |der: &[u8]| base64::engine::general_purpose::STANDARD.encode(der);
+        let (first, _) = crate::store::test_support::self_signed(now, 30);
+        let (next, _) = crate::store::test_support::self_signed(now, 60);
+        let record = |id: &str, x509: Value| {
+            json!({"registrationId": id, "deviceId": id, "attestation": {"type": "x509", "x509": x509},
+                   "provisioningStatus": "enabled", "iotHubs": ["h.azure-devices.net"],
+                   "allocationPolicy": "static", "capabilities": {"iotEdge": false},
+                   "initialTwin": {"tags": {"b": 1, "a": [2, "x"]}}})
+        };
+        let certs = |p: &[u8], s: Option<&[u8]>| {
+            json!({"clientCertificates": {"primary": {"certificate": b64(p)},
+                   "secondary": s.map(|s| json!({"certificate": b64(s)}))}})
+        };
+        let mut bad_status = record("e3", certs(&first, None));
+        bad_status["provisioningStatus"] = json!("paused");
+        let mut tpm = record("e4", certs(&first, None));
+        tpm["attestation"]["type"] = json!("tpm");
+        let mut signing = record("e5", certs(&first, None));
+        signing["attestation"]["x509"]["signingCertificates"] = json!({"primary": null});
+        let mut garbage = record("e6", certs(&first, None));
+        garbage["attestation"]["x509"]["clientCertificates"]["primary"]["certificate"] = json!("@@@");
+        let mut by_info = record("e1", certs(&first, None));
+        by_info["attestation"]["x509"]["clientCertificates"]["primary"] =
+            json!({"info": {"sha1Thumbprint": crate::pki::sha1_thumbprint(&first)}});
+        let mut no_attestation = record("e7", Value::Null);
+        no_attestation["attestation"] = Value::Null;
+        let bodies = vec![
+            json!({"mode": "create", "enrollments": [record("e1", certs(&first, None)), record("e2", certs(&first, None))]}),
+            json!({"mode": "update", "enrollments": [record("e1", certs(&first, Some(&next))), bad_status, tpm]}),
+            json!({"mode": "update", "enrollments": [signing, garbage, by_info, no_attestation]}),
+            json!({"mode": "create", "enrollments": [record("e1", certs(&first, None))]}),
+            json!({"mode": "nonsense", "enrollments": []}),
+            json!({"mode": "nonsense", "enrollments": [record("e8", certs(&first, None))]}),
+        ];
+        for body in &bodies {
+            let bytes = Bytes::from(serde_json::to_vec(body).unwrap());
+            assert!(
+                matches!(bulk_body(&bytes), Ok(BulkBody::Read(_))),
+                "read typed: {body}"
+            );
+        }
+        let (typed, typed_stored) = run_bodies(&bodies, true);
+        let (tree, tree_stored) = run_bodies(&bodies, false);
+        assert_eq!(typed, tree);
+        assert_eq!(typed_stored, tree_stored);
+        assert_eq!(typed_stored.len(), 2, "{typed_stored:?}");
+        let errors = typed[1].as_ref().unwrap()["errors"].as_array().unwrap().len();
+        assert_eq!(errors, 2, "{:?}", typed[1]);
+
+        // Shapes the typed read does not take go to the tree, which answers them as before.
+        let mut as_array = record("e9", certs(&first, None));
+        as_array["attestation"] = json!(["x509", {}]);
+        for odd in [
+            r#"{"mode": 5, "enrollments": []}"#.to_string(),
+            format!(r#"{{"mode": "create", "enrollments": [{as_array}]}}"#),
+            r#"{"mode": "create", "mode": "update", "enrollments": []}"#.to_string(),
+            r#"{"mode": "create", "enrollments": [{"registrationId": "a", "attestation": null, "attestation": null}]}"#.to_string(),
+            r#"["mode", []]"#.to_string(),
+        ] {
+            let bytes = Bytes::from(odd.clone());
+            assert!(!matches!(bulk_body(&bytes), Ok(BulkBody::Read(_))), "{odd}");
+        }
     }
 
     #[test]

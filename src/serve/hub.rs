@@ -466,7 +466,7 @@ async fn create_or_update_identity(
         None => return Err(bad_request("deviceId is required").into()),
     }
     let out = state
-        .write(move |b, now| put_identity(b, &hub, &id, &body, &wanted, now))
+        .write_checked(move |b, now| put_identity(b, &hub, &id, &body, &wanted, now))
         .await?;
     Ok(with_etag(out))
 }
@@ -481,7 +481,7 @@ async fn delete_identity(
     auth(&state, &hub, &headers, super::auth::SasRight::RegistryWrite)?;
     let wanted = super::dps::if_match(&headers)?;
     state
-        .write(move |b, _| delete_identity_checked(b, &hub, &id, &wanted))
+        .write_checked(move |b, _| delete_identity_checked(b, &hub, &id, &wanted))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -680,9 +680,10 @@ async fn bulk_registry_operation(
         .into());
     }
     let result = state
-        .write(move |b, now| {
-            let mut errors = Vec::new();
-            let mut seen = std::collections::HashSet::new();
+        .write_checked(move |b, now| {
+            // Every entry's shape is checked before anything is written: a refused request
+            // wrote nothing (it runs without a savepoint of its own).
+            let mut entries = Vec::with_capacity(items.len());
             for item in &items {
                 let Some(record) = item.as_object() else {
                     return Err(bad_request("each device must be a JSON object"));
@@ -693,6 +694,11 @@ async fn bulk_registry_operation(
                     .and_then(Value::as_str)
                     .ok_or_else(|| bad_request("each device needs its id"))?
                     .to_string();
+                entries.push((record, id));
+            }
+            let mut errors = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for (record, id) in entries {
                 let mode = record
                     .get("importMode")
                     .and_then(Value::as_str)

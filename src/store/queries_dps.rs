@@ -240,6 +240,9 @@ pub fn registrations_between(conn: &Connection, after: &str, last: &str) -> Resu
 /// Creates or replaces an individual enrollment with its DPS fields (`extra`, JSON text) and a
 /// fresh etag, in one statement: the row is written once (schema v13's triggers leave a row
 /// whose writer set its etag alone).
+///
+/// Serve runs it with the store's triggers off (`serve::state`): SQLite then writes the row
+/// without copying the pages it touches into a statement journal first.
 pub fn individual_put_wire(
     conn: &Connection,
     e: &IndividualEnrollment,
@@ -247,32 +250,38 @@ pub fn individual_put_wire(
     now: OffsetDateTime,
 ) -> Result<()> {
     let tp = |d: &Option<Vec<u8>>| d.as_deref().map(crate::pki::sha1_thumbprint);
-    conn.prepare_cached(
-        "INSERT INTO individual_enrollments
-           (registration_id, primary_der, primary_thumbprint, secondary_der, secondary_thumbprint, status,
-            reprovision, hub, created, updated, dps_extra, etag)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, lower(hex(randomblob(8))))
-         ON CONFLICT(registration_id) DO UPDATE SET primary_der = excluded.primary_der,
-           primary_thumbprint = excluded.primary_thumbprint, secondary_der = excluded.secondary_der,
-           secondary_thumbprint = excluded.secondary_thumbprint, status = excluded.status,
-           reprovision = excluded.reprovision, hub = excluded.hub, updated = excluded.updated,
-           dps_extra = excluded.dps_extra, etag = excluded.etag",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            e.registration_id,
-            e.primary,
-            tp(&e.primary),
-            e.secondary,
-            tp(&e.secondary),
-            e.status.as_str(),
-            e.reprovision,
-            e.hub,
-            ts(now),
-            extra,
-        ])
-    })
-    .map_err(sql)?;
+    let p = params![
+        e.registration_id,
+        e.primary,
+        tp(&e.primary),
+        e.secondary,
+        tp(&e.secondary),
+        e.status.as_str(),
+        e.reprovision,
+        e.hub,
+        ts(now),
+        extra,
+    ];
+    // An enrollment that exists (every one a roll touches) is updated in place: one look-up.
+    let updated = conn
+        .prepare_cached(
+            "UPDATE individual_enrollments SET primary_der = ?2, primary_thumbprint = ?3,
+               secondary_der = ?4, secondary_thumbprint = ?5, status = ?6, reprovision = ?7, hub = ?8,
+               updated = ?9, dps_extra = ?10, etag = lower(hex(randomblob(8)))
+             WHERE registration_id = ?1",
+        )
+        .and_then(|mut s| s.execute(p))
+        .map_err(sql)?;
+    if updated == 0 {
+        conn.prepare_cached(
+            "INSERT INTO individual_enrollments
+               (registration_id, primary_der, primary_thumbprint, secondary_der, secondary_thumbprint, status,
+                reprovision, hub, created, updated, dps_extra, etag)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, lower(hex(randomblob(8))))",
+        )
+        .and_then(|mut s| s.execute(p))
+        .map_err(sql)?;
+    }
     Ok(())
 }
 

@@ -1175,6 +1175,19 @@ fn fresh_dps(
 /// after 9.1x, 23.3x, 26.1x (bulk 0.155, 0.192, 0.193 ms each). Before and after interleaved,
 /// at load 42 to 55 (both processes starved: 0.34 to 0.43 cores between them): client 67.2,
 /// 59.7, 47.2 against 51.0, 56.1, 37.9 µs an enrollment; wall says nothing at that load.
+///
+/// 2026-12-01, perf-serve2 (serve's checked writes without a savepoint each and with the etag
+/// triggers off, cherry-picked from perf-serve), release, load 43 to 52 (other helpers'
+/// builds): serve's CPU over the bulk phase as perf samples of its `certroll-serve` threads,
+/// `perf record -e cpu-clock -F 1999 -k CLOCK_MONOTONIC` around the test binary, `perf report
+/// --time START,END --sort comm`, each run paired with main's serve (756f173) under the same
+/// test binary, N = 10000: main 104.9, 102.6, 105.8 µs an enrollment; perf-serve2 91.9, 69.7,
+/// 75.3 µs (mean 105 to 79). Wall ratios at that load say little (5.3x to 21.0x). Then the DPS
+/// bulk body read into typed records (attestation and certificates without a JSON tree), at
+/// load 14 to 20, paired with perf-serve2 before it: 103.2, 87.4, 85.1 µs against 97.6, 94.2,
+/// 85.7 (means 91.9 and 92.5: within the noise); ratios 6.1x, 13.4x, 8.4x against 6.4x, 16.7x,
+/// 16.5x. Serve's profile is now spread thin: the allocator 13%, SQLite's B-tree and WAL work,
+/// the JSON trees of the DPS members and hub bodies, TLS.
 #[test]
 #[ignore = "measurement, not a check: run with --ignored --nocapture"]
 fn measure_roll_of_n_enrollments_bulk_against_one_at_a_time() {
