@@ -481,10 +481,10 @@ impl Vault for LocalBackend {
         out.map_err(|e| self.with_path(e))
     }
 
-    /// The merged version takes the request's id, which names the request's key from the
-    /// create on (serve's `GET /keys` and `sign` of a pending request): at Key Vault the
-    /// pending key's version is the version the merge completes. One write: the version, its
-    /// chain and the end of the request.
+    /// The merged version gets an id of its own, as at Key Vault, where it is neither the
+    /// request's id nor the id its placeholder showed while it waited (a recording of Key
+    /// Vault: azure-sdk-for-js `recording_can_merge_a_self_signed_certificate.json`). One
+    /// write: the version, its chain and the end of the request.
     fn merge_pending(
         &mut self,
         pending: &PendingCertificate,
@@ -494,12 +494,12 @@ impl Vault for LocalBackend {
         now: OffsetDateTime,
     ) -> Result<String> {
         // The trait's default merges in separate writes; here the version, its chain and the
-        // request's removal are one transaction, and the version keeps the request's id.
+        // request's removal are one transaction.
         let key = self.pending_key(&pending.name)?;
         let new = pending.merged(leaf, key.pkcs8_der(), issuer);
         let out = self.store.write(|tx, sealing| {
             let hash = q::policy_put(tx, new.policy_json)?;
-            let version = q::vault_insert_as(tx, sealing, now, &new, &hash, Some(&pending.request_id))?;
+            let version = q::vault_insert_with_policy(tx, sealing, now, &new, &hash)?;
             if !chain.is_empty() {
                 qv::chain_set(tx, &pending.name, &version, chain)?;
             }

@@ -258,17 +258,41 @@ fn bundle(base: &str, v: &VaultVersion, tags: &Tags, policy: Option<&Value>, wit
 }
 
 /// A name whose first version waits for a merge, as Key Vault shows it: a disabled version
-/// (the request id stands for its version) with the policy and a `pending` link, and no `cer`,
-/// `x5t`, `kid` or `sid` since nothing is issued yet (a recording of Key Vault, azure-sdk-for-js
+/// with the policy and a `pending` link, and no `cer`, `x5t`, `kid` or `sid` since nothing is
+/// issued yet (a recording of Key Vault, azure-sdk-for-js
 /// `recording_can_merge_a_self_signed_certificate.json`).
 fn pending_bundle(base: &str, pend: &PendingCertificate) -> Value {
     placeholder_bundle(
         base,
         &pend.name,
-        &pend.request_id,
+        &pending_version(&pend.name, &pend.request_id),
         pend.created,
         Some(&pend.policy_json),
     )
+}
+
+/// The version id of the placeholder a waiting request shows (and of its key): an id of its
+/// own, as Key Vault's (the recording above: version `5dd466e4…`, request `a4bcd628…`, and the
+/// merge made `9f07e39e…`, a third). Derived from the request (SHA-256, 32 hex characters) so
+/// that it needs no column of its own and stays the same while the request waits.
+fn pending_version(name: &str, request_id: &str) -> String {
+    derived_id("pending-version", name, request_id)
+}
+
+/// The request id of the operation that made version `version` at once (issuer `Self`): Key
+/// Vault's operation has an id of its own, never the version's. Derived from the version so
+/// that the create's answer and a later `GET /pending` agree.
+fn completed_request_id(name: &str, version: &str) -> String {
+    derived_id("completed-request", name, version)
+}
+
+/// 32 lowercase hex characters (Key Vault's id shape) from SHA-256 over `what`, `name`, `from`.
+fn derived_id(what: &str, name: &str, from: &str) -> String {
+    let d = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        format!("certroll/serve/{what}/{name}/{from}").as_bytes(),
+    );
+    d.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The disabled placeholder version of a name that has no issued version yet (its first
@@ -415,6 +439,13 @@ async fn get_certificate(
 ) -> Answer {
     p.require(Perm::Get, &st.config.vault)?;
     st.read(move |b, _| {
+        // The waiting request's placeholder, asked for by its version.
+        if let Some(asked) = at.version()
+            && let Some(pend) = b.pending(&at.name)?
+            && asked == pending_version(&at.name, &pend.request_id)
+        {
+            return Ok(Json(pending_bundle(&base, &pend)));
+        }
         if at.version().is_none() && b.current(&at.name)?.is_none() {
             if let Some(pend) = b.pending(&at.name)? {
                 return Ok(Json(pending_bundle(&base, &pend)));
@@ -428,7 +459,7 @@ async fn get_certificate(
                 return Ok(Json(placeholder_bundle(
                     &base,
                     &at.name,
-                    &c.request_id,
+                    &pending_version(&at.name, &c.request_id),
                     created,
                     c.policy.as_deref(),
                 )));
@@ -975,7 +1006,7 @@ async fn create_certificate(
             // Answered `inProgress` as Key Vault does, though the version exists already: the
             // Python SDK starts its poller only for an unfinished operation, and its first poll
             // of `/pending` then reads `completed`.
-            let request_id = report.version.clone().unwrap_or_default();
+            let request_id = completed_request_id(&name, report.version.as_deref().unwrap_or_default());
             return Ok((StatusCode::ACCEPTED, Json(operation(&base, &name, &report.issuer, "inProgress", None, &request_id))));
         }
         let mut pend = b.pending(&name)?.ok_or_else(|| ApiError::internal("the pending request was not stored"))?;
@@ -1083,7 +1114,14 @@ fn current_operation(b: &LocalBackend, base: &str, name: &str) -> Result<Value, 
             .policy(name)?
             .and_then(|p| p["issuer"]["name"].as_str().map(str::to_string))
             .unwrap_or_else(|| "Self".into());
-        return Ok(operation(base, name, &issuer, "completed", None, &v.version));
+        return Ok(operation(
+            base,
+            name,
+            &issuer,
+            "completed",
+            None,
+            &completed_request_id(name, &v.version),
+        ));
     }
     Err(pending_not_found(name))
 }
@@ -1735,7 +1773,10 @@ async fn get_key(
             if pend.kty.ends_with("-HSM") {
                 key["kty"] = json!(pend.kty);
             }
-            key["kid"] = json!(format!("{base}/keys/{name}/{}", pend.request_id));
+            key["kid"] = json!(format!(
+                "{base}/keys/{name}/{}",
+                pending_version(&name, &pend.request_id)
+            ));
             key["key_ops"] = json!(["sign", "verify"]);
             let mut attrs = json!({
                 "enabled": false,
@@ -1817,8 +1858,9 @@ async fn get_secret(
     .await
 }
 
-/// The key of `name`'s waiting request when `version` names it (its request id) or names no
-/// version: Key Vault's create writes the request's key as the name's newest key version.
+/// The key of `name`'s waiting request when `version` names it (its placeholder's version,
+/// [`pending_version`]) or names no version: Key Vault's create writes the request's key as the
+/// name's newest key version.
 fn pending_key_at(
     b: &LocalBackend,
     name: &str,
@@ -1828,7 +1870,7 @@ fn pending_key_at(
         return Ok(None);
     };
     match version.filter(|v| !v.is_empty()) {
-        Some(v) if v != pend.request_id => Ok(None),
+        Some(v) if v != pending_version(name, &pend.request_id) => Ok(None),
         _ => {
             let key = b.pending_key(name)?;
             Ok(Some((pend, key)))

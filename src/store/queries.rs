@@ -230,19 +230,6 @@ pub fn vault_insert_with_policy(
     new: &NewVersion<'_>,
     policy_hash: &str,
 ) -> Result<String> {
-    vault_insert_as(conn, key, now, new, policy_hash, None)
-}
-
-/// [`vault_insert_with_policy`] under the version id `version` (a merged request's, which its
-/// key had from the create on, as at Key Vault); None: a new random id.
-pub fn vault_insert_as(
-    conn: &Connection,
-    key: &StoreKey,
-    now: OffsetDateTime,
-    new: &NewVersion<'_>,
-    policy_hash: &str,
-    version: Option<&str>,
-) -> Result<String> {
     let parsed;
     let info = match new.facts {
         Some(facts) => facts,
@@ -268,10 +255,7 @@ pub fn vault_insert_as(
         Some(_) => (new.kty.to_string(), false),
         None => (new.kty.to_string(), new.exportable),
     };
-    let version = match version {
-        Some(v) => v.to_string(),
-        None => new_version_id()?,
-    };
+    let version = new_version_id()?;
     let sealed = key.seal(&key_identity(new.name, &version), new.key_pkcs8)?;
     // The certificate row changes only with its policy: a roll of a fleet leaves it alone.
     conn.prepare_cached(

@@ -982,3 +982,106 @@ fn a_device_policy_whose_key_cannot_leave_the_vault_is_refused_on_azure_at_plan_
     );
     assert!(!env.path("azure/state.db").exists(), "no store was made");
 }
+
+/// A run killed right after Key Vault made a root's key holder (the root's name has no other
+/// version yet): until the rerun, the name is no certificate of the vault's. `vault list`,
+/// `vault show`, `status`, `check` and `notify` show nothing of the holder (no version, no
+/// thumbprint) and none fails over it; the rerun finishes the root with one version, the holder
+/// disabled.
+#[test]
+fn a_key_holder_left_alone_by_a_kill_after_its_create_is_no_certificate_until_the_rerun() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, HSM_GROUP);
+    fleet_plans_hook(&env, &serve, HSM_GROUP);
+    let run = run_fleet_with(
+        &env,
+        &serve,
+        &[("CERTROLL_FAULT_AFTER_VAULT_WRITES", "1")],
+        &["issue"],
+    );
+    assert_ne!(run.code, 0, "the fault aborts the run");
+    let listed = listed_versions(&env, &serve, "ca-root");
+    assert_eq!(listed.len(), 1, "the holder alone: {listed:?}");
+    let holders = key_holders(&env, &serve, "ca-root");
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    let holder = version_in(&holders[0]["id"]);
+    let x5t = base64::Engine::decode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        holders[0]["x5t"].as_str().unwrap_or_default(),
+    )
+    .unwrap();
+    assert_eq!(x5t.len(), 20, "{holders:?}");
+    let thumbprint: String = x5t.iter().map(|b| format!("{b:02X}")).collect();
+
+    let shows_nothing = |what: &str, run: &crate::util::Run| {
+        for text in [&run.stdout, &run.stderr] {
+            assert!(
+                !text.contains(&holder) && !text.contains(&thumbprint),
+                "{what} shows the key holder: {}{}",
+                run.stdout,
+                run.stderr
+            );
+        }
+    };
+    let list = run_fleet(&env, &serve, "azure", &["vault", "list", "-o", "json"]);
+    assert_eq!(list.code, 0, "{}{}", list.stdout, list.stderr);
+    assert_eq!(
+        list.json(),
+        serde_json::json!({"certificates": [], "pending": []}),
+        "no certificate and no request yet"
+    );
+    shows_nothing("vault list", &list);
+    let show = run_fleet(&env, &serve, "azure", &["vault", "show", "ca-root", "-o", "json"]);
+    assert_eq!(show.code, 2, "{}{}", show.stdout, show.stderr);
+    assert!(
+        show.stderr.contains("no certificate `ca-root`"),
+        "{}",
+        show.stderr
+    );
+    shows_nothing("vault show", &show);
+    let status = run_fleet(&env, &serve, "azure", &["status", "-o", "json"]);
+    assert_eq!(status.code, 0, "{}{}", status.stdout, status.stderr);
+    let root = status.json()["cas"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "root"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(root["cert"].is_null(), "the root has no certificate yet: {root}");
+    shows_nothing("status", &status);
+    let check = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    let problems = check.json()["problems"].clone();
+    let root_problem = problems
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["target"] == "ca:root"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (root_problem["level"].as_str(), root_problem["reason"].as_str()),
+        (Some("critical"), Some("no certificate")),
+        "{problems}"
+    );
+    shows_nothing("check", &check);
+    let notify = run_fleet(&env, &serve, "azure", &["notify", "--dry-run", "-o", "json"]);
+    assert_eq!(notify.code, 0, "{}{}", notify.stdout, notify.stderr);
+    assert_eq!(
+        notify.json()["events"],
+        serde_json::json!([]),
+        "{}",
+        notify.stdout
+    );
+    shows_nothing("notify", &notify);
+
+    // The rerun goes on with that holder: one root version, the holder disabled.
+    let run = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let holders = key_holders(&env, &serve, "ca-root");
+    assert_eq!(holders.len(), 1, "no second holder: {holders:?}");
+    assert_eq!(version_in(&holders[0]["id"]), holder);
+    assert_eq!(holders[0]["attributes"]["enabled"], false, "{holders:?}");
+    let versions = vault_versions(&env, &serve, "ca-root");
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    assert_ne!(versions[0]["version"], holder.as_str());
+    let list = run_fleet(&env, &serve, "azure", &["vault", "list", "-o", "json"]).ok();
+    shows_nothing("vault list after the rerun", &list);
+    verify_devices(&env, &serve, &["c-1", "c-2"], "rerun");
+}

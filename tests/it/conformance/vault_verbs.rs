@@ -416,3 +416,95 @@ fn vault_rate_paces_key_creations_after_a_ten_second_burst() {
     );
     eprintln!("20 imports in {burst:?}, 6 more at 2/s in {paced:?}");
 }
+
+/// Key Vault gives a merged version an id of its own: neither the request's id nor the id its
+/// placeholder showed while it waited (azure-sdk-for-js
+/// `recording_can_merge_a_self_signed_certificate.json`; serve does the same, and the local
+/// store too). certroll follows the merge's answer: on both plans `vault merge` reports the
+/// version `vault show` and `vault list` then name, which is not the request's id, and that
+/// version holds the certificate openssl signed.
+#[test]
+fn a_merged_version_has_an_id_of_its_own_and_every_verb_names_it() {
+    let env = TestEnv::new();
+    let _serve = setup(&env, "");
+    outside_ca(&env);
+    for which in ["local", "azure"] {
+        let json = |args: &[&str]| -> Value {
+            let r = run(&env, which, args);
+            assert_eq!(r.code, 0, "{which} {args:?}: {}{}", r.stdout, r.stderr);
+            serde_json::from_str(&r.stdout).unwrap()
+        };
+        let made = json(&[
+            "vault",
+            "create",
+            "ext",
+            "--subject",
+            "CN=ext",
+            "--issuer",
+            "Unknown",
+            "-o",
+            "json",
+        ]);
+        let request = made["request_id"].as_str().unwrap_or_default().to_string();
+        assert_eq!(request.len(), 32, "{which}: {made}");
+        let shown = json(&["vault", "show", "ext", "-o", "json"]);
+        assert_eq!(
+            shown["pending"]["request_id"],
+            request.as_str(),
+            "{which}: {shown}"
+        );
+        assert_eq!(shown["versions"], serde_json::json!([]), "{which}: {shown}");
+        let csr = format!("{which}/ext.csr");
+        let signed = format!("{which}/ext-signed.pem");
+        json(&["vault", "csr", "ext", "--out", &csr, "-o", "json"]);
+        env.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "outside-ca.pem",
+            "-CAkey",
+            "outside-ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "20",
+            "-out",
+            &signed,
+        ])
+        .ok();
+        let merged = json(&["vault", "merge", "ext", "--file", &signed, "-o", "json"]);
+        let version = merged["version"].as_str().unwrap_or_default().to_string();
+        assert_eq!(version.len(), 32, "{which}: {merged}");
+        assert_ne!(
+            version, request,
+            "{which}: the merged version is not the request's id"
+        );
+        let fingerprint = env
+            .openssl(&["x509", "-in", &signed, "-noout", "-fingerprint", "-sha1"])
+            .ok()
+            .stdout
+            .trim()
+            .rsplit('=')
+            .next()
+            .unwrap()
+            .replace(':', "");
+        let shown = json(&["vault", "show", "ext", "-o", "json"]);
+        let versions = shown["versions"].as_array().cloned().unwrap_or_default();
+        assert_eq!(versions.len(), 1, "{which}: {shown}");
+        assert_eq!(versions[0]["version"], version.as_str(), "{which}: {shown}");
+        assert_eq!(
+            versions[0]["cert"]["thumbprint"],
+            fingerprint.as_str(),
+            "{which}: {shown}"
+        );
+        assert!(shown["pending"].is_null(), "{which}: {shown}");
+        let listed = json(&["vault", "list", "-o", "json"]);
+        let entry = listed["certificates"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == "ext"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(entry["current"], version.as_str(), "{which}: {listed}");
+    }
+}

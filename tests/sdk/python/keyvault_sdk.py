@@ -129,6 +129,12 @@ check("DNS:sdk-self.example.com" in text, f"openssl SAN: {text}")
 
 got = client.get_certificate("sdk-self")
 check(got.cer == cert.cer and got.policy is not None, "get_certificate returns the latest with policy")
+# The operation that made it has a request id of its own, never the version's.
+done = client.get_certificate_operation("sdk-self")
+check(
+    done.status.lower() == "completed" and done.request_id and done.request_id != cert.properties.version,
+    f"a completed operation's request id is not the version: {done.status} {done.request_id}",
+)
 second = client.begin_create_certificate("sdk-self", policy).result()
 check(second.properties.version != cert.properties.version, "second version")
 old = client.get_certificate_version("sdk-self", cert.properties.version)
@@ -329,10 +335,21 @@ check(
     f"the policy of a pending request dates it: {waiting_policy.created_on} {waiting_policy.updated_on} "
     f"{waiting.properties.created_on}",
 )
-# The create made the request's key as the name's newest key version: the version the merge
-# completes (one version, as at Key Vault), not another. Key Vault's pending version names no
-# key or secret (a recording of Key Vault: no kid, sid, cer or x5t), and its key is disabled.
+# Key Vault's pending version names no key or secret (a recording of Key Vault, azure-sdk-for-js
+# recording_can_merge_a_self_signed_certificate.json: no kid, sid, cer or x5t), and its version
+# id is its own, not the operation's request id.
 check(waiting.key_id is None and waiting.secret_id is None, f"no kid or sid while pending: {waiting.key_id}")
+check(
+    op.request_id and waiting.properties.version != op.request_id,
+    f"the pending version has an id of its own: {waiting.properties.version} {op.request_id}",
+)
+by_version = client.get_certificate_version("merge-me", waiting.properties.version)
+check(
+    by_version.properties.enabled is False and by_version.cer is None,
+    f"the pending version by its id: {by_version.properties.enabled} {by_version.cer!r}",
+)
+# serve's choice (unconfirmed at Key Vault): the request's key is the name's newest key, under
+# the pending version's id, disabled.
 pending_key = requests.get(f"{VAULT_URL}/keys/merge-me/?api-version=7.5", headers=HEADERS).json()
 check(
     pending_key["key"]["kid"].rsplit("/", 1)[-1] == waiting.properties.version
@@ -350,10 +367,21 @@ leaf = openssl("x509", "-in", "merge.crt", "-outform", "DER")
 ca = openssl("x509", "-in", "ca.crt", "-outform", "DER")
 merged = client.merge_certificate("merge-me", [leaf, ca])
 check(merged.cer == leaf and merged.name == "merge-me", "merge_certificate")
+# As in the recording, the merge makes a version with an id of its own (neither the request's
+# nor the placeholder's), whose key and secret carry that id; it is the name's one version.
 check(
-    merged.properties.version == waiting.properties.version and merged.key_id == pending_key["key"]["kid"],
-    f"the merge completes the pending version: {merged.properties.version} {waiting.properties.version} "
-    f"{merged.key_id} {pending_key['key']['kid']}",
+    merged.properties.version not in (op.request_id, waiting.properties.version)
+    and merged.key_id.endswith("/keys/merge-me/" + merged.properties.version)
+    and merged.secret_id.endswith("/secrets/merge-me/" + merged.properties.version),
+    f"the merge makes a version of its own: {merged.properties.version} (request {op.request_id}, "
+    f"placeholder {waiting.properties.version}) {merged.key_id} {merged.secret_id}",
+)
+listed = [p.version for p in client.list_properties_of_certificate_versions("merge-me")]
+newest = client.get_certificate("merge-me")
+check(
+    listed == [merged.properties.version] and newest.properties.version == merged.properties.version
+    and newest.cer == leaf,
+    f"the merged version is the name's only version: {listed} {newest.properties.version}",
 )
 try:
     client.get_certificate_operation("nothing-pending")
