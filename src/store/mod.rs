@@ -6,6 +6,7 @@
 
 pub mod queries;
 pub mod queries_dps;
+pub mod queries_issued;
 pub mod queries_journal;
 pub mod queries_notify;
 pub mod queries_vault;
@@ -159,6 +160,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v12_etag_writers.sql"),
     include_str!("schema_v13_dps_etag_writers.sql"),
     include_str!("schema_v14_owed_deliveries.sql"),
+    include_str!("schema_v15_issued_versions.sql"),
 ];
 
 /// How to open a store.

@@ -53,7 +53,7 @@ pub(crate) fn request_of(line: &str) -> &str {
 /// Whether a request changes something certroll manages: a PUT, PATCH or DELETE, or a POST
 /// that is not a query or a signature. A device's own registration (serve's global DPS
 /// endpoint, which the simulated devices call) is not certroll's.
-fn is_write(line: &str) -> bool {
+pub(crate) fn is_write(line: &str) -> bool {
     let request = request_of(line);
     if request.contains("global.azure-devices-provisioning.net") {
         return false;

@@ -416,7 +416,8 @@ fn issue_status_and_roll_secondary_of_enrollments_are_the_same_on_local_and_on_a
 /// DPS names an enrollment's certificates only by thumbprint. certroll keeps what it made under
 /// names it knows (`dev-ID`), so a fresh process reading the enrollments reads those names'
 /// versions, never a listing of the whole vault (issue 12, item 4: at 10,000 certificates the
-/// listing is what made `status` slow).
+/// listing is what made `status` slow); a certificate the store records as issued to the device
+/// (v15) is not read at all.
 #[test]
 fn reading_enrollments_on_azure_reads_the_devices_own_vault_names_not_the_whole_vault() {
     let env = TestEnv::new();
@@ -437,6 +438,23 @@ fn reading_enrollments_on_azure_reads_the_devices_own_vault_names_not_the_whole_
         status["enrollments"][0]["primary"].is_object(),
         "the enrollment's certificate was found: {status}"
     );
+    let log = std::fs::read_to_string(env.path("serve.log")).unwrap();
+    assert_eq!(listings(), before, "status listed the whole vault:\n{log}");
+    // The certificate certroll recorded as issued to it (store v15) is its own proof: no read.
+    assert!(
+        !log.contains("certroll.vault.azure.net/certificates/dev-gw-1/versions"),
+        "{log}"
+    );
+    // Without that record (a store of v14), the device's own name is read, not the vault.
+    let out = std::process::Command::new("sqlite3")
+        .arg(env.path("azure/state.db"))
+        .arg("DELETE FROM issued_versions;")
+        .output()
+        .unwrap_or_else(|e| panic!("sqlite3: {e}"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = run_fleet(&env, &serve, "azure", &["status", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.json()["enrollments"][0]["primary"].is_object(), "{}", r.stdout);
     let log = std::fs::read_to_string(env.path("serve.log")).unwrap();
     assert_eq!(listings(), before, "status listed the whole vault:\n{log}");
     assert!(

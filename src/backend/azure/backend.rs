@@ -129,7 +129,14 @@ struct VaultIndex {
     by_thumbprint: std::sync::Mutex<(usize, ThumbprintIndex)>,
     /// DPS record name (registration id or group name) → the vault names of its certificates.
     hints: HashMap<String, Vec<String>>,
+    /// The certificates recorded as issued to the plan's individual enrollments (store table
+    /// `issued_versions`), by SHA-1 thumbprint: a certificate is its own proof, so an
+    /// enrollment's slot holding one of them needs no read of the vault.
+    recorded: ThumbprintDer,
 }
+
+/// SHA-1 thumbprint (upper-case hex) → certificate (DER).
+type ThumbprintDer = HashMap<String, Vec<u8>>;
 
 /// SHA-1 thumbprint (upper-case hex) → (vault name, version).
 type ThumbprintIndex = HashMap<String, (String, String)>;
@@ -137,8 +144,26 @@ type ThumbprintIndex = HashMap<String, (String, String)>;
 impl VaultIndex {
     const MAX_BUILDS: usize = 3;
 
-    /// An index over `vault`, with the vault names of the plan's enrollments and groups.
-    fn new(vault: AzureVault, plan: &Plan) -> VaultIndex {
+    /// The certificates the store beside the plan records as issued to the plan's individual
+    /// enrollments ([`VaultIndex::recorded`]).
+    fn recorded(local: &LocalBackend, plan: &Plan) -> std::result::Result<ThumbprintDer, SetupError> {
+        let names: Vec<String> = plan
+            .enrollments
+            .keys()
+            .map(|e| crate::backend::types::device_cert_name(e))
+            .collect();
+        let recorded = crate::store::queries_issued::issued_many(local.store().conn(), &names)
+            .map_err(|e| SetupError::Client(format!("reading the store beside the plan: {e}")))?;
+        Ok(recorded
+            .into_iter()
+            .flatten()
+            .map(|r| (crate::pki::sha1_thumbprint(&r.cert_der), r.cert_der))
+            .collect())
+    }
+
+    /// An index over `vault`, with the vault names of the plan's enrollments and groups and the
+    /// certificates `recorded` ([`VaultIndex::recorded`]).
+    fn new(vault: AzureVault, plan: &Plan, recorded: ThumbprintDer) -> VaultIndex {
         // The names `ops` gives what it makes (a layering exception: the index serves DPS
         // reads, which know only DPS's record names).
         let mut hints: HashMap<String, Vec<String>> = HashMap::new();
@@ -158,6 +183,7 @@ impl VaultIndex {
             vault: std::sync::Mutex::new(vault),
             by_thumbprint: std::sync::Mutex::new((0, HashMap::new())),
             hints,
+            recorded,
         }
     }
 
@@ -191,6 +217,9 @@ impl VaultIndex {
         let vault = self.vault.lock().unwrap_or_else(|p| p.into_inner());
         let mut index = self.by_thumbprint.lock().unwrap_or_else(|p| p.into_inner());
         let tp = sha1_thumbprint.to_ascii_uppercase();
+        if let Some(der) = self.recorded.get(&tp) {
+            return Ok(Some(der.clone()));
+        }
         // The first read that failed: the cause when the certificate is not found by other means.
         let mut failure = None;
         if !index.1.contains_key(&tp)
@@ -379,7 +408,12 @@ impl AzureBackend {
             .azure
             .as_ref()
             .ok_or_else(|| SetupError::Client("the plan's backend is not `azure`".into()))?;
-        let vault = AzureVault::connect_with(config, local, credential.clone())?;
+        let recorded = VaultIndex::recorded(&local, plan)?;
+        // The plan's certificates: what listing the vault's certificates is weighed against.
+        let names = plan.cas.len() as u64
+            + plan.enrollments.len() as u64
+            + plan.groups.values().map(|g| g.device_count()).sum::<u64>();
+        let vault = AzureVault::connect_with(config, local, credential.clone())?.listing_pays_for(names);
         let courier_credential = credential.clone();
         let enrollments: Box<dyn EnrollmentService + Send> = match config.dps {
             Some(_) => {
@@ -391,7 +425,7 @@ impl AzureBackend {
                 // versions `vault` imports.
                 let index = AzureVault::connect_with(config, LocalBackend::new(store), credential)?
                     .without_kept_listings();
-                dps.set_certificate_source(Box::new(VaultIndex::new(index, plan)));
+                dps.set_certificate_source(Box::new(VaultIndex::new(index, plan, recorded)));
                 Box::new(dps)
             }
             None => Box::new(NoDps),
@@ -1194,6 +1228,8 @@ impl Fleet for AzureBackend {
         let mut owed = Vec::new();
         let mut owes_nothing = Vec::new();
         let mut queued = Vec::new();
+        // The facts of each version handed out, recorded with the fleet record (store v15).
+        let mut issued = Vec::new();
         for (record, before) in batch.iter().zip(before) {
             let Some(version) = record.installed_version.clone() else {
                 continue;
@@ -1201,6 +1237,7 @@ impl Fleet for AzureBackend {
             if before.and_then(|b| b.installed_version).as_ref() == Some(&version) {
                 continue;
             }
+            issued.push((record.cert_name.clone(), version.clone()));
             let channel = self
                 .delivery
                 .channel(record.group.as_deref(), record.enrollment.as_deref());
@@ -1220,6 +1257,7 @@ impl Fleet for AzureBackend {
             .vault
             .local_mut()
             .install(batch)
+            .and_then(|()| self.vault.record_issued(&issued))
             .and_then(|()| self.vault.local_mut().owe_deliveries(&owed))
             .and_then(|()| self.vault.local_mut().settle_deliveries(&owes_nothing));
         if own_unit {

@@ -57,6 +57,17 @@
 //!   each version this process imported, so a hook delivery right after builds its PFX without
 //!   reading the key back (issue 12 item 6). All dropped, as the rest, when certroll writes to
 //!   the name.
+//! - What certroll issued is recorded beside the fleet record (store table `issued_versions`,
+//!   schema v15): the facts of each device certificate's version (its certificate, creation
+//!   time, issuer, key facts), written in the unit that hands it out and filled in by a run that
+//!   reads one the record lacks. A run asking for many device certificates' newest versions
+//!   ([`Vault::current_many`]: `check`, `status`, `issue`) reads Key Vault's listing of
+//!   certificates once instead (25 names a request, each with its newest version's thumbprint,
+//!   dates and `enabled`) and takes a recorded version the listing shows newest from the
+//!   record; it reads by GET only where the two disagree (another client made or replaced the
+//!   newest version, a store of v14) or where certroll wrote since the listing. A vault holding
+//!   far more certificates than the plan is not listed ([`AzureVault::listing_pays_for`]); the
+//!   same listing serves [`Vault::names`] while certroll writes nothing.
 //!
 //! Every failure names the operation, the certificate and Key Vault's own status, error code and
 //! message ([`BackendError::Remote`]).
@@ -145,6 +156,9 @@ pub struct AzureVault {
     kept: std::sync::Mutex<Kept>,
     /// Whether listings of versions are kept ([`AzureVault::without_kept_listings`]).
     keeps_listings: bool,
+    /// The most certificates the listing of certificates is read for ([`AzureVault::listing_pays_for`]);
+    /// 0: never.
+    listing_budget: usize,
 }
 
 /// Key Vault's answers this process keeps, by name; a name's entries are dropped when certroll
@@ -169,7 +183,54 @@ struct Kept {
     /// version: a delivery of a version just made builds its PFX without reading the key back
     /// (its secret) from the vault. Never holds a key that is not exportable.
     keys: HashMap<String, HashMap<String, zeroize::Zeroizing<Vec<u8>>>>,
+    /// Key Vault's listing of certificates (each name's newest version), read at most once a
+    /// process ([`AzureVault::newest_listed`]).
+    newest: Option<NewestListing>,
+    /// The listing was given up: the vault holds more certificates than it pays to list.
+    newest_refused: bool,
 }
+
+/// Key Vault's listing of certificates as read once: what it shows of each name's newest
+/// version, which with the recorded facts of the version certroll issued (store table
+/// `issued_versions`) tells whether that version is still the newest without reading it.
+struct NewestListing {
+    /// Name → its newest version as listed.
+    by_name: HashMap<String, ListedNewest>,
+    /// Every listed name, sorted ([`Vault::names`]).
+    names: Vec<String>,
+    /// Names certroll wrote to since the listing was read: it no longer tells of them.
+    stale: std::collections::HashSet<String>,
+}
+
+/// A name's newest version as Key Vault's listing of certificates shows it.
+struct ListedNewest {
+    /// SHA-1, upper-case hex; None for a name whose first version waits for a merge.
+    thumbprint: Option<String>,
+    enabled: bool,
+    nbf: Option<OffsetDateTime>,
+    exp: Option<OffsetDateTime>,
+    created: Option<OffsetDateTime>,
+    /// A root's key holder ([`KEY_HOLDER_TAG`]): the name's newest other version is not shown.
+    holder: bool,
+}
+
+/// What the listing of certificates and the recorded facts tell of a name's newest version.
+enum Newest {
+    /// The answer, read from neither: the recorded version (the listing shows it newest), or
+    /// None (the listing shows no certificate of the name).
+    Known(Option<VaultVersion>),
+    /// Read from the vault; `fill`: record what is read (the record lacks it or disagrees).
+    Read { fill: bool },
+}
+
+/// How many times the plan's certificates a vault may hold for its listing of certificates to
+/// be read in place of each device certificate ([`AzureVault::listing_pays_for`]): at most, a
+/// listing then costs a sixth of the reads it replaces.
+const LISTING_SLACK: usize = 4;
+
+/// Device certificates asked for at once from which reading the listing of certificates pays
+/// ([`AzureVault::newest_listed`]): one page of it.
+const LISTING_WORTH: usize = 25;
 
 impl Kept {
     /// The kept version `version` of `name`.
@@ -427,6 +488,7 @@ impl AzureVault {
             marker: None,
             kept: std::sync::Mutex::default(),
             keeps_listings: true,
+            listing_budget: 0,
         })
     }
 
@@ -437,7 +499,9 @@ impl AzureVault {
     /// unseen.
     fn touch(&self, name: &str) -> Result<()> {
         self.forget(name);
-        crate::store::queries_notify::touch_remote(self.local.store().conn(), name)
+        let conn = self.local.store().conn();
+        crate::store::queries_issued::issued_forget(conn, name)
+            .and_then(|()| crate::store::queries_notify::touch_remote(conn, name))
             .map_err(BackendError::Store)
     }
 
@@ -448,6 +512,9 @@ impl AzureVault {
         kept.version.remove(name);
         kept.key_facts.remove(name);
         kept.keys.remove(name);
+        if let Some(listing) = kept.newest.as_mut() {
+            listing.stale.insert(name.to_string());
+        }
         if is_ca_name(name) {
             kept.current.remove(name);
             kept.versions.remove(name);
@@ -482,6 +549,166 @@ impl AzureVault {
     pub fn without_kept_listings(mut self) -> AzureVault {
         self.keeps_listings = false;
         self
+    }
+
+    /// This vault, reading Key Vault's listing of certificates (25 a request) in place of each
+    /// device certificate's newest version (a request each) while the vault holds no more than
+    /// [`LISTING_SLACK`] times `names` certificates (the plan's: its CAs and devices) and a
+    /// hundred more: a vault shared with far more certificates costs more to list than the
+    /// reads it saves, so its listing is given up there (once a process).
+    pub fn listing_pays_for(mut self, names: u64) -> AzureVault {
+        self.listing_budget = usize::try_from(names)
+            .unwrap_or(usize::MAX / LISTING_SLACK)
+            .saturating_mul(LISTING_SLACK)
+            .saturating_add(100);
+        self
+    }
+
+    /// Whether Key Vault's listing of certificates is kept, reading it first when `wanted`
+    /// names are asked for at once ([`LISTING_WORTH`] or more) and it was neither read nor
+    /// given up in this process. Reading stops, and the listing is given up, past
+    /// [`listing_pays_for`](Self::listing_pays_for)'s budget.
+    fn newest_listed(&self, wanted: usize) -> Result<bool> {
+        {
+            let kept = self.kept();
+            if kept.newest.is_some() {
+                return Ok(true);
+            }
+            if kept.newest_refused || wanted < LISTING_WORTH || self.listing_budget == 0 {
+                return Ok(false);
+            }
+        }
+        let budget = self.listing_budget;
+        let read: Option<HashMap<String, ListedNewest>> = self.rt.block_on(async {
+            let options = CertificateClientListCertificatePropertiesOptions {
+                maxresults: Some(25),
+                ..Default::default()
+            };
+            let mut pager = self
+                .certs
+                .list_certificate_properties(Some(options))
+                .map_err(|e| remote("list certificates", "*", e))?;
+            let mut by_name = HashMap::new();
+            while let Some(p) = pager.next().await {
+                let p = p.map_err(|e| remote("list certificates", "*", e))?;
+                if by_name.len() >= budget {
+                    return Ok::<_, BackendError>(None);
+                }
+                let Some(id) = p.id.as_deref() else {
+                    continue;
+                };
+                let a = p.attributes.as_ref();
+                by_name.insert(
+                    name_of(id),
+                    ListedNewest {
+                        thumbprint: p.x509_thumbprint.as_deref().map(crate::pki::hex_upper),
+                        enabled: a.and_then(|a| a.enabled).unwrap_or(true),
+                        nbf: a.and_then(|a| a.not_before),
+                        exp: a.and_then(|a| a.expires),
+                        created: a.and_then(|a| a.created),
+                        holder: is_key_holder(p.tags.as_ref()),
+                    },
+                );
+            }
+            Ok(Some(by_name))
+        })?;
+        let mut kept = self.kept();
+        match read {
+            Some(by_name) => {
+                let mut names: Vec<String> = by_name.keys().cloned().collect();
+                names.sort();
+                kept.newest = Some(NewestListing {
+                    by_name,
+                    names,
+                    stale: Default::default(),
+                });
+                Ok(true)
+            }
+            None => {
+                kept.newest_refused = true;
+                Ok(false)
+            }
+        }
+    }
+
+    /// What the kept listing of certificates and the recorded facts (`issued_versions`) tell of
+    /// each name's newest version, in the order asked: the recorded version where the listing
+    /// shows it newest (same thumbprint and creation time; enabled and dates as listed now),
+    /// None where the listing shows no certificate of the name; everything else, CA names and
+    /// names certroll wrote to since the listing was read, is read from the vault.
+    fn newest_from_listing(&self, names: &[String]) -> Result<Vec<Newest>> {
+        let wanted = names.iter().filter(|n| !is_ca_name(n)).count();
+        if wanted == 0 || !self.newest_listed(wanted)? {
+            return Ok(names.iter().map(|_| Newest::Read { fill: false }).collect());
+        }
+        let recorded = crate::store::queries_issued::issued_many(self.local.store().conn(), names)
+            .map_err(BackendError::Store)?;
+        let kept = self.kept();
+        let Some(listing) = kept.newest.as_ref() else {
+            return Ok(names.iter().map(|_| Newest::Read { fill: false }).collect());
+        };
+        Ok(names
+            .iter()
+            .zip(recorded)
+            .map(|(name, recorded)| {
+                if is_ca_name(name) || listing.stale.contains(name) {
+                    return Newest::Read { fill: false };
+                }
+                let Some(listed) = listing.by_name.get(name) else {
+                    return Newest::Known(None);
+                };
+                let (Some(thumbprint), Some(nbf), Some(exp), Some(created)) =
+                    (&listed.thumbprint, listed.nbf, listed.exp, listed.created)
+                else {
+                    return Newest::Read { fill: false };
+                };
+                match recorded {
+                    Some(r)
+                        if !listed.holder
+                            && r.created.unix_timestamp() == created.unix_timestamp()
+                            && crate::pki::sha1_thumbprint(&r.cert_der).eq_ignore_ascii_case(thumbprint) =>
+                    {
+                        Newest::Known(Some(r.with(listed.enabled, nbf, exp)))
+                    }
+                    _ => Newest::Read { fill: !listed.holder },
+                }
+            })
+            .collect())
+    }
+
+    /// Records the facts of `read` (device certificates' newest versions just read because the
+    /// record lacked or contradicted them), when this process holds the store's writer lock: a
+    /// store of v14, or a version another client made, costs one read, not one each run.
+    fn fill_issued(&self, read: &[&VaultVersion]) -> Result<()> {
+        let store = self.local.store();
+        if read.is_empty() || !store.holds_writer_lock() {
+            return Ok(());
+        }
+        let issued: Vec<crate::store::queries_issued::IssuedVersion> = read
+            .iter()
+            .filter(|v| v.name.starts_with("dev-"))
+            .map(|v| crate::store::queries_issued::IssuedVersion::of(v))
+            .collect();
+        crate::store::queries_issued::issued_fill(store.conn(), &issued).map_err(BackendError::Store)
+    }
+
+    /// Records, in the unit under way, the facts of the versions the fleet record now names
+    /// (`(vault name, version)`), from what this process kept of them (an import's answer, a
+    /// read); a version not kept is left to be read and recorded by a later run.
+    pub fn record_issued(&self, installed: &[(String, String)]) -> Result<()> {
+        let issued: Vec<crate::store::queries_issued::IssuedVersion> = {
+            let kept = self.kept();
+            installed
+                .iter()
+                .filter_map(|(name, version)| kept.version_at(name, version))
+                .map(crate::store::queries_issued::IssuedVersion::of)
+                .collect()
+        };
+        if issued.is_empty() {
+            return Ok(());
+        }
+        crate::store::queries_issued::issued_put(self.local.store().conn(), &issued)
+            .map_err(BackendError::Store)
     }
 
     /// The SHA-1 thumbprints (upper-case hex) of versions, by (name, version): of a version this
@@ -1068,6 +1295,14 @@ impl AzureVault {
     }
 
     fn names(&self) -> Result<Vec<String>> {
+        // From the listing of certificates kept (or read now) while certroll wrote to none of
+        // them: `vault_only` asks page by page, which would list the whole vault each time.
+        if self.newest_listed(usize::MAX)? {
+            let kept = self.kept();
+            if let Some(listing) = kept.newest.as_ref().filter(|l| l.stale.is_empty()) {
+                return Ok(listing.names.clone());
+            }
+        }
         self.list_names(false)
     }
 
@@ -1134,7 +1369,10 @@ fn model<T: serde::de::DeserializeOwned>(r: Response<T>, operation: &str, name: 
 impl Vault for AzureVault {
     fn current(&self, name: &str) -> Result<Option<VaultVersion>> {
         if !is_ca_name(name) {
-            return self.rt.block_on(self.newest_kept(name));
+            return Ok(self
+                .current_many(std::slice::from_ref(&name.to_string()))?
+                .pop()
+                .flatten());
         }
         if let Some(v) = self.kept().current.get(name) {
             return Ok(v.clone());
@@ -1150,13 +1388,33 @@ impl Vault for AzureVault {
     }
 
     fn current_many(&self, names: &[String]) -> Result<Vec<Option<VaultVersion>>> {
-        // One request per name, `concurrency` at a time, in the order asked.
-        self.rt.block_on(async {
-            futures::stream::iter(names.iter().map(|n| self.newest_kept(n)))
+        // A device certificate whose recorded version the listing of certificates shows newest
+        // is not read; the others one request per name, `concurrency` at a time.
+        let newest = self.newest_from_listing(names)?;
+        let read: Vec<usize> = (0..names.len())
+            .filter(|&i| matches!(newest[i], Newest::Read { .. }))
+            .collect();
+        let got: Vec<Option<VaultVersion>> = self.rt.block_on(async {
+            futures::stream::iter(read.iter().map(|&i| self.newest_kept(&names[i])))
                 .buffered(self.concurrency)
                 .try_collect()
                 .await
-        })
+        })?;
+        let fill: Vec<&VaultVersion> = read
+            .iter()
+            .zip(&got)
+            .filter(|(i, _)| matches!(newest[**i], Newest::Read { fill: true }))
+            .filter_map(|(_, v)| v.as_ref())
+            .collect();
+        self.fill_issued(&fill)?;
+        let mut got = got.into_iter();
+        Ok(newest
+            .into_iter()
+            .map(|n| match n {
+                Newest::Known(v) => v,
+                Newest::Read { .. } => got.next().flatten(),
+            })
+            .collect())
     }
 
     fn versions(&self, name: &str) -> Result<Vec<VaultVersion>> {
@@ -1460,6 +1718,13 @@ impl Vault for AzureVault {
     }
 
     fn names_page(&self, after: &str, limit: usize) -> Result<Vec<String>> {
+        if self.newest_listed(usize::MAX)? {
+            let kept = self.kept();
+            if let Some(listing) = kept.newest.as_ref().filter(|l| l.stale.is_empty()) {
+                let from = listing.names.partition_point(|n| n.as_str() <= after);
+                return Ok(listing.names[from..].iter().take(limit).cloned().collect());
+            }
+        }
         Ok(self
             .names()?
             .into_iter()

@@ -1,0 +1,180 @@
+//! Reads and writes of `issued_versions` (schema v15): the facts of the version certroll issued
+//! under each device certificate name, kept beside the fleet record where the vault is remote
+//! (azure), so that a run which finds that version still the newest in the vault's listing
+//! needs not read it from the vault again.
+
+use super::StoreError;
+use super::queries::{from_ts, sql, ts};
+use crate::backend::types::VaultVersion;
+use rusqlite::{Connection, OptionalExtension, params};
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// One version's facts as recorded: everything a [`VaultVersion`] holds but what the vault's
+/// listing of certificates shows afresh (enabled, notBefore, notAfter), which can change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedVersion {
+    /// Vault certificate name.
+    pub name: String,
+    /// Version id.
+    pub version: String,
+    /// The certificate (DER).
+    pub cert_der: Vec<u8>,
+    /// When the vault made the version (whole seconds, as Key Vault keeps it).
+    pub created: time::OffsetDateTime,
+    /// The CA version that signed it: (vault name, version).
+    pub issuer: Option<(String, String)>,
+    /// Key type (`EC`, `RSA`, `EC-HSM`, ...).
+    pub kty: String,
+    /// Whether the key may leave the vault.
+    pub exportable: bool,
+}
+
+impl IssuedVersion {
+    /// The recorded facts of `v`.
+    pub fn of(v: &VaultVersion) -> IssuedVersion {
+        IssuedVersion {
+            name: v.name.clone(),
+            version: v.version.clone(),
+            cert_der: v.cert_der.clone(),
+            created: v.created,
+            issuer: v.issuer.clone(),
+            kty: v.kty.clone(),
+            exportable: v.exportable,
+        }
+    }
+
+    /// The version, with what the vault shows of it now: `enabled` and its validity dates.
+    pub fn with(self, enabled: bool, nbf: time::OffsetDateTime, exp: time::OffsetDateTime) -> VaultVersion {
+        VaultVersion {
+            name: self.name,
+            version: self.version,
+            kty: self.kty,
+            exportable: self.exportable,
+            enabled,
+            nbf,
+            exp,
+            created: self.created,
+            issuer: self.issuer,
+            cert_der: self.cert_der,
+        }
+    }
+}
+
+/// Records `issued` (replacing what each name held before).
+pub fn issued_put(conn: &Connection, issued: &[IssuedVersion]) -> Result<()> {
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO issued_versions (name, version, cert_der, created, issuer, kty, exportable)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(name) DO UPDATE SET version = excluded.version, cert_der = excluded.cert_der,
+                 created = excluded.created, issuer = excluded.issuer, kty = excluded.kty,
+                 exportable = excluded.exportable",
+        )
+        .map_err(sql)?;
+    for i in issued {
+        let issuer = i.issuer.as_ref().map(|(n, v)| format!("{n}/{v}"));
+        stmt.execute(params![
+            i.name,
+            i.version,
+            i.cert_der,
+            ts(i.created),
+            issuer,
+            i.kty,
+            i.exportable
+        ])
+        .map_err(sql)?;
+    }
+    Ok(())
+}
+
+/// As [`issued_put`], in a transaction of its own when `conn` is in none (one for the batch,
+/// not one per row).
+pub fn issued_fill(conn: &Connection, issued: &[IssuedVersion]) -> Result<()> {
+    if issued.is_empty() {
+        return Ok(());
+    }
+    if !conn.is_autocommit() {
+        return issued_put(conn, issued);
+    }
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(sql)?;
+    match issued_put(conn, issued) {
+        Ok(()) => conn.execute_batch("COMMIT").map_err(sql),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// Forgets what was recorded under `name` (certroll is about to write to it).
+pub fn issued_forget(conn: &Connection, name: &str) -> Result<()> {
+    conn.prepare_cached("DELETE FROM issued_versions WHERE name = ?1")
+        .and_then(|mut s| s.execute([name]))
+        .map(|_| ())
+        .map_err(sql)
+}
+
+/// What is recorded under each of `names`, in the order asked.
+pub fn issued_many(conn: &Connection, names: &[String]) -> Result<Vec<Option<IssuedVersion>>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT version, cert_der, created, issuer, kty, exportable FROM issued_versions WHERE name = ?1",
+        )
+        .map_err(sql)?;
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let row = stmt
+            .query_row([name], |r| {
+                let issuer: Option<String> = r.get(3)?;
+                Ok(IssuedVersion {
+                    name: name.clone(),
+                    version: r.get(0)?,
+                    cert_der: r.get(1)?,
+                    created: from_ts(r.get(2)?),
+                    issuer: issuer
+                        .as_deref()
+                        .and_then(|i| i.split_once('/'))
+                        .map(|(n, v)| (n.to_string(), v.to_string())),
+                    kty: r.get(4)?,
+                    exportable: r.get(5)?,
+                })
+            })
+            .optional()
+            .map_err(sql)?;
+        out.push(row);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issued(name: &str, version: &str) -> IssuedVersion {
+        IssuedVersion {
+            name: name.into(),
+            version: version.into(),
+            cert_der: vec![1, 2, 3],
+            created: from_ts(1_700_000_000),
+            issuer: Some(("ca-factory".into(), "abc".into())),
+            kty: "EC".into(),
+            exportable: true,
+        }
+    }
+
+    #[test]
+    fn the_recorded_version_of_a_name_is_replaced_read_back_and_forgotten() {
+        let store = crate::store::Store::open_empty().unwrap();
+        let conn = store.conn();
+        issued_put(conn, &[issued("dev-a", "v1"), issued("dev-b", "v1")]).unwrap();
+        issued_put(conn, &[issued("dev-a", "v2")]).unwrap();
+        let names = ["dev-a", "dev-b", "dev-c"].map(String::from);
+        let got = issued_many(conn, &names).unwrap();
+        assert_eq!(got[0], Some(issued("dev-a", "v2")));
+        assert_eq!(got[1], Some(issued("dev-b", "v1")));
+        assert_eq!(got[2], None);
+        issued_forget(conn, "dev-a").unwrap();
+        assert_eq!(issued_many(conn, &names[..1]).unwrap(), vec![None]);
+    }
+}
