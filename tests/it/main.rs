@@ -64,6 +64,8 @@ mod azure_check;
 mod azure_requests;
 // Reads a verb should not make, counted from serve's access log.
 mod azure_reads;
+// DPS pacing against a throttled DPS: the rate the service admits, learnt from its 429s.
+mod azure_pacing;
 
 // HSM CAs on azure: Key Vault signs what certroll builds; the keys never leave it.
 mod azure_hsm;
