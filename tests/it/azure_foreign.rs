@@ -6,9 +6,9 @@
 //! enrollment takes it back; the rerun then finishes. Nothing of the other client's is
 //! overwritten unasked.
 
-use crate::azure_verbs::{fleet_plans_hook, run_fleet, start_serve};
+use crate::azure_verbs::{issued_fleet, over_the_air, run_fleet};
 use crate::conformance::azure::{DPS_HOST, Serve, sas_key};
-use crate::util::{TestEnv, openssl_in};
+use crate::util::{TestEnv, curl_json, openssl_in};
 use serde_json::{Value, json};
 
 /// A root and an intermediate that signs for four individual enrollments, all on hub
@@ -26,25 +26,9 @@ pub(crate) const FLEET: &str = "[policies.device]\nkey = { type = \"EC\", curve 
 /// A SharedAccessSignature of DPS's owner policy, valid for an hour: the other client's
 /// credential.
 fn dps_token(serve: &Serve) -> String {
-    use base64::Engine as _;
     let (policy, key) = sas_key(serve, "certroll-dps");
-    let key = base64::engine::general_purpose::STANDARD.decode(key).unwrap();
     let se = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
-    let mac = aws_lc_rs::hmac::sign(
-        &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key),
-        format!("{DPS_HOST}\n{se}").as_bytes(),
-    );
-    let sig = base64::engine::general_purpose::STANDARD.encode(mac.as_ref());
-    let sig: String = sig
-        .chars()
-        .map(|c| match c {
-            '+' => "%2B".to_string(),
-            '/' => "%2F".to_string(),
-            '=' => "%3D".to_string(),
-            c => c.to_string(),
-        })
-        .collect();
-    format!("SharedAccessSignature sr={DPS_HOST}&sig={sig}&se={se}&skn={policy}")
+    crate::serve_dps_hub::sas_token(DPS_HOST, &key, se, &policy)
 }
 
 /// One request to serve's DPS service API with curl, as another client makes it: (HTTP status,
@@ -57,39 +41,18 @@ fn dps(
     if_match: Option<&str>,
     body: Option<&Value>,
 ) -> (u16, Value) {
-    let port = serve.port();
-    let mut cmd = std::process::Command::new("curl");
-    cmd.args([
-        "-sS",
-        "-X",
+    let mut headers = vec![format!("Authorization: {}", dps_token(serve))];
+    headers.extend(if_match.map(|tag| format!("If-Match: {tag}")));
+    let (code, answer) = curl_json(
+        &env.path("ca.pem"),
+        serve.port(),
         method,
-        "--max-time",
-        "20",
-        "-o",
-        "-",
-        "-w",
-        "\n%{http_code}",
-    ])
-    .arg("--resolve")
-    .arg(format!("{DPS_HOST}:{port}:127.0.0.1"))
-    .arg("--cacert")
-    .arg(env.path("ca.pem"))
-    .args(["-H", "Content-Type: application/json", "-H"])
-    .arg(format!("Authorization: {}", dps_token(serve)));
-    if let Some(tag) = if_match {
-        cmd.args(["-H", &format!("If-Match: {tag}")]);
-    }
-    if let Some(b) = body {
-        cmd.args(["--data", &b.to_string()]);
-    }
-    cmd.arg(format!("https://{DPS_HOST}:{port}{path}?api-version=2021-10-01"));
-    let out = cmd.output().expect("curl must be installed");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
+        DPS_HOST,
+        &format!("{path}?api-version=2021-10-01"),
+        &headers,
+        body.map(Value::to_string).as_deref(),
+    );
+    (code, serde_json::from_str(&answer).unwrap_or(Value::Null))
 }
 
 /// The thumbprint DPS lists in a slot of individual enrollment `id` (None when empty).
@@ -120,6 +83,16 @@ pub(crate) fn put_foreign_primary(env: &TestEnv, serve: &Serve, id: &str, pem: &
     assert_eq!(code, 200, "the other client's PUT: {answer}");
 }
 
+/// Another client's certificate `CN=id` (made by openssl) into the primary slot of enrollment
+/// `id`; its thumbprint.
+pub(crate) fn foreign_into(env: &TestEnv, serve: &Serve, id: &str) -> String {
+    crate::azure_verbs::make_cert(env, id, false);
+    let file = format!("{id}-cert.pem");
+    let pem = std::fs::read_to_string(env.path(&file)).unwrap();
+    put_foreign_primary(env, serve, id, &pem);
+    fingerprint(env, &file)
+}
+
 /// openssl's SHA-1 fingerprint of a PEM certificate file, as DPS spells a thumbprint.
 pub(crate) fn fingerprint(env: &TestEnv, file: &str) -> String {
     let run = openssl_in(
@@ -146,8 +119,8 @@ pub(crate) fn device<'a>(doc: &'a Value, id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no device {id} in {doc}"))
 }
 
-/// The certificate status says a device holds or was handed last.
-fn current_thumbprint(status: &Value, id: &str) -> String {
+/// The certificate `status` says device `id` holds or was handed last.
+pub(crate) fn current_thumbprint(status: &Value, id: &str) -> String {
     let d = device(status, id);
     d["pending"]["cert"]["thumbprint"]
         .as_str()
@@ -160,21 +133,15 @@ fn current_thumbprint(status: &Value, id: &str) -> String {
 #[test]
 fn another_clients_certificate_in_one_enrollment_blinds_and_blocks_nothing_and_the_breach_takes_it_back() {
     let env = TestEnv::new();
-    let serve = start_serve(&env, FLEET);
-    fleet_plans_hook(&env, &serve, FLEET);
+    let serve = issued_fleet(&env, FLEET);
     let run = |args: &[&str]| run_fleet(&env, &serve, "azure", args);
-    let r = run(&["issue", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     // The factory hook gave each device its first certificate; from here on they go over the
     // air, to serve's simulated devices.
-    crate::azure_verbs::fleet_plans_with(&env, &serve, FLEET, "delivery = \"direct-method\"\n");
+    over_the_air(&env, &serve, FLEET);
 
     // The other client puts its own certificate into gw-2's primary slot.
-    let bundle = crate::azure_verbs::make_cert(&env, "gw-2", false);
-    let foreign_pem = std::fs::read_to_string(env.path("gw-2-cert.pem")).unwrap();
-    let foreign_tp = fingerprint(&env, "gw-2-cert.pem");
-    assert!(bundle.exists());
-    put_foreign_primary(&env, &serve, "gw-2", &foreign_pem);
+    let foreign_tp = foreign_into(&env, &serve, "gw-2");
+    assert!(env.path("gw-2-bundle.pem").exists());
     assert_eq!(
         slot_thumbprint(&env, &serve, "gw-2", "primary").as_deref(),
         Some(foreign_tp.as_str())
@@ -390,15 +357,9 @@ fn another_clients_certificate_in_one_enrollment_blinds_and_blocks_nothing_and_t
 #[test]
 fn revoke_disables_an_enrollment_holding_another_clients_certificate_and_keeps_it() {
     let env = TestEnv::new();
-    let serve = start_serve(&env, FLEET);
-    fleet_plans_hook(&env, &serve, FLEET);
+    let serve = issued_fleet(&env, FLEET);
     let run = |args: &[&str]| run_fleet(&env, &serve, "azure", args);
-    let r = run(&["issue", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    crate::azure_verbs::make_cert(&env, "gw-3", false);
-    let foreign_pem = std::fs::read_to_string(env.path("gw-3-cert.pem")).unwrap();
-    let foreign_tp = fingerprint(&env, "gw-3-cert.pem");
-    put_foreign_primary(&env, &serve, "gw-3", &foreign_pem);
+    let foreign_tp = foreign_into(&env, &serve, "gw-3");
 
     let r = run(&[
         "revoke",
@@ -499,15 +460,12 @@ fn group_of<'a>(status: &'a Value, name: &str) -> &'a Value {
 fn another_clients_ca_certificate_in_a_group_is_reported_never_overwritten_and_the_group_breach_takes_it_back()
  {
     let env = TestEnv::new();
-    let serve = start_serve(&env, GROUPS);
-    fleet_plans_hook(&env, &serve, GROUPS);
+    let serve = issued_fleet(&env, GROUPS);
     let run = |args: &[&str]| run_fleet(&env, &serve, "azure", args);
-    let r = run(&["issue", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let ours = group_slot(&env, &serve, "pumps", "primary").expect("issued");
     // The factory hook gave each device its first certificate; from here on they go over the
     // air, to serve's simulated devices.
-    crate::azure_verbs::fleet_plans_with(&env, &serve, GROUPS, "delivery = \"direct-method\"\n");
+    over_the_air(&env, &serve, GROUPS);
 
     // The migration script puts its own CA into pumps' secondary slot.
     crate::azure_verbs::make_cert(&env, "Migration CA", true);

@@ -359,15 +359,7 @@ fn cert_key_is(pem: &str, jwk: &Value) -> bool {
 
 /// certroll on the azure fleet plan with extra environment (a fault switch).
 fn run_fleet_with(env: &TestEnv, serve: &Serve, extra: &[(&str, &str)], args: &[&str]) -> crate::util::Run {
-    use crate::conformance::azure::sas_key;
-    let (dps_key, hub_key) = (sas_key(serve, "certroll-dps").1, sas_key(serve, "conf-hub").1);
-    let mut vars = vec![
-        ("CERTROLL_AZ_TOKEN", TOKEN),
-        ("CERTROLL_AZ_DPS_KEY", dps_key.as_str()),
-        ("CERTROLL_AZ_HUB_KEY", hub_key.as_str()),
-    ];
-    vars.extend_from_slice(extra);
-    crate::conformance::azure::run_plan(env, "azure", &vars, args)
+    crate::azure_verbs::run_fleet_with(env, serve, "azure", extra, args)
 }
 
 /// Issue 12 item 2: the key of an HSM CA is made by Key Vault's create (issuer `Unknown`),

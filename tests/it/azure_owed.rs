@@ -6,9 +6,11 @@
 //! at the plan's `vault_rate`, so the first devices get their certificates while the later ones'
 //! imports go on.
 
-use crate::azure_verbs::{DEVICE_HOOK, FLEET, TOKEN, fleet_plans_with, run_fleet, start_serve};
+use crate::azure_verbs::{
+    DEVICE_HOOK, FLEET, fleet_plans_with, hook_delivery, run_fleet, run_fleet_with, start_serve,
+};
 use crate::azure_verbs2::device;
-use crate::conformance::azure::{Serve, sas_key};
+use crate::conformance::azure::Serve;
 use crate::util::TestEnv;
 use serde_json::Value;
 
@@ -38,17 +40,8 @@ fn recording_plans(env: &TestEnv, serve: &Serve) -> (std::path::PathBuf, std::pa
     env.write("device-hook.py", DEVICE_HOOK);
     env.write("recording-hook.py", RECORDING_HOOK);
     let (log, fail) = (env.path("deliveries.log"), env.path("devices-unreachable"));
-    let delivery = format!(
-        "delivery = \"hook\"\nhook = [\"python3\", \"{}\", \"{}\", \"{}\", \"{}\", \"{}\", \"{}\", \"{}\", \"{}\"]\n",
-        env.path("recording-hook.py").display(),
-        serve.port(),
-        serve.start["id_scope"].as_str().unwrap(),
-        env.path("ca.pem").display(),
-        env.path("devices").display(),
-        log.display(),
-        fail.display(),
-        env.path("device-hook.py").display(),
-    );
+    let extra = [log.clone(), fail.clone(), env.path("device-hook.py")];
+    let delivery = hook_delivery(env, serve, "recording-hook.py", &extra);
     fleet_plans_with(env, serve, FLEET, &delivery);
     (log, fail)
 }
@@ -84,14 +77,7 @@ fn versions(env: &TestEnv, serve: &Serve, id: &str) -> Vec<String> {
 
 /// certroll on the azure plan with `extra` environment (a fault switch).
 fn run_with(env: &TestEnv, serve: &Serve, extra: &[(&str, &str)], args: &[&str]) -> crate::util::Run {
-    let (dps_key, hub_key) = (sas_key(serve, "certroll-dps").1, sas_key(serve, "conf-hub").1);
-    let mut vars = vec![
-        ("CERTROLL_AZ_TOKEN", TOKEN),
-        ("CERTROLL_AZ_DPS_KEY", dps_key.as_str()),
-        ("CERTROLL_AZ_HUB_KEY", hub_key.as_str()),
-    ];
-    vars.extend_from_slice(extra);
-    crate::conformance::azure::run_plan(env, "azure", &vars, args)
+    run_fleet_with(env, serve, "azure", extra, args)
 }
 
 /// After `issue` of [`FLEET`]'s two devices: the hook took each device's one vault version
@@ -436,12 +422,8 @@ fn throttled_serve(env: &TestEnv, n: usize) -> (String, Serve) {
 fn throttled_plans(env: &TestEnv, serve: &Serve, fleet: &str, hook: &str) {
     env.write("device-hook.py", hook);
     let delivery = format!(
-        "vault_rate = 5\ndelivery = \"hook\"\nhook = [\"python3\", \"{}\", \"{}\", \"{}\", \"{}\", \"{}\"]\n",
-        env.path("device-hook.py").display(),
-        serve.port(),
-        serve.start["id_scope"].as_str().unwrap(),
-        env.path("ca.pem").display(),
-        env.path("devices").display()
+        "vault_rate = 5\n{}",
+        hook_delivery(env, serve, "device-hook.py", &[])
     );
     fleet_plans_with(env, serve, fleet, &delivery);
 }

@@ -4,33 +4,16 @@
 //! name's policy, and a hook delivery builds its PFX without reading back the key this run
 //! imported.
 
-use crate::azure_requests::{during, group_of, request_of, vault_requests};
-use crate::azure_verbs::{fleet_plans_hook, run_fleet, start_serve};
+use crate::azure_requests::{
+    REVOKE, REVOKED, assert_nothing_left_to_revoke, count, during, group_device_requests, group_of,
+    request_of, vault_requests, with_enrollments,
+};
+use crate::azure_verbs::{fleet_ok, fleet_plans_hook, issued_fleet, run_fleet, start_serve};
 use crate::util::TestEnv;
-
-/// Individual enrollments `gw-2..=gw-E` beside `group_of`'s `gw-1`.
-fn with_enrollments(n: usize, e: usize) -> String {
-    let mut fleet = group_of(n);
-    for i in 2..=e {
-        fleet.push_str(&format!(
-            "[enrollments.gw-{i}]\nissuer = \"root\"\npolicy = \"device\"\nhub = \"conf-hub\"\n"
-        ));
-    }
-    fleet
-}
-
-/// The requests among `lines` whose `METHOD host/path` contains `part`.
-fn count(lines: &[String], part: &str) -> usize {
-    lines.iter().filter(|l| request_of(l).contains(part)).count()
-}
 
 /// The Key Vault requests of a group device's certificate (`m-N`) among `lines`.
 fn group_device_vault(lines: &[String]) -> usize {
-    vault_requests(lines)
-        .iter()
-        .filter(|(k, _)| k.contains("m-N"))
-        .map(|(_, n)| n)
-        .sum()
+    group_device_requests(&vault_requests(lines))
 }
 
 /// `status` of 20 group devices and 3 individual enrollments reads the hub once (one registry
@@ -47,14 +30,8 @@ fn status_reads_each_identity_and_enrollment_once_and_after_a_roll_only_the_pres
     const E: usize = 3;
     let env = TestEnv::new();
     let fleet = with_enrollments(N, E);
-    let serve = start_serve(&env, &fleet);
-    fleet_plans_hook(&env, &serve, &fleet);
-    let ok = |args: &[&str]| {
-        let r = run_fleet(&env, &serve, "azure", args);
-        assert_eq!(r.code, 0, "{args:?}\n{}\n{}", r.stdout, r.stderr);
-        r.json()
-    };
-    ok(&["issue", "-o", "json"]);
+    let serve = issued_fleet(&env, &fleet);
+    let ok = |args: &[&str]| fleet_ok(&env, &serve, args).json();
     let mut status = serde_json::Value::Null;
     let lines = during(&env, || status = ok(&["status", "-o", "json"]));
     let hub = count(&lines, ".azure-devices.net/devices");
@@ -222,29 +199,11 @@ fn a_revoke_finds_identities_by_query_and_its_rerun_reads_each_target_once() {
     const N: usize = 12;
     let env = TestEnv::new();
     let fleet = group_of(N);
-    let serve = start_serve(&env, &fleet);
-    fleet_plans_hook(&env, &serve, &fleet);
-    let ok = |args: &[&str]| {
-        let r = run_fleet(&env, &serve, "azure", args);
-        assert_eq!(r.code, 0, "{args:?}\n{}\n{}", r.stdout, r.stderr);
-        r.json()
-    };
-    ok(&["issue", "-o", "json"]);
-    let targets = ["m-03", "m-04", "m-05", "gw-1"];
-    let revoke = [
-        "revoke",
-        "device:m-03",
-        "device:m-04",
-        "device:m-05",
-        "enrollment:gw-1",
-        "--reason",
-        "superseded",
-        "--yes",
-        "-o",
-        "json",
-    ];
+    let serve = issued_fleet(&env, &fleet);
+    let ok = |args: &[&str]| fleet_ok(&env, &serve, args).json();
+    let targets = REVOKED;
     let lines = during(&env, || {
-        ok(&revoke);
+        ok(&REVOKE);
     });
     let identity_gets = count(&lines, "GET conf-hub.azure-devices.net/devices/");
     eprintln!(
@@ -262,7 +221,7 @@ fn a_revoke_finds_identities_by_query_and_its_rerun_reads_each_target_once() {
     assert_eq!(untouched["hub_identity"]["status"], "enabled", "{untouched}");
 
     let mut report = serde_json::Value::Null;
-    let lines = during(&env, || report = ok(&revoke));
+    let lines = during(&env, || report = ok(&REVOKE));
     let per_target = |part: &str| -> Vec<usize> {
         targets
             .iter()
@@ -290,12 +249,7 @@ fn a_revoke_finds_identities_by_query_and_its_rerun_reads_each_target_once() {
          {registration_gets:?}; {hub_queries} hub queries, {identity_gets} identity GETs",
         lines.len()
     );
-    assert!(
-        report["targets"].as_array().is_some_and(
-            |t| t.len() == 4 && t.iter().all(|t| t["steps"].as_array().is_some_and(Vec::is_empty))
-        ),
-        "{report}"
-    );
+    assert_nothing_left_to_revoke(&report);
     assert!(enrollment_gets.iter().all(|&n| n <= 1), "{enrollment_gets:?}");
     assert!(registration_gets.iter().all(|&n| n <= 1), "{registration_gets:?}");
     assert!(hub_queries <= targets.len(), "{hub_queries} hub queries");

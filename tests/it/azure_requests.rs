@@ -3,7 +3,7 @@
 //! device; a roll with nothing left to do reads and writes nothing it need not; a device's own
 //! breach writes its hub identity once.
 
-use crate::azure_verbs::{fleet_plans_hook, run_fleet, start_serve};
+use crate::azure_verbs::{fleet_ok, fleet_plans_hook, issued_fleet, run_fleet, start_serve};
 use crate::azure_verbs2::DIRECT;
 use crate::conformance::azure::DPS_HOST;
 use crate::util::TestEnv;
@@ -21,6 +21,17 @@ pub(crate) fn group_of(n: usize) -> String {
          device_policy = \"device\"\ndevices = {{ prefix = \"m-\", count = {n} }}\n\
          [enrollments.gw-1]\nissuer = \"root\"\npolicy = \"device\"\nhub = \"conf-hub\"\n"
     )
+}
+
+/// [`group_of`]`(n)` and individual enrollments `gw-2..=gw-E` beside its `gw-1`.
+pub(crate) fn with_enrollments(n: usize, e: usize) -> String {
+    let mut fleet = group_of(n);
+    for i in 2..=e {
+        fleet.push_str(&format!(
+            "[enrollments.gw-{i}]\nissuer = \"root\"\npolicy = \"device\"\nhub = \"conf-hub\"\n"
+        ));
+    }
+    fleet
 }
 
 /// serve's access lines so far (one per request; a line that is not one is skipped).
@@ -48,6 +59,39 @@ pub(crate) fn request_of(line: &str) -> &str {
     let method_len = parts.next().map_or(0, str::len);
     let target_len = parts.next().map_or(0, str::len);
     &rest[..(method_len + 1 + target_len).min(rest.len())]
+}
+
+/// The requests among `lines` whose `METHOD host/path` contains `part`.
+pub(crate) fn count(lines: &[String], part: &str) -> usize {
+    lines.iter().filter(|l| request_of(l).contains(part)).count()
+}
+
+/// Revoke of 3 group devices of [`group_of`] and its enrollment `gw-1` ([`REVOKED`]), confirmed, as
+/// JSON.
+pub(crate) const REVOKE: [&str; 10] = [
+    "revoke",
+    "device:m-03",
+    "device:m-04",
+    "device:m-05",
+    "enrollment:gw-1",
+    "--reason",
+    "superseded",
+    "--yes",
+    "-o",
+    "json",
+];
+/// The ids of [`REVOKE`]'s targets.
+pub(crate) const REVOKED: [&str; 4] = ["m-03", "m-04", "m-05", "gw-1"];
+
+/// A report of [`REVOKE`] run again: each of its targets there, no step left for any.
+pub(crate) fn assert_nothing_left_to_revoke(report: &serde_json::Value) {
+    assert!(
+        report["targets"]
+            .as_array()
+            .is_some_and(|t| t.len() == REVOKED.len()
+                && t.iter().all(|t| t["steps"].as_array().is_some_and(Vec::is_empty))),
+        "{report}"
+    );
 }
 
 /// Whether a request changes something certroll manages: a PUT, PATCH or DELETE, or a POST
@@ -155,10 +199,7 @@ fn a_group_s_devices_cost_dps_requests_per_page_not_per_device() {
 fn a_device_s_own_breach_writes_its_hub_identity_once() {
     let env = TestEnv::new();
     let fleet = group_of(2);
-    let serve = start_serve(&env, &fleet);
-    fleet_plans_hook(&env, &serve, &fleet);
-    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let serve = issued_fleet(&env, &fleet);
     crate::azure_verbs::fleet_plans_with(&env, &serve, &fleet, DIRECT);
     let lines = during(&env, || {
         let r = run_fleet(
@@ -199,14 +240,8 @@ fn a_finished_ca_roll_run_again_writes_nothing_and_reads_dps_per_page() {
     const N: usize = 30;
     let env = TestEnv::new();
     let fleet = group_of(N);
-    let serve = start_serve(&env, &fleet);
-    fleet_plans_hook(&env, &serve, &fleet);
-    let ok = |args: &[&str]| {
-        let r = run_fleet(&env, &serve, "azure", args);
-        assert_eq!(r.code, 0, "{args:?}\n{}\n{}", r.stdout, r.stderr);
-        r
-    };
-    ok(&["issue", "-o", "json"]);
+    let serve = issued_fleet(&env, &fleet);
+    let ok = |args: &[&str]| fleet_ok(&env, &serve, args);
     crate::azure_verbs::fleet_plans_with(&env, &serve, &fleet, DIRECT);
     ok(&["roll-secondary", "ca:factory", "-o", "json"]);
     ok(&["roll-primary", "ca:factory", "-o", "json"]);
@@ -312,14 +347,8 @@ fn a_finished_device_roll_and_a_cron_run_with_nothing_due_read_key_vault_once_pe
     const N: usize = 20;
     let env = TestEnv::new();
     let fleet = group_of(N);
-    let serve = start_serve(&env, &fleet);
-    fleet_plans_hook(&env, &serve, &fleet);
-    let ok = |args: &[&str]| {
-        let r = run_fleet(&env, &serve, "azure", args);
-        assert_eq!(r.code, 0, "{args:?}\n{}\n{}", r.stdout, r.stderr);
-        r
-    };
-    ok(&["issue", "-o", "json"]);
+    let serve = issued_fleet(&env, &fleet);
+    let ok = |args: &[&str]| fleet_ok(&env, &serve, args);
     crate::azure_verbs::fleet_plans_with(&env, &serve, &fleet, DIRECT);
     let mut per_device = Vec::new();
     for args in [
@@ -333,11 +362,7 @@ fn a_finished_device_roll_and_a_cron_run_with_nothing_due_read_key_vault_once_pe
             ok(args);
         });
         let vault = vault_requests(&lines);
-        let device: usize = vault
-            .iter()
-            .filter(|(k, _)| k.contains("m-N"))
-            .map(|(_, n)| n)
-            .sum();
+        let device = group_device_requests(&vault);
         eprintln!(
             "{args:?}: {} requests, {device} Key Vault requests of a group device's certificate",
             lines.len()
@@ -391,16 +416,8 @@ fn check_reads_dps_and_the_hub_in_pages_not_per_device() {
     const N: usize = 100;
     const E: usize = 5;
     let env = TestEnv::new();
-    let mut fleet = group_of(N);
-    for i in 2..=E {
-        fleet.push_str(&format!(
-            "[enrollments.gw-{i}]\nissuer = \"root\"\npolicy = \"device\"\nhub = \"conf-hub\"\n"
-        ));
-    }
-    let serve = start_serve(&env, &fleet);
-    fleet_plans_hook(&env, &serve, &fleet);
-    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let fleet = with_enrollments(N, E);
+    let serve = issued_fleet(&env, &fleet);
     let mut report = serde_json::Value::Null;
     let lines = during(&env, || {
         let r = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
@@ -421,6 +438,16 @@ fn check_reads_dps_and_the_hub_in_pages_not_per_device() {
         total <= 12,
         "{total} DPS and hub requests for {N} devices and {E} enrollments: {services:?}"
     );
+}
+
+/// Of the Key Vault requests `vault` ([`vault_requests`]), those of a group device's
+/// certificate (`m-N`).
+pub(crate) fn group_device_requests(vault: &std::collections::BTreeMap<String, usize>) -> usize {
+    vault
+        .iter()
+        .filter(|(k, _)| k.contains("m-N"))
+        .map(|(_, n)| n)
+        .sum()
 }
 
 /// The Key Vault requests among `lines` that name no group device (`m-N`): the CAs' and the
@@ -444,14 +471,8 @@ fn a_ca_breach_reads_the_ca_chain_once_and_each_device_a_few_times() {
     const N: usize = 20;
     let env = TestEnv::new();
     let fleet = group_of(N);
-    let serve = start_serve(&env, &fleet);
-    fleet_plans_hook(&env, &serve, &fleet);
-    let ok = |args: &[&str]| {
-        let r = run_fleet(&env, &serve, "azure", args);
-        assert_eq!(r.code, 0, "{args:?}\n{}\n{}", r.stdout, r.stderr);
-        r
-    };
-    ok(&["issue", "-o", "json"]);
+    let serve = issued_fleet(&env, &fleet);
+    let ok = |args: &[&str]| fleet_ok(&env, &serve, args);
     crate::azure_verbs::fleet_plans_with(&env, &serve, &fleet, DIRECT);
     let breach = ["roll-primary", "--breach", "ca:factory", "--yes", "-o", "json"];
     let mut counts = Vec::new();
@@ -462,11 +483,7 @@ fn a_ca_breach_reads_the_ca_chain_once_and_each_device_a_few_times() {
         });
         let vault = vault_requests(&lines);
         let total: usize = vault.values().sum();
-        let device: usize = vault
-            .iter()
-            .filter(|(k, _)| k.contains("m-N"))
-            .map(|(_, n)| n)
-            .sum();
+        let device = group_device_requests(&vault);
         eprintln!(
             "{run} of ca:factory ({N} devices): {total} Key Vault requests, {device} of a group device's certificate"
         );
@@ -524,30 +541,12 @@ fn no_op_reruns_of_revoke_and_issue_read_only_what_they_need() {
     const N: usize = 20;
     let env = TestEnv::new();
     let fleet = group_of(N);
-    let serve = start_serve(&env, &fleet);
-    fleet_plans_hook(&env, &serve, &fleet);
-    let ok = |args: &[&str]| {
-        let r = run_fleet(&env, &serve, "azure", args);
-        assert_eq!(r.code, 0, "{args:?}\n{}\n{}", r.stdout, r.stderr);
-        r
-    };
-    ok(&["issue", "-o", "json"]);
-    let revoke = [
-        "revoke",
-        "device:m-03",
-        "device:m-04",
-        "device:m-05",
-        "enrollment:gw-1",
-        "--reason",
-        "superseded",
-        "--yes",
-        "-o",
-        "json",
-    ];
-    ok(&revoke);
+    let serve = issued_fleet(&env, &fleet);
+    let ok = |args: &[&str]| fleet_ok(&env, &serve, args);
+    ok(&REVOKE);
     let mut report = serde_json::Value::Null;
     let lines = during(&env, || {
-        report = ok(&revoke).json();
+        report = ok(&REVOKE).json();
     });
     let vault = vault_requests(&lines);
     let devices = vault_devices(&lines);
@@ -558,7 +557,7 @@ fn no_op_reruns_of_revoke_and_issue_read_only_what_they_need() {
     for (k, n) in &vault {
         eprintln!("  {n:5} {k}");
     }
-    let targets = ["m-03", "m-04", "m-05", "gw-1"];
+    let targets = REVOKED;
     assert!(
         devices.iter().all(|d| targets.contains(&d.as_str())),
         "a rerun of revoke read other devices' certificates: {devices:?}\n{vault:?}"
@@ -575,12 +574,7 @@ fn no_op_reruns_of_revoke_and_issue_read_only_what_they_need() {
         "a rerun of revoke of {} targets made {of_targets} Key Vault requests of their certificates: {vault:?}",
         targets.len()
     );
-    assert!(
-        report["targets"].as_array().is_some_and(
-            |t| t.len() == 4 && t.iter().all(|t| t["steps"].as_array().is_some_and(Vec::is_empty))
-        ),
-        "{report}"
-    );
+    assert_nothing_left_to_revoke(&report);
     let lines = during(&env, || {
         ok(&["issue", "-o", "json"]);
     });

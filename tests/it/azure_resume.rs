@@ -4,37 +4,10 @@
 //! open (F-EXIT2-OPEN-RUN); the take-back of another client's certificate works however often
 //! the enrollment was breached before (F-REMEDY-NOOP).
 
-use crate::azure_foreign::{FLEET, device, fingerprint, put_foreign_primary, slot_thumbprint};
-use crate::azure_verbs::{TOKEN, fleet_plans_hook, run_fleet, start_serve};
+use crate::azure_foreign::{FLEET, current_thumbprint, device, foreign_into, slot_thumbprint};
+use crate::azure_verbs::{TOKEN, issued_fleet, over_the_air, run_fleet, start_serve};
 use crate::conformance::azure::{run_plan, sas_key};
 use crate::util::TestEnv;
-use serde_json::Value;
-
-/// From here on certificates go over the air, to serve's simulated devices (the factory hook
-/// gave each device its first).
-fn over_the_air(env: &TestEnv, serve: &crate::conformance::azure::Serve) {
-    crate::azure_verbs::fleet_plans_with(env, serve, FLEET, "delivery = \"direct-method\"\n");
-}
-
-/// The certificate `status` says device `id` holds or was handed last.
-fn current(status: &Value, id: &str) -> String {
-    let d = device(status, id);
-    d["pending"]["cert"]["thumbprint"]
-        .as_str()
-        .or(d["installed"]["thumbprint"].as_str())
-        .unwrap_or_else(|| panic!("{id} holds nothing: {d}"))
-        .to_string()
-}
-
-/// Another client's certificate `CN=id` into the primary slot of enrollment `id`; its
-/// thumbprint.
-fn foreign_into(env: &TestEnv, serve: &crate::conformance::azure::Serve, id: &str) -> String {
-    crate::azure_verbs::make_cert(env, id, false);
-    let file = format!("{id}-cert.pem");
-    let pem = std::fs::read_to_string(env.path(&file)).unwrap();
-    put_foreign_primary(env, serve, id, &pem);
-    fingerprint(env, &file)
-}
 
 /// The trial's run c4: a CA breach left open by a foreign certificate in one enrollment, then a
 /// device breach of one of the devices it replaced (which disables the version the open run
@@ -44,12 +17,9 @@ fn foreign_into(env: &TestEnv, serve: &crate::conformance::azure::Serve, id: &st
 #[test]
 fn an_open_ca_breach_finishes_after_a_device_breach_superseded_what_it_issued() {
     let env = TestEnv::new();
-    let serve = start_serve(&env, FLEET);
-    fleet_plans_hook(&env, &serve, FLEET);
+    let serve = issued_fleet(&env, FLEET);
     let run = |args: &[&str]| run_fleet(&env, &serve, "azure", args);
-    let r = run(&["issue", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    over_the_air(&env, &serve);
+    over_the_air(&env, &serve, FLEET);
     foreign_into(&env, &serve, "gw-2");
 
     let breach = [
@@ -113,7 +83,7 @@ fn an_open_ca_breach_finishes_after_a_device_breach_superseded_what_it_issued() 
     assert_eq!(slot_thumbprint(&env, &serve, "gw-1", "secondary"), None);
     let r = run(&["status", "-o", "json"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(current(&r.json(), "gw-1"), by_device);
+    assert_eq!(current_thumbprint(&r.json(), "gw-1"), by_device);
     let r = run(&["check"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     // Done for good: the same command again has nothing to resume.
@@ -127,11 +97,8 @@ fn an_open_ca_breach_finishes_after_a_device_breach_superseded_what_it_issued() 
 #[test]
 fn a_breach_refused_by_the_hub_before_any_change_leaves_no_open_run() {
     let env = TestEnv::new();
-    let serve = start_serve(&env, FLEET);
-    fleet_plans_hook(&env, &serve, FLEET);
-    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    over_the_air(&env, &serve);
+    let serve = issued_fleet(&env, FLEET);
+    over_the_air(&env, &serve, FLEET);
     let before = run_fleet(&env, &serve, "azure", &["status", "-o", "json"]).json();
 
     // A key that is valid base64 but not the hub's.
@@ -154,7 +121,10 @@ fn a_breach_refused_by_the_hub_before_any_change_leaves_no_open_run() {
     let r = run_fleet(&env, &serve, "azure", &["check"]);
     assert_eq!(r.code, 0, "no open run: {}\n{}", r.stdout, r.stderr);
     let after = run_fleet(&env, &serve, "azure", &["status", "-o", "json"]).json();
-    assert_eq!(current(&after, "gw-1"), current(&before, "gw-1"));
+    assert_eq!(
+        current_thumbprint(&after, "gw-1"),
+        current_thumbprint(&before, "gw-1")
+    );
     // With the right key the breach runs afresh (not as a resumed run).
     let r = run_fleet(&env, &serve, "azure", &args);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
@@ -167,12 +137,9 @@ fn a_breach_refused_by_the_hub_before_any_change_leaves_no_open_run() {
 #[test]
 fn a_second_foreign_certificate_is_taken_back_by_the_remedy_check_names() {
     let env = TestEnv::new();
-    let serve = start_serve(&env, FLEET);
-    fleet_plans_hook(&env, &serve, FLEET);
+    let serve = issued_fleet(&env, FLEET);
     let run = |args: &[&str]| run_fleet(&env, &serve, "azure", args);
-    let r = run(&["issue", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    over_the_air(&env, &serve);
+    over_the_air(&env, &serve, FLEET);
     let take_back = [
         "roll-primary",
         "--breach",

@@ -296,24 +296,53 @@ fn fleet_plans(env: &TestEnv, serve: &Serve) {
 /// `fleet` on the local store, and on azure against serve with delivery through the device hook.
 pub(crate) fn fleet_plans_hook(env: &TestEnv, serve: &Serve, fleet: &str) {
     env.write("device-hook.py", DEVICE_HOOK);
-    let delivery = format!(
-        "delivery = \"hook\"\nhook = [\"python3\", \"{}\", \"{}\", \"{}\", \"{}\", \"{}\"]\n",
-        env.path("device-hook.py").display(),
-        serve.port(),
-        serve.start["id_scope"].as_str().unwrap(),
-        env.path("ca.pem").display(),
-        env.path("devices").display()
+    fleet_plans_with(
+        env,
+        serve,
+        fleet,
+        &hook_delivery(env, serve, "device-hook.py", &[]),
     );
-    fleet_plans_with(env, serve, fleet, &delivery);
+}
+
+/// From here on certificates go over the air, to serve's simulated devices (the factory hook
+/// gave each device its first): `fleet`'s plans with delivery by direct method.
+pub(crate) fn over_the_air(env: &TestEnv, serve: &Serve, fleet: &str) {
+    fleet_plans_with(env, serve, fleet, "delivery = \"direct-method\"\n");
+}
+
+/// The `[backend]` lines of a delivery through the Python hook `script` (a file in the test's
+/// folder), called as [`DEVICE_HOOK`] is, with serve's port, ID scope and CA file and the devices'
+/// folder, then `extra` arguments.
+pub(crate) fn hook_delivery(
+    env: &TestEnv,
+    serve: &Serve,
+    script: &str,
+    extra: &[std::path::PathBuf],
+) -> String {
+    let mut args = vec![
+        env.path(script).display().to_string(),
+        serve.port().to_string(),
+        serve.start["id_scope"].as_str().unwrap().to_string(),
+        env.path("ca.pem").display().to_string(),
+        env.path("devices").display().to_string(),
+    ];
+    args.extend(extra.iter().map(|p| p.display().to_string()));
+    let args: Vec<String> = args.iter().map(|a| format!(", \"{a}\"")).collect();
+    format!("delivery = \"hook\"\nhook = [\"python3\"{}]\n", args.concat())
 }
 
 /// `fleet` on the local store, and on azure against serve with `delivery` (TOML lines of
 /// `[backend]`).
 pub(crate) fn fleet_plans_with(env: &TestEnv, serve: &Serve, fleet: &str, delivery: &str) {
+    fleet_plans_dps(env, serve, fleet, delivery, "");
+}
+
+/// As [`fleet_plans_with`], with `dps_keys` added to the plan's `dps` table (`, rate = 20`).
+pub(crate) fn fleet_plans_dps(env: &TestEnv, serve: &Serve, fleet: &str, delivery: &str, dps_keys: &str) {
     let azure = format!(
         "{}{}{delivery}{}",
         azure_backend(serve, "state.db", "CERTROLL_AZ_TOKEN", "../ca.pem", true),
-        dps_table(serve, "CERTROLL_AZ_DPS_KEY", ""),
+        dps_table(serve, "CERTROLL_AZ_DPS_KEY", dps_keys),
         hub_table(serve, "CERTROLL_AZ_HUB_KEY"),
     );
     write_plans(env, &azure, fleet);
@@ -321,23 +350,46 @@ pub(crate) fn fleet_plans_with(env: &TestEnv, serve: &Serve, fleet: &str, delive
 
 /// Runs certroll on the azure fleet plan with the SAS keys in its environment.
 pub(crate) fn run_fleet(env: &TestEnv, serve: &Serve, which: &str, args: &[&str]) -> crate::util::Run {
+    run_fleet_with(env, serve, which, &[], args)
+}
+
+/// As [`run_fleet`], with `extra` environment (a fault switch).
+pub(crate) fn run_fleet_with(
+    env: &TestEnv,
+    serve: &Serve,
+    which: &str,
+    extra: &[(&str, &str)],
+    args: &[&str],
+) -> crate::util::Run {
     let (dps_key, hub_key) = (sas_key(serve, "certroll-dps").1, sas_key(serve, "conf-hub").1);
-    let vars = [
+    let mut vars = vec![
         ("CERTROLL_AZ_TOKEN", TOKEN),
         ("CERTROLL_AZ_DPS_KEY", dps_key.as_str()),
         ("CERTROLL_AZ_HUB_KEY", hub_key.as_str()),
     ];
+    vars.extend_from_slice(extra);
     run_plan(env, which, &vars, args)
 }
 
-/// Serve over [`FLEET`], the fleet plans delivering through the device hook, and [`FLEET`]
-/// issued on the azure plan.
-fn issued_on_azure(env: &TestEnv) -> Serve {
-    let serve = start_serve(env, FLEET);
-    fleet_plans(env, &serve);
-    let r = run_fleet(env, &serve, "azure", &["issue", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+/// [`run_fleet`] on the azure plan, which must succeed.
+pub(crate) fn fleet_ok(env: &TestEnv, serve: &Serve, args: &[&str]) -> crate::util::Run {
+    let r = run_fleet(env, serve, "azure", args);
+    assert_eq!(r.code, 0, "{args:?}\n{}\n{}", r.stdout, r.stderr);
+    r
+}
+
+/// Serve over `fleet`, the fleet plans delivering through the device hook, and `fleet` issued
+/// on the azure plan.
+pub(crate) fn issued_fleet(env: &TestEnv, fleet: &str) -> Serve {
+    let serve = start_serve(env, fleet);
+    fleet_plans_hook(env, &serve, fleet);
+    fleet_ok(env, &serve, &["issue", "-o", "json"]);
     serve
+}
+
+/// [`issued_fleet`] of [`FLEET`].
+fn issued_on_azure(env: &TestEnv) -> Serve {
+    issued_fleet(env, FLEET)
 }
 
 /// Issue two devices, status, roll one device's secondary, reruns: the same on both.

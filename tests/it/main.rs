@@ -67,6 +67,9 @@ mod azure_reads;
 // What certroll issued, recorded beside the fleet record: reads `check` and `issue` no longer make.
 mod azure_record;
 
+// DPS pacing against a throttled DPS: the rate the service admits, learnt from its 429s.
+mod azure_pacing;
+
 // HSM CAs on azure: Key Vault signs what certroll builds; the keys never leave it.
 mod azure_hsm;
 // Delivery on azure: what a device holds is what DPS saw; hooks and direct methods side by side.

@@ -91,6 +91,11 @@ impl Serve {
             .to_string()
     }
 
+    /// The port serve listens on.
+    fn port(&self) -> u16 {
+        self.addr().rsplit(':').next().unwrap().parse().unwrap()
+    }
+
     fn ca_file(&self, env: &TestEnv) -> PathBuf {
         let given = self.start["ca_file"].as_str().unwrap_or("serve-ca.pem");
         env.path(given)
@@ -747,7 +752,7 @@ fn url_encode(s: &str) -> String {
 }
 
 /// `SharedAccessSignature sr=..&sig=..&se=..&skn=..` signed with `key_base64`.
-fn sas_token(sr: &str, key_base64: &str, se: i64, skn: &str) -> String {
+pub(crate) fn sas_token(sr: &str, key_base64: &str, se: i64, skn: &str) -> String {
     use base64::Engine as _;
     let key = base64::engine::general_purpose::STANDARD
         .decode(key_base64)
@@ -771,8 +776,8 @@ fn key_of(connection_string: &str) -> String {
         .to_string()
 }
 
-/// One request with curl (the emulator's CA trusted, the Azure host resolved to serve):
-/// (HTTP status, body).
+/// One request with curl (the emulator's CA trusted, the Azure host resolved to serve), a PUT
+/// or POST with `body` or `{}`: (HTTP status, body).
 fn curl(
     env: &TestEnv,
     serve: &Serve,
@@ -782,36 +787,17 @@ fn curl(
     auth: Option<&str>,
     body: Option<&str>,
 ) -> (u16, String) {
-    let addr = serve.addr();
-    let port = addr.rsplit(':').next().unwrap();
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-sS",
-        "-X",
+    let headers: Vec<String> = auth.map(|a| format!("Authorization: {a}")).into_iter().collect();
+    let body = (method == "PUT" || method == "POST").then(|| body.unwrap_or("{}"));
+    curl_json(
+        &serve.ca_file(env),
+        serve.port(),
         method,
-        "--max-time",
-        "20",
-        "-o",
-        "-",
-        "-w",
-        "\n%{http_code}",
-    ])
-    .arg("--resolve")
-    .arg(format!("{host}:{port}:127.0.0.1"))
-    .arg("--cacert")
-    .arg(serve.ca_file(env))
-    .args(["-H", "Content-Type: application/json"]);
-    if let Some(a) = auth {
-        cmd.args(["-H", &format!("Authorization: {a}")]);
-    }
-    if method == "PUT" || method == "POST" {
-        cmd.args(["--data", body.unwrap_or("{}")]);
-    }
-    cmd.arg(format!("https://{host}:{port}{path}"));
-    let out = cmd.output().expect("curl must be installed");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+        host,
+        path,
+        &headers,
+        body,
+    )
 }
 
 #[test]
@@ -1099,35 +1085,17 @@ fn curl_raw(
     content_type: &str,
     body: &str,
 ) -> (u16, String) {
-    let port = serve.addr().rsplit(':').next().unwrap().to_string();
     let file = env.path("curl-body");
     std::fs::write(&file, body).unwrap();
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "-X",
-            "PUT",
-            "--max-time",
-            "20",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-        ])
-        .arg("--resolve")
-        .arg(format!("{host}:{port}:127.0.0.1"))
-        .arg("--cacert")
-        .arg(serve.ca_file(env))
-        .args(["-H", &format!("Content-Type: {content_type}")])
-        .args(["-H", &format!("Authorization: {auth}")])
-        .arg("--data-binary")
-        .arg(format!("@{}", file.display()))
-        .arg(format!("https://{host}:{port}{path}"))
-        .output()
-        .expect("curl must be installed");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    let args = [
+        "-H".to_string(),
+        format!("Content-Type: {content_type}"),
+        "-H".to_string(),
+        format!("Authorization: {auth}"),
+        "--data-binary".to_string(),
+        format!("@{}", file.display()),
+    ];
+    curl_to(&serve.ca_file(env), serve.port(), "PUT", host, path, &args)
 }
 
 /// One ARM request with curl and the generated token of the default principal `owner`: (HTTP
@@ -1156,40 +1124,22 @@ fn arm_as(
     if_match: Option<&str>,
     body: Option<serde_json::Value>,
 ) -> (u16, serde_json::Value) {
-    let port = serve.addr().rsplit(':').next().unwrap().to_string();
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-sS",
-        "-X",
+    let mut headers = vec![format!("Authorization: Bearer {token}")];
+    headers.extend(if_match.map(|tag| format!("If-Match: {tag}")));
+    let (code, answer) = curl_json(
+        &serve.ca_file(env),
+        serve.port(),
         method,
-        "--max-time",
-        "20",
-        "-o",
-        "-",
-        "-w",
-        "\n%{http_code}",
-    ])
-    .arg("--resolve")
-    .arg(format!("management.azure.com:{port}:127.0.0.1"))
-    .arg("--cacert")
-    .arg(serve.ca_file(env))
-    .args(["-H", "Content-Type: application/json"])
-    .args(["-H", &format!("Authorization: Bearer {token}")]);
-    if let Some(tag) = if_match {
-        cmd.args(["-H", &format!("If-Match: {tag}")]);
-    }
-    if let Some(b) = body {
-        cmd.args(["--data", &b.to_string()]);
-    }
-    cmd.arg(format!(
-        "https://management.azure.com:{port}/subscriptions/sub-1/resourceGroups/rg-1/providers/Microsoft.Devices/provisioningServices/certroll-dps/certificates{path}?api-version=2022-02-05"
-    ));
-    let out = cmd.output().expect("curl must be installed");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        "management.azure.com",
+        &format!(
+            "/subscriptions/sub-1/resourceGroups/rg-1/providers/Microsoft.Devices/provisioningServices/certroll-dps/certificates{path}?api-version=2022-02-05"
+        ),
+        &headers,
+        body.map(|b| b.to_string()).as_deref(),
+    );
     (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        code,
+        serde_json::from_str(&answer).unwrap_or(serde_json::Value::Null),
     )
 }
 
@@ -1419,36 +1369,16 @@ fn curl_if_match(
     tag: &str,
     body: &str,
 ) -> (u16, String) {
-    let port = serve.addr().rsplit(':').next().unwrap().to_string();
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "-X",
-            "PUT",
-            "--max-time",
-            "20",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-        ])
-        .arg("--resolve")
-        .arg(format!("{host}:{port}:127.0.0.1"))
-        .arg("--cacert")
-        .arg(serve.ca_file(env))
-        .args([
-            "-H",
-            "Content-Type: application/json",
-            "-H",
-            &format!("Authorization: {auth}"),
-        ])
-        .args(["-H", &format!("If-Match: {tag}"), "--data", body])
-        .arg(format!("https://{host}:{port}{path}"))
-        .output()
-        .expect("curl must be installed");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    let headers = [format!("Authorization: {auth}"), format!("If-Match: {tag}")];
+    curl_json(
+        &serve.ca_file(env),
+        serve.port(),
+        "PUT",
+        host,
+        path,
+        &headers,
+        Some(body),
+    )
 }
 
 /// One GET with curl straight to a `https://127.0.0.1:PORT` listener (no Host routing, no
@@ -1600,46 +1530,25 @@ fn curl_any(
     body_len: Option<usize>,
     extra: &[&str],
 ) -> (u16, String, String) {
-    let port = serve.addr().rsplit(':').next().unwrap().to_string();
     let head_file = env.path("curl-head");
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-sS",
-        "-X",
-        method,
-        "--max-time",
-        "20",
-        "-o",
-        "-",
-        "-w",
-        "\n%{http_code}",
-    ])
-    .arg("-D")
-    .arg(&head_file)
-    .arg("--resolve")
-    .arg(format!("{host}:{port}:127.0.0.1"))
-    .arg("--cacert")
-    .arg(serve.ca_file(env))
-    .args(extra);
+    let mut args = vec!["-D".to_string(), head_file.display().to_string()];
+    args.extend(extra.iter().map(|a| a.to_string()));
     for h in headers {
-        cmd.args(["-H", h]);
+        args.extend(["-H".to_string(), h.clone()]);
     }
     if let Some(len) = body_len {
         let file = env.path("curl-body");
         std::fs::write(&file, vec![b'{'; len]).unwrap();
-        cmd.args(["-H", "Content-Type: application/json", "--data-binary"])
-            .arg(format!("@{}", file.display()));
+        args.extend([
+            "-H".to_string(),
+            "Content-Type: application/json".to_string(),
+            "--data-binary".to_string(),
+            format!("@{}", file.display()),
+        ]);
     }
-    cmd.arg(format!("https://{host}:{port}{path}"));
-    let out = cmd.output().expect("curl must be installed");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let (code, body) = curl_to(&serve.ca_file(env), serve.port(), method, host, path, &args);
     let head = std::fs::read_to_string(&head_file).unwrap_or_default();
-    (
-        code.trim().parse().unwrap_or(0),
-        head.to_ascii_lowercase(),
-        body.to_string(),
-    )
+    (code, head.to_ascii_lowercase(), body)
 }
 
 /// The body as JSON, or a panic naming what came instead.

@@ -258,6 +258,55 @@ pub fn spawn_serve(env: &TestEnv, mut cmd: Command) -> (std::process::Child, ser
     }
 }
 
+/// One HTTPS request with curl, as another client of serve makes it: to `host` (resolved to
+/// 127.0.0.1:`port`, serve's CA file `ca` trusted), with more of curl's arguments `args`
+/// (headers, a body): (HTTP status, 0 when there was no answer; the answer's body).
+pub fn curl_to(ca: &Path, port: u16, method: &str, host: &str, path: &str, args: &[String]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-X",
+            method,
+            "--max-time",
+            "20",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .arg("--resolve")
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .arg("--cacert")
+        .arg(ca)
+        .args(args)
+        .arg(format!("https://{host}:{port}{path}"))
+        .output()
+        .expect("curl must be installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// [`curl_to`] with a JSON Content-Type, `headers` (`Name: value`) and `body` if any.
+pub fn curl_json(
+    ca: &Path,
+    port: u16,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[String],
+    body: Option<&str>,
+) -> (u16, String) {
+    let mut args = vec!["-H".to_string(), "Content-Type: application/json".to_string()];
+    for h in headers {
+        args.extend(["-H".to_string(), h.clone()]);
+    }
+    if let Some(b) = body {
+        args.extend(["--data".to_string(), b.to_string()]);
+    }
+    curl_to(ca, port, method, host, path, &args)
+}
+
 // ---- Fixtures and readers shared by the issue-10 fidelity suites.
 
 /// The quickstart with `count` sensors, written as `plan.toml`; returns its text.
