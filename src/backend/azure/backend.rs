@@ -324,6 +324,12 @@ pub struct AzureBackend {
     held_cuts: Vec<HubIdentity>,
     /// The last delivery outcome per device, for `register` to report.
     outcomes: HashMap<String, Outcome>,
+    /// Devices this process found without a fleet record (certroll never issued them a
+    /// certificate) and no `register` of this process took up yet (its deliveries and asks
+    /// come after its first read): DPS holds no registration of theirs that certroll caused,
+    /// so a group listing that lacks one needs no read of its own to say so (see
+    /// [`EnrollmentService::group_registration_many`]).
+    never_issued: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Whether a committed unit's deliveries go to the [`Courier`] (during a run of chunked
     /// writes, [`Backend::bulk_writes`]) instead of running before the next unit starts.
     background: bool,
@@ -452,6 +458,7 @@ impl AzureBackend {
             pending: Vec::new(),
             held_cuts: Vec::new(),
             outcomes: HashMap::new(),
+            never_issued: std::sync::Mutex::default(),
             background: false,
             courier: None,
             courier_clients: None,
@@ -462,18 +469,22 @@ impl AzureBackend {
 
     /// The enrollment group of each device, in the order asked (None: not a group's): the
     /// group its fleet record names (where it was issued), else the plan's.
+    /// A device without a fleet record is kept in `never_issued`.
     fn groups_of(&self, ids: &[String]) -> Result<Vec<Option<String>>> {
         let records = self.vault.local().device_many(ids)?;
+        let mut never_issued = self.never_issued.lock().unwrap_or_else(|p| p.into_inner());
         Ok(ids
             .iter()
             .zip(records)
             .map(|(id, record)| match record {
                 Some(r) => r.group,
-                None => self
-                    .members
-                    .iter()
-                    .find(|(_, m)| m.has(id))
-                    .map(|(g, _)| g.clone()),
+                None => {
+                    never_issued.insert(id.clone());
+                    self.members
+                        .iter()
+                        .find(|(_, m)| m.has(id))
+                        .map(|(g, _)| g.clone())
+                }
             })
             .collect())
     }
@@ -491,7 +502,13 @@ impl AzureBackend {
         for (group, at) in by_group {
             let wanted: Vec<String> = at.iter().map(|&i| ids[i].clone()).collect();
             let states = match group {
-                Some(g) => self.enrollments.group_registration_many(g, &wanted)?,
+                Some(g) => {
+                    let never: Vec<bool> = {
+                        let never_issued = self.never_issued.lock().unwrap_or_else(|p| p.into_inner());
+                        wanted.iter().map(|id| never_issued.contains(id)).collect()
+                    };
+                    self.enrollments.group_registration_many(g, &wanted, &never)?
+                }
                 None => self.enrollments.registration_many(&wanted)?,
             };
             for (i, state) in at.into_iter().zip(states) {
@@ -1432,6 +1449,13 @@ impl EnrollmentService for AzureBackend {
         } else {
             None
         };
+        // From here each device may register, and DPS may refuse it: its state is read.
+        {
+            let mut never_issued = self.never_issued.lock().unwrap_or_else(|p| p.into_inner());
+            for id in &ids {
+                never_issued.remove(id);
+            }
+        }
         self.flush(now)?;
         let after_delivery = match &at_start {
             Some(_) if had_deliveries => Some(seen(&self.registration_states(&ids)?)),

@@ -1715,31 +1715,37 @@ impl EnrollmentService for AzureEnrollmentService {
             .collect()
     }
 
-    fn group_registration_many(&self, group: &str, ids: &[String]) -> Result<Vec<Option<RegistrationState>>> {
-        if ids.len() < 2 {
-            return self.registration_many(ids);
-        }
-        let listed = self.rt.block_on(self.group_registrations(group))?;
-        // A device the group's listing lacks registered elsewhere or never. Elsewhere is an
-        // individual enrollment of its own (DPS prefers one to any group): a device whose read
-        // in this process found none never registered; any other is read on its own.
-        let without_enrollment: Vec<bool> = {
-            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            ids.iter().map(|id| matches!(seen.get(id), Some(None))).collect()
+    fn group_registration_many(
+        &self,
+        group: &str,
+        ids: &[String],
+        never_registered: &[bool],
+    ) -> Result<Vec<Option<RegistrationState>>> {
+        let listed = if ids.len() < 2 {
+            HashMap::new()
+        } else {
+            self.rt.block_on(self.group_registrations(group))?
         };
+        // The listing holds the devices the group assigned last. One it lacks is assigned by an
+        // individual enrollment of its own (DPS prefers one to any group), or never registered,
+        // or its group is gone: `revoke ca:X` deletes a group left without a certificate, DPS
+        // lists nothing for it (404), and its devices' registrations stay, refused ones
+        // included. Only the caller knows "never registered"; any other device is read on its
+        // own. A read that found no individual enrollment proves nothing: that refused device
+        // has none either.
         let unknown: Vec<String> = ids
             .iter()
-            .zip(&without_enrollment)
-            .filter(|(id, none)| !listed.contains_key(*id) && !**none)
+            .zip(never_registered)
+            .filter(|(id, never)| !listed.contains_key(*id) && !**never)
             .map(|(id, _)| id.clone())
             .collect();
         let mut read = self.registration_many(&unknown)?.into_iter();
         Ok(ids
             .iter()
-            .zip(without_enrollment)
-            .map(|(id, none)| match listed.get(id) {
+            .zip(never_registered)
+            .map(|(id, never)| match listed.get(id) {
                 Some(v) => Some(self.registration_of(id, v.clone())),
-                None if none => None,
+                None if *never => None,
                 None => read.next().flatten(),
             })
             .collect())
