@@ -1685,13 +1685,8 @@ fn prepare(routes: &Routes, vault: &AzureVault, record: &DeviceRecord) -> Result
         version: version_id.to_string(),
         thumbprint: crate::pki::sha1_thumbprint(&version.cert_der),
     };
-    // A disabled version (a later breach, revoke or `vault update --disable`) is never
-    // handed to a device; Key Vault would refuse to read its key anyway (HTTP 403).
-    if !version.enabled {
-        return Ok(Prepared::Done(Outcome::Waiting(format!(
-            "certificate version {}/{version_id} is disabled, so it is not delivered",
-            record.cert_name
-        ))));
+    if let Some(why) = version.never_delivered() {
+        return Ok(Prepared::Done(Outcome::Waiting(why)));
     }
     Ok(match channel {
         Delivery::None => unreachable!("handled above"),
