@@ -13,7 +13,7 @@ use serde_json::Value;
 
 /// [`GROUPS`](crate::azure_verbs2::GROUPS) issued on both plans, `revoke ca:factory`, then
 /// `reprovision group:sensors` on both: its (exit code, local answer, azure answer).
-fn refused(env: &TestEnv) -> (Serve, i32, Value, Value) {
+pub(crate) fn refused(env: &TestEnv) -> (Serve, i32, Value, Value) {
     let serve = crate::azure_verbs2::issued_groups(env);
     let revoke = [
         "revoke",
