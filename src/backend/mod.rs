@@ -419,11 +419,14 @@ pub trait EnrollmentService {
     /// The registration states of several devices the plan puts in enrollment group `group`, in
     /// the order asked (None where absent): as [`registration_many`](Self::registration_many),
     /// for a service that lists a group's registrations (DPS: a query, in pages) cheaper than it
-    /// reads one device at a time.
+    /// reads one device at a time. `never_registered[i]` says the caller knows device `ids[i]`
+    /// holds no registration certroll could have caused (it never issued the device a
+    /// certificate): a device the listing lacks is then absent without a read of its own.
     fn group_registration_many(
         &self,
         _group: &str,
         ids: &[String],
+        _never_registered: &[bool],
     ) -> Result<Vec<Option<RegistrationState>>> {
         self.registration_many(ids)
     }

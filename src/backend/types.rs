@@ -69,6 +69,21 @@ pub struct VaultVersion {
     pub issuer: Option<(String, String)>,
 }
 
+impl VaultVersion {
+    /// Why this version is never handed to a device (None: it may be): a disabled one (a later
+    /// breach, a revoke or `vault update --disable` disabled it) never is, wherever a delivery
+    /// is decided, a roll's resumed step and an owed delivery alike. Key Vault would refuse to
+    /// read its key anyway (HTTP 403).
+    pub fn never_delivered(&self) -> Option<String> {
+        (!self.enabled).then(|| {
+            format!(
+                "certificate version {}/{} is disabled, so it is not delivered",
+                self.name, self.version
+            )
+        })
+    }
+}
+
 /// A new vault version to store, with its key.
 pub struct NewVersion<'a> {
     /// Certificate name.

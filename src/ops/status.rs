@@ -356,15 +356,10 @@ impl StatusQuery<'_> {
         let b = &*self.backend;
         let ids: Vec<String> = page.iter().map(|(id, _, _)| id.clone()).collect();
         let records = b.device_many(&ids)?;
-        // Each identity once, in the hub the registration names (the registration's own
-        // thumbprint is replaced below by what `held` finds). On azure the enrollments `head`
-        // read carry their devices' states; the registrations go before this page's own
-        // enrollment reads, whose "none" for a group's device would otherwise pass for "never
-        // registered" and hide a device DPS refused (trial az5's F-STATUS-REFUSED).
-        let (registrations, identities) = b.registrations_and_identities(&ids)?;
         // The individual enrollment the service holds for a device: shown for a device of a
         // group (it takes precedence), read for every device for a certificate another client
-        // put there. An enrollment `head` read is not read again.
+        // put there. An enrollment `head` read is not read again. Read before the registration
+        // states: on azure an enrollment's read carries its device's state.
         let mut individuals: Vec<Option<IndividualEnrollment>> = vec![None; ids.len()];
         let (at, unread): (Vec<usize>, Vec<String>) = {
             let mut read = self.enrollments_read.borrow_mut();
@@ -384,6 +379,9 @@ impl StatusQuery<'_> {
         for (i, e) in at.into_iter().zip(b.individual_many(&unread)?) {
             individuals[i] = e;
         }
+        // Each identity once, in the hub the registration names (the registration's own
+        // thumbprint is replaced below by what `held` finds).
+        let (registrations, identities) = b.registrations_and_identities(&ids)?;
         let issued = super::installed_many(b, &ids)?;
         let held = super::held::held_from(b, &ids, issued.clone(), &registrations, &identities)?;
         let mut cannot_connect = Vec::with_capacity(ids.len());

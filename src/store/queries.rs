@@ -533,33 +533,10 @@ pub fn disabled_enrollments_with(conn: &Connection, thumbprint: &str) -> Result<
     )
 }
 
-/// Creates or replaces an individual enrollment.
+/// Creates or replaces an individual enrollment with a fresh etag, keeping the DPS fields a
+/// write through serve's DPS API gave it ([`super::queries_dps::individual_put_wire`]).
 pub fn individual_put(conn: &Connection, e: &IndividualEnrollment, now: OffsetDateTime) -> Result<()> {
-    let tp = |d: &Option<Vec<u8>>| d.as_deref().map(crate::pki::sha1_thumbprint);
-    conn.prepare_cached(
-        "INSERT INTO individual_enrollments
-           (registration_id, primary_der, primary_thumbprint, secondary_der, secondary_thumbprint, status, reprovision, hub, created, updated)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
-         ON CONFLICT(registration_id) DO UPDATE SET primary_der = excluded.primary_der,
-           primary_thumbprint = excluded.primary_thumbprint, secondary_der = excluded.secondary_der,
-           secondary_thumbprint = excluded.secondary_thumbprint, status = excluded.status,
-           reprovision = excluded.reprovision, hub = excluded.hub, updated = excluded.updated",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            e.registration_id,
-            e.primary,
-            tp(&e.primary),
-            e.secondary,
-            tp(&e.secondary),
-            e.status.as_str(),
-            e.reprovision,
-            e.hub,
-            ts(now)
-        ])
-    })
-    .map_err(sql)?;
-    Ok(())
+    super::queries_dps::individual_upsert(conn, e, None, now)
 }
 
 // ---------------------------------------------------------------- registrations

@@ -249,6 +249,18 @@ pub fn individual_put_wire(
     extra: Option<&str>,
     now: OffsetDateTime,
 ) -> Result<()> {
+    individual_upsert(conn, e, Some(extra), now)
+}
+
+/// The one write of an individual enrollment, for [`individual_put_wire`] and the local
+/// backend's [`individual_put`](super::queries::individual_put): `extra` None keeps the DPS fields the row holds (a write
+/// that knows none of them), `Some` sets them.
+pub(super) fn individual_upsert(
+    conn: &Connection,
+    e: &IndividualEnrollment,
+    extra: Option<Option<&str>>,
+    now: OffsetDateTime,
+) -> Result<()> {
     let tp = |d: &Option<Vec<u8>>| d.as_deref().map(crate::pki::sha1_thumbprint);
     let p = params![
         e.registration_id,
@@ -260,14 +272,16 @@ pub fn individual_put_wire(
         e.reprovision,
         e.hub,
         ts(now),
-        extra,
+        extra.flatten(),
+        extra.is_some(),
     ];
     // An enrollment that exists (every one a roll touches) is updated in place: one look-up.
     let updated = conn
         .prepare_cached(
             "UPDATE individual_enrollments SET primary_der = ?2, primary_thumbprint = ?3,
                secondary_der = ?4, secondary_thumbprint = ?5, status = ?6, reprovision = ?7, hub = ?8,
-               updated = ?9, dps_extra = ?10, etag = lower(hex(randomblob(8)))
+               updated = ?9, dps_extra = CASE WHEN ?11 THEN ?10 ELSE dps_extra END,
+               etag = lower(hex(randomblob(8)))
              WHERE registration_id = ?1",
         )
         .and_then(|mut s| s.execute(p))
@@ -279,7 +293,7 @@ pub fn individual_put_wire(
                 reprovision, hub, created, updated, dps_extra, etag)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, lower(hex(randomblob(8))))",
         )
-        .and_then(|mut s| s.execute(p))
+        .and_then(|mut s| s.execute(&p[..10]))
         .map_err(sql)?;
     }
     Ok(())
@@ -403,11 +417,19 @@ mod tests {
             etags.push(row.meta.etag);
         }
         assert_eq!(row_writes, [1, 1, 1], "no trigger wrote the row a second time");
-        // The CLI's writer sets no etag: the trigger gives the row a fresh one (a second write).
+        // The CLI's write is the same statement: a fresh etag in one row write, and the DPS
+        // fields a write through serve gave the row stay.
+        let twin = r#"{"initialTwin":{"tags":{"a":1}}}"#;
+        store
+            .write(|c, _| individual_put_wire(c, &e, Some(twin), NOW))
+            .unwrap();
+        etags.push(individual_wire(store.conn(), "d").unwrap().unwrap().meta.etag);
         let before = store.conn().total_changes();
         store.write(|c, _| q::individual_put(c, &e, NOW)).unwrap();
-        assert_eq!(store.conn().total_changes() - before, 2);
-        etags.push(individual_wire(store.conn(), "d").unwrap().unwrap().meta.etag);
+        assert_eq!(store.conn().total_changes() - before, 1);
+        let row = individual_wire(store.conn(), "d").unwrap().unwrap();
+        assert_eq!(row.extra_text.as_deref(), Some(twin));
+        etags.push(row.meta.etag);
         let distinct: std::collections::HashSet<_> = etags.iter().collect();
         assert_eq!(
             distinct.len(),
@@ -416,7 +438,7 @@ mod tests {
         );
         assert_eq!(
             individual_meta(store.conn(), "d").unwrap().unwrap().etag,
-            etags[3]
+            etags[4]
         );
     }
 

@@ -81,6 +81,8 @@ mod azure_owed;
 mod azure_foreign;
 // Runs left open on azure and how they end: superseded work, refused credentials, take-backs.
 mod azure_resume;
+// A device DPS refused: what status, check and issue read of it on azure.
+mod azure_refused;
 // Issue 3 at fleet scale: yearly cron rounds, breaches, revokes, reprovision policies, kills.
 mod fleet;
 // Hostile input: output paths aimed at the state, FIFOs, devices, broken stores, far dates.

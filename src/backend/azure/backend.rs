@@ -353,6 +353,12 @@ pub struct AzureBackend {
     held_cuts: Vec<HubIdentity>,
     /// The last delivery outcome per device, for `register` to report.
     outcomes: HashMap<String, Outcome>,
+    /// Devices this process found without a fleet record (certroll never issued them a
+    /// certificate) and no `register` of this process took up yet (its deliveries and asks
+    /// come after its first read): DPS holds no registration of theirs that certroll caused,
+    /// so a group listing that lacks one needs no read of its own to say so (see
+    /// [`EnrollmentService::group_registration_many`]).
+    never_issued: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Whether a committed unit's deliveries go to the [`Courier`] (during a run of chunked
     /// writes, [`Backend::bulk_writes`]) instead of running before the next unit starts.
     background: bool,
@@ -486,6 +492,7 @@ impl AzureBackend {
             pending: Vec::new(),
             held_cuts: Vec::new(),
             outcomes: HashMap::new(),
+            never_issued: std::sync::Mutex::default(),
             background: false,
             courier: None,
             courier_clients: None,
@@ -496,18 +503,22 @@ impl AzureBackend {
 
     /// The enrollment group of each device, in the order asked (None: not a group's): the
     /// group its fleet record names (where it was issued), else the plan's.
+    /// A device without a fleet record is kept in `never_issued`.
     fn groups_of(&self, ids: &[String]) -> Result<Vec<Option<String>>> {
         let records = self.vault.local().device_many(ids)?;
+        let mut never_issued = self.never_issued.lock().unwrap_or_else(|p| p.into_inner());
         Ok(ids
             .iter()
             .zip(records)
             .map(|(id, record)| match record {
                 Some(r) => r.group,
-                None => self
-                    .members
-                    .iter()
-                    .find(|(_, m)| m.has(id))
-                    .map(|(g, _)| g.clone()),
+                None => {
+                    never_issued.insert(id.clone());
+                    self.members
+                        .iter()
+                        .find(|(_, m)| m.has(id))
+                        .map(|(g, _)| g.clone())
+                }
             })
             .collect())
     }
@@ -525,7 +536,13 @@ impl AzureBackend {
         for (group, at) in by_group {
             let wanted: Vec<String> = at.iter().map(|&i| ids[i].clone()).collect();
             let states = match group {
-                Some(g) => self.enrollments.group_registration_many(g, &wanted)?,
+                Some(g) => {
+                    let never: Vec<bool> = {
+                        let never_issued = self.never_issued.lock().unwrap_or_else(|p| p.into_inner());
+                        wanted.iter().map(|id| never_issued.contains(id)).collect()
+                    };
+                    self.enrollments.group_registration_many(g, &wanted, &never)?
+                }
                 None => self.enrollments.registration_many(&wanted)?,
             };
             for (i, state) in at.into_iter().zip(states) {
@@ -1470,6 +1487,13 @@ impl EnrollmentService for AzureBackend {
         } else {
             None
         };
+        // From here each device may register, and DPS may refuse it: its state is read.
+        {
+            let mut never_issued = self.never_issued.lock().unwrap_or_else(|p| p.into_inner());
+            for id in &ids {
+                never_issued.remove(id);
+            }
+        }
         self.flush(now)?;
         let after_delivery = match &at_start {
             Some(_) if had_deliveries => Some(seen(&self.registration_states(&ids)?)),
@@ -1699,13 +1723,8 @@ fn prepare(routes: &Routes, vault: &AzureVault, record: &DeviceRecord) -> Result
         version: version_id.to_string(),
         thumbprint: crate::pki::sha1_thumbprint(&version.cert_der),
     };
-    // A disabled version (a later breach, revoke or `vault update --disable`) is never
-    // handed to a device; Key Vault would refuse to read its key anyway (HTTP 403).
-    if !version.enabled {
-        return Ok(Prepared::Done(Outcome::Waiting(format!(
-            "certificate version {}/{version_id} is disabled, so it is not delivered",
-            record.cert_name
-        ))));
+    if let Some(why) = version.never_delivered() {
+        return Ok(Prepared::Done(Outcome::Waiting(why)));
     }
     Ok(match channel {
         Delivery::None => unreachable!("handled above"),

@@ -549,31 +549,30 @@ enum Held {
     Foreign(ForeignCertificate),
 }
 
-/// The slots of `base` (what DPS holds now) that hold a certificate another client put
-/// there, which a write of `e` keeps as they are (`[primary, secondary]`): `e` read it (it
-/// is in [`IndividualEnrollment::foreign`]) and leaves that slot empty, as a revoke that
-/// only disables the enrollment does. A write that would drop or replace one is refused,
-/// unless `e` takes it back ([`IndividualEnrollment::take_back`]). `base` may be newer than
-/// what the writer read (a re-read after 412), so its slots are judged here, by thumbprint:
-/// `known` tells one certroll issued.
-fn foreign_kept<'r>(
-    e: &IndividualEnrollment,
-    base: Option<&'r Enrollment>,
+/// Which slots of what DPS holds now (`held`, `[primary, secondary]`) hold a certificate
+/// another client put there that a write keeps as it is: one that is neither certroll's
+/// (`ours`: the write's own thumbprints, or one `known` tells certroll issued) nor empty. The
+/// writer read it (it is in `read`) and takes it back (`take_back`): dropped. It read it and
+/// leaves that slot empty (`mine` false there), and `keeps` (given the slot's name) finds no
+/// reason against keeping it: kept. Any other is refused (`refused`: the certificate, why),
+/// so a write never drops or replaces a foreign certificate unread. What DPS holds may be newer
+/// than what the writer read (a re-read after 412): its slots are judged here, by thumbprint.
+#[allow(clippy::too_many_arguments)]
+fn foreign_slots(
+    held: [Option<&SlotRead>; 2],
+    mine: [bool; 2],
+    ours: &[String],
     known: &dyn Fn(&str) -> bool,
-) -> Result<[Option<&'r SlotRead>; 2]> {
-    let mut kept = [None, None];
-    let Some(base) = base else {
-        return Ok(kept);
-    };
-    let ours: Vec<String> = [&e.primary, &e.secondary]
+    read: &[ForeignCertificate],
+    take_back: bool,
+    keeps: &dyn Fn(&'static str) -> Option<&'static str>,
+    refused: &dyn Fn(ForeignCertificate, &str) -> BackendError,
+) -> Result<[bool; 2]> {
+    let mut kept = [false, false];
+    for (((which, slot), mine), keep) in ["primary", "secondary"]
         .into_iter()
-        .flatten()
-        .map(|d| crate::pki::sha1_thumbprint(d))
-        .collect();
-    for (((which, mine), slot), keep) in ["primary", "secondary"]
-        .into_iter()
-        .zip([&e.primary, &e.secondary])
-        .zip([&base.primary, &base.secondary])
+        .zip(held)
+        .zip(mine)
         .zip(kept.iter_mut())
     {
         let Some(slot) = slot else {
@@ -586,12 +585,8 @@ fn foreign_kept<'r>(
         if ours.contains(&tp) || known(&tp) {
             continue;
         }
-        let read = e.foreign.iter().any(|f| f.thumbprint == tp);
-        if read && e.take_back {
-            continue;
-        }
-        if read && mine.is_none() {
-            *keep = Some(slot);
+        let was_read = read.iter().any(|f| f.thumbprint == tp);
+        if was_read && take_back {
             continue;
         }
         let f = ForeignCertificate {
@@ -601,13 +596,53 @@ fn foreign_kept<'r>(
             not_before: None,
             not_after: None,
         };
-        return Err(BackendError::Refused(format!(
-            "{}; it was not overwritten: {}",
-            f.describe(&e.registration_id),
-            ForeignCertificate::remedy(&e.registration_id)
-        )));
+        if !was_read || mine {
+            return Err(refused(f, "it was not overwritten"));
+        }
+        if let Some(why) = keeps(which) {
+            return Err(refused(f, why));
+        }
+        *keep = true;
     }
     Ok(kept)
+}
+
+/// The slots of `base` (what DPS holds now) that hold a certificate another client put
+/// there, which a write of `e` keeps as they are (`[primary, secondary]`): `e` read it (it
+/// is in [`IndividualEnrollment::foreign`]) and leaves that slot empty, as a revoke that
+/// only disables the enrollment does. A write that would drop or replace one is refused,
+/// unless `e` takes it back ([`IndividualEnrollment::take_back`]); see [`foreign_slots`].
+fn foreign_kept<'r>(
+    e: &IndividualEnrollment,
+    base: Option<&'r Enrollment>,
+    known: &dyn Fn(&str) -> bool,
+) -> Result<[Option<&'r SlotRead>; 2]> {
+    let Some(base) = base else {
+        return Ok([None, None]);
+    };
+    let ours: Vec<String> = [&e.primary, &e.secondary]
+        .into_iter()
+        .flatten()
+        .map(|d| crate::pki::sha1_thumbprint(d))
+        .collect();
+    let held = [base.primary.as_ref(), base.secondary.as_ref()];
+    let kept = foreign_slots(
+        held,
+        [e.primary.is_some(), e.secondary.is_some()],
+        &ours,
+        known,
+        &e.foreign,
+        e.take_back,
+        &|_| None,
+        &|f, why| {
+            BackendError::Refused(format!(
+                "{}; {why}: {}",
+                f.describe(&e.registration_id),
+                ForeignCertificate::remedy(&e.registration_id)
+            ))
+        },
+    )?;
+    Ok([0, 1].map(|i| held[i].filter(|_| kept[i])))
 }
 
 /// The signing slots of `base` (the enrollment group as DPS holds it now, a tree) that hold
@@ -616,16 +651,14 @@ fn foreign_kept<'r>(
 /// [`EnrollmentGroup::foreign`]) and leaves that slot `None`. A write that would replace or
 /// drop one is refused unless `g` takes the group back ([`EnrollmentGroup::take_back`]), as
 /// is one that would leave the primary slot empty beside it (DPS requires a primary) or refer
-/// to a CA by name beside it. `base` may be newer than what the writer read (a re-read after
-/// 412), so its slots are judged here, by thumbprint: `known` tells one certroll issued.
+/// to a CA by name beside it; see [`foreign_slots`].
 fn group_kept(
     g: &EnrollmentGroup,
     base: Option<&Value>,
     known: &dyn Fn(&str) -> bool,
 ) -> Result<[Option<Value>; 2]> {
-    let mut kept = [None, None];
     let Some(base) = base else {
-        return Ok(kept);
+        return Ok([None, None]);
     };
     let signing = &base["attestation"]["x509"]["signingCertificates"];
     let ours: Vec<String> = [&g.primary, &g.secondary]
@@ -633,61 +666,41 @@ fn group_kept(
         .flatten()
         .map(|s| crate::pki::sha1_thumbprint(&s.cert_der))
         .collect();
-    let refused = |f: ForeignCertificate, why: &str| {
-        BackendError::Refused(format!(
-            "{}; {why}: {}",
-            f.describe_in_group(&g.name),
-            ForeignCertificate::group_remedy(&g.name, None)
-        ))
-    };
-    for ((which, mine), keep) in ["primary", "secondary"]
+    let referenced = [&g.primary, &g.secondary]
         .into_iter()
-        .zip([&g.primary, &g.secondary])
-        .zip(kept.iter_mut())
-    {
-        let Some(slot) = SlotRead::of_json(&signing[which]) else {
-            continue;
-        };
-        let info = slot.info().unwrap_or_default();
-        let Some(tp) = info.sha1_thumbprint.as_deref().map(str::to_ascii_uppercase) else {
-            continue;
-        };
-        if ours.contains(&tp) || known(&tp) {
-            continue;
-        }
-        let read = g.foreign.iter().any(|f| f.thumbprint == tp);
-        if read && g.take_back {
-            continue;
-        }
-        let f = ForeignCertificate {
-            slot: which,
-            thumbprint: tp,
-            subject: info.subject_name.unwrap_or_default(),
-            not_before: None,
-            not_after: None,
-        };
-        if !read || mine.is_some() {
-            return Err(refused(f, "it was not overwritten"));
-        }
-        let referenced = [&g.primary, &g.secondary]
-            .into_iter()
-            .flatten()
-            .any(|s| s.ca_reference.is_some());
-        if referenced {
-            return Err(refused(
-                f,
-                "a group refers to its CA by name or holds its signing certificates, not both, so it was not changed",
-            ));
-        }
-        if which == "secondary" && g.primary.is_none() {
-            return Err(refused(
-                f,
-                "the write would leave the primary slot empty beside it (DPS requires a primary), so it was not changed",
-            ));
-        }
-        *keep = Some(json!({"info": signing[which]["info"]}));
-    }
-    Ok(kept)
+        .flatten()
+        .any(|s| s.ca_reference.is_some());
+    let names = ["primary", "secondary"];
+    let held = names.map(|which| SlotRead::of_json(&signing[which]));
+    let kept = foreign_slots(
+        [held[0].as_ref(), held[1].as_ref()],
+        [g.primary.is_some(), g.secondary.is_some()],
+        &ours,
+        known,
+        &g.foreign,
+        g.take_back,
+        &|which| {
+            if referenced {
+                Some(
+                    "a group refers to its CA by name or holds its signing certificates, not both, so it was not changed",
+                )
+            } else if which == "secondary" && g.primary.is_none() {
+                Some(
+                    "the write would leave the primary slot empty beside it (DPS requires a primary), so it was not changed",
+                )
+            } else {
+                None
+            }
+        },
+        &|f, why| {
+            BackendError::Refused(format!(
+                "{}; {why}: {}",
+                f.describe_in_group(&g.name),
+                ForeignCertificate::group_remedy(&g.name, None)
+            ))
+        },
+    )?;
+    Ok([0, 1].map(|i| kept[i].then(|| json!({"info": signing[names[i]]["info"]}))))
 }
 
 /// Removes what DPS computes itself, so a record read can be sent back.
@@ -1715,31 +1728,37 @@ impl EnrollmentService for AzureEnrollmentService {
             .collect()
     }
 
-    fn group_registration_many(&self, group: &str, ids: &[String]) -> Result<Vec<Option<RegistrationState>>> {
-        if ids.len() < 2 {
-            return self.registration_many(ids);
-        }
-        let listed = self.rt.block_on(self.group_registrations(group))?;
-        // A device the group's listing lacks registered elsewhere or never. Elsewhere is an
-        // individual enrollment of its own (DPS prefers one to any group): a device whose read
-        // in this process found none never registered; any other is read on its own.
-        let without_enrollment: Vec<bool> = {
-            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            ids.iter().map(|id| matches!(seen.get(id), Some(None))).collect()
+    fn group_registration_many(
+        &self,
+        group: &str,
+        ids: &[String],
+        never_registered: &[bool],
+    ) -> Result<Vec<Option<RegistrationState>>> {
+        let listed = if ids.len() < 2 {
+            HashMap::new()
+        } else {
+            self.rt.block_on(self.group_registrations(group))?
         };
+        // The listing holds the devices the group assigned last. One it lacks is assigned by an
+        // individual enrollment of its own (DPS prefers one to any group), or never registered,
+        // or its group is gone: `revoke ca:X` deletes a group left without a certificate, DPS
+        // lists nothing for it (404), and its devices' registrations stay, refused ones
+        // included. Only the caller knows "never registered"; any other device is read on its
+        // own. A read that found no individual enrollment proves nothing: that refused device
+        // has none either.
         let unknown: Vec<String> = ids
             .iter()
-            .zip(&without_enrollment)
-            .filter(|(id, none)| !listed.contains_key(*id) && !**none)
+            .zip(never_registered)
+            .filter(|(id, never)| !listed.contains_key(*id) && !**never)
             .map(|(id, _)| id.clone())
             .collect();
         let mut read = self.registration_many(&unknown)?.into_iter();
         Ok(ids
             .iter()
-            .zip(without_enrollment)
-            .map(|(id, none)| match listed.get(id) {
+            .zip(never_registered)
+            .map(|(id, never)| match listed.get(id) {
                 Some(v) => Some(self.registration_of(id, v.clone())),
-                None if none => None,
+                None if *never => None,
                 None => read.next().flatten(),
             })
             .collect())

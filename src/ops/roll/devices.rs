@@ -996,18 +996,18 @@ pub(super) fn store(
     for (at, found) in backend.versions_marked(&names)?.into_iter().enumerate() {
         if let Some(v) = found {
             let w = &assessed.work[fresh[at].0];
-            if !v.enabled || v.version != w.newest.0 {
-                superseded[fresh[at].0] = Some(if v.version != w.newest.0 {
-                    format!(
+            let never_delivered = v.never_delivered();
+            if never_delivered.is_some() || v.version != w.newest.0 {
+                superseded[fresh[at].0] = Some(match never_delivered {
+                    Some(why) if v.version == w.newest.0 => format!(
+                        "this run issued it certificate {} before it was stopped, and a later run disabled it: nothing left to do ({why})",
+                        sha1_thumbprint(&v.cert_der)
+                    ),
+                    _ => format!(
                         "this run issued it certificate {} before it was stopped, and a later run replaced it (with {}): nothing left to do",
                         sha1_thumbprint(&v.cert_der),
                         w.newest.1
-                    )
-                } else {
-                    format!(
-                        "this run issued it certificate {} before it was stopped, and a later run disabled it: nothing left to do, and a disabled certificate is not delivered",
-                        sha1_thumbprint(&v.cert_der)
-                    )
+                    ),
                 });
                 adopted[at] = Some(v.version);
                 continue;
