@@ -1201,7 +1201,10 @@ fn fresh_dps(
 /// does), both off that connection. A second, read-only connection beside the writer's was
 /// tried and dropped: SQLite empties a connection's page cache whenever another one has written,
 /// and with it serve's CPU rose (paired at load 44 to 63, N = 10000: main 90.9, 96.3, 126.8 µs,
-/// with the reader 112.6, 130.8, 110.5 µs, the checkpoint thread counted in).
+/// with the reader 112.6, 130.8, 110.5 µs, the checkpoint thread counted in). Without it, paired
+/// at load 5 to 6: serve (checkpoint thread in) 79.1, 85.8, 101.5 µs (main) against 85.3, 88.0,
+/// 107.1; bulk 0.119, 0.121, 0.161 ms against 0.118, 0.106, 0.115 ms an enrollment; ratios 14.9x,
+/// 13.9x, 9.8x against 14.2x, 15.8x, 16.5x (singles 1.58 to 1.89 ms). Not yet 22x.
 #[test]
 #[ignore = "measurement, not a check: run with --ignored --nocapture"]
 fn measure_roll_of_n_enrollments_bulk_against_one_at_a_time() {
