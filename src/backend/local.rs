@@ -33,6 +33,18 @@ impl LocalBackend {
         &self.store
     }
 
+    /// Checkpoints the store's write-ahead log on a thread of its own from now on, for a
+    /// process that writes under the writer lock one unit of work at a time
+    /// ([`Store::start_shared_checkpointer`]); stops when this backend is dropped.
+    ///
+    /// Errors: the checkpointing connection or thread cannot be started.
+    pub fn checkpoint_beside_writes(&mut self) -> std::result::Result<(), crate::store::StoreError> {
+        if self.checkpointer.is_none() {
+            self.checkpointer = self.store.start_shared_checkpointer()?;
+        }
+        Ok(())
+    }
+
     fn with_path(&self, e: crate::store::StoreError) -> BackendError {
         use crate::store::StoreError;
         match e {

@@ -599,7 +599,13 @@ pub async fn run(opts: ServeOptions, on_start: impl FnOnce(&StartInfo) -> Result
             }
         }
     };
-    let backend = open_backend(&plan, Access::Read, &opts.settings)?;
+    let mut backend = open_backend(&plan, Access::Read, &opts.settings)?;
+    // Group commits append to the write-ahead log; copying it into the store (and the flushes
+    // that takes) happens on a thread of its own instead of inside a commit every request of
+    // the group waits for.
+    if let Err(e) = backend.checkpoint_beside_writes() {
+        tracing::debug!("no checkpoint thread: {e}");
+    }
     let lock_timeout = opts.settings.lock_timeout.unwrap_or(Duration::from_secs(30));
     let state = Arc::new(
         AppState::new(

@@ -722,7 +722,18 @@ impl Store {
     /// any moment. None for a store without a file. End it with
     /// [`stop_checkpointer`](Self::stop_checkpointer).
     pub fn start_checkpointer(&mut self) -> Result<Option<Checkpointer>, StoreError> {
-        if !self.locked || self.path.as_os_str() == ":memory:" {
+        if !self.locked {
+            return Ok(None);
+        }
+        self.start_shared_checkpointer()
+    }
+
+    /// [`start_checkpointer`](Self::start_checkpointer) for a store opened without the writer
+    /// lock by a process that takes it for each unit of work it writes (`certroll serve`): its
+    /// commits then never stop for a checkpoint either. Other processes' writes checkpoint as
+    /// they always do. None for a store without a file.
+    pub fn start_shared_checkpointer(&mut self) -> Result<Option<Checkpointer>, StoreError> {
+        if self.path.as_os_str() == ":memory:" || self.path.as_os_str().is_empty() {
             return Ok(None);
         }
         let conn = Connection::open_with_flags(

@@ -944,12 +944,13 @@ fn injected_500s_and_dropped_connections_are_retried_until_the_work_is_done() {
 }
 
 /// `CERTROLL_BENCH_N` (default 200): enrollments rolled in bulk; the one-at-a-time pass
-/// rolls `CERTROLL_BENCH_SINGLE_N` (default the same, at most 200) and is compared per
-/// enrollment.
+/// rolls `CERTROLL_BENCH_SINGLE_N` (default the same, at most 1000) and is compared per
+/// enrollment. 1000 singles take about 2 s on a quiet machine: 200 (0.35 s) let a moment of
+/// another process's work swing the ratio by a fifth.
 fn bench_sizes() -> (usize, usize) {
     let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
     let n = var("CERTROLL_BENCH_N").unwrap_or(200).max(1);
-    let single = var("CERTROLL_BENCH_SINGLE_N").unwrap_or(n.min(200)).clamp(1, n);
+    let single = var("CERTROLL_BENCH_SINGLE_N").unwrap_or(n.min(1000)).clamp(1, n);
     (n, single)
 }
 
@@ -1188,6 +1189,22 @@ fn fresh_dps(
 /// 85.7 (means 91.9 and 92.5: within the noise); ratios 6.1x, 13.4x, 8.4x against 6.4x, 16.7x,
 /// 16.5x. Serve's profile is now spread thin: the allocator 13%, SQLite's B-tree and WAL work,
 /// the JSON trees of the DPS members and hub bodies, TLS.
+///
+/// 2026-12-01, perf-s12: the one-at-a-time pass is 1000 singles by default (200 took 0.35 s, so
+/// a moment of another process's work moved the ratio by a fifth). A `--call-graph dwarf`
+/// profile of serve over the bulk window (main, load 7, 82 µs an enrollment) put 67% of serve's
+/// CPU on the store's one connection, where requests wait for each other: the group commits'
+/// work 55% (the DPS bulk records 29%, of which decoding and parsing their certificates 12.5%;
+/// the commits 15.6%, of which WAL checkpoints 5.2%), reads 12%; 140 group commits for the
+/// 1100 writes. Changed: the certificates of a DPS bulk body are decoded and checked before it
+/// joins the write queue, and the WAL is checkpointed on a thread of its own (as a bulk CLI run
+/// does), both off that connection. A second, read-only connection beside the writer's was
+/// tried and dropped: SQLite empties a connection's page cache whenever another one has written,
+/// and with it serve's CPU rose (paired at load 44 to 63, N = 10000: main 90.9, 96.3, 126.8 µs,
+/// with the reader 112.6, 130.8, 110.5 µs, the checkpoint thread counted in). Without it, paired
+/// at load 5 to 6: serve (checkpoint thread in) 79.1, 85.8, 101.5 µs (main) against 85.3, 88.0,
+/// 107.1; bulk 0.119, 0.121, 0.161 ms against 0.118, 0.106, 0.115 ms an enrollment; ratios 14.9x,
+/// 13.9x, 9.8x against 14.2x, 15.8x, 16.5x (singles 1.58 to 1.89 ms). Not yet 22x.
 #[test]
 #[ignore = "measurement, not a check: run with --ignored --nocapture"]
 fn measure_roll_of_n_enrollments_bulk_against_one_at_a_time() {
