@@ -36,8 +36,8 @@
 //!   expiry roll's) delivers after [`Backend::commit`]; during a run of chunked writes
 //!   ([`Backend::bulk_writes`]) on a thread of its own (the courier, with its own Key Vault and
 //!   IoT Hub clients, which share the main clients' pacing: the plan's rates and bounds are
-//!   what each service sees of the run, deliveries included), beside the next unit's imports, so a throttled Key Vault never idles the
-//!   delivery channel nor the channel the imports. What the courier delivered is settled
+//!   what each service sees of the run, deliveries included), beside the next unit's imports,
+//!   so a throttled Key Vault never idles the delivery channel nor the channel the imports. What the courier delivered is settled
 //!   between units (before the next `begin`, after each `commit`), and waited for by
 //!   [`Backend::finish_deliveries`] (and on drop).
 //! - `register` becomes: deliver what is queued, ask each device to register again (direct method
