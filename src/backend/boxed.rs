@@ -512,6 +512,10 @@ impl Backend for Box<dyn Backend> {
         (**self).assigned_identities(ids)
     }
 
+    fn chunk_reads(&mut self, names: &[String], ids: &[String]) -> Result<crate::backend::ChunkReads> {
+        (**self).chunk_reads(names, ids)
+    }
+
     #[allow(clippy::type_complexity)]
     fn registrations_and_identities(
         &self,

@@ -715,6 +715,23 @@ pub trait Backend: Vault + EnrollmentService + HubRegistry + Fleet + Journal + S
         identities_in_hubs(ids, hubs, |wanted| self.identity_many(wanted))
     }
 
+    /// What a roll reads of one chunk of devices before it decides: the briefs of each device
+    /// certificate's versions (`names`, in order), and of each device (`ids`, in order) its fleet
+    /// record, its individual enrollment and the hub identity it is assigned. The reads touch
+    /// different services and none depends on another, so a backend may run them at once (the
+    /// azure backend reads Key Vault beside DPS and IoT Hub, which are throttled apart: a chunk
+    /// whose devices cost DPS a request each no longer idles Key Vault meanwhile). The default
+    /// reads them one after the other. `&mut`: so a backend can hand each service's client to a
+    /// thread of its own.
+    fn chunk_reads(&mut self, names: &[String], ids: &[String]) -> Result<ChunkReads> {
+        Ok(ChunkReads {
+            versions: self.briefs_many(names)?,
+            records: self.device_many(ids)?,
+            individuals: self.individual_many(ids)?,
+            identities: self.assigned_identities(ids)?,
+        })
+    }
+
     /// Writes individual enrollments ([`EnrollmentService::put_individuals`]) and hub identities
     /// ([`HubRegistry::update_identities`]) of one step, either batch possibly empty. The two
     /// touch different services and neither reads what the other writes, so a backend may run
@@ -817,6 +834,19 @@ pub fn missing_issuer(
         )),
         None => BackendError::NotFound(format!("issuer version {name}/{version}")),
     }
+}
+
+/// What [`Backend::chunk_reads`] read of a chunk of devices, each in the order asked.
+#[derive(Debug)]
+pub struct ChunkReads {
+    /// The briefs of each device certificate's versions, oldest first.
+    pub versions: Vec<Vec<VersionBrief>>,
+    /// Each device's fleet record (None: never issued).
+    pub records: Vec<Option<DeviceRecord>>,
+    /// Each device's individual enrollment (None: none).
+    pub individuals: Vec<Option<IndividualEnrollment>>,
+    /// Each device's identity in the hub it is assigned to (None: not assigned, or none there).
+    pub identities: Vec<Option<HubIdentity>>,
 }
 
 /// The hub identity of each device in the hub given beside it (`hubs`, in the order of `ids`;

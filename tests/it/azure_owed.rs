@@ -372,7 +372,7 @@ fn a_roll_whose_delivery_failed_exits_1_says_so_per_device_and_check_warns_until
 }
 
 /// A root, an intermediate and a group of `n` devices under it, on hub `conf-hub`.
-fn group_of(n: usize) -> String {
+pub(crate) fn group_of(n: usize) -> String {
     format!(
         "[policies.device]\nkey = {{ type = \"EC\", curve = \"P-256\" }}\nvalidity_days = 365\n\
          [policies.ca]\nkey = {{ type = \"EC\", curve = \"P-256\" }}\nvalidity_days = 3650\n\

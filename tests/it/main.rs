@@ -76,6 +76,8 @@ mod azure_hsm;
 mod azure_delivery;
 // Deliveries owed on azure: recorded with the fleet record, settled when the channel took them.
 mod azure_owed;
+// Throttled rolls through the binary: the service that bounds a roll kept busy.
+mod azure_overlap;
 
 // Another client's certificate in one individual enrollment: named, left alone, taken back.
 mod azure_foreign;

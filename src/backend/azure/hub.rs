@@ -58,6 +58,14 @@ pub struct AzureHubRegistry {
     seen: Mutex<HashMap<(String, String), Option<Device>>>,
 }
 
+/// What paces an [`AzureHubRegistry`]'s tries, per hub: its registry client's and its direct
+/// methods' (see [`AzureHubRegistry::sharing`]).
+#[derive(Clone)]
+pub struct HubPacing {
+    registry: BTreeMap<String, super::rest::Sharable>,
+    methods: BTreeMap<String, super::rest::Sharable>,
+}
+
 /// Most identity reads kept for the updates that follow them (`seen`).
 const SEEN_LIMIT: usize = 50_000;
 
@@ -377,11 +385,56 @@ impl AzureHubRegistry {
         config: &AzureConfig,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> std::result::Result<AzureHubRegistry, SetupError> {
+        Self::build(config, env, None)
+    }
+
+    /// Another client of the same hubs as `other` that shares its pacing (each hub's registry
+    /// rate and its direct methods' rate, their `Retry-After` holds and bounds in flight): what
+    /// IoT Hub sees of the two together keeps to the plan's `rate` and `concurrency`.
+    pub fn sharing(
+        config: &AzureConfig,
+        other: &HubPacing,
+    ) -> std::result::Result<AzureHubRegistry, SetupError> {
+        Self::build(config, &|v| std::env::var(v).ok(), Some(other))
+    }
+
+    /// The pacing of this client's tries, for [`sharing`](Self::sharing).
+    pub fn pacing(&self) -> HubPacing {
+        HubPacing {
+            registry: self.hubs.iter().map(|(k, c)| (k.clone(), c.sharable())).collect(),
+            methods: self
+                .methods
+                .iter()
+                .map(|(k, c)| (k.clone(), c.sharable()))
+                .collect(),
+        }
+    }
+
+    fn build(
+        config: &AzureConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+        share: Option<&HubPacing>,
+    ) -> std::result::Result<AzureHubRegistry, SetupError> {
         let http = http_client(config)?;
         let mut hubs = BTreeMap::new();
         let mut methods = BTreeMap::new();
         for (name, hub) in &config.hubs {
             let key = SasKey::from_env(&hub.sas_policy, &hub.sas_key_env, env)?;
+            if let Some((registry, method)) =
+                share.and_then(|o| Some((o.registry.get(name)?, o.methods.get(name)?)))
+            {
+                let auth = |key| SasPolicy::new(&hub.host, key);
+                let method_key = SasKey::from_env(&hub.sas_policy, &hub.sas_key_env, env)?;
+                methods.insert(
+                    name.clone(),
+                    RestClient::sharing(method, client_options(http.clone()), auth(method_key))?,
+                );
+                hubs.insert(
+                    name.clone(),
+                    RestClient::sharing(registry, client_options(http.clone()), auth(key))?,
+                );
+                continue;
+            }
             let method_client = RestClient::new(
                 ServiceSpec {
                     service: "IoT Hub",

@@ -159,6 +159,17 @@ pub struct AzureVault {
     /// The most certificates the listing of certificates is read for ([`AzureVault::listing_pays_for`]);
     /// 0: never.
     listing_budget: usize,
+    /// The policies that pace every try (shared with the clients made by
+    /// [`AzureVault::connect_sharing`]).
+    pacing: VaultPacing,
+}
+
+/// What paces an [`AzureVault`]'s tries: its per-try [`super::pace::Pace`] (all requests) and
+/// its [`super::KeyCreationRate`] (the requests that make a key).
+#[derive(Clone)]
+pub struct VaultPacing {
+    pace: Arc<super::pace::Pace>,
+    creations: Arc<super::KeyCreationRate>,
 }
 
 /// Key Vault's answers this process keeps, by name; a name's entries are dropped when certroll
@@ -431,24 +442,51 @@ impl AzureVault {
         local: LocalBackend,
         credential: Arc<dyn azure_core::credentials::TokenCredential>,
     ) -> std::result::Result<AzureVault, SetupError> {
+        Self::connect_pacing(config, local, credential, None)
+    }
+
+    /// As [`connect_with`](Self::connect_with), sharing `other`'s pacing: one bound on tries in
+    /// flight, one rate after a 429 (and its `Retry-After` hold) and one key creation rate for
+    /// both clients, so what Key Vault sees of this process keeps to the plan's
+    /// `vault_concurrency` and `vault_rate` however many clients it has (the background
+    /// deliveries' and DPS's certificate look-ups beside the main one).
+    pub fn connect_sharing(
+        config: &AzureConfig,
+        local: LocalBackend,
+        credential: Arc<dyn azure_core::credentials::TokenCredential>,
+        other: &VaultPacing,
+    ) -> std::result::Result<AzureVault, SetupError> {
+        Self::connect_pacing(config, local, credential, Some(other.clone()))
+    }
+
+    /// The pacing of this client's tries, for [`connect_sharing`](Self::connect_sharing).
+    pub fn pacing(&self) -> VaultPacing {
+        self.pacing.clone()
+    }
+
+    fn connect_pacing(
+        config: &AzureConfig,
+        local: LocalBackend,
+        credential: Arc<dyn azure_core::credentials::TokenCredential>,
+        pacing: Option<VaultPacing>,
+    ) -> std::result::Result<AzureVault, SetupError> {
         let rt = super::runtime()?;
         let mut options = super::client_options(super::http_client(config)?);
+        let pacing = pacing.unwrap_or_else(|| VaultPacing {
+            pace: super::pace::Pace::new("Key Vault", None, 0.5, config.vault_limits.concurrency),
+            creations: super::KeyCreationRate::new(config.vault_limits.rate),
+        });
         // One bound for the three clients of the vault: at most `vault_concurrency` tries on
         // the wire, however batches nest (a version's listing inside a batch of names, signing
         // threads); paced after a 429.
-        options.per_try_policies.insert(
-            0,
-            super::pace::Pace::new("Key Vault", None, 0.5, config.vault_limits.concurrency),
-        );
+        options.per_try_policies.insert(0, pacing.pace.clone());
         let url = format!("{}/", config.vault_url);
         let client_err =
             |e: azure_core::Error| SetupError::Client(format!("Key Vault client for {url}: {e}"));
         // Only the certificates client makes keys (create, import, restore): it is paced, each
         // try (a retried creation counts at Key Vault too), before it waits for a slot.
         let mut cert_options = options.clone();
-        cert_options
-            .per_try_policies
-            .insert(0, super::KeyCreationRate::new(config.vault_limits.rate));
+        cert_options.per_try_policies.insert(0, pacing.creations.clone());
         let certs = CertificateClient::new(
             &url,
             credential.clone(),
@@ -489,6 +527,7 @@ impl AzureVault {
             kept: std::sync::Mutex::default(),
             keeps_listings: true,
             listing_budget: 0,
+            pacing,
         })
     }
 

@@ -140,6 +140,11 @@ impl Pace {
         })
     }
 
+    /// Most tries on the wire at once.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
     /// The rate tries are paced at now, per second (None: unpaced).
     pub fn rate(&self) -> Option<f64> {
         self.state().rate

@@ -147,6 +147,16 @@ pub struct ServiceSpec {
     pub burst_secs: f64,
 }
 
+/// A [`RestClient`]'s service, host and pacing, for another client to share
+/// ([`RestClient::sharing`]).
+#[derive(Clone, Debug)]
+pub struct Sharable {
+    service: &'static str,
+    base: Url,
+    api_version: &'static str,
+    pace: Arc<super::pace::Pace>,
+}
+
 /// A client of one service at one host.
 pub struct RestClient {
     service: &'static str,
@@ -185,13 +195,54 @@ impl RestClient {
             default_rate,
             burst_secs,
         } = spec;
-        let base = Url::parse(&base).map_err(|e| SetupError::Client(format!("{service} URL {base}: {e}")))?;
         let pace = super::pace::Pace::new(
             service,
             Some(limits.rate.unwrap_or(default_rate)),
             burst_secs,
             limits.concurrency,
         );
+        Self::with_pace(service, &base, api_version, options, auth, pace)
+    }
+
+    /// Another client of the same service and host as `other` that shares its pacing: one
+    /// rate, one `Retry-After` hold and one bound on tries in flight for both, so the plan's
+    /// `rate` and `concurrency` are what the service sees of this process however many clients
+    /// it has (the background deliveries' beside the main ones).
+    pub fn sharing(
+        other: &Sharable,
+        options: ClientOptions,
+        auth: Arc<dyn Policy>,
+    ) -> std::result::Result<RestClient, SetupError> {
+        Self::with_pace(
+            other.service,
+            other.base.as_str().trim_end_matches('/'),
+            other.api_version,
+            options,
+            auth,
+            other.pace.clone(),
+        )
+    }
+
+    /// What [`sharing`](Self::sharing) needs of this client: its service, host and pacing.
+    pub fn sharable(&self) -> Sharable {
+        Sharable {
+            service: self.service,
+            base: self.base.clone(),
+            api_version: self.api_version,
+            pace: self.pace.clone(),
+        }
+    }
+
+    fn with_pace(
+        service: &'static str,
+        base: &str,
+        api_version: &'static str,
+        options: ClientOptions,
+        auth: Arc<dyn Policy>,
+        pace: Arc<super::pace::Pace>,
+    ) -> std::result::Result<RestClient, SetupError> {
+        let base = Url::parse(base).map_err(|e| SetupError::Client(format!("{service} URL {base}: {e}")))?;
+        let concurrency = pace.concurrency();
         // Pace before authorization: a try waiting for its turn must not hold a token that
         // could expire meanwhile.
         let pipeline = Pipeline::new(
@@ -208,7 +259,7 @@ impl RestClient {
             api_version,
             pipeline,
             pace,
-            concurrency: limits.concurrency.max(1),
+            concurrency,
         })
     }
 

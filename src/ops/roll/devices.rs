@@ -334,7 +334,7 @@ pub(super) fn not_due(
 #[allow(clippy::too_many_arguments)]
 pub(super) fn assess<'p>(
     plan: &'p Plan,
-    backend: &dyn Backend,
+    backend: &mut dyn Backend,
     cas: &CaTargets,
     ids: &[String],
     mode: Mode<'_>,
@@ -343,10 +343,13 @@ pub(super) fn assess<'p>(
     now: OffsetDateTime,
 ) -> Result<Assessed<'p>> {
     let names: Vec<String> = ids.iter().map(|id| device_cert_name(id)).collect();
-    let versions = backend.briefs_many(&names)?;
-    let records = backend.device_many(ids)?;
-    let individuals = backend.individual_many(ids)?;
-    let identities = backend.assigned_identities(ids)?;
+    let crate::backend::ChunkReads {
+        versions,
+        records,
+        individuals,
+        identities,
+    } = backend.chunk_reads(&names, ids)?;
+    let backend = &*backend;
 
     let mut out = Assessed {
         reports: Vec::with_capacity(ids.len()),

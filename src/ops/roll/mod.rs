@@ -2229,7 +2229,7 @@ fn roll_device_steps(
     // A large run's devices all share the steps of their chunk: listing them per device would
     // hold (and print) hundreds of megabytes.
     let describe = total_devices <= DEVICE_STEPS_LISTED;
-    let decide = |backend: &dyn Backend,
+    let decide = |backend: &mut dyn Backend,
                   step: Option<&&crate::backend::types::JournalStep>|
      -> Result<Option<Decided<'_, '_>>> {
         let Some(s) = step else {
@@ -2247,7 +2247,7 @@ fn roll_device_steps(
     }
     let outcome = (|| -> Result<()> {
         let mut next = todo.iter();
-        let mut decided = decide(&*backend, next.next())?;
+        let mut decided = decide(&mut *backend, next.next())?;
         let mut made: Option<Made<'_, '_>> = None;
         loop {
             if decided.is_none() && made.is_none() {
@@ -2273,7 +2273,7 @@ fn roll_device_steps(
                         }
                         None => None,
                     };
-                    Ok((stored, decide(&*b, upcoming)?))
+                    Ok((stored, decide(b, upcoming)?))
                 },
                 || make(decided, issuers, now, plan.not_before_skew, &run.steps),
             );
