@@ -390,7 +390,7 @@ impl AzureHubRegistry {
                     default_rate: METHOD_RATE,
                     burst_secs: 1.0,
                 },
-                client_options(http.clone()),
+                client_options(http.clone(), config),
                 SasPolicy::new(
                     &hub.host,
                     SasKey::from_env(&hub.sas_policy, &hub.sas_key_env, env)?,
@@ -409,7 +409,7 @@ impl AzureHubRegistry {
                     default_rate: DEFAULT_RATE,
                     burst_secs: 0.5,
                 },
-                client_options(http.clone()),
+                client_options(http.clone(), config),
                 SasPolicy::new(&hub.host, key),
                 hub.limits,
             )?;

@@ -359,7 +359,7 @@ impl AzureVault {
     /// keeps what Key Vault cannot (see the module doc).
     pub fn connect(config: &AzureConfig, local: LocalBackend) -> std::result::Result<AzureVault, SetupError> {
         let http = super::http_client(config)?;
-        let credential = super::credential(&config.auth, &super::client_options(http))?;
+        let credential = super::credential(&config.auth, &super::client_options(http, config))?;
         Self::connect_with(config, local, credential)
     }
 
@@ -371,7 +371,7 @@ impl AzureVault {
         credential: Arc<dyn azure_core::credentials::TokenCredential>,
     ) -> std::result::Result<AzureVault, SetupError> {
         let rt = super::runtime()?;
-        let mut options = super::client_options(super::http_client(config)?);
+        let mut options = super::client_options(super::http_client(config)?, config);
         // One bound for the three clients of the vault: at most `vault_concurrency` tries on
         // the wire, however batches nest (a version's listing inside a batch of names, signing
         // threads); paced after a 429.
