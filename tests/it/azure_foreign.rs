@@ -598,6 +598,12 @@ fn another_clients_ca_certificate_in_a_group_is_reported_never_overwritten_and_t
         run(&["check"]).stdout.lines().all(|l| !l.contains("run:")),
         "no run left open"
     );
+    // A device roll of the group does not write it, and the group still holds the CA's
+    // current version (docs/plan.md): it goes on.
+    let r = run(&["roll-secondary", "device:p-1", "--yes", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(device(&r.json(), "p-1")["outcome"], "rolled", "{}", r.stdout);
+    unchanged();
     // The rest of the fleet rolls as usual.
     let r = run(&["roll-secondary", "group:meters", "--yes", "-o", "json"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
@@ -767,6 +773,28 @@ fn taking_back_a_group_whose_ca_certificate_another_client_replaced_is_the_local
         "check names the remedy: {}",
         r.stdout
     );
+    // With the CA's only version's slot taken, a device roll of the group is refused, nothing
+    // changed (docs/plan.md): DPS would refuse the new certificate.
+    let before = group_record(&env, &serve, "meters")["etag"].clone();
+    let versions = |id: &str| {
+        run_fleet(&env, &serve, "azure", &["vault", "show", id, "-o", "json"])
+            .ok()
+            .json()["versions"]
+            .as_array()
+            .map(Vec::len)
+    };
+    let m1_versions = versions("dev-m-1");
+    let r = run_fleet(&env, &serve, "azure", &["roll-secondary", "device:m-1", "--yes"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    for part in [
+        "group `meters` holds the current version of its CA `factory` in neither slot",
+        foreign_tp.as_str(),
+        "roll-primary --breach group:meters",
+    ] {
+        assert!(r.stderr.contains(part), "{part}: {}", r.stderr);
+    }
+    assert_eq!(group_record(&env, &serve, "meters")["etag"], before);
+    assert_eq!(versions("dev-m-1"), m1_versions, "no new version of m-1");
 
     let breach = ["roll-primary", "--breach", "group:meters", "--yes", "-o", "json"];
     let (l, a) = both(&env, &serve, &breach);
