@@ -269,6 +269,27 @@ fn another_clients_certificate_in_one_enrollment_blinds_and_blocks_nothing_and_t
         slot_thumbprint(&env, &serve, "gw-2", "primary").as_deref(),
         Some(foreign_tp.as_str())
     );
+    // check, with the run open: its fix for gw-2's certificate under the compromised CA version
+    // is the command that resumes the run, `--incident` included, as the run's warning says
+    // (trial az6: it was `roll-primary --breach ca:factory --yes`, a new breach).
+    let report = run(&["check", "-o", "json"]).json();
+    let reasons: Vec<&str> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["reason"].as_str())
+        .collect();
+    let resumes = reasons
+        .iter()
+        .find_map(|r| r.split_once("; `")?.1.split_once("` resumes it"))
+        .map(|(command, _)| command)
+        .unwrap_or_else(|| panic!("no open run in {report}"));
+    assert!(resumes.contains("--incident portal"), "{resumes}");
+    let fix = format!("(compromised): `{resumes}` replaces it");
+    assert!(
+        reasons.iter().any(|r| r.contains(&fix)),
+        "gw-2's fix is the run's command: {report}"
+    );
     let after_first = run(&["status", "-o", "json"]).json();
     let replaced: Vec<(&str, String)> = ["gw-1", "gw-3", "gw-4"]
         .into_iter()
