@@ -189,6 +189,10 @@ struct Checker<'a> {
     /// CA versions (vault name, version id) looked up: the CA's plan name where the version is
     /// disabled and another version replaced it (a breach), else None.
     replaced_issuers: std::collections::HashMap<(String, String), Option<String>>,
+    /// The CA versions (vault name, version id) an open breach run declared compromised, each
+    /// with the command that resumes that run: a device left on one is replaced by finishing
+    /// the run (with its `--incident`), not by a new breach.
+    open_breaches: std::collections::HashMap<(String, String), String>,
 }
 
 impl Checker<'_> {
@@ -363,6 +367,21 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
         skew: plan.not_before_skew,
         ca_current: Default::default(),
         replaced_issuers: Default::default(),
+        open_breaches: backend
+            .open_runs()?
+            .iter()
+            .flat_map(|run| {
+                run.steps
+                    .iter()
+                    .filter(|s| s.kind == "remove-compromised")
+                    .flat_map(|s| {
+                        serde_json::from_value::<Vec<(String, String)>>(s.detail["compromised"].clone())
+                            .unwrap_or_default()
+                    })
+                    .map(|v| (v, resume_command(run)))
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
     };
     let mut ca_not_after = std::collections::BTreeMap::new();
     for ca in &plan.cas {
@@ -615,6 +634,17 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
     Ok(c.report)
 }
 
+/// The command that resumes open run `run`: its own, with `--yes` where it is destructive
+/// (those ask on a terminal and need it otherwise).
+fn resume_command(run: &crate::backend::types::JournalRun) -> String {
+    let yes = if run.command.contains("--breach") || run.command.starts_with("revoke") {
+        " --yes"
+    } else {
+        ""
+    };
+    format!("certroll {}{yes}", run.command)
+}
+
 /// The warning for a run the journal holds open: which, how far it got, what it stopped
 /// before, and the command that finishes it.
 fn unfinished(run: &crate::backend::types::JournalRun) -> Problem {
@@ -625,23 +655,17 @@ fn unfinished(run: &crate::backend::types::JournalRun) -> Problem {
         .find(|s| s.result.is_none())
         .map(|s| format!("; next: step {} ({}) of {}", s.seq, s.kind, s.target))
         .unwrap_or_default();
-    // Destructive commands ask on a terminal and need --yes otherwise.
-    let yes = if run.command.contains("--breach") || run.command.starts_with("revoke") {
-        " --yes"
-    } else {
-        ""
-    };
     Problem {
         target: format!("run:{}", run.id),
         level: Level::Warning,
         reason: format!(
             "run {} (`{}`, started {}) is unfinished: {done} of {} step(s) done{next}; \
-             `certroll {}{yes}` resumes it and finishes it",
+             `{}` resumes it and finishes it",
             run.id,
             run.command,
             crate::clock::rfc3339(run.started),
             run.steps.len(),
-            run.command
+            resume_command(run)
         ),
         not_after: None,
         actions_due: vec![],
@@ -852,19 +876,22 @@ fn check_devices(
         // A certificate from a CA version a breach replaced (disabled, the CA renewed since):
         // the breach roll that replaces it did not finish for this device, and whoever holds
         // the compromised CA's key can make a certificate as good as this one.
-        if let Some(ca) = installed
-            .as_ref()
-            .and_then(|v| v.issuer.clone())
+        let issuer = installed.as_ref().and_then(|v| v.issuer.clone());
+        if let Some(ca) = issuer
+            .clone()
             .map(|issuer| replaced_issuer(backend, c, issuer))
             .transpose()?
             .flatten()
         {
+            let fix = issuer
+                .and_then(|i| c.open_breaches.get(&i).cloned())
+                .unwrap_or_else(|| format!("certroll roll-primary --breach ca:{ca} --yes"));
             c.add(Problem {
                 target: format!("device:{id}"),
                 level: Level::Critical,
                 reason: format!(
                     "it holds a certificate issued by a version of CA `{ca}` that is disabled and replaced \
-                     (compromised): `certroll roll-primary --breach ca:{ca} --yes` replaces it"
+                     (compromised): `{fix}` replaces it"
                 ),
                 not_after: installed.as_ref().map(|v| v.exp),
                 actions_due: vec![],

@@ -799,7 +799,7 @@ fn issue_device_chunks(
         let needs = if chunk.is_empty() {
             Vec::new()
         } else {
-            assess(backend, unit, &chunk)?
+            assess(plan, backend, unit, &chunk)?
         };
         tally.add(&needs);
         let work = !dry_run && needs.iter().any(Need::any);
@@ -924,7 +924,18 @@ fn issue_device_chunks(
     Ok(())
 }
 
-fn assess(backend: &dyn Backend, unit: &Unit<'_>, chunk: &[String]) -> Result<Vec<Need>> {
+fn assess(plan: &Plan, backend: &dyn Backend, unit: &Unit<'_>, chunk: &[String]) -> Result<Vec<Need>> {
+    // Where devices register themselves (azure) and `delivery = "none"` leaves their
+    // certificates to the operator, a device that holds its certificate and enrollment already
+    // registers when the operator hands it out: waiting for that is not this command's work
+    // (`check` warns of each), so a rerun of finished work has nothing to do, as on local.
+    let to_the_operator = !backend.installs_on_devices() && {
+        let (group, enrollment) = match unit {
+            Unit::Group(g) => (Some(g.name.as_str()), None),
+            Unit::Enrollment(e) => (None, Some(e.name.as_str())),
+        };
+        *plan.delivery.channel(group, enrollment) == crate::plan::Delivery::None
+    };
     let names: Vec<String> = chunk.iter().map(|id| device_cert_name(id)).collect();
     let certs = backend.current_many(&names)?;
     let devices = backend.device_many(chunk)?;
@@ -971,7 +982,7 @@ fn assess(backend: &dyn Backend, unit: &Unit<'_>, chunk: &[String]) -> Result<Ve
             cert,
             install,
             enroll,
-            register: !registered || install || enroll,
+            register: (!registered && !to_the_operator) || install || enroll,
         });
     }
     Ok(needs)

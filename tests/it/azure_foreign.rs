@@ -236,6 +236,27 @@ fn another_clients_certificate_in_one_enrollment_blinds_and_blocks_nothing_and_t
         slot_thumbprint(&env, &serve, "gw-2", "primary").as_deref(),
         Some(foreign_tp.as_str())
     );
+    // check, with the run open: its fix for gw-2's certificate under the compromised CA version
+    // is the command that resumes the run, `--incident` included, as the run's warning says
+    // (trial az6: it was `roll-primary --breach ca:factory --yes`, a new breach).
+    let report = run(&["check", "-o", "json"]).json();
+    let reasons: Vec<&str> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["reason"].as_str())
+        .collect();
+    let resumes = reasons
+        .iter()
+        .find_map(|r| r.split_once("; `")?.1.split_once("` resumes it"))
+        .map(|(command, _)| command)
+        .unwrap_or_else(|| panic!("no open run in {report}"));
+    assert!(resumes.contains("--incident portal"), "{resumes}");
+    let fix = format!("(compromised): `{resumes}` replaces it");
+    assert!(
+        reasons.iter().any(|r| r.contains(&fix)),
+        "gw-2's fix is the run's command: {report}"
+    );
     let after_first = run(&["status", "-o", "json"]).json();
     let replaced: Vec<(&str, String)> = ["gw-1", "gw-3", "gw-4"]
         .into_iter()
@@ -556,6 +577,12 @@ fn another_clients_ca_certificate_in_a_group_is_reported_never_overwritten_and_t
         run(&["check"]).stdout.lines().all(|l| !l.contains("run:")),
         "no run left open"
     );
+    // A device roll of the group does not write it, and the group still holds the CA's
+    // current version (docs/plan.md): it goes on.
+    let r = run(&["roll-secondary", "device:p-1", "--yes", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(device(&r.json(), "p-1")["outcome"], "rolled", "{}", r.stdout);
+    unchanged();
     // The rest of the fleet rolls as usual.
     let r = run(&["roll-secondary", "group:meters", "--yes", "-o", "json"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
@@ -618,4 +645,189 @@ fn another_clients_ca_certificate_in_a_group_is_reported_never_overwritten_and_t
         group_slot(&env, &serve, "meters", "secondary").as_deref(),
         Some(foreign_tp.as_str())
     );
+}
+
+/// `v` without the words of a group's take-back: only the azure run's group held another
+/// client's certificate, so only its answer says it took the group back; a step's list that
+/// held nothing else loses the entry.
+fn without_take_back(v: Value) -> Value {
+    const START: &str = "take enrollment group `";
+    const END: &str = "that another client put there";
+    match v {
+        Value::String(s) => {
+            let Some(at) = s.find(START) else {
+                return Value::String(s);
+            };
+            let Some(len) = s[at..].find(END).map(|e| e + END.len()) else {
+                return Value::String(s);
+            };
+            let (before, after) = (&s[..at], &s[at + len..]);
+            let joined = match (before.strip_suffix("; "), after.strip_prefix("; ")) {
+                (Some(b), _) => format!("{b}{after}"),
+                (None, Some(a)) => format!("{before}{a}"),
+                (None, None) => format!("{before}{after}"),
+            };
+            Value::String(joined)
+        }
+        Value::Array(a) => Value::Array(
+            a.into_iter()
+                .map(without_take_back)
+                .filter(|v| v.as_str() != Some(""))
+                .collect(),
+        ),
+        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, without_take_back(v))).collect()),
+        other => other,
+    }
+}
+
+/// The versions of CA certificate `name` in `vault show -o json`, oldest first: (version,
+/// serial, enabled).
+fn ca_versions(env: &TestEnv, serve: &Serve, which: &str, name: &str) -> Vec<(String, String, bool)> {
+    let shown = run_fleet(env, serve, which, &["vault", "show", name, "-o", "json"])
+        .ok()
+        .json();
+    shown["versions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{which}: {shown}"))
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_str().unwrap().to_string(),
+                v["cert"]["serial"].as_str().unwrap().to_ascii_uppercase(),
+                v["enabled"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The serials on CA `ca`'s CRL, as openssl reads the file `export --crl` writes.
+fn crl_serials(env: &TestEnv, serve: &Serve, which: &str, ca: &str) -> Vec<String> {
+    let file = env.path(&format!("{which}-{ca}.crl"));
+    let target = format!("ca:{ca}");
+    run_fleet(
+        env,
+        serve,
+        which,
+        &["export", &target, "--crl", "--out", file.to_str().unwrap()],
+    )
+    .ok();
+    env.openssl(&["crl", "-in", file.to_str().unwrap(), "-noout", "-text"])
+        .ok()
+        .stdout
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Serial Number:"))
+        .map(|s| s.trim().trim_start_matches('0').to_ascii_uppercase())
+        .collect()
+}
+
+/// Trial az6 F-TAKEBACK-KEEPS-CA: another client puts its CA certificate into the primary slot
+/// of group `meters` on azure, where certroll's CA `factory` was (its only certificate). The
+/// remedy status and check name, `roll-primary --breach group:meters`, must be the breach it is
+/// on local, where the group still shows factory's version: that version disabled and on the
+/// root's CRL, every device under it replaced (the group's two and enrollment gw-1, which
+/// `factory` signs too), the same answer apart from the take-back's words, the same status and
+/// check; and the other client's certificate out of the group. Its rerun changes nothing.
+#[test]
+fn taking_back_a_group_whose_ca_certificate_another_client_replaced_is_the_local_breach() {
+    use crate::azure_verbs2::{DIRECT, assert_same, both};
+    let env = TestEnv::new();
+    let serve = start_serve(&env, GROUPS);
+    fleet_plans_hook(&env, &serve, GROUPS);
+    let (l, a) = both(&env, &serve, &["issue", "-o", "json"]);
+    assert_eq!(l, a, "issue");
+    crate::azure_verbs::fleet_plans_with(&env, &serve, GROUPS, DIRECT);
+    let old = ["local", "azure"].map(|which| {
+        let versions = ca_versions(&env, &serve, which, "ca-factory");
+        assert_eq!(versions.len(), 1, "{which}: {versions:?}");
+        versions[0].clone()
+    });
+
+    crate::azure_verbs::make_cert(&env, "Migration CA", true);
+    let foreign_pem = std::fs::read_to_string(env.path("Migration-CA-cert.pem")).unwrap();
+    let foreign_tp = fingerprint(&env, "Migration-CA-cert.pem");
+    put_foreign_signing(&env, &serve, "meters", "primary", &foreign_pem);
+    let r = run_fleet(&env, &serve, "azure", &["check"]);
+    assert!(
+        r.stdout.contains("roll-primary --breach group:meters"),
+        "check names the remedy: {}",
+        r.stdout
+    );
+    // With the CA's only version's slot taken, a device roll of the group is refused, nothing
+    // changed (docs/plan.md): DPS would refuse the new certificate.
+    let before = group_record(&env, &serve, "meters")["etag"].clone();
+    let versions = |id: &str| {
+        run_fleet(&env, &serve, "azure", &["vault", "show", id, "-o", "json"])
+            .ok()
+            .json()["versions"]
+            .as_array()
+            .map(Vec::len)
+    };
+    let m1_versions = versions("dev-m-1");
+    let r = run_fleet(&env, &serve, "azure", &["roll-secondary", "device:m-1", "--yes"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    for part in [
+        "group `meters` holds the current version of its CA `factory` in neither slot",
+        foreign_tp.as_str(),
+        "roll-primary --breach group:meters",
+    ] {
+        assert!(r.stderr.contains(part), "{part}: {}", r.stderr);
+    }
+    assert_eq!(group_record(&env, &serve, "meters")["etag"], before);
+    assert_eq!(versions("dev-m-1"), m1_versions, "no new version of m-1");
+
+    let breach = ["roll-primary", "--breach", "group:meters", "--yes", "-o", "json"];
+    let (l, a) = both(&env, &serve, &breach);
+    assert!(
+        a.to_string()
+            .contains("take enrollment group `meters` back: remove certificate"),
+        "{a}"
+    );
+    assert_same(
+        &without_take_back(l.clone()),
+        &without_take_back(a.clone()),
+        "the breach",
+    );
+    for (which, answer) in [("local", &l), ("azure", &a)] {
+        assert_eq!(answer["devices_cut_off"]["count"], 3, "{which}: {answer}");
+        let replaced: Vec<&str> = answer["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["outcome"] == "replaced")
+            .map(|d| d["target"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            replaced,
+            ["device:m-1", "device:m-2", "device:gw-1"],
+            "{which}: {answer}"
+        );
+    }
+    for (which, (version, serial, _)) in ["local", "azure"].iter().zip(&old) {
+        let now = ca_versions(&env, &serve, which, "ca-factory");
+        assert_eq!(now.len(), 2, "{which}: {now:?}");
+        assert_eq!(
+            (&now[0].0, now[0].2, now[1].2),
+            (version, false, true),
+            "{which}: the old version disabled, the new one enabled: {now:?}"
+        );
+        let serials = crl_serials(&env, &serve, which, "root");
+        assert_eq!(
+            serials,
+            [serial.trim_start_matches('0').to_string()],
+            "{which}: the old factory version alone on the root's CRL"
+        );
+    }
+    assert_eq!(group_slot(&env, &serve, "meters", "secondary"), None);
+    let primary = group_slot(&env, &serve, "meters", "primary");
+    assert!(
+        primary.is_some() && primary.as_deref() != Some(foreign_tp.as_str()),
+        "the group holds the new factory CA alone: {primary:?}"
+    );
+    for args in [&["status", "-o", "json"][..], &["check", "-o", "json"][..]] {
+        let (l, a) = both(&env, &serve, args);
+        assert_same(&l, &a, &format!("{args:?} after the breach"));
+    }
+    let (l, a) = both(&env, &serve, &breach);
+    assert_same(&l, &a, "the breach's rerun");
+    assert_eq!(ca_versions(&env, &serve, "azure", "ca-factory").len(), 2);
 }

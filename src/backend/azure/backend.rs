@@ -402,7 +402,7 @@ impl AzureBackend {
             .as_ref()
             .ok_or_else(|| SetupError::Client("the plan's backend is not `azure`".into()))?;
         let http = super::http_client(config)?;
-        let credential = super::credential(&config.auth, &super::client_options(http))?;
+        let credential = super::credential(&config.auth, &super::client_options(http, config))?;
         Self::connect_with(plan, local, credential)
     }
 

@@ -752,14 +752,14 @@ impl AzureEnrollmentService {
                 default_rate: DEFAULT_RATE,
                 burst_secs: 0.5,
             },
-            client_options(http.clone()),
+            client_options(http.clone(), config),
             SasPolicy::new(&dps.host, key),
             dps.limits,
         )?;
         let arm = dps
             .resource_id
             .as_deref()
-            .map(|id| ArmCertificates::new(id, client_options(http.clone()), credential, dps.limits))
+            .map(|id| ArmCertificates::new(id, client_options(http.clone(), config), credential, dps.limits))
             .transpose()?;
         let hub_hosts: BTreeMap<String, String> = config
             .hubs

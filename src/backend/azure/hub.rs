@@ -427,11 +427,11 @@ impl AzureHubRegistry {
                 let method_key = SasKey::from_env(&hub.sas_policy, &hub.sas_key_env, env)?;
                 methods.insert(
                     name.clone(),
-                    RestClient::sharing(method, client_options(http.clone()), auth(method_key))?,
+                    RestClient::sharing(method, client_options(http.clone(), config), auth(method_key))?,
                 );
                 hubs.insert(
                     name.clone(),
-                    RestClient::sharing(registry, client_options(http.clone()), auth(key))?,
+                    RestClient::sharing(registry, client_options(http.clone(), config), auth(key))?,
                 );
                 continue;
             }
@@ -443,7 +443,7 @@ impl AzureHubRegistry {
                     default_rate: METHOD_RATE,
                     burst_secs: 1.0,
                 },
-                client_options(http.clone()),
+                client_options(http.clone(), config),
                 SasPolicy::new(
                     &hub.host,
                     SasKey::from_env(&hub.sas_policy, &hub.sas_key_env, env)?,
@@ -462,7 +462,7 @@ impl AzureHubRegistry {
                     default_rate: DEFAULT_RATE,
                     burst_secs: 0.5,
                 },
-                client_options(http.clone()),
+                client_options(http.clone(), config),
                 SasPolicy::new(&hub.host, key),
                 hub.limits,
             )?;

@@ -431,7 +431,7 @@ impl AzureVault {
     /// keeps what Key Vault cannot (see the module doc).
     pub fn connect(config: &AzureConfig, local: LocalBackend) -> std::result::Result<AzureVault, SetupError> {
         let http = super::http_client(config)?;
-        let credential = super::credential(&config.auth, &super::client_options(http))?;
+        let credential = super::credential(&config.auth, &super::client_options(http, config))?;
         Self::connect_with(config, local, credential)
     }
 
@@ -471,7 +471,7 @@ impl AzureVault {
         pacing: Option<VaultPacing>,
     ) -> std::result::Result<AzureVault, SetupError> {
         let rt = super::runtime()?;
-        let mut options = super::client_options(super::http_client(config)?);
+        let mut options = super::client_options(super::http_client(config)?, config);
         let pacing = pacing.unwrap_or_else(|| VaultPacing {
             pace: super::pace::Pace::new("Key Vault", None, 0.5, config.vault_limits.concurrency),
             creations: super::KeyCreationRate::new(config.vault_limits.rate),

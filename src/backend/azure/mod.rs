@@ -194,15 +194,17 @@ pub fn http_client(config: &AzureConfig) -> Result<reqwest::Client, SetupError> 
 
 /// Client options for every Azure client: our transport, azure_core's exponential retry
 /// (it honours `Retry-After` on 429 and 503, and retries 5xx, resets and timeouts with jitter)
-/// and [`observe::Observe`] on each try (the `-v`/`-vv` log; a TLS failure is not retried).
-pub fn client_options(http: reqwest::Client) -> ClientOptions {
+/// and [`observe::Observe`] on each try (the `-v`/`-vv` log; a TLS failure is not retried; a
+/// refused connection names the address `config`'s `resolve` gave the host). `http` is
+/// [`http_client`]`(config)`.
+pub fn client_options(http: reqwest::Client, config: &AzureConfig) -> ClientOptions {
     ClientOptions {
         transport: Some(Transport::new(Arc::new(http))),
         retry: RetryOptions::exponential(ExponentialRetryOptions {
             max_retries: 6,
             ..Default::default()
         }),
-        per_try_policies: vec![Arc::new(observe::Observe)],
+        per_try_policies: vec![Arc::new(observe::Observe::new(&config.resolve))],
         ..Default::default()
     }
 }

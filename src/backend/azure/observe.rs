@@ -9,8 +9,9 @@
 //!   info (`-v`) on each attempt, so a slow run shows why.
 //! - A TLS certificate the client does not trust is not transient: the policy turns it into a
 //!   non-retryable error that names the host, the reason rustls gives (unknown issuer, name
-//!   mismatch, expired) and the fix. A refused connection names `host:port`; it is still
-//!   retried (a service restarting refuses for a moment).
+//!   mismatch, expired) and the fix. A refused connection names the address refused and, when
+//!   the plan's `resolve` sent the host there, the host too; it is still retried (a service
+//!   restarting refuses for a moment).
 //! - Whether any request that changes something remote has succeeded in this process
 //!   ([`remote_written`]): a credential rejected before that is bad input (exit 2, nothing
 //!   changed), after it a failure part-way (exit 1).
@@ -18,6 +19,8 @@
 use azure_core::error::ErrorKind;
 use azure_core::http::policies::{Policy, PolicyResult, RetryPolicyCount};
 use azure_core::http::{Context, Method, Request};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -72,7 +75,36 @@ pub fn no_answer(error: &azure_core::Error) -> (String, String) {
 
 /// The per-try policy described in the module docs.
 #[derive(Debug, Default)]
-pub struct Observe;
+pub struct Observe {
+    /// The plan's `resolve` table (host name → address), as the transport was given it: a
+    /// refused connection names the address actually refused.
+    resolve: BTreeMap<String, SocketAddr>,
+}
+
+impl Observe {
+    /// The policy for clients whose transport resolves the hosts of `resolve` to its addresses.
+    pub fn new(resolve: &BTreeMap<String, SocketAddr>) -> Observe {
+        Observe {
+            resolve: resolve.clone(),
+        }
+    }
+
+    /// The address a request to `host` on `url_port` (the URL's own port, if it names one)
+    /// connects to when `resolve` names the host: reqwest takes the overriding address's IP, and
+    /// the URL's port, else the address's (0: the scheme's, `default_port`).
+    fn resolved(&self, host: &str, url_port: Option<u16>, default_port: u16) -> Option<SocketAddr> {
+        let addr = self
+            .resolve
+            .iter()
+            .find(|(h, _)| h.eq_ignore_ascii_case(host))
+            .map(|(_, a)| *a)?;
+        let port = url_port.unwrap_or(match addr.port() {
+            0 => default_port,
+            p => p,
+        });
+        Some(SocketAddr::new(addr.ip(), port))
+    }
+}
 
 /// Whether `method path` changes something: reads and the read-only POSTs (registry and
 /// enrollment queries, Key Vault's sign) do not.
@@ -95,6 +127,7 @@ impl Policy for Observe {
         let url = request.url();
         let host = url.host_str().unwrap_or_default().to_string();
         let port = url.port_or_known_default().unwrap_or(443);
+        let resolved = self.resolved(&host, url.port(), port);
         let path = url.path().to_string();
         let started = Instant::now();
         let result = next[0].send(ctx, request, &next[1..]).await;
@@ -128,7 +161,7 @@ impl Policy for Observe {
                 Ok(response)
             }
             Err(error) => {
-                let reason = transport_reason(&error, &host, port);
+                let reason = transport_reason(&error, &host, port, resolved);
                 match reason {
                     Some(Reason::Tls(why)) => {
                         let message = format!(
@@ -163,13 +196,21 @@ impl Policy for Observe {
 pub enum Reason {
     /// The server's certificate failed verification: the reason in words.
     Tls(String),
-    /// Nothing listens at the address: `connection refused by host:port`.
+    /// Nothing listens at the address: `connection refused by host:port`, or, when the plan's
+    /// `resolve` sent the host elsewhere, `connection refused by ADDRESS (the address the plan's
+    /// `resolve` gives host)`.
     Refused(String),
 }
 
 /// Walks `error`'s source chain (azure_core → reqwest → hyper → io → rustls) for a certificate
-/// verification failure or a refused connection.
-pub fn transport_reason(error: &(dyn std::error::Error + 'static), host: &str, port: u16) -> Option<Reason> {
+/// verification failure or a refused connection to `host` on `port` (`resolved`: the address
+/// the plan's `resolve` sent it to, if it did).
+pub fn transport_reason(
+    error: &(dyn std::error::Error + 'static),
+    host: &str,
+    port: u16,
+    resolved: Option<SocketAddr>,
+) -> Option<Reason> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = cause {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
@@ -177,7 +218,12 @@ pub fn transport_reason(error: &(dyn std::error::Error + 'static), host: &str, p
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return Some(Reason::Refused(format!("connection refused by {host}:{port}")));
+                return Some(Reason::Refused(match resolved {
+                    Some(addr) => format!(
+                        "connection refused by {addr} (the address the plan's `resolve` gives {host})"
+                    ),
+                    None => format!("connection refused by {host}:{port}"),
+                }));
             }
             // rustls's error travels inside an io::Error as its payload.
             if let Some(tls) = io
@@ -258,13 +304,13 @@ mod tests {
         let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
         let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
         let wrapped = azure_core::Error::with_error(ErrorKind::Io, io, "failed to execute `reqwest` request");
-        let reason = transport_reason(&wrapped, "x.vault.azure.net", 443);
+        let reason = transport_reason(&wrapped, "x.vault.azure.net", 443, None);
         assert_eq!(
             reason,
             Some(Reason::Tls("unknown issuer (no trusted root signed it)".into()))
         );
         let name = rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName);
-        let reason = transport_reason(&name, "h", 443).unwrap();
+        let reason = transport_reason(&name, "h", 443, None).unwrap();
         assert!(
             matches!(reason, Reason::Tls(ref w) if w.starts_with("name mismatch")),
             "{reason:?}"
@@ -272,14 +318,14 @@ mod tests {
         let told = std::io::Error::other(
             "client error (Connect): invalid peer certificate: NotValidForNameContext { expected: x }",
         );
-        let reason = transport_reason(&told, "h", 443).unwrap();
+        let reason = transport_reason(&told, "h", 443, None).unwrap();
         assert!(
             matches!(reason, Reason::Tls(ref w) if w.starts_with("name mismatch")),
             "{reason:?}"
         );
         let expired = rustls::Error::InvalidCertificate(rustls::CertificateError::Expired);
         assert_eq!(
-            transport_reason(&expired, "h", 443),
+            transport_reason(&expired, "h", 443, None),
             Some(Reason::Tls("expired".into()))
         );
     }
@@ -333,11 +379,68 @@ mod tests {
         let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         let wrapped = azure_core::Error::with_error(ErrorKind::Connection, io, "connect");
         assert_eq!(
-            transport_reason(&wrapped, "dps.example", 8443),
+            transport_reason(&wrapped, "dps.example", 8443, None),
             Some(Reason::Refused("connection refused by dps.example:8443".into()))
         );
         let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
-        assert_eq!(transport_reason(&reset, "h", 1), None);
+        assert_eq!(transport_reason(&reset, "h", 1, None), None);
+    }
+
+    /// Trial az6: a host the plan's `resolve` sends to an address where nothing listens is
+    /// refused at that address, and the message names it beside the host (it named
+    /// `host:443`, an address never tried). Through a real reqwest client, as `http_client`
+    /// builds it, and this policy in front of azure_core's transport.
+    #[test]
+    fn a_refused_connection_to_a_resolved_host_names_the_address_it_was_sent_to() {
+        use azure_core::http::policies::TransportPolicy;
+        use azure_core::http::{Transport, Url};
+        // A port nothing listens on: bound for a moment, then let go.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap();
+        let host = "example-hub.azure-devices.net";
+        let resolve = BTreeMap::from([(host.to_string(), closed)]);
+        let mut builder = reqwest::Client::builder();
+        for (h, a) in &resolve {
+            builder = builder.resolve(h, *a);
+        }
+        let transport: Arc<dyn Policy> = Arc::new(TransportPolicy::new(Transport::new(Arc::new(
+            builder.build().unwrap(),
+        ))));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let sent = |observe: Observe| {
+            let url = Url::parse(&format!("https://{host}/devices/query")).unwrap();
+            let mut request = Request::new(url, Method::Get);
+            let answer =
+                rt.block_on(observe.send(&Context::new(), &mut request, std::slice::from_ref(&transport)));
+            chain_text(&answer.expect_err("nothing listens there"))
+        };
+        let told = sent(Observe::new(&resolve));
+        assert!(
+            told.contains(&format!(
+                "connection refused by {closed} (the address the plan's `resolve` gives {host})"
+            )),
+            "{told}"
+        );
+        assert!(!told.contains(":443"), "{told}");
+        // Port 0 in `resolve` is the scheme's port; a URL's own port wins over the address's.
+        let observe = Observe::new(&BTreeMap::from([(
+            host.to_string(),
+            "127.0.0.1:0".parse().unwrap(),
+        )]));
+        assert_eq!(
+            observe.resolved(host, None, 443),
+            Some("127.0.0.1:443".parse().unwrap())
+        );
+        let observe = Observe::new(&resolve);
+        assert_eq!(
+            observe.resolved("EXAMPLE-HUB.azure-devices.net", Some(8443), 443),
+            Some(SocketAddr::new(closed.ip(), 8443))
+        );
+        assert_eq!(observe.resolved("other.example", None, 443), None);
     }
 
     #[test]

@@ -1975,9 +1975,56 @@ fn take_back_words(group: &str, foreign: &[crate::backend::types::ForeignCertifi
     )
 }
 
+/// The versions of a group's CA that another client's certificate in the group's slot may have
+/// displaced, which DPS no longer shows: the enabled versions (of `versions`, the CA's, oldest
+/// first) that signed the certificates the fleet record says the group's devices (`device_ids`)
+/// hold; when none of them holds a certificate of the CA, its current version (the one certroll
+/// put into the group). A version already disabled (an earlier breach, or a CA the group shares
+/// with a breached group) is left out: declaring the current version in its place would take a
+/// CA another group holds.
+fn displaced_versions(
+    backend: &dyn Backend,
+    device_ids: &[String],
+    versions: &[crate::backend::types::VaultVersion],
+) -> Result<Vec<(String, String)>> {
+    // Pages as `devices_under` reads the fleet: one batch of vault reads per page.
+    const PAGE: usize = 500;
+    let Some(current) = versions.last() else {
+        return Ok(Vec::new());
+    };
+    let ca = current.name.as_str();
+    let mut signed = std::collections::BTreeSet::new();
+    let mut any_under_ca = false;
+    for page in device_ids.chunks(PAGE) {
+        let records: Vec<_> = backend.device_many(page)?.into_iter().flatten().collect();
+        let names: Vec<String> = records.iter().map(|d| d.cert_name.clone()).collect();
+        for (d, briefs) in records.iter().zip(backend.briefs_many(&names)?) {
+            let issuer = briefs
+                .iter()
+                .find(|b| d.installed_version.as_deref() == Some(b.version.as_str()))
+                .and_then(|b| b.issuer.clone());
+            if let Some((_, version)) = issuer.filter(|(name, _)| name == ca) {
+                any_under_ca = true;
+                signed.insert(version);
+            }
+        }
+    }
+    let mut out: Vec<(String, String)> = versions
+        .iter()
+        .filter(|v| v.enabled && signed.contains(&v.version))
+        .map(|v| (v.name.clone(), v.version.clone()))
+        .collect();
+    if !any_under_ca && current.enabled {
+        out.push((current.name.clone(), current.version.clone()));
+    }
+    Ok(out)
+}
+
 /// The compromised CA versions of a breach target: for `group:` the CA certificate in the named
-/// slot (both slots with `--both`); for `ca:` the CA's current version (every version with
-/// `--both`).
+/// slot (both slots with `--both`) and, when another client's certificate is in the group (the
+/// breach takes it back), whatever certificate of its CA the group still holds and the versions
+/// that certificate displaced ([`displaced_versions`]), as a group that still shows them would
+/// declare; for `ca:` the CA's current version (every version with `--both`).
 fn compromised_cas(
     plan: &Plan,
     backend: &dyn Backend,
@@ -1998,7 +2045,8 @@ fn compromised_cas(
                 SlotName::Secondary => (&state.secondary, &state.primary),
             };
             // Taking the group back from another client, the breach declares compromised
-            // whatever certificate of its CA the group still holds (maybe none).
+            // whatever certificate of its CA the group still holds, and what the other client's
+            // certificate displaced (below).
             let taking_back = !state.foreign.is_empty();
             let mut slots = vec![named];
             if both || taking_back {
@@ -2007,6 +2055,13 @@ fn compromised_cas(
             for s in slots.into_iter().flatten() {
                 if let Some(v) = versions.iter().find(|v| v.cert_der == s.cert_der) {
                     out.push((v.name.clone(), v.version.clone()));
+                }
+            }
+            if taking_back {
+                for v in displaced_versions(backend, &st.scope.device_ids, &versions)? {
+                    if !out.contains(&v) {
+                        out.push(v);
+                    }
                 }
             }
             if out.is_empty() && !taking_back {

@@ -1508,7 +1508,10 @@ fn raw_client(
             default_rate: 1000.0,
             burst_secs: 0.5,
         },
-        certroll::backend::azure::client_options(certroll::backend::azure::http_client(config).unwrap()),
+        certroll::backend::azure::client_options(
+            certroll::backend::azure::http_client(config).unwrap(),
+            config,
+        ),
         SasPolicy::new(host, SasKey::new(&policy, &key).unwrap()),
         limits,
     )
