@@ -6,7 +6,7 @@
 //! enrollment takes it back; the rerun then finishes. Nothing of the other client's is
 //! overwritten unasked.
 
-use crate::azure_verbs::{issued_fleet, over_the_air, run_fleet};
+use crate::azure_verbs::{fleet_plans_hook, issued_fleet, over_the_air, run_fleet, start_serve};
 use crate::conformance::azure::{DPS_HOST, Serve, sas_key};
 use crate::util::{TestEnv, curl_json, openssl_in};
 use serde_json::{Value, json};
