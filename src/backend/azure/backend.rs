@@ -1982,11 +1982,12 @@ fn assigned_hubs_in(
     if !grouped.is_empty() {
         let wanted: Vec<String> = grouped.iter().map(|&i| ids[i].clone()).collect();
         let their_groups: Vec<Option<String>> = grouped.iter().map(|&i| groups[i].clone()).collect();
-        for (i, state) in
-            grouped
-                .into_iter()
-                .zip(registration_states_in(enrollments, &wanted, &their_groups, never_issued)?)
-        {
+        for (i, state) in grouped.into_iter().zip(registration_states_in(
+            enrollments,
+            &wanted,
+            &their_groups,
+            never_issued,
+        )?) {
             out[i] = state.and_then(|s| s.hub);
         }
     }
