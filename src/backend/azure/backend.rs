@@ -355,8 +355,8 @@ pub struct AzureBackend {
     /// The last delivery outcome per device, for `register` to report.
     outcomes: HashMap<String, Outcome>,
     /// Devices this process found without a fleet record (certroll never issued them a
-    /// certificate) and no `register` of this process took up yet (its deliveries and asks
-    /// come after its first read): DPS holds no registration of theirs that certroll caused,
+    /// certificate) and has neither delivered a certificate to nor asked to register since
+    /// ([`reached`](Self::reached)): DPS holds no registration of theirs that certroll caused,
     /// so a group listing that lacks one needs no read of its own to say so (see
     /// [`EnrollmentService::group_registration_many`]).
     never_issued: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -543,6 +543,24 @@ impl AzureBackend {
             .collect()
     }
 
+    /// Devices certroll now reaches (a delivery leaves for them, or they are asked to register):
+    /// from here DPS may hold a registration of theirs that certroll caused, so they leave
+    /// `never_issued`. Not when their fleet record is written: until a delivery leaves, the
+    /// device holds nothing new, and `register` reads DPS's record of it before delivering.
+    fn reached<'a>(&self, ids: impl IntoIterator<Item = &'a String>) {
+        let mut never_issued = self.never_issued.lock().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            never_issued.remove(id);
+        }
+    }
+
+    /// Takes the queued deliveries, which leave now ([`reached`](Self::reached)).
+    fn take_pending(&mut self) -> Vec<DeviceRecord> {
+        let pending = std::mem::take(&mut self.pending);
+        self.reached(pending.iter().map(|r| &r.id));
+        pending
+    }
+
     /// DPS's registration states of `ids` (without the certificates, see
     /// [`with_certificates`](Self::with_certificates)): a group's devices from the group's
     /// listing, in pages, the others one by one.
@@ -573,7 +591,7 @@ impl AzureBackend {
     /// Runs the queued deliveries here and now (see [`deliver`]), records what became of them
     /// ([`take_delivered`](Self::take_delivered)), then makes the hub updates held back for them.
     fn flush(&mut self, now: OffsetDateTime) -> Result<()> {
-        let pending = std::mem::take(&mut self.pending);
+        let pending = self.take_pending();
         let routes = self.routes();
         let delivered = deliver(&routes, &self.vault, &mut *self.hubs, pending, now, true);
         self.take_delivered(delivered)?;
@@ -1469,12 +1487,7 @@ impl EnrollmentService for AzureBackend {
             None
         };
         // From here each device may register, and DPS may refuse it: its state is read.
-        {
-            let mut never_issued = self.never_issued.lock().unwrap_or_else(|p| p.into_inner());
-            for id in &ids {
-                never_issued.remove(id);
-            }
-        }
+        self.reached(&ids);
         self.flush(now)?;
         let after_delivery = match &at_start {
             Some(_) if had_deliveries => Some(seen(&self.registration_states(&ids)?)),
@@ -2077,7 +2090,7 @@ impl Backend for AzureBackend {
             delivery::fault_before_delivery();
             // During a run of units the courier delivers them beside the next unit's imports.
             if self.background {
-                let pending = std::mem::take(&mut self.pending);
+                let pending = self.take_pending();
                 self.pending = self.hand_over(pending);
             }
             if !self.pending.is_empty() {
@@ -2280,5 +2293,79 @@ impl Backend for AzureBackend {
             (dps, hub.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
         });
         dps.and(hub)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backend over an azure plan with group `meters` (`m-1`, `m-2`, delivery `none`), its
+    /// enrollment service and hub registry an in-memory local store: nothing here reaches a
+    /// network (a `none` delivery reads no vault).
+    fn offline_backend() -> AzureBackend {
+        let text = "version = 1\n\
+            [backend]\nkind = \"azure\"\nvault_url = \"https://certroll.vault.azure.net\"\n\
+            auth = \"token-env\"\ntoken_env = \"CERTROLL_UNIT_TOKEN\"\n\
+            [policies.device]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 365\n\
+            [policies.ca]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 3650\n\
+            key_usage = [\"keyCertSign\", \"cRLSign\", \"digitalSignature\"]\n\
+            [ca.root]\nsubject = \"CN=Root\"\npolicy = \"ca\"\n\
+            [groups.meters]\nsigning_ca = \"root\"\nhub = \"h\"\ndevice_policy = \"device\"\n\
+            devices = { prefix = \"m-\", count = 2 }\n";
+        let plan = crate::plan::parse(&std::env::temp_dir().join("plan.toml"), text).expect("the test plan");
+        let local = || LocalBackend::new(crate::store::Store::open_empty().unwrap());
+        let credential = std::sync::Arc::new(super::super::EnvTokenCredential::new("t".into()));
+        let vault = AzureVault::connect_with(plan.azure.as_ref().unwrap(), local(), credential).unwrap();
+        AzureBackend::from_parts(&plan, vault, Box::new(local()), Box::new(local()))
+    }
+
+    fn never_issued(backend: &AzureBackend, id: &str) -> bool {
+        backend.never_issued.lock().unwrap().contains(id)
+    }
+
+    /// A device read before certroll issued it is taken as holding no registration certroll
+    /// caused only until a delivery leaves for it: one delivered from `install` (or `commit`)
+    /// and read again in the same process may have registered since, and is read on its own
+    /// when its group's listing lacks it (the group gone), not reported as never registered.
+    /// No verb reads a device again between such a delivery and its `register` (which also
+    /// clears it), so this is checked here.
+    #[test]
+    fn a_delivery_ends_a_device_s_never_issued_mark() {
+        let mut backend = offline_backend();
+        let ids = vec!["m-1".to_string(), "m-2".to_string()];
+        backend.registration_many(&ids).unwrap();
+        assert!(never_issued(&backend, "m-1") && never_issued(&backend, "m-2"));
+        let record = DeviceRecord {
+            id: "m-1".into(),
+            group: Some("meters".into()),
+            enrollment: None,
+            cert_name: "dev-m-1".into(),
+            installed_version: Some("v1".into()),
+        };
+        // Outside a unit, `install` commits and delivers at once.
+        backend.install(std::slice::from_ref(&record)).unwrap();
+        assert!(
+            matches!(backend.outcome("m-1"), Some(Outcome::Waiting(_))),
+            "the delivery ran: {:?}",
+            backend.outcome("m-1")
+        );
+        assert!(
+            !never_issued(&backend, "m-1"),
+            "delivered: DPS may hold its registration"
+        );
+        assert!(never_issued(&backend, "m-2"), "m-2 got nothing");
+        // A unit's deliveries leave after its commit.
+        backend.begin().unwrap();
+        backend
+            .install(&[DeviceRecord {
+                id: "m-2".into(),
+                cert_name: "dev-m-2".into(),
+                ..record
+            }])
+            .unwrap();
+        assert!(never_issued(&backend, "m-2"), "nothing left before the commit");
+        backend.commit().unwrap();
+        assert!(!never_issued(&backend, "m-2"), "delivered after the commit");
     }
 }
