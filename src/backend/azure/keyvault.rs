@@ -618,7 +618,7 @@ impl AzureVault {
             }
         }
         let budget = self.listing_budget;
-        let read: Option<HashMap<String, ListedNewest>> = self.rt.block_on(async {
+        let read: Option<(HashMap<String, ListedNewest>, Vec<String>)> = self.rt.block_on(async {
             let options = CertificateClientListCertificatePropertiesOptions {
                 maxresults: Some(25),
                 ..Default::default()
@@ -649,13 +649,13 @@ impl AzureVault {
                     },
                 );
             }
-            Ok(Some(by_name))
+            let listed = by_name.iter().map(|(n, l)| (n.clone(), l.holder)).collect();
+            let names = self.certificate_names(listed).await?;
+            Ok(Some((by_name, names)))
         })?;
         let mut kept = self.kept();
         match read {
-            Some(by_name) => {
-                let mut names: Vec<String> = by_name.keys().cloned().collect();
-                names.sort();
+            Some((by_name, names)) => {
                 kept.newest = Some(NewestListing {
                     by_name,
                     names,
@@ -1345,6 +1345,31 @@ impl AzureVault {
         self.list_names(false)
     }
 
+    /// The certificate names among `listed` (each name with whether the newest version Key
+    /// Vault lists of it is a root's key holder), sorted, once each. A name listed with a key
+    /// holder as its newest version is a certificate only when it has an issued version besides
+    /// its holders: a run cut off right after the holder's create left none (one more request
+    /// each, rare). Both listings of names go through this: the one kept beside the newest
+    /// versions ([`newest_listed`](Self::newest_listed)) and a fresh one (`list_names`).
+    async fn certificate_names(&self, listed: Vec<(String, bool)>) -> Result<Vec<String>> {
+        let mut names = Vec::with_capacity(listed.len());
+        for (name, holder) in listed {
+            if holder
+                && !Self::listed(&self.certs, &name)
+                    .await?
+                    .iter()
+                    .filter_map(ListedVersion::of)
+                    .any(|l| l.thumbprint.is_some() && !l.holder)
+            {
+                continue;
+            }
+            names.push(name);
+        }
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
     /// Every certificate name, sorted, once each; `include_pending` adds the names whose first
     /// version waits for a merge.
     fn list_names(&self, include_pending: bool) -> Result<Vec<String>> {
@@ -1361,30 +1386,15 @@ impl AzureVault {
                 .try_collect()
                 .await
                 .map_err(|e| remote("list certificates", "*", e))?;
-            let mut names = Vec::with_capacity(items.len());
-            for p in items {
-                let Some(name) = p.id.as_deref().map(name_of) else {
-                    continue;
-                };
-                // A name listed with a root's key holder as its newest version is a certificate
-                // only when it has an issued version besides its holders: a run cut off right
-                // after the holder's create left none (one more request, rare). A waiting
-                // request on it is listed when asked for.
-                if !include_pending
-                    && is_key_holder(p.tags.as_ref())
-                    && !Self::listed(&self.certs, &name)
-                        .await?
-                        .iter()
-                        .filter_map(ListedVersion::of)
-                        .any(|l| l.thumbprint.is_some() && !l.holder)
-                {
-                    continue;
-                }
-                names.push(name);
-            }
-            names.sort();
-            names.dedup();
-            Ok(names)
+            // A waiting request on a name with only a key holder is listed when asked for.
+            let listed = items
+                .iter()
+                .filter_map(|p| {
+                    let name = name_of(p.id.as_deref()?);
+                    Some((name, !include_pending && is_key_holder(p.tags.as_ref())))
+                })
+                .collect();
+            self.certificate_names(listed).await
         })
     }
 }

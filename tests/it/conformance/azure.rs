@@ -131,6 +131,43 @@ fn the_vault_suite_passes_on_key_vault_served_by_certroll_serve() {
     super::suite(&mut vault);
 }
 
+/// A name whose only version is a root's key holder (a run killed right after the holder's
+/// create) is no certificate: the names a later process pages through leave it out whether they
+/// come from Key Vault's listing of certificates kept beside the newest versions (read when the
+/// plan's certificates pay for it) or from a listing of names alone, and both list a name with
+/// an issued version.
+#[test]
+fn a_name_with_only_a_key_holder_is_in_neither_listing_of_names() {
+    let env = TestEnv::new();
+    let serve = Serve::start(&env, "conformance-token");
+    let config = client_plan(&env, &serve).azure.unwrap();
+    {
+        let mut vault = vault_client(&config, &env.path("writer"), "conformance-token");
+        let holder = vault
+            .key_holder(
+                "ca-root",
+                Some(&super::policy("CN=Root", false, "application/x-pem-file")),
+                super::now(),
+            )
+            .unwrap();
+        assert!(holder.is_some(), "Key Vault made the holder");
+        let made = super::self_signed("dev-d", 30, false);
+        let policy = super::policy("CN=dev-d", true, "application/x-pem-file");
+        vault
+            .create_versions(&[super::new_version("dev-d", &policy, &made, None)], super::now())
+            .unwrap();
+    }
+    for (i, kept) in [false, true].into_iter().enumerate() {
+        let vault = vault_client(&config, &env.path(&format!("reader-{i}")), "conformance-token");
+        let vault = if kept { vault.listing_pays_for(10) } else { vault };
+        assert_eq!(
+            vault.names_page("", 100).unwrap(),
+            ["dev-d"],
+            "kept listing of certificates: {kept}"
+        );
+    }
+}
+
 #[test]
 fn token_env_names_the_variable_when_it_is_unset() {
     let env = TestEnv::new();
