@@ -215,12 +215,13 @@ impl VaultIndex {
     /// The certificate of `sha1_thumbprint`: `Ok(None)` when the vault holds none; the vault's
     /// error when a read it needed failed and the certificate was not found otherwise.
     fn lookup(&self, sha1_thumbprint: &str, whose: Option<&str>) -> Result<Option<Vec<u8>>> {
-        let vault = self.vault.lock().unwrap_or_else(|p| p.into_inner());
-        let mut index = self.by_thumbprint.lock().unwrap_or_else(|p| p.into_inner());
+        // The record is fixed at connect: it needs neither lock.
         let tp = sha1_thumbprint.to_ascii_uppercase();
         if let Some(der) = self.recorded.get(&tp) {
             return Ok(Some(der.clone()));
         }
+        let vault = self.vault.lock().unwrap_or_else(|p| p.into_inner());
+        let mut index = self.by_thumbprint.lock().unwrap_or_else(|p| p.into_inner());
         // The first read that failed: the cause when the certificate is not found by other means.
         let mut failure = None;
         if !index.1.contains_key(&tp)
