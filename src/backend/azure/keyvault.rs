@@ -1865,7 +1865,12 @@ impl Vault for AzureVault {
 
     fn name_state(&self, name: &str) -> Result<Option<&'static str>> {
         self.rt.block_on(async {
-            if Self::get(&self.certs, name, None).await?.is_some() {
+            // A name whose first version waits for a merge answers with the request's
+            // placeholder (no `cer`): that name is pending, as on the local vault, not live.
+            if Self::get(&self.certs, name, None)
+                .await?
+                .is_some_and(|c| c.cer.is_some())
+            {
                 return Ok(Some("live"));
             }
             match self.certs.get_deleted_certificate(name, None).await {

@@ -508,3 +508,49 @@ fn a_merged_version_has_an_id_of_its_own_and_every_verb_names_it() {
         assert_eq!(entry["current"], version.as_str(), "{which}: {listed}");
     }
 }
+
+/// A name whose only version is a request waiting for its merge is pending, not live, on both
+/// backends: `vault export`, `vault update` and `vault import` of it say the request waits for
+/// `vault merge` (exit 2, the same message), and the import leaves the request waiting.
+#[test]
+fn a_name_whose_first_request_waits_is_pending_on_both_backends() {
+    let env = TestEnv::new();
+    let _serve = setup(&env, "");
+    assert_same(
+        &env,
+        &[
+            "vault",
+            "create",
+            "ext",
+            "--subject",
+            "CN=ext",
+            "--issuer",
+            "Unknown",
+            "-o",
+            "json",
+        ],
+    );
+    let cert = super::self_signed("ext", 30, false);
+    let mut pem = certroll::pki::pem::cert_to_pem(&cert.cert_der);
+    pem.push_str(&certroll::pki::pem::key_to_pem(&cert.key_pkcs8));
+    env.write("ext.pem", &pem);
+    let waiting = "the vault certificate `ext` has no version yet: its request waits for \
+                   `certroll vault merge ext --file SIGNED.pem`";
+    for which in ["local", "azure"] {
+        let out = format!("{which}/ext-out.pem");
+        for args in [
+            vec!["vault", "export", "ext", "--out", &out],
+            vec!["vault", "update", "ext", "--disable"],
+            vec!["vault", "import", "ext", "--file", "ext.pem"],
+        ] {
+            let r = run(&env, which, &args);
+            assert_eq!(r.code, 2, "{which} {args:?}: {}{}", r.stdout, r.stderr);
+            assert!(r.stderr.contains(waiting), "{which} {args:?}: {}", r.stderr);
+        }
+        let shown = run(&env, which, &["vault", "show", "ext", "-o", "json"]).json();
+        assert!(
+            shown["pending"].is_object() && shown["versions"] == serde_json::json!([]),
+            "{which}: the request still waits, no version: {shown}"
+        );
+    }
+}
