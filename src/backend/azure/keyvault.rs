@@ -199,6 +199,11 @@ struct Kept {
     newest: Option<NewestListing>,
     /// The listing was given up: the vault holds more certificates than it pays to list.
     newest_refused: bool,
+    /// Every certificate name, as the last [`Vault::names_page`] from the start listed them
+    /// where the listing of certificates above is not kept: the pages after it are cut from
+    /// it, so paging through the vault lists it once, not once a page. Listed afresh by each
+    /// paging from the start; dropped when certroll writes to any name.
+    names: Option<Vec<String>>,
 }
 
 /// Key Vault's listing of certificates as read once: what it shows of each name's newest
@@ -554,6 +559,7 @@ impl AzureVault {
         if let Some(listing) = kept.newest.as_mut() {
             listing.stale.insert(name.to_string());
         }
+        kept.names = None;
         if is_ca_name(name) {
             kept.current.remove(name);
             kept.versions.remove(name);
@@ -1774,12 +1780,19 @@ impl Vault for AzureVault {
                 return Ok(listing.names[from..].iter().take(limit).cloned().collect());
             }
         }
-        Ok(self
-            .names()?
-            .into_iter()
-            .filter(|n| n.as_str() > after)
-            .take(limit)
-            .collect())
+        let page = |names: &[String]| -> Vec<String> {
+            let from = names.partition_point(|n| n.as_str() <= after);
+            names[from..].iter().take(limit).cloned().collect()
+        };
+        if !after.is_empty()
+            && let Some(names) = self.kept().names.as_deref()
+        {
+            return Ok(page(names));
+        }
+        let names = self.names()?;
+        let out = page(&names);
+        self.kept().names = Some(names);
+        Ok(out)
     }
 
     fn policy(&self, name: &str) -> Result<Option<serde_json::Value>> {

@@ -168,6 +168,72 @@ fn a_name_with_only_a_key_holder_is_in_neither_listing_of_names() {
     }
 }
 
+/// Paging through a vault's names where its listing of certificates is not kept (a vault far
+/// larger than the plan, or DPS's look-up client) lists the vault once, not once a page: what
+/// `vault list` and the thumbprint index's build page through. A write in between lists it
+/// again, and so does a paging from the start.
+#[test]
+fn paging_through_the_names_lists_the_vault_once() {
+    let env = TestEnv::new();
+    let serve = Serve::start(&env, "conformance-token");
+    let mut config = client_plan(&env, &serve).azure.unwrap();
+    config.vault_limits.rate = Some(1000.0);
+    let mut vault = vault_client(&config, &env.path("client"), "conformance-token");
+    let names: Vec<String> = (0..30).map(|i| format!("page-{i:02}")).collect();
+    let made: Vec<super::Made> = names.iter().map(|n| super::self_signed(n, 30, false)).collect();
+    let policy = super::policy("CN=page", true, "application/x-pem-file");
+    let batch: Vec<_> = names
+        .iter()
+        .zip(&made)
+        .map(|(n, m)| super::new_version(n, &policy, m, None))
+        .collect();
+    vault.create_versions(&batch, super::now()).unwrap();
+    let listings = |run: &mut dyn FnMut()| {
+        crate::azure_requests::during(&env, run)
+            .iter()
+            .filter(|l| crate::azure_requests::request_of(l).ends_with("vault.azure.net/certificates"))
+            .count()
+    };
+    // 30 names are two pages of Key Vault's listing (25 a page).
+    let page_through = |vault: &AzureVault| {
+        let mut all: Vec<String> = Vec::new();
+        loop {
+            let page = vault
+                .names_page(all.last().map(String::as_str).unwrap_or(""), 10)
+                .unwrap();
+            if page.is_empty() {
+                return all;
+            }
+            all.extend(page);
+        }
+    };
+    let mut seen = Vec::new();
+    assert_eq!(
+        listings(&mut || seen = page_through(&vault)),
+        2,
+        "one listing, two pages"
+    );
+    assert_eq!(seen, names);
+    assert_eq!(
+        listings(&mut || seen = page_through(&vault)),
+        2,
+        "from the start: afresh"
+    );
+    // A write between two pages: the next page is cut from a new listing, which shows it.
+    let first = vault.names_page("", 10).unwrap();
+    let extra = super::self_signed("page-99", 30, false);
+    vault
+        .create_versions(
+            &[super::new_version("page-99", &policy, &extra, None)],
+            super::now(),
+        )
+        .unwrap();
+    let mut rest = Vec::new();
+    let n = listings(&mut || rest = vault.names_page(first.last().unwrap(), 100).unwrap());
+    assert_eq!(n, 2, "listed again after the write");
+    assert_eq!(rest.last().map(String::as_str), Some("page-99"));
+}
+
 #[test]
 fn token_env_names_the_variable_when_it_is_unset() {
     let env = TestEnv::new();
