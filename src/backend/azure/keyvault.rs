@@ -212,7 +212,8 @@ struct Kept {
 struct NewestListing {
     /// Name → its newest version as listed.
     by_name: HashMap<String, ListedNewest>,
-    /// Every listed name, sorted ([`Vault::names`]).
+    /// Every certificate name listed, sorted ([`Vault::names_page`]; a name whose only version is
+    /// a root's key holder left out, see [`AzureVault::certificate_names`]).
     names: Vec<String>,
     /// Names certroll wrote to since the listing was read: it no longer tells of them.
     stale: std::collections::HashSet<String>,
