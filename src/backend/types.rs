@@ -194,6 +194,12 @@ pub struct ForeignCertificate {
     pub thumbprint: String,
     /// Subject, as the service writes it (`CN=ib-10`); empty when it gives none.
     pub subject: String,
+    /// Issuer's distinguished name, as the service writes it (DPS's `issuerName`); empty when
+    /// it gives none. The service does not give the certificate itself, so this name (matched
+    /// against the vault's CA certificates by [`crate::pki::inspect::dn_names`]) is all that
+    /// tells which CA signed it.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub issuer: String,
     /// notBefore, when the service gives it.
     #[serde(
         with = "time::serde::rfc3339::option",
@@ -262,7 +268,10 @@ impl ForeignCertificate {
                 "to take the group back, run `certroll roll-primary --breach group:{group}` (a new version \
                  of its CA replaces it); or {remove}"
             ),
-            Some(why) => format!("{remove} (certroll cannot take the group back alone: {why})"),
+            Some(why) => format!(
+                "{remove} (certroll cannot take the group back alone: {why}; if it was issued under one of the \
+                 plan's CAs, the breach of that CA, `certroll roll-primary --breach ca:NAME`, takes the group back)"
+            ),
         }
     }
 }

@@ -301,6 +301,104 @@ pub fn name_text(name: &x509_parser::x509::X509Name<'_>) -> String {
     out
 }
 
+/// Whether `text`, a distinguished name as a service writes it of another certificate (DPS's
+/// `issuerName` and `subjectName`: `CN=Root, O=Example`), names the subject (`issuer` false) or
+/// the issuer (`issuer` true) of the DER certificate `der`. The certificate's name is read from
+/// its DER; both are compared RDN by RDN after RFC 4514 unescaping, with attribute types by
+/// their short names (`S` and `ST`, `E` and `emailAddress` alike) and values as X.500's
+/// caseIgnoreMatch compares strings (case and runs of spaces ignored), in the certificate's
+/// order or reversed (.NET, behind DPS, lists the most specific RDN first). False when `der`
+/// does not parse.
+pub fn dn_names(text: &str, der: &[u8], issuer: bool) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return false;
+    };
+    let name = if issuer { cert.issuer() } else { cert.subject() };
+    let ours = dn_parts(&name_text(name));
+    let theirs = dn_parts(text);
+    if ours.is_empty() || theirs.is_empty() {
+        return false;
+    }
+    let mut reversed = theirs.clone();
+    reversed.reverse();
+    ours == theirs || ours == reversed
+}
+
+/// The RDNs of a distinguished name's text, each normalised for [`dn_names`]: `TYPE=value`
+/// with the type's short name upper-cased and the value unescaped, trimmed, its runs of spaces
+/// made one and lower-cased; the attributes of a multi-valued RDN sorted.
+fn dn_parts(text: &str) -> Vec<String> {
+    let mut rdns: Vec<Vec<String>> = vec![Vec::new()];
+    let mut current = String::new();
+    let mut chars = text.chars().peekable();
+    let push = |current: &mut String, rdns: &mut Vec<Vec<String>>| {
+        let part = std::mem::take(current);
+        if let Some(last) = rdns.last_mut() {
+            last.push(part);
+        }
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            // A `\` and two hex digits is one escaped octet; anything else escaped is itself.
+            '\\' => {
+                let hex: String = chars.clone().take(2).collect();
+                match (hex.len() == 2)
+                    .then(|| u8::from_str_radix(&hex, 16).ok())
+                    .flatten()
+                {
+                    Some(b) => {
+                        chars.next();
+                        chars.next();
+                        current.push(char::from(b));
+                    }
+                    None => {
+                        if let Some(next) = chars.next() {
+                            current.push(next);
+                        }
+                    }
+                }
+            }
+            ',' | ';' => {
+                push(&mut current, &mut rdns);
+                rdns.push(Vec::new());
+            }
+            '+' => push(&mut current, &mut rdns),
+            c => current.push(c),
+        }
+    }
+    push(&mut current, &mut rdns);
+    rdns.into_iter()
+        .map(|attrs| {
+            let mut attrs: Vec<String> = attrs
+                .iter()
+                .filter_map(|a| {
+                    let (key, value) = a.split_once('=')?;
+                    let key = key.trim().to_ascii_uppercase();
+                    let key = match key.trim_start_matches("OID.") {
+                        "S" => "ST".to_string(),
+                        "E" | "EMAIL" => "EMAILADDRESS".to_string(),
+                        other => NAME_KEYS
+                            .iter()
+                            .find(|(oid, _)| *oid == other)
+                            .map_or_else(|| other.to_string(), |(_, k)| k.to_ascii_uppercase()),
+                    };
+                    let value = value
+                        .trim()
+                        .trim_matches('"')
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                        .to_lowercase();
+                    Some(format!("{key}={value}"))
+                })
+                .collect();
+            attrs.sort();
+            attrs.join("+")
+        })
+        .filter(|rdn| !rdn.is_empty())
+        .collect()
+}
+
 /// RFC 4514 section 2.4 escaping of one attribute value.
 fn escape_value(value: &str, out: &mut String) {
     let last = value.chars().count().saturating_sub(1);
@@ -416,6 +514,52 @@ mod tests {
         let info = CertInfo::from_der(&der).unwrap();
         assert_eq!(info.subject, subject.to_string());
         assert_eq!(crate::pki::spec::Subject::parse(&info.subject).unwrap(), subject);
+    }
+
+    /// A service's text of a name matches the certificate's name as DPS (.NET) or openssl may
+    /// write it, and only that name: a CA of another hierarchy with one attribute more or a
+    /// different value does not.
+    #[test]
+    fn a_services_name_text_matches_the_certificates_name_in_either_order() {
+        let subject = crate::pki::spec::Subject::parse(r"CN=Plant  Root\, East, O=Example, C=DE").unwrap();
+        let key = crate::pki::PrivateKey::generate(&crate::pki::spec::KeySpec::Ec {
+            curve: crate::pki::spec::Curve::P256,
+            hsm: false,
+        })
+        .unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let der = crate::pki::sign_self(
+            &crate::pki::CertProfile {
+                subject,
+                dns_names: Vec::new(),
+                key_usage: vec![crate::pki::spec::KeyUsage::KeyCertSign],
+                extended_key_usage: Vec::new(),
+                not_before: now,
+                not_after: now + time::Duration::days(1),
+                ca: None,
+            },
+            &key,
+        )
+        .unwrap();
+        for text in [
+            r"CN=Plant  Root\, East, O=Example, C=DE",
+            r"cn=plant root\2C east,o=EXAMPLE,c=de",
+            r"C=DE, O=Example, CN=Plant Root\, East",
+            r#"C=DE; O=Example; CN="Plant Root\, East""#,
+        ] {
+            assert!(dn_names(text, &der, false), "{text}");
+            assert!(dn_names(text, &der, true), "self-signed: {text}");
+        }
+        for text in [
+            r"CN=Plant Root, O=Example, C=DE",
+            r"CN=Plant Root\, East, O=Example",
+            r"CN=Plant Root\, East, O=Example, C=DE, OU=x",
+            r"O=Example, CN=Plant Root\, East, C=DE",
+            "",
+        ] {
+            assert!(!dn_names(text, &der, false), "{text}");
+        }
+        assert!(!dn_names("CN=x", b"not a certificate", false));
     }
 
     #[test]

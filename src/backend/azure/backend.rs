@@ -128,6 +128,10 @@ struct VaultIndex {
     vault: std::sync::Mutex<AzureVault>,
     /// How many times the index was built, and thumbprint → (name, version).
     by_thumbprint: std::sync::Mutex<(usize, ThumbprintIndex)>,
+    /// Thumbprints a build of the index did not find: another client's certificate, which every
+    /// read of its enrollment or group meets again. Not built for again in this process (a
+    /// group holding one cost a listing of every version in the vault at each read).
+    missed: std::sync::Mutex<std::collections::HashSet<String>>,
     /// DPS record name (registration id or group name) → the vault names of its certificates.
     hints: HashMap<String, Vec<String>>,
     /// The certificates recorded as issued to the plan's individual enrollments (store table
@@ -183,6 +187,7 @@ impl VaultIndex {
         VaultIndex {
             vault: std::sync::Mutex::new(vault),
             by_thumbprint: std::sync::Mutex::new((0, HashMap::new())),
+            missed: Default::default(),
             hints,
             recorded,
         }
@@ -239,9 +244,15 @@ impl VaultIndex {
                 failure = Some(e);
             }
         }
-        if !index.1.contains_key(&tp) && index.0 < Self::MAX_BUILDS {
+        let mut missed = self.missed.lock().unwrap_or_else(|p| p.into_inner());
+        if !index.1.contains_key(&tp) && index.0 < Self::MAX_BUILDS && !missed.contains(&tp) {
             match Self::build(&vault) {
-                Ok(map) => *index = (index.0 + 1, map),
+                Ok(map) => {
+                    if !map.contains_key(&tp) {
+                        missed.insert(tp.clone());
+                    }
+                    *index = (index.0 + 1, map);
+                }
                 Err(e) => {
                     tracing::warn!("cannot index the vault's certificates: {e}");
                     failure.get_or_insert(e);
@@ -1229,17 +1240,31 @@ impl Fleet for AzureBackend {
                 .filter(|d| groups.is_none_or(|gs| d.group.as_ref().is_some_and(|g| gs.contains(g))))
                 .collect();
             let names: Vec<String> = page.iter().map(|d| d.cert_name.clone()).collect();
-            let under: Vec<String> = page
-                .iter()
-                .zip(self.vault.briefs_many(&names)?)
-                .filter(|(d, briefs)| {
-                    briefs.iter().any(|b| {
-                        d.installed_version.as_deref() == Some(b.version.as_str())
-                            && b.issuer.as_ref().is_some_and(|i| issuers.contains(i))
-                    })
-                })
-                .map(|(d, _)| d.id.clone())
-                .collect();
+            // The newest version of each, from one listing of the vault and what certroll
+            // recorded issuing (store v15): only a device whose record names an older version
+            // has its versions listed.
+            let mut under = Vec::new();
+            let mut older = Vec::new();
+            for (d, newest) in page.iter().zip(self.vault.current_many(&names)?) {
+                match newest.filter(|v| d.installed_version.as_deref() == Some(v.version.as_str())) {
+                    Some(v) if v.issuer.as_ref().is_some_and(|i| issuers.contains(i)) => {
+                        under.push(d.id.clone())
+                    }
+                    Some(_) => {}
+                    None => older.push(d),
+                }
+            }
+            let names: Vec<String> = older.iter().map(|d| d.cert_name.clone()).collect();
+            for (d, briefs) in older.into_iter().zip(self.vault.briefs_many(&names)?) {
+                if briefs.iter().any(|b| {
+                    d.installed_version.as_deref() == Some(b.version.as_str())
+                        && b.issuer.as_ref().is_some_and(|i| issuers.contains(i))
+                }) {
+                    under.push(d.id.clone());
+                }
+            }
+            // In id order, as the first ids are shown.
+            under.sort();
             let enrollments = self.enrollments.individual_many(&under)?;
             hits.extend(
                 under

@@ -209,6 +209,8 @@ struct InfoRead {
     #[serde(default)]
     subject_name: Option<String>,
     #[serde(default)]
+    issuer_name: Option<String>,
+    #[serde(default)]
     not_before_utc: Option<String>,
     #[serde(default)]
     not_after_utc: Option<String>,
@@ -593,6 +595,7 @@ fn foreign_slots(
             slot: which,
             thumbprint: tp,
             subject: info.subject_name.unwrap_or_default(),
+            issuer: info.issuer_name.unwrap_or_default(),
             not_before: None,
             not_after: None,
         };
@@ -839,6 +842,7 @@ impl AzureEnrollmentService {
             slot: which,
             thumbprint: tp,
             subject: info.subject_name.unwrap_or_default(),
+            issuer: info.issuer_name.unwrap_or_default(),
             not_before: parse_time(info.not_before_utc.as_deref()),
             not_after: parse_time(info.not_after_utc.as_deref()),
         }))
@@ -1800,6 +1804,7 @@ mod tests {
             slot: "primary",
             thumbprint: "AB12".into(),
             subject: "CN=d".into(),
+            issuer: String::new(),
             not_before: None,
             not_after: None,
         };
@@ -1895,6 +1900,7 @@ mod tests {
             slot: "secondary",
             thumbprint: "AB12".into(),
             subject: "CN=Migration CA".into(),
+            issuer: String::new(),
             not_before: None,
             not_after: None,
         };

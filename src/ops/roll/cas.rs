@@ -363,6 +363,15 @@ pub(super) fn place(
         .group(&group.name)?
         .with_context(|| format!("group `{}` is missing from the enrollment service", group.name))?;
     let new = slot_for(backend, ca)?;
+    // Another client's certificate a CA breach leaves in place (it does not chain to the breached
+    // CA) keeps its slot: the new CA goes into the other one, beside it.
+    let left = |s: SlotName| !take_back && state.foreign.iter().any(|f| f.slot == s.word());
+    let slot = if left(slot) && !left(slot.other()) {
+        slot.other()
+    } else {
+        slot
+    };
+    let foreign_primary = left(SlotName::Primary);
     let (named, other) = match slot {
         SlotName::Primary => (&mut state.primary, &mut state.secondary),
         SlotName::Secondary => (&mut state.secondary, &mut state.primary),
@@ -386,8 +395,11 @@ pub(super) fn place(
     }
     *named = Some(new);
     state.take_back = take_back;
-    // A lone certificate (the other slot emptied) is the group's primary, as DPS requires.
-    state.primary_first();
+    // A lone certificate (the other slot emptied) is the group's primary, as DPS requires,
+    // unless another client's certificate left in place is the primary.
+    if !foreign_primary {
+        state.primary_first();
+    }
     backend.put_group(&state, now)?;
     Ok(())
 }
@@ -468,7 +480,17 @@ pub(super) fn remove_tainted(
             state.take_back = true;
             changed = true;
         }
-        if changed {
+        // Another client's certificate left in the secondary slot (a CA breach leaves one that
+        // does not chain to the breached CA) cannot stand alone: DPS requires a primary. The
+        // compromised primary is then replaced by this run's group-slot step, in one write.
+        let lone_foreign = !state.take_back
+            && state.primary.is_none()
+            && state.secondary.is_none()
+            && state.foreign.iter().any(|f| f.slot == "secondary")
+            && !state.foreign.iter().any(|f| f.slot == "primary");
+        if changed && lone_foreign {
+            removed.retain(|r| r != &format!("group:{group}"));
+        } else if changed {
             // The remaining certificate, if any, moves to the primary slot in the same write:
             // DPS holds no group with a secondary and no primary.
             state.primary_first();
@@ -856,7 +878,9 @@ pub(crate) fn foreign_remedy(plan: &Plan, group: &GroupSpec) -> String {
 
 /// Refuses, before anything is written (exit 1), a roll that would write a group holding a
 /// certificate another client put there: every group of `groups` (those whose slots the run
-/// changes) but `take_back`, the group an explicit `--breach group:NAME` takes back.
+/// changes) but those of `skip`: the groups a breach takes back (the group an explicit
+/// `--breach group:NAME` names, a CA breach's groups whose other client's certificate chains to
+/// the breached CA) and those a CA breach leaves as they are ([`foreign_under`]).
 ///
 /// Refused rather than rolled around: a roll moves a group's signing CA through its two slots
 /// (the new CA beside the one its devices hold leaves under, until they have new ones). With
@@ -870,12 +894,12 @@ pub(crate) fn refuse_foreign_groups(
     plan: &Plan,
     backend: &dyn Backend,
     groups: &[&GroupSpec],
-    take_back: Option<&str>,
+    skip: &[String],
 ) -> Result<()> {
     let mut found = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for g in groups {
-        if Some(g.name.as_str()) == take_back || !seen.insert(g.name.as_str()) {
+        if skip.contains(&g.name) || !seen.insert(g.name.as_str()) {
             continue;
         }
         let Some(state) = backend.group(&g.name)? else {
@@ -900,4 +924,88 @@ pub(crate) fn refuse_foreign_groups(
          certroll never does either unasked.\n{}",
         found.join("\n")
     )
+}
+
+/// What a breach finds of the certificates other clients put into the groups it covers.
+#[derive(Debug, Default)]
+pub(crate) struct ForeignUnder {
+    /// Groups the breach takes back, each with the other clients' certificates it removes:
+    /// the group an explicit `--breach group:NAME` names, or a group of a CA breach holding a
+    /// certificate that chains to (or is) the breached CA or a CA under it.
+    pub take_back: Vec<(String, Vec<ForeignCertificate>)>,
+    /// Groups of a CA breach holding another client's certificate that does not chain to the
+    /// breached CA: left in place, each with the warning that says so.
+    pub left: Vec<(String, String)>,
+}
+
+impl ForeignUnder {
+    /// The names of the groups the breach takes back or leaves as they are.
+    pub fn groups(&self) -> Vec<String> {
+        self.take_back
+            .iter()
+            .map(|(g, _)| g.clone())
+            .chain(self.left.iter().map(|(g, _)| g.clone()))
+            .collect()
+    }
+}
+
+/// Sorts the certificates other clients put into the groups of the breach of CA `top` (whose
+/// `scope` it is): a group is taken back when one of them chains to, or is, a version of a CA
+/// of the scope (`top` and every CA below it), and left as it is otherwise. DPS gives a slot's
+/// certificate info, not the certificate, so the chain is judged from its names: its issuer's
+/// distinguished name against the subject of every version of those CAs, as the vault holds
+/// their certificates (or, for a copy of one of them, its subject and issuer against a
+/// version's), by [`crate::pki::inspect::dn_names`].
+pub(crate) fn foreign_under(backend: &dyn Backend, scope: &Scope<'_>, top: &str) -> Result<ForeignUnder> {
+    let mut out = ForeignUnder::default();
+    let mut versions: Option<Vec<Vec<u8>>> = None;
+    for g in &scope.groups {
+        let Some(state) = backend.group(&g.name)? else {
+            continue;
+        };
+        if state.foreign.is_empty() {
+            continue;
+        }
+        let ders = match &versions {
+            Some(v) => v,
+            None => {
+                let mut all = Vec::new();
+                for ca in &scope.cas {
+                    all.extend(
+                        backend
+                            .versions(&ca_cert_name(&ca.name))?
+                            .into_iter()
+                            .map(|v| v.cert_der),
+                    );
+                }
+                versions.insert(all)
+            }
+        };
+        let under = |f: &ForeignCertificate| {
+            !f.issuer.is_empty()
+                && ders.iter().any(|d| {
+                    crate::pki::inspect::dn_names(&f.issuer, d, false)
+                        || (crate::pki::inspect::dn_names(&f.subject, d, false)
+                            && crate::pki::inspect::dn_names(&f.issuer, d, true))
+                })
+        };
+        if state.foreign.iter().any(under) {
+            out.take_back.push((g.name.clone(), state.foreign));
+            continue;
+        }
+        for f in &state.foreign {
+            out.left.push((
+                g.name.clone(),
+                format!(
+                    "group:{}: another client's certificate {} ({}) in its {} slot does not chain to CA `{top}` or a CA under it (issuer {}): left in place, as the breach takes back only certificates under the breached CA (if the group should not trust it, remove it where it was put: the Azure portal, or DPS's API)",
+                    g.name,
+                    f.thumbprint,
+                    if f.subject.is_empty() { "no subject given" } else { &f.subject },
+                    f.slot,
+                    if f.issuer.is_empty() { "not given" } else { &f.issuer },
+                ),
+            ));
+        }
+    }
+    Ok(out)
 }

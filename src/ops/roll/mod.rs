@@ -617,27 +617,38 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     }
     // What each CA-level target still has to do, read from the state before anything is planned.
     let mut decisions: Vec<Decision<'_>> = Vec::new();
-    // The group an explicit `--breach group:NAME` takes back from another client, if it holds
-    // a certificate another client put there.
-    let mut take_back: Option<&str> = None;
+    // Per scope, what its breach does with the certificates other clients put into its groups.
+    let mut foreign: Vec<cas::ForeignUnder> = Vec::new();
     if !resuming {
         for st in &scopes {
+            let under = match (&opts.breach, &st.target) {
+                // The breach of a group named explicitly takes it back from another client.
+                (Some(_), Target::Group(name)) => cas::ForeignUnder {
+                    take_back: backend
+                        .group(name)?
+                        .filter(|g| !g.foreign.is_empty())
+                        .map(|g| (name.clone(), g.foreign))
+                        .into_iter()
+                        .collect(),
+                    left: Vec::new(),
+                },
+                // A CA's breach takes back every group of it trusting a certificate under it.
+                (Some(_), Target::Ca(top)) => cas::foreign_under(&backend, &st.scope, top)?,
+                _ => cas::ForeignUnder::default(),
+            };
+            report.warnings.extend(under.left.iter().map(|(_, w)| w.clone()));
             decisions.push(match &opts.breach {
                 Some(breach) => {
-                    let taken = match &st.target {
-                        Target::Group(name) => backend.group(name)?.is_some_and(|g| !g.foreign.is_empty()),
-                        _ => false,
-                    };
-                    if taken && let Target::Group(name) = &st.target {
-                        take_back = Some(name.as_str());
-                    }
-                    // A group breached before that holds another client's certificate now is
-                    // breached again: that is how it is taken back.
+                    // A target breached before that holds another client's certificate now is
+                    // breached again: that is how its group is taken back.
+                    let taken = !under.take_back.is_empty();
                     Decision::Breach(!taken && breach_in_place(&backend, &st.target.to_string(), breach)?)
                 }
                 None => Decision::Expiry(cas::pending(plan, &backend, &st.scope, now)?),
             });
+            foreign.push(under);
         }
+        let skip: Vec<String> = foreign.iter().flat_map(cas::ForeignUnder::groups).collect();
         // No roll writes a group holding another client's certificate, but the breach of that
         // group named explicitly (see `refuse_foreign_groups` for why it is refused, not rolled
         // around).
@@ -650,7 +661,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
                 Decision::Breach(true) => Vec::new(),
             })
             .collect();
-        cas::refuse_foreign_groups(plan, &backend, &written, take_back)?;
+        cas::refuse_foreign_groups(plan, &backend, &written, &skip)?;
     }
     if !resuming && opts.breach.is_none() {
         // What has expired leaves the service with every roll (`--due` included); a group this
@@ -691,8 +702,18 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         }
     }
     if !resuming {
-        for (st, decided) in scopes.iter().zip(&decisions) {
-            plan_scope(plan, &backend, opts, st, decided, now, &mut planned, &mut report)?;
+        for ((st, decided), under) in scopes.iter().zip(&decisions).zip(&foreign) {
+            plan_scope(
+                plan,
+                &backend,
+                opts,
+                st,
+                decided,
+                under,
+                now,
+                &mut planned,
+                &mut report,
+            )?;
             if let Decision::Expiry(p) = decided {
                 capped_cas.extend(p.capped.iter().map(|c| c.name.clone()));
                 for (ca, nbf, exp, renewed_end) in &p.ends_earlier {
@@ -1673,6 +1694,7 @@ fn plan_scope<'p>(
     opts: &RollOptions,
     st: &ScopeTarget<'p>,
     decided: &Decision<'p>,
+    foreign: &cas::ForeignUnder,
     now: OffsetDateTime,
     planned: &mut Vec<Planned>,
     report: &mut RollReport,
@@ -1686,7 +1708,7 @@ fn plan_scope<'p>(
         Decision::Expiry(pending) => pending.is_empty(),
     };
     let mut device_ids = scope.device_ids.clone();
-    let mut taken_back: Option<(String, Vec<crate::backend::types::ForeignCertificate>)> = None;
+    let taken_back = &foreign.take_back;
     if let Some(breach) = &opts.breach {
         if already {
             for g in &scope.groups {
@@ -1700,13 +1722,6 @@ fn plan_scope<'p>(
             return Ok(());
         }
         let compromised = compromised_cas(plan, backend, st, slot, breach.both)?;
-        // Named explicitly, the breach of a group takes it back from another client.
-        if let Target::Group(name) = &st.target
-            && let Some(state) = backend.group(name)?
-            && !state.foreign.is_empty()
-        {
-            taken_back = Some((name.clone(), state.foreign));
-        }
         let tainted = cas::tainted(backend, scope, &compromised)?;
         let names: Vec<String> = compromised.iter().map(|(n, v)| format!("{n}/{v}")).collect();
         // A group's breach cuts off that group's devices; a CA's, every device below it.
@@ -1867,7 +1882,7 @@ fn plan_scope<'p>(
             detail["keep"] = serde_json::json!(decided.keep);
             cut_off = decided.cut_off;
         }
-        if let Some((_, foreign)) = taken_back.as_ref().filter(|(t, _)| *t == g.name) {
+        if let Some((_, foreign)) = taken_back.iter().find(|(t, _)| *t == g.name) {
             detail["take_back"] = serde_json::json!(true);
             steps.insert(0, take_back_words(&g.name, foreign));
         }
@@ -1962,16 +1977,32 @@ fn enrollments_under(
     Ok(out)
 }
 
-/// What the explicit breach of group `group` says it does to the certificates another client
-/// put into it.
+/// What a breach says it does to the certificates another client put into group `group` when
+/// it takes the group back.
 fn take_back_words(group: &str, foreign: &[crate::backend::types::ForeignCertificate]) -> String {
     let what: Vec<String> = foreign
         .iter()
-        .map(|f| format!("{} ({}) from its {} slot", f.thumbprint, f.subject, f.slot))
+        .map(|f| {
+            format!(
+                "{} (issuer {}, subject {}) from its {} slot",
+                f.thumbprint,
+                if f.issuer.is_empty() {
+                    "not given"
+                } else {
+                    &f.issuer
+                },
+                if f.subject.is_empty() {
+                    "not given"
+                } else {
+                    &f.subject
+                },
+                f.slot
+            )
+        })
         .collect();
     format!(
-        "take enrollment group `{group}` back: remove certificate {} that another client put there",
-        what.join(" and ")
+        "enrollment group `{group}`: takes back another client's certificate {}",
+        what.join(" and another client's certificate ")
     )
 }
 
@@ -1995,18 +2026,38 @@ fn displaced_versions(
     let ca = current.name.as_str();
     let mut signed = std::collections::BTreeSet::new();
     let mut any_under_ca = false;
+    let mut note = |issuer: Option<(String, String)>| {
+        if let Some((_, version)) = issuer.filter(|(name, _)| name == ca) {
+            any_under_ca = true;
+            signed.insert(version);
+        }
+    };
     for page in device_ids.chunks(PAGE) {
-        let records: Vec<_> = backend.device_many(page)?.into_iter().flatten().collect();
+        let records: Vec<_> = backend
+            .device_many(page)?
+            .into_iter()
+            .flatten()
+            .filter(|d| d.installed_version.is_some())
+            .collect();
         let names: Vec<String> = records.iter().map(|d| d.cert_name.clone()).collect();
-        for (d, briefs) in records.iter().zip(backend.briefs_many(&names)?) {
-            let issuer = briefs
-                .iter()
-                .find(|b| d.installed_version.as_deref() == Some(b.version.as_str()))
-                .and_then(|b| b.issuer.clone());
-            if let Some((_, version)) = issuer.filter(|(name, _)| name == ca) {
-                any_under_ca = true;
-                signed.insert(version);
+        // Each name's newest version, as `check` and `status` read it: on azure from one listing
+        // of the vault and what certroll recorded issuing (store v15), so a device whose record
+        // names that version costs no request of its own. Only the others' versions are listed.
+        let mut older = Vec::new();
+        for (d, newest) in records.iter().zip(backend.current_many(&names)?) {
+            match newest.filter(|v| d.installed_version.as_deref() == Some(v.version.as_str())) {
+                Some(v) => note(v.issuer),
+                None => older.push(d),
             }
+        }
+        let names: Vec<String> = older.iter().map(|d| d.cert_name.clone()).collect();
+        for (d, briefs) in older.iter().zip(backend.briefs_many(&names)?) {
+            note(
+                briefs
+                    .iter()
+                    .find(|b| d.installed_version.as_deref() == Some(b.version.as_str()))
+                    .and_then(|b| b.issuer.clone()),
+            );
         }
     }
     let mut out: Vec<(String, String)> = versions
