@@ -319,7 +319,7 @@ impl CertInfos {
     /// Parses `der` and keeps its info; the parser's reason when it is not a certificate.
     fn parse(&self, thumbprint: &str, der: &[u8]) -> Result<Arc<Box<RawValue>>, crate::pki::Error> {
         let info = crate::pki::CertInfo::from_der(der)?;
-        let rendered = serde_json::value::to_raw_value(&certificate_info_of(&info))
+        let rendered = serde_json::value::to_raw_value(&CertInfoWire::of(&info))
             .map(Arc::new)
             .map_err(|e| crate::pki::Error::BadCertificate(e.to_string()))?;
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -346,18 +346,40 @@ impl CertInfos {
     }
 }
 
+/// `X509CertificateInfo` as DPS answers it. Its members are declared in the order a JSON tree
+/// (whose map is sorted) writes them, so the text rendered straight from it is the text
+/// rendered from the tree.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CertInfoWire<'a> {
+    issuer_name: &'a str,
+    not_after_utc: String,
+    not_before_utc: String,
+    serial_number: &'a str,
+    sha1_thumbprint: &'a str,
+    sha256_thumbprint: &'a str,
+    subject_name: &'a str,
+    version: u8,
+}
+
+impl CertInfoWire<'_> {
+    fn of(info: &crate::pki::CertInfo) -> CertInfoWire<'_> {
+        CertInfoWire {
+            issuer_name: &info.issuer,
+            not_after_utc: wire_time(info.not_after),
+            not_before_utc: wire_time(info.not_before),
+            serial_number: &info.serial,
+            sha1_thumbprint: &info.thumbprint,
+            sha256_thumbprint: &info.sha256,
+            subject_name: &info.subject,
+            version: 3,
+        }
+    }
+}
+
 /// `X509CertificateInfo` of a parsed certificate.
 fn certificate_info_of(info: &crate::pki::CertInfo) -> Value {
-    json!({
-        "subjectName": info.subject,
-        "sha1Thumbprint": info.thumbprint,
-        "sha256Thumbprint": info.sha256,
-        "issuerName": info.issuer,
-        "notBeforeUtc": wire_time(info.not_before),
-        "notAfterUtc": wire_time(info.not_after),
-        "serialNumber": info.serial,
-        "version": 3,
-    })
+    serde_json::to_value(CertInfoWire::of(info)).unwrap_or(Value::Null)
 }
 
 /// `X509CertificateInfo` of a certificate (every field DPS requires in responses).
@@ -537,7 +559,7 @@ fn slot_decoded(
 ) -> Result<Option<Vec<u8>>, ApiError> {
     if let Some(text) = certificate {
         let decoded = match decoded {
-            Some(d) => d.clone(),
+            Some(d) => d,
             None => {
                 let field = format!("{field}.certificate");
                 let der = certificate_bytes(text, &field)?;
@@ -549,12 +571,12 @@ fn slot_decoded(
                 return Ok(Some(der));
             }
         };
-        let der = decoded.der?;
+        let der = decoded.der.as_ref().map_err(ApiError::clone)?;
         // As above: a slot's own certificate passes (it was checked when it was written).
-        if existing != Some(&der) {
-            decoded.readable?;
+        if existing != Some(der) {
+            decoded.readable.clone()?;
         }
-        return Ok(Some(der));
+        return Ok(Some(der.clone()));
     }
     match (thumbprint, existing) {
         (Some(tp), Some(der)) if tp.eq_ignore_ascii_case(&crate::pki::sha1_thumbprint(der)) => {
@@ -1386,13 +1408,44 @@ struct BulkRead {
     enrollments: Vec<RecordRead>,
 }
 
-/// One record of a [`BulkRead`].
-#[derive(serde::Deserialize)]
+/// One record of a [`BulkRead`]: its `attestation` read apart, every other member kept as a
+/// tree (the last of a repeated member, as [`json_body`] keeps it; a repeated `attestation`
+/// fails the read). Read by hand rather than with serde's `flatten`, which buffers each member
+/// it does not know in a value of its own first and then builds the tree from that copy.
 struct RecordRead {
-    #[serde(default)]
     attestation: Option<Obj<AttestationRead>>,
-    #[serde(flatten)]
     members: Map<String, Value>,
+}
+
+impl<'de> serde::Deserialize<'de> for RecordRead {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RecordRead, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = RecordRead;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RecordRead, A::Error> {
+                let mut attestation = None;
+                let mut members = Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "attestation" {
+                        if attestation.is_some() {
+                            return Err(serde::de::Error::duplicate_field("attestation"));
+                        }
+                        attestation = Some(map.next_value::<Option<Obj<AttestationRead>>>()?);
+                    } else {
+                        members.insert(key, map.next_value()?);
+                    }
+                }
+                Ok(RecordRead {
+                    attestation: attestation.flatten(),
+                    members,
+                })
+            }
+        }
+        d.deserialize_map(Members)
+    }
 }
 
 /// A record's `attestation`, as far as [`client_slots_read`] reads it.
@@ -2144,6 +2197,29 @@ mod tests {
             let bytes = Bytes::from(odd.clone());
             assert!(!matches!(bulk_body(&bytes), Ok(BulkBody::Read(_))), "{odd}");
         }
+    }
+
+    /// A certificate's info as serve wrote it from a JSON tree before it was typed: the same
+    /// text, member order included, in the cache and in a tree.
+    #[test]
+    fn a_certificate_info_is_written_as_the_json_tree_it_replaced_wrote_it() {
+        let (der, _) =
+            crate::store::test_support::self_signed(time::macros::datetime!(2026-11-23 0:00 UTC), 1);
+        let info = crate::pki::CertInfo::from_der(&der).unwrap();
+        let tree = json!({
+            "subjectName": info.subject,
+            "sha1Thumbprint": info.thumbprint,
+            "sha256Thumbprint": info.sha256,
+            "issuerName": info.issuer,
+            "notBeforeUtc": wire_time(info.not_before),
+            "notAfterUtc": wire_time(info.not_after),
+            "serialNumber": info.serial,
+            "version": 3,
+        });
+        let infos = CertInfos::default();
+        let cached = infos.info(&info.thumbprint, &der).unwrap();
+        assert_eq!(cached.get(), serde_json::to_string(&tree).unwrap());
+        assert_eq!(certificate_info(&der), tree);
     }
 
     #[test]

@@ -632,24 +632,36 @@ async fn query_devices(
                     ids.into_iter().filter(|id| *id > after).collect()
                 }
             };
-            let mut twins = Vec::new();
+            // The identities only: the page is rendered after the store is released.
+            let mut found: Vec<(HubIdentity, qd::Meta)> = Vec::new();
             let mut next = None;
             for id in ids {
-                if let Some((identity, meta)) = read_identity(b, &hub, &id)? {
-                    if twins.len() == size {
-                        next = twins
-                            .last()
-                            .and_then(|t: &Value| t["deviceId"].as_str())
-                            .map(str::to_string);
+                if let Some(one) = read_identity(b, &hub, &id)? {
+                    if found.len() == size {
+                        next = found.last().map(|(i, _)| i.device_id.clone());
                         break;
                     }
-                    twins.push(twin_json(&identity, &meta));
+                    found.push(one);
                 }
             }
-            Ok((twins, next))
+            Ok((found, next))
         })
         .await?;
-    let mut response = (StatusCode::OK, axum::Json(Value::Array(twins))).into_response();
+    let empty = json!({});
+    let twins: Vec<TwinWire<'_>> = twins
+        .iter()
+        .map(|(identity, meta)| TwinWire::of(identity, meta, &empty))
+        .collect();
+    let body = serde_json::to_vec(&twins).map_err(internal)?;
+    let mut response = (
+        StatusCode::OK,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
     let h = response.headers_mut();
     h.insert("x-ms-item-type", HeaderValue::from_static("twin"));
     if let Some(token) = next.and_then(|t| HeaderValue::from_str(&super::dps::continuation(&t)).ok()) {
@@ -794,30 +806,81 @@ async fn get_twin(
     Ok(axum::Json(twin))
 }
 
+/// A device twin as IoT Hub answers it. Its members are declared in the order a JSON tree
+/// (whose map is sorted) writes them, so its text is the text the tree it replaced rendered;
+/// a query page is written straight from these, without a tree per twin.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TwinWire<'a> {
+    authentication_type: &'a str,
+    capabilities: CapabilitiesWire,
+    cloud_to_device_message_count: u32,
+    connection_state: &'static str,
+    device_etag: &'a str,
+    device_id: &'a str,
+    etag: &'a str,
+    last_activity_time: &'static str,
+    properties: PropertiesWire<'a>,
+    status: &'static str,
+    status_update_time: String,
+    tags: &'a Value,
+    version: u32,
+    x509_thumbprint: ThumbprintsWire<'a>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CapabilitiesWire {
+    iot_edge: bool,
+}
+
+#[derive(serde::Serialize)]
+struct PropertiesWire<'a> {
+    desired: &'a Value,
+    reported: &'a Value,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ThumbprintsWire<'a> {
+    primary_thumbprint: Option<&'a str>,
+    secondary_thumbprint: Option<&'a str>,
+}
+
+impl<'a> TwinWire<'a> {
+    /// The twin of `identity`, its tags and properties from the stored twin (`meta.extra`);
+    /// `empty` (an empty JSON object) stands for each one it lacks.
+    fn of(identity: &'a HubIdentity, meta: &'a qd::Meta, empty: &'a Value) -> TwinWire<'a> {
+        let stored = meta.extra.as_ref();
+        let at = |pointer: &str| stored.and_then(|s| s.pointer(pointer)).unwrap_or(empty);
+        TwinWire {
+            authentication_type: &identity.auth_type,
+            capabilities: CapabilitiesWire { iot_edge: false },
+            cloud_to_device_message_count: 0,
+            connection_state: "Disconnected",
+            device_etag: &meta.etag,
+            device_id: &identity.device_id,
+            etag: &meta.etag,
+            last_activity_time: "0001-01-01T00:00:00Z",
+            properties: PropertiesWire {
+                desired: at("/properties/desired"),
+                reported: at("/properties/reported"),
+            },
+            status: identity.status.as_str(),
+            status_update_time: wire_time(meta.updated),
+            tags: stored.and_then(|s| s.get("tags")).unwrap_or(empty),
+            version: 1,
+            x509_thumbprint: ThumbprintsWire {
+                primary_thumbprint: identity.primary_thumbprint.as_deref(),
+                secondary_thumbprint: identity.secondary_thumbprint.as_deref(),
+            },
+        }
+    }
+}
+
 fn twin_json(identity: &HubIdentity, meta: &qd::Meta) -> Value {
-    let stored = meta.extra.clone().unwrap_or_else(|| json!({}));
-    json!({
-        "deviceId": identity.device_id,
-        "etag": meta.etag,
-        "deviceEtag": meta.etag,
-        "version": 1,
-        "status": identity.status.as_str(),
-        "statusUpdateTime": wire_time(meta.updated),
-        "connectionState": "Disconnected",
-        "lastActivityTime": "0001-01-01T00:00:00Z",
-        "cloudToDeviceMessageCount": 0,
-        "capabilities": {"iotEdge": false},
-        "authenticationType": identity.auth_type,
-        "x509Thumbprint": {
-            "primaryThumbprint": identity.primary_thumbprint,
-            "secondaryThumbprint": identity.secondary_thumbprint,
-        },
-        "tags": stored.get("tags").cloned().unwrap_or_else(|| json!({})),
-        "properties": {
-            "desired": stored.pointer("/properties/desired").cloned().unwrap_or_else(|| json!({})),
-            "reported": stored.pointer("/properties/reported").cloned().unwrap_or_else(|| json!({})),
-        },
-    })
+    let empty = json!({});
+    serde_json::to_value(TwinWire::of(identity, meta, &empty)).unwrap_or(Value::Null)
 }
 
 // ---------------------------------------------------------------- direct methods
@@ -985,6 +1048,69 @@ mod tests {
         ] {
             let e = parse_device_query(refused).unwrap_err();
             assert!(e.contains("is not served"), "{refused}: {e}");
+        }
+    }
+
+    /// The twin as serve wrote it from a JSON tree before it was typed: the same text, member
+    /// order included, with and without a stored twin (tags, desired and reported properties).
+    #[test]
+    fn a_twin_is_written_as_the_json_tree_it_replaced_wrote_it() {
+        use super::{HubIdentity, TwinWire, qd, wire_time};
+        use crate::backend::types::Status;
+        use serde_json::{Value, json};
+        let tree = |identity: &HubIdentity, meta: &qd::Meta| {
+            let stored = meta.extra.clone().unwrap_or_else(|| json!({}));
+            json!({
+                "deviceId": identity.device_id,
+                "etag": meta.etag,
+                "deviceEtag": meta.etag,
+                "version": 1,
+                "status": identity.status.as_str(),
+                "statusUpdateTime": wire_time(meta.updated),
+                "connectionState": "Disconnected",
+                "lastActivityTime": "0001-01-01T00:00:00Z",
+                "cloudToDeviceMessageCount": 0,
+                "capabilities": {"iotEdge": false},
+                "authenticationType": identity.auth_type,
+                "x509Thumbprint": {
+                    "primaryThumbprint": identity.primary_thumbprint,
+                    "secondaryThumbprint": identity.secondary_thumbprint,
+                },
+                "tags": stored.get("tags").cloned().unwrap_or_else(|| json!({})),
+                "properties": {
+                    "desired": stored.pointer("/properties/desired").cloned().unwrap_or_else(|| json!({})),
+                    "reported": stored.pointer("/properties/reported").cloned().unwrap_or_else(|| json!({})),
+                },
+            })
+        };
+        let at = time::macros::datetime!(2026-12-01 10:20:30.123 UTC);
+        let identity = HubIdentity {
+            hub: "h".into(),
+            device_id: "d-1\"quoted\"".into(),
+            status: Status::Disabled,
+            auth_type: "selfSigned".into(),
+            primary_thumbprint: Some("AA".repeat(20)),
+            secondary_thumbprint: None,
+        };
+        let stored = [
+            None,
+            Some(json!({"tags": {"site": "x", "a": [1, 2]}, "properties": {"desired": {"b": 1, "a": null}}})),
+            Some(json!({"properties": {"reported": {"r": "é\u{1}"}}})),
+            Some(json!(["not", "an object"])),
+        ];
+        let empty = json!({});
+        for extra in stored {
+            let meta = qd::Meta {
+                etag: "\"0a1b\"".into(),
+                created: at,
+                updated: at,
+                extra,
+            };
+            let typed = serde_json::to_string(&TwinWire::of(&identity, &meta, &empty)).unwrap();
+            let expected = serde_json::to_string(&tree(&identity, &meta)).unwrap();
+            assert_eq!(typed, expected);
+            assert_eq!(super::twin_json(&identity, &meta), tree(&identity, &meta));
+            let _: Value = serde_json::from_str(&typed).unwrap();
         }
     }
 }
