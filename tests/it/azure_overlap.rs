@@ -203,7 +203,8 @@ fn measure_roll_with_key_vault_dps_and_hub_throttled_at_one_rate() {
 /// A roll's background deliveries pace with the main Key Vault client: with `vault_concurrency
 /// = 1` no two Key Vault requests are ever on the wire at once, though the deliveries of the
 /// first unit (each reads the device's version and key from Key Vault) run beside the second
-/// unit's imports. Read from serve's access log: each line's time is its answer's, less the
+/// unit's imports (a delivery's key read arrives between that unit's first and last import).
+/// Read from serve's access log: each line's time is its answer's, less the
 /// milliseconds it took is when it arrived; serve holds each Key Vault answer 20 ms, so two
 /// requests at once overlap by far more than the log's rounding. Before, the courier had a
 /// Key Vault client paced apart: two requests at once, the plan's bound doubled.
@@ -255,6 +256,29 @@ fn background_deliveries_share_key_vaults_pacing_with_the_roll() {
         overlaps.len(),
         spans.len(),
         &overlaps[..overlaps.len().min(3)]
+    );
+    // The deliveries ran beside the next unit's imports, not after them: at `vault_rate = 5` a
+    // unit holds the fewest devices (100), so the second unit's imports are the last N - 100;
+    // a delivery's key read arrived between the first and the last of them. Deliveries that
+    // waited for each unit would all fall before that unit's first import or after its last.
+    let imports: Vec<f64> = sorted
+        .iter()
+        .filter(|s| {
+            s.2.starts_with("POST ") && s.2.contains("/certificates/dev-m-") && s.2.ends_with("/import")
+        })
+        .map(|s| s.0)
+        .collect();
+    assert_eq!(imports.len(), N, "one import a device");
+    let second = &imports[certroll::ops::AZURE_UNIT_MIN..];
+    let (first, last) = (second[0], second[second.len() - 1]);
+    let beside = sorted
+        .iter()
+        .filter(|s| s.2.contains("/secrets/dev-m-") && first < s.0 && s.0 < last)
+        .count();
+    assert!(
+        beside > 0,
+        "no delivery read a key while the second unit's {} imports arrived ({first:.3}..{last:.3} s)",
+        second.len()
     );
 }
 

@@ -134,8 +134,8 @@ fn check_and_a_no_op_issue_read_no_device_certificate_from_key_vault() {
 /// Another client of the vault disables the version certroll issued `m-03` and makes a new
 /// version of `m-04`'s certificate (self-signed, as Key Vault's own create makes it): `check`
 /// makes `m-03` critical (its version is disabled) and `issue` takes `m-04`'s newer version as
-/// the one to hand out, reading those two names' versions, exactly as when every device's
-/// newest version was read.
+/// the one to hand out (the hook hands it over; `status` shows it on its way), reading those two
+/// names' versions, exactly as when every device's newest version was read.
 #[test]
 fn a_version_another_client_disabled_or_made_is_still_seen() {
     let env = TestEnv::new();
@@ -203,6 +203,47 @@ fn a_version_another_client_disabled_or_made_is_still_seen() {
             .iter()
             .any(|r| r.starts_with("GET ") && r.contains("/dev-m-04")),
         "{device:?}"
+    );
+    // The version handed out is the other client's: `status` shows it on its way to `m-04`
+    // (the hook took it; the device registers only when it first starts).
+    let (status, body) = vault_curl(
+        &env,
+        &serve,
+        "GET",
+        &format!("/certificates/dev-m-04/{made}"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let x5t = serde_json::from_str::<serde_json::Value>(&body).unwrap()["x5t"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_default();
+    let x5t = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, x5t).unwrap();
+    let thumbprint: String = x5t.iter().map(|b| format!("{b:02X}")).collect();
+    let r = run(&["status", "device:m-04", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let status = r.json();
+    let m4 = crate::azure_verbs2::device(&status, "m-04");
+    assert_eq!(m4["pending"]["delivery"], "hook", "{m4}");
+    assert_eq!(
+        m4["pending"]["cert"]["thumbprint"], thumbprint,
+        "m-04 is handed the version {made} the other client made: {m4}"
+    );
+    let held = env.path("devices/m-04.pem");
+    let held = env
+        .openssl(&[
+            "x509",
+            "-in",
+            held.to_str().unwrap(),
+            "-noout",
+            "-fingerprint",
+            "-sha1",
+        ])
+        .ok()
+        .stdout;
+    assert!(
+        held.trim().replace(':', "").ends_with(&format!("={thumbprint}")),
+        "the hook handed m-04 {held}, not {thumbprint}"
     );
 }
 
