@@ -6,7 +6,9 @@
 //! enrollment takes it back; the rerun then finishes. Nothing of the other client's is
 //! overwritten unasked.
 
-use crate::azure_verbs::{fleet_plans_hook, issued_fleet, over_the_air, run_fleet, start_serve};
+use crate::azure_verbs::{
+    breach_args, fleet_ok, fleet_plans_hook, issued_fleet, over_the_air, run_fleet, start_serve,
+};
 use crate::conformance::azure::{DPS_HOST, Serve, sas_key};
 use crate::util::{TestEnv, curl_json, openssl_in};
 use serde_json::{Value, json};
@@ -129,6 +131,22 @@ pub(crate) fn current_thumbprint(status: &Value, id: &str) -> String {
         .to_string()
 }
 
+/// `check` on the azure plan: exit 2 with one problem, critical, on `target`, its reason naming
+/// each of `parts`.
+fn check_one_critical(env: &TestEnv, serve: &Serve, target: &str, parts: &[&str]) {
+    let r = run_fleet(env, serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    let report = r.json();
+    let problems = report["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{report}");
+    assert_eq!(problems[0]["target"], target, "{report}");
+    assert_eq!(problems[0]["level"], "critical", "{report}");
+    let reason = problems[0]["reason"].as_str().unwrap();
+    for part in parts {
+        assert!(reason.contains(part), "{part}: {reason}");
+    }
+}
+
 /// The whole scenario of the trial on one enrollment of four.
 #[test]
 fn another_clients_certificate_in_one_enrollment_blinds_and_blocks_nothing_and_the_breach_takes_it_back() {
@@ -148,9 +166,7 @@ fn another_clients_certificate_in_one_enrollment_blinds_and_blocks_nothing_and_t
     );
 
     // status reads the whole fleet and shows it on the device and on the enrollment.
-    let r = run(&["status", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let status = r.json();
+    let status = fleet_ok(&env, &serve, &["status", "-o", "json"]).json();
     let foreign = &device(&status, "gw-2")["foreign"][0];
     assert_eq!(foreign["thumbprint"], foreign_tp.as_str(), "{status}");
     assert_eq!(foreign["slot"], "primary", "{foreign}");
@@ -189,21 +205,16 @@ fn another_clients_certificate_in_one_enrollment_blinds_and_blocks_nothing_and_t
     );
 
     // check: that device critical, naming enrollment, thumbprint and remedy; the others ok.
-    let r = run(&["check", "-o", "json"]);
-    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
-    let report = r.json();
-    let problems = report["problems"].as_array().unwrap();
-    assert_eq!(problems.len(), 1, "{report}");
-    assert_eq!(problems[0]["target"], "device:gw-2", "{report}");
-    assert_eq!(problems[0]["level"], "critical", "{report}");
-    let reason = problems[0]["reason"].as_str().unwrap();
-    for part in [
-        foreign_tp.as_str(),
-        "individual enrollment `gw-2`",
-        "roll-primary --breach enrollment:gw-2",
-    ] {
-        assert!(reason.contains(part), "{part}: {reason}");
-    }
+    check_one_critical(
+        &env,
+        &serve,
+        "device:gw-2",
+        &[
+            &foreign_tp,
+            "individual enrollment `gw-2`",
+            "roll-primary --breach enrollment:gw-2",
+        ],
+    );
 
     // reprovision: the device would be refused, and the reason names the certificate and remedy.
     let r = run(&["reprovision", "enrollment:gw-2", "--dry-run", "-o", "json"]);
@@ -213,16 +224,7 @@ fn another_clients_certificate_in_one_enrollment_blinds_and_blocks_nothing_and_t
     }
 
     // A CA breach replaces every other device and leaves gw-2 alone: exit 1, DPS untouched.
-    let breach = [
-        "roll-primary",
-        "--breach",
-        "ca:factory",
-        "--incident",
-        "portal",
-        "--yes",
-        "-o",
-        "json",
-    ];
+    let breach = breach_args("ca:factory", "portal");
     let r = run(&breach);
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
     let first = r.json();
@@ -321,8 +323,7 @@ fn another_clients_certificate_in_one_enrollment_blinds_and_blocks_nothing_and_t
     assert_eq!(slot_thumbprint(&env, &serve, "gw-2", "secondary"), None);
 
     // The rerun of the CA breach finishes; the devices it replaced before keep what they got.
-    let r = run(&breach);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    fleet_ok(&env, &serve, &breach);
     let status = run(&["status", "-o", "json"]).json();
     for (id, tp) in &replaced {
         assert_eq!(
@@ -332,8 +333,7 @@ fn another_clients_certificate_in_one_enrollment_blinds_and_blocks_nothing_and_t
         );
     }
     assert!(device(&status, "gw-2")["foreign"].is_null(), "{status}");
-    let r = run(&breach);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    fleet_ok(&env, &serve, &breach);
     // The `roll-secondary enrollment:gw-2` the foreign certificate held back is still open:
     // `check` names it with the command that finishes it, which now can (the enrollment is
     // certroll's again), and then nothing is left.
@@ -345,10 +345,8 @@ fn another_clients_certificate_in_one_enrollment_blinds_and_blocks_nothing_and_t
         "{}",
         r.stdout
     );
-    let r = run(&["roll-secondary", "enrollment:gw-2"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    let r = run(&["check"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    fleet_ok(&env, &serve, &["roll-secondary", "enrollment:gw-2"]);
+    fleet_ok(&env, &serve, &["check"]);
 
     // Everything certroll wrote chains to the root, by openssl.
     let export = |target: &str, file: &str| {
@@ -411,8 +409,7 @@ fn revoke_disables_an_enrollment_holding_another_clients_certificate_and_keeps_i
         device(&r.json(), "gw-3")["foreign"][0]["thumbprint"],
         foreign_tp.as_str()
     );
-    let r = run(&["check", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let r = fleet_ok(&env, &serve, &["check", "-o", "json"]);
     assert_eq!(r.json()["counts"]["revoked"], 2, "{}", r.stdout);
 }
 
@@ -509,9 +506,7 @@ fn another_clients_ca_certificate_in_a_group_is_reported_never_overwritten_and_t
     };
 
     // status: exit 0, the group's foreign certificate from DPS's info; the others as usual.
-    let r = run(&["status", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let status = r.json();
+    let status = fleet_ok(&env, &serve, &["status", "-o", "json"]).json();
     let pumps = group_of(&status, "pumps");
     let f = &pumps["foreign"][0];
     assert_eq!(f["thumbprint"], foreign_tp.as_str(), "{pumps}");
@@ -533,21 +528,16 @@ fn another_clients_ca_certificate_in_a_group_is_reported_never_overwritten_and_t
     }
 
     // check: that group critical, naming group, thumbprint and remedy; nothing else.
-    let r = run(&["check", "-o", "json"]);
-    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
-    let report = r.json();
-    let problems = report["problems"].as_array().unwrap();
-    assert_eq!(problems.len(), 1, "{report}");
-    assert_eq!(problems[0]["target"], "group:pumps", "{report}");
-    assert_eq!(problems[0]["level"], "critical", "{report}");
-    let reason = problems[0]["reason"].as_str().unwrap();
-    for part in [
-        foreign_tp.as_str(),
-        "enrollment group `pumps`",
-        "roll-primary --breach group:pumps",
-    ] {
-        assert!(reason.contains(part), "{part}: {reason}");
-    }
+    check_one_critical(
+        &env,
+        &serve,
+        "group:pumps",
+        &[
+            &foreign_tp,
+            "enrollment group `pumps`",
+            "roll-primary --breach group:pumps",
+        ],
+    );
 
     // Every roll that would write pumps is refused, nothing changed (exit 1), also on rerun.
     for args in [
@@ -586,21 +576,18 @@ fn another_clients_ca_certificate_in_a_group_is_reported_never_overwritten_and_t
     // The rest of the fleet rolls as usual.
     let r = run(&["roll-secondary", "group:meters", "--yes", "-o", "json"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    let r = run(&["roll-secondary", "--due", "--yes"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    fleet_ok(&env, &serve, &["roll-secondary", "--due", "--yes"]);
     unchanged();
 
     // The remedy: the explicit breach of the group takes it back, and says so.
     let breach = ["roll-primary", "--breach", "group:pumps", "--yes"];
-    let r = run(&[&breach[..], &["--dry-run"]].concat());
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let r = fleet_ok(&env, &serve, &[&breach[..], &["--dry-run"]].concat());
     let says = format!(
         "enrollment group `pumps`: takes back another client's certificate {foreign_tp} (issuer CN=Migration CA"
     );
     assert!(r.stdout.contains(&says), "{}", r.stdout);
     unchanged();
-    let r = run(&[&breach[..], &["-o", "json"]].concat());
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let r = fleet_ok(&env, &serve, &[&breach[..], &["-o", "json"]].concat());
     let taken = r.json();
     assert!(taken.to_string().contains(&says), "{taken}");
     let status = run(&["status", "-o", "json"]).json();
@@ -619,8 +606,7 @@ fn another_clients_ca_certificate_in_a_group_is_reported_never_overwritten_and_t
     assert!(!r.stdout.contains("group:pumps"), "{}\n{}", r.stdout, r.stderr);
     // Its rerun changes nothing.
     let before = group_record(&env, &serve, "pumps")["etag"].clone();
-    let r = run(&[&breach[..], &["-o", "json"]].concat());
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let r = fleet_ok(&env, &serve, &[&breach[..], &["-o", "json"]].concat());
     assert_eq!(
         group_record(&env, &serve, "pumps")["etag"],
         before,

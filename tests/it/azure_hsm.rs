@@ -4,7 +4,7 @@
 //! every signature it is shown (the proof of possession of the root, each device's registration
 //! over mutual TLS); openssl checks the chains and CRLs certroll exports.
 
-use crate::azure_verbs::{TOKEN, fleet_plans_hook, fleet_plans_with, mask, run_fleet, start_serve};
+use crate::azure_verbs::{fleet_plans_hook, fleet_plans_with, key_vault_curl, mask, run_fleet, start_serve};
 use crate::azure_verbs2::{assert_same, both};
 use crate::conformance::azure::Serve;
 use crate::util::{TestEnv, openssl_in};
@@ -61,55 +61,17 @@ fn verify_devices(env: &TestEnv, serve: &Serve, ids: &[&str], tag: &str) {
 
 /// What serve's Key Vault answers for `path` (GET, with the client plans' token).
 fn key_vault_get(env: &TestEnv, serve: &Serve, path: &str) -> Value {
-    let port = serve.port();
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--fail-with-body", "--cacert"])
-        .arg(env.path("ca.pem"))
-        .arg("--resolve")
-        .arg(format!("certroll.vault.azure.net:{port}:127.0.0.1"))
-        .arg("-H")
-        .arg(format!("Authorization: Bearer {TOKEN}"))
-        .arg(format!(
-            "https://certroll.vault.azure.net:{port}/{path}?api-version=7.5"
-        ))
-        .output()
-        .expect("curl runs");
-    assert!(
-        out.status.success(),
-        "GET {path}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let (code, body) = key_vault_curl(env, serve, "GET", &format!("/{path}"), None);
+    assert!((200..300).contains(&code), "GET {path}: {code} {body}");
+    serde_json::from_str(&body).unwrap()
 }
 
 /// serve's Key Vault answer to `POST path` with the JSON `body` (the client plans' token): the
 /// HTTP status and the body.
 fn key_vault_post(env: &TestEnv, serve: &Serve, path: &str, body: &Value) -> (u16, Value) {
-    let port = serve.port();
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "-w", "\n%{http_code}", "--cacert"])
-        .arg(env.path("ca.pem"))
-        .arg("--resolve")
-        .arg(format!("certroll.vault.azure.net:{port}:127.0.0.1"))
-        .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
-        .args([
-            "-H",
-            "Content-Type: application/json",
-            "--data",
-            &body.to_string(),
-        ])
-        .arg(format!(
-            "https://certroll.vault.azure.net:{port}/{path}?api-version=7.5"
-        ))
-        .output()
-        .expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (answer, code) = text.rsplit_once('\n').expect("curl wrote the status");
-    (
-        code.trim().parse().expect("an HTTP status"),
-        serde_json::from_str(answer).unwrap_or(Value::Null),
-    )
+    let (code, answer) = key_vault_curl(env, serve, "POST", &format!("/{path}"), Some(&body.to_string()));
+    assert_ne!(code, 0, "POST {path}: no answer");
+    (code, serde_json::from_str(&answer).unwrap_or(Value::Null))
 }
 
 /// Every version of `name` as serve's Key Vault lists it (key holders included), with tags.
@@ -357,9 +319,26 @@ fn cert_key_is(pem: &str, jwk: &Value) -> bool {
     }
 }
 
-/// certroll on the azure fleet plan with extra environment (a fault switch).
-fn run_fleet_with(env: &TestEnv, serve: &Serve, extra: &[(&str, &str)], args: &[&str]) -> crate::util::Run {
-    crate::azure_verbs::run_fleet_with(env, serve, "azure", extra, args)
+/// `args` on the azure plan, killed right after its `n`th Key Vault write
+/// (`CERTROLL_FAULT_AFTER_VAULT_WRITES`): the run fails, saying so.
+fn killed_after(env: &TestEnv, serve: &Serve, n: &str, args: &[&str]) {
+    let fault = [("CERTROLL_FAULT_AFTER_VAULT_WRITES", n)];
+    let run = crate::azure_verbs::run_fleet_with(env, serve, "azure", &fault, args);
+    assert_ne!(run.code, 0, "write {n}: the fault aborts the run");
+    assert!(
+        run.stderr.contains("fault injection"),
+        "write {n}: {}",
+        run.stderr
+    );
+}
+
+/// Serve over [`HSM_GROUP`], the fleet plans delivering through the device hook, and `issue`
+/// killed right after its `n`th Key Vault write ([`killed_after`]).
+fn hsm_group_issue_killed_after(env: &TestEnv, n: &str) -> Serve {
+    let serve = start_serve(env, HSM_GROUP);
+    fleet_plans_hook(env, &serve, HSM_GROUP);
+    killed_after(env, &serve, n, &["issue"]);
+    serve
 }
 
 /// Issue 12 item 2: the key of an HSM CA is made by Key Vault's create (issuer `Unknown`),
@@ -504,17 +483,9 @@ fn hsm_ca_keys_are_made_by_key_vault_create_and_merged_never_imported() {
 #[test]
 fn a_run_killed_between_key_vault_create_and_merge_finishes_on_rerun_with_one_ca_version() {
     let env = TestEnv::new();
-    let serve = start_serve(&env, HSM_GROUP);
-    fleet_plans_hook(&env, &serve, HSM_GROUP);
-    let fault = |n: &str, args: &[&str]| {
-        let run = run_fleet_with(&env, &serve, &[("CERTROLL_FAULT_AFTER_VAULT_WRITES", n)], args);
-        assert_ne!(run.code, 0, "the fault aborts the run");
-        assert!(run.stderr.contains("fault injection"), "{}", run.stderr);
-    };
-
     // The second Key Vault write of `issue` is the root's request, after its key holder's
     // create: the request waits, over the holder's key.
-    fault("2", &["issue"]);
+    let serve = hsm_group_issue_killed_after(&env, "2");
     let op = key_vault_get(&env, &serve, "certificates/ca-root/pending");
     assert_eq!(op["status"], "inProgress", "{op}");
     assert!(
@@ -605,13 +576,13 @@ fn a_run_killed_between_key_vault_create_and_merge_finishes_on_rerun_with_one_ca
     verify_devices(&env, &serve, &["c-1", "c-2"], "issued");
 
     // A renewal of the intermediate cut off after its create, then after its merge.
-    fault("1", &["roll-primary", "ca:line"]);
+    killed_after(&env, &serve, "1", &["roll-primary", "ca:line"]);
     assert_eq!(
         vault_versions(&env, &serve, "ca-line").len(),
         1,
         "only a request so far"
     );
-    fault("1", &["roll-primary", "ca:line"]);
+    killed_after(&env, &serve, "1", &["roll-primary", "ca:line"]);
     assert_eq!(
         vault_requests(&env, "POST", "/certificates/ca-line/create"),
         2,
@@ -641,20 +612,7 @@ fn a_run_killed_between_key_vault_create_and_merge_finishes_on_rerun_with_one_ca
 fn a_root_killed_after_each_key_holder_step_finishes_on_rerun_with_one_version() {
     for n in ["1", "2", "3", "4"] {
         let env = TestEnv::new();
-        let serve = start_serve(&env, HSM_GROUP);
-        fleet_plans_hook(&env, &serve, HSM_GROUP);
-        let run = run_fleet_with(
-            &env,
-            &serve,
-            &[("CERTROLL_FAULT_AFTER_VAULT_WRITES", n)],
-            &["issue"],
-        );
-        assert_ne!(run.code, 0, "write {n}: the fault aborts the run");
-        assert!(
-            run.stderr.contains("fault injection"),
-            "write {n}: {}",
-            run.stderr
-        );
+        let serve = hsm_group_issue_killed_after(&env, n);
         assert_eq!(key_holders(&env, &serve, "ca-root").len(), 1, "write {n}");
         let run = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
         assert_eq!(run.code, 0, "write {n}: {}{}", run.stdout, run.stderr);
@@ -846,16 +804,8 @@ fn line_col(path: &std::path::Path, needle: &str) -> (usize, usize) {
 #[test]
 fn a_request_left_by_a_killed_create_goes_when_the_plan_makes_the_ca_exportable() {
     let env = TestEnv::new();
-    let serve = start_serve(&env, HSM_GROUP);
-    fleet_plans_hook(&env, &serve, HSM_GROUP);
     // The second write of `issue` is the root's request (after its key holder's create).
-    let run = run_fleet_with(
-        &env,
-        &serve,
-        &[("CERTROLL_FAULT_AFTER_VAULT_WRITES", "2")],
-        &["issue"],
-    );
-    assert_ne!(run.code, 0, "the fault aborts the run");
+    let serve = hsm_group_issue_killed_after(&env, "2");
     let op = key_vault_get(&env, &serve, "certificates/ca-root/pending");
     assert_eq!(op["status"], "inProgress", "{op}");
 
@@ -898,13 +848,7 @@ fn a_request_left_by_a_killed_create_goes_when_the_plan_makes_the_ca_exportable(
 
     // A renewal of the RSA-HSM intermediate cut off after its create: Key Vault refuses an
     // import while the request waits (409, azure-wire 1.7) ...
-    let run = run_fleet_with(
-        &env,
-        &serve,
-        &[("CERTROLL_FAULT_AFTER_VAULT_WRITES", "1")],
-        &["roll-primary", "ca:line"],
-    );
-    assert_ne!(run.code, 0, "the fault aborts the run");
+    killed_after(&env, &serve, "1", &["roll-primary", "ca:line"]);
     // ... so the rerun with the intermediate made exportable deletes the request first, and
     // ends with one new version and nothing pending.
     let edited = edited.replace(
@@ -983,27 +927,13 @@ fn a_device_policy_whose_key_cannot_leave_the_vault_is_refused_on_azure_at_plan_
 #[test]
 fn a_key_holder_left_alone_by_a_kill_after_its_create_is_no_certificate_until_the_rerun() {
     let env = TestEnv::new();
-    let serve = start_serve(&env, HSM_GROUP);
-    fleet_plans_hook(&env, &serve, HSM_GROUP);
-    let run = run_fleet_with(
-        &env,
-        &serve,
-        &[("CERTROLL_FAULT_AFTER_VAULT_WRITES", "1")],
-        &["issue"],
-    );
-    assert_ne!(run.code, 0, "the fault aborts the run");
+    let serve = hsm_group_issue_killed_after(&env, "1");
     let listed = listed_versions(&env, &serve, "ca-root");
     assert_eq!(listed.len(), 1, "the holder alone: {listed:?}");
     let holders = key_holders(&env, &serve, "ca-root");
     assert_eq!(holders.len(), 1, "{holders:?}");
     let holder = version_in(&holders[0]["id"]);
-    let x5t = base64::Engine::decode(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-        holders[0]["x5t"].as_str().unwrap_or_default(),
-    )
-    .unwrap();
-    assert_eq!(x5t.len(), 20, "{holders:?}");
-    let thumbprint: String = x5t.iter().map(|b| format!("{b:02X}")).collect();
+    let thumbprint = crate::util::x5t_thumbprint(&holders[0]);
 
     let shows_nothing = |what: &str, run: &crate::util::Run| {
         for text in [&run.stdout, &run.stderr] {

@@ -2,7 +2,7 @@
 //! hub at one rate R and the plan's rates set to R, a roll keeps the pipe of the service that
 //! bounds it full (each service's requests read from serve's access log, with their times).
 
-use crate::azure_verbs::{fleet_plans_with, run_fleet, start_serve};
+use crate::azure_verbs::{fleet_ok, fleet_plans_with, hook_delivery, run_fleet, start_serve};
 use crate::util::TestEnv;
 use std::collections::BTreeMap;
 
@@ -40,17 +40,8 @@ fn access(env: &TestEnv) -> Vec<Access> {
         .unwrap_or_default()
         .lines()
         .filter_map(|l| {
-            let (stamp, rest) = l.split_once(' ')?;
-            let rest = rest.split("certroll::serve::access: ").nth(1)?;
-            let mut words = rest.split(' ');
-            let (_, target, status) = (words.next()?, words.next()?, words.next()?);
-            let clock = stamp.get(11..)?.trim_end_matches('Z');
-            let mut parts = clock.split(':');
-            let (h, m, s): (f64, f64, f64) = (
-                parts.next()?.parse().ok()?,
-                parts.next()?.parse().ok()?,
-                parts.next()?.parse().ok()?,
-            );
+            let (at, words) = access_line(l)?;
+            let (target, status) = (*words.get(1)?, *words.get(2)?);
             let service = if target.contains(".vault.azure.net") {
                 "Key Vault"
             } else if target.contains("azure-devices-provisioning.net") {
@@ -61,12 +52,27 @@ fn access(env: &TestEnv) -> Vec<Access> {
                 "ARM"
             };
             Some(Access {
-                at: h * 3600.0 + m * 60.0 + s,
+                at,
                 service,
                 throttled: status == "429",
             })
         })
         .collect()
+}
+
+/// One of serve's access lines: when its answer went out, in seconds since midnight (UTC), and
+/// its words (`METHOD host/path STATUS MSms`); None for a line that is no access line.
+fn access_line(line: &str) -> Option<(f64, Vec<&str>)> {
+    let (stamp, rest) = line.split_once(' ')?;
+    let rest = rest.split("certroll::serve::access: ").nth(1)?;
+    let clock = stamp.get(11..)?.trim_end_matches('Z');
+    let mut parts = clock.split(':');
+    let (h, m, s): (f64, f64, f64) = (
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+    );
+    Some((h * 3600.0 + m * 60.0 + s, rest.split(' ').collect()))
 }
 
 /// `roll-secondary ca:bigca` of `CERTROLL_BENCH_N` devices (default 300: a group of N - 40 and
@@ -203,7 +209,8 @@ fn measure_roll_with_key_vault_dps_and_hub_throttled_at_one_rate() {
 /// A roll's background deliveries pace with the main Key Vault client: with `vault_concurrency
 /// = 1` no two Key Vault requests are ever on the wire at once, though the deliveries of the
 /// first unit (each reads the device's version and key from Key Vault) run beside the second
-/// unit's imports. Read from serve's access log: each line's time is its answer's, less the
+/// unit's imports (a delivery's key read arrives between that unit's first and last import).
+/// Read from serve's access log: each line's time is its answer's, less the
 /// milliseconds it took is when it arrived; serve holds each Key Vault answer 20 ms, so two
 /// requests at once overlap by far more than the log's rounding. Before, the courier had a
 /// Key Vault client paced apart: two requests at once, the plan's bound doubled.
@@ -217,26 +224,16 @@ fn background_deliveries_share_key_vaults_pacing_with_the_roll() {
         &format!("{fleet}[serve.services.keyvault]\ndelay_ms = 20\n"),
     );
     env.write("device-hook.py", crate::azure_verbs::DEVICE_HOOK);
-    let delivery = format!(
-        "vault_rate = 5\nvault_concurrency = 1\ndelivery = \"hook\"\n\
-         hook = [\"python3\", \"{}\", \"{}\", \"{}\", \"{}\", \"{}\"]\n",
-        env.path("device-hook.py").display(),
-        serve.port(),
-        serve.start["id_scope"].as_str().unwrap(),
-        env.path("ca.pem").display(),
-        env.path("devices").display()
-    );
-    fleet_plans_with(&env, &serve, &fleet, &delivery);
-    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    let before = vault_spans(&env).len();
-    let r = run_fleet(
+    let delivery = hook_delivery(&env, &serve, "device-hook.py", &[]);
+    fleet_plans_with(
         &env,
         &serve,
-        "azure",
-        &["roll-secondary", "group:meters", "-o", "json"],
+        &fleet,
+        &format!("vault_rate = 5\nvault_concurrency = 1\n{delivery}"),
     );
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    fleet_ok(&env, &serve, &["issue", "-o", "json"]);
+    let before = vault_spans(&env).len();
+    let r = fleet_ok(&env, &serve, &["roll-secondary", "group:meters", "-o", "json"]);
     assert_eq!(r.json()["deliveries_owed"], 0, "{}", r.stdout);
     let spans: Vec<(f64, f64, String)> = vault_spans(&env).split_off(before);
     let key_reads = spans.iter().filter(|s| s.2.contains("/secrets/dev-m-")).count();
@@ -256,6 +253,29 @@ fn background_deliveries_share_key_vaults_pacing_with_the_roll() {
         spans.len(),
         &overlaps[..overlaps.len().min(3)]
     );
+    // The deliveries ran beside the next unit's imports, not after them: at `vault_rate = 5` a
+    // unit holds the fewest devices (100), so the second unit's imports are the last N - 100;
+    // a delivery's key read arrived between the first and the last of them. Deliveries that
+    // waited for each unit would all fall before that unit's first import or after its last.
+    let imports: Vec<f64> = sorted
+        .iter()
+        .filter(|s| {
+            s.2.starts_with("POST ") && s.2.contains("/certificates/dev-m-") && s.2.ends_with("/import")
+        })
+        .map(|s| s.0)
+        .collect();
+    assert_eq!(imports.len(), N, "one import a device");
+    let second = &imports[certroll::ops::AZURE_UNIT_MIN..];
+    let (first, last) = (second[0], second[second.len() - 1]);
+    let beside = sorted
+        .iter()
+        .filter(|s| s.2.contains("/secrets/dev-m-") && first < s.0 && s.0 < last)
+        .count();
+    assert!(
+        beside > 0,
+        "no delivery read a key while the second unit's {} imports arrived ({first:.3}..{last:.3} s)",
+        second.len()
+    );
 }
 
 /// Each Key Vault request in serve's access log: (arrived, answered) in seconds since midnight
@@ -270,21 +290,11 @@ fn spans(env: &TestEnv, host: &str) -> Vec<(f64, f64, String)> {
         .unwrap_or_default()
         .lines()
         .filter_map(|l| {
-            let (stamp, rest) = l.split_once(' ')?;
-            let rest = rest.split("certroll::serve::access: ").nth(1)?;
-            let words: Vec<&str> = rest.split(' ').collect();
+            let (answered, words) = access_line(l)?;
             if words.len() < 4 || !words[1].contains(host) {
                 return None;
             }
             let ms: f64 = words[3].trim_end_matches("ms").parse().ok()?;
-            let clock = stamp.get(11..)?.trim_end_matches('Z');
-            let mut parts = clock.split(':');
-            let (h, m, s): (f64, f64, f64) = (
-                parts.next()?.parse().ok()?,
-                parts.next()?.parse().ok()?,
-                parts.next()?.parse().ok()?,
-            );
-            let answered = h * 3600.0 + m * 60.0 + s;
             Some((
                 answered - ms / 1000.0 - 0.001,
                 answered,
@@ -307,19 +317,16 @@ fn a_rolls_key_vault_reads_run_beside_its_dps_reads() {
         &format!("{fleet}[serve.services.dps]\ndelay_ms = 300\n[serve.services.keyvault]\ndelay_ms = 100\n"),
     );
     crate::azure_verbs::fleet_plans_hook(&env, &serve, fleet);
-    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    fleet_ok(&env, &serve, &["issue", "-o", "json"]);
     let (kv_before, dps_before) = (
         vault_spans(&env).len(),
         spans(&env, crate::conformance::azure::DPS_HOST).len(),
     );
-    let r = run_fleet(
+    fleet_ok(
         &env,
         &serve,
-        "azure",
         &["roll-secondary", "device:gw-1", "device:gw-2", "-o", "json"],
     );
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let listings: Vec<(f64, f64, String)> = vault_spans(&env)
         .split_off(kv_before)
         .into_iter()

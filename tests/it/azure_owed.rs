@@ -7,7 +7,7 @@
 //! imports go on.
 
 use crate::azure_verbs::{
-    DEVICE_HOOK, FLEET, fleet_plans_with, hook_delivery, run_fleet, run_fleet_with, start_serve,
+    DEVICE_HOOK, FLEET, fleet_ok, fleet_plans_with, hook_delivery, run_fleet, run_fleet_with, start_serve,
 };
 use crate::azure_verbs2::device;
 use crate::conformance::azure::Serve;
@@ -121,8 +121,7 @@ fn a_roll_killed_between_its_commit_and_its_deliveries_delivers_them_on_rerun_on
     let env = TestEnv::new();
     let serve = start_serve(&env, FLEET);
     let (log, _) = recording_plans(&env, &serve);
-    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    fleet_ok(&env, &serve, &["issue", "-o", "json"]);
     let issued = deliveries(&log);
     assert_eq!(issued.len(), 2, "issue delivered each device once: {issued:?}");
 
@@ -156,8 +155,7 @@ fn a_roll_killed_between_its_commit_and_its_deliveries_delivers_them_on_rerun_on
         );
     }
 
-    let r = run_fleet(&env, &serve, "azure", &roll);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let r = fleet_ok(&env, &serve, &roll);
     assert!(
         r.stderr.contains("had not reached their devices") && r.stderr.contains("2 delivered now"),
         "the rerun says what it delivered: {}",
@@ -176,8 +174,7 @@ fn a_roll_killed_between_its_commit_and_its_deliveries_delivers_them_on_rerun_on
         assert_eq!(versions(&env, &serve, id).len(), 2, "{id}: no version made again");
     }
 
-    let r = run_fleet(&env, &serve, "azure", &roll);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let r = fleet_ok(&env, &serve, &roll);
     assert_eq!(deliveries(&log), after, "nothing is owed any more");
     assert!(!r.stderr.contains("had not reached"), "{}", r.stderr);
 }
@@ -231,8 +228,7 @@ fn an_issue_killed_between_its_commit_and_its_deliveries_delivers_them_on_rerun_
         device(&s, "gw-1")
     );
 
-    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let r = fleet_ok(&env, &serve, &["issue", "-o", "json"]);
     assert!(
         r.stderr.contains("had not reached their devices") && r.stderr.contains("1 delivered now"),
         "the rerun says what it delivered: {}",
@@ -277,8 +273,7 @@ fn a_failed_delivery_stays_owed_and_the_next_run_delivers_it_once() {
     assert!(deliveries(&log).is_empty());
 
     std::fs::remove_file(&fail).unwrap();
-    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    fleet_ok(&env, &serve, &["issue", "-o", "json"]);
     each_device_got_its_one_version_once(&env, &serve, &log);
 }
 
@@ -292,8 +287,7 @@ fn a_roll_whose_delivery_failed_exits_1_says_so_per_device_and_check_warns_until
     let env = TestEnv::new();
     let serve = start_serve(&env, FLEET);
     let (log, fail) = recording_plans(&env, &serve);
-    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let r = fleet_ok(&env, &serve, &["issue", "-o", "json"]);
     assert_eq!(r.json()["deliveries_owed"], 0, "{}", r.stdout);
     let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
     assert_eq!(c.code, 0, "nothing owed yet: {}", c.stdout);
@@ -359,8 +353,7 @@ fn a_roll_whose_delivery_failed_exits_1_says_so_per_device_and_check_warns_until
     );
 
     std::fs::remove_file(&fail).unwrap();
-    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let r = fleet_ok(&env, &serve, &["issue", "-o", "json"]);
     assert_eq!(r.json()["deliveries_owed"], 0, "{}", r.stdout);
     assert_eq!(
         deliveries(&log).len(),
@@ -440,8 +433,7 @@ fn deliveries_start_while_later_imports_go_on_under_a_throttled_key_vault() {
     let env = TestEnv::new();
     let (fleet, serve) = throttled_serve(&env, N);
     throttled_plans(&env, &serve, &fleet, DEVICE_HOOK);
-    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let r = fleet_ok(&env, &serve, &["issue", "-o", "json"]);
     assert!(
         r.json()["rejected"].as_array().is_some_and(Vec::is_empty),
         "{}",
@@ -499,21 +491,14 @@ fn a_rolls_deliveries_run_beside_the_next_units_imports_under_a_throttled_key_va
     let env = TestEnv::new();
     let (fleet, serve) = throttled_serve(&env, N);
     throttled_plans(&env, &serve, &fleet, DEVICE_HOOK);
-    let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    fleet_ok(&env, &serve, &["issue", "-o", "json"]);
     let before = access_lines(&env).len();
 
     // From now on each delivery registers the device again with what it was handed.
     let booted = "if not os.path.exists(booted):";
     assert!(DEVICE_HOOK.contains(booted));
     throttled_plans(&env, &serve, &fleet, &DEVICE_HOOK.replace(booted, "if True:"));
-    let r = run_fleet(
-        &env,
-        &serve,
-        "azure",
-        &["roll-secondary", "group:meters", "-o", "json"],
-    );
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let r = fleet_ok(&env, &serve, &["roll-secondary", "group:meters", "-o", "json"]);
     assert_eq!(r.json()["deliveries_owed"], 0, "{}", r.stdout);
 
     // What serve did (a try it throttled with 429 is no import nor registration).

@@ -5,7 +5,7 @@
 //! is still seen, because the listing shows each name's newest version as Key Vault holds it.
 
 use crate::azure_requests::{during, group_of, request_of, vault_requests};
-use crate::azure_verbs::{TOKEN, fleet_plans_hook, run_fleet, start_serve};
+use crate::azure_verbs::{fleet_ok, issued_fleet, key_vault_curl, run_fleet};
 use crate::conformance::azure::Serve;
 use crate::util::TestEnv;
 use std::process::Command;
@@ -22,34 +22,9 @@ fn device_vault_requests(lines: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// One Key Vault request with curl through the vault's production host name, as another client
-/// of the vault: (status, body).
-fn vault_curl(env: &TestEnv, serve: &Serve, method: &str, path: &str, json: Option<&str>) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "-w", "\n%{http_code}", "--cacert", "ca.pem", "-X", method])
-        .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
-        .arg("--resolve")
-        .arg(format!("certroll.vault.azure.net:{}:127.0.0.1", serve.port()));
-    if let Some(json) = json {
-        cmd.args(["-H", "Content-Type: application/json", "--data-binary", json]);
-    }
-    let out = cmd
-        .arg(format!(
-            "https://certroll.vault.azure.net:{}{path}{}api-version=7.5",
-            serve.port(),
-            if path.contains('?') { "&" } else { "?" }
-        ))
-        .current_dir(env.dir.path())
-        .output()
-        .unwrap_or_else(|e| panic!("curl: {e}"));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or_default();
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
 /// The version id of `name`'s newest version, as Key Vault answers it.
 fn newest_version(env: &TestEnv, serve: &Serve, name: &str) -> String {
-    let (status, body) = vault_curl(env, serve, "GET", &format!("/certificates/{name}"), None);
+    let (status, body) = key_vault_curl(env, serve, "GET", &format!("/certificates/{name}"), None);
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     v["id"].as_str().unwrap().rsplit('/').next().unwrap().to_string()
@@ -62,15 +37,8 @@ fn newest_version(env: &TestEnv, serve: &Serve, name: &str) -> String {
 #[test]
 fn check_and_a_no_op_issue_read_no_device_certificate_from_key_vault() {
     let env = TestEnv::new();
-    let fleet = group_of(N);
-    let serve = start_serve(&env, &fleet);
-    fleet_plans_hook(&env, &serve, &fleet);
-    let ok = |args: &[&str]| {
-        let r = run_fleet(&env, &serve, "azure", args);
-        assert_eq!(r.code, 0, "{args:?}\n{}\n{}", r.stdout, r.stderr);
-        r.json()
-    };
-    ok(&["issue", "-o", "json"]);
+    let serve = issued_fleet(&env, &group_of(N));
+    let ok = |args: &[&str]| fleet_ok(&env, &serve, args).json();
 
     let mut report = serde_json::Value::Null;
     let lines = during(&env, || report = ok(&["check", "-o", "json"]));
@@ -134,20 +102,16 @@ fn check_and_a_no_op_issue_read_no_device_certificate_from_key_vault() {
 /// Another client of the vault disables the version certroll issued `m-03` and makes a new
 /// version of `m-04`'s certificate (self-signed, as Key Vault's own create makes it): `check`
 /// makes `m-03` critical (its version is disabled) and `issue` takes `m-04`'s newer version as
-/// the one to hand out, reading those two names' versions, exactly as when every device's
-/// newest version was read.
+/// the one to hand out (the hook hands it over; `status` shows it on its way), reading those two
+/// names' versions, exactly as when every device's newest version was read.
 #[test]
 fn a_version_another_client_disabled_or_made_is_still_seen() {
     let env = TestEnv::new();
-    let fleet = group_of(N);
-    let serve = start_serve(&env, &fleet);
-    fleet_plans_hook(&env, &serve, &fleet);
+    let serve = issued_fleet(&env, &group_of(N));
     let run = |args: &[&str]| run_fleet(&env, &serve, "azure", args);
-    let r = run(&["issue", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
 
     let m3 = newest_version(&env, &serve, "dev-m-03");
-    let (status, body) = vault_curl(
+    let (status, body) = key_vault_curl(
         &env,
         &serve,
         "PATCH",
@@ -156,7 +120,7 @@ fn a_version_another_client_disabled_or_made_is_still_seen() {
     );
     assert_eq!(status, 200, "{body}");
     let before = newest_version(&env, &serve, "dev-m-04");
-    let (status, body) = vault_curl(
+    let (status, body) = key_vault_curl(
         &env,
         &serve,
         "POST",
@@ -204,6 +168,40 @@ fn a_version_another_client_disabled_or_made_is_still_seen() {
             .any(|r| r.starts_with("GET ") && r.contains("/dev-m-04")),
         "{device:?}"
     );
+    // The version handed out is the other client's: `status` shows it on its way to `m-04`
+    // (the hook took it; the device registers only when it first starts).
+    let (status, body) = key_vault_curl(
+        &env,
+        &serve,
+        "GET",
+        &format!("/certificates/dev-m-04/{made}"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let thumbprint = crate::util::x5t_thumbprint(&serde_json::from_str(&body).unwrap());
+    let status = fleet_ok(&env, &serve, &["status", "device:m-04", "-o", "json"]).json();
+    let m4 = crate::azure_verbs2::device(&status, "m-04");
+    assert_eq!(m4["pending"]["delivery"], "hook", "{m4}");
+    assert_eq!(
+        m4["pending"]["cert"]["thumbprint"], thumbprint,
+        "m-04 is handed the version {made} the other client made: {m4}"
+    );
+    let held = env.path("devices/m-04.pem");
+    let held = env
+        .openssl(&[
+            "x509",
+            "-in",
+            held.to_str().unwrap(),
+            "-noout",
+            "-fingerprint",
+            "-sha1",
+        ])
+        .ok()
+        .stdout;
+    assert!(
+        held.trim().replace(':', "").ends_with(&format!("={thumbprint}")),
+        "the hook handed m-04 {held}, not {thumbprint}"
+    );
 }
 
 /// A store the previous release made (schema v14: no record of what was issued) over a fleet
@@ -213,15 +211,8 @@ fn a_version_another_client_disabled_or_made_is_still_seen() {
 #[test]
 fn a_store_of_the_previous_release_reads_as_before_until_the_next_issue_records() {
     let env = TestEnv::new();
-    let fleet = group_of(N);
-    let serve = start_serve(&env, &fleet);
-    fleet_plans_hook(&env, &serve, &fleet);
-    let ok = |args: &[&str]| {
-        let r = run_fleet(&env, &serve, "azure", args);
-        assert_eq!(r.code, 0, "{args:?}\n{}\n{}", r.stdout, r.stderr);
-        r.json()
-    };
-    ok(&["issue", "-o", "json"]);
+    let serve = issued_fleet(&env, &group_of(N));
+    let ok = |args: &[&str]| fleet_ok(&env, &serve, args).json();
     // Back to v14, as the previous release left it.
     let out = Command::new("sqlite3")
         .arg(env.path("azure/state.db"))

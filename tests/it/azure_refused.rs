@@ -104,7 +104,9 @@ fn status_and_check_show_the_refusal_and_the_certificate_refused() {
 
 /// The breach that replaces the revoked CA brings the refused devices back: both backends
 /// replace the same (each device a new certificate, the group a new CA), a rerun changes
-/// nothing, and `status` shows each device assigned again with its new certificate.
+/// nothing (each target already replaced, no write to the services, each device's
+/// certificates as the first run left them), and `status` shows each device assigned again
+/// with its new certificate.
 #[test]
 fn a_breach_after_the_refusal_brings_the_devices_back() {
     let env = TestEnv::new();
@@ -112,11 +114,38 @@ fn a_breach_after_the_refusal_brings_the_devices_back() {
     let breach = ["roll-primary", "--breach", "ca:factory", "--yes", "-o", "json"];
     let (l, a) = both(&env, &serve, &breach);
     assert_same(&l, &a, "breach of ca:factory after the refusal");
-    let (l, a) = both(&env, &serve, &breach);
-    assert_same(&l, &a, "rerun of the breach");
     let raw = run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
         .ok()
         .json();
+    let mut rerun = (Value::Null, Value::Null);
+    let lines = crate::azure_requests::during(&env, || rerun = both(&env, &serve, &breach));
+    let (l, a) = rerun;
+    assert_same(&l, &a, "rerun of the breach");
+    // The rerun itself: everything already replaced, nothing written to the services, and
+    // every device's certificates where the first run left them.
+    let outcomes: Vec<&Value> = ["devices", "groups"]
+        .iter()
+        .flat_map(|k| a[*k].as_array().into_iter().flatten())
+        .map(|x| &x["outcome"])
+        .collect();
+    assert!(
+        !outcomes.is_empty() && outcomes.iter().all(|o| *o == "already-replaced"),
+        "{a}"
+    );
+    let writes: Vec<&String> = lines
+        .iter()
+        .filter(|l| crate::azure_requests::is_write(l))
+        .collect();
+    assert!(writes.is_empty(), "the rerun wrote: {writes:#?}");
+    let after = run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
+        .ok()
+        .json();
+    for id in ["s-1", "s-2"] {
+        let (d, e) = (device(&raw, id), device(&after, id));
+        for k in ["installed", "registration", "hub_identity", "pending"] {
+            assert_eq!(d[k], e[k], "{id}: {k} changed by the rerun");
+        }
+    }
     let (l, a) = both(&env, &serve, &["status", "-o", "json"]);
     assert_same(&l, &a, "status after the breach");
     for id in ["s-1", "s-2"] {

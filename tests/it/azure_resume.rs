@@ -5,7 +5,7 @@
 //! the enrollment was breached before (F-REMEDY-NOOP).
 
 use crate::azure_foreign::{FLEET, current_thumbprint, device, foreign_into, slot_thumbprint};
-use crate::azure_verbs::{TOKEN, issued_fleet, over_the_air, run_fleet, start_serve};
+use crate::azure_verbs::{TOKEN, breach_args, fleet_ok, issued_fleet, over_the_air, run_fleet, start_serve};
 use crate::conformance::azure::{run_plan, sas_key};
 use crate::util::TestEnv;
 
@@ -22,16 +22,7 @@ fn an_open_ca_breach_finishes_after_a_device_breach_superseded_what_it_issued() 
     over_the_air(&env, &serve, FLEET);
     foreign_into(&env, &serve, "gw-2");
 
-    let breach = [
-        "roll-primary",
-        "--breach",
-        "ca:factory",
-        "--incident",
-        "c4",
-        "--yes",
-        "-o",
-        "json",
-    ];
+    let breach = breach_args("ca:factory", "c4");
     let r = run(&breach);
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
     let first = r.json();
@@ -61,8 +52,7 @@ fn an_open_ca_breach_finishes_after_a_device_breach_superseded_what_it_issued() 
         "{}",
         r.stdout
     );
-    let r = run(&breach);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let r = fleet_ok(&env, &serve, &breach);
     let rerun = r.json();
     let gw1 = device(&rerun, "gw-1");
     assert_eq!(gw1["outcome"], "already-replaced", "{rerun}");
@@ -84,11 +74,9 @@ fn an_open_ca_breach_finishes_after_a_device_breach_superseded_what_it_issued() 
     let r = run(&["status", "-o", "json"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(current_thumbprint(&r.json(), "gw-1"), by_device);
-    let r = run(&["check"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    fleet_ok(&env, &serve, &["check"]);
     // Done for good: the same command again has nothing to resume.
-    let r = run(&breach);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let r = fleet_ok(&env, &serve, &breach);
     assert_eq!(r.json()["resumed"], false, "{}", r.stdout);
 }
 
@@ -126,8 +114,7 @@ fn a_breach_refused_by_the_hub_before_any_change_leaves_no_open_run() {
         current_thumbprint(&before, "gw-1")
     );
     // With the right key the breach runs afresh (not as a resumed run).
-    let r = run_fleet(&env, &serve, "azure", &args);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let r = fleet_ok(&env, &serve, &args);
     assert_eq!(r.json()["resumed"], false, "{}", r.stdout);
 }
 

@@ -39,6 +39,29 @@ pub(crate) fn start_serve_at(env: &TestEnv, plan_body: &str, now: &str) -> Serve
     )
 }
 
+/// One request to serve's Key Vault as another client of the vault makes it, with curl through
+/// the vault's production host name and the client plans' token: `path` (`/certificates/NAME`)
+/// at API version 7.5, with the JSON `body` if any. (HTTP status, 0 when there was no answer;
+/// the answer's body).
+pub(crate) fn key_vault_curl(
+    env: &TestEnv,
+    serve: &Serve,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String) {
+    let sep = if path.contains('?') { "&" } else { "?" };
+    crate::util::curl_json(
+        &env.path("ca.pem"),
+        serve.port(),
+        method,
+        "certroll.vault.azure.net",
+        &format!("{path}{sep}api-version=7.5"),
+        &[format!("Authorization: Bearer {TOKEN}")],
+        body,
+    )
+}
+
 /// The same plan twice: `local/plan.toml` on the local store and `azure/plan.toml` on serve.
 fn plans(env: &TestEnv, serve: &Serve, body: &str) {
     let azure = azure_backend(serve, "state.db", "CERTROLL_AZ_TOKEN", "../ca.pem", false);
@@ -346,6 +369,20 @@ pub(crate) fn fleet_plans_dps(env: &TestEnv, serve: &Serve, fleet: &str, deliver
         hub_table(serve, "CERTROLL_AZ_HUB_KEY"),
     );
     write_plans(env, &azure, fleet);
+}
+
+/// `roll-primary --breach TARGET --incident INCIDENT --yes -o json`.
+pub(crate) fn breach_args<'a>(target: &'a str, incident: &'a str) -> [&'a str; 8] {
+    [
+        "roll-primary",
+        "--breach",
+        target,
+        "--incident",
+        incident,
+        "--yes",
+        "-o",
+        "json",
+    ]
 }
 
 /// Runs certroll on the azure fleet plan with the SAS keys in its environment.

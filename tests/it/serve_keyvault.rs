@@ -897,19 +897,21 @@ fn a_pending_key_is_disabled_and_reuse_key_requests_the_newest_versions_key() {
         );
     };
 
+    // A create (202), then the certificate as Key Vault answers it.
+    let create = |name: &str, body: &str| {
+        let path = format!("/certificates/{name}/create{q}");
+        let (code, text) = curl_send(&env, &serve, "POST", &path, Some(body));
+        assert_eq!(code, 202, "{text}");
+        let (code, text) = curl(&env, &serve, &format!("/certificates/{name}{q}"));
+        assert_eq!(code, 200, "{text}");
+        json_body(&text)
+    };
+    // The last segment of a Key Vault id: a version.
+    let last_segment = |id: &serde_json::Value| id.as_str().unwrap().rsplit('/').next().unwrap().to_string();
+
     // A first request: the placeholder version is disabled and names no key or secret.
     let first = r#"{"policy":{"issuer":{"name":"Unknown"},"x509_props":{"subject":"CN=first"},"key_props":{"kty":"EC","crv":"P-256","exportable":false}}}"#;
-    let (code, text) = curl_send(
-        &env,
-        &serve,
-        "POST",
-        &format!("/certificates/first/create{q}"),
-        Some(first),
-    );
-    assert_eq!(code, 202, "{text}");
-    let (code, text) = curl(&env, &serve, &format!("/certificates/first{q}"));
-    assert_eq!(code, 200, "{text}");
-    let placeholder = json_body(&text);
+    let placeholder = create("first", first);
     assert_eq!(placeholder["attributes"]["enabled"], false, "{placeholder}");
     for absent in ["kid", "sid", "cer", "x5t"] {
         assert!(placeholder.get(absent).is_none(), "{absent}: {placeholder}");
@@ -918,36 +920,14 @@ fn a_pending_key_is_disabled_and_reuse_key_requests_the_newest_versions_key() {
     assert_eq!(code, 200, "{text}");
     let key = json_body(&text);
     assert_eq!(key["attributes"]["enabled"], false, "{key}");
-    let kid = key["key"]["kid"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let kid = last_segment(&key["key"]["kid"]);
     refused_as_disabled(sign(&format!("/keys/first/{kid}")), "the pending key by version");
     refused_as_disabled(sign("/keys/first/"), "the pending key, versionless");
 
     // A self-signed key holder with a CA's key usage, then a reuse_key request over its key.
     let holder = r#"{"policy":{"issuer":{"name":"Self"},"x509_props":{"subject":"CN=Root","key_usage":["digitalSignature","keyCertSign","cRLSign"]},"key_props":{"kty":"EC","crv":"P-256","exportable":false,"reuse_key":false}}}"#;
-    let (code, text) = curl_send(
-        &env,
-        &serve,
-        "POST",
-        &format!("/certificates/root/create{q}"),
-        Some(holder),
-    );
-    assert_eq!(code, 202, "{text}");
-    let (code, text) = curl(&env, &serve, &format!("/certificates/root{q}"));
-    assert_eq!(code, 200, "{text}");
-    let made = json_body(&text);
-    let v1 = made["id"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let made = create("root", holder);
+    let v1 = last_segment(&made["id"]);
     let request = holder
         .replace("\"Self\"", "\"Unknown\"")
         .replace("\"reuse_key\":false", "\"reuse_key\":true");

@@ -431,3 +431,16 @@ hub = "hubB"
     env.write("plan.toml", text);
     text.to_string()
 }
+
+/// The SHA-1 thumbprint (upper-case hex, as certroll shows it) that Key Vault's `x5t`
+/// (base64url, no padding) names in `version`, a certificate version's JSON; fails naming the
+/// JSON when it holds no 20-byte `x5t`.
+pub fn x5t_thumbprint(version: &serde_json::Value) -> String {
+    let x5t = base64::Engine::decode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        version["x5t"].as_str().unwrap_or_default(),
+    )
+    .unwrap_or_default();
+    assert_eq!(x5t.len(), 20, "no SHA-1 x5t in {version}");
+    x5t.iter().map(|b| format!("{b:02X}")).collect()
+}

@@ -108,6 +108,39 @@ fn outside_ca(env: &TestEnv) {
     .ok();
 }
 
+/// The outside CA ([`outside_ca`]) signs the CSR file `csr` with openssl into `out`.
+fn outside_ca_signs(env: &TestEnv, csr: &str, out: &str) {
+    env.openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        csr,
+        "-CA",
+        "outside-ca.pem",
+        "-CAkey",
+        "outside-ca-key.pem",
+        "-CAcreateserial",
+        "-days",
+        "20",
+        "-out",
+        out,
+    ])
+    .ok();
+}
+
+/// `vault create ext` with issuer `Unknown`: a request whose CSR an outside CA signs.
+const CREATE_EXT: &[&str] = &[
+    "vault",
+    "create",
+    "ext",
+    "--subject",
+    "CN=ext",
+    "--issuer",
+    "Unknown",
+    "-o",
+    "json",
+];
+
 #[test]
 fn every_vault_subcommand_answers_the_same_on_local_and_on_azure_against_serve() {
     let env = TestEnv::new();
@@ -134,20 +167,7 @@ fn every_vault_subcommand_answers_the_same_on_local_and_on_azure_against_serve()
     assert_eq!(a["versions"].as_array().map(Vec::len), Some(1), "{a}");
 
     // Issuer Unknown: a request whose CSR an outside CA signs, then the merge.
-    let (_, a) = assert_same(
-        &env,
-        &[
-            "vault",
-            "create",
-            "ext",
-            "--subject",
-            "CN=ext",
-            "--issuer",
-            "Unknown",
-            "-o",
-            "json",
-        ],
-    );
+    let (_, a) = assert_same(&env, CREATE_EXT);
     assert_eq!(a["status"], "inProgress", "{a}");
     assert_same(&env, &["vault", "show", "ext", "-o", "json"]);
     assert_same(&env, &["vault", "list", "-o", "json"]);
@@ -160,22 +180,11 @@ fn every_vault_subcommand_answers_the_same_on_local_and_on_azure_against_serve()
         // openssl, not certroll, reads the CSR and signs it.
         env.openssl(&["req", "-in", csr.to_str().unwrap(), "-noout", "-verify"])
             .ok();
-        env.openssl(&[
-            "x509",
-            "-req",
-            "-in",
+        outside_ca_signs(
+            &env,
             csr.to_str().unwrap(),
-            "-CA",
-            "outside-ca.pem",
-            "-CAkey",
-            "outside-ca-key.pem",
-            "-CAcreateserial",
-            "-days",
-            "20",
-            "-out",
             env.path(&format!("{which}/ext-signed.pem")).to_str().unwrap(),
-        ])
-        .ok();
+        );
     }
     let (_, a) = assert_same(
         &env,
@@ -434,17 +443,7 @@ fn a_merged_version_has_an_id_of_its_own_and_every_verb_names_it() {
             assert_eq!(r.code, 0, "{which} {args:?}: {}{}", r.stdout, r.stderr);
             serde_json::from_str(&r.stdout).unwrap()
         };
-        let made = json(&[
-            "vault",
-            "create",
-            "ext",
-            "--subject",
-            "CN=ext",
-            "--issuer",
-            "Unknown",
-            "-o",
-            "json",
-        ]);
+        let made = json(CREATE_EXT);
         let request = made["request_id"].as_str().unwrap_or_default().to_string();
         assert_eq!(request.len(), 32, "{which}: {made}");
         let shown = json(&["vault", "show", "ext", "-o", "json"]);
@@ -457,22 +456,7 @@ fn a_merged_version_has_an_id_of_its_own_and_every_verb_names_it() {
         let csr = format!("{which}/ext.csr");
         let signed = format!("{which}/ext-signed.pem");
         json(&["vault", "csr", "ext", "--out", &csr, "-o", "json"]);
-        env.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "outside-ca.pem",
-            "-CAkey",
-            "outside-ca-key.pem",
-            "-CAcreateserial",
-            "-days",
-            "20",
-            "-out",
-            &signed,
-        ])
-        .ok();
+        outside_ca_signs(&env, &csr, &signed);
         let merged = json(&["vault", "merge", "ext", "--file", &signed, "-o", "json"]);
         let version = merged["version"].as_str().unwrap_or_default().to_string();
         assert_eq!(version.len(), 32, "{which}: {merged}");
