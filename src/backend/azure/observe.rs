@@ -4,7 +4,9 @@
 //!
 //! - Each attempt is logged at debug (`-vv`): method, host, path, status, attempt, elapsed.
 //!   Never the query (a SAS token can travel there), a header or a body: the `Authorization`
-//!   header carries the bearer token or the SharedAccessSignature.
+//!   header carries the bearer token or the SharedAccessSignature. A transport error names the
+//!   URL it failed to reach (reqwest's words): [`strip_query`] drops its query before the
+//!   error is logged or handed on, so no message or log line shows one.
 //! - A throttled or failing answer (429, 503, other 5xx) and a transport failure are logged at
 //!   info (`-v`) on each attempt, so a slow run shows why.
 //! - A TLS certificate the client does not trust is not transient: the policy turns it into a
@@ -114,6 +116,19 @@ pub fn no_answer(error: &azure_core::Error) -> (String, String) {
     }
 }
 
+/// Drops the query and fragment from the URL a transport error carries (reqwest's "error
+/// sending request for url (...)"), so no message or log line made from `error` shows the
+/// query (`api-version`, and a SAS token could travel there one day).
+pub fn strip_query(error: &mut azure_core::Error) {
+    if let Some(url) = error
+        .downcast_mut::<reqwest::Error>()
+        .and_then(reqwest::Error::url_mut)
+    {
+        url.set_query(None);
+        url.set_fragment(None);
+    }
+}
+
 /// The per-try policy described in the module docs.
 #[derive(Debug, Default)]
 pub struct Observe {
@@ -219,7 +234,8 @@ impl Policy for Observe {
                 }
                 Ok(response)
             }
-            Err(error) => {
+            Err(mut error) => {
+                strip_query(&mut error);
                 let reason = transport_reason(&error, &host, port, resolved);
                 match reason {
                     Some(Reason::Tls(why)) => {
@@ -532,6 +548,51 @@ mod tests {
             Some(SocketAddr::new(closed.ip(), 8443))
         );
         assert_eq!(observe.resolved("other.example", None, 443), None);
+    }
+
+    /// Trial az7: errors and `-v` lines showed `?api-version=...`. A server that takes the
+    /// connection and hangs up gives a transport error naming the URL: through this policy, the
+    /// error (and the `-v` line, made from the same error) names the path without the query.
+    #[test]
+    fn a_transport_error_names_the_path_without_the_query() {
+        use azure_core::http::policies::TransportPolicy;
+        use azure_core::http::{Transport, Url};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hang_up = std::thread::spawn(move || {
+            // The try is let in and dropped at once.
+            for stream in listener.incoming().take(1) {
+                drop(stream);
+            }
+        });
+        let host = "certroll-dps.azure-devices-provisioning.net";
+        let resolve = BTreeMap::from([(host.to_string(), addr)]);
+        let client = reqwest::Client::builder().resolve(host, addr).build().unwrap();
+        let transport: Arc<dyn Policy> = Arc::new(TransportPolicy::new(Transport::new(Arc::new(client))));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let url = Url::parse(&format!(
+            "https://{host}/enrollmentGroups/ga?api-version=2021-10-01&sig=x"
+        ))
+        .unwrap();
+        let mut request = Request::new(url, Method::Get);
+        let answer = rt.block_on(Observe::new(&resolve).send(
+            &Context::new(),
+            &mut request,
+            std::slice::from_ref(&transport),
+        ));
+        let error = answer.expect_err("the server hangs up");
+        let told = chain_text(&error);
+        assert!(
+            told.contains(&format!("https://{host}/enrollmentGroups/ga")),
+            "{told}"
+        );
+        assert!(!told.contains('?'), "{told}");
+        assert!(!told.contains("api-version"), "{told}");
+        assert!(!told.contains("sig="), "{told}");
+        hang_up.join().unwrap();
     }
 
     #[test]
