@@ -4,7 +4,7 @@
 //! |---|---|
 //! | 0 | done, or nothing to do |
 //! | 1 | failed part-way; a rerun resumes |
-//! | 2 | bad input (plan, flags, files, the environment's secrets; on azure a rejected credential or an untrusted TLS certificate before anything remote was changed); nothing changed |
+//! | 2 | bad input (plan, flags, files, the environment's secrets; on azure a rejected credential, an untrusted TLS certificate or a host name that does not resolve on first contact, before anything remote was changed); nothing changed |
 //!
 //! `check` has its own monitoring codes (0 OK, 1 warning, 2 critical, 3 unknown).
 

@@ -217,7 +217,7 @@ fn remote_vault(plan: &Plan) -> Result<Option<AzureVault>> {
     };
     let scratch = LocalBackend::new(Store::open_empty()?);
     AzureVault::connect(config, scratch).map(Some).map_err(|e| {
-        let text = format!("{}: {e}", plan.path.display());
+        let text = e.told(&plan.path, config);
         if e.is_input() {
             crate::error::input(text)
         } else {

@@ -283,22 +283,33 @@ pub fn open_verb_backend(
         }
         let hubs = plan
             .groups
-            .values()
-            .map(|g| &g.hub)
-            .chain(plan.enrollments.values().map(|e| &e.hub));
-        for hub in hubs {
+            .iter()
+            .map(|(name, g)| (format!("groups.{name}.hub"), &g.hub))
+            .chain(
+                plan.enrollments
+                    .iter()
+                    .map(|(name, e)| (format!("enrollments.{name}.hub"), &e.hub)),
+            );
+        for (key, hub) in hubs {
             if !config.hubs.contains_key(hub) {
+                // At the `hub = "..."` that names it: the table is missing, or the name misspelt.
+                let at = match config.places.get(&key) {
+                    Some(place) => place.to_string(),
+                    None => plan.path.display().to_string(),
+                };
                 return Err(input(format!(
-                    "{}: `{verb}` on backend kind `azure` needs `[backend.hubs.{hub}]` (host, \
-                     sas_policy, sas_key_env): the plan assigns devices to hub `{hub}`",
-                    plan.path.display()
+                    "{at}: `{verb}` on backend kind `azure` needs `[backend.hubs.{hub}]` (host, \
+                     sas_policy, sas_key_env): the plan assigns devices to hub `{hub}` ({key})"
                 )));
             }
         }
     }
     let local = LocalBackend::new(open_local_store(plan, access, settings)?);
     let backend = crate::backend::azure::AzureBackend::connect(plan, local).map_err(|e| {
-        let text = format!("{}: {e}", plan.path.display());
+        let text = match &plan.azure {
+            Some(config) => e.told(&plan.path, config),
+            None => format!("{}: {e}", plan.path.display()),
+        };
         if e.is_input() {
             crate::error::input(text)
         } else {

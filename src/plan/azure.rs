@@ -113,6 +113,80 @@ pub struct AzureConfig {
     pub dps: Option<AzureDps>,
     /// IoT Hubs by the name the plan's groups and enrollments use.
     pub hubs: BTreeMap<String, AzureHub>,
+    /// Where the plan writes the keys an error met after loading names (a file that cannot be
+    /// read, a variable not set, a host that does not resolve, a hub table missing), by dotted
+    /// key: `vault_url`, `ca_file`, `token_env`, `client_secret_env`, `dps.host`,
+    /// `dps.sas_key_env`, `hubs.NAME.host`, `hubs.NAME.sas_key_env`, `groups.NAME.hub`,
+    /// `enrollments.NAME.hub`.
+    pub places: BTreeMap<String, PlanPlace>,
+}
+
+/// Where a key's value is written in the plan: the plan file as given, 1-based line and column
+/// (in characters). Displays as `path:line:column`, as a [`PlanError`](super::PlanError) does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanPlace {
+    /// The plan file as given on the command line.
+    pub path: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column in characters.
+    pub column: usize,
+}
+
+impl std::fmt::Display for PlanPlace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.path.display(), self.line, self.column)
+    }
+}
+
+impl AzureConfig {
+    /// `PLACE: KEY` for a key of [`places`](Self::places), or `KEY` alone when the plan has no
+    /// place for it (a config built without a plan file).
+    pub fn key_at(&self, key: &str) -> String {
+        match self.places.get(key) {
+            Some(place) => format!("{place}: {key}"),
+            None => key.to_string(),
+        }
+    }
+
+    /// The keys naming service hosts, by host (lowercase): the vault's host → `vault_url`,
+    /// DPS's → `dps.host`, each hub's → `hubs.NAME.host`.
+    pub fn host_keys(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        if let Some(host) = self
+            .vault_url
+            .strip_prefix("https://")
+            .map(|h| h.split(['/', ':']).next().unwrap_or_default())
+        {
+            out.insert(host.to_ascii_lowercase(), "vault_url".to_string());
+        }
+        if let Some(dps) = &self.dps {
+            out.insert(dps.host.to_ascii_lowercase(), "dps.host".to_string());
+        }
+        for (name, hub) in &self.hubs {
+            out.insert(hub.host.to_ascii_lowercase(), format!("hubs.{name}.host"));
+        }
+        out
+    }
+
+    /// The key that names environment variable `var` (`token_env`, `client_secret_env`,
+    /// `dps.sas_key_env`, `hubs.NAME.sas_key_env`), the first in that order.
+    pub fn env_key(&self, var: &str) -> Option<String> {
+        match &self.auth {
+            AzureAuth::TokenEnv { var: v } if v == var => return Some("token_env".into()),
+            AzureAuth::ClientSecret { secret_env, .. } if secret_env == var => {
+                return Some("client_secret_env".into());
+            }
+            _ => {}
+        }
+        if self.dps.as_ref().is_some_and(|d| d.sas_key_env == var) {
+            return Some("dps.sas_key_env".into());
+        }
+        self.hubs
+            .iter()
+            .find(|(_, h)| h.sas_key_env == var)
+            .map(|(name, _)| format!("hubs.{name}.sas_key_env"))
+    }
 }
 
 /// Hours between the full listings of Key Vault by the notify step after a verb: a day, as the

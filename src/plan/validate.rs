@@ -98,6 +98,7 @@ pub(super) fn validate(path: &Path, text: &str, raw: RawPlan) -> Result<Plan, Ve
         base,
         shown_base: parent,
         errors: Vec::new(),
+        places: BTreeMap::new(),
         azure: false,
     };
     let plan = v.plan(&raw);
@@ -120,6 +121,8 @@ struct Validator<'a> {
     /// The plan's folder as the user spelled it, for naming device lists in messages.
     shown_base: &'a Path,
     errors: Vec<(Order, PlanError)>,
+    /// Where the keys a later error names are written ([`crate::plan::AzureConfig::places`]).
+    places: BTreeMap<String, crate::plan::PlanPlace>,
     /// `[backend] kind = "azure"`: devices get their keys delivered, so a device policy's key
     /// must be one certroll makes and hands over.
     azure: bool,
@@ -159,6 +162,17 @@ struct UsageFacts {
 }
 
 impl<'a> Validator<'a> {
+    /// Records where the plan writes `key` (the start of `span`).
+    fn place(&mut self, key: impl Into<String>, span: Range<usize>) {
+        let (line, column) = line_column(self.text, span.start);
+        let place = crate::plan::PlanPlace {
+            path: self.path.to_path_buf(),
+            line,
+            column,
+        };
+        self.places.insert(key.into(), place);
+    }
+
     /// Records an error at the start of `span` in the plan.
     fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
         let (line, column) = line_column(self.text, span.start);
@@ -334,7 +348,10 @@ impl<'a> Validator<'a> {
         Some(Plan {
             path: self.path.to_path_buf(),
             backend: backend.as_ref()?.0.clone(),
-            azure: backend?.1,
+            azure: backend?.1.map(|mut azure| {
+                azure.places = std::mem::take(&mut self.places);
+                azure
+            }),
             contacts,
             policies,
             cas: cas?,
@@ -926,6 +943,7 @@ impl<'a> Validator<'a> {
                 signed_by.insert(ca, first);
             }
             self.check_hub(&group.hub);
+            self.place(format!("groups.{n}.hub"), group.hub.span());
             let reprovision = self.reprovision(group.reprovision.as_ref());
             if self.check_ref("policy", "policies", &group.device_policy, &raw.policies) {
                 self.check_leaf_policy(
@@ -1097,6 +1115,7 @@ impl<'a> Validator<'a> {
             self.check_leaf_policy(&e.policy, usage, &format!("enrollment `{n}` uses it"));
         }
         self.check_hub(&e.hub);
+        self.place(format!("enrollments.{n}.hub"), e.hub.span());
         let reprovision = self.reprovision(e.reprovision.as_ref());
         EnrollmentSpec {
             name: n.clone(),

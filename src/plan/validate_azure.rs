@@ -53,7 +53,10 @@ impl Validator<'_> {
     pub(super) fn azure(&mut self, b: &RawBackend, kind: std::ops::Range<usize>) -> Option<AzureConfig> {
         let before = self.errors.len();
         let vault_url = match &b.vault_url {
-            Some(url) => self.vault_url(url),
+            Some(url) => {
+                self.place("vault_url", url.span());
+                self.vault_url(url)
+            }
             None => {
                 self.error(
                     kind.clone(),
@@ -85,7 +88,10 @@ impl Validator<'_> {
             },
         };
         let auth = self.auth(b, kind);
-        let ca_file = b.ca_file.as_ref().map(|f| self.store_file("ca_file", f));
+        let ca_file = b.ca_file.as_ref().map(|f| {
+            self.place("ca_file", f.span());
+            self.store_file("ca_file", f)
+        });
         let mut resolve = BTreeMap::new();
         if let Some(table) = &b.resolve {
             for (host, addr) in table.get_ref() {
@@ -108,10 +114,29 @@ impl Validator<'_> {
                 }
             }
         }
-        let dps = b.dps.as_ref().map(|d| self.azure_dps(d.get_ref()));
+        for (key, value) in [
+            ("token_env", &b.token_env),
+            ("client_secret_env", &b.client_secret_env),
+        ] {
+            if let Some(v) = value {
+                self.place(key, v.span());
+            }
+        }
+        let dps = b.dps.as_ref().map(|d| {
+            let d = d.get_ref();
+            self.place("dps.host", d.host.span());
+            self.place("dps.sas_key_env", d.sas_key_env.span());
+            self.azure_dps(d)
+        });
         let mut hubs = BTreeMap::new();
         for (name, hub) in &b.hubs {
             self.check_name("hub", name);
+            let h = hub.get_ref();
+            self.place(format!("hubs.{}.host", name.get_ref()), h.host.span());
+            self.place(
+                format!("hubs.{}.sas_key_env", name.get_ref()),
+                h.sas_key_env.span(),
+            );
             hubs.insert(name.get_ref().clone(), self.azure_hub(hub.get_ref()));
         }
         if self.errors.len() != before {
@@ -126,6 +151,8 @@ impl Validator<'_> {
             resolve,
             dps,
             hubs,
+            // Filled in when the plan is whole (groups and enrollments add theirs).
+            places: BTreeMap::new(),
         })
     }
 

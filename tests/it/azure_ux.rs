@@ -3,8 +3,8 @@
 //! `delivery = "none"` says so once, an untrusted TLS certificate is named and not retried, and
 //! the exit codes follow the README's contract.
 
-use crate::azure_verbs::{TOKEN, fleet_plans_with, run_fleet, start_serve};
-use crate::conformance::azure::{Serve, run_plan, sas_key};
+use crate::azure_verbs::{TOKEN, fleet_ok, fleet_plans_with, run_fleet, start_serve};
+use crate::conformance::azure::{DPS_HOST, Serve, run_plan, sas_key};
 use crate::util::TestEnv;
 
 /// One group of twelve devices under an intermediate, on hub `conf-hub`.
@@ -283,6 +283,80 @@ fn azure_an_untrusted_server_certificate_is_named_with_its_host_and_the_fix_and_
     unique.dedup();
     assert_eq!(tries.len(), unique.len(), "a request was retried:\n{}", r.stderr);
     assert!(!r.stderr.contains("retry policy expired"), "{}", r.stderr);
+}
+
+/// The 1-based line and column of the first `needle` in `text`, as a plan error names it.
+fn line_col(text: &str, needle: &str) -> (usize, usize) {
+    let at = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("`{needle}` not in\n{text}"));
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = before[before.rfind('\n').map_or(0, |i| i + 1)..].chars().count() + 1;
+    (line, column)
+}
+
+/// Trial az7 (F-DNS-EXIT): a misspelt `dps.host` or `vault_url` host was retried 6 times
+/// (26 s, 52 s) and ended exit 1 "failed part-way" though nothing was changed and no rerun
+/// could succeed. A name that does not resolve (`.invalid`, RFC 6761) on the first request to
+/// it is bad input: exit 2, not retried, named by its plan key at its place; nothing changed.
+#[test]
+fn azure_a_host_that_does_not_resolve_is_bad_input_named_by_its_plan_key_and_not_retried() {
+    let env = TestEnv::new();
+    let serve = twelve_on_azure(&env);
+    fleet_ok(&env, &serve, &["issue"]);
+    let before = fleet_ok(&env, &serve, &["status", "-o", "json"]).json();
+    let plan = std::fs::read_to_string(env.path("azure/plan.toml")).unwrap();
+    let vault = "https://certroll.vault.azure.net";
+    for (from, to, key) in [
+        (
+            format!("host = \"{DPS_HOST}\""),
+            "certroll-dps.azure-devices-provisoning.invalid",
+            "dps.host",
+        ),
+        (
+            format!("vault_url = \"{vault}\""),
+            "certrol.vault.invalid",
+            "vault_url",
+        ),
+    ] {
+        let misspelt = match key {
+            "dps.host" => plan.replacen(&from, &format!("host = \"{to}\""), 1),
+            _ => plan.replacen(&from, &format!("vault_url = \"https://{to}\""), 1),
+        };
+        assert_ne!(misspelt, plan);
+        // The value's place: its opening quote.
+        let (line, column) = line_col(
+            &misspelt,
+            &format!(
+                "\"{}",
+                if key == "dps.host" {
+                    to.to_string()
+                } else {
+                    format!("https://{to}")
+                }
+            ),
+        );
+        env.write("azure/plan.toml", &misspelt);
+        let r = run_fleet(&env, &serve, "azure", &["-v", "roll-secondary", "group:meters"]);
+        assert_eq!(r.code, 2, "bad input, nothing changed\n{}", r.stderr);
+        let error = r.stderr.lines().last().unwrap_or_default();
+        assert!(
+            error.contains(&format!(
+                "plan.toml:{line}:{column}: {key} `{to}` does not resolve (DNS: "
+            )),
+            "{}",
+            r.stderr
+        );
+        assert!(!error.contains("failed part-way"), "{error}");
+        // Not retried: no second attempt, no retry policy giving up.
+        assert!(!r.stderr.contains("attempt 2"), "{}", r.stderr);
+        assert!(!r.stderr.contains("retrying"), "{}", r.stderr);
+        assert!(!r.stderr.contains("retry policy expired"), "{}", r.stderr);
+        env.write("azure/plan.toml", &plan);
+        let after = fleet_ok(&env, &serve, &["status", "-o", "json"]).json();
+        assert_eq!(after, before, "nothing changed");
+    }
 }
 
 #[test]

@@ -140,3 +140,108 @@ fn a_good_plan_validates_and_a_missing_one_is_an_input_error() {
     env.run(&["--plan", "plan.toml", "issue", "--bogus-flag"]).code(2);
     assert!(!env.store_dir().exists());
 }
+
+/// An azure plan for [`an_azure_plan_s_later_errors_name_the_key_s_line_and_column`]: `backend`
+/// holds `[backend]`'s own lines (after `kind` and `path`), `hub` the group's hub.
+fn azure_plan(backend: &str, hub: &str) -> String {
+    format!(
+        "version = 1\n[backend]\nkind = \"azure\"\npath = \"state.db\"\n\
+         vault_url = \"https://certroll.vault.azure.net\"\nauth = \"token-env\"\n\
+         token_env = \"CERTROLL_T_TOKEN\"\ndelivery = \"none\"\n{backend}\
+         dps = {{ host = \"d.azure-devices-provisioning.net\", id_scope = \"0ne00000000\", \
+         sas_policy = \"p\", sas_key_env = \"CERTROLL_T_DPS_KEY\" }}\n\
+         [backend.hubs.conf-hub]\nhost = \"conf-hub.azure-devices.net\"\nsas_policy = \"p\"\n\
+         sas_key_env = \"CERTROLL_T_HUB_KEY\"\n\
+         [policies.device]\nkey = {{ type = \"EC\", curve = \"P-256\" }}\nvalidity_days = 365\n\
+         [policies.ca]\nkey = {{ type = \"EC\", curve = \"P-256\" }}\nvalidity_days = 3650\n\
+         key_usage = [\"keyCertSign\", \"cRLSign\", \"digitalSignature\"]\n\
+         [ca.root]\nsubject = \"CN=Root\"\npolicy = \"ca\"\n\
+         [groups.meters]\nsigning_ca = \"root\"\nhub = \"{hub}\"\n\
+         device_policy = \"device\"\ndevices = {{ prefix = \"m-\", count = 2 }}\n"
+    )
+}
+
+/// Trial az7: the errors found once the plan is loaded (`ca_file` missing, not PEM or a
+/// folder; a secret's variable not set; a hub the plan assigns devices to without its table)
+/// named the file and the value but not where: they name `plan.toml:LINE:COL` of the key's
+/// value, as the plan's own errors do. Each before any request (no service runs here): exit 2.
+#[test]
+fn an_azure_plan_s_later_errors_name_the_key_s_line_and_column() {
+    let key = "c2VjcmV0LWtleS1mb3ItdGVzdHM=";
+    let all = [
+        ("CERTROLL_T_TOKEN", "t"),
+        ("CERTROLL_T_DPS_KEY", key),
+        ("CERTROLL_T_HUB_KEY", key),
+    ];
+    // (extra `[backend]` lines, the group's hub, the variable left unset, what the value's
+    // line starts with, the message's words after the place)
+    let cases: &[(&str, &str, &str, &str, &str)] = &[
+        (
+            "ca_file = \"no-such-ca.pem\"\n",
+            "conf-hub",
+            "",
+            "ca_file = ",
+            "ca_file ",
+        ),
+        (
+            "ca_file = \"plan.toml\"\n",
+            "conf-hub",
+            "",
+            "ca_file = ",
+            "ca_file ",
+        ),
+        ("ca_file = \".\"\n", "conf-hub", "", "ca_file = ", "ca_file "),
+        (
+            "",
+            "conf-hub",
+            "CERTROLL_T_TOKEN",
+            "token_env = ",
+            "token_env: environment variable CERTROLL_T_TOKEN is not set",
+        ),
+        (
+            "",
+            "conf-hub",
+            "CERTROLL_T_DPS_KEY",
+            "dps = { host = \"d.azure-devices-provisioning.net\", id_scope = \"0ne00000000\", sas_policy = \"p\", sas_key_env = ",
+            "dps.sas_key_env: environment variable CERTROLL_T_DPS_KEY is not set",
+        ),
+        (
+            "",
+            "conf-hub",
+            "CERTROLL_T_HUB_KEY",
+            "sas_key_env = ",
+            "hubs.conf-hub.sas_key_env: environment variable CERTROLL_T_HUB_KEY is not set",
+        ),
+        (
+            "",
+            "other-hub",
+            "",
+            "hub = ",
+            "`issue` on backend kind `azure` needs `[backend.hubs.other-hub]`",
+        ),
+    ];
+    for (backend, hub, unset, line_start, words) in cases {
+        let env = TestEnv::new();
+        let text = azure_plan(backend, hub);
+        env.write("plan.toml", &text);
+        let (index, line) = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| l.starts_with(line_start))
+            .last()
+            .unwrap_or_else(|| panic!("no line starts with {line_start}"));
+        let column = line_start.chars().count() + 1;
+        let expected = format!("plan.toml:{}:{column}: {words}", index + 1);
+        assert!(line.len() > line_start.len());
+        let vars = all.iter().filter(|(k, _)| k != unset).copied();
+        let out = env
+            .cmd()
+            .envs(vars)
+            .args(["--plan", "plan.toml", "issue"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{backend}{hub}{unset}: {stderr}");
+        assert!(stderr.contains(&expected), "wanted `{expected}` in {stderr}");
+    }
+}

@@ -74,6 +74,23 @@ impl SetupError {
             SetupError::MissingEnv(_) | SetupError::CaFile { .. } | SetupError::BadEnv(_)
         )
     }
+
+    /// The error as the CLI tells it: after the place of the plan key it concerns
+    /// (`plan.toml:12:11: ca_file ...`, `plan.toml:9:40: dps.sas_key_env: environment variable
+    /// ...`), or after the plan's path (`plan`) when no key's place is known.
+    pub fn told(&self, plan: &std::path::Path, config: &AzureConfig) -> String {
+        let key = match self {
+            SetupError::CaFile { .. } => Some("ca_file".to_string()),
+            SetupError::MissingEnv(var) => config.env_key(var),
+            SetupError::BadEnv(_) | SetupError::Client(_) => None,
+        };
+        match key.and_then(|k| config.places.get(&k).map(|place| (k, place))) {
+            // `ca_file` names itself in the message; a variable's key is said before it.
+            Some((k, place)) if k == "ca_file" => format!("{place}: {self}"),
+            Some((k, place)) => format!("{place}: {k}: {self}"),
+            None => format!("{}: {self}", plan.display()),
+        }
+    }
 }
 
 /// A bearer token taken from an environment variable once (`auth = "token-env"`): for a
@@ -194,7 +211,8 @@ pub fn http_client(config: &AzureConfig) -> Result<reqwest::Client, SetupError> 
 
 /// Client options for every Azure client: our transport, azure_core's exponential retry
 /// (it honours `Retry-After` on 429 and 503, and retries 5xx, resets and timeouts with jitter)
-/// and [`observe::Observe`] on each try (the `-v`/`-vv` log; a TLS failure is not retried; a
+/// and [`observe::Observe`] on each try (the `-v`/`-vv` log; a TLS failure, and a host name
+/// that does not resolve on first contact, are not retried; a
 /// refused connection names the address `config`'s `resolve` gave the host). `http` is
 /// [`http_client`]`(config)`.
 pub fn client_options(http: reqwest::Client, config: &AzureConfig) -> ClientOptions {
@@ -204,7 +222,7 @@ pub fn client_options(http: reqwest::Client, config: &AzureConfig) -> ClientOpti
             max_retries: 6,
             ..Default::default()
         }),
-        per_try_policies: vec![Arc::new(observe::Observe::new(&config.resolve))],
+        per_try_policies: vec![Arc::new(observe::Observe::for_config(config))],
         ..Default::default()
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! - Each attempt is logged at debug (`-vv`): method, host, path, status, attempt, elapsed.
 //!   Never the query (a SAS token can travel there), a header or a body: the `Authorization`
-//!   header carries the bearer token or the SharedAccessSignature.
+//!   header carries the bearer token or the SharedAccessSignature. A transport error names the
+//!   URL it failed to reach (reqwest's words): [`strip_query`] drops its query before the
+//!   error is logged or handed on, so no message or log line shows one.
 //! - A throttled or failing answer (429, 503, other 5xx) and a transport failure are logged at
 //!   info (`-v`) on each attempt, so a slow run shows why.
 //! - A TLS certificate the client does not trust is not transient: the policy turns it into a
@@ -12,6 +14,11 @@
 //!   mismatch, expired) and the fix. A refused connection names the address refused and, when
 //!   the plan's `resolve` sent the host there, the host too; it is still retried (a service
 //!   restarting refuses for a moment).
+//! - A host name that does not resolve on the first request of this process to it (a misspelt
+//!   `dps.host` or `vault_url`) is bad input, not a failure part-way: no rerun can succeed, so
+//!   it is not retried, and the message names the plan key and its place. Once the host has
+//!   answered in this run, or when the resolver says its failure is temporary, a DNS failure is
+//!   an outage and is retried like a reset.
 //! - Whether any request that changes something remote has succeeded in this process
 //!   ([`remote_written`]): a credential rejected before that is bad input (exit 2, nothing
 //!   changed), after it a failure part-way (exit 1).
@@ -19,10 +26,10 @@
 use azure_core::error::ErrorKind;
 use azure_core::http::policies::{Policy, PolicyResult, RetryPolicyCount};
 use azure_core::http::{Context, Method, Request};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// How the message of a certificate verification failure begins (see [`is_setup_failure`]).
@@ -32,10 +39,36 @@ pub const TLS_UNTRUSTED: &str = "TLS: the certificate of ";
 /// (see [`no_answer`]).
 pub const TLS_CODE: &str = "TLS";
 
+/// The error code certroll gives a request whose host name does not resolve on first contact
+/// (see [`no_answer`]).
+pub const DNS_CODE: &str = "DNS";
+
+/// How this policy's message about a host that does not resolve begins.
+const DNS_UNRESOLVED: &str = "DNS: ";
+
 /// The tracing target of the per-attempt log lines.
 pub const LOG_TARGET: &str = "certroll::azure::http";
 
 static WRITTEN: AtomicBool = AtomicBool::new(false);
+
+/// The hosts (lowercase) that have answered a request in this process: a DNS failure for one of
+/// them is an outage, not a misspelt name.
+static ANSWERED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+fn has_answered(host: &str) -> bool {
+    ANSWERED
+        .lock()
+        .map(|hosts| hosts.contains(&host.to_ascii_lowercase()))
+        .unwrap_or(true)
+}
+
+fn answered(host: &str) {
+    if let Ok(mut hosts) = ANSWERED.lock()
+        && !hosts.contains(host)
+    {
+        hosts.insert(host.to_ascii_lowercase());
+    }
+}
 
 /// Whether a request that changes remote state (PUT, PATCH, DELETE, or a POST that is not a
 /// query or a signature) has been answered 2xx in this process.
@@ -44,13 +77,16 @@ pub fn remote_written() -> bool {
 }
 
 /// Whether `error` says the setup is wrong rather than the run failed part-way: the service
-/// rejected the credential (401, 403) or its TLS certificate is not trusted, and no request of
-/// this process has changed anything remote yet. Such a failure exits 2 (nothing changed).
+/// rejected the credential (401, 403), its TLS certificate is not trusted or its host name does
+/// not resolve, and no request of this process has changed anything remote yet. Such a failure exits 2 (nothing changed).
 pub fn is_setup_failure(error: &crate::backend::BackendError) -> bool {
     let crate::backend::BackendError::Remote { status, message, .. } = error else {
         return false;
     };
-    let setup = matches!(status, Some(401 | 403)) || is_untrusted(error) || message.contains(TLS_UNTRUSTED);
+    let setup = matches!(status, Some(401 | 403))
+        || is_untrusted(error)
+        || message.contains(TLS_UNTRUSTED)
+        || matches!(error, crate::backend::BackendError::Remote { status: None, code, .. } if code == DNS_CODE);
     setup && !remote_written()
 }
 
@@ -63,13 +99,33 @@ fn is_untrusted(error: &crate::backend::BackendError) -> bool {
 /// and the whole cause chain, except that a server certificate certroll does not trust is told
 /// as [`TLS_CODE`] and this policy's own words, without the retry policy's "non-transport error
 /// occurred which will not be retried:" and azure_core's kind in front (the words already name
-/// the cause, the host and the fix).
+/// the cause, the host and the fix); a host that does not resolve likewise, as [`DNS_CODE`].
 pub fn no_answer(error: &azure_core::Error) -> (String, String) {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if let Some(rest) = e.to_string().strip_prefix(DNS_UNRESOLVED) {
+            return (DNS_CODE.to_string(), rest.to_string());
+        }
+        cause = e.source();
+    }
     let text = chain_text(error);
     match text.find(TLS_UNTRUSTED) {
         // `TLS: the certificate of HOST ...` becomes code `TLS`, message `the certificate of ...`.
         Some(at) => (TLS_CODE.to_string(), text[at + TLS_CODE.len() + 2..].to_string()),
         None => (format!("{:?}", error.kind()), text),
+    }
+}
+
+/// Drops the query and fragment from the URL a transport error carries (reqwest's "error
+/// sending request for url (...)"), so no message or log line made from `error` shows the
+/// query (`api-version`, and a SAS token could travel there one day).
+pub fn strip_query(error: &mut azure_core::Error) {
+    if let Some(url) = error
+        .downcast_mut::<reqwest::Error>()
+        .and_then(reqwest::Error::url_mut)
+    {
+        url.set_query(None);
+        url.set_fragment(None);
     }
 }
 
@@ -79,6 +135,9 @@ pub struct Observe {
     /// The plan's `resolve` table (host name → address), as the transport was given it: a
     /// refused connection names the address actually refused.
     resolve: BTreeMap<String, SocketAddr>,
+    /// The plan key naming each service host and its place (`plan.toml:7:8: dps.host`), by
+    /// host (lowercase): a host that does not resolve is told by the key that names it.
+    hosts: BTreeMap<String, String>,
 }
 
 impl Observe {
@@ -86,6 +145,20 @@ impl Observe {
     pub fn new(resolve: &BTreeMap<String, SocketAddr>) -> Observe {
         Observe {
             resolve: resolve.clone(),
+            hosts: BTreeMap::new(),
+        }
+    }
+
+    /// The policy for the clients of `config`: its `resolve`, and its host keys' places.
+    pub fn for_config(config: &crate::plan::AzureConfig) -> Observe {
+        let hosts = config
+            .host_keys()
+            .into_iter()
+            .map(|(host, key)| (host, config.key_at(&key)))
+            .collect();
+        Observe {
+            resolve: config.resolve.clone(),
+            hosts,
         }
     }
 
@@ -134,6 +207,7 @@ impl Policy for Observe {
         let ms = started.elapsed().as_millis();
         match result {
             Ok(response) => {
+                answered(&host);
                 let status = u16::from(response.status());
                 tracing::debug!(
                     target: LOG_TARGET,
@@ -160,7 +234,8 @@ impl Policy for Observe {
                 }
                 Ok(response)
             }
-            Err(error) => {
+            Err(mut error) => {
+                strip_query(&mut error);
                 let reason = transport_reason(&error, &host, port, resolved);
                 match reason {
                     Some(Reason::Tls(why)) => {
@@ -173,11 +248,23 @@ impl Policy for Observe {
                         tracing::warn!(target: LOG_TARGET, "{method} {host}{path}: {message}");
                         Err(azure_core::Error::with_message(ErrorKind::Other, message))
                     }
+                    // A name `resolve` maps never reaches the resolver; one that has answered in
+                    // this run, or whose failure the resolver calls temporary, is an outage.
+                    Some(Reason::Unresolved(detail)) if !has_answered(&host) && !is_temporary(&detail) => {
+                        let key = self.hosts.get(&host).cloned().unwrap_or_else(|| "host".into());
+                        let message = format!(
+                            "{DNS_UNRESOLVED}{key} `{host}` does not resolve (DNS: {detail}); not \
+                             retried: check the host name, or map it to an address in the plan's \
+                             `resolve`"
+                        );
+                        tracing::warn!(target: LOG_TARGET, "{method} {host}{path}: {message}");
+                        Err(azure_core::Error::with_message(ErrorKind::Other, message))
+                    }
                     Some(Reason::Refused(text)) => {
                         tracing::info!(target: LOG_TARGET, "{method} {host}{path}: {text} (attempt {attempt}); retrying");
                         Err(azure_core::Error::with_error(ErrorKind::Connection, error, text))
                     }
-                    None => {
+                    Some(Reason::Unresolved(_)) | None => {
                         tracing::info!(
                             target: LOG_TARGET,
                             "{method} {host}{path}: {} (attempt {attempt}, {ms} ms)",
@@ -200,11 +287,21 @@ pub enum Reason {
     /// `resolve` sent the host elsewhere, `connection refused by ADDRESS (the address the plan's
     /// `resolve` gives host)`.
     Refused(String),
+    /// The host name did not resolve: the resolver's words.
+    Unresolved(String),
+}
+
+/// Whether the resolver's words say its failure is temporary (glibc's and musl's
+/// `EAI_AGAIN`, "Temporary failure in name resolution"). Only the message carries it: std
+/// turns every `getaddrinfo` failure into an `io::Error` of one uncategorised kind.
+fn is_temporary(detail: &str) -> bool {
+    detail.contains("Temporary failure")
 }
 
 /// Walks `error`'s source chain (azure_core → reqwest → hyper → io → rustls) for a certificate
-/// verification failure or a refused connection to `host` on `port` (`resolved`: the address
-/// the plan's `resolve` sent it to, if it did).
+/// verification failure, a host name that did not resolve (reqwest's `is_dns`) or a refused
+/// connection to `host` on `port` (`resolved`: the address the plan's `resolve` sent it to, if
+/// it did).
 pub fn transport_reason(
     error: &(dyn std::error::Error + 'static),
     host: &str,
@@ -215,6 +312,16 @@ pub fn transport_reason(
     while let Some(e) = cause {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(Reason::Tls(tls_words(tls)));
+        }
+        if e.downcast_ref::<reqwest::Error>()
+            .is_some_and(reqwest::Error::is_dns)
+        {
+            // The resolver's own words are the innermost cause.
+            let mut inner = e;
+            while let Some(next) = inner.source() {
+                inner = next;
+            }
+            return Some(Reason::Unresolved(inner.to_string()));
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::ConnectionRefused {
@@ -441,6 +548,51 @@ mod tests {
             Some(SocketAddr::new(closed.ip(), 8443))
         );
         assert_eq!(observe.resolved("other.example", None, 443), None);
+    }
+
+    /// Trial az7: errors and `-v` lines showed `?api-version=...`. A server that takes the
+    /// connection and hangs up gives a transport error naming the URL: through this policy, the
+    /// error (and the `-v` line, made from the same error) names the path without the query.
+    #[test]
+    fn a_transport_error_names_the_path_without_the_query() {
+        use azure_core::http::policies::TransportPolicy;
+        use azure_core::http::{Transport, Url};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hang_up = std::thread::spawn(move || {
+            // The try is let in and dropped at once.
+            for stream in listener.incoming().take(1) {
+                drop(stream);
+            }
+        });
+        let host = "certroll-dps.azure-devices-provisioning.net";
+        let resolve = BTreeMap::from([(host.to_string(), addr)]);
+        let client = reqwest::Client::builder().resolve(host, addr).build().unwrap();
+        let transport: Arc<dyn Policy> = Arc::new(TransportPolicy::new(Transport::new(Arc::new(client))));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let url = Url::parse(&format!(
+            "https://{host}/enrollmentGroups/ga?api-version=2021-10-01&sig=x"
+        ))
+        .unwrap();
+        let mut request = Request::new(url, Method::Get);
+        let answer = rt.block_on(Observe::new(&resolve).send(
+            &Context::new(),
+            &mut request,
+            std::slice::from_ref(&transport),
+        ));
+        let error = answer.expect_err("the server hangs up");
+        let told = chain_text(&error);
+        assert!(
+            told.contains(&format!("https://{host}/enrollmentGroups/ga")),
+            "{told}"
+        );
+        assert!(!told.contains('?'), "{told}");
+        assert!(!told.contains("api-version"), "{told}");
+        assert!(!told.contains("sig="), "{told}");
+        hang_up.join().unwrap();
     }
 
     #[test]
