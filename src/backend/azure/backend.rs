@@ -40,10 +40,11 @@
 //! - A unit that ends in registrations (`issue`'s) commits and then registers
 //!   ([`Backend::commit_then_register`]): `register` delivers first. A unit without them (an
 //!   expiry roll's) delivers after [`Backend::commit`]; during a run of chunked writes
-//!   ([`Backend::bulk_writes`]) on a thread of its own (the courier, with its own Key Vault and
-//!   IoT Hub clients, which share the main clients' pacing: the plan's rates and bounds are
-//!   what each service sees of the run, deliveries included), beside the next unit's imports,
-//!   so a throttled Key Vault never idles the delivery channel nor the channel the imports. What
+//!   ([`Backend::bulk_writes`]) on a thread of its own (the courier, with its own IoT Hub
+//!   client and its runners' Key Vault clients, which share the main clients' pacing: the
+//!   plan's rates and bounds are what each service sees of the run, deliveries included),
+//!   beside the next unit's imports, so a throttled Key Vault never idles the delivery channel
+//!   nor the channel the imports. What
 //!   the courier delivered is told to the backend as each finishes and settled at the next
 //!   unit's edge (the store has one writer, the unit under way): at `begin` on its own, before
 //!   a `commit` inside that unit; and as each comes while [`Backend::finish_deliveries`] (or
