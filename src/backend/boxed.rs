@@ -370,6 +370,16 @@ impl HubRegistry for Box<dyn Backend> {
         (**self).invoke_methods(calls, concurrency, now)
     }
 
+    fn invoke_methods_each(
+        &mut self,
+        calls: &[(String, String, DirectMethodCall)],
+        concurrency: usize,
+        now: OffsetDateTime,
+        each: &mut dyn FnMut(usize, Result<DirectMethodResult>),
+    ) {
+        (**self).invoke_methods_each(calls, concurrency, now, each)
+    }
+
     fn authenticate(
         &self,
         hub: &str,

@@ -966,13 +966,17 @@ impl LocalBackend {
     }
 
     /// Settles owed deliveries: `(device id, version)`, None for whatever version it was owed.
-    pub fn settle_deliveries(&mut self, settled: &[(String, Option<String>)]) -> Result<()> {
+    /// Inside a unit the settlement is part of it (a unit rolled back leaves them owed);
+    /// outside, it is one small transaction of its own. A shared borrow (see
+    /// [`crate::store::Store::write_shared`]): the azure backend settles deliveries while
+    /// they still run.
+    pub fn settle_deliveries(&self, settled: &[(String, Option<String>)]) -> Result<()> {
         if settled.is_empty() {
             return Ok(());
         }
         let out = self
             .store
-            .write(|tx, _| crate::store::queries_journal::owed_settle(tx, settled));
+            .write_shared(|tx, _| crate::store::queries_journal::owed_settle(tx, settled));
         out.map_err(|e| self.with_path(e))
     }
 

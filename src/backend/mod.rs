@@ -497,6 +497,22 @@ pub trait HubRegistry {
             .map(|(hub, id, call)| self.invoke_method(hub, id, call, now))
             .collect()
     }
+    /// As [`invoke_methods`](Self::invoke_methods), handing each answer to `each` with its
+    /// call's place in `calls` as soon as it is in, in whichever order they come: a caller can
+    /// act on the first answers (settle what a device took) while later calls still wait for
+    /// their devices. The default invokes them one at a time, in order.
+    fn invoke_methods_each(
+        &mut self,
+        calls: &[(String, String, DirectMethodCall)],
+        concurrency: usize,
+        now: OffsetDateTime,
+        each: &mut dyn FnMut(usize, Result<DirectMethodResult>),
+    ) {
+        let _ = concurrency;
+        for (i, (hub, id, call)) in calls.iter().enumerate() {
+            each(i, self.invoke_method(hub, id, call, now));
+        }
+    }
     /// Whether the hub lets a device in with this certificate: the identity exists, is enabled,
     /// and one of its thumbprints (SHA-1 or SHA-256) is the certificate's; and the certificate is
     /// valid at `now`.

@@ -181,6 +181,9 @@ pub struct OpenOptions {
 /// How often a [`Checkpointer`] checkpoints.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
+/// Write transactions committed by the stores of this process ([`Store::commits`]).
+static COMMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// SQLite's default `wal_autocheckpoint` (pages), restored after a [`Checkpointer`].
 const DEFAULT_AUTOCHECKPOINT: i64 = 1000;
 
@@ -689,10 +692,29 @@ impl Store {
         &self.conn
     }
 
+    /// How many write transactions the stores of this process committed ([`write`](Self::write)
+    /// outside a batch, and [`commit_batch`](Self::commit_batch)): what a run costs the disk,
+    /// for measurements (`CERTROLL_LOG=certroll::store=debug` shows it when an azure backend
+    /// ends).
+    pub fn commits() -> u64 {
+        COMMITS.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Runs `f` in one write transaction and commits if it returns Ok. Inside a batch
     /// ([`begin_batch`](Self::begin_batch)) it runs as part of the batch, which is committed or abandoned whole.
     pub fn write<T, E: From<StoreError>>(
         &mut self,
+        f: impl FnOnce(&Connection, &StoreKey) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.write_shared(f)
+    }
+
+    /// As [`write`](Self::write), through a shared borrow: for a writer that holds the store
+    /// beside a reader of it on the same thread (the azure backend settles each delivery as it
+    /// finishes while the delivery still reads the vault client that holds the store). The
+    /// connection is not `Sync`, so this is still one thread's writes, one after another.
+    pub fn write_shared<T, E: From<StoreError>>(
+        &self,
         f: impl FnOnce(&Connection, &StoreKey) -> Result<T, E>,
     ) -> Result<T, E> {
         if !self.conn.is_autocommit() {
@@ -705,6 +727,7 @@ impl Store {
         match f(&self.conn, &self.key) {
             Ok(out) => {
                 self.conn.execute_batch(commit).map_err(|e| self.err(e))?;
+                COMMITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Ok(out)
             }
             Err(e) => {
@@ -782,7 +805,9 @@ impl Store {
 
     /// Commits the batch.
     pub fn commit_batch(&mut self) -> Result<(), StoreError> {
-        self.conn.execute_batch("COMMIT").map_err(|e| self.err(e))
+        self.conn.execute_batch("COMMIT").map_err(|e| self.err(e))?;
+        COMMITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Abandons the batch.

@@ -174,7 +174,7 @@ with open(log, "a") as f:
 "#;
 
 /// The largest number of (start, end) intervals that overlap at one instant.
-fn most_at_once(intervals: &[(f64, f64)]) -> usize {
+pub(crate) fn most_at_once(intervals: &[(f64, f64)]) -> usize {
     let mut edges: Vec<(f64, i32)> = intervals.iter().flat_map(|&(s, e)| [(s, 1), (e, -1)]).collect();
     // An end before a start at the same instant: touching intervals do not overlap.
     edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));

@@ -76,6 +76,8 @@ mod azure_hsm;
 mod azure_delivery;
 // Deliveries owed on azure: recorded with the fleet record, settled when the channel took them.
 mod azure_owed;
+// Each delivery settled as it finishes; owed deliveries at `delivery_concurrency`.
+mod azure_settle;
 // Throttled rolls through the binary: the service that bounds a roll kept busy.
 mod azure_overlap;
 

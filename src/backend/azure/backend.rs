@@ -25,21 +25,30 @@
 //! - `install` records the fleet record in the local unit and queues a delivery for each device
 //!   whose handed-out version changed, recording it as *owed* in the same unit (store table
 //!   `owed_deliveries`; `none` owes nothing). One rule on every path: **a unit commits with
-//!   what it owes recorded, then delivers**, settling each delivery its channel takes (outside
-//!   a unit: at once). A kill after the commit re-delivers at most what was in flight (taken by
-//!   a channel, not yet settled); one cut off before it, or that failed, stays owed and visible
+//!   what it owes recorded, then delivers**, settling each delivery its channel takes as it
+//!   finishes (inside an open unit the settlement is part of the unit, so a unit rolled back
+//!   leaves it owed; outside, a small write of its own; those finishing within
+//!   [`SETTLE_EVERY`] of each other share one write). A kill after the commit re-delivers at
+//!   most what was in flight (taken by a channel, not yet finished, or finished within the last
+//!   [`SETTLE_EVERY`]); one cut off before it, or that failed, stays owed and visible
 //!   (`status`, `check`, the reports' `deliveries_owed`), and [`Backend::deliver_owed`] (called
 //!   by `issue` and the rolls before their own work) delivers it. Hooks run up to
-//!   `[backend] delivery_concurrency` at once; direct methods are awaited as many at once.
+//!   `[backend] delivery_concurrency` at once; direct methods are awaited as many at once. A
+//!   unit's own deliveries are made ready on the calling thread (its client keeps what it
+//!   imported); owed ones and the courier's read their versions and keys in the pool, each
+//!   runner with a Key Vault client of its own ([`Reads`]).
 //! - A unit that ends in registrations (`issue`'s) commits and then registers
 //!   ([`Backend::commit_then_register`]): `register` delivers first. A unit without them (an
 //!   expiry roll's) delivers after [`Backend::commit`]; during a run of chunked writes
-//!   ([`Backend::bulk_writes`]) on a thread of its own (the courier, with its own Key Vault and
-//!   IoT Hub clients, which share the main clients' pacing: the plan's rates and bounds are
-//!   what each service sees of the run, deliveries included), beside the next unit's imports,
-//!   so a throttled Key Vault never idles the delivery channel nor the channel the imports. What the courier delivered is settled
-//!   between units (before the next `begin`, after each `commit`), and waited for by
-//!   [`Backend::finish_deliveries`] (and on drop).
+//!   ([`Backend::bulk_writes`]) on a thread of its own (the courier, with its own IoT Hub
+//!   client and its runners' Key Vault clients, which share the main clients' pacing: the
+//!   plan's rates and bounds are what each service sees of the run, deliveries included),
+//!   beside the next unit's imports, so a throttled Key Vault never idles the delivery channel
+//!   nor the channel the imports. What
+//!   the courier delivered is told to the backend as each finishes and settled at the next
+//!   unit's edge (the store has one writer, the unit under way): at `begin` on its own, before
+//!   a `commit` inside that unit; and as each comes while [`Backend::finish_deliveries`] (or
+//!   the drop) waits for the rest.
 //! - `register` becomes: deliver what is queued, ask each device to register again (direct method
 //!   `[backend] reprovision_method`, up to `delivery_concurrency` awaited at once; a device the
 //!   hub does not know or that is offline registers by itself when it next starts), then read the
@@ -377,29 +386,57 @@ pub struct AzureBackend {
     background: bool,
     /// The thread delivering beside the next unit's work, once started.
     courier: Option<Courier>,
-    /// Makes the courier's own clients (None: deliveries run here, or the courier started).
+    /// Makes the courier's IoT Hub client (None: deliveries run here, or the courier started).
     courier_clients: Option<CourierClients>,
+    /// Makes Key Vault clients for the threads that deliver ([`Reads::InPool`]); None: every
+    /// delivery reads with the backend's own client (a backend made by
+    /// [`from_parts`](Self::from_parts)).
+    vault_clients: Option<std::sync::Arc<VaultClients>>,
     /// How many certificates this backend left to the operator (`delivery = "none"`), and the
     /// first device: one warning line says so when the backend is dropped.
     for_the_operator: (u64, Option<String>),
     describe: String,
 }
 
-/// Makes the clients a [`Courier`] delivers with: a Key Vault client of its own (the
-/// backend's is busy with the next unit's imports) and an IoT Hub client for direct methods,
-/// each sharing the pacing of the backend's client of that service.
+/// Writes of settled deliveries this process made ([`settle_in`]), for measurements.
+static SETTLE_WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Settles delivered `(device id, version)` rows in the store beside the plan: in the unit when
+/// one is open, else a small write of its own (none for no rows).
+fn settle_in(local: &LocalBackend, rows: &[(String, Option<String>)]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    SETTLE_WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    local.settle_deliveries(rows)
+}
+
+/// Makes the IoT Hub client a [`Courier`] invokes direct methods with, sharing the pacing of
+/// the backend's hub client (its Key Vault clients are the runners' own, [`Reads::InPool`]:
+/// the backend's is busy with the next unit's imports).
 type CourierClients =
-    Box<dyn FnOnce() -> std::result::Result<(AzureVault, Box<dyn HubRegistry + Send>), SetupError> + Send>;
+    Box<dyn FnOnce() -> std::result::Result<Box<dyn HubRegistry + Send>, SetupError> + Send>;
+
+/// What the [`Courier`] tells the backend, in the order it happens.
+enum CourierNews {
+    /// Deliveries its channels took: `(device id, version)` to settle.
+    Settle(Vec<(String, Option<String>)>),
+    /// A batch is done: every outcome, for the report (what it took was in `Settle` before).
+    Batch(Delivered),
+}
 
 /// A thread running committed units' deliveries ([`deliver`]) one batch after another, beside
 /// the next units' work: a throttled Key Vault does not idle the delivery channels, nor slow
 /// deliveries the imports. Its batches run up to `delivery_concurrency` deliveries at once, as
-/// they would in the foreground. What it delivered is settled by the backend between units.
+/// they would in the foreground. What it delivered is settled by the backend as the backend
+/// next passes a unit's edge: into the unit under way before its commit (the store holds one
+/// writer, the unit, until then), or on its own outside a unit (at the next `begin`, and while
+/// [`Backend::finish_deliveries`] waits, as each settlement comes).
 struct Courier {
     /// Batches to deliver (dropped to end the thread).
     jobs: Option<std::sync::mpsc::Sender<Vec<DeviceRecord>>>,
-    /// What became of each batch, in the order sent.
-    done: std::sync::mpsc::Receiver<Delivered>,
+    /// What became of the batches, in the order it happened.
+    done: std::sync::mpsc::Receiver<CourierNews>,
     /// Batches sent and not yet taken back from `done`.
     in_flight: usize,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -461,18 +498,24 @@ impl AzureBackend {
         let (vault_pacing, hub_pacing) = (vault.pacing(), hubs.pacing());
         let mut backend = Self::from_parts(plan, vault, enrollments, Box::new(hubs));
         let config = config.clone();
+        let hub_config = config.clone();
         backend.courier_clients = Some(Box::new(move || {
-            let store = crate::store::Store::open_empty()
-                .map_err(|e| SetupError::Client(format!("in-memory store: {e}")))?;
-            let vault = AzureVault::connect_sharing(
-                &config,
-                LocalBackend::new(store),
-                courier_credential,
-                &vault_pacing,
-            )?;
             let hubs: Box<dyn HubRegistry + Send> =
-                Box::new(AzureHubRegistry::sharing(&config, &hub_pacing)?);
-            Ok((vault, hubs))
+                Box::new(AzureHubRegistry::sharing(&hub_config, &hub_pacing)?);
+            Ok(hubs)
+        }));
+        backend.vault_clients = Some(std::sync::Arc::new(VaultClients {
+            make: Box::new(move || {
+                let store = crate::store::Store::open_empty()
+                    .map_err(|e| SetupError::Client(format!("in-memory store: {e}")))?;
+                AzureVault::connect_sharing(
+                    &config,
+                    LocalBackend::new(store),
+                    courier_credential.clone(),
+                    &vault_pacing,
+                )
+            }),
+            idle: std::sync::Mutex::default(),
         }));
         Ok(backend)
     }
@@ -524,6 +567,7 @@ impl AzureBackend {
             background: false,
             courier: None,
             courier_clients: None,
+            vault_clients: None,
             for_the_operator: (0, None),
             describe,
         }
@@ -600,12 +644,28 @@ impl AzureBackend {
         }
     }
 
-    /// Runs the queued deliveries here and now (see [`deliver`]), records what became of them
+    /// Runs the queued deliveries here and now (see [`deliver`]), settling each the channel
+    /// takes as it finishes (in the unit when one is open: a unit rolled back leaves it owed;
+    /// else a small write of its own), records what became of them
     /// ([`take_delivered`](Self::take_delivered)), then makes the hub updates held back for them.
     fn flush(&mut self, now: OffsetDateTime) -> Result<()> {
+        self.flush_reading(now, false)
+    }
+
+    /// As [`flush`](Self::flush); `in_pool`: the deliveries read their versions and keys in
+    /// the pool ([`Reads::InPool`]), for deliveries of what this process did not import (owed
+    /// ones), when the backend can make clients for it.
+    fn flush_reading(&mut self, now: OffsetDateTime, in_pool: bool) -> Result<()> {
         let pending = self.take_pending();
         let routes = self.routes();
-        let delivered = deliver(&routes, &self.vault, &mut *self.hubs, pending, now, true);
+        let reads = match (&self.vault_clients, in_pool) {
+            (Some(make), true) => Reads::InPool(make),
+            _ => Reads::Here(&self.vault),
+        };
+        let local = self.vault.local();
+        let delivered = deliver(&routes, reads, &mut *self.hubs, pending, now, true, &mut |rows| {
+            settle_in(local, rows)
+        });
         self.take_delivered(delivered)?;
         self.make_held_cuts(now)
     }
@@ -617,8 +677,11 @@ impl AzureBackend {
             let Some(make) = self.courier_clients.take() else {
                 return pending;
             };
-            let (vault, mut hubs) = match make() {
-                Ok(clients) => clients,
+            let Some(vault_clients) = self.vault_clients.clone() else {
+                return pending;
+            };
+            let mut hubs = match make() {
+                Ok(hubs) => hubs,
                 Err(e) => {
                     tracing::warn!(
                         "deliveries wait for each unit: cannot connect a client to deliver beside it: {e}"
@@ -628,21 +691,29 @@ impl AzureBackend {
             };
             let routes = self.routes();
             let (jobs, queue) = std::sync::mpsc::channel::<Vec<DeviceRecord>>();
-            let (finished, done) = std::sync::mpsc::channel::<Delivered>();
+            let (finished, done) = std::sync::mpsc::channel::<CourierNews>();
             let thread = std::thread::Builder::new()
                 .name("certroll-deliveries".into())
                 .spawn(move || {
                     for batch in queue {
-                        // No progress stage: the unit under way shows its own.
+                        // No progress stage: the unit under way shows its own. Each settlement
+                        // goes to the backend as it comes (the backend holds the store).
                         let delivered = deliver(
                             &routes,
-                            &vault,
+                            Reads::InPool(&vault_clients),
                             &mut *hubs,
                             batch,
                             OffsetDateTime::now_utc(),
                             false,
+                            &mut |rows| {
+                                finished.send(CourierNews::Settle(rows.to_vec())).map_err(|_| {
+                                    BackendError::Refused(
+                                        "the backend stopped taking what was delivered".into(),
+                                    )
+                                })
+                            },
                         );
-                        if finished.send(delivered).is_err() {
+                        if finished.send(CourierNews::Batch(delivered)).is_err() {
                             break;
                         }
                     }
@@ -677,22 +748,25 @@ impl AzureBackend {
         }
     }
 
-    /// Records what the courier delivered ([`take_delivered`](Self::take_delivered); call
-    /// outside a unit, so each settlement lands at once): every batch it finished, or with
-    /// `wait`, every batch sent to it. Returns the first error a batch met.
+    /// Settles what the courier delivered and records what became of its batches
+    /// ([`take_delivered`](Self::take_delivered)): what it told so far, in one write (in the
+    /// unit when one is open, so it commits with it; else a small write of its own), or with
+    /// `wait`, everything until every batch sent to it is done, each settlement written as it
+    /// comes (they come at most every [`SETTLE_EVERY`]). Returns the first error met.
     fn collect_deliveries(&mut self, wait: bool) -> Result<()> {
         let mut first = None;
+        let mut rows: Vec<(String, Option<String>)> = Vec::new();
         while let Some(courier) = self.courier.as_mut().filter(|c| c.in_flight > 0) {
             let got = if wait {
                 courier.done.recv().ok()
             } else {
                 match courier.done.try_recv() {
-                    Ok(delivered) => Some(delivered),
+                    Ok(news) => Some(news),
                     Err(std::sync::mpsc::TryRecvError::Empty) => break,
                     Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
                 }
             };
-            let Some(delivered) = got else {
+            let Some(news) = got else {
                 // The thread ended early (it panicked): what it had not delivered stays owed.
                 courier.in_flight = 0;
                 first = first.or(Some(BackendError::Refused(
@@ -700,27 +774,37 @@ impl AzureBackend {
                 )));
                 break;
             };
-            courier.in_flight -= 1;
-            if let Err(e) = self.take_delivered(delivered) {
-                first = first.or(Some(e));
+            match news {
+                CourierNews::Settle(took) => {
+                    rows.extend(took);
+                    if wait && let Err(e) = settle_in(self.vault.local(), &std::mem::take(&mut rows)) {
+                        first = first.or(Some(e));
+                    }
+                }
+                CourierNews::Batch(delivered) => {
+                    courier.in_flight -= 1;
+                    if let Err(e) = self.take_delivered(delivered) {
+                        first = first.or(Some(e));
+                    }
+                }
             }
+        }
+        if let Err(e) = settle_in(self.vault.local(), &rows) {
+            first = first.or(Some(e));
         }
         first.map_or(Ok(()), Err)
     }
 
-    /// Records what became of a batch of deliveries: what the channels took is owed no more
-    /// (in the unit when one is open: a unit rolled back leaves it owed, and its rerun delivers
-    /// it again), each outcome is kept for `register` and the report, and one that did not
-    /// reach its device is logged. Returns the error that stopped the batch, if one did.
+    /// Records what became of a batch of deliveries, once [`deliver`] settled what the
+    /// channels took as each finished: each outcome is kept for `register` and the report,
+    /// and one that did not reach its device is logged. Returns the error that stopped the
+    /// batch, if one did.
     fn take_delivered(&mut self, delivered: Delivered) -> Result<()> {
         let Delivered {
             pending,
             outcomes,
             error,
         } = delivered;
-        self.vault
-            .local_mut()
-            .settle_deliveries(&settled(&pending, &outcomes))?;
         // `delivery = "none"` is the operator's choice, not a fault: one line for all of them.
         let mut for_the_operator: Vec<String> = Vec::new();
         for (record, outcome) in pending.into_iter().zip(outcomes) {
@@ -1186,6 +1270,16 @@ impl HubRegistry for AzureBackend {
         now: OffsetDateTime,
     ) -> Vec<Result<DirectMethodResult>> {
         self.hubs.invoke_methods(calls, concurrency, now)
+    }
+
+    fn invoke_methods_each(
+        &mut self,
+        calls: &[(String, String, DirectMethodCall)],
+        concurrency: usize,
+        now: OffsetDateTime,
+        each: &mut dyn FnMut(usize, Result<DirectMethodResult>),
+    ) {
+        self.hubs.invoke_methods_each(calls, concurrency, now, each)
     }
 
     fn authenticate(
@@ -1774,133 +1868,387 @@ fn prepare(routes: &Routes, vault: &AzureVault, record: &DeviceRecord) -> Result
     })
 }
 
+/// Finished deliveries wait at most this long for their settlement in the store: those that
+/// finish closer together share one write (one commit outside a unit), so a fleet's deliveries
+/// are not a commit each, and a kill re-delivers at most what was on its way plus what finished
+/// in the last this-long.
+const SETTLE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The most finished deliveries one settlement waits for before it is written.
+const SETTLE_AT_MOST: usize = 512;
+
+/// Key Vault clients for the threads that deliver ([`Reads::InPool`]), each sharing the pacing
+/// of the backend's client (the plan's bounds are what Key Vault sees of the process), made as
+/// needed and kept between batches (each keeps what it read: the CA chain above a device
+/// certificate, read once per client).
+struct VaultClients {
+    make: Box<dyn Fn() -> std::result::Result<AzureVault, SetupError> + Send + Sync>,
+    idle: std::sync::Mutex<Vec<AzureVault>>,
+}
+
+impl VaultClients {
+    /// An idle client, or a new one.
+    fn take(&self) -> std::result::Result<AzureVault, SetupError> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        idle.map_or_else(|| (self.make)(), Ok)
+    }
+
+    /// A client back for the next batch.
+    fn give_back(&self, vault: AzureVault) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(vault);
+    }
+}
+
+/// Where a batch's deliveries read what they need from the vault (the version, and for a hook
+/// the key and chain of its PFX).
+#[derive(Clone, Copy)]
+enum Reads<'a> {
+    /// On the calling thread, one delivery after another, with this client: the backend's own,
+    /// which keeps what this process imported, so a unit's deliveries read nothing again.
+    Here(&'a AzureVault),
+    /// In the pool, by the runner that makes each delivery, with a client of its own: the
+    /// deliveries of what another process imported (owed ones, the courier's) read a version
+    /// and a key each, up to `delivery_concurrency` at once instead of one after another.
+    InPool(&'a VaultClients),
+}
+
+/// Work for a delivery runner.
+enum Job {
+    /// A hook made ready on the calling thread.
+    Hook(HookJob),
+    /// A record to make ready and deliver (its place in the batch, the record).
+    Record(usize, DeviceRecord),
+}
+
+/// What a delivery runner reports, once per job.
+enum Event {
+    /// A delivery's outcome at its place in the batch (Err: it could not be made ready or
+    /// its PFX could not be made: the batch stops there).
+    Done(usize, Result<Outcome>),
+    /// A direct-method delivery made ready (place, method, parcel): methods go out after.
+    Method(usize, String, Parcel),
+}
+
+/// Writes `(device id, version)` rows of deliveries a channel took as settled, or hands them
+/// to whoever writes them ([`deliver`]'s caller).
+type SettleWrite<'a> = dyn FnMut(&[(String, Option<String>)]) -> Result<()> + 'a;
+
+/// The settlements of a batch's deliveries as they finish: each delivery a channel took is
+/// written at once when the last write is [`SETTLE_EVERY`] old, else with the others that
+/// finished since, at most [`SETTLE_EVERY`] later (or once [`SETTLE_AT_MOST`] wait).
+struct Settling<'s> {
+    /// Writes `(device id, version)` rows as settled (or hands them to whoever writes them).
+    write: &'s mut SettleWrite<'s>,
+    /// Finished and not yet written.
+    due: Vec<(String, Option<String>)>,
+    /// When the last write was made (None: none yet, the next finish is written at once).
+    last: Option<std::time::Instant>,
+    /// The first write that failed (what it settled stays owed).
+    error: Option<BackendError>,
+}
+
+impl Settling<'_> {
+    /// A delivery the channel took.
+    fn took(&mut self, record: &DeviceRecord) {
+        self.due
+            .push((record.id.clone(), record.installed_version.clone()));
+        self.tick();
+    }
+
+    /// Writes what is due when it has waited long enough.
+    fn tick(&mut self) {
+        let waited = self.last.is_none_or(|t| t.elapsed() >= SETTLE_EVERY);
+        if !self.due.is_empty() && (waited || self.due.len() >= SETTLE_AT_MOST) {
+            self.write_now();
+        }
+    }
+
+    /// Writes what is due.
+    fn write_now(&mut self) {
+        if self.due.is_empty() {
+            return;
+        }
+        let rows = std::mem::take(&mut self.due);
+        if let Err(e) = (self.write)(&rows) {
+            self.error.get_or_insert(e);
+        }
+        self.last = Some(std::time::Instant::now());
+    }
+
+    /// How long the caller may wait for the next finish before [`tick`](Self::tick) is due.
+    fn patience(&self) -> std::time::Duration {
+        match (self.due.is_empty(), self.last) {
+            (true, _) | (false, None) => std::time::Duration::from_secs(1),
+            (false, Some(t)) => SETTLE_EVERY.saturating_sub(t.elapsed()),
+        }
+    }
+}
+
+/// Runs one hook job: makes its PFX (the key derivation is the slow part, so a runner does
+/// it) and runs the hook.
+fn run_hook_job(job: HookJob, secret_vars: &[String]) -> Result<Outcome> {
+    let HookJob { cfg, parcel, pfx, .. } = job;
+    let pfx = pfx
+        .map(|(key, chain)| {
+            crate::pki::pkcs12::write_pfx(&parcel.device_id, &key, &chain, "").map(zeroize::Zeroizing::new)
+        })
+        .transpose()
+        .map_err(BackendError::from)?;
+    Ok(
+        match delivery::run_hook(&cfg, &parcel, pfx.as_ref(), secret_vars) {
+            Ok(()) => Outcome::Delivered(format!("hook `{}`", cfg.command[0])),
+            Err(e) => Outcome::Waiting(format!("delivery failed: {e}")),
+        },
+    )
+}
+
+/// A delivery runner: takes jobs from `queue` until it is closed, reports each one's
+/// [`Event`]. With `clients` it makes a record ready itself, with a Key Vault client of its
+/// own (made on its first record, kept for the next).
+fn run_deliveries(
+    routes: &Routes,
+    clients: Option<&VaultClients>,
+    queue: &std::sync::Mutex<std::sync::mpsc::Receiver<Job>>,
+    events: std::sync::mpsc::Sender<Event>,
+    stage: &crate::progress::Stage,
+) {
+    let mut own: Option<AzureVault> = None;
+    loop {
+        let next = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let event = match next {
+            Err(_) => break,
+            Ok(Job::Hook(job)) => Event::Done(job.at, run_hook_job(job, &routes.secret_vars)),
+            Ok(Job::Record(at, record)) => {
+                let vault = match (&own, clients) {
+                    (Some(vault), _) => Ok(vault),
+                    (None, Some(pool)) => match pool.take() {
+                        Ok(vault) => Ok(&*own.insert(vault)),
+                        Err(e) => Err(BackendError::Refused(format!(
+                            "cannot connect a Key Vault client to deliver with: {e}"
+                        ))),
+                    },
+                    (None, None) => Err(BackendError::Refused(
+                        "no Key Vault client to make deliveries ready with".into(),
+                    )),
+                };
+                match vault.and_then(|vault| prepare(routes, vault, &record)) {
+                    Err(e) => Event::Done(at, Err(e)),
+                    Ok(Prepared::Done(outcome)) => Event::Done(at, Ok(outcome)),
+                    Ok(Prepared::Hook(job)) => Event::Done(at, run_hook_job(job, &routes.secret_vars)),
+                    Ok(Prepared::Method { method, parcel }) => Event::Method(at, method, parcel),
+                }
+            }
+        };
+        if !matches!(event, Event::Method(..)) {
+            stage.advance(1);
+        }
+        if events.send(event).is_err() {
+            break;
+        }
+    }
+    if let (Some(vault), Some(pool)) = (own, clients) {
+        pool.give_back(vault);
+    }
+}
+
 /// Runs the deliveries of `pending` through their channels (see the module doc): hooks up to
-/// `[backend] delivery_concurrency` at once while the next ones are made ready (each key is
-/// read from the vault only when a hook runner is free to take it, and the runner makes the
-/// PFX: its key derivation is the slow part); direct methods go out together after, as many
-/// awaited at once. Nothing is recorded here: the caller settles what the channels took
-/// (`AzureBackend::take_delivered`). `show_progress`: whether the batch has a progress stage
-/// (not beside another stage's work).
+/// `[backend] delivery_concurrency` at once, direct methods after them, as many awaited at
+/// once. With [`Reads::Here`] each delivery is made ready on the calling thread while the
+/// runners run the hooks made ready before (a key is read only when a runner is free to take
+/// it; the runner makes the PFX); with [`Reads::InPool`] each runner makes its own ready.
+///
+/// Each delivery a channel takes is handed to `settle` as `(device id, version)` as it
+/// finishes, those that finish close together in one call ([`Settling`]), always on the
+/// calling thread: the caller writes them (in the unit when one is open) or passes them on.
+/// The returned [`Delivered`] holds every outcome, for the caller's report. `show_progress`:
+/// whether the batch has a progress stage (not beside another stage's work).
 fn deliver(
     routes: &Routes,
-    vault: &AzureVault,
-    hubs: &mut dyn HubRegistry,
+    reads: Reads<'_>,
+    hubs: &mut (dyn HubRegistry + Send),
     pending: Vec<DeviceRecord>,
     now: OffsetDateTime,
     show_progress: bool,
+    settle: &mut SettleWrite<'_>,
 ) -> Delivered {
+    use std::sync::mpsc::{RecvTimeoutError, TrySendError};
     let stage = crate::progress::stage("deliveries", if show_progress { pending.len() as u64 } else { 0 });
     let concurrency = routes.delivery.concurrency.max(1);
-    let secret_vars = &routes.secret_vars;
     let mut outcomes: Vec<Option<Outcome>> = vec![None; pending.len()];
-    let mut methods: Vec<(usize, String)> = Vec::new();
-    let mut calls: Vec<(String, String, DirectMethodCall)> = Vec::new();
-    let (jobs, queue) = std::sync::mpsc::sync_channel::<HookJob>(concurrency);
+    let mut methods: Vec<(usize, String, Parcel)> = Vec::new();
+    let mut settling = Settling {
+        write: settle,
+        due: Vec::new(),
+        last: None,
+        error: None,
+    };
+    let mut failed: Option<BackendError> = None;
+    let clients = match reads {
+        Reads::InPool(make) => Some(make),
+        Reads::Here(_) => None,
+    };
+    let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(concurrency);
     let queue = std::sync::Mutex::new(queue);
-    let (done, finished) = std::sync::mpsc::channel::<(usize, Result<Outcome>)>();
-    let prepared: Result<()> = std::thread::scope(|s| {
-        // Dropped when this closure returns, error or not, so idle hook runners end.
-        let jobs = jobs;
-        let mut runners = 0;
-        for (i, record) in pending.iter().enumerate() {
-            match prepare(routes, vault, record)? {
-                Prepared::Done(outcome) => {
-                    stage.advance(1);
-                    outcomes[i] = Some(outcome);
+    let (report, events) = std::sync::mpsc::channel::<Event>();
+    std::thread::scope(|s| {
+        let mut report = Some(report);
+        let (mut runners, mut out) = (0usize, 0usize);
+        // What a runner reported: an outcome (settled at once when the channel took it) or
+        // a direct method made ready.
+        let take = |event: Event,
+                    outcomes: &mut Vec<Option<Outcome>>,
+                    methods: &mut Vec<(usize, String, Parcel)>,
+                    settling: &mut Settling<'_>,
+                    failed: &mut Option<BackendError>| match event {
+            Event::Done(at, Ok(outcome)) => {
+                if matches!(outcome, Outcome::Delivered(_)) {
+                    settling.took(&pending[at]);
                 }
-                Prepared::Hook(job) => {
-                    if runners < concurrency {
-                        runners += 1;
-                        let (queue, secret_vars, stage, done) = (&queue, secret_vars, &stage, done.clone());
-                        s.spawn(move || {
-                            loop {
-                                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                                let Ok(HookJob { at, cfg, parcel, pfx }) = next else {
-                                    break;
-                                };
-                                let made = pfx
-                                    .map(|(key, chain)| {
-                                        crate::pki::pkcs12::write_pfx(&parcel.device_id, &key, &chain, "")
-                                            .map(zeroize::Zeroizing::new)
-                                    })
-                                    .transpose();
-                                let outcome = match made {
-                                    Err(e) => Err(BackendError::from(e)),
-                                    Ok(pfx) => Ok(
-                                        match delivery::run_hook(&cfg, &parcel, pfx.as_ref(), secret_vars) {
-                                            Ok(()) => {
-                                                Outcome::Delivered(format!("hook `{}`", cfg.command[0]))
-                                            }
-                                            Err(e) => Outcome::Waiting(format!("delivery failed: {e}")),
-                                        },
-                                    ),
-                                };
-                                stage.advance(1);
-                                if done.send((at, outcome)).is_err() {
-                                    break;
-                                }
+                outcomes[at] = Some(outcome);
+            }
+            Event::Done(_, Err(e)) => {
+                failed.get_or_insert(e);
+            }
+            Event::Method(at, method, parcel) => methods.push((at, method, parcel)),
+        };
+        'records: for (i, record) in pending.iter().enumerate() {
+            // A failed delivery or settlement stops the batch: the rest stays owed.
+            if failed.is_some() || settling.error.is_some() {
+                break;
+            }
+            let mut job = match reads {
+                Reads::Here(vault) => match prepare(routes, vault, record) {
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                    Ok(Prepared::Done(outcome)) => {
+                        stage.advance(1);
+                        outcomes[i] = Some(outcome);
+                        continue;
+                    }
+                    Ok(Prepared::Method { method, parcel }) => {
+                        methods.push((i, method, parcel));
+                        continue;
+                    }
+                    Ok(Prepared::Hook(job)) => Job::Hook(HookJob { at: i, ..job }),
+                },
+                Reads::InPool(_) => Job::Record(i, record.clone()),
+            };
+            if runners < concurrency
+                && let Some(report) = &report
+            {
+                runners += 1;
+                let (queue, stage, report) = (&queue, &stage, report.clone());
+                s.spawn(move || run_deliveries(routes, clients, queue, report, stage));
+            }
+            // Every runner busy and the queue full: wait for one to finish (settling meanwhile).
+            loop {
+                match jobs.try_send(job) {
+                    Ok(()) => {
+                        out += 1;
+                        break;
+                    }
+                    Err(TrySendError::Full(back)) => {
+                        job = back;
+                        match events.recv_timeout(settling.patience()) {
+                            Ok(event) => {
+                                out -= 1;
+                                take(event, &mut outcomes, &mut methods, &mut settling, &mut failed);
                             }
-                        });
+                            Err(RecvTimeoutError::Timeout) => {}
+                            Err(RecvTimeoutError::Disconnected) => {
+                                failed.get_or_insert(BackendError::Refused(
+                                    "the delivery runners stopped".into(),
+                                ));
+                                break 'records;
+                            }
+                        }
+                        settling.tick();
                     }
-                    let job = HookJob { at: i, ..job };
-                    if jobs.send(job).is_err() {
-                        return Err(BackendError::Refused("the delivery hooks stopped".into()));
+                    Err(TrySendError::Disconnected(_)) => {
+                        failed.get_or_insert(BackendError::Refused("the delivery runners stopped".into()));
+                        break 'records;
                     }
-                }
-                Prepared::Method { method, parcel } => {
-                    calls.push((
-                        parcel.hub.clone(),
-                        parcel.device_id.clone(),
-                        delivery::method_call(&method, &parcel),
-                    ));
-                    methods.push((i, method));
                 }
             }
+            while let Ok(event) = events.try_recv() {
+                out -= 1;
+                take(event, &mut outcomes, &mut methods, &mut settling, &mut failed);
+            }
+            settling.tick();
         }
-        Ok(())
+        // No more jobs: the runners end once the queue is empty, and with them the reports.
+        drop(jobs);
+        report.take();
+        while out > 0 {
+            match events.recv_timeout(settling.patience()) {
+                Ok(event) => {
+                    out -= 1;
+                    take(event, &mut outcomes, &mut methods, &mut settling, &mut failed);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            settling.tick();
+        }
     });
-    drop(done);
-    let mut failed = None;
-    for (at, outcome) in finished.try_iter() {
-        match outcome {
-            Ok(outcome) => outcomes[at] = Some(outcome),
-            Err(e) => failed = failed.or(Some(e)),
-        }
-    }
-    if let Err(e) = prepared.and(failed.map_or(Ok(()), Err)) {
-        // The hooks that ran took their certificates (settled by the caller, so no later
-        // run hands them over again); the rest stay owed.
-        return Delivered {
-            pending,
-            outcomes,
-            error: Some(e),
-        };
-    }
-    let answers = hubs.invoke_methods(&calls, concurrency, now);
-    stage.advance(calls.len() as u64);
-    let mut method_failed = None;
-    for ((at, method), answer) in methods.into_iter().zip(answers) {
-        outcomes[at] = match answer {
-            Ok(answer) if answer.status == 200 => {
-                Some(Outcome::Delivered(format!("direct method `{method}`")))
+    if failed.is_none() && settling.error.is_none() && !methods.is_empty() {
+        let calls: Vec<(String, String, DirectMethodCall)> = methods
+            .iter()
+            .map(|(_, method, parcel)| {
+                (
+                    parcel.hub.clone(),
+                    parcel.device_id.clone(),
+                    delivery::method_call(method, parcel),
+                )
+            })
+            .collect();
+        std::thread::scope(|s| {
+            let (answer, answers) = std::sync::mpsc::channel();
+            let calls = &calls;
+            s.spawn(move || {
+                hubs.invoke_methods_each(calls, concurrency, now, &mut |i, a| {
+                    let _ = answer.send((i, a));
+                })
+            });
+            loop {
+                match answers.recv_timeout(settling.patience()) {
+                    Ok((i, answer)) => {
+                        stage.advance(1);
+                        let (at, method) = (methods[i].0, &methods[i].1);
+                        outcomes[at] = match answer {
+                            Ok(answer) if answer.status == 200 => {
+                                settling.took(&pending[at]);
+                                Some(Outcome::Delivered(format!("direct method `{method}`")))
+                            }
+                            Ok(answer) => Some(Outcome::Waiting(format!(
+                                "the device answered direct method `{method}` with status {}: {}",
+                                answer.status, answer.payload
+                            ))),
+                            Err(e @ BackendError::Remote { .. }) => Some(Outcome::Waiting(format!(
+                                "direct method `{method}` did not reach the device: {e}"
+                            ))),
+                            Err(e) => {
+                                failed.get_or_insert(e);
+                                None
+                            }
+                        };
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+                settling.tick();
             }
-            Ok(answer) => Some(Outcome::Waiting(format!(
-                "the device answered direct method `{method}` with status {}: {}",
-                answer.status, answer.payload
-            ))),
-            Err(e @ BackendError::Remote { .. }) => Some(Outcome::Waiting(format!(
-                "direct method `{method}` did not reach the device: {e}"
-            ))),
-            Err(e) => {
-                method_failed = method_failed.or(Some(e));
-                None
-            }
-        };
+        });
     }
+    settling.write_now();
     Delivered {
         pending,
         outcomes,
-        error: method_failed,
+        // The hooks and methods that ran took their certificates (settled above, so no later
+        // run hands them over again); the rest stay owed.
+        error: failed.or(settling.error),
     }
 }
 
@@ -1910,6 +2258,12 @@ impl Drop for AzureBackend {
     /// line however many enrollments and chunks it wrote).
     fn drop(&mut self) {
         self.settle_courier();
+        tracing::debug!(
+            target: "certroll::store",
+            "{} write transaction(s) committed to the store in this process; {} settlement write(s) of deliveries",
+            crate::store::Store::commits(),
+            SETTLE_WRITES.load(std::sync::atomic::Ordering::Relaxed)
+        );
         if let (count, Some(first)) = &self.for_the_operator {
             tracing::warn!(
                 "{count} certificate(s) not delivered: delivery = \"none\" leaves them to the operator; \
@@ -2039,16 +2393,6 @@ fn assigned_hubs_in(
     Ok(out)
 }
 
-/// The `(device id, version)` of each delivery the channel took, to settle what it was owed.
-fn settled(pending: &[DeviceRecord], outcomes: &[Option<Outcome>]) -> Vec<(String, Option<String>)> {
-    pending
-        .iter()
-        .zip(outcomes)
-        .filter(|(_, o)| matches!(o, Some(Outcome::Delivered(_))))
-        .map(|(r, _)| (r.id.clone(), r.installed_version.clone()))
-        .collect()
-}
-
 /// Whether two hub identities admit the same certificates the same way (status and
 /// thumbprints, which certroll manages; a thumbprint's case is not significant).
 fn same_access(a: &HubIdentity, b: &HubIdentity) -> bool {
@@ -2108,6 +2452,10 @@ impl Backend for AzureBackend {
             }
             return self.vault.local_mut().commit();
         }
+        // What the courier delivered during the unit commits with it (the unit holds the
+        // store's one writer until then); an error there is reported after the commit, as
+        // before.
+        let collected = self.collect_deliveries(false);
         if let Err(e) = self.vault.local_mut().commit() {
             self.pending.clear();
             return Err(e);
@@ -2123,7 +2471,7 @@ impl Backend for AzureBackend {
                 self.flush(OffsetDateTime::now_utc())?;
             }
         }
-        self.collect_deliveries(false)
+        collected.and(self.collect_deliveries(false))
     }
 
     fn bulk_writes(&mut self, on: bool) {
@@ -2196,7 +2544,9 @@ impl Backend for AzureBackend {
                 self.pending.retain(|p| p.id != r.id);
                 self.pending.push(r);
             }
-            self.flush(now)?;
+            // What an earlier process imported: each delivery reads its version (and a hook's
+            // key) in the pool, `delivery_concurrency` at once, settled as it finishes.
+            self.flush_reading(now, true)?;
             for id in &ids {
                 match self.outcomes.get(id) {
                     Some(Outcome::Delivered(_)) => delivered += 1,

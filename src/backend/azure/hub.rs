@@ -923,6 +923,29 @@ impl HubRegistry for AzureHubRegistry {
         .collect::<Vec<_>>();
         self.rt.block_on(answers)
     }
+
+    fn invoke_methods_each(
+        &mut self,
+        calls: &[(String, String, DirectMethodCall)],
+        concurrency: usize,
+        _now: OffsetDateTime,
+        each: &mut dyn FnMut(usize, Result<DirectMethodResult>),
+    ) {
+        use futures::StreamExt;
+        let this = &*self;
+        let mut answers = futures::stream::iter(
+            calls
+                .iter()
+                .enumerate()
+                .map(|(i, (hub, id, call))| async move { (i, this.invoke_async(hub, id, call).await) }),
+        )
+        .buffer_unordered(concurrency.max(1));
+        self.rt.block_on(async {
+            while let Some((i, answer)) = answers.next().await {
+                each(i, answer);
+            }
+        });
+    }
 }
 
 #[cfg(test)]
