@@ -450,6 +450,25 @@ pub trait EnrollmentService {
             .map(|r| r.and_then(|r| r.hub))
             .collect())
     }
+    /// The hub each of several devices the plan puts in enrollment group `group` was last
+    /// assigned to (None: never assigned), in the order asked: the `hub` of
+    /// [`group_registration_many`](Self::group_registration_many) (`never_registered` as there),
+    /// unless the service can tell from what it read already that a device the group's listing
+    /// lacks was assigned by no enrollment (DPS: the group's listing was read, and a read of this
+    /// process found no individual enrollment of the device). Only the hub: a device refused on
+    /// its first attempt, which no listing shows, was assigned nowhere either.
+    fn group_assigned_hubs(
+        &self,
+        group: &str,
+        ids: &[String],
+        never_registered: &[bool],
+    ) -> Result<Vec<Option<String>>> {
+        Ok(self
+            .group_registration_many(group, ids, never_registered)?
+            .into_iter()
+            .map(|r| r.and_then(|r| r.hub))
+            .collect())
+    }
 }
 
 /// The hub registry (IoT Hub device identities).

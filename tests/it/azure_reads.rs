@@ -321,3 +321,96 @@ fn measure_no_op_reruns_on_200_devices() {
         "{enrollment_gets} enrollment reads for 16 targets"
     );
 }
+
+/// A roll of a group whose devices were issued with `delivery = "none"` (the operator has not
+/// handed most certificates out, so those devices never registered) reads no registration state
+/// of a device the group's listing lacks: its enrollment read found it has no enrollment of its
+/// own, so no enrollment of the service assigned it (measured before: one DPS GET per such
+/// device, 260 of trial az5's 300 at DPS's rate, the roll's bound). The device that did register
+/// (the operator handed it its certificate) is found through the listing: the roll puts its new
+/// thumbprint beside the old in its hub identity, as for a device of a delivered fleet.
+#[test]
+fn a_roll_reads_no_registration_of_a_group_device_no_enrollment_assigned() {
+    const N: usize = 12;
+    let env = TestEnv::new();
+    let fleet = group_of(N);
+    let serve = start_serve(&env, &fleet);
+    crate::azure_verbs::fleet_plans_with(&env, &serve, &fleet, "delivery = \"none\"\n");
+    fleet_ok(&env, &serve, &["issue", "-o", "json"]);
+    // The operator hands m-01 its certificate, and it registers.
+    let pem = env.path("m-01.pem");
+    fleet_ok(
+        &env,
+        &serve,
+        &[
+            "export",
+            "device:m-01",
+            "--with-key",
+            "--out",
+            pem.to_str().unwrap(),
+        ],
+    );
+    let port = serve.port();
+    let url = format!(
+        "https://global.azure-devices-provisioning.net:{port}/{}/registrations/m-01/register?api-version=2021-06-01",
+        serve.start["id_scope"].as_str().unwrap()
+    );
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail-with-body", "--cacert"])
+        .arg(env.path("ca.pem"))
+        .arg("--cert")
+        .arg(&pem)
+        .arg("--key")
+        .arg(&pem)
+        .arg("--resolve")
+        .arg(format!("global.azure-devices-provisioning.net:{port}:127.0.0.1"))
+        .args(["-X", "PUT", "-H", "Content-Type: application/json"])
+        .args(["--data", r#"{"registrationId": "m-01"}"#])
+        .arg(&url)
+        .output()
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "m-01 registers: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut report = serde_json::Value::Null;
+    let lines = during(&env, || {
+        report = fleet_ok(&env, &serve, &["roll-secondary", "group:meters", "-o", "json"]).json()
+    });
+    let gets = count(
+        &lines,
+        &format!("GET {}/registrations/m-", crate::conformance::azure::DPS_HOST),
+    );
+    let listings = count(&lines, "/registrations/meters/query");
+    eprintln!(
+        "roll-secondary of {N} group devices, 1 registered: {} requests, {gets} registration GETs, {listings} group listings",
+        lines.len()
+    );
+    assert_eq!(
+        gets, 0,
+        "the roll read registration states of devices no enrollment assigned"
+    );
+    assert!(listings >= 1, "the group's registrations were listed");
+    let devices = report["devices"].as_array().cloned().unwrap_or_default();
+    assert_eq!(devices.len(), N, "{report}");
+    assert!(devices.iter().all(|d| d["outcome"] == "rolled"), "{report}");
+    let status = fleet_ok(&env, &serve, &["status", "-o", "json"]).json();
+    for d in status["devices"].as_array().into_iter().flatten() {
+        if d["group"] != "meters" {
+            continue;
+        }
+        if d["id"] == "m-01" {
+            assert_eq!(d["registration"]["status"], "assigned", "{d}");
+            assert!(d["pending"]["cert"]["thumbprint"].is_string(), "{d}");
+            assert_eq!(
+                d["hub_identity"]["secondary_thumbprint"], d["pending"]["cert"]["thumbprint"],
+                "the roll put m-01's new thumbprint into its hub identity: {d}"
+            );
+        } else {
+            assert!(d["registration"].is_null(), "{d}");
+            assert!(d["hub_identity"].is_null(), "{d}");
+        }
+    }
+}

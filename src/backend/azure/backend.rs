@@ -2371,17 +2371,25 @@ fn assigned_hubs_in(
     // A group's devices from the group's listing; the others from what DPS's enrollment
     // reads carried (a GET only for the rest).
     let mut out: Vec<Option<String>> = vec![None; ids.len()];
-    let (grouped, single): (Vec<usize>, Vec<usize>) = (0..ids.len()).partition(|&i| groups[i].is_some());
-    if !grouped.is_empty() {
-        let wanted: Vec<String> = grouped.iter().map(|&i| ids[i].clone()).collect();
-        let their_groups: Vec<Option<String>> = grouped.iter().map(|&i| groups[i].clone()).collect();
-        for (i, state) in grouped.into_iter().zip(registration_states_in(
-            enrollments,
-            &wanted,
-            &their_groups,
-            never_issued,
-        )?) {
-            out[i] = state.and_then(|s| s.hub);
+    let mut by_group: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    let mut single = Vec::new();
+    for (i, g) in groups.iter().enumerate() {
+        match g {
+            Some(g) => by_group.entry(g.as_str()).or_default().push(i),
+            None => single.push(i),
+        }
+    }
+    for (group, at) in by_group {
+        let wanted: Vec<String> = at.iter().map(|&i| ids[i].clone()).collect();
+        let never: Vec<bool> = {
+            let never_issued = never_issued.lock().unwrap_or_else(|p| p.into_inner());
+            wanted.iter().map(|id| never_issued.contains(id)).collect()
+        };
+        for (i, hub) in at
+            .into_iter()
+            .zip(enrollments.group_assigned_hubs(group, &wanted, &never)?)
+        {
+            out[i] = hub;
         }
     }
     if !single.is_empty() {

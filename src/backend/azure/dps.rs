@@ -1407,9 +1407,9 @@ impl AzureEnrollmentService {
     }
 
     /// The registration states DPS lists for enrollment group `group` (its devices assigned by
-    /// it), page by page (`x-ms-continuation`), by registration id; empty when the group does
-    /// not exist.
-    async fn group_registrations(&self, group: &str) -> Result<HashMap<String, RegistrationWire>> {
+    /// it), page by page (`x-ms-continuation`), by registration id; None when the group does
+    /// not exist (DPS keeps the registrations of a deleted group's devices, and lists none).
+    async fn group_registrations(&self, group: &str) -> Result<Option<HashMap<String, RegistrationWire>>> {
         let mut out = HashMap::new();
         let mut continuation: Option<String> = None;
         loop {
@@ -1425,7 +1425,7 @@ impl AzureEnrollmentService {
             }
             let answer = self.dps.expect(&call, &[200, 404]).await?;
             if answer.status == 404 {
-                return Ok(out);
+                return Ok(None);
             }
             if !answer.body.trim_ascii_start().starts_with(b"[") {
                 return Err(self.dps.error(&call, &answer));
@@ -1443,7 +1443,7 @@ impl AzureEnrollmentService {
                 .filter(|t| !t.is_empty())
                 .map(str::to_string);
             if continuation.is_none() {
-                return Ok(out);
+                return Ok(Some(out));
             }
         }
     }
@@ -1741,7 +1741,9 @@ impl EnrollmentService for AzureEnrollmentService {
         let listed = if ids.len() < 2 {
             HashMap::new()
         } else {
-            self.rt.block_on(self.group_registrations(group))?
+            self.rt
+                .block_on(self.group_registrations(group))?
+                .unwrap_or_default()
         };
         // The listing holds the devices the group assigned last. One it lacks is assigned by an
         // individual enrollment of its own (DPS prefers one to any group), or never registered,
@@ -1765,6 +1767,54 @@ impl EnrollmentService for AzureEnrollmentService {
                 None if *never => None,
                 None => read.next().flatten(),
             })
+            .collect())
+    }
+
+    fn group_assigned_hubs(
+        &self,
+        group: &str,
+        ids: &[String],
+        never_registered: &[bool],
+    ) -> Result<Vec<Option<String>>> {
+        let listed = if ids.len() < 2 {
+            None
+        } else {
+            self.rt.block_on(self.group_registrations(group))?
+        };
+        // DPS assigns a device by the most specific enrollment that accepts its certificate: an
+        // individual enrollment of its own, else the group of its signing CA (a plan gives each
+        // CA one group). So a device an existing group's listing lacks, whose enrollment a read
+        // of this process found absent (the scan lists every enrollment), was assigned by none:
+        // no GET for it (a roll of a fleet not yet handed its certificates read one per device,
+        // at DPS's rate). A gone group's devices keep their registrations and are read; so is a
+        // device whose own enrollment was read, if the read carried no state (a query's records
+        // may not: Azure/azure-iot-sdk-csharp#3478).
+        let without_enrollment: Vec<bool> = {
+            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            ids.iter().map(|id| matches!(seen.get(id), Some(None))).collect()
+        };
+        let mut out: Vec<Option<Option<String>>> = vec![None; ids.len()];
+        for (i, id) in ids.iter().enumerate() {
+            out[i] = match &listed {
+                _ if never_registered[i] => Some(None),
+                Some(listed) => match listed.get(id) {
+                    Some(v) => Some(self.registration_of(id, v.clone()).hub),
+                    None if without_enrollment[i] => Some(None),
+                    None => None,
+                },
+                None => None,
+            };
+        }
+        let unknown: Vec<String> = ids
+            .iter()
+            .zip(&out)
+            .filter(|(_, o)| o.is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut read = self.assigned_hubs(&unknown)?.into_iter();
+        Ok(out
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| read.next().flatten()))
             .collect())
     }
 }
