@@ -487,7 +487,8 @@ impl Serialize for IndividualBody<'_> {
                 },
             },
         )?;
-        m.serialize_entry("provisioningStatus", e.status.as_str())?;
+        let status = super::kept_status(e.status, self.read.map(|r| r.status));
+        m.serialize_entry("provisioningStatus", status.as_str())?;
         m.serialize_entry("reprovisionPolicy", &ReprovisionWire::of(&e.reprovision))?;
         m.serialize_entry("iotHubs", &[self.hub_host])?;
         m.serialize_entry("allocationPolicy", "static")?;
@@ -989,7 +990,10 @@ impl AzureEnrollmentService {
             }})
         };
         out["attestation"] = json!({"type": "x509", "x509": x509});
-        out["provisioningStatus"] = json!(g.status.as_str());
+        let held = base
+            .and_then(|b| b["provisioningStatus"].as_str())
+            .map(Status::parse);
+        out["provisioningStatus"] = json!(super::kept_status(g.status, held).as_str());
         out["reprovisionPolicy"] = json!(ReprovisionWire::of(&g.reprovision));
         out["iotHubs"] = json!([self.hub_host(&g.hub)?]);
         out["allocationPolicy"] = json!("static");
