@@ -591,6 +591,7 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             policy,
             delivery: plan.delivery.channel(Some(&g.name), None),
             renewal: renewal(&g.signing_ca, policy),
+            enrolled: false,
         });
         devices.extend(ids.map(|id| (id, at)));
     }
@@ -603,6 +604,7 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
                 policy,
                 delivery: plan.delivery.channel(None, Some(&e.name)),
                 renewal: renewal(&e.issuer, policy),
+                enrolled: true,
             });
             devices.push((e.name.clone(), at));
         }
@@ -768,6 +770,8 @@ struct Owner<'a> {
     policy: &'a Policy,
     delivery: &'a Delivery,
     renewal: Option<Renewal<'a>>,
+    /// Whether the plan gives each device an individual enrollment of its own (`[enrollments]`).
+    enrolled: bool,
 }
 
 /// Judges one page of devices, each with the index of its [`Owner`].
@@ -800,6 +804,7 @@ fn check_devices(
             policy,
             delivery,
             renewal,
+            enrolled,
         } = &owners[*owner];
         let (policy, renewal) = (*policy, *renewal);
         // On Azure a certificate the device has not presented is judged by what certroll
@@ -840,6 +845,7 @@ fn check_devices(
             issued.as_ref(),
             &held,
             enrollment.as_ref(),
+            *enrolled,
             identity.as_ref(),
         )? {
             super::held::Standing::Revoked => {

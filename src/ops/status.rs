@@ -393,6 +393,7 @@ impl StatusQuery<'_> {
                     issued[i].as_ref(),
                     &held[i],
                     individuals[i].as_ref(),
+                    page[i].2.is_some(),
                     identities[i].as_ref(),
                 )? {
                     super::held::Standing::CutOff(why) => Some(why),

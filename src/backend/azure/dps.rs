@@ -1371,8 +1371,18 @@ impl AzureEnrollmentService {
             let certificates = certificates_of(e);
             let hub_host = self.hub_host(&e.hub)?;
             // Judged against what DPS holds now: the re-read after 412 may hold another
-            // client's certificate the first read did not.
+            // client's certificate the first read did not. An enrollment that lost its race
+            // to a delete (the re-read finds none) is not created again: only `issue` creates
+            // enrollments, and the next roll reports it deleted.
             let build = |read: Option<&Enrollment>| {
+                if read.is_none() {
+                    return Err(BackendError::Refused(format!(
+                        "individual enrollment `{}` was deleted by another client of DPS while certroll \
+                         wrote it, so it was not created again: {}",
+                        e.registration_id,
+                        crate::ops::held::deleted_by_another(&e.registration_id)
+                    )));
+                }
                 to_json(&IndividualBody {
                     e,
                     hub_host,
