@@ -323,6 +323,31 @@ pub(crate) fn deleted_by_another(id: &str) -> String {
     )
 }
 
+/// Why the devices of group `name` cannot connect when the enrollment service holds the group
+/// disabled (`status`) though certroll did not revoke it (no finished `revoke group:NAME`
+/// step in the journal), with the way back; None otherwise. A breach of the group cannot help
+/// while it is disabled: DPS refuses every certificate under it.
+pub(crate) fn group_disabled_by_another(
+    backend: &dyn Backend,
+    name: &str,
+    status: Status,
+) -> Result<Option<String>> {
+    if status != Status::Disabled
+        || backend
+            .last_done_step(&format!("group:{name}"), "revoke")?
+            .is_some()
+    {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "its enrollment group `{name}` is disabled, but certroll did not revoke it: DPS refuses the \
+         registrations of every device of the group, whatever its certificate (a roll or breach of the group \
+         cannot help). Another client of DPS disabled it: enable it again in DPS (provisioningStatus \
+         `enabled`), then rerun the interrupted roll if `check` names one; or revoke the group \
+         (`certroll revoke group:{name}`)"
+    )))
+}
+
 /// Whether a version's serial is on its issuer's CRL.
 fn on_crl(backend: &dyn Backend, v: &VaultVersion) -> Result<bool> {
     let Some((issuer, issuer_version)) = &v.issuer else {

@@ -925,3 +925,64 @@ fn a_roll_leaves_an_enrollment_another_client_disabled_or_deleted_alone_and_says
         "{report}"
     );
 }
+
+/// Another client disables a whole enrollment group (az7 F-GROUP-DISABLED-REMEDY): `check`
+/// names the group and each of its devices critical with a way back that works (enable it in
+/// DPS, or revoke the group), not a breach that DPS would refuse again; `status` says each
+/// device cannot connect. A group certroll revoked is not reported so.
+#[test]
+fn a_group_another_client_disabled_is_reported_with_a_remedy_that_works() {
+    let env = TestEnv::new();
+    let serve = issued_fleet(&env, GROUPS);
+    let run = |args: &[&str]| run_fleet(&env, &serve, "azure", args);
+    let mut g = group_record(&env, &serve, "meters");
+    let etag = g["etag"].as_str().unwrap().trim_matches('"').to_string();
+    g["provisioningStatus"] = json!("disabled");
+    let (code, answer) = dps(
+        &env,
+        &serve,
+        "PUT",
+        "/enrollmentGroups/meters",
+        Some(&format!("\"{etag}\"")),
+        Some(&g),
+    );
+    assert_eq!(code, 200, "the other client's disable: {answer}");
+    let r = run(&["revoke", "group:pumps", "--reason", "superseded", "--yes"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+
+    let r = run(&["check", "-o", "json"]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    let report = r.json();
+    let problems = report["problems"].as_array().unwrap();
+    for target in ["group:meters", "device:m-1", "device:m-2"] {
+        let p = problems
+            .iter()
+            .find(|p| p["target"] == target && p["level"] == "critical")
+            .unwrap_or_else(|| panic!("no critical for {target}: {report}"));
+        let reason = p["reason"].as_str().unwrap();
+        for part in [
+            "Another client of DPS disabled it",
+            "`certroll revoke group:meters`",
+        ] {
+            assert!(reason.contains(part), "{part}: {reason}");
+        }
+        assert!(!reason.contains("--breach"), "{reason}");
+    }
+    assert!(
+        !problems.iter().any(|p| {
+            let t = p["target"].as_str().unwrap_or_default();
+            t == "group:pumps" || t.starts_with("device:p-")
+        }),
+        "the group certroll revoked is no problem: {report}"
+    );
+    let r = run(&["status", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let status = r.json();
+    assert!(
+        device(&status, "m-1")["cannot_connect"]
+            .as_str()
+            .is_some_and(|s| s.contains("enrollment group `meters` is disabled")),
+        "{status}"
+    );
+    assert!(device(&status, "p-1")["cannot_connect"].is_null(), "{status}");
+}
