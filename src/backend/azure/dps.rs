@@ -2072,6 +2072,8 @@ mod tests {
             ("customAllocationDefinition", Value::Null),
             ("aFieldDpsAddsLater", json!([1, "two"])),
             ("etag", json!("\"x\"")),
+            // The read is disabled: a write over an existing enrollment never enables it.
+            ("provisioningStatus", json!("disabled")),
         ] {
             over_read[k] = v;
         }
