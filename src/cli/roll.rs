@@ -160,17 +160,19 @@ fn vault_exit_code(code: u8, renewed: &[crate::ops::vault::renew::AutoRenewed]) 
 }
 
 /// 1 when a device was left alone for another client's certificate in its enrollment
-/// (`foreign`), or when `--due` left out a device the plan names but that was never issued, one its CA or
+/// (`foreign`), or because another client disabled (`disabled`) or deleted (`deleted`) its
+/// individual enrollment, or when `--due` left out a device the plan names but that was never issued, one its CA or
 /// group held back, or a renewal that was due but capped by its CA's notAfter (a device or CA
 /// in `renew_ca_first`): the run did what was due and could be done, but something due was not
 /// done; and when a device is still owed the delivery of its new certificate (the next run
 /// delivers it) (README, exit codes).
 fn exit_code(report: &RollReport, due: bool) -> u8 {
-    if report
-        .devices
-        .iter()
-        .any(|d| matches!(d.outcome, "not-issued" | "held-back" | "foreign"))
-        || (due && !report.renew_ca_first.is_empty())
+    if report.devices.iter().any(|d| {
+        matches!(
+            d.outcome,
+            "not-issued" | "held-back" | "foreign" | "disabled" | "deleted"
+        )
+    }) || (due && !report.renew_ca_first.is_empty())
         || report.deliveries_owed > 0
     {
         1
@@ -246,7 +248,7 @@ fn print_human<W: std::io::Write>(
                     "{}: not issued yet, so not rolled; `certroll issue {}` issues it",
                     d.target, d.target
                 ))?,
-                "held-back" | "revoked" => p.line(format!(
+                "held-back" | "revoked" | "disabled" | "deleted" => p.line(format!(
                     "{}: not rolled: {}",
                     d.target,
                     d.steps.first().map(String::as_str).unwrap_or(d.outcome)
@@ -286,8 +288,13 @@ fn print_human<W: std::io::Write>(
             report.devices.len(),
             summary.join(", ")
         ))?;
-        // Each device left alone for another client's certificate, named: each needs an operator.
-        for d in report.devices.iter().filter(|d| d.outcome == "foreign") {
+        // Each device left alone for another client's change (its certificate in the enrollment,
+        // the enrollment disabled or deleted), named: each needs an operator.
+        for d in report
+            .devices
+            .iter()
+            .filter(|d| matches!(d.outcome, "foreign" | "disabled" | "deleted"))
+        {
             p.line(format!("{}: not rolled: {}", d.target, d.steps.join("; ")))?;
         }
         for d in report.devices.iter().filter(|d| d.outcome == "not-issued") {

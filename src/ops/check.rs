@@ -587,10 +587,27 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             .filter(|id| whole || opts.targets.contains(&Target::Device(id.clone())));
         let policy = &plan.policies[&g.device_policy];
         let at = owners.len();
+        let group_cut_off = match backend.group(&g.name)? {
+            Some(state) => super::held::group_disabled_by_another(&backend, &g.name, state.status)?,
+            None => None,
+        };
+        if let Some(why) = &group_cut_off
+            && whole
+        {
+            c.add(Problem {
+                target: format!("group:{}", g.name),
+                level: Level::Critical,
+                reason: why.replacen("its enrollment group", "enrollment group", 1),
+                not_after: None,
+                actions_due: vec![],
+            });
+        }
         owners.push(Owner {
             policy,
             delivery: plan.delivery.channel(Some(&g.name), None),
             renewal: renewal(&g.signing_ca, policy),
+            enrolled: false,
+            group_cut_off,
         });
         devices.extend(ids.map(|id| (id, at)));
     }
@@ -603,6 +620,8 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
                 policy,
                 delivery: plan.delivery.channel(None, Some(&e.name)),
                 renewal: renewal(&e.issuer, policy),
+                enrolled: true,
+                group_cut_off: None,
             });
             devices.push((e.name.clone(), at));
         }
@@ -768,6 +787,10 @@ struct Owner<'a> {
     policy: &'a Policy,
     delivery: &'a Delivery,
     renewal: Option<Renewal<'a>>,
+    /// Whether the plan gives each device an individual enrollment of its own (`[enrollments]`).
+    enrolled: bool,
+    /// Why every device of the group cannot connect: another client disabled the group.
+    group_cut_off: Option<String>,
 }
 
 /// Judges one page of devices, each with the index of its [`Owner`].
@@ -800,8 +823,22 @@ fn check_devices(
             policy,
             delivery,
             renewal,
+            enrolled,
+            group_cut_off,
         } = &owners[*owner];
         let (policy, renewal) = (*policy, *renewal);
+        // Its group disabled by another client: DPS refuses it whatever its certificate, and the
+        // group's way back is the only one that helps (a breach's advice would fail again).
+        if let Some(why) = group_cut_off {
+            c.add(Problem {
+                target: format!("device:{id}"),
+                level: Level::Critical,
+                reason: why.clone(),
+                not_after: None,
+                actions_due: vec![],
+            });
+            continue;
+        }
         // On Azure a certificate the device has not presented is judged by what certroll
         // knows of its delivery: one handed to a hook or a direct method reached the device
         // as far as the channel said (the verb reported any failure), so it is the one the
@@ -840,6 +877,7 @@ fn check_devices(
             issued.as_ref(),
             &held,
             enrollment.as_ref(),
+            *enrolled,
             identity.as_ref(),
         )? {
             super::held::Standing::Revoked => {

@@ -211,29 +211,19 @@ pub fn standing(
     issued: Option<&VaultVersion>,
     held: &Held,
     enrollment: Option<&IndividualEnrollment>,
+    enrolled: bool,
     identity: Option<&HubIdentity>,
 ) -> Result<Standing> {
     // Read only for a disabled enrollment or identity: the CRL is not read per device.
-    let revoked = || -> Result<bool> {
-        Ok(match issued {
-            // Nothing to tell by: taken as certroll's doing, as before.
-            None => true,
-            Some(v) => !v.enabled || on_crl(backend, v)?,
-        })
-    };
+    let revoked = || revoked_by_certroll(backend, issued);
     if enrollment.is_some_and(|e| e.status == Status::Disabled) {
         if revoked()? {
             return Ok(Standing::Revoked);
         }
-        return Ok(Standing::CutOff(format!(
-            "its individual enrollment `{id}` is disabled, but certroll did not revoke it (its certificate {} \
-             is neither disabled nor on a CRL): DPS refuses its registrations. Another client of DPS disabled \
-             it: enable it again in DPS (provisioningStatus `enabled`), or revoke the device \
-             (`certroll revoke device:{id}`)",
-            issued
-                .map(|v| crate::pki::sha1_thumbprint(&v.cert_der))
-                .unwrap_or_default()
-        )));
+        return Ok(Standing::CutOff(disabled_by_another(id, issued)));
+    }
+    if enrolled && enrollment.is_none() && issued.is_some() {
+        return Ok(Standing::CutOff(deleted_by_another(id)));
     }
     if backend.installs_on_devices() {
         return Ok(Standing::Usable);
@@ -294,6 +284,67 @@ pub fn standing(
         identity.hub,
         thumbprints.join(" / "),
         certroll.join(" / ")
+    )))
+}
+
+/// Whether certroll revoked the device that holds `issued` (its version disabled, or its
+/// serial on its issuer's CRL: revoke does both); with nothing to tell by (None), taken as
+/// certroll's doing. Reads the CRL: asked only of a device whose enrollment is disabled.
+pub(crate) fn revoked_by_certroll(backend: &dyn Backend, issued: Option<&VaultVersion>) -> Result<bool> {
+    Ok(match issued {
+        None => true,
+        Some(v) => !v.enabled || on_crl(backend, v)?,
+    })
+}
+
+/// Why device `id` cannot connect when its individual enrollment is disabled though certroll
+/// did not revoke it (`issued`: the version certroll issued it), with the way back.
+pub(crate) fn disabled_by_another(id: &str, issued: Option<&VaultVersion>) -> String {
+    format!(
+        "its individual enrollment `{id}` is disabled, but certroll did not revoke it (its certificate {} \
+         is neither disabled nor on a CRL): DPS refuses its registrations. Another client of DPS disabled \
+         it: enable it again in DPS (provisioningStatus `enabled`), or revoke the device \
+         (`certroll revoke device:{id}`)",
+        issued
+            .map(|v| crate::pki::sha1_thumbprint(&v.cert_der))
+            .unwrap_or_default()
+    )
+}
+
+/// Why device `id`, which the plan gives an individual enrollment of its own and certroll
+/// issued, cannot connect when the enrollment service holds no such enrollment: someone else
+/// deleted it (certroll deletes none), and no roll creates one it did not find.
+pub(crate) fn deleted_by_another(id: &str) -> String {
+    format!(
+        "its individual enrollment `{id}` is not in DPS: another client of DPS deleted it, so DPS refuses \
+         its registrations and certroll's rolls leave it alone. `certroll issue enrollment:{id}` creates it \
+         again with the certificate certroll issued the device (or remove `[enrollments.{id}]` from the plan \
+         if the device is gone)"
+    )
+}
+
+/// Why the devices of group `name` cannot connect when the enrollment service holds the group
+/// disabled (`status`) though certroll did not revoke it (no finished `revoke group:NAME`
+/// step in the journal), with the way back; None otherwise. A breach of the group cannot help
+/// while it is disabled: DPS refuses every certificate under it.
+pub(crate) fn group_disabled_by_another(
+    backend: &dyn Backend,
+    name: &str,
+    status: Status,
+) -> Result<Option<String>> {
+    if status != Status::Disabled
+        || backend
+            .last_done_step(&format!("group:{name}"), "revoke")?
+            .is_some()
+    {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "its enrollment group `{name}` is disabled, but certroll did not revoke it: DPS refuses the \
+         registrations of every device of the group, whatever its certificate (a roll or breach of the group \
+         cannot help). Another client of DPS disabled it: enable it again in DPS (provisioningStatus \
+         `enabled`), then rerun the interrupted roll if `check` names one; or revoke the group \
+         (`certroll revoke group:{name}`)"
     )))
 }
 

@@ -385,7 +385,22 @@ impl StatusQuery<'_> {
         let issued = super::installed_many(b, &ids)?;
         let held = super::held::held_from(b, &ids, issued.clone(), &registrations, &identities)?;
         let mut cannot_connect = Vec::with_capacity(ids.len());
+        // A group another client disabled refuses every device of it: said of each.
+        let mut group_cut_off: std::collections::HashMap<&str, Option<String>> = Default::default();
+        for g in page.iter().filter_map(|(_, g, _)| g.as_deref()) {
+            if !group_cut_off.contains_key(g) {
+                let why = match b.group(g)? {
+                    Some(state) => super::held::group_disabled_by_another(b, g, state.status)?,
+                    None => None,
+                };
+                group_cut_off.insert(g, why);
+            }
+        }
         for (i, id) in ids.iter().enumerate() {
+            if let Some(why) = page[i].1.as_deref().and_then(|g| group_cut_off[g].clone()) {
+                cannot_connect.push(Some(why));
+                continue;
+            }
             cannot_connect.push(
                 match super::held::standing(
                     b,
@@ -393,6 +408,7 @@ impl StatusQuery<'_> {
                     issued[i].as_ref(),
                     &held[i],
                     individuals[i].as_ref(),
+                    page[i].2.is_some(),
                     identities[i].as_ref(),
                 )? {
                     super::held::Standing::CutOff(why) => Some(why),

@@ -1138,3 +1138,158 @@ fn taking_back_a_group_of_50_devices_lists_each_devices_versions_at_most_twice()
         "the displaced factory version on the root's CRL"
     );
 }
+
+/// Another client disables one enrollment and deletes another (az7 F-412-ENABLES' nit and
+/// F-DELETED-ENROLLMENT): a roll leaves both alone with a truthful outcome (`disabled`,
+/// `deleted`, not `revoked` or `rolled`), issues nothing for them, never creates the deleted
+/// one again and exits 1; `check` names both critical with a remedy and `status` says the
+/// deleted one cannot connect; `issue` creates the deleted enrollment again, and check clears.
+#[test]
+fn a_roll_leaves_an_enrollment_another_client_disabled_or_deleted_alone_and_says_so() {
+    let env = TestEnv::new();
+    let serve = issued_fleet(&env, FLEET);
+    let run = |args: &[&str]| run_fleet(&env, &serve, "azure", args);
+    let (code, mut e) = dps(&env, &serve, "GET", "/enrollments/gw-2", None, None);
+    assert_eq!(code, 200, "{e}");
+    let etag = format!("\"{}\"", e["etag"].as_str().unwrap().trim_matches('"'));
+    e["provisioningStatus"] = json!("disabled");
+    let (code, answer) = dps(&env, &serve, "PUT", "/enrollments/gw-2", Some(&etag), Some(&e));
+    assert_eq!(code, 200, "the other client's disable: {answer}");
+    let (code, answer) = dps(&env, &serve, "DELETE", "/enrollments/gw-3", Some("*"), None);
+    assert!(
+        code == 204 || code == 200,
+        "the other client's delete: {code} {answer}"
+    );
+
+    let r = run(&[
+        "roll-secondary",
+        "enrollment:gw-2",
+        "enrollment:gw-3",
+        "enrollment:gw-4",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let report = r.json();
+    for (id, outcome, words) in [
+        ("gw-2", "disabled", "Another client of DPS disabled it"),
+        ("gw-3", "deleted", "another client of DPS deleted it"),
+    ] {
+        let d = device(&report, id);
+        assert_eq!(d["outcome"], outcome, "{d}");
+        assert!(d["new_thumbprint"].is_null(), "nothing issued for {id}: {d}");
+        assert!(d["steps"][0].as_str().unwrap().contains(words), "{d}");
+    }
+    assert_eq!(device(&report, "gw-4")["outcome"], "rolled", "{report}");
+    let (code, _) = dps(&env, &serve, "GET", "/enrollments/gw-3", None, None);
+    assert_eq!(code, 404, "the deleted enrollment was created again");
+    let (_, e) = dps(&env, &serve, "GET", "/enrollments/gw-2", None, None);
+    assert_eq!(e["provisioningStatus"], "disabled", "{e}");
+
+    let r = run(&["check", "-o", "json"]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    let report = r.json();
+    let critical = |id: &str| -> String {
+        report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["target"] == format!("device:{id}") && p["level"] == "critical")
+            .unwrap_or_else(|| panic!("no critical for {id}: {report}"))["reason"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(critical("gw-2").contains("enable it again in DPS"), "{report}");
+    assert!(
+        critical("gw-3").contains("`certroll issue enrollment:gw-3`"),
+        "{report}"
+    );
+    let r = run(&["status", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let status = r.json();
+    assert!(
+        device(&status, "gw-3")["cannot_connect"]
+            .as_str()
+            .is_some_and(|s| s.contains("deleted")),
+        "{status}"
+    );
+
+    // The remedy check names works: issue creates the enrollment again, and gw-3 clears.
+    let r = run(&["issue", "enrollment:gw-3", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let (code, e) = dps(&env, &serve, "GET", "/enrollments/gw-3", None, None);
+    assert_eq!(code, 200, "{e}");
+    assert_eq!(e["provisioningStatus"], "enabled", "{e}");
+    let r = run(&["check", "-o", "json"]);
+    let report = r.json();
+    assert!(
+        !report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["target"] == "device:gw-3" && p["level"] == "critical"),
+        "{report}"
+    );
+}
+
+/// Another client disables a whole enrollment group (az7 F-GROUP-DISABLED-REMEDY): `check`
+/// names the group and each of its devices critical with a way back that works (enable it in
+/// DPS, or revoke the group), not a breach that DPS would refuse again; `status` says each
+/// device cannot connect. A group certroll revoked is not reported so.
+#[test]
+fn a_group_another_client_disabled_is_reported_with_a_remedy_that_works() {
+    let env = TestEnv::new();
+    let serve = issued_fleet(&env, GROUPS);
+    let run = |args: &[&str]| run_fleet(&env, &serve, "azure", args);
+    let mut g = group_record(&env, &serve, "meters");
+    let etag = g["etag"].as_str().unwrap().trim_matches('"').to_string();
+    g["provisioningStatus"] = json!("disabled");
+    let (code, answer) = dps(
+        &env,
+        &serve,
+        "PUT",
+        "/enrollmentGroups/meters",
+        Some(&format!("\"{etag}\"")),
+        Some(&g),
+    );
+    assert_eq!(code, 200, "the other client's disable: {answer}");
+    let r = run(&["revoke", "group:pumps", "--reason", "superseded", "--yes"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+
+    let r = run(&["check", "-o", "json"]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    let report = r.json();
+    let problems = report["problems"].as_array().unwrap();
+    for target in ["group:meters", "device:m-1", "device:m-2"] {
+        let p = problems
+            .iter()
+            .find(|p| p["target"] == target && p["level"] == "critical")
+            .unwrap_or_else(|| panic!("no critical for {target}: {report}"));
+        let reason = p["reason"].as_str().unwrap();
+        for part in [
+            "Another client of DPS disabled it",
+            "`certroll revoke group:meters`",
+        ] {
+            assert!(reason.contains(part), "{part}: {reason}");
+        }
+        assert!(!reason.contains("--breach"), "{reason}");
+    }
+    assert!(
+        !problems.iter().any(|p| {
+            let t = p["target"].as_str().unwrap_or_default();
+            t == "group:pumps" || t.starts_with("device:p-")
+        }),
+        "the group certroll revoked is no problem: {report}"
+    );
+    let r = run(&["status", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let status = r.json();
+    assert!(
+        device(&status, "m-1")["cannot_connect"]
+            .as_str()
+            .is_some_and(|s| s.contains("enrollment group `meters` is disabled")),
+        "{status}"
+    );
+    assert!(device(&status, "p-1")["cannot_connect"].is_null(), "{status}");
+}

@@ -489,7 +489,8 @@ impl Serialize for IndividualBody<'_> {
                 },
             },
         )?;
-        m.serialize_entry("provisioningStatus", e.status.as_str())?;
+        let status = super::kept_status(e.status, self.read.map(|r| r.status));
+        m.serialize_entry("provisioningStatus", status.as_str())?;
         m.serialize_entry("reprovisionPolicy", &ReprovisionWire::of(&e.reprovision))?;
         m.serialize_entry("iotHubs", &[self.hub_host])?;
         m.serialize_entry("allocationPolicy", "static")?;
@@ -993,7 +994,10 @@ impl AzureEnrollmentService {
             }})
         };
         out["attestation"] = json!({"type": "x509", "x509": x509});
-        out["provisioningStatus"] = json!(g.status.as_str());
+        let held = base
+            .and_then(|b| b["provisioningStatus"].as_str())
+            .map(Status::parse);
+        out["provisioningStatus"] = json!(super::kept_status(g.status, held).as_str());
         out["reprovisionPolicy"] = json!(ReprovisionWire::of(&g.reprovision));
         out["iotHubs"] = json!([self.hub_host(&g.hub)?]);
         out["allocationPolicy"] = json!("static");
@@ -1371,8 +1375,18 @@ impl AzureEnrollmentService {
             let certificates = certificates_of(e);
             let hub_host = self.hub_host(&e.hub)?;
             // Judged against what DPS holds now: the re-read after 412 may hold another
-            // client's certificate the first read did not.
+            // client's certificate the first read did not. An enrollment that lost its race
+            // to a delete (the re-read finds none) is not created again: only `issue` creates
+            // enrollments, and the next roll reports it deleted.
             let build = |read: Option<&Enrollment>| {
+                if read.is_none() {
+                    return Err(BackendError::Refused(format!(
+                        "individual enrollment `{}` was deleted by another client of DPS while certroll \
+                         wrote it, so it was not created again: {}",
+                        e.registration_id,
+                        crate::ops::held::deleted_by_another(&e.registration_id)
+                    )));
+                }
                 to_json(&IndividualBody {
                     e,
                     hub_host,
@@ -2114,6 +2128,8 @@ mod tests {
             ("customAllocationDefinition", Value::Null),
             ("aFieldDpsAddsLater", json!([1, "two"])),
             ("etag", json!("\"x\"")),
+            // The read is disabled: a write over an existing enrollment never enables it.
+            ("provisioningStatus", json!("disabled")),
         ] {
             over_read[k] = v;
         }

@@ -263,6 +263,9 @@ const READ_ONLY: [&str; 6] = [
 /// (`ExportImportDevice`: `id` and `eTag`, no read-only members).
 struct DeviceBody<'a> {
     identity: &'a HubIdentity,
+    /// The status written: `identity`'s, kept disabled where the device read is
+    /// ([`super::kept_status`]).
+    status: Status,
     kept: &'a Kept,
     etag: Option<&'a str>,
     bulk: bool,
@@ -309,7 +312,7 @@ impl<'a> Serialize for DeviceBody<'a> {
                 m.serialize_entry("etag", etag)?;
             }
         }
-        m.serialize_entry("status", identity.status.as_str())?;
+        m.serialize_entry("status", self.status.as_str())?;
         let by_thumbprint = identity.auth_type != "certificateAuthority";
         let tp = |t: &'a Option<String>| t.as_deref().filter(|_| by_thumbprint);
         m.serialize_entry(
@@ -683,6 +686,7 @@ impl AzureHubRegistry {
             .header("if-match", if_match(&device.etag))
             .json(DeviceBody {
                 identity,
+                status: super::kept_status(identity.status, Some(device.identity.status)),
                 kept: &device.kept,
                 etag: Some(&device.etag),
                 bulk: false,
@@ -718,6 +722,7 @@ impl AzureHubRegistry {
         )
         .json(DeviceBody {
             identity,
+            status: identity.status,
             kept: &Kept::new(
                 &serde_json::from_str(r#"{"capabilities": {"iotEdge": false}}"#).unwrap_or_default(),
             ),
@@ -766,6 +771,7 @@ impl AzureHubRegistry {
             .zip(&devices)
             .map(|(identity, device)| DeviceBody {
                 identity,
+                status: super::kept_status(identity.status, Some(device.identity.status)),
                 kept: &device.kept,
                 etag: Some(&device.etag),
                 bulk: true,
@@ -955,6 +961,7 @@ mod tests {
     fn body(identity: &HubIdentity, device: &Device, bulk: bool) -> Value {
         serde_json::to_value(DeviceBody {
             identity,
+            status: crate::backend::azure::kept_status(identity.status, Some(device.identity.status)),
             kept: &device.kept,
             etag: Some(&device.etag),
             bulk,

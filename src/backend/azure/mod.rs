@@ -309,3 +309,22 @@ const _: () = {
     send::<AzureEnrollmentService>();
     send::<AzureHubRegistry>();
 };
+
+/// The `provisioningStatus` (DPS) or `status` (IoT Hub) an update of a record writes: the one
+/// certroll's change carries (`ours`), except that a record the service holds disabled now
+/// (`held`, from the read this write is built on: the first read, or the re-read after 412)
+/// stays disabled. No verb's purpose is to enable a record that exists (revoke disables; only
+/// a create starts enabled), so a status certroll writes over an existing record is the one it
+/// read: a disable another client made since (between the verb's read and its write, or during
+/// a 412's re-read) is never undone (issue 12, az7 F-412-ENABLES).
+pub(crate) fn kept_status(
+    ours: crate::backend::types::Status,
+    held: Option<crate::backend::types::Status>,
+) -> crate::backend::types::Status {
+    use crate::backend::types::Status;
+    if held == Some(Status::Disabled) {
+        Status::Disabled
+    } else {
+        ours
+    }
+}

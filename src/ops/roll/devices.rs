@@ -378,13 +378,33 @@ pub(super) fn assess<'p>(
         let newest = versions.last().cloned().ok_or_else(not_issued)?;
         let target = format!("device:{id}");
         // A disabled individual enrollment is a revoked device: no roll issues it anything.
-        if individual.as_ref().is_some_and(|e| e.status == Status::Disabled) {
+        // Disabled by another client (certroll did not revoke it), it is `disabled`, with the
+        // way back; on local no other client writes the store, so it is always `revoked`.
+        // No enrollment where the plan gives the device one: another client deleted it, and
+        // no roll creates an enrollment it did not find (`issue` does).
+        let cut_off = if individual.as_ref().is_some_and(|e| e.status == Status::Disabled) {
+            let installed = backend.version(&installed.name, &installed.version)?;
+            let installed = installed.as_ref();
+            Some(if crate::ops::held::revoked_by_certroll(backend, installed)? {
+                ("revoked", None)
+            } else {
+                (
+                    "disabled",
+                    Some(crate::ops::held::disabled_by_another(id, installed)),
+                )
+            })
+        } else if group.is_none() && individual.is_none() {
+            Some(("deleted", Some(crate::ops::held::deleted_by_another(id))))
+        } else {
+            None
+        };
+        if let Some((outcome, why)) = cut_off {
             out.reports.push(DeviceRoll {
                 delivery: None,
                 target,
-                outcome: "revoked",
+                outcome,
                 slot: mode.slot(),
-                steps: vec![],
+                steps: why.into_iter().collect(),
                 new_thumbprint: None,
                 pruned_thumbprint: None,
                 compromised: vec![],

@@ -910,6 +910,53 @@ fn a_second_client_changing_an_enrollment_mid_update_is_never_overwritten() {
     );
 }
 
+/// Another client disables the enrollment between this client's read and its write (az7
+/// F-412-ENABLES): the stale bulk write loses (412), the re-read finds it disabled, and the
+/// re-applied write lands this client's certificate and leaves it disabled: only a revoke
+/// changes the status of an enrollment that exists.
+#[test]
+fn an_enrollment_another_client_disables_mid_update_stays_disabled() {
+    let env = TestEnv::new();
+    let (serve, config) = start_services(&env, "t", "[serve.services.dps]\ndelay_ms = 400\n");
+    let mut dps = enrollment_service(&config, &serve, "t");
+    let (first, second) = (
+        super::self_signed("conf-race", 30, false),
+        super::self_signed("conf-race", 60, false),
+    );
+    let enrollment = super::services::enrollment("conf-race", &first, "migrate", "conf-hub");
+    dps.put_individuals(std::slice::from_ref(&enrollment), super::now())
+        .unwrap();
+
+    let other = raw_client(&config, &serve, "DPS");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut body = get_json(&rt, &other, "/enrollments/conf-race");
+    body["attestation"]["x509"]["clientCertificates"]["primary"] = serde_json::json!({"certificate": pem::encode(&pem::Pem::new("CERTIFICATE", first.cert_der.clone()))});
+    body["provisioningStatus"] = serde_json::json!("disabled");
+    let writer = put_later(rt, other, "/enrollments/conf-race", "*", body);
+    let mut update = enrollment.clone();
+    update.secondary = Some(second.cert_der.clone());
+    dps.put_individuals(&[update], super::now()).unwrap();
+    writer.join().unwrap();
+    assert!(
+        rewritten_after_bulk(&env),
+        "the stale bulk write was not followed by a re-applied write, so the test did not race:\n{}",
+        std::fs::read_to_string(env.path("serve.log")).unwrap_or_default()
+    );
+
+    let got = dps.individual("conf-race").unwrap().unwrap();
+    assert_eq!(
+        got.secondary,
+        Some(second.cert_der.clone()),
+        "this client's change is there"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let now = get_json(&rt, &raw_client(&config, &serve, "DPS"), "/enrollments/conf-race");
+    assert_eq!(
+        now["provisioningStatus"], "disabled",
+        "the other client's disable was undone: {now}"
+    );
+}
+
 /// Whether serve answered a `PUT /enrollments/conf-race` after the last bulk call (its access
 /// lines are written as each answer goes out).
 fn rewritten_after_bulk(env: &TestEnv) -> bool {
@@ -1562,6 +1609,52 @@ fn a_hub_identity_changed_mid_update_is_read_again_and_the_update_lands() {
         got.secondary_thumbprint,
         Some("BB".repeat(20)),
         "the update landed after the 412"
+    );
+}
+
+/// Another client disables an identity between this client's read (the registry query of a
+/// bulk update) and its write (az7 F-412-ENABLES on the hub): the update lands its thumbprints
+/// and the identity stays disabled.
+#[test]
+fn a_hub_identity_another_client_disables_mid_bulk_update_stays_disabled() {
+    let env = TestEnv::new();
+    let (serve, config) = start_services(&env, "t", "[serve.services.hub]\ndelay_ms = 400\n");
+    let mut hub = AzureHubRegistry::new_with_env(&config, &keys(&serve)).unwrap();
+    let identity = HubIdentity {
+        hub: "conf-hub".into(),
+        device_id: "conf-race".into(),
+        status: Status::Enabled,
+        auth_type: "selfSigned".into(),
+        primary_thumbprint: Some("AA".repeat(20)),
+        secondary_thumbprint: None,
+    };
+    hub.create_identity(&identity).unwrap();
+
+    let other = raw_client(&config, &serve, "IoT Hub");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut body = get_json(&rt, &other, "/devices/conf-race");
+    body["status"] = serde_json::json!("disabled");
+    let writer = put_later(rt, other, "/devices/conf-race", "\"*\"", body);
+    let mut update = identity.clone();
+    update.secondary_thumbprint = Some("BB".repeat(20));
+    hub.update_identities(&[update], super::now()).unwrap();
+    writer.join().unwrap();
+
+    assert!(
+        answered(&env, HUB_HOST, "412") + answered(&env, HUB_HOST, "400") >= 1,
+        "the bulk update did not lose its etag, so the test did not race:\n{}",
+        std::fs::read_to_string(env.path("serve.log")).unwrap_or_default()
+    );
+    let got = hub.identity("conf-hub", "conf-race").unwrap().unwrap();
+    assert_eq!(
+        got.secondary_thumbprint,
+        Some("BB".repeat(20)),
+        "the update landed"
+    );
+    assert_eq!(
+        got.status,
+        Status::Disabled,
+        "the other client's disable was undone"
     );
 }
 
