@@ -431,12 +431,12 @@ pub trait EnrollmentService {
         self.registration_many(ids)
     }
     /// The registration state each device's individual enrollment carried when this process
-    /// last read it (DPS sends an enrollment with its device's `registrationState`, the record
-    /// `GET /registrations/ID` answers), in the order asked: `Some(None)` for an enrollment read
-    /// without one (its device never registered through it), `None` where no read of this
-    /// process holds an enrollment of the device (the default: a service whose enrollments
-    /// carry no state).
-    fn carried_registrations(&self, ids: &[String]) -> Vec<Option<Option<RegistrationState>>> {
+    /// last read it (a GET of an enrollment sends its device's `registrationState`, the record
+    /// `GET /registrations/ID` answers), in the order asked; `None` where no read of this
+    /// process showed one (the device is read on its own: DPS's enrollment query leaves the
+    /// state out even for a registered device, Azure/azure-iot-sdk-csharp#3478, so a record
+    /// without one proves nothing; the default: a service whose enrollments carry no state).
+    fn carried_registrations(&self, ids: &[String]) -> Vec<Option<RegistrationState>> {
         vec![None; ids.len()]
     }
     /// The hub each device's last successful registration assigned it to (None: never

@@ -1861,9 +1861,11 @@ async fn query_records(
     Ok(page_response(items, next, size, item_type))
 }
 
-/// `POST /enrollments/query`: all individual enrollments, in pages. The store is read in two
-/// statements a page (the records, the registration states of their ids) and released before
-/// the page is rendered.
+/// `POST /enrollments/query`: all individual enrollments, in pages, each without its
+/// `registrationState`: DPS's query leaves it out even for a device that registered (only a GET
+/// of the enrollment carries it; Azure/azure-iot-sdk-csharp#3478), so a client may not take a
+/// record without one for a device that never registered. The store is released before the page
+/// is rendered.
 async fn query_individual_enrollments(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -1871,29 +1873,16 @@ async fn query_individual_enrollments(
 ) -> Result<Response, DpsError> {
     auth(&state, &headers, super::auth::SasRight::EnrollmentRead)?;
     let (size, after) = page_of(&headers, &body, Some("enrollments"))?;
-    let (rows, registrations, next) = state
+    let (rows, next) = state
         .read(move |b, _| {
             let conn = b.store().conn();
             let rows = qd::individuals_wire_page(conn, &after, size + 1).map_err(store_error)?;
-            let (rows, next) = split_page(rows, size, |r| r.enrollment.registration_id.clone());
-            let registrations = match rows.last() {
-                Some(last) => qd::registrations_between(conn, &after, &last.enrollment.registration_id)
-                    .map_err(store_error)?,
-                None => Vec::new(),
-            };
-            Ok((rows, registrations, next))
+            Ok(split_page(rows, size, |r| r.enrollment.registration_id.clone()))
         })
         .await?;
-    let mut registrations: std::collections::HashMap<String, RegistrationState> = registrations
-        .into_iter()
-        .map(|r| (r.registration_id.clone(), r))
-        .collect();
     let items: Vec<IndividualWire<'_>> = rows
         .iter()
-        .map(|row| {
-            let registration = registrations.remove(&row.enrollment.registration_id);
-            individual_wire(&state.cert_infos, row, registration.as_ref())
-        })
+        .map(|row| individual_wire(&state.cert_infos, row, None))
         .collect();
     let body = serde_json::to_vec(&items)
         .map_err(|e| dps_error(StatusCode::INTERNAL_SERVER_ERROR, 1, e.to_string()))?;

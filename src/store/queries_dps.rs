@@ -224,19 +224,6 @@ pub fn individuals_wire_page(conn: &Connection, after: &str, limit: usize) -> Re
     )
 }
 
-/// Registration states with ids in (`after`, `last`]: those of one page of enrollments.
-pub fn registrations_between(conn: &Connection, after: &str, last: &str) -> Result<Vec<RegistrationState>> {
-    all(
-        conn,
-        &format!(
-            "SELECT {REGISTRATION_COLS} FROM registrations
-             WHERE registration_id > ?1 AND registration_id <= ?2 ORDER BY registration_id"
-        ),
-        params![after, last],
-        registration_row,
-    )
-}
-
 /// Creates or replaces an individual enrollment with its DPS fields (`extra`, JSON text) and a
 /// fresh etag, in one statement: the row is written once (schema v13's triggers leave a row
 /// whose writer set its etag alone).

@@ -2584,7 +2584,7 @@ impl Backend for AzureBackend {
         &self,
         ids: &[String],
     ) -> Result<(Vec<Option<RegistrationState>>, Vec<Option<HubIdentity>>)> {
-        // A device whose individual enrollment this process read has its state from that read
+        // A device whose individual enrollment this process read with a state has it from that read
         // (`status`, `check` read the enrollments first); a group's devices from the group's
         // listing; a GET only for the rest. The states go without `with_certificates`: the
         // caller reads the identities (every thumbprint, not only the primary) in one pass.
@@ -2598,7 +2598,7 @@ impl Backend for AzureBackend {
         let mut read = self.registration_states(&rest)?.into_iter();
         let registrations: Vec<Option<RegistrationState>> = carried
             .into_iter()
-            .map(|c| c.unwrap_or_else(|| read.next().flatten()))
+            .map(|c| c.or_else(|| read.next().flatten()))
             .collect();
         let hubs = registrations
             .iter()

@@ -1736,11 +1736,15 @@ impl EnrollmentService for AzureEnrollmentService {
             .collect()
     }
 
-    fn carried_registrations(&self, ids: &[String]) -> Vec<Option<Option<RegistrationState>>> {
+    fn carried_registrations(&self, ids: &[String]) -> Vec<Option<RegistrationState>> {
+        // Only a state the read showed is carried. A record without one proves nothing: DPS's
+        // enrollment query leaves `registrationState` out even for a registered device
+        // (Azure/azure-iot-sdk-csharp#3478; a GET of the enrollment gives it), so such a device
+        // is read on its own, as `assigned_hubs` does.
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         ids.iter()
             .map(|id| match seen.get(id) {
-                Some(Some(r)) => Some(r.registration().map(|state| self.registration_of(id, state))),
+                Some(Some(r)) => r.registration().map(|state| self.registration_of(id, state)),
                 _ => None,
             })
             .collect()
