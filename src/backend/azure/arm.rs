@@ -170,7 +170,8 @@ impl ArmCertificates {
             "certificate": base64::engine::general_purpose::STANDARD.encode(cert_der),
             "isVerified": false,
         }});
-        for _ in 0..=MAX_PRECONDITION_RETRIES {
+        let mut tries = 0;
+        loop {
             let current = self.read(name).await?;
             let mut call =
                 Call::new(Method::Put, self.path(name), "upload CA certificate", name).json(body.clone());
@@ -181,21 +182,10 @@ impl ArmCertificates {
             match answer.status {
                 200 | 201 => return Ok(()),
                 // Changed (412) or created (409) since the read: read again.
-                409 | 412 => continue,
+                409 | 412 if tries < MAX_PRECONDITION_RETRIES => tries += 1,
+                409 | 412 => return Err(self.client.kept_changing(&call, &answer, tries)),
                 _ => return Err(self.client.error(&call, &answer)),
             }
-        }
-        Err(Self::kept_changing("upload CA certificate", name))
-    }
-
-    fn kept_changing(operation: &str, name: &str) -> BackendError {
-        BackendError::Remote {
-            service: "ARM",
-            operation: operation.into(),
-            target: name.into(),
-            status: Some(412),
-            code: "PreconditionFailed".into(),
-            message: format!("the certificate kept changing under {MAX_PRECONDITION_RETRIES} retries"),
         }
     }
 
@@ -208,7 +198,8 @@ impl ArmCertificates {
         operation: &str,
         body: Option<Value>,
     ) -> Result<Value> {
-        for _ in 0..=MAX_PRECONDITION_RETRIES {
+        let mut tries = 0;
+        loop {
             let Some(current) = self.read(name).await? else {
                 return Err(Self::missing(name));
             };
@@ -220,12 +211,12 @@ impl ArmCertificates {
             let answer = self.client.send(&call).await?;
             match answer.status {
                 200 | 202 | 204 => return Ok(answer.json()),
-                412 => continue,
+                412 if tries < MAX_PRECONDITION_RETRIES => tries += 1,
+                412 => return Err(self.client.kept_changing(&call, &answer, tries)),
                 404 => return Err(Self::missing(name)),
                 _ => return Err(self.client.error(&call, &answer)),
             }
         }
-        Err(Self::kept_changing(operation, name))
     }
 
     /// Removes a CA certificate (already gone is done).

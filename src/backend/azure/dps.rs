@@ -1219,7 +1219,8 @@ impl AzureEnrollmentService {
         build: &(dyn Fn(Option<&T>) -> Result<Vec<u8>> + Sync),
     ) -> Result<()> {
         let operation = format!("put {what}");
-        for _ in 0..=MAX_PRECONDITION_RETRIES {
+        let mut tries = 0;
+        loop {
             let existing = match current.take() {
                 Some(c) => c,
                 None => self.read(collection, id, what).await?,
@@ -1238,18 +1239,11 @@ impl AzureEnrollmentService {
             let answer = self.dps.send(&call).await?;
             match answer.status {
                 200 | 201 => return Ok(()),
-                409 | 412 => continue,
+                409 | 412 if tries < MAX_PRECONDITION_RETRIES => tries += 1,
+                409 | 412 => return Err(self.dps.kept_changing(&call, &answer, tries)),
                 _ => return Err(self.dps.error(&call, &answer)),
             }
         }
-        Err(BackendError::Remote {
-            service: "DPS",
-            operation,
-            target: id.to_string(),
-            status: Some(412),
-            code: "PreconditionFailed".into(),
-            message: format!("the record kept changing under {MAX_PRECONDITION_RETRIES} re-applied writes"),
-        })
     }
 
     /// One bulk operation of at most [`BULK_LIMIT`] individual enrollments; returns the ids

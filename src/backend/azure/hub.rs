@@ -670,7 +670,8 @@ impl AzureHubRegistry {
         mut current: Option<Device>,
     ) -> Result<()> {
         let id = &identity.device_id;
-        for _ in 0..=MAX_PRECONDITION_RETRIES {
+        let mut tries = 0;
+        loop {
             let device = match current.take() {
                 Some(d) => d,
                 None => Self::read(client, &identity.hub, id).await?.ok_or_else(|| {
@@ -694,20 +695,11 @@ impl AzureHubRegistry {
             let answer = client.send(&call).await?;
             match answer.status {
                 200 => return Ok(()),
-                412 => continue,
+                412 if tries < MAX_PRECONDITION_RETRIES => tries += 1,
+                412 => return Err(client.kept_changing(&call, &answer, tries)),
                 _ => return Err(client.error(&call, &answer)),
             }
         }
-        Err(BackendError::Remote {
-            service: "IoT Hub",
-            operation: "update device identity".into(),
-            target: id.clone(),
-            status: Some(412),
-            code: "PreconditionFailed".into(),
-            message: format!(
-                "the identity kept changing under {MAX_PRECONDITION_RETRIES} re-applied updates"
-            ),
-        })
     }
 
     /// Creates a device identity; a device that exists already is IoT Hub's 409

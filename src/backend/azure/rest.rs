@@ -359,6 +359,12 @@ impl RestClient {
         }
     }
 
+    /// The service's last 409/412 in `answer` after certroll read the record again and
+    /// re-applied its change `tries` times ([`kept_changing`]).
+    pub fn kept_changing(&self, call: &Call<'_>, answer: &Answer, tries: usize) -> BackendError {
+        kept_changing(self.service, call, answer, tries)
+    }
+
     /// An answer with a success status whose body is not what the service sends (`e`: why it
     /// could not be read), as certroll reports it.
     pub fn unreadable(&self, call: &Call<'_>, answer: &Answer, e: &serde_json::Error) -> BackendError {
@@ -381,6 +387,24 @@ impl RestClient {
             code: kind.to_string(),
             message,
         }
+    }
+}
+
+/// `service`'s error in `answer`, a 409 or 412 that was still the answer after certroll read
+/// the record again and re-applied its change `tries` times: the service's own status, code and
+/// message (DPS's `412002`, say), with the give-up said after the message (another client
+/// keeps writing the record between certroll's read and its write).
+pub fn kept_changing(service: &'static str, call: &Call<'_>, answer: &Answer, tries: usize) -> BackendError {
+    let (code, message) = error_parts(answer);
+    BackendError::Remote {
+        service,
+        operation: call.operation.to_string(),
+        target: call.target.to_string(),
+        status: Some(answer.status),
+        code,
+        message: format!(
+            "{message} (still so after {tries} re-reads and re-applied writes: another client keeps changing it)"
+        ),
     }
 }
 
@@ -478,6 +502,32 @@ mod tests {
         assert_eq!(error_parts(&arm), ("Conflict".into(), "in use".into()));
         let bare = answer(502, &[], "");
         assert_eq!(error_parts(&bare), ("HTTP502".into(), "(no message)".into()));
+    }
+
+    #[test]
+    fn a_write_that_kept_losing_its_race_reports_the_service_s_own_code() {
+        let dps = answer(
+            412,
+            &[],
+            r#"{"errorCode":412002,"message":"etag mismatch","trackingId":"t"}"#,
+        );
+        let call = Call::new(Method::Put, "/enrollments/dev-1".into(), "put enrollment", "dev-1");
+        let BackendError::Remote {
+            service,
+            operation,
+            target,
+            status,
+            code,
+            message,
+        } = kept_changing("DPS", &call, &dps, 5)
+        else {
+            panic!("not a remote error")
+        };
+        assert_eq!(
+            (service, operation.as_str(), target.as_str(), status, code.as_str()),
+            ("DPS", "put enrollment", "dev-1", Some(412), "412002")
+        );
+        assert!(message.starts_with("etag mismatch (still so after 5 re-reads"), "{message}");
     }
 
     #[test]
