@@ -511,7 +511,12 @@ mod tests {
             &[],
             r#"{"errorCode":412002,"message":"etag mismatch","trackingId":"t"}"#,
         );
-        let call = Call::new(Method::Put, "/enrollments/dev-1".into(), "put enrollment", "dev-1");
+        let call = Call::new(
+            Method::Put,
+            "/enrollments/dev-1".into(),
+            "put enrollment",
+            "dev-1",
+        );
         let BackendError::Remote {
             service,
             operation,
@@ -524,10 +529,19 @@ mod tests {
             panic!("not a remote error")
         };
         assert_eq!(
-            (service, operation.as_str(), target.as_str(), status, code.as_str()),
+            (
+                service,
+                operation.as_str(),
+                target.as_str(),
+                status,
+                code.as_str()
+            ),
             ("DPS", "put enrollment", "dev-1", Some(412), "412002")
         );
-        assert!(message.starts_with("etag mismatch (still so after 5 re-reads"), "{message}");
+        assert!(
+            message.starts_with("etag mismatch (still so after 5 re-reads"),
+            "{message}"
+        );
     }
 
     #[test]
