@@ -693,3 +693,16 @@ impl PendingCertificate {
         }
     }
 }
+
+/// Why device `id`, which the plan gives an individual enrollment of its own and certroll
+/// issued, cannot connect when the enrollment service holds no such enrollment: someone else
+/// deleted it (certroll deletes none), and no roll creates one it did not find. It lives
+/// below `ops` because the azure backend's write that lost its race to the delete says it too.
+pub(crate) fn deleted_by_another(id: &str) -> String {
+    format!(
+        "its individual enrollment `{id}` is not in DPS: another client of DPS deleted it, so DPS refuses \
+         its registrations and certroll's rolls leave it alone. `certroll issue enrollment:{id}` creates it \
+         again with the certificate certroll issued the device (or remove `[enrollments.{id}]` from the plan \
+         if the device is gone)"
+    )
+}

@@ -311,17 +311,7 @@ pub(crate) fn disabled_by_another(id: &str, issued: Option<&VaultVersion>) -> St
     )
 }
 
-/// Why device `id`, which the plan gives an individual enrollment of its own and certroll
-/// issued, cannot connect when the enrollment service holds no such enrollment: someone else
-/// deleted it (certroll deletes none), and no roll creates one it did not find.
-pub(crate) fn deleted_by_another(id: &str) -> String {
-    format!(
-        "its individual enrollment `{id}` is not in DPS: another client of DPS deleted it, so DPS refuses \
-         its registrations and certroll's rolls leave it alone. `certroll issue enrollment:{id}` creates it \
-         again with the certificate certroll issued the device (or remove `[enrollments.{id}]` from the plan \
-         if the device is gone)"
-    )
-}
+pub(crate) use crate::backend::types::deleted_by_another;
 
 /// Why the devices of group `name` cannot connect when the enrollment service holds the group
 /// disabled (`status`) though certroll did not revoke it (no finished `revoke group:NAME`

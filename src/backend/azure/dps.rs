@@ -1378,7 +1378,7 @@ impl AzureEnrollmentService {
                         "individual enrollment `{}` was deleted by another client of DPS while certroll \
                          wrote it, so it was not created again: {}",
                         e.registration_id,
-                        crate::ops::held::deleted_by_another(&e.registration_id)
+                        crate::backend::types::deleted_by_another(&e.registration_id)
                     )));
                 }
                 to_json(&IndividualBody {
