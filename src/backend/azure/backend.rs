@@ -30,7 +30,9 @@
 //!   leaves it owed; outside, a small write of its own; those finishing within
 //!   [`SETTLE_EVERY`] of each other share one write). A kill after the commit re-delivers at
 //!   most what was in flight (taken by a channel, not yet finished, or finished within the last
-//!   [`SETTLE_EVERY`]); one cut off before it, or that failed, stays owed and visible
+//!   [`SETTLE_EVERY`]; for the courier's deliveries during a run of units, everything it
+//!   finished since the unit being written began, since they settle with that unit's commit,
+//!   and a failed commit of that unit leaves them owed too); one cut off before it, or that failed, stays owed and visible
 //!   (`status`, `check`, the reports' `deliveries_owed`), and [`Backend::deliver_owed`] (called
 //!   by `issue` and the rolls before their own work) delivers it. Hooks run up to
 //!   `[backend] delivery_concurrency` at once; direct methods are awaited as many at once. A
@@ -226,8 +228,10 @@ impl VaultIndex {
         Ok(())
     }
 
-    /// The certificate of `sha1_thumbprint`: `Ok(None)` when the vault holds none; the vault's
-    /// error when a read it needed failed and the certificate was not found otherwise.
+    /// The certificate of `sha1_thumbprint`: `Ok(None)` when the vault holds none, or when an
+    /// earlier build of the index this run did not find it (`missed`: each thumbprint is looked
+    /// for among all versions once a run); the vault's error when a read it needed failed and
+    /// the certificate was not found otherwise.
     fn lookup(&self, sha1_thumbprint: &str, whose: Option<&str>) -> Result<Option<Vec<u8>>> {
         // The record is fixed at connect: it needs neither lock.
         let tp = sha1_thumbprint.to_ascii_uppercase();

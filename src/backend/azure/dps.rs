@@ -1370,8 +1370,9 @@ impl AzureEnrollmentService {
             let hub_host = self.hub_host(&e.hub)?;
             // Judged against what DPS holds now: the re-read after 412 may hold another
             // client's certificate the first read did not. An enrollment that lost its race
-            // to a delete (the re-read finds none) is not created again: only `issue` creates
-            // enrollments, and the next roll reports it deleted.
+            // to a delete (the re-read finds none) is not created again: a write that raced was
+            // over a record certroll read or created, so one gone since was deleted by another
+            // client, and the next roll reports it deleted.
             let build = |read: Option<&Enrollment>| {
                 if read.is_none() {
                     return Err(BackendError::Refused(format!(
