@@ -1371,7 +1371,7 @@ async fn delete_certificate(
             return Err(not_found(&name));
         }
         let opts = lifecycle::DeleteOptions::default();
-        lifecycle::delete_in(b, &name, &opts, now)?;
+        lifecycle::delete_in(b, &name, &[], &opts, now)?;
         let d = b.deleted_certificates(Some(&name))?.into_iter().next();
         match d.as_ref().and_then(|d| deleted_bundle(&base, d)) {
             Some(out) => Ok(Json(out)),

@@ -111,13 +111,47 @@ pub fn delete(
     check_recovery_days(opts.recovery_days)?;
     let access = if opts.dry_run { Access::Read } else { Access::Write };
     let mut backend = open_verb_backend(plan, "vault", access, settings)?;
-    delete_in(&mut *backend, &name, opts, now)
+    delete_in(&mut *backend, &name, &signs_in_plan(plan, &name), opts, now)
 }
 
-/// `vault delete` on an open backend.
+/// What the plan has the CA stored under vault name `name` sign (`group G`, `enrollment E`,
+/// `CA C`); empty for a name that is not a plan CA's. A remote vault cannot tell cheaply which
+/// versions a CA signed (that needs every version's tags), so the plan answers for it: the
+/// same refusal on every backend.
+fn signs_in_plan(plan: &Plan, name: &str) -> Vec<String> {
+    let Some(ca) = plan
+        .cas
+        .iter()
+        .find(|c| crate::backend::types::ca_cert_name(&c.name) == name)
+    else {
+        return Vec::new();
+    };
+    let groups = plan
+        .groups
+        .values()
+        .filter(|g| g.signing_ca == ca.name)
+        .map(|g| format!("group {}", g.name));
+    let enrollments = plan
+        .enrollments
+        .values()
+        .filter(|e| e.issuer == ca.name)
+        .map(|e| format!("enrollment {}", e.name));
+    let cas = plan
+        .cas
+        .iter()
+        .filter(|c| c.issuer.as_deref() == Some(ca.name.as_str()))
+        .map(|c| format!("CA {}", c.name));
+    cas.chain(groups).chain(enrollments).collect()
+}
+
+/// `vault delete` on an open backend. `signs` names what the plan has `name` sign (see
+/// `signs_in_plan`; empty where no plan speaks, as in serve's Key Vault): unless forced, a
+/// live name that signs anything is refused, as one a device holds or whose versions signed
+/// others is.
 pub fn delete_in(
     backend: &mut dyn crate::backend::Backend,
     name: &str,
+    signs: &[String],
     opts: &DeleteOptions,
     now: OffsetDateTime,
 ) -> Result<DeleteReport> {
@@ -142,6 +176,13 @@ pub fn delete_in(
                 "`{name}` signed versions of {}; their chains cannot be built while it is deleted \
                  (--force deletes it anyway)",
                 list_names(&users.signed)
+            )));
+        }
+        if !signs.is_empty() {
+            return Err(input(format!(
+                "`{name}` is the CA that signs {} in the plan; their chains cannot be built while it is \
+                 deleted, and DPS refuses their devices once its certificate is gone (--force deletes it anyway)",
+                list_names(signs)
             )));
         }
     }
