@@ -129,6 +129,52 @@ pub fn secret_vars(config: &AzureConfig) -> Vec<String> {
     vars
 }
 
+/// The folder of this user's PFX folders, `$TMPDIR/certroll-delivery-UID` (0700), with the
+/// folders a killed certroll left behind removed: each is named after the process that made it
+/// (`PID-random`), and one whose process is gone holds a device's key nobody will remove
+/// otherwise (trial az8 F6: `kill -9` during hooks left PFX files for good).
+fn parcels_root() -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let root = std::env::temp_dir().join(format!("certroll-delivery-{uid}"));
+    match std::fs::DirBuilder::new().mode(0o700).create(&root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    // Another user's folder (or a link) by that name is not trusted with a key.
+    let meta = std::fs::symlink_metadata(&root)?;
+    if !meta.is_dir() || meta.uid() != uid {
+        return Err(std::io::Error::other(format!(
+            "{} is not a folder of this user",
+            root.display()
+        )));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))?;
+    }
+    for entry in std::fs::read_dir(&root)?.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<libc::pid_t>().ok());
+        if let Some(pid) = pid.filter(|&p| p > 0 && !process_alive(p)) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    Ok(root)
+}
+
+/// Whether process `pid` exists (signal 0: checks, sends nothing; EPERM means it exists under
+/// another user).
+fn process_alive(pid: libc::pid_t) -> bool {
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 /// Runs a delivery hook for `parcel`. `pfx` is the PFX (empty password) when the key may leave
 /// the vault. The PFX's folder is removed before this returns.
 pub fn run_hook(
@@ -137,9 +183,10 @@ pub fn run_hook(
     pfx: Option<&Zeroizing<Vec<u8>>>,
     secret_vars: &[String],
 ) -> Result<(), String> {
+    let root = parcels_root().map_err(|e| format!("cannot make a private folder for the PFX: {e}"))?;
     let dir = tempfile::Builder::new()
-        .prefix("certroll-delivery-")
-        .tempdir()
+        .prefix(&format!("{}-", std::process::id()))
+        .tempdir_in(&root)
         .map_err(|e| format!("cannot make a private folder for the PFX: {e}"))?;
     {
         // Owner only, before the PFX goes in (the folder is empty until then).
@@ -186,6 +233,28 @@ pub fn run_hook(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pfx_folder_a_killed_run_left_is_removed_by_the_next_and_a_live_ones_is_kept() {
+        let dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        let mut dead = dead;
+        dead.wait().unwrap();
+        let root = parcels_root().unwrap();
+        let left = root.join(format!("{dead_pid}-leftover"));
+        std::fs::create_dir_all(&left).unwrap();
+        std::fs::write(left.join("gw-1.pfx"), b"key").unwrap();
+        let live = root.join(format!("{}-live", std::process::id()));
+        std::fs::create_dir_all(&live).unwrap();
+        let again = parcels_root().unwrap();
+        assert_eq!(again, root);
+        assert!(!left.exists(), "the dead run's PFX folder is gone");
+        assert!(live.exists(), "a running process's folder stays");
+        std::fs::remove_dir_all(&live).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&root).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
 
     fn parcel() -> Parcel {
         Parcel {
