@@ -160,7 +160,7 @@ fn parcels_root() -> std::io::Result<std::path::PathBuf> {
             .to_str()
             .and_then(|n| n.split_once('-'))
             .and_then(|(pid, _)| pid.parse::<libc::pid_t>().ok());
-        if let Some(pid) = pid.filter(|&p| p > 0 && !process_alive(p)) {
+        if pid.is_some_and(|p| p > 0 && !process_alive(p)) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
