@@ -381,6 +381,15 @@ fn azure_a_sas_key_that_is_not_base64_and_a_rejected_token_exit_2_and_change_not
         r.stderr
     );
     assert!(!r.stderr.contains("not base64 !!"), "the value is never printed");
+    // Named at the key that names the variable, as an unset one is (trial az8 F9).
+    let plan = std::fs::read_to_string(env.path("azure/plan.toml")).unwrap();
+    let (line, column) = line_col(&plan, "\"CERTROLL_AZ_DPS_KEY\"");
+    assert!(
+        r.stderr
+            .contains(&format!("plan.toml:{line}:{column}: dps.sas_key_env: ")),
+        "{}",
+        r.stderr
+    );
 
     let (dps_key, hub_key) = (sas_key(&serve, "certroll-dps").1, sas_key(&serve, "conf-hub").1);
     let r = run_plan(

@@ -58,8 +58,13 @@ pub enum SetupError {
     MissingEnv(String),
     /// A secret the plan names is set but unusable (a SAS key that is not base64): bad input
     /// from the environment. The message names the variable, never its value.
-    #[error("{0}")]
-    BadEnv(String),
+    #[error("{message}")]
+    BadEnv {
+        /// The environment variable.
+        var: String,
+        /// What is wrong with its value (never the value).
+        message: String,
+    },
     /// The HTTP client or a credential could not be built.
     #[error("{0}")]
     Client(String),
@@ -71,7 +76,7 @@ impl SetupError {
     pub fn is_input(&self) -> bool {
         matches!(
             self,
-            SetupError::MissingEnv(_) | SetupError::CaFile { .. } | SetupError::BadEnv(_)
+            SetupError::MissingEnv(_) | SetupError::CaFile { .. } | SetupError::BadEnv { .. }
         )
     }
 
@@ -81,8 +86,8 @@ impl SetupError {
     pub fn told(&self, plan: &std::path::Path, config: &AzureConfig) -> String {
         let key = match self {
             SetupError::CaFile { .. } => Some("ca_file".to_string()),
-            SetupError::MissingEnv(var) => config.env_key(var),
-            SetupError::BadEnv(_) | SetupError::Client(_) => None,
+            SetupError::MissingEnv(var) | SetupError::BadEnv { var, .. } => config.env_key(var),
+            SetupError::Client(_) => None,
         };
         match key.and_then(|k| config.places.get(&k).map(|place| (k, place))) {
             // `ca_file` names itself in the message; a variable's key is said before it.

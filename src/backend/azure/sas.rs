@@ -62,7 +62,10 @@ impl SasKey {
         let value = env(var)
             .filter(|v| !v.trim().is_empty())
             .ok_or_else(|| super::SetupError::MissingEnv(var.to_string()))?;
-        SasKey::new(policy, &value).map_err(|e| super::SetupError::BadEnv(format!("{e} (from {var})")))
+        SasKey::new(policy, &value).map_err(|e| super::SetupError::BadEnv {
+            var: var.to_string(),
+            message: format!("{e} (from {var})"),
+        })
     }
 
     /// The policy's name (`skn`).
