@@ -1004,9 +1004,29 @@ fn a_ca_breach_takes_back_a_group_trusting_a_certificate_under_the_breached_ca_a
     assert!(a.to_string().contains(&mask_hex_of(&takes_back)), "{a}");
     assert_eq!(a["warnings"].as_array().map(Vec::len), Some(1), "{a}");
     assert!(l["warnings"].as_array().is_none_or(Vec::is_empty), "{l}");
+    // Only azure's pumps holds another client's certificate beside certroll's compromised
+    // plant: the CAs are renewed first, so the write that takes the compromised plant out puts
+    // the new one in its place.
+    let kinds: Vec<&str> = a["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds[..5],
+        [
+            "renew-ca",
+            "renew-ca",
+            "renew-ca",
+            "remove-compromised",
+            "revoke-ca"
+        ],
+        "{a}"
+    );
     assert_same(
         &without_warnings(without_take_back(l.clone())),
-        &without_warnings(without_take_back(a.clone())),
+        &without_warnings(without_take_back(as_local_words_it(a.clone()))),
         "the breach",
     );
     for (which, answer) in [("local", &l), ("azure", &a)] {
@@ -1066,6 +1086,287 @@ fn a_ca_breach_takes_back_a_group_trusting_a_certificate_under_the_breached_ca_a
     let (l, a) = both(&env, &serve, &[&breach[..], &["-o", "json"]].concat());
     assert_same(&without_warnings(l), &without_warnings(a), "the breach's rerun");
     assert_eq!(etags(), after, "the rerun wrote a group");
+}
+
+/// Azure's answer to a CA breach of [`GROUPS`] as local words it, where no group holds another
+/// client's certificate: azure's `pumps` keeps one in its secondary slot beside certroll's
+/// compromised `plant`, so azure renews the CAs before it removes the compromised ones (its
+/// remove-compromised step puts the new `plant` into that primary in the same write, and says
+/// so), and its group-slot step says the certificate stays.
+fn as_local_words_it(mut a: Value) -> Value {
+    if let Some(steps) = a["steps"].as_array_mut() {
+        let first: Vec<Value> = steps
+            .iter()
+            .take_while(|s| s["kind"] == "renew-ca")
+            .cloned()
+            .collect();
+        if steps.iter().any(|s| s["kind"] == "remove-compromised") {
+            steps.drain(..first.len());
+            let at = steps.iter().position(|s| s["kind"] == "revoke-ca").unwrap() + 1;
+            steps.splice(at..at, first);
+            for (i, s) in steps.iter_mut().enumerate() {
+                s["seq"] = json!(i + 1);
+            }
+        }
+    }
+    fn words(v: Value) -> Value {
+        match v {
+            Value::String(s) => Value::String(
+                s.replace(
+                    "; put the new certificate of CA `plant` into the primary slot of group `pumps` in the same write (another client's certificate stays in its secondary slot, and the enrollment service requires a primary)",
+                    "",
+                )
+                .replace(
+                    "leave another client's certificate <masked> in the secondary slot of group `pumps` as it is",
+                    "leave the secondary slot of group `pumps` empty",
+                ),
+            ),
+            Value::Array(a) => Value::Array(a.into_iter().map(words).collect()),
+            Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, words(v))).collect()),
+            other => other,
+        }
+    }
+    words(a)
+}
+
+/// The other client removes the certificate in `slot` of group `name` (with the etag it read);
+/// the rest of the group goes back as read.
+fn remove_foreign_signing(env: &TestEnv, serve: &Serve, name: &str, slot: &str) {
+    let path = format!("/enrollmentGroups/{name}");
+    let mut g = group_record(env, serve, name);
+    let etag = g["etag"].as_str().unwrap().trim_matches('"').to_string();
+    g["attestation"]["x509"]["signingCertificates"]
+        .as_object_mut()
+        .unwrap()
+        .remove(slot);
+    let (code, answer) = dps(env, serve, "PUT", &path, Some(&format!("\"{etag}\"")), Some(&g));
+    assert_eq!(code, 200, "the other client's PUT: {answer}");
+}
+
+/// The thumbprint of CA `ca`'s current certificate, as `status` on azure reports it.
+fn current_ca(env: &TestEnv, serve: &Serve, ca: &str) -> String {
+    let status = fleet_ok(env, serve, &["status", "-o", "json"]).json();
+    status["cas"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == ca))
+        .map(|c| c["cert"]["thumbprint"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("{status}"))
+}
+
+/// [`GROUPS`] issued on azure; from here on certificates go over the air by direct method.
+fn issued_groups(env: &TestEnv) -> Serve {
+    let serve = start_serve(env, GROUPS);
+    fleet_plans_hook(env, &serve, GROUPS);
+    fleet_ok(env, &serve, &["issue", "-o", "json"]);
+    crate::azure_verbs::fleet_plans_with(env, &serve, GROUPS, crate::azure_verbs2::DIRECT);
+    serve
+}
+
+/// Review of the CA breach's take-back (session 14, finding 1): another client put CA
+/// certificates of its own, neither under the root, into both signing slots of group `pumps`.
+/// A breach of `ca:root` would leave them in place, but then has no slot for the new `plant`:
+/// it used to warn, revoke the root and stop at pumps' write, every rerun stopping there again.
+/// Now it is refused before anything is written (exit 1): the message names the group, both
+/// thumbprints and what to do; the vault and the groups are as they were. The operator has one
+/// removed; the breach then puts the new plant into the free slot (finding 5: the dry run's
+/// step, its JSON `slot` and the write agree on the secondary) beside the certificate left in
+/// the primary, replaces every device, and its rerun writes nothing.
+#[test]
+fn a_ca_breach_refuses_a_group_with_no_slot_for_the_new_ca_before_writing_anything_and_puts_it_beside_one_left()
+ {
+    let env = TestEnv::new();
+    let serve = issued_groups(&env);
+    crate::azure_verbs::make_cert(&env, "Migration CA", true);
+    crate::azure_verbs::make_cert(&env, "Vendor CA", true);
+    let pem = |f: &str| std::fs::read_to_string(env.path(f)).unwrap();
+    let migration_tp = fingerprint(&env, "Migration-CA-cert.pem");
+    let vendor_tp = fingerprint(&env, "Vendor-CA-cert.pem");
+    put_foreign_signing(&env, &serve, "pumps", "primary", &pem("Migration-CA-cert.pem"));
+    put_foreign_signing(&env, &serve, "pumps", "secondary", &pem("Vendor-CA-cert.pem"));
+    let etags = || ["meters", "pumps"].map(|g| group_record(&env, &serve, g)["etag"].clone());
+    let vault = || ["ca-root", "ca-factory", "ca-plant"].map(|n| ca_versions(&env, &serve, "azure", n));
+    let (groups_before, vault_before) = (etags(), vault());
+    let breach = ["roll-primary", "--breach", "ca:root", "--yes"];
+
+    let r = run_fleet(&env, &serve, "azure", &[&breach[..], &["-o", "json"]].concat());
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    for part in [
+        "nothing was changed",
+        "group:pumps: both its signing slots hold CA certificates another client put there, neither under CA `root`",
+        &format!("{migration_tp} (CN=Migration CA, issuer CN=Migration CA) in its primary slot"),
+        &format!("{vendor_tp} (CN=Vendor CA, issuer CN=Vendor CA) in its secondary slot"),
+        "Remove one of them (or both) from the group where it was put",
+        "then run `certroll roll-primary --breach ca:root` again",
+    ] {
+        assert!(r.stderr.contains(part), "{part}: {}", r.stderr);
+    }
+    assert_eq!(vault(), vault_before, "the refused breach changed the vault");
+    assert!(
+        vault_before.iter().flatten().all(|(_, _, enabled)| *enabled),
+        "{vault_before:?}"
+    );
+    assert_eq!(etags(), groups_before, "the refused breach wrote a group");
+    // Refused again, not resumed: no run was left open.
+    let r = run_fleet(&env, &serve, "azure", &[&breach[..], &["-o", "json"]].concat());
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(vault(), vault_before);
+
+    // The operator has the vendor's certificate removed; the migration CA stays in the primary.
+    remove_foreign_signing(&env, &serve, "pumps", "secondary");
+    let r = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &[&breach[..], &["--dry-run", "-o", "json"]].concat(),
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let dry = r.json();
+    let pumps = dry["groups"]
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["target"] == "group:pumps"))
+        .unwrap_or_else(|| panic!("{dry}"))
+        .clone();
+    assert_eq!(pumps["slot"], "secondary", "{pumps}");
+    let step = dry["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "group-slot" && s["target"] == "group:pumps")
+        .unwrap_or_else(|| panic!("{dry}"))["description"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        step,
+        format!(
+            "put the new certificate of CA `plant` into the secondary slot of group `pumps`; leave another client's certificate {migration_tp} in the primary slot of group `pumps` as it is"
+        )
+    );
+    assert_eq!(dry["steps"][0]["kind"], "remove-compromised", "{dry}");
+
+    let r = run_fleet(&env, &serve, "azure", &[&breach[..], &["-o", "json"]].concat());
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let done = r.json();
+    assert_eq!(
+        replaced(&done),
+        [
+            "device:gw-1",
+            "device:m-1",
+            "device:m-2",
+            "device:p-1",
+            "device:p-2"
+        ],
+        "{done}"
+    );
+    let pumps = done["groups"]
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["target"] == "group:pumps"))
+        .unwrap_or_else(|| panic!("{done}"));
+    assert_eq!(pumps["slot"], "secondary", "{pumps}");
+    assert_eq!(pumps["outcome"], "replaced", "{pumps}");
+    assert_eq!(
+        group_slot(&env, &serve, "pumps", "primary").as_deref(),
+        Some(migration_tp.as_str())
+    );
+    assert_eq!(
+        group_slot(&env, &serve, "pumps", "secondary"),
+        Some(current_ca(&env, &serve, "plant"))
+    );
+    assert!(
+        vault().iter().all(|v| v.len() == 2 && !v[0].2 && v[1].2),
+        "each CA renewed, its old version disabled: {:?}",
+        vault()
+    );
+    let after = etags();
+    let r = run_fleet(&env, &serve, "azure", &[&breach[..], &["-o", "json"]].concat());
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(etags(), after, "the rerun wrote a group");
+}
+
+/// Review of the CA breach's take-back (session 14, finding 6): another client's CA certificate,
+/// not under the root, in the secondary slot of group `pumps`, certroll's `plant` in the
+/// primary. DPS holds no group with a secondary and no primary, so the compromised plant cannot
+/// simply be taken out: it used to stay in the group through the revoke and the renewals until
+/// the group-slot step, and a run stopped before that step left devices under the compromised
+/// CA registering. Now the CAs are renewed first and the step that removes the compromised
+/// certificates puts the new plant into pumps' primary in the same write: killed right after
+/// that step, pumps trusts the new plant and the other client's certificate, not the
+/// compromised one. The rerun finishes the breach (every device replaced), and its own rerun
+/// writes nothing. (Local has no other client, so no such group.)
+#[test]
+fn a_ca_breach_killed_after_removing_the_compromised_ca_leaves_no_group_trusting_it_and_its_rerun_finishes() {
+    let env = TestEnv::new();
+    let serve = issued_groups(&env);
+    crate::azure_verbs::make_cert(&env, "Migration CA", true);
+    let migration_tp = fingerprint(&env, "Migration-CA-cert.pem");
+    let pem = std::fs::read_to_string(env.path("Migration-CA-cert.pem")).unwrap();
+    put_foreign_signing(&env, &serve, "pumps", "secondary", &pem);
+    let compromised = group_slot(&env, &serve, "pumps", "primary").expect("certroll's plant");
+    assert_eq!(compromised, current_ca(&env, &serve, "plant"));
+    let breach = ["roll-primary", "--breach", "ca:root", "--yes", "-o", "json"];
+
+    let dry = run_fleet(&env, &serve, "azure", &[&breach[..], &["--dry-run"]].concat())
+        .ok()
+        .json();
+    let removes = dry["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|s| s["kind"] == "remove-compromised")
+        .unwrap_or_else(|| panic!("{dry}"));
+    let killed_after = (removes + 1).to_string();
+    let r = crate::azure_verbs::run_fleet_with(
+        &env,
+        &serve,
+        "azure",
+        &[("CERTROLL_FAULT_AFTER_STEPS", killed_after.as_str())],
+        &breach,
+    );
+    assert_ne!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let primary = group_slot(&env, &serve, "pumps", "primary");
+    assert_ne!(
+        primary.as_deref(),
+        Some(compromised.as_str()),
+        "pumps still trusts the compromised plant after the step that removes it"
+    );
+    assert_eq!(primary, Some(current_ca(&env, &serve, "plant")), "the new plant");
+    assert_eq!(
+        group_slot(&env, &serve, "pumps", "secondary").as_deref(),
+        Some(migration_tp.as_str())
+    );
+
+    let r = run_fleet(&env, &serve, "azure", &breach);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let done = r.json();
+    assert_eq!(done["resumed"], true, "{done}");
+    assert_eq!(
+        replaced(&done),
+        [
+            "device:gw-1",
+            "device:m-1",
+            "device:m-2",
+            "device:p-1",
+            "device:p-2"
+        ],
+        "{done}"
+    );
+    assert_eq!(
+        group_slot(&env, &serve, "pumps", "primary"),
+        Some(current_ca(&env, &serve, "plant"))
+    );
+    assert_eq!(
+        group_slot(&env, &serve, "pumps", "secondary").as_deref(),
+        Some(migration_tp.as_str())
+    );
+    let plant = ca_versions(&env, &serve, "azure", "ca-plant");
+    assert!(plant.len() == 2 && !plant[0].2 && plant[1].2, "{plant:?}");
+    let after = group_record(&env, &serve, "pumps")["etag"].clone();
+    run_fleet(&env, &serve, "azure", &breach).ok();
+    assert_eq!(
+        group_record(&env, &serve, "pumps")["etag"],
+        after,
+        "the rerun wrote pumps"
+    );
 }
 
 /// The take-back's words as `both` masks them (runs of hex digits).

@@ -444,7 +444,13 @@ pub(crate) fn tainted(
 /// Takes tainted CA certificates out of every group in scope and out of the service.
 /// `take_back` names the group whose explicit breach takes it back from another client: the
 /// certificates another client put into it leave with the compromised ones.
+///
+/// A compromised primary beside another client's certificate left in the secondary slot leaves
+/// in the write that puts the group's new CA certificate in its place (DPS requires a primary):
+/// the breach renews the CA before this step then, so the group never trusts the compromised CA
+/// past this step, and a rerun, finding the new one in place, writes nothing.
 pub(super) fn remove_tainted(
+    plan: &Plan,
     groups: &[String],
     tainted: &[(String, String)],
     take_back: &[String],
@@ -481,15 +487,26 @@ pub(super) fn remove_tainted(
             changed = true;
         }
         // Another client's certificate left in the secondary slot (a CA breach leaves one that
-        // does not chain to the breached CA) cannot stand alone: DPS requires a primary. The
-        // compromised primary is then replaced by this run's group-slot step, in one write.
+        // does not chain to the breached CA) cannot stand alone: DPS requires a primary.
         let lone_foreign = !state.take_back
             && state.primary.is_none()
             && state.secondary.is_none()
             && state.foreign.iter().any(|f| f.slot == "secondary")
             && !state.foreign.iter().any(|f| f.slot == "primary");
         if changed && lone_foreign {
-            removed.retain(|r| r != &format!("group:{group}"));
+            let spec = plan.groups.get(group);
+            let renewed = match spec {
+                Some(g) => backend
+                    .current(&ca_cert_name(&g.signing_ca))?
+                    .is_some_and(|c| !tainted_der.contains(&c.cert_der)),
+                None => false,
+            };
+            match spec {
+                Some(g) if renewed => place(plan, g, SlotName::Primary, true, None, false, backend, now)?,
+                // A run planned before the CA was renewed first: its group-slot step replaces the
+                // compromised primary.
+                _ => removed.retain(|r| r != &format!("group:{group}")),
+            }
         } else if changed {
             // The remaining certificate, if any, moves to the primary slot in the same write:
             // DPS holds no group with a secondary and no primary.
@@ -878,9 +895,11 @@ pub(crate) fn foreign_remedy(plan: &Plan, group: &GroupSpec) -> String {
 
 /// Refuses, before anything is written (exit 1), a roll that would write a group holding a
 /// certificate another client put there: every group of `groups` (those whose slots the run
-/// changes) but those of `skip`: the groups a breach takes back (the group an explicit
+/// changes) but those `foreign` takes back or leaves as they are: the group an explicit
 /// `--breach group:NAME` names, a CA breach's groups whose other client's certificate chains to
-/// the breached CA) and those a CA breach leaves as they are ([`foreign_under`]).
+/// the breached CA, and those whose certificate a CA breach leaves beside the new CA
+/// ([`foreign_under`]). A group a CA breach would leave no slot in ([`ForeignUnder::blocked`]) is
+/// refused with the words that say so.
 ///
 /// Refused rather than rolled around: a roll moves a group's signing CA through its two slots
 /// (the new CA beside the one its devices hold leaves under, until they have new ones). With
@@ -894,12 +913,19 @@ pub(crate) fn refuse_foreign_groups(
     plan: &Plan,
     backend: &dyn Backend,
     groups: &[&GroupSpec],
-    skip: &[String],
+    foreign: &[ForeignUnder],
 ) -> Result<()> {
+    let skip: Vec<String> = foreign.iter().flat_map(ForeignUnder::groups).collect();
+    let blocked: Vec<&(String, String)> = foreign.iter().flat_map(|f| &f.blocked).collect();
     let mut found = Vec::new();
+    let mut no_slot = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for g in groups {
         if skip.contains(&g.name) || !seen.insert(g.name.as_str()) {
+            continue;
+        }
+        if let Some((_, why)) = blocked.iter().find(|(b, _)| *b == g.name) {
+            no_slot.push(why.clone());
             continue;
         }
         let Some(state) = backend.group(&g.name)? else {
@@ -914,16 +940,28 @@ pub(crate) fn refuse_foreign_groups(
             ));
         }
     }
-    if found.is_empty() {
+    let mut parts = Vec::new();
+    if !no_slot.is_empty() {
+        parts.push(format!(
+            "nothing was changed: this breach would find no slot for the new CA certificate in a group that holds \
+             CA certificates another client put there.\n{}",
+            no_slot.join("\n")
+        ));
+    }
+    if !found.is_empty() {
+        parts.push(format!(
+            "{}this roll would write a group that holds a CA certificate another client put \
+             there. A roll moves a group's signing CA through its two slots (the new CA beside the one its devices \
+             use now), so with one slot taken it would replace that certificate or cut the group's devices off; \
+             certroll never does either unasked.\n{}",
+            if parts.is_empty() { "nothing was changed: " } else { "And " },
+            found.join("\n")
+        ));
+    }
+    if parts.is_empty() {
         return Ok(());
     }
-    anyhow::bail!(
-        "nothing was changed: this roll would write a group that holds a CA certificate another client put \
-         there. A roll moves a group's signing CA through its two slots (the new CA beside the one its devices \
-         use now), so with one slot taken it would replace that certificate or cut the group's devices off; \
-         certroll never does either unasked.\n{}",
-        found.join("\n")
-    )
+    anyhow::bail!("{}", parts.join("\n"))
 }
 
 /// What a breach finds of the certificates other clients put into the groups it covers.
@@ -934,17 +972,52 @@ pub(crate) struct ForeignUnder {
     /// certificate that chains to (or is) the breached CA or a CA under it.
     pub take_back: Vec<(String, Vec<ForeignCertificate>)>,
     /// Groups of a CA breach holding another client's certificate that does not chain to the
-    /// breached CA: left in place, each with the warning that says so.
-    pub left: Vec<(String, String)>,
+    /// breached CA, in one slot: left in place, the new CA certificate beside it.
+    pub left: Vec<LeftInPlace>,
+    /// Groups of a CA breach whose other clients' certificates, none under the breached CA,
+    /// leave the new CA certificate no slot (both slots taken, or a group that refers to its root
+    /// CA by name, which DPS never holds beside a certificate): refused before anything is
+    /// written, each with the line that says why and what the operator does.
+    pub blocked: Vec<(String, String)>,
+}
+
+/// Another client's certificate a CA breach leaves in its group's slot.
+#[derive(Debug)]
+pub(crate) struct LeftInPlace {
+    /// The group.
+    pub group: String,
+    /// The slot the other client's certificate holds; the new CA certificate goes into the other.
+    pub slot: SlotName,
+    /// Its SHA-1 thumbprint.
+    pub thumbprint: String,
+    /// The warning that says it is left in place.
+    pub warning: String,
 }
 
 impl ForeignUnder {
-    /// The names of the groups the breach takes back or leaves as they are.
+    /// The names of the groups the breach takes back or leaves as they are (not the blocked
+    /// ones: those are refused).
     pub fn groups(&self) -> Vec<String> {
         self.take_back
             .iter()
             .map(|(g, _)| g.clone())
-            .chain(self.left.iter().map(|(g, _)| g.clone()))
+            .chain(self.left.iter().map(|l| l.group.clone()))
+            .collect()
+    }
+
+    /// What the breach leaves in place in `group`, if anything.
+    pub fn left_in(&self, group: &str) -> Option<&LeftInPlace> {
+        self.left.iter().find(|l| l.group == group)
+    }
+
+    /// The groups whose compromised primary can leave only in the write that puts the new CA
+    /// certificate in its place: another client's certificate is left in the secondary slot,
+    /// and DPS holds no group with a secondary and no primary.
+    pub fn primary_replaced_at_once(&self) -> Vec<&str> {
+        self.left
+            .iter()
+            .filter(|l| l.slot == SlotName::Secondary)
+            .map(|l| l.group.as_str())
             .collect()
     }
 }
@@ -993,10 +1066,74 @@ pub(crate) fn foreign_under(backend: &dyn Backend, scope: &Scope<'_>, top: &str)
             out.take_back.push((g.name.clone(), state.foreign));
             continue;
         }
-        for f in &state.foreign {
-            out.left.push((
+        let named = |f: &ForeignCertificate| {
+            format!(
+                "{} ({}, issuer {}) in its {} slot",
+                f.thumbprint,
+                if f.subject.is_empty() {
+                    "no subject given"
+                } else {
+                    &f.subject
+                },
+                if f.issuer.is_empty() {
+                    "not given"
+                } else {
+                    &f.issuer
+                },
+                f.slot,
+            )
+        };
+        let listed = state.foreign.iter().map(named).collect::<Vec<_>>().join(", ");
+        let again = |what: &str| {
+            format!(
+                "Remove {what} from the group where it was put (the Azure portal, or DPS's API), then run \
+                 `certroll roll-primary --breach ca:{top}` again"
+            )
+        };
+        // Left in place, the other client's certificate keeps its slot and the new CA goes into
+        // the other one: a group with no slot to spare would have the breach stop at its write
+        // with the CA already revoked, so it is refused before anything is written.
+        let root = scope
+            .cas
+            .iter()
+            .any(|c| c.name == g.signing_ca && c.issuer.is_none());
+        let taken = |slot: SlotName| state.foreign.iter().any(|f| f.slot == slot.word());
+        if root {
+            out.blocked.push((
                 g.name.clone(),
                 format!(
+                    "group:{}: another client's CA certificate {listed} does not chain to CA `{top}` or a CA under \
+                     it, so the breach would leave it in place; but the group's signing CA `{}` is a root, which \
+                     the group refers to by name, and the enrollment service holds a group's CA references or its \
+                     signing certificates, never both, so the new root has no place beside it. {}",
+                    g.name,
+                    g.signing_ca,
+                    again(if state.foreign.len() == 1 { "it" } else { "them" })
+                ),
+            ));
+            continue;
+        }
+        if taken(SlotName::Primary) && taken(SlotName::Secondary) {
+            out.blocked.push((
+                g.name.clone(),
+                format!(
+                    "group:{}: both its signing slots hold CA certificates another client put there, neither under \
+                     CA `{top}` or a CA under it: {listed}. The breach leaves such a certificate in place with the new \
+                     CA certificate beside it, but with both slots taken there is no slot for it, and certroll never \
+                     overwrites another client's certificate unasked. {} (with one of them removed, the other \
+                     stays beside the new CA)",
+                    g.name,
+                    again("one of them (or both)")
+                ),
+            ));
+            continue;
+        }
+        for f in &state.foreign {
+            out.left.push(LeftInPlace {
+                group: g.name.clone(),
+                slot: SlotName::parse(f.slot),
+                thumbprint: f.thumbprint.clone(),
+                warning: format!(
                     "group:{}: another client's certificate {} ({}) in its {} slot does not chain to CA `{top}` or a CA under it (issuer {}): left in place, as the breach takes back only certificates under the breached CA (if the group should not trust it, remove it where it was put: the Azure portal, or DPS's API)",
                     g.name,
                     f.thumbprint,
@@ -1004,7 +1141,7 @@ pub(crate) fn foreign_under(backend: &dyn Backend, scope: &Scope<'_>, top: &str)
                     f.slot,
                     if f.issuer.is_empty() { "not given" } else { &f.issuer },
                 ),
-            ));
+            });
         }
     }
     Ok(out)

@@ -630,13 +630,15 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
                         .map(|g| (name.clone(), g.foreign))
                         .into_iter()
                         .collect(),
-                    left: Vec::new(),
+                    ..Default::default()
                 },
                 // A CA's breach takes back every group of it trusting a certificate under it.
                 (Some(_), Target::Ca(top)) => cas::foreign_under(&backend, &st.scope, top)?,
                 _ => cas::ForeignUnder::default(),
             };
-            report.warnings.extend(under.left.iter().map(|(_, w)| w.clone()));
+            report
+                .warnings
+                .extend(under.left.iter().map(|l| l.warning.clone()));
             decisions.push(match &opts.breach {
                 Some(breach) => {
                     // A target breached before that holds another client's certificate now is
@@ -648,10 +650,9 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
             });
             foreign.push(under);
         }
-        let skip: Vec<String> = foreign.iter().flat_map(cas::ForeignUnder::groups).collect();
-        // No roll writes a group holding another client's certificate, but the breach of that
-        // group named explicitly (see `refuse_foreign_groups` for why it is refused, not rolled
-        // around).
+        // No roll writes a group holding another client's certificate but one its breach takes
+        // back or leaves beside the new CA (see `refuse_foreign_groups` for why it is refused,
+        // not rolled around).
         let written: Vec<&crate::plan::GroupSpec> = scopes
             .iter()
             .zip(&decisions)
@@ -661,7 +662,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
                 Decision::Breach(true) => Vec::new(),
             })
             .collect();
-        cas::refuse_foreign_groups(plan, &backend, &written, &skip)?;
+        cas::refuse_foreign_groups(plan, &backend, &written, &foreign)?;
     }
     if !resuming && opts.breach.is_none() {
         // What has expired leaves the service with every roll (`--due` included); a group this
@@ -1709,6 +1710,14 @@ fn plan_scope<'p>(
     };
     let mut device_ids = scope.device_ids.clone();
     let taken_back = &foreign.take_back;
+    // A compromised primary beside another client's certificate left in the secondary slot can
+    // leave only in the write that puts the new CA in its place: the CAs are renewed first, so
+    // remove-compromised makes that write and the group never trusts the compromised CA past it.
+    let at_once = foreign.primary_replaced_at_once();
+    let renew_first = opts.breach.is_some() && !already && !at_once.is_empty();
+    if renew_first {
+        renew_steps(&scope.cas, planned);
+    }
     if let Some(breach) = &opts.breach {
         if already {
             for g in &scope.groups {
@@ -1747,10 +1756,16 @@ fn plan_scope<'p>(
             "incident": breach.incident,
             "take_back": taken_back.iter().map(|(g, _)| g).collect::<Vec<_>>(),
         });
-        let taking = taken_back
+        let mut taking = taken_back
             .iter()
             .map(|(g, foreign)| format!("; {}", take_back_words(g, foreign)))
             .collect::<String>();
+        for g in scope.groups.iter().filter(|g| at_once.contains(&g.name.as_str())) {
+            taking.push_str(&format!(
+                "; put the new certificate of CA `{}` into the primary slot of group `{}` in the same write (another client's certificate stays in its secondary slot, and the enrollment service requires a primary)",
+                g.signing_ca, g.name
+            ));
+        }
         planned.push(Planned {
             target: target.clone(),
             kind: "remove-compromised",
@@ -1818,24 +1833,15 @@ fn plan_scope<'p>(
         mark_capped(planned, from);
         return Ok(());
     }
-    for ca in renew {
-        let description = match &ca.issuer {
-            Some(i) => format!("renew CA `{}` (new key) signed by `{i}`", ca.name),
-            None => format!(
-                "renew root CA `{}` (new key, self-signed), upload it to the enrollment service and prove possession",
-                ca.name
-            ),
-        };
-        planned.push(Planned {
-            target: format!("ca:{}", ca.name),
-            kind: "renew-ca",
-            description,
-            detail: serde_json::json!({ "ca": ca.name }),
-            cut_off: CutOff::none(),
-        });
+    if !renew_first {
+        renew_steps(renew, planned);
     }
     for g in place {
         let clear_other = opts.breach.is_some();
+        // Another client's certificate a CA breach leaves in place keeps its slot; the new CA
+        // goes into the other one, decided here so the step and the report say where it goes.
+        let beside = foreign.left_in(&g.name);
+        let slot = beside.map_or(slot, |l| l.slot.other());
         let mut steps = vec![format!(
             "put the new certificate of CA `{}` into the {} slot of group `{}`",
             g.signing_ca,
@@ -1845,7 +1851,14 @@ fn plan_scope<'p>(
         let mut detail =
             serde_json::json!({ "group": g.name, "slot": slot.word(), "clear_other": clear_other });
         let mut cut_off = CutOff::none();
-        if clear_other && slot == SlotName::Secondary {
+        if let Some(l) = beside {
+            steps.push(format!(
+                "leave another client's certificate {} in the {} slot of group `{}` as it is",
+                l.thumbprint,
+                l.slot.word(),
+                g.name
+            ));
+        } else if clear_other && slot == SlotName::Secondary {
             // DPS holds no group with a secondary and no primary: a lone certificate is the primary.
             steps[0] = format!(
                 "put the new certificate of CA `{}` into group `{}` as its only signing certificate: the primary slot, since the enrollment service requires a primary (the secondary slot is left empty)",
@@ -1928,6 +1941,26 @@ fn plan_scope<'p>(
         mark_capped(planned, from);
     }
     Ok(())
+}
+
+/// The renew-ca steps of `cas`, parents first.
+fn renew_steps(cas: &[&crate::plan::CaSpec], planned: &mut Vec<Planned>) {
+    for ca in cas {
+        let description = match &ca.issuer {
+            Some(i) => format!("renew CA `{}` (new key) signed by `{i}`", ca.name),
+            None => format!(
+                "renew root CA `{}` (new key, self-signed), upload it to the enrollment service and prove possession",
+                ca.name
+            ),
+        };
+        planned.push(Planned {
+            target: format!("ca:{}", ca.name),
+            kind: "renew-ca",
+            description,
+            detail: serde_json::json!({ "ca": ca.name }),
+            cut_off: CutOff::none(),
+        });
+    }
 }
 
 /// The individual enrollments whose current certificate chains through one of the `tainted` CA
@@ -2210,7 +2243,10 @@ fn execute(
                 let take_back: Vec<String> =
                     serde_json::from_value(step.detail["take_back"].clone()).unwrap_or_default();
                 run.step(backend, step.seq, now, |b| {
-                    Ok(((), cas::remove_tainted(&groups, &tainted, &take_back, b, now)?))
+                    Ok((
+                        (),
+                        cas::remove_tainted(plan, &groups, &tainted, &take_back, b, now)?,
+                    ))
                 })
                 .context(context)?;
             }
