@@ -259,3 +259,58 @@ fn docs_plan_md_lists_exactly_the_serve_services_and_their_keys() {
     let r = env.plan_run(&["validate"]).code(2);
     assert!(r.stderr.contains("unknown field `dps`"), "{}", r.stderr);
 }
+
+/// GitHub's anchor for a heading: lower case, spaces to `-`, punctuation other than `-` and `_`
+/// dropped (so "Rehearsing on `certroll serve` (complete, copy-paste)" is
+/// `rehearsing-on-certroll-serve-complete-copy-paste`).
+fn heading_anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every link into docs/plan.md (its own `](#...)` and the README's `docs/plan.md#...`) reaches
+/// one of its headings: the incident runbooks send an operator to other sections, and a heading
+/// renamed under them would leave the link dead at the moment it is needed.
+#[test]
+fn links_into_docs_plan_md_reach_a_heading() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/plan.md")).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut in_code = false;
+    let mut anchors = Vec::new();
+    for line in doc.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+        } else if !in_code && line.starts_with('#') {
+            anchors.push(heading_anchor(line.trim_start_matches('#')));
+        }
+    }
+    assert!(anchors.iter().any(|a| a == "incident-runbooks"), "{anchors:?}");
+    let links = |text: &str, prefix: &str| -> Vec<String> {
+        text.split(prefix)
+            .skip(1)
+            .map(|rest| rest[..rest.find(')').unwrap()].to_string())
+            .collect()
+    };
+    let mut checked = 0;
+    for (file, link) in links(&doc, "](#").into_iter().map(|l| ("docs/plan.md", l)).chain(
+        links(&readme, "docs/plan.md#")
+            .into_iter()
+            .map(|l| ("README.md", l)),
+    ) {
+        assert!(
+            anchors.contains(&link),
+            "{file} links to docs/plan.md#{link}, which no heading of docs/plan.md makes"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 4, "only {checked} links found");
+}
