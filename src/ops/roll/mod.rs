@@ -1780,7 +1780,7 @@ fn plan_scope<'p>(
             target: target.clone(),
             kind: "revoke-ca",
             description: format!(
-                "add the compromised CA certificate(s) to their issuer's CRL (ca-compromise) and disable them and what they signed in the vault ({} version(s))",
+                "add the compromised CA certificate(s) to their issuer's CRL (ca-compromise) and disable them and the CA versions they signed in the vault ({} version(s))",
                 tainted.len()
             ),
             detail,
