@@ -741,7 +741,9 @@ pub trait Backend: Vault + EnrollmentService + HubRegistry + Fleet + Journal + S
 
     /// The hub identity of each device in the hub its last successful registration assigned it
     /// to (a later refused attempt keeps that hub), in the order asked (None for a device never
-    /// assigned, or without an identity there).
+    /// assigned, or without an identity there). A backend whose registration reads are dear may
+    /// look in the hub the device's enrollment names first (azure does, and says where that can
+    /// differ).
     fn assigned_identities(&self, ids: &[String]) -> Result<Vec<Option<HubIdentity>>> {
         let hubs = self
             .registration_many(ids)?

@@ -66,6 +66,8 @@ mod azure_requests;
 mod azure_reads;
 // What certroll issued, recorded beside the fleet record: reads `check` and `issue` no longer make.
 mod azure_record;
+// A roll finds hub identities through the hub registry first, not a DPS read per device.
+mod azure_hubfirst;
 
 // DPS pacing against a throttled DPS: the rate the service admits, learnt from its 429s.
 mod azure_pacing;

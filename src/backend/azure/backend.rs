@@ -638,6 +638,32 @@ impl AzureBackend {
         hub_of(&self.group_hubs, &self.enrollment_hubs, record)
     }
 
+    /// The hub the plan names for each of `ids` (whose fleet records are `records` and whose
+    /// groups are `groups`, as [`groups_of_records`](Self::groups_of_records) gives them): the
+    /// hub certroll writes into the device's enrollment (`iotHubs: [host]`, static allocation),
+    /// where DPS assigns the device when it registers. A device without a fleet record takes
+    /// its own individual enrollment's hub, else its group's (DPS prefers the individual
+    /// enrollment).
+    fn named_hubs(
+        &self,
+        ids: &[String],
+        records: &[Option<DeviceRecord>],
+        groups: &[Option<String>],
+    ) -> Vec<Option<String>> {
+        ids.iter()
+            .zip(records)
+            .zip(groups)
+            .map(|((id, record), group)| match record {
+                Some(r) => self.plan_hub(r),
+                None => self
+                    .enrollment_hubs
+                    .get(id)
+                    .or_else(|| group.as_ref().and_then(|g| self.group_hubs.get(g)))
+                    .cloned(),
+            })
+            .collect()
+    }
+
     /// What a delivery needs of the plan (a copy, for a thread of its own).
     fn routes(&self) -> Routes {
         Routes {
@@ -2405,6 +2431,55 @@ fn assigned_hubs_in(
     Ok(out)
 }
 
+/// The hub identity of each of `ids` (whose enrollment groups are `groups`) in the hub its last
+/// successful registration assigned it to, found hub first: each device is looked up in the hub
+/// its enrollment names (`named`, the plan's; one registry query per hub for the lot), and only
+/// a device not there has its assigned hub read from DPS ([`assigned_hubs_in`]: a group's
+/// listing, or a GET of its registration) and is looked up in that hub, if another. DPS's
+/// enrollment query carries no registration state (Azure/azure-iot-sdk-csharp#3478), so
+/// without this a roll of N individual enrollments made N registration GETs at DPS's rate
+/// (1,000 operations a minute a unit: 100 minutes for 100,000 devices) before its first write.
+///
+/// Where it can differ from DPS's record: a device still registered to an earlier hub that also
+/// has an identity left over in the hub its enrollment names now (it was registered there
+/// before; DPS does not delete an identity when it moves a device) gets the leftover identity,
+/// not the one it connects to. That is acceptable: the identity it connects to keeps the
+/// certificates it held, so the device keeps working with the certificate it has; once it
+/// presents the new one, that hub refuses it, and a device its hub refuses goes back to DPS,
+/// which assigns it the enrollment's hub, whose identity already holds the new certificate.
+/// (A breach roll leaves the compromised certificate in one of the two identities either way:
+/// read through DPS, the leftover kept it.) A device that never registered is read from DPS as before; one with an identity in the named
+/// hub that no registration made (another client created it) is reported with it.
+fn assigned_identities_in(
+    enrollments: &dyn EnrollmentService,
+    hubs: &dyn HubRegistry,
+    ids: &[String],
+    groups: &[Option<String>],
+    named: &[Option<String>],
+    never_issued: &std::sync::Mutex<std::collections::HashSet<String>>,
+) -> Result<Vec<Option<HubIdentity>>> {
+    let mut out =
+        crate::backend::identities_in_hubs(ids, named.iter().cloned(), |wanted| hubs.identity_many(wanted))?;
+    let rest: Vec<usize> = (0..ids.len()).filter(|&i| out[i].is_none()).collect();
+    if rest.is_empty() {
+        return Ok(out);
+    }
+    let rest_ids: Vec<String> = rest.iter().map(|&i| ids[i].clone()).collect();
+    let rest_groups: Vec<Option<String>> = rest.iter().map(|&i| groups[i].clone()).collect();
+    let assigned = assigned_hubs_in(enrollments, &rest_ids, &rest_groups, never_issued)?;
+    // The named hub was looked in already and holds no identity of the device.
+    let elsewhere = rest
+        .iter()
+        .zip(assigned)
+        .map(|(&i, hub)| hub.filter(|h| named[i].as_ref() != Some(h)));
+    let found =
+        crate::backend::identities_in_hubs(&rest_ids, elsewhere, |wanted| hubs.identity_many(wanted))?;
+    for (&i, identity) in rest.iter().zip(found) {
+        out[i] = identity;
+    }
+    Ok(out)
+}
+
 /// Whether two hub identities admit the same certificates the same way (status and
 /// thumbprints, which certroll manages; a thumbprint's case is not significant).
 fn same_access(a: &HubIdentity, b: &HubIdentity) -> bool {
@@ -2612,12 +2687,23 @@ impl Backend for AzureBackend {
         Ok((registrations, identities))
     }
 
+    /// As [`Backend::assigned_identities`], found hub first (see [`assigned_identities_in`]):
+    /// a device with an identity in the hub its enrollment names gets that one, with no DPS
+    /// read. It can differ from the identity in the hub DPS last assigned for a device still
+    /// registered to an earlier hub that has a leftover identity in the enrollment's hub;
+    /// [`assigned_identities_in`] says why that is acceptable.
     fn assigned_identities(&self, ids: &[String]) -> Result<Vec<Option<HubIdentity>>> {
-        // The hubs from what DPS's enrollment reads carried (a GET only for the rest), the
-        // identities by the hub's registry query.
-        crate::backend::identities_in_hubs(ids, self.assigned_hubs(ids)?, |wanted| {
-            self.hubs.identity_many(wanted)
-        })
+        let records = self.vault.local().device_many(ids)?;
+        let groups = self.groups_of_records(ids, &records);
+        let named = self.named_hubs(ids, &records, &groups);
+        assigned_identities_in(
+            &*self.enrollments,
+            &*self.hubs,
+            ids,
+            &groups,
+            &named,
+            &self.never_issued,
+        )
     }
 
     fn chunk_reads(&mut self, names: &[String], ids: &[String]) -> Result<crate::backend::ChunkReads> {
@@ -2626,6 +2712,7 @@ impl Backend for AzureBackend {
         // throttled, 74% of Key Vault's rate, the phases one after the other).
         let records = self.vault.local().device_many(ids)?;
         let groups = self.groups_of_records(ids, &records);
+        let named = self.named_hubs(ids, &records, &groups);
         // Each client goes to one thread by a mutable borrow (they are `Send`, not `Sync`).
         let never_issued = &self.never_issued;
         let (vault, enrollments, hubs) = (&mut self.vault, &mut self.enrollments, &mut self.hubs);
@@ -2633,9 +2720,8 @@ impl Backend for AzureBackend {
             let kv = s.spawn(move || vault.briefs_many(names));
             let others = (|| -> Result<_> {
                 let individuals = enrollments.individual_many(ids)?;
-                let assigned = assigned_hubs_in(&**enrollments, ids, &groups, never_issued)?;
                 let identities =
-                    crate::backend::identities_in_hubs(ids, assigned, |wanted| hubs.identity_many(wanted))?;
+                    assigned_identities_in(&**enrollments, &**hubs, ids, &groups, &named, never_issued)?;
                 Ok((individuals, identities))
             })();
             (kv.join().unwrap_or_else(|p| std::panic::resume_unwind(p)), others)
