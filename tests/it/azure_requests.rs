@@ -410,7 +410,9 @@ fn service_requests(lines: &[String]) -> std::collections::BTreeMap<String, usiz
 /// in query pages, as the rolls do, not per enrollment, and each hub identity once (measured
 /// before: 29 DPS and hub requests, a GET of each enrollment and of its registration state,
 /// two hub queries per enrollment and two per page of the group's devices; after: 9); its
-/// report is unchanged: everything ok, exit 0.
+/// report is unchanged: everything ok, exit 0. Each individual enrollment's registration state
+/// is one GET more: DPS's enrollment query leaves it out (Azure/azure-iot-sdk-csharp#3478), and
+/// serve, which had put it in, now leaves it out too (16 requests since, 11 + the 5 GETs).
 #[test]
 fn check_reads_dps_and_the_hub_in_pages_not_per_device() {
     const N: usize = 100;
@@ -435,7 +437,7 @@ fn check_reads_dps_and_the_hub_in_pages_not_per_device() {
     }
     assert_eq!(report["status"], "ok", "{report}");
     assert!(
-        total <= 12,
+        total <= 12 + E,
         "{total} DPS and hub requests for {N} devices and {E} enrollments: {services:?}"
     );
 }
