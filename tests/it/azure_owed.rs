@@ -590,3 +590,127 @@ fn a_rolls_deliveries_run_beside_the_next_units_imports_under_a_throttled_key_va
          {last_second_import})"
     );
 }
+
+/// A device breach whose delivery failed (the rehearsal's INC-0005, its hook registering the
+/// device with each certificate it takes): the leaked certificate is refused at once and the
+/// replacement is owed (exit 1). Once the device can be reached, a dry run of the rerun lists no
+/// replacement as compromised, and the rerun of the same breach delivers that replacement and
+/// finishes (exit 0), as does a rerun without `--incident`; before, the rerun took the
+/// replacement for compromised and disabled it, and the next run left the device with no working
+/// certificate. Only another incident takes the replacement for compromised.
+#[test]
+fn a_breach_whose_delivery_failed_delivers_its_replacement_on_rerun_and_never_disables_it() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    let (log, fail) = recording_plans(&env, &serve);
+    let every_time = crate::azure_verbs::DEVICE_HOOK.replace("if not os.path.exists(booted):", "if True:");
+    assert_ne!(every_time, crate::azure_verbs::DEVICE_HOOK);
+    env.write("device-hook.py", &every_time);
+    fleet_ok(&env, &serve, &["issue", "-o", "json"]);
+    let leaked = versions(&env, &serve, "gw-1");
+    assert_eq!(leaked.len(), 1, "{leaked:?}");
+    let breach = crate::azure_verbs::breach_args("device:gw-1", "INC-0005");
+
+    std::fs::write(&fail, "").unwrap();
+    let r = run_fleet(&env, &serve, "azure", &breach);
+    assert_eq!(r.code, 1, "the delivery failed: {}\n{}", r.stdout, r.stderr);
+    let report = r.json();
+    let d = device_roll(&report, "gw-1");
+    assert_eq!(d["outcome"], "replaced", "{d}");
+    assert!(
+        d["delivery"]
+            .as_str()
+            .is_some_and(|w| w.contains("device unreachable")),
+        "{d}"
+    );
+    assert_eq!(report["deliveries_owed"], 1, "{}", r.stdout);
+    let replacement = d["new_thumbprint"].as_str().unwrap().to_string();
+    let made = versions(&env, &serve, "gw-1");
+    assert_eq!(made.len(), 2, "{made:?}");
+    assert_eq!(made[0], leaked[0]);
+    std::fs::remove_file(&fail).unwrap();
+
+    // The dry run of the rerun: the replacement is not compromised.
+    let mut dry = breach.to_vec();
+    dry.insert(5, "--dry-run");
+    let r = run_fleet(&env, &serve, "azure", &dry);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let d = device_roll(&r.json(), "gw-1").clone();
+    assert_eq!(d["outcome"], "already-replaced", "{d}");
+    assert!(!d.to_string().contains(&replacement), "{d}");
+    assert!(!d.to_string().contains(&made[1]), "{d}");
+
+    let r = fleet_ok(&env, &serve, &breach);
+    assert_eq!(r.json()["deliveries_owed"], 0, "{}", r.stdout);
+    assert_eq!(
+        deliveries(&log).last(),
+        Some(&("gw-1".to_string(), made[1].clone())),
+        "the rerun delivered the first replacement"
+    );
+    for args in [&breach[..5], &breach[..3]] {
+        let r = fleet_ok(&env, &serve, &[args, &["--yes", "-o", "json"][..]].concat());
+        let d = device_roll(&r.json(), "gw-1").clone();
+        assert_eq!(d["outcome"], "already-replaced", "{args:?}: {d}");
+    }
+    assert_eq!(
+        deliveries(&log).iter().filter(|(id, _)| id == "gw-1").count(),
+        2,
+        "issue's and the replacement's, each once: {:?}",
+        deliveries(&log)
+    );
+
+    // One new vault version: the leaked one disabled, the replacement enabled and held.
+    let show = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["vault", "show", "device:gw-1", "-o", "json"],
+    )
+    .ok()
+    .json();
+    let enabled: Vec<(String, bool)> = show["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["version"].as_str().unwrap().to_string(), v["enabled"] == true))
+        .collect();
+    assert_eq!(
+        enabled,
+        vec![(made[0].clone(), false), (made[1].clone(), true)],
+        "{show}"
+    );
+    let s = run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
+        .ok()
+        .json();
+    let held = device(&s, "gw-1");
+    assert_eq!(held["installed"]["thumbprint"], replacement.as_str(), "{held}");
+    assert_eq!(held["pending"], Value::Null, "{held}");
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 0, "{}\n{}", c.stdout, c.stderr);
+    assert!(
+        !c.json()["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["target"] == "device:gw-1"),
+        "{}",
+        c.stdout
+    );
+
+    // Another incident declares the replacement's key leaked too.
+    let mut other = crate::azure_verbs::breach_args("device:gw-1", "INC-0006").to_vec();
+    other.insert(5, "--dry-run");
+    let r = run_fleet(&env, &serve, "azure", &other);
+    let d = device_roll(&r.json(), "gw-1").clone();
+    assert_eq!(d["outcome"], "would-replace", "{d}");
+    assert_eq!(d["compromised"], serde_json::json!([replacement]), "{d}");
+}
+
+/// The report of device `id` in a roll's report.
+fn device_roll<'a>(report: &'a Value, id: &str) -> &'a Value {
+    let target = format!("device:{id}");
+    report["devices"]
+        .as_array()
+        .and_then(|ds| ds.iter().find(|d| d["target"] == target.as_str()))
+        .unwrap_or_else(|| panic!("no {target} in {report}"))
+}

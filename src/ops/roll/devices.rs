@@ -1184,6 +1184,17 @@ pub(super) fn store(
             // `waiting`: the delivery or the request to register did not get through (a hook,
             // an IoT Hub direct method), so DPS refused nothing; its words name what failed.
             if state.status == "waiting" {
+                // A delivery that failed does not undo a device's breach: the leaked certificate
+                // is already refused, and the replacement is owed with its fleet record. Failing
+                // the step here rolled that record back while the vault, DPS and the hub kept the
+                // replacement, so the rerun found it in the enrollment's slot, took it for
+                // compromised and disabled it. Committed, the step records its replacement, the
+                // run exits 1 for the owed delivery, and the next run delivers it first.
+                if matches!(mode, Mode::Breach { .. })
+                    && backend.delivery_failure(&req.registration_id).is_some()
+                {
+                    continue;
+                }
                 anyhow::bail!(
                     "device:{} has not registered with its new certificate: {}",
                     req.registration_id,
