@@ -714,3 +714,52 @@ fn device_roll<'a>(report: &'a Value, id: &str) -> &'a Value {
         .and_then(|ds| ds.iter().find(|d| d["target"] == target.as_str()))
         .unwrap_or_else(|| panic!("no {target} in {report}"))
 }
+
+/// A device breach on azure with `delivery = "none"` (the default): the replacement waits for
+/// the operator, so the device cannot have registered with it. The step failed ("has not
+/// registered with its new certificate"), which rolled back its record while Key Vault, DPS and
+/// the hub kept the replacement, and the rerun took the replacement for compromised (runbook
+/// rehearsal; the same fault as a failed delivery). Now the breach finishes, says the
+/// certificate waits for the operator, and its rerun does nothing.
+#[test]
+fn a_breach_whose_replacement_waits_for_the_operator_finishes_and_its_rerun_does_nothing() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    crate::azure_verbs::fleet_plans_with(&env, &serve, FLEET, "delivery = \"none\"\n");
+    fleet_ok(&env, &serve, &["issue"]);
+    let leaked = versions(&env, &serve, "gw-1");
+    assert_eq!(leaked.len(), 1, "{leaked:?}");
+    let breach = crate::azure_verbs::breach_args("device:gw-1", "INC-0007");
+    let r = fleet_ok(&env, &serve, &breach);
+    let d = device_roll(&r.json(), "gw-1").clone();
+    assert_eq!(d["outcome"], "replaced", "{d}");
+    let made = versions(&env, &serve, "gw-1");
+    assert_eq!(made.len(), 2, "{made:?}");
+    assert!(r.stderr.contains("certroll export device:gw-1"), "{}", r.stderr);
+    let no_incident = ["roll-primary", "--breach", "device:gw-1", "--yes", "-o", "json"];
+    for args in [&breach[..], &no_incident[..]] {
+        let r = fleet_ok(&env, &serve, args);
+        let d = device_roll(&r.json(), "gw-1").clone();
+        assert_eq!(d["outcome"], "already-replaced", "{args:?}: {d}");
+    }
+    assert_eq!(versions(&env, &serve, "gw-1"), made, "no version more");
+    let show = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["vault", "show", "device:gw-1", "-o", "json"],
+    )
+    .ok()
+    .json();
+    let enabled: Vec<bool> = show["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["enabled"] == true)
+        .collect();
+    assert_eq!(
+        enabled,
+        vec![false, true],
+        "the leaked version disabled, the replacement not: {show}"
+    );
+}
