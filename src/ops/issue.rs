@@ -288,6 +288,63 @@ pub(crate) fn refuse_purged<'a>(backend: &dyn Backend, ids: impl Iterator<Item =
     check(&mut chunk)
 }
 
+/// Refuses, before anything is written, an individual enrollment this run would write with the
+/// device's current certificate when that certificate must not be enrolled: an open breach has
+/// yet to replace it (another client deleted or disabled the enrollment, and the breach left
+/// the device for later), or the CA version that signed it is disabled (revoked, or replaced by
+/// a breach). DPS would admit it: the enrollment is what refuses a compromised certificate. The
+/// message names the breach that replaces it.
+fn refuse_compromised(plan: &Plan, backend: &dyn Backend, enrollments: &BTreeSet<String>) -> Result<()> {
+    if enrollments.is_empty() {
+        return Ok(());
+    }
+    let breaches = super::held::open_breaches(backend)?;
+    for id in enrollments {
+        // A disabled enrollment is left alone by `issue`; one already holding the certificate
+        // is not written.
+        let existing = backend.individual(id)?;
+        if existing.as_ref().is_some_and(|e| e.status == Status::Disabled) {
+            continue;
+        }
+        let Some(cert) = backend.current(&device_cert_name(id))? else {
+            continue;
+        };
+        if existing.as_ref().is_some_and(|e| {
+            [&e.primary, &e.secondary]
+                .into_iter()
+                .any(|s| s.as_deref() == Some(cert.cert_der.as_slice()))
+        }) {
+            continue;
+        }
+        let tp = crate::pki::sha1_thumbprint(&cert.cert_der);
+        if let Some(rerun) = breaches.get(id) {
+            return Err(crate::error::input(format!(
+                "enrollment:{id}: an open breach has yet to replace its certificate {tp}, which is compromised: \
+                 enrolling it would let DPS admit it. Finish the breach instead (`{rerun}`; after creating the \
+                 enrollment again in DPS, or enabling it, it replaces the certificate; `certroll check` says what \
+                 it waits for). Nothing was changed"
+            )));
+        }
+        let ca = plan
+            .enrollments
+            .get(id)
+            .map(|e| e.issuer.as_str())
+            .unwrap_or_default();
+        if let Some((name, version)) = &cert.issuer
+            && backend.version(name, version)?.is_some_and(|v| !v.enabled)
+        {
+            return Err(crate::error::input(format!(
+                "enrollment:{id}: its certificate {tp} was signed by version {version} of CA `{ca}`, which is \
+                 disabled (revoked, or replaced by a breach): enrolling it would let DPS admit a certificate of a \
+                 compromised CA. Replace it instead: `certroll roll-primary --breach enrollment:{id} --yes` (its \
+                 run waits, open, until the enrollment is back in DPS), or revoke the device (`certroll revoke \
+                 device:{id}`). Nothing was changed"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Refuses, before anything is written, a group of the plan that the service lacks while the
 /// service holds a group the plan no longer declares with a certificate of the same signing CA:
 /// that is a renamed `[groups.NAME]` table. Creating the new group beside the old one would put
@@ -372,6 +429,7 @@ pub fn issue(
         refuse_deleted(&backend, selected_cas.chain(selected_devices))?;
     }
     refuse_renamed_groups(plan, &backend, &sel.groups)?;
+    refuse_compromised(plan, &backend, &sel.enrollments)?;
     {
         // The roots this run covers are uploaded and verified by it; every selected group's
         // signing certificate must then reach one of them or another verified CA.
