@@ -193,6 +193,9 @@ struct Checker<'a> {
     /// with the command that resumes that run: a device left on one is replaced by finishing
     /// the run (with its `--incident`), not by a new breach.
     open_breaches: std::collections::HashMap<(String, String), String>,
+    /// The devices an open breach run has yet to replace, each with the command that resumes
+    /// that run ([`super::held::open_breaches`]).
+    breached_devices: std::collections::HashMap<String, String>,
 }
 
 impl Checker<'_> {
@@ -378,10 +381,11 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
                         serde_json::from_value::<Vec<(String, String)>>(s.detail["compromised"].clone())
                             .unwrap_or_default()
                     })
-                    .map(|v| (v, resume_command(run)))
+                    .map(|v| (v, super::journal::resume_command(run)))
                     .collect::<Vec<_>>()
             })
             .collect(),
+        breached_devices: super::held::open_breaches(&backend)?,
     };
     let mut ca_not_after = std::collections::BTreeMap::new();
     for ca in &plan.cas {
@@ -653,17 +657,6 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
     Ok(c.report)
 }
 
-/// The command that resumes open run `run`: its own, with `--yes` where it is destructive
-/// (those ask on a terminal and need it otherwise).
-fn resume_command(run: &crate::backend::types::JournalRun) -> String {
-    let yes = if run.command.contains("--breach") || run.command.starts_with("revoke") {
-        " --yes"
-    } else {
-        ""
-    };
-    format!("certroll {}{yes}", run.command)
-}
-
 /// The warning for a run the journal holds open: which, how far it got, what it stopped
 /// before, and the command that finishes it.
 fn unfinished(run: &crate::backend::types::JournalRun) -> Problem {
@@ -684,7 +677,7 @@ fn unfinished(run: &crate::backend::types::JournalRun) -> Problem {
             run.command,
             crate::clock::rfc3339(run.started),
             run.steps.len(),
-            resume_command(run)
+            super::journal::resume_command(run)
         ),
         not_after: None,
         actions_due: vec![],
@@ -829,7 +822,9 @@ fn check_devices(
         let (policy, renewal) = (*policy, *renewal);
         // Its group disabled by another client: DPS refuses it whatever its certificate, and the
         // group's way back is the only one that helps (a breach's advice would fail again).
-        if let Some(why) = group_cut_off {
+        // DPS matches a device's own individual enrollment before its group's: one that has one
+        // (a group device's breach gives it one) is judged by that.
+        if let Some(why) = group_cut_off.as_ref().filter(|_| enrollment.is_none()) {
             c.add(Problem {
                 target: format!("device:{id}"),
                 level: Level::Critical,
@@ -879,6 +874,7 @@ fn check_devices(
             enrollment.as_ref(),
             *enrolled,
             identity.as_ref(),
+            c.breached_devices.get(id.as_str()).map(String::as_str),
         )? {
             super::held::Standing::Revoked => {
                 c.report.counts.revoked += 1;

@@ -198,13 +198,16 @@ pub enum Standing {
 
 /// Judges device `id` by what the services hold for it: its individual enrollment (None: it has
 /// none) and, where the backend does not install on its devices, its hub identity; `issued` is
-/// the version certroll issued it (the fleet record's), `held` what [`held_many`] found.
+/// the version certroll issued it (the fleet record's), `held` what [`held_many`] found;
+/// `breach` the command that finishes an open breach that has yet to replace the device's
+/// certificate (see [`open_breaches`]).
 ///
 /// A disabled enrollment is certroll's revoke when the issued version is disabled or on its
 /// issuer's CRL (revoke does both); otherwise someone else disabled it, and DPS refuses the
 /// device. A hub identity someone else disabled, or whose thumbprints are neither the issued
 /// certificate's nor the presented one's, refuses the device's connections (issue 12, az4
 /// F-CHECK-BLIND).
+#[allow(clippy::too_many_arguments)]
 pub fn standing(
     backend: &dyn Backend,
     id: &str,
@@ -213,6 +216,7 @@ pub fn standing(
     enrollment: Option<&IndividualEnrollment>,
     enrolled: bool,
     identity: Option<&HubIdentity>,
+    breach: Option<&str>,
 ) -> Result<Standing> {
     // Read only for a disabled enrollment or identity: the CRL is not read per device.
     let revoked = || revoked_by_certroll(backend, issued);
@@ -220,10 +224,16 @@ pub fn standing(
         if revoked()? {
             return Ok(Standing::Revoked);
         }
-        return Ok(Standing::CutOff(disabled_by_another(id, issued)));
+        return Ok(Standing::CutOff(match breach {
+            Some(rerun) => cut_off_under_breach(id, false, &format!("`{rerun}`")),
+            None => disabled_by_another(id, issued),
+        }));
     }
     if enrolled && enrollment.is_none() && issued.is_some() {
-        return Ok(Standing::CutOff(deleted_by_another(id)));
+        return Ok(Standing::CutOff(match breach {
+            Some(rerun) => cut_off_under_breach(id, true, &format!("`{rerun}`")),
+            None => deleted_by_another(id),
+        }));
     }
     if backend.installs_on_devices() {
         return Ok(Standing::Usable);
@@ -312,6 +322,55 @@ pub(crate) fn disabled_by_another(id: &str, issued: Option<&VaultVersion>) -> St
 }
 
 pub(crate) use crate::backend::types::deleted_by_another;
+
+/// Why device `id` is left for later by a breach whose replacement of its compromised
+/// certificate is still owed, when another client disabled (or, `deleted`, deleted) its
+/// individual enrollment, with the way back: `rerun` names the breach that finishes it. The
+/// ways back of [`disabled_by_another`] and [`deleted_by_another`] would admit the compromised
+/// certificate again (enabling keeps it in the enrollment; `issue` enrolls it), so they are
+/// not given alone: the rerun right after replaces it, and a revoke lets the breach finish
+/// without it.
+pub(crate) fn cut_off_under_breach(id: &str, deleted: bool, rerun: &str) -> String {
+    let (what, back) = if deleted {
+        (
+            "is not in DPS: another client of DPS deleted it",
+            "create the enrollment again in DPS",
+        )
+    } else {
+        (
+            "is disabled, but certroll did not revoke it: another client of DPS disabled it",
+            "enable it again in DPS (provisioningStatus `enabled`)",
+        )
+    };
+    format!(
+        "its individual enrollment `{id}` {what}, and the breach that replaces its compromised certificate has \
+         not replaced it yet: the breach left it, and its run, open. To bring the device back, {back} and run \
+         {rerun} right after: the enrollment still holds the compromised certificate, which DPS admits until the \
+         breach replaces it (`certroll issue enrollment:{id}` refuses while the breach is open). If the device is \
+         gone, revoke it (`certroll revoke device:{id}`) and run {rerun} to finish the breach"
+    )
+}
+
+/// The devices an open breach run has yet to replace (those of its `breach-device` and
+/// `replace-devices` steps not done), each with the command that finishes the run.
+pub(crate) fn open_breaches(backend: &dyn Backend) -> Result<std::collections::HashMap<String, String>> {
+    let mut out = std::collections::HashMap::new();
+    for run in backend.open_runs()? {
+        let rerun = super::journal::resume_command(&run);
+        for step in run
+            .steps
+            .iter()
+            .filter(|s| s.result.is_none() && matches!(s.kind.as_str(), "breach-device" | "replace-devices"))
+        {
+            for id in step.detail["ids"].as_array().into_iter().flatten() {
+                if let Some(id) = id.as_str() {
+                    out.insert(id.to_string(), rerun.clone());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
 
 /// Why the devices of group `name` cannot connect when the enrollment service holds the group
 /// disabled (`status`) though certroll did not revoke it (no finished `revoke group:NAME`

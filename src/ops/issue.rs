@@ -288,6 +288,59 @@ pub(crate) fn refuse_purged<'a>(backend: &dyn Backend, ids: impl Iterator<Item =
     check(&mut chunk)
 }
 
+/// Refuses, before anything is written, an individual enrollment this run would create with the
+/// device's current certificate when that certificate must not be enrolled: an open breach has
+/// yet to replace it (another client deleted the enrollment, and the breach left
+/// the device for later), or the CA version that signed it is disabled (revoked, or replaced by
+/// a breach). DPS would admit it: the enrollment is what refuses a compromised certificate. The
+/// message names the breach that replaces it.
+fn refuse_compromised(plan: &Plan, backend: &dyn Backend, enrollments: &BTreeSet<String>) -> Result<()> {
+    if enrollments.is_empty() {
+        return Ok(());
+    }
+    let breaches = super::held::open_breaches(backend)?;
+    let ids: Vec<String> = enrollments.iter().cloned().collect();
+    for chunk in ids.chunks(CHUNK) {
+        for (id, existing) in chunk.iter().zip(backend.individual_many(chunk)?) {
+            // Only an enrollment `issue` creates is written with the current certificate: one
+            // that exists already holds it, or (disabled) is left alone. The vault is read only
+            // for those, so a run with nothing to do reads no device certificate.
+            if existing.is_some() {
+                continue;
+            }
+            let Some(cert) = backend.current(&device_cert_name(id))? else {
+                continue;
+            };
+            let tp = crate::pki::sha1_thumbprint(&cert.cert_der);
+            if let Some(rerun) = breaches.get(id) {
+                return Err(crate::error::input(format!(
+                    "enrollment:{id}: an open breach has yet to replace its certificate {tp}, which is compromised: \
+                     enrolling it would let DPS admit it. Finish the breach instead (`{rerun}`; after creating the \
+                     enrollment again in DPS, or enabling it, it replaces the certificate; `certroll check` says \
+                     what it waits for). Nothing was changed"
+                )));
+            }
+            let ca = plan
+                .enrollments
+                .get(id)
+                .map(|e| e.issuer.as_str())
+                .unwrap_or_default();
+            if let Some((name, version)) = &cert.issuer
+                && backend.version(name, version)?.is_some_and(|v| !v.enabled)
+            {
+                return Err(crate::error::input(format!(
+                    "enrollment:{id}: its certificate {tp} was signed by version {version} of CA `{ca}`, which is \
+                     disabled (revoked, or replaced by a breach): enrolling it would let DPS admit a certificate of \
+                     a compromised CA. Replace it instead: `certroll roll-primary --breach enrollment:{id} --yes` \
+                     (its run waits, open, until the enrollment is back in DPS), or revoke the device (`certroll \
+                     revoke device:{id}`). Nothing was changed"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Refuses, before anything is written, a group of the plan that the service lacks while the
 /// service holds a group the plan no longer declares with a certificate of the same signing CA:
 /// that is a renamed `[groups.NAME]` table. Creating the new group beside the old one would put
@@ -372,6 +425,7 @@ pub fn issue(
         refuse_deleted(&backend, selected_cas.chain(selected_devices))?;
     }
     refuse_renamed_groups(plan, &backend, &sel.groups)?;
+    refuse_compromised(plan, &backend, &sel.enrollments)?;
     {
         // The roots this run covers are uploaded and verified by it; every selected group's
         // signing certificate must then reach one of them or another verified CA.

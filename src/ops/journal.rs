@@ -288,3 +288,14 @@ pub fn reports(run: &Run, planned: &[Planned], dry_run: bool) -> Vec<StepReport>
         })
         .collect()
 }
+
+/// The command that resumes open run `run`: its own, with `--yes` where it is destructive
+/// (those ask on a terminal and need it otherwise).
+pub(crate) fn resume_command(run: &crate::backend::types::JournalRun) -> String {
+    let yes = if run.command.contains("--breach") || run.command.starts_with("revoke") {
+        " --yes"
+    } else {
+        ""
+    };
+    format!("certroll {}{yes}", run.command)
+}

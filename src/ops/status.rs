@@ -172,6 +172,9 @@ pub struct StatusQuery<'p> {
     /// The individual enrollments [`head`](StatusQuery::head) read, by registration id, for
     /// the devices' pages to take rather than read again.
     enrollments_read: std::cell::RefCell<std::collections::HashMap<String, Option<IndividualEnrollment>>>,
+    /// The devices an open breach run has yet to replace, each with the command that resumes
+    /// that run ([`super::held::open_breaches`]): their way back names it.
+    breached_devices: std::collections::HashMap<String, String>,
 }
 
 /// Opens the state for `status`. A missing store is reported as "nothing issued yet".
@@ -184,11 +187,13 @@ pub fn status<'p>(
         t.check(plan)?;
     }
     let backend = open_verb_backend(plan, "status", Access::Preview, settings)?;
+    let breached_devices = super::held::open_breaches(&*backend)?;
     Ok(StatusQuery {
         plan,
         backend,
         targets,
         enrollments_read: Default::default(),
+        breached_devices,
     })
 }
 
@@ -397,7 +402,13 @@ impl StatusQuery<'_> {
             }
         }
         for (i, id) in ids.iter().enumerate() {
-            if let Some(why) = page[i].1.as_deref().and_then(|g| group_cut_off[g].clone()) {
+            // DPS matches a device's own individual enrollment before its group's.
+            if let Some(why) = page[i]
+                .1
+                .as_deref()
+                .filter(|_| individuals[i].is_none())
+                .and_then(|g| group_cut_off[g].clone())
+            {
                 cannot_connect.push(Some(why));
                 continue;
             }
@@ -410,6 +421,7 @@ impl StatusQuery<'_> {
                     individuals[i].as_ref(),
                     page[i].2.is_some(),
                     identities[i].as_ref(),
+                    self.breached_devices.get(id.as_str()).map(String::as_str),
                 )? {
                     super::held::Standing::CutOff(why) => Some(why),
                     _ => None,

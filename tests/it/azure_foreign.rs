@@ -1594,3 +1594,231 @@ fn a_group_another_client_disabled_is_reported_with_a_remedy_that_works() {
     );
     assert!(device(&status, "p-1")["cannot_connect"].is_null(), "{status}");
 }
+
+/// The other client: sets individual enrollment `id` (or, with `group`, enrollment group `id`)
+/// to `status` (`enabled`, `disabled`) with the etag it read, as the portal does.
+fn set_provisioning(env: &TestEnv, serve: &Serve, id: &str, group: bool, status: &str) {
+    let path = if group {
+        format!("/enrollmentGroups/{id}")
+    } else {
+        format!("/enrollments/{id}")
+    };
+    let (code, mut e) = dps(env, serve, "GET", &path, None, None);
+    assert_eq!(code, 200, "{e}");
+    let etag = format!("\"{}\"", e["etag"].as_str().unwrap().trim_matches('"'));
+    e["provisioningStatus"] = json!(status);
+    let (code, answer) = dps(env, serve, "PUT", &path, Some(&etag), Some(&e));
+    assert_eq!(code, 200, "the other client's {status}: {answer}");
+}
+
+/// The other client deletes individual enrollment `id`.
+fn delete_enrollment(env: &TestEnv, serve: &Serve, id: &str) {
+    let (code, answer) = dps(
+        env,
+        serve,
+        "DELETE",
+        &format!("/enrollments/{id}"),
+        Some("*"),
+        None,
+    );
+    assert!(
+        code == 204 || code == 200,
+        "the other client's delete: {code} {answer}"
+    );
+}
+
+/// The open runs `check` warns of: each one's `run:N` target and reason.
+fn open_runs(report: &Value) -> Vec<String> {
+    report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["target"].as_str().is_some_and(|t| t.starts_with("run:")))
+        .map(|p| p["reason"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A CA breach while another client has disabled one enrollment under the compromised CA and
+/// deleted another (review of session 13, item 2): both are left (`disabled`, `deleted`, and
+/// exit 1) with the step and run open, and each way back says to rerun the breach, never to
+/// enable or issue alone; `issue` refuses to enroll the compromised certificate again, naming the breach;
+/// once the operator enables the one, the rerun replaces it; once the other is revoked, the
+/// rerun finishes the run.
+#[test]
+fn a_breach_leaves_an_enrollment_another_client_disabled_or_deleted_open_and_its_rerun_replaces_it() {
+    let env = TestEnv::new();
+    let serve = issued_fleet(&env, FLEET);
+    over_the_air(&env, &serve, FLEET);
+    let run = |args: &[&str]| run_fleet(&env, &serve, "azure", args);
+    let compromised = slot_thumbprint(&env, &serve, "gw-2", "primary").unwrap();
+    set_provisioning(&env, &serve, "gw-2", false, "disabled");
+    delete_enrollment(&env, &serve, "gw-3");
+
+    let breach = breach_args("ca:factory", "leak");
+    let r = run(&breach);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let report = r.json();
+    for (id, outcome) in [("gw-2", "disabled"), ("gw-3", "deleted")] {
+        let d = device(&report, id);
+        assert_eq!(d["outcome"], outcome, "{report}");
+        assert!(d["new_thumbprint"].is_null(), "{d}");
+        let why = d["steps"][0].as_str().unwrap();
+        assert!(why.contains("run this breach again"), "{why}");
+        assert!(!why.contains("creates it again"), "{why}");
+    }
+    for id in ["gw-1", "gw-4"] {
+        assert_eq!(device(&report, id)["outcome"], "replaced", "{report}");
+    }
+    assert!(
+        report["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["state"] == "unfinished"),
+        "the step that left them is open: {report}"
+    );
+
+    // check: the run is open, and each device's way back is that run's command.
+    let r = run(&["check", "-o", "json"]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    let report = r.json();
+    let runs = open_runs(&report);
+    assert_eq!(runs.len(), 1, "the breach's run is open: {report}");
+    let resumes = runs[0]
+        .split_once("; `")
+        .and_then(|(_, r)| r.split_once("` resumes it"))
+        .map(|(c, _)| c.to_string())
+        .unwrap();
+    assert!(
+        resumes.contains("--breach") && resumes.contains("ca:factory"),
+        "{resumes}"
+    );
+    for id in ["gw-2", "gw-3"] {
+        let p = report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["target"] == format!("device:{id}") && p["level"] == "critical")
+            .unwrap_or_else(|| panic!("no critical for {id}: {report}"));
+        let reason = p["reason"].as_str().unwrap();
+        assert!(
+            reason.contains(&format!("run `{resumes}` right after")),
+            "{reason}"
+        );
+        assert!(!reason.contains("creates it again"), "{reason}");
+    }
+
+    // issue would enroll the compromised certificate: refused, nothing written.
+    for args in [&["issue", "enrollment:gw-3"][..], &["issue"][..]] {
+        let r = run(args);
+        assert_eq!(r.code, 2, "{args:?}: {}\n{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.contains("enrollment:gw-3") && r.stderr.contains(&resumes),
+            "{}",
+            r.stderr
+        );
+        let (code, _) = dps(&env, &serve, "GET", "/enrollments/gw-3", None, None);
+        assert_eq!(code, 404, "{args:?} enrolled the compromised certificate");
+    }
+
+    // The operator enables gw-2 and reruns the breach at once: it replaces gw-2.
+    set_provisioning(&env, &serve, "gw-2", false, "enabled");
+    let r = run(&breach);
+    assert_eq!(r.code, 1, "gw-3 is still deleted: {}\n{}", r.stdout, r.stderr);
+    let report = r.json();
+    let gw2 = device(&report, "gw-2");
+    assert_eq!(gw2["outcome"], "replaced", "{report}");
+    let new_tp = gw2["new_thumbprint"].as_str().unwrap().to_string();
+    assert_ne!(new_tp, compromised);
+    assert_eq!(
+        slot_thumbprint(&env, &serve, "gw-2", "primary").as_deref(),
+        Some(new_tp.as_str())
+    );
+    assert_eq!(slot_thumbprint(&env, &serve, "gw-2", "secondary"), None);
+    assert_eq!(device(&report, "gw-3")["outcome"], "deleted", "{report}");
+
+    // gw-3 is gone for good: revoked, the rerun finishes the run.
+    fleet_ok(
+        &env,
+        &serve,
+        &[
+            "revoke",
+            "device:gw-3",
+            "--reason",
+            "cessation-of-operation",
+            "--yes",
+        ],
+    );
+    let r = run(&breach);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(device(&r.json(), "gw-3")["outcome"], "revoked", "{}", r.stdout);
+    let report = run(&["check", "-o", "json"]).json();
+    assert!(open_runs(&report).is_empty(), "{report}");
+    assert!(
+        !report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["level"] == "critical"),
+        "{report}"
+    );
+}
+
+/// The nightly `roll --due` (review of session 13, item 3): an enrollment another client
+/// disabled or deleted, and a group another client disabled, are reported `disabled` or
+/// `deleted` with the way back, and the run exits 1; a device of that group with an individual
+/// enrollment of its own (a breach of the device gave it one), which DPS matches first, is not
+/// cut off: `check`, `status` and the roll agree (item 4).
+#[test]
+fn roll_due_reports_enrollments_and_groups_another_client_disabled_or_deleted() {
+    let env = TestEnv::new();
+    let serve = issued_fleet(&env, GROUPS);
+    over_the_air(&env, &serve, GROUPS);
+    let run = |args: &[&str]| run_fleet(&env, &serve, "azure", args);
+    // m-1 gets an individual enrollment of its own while the group is still enabled.
+    fleet_ok(&env, &serve, &breach_args("device:m-1", "lost"));
+    set_provisioning(&env, &serve, "meters", true, "disabled");
+    delete_enrollment(&env, &serve, "gw-1");
+
+    let r = run(&["roll-secondary", "--due", "-o", "json"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let report = r.json();
+    for (id, outcome, words) in [
+        ("m-2", "disabled", "enrollment group `meters` is disabled"),
+        ("gw-1", "deleted", "another client of DPS deleted it"),
+    ] {
+        let d = device(&report, id);
+        assert_eq!(d["outcome"], outcome, "{report}");
+        assert!(d["steps"][0].as_str().unwrap().contains(words), "{d}");
+    }
+    for id in ["m-1", "p-1", "p-2"] {
+        assert_eq!(device(&report, id)["outcome"], "not-due", "{report}");
+    }
+    let r = run(&["roll-secondary", "--due"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("device:m-2: not rolled") && r.stdout.contains("device:gw-1: not rolled"),
+        "{}",
+        r.stdout
+    );
+
+    let r = run(&["check", "-o", "json"]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    let report = r.json();
+    let critical = |target: &str| {
+        report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["target"] == target && p["level"] == "critical")
+    };
+    assert!(critical("device:m-2"), "{report}");
+    assert!(critical("group:meters"), "{report}");
+    assert!(
+        !critical("device:m-1"),
+        "m-1 registers through its own enrollment: {report}"
+    );
+    let status = run(&["status", "-o", "json"]).json();
+    assert!(device(&status, "m-1")["cannot_connect"].is_null(), "{status}");
+    assert!(!device(&status, "m-2")["cannot_connect"].is_null(), "{status}");
+}

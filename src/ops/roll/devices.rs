@@ -260,7 +260,7 @@ fn expired_slot(
 }
 
 /// What `--due` can tell of a device before a run is planned (see [`not_due`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Due {
     /// Its `auto-renew` action has not fired and nothing expired waits in its slots.
     Not,
@@ -270,6 +270,11 @@ pub(super) enum Due {
     /// Revoked (a disabled individual enrollment): reported `revoked`, never written, so no
     /// step counts it among the devices it rolls and a cron run records nothing for it.
     Revoked,
+    /// Cut off by another client of the enrollment service, as [`assess`] reports it: its
+    /// individual enrollment disabled though certroll did not revoke it (`disabled`), or gone
+    /// where the plan gives it one (`deleted`); the outcome and the way back, never written,
+    /// and the run exits 1.
+    CutOff(&'static str, String),
     /// Anything else: decided by [`assess`] within the run.
     Maybe,
 }
@@ -277,7 +282,8 @@ pub(super) enum Due {
 /// For `--due`: which devices certainly need no step, read before a run is planned so a cron run
 /// with nothing to do records nothing (issue 13 item 3) and one whose due devices are all capped
 /// records no step that rolls none of them. A device is [`Due::Revoked`] when its individual
-/// enrollment is disabled; it is [`Due::Not`] or [`Due::Capped`] exactly
+/// enrollment is disabled and certroll revoked it, [`Due::CutOff`] when another client disabled
+/// or deleted that enrollment; it is [`Due::Not`] or [`Due::Capped`] exactly
 /// when [`assess`] would report it `not-due` or `capped` with nothing to write: it holds an
 /// issued certificate, it is not revoked (a disabled individual enrollment), and no slot of its
 /// individual enrollment holds an expired certificate. Anything else (not issued, say) is
@@ -302,12 +308,30 @@ pub(super) fn not_due(
     let cas = CaTargets::load(backend, &issuers, &[])?;
     let mut out = Vec::with_capacity(ids.len());
     for (((id, versions), record), individual) in ids.iter().zip(versions).zip(records).zip(individuals) {
-        let (policy, issuer, _) = owner_of(plan, id)?;
+        let (policy, issuer, group) = owner_of(plan, id)?;
         let installed = record
             .and_then(|r| r.installed_version)
             .and_then(|v| versions.iter().find(|b| b.version == v).cloned());
+        // As `assess` judges it; the CRL is read only for a disabled enrollment.
         if individual.as_ref().is_some_and(|e| e.status == Status::Disabled) {
-            out.push(Due::Revoked);
+            let full = match &installed {
+                Some(b) => backend.version(&b.name, &b.version)?,
+                None => None,
+            };
+            out.push(
+                if crate::ops::held::revoked_by_certroll(backend, full.as_ref())? {
+                    Due::Revoked
+                } else {
+                    Due::CutOff(
+                        "disabled",
+                        crate::ops::held::disabled_by_another(id, full.as_ref()),
+                    )
+                },
+            );
+            continue;
+        }
+        if group.is_none() && individual.is_none() && installed.is_some() {
+            out.push(Due::CutOff("deleted", crate::ops::held::deleted_by_another(id)));
             continue;
         }
         let Some(installed) = installed else {
@@ -381,12 +405,21 @@ pub(super) fn assess<'p>(
         // Disabled by another client (certroll did not revoke it), it is `disabled`, with the
         // way back; on local no other client writes the store, so it is always `revoked`.
         // No enrollment where the plan gives the device one: another client deleted it, and
-        // no roll creates an enrollment it did not find (`issue` does).
+        // no roll creates an enrollment it did not find (`issue` does). A breach leaves either
+        // open (its rerun replaces the device once the operator has acted), and its way back
+        // says so: enabling or issuing alone would admit the compromised certificate again.
+        let breach = matches!(mode, Mode::Breach { .. } | Mode::Replace { .. });
+        let rerun = "this breach again (the same command)";
         let cut_off = if individual.as_ref().is_some_and(|e| e.status == Status::Disabled) {
             let installed = backend.version(&installed.name, &installed.version)?;
             let installed = installed.as_ref();
             Some(if crate::ops::held::revoked_by_certroll(backend, installed)? {
                 ("revoked", None)
+            } else if breach {
+                (
+                    "disabled",
+                    Some(crate::ops::held::cut_off_under_breach(id, false, rerun)),
+                )
             } else {
                 (
                     "disabled",
@@ -394,7 +427,14 @@ pub(super) fn assess<'p>(
                 )
             })
         } else if group.is_none() && individual.is_none() {
-            Some(("deleted", Some(crate::ops::held::deleted_by_another(id))))
+            Some((
+                "deleted",
+                Some(if breach {
+                    crate::ops::held::cut_off_under_breach(id, true, rerun)
+                } else {
+                    crate::ops::held::deleted_by_another(id)
+                }),
+            ))
         } else {
             None
         };

@@ -736,11 +736,12 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
             let mut maybe = Vec::new();
             for chunk in device_ids.chunks(CHUNK) {
                 for (id, due) in chunk.iter().zip(devices::not_due(plan, &backend, chunk, now)?) {
-                    let outcome = match due {
-                        devices::Due::Not => "not-due",
-                        devices::Due::Capped => "capped",
-                        devices::Due::Revoked => "revoked",
-                        devices::Due::Maybe => "",
+                    let (outcome, why) = match due {
+                        devices::Due::Not => ("not-due", None),
+                        devices::Due::Capped => ("capped", None),
+                        devices::Due::Revoked => ("revoked", None),
+                        devices::Due::CutOff(outcome, why) => (outcome, Some(why)),
+                        devices::Due::Maybe => ("", None),
                     };
                     if !outcome.is_empty() {
                         report.devices.push(DeviceRoll {
@@ -748,7 +749,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
                             target: format!("device:{id}"),
                             outcome,
                             slot: opts.slot,
-                            steps: Vec::new(),
+                            steps: why.into_iter().collect(),
                             new_thumbprint: None,
                             pruned_thumbprint: None,
                             compromised: Vec::new(),
@@ -788,9 +789,11 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     }
     // The last units' deliveries may still be under way beside them.
     backend.finish_deliveries()?;
-    // A device left alone for another client's certificate leaves the run open: its rerun,
-    // once the operator has acted, finishes it (a breach's later steps are not redone).
-    if !report.devices.iter().any(|d| d.outcome == "foreign") {
+    // A device left alone for another client's certificate (or, in a breach, its enrollment
+    // another client disabled or deleted) leaves the run open: its rerun, once the operator has
+    // acted, finishes it (a breach's later steps are not redone).
+    let breach = opts.breach.is_some();
+    if !report.devices.iter().any(|d| leaves_open(d.outcome, breach)) {
         run.finish(&mut backend, now)?;
     }
     if opts.due && !report.devices.is_empty() {
@@ -815,7 +818,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         let left: std::collections::HashSet<&str> = report
             .devices
             .iter()
-            .filter(|d| d.outcome == "foreign")
+            .filter(|d| leaves_open(d.outcome, breach))
             .filter_map(|d| d.target.strip_prefix("device:"))
             .collect();
         for (step, journal_step) in report.steps.iter_mut().zip(&run.steps) {
@@ -1033,7 +1036,10 @@ fn due_ca_scopes<'p>(
 }
 
 /// With `--due`: splits the devices into those a roll can renew and the reports of those their
-/// CA or group holds back: outcome `revoked` for a device of a disabled (revoked) group, and
+/// CA, group or enrollment holds back: outcome `revoked` for a device of a group, or with an
+/// individual enrollment, that certroll revoked (disabled); `disabled` (the run exits 1) for
+/// one another client of DPS disabled, `deleted` for an individual enrollment another client
+/// deleted; and
 /// `held-back` (the run exits 1) for one whose signing CA is expired, disabled or missing from the
 /// vault, or whose group the enrollment service lacks (a renamed `[groups.NAME]` table) or holds
 /// without the CA's current version. Each report's one step says what holds it back and what to
@@ -1050,17 +1056,44 @@ fn due_held_back(
     let mut ca_problem: HashMap<String, Option<String>> = HashMap::new();
     let mut group_problem: HashMap<String, Option<(&'static str, String)>> = HashMap::new();
     let mut service = None;
-    // Individual enrollments (never a group's devices) read in chunks: a disabled one is revoked.
+    // Individual enrollments (never a group's devices) read in chunks, judged as a roll judges
+    // them: disabled by certroll's revoke, disabled by another client, or deleted by one (the
+    // devices here are issued, so their enrollment was made).
     let enrollment_ids: Vec<String> = device_ids
         .iter()
         .filter(|id| plan.enrollments.contains_key(id.as_str()))
         .cloned()
         .collect();
-    let mut revoked_enrollments = std::collections::HashSet::new();
+    let mut enrollment_problem: HashMap<String, (&'static str, String)> = HashMap::new();
     for chunk in enrollment_ids.chunks(CHUNK) {
         for (id, e) in chunk.iter().zip(backend.individual_many(chunk)?) {
-            if e.is_some_and(|e| e.status == crate::backend::types::Status::Disabled) {
-                revoked_enrollments.insert(id.clone());
+            let found = match e {
+                None => Some(("deleted", crate::ops::held::deleted_by_another(id))),
+                Some(e) if e.status == crate::backend::types::Status::Disabled => {
+                    // The CRL is read only for a disabled enrollment.
+                    let issued = match backend.device(id)?.and_then(|r| r.installed_version) {
+                        Some(v) => backend.version(&super::device_cert_name(id), &v)?,
+                        None => None,
+                    };
+                    Some(
+                        if crate::ops::held::revoked_by_certroll(backend, issued.as_ref())? {
+                            (
+                                "revoked",
+                                "its enrollment is disabled (revoked); a revoked device gets nothing"
+                                    .to_string(),
+                            )
+                        } else {
+                            (
+                                "disabled",
+                                crate::ops::held::disabled_by_another(id, issued.as_ref()),
+                            )
+                        },
+                    )
+                }
+                Some(_) => None,
+            };
+            if let Some(found) = found {
+                enrollment_problem.insert(id.clone(), found);
             }
         }
     }
@@ -1070,6 +1103,24 @@ fn due_held_back(
         .into_iter()
         .map(|d| d.name)
         .collect();
+    // Every individual enrollment's registration id, listed once if a group another client
+    // disabled needs them.
+    let mut individuals: Option<std::collections::HashSet<String>> = None;
+    let own_enrollment = |backend: &dyn Backend,
+                          individuals: &mut Option<std::collections::HashSet<String>>,
+                          id: &str|
+     -> Result<bool> {
+        if individuals.is_none() {
+            *individuals = Some(
+                backend
+                    .individuals()?
+                    .into_iter()
+                    .map(|e| e.registration_id)
+                    .collect(),
+            );
+        }
+        Ok(individuals.as_ref().is_some_and(|s| s.contains(id)))
+    };
     let mut ok = Vec::with_capacity(device_ids.len());
     let mut held = Vec::new();
     // Each device's group, read once (a file-listed group's look-up by id is linear).
@@ -1095,11 +1146,10 @@ fn due_held_back(
                 ),
             ));
         }
-        if group.is_none() && revoked_enrollments.contains(id.as_str()) {
-            problem = Some((
-                "revoked",
-                "its enrollment is disabled (revoked); a revoked device gets nothing".to_string(),
-            ));
+        if group.is_none()
+            && let Some(found) = enrollment_problem.get(id.as_str())
+        {
+            problem = Some(found.clone());
         }
         if let Some(g) = group {
             if !group_problem.contains_key(&g.name) {
@@ -1123,13 +1173,18 @@ fn due_held_back(
                             ),
                         },
                     )),
-                    Some(state) if state.status == crate::backend::types::Status::Disabled => Some((
-                        "revoked",
-                        format!(
-                            "its group `{}` is disabled (revoked); a revoked device gets nothing",
-                            g.name
-                        ),
-                    )),
+                    Some(state) if state.status == crate::backend::types::Status::Disabled => Some(
+                        match crate::ops::held::group_disabled_by_another(backend, &g.name, state.status)? {
+                            Some(why) => ("disabled", why),
+                            None => (
+                                "revoked",
+                                format!(
+                                    "its group `{}` is disabled (revoked); a revoked device gets nothing",
+                                    g.name
+                                ),
+                            ),
+                        },
+                    ),
                     Some(state) => {
                         let current = backend.current(&super::ca_cert_name(&g.signing_ca))?;
                         let accepts = current.is_some_and(|c| {
@@ -1166,11 +1221,19 @@ fn due_held_back(
                 };
                 group_problem.insert(g.name.clone(), found);
             }
-            if let Some(found) = &group_problem[&g.name] {
+            // DPS matches a device's own individual enrollment (a breach of the device gives it
+            // one) before its group's: a group another client disabled does not cut that off.
+            if let Some(found) = &group_problem[&g.name]
+                && (found.0 != "disabled" || !own_enrollment(backend, &mut individuals, &id)?)
+            {
                 problem = Some(found.clone());
             }
         }
-        if problem.as_ref().is_none_or(|(o, _)| *o != "revoked") {
+        // A device that cannot connect at all is told so, not held back for its CA.
+        if problem
+            .as_ref()
+            .is_none_or(|(o, _)| !matches!(*o, "revoked" | "disabled" | "deleted"))
+        {
             if !ca_problem.contains_key(ca) {
                 // The CA and every CA above it in the plan, the first deleted one named.
                 let mut lineage = vec![ca];
@@ -2299,6 +2362,15 @@ fn is_device_step(kind: &str) -> bool {
     matches!(kind, "roll-devices" | "replace-devices" | "breach-device")
 }
 
+/// Whether a device reported `outcome` keeps its step, and the run, open for a rerun: left alone
+/// for another client's certificate in its enrollment (`foreign`), or, in a breach, for an
+/// enrollment another client disabled or deleted. A breach finished without such a device would
+/// leave its compromised certificate to be admitted again once the enrollment is back, and
+/// its rerun would find nothing to do.
+fn leaves_open(outcome: &str, breach: bool) -> bool {
+    outcome == "foreign" || (breach && matches!(outcome, "disabled" | "deleted"))
+}
+
 /// Device steps as a pipeline on two lanes: the backend lane writes chunk k and then reads and
 /// decides chunk k+2, while the crypto lane makes the keys and certificates of chunk k+1 on the
 /// other cores.
@@ -2402,9 +2474,10 @@ fn roll_device_steps(
                     let stored = match made {
                         Some((seq, mode, mut assessed, fresh)) => {
                             if !opts.dry_run {
-                                // A device left alone (another client's certificate in its
-                                // enrollment) keeps the step open for the rerun that finishes it.
-                                let left = assessed.reports.iter().any(|r| r.outcome == "foreign");
+                                // A device left alone (see `leaves_open`) keeps the step open
+                                // for the rerun that finishes it.
+                                let breach = matches!(mode, Mode::Breach { .. } | Mode::Replace { .. });
+                                let left = assessed.reports.iter().any(|r| leaves_open(r.outcome, breach));
                                 run.step_leaving(b, seq, now, |b| {
                                     let result = devices::store(&mut assessed, fresh, issuers, b, mode, now)?;
                                     Ok(((), (!left).then_some(result)))
