@@ -941,14 +941,6 @@ fn issue_device_chunks(
             ),
         });
     }
-    if tally.installs > 0 {
-        report.steps.push(Step {
-            action: "install-device-certs",
-            target: target.clone(),
-            count: tally.installs,
-            detail: format!("install the new certificate on {} device(s)", tally.installs),
-        });
-    }
     if tally.enrollments > 0 {
         report.steps.push(Step {
             action: "create-enrollments",
@@ -958,6 +950,16 @@ fn issue_device_chunks(
                 "create {} individual enrollment(s) with the device certificate in the primary slot",
                 tally.enrollments
             ),
+        });
+    }
+    // Delivered once the unit committed, so after its enrollments exist (a device registers
+    // with the certificate it is handed): listed in that order, in a dry run too (az8 F10).
+    if tally.installs > 0 {
+        report.steps.push(Step {
+            action: "install-device-certs",
+            target: target.clone(),
+            count: tally.installs,
+            detail: format!("install the new certificate on {} device(s)", tally.installs),
         });
     }
     if tally.registrations > 0 {

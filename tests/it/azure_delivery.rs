@@ -331,3 +331,45 @@ fn measure_issue_hooks_by_delivery_concurrency() {
         took[0].1 / took[1].1
     );
 }
+
+/// `issue --dry-run` lists an individual enrollment's steps in the order the real run takes
+/// them (az8 F10): its enrollment is created before its certificate is delivered, so the
+/// device the hook hands it to registers at once (the hook fails otherwise, and the run with
+/// it). Both backends list the same order.
+#[test]
+fn issue_dry_run_lists_an_enrollment_s_steps_in_the_order_the_run_takes_them() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    crate::azure_verbs::fleet_plans_hook(&env, &serve, FLEET);
+    let actions = |report: &Value| -> Vec<String> {
+        report["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["target"] == "enrollment:gw-1")
+            .map(|s| s["action"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let expected = ["issue-device-certs", "create-enrollments", "install-device-certs"];
+    for which in ["local", "azure"] {
+        let dry = run_fleet(&env, &serve, which, &["issue", "--dry-run", "-o", "json"]);
+        assert_eq!(dry.code, 0, "{which}: {}\n{}", dry.stdout, dry.stderr);
+        let listed = actions(&dry.json());
+        assert_eq!(listed[..3], expected, "{which}: {}", dry.stdout);
+        let human = run_fleet(&env, &serve, which, &["issue", "--dry-run"]);
+        let at = |words: &str| {
+            human
+                .stdout
+                .find(words)
+                .unwrap_or_else(|| panic!("{words}: {}", human.stdout))
+        };
+        assert!(
+            at("[create-enrollments] enrollment:gw-1") < at("[install-device-certs] enrollment:gw-1"),
+            "{which}: {}",
+            human.stdout
+        );
+        let real = run_fleet(&env, &serve, which, &["issue", "-o", "json"]);
+        assert_eq!(real.code, 0, "{which}: {}\n{}", real.stdout, real.stderr);
+        assert_eq!(actions(&real.json()), listed, "{which}: {}", real.stdout);
+    }
+}
