@@ -755,6 +755,12 @@ fn root_from_key_holder(
     let der = crate::pki::cert::sign_self_with(profile, &backend.signer(&holder)?)?;
     backend.retire_key_holders(name, now)?;
     backend.merge_pending(&pending, &der, &[], None, now)?;
+    // The request's create left its own policy on the name (issuer `Unknown`, `reuse_key` over
+    // the holder's key): how certroll reaches the key, not the root the plan declares, which
+    // `vault show` and Key Vault's own renewal read (az8 F7). The merged root is
+    // self-signed, as the plan's policy says.
+    let plan_policy = policy_json(policy, &ca.subject.to_string(), None);
+    backend.set_policy(name, &plan_policy, now)?;
     Ok(der)
 }
 

@@ -1057,3 +1057,33 @@ fn a_sign_retried_after_a_dropped_connection_goes_again_with_its_body() {
         );
     }
 }
+
+/// The policy `vault show` gives a root whose key is not exportable is the plan's (az8 F7):
+/// self-signed (issuer `Self`) and no `reuse_key`, as on local, not the `reuse_key` request
+/// (issuer `Unknown`) over its key holder's key that the key-holder flow made it with; Key
+/// Vault's own renewal would read it.
+#[test]
+fn an_hsm_root_keeps_the_plan_s_policy_after_its_key_holder_flow() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, HSM_GROUP);
+    fleet_plans_hook(&env, &serve, HSM_GROUP);
+    let (l, a) = both(&env, &serve, &["issue", "-o", "json"]);
+    assert_eq!(l, a, "issue");
+    let shown = |which: &str| -> (Value, Value) {
+        let v = run_fleet(&env, &serve, which, &["vault", "show", "ca-root", "-o", "json"])
+            .ok()
+            .json();
+        let policy = &v["policy"];
+        (
+            policy["issuer"]["name"].clone(),
+            policy["key_props"]["reuse_key"].clone(),
+        )
+    };
+    assert_eq!(shown("azure"), (Value::from("Self"), Value::from(false)), "azure");
+    assert_eq!(shown("azure"), shown("local"));
+    // What Key Vault itself holds, read by another client.
+    let policy = key_vault_get(&env, &serve, "certificates/ca-root/policy");
+    assert_eq!(policy["issuer"]["name"], "Self", "{policy}");
+    assert_eq!(policy["key_props"]["reuse_key"], false, "{policy}");
+    assert_eq!(policy["key_props"]["exportable"], false, "{policy}");
+}
