@@ -248,7 +248,10 @@ impl<W: Write> Printer<W> {
                 if quiet {
                     return devices(&mut |_| Ok(()));
                 }
-                writeln!(out, "CAs")?;
+                // A target's status (`status device:ID`) may show no CA: no header over nothing.
+                if !head.cas.is_empty() {
+                    writeln!(out, "CAs")?;
+                }
                 for ca in &head.cas {
                     let verified = match ca.verified {
                         Some(true) => " verified",
@@ -323,7 +326,8 @@ impl<W: Write> Printer<W> {
                 )?;
                 let mut shown = 0usize;
                 let mut more = 0u64;
-                let mut overridden = false;
+                // The owner marks the rows use, for the legend: (`*`, `!`).
+                let mut marks = (false, false);
                 devices(&mut |d| {
                     if shown == HUMAN_DEVICE_ROWS {
                         more += 1;
@@ -337,11 +341,13 @@ impl<W: Write> Printer<W> {
                         .unwrap_or("-")
                         .to_string();
                     if let Some(e) = &d.individual_enrollment {
-                        overridden = true;
-                        owner.push_str(match e.status {
-                            Some(crate::backend::types::Status::Disabled) => "!",
-                            _ => "*",
-                        });
+                        if e.status == Some(crate::backend::types::Status::Disabled) {
+                            marks.1 = true;
+                            owner.push('!');
+                        } else {
+                            marks.0 = true;
+                            owner.push('*');
+                        }
                     }
                     let reg = d.registration.as_ref().map(|r| r.status.as_str()).unwrap_or("-");
                     let hub = d
@@ -416,11 +422,17 @@ impl<W: Write> Printer<W> {
                         "  ... and {more} more device(s): -o json lists all, device:ID shows one"
                     )?;
                 }
-                if overridden {
+                // The legend names only the marks the rows above use.
+                if marks.0 {
                     writeln!(
                         out,
-                        "  * an individual enrollment (after a breach) takes precedence over the group\n  \
-                         ! a disabled individual enrollment (revoked) refuses the device"
+                        "  * an individual enrollment (after a breach) takes precedence over the group"
+                    )?;
+                }
+                if marks.1 {
+                    writeln!(
+                        out,
+                        "  ! a disabled individual enrollment (revoked) refuses the device"
                     )?;
                 }
             }
