@@ -248,6 +248,13 @@ fn print_human<W: std::io::Write>(
                     "{}: not issued yet, so not rolled; `certroll issue {}` issues it",
                     d.target, d.target
                 ))?,
+                // Its group was disabled after it was rolled: the new certificate is stored.
+                "disabled" if d.new_thumbprint.is_some() => p.line(format!(
+                    "{}: rolled into the {} slot, but DPS refuses it: {}",
+                    d.target,
+                    d.slot.word(),
+                    d.steps.first().map(String::as_str).unwrap_or_default()
+                ))?,
                 "held-back" | "revoked" | "disabled" | "deleted" => p.line(format!(
                     "{}: not rolled: {}",
                     d.target,
@@ -295,7 +302,13 @@ fn print_human<W: std::io::Write>(
             .iter()
             .filter(|d| matches!(d.outcome, "foreign" | "disabled" | "deleted"))
         {
-            p.line(format!("{}: not rolled: {}", d.target, d.steps.join("; ")))?;
+            // Rolled before its group was disabled: the way back is its first step.
+            if d.new_thumbprint.is_some() {
+                let why = d.steps.first().map(String::as_str).unwrap_or_default();
+                p.line(format!("{}: rolled, but DPS refuses it: {why}", d.target))?;
+            } else {
+                p.line(format!("{}: not rolled: {}", d.target, d.steps.join("; ")))?;
+            }
         }
         for d in report.devices.iter().filter(|d| d.outcome == "not-issued") {
             p.line(format!(

@@ -1822,3 +1822,145 @@ fn roll_due_reports_enrollments_and_groups_another_client_disabled_or_deleted() 
     assert!(device(&status, "m-1")["cannot_connect"].is_null(), "{status}");
     assert!(!device(&status, "m-2")["cannot_connect"].is_null(), "{status}");
 }
+
+/// Another client disables an enrollment group while a roll of it goes on, or before one (az8
+/// F4): its devices are reported `disabled` with the way back, never `rolled`; the run exits 1;
+/// the group stays disabled; once the operator enables it again, the rerun finishes the work
+/// and `check` clears.
+#[test]
+fn a_group_another_client_disables_during_or_before_a_roll_is_reported_and_its_rerun_finishes() {
+    let env = TestEnv::new();
+    let serve = issued_fleet(&env, GROUPS);
+    let run = |args: &[&str]| run_fleet(&env, &serve, "azure", args);
+    let disabled = |report: &Value, group: &str, rolled: bool| {
+        let prefix = &group[..1];
+        for id in [format!("{prefix}-1"), format!("{prefix}-2")] {
+            let d = device(report, &id);
+            assert_eq!(d["outcome"], "disabled", "{report}");
+            assert_eq!(d["new_thumbprint"].is_string(), rolled, "{d}");
+            let why = d["steps"][0].as_str().unwrap_or_default();
+            assert!(
+                why.contains(&format!("enrollment group `{group}` is disabled")),
+                "{d}"
+            );
+            assert!(why.contains("enable it again in DPS"), "{d}");
+        }
+    };
+
+    // Disabled while the roll goes on, after its devices were assessed: the other client acts
+    // from the delivery hook, as it did beside the az8 trial's roll.
+    let token = env.path("dps-token");
+    std::fs::write(&token, dps_token(&serve)).unwrap();
+    env.write("disable-hook.py", DISABLE_HOOK);
+    crate::azure_verbs::fleet_plans_with(
+        &env,
+        &serve,
+        GROUPS,
+        &crate::azure_verbs::hook_delivery(&env, &serve, "disable-hook.py", &[token]),
+    );
+    let r = run(&["roll-secondary", "group:meters", "--yes", "-o", "json"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    disabled(&r.json(), "meters", true);
+    assert_eq!(
+        group_record(&env, &serve, "meters")["provisioningStatus"],
+        "disabled"
+    );
+    let r = run(&["check", "-o", "json"]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+
+    // Still disabled at the next roll: that roll says so, here through the CA's scope, and
+    // rolls the rest.
+    let r = run(&["roll-secondary", "ca:factory", "--yes", "-o", "json"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    disabled(&r.json(), "meters", false);
+    assert_eq!(device(&r.json(), "gw-1")["outcome"], "rolled", "{}", r.stdout);
+
+    // Disabled before a roll: nothing is issued under it.
+    set_provisioning(&env, &serve, "pumps", true, "disabled");
+    let r = run(&["roll-secondary", "group:pumps", "--yes", "-o", "json"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    disabled(&r.json(), "pumps", false);
+    assert_eq!(
+        group_record(&env, &serve, "pumps")["provisioningStatus"],
+        "disabled"
+    );
+    let human = run(&["roll-secondary", "group:pumps", "--yes"]);
+    assert_eq!(human.code, 1, "{}\n{}", human.stdout, human.stderr);
+    assert!(
+        human
+            .stdout
+            .contains("device:p-1: not rolled: its enrollment group `pumps` is disabled"),
+        "{}",
+        human.stdout
+    );
+
+    // Enabled again: the reruns finish the work (the meters were rolled before their group was
+    // disabled), and check clears.
+    set_provisioning(&env, &serve, "meters", true, "enabled");
+    set_provisioning(&env, &serve, "pumps", true, "enabled");
+    let r = run(&["roll-secondary", "group:pumps", "--yes", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    for id in ["p-1", "p-2"] {
+        assert_eq!(device(&r.json(), id)["outcome"], "rolled", "{}", r.stdout);
+    }
+    let r = run(&["roll-secondary", "group:meters", "--yes", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    for id in ["m-1", "m-2"] {
+        assert_eq!(device(&r.json(), id)["outcome"], "already-rolled", "{}", r.stdout);
+    }
+    let r = run(&["check", "-o", "json"]);
+    assert!(
+        !r.stdout.contains("group:meters") && !r.stdout.contains("group:pumps"),
+        "{}",
+        r.stdout
+    );
+}
+
+/// A group certroll revoked is no other client's doing: a roll of it issues its devices
+/// nothing and reports them `revoked` (as `--due` does), on local and azure alike (az8 F4's
+/// local side: there no other client writes the store, so a disabled group is always revoked).
+#[test]
+fn a_roll_of_a_group_certroll_revoked_reports_its_devices_revoked_on_both_backends() {
+    let env = TestEnv::new();
+    let serve = issued_fleet(&env, GROUPS);
+    run_fleet(&env, &serve, "local", &["issue"]).ok();
+    for which in ["local", "azure"] {
+        let run = |args: &[&str]| run_fleet(&env, &serve, which, args);
+        run(&["revoke", "group:pumps", "--reason", "superseded", "--yes"]).ok();
+        let r = run(&["roll-secondary", "group:pumps", "--yes", "-o", "json"]);
+        assert_eq!(r.code, 0, "{which}: {}\n{}", r.stdout, r.stderr);
+        for id in ["p-1", "p-2"] {
+            let d = device(&r.json(), id).clone();
+            assert_eq!(d["outcome"], "revoked", "{which}: {d}");
+            assert!(d["new_thumbprint"].is_null(), "{which}: {d}");
+        }
+    }
+}
+
+/// A delivery hook that is another client of DPS: on its first call it disables enrollment
+/// group `meters` (GET, then PUT with the etag read), with the SAS token in the file named last.
+const DISABLE_HOOK: &str = r#"
+import json, os, subprocess, sys
+port, scope, ca, home, token_file = sys.argv[1:6]
+json.load(sys.stdin)
+os.makedirs(home, exist_ok=True)
+done = os.path.join(home, "disabled-meters")
+if os.path.exists(done):
+    sys.exit(0)
+open(done, "w").close()
+token = open(token_file).read().strip()
+host = "certroll-dps.azure-devices-provisioning.net"
+url = f"https://{host}:{port}/enrollmentGroups/meters?api-version=2021-10-01"
+def curl(*args):
+    out = subprocess.run(["curl", "-sS", "--fail-with-body", "--cacert", ca,
+                          "--resolve", f"{host}:{port}:127.0.0.1",
+                          "-H", f"Authorization: {token}", *args, url], capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.stderr.write(out.stdout + out.stderr)
+        sys.exit(1)
+    return out.stdout
+group = json.loads(curl())
+group["provisioningStatus"] = "disabled"
+etag = group["etag"].strip('"')
+curl("-X", "PUT", "-H", "Content-Type: application/json", "-H", f'If-Match: "{etag}"', "--data", json.dumps(group))
+"#;

@@ -353,6 +353,32 @@ pub(super) fn not_due(
     Ok(out)
 }
 
+/// Why no roll writes anything for the devices of group `name` (without an individual
+/// enrollment of their own, which DPS matches first): its enrollment group is disabled, by
+/// certroll's revoke (`revoked`) or by another client of DPS (`disabled`, with the way back,
+/// and the run exits 1). DPS refuses every registration under a disabled group, so a
+/// certificate issued now would only be refused (az8 F4). Read once per chunk.
+fn group_cut_off(
+    backend: &dyn Backend,
+    seen: &mut HashMap<String, Option<(&'static str, Option<String>)>>,
+    name: &str,
+) -> Result<Option<(&'static str, Option<String>)>> {
+    if let Some(off) = seen.get(name) {
+        return Ok(off.clone());
+    }
+    let off = match backend.group(name)? {
+        Some(state) if state.status == Status::Disabled => Some(
+            match crate::ops::held::group_disabled_by_another(backend, name, state.status)? {
+                Some(why) => ("disabled", Some(why)),
+                None => ("revoked", None),
+            },
+        ),
+        _ => None,
+    };
+    seen.insert(name.to_string(), off.clone());
+    Ok(off)
+}
+
 /// Reads what the services hold for a chunk and decides what each device needs; with
 /// `describe`, each device's report lists its steps.
 #[allow(clippy::too_many_arguments)]
@@ -383,6 +409,9 @@ pub(super) fn assess<'p>(
     // The slot of its group holding the CA version that signed a device's certificate, by group
     // and CA version: read once per chunk, and only for a device already rolled.
     let mut group_slots: HashMap<(String, String, String), Option<SlotName>> = HashMap::new();
+    // Each group's cut-off, read once per chunk: a group disabled while a run goes on is seen
+    // by its next chunk.
+    let mut groups_off: HashMap<String, Option<(&'static str, Option<String>)>> = HashMap::new();
     for ((((id, versions), record), individual), identity) in ids
         .iter()
         .zip(versions)
@@ -403,7 +432,8 @@ pub(super) fn assess<'p>(
         let target = format!("device:{id}");
         // A disabled individual enrollment is a revoked device: no roll issues it anything.
         // Disabled by another client (certroll did not revoke it), it is `disabled`, with the
-        // way back; on local no other client writes the store, so it is always `revoked`.
+        // way back; on local no other client writes the store, so it is always `revoked`. The
+        // same holds for the disabled group of a device without an enrollment of its own.
         // No enrollment where the plan gives the device one: another client deleted it, and
         // no roll creates an enrollment it did not find (`issue` does). A breach leaves either
         // open (its rerun replaces the device once the operator has acted), and its way back
@@ -426,6 +456,10 @@ pub(super) fn assess<'p>(
                     Some(crate::ops::held::disabled_by_another(id, installed)),
                 )
             })
+        } else if let (None, Some(g)) = (&individual, group)
+            && let Some(off) = group_cut_off(backend, &mut groups_off, &g.name)?
+        {
+            Some(off)
         } else if group.is_none() && individual.is_none() {
             Some((
                 "deleted",

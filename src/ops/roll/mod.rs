@@ -132,7 +132,12 @@ pub struct DeviceRoll {
     /// one step says; the run exits 1), `revoked`, `replaced`, `would-replace`,
     /// `already-replaced`, or `foreign` (another client put a certificate certroll did not issue
     /// into its individual enrollment: left alone, its steps say why and what to do; the run
-    /// stays open and exits 1, and its rerun finishes the device once the operator has acted).
+    /// stays open and exits 1, and its rerun finishes the device once the operator has acted),
+    /// `disabled` (another client of DPS disabled its individual enrollment, or the enrollment
+    /// group of a device without one; the run exits 1: with `new_thumbprint` set, the group was
+    /// disabled after this run issued the device its new certificate, which DPS refuses until
+    /// the group is enabled again) or `deleted` (another client deleted its individual
+    /// enrollment; the run exits 1).
     pub outcome: &'static str,
     /// The slot the new certificate went into. For `already-rolled`: where the certificate the
     /// device holds is after this roll: the slot of its individual enrollment that holds it, or
@@ -796,6 +801,9 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     if !report.devices.iter().any(|d| leaves_open(d.outcome, breach)) {
         run.finish(&mut backend, now)?;
     }
+    if !opts.dry_run {
+        disabled_during_run(plan, &backend, &mut report.devices)?;
+    }
     if opts.due && !report.devices.is_empty() {
         // The devices found not due were reported before the others: back to plan order.
         let order: std::collections::HashMap<&str, usize> = all_due
@@ -862,6 +870,50 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         }
     }
     Ok(report)
+}
+
+/// Devices of a group that another client of DPS disabled while this run went on, after their
+/// chunk was assessed (az8 F4): their new certificate is stored (and delivered), but DPS refuses
+/// every registration under the group, so they are reported `disabled`, with the way back first
+/// among their steps, and the run exits 1. A device with an individual enrollment of its own
+/// (which DPS matches first) is not cut off. Each group is read once; nothing is written.
+fn disabled_during_run(plan: &Plan, backend: &dyn Backend, devices: &mut [DeviceRoll]) -> Result<()> {
+    use std::collections::HashMap;
+    let mut why: HashMap<&str, Option<String>> = HashMap::new();
+    let mut cut: Vec<(usize, String)> = Vec::new();
+    for (at, d) in devices.iter().enumerate() {
+        if !matches!(d.outcome, "rolled" | "replaced") {
+            continue;
+        }
+        let id = d.target.strip_prefix("device:").unwrap_or(&d.target);
+        let Some(super::DeviceOwner::Group(g)) = super::device_owner(plan, id) else {
+            continue;
+        };
+        if !why.contains_key(g.name.as_str()) {
+            let found = match backend.group(&g.name)? {
+                Some(state) => crate::ops::held::group_disabled_by_another(backend, &g.name, state.status)?,
+                None => None,
+            };
+            why.insert(&g.name, found);
+        }
+        if let Some(Some(why)) = why.get(g.name.as_str()) {
+            cut.push((at, why.clone()));
+        }
+    }
+    let ids: Vec<String> = cut
+        .iter()
+        .map(|(at, _)| devices[*at].target.trim_start_matches("device:").to_string())
+        .collect();
+    for chunk in cut.chunks(CHUNK).zip(ids.chunks(CHUNK)) {
+        for ((at, why), own) in chunk.0.iter().zip(backend.individual_many(chunk.1)?) {
+            if own.is_none() {
+                let d = &mut devices[*at];
+                d.outcome = "disabled";
+                d.steps.insert(0, why.clone());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The CAs that hold back the devices whose outcome is `capped`, and the CAs in `capped_cas`
