@@ -130,6 +130,14 @@ fn a_device_breach_refuses_the_compromised_certificate_everywhere_and_a_rerun_do
     .ok()
     .json();
     assert_eq!(again["devices"][0]["outcome"], "already-replaced", "{again}");
+    // It cuts nobody off either (az8 F8): the device holds its replacement.
+    assert_eq!(again["devices_cut_off"]["count"], 0, "{again}");
+    for step in again["steps"].as_array().unwrap() {
+        assert_eq!(step["devices_cut_off"]["count"], 0, "{again}");
+    }
+    let said = run(&env, &["roll-primary", "--breach", "device:gateway-01", "--yes"]).ok();
+    assert!(!said.stdout.contains("cannot connect"), "{}", said.stdout);
+    assert!(said.stdout.contains("nothing to do"), "{}", said.stdout);
     assert_eq!(versions(&env, "dev-gateway-01"), 2);
     assert!(works(&env, "gateway-01", &new, NOW));
 
@@ -196,6 +204,10 @@ fn a_group_device_breach_refuses_its_old_certificate_though_it_chains_to_the_gro
     let human = run(&env, &["status", "device:sensor-07"]).ok().stdout;
     assert!(human.contains("sensors*"), "{human}");
     assert!(human.contains("takes precedence over the group"), "{human}");
+    // No CA is shown for a device target, so no CAs header; the legend names only the mark the
+    // table uses (`*`, not `!`).
+    assert!(!human.lines().any(|l| l.trim() == "CAs"), "{human}");
+    assert!(!human.contains("! a disabled individual enrollment"), "{human}");
     // Its later expiry rolls keep working: the enrollment that shields it takes the new cert.
     let t = at(340);
     run(&env, &["--now", &t, "roll-secondary", "device:sensor-07"]).ok();

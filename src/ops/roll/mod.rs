@@ -819,6 +819,24 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         };
         report.devices.sort_by_key(at);
     }
+    // A device an earlier breach already replaced holds its replacement: a rerun cuts it off
+    // from nothing (az8 F8).
+    let replaced_before: std::collections::HashSet<&str> = report
+        .devices
+        .iter()
+        .filter(|d| d.outcome == "already-replaced")
+        .filter_map(|d| d.target.strip_prefix("device:"))
+        .collect();
+    for p in planned.iter_mut().filter(|p| p.kind == "breach-device") {
+        let ids = p.detail["ids"].as_array().into_iter().flatten();
+        if ids.clone().next().is_some()
+            && ids
+                .filter_map(|id| id.as_str())
+                .all(|id| replaced_before.contains(id))
+        {
+            p.cut_off = CutOff::none();
+        }
+    }
     report.steps = journal::reports(&run, &planned, opts.dry_run);
     if !opts.dry_run {
         // A step that left a device alone for another client's certificate stays open in the
