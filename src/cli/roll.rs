@@ -188,7 +188,13 @@ fn print_human<W: std::io::Write>(
     p: &mut crate::output::Printer<W>,
     report: &RollReport,
 ) -> anyhow::Result<()> {
-    if report.resumed {
+    if report.resumed && report.dry_run {
+        p.line(format!(
+            "Would resume run {} (killed or failed part-way) from its journal, as a rerun does: the steps it \
+             did are not done again.",
+            report.run.unwrap_or_default()
+        ))?;
+    } else if report.resumed {
         p.line(format!(
             "Resuming run {} (killed or failed part-way).",
             report.run.unwrap_or_default()

@@ -165,6 +165,18 @@ pub fn begin(
 }
 
 impl Run {
+    /// A dry run of a command whose run `steps` belong to is open (killed or failed part-way):
+    /// what its rerun does, which resumes that run from its journal (the steps done are not
+    /// done again). Records nothing.
+    pub fn would_resume(steps: Vec<JournalStep>) -> Run {
+        Run {
+            id: None,
+            resumed: true,
+            steps,
+            began: AtomicBool::new(false),
+        }
+    }
+
     /// Carries out one step as a unit of work that also marks it done; then the fault switch.
     pub fn step<T>(
         &self,
@@ -271,10 +283,10 @@ pub fn reports(run: &Run, planned: &[Planned], dry_run: bool) -> Vec<StepReport>
             target: s.target.clone(),
             kind: s.kind.clone(),
             description: s.description.clone(),
-            state: if dry_run {
-                "planned"
-            } else if run.resumed && s.result.is_some() {
+            state: if run.resumed && s.result.is_some() {
                 "done-before"
+            } else if dry_run {
+                "planned"
             } else {
                 "done"
             },

@@ -473,3 +473,80 @@ fn reruns_and_interleaved_rolls_over_rsa_and_ec_roots_and_a_root_signed_group() 
         assert_plan_connects(&env, &t, devices, &format!("{step} after its reruns"));
     }
 }
+
+/// The dry run of a roll whose earlier run was killed part-way shows what its rerun does (the
+/// az8 trial's runbook nit): it resumes that run from the journal, so it says so, names the
+/// run, marks the steps done before, and plans only what is left; it changes nothing, and the
+/// rerun then takes exactly those steps.
+#[test]
+fn a_dry_run_after_a_killed_roll_says_it_would_resume_that_run() {
+    let env = TestEnv::new();
+    env.quickstart();
+    run(&env, NOW, &["issue"]).ok();
+    let t = at(10);
+    let killed = env
+        .cmd()
+        .args(["--plan", "plan.toml", "--now", &t, "roll-secondary", "ca:factory"])
+        .env("CERTROLL_FAULT_AFTER_STEPS", "2")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success(), "the fault switch aborts after step 2");
+    let before = all_versions(&env);
+
+    let args = ["roll-secondary", "ca:factory"];
+    let dry = json(&env, &t, &[&args[..], &["--dry-run"]].concat());
+    assert_eq!(dry["resumed"], true, "{dry}");
+    let open = dry["run"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no run named: {dry}"));
+    let states: Vec<&str> = dry["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states[..2], ["done-before", "done-before"], "{dry}");
+    assert!(states[2..].iter().all(|s| *s == "planned"), "{dry}");
+    let human = run(&env, &t, &[&args[..], &["--dry-run"]].concat()).ok();
+    assert!(
+        human
+            .stdout
+            .contains(&format!("Would resume run {open} (killed or failed part-way)")),
+        "{}",
+        human.stdout
+    );
+    assert!(human.stdout.contains("[done before]"), "{}", human.stdout);
+    assert_eq!(all_versions(&env), before, "the dry run changed nothing");
+
+    let done = json(&env, &t, &args);
+    assert_eq!(done["resumed"], true, "{done}");
+    assert_eq!(done["run"], open, "{done}");
+    let shape = |r: &serde_json::Value| -> Vec<(serde_json::Value, serde_json::Value)> {
+        r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["seq"].clone(), s["target"].clone()))
+            .collect()
+    };
+    assert_eq!(
+        shape(&done),
+        shape(&dry),
+        "the rerun takes the steps its dry run listed"
+    );
+    let would: Vec<&serde_json::Value> = dry["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| &d["target"])
+        .collect();
+    let rolled: Vec<&serde_json::Value> = done["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["outcome"] == "rolled")
+        .map(|d| &d["target"])
+        .collect();
+    assert_eq!(would, rolled, "{dry}\n{done}");
+    assert_fleet_connects(&env, &t, "after the resumed CA roll");
+}

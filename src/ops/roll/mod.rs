@@ -182,9 +182,11 @@ pub struct GroupRoll {
 pub struct RollReport {
     /// Whether this was a dry run.
     pub dry_run: bool,
-    /// The journal's number of this run (None for a dry run or when nothing was to be done).
+    /// The journal's number of this run (None when nothing was to be done, and for a dry run
+    /// unless it would resume an open run: then that run's).
     pub run: Option<i64>,
-    /// Whether this run finished one that had been killed or had failed.
+    /// Whether this run finished one that had been killed or had failed (a dry run: would
+    /// resume it from its journal, as its rerun does, not plan anew).
     pub resumed: bool,
     /// The steps in order, each with the devices it cuts off.
     pub steps: Vec<StepReport>,
@@ -522,8 +524,10 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     // CAs whose renewal their issuer's notAfter caps: not renewed, reported with what to renew.
     let mut capped_cas: Vec<String> = due_capped;
     // A run of this command that was killed or failed is resumed from its journal as recorded;
-    // planning again from the half-changed state would decide differently.
-    let resuming = !opts.dry_run && backend.open_run(&command)?.is_some();
+    // planning again from the half-changed state would decide differently. A dry run shows
+    // that resumption, as its rerun would carry it out.
+    let open = backend.open_run(&command)?;
+    let resuming = open.is_some();
     if !resuming {
         refuse_disabled(plan, &backend, &scopes, &device_ids, opts)?;
     }
@@ -776,8 +780,17 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         // refusal: a refused run changes nothing): a rerun with nothing else to do still owes them.
         backend.deliver_owed(now)?;
     }
-    let run = journal::begin(&mut backend, &command, &planned, opts.dry_run, now)?;
-    report.run = run.id;
+    let run = match open {
+        Some(open) if opts.dry_run => {
+            report.run = Some(open.id);
+            journal::Run::would_resume(open.steps)
+        }
+        _ => {
+            let run = journal::begin(&mut backend, &command, &planned, opts.dry_run, now)?;
+            report.run = run.id;
+            run
+        }
+    };
     report.resumed = run.resumed;
     if resuming {
         for step in run.steps.iter().filter(|s| s.kind == "group-slot") {
@@ -2470,10 +2483,7 @@ fn roll_device_steps(
             _ => Mode::Expiry { slot, due: opts.due },
         }
     };
-    let todo: Vec<_> = steps
-        .iter()
-        .filter(|s| opts.dry_run || !run.done_before(s.seq))
-        .collect();
+    let todo: Vec<_> = steps.iter().filter(|s| !run.done_before(s.seq)).collect();
     let total_devices: usize = run
         .steps
         .iter()
@@ -2498,7 +2508,7 @@ fn roll_device_steps(
     let renewed: Vec<&str> = if opts.dry_run {
         run.steps
             .iter()
-            .filter(|s| s.kind == "renew-ca")
+            .filter(|s| s.kind == "renew-ca" && !run.done_before(s.seq))
             .filter_map(|s| s.detail["ca"].as_str())
             .collect()
     } else {
