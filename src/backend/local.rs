@@ -901,11 +901,44 @@ impl LocalBackend {
         Ok(chain)
     }
 
-    /// A simulated device registered over mutual TLS (`certroll serve`'s DPS device endpoint)
-    /// and was assigned: from now on it holds the certificate it presented, when that
-    /// certificate is a version of vault certificate `cert_name` (a device certroll issued;
-    /// any other certificate is not recorded). `kind` and `enrollment` are the registration
-    /// state's (`group` or `individual`, and its name). Returns whether the record changed.
+    /// The version of vault certificate `cert_name` that `leaf_der` is, when simulated device
+    /// `id` holds another (None: it holds this one, or the certificate is no version of
+    /// `cert_name`), with the device's record.
+    fn presented_other(
+        &self,
+        id: &str,
+        cert_name: &str,
+        leaf_der: &[u8],
+    ) -> Result<Option<(VaultVersion, Option<DeviceRecord>)>> {
+        let Some(version) = self
+            .versions(cert_name)?
+            .into_iter()
+            .find(|v| v.cert_der == leaf_der)
+        else {
+            return Ok(None);
+        };
+        let before = self.device(id)?;
+        if before
+            .as_ref()
+            .is_some_and(|d| d.installed_version.as_deref() == Some(version.version.as_str()))
+        {
+            return Ok(None);
+        }
+        Ok(Some((version, before)))
+    }
+
+    /// Whether [`hold_presented`](Self::hold_presented) would change device `id`'s record.
+    pub fn holds_other(&self, id: &str, cert_name: &str, leaf_der: &[u8]) -> Result<bool> {
+        Ok(self.presented_other(id, cert_name, leaf_der)?.is_some())
+    }
+
+    /// A simulated device proved over mutual TLS that it holds a certificate and its key
+    /// (`certroll serve`'s DPS device endpoint, whatever DPS decided, or its hub's device
+    /// endpoint): from now on it holds that certificate, when it is a version of vault
+    /// certificate `cert_name` (a device certroll issued; any other certificate is not
+    /// recorded). `kind` and `enrollment` are the registration state's (`group` or
+    /// `individual`, and its name; None: the device's record keeps its own). Returns whether
+    /// the record changed.
     pub fn hold_presented(
         &mut self,
         id: &str,
@@ -914,20 +947,9 @@ impl LocalBackend {
         kind: Option<&str>,
         enrollment: Option<&str>,
     ) -> Result<bool> {
-        let Some(version) = self
-            .versions(cert_name)?
-            .into_iter()
-            .find(|v| v.cert_der == leaf_der)
-        else {
+        let Some((version, before)) = self.presented_other(id, cert_name, leaf_der)? else {
             return Ok(false);
         };
-        let before = self.device(id)?;
-        if before
-            .as_ref()
-            .is_some_and(|d| d.installed_version.as_deref() == Some(version.version.as_str()))
-        {
-            return Ok(false);
-        }
         let (group, individual) = match kind {
             Some("group") => (enrollment.map(str::to_string), None),
             Some(_) => (None, enrollment.map(str::to_string)),

@@ -886,6 +886,28 @@ pub struct ChunkReads {
     pub identities: Vec<Option<HubIdentity>>,
 }
 
+/// The registration state of each of `ids`, in the order asked: the one `enrollments`' reads
+/// carried ([`EnrollmentService::carried_registrations`]), else the one a single `read` of the
+/// devices without one returns (in the order it is given them).
+pub(crate) fn carried_or_read<E: EnrollmentService + ?Sized>(
+    enrollments: &E,
+    ids: &[String],
+    read: impl FnOnce(&[String]) -> Result<Vec<Option<RegistrationState>>>,
+) -> Result<Vec<Option<RegistrationState>>> {
+    let carried = enrollments.carried_registrations(ids);
+    let rest: Vec<String> = ids
+        .iter()
+        .zip(&carried)
+        .filter(|(_, c)| c.is_none())
+        .map(|(id, _)| id.clone())
+        .collect();
+    let mut read = read(&rest)?.into_iter();
+    Ok(carried
+        .into_iter()
+        .map(|c| c.or_else(|| read.next().flatten()))
+        .collect())
+}
+
 /// The hub identity of each device in the hub given beside it (`hubs`, in the order of `ids`;
 /// None: no hub, so no identity), read with one `read` of the (hub, device id) pairs that have
 /// a hub, in the order asked.

@@ -28,7 +28,7 @@ $CERTROLL_SERVE_TOKEN (or generated and printed in the start line).
 
 [serve.services.SERVICE] (keyvault, dps, dps_device, hub, arm) throttles (429 + Retry-After
 above rate_per_second) and injects faults (error_percent of 500/503, drop_percent of dropped
-connections, delay_ms).
+connections, drop_first: the first N dropped, delay_ms).
 
 The start line (-o json: one JSON object on one line) gives vault_url, dps_url, dps_device_url,
 id_scope, hub_url, arm_url, ca_file, listen, listeners (service -> https://127.0.0.1:PORT:

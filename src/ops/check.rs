@@ -196,6 +196,8 @@ struct Checker<'a> {
     /// The devices an open breach run has yet to replace, each with the command that resumes
     /// that run ([`super::held::open_breaches`]).
     breached_devices: std::collections::HashMap<String, String>,
+    /// The devices still owed the delivery of their new certificate (`Backend::owed_devices`).
+    owed: std::collections::HashSet<String>,
 }
 
 impl Checker<'_> {
@@ -386,6 +388,7 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             })
             .collect(),
         breached_devices: super::held::open_breaches(&backend)?,
+        owed: backend.owed_devices()?.into_iter().collect(),
     };
     let mut ca_not_after = std::collections::BTreeMap::new();
     for ca in &plan.cas {
@@ -633,7 +636,7 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
     for page in devices.chunks(PAGE) {
         check_devices(&backend, &mut c, page, &owners)?;
     }
-    owed_deliveries(&backend, &mut c, &devices)?;
+    owed_deliveries(&mut c, &devices);
     // Certificates made in the vault alone (`vault create`, `import`, `merge`) have lifetime
     // actions of their own in their vault policy; they are checked when nothing narrower is
     // asked, or when named (`vault:NAME`).
@@ -740,15 +743,17 @@ const OWED_SHOWN: usize = 5;
 /// deliveries): one warning for them all, with their count, the first few and the command that
 /// delivers them. Their certificate is judged as the one they hold (`check_devices`), so without
 /// this a failed delivery left `check` OK.
-fn owed_deliveries(backend: &dyn Backend, c: &mut Checker<'_>, checked: &[(String, usize)]) -> Result<()> {
-    let owed = backend.owed_devices()?;
-    if owed.is_empty() {
-        return Ok(());
-    }
-    let checked: std::collections::HashSet<&str> = checked.iter().map(|(id, _)| id.as_str()).collect();
-    let owed: Vec<&String> = owed.iter().filter(|id| checked.contains(id.as_str())).collect();
+fn owed_deliveries(c: &mut Checker<'_>, checked: &[(String, usize)]) {
+    let mut owed: Vec<String> = checked
+        .iter()
+        .map(|(id, _)| id)
+        .filter(|id| c.owed.contains(id.as_str()))
+        .cloned()
+        .collect();
+    owed.sort();
+    owed.dedup();
     let Some(first) = owed.first() else {
-        return Ok(());
+        return;
     };
     let shown: Vec<String> = owed
         .iter()
@@ -772,7 +777,6 @@ fn owed_deliveries(backend: &dyn Backend, c: &mut Checker<'_>, checked: &[(Strin
         not_after: None,
         actions_due: vec![],
     });
-    Ok(())
 }
 
 /// What the devices of one group, or one enrollment, are judged by.
@@ -891,6 +895,37 @@ fn check_devices(
                 continue;
             }
             super::held::Standing::Usable => {}
+        }
+        // A certificate a hook or a direct method delivered is the one the device holds, and a
+        // hub identity without its thumbprint refuses the device (trial az8 F5: the device
+        // registered with its previous certificate once more, and a `reset` wrote that one
+        // alone). `standing` took the presented certificate for a match.
+        let delivered = held
+            .pending
+            .as_ref()
+            .filter(|_| !matches!(delivery, Delivery::None) && !c.owed.contains(id.as_str()));
+        if let (Some(delivered), Some(identity)) = (delivered, identity.as_ref()) {
+            let thumbprints = super::held::x509_thumbprints(identity);
+            if !thumbprints.is_empty() && !super::held::admits(&thumbprints, delivered) {
+                c.add(Problem {
+                    target: format!("device:{id}"),
+                    level: Level::Critical,
+                    reason: format!(
+                        "its identity in hub `{}` accepts only thumbprint(s) {}, not {} of the certificate \
+                         delivered to it ({}): the hub refuses the device that holds it. It registered with an \
+                         earlier certificate since, and DPS wrote that one into the identity; the hub lets it in \
+                         again once it registers with DPS with the delivered one (a device the hub refuses \
+                         does so when it next connects; `certroll reprovision` reaches no such device)",
+                        identity.hub,
+                        thumbprints.join(" / "),
+                        crate::pki::sha1_thumbprint(&delivered.cert_der),
+                        crate::clock::rfc3339(delivered.created),
+                    ),
+                    not_after: Some(delivered.exp),
+                    actions_due: vec![],
+                });
+                continue;
+            }
         }
         // Another client's certificate in its enrollment: whoever holds its key registers as
         // this device, and certroll's rolls leave the enrollment alone until an operator acts.

@@ -249,13 +249,8 @@ pub fn standing(
             identity.hub
         )));
     }
-    let thumbprints: Vec<&str> = [&identity.primary_thumbprint, &identity.secondary_thumbprint]
-        .into_iter()
-        .flatten()
-        .map(String::as_str)
-        .collect();
-    // An identity without thumbprints authenticates by CA (or not by X.509): nothing to match.
-    if thumbprints.is_empty() || identity.auth_type.eq_ignore_ascii_case("certificateAuthority") {
+    let thumbprints = x509_thumbprints(identity);
+    if thumbprints.is_empty() {
         return Ok(Standing::Usable);
     }
     let known: Vec<&VaultVersion> = issued
@@ -266,15 +261,7 @@ pub fn standing(
     if known.is_empty() {
         return Ok(Standing::Usable);
     }
-    let matches = |v: &VaultVersion, tp: &str| {
-        let of = if tp.len() == 64 {
-            crate::pki::sha256_thumbprint(&v.cert_der)
-        } else {
-            crate::pki::sha1_thumbprint(&v.cert_der)
-        };
-        of.eq_ignore_ascii_case(tp)
-    };
-    if known.iter().any(|v| thumbprints.iter().any(|tp| matches(v, tp))) {
+    if known.iter().any(|v| admits(&thumbprints, v)) {
         return Ok(Standing::Usable);
     }
     let mut certroll: Vec<String> = Vec::new();
@@ -295,6 +282,31 @@ pub fn standing(
         thumbprints.join(" / "),
         certroll.join(" / ")
     )))
+}
+
+/// The thumbprints a hub identity admits a device's certificate by; none for one that
+/// authenticates by CA (or not by X.509), which has nothing to match.
+pub(crate) fn x509_thumbprints(identity: &HubIdentity) -> Vec<&str> {
+    if identity.auth_type.eq_ignore_ascii_case("certificateAuthority") {
+        return Vec::new();
+    }
+    [&identity.primary_thumbprint, &identity.secondary_thumbprint]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect()
+}
+
+/// Whether one of `thumbprints` (SHA-1, or SHA-256 by its length) is version `v`'s.
+pub(crate) fn admits(thumbprints: &[&str], v: &VaultVersion) -> bool {
+    thumbprints.iter().any(|tp| {
+        let of = if tp.len() == 64 {
+            crate::pki::sha256_thumbprint(&v.cert_der)
+        } else {
+            crate::pki::sha1_thumbprint(&v.cert_der)
+        };
+        of.eq_ignore_ascii_case(tp)
+    })
 }
 
 /// Whether certroll revoked the device that holds `issued` (its version disabled, or its

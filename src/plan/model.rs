@@ -83,6 +83,9 @@ pub struct ServiceLimits {
     pub error_status: u16,
     /// Share of requests (0 to 100) whose connection is dropped without an answer.
     pub drop_percent: f64,
+    /// How many of the service's first requests have their connection dropped without an
+    /// answer, whatever else applies (0: none).
+    pub drop_first: u32,
     /// Milliseconds every answer is held back.
     pub delay_ms: u32,
     /// Seconds `rate_per_second` applies, counted from the service's first request; after

@@ -225,6 +225,7 @@ pub(super) struct RawServiceLimits {
     pub(super) error_percent: Option<Spanned<f64>>,
     pub(super) error_status: Option<Spanned<i64>>,
     pub(super) drop_percent: Option<Spanned<f64>>,
+    pub(super) drop_first: Option<Spanned<i64>>,
     pub(super) delay_ms: Option<Spanned<i64>>,
     pub(super) throttle_secs: Option<Spanned<i64>>,
 }

@@ -168,6 +168,7 @@ impl Validator<'_> {
             out_l.burst = positive(&l.burst, "burst", 1_000_000);
             out_l.delay_ms = positive(&l.delay_ms, "delay_ms", 600_000).unwrap_or(0);
             out_l.throttle_secs = positive(&l.throttle_secs, "throttle_secs", 86_400);
+            out_l.drop_first = positive(&l.drop_first, "drop_first", 1_000_000).unwrap_or(0);
             for (v, key, slot) in [
                 (&l.error_percent, "error_percent", &mut out_l.error_percent),
                 (&l.drop_percent, "drop_percent", &mut out_l.drop_percent),

@@ -77,18 +77,19 @@ pub fn register(
                 "the registration was not recorded",
             )
         })?;
-    if state.status == "assigned" {
-        // The device now holds what it presented: serve's simulated device answers direct
-        // methods (delivery, reprovision) with it from here on.
-        b.hold_presented(
-            registration_id,
-            &crate::backend::types::device_cert_name(registration_id),
-            &leaf,
-            state.enrollment_kind.as_deref(),
-            state.enrollment_name.as_deref(),
-        )
-        .map_err(|e| dps_error(StatusCode::INTERNAL_SERVER_ERROR, 1, e.to_string()))?;
-    }
+    // The device holds what it presented, assigned or refused by a disabled enrollment (the
+    // handshake proved it holds the key): serve's simulated device answers direct methods
+    // (delivery, reprovision) with it from here on. A refused attempt counts too: a device
+    // a hook handed its new certificate keeps it, and registers with it when asked again
+    // (trial az8 F5: it went back to the old one, so `reprovision` registered that again).
+    b.hold_presented(
+        registration_id,
+        &crate::backend::types::device_cert_name(registration_id),
+        &leaf,
+        state.enrollment_kind.as_deref(),
+        state.enrollment_name.as_deref(),
+    )
+    .map_err(|e| dps_error(StatusCode::INTERNAL_SERVER_ERROR, 1, e.to_string()))?;
     Ok(state)
 }
 

@@ -1,7 +1,7 @@
 //! Misbehaviour on purpose, per service, from `[serve.services.SERVICE]`: a request rate above
 //! which the service answers 429 with `Retry-After` (governor's GCRA limiter), a share of
-//! injected 500/503 answers, a share of connections dropped without an answer, and a delay on
-//! every answer. Lets clients' retry and back-off behaviour be tested against Azure's real limits.
+//! injected 500/503 answers, a share of connections dropped without an answer (or the first
+//! few, for a test that must see one), and a delay on every answer. Lets clients' retry and back-off behaviour be tested against Azure's real limits.
 //! The rate may end after `throttle_secs`, so a client's rate can be seen to climb back.
 
 use crate::plan::{ServeConfig, ServiceLimits};
@@ -10,6 +10,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// What to do with one request.
@@ -39,6 +40,8 @@ struct Service {
     limiter: Option<DefaultDirectRateLimiter>,
     /// When the service's first request came (`throttle_secs` counts from it).
     first: OnceLock<Instant>,
+    /// Requests judged so far (`drop_first` counts them).
+    seen: AtomicU32,
 }
 
 /// The faults of every service the plan names.
@@ -79,6 +82,7 @@ impl Faults {
                         limits: limits.clone(),
                         limiter,
                         first: OnceLock::new(),
+                        seen: AtomicU32::new(0),
                     },
                 )
             })
@@ -96,6 +100,9 @@ impl Faults {
             };
         };
         let first = *s.first.get_or_init(Instant::now);
+        if s.limits.drop_first > 0 && s.seen.fetch_add(1, Ordering::Relaxed) < s.limits.drop_first {
+            return Verdict::Drop;
+        }
         let throttling = s
             .limits
             .throttle_secs
@@ -194,6 +201,26 @@ mod tests {
             ..ServiceLimits::default()
         }));
         assert!((0..20).all(|_| f.judge("keyvault") == Verdict::Drop));
+        let f = Faults::new(&config(ServiceLimits {
+            drop_first: 2,
+            error_status: 503,
+            ..ServiceLimits::default()
+        }));
+        let verdicts: Vec<Verdict> = (0..4).map(|_| f.judge("keyvault")).collect();
+        assert_eq!(
+            verdicts,
+            [
+                Verdict::Drop,
+                Verdict::Drop,
+                Verdict::Serve {
+                    delay: Duration::ZERO
+                },
+                Verdict::Serve {
+                    delay: Duration::ZERO
+                }
+            ],
+            "drop_first: the first two only"
+        );
         let f = Faults::new(&config(ServiceLimits {
             error_percent: 50.0,
             error_status: 503,

@@ -15,7 +15,9 @@
 //!
 //! A simulated device is *online* when the store holds a certificate for it and the hub would
 //! let it in with that certificate: a device the hub refuses cannot hold a connection, so it
-//! cannot take a method (it goes back to DPS on its own, PRODUCT.md flow 7).
+//! cannot take a method (it goes back to DPS on its own, PRODUCT.md flow 7). A device admitted
+//! on the device endpoint with another version of its certificate holds that one from then on
+//! (`admit_device`): that is how serve's device follows what a delivery hook handed it.
 
 use super::state::AppState;
 use super::tls::ClientChain;
@@ -794,11 +796,11 @@ async fn get_twin(
             None
         }
     };
+    if let Some(chain) = device_chain {
+        admit_device(&state, hub.clone(), id.clone(), chain).await?;
+    }
     let twin = state
-        .read(move |b, now| {
-            if let Some(chain) = &device_chain {
-                admit(b, &hub, &id, chain, now)?;
-            }
+        .read(move |b, _| {
             let (identity, meta) = read_identity(b, &hub, &id)?.ok_or_else(|| not_found(&id))?;
             Ok(twin_json(&identity, &meta))
         })
@@ -1005,7 +1007,7 @@ async fn send_device_event(
     _body: Bytes,
 ) -> Result<StatusCode, HubError> {
     let chain = chain.map(|axum::Extension(ClientChain(c))| c).unwrap_or_default();
-    state.read(move |b, now| admit(b, &hub, &id, &chain, now)).await?;
+    admit_device(&state, hub, id, chain).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1018,8 +1020,41 @@ async fn receive_device_bound(
     chain: Option<axum::Extension<ClientChain>>,
 ) -> Result<StatusCode, HubError> {
     let chain = chain.map(|axum::Extension(ClientChain(c))| c).unwrap_or_default();
-    state.read(move |b, now| admit(b, &hub, &id, &chain, now)).await?;
+    admit_device(&state, hub, id, chain).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Admits a device on the device endpoint ([`admit`]). One admitted with another version of its
+/// certificate than serve's simulated device holds holds that one from now on: the handshake
+/// proved it holds the key, so a delivery hook that connects the device to its hub with its new
+/// certificate is how serve's device learns what the hook delivered (trial az8 F5: it kept the
+/// old one, and `reprovision` registered with that).
+async fn admit_device(
+    state: &AppState,
+    hub: String,
+    id: String,
+    chain: Vec<Vec<u8>>,
+) -> Result<(), ApiError> {
+    let leaf = chain.first().cloned().unwrap_or_default();
+    let cert_name = crate::backend::types::device_cert_name(&id);
+    let (name, device) = (cert_name.clone(), id.clone());
+    let other = state
+        .read(move |b, now| {
+            admit(b, &hub, &device, &chain, now)?;
+            b.holds_other(&device, &name, &leaf)
+                .map_err(internal)
+                .map(|o| o.then_some(leaf))
+        })
+        .await?;
+    if let Some(leaf) = other {
+        state
+            .write(move |b, _| {
+                b.hold_presented(&id, &cert_name, &leaf, None, None)
+                    .map_err(internal)
+            })
+            .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,7 +3,10 @@
 //! to `[backend] delivery_concurrency`; the direct methods of `reprovision --force` are awaited
 //! together.
 
-use crate::azure_verbs::{FLEET, fleet_plans_with, run_fleet, start_serve};
+use crate::azure_foreign::change_enrollment;
+use crate::azure_verbs::{
+    DEVICE_HOOK, FLEET, fleet_ok, fleet_plans_hook, fleet_plans_with, hook_delivery, run_fleet, start_serve,
+};
 use crate::azure_verbs2::{device, factory_register};
 use crate::conformance::azure::Serve;
 use crate::util::TestEnv;
@@ -372,4 +375,154 @@ fn issue_dry_run_lists_an_enrollment_s_steps_in_the_order_the_run_takes_them() {
         assert_eq!(real.code, 0, "{which}: {}\n{}", real.stdout, real.stderr);
         assert_eq!(actions(&real.json()), listed, "{which}: {}", real.stdout);
     }
+}
+
+/// [`DEVICE_HOOK`]'s device, which after its first start connects to its hub with each later
+/// certificate it is handed (a device-to-cloud message over mutual TLS), as a device that
+/// reconnects with a new certificate does; it does not register with DPS again.
+fn connecting_hook() -> String {
+    // DEVICE_HOOK ends with its first-start `if`: this is that `if`'s `else`.
+    format!(
+        r#"{DEVICE_HOOK}else:
+    hub = job["hub"] if "." in job["hub"] else job["hub"] + ".azure-devices.net"
+    url = f"https://{{hub}}:{{port}}/devices/{{dev}}/messages/events?api-version=2021-04-12"
+    out = subprocess.run(["curl", "-sS", "--fail-with-body", "--cacert", ca, "--cert", pem, "--key", pem,
+                          "--resolve", f"{{hub}}:{{port}}:127.0.0.1", "-X", "POST", "--data", "{{}}", url],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.stderr.write(out.stdout + out.stderr)
+        sys.exit(1)
+"#
+    )
+}
+
+/// Trial az8 F5: with `delivery = "hook"`, serve's simulated device never learned the
+/// certificate the hook delivered, so `reprovision` made it register with the old one (DPS
+/// assigned it with that, certroll counted it rejected, exit 1; with `reset` the hub kept only
+/// the old thumbprint). A device that shows serve its new certificate over mutual TLS (here by
+/// connecting to its hub with it) now holds it in serve too: `reprovision` registers it with the
+/// certificate the hook delivered, as the real device would.
+#[test]
+fn reprovision_after_a_hook_delivery_registers_the_certificate_the_hook_delivered() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    env.write("connecting-hook.py", &connecting_hook());
+    fleet_plans_with(
+        &env,
+        &serve,
+        FLEET,
+        &hook_delivery(&env, &serve, "connecting-hook.py", &[]),
+    );
+    fleet_ok(&env, &serve, &["issue"]);
+    fleet_ok(&env, &serve, &["roll-secondary", "enrollment:gw-1"]);
+    let gw1 = device(&status(&env, &serve, "azure"), "gw-1").clone();
+    let new = gw1["pending"]["cert"]["thumbprint"].clone();
+    assert!(
+        new.is_string(),
+        "the hook's device has not registered with it yet: {gw1}"
+    );
+
+    let r = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["reprovision", "device:gw-1", "-o", "json"],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["assigned"], 1, "{}", r.stdout);
+    let gw1 = device(&status(&env, &serve, "azure"), "gw-1").clone();
+    assert_eq!(gw1["registration"]["cert_thumbprint"], new, "{gw1}");
+    assert_eq!(gw1["installed"]["thumbprint"], new, "{gw1}");
+    assert_eq!(gw1["pending"], Value::Null, "{gw1}");
+    let hub = &gw1["hub_identity"];
+    assert!(
+        hub["primary_thumbprint"] == new || hub["secondary_thumbprint"] == new,
+        "the hub lets the device that holds the new certificate in: {gw1}"
+    );
+}
+
+/// Trial az8 F5's own case: the device registers with the certificate the hook handed it while
+/// another client has its enrollment disabled (a group there), and DPS refuses it. The device
+/// still holds that certificate; serve's simulated device kept the old one, so once the
+/// enrollment was enabled again `reprovision` registered the old one (exit 1). It now holds what
+/// it presented to DPS, refused or not.
+#[test]
+fn a_device_refused_by_a_disabled_enrollment_keeps_the_certificate_it_presented() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    fleet_plans_hook(&env, &serve, FLEET);
+    fleet_ok(&env, &serve, &["issue"]);
+    fleet_ok(&env, &serve, &["roll-secondary", "enrollment:gw-1"]);
+    let new = device(&status(&env, &serve, "azure"), "gw-1")["pending"]["cert"]["thumbprint"].clone();
+    assert!(new.is_string());
+    let set_status = |status: &'static str| {
+        change_enrollment(&env, &serve, "gw-1", |e| {
+            e["provisioningStatus"] = Value::from(status);
+        })
+    };
+    set_status("disabled");
+    // The device starts with the certificate the hook handed it (the vault's current one).
+    factory_register(&env, &serve, "gw-1");
+    let gw1 = device(&status(&env, &serve, "azure"), "gw-1").clone();
+    assert_eq!(gw1["registration"]["status"], "disabled", "{gw1}");
+    set_status("enabled");
+
+    let r = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["reprovision", "device:gw-1", "-o", "json"],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let gw1 = device(&status(&env, &serve, "azure"), "gw-1").clone();
+    assert_eq!(gw1["registration"]["cert_thumbprint"], new, "{gw1}");
+    assert_eq!(gw1["installed"]["thumbprint"], new, "{gw1}");
+}
+
+/// And `check` sees the state trial az8 F5 left, which it called OK: a device whose hook does
+/// not show serve its new certificate (`DEVICE_HOOK`'s, after its first start) is asked to
+/// register again, registers with its previous certificate, and DPS writes that one alone into
+/// its hub identity. The certificate the hook delivered, which `check` takes for the one the
+/// device holds, is no longer among the hub's thumbprints: critical, naming both.
+#[test]
+fn check_names_a_hub_identity_that_refuses_the_certificate_a_hook_delivered() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    fleet_plans_hook(&env, &serve, FLEET);
+    fleet_ok(&env, &serve, &["issue"]);
+    let old = device(&status(&env, &serve, "azure"), "gw-1")["installed"]["thumbprint"].clone();
+    fleet_ok(&env, &serve, &["roll-secondary", "enrollment:gw-1"]);
+    let new = device(&status(&env, &serve, "azure"), "gw-1")["pending"]["cert"]["thumbprint"].clone();
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 0, "the hub holds both after the roll: {}", c.stdout);
+
+    let r = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["reprovision", "device:gw-1", "-o", "json"],
+    );
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let gw1 = device(&status(&env, &serve, "azure"), "gw-1").clone();
+    assert_eq!(gw1["hub_identity"]["primary_thumbprint"], old, "{gw1}");
+    assert_eq!(gw1["hub_identity"]["secondary_thumbprint"], Value::Null, "{gw1}");
+
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 2, "{}\n{}", c.stdout, c.stderr);
+    let p = crate::util::problem(&c.json(), "device:gw-1");
+    assert_eq!(p["level"], "critical", "{p}");
+    let reason = p["reason"].as_str().unwrap();
+    for tp in [&old, &new] {
+        assert!(reason.contains(tp.as_str().unwrap()), "{tp} not in {reason}");
+    }
+    assert!(
+        reason.contains("the hub refuses the device that holds it"),
+        "{reason}"
+    );
+    assert_eq!(
+        c.json()["counts"]["critical"],
+        1,
+        "gw-2 was not touched: {}",
+        c.stdout
+    );
 }

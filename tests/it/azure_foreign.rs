@@ -69,11 +69,19 @@ pub(crate) fn slot_thumbprint(env: &TestEnv, serve: &Serve, id: &str, slot: &str
 /// The other client: reads enrollment `id` and puts `pem` into its primary slot, with the
 /// etag it read (as the portal does); everything else of the enrollment stays as read.
 pub(crate) fn put_foreign_primary(env: &TestEnv, serve: &Serve, id: &str, pem: &str) {
+    change_enrollment(env, serve, id, |e| {
+        e["attestation"]["x509"]["clientCertificates"]["primary"] = json!({ "certificate": pem });
+    });
+}
+
+/// The other client: reads enrollment `id`, makes `change` to it and puts it back with the etag
+/// it read (as the portal does).
+pub(crate) fn change_enrollment(env: &TestEnv, serve: &Serve, id: &str, change: impl FnOnce(&mut Value)) {
     let path = format!("/enrollments/{id}");
     let (code, mut e) = dps(env, serve, "GET", &path, None, None);
     assert_eq!(code, 200, "{e}");
     let etag = e["etag"].as_str().unwrap().to_string();
-    e["attestation"]["x509"]["clientCertificates"]["primary"] = json!({ "certificate": pem });
+    change(&mut e);
     let (code, answer) = dps(
         env,
         serve,

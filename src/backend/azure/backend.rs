@@ -2667,18 +2667,8 @@ impl Backend for AzureBackend {
         // (`status`, `check` read the enrollments first); a group's devices from the group's
         // listing; a GET only for the rest. The states go without `with_certificates`: the
         // caller reads the identities (every thumbprint, not only the primary) in one pass.
-        let carried = self.enrollments.carried_registrations(ids);
-        let rest: Vec<String> = ids
-            .iter()
-            .zip(&carried)
-            .filter(|(_, c)| c.is_none())
-            .map(|(id, _)| id.clone())
-            .collect();
-        let mut read = self.registration_states(&rest)?.into_iter();
-        let registrations: Vec<Option<RegistrationState>> = carried
-            .into_iter()
-            .map(|c| c.or_else(|| read.next().flatten()))
-            .collect();
+        let registrations =
+            crate::backend::carried_or_read(&*self.enrollments, ids, |rest| self.registration_states(rest))?;
         let hubs = registrations
             .iter()
             .map(|r| r.as_ref().and_then(|r| r.hub.clone()));

@@ -130,9 +130,8 @@ pub fn secret_vars(config: &AzureConfig) -> Vec<String> {
 }
 
 /// The folder of this user's PFX folders, `$TMPDIR/certroll-delivery-UID` (0700), with the
-/// folders a killed certroll left behind removed: each is named after the process that made it
-/// (`PID-random`), and one whose process is gone holds a device's key nobody will remove
-/// otherwise (trial az8 F6: `kill -9` during hooks left PFX files for good).
+/// folders a killed certroll left behind removed ([`sweep_parcels`]) on this process's first
+/// delivery: later ones only make sure the folder is still this user's.
 fn parcels_root() -> std::io::Result<std::path::PathBuf> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -154,7 +153,21 @@ fn parcels_root() -> std::io::Result<std::path::PathBuf> {
     if meta.permissions().mode() & 0o077 != 0 {
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))?;
     }
-    for entry in std::fs::read_dir(&root)?.flatten() {
+    // A dead PID's folder stays dead: what a run left is gone after its first look, and a
+    // fleet's deliveries need not list the folder each (they run `delivery_concurrency` at once).
+    static SWEPT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if SWEPT.get().is_none() {
+        sweep_parcels(&root)?;
+        let _ = SWEPT.set(());
+    }
+    Ok(root)
+}
+
+/// Removes the PFX folders in `root` whose process is gone: each is named after the process that
+/// made it (`PID-random`), and one whose process is gone holds a device's key nobody will remove
+/// otherwise (trial az8 F6: `kill -9` during hooks left PFX files for good).
+fn sweep_parcels(root: &std::path::Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(root)?.flatten() {
         let name = entry.file_name();
         let pid = name
             .to_str()
@@ -164,7 +177,7 @@ fn parcels_root() -> std::io::Result<std::path::PathBuf> {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
-    Ok(root)
+    Ok(())
 }
 
 /// Whether process `pid` exists (signal 0: checks, sends nothing; EPERM means it exists under
@@ -246,8 +259,10 @@ mod tests {
         std::fs::write(left.join("gw-1.pfx"), b"key").unwrap();
         let live = root.join(format!("{}-live", std::process::id()));
         std::fs::create_dir_all(&live).unwrap();
-        let again = parcels_root().unwrap();
-        assert_eq!(again, root);
+        // This process swept already (the first delivery of a test here): the next process's
+        // first delivery is a fresh sweep.
+        sweep_parcels(&root).unwrap();
+        assert_eq!(parcels_root().unwrap(), root);
         assert!(!left.exists(), "the dead run's PFX folder is gone");
         assert!(live.exists(), "a running process's folder stays");
         std::fs::remove_dir_all(&live).unwrap();

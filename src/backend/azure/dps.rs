@@ -1700,26 +1700,12 @@ impl EnrollmentService for AzureEnrollmentService {
     fn assigned_hubs(&self, ids: &[String]) -> Result<Vec<Option<String>>> {
         // An individual enrollment read carries its device's registration state; a device
         // whose enrollment was not read (or shows none) has its state read on its own.
-        let known: Vec<Option<Option<String>>> = {
-            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            ids.iter()
-                .map(|id| match seen.get(id) {
-                    Some(Some(r)) => r.registration().map(|state| self.registration_of(id, state).hub),
-                    _ => None,
-                })
-                .collect()
-        };
-        let unknown: Vec<String> = ids
-            .iter()
-            .zip(&known)
-            .filter(|(_, k)| k.is_none())
-            .map(|(id, _)| id.clone())
-            .collect();
-        let mut read = self.registration_many(&unknown)?.into_iter();
-        Ok(known
-            .into_iter()
-            .map(|k| k.unwrap_or_else(|| read.next().flatten().and_then(|r| r.hub)))
-            .collect())
+        Ok(
+            crate::backend::carried_or_read(self, ids, |rest| self.registration_many(rest))?
+                .into_iter()
+                .map(|r| r.and_then(|r| r.hub))
+                .collect(),
+        )
     }
 
     fn registration_many(&self, ids: &[String]) -> Result<Vec<Option<RegistrationState>>> {

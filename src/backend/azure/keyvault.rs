@@ -142,8 +142,6 @@ pub struct AzureVault {
     rt: tokio::runtime::Runtime,
     certs: Arc<CertificateClient>,
     keys: Arc<KeyClient>,
-    /// Set once the keys client has learned Key Vault's challenge ([`KeyVaultSigningKey::sign`]).
-    keys_warm: Arc<tokio::sync::OnceCell<()>>,
     secrets: Arc<SecretClient>,
     /// CRL numbers, revocations and the fleet record (see the module doc).
     local: LocalBackend,
@@ -495,11 +493,17 @@ impl AzureVault {
         // try (a retried creation counts at Key Vault too), before it waits for a slot.
         let mut cert_options = options.clone();
         cert_options.per_try_policies.insert(0, pacing.creations.clone());
+        // Each client learns Key Vault's challenge on its own, before its first body
+        // (`challenge`'s docs: the SDK's retry of a first request loses its body otherwise).
+        let warmed = |mut o: azure_core::http::ClientOptions| {
+            o.per_call_policies.push(super::challenge::ChallengeWarmUp::new());
+            o
+        };
         let certs = CertificateClient::new(
             &url,
             credential.clone(),
             Some(CertificateClientOptions {
-                client_options: cert_options,
+                client_options: warmed(cert_options),
                 ..Default::default()
             }),
         )
@@ -508,7 +512,7 @@ impl AzureVault {
             &url,
             credential.clone(),
             Some(KeyClientOptions {
-                client_options: options.clone(),
+                client_options: warmed(options.clone()),
                 ..Default::default()
             }),
         )
@@ -517,7 +521,7 @@ impl AzureVault {
             &url,
             credential,
             Some(SecretClientOptions {
-                client_options: options,
+                client_options: warmed(options),
                 ..Default::default()
             }),
         )
@@ -526,7 +530,6 @@ impl AzureVault {
             rt,
             certs: Arc::new(certs),
             keys: Arc::new(keys),
-            keys_warm: Arc::default(),
             secrets: Arc::new(secrets),
             local,
             concurrency: config.vault_limits.concurrency,
@@ -1184,7 +1187,6 @@ impl AzureVault {
         KeyVaultSigningKey::new(
             self.rt.handle().clone(),
             self.keys.clone(),
-            self.keys_warm.clone(),
             &version.name,
             &version.version,
             &version.cert_der,
@@ -2454,9 +2456,6 @@ fn not_yet(what: &str, name: &str) -> BackendError {
 pub struct KeyVaultSigningKey {
     rt: tokio::runtime::Handle,
     keys: Arc<KeyClient>,
-    /// Set once `keys` has learned Key Vault's challenge (shared by every signing key of the
-    /// vault client).
-    warm: Arc<tokio::sync::OnceCell<()>>,
     name: String,
     version: String,
     /// The raw public key (EC point or PKCS#1 RSAPublicKey), from the version's certificate.
@@ -2475,7 +2474,6 @@ impl KeyVaultSigningKey {
     fn new(
         rt: tokio::runtime::Handle,
         keys: Arc<KeyClient>,
-        warm: Arc<tokio::sync::OnceCell<()>>,
         name: &str,
         version: &str,
         cert_der: &[u8],
@@ -2487,14 +2485,13 @@ impl KeyVaultSigningKey {
                 &e,
             )))
         })?;
-        Self::from_spki(rt, keys, warm, name, version, cert.public_key().raw, concurrency)
+        Self::from_spki(rt, keys, name, version, cert.public_key().raw, concurrency)
     }
 
     /// As [`new`](Self::new), for the key a SubjectPublicKeyInfo (DER) names.
     fn from_spki(
         rt: tokio::runtime::Handle,
         keys: Arc<KeyClient>,
-        warm: Arc<tokio::sync::OnceCell<()>>,
         name: &str,
         version: &str,
         spki_der: &[u8],
@@ -2548,7 +2545,6 @@ impl KeyVaultSigningKey {
         Ok(KeyVaultSigningKey {
             rt,
             keys,
-            warm,
             name: name.to_string(),
             version: version.to_string(),
             public,
@@ -2590,36 +2586,10 @@ impl rcgen::SigningKey for KeyVaultSigningKey {
             value: Some(digest.as_ref().to_vec()),
         };
         let keys = self.keys.clone();
-        let warm = self.warm.clone();
         let (name, version) = (self.name.clone(), self.version.clone());
         // Spawned onto the vault's runtime and waited for here: unlike `Handle::block_on`, this
         // never panics when the calling thread is itself inside a runtime.
         let request = self.rt.spawn(async move {
-            // The SDK's Key Vault challenge policy (azure_security_keyvault_keys 1.0.1,
-            // `KeyVaultAuthorizer::on_request`) sends a client's first request without its body
-            // to learn the challenge, and takes the body out of the request to do so; when that
-            // try fails (a 5xx, a dropped connection) its retry goes out with no body, and Key
-            // Vault answers 400 "alg is required" (trial az8 F1; the same fault the JS and .NET
-            // SDKs fixed, Azure/azure-sdk-for-js#14590). The keys client's only requests are
-            // signs, so its first one is a GET of the key: a retry of that loses nothing. Any
-            // answer past the challenge will do (a principal allowed only to sign gets 403);
-            // one that never got past it (a 401, a 5xx or no answer after the retries) leaves
-            // the next sign to try again.
-            let _ = warm
-                .get_or_try_init(|| async {
-                    let options = azure_security_keyvault_keys::models::KeyClientGetKeyOptions {
-                        key_version: Some(version.clone()),
-                        ..Default::default()
-                    };
-                    match keys.get_key(&name, Some(options)).await {
-                        Ok(_) => Ok(()),
-                        Err(e) if e.http_status().is_some_and(|s| matches!(u16::from(s), 403 | 404)) => {
-                            Ok(())
-                        }
-                        Err(_) => Err(()),
-                    }
-                })
-                .await;
             let body: RequestContent<SignParameters> = params.try_into()?;
             let options = KeyClientSignOptions {
                 key_version: Some(version),

@@ -21,6 +21,7 @@
 
 pub mod arm;
 pub mod backend;
+pub mod challenge;
 pub mod delivery;
 pub mod dps;
 pub mod hub;
