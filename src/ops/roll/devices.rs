@@ -44,6 +44,9 @@ pub(super) enum Mode<'a> {
         slot: SlotName,
         /// `--remove-hub-identity`: delete the device from its hub before it provisions afresh.
         remove_identity: bool,
+        /// The CA versions the breach disabled (the compromised ones and the CA versions they
+        /// signed): the device's certificates signed by one are disabled once it is replaced.
+        tainted: &'a [(String, String)],
     },
 }
 
@@ -77,6 +80,9 @@ struct Work<'p> {
     other_hub: Option<Option<String>>,
     /// Versions whose keys are compromised: disabled and put on their issuer's CRL.
     compromised: Vec<VaultVersion>,
+    /// Versions a compromised CA signed (a CA breach): disabled once the replacement is in
+    /// place, so no verb hands out a certificate whose chain is revoked.
+    retire: Vec<VaultVersion>,
     /// Re-provision through the enrollment service, so the hub holds only the new thumbprint.
     reprovision: bool,
     /// The device's enrollment has `reprovision = "never"`: DPS leaves its hub identity alone
@@ -517,6 +523,7 @@ pub(super) fn assess<'p>(
             other_individual: None,
             other_hub: None,
             compromised: Vec::new(),
+            retire: Vec::new(),
             reprovision: false,
             remove_identity: false,
             prune_only: false,
@@ -873,12 +880,39 @@ pub(super) fn assess<'p>(
             Mode::Replace {
                 slot,
                 remove_identity,
+                tainted,
             } => {
                 say!(
                     describe,
                     report.steps,
                     "issue a new certificate for `{id}` (new key) signed by the new CA `{issuer_ca}`; its enrollment and hub identity keep only it"
                 );
+                // What the compromised CA signed for the device goes out of use with it: left
+                // enabled, `export` and `vault export` would still hand out a certificate whose
+                // chain is revoked. Disabled only once the replacement stands (see `store`).
+                for b in versions
+                    .iter()
+                    .filter(|b| b.enabled && b.issuer.as_ref().is_some_and(|i| tainted.contains(i)))
+                {
+                    say!(
+                        describe,
+                        report.steps,
+                        "disable vault version {}/{}, signed by the compromised CA version {}, once the new certificate is in place",
+                        b.name,
+                        b.version,
+                        b.issuer
+                            .as_ref()
+                            .map(|i| format!("{}/{}", i.0, i.1))
+                            .unwrap_or_default()
+                    );
+                    if !dry_run {
+                        work.retire.push(
+                            backend
+                                .version(&b.name, &b.version)?
+                                .context("the vault lost the version it just listed")?,
+                        );
+                    }
+                }
                 // As for a device's own breach: the identity goes, and the device provisions afresh.
                 if let Some(h) = &identity
                     && remove_identity
@@ -1125,6 +1159,7 @@ pub(super) fn store(
     let mut installs = Vec::new();
     let mut requests = Vec::new();
     let mut replaced = serde_json::Map::new();
+    let mut retire: Vec<VaultVersion> = Vec::new();
     for ((w, new), superseded) in assessed.work.iter_mut().zip(&new_cert).zip(superseded) {
         let report = &mut assessed.reports[w.report];
         if let Some(why) = superseded {
@@ -1212,6 +1247,7 @@ pub(super) fn store(
             if !matches!(mode, Mode::Expiry { .. }) {
                 replaced.insert(w.id.clone(), serde_json::Value::String(tp.clone()));
             }
+            retire.append(&mut w.retire);
         }
     }
     backend.put_individuals_and_identities(&individuals, &identities, now)?;
@@ -1281,6 +1317,12 @@ pub(super) fn store(
         if !only_new.is_empty() {
             backend.update_identities(&only_new, now)?;
         }
+    }
+    // Only now, with each replacement written and registered, do the certificates the
+    // compromised CA signed go out of use; a step cut off before this point leaves them enabled
+    // and its rerun disables them, as no device depends on them any more by then.
+    for v in &retire {
+        backend.set_enabled(v, false, now)?;
     }
     let mut result = serde_json::json!({ "replaced": replaced });
     if let Mode::Breach { breach, .. } = mode {

@@ -2386,12 +2386,21 @@ fn roll_device_steps(
     report: &mut RollReport,
 ) -> Result<()> {
     let default_breach = Breach::default();
+    // The CA versions this run's CA breaches disabled: what they signed for a device goes out of
+    // use once the device is replaced.
+    let tainted: Vec<(String, String)> = run
+        .steps
+        .iter()
+        .filter(|s| s.kind == "revoke-ca")
+        .flat_map(|s| pairs(&s.detail["tainted"]))
+        .collect();
     let mode_of = |step: &crate::backend::types::JournalStep| {
         let slot = SlotName::parse(step.detail["slot"].as_str().unwrap_or_default());
         match step.kind.as_str() {
             "replace-devices" => Mode::Replace {
                 slot,
                 remove_identity: opts.breach.as_ref().is_some_and(|b| b.remove_hub_identity),
+                tainted: &tainted,
             },
             "breach-device" => Mode::Breach {
                 slot,
