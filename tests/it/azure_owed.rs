@@ -763,3 +763,82 @@ fn a_breach_whose_replacement_waits_for_the_operator_finishes_and_its_rerun_does
         "the leaked version disabled, the replacement not: {show}"
     );
 }
+
+/// A device breach killed after its remote writes, before its unit committed (the replacement
+/// in Key Vault, DPS's enrollment and the hub; the fleet record still naming the leaked
+/// certificate). The rerun found the replacement in the enrollment's slot, took it for
+/// compromised, disabled it and made a third certificate. The replacement carries the step's
+/// mark, so the rerun adopts it: no version more, the leaked one alone disabled, the
+/// replacement installed, and a further rerun does nothing.
+#[test]
+fn a_breach_killed_before_its_commit_adopts_its_own_replacement_on_rerun_and_never_disables_it() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    let (log, _) = recording_plans(&env, &serve);
+    let every_time = crate::azure_verbs::DEVICE_HOOK.replace("if not os.path.exists(booted):", "if True:");
+    env.write("device-hook.py", &every_time);
+    fleet_ok(&env, &serve, &["issue", "-o", "json"]);
+    let leaked = versions(&env, &serve, "gw-1");
+    assert_eq!(leaked.len(), 1, "{leaked:?}");
+    let breach = crate::azure_verbs::breach_args("device:gw-1", "INC-0008");
+
+    let r = run_with(
+        &env,
+        &serve,
+        &[(certroll::ops::journal::FAULT_BEFORE_COMMIT_ENV, "1")],
+        &breach,
+    );
+    assert!(r.code != 0 && r.code != 1, "killed: {}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("fault injection"), "{}", r.stderr);
+    let made = versions(&env, &serve, "gw-1");
+    assert_eq!(made.len(), 2, "the replacement is in Key Vault: {made:?}");
+    assert_eq!(
+        deliveries(&log).last(),
+        Some(&("gw-1".to_string(), made[1].clone())),
+        "the device got the replacement before the kill"
+    );
+
+    let r = run_fleet(&env, &serve, "azure", &breach);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let report = r.json();
+    assert_eq!(report["resumed"], true, "{report}");
+    let d = device_roll(&report, "gw-1");
+    assert_eq!(d["outcome"], "replaced", "{d}");
+    assert_eq!(
+        d["compromised"].as_array().map(Vec::len),
+        Some(1),
+        "only the leaked one: {d}"
+    );
+    assert_eq!(versions(&env, &serve, "gw-1"), made, "no version more");
+    let show = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["vault", "show", "device:gw-1", "-o", "json"],
+    )
+    .ok()
+    .json();
+    let enabled: Vec<bool> = show["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["enabled"] == true)
+        .collect();
+    assert_eq!(
+        enabled,
+        vec![false, true],
+        "the leaked version disabled, the replacement not: {show}"
+    );
+    let s = run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
+        .ok()
+        .json();
+    let held = device(&s, "gw-1");
+    assert_eq!(held["installed"]["thumbprint"], d["new_thumbprint"], "{held}");
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 0, "{}\n{}", c.stdout, c.stderr);
+
+    let r = fleet_ok(&env, &serve, &breach);
+    let again = device_roll(&r.json(), "gw-1").clone();
+    assert_eq!(again["outcome"], "already-replaced", "{again}");
+    assert_eq!(versions(&env, &serve, "gw-1"), made, "the rerun changes nothing");
+}

@@ -370,6 +370,7 @@ pub(super) fn assess<'p>(
     mode: Mode<'_>,
     dry_run: bool,
     describe: bool,
+    own_mark: Option<&str>,
     now: OffsetDateTime,
 ) -> Result<Assessed<'p>> {
     let names: Vec<String> = ids.iter().map(|id| device_cert_name(id)).collect();
@@ -379,6 +380,22 @@ pub(super) fn assess<'p>(
         individuals,
         identities,
     } = backend.chunk_reads(&names, ids)?;
+    // A device breach step cut off after its remote writes (a kill before its commit, or a
+    // registration DPS refused) left its replacement in Key Vault, DPS and the hub, carrying
+    // the step's mark, while the fleet record still names the leaked certificate. That
+    // replacement is this step's own, never a compromised one: its rerun adopts it (see `store`)
+    // rather than disabling it and leaving the device with no working certificate.
+    let mut own: HashMap<&str, String> = HashMap::new();
+    if let (Some(mark), Mode::Breach { .. }) = (own_mark, mode) {
+        backend.mark_new_versions(Some(mark));
+        let found = backend.versions_marked(&names);
+        backend.mark_new_versions(None);
+        for (id, v) in ids.iter().zip(found?) {
+            if let Some(v) = v {
+                own.insert(id.as_str(), sha1_thumbprint(&v.cert_der));
+            }
+        }
+    }
     let backend = &*backend;
 
     let mut out = Assessed {
@@ -772,6 +789,9 @@ pub(super) fn assess<'p>(
                 }
                 tps.sort();
                 tps.dedup();
+                if let Some(mine) = own.get(id.as_str()) {
+                    tps.retain(|tp| tp != mine);
+                }
                 let compromised: Vec<VaultVersion> = tps
                     .iter()
                     .filter_map(|tp| by_tp(tp).map(|i| &versions[i]))

@@ -2460,8 +2460,20 @@ fn roll_device_steps(
         };
         let ids: Vec<String> = serde_json::from_value(s.detail["ids"].clone()).unwrap_or_default();
         let mode = mode_of(s);
-        let assessed = devices::assess(plan, backend, &cas, &ids, mode, opts.dry_run, describe, now)
-            .with_context(|| format!("step {} ({}) of {}", s.seq, s.kind, s.target))?;
+        // Only a resumed run's step can have written anything before: its journal mark.
+        let mark = run.id.filter(|_| run.resumed).map(|id| format!("{id}/{}", s.seq));
+        let assessed = devices::assess(
+            plan,
+            backend,
+            &cas,
+            &ids,
+            mode,
+            opts.dry_run,
+            describe,
+            mark.as_deref(),
+            now,
+        )
+        .with_context(|| format!("step {} ({}) of {}", s.seq, s.kind, s.target))?;
         Ok(Some((s.seq, mode, assessed)))
     };
     let issuers = &*issuers;
