@@ -1216,11 +1216,16 @@ pub(super) fn store(
                 if let Some(keep) = w.other_hub.take() {
                     *other = keep;
                 }
-                // A device's own breach ends with the hub holding only the new thumbprint (what
-                // the re-provisioning below checks): written so at once, the leaked key is shut
-                // out even where the enrollment keeps an older certificate, and a remote hub's
-                // identity names the certificate the device registers with.
-                let own_breach = !w.compromised.is_empty() && new.is_some();
+                // A breach (the device's own, or a CA's above it) ends with the hub holding only
+                // the new thumbprint (what the re-provisioning below checks): written so at once
+                // (after the unit's deliveries), the leaked key, or every certificate the
+                // compromised CA signed, is shut out even where the enrollment keeps an older
+                // certificate or the device never registers again, and a remote hub's identity
+                // names the certificate the device registers with. Left to DPS, a CA breach's
+                // device kept its compromised thumbprint in the hub until it registered with
+                // the new certificate, and when asked to, it registered with the compromised one.
+                let own_breach =
+                    (!w.compromised.is_empty() || matches!(mode, Mode::Replace { .. })) && new.is_some();
                 // Under `reprovision = "never"` DPS does not rewrite the hub identity when the
                 // device registers with its new certificate: left to DPS, the hub would keep only
                 // the compromised thumbprint and refuse the new one.
@@ -1287,8 +1292,11 @@ pub(super) fn store(
                 // compromised and disabled it. Committed, the step records its replacement, the
                 // run exits 1 for the owed delivery, and the next run delivers it first. The same
                 // holds for a replacement left to the operator (`delivery = "none"`, the default)
-                // or a device that did not register when asked: DPS refused nothing either.
-                if matches!(mode, Mode::Breach { .. }) {
+                // or a device that did not register when asked: DPS refused nothing either. A CA
+                // breach's replacement is the same: failing its unit held up the breach of the
+                // rest of the fleet behind one device that was offline, every rerun stopping
+                // there again.
+                if matches!(mode, Mode::Breach { .. }) || matches!(mode, Mode::Replace { .. }) {
                     continue;
                 }
                 anyhow::bail!(
