@@ -4,7 +4,10 @@
 //! (killed, or stopped by an error) resumes that run at its first step not done.
 //!
 //! For tests only, `CERTROLL_FAULT_AFTER_STEPS=N` aborts the process (like `kill -9`) right after
-//! the N-th step of a run has been committed, so resume can be tested at every point.
+//! the N-th step of a run has been committed, so resume can be tested at every point, and
+//! `CERTROLL_FAULT_BEFORE_STEP_COMMIT=N` aborts it once the N-th step's work is done but before
+//! its unit of work commits: a remote service then holds what the step wrote, and the store
+//! beside the plan does not.
 
 use crate::backend::types::JournalStep;
 use crate::backend::{Backend, in_one_unit};
@@ -15,6 +18,9 @@ use time::OffsetDateTime;
 
 /// The environment variable of the fault-injection switch (tests only).
 pub const FAULT_ENV: &str = "CERTROLL_FAULT_AFTER_STEPS";
+
+/// The environment variable of the switch that aborts before a step's commit (tests only).
+pub const FAULT_BEFORE_COMMIT_ENV: &str = "CERTROLL_FAULT_BEFORE_STEP_COMMIT";
 
 /// Devices that cannot connect with the certificate they hold now once a step is done (until
 /// they receive their new certificate).
@@ -211,6 +217,7 @@ impl Run {
         backend.mark_new_versions(Some(&format!("{id}/{seq}")));
         let out = in_one_unit(backend, |b| {
             let (out, result) = f(b)?;
+            fault_point_before_commit();
             if let Some(result) = result {
                 b.step_done(id, seq, &result, now)?;
             }
@@ -270,6 +277,24 @@ fn fault_point() {
         && done == limit
     {
         eprintln!("certroll: {FAULT_ENV}={limit}: aborting after step {done} (fault injection)");
+        std::process::abort();
+    }
+}
+
+static STEPS_WORKED: AtomicU32 = AtomicU32::new(0);
+
+/// Aborts the process once the configured number of steps have done their work, before that
+/// step's commit (tests only).
+fn fault_point_before_commit() {
+    let done = STEPS_WORKED.fetch_add(1, Ordering::SeqCst) + 1;
+    if let Some(limit) = std::env::var(FAULT_BEFORE_COMMIT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        && done == limit
+    {
+        eprintln!(
+            "certroll: {FAULT_BEFORE_COMMIT_ENV}={limit}: aborting before step {done}'s commit (fault injection)"
+        );
         std::process::abort();
     }
 }

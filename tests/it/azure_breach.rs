@@ -439,3 +439,112 @@ fn a_breach_rerun_after_the_ca_was_made_anew_names_the_new_incident_that_declare
     assert_same(&l, &a, "the new incident's rerun");
     assert_eq!(a["groups"][0]["outcome"], "already-replaced", "{a}");
 }
+
+/// Each device certificate's `(version, enabled)` in the vault, oldest first.
+fn vault_versions(
+    env: &TestEnv,
+    serve: &crate::conformance::azure::Serve,
+    which: &str,
+    id: &str,
+) -> Vec<(String, bool)> {
+    run_fleet(
+        env,
+        serve,
+        which,
+        &["vault", "show", &format!("device:{id}"), "-o", "json"],
+    )
+    .ok()
+    .json()["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["version"].as_str().unwrap().to_string(), v["enabled"] == true))
+        .collect()
+}
+
+/// A CA breach's step says it disables the compromised CA and what it signed (trial az8 F3):
+/// once each device under it holds its replacement, the device certificate the compromised CA
+/// version signed is disabled in the vault, so neither `vault export` nor `export` hands out a
+/// certificate whose chain is revoked; a device under another CA keeps its certificate enabled,
+/// and the rerun changes nothing. The same on local and on azure.
+#[test]
+fn a_ca_breach_disables_the_device_certificates_the_compromised_ca_signed_on_local_and_azure() {
+    let env = TestEnv::new();
+    let serve = issued_groups(&env);
+    let before: Vec<Vec<(String, bool)>> = ["local", "azure"]
+        .iter()
+        .map(|w| vault_versions(&env, &serve, w, "s-1"))
+        .collect();
+    let (dry, _) = both(
+        &env,
+        &serve,
+        &[
+            "roll-primary",
+            "--breach",
+            "ca:factory",
+            "--dry-run",
+            "-o",
+            "json",
+        ],
+    );
+    let s1 = dry["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["target"] == "device:s-1")
+        .unwrap_or_else(|| panic!("{dry}"));
+    assert!(
+        s1["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s.as_str().unwrap().starts_with("disable vault version dev-s-1/")),
+        "the dry run says what it disables: {s1}"
+    );
+    let breach = ["roll-primary", "--breach", "ca:factory", "--yes", "-o", "json"];
+    let (l, a) = both(&env, &serve, &breach);
+    assert_same(&l, &a, "the breach");
+    for (which, before) in ["local", "azure"].iter().zip(&before) {
+        assert_eq!(before.len(), 1, "{which}: {before:?}");
+        let old = &before[0].0;
+        for id in ["s-1", "s-2"] {
+            let after = vault_versions(&env, &serve, which, id);
+            let enabled: Vec<bool> = after.iter().map(|(_, e)| *e).collect();
+            assert_eq!(
+                enabled,
+                vec![false, true],
+                "{which} {id}: the certificate under the compromised CA is disabled, its replacement not: {after:?}"
+            );
+        }
+        let r = run_fleet(
+            &env,
+            &serve,
+            which,
+            &[
+                "vault",
+                "export",
+                "device:s-1",
+                "--version",
+                old,
+                "--out",
+                "old.pem",
+            ],
+        );
+        assert_eq!(r.code, 2, "{which}: {}\n{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains("is disabled"), "{which}: {}", r.stderr);
+        let gw = vault_versions(&env, &serve, which, "gw-1");
+        assert!(
+            gw.iter().all(|(_, e)| *e),
+            "{which}: gw-1 is under the root, not the breached CA: {gw:?}"
+        );
+    }
+    let (l, a) = both(&env, &serve, &breach);
+    assert_same(&l, &a, "the rerun");
+    for which in ["local", "azure"] {
+        let enabled: Vec<bool> = vault_versions(&env, &serve, which, "s-1")
+            .iter()
+            .map(|(_, e)| *e)
+            .collect();
+        assert_eq!(enabled, vec![false, true], "{which}: the rerun changes nothing");
+    }
+}

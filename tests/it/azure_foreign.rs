@@ -1972,3 +1972,101 @@ group["provisioningStatus"] = "disabled"
 etag = group["etag"].strip('"')
 curl("-X", "PUT", "-H", "Content-Type: application/json", "-H", f'If-Match: "{etag}"', "--data", json.dumps(group))
 "#;
+}
+
+/// One device request over mutual TLS with the PEM (certificate and key) at `pem`: to serve's
+/// DPS, registering, or to the hub's device endpoint, sending an event. The HTTP status and body.
+fn as_device(env: &TestEnv, serve: &Serve, id: &str, pem: &std::path::Path, to_dps: bool) -> (u16, String) {
+    let scope = serve.start["id_scope"].as_str().unwrap();
+    let (host, path, body) = if to_dps {
+        (
+            "global.azure-devices-provisioning.net".to_string(),
+            format!("/{scope}/registrations/{id}/register?api-version=2021-06-01"),
+            format!("{{\"registrationId\": \"{id}\"}}"),
+        )
+    } else {
+        (
+            "conf-hub.azure-devices.net".to_string(),
+            format!("/devices/{id}/messages/events?api-version=2021-04-12"),
+            "{}".to_string(),
+        )
+    };
+    let pem = pem.to_str().unwrap().to_string();
+    crate::util::curl_to(
+        &env.path("ca.pem"),
+        serve.port(),
+        if to_dps { "PUT" } else { "POST" },
+        &host,
+        &path,
+        &[
+            "-H".into(),
+            "Content-Type: application/json".into(),
+            "--data".into(),
+            body,
+            "--cert".into(),
+            pem.clone(),
+            "--key".into(),
+            pem,
+        ],
+    )
+}
+
+/// `roll-primary --breach ca:factory` right after `issue` through the factory hook (the hook's
+/// device registers with the first certificate it is handed; later ones it keeps for its next
+/// start). The breach failed "refused by the enrollment service with its new certificate:
+/// certificate is in neither slot": the hub identities still held the compromised thumbprints
+/// (a CA breach left them to DPS), so the device asked to register again was online with its
+/// old certificate and registered with that, which DPS refused. Now the breach shuts the old
+/// certificates out of the hub as of DPS, finishes (the hook took each new certificate; the
+/// device registers with it when it next starts), and its rerun does nothing. Neither DPS nor
+/// the hub admits an old certificate; the new one registers and then gets into the hub.
+#[test]
+fn a_ca_breach_right_after_issue_through_the_factory_hook_shuts_out_the_old_certificates_and_finishes() {
+    let env = TestEnv::new();
+    let serve = issued_fleet(&env, FLEET);
+    let ids = ["gw-1", "gw-2", "gw-3", "gw-4"];
+    for id in ids {
+        std::fs::copy(
+            env.path(&format!("devices/{id}.pem")),
+            env.path(&format!("old-{id}.pem")),
+        )
+        .unwrap();
+        let (code, body) = as_device(&env, &serve, id, &env.path(&format!("old-{id}.pem")), false);
+        assert_eq!(code, 204, "{id} gets into the hub before the breach: {body}");
+    }
+    let breach = breach_args("ca:factory", "INC-0009");
+    let r = run_fleet(&env, &serve, "azure", &breach);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let report = r.json();
+    for id in ids {
+        let d = report["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["target"] == format!("device:{id}").as_str())
+            .unwrap_or_else(|| panic!("{report}"));
+        assert_eq!(d["outcome"], "replaced", "{d}");
+        assert_eq!(d["delivery"], Value::Null, "the hook took it: {d}");
+        let old = env.path(&format!("old-{id}.pem"));
+        let (code, body) = as_device(&env, &serve, id, &old, false);
+        assert_eq!(
+            code, 401,
+            "{id}: the hub refuses the certificate under the compromised CA: {body}"
+        );
+        let (code, body) = as_device(&env, &serve, id, &old, true);
+        assert_eq!(code, 401, "{id}: DPS refuses it: {body}");
+        let new = env.path(&format!("devices/{id}.pem"));
+        let (code, body) = as_device(&env, &serve, id, &new, true);
+        assert!(
+            code == 200 || code == 202,
+            "{id}: the delivered certificate registers: {code} {body}"
+        );
+        let (code, body) = as_device(&env, &serve, id, &new, false);
+        assert_eq!(code, 204, "{id}: and gets into the hub: {body}");
+    }
+    let r = run_fleet(&env, &serve, "azure", &breach);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["groups"], json!([]), "{}", r.stdout);
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 0, "{}\n{}", c.stdout, c.stderr);
+}

@@ -37,12 +37,17 @@ with open(log, "a") as f:
 /// The fleet plans with delivery through [`RECORDING_HOOK`]; returns the paths of its log and
 /// of its failure switch.
 fn recording_plans(env: &TestEnv, serve: &Serve) -> (std::path::PathBuf, std::path::PathBuf) {
+    recording_plans_of(env, serve, FLEET)
+}
+
+/// [`recording_plans`] of `fleet`.
+fn recording_plans_of(env: &TestEnv, serve: &Serve, fleet: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     env.write("device-hook.py", DEVICE_HOOK);
     env.write("recording-hook.py", RECORDING_HOOK);
     let (log, fail) = (env.path("deliveries.log"), env.path("devices-unreachable"));
     let extra = [log.clone(), fail.clone(), env.path("device-hook.py")];
     let delivery = hook_delivery(env, serve, "recording-hook.py", &extra);
-    fleet_plans_with(env, serve, FLEET, &delivery);
+    fleet_plans_with(env, serve, fleet, &delivery);
     (log, fail)
 }
 
@@ -762,4 +767,154 @@ fn a_breach_whose_replacement_waits_for_the_operator_finishes_and_its_rerun_does
         vec![false, true],
         "the leaked version disabled, the replacement not: {show}"
     );
+}
+
+/// A device breach killed after its remote writes, before its unit committed (the replacement
+/// in Key Vault, DPS's enrollment and the hub; the fleet record still naming the leaked
+/// certificate). The rerun found the replacement in the enrollment's slot, took it for
+/// compromised, disabled it and made a third certificate. The replacement carries the step's
+/// mark, so the rerun adopts it: no version more, the leaked one alone disabled, the
+/// replacement installed, and a further rerun does nothing.
+#[test]
+fn a_breach_killed_before_its_commit_adopts_its_own_replacement_on_rerun_and_never_disables_it() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    let (log, _) = recording_plans(&env, &serve);
+    let every_time = crate::azure_verbs::DEVICE_HOOK.replace("if not os.path.exists(booted):", "if True:");
+    env.write("device-hook.py", &every_time);
+    fleet_ok(&env, &serve, &["issue", "-o", "json"]);
+    let leaked = versions(&env, &serve, "gw-1");
+    assert_eq!(leaked.len(), 1, "{leaked:?}");
+    let breach = crate::azure_verbs::breach_args("device:gw-1", "INC-0008");
+
+    let r = run_with(
+        &env,
+        &serve,
+        &[(certroll::ops::journal::FAULT_BEFORE_COMMIT_ENV, "1")],
+        &breach,
+    );
+    assert!(r.code != 0 && r.code != 1, "killed: {}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("fault injection"), "{}", r.stderr);
+    let made = versions(&env, &serve, "gw-1");
+    assert_eq!(made.len(), 2, "the replacement is in Key Vault: {made:?}");
+    assert_eq!(
+        deliveries(&log).last(),
+        Some(&("gw-1".to_string(), made[1].clone())),
+        "the device got the replacement before the kill"
+    );
+
+    let r = run_fleet(&env, &serve, "azure", &breach);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let report = r.json();
+    assert_eq!(report["resumed"], true, "{report}");
+    let d = device_roll(&report, "gw-1");
+    assert_eq!(d["outcome"], "replaced", "{d}");
+    assert_eq!(
+        d["compromised"].as_array().map(Vec::len),
+        Some(1),
+        "only the leaked one: {d}"
+    );
+    assert_eq!(versions(&env, &serve, "gw-1"), made, "no version more");
+    let show = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["vault", "show", "device:gw-1", "-o", "json"],
+    )
+    .ok()
+    .json();
+    let enabled: Vec<bool> = show["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["enabled"] == true)
+        .collect();
+    assert_eq!(
+        enabled,
+        vec![false, true],
+        "the leaked version disabled, the replacement not: {show}"
+    );
+    let s = run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
+        .ok()
+        .json();
+    let held = device(&s, "gw-1");
+    assert_eq!(held["installed"]["thumbprint"], d["new_thumbprint"], "{held}");
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 0, "{}\n{}", c.stdout, c.stderr);
+
+    let r = fleet_ok(&env, &serve, &breach);
+    let again = device_roll(&r.json(), "gw-1").clone();
+    assert_eq!(again["outcome"], "already-replaced", "{again}");
+    assert_eq!(versions(&env, &serve, "gw-1"), made, "the rerun changes nothing");
+}
+
+/// A CA breach whose delivery failed for every device (the hook cannot reach them): the unit
+/// failed after Key Vault, DPS and the hub held the replacements, and every rerun stopped
+/// there again while the devices were away, the rest of the fleet behind that unit never
+/// replaced. Now the breach stands as a device's own does: each device `replaced` with its
+/// delivery owed, the compromised certificates already shut out of DPS and the hub, exit 1;
+/// once the devices are back, the rerun delivers each replacement once, exits 0, and makes no
+/// version more.
+#[test]
+fn a_ca_breach_whose_deliveries_failed_stands_and_its_rerun_delivers_the_replacements_once() {
+    let env = TestEnv::new();
+    let fleet = crate::azure_foreign::FLEET;
+    let serve = start_serve(&env, fleet);
+    let (log, fail) = recording_plans_of(&env, &serve, fleet);
+    let every_time = crate::azure_verbs::DEVICE_HOOK.replace("if not os.path.exists(booted):", "if True:");
+    env.write("device-hook.py", &every_time);
+    fleet_ok(&env, &serve, &["issue", "-o", "json"]);
+    let ids = ["gw-1", "gw-2", "gw-3", "gw-4"];
+    let breach = crate::azure_verbs::breach_args("ca:factory", "INC-0010");
+
+    std::fs::write(&fail, "").unwrap();
+    let r = run_fleet(&env, &serve, "azure", &breach);
+    assert_eq!(r.code, 1, "the deliveries failed: {}\n{}", r.stdout, r.stderr);
+    let report = r.json();
+    assert_eq!(report["deliveries_owed"], 4, "{}", r.stdout);
+    let mut made = Vec::new();
+    for id in ids {
+        let d = device_roll(&report, id);
+        assert_eq!(d["outcome"], "replaced", "{d}");
+        assert!(
+            d["delivery"]
+                .as_str()
+                .is_some_and(|w| w.contains("device unreachable")),
+            "{d}"
+        );
+        let v = versions(&env, &serve, id);
+        assert_eq!(v.len(), 2, "{id}: {v:?}");
+        made.push(v);
+    }
+    let s = run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
+        .ok()
+        .json();
+    for id in ids {
+        let d = device_roll(&report, id);
+        let held = device(&s, id);
+        assert_eq!(
+            held["hub_identity"]["primary_thumbprint"], d["new_thumbprint"],
+            "{id}: the hub holds only the replacement: {held}"
+        );
+        assert_eq!(
+            held["hub_identity"]["secondary_thumbprint"],
+            Value::Null,
+            "{held}"
+        );
+    }
+    std::fs::remove_file(&fail).unwrap();
+
+    let r = fleet_ok(&env, &serve, &breach);
+    assert_eq!(r.json()["deliveries_owed"], 0, "{}", r.stdout);
+    for (id, v) in ids.iter().zip(&made) {
+        assert_eq!(&versions(&env, &serve, id), v, "{id}: no version more");
+        let got: Vec<(String, String)> = deliveries(&log).into_iter().filter(|(d, _)| d == id).collect();
+        assert_eq!(
+            got,
+            vec![(id.to_string(), v[0].clone()), (id.to_string(), v[1].clone())],
+            "{id}: issue's certificate and the replacement, each once"
+        );
+    }
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 0, "{}\n{}", c.stdout, c.stderr);
 }

@@ -44,6 +44,9 @@ pub(super) enum Mode<'a> {
         slot: SlotName,
         /// `--remove-hub-identity`: delete the device from its hub before it provisions afresh.
         remove_identity: bool,
+        /// The CA versions the breach disabled (the compromised ones and the CA versions they
+        /// signed): the device's certificates signed by one are disabled once it is replaced.
+        tainted: &'a [(String, String)],
     },
 }
 
@@ -77,6 +80,9 @@ struct Work<'p> {
     other_hub: Option<Option<String>>,
     /// Versions whose keys are compromised: disabled and put on their issuer's CRL.
     compromised: Vec<VaultVersion>,
+    /// Versions a compromised CA signed (a CA breach): disabled once the replacement is in
+    /// place, so no verb hands out a certificate whose chain is revoked.
+    retire: Vec<VaultVersion>,
     /// Re-provision through the enrollment service, so the hub holds only the new thumbprint.
     reprovision: bool,
     /// The device's enrollment has `reprovision = "never"`: DPS leaves its hub identity alone
@@ -390,6 +396,7 @@ pub(super) fn assess<'p>(
     mode: Mode<'_>,
     dry_run: bool,
     describe: bool,
+    own_mark: Option<&str>,
     now: OffsetDateTime,
 ) -> Result<Assessed<'p>> {
     let names: Vec<String> = ids.iter().map(|id| device_cert_name(id)).collect();
@@ -399,6 +406,22 @@ pub(super) fn assess<'p>(
         individuals,
         identities,
     } = backend.chunk_reads(&names, ids)?;
+    // A device breach step cut off after its remote writes (a kill before its commit, or a
+    // registration DPS refused) left its replacement in Key Vault, DPS and the hub, carrying
+    // the step's mark, while the fleet record still names the leaked certificate. That
+    // replacement is this step's own, never a compromised one: its rerun adopts it (see `store`)
+    // rather than disabling it and leaving the device with no working certificate.
+    let mut own: HashMap<&str, String> = HashMap::new();
+    if let (Some(mark), Mode::Breach { .. }) = (own_mark, mode) {
+        backend.mark_new_versions(Some(mark));
+        let found = backend.versions_marked(&names);
+        backend.mark_new_versions(None);
+        for (id, v) in ids.iter().zip(found?) {
+            if let Some(v) = v {
+                own.insert(id.as_str(), sha1_thumbprint(&v.cert_der));
+            }
+        }
+    }
     let backend = &*backend;
 
     let mut out = Assessed {
@@ -551,6 +574,7 @@ pub(super) fn assess<'p>(
             other_individual: None,
             other_hub: None,
             compromised: Vec::new(),
+            retire: Vec::new(),
             reprovision: false,
             remove_identity: false,
             prune_only: false,
@@ -799,6 +823,9 @@ pub(super) fn assess<'p>(
                 }
                 tps.sort();
                 tps.dedup();
+                if let Some(mine) = own.get(id.as_str()) {
+                    tps.retain(|tp| tp != mine);
+                }
                 let compromised: Vec<VaultVersion> = tps
                     .iter()
                     .filter_map(|tp| by_tp(tp).map(|i| &versions[i]))
@@ -907,12 +934,39 @@ pub(super) fn assess<'p>(
             Mode::Replace {
                 slot,
                 remove_identity,
+                tainted,
             } => {
                 say!(
                     describe,
                     report.steps,
                     "issue a new certificate for `{id}` (new key) signed by the new CA `{issuer_ca}`; its enrollment and hub identity keep only it"
                 );
+                // What the compromised CA signed for the device goes out of use with it: left
+                // enabled, `export` and `vault export` would still hand out a certificate whose
+                // chain is revoked. Disabled only once the replacement stands (see `store`).
+                for b in versions
+                    .iter()
+                    .filter(|b| b.enabled && b.issuer.as_ref().is_some_and(|i| tainted.contains(i)))
+                {
+                    say!(
+                        describe,
+                        report.steps,
+                        "disable vault version {}/{}, signed by the compromised CA version {}, once the new certificate is in place",
+                        b.name,
+                        b.version,
+                        b.issuer
+                            .as_ref()
+                            .map(|i| format!("{}/{}", i.0, i.1))
+                            .unwrap_or_default()
+                    );
+                    if !dry_run {
+                        work.retire.push(
+                            backend
+                                .version(&b.name, &b.version)?
+                                .context("the vault lost the version it just listed")?,
+                        );
+                    }
+                }
                 // As for a device's own breach: the identity goes, and the device provisions afresh.
                 if let Some(h) = &identity
                     && remove_identity
@@ -1159,6 +1213,7 @@ pub(super) fn store(
     let mut installs = Vec::new();
     let mut requests = Vec::new();
     let mut replaced = serde_json::Map::new();
+    let mut retire: Vec<VaultVersion> = Vec::new();
     for ((w, new), superseded) in assessed.work.iter_mut().zip(&new_cert).zip(superseded) {
         let report = &mut assessed.reports[w.report];
         if let Some(why) = superseded {
@@ -1195,11 +1250,16 @@ pub(super) fn store(
                 if let Some(keep) = w.other_hub.take() {
                     *other = keep;
                 }
-                // A device's own breach ends with the hub holding only the new thumbprint (what
-                // the re-provisioning below checks): written so at once, the leaked key is shut
-                // out even where the enrollment keeps an older certificate, and a remote hub's
-                // identity names the certificate the device registers with.
-                let own_breach = !w.compromised.is_empty() && new.is_some();
+                // A breach (the device's own, or a CA's above it) ends with the hub holding only
+                // the new thumbprint (what the re-provisioning below checks): written so at once
+                // (after the unit's deliveries), the leaked key, or every certificate the
+                // compromised CA signed, is shut out even where the enrollment keeps an older
+                // certificate or the device never registers again, and a remote hub's identity
+                // names the certificate the device registers with. Left to DPS, a CA breach's
+                // device kept its compromised thumbprint in the hub until it registered with
+                // the new certificate, and when asked to, it registered with the compromised one.
+                let own_breach =
+                    (!w.compromised.is_empty() || matches!(mode, Mode::Replace { .. })) && new.is_some();
                 // Under `reprovision = "never"` DPS does not rewrite the hub identity when the
                 // device registers with its new certificate: left to DPS, the hub would keep only
                 // the compromised thumbprint and refuse the new one.
@@ -1246,6 +1306,7 @@ pub(super) fn store(
             if !matches!(mode, Mode::Expiry { .. }) {
                 replaced.insert(w.id.clone(), serde_json::Value::String(tp.clone()));
             }
+            retire.append(&mut w.retire);
         }
     }
     backend.put_individuals_and_identities(&individuals, &identities, now)?;
@@ -1265,8 +1326,11 @@ pub(super) fn store(
                 // compromised and disabled it. Committed, the step records its replacement, the
                 // run exits 1 for the owed delivery, and the next run delivers it first. The same
                 // holds for a replacement left to the operator (`delivery = "none"`, the default)
-                // or a device that did not register when asked: DPS refused nothing either.
-                if matches!(mode, Mode::Breach { .. }) {
+                // or a device that did not register when asked: DPS refused nothing either. A CA
+                // breach's replacement is the same: failing its unit held up the breach of the
+                // rest of the fleet behind one device that was offline, every rerun stopping
+                // there again.
+                if matches!(mode, Mode::Breach { .. }) || matches!(mode, Mode::Replace { .. }) {
                     continue;
                 }
                 anyhow::bail!(
@@ -1315,6 +1379,12 @@ pub(super) fn store(
         if !only_new.is_empty() {
             backend.update_identities(&only_new, now)?;
         }
+    }
+    // Only now, with each replacement written and registered, do the certificates the
+    // compromised CA signed go out of use; a step cut off before this point leaves them enabled
+    // and its rerun disables them, as no device depends on them any more by then.
+    for v in &retire {
+        backend.set_enabled(v, false, now)?;
     }
     let mut result = serde_json::json!({ "replaced": replaced });
     if let Mode::Breach { breach, .. } = mode {

@@ -2469,12 +2469,21 @@ fn roll_device_steps(
     report: &mut RollReport,
 ) -> Result<()> {
     let default_breach = Breach::default();
+    // The CA versions this run's CA breaches disabled: what they signed for a device goes out of
+    // use once the device is replaced.
+    let tainted: Vec<(String, String)> = run
+        .steps
+        .iter()
+        .filter(|s| s.kind == "revoke-ca")
+        .flat_map(|s| pairs(&s.detail["tainted"]))
+        .collect();
     let mode_of = |step: &crate::backend::types::JournalStep| {
         let slot = SlotName::parse(step.detail["slot"].as_str().unwrap_or_default());
         match step.kind.as_str() {
             "replace-devices" => Mode::Replace {
                 slot,
                 remove_identity: opts.breach.as_ref().is_some_and(|b| b.remove_hub_identity),
+                tainted: &tainted,
             },
             "breach-device" => Mode::Breach {
                 slot,
@@ -2531,8 +2540,20 @@ fn roll_device_steps(
         };
         let ids: Vec<String> = serde_json::from_value(s.detail["ids"].clone()).unwrap_or_default();
         let mode = mode_of(s);
-        let assessed = devices::assess(plan, backend, &cas, &ids, mode, opts.dry_run, describe, now)
-            .with_context(|| format!("step {} ({}) of {}", s.seq, s.kind, s.target))?;
+        // Only a resumed run's step can have written anything before: its journal mark.
+        let mark = run.id.filter(|_| run.resumed).map(|id| format!("{id}/{}", s.seq));
+        let assessed = devices::assess(
+            plan,
+            backend,
+            &cas,
+            &ids,
+            mode,
+            opts.dry_run,
+            describe,
+            mark.as_deref(),
+            now,
+        )
+        .with_context(|| format!("step {} ({}) of {}", s.seq, s.kind, s.target))?;
         Ok(Some((s.seq, mode, assessed)))
     };
     let issuers = &*issuers;
