@@ -1972,7 +1972,6 @@ group["provisioningStatus"] = "disabled"
 etag = group["etag"].strip('"')
 curl("-X", "PUT", "-H", "Content-Type: application/json", "-H", f'If-Match: "{etag}"', "--data", json.dumps(group))
 "#;
-}
 
 /// One device request over mutual TLS with the PEM (certificate and key) at `pem`: to serve's
 /// DPS, registering, or to the hub's device endpoint, sending an event. The HTTP status and body.
