@@ -12,6 +12,18 @@ const STDERR_KEPT: u64 = 4096;
 /// Runs the hook with `input` on stdin. `secret_vars` are removed from its environment (the SMTP
 /// password and the store key are none of the hook's business).
 pub fn run(cfg: &HookConfig, input: Vec<u8>, secret_vars: &[String]) -> Result<(), String> {
+    run_holding(cfg, input, secret_vars, None)
+}
+
+/// [`run`], with `held` open in the hook (and whatever it starts) as well as here: a lock on it
+/// then lasts while any of them runs, also after certroll is killed. The delivery's PFX folder
+/// is locked so (`backend::azure::delivery`); every other file stays closed to the hook.
+pub fn run_holding(
+    cfg: &HookConfig,
+    input: Vec<u8>,
+    secret_vars: &[String],
+    held: Option<&std::fs::File>,
+) -> Result<(), String> {
     let prog = &cfg.command[0];
     let name = format!("hook `{prog}`");
     let mut cmd = Command::new(prog);
@@ -21,6 +33,22 @@ pub fn run(cfg: &HookConfig, input: Vec<u8>, secret_vars: &[String]) -> Result<(
         .stderr(Stdio::piped());
     for var in secret_vars {
         cmd.env_remove(var);
+    }
+    if let Some(file) = held {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let fd = file.as_raw_fd();
+        // SAFETY: between fork and exec the closure only calls fcntl, which is
+        // async-signal-safe, on a descriptor this process holds open for the whole call.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Rust opens every file close-on-exec; this one alone stays open in the hook.
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
     }
     let mut child = cmd.spawn().map_err(|e| format!("{name}: cannot start it: {e}"))?;
     let mut stdin = child.stdin.take().expect("piped stdin");

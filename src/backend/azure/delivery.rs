@@ -163,9 +163,10 @@ fn parcels_root() -> std::io::Result<std::path::PathBuf> {
     Ok(root)
 }
 
-/// Removes the PFX folders in `root` whose process is gone: each is named after the process that
-/// made it (`PID-random`), and one whose process is gone holds a device's key nobody will remove
-/// otherwise (trial az8 F6: `kill -9` during hooks left PFX files for good).
+/// Removes the PFX folders in `root` whose process is gone and whose hook has ended: each is
+/// named after the process that made it (`PID-random`), and one whose process is gone holds a
+/// device's key nobody will remove otherwise (trial az8 F6: `kill -9` during hooks left PFX files
+/// for good). A hook still running after its certroll was killed keeps its folder ([`in_use`]).
 fn sweep_parcels(root: &std::path::Path) -> std::io::Result<()> {
     for entry in std::fs::read_dir(root)?.flatten() {
         let name = entry.file_name();
@@ -173,11 +174,26 @@ fn sweep_parcels(root: &std::path::Path) -> std::io::Result<()> {
             .to_str()
             .and_then(|n| n.split_once('-'))
             .and_then(|(pid, _)| pid.parse::<libc::pid_t>().ok());
-        if pid.is_some_and(|p| p > 0 && !process_alive(p)) {
+        if pid.is_some_and(|p| p > 0 && !process_alive(p)) && !in_use(&entry.path()) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
     Ok(())
+}
+
+/// The file in each PFX folder whose lock says the folder is in use: locked by the certroll
+/// that made the folder and held, through [`crate::notify::hook::run_holding`], by its hook.
+const IN_USE: &str = ".in-use";
+
+/// Whether a hook may still read the PFX in `folder`: its [`IN_USE`] lock is held. A hook
+/// outlives a killed certroll (nothing kills it) and may read its PFX late; only a lock it holds
+/// says so, whatever its process tree. A folder without the file (made before it, or by a run
+/// killed before its hook started) is not in use.
+fn in_use(folder: &std::path::Path) -> bool {
+    match std::fs::File::open(folder.join(IN_USE)) {
+        Ok(f) => matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
 }
 
 /// Whether process `pid` exists (signal 0: checks, sends nothing; EPERM means it exists under
@@ -207,6 +223,11 @@ pub fn run_hook(
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
             .map_err(|e| format!("cannot make the PFX folder private: {e}"))?;
     }
+    // Locked before the PFX goes in: from here until the hook and all it started have ended, the
+    // folder is in use, also when this process is killed (`sweep_parcels`).
+    let in_use = std::fs::File::create(dir.path().join(IN_USE))
+        .and_then(|f| f.lock().map(|()| f))
+        .map_err(|e| format!("cannot lock the PFX folder: {e}"))?;
     let pfx_path = match pfx {
         Some(bytes) => {
             let path = dir.path().join(format!("{}.pfx", parcel.device_id));
@@ -236,7 +257,7 @@ pub fn run_hook(
         pfx_password: "",
     };
     let json = serde_json::to_vec(&input).map_err(|e| e.to_string())?;
-    let out = crate::notify::hook::run(cfg, json, secret_vars);
+    let out = crate::notify::hook::run_holding(cfg, json, secret_vars, Some(&in_use));
     // The folder and the PFX go now, whatever the hook did (and again on drop if this fails).
     let removed = dir.close();
     out?;
@@ -269,6 +290,47 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&root).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    /// A hook that outlives its certroll (killed) may still read its PFX: the next run's sweep
+    /// keeps the folder while the hook, or anything it started, runs, and removes it after.
+    /// Before, the sweep went by the certroll's PID alone, and another run's first delivery
+    /// removed the PFX from under a slow hook (`azure_settle`'s killed run, failing at random).
+    #[test]
+    fn a_folder_whose_hook_outlives_its_killed_run_is_kept_until_the_hook_ends() {
+        let dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        let mut dead = dead;
+        dead.wait().unwrap();
+        let root = parcels_root().unwrap();
+        let folder = root.join(format!("{dead_pid}-hook-still-running"));
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join("gw-1.pfx"), b"key").unwrap();
+        let lock = std::fs::File::create(folder.join(IN_USE)).unwrap();
+        lock.lock().unwrap();
+        // The hook leaves a process behind that holds what it was given for 3 s, as a hook
+        // killed with its certroll goes on.
+        let cfg = HookConfig {
+            command: vec!["sh".into(), "-c".into(), "sleep 3 >/dev/null 2>&1 &".into()],
+            timeout_secs: 20,
+        };
+        crate::notify::hook::run_holding(&cfg, b"{}".to_vec(), &[], Some(&lock)).unwrap();
+        // The certroll that made the folder is gone.
+        drop(lock);
+        sweep_parcels(&root).unwrap();
+        assert!(
+            folder.join("gw-1.pfx").exists(),
+            "kept while the hook's process runs"
+        );
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while folder.exists() {
+            assert!(
+                std::time::Instant::now() < until,
+                "the folder stayed after the hook's process ended"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            sweep_parcels(&root).unwrap();
+        }
     }
 
     fn parcel() -> Parcel {
