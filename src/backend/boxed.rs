@@ -253,6 +253,10 @@ impl Vault for Box<dyn Backend> {
 }
 
 impl EnrollmentService for Box<dyn Backend> {
+    fn group_registrations_all(&self, group: &str) -> Result<Vec<RegistrationState>> {
+        (**self).group_registrations_all(group)
+    }
+
     fn ca(&self, name: &str) -> Result<Option<ServiceCa>> {
         (**self).ca(name)
     }

@@ -430,6 +430,13 @@ pub trait EnrollmentService {
     ) -> Result<Vec<Option<RegistrationState>>> {
         self.registration_many(ids)
     }
+    /// Every registration enrollment group `group` holds (the last assignment through it of
+    /// each device, whoever issued the device its certificate), in registration id order: DPS
+    /// lists them with its registration query, in pages; empty when the group is gone. The
+    /// default lists none: a service only certroll writes holds no device the plan does not name.
+    fn group_registrations_all(&self, _group: &str) -> Result<Vec<RegistrationState>> {
+        Ok(Vec::new())
+    }
     /// The registration state each device's individual enrollment carried when this process
     /// last read it (a GET of an enrollment sends its device's `registrationState`, the record
     /// `GET /registrations/ID` answers), in the order asked; `None` where no read of this

@@ -73,7 +73,8 @@ fn a_ca_breach_puts_the_new_thumbprint_on_the_hub_where_reprovision_is_never() {
 }
 
 /// A CA breach whose devices cannot be reached (`delivery = "none"`: the operator hands the new
-/// certificates out) stops at them (exit 1), on [`GROUPS`] as it is; meanwhile `check` counts each device still
+/// certificates out) finishes (exit 0; it stopped at them, exit 1, before session 15), on
+/// [`GROUPS`] as it is; meanwhile `check` counts each device still
 /// presenting a certificate of the replaced, compromised CA version as critical, naming the
 /// breach that replaces it, never as ok.
 #[test]
@@ -87,7 +88,7 @@ fn check_counts_a_device_still_on_a_breached_ca_as_critical() {
         "azure",
         &["roll-primary", "--breach", "ca:factory", "--yes", "-o", "json"],
     );
-    assert_eq!(cut.code, 1, "{}\n{}", cut.stdout, cut.stderr);
+    assert_eq!(cut.code, 0, "{}\n{}", cut.stdout, cut.stderr);
     let r = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
     assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
     let report = r.json();

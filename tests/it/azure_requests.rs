@@ -504,8 +504,11 @@ fn a_ca_breach_reads_the_ca_chain_once_and_each_device_a_few_times() {
         }
     }
     let (_, total, _, shared, vault) = &counts[0];
+    // Six per device since the breach disables each device's old version (a PATCH) and writes
+    // each hub cut itself, held for the deliveries once a listing found the certificate the
+    // device holds (session 15): 147 for 20 devices, 107 before.
     assert!(
-        *total <= 4 * N + 40,
+        *total <= 6 * N + 40,
         "the breach made {total} Key Vault requests for {N} devices: {vault:?}"
     );
     assert!(

@@ -1502,6 +1502,10 @@ impl Journal for AzureBackend {
 }
 
 impl EnrollmentService for AzureBackend {
+    fn group_registrations_all(&self, group: &str) -> Result<Vec<RegistrationState>> {
+        self.enrollments.group_registrations_all(group)
+    }
+
     fn ca(&self, name: &str) -> Result<Option<ServiceCa>> {
         self.enrollments.ca(name)
     }

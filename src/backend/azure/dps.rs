@@ -1476,6 +1476,19 @@ impl AzureEnrollmentService {
 }
 
 impl EnrollmentService for AzureEnrollmentService {
+    fn group_registrations_all(&self, group: &str) -> Result<Vec<RegistrationState>> {
+        let listed = self
+            .rt
+            .block_on(self.group_registrations(group))?
+            .unwrap_or_default();
+        let mut out: Vec<RegistrationState> = listed
+            .into_iter()
+            .map(|(id, v)| self.registration_of(&id, v))
+            .collect();
+        out.sort_by(|a, b| a.registration_id.cmp(&b.registration_id));
+        Ok(out)
+    }
+
     fn ca(&self, name: &str) -> Result<Option<ServiceCa>> {
         let ca = self.rt.block_on(self.arm()?.get(name))?;
         if let Some(ca) = &ca {

@@ -457,6 +457,9 @@ pub(super) fn remove_tainted(
     backend: &mut dyn Backend,
     now: OffsetDateTime,
 ) -> Result<serde_json::Value> {
+    // First: taking the group's certificates out may delete the group, and DPS lists no
+    // registration of a group that is gone.
+    let shut_out = shut_out_strangers(plan, take_back, backend, now)?;
     let mut tainted_der = Vec::new();
     for (name, version) in tainted {
         if let Some(v) = backend.version(name, version)? {
@@ -520,7 +523,50 @@ pub(super) fn remove_tainted(
             removed.push(format!("service-ca:{}", ca.name));
         }
     }
-    Ok(serde_json::json!({ "removed": removed }))
+    Ok(serde_json::json!({ "removed": removed, "shut_out": shut_out }))
+}
+
+/// Disables the hub identities of the devices the plan does not name that registered through a
+/// group the breach takes back (`take_back`), as `hub/device` ids. The breach takes a group
+/// back only when every certificate another client put into it chains to the breached CA, so
+/// each such device presented a certificate under that CA (or the other client's certificate
+/// taken back with it): no rerun of certroll replaces it, and left enabled it would keep
+/// getting into the hub after the take-back. Every group is listed again on a rerun (the
+/// other client's certificate may be gone from the group by then); an identity already
+/// disabled is not written again.
+fn shut_out_strangers(
+    plan: &Plan,
+    take_back: &[String],
+    backend: &mut dyn Backend,
+    now: OffsetDateTime,
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for group in take_back {
+        let ours: std::collections::HashSet<String> = plan
+            .groups
+            .get(group)
+            .map(|g| g.device_ids().collect())
+            .unwrap_or_default();
+        let mut shut = Vec::new();
+        for r in backend.group_registrations_all(group)? {
+            let id = &r.registration_id;
+            if ours.contains(id) || plan.enrollments.contains_key(id) {
+                continue;
+            }
+            let Some(hub) = r.hub else { continue };
+            if let Some(mut h) = backend.identity(&hub, id)? {
+                if h.status != crate::backend::types::Status::Disabled {
+                    h.status = crate::backend::types::Status::Disabled;
+                    shut.push(h);
+                }
+                out.push(format!("{hub}/{id}"));
+            }
+        }
+        if !shut.is_empty() {
+            backend.update_identities(&shut, now)?;
+        }
+    }
+    Ok(out)
 }
 
 /// Revokes the compromised CA versions on their issuers' CRLs (`ca-compromise`) and disables

@@ -82,7 +82,7 @@ struct Work<'p> {
     compromised: Vec<VaultVersion>,
     /// Versions a compromised CA signed (a CA breach): disabled once the replacement is in
     /// place, so no verb hands out a certificate whose chain is revoked.
-    retire: Vec<VaultVersion>,
+    retire: Vec<(String, String)>,
     /// Re-provision through the enrollment service, so the hub holds only the new thumbprint.
     reprovision: bool,
     /// The device's enrollment has `reprovision = "never"`: DPS leaves its hub identity alone
@@ -960,11 +960,7 @@ pub(super) fn assess<'p>(
                             .unwrap_or_default()
                     );
                     if !dry_run {
-                        work.retire.push(
-                            backend
-                                .version(&b.name, &b.version)?
-                                .context("the vault lost the version it just listed")?,
-                        );
+                        work.retire.push((b.name.clone(), b.version.clone()));
                     }
                 }
                 // As for a device's own breach: the identity goes, and the device provisions afresh.
@@ -1109,6 +1105,23 @@ fn generate_here(
         .collect()
 }
 
+/// A version known only by its name and id: all that disabling it reads (on both backends),
+/// so a CA breach does not fetch each device's old certificate just to disable it.
+fn by_name(name: String, version: String) -> VaultVersion {
+    VaultVersion {
+        name,
+        version,
+        cert_der: Vec::new(),
+        kty: String::new(),
+        exportable: false,
+        enabled: true,
+        nbf: OffsetDateTime::UNIX_EPOCH,
+        exp: OffsetDateTime::UNIX_EPOCH,
+        created: OffsetDateTime::UNIX_EPOCH,
+        issuer: None,
+    }
+}
+
 fn slot_mut<'a, T>(primary: &'a mut T, secondary: &'a mut T, slot: SlotName) -> (&'a mut T, &'a mut T) {
     match slot {
         SlotName::Primary => (primary, secondary),
@@ -1213,7 +1226,7 @@ pub(super) fn store(
     let mut installs = Vec::new();
     let mut requests = Vec::new();
     let mut replaced = serde_json::Map::new();
-    let mut retire: Vec<VaultVersion> = Vec::new();
+    let mut retire: Vec<(String, String)> = Vec::new();
     for ((w, new), superseded) in assessed.work.iter_mut().zip(&new_cert).zip(superseded) {
         let report = &mut assessed.reports[w.report];
         if let Some(why) = superseded {
@@ -1383,8 +1396,8 @@ pub(super) fn store(
     // Only now, with each replacement written and registered, do the certificates the
     // compromised CA signed go out of use; a step cut off before this point leaves them enabled
     // and its rerun disables them, as no device depends on them any more by then.
-    for v in &retire {
-        backend.set_enabled(v, false, now)?;
+    for (name, version) in retire {
+        backend.set_enabled(&by_name(name, version), false, now)?;
     }
     let mut result = serde_json::json!({ "replaced": replaced });
     if let Mode::Breach { breach, .. } = mode {

@@ -1904,7 +1904,12 @@ fn plan_scope<'p>(
         });
         let mut taking = taken_back
             .iter()
-            .map(|(g, foreign)| format!("; {}", take_back_words(g, foreign)))
+            .map(|(g, foreign)| {
+                format!(
+                    "; {}; disable the hub identities of devices the plan does not name that registered through group `{g}`",
+                    take_back_words(g, foreign)
+                )
+            })
             .collect::<String>();
         for g in scope.groups.iter().filter(|g| at_once.contains(&g.name.as_str())) {
             taking.push_str(&format!(
@@ -2388,13 +2393,25 @@ fn execute(
                 let tainted = pairs(&step.detail["tainted"]);
                 let take_back: Vec<String> =
                     serde_json::from_value(step.detail["take_back"].clone()).unwrap_or_default();
-                run.step(backend, step.seq, now, |b| {
-                    Ok((
-                        (),
-                        cas::remove_tainted(plan, &groups, &tainted, &take_back, b, now)?,
-                    ))
-                })
-                .context(context)?;
+                let result = run
+                    .step(backend, step.seq, now, |b| {
+                        let result = cas::remove_tainted(plan, &groups, &tainted, &take_back, b, now)?;
+                        Ok((result.clone(), result))
+                    })
+                    .context(context)?;
+                let shut: Vec<String> =
+                    serde_json::from_value(result["shut_out"].clone()).unwrap_or_default();
+                if !shut.is_empty() {
+                    report.warnings.push(format!(
+                        "{}: disabled the hub identities of {} device(s) the plan does not name that registered \
+                         through the group(s) taken back, under the certificates taken back with them: {}; enable \
+                         one again only once its device holds a certificate outside the compromised CA (Azure \
+                         portal, or IoT Hub's API)",
+                        step.target,
+                        shut.len(),
+                        shut.join(", ")
+                    ));
+                }
             }
             "prune-expired" => {
                 run.step(backend, step.seq, now, |b| Ok(((), cas::prune_expired(b, now)?)))
