@@ -162,6 +162,54 @@ fn a_device_breach_refuses_the_compromised_certificate_everywhere_and_a_rerun_do
     assert!(!works(&env, "gateway-01", &new, NOW));
 }
 
+/// Incidents A, then B, then A's command again from the shell history (trial az9 G2): the third
+/// run finds A handled (B replaced A's replacement since) and replaces nothing; before, it took
+/// B's good certificate for A's compromised one, revoked it and issued another. A's and B's
+/// commands run again any number of times change nothing; a new label still replaces.
+#[test]
+fn an_older_incident_run_again_after_a_later_one_replaces_nothing() {
+    let env = TestEnv::new();
+    env.quickstart();
+    run(&env, &["issue"]).ok();
+    let breach = |incident: &str| {
+        run(
+            &env,
+            &[
+                "roll-primary",
+                "--breach",
+                "--incident",
+                incident,
+                "device:gateway-01",
+                "--yes",
+                "-o",
+                "json",
+            ],
+        )
+        .ok()
+        .json()
+    };
+    let outcome = |r: &serde_json::Value| r["devices"][0]["outcome"].as_str().unwrap().to_string();
+    assert_eq!(outcome(&breach("INC-A")), "replaced");
+    let after_a = pem_der(&env, NOW, "gateway-01");
+    assert_eq!(outcome(&breach("INC-B")), "replaced");
+    let after_b = pem_der(&env, NOW, "gateway-01");
+    assert_ne!(after_a, after_b);
+    assert_eq!(versions(&env, "dev-gateway-01"), 3);
+    for incident in ["INC-A", "INC-B", "INC-A", "INC-B"] {
+        let again = breach(incident);
+        assert_eq!(outcome(&again), "already-replaced", "{incident}: {again}");
+        assert_eq!(versions(&env, "dev-gateway-01"), 3, "{incident}");
+        assert!(
+            works(&env, "gateway-01", &after_b, NOW),
+            "{incident}: B's certificate still works"
+        );
+    }
+    assert_eq!(outcome(&breach("INC-C")), "replaced");
+    assert!(!works(&env, "gateway-01", &after_b, NOW));
+    assert_eq!(outcome(&breach("INC-A")), "already-replaced");
+    assert_eq!(versions(&env, "dev-gateway-01"), 4);
+}
+
 #[test]
 fn a_group_device_breach_refuses_its_old_certificate_though_it_chains_to_the_group() {
     let env = TestEnv::new();

@@ -106,6 +106,10 @@ pub(super) struct Assessed<'p> {
     /// A breach step that finds its device already replaced records the replacement in force
     /// again (with the incident it was made for), so a later rerun still finds it.
     in_force: Option<serde_json::Value>,
+    /// The incident labels of the device's breaches before the last one, carried into each new
+    /// breach step's record (the journal keeps only a target's newest step of a kind): a rerun of
+    /// an older incident's command finds it handled (trial az9 G2).
+    earlier_incidents: Vec<String>,
 }
 
 impl Assessed<'_> {
@@ -428,6 +432,7 @@ pub(super) fn assess<'p>(
         reports: Vec::with_capacity(ids.len()),
         work: Vec::new(),
         in_force: None,
+        earlier_incidents: Vec::new(),
     };
     // The slot of its group holding the CA version that signed a device's certificate, by group
     // and CA version: read once per chunk, and only for a device already rolled.
@@ -791,8 +796,15 @@ pub(super) fn assess<'p>(
                 let taken = individual.as_ref().is_some_and(|e| !e.foreign.is_empty());
                 if !taken && let Some(step) = backend.last_done_step(&target, "breach-device")? {
                     let result = step.result.unwrap_or_default();
+                    out.earlier_incidents = incidents_of(&result);
+                    // An incident handled before the last one counts as handled too: its
+                    // command run again from the shell history must not replace the later
+                    // incident's certificate (trial az9 G2).
                     let same_incident = breach.incident.is_none()
-                        || result["incident"].as_str() == breach.incident.as_deref();
+                        || out
+                            .earlier_incidents
+                            .iter()
+                            .any(|i| Some(i.as_str()) == breach.incident.as_deref());
                     let replacement = result["replacement"].as_str().and_then(by_tp);
                     if same_incident
                         && replacement.is_some_and(|r| by_tp(&installed_tp).is_some_and(|i| i >= r))
@@ -1413,6 +1425,9 @@ pub(super) fn store(
         } else {
             result["incident"] = serde_json::json!(breach.incident);
         }
+        let mut earlier = std::mem::take(&mut assessed.earlier_incidents);
+        earlier.retain(|i| result["incident"].as_str() != Some(i.as_str()));
+        result["earlier_incidents"] = serde_json::json!(earlier);
     }
     for w in &assessed.work {
         let report = &mut assessed.reports[w.report];
@@ -1421,6 +1436,21 @@ pub(super) fn store(
         }
     }
     Ok(result)
+}
+
+/// Every incident label a device's last breach step records: its own and those of the
+/// breaches before it (`earlier_incidents`), oldest first. A breach without `--incident` has no
+/// label.
+fn incidents_of(result: &serde_json::Value) -> Vec<String> {
+    let mut all: Vec<String> = result["earlier_incidents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.as_str().map(str::to_string))
+        .collect();
+    all.extend(result["incident"].as_str().map(str::to_string));
+    all.dedup();
+    all
 }
 
 #[cfg(test)]
