@@ -901,17 +901,32 @@ pub(crate) fn carried_or_read<E: EnrollmentService + ?Sized>(
     ids: &[String],
     read: impl FnOnce(&[String]) -> Result<Vec<Option<RegistrationState>>>,
 ) -> Result<Vec<Option<RegistrationState>>> {
-    let carried = enrollments.carried_registrations(ids);
+    let carried = enrollments
+        .carried_registrations(ids)
+        .into_iter()
+        .map(|c| c.map(Some))
+        .collect();
+    known_or_read(ids, carried, read)
+}
+
+/// What each of `ids` has, in the order asked: what `known` already holds for it (`Some`), else
+/// what a single `read` of the devices without it returns (in the order it is given them; the
+/// default where it returns too few).
+pub(crate) fn known_or_read<T: Default>(
+    ids: &[String],
+    known: Vec<Option<T>>,
+    read: impl FnOnce(&[String]) -> Result<Vec<T>>,
+) -> Result<Vec<T>> {
     let rest: Vec<String> = ids
         .iter()
-        .zip(&carried)
-        .filter(|(_, c)| c.is_none())
+        .zip(&known)
+        .filter(|(_, k)| k.is_none())
         .map(|(id, _)| id.clone())
         .collect();
     let mut read = read(&rest)?.into_iter();
-    Ok(carried
+    Ok(known
         .into_iter()
-        .map(|c| c.or_else(|| read.next().flatten()))
+        .map(|k| k.unwrap_or_else(|| read.next().unwrap_or_default()))
         .collect())
 }
 

@@ -488,21 +488,19 @@ mod tests {
         assert_eq!(escaped("Zürich"), "Zürich");
     }
 
-    /// A certroll-written subject shows as certroll writes it, so that it parses back.
-    #[test]
-    fn a_subject_certroll_writes_shows_as_its_text() {
-        let subject = crate::pki::spec::Subject::parse(r"CN=a\, b, O=x\+y, C=DE").unwrap();
+    /// A self-signed certificate (EC P-256, valid for a day from now) of `subject` with `usage`.
+    fn self_signed(subject: crate::pki::spec::Subject, usage: crate::pki::spec::KeyUsage) -> Vec<u8> {
         let key = crate::pki::PrivateKey::generate(&crate::pki::spec::KeySpec::Ec {
             curve: crate::pki::spec::Curve::P256,
             hsm: false,
         })
         .unwrap();
         let now = time::OffsetDateTime::now_utc();
-        let der = crate::pki::sign_self(
+        crate::pki::sign_self(
             &crate::pki::CertProfile {
-                subject: subject.clone(),
+                subject,
                 dns_names: Vec::new(),
-                key_usage: vec![crate::pki::spec::KeyUsage::DigitalSignature],
+                key_usage: vec![usage],
                 extended_key_usage: Vec::new(),
                 not_before: now,
                 not_after: now + time::Duration::days(1),
@@ -510,7 +508,14 @@ mod tests {
             },
             &key,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// A certroll-written subject shows as certroll writes it, so that it parses back.
+    #[test]
+    fn a_subject_certroll_writes_shows_as_its_text() {
+        let subject = crate::pki::spec::Subject::parse(r"CN=a\, b, O=x\+y, C=DE").unwrap();
+        let der = self_signed(subject.clone(), crate::pki::spec::KeyUsage::DigitalSignature);
         let info = CertInfo::from_der(&der).unwrap();
         assert_eq!(info.subject, subject.to_string());
         assert_eq!(crate::pki::spec::Subject::parse(&info.subject).unwrap(), subject);
@@ -522,25 +527,7 @@ mod tests {
     #[test]
     fn a_services_name_text_matches_the_certificates_name_in_either_order() {
         let subject = crate::pki::spec::Subject::parse(r"CN=Plant  Root\, East, O=Example, C=DE").unwrap();
-        let key = crate::pki::PrivateKey::generate(&crate::pki::spec::KeySpec::Ec {
-            curve: crate::pki::spec::Curve::P256,
-            hsm: false,
-        })
-        .unwrap();
-        let now = time::OffsetDateTime::now_utc();
-        let der = crate::pki::sign_self(
-            &crate::pki::CertProfile {
-                subject,
-                dns_names: Vec::new(),
-                key_usage: vec![crate::pki::spec::KeyUsage::KeyCertSign],
-                extended_key_usage: Vec::new(),
-                not_before: now,
-                not_after: now + time::Duration::days(1),
-                ca: None,
-            },
-            &key,
-        )
-        .unwrap();
+        let der = self_signed(subject, crate::pki::spec::KeyUsage::KeyCertSign);
         for text in [
             r"CN=Plant  Root\, East, O=Example, C=DE",
             r"cn=plant root\2C east,o=EXAMPLE,c=de",

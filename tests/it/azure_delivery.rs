@@ -377,6 +377,13 @@ fn issue_dry_run_lists_an_enrollment_s_steps_in_the_order_the_run_takes_them() {
     }
 }
 
+/// `reprovision device:gw-1` on azure, which must exit `code`; gw-1's `status` afterwards.
+fn reprovision_gw1(env: &TestEnv, serve: &Serve, code: i32) -> Value {
+    let r = run_fleet(env, serve, "azure", &["reprovision", "device:gw-1", "-o", "json"]);
+    assert_eq!(r.code, code, "{}\n{}", r.stdout, r.stderr);
+    device(&status(env, serve, "azure"), "gw-1").clone()
+}
+
 /// [`DEVICE_HOOK`]'s device, which after its first start connects to its hub with each later
 /// certificate it is handed (a device-to-cloud message over mutual TLS), as a device that
 /// reconnects with a new certificate does; it does not register with DPS again.
@@ -422,15 +429,7 @@ fn reprovision_after_a_hook_delivery_registers_the_certificate_the_hook_delivere
         "the hook's device has not registered with it yet: {gw1}"
     );
 
-    let r = run_fleet(
-        &env,
-        &serve,
-        "azure",
-        &["reprovision", "device:gw-1", "-o", "json"],
-    );
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    assert_eq!(r.json()["assigned"], 1, "{}", r.stdout);
-    let gw1 = device(&status(&env, &serve, "azure"), "gw-1").clone();
+    let gw1 = reprovision_gw1(&env, &serve, 0);
     assert_eq!(gw1["registration"]["cert_thumbprint"], new, "{gw1}");
     assert_eq!(gw1["installed"]["thumbprint"], new, "{gw1}");
     assert_eq!(gw1["pending"], Value::Null, "{gw1}");
@@ -467,14 +466,7 @@ fn a_device_refused_by_a_disabled_enrollment_keeps_the_certificate_it_presented(
     assert_eq!(gw1["registration"]["status"], "disabled", "{gw1}");
     set_status("enabled");
 
-    let r = run_fleet(
-        &env,
-        &serve,
-        "azure",
-        &["reprovision", "device:gw-1", "-o", "json"],
-    );
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    let gw1 = device(&status(&env, &serve, "azure"), "gw-1").clone();
+    let gw1 = reprovision_gw1(&env, &serve, 0);
     assert_eq!(gw1["registration"]["cert_thumbprint"], new, "{gw1}");
     assert_eq!(gw1["installed"]["thumbprint"], new, "{gw1}");
 }
@@ -496,14 +488,7 @@ fn check_names_a_hub_identity_that_refuses_the_certificate_a_hook_delivered() {
     let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
     assert_eq!(c.code, 0, "the hub holds both after the roll: {}", c.stdout);
 
-    let r = run_fleet(
-        &env,
-        &serve,
-        "azure",
-        &["reprovision", "device:gw-1", "-o", "json"],
-    );
-    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
-    let gw1 = device(&status(&env, &serve, "azure"), "gw-1").clone();
+    let gw1 = reprovision_gw1(&env, &serve, 1);
     assert_eq!(gw1["hub_identity"]["primary_thumbprint"], old, "{gw1}");
     assert_eq!(gw1["hub_identity"]["secondary_thumbprint"], Value::Null, "{gw1}");
 

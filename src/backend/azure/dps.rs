@@ -1764,22 +1764,16 @@ impl EnrollmentService for AzureEnrollmentService {
         // included. Only the caller knows "never registered"; any other device is read on its
         // own. A read that found no individual enrollment proves nothing: that refused device
         // has none either.
-        let unknown: Vec<String> = ids
-            .iter()
-            .zip(never_registered)
-            .filter(|(id, never)| !listed.contains_key(*id) && !**never)
-            .map(|(id, _)| id.clone())
-            .collect();
-        let mut read = self.registration_many(&unknown)?.into_iter();
-        Ok(ids
+        let known = ids
             .iter()
             .zip(never_registered)
             .map(|(id, never)| match listed.get(id) {
-                Some(v) => Some(self.registration_of(id, v.clone())),
-                None if *never => None,
-                None => read.next().flatten(),
+                Some(v) => Some(Some(self.registration_of(id, v.clone()))),
+                None if *never => Some(None),
+                None => None,
             })
-            .collect())
+            .collect();
+        crate::backend::known_or_read(ids, known, |unknown| self.registration_many(unknown))
     }
 
     fn group_assigned_hubs(
@@ -1817,17 +1811,7 @@ impl EnrollmentService for AzureEnrollmentService {
                 None => None,
             };
         }
-        let unknown: Vec<String> = ids
-            .iter()
-            .zip(&out)
-            .filter(|(_, o)| o.is_none())
-            .map(|(id, _)| id.clone())
-            .collect();
-        let mut read = self.assigned_hubs(&unknown)?.into_iter();
-        Ok(out
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| read.next().flatten()))
-            .collect())
+        crate::backend::known_or_read(ids, out, |unknown| self.assigned_hubs(unknown))
     }
 }
 

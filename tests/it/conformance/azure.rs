@@ -1572,12 +1572,15 @@ fn measure_throttled_roll_against_the_service_rate() {
     );
 }
 
-#[test]
-fn a_hub_identity_changed_mid_update_is_read_again_and_the_update_lands() {
-    // Every hub answer waits 400 ms, so the other client's write lands between this client's
-    // read and its write.
-    let env = TestEnv::new();
-    let (serve, config) = start_services(&env, "t", "[serve.services.hub]\ndelay_ms = 400\n");
+/// The race of the two tests below: serve's hub answers after 400 ms; identity `conf-race`
+/// (thumbprint AA...) exists; another client has read it, made `change` to it, and puts it back
+/// a moment later (the returned thread), so its write lands between this client's read and its
+/// write of the returned update (secondary thumbprint BB...).
+fn race_on_an_identity(
+    env: &TestEnv,
+    change: impl FnOnce(&mut serde_json::Value),
+) -> (Serve, AzureHubRegistry, HubIdentity, std::thread::JoinHandle<()>) {
+    let (serve, config) = start_services(env, "t", "[serve.services.hub]\ndelay_ms = 400\n");
     let mut hub = AzureHubRegistry::new_with_env(&config, &keys(&serve)).unwrap();
     let identity = HubIdentity {
         hub: "conf-hub".into(),
@@ -1588,14 +1591,26 @@ fn a_hub_identity_changed_mid_update_is_read_again_and_the_update_lands() {
         secondary_thumbprint: None,
     };
     hub.create_identity(&identity).unwrap();
-
     let other = raw_client(&config, &serve, "IoT Hub");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut body = get_json(&rt, &other, "/devices/conf-race");
-    body["authentication"]["x509Thumbprint"]["primaryThumbprint"] = serde_json::json!("CC".repeat(20));
+    change(&mut body);
     let writer = put_later(rt, other, "/devices/conf-race", "\"*\"", body);
-    let mut update = identity.clone();
-    update.secondary_thumbprint = Some("BB".repeat(20));
+    let update = HubIdentity {
+        secondary_thumbprint: Some("BB".repeat(20)),
+        ..identity
+    };
+    (serve, hub, update, writer)
+}
+
+#[test]
+fn a_hub_identity_changed_mid_update_is_read_again_and_the_update_lands() {
+    // Every hub answer waits 400 ms, so the other client's write lands between this client's
+    // read and its write.
+    let env = TestEnv::new();
+    let (_serve, mut hub, update, writer) = race_on_an_identity(&env, |body| {
+        body["authentication"]["x509Thumbprint"]["primaryThumbprint"] = serde_json::json!("CC".repeat(20));
+    });
     hub.update_identity(&update, super::now()).unwrap();
     writer.join().unwrap();
 
@@ -1618,25 +1633,9 @@ fn a_hub_identity_changed_mid_update_is_read_again_and_the_update_lands() {
 #[test]
 fn a_hub_identity_another_client_disables_mid_bulk_update_stays_disabled() {
     let env = TestEnv::new();
-    let (serve, config) = start_services(&env, "t", "[serve.services.hub]\ndelay_ms = 400\n");
-    let mut hub = AzureHubRegistry::new_with_env(&config, &keys(&serve)).unwrap();
-    let identity = HubIdentity {
-        hub: "conf-hub".into(),
-        device_id: "conf-race".into(),
-        status: Status::Enabled,
-        auth_type: "selfSigned".into(),
-        primary_thumbprint: Some("AA".repeat(20)),
-        secondary_thumbprint: None,
-    };
-    hub.create_identity(&identity).unwrap();
-
-    let other = raw_client(&config, &serve, "IoT Hub");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut body = get_json(&rt, &other, "/devices/conf-race");
-    body["status"] = serde_json::json!("disabled");
-    let writer = put_later(rt, other, "/devices/conf-race", "\"*\"", body);
-    let mut update = identity.clone();
-    update.secondary_thumbprint = Some("BB".repeat(20));
+    let (_serve, mut hub, update, writer) = race_on_an_identity(&env, |body| {
+        body["status"] = serde_json::json!("disabled");
+    });
     hub.update_identities(&[update], super::now()).unwrap();
     writer.join().unwrap();
 
