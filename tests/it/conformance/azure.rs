@@ -1384,6 +1384,33 @@ fn fresh_dps(
 /// 0.119 ms, one at a time 2.03 ms an enrollment); main's 19.8x, 17.9x, 21.7x, 14.5x, 19.4x
 /// (median 19.4x; 0.130 and 2.54 ms). No quiet machine this session: the 20x in every run on
 /// one is still to be shown.
+///
+/// 2026-12-02, bench20 (release, 3 rounds, N = 10000, 1000 singles; `perf record -e cpu-clock
+/// -F 1999 -k CLOCK_MONOTONIC` around the test binary, samples over each bulk window; one
+/// sample is 0.5 ms of CPU). Main (1890195) at load 7 to 9: 12.1x, 17.0x, 15.5x (bulk 0.218 to
+/// 0.269 ms, singles 2.78 to 4.18 ms an enrollment); serve 121, 125, 132 µs of CPU an
+/// enrollment, the client 53, 55, 56 µs (test thread and its runtime's workers). A `--call-graph
+/// dwarf` profile of serve over one bulk window: the store's writer thread 39% (the DPS bulk
+/// records' upserts 10%, commits 11%, of which WAL frame writes 10%; the hub's 5%; freeing the
+/// groups' request bodies 3.5%), the handlers 31% (the certificates' decoding and parsing
+/// ahead of the queue 12%, JSON reads of the bulk bodies 6%, `format!` of the wire times 3.7%,
+/// the char-by-char whitespace look in base64 certificates 1.9%), the rest TLS, hyper and the
+/// kernel's socket and file writes. Cut: the times written digit by digit, the whitespace look
+/// byte by byte, the request bodies freed off the writer thread. With them (the new serve under
+/// the same test binary), at load 5 to 8: 16.0x, 26.5x, 9.3x (bulk 0.145 to 0.235 ms); serve
+/// 112, 107, 131 µs. Main's serve again right after, beside a clippy run (load 8): 17.1x,
+/// 24.8x, 21.1x; serve 108, 91, 129 µs. In the flat profiles the base64 look fell (25 and 23
+/// samples to 15 and 14 a window); the times did not measurably (the formatting's and
+/// `wire_time`'s own samples 28 and 14 before, 29 and 23 after): the calendar look-ups stay.
+/// The round-to-round spread (±15%) hides changes of 1 to 3%: no measurable change at this
+/// load. The bulk roll is not yet 20x in
+/// every run; what is left to cut is the store's own work (upserts, commits: one connection)
+/// and the certificates' X.509 parse, which DPS's checks need. The verb's DPS and hub traffic
+/// is this one's (`roll-secondary` reads a chunk by `individual_many` and the hub-first
+/// `identity_many`, then writes it by `put_individuals_and_identities`, DPS and the hub on two
+/// threads, at the plan's default concurrency of 16), with two differences: its chunks are
+/// 2048 devices (`ops::roll::CHUNK`), not pages of 1000, and around them it does what this
+/// does not time (Key Vault versions, the fleet records, the journal).
 #[test]
 #[ignore = "measurement, not a check: run with --ignored --nocapture"]
 fn measure_roll_of_n_enrollments_bulk_against_one_at_a_time() {
