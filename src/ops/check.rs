@@ -196,6 +196,10 @@ struct Checker<'a> {
     /// The devices an open breach run has yet to replace, each with the command that resumes
     /// that run ([`super::held::open_breaches`]).
     breached_devices: std::collections::HashMap<String, String>,
+    /// The devices still owed the delivery of their new certificate
+    /// ([`Backend::owed_devices`]); those a breach cut off are taken out as they are reported
+    /// critical, and the rest get [`owed_deliveries`]'s warning.
+    owed: std::collections::BTreeSet<String>,
 }
 
 impl Checker<'_> {
@@ -386,6 +390,7 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             })
             .collect(),
         breached_devices: super::held::open_breaches(&backend)?,
+        owed: backend.owed_devices()?.into_iter().collect(),
     };
     let mut ca_not_after = std::collections::BTreeMap::new();
     for ca in &plan.cas {
@@ -633,7 +638,7 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
     for page in devices.chunks(PAGE) {
         check_devices(&backend, &mut c, page, &owners)?;
     }
-    owed_deliveries(&backend, &mut c, &devices)?;
+    owed_deliveries(&mut c, &devices);
     // Certificates made in the vault alone (`vault create`, `import`, `merge`) have lifetime
     // actions of their own in their vault policy; they are checked when nothing narrower is
     // asked, or when named (`vault:NAME`).
@@ -740,15 +745,19 @@ const OWED_SHOWN: usize = 5;
 /// deliveries): one warning for them all, with their count, the first few and the command that
 /// delivers them. Their certificate is judged as the one they hold (`check_devices`), so without
 /// this a failed delivery left `check` OK.
-fn owed_deliveries(backend: &dyn Backend, c: &mut Checker<'_>, checked: &[(String, usize)]) -> Result<()> {
-    let owed = backend.owed_devices()?;
-    if owed.is_empty() {
-        return Ok(());
+fn owed_deliveries(c: &mut Checker<'_>, checked: &[(String, usize)]) {
+    if c.owed.is_empty() {
+        return;
     }
     let checked: std::collections::HashSet<&str> = checked.iter().map(|(id, _)| id.as_str()).collect();
-    let owed: Vec<&String> = owed.iter().filter(|id| checked.contains(id.as_str())).collect();
+    let owed: Vec<String> = c
+        .owed
+        .iter()
+        .filter(|id| checked.contains(id.as_str()))
+        .cloned()
+        .collect();
     let Some(first) = owed.first() else {
-        return Ok(());
+        return;
     };
     let shown: Vec<String> = owed
         .iter()
@@ -772,7 +781,59 @@ fn owed_deliveries(backend: &dyn Backend, c: &mut Checker<'_>, checked: &[(Strin
         not_after: None,
         actions_due: vec![],
     });
-    Ok(())
+}
+
+/// The command that finishes the breach whose replacement device `id` was issued (`issued`):
+/// the resume command of an open breach run that has yet to replace it, else the device's
+/// breach again when its last finished breach made `issued` (that rerun delivers what is owed
+/// and replaces nothing twice). None when `issued` is no breach's replacement. Reads the
+/// journal: asked only of a device owed a delivery or holding a disabled version.
+fn breach_of(
+    backend: &dyn Backend,
+    c: &Checker<'_>,
+    id: &str,
+    issued: &VaultVersion,
+) -> Result<Option<String>> {
+    if let Some(rerun) = c.breached_devices.get(id) {
+        return Ok(Some(rerun.clone()));
+    }
+    let tp = crate::pki::sha1_thumbprint(&issued.cert_der);
+    Ok(backend
+        .last_done_step(&format!("device:{id}"), "breach-device")?
+        .and_then(|s| s.result)
+        .filter(|r| r["replacement"].as_str() == Some(tp.as_str()))
+        .map(|r| {
+            // The operator's own command, incident and all: the one in their shell history.
+            let incident = r["incident"]
+                .as_str()
+                .map(|i| format!(" --incident {i}"))
+                .unwrap_or_default();
+            format!("certroll roll-primary --breach device:{id}{incident} --yes")
+        }))
+}
+
+/// Why device `id` is cut off after a breach replaced its compromised certificate with
+/// `replacement`, which it does not have (its delivery is owed) or which is disabled
+/// (`disabled`), with the way on: `finish` is [`breach_of`]'s command.
+fn cut_off_by_breach(id: &str, replacement: &VaultVersion, disabled: bool, finish: &str) -> String {
+    let tp = crate::pki::sha1_thumbprint(&replacement.cert_der);
+    if disabled {
+        format!(
+            "the breach replacement of its compromised certificate, {tp}, is disabled in the vault (revoked), \
+             and DPS and the hub refuse the compromised one: the device has no working certificate and is cut \
+             off until it has a new one. `{finish}` finishes the breach if it is open; if the replacement stays \
+             disabled, `certroll roll-primary --breach device:{id} --incident NEW-LABEL --yes` (a label of its \
+             own) declares it compromised too and issues the device another"
+        )
+    } else {
+        format!(
+            "the breach replacement of its compromised certificate, {tp} (issued {}), has not reached it: its \
+             delivery failed or did not run, and DPS and the hub refuse the compromised certificate it still \
+             holds, so the device is cut off until it has the new one. `{finish}` finishes the breach and \
+             delivers it",
+            crate::clock::rfc3339(replacement.created)
+        )
+    }
 }
 
 /// What the devices of one group, or one enrollment, are judged by.
@@ -928,6 +989,22 @@ fn check_devices(
                      (compromised): `{fix}` replaces it"
                 ),
                 not_after: installed.as_ref().map(|v| v.exp),
+                actions_due: vec![],
+            });
+            continue;
+        }
+        // A breach's replacement the device does not have, or that is disabled: the
+        // certificate before it is compromised and refused, so the device is cut off, and
+        // neither `issue` nor the expiry's advice brings it back (trial az9 G4).
+        if let Some(v) = installed.as_ref().filter(|v| !v.enabled || c.owed.contains(id))
+            && let Some(finish) = breach_of(backend, c, id, v)?
+        {
+            c.owed.remove(id);
+            c.add(Problem {
+                target: format!("device:{id}"),
+                level: Level::Critical,
+                reason: cut_off_by_breach(id, v, !v.enabled, &finish),
+                not_after: Some(v.exp),
                 actions_due: vec![],
             });
             continue;
