@@ -200,6 +200,10 @@ struct Checker<'a> {
     /// ([`Backend::owed_devices`]); those a breach cut off are taken out as they are reported
     /// critical, and the rest get [`owed_deliveries`]'s warning.
     owed: std::collections::BTreeSet<String>,
+    /// Issuing CA versions (vault name, version id) looked up per group: whether the group
+    /// accepts certificates they signed ([`group_accepts`]), so 100k devices cost a look-up per
+    /// group and CA version, not one each.
+    accepted: std::collections::HashMap<(String, String, String), bool>,
 }
 
 impl Checker<'_> {
@@ -391,6 +395,7 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             .collect(),
         breached_devices: super::held::open_breaches(&backend)?,
         owed: backend.owed_devices()?.into_iter().collect(),
+        accepted: Default::default(),
     };
     let mut ca_not_after = std::collections::BTreeMap::new();
     for ca in &plan.cas {
@@ -596,10 +601,24 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             .filter(|id| whole || opts.targets.contains(&Target::Device(id.clone())));
         let policy = &plan.policies[&g.device_policy];
         let at = owners.len();
-        let group_cut_off = match backend.group(&g.name)? {
+        let state = backend.group(&g.name)?;
+        let group_cut_off = match &state {
             Some(state) => super::held::group_disabled_by_another(&backend, &g.name, state.status)?,
             None => None,
         };
+        // Another client's certificate in a slot, or no slot filled, is reported of the group
+        // itself: its devices are not judged against its slots as well.
+        let signing = state
+            .filter(|s| s.foreign.is_empty())
+            .map(|s| {
+                [s.primary, s.secondary]
+                    .into_iter()
+                    .flatten()
+                    .map(|slot| crate::pki::sha1_thumbprint(&slot.cert_der))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|tps| !tps.is_empty())
+            .map(|tps| (g.name.as_str(), tps));
         if let Some(why) = &group_cut_off
             && whole
         {
@@ -617,6 +636,7 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             renewal: renewal(&g.signing_ca, policy),
             enrolled: false,
             group_cut_off,
+            signing,
         });
         devices.extend(ids.map(|id| (id, at)));
     }
@@ -631,6 +651,7 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
                 renewal: renewal(&e.issuer, policy),
                 enrolled: true,
                 group_cut_off: None,
+                signing: None,
             });
             devices.push((e.name.clone(), at));
         }
@@ -845,6 +866,30 @@ struct Owner<'a> {
     enrolled: bool,
     /// Why every device of the group cannot connect: another client disabled the group.
     group_cut_off: Option<String>,
+    /// The group's name and the SHA-1 thumbprints of the CA certificates in its signing slots
+    /// (None: not a group, or a group judged as a whole).
+    signing: Option<(&'a str, Vec<String>)>,
+}
+
+/// Whether a group whose signing slots hold `slots` (SHA-1 thumbprints) accepts a certificate
+/// signed by CA version `issuer` (vault name, version id): the slot holds it, or a CA above it.
+/// A version certroll cannot read counts as accepted: nothing to judge by.
+fn group_accepts(backend: &dyn Backend, slots: &[String], issuer: &(String, String)) -> Result<bool> {
+    let mut at = Some(issuer.clone());
+    // Bounded: a chain never loops, but a record could.
+    for _ in 0..16 {
+        let Some((name, version)) = at else {
+            return Ok(false);
+        };
+        let Some(v) = backend.version(&name, &version)? else {
+            return Ok(true);
+        };
+        if slots.contains(&crate::pki::sha1_thumbprint(&v.cert_der)) {
+            return Ok(true);
+        }
+        at = v.issuer;
+    }
+    Ok(true)
 }
 
 /// Judges one page of devices, each with the index of its [`Owner`].
@@ -879,6 +924,7 @@ fn check_devices(
             renewal,
             enrolled,
             group_cut_off,
+            signing,
         } = &owners[*owner];
         let (policy, renewal) = (*policy, *renewal);
         // Its group disabled by another client: DPS refuses it whatever its certificate, and the
@@ -1008,6 +1054,48 @@ fn check_devices(
                 actions_due: vec![],
             });
             continue;
+        }
+        // DPS matches a group device without an individual enrollment by the group's signing
+        // slots: a certificate under neither slot's CA is refused, though it is valid itself.
+        if let (Some((group, slots)), None, Some(v)) = (signing, &enrollment, &installed)
+            && let Some(issuer) = &v.issuer
+        {
+            let key = (group.to_string(), issuer.0.clone(), issuer.1.clone());
+            let accepted = match c.accepted.get(&key) {
+                Some(a) => *a,
+                None => {
+                    let a = group_accepts(backend, slots, issuer)?;
+                    c.accepted.insert(key, a);
+                    a
+                }
+            };
+            if !accepted {
+                let ca = c
+                    .ca_current
+                    .get(&issuer.0)
+                    .map(|(ca, _)| ca.clone())
+                    .unwrap_or_else(|| issuer.0.clone());
+                let tp = backend
+                    .version(&issuer.0, &issuer.1)?
+                    .map(|v| crate::pki::sha1_thumbprint(&v.cert_der))
+                    .unwrap_or_default();
+                c.add(Problem {
+                    target: format!("device:{id}"),
+                    level: Level::Critical,
+                    reason: format!(
+                        "its certificate is signed by CA `{ca}` version {} ({tp}), which enrollment group `{group}` \
+                         holds in neither signing slot, nor a CA above it (the slots hold {}): DPS refuses its \
+                         registrations. Put that CA certificate back into a free signing slot of the group (DPS's \
+                         API or the Azure portal; `certroll export ca:{ca}` writes the current one), or give the \
+                         device a certificate under a CA the group holds",
+                        issuer.1,
+                        slots.join(" / ")
+                    ),
+                    not_after: Some(v.exp),
+                    actions_due: vec![],
+                });
+                continue;
+            }
         }
         let name = super::device_cert_name(id);
         if installed.is_none()
