@@ -196,8 +196,14 @@ struct Checker<'a> {
     /// The devices an open breach run has yet to replace, each with the command that resumes
     /// that run ([`super::held::open_breaches`]).
     breached_devices: std::collections::HashMap<String, String>,
-    /// The devices still owed the delivery of their new certificate (`Backend::owed_devices`).
-    owed: std::collections::HashSet<String>,
+    /// The devices still owed the delivery of their new certificate
+    /// ([`Backend::owed_devices`]); those a breach cut off are taken out as they are reported
+    /// critical, and the rest get [`owed_deliveries`]'s warning.
+    owed: std::collections::BTreeSet<String>,
+    /// Issuing CA versions (vault name, version id) looked up per group: whether the group
+    /// accepts certificates they signed ([`group_accepts`]), so 100k devices cost a look-up per
+    /// group and CA version, not one each.
+    accepted: std::collections::HashMap<(String, String, String), bool>,
 }
 
 impl Checker<'_> {
@@ -389,6 +395,7 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             .collect(),
         breached_devices: super::held::open_breaches(&backend)?,
         owed: backend.owed_devices()?.into_iter().collect(),
+        accepted: Default::default(),
     };
     let mut ca_not_after = std::collections::BTreeMap::new();
     for ca in &plan.cas {
@@ -594,10 +601,24 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             .filter(|id| whole || opts.targets.contains(&Target::Device(id.clone())));
         let policy = &plan.policies[&g.device_policy];
         let at = owners.len();
-        let group_cut_off = match backend.group(&g.name)? {
+        let state = backend.group(&g.name)?;
+        let group_cut_off = match &state {
             Some(state) => super::held::group_disabled_by_another(&backend, &g.name, state.status)?,
             None => None,
         };
+        // Another client's certificate in a slot, or no slot filled, is reported of the group
+        // itself: its devices are not judged against its slots as well.
+        let signing = state
+            .filter(|s| s.foreign.is_empty())
+            .map(|s| {
+                [s.primary, s.secondary]
+                    .into_iter()
+                    .flatten()
+                    .map(|slot| crate::pki::sha1_thumbprint(&slot.cert_der))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|tps| !tps.is_empty())
+            .map(|tps| (g.name.as_str(), tps));
         if let Some(why) = &group_cut_off
             && whole
         {
@@ -615,6 +636,7 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             renewal: renewal(&g.signing_ca, policy),
             enrolled: false,
             group_cut_off,
+            signing,
         });
         devices.extend(ids.map(|id| (id, at)));
     }
@@ -629,6 +651,7 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
                 renewal: renewal(&e.issuer, policy),
                 enrolled: true,
                 group_cut_off: None,
+                signing: None,
             });
             devices.push((e.name.clone(), at));
         }
@@ -744,14 +767,16 @@ const OWED_SHOWN: usize = 5;
 /// delivers them. Their certificate is judged as the one they hold (`check_devices`), so without
 /// this a failed delivery left `check` OK.
 fn owed_deliveries(c: &mut Checker<'_>, checked: &[(String, usize)]) {
-    let mut owed: Vec<String> = checked
+    if c.owed.is_empty() {
+        return;
+    }
+    let checked: std::collections::HashSet<&str> = checked.iter().map(|(id, _)| id.as_str()).collect();
+    let owed: Vec<String> = c
+        .owed
         .iter()
-        .map(|(id, _)| id)
-        .filter(|id| c.owed.contains(id.as_str()))
+        .filter(|id| checked.contains(id.as_str()))
         .cloned()
         .collect();
-    owed.sort();
-    owed.dedup();
     let Some(first) = owed.first() else {
         return;
     };
@@ -779,6 +804,59 @@ fn owed_deliveries(c: &mut Checker<'_>, checked: &[(String, usize)]) {
     });
 }
 
+/// The command that finishes the breach whose replacement device `id` was issued (`issued`):
+/// the resume command of an open breach run that has yet to replace it, else the device's
+/// breach again when its last finished breach made `issued` (that rerun delivers what is owed
+/// and replaces nothing twice). None when `issued` is no breach's replacement. Reads the
+/// journal: asked only of a device owed a delivery or holding a disabled version.
+fn breach_of(
+    backend: &dyn Backend,
+    c: &Checker<'_>,
+    id: &str,
+    issued: &VaultVersion,
+) -> Result<Option<String>> {
+    if let Some(rerun) = c.breached_devices.get(id) {
+        return Ok(Some(rerun.clone()));
+    }
+    let tp = crate::pki::sha1_thumbprint(&issued.cert_der);
+    Ok(backend
+        .last_done_step(&format!("device:{id}"), "breach-device")?
+        .and_then(|s| s.result)
+        .filter(|r| r["replacement"].as_str() == Some(tp.as_str()))
+        .map(|r| {
+            // The operator's own command, incident and all: the one in their shell history.
+            let incident = r["incident"]
+                .as_str()
+                .map(|i| format!(" --incident {i}"))
+                .unwrap_or_default();
+            format!("certroll roll-primary --breach device:{id}{incident} --yes")
+        }))
+}
+
+/// Why device `id` is cut off after a breach replaced its compromised certificate with
+/// `replacement`, which it does not have (its delivery is owed) or which is disabled
+/// (`disabled`), with the way on: `finish` is [`breach_of`]'s command.
+fn cut_off_by_breach(id: &str, replacement: &VaultVersion, disabled: bool, finish: &str) -> String {
+    let tp = crate::pki::sha1_thumbprint(&replacement.cert_der);
+    if disabled {
+        format!(
+            "the breach replacement of its compromised certificate, {tp}, is disabled in the vault (revoked), \
+             and DPS and the hub refuse the compromised one: the device has no working certificate and is cut \
+             off until it has a new one. `{finish}` finishes the breach if it is open; if the replacement stays \
+             disabled, `certroll roll-primary --breach device:{id} --incident NEW-LABEL --yes` (a label of its \
+             own) declares it compromised too and issues the device another"
+        )
+    } else {
+        format!(
+            "the breach replacement of its compromised certificate, {tp} (issued {}), has not reached it: its \
+             delivery failed or did not run, and DPS and the hub refuse the compromised certificate it still \
+             holds, so the device is cut off until it has the new one. `{finish}` finishes the breach and \
+             delivers it",
+            crate::clock::rfc3339(replacement.created)
+        )
+    }
+}
+
 /// What the devices of one group, or one enrollment, are judged by.
 struct Owner<'a> {
     policy: &'a Policy,
@@ -788,6 +866,30 @@ struct Owner<'a> {
     enrolled: bool,
     /// Why every device of the group cannot connect: another client disabled the group.
     group_cut_off: Option<String>,
+    /// The group's name and the SHA-1 thumbprints of the CA certificates in its signing slots
+    /// (None: not a group, or a group judged as a whole).
+    signing: Option<(&'a str, Vec<String>)>,
+}
+
+/// Whether a group whose signing slots hold `slots` (SHA-1 thumbprints) accepts a certificate
+/// signed by CA version `issuer` (vault name, version id): the slot holds it, or a CA above it.
+/// A version certroll cannot read counts as accepted: nothing to judge by.
+fn group_accepts(backend: &dyn Backend, slots: &[String], issuer: &(String, String)) -> Result<bool> {
+    let mut at = Some(issuer.clone());
+    // Bounded: a chain never loops, but a record could.
+    for _ in 0..16 {
+        let Some((name, version)) = at else {
+            return Ok(false);
+        };
+        let Some(v) = backend.version(&name, &version)? else {
+            return Ok(true);
+        };
+        if slots.contains(&crate::pki::sha1_thumbprint(&v.cert_der)) {
+            return Ok(true);
+        }
+        at = v.issuer;
+    }
+    Ok(true)
 }
 
 /// Judges one page of devices, each with the index of its [`Owner`].
@@ -822,6 +924,7 @@ fn check_devices(
             renewal,
             enrolled,
             group_cut_off,
+            signing,
         } = &owners[*owner];
         let (policy, renewal) = (*policy, *renewal);
         // Its group disabled by another client: DPS refuses it whatever its certificate, and the
@@ -966,6 +1069,64 @@ fn check_devices(
                 actions_due: vec![],
             });
             continue;
+        }
+        // A breach's replacement the device does not have, or that is disabled: the
+        // certificate before it is compromised and refused, so the device is cut off, and
+        // neither `issue` nor the expiry's advice brings it back (trial az9 G4).
+        if let Some(v) = installed.as_ref().filter(|v| !v.enabled || c.owed.contains(id))
+            && let Some(finish) = breach_of(backend, c, id, v)?
+        {
+            c.owed.remove(id);
+            c.add(Problem {
+                target: format!("device:{id}"),
+                level: Level::Critical,
+                reason: cut_off_by_breach(id, v, !v.enabled, &finish),
+                not_after: Some(v.exp),
+                actions_due: vec![],
+            });
+            continue;
+        }
+        // DPS matches a group device without an individual enrollment by the group's signing
+        // slots: a certificate under neither slot's CA is refused, though it is valid itself.
+        if let (Some((group, slots)), None, Some(v)) = (signing, &enrollment, &installed)
+            && let Some(issuer) = &v.issuer
+        {
+            let key = (group.to_string(), issuer.0.clone(), issuer.1.clone());
+            let accepted = match c.accepted.get(&key) {
+                Some(a) => *a,
+                None => {
+                    let a = group_accepts(backend, slots, issuer)?;
+                    c.accepted.insert(key, a);
+                    a
+                }
+            };
+            if !accepted {
+                let ca = c
+                    .ca_current
+                    .get(&issuer.0)
+                    .map(|(ca, _)| ca.clone())
+                    .unwrap_or_else(|| issuer.0.clone());
+                let tp = backend
+                    .version(&issuer.0, &issuer.1)?
+                    .map(|v| crate::pki::sha1_thumbprint(&v.cert_der))
+                    .unwrap_or_default();
+                c.add(Problem {
+                    target: format!("device:{id}"),
+                    level: Level::Critical,
+                    reason: format!(
+                        "its certificate is signed by CA `{ca}` version {} ({tp}), which enrollment group `{group}` \
+                         holds in neither signing slot, nor a CA above it (the slots hold {}): DPS refuses its \
+                         registrations. Put that CA certificate back into a free signing slot of the group (DPS's \
+                         API or the Azure portal; `certroll export ca:{ca}` writes the current one), or give the \
+                         device a certificate under a CA the group holds",
+                        issuer.1,
+                        slots.join(" / ")
+                    ),
+                    not_after: Some(v.exp),
+                    actions_due: vec![],
+                });
+                continue;
+            }
         }
         let name = super::device_cert_name(id);
         if installed.is_none()

@@ -212,3 +212,53 @@ fn azure_check_and_status_name_devices_another_client_cut_off() {
         r.stderr
     );
 }
+
+/// A signing CA put in the vault's recycle bin (`vault delete ca-factory --force`, trial az9
+/// G3): its certificate in the group's signing slot is still certroll's. On both backends
+/// `check` names the deleted CA and `vault recover`, and nothing else of the group: no "another
+/// client's" certificate, no breach advice; `status` lists no foreign certificate in the
+/// group, and once recovered `check` is OK again.
+#[test]
+fn a_soft_deleted_signing_ca_is_not_another_clients_certificate_in_its_group() {
+    let env = TestEnv::new();
+    let serve = groups_through_the_hook(&env);
+    for which in ["local", "azure"] {
+        let r = run_fleet(&env, &serve, which, &["issue"]);
+        assert_eq!(r.code, 0, "{which}: {}", r.stderr);
+        let r = run_fleet(&env, &serve, which, &["vault", "delete", "ca-factory", "--force"]);
+        assert_eq!(r.code, 0, "{which}: {}", r.stderr);
+        let r = run_fleet(&env, &serve, which, &["check", "-o", "json"]);
+        assert_eq!(r.code, 2, "{which}: {}{}", r.stdout, r.stderr);
+        let report = r.json();
+        let ca = problem(&report, "ca:factory");
+        assert!(
+            ca["reason"]
+                .as_str()
+                .unwrap()
+                .contains("`certroll vault recover ca-factory`"),
+            "{which}: {ca}"
+        );
+        for p in report["problems"].as_array().unwrap() {
+            let reason = p["reason"].as_str().unwrap();
+            assert!(
+                p["target"] != "group:sensors"
+                    && !reason.contains("another client")
+                    && !reason.contains("--breach"),
+                "{which}: {p}"
+            );
+        }
+        let status = run_fleet(&env, &serve, which, &["status", "-o", "json"]).json();
+        let group = status["groups"]
+            .as_array()
+            .and_then(|g| g.iter().find(|g| g["name"] == "sensors"))
+            .unwrap_or_else(|| panic!("{which}: {status}"));
+        assert!(
+            group["foreign"].as_array().is_none_or(Vec::is_empty),
+            "{which}: {group}"
+        );
+        let r = run_fleet(&env, &serve, which, &["vault", "recover", "ca-factory"]);
+        assert_eq!(r.code, 0, "{which}: {}", r.stderr);
+        let r = run_fleet(&env, &serve, which, &["check", "-o", "json"]);
+        assert_eq!(r.code, 0, "{which}: {}{}", r.stdout, r.stderr);
+    }
+}

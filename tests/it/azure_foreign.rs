@@ -2206,3 +2206,55 @@ fn a_take_back_shuts_out_of_the_hub_a_device_that_registered_under_the_certifica
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(replaced(&r.json()).is_empty(), "{}", r.stdout);
 }
+
+/// Enrollment group `meters` no longer holds the CA certificate its devices' certificates chain
+/// to (another client put CA `plant`'s, certroll's own, into its only slot): DPS refuses them,
+/// and `check` said OK (session 14's runbook rehearsal). Now each of its devices is critical,
+/// naming the group, the CA version and the way on; `pumps` and `gw-1` stay fine. Put back,
+/// `check` is OK again.
+#[test]
+fn check_names_group_devices_whose_ca_certificate_the_group_no_longer_holds() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, GROUPS);
+    fleet_plans_hook(&env, &serve, GROUPS);
+    fleet_ok(&env, &serve, &["issue", "-o", "json"]);
+    fleet_ok(&env, &serve, &["check", "-o", "json"]);
+    assert_eq!(group_slot(&env, &serve, "meters", "secondary"), None);
+    for ca in ["plant", "factory"] {
+        fleet_ok(
+            &env,
+            &serve,
+            &["export", &format!("ca:{ca}"), "--out", &format!("{ca}.pem")],
+        );
+    }
+    let pem = |ca: &str| std::fs::read_to_string(env.path(&format!("{ca}.pem"))).unwrap();
+    let factory_tp = group_slot(&env, &serve, "meters", "primary").unwrap();
+    put_foreign_signing(&env, &serve, "meters", "primary", &pem("plant"));
+
+    let r = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    let report = r.json();
+    for id in ["m-1", "m-2"] {
+        let p = crate::util::problem(&report, &format!("device:{id}"));
+        assert_eq!(p["level"], "critical", "{p}");
+        let reason = p["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("signed by CA `factory`")
+                && reason.contains(&factory_tp)
+                && reason.contains("enrollment group `meters` holds in neither signing slot")
+                && reason.contains("DPS refuses its registrations")
+                && reason.contains("`certroll export ca:factory`"),
+            "{reason}"
+        );
+    }
+    let flagged: Vec<&str> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["target"].as_str())
+        .collect();
+    assert_eq!(flagged, ["device:m-1", "device:m-2"], "{report}");
+
+    put_foreign_signing(&env, &serve, "meters", "primary", &pem("factory"));
+    fleet_ok(&env, &serve, &["check", "-o", "json"]);
+}

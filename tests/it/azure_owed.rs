@@ -633,6 +633,26 @@ fn a_breach_whose_delivery_failed_delivers_its_replacement_on_rerun_and_never_di
     let made = versions(&env, &serve, "gw-1");
     assert_eq!(made.len(), 2, "{made:?}");
     assert_eq!(made[0], leaked[0]);
+    // `check` says the device is cut off and names the breach that delivers the replacement,
+    // not `issue` and "the one before" (trial az9 G4): critical, as the leaked one is refused.
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 2, "{}\n{}", c.stdout, c.stderr);
+    let p = crate::util::problem(&c.json(), "device:gw-1");
+    let reason = p["reason"].as_str().unwrap();
+    assert_eq!(p["level"], "critical", "{p}");
+    assert!(
+        reason.contains(&replacement)
+            && reason.contains("cut off until it has the new one")
+            && reason.contains(&format!("`certroll {}`", breach[..6].join(" ")))
+            && !reason.contains("the one before")
+            && !reason.contains("certroll issue"),
+        "{reason}"
+    );
+    assert!(
+        !c.stdout.contains("still owed their new certificate"),
+        "{}",
+        c.stdout
+    );
     std::fs::remove_file(&fail).unwrap();
 
     // The dry run of the rerun: the replacement is not compromised.

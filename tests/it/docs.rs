@@ -168,6 +168,14 @@ fn docs_plan_md_rehearsal_on_serve_runs_as_written() {
     let start: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(env.path("serve-start.json")).unwrap()).unwrap();
     assert_eq!(start["id_scope"], "0neF3DBCA55", "{start}");
+    // The start line holds every SAS key: the rehearsal leaves it readable by its user alone
+    // (trial az9 G7).
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(env.path("serve-start.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "serve-start.json is {mode:o}");
     // Every device registered through the hook, and the roll went through.
     for dev in ["sensor-1", "sensor-2", "sensor-3", "gateway-01"] {
         assert!(

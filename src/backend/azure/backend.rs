@@ -149,6 +149,9 @@ struct VaultIndex {
     /// `issued_versions`), by SHA-1 thumbprint: a certificate is its own proof, so an
     /// enrollment's slot holding one of them needs no read of the vault.
     recorded: ThumbprintDer,
+    /// The soft-deleted (recoverable) certificates among the hinted names, read once each by
+    /// [`VaultIndex::deleted_of`]: name → its versions Key Vault still shows, by thumbprint.
+    deleted: std::sync::Mutex<HashMap<String, ThumbprintDer>>,
 }
 
 /// SHA-1 thumbprint (upper-case hex) → certificate (DER).
@@ -201,7 +204,31 @@ impl VaultIndex {
             missed: Default::default(),
             hints,
             recorded,
+            deleted: Default::default(),
         }
+    }
+
+    /// The certificate of `tp` among the soft-deleted certificates of `names`: certroll's own
+    /// (a CA or device certificate `vault delete --force` put in the recycle bin), which
+    /// `vault recover` brings back, not another client's (trial az9 G3). Key Vault shows a
+    /// deleted certificate's current version only. Each name is read once a process.
+    fn deleted_of(&self, vault: &AzureVault, names: &[String], tp: &str) -> Result<Option<Vec<u8>>> {
+        let mut deleted = self.deleted.lock().unwrap_or_else(|p| p.into_inner());
+        for name in names {
+            if !deleted.contains_key(name) {
+                let versions = vault
+                    .deleted_certificates(Some(name))?
+                    .into_iter()
+                    .flat_map(|d| d.versions)
+                    .map(|v| (crate::pki::sha1_thumbprint(&v.cert_der), v.cert_der))
+                    .collect();
+                deleted.insert(name.clone(), versions);
+            }
+            if let Some(der) = deleted[name].get(tp) {
+                return Ok(Some(der.clone()));
+            }
+        }
+        Ok(None)
     }
 
     fn build(vault: &AzureVault) -> Result<ThumbprintIndex> {
@@ -242,20 +269,20 @@ impl VaultIndex {
         let mut index = self.by_thumbprint.lock().unwrap_or_else(|p| p.into_inner());
         // The first read that failed: the cause when the certificate is not found by other means.
         let mut failure = None;
-        if !index.1.contains_key(&tp)
-            && let Some(whose) = whose
-        {
-            // A device's own name when the plan does not know it (a registration id is the
-            // device id).
-            let names = self
-                .hints
+        // A device's own name when the plan does not know it (a registration id is the device
+        // id).
+        let names = whose.map(|whose| {
+            self.hints
                 .get(whose)
                 .cloned()
-                .unwrap_or_else(|| vec![crate::backend::types::device_cert_name(whose)]);
-            if let Err(e) = Self::add(&vault, &names, &mut index.1) {
-                tracing::warn!("cannot read the vault certificates of `{whose}`: {e}");
-                failure = Some(e);
-            }
+                .unwrap_or_else(|| vec![crate::backend::types::device_cert_name(whose)])
+        });
+        if !index.1.contains_key(&tp)
+            && let (Some(whose), Some(names)) = (whose, &names)
+            && let Err(e) = Self::add(&vault, names, &mut index.1)
+        {
+            tracing::warn!("cannot read the vault certificates of `{whose}`: {e}");
+            failure = Some(e);
         }
         let mut missed = self.missed.lock().unwrap_or_else(|p| p.into_inner());
         if !index.1.contains_key(&tp) && index.0 < Self::MAX_BUILDS && !missed.contains(&tp) {
@@ -272,10 +299,23 @@ impl VaultIndex {
                 }
             }
         }
-        match index.1.get(&tp) {
-            Some((name, version)) => vault.certificate_der(name, version),
-            None => failure.map_or(Ok(None), Err),
+        if let Some((name, version)) = index.1.get(&tp) {
+            return vault.certificate_der(name, version);
         }
+        if let Some(names) = &names {
+            match self.deleted_of(&vault, names, &tp) {
+                Ok(Some(der)) => return Ok(Some(der)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot read the vault's deleted certificates of `{}`: {e}",
+                        names.join(", ")
+                    );
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        failure.map_or(Ok(None), Err)
     }
 }
 
