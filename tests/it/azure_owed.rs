@@ -768,25 +768,7 @@ fn a_breach_whose_replacement_waits_for_the_operator_finishes_and_its_rerun_does
         assert_eq!(d["outcome"], "already-replaced", "{args:?}: {d}");
     }
     assert_eq!(versions(&env, &serve, "gw-1"), made, "no version more");
-    let show = run_fleet(
-        &env,
-        &serve,
-        "azure",
-        &["vault", "show", "device:gw-1", "-o", "json"],
-    )
-    .ok()
-    .json();
-    let enabled: Vec<bool> = show["versions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["enabled"] == true)
-        .collect();
-    assert_eq!(
-        enabled,
-        vec![false, true],
-        "the leaked version disabled, the replacement not: {show}"
-    );
+    assert_leaked_disabled_replacement_enabled(&env, &serve);
 }
 
 /// A device breach killed after its remote writes, before its unit committed (the replacement
@@ -835,25 +817,7 @@ fn a_breach_killed_before_its_commit_adopts_its_own_replacement_on_rerun_and_nev
         "only the leaked one: {d}"
     );
     assert_eq!(versions(&env, &serve, "gw-1"), made, "no version more");
-    let show = run_fleet(
-        &env,
-        &serve,
-        "azure",
-        &["vault", "show", "device:gw-1", "-o", "json"],
-    )
-    .ok()
-    .json();
-    let enabled: Vec<bool> = show["versions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["enabled"] == true)
-        .collect();
-    assert_eq!(
-        enabled,
-        vec![false, true],
-        "the leaked version disabled, the replacement not: {show}"
-    );
+    assert_leaked_disabled_replacement_enabled(&env, &serve);
     let s = run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
         .ok()
         .json();
@@ -937,4 +901,27 @@ fn a_ca_breach_whose_deliveries_failed_stands_and_its_rerun_delivers_the_replace
     }
     let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
     assert_eq!(c.code, 0, "{}\n{}", c.stdout, c.stderr);
+}
+
+/// gw-1 has two vault versions: the leaked one disabled, its breach replacement enabled.
+fn assert_leaked_disabled_replacement_enabled(env: &TestEnv, serve: &Serve) {
+    let show = run_fleet(
+        env,
+        serve,
+        "azure",
+        &["vault", "show", "device:gw-1", "-o", "json"],
+    )
+    .ok()
+    .json();
+    let enabled: Vec<bool> = show["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["enabled"] == true)
+        .collect();
+    assert_eq!(
+        enabled,
+        vec![false, true],
+        "the leaked version disabled, the replacement not: {show}"
+    );
 }

@@ -268,12 +268,18 @@ pub fn run_hook(
 mod tests {
     use super::*;
 
+    /// The PID of a process that has ended (and been reaped): a killed certroll's, as a PFX
+    /// folder left behind names it.
+    fn dead_pid() -> u32 {
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let pid = dead.id();
+        dead.wait().unwrap();
+        pid
+    }
+
     #[test]
     fn a_pfx_folder_a_killed_run_left_is_removed_by_the_next_and_a_live_ones_is_kept() {
-        let dead = std::process::Command::new("true").spawn().unwrap();
-        let dead_pid = dead.id();
-        let mut dead = dead;
-        dead.wait().unwrap();
+        let dead_pid = dead_pid();
         let root = parcels_root().unwrap();
         let left = root.join(format!("{dead_pid}-leftover"));
         std::fs::create_dir_all(&left).unwrap();
@@ -298,10 +304,7 @@ mod tests {
     /// removed the PFX from under a slow hook (`azure_settle`'s killed run, failing at random).
     #[test]
     fn a_folder_whose_hook_outlives_its_killed_run_is_kept_until_the_hook_ends() {
-        let dead = std::process::Command::new("true").spawn().unwrap();
-        let dead_pid = dead.id();
-        let mut dead = dead;
-        dead.wait().unwrap();
+        let dead_pid = dead_pid();
         let root = parcels_root().unwrap();
         let folder = root.join(format!("{dead_pid}-hook-still-running"));
         std::fs::create_dir_all(&folder).unwrap();
