@@ -663,6 +663,7 @@ fn ca_version_from_vault_key(
         Some((issuer.cert_name.as_str(), issuer.version.as_str())),
         now,
     )?;
+    plan_policy_back(ca, policy, name, backend, now)?;
     Ok(der)
 }
 
@@ -755,13 +756,25 @@ fn root_from_key_holder(
     let der = crate::pki::cert::sign_self_with(profile, &backend.signer(&holder)?)?;
     backend.retire_key_holders(name, now)?;
     backend.merge_pending(&pending, &der, &[], None, now)?;
-    // The request's create left its own policy on the name (issuer `Unknown`, `reuse_key` over
-    // the holder's key): how certroll reaches the key, not the root the plan declares, which
-    // `vault show` and Key Vault's own renewal read (az8 F7). The merged root is
-    // self-signed, as the plan's policy says.
-    let plan_policy = policy_json(policy, &ca.subject.to_string(), None);
-    backend.set_policy(name, &plan_policy, now)?;
+    plan_policy_back(ca, policy, name, backend, now)?;
     Ok(der)
+}
+
+/// Puts the plan's policy of `ca` back on its vault name after a merge. The vault's create
+/// left the request's own policy there (issuer `Unknown`; for a root also `reuse_key` over its
+/// key holder's key): how certroll reaches the key, not the CA the plan declares, which `vault
+/// show` and Key Vault's own renewal read. The local store keeps the plan's policy from the
+/// start (az8 F7 for roots, az11 F2 for intermediates).
+fn plan_policy_back(
+    ca: &crate::plan::CaSpec,
+    policy: &crate::plan::Policy,
+    name: &str,
+    backend: &mut dyn Backend,
+    now: time::OffsetDateTime,
+) -> Result<()> {
+    let plan_policy = policy_json(policy, &ca.subject.to_string(), ca.issuer.as_deref());
+    backend.set_policy(name, &plan_policy, now)?;
+    Ok(())
 }
 
 /// Whether a request waiting on a CA's name is one [`ca_version_from_vault_key`] makes for

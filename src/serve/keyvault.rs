@@ -1370,7 +1370,13 @@ async fn delete_certificate(
             }
             return Err(not_found(&name));
         }
-        let opts = lifecycle::DeleteOptions::default();
+        // Key Vault deletes whatever it is asked to: refusing a certificate a device holds, or
+        // one that signed others, is certroll's own guard on the client (`vault delete` without
+        // `--force`), not the service's, so every other client may delete here.
+        let opts = lifecycle::DeleteOptions {
+            force: true,
+            ..lifecycle::DeleteOptions::default()
+        };
         lifecycle::delete_in(b, &name, &[], &opts, now)?;
         let d = b.deleted_certificates(Some(&name))?.into_iter().next();
         match d.as_ref().and_then(|d| deleted_bundle(&base, d)) {

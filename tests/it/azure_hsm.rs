@@ -1058,19 +1058,20 @@ fn a_sign_retried_after_a_dropped_connection_goes_again_with_its_body() {
     }
 }
 
-/// The policy `vault show` gives a root whose key is not exportable is the plan's (az8 F7):
-/// self-signed (issuer `Self`) and no `reuse_key`, as on local, not the `reuse_key` request
-/// (issuer `Unknown`) over its key holder's key that the key-holder flow made it with; Key
-/// Vault's own renewal would read it.
+/// The policy `vault show` gives a CA whose key is not exportable is the plan's, as on local:
+/// for the root (az8 F7) self-signed (issuer `Self`) and no `reuse_key`, not the `reuse_key`
+/// request (issuer `Unknown`) over its key holder's key that the key-holder flow made it with;
+/// for the intermediate `line` (az11 F2) issued by `root`, not the `Unknown` of the vault's
+/// create request. Key Vault's own renewal would read it.
 #[test]
-fn an_hsm_root_keeps_the_plan_s_policy_after_its_key_holder_flow() {
+fn hsm_cas_keep_the_plan_s_policy_after_the_vault_made_their_keys() {
     let env = TestEnv::new();
     let serve = start_serve(&env, HSM_GROUP);
     fleet_plans_hook(&env, &serve, HSM_GROUP);
     let (l, a) = both(&env, &serve, &["issue", "-o", "json"]);
     assert_eq!(l, a, "issue");
-    let shown = |which: &str| -> (Value, Value) {
-        let v = run_fleet(&env, &serve, which, &["vault", "show", "ca-root", "-o", "json"])
+    let shown = |which: &str, name: &str| -> (Value, Value) {
+        let v = run_fleet(&env, &serve, which, &["vault", "show", name, "-o", "json"])
             .ok()
             .json();
         let policy = &v["policy"];
@@ -1079,13 +1080,19 @@ fn an_hsm_root_keeps_the_plan_s_policy_after_its_key_holder_flow() {
             policy["key_props"]["reuse_key"].clone(),
         )
     };
-    assert_eq!(shown("azure"), (Value::from("Self"), Value::from(false)), "azure");
-    assert_eq!(shown("azure"), shown("local"));
-    // What Key Vault itself holds, read by another client.
-    let policy = key_vault_get(&env, &serve, "certificates/ca-root/policy");
-    assert_eq!(policy["issuer"]["name"], "Self", "{policy}");
-    assert_eq!(policy["key_props"]["reuse_key"], false, "{policy}");
-    assert_eq!(policy["key_props"]["exportable"], false, "{policy}");
+    for (name, issuer) in [("ca-root", "Self"), ("ca-line", "root")] {
+        assert_eq!(
+            shown("azure", name),
+            (Value::from(issuer), Value::from(false)),
+            "azure {name}"
+        );
+        assert_eq!(shown("azure", name), shown("local", name), "{name}");
+        // What Key Vault itself holds, read by another client.
+        let policy = key_vault_get(&env, &serve, &format!("certificates/{name}/policy"));
+        assert_eq!(policy["issuer"]["name"], issuer, "{name}: {policy}");
+        assert_eq!(policy["key_props"]["reuse_key"], false, "{name}: {policy}");
+        assert_eq!(policy["key_props"]["exportable"], false, "{name}: {policy}");
+    }
 }
 
 /// The same fault in the certificates client: `vault contacts set` is that client's first

@@ -618,3 +618,41 @@ fn a_roll_killed_between_its_key_vault_write_and_its_commit_adopts_that_version_
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(versions().len(), 2);
 }
+
+/// Key Vault deletes a certificate a device holds when asked: refusing it is certroll's own
+/// guard on the client, which `--force` passes. Serve's Key Vault used to apply that guard to
+/// the wire DELETE, so `vault delete --force` of a device's certificate failed on azure, and so
+/// did any SDK's delete (trial az11 F1).
+#[test]
+fn a_device_certificate_deletes_with_force_on_azure_and_any_client_may_delete_one() {
+    let env = TestEnv::new();
+    let serve = issued_on_azure(&env);
+
+    // certroll's guard, on the client: refused without --force, nothing deleted.
+    let r = run_fleet(&env, &serve, "azure", &["vault", "delete", "dev-gw-1"]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("held by device(s) gw-1"), "{}", r.stderr);
+    assert_eq!(
+        key_vault_curl(&env, &serve, "GET", "/certificates/dev-gw-1", None).0,
+        200
+    );
+
+    let r = fleet_ok(
+        &env,
+        &serve,
+        &["vault", "delete", "dev-gw-1", "--force", "-o", "json"],
+    );
+    let deleted: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(deleted["deleted"]["name"], "dev-gw-1", "{deleted}");
+    let (code, body) = key_vault_curl(&env, &serve, "GET", "/deletedcertificates/dev-gw-1", None);
+    assert_eq!(code, 200, "{body}");
+    fleet_ok(&env, &serve, &["vault", "recover", "dev-gw-1"]);
+    let (code, body) = key_vault_curl(&env, &serve, "GET", "/certificates/dev-gw-1", None);
+    assert_eq!(code, 200, "{body}");
+
+    // Another client of the vault deletes gw-2's certificate as Key Vault lets it.
+    let (code, body) = key_vault_curl(&env, &serve, "DELETE", "/certificates/dev-gw-2", None);
+    assert_eq!(code, 200, "{body}");
+    let (code, _) = key_vault_curl(&env, &serve, "GET", "/certificates/dev-gw-2", None);
+    assert_eq!(code, 404);
+}
