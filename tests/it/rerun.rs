@@ -550,3 +550,113 @@ fn a_dry_run_after_a_killed_roll_says_it_would_resume_that_run() {
     assert_eq!(would, rolled, "{dry}\n{done}");
     assert_fleet_connects(&env, &t, "after the resumed CA roll");
 }
+
+/// A killed run of `cmd` (`--now t`), aborted by the fault switch `fault` (`FAULT_ENV`: after
+/// that many committed steps; `FAULT_BEFORE_COMMIT_ENV`: before that step's commit).
+fn killed(env: &TestEnv, t: &str, cmd: &[&str], fault: (&str, &str)) {
+    let out = env
+        .cmd()
+        .args([&["--plan", "plan.toml", "--now", t][..], cmd].concat())
+        .env(fault.0, fault.1)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the fault switch aborts {cmd:?}");
+}
+
+/// The open run a dry run names: it would resume it (JSON and human output alike).
+fn would_resume(env: &TestEnv, t: &str, dry: &[&str]) -> (i64, Vec<String>) {
+    let report = json(env, t, dry);
+    assert_eq!(report["resumed"], true, "{report}");
+    let open = report["run"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no run named: {report}"));
+    let human = run(env, t, dry);
+    assert!(
+        human
+            .stdout
+            .contains(&format!("Would resume run {open} (killed or failed part-way)")),
+        "{}",
+        human.stdout
+    );
+    let states = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap().to_string())
+        .collect();
+    (open, states)
+}
+
+/// `revoke --dry-run` after a revoke killed part-way says it would resume that run, as
+/// `roll-* --dry-run` does: the target done before is marked so and the rest planned; it
+/// changes nothing, and the rerun resumes that very run.
+#[test]
+fn a_dry_run_after_a_killed_revoke_says_it_would_resume_that_run() {
+    let env = TestEnv::new();
+    env.quickstart();
+    run(&env, NOW, &["issue"]).ok();
+    let args = [
+        "revoke",
+        "device:sensor-01",
+        "device:sensor-02",
+        "--reason",
+        "superseded",
+    ];
+    killed(
+        &env,
+        NOW,
+        &[&args[..], &["--yes"]].concat(),
+        (certroll::ops::journal::FAULT_ENV, "1"),
+    );
+    let (open, states) = would_resume(&env, NOW, &[&args[..], &["--dry-run"]].concat());
+    assert_eq!(states, ["done-before", "planned"]);
+    let dry = json(&env, NOW, &[&args[..], &["--dry-run"]].concat());
+    assert_eq!(dry["targets"][0]["steps"], serde_json::json!([]), "{dry}");
+    assert!(
+        dry["targets"][1]["steps"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty()),
+        "{dry}"
+    );
+    // sensor-02 is revoked by the disabled individual enrollment its revoke adds.
+    let revoked = || {
+        let status = json(&env, NOW, &["status", "device:sensor-02"]);
+        status["devices"][0]["individual_enrollment"]["status"] == "disabled"
+    };
+    assert!(!revoked(), "the dry run changed nothing");
+
+    let done = json(&env, NOW, &[&args[..], &["--yes"]].concat());
+    assert_eq!(done["resumed"], true, "{done}");
+    assert_eq!(done["run"], open, "{done}");
+    assert!(revoked(), "the rerun revoked sensor-02");
+}
+
+/// `reprovision --dry-run` after a reprovision killed part-way says it would resume that run
+/// (it used to settle the devices afresh and name no run), lists the step the rerun takes,
+/// and the rerun resumes that very run.
+#[test]
+fn a_dry_run_after_a_killed_reprovision_says_it_would_resume_that_run() {
+    let env = TestEnv::new();
+    env.quickstart();
+    run(&env, NOW, &["issue"]).ok();
+    let args = ["reprovision", "--force", "group:sensors"];
+    killed(
+        &env,
+        NOW,
+        &args,
+        (certroll::ops::journal::FAULT_BEFORE_COMMIT_ENV, "1"),
+    );
+    let (open, states) = would_resume(&env, NOW, &[&args[..], &["--dry-run"]].concat());
+    assert_eq!(states, ["planned"]);
+
+    let done = json(&env, NOW, &args);
+    assert_eq!(done["resumed"], true, "{done}");
+    assert_eq!(done["run"], open, "{done}");
+    assert_eq!(done["assigned"], 50, "{done}");
+    let again = json(
+        &env,
+        NOW,
+        &["reprovision", "--force", "group:sensors", "--dry-run"],
+    );
+    assert_eq!(again["resumed"], false, "the run is finished: {again}");
+}

@@ -526,8 +526,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     // A run of this command that was killed or failed is resumed from its journal as recorded;
     // planning again from the half-changed state would decide differently. A dry run shows
     // that resumption, as its rerun would carry it out.
-    let open = backend.open_run(&command)?;
-    let resuming = open.is_some();
+    let resuming = backend.open_run(&command)?.is_some();
     if !resuming {
         refuse_disabled(plan, &backend, &scopes, &device_ids, opts)?;
     }
@@ -780,17 +779,8 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         // refusal: a refused run changes nothing): a rerun with nothing else to do still owes them.
         backend.deliver_owed(now)?;
     }
-    let run = match open {
-        Some(open) if opts.dry_run => {
-            report.run = Some(open.id);
-            journal::Run::would_resume(open.steps)
-        }
-        _ => {
-            let run = journal::begin(&mut backend, &command, &planned, opts.dry_run, now)?;
-            report.run = run.id;
-            run
-        }
-    };
+    let run = journal::begin(&mut backend, &command, &planned, opts.dry_run, now)?;
+    report.run = run.number();
     report.resumed = run.resumed;
     if resuming {
         for step in run.steps.iter().filter(|s| s.kind == "group-slot") {
