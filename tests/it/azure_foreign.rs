@@ -837,6 +837,28 @@ fn taking_back_a_group_whose_ca_certificate_another_client_replaced_is_the_local
     assert_eq!(ca_versions(&env, &serve, "azure", "ca-factory").len(), 2);
 }
 
+/// The other client holds the root's key (as `export ca:root --with-key` writes it, on azure)
+/// and signs CA `Shadow Factory` of its own with it: the path of the root's PEM with its key,
+/// the shadow CA's PEM text and its SHA-1 thumbprint.
+fn shadow_ca_under_root(env: &TestEnv, serve: &Serve) -> (std::path::PathBuf, String, String) {
+    let root_pem = env.path("root-with-key.pem");
+    run_fleet(
+        env,
+        serve,
+        "azure",
+        &[
+            "export",
+            "ca:root",
+            "--with-key",
+            "--out",
+            root_pem.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    let (shadow_pem, shadow_tp) = foreign_ca_under(env, "Shadow Factory", &root_pem);
+    (root_pem, shadow_pem, shadow_tp)
+}
+
 /// A CA certificate `CN=NAME, O=Other` (EC P-256, `CA:TRUE`) made by openssl and signed with the
 /// key in `issuer_pem` (a certificate and its key, as `export --with-key` writes them), as
 /// another client holding that key makes one: its PEM text and SHA-1 thumbprint.
@@ -935,22 +957,7 @@ fn a_ca_breach_takes_back_a_group_trusting_a_certificate_under_the_breached_ca_a
     assert_eq!(l, a, "issue");
     crate::azure_verbs::fleet_plans_with(&env, &serve, GROUPS, DIRECT);
 
-    // The other client holds the root's key and signs a CA of its own with it.
-    let root_pem = env.path("root-with-key.pem");
-    run_fleet(
-        &env,
-        &serve,
-        "azure",
-        &[
-            "export",
-            "ca:root",
-            "--with-key",
-            "--out",
-            root_pem.to_str().unwrap(),
-        ],
-    )
-    .ok();
-    let (shadow_pem, shadow_tp) = foreign_ca_under(&env, "Shadow Factory", &root_pem);
+    let (root_pem, shadow_pem, shadow_tp) = shadow_ca_under_root(&env, &serve);
     // openssl (not certroll) says it is under the root, and the migration CA is not.
     let verify = |cert: &str| {
         openssl_in(
@@ -2201,21 +2208,7 @@ fn a_take_back_shuts_out_of_the_hub_a_device_that_registered_under_the_certifica
     let env = TestEnv::new();
     let serve = issued_fleet(&env, GROUPS);
     over_the_air(&env, &serve, GROUPS);
-    let root_pem = env.path("root-with-key.pem");
-    run_fleet(
-        &env,
-        &serve,
-        "azure",
-        &[
-            "export",
-            "ca:root",
-            "--with-key",
-            "--out",
-            root_pem.to_str().unwrap(),
-        ],
-    )
-    .ok();
-    let (shadow_pem, _) = foreign_ca_under(&env, "Shadow Factory", &root_pem);
+    let (_, shadow_pem, _) = shadow_ca_under_root(&env, &serve);
     put_foreign_signing(&env, &serve, "meters", "secondary", &shadow_pem);
     // The stranger's leaf, signed by the shadow CA, presented with that CA.
     env.write(

@@ -272,19 +272,8 @@ fn a_roll_after_an_interrupted_roll_of_another_target_names_the_devices_it_cuts_
     // leaves the slots as they are, cuts nobody off, and rolls only the devices still under the
     // old CA version; its dry run says exactly that.
     let env = TestEnv::new();
-    env.quickstart();
-    run(&env, NOW, &["issue"]).ok();
     let t = at(10);
-    let killed = env
-        .cmd()
-        .args(["--plan", "plan.toml", "--now", &t, "roll-secondary", "ca:factory"])
-        .env("CERTROLL_FAULT_AFTER_STEPS", "2")
-        .output()
-        .unwrap();
-    assert!(
-        !killed.status.success(),
-        "the fault switch aborts after the group's slot"
-    );
+    killed_ca_roll(&env, &t, "2");
     json(&env, &t, &["roll-secondary", "device:sensor-01"]);
     assert_fleet_connects(&env, &t, "after the interrupted CA roll");
 
@@ -321,19 +310,8 @@ fn a_device_roll_is_refused_while_its_group_does_not_hold_the_ca_it_would_sign_w
     // certificate, so a device certificate signed by the new one would be refused. The device
     // roll refuses up front and changes nothing; once the CA roll is finished it rolls.
     let env = TestEnv::new();
-    env.quickstart();
-    run(&env, NOW, &["issue"]).ok();
     let t = at(10);
-    let killed = env
-        .cmd()
-        .args(["--plan", "plan.toml", "--now", &t, "roll-secondary", "ca:factory"])
-        .env("CERTROLL_FAULT_AFTER_STEPS", "1")
-        .output()
-        .unwrap();
-    assert!(
-        !killed.status.success(),
-        "the fault switch aborts after the CA step"
-    );
+    killed_ca_roll(&env, &t, "1");
     let before = all_versions(&env);
     for args in [
         &["roll-secondary", "device:sensor-01"][..],
@@ -481,16 +459,8 @@ fn reruns_and_interleaved_rolls_over_rsa_and_ec_roots_and_a_root_signed_group() 
 #[test]
 fn a_dry_run_after_a_killed_roll_says_it_would_resume_that_run() {
     let env = TestEnv::new();
-    env.quickstart();
-    run(&env, NOW, &["issue"]).ok();
     let t = at(10);
-    let killed = env
-        .cmd()
-        .args(["--plan", "plan.toml", "--now", &t, "roll-secondary", "ca:factory"])
-        .env("CERTROLL_FAULT_AFTER_STEPS", "2")
-        .output()
-        .unwrap();
-    assert!(!killed.status.success(), "the fault switch aborts after step 2");
+    killed_ca_roll(&env, &t, "2");
     let before = all_versions(&env);
 
     let args = ["roll-secondary", "ca:factory"];
@@ -549,6 +519,19 @@ fn a_dry_run_after_a_killed_roll_says_it_would_resume_that_run() {
         .collect();
     assert_eq!(would, rolled, "{dry}\n{done}");
     assert_fleet_connects(&env, &t, "after the resumed CA roll");
+}
+
+/// The quickstart, issued, then its `roll-secondary ca:factory` at `t` killed by the fault
+/// switch after `steps` committed steps (1: the CA renewed; 2: its certificate in the group too).
+fn killed_ca_roll(env: &TestEnv, t: &str, steps: &str) {
+    env.quickstart();
+    run(env, NOW, &["issue"]).ok();
+    killed(
+        env,
+        t,
+        &["roll-secondary", "ca:factory"],
+        (certroll::ops::journal::FAULT_ENV, steps),
+    );
 }
 
 /// A killed run of `cmd` (`--now t`), aborted by the fault switch `fault` (`FAULT_ENV`: after
