@@ -114,6 +114,20 @@ pub(crate) fn whole_number(text: &str, low: u32, high: u32) -> Result<u32, Strin
 }
 
 /// `--lock-timeout`: seconds, up to a day.
+/// The line a verb's human report opens with when its run resumes one killed or failed
+/// part-way (`resumed`, run number `run`), or, in a dry run, would resume it; None otherwise.
+pub(crate) fn resume_line(run: Option<i64>, resumed: bool, dry_run: bool) -> Option<String> {
+    let run = run.unwrap_or_default();
+    match (resumed, dry_run) {
+        (false, _) => None,
+        (true, true) => Some(format!(
+            "Would resume run {run} (killed or failed part-way) from its journal, as a rerun does: the steps it \
+             did are not done again."
+        )),
+        (true, false) => Some(format!("Resuming run {run} (killed or failed part-way).")),
+    }
+}
+
 fn parse_lock_timeout(text: &str) -> Result<u64, String> {
     whole_number(text, 0, 86_400).map(u64::from)
 }

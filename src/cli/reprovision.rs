@@ -55,6 +55,9 @@ pub fn exec(g: &Global, args: ReprovisionArgs) -> anyhow::Result<u8> {
     if g.output == crate::output::Format::Json {
         p.json(&report)?;
     } else {
+        if let Some(line) = super::resume_line(report.run, report.resumed, report.dry_run) {
+            p.line(line)?;
+        }
         p.line(format!(
             "{} {}, {} unchanged, {} {}",
             report.assigned,

@@ -94,6 +94,9 @@ pub fn exec(g: &Global, args: RevokeArgs) -> anyhow::Result<u8> {
         p.json(&report)?;
         return Ok(0);
     }
+    if let Some(line) = super::resume_line(report.run, report.resumed, report.dry_run) {
+        p.line(line)?;
+    }
     for t in &report.targets {
         if t.steps.is_empty() {
             p.line(format!("{}: already revoked; nothing to do", t.target))?;

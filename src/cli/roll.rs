@@ -188,17 +188,8 @@ fn print_human<W: std::io::Write>(
     p: &mut crate::output::Printer<W>,
     report: &RollReport,
 ) -> anyhow::Result<()> {
-    if report.resumed && report.dry_run {
-        p.line(format!(
-            "Would resume run {} (killed or failed part-way) from its journal, as a rerun does: the steps it \
-             did are not done again.",
-            report.run.unwrap_or_default()
-        ))?;
-    } else if report.resumed {
-        p.line(format!(
-            "Resuming run {} (killed or failed part-way).",
-            report.run.unwrap_or_default()
-        ))?;
+    if let Some(line) = super::resume_line(report.run, report.resumed, report.dry_run) {
+        p.line(line)?;
     }
     for s in &report.steps {
         let state = match s.state {
@@ -254,7 +245,7 @@ fn print_human<W: std::io::Write>(
                     "{}: not issued yet, so not rolled; `certroll issue {}` issues it",
                     d.target, d.target
                 ))?,
-                // Its group was disabled after it was rolled: the new certificate is stored.
+                // Its enrollment or group was disabled after it was rolled: the new certificate is stored.
                 "disabled" if d.new_thumbprint.is_some() => p.line(format!(
                     "{}: rolled into the {} slot, but DPS refuses it: {}",
                     d.target,

@@ -105,8 +105,10 @@ pub struct StepReport {
 pub struct Run {
     /// The run's number in the journal (None for a dry run).
     pub id: Option<i64>,
-    /// Whether this run resumes one that was killed or failed.
+    /// Whether this run resumes one that was killed or failed (a dry run: would resume it).
     pub resumed: bool,
+    /// The open run a dry run would resume (None otherwise).
+    resumes: Option<i64>,
     /// The steps, with `result` set on the ones already done.
     pub steps: Vec<JournalStep>,
     /// Whether this process began the unit of work of any step (what may have changed
@@ -115,7 +117,8 @@ pub struct Run {
 }
 
 /// Records the planned steps (or finds the open run of the same command and resumes it).
-/// A dry run records nothing, nor does a run with no steps.
+/// A dry run records nothing, nor does a run with no steps; one of a command whose run is open
+/// is that run's rerun as it would go ([`Run::would_resume`]).
 pub fn begin(
     backend: &mut dyn Backend,
     command: &str,
@@ -135,18 +138,24 @@ pub fn begin(
             result: None,
         })
         .collect();
+    let open = backend.open_run(command)?;
     if dry_run {
-        return Ok(Run {
-            id: None,
-            resumed: false,
-            steps,
-            began: AtomicBool::new(false),
+        return Ok(match open {
+            Some(open) => Run::would_resume(open),
+            None => Run {
+                id: None,
+                resumed: false,
+                resumes: None,
+                steps,
+                began: AtomicBool::new(false),
+            },
         });
     }
-    if let Some(open) = backend.open_run(command)? {
+    if let Some(open) = open {
         return Ok(Run {
             id: Some(open.id),
             resumed: true,
+            resumes: None,
             steps: open.steps,
             began: AtomicBool::new(false),
         });
@@ -157,6 +166,7 @@ pub fn begin(
         return Ok(Run {
             id: None,
             resumed: false,
+            resumes: None,
             steps,
             began: AtomicBool::new(false),
         });
@@ -165,22 +175,30 @@ pub fn begin(
     Ok(Run {
         id: Some(id),
         resumed: false,
+        resumes: None,
         steps,
         began: AtomicBool::new(false),
     })
 }
 
 impl Run {
-    /// A dry run of a command whose run `steps` belong to is open (killed or failed part-way):
-    /// what its rerun does, which resumes that run from its journal (the steps done are not
-    /// done again). Records nothing.
-    pub fn would_resume(steps: Vec<JournalStep>) -> Run {
+    /// A dry run of a command whose run `open` is open (killed or failed part-way): what its
+    /// rerun does, which resumes that run from its journal (the steps done are not done
+    /// again). Records nothing.
+    pub fn would_resume(open: crate::backend::types::JournalRun) -> Run {
         Run {
             id: None,
             resumed: true,
-            steps,
+            resumes: Some(open.id),
+            steps: open.steps,
             began: AtomicBool::new(false),
         }
+    }
+
+    /// The run's number: its own, or for a dry run the open run it would resume (the `run`
+    /// of a verb's report).
+    pub fn number(&self) -> Option<i64> {
+        self.id.or(self.resumes)
     }
 
     /// Carries out one step as a unit of work that also marks it done; then the fault switch.

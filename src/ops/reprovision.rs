@@ -57,9 +57,11 @@ pub struct DeviceOutcome {
 pub struct ReprovisionReport {
     /// Whether this was a dry run.
     pub dry_run: bool,
-    /// The journal's number of this run (None for a dry run).
+    /// The journal's number of this run (for a dry run, of the open run it would resume; else
+    /// None).
     pub run: Option<i64>,
-    /// Whether this run finished one that had been killed or had failed.
+    /// Whether this run finished one that had been killed or had failed (a dry run: would
+    /// finish it).
     pub resumed: bool,
     /// The steps (a chunk of devices each).
     pub steps: Vec<StepReport>,
@@ -139,16 +141,14 @@ pub fn reprovision(plan: &Plan, opts: &ReprovisionOptions, now: OffsetDateTime) 
     let mut ids = selected(plan, &opts.targets);
     // Devices already assigned with the certificate they hold are settled before a run is
     // planned, so a reprovision with nothing to do records nothing (issue 13). A run being
-    // resumed is taken as recorded.
+    // resumed is taken as recorded, and so is its dry run: it shows what the rerun does.
     // settled[i] is the outcome of report_order[i] when it was settled here (None: left to
     // the run). Kept by position, not in a map keyed by id: a no-op of a large fleet settles
     // every device, and hashing and re-ordering 100k ids was a third of its time.
     let mut settled: Vec<Option<DeviceOutcome>> = Vec::new();
     let mut report_order: Vec<String> = Vec::new();
     let mut chains: HashMap<(String, String), Vec<Vec<u8>>> = HashMap::new();
-    if !opts.force
-        && (opts.dry_run || crate::backend::Journal::open_run(&backend, &command_key(opts))?.is_none())
-    {
+    if !opts.force && crate::backend::Journal::open_run(&backend, &command_key(opts))?.is_none() {
         settled.reserve_exact(ids.len());
         let mut todo = Vec::new();
         for chunk in ids.chunks(CHUNK) {
@@ -207,7 +207,7 @@ pub fn reprovision(plan: &Plan, opts: &ReprovisionOptions, now: OffsetDateTime) 
     let run = journal::begin(&mut backend, &command_key(opts), &planned, opts.dry_run, now)?;
     let mut report = ReprovisionReport {
         dry_run: opts.dry_run,
-        run: run.id,
+        run: run.number(),
         resumed: run.resumed,
         steps: Vec::new(),
         assigned: 0,

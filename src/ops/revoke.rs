@@ -120,9 +120,11 @@ pub struct RevokeReport {
     pub dry_run: bool,
     /// The reason.
     pub reason: Reason,
-    /// The journal's number of this run (None for a dry run).
+    /// The journal's number of this run (for a dry run, of the open run it would resume; else
+    /// None).
     pub run: Option<i64>,
-    /// Whether this run finished one that had been killed or had failed.
+    /// Whether this run finished one that had been killed or had failed (a dry run: would
+    /// finish it).
     pub resumed: bool,
     /// The steps (one per target).
     pub steps: Vec<StepReport>,
@@ -213,7 +215,7 @@ pub fn revoke(plan: &Plan, opts: &RevokeOptions, now: OffsetDateTime) -> Result<
     let mut report = RevokeReport {
         dry_run: opts.dry_run,
         reason: opts.reason,
-        run: run.id,
+        run: run.number(),
         resumed: run.resumed,
         steps: journal::reports(&run, &planned, opts.dry_run),
         targets: Vec::new(),

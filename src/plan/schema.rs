@@ -245,21 +245,6 @@ fn located(e: &toml::de::Error) -> Located {
 
 /// Where the table at `span` (the root when none has it) ends: the end of its last entry.
 fn table_end(root: &Spanned<DeTable<'_>>, span: &Range<usize>) -> Option<usize> {
-    fn end_of_value(value: &Spanned<DeValue<'_>>) -> usize {
-        let inner = match value.get_ref() {
-            DeValue::Table(t) => end_of_table(t),
-            DeValue::Array(a) => a.iter().map(end_of_value).max().unwrap_or(0),
-            _ => 0,
-        };
-        inner.max(value.span().end)
-    }
-    fn end_of_table(table: &DeTable<'_>) -> usize {
-        table
-            .iter()
-            .map(|(k, v)| k.span().end.max(end_of_value(v)))
-            .max()
-            .unwrap_or(0)
-    }
     fn find<'t, 'i>(
         value: &'t Spanned<DeValue<'i>>,
         span: &Range<usize>,
@@ -278,6 +263,44 @@ fn table_end(root: &Spanned<DeTable<'_>>, span: &Range<usize>) -> Option<usize> 
     }
     let node = root.get_ref().values().find_map(|v| find(v, span))?;
     Some(end_of_value(node).max(span.end))
+}
+
+/// Where the table holding the entry at byte `at` of plan `text` ends (the end of its last
+/// entry), for the validator's error about a key missing from that table: ordered there, as a
+/// missing key is, so that a key misspelt in the table is said first.
+pub(super) fn table_end_around(text: &str, at: usize) -> Option<usize> {
+    fn within(table: &DeTable<'_>, at: usize) -> Option<usize> {
+        let (_, value) = table
+            .iter()
+            .find(|(k, v)| k.span().start <= at && at < k.span().end.max(end_of_value(v)))?;
+        if let DeValue::Table(inner) = value.get_ref()
+            && let Some(end) = within(inner, at)
+        {
+            return Some(end);
+        }
+        Some(end_of_table(table))
+    }
+    let (tree, _) = DeTable::parse_recoverable(text);
+    within(tree.get_ref(), at)
+}
+
+/// Where a value ends: for a table or an array, the end of its last entry.
+fn end_of_value(value: &Spanned<DeValue<'_>>) -> usize {
+    let inner = match value.get_ref() {
+        DeValue::Table(t) => end_of_table(t),
+        DeValue::Array(a) => a.iter().map(end_of_value).max().unwrap_or(0),
+        _ => 0,
+    };
+    inner.max(value.span().end)
+}
+
+/// Where a table's last entry ends.
+fn end_of_table(table: &DeTable<'_>) -> usize {
+    table
+        .iter()
+        .map(|(k, v)| k.span().end.max(end_of_value(v)))
+        .max()
+        .unwrap_or(0)
 }
 
 /// A string no key accepts: a lone NUL (or SOH).

@@ -175,6 +175,11 @@ impl<'a> Validator<'a> {
 
     /// Records an error at the start of `span` in the plan.
     fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.error_ordered(span.start, span, message);
+    }
+
+    /// Records an error at the start of `span`, ordered among the plan's errors at byte `order`.
+    fn error_ordered(&mut self, order: usize, span: Range<usize>, message: impl Into<String>) {
         let (line, column) = line_column(self.text, span.start);
         let error = PlanError {
             path: self.path.to_path_buf(),
@@ -182,7 +187,15 @@ impl<'a> Validator<'a> {
             column: Some(column),
             message: message.into(),
         };
-        self.errors.push(((span.start, 0), error));
+        self.errors.push(((order, 0), error));
+    }
+
+    /// Records an error about a key missing from the table that holds `span`, pointing at
+    /// `span` (the key that needs it) but ordered at the end of that table, as the schema orders
+    /// a missing key: a key misspelt in the table (an unknown key) is the first thing to say.
+    fn error_missing(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let order = super::schema::table_end_around(self.text, span.start).unwrap_or(span.start);
+        self.error_ordered(order, span, message);
     }
 
     /// Records an error at `line` of the device list `shown` (named at `anchor` in the plan).

@@ -58,7 +58,7 @@ impl Validator<'_> {
                 self.vault_url(url)
             }
             None => {
-                self.error(
+                self.error_missing(
                     kind.clone(),
                     "backend kind `azure` needs `vault_url = \"https://NAME.vault.azure.net\"`",
                 );
@@ -178,7 +178,7 @@ impl Validator<'_> {
     /// `auth` and the keys that go with it.
     fn auth(&mut self, b: &RawBackend, kind: std::ops::Range<usize>) -> AzureAuth {
         let Some(auth) = &b.auth else {
-            self.error(kind, format!("backend kind `azure` needs `auth` ({AUTH_KINDS})"));
+            self.error_missing(kind, format!("backend kind `azure` needs `auth` ({AUTH_KINDS})"));
             return AzureAuth::DeveloperTools;
         };
         let span = auth.span();
@@ -197,7 +197,7 @@ impl Validator<'_> {
                 let mut need = |what: &str, v: &Option<Spanned<String>>| match v {
                     Some(v) => v.get_ref().clone(),
                     None => {
-                        self.error(span.clone(), format!("auth `client-secret` needs `{what}`"));
+                        self.error_missing(span.clone(), format!("auth `client-secret` needs `{what}`"));
                         String::new()
                     }
                 };
@@ -223,7 +223,7 @@ impl Validator<'_> {
                         env.get_ref().clone()
                     }
                     None => {
-                        self.error(span.clone(), "auth `token-env` needs `token_env = \"VAR\"`");
+                        self.error_missing(span.clone(), "auth `token-env` needs `token_env = \"VAR\"`");
                         String::new()
                     }
                 };
@@ -395,6 +395,22 @@ mod tests {
         // The local store stays, for the fleet record and the journal.
         let crate::plan::BackendConfig::Local { path, .. } = plan.backend;
         assert_eq!(path, Path::new("/plans/.certroll/state.db"));
+    }
+
+    /// A key the azure backend needs, misspelt: the unknown key is named at its line, not the
+    /// `kind` or `auth` above it that then lacks it (as a misspelt `hook` is, trial az10 N5).
+    #[test]
+    fn a_misspelt_needed_key_is_named_before_the_key_that_needs_it() {
+        err_at(
+            "vault_ulr = \"https://v.vault.azure.net\"\nauth = \"azure-cli\"\n",
+            4,
+            "unknown field `vault_ulr`",
+        );
+        err_at(
+            "vault_url = \"https://v.vault.azure.net\"\nauth = \"token-env\"\ntoken_evn = \"T\"\n",
+            6,
+            "unknown field `token_evn`",
+        );
     }
 
     #[test]

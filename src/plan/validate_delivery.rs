@@ -207,7 +207,7 @@ impl Validator<'_> {
                 Some(h) => Delivery::Hook(h),
                 None => {
                     if let Some(d) = delivery.filter(|_| !defaults.hook_written) {
-                        self.error(
+                        self.error_missing(
                             d.span(),
                             format!(
                                 "{what}: delivery = \"hook\" needs `hook = [\"program\", \"args\"...]` here or in [backend]"
@@ -404,5 +404,33 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// A misspelt `hook` under `delivery = "hook"` (trial az10 N5): the unknown key is named at
+    /// its line, not the `delivery` above it that then lacks a hook, in `[backend]` and in a
+    /// group alike. The missing hook, said at its `delivery`, still comes before an error in a
+    /// later table.
+    #[test]
+    fn a_misspelt_hook_is_named_before_the_delivery_that_needs_it() {
+        let delivery = "delivery = \"hook\"";
+        let typo = "delivery = \"hook\"\nhoook = [\"./device-hook.sh\"]";
+        for (backend, group) in [(typo, ""), ("", typo)] {
+            let err = load(backend, group, "").unwrap_err();
+            assert!(err.message.contains("unknown field `hoook`"), "{err}");
+            let needs = if backend.is_empty() {
+                load("", delivery, "")
+            } else {
+                load(delivery, "", "")
+            }
+            .unwrap_err();
+            assert!(needs.message.contains("needs `hook = "), "{needs}");
+            assert_eq!(
+                (err.line, err.column),
+                (needs.line.map(|l| l + 1), Some(1)),
+                "{err}"
+            );
+        }
+        let err = load("", delivery, "method = \"x\"").unwrap_err();
+        assert!(err.message.contains("needs `hook = "), "{err}");
     }
 }

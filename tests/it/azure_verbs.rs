@@ -105,26 +105,7 @@ pub(crate) fn make_cert(env: &TestEnv, cn: &str, ca: bool) -> std::path::PathBuf
         "basicConstraints=critical,CA:FALSE"
     };
     let (key_s, cert_s) = (key.to_str().unwrap(), cert.to_str().unwrap());
-    env.openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        key_s,
-        "-out",
-        cert_s,
-        "-subj",
-        &subj,
-        "-days",
-        "30",
-        "-addext",
-        ext,
-    ])
-    .ok();
+    crate::util::openssl_ca(env, key_s, cert_s, &subj, "30", &[ext]);
     let bundle = format!(
         "{}{}",
         std::fs::read_to_string(&cert).unwrap(),

@@ -710,28 +710,17 @@ fn a_renamed_group_is_named_instead_of_created_twice() {
 /// and a CA certificate with `subject` signed by it, and writes `NAME.pem` holding that
 /// certificate, its key and the outside root (as a CA hands an intermediate over).
 fn outside_ca(env: &TestEnv, name: &str, subject: &str) {
-    env.openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
+    crate::util::openssl_ca(
+        env,
         "outside-root.key",
-        "-out",
         "outside-root.pem",
-        "-subj",
         "/CN=Outside Root",
-        "-days",
         "3650",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ])
-    .ok();
+        &[
+            "basicConstraints=critical,CA:TRUE",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
     env.write(
         "ca-ext.cnf",
         "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\n",

@@ -274,24 +274,7 @@ fn export_of_a_device_under_a_merged_ca_carries_the_chain() {
     ])
     .ok();
     env.plan_run(&["vault", "csr", "ca-ext", "--out", "ext.csr"]).ok();
-    env.openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "oroot.key",
-        "-out",
-        "oroot.crt",
-        "-subj",
-        "/CN=Outside Root",
-        "-days",
-        "3650",
-    ])
-    .ok();
+    crate::util::openssl_ca(&env, "oroot.key", "oroot.crt", "/CN=Outside Root", "3650", &[]);
     env.openssl(&[
         "x509",
         "-req",

@@ -272,19 +272,8 @@ fn a_roll_after_an_interrupted_roll_of_another_target_names_the_devices_it_cuts_
     // leaves the slots as they are, cuts nobody off, and rolls only the devices still under the
     // old CA version; its dry run says exactly that.
     let env = TestEnv::new();
-    env.quickstart();
-    run(&env, NOW, &["issue"]).ok();
     let t = at(10);
-    let killed = env
-        .cmd()
-        .args(["--plan", "plan.toml", "--now", &t, "roll-secondary", "ca:factory"])
-        .env("CERTROLL_FAULT_AFTER_STEPS", "2")
-        .output()
-        .unwrap();
-    assert!(
-        !killed.status.success(),
-        "the fault switch aborts after the group's slot"
-    );
+    killed_ca_roll(&env, &t, "2");
     json(&env, &t, &["roll-secondary", "device:sensor-01"]);
     assert_fleet_connects(&env, &t, "after the interrupted CA roll");
 
@@ -321,19 +310,8 @@ fn a_device_roll_is_refused_while_its_group_does_not_hold_the_ca_it_would_sign_w
     // certificate, so a device certificate signed by the new one would be refused. The device
     // roll refuses up front and changes nothing; once the CA roll is finished it rolls.
     let env = TestEnv::new();
-    env.quickstart();
-    run(&env, NOW, &["issue"]).ok();
     let t = at(10);
-    let killed = env
-        .cmd()
-        .args(["--plan", "plan.toml", "--now", &t, "roll-secondary", "ca:factory"])
-        .env("CERTROLL_FAULT_AFTER_STEPS", "1")
-        .output()
-        .unwrap();
-    assert!(
-        !killed.status.success(),
-        "the fault switch aborts after the CA step"
-    );
+    killed_ca_roll(&env, &t, "1");
     let before = all_versions(&env);
     for args in [
         &["roll-secondary", "device:sensor-01"][..],
@@ -481,16 +459,8 @@ fn reruns_and_interleaved_rolls_over_rsa_and_ec_roots_and_a_root_signed_group() 
 #[test]
 fn a_dry_run_after_a_killed_roll_says_it_would_resume_that_run() {
     let env = TestEnv::new();
-    env.quickstart();
-    run(&env, NOW, &["issue"]).ok();
     let t = at(10);
-    let killed = env
-        .cmd()
-        .args(["--plan", "plan.toml", "--now", &t, "roll-secondary", "ca:factory"])
-        .env("CERTROLL_FAULT_AFTER_STEPS", "2")
-        .output()
-        .unwrap();
-    assert!(!killed.status.success(), "the fault switch aborts after step 2");
+    killed_ca_roll(&env, &t, "2");
     let before = all_versions(&env);
 
     let args = ["roll-secondary", "ca:factory"];
@@ -549,4 +519,127 @@ fn a_dry_run_after_a_killed_roll_says_it_would_resume_that_run() {
         .collect();
     assert_eq!(would, rolled, "{dry}\n{done}");
     assert_fleet_connects(&env, &t, "after the resumed CA roll");
+}
+
+/// The quickstart, issued, then its `roll-secondary ca:factory` at `t` killed by the fault
+/// switch after `steps` committed steps (1: the CA renewed; 2: its certificate in the group too).
+fn killed_ca_roll(env: &TestEnv, t: &str, steps: &str) {
+    env.quickstart();
+    run(env, NOW, &["issue"]).ok();
+    killed(
+        env,
+        t,
+        &["roll-secondary", "ca:factory"],
+        (certroll::ops::journal::FAULT_ENV, steps),
+    );
+}
+
+/// A killed run of `cmd` (`--now t`), aborted by the fault switch `fault` (`FAULT_ENV`: after
+/// that many committed steps; `FAULT_BEFORE_COMMIT_ENV`: before that step's commit).
+fn killed(env: &TestEnv, t: &str, cmd: &[&str], fault: (&str, &str)) {
+    let out = env
+        .cmd()
+        .args([&["--plan", "plan.toml", "--now", t][..], cmd].concat())
+        .env(fault.0, fault.1)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the fault switch aborts {cmd:?}");
+}
+
+/// The open run a dry run names: it would resume it (JSON and human output alike).
+fn would_resume(env: &TestEnv, t: &str, dry: &[&str]) -> (i64, Vec<String>) {
+    let report = json(env, t, dry);
+    assert_eq!(report["resumed"], true, "{report}");
+    let open = report["run"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no run named: {report}"));
+    let human = run(env, t, dry);
+    assert!(
+        human
+            .stdout
+            .contains(&format!("Would resume run {open} (killed or failed part-way)")),
+        "{}",
+        human.stdout
+    );
+    let states = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap().to_string())
+        .collect();
+    (open, states)
+}
+
+/// `revoke --dry-run` after a revoke killed part-way says it would resume that run, as
+/// `roll-* --dry-run` does: the target done before is marked so and the rest planned; it
+/// changes nothing, and the rerun resumes that very run.
+#[test]
+fn a_dry_run_after_a_killed_revoke_says_it_would_resume_that_run() {
+    let env = TestEnv::new();
+    env.quickstart();
+    run(&env, NOW, &["issue"]).ok();
+    let args = [
+        "revoke",
+        "device:sensor-01",
+        "device:sensor-02",
+        "--reason",
+        "superseded",
+    ];
+    killed(
+        &env,
+        NOW,
+        &[&args[..], &["--yes"]].concat(),
+        (certroll::ops::journal::FAULT_ENV, "1"),
+    );
+    let (open, states) = would_resume(&env, NOW, &[&args[..], &["--dry-run"]].concat());
+    assert_eq!(states, ["done-before", "planned"]);
+    let dry = json(&env, NOW, &[&args[..], &["--dry-run"]].concat());
+    assert_eq!(dry["targets"][0]["steps"], serde_json::json!([]), "{dry}");
+    assert!(
+        dry["targets"][1]["steps"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty()),
+        "{dry}"
+    );
+    // sensor-02 is revoked by the disabled individual enrollment its revoke adds.
+    let revoked = || {
+        let status = json(&env, NOW, &["status", "device:sensor-02"]);
+        status["devices"][0]["individual_enrollment"]["status"] == "disabled"
+    };
+    assert!(!revoked(), "the dry run changed nothing");
+
+    let done = json(&env, NOW, &[&args[..], &["--yes"]].concat());
+    assert_eq!(done["resumed"], true, "{done}");
+    assert_eq!(done["run"], open, "{done}");
+    assert!(revoked(), "the rerun revoked sensor-02");
+}
+
+/// `reprovision --dry-run` after a reprovision killed part-way says it would resume that run
+/// (it used to settle the devices afresh and name no run), lists the step the rerun takes,
+/// and the rerun resumes that very run.
+#[test]
+fn a_dry_run_after_a_killed_reprovision_says_it_would_resume_that_run() {
+    let env = TestEnv::new();
+    env.quickstart();
+    run(&env, NOW, &["issue"]).ok();
+    let args = ["reprovision", "--force", "group:sensors"];
+    killed(
+        &env,
+        NOW,
+        &args,
+        (certroll::ops::journal::FAULT_BEFORE_COMMIT_ENV, "1"),
+    );
+    let (open, states) = would_resume(&env, NOW, &[&args[..], &["--dry-run"]].concat());
+    assert_eq!(states, ["planned"]);
+
+    let done = json(&env, NOW, &args);
+    assert_eq!(done["resumed"], true, "{done}");
+    assert_eq!(done["run"], open, "{done}");
+    assert_eq!(done["assigned"], 50, "{done}");
+    let again = json(
+        &env,
+        NOW,
+        &["reprovision", "--force", "group:sensors", "--dry-run"],
+    );
+    assert_eq!(again["resumed"], false, "the run is finished: {again}");
 }

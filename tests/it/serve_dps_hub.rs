@@ -248,25 +248,15 @@ fn issued(env: &TestEnv) {
 
 /// A self-signed certificate with `cn`, made by openssl: `NAME.pem` (+ `NAME.key`).
 fn openssl_cert(env: &TestEnv, name: &str, cn: &str, ca: bool) -> PathBuf {
-    let mut args = vec![
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "30",
-    ];
     let subj = format!("/CN={cn}");
     let key = format!("{name}.key");
     let pem = format!("{name}.pem");
-    args.extend(["-subj", &subj, "-keyout", &key, "-out", &pem]);
-    if ca {
-        args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
-    }
-    env.openssl(&args).ok();
+    let exts: &[&str] = if ca {
+        &["basicConstraints=critical,CA:TRUE"]
+    } else {
+        &[]
+    };
+    crate::util::openssl_ca(env, &key, &pem, &subj, "30", exts);
     env.path(&pem)
 }
 

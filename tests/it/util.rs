@@ -128,6 +128,34 @@ impl TestEnv {
     }
 }
 
+/// A self-signed EC P-256 certificate made by openssl, as an outside CA (or another client)
+/// makes one: its key written to `key` and the certificate to `cert` (in the test's directory),
+/// subject `subj` (openssl's `/CN=...`), valid for `days`, with each of `exts` added
+/// (`basicConstraints=critical,CA:TRUE`, ...).
+pub fn openssl_ca(env: &TestEnv, key: &str, cert: &str, subj: &str, days: &str, exts: &[&str]) {
+    let mut args = vec![
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        key,
+        "-out",
+        cert,
+        "-subj",
+        subj,
+        "-days",
+        days,
+    ];
+    for ext in exts {
+        args.extend(["-addext", ext]);
+    }
+    env.openssl(&args).ok();
+}
+
 /// Runs the real openssl CLI; fails the test if it is not installed.
 pub fn openssl_in(dir: &Path, args: &[&str]) -> Run {
     let out = Command::new("openssl")

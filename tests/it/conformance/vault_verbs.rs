@@ -86,26 +86,14 @@ fn assert_same(env: &TestEnv, args: &[&str]) -> (Value, Value) {
 
 /// A CA made by openssl, to sign requests as an outside CA would.
 fn outside_ca(env: &TestEnv) {
-    env.openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
+    crate::util::openssl_ca(
+        env,
         "outside-ca-key.pem",
-        "-out",
         "outside-ca.pem",
-        "-subj",
         "/CN=Outside CA",
-        "-days",
         "30",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-    ])
-    .ok();
+        &["basicConstraints=critical,CA:TRUE"],
+    );
 }
 
 /// The outside CA ([`outside_ca`]) signs the CSR file `csr` with openssl into `out`.
