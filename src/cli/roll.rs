@@ -245,7 +245,7 @@ fn print_human<W: std::io::Write>(
                     "{}: not issued yet, so not rolled; `certroll issue {}` issues it",
                     d.target, d.target
                 ))?,
-                // Its enrollment or group was disabled after it was rolled: the new certificate is stored.
+                // Its group was disabled after it was rolled: the new certificate is stored.
                 "disabled" if d.new_thumbprint.is_some() => p.line(format!(
                     "{}: rolled into the {} slot, but DPS refuses it: {}",
                     d.target,

@@ -1887,12 +1887,7 @@ fn a_group_another_client_disables_during_or_before_a_roll_is_reported_and_its_r
         &env,
         &serve,
         GROUPS,
-        &crate::azure_verbs::hook_delivery(
-            &env,
-            &serve,
-            "disable-hook.py",
-            &[token, "enrollmentGroups/meters".into()],
-        ),
+        &crate::azure_verbs::hook_delivery(&env, &serve, "disable-hook.py", &[token]),
     );
     let r = run(&["roll-secondary", "group:meters", "--yes", "-o", "json"]);
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
@@ -1952,104 +1947,6 @@ fn a_group_another_client_disables_during_or_before_a_roll_is_reported_and_its_r
     );
 }
 
-/// Another client disables an individual enrollment while a roll of it goes on (from the
-/// delivery hook, after certroll wrote the new certificate into the enrollment), or before one:
-/// as for a group (az8 F4), the device is reported `disabled` with the way back, never
-/// `rolled`; the run exits 1; the enrollment stays disabled; once the operator enables it
-/// again, the rerun finishes and `check` clears.
-#[test]
-fn an_enrollment_another_client_disables_during_or_before_a_roll_is_reported_and_its_rerun_finishes() {
-    let env = TestEnv::new();
-    let serve = issued_fleet(&env, GROUPS);
-    let run = |args: &[&str]| run_fleet(&env, &serve, "azure", args);
-    let disabled = |report: &Value, rolled: bool| {
-        let d = device(report, "gw-1");
-        assert_eq!(d["outcome"], "disabled", "{report}");
-        assert_eq!(d["new_thumbprint"].is_string(), rolled, "{d}");
-        let why = d["steps"][0].as_str().unwrap_or_default();
-        assert!(
-            why.contains("individual enrollment `gw-1` is disabled, but certroll did not revoke it"),
-            "{d}"
-        );
-        assert!(why.contains("enable it again in DPS"), "{d}");
-    };
-    let status = || {
-        let (code, e) = dps(&env, &serve, "GET", "/enrollments/gw-1", None, None);
-        assert_eq!(code, 200, "{e}");
-        e["provisioningStatus"].clone()
-    };
-
-    let token = env.path("dps-token");
-    std::fs::write(&token, dps_token(&serve)).unwrap();
-    env.write("disable-hook.py", DISABLE_HOOK);
-    crate::azure_verbs::fleet_plans_with(
-        &env,
-        &serve,
-        GROUPS,
-        &crate::azure_verbs::hook_delivery(
-            &env,
-            &serve,
-            "disable-hook.py",
-            &[token, "enrollments/gw-1".into()],
-        ),
-    );
-    let r = run(&["roll-secondary", "device:gw-1", "--yes", "-o", "json"]);
-    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
-    disabled(&r.json(), true);
-    let new_tp = device(&r.json(), "gw-1")["new_thumbprint"].clone();
-    assert_eq!(
-        slot_thumbprint(&env, &serve, "gw-1", "secondary").as_deref(),
-        new_tp.as_str()
-    );
-    assert_eq!(status(), "disabled");
-    let r = run(&["check", "-o", "json"]);
-    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
-
-    // Still disabled at the next roll, here through the CA's scope: nothing is issued to it, and
-    // the rest is rolled.
-    let r = run(&["roll-secondary", "ca:factory", "--yes", "-o", "json"]);
-    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
-    disabled(&r.json(), false);
-    assert_eq!(device(&r.json(), "m-1")["outcome"], "rolled", "{}", r.stdout);
-    assert_eq!(
-        slot_thumbprint(&env, &serve, "gw-1", "secondary").as_deref(),
-        new_tp.as_str()
-    );
-    let human = run(&["roll-secondary", "device:gw-1", "--yes"]);
-    assert_eq!(human.code, 1, "{}\n{}", human.stdout, human.stderr);
-    assert!(
-        human
-            .stdout
-            .contains("device:gw-1: not rolled: its individual enrollment `gw-1` is disabled"),
-        "{}",
-        human.stdout
-    );
-    assert_eq!(status(), "disabled");
-
-    // Enabled again: the CA roll's rerun gives gw-1 its certificate under the CA's new version
-    // (and finds the rest done), a roll of gw-1 after it finds it done, and check clears.
-    set_provisioning(&env, &serve, "gw-1", false, "enabled");
-    let r = run(&["roll-secondary", "ca:factory", "--yes", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    assert_eq!(device(&r.json(), "gw-1")["outcome"], "rolled", "{}", r.stdout);
-    assert_eq!(
-        device(&r.json(), "m-1")["outcome"],
-        "already-rolled",
-        "{}",
-        r.stdout
-    );
-    let r = run(&["roll-secondary", "device:gw-1", "--yes", "-o", "json"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    assert_eq!(
-        device(&r.json(), "gw-1")["outcome"],
-        "already-rolled",
-        "{}",
-        r.stdout
-    );
-    let r = run(&["check", "-o", "json"]);
-    assert!(!r.stdout.contains("device:gw-1"), "{}", r.stdout);
-}
-
 /// A group certroll revoked is no other client's doing: a roll of it issues its devices
 /// nothing and reports them `revoked` (as `--due` does), on local and azure alike (az8 F4's
 /// local side: there no other client writes the store, so a disabled group is always revoked).
@@ -2071,21 +1968,20 @@ fn a_roll_of_a_group_certroll_revoked_reports_its_devices_revoked_on_both_backen
     }
 }
 
-/// A delivery hook that is another client of DPS: on its first call it disables the DPS record
-/// at the path named last (`enrollmentGroups/meters`, `enrollments/gw-1`: GET, then PUT with the
-/// etag read), with the SAS token in the file named before it.
+/// A delivery hook that is another client of DPS: on its first call it disables enrollment
+/// group `meters` (GET, then PUT with the etag read), with the SAS token in the file named last.
 const DISABLE_HOOK: &str = r#"
 import json, os, subprocess, sys
-port, scope, ca, home, token_file, record = sys.argv[1:7]
+port, scope, ca, home, token_file = sys.argv[1:6]
 json.load(sys.stdin)
 os.makedirs(home, exist_ok=True)
-done = os.path.join(home, "disabled-" + record.replace("/", "-"))
+done = os.path.join(home, "disabled-meters")
 if os.path.exists(done):
     sys.exit(0)
 open(done, "w").close()
 token = open(token_file).read().strip()
 host = "certroll-dps.azure-devices-provisioning.net"
-url = f"https://{host}:{port}/{record}?api-version=2021-10-01"
+url = f"https://{host}:{port}/enrollmentGroups/meters?api-version=2021-10-01"
 def curl(*args):
     out = subprocess.run(["curl", "-sS", "--fail-with-body", "--cacert", ca,
                           "--resolve", f"{host}:{port}:127.0.0.1",

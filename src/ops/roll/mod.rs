@@ -134,9 +134,9 @@ pub struct DeviceRoll {
     /// into its individual enrollment: left alone, its steps say why and what to do; the run
     /// stays open and exits 1, and its rerun finishes the device once the operator has acted),
     /// `disabled` (another client of DPS disabled its individual enrollment, or the enrollment
-    /// group of a device without one; the run exits 1: with `new_thumbprint` set, it was
+    /// group of a device without one; the run exits 1: with `new_thumbprint` set, the group was
     /// disabled after this run issued the device its new certificate, which DPS refuses until
-    /// it is enabled again) or `deleted` (another client deleted its individual
+    /// the group is enabled again) or `deleted` (another client deleted its individual
     /// enrollment; the run exits 1).
     pub outcome: &'static str,
     /// The slot the new certificate went into. For `already-rolled`: where the certificate the
@@ -893,96 +893,48 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     Ok(report)
 }
 
-/// Devices whose individual enrollment, or whose group (for a device without an enrollment of
-/// its own, which DPS matches first), another client of DPS disabled while this run went on,
-/// after their chunk was assessed (az8 F4): their new certificate is stored (and delivered), but
-/// DPS refuses their registrations, so they are reported `disabled`, with the way back first
-/// among their steps, and the run exits 1. Each group is read once, and the enrollments of the
-/// devices the plan enrolls individually (with those of a disabled group's devices); nothing is
-/// written.
+/// Devices of a group that another client of DPS disabled while this run went on, after their
+/// chunk was assessed (az8 F4): their new certificate is stored (and delivered), but DPS refuses
+/// every registration under the group, so they are reported `disabled`, with the way back first
+/// among their steps, and the run exits 1. A device with an individual enrollment of its own
+/// (which DPS matches first) is not cut off. Each group is read once; nothing is written.
 fn disabled_during_run(plan: &Plan, backend: &dyn Backend, devices: &mut [DeviceRoll]) -> Result<()> {
     use std::collections::HashMap;
-    let id_of = |d: &DeviceRoll| d.target.trim_start_matches("device:").to_string();
-    let mut groups: HashMap<&str, Option<String>> = HashMap::new();
-    // Each device whose own enrollment is read, with why its group cut it off (if it did).
-    let mut read: Vec<(usize, Option<String>)> = Vec::new();
+    let mut why: HashMap<&str, Option<String>> = HashMap::new();
+    let mut cut: Vec<(usize, String)> = Vec::new();
     for (at, d) in devices.iter().enumerate() {
         if !matches!(d.outcome, "rolled" | "replaced") {
             continue;
         }
-        match super::device_owner(plan, &id_of(d)) {
-            Some(super::DeviceOwner::Enrollment(_)) => read.push((at, None)),
-            Some(super::DeviceOwner::Group(g)) => {
-                if !groups.contains_key(g.name.as_str()) {
-                    let found = match backend.group(&g.name)? {
-                        Some(state) => {
-                            crate::ops::held::group_disabled_by_another(backend, &g.name, state.status)?
-                        }
-                        None => None,
-                    };
-                    groups.insert(&g.name, found);
-                }
-                if let Some(Some(why)) = groups.get(g.name.as_str()) {
-                    read.push((at, Some(why.clone())));
-                }
-            }
-            None => {}
+        let id = d.target.strip_prefix("device:").unwrap_or(&d.target);
+        let Some(super::DeviceOwner::Group(g)) = super::device_owner(plan, id) else {
+            continue;
+        };
+        if !why.contains_key(g.name.as_str()) {
+            let found = match backend.group(&g.name)? {
+                Some(state) => crate::ops::held::group_disabled_by_another(backend, &g.name, state.status)?,
+                None => None,
+            };
+            why.insert(&g.name, found);
+        }
+        if let Some(Some(why)) = why.get(g.name.as_str()) {
+            cut.push((at, why.clone()));
         }
     }
-    let ids: Vec<String> = read.iter().map(|(at, _)| id_of(&devices[*at])).collect();
-    for (chunk, ids) in read.chunks(CHUNK).zip(ids.chunks(CHUNK)) {
-        for (((at, group_why), id), own) in chunk.iter().zip(ids).zip(backend.individual_many(ids)?) {
-            // Only another client's disable is caught here: an enrollment deleted since is
-            // the next run's to report (`deleted`, the way back being `issue`).
-            let why = match own {
-                Some(e) => match enrollment_cut_off(backend, id, Some(&e))? {
-                    Some(("disabled", why)) => Some(why),
-                    _ => None,
-                },
-                None => group_why.clone(),
-            };
-            if let Some(why) = why {
+    let ids: Vec<String> = cut
+        .iter()
+        .map(|(at, _)| devices[*at].target.trim_start_matches("device:").to_string())
+        .collect();
+    for chunk in cut.chunks(CHUNK).zip(ids.chunks(CHUNK)) {
+        for ((at, why), own) in chunk.0.iter().zip(backend.individual_many(chunk.1)?) {
+            if own.is_none() {
                 let d = &mut devices[*at];
                 d.outcome = "disabled";
-                d.steps.insert(0, why);
+                d.steps.insert(0, why.clone());
             }
         }
     }
     Ok(())
-}
-
-/// Why an issued device of an individual enrollment (`enrollment`, as DPS holds it now) gets
-/// nothing, as a roll judges it: `deleted` (another client deleted the enrollment),
-/// `revoked` (disabled by certroll's revoke) or `disabled` (by another client), each with
-/// its step; None while the enrollment is enabled. The CRL is read only for a disabled one.
-fn enrollment_cut_off(
-    backend: &dyn Backend,
-    id: &str,
-    enrollment: Option<&crate::backend::types::IndividualEnrollment>,
-) -> Result<Option<(&'static str, String)>> {
-    Ok(match enrollment {
-        None => Some(("deleted", crate::ops::held::deleted_by_another(id))),
-        Some(e) if e.status == crate::backend::types::Status::Disabled => {
-            let issued = match backend.device(id)?.and_then(|r| r.installed_version) {
-                Some(v) => backend.version(&super::device_cert_name(id), &v)?,
-                None => None,
-            };
-            Some(
-                if crate::ops::held::revoked_by_certroll(backend, issued.as_ref())? {
-                    (
-                        "revoked",
-                        "its enrollment is disabled (revoked); a revoked device gets nothing".to_string(),
-                    )
-                } else {
-                    (
-                        "disabled",
-                        crate::ops::held::disabled_by_another(id, issued.as_ref()),
-                    )
-                },
-            )
-        }
-        Some(_) => None,
-    })
 }
 
 /// The CAs that hold back the devices whose outcome is `capped`, and the CAs in `capped_cas`
@@ -1188,7 +1140,31 @@ fn due_held_back(
     let mut enrollment_problem: HashMap<String, (&'static str, String)> = HashMap::new();
     for chunk in enrollment_ids.chunks(CHUNK) {
         for (id, e) in chunk.iter().zip(backend.individual_many(chunk)?) {
-            let found = enrollment_cut_off(backend, id, e.as_ref())?;
+            let found = match e {
+                None => Some(("deleted", crate::ops::held::deleted_by_another(id))),
+                Some(e) if e.status == crate::backend::types::Status::Disabled => {
+                    // The CRL is read only for a disabled enrollment.
+                    let issued = match backend.device(id)?.and_then(|r| r.installed_version) {
+                        Some(v) => backend.version(&super::device_cert_name(id), &v)?,
+                        None => None,
+                    };
+                    Some(
+                        if crate::ops::held::revoked_by_certroll(backend, issued.as_ref())? {
+                            (
+                                "revoked",
+                                "its enrollment is disabled (revoked); a revoked device gets nothing"
+                                    .to_string(),
+                            )
+                        } else {
+                            (
+                                "disabled",
+                                crate::ops::held::disabled_by_another(id, issued.as_ref()),
+                            )
+                        },
+                    )
+                }
+                Some(_) => None,
+            };
             if let Some(found) = found {
                 enrollment_problem.insert(id.clone(), found);
             }
