@@ -210,6 +210,62 @@ fn an_older_incident_run_again_after_a_later_one_replaces_nothing() {
     assert_eq!(versions(&env, "dev-gateway-01"), 4);
 }
 
+/// Incident A cut off before its step committed, then incident B, then A's command again
+/// (trial az10 N1, "after a cut-off" as runbook 1 says): the resumed A finds B replaced what A
+/// set out to replace, and neither it nor A's later runs replace B's good certificate.
+#[test]
+fn an_incident_cut_off_then_a_later_one_then_the_first_again_replaces_nothing_twice() {
+    let env = TestEnv::new();
+    env.quickstart();
+    run(&env, &["issue"]).ok();
+    let a = [
+        "--plan",
+        "plan.toml",
+        "roll-primary",
+        "--breach",
+        "--incident",
+        "INC-A",
+        "device:gateway-01",
+        "--yes",
+        "-o",
+        "json",
+    ];
+    let killed = env
+        .cmd()
+        .args(a)
+        .env("CERTROLL_FAULT_BEFORE_STEP_COMMIT", "1")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success(), "the fault switch must abort A");
+    let b = run(
+        &env,
+        &[
+            "roll-primary",
+            "--breach",
+            "--incident",
+            "INC-B",
+            "device:gateway-01",
+            "--yes",
+            "-o",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(b["devices"][0]["outcome"], "replaced", "{b}");
+    let after_b = pem_der(&env, NOW, "gateway-01");
+    let held = versions(&env, "dev-gateway-01");
+    for _ in 0..3 {
+        let again = run(&env, &a[2..]).ok().json();
+        assert_eq!(again["devices"][0]["outcome"], "already-replaced", "{again}");
+        assert_eq!(versions(&env, "dev-gateway-01"), held, "{again}");
+        assert!(
+            works(&env, "gateway-01", &after_b, NOW),
+            "B's certificate still works: {again}"
+        );
+    }
+}
+
 #[test]
 fn a_group_device_breach_refuses_its_old_certificate_though_it_chains_to_the_group() {
     let env = TestEnv::new();

@@ -401,6 +401,7 @@ pub(super) fn assess<'p>(
     dry_run: bool,
     describe: bool,
     own_mark: Option<&str>,
+    this_run: Option<i64>,
     now: OffsetDateTime,
 ) -> Result<Assessed<'p>> {
     let names: Vec<String> = ids.iter().map(|id| device_cert_name(id)).collect();
@@ -427,6 +428,30 @@ pub(super) fn assess<'p>(
         }
     }
     let backend = &*backend;
+    // The incidents of other breach runs of these devices left open (killed or failed): a later
+    // breach of a device replaces what such a run set out to replace, so its command run again
+    // afterwards finds it handled (trial az10 N1), as for a finished one (`earlier_incidents`).
+    let mut open_incidents: HashMap<String, Vec<String>> = HashMap::new();
+    if matches!(mode, Mode::Breach { .. }) {
+        for run in backend.open_runs()?.iter().filter(|r| Some(r.id) != this_run) {
+            for step in run.steps.iter().filter(|s| s.kind == "breach-device") {
+                let Some(incident) = step.detail["incident"].as_str() else {
+                    continue;
+                };
+                for id in step.detail["ids"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| i.as_str())
+                {
+                    open_incidents
+                        .entry(id.to_string())
+                        .or_default()
+                        .push(incident.to_string());
+                }
+            }
+        }
+    }
 
     let mut out = Assessed {
         reports: Vec::with_capacity(ids.len()),
@@ -794,9 +819,16 @@ pub(super) fn assess<'p>(
                 // taking the enrollment back is work whatever the incident label.
                 let installed_tp = installed.thumbprint.clone();
                 let taken = individual.as_ref().is_some_and(|e| !e.foreign.is_empty());
+                let left_open = open_incidents.get(id.as_str()).cloned().unwrap_or_default();
+                out.earlier_incidents = left_open.clone();
                 if !taken && let Some(step) = backend.last_done_step(&target, "breach-device")? {
                     let result = step.result.unwrap_or_default();
                     out.earlier_incidents = incidents_of(&result);
+                    for i in left_open {
+                        if !out.earlier_incidents.contains(&i) {
+                            out.earlier_incidents.push(i);
+                        }
+                    }
                     // An incident handled before the last one counts as handled too: its
                     // command run again from the shell history must not replace the later
                     // incident's certificate (trial az9 G2).

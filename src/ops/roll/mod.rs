@@ -1825,7 +1825,13 @@ fn plan_devices(opts: &RollOptions, ids: &[String], unit: usize, planned: &mut V
                         "replace the compromised certificate of `{id}` (new key) in the {} slot; refuse the old one everywhere",
                         opts.slot.word()
                     ),
-                    detail: serde_json::json!({ "ids": [id], "slot": opts.slot.word() }),
+                    // The incident, for a later breach of the device to read while this run is
+                    // open (`devices::assess`).
+                    detail: serde_json::json!({
+                        "ids": [id],
+                        "slot": opts.slot.word(),
+                        "incident": opts.breach.as_ref().and_then(|b| b.incident.clone()),
+                    }),
                     cut_off: CutOff::of([id.clone()]),
                 });
             }
@@ -2568,6 +2574,7 @@ fn roll_device_steps(
             opts.dry_run,
             describe,
             mark.as_deref(),
+            run.id,
             now,
         )
         .with_context(|| format!("step {} ({}) of {}", s.seq, s.kind, s.target))?;
