@@ -105,6 +105,9 @@ pub struct StepReport {
 pub struct Run {
     /// The run's number in the journal (None for a dry run).
     pub id: Option<i64>,
+    /// The number of the run whose steps these are: `id`, or for a dry run showing an open run's
+    /// resumption that run's (what its steps' marks name; see `Backend::mark_new_versions`).
+    pub number: Option<i64>,
     /// Whether this run resumes one that was killed or failed.
     pub resumed: bool,
     /// The steps, with `result` set on the ones already done.
@@ -138,6 +141,7 @@ pub fn begin(
     if dry_run {
         return Ok(Run {
             id: None,
+            number: None,
             resumed: false,
             steps,
             began: AtomicBool::new(false),
@@ -146,6 +150,7 @@ pub fn begin(
     if let Some(open) = backend.open_run(command)? {
         return Ok(Run {
             id: Some(open.id),
+            number: Some(open.id),
             resumed: true,
             steps: open.steps,
             began: AtomicBool::new(false),
@@ -156,6 +161,7 @@ pub fn begin(
         // finds nothing due every hour must not grow the store).
         return Ok(Run {
             id: None,
+            number: None,
             resumed: false,
             steps,
             began: AtomicBool::new(false),
@@ -164,6 +170,7 @@ pub fn begin(
     let id = in_one_unit(backend, |b| b.start_run(command, &steps, now))?;
     Ok(Run {
         id: Some(id),
+        number: Some(id),
         resumed: false,
         steps,
         began: AtomicBool::new(false),
@@ -174,9 +181,10 @@ impl Run {
     /// A dry run of a command whose run `steps` belong to is open (killed or failed part-way):
     /// what its rerun does, which resumes that run from its journal (the steps done are not
     /// done again). Records nothing.
-    pub fn would_resume(steps: Vec<JournalStep>) -> Run {
+    pub fn would_resume(number: i64, steps: Vec<JournalStep>) -> Run {
         Run {
             id: None,
+            number: Some(number),
             resumed: true,
             steps,
             began: AtomicBool::new(false),

@@ -938,3 +938,87 @@ fn a_ca_breach_whose_deliveries_failed_stands_and_its_rerun_delivers_the_replace
     let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
     assert_eq!(c.code, 0, "{}\n{}", c.stdout, c.stderr);
 }
+
+/// The vault's versions of a device's certificate, oldest first: `(version, enabled)`.
+fn versions_enabled(env: &TestEnv, serve: &Serve, id: &str) -> Vec<(String, bool)> {
+    let show = run_fleet(
+        env,
+        serve,
+        "azure",
+        &["vault", "show", &format!("device:{id}"), "-o", "json"],
+    )
+    .ok()
+    .json();
+    show["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["version"].as_str().unwrap().to_string(), v["enabled"] == true))
+        .collect()
+}
+
+/// Incident A's breach of `gw-1` killed right after its Key Vault import (its replacement in the
+/// vault, nothing else written), then incident B's breach finished. Returns A's command, the
+/// version A made and B's report.
+fn a_killed_after_its_import_then_b(env: &TestEnv, serve: &Serve) -> ([&'static str; 8], String, Value) {
+    crate::azure_verbs::fleet_plans_with(env, serve, FLEET, "delivery = \"none\"\n");
+    fleet_ok(env, serve, &["issue"]);
+    let a = crate::azure_verbs::breach_args("device:gw-1", "INC-A");
+    let killed = run_with(env, serve, &[("CERTROLL_FAULT_AFTER_VAULT_WRITES", "1")], &a);
+    assert!(
+        killed.code != 0 && killed.code != 1,
+        "killed: {}\n{}",
+        killed.stdout,
+        killed.stderr
+    );
+    let made = versions(env, serve, "gw-1");
+    assert_eq!(made.len(), 2, "A's replacement is in Key Vault: {made:?}");
+    let b = fleet_ok(
+        env,
+        serve,
+        &crate::azure_verbs::breach_args("device:gw-1", "INC-B"),
+    )
+    .json();
+    assert_eq!(device_roll(&b, "gw-1")["outcome"], "replaced", "{b}");
+    (a, made[1].clone(), b)
+}
+
+/// Trial az10 N1 on azure: A killed after its import, then B, then A's command again (the
+/// resumed run, then fresh ones). A's replacement is found in the vault by its mark, and B's
+/// record did not know A: the resumed A took B's good certificate for compromised, and A's next
+/// run revoked it and issued another. Now every A run says `already-replaced` and B's
+/// certificate stays the one in force, enabled.
+#[test]
+fn an_incident_killed_after_its_import_then_a_later_one_then_the_first_again_replaces_nothing_twice() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    let (a, _, b) = a_killed_after_its_import_then_b(&env, &serve);
+    let after_b = device_roll(&b, "gw-1")["new_thumbprint"].clone();
+    let held = versions(&env, &serve, "gw-1");
+    for n in 0..3 {
+        let again = fleet_ok(&env, &serve, &a).json();
+        assert_eq!(again["resumed"], n == 0, "{again}");
+        let d = device_roll(&again, "gw-1");
+        assert_eq!(d["outcome"], "already-replaced", "run {n}: {again}");
+        assert!(
+            !d["compromised"].to_string().contains(after_b.as_str().unwrap()),
+            "B's certificate is not compromised: {again}"
+        );
+        assert_eq!(
+            versions(&env, &serve, "gw-1"),
+            held,
+            "run {n}: no version more: {again}"
+        );
+        let newest = versions_enabled(&env, &serve, "gw-1").pop().unwrap();
+        assert!(newest.1, "B's replacement stays enabled: {again}");
+    }
+    let s = run_fleet(&env, &serve, "azure", &["status", "device:gw-1", "-o", "json"])
+        .ok()
+        .json();
+    // `delivery = "none"`: B's replacement waits for the operator.
+    assert_eq!(
+        device(&s, "gw-1")["pending"]["cert"]["thumbprint"],
+        after_b,
+        "{s}"
+    );
+}

@@ -99,6 +99,32 @@ struct Work<'p> {
     report: usize,
 }
 
+/// The incidents of the breach runs left open (killed or failed) other than this one, by device:
+/// a later breach of a device replaces what such a run set out to replace, so its command run
+/// again afterwards finds it handled (trial az10 N1), as for a finished one (`earlier_incidents`).
+pub(super) type OpenIncidents = HashMap<String, Vec<String>>;
+
+/// [`OpenIncidents`], read from the journal once per run (`this_run` is the run's own number).
+pub(super) fn open_incidents(backend: &dyn Backend, this_run: Option<i64>) -> Result<OpenIncidents> {
+    let mut open: OpenIncidents = HashMap::new();
+    for run in backend.open_runs()?.iter().filter(|r| Some(r.id) != this_run) {
+        for step in run.steps.iter().filter(|s| s.kind == "breach-device") {
+            let Some(incident) = step.detail["incident"].as_str() else {
+                continue;
+            };
+            for id in step.detail["ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.as_str())
+            {
+                open.entry(id.to_string()).or_default().push(incident.to_string());
+            }
+        }
+    }
+    Ok(open)
+}
+
 /// A decided chunk: the per-device reports and the work to do.
 pub(super) struct Assessed<'p> {
     pub reports: Vec<DeviceRoll>,
@@ -401,7 +427,7 @@ pub(super) fn assess<'p>(
     dry_run: bool,
     describe: bool,
     own_mark: Option<&str>,
-    this_run: Option<i64>,
+    open_incidents: &OpenIncidents,
     now: OffsetDateTime,
 ) -> Result<Assessed<'p>> {
     let names: Vec<String> = ids.iter().map(|id| device_cert_name(id)).collect();
@@ -428,31 +454,6 @@ pub(super) fn assess<'p>(
         }
     }
     let backend = &*backend;
-    // The incidents of other breach runs of these devices left open (killed or failed): a later
-    // breach of a device replaces what such a run set out to replace, so its command run again
-    // afterwards finds it handled (trial az10 N1), as for a finished one (`earlier_incidents`).
-    let mut open_incidents: HashMap<String, Vec<String>> = HashMap::new();
-    if matches!(mode, Mode::Breach { .. }) {
-        for run in backend.open_runs()?.iter().filter(|r| Some(r.id) != this_run) {
-            for step in run.steps.iter().filter(|s| s.kind == "breach-device") {
-                let Some(incident) = step.detail["incident"].as_str() else {
-                    continue;
-                };
-                for id in step.detail["ids"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|i| i.as_str())
-                {
-                    open_incidents
-                        .entry(id.to_string())
-                        .or_default()
-                        .push(incident.to_string());
-                }
-            }
-        }
-    }
-
     let mut out = Assessed {
         reports: Vec::with_capacity(ids.len()),
         work: Vec::new(),

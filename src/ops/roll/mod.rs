@@ -783,7 +783,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     let run = match open {
         Some(open) if opts.dry_run => {
             report.run = Some(open.id);
-            journal::Run::would_resume(open.steps)
+            journal::Run::would_resume(open.id, open.steps)
         }
         _ => {
             let run = journal::begin(&mut backend, &command, &planned, opts.dry_run, now)?;
@@ -2547,6 +2547,12 @@ fn roll_device_steps(
         Vec::new()
     };
     let mut cas = devices::CaTargets::load(&*backend, &needed, &renewed)?;
+    // Read once per run: a list breach has a step per device.
+    let open_incidents = if todo.iter().any(|s| s.kind == "breach-device") {
+        devices::open_incidents(&*backend, run.number)?
+    } else {
+        devices::OpenIncidents::new()
+    };
     for s in &todo {
         for ca in s.detail["capped_cas"].as_array().into_iter().flatten() {
             cas.mark_capped(ca.as_str().unwrap_or_default());
@@ -2564,7 +2570,10 @@ fn roll_device_steps(
         let ids: Vec<String> = serde_json::from_value(s.detail["ids"].clone()).unwrap_or_default();
         let mode = mode_of(s);
         // Only a resumed run's step can have written anything before: its journal mark.
-        let mark = run.id.filter(|_| run.resumed).map(|id| format!("{id}/{}", s.seq));
+        let mark = run
+            .number
+            .filter(|_| run.resumed)
+            .map(|id| format!("{id}/{}", s.seq));
         let assessed = devices::assess(
             plan,
             backend,
@@ -2574,7 +2583,7 @@ fn roll_device_steps(
             opts.dry_run,
             describe,
             mark.as_deref(),
-            run.id,
+            &open_incidents,
             now,
         )
         .with_context(|| format!("step {} ({}) of {}", s.seq, s.kind, s.target))?;
