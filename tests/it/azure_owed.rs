@@ -823,6 +823,31 @@ fn a_breach_killed_before_its_commit_adopts_its_own_replacement_on_rerun_and_nev
         "the device got the replacement before the kill"
     );
 
+    // The dry run lists what the rerun does (trial az10 N3): it takes that replacement, issues
+    // nothing, and does not do again what the killed run did (the leaked certificate is out of
+    // the enrollment and disabled already).
+    let dry_args: Vec<&str> = breach
+        .iter()
+        .copied()
+        .filter(|a| *a != "--yes")
+        .chain(["--dry-run"])
+        .collect();
+    let dry = fleet_ok(&env, &serve, &dry_args).json();
+    assert_eq!(dry["resumed"], true, "{dry}");
+    let planned = device_roll(&dry, "gw-1")["steps"].to_string();
+    assert!(!planned.contains("issue a new certificate"), "{dry}");
+    assert!(
+        planned.contains("none is issued") && planned.contains(&made[1]),
+        "{dry}"
+    );
+    assert!(!planned.contains("delete the compromised"), "{dry}");
+    assert!(!planned.contains("disable vault version"), "{dry}");
+    assert_eq!(
+        versions(&env, &serve, "gw-1"),
+        made,
+        "the dry run changes nothing"
+    );
+
     let r = run_fleet(&env, &serve, "azure", &breach);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let report = r.json();

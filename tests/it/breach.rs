@@ -138,6 +138,32 @@ fn a_device_breach_refuses_the_compromised_certificate_everywhere_and_a_rerun_do
     let said = run(&env, &["roll-primary", "--breach", "device:gateway-01", "--yes"]).ok();
     assert!(!said.stdout.contains("cannot connect"), "{}", said.stdout);
     assert!(said.stdout.contains("nothing to do"), "{}", said.stdout);
+    // Planned as nothing to do, its step says so (trial az10 G5), not "0 of them rolled, 1 not".
+    assert!(said.stdout.contains("nothing to replace"), "{}", said.stdout);
+    assert!(!said.stdout.contains("of them rolled"), "{}", said.stdout);
+    // Its dry run plans it so too: no cut-off, no new certificate (trial az10 N3).
+    let dry = run(
+        &env,
+        &[
+            "roll-primary",
+            "--breach",
+            "device:gateway-01",
+            "--dry-run",
+            "-o",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(dry["devices"][0]["outcome"], "already-replaced", "{dry}");
+    assert_eq!(dry["devices_cut_off"]["count"], 0, "{dry}");
+    assert!(
+        dry["steps"][0]["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("nothing to replace"),
+        "{dry}"
+    );
     assert_eq!(versions(&env, "dev-gateway-01"), 2);
     assert!(works(&env, "gateway-01", &new, NOW));
 
