@@ -1047,3 +1047,81 @@ fn an_incident_killed_after_its_import_then_a_later_one_then_the_first_again_rep
         "{s}"
     );
 }
+
+/// Trial az10 N1's orphan: A killed after its Key Vault import, then B replaced the device, then
+/// A resumed and said `already-replaced`, leaving its replacement (never enrolled, never
+/// delivered) enabled with an exportable key while `check` said OK. Now the resumed A disables
+/// it and says so; B's replacement stays enabled, and A's reruns change nothing.
+#[test]
+fn a_resumed_breach_disables_its_own_replacement_a_later_breach_superseded_and_its_reruns_change_nothing() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    let (a, orphan, b) = a_killed_after_its_import_then_b(&env, &serve);
+    let after_b = device_roll(&b, "gw-1")["new_thumbprint"].clone();
+    let before = versions_enabled(&env, &serve, "gw-1");
+    assert_eq!(before.len(), 3, "{before:?}");
+    assert_eq!(
+        before[1],
+        (orphan.clone(), true),
+        "A's replacement is left enabled: {before:?}"
+    );
+
+    let dry_args: Vec<&str> = a
+        .iter()
+        .copied()
+        .filter(|x| *x != "--yes")
+        .chain(["--dry-run"])
+        .collect();
+    let dry = fleet_ok(&env, &serve, &dry_args).json();
+    let said = device_roll(&dry, "gw-1")["steps"].to_string();
+    assert!(
+        said.contains("would be disabled") && said.contains(&orphan),
+        "{dry}"
+    );
+    assert_eq!(
+        versions_enabled(&env, &serve, "gw-1"),
+        before,
+        "the dry run changes nothing"
+    );
+
+    let resumed = run_fleet(&env, &serve, "azure", &a[..6]);
+    assert_eq!(resumed.code, 0, "{}\n{}", resumed.stdout, resumed.stderr);
+    assert!(
+        resumed.stdout.contains("never used") && resumed.stdout.contains(&orphan),
+        "the output says so: {}",
+        resumed.stdout
+    );
+    let after = versions_enabled(&env, &serve, "gw-1");
+    let want: Vec<(String, bool)> = vec![
+        (before[0].0.clone(), false),
+        (orphan.clone(), false),
+        (before[2].0.clone(), true),
+    ];
+    assert_eq!(after, want, "A's unused replacement disabled, B's enabled");
+    // Only B's replacement waiting for the operator (`delivery = "none"`) is left to say.
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]).json();
+    assert_eq!(c["counts"]["critical"], 0, "{c}");
+
+    for n in 0..2 {
+        let again = fleet_ok(&env, &serve, &a).json();
+        assert_eq!(again["resumed"], false, "{again}");
+        assert_eq!(
+            device_roll(&again, "gw-1")["outcome"],
+            "already-replaced",
+            "run {n}: {again}"
+        );
+        assert_eq!(
+            versions_enabled(&env, &serve, "gw-1"),
+            want,
+            "run {n} changes nothing: {again}"
+        );
+    }
+    let s = run_fleet(&env, &serve, "azure", &["status", "device:gw-1", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(
+        device(&s, "gw-1")["pending"]["cert"]["thumbprint"],
+        after_b,
+        "{s}"
+    );
+}

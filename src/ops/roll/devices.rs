@@ -135,6 +135,9 @@ pub(super) struct Assessed<'p> {
     /// breach step's record (the journal keeps only a target's newest step of a kind): a rerun of
     /// an older incident's command finds it handled (trial az9 G2).
     earlier_incidents: Vec<String>,
+    /// Versions cut-off attempts of the steps made that later runs superseded before any device
+    /// used them: disabled, so a key nobody uses cannot be exported or used (trial az10 N1).
+    unused: Vec<VaultVersion>,
 }
 
 impl Assessed<'_> {
@@ -459,6 +462,7 @@ pub(super) fn assess<'p>(
         work: Vec::new(),
         in_force: None,
         earlier_incidents: Vec::new(),
+        unused: Vec::new(),
     };
     // The slot of its group holding the CA version that signed a device's certificate, by group
     // and CA version: read once per chunk, and only for a device already rolled.
@@ -620,7 +624,39 @@ pub(super) fn assess<'p>(
             && let Some(why) = superseded(v, &newest)
         {
             report.outcome = "already-replaced";
-            report.steps = vec![format!("{why}: nothing left to do")];
+            // Never used (no enrollment slot, hub identity or fleet record names it) and still
+            // enabled, its key could still be exported and used: it goes out of use as a
+            // compromised one does (trial az10 N1), so nothing is left that nobody uses.
+            let tp = sha1_thumbprint(&v.cert_der);
+            let named = [SlotName::Primary, SlotName::Secondary]
+                .into_iter()
+                .filter_map(slot_tp)
+                .chain(identity.iter().flat_map(|h| {
+                    [h.primary_thumbprint.clone(), h.secondary_thumbprint.clone()]
+                        .into_iter()
+                        .flatten()
+                }))
+                .any(|t| t == tp)
+                || installed.thumbprint == tp;
+            report.steps = vec![if v.enabled && !named {
+                if !dry_run {
+                    out.unused.push(v.clone());
+                }
+                format!(
+                    "{why}; {tp} was never used: its vault version {}/{} {}, so its key is never handed out; nothing else left to do",
+                    v.name,
+                    v.version,
+                    if dry_run {
+                        "would be disabled"
+                    } else {
+                        "is disabled"
+                    }
+                )
+            } else if !v.enabled && v.version != newest.version {
+                format!("{why}, and {tp} is disabled: nothing left to do")
+            } else {
+                format!("{why}: nothing left to do")
+            }];
             if let Mode::Breach { breach, .. } = mode {
                 let left_open = open_incidents
                     .get(id.as_str())
@@ -1234,6 +1270,9 @@ pub(super) fn store(
     mode: Mode<'_>,
     now: OffsetDateTime,
 ) -> Result<serde_json::Value> {
+    for v in std::mem::take(&mut assessed.unused) {
+        backend.set_enabled(&v, false, now)?;
+    }
     let names: Vec<String> = fresh
         .iter()
         .map(|(i, _, _, _)| device_cert_name(&assessed.work[*i].id))
