@@ -805,6 +805,31 @@ fn a_breach_killed_before_its_commit_adopts_its_own_replacement_on_rerun_and_nev
         "the device got the replacement before the kill"
     );
 
+    // The dry run lists what the rerun does (trial az10 N3): it takes that replacement, issues
+    // nothing, and does not do again what the killed run did (the leaked certificate is out of
+    // the enrollment and disabled already).
+    let dry_args: Vec<&str> = breach
+        .iter()
+        .copied()
+        .filter(|a| *a != "--yes")
+        .chain(["--dry-run"])
+        .collect();
+    let dry = fleet_ok(&env, &serve, &dry_args).json();
+    assert_eq!(dry["resumed"], true, "{dry}");
+    let planned = device_roll(&dry, "gw-1")["steps"].to_string();
+    assert!(!planned.contains("issue a new certificate"), "{dry}");
+    assert!(
+        planned.contains("none is issued") && planned.contains(&made[1]),
+        "{dry}"
+    );
+    assert!(!planned.contains("delete the compromised"), "{dry}");
+    assert!(!planned.contains("disable vault version"), "{dry}");
+    assert_eq!(
+        versions(&env, &serve, "gw-1"),
+        made,
+        "the dry run changes nothing"
+    );
+
     let r = run_fleet(&env, &serve, "azure", &breach);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let report = r.json();
@@ -903,25 +928,175 @@ fn a_ca_breach_whose_deliveries_failed_stands_and_its_rerun_delivers_the_replace
     assert_eq!(c.code, 0, "{}\n{}", c.stdout, c.stderr);
 }
 
-/// gw-1 has two vault versions: the leaked one disabled, its breach replacement enabled.
-fn assert_leaked_disabled_replacement_enabled(env: &TestEnv, serve: &Serve) {
+/// The vault's versions of a device's certificate, oldest first: `(version, enabled)`.
+fn versions_enabled(env: &TestEnv, serve: &Serve, id: &str) -> Vec<(String, bool)> {
     let show = run_fleet(
         env,
         serve,
         "azure",
-        &["vault", "show", "device:gw-1", "-o", "json"],
+        &["vault", "show", &format!("device:{id}"), "-o", "json"],
     )
     .ok()
     .json();
-    let enabled: Vec<bool> = show["versions"]
+    show["versions"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| v["enabled"] == true)
+        .map(|v| (v["version"].as_str().unwrap().to_string(), v["enabled"] == true))
+        .collect()
+}
+
+/// Incident A's breach of `gw-1` killed right after its Key Vault import (its replacement in the
+/// vault, nothing else written), then incident B's breach finished. Returns A's command, the
+/// version A made and B's report.
+fn a_killed_after_its_import_then_b(env: &TestEnv, serve: &Serve) -> ([&'static str; 8], String, Value) {
+    crate::azure_verbs::fleet_plans_with(env, serve, FLEET, "delivery = \"none\"\n");
+    fleet_ok(env, serve, &["issue"]);
+    let a = crate::azure_verbs::breach_args("device:gw-1", "INC-A");
+    let killed = run_with(env, serve, &[("CERTROLL_FAULT_AFTER_VAULT_WRITES", "1")], &a);
+    assert!(
+        killed.code != 0 && killed.code != 1,
+        "killed: {}\n{}",
+        killed.stdout,
+        killed.stderr
+    );
+    let made = versions(env, serve, "gw-1");
+    assert_eq!(made.len(), 2, "A's replacement is in Key Vault: {made:?}");
+    let b = fleet_ok(
+        env,
+        serve,
+        &crate::azure_verbs::breach_args("device:gw-1", "INC-B"),
+    )
+    .json();
+    assert_eq!(device_roll(&b, "gw-1")["outcome"], "replaced", "{b}");
+    (a, made[1].clone(), b)
+}
+
+/// Trial az10 N1 on azure: A killed after its import, then B, then A's command again (the
+/// resumed run, then fresh ones). A's replacement is found in the vault by its mark, and B's
+/// record did not know A: the resumed A took B's good certificate for compromised, and A's next
+/// run revoked it and issued another. Now every A run says `already-replaced` and B's
+/// certificate stays the one in force, enabled.
+#[test]
+fn an_incident_killed_after_its_import_then_a_later_one_then_the_first_again_replaces_nothing_twice() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    let (a, _, b) = a_killed_after_its_import_then_b(&env, &serve);
+    let after_b = device_roll(&b, "gw-1")["new_thumbprint"].clone();
+    let held = versions(&env, &serve, "gw-1");
+    for n in 0..3 {
+        let again = fleet_ok(&env, &serve, &a).json();
+        assert_eq!(again["resumed"], n == 0, "{again}");
+        let d = device_roll(&again, "gw-1");
+        assert_eq!(d["outcome"], "already-replaced", "run {n}: {again}");
+        assert!(
+            !d["compromised"].to_string().contains(after_b.as_str().unwrap()),
+            "B's certificate is not compromised: {again}"
+        );
+        assert_eq!(
+            versions(&env, &serve, "gw-1"),
+            held,
+            "run {n}: no version more: {again}"
+        );
+        let newest = versions_enabled(&env, &serve, "gw-1").pop().unwrap();
+        assert!(newest.1, "B's replacement stays enabled: {again}");
+    }
+    let s = run_fleet(&env, &serve, "azure", &["status", "device:gw-1", "-o", "json"])
+        .ok()
+        .json();
+    // `delivery = "none"`: B's replacement waits for the operator.
+    assert_eq!(
+        device(&s, "gw-1")["pending"]["cert"]["thumbprint"],
+        after_b,
+        "{s}"
+    );
+}
+
+/// Trial az10 N1's orphan: A killed after its Key Vault import, then B replaced the device, then
+/// A resumed and said `already-replaced`, leaving its replacement (never enrolled, never
+/// delivered) enabled with an exportable key while `check` said OK. Now the resumed A disables
+/// it and says so; B's replacement stays enabled, and A's reruns change nothing.
+#[test]
+fn a_resumed_breach_disables_its_own_replacement_a_later_breach_superseded_and_its_reruns_change_nothing() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    let (a, orphan, b) = a_killed_after_its_import_then_b(&env, &serve);
+    let after_b = device_roll(&b, "gw-1")["new_thumbprint"].clone();
+    let before = versions_enabled(&env, &serve, "gw-1");
+    assert_eq!(before.len(), 3, "{before:?}");
+    assert_eq!(
+        before[1],
+        (orphan.clone(), true),
+        "A's replacement is left enabled: {before:?}"
+    );
+
+    let dry_args: Vec<&str> = a
+        .iter()
+        .copied()
+        .filter(|x| *x != "--yes")
+        .chain(["--dry-run"])
         .collect();
+    let dry = fleet_ok(&env, &serve, &dry_args).json();
+    let said = device_roll(&dry, "gw-1")["steps"].to_string();
+    assert!(
+        said.contains("would be disabled") && said.contains(&orphan),
+        "{dry}"
+    );
+    assert_eq!(
+        versions_enabled(&env, &serve, "gw-1"),
+        before,
+        "the dry run changes nothing"
+    );
+
+    let resumed = run_fleet(&env, &serve, "azure", &a[..6]);
+    assert_eq!(resumed.code, 0, "{}\n{}", resumed.stdout, resumed.stderr);
+    assert!(
+        resumed.stdout.contains("never used") && resumed.stdout.contains(&orphan),
+        "the output says so: {}",
+        resumed.stdout
+    );
+    let after = versions_enabled(&env, &serve, "gw-1");
+    let want: Vec<(String, bool)> = vec![
+        (before[0].0.clone(), false),
+        (orphan.clone(), false),
+        (before[2].0.clone(), true),
+    ];
+    assert_eq!(after, want, "A's unused replacement disabled, B's enabled");
+    // Only B's replacement waiting for the operator (`delivery = "none"`) is left to say.
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]).json();
+    assert_eq!(c["counts"]["critical"], 0, "{c}");
+
+    for n in 0..2 {
+        let again = fleet_ok(&env, &serve, &a).json();
+        assert_eq!(again["resumed"], false, "{again}");
+        assert_eq!(
+            device_roll(&again, "gw-1")["outcome"],
+            "already-replaced",
+            "run {n}: {again}"
+        );
+        assert_eq!(
+            versions_enabled(&env, &serve, "gw-1"),
+            want,
+            "run {n} changes nothing: {again}"
+        );
+    }
+    let s = run_fleet(&env, &serve, "azure", &["status", "device:gw-1", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(
+        device(&s, "gw-1")["pending"]["cert"]["thumbprint"],
+        after_b,
+        "{s}"
+    );
+}
+
+/// gw-1 has two vault versions: the leaked one disabled, its breach replacement enabled.
+fn assert_leaked_disabled_replacement_enabled(env: &TestEnv, serve: &Serve) {
+    let versions = versions_enabled(env, serve, "gw-1");
+    let enabled: Vec<bool> = versions.iter().map(|(_, enabled)| *enabled).collect();
     assert_eq!(
         enabled,
         vec![false, true],
-        "the leaked version disabled, the replacement not: {show}"
+        "the leaked version disabled, the replacement not: {versions:?}"
     );
 }

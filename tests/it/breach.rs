@@ -138,6 +138,32 @@ fn a_device_breach_refuses_the_compromised_certificate_everywhere_and_a_rerun_do
     let said = run(&env, &["roll-primary", "--breach", "device:gateway-01", "--yes"]).ok();
     assert!(!said.stdout.contains("cannot connect"), "{}", said.stdout);
     assert!(said.stdout.contains("nothing to do"), "{}", said.stdout);
+    // Planned as nothing to do, its step says so (trial az10 G5), not "0 of them rolled, 1 not".
+    assert!(said.stdout.contains("nothing to replace"), "{}", said.stdout);
+    assert!(!said.stdout.contains("of them rolled"), "{}", said.stdout);
+    // Its dry run plans it so too: no cut-off, no new certificate (trial az10 N3).
+    let dry = run(
+        &env,
+        &[
+            "roll-primary",
+            "--breach",
+            "device:gateway-01",
+            "--dry-run",
+            "-o",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(dry["devices"][0]["outcome"], "already-replaced", "{dry}");
+    assert_eq!(dry["devices_cut_off"]["count"], 0, "{dry}");
+    assert!(
+        dry["steps"][0]["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("nothing to replace"),
+        "{dry}"
+    );
     assert_eq!(versions(&env, "dev-gateway-01"), 2);
     assert!(works(&env, "gateway-01", &new, NOW));
 
@@ -208,6 +234,62 @@ fn an_older_incident_run_again_after_a_later_one_replaces_nothing() {
     assert!(!works(&env, "gateway-01", &after_b, NOW));
     assert_eq!(outcome(&breach("INC-A")), "already-replaced");
     assert_eq!(versions(&env, "dev-gateway-01"), 4);
+}
+
+/// Incident A cut off before its step committed, then incident B, then A's command again
+/// (trial az10 N1, "after a cut-off" as runbook 1 says): the resumed A finds B replaced what A
+/// set out to replace, and neither it nor A's later runs replace B's good certificate.
+#[test]
+fn an_incident_cut_off_then_a_later_one_then_the_first_again_replaces_nothing_twice() {
+    let env = TestEnv::new();
+    env.quickstart();
+    run(&env, &["issue"]).ok();
+    let a = [
+        "--plan",
+        "plan.toml",
+        "roll-primary",
+        "--breach",
+        "--incident",
+        "INC-A",
+        "device:gateway-01",
+        "--yes",
+        "-o",
+        "json",
+    ];
+    let killed = env
+        .cmd()
+        .args(a)
+        .env("CERTROLL_FAULT_BEFORE_STEP_COMMIT", "1")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success(), "the fault switch must abort A");
+    let b = run(
+        &env,
+        &[
+            "roll-primary",
+            "--breach",
+            "--incident",
+            "INC-B",
+            "device:gateway-01",
+            "--yes",
+            "-o",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(b["devices"][0]["outcome"], "replaced", "{b}");
+    let after_b = pem_der(&env, NOW, "gateway-01");
+    let held = versions(&env, "dev-gateway-01");
+    for _ in 0..3 {
+        let again = run(&env, &a[2..]).ok().json();
+        assert_eq!(again["devices"][0]["outcome"], "already-replaced", "{again}");
+        assert_eq!(versions(&env, "dev-gateway-01"), held, "{again}");
+        assert!(
+            works(&env, "gateway-01", &after_b, NOW),
+            "B's certificate still works: {again}"
+        );
+    }
 }
 
 #[test]

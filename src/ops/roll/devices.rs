@@ -92,11 +92,36 @@ struct Work<'p> {
     remove_identity: bool,
     /// Only prune the other slot; no new certificate.
     prune_only: bool,
-    /// The device's newest version in the vault when the chunk was read: a version this step
-    /// made before it was cut off and that is no longer the newest (or disabled since) was
-    /// superseded by a later run.
-    newest: (String, String),
+    /// The new version a cut-off attempt of this step made (found by its mark): taken as the
+    /// new certificate, none is made.
+    adopt: Option<VaultVersion>,
     report: usize,
+}
+
+/// The incidents of the breach runs left open (killed or failed) other than this one, by device:
+/// a later breach of a device replaces what such a run set out to replace, so its command run
+/// again afterwards finds it handled (trial az10 N1), as for a finished one (`earlier_incidents`).
+pub(super) type OpenIncidents = HashMap<String, Vec<String>>;
+
+/// [`OpenIncidents`], read from the journal once per run (`this_run` is the run's own number).
+pub(super) fn open_incidents(backend: &dyn Backend, this_run: Option<i64>) -> Result<OpenIncidents> {
+    let mut open: OpenIncidents = HashMap::new();
+    for run in backend.open_runs()?.iter().filter(|r| Some(r.id) != this_run) {
+        for step in run.steps.iter().filter(|s| s.kind == "breach-device") {
+            let Some(incident) = step.detail["incident"].as_str() else {
+                continue;
+            };
+            for id in step.detail["ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.as_str())
+            {
+                open.entry(id.to_string()).or_default().push(incident.to_string());
+            }
+        }
+    }
+    Ok(open)
 }
 
 /// A decided chunk: the per-device reports and the work to do.
@@ -110,6 +135,9 @@ pub(super) struct Assessed<'p> {
     /// breach step's record (the journal keeps only a target's newest step of a kind): a rerun of
     /// an older incident's command finds it handled (trial az9 G2).
     earlier_incidents: Vec<String>,
+    /// Versions cut-off attempts of the steps made that later runs superseded before any device
+    /// used them: disabled, so a key nobody uses cannot be exported or used (trial az10 N1).
+    unused: Vec<VaultVersion>,
 }
 
 impl Assessed<'_> {
@@ -401,6 +429,7 @@ pub(super) fn assess<'p>(
     dry_run: bool,
     describe: bool,
     own_mark: Option<&str>,
+    open_incidents: &OpenIncidents,
     now: OffsetDateTime,
 ) -> Result<Assessed<'p>> {
     let names: Vec<String> = ids.iter().map(|id| device_cert_name(id)).collect();
@@ -410,29 +439,30 @@ pub(super) fn assess<'p>(
         individuals,
         identities,
     } = backend.chunk_reads(&names, ids)?;
-    // A device breach step cut off after its remote writes (a kill before its commit, or a
-    // registration DPS refused) left its replacement in Key Vault, DPS and the hub, carrying
-    // the step's mark, while the fleet record still names the leaked certificate. That
-    // replacement is this step's own, never a compromised one: its rerun adopts it (see `store`)
-    // rather than disabling it and leaving the device with no working certificate.
-    let mut own: HashMap<&str, String> = HashMap::new();
-    if let (Some(mark), Mode::Breach { .. }) = (own_mark, mode) {
+    // A step cut off after its remote writes (a kill before its commit, or a registration DPS
+    // refused) left its new versions in Key Vault (and DPS and the hub), carrying the step's
+    // mark, while the fleet record still names the certificate before. Such a version is this
+    // step's own: its rerun adopts it rather than making another (and a breach never takes it
+    // for compromised, which left the device with no working certificate), unless a later run
+    // has superseded it. Decided here, so a dry run lists what its rerun does (trial az10 N3).
+    let mut own: HashMap<&str, VaultVersion> = HashMap::new();
+    if let Some(mark) = own_mark {
         backend.mark_new_versions(Some(mark));
         let found = backend.versions_marked(&names);
         backend.mark_new_versions(None);
         for (id, v) in ids.iter().zip(found?) {
             if let Some(v) = v {
-                own.insert(id.as_str(), sha1_thumbprint(&v.cert_der));
+                own.insert(id.as_str(), v);
             }
         }
     }
     let backend = &*backend;
-
     let mut out = Assessed {
         reports: Vec::with_capacity(ids.len()),
         work: Vec::new(),
         in_force: None,
         earlier_incidents: Vec::new(),
+        unused: Vec::new(),
     };
     // The slot of its group holding the CA version that signed a device's certificate, by group
     // and CA version: read once per chunk, and only for a device already rolled.
@@ -583,9 +613,80 @@ pub(super) fn assess<'p>(
             reprovision: false,
             remove_identity: false,
             prune_only: false,
-            newest: (newest.version.clone(), newest.thumbprint.clone()),
+            adopt: None,
             report: 0,
         };
+        // This step's own version from a cut-off attempt (see `own`) that a later run (the
+        // device's own breach, a revoke, a roll) has since replaced or disabled: that run's work
+        // stands, the device is done, and what it disabled is never handed out again.
+        let mine = own.remove(id.as_str());
+        if let Some(v) = &mine
+            && let Some(why) = superseded(v, &newest)
+        {
+            report.outcome = "already-replaced";
+            // Never used (no enrollment slot, hub identity or fleet record names it) and still
+            // enabled, its key could still be exported and used: it goes out of use as a
+            // compromised one does (trial az10 N1), so nothing is left that nobody uses.
+            let tp = sha1_thumbprint(&v.cert_der);
+            let named = [SlotName::Primary, SlotName::Secondary]
+                .into_iter()
+                .filter_map(slot_tp)
+                .chain(identity.iter().flat_map(|h| {
+                    [h.primary_thumbprint.clone(), h.secondary_thumbprint.clone()]
+                        .into_iter()
+                        .flatten()
+                }))
+                .any(|t| t == tp)
+                || installed.thumbprint == tp;
+            report.steps = vec![if v.enabled && !named {
+                if !dry_run {
+                    out.unused.push(v.clone());
+                }
+                format!(
+                    "{why}; {tp} was never used: its vault version {}/{} {}, so its key is never handed out; nothing else left to do",
+                    v.name,
+                    v.version,
+                    if dry_run {
+                        "would be disabled"
+                    } else {
+                        "is disabled"
+                    }
+                )
+            } else if !v.enabled && v.version != newest.version {
+                format!("{why}, and {tp} is disabled: nothing left to do")
+            } else {
+                format!("{why}: nothing left to do")
+            }];
+            if let Mode::Breach { breach, .. } = mode {
+                let left_open = open_incidents
+                    .get(id.as_str())
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let (earlier, in_force) =
+                    standing(backend, &target, breach, &versions, &installed, false, left_open)?;
+                out.earlier_incidents = earlier;
+                // The replacement in force is recorded for this incident too: its command run
+                // again finds it handled, rather than taking that replacement for compromised.
+                out.in_force = in_force.or_else(|| {
+                    (newest.enabled && v.version != newest.version).then(|| {
+                        serde_json::json!({ "replacement": newest.thumbprint, "incident": breach.incident })
+                    })
+                });
+            }
+            out.reports.push(report);
+            continue;
+        }
+        work.adopt = mine;
+        // The words of the new certificate: made, or the one a cut-off attempt made taken.
+        let adopted = work.adopt.as_ref().map(|v| {
+            format!(
+                "take certificate {} (vault version {}/{}), which this step issued before it was stopped, as the new one; none is issued",
+                sha1_thumbprint(&v.cert_der),
+                v.name,
+                v.version
+            )
+        });
+        let issue = |fresh: String| adopted.clone().unwrap_or(fresh);
         match mode {
             Mode::Expiry { slot, due } => {
                 let mut slot = slot;
@@ -709,9 +810,12 @@ pub(super) fn assess<'p>(
                     say!(
                         describe,
                         report.steps,
-                        "issue a new certificate for `{id}` from policy `{}` ({}) signed by CA `{issuer_ca}`",
-                        policy.name,
-                        if policy.reuse_key { "same key" } else { "new key" }
+                        "{}",
+                        issue(format!(
+                            "issue a new certificate for `{id}` from policy `{}` ({}) signed by CA `{issuer_ca}`",
+                            policy.name,
+                            if policy.reuse_key { "same key" } else { "new key" }
+                        ))
                     );
                     if individual.is_some() {
                         say!(
@@ -779,7 +883,7 @@ pub(super) fn assess<'p>(
                 if already {
                     report.outcome = if capped { "capped" } else { "pruned" };
                 }
-                if policy.reuse_key && !already && !dry_run {
+                if policy.reuse_key && !already && !dry_run && work.adopt.is_none() {
                     let full = backend
                         .version(&newest.name, &newest.version)?
                         .context("the vault lost the version it just listed")?;
@@ -794,29 +898,18 @@ pub(super) fn assess<'p>(
                 // taking the enrollment back is work whatever the incident label.
                 let installed_tp = installed.thumbprint.clone();
                 let taken = individual.as_ref().is_some_and(|e| !e.foreign.is_empty());
-                if !taken && let Some(step) = backend.last_done_step(&target, "breach-device")? {
-                    let result = step.result.unwrap_or_default();
-                    out.earlier_incidents = incidents_of(&result);
-                    // An incident handled before the last one counts as handled too: its
-                    // command run again from the shell history must not replace the later
-                    // incident's certificate (trial az9 G2).
-                    let same_incident = breach.incident.is_none()
-                        || out
-                            .earlier_incidents
-                            .iter()
-                            .any(|i| Some(i.as_str()) == breach.incident.as_deref());
-                    let replacement = result["replacement"].as_str().and_then(by_tp);
-                    if same_incident
-                        && replacement.is_some_and(|r| by_tp(&installed_tp).is_some_and(|i| i >= r))
-                    {
-                        report.outcome = "already-replaced";
-                        out.in_force = Some(serde_json::json!({
-                            "replacement": result["replacement"],
-                            "incident": result["incident"],
-                        }));
-                        out.reports.push(report);
-                        continue;
-                    }
+                let left_open = open_incidents
+                    .get(id.as_str())
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let (earlier, in_force) =
+                    standing(backend, &target, breach, &versions, &installed, taken, left_open)?;
+                out.earlier_incidents = earlier;
+                if in_force.is_some() {
+                    report.outcome = "already-replaced";
+                    out.in_force = in_force;
+                    out.reports.push(report);
+                    continue;
                 }
                 // The compromised certificates: the one in the named slot (for a device of a
                 // group, the one it holds), and with --both the other slot's too.
@@ -835,8 +928,9 @@ pub(super) fn assess<'p>(
                 }
                 tps.sort();
                 tps.dedup();
-                if let Some(mine) = own.get(id.as_str()) {
-                    tps.retain(|tp| tp != mine);
+                if let Some(mine) = &work.adopt {
+                    let mine = sha1_thumbprint(&mine.cert_der);
+                    tps.retain(|tp| *tp != mine);
                 }
                 let compromised: Vec<VaultVersion> = tps
                     .iter()
@@ -865,7 +959,12 @@ pub(super) fn assess<'p>(
                         if let Some(w) = work.individual.as_mut() {
                             w.take_back = !w.foreign.is_empty();
                         }
-                        for tp in &tps {
+                        // A cut-off attempt of this step may have taken them out already.
+                        let held = [slot_tp(SlotName::Primary), slot_tp(SlotName::Secondary)];
+                        for tp in tps
+                            .iter()
+                            .filter(|tp| held.iter().any(|h| h.as_ref() == Some(*tp)))
+                        {
                             say!(
                                 describe,
                                 report.steps,
@@ -895,20 +994,38 @@ pub(super) fn assess<'p>(
                     }
                 }
                 for v in &compromised {
-                    say!(
-                        describe,
-                        report.steps,
-                        "disable vault version {}/{} and add its serial to the CRL of `{}` (key-compromise)",
-                        v.name,
-                        v.version,
-                        v.issuer.as_ref().map(|i| i.0.as_str()).unwrap_or("?")
-                    );
+                    let ca = v.issuer.as_ref().map(|i| i.0.as_str()).unwrap_or("?");
+                    if v.enabled {
+                        say!(
+                            describe,
+                            report.steps,
+                            "disable vault version {}/{} and add its serial to the CRL of `{ca}` (key-compromise)",
+                            v.name,
+                            v.version
+                        );
+                        continue;
+                    }
+                    // Disabled by a cut-off attempt of this step: only what it did not get to.
+                    let listed = match &v.issuer {
+                        Some((n, ver)) if describe => backend
+                            .is_revoked((n, ver), &crate::pki::CertInfo::from_der(&v.cert_der)?.serial)?,
+                        _ => true,
+                    };
+                    if !listed {
+                        report.steps.push(format!(
+                            "add the serial of vault version {}/{} (disabled already) to the CRL of `{ca}` (key-compromise)",
+                            v.name, v.version
+                        ));
+                    }
                 }
                 say!(
                     describe,
                     report.steps,
-                    "issue a new certificate for `{id}` (new key) signed by CA `{issuer_ca}` into the {} slot",
-                    word(slot)
+                    "{}",
+                    issue(format!(
+                        "issue a new certificate for `{id}` (new key) signed by CA `{issuer_ca}` into the {} slot",
+                        word(slot)
+                    ))
                 );
                 if let Some(h) = &identity
                     && breach.remove_hub_identity
@@ -951,7 +1068,10 @@ pub(super) fn assess<'p>(
                 say!(
                     describe,
                     report.steps,
-                    "issue a new certificate for `{id}` (new key) signed by the new CA `{issuer_ca}`; its enrollment and hub identity keep only it"
+                    "{}",
+                    issue(format!(
+                        "issue a new certificate for `{id}` (new key) signed by the new CA `{issuer_ca}`; its enrollment and hub identity keep only it"
+                    ))
                 );
                 // What the compromised CA signed for the device goes out of use with it: left
                 // enabled, `export` and `vault export` would still hand out a certificate whose
@@ -1089,7 +1209,7 @@ fn generate_here(
         // Small pieces: the core that comes free from the store's writes finds some left to take.
         .with_max_len(crate::ops::SIGNING_PIECE)
         .enumerate()
-        .filter(|(_, w)| !w.prune_only)
+        .filter(|(_, w)| !w.prune_only && w.adopt.is_none())
         .map(|(i, w)| {
             let issuer = issuers.get(w.issuer_ca)?;
             let key = match &w.reuse {
@@ -1150,6 +1270,9 @@ pub(super) fn store(
     mode: Mode<'_>,
     now: OffsetDateTime,
 ) -> Result<serde_json::Value> {
+    for v in std::mem::take(&mut assessed.unused) {
+        backend.set_enabled(&v, false, now)?;
+    }
     let names: Vec<String> = fresh
         .iter()
         .map(|(i, _, _, _)| device_cert_name(&assessed.work[*i].id))
@@ -1161,45 +1284,9 @@ pub(super) fn store(
         docs.entry((w.policy.name.as_str(), w.issuer_ca))
             .or_insert_with(|| policy_json(w.policy, "CN=<device id>", Some(w.issuer_ca)));
     }
-    // A step cut off between its writes to a remote vault and its commit made these versions
-    // already (they carry the step's mark): the rerun adopts them instead of making more.
-    let mut fresh = fresh;
-    let mut adopted: Vec<Option<String>> = vec![None; fresh.len()];
-    // A version made so that a later run (the device's own breach, a revoke, a roll) has since
-    // replaced or disabled: that run's work stands, this device is done, and what it disabled
-    // is never handed out again. (Only a resumed step of a remote vault finds a mark.)
-    let mut superseded: Vec<Option<String>> = vec![None; assessed.work.len()];
-    for (at, found) in backend.versions_marked(&names)?.into_iter().enumerate() {
-        if let Some(v) = found {
-            let w = &assessed.work[fresh[at].0];
-            let never_delivered = v.never_delivered();
-            if never_delivered.is_some() || v.version != w.newest.0 {
-                superseded[fresh[at].0] = Some(match never_delivered {
-                    Some(why) if v.version == w.newest.0 => format!(
-                        "this run issued it certificate {} before it was stopped, and a later run disabled it: nothing left to do ({why})",
-                        sha1_thumbprint(&v.cert_der)
-                    ),
-                    _ => format!(
-                        "this run issued it certificate {} before it was stopped, and a later run replaced it (with {}): nothing left to do",
-                        sha1_thumbprint(&v.cert_der),
-                        w.newest.1
-                    ),
-                });
-                adopted[at] = Some(v.version);
-                continue;
-            }
-            let facts = crate::pki::CertFacts::from_der(&v.cert_der)?;
-            fresh[at].2 = v.cert_der;
-            fresh[at].3 = facts;
-            adopted[at] = Some(v.version);
-        }
-    }
     let batch: Vec<NewVersion<'_>> = fresh
         .iter()
         .zip(&names)
-        .zip(&adopted)
-        .filter(|(_, adopted)| adopted.is_none())
-        .map(|(x, _)| x)
         .map(|((i, key, der, facts), name)| {
             let w = &assessed.work[*i];
             let doc = &docs[&(w.policy.name.as_str(), w.issuer_ca)];
@@ -1217,15 +1304,18 @@ pub(super) fn store(
             }
         })
         .collect();
-    let mut created = backend.create_versions(&batch, now)?.into_iter();
+    let created = backend.create_versions(&batch, now)?;
     drop(batch);
-    let created: Vec<String> = adopted
-        .into_iter()
-        .map(|a| a.or_else(|| created.next()).unwrap_or_default())
-        .collect();
     let mut new_cert: Vec<Option<(String, Vec<u8>, String)>> = vec![None; assessed.work.len()];
     for ((i, _, der, facts), version) in fresh.into_iter().zip(created) {
         new_cert[i] = Some((version, der, facts.thumbprint));
+    }
+    // What a cut-off attempt of the step made is taken as made (see `assess`).
+    for (w, new) in assessed.work.iter_mut().zip(&mut new_cert) {
+        if let Some(v) = w.adopt.take().filter(|_| !w.prune_only) {
+            let tp = sha1_thumbprint(&v.cert_der);
+            *new = Some((v.version, v.cert_der, tp));
+        }
     }
 
     let mut individuals = Vec::new();
@@ -1239,13 +1329,8 @@ pub(super) fn store(
     let mut requests = Vec::new();
     let mut replaced = serde_json::Map::new();
     let mut retire: Vec<(String, String)> = Vec::new();
-    for ((w, new), superseded) in assessed.work.iter_mut().zip(&new_cert).zip(superseded) {
+    for (w, new) in assessed.work.iter_mut().zip(&new_cert) {
         let report = &mut assessed.reports[w.report];
-        if let Some(why) = superseded {
-            report.outcome = "already-replaced";
-            report.steps = vec![why];
-            continue;
-        }
         if let Some(mut ind) = w.individual.take() {
             let (named, other) = slot_mut(&mut ind.primary, &mut ind.secondary, w.slot);
             if let Some((_, der, _)) = new {
@@ -1436,6 +1521,109 @@ pub(super) fn store(
         }
     }
     Ok(result)
+}
+
+/// For each of `ids`, the replacement in force (with its incident) when an earlier breach
+/// already replaced it for this breach's incident (see [`standing`]): its step is planned as
+/// nothing to do and cuts nobody off, so a dry run says so. Only a device with an earlier breach
+/// step is read further.
+pub(super) fn replaced_already(
+    backend: &dyn Backend,
+    ids: &[String],
+    breach: &Breach,
+    open: &OpenIncidents,
+) -> Result<Vec<Option<serde_json::Value>>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let target = format!("device:{id}");
+        if backend.last_done_step(&target, "breach-device")?.is_none() {
+            out.push(None);
+            continue;
+        }
+        let versions = backend
+            .briefs_many(&[device_cert_name(id)])?
+            .pop()
+            .unwrap_or_default();
+        let installed = backend
+            .device(id)?
+            .and_then(|r| r.installed_version)
+            .and_then(|v| versions.iter().find(|b| b.version == v).cloned());
+        let Some(installed) = installed else {
+            out.push(None);
+            continue;
+        };
+        let taken = backend.individual(id)?.is_some_and(|e| !e.foreign.is_empty());
+        let left_open = open.get(id.as_str()).map(Vec::as_slice).unwrap_or_default();
+        out.push(standing(backend, &target, breach, &versions, &installed, taken, left_open)?.1);
+    }
+    Ok(out)
+}
+
+/// What the earlier breaches of a device leave standing, from the journal's record of its last
+/// breach step (a step with nothing to do records the replacement in force again, so a no-op run
+/// never erases it): the incidents handled so far (with those of other open breach runs of it,
+/// `left_open`), and, when this breach is one of them (or names no incident) and the device
+/// holds that replacement or a certificate made since, the replacement in force with the
+/// incident it was made for: a rerun has nothing to do. Another client's certificate in its
+/// enrollment since (`taken`) is not that replacement: taking the enrollment back is work
+/// whatever the incident label.
+fn standing(
+    backend: &dyn Backend,
+    target: &str,
+    breach: &Breach,
+    versions: &[VersionBrief],
+    installed: &VersionBrief,
+    taken: bool,
+    left_open: &[String],
+) -> Result<(Vec<String>, Option<serde_json::Value>)> {
+    let mut earlier = left_open.to_vec();
+    if taken {
+        return Ok((earlier, None));
+    }
+    let Some(step) = backend.last_done_step(target, "breach-device")? else {
+        return Ok((earlier, None));
+    };
+    let result = step.result.unwrap_or_default();
+    let mut handled = incidents_of(&result);
+    for i in earlier {
+        if !handled.contains(&i) {
+            handled.push(i);
+        }
+    }
+    earlier = handled;
+    // An incident handled before the last one counts as handled too: its command run again
+    // from the shell history must not replace the later incident's certificate (trial az9 G2).
+    let same_incident = breach.incident.is_none()
+        || earlier
+            .iter()
+            .any(|i| Some(i.as_str()) == breach.incident.as_deref());
+    let at = |tp: &str| versions.iter().position(|v| v.thumbprint == tp);
+    let replacement = result["replacement"].as_str().and_then(at);
+    let holds = replacement.is_some_and(|r| at(&installed.thumbprint).is_some_and(|i| i >= r));
+    let in_force = (same_incident && holds).then(|| {
+        serde_json::json!({
+            "replacement": result["replacement"],
+            "incident": result["incident"],
+        })
+    });
+    Ok((earlier, in_force))
+}
+
+/// Why a version a cut-off attempt of a step made (`own`, found by its mark) is superseded by a
+/// later run, given the device's newest version: another one is newer, or it was disabled since.
+fn superseded(own: &VaultVersion, newest: &VersionBrief) -> Option<String> {
+    let tp = sha1_thumbprint(&own.cert_der);
+    if own.version != newest.version {
+        return Some(format!(
+            "this run issued it certificate {tp} before it was stopped, and a later run replaced it (with {})",
+            newest.thumbprint
+        ));
+    }
+    own.never_delivered().map(|why| {
+        format!(
+            "this run issued it certificate {tp} before it was stopped, and a later run disabled it ({why})"
+        )
+    })
 }
 
 /// Every incident label a device's last breach step records: its own and those of the

@@ -526,7 +526,14 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     // A run of this command that was killed or failed is resumed from its journal as recorded;
     // planning again from the half-changed state would decide differently. A dry run shows
     // that resumption, as its rerun would carry it out.
-    let resuming = backend.open_run(&command)?.is_some();
+    let open = backend.open_run(&command)?;
+    let resuming = open.is_some();
+    // The incidents of the other breach runs left open, read once per run (a list breach has a
+    // step per device): what its planning and its device steps count as handled (trial az10 N1).
+    let open_incidents = match &opts.breach {
+        Some(_) => devices::open_incidents(&backend, open.as_ref().map(|o| o.id))?,
+        None => devices::OpenIncidents::new(),
+    };
     if !resuming {
         refuse_disabled(plan, &backend, &scopes, &device_ids, opts)?;
     }
@@ -767,9 +774,19 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
                     }
                 }
             }
-            plan_devices(opts, &maybe, super::unit_devices(plan), &mut planned);
+            plan_devices(opts, &maybe, &[], super::unit_devices(plan), &mut planned);
         } else {
-            plan_devices(opts, &device_ids, super::unit_devices(plan), &mut planned);
+            let replaced = match &opts.breach {
+                Some(breach) => devices::replaced_already(&backend, &device_ids, breach, &open_incidents)?,
+                None => Vec::new(),
+            };
+            plan_devices(
+                opts,
+                &device_ids,
+                &replaced,
+                super::unit_devices(plan),
+                &mut planned,
+            );
         }
     }
 
@@ -792,7 +809,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
             });
         }
     }
-    if let Err(e) = execute(plan, opts, &run, &mut backend, now, &mut report) {
+    if let Err(e) = execute(plan, opts, &run, &open_incidents, &mut backend, now, &mut report) {
         return Err(run.stopped(&mut backend, now, e));
     }
     // The last units' deliveries may still be under way beside them.
@@ -821,24 +838,6 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
                 .unwrap_or(usize::MAX)
         };
         report.devices.sort_by_key(at);
-    }
-    // A device an earlier breach already replaced holds its replacement: a rerun cuts it off
-    // from nothing (az8 F8).
-    let replaced_before: std::collections::HashSet<&str> = report
-        .devices
-        .iter()
-        .filter(|d| d.outcome == "already-replaced")
-        .filter_map(|d| d.target.strip_prefix("device:"))
-        .collect();
-    for p in planned.iter_mut().filter(|p| p.kind == "breach-device") {
-        let ids = p.detail["ids"].as_array().into_iter().flatten();
-        if ids.clone().next().is_some()
-            && ids
-                .filter_map(|id| id.as_str())
-                .all(|id| replaced_before.contains(id))
-        {
-            p.cut_off = CutOff::none();
-        }
     }
     report.steps = journal::reports(&run, &planned, opts.dry_run);
     if !opts.dry_run {
@@ -1728,6 +1727,8 @@ fn tally_device_steps(run: &journal::Run, report: &mut RollReport) {
             tallies.push(None);
             continue;
         };
+        // Planned as nothing to do (an earlier breach's replacement in force): its words say so.
+        let planned_as_done = journal_step.is_some_and(|s| !s.detail["in_force"].is_null());
         let (mut done, mut skipped) = (0usize, std::collections::BTreeMap::<&str, usize>::new());
         for outcome in ids
             .iter()
@@ -1738,7 +1739,8 @@ fn tally_device_steps(run: &journal::Run, report: &mut RollReport) {
                 other => *skipped.entry(other).or_default() += 1,
             }
         }
-        tallies.push((!skipped.is_empty()).then(|| {
+        let as_planned = planned_as_done && done == 0 && skipped.keys().all(|o| *o == "already-replaced");
+        tallies.push((!skipped.is_empty() && !as_planned).then(|| {
             let why: Vec<String> = skipped
                 .iter()
                 .map(|(o, n)| format!("{n} {}", o.replace('-', " ")))
@@ -1786,8 +1788,17 @@ fn chunk_steps(
     }
 }
 
-/// The steps of explicit device targets.
-fn plan_devices(opts: &RollOptions, ids: &[String], unit: usize, planned: &mut Vec<Planned>) {
+/// The steps of explicit device targets. A breach's device that an earlier breach already
+/// replaced for its incident (`replaced`, by device, from `devices::replaced_already`; empty
+/// otherwise) gets a step that says so and cuts nobody off (az8 F8, trial az10 N3): the step is
+/// still recorded, and its rerun check stays where the device steps decide.
+fn plan_devices(
+    opts: &RollOptions,
+    ids: &[String],
+    replaced: &[Option<serde_json::Value>],
+    unit: usize,
+    planned: &mut Vec<Planned>,
+) {
     match &opts.breach {
         None if opts.due => {
             for chunk in ids.chunks(unit) {
@@ -1807,16 +1818,41 @@ fn plan_devices(opts: &RollOptions, ids: &[String], unit: usize, planned: &mut V
         }
         None => chunk_steps("roll-devices", "devices", opts.slot, ids, "roll", unit, planned),
         Some(_) => {
-            for id in ids {
+            for (at, id) in ids.iter().enumerate() {
+                let in_force = replaced.get(at).cloned().flatten();
+                let (description, cut_off) = match &in_force {
+                    Some(f) => (
+                        format!(
+                            "nothing to replace: `{id}` holds the replacement {} that an earlier breach made{}",
+                            f["replacement"].as_str().unwrap_or("?"),
+                            f["incident"]
+                                .as_str()
+                                .map(|i| format!(" (incident `{i}`)"))
+                                .unwrap_or_default()
+                        ),
+                        CutOff::none(),
+                    ),
+                    None => (
+                        format!(
+                            "replace the compromised certificate of `{id}` (new key) in the {} slot; refuse the old one everywhere",
+                            opts.slot.word()
+                        ),
+                        CutOff::of([id.clone()]),
+                    ),
+                };
                 planned.push(Planned {
                     target: format!("device:{id}"),
                     kind: "breach-device",
-                    description: format!(
-                        "replace the compromised certificate of `{id}` (new key) in the {} slot; refuse the old one everywhere",
-                        opts.slot.word()
-                    ),
-                    detail: serde_json::json!({ "ids": [id], "slot": opts.slot.word() }),
-                    cut_off: CutOff::of([id.clone()]),
+                    description,
+                    // The incident, for a later breach of the device to read while this run is
+                    // open (`devices::assess`).
+                    detail: serde_json::json!({
+                        "ids": [id],
+                        "slot": opts.slot.word(),
+                        "incident": opts.breach.as_ref().and_then(|b| b.incident.clone()),
+                        "in_force": in_force,
+                    }),
+                    cut_off,
                 });
             }
         }
@@ -2322,6 +2358,7 @@ fn execute(
     plan: &Plan,
     opts: &RollOptions,
     run: &journal::Run,
+    open_incidents: &devices::OpenIncidents,
     backend: &mut dyn Backend,
     now: OffsetDateTime,
     report: &mut RollReport,
@@ -2337,7 +2374,17 @@ fn execute(
             while j < steps.len() && is_device_step(&steps[j].kind) {
                 j += 1;
             }
-            roll_device_steps(plan, opts, run, &steps[i..j], backend, &mut issuers, now, report)?;
+            roll_device_steps(
+                plan,
+                opts,
+                run,
+                open_incidents,
+                &steps[i..j],
+                backend,
+                &mut issuers,
+                now,
+                report,
+            )?;
             i = j;
             continue;
         }
@@ -2469,6 +2516,7 @@ fn roll_device_steps(
     plan: &Plan,
     opts: &RollOptions,
     run: &journal::Run,
+    open_incidents: &devices::OpenIncidents,
     steps: &[crate::backend::types::JournalStep],
     backend: &mut dyn Backend,
     issuers: &mut Issuers,
@@ -2548,7 +2596,10 @@ fn roll_device_steps(
         let ids: Vec<String> = serde_json::from_value(s.detail["ids"].clone()).unwrap_or_default();
         let mode = mode_of(s);
         // Only a resumed run's step can have written anything before: its journal mark.
-        let mark = run.id.filter(|_| run.resumed).map(|id| format!("{id}/{}", s.seq));
+        let mark = run
+            .number()
+            .filter(|_| run.resumed)
+            .map(|id| format!("{id}/{}", s.seq));
         let assessed = devices::assess(
             plan,
             backend,
@@ -2558,6 +2609,7 @@ fn roll_device_steps(
             opts.dry_run,
             describe,
             mark.as_deref(),
+            open_incidents,
             now,
         )
         .with_context(|| format!("step {} ({}) of {}", s.seq, s.kind, s.target))?;
