@@ -833,28 +833,43 @@ fn breach_of(
         }))
 }
 
-/// Why device `id` is cut off after a breach replaced its compromised certificate with
-/// `replacement`, which it does not have (its delivery is owed) or which is disabled
-/// (`disabled`), with the way on: `finish` is [`breach_of`]'s command.
-fn cut_off_by_breach(id: &str, replacement: &VaultVersion, disabled: bool, finish: &str) -> String {
+/// What is wrong with device `id` after a breach replaced its compromised certificate with
+/// `replacement`, with the way on (`finish` is [`breach_of`]'s command). Delivered (`owed`
+/// false) but disabled in the vault (by hand, or by a later breach cut off part-way): the
+/// device still connects with it, as DPS and the hub accept it and certroll revoked nothing
+/// (trial az10 N2), but a disabled version is never delivered nor exported again. Not delivered
+/// (`owed`): the device still holds the compromised certificate, which DPS and the hub refuse,
+/// so it is cut off.
+fn breach_replacement_problem(id: &str, replacement: &VaultVersion, owed: bool, finish: &str) -> String {
     let tp = crate::pki::sha1_thumbprint(&replacement.cert_der);
-    if disabled {
-        format!(
-            "the breach replacement of its compromised certificate, {tp}, is disabled in the vault (revoked), \
-             and DPS and the hub refuse the compromised one: the device has no working certificate and is cut \
-             off until it has a new one. `{finish}` finishes the breach if it is open; if the replacement stays \
-             disabled, `certroll roll-primary --breach device:{id} --incident NEW-LABEL --yes` (a label of its \
-             own) declares it compromised too and issues the device another"
-        )
-    } else {
-        format!(
-            "the breach replacement of its compromised certificate, {tp} (issued {}), has not reached it: its \
-             delivery failed or did not run, and DPS and the hub refuse the compromised certificate it still \
-             holds, so the device is cut off until it has the new one. `{finish}` finishes the breach and \
-             delivers it",
-            crate::clock::rfc3339(replacement.created)
-        )
+    let enable = format!(
+        "certroll vault update {} --version {} --enable",
+        replacement.name, replacement.version
+    );
+    if !owed {
+        return format!(
+            "the breach replacement of its compromised certificate, {tp} (vault version {}/{}), is disabled in \
+             the vault, not revoked: certroll did not revoke it, and DPS and the hub still accept it, so the \
+             device still connects with it. But a disabled version can be neither delivered nor exported \
+             again, so a device that loses it (a reset, a replaced board) has no certificate to be given \
+             back. If it was disabled by mistake, `{enable}` enables it again; `{finish}` finishes the breach if one is open; if its key is compromised too, \
+             `certroll roll-primary --breach device:{id} --incident NEW-LABEL --yes` (a label of its own) \
+             replaces it",
+            replacement.name, replacement.version
+        );
     }
+    let disabled = if replacement.enabled {
+        String::new()
+    } else {
+        format!(" It is also disabled in the vault, so it cannot be delivered until `{enable}` enables it.")
+    };
+    format!(
+        "the breach replacement of its compromised certificate, {tp} (issued {}), has not reached it: its \
+         delivery failed or did not run, and DPS and the hub refuse the compromised certificate it still \
+         holds, so the device is cut off until it has the new one. `{finish}` finishes the breach and \
+         delivers it.{disabled}",
+        crate::clock::rfc3339(replacement.created)
+    )
 }
 
 /// What the devices of one group, or one enrollment, are judged by.
@@ -1070,17 +1085,18 @@ fn check_devices(
             });
             continue;
         }
-        // A breach's replacement the device does not have, or that is disabled: the
-        // certificate before it is compromised and refused, so the device is cut off, and
-        // neither `issue` nor the expiry's advice brings it back (trial az9 G4).
+        // A breach's replacement the device does not have: the certificate before it is
+        // compromised and refused, so the device is cut off, and neither `issue` nor the
+        // expiry's advice brings it back (trial az9 G4). One it has that is disabled: it
+        // connects, but the version can be neither delivered nor renewed (trial az10 N2).
         if let Some(v) = installed.as_ref().filter(|v| !v.enabled || c.owed.contains(id))
             && let Some(finish) = breach_of(backend, c, id, v)?
         {
-            c.owed.remove(id);
+            let owed = c.owed.remove(id);
             c.add(Problem {
                 target: format!("device:{id}"),
                 level: Level::Critical,
-                reason: cut_off_by_breach(id, v, !v.enabled, &finish),
+                reason: breach_replacement_problem(id, v, owed, &finish),
                 not_after: Some(v.exp),
                 actions_due: vec![],
             });

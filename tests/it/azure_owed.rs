@@ -722,6 +722,38 @@ fn a_breach_whose_delivery_failed_delivers_its_replacement_on_rerun_and_never_di
         c.stdout
     );
 
+    // The replacement disabled in the vault by hand (trial az10 N2): critical, as it can no
+    // longer be delivered, but the device still connects with it (DPS and the hub hold it,
+    // and certroll revoked nothing); `check` says so, not "revoked" nor "cut off", and the
+    // command it gives enables it again.
+    let r = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["vault", "update", "dev-gw-1", "--version", &made[1], "--disable"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 2, "{}\n{}", c.stdout, c.stderr);
+    let p = crate::util::problem(&c.json(), "device:gw-1");
+    let reason = p["reason"].as_str().unwrap();
+    let enable = format!("certroll vault update dev-gw-1 --version {} --enable", made[1]);
+    assert_eq!(p["level"], "critical", "{p}");
+    assert!(
+        reason.contains(&replacement)
+            && reason.contains("disabled in the vault, not revoked")
+            && reason.contains("still connects with it")
+            && reason.contains(&format!("`{enable}`"))
+            && !reason.contains("(revoked)")
+            && !reason.contains("cut off")
+            && !reason.contains("no working certificate"),
+        "{reason}"
+    );
+    let args: Vec<&str> = enable.split(' ').skip(1).collect();
+    fleet_ok(&env, &serve, &args);
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 0, "{}\n{}", c.stdout, c.stderr);
+
     // Another incident declares the replacement's key leaked too.
     let mut other = crate::azure_verbs::breach_args("device:gw-1", "INC-0006").to_vec();
     other.insert(5, "--dry-run");
