@@ -804,74 +804,6 @@ fn owed_deliveries(c: &mut Checker<'_>, checked: &[(String, usize)]) {
     });
 }
 
-/// The command that finishes the breach whose replacement device `id` was issued (`issued`):
-/// the resume command of an open breach run that has yet to replace it, else the device's
-/// breach again when its last finished breach made `issued` (that rerun delivers what is owed
-/// and replaces nothing twice). None when `issued` is no breach's replacement. Reads the
-/// journal: asked only of a device owed a delivery or holding a disabled version.
-fn breach_of(
-    backend: &dyn Backend,
-    c: &Checker<'_>,
-    id: &str,
-    issued: &VaultVersion,
-) -> Result<Option<String>> {
-    if let Some(rerun) = c.breached_devices.get(id) {
-        return Ok(Some(rerun.clone()));
-    }
-    let tp = crate::pki::sha1_thumbprint(&issued.cert_der);
-    Ok(backend
-        .last_done_step(&format!("device:{id}"), "breach-device")?
-        .and_then(|s| s.result)
-        .filter(|r| r["replacement"].as_str() == Some(tp.as_str()))
-        .map(|r| {
-            // The operator's own command, incident and all: the one in their shell history.
-            let incident = r["incident"]
-                .as_str()
-                .map(|i| format!(" --incident {i}"))
-                .unwrap_or_default();
-            format!("certroll roll-primary --breach device:{id}{incident} --yes")
-        }))
-}
-
-/// What is wrong with device `id` after a breach replaced its compromised certificate with
-/// `replacement`, with the way on (`finish` is [`breach_of`]'s command). Delivered (`owed`
-/// false) but disabled in the vault (by hand, or by a later breach cut off part-way): the
-/// device still connects with it, as DPS and the hub accept it and certroll revoked nothing
-/// (trial az10 N2), but a disabled version is never delivered nor exported again. Not delivered
-/// (`owed`): the device still holds the compromised certificate, which DPS and the hub refuse,
-/// so it is cut off.
-fn breach_replacement_problem(id: &str, replacement: &VaultVersion, owed: bool, finish: &str) -> String {
-    let tp = crate::pki::sha1_thumbprint(&replacement.cert_der);
-    let enable = format!(
-        "certroll vault update {} --version {} --enable",
-        replacement.name, replacement.version
-    );
-    if !owed {
-        return format!(
-            "the breach replacement of its compromised certificate, {tp} (vault version {}/{}), is disabled in \
-             the vault, not revoked: certroll did not revoke it, and DPS and the hub still accept it, so the \
-             device still connects with it. But a disabled version can be neither delivered nor exported \
-             again, so a device that loses it (a reset, a replaced board) has no certificate to be given \
-             back. If it was disabled by mistake, `{enable}` enables it again; `{finish}` finishes the breach if one is open; if its key is compromised too, \
-             `certroll roll-primary --breach device:{id} --incident NEW-LABEL --yes` (a label of its own) \
-             replaces it",
-            replacement.name, replacement.version
-        );
-    }
-    let disabled = if replacement.enabled {
-        String::new()
-    } else {
-        format!(" It is also disabled in the vault, so it cannot be delivered until `{enable}` enables it.")
-    };
-    format!(
-        "the breach replacement of its compromised certificate, {tp} (issued {}), has not reached it: its \
-         delivery failed or did not run, and DPS and the hub refuse the compromised certificate it still \
-         holds, so the device is cut off until it has the new one. `{finish}` finishes the breach and \
-         delivers it.{disabled}",
-        crate::clock::rfc3339(replacement.created)
-    )
-}
-
 /// What the devices of one group, or one enrollment, are judged by.
 struct Owner<'a> {
     policy: &'a Policy,
@@ -1090,13 +1022,13 @@ fn check_devices(
         // expiry's advice brings it back (trial az9 G4). One it has that is disabled: it
         // connects, but the version can be neither delivered nor renewed (trial az10 N2).
         if let Some(v) = installed.as_ref().filter(|v| !v.enabled || c.owed.contains(id))
-            && let Some(finish) = breach_of(backend, c, id, v)?
+            && let Some(finish) = super::held::breach_of(backend, &c.breached_devices, id, v)?
         {
             let owed = c.owed.remove(id);
             c.add(Problem {
                 target: format!("device:{id}"),
                 level: Level::Critical,
-                reason: breach_replacement_problem(id, v, owed, &finish),
+                reason: super::held::breach_replacement_problem(id, v, owed, &finish),
                 not_after: Some(v.exp),
                 actions_due: vec![],
             });

@@ -384,6 +384,80 @@ pub(crate) fn open_breaches(backend: &dyn Backend) -> Result<std::collections::H
     Ok(out)
 }
 
+/// The command that finishes the breach whose replacement device `id` was issued (`issued`):
+/// the resume command of an open breach run that has yet to replace it (`breached_devices`,
+/// [`open_breaches`]), else the device's breach again when its last finished breach made
+/// `issued` (that rerun delivers what is owed and replaces nothing twice). None when `issued`
+/// is no breach's replacement. Reads the journal: asked only of a device owed a delivery or
+/// holding a disabled version. `check` and `status` judge by it alike.
+pub(crate) fn breach_of(
+    backend: &dyn Backend,
+    breached_devices: &std::collections::HashMap<String, String>,
+    id: &str,
+    issued: &VaultVersion,
+) -> Result<Option<String>> {
+    if let Some(rerun) = breached_devices.get(id) {
+        return Ok(Some(rerun.clone()));
+    }
+    let tp = crate::pki::sha1_thumbprint(&issued.cert_der);
+    Ok(backend
+        .last_done_step(&format!("device:{id}"), "breach-device")?
+        .and_then(|s| s.result)
+        .filter(|r| r["replacement"].as_str() == Some(tp.as_str()))
+        .map(|r| {
+            // The operator's own command, incident and all: the one in their shell history.
+            let incident = r["incident"]
+                .as_str()
+                .map(|i| format!(" --incident {i}"))
+                .unwrap_or_default();
+            format!("certroll roll-primary --breach device:{id}{incident} --yes")
+        }))
+}
+
+/// What is wrong with device `id` after a breach replaced its compromised certificate with
+/// `replacement`, with the way on (`finish` is [`breach_of`]'s command). Delivered (`owed`
+/// false) but disabled in the vault (by hand, or by a later breach cut off part-way): the
+/// device still connects with it, as DPS and the hub accept it and certroll revoked nothing
+/// (trial az10 N2), but a disabled version is never delivered nor exported again. Not delivered
+/// (`owed`): the device still holds the compromised certificate, which DPS and the hub refuse,
+/// so it is cut off.
+pub(crate) fn breach_replacement_problem(
+    id: &str,
+    replacement: &VaultVersion,
+    owed: bool,
+    finish: &str,
+) -> String {
+    let tp = crate::pki::sha1_thumbprint(&replacement.cert_der);
+    let enable = format!(
+        "certroll vault update {} --version {} --enable",
+        replacement.name, replacement.version
+    );
+    if !owed {
+        return format!(
+            "the breach replacement of its compromised certificate, {tp} (vault version {}/{}), is disabled in \
+             the vault, not revoked: certroll did not revoke it, and DPS and the hub still accept it, so the \
+             device still connects with it. But a disabled version can be neither delivered nor exported \
+             again, so a device that loses it (a reset, a replaced board) has no certificate to be given \
+             back. If it was disabled by mistake, `{enable}` enables it again; `{finish}` finishes the breach if one is open; if its key is compromised too, \
+             `certroll roll-primary --breach device:{id} --incident NEW-LABEL --yes` (a label of its own) \
+             replaces it",
+            replacement.name, replacement.version
+        );
+    }
+    let disabled = if replacement.enabled {
+        String::new()
+    } else {
+        format!(" It is also disabled in the vault, so it cannot be delivered until `{enable}` enables it.")
+    };
+    format!(
+        "the breach replacement of its compromised certificate, {tp} (issued {}), has not reached it: its \
+         delivery failed or did not run, and DPS and the hub refuse the compromised certificate it still \
+         holds, so the device is cut off until it has the new one. `{finish}` finishes the breach and \
+         delivers it.{disabled}",
+        crate::clock::rfc3339(replacement.created)
+    )
+}
+
 /// Why the devices of group `name` cannot connect when the enrollment service holds the group
 /// disabled (`status`) though certroll did not revoke it (no finished `revoke group:NAME`
 /// step in the journal), with the way back; None otherwise. A breach of the group cannot help

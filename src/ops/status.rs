@@ -424,7 +424,17 @@ impl StatusQuery<'_> {
                     self.breached_devices.get(id.as_str()).map(String::as_str),
                 )? {
                     super::held::Standing::CutOff(why) => Some(why),
-                    _ => None,
+                    super::held::Standing::Revoked => None,
+                    // A breach's replacement whose delivery is owed: the device still holds the
+                    // compromised certificate, which DPS and the hub refuse (`check` judges it
+                    // so too; trial az10 N4).
+                    super::held::Standing::Usable => match &held[i].pending {
+                        Some(v) if b.owes_delivery(id, &v.version)? => {
+                            super::held::breach_of(b, &self.breached_devices, id, v)?
+                                .map(|finish| super::held::breach_replacement_problem(id, v, true, &finish))
+                        }
+                        _ => None,
+                    },
                 },
             );
         }

@@ -653,6 +653,17 @@ fn a_breach_whose_delivery_failed_delivers_its_replacement_on_rerun_and_never_di
         "{}",
         c.stdout
     );
+    // `status` says the same (trial az10 N4: it showed the device assigned, with no word).
+    let s = run_fleet(&env, &serve, "azure", &["status", "device:gw-1", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(device(&s, "gw-1")["cannot_connect"], reason, "{s}");
+    let s = run_fleet(&env, &serve, "azure", &["status", "device:gw-1"]).ok();
+    assert!(
+        s.stdout.contains(&format!("cannot connect: {reason}")),
+        "{}",
+        s.stdout
+    );
     std::fs::remove_file(&fail).unwrap();
 
     // The dry run of the rerun: the replacement is not compromised.
