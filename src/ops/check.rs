@@ -1066,7 +1066,9 @@ fn check_devices(
                          holds in neither signing slot, nor a CA above it (the slots hold {}): DPS refuses its \
                          registrations. Put that CA certificate back into a free signing slot of the group (DPS's \
                          API or the Azure portal; `certroll export ca:{ca}` writes the current one), or give the \
-                         device a certificate under a CA the group holds",
+                         device a certificate under a CA the group holds: `certroll roll-primary group:{group}` \
+                         does that for the group's devices (a new version of the group's CA into its primary \
+                         slot, and the devices rolled under it)",
                         issuer.1,
                         slots.join(" / ")
                     ),
