@@ -204,9 +204,28 @@ struct Checker<'a> {
     /// accepts certificates they signed ([`group_accepts`]), so 100k devices cost a look-up per
     /// group and CA version, not one each.
     accepted: std::collections::HashMap<(String, String, String), bool>,
+    /// What the journal's finished breaches replaced, read at the first device that needs it
+    /// (one query for the fleet).
+    breach_records: Option<super::held::BreachRecords>,
 }
 
 impl Checker<'_> {
+    /// [`super::held::BreachRecords::finish`] for device `id` holding `issued`.
+    fn breach_finish(
+        &mut self,
+        backend: &dyn Backend,
+        id: &str,
+        issued: &VaultVersion,
+    ) -> Result<Option<String>> {
+        if self.breach_records.is_none() {
+            self.breach_records = Some(super::held::BreachRecords::read(backend)?);
+        }
+        Ok(self
+            .breach_records
+            .as_ref()
+            .and_then(|r| r.finish(&self.breached_devices, id, issued)))
+    }
+
     fn look(
         &mut self,
         target: String,
@@ -394,6 +413,7 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             })
             .collect(),
         breached_devices: super::held::open_breaches(&backend)?,
+        breach_records: None,
         owed: backend.owed_devices()?.into_iter().collect(),
         accepted: Default::default(),
     };
@@ -1022,7 +1042,7 @@ fn check_devices(
         // expiry's advice brings it back (trial az9 G4). One it has that is disabled: it
         // connects, but the version can be neither delivered nor renewed (trial az10 N2).
         if let Some(v) = installed.as_ref().filter(|v| !v.enabled || c.owed.contains(id))
-            && let Some(finish) = super::held::breach_of(backend, &c.breached_devices, id, v)?
+            && let Some(finish) = c.breach_finish(backend, id, v)?
         {
             let owed = c.owed.remove(id);
             c.add(Problem {

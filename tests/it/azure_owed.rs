@@ -774,6 +774,66 @@ fn a_breach_whose_delivery_failed_delivers_its_replacement_on_rerun_and_never_di
     assert_eq!(d["compromised"], serde_json::json!([replacement]), "{d}");
 }
 
+/// A CA breach whose deliveries failed (trial az10: G4 covered device breaches only): its
+/// devices hold certificates under the compromised CA, which DPS refuses, so `check` says each
+/// is cut off (critical), naming `certroll issue` (a rerun of the CA breach would replace the
+/// CA again), not "the one before"; `status` says `cannot connect` alike. Once the devices can
+/// be reached, that command delivers the replacements and `check` is OK.
+#[test]
+fn a_ca_breach_whose_deliveries_failed_is_critical_in_check_and_status_until_issue_delivers() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    let (log, fail) = recording_plans(&env, &serve);
+    let every_time = crate::azure_verbs::DEVICE_HOOK.replace("if not os.path.exists(booted):", "if True:");
+    env.write("device-hook.py", &every_time);
+    fleet_ok(&env, &serve, &["issue", "-o", "json"]);
+    std::fs::write(&fail, "").unwrap();
+    let r = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &crate::azure_verbs::breach_args("ca:root", "INC-CA-1"),
+    );
+    assert_eq!(r.code, 1, "the deliveries failed: {}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["deliveries_owed"], 2, "{}", r.stdout);
+
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 2, "{}\n{}", c.stdout, c.stderr);
+    let report = c.json();
+    let s = run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
+        .ok()
+        .json();
+    for id in ["gw-1", "gw-2"] {
+        let p = crate::util::problem(&report, &format!("device:{id}"));
+        let reason = p["reason"].as_str().unwrap();
+        assert_eq!(p["level"], "critical", "{p}");
+        assert!(
+            reason.contains("cut off until it has the new one")
+                && reason.contains("`certroll issue` delivers it")
+                && !reason.contains("the one before")
+                && !reason.contains("--breach ca:root"),
+            "{reason}"
+        );
+        assert_eq!(device(&s, id)["cannot_connect"], reason, "{s}");
+    }
+    assert!(
+        !c.stdout.contains("still owed their new certificate"),
+        "{}",
+        c.stdout
+    );
+
+    std::fs::remove_file(&fail).unwrap();
+    fleet_ok(&env, &serve, &["issue", "-o", "json"]);
+    assert_eq!(
+        deliveries(&log).len(),
+        4,
+        "issue's and the replacements', each once: {:?}",
+        deliveries(&log)
+    );
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 0, "{}\n{}", c.stdout, c.stderr);
+}
+
 /// The report of device `id` in a roll's report.
 fn device_roll<'a>(report: &'a Value, id: &str) -> &'a Value {
     let target = format!("device:{id}");

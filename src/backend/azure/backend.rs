@@ -1593,6 +1593,10 @@ impl Journal for AzureBackend {
     fn last_done_step(&self, target: &str, kind: &str) -> Result<Option<JournalStep>> {
         self.vault.local().last_done_step(target, kind)
     }
+
+    fn done_steps(&self, kinds: &[&str]) -> Result<Vec<JournalStep>> {
+        self.vault.local().done_steps(kinds)
+    }
 }
 
 impl EnrollmentService for AzureBackend {
