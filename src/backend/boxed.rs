@@ -463,6 +463,10 @@ impl Journal for Box<dyn Backend> {
     fn last_done_step(&self, target: &str, kind: &str) -> Result<Option<JournalStep>> {
         (**self).last_done_step(target, kind)
     }
+
+    fn done_steps(&self, kinds: &[&str]) -> Result<Vec<JournalStep>> {
+        (**self).done_steps(kinds)
+    }
 }
 
 impl Backend for Box<dyn Backend> {

@@ -1278,6 +1278,13 @@ impl Journal for LocalBackend {
             crate::store::queries_journal::last_done_step(self.store.conn(), target, kind)
         )
     }
+
+    fn done_steps(&self, kinds: &[&str]) -> Result<Vec<JournalStep>> {
+        read!(
+            self,
+            crate::store::queries_journal::done_steps(self.store.conn(), kinds)
+        )
+    }
 }
 
 impl Backend for LocalBackend {

@@ -640,6 +640,8 @@ pub trait Journal {
     fn finish_run(&mut self, run: i64, now: OffsetDateTime) -> Result<()>;
     /// The newest done step of `kind` for `target` in a finished run.
     fn last_done_step(&self, target: &str, kind: &str) -> Result<Option<JournalStep>>;
+    /// Every done step of `kinds` in a finished run, oldest run first, in one read.
+    fn done_steps(&self, kinds: &[&str]) -> Result<Vec<JournalStep>>;
 }
 
 /// Runs `f` as one unit of work on `backend`: committed if it succeeds, abandoned if it fails,

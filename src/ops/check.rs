@@ -204,9 +204,28 @@ struct Checker<'a> {
     /// accepts certificates they signed ([`group_accepts`]), so 100k devices cost a look-up per
     /// group and CA version, not one each.
     accepted: std::collections::HashMap<(String, String, String), bool>,
+    /// What the journal's finished breaches replaced, read at the first device that needs it
+    /// (one query for the fleet).
+    breach_records: Option<super::held::BreachRecords>,
 }
 
 impl Checker<'_> {
+    /// [`super::held::BreachRecords::finish`] for device `id` holding `issued`.
+    fn breach_finish(
+        &mut self,
+        backend: &dyn Backend,
+        id: &str,
+        issued: &VaultVersion,
+    ) -> Result<Option<String>> {
+        if self.breach_records.is_none() {
+            self.breach_records = Some(super::held::BreachRecords::read(backend)?);
+        }
+        Ok(self
+            .breach_records
+            .as_ref()
+            .and_then(|r| r.finish(&self.breached_devices, id, issued)))
+    }
+
     fn look(
         &mut self,
         target: String,
@@ -394,6 +413,7 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             })
             .collect(),
         breached_devices: super::held::open_breaches(&backend)?,
+        breach_records: None,
         owed: backend.owed_devices()?.into_iter().collect(),
         accepted: Default::default(),
     };
@@ -804,59 +824,6 @@ fn owed_deliveries(c: &mut Checker<'_>, checked: &[(String, usize)]) {
     });
 }
 
-/// The command that finishes the breach whose replacement device `id` was issued (`issued`):
-/// the resume command of an open breach run that has yet to replace it, else the device's
-/// breach again when its last finished breach made `issued` (that rerun delivers what is owed
-/// and replaces nothing twice). None when `issued` is no breach's replacement. Reads the
-/// journal: asked only of a device owed a delivery or holding a disabled version.
-fn breach_of(
-    backend: &dyn Backend,
-    c: &Checker<'_>,
-    id: &str,
-    issued: &VaultVersion,
-) -> Result<Option<String>> {
-    if let Some(rerun) = c.breached_devices.get(id) {
-        return Ok(Some(rerun.clone()));
-    }
-    let tp = crate::pki::sha1_thumbprint(&issued.cert_der);
-    Ok(backend
-        .last_done_step(&format!("device:{id}"), "breach-device")?
-        .and_then(|s| s.result)
-        .filter(|r| r["replacement"].as_str() == Some(tp.as_str()))
-        .map(|r| {
-            // The operator's own command, incident and all: the one in their shell history.
-            let incident = r["incident"]
-                .as_str()
-                .map(|i| format!(" --incident {i}"))
-                .unwrap_or_default();
-            format!("certroll roll-primary --breach device:{id}{incident} --yes")
-        }))
-}
-
-/// Why device `id` is cut off after a breach replaced its compromised certificate with
-/// `replacement`, which it does not have (its delivery is owed) or which is disabled
-/// (`disabled`), with the way on: `finish` is [`breach_of`]'s command.
-fn cut_off_by_breach(id: &str, replacement: &VaultVersion, disabled: bool, finish: &str) -> String {
-    let tp = crate::pki::sha1_thumbprint(&replacement.cert_der);
-    if disabled {
-        format!(
-            "the breach replacement of its compromised certificate, {tp}, is disabled in the vault (revoked), \
-             and DPS and the hub refuse the compromised one: the device has no working certificate and is cut \
-             off until it has a new one. `{finish}` finishes the breach if it is open; if the replacement stays \
-             disabled, `certroll roll-primary --breach device:{id} --incident NEW-LABEL --yes` (a label of its \
-             own) declares it compromised too and issues the device another"
-        )
-    } else {
-        format!(
-            "the breach replacement of its compromised certificate, {tp} (issued {}), has not reached it: its \
-             delivery failed or did not run, and DPS and the hub refuse the compromised certificate it still \
-             holds, so the device is cut off until it has the new one. `{finish}` finishes the breach and \
-             delivers it",
-            crate::clock::rfc3339(replacement.created)
-        )
-    }
-}
-
 /// What the devices of one group, or one enrollment, are judged by.
 struct Owner<'a> {
     policy: &'a Policy,
@@ -1070,17 +1037,18 @@ fn check_devices(
             });
             continue;
         }
-        // A breach's replacement the device does not have, or that is disabled: the
-        // certificate before it is compromised and refused, so the device is cut off, and
-        // neither `issue` nor the expiry's advice brings it back (trial az9 G4).
+        // A breach's replacement the device does not have: the certificate before it is
+        // compromised and refused, so the device is cut off, and neither `issue` nor the
+        // expiry's advice brings it back (trial az9 G4). One it has that is disabled: it
+        // connects, but the version can be neither delivered nor renewed (trial az10 N2).
         if let Some(v) = installed.as_ref().filter(|v| !v.enabled || c.owed.contains(id))
-            && let Some(finish) = breach_of(backend, c, id, v)?
+            && let Some(finish) = c.breach_finish(backend, id, v)?
         {
-            c.owed.remove(id);
+            let owed = c.owed.remove(id);
             c.add(Problem {
                 target: format!("device:{id}"),
                 level: Level::Critical,
-                reason: cut_off_by_breach(id, v, !v.enabled, &finish),
+                reason: super::held::breach_replacement_problem(id, v, owed, &finish),
                 not_after: Some(v.exp),
                 actions_due: vec![],
             });
@@ -1118,7 +1086,9 @@ fn check_devices(
                          holds in neither signing slot, nor a CA above it (the slots hold {}): DPS refuses its \
                          registrations. Put that CA certificate back into a free signing slot of the group (DPS's \
                          API or the Azure portal; `certroll export ca:{ca}` writes the current one), or give the \
-                         device a certificate under a CA the group holds",
+                         device a certificate under a CA the group holds: `certroll roll-primary group:{group}` \
+                         does that for the group's devices (a new version of the group's CA into its primary \
+                         slot, and the devices rolled under it)",
                         issuer.1,
                         slots.join(" / ")
                     ),

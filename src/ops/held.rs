@@ -384,6 +384,133 @@ pub(crate) fn open_breaches(backend: &dyn Backend) -> Result<std::collections::H
     Ok(out)
 }
 
+/// How a finished breach's replacement reaches its device, as the journal records it.
+#[derive(Debug, Clone)]
+enum Finish {
+    /// A device breach (`breach-device`), with its incident label: its own command run again
+    /// delivers what is owed and replaces nothing twice.
+    Device(Option<String>),
+    /// A CA or group breach (`replace-devices`): rerunning it would replace the CA again, so
+    /// the delivery is left to `certroll issue`, which delivers what is owed.
+    Delivery,
+}
+
+/// What the finished breaches in the journal replaced each device's certificate with: the
+/// replacement's SHA-1 thumbprint and how it is finished. Read in one query for the whole
+/// fleet ([`BreachRecords::read`]), not one per device asked about.
+#[derive(Debug, Default)]
+pub(crate) struct BreachRecords {
+    by_device: std::collections::HashMap<String, (String, Finish)>,
+}
+
+impl BreachRecords {
+    /// Every device's last finished breach step (`breach-device`, or a CA or group breach's
+    /// `replace-devices`), from the journal.
+    pub(crate) fn read(backend: &dyn Backend) -> Result<BreachRecords> {
+        let mut by_device = std::collections::HashMap::new();
+        for step in backend.done_steps(&["breach-device", "replace-devices"])? {
+            let Some(result) = step.result else { continue };
+            if step.kind == "breach-device" {
+                let Some(id) = step.target.strip_prefix("device:") else {
+                    continue;
+                };
+                // The device's last breach step is the word on it, replacement or none.
+                match result["replacement"].as_str() {
+                    Some(tp) => {
+                        let incident = result["incident"].as_str().map(str::to_string);
+                        by_device.insert(id.to_string(), (tp.to_string(), Finish::Device(incident)));
+                    }
+                    None => {
+                        by_device.remove(id);
+                    }
+                }
+            } else {
+                for (id, tp) in result["replaced"].as_object().into_iter().flatten() {
+                    if let Some(tp) = tp.as_str() {
+                        by_device.insert(id.clone(), (tp.to_string(), Finish::Delivery));
+                    }
+                }
+            }
+        }
+        Ok(BreachRecords { by_device })
+    }
+
+    /// The command that finishes the breach whose replacement device `id` was issued
+    /// (`issued`): the resume command of an open breach run that has yet to replace it
+    /// (`breached_devices`, [`open_breaches`]); else, when the device's last finished breach
+    /// made `issued`, that device breach's own command (incident and all: the one in the
+    /// operator's shell history), or `certroll issue` after a CA or group breach. None when
+    /// `issued` is no breach's replacement. `check` and `status` judge by it alike.
+    pub(crate) fn finish(
+        &self,
+        breached_devices: &std::collections::HashMap<String, String>,
+        id: &str,
+        issued: &VaultVersion,
+    ) -> Option<String> {
+        if let Some(rerun) = breached_devices.get(id) {
+            return Some(rerun.clone());
+        }
+        let (tp, finish) = self.by_device.get(id)?;
+        if *tp != crate::pki::sha1_thumbprint(&issued.cert_der) {
+            return None;
+        }
+        Some(match finish {
+            Finish::Device(incident) => {
+                let incident = incident
+                    .as_deref()
+                    .map(|i| format!(" --incident {i}"))
+                    .unwrap_or_default();
+                format!("certroll roll-primary --breach device:{id}{incident} --yes")
+            }
+            Finish::Delivery => "certroll issue".to_string(),
+        })
+    }
+}
+
+/// What is wrong with device `id` after a breach replaced its compromised certificate with
+/// `replacement`, with the way on (`finish` is [`BreachRecords::finish`]'s command). Delivered (`owed`
+/// false) but disabled in the vault (by hand, or by a later breach cut off part-way): the
+/// device still connects with it, as DPS and the hub accept it and certroll revoked nothing
+/// (trial az10 N2), but a disabled version is never delivered nor exported again. Not delivered
+/// (`owed`): the device still holds the compromised certificate, which DPS and the hub refuse,
+/// so it is cut off.
+pub(crate) fn breach_replacement_problem(
+    id: &str,
+    replacement: &VaultVersion,
+    owed: bool,
+    finish: &str,
+) -> String {
+    let tp = crate::pki::sha1_thumbprint(&replacement.cert_der);
+    let enable = format!(
+        "certroll vault update {} --version {} --enable",
+        replacement.name, replacement.version
+    );
+    if !owed {
+        return format!(
+            "the breach replacement of its compromised certificate, {tp} (vault version {}/{}), is disabled in \
+             the vault, not revoked: certroll did not revoke it, and DPS and the hub still accept it, so the \
+             device still connects with it. But a disabled version can be neither delivered nor exported \
+             again, so a device that loses it (a reset, a replaced board) has no certificate to be given \
+             back. If it was disabled by mistake, `{enable}` enables it again; `{finish}` finishes the breach if one is open; if its key is compromised too, \
+             `certroll roll-primary --breach device:{id} --incident NEW-LABEL --yes` (a label of its own) \
+             replaces it",
+            replacement.name, replacement.version
+        );
+    }
+    let disabled = if replacement.enabled {
+        String::new()
+    } else {
+        format!(" It is also disabled in the vault, so it cannot be delivered until `{enable}` enables it.")
+    };
+    format!(
+        "the breach replacement of its compromised certificate, {tp} (issued {}), has not reached it: its \
+         delivery failed or did not run, and DPS and the hub refuse the compromised certificate it still \
+         holds, so the device is cut off until it has the new one. `{finish}` delivers it (and finishes \
+         the breach if it is open).{disabled}",
+        crate::clock::rfc3339(replacement.created)
+    )
+}
+
 /// Why the devices of group `name` cannot connect when the enrollment service holds the group
 /// disabled (`status`) though certroll did not revoke it (no finished `revoke group:NAME`
 /// step in the journal), with the way back; None otherwise. A breach of the group cannot help

@@ -175,6 +175,9 @@ pub struct StatusQuery<'p> {
     /// The devices an open breach run has yet to replace, each with the command that resumes
     /// that run ([`super::held::open_breaches`]): their way back names it.
     breached_devices: std::collections::HashMap<String, String>,
+    /// What the journal's finished breaches replaced, read at the first device owed a
+    /// delivery (one query for the fleet).
+    breach_records: std::cell::OnceCell<super::held::BreachRecords>,
 }
 
 /// Opens the state for `status`. A missing store is reported as "nothing issued yet".
@@ -194,10 +197,20 @@ pub fn status<'p>(
         targets,
         enrollments_read: Default::default(),
         breached_devices,
+        breach_records: Default::default(),
     })
 }
 
 impl StatusQuery<'_> {
+    /// [`super::held::BreachRecords`], read once.
+    fn breach_records(&self) -> Result<&super::held::BreachRecords> {
+        if self.breach_records.get().is_none() {
+            let read = super::held::BreachRecords::read(&*self.backend)?;
+            let _ = self.breach_records.set(read);
+        }
+        Ok(self.breach_records.get().expect("set above"))
+    }
+
     fn wants(&self, kind: &str, name: &str) -> bool {
         self.targets.is_empty()
             || self.targets.iter().any(|t| match (t, kind) {
@@ -424,7 +437,17 @@ impl StatusQuery<'_> {
                     self.breached_devices.get(id.as_str()).map(String::as_str),
                 )? {
                     super::held::Standing::CutOff(why) => Some(why),
-                    _ => None,
+                    super::held::Standing::Revoked => None,
+                    // A breach's replacement whose delivery is owed: the device still holds the
+                    // compromised certificate, which DPS and the hub refuse (`check` judges it
+                    // so too; trial az10 N4).
+                    super::held::Standing::Usable => match &held[i].pending {
+                        Some(v) if b.owes_delivery(id, &v.version)? => self
+                            .breach_records()?
+                            .finish(&self.breached_devices, id, v)
+                            .map(|finish| super::held::breach_replacement_problem(id, v, true, &finish)),
+                        _ => None,
+                    },
                 },
             );
         }

@@ -161,6 +161,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v13_dps_etag_writers.sql"),
     include_str!("schema_v14_owed_deliveries.sql"),
     include_str!("schema_v15_issued_versions.sql"),
+    include_str!("schema_v16_deleted_versions.sql"),
 ];
 
 /// How to open a store.

@@ -1,7 +1,8 @@
 //! Reads and writes of `issued_versions` (schema v15): the facts of the version certroll issued
 //! under each device certificate name, kept beside the fleet record where the vault is remote
 //! (azure), so that a run which finds that version still the newest in the vault's listing
-//! needs not read it from the vault again.
+//! needs not read it from the vault again; and of `deleted_versions` (schema v16): every version
+//! of a certificate certroll soft-deleted there, which Key Vault no longer shows.
 
 use super::StoreError;
 use super::queries::{from_ts, sql, ts};
@@ -145,6 +146,73 @@ pub fn issued_many(conn: &Connection, names: &[String]) -> Result<Vec<Option<Iss
         out.push(row);
     }
     Ok(out)
+}
+
+/// Records every version of `versions` (one name's, read just before certroll soft-deletes it
+/// in a remote vault), replacing what was recorded of them before.
+pub fn deleted_put(conn: &Connection, versions: &[VaultVersion]) -> Result<()> {
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT OR REPLACE INTO deleted_versions
+                 (name, version, cert_der, created, issuer, kty, exportable, enabled, nbf, exp)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .map_err(sql)?;
+    for v in versions {
+        let issuer = v.issuer.as_ref().map(|(n, v)| format!("{n}/{v}"));
+        stmt.execute(params![
+            v.name,
+            v.version,
+            v.cert_der,
+            ts(v.created),
+            issuer,
+            v.kty,
+            v.exportable,
+            v.enabled,
+            ts(v.nbf),
+            ts(v.exp)
+        ])
+        .map_err(sql)?;
+    }
+    Ok(())
+}
+
+/// The versions recorded of deleted certificate `name` ([`deleted_put`]), oldest first.
+pub fn deleted_of(conn: &Connection, name: &str) -> Result<Vec<VaultVersion>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT version, cert_der, created, issuer, kty, exportable, enabled, nbf, exp
+             FROM deleted_versions WHERE name = ?1 ORDER BY created, version",
+        )
+        .map_err(sql)?;
+    stmt.query_map([name], |r| {
+        let issuer: Option<String> = r.get(3)?;
+        Ok(VaultVersion {
+            name: name.to_string(),
+            version: r.get(0)?,
+            cert_der: r.get(1)?,
+            created: from_ts(r.get(2)?),
+            issuer: issuer
+                .as_deref()
+                .and_then(|i| i.split_once('/'))
+                .map(|(n, v)| (n.to_string(), v.to_string())),
+            kty: r.get(4)?,
+            exportable: r.get(5)?,
+            enabled: r.get(6)?,
+            nbf: from_ts(r.get(7)?),
+            exp: from_ts(r.get(8)?),
+        })
+    })
+    .and_then(|rows| rows.collect())
+    .map_err(sql)
+}
+
+/// Forgets the versions recorded of deleted certificate `name` (it was recovered or purged).
+pub fn deleted_forget(conn: &Connection, name: &str) -> Result<()> {
+    conn.prepare_cached("DELETE FROM deleted_versions WHERE name = ?1")
+        .and_then(|mut s| s.execute([name]))
+        .map(|_| ())
+        .map_err(sql)
 }
 
 #[cfg(test)]

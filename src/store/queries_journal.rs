@@ -169,6 +169,24 @@ pub fn last_done_step(conn: &Connection, target: &str, kind: &str) -> Result<Opt
     .map_err(sql)
 }
 
+/// Every done step of `kinds` in a finished run, oldest run first (a step of a later run
+/// stands over one of an earlier): one query, where asking [`last_done_step`] per target would
+/// cost one each.
+pub fn done_steps(conn: &Connection, kinds: &[&str]) -> Result<Vec<JournalStep>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT s.seq, s.target, s.kind, s.description, s.detail, s.result FROM journal_steps s
+             JOIN journal_runs r ON r.id = s.run_id
+             WHERE s.kind IN (SELECT value FROM json_each(?1)) AND s.done IS NOT NULL
+                 AND r.finished IS NOT NULL
+             ORDER BY s.run_id, s.seq",
+        )
+        .map_err(sql)?;
+    let kinds = serde_json::json!(kinds).to_string();
+    let rows = stmt.query_map([kinds], step_row).map_err(sql)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(sql)
+}
+
 /// A delivery a device is owed: the vault version its fleet record names, not yet taken by the
 /// delivery channel. `(device id, vault certificate name, version)`.
 pub type OwedDelivery = (String, String, String);
@@ -258,5 +276,46 @@ mod tests {
         assert!(owed_has(conn, "a", "v2").unwrap() && !owed_has(conn, "a", "v1").unwrap());
         owed_settle(conn, &[("a".into(), None)]).unwrap();
         assert_eq!(owed_page(conn, "", 10).unwrap(), vec![owed("c", "v1")]);
+    }
+
+    fn step(seq: u32, target: &str, kind: &str) -> JournalStep {
+        JournalStep {
+            seq,
+            target: target.into(),
+            kind: kind.into(),
+            description: String::new(),
+            detail: serde_json::json!({}),
+            result: None,
+        }
+    }
+
+    /// The done steps of the kinds asked, of finished runs only, oldest run first; a step not
+    /// done, or of another kind, is left out.
+    #[test]
+    fn done_steps_are_those_of_finished_runs_oldest_first() {
+        let store = crate::store::Store::open_empty().unwrap();
+        let conn = store.conn();
+        let now = crate::store::queries::from_ts(1_700_000_000);
+        let mut runs = Vec::new();
+        for target in ["device:a", "ca:root", "device:b"] {
+            let steps = [
+                step(1, target, "breach-device"),
+                step(2, target, "replace-devices"),
+                step(3, target, "revoke"),
+            ];
+            let run = start(conn, &format!("roll {target}"), &steps, now).unwrap();
+            step_done(conn, run, 1, &serde_json::json!({ "run": run }), now).unwrap();
+            step_done(conn, run, 3, &serde_json::json!({}), now).unwrap();
+            runs.push(run);
+        }
+        finish(conn, runs[1], now).unwrap();
+        finish(conn, runs[0], now).unwrap();
+        let got: Vec<(String, String)> = done_steps(conn, &["breach-device", "replace-devices"])
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.target, s.kind))
+            .collect();
+        let want = [("device:a", "breach-device"), ("ca:root", "breach-device")];
+        assert_eq!(got, want.map(|(t, k)| (t.to_string(), k.to_string())));
     }
 }

@@ -213,11 +213,13 @@ fn azure_check_and_status_name_devices_another_client_cut_off() {
     );
 }
 
-/// A signing CA put in the vault's recycle bin (`vault delete ca-factory --force`, trial az9
-/// G3): its certificate in the group's signing slot is still certroll's. On both backends
-/// `check` names the deleted CA and `vault recover`, and nothing else of the group: no "another
-/// client's" certificate, no breach advice; `status` lists no foreign certificate in the
-/// group, and once recovered `check` is OK again.
+/// A signing CA put in the vault's recycle bin (`vault delete ca-factory --force`, trials az9
+/// G3 and az10): both its versions in the group's signing slots (the new one in the primary,
+/// the one the roll moved to the secondary, which Key Vault no longer shows) are still
+/// certroll's. On both backends `vault delete` and `vault recover` count its 2 versions;
+/// `check` names the deleted CA and `vault recover`, and nothing else of the group: no
+/// "another client's" certificate, no breach advice; `status` lists no foreign certificate in
+/// the group, and once recovered `check` is OK again.
 #[test]
 fn a_soft_deleted_signing_ca_is_not_another_clients_certificate_in_its_group() {
     let env = TestEnv::new();
@@ -225,8 +227,17 @@ fn a_soft_deleted_signing_ca_is_not_another_clients_certificate_in_its_group() {
     for which in ["local", "azure"] {
         let r = run_fleet(&env, &serve, which, &["issue"]);
         assert_eq!(r.code, 0, "{which}: {}", r.stderr);
-        let r = run_fleet(&env, &serve, which, &["vault", "delete", "ca-factory", "--force"]);
+        let r = run_fleet(&env, &serve, which, &["roll-primary", "group:sensors", "--yes"]);
+        assert_eq!(r.code, 0, "{which}: {}{}", r.stdout, r.stderr);
+        let r = run_fleet(
+            &env,
+            &serve,
+            which,
+            &["vault", "delete", "ca-factory", "--force", "-o", "json"],
+        );
         assert_eq!(r.code, 0, "{which}: {}", r.stderr);
+        let versions = |v: &serde_json::Value| v["versions"].as_array().map_or(0, Vec::len);
+        assert_eq!(versions(&r.json()["deleted"]), 2, "{which}: {}", r.stdout);
         let r = run_fleet(&env, &serve, which, &["check", "-o", "json"]);
         assert_eq!(r.code, 2, "{which}: {}{}", r.stdout, r.stderr);
         let report = r.json();
@@ -256,8 +267,14 @@ fn a_soft_deleted_signing_ca_is_not_another_clients_certificate_in_its_group() {
             group["foreign"].as_array().is_none_or(Vec::is_empty),
             "{which}: {group}"
         );
-        let r = run_fleet(&env, &serve, which, &["vault", "recover", "ca-factory"]);
+        let r = run_fleet(
+            &env,
+            &serve,
+            which,
+            &["vault", "recover", "ca-factory", "-o", "json"],
+        );
         assert_eq!(r.code, 0, "{which}: {}", r.stderr);
+        assert_eq!(versions(&r.json()["recovered"]), 2, "{which}: {}", r.stdout);
         let r = run_fleet(&env, &serve, which, &["check", "-o", "json"]);
         assert_eq!(r.code, 0, "{which}: {}{}", r.stdout, r.stderr);
     }

@@ -2236,7 +2236,8 @@ fn check_names_group_devices_whose_ca_certificate_the_group_no_longer_holds() {
                 && reason.contains(&factory_tp)
                 && reason.contains("enrollment group `meters` holds in neither signing slot")
                 && reason.contains("DPS refuses its registrations")
-                && reason.contains("`certroll export ca:factory`"),
+                && reason.contains("`certroll export ca:factory`")
+                && reason.contains("`certroll roll-primary group:meters`"),
             "{reason}"
         );
     }
@@ -2249,5 +2250,15 @@ fn check_names_group_devices_whose_ca_certificate_the_group_no_longer_holds() {
     assert_eq!(flagged, ["device:m-1", "device:m-2"], "{report}");
 
     put_foreign_signing(&env, &serve, "meters", "primary", &pem("factory"));
+    fleet_ok(&env, &serve, &["check", "-o", "json"]);
+
+    // The roll `check` names is a way on too (trial az10's nit).
+    put_foreign_signing(&env, &serve, "meters", "primary", &pem("plant"));
+    assert_eq!(run_fleet(&env, &serve, "azure", &["check"]).code, 2);
+    fleet_ok(
+        &env,
+        &serve,
+        &["roll-primary", "group:meters", "--yes", "-o", "json"],
+    );
     fleet_ok(&env, &serve, &["check", "-o", "json"]);
 }

@@ -653,6 +653,17 @@ fn a_breach_whose_delivery_failed_delivers_its_replacement_on_rerun_and_never_di
         "{}",
         c.stdout
     );
+    // `status` says the same (trial az10 N4: it showed the device assigned, with no word).
+    let s = run_fleet(&env, &serve, "azure", &["status", "device:gw-1", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(device(&s, "gw-1")["cannot_connect"], reason, "{s}");
+    let s = run_fleet(&env, &serve, "azure", &["status", "device:gw-1"]).ok();
+    assert!(
+        s.stdout.contains(&format!("cannot connect: {reason}")),
+        "{}",
+        s.stdout
+    );
     std::fs::remove_file(&fail).unwrap();
 
     // The dry run of the rerun: the replacement is not compromised.
@@ -722,6 +733,38 @@ fn a_breach_whose_delivery_failed_delivers_its_replacement_on_rerun_and_never_di
         c.stdout
     );
 
+    // The replacement disabled in the vault by hand (trial az10 N2): critical, as it can no
+    // longer be delivered, but the device still connects with it (DPS and the hub hold it,
+    // and certroll revoked nothing); `check` says so, not "revoked" nor "cut off", and the
+    // command it gives enables it again.
+    let r = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["vault", "update", "dev-gw-1", "--version", &made[1], "--disable"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 2, "{}\n{}", c.stdout, c.stderr);
+    let p = crate::util::problem(&c.json(), "device:gw-1");
+    let reason = p["reason"].as_str().unwrap();
+    let enable = format!("certroll vault update dev-gw-1 --version {} --enable", made[1]);
+    assert_eq!(p["level"], "critical", "{p}");
+    assert!(
+        reason.contains(&replacement)
+            && reason.contains("disabled in the vault, not revoked")
+            && reason.contains("still connects with it")
+            && reason.contains(&format!("`{enable}`"))
+            && !reason.contains("(revoked)")
+            && !reason.contains("cut off")
+            && !reason.contains("no working certificate"),
+        "{reason}"
+    );
+    let args: Vec<&str> = enable.split(' ').skip(1).collect();
+    fleet_ok(&env, &serve, &args);
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 0, "{}\n{}", c.stdout, c.stderr);
+
     // Another incident declares the replacement's key leaked too.
     let mut other = crate::azure_verbs::breach_args("device:gw-1", "INC-0006").to_vec();
     other.insert(5, "--dry-run");
@@ -729,6 +772,66 @@ fn a_breach_whose_delivery_failed_delivers_its_replacement_on_rerun_and_never_di
     let d = device_roll(&r.json(), "gw-1").clone();
     assert_eq!(d["outcome"], "would-replace", "{d}");
     assert_eq!(d["compromised"], serde_json::json!([replacement]), "{d}");
+}
+
+/// A CA breach whose deliveries failed (trial az10: G4 covered device breaches only): its
+/// devices hold certificates under the compromised CA, which DPS refuses, so `check` says each
+/// is cut off (critical), naming `certroll issue` (a rerun of the CA breach would replace the
+/// CA again), not "the one before"; `status` says `cannot connect` alike. Once the devices can
+/// be reached, that command delivers the replacements and `check` is OK.
+#[test]
+fn a_ca_breach_whose_deliveries_failed_is_critical_in_check_and_status_until_issue_delivers() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    let (log, fail) = recording_plans(&env, &serve);
+    let every_time = crate::azure_verbs::DEVICE_HOOK.replace("if not os.path.exists(booted):", "if True:");
+    env.write("device-hook.py", &every_time);
+    fleet_ok(&env, &serve, &["issue", "-o", "json"]);
+    std::fs::write(&fail, "").unwrap();
+    let r = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &crate::azure_verbs::breach_args("ca:root", "INC-CA-1"),
+    );
+    assert_eq!(r.code, 1, "the deliveries failed: {}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["deliveries_owed"], 2, "{}", r.stdout);
+
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 2, "{}\n{}", c.stdout, c.stderr);
+    let report = c.json();
+    let s = run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
+        .ok()
+        .json();
+    for id in ["gw-1", "gw-2"] {
+        let p = crate::util::problem(&report, &format!("device:{id}"));
+        let reason = p["reason"].as_str().unwrap();
+        assert_eq!(p["level"], "critical", "{p}");
+        assert!(
+            reason.contains("cut off until it has the new one")
+                && reason.contains("`certroll issue` delivers it")
+                && !reason.contains("the one before")
+                && !reason.contains("--breach ca:root"),
+            "{reason}"
+        );
+        assert_eq!(device(&s, id)["cannot_connect"], reason, "{s}");
+    }
+    assert!(
+        !c.stdout.contains("still owed their new certificate"),
+        "{}",
+        c.stdout
+    );
+
+    std::fs::remove_file(&fail).unwrap();
+    fleet_ok(&env, &serve, &["issue", "-o", "json"]);
+    assert_eq!(
+        deliveries(&log).len(),
+        4,
+        "issue's and the replacements', each once: {:?}",
+        deliveries(&log)
+    );
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 0, "{}\n{}", c.stdout, c.stderr);
 }
 
 /// The report of device `id` in a roll's report.

@@ -152,6 +152,10 @@ struct VaultIndex {
     /// The soft-deleted (recoverable) certificates among the hinted names, read once each by
     /// [`VaultIndex::deleted_of`]: name → its versions Key Vault still shows, by thumbprint.
     deleted: std::sync::Mutex<HashMap<String, ThumbprintDer>>,
+    /// The versions the store beside the plan recorded of the hinted names when certroll
+    /// soft-deleted them (store table `deleted_versions`): name → versions by thumbprint. Key
+    /// Vault shows only a deleted certificate's current version; these are the older ones.
+    deleted_recorded: HashMap<String, ThumbprintDer>,
 }
 
 /// SHA-1 thumbprint (upper-case hex) → certificate (DER).
@@ -180,9 +184,45 @@ impl VaultIndex {
             .collect())
     }
 
+    /// The versions the store beside the plan recorded of the plan's CA and enrollment
+    /// certificates when certroll soft-deleted them ([`VaultIndex::deleted_recorded`]).
+    fn deleted_recorded(
+        local: &LocalBackend,
+        plan: &Plan,
+    ) -> std::result::Result<HashMap<String, ThumbprintDer>, SetupError> {
+        let names = plan
+            .cas
+            .iter()
+            .map(|c| crate::backend::types::ca_cert_name(&c.name))
+            .chain(
+                plan.enrollments
+                    .keys()
+                    .map(|e| crate::backend::types::device_cert_name(e)),
+            );
+        let mut out = HashMap::new();
+        for name in names {
+            let versions = crate::store::queries_issued::deleted_of(local.store().conn(), &name)
+                .map_err(|e| SetupError::Client(format!("reading the store beside the plan: {e}")))?;
+            if !versions.is_empty() {
+                let by_thumbprint = versions
+                    .into_iter()
+                    .map(|v| (crate::pki::sha1_thumbprint(&v.cert_der), v.cert_der))
+                    .collect();
+                out.insert(name, by_thumbprint);
+            }
+        }
+        Ok(out)
+    }
+
     /// An index over `vault`, with the vault names of the plan's enrollments and groups and the
-    /// certificates `recorded` ([`VaultIndex::recorded`]).
-    fn new(vault: AzureVault, plan: &Plan, recorded: ThumbprintDer) -> VaultIndex {
+    /// certificates `recorded` ([`VaultIndex::recorded`]) and `deleted_recorded`
+    /// ([`VaultIndex::deleted_recorded`]).
+    fn new(
+        vault: AzureVault,
+        plan: &Plan,
+        recorded: ThumbprintDer,
+        deleted_recorded: HashMap<String, ThumbprintDer>,
+    ) -> VaultIndex {
         // The names `ops` gives what it makes (a layering exception: the index serves DPS
         // reads, which know only DPS's record names).
         let mut hints: HashMap<String, Vec<String>> = HashMap::new();
@@ -205,23 +245,31 @@ impl VaultIndex {
             hints,
             recorded,
             deleted: Default::default(),
+            deleted_recorded,
         }
     }
 
     /// The certificate of `tp` among the soft-deleted certificates of `names`: certroll's own
     /// (a CA or device certificate `vault delete --force` put in the recycle bin), which
     /// `vault recover` brings back, not another client's (trial az9 G3). Key Vault shows a
-    /// deleted certificate's current version only. Each name is read once a process.
+    /// deleted certificate's current version only; the older ones are those the store recorded
+    /// when certroll deleted it (trial az10), counted while Key Vault shows the name deleted.
+    /// Each name is read once a process.
     fn deleted_of(&self, vault: &AzureVault, names: &[String], tp: &str) -> Result<Option<Vec<u8>>> {
         let mut deleted = self.deleted.lock().unwrap_or_else(|p| p.into_inner());
         for name in names {
             if !deleted.contains_key(name) {
-                let versions = vault
-                    .deleted_certificates(Some(name))?
-                    .into_iter()
-                    .flat_map(|d| d.versions)
-                    .map(|v| (crate::pki::sha1_thumbprint(&v.cert_der), v.cert_der))
+                let shown = vault.deleted_certificates(Some(name))?;
+                let mut versions: ThumbprintDer = shown
+                    .iter()
+                    .flat_map(|d| &d.versions)
+                    .map(|v| (crate::pki::sha1_thumbprint(&v.cert_der), v.cert_der.clone()))
                     .collect();
+                if !shown.is_empty()
+                    && let Some(recorded) = self.deleted_recorded.get(name)
+                {
+                    versions.extend(recorded.iter().map(|(tp, der)| (tp.clone(), der.clone())));
+                }
                 deleted.insert(name.clone(), versions);
             }
             if let Some(der) = deleted[name].get(tp) {
@@ -510,6 +558,7 @@ impl AzureBackend {
             .as_ref()
             .ok_or_else(|| SetupError::Client("the plan's backend is not `azure`".into()))?;
         let recorded = VaultIndex::recorded(&local, plan)?;
+        let deleted_recorded = VaultIndex::deleted_recorded(&local, plan)?;
         // The plan's certificates: what listing the vault's certificates is weighed against.
         let names = plan.cas.len() as u64
             + plan.enrollments.len() as u64
@@ -531,7 +580,12 @@ impl AzureBackend {
                     &vault.pacing(),
                 )?
                 .without_kept_listings();
-                dps.set_certificate_source(Box::new(VaultIndex::new(index, plan, recorded)));
+                dps.set_certificate_source(Box::new(VaultIndex::new(
+                    index,
+                    plan,
+                    recorded,
+                    deleted_recorded,
+                )));
                 Box::new(dps)
             }
             None => Box::new(NoDps),
@@ -1538,6 +1592,10 @@ impl Journal for AzureBackend {
 
     fn last_done_step(&self, target: &str, kind: &str) -> Result<Option<JournalStep>> {
         self.vault.local().last_done_step(target, kind)
+    }
+
+    fn done_steps(&self, kinds: &[&str]) -> Result<Vec<JournalStep>> {
+        self.vault.local().done_steps(kinds)
     }
 }
 

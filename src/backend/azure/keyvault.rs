@@ -1919,6 +1919,12 @@ impl Vault for AzureVault {
         _purge_at: OffsetDateTime,
     ) -> Result<bool> {
         // Key Vault sets the purge date from the vault's retention, not ours.
+        // It shows a deleted certificate's current version only: the others are recorded first
+        // (in the unit, so a delete that fails records nothing), so certroll still knows them as
+        // its own while the name is in the recycle bin (trial az10 G3).
+        let versions = self.versions(name)?;
+        crate::store::queries_issued::deleted_put(self.local.store().conn(), &versions)
+            .map_err(BackendError::Store)?;
         self.touch(name)?;
         self.rt.block_on(async {
             match self.certs.delete_certificate(name, None).await {
@@ -1968,12 +1974,21 @@ impl Vault for AzureVault {
                 tags: d.tags.as_ref(),
             }
             .version(&n, &key)?;
+            // The versions recorded when certroll deleted it, the one Key Vault shows last.
+            let mut versions = crate::store::queries_issued::deleted_of(self.local.store().conn(), &n)
+                .map_err(BackendError::Store)?;
+            versions.retain(|v| v.version != version.version);
+            let (deleted, scheduled_purge) = (
+                d.deleted_date.unwrap_or(version.created),
+                d.scheduled_purge_date.unwrap_or(version.exp),
+            );
+            versions.push(version);
             out.push(DeletedCertificate {
                 name: n,
-                deleted: d.deleted_date.unwrap_or(version.created),
-                scheduled_purge: d.scheduled_purge_date.unwrap_or(version.exp),
+                deleted,
+                scheduled_purge,
                 tags: user_tags(d.tags.as_ref()),
-                versions: vec![version],
+                versions,
             });
         }
         Ok(out)
@@ -1983,7 +1998,9 @@ impl Vault for AzureVault {
         self.touch(name)?;
         self.rt.block_on(async {
             match self.certs.recover_deleted_certificate(name, None).await {
-                Ok(_) => Ok(true),
+                Ok(_) => crate::store::queries_issued::deleted_forget(self.local.store().conn(), name)
+                    .map(|()| true)
+                    .map_err(BackendError::Store),
                 Err(e) if is_not_found(&e) => Ok(false),
                 Err(e) => Err(remote("recover certificate", name, e)),
             }
@@ -1994,7 +2011,9 @@ impl Vault for AzureVault {
         self.touch(name)?;
         self.rt.block_on(async {
             match self.certs.purge_deleted_certificate(name, None).await {
-                Ok(_) => Ok(true),
+                Ok(_) => crate::store::queries_issued::deleted_forget(self.local.store().conn(), name)
+                    .map(|()| true)
+                    .map_err(BackendError::Store),
                 Err(e) if is_not_found(&e) => Ok(false),
                 Err(e) => Err(remote("purge certificate", name, e)),
             }
