@@ -22,6 +22,12 @@ fn parse_whole(der: &[u8]) -> Result<X509Certificate<'_>, Error> {
     Ok(cert)
 }
 
+/// Ok when `der` is one whole certificate as [`CertInfo::from_der`] reads it, else the error
+/// that refuses it there: the check without the work of rendering what it says.
+pub fn check_whole(der: &[u8]) -> Result<(), Error> {
+    parse_whole(der).map(|_| ())
+}
+
 /// What a certificate says, in the shape `status -o json` prints.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct CertInfo {

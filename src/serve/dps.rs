@@ -307,19 +307,39 @@ fn unreadable(field: &str, e: crate::pki::Error) -> ApiError {
 const CERT_INFOS_LIMIT: usize = 200_000;
 
 /// `X509CertificateInfo` of the certificates serve holds, by SHA-1 thumbprint (upper-case hex),
-/// rendered as JSON once, when a certificate is first written or read, rather than by parsing
-/// the certificate again for every enrollment every query answers. Only readable certificates
-/// are kept, so a thumbprint found here is also a certificate known to be readable.
+/// rendered as JSON once, when a certificate is first read, rather than by parsing the
+/// certificate again for every enrollment every query answers. Only readable certificates are
+/// kept, so a thumbprint found here is also a certificate known to be readable. A certificate
+/// a write checked is kept as readable and its info rendered by the first read that shows it:
+/// a write answers without it, and a roll writes ten thousand new certificates at once (their
+/// names, times and SHA-256 were a third of the check's time).
 #[derive(Default)]
-pub struct CertInfos(std::sync::Mutex<std::collections::HashMap<String, Arc<Box<RawValue>>>>);
+pub struct CertInfos(std::sync::Mutex<std::collections::HashMap<String, Known>>);
+
+/// What [`CertInfos`] knows of a certificate.
+#[derive(Clone)]
+enum Known {
+    /// Checked readable, its info not rendered yet.
+    Readable,
+    /// Its info, rendered.
+    Info(Arc<Box<RawValue>>),
+}
 
 impl CertInfos {
-    fn get(&self, thumbprint: &str) -> Option<Arc<Box<RawValue>>> {
+    fn known(&self, thumbprint: &str) -> Option<Known> {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(thumbprint)
             .cloned()
+    }
+
+    fn keep(&self, thumbprint: &str, known: Known) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= CERT_INFOS_LIMIT {
+            map.clear();
+        }
+        map.insert(thumbprint.to_string(), known);
     }
 
     /// Parses `der` and keeps its info; the parser's reason when it is not a certificate.
@@ -328,27 +348,27 @@ impl CertInfos {
         let rendered = serde_json::value::to_raw_value(&CertInfoWire::of(&info))
             .map(Arc::new)
             .map_err(|e| crate::pki::Error::BadCertificate(e.to_string()))?;
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= CERT_INFOS_LIMIT {
-            map.clear();
-        }
-        map.insert(thumbprint.to_string(), rendered.clone());
+        self.keep(thumbprint, Known::Info(rendered.clone()));
         Ok(rendered)
     }
 
     /// The info of `der`, whose SHA-1 thumbprint is `thumbprint`: JSON `null` when it is not a
     /// readable certificate (as DPS would never hold one).
     fn info(&self, thumbprint: &str, der: &[u8]) -> Option<Arc<Box<RawValue>>> {
-        self.get(thumbprint).or_else(|| self.parse(thumbprint, der).ok())
+        match self.known(thumbprint) {
+            Some(Known::Info(info)) => Some(info),
+            _ => self.parse(thumbprint, der).ok(),
+        }
     }
 
     /// Ok when `der` is a readable X.509 certificate, else the parser's reason.
     fn check(&self, der: &[u8]) -> Result<(), crate::pki::Error> {
         let thumbprint = crate::pki::sha1_thumbprint(der);
-        match self.get(&thumbprint) {
-            Some(_) => Ok(()),
-            None => self.parse(&thumbprint, der).map(|_| ()),
+        if self.known(&thumbprint).is_none() {
+            crate::pki::inspect::check_whole(der)?;
+            self.keep(&thumbprint, Known::Readable);
         }
+        Ok(())
     }
 }
 
@@ -471,8 +491,11 @@ fn hub_of(state: &AppState, body: &Map<String, Value>) -> Result<Option<String>,
         .ok_or_else(|| bad_request(format!("`{host}` is not an IoT hub linked to this DPS")))
 }
 
-/// The fields of a record that certroll keeps as sent and does not act on.
-fn extra_of(body: &Map<String, Value>) -> Option<Value> {
+/// The fields of a record that certroll keeps as sent and does not act on, as the JSON text of
+/// an object (None when there are none). Written straight from the body's members: the text of
+/// a tree of copies of them, which this was, is the same (both maps are sorted by key), and a
+/// roll's bulk write copied each record's members only to write them out.
+fn extra_of(body: &Map<String, Value>) -> Option<String> {
     const KEPT: [&str; 7] = [
         "deviceId",
         "initialTwin",
@@ -482,15 +505,11 @@ fn extra_of(body: &Map<String, Value>) -> Option<Value> {
         "optionalDeviceInformation",
         "customAllocationDefinition",
     ];
-    let kept: Map<String, Value> = KEPT
+    let kept: std::collections::BTreeMap<&str, &Value> = KEPT
         .iter()
-        .filter_map(|k| {
-            body.get(*k)
-                .filter(|v| !v.is_null())
-                .map(|v| (k.to_string(), v.clone()))
-        })
+        .filter_map(|k| body.get(*k).filter(|v| !v.is_null()).map(|v| (*k, v)))
         .collect();
-    (!kept.is_empty()).then_some(Value::Object(kept))
+    (!kept.is_empty()).then(|| serde_json::to_string(&kept).unwrap_or_default())
 }
 
 /// One attestation slot from a request: a certificate, or (when the client sends back what a GET
@@ -1098,7 +1117,7 @@ fn write_individual_over(
     if let Some(why) = record.slots_refused() {
         return Err(bad_request(why));
     }
-    let extra = extra_of(body).map(|v| v.to_string());
+    let extra = extra_of(body);
     qd::individual_put_wire(b.store().conn(), &record, extra.as_deref(), now).map_err(store_error)
 }
 
@@ -1284,7 +1303,7 @@ fn put_group(
     check_put(&what, wanted, meta.as_ref())?;
     let record = group_from(state, b, id, body, existing.as_ref())?;
     b.put_group(&record, now).map_err(backend_error)?;
-    let extra = extra_of(body).map(|v| v.to_string());
+    let extra = extra_of(body);
     qd::set_group_extra(b.store().conn(), id, extra.as_deref()).map_err(store_error)?;
     read_group(b, id)?.ok_or_else(|| dps_error(StatusCode::INTERNAL_SERVER_ERROR, 1, "group vanished"))
 }
@@ -2194,6 +2213,34 @@ mod tests {
         }
     }
 
+    /// The DPS fields an enrollment keeps are stored as the text the tree of their copies gave
+    /// (sorted members, nested values and escapes as they were), and none is no text.
+    #[test]
+    fn kept_dps_fields_are_written_as_the_tree_of_their_copies_wrote_them() {
+        let body = json!({
+            "registrationId": "d-1",
+            "iotHubs": ["h.azure-devices.net"],
+            "initialTwin": {"tags": {"site": "Zürich \"A\"", "n": 1.5e3}, "properties": {"desired": {}}},
+            "capabilities": {"iotEdge": false},
+            "deviceId": "d-1",
+            "allocationPolicy": null,
+            "provisioningStatus": "enabled",
+        });
+        let body = body.as_object().unwrap();
+        let copies: Map<String, Value> = body
+            .iter()
+            .filter(|(k, v)| {
+                !v.is_null() && ["deviceId", "initialTwin", "capabilities", "iotHubs"].contains(&k.as_str())
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        assert_eq!(extra_of(body), Some(Value::Object(copies).to_string()));
+        assert_eq!(
+            extra_of(json!({"registrationId": "d"}).as_object().unwrap()),
+            None
+        );
+    }
+
     /// A certificate's info as serve wrote it from a JSON tree before it was typed: the same
     /// text, member order included, in the cache and in a tree.
     #[test]
@@ -2220,16 +2267,28 @@ mod tests {
     #[test]
     fn the_certificate_check_refuses_what_is_not_a_certificate_and_keeps_what_is() {
         let infos = CertInfos::default();
-        assert!(infos.check(b"not a certificate").is_err());
+        let refused = infos.check(b"not a certificate").unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            crate::pki::CertInfo::from_der(b"not a certificate")
+                .unwrap_err()
+                .to_string(),
+            "the check refuses as the full read does"
+        );
         assert!(
             infos
-                .get(&crate::pki::sha1_thumbprint(b"not a certificate"))
+                .known(&crate::pki::sha1_thumbprint(b"not a certificate"))
                 .is_none()
         );
         let (der, _) =
             crate::store::test_support::self_signed(time::macros::datetime!(2026-11-23 0:00 UTC), 1);
         infos.check(&der).unwrap();
-        assert!(infos.get(&crate::pki::sha1_thumbprint(&der)).is_some());
+        let thumbprint = crate::pki::sha1_thumbprint(&der);
+        assert!(matches!(infos.known(&thumbprint), Some(Known::Readable)));
+        // The first read renders the info, as it would have been rendered by the check.
+        let info = infos.info(&thumbprint, &der).unwrap();
+        assert_eq!(info.get(), certificate_info(&der).to_string());
+        assert!(matches!(infos.known(&thumbprint), Some(Known::Info(_))));
     }
 
     /// Base64 of DER is read the same with or without whitespace inside it, ASCII or not

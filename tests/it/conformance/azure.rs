@@ -1411,6 +1411,41 @@ fn fresh_dps(
 /// threads, at the plan's default concurrency of 16), with two differences: its chunks are
 /// 2048 devices (`ops::roll::CHUNK`), not pages of 1000, and around them it does what this
 /// does not time (Key Vault versions, the fleet records, the journal).
+///
+/// 2026-12-02, bench21 (release, N = 10000, 1000 singles, 5 rounds a run). Baseline (2d5e87f)
+/// right after the release build, other helpers already building (load 6 to 7): 9.6x, 7.2x,
+/// 9.3x, 12.5x, 10.0x (median 9.6x; bulk 0.224 ms, singles 2.24 ms an enrollment). A `--call-graph
+/// dwarf` profile of serve over one bulk window (load 7; 142 µs of serve's CPU an enrollment,
+/// the checkpoint thread in; the client 62 µs): the store's writer 41% (the DPS upserts 11%,
+/// commits 11% of which the WAL's checksums and page-cache writes nearly all, reading each
+/// record before writing it 4%, the hub's reads and writes 5%), the DPS bulk handler's
+/// certificate work 10.5% (parsing the new secondary 7%, of which x509 parsing 2.2%, the DN
+/// texts 1.5%, rendering the info 1.6%; the primary is not parsed again: its SHA-1 finds it in
+/// `CertInfos`), JSON reads of the bulk bodies 9.5% (DPS 5.4%, the hub's trees 4.1%), the scan
+/// pages' rendering 4.9%, hyper 12.5%, rustls 7%. Changed: (1) a DPS write that keeps the
+/// primary updates the row without the primary's columns: named in the UPDATE, SQLite deleted
+/// and re-inserted each unchanged entry of `individual_by_primary`, and random thumbprints put
+/// one on most of that index's pages every group commit (400 rolled in one transaction: 74
+/// WAL frames with them, 41 without); over a bulk window the WAL checksum samples fell from
+/// 69 and 50 to 47, 43, 43, 33, the B-tree index searches from 57 and 48 to 33 to 46. (2) A
+/// certificate a write checks is only parsed (`check_whole`); its info is rendered by the
+/// first read that shows it. In this bench that is neutral: the seeds' primaries are now
+/// rendered by the roll's scan instead of at seeding, the secondaries not at all (a real roll
+/// renders them at its next read). (3) The kept DPS fields are written from the body's members
+/// without a tree of copies, and the wire row statements are constant text. Paired at the end
+/// (the baseline test binary with each serve, alternating, load 1.7 to 3.5 but other helpers'
+/// tests coming and going within runs): this serve 19.0x, 16.9x, 16.2x (medians; lowest
+/// rounds 14.7x, 14.1x, 8.5x; bulk 0.094, 0.116, 0.092 ms), the baseline's 11.9x, 13.0x, 19.1x
+/// (bulk 0.147, 0.147, 0.101 ms). Serve's CPU an enrollment, medians of the 15 rounds: 89 µs
+/// (72 to 106) against 112 µs (83 to 134); load moved both, so against the unchanged client's
+/// CPU in the same window: serve took 2.10 times the client's (2.00 to 2.28) against 2.33
+/// (2.14 to 2.47), about 10% less. Not the 25 to 30% that 20x in every round needs.
+/// Tried and dropped: remembering a vault certificate under the thumbprint it was looked up by
+/// (saves one SHA-1 an enrollment in the client, about 1% of its CPU, but trusts the source's
+/// thumbprint). Not tried: `GROUP_LIMIT` (64) never binds here, with at most 32 writes in flight
+/// (16 a service); the hub bulk body read typed rather than as trees (4% of serve) needs
+/// `identity_from` to take typed members, with its answers kept; the secondary index still
+/// takes most of each commit's WAL frames (16 KiB pages).
 #[test]
 #[ignore = "measurement, not a check: run with --ignored --nocapture"]
 fn measure_roll_of_n_enrollments_bulk_against_one_at_a_time() {
