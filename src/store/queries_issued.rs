@@ -74,7 +74,7 @@ pub fn issued_put(conn: &Connection, issued: &[IssuedVersion]) -> Result<()> {
         )
         .map_err(sql)?;
     for i in issued {
-        let issuer = i.issuer.as_ref().map(|(n, v)| format!("{n}/{v}"));
+        let issuer = issuer_text(i.issuer.as_ref());
         stmt.execute(params![
             i.name,
             i.version,
@@ -133,10 +133,7 @@ pub fn issued_many(conn: &Connection, names: &[String]) -> Result<Vec<Option<Iss
                     version: r.get(0)?,
                     cert_der: r.get(1)?,
                     created: from_ts(r.get(2)?),
-                    issuer: issuer
-                        .as_deref()
-                        .and_then(|i| i.split_once('/'))
-                        .map(|(n, v)| (n.to_string(), v.to_string())),
+                    issuer: issuer_of(issuer.as_deref()),
                     kty: r.get(4)?,
                     exportable: r.get(5)?,
                 })
@@ -159,7 +156,7 @@ pub fn deleted_put(conn: &Connection, versions: &[VaultVersion]) -> Result<()> {
         )
         .map_err(sql)?;
     for v in versions {
-        let issuer = v.issuer.as_ref().map(|(n, v)| format!("{n}/{v}"));
+        let issuer = issuer_text(v.issuer.as_ref());
         stmt.execute(params![
             v.name,
             v.version,
@@ -192,10 +189,7 @@ pub fn deleted_of(conn: &Connection, name: &str) -> Result<Vec<VaultVersion>> {
             version: r.get(0)?,
             cert_der: r.get(1)?,
             created: from_ts(r.get(2)?),
-            issuer: issuer
-                .as_deref()
-                .and_then(|i| i.split_once('/'))
-                .map(|(n, v)| (n.to_string(), v.to_string())),
+            issuer: issuer_of(issuer.as_deref()),
             kty: r.get(4)?,
             exportable: r.get(5)?,
             enabled: r.get(6)?,
@@ -213,6 +207,18 @@ pub fn deleted_forget(conn: &Connection, name: &str) -> Result<()> {
         .and_then(|mut s| s.execute([name]))
         .map(|_| ())
         .map_err(sql)
+}
+
+/// The `issuer` column's text of a signing CA version: `NAME/VERSION` (vault names and Key Vault
+/// versions hold no `/`).
+fn issuer_text(issuer: Option<&(String, String)>) -> Option<String> {
+    issuer.map(|(name, version)| format!("{name}/{version}"))
+}
+
+/// The signing CA version an `issuer` column holds ([`issuer_text`]); None for none.
+fn issuer_of(text: Option<&str>) -> Option<(String, String)> {
+    text.and_then(|i| i.split_once('/'))
+        .map(|(name, version)| (name.to_string(), version.to_string()))
 }
 
 #[cfg(test)]
