@@ -162,6 +162,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v14_owed_deliveries.sql"),
     include_str!("schema_v15_issued_versions.sql"),
     include_str!("schema_v16_deleted_versions.sql"),
+    include_str!("schema_v17_disabled_thumbprints.sql"),
 ];
 
 /// How to open a store.

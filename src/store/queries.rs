@@ -526,8 +526,11 @@ pub fn any_disabled_enrollment(conn: &Connection) -> Result<bool> {
 pub fn disabled_enrollments_with(conn: &Connection, thumbprint: &str) -> Result<Vec<String>> {
     all(
         conn,
-        "SELECT registration_id FROM individual_enrollments
-             WHERE status = 'disabled' AND (primary_thumbprint = ?1 OR secondary_thumbprint = ?1)",
+        // One search of each slot's partial index (schema v17); with OR, SQLite scanned one of
+        // them whole.
+        "SELECT registration_id FROM individual_enrollments WHERE status = 'disabled' AND primary_thumbprint = ?1
+         UNION
+         SELECT registration_id FROM individual_enrollments WHERE status = 'disabled' AND secondary_thumbprint = ?1",
         [thumbprint],
         |r| r.get(0),
     )

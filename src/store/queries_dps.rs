@@ -272,26 +272,10 @@ pub(super) fn individual_upsert(
         extra.is_some(),
     ];
     // An enrollment that exists (every one a roll touches) is updated in place: one look-up.
-    // A roll writes the primary back as it is (the new certificate goes to the secondary slot):
-    // then the row is updated without the primary's columns. Named in the statement, SQLite
-    // deletes and re-inserts the row's entry in `individual_by_primary` even when it is the same,
-    // and thumbprints being random, a group of writes dirtied most of that index's pages, each
-    // written to the WAL at its commit (400 enrollments rolled in one transaction: 74 WAL frames
-    // with the primary's columns, 41 without).
+    // The thumbprint indexes hold disabled enrollments only (schema v17), so rewriting an
+    // enabled one's thumbprints touches no index page.
     let updated = conn
         .prepare_cached(
-            "UPDATE individual_enrollments SET
-               secondary_der = ?4, secondary_thumbprint = ?5, status = ?6, reprovision = ?7, hub = ?8,
-               updated = ?9, dps_extra = CASE WHEN ?11 THEN ?10 ELSE dps_extra END,
-               etag = lower(hex(randomblob(8)))
-             WHERE registration_id = ?1 AND primary_der IS ?2 AND primary_thumbprint IS ?3",
-        )
-        .and_then(|mut s| s.execute(p))
-        .map_err(sql)?;
-    let updated = if updated > 0 {
-        updated
-    } else {
-        conn.prepare_cached(
             "UPDATE individual_enrollments SET primary_der = ?2, primary_thumbprint = ?3,
                secondary_der = ?4, secondary_thumbprint = ?5, status = ?6, reprovision = ?7, hub = ?8,
                updated = ?9, dps_extra = CASE WHEN ?11 THEN ?10 ELSE dps_extra END,
@@ -299,8 +283,7 @@ pub(super) fn individual_upsert(
              WHERE registration_id = ?1",
         )
         .and_then(|mut s| s.execute(p))
-        .map_err(sql)?
-    };
+        .map_err(sql)?;
     if updated == 0 {
         conn.prepare_cached(
             "INSERT INTO individual_enrollments
@@ -506,6 +489,65 @@ mod tests {
         assert_eq!(row.enrollment.secondary, None);
         assert_eq!(found(&store, b"first"), (vec![], vec![]));
         assert_eq!(found(&store, b"second"), (d(), vec![]));
+    }
+
+    #[test]
+    fn disabled_enrollments_are_found_by_either_slot_s_thumbprint_through_the_partial_indexes() {
+        let mut store = Store::open_empty().unwrap();
+        let put = |store: &mut Store, id: &str, primary: &[u8], secondary: &[u8], status| {
+            let e = IndividualEnrollment {
+                registration_id: id.into(),
+                primary: Some(primary.to_vec()),
+                secondary: Some(secondary.to_vec()),
+                status,
+                reprovision: "migrate".into(),
+                hub: "h".into(),
+                foreign: Vec::new(),
+                take_back: false,
+            };
+            store.write(|c, _| q::individual_put(c, &e, NOW)).unwrap();
+        };
+        put(&mut store, "a", b"x", b"y", Status::Enabled);
+        assert!(!q::any_disabled_enrollment(store.conn()).unwrap());
+        put(&mut store, "b", b"x", b"y", Status::Disabled);
+        put(&mut store, "c", b"z", b"x", Status::Disabled);
+        let with = |store: &Store, der: &[u8]| {
+            q::disabled_enrollments_with(store.conn(), &crate::pki::sha1_thumbprint(der)).unwrap()
+        };
+        assert!(q::any_disabled_enrollment(store.conn()).unwrap());
+        assert_eq!(with(&store, b"x"), ["b", "c"], "the enabled `a` holds it too");
+        assert_eq!(with(&store, b"y"), ["b"]);
+        assert_eq!(with(&store, b"w"), Vec::<String>::new());
+        // Each slot is one index search, not a scan: a registration asks this per device.
+        let plan: Vec<String> = {
+            let mut s = store
+                .conn()
+                .prepare(
+                    "EXPLAIN QUERY PLAN SELECT registration_id FROM individual_enrollments
+                       WHERE status = 'disabled' AND primary_thumbprint = ?1
+                     UNION
+                     SELECT registration_id FROM individual_enrollments
+                       WHERE status = 'disabled' AND secondary_thumbprint = ?1",
+                )
+                .unwrap();
+            s.query_map(["t"], |r| r.get::<_, String>(3))
+                .unwrap()
+                .map(|row| row.unwrap())
+                .collect()
+        };
+        for index in [
+            "individual_disabled_by_primary",
+            "individual_disabled_by_secondary",
+        ] {
+            assert!(
+                plan.iter()
+                    .any(|step| step.starts_with("SEARCH") && step.contains(index)),
+                "{index} not searched: {plan:?}"
+            );
+        }
+        // Enabling `c` takes it out of the indexes.
+        put(&mut store, "c", b"z", b"x", Status::Enabled);
+        assert_eq!(with(&store, b"x"), ["b"]);
     }
 
     #[test]
