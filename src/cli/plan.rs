@@ -45,6 +45,7 @@ struct Summary {
 
 pub fn validate(g: &Global, _args: ValidateArgs) -> anyhow::Result<u8> {
     let plan = g.load_plan()?;
+    crate::ops::azure_services_named(&plan, "validate")?;
     let devices = plan.groups.values().map(|g| g.device_count()).sum::<u64>() + plan.enrollments.len() as u64;
     let summary = Summary {
         plan: plan.path.display().to_string(),

@@ -251,32 +251,23 @@ fn refuse_azure_verb(plan: &Plan, verb: &str) -> Result<()> {
     Ok(())
 }
 
-/// Opens the backend a verb works against: the local store, or for `kind = "azure"` the Azure
-/// services with the fleet record and journal in the local store beside the plan
-/// ([`AzureBackend`](crate::backend::azure::AzureBackend)). `verb` must be in [`AZURE_VERBS`]
-/// for an azure plan; any other is refused (exit 2) naming what is missing.
-pub fn open_verb_backend(
-    plan: &Plan,
-    verb: &str,
-    access: Access,
-    settings: &BackendSettings,
-) -> Result<Box<dyn Backend>> {
-    if plan.azure.is_none() {
-        return Ok(Box::new(open_backend(plan, access, settings)?));
-    }
-    if !AZURE_VERBS.contains(&verb) {
-        refuse_azure_verb(plan, verb)?;
-    }
-    if let Some(config) = &plan.azure
-        && verb != "vault"
-        && verb != "export"
-    {
+/// Refuses (exit 2) an azure plan that cannot carry out `verb` on its devices: groups or
+/// enrollments but no `dps`, or a hub named by a group or enrollment without its
+/// `[backend.hubs.NAME]` (at the `hub = "..."` that names it). Checked before anything is
+/// touched, and by `validate` (trial az12 F8), since every verb but `vault` and `export`
+/// needs them. Ok for a local plan.
+pub fn azure_services_named(plan: &Plan, verb: &str) -> Result<()> {
+    if let Some(config) = &plan.azure {
+        let who = match verb {
+            "validate" => "every verb but `vault` and `export`".to_string(),
+            verb => format!("`{verb}`"),
+        };
         // Checked before anything is touched: a verb that reached Key Vault and then found no
         // DPS or hub to go on with would leave its work half done.
         let has_devices = !plan.groups.is_empty() || !plan.enrollments.is_empty();
         if has_devices && config.dps.is_none() {
             return Err(input(format!(
-                "{}: `{verb}` on backend kind `azure` needs `dps = {{ host, id_scope, resource_id, \
+                "{}: {who} on backend kind `azure` needs `dps = {{ host, id_scope, resource_id, \
                  sas_policy, sas_key_env }}` in [backend]: the plan has groups or enrollments",
                 plan.path.display()
             )));
@@ -298,11 +289,33 @@ pub fn open_verb_backend(
                     None => plan.path.display().to_string(),
                 };
                 return Err(input(format!(
-                    "{at}: `{verb}` on backend kind `azure` needs `[backend.hubs.{hub}]` (host, \
+                    "{at}: {who} on backend kind `azure` needs `[backend.hubs.{hub}]` (host, \
                      sas_policy, sas_key_env): the plan assigns devices to hub `{hub}` ({key})"
                 )));
             }
         }
+    }
+    Ok(())
+}
+
+/// Opens the backend a verb works against: the local store, or for `kind = "azure"` the Azure
+/// services with the fleet record and journal in the local store beside the plan
+/// ([`AzureBackend`](crate::backend::azure::AzureBackend)). `verb` must be in [`AZURE_VERBS`]
+/// for an azure plan; any other is refused (exit 2) naming what is missing.
+pub fn open_verb_backend(
+    plan: &Plan,
+    verb: &str,
+    access: Access,
+    settings: &BackendSettings,
+) -> Result<Box<dyn Backend>> {
+    if plan.azure.is_none() {
+        return Ok(Box::new(open_backend(plan, access, settings)?));
+    }
+    if !AZURE_VERBS.contains(&verb) {
+        refuse_azure_verb(plan, verb)?;
+    }
+    if verb != "vault" && verb != "export" {
+        azure_services_named(plan, verb)?;
     }
     let local = LocalBackend::new(open_local_store(plan, access, settings)?);
     let backend = crate::backend::azure::AzureBackend::connect(plan, local).map_err(|e| {

@@ -245,3 +245,40 @@ fn an_azure_plan_s_later_errors_name_the_key_s_line_and_column() {
         assert!(stderr.contains(&expected), "wanted `{expected}` in {stderr}");
     }
 }
+
+/// Trial az12 F8: `validate` passed a plan whose group names a hub without its
+/// `[backend.hubs.NAME]` (a misspelt table), which every device verb then refused. It refuses it
+/// too, at the `hub = "..."`, exit 2; the hub table's own name is all that was wrong.
+#[test]
+fn validate_refuses_an_azure_plan_whose_hub_has_no_table_as_every_device_verb_does() {
+    let env = TestEnv::new();
+    let text = azure_plan("", "conf-hub").replace("[backend.hubs.conf-hub]", "[backend.hubs.conf-hubb]");
+    env.write("plan.toml", &text);
+    let line = text.lines().position(|l| l.starts_with("hub = ")).unwrap() + 1;
+    let out = env
+        .cmd()
+        .args(["--plan", "plan.toml", "validate"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "plan.toml:{line}:7: every verb but `vault` and `export` on backend kind `azure` needs \
+             `[backend.hubs.conf-hub]`"
+        )),
+        "{stderr}"
+    );
+    env.write("plan.toml", &azure_plan("", "conf-hub"));
+    let out = env
+        .cmd()
+        .args(["--plan", "plan.toml", "validate"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
