@@ -388,6 +388,8 @@ impl<W: Write> Printer<W> {
                     // certificate waits for nothing certroll does.
                     if let Some(why) = &d.cannot_connect {
                         writeln!(out, "    cannot connect: {why}")?;
+                    } else if let Some(why) = &d.breach_open {
+                        writeln!(out, "    breach open: {why}")?;
                     } else if let Some(p) = &d.pending {
                         writeln!(
                             out,

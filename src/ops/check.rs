@@ -196,6 +196,9 @@ struct Checker<'a> {
     /// The devices an open breach run has yet to replace, each with the command that resumes
     /// that run ([`super::held::open_breaches`]).
     breached_devices: std::collections::HashMap<String, String>,
+    /// Of those, the ones a device breach has yet to replace
+    /// ([`super::held::open_device_breaches`]): judged by its rerun alone.
+    device_breaches: std::collections::HashMap<String, String>,
     /// The devices still owed the delivery of their new certificate
     /// ([`Backend::owed_devices`]); those a breach cut off are taken out as they are reported
     /// critical, and the rest get [`owed_deliveries`]'s warning.
@@ -413,6 +416,7 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
             })
             .collect(),
         breached_devices: super::held::open_breaches(&backend)?,
+        device_breaches: super::held::open_device_breaches(&backend)?,
         breach_records: None,
         owed: backend.owed_devices()?.into_iter().collect(),
         accepted: Default::default(),
@@ -914,7 +918,8 @@ fn check_devices(
         // device holds; one left to the operator (`none`) did not, so the device is judged
         // by what it presents, and the waiting certificate is a warning of its own.
         let installed = match (&held.pending, delivery) {
-            (Some(issued), Delivery::None) => {
+            // A breach cut off part-way has the device judged by its rerun (below), not by this.
+            (Some(issued), Delivery::None) if !c.device_breaches.contains_key(id.as_str()) => {
                 let presents = match &held.presented {
                     Some(p) => format!("it presents {}", crate::pki::sha1_thumbprint(&p.cert_der)),
                     None => "it has presented none yet".to_string(),
@@ -965,6 +970,19 @@ fn check_devices(
                 continue;
             }
             super::held::Standing::Usable => {}
+        }
+        // A breach of it cut off part-way: its certificates are in flux until the run finishes.
+        if let Some(rerun) = c.device_breaches.get(id.as_str()) {
+            let reason = super::held::breach_in_flight(id, rerun);
+            c.owed.remove(id.as_str());
+            c.add(Problem {
+                target: format!("device:{id}"),
+                level: Level::Critical,
+                reason,
+                not_after: installed.as_ref().map(|v| v.exp),
+                actions_due: vec![],
+            });
+            continue;
         }
         // A certificate a hook or a direct method delivered is the one the device holds, and a
         // hub identity without its thumbprint refuses the device (trial az8 F5: the device

@@ -363,16 +363,48 @@ pub(crate) fn cut_off_under_breach(id: &str, deleted: bool, rerun: &str) -> Stri
     )
 }
 
+/// What `check` and `status` say of device `id` while an open breach run has yet to replace
+/// its certificate (cut off part-way; `rerun` finishes it), when nothing else cuts it off. What
+/// the device holds and what DPS and the hub admit are then somewhere between the compromised
+/// certificate and its replacement, depending on the step the run stopped at: judged as
+/// settled, the compromised certificate, disabled by the run, read as a disabled replacement,
+/// and the advice to enable it or to reprovision was wrong (trial az12 F4). The rerun is the
+/// one way on that holds at every step.
+pub(crate) fn breach_in_flight(id: &str, rerun: &str) -> String {
+    format!(
+        "a breach of its certificate was cut off part-way and has not replaced it yet: until `{rerun}` \
+         finishes it, the device may still hold the compromised certificate, or one DPS and the hub no longer \
+         admit, so it may be unable to connect. Run that command (it replaces nothing twice and delivers the \
+         replacement); do not enable the disabled versions of `{}` by hand",
+        super::device_cert_name(id)
+    )
+}
+
 /// The devices an open breach run has yet to replace (those of its `breach-device` and
 /// `replace-devices` steps not done), each with the command that finishes the run.
 pub(crate) fn open_breaches(backend: &dyn Backend) -> Result<std::collections::HashMap<String, String>> {
+    open_steps(backend, &["breach-device", "replace-devices"])
+}
+
+/// [`open_breaches`] of device breaches alone (`breach-device` steps): the devices whose own
+/// certificate a cut-off breach has yet to replace ([`breach_in_flight`]). A CA or group
+/// breach's devices are judged by their issuing CA version instead.
+pub(crate) fn open_device_breaches(
+    backend: &dyn Backend,
+) -> Result<std::collections::HashMap<String, String>> {
+    open_steps(backend, &["breach-device"])
+}
+
+/// The device ids of the open runs' unfinished steps of `kinds`, each with its run's resume
+/// command.
+fn open_steps(backend: &dyn Backend, kinds: &[&str]) -> Result<std::collections::HashMap<String, String>> {
     let mut out = std::collections::HashMap::new();
     for run in backend.open_runs()? {
         let rerun = super::journal::resume_command(&run);
         for step in run
             .steps
             .iter()
-            .filter(|s| s.result.is_none() && matches!(s.kind.as_str(), "breach-device" | "replace-devices"))
+            .filter(|s| s.result.is_none() && kinds.contains(&s.kind.as_str()))
         {
             for id in step.detail["ids"].as_array().into_iter().flatten() {
                 if let Some(id) = id.as_str() {

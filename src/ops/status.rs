@@ -126,6 +126,10 @@ pub struct DeviceStatus {
     /// by ones of neither the certificate certroll issued it nor the one it presented. `check`
     /// reports the same as critical.
     pub cannot_connect: Option<String>,
+    /// When an open breach run, cut off part-way, has yet to replace its certificate (and
+    /// nothing in `cannot_connect` cuts it off): what that means for the device and the
+    /// command that finishes the run, in words; null otherwise. `pending` is then not the way on.
+    pub breach_open: Option<String>,
 
     /// Certificates another client put into its individual enrollment (its own, or the one
     /// that takes precedence over its group), which certroll did not issue and will not
@@ -175,6 +179,9 @@ pub struct StatusQuery<'p> {
     /// The devices an open breach run has yet to replace, each with the command that resumes
     /// that run ([`super::held::open_breaches`]): their way back names it.
     breached_devices: std::collections::HashMap<String, String>,
+    /// Of those, the ones a device breach has yet to replace
+    /// ([`super::held::open_device_breaches`]): `breach_open` names their rerun.
+    device_breaches: std::collections::HashMap<String, String>,
     /// What the journal's finished breaches replaced, read at the first device owed a
     /// delivery (one query for the fleet).
     breach_records: std::cell::OnceCell<super::held::BreachRecords>,
@@ -191,12 +198,14 @@ pub fn status<'p>(
     }
     let backend = open_verb_backend(plan, "status", Access::Preview, settings)?;
     let breached_devices = super::held::open_breaches(&*backend)?;
+    let device_breaches = super::held::open_device_breaches(&*backend)?;
     Ok(StatusQuery {
         plan,
         backend,
         targets,
         enrollments_read: Default::default(),
         breached_devices,
+        device_breaches,
         breach_records: Default::default(),
     })
 }
@@ -441,6 +450,8 @@ impl StatusQuery<'_> {
                     // A breach's replacement whose delivery is owed: the device still holds the
                     // compromised certificate, which DPS and the hub refuse (`check` judges it
                     // so too; trial az10 N4).
+                    // One a breach cut off part-way has yet to replace: `breach_open` says so.
+                    super::held::Standing::Usable if self.device_breaches.contains_key(id.as_str()) => None,
                     super::held::Standing::Usable => match &held[i].pending {
                         Some(v) if b.owes_delivery(id, &v.version)? => self
                             .breach_records()?
@@ -484,6 +495,10 @@ impl StatusQuery<'_> {
             let installed_deleted = gone && !b.deleted_certificates(Some(&device_cert_name(id)))?.is_empty();
             let installed_purged =
                 gone && !installed_deleted && b.name_state(&device_cert_name(id))?.is_none();
+            let breach_open = match (&cannot_connect, self.device_breaches.get(id.as_str())) {
+                (None, Some(rerun)) => Some(super::held::breach_in_flight(id, rerun)),
+                _ => None,
+            };
             each(DeviceStatus {
                 id: id.clone(),
                 group: group.clone(),
@@ -496,6 +511,7 @@ impl StatusQuery<'_> {
                 hub_identity,
                 individual_enrollment: individual.map(|e| enrollment_status(id, Some(&e))).transpose()?,
                 cannot_connect,
+                breach_open,
                 foreign,
             })?;
         }

@@ -279,3 +279,88 @@ fn a_soft_deleted_signing_ca_is_not_another_clients_certificate_in_its_group() {
         assert_eq!(r.code, 0, "{which}: {}{}", r.stdout, r.stderr);
     }
 }
+
+/// Trial az12 F4: between a device breach cut off part-way (here right after its Key Vault
+/// writes) and its rerun, `check` read the compromised certificate, which the run had disabled,
+/// as a disabled breach replacement: it said DPS admits it and advised enabling it again, the
+/// leaked key with it. While the run is open, what the device holds and what DPS admits depend
+/// on the step it stopped at; `check` and `status` now say so and name the rerun, which
+/// finishes it, and never the enable.
+#[test]
+fn a_device_breach_cut_off_part_way_is_judged_by_its_rerun_not_as_a_disabled_replacement() {
+    use crate::azure_verbs::{FLEET, breach_args, fleet_ok, fleet_plans_with, run_fleet_with, start_serve};
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    fleet_plans_with(&env, &serve, FLEET, "delivery = \"none\"\n");
+    fleet_ok(&env, &serve, &["issue"]);
+    let a = breach_args("device:gw-1", "INC-A");
+    let killed = run_fleet_with(
+        &env,
+        &serve,
+        "azure",
+        &[("CERTROLL_FAULT_AFTER_VAULT_WRITES", "1")],
+        &a,
+    );
+    assert!(
+        killed.code != 0 && killed.code != 1,
+        "killed: {}\n{}",
+        killed.stdout,
+        killed.stderr
+    );
+
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 2, "{}\n{}", c.stdout, c.stderr);
+    let report = c.json();
+    let said: Vec<&str> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["target"] == "device:gw-1")
+        .map(|p| p["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(said.len(), 1, "{said:#?}");
+    assert!(
+        said[0].contains("cut off part-way")
+            && said[0].contains("`certroll roll-primary --breach --incident INC-A device:gw-1 --yes`"),
+        "{}",
+        said[0]
+    );
+    assert!(
+        !said[0].contains("--enable") && !said[0].contains("breach replacement"),
+        "{}",
+        said[0]
+    );
+    assert_eq!(problem(&report, "device:gw-1")["level"], "critical");
+    let s = run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
+        .ok()
+        .json();
+    let d = device(&s, "gw-1");
+    assert_eq!(d["cannot_connect"], serde_json::Value::Null, "{d}");
+    assert!(
+        d["breach_open"]
+            .as_str()
+            .is_some_and(|w| w.contains("--incident INC-A")),
+        "{d}"
+    );
+    let text = run_fleet(&env, &serve, "azure", &["status", "device:gw-1"]).ok();
+    assert!(text.stdout.contains("breach open:"), "{}", text.stdout);
+
+    // The rerun it names finishes the breach, and both fall silent about it: what is left is
+    // the replacement waiting for the operator (delivery = "none"), a warning as for gw-2.
+    fleet_ok(&env, &serve, &a);
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 1, "{}\n{}", c.stdout, c.stderr);
+    let after = problem(&c.json(), "device:gw-1");
+    assert_eq!(after["level"], "warning", "{after}");
+    assert!(
+        after["reason"]
+            .as_str()
+            .unwrap()
+            .contains("leaves it to the operator"),
+        "{after}"
+    );
+    let s = run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(device(&s, "gw-1")["breach_open"], serde_json::Value::Null);
+}
