@@ -355,6 +355,10 @@ impl HubRegistry for Box<dyn Backend> {
         (**self).update_identities(batch, now)
     }
 
+    fn identities_seen_disabled(&self, ids: &[String]) -> Vec<Option<String>> {
+        (**self).identities_seen_disabled(ids)
+    }
+
     fn invoke_method(
         &mut self,
         hub: &str,

@@ -494,6 +494,14 @@ pub trait HubRegistry {
     fn update_identities(&mut self, batch: &[HubIdentity], now: OffsetDateTime) -> Result<()> {
         batch.iter().try_for_each(|i| self.update_identity(i, now))
     }
+    /// For each of `ids`, the hub whose identity of the device this process last read or wrote
+    /// disabled (None: enabled, or not read): an update keeps a status another client of the
+    /// hub set, so what a roll wrote tells it, with no request of its own, which of its devices
+    /// the hub refuses. The default finds none: the local store has no other client, and the
+    /// identity it holds disabled is certroll's revoke, whose device no roll writes.
+    fn identities_seen_disabled(&self, ids: &[String]) -> Vec<Option<String>> {
+        vec![None; ids.len()]
+    }
     /// Invokes a direct method on a device through `hub` and returns the device's answer. A
     /// device the hub does not know fails with `BackendError::Remote` code `DeviceNotFound`, one
     /// that is not connected with `DeviceNotOnline` (both HTTP 404, as IoT Hub answers); the

@@ -1377,6 +1377,10 @@ impl HubRegistry for AzureBackend {
         self.hubs.update_identities(&apply_now, now)
     }
 
+    fn identities_seen_disabled(&self, ids: &[String]) -> Vec<Option<String>> {
+        self.hubs.identities_seen_disabled(ids)
+    }
+
     fn invoke_method(
         &mut self,
         hub: &str,
