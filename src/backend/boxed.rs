@@ -309,6 +309,10 @@ impl EnrollmentService for Box<dyn Backend> {
         (**self).put_individuals(batch, now)
     }
 
+    fn individuals_kept_disabled(&self, ids: &[String]) -> Vec<bool> {
+        (**self).individuals_kept_disabled(ids)
+    }
+
     fn register(
         &mut self,
         batch: &[RegistrationRequest],

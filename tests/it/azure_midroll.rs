@@ -7,7 +7,7 @@
 //! No request is made for this: the write's own answer (or the re-read after its lost race)
 //! carries the status.
 
-use crate::azure_foreign::{GROUPS, device};
+use crate::azure_foreign::{GROUPS, device, set_provisioning, slot_thumbprint};
 use crate::azure_verbs::{fleet_ok, fleet_plans_hook, run_fleet, start_serve};
 use crate::conformance::azure::{HUB_HOST, Serve, sas_key};
 use crate::util::{TestEnv, curl_json};
@@ -253,6 +253,94 @@ fn a_hub_identity_another_client_disables_mid_roll_is_reported_disabled_and_the_
     assert_eq!(report["groups"][0]["outcome"], "already-replaced", "{report}");
     assert_eq!(report["devices"], json!([]), "nothing left to replace: {report}");
     assert!(!critical(&env, &serve, "device:m-2"));
+}
+
+/// az8's F4 for an individual enrollment: another client of DPS disables `gw-1`'s enrollment
+/// while a `roll-secondary` of it, then a breach of it, goes on. The enrollment stays disabled
+/// with the new certificate, the roll reports `gw-1` `disabled` with the way back and exits 1
+/// (the breach's registration, which DPS refuses, does not fail its step); once the enrollment
+/// is enabled again, the rerun finds nothing left to do.
+#[test]
+fn an_individual_enrollment_another_client_disables_mid_roll_is_reported_disabled_and_the_rerun_finishes() {
+    let env = TestEnv::new();
+    let serve = slow_vault_fleet(&env, 500);
+    let dps_words = [
+        "its individual enrollment `gw-1` is disabled",
+        "enable it again in DPS",
+    ];
+    let disable = || set_provisioning(&env, &serve, "gw-1", false, "disabled");
+
+    let roll = ["roll-secondary", "enrollment:gw-1", "--yes", "-o", "json"];
+    let (r, lines) = while_rolling(&env, &serve, "dev-gw-1/import", disable, &roll);
+    let raced = by_service(&lines);
+    eprintln!(
+        "roll-secondary enrollment:gw-1 with gw-1 disabled mid-roll: Key Vault {}, DPS {}, IoT Hub {}, ARM {} \
+         requests",
+        raced[0], raced[1], raced[2], raced[3]
+    );
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let tp = cut_off_after_its_write(&r.json(), "gw-1", &dps_words);
+    assert_eq!(
+        puts(
+            &lines,
+            "certroll-dps.azure-devices-provisioning.net/enrollments/gw-1"
+        ),
+        1,
+        "the roll's write of gw-1 after it lost its race (the other client's names serve's port):\n{}",
+        lines.join("\n")
+    );
+    assert_eq!(
+        slot_thumbprint(&env, &serve, "gw-1", "secondary").as_deref(),
+        Some(tp.as_str())
+    );
+    let human = run_fleet(&env, &serve, "azure", &roll[..3]);
+    assert_eq!(human.code, 1, "{}\n{}", human.stdout, human.stderr);
+    assert!(
+        human
+            .stdout
+            .contains("device:gw-1: not rolled: its individual enrollment `gw-1` is disabled"),
+        "the next roll finds it disabled before it writes:\n{}",
+        human.stdout
+    );
+
+    set_provisioning(&env, &serve, "gw-1", false, "enabled");
+    let r = run_fleet(&env, &serve, "azure", &roll);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(
+        device(&r.json(), "gw-1")["outcome"],
+        "already-rolled",
+        "{}",
+        r.stdout
+    );
+
+    let breach = [
+        "roll-primary",
+        "--breach",
+        "device:gw-1",
+        "--incident",
+        "G1",
+        "--yes",
+        "-o",
+        "json",
+    ];
+    let (r, _) = while_rolling(&env, &serve, "dev-gw-1/import", disable, &breach);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let tp = cut_off_after_its_write(&r.json(), "gw-1", &dps_words);
+    assert_eq!(
+        slot_thumbprint(&env, &serve, "gw-1", "primary").as_deref(),
+        Some(tp.as_str())
+    );
+
+    set_provisioning(&env, &serve, "gw-1", false, "enabled");
+    let r = run_fleet(&env, &serve, "azure", &breach);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(
+        device(&r.json(), "gw-1")["outcome"],
+        "already-replaced",
+        "{}",
+        r.stdout
+    );
+    assert!(!critical(&env, &serve, "device:gw-1"));
 }
 
 /// What a roll of [`GROUPS`]'s three devices asks of each service when nobody else is about:

@@ -1691,6 +1691,10 @@ impl EnrollmentService for AzureBackend {
         self.enrollments.put_individuals(batch, now)
     }
 
+    fn individuals_kept_disabled(&self, ids: &[String]) -> Vec<bool> {
+        self.enrollments.individuals_kept_disabled(ids)
+    }
+
     fn preview_register(
         &self,
         batch: &[RegistrationRequest],

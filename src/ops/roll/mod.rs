@@ -897,8 +897,9 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
 /// Devices another client cut off while this run went on, after their chunk was assessed: their
 /// new certificate is stored (and delivered), but a service refuses them, so they are reported
 /// `disabled`, with the way back first among their steps, and the run exits 1 (`check` says the
-/// same). Their hub identity was found disabled by this run's own writes, which keep a status
-/// another client set, or by its reads (trial az11 F3): no request is made for them. Their group was disabled (az8 F4): a device with an individual enrollment of
+/// same). Their individual enrollment, or their hub identity, was found disabled by this run's
+/// own writes, which keep a status another client set (trial az11 F3 and F4): no request is
+/// made for them. Their group was disabled (az8 F4): a device with an individual enrollment of
 /// its own (which DPS matches first) is not cut off; each group is read once. Nothing is written.
 fn disabled_during_run(plan: &Plan, backend: &dyn Backend, devices: &mut [DeviceRoll]) -> Result<()> {
     use std::collections::HashMap;
@@ -912,13 +913,18 @@ fn disabled_during_run(plan: &Plan, backend: &dyn Backend, devices: &mut [Device
         .iter()
         .map(|at| devices[*at].target.trim_start_matches("device:").to_string())
         .collect();
+    let enrollments = backend.individuals_kept_disabled(&ids);
     let identities = backend.identities_seen_disabled(&ids);
-    for ((at, id), hub) in written.iter().zip(&ids).zip(identities) {
+    for (((at, id), enrollment), hub) in written.iter().zip(&ids).zip(enrollments).zip(identities) {
         let d = &mut devices[*at];
-        let Some(hub) = hub else {
+        let tp = d.new_thumbprint.clone().unwrap_or_default();
+        let why = if enrollment {
+            crate::ops::held::enrollment_disabled_by_another(id, &tp)
+        } else if let Some(hub) = hub {
+            crate::ops::held::identity_disabled_by_another(id, &hub)
+        } else {
             continue;
         };
-        let why = crate::ops::held::identity_disabled_by_another(id, &hub);
         d.outcome = "disabled";
         d.steps.insert(0, why);
     }
