@@ -309,6 +309,10 @@ impl EnrollmentService for Box<dyn Backend> {
         (**self).put_individuals(batch, now)
     }
 
+    fn individuals_kept_disabled(&self, ids: &[String]) -> Vec<bool> {
+        (**self).individuals_kept_disabled(ids)
+    }
+
     fn register(
         &mut self,
         batch: &[RegistrationRequest],
@@ -353,6 +357,10 @@ impl HubRegistry for Box<dyn Backend> {
 
     fn update_identities(&mut self, batch: &[HubIdentity], now: OffsetDateTime) -> Result<()> {
         (**self).update_identities(batch, now)
+    }
+
+    fn identities_seen_disabled(&self, ids: &[String]) -> Vec<Option<String>> {
+        (**self).identities_seen_disabled(ids)
     }
 
     fn invoke_method(

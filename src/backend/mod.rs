@@ -396,6 +396,15 @@ pub trait EnrollmentService {
     fn individuals(&self) -> Result<Vec<IndividualEnrollment>>;
     /// Creates or replaces individual enrollments in one batch.
     fn put_individuals(&mut self, batch: &[IndividualEnrollment], now: OffsetDateTime) -> Result<()>;
+    /// For each of `ids`, whether this process's last write of its individual enrollment, made
+    /// enabled, kept it disabled because another client of the service had disabled it meanwhile
+    /// (a write keeps a status another client set; DPS: the bulk write's etag or the re-read
+    /// after its 412 showed it): the write carries what a roll needs to know, with no read of its
+    /// own. The default finds none: the local store has no other client, so nothing it holds
+    /// changes between a roll's read and its write.
+    fn individuals_kept_disabled(&self, ids: &[String]) -> Vec<bool> {
+        vec![false; ids.len()]
+    }
     /// Devices present their certificates; the service decides, records the registration state
     /// and assigns each accepted device to its hub (creating or updating the hub identity).
     fn register(
@@ -493,6 +502,14 @@ pub trait HubRegistry {
     /// Updates several identities in one batch.
     fn update_identities(&mut self, batch: &[HubIdentity], now: OffsetDateTime) -> Result<()> {
         batch.iter().try_for_each(|i| self.update_identity(i, now))
+    }
+    /// For each of `ids`, the hub whose identity of the device this process last read or wrote
+    /// disabled (None: enabled, or not read): an update keeps a status another client of the
+    /// hub set, so what a roll wrote tells it, with no request of its own, which of its devices
+    /// the hub refuses. The default finds none: the local store has no other client, and the
+    /// identity it holds disabled is certroll's revoke, whose device no roll writes.
+    fn identities_seen_disabled(&self, ids: &[String]) -> Vec<Option<String>> {
+        vec![None; ids.len()]
     }
     /// Invokes a direct method on a device through `hub` and returns the device's answer. A
     /// device the hub does not know fails with `BackendError::Remote` code `DeviceNotFound`, one

@@ -245,9 +245,10 @@ fn print_human<W: std::io::Write>(
                     "{}: not issued yet, so not rolled; `certroll issue {}` issues it",
                     d.target, d.target
                 ))?,
-                // Its group was disabled after it was rolled: the new certificate is stored.
+                // Cut off by another client after its new certificate was written (its group,
+                // enrollment or hub identity disabled): the new certificate is stored.
                 "disabled" if d.new_thumbprint.is_some() => p.line(format!(
-                    "{}: rolled into the {} slot, but DPS refuses it: {}",
+                    "{}: its new certificate went into the {} slot, but it cannot connect: {}",
                     d.target,
                     d.slot.word(),
                     d.steps.first().map(String::as_str).unwrap_or_default()
@@ -299,10 +300,13 @@ fn print_human<W: std::io::Write>(
             .iter()
             .filter(|d| matches!(d.outcome, "foreign" | "disabled" | "deleted"))
         {
-            // Rolled before its group was disabled: the way back is its first step.
+            // Written before another client cut it off: the way back is its first step.
             if d.new_thumbprint.is_some() {
                 let why = d.steps.first().map(String::as_str).unwrap_or_default();
-                p.line(format!("{}: rolled, but DPS refuses it: {why}", d.target))?;
+                p.line(format!(
+                    "{}: its new certificate was written, but it cannot connect: {why}",
+                    d.target
+                ))?;
             } else {
                 p.line(format!("{}: not rolled: {}", d.target, d.steps.join("; ")))?;
             }

@@ -242,12 +242,7 @@ pub fn standing(
         return Ok(Standing::Usable);
     };
     if identity.status == Status::Disabled && !revoked()? {
-        return Ok(Standing::CutOff(format!(
-            "its identity in hub `{}` is disabled, but certroll did not revoke it: the hub refuses its \
-             connections. Another client of the hub disabled it: enable it again in the hub, or revoke the \
-             device (`certroll revoke device:{id}`)",
-            identity.hub
-        )));
+        return Ok(Standing::CutOff(identity_disabled_by_another(id, &identity.hub)));
     }
     let thumbprints = x509_thumbprints(identity);
     if thumbprints.is_empty() {
@@ -322,14 +317,29 @@ pub(crate) fn revoked_by_certroll(backend: &dyn Backend, issued: Option<&VaultVe
 /// Why device `id` cannot connect when its individual enrollment is disabled though certroll
 /// did not revoke it (`issued`: the version certroll issued it), with the way back.
 pub(crate) fn disabled_by_another(id: &str, issued: Option<&VaultVersion>) -> String {
+    let thumbprint = issued
+        .map(|v| crate::pki::sha1_thumbprint(&v.cert_der))
+        .unwrap_or_default();
+    enrollment_disabled_by_another(id, &thumbprint)
+}
+
+/// As [`disabled_by_another`], for the certificate whose SHA-1 thumbprint is `thumbprint`.
+pub(crate) fn enrollment_disabled_by_another(id: &str, thumbprint: &str) -> String {
     format!(
-        "its individual enrollment `{id}` is disabled, but certroll did not revoke it (its certificate {} \
+        "its individual enrollment `{id}` is disabled, but certroll did not revoke it (its certificate {thumbprint} \
          is neither disabled nor on a CRL): DPS refuses its registrations. Another client of DPS disabled \
          it: enable it again in DPS (provisioningStatus `enabled`), or revoke the device \
-         (`certroll revoke device:{id}`)",
-        issued
-            .map(|v| crate::pki::sha1_thumbprint(&v.cert_der))
-            .unwrap_or_default()
+         (`certroll revoke device:{id}`)"
+    )
+}
+
+/// Why device `id` cannot connect when its identity in `hub` is disabled though certroll did
+/// not revoke it, with the way back.
+pub(crate) fn identity_disabled_by_another(id: &str, hub: &str) -> String {
+    format!(
+        "its identity in hub `{hub}` is disabled, but certroll did not revoke it: the hub refuses its \
+         connections. Another client of the hub disabled it: enable it again in the hub (status `enabled`), \
+         or revoke the device (`certroll revoke device:{id}`)"
     )
 }
 

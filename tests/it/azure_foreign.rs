@@ -27,7 +27,7 @@ pub(crate) const FLEET: &str = "[policies.device]\nkey = { type = \"EC\", curve 
 
 /// A SharedAccessSignature of DPS's owner policy, valid for an hour: the other client's
 /// credential.
-fn dps_token(serve: &Serve) -> String {
+pub(crate) fn dps_token(serve: &Serve) -> String {
     let (policy, key) = sas_key(serve, "certroll-dps");
     let se = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
     crate::serve_dps_hub::sas_token(DPS_HOST, &key, se, &policy)
@@ -423,7 +423,7 @@ fn revoke_disables_an_enrollment_holding_another_clients_certificate_and_keeps_i
 
 /// Two groups on CAs of their own under one root, and an individual enrollment beside them,
 /// all on hub `conf-hub`: `pumps` alone on CA `plant` (so it can have a breach of its own).
-const GROUPS: &str = "[policies.device]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 365\n\
+pub(crate) const GROUPS: &str = "[policies.device]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 365\n\
      [policies.ca]\nkey = { type = \"EC\", curve = \"P-256\" }\nvalidity_days = 3650\n\
      key_usage = [\"keyCertSign\", \"cRLSign\", \"digitalSignature\"]\n\
      [ca.root]\nsubject = \"CN=Root\"\npolicy = \"ca\"\n\
@@ -1628,7 +1628,7 @@ fn a_group_another_client_disabled_is_reported_with_a_remedy_that_works() {
 
 /// The other client: sets individual enrollment `id` (or, with `group`, enrollment group `id`)
 /// to `status` (`enabled`, `disabled`) with the etag it read, as the portal does.
-fn set_provisioning(env: &TestEnv, serve: &Serve, id: &str, group: bool, status: &str) {
+pub(crate) fn set_provisioning(env: &TestEnv, serve: &Serve, id: &str, group: bool, status: &str) {
     let path = if group {
         format!("/enrollmentGroups/{id}")
     } else {

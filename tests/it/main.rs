@@ -85,6 +85,8 @@ mod azure_overlap;
 
 // Another client's certificate in one individual enrollment: named, left alone, taken back.
 mod azure_foreign;
+// A device another client cuts off while a roll of it goes on.
+mod azure_midroll;
 // Runs left open on azure and how they end: superseded work, refused credentials, take-backs.
 mod azure_resume;
 // A device DPS refused: what status, check and issue read of it on azure.

@@ -1377,6 +1377,10 @@ impl HubRegistry for AzureBackend {
         self.hubs.update_identities(&apply_now, now)
     }
 
+    fn identities_seen_disabled(&self, ids: &[String]) -> Vec<Option<String>> {
+        self.hubs.identities_seen_disabled(ids)
+    }
+
     fn invoke_method(
         &mut self,
         hub: &str,
@@ -1685,6 +1689,10 @@ impl EnrollmentService for AzureBackend {
             return Err(BackendError::Refused(why));
         }
         self.enrollments.put_individuals(batch, now)
+    }
+
+    fn individuals_kept_disabled(&self, ids: &[String]) -> Vec<bool> {
+        self.enrollments.individuals_kept_disabled(ids)
     }
 
     fn preview_register(

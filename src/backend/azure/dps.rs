@@ -82,6 +82,10 @@ pub struct AzureEnrollmentService {
     /// The scan of every individual enrollment, read as far as reads of many ids needed it.
     scan: tokio::sync::Mutex<Scan>,
     source: Option<Box<dyn CertificateSource>>,
+    /// The individual enrollments whose last write by this process kept them disabled, as
+    /// another client of DPS had set them, where certroll wrote them enabled (see
+    /// [`EnrollmentService::individuals_kept_disabled`]).
+    kept_disabled: Mutex<std::collections::HashSet<String>>,
 }
 
 /// DPS answers no query for chosen enrollments (only `*`, every record), so reads of many ids
@@ -779,6 +783,7 @@ impl AzureEnrollmentService {
             hub_hosts,
             known: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
+            kept_disabled: Mutex::new(std::collections::HashSet::new()),
             scan: tokio::sync::Mutex::new(Scan::default()),
             source: None,
         })
@@ -1316,7 +1321,13 @@ impl AzureEnrollmentService {
             self.hub_host(&e.hub)?;
         }
         let (mut creates, mut updates) = (Vec::new(), Vec::new());
+        // The status each enrollment is written with: a status another client set is kept.
+        let mut written: HashMap<&str, Status> = HashMap::with_capacity(batch.len());
         for (e, read) in batch.iter().zip(reads) {
+            written.insert(
+                &e.registration_id,
+                super::kept_status(e.status, read.as_ref().map(|r| r.status)),
+            );
             match read {
                 None => creates.push((e, None)),
                 Some(r) => updates.push((e, Some(r))),
@@ -1373,7 +1384,10 @@ impl AzureEnrollmentService {
             // to a delete (the re-read finds none) is not created again: a write that raced was
             // over a record certroll read or created, so one gone since was deleted by another
             // client, and the next roll reports it deleted.
+            let kept = Mutex::new(None);
             let build = |read: Option<&Enrollment>| {
+                *kept.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(super::kept_status(e.status, read.map(|r| r.status)));
                 if read.is_none() {
                     return Err(BackendError::Refused(format!(
                         "individual enrollment `{}` was deleted by another client of DPS while certroll \
@@ -1393,6 +1407,20 @@ impl AzureEnrollmentService {
             };
             self.put_one("enrollments", &e.registration_id, "enrollment", None, &build)
                 .await?;
+            // The re-read after the lost race holds what the other client wrote.
+            if let Some(status) = kept.into_inner().unwrap_or_else(|p| p.into_inner()) {
+                written.insert(&e.registration_id, status);
+            }
+        }
+        let mut kept_disabled = self.kept_disabled.lock().unwrap_or_else(|p| p.into_inner());
+        for e in batch {
+            if e.status == Status::Enabled
+                && written.get(e.registration_id.as_str()) == Some(&Status::Disabled)
+            {
+                kept_disabled.insert(e.registration_id.clone());
+            } else {
+                kept_disabled.remove(&e.registration_id);
+            }
         }
         Ok(())
     }
@@ -1620,6 +1648,11 @@ impl EnrollmentService for AzureEnrollmentService {
             }
         }
         self.rt.block_on(self.put_individuals_async(batch))
+    }
+
+    fn individuals_kept_disabled(&self, ids: &[String]) -> Vec<bool> {
+        let kept = self.kept_disabled.lock().unwrap_or_else(|p| p.into_inner());
+        ids.iter().map(|id| kept.contains(id)).collect()
     }
 
     fn register(

@@ -56,6 +56,10 @@ pub struct AzureHubRegistry {
     /// next bulk update of it so a read-then-write verb costs no second GET. A stale entry is
     /// safe: its update fails its etag (412) and is read again and re-applied.
     seen: Mutex<HashMap<(String, String), Option<Device>>>,
+    /// The identities (hub, device id) this process last read or wrote disabled: an update
+    /// keeps a status another client set, so a roll learns from its own writes, with no read
+    /// of its own, which devices the hub refuses (see [`HubRegistry::identities_seen_disabled`]).
+    disabled: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// What paces an [`AzureHubRegistry`]'s tries, per hub: its registry client's and its direct
@@ -474,6 +478,7 @@ impl AzureHubRegistry {
         Ok(AzureHubRegistry {
             rt: runtime()?,
             seen: Mutex::new(HashMap::new()),
+            disabled: Mutex::new(std::collections::HashSet::new()),
             hubs,
             methods,
         })
@@ -668,7 +673,7 @@ impl AzureHubRegistry {
         client: &RestClient,
         identity: &HubIdentity,
         mut current: Option<Device>,
-    ) -> Result<()> {
+    ) -> Result<Status> {
         let id = &identity.device_id;
         let mut tries = 0;
         loop {
@@ -678,6 +683,7 @@ impl AzureHubRegistry {
                     BackendError::NotFound(format!("device `{id}` in hub `{}`", identity.hub))
                 })?,
             };
+            let status = super::kept_status(identity.status, Some(device.identity.status));
             let call = Call::new(
                 Method::Put,
                 format!("/devices/{}", segment(id)),
@@ -687,14 +693,14 @@ impl AzureHubRegistry {
             .header("if-match", if_match(&device.etag))
             .json(DeviceBody {
                 identity,
-                status: super::kept_status(identity.status, Some(device.identity.status)),
+                status,
                 kept: &device.kept,
                 etag: Some(&device.etag),
                 bulk: false,
             });
             let answer = client.send(&call).await?;
             match answer.status {
-                200 => return Ok(()),
+                200 => return Ok(status),
                 412 if tries < MAX_PRECONDITION_RETRIES => tries += 1,
                 412 => return Err(client.kept_changing(&call, &answer, tries)),
                 _ => return Err(client.error(&call, &answer)),
@@ -726,12 +732,13 @@ impl AzureHubRegistry {
 
     /// Updates identities of one hub in bulk calls of at most [`BULK_LIMIT`], each entry with
     /// the etag just read (`updateIfMatchETag`); entries that lose a race (412) are re-read and
-    /// re-applied one by one.
+    /// re-applied one by one. Returns the status each identity was written with, in the order
+    /// given: a status another client set is kept (see [`super::kept_status`]).
     async fn update_bulk(
         client: &RestClient,
         batch: &[&HubIdentity],
         carried: Vec<Option<Option<Device>>>,
-    ) -> Result<()> {
+    ) -> Result<Vec<Status>> {
         let ids: Vec<&str> = batch.iter().map(|i| i.device_id.as_str()).collect();
         let hub = batch.first().map(|i| i.hub.clone()).unwrap_or_default();
         // What no read of this process carried is read now, by query.
@@ -758,12 +765,18 @@ impl AzureHubRegistry {
             })?;
             devices.push(device);
         }
+        let mut written: Vec<Status> = batch
+            .iter()
+            .zip(&devices)
+            .map(|(identity, device)| super::kept_status(identity.status, Some(device.identity.status)))
+            .collect();
         let entries: Vec<DeviceBody> = batch
             .iter()
             .zip(&devices)
-            .map(|(identity, device)| DeviceBody {
+            .zip(&written)
+            .map(|((identity, device), status)| DeviceBody {
                 identity,
-                status: super::kept_status(identity.status, Some(device.identity.status)),
+                status: *status,
                 kept: &device.kept,
                 etag: Some(&device.etag),
                 bulk: true,
@@ -776,11 +789,11 @@ impl AzureHubRegistry {
         let call = Call::new(Method::Post, "/devices".into(), &operation, &target).json_sized(&entries, size);
         let answer = client.expect(&call, &[200, 400]).await?;
         if answer.status == 200 {
-            return Ok(());
+            return Ok(written);
         }
         let result = answer.typed::<BulkResult>().ok();
         if result.as_ref().and_then(|r| r.is_successful) == Some(true) {
-            return Ok(());
+            return Ok(written);
         }
         let Some(errors) = result.and_then(|r| r.errors) else {
             return Err(client.error(&call, &answer));
@@ -806,20 +819,39 @@ impl AzureHubRegistry {
                 });
             }
         }
-        for identity in batch.iter().filter(|i| raced.contains(&i.device_id)) {
-            Self::update_one(client, identity, None).await?;
+        // The re-read of one that lost its race holds what the other client wrote: its status
+        // is what the write keeps.
+        for (identity, status) in batch.iter().zip(&mut written) {
+            if raced.contains(&identity.device_id) {
+                *status = Self::update_one(client, identity, None).await?;
+            }
         }
-        Ok(())
+        Ok(written)
+    }
+
+    /// Notes the status this process last read or wrote of each identity (see `disabled`).
+    fn note<'a>(&self, statuses: impl IntoIterator<Item = (&'a str, &'a str, Status)>) {
+        let mut disabled = self.disabled.lock().unwrap_or_else(|p| p.into_inner());
+        for (hub, id, status) in statuses {
+            let key = (hub.to_string(), id.to_string());
+            if status == Status::Disabled {
+                disabled.insert(key);
+            } else {
+                disabled.remove(&key);
+            }
+        }
     }
 }
 
 impl HubRegistry for AzureHubRegistry {
     fn identity(&self, hub: &str, device_id: &str) -> Result<Option<HubIdentity>> {
         let client = self.client(hub)?;
-        Ok(self
+        let identity = self
             .rt
             .block_on(Self::read(client, hub, device_id))?
-            .map(|d| d.identity))
+            .map(|d| d.identity);
+        self.note(identity.iter().map(|i| (hub, device_id, i.status)));
+        Ok(identity)
     }
 
     fn identity_many(&self, wanted: &[(String, String)]) -> Result<Vec<Option<HubIdentity>>> {
@@ -829,7 +861,7 @@ impl HubRegistry for AzureHubRegistry {
         if seen.len() + wanted.len() > SEEN_LIMIT {
             seen.clear();
         }
-        Ok(wanted
+        let out: Vec<Option<HubIdentity>> = wanted
             .iter()
             .zip(reads)
             .map(|(key, device)| {
@@ -837,7 +869,15 @@ impl HubRegistry for AzureHubRegistry {
                 seen.insert(key.clone(), device);
                 identity
             })
-            .collect())
+            .collect();
+        drop(seen);
+        self.note(
+            wanted
+                .iter()
+                .zip(&out)
+                .filter_map(|((hub, id), i)| Some((hub.as_str(), id.as_str(), i.as_ref()?.status))),
+        );
+        Ok(out)
     }
 
     fn delete_identity(&mut self, hub: &str, device_id: &str) -> Result<()> {
@@ -857,7 +897,9 @@ impl HubRegistry for AzureHubRegistry {
 
     fn update_identity(&mut self, identity: &HubIdentity, _now: OffsetDateTime) -> Result<()> {
         let client = self.client(&identity.hub)?;
-        self.rt.block_on(Self::update_one(client, identity, None))
+        let status = self.rt.block_on(Self::update_one(client, identity, None))?;
+        self.note([(identity.hub.as_str(), identity.device_id.as_str(), status)]);
+        Ok(())
     }
 
     fn update_identities(&mut self, batch: &[HubIdentity], _now: OffsetDateTime) -> Result<()> {
@@ -881,17 +923,38 @@ impl HubRegistry for AzureHubRegistry {
                 let n = chunk.len() as u64;
                 let page = Self::update_bulk(client, chunk, carried);
                 work.push(async move {
-                    let done = page.await;
+                    let done = page.await.map(|statuses| (chunk, statuses));
                     stage.advance(n);
                     done
                 });
             }
         }
-        self.rt
+        let pages = self
+            .rt
             .block_on(futures::future::join_all(work))
             .into_iter()
-            .collect::<Result<Vec<()>>>()
-            .map(|_| ())
+            .collect::<Result<Vec<_>>>()?;
+        self.note(pages.iter().flat_map(|(chunk, statuses)| {
+            chunk
+                .iter()
+                .zip(statuses)
+                .map(|(i, s)| (i.hub.as_str(), i.device_id.as_str(), *s))
+        }));
+        Ok(())
+    }
+
+    fn identities_seen_disabled(&self, ids: &[String]) -> Vec<Option<String>> {
+        let disabled = self.disabled.lock().unwrap_or_else(|p| p.into_inner());
+        if disabled.is_empty() {
+            return vec![None; ids.len()];
+        }
+        let by_id: HashMap<&str, &str> = disabled
+            .iter()
+            .map(|(hub, id)| (id.as_str(), hub.as_str()))
+            .collect();
+        ids.iter()
+            .map(|id| by_id.get(id.as_str()).map(|hub| hub.to_string()))
+            .collect()
     }
 
     fn invoke_method(

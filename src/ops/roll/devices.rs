@@ -1425,7 +1425,9 @@ pub(super) fn store(
     }
     if !requests.is_empty() {
         let states = backend.register(&requests, now)?;
-        for (req, state) in requests.iter().zip(&states) {
+        let asked: Vec<String> = requests.iter().map(|r| r.registration_id.clone()).collect();
+        let kept_disabled = backend.individuals_kept_disabled(&asked);
+        for ((req, state), kept_disabled) in requests.iter().zip(&states).zip(kept_disabled) {
             // `waiting`: the delivery or the request to register did not get through (a hook,
             // an IoT Hub direct method), so DPS refused nothing; its words name what failed.
             if state.status == "waiting" {
@@ -1448,6 +1450,12 @@ pub(super) fn store(
                     req.registration_id,
                     state.error.as_deref().unwrap_or("no reason recorded")
                 );
+            }
+            // Another client disabled its enrollment while this step wrote it (the write kept
+            // that): DPS refuses the new certificate until it is enabled again. The step's work
+            // stands, and the run reports the device `disabled` with the way back.
+            if state.status != "assigned" && kept_disabled {
+                continue;
             }
             if state.status != "assigned" {
                 anyhow::bail!(

@@ -134,9 +134,10 @@ pub struct DeviceRoll {
     /// into its individual enrollment: left alone, its steps say why and what to do; the run
     /// stays open and exits 1, and its rerun finishes the device once the operator has acted),
     /// `disabled` (another client of DPS disabled its individual enrollment, or the enrollment
-    /// group of a device without one; the run exits 1: with `new_thumbprint` set, the group was
-    /// disabled after this run issued the device its new certificate, which DPS refuses until
-    /// the group is enabled again) or `deleted` (another client deleted its individual
+    /// group of a device without one, or another client of the hub its hub identity; the run
+    /// exits 1: with `new_thumbprint` set, this run wrote the device's new certificate and found
+    /// it cut off at or after its write, and DPS or the hub refuses it until the other client's
+    /// change is undone; the first step says which and how) or `deleted` (another client deleted its individual
     /// enrollment; the run exits 1).
     pub outcome: &'static str,
     /// The slot the new certificate went into. For `already-rolled`: where the certificate the
@@ -846,7 +847,8 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         let left: std::collections::HashSet<&str> = report
             .devices
             .iter()
-            .filter(|d| leaves_open(d.outcome, breach))
+            // One found cut off after its new certificate was written has its step done.
+            .filter(|d| leaves_open(d.outcome, breach) && d.new_thumbprint.is_none())
             .filter_map(|d| d.target.strip_prefix("device:"))
             .collect();
         for (step, journal_step) in report.steps.iter_mut().zip(&run.steps) {
@@ -892,13 +894,40 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     Ok(report)
 }
 
-/// Devices of a group that another client of DPS disabled while this run went on, after their
-/// chunk was assessed (az8 F4): their new certificate is stored (and delivered), but DPS refuses
-/// every registration under the group, so they are reported `disabled`, with the way back first
-/// among their steps, and the run exits 1. A device with an individual enrollment of its own
-/// (which DPS matches first) is not cut off. Each group is read once; nothing is written.
+/// Devices another client cut off while this run went on, after their chunk was assessed: their
+/// new certificate is stored (and delivered), but a service refuses them, so they are reported
+/// `disabled`, with the way back first among their steps, and the run exits 1 (`check` says the
+/// same). Their individual enrollment, or their hub identity, was found disabled by this run's
+/// own writes, which keep a status another client set (trial az11 F3 and F4): no request is
+/// made for them. Their group was disabled (az8 F4): a device with an individual enrollment of
+/// its own (which DPS matches first) is not cut off; each group is read once. Nothing is written.
 fn disabled_during_run(plan: &Plan, backend: &dyn Backend, devices: &mut [DeviceRoll]) -> Result<()> {
     use std::collections::HashMap;
+    let written: Vec<usize> = devices
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| matches!(d.outcome, "rolled" | "replaced") && d.new_thumbprint.is_some())
+        .map(|(at, _)| at)
+        .collect();
+    let ids: Vec<String> = written
+        .iter()
+        .map(|at| devices[*at].target.trim_start_matches("device:").to_string())
+        .collect();
+    let enrollments = backend.individuals_kept_disabled(&ids);
+    let identities = backend.identities_seen_disabled(&ids);
+    for (((at, id), enrollment), hub) in written.iter().zip(&ids).zip(enrollments).zip(identities) {
+        let d = &mut devices[*at];
+        let tp = d.new_thumbprint.clone().unwrap_or_default();
+        let why = if enrollment {
+            crate::ops::held::enrollment_disabled_by_another(id, &tp)
+        } else if let Some(hub) = hub {
+            crate::ops::held::identity_disabled_by_another(id, &hub)
+        } else {
+            continue;
+        };
+        d.outcome = "disabled";
+        d.steps.insert(0, why);
+    }
     let mut why: HashMap<&str, Option<String>> = HashMap::new();
     let mut cut: Vec<(usize, String)> = Vec::new();
     for (at, d) in devices.iter().enumerate() {
