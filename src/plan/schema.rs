@@ -284,6 +284,15 @@ pub(super) fn table_end_around(text: &str, at: usize) -> Option<usize> {
     within(tree.get_ref(), at)
 }
 
+/// Where the table whose value is at `span` in plan `text` ends (the end of its last entry),
+/// for the validator's error about a key missing from that very table (`devices` without
+/// `prefix`, a lifetime action without its trigger): ordered there, as [`repair`] orders a
+/// missing key, so that a key misspelt in the table is said first.
+pub(super) fn table_end_of(text: &str, span: &Range<usize>) -> Option<usize> {
+    let (tree, _) = DeTable::parse_recoverable(text);
+    table_end(&tree, span)
+}
+
 /// Where a value ends: for a table or an array, the end of its last entry.
 fn end_of_value(value: &Spanned<DeValue<'_>>) -> usize {
     let inner = match value.get_ref() {

@@ -653,6 +653,22 @@ fn lifetime_actions_are_checked() {
     assert_at(&e, 6, 51, "not both");
     let e = err(&body("  { action = \"auto-renew\" },"));
     assert_at(&e, 6, 3, "a lifetime action needs a trigger");
+    // A misspelt trigger (trial az10 N5's kind) is named at its place with the keys a lifetime
+    // action takes, not the action that then lacks one; a missing trigger is still said before
+    // an error in a later action.
+    let e = err(&body("  { triger = 30, action = \"auto-renew\" },"));
+    assert_at(
+        &e,
+        6,
+        5,
+        "unknown field `triger`, expected one of `days_before_expiry`, `lifetime_percentage`, `action`",
+    );
+    let e = err(&body("  { action = \"auto-renew\", lifetime_percentag = 80 },"));
+    assert_at(&e, 6, 28, "unknown field `lifetime_percentag`");
+    let e = err(&body(
+        "  { action = \"auto-renew\" },\n  { days_before_expiry = 0, action = \"auto-renew\" },",
+    ));
+    assert_at(&e, 6, 3, "a lifetime action needs a trigger");
     let e = err(&body("  { days_before_expiry = 5, action = \"AutoRenew\" },"));
     assert_at(
         &e,
@@ -889,6 +905,33 @@ fn generated_devices_are_checked() {
     assert_at(&e, 24, 11, "`devices` has `count` but no `prefix`");
     let e = err(&group_plan("devices = { prefix = \"s\", count = 3, size = 1 }"));
     assert_at(&e, 24, 38, "unknown field `size`");
+}
+
+/// `prefix` or `count` misspelt (trial az10 N5's kind): the unknown key is named at its own
+/// place with the keys `devices` takes, not the `devices` that then lacks it; the missing key
+/// is still said before an error further down the group.
+#[test]
+fn a_misspelt_devices_key_is_named_before_the_devices_that_need_it() {
+    let e = err(&group_plan("devices = { prefx = \"s\", count = 3 }"));
+    assert_at(
+        &e,
+        24,
+        13,
+        "unknown field `prefx`, expected one of `prefix`, `count`, `file`",
+    );
+    let e = err(&group_plan("devices = { prefix = \"s\", cuont = 3 }"));
+    assert_at(
+        &e,
+        24,
+        27,
+        "unknown field `cuont`, expected one of `prefix`, `count`, `file`",
+    );
+    let e = err(&group_plan("devices = { fiel = \"ids.txt\" }"));
+    assert_at(&e, 24, 13, "unknown field `fiel`");
+    let e = err(&group_plan(
+        "devices = { count = 3 }\ndelivery = \"carrier-pigeon\"",
+    ));
+    assert_at(&e, 24, 11, "`devices` has `count` but no `prefix`");
 }
 
 #[test]

@@ -198,6 +198,14 @@ impl<'a> Validator<'a> {
         self.error_ordered(order, span, message);
     }
 
+    /// Records an error about a key missing from the table at `table` (its value's span),
+    /// pointing at that table but ordered at its end, as [`error_missing`](Self::error_missing)
+    /// is ordered at the end of the table holding the key that needs one.
+    fn error_missing_from(&mut self, table: Range<usize>, message: impl Into<String>) {
+        let order = super::schema::table_end_of(self.text, &table).unwrap_or(table.start);
+        self.error_ordered(order, table, message);
+    }
+
     /// Records an error at `line` of the device list `shown` (named at `anchor` in the plan).
     fn error_in_list(&mut self, anchor: usize, shown: &Path, line: usize, message: String) {
         let error = PlanError {
@@ -534,7 +542,7 @@ impl<'a> Validator<'a> {
                     None
                 }
                 (None, None) => {
-                    self.error(
+                    self.error_missing_from(
                         action.span(),
                         "a lifetime action needs a trigger: `days_before_expiry = N` or \
                          `lifetime_percentage = N`",
@@ -1020,7 +1028,7 @@ impl<'a> Validator<'a> {
             }
             (None, None, Some(file)) => self.device_list(group, file),
             (None, None, None) => {
-                self.error(
+                self.error_missing_from(
                     devices.span(),
                     "`devices` needs `prefix` and `count` (generated ids) or `file` (a list of ids)",
                 );
@@ -1034,11 +1042,11 @@ impl<'a> Validator<'a> {
                 None
             }
             (Some(_), None, None) => {
-                self.error(devices.span(), "`devices` has `prefix` but no `count`");
+                self.error_missing_from(devices.span(), "`devices` has `prefix` but no `count`");
                 None
             }
             (None, Some(_), None) => {
-                self.error(
+                self.error_missing_from(
                     devices.span(),
                     "`devices` has `count` but no `prefix` (write prefix = \"\" for bare numbers)",
                 );

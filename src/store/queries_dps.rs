@@ -388,19 +388,29 @@ mod tests {
 
     const NOW: OffsetDateTime = datetime!(2026-11-23 0:00 UTC);
 
-    #[test]
-    fn a_dps_write_sets_its_own_etag_in_one_row_write_and_a_cli_write_still_gets_a_fresh_one() {
-        let mut store = Store::open_empty().unwrap();
-        let e = IndividualEnrollment {
-            registration_id: "d".into(),
-            primary: None,
-            secondary: None,
-            status: Status::Enabled,
+    /// Individual enrollment `id` on hub `h` (reprovision `migrate`) with these slots.
+    fn enrollment(
+        id: &str,
+        primary: Option<&[u8]>,
+        secondary: Option<&[u8]>,
+        status: Status,
+    ) -> IndividualEnrollment {
+        IndividualEnrollment {
+            registration_id: id.into(),
+            primary: primary.map(<[u8]>::to_vec),
+            secondary: secondary.map(<[u8]>::to_vec),
+            status,
             reprovision: "migrate".into(),
             hub: "h".into(),
             foreign: Vec::new(),
             take_back: false,
-        };
+        }
+    }
+
+    #[test]
+    fn a_dps_write_sets_its_own_etag_in_one_row_write_and_a_cli_write_still_gets_a_fresh_one() {
+        let mut store = Store::open_empty().unwrap();
+        let e = enrollment("d", None, None, Status::Enabled);
         let mut etags = Vec::new();
         let mut row_writes = Vec::new();
         for extra in [Some(r#"{"iotHubs":["h.azure-devices.net"]}"#), Some("{}"), None] {
@@ -443,16 +453,7 @@ mod tests {
     #[test]
     fn a_roll_that_keeps_the_primary_and_a_write_that_replaces_it_both_store_what_was_written() {
         let mut store = Store::open_empty().unwrap();
-        let mut e = IndividualEnrollment {
-            registration_id: "d".into(),
-            primary: Some(b"first".to_vec()),
-            secondary: None,
-            status: Status::Enabled,
-            reprovision: "migrate".into(),
-            hub: "h".into(),
-            foreign: Vec::new(),
-            take_back: false,
-        };
+        let mut e = enrollment("d", Some(&b"first"[..]), None, Status::Enabled);
         // Which registration ids the thumbprint indexes find for `der`, in each slot.
         let found = |store: &Store, der: &[u8]| {
             let tp = crate::pki::sha1_thumbprint(der);
@@ -495,16 +496,7 @@ mod tests {
     fn disabled_enrollments_are_found_by_either_slot_s_thumbprint_through_the_partial_indexes() {
         let mut store = Store::open_empty().unwrap();
         let put = |store: &mut Store, id: &str, primary: &[u8], secondary: &[u8], status| {
-            let e = IndividualEnrollment {
-                registration_id: id.into(),
-                primary: Some(primary.to_vec()),
-                secondary: Some(secondary.to_vec()),
-                status,
-                reprovision: "migrate".into(),
-                hub: "h".into(),
-                foreign: Vec::new(),
-                take_back: false,
-            };
+            let e = enrollment(id, Some(primary), Some(secondary), status);
             store.write(|c, _| q::individual_put(c, &e, NOW)).unwrap();
         };
         put(&mut store, "a", b"x", b"y", Status::Enabled);

@@ -7,7 +7,8 @@
 //! imports go on.
 
 use crate::azure_verbs::{
-    DEVICE_HOOK, FLEET, fleet_ok, fleet_plans_with, hook_delivery, run_fleet, run_fleet_with, start_serve,
+    DEVICE_HOOK, FLEET, device_hook_every_boot, fleet_ok, fleet_plans_with, hook_delivery, run_fleet,
+    run_fleet_with, start_serve,
 };
 use crate::azure_verbs2::device;
 use crate::conformance::azure::Serve;
@@ -48,6 +49,16 @@ fn recording_plans_of(env: &TestEnv, serve: &Serve, fleet: &str) -> (std::path::
     let extra = [log.clone(), fail.clone(), env.path("device-hook.py")];
     let delivery = hook_delivery(env, serve, "recording-hook.py", &extra);
     fleet_plans_with(env, serve, fleet, &delivery);
+    (log, fail)
+}
+
+/// [`recording_plans_of`] `fleet`, its devices registering again at every delivery (as a
+/// device that reboots onto each certificate it is handed), then `issue`d: each holds one
+/// version. Returns the paths of the hook's log and of its failure switch.
+fn recording_fleet(env: &TestEnv, serve: &Serve, fleet: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (log, fail) = recording_plans_of(env, serve, fleet);
+    env.write("device-hook.py", &device_hook_every_boot());
+    fleet_ok(env, serve, &["issue", "-o", "json"]);
     (log, fail)
 }
 
@@ -500,9 +511,7 @@ fn a_rolls_deliveries_run_beside_the_next_units_imports_under_a_throttled_key_va
     let before = access_lines(&env).len();
 
     // From now on each delivery registers the device again with what it was handed.
-    let booted = "if not os.path.exists(booted):";
-    assert!(DEVICE_HOOK.contains(booted));
-    throttled_plans(&env, &serve, &fleet, &DEVICE_HOOK.replace(booted, "if True:"));
+    throttled_plans(&env, &serve, &fleet, &device_hook_every_boot());
     let r = fleet_ok(&env, &serve, &["roll-secondary", "group:meters", "-o", "json"]);
     assert_eq!(r.json()["deliveries_owed"], 0, "{}", r.stdout);
 
@@ -607,11 +616,7 @@ fn a_rolls_deliveries_run_beside_the_next_units_imports_under_a_throttled_key_va
 fn a_breach_whose_delivery_failed_delivers_its_replacement_on_rerun_and_never_disables_it() {
     let env = TestEnv::new();
     let serve = start_serve(&env, FLEET);
-    let (log, fail) = recording_plans(&env, &serve);
-    let every_time = crate::azure_verbs::DEVICE_HOOK.replace("if not os.path.exists(booted):", "if True:");
-    assert_ne!(every_time, crate::azure_verbs::DEVICE_HOOK);
-    env.write("device-hook.py", &every_time);
-    fleet_ok(&env, &serve, &["issue", "-o", "json"]);
+    let (log, fail) = recording_fleet(&env, &serve, FLEET);
     let leaked = versions(&env, &serve, "gw-1");
     assert_eq!(leaked.len(), 1, "{leaked:?}");
     let breach = crate::azure_verbs::breach_args("device:gw-1", "INC-0005");
@@ -783,10 +788,7 @@ fn a_breach_whose_delivery_failed_delivers_its_replacement_on_rerun_and_never_di
 fn a_ca_breach_whose_deliveries_failed_is_critical_in_check_and_status_until_issue_delivers() {
     let env = TestEnv::new();
     let serve = start_serve(&env, FLEET);
-    let (log, fail) = recording_plans(&env, &serve);
-    let every_time = crate::azure_verbs::DEVICE_HOOK.replace("if not os.path.exists(booted):", "if True:");
-    env.write("device-hook.py", &every_time);
-    fleet_ok(&env, &serve, &["issue", "-o", "json"]);
+    let (log, fail) = recording_fleet(&env, &serve, FLEET);
     std::fs::write(&fail, "").unwrap();
     let r = run_fleet(
         &env,
@@ -884,10 +886,7 @@ fn a_breach_whose_replacement_waits_for_the_operator_finishes_and_its_rerun_does
 fn a_breach_killed_before_its_commit_adopts_its_own_replacement_on_rerun_and_never_disables_it() {
     let env = TestEnv::new();
     let serve = start_serve(&env, FLEET);
-    let (log, _) = recording_plans(&env, &serve);
-    let every_time = crate::azure_verbs::DEVICE_HOOK.replace("if not os.path.exists(booted):", "if True:");
-    env.write("device-hook.py", &every_time);
-    fleet_ok(&env, &serve, &["issue", "-o", "json"]);
+    let (log, _) = recording_fleet(&env, &serve, FLEET);
     let leaked = versions(&env, &serve, "gw-1");
     assert_eq!(leaked.len(), 1, "{leaked:?}");
     let breach = crate::azure_verbs::breach_args("device:gw-1", "INC-0008");
@@ -972,10 +971,7 @@ fn a_ca_breach_whose_deliveries_failed_stands_and_its_rerun_delivers_the_replace
     let env = TestEnv::new();
     let fleet = crate::azure_foreign::FLEET;
     let serve = start_serve(&env, fleet);
-    let (log, fail) = recording_plans_of(&env, &serve, fleet);
-    let every_time = crate::azure_verbs::DEVICE_HOOK.replace("if not os.path.exists(booted):", "if True:");
-    env.write("device-hook.py", &every_time);
-    fleet_ok(&env, &serve, &["issue", "-o", "json"]);
+    let (log, fail) = recording_fleet(&env, &serve, fleet);
     let ids = ["gw-1", "gw-2", "gw-3", "gw-4"];
     let breach = crate::azure_verbs::breach_args("ca:factory", "INC-0010");
 

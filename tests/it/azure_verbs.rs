@@ -291,6 +291,14 @@ if not os.path.exists(booted):
     open(booted, "w").close()
 "#;
 
+/// [`DEVICE_HOOK`] for a device that registers with DPS again with every certificate it is
+/// handed, not only at its first start.
+pub(crate) fn device_hook_every_boot() -> String {
+    let first_start = "if not os.path.exists(booted):";
+    assert!(DEVICE_HOOK.contains(first_start));
+    DEVICE_HOOK.replace(first_start, "if True:")
+}
+
 /// The fleet plan on the local store, and on azure against serve with delivery through the
 /// device hook.
 fn fleet_plans(env: &TestEnv, serve: &Serve) {

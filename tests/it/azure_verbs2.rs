@@ -520,9 +520,7 @@ fn roll_primary_of_a_group_rolled_into_its_secondary_reports_the_same_slots_on_l
     let env = TestEnv::new();
     let serve = groups_through_the_hook(&env);
     // A device that registers with each certificate it is handed, not only its first.
-    let every_time = crate::azure_verbs::DEVICE_HOOK.replace("if not os.path.exists(booted):", "if True:");
-    assert_ne!(every_time, crate::azure_verbs::DEVICE_HOOK);
-    env.write("device-hook.py", &every_time);
+    env.write("device-hook.py", &crate::azure_verbs::device_hook_every_boot());
     let steps: &[&[&str]] = &[
         &["issue", "-o", "json"],
         &[

@@ -20,11 +20,17 @@ fn versions(env: &TestEnv, name: &str) -> usize {
     backend(env).versions(name).unwrap().len()
 }
 
-#[test]
-fn a_device_breach_refuses_the_compromised_certificate_everywhere_and_a_rerun_does_nothing() {
+/// The quickstart plan, issued.
+fn issued_quickstart() -> TestEnv {
     let env = TestEnv::new();
     env.quickstart();
     run(&env, &["issue"]).ok();
+    env
+}
+
+#[test]
+fn a_device_breach_refuses_the_compromised_certificate_everywhere_and_a_rerun_does_nothing() {
+    let env = issued_quickstart();
     let old = pem_der(&env, NOW, "gateway-01");
     let neighbour = pem_der(&env, NOW, "sensor-01");
     assert!(works(&env, "gateway-01", &old, NOW));
@@ -188,32 +194,28 @@ fn a_device_breach_refuses_the_compromised_certificate_everywhere_and_a_rerun_do
     assert!(!works(&env, "gateway-01", &new, NOW));
 }
 
+/// The arguments of `roll-primary --breach` of `gateway-01` for `incident`, reporting in JSON.
+fn breach_gateway(incident: &str) -> [&str; 8] {
+    [
+        "roll-primary",
+        "--breach",
+        "--incident",
+        incident,
+        "device:gateway-01",
+        "--yes",
+        "-o",
+        "json",
+    ]
+}
+
 /// Incidents A, then B, then A's command again from the shell history (trial az9 G2): the third
 /// run finds A handled (B replaced A's replacement since) and replaces nothing; before, it took
 /// B's good certificate for A's compromised one, revoked it and issued another. A's and B's
 /// commands run again any number of times change nothing; a new label still replaces.
 #[test]
 fn an_older_incident_run_again_after_a_later_one_replaces_nothing() {
-    let env = TestEnv::new();
-    env.quickstart();
-    run(&env, &["issue"]).ok();
-    let breach = |incident: &str| {
-        run(
-            &env,
-            &[
-                "roll-primary",
-                "--breach",
-                "--incident",
-                incident,
-                "device:gateway-01",
-                "--yes",
-                "-o",
-                "json",
-            ],
-        )
-        .ok()
-        .json()
-    };
+    let env = issued_quickstart();
+    let breach = |incident: &str| run(&env, &breach_gateway(incident)).ok().json();
     let outcome = |r: &serde_json::Value| r["devices"][0]["outcome"].as_str().unwrap().to_string();
     assert_eq!(outcome(&breach("INC-A")), "replaced");
     let after_a = pem_der(&env, NOW, "gateway-01");
@@ -241,48 +243,22 @@ fn an_older_incident_run_again_after_a_later_one_replaces_nothing() {
 /// set out to replace, and neither it nor A's later runs replace B's good certificate.
 #[test]
 fn an_incident_cut_off_then_a_later_one_then_the_first_again_replaces_nothing_twice() {
-    let env = TestEnv::new();
-    env.quickstart();
-    run(&env, &["issue"]).ok();
-    let a = [
-        "--plan",
-        "plan.toml",
-        "roll-primary",
-        "--breach",
-        "--incident",
-        "INC-A",
-        "device:gateway-01",
-        "--yes",
-        "-o",
-        "json",
-    ];
+    let env = issued_quickstart();
+    let a = breach_gateway("INC-A");
     let killed = env
         .cmd()
+        .args(PLAN)
         .args(a)
         .env("CERTROLL_FAULT_BEFORE_STEP_COMMIT", "1")
         .output()
         .unwrap();
     assert!(!killed.status.success(), "the fault switch must abort A");
-    let b = run(
-        &env,
-        &[
-            "roll-primary",
-            "--breach",
-            "--incident",
-            "INC-B",
-            "device:gateway-01",
-            "--yes",
-            "-o",
-            "json",
-        ],
-    )
-    .ok()
-    .json();
+    let b = run(&env, &breach_gateway("INC-B")).ok().json();
     assert_eq!(b["devices"][0]["outcome"], "replaced", "{b}");
     let after_b = pem_der(&env, NOW, "gateway-01");
     let held = versions(&env, "dev-gateway-01");
     for _ in 0..3 {
-        let again = run(&env, &a[2..]).ok().json();
+        let again = run(&env, &a).ok().json();
         assert_eq!(again["devices"][0]["outcome"], "already-replaced", "{again}");
         assert_eq!(versions(&env, "dev-gateway-01"), held, "{again}");
         assert!(
@@ -294,9 +270,7 @@ fn an_incident_cut_off_then_a_later_one_then_the_first_again_replaces_nothing_tw
 
 #[test]
 fn a_group_device_breach_refuses_its_old_certificate_though_it_chains_to_the_group() {
-    let env = TestEnv::new();
-    env.quickstart();
-    run(&env, &["issue"]).ok();
+    let env = issued_quickstart();
     let old = pem_der(&env, NOW, "sensor-07");
     let other = pem_der(&env, NOW, "sensor-08");
     run(
@@ -351,9 +325,7 @@ fn a_group_device_breach_refuses_its_old_certificate_though_it_chains_to_the_gro
 
 #[test]
 fn a_breach_blast_radius_leaves_out_devices_already_revoked() {
-    let env = TestEnv::new();
-    env.quickstart();
-    run(&env, &["issue"]).ok();
+    let env = issued_quickstart();
     run(
         &env,
         &[
@@ -386,9 +358,7 @@ fn a_breach_blast_radius_leaves_out_devices_already_revoked() {
 
 #[test]
 fn an_intermediate_breach_reissues_the_group_and_revokes_the_ca() {
-    let env = TestEnv::new();
-    env.quickstart();
-    run(&env, &["issue"]).ok();
+    let env = issued_quickstart();
     let old: Vec<Vec<u8>> = sensors().iter().map(|d| pem_der(&env, NOW, d)).collect();
     let gateway = pem_der(&env, NOW, "gateway-01");
     // The chain the devices present now: leaf, then the factory CA about to be compromised.
@@ -477,9 +447,7 @@ fn all_devices() -> Vec<String> {
 
 #[test]
 fn a_root_expiry_roll_puts_a_proven_new_root_beside_the_old_with_zero_downtime() {
-    let env = TestEnv::new();
-    env.quickstart();
-    run(&env, &["issue"]).ok();
+    let env = issued_quickstart();
     let old: Vec<Vec<u8>> = all_devices().iter().map(|d| pem_der(&env, NOW, d)).collect();
     let r = run(&env, &["roll-secondary", "ca:root", "-o", "json"])
         .ok()
@@ -535,9 +503,7 @@ fn a_root_expiry_roll_puts_a_proven_new_root_beside_the_old_with_zero_downtime()
 
 #[test]
 fn a_root_breach_removes_the_root_from_the_service_and_reissues_everything_below() {
-    let env = TestEnv::new();
-    env.quickstart();
-    run(&env, &["issue"]).ok();
+    let env = issued_quickstart();
     let old: Vec<Vec<u8>> = all_devices().iter().map(|d| pem_der(&env, NOW, d)).collect();
     let dry = run(
         &env,
@@ -630,9 +596,7 @@ fn a_roll_killed_after_any_step_is_finished_by_the_same_command_without_duplicat
     for case in cases {
         let args = case.args;
         for kill_at in 1..=case.steps {
-            let env = TestEnv::new();
-            env.quickstart();
-            run(&env, &["issue"]).ok();
+            let env = issued_quickstart();
             killed_after(&env, kill_at, args);
             let mut json_args = args.to_vec();
             json_args.extend(["-o", "json"]);
@@ -688,9 +652,7 @@ fn a_roll_killed_after_any_step_is_finished_by_the_same_command_without_duplicat
 
 #[test]
 fn rolls_leave_revoked_devices_revoked() {
-    let env = TestEnv::new();
-    env.quickstart();
-    run(&env, &["issue"]).ok();
+    let env = issued_quickstart();
     run(
         &env,
         &[
@@ -740,9 +702,7 @@ fn rolls_leave_revoked_devices_revoked() {
 
 #[test]
 fn a_roll_into_the_slot_holding_the_only_certificate_keeps_that_certificate_working() {
-    let env = TestEnv::new();
-    env.quickstart();
-    run(&env, &["issue"]).ok();
+    let env = issued_quickstart();
     let old: Vec<Vec<u8>> = all_devices().iter().map(|d| pem_der(&env, NOW, d)).collect();
     // Right after issue the primary slots hold everything and the secondary slots are empty.
     run(&env, &["roll-primary", "group:sensors"]).ok();

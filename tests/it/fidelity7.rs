@@ -427,24 +427,14 @@ const IMPORTED_SUBJECTS: [(&str, &str); 6] = [
 /// An openssl-made self-signed EC certificate of 100 days with the `-subj` subject, written
 /// as NAME.pem (and its key NAME.key), imported with `vault import NAME` at `now`.
 fn import_openssl_self_signed(env: &TestEnv, name: &str, subj: &str, now: &str) {
-    env.openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-subj",
-        subj,
-        "-days",
-        "100",
-        "-keyout",
+    openssl_ca(
+        env,
         &format!("{name}.key"),
-        "-out",
         &format!("{name}.pem"),
-    ])
-    .ok();
+        subj,
+        "100",
+        &[],
+    );
     let bundle = std::fs::read_to_string(env.path(&format!("{name}.pem"))).unwrap()
         + &std::fs::read_to_string(env.path(&format!("{name}.key"))).unwrap();
     env.write(&format!("{name}.bundle.pem"), &bundle);

@@ -209,24 +209,14 @@ fn an_import_error_document_holds_no_key_material() {
     let env = TestEnv::new();
     env.write("plan.toml", "version = 1\n");
     for name in ["a", "b"] {
-        env.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
+        openssl_ca(
+            &env,
             &format!("{name}-key.pem"),
-            "-out",
             &format!("{name}-cert.pem"),
-            "-subj",
             &format!("/CN={name}"),
-            "-days",
             "3650",
-        ])
-        .ok();
+            &[],
+        );
     }
     let key = std::fs::read_to_string(env.path("b-key.pem")).unwrap();
     // Its base64 lines, without the BEGIN/END labels.

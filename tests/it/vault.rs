@@ -1258,26 +1258,9 @@ fn vault_import_names_a_der_certificate_and_a_keyless_pem() {
     let env = TestEnv::new();
     fid5_plan(&env);
     env.plan_run(&["issue"]).ok();
-    env.openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "k.pem",
-        "-subj",
-        "/CN=der-test",
-        "-days",
-        "30",
-        "-outform",
-        "DER",
-        "-out",
-        "c.der",
-    ])
-    .ok();
+    openssl_ca(&env, "k.pem", "made.pem", "/CN=der-test", "30", &[]);
+    env.openssl(&["x509", "-in", "made.pem", "-outform", "DER", "-out", "c.der"])
+        .ok();
     let before = store_bytes(&env);
     for with_password in [false, true] {
         let mut args = vec!["vault", "import", "imp", "--file", "c.der"];
