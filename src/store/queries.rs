@@ -867,7 +867,22 @@ pub fn hub_get_assigned(conn: &Connection, ids: &[String]) -> Result<Vec<Option<
 }
 
 /// Creates or updates a device identity; `reset_twin` puts the twin back to its initial state.
+/// The IoT Hub members certroll does not model (schema v18) are left as they are.
 pub fn hub_put(conn: &Connection, d: &HubIdentity, reset_twin: bool, now: OffsetDateTime) -> Result<()> {
+    hub_upsert(conn, d, reset_twin, None, now)
+}
+
+/// The one write of a device identity, for [`hub_put`] and serve's
+/// [`hub_put_wire`](super::queries_dps::hub_put_wire): `extra` None keeps the IoT Hub members the
+/// row holds (a write that knows none of them), `Some` sets them (JSON text; `Some(None)`: IoT
+/// Hub's defaults).
+pub(super) fn hub_upsert(
+    conn: &Connection,
+    d: &HubIdentity,
+    reset_twin: bool,
+    extra: Option<Option<&str>>,
+    now: OffsetDateTime,
+) -> Result<()> {
     let p = params![
         d.hub,
         d.device_id,
@@ -876,14 +891,17 @@ pub fn hub_put(conn: &Connection, d: &HubIdentity, reset_twin: bool, now: Offset
         d.secondary_thumbprint,
         d.status.as_str(),
         ts(now),
-        reset_twin
+        extra.flatten(),
+        reset_twin,
+        extra.is_some(),
     ];
     // An identity that exists (every one a roll touches) is updated in place: one look-up
     // instead of an insert attempt that conflicts and then updates.
     let updated = conn
         .prepare_cached(
             "UPDATE hub_devices SET auth_type = ?3, primary_thumbprint = ?4, secondary_thumbprint = ?5,
-               status = ?6, updated = ?7, twin = CASE WHEN ?8 THEN '{}' ELSE twin END,
+               status = ?6, updated = ?7, twin = CASE WHEN ?9 THEN '{}' ELSE twin END,
+               hub_extra = CASE WHEN ?10 THEN ?8 ELSE hub_extra END,
                etag = lower(hex(randomblob(8)))
              WHERE device_id = ?2 AND hub = ?1",
         )
@@ -892,10 +910,11 @@ pub fn hub_put(conn: &Connection, d: &HubIdentity, reset_twin: bool, now: Offset
     if updated == 0 {
         // A new identity starts with the initial twin whatever `reset_twin` says.
         conn.prepare_cached(
-            "INSERT INTO hub_devices (hub, device_id, auth_type, primary_thumbprint, secondary_thumbprint, status, created, updated, etag)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, lower(hex(randomblob(8))))",
+            "INSERT INTO hub_devices (hub, device_id, auth_type, primary_thumbprint, secondary_thumbprint, status,
+               created, updated, hub_extra, etag)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, lower(hex(randomblob(8))))",
         )
-        .and_then(|mut s| s.execute(&p[..7]))
+        .and_then(|mut s| s.execute(&p[..8]))
         .map_err(sql)?;
     }
     Ok(())
