@@ -546,7 +546,7 @@ pub fn individual_put(conn: &Connection, e: &IndividualEnrollment, now: OffsetDa
 
 /// The columns [`registration_row`] reads.
 pub(super) const REGISTRATION_COLS: &str = "registration_id, status, substatus, hub, error, cert_thumbprint, \
-     error_code, enrollment_kind, enrollment_name, created, updated, etag";
+     error_code, enrollment_kind, enrollment_name, created, updated, etag, device_id";
 
 /// The registration state of a device.
 pub fn registration_get(conn: &Connection, id: &str) -> Result<Option<RegistrationState>> {
@@ -587,6 +587,7 @@ pub(super) fn registration_row(r: &Row<'_>) -> rusqlite::Result<RegistrationStat
         created: r.get::<_, Option<i64>>(9)?.map(from_ts),
         updated: Some(from_ts(r.get(10)?)),
         etag: r.get(11)?,
+        device_id: r.get(12)?,
     })
 }
 
@@ -638,6 +639,7 @@ pub fn registration_put_decided(
         decided.map(|d| d.0),
         decided.map(|d| d.1),
         decided.map(|d| d.2),
+        state.device_id,
     ];
     // A registration that stays with its enrollment (every one a roll re-provisions) is updated
     // in place, leaving the by-enrollment index alone; the etag is set here, so its trigger does
@@ -647,7 +649,7 @@ pub fn registration_put_decided(
             "UPDATE registrations SET
                status = ?4, substatus = ?5, hub = ?6, cert_thumbprint = ?7, error = ?8, error_code = ?9,
                updated = ?10, decision_inputs = ?11, decision_from = ?12, decision_until = ?13,
-               etag = lower(hex(randomblob(8)))
+               device_id = ?14, etag = lower(hex(randomblob(8)))
              WHERE registration_id = ?1 AND enrollment_kind IS coalesce(?2, enrollment_kind)
                AND enrollment_name IS coalesce(?3, enrollment_name)",
         )
@@ -659,8 +661,8 @@ pub fn registration_put_decided(
     conn.prepare_cached(
         "INSERT INTO registrations
            (registration_id, enrollment_kind, enrollment_name, status, substatus, hub, cert_thumbprint, error,
-            error_code, updated, created, decision_inputs, decision_from, decision_until, etag)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, lower(hex(randomblob(8))))
+            error_code, updated, created, decision_inputs, decision_from, decision_until, device_id, etag)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, lower(hex(randomblob(8))))
          ON CONFLICT(registration_id) DO UPDATE SET
            enrollment_kind = coalesce(excluded.enrollment_kind, enrollment_kind),
            enrollment_name = coalesce(excluded.enrollment_name, enrollment_name),
@@ -668,7 +670,7 @@ pub fn registration_put_decided(
            cert_thumbprint = excluded.cert_thumbprint, error = excluded.error,
            error_code = excluded.error_code, updated = excluded.updated,
            decision_inputs = excluded.decision_inputs, decision_from = excluded.decision_from,
-           decision_until = excluded.decision_until, etag = excluded.etag",
+           decision_until = excluded.decision_until, device_id = excluded.device_id, etag = excluded.etag",
     )
     .and_then(|mut s| s.execute(p))
     .map_err(sql)?;

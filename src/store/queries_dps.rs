@@ -391,6 +391,21 @@ pub fn initial_twin(conn: &Connection, kind: &str, name: &str) -> Result<Option<
         .map_err(sql)
 }
 
+/// The `deviceId` an individual enrollment was given through the DPS API, if any: the hub
+/// device id DPS assigns its device.
+pub fn individual_device_id(conn: &Connection, registration_id: &str) -> Result<Option<String>> {
+    conn.prepare_cached(
+        "SELECT dps_extra ->> '$.deviceId' FROM individual_enrollments
+         WHERE registration_id = ?1 AND dps_extra IS NOT NULL",
+    )
+    .and_then(|mut s| {
+        s.query_row([registration_id], |r| r.get::<_, Option<String>>(0))
+            .optional()
+    })
+    .map(Option::flatten)
+    .map_err(sql)
+}
+
 /// Sets a device identity's twin (JSON text: `tags` and `properties.desired`).
 pub fn set_twin(conn: &Connection, hub: &str, device_id: &str, twin: &str) -> Result<()> {
     conn.prepare_cached("UPDATE hub_devices SET twin = ?3 WHERE hub = ?1 AND device_id = ?2")

@@ -1349,6 +1349,64 @@ fn the_initial_twin_of_an_enrollment_is_the_twin_of_a_freshly_assigned_device() 
     assert_eq!(twin["properties"]["desired"]["interval"], 30, "{twin}");
 }
 
+/// An individual enrollment's `deviceId` is the hub device its device is assigned to, as DPS
+/// does (trial az11 F5: serve assigned the registration id): the device SDK is told that id,
+/// the hub holds the device's certificate under it and admits the device as it, and the
+/// registration state says it.
+#[test]
+fn a_device_is_assigned_the_device_id_its_individual_enrollment_names() {
+    let env = TestEnv::new();
+    issued(&env);
+    let (cert, key) = export_device(&env, "gateway-01", "gateway-01");
+    let serve = Serve::start(&env);
+    let dps = serve.token(DPS_HOST, "provisioningserviceowner");
+    let hub = serve.token(HUB_HOST, "iothubowner");
+    let tp = sha1_of(&env, &cert);
+    let body = serde_json::json!({
+        "registrationId": "gateway-01",
+        "deviceId": "custom-gw",
+        "attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {"info": {"sha1Thumbprint": tp}}}}},
+        "iotHubs": [HUB_HOST],
+    })
+    .to_string();
+    let path = "/enrollments/gateway-01?api-version=2021-10-01";
+    let (code, answer) = curl_if_match(&env, &serve, DPS_HOST, path, &dps, "*", &body);
+    assert_eq!(code, 200, "{answer}");
+
+    let out = device_run(&env, &serve, "gateway-01", &cert, &key);
+    assert_eq!(out["provisioning"]["status"], "assigned", "{out}");
+    assert_eq!(out["provisioning"]["deviceId"], "custom-gw", "{out}");
+    assert_eq!(out["provisioning"]["registrationId"], "gateway-01", "{out}");
+    assert_eq!(out["hub"]["sent"], true, "the hub admits it as custom-gw: {out}");
+    let (code, device) = curl(
+        &env,
+        &serve,
+        "GET",
+        HUB_HOST,
+        "/devices/custom-gw?api-version=2021-04-12",
+        Some(&hub),
+        None,
+    );
+    assert_eq!(code, 200, "{device}");
+    let device: serde_json::Value = serde_json::from_str(&device).unwrap();
+    assert_eq!(
+        device["authentication"]["x509Thumbprint"]["primaryThumbprint"], tp,
+        "{device}"
+    );
+    let (code, state) = curl(
+        &env,
+        &serve,
+        "GET",
+        DPS_HOST,
+        "/registrations/gateway-01?api-version=2021-10-01",
+        Some(&dps),
+        None,
+    );
+    assert_eq!(code, 200, "{state}");
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert_eq!(state["deviceId"], "custom-gw", "{state}");
+}
+
 /// A PUT with an If-Match header, with curl.
 fn curl_if_match(
     env: &TestEnv,

@@ -1121,6 +1121,7 @@ impl AzureBackend {
             created: None,
             updated: None,
             etag: None,
+            device_id: None,
         });
         RegistrationState {
             status: "waiting".into(),
