@@ -766,6 +766,7 @@ fn apply(
                 created: before.and_then(|p| p.created).or(Some(now)),
                 updated: Some(now),
                 etag: None,
+                device_id: before.and_then(|p| p.device_id.clone()),
             };
             q::registration_put(tx, &state, None, None, leaf_tp, now)?;
             previous.insert(req.registration_id.clone(), state.clone());
@@ -787,9 +788,19 @@ fn apply(
     let assigned_before = previous
         .get(&req.registration_id)
         .is_some_and(|p| p.hub.is_some());
-    let existing = identities
-        .get(&(hub.clone(), req.registration_id.clone()))
-        .cloned();
+    // DPS assigns the device under its individual enrollment's `deviceId` when it has one (only
+    // given through serve's DPS API: certroll's own devices are their registration ids).
+    let custom_id = if kind == "individual" {
+        crate::store::queries_dps::individual_device_id(tx, &name)?.filter(|id| *id != req.registration_id)
+    } else {
+        None
+    };
+    let device_id = custom_id.clone().unwrap_or_else(|| req.registration_id.clone());
+    let existing = match identities.get(&(hub.clone(), device_id.clone())) {
+        Some(found) => Some(found.clone()),
+        None if custom_id.is_some() => q::hub_get(tx, &hub, &device_id)?,
+        None => None,
+    };
     let substatus = match (assigned_before, reprovision.as_str()) {
         (false, _) => "initialAssignment",
         (true, "reset") => "deviceDataReset",
@@ -800,7 +811,7 @@ fn apply(
     if update_hub {
         let identity = HubIdentity {
             hub: hub.clone(),
-            device_id: req.registration_id.clone(),
+            device_id: device_id.clone(),
             status: existing.as_ref().map(|e| e.status).unwrap_or(Status::Enabled),
             auth_type: "selfSigned".into(),
             primary_thumbprint: Some(leaf_tp.to_string()),
@@ -812,9 +823,9 @@ fn apply(
         if matches!(substatus, "initialAssignment" | "deviceDataReset")
             && let Some(twin) = crate::store::queries_dps::initial_twin(tx, kind, &name)?
         {
-            crate::store::queries_dps::set_twin(tx, &hub, &req.registration_id, &twin)?;
+            crate::store::queries_dps::set_twin(tx, &hub, &device_id, &twin)?;
         }
-        identities.insert((hub.clone(), req.registration_id.clone()), identity);
+        identities.insert((hub.clone(), device_id), identity);
     }
     let before = previous.get(&req.registration_id);
     let state = RegistrationState {
@@ -830,6 +841,7 @@ fn apply(
         created: before.and_then(|p| p.created).or(Some(now)),
         updated: Some(now),
         etag: None,
+        device_id: custom_id,
     };
     let record = record
         .as_ref()

@@ -386,6 +386,10 @@ pub struct RegistrationState {
     /// Opaque etag, changed on every write (None until stored).
     #[serde(skip)]
     pub etag: Option<String>,
+    /// The hub device id of the last successful assignment when it is not the registration id
+    /// (an individual enrollment's `deviceId`, given through `certroll serve`'s DPS API).
+    #[serde(skip)]
+    pub device_id: Option<String>,
 }
 
 /// A device identity in the hub registry.

@@ -82,7 +82,10 @@ pub fn registration_json(r: &RegistrationState) -> Value {
     }
     if let Some(hub) = &r.hub {
         out.insert("assignedHub".into(), json!(hub_host(hub)));
-        out.insert("deviceId".into(), json!(r.registration_id));
+        out.insert(
+            "deviceId".into(),
+            json!(r.device_id.as_deref().unwrap_or(&r.registration_id)),
+        );
     }
     out.insert("status".into(), json!(r.status));
     if let Some(s) = &r.substatus {

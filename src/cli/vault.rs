@@ -696,7 +696,7 @@ pub fn exec(g: &Global, args: VaultArgs) -> anyhow::Result<u8> {
                 if let Some(removed) = &view.removed {
                     p.line(format!("Removed {} stored contact(s).", removed.len()))?;
                 }
-                p.line(contacts_heading(view.source, plan.azure.is_some()))?;
+                p.line(contacts_heading(view.source))?;
                 for c in &view.contacts {
                     p.line(format!("  {c}"))?;
                 }
@@ -946,10 +946,9 @@ fn parse_rsa_size(text: &str) -> Result<u32, String> {
 
 /// The first line of `vault contacts` in human output: where the contacts listed below live
 /// (`source` as [`settings::ContactsView::source`] gives it), or that there are none.
-fn contacts_heading(source: &str, azure: bool) -> String {
+fn contacts_heading(source: &str) -> String {
     match source {
-        // On azure the contacts set with `vault contacts set` are Key Vault's own.
-        "store" if azure => "contacts (Key Vault):".into(),
+        "keyvault" => "contacts (Key Vault):".into(),
         "store" => "contacts (the local store):".into(),
         "plan" => "contacts (the plan's [contacts] emails; none set in the vault):".into(),
         _ => "no contacts set (neither `certroll vault contacts set EMAIL...` nor the plan's [contacts] emails)".into(),

@@ -1979,6 +1979,7 @@ async fn delete_device_registration_state(
                 created: r.created.unwrap_or(OffsetDateTime::UNIX_EPOCH),
                 updated: r.updated.unwrap_or(OffsetDateTime::UNIX_EPOCH),
                 extra: None,
+                hub_extra: None,
             });
             check_delete(&format!("registration `{id}`"), &wanted, meta.as_ref())?;
             qd::registration_delete(b.store().conn(), &id).map_err(store_error)?;
@@ -2039,6 +2040,7 @@ mod tests {
                 created: now,
                 updated: now + time::Duration::hours(1),
                 extra: None,
+                hub_extra: None,
             },
             extra_text: Some(r#"{"initialTwin":{"tags":{"a":1}},"iotHubs":["h2.azure-devices.net"]}"#.into()),
         };

@@ -33,6 +33,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -171,6 +172,11 @@ fn auth(
 /// A `Device` as IoT Hub answers it.
 fn device_json(identity: &HubIdentity, meta: &qd::Meta) -> Value {
     let ca = identity.auth_type == "certificateAuthority";
+    let kept: Map<String, Value> = meta
+        .hub_extra
+        .as_deref()
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_default();
     json!({
         "deviceId": identity.device_id,
         "moduleId": null,
@@ -178,7 +184,7 @@ fn device_json(identity: &HubIdentity, meta: &qd::Meta) -> Value {
         "etag": meta.etag,
         "connectionState": "Disconnected",
         "status": identity.status.as_str(),
-        "statusReason": null,
+        "statusReason": kept.get("statusReason").unwrap_or(&Value::Null),
         "connectionStateUpdatedTime": "0001-01-01T00:00:00Z",
         "statusUpdatedTime": wire_time(meta.updated),
         "lastActivityTime": "0001-01-01T00:00:00Z",
@@ -191,10 +197,55 @@ fn device_json(identity: &HubIdentity, meta: &qd::Meta) -> Value {
             },
             "type": identity.auth_type,
         },
-        "capabilities": {"iotEdge": false},
+        "capabilities": kept.get("capabilities").cloned().unwrap_or_else(|| json!({"iotEdge": false})),
         "deviceScope": null,
         "parentScopes": [],
     })
+}
+
+/// The members of a `Device` certroll keeps as sent and does not act on (`capabilities`,
+/// `statusReason`), as the JSON text of an object; None when they are IoT Hub's defaults
+/// (`{"iotEdge": false}`, no reason), so the identities of a fleet that never set them keep
+/// nothing. 400 `ArgumentInvalid` for a shape IoT Hub refuses.
+fn hub_extra_of(body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    let mut kept: std::collections::BTreeMap<&str, &Value> = std::collections::BTreeMap::new();
+    match body.get("capabilities") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(c)) => {
+            match c.get("iotEdge") {
+                None | Some(Value::Bool(_)) => {}
+                Some(other) => {
+                    return Err(bad_request(format!(
+                        "capabilities.iotEdge must be true or false, not {}",
+                        crate::error::snippet(&other.to_string())
+                    )));
+                }
+            }
+            let default = c.iter().all(|(k, v)| k == "iotEdge" && *v == Value::Bool(false));
+            if !default {
+                kept.insert("capabilities", &body["capabilities"]);
+            }
+        }
+        Some(other) => {
+            return Err(bad_request(format!(
+                "capabilities must be an object ({{\"iotEdge\": true}}), not {}",
+                crate::error::snippet(&other.to_string())
+            )));
+        }
+    }
+    match body.get("statusReason") {
+        None | Some(Value::Null) => {}
+        Some(reason @ Value::String(_)) => {
+            kept.insert("statusReason", reason);
+        }
+        Some(other) => {
+            return Err(bad_request(format!(
+                "statusReason must be text, not {}",
+                crate::error::snippet(&other.to_string())
+            )));
+        }
+    }
+    Ok((!kept.is_empty()).then(|| serde_json::to_string(&kept).unwrap_or_default()))
 }
 
 /// A device identity with its etag, times and twin (one statement).
@@ -383,7 +434,10 @@ fn write_identity_over(
         _ => {}
     }
     let identity = identity_from(hub, id, body, current.as_ref().map(|(i, _)| i))?;
-    crate::store::queries::hub_put(b.store().conn(), &identity, false, now).map_err(internal)?;
+    // A write replaces the identity, these members included (IoT Hub's PUT): a client keeps
+    // them by sending back what it read.
+    let extra = hub_extra_of(body)?;
+    qd::hub_put_wire(b.store().conn(), &identity, extra.as_deref(), now).map_err(internal)?;
     Ok(())
 }
 
@@ -507,10 +561,8 @@ async fn get_devices(
         .read(move |b, _| {
             let page = qd::hub_devices_page(b.store().conn(), &hub, "", top).map_err(internal)?;
             let mut out = Vec::with_capacity(page.len());
-            for identity in page {
-                if let Some(meta) =
-                    qd::hub_meta(b.store().conn(), &hub, &identity.device_id).map_err(internal)?
-                {
+            for listed in page {
+                if let Some((identity, meta)) = read_identity(b, &hub, &listed.device_id)? {
                     out.push(device_json(&identity, &meta));
                 }
             }
@@ -815,7 +867,8 @@ async fn get_twin(
 #[serde(rename_all = "camelCase")]
 struct TwinWire<'a> {
     authentication_type: &'a str,
-    capabilities: CapabilitiesWire,
+    #[serde(serialize_with = "capabilities_or_default")]
+    capabilities: Option<&'a RawValue>,
     cloud_to_device_message_count: u32,
     connection_state: &'static str,
     device_etag: &'a str,
@@ -824,6 +877,8 @@ struct TwinWire<'a> {
     last_activity_time: &'static str,
     properties: PropertiesWire<'a>,
     status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_reason: Option<&'a RawValue>,
     status_update_time: String,
     tags: &'a Value,
     version: u32,
@@ -834,6 +889,26 @@ struct TwinWire<'a> {
 #[serde(rename_all = "camelCase")]
 struct CapabilitiesWire {
     iot_edge: bool,
+}
+
+/// Kept `capabilities` as sent, IoT Hub's default (`{"iotEdge": false}`) where none are kept.
+fn capabilities_or_default<S: serde::Serializer>(kept: &Option<&RawValue>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    match kept {
+        Some(raw) => raw.serialize(s),
+        None => CapabilitiesWire { iot_edge: false }.serialize(s),
+    }
+}
+
+/// The members of a device identity kept as sent ([`qd::Meta::hub_extra`]), borrowed from their
+/// text: only an identity that has them pays for reading them.
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct HubExtraRead<'a> {
+    #[serde(default, borrow)]
+    capabilities: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    status_reason: Option<&'a RawValue>,
 }
 
 #[derive(serde::Serialize)]
@@ -855,9 +930,14 @@ impl<'a> TwinWire<'a> {
     fn of(identity: &'a HubIdentity, meta: &'a qd::Meta, empty: &'a Value) -> TwinWire<'a> {
         let stored = meta.extra.as_ref();
         let at = |pointer: &str| stored.and_then(|s| s.pointer(pointer)).unwrap_or(empty);
+        let kept: HubExtraRead<'a> = meta
+            .hub_extra
+            .as_deref()
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or_default();
         TwinWire {
             authentication_type: &identity.auth_type,
-            capabilities: CapabilitiesWire { iot_edge: false },
+            capabilities: kept.capabilities,
             cloud_to_device_message_count: 0,
             connection_state: "Disconnected",
             device_etag: &meta.etag,
@@ -869,6 +949,7 @@ impl<'a> TwinWire<'a> {
                 reported: at("/properties/reported"),
             },
             status: identity.status.as_str(),
+            status_reason: kept.status_reason,
             status_update_time: wire_time(meta.updated),
             tags: stored.and_then(|s| s.get("tags")).unwrap_or(empty),
             version: 1,
@@ -1095,7 +1176,11 @@ mod tests {
         use serde_json::{Value, json};
         let tree = |identity: &HubIdentity, meta: &qd::Meta| {
             let stored = meta.extra.clone().unwrap_or_else(|| json!({}));
-            json!({
+            let kept: Value = meta
+                .hub_extra
+                .as_deref()
+                .map_or_else(|| json!({}), |t| serde_json::from_str(t).unwrap());
+            let mut tree = json!({
                 "deviceId": identity.device_id,
                 "etag": meta.etag,
                 "deviceEtag": meta.etag,
@@ -1105,7 +1190,7 @@ mod tests {
                 "connectionState": "Disconnected",
                 "lastActivityTime": "0001-01-01T00:00:00Z",
                 "cloudToDeviceMessageCount": 0,
-                "capabilities": {"iotEdge": false},
+                "capabilities": kept.get("capabilities").cloned().unwrap_or_else(|| json!({"iotEdge": false})),
                 "authenticationType": identity.auth_type,
                 "x509Thumbprint": {
                     "primaryThumbprint": identity.primary_thumbprint,
@@ -1116,7 +1201,11 @@ mod tests {
                     "desired": stored.pointer("/properties/desired").cloned().unwrap_or_else(|| json!({})),
                     "reported": stored.pointer("/properties/reported").cloned().unwrap_or_else(|| json!({})),
                 },
-            })
+            });
+            if let Some(reason) = kept.get("statusReason") {
+                tree["statusReason"] = reason.clone();
+            }
+            tree
         };
         let at = time::macros::datetime!(2026-12-01 10:20:30.123 UTC);
         let identity = HubIdentity {
@@ -1134,12 +1223,18 @@ mod tests {
             Some(json!(["not", "an object"])),
         ];
         let empty = json!({});
-        for extra in stored {
+        let kept = [
+            None,
+            Some(r#"{"capabilities":{"iotEdge":true},"statusReason":"retired \"x\""}"#),
+            Some(r#"{"statusReason":"é"}"#),
+        ];
+        for (extra, hub_extra) in stored.into_iter().flat_map(|s| kept.map(move |k| (s.clone(), k))) {
             let meta = qd::Meta {
                 etag: "\"0a1b\"".into(),
                 created: at,
                 updated: at,
                 extra,
+                hub_extra: hub_extra.map(str::to_string),
             };
             let typed = serde_json::to_string(&TwinWire::of(&identity, &meta, &empty)).unwrap();
             let expected = serde_json::to_string(&tree(&identity, &meta)).unwrap();

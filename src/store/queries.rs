@@ -546,7 +546,7 @@ pub fn individual_put(conn: &Connection, e: &IndividualEnrollment, now: OffsetDa
 
 /// The columns [`registration_row`] reads.
 pub(super) const REGISTRATION_COLS: &str = "registration_id, status, substatus, hub, error, cert_thumbprint, \
-     error_code, enrollment_kind, enrollment_name, created, updated, etag";
+     error_code, enrollment_kind, enrollment_name, created, updated, etag, device_id";
 
 /// The registration state of a device.
 pub fn registration_get(conn: &Connection, id: &str) -> Result<Option<RegistrationState>> {
@@ -587,6 +587,7 @@ pub(super) fn registration_row(r: &Row<'_>) -> rusqlite::Result<RegistrationStat
         created: r.get::<_, Option<i64>>(9)?.map(from_ts),
         updated: Some(from_ts(r.get(10)?)),
         etag: r.get(11)?,
+        device_id: r.get(12)?,
     })
 }
 
@@ -638,6 +639,7 @@ pub fn registration_put_decided(
         decided.map(|d| d.0),
         decided.map(|d| d.1),
         decided.map(|d| d.2),
+        state.device_id,
     ];
     // A registration that stays with its enrollment (every one a roll re-provisions) is updated
     // in place, leaving the by-enrollment index alone; the etag is set here, so its trigger does
@@ -647,7 +649,7 @@ pub fn registration_put_decided(
             "UPDATE registrations SET
                status = ?4, substatus = ?5, hub = ?6, cert_thumbprint = ?7, error = ?8, error_code = ?9,
                updated = ?10, decision_inputs = ?11, decision_from = ?12, decision_until = ?13,
-               etag = lower(hex(randomblob(8)))
+               device_id = ?14, etag = lower(hex(randomblob(8)))
              WHERE registration_id = ?1 AND enrollment_kind IS coalesce(?2, enrollment_kind)
                AND enrollment_name IS coalesce(?3, enrollment_name)",
         )
@@ -659,8 +661,8 @@ pub fn registration_put_decided(
     conn.prepare_cached(
         "INSERT INTO registrations
            (registration_id, enrollment_kind, enrollment_name, status, substatus, hub, cert_thumbprint, error,
-            error_code, updated, created, decision_inputs, decision_from, decision_until, etag)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, lower(hex(randomblob(8))))
+            error_code, updated, created, decision_inputs, decision_from, decision_until, device_id, etag)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, lower(hex(randomblob(8))))
          ON CONFLICT(registration_id) DO UPDATE SET
            enrollment_kind = coalesce(excluded.enrollment_kind, enrollment_kind),
            enrollment_name = coalesce(excluded.enrollment_name, enrollment_name),
@@ -668,7 +670,7 @@ pub fn registration_put_decided(
            cert_thumbprint = excluded.cert_thumbprint, error = excluded.error,
            error_code = excluded.error_code, updated = excluded.updated,
            decision_inputs = excluded.decision_inputs, decision_from = excluded.decision_from,
-           decision_until = excluded.decision_until, etag = excluded.etag",
+           decision_until = excluded.decision_until, device_id = excluded.device_id, etag = excluded.etag",
     )
     .and_then(|mut s| s.execute(p))
     .map_err(sql)?;
@@ -867,7 +869,22 @@ pub fn hub_get_assigned(conn: &Connection, ids: &[String]) -> Result<Vec<Option<
 }
 
 /// Creates or updates a device identity; `reset_twin` puts the twin back to its initial state.
+/// The IoT Hub members certroll does not model (schema v18) are left as they are.
 pub fn hub_put(conn: &Connection, d: &HubIdentity, reset_twin: bool, now: OffsetDateTime) -> Result<()> {
+    hub_upsert(conn, d, reset_twin, None, now)
+}
+
+/// The one write of a device identity, for [`hub_put`] and serve's
+/// [`hub_put_wire`](super::queries_dps::hub_put_wire): `extra` None keeps the IoT Hub members the
+/// row holds (a write that knows none of them), `Some` sets them (JSON text; `Some(None)`: IoT
+/// Hub's defaults).
+pub(super) fn hub_upsert(
+    conn: &Connection,
+    d: &HubIdentity,
+    reset_twin: bool,
+    extra: Option<Option<&str>>,
+    now: OffsetDateTime,
+) -> Result<()> {
     let p = params![
         d.hub,
         d.device_id,
@@ -876,14 +893,17 @@ pub fn hub_put(conn: &Connection, d: &HubIdentity, reset_twin: bool, now: Offset
         d.secondary_thumbprint,
         d.status.as_str(),
         ts(now),
-        reset_twin
+        extra.flatten(),
+        reset_twin,
+        extra.is_some(),
     ];
     // An identity that exists (every one a roll touches) is updated in place: one look-up
     // instead of an insert attempt that conflicts and then updates.
     let updated = conn
         .prepare_cached(
             "UPDATE hub_devices SET auth_type = ?3, primary_thumbprint = ?4, secondary_thumbprint = ?5,
-               status = ?6, updated = ?7, twin = CASE WHEN ?8 THEN '{}' ELSE twin END,
+               status = ?6, updated = ?7, twin = CASE WHEN ?9 THEN '{}' ELSE twin END,
+               hub_extra = CASE WHEN ?10 THEN ?8 ELSE hub_extra END,
                etag = lower(hex(randomblob(8)))
              WHERE device_id = ?2 AND hub = ?1",
         )
@@ -892,10 +912,11 @@ pub fn hub_put(conn: &Connection, d: &HubIdentity, reset_twin: bool, now: Offset
     if updated == 0 {
         // A new identity starts with the initial twin whatever `reset_twin` says.
         conn.prepare_cached(
-            "INSERT INTO hub_devices (hub, device_id, auth_type, primary_thumbprint, secondary_thumbprint, status, created, updated, etag)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, lower(hex(randomblob(8))))",
+            "INSERT INTO hub_devices (hub, device_id, auth_type, primary_thumbprint, secondary_thumbprint, status,
+               created, updated, hub_extra, etag)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, lower(hex(randomblob(8))))",
         )
-        .and_then(|mut s| s.execute(&p[..7]))
+        .and_then(|mut s| s.execute(&p[..8]))
         .map_err(sql)?;
     }
     Ok(())

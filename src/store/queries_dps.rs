@@ -24,6 +24,10 @@ pub struct Meta {
     pub updated: OffsetDateTime,
     /// The DPS fields certroll keeps as sent (a JSON object), if any.
     pub extra: Option<serde_json::Value>,
+    /// Of a hub identity read by [`hub_wire`]: the IoT Hub members certroll does not model
+    /// (`capabilities`, `statusReason`) as sent, the JSON text of an object (schema v18); None
+    /// for IoT Hub's defaults and for every other record.
+    pub hub_extra: Option<String>,
 }
 
 /// A [`Meta`] from the row's columns `at..at + 3` (etag, created, updated) and the stored JSON
@@ -34,6 +38,7 @@ fn meta_at(r: &rusqlite::Row<'_>, at: usize, extra: Option<String>) -> rusqlite:
         created: from_ts(r.get(at + 1)?),
         updated: from_ts(r.get(at + 2)?),
         extra: extra.and_then(|t| serde_json::from_str(&t).ok()),
+        hub_extra: None,
     })
 }
 
@@ -82,16 +87,19 @@ pub fn hub_meta(conn: &Connection, hub: &str, device_id: &str) -> Result<Option<
     )
 }
 
-/// A hub device identity with its etag, times and twin (`extra`), in one statement.
+/// A hub device identity with its etag, times, twin (`extra`) and IoT Hub members
+/// (`hub_extra`), in one statement.
 pub fn hub_wire(conn: &Connection, hub: &str, device_id: &str) -> Result<Option<(HubIdentity, Meta)>> {
     conn.prepare_cached(
         "SELECT hub, device_id, auth_type, primary_thumbprint, secondary_thumbprint, status,
-                etag, created, updated, twin
+                etag, created, updated, twin, hub_extra
          FROM hub_devices WHERE hub = ?1 AND device_id = ?2",
     )
     .and_then(|mut s| {
         s.query_row([hub, device_id], |r| {
             let twin: Option<String> = r.get(9)?;
+            let mut meta = meta_at(r, 6, twin)?;
+            meta.hub_extra = r.get(10)?;
             Ok((
                 HubIdentity {
                     hub: r.get(0)?,
@@ -101,12 +109,23 @@ pub fn hub_wire(conn: &Connection, hub: &str, device_id: &str) -> Result<Option<
                     secondary_thumbprint: r.get(4)?,
                     status: Status::parse(&r.get::<_, String>(5)?),
                 },
-                meta_at(r, 6, twin)?,
+                meta,
             ))
         })
         .optional()
     })
     .map_err(sql)
+}
+
+/// Creates or updates a device identity as IoT Hub's registry API writes it: with the members
+/// certroll does not model (`extra`, JSON text; None: IoT Hub's defaults), the twin kept.
+pub fn hub_put_wire(
+    conn: &Connection,
+    d: &HubIdentity,
+    extra: Option<&str>,
+    now: OffsetDateTime,
+) -> Result<()> {
+    super::queries::hub_upsert(conn, d, false, Some(extra), now)
 }
 
 /// Keeps the DPS fields of an individual enrollment (None clears them).
@@ -370,6 +389,21 @@ pub fn initial_twin(conn: &Connection, kind: &str, name: &str) -> Result<Option<
         .and_then(|mut s| s.query_row([name], |r| r.get::<_, Option<String>>(0)).optional())
         .map(Option::flatten)
         .map_err(sql)
+}
+
+/// The `deviceId` an individual enrollment was given through the DPS API, if any: the hub
+/// device id DPS assigns its device.
+pub fn individual_device_id(conn: &Connection, registration_id: &str) -> Result<Option<String>> {
+    conn.prepare_cached(
+        "SELECT dps_extra ->> '$.deviceId' FROM individual_enrollments
+         WHERE registration_id = ?1 AND dps_extra IS NOT NULL",
+    )
+    .and_then(|mut s| {
+        s.query_row([registration_id], |r| r.get::<_, Option<String>>(0))
+            .optional()
+    })
+    .map(Option::flatten)
+    .map_err(sql)
 }
 
 /// Sets a device identity's twin (JSON text: `tags` and `properties.desired`).

@@ -364,3 +364,60 @@ fn a_device_breach_cut_off_part_way_is_judged_by_its_rerun_not_as_a_disabled_rep
         .json();
     assert_eq!(device(&s, "gw-1")["breach_open"], serde_json::Value::Null);
 }
+
+/// Another client makes gw-1's hub identity an IoT Edge device and gives it a status reason
+/// (trial az11 F4: serve dropped both, so this could not be rehearsed); certroll's roll of gw-1
+/// then writes new thumbprints to that identity with the etag it read, and both members
+/// survive, as on IoT Hub (docs/plan.md: certroll's etag writes never overwrite fields it does
+/// not manage).
+#[test]
+fn a_roll_keeps_the_capabilities_and_status_reason_another_client_gave_a_hub_identity() {
+    use crate::conformance::azure::{HUB_HOST, sas_key};
+    use serde_json::{Value, json};
+    let env = TestEnv::new();
+    let serve = groups_through_the_hook(&env);
+    let r = run_fleet(&env, &serve, "azure", &["issue"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let (policy, key) = sas_key(&serve, "conf-hub");
+    let later = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+    let token = crate::serve_dps_hub::sas_token(HUB_HOST, &key, later, &policy);
+    let hub = |method: &str, if_match: Option<&str>, body: Option<&str>| -> Value {
+        let mut headers = vec![format!("Authorization: {token}")];
+        headers.extend(if_match.map(|e| format!("If-Match: \"{e}\"")));
+        let (code, text) = crate::util::curl_json(
+            &env.path("ca.pem"),
+            serve.port(),
+            method,
+            HUB_HOST,
+            "/devices/gw-1?api-version=2021-04-12",
+            &headers,
+            body,
+        );
+        assert_eq!(code, 200, "{method}: {text}");
+        serde_json::from_str(&text).unwrap()
+    };
+    let before = hub("GET", None, None);
+    let mut edited = before.clone();
+    edited["capabilities"] = json!({"iotEdge": true});
+    edited["statusReason"] = json!("edge gateway, rack 7");
+    let written = hub("PUT", before["etag"].as_str(), Some(&edited.to_string()));
+    assert_eq!(written["capabilities"]["iotEdge"], true, "{written}");
+    assert_eq!(written["statusReason"], "edge gateway, rack 7", "{written}");
+
+    let r = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["roll-secondary", "enrollment:gw-1", "--yes", "-o", "json"],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let after = hub("GET", None, None);
+    let thumbprints = |d: &Value| d["authentication"]["x509Thumbprint"].clone();
+    assert_ne!(
+        thumbprints(&after),
+        thumbprints(&before),
+        "the roll wrote the identity: {after}"
+    );
+    assert_eq!(after["capabilities"], json!({"iotEdge": true}), "{after}");
+    assert_eq!(after["statusReason"], "edge gateway, rack 7", "{after}");
+}

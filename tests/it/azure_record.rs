@@ -213,10 +213,14 @@ fn a_store_of_the_previous_release_reads_as_before_until_the_next_issue_records(
     let env = TestEnv::new();
     let serve = issued_fleet(&env, &group_of(N));
     let ok = |args: &[&str]| fleet_ok(&env, &serve, args).json();
-    // Back to v14, as that release left it: without the tables of v15 and later.
+    // Back to v14, as that release left it: without the tables and columns of v15 and later.
     let out = Command::new("sqlite3")
         .arg(env.path("azure/state.db"))
-        .arg("DROP TABLE issued_versions; DROP TABLE deleted_versions; PRAGMA user_version = 14;")
+        .arg(
+            "DROP TABLE issued_versions; DROP TABLE deleted_versions; \
+             ALTER TABLE hub_devices DROP COLUMN hub_extra; ALTER TABLE registrations DROP COLUMN device_id; \
+             PRAGMA user_version = 14;",
+        )
         .output()
         .unwrap_or_else(|e| panic!("sqlite3: {e}"));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -509,6 +509,36 @@ fn azure_a_rejected_token_after_issue_is_named_and_changes_nothing() {
     assert_eq!(status(), before, "a refused run changed nothing");
 }
 
+/// A token Key Vault rejects, on a roll of a CA whose devices registered: the run stops at the
+/// first 401 with one error, exit 2, and no warning before it (trial az11 F8: three `WARN ...
+/// cannot read/index ... 401` lines, one per vault read tried after the first).
+#[test]
+fn azure_a_rejected_token_stops_a_roll_at_the_first_401_without_warnings() {
+    let env = TestEnv::new();
+    let serve = crate::azure_verbs2::groups_through_the_hook(&env);
+    fleet_ok(&env, &serve, &["issue"]);
+    let (dps_key, hub_key) = (sas_key(&serve, "certroll-dps").1, sas_key(&serve, "conf-hub").1);
+    let r = run_plan(
+        &env,
+        "azure",
+        &[
+            ("CERTROLL_AZ_TOKEN", "a-token-serve-does-not-know"),
+            ("CERTROLL_AZ_DPS_KEY", dps_key.as_str()),
+            ("CERTROLL_AZ_HUB_KEY", hub_key.as_str()),
+        ],
+        &["roll-secondary", "ca:factory", "--yes"],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("HTTP 401"), "{}", r.stderr);
+    assert!(!r.stderr.contains("WARN"), "{}", r.stderr);
+    assert_eq!(
+        r.stderr.lines().filter(|l| l.contains("401")).count(),
+        1,
+        "{}",
+        r.stderr
+    );
+}
+
 /// An IoT Hub error about the identities of a batch of devices names the count with the
 /// operation and the first device alone in backticks (third azure trial: "IoT Hub query device
 /// identities `1 devices from `valve-1``", nested backticks). A hub key IoT Hub rejects fails the
@@ -584,6 +614,19 @@ fn azure_deleting_a_ca_that_signs_a_group_needs_force_as_on_the_local_store() {
     );
     assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stderr.contains("CA factory"), "{}", r.stderr);
+    // In the same words on both backends (trial az11 F6: the local store named the versions
+    // root signed instead).
+    let refusals = ["local", "azure"].map(|which| {
+        let r = run_fleet(&env, &serve, which, &["vault", "delete", "ca:root"]);
+        assert_eq!(r.code, 2, "{which}: {}\n{}", r.stdout, r.stderr);
+        r.stderr
+    });
+    assert_eq!(refusals[0], refusals[1]);
+    assert!(
+        refusals[0].contains("`ca-root` is the CA that signs CA factory in the plan"),
+        "{}",
+        refusals[0]
+    );
     let r = run_fleet(&env, &serve, "azure", &["vault", "delete", "ca:factory"]);
     assert!(r.stderr.contains("group meters"), "{}", r.stderr);
     fleet_ok(&env, &serve, &["vault", "delete", "ca:factory", "--force"]);

@@ -1349,6 +1349,64 @@ fn the_initial_twin_of_an_enrollment_is_the_twin_of_a_freshly_assigned_device() 
     assert_eq!(twin["properties"]["desired"]["interval"], 30, "{twin}");
 }
 
+/// An individual enrollment's `deviceId` is the hub device its device is assigned to, as DPS
+/// does (trial az11 F5: serve assigned the registration id): the device SDK is told that id,
+/// the hub holds the device's certificate under it and admits the device as it, and the
+/// registration state says it.
+#[test]
+fn a_device_is_assigned_the_device_id_its_individual_enrollment_names() {
+    let env = TestEnv::new();
+    issued(&env);
+    let (cert, key) = export_device(&env, "gateway-01", "gateway-01");
+    let serve = Serve::start(&env);
+    let dps = serve.token(DPS_HOST, "provisioningserviceowner");
+    let hub = serve.token(HUB_HOST, "iothubowner");
+    let tp = sha1_of(&env, &cert);
+    let body = serde_json::json!({
+        "registrationId": "gateway-01",
+        "deviceId": "custom-gw",
+        "attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {"info": {"sha1Thumbprint": tp}}}}},
+        "iotHubs": [HUB_HOST],
+    })
+    .to_string();
+    let path = "/enrollments/gateway-01?api-version=2021-10-01";
+    let (code, answer) = curl_if_match(&env, &serve, DPS_HOST, path, &dps, "*", &body);
+    assert_eq!(code, 200, "{answer}");
+
+    let out = device_run(&env, &serve, "gateway-01", &cert, &key);
+    assert_eq!(out["provisioning"]["status"], "assigned", "{out}");
+    assert_eq!(out["provisioning"]["deviceId"], "custom-gw", "{out}");
+    assert_eq!(out["provisioning"]["registrationId"], "gateway-01", "{out}");
+    assert_eq!(out["hub"]["sent"], true, "the hub admits it as custom-gw: {out}");
+    let (code, device) = curl(
+        &env,
+        &serve,
+        "GET",
+        HUB_HOST,
+        "/devices/custom-gw?api-version=2021-04-12",
+        Some(&hub),
+        None,
+    );
+    assert_eq!(code, 200, "{device}");
+    let device: serde_json::Value = serde_json::from_str(&device).unwrap();
+    assert_eq!(
+        device["authentication"]["x509Thumbprint"]["primaryThumbprint"], tp,
+        "{device}"
+    );
+    let (code, state) = curl(
+        &env,
+        &serve,
+        "GET",
+        DPS_HOST,
+        "/registrations/gateway-01?api-version=2021-10-01",
+        Some(&dps),
+        None,
+    );
+    assert_eq!(code, 200, "{state}");
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert_eq!(state["deviceId"], "custom-gw", "{state}");
+}
+
 /// A PUT with an If-Match header, with curl.
 fn curl_if_match(
     env: &TestEnv,
@@ -2419,6 +2477,115 @@ fn a_hub_update_without_authentication_keeps_the_identitys_x509_authentication()
         refused.contains("authentication is required when a device identity is created"),
         "{refused}"
     );
+}
+
+/// `capabilities` and `statusReason` of a device identity are kept as a client wrote them and
+/// answered on PUT, GET, the device list and the registry query's twin (trial az11 F4: serve
+/// answered `{"iotEdge": false}` and `null`); a PUT that leaves them out puts IoT Hub's
+/// defaults back, as IoT Hub's PUT replaces the identity; a shape IoT Hub refuses gets 400.
+#[test]
+fn a_hub_identity_keeps_the_capabilities_and_status_reason_a_client_wrote() {
+    let env = TestEnv::new();
+    issued(&env);
+    let serve = Serve::start(&env);
+    let owner = serve.token(HUB_HOST, "iothubowner");
+    let tp = "AB".repeat(20);
+    let path = "/devices/edge-1?api-version=2021-04-12";
+    let json = |what: &str, code: u16, body: &str| -> serde_json::Value {
+        assert_eq!(code, 200, "{what}: {body}");
+        serde_json::from_str(body).unwrap()
+    };
+    let create = format!(
+        r#"{{"deviceId":"edge-1","authentication":{{"type":"selfSigned","x509Thumbprint":{{"primaryThumbprint":"{tp}"}}}}}}"#
+    );
+    let (code, made) = curl(&env, &serve, "PUT", HUB_HOST, path, Some(&owner), Some(&create));
+    let made = json("create", code, &made);
+    assert_eq!(
+        made["capabilities"],
+        serde_json::json!({"iotEdge": false}),
+        "{made}"
+    );
+    assert_eq!(made["statusReason"], serde_json::Value::Null, "{made}");
+
+    let mut edited = made.clone();
+    edited["capabilities"] = serde_json::json!({"iotEdge": true});
+    edited["statusReason"] = serde_json::json!("moved to rack 7");
+    let etag = made["etag"].as_str().unwrap().to_string();
+    let (code, written) = curl_if_match(
+        &env,
+        &serve,
+        HUB_HOST,
+        path,
+        &owner,
+        &format!("\"{etag}\""),
+        &edited.to_string(),
+    );
+    let written = json("update", code, &written);
+    let (code, read) = curl(&env, &serve, "GET", HUB_HOST, path, Some(&owner), None);
+    let read = json("get", code, &read);
+    let (code, listed) = curl(
+        &env,
+        &serve,
+        "GET",
+        HUB_HOST,
+        "/devices?api-version=2021-04-12",
+        Some(&owner),
+        None,
+    );
+    let listed = json("list", code, &listed);
+    let listed = listed
+        .as_array()
+        .and_then(|l| l.iter().find(|d| d["deviceId"] == "edge-1"))
+        .cloned()
+        .unwrap_or_else(|| panic!("edge-1 not listed: {listed}"));
+    let (code, twins) = curl(
+        &env,
+        &serve,
+        "POST",
+        HUB_HOST,
+        "/devices/query?api-version=2021-04-12",
+        Some(&owner),
+        Some(r#"{"query":"SELECT * FROM devices WHERE deviceId = 'edge-1'"}"#),
+    );
+    let twins = json("query", code, &twins);
+    for (what, device) in [
+        ("update", &written),
+        ("get", &read),
+        ("list", &listed),
+        ("twin", &twins[0]),
+    ] {
+        assert_eq!(device["capabilities"]["iotEdge"], true, "{what}: {device}");
+        assert_eq!(device["statusReason"], "moved to rack 7", "{what}: {device}");
+    }
+    assert_eq!(
+        read["authentication"]["x509Thumbprint"]["primaryThumbprint"], tp,
+        "{read}"
+    );
+
+    // A PUT without them replaces them with IoT Hub's defaults.
+    let (code, plain) = curl_if_match(&env, &serve, HUB_HOST, path, &owner, "*", &create);
+    let plain = json("plain update", code, &plain);
+    assert_eq!(
+        plain["capabilities"],
+        serde_json::json!({"iotEdge": false}),
+        "{plain}"
+    );
+    assert_eq!(plain["statusReason"], serde_json::Value::Null, "{plain}");
+
+    for (field, value, said) in [
+        ("capabilities", r#""edge""#, "capabilities must be an object"),
+        (
+            "capabilities",
+            r#"{"iotEdge":"yes"}"#,
+            "capabilities.iotEdge must be true or false",
+        ),
+        ("statusReason", "7", "statusReason must be text"),
+    ] {
+        let body = create.replacen('{', &format!(r#"{{"{field}":{value},"#), 1);
+        let (code, refused) = curl_if_match(&env, &serve, HUB_HOST, path, &owner, "*", &body);
+        assert_eq!(code, 400, "{field}={value}: {refused}");
+        assert!(refused.contains(said), "{field}={value}: {refused}");
+    }
 }
 
 #[test]

@@ -237,11 +237,12 @@ fn a_store_of_the_first_release_is_upgraded_by_any_verb_and_keeps_its_data() {
          DROP INDEX IF EXISTS registrations_by_enrollment;
          ALTER TABLE individual_enrollments DROP COLUMN etag; ALTER TABLE individual_enrollments DROP COLUMN dps_extra;
          ALTER TABLE enrollment_groups DROP COLUMN etag; ALTER TABLE enrollment_groups DROP COLUMN dps_extra;
-         ALTER TABLE hub_devices DROP COLUMN etag; ALTER TABLE service_cas DROP COLUMN etag;
+         ALTER TABLE hub_devices DROP COLUMN etag; ALTER TABLE hub_devices DROP COLUMN hub_extra;
+         ALTER TABLE service_cas DROP COLUMN etag;
          ALTER TABLE registrations DROP COLUMN etag; ALTER TABLE registrations DROP COLUMN created;
          ALTER TABLE registrations DROP COLUMN error_code;
          ALTER TABLE registrations DROP COLUMN decision_inputs; ALTER TABLE registrations DROP COLUMN decision_from;
-         ALTER TABLE registrations DROP COLUMN decision_until;
+         ALTER TABLE registrations DROP COLUMN decision_until; ALTER TABLE registrations DROP COLUMN device_id;
          PRAGMA user_version = 1;",
     );
     sqlite(&rewind);

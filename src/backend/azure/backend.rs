@@ -329,6 +329,12 @@ impl VaultIndex {
             && let (Some(whose), Some(names)) = (whose, &names)
             && let Err(e) = Self::add(&vault, names, &mut index.1)
         {
+            // A rejected credential (or an untrusted vault) fails every other read the same
+            // way: stop at it with one error instead of warning of each read tried next (trial
+            // az11 F8: three WARN lines of the same 401 before the error).
+            if stops_lookup(&e) {
+                return Err(e);
+            }
             tracing::warn!("cannot read the vault certificates of `{whose}`: {e}");
             failure = Some(e);
         }
@@ -342,6 +348,9 @@ impl VaultIndex {
                     *index = (index.0 + 1, map);
                 }
                 Err(e) => {
+                    if stops_lookup(&e) {
+                        return Err(e);
+                    }
                     tracing::warn!("cannot index the vault's certificates: {e}");
                     failure.get_or_insert(e);
                 }
@@ -355,6 +364,9 @@ impl VaultIndex {
                 Ok(Some(der)) => return Ok(Some(der)),
                 Ok(None) => {}
                 Err(e) => {
+                    if stops_lookup(&e) {
+                        return Err(e);
+                    }
                     tracing::warn!(
                         "cannot read the vault's deleted certificates of `{}`: {e}",
                         names.join(", ")
@@ -365,6 +377,18 @@ impl VaultIndex {
         }
         failure.map_or(Ok(None), Err)
     }
+}
+
+/// Whether a failed read of the vault fails every other read the same way: Key Vault rejected
+/// the credential (401), or the setup is wrong otherwise ([`super::observe::is_setup_failure`]).
+fn stops_lookup(error: &BackendError) -> bool {
+    matches!(
+        error,
+        BackendError::Remote {
+            status: Some(401),
+            ..
+        }
+    ) || super::observe::is_setup_failure(error)
 }
 
 impl super::dps::CertificateSource for VaultIndex {
@@ -1097,6 +1121,7 @@ impl AzureBackend {
             created: None,
             updated: None,
             etag: None,
+            device_id: None,
         });
         RegistrationState {
             status: "waiting".into(),

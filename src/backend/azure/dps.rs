@@ -1440,6 +1440,7 @@ impl AzureEnrollmentService {
             created: parse_time(v.created_date_time_utc.as_deref()),
             updated: parse_time(v.last_updated_date_time_utc.as_deref()),
             etag: v.etag.map(|e| e.trim_matches('"').to_string()),
+            device_id: None,
         }
     }
 

@@ -171,18 +171,21 @@ pub fn delete_in(
                 list_names(&users.devices)
             )));
         }
-        if !users.signed.is_empty() {
-            return Err(input(format!(
-                "`{name}` signed versions of {}; their chains cannot be built while it is deleted \
-                 (--force deletes it anyway)",
-                list_names(&users.signed)
-            )));
-        }
+        // What the plan has it sign first: every backend knows that, so a CA of the plan is
+        // refused in the same words on each (trial az11 F6: the local store named the versions
+        // it signed, Key Vault, which cannot tell, the plan's CAs and enrollments).
         if !signs.is_empty() {
             return Err(input(format!(
                 "`{name}` is the CA that signs {} in the plan; their chains cannot be built while it is \
                  deleted, and DPS refuses their devices once its certificate is gone (--force deletes it anyway)",
                 list_names(signs)
+            )));
+        }
+        if !users.signed.is_empty() {
+            return Err(input(format!(
+                "`{name}` signed versions of {}; their chains cannot be built while it is deleted \
+                 (--force deletes it anyway)",
+                list_names(&users.signed)
             )));
         }
     }

@@ -18,8 +18,9 @@ use time::OffsetDateTime;
 pub struct ContactsView {
     /// The addresses lifetime actions e-mail.
     pub contacts: Vec<String>,
-    /// `store` (set with `vault contacts set`), `plan` (the plan's `[contacts] emails`, while
-    /// none are set) or `none`.
+    /// Where they were read from: `store` (set with `vault contacts set`, in the local store),
+    /// `keyvault` (set so on azure: Key Vault's certificate contacts), `plan` (the plan's
+    /// `[contacts] emails`, while none are set) or `none`.
     pub source: &'static str,
     /// What `vault contacts delete` removed from the store.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -30,7 +31,7 @@ fn effective(plan: &Plan, stored: Option<Vec<String>>) -> ContactsView {
     match stored {
         Some(list) => ContactsView {
             contacts: list,
-            source: "store",
+            source: if plan.azure.is_some() { "keyvault" } else { "store" },
             removed: None,
         },
         None if !plan.contacts.is_empty() => ContactsView {
