@@ -163,6 +163,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v15_issued_versions.sql"),
     include_str!("schema_v16_deleted_versions.sql"),
     include_str!("schema_v17_disabled_thumbprints.sql"),
+    include_str!("schema_v18_purged_versions.sql"),
 ];
 
 /// How to open a store.

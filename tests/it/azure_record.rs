@@ -216,7 +216,7 @@ fn a_store_of_the_previous_release_reads_as_before_until_the_next_issue_records(
     // Back to v14, as that release left it: without the tables of v15 and later.
     let out = Command::new("sqlite3")
         .arg(env.path("azure/state.db"))
-        .arg("DROP TABLE issued_versions; DROP TABLE deleted_versions; PRAGMA user_version = 14;")
+        .arg("DROP TABLE issued_versions; DROP TABLE deleted_versions; DROP TABLE purged_versions;\n         PRAGMA user_version = 14;")
         .output()
         .unwrap_or_else(|e| panic!("sqlite3: {e}"));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
