@@ -996,3 +996,67 @@ fn a_purged_device_certificate_stays_certrolls_own_on_azure_as_on_local() {
     assert_same(&l, &a, "status after issue");
     assert!(!a.to_string().contains("another client"), "{a:#}");
 }
+
+/// Trial az12 F5: Key Vault sets how long a deleted certificate stays recoverable per vault, so
+/// `vault delete --recovery-days 7` on azure, which was accepted and left the certificate
+/// recoverable for 90 days, is refused (exit 2, the option and the vault's retention named) and
+/// deletes nothing; without the option it deletes. The local store keeps the days given.
+#[test]
+fn vault_delete_recovery_days_is_refused_on_azure_where_the_vault_sets_the_retention() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    crate::azure_verbs::fleet_plans_hook(&env, &serve, FLEET);
+    let (l, a) = both(&env, &serve, &["issue", "-o", "json"]);
+    assert_same(&l, &a, "issue");
+    let with_days = [
+        "vault",
+        "delete",
+        "dev-gw-2",
+        "--force",
+        "--recovery-days",
+        "7",
+        "-o",
+        "json",
+    ];
+
+    let local = run_fleet(&env, &serve, "local", &with_days);
+    assert_eq!(local.code, 0, "{}\n{}", local.stdout, local.stderr);
+    let deleted = &local.json()["deleted"];
+    let date = |field: &str| {
+        let text = deleted[field].as_str().unwrap_or_else(|| panic!("{deleted:#}"));
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).unwrap()
+    };
+    assert_eq!(
+        date("scheduled_purge_date") - date("deleted_date"),
+        time::Duration::days(7),
+        "{deleted:#}"
+    );
+
+    let azure = run_fleet(&env, &serve, "azure", &with_days);
+    assert_eq!(azure.code, 2, "{}\n{}", azure.stdout, azure.stderr);
+    assert!(
+        azure.stderr.contains("--recovery-days 7")
+            && azure.stderr.contains("retention")
+            && azure.stderr.contains("Nothing was deleted"),
+        "{}",
+        azure.stderr
+    );
+    let shown = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["vault", "show", "dev-gw-2", "-o", "json"],
+    );
+    assert_eq!(shown.code, 0, "still live: {}", shown.stderr);
+    let listed = run_fleet(&env, &serve, "azure", &["vault", "list-deleted", "-o", "json"]);
+    assert_eq!(listed.json()["deleted"], serde_json::json!([]), "nothing deleted");
+
+    let azure = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["vault", "delete", "dev-gw-2", "--force", "-o", "json"],
+    );
+    assert_eq!(azure.code, 0, "{}\n{}", azure.stdout, azure.stderr);
+    assert_eq!(azure.json()["deleted"]["name"], "dev-gw-2");
+}
