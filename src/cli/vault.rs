@@ -113,8 +113,11 @@ Examples:
         /// A vault name or ca:NAME / device:ID / enrollment:NAME.
         name: String,
         /// Days it stays recoverable (7 to 90).
-        #[arg(long, default_value_t = lifecycle::DEFAULT_RECOVERY_DAYS, value_parser = parse_recovery_days)]
-        recovery_days: u32,
+        ///
+        /// Default 90. On `kind = "azure"` Key Vault keeps deleted certificates for the vault's
+        /// own retention period, so the option is refused there.
+        #[arg(long, value_parser = parse_recovery_days)]
+        recovery_days: Option<u32>,
         /// Delete even what devices hold or what signed other certificates.
         #[arg(long)]
         force: bool,

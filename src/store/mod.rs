@@ -165,6 +165,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v17_disabled_thumbprints.sql"),
     include_str!("schema_v18_hub_extra.sql"),
     include_str!("schema_v19_registration_device_id.sql"),
+    include_str!("schema_v20_purged_versions.sql"),
 ];
 
 /// How to open a store.

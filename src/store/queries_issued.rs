@@ -2,10 +2,11 @@
 //! under each device certificate name, kept beside the fleet record where the vault is remote
 //! (azure), so that a run which finds that version still the newest in the vault's listing
 //! needs not read it from the vault again; and of `deleted_versions` (schema v16): every version
-//! of a certificate certroll soft-deleted there, which Key Vault no longer shows.
+//! of a certificate certroll soft-deleted there, which Key Vault no longer shows; and of
+//! `purged_versions` (schema v20): the certificates of the versions certroll purged there.
 
 use super::StoreError;
-use super::queries::{from_ts, sql, ts};
+use super::queries::{all, from_ts, json_list, one, sql, ts};
 use crate::backend::types::VaultVersion;
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -209,6 +210,60 @@ pub fn deleted_forget(conn: &Connection, name: &str) -> Result<()> {
         .map_err(sql)
 }
 
+/// Records the certificates of `versions` (one name's, read just before certroll purges it in
+/// a remote vault): DPS still names them by thumbprint in the enrollment slots, and the device
+/// still holds one, after the vault has forgotten them.
+pub fn purged_put(conn: &Connection, versions: &[VaultVersion]) -> Result<()> {
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT OR REPLACE INTO purged_versions (name, version, cert_der) VALUES (?1, ?2, ?3)",
+        )
+        .map_err(sql)?;
+    for v in versions {
+        stmt.execute(params![v.name, v.version, v.cert_der])
+            .map_err(sql)?;
+    }
+    Ok(())
+}
+
+/// Forgets the purged versions of `name` that are also recorded as deleted ([`deleted_put`]):
+/// the purge recorded them did not happen, or the name was recovered, so they are in the vault
+/// again. Versions an earlier purge took stay.
+pub fn purged_unmark(conn: &Connection, name: &str) -> Result<()> {
+    conn.prepare_cached(
+        "DELETE FROM purged_versions WHERE name = ?1
+             AND version IN (SELECT version FROM deleted_versions WHERE name = ?1)",
+    )
+    .and_then(|mut s| s.execute([name]))
+    .map(|_| ())
+    .map_err(sql)
+}
+
+/// The certificates (DER) recorded as purged under any of `names` ([`purged_put`]).
+pub fn purged_of(conn: &Connection, names: &[String]) -> Result<Vec<Vec<u8>>> {
+    all(
+        conn,
+        "SELECT p.cert_der FROM json_each(?1) j JOIN purged_versions p ON p.name = j.value",
+        [json_list(names)],
+        |r| r.get(0),
+    )
+}
+
+/// The first of these devices (in the order given) whose installed version certroll purged
+/// from the remote vault ([`purged_put`]), if any: the fleet record still names it, the vault
+/// no longer has it.
+pub fn purged_first_device(conn: &Connection, ids: &[String]) -> Result<Option<String>> {
+    one(
+        conn,
+        "SELECT j.value FROM json_each(?1) j JOIN devices d ON d.id = j.value
+         WHERE EXISTS (SELECT 1 FROM purged_versions p
+                       WHERE p.name = d.cert_name AND p.version = d.installed_version)
+         ORDER BY j.key LIMIT 1",
+        [json_list(ids)],
+        |r| r.get(0),
+    )
+}
+
 /// The `issuer` column's text of a signing CA version: `NAME/VERSION` (vault names and Key Vault
 /// versions hold no `/`).
 fn issuer_text(issuer: Option<&(String, String)>) -> Option<String> {
@@ -250,5 +305,35 @@ mod tests {
         assert_eq!(got[2], None);
         issued_forget(conn, "dev-a").unwrap();
         assert_eq!(issued_many(conn, &names[..1]).unwrap(), vec![None]);
+    }
+
+    #[test]
+    fn purged_versions_name_the_devices_still_holding_them_until_recovered() {
+        let store = crate::store::Store::open_empty().unwrap();
+        let conn = store.conn();
+        let device = |id: &str, version: &str| crate::backend::types::DeviceRecord {
+            id: id.into(),
+            group: None,
+            enrollment: Some(id.into()),
+            cert_name: format!("dev-{id}"),
+            installed_version: Some(version.into()),
+        };
+        for d in [device("a", "v2"), device("b", "v1")] {
+            crate::store::queries::device_put(conn, &d).unwrap();
+        }
+        let version = |name: &str, v: &str| issued(name, v).with(true, from_ts(0), from_ts(1));
+        let ids = ["b", "a"].map(String::from);
+        // An earlier purge of dev-a took v1; the device holds v2, deleted, then purged.
+        purged_put(conn, &[version("dev-a", "v1")]).unwrap();
+        assert_eq!(purged_first_device(conn, &ids).unwrap(), None);
+        deleted_put(conn, &[version("dev-a", "v2")]).unwrap();
+        purged_put(conn, &[version("dev-a", "v2")]).unwrap();
+        assert_eq!(purged_first_device(conn, &ids).unwrap(), Some("a".into()));
+        let names = ["dev-a", "dev-b"].map(String::from);
+        assert_eq!(purged_of(conn, &names).unwrap().len(), 2);
+        // The purge did not happen after all: v2 is back, v1 stays purged.
+        purged_unmark(conn, "dev-a").unwrap();
+        assert_eq!(purged_first_device(conn, &ids).unwrap(), None);
+        assert_eq!(purged_of(conn, &names).unwrap().len(), 1);
     }
 }

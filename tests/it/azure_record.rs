@@ -217,7 +217,7 @@ fn a_store_of_the_previous_release_reads_as_before_until_the_next_issue_records(
     let out = Command::new("sqlite3")
         .arg(env.path("azure/state.db"))
         .arg(
-            "DROP TABLE issued_versions; DROP TABLE deleted_versions; \
+            "DROP TABLE issued_versions; DROP TABLE deleted_versions; DROP TABLE purged_versions; \
              ALTER TABLE hub_devices DROP COLUMN hub_extra; ALTER TABLE registrations DROP COLUMN device_id; \
              PRAGMA user_version = 14;",
         )

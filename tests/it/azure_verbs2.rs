@@ -926,3 +926,135 @@ fn breach_removing_the_hub_identity_with_hook_delivery_is_the_same_on_local_and_
     let (l, a) = both(&env, &serve, &breach);
     assert_same(&l, &a, "a rerun of the breach");
 }
+
+/// Trial az12 F3: after `vault delete --force` and `vault purge` of a device's certificate
+/// (after a roll put a second one of certroll's into the enrollment's other slot), azure does as
+/// local. `check` names the purge and `certroll issue`, not "another client" in either slot;
+/// `roll-secondary --due` holds that device back (exit 1) instead of refusing the whole fleet;
+/// `issue device:ID` replaces both certificates in the enrollment and leaves one vault version,
+/// and a rerun changes nothing. On azure DPS names a slot's certificate by thumbprint only, and
+/// the purged versions are no longer in Key Vault: certroll must have kept them.
+#[test]
+fn a_purged_device_certificate_stays_certrolls_own_on_azure_as_on_local() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    crate::azure_verbs::fleet_plans_hook(&env, &serve, FLEET);
+    let (l, a) = both(&env, &serve, &["issue", "-o", "json"]);
+    assert_same(&l, &a, "issue");
+    let (l, a) = both(&env, &serve, &["roll-secondary", "device:gw-1", "-o", "json"]);
+    assert_same(&l, &a, "roll-secondary device:gw-1");
+    let (l, a) = both(
+        &env,
+        &serve,
+        &["vault", "delete", "dev-gw-1", "--force", "-o", "json"],
+    );
+    assert_same(&l, &a, "vault delete");
+    let (l, a) = both(
+        &env,
+        &serve,
+        &["vault", "purge", "dev-gw-1", "--yes", "-o", "json"],
+    );
+    assert_same(&l, &a, "vault purge");
+
+    let (l, a) = both_exit(&env, &serve, &["check", "-o", "json"], 2);
+    for (which, check) in [("local", &l), ("azure", &a)] {
+        let text = check.to_string();
+        assert!(!text.contains("another client"), "{which}: {check:#}");
+        assert!(
+            text.contains("purged") && text.contains("certroll issue device:gw-1"),
+            "{which}: {check:#}"
+        );
+    }
+    assert_same(&l, &a, "check after the purge");
+
+    let (l, a) = both_exit(&env, &serve, &["roll-secondary", "--due", "-o", "json"], 1);
+    assert_same(&l, &a, "roll-secondary --due after the purge");
+    let held = a["devices"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["target"] == "device:gw-1"))
+        .unwrap_or_else(|| panic!("{a:#}"));
+    assert_eq!(held["outcome"], "held-back", "{a:#}");
+
+    // The device takes its new certificate as a factory-fresh one: it registers with it.
+    std::fs::remove_file(env.path("devices/gw-1.booted")).unwrap();
+    let (l, a) = both(&env, &serve, &["issue", "device:gw-1", "-o", "json"]);
+    assert_same(&l, &a, "issue device:gw-1 after the purge");
+    let (l, a) = both(&env, &serve, &["vault", "show", "dev-gw-1", "-o", "json"]);
+    assert_eq!(a["versions"].as_array().map(Vec::len), Some(1), "{a:#}");
+    assert_same(&l["versions"], &a["versions"], "versions after issue");
+    let (l, a) = both(&env, &serve, &["issue", "device:gw-1", "-o", "json"]);
+    assert_same(&l, &a, "issue device:gw-1 again");
+    let (_, a) = both(&env, &serve, &["vault", "show", "dev-gw-1", "-o", "json"]);
+    assert_eq!(
+        a["versions"].as_array().map(Vec::len),
+        Some(1),
+        "a rerun issues nothing: {a:#}"
+    );
+    let (l, a) = both(&env, &serve, &["status", "-o", "json"]);
+    assert_same(&l, &a, "status after issue");
+    assert!(!a.to_string().contains("another client"), "{a:#}");
+}
+
+/// Trial az12 F5: Key Vault sets how long a deleted certificate stays recoverable per vault, so
+/// `vault delete --recovery-days 7` on azure, which was accepted and left the certificate
+/// recoverable for 90 days, is refused (exit 2, the option and the vault's retention named) and
+/// deletes nothing; without the option it deletes. The local store keeps the days given.
+#[test]
+fn vault_delete_recovery_days_is_refused_on_azure_where_the_vault_sets_the_retention() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    crate::azure_verbs::fleet_plans_hook(&env, &serve, FLEET);
+    let (l, a) = both(&env, &serve, &["issue", "-o", "json"]);
+    assert_same(&l, &a, "issue");
+    let with_days = [
+        "vault",
+        "delete",
+        "dev-gw-2",
+        "--force",
+        "--recovery-days",
+        "7",
+        "-o",
+        "json",
+    ];
+
+    let local = run_fleet(&env, &serve, "local", &with_days);
+    assert_eq!(local.code, 0, "{}\n{}", local.stdout, local.stderr);
+    let deleted = &local.json()["deleted"];
+    let date = |field: &str| {
+        let text = deleted[field].as_str().unwrap_or_else(|| panic!("{deleted:#}"));
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).unwrap()
+    };
+    assert_eq!(
+        date("scheduled_purge_date") - date("deleted_date"),
+        time::Duration::days(7),
+        "{deleted:#}"
+    );
+
+    let azure = run_fleet(&env, &serve, "azure", &with_days);
+    assert_eq!(azure.code, 2, "{}\n{}", azure.stdout, azure.stderr);
+    assert!(
+        azure.stderr.contains("--recovery-days 7")
+            && azure.stderr.contains("retention")
+            && azure.stderr.contains("Nothing was deleted"),
+        "{}",
+        azure.stderr
+    );
+    let shown = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["vault", "show", "dev-gw-2", "-o", "json"],
+    );
+    assert_eq!(shown.code, 0, "still live: {}", shown.stderr);
+    let listed = run_fleet(&env, &serve, "azure", &["vault", "list-deleted", "-o", "json"]);
+    assert_eq!(listed.json()["deleted"], serde_json::json!([]), "nothing deleted");
+
+    let azure = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["vault", "delete", "dev-gw-2", "--force", "-o", "json"],
+    );
+    assert_eq!(azure.code, 0, "{}\n{}", azure.stdout, azure.stderr);
+    assert_eq!(azure.json()["deleted"]["name"], "dev-gw-2");
+}

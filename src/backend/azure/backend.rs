@@ -146,8 +146,9 @@ struct VaultIndex {
     /// DPS record name (registration id or group name) → the vault names of its certificates.
     hints: HashMap<String, Vec<String>>,
     /// The certificates recorded as issued to the plan's individual enrollments (store table
-    /// `issued_versions`), by SHA-1 thumbprint: a certificate is its own proof, so an
-    /// enrollment's slot holding one of them needs no read of the vault.
+    /// `issued_versions`) and as purged under the plan's names (`purged_versions`), by SHA-1
+    /// thumbprint: a certificate is its own proof, so a slot holding one of them needs no read
+    /// of the vault.
     recorded: ThumbprintDer,
     /// The soft-deleted (recoverable) certificates among the hinted names, read once each by
     /// [`VaultIndex::deleted_of`]: name → its versions Key Vault still shows, by thumbprint.
@@ -168,19 +169,32 @@ impl VaultIndex {
     const MAX_BUILDS: usize = 3;
 
     /// The certificates the store beside the plan records as issued to the plan's individual
-    /// enrollments ([`VaultIndex::recorded`]).
+    /// enrollments, and as purged from the vault under the plan's CA and enrollment names
+    /// ([`VaultIndex::recorded`]).
     fn recorded(local: &LocalBackend, plan: &Plan) -> std::result::Result<ThumbprintDer, SetupError> {
         let names: Vec<String> = plan
             .enrollments
             .keys()
             .map(|e| crate::backend::types::device_cert_name(e))
             .collect();
-        let recorded = crate::store::queries_issued::issued_many(local.store().conn(), &names)
-            .map_err(|e| SetupError::Client(format!("reading the store beside the plan: {e}")))?;
+        let conn = local.store().conn();
+        let store_error = |e| SetupError::Client(format!("reading the store beside the plan: {e}"));
+        let recorded = crate::store::queries_issued::issued_many(conn, &names).map_err(store_error)?;
+        // A purged version is still certroll's: the slots and the device may hold it, and the
+        // vault can no longer say so (trial az12 F3).
+        let purged_names: Vec<String> = plan
+            .cas
+            .iter()
+            .map(|c| crate::backend::types::ca_cert_name(&c.name))
+            .chain(names)
+            .collect();
+        let purged = crate::store::queries_issued::purged_of(conn, &purged_names).map_err(store_error)?;
         Ok(recorded
             .into_iter()
             .flatten()
-            .map(|r| (crate::pki::sha1_thumbprint(&r.cert_der), r.cert_der))
+            .map(|r| r.cert_der)
+            .chain(purged)
+            .map(|der| (crate::pki::sha1_thumbprint(&der), der))
             .collect())
     }
 
@@ -1457,6 +1471,13 @@ impl Fleet for AzureBackend {
 
     fn first_unissued(&self, ids: &[String]) -> Result<Option<String>> {
         self.vault.local().first_unissued(ids)
+    }
+
+    fn first_purged(&self, ids: &[String]) -> Result<Option<String>> {
+        // What certroll purged is recorded beside the fleet record: no request to Key Vault. A
+        // purge by another client is found by the roll's own read of the device.
+        crate::store::queries_issued::purged_first_device(self.vault.local().store().conn(), ids)
+            .map_err(BackendError::Store)
     }
 
     fn devices_page(&self, group: Option<&str>, after: &str, limit: usize) -> Result<Vec<DeviceRecord>> {

@@ -1996,9 +1996,13 @@ impl Vault for AzureVault {
 
     fn recover_certificate(&mut self, name: &str) -> Result<bool> {
         self.touch(name)?;
+        let conn = self.local.store().conn();
         self.rt.block_on(async {
             match self.certs.recover_deleted_certificate(name, None).await {
-                Ok(_) => crate::store::queries_issued::deleted_forget(self.local.store().conn(), name)
+                // Back in the vault: neither deleted nor purged (a purge that failed after its
+                // record, trial az12 F3).
+                Ok(_) => crate::store::queries_issued::purged_unmark(conn, name)
+                    .and_then(|()| crate::store::queries_issued::deleted_forget(conn, name))
                     .map(|()| true)
                     .map_err(BackendError::Store),
                 Err(e) if is_not_found(&e) => Ok(false),
@@ -2008,14 +2012,30 @@ impl Vault for AzureVault {
     }
 
     fn purge_certificate(&mut self, name: &str) -> Result<bool> {
+        // DPS slots name certificates by thumbprint only, and the devices keep theirs: certroll
+        // must still know every purged version as its own (trial az12 F3), so they are recorded
+        // before the purge, where a stop right after it cannot lose them.
+        let versions: Vec<VaultVersion> = self
+            .deleted_certificates(Some(name))?
+            .into_iter()
+            .flat_map(|d| d.versions)
+            .collect();
+        let conn = self.local.store().conn();
+        crate::store::queries_issued::purged_put(conn, &versions).map_err(BackendError::Store)?;
         self.touch(name)?;
         self.rt.block_on(async {
             match self.certs.purge_deleted_certificate(name, None).await {
-                Ok(_) => crate::store::queries_issued::deleted_forget(self.local.store().conn(), name)
+                Ok(_) => crate::store::queries_issued::deleted_forget(conn, name)
                     .map(|()| true)
                     .map_err(BackendError::Store),
                 Err(e) if is_not_found(&e) => Ok(false),
-                Err(e) => Err(remote("purge certificate", name, e)),
+                Err(e) => {
+                    // Still in the recycle bin: not purged after all.
+                    if let Err(unmark) = crate::store::queries_issued::purged_unmark(conn, name) {
+                        tracing::warn!("cannot unrecord the purge of `{name}`: {unmark}");
+                    }
+                    Err(remote("purge certificate", name, e))
+                }
             }
         })
     }

@@ -19,24 +19,16 @@ use time::OffsetDateTime;
 pub const DEFAULT_RECOVERY_DAYS: u32 = 90;
 
 /// Options of `vault delete`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct DeleteOptions {
-    /// Days the certificate can be recovered (7 to 90, as in Key Vault).
-    pub recovery_days: u32,
+    /// Days the certificate can be recovered (7 to 90, as in Key Vault); None: the default,
+    /// [`DEFAULT_RECOVERY_DAYS`]. Key Vault sets the period per vault, not per delete, so a
+    /// value given for a plan of `kind = "azure"` is refused (trial az12 F5).
+    pub recovery_days: Option<u32>,
     /// Delete even what devices hold or what signed other certificates.
     pub force: bool,
     /// Check and report; change nothing.
     pub dry_run: bool,
-}
-
-impl Default for DeleteOptions {
-    fn default() -> Self {
-        DeleteOptions {
-            recovery_days: DEFAULT_RECOVERY_DAYS,
-            force: false,
-            dry_run: false,
-        }
-    }
 }
 
 /// A deleted certificate, as `vault delete` and `vault list-deleted` show it.
@@ -108,7 +100,19 @@ pub fn delete(
     now: OffsetDateTime,
 ) -> Result<DeleteReport> {
     let name = resolve_name(name)?;
-    check_recovery_days(opts.recovery_days)?;
+    if let Some(days) = opts.recovery_days {
+        check_recovery_days(days)?;
+    }
+    if let (Some(days), Some(_)) = (opts.recovery_days, &plan.azure) {
+        // Accepted, it was ignored: the certificate stayed recoverable for the vault's period.
+        return Err(input(format!(
+            "--recovery-days {days}: Key Vault keeps deleted certificates for the vault's own \
+             retention period (7 to 90 days, set when the vault is created: `az keyvault create \
+             --retention-days`), not one given per delete; run `certroll vault delete {name}` \
+             without it (`certroll vault list-deleted` then shows the purge date). Nothing was \
+             deleted"
+        )));
+    }
     let access = if opts.dry_run { Access::Read } else { Access::Write };
     let mut backend = open_verb_backend(plan, "vault", access, settings)?;
     delete_in(&mut *backend, &name, &signs_in_plan(plan, &name), opts, now)
@@ -156,7 +160,8 @@ pub fn delete_in(
     now: OffsetDateTime,
 ) -> Result<DeleteReport> {
     let name = name.to_string();
-    check_recovery_days(opts.recovery_days)?;
+    let recovery_days = opts.recovery_days.unwrap_or(DEFAULT_RECOVERY_DAYS);
+    check_recovery_days(recovery_days)?;
     let live = backend.current(&name)?.is_some();
     let pending = backend.pending(&name)?.is_some();
     if !live && !pending {
@@ -189,7 +194,7 @@ pub fn delete_in(
             )));
         }
     }
-    let purge_at = crate::clock::add_days(now, opts.recovery_days as i64);
+    let purge_at = crate::clock::add_days(now, recovery_days as i64);
     if opts.dry_run {
         let deleted = if live {
             Some(DeletedView {
