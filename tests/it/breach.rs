@@ -757,3 +757,66 @@ fn a_roll_into_the_slot_holding_the_only_certificate_keeps_that_certificate_work
         assert!(works(&env, id, &new, NOW), "{id}: the new one works");
     }
 }
+
+/// The sensors of a three-sensor quickstart and its gateway: every device under `ca:factory`.
+const UNDER_FACTORY: [&str; 4] = ["sensor-1", "sensor-2", "sensor-3", "gateway-01"];
+
+/// A snapshot of every version of the factory CA and the devices under it, enabled or not.
+fn vault_state(env: &TestEnv) -> Vec<(String, String, bool)> {
+    let b = backend(env);
+    std::iter::once("ca-factory".to_string())
+        .chain(UNDER_FACTORY.iter().map(|id| format!("dev-{id}")))
+        .flat_map(|name| b.versions(&name).unwrap())
+        .map(|v| (v.name, v.version, v.enabled))
+        .collect()
+}
+
+#[test]
+fn a_ca_or_group_breach_run_again_with_an_older_incident_replaces_nothing() {
+    for target in ["group:sensors", "ca:factory"] {
+        let env = TestEnv::new();
+        small_quickstart(&env, 3);
+        run(&env, &["issue"]).ok();
+        let breach = |incident: &str| {
+            run(
+                &env,
+                &[
+                    "roll-primary",
+                    "--breach",
+                    "--incident",
+                    incident,
+                    target,
+                    "--yes",
+                    "-o",
+                    "json",
+                ],
+            )
+            .ok()
+            .json()
+        };
+        for incident in ["L1", "L2"] {
+            let r = breach(incident);
+            assert_eq!(r["groups"][0]["outcome"], "replaced", "{target} {incident}: {r}");
+        }
+        let after_l2 = vault_state(&env);
+        let held: Vec<Vec<u8>> = ["sensor-1", "sensor-2", "sensor-3"]
+            .iter()
+            .map(|id| pem_der(&env, NOW, id))
+            .collect();
+        // L1's command from the shell history, L2's, then L1's again: L2's CA stands.
+        for incident in ["L1", "L2", "L1"] {
+            let again = breach(incident);
+            assert_eq!(
+                again["groups"][0]["outcome"], "already-replaced",
+                "{target} {incident}: {again}"
+            );
+            assert_eq!(vault_state(&env), after_l2, "{target} {incident}: {again}");
+            for (id, cert) in ["sensor-1", "sensor-2", "sensor-3"].iter().zip(&held) {
+                assert!(works(&env, id, cert, NOW), "{target} {incident}: {id}");
+            }
+        }
+        // A new label still declares L2's replacement compromised.
+        let l3 = breach("L3");
+        assert_eq!(l3["groups"][0]["outcome"], "replaced", "{target}: {l3}");
+    }
+}

@@ -106,22 +106,44 @@ pub(super) type OpenIncidents = HashMap<String, Vec<String>>;
 /// [`OpenIncidents`], read from the journal once per run (`this_run` is the run's own number).
 pub(super) fn open_incidents(backend: &dyn Backend, this_run: Option<i64>) -> Result<OpenIncidents> {
     let mut open: OpenIncidents = HashMap::new();
-    for run in backend.open_runs()?.iter().filter(|r| Some(r.id) != this_run) {
-        for step in run.steps.iter().filter(|s| s.kind == "breach-device") {
-            let Some(incident) = step.detail["incident"].as_str() else {
-                continue;
-            };
-            for id in step.detail["ids"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|i| i.as_str())
-            {
-                open.entry(id.to_string()).or_default().push(incident.to_string());
-            }
+    for step in open_steps(backend, this_run, "breach-device")? {
+        let Some(incident) = step.detail["incident"].as_str() else {
+            continue;
+        };
+        for id in step.detail["ids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.as_str())
+        {
+            open.entry(id.to_string()).or_default().push(incident.to_string());
         }
     }
     Ok(open)
+}
+
+/// The steps of `kind` of the runs left open (killed or failed) other than `this_run`, in one
+/// read of the journal.
+fn open_steps(backend: &dyn Backend, this_run: Option<i64>, kind: &str) -> Result<Vec<JournalStep>> {
+    Ok(backend
+        .open_runs()?
+        .into_iter()
+        .filter(|r| Some(r.id) != this_run)
+        .flat_map(|r| r.steps)
+        .filter(|s| s.kind == kind)
+        .collect())
+}
+
+/// The incidents of the `ca:`/`group:` breach runs of `target` left open: a later breach of the
+/// target replaces what they set out to replace, so it counts them as handled, and their
+/// commands run again afterwards find the target replaced (trial az12 F1, F2), as
+/// [`open_incidents`] does for a device.
+pub(super) fn open_target_incidents(backend: &dyn Backend, target: &str) -> Result<Vec<String>> {
+    Ok(open_steps(backend, None, "remove-compromised")?
+        .iter()
+        .filter(|s| s.target == target)
+        .flat_map(|s| incidents_of(&s.detail))
+        .collect())
 }
 
 /// A decided chunk: the per-device reports and the work to do.
@@ -1626,10 +1648,10 @@ fn superseded(own: &VaultVersion, newest: &VersionBrief) -> Option<String> {
     })
 }
 
-/// Every incident label a device's last breach step records: its own and those of the
-/// breaches before it (`earlier_incidents`), oldest first. A breach without `--incident` has no
-/// label.
-fn incidents_of(result: &serde_json::Value) -> Vec<String> {
+/// Every incident label a breach step records (a device's in its result, a `ca:`/`group:`
+/// target's in its `remove-compromised` detail): its own and those of the breaches before it
+/// (`earlier_incidents`), oldest first. A breach without `--incident` has no label.
+pub(super) fn incidents_of(result: &serde_json::Value) -> Vec<String> {
     let mut all: Vec<String> = result["earlier_incidents"]
         .as_array()
         .into_iter()

@@ -1693,13 +1693,17 @@ fn refuse_unissued(backend: &dyn Backend, device_ids: &[String], scopes: &[Scope
 
 /// Whether a breach of a `ca:` or `group:` target is in place, from the journal's record of the
 /// last one (a run with nothing to do records none, so it never erases that record): a breach of
-/// this target (of the same incident, when one is named) took out CA versions of which none is
-/// current any more.
+/// this target (of the same incident, or one after it, when one is named) took out CA versions
+/// of which none is current any more. An incident the last breach counted as handled before it
+/// is in place too: its command run again from the shell history must not take the later
+/// incident's CA for compromised (trial az12 F1).
 fn breach_in_place(backend: &dyn Backend, target: &str, breach: &Breach) -> Result<bool> {
     let Some(step) = backend.last_done_step(target, "remove-compromised")? else {
         return Ok(false);
     };
-    if breach.incident.is_some() && step.detail["incident"].as_str() != breach.incident.as_deref() {
+    if let Some(incident) = &breach.incident
+        && !devices::incidents_of(&step.detail).contains(incident)
+    {
         return Ok(false);
     }
     for (name, version) in pairs(&step.detail["compromised"]) {
@@ -1921,11 +1925,25 @@ fn plan_scope<'p>(
                 }
             }
         }
+        // The incidents handled before this one, carried into its record (the journal keeps only
+        // the target's newest step of a kind): the last breach's and those of the breaches of
+        // the target left open, which this one replaces what they set out to replace.
+        let mut earlier: Vec<String> = match backend.last_done_step(&target, "remove-compromised")? {
+            Some(last) => devices::incidents_of(&last.detail),
+            None => Vec::new(),
+        };
+        for i in devices::open_target_incidents(backend, &target)? {
+            if !earlier.contains(&i) {
+                earlier.push(i);
+            }
+        }
+        earlier.retain(|i| Some(i) != breach.incident.as_ref());
         let detail = serde_json::json!({
             "groups": group_names,
             "compromised": compromised,
             "tainted": tainted,
             "incident": breach.incident,
+            "earlier_incidents": earlier,
             "take_back": taken_back.iter().map(|(g, _)| g).collect::<Vec<_>>(),
         });
         let mut taking = taken_back
