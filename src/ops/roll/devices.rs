@@ -47,6 +47,10 @@ pub(super) enum Mode<'a> {
         /// The CA versions the breach disabled (the compromised ones and the CA versions they
         /// signed): the device's certificates signed by one are disabled once it is replaced.
         tainted: &'a [(String, String)],
+        /// A resumed breach whose target a later breach has replaced since: the incident label
+        /// of that breach. Its devices are not replaced again; only what the tainted versions
+        /// signed and is still enabled goes out of use.
+        superseded: Option<&'a str>,
     },
 }
 
@@ -143,6 +147,18 @@ pub(super) fn open_target_incidents(backend: &dyn Backend, target: &str) -> Resu
         .iter()
         .filter(|s| s.target == target)
         .flat_map(|s| incidents_of(&s.detail))
+        .collect())
+}
+
+/// The CA versions the `revoke-ca` steps of the breach runs left open (other than `this_run`)
+/// have revoked and disabled: a device replaced since under a later breach no longer uses what
+/// they signed for it, which goes out of use with its replacement as this run's own tainted
+/// versions do (trial az12 F2: the versions a cut-off CA breach left enabled).
+pub(super) fn open_tainted(backend: &dyn Backend, this_run: Option<i64>) -> Result<Vec<(String, String)>> {
+    Ok(open_steps(backend, this_run, "revoke-ca")?
+        .iter()
+        .filter(|s| s.result.is_some())
+        .flat_map(|s| super::pairs(&s.detail["tainted"]))
         .collect())
 }
 
@@ -1086,7 +1102,39 @@ pub(super) fn assess<'p>(
                 slot,
                 remove_identity,
                 tainted,
+                superseded,
             } => {
+                let signed_by_tainted =
+                    |b: &VersionBrief| b.issuer.as_ref().is_some_and(|i| tainted.contains(i));
+                // The later breach replaced the CA and this device: its work stands (replacing
+                // the device again would leave that breach's certificate enabled and unused).
+                // Only what this run's compromised CA signed and nobody disabled yet is left.
+                if let Some(later) = superseded
+                    && !signed_by_tainted(&installed)
+                {
+                    report.outcome = "already-replaced";
+                    for b in versions.iter().filter(|b| b.enabled && signed_by_tainted(b)) {
+                        say!(
+                            describe,
+                            report.steps,
+                            "disable vault version {}/{}, signed by the compromised CA version {}",
+                            b.name,
+                            b.version,
+                            b.issuer
+                                .as_ref()
+                                .map(|i| format!("{}/{}", i.0, i.1))
+                                .unwrap_or_default()
+                        );
+                        if !dry_run {
+                            out.unused.push(by_name(b.name.clone(), b.version.clone()));
+                        }
+                    }
+                    report.steps.push(format!(
+                        "a later breach (incident `{later}`) replaced it: nothing else left to do"
+                    ));
+                    out.reports.push(report);
+                    continue;
+                }
                 say!(
                     describe,
                     report.steps,

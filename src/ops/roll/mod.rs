@@ -799,17 +799,29 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     let run = journal::begin(&mut backend, &command, &planned, opts.dry_run, now)?;
     report.run = run.number();
     report.resumed = run.resumed;
+    let superseded = match &opts.breach {
+        Some(_) => superseded_by(&backend, &run)?,
+        None => None,
+    };
     if resuming {
         for step in run.steps.iter().filter(|s| s.kind == "group-slot") {
             report.groups.push(GroupRoll {
                 target: step.target.clone(),
-                outcome: "would-roll",
+                outcome: if superseded.is_some() {
+                    "already-replaced"
+                } else {
+                    "would-roll"
+                },
                 slot: SlotName::parse(step.detail["slot"].as_str().unwrap_or_default()),
                 steps: vec![step.description.clone()],
             });
         }
     }
-    if let Err(e) = execute(plan, opts, &run, &open_incidents, &mut backend, now, &mut report) {
+    let resumed = Resumed {
+        open_incidents: &open_incidents,
+        superseded: superseded.as_deref(),
+    };
+    if let Err(e) = execute(plan, opts, &run, &resumed, &mut backend, now, &mut report) {
         return Err(run.stopped(&mut backend, now, e));
     }
     // The last units' deliveries may still be under way beside them.
@@ -840,6 +852,15 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         report.devices.sort_by_key(at);
     }
     report.steps = journal::reports(&run, &planned, opts.dry_run);
+    if let Some(later) = &superseded {
+        for (step, journal_step) in report.steps.iter_mut().zip(&run.steps) {
+            if skipped_when_superseded(&journal_step.kind) && !run.done_before(journal_step.seq) {
+                step.description.push_str(&format!(
+                    ": not done, a later breach (incident `{later}`) has replaced the CA since"
+                ));
+            }
+        }
+    }
     if !opts.dry_run {
         // A step that left a device alone for another client's certificate stays open in the
         // journal (its rerun finishes it): the report says so, as `check` does.
@@ -2371,12 +2392,53 @@ fn pairs(v: &serde_json::Value) -> Vec<(String, String)> {
     serde_json::from_value(v.clone()).unwrap_or_default()
 }
 
+/// What a run reads of the other breach runs before it carries out its steps.
+struct Resumed<'a> {
+    /// The incidents of the other device breach runs left open.
+    open_incidents: &'a devices::OpenIncidents,
+    /// A resumed `ca:`/`group:` breach that a later breach has superseded (see
+    /// [`superseded_by`]): that breach's incident label.
+    superseded: Option<&'a str>,
+}
+
+/// For a resumed (or would-be resumed) `ca:`/`group:` breach run: the incident label of the
+/// later finished breach of its target that counted this run's incident as handled, having
+/// replaced the CA this run set out to replace. This run then renews no CA and replaces no device
+/// again (that would leave the later breach's CA version and device certificates enabled with
+/// nobody using them); it only finishes its own leftovers (trial az12 F2). Only a labelled
+/// incident is recognised, and only when every target of the run was superseded.
+fn superseded_by(backend: &dyn Backend, run: &journal::Run) -> Result<Option<String>> {
+    if !run.resumed {
+        return Ok(None);
+    }
+    let mut later = None;
+    for step in run.steps.iter().filter(|s| s.kind == "remove-compromised") {
+        let Some(incident) = step.detail["incident"].as_str() else {
+            return Ok(None);
+        };
+        let Some(last) = backend.last_done_step(&step.target, "remove-compromised")? else {
+            return Ok(None);
+        };
+        if !devices::incidents_of(&last.detail).iter().any(|i| i == incident) {
+            return Ok(None);
+        }
+        later = Some(last.detail["incident"].as_str().unwrap_or(incident).to_string());
+    }
+    Ok(later)
+}
+
+/// The steps a superseded breach run (see [`superseded_by`]) leaves undone: the later breach
+/// renewed the CA and put it into the groups.
+fn skipped_when_superseded(kind: &str) -> bool {
+    matches!(kind, "renew-ca" | "group-slot")
+}
+
 /// Carries out the run's steps that are not done yet, in order.
 fn execute(
     plan: &Plan,
     opts: &RollOptions,
     run: &journal::Run,
-    open_incidents: &devices::OpenIncidents,
+    resumed: &Resumed<'_>,
     backend: &mut dyn Backend,
     now: OffsetDateTime,
     report: &mut RollReport,
@@ -2396,7 +2458,7 @@ fn execute(
                 plan,
                 opts,
                 run,
-                open_incidents,
+                resumed,
                 &steps[i..j],
                 backend,
                 &mut issuers,
@@ -2411,6 +2473,15 @@ fn execute(
             continue;
         }
         let context = format!("step {} ({}) of {}", step.seq, step.kind, step.target);
+        if let Some(later) = resumed.superseded
+            && skipped_when_superseded(&step.kind)
+        {
+            run.step(backend, step.seq, now, |_| {
+                Ok(((), serde_json::json!({ "superseded_by": later })))
+            })
+            .context(context)?;
+            continue;
+        }
         match step.kind.as_str() {
             "renew-ca" => {
                 let name = step.detail["ca"].as_str().unwrap_or_default();
@@ -2534,7 +2605,7 @@ fn roll_device_steps(
     plan: &Plan,
     opts: &RollOptions,
     run: &journal::Run,
-    open_incidents: &devices::OpenIncidents,
+    resumed: &Resumed<'_>,
     steps: &[crate::backend::types::JournalStep],
     backend: &mut dyn Backend,
     issuers: &mut Issuers,
@@ -2542,14 +2613,23 @@ fn roll_device_steps(
     report: &mut RollReport,
 ) -> Result<()> {
     let default_breach = Breach::default();
-    // The CA versions this run's CA breaches disabled: what they signed for a device goes out of
-    // use once the device is replaced.
-    let tainted: Vec<(String, String)> = run
+    let open_incidents = resumed.open_incidents;
+    // The CA versions this run's CA breaches disabled, and those a CA breach left open had
+    // revoked before it was cut off: what they signed for a device goes out of use once the
+    // device is replaced.
+    let mut tainted: Vec<(String, String)> = run
         .steps
         .iter()
         .filter(|s| s.kind == "revoke-ca")
         .flat_map(|s| pairs(&s.detail["tainted"]))
         .collect();
+    if steps.iter().any(|s| s.kind == "replace-devices") {
+        for t in devices::open_tainted(&*backend, run.number())? {
+            if !tainted.contains(&t) {
+                tainted.push(t);
+            }
+        }
+    }
     let mode_of = |step: &crate::backend::types::JournalStep| {
         let slot = SlotName::parse(step.detail["slot"].as_str().unwrap_or_default());
         match step.kind.as_str() {
@@ -2557,6 +2637,7 @@ fn roll_device_steps(
                 slot,
                 remove_identity: opts.breach.as_ref().is_some_and(|b| b.remove_hub_identity),
                 tainted: &tainted,
+                superseded: resumed.superseded,
             },
             "breach-device" => Mode::Breach {
                 slot,
