@@ -963,3 +963,70 @@ fn a_ca_breach_stopped_before_its_devices_then_a_later_one_disables_what_the_fir
     assert_eq!(vault_state(&env), after_b, "{resumed}");
     only_what_is_used_is_enabled(&env, "after A resumed");
 }
+
+#[test]
+fn a_resumed_device_breach_counts_its_device_cut_off_and_says_so_when_a_later_one_replaced_it() {
+    let env = TestEnv::new();
+    small_quickstart(&env, 3);
+    run(&env, &["issue"]).ok();
+    let a = [
+        "--plan",
+        "plan.toml",
+        "roll-primary",
+        "--breach",
+        "--incident",
+        "INC-A",
+        "device:gateway-01",
+        "--yes",
+        "-o",
+        "json",
+    ];
+    let killed = env
+        .cmd()
+        .args(a)
+        .env("CERTROLL_FAULT_BEFORE_STEP_COMMIT", "1")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success(), "the fault switch must abort A");
+    let held = pem_der(&env, NOW, "gateway-01");
+    assert!(
+        works(&env, "gateway-01", &held, NOW),
+        "the kill came before the commit"
+    );
+    // The rerun's enrollment write refuses the certificate the gateway holds: its dry run says
+    // it cuts the gateway off, as the same dry run before any run does.
+    let dry = run(&env, &[&a[2..], &["--dry-run"]].concat()).ok().json();
+    assert_eq!(dry["resumed"], true, "{dry}");
+    assert_eq!(dry["devices_cut_off"]["count"], 1, "{dry}");
+    assert_eq!(
+        dry["devices_cut_off"]["first"],
+        serde_json::json!(["gateway-01"]),
+        "{dry}"
+    );
+    assert!(works(&env, "gateway-01", &held, NOW), "a dry run changes nothing");
+    let b = run(
+        &env,
+        &[
+            "roll-primary",
+            "--breach",
+            "--incident",
+            "INC-B",
+            "device:gateway-01",
+            "--yes",
+            "-o",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(b["devices"][0]["outcome"], "replaced", "{b}");
+    // A's rerun resumes its run and finds B's replacement: its step says there is nothing to
+    // replace, and it cuts nobody off.
+    let resumed = run(&env, &a[2..]).ok().json();
+    assert_eq!(resumed["resumed"], true, "{resumed}");
+    assert_eq!(resumed["devices"][0]["outcome"], "already-replaced", "{resumed}");
+    let words = resumed["steps"][0]["description"].as_str().unwrap();
+    assert!(words.contains("nothing to replace"), "{resumed}");
+    assert!(!words.contains("of them rolled"), "{resumed}");
+    assert_eq!(resumed["devices_cut_off"]["count"], 0, "{resumed}");
+}

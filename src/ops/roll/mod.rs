@@ -883,7 +883,14 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         }
     }
     tally_device_steps(&run, &mut report);
-    let cut: Vec<&CutOff> = planned.iter().map(|p| &p.cut_off).collect();
+    if run.resumed {
+        resumed_cut_off(&run, &mut report);
+    }
+    let cut: Vec<&CutOff> = if run.resumed {
+        report.steps.iter().map(|s| &s.devices_cut_off).collect()
+    } else {
+        planned.iter().map(|p| &p.cut_off).collect()
+    };
     report.devices_cut_off = CutOff {
         count: cut.iter().map(|c| c.count).sum(),
         first: cut
@@ -1735,6 +1742,38 @@ fn breach_in_place(backend: &dyn Backend, target: &str, breach: &Breach) -> Resu
     Ok(true)
 }
 
+/// The devices each device-breach step left to a resumed run shuts out, from what the rerun
+/// decided per device: the step's enrollment write refuses the compromised certificate they still
+/// hold until they receive the replacement (a resumed run is not planned again, so its steps
+/// carry no blast radius of their own; trial az12 F6).
+fn resumed_cut_off(run: &journal::Run, report: &mut RollReport) {
+    let replacing: std::collections::HashSet<&str> = report
+        .devices
+        .iter()
+        .filter(|d| matches!(d.outcome, "replaced" | "would-replace"))
+        .filter_map(|d| d.target.strip_prefix("device:"))
+        .collect();
+    let mut cut: Vec<CutOff> = Vec::with_capacity(report.steps.len());
+    for step in &report.steps {
+        let journal_step = run.steps.iter().find(|s| s.seq == step.seq);
+        cut.push(match journal_step {
+            Some(s) if s.kind == "breach-device" && !run.done_before(s.seq) => CutOff::of(
+                s.detail["ids"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|id| id.as_str())
+                    .filter(|id| replacing.contains(id))
+                    .map(str::to_string),
+            ),
+            _ => step.devices_cut_off.clone(),
+        });
+    }
+    for (step, cut) in report.steps.iter_mut().zip(cut) {
+        step.devices_cut_off = cut;
+    }
+}
+
 /// Adds to each device step of this run that left some of its devices alone how many it rolled
 /// and why the others were not: a step is planned before its devices are read, so its words
 /// ("roll 2 device(s)") say what it set out to do, not what it did (a revoked one gets nothing).
@@ -1764,7 +1803,18 @@ fn tally_device_steps(run: &journal::Run, report: &mut RollReport) {
                 other => *skipped.entry(other).or_default() += 1,
             }
         }
-        let as_planned = planned_as_done && done == 0 && skipped.keys().all(|o| *o == "already-replaced");
+        let all_replaced = done == 0 && skipped.keys().all(|o| *o == "already-replaced");
+        if all_replaced && !planned_as_done && run.resumed && !skipped.is_empty() {
+            // A resumed breach step whose devices a later breach replaced since: nothing to
+            // replace, as a step planned so says (trial az12 F9), not a tally of devices skipped.
+            let n: usize = skipped.values().sum();
+            tallies.push(Some(format!(
+                ": nothing to replace: a later breach replaced {} since",
+                if n == 1 { "it" } else { "them" }
+            )));
+            continue;
+        }
+        let as_planned = planned_as_done && all_replaced;
         tallies.push((!skipped.is_empty() && !as_planned).then(|| {
             let why: Vec<String> = skipped
                 .iter()
