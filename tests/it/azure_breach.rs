@@ -548,3 +548,74 @@ fn a_ca_breach_disables_the_device_certificates_the_compromised_ca_signed_on_loc
         assert_eq!(enabled, vec![false, true], "{which}: the rerun changes nothing");
     }
 }
+
+/// Trial az12 F1 and F2, on local and on azure: CA breach A stopped after its revocation, then
+/// B, then A's command (which resumes A's run), then A's and B's commands again. B's CA version
+/// and device certificates stay the ones in force and the only ones enabled; A renews nothing and
+/// replaces nothing, and neither label replaces anything again.
+#[test]
+fn a_ca_breach_cut_off_then_a_later_one_then_either_again_replaces_nothing_twice_on_local_and_azure() {
+    let env = TestEnv::new();
+    let serve = issued_groups(&env);
+    let breach = |incident: &'static str| -> [&'static str; 8] {
+        [
+            "roll-primary",
+            "--breach",
+            "--incident",
+            incident,
+            "ca:factory",
+            "--yes",
+            "-o",
+            "json",
+        ]
+    };
+    let shown = |which: &str, target: &str| -> Vec<(String, bool)> {
+        run_fleet(&env, &serve, which, &["vault", "show", target, "-o", "json"])
+            .ok()
+            .json()["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| (v["version"].as_str().unwrap().to_string(), v["enabled"] == true))
+            .collect()
+    };
+    let state = |which: &str| -> Vec<Vec<(String, bool)>> {
+        ["ca:factory", "device:s-1", "device:s-2"]
+            .iter()
+            .map(|t| shown(which, t))
+            .collect()
+    };
+    for which in ["local", "azure"] {
+        let killed = crate::azure_verbs::run_fleet_with(
+            &env,
+            &serve,
+            which,
+            &[("CERTROLL_FAULT_AFTER_STEPS", "2")],
+            &breach("A"),
+        );
+        assert_ne!(killed.code, 0, "{which}: the fault switch must stop A");
+    }
+    let (l, a) = both(&env, &serve, &breach("B"));
+    assert_eq!(l["groups"][0]["outcome"], "replaced", "{l}");
+    assert_eq!(a["groups"][0]["outcome"], "replaced", "{a}");
+    let after_b: Vec<_> = ["local", "azure"].iter().map(|w| state(w)).collect();
+    for (which, st) in ["local", "azure"].iter().zip(&after_b) {
+        for versions in st {
+            let on = versions.iter().filter(|(_, e)| *e).count();
+            assert_eq!(on, 1, "{which}: only what is in force is enabled: {st:?}");
+        }
+    }
+    for (n, incident) in ["A", "A", "B"].into_iter().enumerate() {
+        let (l, a) = both(&env, &serve, &breach(incident));
+        for (which, r) in [("local", &l), ("azure", &a)] {
+            assert_eq!(r["resumed"], n == 0, "{which} {incident}: {r}");
+            assert_eq!(
+                r["groups"][0]["outcome"], "already-replaced",
+                "{which} {incident}: {r}"
+            );
+        }
+        for (which, st) in ["local", "azure"].iter().zip(&after_b) {
+            assert_eq!(&state(which), st, "{which} {incident} (run {n}): nothing changes");
+        }
+    }
+}

@@ -717,3 +717,276 @@ fn a_roll_into_the_slot_holding_the_only_certificate_keeps_that_certificate_work
         assert!(works(&env, id, &new, NOW), "{id}: the new one works");
     }
 }
+
+/// The versions of vault certificate `name` that are enabled.
+fn enabled(env: &TestEnv, name: &str) -> Vec<String> {
+    backend(env)
+        .versions(name)
+        .unwrap()
+        .into_iter()
+        .filter(|v| v.enabled)
+        .map(|v| v.version)
+        .collect()
+}
+
+/// The sensors of a three-sensor quickstart and its gateway: every device under `ca:factory`.
+const UNDER_FACTORY: [&str; 4] = ["sensor-1", "sensor-2", "sensor-3", "gateway-01"];
+
+/// Each device under the factory CA holds exactly one enabled vault version, the certificate it
+/// holds (which the enrollment service accepts and openssl verifies against both CRLs: its CA
+/// version is not revoked), and the factory CA has exactly one enabled version: nothing is
+/// enabled that no device uses.
+fn only_what_is_used_is_enabled(env: &TestEnv, context: &str) {
+    assert_eq!(enabled(env, "ca-factory").len(), 1, "{context}");
+    run(env, &["export", "ca:root", "--out", "root.pem"]).ok();
+    run(env, &["export", "ca:root", "--crl", "--out", "r.crl"]).ok();
+    run(env, &["export", "ca:factory", "--crl", "--out", "f.crl"]).ok();
+    for id in UNDER_FACTORY {
+        let on = enabled(env, &format!("dev-{id}"));
+        assert_eq!(on.len(), 1, "{context}: {id} has {on:?} enabled");
+        let held = pem_der(env, NOW, id);
+        assert!(works(env, id, &held, NOW), "{context}: {id}'s certificate works");
+        let chain = format!("{id}-{}.pem", NOW.replace(':', ""));
+        let v = env.openssl(&[
+            "verify",
+            "-crl_check_all",
+            "-CAfile",
+            "root.pem",
+            "-CRLfile",
+            "r.crl",
+            "-CRLfile",
+            "f.crl",
+            "-untrusted",
+            &chain,
+            &chain,
+        ]);
+        assert_eq!(v.code, 0, "{context}: {id}: {}", v.stdout);
+    }
+}
+
+/// A snapshot of every version of the factory CA and the devices under it, enabled or not.
+fn vault_state(env: &TestEnv) -> Vec<(String, String, bool)> {
+    let b = backend(env);
+    std::iter::once("ca-factory".to_string())
+        .chain(UNDER_FACTORY.iter().map(|id| format!("dev-{id}")))
+        .flat_map(|name| b.versions(&name).unwrap())
+        .map(|v| (v.name, v.version, v.enabled))
+        .collect()
+}
+
+#[test]
+fn a_ca_or_group_breach_run_again_with_an_older_incident_replaces_nothing() {
+    for target in ["group:sensors", "ca:factory"] {
+        let env = TestEnv::new();
+        small_quickstart(&env, 3);
+        run(&env, &["issue"]).ok();
+        let breach = |incident: &str| {
+            run(
+                &env,
+                &[
+                    "roll-primary",
+                    "--breach",
+                    "--incident",
+                    incident,
+                    target,
+                    "--yes",
+                    "-o",
+                    "json",
+                ],
+            )
+            .ok()
+            .json()
+        };
+        for incident in ["L1", "L2"] {
+            let r = breach(incident);
+            assert_eq!(r["groups"][0]["outcome"], "replaced", "{target} {incident}: {r}");
+        }
+        let after_l2 = vault_state(&env);
+        let held: Vec<Vec<u8>> = ["sensor-1", "sensor-2", "sensor-3"]
+            .iter()
+            .map(|id| pem_der(&env, NOW, id))
+            .collect();
+        // L1's command from the shell history, L2's, then L1's again: L2's CA stands.
+        for incident in ["L1", "L2", "L1"] {
+            let again = breach(incident);
+            assert_eq!(
+                again["groups"][0]["outcome"], "already-replaced",
+                "{target} {incident}: {again}"
+            );
+            assert_eq!(vault_state(&env), after_l2, "{target} {incident}: {again}");
+            for (id, cert) in ["sensor-1", "sensor-2", "sensor-3"].iter().zip(&held) {
+                assert!(works(&env, id, cert, NOW), "{target} {incident}: {id}");
+            }
+        }
+        // A new label still declares L2's replacement compromised.
+        let l3 = breach("L3");
+        assert_eq!(l3["groups"][0]["outcome"], "replaced", "{target}: {l3}");
+    }
+}
+
+#[test]
+fn a_ca_breach_stopped_after_its_revocation_then_a_later_one_then_the_first_again_replaces_nothing_twice() {
+    let env = TestEnv::new();
+    small_quickstart(&env, 3);
+    run(&env, &["issue"]).ok();
+    let a = [
+        "roll-primary",
+        "--breach",
+        "--incident",
+        "A",
+        "ca:factory",
+        "--yes",
+        "-o",
+        "json",
+    ];
+    // Stopped after remove-compromised and revoke-ca: the CA is revoked, not yet renewed.
+    killed_after(&env, 2, &a);
+    let b = run(
+        &env,
+        &[
+            "roll-primary",
+            "--breach",
+            "--incident",
+            "B",
+            "ca:factory",
+            "--yes",
+            "-o",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(b["groups"][0]["outcome"], "replaced", "{b}");
+    only_what_is_used_is_enabled(&env, "after B");
+    let after_b = vault_state(&env);
+    // A's command resumes its run: B replaced the CA and every device since, so A renews
+    // nothing and replaces nothing; then A's command once more is a new run with nothing to do.
+    let resumed = run(&env, &a).ok().json();
+    assert_eq!(resumed["resumed"], true, "{resumed}");
+    assert_eq!(resumed["groups"][0]["outcome"], "already-replaced", "{resumed}");
+    for d in resumed["devices"].as_array().unwrap() {
+        assert_eq!(d["outcome"], "already-replaced", "{resumed}");
+    }
+    assert_eq!(vault_state(&env), after_b, "{resumed}");
+    only_what_is_used_is_enabled(&env, "after A resumed");
+    let again = run(&env, &a).ok().json();
+    assert_eq!(again["groups"][0]["outcome"], "already-replaced", "{again}");
+    assert_eq!(vault_state(&env), after_b, "{again}");
+}
+
+#[test]
+fn a_ca_breach_stopped_before_its_devices_then_a_later_one_disables_what_the_first_compromised_ca_signed() {
+    let env = TestEnv::new();
+    small_quickstart(&env, 3);
+    run(&env, &["issue"]).ok();
+    let a = [
+        "roll-primary",
+        "--breach",
+        "--incident",
+        "A",
+        "ca:factory",
+        "--yes",
+        "-o",
+        "json",
+    ];
+    let dry = run(&env, &[&a[..], &["--dry-run"]].concat()).ok().json();
+    let kinds: Vec<&str> = dry["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["kind"].as_str())
+        .collect();
+    let devices_at = kinds.iter().position(|k| *k == "replace-devices").unwrap();
+    // Stopped with the CA renewed and in its group, before any device was replaced: every
+    // device still holds the certificate the compromised version signed.
+    killed_after(&env, devices_at as u32, &a);
+    let b = run(
+        &env,
+        &[
+            "roll-primary",
+            "--breach",
+            "--incident",
+            "B",
+            "ca:factory",
+            "--yes",
+            "-o",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(b["groups"][0]["outcome"], "replaced", "{b}");
+    only_what_is_used_is_enabled(&env, "after B");
+    let after_b = vault_state(&env);
+    let resumed = run(&env, &a).ok().json();
+    assert_eq!(resumed["resumed"], true, "{resumed}");
+    assert_eq!(vault_state(&env), after_b, "{resumed}");
+    only_what_is_used_is_enabled(&env, "after A resumed");
+}
+
+#[test]
+fn a_resumed_device_breach_counts_its_device_cut_off_and_says_so_when_a_later_one_replaced_it() {
+    let env = TestEnv::new();
+    small_quickstart(&env, 3);
+    run(&env, &["issue"]).ok();
+    let a = [
+        "--plan",
+        "plan.toml",
+        "roll-primary",
+        "--breach",
+        "--incident",
+        "INC-A",
+        "device:gateway-01",
+        "--yes",
+        "-o",
+        "json",
+    ];
+    let killed = env
+        .cmd()
+        .args(a)
+        .env("CERTROLL_FAULT_BEFORE_STEP_COMMIT", "1")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success(), "the fault switch must abort A");
+    let held = pem_der(&env, NOW, "gateway-01");
+    assert!(
+        works(&env, "gateway-01", &held, NOW),
+        "the kill came before the commit"
+    );
+    // The rerun's enrollment write refuses the certificate the gateway holds: its dry run says
+    // it cuts the gateway off, as the same dry run before any run does.
+    let dry = run(&env, &[&a[2..], &["--dry-run"]].concat()).ok().json();
+    assert_eq!(dry["resumed"], true, "{dry}");
+    assert_eq!(dry["devices_cut_off"]["count"], 1, "{dry}");
+    assert_eq!(
+        dry["devices_cut_off"]["first"],
+        serde_json::json!(["gateway-01"]),
+        "{dry}"
+    );
+    assert!(works(&env, "gateway-01", &held, NOW), "a dry run changes nothing");
+    let b = run(
+        &env,
+        &[
+            "roll-primary",
+            "--breach",
+            "--incident",
+            "INC-B",
+            "device:gateway-01",
+            "--yes",
+            "-o",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(b["devices"][0]["outcome"], "replaced", "{b}");
+    // A's rerun resumes its run and finds B's replacement: its step says there is nothing to
+    // replace, and it cuts nobody off.
+    let resumed = run(&env, &a[2..]).ok().json();
+    assert_eq!(resumed["resumed"], true, "{resumed}");
+    assert_eq!(resumed["devices"][0]["outcome"], "already-replaced", "{resumed}");
+    let words = resumed["steps"][0]["description"].as_str().unwrap();
+    assert!(words.contains("nothing to replace"), "{resumed}");
+    assert!(!words.contains("of them rolled"), "{resumed}");
+    assert_eq!(resumed["devices_cut_off"]["count"], 0, "{resumed}");
+}

@@ -47,6 +47,10 @@ pub(super) enum Mode<'a> {
         /// The CA versions the breach disabled (the compromised ones and the CA versions they
         /// signed): the device's certificates signed by one are disabled once it is replaced.
         tainted: &'a [(String, String)],
+        /// A resumed breach whose target a later breach has replaced since: the incident label
+        /// of that breach. Its devices are not replaced again; only what the tainted versions
+        /// signed and is still enabled goes out of use.
+        superseded: Option<&'a str>,
     },
 }
 
@@ -106,22 +110,56 @@ pub(super) type OpenIncidents = HashMap<String, Vec<String>>;
 /// [`OpenIncidents`], read from the journal once per run (`this_run` is the run's own number).
 pub(super) fn open_incidents(backend: &dyn Backend, this_run: Option<i64>) -> Result<OpenIncidents> {
     let mut open: OpenIncidents = HashMap::new();
-    for run in backend.open_runs()?.iter().filter(|r| Some(r.id) != this_run) {
-        for step in run.steps.iter().filter(|s| s.kind == "breach-device") {
-            let Some(incident) = step.detail["incident"].as_str() else {
-                continue;
-            };
-            for id in step.detail["ids"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|i| i.as_str())
-            {
-                open.entry(id.to_string()).or_default().push(incident.to_string());
-            }
+    for step in open_steps(backend, this_run, "breach-device")? {
+        let Some(incident) = step.detail["incident"].as_str() else {
+            continue;
+        };
+        for id in step.detail["ids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.as_str())
+        {
+            open.entry(id.to_string()).or_default().push(incident.to_string());
         }
     }
     Ok(open)
+}
+
+/// The steps of `kind` of the runs left open (killed or failed) other than `this_run`, in one
+/// read of the journal.
+fn open_steps(backend: &dyn Backend, this_run: Option<i64>, kind: &str) -> Result<Vec<JournalStep>> {
+    Ok(backend
+        .open_runs()?
+        .into_iter()
+        .filter(|r| Some(r.id) != this_run)
+        .flat_map(|r| r.steps)
+        .filter(|s| s.kind == kind)
+        .collect())
+}
+
+/// The incidents of the `ca:`/`group:` breach runs of `target` left open: a later breach of the
+/// target replaces what they set out to replace, so it counts them as handled, and their
+/// commands run again afterwards find the target replaced (trial az12 F1, F2), as
+/// [`open_incidents`] does for a device.
+pub(super) fn open_target_incidents(backend: &dyn Backend, target: &str) -> Result<Vec<String>> {
+    Ok(open_steps(backend, None, "remove-compromised")?
+        .iter()
+        .filter(|s| s.target == target)
+        .flat_map(|s| incidents_of(&s.detail))
+        .collect())
+}
+
+/// The CA versions the `revoke-ca` steps of the breach runs left open (other than `this_run`)
+/// have revoked and disabled: a device replaced since under a later breach no longer uses what
+/// they signed for it, which goes out of use with its replacement as this run's own tainted
+/// versions do (trial az12 F2: the versions a cut-off CA breach left enabled).
+pub(super) fn open_tainted(backend: &dyn Backend, this_run: Option<i64>) -> Result<Vec<(String, String)>> {
+    Ok(open_steps(backend, this_run, "revoke-ca")?
+        .iter()
+        .filter(|s| s.result.is_some())
+        .flat_map(|s| super::pairs(&s.detail["tainted"]))
+        .collect())
 }
 
 /// A decided chunk: the per-device reports and the work to do.
@@ -1064,7 +1102,39 @@ pub(super) fn assess<'p>(
                 slot,
                 remove_identity,
                 tainted,
+                superseded,
             } => {
+                let signed_by_tainted =
+                    |b: &VersionBrief| b.issuer.as_ref().is_some_and(|i| tainted.contains(i));
+                // The later breach replaced the CA and this device: its work stands (replacing
+                // the device again would leave that breach's certificate enabled and unused).
+                // Only what this run's compromised CA signed and nobody disabled yet is left.
+                if let Some(later) = superseded
+                    && !signed_by_tainted(&installed)
+                {
+                    report.outcome = "already-replaced";
+                    for b in versions.iter().filter(|b| b.enabled && signed_by_tainted(b)) {
+                        say!(
+                            describe,
+                            report.steps,
+                            "disable vault version {}/{}, signed by the compromised CA version {}",
+                            b.name,
+                            b.version,
+                            b.issuer
+                                .as_ref()
+                                .map(|i| format!("{}/{}", i.0, i.1))
+                                .unwrap_or_default()
+                        );
+                        if !dry_run {
+                            out.unused.push(by_name(b.name.clone(), b.version.clone()));
+                        }
+                    }
+                    report.steps.push(format!(
+                        "a later breach (incident `{later}`) replaced it: nothing else left to do"
+                    ));
+                    out.reports.push(report);
+                    continue;
+                }
                 say!(
                     describe,
                     report.steps,
@@ -1634,10 +1704,10 @@ fn superseded(own: &VaultVersion, newest: &VersionBrief) -> Option<String> {
     })
 }
 
-/// Every incident label a device's last breach step records: its own and those of the
-/// breaches before it (`earlier_incidents`), oldest first. A breach without `--incident` has no
-/// label.
-fn incidents_of(result: &serde_json::Value) -> Vec<String> {
+/// Every incident label a breach step records (a device's in its result, a `ca:`/`group:`
+/// target's in its `remove-compromised` detail): its own and those of the breaches before it
+/// (`earlier_incidents`), oldest first. A breach without `--incident` has no label.
+pub(super) fn incidents_of(result: &serde_json::Value) -> Vec<String> {
     let mut all: Vec<String> = result["earlier_incidents"]
         .as_array()
         .into_iter()
