@@ -944,8 +944,10 @@ fn check_devices(
         };
         // A revoked device is disallowed on purpose; monitoring must not page for it forever.
         // One another client cut off (a disabled enrollment or hub identity, the hub's
-        // thumbprints replaced) cannot connect: critical, whatever its certificate.
-        match super::held::standing(
+        // thumbprints replaced) cannot connect: critical, whatever its certificate. So is one
+        // whose breach was cut off part-way: its certificates are in flux until the run
+        // finishes, which delivers what it owes.
+        let cut_off = match super::held::standing(
             backend,
             id,
             issued.as_ref(),
@@ -959,22 +961,13 @@ fn check_devices(
                 c.report.counts.revoked += 1;
                 continue;
             }
-            super::held::Standing::CutOff(reason) => {
-                c.add(Problem {
-                    target: format!("device:{id}"),
-                    level: Level::Critical,
-                    reason,
-                    not_after: installed.as_ref().map(|v| v.exp),
-                    actions_due: vec![],
-                });
-                continue;
-            }
-            super::held::Standing::Usable => {}
-        }
-        // A breach of it cut off part-way: its certificates are in flux until the run finishes.
-        if let Some(rerun) = c.device_breaches.get(id.as_str()) {
-            let reason = super::held::breach_in_flight(id, rerun);
-            c.owed.remove(id.as_str());
+            super::held::Standing::CutOff(reason) => Some(reason),
+            super::held::Standing::Usable => c.device_breaches.get(id.as_str()).map(|rerun| {
+                c.owed.remove(id.as_str());
+                super::held::breach_in_flight(id, rerun)
+            }),
+        };
+        if let Some(reason) = cut_off {
             c.add(Problem {
                 target: format!("device:{id}"),
                 level: Level::Critical,
