@@ -398,11 +398,75 @@ pub(crate) fn open_breaches(backend: &dyn Backend) -> Result<std::collections::H
 
 /// [`open_breaches`] of device breaches alone (`breach-device` steps): the devices whose own
 /// certificate a cut-off breach has yet to replace ([`breach_in_flight`]). A CA or group
-/// breach's devices are judged by their issuing CA version instead.
+/// breach's devices are judged by their issuing CA version instead. A device a later breach
+/// replaced since is left out (trial az13 N1): that breach's finished step counts the open
+/// one's incident among those it handled (`earlier_incidents`), and the device is settled;
+/// `check`'s warning about the open run still names it.
 pub(crate) fn open_device_breaches(
     backend: &dyn Backend,
 ) -> Result<std::collections::HashMap<String, String>> {
-    open_steps(backend, &["breach-device"])
+    let mut open = std::collections::HashMap::new();
+    // Each device's incidents its last finished breach handled: read only when a breach is open.
+    let mut handled: Option<std::collections::HashMap<String, Vec<String>>> = None;
+    for run in backend.open_runs()? {
+        let rerun = super::journal::resume_command(&run);
+        for step in run
+            .steps
+            .iter()
+            .filter(|s| s.result.is_none() && s.kind == "breach-device")
+        {
+            let incident = step.detail["incident"].as_str();
+            for id in step.detail["ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.as_str())
+            {
+                if let Some(incident) = incident {
+                    let handled = match &mut handled {
+                        Some(h) => h,
+                        None => handled.insert(handled_incidents(backend)?),
+                    };
+                    if handled
+                        .get(id)
+                        .is_some_and(|all| all.iter().any(|i| i == incident))
+                    {
+                        continue;
+                    }
+                }
+                open.insert(id.to_string(), rerun.clone());
+            }
+        }
+    }
+    Ok(open)
+}
+
+/// The incidents each device's last finished breach handled ([`incidents_of`] its
+/// `breach-device` result), in one read of the journal.
+fn handled_incidents(backend: &dyn Backend) -> Result<std::collections::HashMap<String, Vec<String>>> {
+    let mut out = std::collections::HashMap::new();
+    for step in backend.done_steps(&["breach-device"])? {
+        if let (Some(id), Some(result)) = (step.target.strip_prefix("device:"), &step.result) {
+            // Oldest run first: a later breach's record stands over an earlier one's.
+            out.insert(id.to_string(), incidents_of(result));
+        }
+    }
+    Ok(out)
+}
+
+/// Every incident label a breach step records (a device's in its result, a `ca:`/`group:`
+/// target's in its `remove-compromised` detail): its own and those of the breaches before it
+/// (`earlier_incidents`), oldest first. A breach without `--incident` has no label.
+pub(crate) fn incidents_of(result: &serde_json::Value) -> Vec<String> {
+    let mut all: Vec<String> = result["earlier_incidents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.as_str().map(str::to_string))
+        .collect();
+    all.extend(result["incident"].as_str().map(str::to_string));
+    all.dedup();
+    all
 }
 
 /// The device ids of the open runs' unfinished steps of `kinds`, each with its run's resume

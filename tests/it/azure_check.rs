@@ -421,3 +421,35 @@ fn a_roll_keeps_the_capabilities_and_status_reason_another_client_gave_a_hub_ide
     assert_eq!(after["capabilities"], json!({"iotEdge": true}), "{after}");
     assert_eq!(after["statusReason"], "edge gateway, rack 7", "{after}");
 }
+
+/// Trial az13 N1: incident A's breach of gw-1 cut off, then incident B's finished. B replaced
+/// the device and counted A's incident as handled, so gw-1 is settled: `check` had it critical
+/// ("cut off part-way … may still hold the compromised certificate") though DPS assigned it.
+/// Only the open run is left, a warning naming A's command.
+#[test]
+fn a_device_breach_cut_off_then_replaced_by_a_later_one_is_settled_in_check_and_status() {
+    use crate::azure_verbs::{FLEET, start_serve};
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    crate::azure_owed::a_killed_after_its_import_then_b(&env, &serve);
+    let report = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]).json();
+    let problems = report["problems"].as_array().unwrap();
+    assert!(
+        !problems
+            .iter()
+            .any(|p| p["target"] == "device:gw-1" && p["level"] == "critical"),
+        "{report:#}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["target"].as_str().unwrap().starts_with("run:")
+                && p["level"] == "warning"
+                && p["reason"].as_str().unwrap().contains("--incident INC-A")),
+        "{report:#}"
+    );
+    let s = run_fleet(&env, &serve, "azure", &["status", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(device(&s, "gw-1")["breach_open"], serde_json::Value::Null);
+}

@@ -1048,7 +1048,10 @@ fn versions_enabled(env: &TestEnv, serve: &Serve, id: &str) -> Vec<(String, bool
 /// Incident A's breach of `gw-1` killed right after its Key Vault import (its replacement in the
 /// vault, nothing else written), then incident B's breach finished. Returns A's command, the
 /// version A made and B's report.
-fn a_killed_after_its_import_then_b(env: &TestEnv, serve: &Serve) -> ([&'static str; 8], String, Value) {
+pub(crate) fn a_killed_after_its_import_then_b(
+    env: &TestEnv,
+    serve: &Serve,
+) -> ([&'static str; 8], String, Value) {
     crate::azure_verbs::fleet_plans_with(env, serve, FLEET, "delivery = \"none\"\n");
     fleet_ok(env, serve, &["issue"]);
     let a = crate::azure_verbs::breach_args("device:gw-1", "INC-A");

@@ -105,6 +105,8 @@ struct Work<'p> {
 /// The incidents of the breach runs left open (killed or failed) other than this one, by device:
 /// a later breach of a device replaces what such a run set out to replace, so its command run
 /// again afterwards finds it handled (trial az10 N1), as for a finished one (`earlier_incidents`).
+pub(crate) use crate::ops::held::incidents_of;
+
 pub(super) type OpenIncidents = HashMap<String, Vec<String>>;
 
 /// [`OpenIncidents`], read from the journal once per run (`this_run` is the run's own number).
@@ -1702,21 +1704,6 @@ fn superseded(own: &VaultVersion, newest: &VersionBrief) -> Option<String> {
             "this run issued it certificate {tp} before it was stopped, and a later run disabled it ({why})"
         )
     })
-}
-
-/// Every incident label a breach step records (a device's in its result, a `ca:`/`group:`
-/// target's in its `remove-compromised` detail): its own and those of the breaches before it
-/// (`earlier_incidents`), oldest first. A breach without `--incident` has no label.
-pub(super) fn incidents_of(result: &serde_json::Value) -> Vec<String> {
-    let mut all: Vec<String> = result["earlier_incidents"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.as_str().map(str::to_string))
-        .collect();
-    all.extend(result["incident"].as_str().map(str::to_string));
-    all.dedup();
-    all
 }
 
 #[cfg(test)]
