@@ -105,10 +105,17 @@ pub fn delete(
     }
     if let (Some(days), Some(_)) = (opts.recovery_days, &plan.azure) {
         // Accepted, it was ignored: the certificate stayed recoverable for the vault's period.
+        // The command named keeps the operator's other flags (trial az13 N3: without `--force`
+        // it was refused for a certificate a device holds).
+        let flags = [(opts.force, " --force"), (opts.dry_run, " --dry-run")]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, flag)| *flag)
+            .collect::<String>();
         return Err(input(format!(
             "--recovery-days {days}: Key Vault keeps deleted certificates for the vault's own \
              retention period (7 to 90 days, set when the vault is created: `az keyvault create \
-             --retention-days`), not one given per delete; run `certroll vault delete {name}` \
+             --retention-days`), not one given per delete; run `certroll vault delete {name}{flags}` \
              without it (`certroll vault list-deleted` then shows the purge date). Nothing was \
              deleted"
         )));
