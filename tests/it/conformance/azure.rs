@@ -1446,6 +1446,16 @@ fn fresh_dps(
 /// (16 a service); the hub bulk body read typed rather than as trees (4% of serve) needs
 /// `identity_from` to take typed members, with its answers kept; the secondary index still
 /// takes most of each commit's WAL frames (16 KiB pages).
+///
+/// 2026-12-02, session 17. Store v17 made the thumbprint indexes partial (disabled enrollments
+/// only), so a roll's writes touch no index page. Paired against session 16's serve (the
+/// bench21 test binary, each serve twice in turn, 3 rounds each, load 6 to 17): serve's CPU over
+/// the client's in the bulk window 2.02 to 2.08 before, 1.90 to 2.12 after: within the noise at
+/// 10,000 enrollments, where the index was about 40 pages; its saving grows with the fleet (at
+/// 100,000, nearly one index page per rolled enrollment per group commit). The merged release
+/// build of the session (f01a4b7) on a quiet machine (load 1.0), 5 rounds: 17.8x, 18.0x, 64.3x,
+/// 18.6x, 16.4x (median 18.0x, lowest 16.4x; one at a time 1.94 ms, bulk 0.097 ms an
+/// enrollment, 0.077 to 0.114). Still not 20x in every round.
 #[test]
 #[ignore = "measurement, not a check: run with --ignored --nocapture"]
 fn measure_roll_of_n_enrollments_bulk_against_one_at_a_time() {
