@@ -266,7 +266,7 @@ pub fn purged_first_device(conn: &Connection, ids: &[String]) -> Result<Option<S
 
 /// The `issuer` column's text of a signing CA version: `NAME/VERSION` (vault names and Key Vault
 /// versions hold no `/`).
-fn issuer_text(issuer: Option<&(String, String)>) -> Option<String> {
+pub(crate) fn issuer_text(issuer: Option<&(String, String)>) -> Option<String> {
     issuer.map(|(name, version)| format!("{name}/{version}"))
 }
 

@@ -14,6 +14,7 @@ use crate::pki::cert::{CertProfile, sign_public_key_with_facts};
 use crate::pki::spec::Subject;
 use crate::pki::{PrivateKey, SubjectKey, sha1_thumbprint};
 use crate::plan::{ActionKind, Plan, Policy};
+use crate::store::queries_issued::issuer_text;
 use anyhow::{Context as _, Result};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -210,6 +211,17 @@ macro_rules! say {
             $steps.push(format!($($arg)*));
         }
     };
+}
+
+/// The step that disables a device's vault version the compromised CA signed, its issuer written
+/// as the store's `issuer` column holds it; `tail` says when, if not at once.
+fn disable_compromised(b: &VersionBrief, tail: &str) -> String {
+    format!(
+        "disable vault version {}/{}, signed by the compromised CA version {}{tail}",
+        b.name,
+        b.version,
+        issuer_text(b.issuer.as_ref()).unwrap_or_default()
+    )
 }
 
 /// The CA version a roll signs its devices' certificates with: its vault name, version id and
@@ -1116,17 +1128,7 @@ pub(super) fn assess<'p>(
                 {
                     report.outcome = "already-replaced";
                     for b in versions.iter().filter(|b| b.enabled && signed_by_tainted(b)) {
-                        say!(
-                            describe,
-                            report.steps,
-                            "disable vault version {}/{}, signed by the compromised CA version {}",
-                            b.name,
-                            b.version,
-                            b.issuer
-                                .as_ref()
-                                .map(|i| format!("{}/{}", i.0, i.1))
-                                .unwrap_or_default()
-                        );
+                        say!(describe, report.steps, "{}", disable_compromised(b, ""));
                         if !dry_run {
                             out.unused.push(by_name(b.name.clone(), b.version.clone()));
                         }
@@ -1148,20 +1150,12 @@ pub(super) fn assess<'p>(
                 // What the compromised CA signed for the device goes out of use with it: left
                 // enabled, `export` and `vault export` would still hand out a certificate whose
                 // chain is revoked. Disabled only once the replacement stands (see `store`).
-                for b in versions
-                    .iter()
-                    .filter(|b| b.enabled && b.issuer.as_ref().is_some_and(|i| tainted.contains(i)))
-                {
+                for b in versions.iter().filter(|b| b.enabled && signed_by_tainted(b)) {
                     say!(
                         describe,
                         report.steps,
-                        "disable vault version {}/{}, signed by the compromised CA version {}, once the new certificate is in place",
-                        b.name,
-                        b.version,
-                        b.issuer
-                            .as_ref()
-                            .map(|i| format!("{}/{}", i.0, i.1))
-                            .unwrap_or_default()
+                        "{}",
+                        disable_compromised(b, ", once the new certificate is in place")
                     );
                     if !dry_run {
                         work.retire.push((b.name.clone(), b.version.clone()));
