@@ -207,26 +207,26 @@ struct Checker<'a> {
     /// accepts certificates they signed ([`group_accepts`]), so 100k devices cost a look-up per
     /// group and CA version, not one each.
     accepted: std::collections::HashMap<(String, String, String), bool>,
-    /// What the journal's finished breaches replaced, read at the first device that needs it
-    /// (one query for the fleet).
-    breach_records: Option<super::held::BreachRecords>,
+    /// What the journal's finished breaches replaced, read at the first device or open device
+    /// breach that needs it (one query for the fleet).
+    breach_records: std::cell::OnceCell<super::held::BreachRecords>,
 }
 
 impl Checker<'_> {
     /// [`super::held::BreachRecords::finish`] for device `id` holding `issued`.
     fn breach_finish(
-        &mut self,
+        &self,
         backend: &dyn Backend,
         id: &str,
         issued: &VaultVersion,
     ) -> Result<Option<String>> {
-        if self.breach_records.is_none() {
-            self.breach_records = Some(super::held::BreachRecords::read(backend)?);
-        }
-        Ok(self
-            .breach_records
-            .as_ref()
-            .and_then(|r| r.finish(&self.breached_devices, id, issued)))
+        Ok(
+            super::held::BreachRecords::once(&self.breach_records, backend)?.finish(
+                &self.breached_devices,
+                id,
+                issued,
+            ),
+        )
     }
 
     fn look(
@@ -381,6 +381,9 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
     let backend = open_verb_backend(plan, "check", Access::Preview, &opts.backend)?;
     let everything = opts.targets.is_empty() && opts.vault_names.is_empty();
     let wants = |t: Target| everything || opts.targets.contains(&t);
+    // The open runs, read once: the breaches they leave open and the warning for each.
+    let runs = backend.open_runs()?;
+    let breach_records = std::cell::OnceCell::new();
     let mut c = Checker {
         opts,
         now,
@@ -400,8 +403,7 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
         skew: plan.not_before_skew,
         ca_current: Default::default(),
         replaced_issuers: Default::default(),
-        open_breaches: backend
-            .open_runs()?
+        open_breaches: runs
             .iter()
             .flat_map(|run| {
                 run.steps
@@ -415,9 +417,9 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
                     .collect::<Vec<_>>()
             })
             .collect(),
-        breached_devices: super::held::open_breaches(&backend)?,
-        device_breaches: super::held::open_device_breaches(&backend)?,
-        breach_records: None,
+        breached_devices: super::held::open_breaches_of(&runs),
+        device_breaches: super::held::open_device_breaches(&backend, &runs, &breach_records)?,
+        breach_records,
         owed: backend.owed_devices()?.into_iter().collect(),
         accepted: Default::default(),
     };
@@ -609,8 +611,8 @@ pub fn check(plan: &Plan, opts: &CheckOptions, now: OffsetDateTime) -> Result<Ch
     // A run killed or stopped part-way (a breach roll half done leaves devices on a compromised
     // CA): nothing finishes it but running the same command again.
     if everything {
-        for run in backend.open_runs()? {
-            c.add(unfinished(&run));
+        for run in &runs {
+            c.add(unfinished(run));
         }
     }
     // Every group's devices and every enrollment, in plan order, read in pages of them all: the

@@ -13,7 +13,9 @@
 //! device presented the newest version that existed at its last assignment.
 
 use crate::backend::Backend;
-use crate::backend::types::{HubIdentity, IndividualEnrollment, RegistrationState, Status, VaultVersion};
+use crate::backend::types::{
+    HubIdentity, IndividualEnrollment, JournalRun, RegistrationState, Status, VaultVersion,
+};
 use anyhow::Result;
 
 /// What one device holds, beside what certroll issued it.
@@ -393,7 +395,12 @@ pub(crate) fn breach_in_flight(id: &str, rerun: &str) -> String {
 /// The devices an open breach run has yet to replace (those of its `breach-device` and
 /// `replace-devices` steps not done), each with the command that finishes the run.
 pub(crate) fn open_breaches(backend: &dyn Backend) -> Result<std::collections::HashMap<String, String>> {
-    open_steps(backend, &["breach-device", "replace-devices"])
+    Ok(open_breaches_of(&backend.open_runs()?))
+}
+
+/// [`open_breaches`] of the open runs `runs` (read by the caller, who needs them for more).
+pub(crate) fn open_breaches_of(runs: &[JournalRun]) -> std::collections::HashMap<String, String> {
+    open_steps(runs, &["breach-device", "replace-devices"])
 }
 
 /// [`open_breaches`] of device breaches alone (`breach-device` steps): the devices whose own
@@ -401,15 +408,16 @@ pub(crate) fn open_breaches(backend: &dyn Backend) -> Result<std::collections::H
 /// breach's devices are judged by their issuing CA version instead. A device a later breach
 /// replaced since is left out (trial az13 N1): that breach's finished step counts the open
 /// one's incident among those it handled (`earlier_incidents`), and the device is settled;
-/// `check`'s warning about the open run still names it.
+/// `check`'s warning about the open run still names it. Of the open runs `runs`; the finished
+/// breaches are read into `records` only when an open breach has an incident to look up there.
 pub(crate) fn open_device_breaches(
     backend: &dyn Backend,
+    runs: &[JournalRun],
+    records: &std::cell::OnceCell<BreachRecords>,
 ) -> Result<std::collections::HashMap<String, String>> {
     let mut open = std::collections::HashMap::new();
-    // Each device's incidents its last finished breach handled: read only when a breach is open.
-    let mut handled: Option<std::collections::HashMap<String, Vec<String>>> = None;
-    for run in backend.open_runs()? {
-        let rerun = super::journal::resume_command(&run);
+    for run in runs {
+        let rerun = super::journal::resume_command(run);
         for step in run
             .steps
             .iter()
@@ -422,36 +430,19 @@ pub(crate) fn open_device_breaches(
                 .flatten()
                 .filter_map(|i| i.as_str())
             {
-                if let Some(incident) = incident {
-                    let handled = match &mut handled {
-                        Some(h) => h,
-                        None => handled.insert(handled_incidents(backend)?),
-                    };
-                    if handled
+                if let Some(incident) = incident
+                    && BreachRecords::once(records, backend)?
+                        .handled
                         .get(id)
                         .is_some_and(|all| all.iter().any(|i| i == incident))
-                    {
-                        continue;
-                    }
+                {
+                    continue;
                 }
                 open.insert(id.to_string(), rerun.clone());
             }
         }
     }
     Ok(open)
-}
-
-/// The incidents each device's last finished breach handled ([`incidents_of`] its
-/// `breach-device` result), in one read of the journal.
-fn handled_incidents(backend: &dyn Backend) -> Result<std::collections::HashMap<String, Vec<String>>> {
-    let mut out = std::collections::HashMap::new();
-    for step in backend.done_steps(&["breach-device"])? {
-        if let (Some(id), Some(result)) = (step.target.strip_prefix("device:"), &step.result) {
-            // Oldest run first: a later breach's record stands over an earlier one's.
-            out.insert(id.to_string(), incidents_of(result));
-        }
-    }
-    Ok(out)
 }
 
 /// Every incident label a breach step records (a device's in its result, a `ca:`/`group:`
@@ -471,10 +462,10 @@ pub(crate) fn incidents_of(result: &serde_json::Value) -> Vec<String> {
 
 /// The device ids of the open runs' unfinished steps of `kinds`, each with its run's resume
 /// command.
-fn open_steps(backend: &dyn Backend, kinds: &[&str]) -> Result<std::collections::HashMap<String, String>> {
+fn open_steps(runs: &[JournalRun], kinds: &[&str]) -> std::collections::HashMap<String, String> {
     let mut out = std::collections::HashMap::new();
-    for run in backend.open_runs()? {
-        let rerun = super::journal::resume_command(&run);
+    for run in runs {
+        let rerun = super::journal::resume_command(run);
         for step in run
             .steps
             .iter()
@@ -487,7 +478,7 @@ fn open_steps(backend: &dyn Backend, kinds: &[&str]) -> Result<std::collections:
             }
         }
     }
-    Ok(out)
+    out
 }
 
 /// How a finished breach's replacement reaches its device, as the journal records it.
@@ -507,6 +498,10 @@ enum Finish {
 #[derive(Debug, Default)]
 pub(crate) struct BreachRecords {
     by_device: std::collections::HashMap<String, (String, Finish)>,
+    /// The incidents each device's last finished device breach handled ([`incidents_of`] its
+    /// `breach-device` result), replacement or none: [`open_device_breaches`] leaves out a
+    /// device a later breach replaced since.
+    handled: std::collections::HashMap<String, Vec<String>>,
 }
 
 impl BreachRecords {
@@ -514,12 +509,15 @@ impl BreachRecords {
     /// `replace-devices`), from the journal.
     pub(crate) fn read(backend: &dyn Backend) -> Result<BreachRecords> {
         let mut by_device = std::collections::HashMap::new();
+        let mut handled = std::collections::HashMap::new();
         for step in backend.done_steps(&["breach-device", "replace-devices"])? {
             let Some(result) = step.result else { continue };
             if step.kind == "breach-device" {
                 let Some(id) = step.target.strip_prefix("device:") else {
                     continue;
                 };
+                // Oldest run first: a later breach's record stands over an earlier one's.
+                handled.insert(id.to_string(), incidents_of(&result));
                 // The device's last breach step is the word on it, replacement or none.
                 match result["replacement"].as_str() {
                     Some(tp) => {
@@ -538,7 +536,20 @@ impl BreachRecords {
                 }
             }
         }
-        Ok(BreachRecords { by_device })
+        Ok(BreachRecords { by_device, handled })
+    }
+
+    /// The records in `cell`, read from the journal the first time they are asked for: one
+    /// read serves every device and every caller that shares the cell.
+    pub(crate) fn once<'a>(
+        cell: &'a std::cell::OnceCell<BreachRecords>,
+        backend: &dyn Backend,
+    ) -> Result<&'a BreachRecords> {
+        if let Some(read) = cell.get() {
+            return Ok(read);
+        }
+        let read = BreachRecords::read(backend)?;
+        Ok(cell.get_or_init(|| read))
     }
 
     /// The command that finishes the breach whose replacement device `id` was issued

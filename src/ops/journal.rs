@@ -126,6 +126,20 @@ pub fn begin(
     dry_run: bool,
     now: OffsetDateTime,
 ) -> Result<Run> {
+    let open = backend.open_run(command)?;
+    begin_from(backend, command, planned, dry_run, now, open)
+}
+
+/// [`begin`] for a caller that has read the open run of `command` already (`open`, from
+/// [`Backend::open_run`]) to plan by it: the journal is not asked again.
+pub fn begin_from(
+    backend: &mut dyn Backend,
+    command: &str,
+    planned: &[Planned],
+    dry_run: bool,
+    now: OffsetDateTime,
+    open: Option<crate::backend::types::JournalRun>,
+) -> Result<Run> {
     let steps: Vec<JournalStep> = planned
         .iter()
         .enumerate()
@@ -138,7 +152,6 @@ pub fn begin(
             result: None,
         })
         .collect();
-    let open = backend.open_run(command)?;
     if dry_run {
         return Ok(match open {
             Some(open) => Run::would_resume(open),

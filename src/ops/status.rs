@@ -183,7 +183,7 @@ pub struct StatusQuery<'p> {
     /// ([`super::held::open_device_breaches`]): `breach_open` names their rerun.
     device_breaches: std::collections::HashMap<String, String>,
     /// What the journal's finished breaches replaced, read at the first device owed a
-    /// delivery (one query for the fleet).
+    /// delivery or the first open device breach to look up (one query for the fleet).
     breach_records: std::cell::OnceCell<super::held::BreachRecords>,
 }
 
@@ -197,8 +197,11 @@ pub fn status<'p>(
         t.check(plan)?;
     }
     let backend = open_verb_backend(plan, "status", Access::Preview, settings)?;
-    let breached_devices = super::held::open_breaches(&*backend)?;
-    let device_breaches = super::held::open_device_breaches(&*backend)?;
+    // One read of the open runs and of the finished breaches serves both.
+    let runs = backend.open_runs()?;
+    let breach_records = std::cell::OnceCell::new();
+    let breached_devices = super::held::open_breaches_of(&runs);
+    let device_breaches = super::held::open_device_breaches(&*backend, &runs, &breach_records)?;
     Ok(StatusQuery {
         plan,
         backend,
@@ -206,18 +209,14 @@ pub fn status<'p>(
         enrollments_read: Default::default(),
         breached_devices,
         device_breaches,
-        breach_records: Default::default(),
+        breach_records,
     })
 }
 
 impl StatusQuery<'_> {
     /// [`super::held::BreachRecords`], read once.
     fn breach_records(&self) -> Result<&super::held::BreachRecords> {
-        if self.breach_records.get().is_none() {
-            let read = super::held::BreachRecords::read(&*self.backend)?;
-            let _ = self.breach_records.set(read);
-        }
-        Ok(self.breach_records.get().expect("set above"))
+        super::held::BreachRecords::once(&self.breach_records, &*self.backend)
     }
 
     fn wants(&self, kind: &str, name: &str) -> bool {

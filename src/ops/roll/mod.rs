@@ -797,7 +797,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         // refusal: a refused run changes nothing): a rerun with nothing else to do still owes them.
         backend.deliver_owed(now)?;
     }
-    let run = journal::begin(&mut backend, &command, &planned, opts.dry_run, now)?;
+    let run = journal::begin_from(&mut backend, &command, &planned, opts.dry_run, now, open)?;
     report.run = run.number();
     report.resumed = run.resumed;
     let superseded = match &opts.breach {
