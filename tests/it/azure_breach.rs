@@ -619,3 +619,40 @@ fn a_ca_breach_cut_off_then_a_later_one_then_either_again_replaces_nothing_twice
         }
     }
 }
+
+/// A CA breach cut off after its revocation: the dry run of its rerun counts the devices it
+/// leaves cut off until it replaces them, as the dry run before any run did, on local and on
+/// azure alike (trial az13 N2: it said none).
+#[test]
+fn a_resumed_ca_breach_dry_run_counts_its_devices_cut_off_on_local_and_azure() {
+    let env = TestEnv::new();
+    let serve = issued_groups(&env);
+    let breach = [
+        "roll-primary",
+        "--breach",
+        "--incident",
+        "L1",
+        "ca:factory",
+        "--yes",
+        "-o",
+        "json",
+    ];
+    let dry_run: Vec<&str> = [&breach[..], &["--dry-run"]].concat();
+    let (fresh, _) = both(&env, &serve, &dry_run);
+    assert_ne!(fresh["devices_cut_off"]["count"], 0, "{fresh}");
+    for which in ["local", "azure"] {
+        let killed = crate::azure_verbs::run_fleet_with(
+            &env,
+            &serve,
+            which,
+            &[("CERTROLL_FAULT_AFTER_STEPS", "2")],
+            &breach,
+        );
+        assert_ne!(killed.code, 0, "{which}: the fault switch must stop the breach");
+    }
+    let (l, a) = both(&env, &serve, &dry_run);
+    for (which, r) in [("local", &l), ("azure", &a)] {
+        assert_eq!(r["resumed"], true, "{which}: {r}");
+        assert_eq!(r["devices_cut_off"], fresh["devices_cut_off"], "{which}: {r}");
+    }
+}

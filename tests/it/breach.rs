@@ -990,3 +990,48 @@ fn a_resumed_device_breach_counts_its_device_cut_off_and_says_so_when_a_later_on
     assert!(!words.contains("of them rolled"), "{resumed}");
     assert_eq!(resumed["devices_cut_off"]["count"], 0, "{resumed}");
 }
+
+#[test]
+fn a_resumed_ca_breach_counts_the_devices_it_cut_off() {
+    let env = TestEnv::new();
+    small_quickstart(&env, 3);
+    run(&env, &["issue"]).ok();
+    let held: Vec<(String, Vec<u8>)> = ["gateway-01", "sensor-1", "sensor-2", "sensor-3"]
+        .iter()
+        .map(|id| (id.to_string(), pem_der(&env, NOW, id)))
+        .collect();
+    let a = [
+        "roll-primary",
+        "--breach",
+        "--incident",
+        "L1",
+        "ca:factory",
+        "--yes",
+        "-o",
+        "json",
+    ];
+    // Stopped after remove-compromised and revoke-ca: every device still holds the certificate
+    // the revoked CA version signed; the sensors' group no longer admits it.
+    let fresh = run(&env, &[&a[..], &["--dry-run"]].concat()).ok().json();
+    assert_eq!(fresh["devices_cut_off"]["count"], 4, "{fresh}");
+    killed_after(&env, 2, &a);
+    for (id, der) in held.iter().filter(|(id, _)| id.starts_with("sensor-")) {
+        assert!(
+            !works(&env, id, der, NOW),
+            "{id}: its group no longer holds its CA"
+        );
+    }
+    // The rerun's dry run counts them until they are replaced, as the same dry run before any
+    // run did (the gateway's individual enrollment is replaced with the rest).
+    let dry = run(&env, &[&a[..], &["--dry-run"]].concat()).ok().json();
+    assert_eq!(dry["resumed"], true, "{dry}");
+    assert_eq!(dry["devices_cut_off"], fresh["devices_cut_off"], "{dry}");
+    // The rerun replaces them as its dry run said, and its command again has nobody to count.
+    let done = run(&env, &a).ok().json();
+    assert_eq!(done["devices_cut_off"], dry["devices_cut_off"], "{done}");
+    for (id, _) in &held {
+        assert!(works(&env, id, &pem_der(&env, NOW, id), NOW), "{id}: replaced");
+    }
+    let again = run(&env, &[&a[..], &["--dry-run"]].concat()).ok().json();
+    assert_eq!(again["devices_cut_off"]["count"], 0, "{again}");
+}

@@ -1771,10 +1771,12 @@ fn breach_in_place(backend: &dyn Backend, target: &str, breach: &Breach) -> Resu
     Ok(true)
 }
 
-/// The devices each device-breach step left to a resumed run shuts out, from what the rerun
-/// decided per device: the step's enrollment write refuses the compromised certificate they still
-/// hold until they receive the replacement (a resumed run is not planned again, so its steps
-/// carry no blast radius of their own; trial az12 F6).
+/// The devices each breach step left to a resumed run shuts out, from what the rerun decided
+/// per device: a device breach's enrollment write refuses the compromised certificate they still
+/// hold until they receive the replacement (trial az12 F6); a CA or group breach's devices hold
+/// certificates the compromised CA signed, which its `remove-compromised` step took (or takes)
+/// out of their group, until their `replace-devices` step replaces them (trial az13 N2). A
+/// resumed run is not planned again, so its steps carry no blast radius of their own.
 fn resumed_cut_off(run: &journal::Run, report: &mut RollReport) {
     let replacing: std::collections::HashSet<&str> = report
         .devices
@@ -1786,15 +1788,20 @@ fn resumed_cut_off(run: &journal::Run, report: &mut RollReport) {
     for step in &report.steps {
         let journal_step = run.steps.iter().find(|s| s.seq == step.seq);
         cut.push(match journal_step {
-            Some(s) if s.kind == "breach-device" && !run.done_before(s.seq) => CutOff::of(
-                s.detail["ids"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|id| id.as_str())
-                    .filter(|id| replacing.contains(id))
-                    .map(str::to_string),
-            ),
+            Some(s)
+                if matches!(s.kind.as_str(), "breach-device" | "replace-devices")
+                    && !run.done_before(s.seq) =>
+            {
+                CutOff::of(
+                    s.detail["ids"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|id| id.as_str())
+                        .filter(|id| replacing.contains(id))
+                        .map(str::to_string),
+                )
+            }
             _ => step.devices_cut_off.clone(),
         });
     }
