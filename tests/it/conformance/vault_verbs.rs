@@ -291,16 +291,10 @@ fn every_vault_subcommand_answers_the_same_on_local_and_on_azure_against_serve()
     assert_eq!(a["tags"]["env"], "prod", "restored with its tags: {a}");
     // Over the live name: refused in the same words on both, with the way to free the name
     // (trial az11 F6: Key Vault's backup was refused without it).
-    let refusals = ["local", "azure"].map(|which| {
-        let r = restore_selfie(&env, which, which);
-        assert_eq!(r.code, 2, "{which}: {}\n{}", r.stdout, r.stderr);
-        r.stderr
-    });
-    assert_eq!(refusals[0], refusals[1]);
+    let refusal = super::azure::refused_alike(|which| restore_selfie(&env, which, which));
     assert!(
-        refusals[1].contains("restore never overwrites one (delete and purge it first)"),
-        "{}",
-        refusals[1]
+        refusal.contains("restore never overwrites one (delete and purge it first)"),
+        "{refusal}"
     );
     // A backup of the other kind is refused with exit 2, naming where it restores.
     for (which, other) in [("local", "azure"), ("azure", "local")] {
