@@ -440,21 +440,17 @@ fn a_breach_rerun_after_the_ca_was_made_anew_names_the_new_incident_that_declare
     assert_eq!(a["groups"][0]["outcome"], "already-replaced", "{a}");
 }
 
-/// Each device certificate's `(version, enabled)` in the vault, oldest first.
+/// Each version of the vault certificate of `target` (`device:ID`, `ca:NAME`) as `(version,
+/// enabled)`, oldest first.
 fn vault_versions(
     env: &TestEnv,
     serve: &crate::conformance::azure::Serve,
     which: &str,
-    id: &str,
+    target: &str,
 ) -> Vec<(String, bool)> {
-    run_fleet(
-        env,
-        serve,
-        which,
-        &["vault", "show", &format!("device:{id}"), "-o", "json"],
-    )
-    .ok()
-    .json()["versions"]
+    run_fleet(env, serve, which, &["vault", "show", target, "-o", "json"])
+        .ok()
+        .json()["versions"]
         .as_array()
         .unwrap()
         .iter()
@@ -473,7 +469,7 @@ fn a_ca_breach_disables_the_device_certificates_the_compromised_ca_signed_on_loc
     let serve = issued_groups(&env);
     let before: Vec<Vec<(String, bool)>> = ["local", "azure"]
         .iter()
-        .map(|w| vault_versions(&env, &serve, w, "s-1"))
+        .map(|w| vault_versions(&env, &serve, w, "device:s-1"))
         .collect();
     let (dry, _) = both(
         &env,
@@ -508,7 +504,7 @@ fn a_ca_breach_disables_the_device_certificates_the_compromised_ca_signed_on_loc
         assert_eq!(before.len(), 1, "{which}: {before:?}");
         let old = &before[0].0;
         for id in ["s-1", "s-2"] {
-            let after = vault_versions(&env, &serve, which, id);
+            let after = vault_versions(&env, &serve, which, &format!("device:{id}"));
             let enabled: Vec<bool> = after.iter().map(|(_, e)| *e).collect();
             assert_eq!(
                 enabled,
@@ -532,7 +528,7 @@ fn a_ca_breach_disables_the_device_certificates_the_compromised_ca_signed_on_loc
         );
         assert_eq!(r.code, 2, "{which}: {}\n{}", r.stdout, r.stderr);
         assert!(r.stderr.contains("is disabled"), "{which}: {}", r.stderr);
-        let gw = vault_versions(&env, &serve, which, "gw-1");
+        let gw = vault_versions(&env, &serve, which, "device:gw-1");
         assert!(
             gw.iter().all(|(_, e)| *e),
             "{which}: gw-1 is under the root, not the breached CA: {gw:?}"
@@ -541,7 +537,7 @@ fn a_ca_breach_disables_the_device_certificates_the_compromised_ca_signed_on_loc
     let (l, a) = both(&env, &serve, &breach);
     assert_same(&l, &a, "the rerun");
     for which in ["local", "azure"] {
-        let enabled: Vec<bool> = vault_versions(&env, &serve, which, "s-1")
+        let enabled: Vec<bool> = vault_versions(&env, &serve, which, "device:s-1")
             .iter()
             .map(|(_, e)| *e)
             .collect();
@@ -569,20 +565,10 @@ fn a_ca_breach_cut_off_then_a_later_one_then_either_again_replaces_nothing_twice
             "json",
         ]
     };
-    let shown = |which: &str, target: &str| -> Vec<(String, bool)> {
-        run_fleet(&env, &serve, which, &["vault", "show", target, "-o", "json"])
-            .ok()
-            .json()["versions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| (v["version"].as_str().unwrap().to_string(), v["enabled"] == true))
-            .collect()
-    };
     let state = |which: &str| -> Vec<Vec<(String, bool)>> {
         ["ca:factory", "device:s-1", "device:s-2"]
             .iter()
-            .map(|t| shown(which, t))
+            .map(|t| vault_versions(&env, &serve, which, t))
             .collect()
     };
     for which in ["local", "azure"] {

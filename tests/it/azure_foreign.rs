@@ -9,7 +9,7 @@
 use crate::azure_verbs::{
     breach_args, fleet_ok, fleet_plans_hook, issued_fleet, over_the_air, run_fleet, start_serve,
 };
-use crate::conformance::azure::{DPS_HOST, Serve, sas_key};
+use crate::conformance::azure::{DPS_HOST, HUB_HOST, Serve, sas_key};
 use crate::util::{TestEnv, curl_json, openssl_in};
 use serde_json::{Value, json};
 
@@ -25,16 +25,57 @@ pub(crate) const FLEET: &str = "[policies.device]\nkey = { type = \"EC\", curve 
      [enrollments.gw-3]\nissuer = \"factory\"\npolicy = \"device\"\nhub = \"conf-hub\"\n\
      [enrollments.gw-4]\nissuer = \"factory\"\npolicy = \"device\"\nhub = \"conf-hub\"\n";
 
-/// A SharedAccessSignature of DPS's owner policy, valid for an hour: the other client's
-/// credential.
-pub(crate) fn dps_token(serve: &Serve) -> String {
-    let (policy, key) = sas_key(serve, "certroll-dps");
-    let se = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
-    crate::serve_dps_hub::sas_token(DPS_HOST, &key, se, &policy)
+/// Serve's DPS and IoT Hub as another client reaches them: the host, the service in serve's
+/// connection strings whose owner policy signs the client's SharedAccessSignature, and the
+/// service API's version.
+const SERVICES: [(&str, &str, &str); 2] = [
+    (DPS_HOST, "certroll-dps", "2021-10-01"),
+    (HUB_HOST, "conf-hub", "2021-04-12"),
+];
+
+/// The [`SERVICES`] entry of `host`.
+fn service_at(host: &str) -> (&'static str, &'static str) {
+    SERVICES
+        .iter()
+        .find(|(h, _, _)| *h == host)
+        .map(|(_, service, api)| (*service, *api))
+        .unwrap_or_else(|| panic!("serve answers no service at {host}"))
 }
 
-/// One request to serve's DPS service API with curl, as another client makes it: (HTTP status,
-/// body as JSON, or null).
+/// A SharedAccessSignature of the owner policy of serve's DPS or IoT Hub at `host`, valid for
+/// an hour: the other client's credential.
+pub(crate) fn owner_token(serve: &Serve, host: &str) -> String {
+    let (policy, key) = sas_key(serve, service_at(host).0);
+    let se = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+    crate::serve_dps_hub::sas_token(host, &key, se, &policy)
+}
+
+/// One request to serve's DPS or IoT Hub at `host` with curl, as another client makes it: (HTTP
+/// status, body as JSON, or null).
+pub(crate) fn another_client(
+    env: &TestEnv,
+    serve: &Serve,
+    host: &str,
+    method: &str,
+    path: &str,
+    if_match: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut headers = vec![format!("Authorization: {}", owner_token(serve, host))];
+    headers.extend(if_match.map(|tag| format!("If-Match: {tag}")));
+    let (code, answer) = curl_json(
+        &env.path("ca.pem"),
+        serve.port(),
+        method,
+        host,
+        &format!("{path}?api-version={}", service_at(host).1),
+        &headers,
+        body.map(Value::to_string).as_deref(),
+    );
+    (code, serde_json::from_str(&answer).unwrap_or(Value::Null))
+}
+
+/// [`another_client`]'s request to serve's DPS.
 fn dps(
     env: &TestEnv,
     serve: &Serve,
@@ -43,18 +84,7 @@ fn dps(
     if_match: Option<&str>,
     body: Option<&Value>,
 ) -> (u16, Value) {
-    let mut headers = vec![format!("Authorization: {}", dps_token(serve))];
-    headers.extend(if_match.map(|tag| format!("If-Match: {tag}")));
-    let (code, answer) = curl_json(
-        &env.path("ca.pem"),
-        serve.port(),
-        method,
-        DPS_HOST,
-        &format!("{path}?api-version=2021-10-01"),
-        &headers,
-        body.map(Value::to_string).as_deref(),
-    );
-    (code, serde_json::from_str(&answer).unwrap_or(Value::Null))
+    another_client(env, serve, DPS_HOST, method, path, if_match, body)
 }
 
 /// The thumbprint DPS lists in a slot of individual enrollment `id` (None when empty).
@@ -1881,7 +1911,7 @@ fn a_group_another_client_disables_during_or_before_a_roll_is_reported_and_its_r
     // Disabled while the roll goes on, after its devices were assessed: the other client acts
     // from the delivery hook, as it did beside the az8 trial's roll.
     let token = env.path("dps-token");
-    std::fs::write(&token, dps_token(&serve)).unwrap();
+    std::fs::write(&token, owner_token(&serve, DPS_HOST)).unwrap();
     env.write("disable-hook.py", DISABLE_HOOK);
     crate::azure_verbs::fleet_plans_with(
         &env,

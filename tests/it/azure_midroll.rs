@@ -7,43 +7,16 @@
 //! No request is made for this: the write's own answer (or the re-read after its lost race)
 //! carries the status.
 
-use crate::azure_foreign::{GROUPS, device, set_provisioning, slot_thumbprint};
+use crate::azure_foreign::{GROUPS, another_client, device, set_provisioning, slot_thumbprint};
 use crate::azure_verbs::{fleet_ok, fleet_plans_hook, run_fleet, start_serve};
-use crate::conformance::azure::{HUB_HOST, Serve, sas_key};
-use crate::util::{TestEnv, curl_json};
+use crate::conformance::azure::{HUB_HOST, Serve};
+use crate::util::TestEnv;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-/// One request to serve's IoT Hub registry with curl, as another client of the hub makes it:
-/// (HTTP status, body as JSON, or null).
-fn hub(
-    env: &TestEnv,
-    serve: &Serve,
-    method: &str,
-    path: &str,
-    if_match: Option<&str>,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    let (policy, key) = sas_key(serve, "conf-hub");
-    let se = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
-    let token = crate::serve_dps_hub::sas_token(HUB_HOST, &key, se, &policy);
-    let mut headers = vec![format!("Authorization: {token}")];
-    headers.extend(if_match.map(|tag| format!("If-Match: {tag}")));
-    let (code, answer) = curl_json(
-        &env.path("ca.pem"),
-        serve.port(),
-        method,
-        HUB_HOST,
-        &format!("{path}?api-version=2021-04-12"),
-        &headers,
-        body.map(Value::to_string).as_deref(),
-    );
-    (code, serde_json::from_str(&answer).unwrap_or(Value::Null))
-}
-
 /// Device `id`'s identity in hub `conf-hub`, as another client reads it.
 fn identity(env: &TestEnv, serve: &Serve, id: &str) -> Value {
-    let (code, d) = hub(env, serve, "GET", &format!("/devices/{id}"), None, None);
+    let (code, d) = another_client(env, serve, HUB_HOST, "GET", &format!("/devices/{id}"), None, None);
     assert_eq!(code, 200, "{d}");
     d
 }
@@ -54,7 +27,7 @@ fn set_identity_status(env: &TestEnv, serve: &Serve, id: &str, status: &str) {
     let etag = format!("\"{}\"", d["etag"].as_str().unwrap().trim_matches('"'));
     d["status"] = json!(status);
     let path = format!("/devices/{id}");
-    let (code, answer) = hub(env, serve, "PUT", &path, Some(&etag), Some(&d));
+    let (code, answer) = another_client(env, serve, HUB_HOST, "PUT", &path, Some(&etag), Some(&d));
     assert_eq!(code, 200, "the other client's {status}: {answer}");
 }
 

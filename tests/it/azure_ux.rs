@@ -4,7 +4,7 @@
 //! the exit codes follow the README's contract.
 
 use crate::azure_verbs::{TOKEN, fleet_ok, fleet_plans_with, run_fleet, start_serve};
-use crate::conformance::azure::{DPS_HOST, Serve, run_plan, sas_key};
+use crate::conformance::azure::{DPS_HOST, Serve, refused_alike, run_plan, sas_key};
 use crate::util::TestEnv;
 
 /// One group of twelve devices under an intermediate, on hub `conf-hub`.
@@ -22,6 +22,25 @@ fn twelve_on_azure(env: &TestEnv) -> Serve {
     let serve = start_serve(env, TWELVE);
     fleet_plans_with(env, &serve, TWELVE, "delivery = \"none\"\nvault_rate = 1\n");
     serve
+}
+
+/// A bearer token serve's Key Vault does not know.
+const REJECTED_TOKEN: &str = "a-token-serve-does-not-know";
+
+/// Runs certroll with `args` on the azure plan with [`REJECTED_TOKEN`] for Key Vault, and the
+/// SAS keys serve's DPS and IoT Hub take.
+fn with_a_rejected_token(env: &TestEnv, serve: &Serve, args: &[&str]) -> crate::util::Run {
+    let (dps_key, hub_key) = (sas_key(serve, "certroll-dps").1, sas_key(serve, "conf-hub").1);
+    run_plan(
+        env,
+        "azure",
+        &[
+            ("CERTROLL_AZ_TOKEN", REJECTED_TOKEN),
+            ("CERTROLL_AZ_DPS_KEY", dps_key.as_str()),
+            ("CERTROLL_AZ_HUB_KEY", hub_key.as_str()),
+        ],
+        args,
+    )
 }
 
 /// Runs `certroll {args}` on the azure plan under a pseudo-terminal (util-linux `script`), as a
@@ -391,20 +410,10 @@ fn azure_a_sas_key_that_is_not_base64_and_a_rejected_token_exit_2_and_change_not
         r.stderr
     );
 
-    let (dps_key, hub_key) = (sas_key(&serve, "certroll-dps").1, sas_key(&serve, "conf-hub").1);
-    let r = run_plan(
-        &env,
-        "azure",
-        &[
-            ("CERTROLL_AZ_TOKEN", "a-token-serve-does-not-know"),
-            ("CERTROLL_AZ_DPS_KEY", dps_key.as_str()),
-            ("CERTROLL_AZ_HUB_KEY", hub_key.as_str()),
-        ],
-        &["issue"],
-    );
+    let r = with_a_rejected_token(&env, &serve, &["issue"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("HTTP 401"), "{}", r.stderr);
-    assert!(!r.stderr.contains("a-token-serve-does-not-know"), "{}", r.stderr);
+    assert!(!r.stderr.contains(REJECTED_TOKEN), "{}", r.stderr);
 
     // Nothing was made: the right token finds every certificate still to issue.
     let r = run_fleet(&env, &serve, "azure", &["issue", "--dry-run", "-o", "json"]);
@@ -491,21 +500,11 @@ fn azure_a_rejected_token_after_issue_is_named_and_changes_nothing() {
         r.stdout
     };
     let before = status();
-    let (dps_key, hub_key) = (sas_key(&serve, "certroll-dps").1, sas_key(&serve, "conf-hub").1);
-    let r = run_plan(
-        &env,
-        "azure",
-        &[
-            ("CERTROLL_AZ_TOKEN", "a-token-serve-does-not-know"),
-            ("CERTROLL_AZ_DPS_KEY", dps_key.as_str()),
-            ("CERTROLL_AZ_HUB_KEY", hub_key.as_str()),
-        ],
-        &["roll-secondary", "group:meters", "--yes"],
-    );
+    let r = with_a_rejected_token(&env, &serve, &["roll-secondary", "group:meters", "--yes"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("HTTP 401"), "{}", r.stderr);
     assert!(!r.stderr.contains("no record of"), "{}", r.stderr);
-    assert!(!r.stderr.contains("a-token-serve-does-not-know"), "{}", r.stderr);
+    assert!(!r.stderr.contains(REJECTED_TOKEN), "{}", r.stderr);
     assert_eq!(status(), before, "a refused run changed nothing");
 }
 
@@ -517,17 +516,7 @@ fn azure_a_rejected_token_stops_a_roll_at_the_first_401_without_warnings() {
     let env = TestEnv::new();
     let serve = crate::azure_verbs2::groups_through_the_hook(&env);
     fleet_ok(&env, &serve, &["issue"]);
-    let (dps_key, hub_key) = (sas_key(&serve, "certroll-dps").1, sas_key(&serve, "conf-hub").1);
-    let r = run_plan(
-        &env,
-        "azure",
-        &[
-            ("CERTROLL_AZ_TOKEN", "a-token-serve-does-not-know"),
-            ("CERTROLL_AZ_DPS_KEY", dps_key.as_str()),
-            ("CERTROLL_AZ_HUB_KEY", hub_key.as_str()),
-        ],
-        &["roll-secondary", "ca:factory", "--yes"],
-    );
+    let r = with_a_rejected_token(&env, &serve, &["roll-secondary", "ca:factory", "--yes"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("HTTP 401"), "{}", r.stderr);
     assert!(!r.stderr.contains("WARN"), "{}", r.stderr);
@@ -616,16 +605,10 @@ fn azure_deleting_a_ca_that_signs_a_group_needs_force_as_on_the_local_store() {
     assert!(r.stderr.contains("CA factory"), "{}", r.stderr);
     // In the same words on both backends (trial az11 F6: the local store named the versions
     // root signed instead).
-    let refusals = ["local", "azure"].map(|which| {
-        let r = run_fleet(&env, &serve, which, &["vault", "delete", "ca:root"]);
-        assert_eq!(r.code, 2, "{which}: {}\n{}", r.stdout, r.stderr);
-        r.stderr
-    });
-    assert_eq!(refusals[0], refusals[1]);
+    let refusal = refused_alike(|which| run_fleet(&env, &serve, which, &["vault", "delete", "ca:root"]));
     assert!(
-        refusals[0].contains("`ca-root` is the CA that signs CA factory in the plan"),
-        "{}",
-        refusals[0]
+        refusal.contains("`ca-root` is the CA that signs CA factory in the plan"),
+        "{refusal}"
     );
     let r = run_fleet(&env, &serve, "azure", &["vault", "delete", "ca:factory"]);
     assert!(r.stderr.contains("group meters"), "{}", r.stderr);

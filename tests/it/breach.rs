@@ -194,14 +194,14 @@ fn a_device_breach_refuses_the_compromised_certificate_everywhere_and_a_rerun_do
     assert!(!works(&env, "gateway-01", &new, NOW));
 }
 
-/// The arguments of `roll-primary --breach` of `gateway-01` for `incident`, reporting in JSON.
-fn breach_gateway(incident: &str) -> [&str; 8] {
+/// The arguments of `roll-primary --breach` of `target` for `incident`, reporting in JSON.
+fn breach_args<'a>(target: &'a str, incident: &'a str) -> [&'a str; 8] {
     [
         "roll-primary",
         "--breach",
         "--incident",
         incident,
-        "device:gateway-01",
+        target,
         "--yes",
         "-o",
         "json",
@@ -215,7 +215,7 @@ fn breach_gateway(incident: &str) -> [&str; 8] {
 #[test]
 fn an_older_incident_run_again_after_a_later_one_replaces_nothing() {
     let env = issued_quickstart();
-    let breach = |incident: &str| run(&env, &breach_gateway(incident)).ok().json();
+    let breach = |incident: &str| run(&env, &breach_args("device:gateway-01", incident)).ok().json();
     let outcome = |r: &serde_json::Value| r["devices"][0]["outcome"].as_str().unwrap().to_string();
     assert_eq!(outcome(&breach("INC-A")), "replaced");
     let after_a = pem_der(&env, NOW, "gateway-01");
@@ -244,16 +244,9 @@ fn an_older_incident_run_again_after_a_later_one_replaces_nothing() {
 #[test]
 fn an_incident_cut_off_then_a_later_one_then_the_first_again_replaces_nothing_twice() {
     let env = issued_quickstart();
-    let a = breach_gateway("INC-A");
-    let killed = env
-        .cmd()
-        .args(PLAN)
-        .args(a)
-        .env("CERTROLL_FAULT_BEFORE_STEP_COMMIT", "1")
-        .output()
-        .unwrap();
-    assert!(!killed.status.success(), "the fault switch must abort A");
-    let b = run(&env, &breach_gateway("INC-B")).ok().json();
+    let a = breach_args("device:gateway-01", "INC-A");
+    killed_by(&env, "CERTROLL_FAULT_BEFORE_STEP_COMMIT", "1", &a);
+    let b = run(&env, &breach_args("device:gateway-01", "INC-B")).ok().json();
     assert_eq!(b["devices"][0]["outcome"], "replaced", "{b}");
     let after_b = pem_der(&env, NOW, "gateway-01");
     let held = versions(&env, "dev-gateway-01");
@@ -525,20 +518,24 @@ fn a_root_breach_removes_the_root_from_the_service_and_reissues_everything_below
     }
 }
 
-/// Runs a command with the fault switch; it must die, not finish.
-fn killed_after(env: &TestEnv, steps: u32, args: &[&str]) {
-    let mut full: Vec<&str> = PLAN.to_vec();
-    full.extend_from_slice(args);
+/// Runs a command with fault switch `switch` set to `value`; it must die, not finish.
+fn killed_by(env: &TestEnv, switch: &str, value: &str, args: &[&str]) {
     let out = env
         .cmd()
-        .args(&full)
-        .env("CERTROLL_FAULT_AFTER_STEPS", steps.to_string())
+        .args(PLAN)
+        .args(args)
+        .env(switch, value)
         .output()
         .unwrap();
     assert!(
         !out.status.success(),
-        "the fault switch must abort the run after step {steps}"
+        "the fault switch {switch}={value} must abort the run"
     );
+}
+
+/// Runs a command with the fault switch that stops it after `steps` steps; it must die.
+fn killed_after(env: &TestEnv, steps: u32, args: &[&str]) {
+    killed_by(env, "CERTROLL_FAULT_AFTER_STEPS", &steps.to_string(), args);
 }
 
 #[test]
@@ -764,8 +761,11 @@ fn only_what_is_used_is_enabled(env: &TestEnv, context: &str) {
     }
 }
 
+/// Each version of the factory CA and the devices under it as `(name, version, enabled)`.
+type VaultState = Vec<(String, String, bool)>;
+
 /// A snapshot of every version of the factory CA and the devices under it, enabled or not.
-fn vault_state(env: &TestEnv) -> Vec<(String, String, bool)> {
+fn vault_state(env: &TestEnv) -> VaultState {
     let b = backend(env);
     std::iter::once("ca-factory".to_string())
         .chain(UNDER_FACTORY.iter().map(|id| format!("dev-{id}")))
@@ -780,23 +780,7 @@ fn a_ca_or_group_breach_run_again_with_an_older_incident_replaces_nothing() {
         let env = TestEnv::new();
         small_quickstart(&env, 3);
         run(&env, &["issue"]).ok();
-        let breach = |incident: &str| {
-            run(
-                &env,
-                &[
-                    "roll-primary",
-                    "--breach",
-                    "--incident",
-                    incident,
-                    target,
-                    "--yes",
-                    "-o",
-                    "json",
-                ],
-            )
-            .ok()
-            .json()
-        };
+        let breach = |incident: &str| run(&env, &breach_args(target, incident)).ok().json();
         for incident in ["L1", "L2"] {
             let r = breach(incident);
             assert_eq!(r["groups"][0]["outcome"], "replaced", "{target} {incident}: {r}");
@@ -824,41 +808,29 @@ fn a_ca_or_group_breach_run_again_with_an_older_incident_replaces_nothing() {
     }
 }
 
-#[test]
-fn a_ca_breach_stopped_after_its_revocation_then_a_later_one_then_the_first_again_replaces_nothing_twice() {
+/// CA breach A of `ca:factory` in an issued three-sensor quickstart, stopped after as many steps
+/// as `stop_at` counts (given the environment and A's arguments), then breach B run to its end:
+/// B replaces the CA, and only what is used is enabled. Returns the environment, A's arguments
+/// (its command from the shell history) and the vault after B.
+fn ca_breach_a_stopped_then_b(
+    stop_at: impl FnOnce(&TestEnv, &[&str]) -> u32,
+) -> (TestEnv, [&'static str; 8], VaultState) {
     let env = TestEnv::new();
     small_quickstart(&env, 3);
     run(&env, &["issue"]).ok();
-    let a = [
-        "roll-primary",
-        "--breach",
-        "--incident",
-        "A",
-        "ca:factory",
-        "--yes",
-        "-o",
-        "json",
-    ];
-    // Stopped after remove-compromised and revoke-ca: the CA is revoked, not yet renewed.
-    killed_after(&env, 2, &a);
-    let b = run(
-        &env,
-        &[
-            "roll-primary",
-            "--breach",
-            "--incident",
-            "B",
-            "ca:factory",
-            "--yes",
-            "-o",
-            "json",
-        ],
-    )
-    .ok()
-    .json();
+    let a = breach_args("ca:factory", "A");
+    killed_after(&env, stop_at(&env, &a), &a);
+    let b = run(&env, &breach_args("ca:factory", "B")).ok().json();
     assert_eq!(b["groups"][0]["outcome"], "replaced", "{b}");
     only_what_is_used_is_enabled(&env, "after B");
     let after_b = vault_state(&env);
+    (env, a, after_b)
+}
+
+#[test]
+fn a_ca_breach_stopped_after_its_revocation_then_a_later_one_then_the_first_again_replaces_nothing_twice() {
+    // Stopped after remove-compromised and revoke-ca: the CA is revoked, not yet renewed.
+    let (env, a, after_b) = ca_breach_a_stopped_then_b(|_, _| 2);
     // A's command resumes its run: B replaced the CA and every device since, so A renews
     // nothing and replaces nothing; then A's command once more is a new run with nothing to do.
     let resumed = run(&env, &a).ok().json();
@@ -876,48 +848,18 @@ fn a_ca_breach_stopped_after_its_revocation_then_a_later_one_then_the_first_agai
 
 #[test]
 fn a_ca_breach_stopped_before_its_devices_then_a_later_one_disables_what_the_first_compromised_ca_signed() {
-    let env = TestEnv::new();
-    small_quickstart(&env, 3);
-    run(&env, &["issue"]).ok();
-    let a = [
-        "roll-primary",
-        "--breach",
-        "--incident",
-        "A",
-        "ca:factory",
-        "--yes",
-        "-o",
-        "json",
-    ];
-    let dry = run(&env, &[&a[..], &["--dry-run"]].concat()).ok().json();
-    let kinds: Vec<&str> = dry["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|s| s["kind"].as_str())
-        .collect();
-    let devices_at = kinds.iter().position(|k| *k == "replace-devices").unwrap();
     // Stopped with the CA renewed and in its group, before any device was replaced: every
     // device still holds the certificate the compromised version signed.
-    killed_after(&env, devices_at as u32, &a);
-    let b = run(
-        &env,
-        &[
-            "roll-primary",
-            "--breach",
-            "--incident",
-            "B",
-            "ca:factory",
-            "--yes",
-            "-o",
-            "json",
-        ],
-    )
-    .ok()
-    .json();
-    assert_eq!(b["groups"][0]["outcome"], "replaced", "{b}");
-    only_what_is_used_is_enabled(&env, "after B");
-    let after_b = vault_state(&env);
+    let (env, a, after_b) = ca_breach_a_stopped_then_b(|env, a| {
+        let dry = run(env, &[a, &["--dry-run"][..]].concat()).ok().json();
+        let kinds: Vec<&str> = dry["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["kind"].as_str())
+            .collect();
+        kinds.iter().position(|k| *k == "replace-devices").unwrap() as u32
+    });
     let resumed = run(&env, &a).ok().json();
     assert_eq!(resumed["resumed"], true, "{resumed}");
     assert_eq!(vault_state(&env), after_b, "{resumed}");
@@ -929,25 +871,8 @@ fn a_resumed_device_breach_counts_its_device_cut_off_and_says_so_when_a_later_on
     let env = TestEnv::new();
     small_quickstart(&env, 3);
     run(&env, &["issue"]).ok();
-    let a = [
-        "--plan",
-        "plan.toml",
-        "roll-primary",
-        "--breach",
-        "--incident",
-        "INC-A",
-        "device:gateway-01",
-        "--yes",
-        "-o",
-        "json",
-    ];
-    let killed = env
-        .cmd()
-        .args(a)
-        .env("CERTROLL_FAULT_BEFORE_STEP_COMMIT", "1")
-        .output()
-        .unwrap();
-    assert!(!killed.status.success(), "the fault switch must abort A");
+    let a = breach_args("device:gateway-01", "INC-A");
+    killed_by(&env, "CERTROLL_FAULT_BEFORE_STEP_COMMIT", "1", &a);
     let held = pem_der(&env, NOW, "gateway-01");
     assert!(
         works(&env, "gateway-01", &held, NOW),
@@ -955,7 +880,7 @@ fn a_resumed_device_breach_counts_its_device_cut_off_and_says_so_when_a_later_on
     );
     // The rerun's enrollment write refuses the certificate the gateway holds: its dry run says
     // it cuts the gateway off, as the same dry run before any run does.
-    let dry = run(&env, &[&a[2..], &["--dry-run"]].concat()).ok().json();
+    let dry = run(&env, &[&a[..], &["--dry-run"]].concat()).ok().json();
     assert_eq!(dry["resumed"], true, "{dry}");
     assert_eq!(dry["devices_cut_off"]["count"], 1, "{dry}");
     assert_eq!(
@@ -964,25 +889,11 @@ fn a_resumed_device_breach_counts_its_device_cut_off_and_says_so_when_a_later_on
         "{dry}"
     );
     assert!(works(&env, "gateway-01", &held, NOW), "a dry run changes nothing");
-    let b = run(
-        &env,
-        &[
-            "roll-primary",
-            "--breach",
-            "--incident",
-            "INC-B",
-            "device:gateway-01",
-            "--yes",
-            "-o",
-            "json",
-        ],
-    )
-    .ok()
-    .json();
+    let b = run(&env, &breach_args("device:gateway-01", "INC-B")).ok().json();
     assert_eq!(b["devices"][0]["outcome"], "replaced", "{b}");
     // A's rerun resumes its run and finds B's replacement: its step says there is nothing to
     // replace, and it cuts nobody off.
-    let resumed = run(&env, &a[2..]).ok().json();
+    let resumed = run(&env, &a).ok().json();
     assert_eq!(resumed["resumed"], true, "{resumed}");
     assert_eq!(resumed["devices"][0]["outcome"], "already-replaced", "{resumed}");
     let words = resumed["steps"][0]["description"].as_str().unwrap();

@@ -1298,49 +1298,88 @@ fn arm_ca_certificates_are_verified_by_proof_of_possession_with_etags() {
     assert_eq!(code, 404, "{gone}");
 }
 
-#[test]
-fn the_initial_twin_of_an_enrollment_is_the_twin_of_a_freshly_assigned_device() {
-    let env = TestEnv::new();
-    issued(&env);
-    let (cert, key) = export_device(&env, "gateway-01", "gateway-01");
-    let serve = Serve::start(&env);
+/// `gateway-01` of an issued plan, exported, with serve started: where a test of its individual
+/// enrollment starts.
+struct Gateway {
+    serve: Serve,
+    /// The gateway's chain and key, as `certroll export` writes them.
+    cert: PathBuf,
+    key: PathBuf,
+    /// The SHA-1 thumbprint of its certificate.
+    tp: String,
+    /// DPS's and the hub's owner tokens.
+    dps: String,
+    hub: String,
+    /// A PUT body of its individual enrollment: its certificate's thumbprint in the primary slot
+    /// (the info a GET gives, as DPS clients send back), on the hub.
+    body: String,
+}
+
+/// Sets up [`Gateway`] in `env`; `more` adds fields (an `initialTwin`, a `deviceId`) to its
+/// enrollment body.
+fn gateway_enrollment(env: &TestEnv, more: serde_json::Value) -> Gateway {
+    issued(env);
+    let (cert, key) = export_device(env, "gateway-01", "gateway-01");
+    let serve = Serve::start(env);
     let dps = serve.token(DPS_HOST, "provisioningserviceowner");
     let hub = serve.token(HUB_HOST, "iothubowner");
-    // The enrollment gets an initialTwin; its certificate stays (the client sends back the info
-    // a GET gave it, as DPS clients do).
-    let tp = sha1_of(&env, &cert);
-    let body = serde_json::json!({
+    let tp = sha1_of(env, &cert);
+    let mut body = serde_json::json!({
         "registrationId": "gateway-01",
         "attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {"info": {"sha1Thumbprint": tp}}}}},
         "iotHubs": [HUB_HOST],
-        "initialTwin": {"tags": {"site": "lab"}, "properties": {"desired": {"interval": 30}}},
-    })
-    .to_string();
+    });
+    body.as_object_mut()
+        .unwrap()
+        .extend(more.as_object().unwrap().clone());
+    let body = body.to_string();
+    Gateway {
+        serve,
+        cert,
+        key,
+        tp,
+        dps,
+        hub,
+        body,
+    }
+}
+
+#[test]
+fn the_initial_twin_of_an_enrollment_is_the_twin_of_a_freshly_assigned_device() {
+    let env = TestEnv::new();
+    // The enrollment gets an initialTwin; its certificate stays (the client sends back the info
+    // a GET gave it, as DPS clients do).
+    let g = gateway_enrollment(
+        &env,
+        serde_json::json!({
+            "initialTwin": {"tags": {"site": "lab"}, "properties": {"desired": {"interval": 30}}},
+        }),
+    );
     let path = "/enrollments/gateway-01?api-version=2021-10-01";
-    let (code, answer) = curl(&env, &serve, "PUT", DPS_HOST, path, Some(&dps), Some(&body));
+    let (code, answer) = curl(&env, &g.serve, "PUT", DPS_HOST, path, Some(&g.dps), Some(&g.body));
     assert_eq!(code, 409, "without If-Match a PUT only creates: {answer}");
-    let (code, answer) = curl_if_match(&env, &serve, DPS_HOST, path, &dps, "*", &body);
+    let (code, answer) = curl_if_match(&env, &g.serve, DPS_HOST, path, &g.dps, "*", &g.body);
     assert_eq!(code, 200, "{answer}");
     // Forget the registration: the next one is a first assignment, which applies the twin.
     let (code, _) = curl(
         &env,
-        &serve,
+        &g.serve,
         "DELETE",
         DPS_HOST,
         "/registrations/gateway-01?api-version=2021-10-01",
-        Some(&dps),
+        Some(&g.dps),
         None,
     );
     assert_eq!(code, 204);
-    let out = device_run(&env, &serve, "gateway-01", &cert, &key);
+    let out = device_run(&env, &g.serve, "gateway-01", &g.cert, &g.key);
     assert_eq!(out["provisioning"]["substatus"], "initialAssignment", "{out}");
     let (code, twin) = curl(
         &env,
-        &serve,
+        &g.serve,
         "GET",
         HUB_HOST,
         "/twins/gateway-01?api-version=2021-04-12",
-        Some(&hub),
+        Some(&g.hub),
         None,
     );
     assert_eq!(code, 200, "{twin}");
@@ -1356,50 +1395,38 @@ fn the_initial_twin_of_an_enrollment_is_the_twin_of_a_freshly_assigned_device() 
 #[test]
 fn a_device_is_assigned_the_device_id_its_individual_enrollment_names() {
     let env = TestEnv::new();
-    issued(&env);
-    let (cert, key) = export_device(&env, "gateway-01", "gateway-01");
-    let serve = Serve::start(&env);
-    let dps = serve.token(DPS_HOST, "provisioningserviceowner");
-    let hub = serve.token(HUB_HOST, "iothubowner");
-    let tp = sha1_of(&env, &cert);
-    let body = serde_json::json!({
-        "registrationId": "gateway-01",
-        "deviceId": "custom-gw",
-        "attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {"info": {"sha1Thumbprint": tp}}}}},
-        "iotHubs": [HUB_HOST],
-    })
-    .to_string();
+    let g = gateway_enrollment(&env, serde_json::json!({ "deviceId": "custom-gw" }));
     let path = "/enrollments/gateway-01?api-version=2021-10-01";
-    let (code, answer) = curl_if_match(&env, &serve, DPS_HOST, path, &dps, "*", &body);
+    let (code, answer) = curl_if_match(&env, &g.serve, DPS_HOST, path, &g.dps, "*", &g.body);
     assert_eq!(code, 200, "{answer}");
 
-    let out = device_run(&env, &serve, "gateway-01", &cert, &key);
+    let out = device_run(&env, &g.serve, "gateway-01", &g.cert, &g.key);
     assert_eq!(out["provisioning"]["status"], "assigned", "{out}");
     assert_eq!(out["provisioning"]["deviceId"], "custom-gw", "{out}");
     assert_eq!(out["provisioning"]["registrationId"], "gateway-01", "{out}");
     assert_eq!(out["hub"]["sent"], true, "the hub admits it as custom-gw: {out}");
     let (code, device) = curl(
         &env,
-        &serve,
+        &g.serve,
         "GET",
         HUB_HOST,
         "/devices/custom-gw?api-version=2021-04-12",
-        Some(&hub),
+        Some(&g.hub),
         None,
     );
     assert_eq!(code, 200, "{device}");
     let device: serde_json::Value = serde_json::from_str(&device).unwrap();
     assert_eq!(
-        device["authentication"]["x509Thumbprint"]["primaryThumbprint"], tp,
+        device["authentication"]["x509Thumbprint"]["primaryThumbprint"], g.tp,
         "{device}"
     );
     let (code, state) = curl(
         &env,
-        &serve,
+        &g.serve,
         "GET",
         DPS_HOST,
         "/registrations/gateway-01?api-version=2021-10-01",
-        Some(&dps),
+        Some(&g.dps),
         None,
     );
     assert_eq!(code, 200, "{state}");

@@ -700,6 +700,19 @@ pub(crate) fn both_json(
     })
 }
 
+/// `run` on the local plan, then on the azure plan: both must refuse with exit 2, in the same
+/// words. The refusal (stderr).
+pub(crate) fn refused_alike(run: impl Fn(&str) -> crate::util::Run) -> String {
+    let refusals = ["local", "azure"].map(|which| {
+        let r = run(which);
+        assert_eq!(r.code, 2, "{which}: {}\n{}", r.stdout, r.stderr);
+        r.stderr
+    });
+    assert_eq!(refusals[0], refusals[1]);
+    let [refusal, _] = refusals;
+    refusal
+}
+
 /// The `SharedAccessKey` of `service`'s owner policy as serve printed it (else its first), and
 /// the policy's name.
 pub(crate) fn sas_key(serve: &Serve, service: &str) -> (String, String) {

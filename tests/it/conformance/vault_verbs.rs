@@ -77,6 +77,23 @@ fn same_policy(l: &mut Value, a: &mut Value, step: &str) {
     }
 }
 
+/// `vault restore` on `which` plan of the backup of `selfie` in plan folder `from`.
+fn restore_selfie(env: &TestEnv, which: &str, from: &str) -> Run {
+    let backup = format!("{from}/selfie.bak");
+    run(
+        env,
+        which,
+        &[
+            "vault",
+            "restore",
+            "--in",
+            &backup,
+            "--password-env",
+            "CERTROLL_BACKUP_PW",
+        ],
+    )
+}
+
 fn assert_same(env: &TestEnv, args: &[&str]) -> (Value, Value) {
     let (mut l, mut a) = both(env, args);
     same_policy(&mut l, &mut a, &format!("{args:?}"));
@@ -274,59 +291,19 @@ fn every_vault_subcommand_answers_the_same_on_local_and_on_azure_against_serve()
     assert_eq!(a["tags"]["env"], "prod", "restored with its tags: {a}");
     // Over the live name: refused in the same words on both, with the way to free the name
     // (trial az11 F6: Key Vault's backup was refused without it).
-    let refusals = ["local", "azure"].map(|which| {
-        let r = run(
-            &env,
-            which,
-            &[
-                "vault",
-                "restore",
-                "--in",
-                &format!("{which}/selfie.bak"),
-                "--password-env",
-                "CERTROLL_BACKUP_PW",
-            ],
-        );
-        assert_eq!(r.code, 2, "{which}: {}\n{}", r.stdout, r.stderr);
-        r.stderr
-    });
-    assert_eq!(refusals[0], refusals[1]);
+    let refusal = super::azure::refused_alike(|which| restore_selfie(&env, which, which));
     assert!(
-        refusals[1].contains("restore never overwrites one (delete and purge it first)"),
-        "{}",
-        refusals[1]
+        refusal.contains("restore never overwrites one (delete and purge it first)"),
+        "{refusal}"
     );
     // A backup of the other kind is refused with exit 2, naming where it restores.
     for (which, other) in [("local", "azure"), ("azure", "local")] {
         run(&env, which, &["vault", "delete", "selfie"]);
         run(&env, which, &["vault", "purge", "selfie", "--yes"]);
-        let r = run(
-            &env,
-            which,
-            &[
-                "vault",
-                "restore",
-                "--in",
-                &format!("{other}/selfie.bak"),
-                "--password-env",
-                "CERTROLL_BACKUP_PW",
-            ],
-        );
+        let r = restore_selfie(&env, which, other);
         assert_eq!(r.code, 2, "{which}: {}\n{}", r.stdout, r.stderr);
         assert!(r.stderr.contains("restores only"), "{which}: {}", r.stderr);
-        run(
-            &env,
-            which,
-            &[
-                "vault",
-                "restore",
-                "--in",
-                &format!("{which}/selfie.bak"),
-                "--password-env",
-                "CERTROLL_BACKUP_PW",
-            ],
-        )
-        .ok();
+        restore_selfie(&env, which, which).ok();
     }
 
     // Contacts and issuers. Set contacts are said to come from where they are kept: the local
