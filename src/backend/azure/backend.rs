@@ -2614,8 +2614,31 @@ fn assigned_identities_in(
     named: &[Option<String>],
     never_issued: &std::sync::Mutex<std::collections::HashSet<String>>,
 ) -> Result<Vec<Option<HubIdentity>>> {
-    let mut out =
-        crate::backend::identities_in_hubs(ids, named.iter().cloned(), |wanted| hubs.identity_many(wanted))?;
+    let out = named_identities(hubs, ids, named)?;
+    assigned_identities_after(enrollments, hubs, ids, groups, named, never_issued, out)
+}
+
+/// The first read of [`assigned_identities_in`]: each of `ids` in the hub its enrollment names
+/// (`named`), one registry query per hub. It reads no DPS state, so it can run beside DPS reads.
+fn named_identities(
+    hubs: &dyn HubRegistry,
+    ids: &[String],
+    named: &[Option<String>],
+) -> Result<Vec<Option<HubIdentity>>> {
+    crate::backend::identities_in_hubs(ids, named.iter().cloned(), |wanted| hubs.identity_many(wanted))
+}
+
+/// The rest of [`assigned_identities_in`], given `out` from [`named_identities`]: the devices
+/// not found in their named hub are looked up in the hub DPS assigned them.
+fn assigned_identities_after(
+    enrollments: &dyn EnrollmentService,
+    hubs: &dyn HubRegistry,
+    ids: &[String],
+    groups: &[Option<String>],
+    named: &[Option<String>],
+    never_issued: &std::sync::Mutex<std::collections::HashSet<String>>,
+    mut out: Vec<Option<HubIdentity>>,
+) -> Result<Vec<Option<HubIdentity>>> {
     let rest: Vec<usize> = (0..ids.len()).filter(|&i| out[i].is_none()).collect();
     if rest.is_empty() {
         return Ok(out);
@@ -2864,10 +2887,28 @@ impl Backend for AzureBackend {
         let (vault, enrollments, hubs) = (&mut self.vault, &mut self.enrollments, &mut self.hubs);
         let (versions, others) = std::thread::scope(|s| {
             let kv = s.spawn(move || vault.briefs_many(names));
+            // The named hubs' identities beside the enrollments: neither read needs the other,
+            // and each is a round trip to its own service.
+            let (individuals, found) = std::thread::scope(|s| {
+                let (hubs, named) = (&mut *hubs, &named);
+                let named_read = s.spawn(move || named_identities(&**hubs, ids, named));
+                let individuals = enrollments.individual_many(ids);
+                (
+                    individuals,
+                    named_read.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                )
+            });
             let others = (|| -> Result<_> {
-                let individuals = enrollments.individual_many(ids)?;
-                let identities =
-                    assigned_identities_in(&**enrollments, &**hubs, ids, &groups, &named, never_issued)?;
+                let individuals = individuals?;
+                let identities = assigned_identities_after(
+                    &**enrollments,
+                    &**hubs,
+                    ids,
+                    &groups,
+                    &named,
+                    never_issued,
+                    found?,
+                )?;
                 Ok((individuals, identities))
             })();
             (kv.join().unwrap_or_else(|p| std::panic::resume_unwind(p)), others)

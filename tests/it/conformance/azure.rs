@@ -1196,40 +1196,48 @@ fn roll_page(
     hub: &mut AzureHubRegistry,
     page: &[(String, super::Made)],
     together: bool,
-) {
+) -> Duration {
+    let read = std::time::Instant::now();
     let ids: Vec<String> = page.iter().map(|(id, _)| id.clone()).collect();
-    let mut enrollments: Vec<_> = dps
-        .individual_many(&ids)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.expect("seeded"))
-        .collect();
-    for (e, (_, next)) in enrollments.iter_mut().zip(page) {
-        e.secondary = Some(next.cert_der.clone());
-    }
     let wanted: Vec<(String, String)> = ids
         .iter()
         .map(|id| ("conf-hub".to_string(), id.clone()))
         .collect();
-    let mut identities: Vec<_> = hub
-        .identity_many(&wanted)
-        .unwrap()
-        .into_iter()
-        .map(|i| i.expect("seeded"))
-        .collect();
+    // Together, the two reads run at once, as a roll's chunk reads do (`chunk_reads`);
+    // `CERTROLL_BENCH_SERIAL_READS=1` reads them one after the other (as before 2026-12-02), to
+    // measure what that gains in the same run.
+    let at_once = together && std::env::var_os("CERTROLL_BENCH_SERIAL_READS").is_none();
+    let (enrollments, identities) = if at_once {
+        std::thread::scope(|s| {
+            let h = s.spawn(|| hub.identity_many(&wanted).unwrap());
+            (dps.individual_many(&ids).unwrap(), h.join().unwrap())
+        })
+    } else {
+        (
+            dps.individual_many(&ids).unwrap(),
+            hub.identity_many(&wanted).unwrap(),
+        )
+    };
+    let mut enrollments: Vec<_> = enrollments.into_iter().map(|e| e.expect("seeded")).collect();
+    for (e, (_, next)) in enrollments.iter_mut().zip(page) {
+        e.secondary = Some(next.cert_der.clone());
+    }
+    let mut identities: Vec<_> = identities.into_iter().map(|i| i.expect("seeded")).collect();
     for (i, (_, next)) in identities.iter_mut().zip(page) {
         i.secondary_thumbprint = Some(certroll::pki::sha1_thumbprint(&next.cert_der));
     }
+    let read = read.elapsed();
     if !together {
         dps.put_individuals(&enrollments, super::now()).unwrap();
         hub.update_identities(&identities, super::now()).unwrap();
-        return;
+        return read;
     }
     std::thread::scope(|s| {
         let h = s.spawn(|| hub.update_identities(&identities, super::now()).unwrap());
         dps.put_individuals(&enrollments, super::now()).unwrap();
         h.join().unwrap();
     });
+    read
 }
 
 /// Both services' clients for a roll at `rate` requests a second (`None`: unlimited) with
@@ -1471,6 +1479,16 @@ fn fresh_dps(
 /// build of the session (f01a4b7) on a quiet machine (load 1.0), 5 rounds: 17.8x, 18.0x, 64.3x,
 /// 18.6x, 16.4x (median 18.0x, lowest 16.4x; one at a time 1.94 ms, bulk 0.097 ms an
 /// enrollment, 0.077 to 0.114). Still not 20x in every round.
+///
+/// 2026-12-02, session 18. The bulk pass now prints the share of its time spent reading (the
+/// DPS and IoT Hub queries of each page, before its writes): 31 to 36% with the two reads one
+/// after the other. A roll's chunk reads (`chunk_reads`) now run the DPS read and the named
+/// hub's read at once, and so does this bench; paired in one sitting (load 2.5 to 3.5, another
+/// session compiling; `CERTROLL_BENCH_SERIAL_READS=1` for the old order), 2 x 3 rounds each:
+/// reading 29 to 36% of the pass before, 25 to 29% after; bulk medians 0.076 and 0.092 ms
+/// before, 0.082 and 0.087 ms after: within the spread. The rest of the reading is serve's
+/// render and the client's parse of each 1,000-record page, with the writes waiting for it;
+/// overlapping a page's reads with the previous page's writes is the next lever.
 #[test]
 #[ignore = "measurement, not a check: run with --ignored --nocapture"]
 fn measure_roll_of_n_enrollments_bulk_against_one_at_a_time() {
@@ -1545,8 +1563,9 @@ fn roll_round(n: usize, single_n: usize) -> (f64, f64) {
     let started = monotonic_secs();
     // Pages of 1,000 in registration id order, as a verb reads and writes a large roll (see
     // above).
+    let mut reading = Duration::ZERO;
     for page in bulk.chunks(1000) {
-        roll_page(&mut dps, &mut hub, page, true);
+        reading += roll_page(&mut dps, &mut hub, page, true);
     }
     let bulked = t.elapsed();
     // For a profile of the bulk phase alone: `perf record -k CLOCK_MONOTONIC`, then
@@ -1561,9 +1580,11 @@ fn roll_round(n: usize, single_n: usize) -> (f64, f64) {
     let bulk_each = bulked.as_secs_f64() / n as f64;
     eprintln!(
         "roll, one at a time: {single_n} enrollments in {single:?} ({:.2} ms each, {single_requests} requests)\n\
-         roll, bulk: {n} enrollments in {bulked:?} ({:.3} ms each, {bulk_requests} requests)",
+         roll, bulk: {n} enrollments in {bulked:?} ({:.3} ms each, {bulk_requests} requests; \
+         {:.0}% of it reading)",
         one_each * 1e3,
         bulk_each * 1e3,
+        reading.as_secs_f64() / bulked.as_secs_f64() * 100.0,
     );
     let e = dps.individual(&bulk[n - 1].0).unwrap().unwrap();
     assert_eq!(e.secondary.as_deref(), Some(&bulk[n - 1].1.cert_der[..]));
