@@ -91,10 +91,57 @@ impl Target {
             Ok(())
         } else {
             Err(input(format!(
-                "{}: target `{}` is not declared in the plan",
+                "{}: target `{}` is not declared in the plan{}",
                 plan.path.display(),
-                crate::error::snippet(&self.to_string())
+                crate::error::snippet(&self.to_string()),
+                self.hint(plan)
             )))
+        }
+    }
+
+    /// What an undeclared target may have meant: a generated device id written without its
+    /// zero padding (`sensor-3` for `sensor-03`: ids take the width of the group's count), or
+    /// the names the plan declares of that kind, when there are few enough to read.
+    fn hint(&self, plan: &Plan) -> String {
+        let names: Vec<&str> = match self {
+            Target::Device(id) => {
+                return plan
+                    .groups
+                    .values()
+                    .find_map(|g| match &g.devices {
+                        crate::plan::DeviceSource::Generated { prefix, count } => id
+                            .strip_prefix(prefix.as_str())
+                            .and_then(|digits| digits.parse::<u64>().ok())
+                            .filter(|n| (1..=*count).contains(n))
+                            .map(|n| {
+                                let width = count.to_string().len();
+                                format!(
+                                    "; did you mean `device:{prefix}{n:0width$}`? (group `{}` numbers its \
+                                     devices to the width of its count)",
+                                    g.name
+                                )
+                            }),
+                        crate::plan::DeviceSource::File { .. } => None,
+                    })
+                    .unwrap_or_default();
+            }
+            Target::Ca(_) => plan.cas.iter().map(|c| c.name.as_str()).collect(),
+            Target::Group(_) => plan.groups.keys().map(String::as_str).collect(),
+            Target::Enrollment(_) => plan.enrollments.keys().map(String::as_str).collect(),
+        };
+        let kind = self.to_string();
+        let kind = kind.split(':').next().unwrap_or_default();
+        match names.len() {
+            0 => format!("; it declares no {kind} target"),
+            1..=12 => format!(
+                "; it declares {}",
+                names
+                    .iter()
+                    .map(|n| format!("`{kind}:{}`", crate::error::snippet(n)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => String::new(),
         }
     }
 }

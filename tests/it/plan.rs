@@ -282,3 +282,34 @@ fn validate_refuses_an_azure_plan_whose_hub_has_no_table_as_every_device_verb_do
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A target the plan does not declare is refused with exit 2, before any store exists, and the
+/// message says what it may have meant: a generated id without its zero padding (trial az14
+/// D3: `sensor-3` for `sensor-03`), or the names of that kind the plan declares.
+#[test]
+fn an_undeclared_target_names_what_the_plan_declares_and_changes_nothing() {
+    let env = TestEnv::new();
+    env.quickstart();
+    for (target, meant) in [
+        ("device:sensor-3", "did you mean `device:sensor-03`?"),
+        ("device:sensor-003", "did you mean `device:sensor-03`?"),
+        ("ca:fatcory", "it declares `ca:root`, `ca:factory`"),
+        ("group:sensor", "it declares `group:sensors`"),
+        ("enrollment:gateway-1", "it declares `enrollment:gateway-01`"),
+    ] {
+        let run = env.plan_run(&["revoke", target, "--reason", "key-compromise", "--dry-run"]);
+        assert_eq!(run.code, 2, "{target}: {}", run.stderr);
+        assert!(
+            run.stderr
+                .contains(&format!("target `{target}` is not declared in the plan")),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stderr.contains(meant), "{target}: {}", run.stderr);
+    }
+    // Past the group's count, or not a number: no id to suggest.
+    let run = env.plan_run(&["revoke", "device:sensor-51", "--reason", "key-compromise"]);
+    assert_eq!(run.code, 2);
+    assert!(!run.stderr.contains("did you mean"), "{}", run.stderr);
+    assert!(!env.store_dir().exists(), "a refused target creates no store");
+}
