@@ -607,3 +607,37 @@ fn no_op_reruns_of_revoke_and_issue_read_only_what_they_need() {
         N - 3
     );
 }
+
+/// A roll whose devices come in several small groups, read after DPS's enrollment scan has
+/// finished, asks DPS nothing per group device: the finished scan already says they have no
+/// individual enrollment (trial az14 F1: `roll-primary ca:root` made 29 GETs of one
+/// enrollment each, 24 of them 404s, after a query that had answered every enrollment; each
+/// counts against DPS's 1,000 operations a minute).
+#[test]
+fn a_roll_of_several_small_groups_reads_no_group_device_enrollment_on_its_own() {
+    const N: usize = 6;
+    let env = TestEnv::new();
+    let fleet = format!(
+        "{}[ca.plant]\nsubject = \"CN=Plant\"\nissuer = \"root\"\npath_len = 0\npolicy = \"ca\"\n\
+         [groups.valves]\nsigning_ca = \"plant\"\nhub = \"conf-hub\"\nreprovision = \"migrate\"\n\
+         device_policy = \"device\"\ndevices = {{ prefix = \"v-\", count = {N} }}\n",
+        group_of(N)
+    );
+    let serve = issued_fleet(&env, &fleet);
+    crate::azure_verbs::fleet_plans_with(&env, &serve, &fleet, DIRECT);
+    let lines = during(&env, || {
+        fleet_ok(&env, &serve, &["roll-secondary", "ca:root", "-o", "json"]);
+    });
+    let dps_lines = dps(&lines);
+    let per_device: Vec<&str> = dps_lines
+        .iter()
+        .map(|l| request_of(l))
+        .filter(|r| r.starts_with("GET ") && (r.contains("/enrollments/m-") || r.contains("/enrollments/v-")))
+        .collect();
+    eprintln!(
+        "roll-secondary ca:root over 2 groups of {N}: {} DPS requests, {} GETs of one group device's enrollment",
+        dps_lines.len(),
+        per_device.len()
+    );
+    assert!(per_device.is_empty(), "{}", per_device.join("\n"));
+}

@@ -1082,8 +1082,10 @@ impl AzureEnrollmentService {
             // A few ids are worth the scan's first page: a DPS whose enrollments fit on it (most
             // fleets) answers them all, those present and those absent (the devices of a
             // group, which have none), in one request. Past that page a few are read by GET.
+            // A finished scan answers any number for free: what it did not find is absent
+            // (trial az14 F1: a roll's later small groups cost DPS a 404 GET per device).
             let small = eligible < SCAN_FROM;
-            if eligible >= SCAN_FROM || (eligible >= 2 && !scan.started) {
+            if eligible >= SCAN_FROM || (eligible >= 2 && !scan.started) || (scan.done && eligible > 0) {
                 loop {
                     let mut left = 0;
                     for (slot, id) in out.iter_mut().zip(ids) {
