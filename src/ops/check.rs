@@ -1012,6 +1012,19 @@ fn check_devices(
         }
         // Another client's certificate in its enrollment: whoever holds its key registers as
         // this device, and certroll's rolls leave the enrollment alone until an operator acts.
+        // Its owed delivery waits while the other client's certificate holds the place of the
+        // owed one (DPS would refuse it; `issue` and the rolls hold it back): the remedy below
+        // is the way on, not `certroll issue`.
+        if let (Some(e), Some(v)) = (
+            enrollment.as_ref().filter(|e| !e.foreign.is_empty()),
+            issued.as_ref(),
+        ) && ![&e.primary, &e.secondary]
+            .into_iter()
+            .flatten()
+            .any(|der| *der == v.cert_der)
+        {
+            c.owed.remove(id.as_str());
+        }
         for f in enrollment.iter().flat_map(|e| &e.foreign) {
             c.add(Problem {
                 target: format!("device:{id}"),
