@@ -1068,10 +1068,31 @@ fn check_devices(
         // the breach roll that replaces it did not finish for this device, and whoever holds
         // the compromised CA's key can make a certificate as good as this one.
         let issuer = installed.as_ref().and_then(|v| v.issuer.clone());
-        // A certificate from a CA version an open breach declared compromised, the breach cut
-        // off before it replaced the device, which it has yet to (after its revocation, say:
-        // the CA not renewed yet, so not `replaced_issuer`'s). Its group may hold that CA no more: DPS then
-        // refuses the device. The rerun is the way on at every step.
+        if let Some(ca) = issuer
+            .clone()
+            .map(|issuer| replaced_issuer(backend, c, issuer))
+            .transpose()?
+            .flatten()
+        {
+            let fix = issuer
+                .and_then(|i| c.open_breaches.get(&i).cloned())
+                .unwrap_or_else(|| format!("certroll roll-primary --breach ca:{ca} --yes"));
+            c.add(Problem {
+                target: format!("device:{id}"),
+                level: Level::Critical,
+                reason: format!(
+                    "it holds a certificate issued by a version of CA `{ca}` that is disabled and replaced \
+                     (compromised): `{fix}` replaces it"
+                ),
+                not_after: installed.as_ref().map(|v| v.exp),
+                actions_due: vec![],
+            });
+            continue;
+        }
+        // A certificate from a CA version an open breach declared compromised but has not
+        // replaced yet (stopped after its revocation, say: the CA not renewed, so not the
+        // above), on a device the breach has yet to replace. Its group may hold that CA no
+        // more: DPS then refuses the device. The rerun is the way on at every step.
         if let Some((issuer, rerun)) = issuer
             .as_ref()
             .filter(|i| c.open_breaches.contains_key(*i))
@@ -1089,27 +1110,6 @@ fn check_devices(
                 target: format!("device:{id}"),
                 level: Level::Critical,
                 reason: super::held::ca_breach_in_flight(id, &ca, &issuer.1, refused, &rerun),
-                not_after: installed.as_ref().map(|v| v.exp),
-                actions_due: vec![],
-            });
-            continue;
-        }
-        if let Some(ca) = issuer
-            .clone()
-            .map(|issuer| replaced_issuer(backend, c, issuer))
-            .transpose()?
-            .flatten()
-        {
-            let fix = issuer
-                .and_then(|i| c.open_breaches.get(&i).cloned())
-                .unwrap_or_else(|| format!("certroll roll-primary --breach ca:{ca} --yes"));
-            c.add(Problem {
-                target: format!("device:{id}"),
-                level: Level::Critical,
-                reason: format!(
-                    "it holds a certificate issued by a version of CA `{ca}` that is disabled and replaced \
-                     (compromised): `{fix}` replaces it"
-                ),
                 not_after: installed.as_ref().map(|v| v.exp),
                 actions_due: vec![],
             });
