@@ -170,6 +170,9 @@ impl<W: Write> Printer<W> {
                 report.deliveries_owed
             )?;
         }
+        for held in &report.held_back_deliveries {
+            self.line(format!("{}: delivery held back: {}", held.target, held.reason))?;
+        }
         if report.nothing_to_do() {
             return self.line("Nothing to do: everything the plan declares already exists.");
         }

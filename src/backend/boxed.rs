@@ -530,6 +530,10 @@ impl Backend for Box<dyn Backend> {
         (**self).owed_devices()
     }
 
+    fn held_back_deliveries(&self) -> Result<Vec<(String, String)>> {
+        (**self).held_back_deliveries()
+    }
+
     fn delivery_failure(&self, id: &str) -> Option<String> {
         (**self).delivery_failure(id)
     }

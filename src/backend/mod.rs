@@ -849,6 +849,16 @@ pub trait Backend: Vault + EnrollmentService + HubRegistry + Fleet + Journal + S
         Ok(Vec::new())
     }
 
+    /// The owed deliveries this process's [`deliver_owed`](Self::deliver_owed) held back, each
+    /// `(device id, why)`: the device's individual enrollment holds another client's certificate
+    /// in place of the one owed, so DPS would refuse it, and still owed now (a breach of the
+    /// enrollment in the same run settles it). They stay owed (the delivery resumes once the
+    /// operator deals with that certificate) but are not counted by
+    /// [`owed_devices`](Self::owed_devices) in this process. The default holds none back.
+    fn held_back_deliveries(&self) -> Result<Vec<(String, String)>> {
+        Ok(Vec::new())
+    }
+
     /// Why this process's delivery to device `id` did not reach it (a hook that failed, a device
     /// a direct method did not reach): the certificate stays owed. None when it was delivered,
     /// when none was tried, or with `delivery = "none"` (the operator's choice, not a fault).

@@ -354,6 +354,9 @@ fn print_human<W: std::io::Write>(
             report.deliveries_owed
         ))?;
     }
+    for held in &report.held_back_deliveries {
+        p.line(format!("{}: delivery held back: {}", held.target, held.reason))?;
+    }
     // Labelled by what the run wanted to renew (the CAs it names, else the capping CA whose
     // devices wait); the message names the CA to renew first.
     for c in &report.renew_ca_first {

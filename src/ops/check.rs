@@ -229,6 +229,32 @@ impl Checker<'_> {
         )
     }
 
+    /// The plan name of the CA whose vault name `issuer` (vault name, version id) names; the
+    /// vault name for one the plan does not declare.
+    fn ca_name(&self, issuer: &(String, String)) -> String {
+        self.ca_current
+            .get(&issuer.0)
+            .map(|(ca, _)| ca.clone())
+            .unwrap_or_else(|| issuer.0.clone())
+    }
+
+    /// [`group_accepts`], looked up once per group and issuing CA version.
+    fn group_accepts(
+        &mut self,
+        backend: &dyn Backend,
+        group: &str,
+        slots: &[String],
+        issuer: &(String, String),
+    ) -> Result<bool> {
+        let key = (group.to_string(), issuer.0.clone(), issuer.1.clone());
+        if let Some(a) = self.accepted.get(&key) {
+            return Ok(*a);
+        }
+        let a = group_accepts(backend, slots, issuer)?;
+        self.accepted.insert(key, a);
+        Ok(a)
+    }
+
     fn look(
         &mut self,
         target: String,
@@ -1012,6 +1038,19 @@ fn check_devices(
         }
         // Another client's certificate in its enrollment: whoever holds its key registers as
         // this device, and certroll's rolls leave the enrollment alone until an operator acts.
+        // Its owed delivery waits while the other client's certificate holds the place of the
+        // owed one (DPS would refuse it; `issue` and the rolls hold it back): the remedy below
+        // is the way on, not `certroll issue`.
+        if let (Some(e), Some(v)) = (
+            enrollment.as_ref().filter(|e| !e.foreign.is_empty()),
+            issued.as_ref(),
+        ) && ![&e.primary, &e.secondary]
+            .into_iter()
+            .flatten()
+            .any(|der| *der == v.cert_der)
+        {
+            c.owed.remove(id.as_str());
+        }
         for f in enrollment.iter().flat_map(|e| &e.foreign) {
             c.add(Problem {
                 target: format!("device:{id}"),
@@ -1050,6 +1089,32 @@ fn check_devices(
             });
             continue;
         }
+        // A certificate from a CA version an open breach declared compromised but has not
+        // replaced yet (stopped after its revocation, say: the CA not renewed, so not the
+        // above), on a device the breach has yet to replace. Its group may hold that CA no
+        // more: DPS then refuses the device. The rerun is the way on at every step.
+        if let Some((issuer, rerun)) = issuer
+            .as_ref()
+            .filter(|i| c.open_breaches.contains_key(*i))
+            .and_then(|i| Some((i, c.breached_devices.get(id.as_str())?.clone())))
+        {
+            let refused = enrollment.is_none()
+                && match signing {
+                    Some((group, slots)) => !c.group_accepts(backend, group, slots, issuer)?,
+                    // A group with no slot filled (its only CA taken out) admits nobody.
+                    None => !*enrolled,
+                };
+            let ca = c.ca_name(issuer);
+            c.owed.remove(id.as_str());
+            c.add(Problem {
+                target: format!("device:{id}"),
+                level: Level::Critical,
+                reason: super::held::ca_breach_in_flight(id, &ca, &issuer.1, refused, &rerun),
+                not_after: installed.as_ref().map(|v| v.exp),
+                actions_due: vec![],
+            });
+            continue;
+        }
         // A breach's replacement the device does not have: the certificate before it is
         // compromised and refused, so the device is cut off, and neither `issue` nor the
         // expiry's advice brings it back (trial az9 G4). One it has that is disabled: it
@@ -1071,45 +1136,31 @@ fn check_devices(
         // slots: a certificate under neither slot's CA is refused, though it is valid itself.
         if let (Some((group, slots)), None, Some(v)) = (signing, &enrollment, &installed)
             && let Some(issuer) = &v.issuer
+            && !c.group_accepts(backend, group, slots, issuer)?
         {
-            let key = (group.to_string(), issuer.0.clone(), issuer.1.clone());
-            let accepted = match c.accepted.get(&key) {
-                Some(a) => *a,
-                None => {
-                    let a = group_accepts(backend, slots, issuer)?;
-                    c.accepted.insert(key, a);
-                    a
-                }
-            };
-            if !accepted {
-                let ca = c
-                    .ca_current
-                    .get(&issuer.0)
-                    .map(|(ca, _)| ca.clone())
-                    .unwrap_or_else(|| issuer.0.clone());
-                let tp = backend
-                    .version(&issuer.0, &issuer.1)?
-                    .map(|v| crate::pki::sha1_thumbprint(&v.cert_der))
-                    .unwrap_or_default();
-                c.add(Problem {
-                    target: format!("device:{id}"),
-                    level: Level::Critical,
-                    reason: format!(
-                        "its certificate is signed by CA `{ca}` version {} ({tp}), which enrollment group `{group}` \
-                         holds in neither signing slot, nor a CA above it (the slots hold {}): DPS refuses its \
-                         registrations. Put that CA certificate back into a free signing slot of the group (DPS's \
-                         API or the Azure portal; `certroll export ca:{ca}` writes the current one), or give the \
-                         device a certificate under a CA the group holds: `certroll roll-primary group:{group}` \
-                         does that for the group's devices (a new version of the group's CA into its primary \
-                         slot, and the devices rolled under it)",
-                        issuer.1,
-                        slots.join(" / ")
-                    ),
-                    not_after: Some(v.exp),
-                    actions_due: vec![],
-                });
-                continue;
-            }
+            let ca = c.ca_name(issuer);
+            let tp = backend
+                .version(&issuer.0, &issuer.1)?
+                .map(|v| crate::pki::sha1_thumbprint(&v.cert_der))
+                .unwrap_or_default();
+            c.add(Problem {
+                target: format!("device:{id}"),
+                level: Level::Critical,
+                reason: format!(
+                    "its certificate is signed by CA `{ca}` version {} ({tp}), which enrollment group `{group}` \
+                     holds in neither signing slot, nor a CA above it (the slots hold {}): DPS refuses its \
+                     registrations. Put that CA certificate back into a free signing slot of the group (DPS's \
+                     API or the Azure portal; `certroll export ca:{ca}` writes the current one), or give the \
+                     device a certificate under a CA the group holds: `certroll roll-primary group:{group}` \
+                     does that for the group's devices (a new version of the group's CA into its primary \
+                     slot, and the devices rolled under it)",
+                    issuer.1,
+                    slots.join(" / ")
+                ),
+                not_after: Some(v.exp),
+                actions_due: vec![],
+            });
+            continue;
         }
         let name = super::device_cert_name(id);
         if installed.is_none()

@@ -392,6 +392,25 @@ pub(crate) fn breach_in_flight(id: &str, rerun: &str) -> String {
     )
 }
 
+/// What `check` says of device `id` whose certificate version `version` of CA `ca` signed,
+/// while the breach run that declared that version compromised is open (cut off before it
+/// replaced the device; `rerun` finishes it). `refused`: DPS refuses the device already (it
+/// has no individual enrollment, and its group no longer holds that CA: the run's first step
+/// took it out).
+pub(crate) fn ca_breach_in_flight(id: &str, ca: &str, version: &str, refused: bool, rerun: &str) -> String {
+    let now = if refused {
+        "its enrollment group no longer holds that CA, so DPS refuses the device: it cannot connect until"
+    } else {
+        "DPS still admits it, but whoever holds the compromised CA's key can make a certificate as good as \
+         this one, until"
+    };
+    format!(
+        "its certificate is signed by CA `{ca}` version {version}, which a breach declared compromised; the \
+         breach was cut off part-way and has not replaced the certificate of `{id}` yet: {now} `{rerun}` \
+         finishes it (it replaces nothing twice and delivers the replacement)"
+    )
+}
+
 /// The devices an open breach run has yet to replace (those of its `breach-device` and
 /// `replace-devices` steps not done), each with the command that finishes the run.
 pub(crate) fn open_breaches(backend: &dyn Backend) -> Result<std::collections::HashMap<String, String>> {

@@ -77,6 +77,32 @@ pub struct IssueReport {
     /// run's or an earlier one's delivery failed): the next `issue` or roll delivers them; the
     /// run exits 1.
     pub deliveries_owed: u64,
+    /// Owed deliveries this run held back: DPS would refuse the certificate, since another
+    /// client's certificate holds its place in the device's individual enrollment. Not counted
+    /// in [`deliveries_owed`](Self::deliveries_owed), nor a reason to exit 1: the device is
+    /// `check`'s critical problem, whose remedy lets the delivery go on.
+    pub held_back_deliveries: Vec<HeldDelivery>,
+}
+
+/// An owed delivery a run held back ([`crate::backend::Backend::held_back_deliveries`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldDelivery {
+    /// `device:ID`.
+    pub target: String,
+    /// Why, with the way on.
+    pub reason: String,
+}
+
+/// The owed deliveries `backend` held back in this process, as reports list them.
+pub(crate) fn held_deliveries(backend: &dyn Backend) -> Result<Vec<HeldDelivery>> {
+    Ok(backend
+        .held_back_deliveries()?
+        .into_iter()
+        .map(|(id, reason)| HeldDelivery {
+            target: format!("device:{id}"),
+            reason,
+        })
+        .collect())
 }
 
 impl IssueReport {
@@ -459,6 +485,7 @@ pub fn issue(
         steps: Vec::new(),
         rejected: Vec::new(),
         deliveries_owed: 0,
+        held_back_deliveries: Vec::new(),
     };
 
     for ca in plan.cas.iter().filter(|c| sel.cas.contains(&c.name)) {
@@ -522,6 +549,7 @@ pub fn issue(
         // The last units' deliveries may still be under way beside them.
         backend.finish_deliveries()?;
         report.deliveries_owed = backend.owed_devices()?.len() as u64;
+        report.held_back_deliveries = held_deliveries(&backend)?;
     }
     Ok(report)
 }

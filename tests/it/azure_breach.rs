@@ -641,4 +641,47 @@ fn a_resumed_ca_breach_dry_run_counts_its_devices_cut_off_on_local_and_azure() {
         assert_eq!(r["resumed"], true, "{which}: {r}");
         assert_eq!(r["devices_cut_off"], fresh["devices_cut_off"], "{which}: {r}");
     }
+    // `check` names each device the run has yet to replace critical, with the rerun, on both
+    // backends alike (it counted them ok).
+    let device_problems = |which: &str| {
+        let c = run_fleet(&env, &serve, which, &["check", "-o", "json"]);
+        assert_eq!(c.code, 2, "{which}: {}\n{}", c.stdout, c.stderr);
+        let mut named: Vec<(String, String)> = c.json()["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["target"].as_str().unwrap().starts_with("device:"))
+            .map(|p| {
+                assert_eq!(p["level"], "critical", "{which}: {p}");
+                let reason = p["reason"].as_str().unwrap();
+                assert!(
+                    reason.contains(
+                        "`certroll roll-primary --breach --incident L1 ca:factory --yes` finishes it"
+                    ),
+                    "{which}: {reason}"
+                );
+                (
+                    p["target"].as_str().unwrap().to_string(),
+                    mask(p["reason"].clone()).to_string(),
+                )
+            })
+            .collect();
+        named.sort();
+        named
+    };
+    let local = device_problems("local");
+    for first in fresh["devices_cut_off"]["first"].as_array().unwrap() {
+        let target = first.as_str().unwrap();
+        let target = if target.starts_with("device:") {
+            target.to_string()
+        } else {
+            format!("device:{target}")
+        };
+        let (_, reason) = local
+            .iter()
+            .find(|(t, _)| *t == target)
+            .unwrap_or_else(|| panic!("{target} not named: {local:?}"));
+        assert!(reason.contains("DPS refuses the device"), "{reason}");
+    }
+    assert_eq!(device_problems("azure"), local);
 }

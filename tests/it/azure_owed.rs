@@ -1202,3 +1202,146 @@ fn assert_leaked_disabled_replacement_enabled(env: &TestEnv, serve: &Serve) {
         "the leaked version disabled, the replacement not: {versions:?}"
     );
 }
+
+/// Trial az14 F2: another client put its certificate into the slot of individual enrollment
+/// `gw-1` where certroll's new one waited for its delivery (the hook had failed). DPS refuses
+/// the owed certificate now, so delivering it hands the device a key that cannot connect.
+/// `check` names the foreign certificate alone (critical), not `certroll issue`; a roll of
+/// another device holds the delivery back (reported, not attempted) and exits 0; the breach
+/// of the enrollment, the critical line's remedy, replaces the owed version and delivers the
+/// replacement, after which nothing is owed or critical.
+#[test]
+fn an_owed_delivery_whose_slot_another_client_took_is_held_back_until_the_enrollment_is_taken_back() {
+    use crate::azure_foreign::{FLEET as ENROLLMENTS, change_enrollment, fingerprint};
+    let env = TestEnv::new();
+    let serve = start_serve(&env, ENROLLMENTS);
+    let (log, fail) = recording_fleet(&env, &serve, ENROLLMENTS);
+    std::fs::write(&fail, "").unwrap();
+    let r = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["roll-secondary", "device:gw-1", "-o", "json"],
+    );
+    assert_eq!(r.code, 1, "the delivery failed: {}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["deliveries_owed"], 1, "{}", r.stdout);
+    let owed = versions(&env, &serve, "gw-1").pop().unwrap();
+
+    // The other client, after certroll's write: its certificate where the owed one was.
+    crate::azure_verbs::make_cert(&env, "gw-1", false);
+    let pem = std::fs::read_to_string(env.path("gw-1-cert.pem")).unwrap();
+    change_enrollment(&env, &serve, "gw-1", |e| {
+        e["attestation"]["x509"]["clientCertificates"]["secondary"] =
+            serde_json::json!({ "certificate": pem });
+    });
+    let foreign = fingerprint(&env, "gw-1-cert.pem");
+    std::fs::remove_file(&fail).unwrap();
+
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 2, "{}\n{}", c.stdout, c.stderr);
+    let problems = c.json()["problems"].as_array().unwrap().clone();
+    assert_eq!(problems.len(), 1, "the foreign certificate alone: {problems:?}");
+    assert_eq!(problems[0]["target"], "device:gw-1", "{problems:?}");
+    assert_eq!(problems[0]["level"], "critical", "{problems:?}");
+    let reason = problems[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&foreign) && reason.contains("`certroll roll-primary --breach enrollment:gw-1`"),
+        "{reason}"
+    );
+    assert!(!reason.contains("certroll issue"), "{reason}");
+
+    // A roll of another device: the owed delivery is held back, named, and not attempted.
+    let r = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["roll-secondary", "device:gw-2", "-o", "json"],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let report = r.json();
+    assert_eq!(report["deliveries_owed"], 0, "{report}");
+    let held = report["held_back_deliveries"].as_array().unwrap();
+    assert_eq!(held.len(), 1, "{report}");
+    assert_eq!(held[0]["target"], "device:gw-1", "{report}");
+    let why = held[0]["reason"].as_str().unwrap();
+    assert!(
+        why.contains(&foreign) && why.contains("roll-primary --breach enrollment:gw-1"),
+        "{why}"
+    );
+    assert!(
+        !r.stderr.contains("had not reached their devices"),
+        "{}",
+        r.stderr
+    );
+    let text = run_fleet(&env, &serve, "azure", &["roll-secondary", "device:gw-2"]);
+    assert_eq!(text.code, 0, "{}\n{}", text.stdout, text.stderr);
+    assert!(
+        text.stdout
+            .contains("device:gw-1: delivery held back: its new certificate"),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        !deliveries(&log).iter().any(|(d, v)| d == "gw-1" && *v == owed),
+        "never delivered"
+    );
+    // `issue` of another target holds it back too; of the whole plan it refuses to write over
+    // the other client's certificate, naming the remedy, and delivers nothing first.
+    let r = run_fleet(&env, &serve, "azure", &["issue", "enrollment:gw-2", "-o", "json"]);
+    assert_eq!(
+        r.code, 0,
+        "{}
+{}",
+        r.stdout, r.stderr
+    );
+    assert_eq!(
+        r.json()["held_back_deliveries"][0]["target"],
+        "device:gw-1",
+        "{}",
+        r.stdout
+    );
+    let r = run_fleet(&env, &serve, "azure", &["issue"]);
+    assert!(
+        r.stderr.contains("roll-primary --breach enrollment:gw-1") && !r.stderr.contains("had not reached"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !deliveries(&log).iter().any(|(d, v)| d == "gw-1" && *v == owed),
+        "never delivered"
+    );
+
+    // The remedy: the breach of the enrollment takes it back; its replacement is delivered,
+    // the held version is owed nothing any more.
+    let r = fleet_ok(
+        &env,
+        &serve,
+        &[
+            "roll-primary",
+            "--breach",
+            "enrollment:gw-1",
+            "--incident",
+            "F2",
+            "--yes",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(r.json()["deliveries_owed"], 0, "{}", r.stdout);
+    assert_eq!(
+        r.json()["held_back_deliveries"],
+        serde_json::json!([]),
+        "{}",
+        r.stdout
+    );
+    let replacement = versions(&env, &serve, "gw-1").pop().unwrap();
+    let got: Vec<String> = deliveries(&log)
+        .into_iter()
+        .filter(|(d, _)| d == "gw-1")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(got.last(), Some(&replacement), "{got:?}");
+    assert!(!got.contains(&owed), "{got:?}");
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 0, "{}\n{}", c.stdout, c.stderr);
+}

@@ -946,3 +946,63 @@ fn a_resumed_ca_breach_counts_the_devices_it_cut_off() {
     let again = run(&env, &[&a[..], &["--dry-run"]].concat()).ok().json();
     assert_eq!(again["devices_cut_off"]["count"], 0, "{again}");
 }
+
+/// A CA breach stopped after its revocation step: the sensors' group no longer holds the
+/// compromised CA, so DPS refuses the sensors until the rerun replaces their certificates.
+/// `check` says so of each (critical, naming the rerun), as of a device breach cut off
+/// part-way; the individual enrollment's device, which DPS still admits, is critical too (its
+/// certificate is the compromised CA's). After the rerun no device is named.
+#[test]
+fn check_names_the_devices_a_ca_breach_stopped_after_its_revocation_cut_off() {
+    let env = TestEnv::new();
+    small_quickstart(&env, 3);
+    run(&env, &["issue"]).ok();
+    let a = [
+        "roll-primary",
+        "--breach",
+        "--incident",
+        "L1",
+        "ca:factory",
+        "--yes",
+    ];
+    killed_after(&env, 2, &a);
+    let rerun = "`certroll roll-primary --breach --incident L1 ca:factory --yes` finishes it";
+    let c = run(&env, &["check", "-o", "json"]);
+    assert_eq!(c.code, 2, "{}\n{}", c.stdout, c.stderr);
+    let report = c.json();
+    let reason = |id: &str| {
+        let p = report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["target"] == format!("device:{id}"))
+            .unwrap_or_else(|| panic!("device:{id} not named: {report}"));
+        assert_eq!(p["level"], "critical", "{p}");
+        p["reason"].as_str().unwrap().to_string()
+    };
+    for id in ["sensor-1", "sensor-2", "sensor-3"] {
+        let why = reason(id);
+        assert!(
+            why.contains("DPS refuses the device") && why.contains(rerun),
+            "{why}"
+        );
+    }
+    let why = reason("gateway-01");
+    assert!(
+        why.contains("DPS still admits it") && why.contains(rerun),
+        "{why}"
+    );
+    assert_eq!(report["counts"]["ok"], 1, "only the root: {report}");
+
+    run(&env, &a).ok();
+    let c = run(&env, &["check", "-o", "json"]);
+    let report = c.json();
+    assert!(
+        !report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["target"].as_str().unwrap().starts_with("device:")),
+        "{report}"
+    );
+}

@@ -120,11 +120,20 @@ fn an_unfinished_run_is_a_warning_naming_the_command_that_finishes_it() {
         .output()
         .unwrap();
     assert!(!killed.status.success(), "the fault switch aborts the breach");
-    // The compromised CA version is disabled by then (critical of its own); the run is a
-    // warning beside it.
+    // The compromised CA version is disabled by then (critical of its own), and so is each
+    // device the run has yet to replace (the sensors, which the group no longer admits, and
+    // the gateway under the same CA); the run is a warning beside them.
     let (code, j) = check(&env, NOW, &[]);
     assert_eq!(code, 2, "{j}");
     assert_eq!(j["counts"]["warning"], 1, "{j}");
+    let devices = j["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["target"].as_str().unwrap().starts_with("device:"))
+        .count() as u64;
+    assert_eq!(j["counts"]["critical"].as_u64(), Some(1 + devices), "{j}");
+    assert_eq!(devices, 51, "{j}");
     let runs: Vec<&serde_json::Value> = j["problems"]
         .as_array()
         .unwrap()
@@ -145,7 +154,9 @@ fn an_unfinished_run_is_a_warning_naming_the_command_that_finishes_it() {
     let text = env.run(&["--plan", "plan.toml", "--now", NOW, "check"]);
     assert_eq!(text.code, 2, "{}", text.stdout);
     assert!(
-        text.stdout.starts_with("CRITICAL: 1 critical, 1 warning") && text.stdout.contains("warning  run:"),
+        text.stdout
+            .starts_with(&format!("CRITICAL: {} critical, 1 warning", 1 + devices))
+            && text.stdout.contains("warning  run:"),
         "{}",
         text.stdout
     );

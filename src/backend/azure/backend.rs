@@ -505,6 +505,9 @@ pub struct AzureBackend {
     held_cuts: Vec<HubIdentity>,
     /// The last delivery outcome per device, for `register` to report.
     outcomes: HashMap<String, Outcome>,
+    /// Owed deliveries this process held back: device id to (version, why)
+    /// ([`Backend::held_back_deliveries`]).
+    held_owed: BTreeMap<String, (String, String)>,
     /// Devices this process found without a fleet record (certroll never issued them a
     /// certificate) and has neither delivered a certificate to nor asked to register since
     /// ([`reached`](Self::reached)): DPS holds no registration of theirs that certroll caused,
@@ -699,6 +702,7 @@ impl AzureBackend {
             pending: Vec::new(),
             held_cuts: Vec::new(),
             outcomes: HashMap::new(),
+            held_owed: BTreeMap::new(),
             never_issued: std::sync::Mutex::default(),
             background: false,
             courier: None,
@@ -1093,6 +1097,54 @@ impl AzureBackend {
             }
         }
         Ok(Some(out))
+    }
+
+    /// The owed deliveries among `due` that would hand a device a certificate DPS no longer
+    /// accepts: its individual enrollment holds another client's certificate, and neither slot
+    /// holds the owed version (the other client replaced it; trial az14 F2). Delivering it
+    /// cannot succeed and hands out a key DPS refuses, so it waits, still owed, until the
+    /// operator takes the enrollment back (the breach replaces the version: the row goes stale)
+    /// or puts certroll's certificate back (the next run delivers). `(device id, (version, why))`.
+    fn held_by_foreign(&self, due: &[DeviceRecord]) -> Result<Vec<(String, (String, String))>> {
+        let enrolled: Vec<&DeviceRecord> = due.iter().filter(|r| r.enrollment.is_some()).collect();
+        if enrolled.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = enrolled.iter().map(|r| r.id.clone()).collect();
+        let read = self.enrollments.individual_many(&ids)?;
+        let mut held = Vec::new();
+        for (r, e) in enrolled.into_iter().zip(read) {
+            let Some(e) = e.filter(|e| !e.foreign.is_empty()) else {
+                continue;
+            };
+            let Some(version) = r.installed_version.as_deref() else {
+                continue;
+            };
+            let Some(owed) = self.vault.version(&r.cert_name, version)? else {
+                continue;
+            };
+            if [&e.primary, &e.secondary]
+                .into_iter()
+                .flatten()
+                .any(|der| *der == owed.cert_der)
+            {
+                continue;
+            }
+            let f = &e.foreign[0];
+            held.push((
+                r.id.clone(),
+                (
+                    version.to_string(),
+                    format!(
+                        "its new certificate {} is not delivered: DPS would refuse it, since {}. {}",
+                        crate::pki::sha1_thumbprint(&owed.cert_der),
+                        f.describe(&r.id),
+                        crate::backend::types::ForeignCertificate::remedy(&r.id)
+                    ),
+                ),
+            ));
+        }
+        Ok(held)
     }
 
     /// Fills in the certificate of assigned registration states: DPS's registration state does
@@ -2783,9 +2835,30 @@ impl Backend for AzureBackend {
         let mut owed = Vec::new();
         let mut after = String::new();
         while let Some(page) = self.owed_page(&mut after)? {
-            owed.extend(page.due.into_iter().map(|r| r.id));
+            // Held back for the version it is owed still (a later one of this run is owed).
+            owed.extend(
+                page.due
+                    .into_iter()
+                    .filter(|r| {
+                        self.held_owed
+                            .get(&r.id)
+                            .is_none_or(|(v, _)| r.installed_version.as_ref() != Some(v))
+                    })
+                    .map(|r| r.id),
+            );
         }
         Ok(owed)
+    }
+
+    fn held_back_deliveries(&self) -> Result<Vec<(String, String)>> {
+        // A run that took the enrollment back (its breach) replaced the version: owed no more.
+        let mut held = Vec::new();
+        for (id, (version, why)) in &self.held_owed {
+            if self.vault.local().owes_delivery(id, version)? {
+                held.push((id.clone(), why.clone()));
+            }
+        }
+        Ok(held)
     }
 
     fn delivery_failure(&self, id: &str) -> Option<String> {
@@ -2802,6 +2875,12 @@ impl Backend for AzureBackend {
         let mut after = String::new();
         while let Some(OwedPage { due, stale }) = self.owed_page(&mut after)? {
             self.vault.local_mut().settle_deliveries(&stale)?;
+            let held = self.held_by_foreign(&due)?;
+            let due: Vec<DeviceRecord> = due
+                .into_iter()
+                .filter(|r| !held.iter().any(|(id, _)| *id == r.id))
+                .collect();
+            self.held_owed.extend(held);
             if due.is_empty() {
                 continue;
             }

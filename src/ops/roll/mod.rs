@@ -208,6 +208,10 @@ pub struct RollReport {
     /// Devices still owed the delivery of a new certificate after this run (this run's or an
     /// earlier one's delivery failed): the next `issue` or roll delivers them; the run exits 1.
     pub deliveries_owed: u64,
+    /// Owed deliveries this run held back (see [`crate::ops::issue::IssueReport`]'s field of
+    /// that name): not counted in [`deliveries_owed`](Self::deliveries_owed), and no reason to
+    /// exit 1.
+    pub held_back_deliveries: Vec<crate::ops::issue::HeldDelivery>,
 }
 
 /// A CA whose notAfter caps the renewals of devices or CAs below it: a new certificate would end
@@ -498,6 +502,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         run: None,
         resumed: false,
         deliveries_owed: 0,
+        held_back_deliveries: Vec::new(),
         steps: Vec::new(),
         devices_cut_off: CutOff::none(),
         groups: Vec::new(),
@@ -909,6 +914,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
             d.delivery = backend.delivery_failure(id).map(|why| format!("owed: {why}"));
         }
         report.deliveries_owed = backend.owed_devices()?.len() as u64;
+        report.held_back_deliveries = crate::ops::issue::held_deliveries(&backend)?;
     }
     for g in &mut report.groups {
         if !opts.dry_run && g.outcome.starts_with("would-") {
