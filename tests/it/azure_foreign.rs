@@ -2292,3 +2292,41 @@ fn check_names_group_devices_whose_ca_certificate_the_group_no_longer_holds() {
     );
     fleet_ok(&env, &serve, &["check", "-o", "json"]);
 }
+
+/// Trial az15 N2: device breaches M1 and M2, then another client's certificate in the device's
+/// enrollment, taken back by `roll-primary --breach enrollment:ID --incident M3`; M1's and
+/// M2's commands run again from the shell history replace nothing (the take-back remembers
+/// the incidents handled before it) and leave the certificate the device uses enabled.
+#[test]
+fn an_older_incident_run_again_after_a_take_back_replaces_nothing() {
+    let env = TestEnv::new();
+    let serve = issued_fleet(&env, FLEET);
+    over_the_air(&env, &serve, FLEET);
+    let run = |args: &[&str]| run_fleet(&env, &serve, "azure", args);
+    for incident in ["M1", "M2"] {
+        let r = run(&breach_args("device:gw-2", incident));
+        assert_eq!(r.code, 0, "{incident}: {}\n{}", r.stdout, r.stderr);
+        assert_eq!(device(&r.json(), "gw-2")["outcome"], "replaced", "{incident}");
+    }
+    foreign_into(&env, &serve, "gw-2");
+    let r = run(&breach_args("enrollment:gw-2", "M3"));
+    assert_eq!(r.code, 0, "take-back: {}\n{}", r.stdout, r.stderr);
+    assert_eq!(device(&r.json(), "gw-2")["outcome"], "replaced", "{}", r.stdout);
+    let holds = current_thumbprint(&fleet_ok(&env, &serve, &["status", "-o", "json"]).json(), "gw-2");
+    for incident in ["M1", "M2", "M3"] {
+        let r = run(&breach_args("device:gw-2", incident));
+        assert_eq!(r.code, 0, "{incident} again: {}\n{}", r.stdout, r.stderr);
+        assert_eq!(
+            device(&r.json(), "gw-2")["outcome"],
+            "already-replaced",
+            "{incident} again after the take-back: {}",
+            r.stdout
+        );
+    }
+    let after = fleet_ok(&env, &serve, &["status", "-o", "json"]).json();
+    assert_eq!(
+        current_thumbprint(&after, "gw-2"),
+        holds,
+        "the device keeps its certificate"
+    );
+}

@@ -1651,9 +1651,6 @@ fn standing(
     left_open: &[String],
 ) -> Result<(Vec<String>, Option<serde_json::Value>)> {
     let mut earlier = left_open.to_vec();
-    if taken {
-        return Ok((earlier, None));
-    }
     let Some(step) = backend.last_done_step(target, "breach-device")? else {
         return Ok((earlier, None));
     };
@@ -1665,6 +1662,12 @@ fn standing(
         }
     }
     earlier = handled;
+    // Read before this return: the take-back's step carries the incidents handled before it,
+    // or an older incident's command run after it would replace the device again (trial
+    // az15 N2).
+    if taken {
+        return Ok((earlier, None));
+    }
     // An incident handled before the last one counts as handled too: its command run again
     // from the shell history must not replace the later incident's certificate (trial az9 G2).
     let same_incident = breach.incident.is_none()
