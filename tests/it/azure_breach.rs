@@ -613,16 +613,7 @@ fn a_ca_breach_cut_off_then_a_later_one_then_either_again_replaces_nothing_twice
 fn a_resumed_ca_breach_dry_run_counts_its_devices_cut_off_on_local_and_azure() {
     let env = TestEnv::new();
     let serve = issued_groups(&env);
-    let breach = [
-        "roll-primary",
-        "--breach",
-        "--incident",
-        "L1",
-        "ca:factory",
-        "--yes",
-        "-o",
-        "json",
-    ];
+    let breach = crate::azure_verbs::breach_args("ca:factory", "L1");
     let dry_run: Vec<&str> = [&breach[..], &["--dry-run"]].concat();
     let (fresh, _) = both(&env, &serve, &dry_run);
     assert_ne!(fresh["devices_cut_off"]["count"], 0, "{fresh}");

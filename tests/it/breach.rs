@@ -911,16 +911,7 @@ fn a_resumed_ca_breach_counts_the_devices_it_cut_off() {
         .iter()
         .map(|id| (id.to_string(), pem_der(&env, NOW, id)))
         .collect();
-    let a = [
-        "roll-primary",
-        "--breach",
-        "--incident",
-        "L1",
-        "ca:factory",
-        "--yes",
-        "-o",
-        "json",
-    ];
+    let a = breach_args("ca:factory", "L1");
     // Stopped after remove-compromised and revoke-ca: every device still holds the certificate
     // the revoked CA version signed; the sensors' group no longer admits it.
     let fresh = run(&env, &[&a[..], &["--dry-run"]].concat()).ok().json();
