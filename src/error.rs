@@ -94,8 +94,13 @@ pub fn classify(err: &anyhow::Error) -> Failure {
 /// is locked: Error code 5: database is locked"), so the chain stops at a store's SQLite error.
 pub fn message(err: &anyhow::Error) -> String {
     let mut out = String::new();
+    // What a stopped run leaves open goes last, after the cause and its own advice.
+    let left_open = err.downcast_ref::<LeftOpen>().map(|l| l.0.as_str());
     for cause in err.chain() {
         let text = cause.to_string();
+        if Some(text.as_str()) == left_open {
+            continue;
+        }
         if !out.is_empty() {
             if out.contains(&text) {
                 continue;
@@ -115,7 +120,22 @@ pub fn message(err: &anyhow::Error) -> String {
             break;
         }
     }
+    if let Some(left) = left_open {
+        out.push_str("; ");
+        out.push_str(left);
+    }
     out
+}
+
+/// Context on the error of a run that stopped part-way and stays open in the journal: what
+/// resumes it (see `ops::journal::Run::stopped`). [`message`] puts it after the cause.
+#[derive(Debug)]
+pub struct LeftOpen(pub String);
+
+impl std::fmt::Display for LeftOpen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// The process exit code for a failure.

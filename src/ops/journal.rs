@@ -272,22 +272,33 @@ impl Run {
     /// a refused credential found while reading what to do) and the run is new and stopped
     /// before the unit of work of any step began: nothing was changed, so nothing is left open
     /// for `check` to warn about or for a rerun to resume; the next run plans afresh. A run
-    /// that got further, or failed otherwise (exit 1), stays open for its rerun.
+    /// that got further, or failed otherwise (exit 1), stays open for its rerun, and the error
+    /// says so last, naming the command that resumes it ([`crate::error::LeftOpen`]): the
+    /// cause's own advice (another client's certificate to take back, say) does not finish this
+    /// run (trial az14 F3).
     pub fn stopped(
         &self,
         backend: &mut dyn Backend,
         now: OffsetDateTime,
         err: anyhow::Error,
+        command: &str,
     ) -> anyhow::Error {
-        if let Some(id) = self.id
-            && crate::error::classify(&err) == crate::error::Failure::Input
+        let Some(id) = self.id else {
+            return err;
+        };
+        if crate::error::classify(&err) == crate::error::Failure::Input
             && !self.resumed
             && !self.began.load(Ordering::SeqCst)
-            && let Err(close) = in_one_unit(backend, |b| b.finish_run(id, now))
         {
-            tracing::warn!("run {id} changed nothing but could not be closed: {close:#}");
+            match in_one_unit(backend, |b| b.finish_run(id, now)) {
+                Ok(()) => return err,
+                Err(close) => tracing::warn!("run {id} changed nothing but could not be closed: {close:#}"),
+            }
         }
-        err
+        err.context(crate::error::LeftOpen(format!(
+            "run {id} stays open: once that is dealt with, `{}` resumes it and finishes it",
+            command_resuming(command)
+        )))
     }
 
     /// Whether step `seq` was done by an earlier attempt of this run.
@@ -360,10 +371,15 @@ pub fn reports(run: &Run, planned: &[Planned], dry_run: bool) -> Vec<StepReport>
 /// The command that resumes open run `run`: its own, with `--yes` where it is destructive
 /// (those ask on a terminal and need it otherwise).
 pub(crate) fn resume_command(run: &crate::backend::types::JournalRun) -> String {
-    let yes = if run.command.contains("--breach") || run.command.starts_with("revoke") {
+    command_resuming(&run.command)
+}
+
+/// The command that resumes the open run of journal command `command` (see [`resume_command`]).
+fn command_resuming(command: &str) -> String {
+    let yes = if command.contains("--breach") || command.starts_with("revoke") {
         " --yes"
     } else {
         ""
     };
-    format!("certroll {}{yes}", run.command)
+    format!("certroll {command}{yes}")
 }

@@ -603,6 +603,14 @@ fn a_roll_cut_off_by_hub_failures_finishes_on_rerun_without_duplicates() {
         "the failure names the service and its answer: {}",
         cut.stderr
     );
+    // After the cause, what finishes the run it left open (the command run below).
+    assert!(
+        cut.stderr.trim_end().ends_with(
+            "stays open: once that is dealt with, `certroll roll-secondary device:gw-1` resumes it and finishes it"
+        ),
+        "the failure names the command that resumes its run: {}",
+        cut.stderr
+    );
     drop(failing);
 
     let serve = start_serve(&env, GROUPS);

@@ -828,7 +828,7 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         superseded: superseded.as_deref(),
     };
     if let Err(e) = execute(plan, opts, &run, &resumed, &mut backend, now, &mut report) {
-        return Err(run.stopped(&mut backend, now, e));
+        return Err(run.stopped(&mut backend, now, e, &command));
     }
     // The last units' deliveries may still be under way beside them.
     backend.finish_deliveries()?;
