@@ -22,11 +22,21 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 /// A vault certificate name from `ca:NAME`, `device:ID`, `enrollment:NAME`, or the name itself.
-pub fn resolve_name(text: &str) -> Result<String> {
+///
+/// A `ca:`/`device:`/`enrollment:` target names what the plan declares, as in every other verb:
+/// one the plan does not declare is refused with what it may have meant (trial az15 N6:
+/// `device:sensor-3` for `device:sensor-03`), where "the vault has no certificate
+/// `dev-sensor-3`" left the operator guessing. A plain vault name is taken as it is, so the
+/// certificates of a device no longer declared, and the vault's own, stay reachable by name.
+pub fn resolve_name(plan: &Plan, text: &str) -> Result<String> {
     if !text.contains(':') {
         return Ok(text.to_string());
     }
-    match Target::parse(text).map_err(input)? {
+    let target = Target::parse(text).map_err(input)?;
+    if !matches!(target, Target::Group(_)) {
+        target.check(plan)?;
+    }
+    match target {
         Target::Ca(n) => Ok(ca_cert_name(&n)),
         Target::Device(id) | Target::Enrollment(id) => Ok(device_cert_name(&id)),
         Target::Group(g) => Err(input(format!(
@@ -230,7 +240,7 @@ fn policy_key_usage(policy: &serde_json::Value) -> Vec<KeyUsage> {
 
 /// `vault show`.
 pub fn show(plan: &Plan, name: &str, settings: &BackendSettings) -> Result<CertificateView> {
-    let name = resolve_name(name)?;
+    let name = resolve_name(plan, name)?;
     let backend = open_verb_backend(plan, "vault", Access::Read, settings)?;
     let versions = backend.versions(&name)?;
     let pending = backend.pending(&name)?;
@@ -404,7 +414,7 @@ pub fn update(
     settings: &BackendSettings,
     now: OffsetDateTime,
 ) -> Result<UpdateReport> {
-    let name = resolve_name(name)?;
+    let name = resolve_name(plan, name)?;
     for (k, v) in &opts.tag {
         check_tag(k, v)?;
     }

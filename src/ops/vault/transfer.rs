@@ -464,7 +464,7 @@ pub fn export(
     now: OffsetDateTime,
 ) -> Result<crate::ops::export::ExportReport> {
     use crate::ops::ExportFormat;
-    let name = super::resolve_name(name)?;
+    let name = super::resolve_name(plan, name)?;
     let protected = crate::ops::outfile::Protected::of(plan, settings);
     protected.check(&opts.out)?;
     let backend = open_verb_backend(plan, "vault", Access::Read, settings)?;
