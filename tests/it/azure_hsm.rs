@@ -979,7 +979,10 @@ fn a_key_holder_left_alone_by_a_kill_after_its_create_is_no_certificate_until_th
         .unwrap_or_default();
     assert_eq!(
         (root_problem["level"].as_str(), root_problem["reason"].as_str()),
-        (Some("critical"), Some("no certificate")),
+        (
+            Some("critical"),
+            Some("no certificate: `certroll issue ca:root` issues it")
+        ),
         "{problems}"
     );
     shows_nothing("check", &check);
