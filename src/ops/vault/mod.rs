@@ -78,6 +78,27 @@ pub(crate) fn not_live(backend: &dyn crate::backend::Backend, name: &str) -> any
     }
 }
 
+/// Refuses `version` of `name` when it is a root's key holder
+/// ([`Vault::key_holder`](crate::backend::Vault::key_holder)): a self-signed end-entity
+/// certificate over the root's key that Key Vault needed to make that key, not a version of the
+/// CA. Enabled, it would be a second "root" that no listing shows (trial az14 F6). `refused`
+/// says what is not done with it.
+pub(crate) fn refuse_key_holder(
+    backend: &dyn crate::backend::Backend,
+    name: &str,
+    version: &str,
+    refused: &str,
+) -> Result<()> {
+    if backend.is_key_holder_version(name, version)? {
+        return Err(input(format!(
+            "version {version} of `{name}` is the key holder Key Vault made the root's key with, not a version \
+             of the CA (its certificate is not a CA certificate); certroll keeps it disabled, and it is not {refused}. \
+             `certroll vault show {name}` lists the CA's versions"
+        )));
+    }
+    Ok(())
+}
+
 /// For a plan certificate name the vault no longer has though certroll issued it (a device still
 /// holds `dev-ID`, or the enrollment service still holds root `ca-NAME`): that it was purged, and
 /// how to get a new one. `None` for a name certroll never issued.
@@ -432,6 +453,17 @@ pub fn update(
         }
         (None, _) => return Err(not_live(&*backend, &name)),
     };
+    // Disabling it again is how an operator undoes an enable made before this was refused.
+    if let Some(ver) = &opts.version
+        && (opts.enabled != Some(false) || !opts.tag.is_empty() || !opts.untag.is_empty())
+    {
+        refuse_key_holder(
+            &*backend,
+            &name,
+            ver,
+            "enabled, tagged or shown (`--disable` alone is taken)",
+        )?;
+    }
     let tag_version = opts.version.as_ref().map(|_| v.version.as_str());
     let mut tags = backend.tags(&name, tag_version)?.unwrap_or_default();
     let before = tags.clone();

@@ -481,6 +481,9 @@ pub fn export(
         }
         (None, _) => return Err(not_live(&*backend, &name)),
     };
+    if let Some(v) = &opts.version {
+        super::refuse_key_holder(&*backend, &name, v, "exported")?;
+    }
     let format = match opts.format {
         Some(f) => f,
         None => default_format(backend.policy(&name)?.as_ref(), &version, opts.with_key),
