@@ -235,6 +235,10 @@ impl Vault for Box<dyn Backend> {
         (**self).retire_key_holders(name, now)
     }
 
+    fn is_key_holder_version(&self, name: &str, version: &str) -> Result<bool> {
+        (**self).is_key_holder_version(name, version)
+    }
+
     fn mark_new_versions(&mut self, marker: Option<&str>) {
         (**self).mark_new_versions(marker)
     }

@@ -330,6 +330,12 @@ pub trait Vault {
         Ok(())
     }
 
+    /// Whether `version` of `name` is one of its key holders ([`key_holder`](Self::key_holder)):
+    /// not a version of the CA (its certificate is not a CA's), so no verb enables or exports it.
+    fn is_key_holder_version(&self, _name: &str, _version: &str) -> Result<bool> {
+        Ok(false)
+    }
+
     /// Marks every version created from now on with `marker` (the journal's run and step,
     /// `RUN/SEQ`; None: no mark), so that the rerun of a step cut off between a remote write
     /// and the local commit finds the versions it made ([`versions_marked`](Self::versions_marked))

@@ -278,7 +278,7 @@ impl Checker<'_> {
                 ),
                 // Purged: the device still holds it, and only a new certificate helps.
                 (None, Some(note)) => format!("its certificate `{name}` is gone from the vault: {note}"),
-                (None, None) => "no certificate".into(),
+                (None, None) => format!("no certificate: `certroll issue {target}` issues it"),
             };
             self.add(Problem {
                 target,
@@ -902,7 +902,9 @@ fn check_devices(
     // The enrollments first: on azure their reads carry the registration states `held_many`
     // then need not ask DPS for one device at a time.
     let enrollments = backend.individual_many(&ids)?;
-    let issued = super::installed_many(backend, &ids)?;
+    let (issued, newest): (Vec<_>, Vec<_>) = super::installed_and_newest_many(backend, &ids)?
+        .into_iter()
+        .unzip();
     // What the services saw of each device: a backend that installs on its devices has nothing
     // else to tell.
     let (registrations, identities) = if backend.installs_on_devices() {
@@ -911,11 +913,12 @@ fn check_devices(
         backend.registrations_and_identities(&ids)?
     };
     let helds = super::held::held_from(backend, &ids, issued.clone(), &registrations, &identities)?;
-    for ((((id, owner), held), enrollment), (issued, identity)) in page
+    for (((((id, owner), held), enrollment), (issued, identity)), newest) in page
         .iter()
         .zip(helds)
         .zip(enrollments)
         .zip(issued.iter().zip(&identities))
+        .zip(&newest)
     {
         let Owner {
             policy,
@@ -1198,6 +1201,25 @@ fn check_devices(
                         });
                 }
             }
+        }
+        // Issued into the vault but never installed: an `issue` cut off part-way (trial az14
+        // F5). "No certificate" would hide that it exists and which command delivers it.
+        if installed.is_none()
+            && let Some(v) = newest
+        {
+            c.add(Problem {
+                target: format!("device:{id}"),
+                level: Level::Critical,
+                reason: format!(
+                    "its certificate {} (issued {}) is in the vault but has not reached the device: an `issue` \
+                     stopped before delivering it; `certroll issue device:{id}` finishes it (so does `certroll issue`)",
+                    crate::pki::sha1_thumbprint(&v.cert_der),
+                    crate::clock::rfc3339(v.created),
+                ),
+                not_after: Some(v.exp),
+                actions_due: vec![],
+            });
+            continue;
         }
         c.look(
             format!("device:{id}"),

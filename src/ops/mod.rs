@@ -886,15 +886,33 @@ pub fn installed_many(
     backend: &dyn Backend,
     ids: &[String],
 ) -> Result<Vec<Option<crate::backend::types::VaultVersion>>> {
+    Ok(installed_and_newest_many(backend, ids)?
+        .into_iter()
+        .map(|(installed, _)| installed)
+        .collect())
+}
+
+/// [`installed_many`], each beside the newest version in the vault (read for it anyway): a
+/// device that holds nothing though the vault has its certificate is one an `issue` cut off
+/// part-way did not reach yet.
+pub fn installed_and_newest_many(
+    backend: &dyn Backend,
+    ids: &[String],
+) -> Result<
+    Vec<(
+        Option<crate::backend::types::VaultVersion>,
+        Option<crate::backend::types::VaultVersion>,
+    )>,
+> {
     let names: Vec<String> = ids.iter().map(|id| device_cert_name(id)).collect();
     let currents = backend.current_many(&names)?;
     let devices = backend.device_many(ids)?;
     let mut out = Vec::with_capacity(ids.len());
     for ((name, current), device) in names.iter().zip(currents).zip(devices) {
         out.push(match (device.and_then(|d| d.installed_version), current) {
-            (Some(v), Some(cur)) if cur.version == v => Some(cur),
-            (Some(v), _) => backend.version(name, &v)?,
-            (None, _) => None,
+            (Some(v), Some(cur)) if cur.version == v => (Some(cur.clone()), Some(cur)),
+            (Some(v), cur) => (backend.version(name, &v)?, cur),
+            (None, cur) => (None, cur),
         });
     }
     Ok(out)

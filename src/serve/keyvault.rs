@@ -644,7 +644,10 @@ fn merge_json(into: &mut Value, patch: &Value) {
 }
 
 /// Key Vault's policy update on a live certificate: the patch merged member by member. The key's
-/// type and exportability stay what the versions were made with (they are facts of the keys).
+/// type and exportability stay what the versions were made with (they are facts of the keys);
+/// a patch that would make an HSM key exportable is refused with 400, as Key Vault refuses an
+/// exportable HSM key ("Exportable keys must have release policy"), not answered 200 and
+/// dropped (trial az14 F7: a client rehearsing it was told it had succeeded).
 fn set_policy(
     b: &mut LocalBackend,
     name: &str,
@@ -664,6 +667,14 @@ fn set_policy(
     {
         return Err(ApiError::bad_request(format!(
             "secret_props.contentType `{ct}` is not application/x-pkcs12 or application/x-pem-file"
+        )));
+    }
+    if let Some(kty) = kept["kty"].as_str().filter(|k| k.ends_with("-HSM"))
+        && patch["key_props"]["exportable"] == Value::Bool(true)
+    {
+        return Err(ApiError::bad_request(format!(
+            "Property policy has invalid value: key_props.exportable cannot be true for certificate `{name}`, \
+             whose key type is {kty}: an HSM key never leaves the HSM (exportable keys must have release policy)"
         )));
     }
     merge_json(&mut policy, &patch);

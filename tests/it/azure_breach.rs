@@ -545,6 +545,21 @@ fn a_ca_breach_disables_the_device_certificates_the_compromised_ca_signed_on_loc
     }
 }
 
+/// Runs `args` on the local and the azure plan, each stopped by the fault switch after its second
+/// step (a CA breach: after its revocation); each run must die.
+fn killed_on_both(env: &TestEnv, serve: &crate::conformance::azure::Serve, args: &[&str]) {
+    for which in ["local", "azure"] {
+        let killed = crate::azure_verbs::run_fleet_with(
+            env,
+            serve,
+            which,
+            &[("CERTROLL_FAULT_AFTER_STEPS", "2")],
+            args,
+        );
+        assert_ne!(killed.code, 0, "{which}: the fault switch must stop {args:?}");
+    }
+}
+
 /// Trial az12 F1 and F2, on local and on azure: CA breach A stopped after its revocation, then
 /// B, then A's command (which resumes A's run), then A's and B's commands again. B's CA version
 /// and device certificates stay the ones in force and the only ones enabled; A renews nothing and
@@ -553,34 +568,14 @@ fn a_ca_breach_disables_the_device_certificates_the_compromised_ca_signed_on_loc
 fn a_ca_breach_cut_off_then_a_later_one_then_either_again_replaces_nothing_twice_on_local_and_azure() {
     let env = TestEnv::new();
     let serve = issued_groups(&env);
-    let breach = |incident: &'static str| -> [&'static str; 8] {
-        [
-            "roll-primary",
-            "--breach",
-            "--incident",
-            incident,
-            "ca:factory",
-            "--yes",
-            "-o",
-            "json",
-        ]
-    };
+    let breach = |incident: &'static str| crate::azure_verbs::breach_args("ca:factory", incident);
     let state = |which: &str| -> Vec<Vec<(String, bool)>> {
         ["ca:factory", "device:s-1", "device:s-2"]
             .iter()
             .map(|t| vault_versions(&env, &serve, which, t))
             .collect()
     };
-    for which in ["local", "azure"] {
-        let killed = crate::azure_verbs::run_fleet_with(
-            &env,
-            &serve,
-            which,
-            &[("CERTROLL_FAULT_AFTER_STEPS", "2")],
-            &breach("A"),
-        );
-        assert_ne!(killed.code, 0, "{which}: the fault switch must stop A");
-    }
+    killed_on_both(&env, &serve, &breach("A"));
     let (l, a) = both(&env, &serve, &breach("B"));
     assert_eq!(l["groups"][0]["outcome"], "replaced", "{l}");
     assert_eq!(a["groups"][0]["outcome"], "replaced", "{a}");
@@ -617,16 +612,7 @@ fn a_resumed_ca_breach_dry_run_counts_its_devices_cut_off_on_local_and_azure() {
     let dry_run: Vec<&str> = [&breach[..], &["--dry-run"]].concat();
     let (fresh, _) = both(&env, &serve, &dry_run);
     assert_ne!(fresh["devices_cut_off"]["count"], 0, "{fresh}");
-    for which in ["local", "azure"] {
-        let killed = crate::azure_verbs::run_fleet_with(
-            &env,
-            &serve,
-            which,
-            &[("CERTROLL_FAULT_AFTER_STEPS", "2")],
-            &breach,
-        );
-        assert_ne!(killed.code, 0, "{which}: the fault switch must stop the breach");
-    }
+    killed_on_both(&env, &serve, &breach);
     let (l, a) = both(&env, &serve, &dry_run);
     for (which, r) in [("local", &l), ("azure", &a)] {
         assert_eq!(r["resumed"], true, "{which}: {r}");

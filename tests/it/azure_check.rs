@@ -453,3 +453,72 @@ fn a_device_breach_cut_off_then_replaced_by_a_later_one_is_settled_in_check_and_
         .json();
     assert_eq!(device(&s, "gw-1")["breach_open"], serde_json::Value::Null);
 }
+
+/// Trial az14 F5: after an `issue` killed part-way (here after its second Key Vault write: the
+/// root, then gw-1's certificate), `check` said "no certificate" for gw-1, whose certificate
+/// was in the vault, and named no way on. It now says the certificate is there but has not
+/// reached the device, and names `certroll issue`, which finishes it; a device not reached at
+/// all is "no certificate" with the same command. The rerun clears both.
+#[test]
+fn check_after_an_issue_cut_off_part_way_names_the_issue_that_finishes_it() {
+    use crate::azure_verbs::{FLEET, fleet_ok, fleet_plans_hook, run_fleet_with, start_serve};
+    let env = TestEnv::new();
+    let serve = start_serve(&env, FLEET);
+    fleet_plans_hook(&env, &serve, FLEET);
+    let killed = run_fleet_with(
+        &env,
+        &serve,
+        "azure",
+        &[("CERTROLL_FAULT_AFTER_VAULT_WRITES", "2")],
+        &["issue"],
+    );
+    assert!(
+        killed.code != 0 && killed.code != 1 && killed.stderr.contains("fault injection"),
+        "killed: {}\n{}",
+        killed.stdout,
+        killed.stderr
+    );
+    let in_vault = run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["vault", "show", "dev-gw-1", "-o", "json"],
+    );
+    assert_eq!(
+        in_vault.code, 0,
+        "the kill came after gw-1's import: {}",
+        in_vault.stderr
+    );
+    let thumbprint = in_vault.json()["versions"][0]["cert"]["thumbprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 2, "{}\n{}", c.stdout, c.stderr);
+    let report = c.json();
+    let gw1 = problem(&report, "device:gw-1");
+    let reason = gw1["reason"].as_str().unwrap_or_default();
+    assert_eq!(gw1["level"], "critical", "{gw1}");
+    assert!(
+        reason.contains("is in the vault but has not reached the device")
+            && reason.contains("`certroll issue device:gw-1` finishes it")
+            && reason.contains(&thumbprint),
+        "{reason}"
+    );
+    assert_eq!(
+        problem(&report, "device:gw-2")["reason"],
+        "no certificate: `certroll issue device:gw-2` issues it",
+        "{report}"
+    );
+    let text = run_fleet(&env, &serve, "azure", &["check"]);
+    assert!(
+        text.stdout.contains("critical device:gw-1") && text.stdout.contains("`certroll issue device:gw-1`"),
+        "{}",
+        text.stdout
+    );
+
+    fleet_ok(&env, &serve, &["issue"]);
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 0, "{}\n{}", c.stdout, c.stderr);
+}

@@ -979,7 +979,10 @@ fn a_key_holder_left_alone_by_a_kill_after_its_create_is_no_certificate_until_th
         .unwrap_or_default();
     assert_eq!(
         (root_problem["level"].as_str(), root_problem["reason"].as_str()),
-        (Some("critical"), Some("no certificate")),
+        (
+            Some("critical"),
+            Some("no certificate: `certroll issue ca:root` issues it")
+        ),
         "{problems}"
     );
     shows_nothing("check", &check);
@@ -1130,4 +1133,73 @@ fn a_certificates_write_whose_first_try_is_dropped_goes_again_with_its_body() {
         body.contains("pki@example.com"),
         "the contacts went without their body: {body}"
     );
+}
+
+/// Trial az14 F6: the key holder of a root whose key Key Vault keeps (a self-signed
+/// end-entity certificate over the root's key, which no listing shows) could be enabled with
+/// `vault update --version HOLDER --enable` and its certificate exported: a second enabled
+/// "root" that `vault show` does not list. Both are refused (exit 2) naming it as the key
+/// holder, and nothing changes; `--disable` alone is taken, which undoes an enable made before
+/// (here by another client of Key Vault).
+#[test]
+fn a_roots_key_holder_is_neither_enabled_nor_exported_by_a_vault_verb() {
+    let env = TestEnv::new();
+    let serve = start_serve(&env, HSM_GROUP);
+    fleet_plans_hook(&env, &serve, HSM_GROUP);
+    crate::azure_verbs::fleet_ok(&env, &serve, &["issue"]);
+    let holders = key_holders(&env, &serve, "ca-root");
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    let holder = version_in(&holders[0]["id"]);
+    let enabled = || key_holders(&env, &serve, "ca-root")[0]["attributes"]["enabled"].clone();
+    assert_eq!(enabled(), Value::Bool(false));
+
+    let refused = |args: &[&str], what: &str| {
+        let r = run_fleet(&env, &serve, "azure", args);
+        assert_eq!(r.code, 2, "{args:?}: {}{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr
+                .contains(&format!("version {holder} of `ca-root` is the key holder"))
+                && r.stderr.contains(&format!("it is not {what}")),
+            "{args:?}: {}",
+            r.stderr
+        );
+    };
+    refused(
+        &["vault", "update", "ca-root", "--version", &holder, "--enable"],
+        "enabled",
+    );
+    refused(
+        &["vault", "update", "ca:root", "--version", &holder, "--tag", "a=b"],
+        "enabled, tagged",
+    );
+    assert_eq!(enabled(), Value::Bool(false), "a refused enable changed nothing");
+
+    // Enabled by another client: still not exported, and `--disable` puts it back.
+    let (code, body) = crate::azure_verbs::key_vault_curl(
+        &env,
+        &serve,
+        "PATCH",
+        &format!("/certificates/ca-root/{holder}"),
+        Some(r#"{"attributes":{"enabled":true}}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    let out = env.path("holder.pem");
+    let out = out.to_str().unwrap();
+    refused(
+        &["vault", "export", "ca-root", "--version", &holder, "--out", out],
+        "exported",
+    );
+    assert!(!env.path("holder.pem").exists(), "nothing written");
+    run_fleet(
+        &env,
+        &serve,
+        "azure",
+        &["vault", "update", "ca-root", "--version", &holder, "--disable"],
+    )
+    .ok();
+    assert_eq!(enabled(), Value::Bool(false));
+    // The root's own versions are as before: exported, a CA.
+    let root = export(&env, &serve, "ca:root", "root.pem", &[]);
+    let text = openssl_in(env.dir.path(), &["x509", "-in", &root, "-noout", "-text"]);
+    assert!(text.stdout.contains("CA:TRUE"), "{}", text.stdout);
 }

@@ -948,14 +948,7 @@ fn check_names_the_devices_a_ca_breach_stopped_after_its_revocation_cut_off() {
     let env = TestEnv::new();
     small_quickstart(&env, 3);
     run(&env, &["issue"]).ok();
-    let a = [
-        "roll-primary",
-        "--breach",
-        "--incident",
-        "L1",
-        "ca:factory",
-        "--yes",
-    ];
+    let a = breach_args("ca:factory", "L1");
     killed_after(&env, 2, &a);
     let rerun = "`certroll roll-primary --breach --incident L1 ca:factory --yes` finishes it";
     let c = run(&env, &["check", "-o", "json"]);

@@ -960,3 +960,77 @@ fn a_pending_key_is_disabled_and_reuse_key_requests_the_newest_versions_key() {
     refused_as_disabled(sign(&format!("/keys/root/{v1}")), "a disabled version's key");
     assert_eq!(serve.stop(), 0);
 }
+
+/// Trial az14 F7: a policy patch making an HSM certificate's key exportable was answered 200 and
+/// silently dropped, so a client rehearsing it on serve was told it had succeeded. Key Vault
+/// refuses an exportable HSM key: serve answers 400 BadParameter naming the key type, on the
+/// policy route and in a certificate update alike, and the policy is unchanged; other patches
+/// of the same policy still apply.
+#[test]
+fn a_patch_making_an_hsm_key_exportable_is_refused_naming_the_key_type() {
+    let env = TestEnv::new();
+    env.write("plan.toml", "version = 1\n");
+    let serve = Serve::start(&env, &[("CERTROLL_SERVE_TOKEN", "tok")]);
+    for (name, kty, size) in [
+        ("h-ec", "EC-HSM", r#""crv":"P-256""#),
+        ("h-rsa", "RSA-HSM", r#""key_size":2048"#),
+    ] {
+        let create = format!(
+            r#"{{"policy":{{"issuer":{{"name":"Self"}},"x509_props":{{"subject":"CN={name}"}},"key_props":{{"kty":"{kty}",{size},"exportable":false}}}}}}"#
+        );
+        let (status, text) = curl_send(
+            &env,
+            &serve,
+            "POST",
+            &format!("/certificates/{name}/create?api-version=7.5"),
+            Some(&create),
+        );
+        assert_eq!(status, 202, "{text}");
+        let policy = format!("/certificates/{name}/policy?api-version=7.5");
+        let before = json_body(&curl(&env, &serve, &policy).1);
+        assert_eq!(before["key_props"]["kty"], kty, "{before}");
+        for (path, body) in [
+            (
+                policy.clone(),
+                r#"{"key_props":{"exportable":true,"kty":"EC","crv":"P-256"}}"#.to_string(),
+            ),
+            (policy.clone(), r#"{"key_props":{"exportable":true}}"#.to_string()),
+            (
+                format!("/certificates/{name}?api-version=7.5"),
+                r#"{"policy":{"key_props":{"exportable":true}}}"#.to_string(),
+            ),
+        ] {
+            let (status, text) = curl_send(&env, &serve, "PATCH", &path, Some(&body));
+            assert_eq!(status, 400, "{path} {body}: {text}");
+            let err = &json_body(&text)["error"];
+            assert_eq!(err["code"], "BadParameter", "{text}");
+            let message = err["message"].as_str().unwrap();
+            assert!(
+                message.contains("exportable") && message.contains(kty),
+                "{message}"
+            );
+        }
+        assert_eq!(
+            json_body(&curl(&env, &serve, &policy).1),
+            before,
+            "a refused patch changed the policy"
+        );
+        // The same policy takes a patch that leaves the key alone.
+        let (status, text) = curl_send(
+            &env,
+            &serve,
+            "PATCH",
+            &policy,
+            Some(
+                r#"{"key_props":{"exportable":false},"lifetime_actions":[{"trigger":{"lifetime_percentage":50},"action":{"action_type":"EmailContacts"}}]}"#,
+            ),
+        );
+        assert_eq!(status, 200, "{text}");
+        assert_eq!(
+            json_body(&text)["lifetime_actions"][0]["trigger"]["lifetime_percentage"],
+            50,
+            "{text}"
+        );
+    }
+    assert_eq!(serve.stop(), 0);
+}

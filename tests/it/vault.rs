@@ -1302,3 +1302,53 @@ fn vault_import_names_a_der_certificate_and_a_keyless_pem() {
     );
     assert_eq!(store_bytes(&env), before, "nothing changed");
 }
+
+/// A `device:` or `ca:` target the plan does not declare is refused by every `vault` verb as by
+/// the others, with what it may have meant (trial az15 N6: `device:sensor-3` for the generated
+/// `sensor-03` said only "the vault has no certificate `dev-sensor-3`"). Exit 2, nothing
+/// changed, no file written; a plain vault name is still taken as it is.
+#[test]
+fn a_vault_verb_given_an_undeclared_target_says_what_it_may_have_meant_and_changes_nothing() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.plan_run(&["issue"]).ok();
+    let before = env
+        .plan_run(&["vault", "show", "dev-sensor-03", "-o", "json"])
+        .ok()
+        .stdout;
+    for args in [
+        vec!["vault", "show", "device:sensor-3"],
+        vec!["vault", "export", "device:sensor-3", "--out", "x.pem"],
+        vec!["vault", "update", "device:sensor-3", "--disable"],
+        vec!["vault", "delete", "device:sensor-3", "--force"],
+    ] {
+        let r = env.plan_run(&args).code(2);
+        assert!(
+            r.stderr.contains(
+                "target `device:sensor-3` is not declared in the plan; did you mean `device:sensor-03`?"
+            ),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    let r = env.plan_run(&["vault", "show", "ca:factroy"]).code(2);
+    assert!(
+        r.stderr.contains("it declares `ca:root`, `ca:factory`"),
+        "{}",
+        r.stderr
+    );
+    assert!(!env.path("x.pem").exists(), "a refused export writes nothing");
+    let after = env
+        .plan_run(&["vault", "show", "dev-sensor-03", "-o", "json"])
+        .ok()
+        .stdout;
+    assert_eq!(before, after, "a refused target changes nothing");
+    // A plain vault name is the vault's, not the plan's.
+    let r = env.plan_run(&["vault", "show", "dev-sensor-3"]).code(2);
+    assert!(
+        r.stderr.contains("the vault has no certificate `dev-sensor-3`")
+            && !r.stderr.contains("did you mean"),
+        "{}",
+        r.stderr
+    );
+}

@@ -1427,6 +1427,10 @@ impl Vault for AzureBackend {
         self.vault.retire_key_holders(name, now)
     }
 
+    fn is_key_holder_version(&self, name: &str, version: &str) -> Result<bool> {
+        self.vault.is_key_holder_version(name, version)
+    }
+
     fn mark_new_versions(&mut self, marker: Option<&str>) {
         self.vault.mark_new_versions(marker)
     }

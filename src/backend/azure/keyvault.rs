@@ -2383,6 +2383,15 @@ impl Vault for AzureVault {
         Ok(())
     }
 
+    fn is_key_holder_version(&self, name: &str, version: &str) -> Result<bool> {
+        // Only a root's name has holders: a device's export reads nothing more.
+        if !is_ca_name(name) {
+            return Ok(false);
+        }
+        let (holders, _) = self.rt.block_on(self.key_holders(name))?;
+        Ok(holders.iter().any(|h| h.version == version))
+    }
+
     fn mark_new_versions(&mut self, marker: Option<&str>) {
         self.marker = marker.map(str::to_string);
     }

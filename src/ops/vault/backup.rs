@@ -157,7 +157,7 @@ pub fn backup(
     password: &str,
     settings: &BackendSettings,
 ) -> Result<BackupReport> {
-    let name = resolve_name(name)?;
+    let name = resolve_name(plan, name)?;
     check_password(password)?;
     let protected = crate::ops::outfile::Protected::of(plan, settings);
     protected.check(out)?;

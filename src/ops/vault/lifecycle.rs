@@ -99,7 +99,7 @@ pub fn delete(
     settings: &BackendSettings,
     now: OffsetDateTime,
 ) -> Result<DeleteReport> {
-    let name = resolve_name(name)?;
+    let name = resolve_name(plan, name)?;
     if let Some(days) = opts.recovery_days {
         check_recovery_days(days)?;
     }
@@ -263,7 +263,7 @@ pub fn deleted_one(
     settings: &BackendSettings,
     now: OffsetDateTime,
 ) -> Result<DeletedView> {
-    let name = resolve_name(name)?;
+    let name = resolve_name(plan, name)?;
     let backend = open_verb_backend(plan, "vault", Access::Read, settings)?;
     find_deleted(&*backend, &name, now)
 }
@@ -290,7 +290,7 @@ pub fn recover(
     settings: &BackendSettings,
     now: OffsetDateTime,
 ) -> Result<DeletedView> {
-    let name = resolve_name(name)?;
+    let name = resolve_name(plan, name)?;
     let mut backend = open_verb_backend(plan, "vault", Access::Write, settings)?;
     recover_in(&mut *backend, &name, now)
 }
@@ -313,7 +313,7 @@ pub fn purge(
     settings: &BackendSettings,
     now: OffsetDateTime,
 ) -> Result<DeletedView> {
-    let name = resolve_name(name)?;
+    let name = resolve_name(plan, name)?;
     let mut backend = open_verb_backend(plan, "vault", Access::Write, settings)?;
     purge_in(&mut *backend, &name, now)
 }

@@ -22,11 +22,21 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 /// A vault certificate name from `ca:NAME`, `device:ID`, `enrollment:NAME`, or the name itself.
-pub fn resolve_name(text: &str) -> Result<String> {
+///
+/// A `ca:`/`device:`/`enrollment:` target names what the plan declares, as in every other verb:
+/// one the plan does not declare is refused with what it may have meant (trial az15 N6:
+/// `device:sensor-3` for `device:sensor-03`), where "the vault has no certificate
+/// `dev-sensor-3`" left the operator guessing. A plain vault name is taken as it is, so the
+/// certificates of a device no longer declared, and the vault's own, stay reachable by name.
+pub fn resolve_name(plan: &Plan, text: &str) -> Result<String> {
     if !text.contains(':') {
         return Ok(text.to_string());
     }
-    match Target::parse(text).map_err(input)? {
+    let target = Target::parse(text).map_err(input)?;
+    if !matches!(target, Target::Group(_)) {
+        target.check(plan)?;
+    }
+    match target {
         Target::Ca(n) => Ok(ca_cert_name(&n)),
         Target::Device(id) | Target::Enrollment(id) => Ok(device_cert_name(&id)),
         Target::Group(g) => Err(input(format!(
@@ -66,6 +76,27 @@ pub(crate) fn not_live(backend: &dyn crate::backend::Backend, name: &str) -> any
             )),
         },
     }
+}
+
+/// Refuses `version` of `name` when it is a root's key holder
+/// ([`Vault::key_holder`](crate::backend::Vault::key_holder)): a self-signed end-entity
+/// certificate over the root's key that Key Vault needed to make that key, not a version of the
+/// CA. Enabled, it would be a second "root" that no listing shows (trial az14 F6). `refused`
+/// says what is not done with it.
+pub(crate) fn refuse_key_holder(
+    backend: &dyn crate::backend::Backend,
+    name: &str,
+    version: &str,
+    refused: &str,
+) -> Result<()> {
+    if backend.is_key_holder_version(name, version)? {
+        return Err(input(format!(
+            "version {version} of `{name}` is the key holder Key Vault made the root's key with, not a version \
+             of the CA (its certificate is not a CA certificate); certroll keeps it disabled, and it is not {refused}. \
+             `certroll vault show {name}` lists the CA's versions"
+        )));
+    }
+    Ok(())
 }
 
 /// For a plan certificate name the vault no longer has though certroll issued it (a device still
@@ -230,7 +261,7 @@ fn policy_key_usage(policy: &serde_json::Value) -> Vec<KeyUsage> {
 
 /// `vault show`.
 pub fn show(plan: &Plan, name: &str, settings: &BackendSettings) -> Result<CertificateView> {
-    let name = resolve_name(name)?;
+    let name = resolve_name(plan, name)?;
     let backend = open_verb_backend(plan, "vault", Access::Read, settings)?;
     let versions = backend.versions(&name)?;
     let pending = backend.pending(&name)?;
@@ -404,7 +435,7 @@ pub fn update(
     settings: &BackendSettings,
     now: OffsetDateTime,
 ) -> Result<UpdateReport> {
-    let name = resolve_name(name)?;
+    let name = resolve_name(plan, name)?;
     for (k, v) in &opts.tag {
         check_tag(k, v)?;
     }
@@ -422,6 +453,17 @@ pub fn update(
         }
         (None, _) => return Err(not_live(&*backend, &name)),
     };
+    // Disabling it again is how an operator undoes an enable made before this was refused.
+    if let Some(ver) = &opts.version
+        && (opts.enabled != Some(false) || !opts.tag.is_empty() || !opts.untag.is_empty())
+    {
+        refuse_key_holder(
+            &*backend,
+            &name,
+            ver,
+            "enabled, tagged or shown (`--disable` alone is taken)",
+        )?;
+    }
     let tag_version = opts.version.as_ref().map(|_| v.version.as_str());
     let mut tags = backend.tags(&name, tag_version)?.unwrap_or_default();
     let before = tags.clone();

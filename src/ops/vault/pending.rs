@@ -373,7 +373,7 @@ pub struct CsrReport {
 
 /// `vault csr`: writes the pending request's CSR as PEM.
 pub fn csr(plan: &Plan, name: &str, out: &Path, settings: &BackendSettings) -> Result<CsrReport> {
-    let name = super::resolve_name(name)?;
+    let name = super::resolve_name(plan, name)?;
     let protected = crate::ops::outfile::Protected::of(plan, settings);
     protected.check(out)?;
     let backend = open_verb_backend(plan, "vault", Access::Read, settings)?;
@@ -420,7 +420,7 @@ pub fn merge(
     settings: &BackendSettings,
     now: OffsetDateTime,
 ) -> Result<MergeReport> {
-    let name = super::resolve_name(name)?;
+    let name = super::resolve_name(plan, name)?;
     let shown = file.display().to_string();
     let bytes = crate::fsutil::read_bounded(file, crate::fsutil::MAX_INPUT_FILE)
         .map_err(|e| input(format!("cannot read {shown}: {e}")))?;

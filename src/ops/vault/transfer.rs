@@ -464,7 +464,7 @@ pub fn export(
     now: OffsetDateTime,
 ) -> Result<crate::ops::export::ExportReport> {
     use crate::ops::ExportFormat;
-    let name = super::resolve_name(name)?;
+    let name = super::resolve_name(plan, name)?;
     let protected = crate::ops::outfile::Protected::of(plan, settings);
     protected.check(&opts.out)?;
     let backend = open_verb_backend(plan, "vault", Access::Read, settings)?;
@@ -481,6 +481,9 @@ pub fn export(
         }
         (None, _) => return Err(not_live(&*backend, &name)),
     };
+    if let Some(v) = &opts.version {
+        super::refuse_key_holder(&*backend, &name, v, "exported")?;
+    }
     let format = match opts.format {
         Some(f) => f,
         None => default_format(backend.policy(&name)?.as_ref(), &version, opts.with_key),
