@@ -182,6 +182,10 @@ pub struct StatusQuery<'p> {
     /// Of those, the ones a device breach has yet to replace
     /// ([`super::held::open_device_breaches`]): `breach_open` names their rerun.
     device_breaches: std::collections::HashMap<String, String>,
+    /// The CA versions an open CA or group breach declared compromised, each with the command
+    /// that resumes it ([`super::held::open_compromised_of`], as `check` reads them): a device
+    /// on one that the breach has yet to replace gets `breach_open` too.
+    compromised: std::collections::HashMap<(String, String), String>,
     /// What the journal's finished breaches replaced, read at the first device owed a
     /// delivery or the first open device breach to look up (one query for the fleet).
     breach_records: std::cell::OnceCell<super::held::BreachRecords>,
@@ -209,6 +213,7 @@ pub fn status<'p>(
         enrollments_read: Default::default(),
         breached_devices,
         device_breaches,
+        compromised: super::held::open_compromised_of(&runs),
         breach_records,
     })
 }
@@ -413,15 +418,33 @@ impl StatusQuery<'_> {
         let mut cannot_connect = Vec::with_capacity(ids.len());
         // A group another client disabled refuses every device of it: said of each.
         let mut group_cut_off: std::collections::HashMap<&str, Option<String>> = Default::default();
+        // The thumbprints in each group's signing slots, as `check` judges a group device by
+        // them (none: no slot filled, or another client's certificate in one).
+        let mut signing: std::collections::HashMap<&str, Vec<String>> = Default::default();
         for g in page.iter().filter_map(|(_, g, _)| g.as_deref()) {
             if !group_cut_off.contains_key(g) {
                 let why = match b.group(g)? {
-                    Some(state) => super::held::group_disabled_by_another(b, g, state.status)?,
+                    Some(state) => {
+                        let why = super::held::group_disabled_by_another(b, g, state.status)?;
+                        if state.foreign.is_empty() {
+                            signing.insert(
+                                g,
+                                [&state.primary, &state.secondary]
+                                    .into_iter()
+                                    .flatten()
+                                    .map(|slot| crate::pki::sha1_thumbprint(&slot.cert_der))
+                                    .collect(),
+                            );
+                        }
+                        why
+                    }
                     None => None,
                 };
                 group_cut_off.insert(g, why);
             }
         }
+        // Whether a group accepts a CA version, looked up once per group and version.
+        let mut accepted: std::collections::HashMap<(&str, (String, String)), bool> = Default::default();
         for (i, id) in ids.iter().enumerate() {
             // DPS matches a device's own individual enrollment before its group's.
             if let Some(why) = page[i]
@@ -473,6 +496,7 @@ impl StatusQuery<'_> {
             .zip(cannot_connect)
         {
             let foreign = individual.as_ref().map(|e| e.foreign.clone()).unwrap_or_default();
+            let own_enrollment = individual.is_some();
             let individual = individual.filter(|_| group.is_some());
             let installed_version = record.and_then(|r| r.installed_version);
             let installed = held.presented.as_ref().map(|v| v.cert_der.clone());
@@ -494,8 +518,45 @@ impl StatusQuery<'_> {
             let installed_deleted = gone && !b.deleted_certificates(Some(&device_cert_name(id)))?.is_empty();
             let installed_purged =
                 gone && !installed_deleted && b.name_state(&device_cert_name(id))?.is_none();
+            // A device breach cut off part-way, or a CA or group breach cut off before it replaced
+            // this device (after its revocation, say): the same devices `check` calls critical.
             let breach_open = match (&cannot_connect, self.device_breaches.get(id.as_str())) {
                 (None, Some(rerun)) => Some(super::held::breach_in_flight(id, rerun)),
+                (None, None) => match held
+                    .presented_or_issued()
+                    .and_then(|v| v.issuer.clone())
+                    .filter(|i| self.compromised.contains_key(i))
+                    .zip(self.breached_devices.get(id.as_str()))
+                {
+                    Some((issuer, rerun)) => {
+                        // DPS matches its own individual enrollment first; else its group's slots.
+                        let refused = !own_enrollment
+                            && match group.as_deref().and_then(|g| Some((g, signing.get(g)?))) {
+                                Some((g, slots)) => {
+                                    let key = (g, issuer.clone());
+                                    !match accepted.get(&key) {
+                                        Some(a) => *a,
+                                        None => {
+                                            let a = super::held::group_accepts(b, slots, &issuer)?;
+                                            *accepted.entry(key).or_insert(a)
+                                        }
+                                    }
+                                }
+                                // A group with no slot filled admits nobody.
+                                None => group.is_some(),
+                            };
+                        let ca = self
+                            .plan
+                            .cas
+                            .iter()
+                            .find(|c| super::ca_cert_name(&c.name) == issuer.0)
+                            .map_or(issuer.0.as_str(), |c| c.name.as_str());
+                        Some(super::held::ca_breach_in_flight(
+                            id, ca, &issuer.1, refused, rerun,
+                        ))
+                    }
+                    None => None,
+                },
                 _ => None,
             };
             each(DeviceStatus {
