@@ -444,7 +444,7 @@ impl StatusQuery<'_> {
             }
         }
         // Whether a group accepts a CA version, looked up once per group and version.
-        let mut accepted: std::collections::HashMap<(&str, (String, String)), bool> = Default::default();
+        let mut accepted: Accepted<'_> = Default::default();
         for (i, id) in ids.iter().enumerate() {
             // DPS matches a device's own individual enrollment before its group's.
             if let Some(why) = page[i]
@@ -522,41 +522,14 @@ impl StatusQuery<'_> {
             // this device (after its revocation, say): the same devices `check` calls critical.
             let breach_open = match (&cannot_connect, self.device_breaches.get(id.as_str())) {
                 (None, Some(rerun)) => Some(super::held::breach_in_flight(id, rerun)),
-                (None, None) => match held
-                    .presented_or_issued()
-                    .and_then(|v| v.issuer.clone())
-                    .filter(|i| self.compromised.contains_key(i))
-                    .zip(self.breached_devices.get(id.as_str()))
-                {
-                    Some((issuer, rerun)) => {
-                        // DPS matches its own individual enrollment first; else its group's slots.
-                        let refused = !own_enrollment
-                            && match group.as_deref().and_then(|g| Some((g, signing.get(g)?))) {
-                                Some((g, slots)) => {
-                                    let key = (g, issuer.clone());
-                                    !match accepted.get(&key) {
-                                        Some(a) => *a,
-                                        None => {
-                                            let a = super::held::group_accepts(b, slots, &issuer)?;
-                                            *accepted.entry(key).or_insert(a)
-                                        }
-                                    }
-                                }
-                                // A group with no slot filled admits nobody.
-                                None => group.is_some(),
-                            };
-                        let ca = self
-                            .plan
-                            .cas
-                            .iter()
-                            .find(|c| super::ca_cert_name(&c.name) == issuer.0)
-                            .map_or(issuer.0.as_str(), |c| c.name.as_str());
-                        Some(super::held::ca_breach_in_flight(
-                            id, ca, &issuer.1, refused, rerun,
-                        ))
-                    }
-                    None => None,
-                },
+                (None, None) => self.ca_breach_open(
+                    id,
+                    group.as_deref(),
+                    own_enrollment,
+                    &held,
+                    &signing,
+                    &mut accepted,
+                )?,
                 _ => None,
             };
             each(DeviceStatus {
@@ -579,7 +552,61 @@ impl StatusQuery<'_> {
     }
 }
 
+/// Whether a group accepts a CA version (vault name, version id), by group and version.
+type Accepted<'g> = std::collections::HashMap<(&'g str, (String, String)), bool>;
+
 impl StatusQuery<'_> {
+    /// `breach_open` of device `id` (of `group`, or with an individual enrollment of its own,
+    /// `own_enrollment`) whose certificate is signed by a CA version an open CA or group breach
+    /// declared compromised, when that breach has yet to replace the device: `check`'s words for
+    /// it, DPS refusing it when its group no longer holds that CA (`signing`: each group's slot
+    /// thumbprints; `accepted` caches the look-ups). None otherwise.
+    fn ca_breach_open<'g>(
+        &self,
+        id: &str,
+        group: Option<&'g str>,
+        own_enrollment: bool,
+        held: &super::held::Held,
+        signing: &std::collections::HashMap<&'g str, Vec<String>>,
+        accepted: &mut Accepted<'g>,
+    ) -> Result<Option<String>> {
+        let Some((issuer, rerun)) = held
+            .presented_or_issued()
+            .and_then(|v| v.issuer.clone())
+            .filter(|i| self.compromised.contains_key(i))
+            .zip(self.breached_devices.get(id))
+        else {
+            return Ok(None);
+        };
+        // DPS matches the device's own individual enrollment first, else its group's slots; a
+        // group with no slot filled (or another client's certificate in one) admits nobody.
+        let refused = !own_enrollment
+            && match group.and_then(|g| Some((g, signing.get(g)?))) {
+                Some((g, slots)) => {
+                    let key = (g, issuer.clone());
+                    let accepts = match accepted.get(&key) {
+                        Some(a) => *a,
+                        None => {
+                            let a = super::held::group_accepts(&*self.backend, slots, &issuer)?;
+                            accepted.insert(key, a);
+                            a
+                        }
+                    };
+                    !accepts
+                }
+                None => group.is_some(),
+            };
+        let ca = self
+            .plan
+            .cas
+            .iter()
+            .find(|c| super::ca_cert_name(&c.name) == issuer.0)
+            .map_or(issuer.0.as_str(), |c| c.name.as_str());
+        Ok(Some(super::held::ca_breach_in_flight(
+            id, ca, &issuer.1, refused, rerun,
+        )))
+    }
+
     /// How an issued, not yet presented certificate stands, by the device's delivery channel.
     fn pending(
         &self,
