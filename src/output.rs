@@ -176,16 +176,24 @@ impl<W: Write> Printer<W> {
         if report.nothing_to_do() {
             return self.line("Nothing to do: everything the plan declares already exists.");
         }
-        let verb = if report.dry_run { "Would run" } else { "Done" };
-        self.line(format!("{verb} {} step(s):", report.steps.len()))?;
-        for (i, step) in report.steps.iter().enumerate() {
-            self.line(format!(
-                "{:>3}. [{}] {}: {}",
-                i + 1,
-                step.action,
-                step.target,
-                step.detail
-            ))?;
+        if report.steps.is_empty() {
+            self.line("Nothing else to do: everything else the plan declares already exists.")?;
+        } else {
+            let verb = if report.dry_run { "Would run" } else { "Done" };
+            self.line(format!("{verb} {} step(s):", report.steps.len()))?;
+            for (i, step) in report.steps.iter().enumerate() {
+                self.line(format!(
+                    "{:>3}. [{}] {}: {}",
+                    i + 1,
+                    step.action,
+                    step.target,
+                    step.detail
+                ))?;
+            }
+        }
+        // Each device left alone needs an operator: shown even with -q, as rejections are.
+        for d in &report.devices {
+            writeln!(self.out, "{}: not issued: {}", d.target, d.steps.join("; "))?;
         }
         if report.dry_run {
             self.line("Dry run: nothing was changed.")?;

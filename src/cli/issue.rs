@@ -57,10 +57,13 @@ pub fn exec(g: &Global, args: IssueArgs) -> anyhow::Result<u8> {
         }
     }
     g.printer().issue_report(&report)?;
-    // A refused device, or a delivery still owed: work left that a rerun finishes.
-    Ok(if report.rejected.is_empty() && report.deliveries_owed == 0 {
-        0
-    } else {
-        1
-    })
+    // A refused device, a delivery still owed, or a device left alone for another client's
+    // certificate (exit 1, as a roll that leaves it `foreign`): work left that a rerun finishes.
+    Ok(
+        if report.rejected.is_empty() && report.deliveries_owed == 0 && report.devices.is_empty() {
+            0
+        } else {
+            1
+        },
+    )
 }

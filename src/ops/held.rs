@@ -434,6 +434,53 @@ pub(crate) fn open_breaches_of(runs: &[JournalRun]) -> std::collections::HashMap
     open_steps(runs, &["breach-device", "replace-devices"])
 }
 
+/// The CA versions (vault name, version id) an open breach run declared compromised (its
+/// `remove-compromised` steps), each with the command that resumes that run: a device left on
+/// one is replaced by finishing the run (with its `--incident`), not by a new breach. Of the
+/// open runs `runs`; `check` and `status` read them alike.
+pub(crate) fn open_compromised_of(
+    runs: &[JournalRun],
+) -> std::collections::HashMap<(String, String), String> {
+    runs.iter()
+        .flat_map(|run| {
+            run.steps
+                .iter()
+                .filter(|s| s.kind == "remove-compromised")
+                .flat_map(|s| {
+                    serde_json::from_value::<Vec<(String, String)>>(s.detail["compromised"].clone())
+                        .unwrap_or_default()
+                })
+                .map(|v| (v, super::journal::resume_command(run)))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Whether a group whose signing slots hold `slots` (SHA-1 thumbprints) accepts a certificate
+/// signed by CA version `issuer` (vault name, version id): the slot holds it, or a CA above it.
+/// A version certroll cannot read counts as accepted: nothing to judge by.
+pub(crate) fn group_accepts(
+    backend: &dyn Backend,
+    slots: &[String],
+    issuer: &(String, String),
+) -> Result<bool> {
+    let mut at = Some(issuer.clone());
+    // Bounded: a chain never loops, but a record could.
+    for _ in 0..16 {
+        let Some((name, version)) = at else {
+            return Ok(false);
+        };
+        let Some(v) = backend.version(&name, &version)? else {
+            return Ok(true);
+        };
+        if slots.contains(&crate::pki::sha1_thumbprint(&v.cert_der)) {
+            return Ok(true);
+        }
+        at = v.issuer;
+    }
+    Ok(true)
+}
+
 /// [`open_breaches`] of device breaches alone (`breach-device` steps): the devices whose own
 /// certificate a cut-off breach has yet to replace ([`breach_in_flight`]). A CA or group
 /// breach's devices are judged by their issuing CA version instead. A device a later breach

@@ -82,6 +82,12 @@ pub struct IssueReport {
     /// in [`deliveries_owed`](Self::deliveries_owed), nor a reason to exit 1: the device is
     /// `check`'s critical problem, whose remedy lets the delivery go on.
     pub held_back_deliveries: Vec<HeldDelivery>,
+    /// Devices this run left alone, each as a roll reports it (see
+    /// [`crate::ops::roll::DeviceRoll`]): outcome `foreign`, another client's certificate in its
+    /// individual enrollment, its steps naming that certificate and the remedy. The run issued
+    /// everything else; it exits 1, and its rerun finishes the device once the operator has
+    /// acted. The devices it issued are counted in [`steps`](Self::steps), not listed here.
+    pub devices: Vec<crate::ops::roll::DeviceRoll>,
 }
 
 /// An owed delivery a run held back ([`crate::backend::Backend::held_back_deliveries`]).
@@ -106,9 +112,9 @@ pub(crate) fn held_deliveries(backend: &dyn Backend) -> Result<Vec<HeldDelivery>
 }
 
 impl IssueReport {
-    /// Whether there was nothing to do.
+    /// Whether there was nothing to do (and no device left alone).
     pub fn nothing_to_do(&self) -> bool {
-        self.steps.is_empty()
+        self.steps.is_empty() && self.devices.is_empty()
     }
 }
 
@@ -486,6 +492,7 @@ pub fn issue(
         rejected: Vec::new(),
         deliveries_owed: 0,
         held_back_deliveries: Vec::new(),
+        devices: Vec::new(),
     };
 
     for ca in plan.cas.iter().filter(|c| sel.cas.contains(&c.name)) {
@@ -878,10 +885,14 @@ fn issue_device_chunks(
     let unit_len = super::unit_devices(plan);
     loop {
         let chunk: Vec<String> = ids.by_ref().take(unit_len).collect();
+        let mut left_n = 0;
         let needs = if chunk.is_empty() {
             Vec::new()
         } else {
-            assess(plan, backend, unit, &chunk)?
+            let (needs, left_alone) = assess(plan, backend, unit, &chunk)?;
+            left_n = left_alone.len() as u64;
+            report.devices.extend(left_alone);
+            needs
         };
         tally.add(&needs);
         let work = !dry_run && needs.iter().any(Need::any);
@@ -942,6 +953,9 @@ fn issue_device_chunks(
         }
         if !work {
             progress.advance(chunk.len() as u64);
+        } else {
+            // The devices left alone are done with: the pending chunk counts only its needs.
+            progress.advance(left_n);
         }
         pending = generated;
         if chunk.is_empty() && pending.is_none() {
@@ -1008,7 +1022,15 @@ fn issue_device_chunks(
     Ok(())
 }
 
-fn assess(plan: &Plan, backend: &dyn Backend, unit: &Unit<'_>, chunk: &[String]) -> Result<Vec<Need>> {
+/// What each device of `chunk` still needs, and the devices left alone: another client's
+/// certificate holds a slot of its individual enrollment, which only the explicit breach of the
+/// device takes back (as a roll leaves it, outcome `foreign`).
+fn assess(
+    plan: &Plan,
+    backend: &dyn Backend,
+    unit: &Unit<'_>,
+    chunk: &[String],
+) -> Result<(Vec<Need>, Vec<crate::ops::roll::DeviceRoll>)> {
     // Where devices register themselves (azure) and `delivery = "none"` leaves their
     // certificates to the operator, a device that holds its certificate and enrollment already
     // registers when the operator hands it out: waiting for that is not this command's work
@@ -1028,6 +1050,7 @@ fn assess(plan: &Plan, backend: &dyn Backend, unit: &Unit<'_>, chunk: &[String])
     // Registered: assigned, and its identity exists in the hub it was assigned to.
     let identities = backend.assigned_identities(chunk)?;
     let mut needs = Vec::with_capacity(chunk.len());
+    let mut left_alone = Vec::new();
     for ((((id, cert), device), identity), individual) in chunk
         .iter()
         .zip(certs)
@@ -1060,6 +1083,17 @@ fn assess(plan: &Plan, backend: &dyn Backend, unit: &Unit<'_>, chunk: &[String])
             });
             continue;
         }
+        // Writing the enrollment would replace the other client's certificate (DPS refuses the
+        // write certroll makes without the take-back), and a delivery or registration would hand
+        // the device a certificate DPS refuses: nothing is done for it, in a dry run neither.
+        if let Some(e) = individual.as_ref().filter(|e| !e.foreign.is_empty()) {
+            left_alone.push(super::roll::foreign_left_alone(
+                id,
+                e,
+                super::roll::SlotName::Primary,
+            ));
+            continue;
+        }
         let registered = identity.is_some();
         needs.push(Need {
             id: id.clone(),
@@ -1069,7 +1103,7 @@ fn assess(plan: &Plan, backend: &dyn Backend, unit: &Unit<'_>, chunk: &[String])
             register: (!registered && !to_the_operator) || install || enroll,
         });
     }
-    Ok(needs)
+    Ok((needs, left_alone))
 }
 
 /// New keys and certificates for the devices that lack one: `(index in needs, key, cert DER)`.

@@ -182,6 +182,10 @@ pub struct StatusQuery<'p> {
     /// Of those, the ones a device breach has yet to replace
     /// ([`super::held::open_device_breaches`]): `breach_open` names their rerun.
     device_breaches: std::collections::HashMap<String, String>,
+    /// The CA versions an open CA or group breach declared compromised, each with the command
+    /// that resumes it ([`super::held::open_compromised_of`], as `check` reads them): a device
+    /// on one that the breach has yet to replace gets `breach_open` too.
+    compromised: std::collections::HashMap<(String, String), String>,
     /// What the journal's finished breaches replaced, read at the first device owed a
     /// delivery or the first open device breach to look up (one query for the fleet).
     breach_records: std::cell::OnceCell<super::held::BreachRecords>,
@@ -209,6 +213,7 @@ pub fn status<'p>(
         enrollments_read: Default::default(),
         breached_devices,
         device_breaches,
+        compromised: super::held::open_compromised_of(&runs),
         breach_records,
     })
 }
@@ -413,15 +418,33 @@ impl StatusQuery<'_> {
         let mut cannot_connect = Vec::with_capacity(ids.len());
         // A group another client disabled refuses every device of it: said of each.
         let mut group_cut_off: std::collections::HashMap<&str, Option<String>> = Default::default();
+        // The thumbprints in each group's signing slots, as `check` judges a group device by
+        // them (none: no slot filled, or another client's certificate in one).
+        let mut signing: std::collections::HashMap<&str, Vec<String>> = Default::default();
         for g in page.iter().filter_map(|(_, g, _)| g.as_deref()) {
             if !group_cut_off.contains_key(g) {
                 let why = match b.group(g)? {
-                    Some(state) => super::held::group_disabled_by_another(b, g, state.status)?,
+                    Some(state) => {
+                        let why = super::held::group_disabled_by_another(b, g, state.status)?;
+                        if state.foreign.is_empty() {
+                            signing.insert(
+                                g,
+                                [&state.primary, &state.secondary]
+                                    .into_iter()
+                                    .flatten()
+                                    .map(|slot| crate::pki::sha1_thumbprint(&slot.cert_der))
+                                    .collect(),
+                            );
+                        }
+                        why
+                    }
                     None => None,
                 };
                 group_cut_off.insert(g, why);
             }
         }
+        // Whether a group accepts a CA version, looked up once per group and version.
+        let mut accepted: Accepted<'_> = Default::default();
         for (i, id) in ids.iter().enumerate() {
             // DPS matches a device's own individual enrollment before its group's.
             if let Some(why) = page[i]
@@ -473,6 +496,7 @@ impl StatusQuery<'_> {
             .zip(cannot_connect)
         {
             let foreign = individual.as_ref().map(|e| e.foreign.clone()).unwrap_or_default();
+            let own_enrollment = individual.is_some();
             let individual = individual.filter(|_| group.is_some());
             let installed_version = record.and_then(|r| r.installed_version);
             let installed = held.presented.as_ref().map(|v| v.cert_der.clone());
@@ -494,8 +518,18 @@ impl StatusQuery<'_> {
             let installed_deleted = gone && !b.deleted_certificates(Some(&device_cert_name(id)))?.is_empty();
             let installed_purged =
                 gone && !installed_deleted && b.name_state(&device_cert_name(id))?.is_none();
+            // A device breach cut off part-way, or a CA or group breach cut off before it replaced
+            // this device (after its revocation, say): the same devices `check` calls critical.
             let breach_open = match (&cannot_connect, self.device_breaches.get(id.as_str())) {
                 (None, Some(rerun)) => Some(super::held::breach_in_flight(id, rerun)),
+                (None, None) => self.ca_breach_open(
+                    id,
+                    group.as_deref(),
+                    own_enrollment,
+                    &held,
+                    &signing,
+                    &mut accepted,
+                )?,
                 _ => None,
             };
             each(DeviceStatus {
@@ -518,7 +552,61 @@ impl StatusQuery<'_> {
     }
 }
 
+/// Whether a group accepts a CA version (vault name, version id), by group and version.
+type Accepted<'g> = std::collections::HashMap<(&'g str, (String, String)), bool>;
+
 impl StatusQuery<'_> {
+    /// `breach_open` of device `id` (of `group`, or with an individual enrollment of its own,
+    /// `own_enrollment`) whose certificate is signed by a CA version an open CA or group breach
+    /// declared compromised, when that breach has yet to replace the device: `check`'s words for
+    /// it, DPS refusing it when its group no longer holds that CA (`signing`: each group's slot
+    /// thumbprints; `accepted` caches the look-ups). None otherwise.
+    fn ca_breach_open<'g>(
+        &self,
+        id: &str,
+        group: Option<&'g str>,
+        own_enrollment: bool,
+        held: &super::held::Held,
+        signing: &std::collections::HashMap<&'g str, Vec<String>>,
+        accepted: &mut Accepted<'g>,
+    ) -> Result<Option<String>> {
+        let Some((issuer, rerun)) = held
+            .presented_or_issued()
+            .and_then(|v| v.issuer.clone())
+            .filter(|i| self.compromised.contains_key(i))
+            .zip(self.breached_devices.get(id))
+        else {
+            return Ok(None);
+        };
+        // DPS matches the device's own individual enrollment first, else its group's slots; a
+        // group with no slot filled (or another client's certificate in one) admits nobody.
+        let refused = !own_enrollment
+            && match group.and_then(|g| Some((g, signing.get(g)?))) {
+                Some((g, slots)) => {
+                    let key = (g, issuer.clone());
+                    let accepts = match accepted.get(&key) {
+                        Some(a) => *a,
+                        None => {
+                            let a = super::held::group_accepts(&*self.backend, slots, &issuer)?;
+                            accepted.insert(key, a);
+                            a
+                        }
+                    };
+                    !accepts
+                }
+                None => group.is_some(),
+            };
+        let ca = self
+            .plan
+            .cas
+            .iter()
+            .find(|c| super::ca_cert_name(&c.name) == issuer.0)
+            .map_or(issuer.0.as_str(), |c| c.name.as_str());
+        Ok(Some(super::held::ca_breach_in_flight(
+            id, ca, &issuer.1, refused, rerun,
+        )))
+    }
+
     /// How an issued, not yet presented certificate stands, by the device's delivery channel.
     fn pending(
         &self,

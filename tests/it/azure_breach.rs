@@ -661,4 +661,21 @@ fn a_resumed_ca_breach_dry_run_counts_its_devices_cut_off_on_local_and_azure() {
         assert!(reason.contains("DPS refuses the device"), "{reason}");
     }
     assert_eq!(device_problems("azure"), local);
+    // `status` says the same of each of them in `breach_open` (trial az15 N4: null, the devices
+    // shown `assigned`), and nothing of the others, on both backends alike.
+    for which in ["local", "azure"] {
+        let status = run_fleet(&env, &serve, which, &["status", "-o", "json"]);
+        assert_eq!(status.code, 0, "{which}: {}", status.stderr);
+        for d in status.json()["devices"].as_array().unwrap() {
+            let target = format!("device:{}", d["id"].as_str().unwrap());
+            let open = local
+                .iter()
+                .find(|(t, _)| *t == target)
+                .map(|(_, why)| why.clone());
+            let shown = Some(d["breach_open"].clone())
+                .filter(|b| !b.is_null())
+                .map(|b| mask(b).to_string());
+            assert_eq!(shown, open, "{which} {target}: {d}");
+        }
+    }
 }

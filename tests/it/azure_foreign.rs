@@ -2330,3 +2330,115 @@ fn an_older_incident_run_again_after_a_take_back_replaces_nothing() {
         "the device keeps its certificate"
     );
 }
+
+/// Trial az15 N1 and N3: another client's certificate in gw-2's enrollment, and gw-4 newly
+/// declared. `issue` of the whole plan issues gw-4 and leaves gw-2 alone, reported as a roll
+/// reports it (outcome `foreign`, the certificate and the remedy in its steps), exit 1 as a
+/// roll's; its dry run plans nothing for gw-2 (no "create" of its existing enrollment) and
+/// names the certificate and the remedy; its rerun changes nothing; `check` counts gw-2 once,
+/// critical.
+#[test]
+fn issue_of_the_whole_plan_leaves_an_enrollment_holding_another_clients_certificate_and_issues_the_rest() {
+    let env = TestEnv::new();
+    let without_gw4 = FLEET.replace(
+        "[enrollments.gw-4]\nissuer = \"factory\"\npolicy = \"device\"\nhub = \"conf-hub\"\n",
+        "",
+    );
+    assert_ne!(without_gw4, FLEET);
+    let serve = start_serve(&env, FLEET);
+    fleet_plans_hook(&env, &serve, &without_gw4);
+    fleet_ok(&env, &serve, &["issue", "-o", "json"]);
+    let foreign_tp = foreign_into(&env, &serve, "gw-2");
+    fleet_plans_hook(&env, &serve, FLEET);
+    let run = |args: &[&str]| run_fleet(&env, &serve, "azure", args);
+    let remedy = "`certroll roll-primary --breach enrollment:gw-2`";
+
+    let dry = run(&["issue", "--dry-run"]);
+    assert_eq!(dry.code, 1, "{}\n{}", dry.stdout, dry.stderr);
+    assert!(
+        dry.stdout.contains("[create-enrollments] enrollment:gw-4")
+            && !dry.stdout.contains("enrollment:gw-2:"),
+        "gw-4 planned, nothing for gw-2: {}",
+        dry.stdout
+    );
+    let left = dry
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("device:gw-2: not issued: "))
+        .unwrap_or_else(|| panic!("gw-2 not named: {}", dry.stdout));
+    assert!(
+        left.contains(&format!("another client put certificate {foreign_tp}")) && left.contains(remedy),
+        "{left}"
+    );
+
+    let r = run(&["issue", "-o", "json"]);
+    assert_eq!(
+        r.code, 1,
+        "as a roll leaving a device `foreign`: {}\n{}",
+        r.stdout, r.stderr
+    );
+    let report = r.json();
+    let devices = report["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 1, "{report}");
+    let gw2 = &devices[0];
+    assert_eq!(gw2["target"], "device:gw-2", "{report}");
+    assert_eq!(gw2["outcome"], "foreign", "{report}");
+    let steps = gw2["steps"].to_string();
+    assert!(steps.contains(&foreign_tp) && steps.contains(remedy), "{gw2}");
+    let targets: Vec<&str> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["target"].as_str().unwrap())
+        .collect();
+    assert!(
+        targets.contains(&"enrollment:gw-4") && targets.iter().all(|t| *t == "enrollment:gw-4"),
+        "gw-4 alone issued: {report}"
+    );
+    assert_eq!(
+        slot_thumbprint(&env, &serve, "gw-2", "primary").as_deref(),
+        Some(foreign_tp.as_str()),
+        "the other client's certificate stays"
+    );
+    let status = fleet_ok(&env, &serve, &["status", "-o", "json"]).json();
+    assert_eq!(
+        device(&status, "gw-4")["registration"]["status"],
+        "assigned",
+        "{status}"
+    );
+    assert_eq!(
+        slot_thumbprint(&env, &serve, "gw-4", "primary").as_deref(),
+        Some(current_thumbprint(&status, "gw-4").as_str())
+    );
+
+    // The rerun: nothing to do but report gw-2 again; nothing changes.
+    let again = run(&["issue", "-o", "json"]);
+    assert_eq!(again.code, 1, "{}\n{}", again.stdout, again.stderr);
+    let again = again.json();
+    assert_eq!(again["steps"], json!([]), "{again}");
+    assert_eq!(again["devices"], report["devices"], "{again}");
+    assert_eq!(
+        fleet_ok(&env, &serve, &["status", "-o", "json"]).json(),
+        status,
+        "the rerun changes nothing"
+    );
+
+    // check: gw-2 critical, counted once; two CAs and three devices ok (trial az15 N3: 7 items
+    // for 6 certificates, gw-2 counted ok as well).
+    let c = run(&["check", "-o", "json"]);
+    assert_eq!(c.code, 2, "{}\n{}", c.stdout, c.stderr);
+    let counts = &c.json()["counts"];
+    assert_eq!(
+        *counts,
+        json!({ "ok": 5, "warning": 0, "critical": 1, "revoked": 0 }),
+        "{}",
+        c.stdout
+    );
+
+    // The report's entry for gw-2 is the one a roll makes of it (the slot aside).
+    let roll = run(&["roll-secondary", "enrollment:gw-2", "--yes", "-o", "json"]);
+    assert_eq!(roll.code, 1, "{}\n{}", roll.stdout, roll.stderr);
+    let mut rolled = device(&roll.json(), "gw-2").clone();
+    rolled["slot"] = gw2["slot"].clone();
+    assert_eq!(&rolled, gw2);
+}

@@ -1285,8 +1285,9 @@ fn an_owed_delivery_whose_slot_another_client_took_is_held_back_until_the_enroll
         !deliveries(&log).iter().any(|(d, v)| d == "gw-1" && *v == owed),
         "never delivered"
     );
-    // `issue` of another target holds it back too; of the whole plan it refuses to write over
-    // the other client's certificate, naming the remedy, and delivers nothing first.
+    // `issue` of another target holds it back too; of the whole plan it leaves gw-1 alone (exit
+    // 1, as a roll does), naming the other client's certificate and the remedy, and delivers
+    // nothing to it.
     let r = run_fleet(&env, &serve, "azure", &["issue", "enrollment:gw-2", "-o", "json"]);
     assert_eq!(
         r.code, 0,
@@ -1301,9 +1302,20 @@ fn an_owed_delivery_whose_slot_another_client_took_is_held_back_until_the_enroll
         r.stdout
     );
     let r = run_fleet(&env, &serve, "azure", &["issue"]);
+    assert_eq!(
+        r.code, 1,
+        "{}
+{}",
+        r.stdout, r.stderr
+    );
     assert!(
-        r.stderr.contains("roll-primary --breach enrollment:gw-1") && !r.stderr.contains("had not reached"),
-        "{}",
+        r.stdout.contains(&format!(
+            "device:gw-1: not issued: another client put certificate {foreign}"
+        )) && r.stdout.contains("roll-primary --breach enrollment:gw-1")
+            && !r.stderr.contains("had not reached"),
+        "{}
+{}",
+        r.stdout,
         r.stderr
     );
     assert!(

@@ -977,6 +977,24 @@ fn check_names_the_devices_a_ca_breach_stopped_after_its_revocation_cut_off() {
         "{why}"
     );
     assert_eq!(report["counts"]["ok"], 1, "only the root: {report}");
+    // `status` names the open breach on the same devices, with the same words (trial az15 N4:
+    // `breach_open` was null and the sensors read `assigned`).
+    let breach_open = |id: &str| {
+        let status = run(&env, &["status", "-o", "json"]).ok().json();
+        let d = status["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not listed: {status}"))
+            .clone();
+        d["breach_open"].as_str().map(str::to_string)
+    };
+    for id in ["sensor-1", "sensor-2", "sensor-3", "gateway-01"] {
+        assert_eq!(breach_open(id), Some(reason(id)), "{id}");
+    }
+    let text = run(&env, &["status"]).ok().stdout;
+    assert!(text.contains("breach open: ") && text.contains(rerun), "{text}");
 
     run(&env, &a).ok();
     let c = run(&env, &["check", "-o", "json"]);
@@ -989,4 +1007,7 @@ fn check_names_the_devices_a_ca_breach_stopped_after_its_revocation_cut_off() {
             .any(|p| p["target"].as_str().unwrap().starts_with("device:")),
         "{report}"
     );
+    for id in ["sensor-1", "sensor-2", "sensor-3", "gateway-01"] {
+        assert_eq!(breach_open(id), None, "{id}: the rerun finished it");
+    }
 }

@@ -2,7 +2,7 @@
 //! a few batched look-ups, decide per device, make the keys and certificates on every core, and
 //! write the chunk as one unit of work. While one chunk is written the next one's keys are made.
 
-use super::{Breach, DeviceRoll, SlotName};
+use super::{Breach, DeviceRoll, SlotName, foreign_left_alone};
 use crate::backend::Backend;
 use crate::backend::types::*;
 use crate::ops::lifetime::fires_at;
@@ -601,18 +601,7 @@ pub(super) fn assess<'p>(
         if let Some(ind) = individual.as_ref().filter(|e| !e.foreign.is_empty())
             && !matches!(mode, Mode::Breach { .. })
         {
-            let mut steps: Vec<String> = ind.foreign.iter().map(|f| f.describe(id)).collect();
-            steps.push(ForeignCertificate::remedy(id));
-            out.reports.push(DeviceRoll {
-                delivery: None,
-                target,
-                outcome: "foreign",
-                slot: mode.slot(),
-                steps,
-                new_thumbprint: None,
-                pruned_thumbprint: None,
-                compromised: vec![],
-            });
+            out.reports.push(foreign_left_alone(id, ind, mode.slot()));
             continue;
         }
         let thumbprints: Vec<String> = versions.iter().map(|v| v.thumbprint.clone()).collect();

@@ -163,6 +163,29 @@ pub struct DeviceRoll {
     pub delivery: Option<String>,
 }
 
+/// The report of device `id` left alone because another client's certificate holds a slot of
+/// its individual enrollment `enrollment` (outcome `foreign`): its steps name each such
+/// certificate, then the remedy. `slot` is the one the run writes. Rolls and `issue` report it
+/// alike.
+pub(crate) fn foreign_left_alone(
+    id: &str,
+    enrollment: &crate::backend::types::IndividualEnrollment,
+    slot: SlotName,
+) -> DeviceRoll {
+    let mut steps: Vec<String> = enrollment.foreign.iter().map(|f| f.describe(id)).collect();
+    steps.push(crate::backend::types::ForeignCertificate::remedy(id));
+    DeviceRoll {
+        delivery: None,
+        target: format!("device:{id}"),
+        outcome: "foreign",
+        slot,
+        steps,
+        new_thumbprint: None,
+        pruned_thumbprint: None,
+        compromised: vec![],
+    }
+}
+
 /// What happened to a group's slot.
 #[derive(Debug, Clone, Serialize)]
 pub struct GroupRoll {
