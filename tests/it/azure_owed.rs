@@ -280,6 +280,33 @@ fn a_failed_delivery_stays_owed_and_the_next_run_delivers_it_once() {
         .unwrap_or_default()
         .to_string();
     assert!(note.contains("did not run or failed"), "{}", device(&s, "gw-1"));
+    // Their first delivery failed: neither ever held a certificate of certroll's, so `check`
+    // pages for each (critical, counted once), not "still uses the one before" counted ok.
+    let c = run_fleet(&env, &serve, "azure", &["check", "-o", "json"]);
+    assert_eq!(c.code, 2, "{}", c.stdout);
+    let doc = c.json();
+    for id in ["gw-1", "gw-2"] {
+        let p = doc["problems"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["target"] == format!("device:{id}"))
+            .unwrap_or_else(|| panic!("no problem of device:{id}: {doc}"));
+        assert_eq!(p["level"], "critical", "{p}");
+        let reason = p["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("has not connected yet")
+                && reason.contains(&format!("`certroll issue device:{id}`")),
+            "{p}"
+        );
+    }
+    assert!(
+        !c.stdout.contains("still uses the one before"),
+        "no owed-deliveries warning for devices that never held one: {}",
+        c.stdout
+    );
+    assert_eq!(doc["counts"]["critical"], 2, "{doc}");
+    assert_eq!(doc["counts"]["warning"], 0, "{doc}");
 
     // Still unreachable: the rerun tries again and leaves both owed.
     let r = run_fleet(&env, &serve, "azure", &["issue", "-o", "json"]);
