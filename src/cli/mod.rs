@@ -27,7 +27,7 @@ use std::process::ExitCode;
 pub const EXIT_CODES: &str = "\
 Exit codes:
   0  done, or nothing to do
-  1  failed part-way (running it again resumes), a device refused, a device left alone because another client's certificate holds its individual enrollment (outcome `foreign`; `roll-primary --breach enrollment:ID` takes it back), a new certificate still owed to its device (on azure: its delivery failed; the next `issue` or roll delivers it; not with `delivery = \"none\"`), or `--due` found a device not issued yet, held back by its CA or group, or capped by the notAfter of its CA
+  1  failed part-way (running it again resumes), a device refused, a device left alone because a certificate of another client holds its individual enrollment (outcome `foreign`; `roll-primary --breach enrollment:ID` takes it back), a new certificate still owed to its device (on azure: its delivery failed; the next `issue` or roll delivers it; not with `delivery = \"none\"`), or `--due` found a device not issued yet, held back by its CA or group, or capped by the notAfter of its CA
   2  bad input (plan, flags, files, store key, a target the plan does not declare, a refused export); nothing was changed
   3  (check only) the plan or the state cannot be read";
 
