@@ -313,6 +313,15 @@ impl EnrollmentService for Box<dyn Backend> {
         (**self).put_individuals(batch, now)
     }
 
+    fn put_individuals_reading(
+        &mut self,
+        batch: &[IndividualEnrollment],
+        now: OffsetDateTime,
+        ahead: &[String],
+    ) -> (Result<()>, Result<Vec<Option<IndividualEnrollment>>>) {
+        (**self).put_individuals_reading(batch, now, ahead)
+    }
+
     fn individuals_kept_disabled(&self, ids: &[String]) -> Vec<bool> {
         (**self).individuals_kept_disabled(ids)
     }
@@ -361,6 +370,15 @@ impl HubRegistry for Box<dyn Backend> {
 
     fn update_identities(&mut self, batch: &[HubIdentity], now: OffsetDateTime) -> Result<()> {
         (**self).update_identities(batch, now)
+    }
+
+    fn update_identities_reading(
+        &mut self,
+        batch: &[HubIdentity],
+        now: OffsetDateTime,
+        ahead: &[(String, String)],
+    ) -> (Result<()>, Result<Vec<Option<HubIdentity>>>) {
+        (**self).update_identities_reading(batch, now, ahead)
     }
 
     fn identities_seen_disabled(&self, ids: &[String]) -> Vec<Option<String>> {
@@ -548,6 +566,10 @@ impl Backend for Box<dyn Backend> {
 
     fn chunk_reads(&mut self, names: &[String], ids: &[String]) -> Result<crate::backend::ChunkReads> {
         (**self).chunk_reads(names, ids)
+    }
+
+    fn read_ahead(&mut self, next: Option<(&[String], &[String])>) {
+        (**self).read_ahead(next)
     }
 
     #[allow(clippy::type_complexity)]

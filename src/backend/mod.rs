@@ -402,6 +402,21 @@ pub trait EnrollmentService {
     fn individuals(&self) -> Result<Vec<IndividualEnrollment>>;
     /// Creates or replaces individual enrollments in one batch.
     fn put_individuals(&mut self, batch: &[IndividualEnrollment], now: OffsetDateTime) -> Result<()>;
+    /// [`put_individuals`](Self::put_individuals) of `batch` and, beside it,
+    /// [`individual_many`](Self::individual_many) of `ahead`: the enrollments of a later chunk
+    /// of the same roll, none of them in `batch` (the caller sees to that), so neither depends
+    /// on the other. A roll reads its next chunk while it writes this one: over a network the
+    /// reads then cost no time of their own. Returns (the write's result, the read's). The
+    /// default writes, then reads.
+    fn put_individuals_reading(
+        &mut self,
+        batch: &[IndividualEnrollment],
+        now: OffsetDateTime,
+        ahead: &[String],
+    ) -> (Result<()>, Result<Vec<Option<IndividualEnrollment>>>) {
+        let written = self.put_individuals(batch, now);
+        (written, self.individual_many(ahead))
+    }
     /// For each of `ids`, whether this process's last write of its individual enrollment, made
     /// enabled, kept it disabled because another client of the service had disabled it meanwhile
     /// (a write keeps a status another client set; DPS: the bulk write's etag or the re-read
@@ -508,6 +523,20 @@ pub trait HubRegistry {
     /// Updates several identities in one batch.
     fn update_identities(&mut self, batch: &[HubIdentity], now: OffsetDateTime) -> Result<()> {
         batch.iter().try_for_each(|i| self.update_identity(i, now))
+    }
+    /// [`update_identities`](Self::update_identities) of `batch` and, beside it,
+    /// [`identity_many`](Self::identity_many) of `ahead` (hub, device id): identities of a later
+    /// chunk of the same roll, none of them in `batch`, as
+    /// [`EnrollmentService::put_individuals_reading`]. Returns (the write's result, the read's).
+    /// The default writes, then reads.
+    fn update_identities_reading(
+        &mut self,
+        batch: &[HubIdentity],
+        now: OffsetDateTime,
+        ahead: &[(String, String)],
+    ) -> (Result<()>, Result<Vec<Option<HubIdentity>>>) {
+        let written = self.update_identities(batch, now);
+        (written, self.identity_many(ahead))
     }
     /// For each of `ids`, the hub whose identity of the device this process last read or wrote
     /// disabled (None: enabled, or not read): an update keeps a status another client of the
@@ -800,6 +829,16 @@ pub trait Backend: Vault + EnrollmentService + HubRegistry + Fleet + Journal + S
             identities: self.assigned_identities(ids)?,
         })
     }
+
+    /// Names the chunk a later [`chunk_reads`](Self::chunk_reads) will ask for (`names`, `ids`
+    /// as it will take them), so a backend may read its remote part beside the writes of the
+    /// chunk before it ([`put_individuals_and_identities`](Self::put_individuals_and_identities)):
+    /// a roll writes chunk k, then reads chunk k+2, and over a network the reads would otherwise
+    /// wait for the writes. A backend that reads ahead hands the answer to `chunk_reads` only
+    /// for the same names and ids, and only if no write in between touched one of them; any
+    /// other call, and any failure, reads afresh. Replaces an earlier call's names; `None`
+    /// forgets them. The default ignores it: a local store reads as fast as it writes.
+    fn read_ahead(&mut self, _next: Option<(&[String], &[String])>) {}
 
     /// Writes individual enrollments ([`EnrollmentService::put_individuals`]) and hub identities
     /// ([`HubRegistry::update_identities`]) of one step, either batch possibly empty. The two

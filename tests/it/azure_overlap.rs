@@ -363,3 +363,75 @@ fn a_rolls_key_vault_reads_run_beside_its_dps_reads() {
         "no listing of a device's versions arrived while a DPS read was on the wire: listings {listings:?}, DPS reads {dps_reads:?}"
     );
 }
+
+/// A roll reads a later unit beside the writes of the unit before it (`Backend::read_ahead`):
+/// with every DPS answer held 100 ms, the read of the third unit's enrollment (`gw-3`) arrives
+/// before DPS has answered the first unit's write, and it is the only read of it (the unit
+/// takes what was read ahead). Before, a unit's reads came only after the previous unit's
+/// writes had been answered. What the roll did is what it did before: every device replaced,
+/// and a rerun writes nothing.
+#[test]
+fn a_roll_reads_a_later_unit_beside_the_writes_of_the_unit_before_it() {
+    let env = TestEnv::new();
+    let fleet = crate::azure_requests::with_enrollments(2, 3);
+    let serve = start_serve(&env, &format!("{fleet}[serve.services.dps]\ndelay_ms = 100\n"));
+    crate::azure_verbs::fleet_plans_hook(&env, &serve, &fleet);
+    fleet_ok(&env, &serve, &["issue", "-o", "json"]);
+    // A breach of devices has a step of its own for each device: three units, the third read
+    // beside the first one's writes.
+    let targets = ["device:gw-1", "device:gw-2", "device:gw-3"];
+    let before = spans(&env, crate::conformance::azure::DPS_HOST).len();
+    let mut roll = vec![
+        "roll-primary",
+        "--breach",
+        "--incident",
+        "A1",
+        "--yes",
+        "-o",
+        "json",
+    ];
+    roll.extend(targets);
+    let r = fleet_ok(&env, &serve, &roll);
+    let report = r.json();
+    let replaced: Vec<&str> = report["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["outcome"] == "replaced")
+        .filter_map(|d| d["target"].as_str())
+        .collect();
+    assert_eq!(replaced, targets, "{}", r.stdout);
+    let dps = spans(&env, crate::conformance::azure::DPS_HOST).split_off(before);
+    let reads: Vec<&(f64, f64, String)> = dps
+        .iter()
+        .filter(|s| s.2.starts_with("GET ") && s.2.ends_with("/enrollments/gw-3"))
+        .collect();
+    let first_write = dps
+        .iter()
+        .filter(|s| s.2.starts_with("POST ") && s.2.ends_with("/enrollments"))
+        .map(|s| s.1)
+        .fold(f64::INFINITY, f64::min);
+    assert_eq!(reads.len(), 1, "gw-3's enrollment is read once: {dps:?}");
+    assert!(
+        reads[0].0 + 0.002 < first_write,
+        "gw-3's enrollment was read only after DPS answered the first unit's write: {dps:?}"
+    );
+    // The rerun finds every device replaced and writes nothing.
+    let lines = crate::azure_requests::during(&env, || {
+        let r = fleet_ok(&env, &serve, &roll);
+        assert!(
+            r.json()["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d["outcome"] == "already-replaced"),
+            "{}",
+            r.stdout
+        );
+    });
+    let writes: Vec<&String> = lines
+        .iter()
+        .filter(|l| crate::azure_requests::is_write(l))
+        .collect();
+    assert!(writes.is_empty(), "{writes:?}");
+}

@@ -529,6 +529,27 @@ pub struct AzureBackend {
     /// first device: one warning line says so when the backend is dropped.
     for_the_operator: (u64, Option<String>),
     describe: String,
+    /// The chunk [`Backend::read_ahead`] named, and once the writes before it ran, what they
+    /// read of it.
+    ahead: Option<Ahead>,
+}
+
+/// A later chunk's reads, made beside the writes of the chunk before it
+/// ([`Backend::read_ahead`]), for [`Backend::chunk_reads`] of the same names and ids.
+struct Ahead {
+    names: Vec<String>,
+    ids: Vec<String>,
+    read: Option<ReadAhead>,
+}
+
+/// What was read ahead of a chunk: the parts of [`crate::backend::ChunkReads`] that go over the
+/// network. The fleet records are read again when the chunk is taken (they are local), and the
+/// hubs the identities were looked in must be those the records name then.
+struct ReadAhead {
+    named: Vec<Option<String>>,
+    versions: Vec<Vec<VersionBrief>>,
+    individuals: Vec<Option<IndividualEnrollment>>,
+    found: Vec<Option<HubIdentity>>,
 }
 
 /// Writes of settled deliveries this process made ([`settle_in`]), for measurements.
@@ -711,6 +732,7 @@ impl AzureBackend {
             vault_clients: None,
             for_the_operator: (0, None),
             describe,
+            ahead: None,
         }
     }
 
@@ -3018,13 +3040,47 @@ impl Backend for AzureBackend {
         )
     }
 
+    fn read_ahead(&mut self, next: Option<(&[String], &[String])>) {
+        self.ahead = next.map(|(names, ids)| Ahead {
+            names: names.to_vec(),
+            ids: ids.to_vec(),
+            read: None,
+        });
+    }
+
     fn chunk_reads(&mut self, names: &[String], ids: &[String]) -> Result<crate::backend::ChunkReads> {
+        let ahead = self.ahead.take();
         // Key Vault beside DPS and IoT Hub: each is throttled apart, so a chunk's DPS reads (a
         // GET per individual enrollment) no longer leave Key Vault idle (trial az5: with both
         // throttled, 74% of Key Vault's rate, the phases one after the other).
         let records = self.vault.local().device_many(ids)?;
         let groups = self.groups_of_records(ids, &records);
         let named = self.named_hubs(ids, &records, &groups);
+        if let Some(Ahead {
+            names: read_names,
+            ids: read_ids,
+            read: Some(read),
+        }) = ahead
+            && read_names == names
+            && read_ids == ids
+            && read.named == named
+        {
+            let identities = assigned_identities_after(
+                &*self.enrollments,
+                &*self.hubs,
+                ids,
+                &groups,
+                &named,
+                &self.never_issued,
+                read.found,
+            )?;
+            return Ok(crate::backend::ChunkReads {
+                versions: read.versions,
+                records,
+                individuals: read.individuals,
+                identities,
+            });
+        }
         // Each client goes to one thread by a mutable borrow (they are `Send`, not `Sync`).
         let never_issued = &self.never_issued;
         let (vault, enrollments, hubs) = (&mut self.vault, &mut self.enrollments, &mut self.hubs);
@@ -3079,23 +3135,70 @@ impl Backend for AzureBackend {
         } else {
             self.hold_cuts(identities)?
         };
+        // The chunk named ahead is read beside these writes, unless they touch one of its
+        // devices (then its reads wait for them, as without it).
+        let ahead = self.ahead.take().filter(|a| {
+            let next: std::collections::HashSet<&str> = a.ids.iter().map(String::as_str).collect();
+            a.read.is_none()
+                && !individuals
+                    .iter()
+                    .any(|e| next.contains(e.registration_id.as_str()))
+                && !identities.iter().any(|i| next.contains(i.device_id.as_str()))
+        });
+        let ahead = match ahead {
+            Some(a) => {
+                let records = self.vault.local().device_many(&a.ids)?;
+                let groups = self.groups_of_records(&a.ids, &records);
+                let named = self.named_hubs(&a.ids, &records, &groups);
+                Some((a, named))
+            }
+            None => None,
+        };
         // DPS and IoT Hub are throttled apart: both pipes stay busy.
-        let (enrollments, hubs) = (&mut self.enrollments, &mut self.hubs);
-        let (dps, hub) = std::thread::scope(|s| {
-            let hub = s.spawn(|| {
-                if apply_now.is_empty() {
-                    Ok(())
-                } else {
-                    hubs.update_identities(&apply_now, now)
+        let (vault, enrollments, hubs) = (&mut self.vault, &mut self.enrollments, &mut self.hubs);
+        let (dps, hub, read) = std::thread::scope(|s| {
+            let ahead = ahead.as_ref();
+            let versions = ahead.map(move |(a, _)| s.spawn(move || vault.briefs_many(&a.names)));
+            let hub = s.spawn(move || match ahead {
+                None if apply_now.is_empty() => (Ok(()), None),
+                None => (hubs.update_identities(&apply_now, now), None),
+                Some((a, named)) => {
+                    let mut wrote = Ok(());
+                    let found = crate::backend::identities_in_hubs(&a.ids, named.iter().cloned(), |wanted| {
+                        let (w, read) = hubs.update_identities_reading(&apply_now, now, wanted);
+                        wrote = w;
+                        read
+                    });
+                    (wrote, Some(found))
                 }
             });
-            let dps = if individuals.is_empty() {
-                Ok(())
-            } else {
-                enrollments.put_individuals(individuals, now)
+            let (dps, individuals) = match ahead {
+                None if individuals.is_empty() => (Ok(()), None),
+                None => (enrollments.put_individuals(individuals, now), None),
+                Some((a, _)) => {
+                    let (w, read) = enrollments.put_individuals_reading(individuals, now, &a.ids);
+                    (w, Some(read))
+                }
             };
-            (dps, hub.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            let (hub, found) = hub.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            let versions = versions.map(|v| v.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            (dps, hub, (versions, individuals, found))
         });
+        // A read that failed is made again when the chunk is taken: only the writes' failures
+        // are this call's.
+        if let (Some((a, named)), (Some(Ok(versions)), Some(Ok(individuals)), Some(Ok(found)))) =
+            (ahead, read)
+        {
+            self.ahead = Some(Ahead {
+                read: Some(ReadAhead {
+                    named,
+                    versions,
+                    individuals,
+                    found,
+                }),
+                ..a
+            });
+        }
         dps.and(hub)
     }
 }
@@ -3171,5 +3274,74 @@ mod tests {
         assert!(never_issued(&backend, "m-2"), "nothing left before the commit");
         backend.commit().unwrap();
         assert!(!never_issued(&backend, "m-2"), "delivered after the commit");
+    }
+
+    /// A chunk read beside the writes of another ([`Backend::read_ahead`]) is handed to the
+    /// chunk's read only when those writes held none of its devices, and only to a read of the
+    /// same devices; anything else reads afresh. (No names: the offline vault reads nothing.)
+    #[test]
+    fn a_chunk_read_ahead_is_taken_only_when_no_write_touched_its_devices() {
+        let mut backend = offline_backend();
+        let enrollment = |id: &str| IndividualEnrollment {
+            registration_id: id.into(),
+            primary: Some(vec![1, 2, 3]),
+            secondary: None,
+            status: Status::Enabled,
+            reprovision: "migrate".into(),
+            hub: "h".into(),
+            foreign: Vec::new(),
+            take_back: false,
+        };
+        let (m1, m2) = (vec!["m-1".to_string()], vec!["m-2".to_string()]);
+        let now = OffsetDateTime::UNIX_EPOCH;
+        // Of each device read ahead, whether it has an enrollment.
+        let read_of = |b: &AzureBackend| {
+            b.ahead
+                .as_ref()
+                .and_then(|a| a.read.as_ref())
+                .map(|r| r.individuals.iter().map(Option::is_some).collect::<Vec<_>>())
+        };
+
+        // Written beside the read ahead of another device: taken.
+        backend.read_ahead(Some((&[], &m2)));
+        backend
+            .put_individuals_and_identities(&[enrollment("m-1")], &[], now)
+            .unwrap();
+        assert_eq!(
+            read_of(&backend),
+            Some(vec![false]),
+            "m-2 was read beside m-1's write"
+        );
+        let reads = backend.chunk_reads(&[], &m2).unwrap();
+        assert!(backend.ahead.is_none(), "taken");
+        assert!(reads.individuals.len() == 1 && reads.individuals[0].is_none());
+
+        // A write of the device read ahead: no read beside it.
+        backend.read_ahead(Some((&[], &m1)));
+        let mut changed = enrollment("m-1");
+        changed.secondary = Some(vec![4, 5, 6]);
+        backend
+            .put_individuals_and_identities(std::slice::from_ref(&changed), &[], now)
+            .unwrap();
+        assert!(
+            backend.ahead.is_none(),
+            "nothing read beside a write of the same device"
+        );
+        let reads = backend.chunk_reads(&[], &m1).unwrap();
+        assert_eq!(
+            reads.individuals[0].as_ref().unwrap().secondary,
+            changed.secondary
+        );
+
+        // Read ahead, then asked for other devices: read afresh, the read ahead dropped.
+        backend.read_ahead(Some((&[], &m2)));
+        backend.put_individuals_and_identities(&[], &[], now).unwrap();
+        assert!(read_of(&backend).is_some());
+        let reads = backend.chunk_reads(&[], &m1).unwrap();
+        assert_eq!(
+            reads.individuals[0].as_ref().unwrap().secondary,
+            changed.secondary
+        );
+        assert!(backend.ahead.is_none(), "a read ahead serves one read at most");
     }
 }

@@ -1313,7 +1313,14 @@ impl AzureEnrollmentService {
             .filter(|(_, c)| c.is_none())
             .map(|(e, _)| e.registration_id.clone())
             .collect();
-        let mut fresh = self.read_individuals(&missing).await?.into_iter();
+        // Nothing to read takes no lock on the scan, which a read of a later chunk may hold
+        // meanwhile (`put_individuals_reading`).
+        let mut fresh = if missing.is_empty() {
+            Vec::new()
+        } else {
+            self.read_individuals(&missing).await?
+        }
+        .into_iter();
         self.written(batch.iter().map(|e| &e.registration_id)).await;
         let reads = carried
             .into_iter()
@@ -1651,6 +1658,37 @@ impl EnrollmentService for AzureEnrollmentService {
             }
         }
         self.rt.block_on(self.put_individuals_async(batch))
+    }
+
+    fn put_individuals_reading(
+        &mut self,
+        batch: &[IndividualEnrollment],
+        now: OffsetDateTime,
+        ahead: &[String],
+    ) -> (Result<()>, Result<Vec<Option<IndividualEnrollment>>>) {
+        if ahead.is_empty() {
+            return (self.put_individuals(batch, now), Ok(Vec::new()));
+        }
+        for e in batch {
+            for der in [&e.primary, &e.secondary].into_iter().flatten() {
+                self.remember(der);
+            }
+        }
+        // Both run on `&self` (the state they share is behind locks); the read on a thread of
+        // its own, so parsing its answers does not wait for the write's bodies to be built.
+        let this = &*self;
+        std::thread::scope(|s| {
+            let read = s.spawn(|| this.individual_many(ahead));
+            let written = if batch.is_empty() {
+                Ok(())
+            } else {
+                this.rt.block_on(this.put_individuals_async(batch))
+            };
+            (
+                written,
+                read.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            )
+        })
     }
 
     fn individuals_kept_disabled(&self, ids: &[String]) -> Vec<bool> {

@@ -841,6 +841,49 @@ impl AzureHubRegistry {
             }
         }
     }
+
+    /// [`HubRegistry::update_identities`] on `&self`: bulk updates by hub, each page under the
+    /// etag its identities were read with (`seen`), at the client's concurrency.
+    fn update_many(&self, batch: &[HubIdentity]) -> Result<()> {
+        let mut by_hub: BTreeMap<&str, Vec<&HubIdentity>> = BTreeMap::new();
+        for identity in batch {
+            by_hub.entry(&identity.hub).or_default().push(identity);
+        }
+        let stage = crate::progress::stage("IoT Hub identities", batch.len() as u64);
+        let stage = &stage;
+        let mut work = Vec::new();
+        for (hub, identities) in &by_hub {
+            let client = self.client(hub)?;
+            for chunk in identities.chunks(BULK_LIMIT) {
+                let carried = {
+                    let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                    chunk
+                        .iter()
+                        .map(|i| seen.remove(&(i.hub.clone(), i.device_id.clone())))
+                        .collect()
+                };
+                let n = chunk.len() as u64;
+                let page = Self::update_bulk(client, chunk, carried);
+                work.push(async move {
+                    let done = page.await.map(|statuses| (chunk, statuses));
+                    stage.advance(n);
+                    done
+                });
+            }
+        }
+        let pages = self
+            .rt
+            .block_on(futures::future::join_all(work))
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
+        self.note(pages.iter().flat_map(|(chunk, statuses)| {
+            chunk
+                .iter()
+                .zip(statuses)
+                .map(|(i, s)| (i.hub.as_str(), i.device_id.as_str(), *s))
+        }));
+        Ok(())
+    }
 }
 
 impl HubRegistry for AzureHubRegistry {
@@ -903,44 +946,34 @@ impl HubRegistry for AzureHubRegistry {
     }
 
     fn update_identities(&mut self, batch: &[HubIdentity], _now: OffsetDateTime) -> Result<()> {
-        let mut by_hub: BTreeMap<&str, Vec<&HubIdentity>> = BTreeMap::new();
-        for identity in batch {
-            by_hub.entry(&identity.hub).or_default().push(identity);
+        self.update_many(batch)
+    }
+
+    fn update_identities_reading(
+        &mut self,
+        batch: &[HubIdentity],
+        now: OffsetDateTime,
+        ahead: &[(String, String)],
+    ) -> (Result<()>, Result<Vec<Option<HubIdentity>>>) {
+        if ahead.is_empty() {
+            return (self.update_identities(batch, now), Ok(Vec::new()));
         }
-        let stage = crate::progress::stage("IoT Hub identities", batch.len() as u64);
-        let stage = &stage;
-        let mut work = Vec::new();
-        for (hub, identities) in &by_hub {
-            let client = self.client(hub)?;
-            for chunk in identities.chunks(BULK_LIMIT) {
-                let carried = {
-                    let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-                    chunk
-                        .iter()
-                        .map(|i| seen.remove(&(i.hub.clone(), i.device_id.clone())))
-                        .collect()
-                };
-                let n = chunk.len() as u64;
-                let page = Self::update_bulk(client, chunk, carried);
-                work.push(async move {
-                    let done = page.await.map(|statuses| (chunk, statuses));
-                    stage.advance(n);
-                    done
-                });
-            }
-        }
-        let pages = self
-            .rt
-            .block_on(futures::future::join_all(work))
-            .into_iter()
-            .collect::<Result<Vec<_>>>()?;
-        self.note(pages.iter().flat_map(|(chunk, statuses)| {
-            chunk
-                .iter()
-                .zip(statuses)
-                .map(|(i, s)| (i.hub.as_str(), i.device_id.as_str(), *s))
-        }));
-        Ok(())
+        // As `EnrollmentService::put_individuals_reading` of DPS: both on `&self`, the read on
+        // a thread of its own. An identity read ahead is kept for its own later update (`seen`),
+        // never taken by this batch's, which holds other devices.
+        let this = &*self;
+        std::thread::scope(|s| {
+            let read = s.spawn(|| this.identity_many(ahead));
+            let written = if batch.is_empty() {
+                Ok(())
+            } else {
+                this.update_many(batch)
+            };
+            (
+                written,
+                read.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            )
+        })
     }
 
     fn identities_seen_disabled(&self, ids: &[String]) -> Vec<Option<String>> {

@@ -2801,13 +2801,16 @@ fn roll_device_steps(
     // A large run's devices all share the steps of their chunk: listing them per device would
     // hold (and print) hundreds of megabytes.
     let describe = total_devices <= DEVICE_STEPS_LISTED;
+    let ids_of = |step: &crate::backend::types::JournalStep| -> Vec<String> {
+        serde_json::from_value(step.detail["ids"].clone()).unwrap_or_default()
+    };
     let decide = |backend: &mut dyn Backend,
                   step: Option<&&crate::backend::types::JournalStep>|
      -> Result<Option<Decided<'_, '_>>> {
         let Some(s) = step else {
             return Ok(None);
         };
-        let ids: Vec<String> = serde_json::from_value(s.detail["ids"].clone()).unwrap_or_default();
+        let ids = ids_of(s);
         let mode = mode_of(s);
         // Only a resumed run's step can have written anything before: its journal mark.
         let mark = run
@@ -2830,6 +2833,26 @@ fn roll_device_steps(
         Ok(Some((s.seq, mode, assessed)))
     };
     let issuers = &*issuers;
+    // The chunk decided after `seq`'s writes may be read beside them: a backend over a network
+    // then spends no time of the lane on its reads. Not when the two chunks share a device
+    // (steps of one breach may): its read must see the write.
+    let read_ahead = |b: &mut dyn Backend, seq: u32, next: Option<&&crate::backend::types::JournalStep>| {
+        let Some(next) = next else {
+            return;
+        };
+        let ids = ids_of(next);
+        let written: std::collections::HashSet<String> = run
+            .steps
+            .iter()
+            .filter(|s| s.seq == seq)
+            .flat_map(ids_of)
+            .collect();
+        if ids.iter().any(|id| written.contains(id)) {
+            return;
+        }
+        let names: Vec<String> = ids.iter().map(|id| super::device_cert_name(id)).collect();
+        b.read_ahead(Some((&names, &ids)));
+    };
     if !opts.dry_run {
         backend.bulk_writes(true);
     }
@@ -2848,6 +2871,7 @@ fn roll_device_steps(
                     let stored = match made {
                         Some((seq, mode, mut assessed, fresh)) => {
                             if !opts.dry_run {
+                                read_ahead(b, seq, upcoming);
                                 // A device left alone (see `leaves_open`) keeps the step open
                                 // for the rerun that finishes it.
                                 let breach = matches!(mode, Mode::Breach { .. } | Mode::Replace { .. });
@@ -2877,6 +2901,7 @@ fn roll_device_steps(
     })();
     if !opts.dry_run {
         backend.bulk_writes(false);
+        backend.read_ahead(None);
     }
     outcome
 }

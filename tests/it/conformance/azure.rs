@@ -1218,14 +1218,7 @@ fn roll_page(
             hub.identity_many(&wanted).unwrap(),
         )
     };
-    let mut enrollments: Vec<_> = enrollments.into_iter().map(|e| e.expect("seeded")).collect();
-    for (e, (_, next)) in enrollments.iter_mut().zip(page) {
-        e.secondary = Some(next.cert_der.clone());
-    }
-    let mut identities: Vec<_> = identities.into_iter().map(|i| i.expect("seeded")).collect();
-    for (i, (_, next)) in identities.iter_mut().zip(page) {
-        i.secondary_thumbprint = Some(certroll::pki::sha1_thumbprint(&next.cert_der));
-    }
+    let (enrollments, identities) = rolled(page, enrollments, identities);
     let read = read.elapsed();
     if !together {
         dps.put_individuals(&enrollments, super::now()).unwrap();
@@ -1238,6 +1231,72 @@ fn roll_page(
         h.join().unwrap();
     });
     read
+}
+
+/// What a roll writes of `page`, from what it read: each enrollment and identity with the
+/// page's new certificate in its secondary slot.
+fn rolled(
+    page: &[(String, super::Made)],
+    enrollments: Vec<Option<certroll::backend::types::IndividualEnrollment>>,
+    identities: Vec<Option<HubIdentity>>,
+) -> (
+    Vec<certroll::backend::types::IndividualEnrollment>,
+    Vec<HubIdentity>,
+) {
+    let mut enrollments: Vec<_> = enrollments.into_iter().map(|e| e.expect("seeded")).collect();
+    for (e, (_, next)) in enrollments.iter_mut().zip(page) {
+        e.secondary = Some(next.cert_der.clone());
+    }
+    let mut identities: Vec<_> = identities.into_iter().map(|i| i.expect("seeded")).collect();
+    for (i, (_, next)) in identities.iter_mut().zip(page) {
+        i.secondary_thumbprint = Some(certroll::pki::sha1_thumbprint(&next.cert_der));
+    }
+    (enrollments, identities)
+}
+
+/// Rolls `all` in pages of 1,000, as a roll's lane does: the first page is read alone, then
+/// each page is written while the next one is read (`put_individuals_reading` and
+/// `update_identities_reading`, DPS and the hub on two threads, as
+/// `Backend::put_individuals_and_identities` after `Backend::read_ahead`). Returns the time
+/// spent reading with no write beside it. `CERTROLL_BENCH_NO_AHEAD=1` reads each page after
+/// the previous page's writes instead (as before 2026-12-02, session 20), to measure what the
+/// overlap gains in the same run.
+fn roll_pages(
+    dps: &mut AzureEnrollmentService,
+    hub: &mut AzureHubRegistry,
+    all: &[(String, super::Made)],
+) -> Duration {
+    let pages: Vec<&[(String, super::Made)]> = all.chunks(1000).collect();
+    if std::env::var_os("CERTROLL_BENCH_NO_AHEAD").is_some() {
+        return pages.iter().map(|page| roll_page(dps, hub, page, true)).sum();
+    }
+    let keys = |page: &[(String, super::Made)]| -> (Vec<String>, Vec<(String, String)>) {
+        page.iter()
+            .map(|(id, _)| (id.clone(), ("conf-hub".to_string(), id.clone())))
+            .unzip()
+    };
+    let t = std::time::Instant::now();
+    let (ids, wanted) = keys(pages[0]);
+    let mut read = std::thread::scope(|s| {
+        let h = s.spawn(|| hub.identity_many(&wanted).unwrap());
+        (dps.individual_many(&ids).unwrap(), h.join().unwrap())
+    });
+    let reading = t.elapsed();
+    for (k, page) in pages.iter().enumerate() {
+        let (enrollments, identities) = rolled(page, read.0, read.1);
+        let (ids, wanted) = pages.get(k + 1).map(|p| keys(p)).unwrap_or_default();
+        let ((dps_wrote, dps_read), (hub_wrote, hub_read)) = std::thread::scope(|s| {
+            let h = s.spawn(|| hub.update_identities_reading(&identities, super::now(), &wanted));
+            (
+                dps.put_individuals_reading(&enrollments, super::now(), &ids),
+                h.join().unwrap(),
+            )
+        });
+        dps_wrote.unwrap();
+        hub_wrote.unwrap();
+        read = (dps_read.unwrap(), hub_read.unwrap());
+    }
+    reading
 }
 
 /// Both services' clients for a roll at `rate` requests a second (`None`: unlimited) with
@@ -1563,10 +1622,7 @@ fn roll_round(n: usize, single_n: usize) -> (f64, f64) {
     let started = monotonic_secs();
     // Pages of 1,000 in registration id order, as a verb reads and writes a large roll (see
     // above).
-    let mut reading = Duration::ZERO;
-    for page in bulk.chunks(1000) {
-        reading += roll_page(&mut dps, &mut hub, page, true);
-    }
+    let reading = roll_pages(&mut dps, &mut hub, &bulk);
     let bulked = t.elapsed();
     // For a profile of the bulk phase alone: `perf record -k CLOCK_MONOTONIC`, then
     // `perf report --time START,END`.
@@ -1581,7 +1637,7 @@ fn roll_round(n: usize, single_n: usize) -> (f64, f64) {
     eprintln!(
         "roll, one at a time: {single_n} enrollments in {single:?} ({:.2} ms each, {single_requests} requests)\n\
          roll, bulk: {n} enrollments in {bulked:?} ({:.3} ms each, {bulk_requests} requests; \
-         {:.0}% of it reading)",
+         {:.0}% of it reading with no write beside it)",
         one_each * 1e3,
         bulk_each * 1e3,
         reading.as_secs_f64() / bulked.as_secs_f64() * 100.0,
@@ -1661,9 +1717,7 @@ fn measure_throttled_roll_against_the_service_rate() {
     let before = (requests(&env, DPS_HOST), requests(&env, HUB_HOST));
     let throttled_before = answered(&env, DPS_HOST, "429") + answered(&env, HUB_HOST, "429");
     let t = std::time::Instant::now();
-    for page in ids.chunks(1000) {
-        roll_page(&mut dps, &mut hub, page, true);
-    }
+    roll_pages(&mut dps, &mut hub, &ids);
     let took = t.elapsed().as_secs_f64();
     let dps_requests = requests(&env, DPS_HOST) - before.0;
     let hub_requests = requests(&env, HUB_HOST) - before.1;
