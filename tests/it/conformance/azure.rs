@@ -1548,6 +1548,19 @@ fn fresh_dps(
 /// before, 0.082 and 0.087 ms after: within the spread. The rest of the reading is serve's
 /// render and the client's parse of each 1,000-record page, with the writes waiting for it;
 /// overlapping a page's reads with the previous page's writes is the next lever.
+///
+/// 2026-12-02, session 20. Each page is now written while the next one is read
+/// (`roll_pages`), as a roll's lane writes unit k while it reads unit k+2
+/// (`Backend::read_ahead`): the time spent reading with no write beside it fell from 24 to 27%
+/// of the pass to 3 to 6% (only the first page's read). Paired on a quiet machine (load 0.8 to
+/// 1.8, the same release binary, `CERTROLL_BENCH_NO_AHEAD=1` for the old order, alternating,
+/// 5 rounds each): before 17.1x, 17.8x, 16.2x (medians; bulk 0.079, 0.098, 0.138 ms an
+/// enrollment), with it 15.5x, 19.1x, 17.1x (0.140, 0.096, 0.141 ms; the first of these ran
+/// while the singles, too, were slow: 2.25 ms against 1.4 to 1.8). Within the round-to-round
+/// spread: on 2 cores the bulk pass is bound by CPU, not by waiting: over one bulk window
+/// (`perf record -e cpu-clock`) serve took 65% of the samples, the client 34%, so a read moved
+/// beside a write only shares the same two cores. Still not 20x in every round; what is left
+/// is CPU, two thirds of it serve's (the emulator, which a real roll does not run).
 #[test]
 #[ignore = "measurement, not a check: run with --ignored --nocapture"]
 fn measure_roll_of_n_enrollments_bulk_against_one_at_a_time() {
