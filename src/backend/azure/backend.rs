@@ -823,6 +823,24 @@ impl AzureBackend {
             .collect()
     }
 
+    /// Of each of `ids`, in order: its fleet record, its group
+    /// ([`groups_of_records`](Self::groups_of_records)) and the hub its identity is looked for
+    /// in first ([`named_hubs`](Self::named_hubs)); all read from the store beside the plan.
+    #[allow(clippy::type_complexity)]
+    fn where_found(
+        &self,
+        ids: &[String],
+    ) -> Result<(
+        Vec<Option<DeviceRecord>>,
+        Vec<Option<String>>,
+        Vec<Option<String>>,
+    )> {
+        let records = self.vault.local().device_many(ids)?;
+        let groups = self.groups_of_records(ids, &records);
+        let named = self.named_hubs(ids, &records, &groups);
+        Ok((records, groups, named))
+    }
+
     /// What a delivery needs of the plan (a copy, for a thread of its own).
     fn routes(&self) -> Routes {
         Routes {
@@ -3027,9 +3045,7 @@ impl Backend for AzureBackend {
     /// registered to an earlier hub that has a leftover identity in the enrollment's hub;
     /// [`assigned_identities_in`] says why that is acceptable.
     fn assigned_identities(&self, ids: &[String]) -> Result<Vec<Option<HubIdentity>>> {
-        let records = self.vault.local().device_many(ids)?;
-        let groups = self.groups_of_records(ids, &records);
-        let named = self.named_hubs(ids, &records, &groups);
+        let (_, groups, named) = self.where_found(ids)?;
         assigned_identities_in(
             &*self.enrollments,
             &*self.hubs,
@@ -3053,9 +3069,7 @@ impl Backend for AzureBackend {
         // Key Vault beside DPS and IoT Hub: each is throttled apart, so a chunk's DPS reads (a
         // GET per individual enrollment) no longer leave Key Vault idle (trial az5: with both
         // throttled, 74% of Key Vault's rate, the phases one after the other).
-        let records = self.vault.local().device_many(ids)?;
-        let groups = self.groups_of_records(ids, &records);
-        let named = self.named_hubs(ids, &records, &groups);
+        let (records, groups, named) = self.where_found(ids)?;
         if let Some(Ahead {
             names: read_names,
             ids: read_ids,
@@ -3147,9 +3161,7 @@ impl Backend for AzureBackend {
         });
         let ahead = match ahead {
             Some(a) => {
-                let records = self.vault.local().device_many(&a.ids)?;
-                let groups = self.groups_of_records(&a.ids, &records);
-                let named = self.named_hubs(&a.ids, &records, &groups);
+                let (_, _, named) = self.where_found(&a.ids)?;
                 Some((a, named))
             }
             None => None,
