@@ -235,6 +235,25 @@ pub struct RollReport {
     /// that name): not counted in [`deliveries_owed`](Self::deliveries_owed), and no reason to
     /// exit 1.
     pub held_back_deliveries: Vec<crate::ops::issue::HeldDelivery>,
+    /// The run this roll keeps open in the journal because it left a device alone (another
+    /// client's certificate in its individual enrollment, or, in a breach, the enrollment
+    /// disabled or deleted): its rerun, once an operator has dealt with that, finishes it. None
+    /// when the run finished, and for a dry run.
+    pub left_open: Option<LeftOpenRun>,
+    /// Open runs of earlier rolls this breach finished: their only unfinished work was devices
+    /// this breach has now replaced (see [`finish_replaced`]).
+    pub finished_open_runs: Vec<i64>,
+}
+
+/// A run a roll keeps open (see [`RollReport::left_open`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct LeftOpenRun {
+    /// The run's number in the journal.
+    pub run: i64,
+    /// The command that resumes it and finishes it.
+    pub resume: String,
+    /// The same in words, as a roll that stops part-way says it.
+    pub message: String,
 }
 
 /// A CA whose notAfter caps the renewals of devices or CAs below it: a new certificate would end
@@ -532,6 +551,8 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         devices: Vec::new(),
         renew_ca_first: Vec::new(),
         warnings: Vec::new(),
+        left_open: None,
+        finished_open_runs: Vec::new(),
     };
     for id in &not_issued {
         report.devices.push(DeviceRoll {
@@ -861,6 +882,15 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     let breach = opts.breach.is_some();
     if !report.devices.iter().any(|d| leaves_open(d.outcome, breach)) {
         run.finish(&mut backend, now)?;
+        if breach && !opts.dry_run {
+            report.finished_open_runs = finish_replaced(&mut *backend, &run, &report.devices, now)?;
+        }
+    } else if let Some(id) = run.number().filter(|_| !opts.dry_run) {
+        report.left_open = Some(LeftOpenRun {
+            run: id,
+            resume: journal::command_resuming(&command),
+            message: journal::left_open(id, &command),
+        });
     }
     if !opts.dry_run {
         disabled_during_run(plan, &backend, &mut report.devices)?;
@@ -2710,6 +2740,50 @@ fn is_device_step(kind: &str) -> bool {
 /// its rerun would find nothing to do.
 fn leaves_open(outcome: &str, breach: bool) -> bool {
     outcome == "foreign" || (breach && matches!(outcome, "disabled" | "deleted"))
+}
+
+/// Finishes the open runs other than `run` whose only unfinished work was devices this breach
+/// has now replaced (`devices` reported `replaced`), and returns their numbers. Such a run was
+/// left open for a device another client's certificate held (see [`leaves_open`]), or cut off
+/// before it got to the device; the take-back breach its output names gave the device a new
+/// certificate, so its resume would find the device done and change nothing, and `check` would
+/// warn about it until then (trial az16 1a). Only expiry rolls' and CA or group breaches'
+/// device steps count: a device breach's open run is judged by its incident (see
+/// `held::open_device_breaches`), and `check` keeps naming it.
+fn finish_replaced(
+    backend: &mut dyn Backend,
+    run: &journal::Run,
+    devices: &[DeviceRoll],
+    now: OffsetDateTime,
+) -> Result<Vec<i64>> {
+    let replaced: std::collections::HashSet<&str> = devices
+        .iter()
+        .filter(|d| d.outcome == "replaced")
+        .filter_map(|d| d.target.strip_prefix("device:"))
+        .collect();
+    if replaced.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut finished = Vec::new();
+    for other in backend.open_runs()? {
+        if Some(other.id) == run.number() {
+            continue;
+        }
+        let undone: Vec<_> = other.steps.iter().filter(|s| s.result.is_none()).collect();
+        let only_replaced = !undone.is_empty()
+            && undone.iter().all(|s| {
+                matches!(s.kind.as_str(), "roll-devices" | "replace-devices")
+                    && s.detail["ids"].as_array().is_some_and(|ids| {
+                        ids.iter()
+                            .all(|id| id.as_str().is_some_and(|id| replaced.contains(id)))
+                    })
+            });
+        if only_replaced {
+            crate::backend::in_one_unit(backend, |b| b.finish_run(other.id, now))?;
+            finished.push(other.id);
+        }
+    }
+    Ok(finished)
 }
 
 /// Device steps as a pipeline on two lanes: the backend lane writes chunk k and then reads and
