@@ -240,8 +240,8 @@ pub struct RollReport {
     /// disabled or deleted): its rerun, once an operator has dealt with that, finishes it. None
     /// when the run finished, and for a dry run.
     pub left_open: Option<LeftOpenRun>,
-    /// Open runs of earlier rolls this breach finished: their only unfinished work was devices
-    /// this breach has now replaced (see [`finish_replaced`]).
+    /// Open expiry rolls this breach finished: their only unfinished work was devices this
+    /// breach has now replaced (see [`finish_replaced`]).
     pub finished_open_runs: Vec<i64>,
 }
 
@@ -2742,14 +2742,15 @@ fn leaves_open(outcome: &str, breach: bool) -> bool {
     outcome == "foreign" || (breach && matches!(outcome, "disabled" | "deleted"))
 }
 
-/// Finishes the open runs other than `run` whose only unfinished work was devices this breach
-/// has now replaced (`devices` reported `replaced`), and returns their numbers. Such a run was
-/// left open for a device another client's certificate held (see [`leaves_open`]), or cut off
-/// before it got to the device; the take-back breach its output names gave the device a new
-/// certificate, so its resume would find the device done and change nothing, and `check` would
-/// warn about it until then (trial az16 1a). Only expiry rolls' and CA or group breaches'
-/// device steps count: a device breach's open run is judged by its incident (see
-/// `held::open_device_breaches`), and `check` keeps naming it.
+/// Finishes the open expiry rolls whose only unfinished work was devices this breach has now
+/// replaced (`devices` reported `replaced`), and returns their numbers. Such a run was left
+/// open for a device another client's certificate held (see [`leaves_open`]), and the take-back
+/// breach its output names gave the device a new certificate: its resume would find the device
+/// `already-rolled` and change nothing, while `check` warned about it until then (trial az16
+/// 1a). A run that made a version of its own for such a device before it was cut off (found by
+/// its step's mark) stays open: its resume disables that version, which the breach superseded.
+/// A breach run stays open too: its resume recognises what a later breach superseded (see
+/// [`superseded_by`] and `held::open_device_breaches`) and finishes its own leftovers.
 fn finish_replaced(
     backend: &mut dyn Backend,
     run: &journal::Run,
@@ -2765,23 +2766,32 @@ fn finish_replaced(
         return Ok(Vec::new());
     }
     let mut finished = Vec::new();
-    for other in backend.open_runs()? {
+    'runs: for other in backend.open_runs()? {
         if Some(other.id) == run.number() {
             continue;
         }
         let undone: Vec<_> = other.steps.iter().filter(|s| s.result.is_none()).collect();
-        let only_replaced = !undone.is_empty()
-            && undone.iter().all(|s| {
-                matches!(s.kind.as_str(), "roll-devices" | "replace-devices")
-                    && s.detail["ids"].as_array().is_some_and(|ids| {
-                        ids.iter()
-                            .all(|id| id.as_str().is_some_and(|id| replaced.contains(id)))
-                    })
-            });
-        if only_replaced {
-            crate::backend::in_one_unit(backend, |b| b.finish_run(other.id, now))?;
-            finished.push(other.id);
+        if undone.is_empty() {
+            continue;
         }
+        for step in undone {
+            let ids: Vec<String> = serde_json::from_value(step.detail["ids"].clone()).unwrap_or_default();
+            if step.kind != "roll-devices"
+                || ids.is_empty()
+                || !ids.iter().all(|id| replaced.contains(id.as_str()))
+            {
+                continue 'runs;
+            }
+            let names: Vec<String> = ids.iter().map(|id| super::device_cert_name(id)).collect();
+            backend.mark_new_versions(Some(&format!("{}/{}", other.id, step.seq)));
+            let own = backend.versions_marked(&names);
+            backend.mark_new_versions(None);
+            if own?.iter().any(Option::is_some) {
+                continue 'runs;
+            }
+        }
+        crate::backend::in_one_unit(backend, |b| b.finish_run(other.id, now))?;
+        finished.push(other.id);
     }
     Ok(finished)
 }
