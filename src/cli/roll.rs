@@ -335,6 +335,14 @@ fn print_human<W: std::io::Write>(
             ))?;
         }
     }
+    if let Some(left) = &report.left_open {
+        p.line(&left.message)?;
+    }
+    for run in &report.finished_open_runs {
+        p.line(format!(
+            "run {run} is finished too: all it had left to do was the device(s) this breach replaced"
+        ))?;
+    }
     if report.deliveries_owed > 0 {
         let failed: Vec<&str> = report
             .devices

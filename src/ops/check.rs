@@ -216,6 +216,34 @@ struct Checker<'a> {
     counted: Option<String>,
 }
 
+/// [`Checker::ca_name`] of the CAs' current versions `ca_current`.
+fn ca_name(
+    ca_current: &std::collections::HashMap<String, (String, String)>,
+    issuer: &(String, String),
+) -> String {
+    ca_current
+        .get(&issuer.0)
+        .map(|(ca, _)| ca.clone())
+        .unwrap_or_else(|| issuer.0.clone())
+}
+
+/// [`Checker::group_accepts`] with the look-ups so far, `accepted`.
+fn group_accepts_once(
+    accepted: &mut std::collections::HashMap<(String, String, String), bool>,
+    backend: &dyn Backend,
+    group: &str,
+    slots: &[String],
+    issuer: &(String, String),
+) -> Result<bool> {
+    let key = (group.to_string(), issuer.0.clone(), issuer.1.clone());
+    if let Some(a) = accepted.get(&key) {
+        return Ok(*a);
+    }
+    let a = super::held::group_accepts(backend, slots, issuer)?;
+    accepted.insert(key, a);
+    Ok(a)
+}
+
 impl Checker<'_> {
     /// [`super::held::BreachRecords::finish`] for device `id` holding `issued`.
     fn breach_finish(
@@ -236,10 +264,7 @@ impl Checker<'_> {
     /// The plan name of the CA whose vault name `issuer` (vault name, version id) names; the
     /// vault name for one the plan does not declare.
     fn ca_name(&self, issuer: &(String, String)) -> String {
-        self.ca_current
-            .get(&issuer.0)
-            .map(|(ca, _)| ca.clone())
-            .unwrap_or_else(|| issuer.0.clone())
+        ca_name(&self.ca_current, issuer)
     }
 
     /// [`super::held::group_accepts`], looked up once per group and issuing CA version.
@@ -250,13 +275,7 @@ impl Checker<'_> {
         slots: &[String],
         issuer: &(String, String),
     ) -> Result<bool> {
-        let key = (group.to_string(), issuer.0.clone(), issuer.1.clone());
-        if let Some(a) = self.accepted.get(&key) {
-            return Ok(*a);
-        }
-        let a = super::held::group_accepts(backend, slots, issuer)?;
-        self.accepted.insert(key, a);
-        Ok(a)
+        group_accepts_once(&mut self.accepted, backend, group, slots, issuer)
     }
 
     fn look(
@@ -1068,10 +1087,39 @@ fn check_devices(
             });
             c.counted = Some(format!("device:{id}"));
         }
+        // A certificate from a CA version an open breach declared compromised, on a device the
+        // breach has yet to replace: stopped after its revocation (the CA not renewed yet), or
+        // later, before it replaced the device (the CA renewed: the line below would say so
+        // without whether DPS refuses the device). Its group may hold that CA no more: DPS then
+        // refuses the device. The rerun is the way on at every step; `status` says the same.
+        let issuer = installed.as_ref().and_then(|v| v.issuer.clone());
+        let accepted = &mut c.accepted;
+        if let Some(reason) = super::held::ca_breach_open(
+            id,
+            issuer.as_ref(),
+            &c.open_breaches,
+            &c.breached_devices,
+            enrollment.is_some(),
+            |issuer| match signing {
+                Some((group, slots)) => group_accepts_once(accepted, backend, group, slots, issuer),
+                // A group with no slot filled (its only CA taken out) admits nobody.
+                None => Ok(*enrolled),
+            },
+            |issuer| ca_name(&c.ca_current, issuer),
+        )? {
+            c.owed.remove(id.as_str());
+            c.add(Problem {
+                target: format!("device:{id}"),
+                level: Level::Critical,
+                reason,
+                not_after: installed.as_ref().map(|v| v.exp),
+                actions_due: vec![],
+            });
+            continue;
+        }
         // A certificate from a CA version a breach replaced (disabled, the CA renewed since):
         // the breach roll that replaces it did not finish for this device, and whoever holds
         // the compromised CA's key can make a certificate as good as this one.
-        let issuer = installed.as_ref().and_then(|v| v.issuer.clone());
         if let Some(ca) = issuer
             .clone()
             .map(|issuer| replaced_issuer(backend, c, issuer))
@@ -1088,32 +1136,6 @@ fn check_devices(
                     "it holds a certificate issued by a version of CA `{ca}` that is disabled and replaced \
                      (compromised): `{fix}` replaces it"
                 ),
-                not_after: installed.as_ref().map(|v| v.exp),
-                actions_due: vec![],
-            });
-            continue;
-        }
-        // A certificate from a CA version an open breach declared compromised but has not
-        // replaced yet (stopped after its revocation, say: the CA not renewed, so not the
-        // above), on a device the breach has yet to replace. Its group may hold that CA no
-        // more: DPS then refuses the device. The rerun is the way on at every step.
-        if let Some((issuer, rerun)) = issuer
-            .as_ref()
-            .filter(|i| c.open_breaches.contains_key(*i))
-            .and_then(|i| Some((i, c.breached_devices.get(id.as_str())?.clone())))
-        {
-            let refused = enrollment.is_none()
-                && match signing {
-                    Some((group, slots)) => !c.group_accepts(backend, group, slots, issuer)?,
-                    // A group with no slot filled (its only CA taken out) admits nobody.
-                    None => !*enrolled,
-                };
-            let ca = c.ca_name(issuer);
-            c.owed.remove(id.as_str());
-            c.add(Problem {
-                target: format!("device:{id}"),
-                level: Level::Critical,
-                reason: super::held::ca_breach_in_flight(id, &ca, &issuer.1, refused, &rerun),
                 not_after: installed.as_ref().map(|v| v.exp),
                 actions_due: vec![],
             });

@@ -404,12 +404,44 @@ pub(crate) fn breach_in_flight(id: &str, rerun: &str) -> String {
     )
 }
 
-/// What `check` says of device `id` whose certificate version `version` of CA `ca` signed,
-/// while the breach run that declared that version compromised is open (cut off before it
-/// replaced the device; `rerun` finishes it). `refused`: DPS refuses the device already (it
-/// has no individual enrollment, and its group no longer holds that CA: the run's first step
-/// took it out).
-pub(crate) fn ca_breach_in_flight(id: &str, ca: &str, version: &str, refused: bool, rerun: &str) -> String {
+/// What `check`'s critical line and `status`'s `breach_open` say of device `id` whose
+/// certificate `issuer` (CA vault name, version id) signed, while an open CA or group breach
+/// run that declared that version compromised (`compromised`, [`open_compromised_of`]) has yet
+/// to replace the device (`breached`, [`open_breaches_of`]): at any step it was cut off at,
+/// after its revocation or after renewing the CA (trial az16 2a: `check` worded the latter
+/// otherwise). None otherwise. DPS refuses the device already unless it has an individual
+/// enrollment of its own (`own_enrollment`, which DPS matches first) or its group's signing
+/// slots still admit `issuer` (`group_admits`, asked only then). `ca_name`: the plan's name of
+/// the CA of a vault name. One judgement for both, so the two cannot drift.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn ca_breach_open(
+    id: &str,
+    issuer: Option<&(String, String)>,
+    compromised: &std::collections::HashMap<(String, String), String>,
+    breached: &std::collections::HashMap<String, String>,
+    own_enrollment: bool,
+    group_admits: impl FnOnce(&(String, String)) -> Result<bool>,
+    ca_name: impl FnOnce(&(String, String)) -> String,
+) -> Result<Option<String>> {
+    let Some((issuer, rerun)) = issuer
+        .filter(|i| compromised.contains_key(*i))
+        .zip(breached.get(id))
+    else {
+        return Ok(None);
+    };
+    let refused = !own_enrollment && !group_admits(issuer)?;
+    Ok(Some(ca_breach_in_flight(
+        id,
+        &ca_name(issuer),
+        &issuer.1,
+        refused,
+        rerun,
+    )))
+}
+
+/// [`ca_breach_open`]'s words for device `id` whose certificate version `version` of CA `ca`
+/// signed (`refused`: DPS refuses the device already; `rerun` finishes the breach).
+fn ca_breach_in_flight(id: &str, ca: &str, version: &str, refused: bool, rerun: &str) -> String {
     let now = if refused {
         "its enrollment group no longer holds that CA, so DPS refuses the device: it cannot connect until"
     } else {

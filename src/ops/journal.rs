@@ -295,10 +295,7 @@ impl Run {
                 Err(close) => tracing::warn!("run {id} changed nothing but could not be closed: {close:#}"),
             }
         }
-        err.context(crate::error::LeftOpen(format!(
-            "run {id} stays open: once that is dealt with, `{}` resumes it and finishes it",
-            command_resuming(command)
-        )))
+        err.context(crate::error::LeftOpen(left_open(id, command)))
     }
 
     /// Whether step `seq` was done by an earlier attempt of this run.
@@ -374,8 +371,18 @@ pub(crate) fn resume_command(run: &crate::backend::types::JournalRun) -> String 
     command_resuming(&run.command)
 }
 
+/// What a run left open says, in a stopped run's error ([`crate::error::LeftOpen`]) and in the
+/// report of a roll that left a device alone: run `id`, of journal command `command`, stays open,
+/// and the command that resumes it.
+pub(crate) fn left_open(id: i64, command: &str) -> String {
+    format!(
+        "run {id} stays open: once that is dealt with, `{}` resumes it and finishes it",
+        command_resuming(command)
+    )
+}
+
 /// The command that resumes the open run of journal command `command` (see [`resume_command`]).
-fn command_resuming(command: &str) -> String {
+pub(crate) fn command_resuming(command: &str) -> String {
     let yes = if command.contains("--breach") || command.starts_with("revoke") {
         " --yes"
     } else {

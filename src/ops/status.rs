@@ -570,41 +570,37 @@ impl StatusQuery<'_> {
         signing: &std::collections::HashMap<&'g str, Vec<String>>,
         accepted: &mut Accepted<'g>,
     ) -> Result<Option<String>> {
-        let Some((issuer, rerun)) = held
-            .presented_or_issued()
-            .and_then(|v| v.issuer.clone())
-            .filter(|i| self.compromised.contains_key(i))
-            .zip(self.breached_devices.get(id))
-        else {
-            return Ok(None);
-        };
-        // DPS matches the device's own individual enrollment first, else its group's slots; a
-        // group with no slot filled (or another client's certificate in one) admits nobody.
-        let refused = !own_enrollment
-            && match group.and_then(|g| Some((g, signing.get(g)?))) {
+        let issuer = held.presented_or_issued().and_then(|v| v.issuer.clone());
+        super::held::ca_breach_open(
+            id,
+            issuer.as_ref(),
+            &self.compromised,
+            &self.breached_devices,
+            own_enrollment,
+            // DPS matches the device's own individual enrollment first, else its group's slots;
+            // a group with no slot filled (or another client's certificate in one) admits nobody.
+            |issuer| match group.and_then(|g| Some((g, signing.get(g)?))) {
                 Some((g, slots)) => {
                     let key = (g, issuer.clone());
-                    let accepts = match accepted.get(&key) {
-                        Some(a) => *a,
+                    match accepted.get(&key) {
+                        Some(a) => Ok(*a),
                         None => {
-                            let a = super::held::group_accepts(&*self.backend, slots, &issuer)?;
+                            let a = super::held::group_accepts(&*self.backend, slots, issuer)?;
                             accepted.insert(key, a);
-                            a
+                            Ok(a)
                         }
-                    };
-                    !accepts
+                    }
                 }
-                None => group.is_some(),
-            };
-        let ca = self
-            .plan
-            .cas
-            .iter()
-            .find(|c| super::ca_cert_name(&c.name) == issuer.0)
-            .map_or(issuer.0.as_str(), |c| c.name.as_str());
-        Ok(Some(super::held::ca_breach_in_flight(
-            id, ca, &issuer.1, refused, rerun,
-        )))
+                None => Ok(group.is_none()),
+            },
+            |issuer| {
+                self.plan
+                    .cas
+                    .iter()
+                    .find(|c| super::ca_cert_name(&c.name) == issuer.0)
+                    .map_or(issuer.0.clone(), |c| c.name.clone())
+            },
+        )
     }
 
     /// How an issued, not yet presented certificate stands, by the device's delivery channel.

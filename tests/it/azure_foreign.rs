@@ -276,6 +276,14 @@ fn another_clients_certificate_in_one_enrollment_blinds_and_blocks_nothing_and_t
         slot_thumbprint(&env, &serve, "gw-2", "primary").as_deref(),
         Some(foreign_tp.as_str())
     );
+    // The report says which run stays open and what finishes it (trial az16 1a).
+    assert_eq!(first["left_open"]["run"], first["run"], "{first}");
+    assert!(
+        first["left_open"]["resume"]
+            .as_str()
+            .is_some_and(|c| c.contains("--incident portal") && c.ends_with(" --yes")),
+        "{first}"
+    );
     // check, with the run open: its fix for gw-2's certificate under the compromised CA version
     // is the command that resumes the run, `--incident` included, as the run's warning says
     // (trial az6: it was `roll-primary --breach ca:factory --yes`, a new breach).
@@ -292,12 +300,19 @@ fn another_clients_certificate_in_one_enrollment_blinds_and_blocks_nothing_and_t
         .map(|(command, _)| command)
         .unwrap_or_else(|| panic!("no open run in {report}"));
     assert!(resumes.contains("--incident portal"), "{resumes}");
-    let fix = format!("(compromised): `{resumes}` replaces it");
-    assert!(
-        reasons.iter().any(|r| r.contains(&fix)),
-        "gw-2's fix is the run's command: {report}"
-    );
+    let fix = format!("`{resumes}` finishes it");
+    let gw2 = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["target"] == "device:gw-2")
+        .filter_map(|p| p["reason"].as_str())
+        .find(|r| r.contains(&fix))
+        .unwrap_or_else(|| panic!("gw-2's fix is the run's command: {report}"));
     let after_first = run(&["status", "-o", "json"]).json();
+    // `status` words it as `check` does, the CA renewed and the compromised version disabled
+    // by then (trial az16 2a).
+    assert_eq!(device(&after_first, "gw-2")["breach_open"], gw2, "{after_first}");
     let replaced: Vec<(&str, String)> = ["gw-1", "gw-3", "gw-4"]
         .into_iter()
         .map(|id| (id, current_thumbprint(&after_first, id)))
@@ -313,10 +328,37 @@ fn another_clients_certificate_in_one_enrollment_blinds_and_blocks_nothing_and_t
     // An expiry roll of gw-2 named alone leaves it alone too: only a breach takes it back.
     let r = run(&["roll-secondary", "enrollment:gw-2", "--yes", "-o", "json"]);
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
-    assert_eq!(device(&r.json(), "gw-2")["outcome"], "foreign");
+    let expiry = r.json();
+    assert_eq!(device(&expiry, "gw-2")["outcome"], "foreign");
     assert_eq!(
         slot_thumbprint(&env, &serve, "gw-2", "primary").as_deref(),
         Some(foreign_tp.as_str())
+    );
+    // It keeps its run open, and says so: the run a script can read, and the command that
+    // finishes it, in the words of a roll that stops part-way (trial az16 1a).
+    let expiry_run = expiry["run"].as_i64().unwrap_or_else(|| panic!("{expiry}"));
+    assert_eq!(
+        expiry["left_open"],
+        json!({
+            "run": expiry_run,
+            "resume": "certroll roll-secondary enrollment:gw-2",
+            "message": format!(
+                "run {expiry_run} stays open: once that is dealt with, \
+                 `certroll roll-secondary enrollment:gw-2` resumes it and finishes it"
+            ),
+        }),
+        "{expiry}"
+    );
+    // Its rerun, still held back, resumes that run and says the same in text.
+    let r = run(&["roll-secondary", "enrollment:gw-2"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains(&format!(
+            "\nrun {expiry_run} stays open: once that is dealt with, `certroll roll-secondary enrollment:gw-2` \
+             resumes it and finishes it\n"
+        )),
+        "{}",
+        r.stdout
     );
 
     // The remedy: the explicit breach of the enrollment takes it back, and says so.
@@ -359,6 +401,12 @@ fn another_clients_certificate_in_one_enrollment_blinds_and_blocks_nothing_and_t
         Some(new_tp.as_str())
     );
     assert_eq!(slot_thumbprint(&env, &serve, "gw-2", "secondary"), None);
+    // The expiry roll held back had nothing left but gw-2, which the take-back replaced: the
+    // take-back finishes that run (trial az16 1a: `check` warned about it until it was run
+    // again). The CA breach's open step holds the devices it replaced as well: its rerun
+    // finishes it.
+    assert_eq!(taken["finished_open_runs"], json!([expiry_run]), "{taken}");
+    assert!(taken["left_open"].is_null(), "{taken}");
 
     // The rerun of the CA breach finishes; the devices it replaced before keep what they got.
     fleet_ok(&env, &serve, &breach);
@@ -372,18 +420,14 @@ fn another_clients_certificate_in_one_enrollment_blinds_and_blocks_nothing_and_t
     }
     assert!(device(&status, "gw-2")["foreign"].is_null(), "{status}");
     fleet_ok(&env, &serve, &breach);
-    // The `roll-secondary enrollment:gw-2` the foreign certificate held back is still open:
-    // `check` names it with the command that finishes it, which now can (the enrollment is
-    // certroll's again), and then nothing is left.
-    let r = run(&["check"]);
-    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
-    assert!(
-        r.stdout
-            .contains("`certroll roll-secondary enrollment:gw-2` resumes it and finishes it"),
-        "{}",
-        r.stdout
-    );
-    fleet_ok(&env, &serve, &["roll-secondary", "enrollment:gw-2"]);
+    // Nothing is left open, and the expiry roll run again changes nothing, as its resume did.
+    fleet_ok(&env, &serve, &["check"]);
+    let held = slot_thumbprint(&env, &serve, "gw-2", "primary");
+    let again = fleet_ok(&env, &serve, &["roll-secondary", "enrollment:gw-2", "-o", "json"]).json();
+    assert_eq!(device(&again, "gw-2")["outcome"], "already-rolled", "{again}");
+    assert_eq!(again["resumed"], false, "{again}");
+    assert_eq!(slot_thumbprint(&env, &serve, "gw-2", "primary"), held);
+    assert_eq!(slot_thumbprint(&env, &serve, "gw-2", "secondary"), None);
     fleet_ok(&env, &serve, &["check"]);
 
     // Everything certroll wrote chains to the root, by openssl.

@@ -942,17 +942,42 @@ fn a_resumed_ca_breach_counts_the_devices_it_cut_off() {
 /// compromised CA, so DPS refuses the sensors until the rerun replaces their certificates.
 /// `check` says so of each (critical, naming the rerun), as of a device breach cut off
 /// part-way; the individual enrollment's device, which DPS still admits, is critical too (its
-/// certificate is the compromised CA's). After the rerun no device is named.
+/// certificate is the compromised CA's). After the rerun no device is named. The same when it
+/// stopped later, just before its replace-devices step (the CA renewed and the compromised
+/// version disabled): `check` said only "disabled and replaced (compromised)" there, not
+/// whether DPS refuses the device, unlike `status`'s `breach_open` (trial az16 2a).
 #[test]
 fn check_names_the_devices_a_ca_breach_stopped_after_its_revocation_cut_off() {
+    let a = breach_args("ca:factory", "L1");
+    let replace_step = {
+        let env = TestEnv::new();
+        small_quickstart(&env, 3);
+        run(&env, &["issue"]).ok();
+        let plan = run(&env, &[&a[..], &["--dry-run"]].concat()).ok().json();
+        plan["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["kind"] == "replace-devices")
+            .and_then(|s| s["seq"].as_u64())
+            .unwrap_or_else(|| panic!("no replace-devices step: {plan}")) as u32
+    };
+    assert!(replace_step > 3, "revocation comes before the devices");
+    for after in [2, replace_step - 1] {
+        a_ca_breach_stopped_after(&a, after);
+    }
+}
+
+/// [`check_names_the_devices_a_ca_breach_stopped_after_its_revocation_cut_off`], killed after
+/// step `after`.
+fn a_ca_breach_stopped_after(a: &[&str], after: u32) {
     let env = TestEnv::new();
     small_quickstart(&env, 3);
     run(&env, &["issue"]).ok();
-    let a = breach_args("ca:factory", "L1");
-    killed_after(&env, 2, &a);
+    killed_after(&env, after, a);
     let rerun = "`certroll roll-primary --breach --incident L1 ca:factory --yes` finishes it";
     let c = run(&env, &["check", "-o", "json"]);
-    assert_eq!(c.code, 2, "{}\n{}", c.stdout, c.stderr);
+    assert_eq!(c.code, 2, "after {after}: {}\n{}", c.stdout, c.stderr);
     let report = c.json();
     let reason = |id: &str| {
         let p = report["problems"]
@@ -960,7 +985,7 @@ fn check_names_the_devices_a_ca_breach_stopped_after_its_revocation_cut_off() {
             .unwrap()
             .iter()
             .find(|p| p["target"] == format!("device:{id}"))
-            .unwrap_or_else(|| panic!("device:{id} not named: {report}"));
+            .unwrap_or_else(|| panic!("after {after}: device:{id} not named: {report}"));
         assert_eq!(p["level"], "critical", "{p}");
         p["reason"].as_str().unwrap().to_string()
     };
@@ -968,15 +993,17 @@ fn check_names_the_devices_a_ca_breach_stopped_after_its_revocation_cut_off() {
         let why = reason(id);
         assert!(
             why.contains("DPS refuses the device") && why.contains(rerun),
-            "{why}"
+            "after {after}: {why}"
         );
     }
     let why = reason("gateway-01");
     assert!(
         why.contains("DPS still admits it") && why.contains(rerun),
-        "{why}"
+        "after {after}: {why}"
     );
-    assert_eq!(report["counts"]["ok"], 1, "only the root: {report}");
+    if after == 2 {
+        assert_eq!(report["counts"]["ok"], 1, "only the root: {report}");
+    }
     // `status` names the open breach on the same devices, with the same words (trial az15 N4:
     // `breach_open` was null and the sensors read `assigned`).
     let breach_open = |id: &str| {
@@ -991,12 +1018,12 @@ fn check_names_the_devices_a_ca_breach_stopped_after_its_revocation_cut_off() {
         d["breach_open"].as_str().map(str::to_string)
     };
     for id in ["sensor-1", "sensor-2", "sensor-3", "gateway-01"] {
-        assert_eq!(breach_open(id), Some(reason(id)), "{id}");
+        assert_eq!(breach_open(id), Some(reason(id)), "after {after}: {id}");
     }
     let text = run(&env, &["status"]).ok().stdout;
     assert!(text.contains("breach open: ") && text.contains(rerun), "{text}");
 
-    run(&env, &a).ok();
+    run(&env, a).ok();
     let c = run(&env, &["check", "-o", "json"]);
     let report = c.json();
     assert!(

@@ -235,6 +235,25 @@ pub struct RollReport {
     /// that name): not counted in [`deliveries_owed`](Self::deliveries_owed), and no reason to
     /// exit 1.
     pub held_back_deliveries: Vec<crate::ops::issue::HeldDelivery>,
+    /// The run this roll keeps open in the journal because it left a device alone (another
+    /// client's certificate in its individual enrollment, or, in a breach, the enrollment
+    /// disabled or deleted): its rerun, once an operator has dealt with that, finishes it. None
+    /// when the run finished, and for a dry run.
+    pub left_open: Option<LeftOpenRun>,
+    /// Open expiry rolls this breach finished: their only unfinished work was devices this
+    /// breach has now replaced (see [`finish_replaced`]).
+    pub finished_open_runs: Vec<i64>,
+}
+
+/// A run a roll keeps open (see [`RollReport::left_open`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct LeftOpenRun {
+    /// The run's number in the journal.
+    pub run: i64,
+    /// The command that resumes it and finishes it.
+    pub resume: String,
+    /// The same in words, as a roll that stops part-way says it.
+    pub message: String,
 }
 
 /// A CA whose notAfter caps the renewals of devices or CAs below it: a new certificate would end
@@ -532,6 +551,8 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
         devices: Vec::new(),
         renew_ca_first: Vec::new(),
         warnings: Vec::new(),
+        left_open: None,
+        finished_open_runs: Vec::new(),
     };
     for id in &not_issued {
         report.devices.push(DeviceRoll {
@@ -861,6 +882,15 @@ pub fn roll(plan: &Plan, opts: &RollOptions, now: OffsetDateTime) -> Result<Roll
     let breach = opts.breach.is_some();
     if !report.devices.iter().any(|d| leaves_open(d.outcome, breach)) {
         run.finish(&mut backend, now)?;
+        if breach && !opts.dry_run {
+            report.finished_open_runs = finish_replaced(&mut *backend, &run, &report.devices, now)?;
+        }
+    } else if let Some(id) = run.number().filter(|_| !opts.dry_run) {
+        report.left_open = Some(LeftOpenRun {
+            run: id,
+            resume: journal::command_resuming(&command),
+            message: journal::left_open(id, &command),
+        });
     }
     if !opts.dry_run {
         disabled_during_run(plan, &backend, &mut report.devices)?;
@@ -2710,6 +2740,60 @@ fn is_device_step(kind: &str) -> bool {
 /// its rerun would find nothing to do.
 fn leaves_open(outcome: &str, breach: bool) -> bool {
     outcome == "foreign" || (breach && matches!(outcome, "disabled" | "deleted"))
+}
+
+/// Finishes the open expiry rolls whose only unfinished work was devices this breach has now
+/// replaced (`devices` reported `replaced`), and returns their numbers. Such a run was left
+/// open for a device another client's certificate held (see [`leaves_open`]), and the take-back
+/// breach its output names gave the device a new certificate: its resume would find the device
+/// `already-rolled` and change nothing, while `check` warned about it until then (trial az16
+/// 1a). A run that made a version of its own for such a device before it was cut off (found by
+/// its step's mark) stays open: its resume disables that version, which the breach superseded.
+/// A breach run stays open too: its resume recognises what a later breach superseded (see
+/// [`superseded_by`] and `held::open_device_breaches`) and finishes its own leftovers.
+fn finish_replaced(
+    backend: &mut dyn Backend,
+    run: &journal::Run,
+    devices: &[DeviceRoll],
+    now: OffsetDateTime,
+) -> Result<Vec<i64>> {
+    let replaced: std::collections::HashSet<&str> = devices
+        .iter()
+        .filter(|d| d.outcome == "replaced")
+        .filter_map(|d| d.target.strip_prefix("device:"))
+        .collect();
+    if replaced.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut finished = Vec::new();
+    'runs: for other in backend.open_runs()? {
+        if Some(other.id) == run.number() {
+            continue;
+        }
+        let undone: Vec<_> = other.steps.iter().filter(|s| s.result.is_none()).collect();
+        if undone.is_empty() {
+            continue;
+        }
+        for step in undone {
+            let ids: Vec<String> = serde_json::from_value(step.detail["ids"].clone()).unwrap_or_default();
+            if step.kind != "roll-devices"
+                || ids.is_empty()
+                || !ids.iter().all(|id| replaced.contains(id.as_str()))
+            {
+                continue 'runs;
+            }
+            let names: Vec<String> = ids.iter().map(|id| super::device_cert_name(id)).collect();
+            backend.mark_new_versions(Some(&format!("{}/{}", other.id, step.seq)));
+            let own = backend.versions_marked(&names);
+            backend.mark_new_versions(None);
+            if own?.iter().any(Option::is_some) {
+                continue 'runs;
+            }
+        }
+        crate::backend::in_one_unit(backend, |b| b.finish_run(other.id, now))?;
+        finished.push(other.id);
+    }
+    Ok(finished)
 }
 
 /// Device steps as a pipeline on two lanes: the backend lane writes chunk k and then reads and
