@@ -278,6 +278,32 @@ impl Checker<'_> {
         group_accepts_once(&mut self.accepted, backend, group, slots, issuer)
     }
 
+    /// Why `target`'s current version `cert` is disabled, and the way on (trial az15: the line
+    /// named none): an open breach that declared it compromised is finished by its rerun (which
+    /// renews it); one disabled otherwise (`vault update --disable`, the portal) is enabled
+    /// again, or, if that was for a compromise, replaced by a breach.
+    fn disabled_reason(&self, target: &str, cert: &VaultVersion) -> String {
+        let key = (cert.name.clone(), cert.version.clone());
+        if let Some(rerun) = self.open_breaches.get(&key) {
+            return format!(
+                "the certificate version is disabled: an open breach declared it compromised; \
+                 `{rerun}` finishes that breach and replaces it"
+            );
+        }
+        let (name, version) = (&cert.name, &cert.version);
+        let breach = match target.split_once(':') {
+            Some(("ca" | "device", _)) => format!(
+                "; if it was disabled because its key is compromised, `certroll roll-primary --breach {target} \
+                 --yes` replaces it"
+            ),
+            _ => String::new(),
+        };
+        format!(
+            "the certificate version is disabled: `certroll vault update {name} --version {version} --enable` \
+             enables it again{breach}"
+        )
+    }
+
     fn look(
         &mut self,
         target: String,
@@ -355,7 +381,7 @@ impl Checker<'_> {
             }
             (Level::Critical, reason)
         } else if !cert.enabled {
-            (Level::Critical, "the certificate version is disabled".into())
+            (Level::Critical, self.disabled_reason(&target, cert))
         } else if self.opts.critical_within_days > 0 && now >= critical_at {
             (
                 Level::Critical,

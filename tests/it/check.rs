@@ -170,3 +170,70 @@ fn an_unfinished_run_is_a_warning_naming_the_command_that_finishes_it() {
     let (code, j) = check(&env, NOW, &[]);
     assert_eq!((code, j["status"].as_str().unwrap()), (0, "ok"), "{j}");
 }
+
+/// A disabled current version is critical, and the line names the way on (trial az15: it said
+/// only "the certificate version is disabled"): one disabled by hand is enabled again by the
+/// command it names, after which `check` is OK; one an open breach disabled (cut off after its
+/// revocation) names the breach's rerun, which finishes it.
+#[test]
+fn a_disabled_version_names_the_command_that_deals_with_it() {
+    let env = TestEnv::new();
+    env.quickstart();
+    env.plan_run(&["issue"]).ok();
+    env.plan_run(&["vault", "update", "device:gateway-01", "--disable"])
+        .ok();
+    let r = env.plan_run(&["check", "-o", "json"]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    let j = r.json();
+    let problem = j["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["target"] == "device:gateway-01")
+        .unwrap_or_else(|| panic!("{j}"));
+    let reason = problem["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("roll-primary --breach device:gateway-01 --yes"),
+        "{reason}"
+    );
+    // The first command it names, run as written.
+    let command = reason.split('`').nth(1).unwrap();
+    let words: Vec<&str> = command.split(' ').collect();
+    assert_eq!(words[..3], ["certroll", "vault", "update"], "{command}");
+    env.plan_run(&words[1..]).ok();
+    let r = env.plan_run(&["check", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+
+    // A CA breach cut off after its revocation (step 2) disabled the CA's version.
+    let killed = env
+        .cmd()
+        .args([
+            "--plan",
+            "plan.toml",
+            "roll-primary",
+            "--breach",
+            "ca:factory",
+            "--yes",
+        ])
+        .env("CERTROLL_FAULT_AFTER_STEPS", "2")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success());
+    let j = env.plan_run(&["check", "-o", "json"]).json();
+    let ca = j["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["target"] == "ca:factory")
+        .unwrap_or_else(|| panic!("{j}"));
+    let reason = ca["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("an open breach declared it compromised")
+            && reason.contains("`certroll roll-primary --breach ca:factory --yes` finishes that breach"),
+        "{reason}"
+    );
+    env.plan_run(&["roll-primary", "--breach", "ca:factory", "--yes"])
+        .ok();
+    let r = env.plan_run(&["check", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+}
