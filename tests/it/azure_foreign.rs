@@ -408,8 +408,16 @@ fn another_clients_certificate_in_one_enrollment_blinds_and_blocks_nothing_and_t
     assert_eq!(taken["finished_open_runs"], json!([expiry_run]), "{taken}");
     assert!(taken["left_open"].is_null(), "{taken}");
 
-    // The rerun of the CA breach finishes; the devices it replaced before keep what they got.
-    fleet_ok(&env, &serve, &breach);
+    // The rerun of the CA breach finishes; the devices it replaced before keep what they got,
+    // and so does gw-2, which the take-back gave a certificate under the CA's new version: no
+    // second replacement (before, the rerun issued gw-2 another one).
+    let rerun = fleet_ok(&env, &serve, &breach).json();
+    assert_eq!(device(&rerun, "gw-2")["outcome"], "already-replaced", "{rerun}");
+    assert_eq!(
+        slot_thumbprint(&env, &serve, "gw-2", "primary").as_deref(),
+        Some(new_tp.as_str()),
+        "the take-back's certificate stays"
+    );
     let status = run(&["status", "-o", "json"]).json();
     for (id, tp) in &replaced {
         assert_eq!(

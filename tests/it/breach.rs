@@ -321,13 +321,7 @@ fn a_breach_blast_radius_leaves_out_devices_already_revoked() {
     let env = issued_quickstart();
     run(
         &env,
-        &[
-            "revoke",
-            "device:sensor-01",
-            "--reason",
-            "key-compromise",
-            "--yes",
-        ],
+        &["revoke", "device:sensor-1", "--reason", "key-compromise", "--yes"],
     )
     .ok();
     let dry = run(
@@ -1037,4 +1031,40 @@ fn a_ca_breach_stopped_after(a: &[&str], after: u32) {
     for id in ["sensor-1", "sensor-2", "sensor-3", "gateway-01"] {
         assert_eq!(breach_open(id), None, "{id}: the rerun finished it");
     }
+}
+
+/// A CA breach cut off after renewing the CA, then an expiry roll of one of its devices (a new
+/// certificate under the CA's new version in the other slot, the compromised one still beside
+/// it), then the breach's rerun: the rerun still replaces that device (it holds the compromised
+/// certificate), while a device a later breach of its own replaced is left alone (see
+/// `azure_foreign`). Afterwards `check` is OK.
+#[test]
+fn a_ca_breach_resumed_after_an_expiry_roll_of_one_device_still_replaces_it() {
+    let a = breach_args("ca:factory", "L1");
+    let env = TestEnv::new();
+    small_quickstart(&env, 3);
+    run(&env, &["issue"]).ok();
+    let plan = run(&env, &[&a[..], &["--dry-run"]].concat()).ok().json();
+    let replace_step = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "replace-devices")
+        .and_then(|s| s["seq"].as_u64())
+        .unwrap_or_else(|| panic!("no replace-devices step: {plan}")) as u32;
+    killed_after(&env, replace_step - 1, &a);
+    let rolled = run(&env, &["roll-secondary", "device:sensor-1", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(rolled["devices"][0]["outcome"], "rolled", "{rolled}");
+    let rerun = run(&env, &a).ok().json();
+    let sensor = rerun["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["target"] == "device:sensor-1")
+        .unwrap_or_else(|| panic!("{rerun}"));
+    assert_eq!(sensor["outcome"], "replaced", "{rerun}");
+    let c = run(&env, &["check", "-o", "json"]);
+    assert_eq!(c.code, 0, "{}", c.stdout);
 }

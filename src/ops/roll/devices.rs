@@ -1112,9 +1112,30 @@ pub(super) fn assess<'p>(
                 // The later breach replaced the CA and this device: its work stands (replacing
                 // the device again would leave that breach's certificate enabled and unused).
                 // Only what this run's compromised CA signed and nobody disabled yet is left.
-                if let Some(later) = superseded
+                // So also when a later breach of the device itself (the take-back of its
+                // enrollment) gave it a certificate under the CA version this run renewed, and
+                // left nothing the compromised version signed in its enrollment or identity (an
+                // expiry roll since leaves one in the other slot: that one is replaced here).
+                let tainted_thumbprints: Vec<&str> = versions
+                    .iter()
+                    .filter(|b| signed_by_tainted(b))
+                    .map(|b| b.thumbprint.as_str())
+                    .collect();
+                let holds_tainted = individual
+                    .iter()
+                    .flat_map(|e| [&e.primary, &e.secondary])
+                    .flatten()
+                    .any(|der| tainted_thumbprints.contains(&sha1_thumbprint(der).as_str()))
+                    || identity
+                        .iter()
+                        .flat_map(|i| [&i.primary_thumbprint, &i.secondary_thumbprint])
+                        .flatten()
+                        .any(|t| tainted_thumbprints.iter().any(|x| x.eq_ignore_ascii_case(t)));
+                let replaced_since = superseded.is_none()
+                    && cas.signed(issuer_ca, &installed)
                     && !signed_by_tainted(&installed)
-                {
+                    && !holds_tainted;
+                if (superseded.is_some() && !signed_by_tainted(&installed)) || replaced_since {
                     report.outcome = "already-replaced";
                     for b in versions.iter().filter(|b| b.enabled && signed_by_tainted(b)) {
                         say!(describe, report.steps, "{}", disable_compromised(b, ""));
@@ -1122,9 +1143,14 @@ pub(super) fn assess<'p>(
                             out.unused.push(by_name(b.name.clone(), b.version.clone()));
                         }
                     }
-                    report.steps.push(format!(
-                        "a later breach (incident `{later}`) replaced it: nothing else left to do"
-                    ));
+                    report.steps.push(match superseded {
+                        Some(later) => format!("a later breach (incident `{later}`) replaced it: nothing else left to do"),
+                        None => format!(
+                            "it holds {} under the new CA `{issuer_ca}` already (a later breach of the device \
+                             replaced it): nothing else left to do",
+                            installed.thumbprint
+                        ),
+                    });
                     out.reports.push(report);
                     continue;
                 }
