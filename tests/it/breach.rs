@@ -321,7 +321,13 @@ fn a_breach_blast_radius_leaves_out_devices_already_revoked() {
     let env = issued_quickstart();
     run(
         &env,
-        &["revoke", "device:sensor-1", "--reason", "key-compromise", "--yes"],
+        &[
+            "revoke",
+            "device:sensor-01",
+            "--reason",
+            "key-compromise",
+            "--yes",
+        ],
     )
     .ok();
     let dry = run(
