@@ -1116,25 +1116,29 @@ pub(super) fn assess<'p>(
                 // enrollment) gave it a certificate under the CA version this run renewed, and
                 // left nothing the compromised version signed in its enrollment or identity (an
                 // expiry roll since leaves one in the other slot: that one is replaced here).
-                let tainted_thumbprints: Vec<&str> = versions
-                    .iter()
-                    .filter(|b| signed_by_tainted(b))
-                    .map(|b| b.thumbprint.as_str())
-                    .collect();
-                let holds_tainted = individual
-                    .iter()
-                    .flat_map(|e| [&e.primary, &e.secondary])
-                    .flatten()
-                    .any(|der| tainted_thumbprints.contains(&sha1_thumbprint(der).as_str()))
-                    || identity
+                // Read only for a device that holds a certificate under the renewed CA: most
+                // devices of a breach do not, and this hashes each enrollment slot.
+                let holds_tainted = || {
+                    let tainted: Vec<&str> = versions
                         .iter()
-                        .flat_map(|i| [&i.primary_thumbprint, &i.secondary_thumbprint])
+                        .filter(|b| signed_by_tainted(b))
+                        .map(|b| b.thumbprint.as_str())
+                        .collect();
+                    individual
+                        .iter()
+                        .flat_map(|e| [&e.primary, &e.secondary])
                         .flatten()
-                        .any(|t| tainted_thumbprints.iter().any(|x| x.eq_ignore_ascii_case(t)));
+                        .any(|der| tainted.contains(&sha1_thumbprint(der).as_str()))
+                        || identity
+                            .iter()
+                            .flat_map(|i| [&i.primary_thumbprint, &i.secondary_thumbprint])
+                            .flatten()
+                            .any(|t| tainted.iter().any(|x| x.eq_ignore_ascii_case(t)))
+                };
                 let replaced_since = superseded.is_none()
                     && cas.signed(issuer_ca, &installed)
                     && !signed_by_tainted(&installed)
-                    && !holds_tainted;
+                    && !holds_tainted();
                 if (superseded.is_some() && !signed_by_tainted(&installed)) || replaced_since {
                     report.outcome = "already-replaced";
                     for b in versions.iter().filter(|b| b.enabled && signed_by_tainted(b)) {
